@@ -1,0 +1,208 @@
+//! Bus configuration: how a process joins the cluster's zenoh bus.
+//!
+//! [`BusConfig`] is the `[bus]` table of every Switchboard config file (agent, collector). It names
+//! the cluster and this process, picks the zenoh mode and endpoints, and is turned into a zenoh
+//! session by [`crate::session::open`]. Every field has a documented default, unknown fields are
+//! rejected, and [`BusConfig::validate`] runs before a session is opened.
+
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{check_chunk, KeyError};
+
+/// How this process takes part in the zenoh bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A full peer: connects to the endpoints it is given and accepts connections on `listen`.
+    #[default]
+    Peer,
+    /// A client of one or more zenoh routers (or peers) named in `connect`; never accepts
+    /// connections. Use this for large clusters behind routers.
+    Client,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Peer => "peer",
+            Mode::Client => "client",
+        }
+    }
+}
+
+/// The `[bus]` table: cluster identity and zenoh session settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusConfig {
+    /// Name of the cluster; all key expressions live under `sb/<cluster>` unless `prefix` is set.
+    /// Default: `"default"`.
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
+    /// Name of this process on the bus (a node agent uses the gateway node's name). Must be
+    /// unique in the cluster among processes of the same role. Default: the host name.
+    #[serde(default = "default_node")]
+    pub node: String,
+    /// Key expression prefix for every Switchboard key. Default: `sb/<cluster>`.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// `peer` (default) or `client`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// zenoh endpoints to accept connections on, e.g. `["tcp/0.0.0.0:7447"]`. Default: none.
+    #[serde(default)]
+    pub listen: Vec<String>,
+    /// zenoh endpoints to connect to, e.g. `["tcp/10.0.0.5:7447"]`. Default: none.
+    #[serde(default)]
+    pub connect: Vec<String>,
+    /// Find peers by UDP multicast scouting on the local network. Default: `false`: production
+    /// clusters name their endpoints, and a test or demo on loopback must not send multicast.
+    #[serde(default)]
+    pub scouting: bool,
+}
+
+fn default_cluster() -> String {
+    "default".to_owned()
+}
+
+fn default_node() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| sanitize_name(h.trim()))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_owned())
+}
+
+/// Replace characters that may not appear in a key chunk (`/ * $ ? #` and whitespace) by `_`.
+pub fn sanitize_name(name: &str) -> String {
+    name.chars()
+        .map(|c| if matches!(c, '/' | '*' | '$' | '?' | '#') || c.is_whitespace() { '_' } else { c })
+        .collect()
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            cluster: default_cluster(),
+            node: default_node(),
+            prefix: None,
+            mode: Mode::default(),
+            listen: Vec::new(),
+            connect: Vec::new(),
+            scouting: false,
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The cluster or node name cannot be part of a key expression.
+    #[error("invalid {what} {value:?}: {source}")]
+    Name {
+        /// Which setting.
+        what: &'static str,
+        /// Its value.
+        value: String,
+        /// Why it is not valid.
+        source: KeyError,
+    },
+    /// The prefix is not a valid zenoh key expression without wildcards.
+    #[error("invalid prefix {0:?}: it must be a key expression like `sb/prod` without wildcards")]
+    Prefix(String),
+    /// Client mode without anything to connect to.
+    #[error("mode = \"client\" needs at least one `connect` endpoint")]
+    ClientWithoutConnect,
+    /// An endpoint that is not `<proto>/<address>`.
+    #[error("invalid endpoint {0:?}: expected `<protocol>/<address>`, e.g. `tcp/127.0.0.1:7447`")]
+    Endpoint(String),
+}
+
+impl BusConfig {
+    /// The key prefix in force: `prefix`, or `sb/<cluster>`.
+    pub fn effective_prefix(&self) -> String {
+        self.prefix.clone().unwrap_or_else(|| format!("sb/{}", self.cluster))
+    }
+
+    /// Check names, prefix and endpoints; called before a session is opened.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_chunk(&self.cluster).map_err(|source| ConfigError::Name {
+            what: "cluster name",
+            value: self.cluster.clone(),
+            source,
+        })?;
+        check_chunk(&self.node).map_err(|source| ConfigError::Name {
+            what: "node name",
+            value: self.node.clone(),
+            source,
+        })?;
+        let prefix = self.effective_prefix();
+        if prefix.split('/').any(|c| check_chunk(c).is_err()) {
+            return Err(ConfigError::Prefix(prefix));
+        }
+        if self.mode == Mode::Client && self.connect.is_empty() {
+            return Err(ConfigError::ClientWithoutConnect);
+        }
+        for e in self.listen.iter().chain(&self.connect) {
+            match e.split_once('/') {
+                Some((proto, addr)) if !proto.is_empty() && !addr.is_empty() => {}
+                _ => return Err(ConfigError::Endpoint(e.clone())),
+            }
+        }
+        Ok(())
+    }
+
+    /// The zenoh configuration for this bus config, as a JSON5 document zenoh understands.
+    pub(crate) fn zenoh_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "mode": self.mode.as_str(),
+            "listen": { "endpoints": self.listen },
+            "connect": { "endpoints": self.connect },
+            "scouting": {
+                "multicast": { "enabled": self.scouting },
+                "gossip": { "enabled": true },
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_an_empty_table() {
+        let c: BusConfig = toml::from_str("").unwrap();
+        assert_eq!(c.cluster, "default");
+        assert_eq!(c.effective_prefix(), "sb/default");
+        assert_eq!(c.mode, Mode::Peer);
+        assert!(!c.scouting);
+        assert!(!c.node.is_empty());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = toml::from_str::<BusConfig>("clustre = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn bad_names_and_endpoints_are_rejected() {
+        let mut c = BusConfig { node: "a/b".into(), ..BusConfig::default() };
+        assert!(matches!(c.validate(), Err(ConfigError::Name { .. })));
+        c.node = "n1".into();
+        c.connect = vec!["127.0.0.1:7447".into()];
+        assert!(matches!(c.validate(), Err(ConfigError::Endpoint(_))));
+        c.connect.clear();
+        c.mode = Mode::Client;
+        assert!(matches!(c.validate(), Err(ConfigError::ClientWithoutConnect)));
+        c.mode = Mode::Peer;
+        c.prefix = Some("sb/**".into());
+        assert!(matches!(c.validate(), Err(ConfigError::Prefix(_))));
+    }
+
+    #[test]
+    fn sanitize_replaces_key_metacharacters() {
+        assert_eq!(sanitize_name("gw 1/a*b"), "gw_1_a_b");
+    }
+}

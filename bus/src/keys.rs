@@ -1,0 +1,228 @@
+//! The key space, defined once.
+//!
+//! Every key expression Switchboard uses is built here from a validated prefix (default
+//! `sb/<cluster>`) and validated name chunks; nothing else in the code formats keys. The table in
+//! `docs/protocol.md` mirrors this module:
+//!
+//! | key | kind | who |
+//! | --- | --- | --- |
+//! | `<prefix>/node/<node>` | liveliness token | every node agent |
+//! | `<prefix>/collector/<name>` | liveliness token | every collector |
+//! | `<prefix>/stream/<node>/<kind>/<stream>` | put (sequenced batches) | the node's agent |
+//!
+//! [`KeySpace::parse_stream`] turns a received key back into a typed [`StreamId`].
+
+use std::fmt;
+
+use zenoh::key_expr::OwnedKeyExpr;
+
+/// A name that cannot be a key chunk.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The empty string.
+    #[error("a name may not be empty")]
+    Empty,
+    /// Contains `/`, `*`, `$`, `?`, `#`, or starts with `@`.
+    #[error("a name may not contain '/', '*', '$', '?', '#' or start with '@'")]
+    Reserved,
+    /// zenoh rejected the assembled key expression.
+    #[error("not a valid key expression: {0}")]
+    Invalid(String),
+}
+
+/// Check that `name` can stand as one chunk of a key expression.
+pub fn check_chunk(name: &str) -> Result<(), KeyError> {
+    if name.is_empty() {
+        return Err(KeyError::Empty);
+    }
+    if name.starts_with('@') || name.bytes().any(|b| matches!(b, b'/' | b'*' | b'$' | b'?' | b'#')) {
+        return Err(KeyError::Reserved);
+    }
+    Ok(())
+}
+
+/// The kind of a sequenced stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StreamKind {
+    /// Lines of a gateway's log files, as `log_batch` payloads.
+    Log,
+}
+
+impl StreamKind {
+    /// The key chunk of this kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamKind::Log => "log",
+        }
+    }
+
+    fn from_chunk(s: &str) -> Option<Self> {
+        match s {
+            "log" => Some(StreamKind::Log),
+            _ => None,
+        }
+    }
+}
+
+/// The role a process announces with its liveliness token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// A node agent (one per gateway node).
+    Agent,
+    /// A collector.
+    Collector,
+}
+
+impl Role {
+    /// The key chunk of this role.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Agent => "node",
+            Role::Collector => "collector",
+        }
+    }
+
+    fn from_chunk(s: &str) -> Option<Self> {
+        match s {
+            "node" => Some(Role::Agent),
+            "collector" => Some(Role::Collector),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identity of one sequenced stream: `(node, kind, name)`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId {
+    /// The node that owns the stream.
+    pub node: String,
+    /// What the stream carries.
+    pub kind: StreamKind,
+    /// The stream's name within the node (for logs: the source name in the agent config).
+    pub name: String,
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.node, self.kind.as_str(), self.name)
+    }
+}
+
+/// The key space of one cluster: every key expression, built from one validated prefix.
+#[derive(Debug, Clone)]
+pub struct KeySpace {
+    prefix: String,
+}
+
+impl KeySpace {
+    /// A key space under `prefix` (e.g. `sb/prod`); every chunk of the prefix is checked.
+    pub fn new(prefix: &str) -> Result<Self, KeyError> {
+        for chunk in prefix.split('/') {
+            check_chunk(chunk)?;
+        }
+        Ok(Self { prefix: prefix.to_owned() })
+    }
+
+    /// The prefix all keys live under.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn build(&self, chunks: &[&str]) -> Result<OwnedKeyExpr, KeyError> {
+        let mut s = String::with_capacity(self.prefix.len() + 64);
+        s.push_str(&self.prefix);
+        for c in chunks {
+            s.push('/');
+            s.push_str(c);
+        }
+        OwnedKeyExpr::try_from(s).map_err(|e| KeyError::Invalid(e.to_string()))
+    }
+
+    /// `<prefix>/stream/<node>/<kind>/<name>`: where a stream's batches are published.
+    pub fn stream(&self, id: &StreamId) -> Result<OwnedKeyExpr, KeyError> {
+        check_chunk(&id.node)?;
+        check_chunk(&id.name)?;
+        self.build(&["stream", &id.node, id.kind.as_str(), &id.name])
+    }
+
+    /// `<prefix>/stream/*/<kind>/*`: every stream of one kind in the cluster.
+    pub fn all_streams(&self, kind: StreamKind) -> Result<OwnedKeyExpr, KeyError> {
+        self.build(&["stream", "*", kind.as_str(), "*"])
+    }
+
+    /// Parse a key published under [`Self::stream`] back into its stream identity.
+    pub fn parse_stream(&self, key: &str) -> Option<StreamId> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix("/stream/")?;
+        let mut parts = rest.split('/');
+        let (node, kind, name) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || node.is_empty() || name.is_empty() {
+            return None;
+        }
+        Some(StreamId { node: node.to_owned(), kind: StreamKind::from_chunk(kind)?, name: name.to_owned() })
+    }
+
+    /// `<prefix>/<role>/<name>`: the liveliness token of one process.
+    pub fn member(&self, role: Role, name: &str) -> Result<OwnedKeyExpr, KeyError> {
+        check_chunk(name)?;
+        self.build(&[role.as_str(), name])
+    }
+
+    /// `<prefix>/*/*`: every liveliness token of the cluster.
+    pub fn all_members(&self) -> Result<OwnedKeyExpr, KeyError> {
+        self.build(&["*", "*"])
+    }
+
+    /// Parse a liveliness key back into `(role, name)`.
+    pub fn parse_member(&self, key: &str) -> Option<(Role, String)> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix('/')?;
+        let (role, name) = rest.split_once('/')?;
+        if name.is_empty() || name.contains('/') {
+            return None;
+        }
+        Some((Role::from_chunk(role)?, name.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ks() -> KeySpace {
+        KeySpace::new("sb/test").unwrap()
+    }
+
+    #[test]
+    fn stream_keys_round_trip() {
+        let id = StreamId { node: "gw1".into(), kind: StreamKind::Log, name: "smsc".into() };
+        let key = ks().stream(&id).unwrap();
+        assert_eq!(key.as_str(), "sb/test/stream/gw1/log/smsc");
+        assert_eq!(ks().parse_stream(key.as_str()), Some(id));
+        assert!(ks().all_streams(StreamKind::Log).unwrap().intersects(&key));
+    }
+
+    #[test]
+    fn foreign_and_malformed_keys_do_not_parse() {
+        assert_eq!(ks().parse_stream("sb/other/stream/gw1/log/smsc"), None);
+        assert_eq!(ks().parse_stream("sb/test/stream/gw1/metric/x"), None);
+        assert_eq!(ks().parse_stream("sb/test/stream/gw1/log/a/b"), None);
+        assert_eq!(ks().parse_member("sb/test/node"), None);
+        assert_eq!(ks().parse_member("sb/test/node/gw1"), Some((Role::Agent, "gw1".into())));
+        assert_eq!(ks().parse_member("sb/test/collector/c1"), Some((Role::Collector, "c1".into())));
+    }
+
+    #[test]
+    fn names_with_metacharacters_are_refused() {
+        for bad in ["", "a/b", "a*", "$x", "q?", "#", "@admin"] {
+            assert!(check_chunk(bad).is_err(), "{bad:?}");
+        }
+        let id = StreamId { node: "gw*".into(), kind: StreamKind::Log, name: "x".into() };
+        assert!(ks().stream(&id).is_err());
+        assert!(KeySpace::new("sb/**").is_err());
+    }
+}

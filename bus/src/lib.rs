@@ -1,0 +1,20 @@
+//! Switchboard's bus: everything two Switchboard processes must agree on.
+//!
+//! Layout:
+//! - [`config`]: the `[bus]` config table (cluster, node, zenoh mode and endpoints);
+//! - [`keys`]: the key space, defined once, with typed stream and member identities;
+//! - [`session`]: opening a zenoh session from the config, announcing a process;
+//! - [`membership`]: the live set of the cluster from liveliness tokens;
+//! - [`wire`]: versioned payload schemas (Arrow IPC), e.g. [`wire::log_batch`].
+//!
+//! `docs/protocol.md` documents the same key space and payloads for clients in other languages.
+
+pub mod config;
+pub mod keys;
+pub mod membership;
+pub mod session;
+pub mod wire;
+
+pub use config::BusConfig;
+pub use keys::{KeySpace, Role, StreamId, StreamKind};
+pub use membership::{Member, MemberEvent, Membership};

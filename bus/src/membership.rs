@@ -1,0 +1,115 @@
+//! Cluster membership from zenoh liveliness tokens.
+//!
+//! Every Switchboard process holds a token `<prefix>/<role>/<name>` ([`crate::session::announce`]).
+//! [`Membership::watch`] subscribes to all tokens of the cluster (with history, so the current set
+//! arrives first), keeps the live set in a `watch` channel and re-publishes each change as a
+//! [`MemberEvent`] on a broadcast channel. A killed process's token disappears within
+//! milliseconds; a hung one when its zenoh lease expires.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use zenoh::sample::SampleKind;
+use zenoh::Session;
+
+use crate::keys::{KeySpace, Role};
+use crate::session::SessionError;
+
+/// A live process: its role and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Member {
+    /// What the process is.
+    pub role: Role,
+    /// Its name on the bus.
+    pub name: String,
+}
+
+/// A change of membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberEvent {
+    /// A process appeared.
+    Joined(Member),
+    /// A process left or died.
+    Left(Member),
+}
+
+/// The live set of the cluster, kept current by a background task.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    live: watch::Receiver<BTreeSet<Member>>,
+    events: broadcast::Sender<MemberEvent>,
+}
+
+impl Membership {
+    /// Start watching the cluster's liveliness tokens until `cancel` fires.
+    pub async fn watch(session: &Session, keys: &KeySpace, cancel: CancellationToken) -> Result<Self, SessionError> {
+        let subscriber = session
+            .liveliness()
+            .declare_subscriber(keys.all_members()?)
+            .history(true)
+            .await
+            .map_err(|e| SessionError::Zenoh(e.to_string()))?;
+        let (live_tx, live) = watch::channel(BTreeSet::new());
+        let (events, _) = broadcast::channel(256);
+        let events_tx = events.clone();
+        let keys = keys.clone();
+        tokio::spawn(async move {
+            loop {
+                let sample = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    s = subscriber.recv_async() => match s { Ok(s) => s, Err(_) => break },
+                };
+                let Some((role, name)) = keys.parse_member(sample.key_expr().as_str()) else {
+                    tracing::debug!(key = %sample.key_expr(), "ignoring a liveliness token outside the key space");
+                    continue;
+                };
+                let member = Member { role, name };
+                let event = match sample.kind() {
+                    SampleKind::Put => MemberEvent::Joined(member.clone()),
+                    SampleKind::Delete => MemberEvent::Left(member.clone()),
+                };
+                let changed = live_tx.send_if_modified(|set| match &event {
+                    MemberEvent::Joined(m) => set.insert(m.clone()),
+                    MemberEvent::Left(m) => set.remove(m),
+                });
+                if changed {
+                    tracing::info!(?event, "membership changed");
+                    // No receiver is fine: events are for whoever listens.
+                    let _ = events_tx.send(event);
+                }
+            }
+            drop(subscriber);
+        });
+        Ok(Self { live, events })
+    }
+
+    /// The processes alive now.
+    pub fn live(&self) -> BTreeSet<Member> {
+        self.live.borrow().clone()
+    }
+
+    /// The live processes of one role, by name.
+    pub fn live_of(&self, role: Role) -> Vec<String> {
+        self.live.borrow().iter().filter(|m| m.role == role).map(|m| m.name.clone()).collect()
+    }
+
+    /// Join and leave events from now on.
+    pub fn events(&self) -> broadcast::Receiver<MemberEvent> {
+        self.events.subscribe()
+    }
+
+    /// Wait until at least one process of `role` is alive; `false` if `timeout` passed first or
+    /// the membership task ended.
+    pub async fn wait_for_role(&self, role: Role, timeout: Duration) -> bool {
+        let mut rx = self.live.clone();
+        let waited = tokio::time::timeout(timeout, rx.wait_for(|set| set.iter().any(|m| m.role == role))).await;
+        matches!(waited, Ok(Ok(_)))
+    }
+
+    /// A receiver of the live set, for `changed()`/`wait_for` loops.
+    pub fn subscribe(&self) -> watch::Receiver<BTreeSet<Member>> {
+        self.live.clone()
+    }
+}

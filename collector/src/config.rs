@@ -1,0 +1,269 @@
+//! The collector's configuration file (TOML).
+//!
+//! ```toml
+//! [bus]
+//! node = "collector-1"
+//! listen = ["tcp/0.0.0.0:7447"]
+//!
+//! [collector]
+//! data_dir = "/var/lib/switchboard/dataset"
+//!
+//! [[logs.promote]]
+//! name = "msg_id"
+//! type = "string"
+//! bloom = true
+//! ```
+//!
+//! Every field has a default; unknown fields are errors; [`CollectorConfig::validate`] runs
+//! before anything starts.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use switchboard_bus::BusConfig;
+
+/// The whole collector config file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorConfig {
+    /// How to join the bus; `bus.node` is this collector's name.
+    #[serde(default)]
+    pub bus: BusConfig,
+    /// Where and how Parquet files are written.
+    #[serde(default)]
+    pub collector: CollectorSettings,
+    /// The `logs` table.
+    #[serde(default)]
+    pub logs: LogsTableConfig,
+}
+
+/// The `[collector]` table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorSettings {
+    /// Root of the Parquet dataset; each table is a directory below it (`logs/`). Default:
+    /// `./switchboard-data`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Commit a file once it holds about this many bytes. Default: 128 MiB.
+    #[serde(default = "default_max_file_bytes")]
+    pub max_file_bytes: usize,
+    /// Commit a file at the latest this long after its first row, in milliseconds: the delay
+    /// before rows become visible to queries. Default: 30000.
+    #[serde(default = "default_max_file_age_ms")]
+    pub max_file_age_ms: u64,
+    /// Rows per Parquet row group. Default: 262144.
+    #[serde(default = "default_row_group_rows")]
+    pub row_group_rows: usize,
+    /// Flush a row group early when the rows buffered for one file take this much memory.
+    /// Default: 64 MiB.
+    #[serde(default = "default_row_group_bytes")]
+    pub row_group_max_bytes: usize,
+    /// zstd level (1 = fastest; 3 gives the same size on logs at 1.5x the time). Default: 1.
+    #[serde(default = "default_zstd_level")]
+    pub zstd_level: i32,
+    /// Payloads queued between the bus and the writer; beyond that the bus is slowed down
+    /// (publishers block), nothing is dropped. Default: 64.
+    #[serde(default = "default_queue")]
+    pub queue_payloads: usize,
+}
+
+/// The `[logs]` table: how log records become rows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsTableConfig {
+    /// Parsed fields promoted to typed columns of their own (taken out of the `fields` map).
+    /// Default: `msg_id` (string, Bloom filter), `operator` (string), `latency_ms` (int64).
+    #[serde(default = "default_promote")]
+    pub promote: Vec<PromotedColumn>,
+}
+
+/// One promoted field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromotedColumn {
+    /// The field's name in the parsed line, and the column's name.
+    pub name: String,
+    /// `string` (default), `int64`, `float64` or `bool`. A value that does not convert is left in
+    /// the `fields` map and the column is null for that row.
+    #[serde(default, rename = "type")]
+    pub kind: ColumnType,
+    /// Write a Bloom filter for this column (fast point lookups, e.g. by message id).
+    #[serde(default)]
+    pub bloom: bool,
+}
+
+/// The type of a promoted column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    /// UTF-8 text.
+    #[default]
+    String,
+    /// 64-bit signed integer.
+    Int64,
+    /// 64-bit float.
+    Float64,
+    /// Boolean (`true`/`false`/`1`/`0`/`yes`/`no`).
+    Bool,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("switchboard-data")
+}
+fn default_max_file_bytes() -> usize {
+    128 << 20
+}
+fn default_max_file_age_ms() -> u64 {
+    30_000
+}
+fn default_row_group_rows() -> usize {
+    262_144
+}
+fn default_row_group_bytes() -> usize {
+    64 << 20
+}
+fn default_zstd_level() -> i32 {
+    1
+}
+fn default_queue() -> usize {
+    64
+}
+fn default_promote() -> Vec<PromotedColumn> {
+    vec![
+        PromotedColumn { name: "msg_id".into(), kind: ColumnType::String, bloom: true },
+        PromotedColumn { name: "operator".into(), kind: ColumnType::String, bloom: false },
+        PromotedColumn { name: "latency_ms".into(), kind: ColumnType::Int64, bloom: false },
+    ]
+}
+
+impl Default for CollectorSettings {
+    fn default() -> Self {
+        Self {
+            data_dir: default_data_dir(),
+            max_file_bytes: default_max_file_bytes(),
+            max_file_age_ms: default_max_file_age_ms(),
+            row_group_rows: default_row_group_rows(),
+            row_group_max_bytes: default_row_group_bytes(),
+            zstd_level: default_zstd_level(),
+            queue_payloads: default_queue(),
+        }
+    }
+}
+
+impl Default for LogsTableConfig {
+    fn default() -> Self {
+        Self { promote: default_promote() }
+    }
+}
+
+impl CollectorSettings {
+    /// `max_file_age_ms` as a duration.
+    pub fn max_file_age(&self) -> Duration {
+        Duration::from_millis(self.max_file_age_ms)
+    }
+}
+
+/// Column names of the `logs` table that a promoted field may not take.
+pub const RESERVED_LOG_COLUMNS: &[&str] = &[
+    "node", "stream", "seq", "ts", "observed_ts", "file", "offset", "level", "message", "raw", "truncated",
+    "invalid_utf8", "fields", "date", "hour",
+];
+
+/// A config that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not valid TOML or not the expected fields.
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line and column.
+        source: Box<toml::de::Error>,
+    },
+    /// A semantic problem.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+    /// The `[bus]` table is not usable.
+    #[error("invalid [bus] config: {0}")]
+    Bus(#[from] switchboard_bus::config::ConfigError),
+}
+
+impl CollectorConfig {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Self, CollectorConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| CollectorConfigError::Read { path: path.to_owned(), source })?;
+        let config: Self = toml::from_str(&text)
+            .map_err(|source| CollectorConfigError::Parse { path: path.to_owned(), source: Box::new(source) })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check everything that can be checked before starting.
+    pub fn validate(&self) -> Result<(), CollectorConfigError> {
+        self.bus.validate()?;
+        let c = &self.collector;
+        if c.max_file_bytes < 1024 || c.row_group_rows == 0 || c.queue_payloads == 0 || c.max_file_age_ms == 0 {
+            return Err(CollectorConfigError::Invalid(
+                "collector.max_file_bytes must be >= 1024, row_group_rows, queue_payloads and max_file_age_ms > 0".into(),
+            ));
+        }
+        if !(1..=22).contains(&c.zstd_level) {
+            return Err(CollectorConfigError::Invalid(format!("collector.zstd_level {} is not in 1..=22", c.zstd_level)));
+        }
+        let mut seen = HashSet::new();
+        for p in &self.logs.promote {
+            let ok = !p.name.is_empty() && p.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !ok {
+                return Err(CollectorConfigError::Invalid(format!(
+                    "logs.promote name {:?}: use letters, digits and '_' only",
+                    p.name
+                )));
+            }
+            if RESERVED_LOG_COLUMNS.contains(&p.name.as_str()) {
+                return Err(CollectorConfigError::Invalid(format!("logs.promote name {:?} is a built-in column", p.name)));
+            }
+            if !seen.insert(&p.name) {
+                return Err(CollectorConfigError::Invalid(format!("logs.promote name {:?} is listed twice", p.name)));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_has_documented_defaults() {
+        let c: CollectorConfig = toml::from_str("").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.collector.zstd_level, 1);
+        assert_eq!(c.logs.promote.len(), 3);
+        assert!(c.logs.promote[0].bloom);
+    }
+
+    #[test]
+    fn promoted_columns_are_checked() {
+        let c: CollectorConfig = toml::from_str("[[logs.promote]]\nname = \"seq\"").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("built-in"));
+        let c: CollectorConfig = toml::from_str("[[logs.promote]]\nname = \"a b\"").unwrap();
+        assert!(c.validate().is_err());
+        let c: CollectorConfig = toml::from_str("[[logs.promote]]\nname = \"x\"\ntype = \"int64\"").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.logs.promote[0].kind, ColumnType::Int64);
+        assert!(toml::from_str::<CollectorConfig>("[collector]\nzstd = 3").is_err());
+    }
+}

@@ -1,0 +1,137 @@
+//! Sets of sequence numbers as sorted, disjoint, inclusive ranges.
+//!
+//! The collector keeps one [`RangeSet`] per stream for what it has committed and one for what it
+//! has accepted (committed or buffered); Parquet footers carry them as JSON
+//! (`[[first, last], …]`). Sequences are mostly contiguous, so a set is a handful of ranges.
+
+use serde::{Deserialize, Serialize};
+
+/// A set of `u64`, stored as sorted, disjoint, non-adjacent inclusive ranges.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RangeSet {
+    ranges: Vec<(u64, u64)>,
+}
+
+impl RangeSet {
+    /// The empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The ranges, sorted.
+    pub fn ranges(&self) -> &[(u64, u64)] {
+        &self.ranges
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// How many numbers the set holds.
+    pub fn count(&self) -> u64 {
+        self.ranges.iter().map(|(a, b)| b - a + 1).sum()
+    }
+
+    /// The largest number in the set.
+    pub fn max(&self) -> Option<u64> {
+        self.ranges.last().map(|r| r.1)
+    }
+
+    /// The highest `n` such that every number from 0 to `n` is in the set (the watermark).
+    pub fn contiguous_from_zero(&self) -> Option<u64> {
+        match self.ranges.first() {
+            Some(&(0, end)) => Some(end),
+            _ => None,
+        }
+    }
+
+    /// Whether `x` is in the set.
+    pub fn contains(&self, x: u64) -> bool {
+        let i = self.ranges.partition_point(|r| r.1 < x);
+        self.ranges.get(i).is_some_and(|r| r.0 <= x)
+    }
+
+    /// Add the inclusive range `first..=last` (ignored when `first > last`).
+    pub fn insert(&mut self, first: u64, last: u64) {
+        if first > last {
+            return;
+        }
+        // Fast path: appending at the end, the usual case for a sequence.
+        if let Some(tail) = self.ranges.last_mut() {
+            if first > tail.1 {
+                if first == tail.1 + 1 {
+                    tail.1 = last;
+                } else {
+                    self.ranges.push((first, last));
+                }
+                return;
+            }
+        } else {
+            self.ranges.push((first, last));
+            return;
+        }
+        // General case: merge with every range that overlaps or touches.
+        let lo = self.ranges.partition_point(|r| r.1.saturating_add(1) < first);
+        let hi = self.ranges.partition_point(|r| r.0 <= last.saturating_add(1));
+        let (mut a, mut b) = (first, last);
+        if lo < hi {
+            a = a.min(self.ranges[lo].0);
+            b = b.max(self.ranges[hi - 1].1);
+        }
+        self.ranges.splice(lo..hi, [(a, b)]);
+    }
+
+    /// Add every number of `other`.
+    pub fn extend(&mut self, other: &RangeSet) {
+        for &(a, b) in &other.ranges {
+            self.insert(a, b);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn matches_a_model_set() {
+        let mut state = 99_u64;
+        let mut next = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state >> 33
+        };
+        for _ in 0..50 {
+            let mut set = RangeSet::new();
+            let mut model = BTreeSet::new();
+            for _ in 0..40 {
+                let a = next() % 200;
+                let b = a + next() % 10;
+                set.insert(a, b);
+                model.extend(a..=b);
+            }
+            for x in 0..220 {
+                assert_eq!(set.contains(x), model.contains(&x), "x = {x}, set = {set:?}");
+            }
+            assert_eq!(set.count(), model.len() as u64);
+            for w in set.ranges().windows(2) {
+                assert!(w[0].1 + 1 < w[1].0, "ranges must be disjoint and not adjacent: {set:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn watermark_is_the_contiguous_prefix() {
+        let mut s = RangeSet::new();
+        assert_eq!(s.contiguous_from_zero(), None);
+        s.insert(5, 9);
+        assert_eq!(s.contiguous_from_zero(), None);
+        s.insert(0, 3);
+        assert_eq!(s.contiguous_from_zero(), Some(3));
+        s.insert(4, 4);
+        assert_eq!(s.contiguous_from_zero(), Some(9));
+        assert_eq!(serde_json::to_string(&s).unwrap(), "[[0,9]]");
+    }
+}

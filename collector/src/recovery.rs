@@ -1,0 +1,77 @@
+//! Start-up recovery: what the dataset already holds, read from the data files themselves.
+//!
+//! There is no manifest to drift from the data: each committed Parquet file's footer names the
+//! sequence ranges it holds ([`crate::writer::META_RANGES`]), so [`recover`] walks a table's
+//! directory, reads only the footers, and returns the committed ranges per stream. Temporary files
+//! left by a crash (`*.parquet.tmp`) were never committed; they are removed.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use parquet::file::reader::{FileReader, SerializedFileReader};
+
+use crate::ranges::RangeSet;
+use crate::writer::META_RANGES;
+
+/// What recovery found in one table directory.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Committed sequence ranges per stream (`<node>/<kind>/<stream>`).
+    pub committed: BTreeMap<String, RangeSet>,
+    /// Committed files read.
+    pub files: usize,
+    /// Leftover temporary files removed.
+    pub removed_tmp: usize,
+    /// Files that could not be read (named in the log; left in place for a person to inspect).
+    pub unreadable: Vec<PathBuf>,
+}
+
+/// Read the footers of every `*.parquet` below `table_dir` and remove `*.parquet.tmp` leftovers.
+pub fn recover(table_dir: &Path) -> std::io::Result<Recovered> {
+    let mut out = Recovered::default();
+    if !table_dir.exists() {
+        return Ok(out);
+    }
+    let mut stack = vec![table_dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            let kind = entry.file_type()?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if kind.is_dir() {
+                stack.push(path);
+            } else if name.ends_with(".parquet.tmp") {
+                tracing::warn!(path = %path.display(), "removing an uncommitted file left by a crash");
+                std::fs::remove_file(&path)?;
+                out.removed_tmp += 1;
+            } else if name.ends_with(".parquet") {
+                match read_ranges(&path) {
+                    Ok(ranges) => {
+                        for (stream, set) in ranges {
+                            out.committed.entry(stream).or_default().extend(&set);
+                        }
+                        out.files += 1;
+                    }
+                    Err(e) => {
+                        tracing::error!(path = %path.display(), error = %e, "cannot read the footer of a data file");
+                        out.unreadable.push(path);
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The sequence ranges recorded in one file's footer.
+pub fn read_ranges(path: &Path) -> Result<BTreeMap<String, RangeSet>, String> {
+    let file = File::open(path).map_err(|e| e.to_string())?;
+    let reader = SerializedFileReader::new(file).map_err(|e| e.to_string())?;
+    let kv = reader.metadata().file_metadata().key_value_metadata();
+    let Some(value) = kv.and_then(|kv| kv.iter().find(|k| k.key == META_RANGES)).and_then(|k| k.value.clone()) else {
+        return Err(format!("no {META_RANGES} in the footer"));
+    };
+    serde_json::from_str(&value).map_err(|e| format!("bad {META_RANGES}: {e}"))
+}

@@ -1,0 +1,289 @@
+//! The `logs` sink: decoded payloads in, deduplicated rows into hourly Parquet files, commits out.
+//!
+//! For each payload the sink: names the stream from the key; decodes and checks the `log_batch`
+//! (a malformed or unknown-version payload is counted and dropped, never fatal); drops rows whose
+//! sequence number it already accepted (committed in a file, or buffered in an open one); turns
+//! the rest into table rows ([`crate::logs_table`]); and appends them to the open file of their
+//! `date=/hour=` partition (by `ts`). Files are committed when they reach `max_file_bytes`, when
+//! they are older than `max_file_age`, and at shutdown ([`LogsSink::commit_all`]).
+//!
+//! State per stream: `committed` (in a committed file; rebuilt from footers at start) and
+//! `accepted` (committed or in an open file). If a file cannot be committed its ranges are
+//! forgotten from `accepted`, so a resend of those rows is taken again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arrow::array::{AsArray, BooleanArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{TimestampMicrosecondType, UInt64Type};
+use chrono::DateTime;
+use switchboard_bus::wire::log_batch;
+use switchboard_bus::StreamId;
+
+use crate::logs_table::LogsTable;
+use crate::ranges::RangeSet;
+use crate::stats::CollectorStats;
+use crate::writer::{FileSettings, PartitionFile, WriteError};
+
+const MICROS_PER_HOUR: i64 = 3_600_000_000;
+
+/// Per stream: what is committed and what is accepted.
+#[derive(Debug, Default)]
+struct StreamState {
+    committed: RangeSet,
+    accepted: RangeSet,
+}
+
+/// Writes the `logs` table; see the module docs.
+pub struct LogsSink {
+    table: LogsTable,
+    settings: FileSettings,
+    dir: PathBuf,
+    max_file_bytes: usize,
+    max_file_age: Duration,
+    streams: HashMap<String, StreamState>,
+    /// Open files by hour since the epoch.
+    open: BTreeMap<i64, PartitionFile>,
+    files_created: u64,
+    stats: Arc<CollectorStats>,
+}
+
+impl LogsSink {
+    /// A sink writing below `dir` (the table directory), knowing what is already `committed`.
+    pub fn new(
+        table: LogsTable,
+        settings: FileSettings,
+        dir: PathBuf,
+        max_file_bytes: usize,
+        max_file_age: Duration,
+        committed: BTreeMap<String, RangeSet>,
+        stats: Arc<CollectorStats>,
+    ) -> Self {
+        let streams = committed
+            .into_iter()
+            .map(|(k, set)| (k, StreamState { accepted: set.clone(), committed: set }))
+            .collect();
+        Self {
+            table,
+            settings,
+            dir,
+            max_file_bytes,
+            max_file_age,
+            streams,
+            open: BTreeMap::new(),
+            files_created: 0,
+            stats,
+        }
+    }
+
+    /// The highest sequence number up to which each stream is committed without a gap.
+    pub fn watermarks(&self) -> BTreeMap<String, u64> {
+        self.streams.iter().filter_map(|(k, s)| Some((k.clone(), s.committed.contiguous_from_zero()?))).collect()
+    }
+
+    /// Take one `log_batch` payload of `stream`.
+    pub fn handle(&mut self, stream: &StreamId, payload: &[u8]) {
+        let stats = &self.stats;
+        stats.payloads_received.fetch_add(1, Ordering::Relaxed);
+        let batch = match log_batch::decode(payload) {
+            Ok(b) => b,
+            Err(e) => {
+                stats.payloads_malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%stream, error = %e, "dropping a malformed payload");
+                return;
+            }
+        };
+        let n = batch.num_rows();
+        stats.rows_received.fetch_add(n as u64, Ordering::Relaxed);
+        let key = stream.to_string();
+        let state = self.streams.entry(key.clone()).or_default();
+        let seqs = batch.column(0).as_primitive::<UInt64Type>();
+        // Which rows are new, and their sequence numbers.
+        let mut fresh = RangeSet::new();
+        let all_new = state.accepted.max().is_none_or(|m| seqs.values().iter().all(|&s| s > m))
+            && seqs.values().windows(2).all(|w| w[0] < w[1]);
+        let batch = if all_new {
+            for &s in seqs.values() {
+                fresh.insert(s, s);
+            }
+            batch
+        } else {
+            let mask: BooleanArray = seqs
+                .values()
+                .iter()
+                .map(|&s| {
+                    let new = !state.accepted.contains(s) && !fresh.contains(s);
+                    if new {
+                        fresh.insert(s, s);
+                    }
+                    Some(new)
+                })
+                .collect();
+            match filter_record_batch(&batch, &mask) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot filter a batch");
+                    return;
+                }
+            }
+        };
+        let dups = n - batch.num_rows();
+        stats.rows_duplicate.fetch_add(dups as u64, Ordering::Relaxed);
+        if batch.num_rows() == 0 {
+            return;
+        }
+        state.accepted.extend(&fresh);
+        let (rows, failures) = match self.table.to_rows(stream, &batch) {
+            Ok(r) => r,
+            Err(e) => {
+                stats.payloads_malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%stream, error = %e, "dropping a payload that does not fit the table");
+                self.forget(&key);
+                return;
+            }
+        };
+        stats.promote_failures.fetch_add(failures, Ordering::Relaxed);
+        for (hour, part, seqs) in split_by_hour(&rows) {
+            self.write(hour, &key, &part, &seqs);
+        }
+    }
+
+    fn forget(&mut self, stream: &str) {
+        // Rebuild `accepted` from what is committed and what the open files still hold.
+        let Some(state) = self.streams.get_mut(stream) else { return };
+        let mut accepted = state.committed.clone();
+        for f in self.open.values() {
+            if let Some(r) = f.ranges().get(stream) {
+                accepted.extend(r);
+            }
+        }
+        state.accepted = accepted;
+    }
+
+    fn write(&mut self, hour: i64, stream: &str, rows: &RecordBatch, seqs: &RangeSet) {
+        if !self.open.contains_key(&hour) {
+            match self.create(hour) {
+                Ok(f) => {
+                    self.open.insert(hour, f);
+                }
+                Err(e) => {
+                    self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "cannot create a data file; rows dropped until a resend");
+                    self.forget(stream);
+                    return;
+                }
+            }
+        }
+        let Some(file) = self.open.get_mut(&hour) else { return };
+        if let Err(e) = file.write(rows, stream, seqs, &self.settings) {
+            self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "cannot write a data file; abandoning it");
+            self.abandon(hour);
+            return;
+        }
+        self.stats.rows_accepted.fetch_add(rows.num_rows() as u64, Ordering::Relaxed);
+        if file.approx_bytes() >= self.max_file_bytes {
+            self.commit(hour);
+        }
+    }
+
+    fn create(&mut self, hour: i64) -> Result<PartitionFile, WriteError> {
+        let start = DateTime::from_timestamp(hour.saturating_mul(3600), 0).unwrap_or_default();
+        let dir = self.dir.join(format!("date={}", start.format("%Y-%m-%d"))).join(format!("hour={}", start.format("%H")));
+        self.files_created += 1;
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let name = format!("part-{}-{now_ms}-{:06}.parquet", self.settings.writer, self.files_created);
+        PartitionFile::create(dir, name, self.table.schema(), &self.settings)
+    }
+
+    fn commit(&mut self, hour: i64) {
+        let Some(file) = self.open.remove(&hour) else { return };
+        let rows = file.rows();
+        match file.commit(&self.settings) {
+            Ok((path, ranges)) => {
+                for (stream, set) in ranges {
+                    self.streams.entry(stream).or_default().committed.extend(&set);
+                }
+                self.stats.rows_committed.fetch_add(rows, Ordering::Relaxed);
+                self.stats.files_committed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(path = %path.display(), rows, "committed");
+            }
+            Err(e) => {
+                self.stats.commit_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, rows, "commit failed; the file is abandoned and its rows taken again on resend");
+                let streams: Vec<String> = self.streams.keys().cloned().collect();
+                for s in streams {
+                    self.forget(&s);
+                }
+            }
+        }
+    }
+
+    fn abandon(&mut self, hour: i64) {
+        if let Some(file) = self.open.remove(&hour) {
+            let streams: Vec<String> = file.ranges().keys().cloned().collect();
+            file.abandon();
+            for s in streams {
+                self.forget(&s);
+            }
+        }
+    }
+
+    /// Commit every open file older than `max_file_age`.
+    pub fn commit_aged(&mut self) {
+        let due: Vec<i64> =
+            self.open.iter().filter(|(_, f)| f.opened().elapsed() >= self.max_file_age).map(|(h, _)| *h).collect();
+        for hour in due {
+            self.commit(hour);
+        }
+    }
+
+    /// Commit every open file (at shutdown).
+    pub fn commit_all(&mut self) {
+        let hours: Vec<i64> = self.open.keys().copied().collect();
+        for hour in hours {
+            self.commit(hour);
+        }
+    }
+}
+
+/// Split table rows by the hour of `ts`: `(hour since epoch, rows, their sequence numbers)`.
+fn split_by_hour(rows: &RecordBatch) -> Vec<(i64, RecordBatch, RangeSet)> {
+    let ts = rows.column(3).as_primitive::<TimestampMicrosecondType>();
+    let seq = rows.column(2).as_primitive::<arrow::datatypes::Int64Type>();
+    let hour_of = |t: i64| t.div_euclid(MICROS_PER_HOUR);
+    let seqs_of = |rows: &RecordBatch| {
+        let mut set = RangeSet::new();
+        for &s in rows.column(2).as_primitive::<arrow::datatypes::Int64Type>().values() {
+            set.insert(s as u64, s as u64);
+        }
+        set
+    };
+    let first = ts.values().first().map_or(0, |&t| hour_of(t));
+    if ts.values().iter().all(|&t| hour_of(t) == first) {
+        let mut set = RangeSet::new();
+        for &s in seq.values() {
+            set.insert(s as u64, s as u64);
+        }
+        return vec![(first, rows.clone(), set)];
+    }
+    let mut hours: Vec<i64> = ts.values().iter().map(|&t| hour_of(t)).collect();
+    hours.sort_unstable();
+    hours.dedup();
+    let mut out = Vec::with_capacity(hours.len());
+    for h in hours {
+        let mask: BooleanArray = ts.values().iter().map(|&t| Some(hour_of(t) == h)).collect();
+        match filter_record_batch(rows, &mask) {
+            Ok(part) => {
+                let set = seqs_of(&part);
+                out.push((h, part, set));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot split a batch by hour"),
+        }
+    }
+    out
+}

@@ -1,0 +1,35 @@
+//! The collector's counters, shared with whoever embeds or watches it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters since the collector started. All are monotonic.
+#[derive(Debug, Default)]
+pub struct CollectorStats {
+    /// Payloads taken from the bus.
+    pub payloads_received: AtomicU64,
+    /// Payloads dropped as malformed, of an unknown version, or on an unknown key.
+    pub payloads_malformed: AtomicU64,
+    /// Rows in well-formed payloads.
+    pub rows_received: AtomicU64,
+    /// Rows dropped because their sequence number was already accepted.
+    pub rows_duplicate: AtomicU64,
+    /// Rows written to an open file.
+    pub rows_accepted: AtomicU64,
+    /// Rows in committed files.
+    pub rows_committed: AtomicU64,
+    /// Files committed.
+    pub files_committed: AtomicU64,
+    /// Commits that failed (the file's rows are taken again on resend).
+    pub commit_errors: AtomicU64,
+    /// Failures to create or write a data file.
+    pub write_errors: AtomicU64,
+    /// Promoted field values that did not convert to their column type (kept in `fields`).
+    pub promote_failures: AtomicU64,
+}
+
+impl CollectorStats {
+    /// Read one counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,194 @@
+//! Writing one table partition's Parquet file, and committing it atomically.
+//!
+//! A [`PartitionFile`] is open under a temporary name (`<name>.parquet.tmp`, invisible to every
+//! reader that looks for `*.parquet`) while rows stream into it. [`PartitionFile::commit`]
+//! records in the footer the sequence ranges per stream the file holds, closes the file, fsyncs
+//! it, renames it to its final name and fsyncs the directory: after a crash a file is either
+//! complete and visible, or a leftover `.tmp` that the next start removes.
+//!
+//! Writer properties: zstd (level from the config), dictionary encoding, page statistics, row
+//! groups of `row_group_rows` rows (or fewer when buffered rows exceed the memory budget), and
+//! Bloom filters on the configured id columns.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+
+use crate::ranges::RangeSet;
+
+/// Footer key: the table name.
+pub const META_TABLE: &str = "switchboard.table";
+/// Footer key: the table's schema version.
+pub const META_TABLE_VERSION: &str = "switchboard.table_version";
+/// Footer key: the sequence ranges the file holds, as JSON `{"<node>/<kind>/<stream>": [[a, b], …]}`.
+pub const META_RANGES: &str = "switchboard.ranges";
+/// Footer key: the collector that wrote the file.
+pub const META_WRITER: &str = "switchboard.writer";
+
+/// A writer or commit failure.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// File system error, with the path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The Parquet encoder failed.
+    #[error("{path}: parquet: {source}")]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: parquet::errors::ParquetError,
+    },
+}
+
+/// How files of one table are written.
+#[derive(Debug, Clone)]
+pub struct FileSettings {
+    /// The table name, recorded in footers.
+    pub table: String,
+    /// The table schema version, recorded in footers.
+    pub table_version: u32,
+    /// The collector's name, recorded in footers and file names.
+    pub writer: String,
+    /// Parquet writer properties.
+    pub properties: WriterProperties,
+    /// Flush a row group once buffered rows take this many bytes.
+    pub row_group_max_bytes: usize,
+}
+
+impl FileSettings {
+    /// Writer properties: zstd at `level`, row groups of `row_group_rows`, Bloom filters on
+    /// `bloom_columns`.
+    pub fn properties(level: i32, row_group_rows: usize, bloom_columns: &[String]) -> WriterProperties {
+        let zstd = ZstdLevel::try_new(level).unwrap_or_default();
+        let mut b = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(zstd))
+            .set_max_row_group_row_count(Some(row_group_rows))
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .set_created_by(format!("switchboard {}", env!("CARGO_PKG_VERSION")));
+        for c in bloom_columns {
+            let path = ColumnPath::from(c.as_str());
+            b = b
+                .set_column_bloom_filter_enabled(path.clone(), true)
+                .set_column_bloom_filter_fpp(path.clone(), 0.01)
+                .set_column_bloom_filter_max_ndv(path, row_group_rows as u64);
+        }
+        b.build()
+    }
+}
+
+/// One open, uncommitted Parquet file of a partition.
+pub struct PartitionFile {
+    dir: PathBuf,
+    name: String,
+    writer: ArrowWriter<File>,
+    ranges: BTreeMap<String, RangeSet>,
+    rows: u64,
+    opened: Instant,
+}
+
+impl PartitionFile {
+    /// Create `<dir>/<name>.tmp` (and `dir`).
+    pub fn create(dir: PathBuf, name: String, schema: SchemaRef, settings: &FileSettings) -> Result<Self, WriteError> {
+        std::fs::create_dir_all(&dir).map_err(|source| WriteError::Io { path: dir.clone(), source })?;
+        let tmp = dir.join(format!("{name}.tmp"));
+        let file = File::create(&tmp).map_err(|source| WriteError::Io { path: tmp.clone(), source })?;
+        let writer = ArrowWriter::try_new(file, schema, Some(settings.properties.clone()))
+            .map_err(|source| WriteError::Parquet { path: tmp.clone(), source })?;
+        Ok(Self { dir, name, writer, ranges: BTreeMap::new(), rows: 0, opened: Instant::now() })
+    }
+
+    fn tmp_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.tmp", self.name))
+    }
+
+    /// Append rows of `stream` holding the sequence numbers `seqs`.
+    pub fn write(&mut self, batch: &RecordBatch, stream: &str, seqs: &RangeSet, settings: &FileSettings) -> Result<(), WriteError> {
+        self.writer.write(batch).map_err(|source| WriteError::Parquet { path: self.tmp_path(), source })?;
+        if self.writer.in_progress_size() >= settings.row_group_max_bytes {
+            self.writer.flush().map_err(|source| WriteError::Parquet { path: self.tmp_path(), source })?;
+        }
+        self.ranges.entry(stream.to_owned()).or_default().extend(seqs);
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Approximate file size so far (flushed bytes plus buffered rows).
+    pub fn approx_bytes(&self) -> usize {
+        self.writer.bytes_written() + self.writer.in_progress_size()
+    }
+
+    /// When the file was opened.
+    pub fn opened(&self) -> Instant {
+        self.opened
+    }
+
+    /// The sequence ranges per stream the file holds.
+    pub fn ranges(&self) -> &BTreeMap<String, RangeSet> {
+        &self.ranges
+    }
+
+    /// Write the footer, fsync, rename to the final name, fsync the directory. Returns the final
+    /// path and the ranges now committed. On failure the temporary file is removed: nothing of
+    /// it becomes visible.
+    pub fn commit(mut self, settings: &FileSettings) -> Result<(PathBuf, BTreeMap<String, RangeSet>), WriteError> {
+        let tmp = self.tmp_path();
+        let ranges_json = serde_json::to_string(&self.ranges).unwrap_or_else(|_| "{}".into());
+        for (k, v) in [
+            (META_TABLE, settings.table.clone()),
+            (META_TABLE_VERSION, settings.table_version.to_string()),
+            (META_WRITER, settings.writer.clone()),
+            (META_RANGES, ranges_json),
+        ] {
+            self.writer.append_key_value_metadata(KeyValue::new(k.to_owned(), v));
+        }
+        let final_path = self.dir.join(&self.name);
+        let done = self
+            .writer
+            .finish()
+            .map_err(|source| WriteError::Parquet { path: tmp.clone(), source })
+            .and_then(|_| self.writer.inner().sync_all().map_err(|source| WriteError::Io { path: tmp.clone(), source }))
+            .and_then(|_| {
+                std::fs::rename(&tmp, &final_path).map_err(|source| WriteError::Io { path: final_path.clone(), source })
+            });
+        if let Err(e) = done {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        if let Err(e) = sync_dir(&self.dir) {
+            tracing::warn!(error = %e, "the rename of a committed file may not be durable yet");
+        }
+        Ok((final_path, std::mem::take(&mut self.ranges)))
+    }
+
+    /// Give up on the file: remove the temporary file (its rows were never committed).
+    pub fn abandon(self) {
+        let tmp = self.tmp_path();
+        drop(self.writer);
+        let _ = std::fs::remove_file(tmp);
+    }
+}
+
+/// fsync a directory so that a rename in it is durable.
+pub fn sync_dir(dir: &Path) -> Result<(), WriteError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|source| WriteError::Io { path: dir.to_owned(), source })
+}

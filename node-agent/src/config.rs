@@ -1,0 +1,287 @@
+//! The agent's configuration file (TOML): the bus, where it keeps state, how it batches, and the
+//! log sources it tails.
+//!
+//! ```toml
+//! [bus]
+//! node = "gw1"
+//! connect = ["tcp/10.0.0.9:7447"]
+//!
+//! [agent]
+//! data_dir = "/var/lib/switchboard/agent"
+//!
+//! [[source]]
+//! name = "smsc"
+//! paths = ["/var/log/kannel/*.log"]
+//! format = "plain"
+//! ```
+//!
+//! Every field but `source.name` and `source.paths` has a default; unknown fields are errors.
+//! [`AgentConfig::validate`] checks names, globs and sizes before anything starts.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use switchboard_bus::keys::check_chunk;
+use switchboard_bus::BusConfig;
+
+use crate::parse::Format;
+
+/// The whole agent config file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// How to join the bus; `bus.node` is this gateway node's name.
+    #[serde(default)]
+    pub bus: BusConfig,
+    /// Agent-wide settings.
+    #[serde(default)]
+    pub agent: AgentSettings,
+    /// The log sources to tail, one `[[source]]` table each.
+    #[serde(default, rename = "source")]
+    pub sources: Vec<SourceConfig>,
+}
+
+/// The `[agent]` table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSettings {
+    /// Directory for the agent's checkpoint. Default: `./switchboard-agent`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Publish a batch when it holds this many lines. Default: 8192.
+    #[serde(default = "default_batch_lines")]
+    pub batch_max_lines: usize,
+    /// Publish a batch when it holds about this many bytes. Default: 1 MiB.
+    #[serde(default = "default_batch_bytes")]
+    pub batch_max_bytes: usize,
+    /// Publish a non-empty batch at the latest this long after its first line, in milliseconds.
+    /// Default: 200.
+    #[serde(default = "default_batch_delay_ms")]
+    pub batch_max_delay_ms: u64,
+    /// How often to look for new data when files are idle, in milliseconds. Default: 100.
+    #[serde(default = "default_poll_ms")]
+    pub poll_interval_ms: u64,
+    /// How often to evaluate the globs for new files, in milliseconds. Default: 1000.
+    #[serde(default = "default_glob_ms")]
+    pub glob_interval_ms: u64,
+    /// Hold batches back while no collector is alive on the bus, so that nothing is published
+    /// into the void (the files stay the journal). Default: true.
+    #[serde(default = "default_true")]
+    pub wait_for_collector: bool,
+    /// Write the checkpoint at most this often, in milliseconds (and always at shutdown).
+    /// Default: 1000.
+    #[serde(default = "default_checkpoint_ms")]
+    pub checkpoint_interval_ms: u64,
+}
+
+/// Where to start reading a file the agent has no checkpoint for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StartAt {
+    /// From its first byte (default).
+    #[default]
+    Beginning,
+    /// From its current end: only lines written from now on. Applies to files present when the
+    /// agent first starts; files that appear later are always read from the beginning.
+    End,
+}
+
+/// One `[[source]]`: a named stream fed by the files its globs match.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// The stream's name (a key chunk: no `/`, `*`, `$`, `?`, `#`). Required.
+    pub name: String,
+    /// Glob patterns of the files to tail, e.g. `/var/log/kannel/*.log`. Required. Files that
+    /// appear later are picked up too.
+    pub paths: Vec<String>,
+    /// Line format: `plain` (default), `json`, `syslog` (RFC 3164 and 5424) or `kv` (logfmt).
+    #[serde(default)]
+    pub format: Format,
+    /// `beginning` (default) or `end`.
+    #[serde(default)]
+    pub start_at: StartAt,
+    /// Lines longer than this are cut and flagged `truncated`. Default: 1 MiB.
+    #[serde(default = "default_max_line")]
+    pub max_line_bytes: usize,
+    /// Also extract `key=value` pairs from the message of plain and syslog lines. Default: false.
+    #[serde(default)]
+    pub kv_in_message: bool,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("switchboard-agent")
+}
+fn default_batch_lines() -> usize {
+    8192
+}
+fn default_batch_bytes() -> usize {
+    1 << 20
+}
+fn default_batch_delay_ms() -> u64 {
+    200
+}
+fn default_poll_ms() -> u64 {
+    100
+}
+fn default_glob_ms() -> u64 {
+    1000
+}
+fn default_checkpoint_ms() -> u64 {
+    1000
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_line() -> usize {
+    1 << 20
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        Self {
+            data_dir: default_data_dir(),
+            batch_max_lines: default_batch_lines(),
+            batch_max_bytes: default_batch_bytes(),
+            batch_max_delay_ms: default_batch_delay_ms(),
+            poll_interval_ms: default_poll_ms(),
+            glob_interval_ms: default_glob_ms(),
+            wait_for_collector: true,
+            checkpoint_interval_ms: default_checkpoint_ms(),
+        }
+    }
+}
+
+impl AgentSettings {
+    /// `batch_max_delay_ms` as a duration.
+    pub fn batch_max_delay(&self) -> Duration {
+        Duration::from_millis(self.batch_max_delay_ms)
+    }
+    /// `poll_interval_ms` as a duration.
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+    /// `glob_interval_ms` as a duration.
+    pub fn glob_interval(&self) -> Duration {
+        Duration::from_millis(self.glob_interval_ms)
+    }
+}
+
+/// A config that cannot be used, with the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not valid TOML or not the expected fields.
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line and column.
+        source: Box<toml::de::Error>,
+    },
+    /// A semantic problem.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+    /// The `[bus]` table is not usable.
+    #[error("invalid [bus] config: {0}")]
+    Bus(#[from] switchboard_bus::config::ConfigError),
+}
+
+impl AgentConfig {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Self, AgentConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| AgentConfigError::Read { path: path.to_owned(), source })?;
+        let config: Self = toml::from_str(&text)
+            .map_err(|source| AgentConfigError::Parse { path: path.to_owned(), source: Box::new(source) })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check everything that can be checked before starting.
+    pub fn validate(&self) -> Result<(), AgentConfigError> {
+        self.bus.validate()?;
+        let a = &self.agent;
+        if a.batch_max_lines == 0 || a.batch_max_bytes == 0 {
+            return Err(AgentConfigError::Invalid("agent.batch_max_lines and batch_max_bytes must be > 0".into()));
+        }
+        if a.poll_interval_ms == 0 || a.glob_interval_ms == 0 {
+            return Err(AgentConfigError::Invalid("agent.poll_interval_ms and glob_interval_ms must be > 0".into()));
+        }
+        let mut names = HashSet::new();
+        for s in &self.sources {
+            check_chunk(&s.name)
+                .map_err(|e| AgentConfigError::Invalid(format!("source name {:?}: {e}", s.name)))?;
+            if !names.insert(&s.name) {
+                return Err(AgentConfigError::Invalid(format!("source name {:?} is used twice", s.name)));
+            }
+            if s.paths.is_empty() {
+                return Err(AgentConfigError::Invalid(format!("source {:?} has no paths", s.name)));
+            }
+            for p in &s.paths {
+                glob::Pattern::new(p)
+                    .map_err(|e| AgentConfigError::Invalid(format!("source {:?}: bad glob {p:?}: {e}", s.name)))?;
+            }
+            if s.max_line_bytes < 16 {
+                return Err(AgentConfigError::Invalid(format!("source {:?}: max_line_bytes must be >= 16", s.name)));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c: AgentConfig = toml::from_str(
+            r#"
+            [bus]
+            node = "gw1"
+            [[source]]
+            name = "smsc"
+            paths = ["/tmp/x/*.log"]
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.sources[0].format, Format::Plain);
+        assert_eq!(c.sources[0].start_at, StartAt::Beginning);
+        assert_eq!(c.agent.batch_max_lines, 8192);
+        assert!(c.agent.wait_for_collector);
+    }
+
+    #[test]
+    fn bad_sources_are_named() {
+        let c: AgentConfig = toml::from_str(
+            r#"
+            [[source]]
+            name = "a/b"
+            paths = ["x"]
+            "#,
+        )
+        .unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("a/b"));
+        let c: AgentConfig = toml::from_str(
+            r#"
+            [[source]]
+            name = "a"
+            paths = ["[x"]
+            "#,
+        )
+        .unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("bad glob"));
+        assert!(toml::from_str::<AgentConfig>("[[source]]\nname='a'\npaths=['x']\nformat='xml'").is_err());
+    }
+}

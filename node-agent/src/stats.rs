@@ -1,0 +1,35 @@
+//! The agent's counters, shared between its threads and read by whoever embeds or watches it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters since the agent started. All are monotonic.
+#[derive(Debug, Default)]
+pub struct AgentStats {
+    /// Bytes read from log files.
+    pub bytes_read: AtomicU64,
+    /// Lines framed and parsed.
+    pub lines_read: AtomicU64,
+    /// Lines that did not match their source's format (kept whole as the message).
+    pub lines_unmatched: AtomicU64,
+    /// Lines cut at `max_line_bytes`.
+    pub lines_truncated: AtomicU64,
+    /// Lines that were not valid UTF-8 (kept, with their raw bytes).
+    pub lines_invalid_utf8: AtomicU64,
+    /// Files found truncated in place (copytruncate) and re-read from the start.
+    pub truncations: AtomicU64,
+    /// Lines published on the bus.
+    pub lines_published: AtomicU64,
+    /// Batches published on the bus.
+    pub batches_published: AtomicU64,
+    /// Failed publications (the batch is retried after a restart from the checkpoint).
+    pub publish_errors: AtomicU64,
+    /// Checkpoint writes that failed.
+    pub checkpoint_errors: AtomicU64,
+}
+
+impl AgentStats {
+    /// Read one counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,284 @@
+//! SQL over Switchboard's Parquet dataset, with DataFusion.
+//!
+//! [`Dataset::open`] registers every table found below the dataset root (`logs/`) as a listing
+//! table with its Hive partition columns (`date` as text `YYYY-MM-DD`, `hour` as an integer), so
+//! that `WHERE date = '2026-11-22' AND hour = 10` reads only that hour's files. Parquet reading
+//! uses footer statistics, page indexes and Bloom filters, with filters pushed into the scan.
+//! [`Dataset::sql`] runs a query; [`render`] prints the result as an aligned table, CSV, JSON or
+//! JSON lines.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), switchboard_queries::QueryError> {
+//! let ds = switchboard_queries::Dataset::open("switchboard-data".as_ref()).await?;
+//! let batches = ds.sql("SELECT node, count(*) FROM logs GROUP BY node").await?;
+//! switchboard_queries::render(&batches, switchboard_queries::OutputFormat::Table, &mut std::io::stdout())?;
+//! # Ok(()) }
+//! ```
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::error::DataFusionError;
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+
+/// The tables a dataset may hold, by directory name.
+pub const TABLES: &[&str] = &["logs"];
+
+/// A query could not run or its result could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The dataset root does not exist.
+    #[error("no dataset at {0}: run a collector (or `switchboard demo`) first, or pass --data")]
+    NoDataset(PathBuf),
+    /// DataFusion rejected or failed the query; its own message.
+    #[error("{0}")]
+    Sql(String),
+    /// The result could not be formatted.
+    #[error("cannot format the result: {0}")]
+    Format(#[from] ArrowError),
+    /// The result could not be written.
+    #[error("cannot write the result: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<DataFusionError> for QueryError {
+    fn from(e: DataFusionError) -> Self {
+        // DataFusion wraps errors in context layers; the innermost message is the useful one.
+        QueryError::Sql(e.find_root().to_string())
+    }
+}
+
+/// How to print a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    /// An aligned text table.
+    #[default]
+    Table,
+    /// CSV with a header line.
+    Csv,
+    /// One JSON array of objects.
+    Json,
+    /// One JSON object per line.
+    Ndjson,
+}
+
+/// A dataset root with its tables registered.
+pub struct Dataset {
+    ctx: SessionContext,
+    tables: Vec<String>,
+}
+
+impl Dataset {
+    /// Register every table present below `root`.
+    pub async fn open(root: &Path) -> Result<Self, QueryError> {
+        if !root.is_dir() {
+            return Err(QueryError::NoDataset(root.to_owned()));
+        }
+        let mut config = SessionConfig::new().with_information_schema(true);
+        let opts = config.options_mut();
+        opts.execution.parquet.pushdown_filters = true;
+        opts.execution.parquet.reorder_filters = true;
+        opts.execution.parquet.bloom_filter_on_read = true;
+        let ctx = SessionContext::new_with_config(config);
+        let mut tables = Vec::new();
+        for table in TABLES {
+            let dir = root.join(table);
+            if !has_parquet(&dir) {
+                continue;
+            }
+            let options = ParquetReadOptions::default().table_partition_cols(vec![
+                ("date".to_owned(), DataType::Utf8),
+                ("hour".to_owned(), DataType::Int32),
+            ]);
+            let url = format!("{}/", dir.canonicalize()?.display());
+            ctx.register_parquet(*table, url, options).await?;
+            tables.push((*table).to_owned());
+        }
+        Ok(Self { ctx, tables })
+    }
+
+    /// The tables that were found.
+    pub fn tables(&self) -> &[String] {
+        &self.tables
+    }
+
+    /// The DataFusion context, for callers that register more.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Run one SQL statement and collect its result.
+    pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
+        let df = self.ctx.sql(sql).await.map_err(|e| self.explain(e))?;
+        df.collect().await.map_err(|e| self.explain(e))
+    }
+
+    fn explain(&self, e: DataFusionError) -> QueryError {
+        let mut msg = e.find_root().to_string();
+        if msg.contains("not found") && msg.contains("table") {
+            if self.tables.is_empty() {
+                msg.push_str("\nhint: the dataset has no tables yet (no committed Parquet files)");
+            } else {
+                msg.push_str(&format!("\nhint: tables here: {}", self.tables.join(", ")));
+            }
+        }
+        QueryError::Sql(msg)
+    }
+}
+
+fn has_parquet(dir: &Path) -> bool {
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Write `batches` to `out` in `format`.
+pub fn render(batches: &[RecordBatch], format: OutputFormat, out: &mut dyn Write) -> Result<(), QueryError> {
+    match format {
+        OutputFormat::Table => {
+            let table = datafusion::arrow::util::pretty::pretty_format_batches(batches)?;
+            writeln!(out, "{table}")?;
+        }
+        OutputFormat::Csv => {
+            let mut w = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(&mut *out);
+            for b in batches {
+                w.write(&flatten_for_csv(b)?)?;
+            }
+        }
+        OutputFormat::Json => {
+            let mut w = datafusion::arrow::json::ArrayWriter::new(&mut *out);
+            let refs: Vec<&RecordBatch> = batches.iter().collect();
+            w.write_batches(&refs)?;
+            w.finish()?;
+            writeln!(out)?;
+        }
+        OutputFormat::Ndjson => {
+            let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut *out);
+            let refs: Vec<&RecordBatch> = batches.iter().collect();
+            w.write_batches(&refs)?;
+            w.finish()?;
+        }
+    }
+    Ok(())
+}
+
+/// CSV has no nested or binary values: render such columns as text the way the table does.
+fn flatten_for_csv(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    let nested = |t: &DataType| {
+        matches!(
+            t,
+            DataType::Map(..)
+                | DataType::List(_)
+                | DataType::LargeList(_)
+                | DataType::Struct(_)
+                | DataType::Binary
+                | DataType::LargeBinary
+                | DataType::BinaryView
+        )
+    };
+    if !batch.schema().fields().iter().any(|f| nested(f.data_type())) {
+        return Ok(batch.clone());
+    }
+    let opts = FormatOptions::default();
+    let mut fields = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for (f, col) in batch.schema().fields().iter().zip(batch.columns()) {
+        if nested(f.data_type()) {
+            let fmt = ArrayFormatter::try_new(col.as_ref(), &opts)?;
+            let text: StringArray =
+                (0..col.len()).map(|i| (!col.is_null(i)).then(|| fmt.value(i).to_string())).collect();
+            fields.push(Field::new(f.name(), DataType::Utf8, true));
+            columns.push(Arc::new(text));
+        } else {
+            fields.push(f.as_ref().clone());
+            columns.push(col.clone());
+        }
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+
+    fn write_file(dir: &Path, rows: &[(i64, &str)]) {
+        std::fs::create_dir_all(dir).unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("seq", DataType::Int64, false),
+            Field::new("message", DataType::Utf8, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+            ],
+        )
+        .unwrap();
+        let f = std::fs::File::create(dir.join("part-0.parquet")).unwrap();
+        let mut w = parquet_writer(f, schema);
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+    }
+
+    fn parquet_writer(
+        f: std::fs::File,
+        schema: Arc<Schema>,
+    ) -> datafusion::parquet::arrow::ArrowWriter<std::fs::File> {
+        datafusion::parquet::arrow::ArrowWriter::try_new(f, schema, None).unwrap()
+    }
+
+    async fn dataset() -> (tempfile::TempDir, Dataset) {
+        let root = tempfile::tempdir().unwrap();
+        write_file(&root.path().join("logs/date=2026-11-22/hour=10"), &[(1, "a"), (2, "b")]);
+        write_file(&root.path().join("logs/date=2026-11-22/hour=11"), &[(3, "c")]);
+        let ds = Dataset::open(root.path()).await.unwrap();
+        (root, ds)
+    }
+
+    #[tokio::test]
+    async fn partition_columns_are_typed_and_filterable() {
+        let (_root, ds) = dataset().await;
+        let b = ds.sql("SELECT count(*) AS n FROM logs WHERE date = '2026-11-22' AND hour = 11").await.unwrap();
+        let n = b[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0);
+        assert_eq!(n, 1);
+        let mut out = Vec::new();
+        let b = ds.sql("SELECT seq, message, hour FROM logs ORDER BY seq").await.unwrap();
+        render(&b, OutputFormat::Csv, &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "seq,message,hour\n1,a,10\n2,b,10\n3,c,11\n");
+        let mut out = Vec::new();
+        render(&b, OutputFormat::Ndjson, &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap().lines().count(), 3);
+    }
+
+    #[tokio::test]
+    async fn bad_sql_is_a_plain_error() {
+        let (_root, ds) = dataset().await;
+        let err = ds.sql("SELEC nonsense").await.unwrap_err();
+        assert!(matches!(err, QueryError::Sql(_)));
+        let err = ds.sql("SELECT * FROM nope").await.unwrap_err().to_string();
+        assert!(err.contains("nope") && err.contains("hint: tables here: logs"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn missing_dataset_is_named() {
+        let err = Dataset::open(Path::new("/nonexistent/sb")).await.err().unwrap();
+        assert!(err.to_string().contains("no dataset at /nonexistent/sb"));
+    }
+}

@@ -1,0 +1,261 @@
+//! Command-line definitions (clap) and their dispatch.
+//!
+//! Each subcommand reads its settings (a TOML file for long-running processes, flags otherwise),
+//! sets up `tracing`, runs one library entry point on a Tokio runtime, and stops gracefully on
+//! Ctrl-C or SIGTERM through a cancellation token.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use switchboard_agent::config::AgentConfig;
+use switchboard_agent::Agent;
+use switchboard_collector::config::CollectorConfig;
+use switchboard_collector::Collector;
+use switchboard_queries::{Dataset, OutputFormat};
+use tokio_util::sync::CancellationToken;
+
+use crate::demo::{self, DemoOptions};
+
+/// Switchboard: one zenoh bus for a fleet of messaging gateways.
+///
+/// Node agents tail the gateways' logs and publish them on the bus; a collector writes
+/// everything, exactly once, to a Hive-partitioned Parquet dataset; `query` runs SQL over it.
+/// Start with `switchboard demo`.
+#[derive(Debug, Parser)]
+#[command(name = "switchboard", version, propagate_version = true)]
+pub struct Cli {
+    /// Log filter for the process's own logs (tracing `EnvFilter` syntax, e.g. `info`,
+    /// `switchboard_collector=debug`).
+    #[arg(long, global = true, env = "SWITCHBOARD_LOG")]
+    pub log: Option<String>,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node agent beside a gateway: tail its log files and publish them on the bus.
+    ///
+    /// The config names the bus endpoints and the log sources (globs, format). The agent resumes
+    /// from its checkpoint after a restart; it publishes only while a collector is alive.
+    Agent {
+        /// The agent's TOML config (see docs/config/agent.toml).
+        #[arg(short, long, env = "SWITCHBOARD_AGENT_CONFIG")]
+        config: PathBuf,
+        /// Only check the config and exit.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Run a collector: write every log stream of the cluster to the Parquet dataset.
+    ///
+    /// Files are committed atomically with the sequence ranges they hold in their footers; a
+    /// restarted collector reads them back and drops what it already has.
+    Collector {
+        /// The collector's TOML config (see docs/config/collector.toml).
+        #[arg(short, long, env = "SWITCHBOARD_COLLECTOR_CONFIG")]
+        config: PathBuf,
+        /// Only check the config and exit.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Run SQL over the Parquet dataset (DataFusion).
+    ///
+    /// Tables: `logs`, partitioned by `date` ('YYYY-MM-DD') and `hour` (0-23): filter on them to
+    /// read only the matching files. Example:
+    ///   switchboard query "SELECT node, level, count(*) FROM logs WHERE date = '2026-11-22' GROUP BY 1, 2"
+    Query {
+        /// The SQL statement.
+        sql: String,
+        /// The dataset root (the collector's `data_dir`).
+        #[arg(long, env = "SWITCHBOARD_DATA", default_value = "switchboard-data")]
+        data: PathBuf,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Run a collector and three node agents on loopback with synthetic gateway logs, then print
+    /// a summary computed with SQL. Needs no setup.
+    Demo {
+        /// How long to write logs: `15s`, `500ms`, `2m`, or seconds.
+        #[arg(long, default_value = "15s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Directory for the demo's logs, agent state and dataset (cleared first if the demo made
+        /// it; refused if something else did).
+        #[arg(long, default_value = "switchboard-demo")]
+        dir: PathBuf,
+        /// Number of node agents.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Log lines written per second on each node.
+        #[arg(long, default_value_t = 2000)]
+        rate: u32,
+    },
+}
+
+/// Output formats of `query`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned text table.
+    Table,
+    /// CSV with a header line.
+    Csv,
+    /// A JSON array of objects.
+    Json,
+    /// One JSON object per line.
+    Ndjson,
+}
+
+impl From<Format> for OutputFormat {
+    fn from(f: Format) -> Self {
+        match f {
+            Format::Table => OutputFormat::Table,
+            Format::Csv => OutputFormat::Csv,
+            Format::Json => OutputFormat::Json,
+            Format::Ndjson => OutputFormat::Ndjson,
+        }
+    }
+}
+
+/// Parse `15s`, `500ms`, `2m`, `1h` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 15s, 500ms, 2m"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        other => return Err(format!("unknown unit {other:?} in {s:?}: use ms, s, m or h")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?} is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn init_tracing(filter: Option<&str>, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter.unwrap_or(default))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        // Query planning recurses deeply; give worker threads room.
+        .thread_stack_size(8 << 20)
+        .build()
+        .context("starting the Tokio runtime")
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM.
+fn shutdown_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                let _ = tokio::signal::ctrl_c().await;
+                t.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutdown requested");
+        t.cancel();
+    });
+    token
+}
+
+/// Run one parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    let log = cli.log.as_deref();
+    match cli.command {
+        Command::Agent { config, check } => {
+            init_tracing(log, "info");
+            let cfg = AgentConfig::load(&config)?;
+            if check {
+                println!("{}: ok ({} sources)", config.display(), cfg.sources.len());
+                return Ok(());
+            }
+            runtime()?.block_on(async {
+                let cancel = shutdown_token();
+                let agent = Agent::start(cfg, cancel).await?;
+                agent.wait().await;
+                Ok(())
+            })
+        }
+        Command::Collector { config, check } => {
+            init_tracing(log, "info");
+            let cfg = CollectorConfig::load(&config)?;
+            if check {
+                println!("{}: ok", config.display());
+                return Ok(());
+            }
+            runtime()?.block_on(async {
+                let cancel = shutdown_token();
+                let collector = Collector::start(cfg, cancel).await?;
+                collector.wait().await;
+                Ok(())
+            })
+        }
+        Command::Query { sql, data, format } => {
+            init_tracing(log, "warn");
+            runtime()?.block_on(async {
+                let ds = Dataset::open(&data).await?;
+                let batches = ds.sql(&sql).await?;
+                let mut out = std::io::stdout().lock();
+                switchboard_queries::render(&batches, format.into(), &mut out)?;
+                Ok(())
+            })
+        }
+        Command::Demo { duration, dir, nodes, rate } => {
+            init_tracing(log, "warn");
+            runtime()?.block_on(async {
+                let cancel = shutdown_token();
+                let summary = demo::run(DemoOptions { duration, dir, nodes, rate }, cancel).await?;
+                if summary.stored != summary.written || summary.duplicates != 0 {
+                    anyhow::bail!(
+                        "the dataset does not match what was written: {} written, {} stored, {} duplicates",
+                        summary.written,
+                        summary.stored,
+                        summary.duplicates
+                    );
+                }
+                Ok(())
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
