@@ -104,7 +104,7 @@ impl SourceTailer {
                 self.scan();
                 last_scan = Some(Instant::now());
             }
-            let progressed = match self.read_files(&out) {
+            let progressed = match self.read_files(&out, &cancel) {
                 Ok(p) => p,
                 Err(Closed) => return,
             };
@@ -195,12 +195,15 @@ impl SourceTailer {
     }
 
     /// Read what is new in every file; cut batches as they fill. Returns whether anything was read.
-    fn read_files(&mut self, out: &mpsc::Sender<OutBatch>) -> Result<bool, Closed> {
+    fn read_files(&mut self, out: &mpsc::Sender<OutBatch>, cancel: &CancellationToken) -> Result<bool, Closed> {
         let mut progressed = false;
         let mut i = 0;
-        while i < self.files.len() {
+        while i < self.files.len() && !cancel.is_cancelled() {
             let mut drained = false;
             for _ in 0..CHUNKS_PER_TURN {
+                if cancel.is_cancelled() {
+                    break;
+                }
                 let n = match self.read_chunk(i) {
                     Ok(n) => n,
                     Err(e) => {

@@ -1,0 +1,279 @@
+//! Shared harness for the integration tests: real `switchboard` processes on loopback.
+//!
+//! - [`Proc`] starts the binary with a config file and kills it on `Drop` (so a failing test leaves
+//!   nothing running); [`Proc::stop`] asks it to stop with SIGTERM and waits, bounded.
+//! - [`Cluster`] lays out a temporary directory with a collector and agent configs on a free port.
+//! - [`read_logs`] reads the `logs` table back with the parquet crate, independently of `query`.
+//! - [`wait_until`] polls a condition with a deadline; every loop in the tests is bounded.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int64Type;
+use arrow_array::Array;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Poll `cond` every 50 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
+
+/// A running `switchboard` process, killed on drop.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    pub fn start(name: &str, args: &[&str], log: PathBuf) -> Self {
+        let out = File::create(&log).unwrap();
+        let child = Command::new(BIN)
+            .args(args)
+            .env("SWITCHBOARD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Self { name: name.to_owned(), child: Some(child), log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// SIGTERM, then wait up to 20 s for a clean exit; panics (with the process log) otherwise.
+    pub fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "{} exited with {status}\n{}", self.name, self.log_text());
+                return;
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("{} did not stop within 20 s\n{}", self.name, self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kill -9.
+    pub fn kill(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A test cluster's directory layout and configs.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub endpoint: String,
+    pub cluster: String,
+}
+
+impl Cluster {
+    pub fn new() -> Self {
+        let port = free_port();
+        Self { dir: tempfile::tempdir().unwrap(), endpoint: format!("tcp/127.0.0.1:{port}"), cluster: format!("t{port}") }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn dataset(&self) -> PathBuf {
+        self.path().join("dataset")
+    }
+
+    pub fn logs_dir(&self, node: &str) -> PathBuf {
+        let d = self.path().join("logs").join(node);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    pub fn start_collector(&self) -> Proc {
+        let cfg = self.path().join("collector.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"
+[bus]
+cluster = "{}"
+node = "c1"
+listen = ["{}"]
+
+[collector]
+data_dir = "{}"
+max_file_age_ms = 300
+"#,
+                self.cluster,
+                self.endpoint,
+                self.dataset().display()
+            ),
+        )
+        .unwrap();
+        Proc::start("collector", &["collector", "--config", cfg.to_str().unwrap()], self.path().join("collector.log"))
+    }
+
+    /// An agent for `node` tailing `<logs>/<node>/*.log` as source `app` in `format`.
+    pub fn start_agent(&self, node: &str, format: &str) -> Proc {
+        let cfg = self.path().join(format!("agent-{node}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"
+[bus]
+cluster = "{}"
+node = "{node}"
+connect = ["{}"]
+
+[agent]
+data_dir = "{}"
+batch_max_delay_ms = 50
+poll_interval_ms = 20
+glob_interval_ms = 200
+checkpoint_interval_ms = 100
+
+[[source]]
+name = "app"
+paths = ["{}/*.log"]
+format = "{format}"
+"#,
+                self.cluster,
+                self.endpoint,
+                self.path().join("state").join(node).display(),
+                self.logs_dir(node).display()
+            ),
+        )
+        .unwrap();
+        Proc::start(&format!("agent {node}"), &["agent", "--config", cfg.to_str().unwrap()], self.path().join(format!("agent-{node}.log")))
+    }
+
+    pub fn agent_state(&self, node: &str) -> PathBuf {
+        self.path().join("state").join(node)
+    }
+}
+
+/// Append `lines` to `path` (each gets a newline).
+pub fn append(path: &Path, lines: impl IntoIterator<Item = String>) {
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+    let mut buf = String::new();
+    for l in lines {
+        buf.push_str(&l);
+        buf.push('\n');
+    }
+    f.write_all(buf.as_bytes()).unwrap();
+}
+
+/// One row of the `logs` table, as read back from Parquet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub node: String,
+    pub stream: String,
+    pub seq: i64,
+    pub file: String,
+    pub offset: i64,
+    pub level: Option<String>,
+    pub message: String,
+}
+
+/// Every row of every committed file of the `logs` table below `dataset`.
+pub fn read_logs(dataset: &Path) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mut stack = vec![dataset.join("logs")];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&p).unwrap()).unwrap().build().unwrap();
+                for batch in reader {
+                    let b = batch.unwrap();
+                    let s = |n: &str| b.column_by_name(n).unwrap().as_string::<i32>().clone();
+                    let i = |n: &str| b.column_by_name(n).unwrap().as_primitive::<Int64Type>().clone();
+                    let (node, stream, file, level, message) = (s("node"), s("stream"), s("file"), s("level"), s("message"));
+                    let (seq, offset) = (i("seq"), i("offset"));
+                    for r in 0..b.num_rows() {
+                        rows.push(Row {
+                            node: node.value(r).to_owned(),
+                            stream: stream.value(r).to_owned(),
+                            seq: seq.value(r),
+                            file: file.value(r).to_owned(),
+                            offset: offset.value(r),
+                            level: (!level.is_null(r)).then(|| level.value(r).to_owned()),
+                            message: message.value(r).to_owned(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    rows
+}
+
+/// Count of committed rows (for polling).
+pub fn count_logs(dataset: &Path) -> usize {
+    read_logs(dataset).len()
+}
+
+/// Assert every `(node, stream, seq)` is unique and each node's sequence is gap-free from 0;
+/// returns rows per node.
+pub fn assert_exactly_once(rows: &[Row]) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    let mut per_node: HashMap<String, Vec<i64>> = HashMap::new();
+    for r in rows {
+        let key = (r.node.clone(), r.stream.clone(), r.seq);
+        assert!(seen.insert(key.clone(), ()).is_none(), "duplicate {key:?}");
+        per_node.entry(format!("{}/{}", r.node, r.stream)).or_default().push(r.seq);
+    }
+    let mut counts = HashMap::new();
+    for (k, mut seqs) in per_node {
+        seqs.sort_unstable();
+        for (i, s) in seqs.iter().enumerate() {
+            assert_eq!(*s, i as i64, "stream {k}: sequence gap or offset at position {i}");
+        }
+        counts.insert(k, seqs.len());
+    }
+    counts
+}
