@@ -1,1 +1,64 @@
-fn main(){}
+//! `sb-bench`: Switchboard's benchmark harness. Each bench prints its figures beside the anchor it
+//! names, as ratios, in one run. Run in release mode:
+//!
+//! ```text
+//! cargo run --release -p switchboard-benches -- logs
+//! cargo run --release -p switchboard-benches -- wire
+//! ```
+
+mod logs;
+mod wire;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use switchboard_agent::parse::Format;
+
+/// Switchboard benchmarks (build with --release).
+#[derive(Debug, Parser)]
+#[command(name = "sb-bench")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Log pipeline: lines/s from appended file lines to committed Parquet rows, for 1 and 2
+    /// agents, beside the Parquet-encode-only ceiling and the rsyslog anchor (400k lines/s).
+    Logs {
+        /// Lines per run (split over the agents).
+        #[arg(long, default_value_t = 2_000_000)]
+        lines: usize,
+        /// Parse lines as `plain` (timestamp + level prefix) or `kv`.
+        #[arg(long, default_value = "plain", value_parser = parse_format)]
+        format: Format,
+        /// Also extract key=value pairs from each message (fills the promoted columns).
+        #[arg(long)]
+        kv_in_message: bool,
+    },
+    /// Wire format: log_batch as Arrow IPC against JSON lines (encode, decode, bytes per row).
+    Wire {
+        /// Rows to encode and decode.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
+    },
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    match s {
+        "plain" => Ok(Format::Plain),
+        "kv" => Ok(Format::Kv),
+        "json" => Ok(Format::Json),
+        "syslog" => Ok(Format::Syslog),
+        _ => Err(format!("unknown format {s:?}")),
+    }
+}
+
+fn main() -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG").unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    match Cli::parse().bench {
+        Bench::Logs { lines, format, kv_in_message } => logs::run(&logs::LogsBench { lines, format, kv_in_message }),
+        Bench::Wire { rows } => wire::run(rows),
+    }
+}

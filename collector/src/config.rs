@@ -267,3 +267,22 @@ mod tests {
         assert!(toml::from_str::<CollectorConfig>("[collector]\nzstd = 3").is_err());
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn shipped_example_config_parses_and_states_the_defaults() {
+        let c: CollectorConfig = toml::from_str(include_str!("../../docs/config/collector.toml")).unwrap();
+        c.validate().unwrap();
+        let d = CollectorSettings::default();
+        let s = &c.collector;
+        assert_eq!(
+            (s.max_file_bytes, s.max_file_age_ms, s.row_group_rows, s.row_group_max_bytes, s.zstd_level, s.queue_payloads),
+            (d.max_file_bytes, d.max_file_age_ms, d.row_group_rows, d.row_group_max_bytes, d.zstd_level, d.queue_payloads)
+        );
+        assert_eq!(s.data_dir, d.data_dir);
+        assert_eq!(c.logs.promote, LogsTableConfig::default().promote);
+    }
+}

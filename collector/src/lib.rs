@@ -41,7 +41,7 @@ pub const LOGS_DIR: &str = "logs";
 /// How often the sink wakes up to commit aged files when no data arrives.
 const TICK: Duration = Duration::from_millis(200);
 /// After cancellation, keep taking what is still in flight until the bus is quiet this long.
-const DRAIN_QUIET: Duration = Duration::from_millis(300);
+const DRAIN_QUIET: Duration = Duration::from_millis(50);
 /// ... but no longer than this.
 const DRAIN_MAX: Duration = Duration::from_secs(5);
 

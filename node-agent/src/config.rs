@@ -285,3 +285,23 @@ mod tests {
         assert!(toml::from_str::<AgentConfig>("[[source]]\nname='a'\npaths=['x']\nformat='xml'").is_err());
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn shipped_example_config_parses_and_validates() {
+        let c: AgentConfig = toml::from_str(include_str!("../../docs/config/agent.toml")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.sources.len(), 2);
+        // The example states the defaults: they must be the real ones.
+        let d = AgentSettings::default();
+        assert_eq!(
+            (c.agent.batch_max_lines, c.agent.batch_max_bytes, c.agent.batch_max_delay_ms, c.agent.poll_interval_ms),
+            (d.batch_max_lines, d.batch_max_bytes, d.batch_max_delay_ms, d.poll_interval_ms)
+        );
+        assert_eq!((c.agent.glob_interval_ms, c.agent.checkpoint_interval_ms), (d.glob_interval_ms, d.checkpoint_interval_ms));
+        assert_eq!(c.agent.data_dir, d.data_dir);
+    }
+}

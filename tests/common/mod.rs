@@ -156,6 +156,12 @@ max_file_age_ms = 300
 
     /// An agent for `node` tailing `<logs>/<node>/*.log` as source `app` in `format`.
     pub fn start_agent(&self, node: &str, format: &str) -> Proc {
+        self.start_agent_connecting(node, format, &[])
+    }
+
+    /// Like [`Self::start_agent`], also connecting to `extra` endpoints.
+    pub fn start_agent_connecting(&self, node: &str, format: &str, extra: &[String]) -> Proc {
+        let connect: Vec<String> = std::iter::once(&self.endpoint).chain(extra).map(|e| format!("\"{e}\"")).collect();
         let cfg = self.path().join(format!("agent-{node}.toml"));
         std::fs::write(
             &cfg,
@@ -164,7 +170,7 @@ max_file_age_ms = 300
 [bus]
 cluster = "{}"
 node = "{node}"
-connect = ["{}"]
+connect = [{}]
 
 [agent]
 data_dir = "{}"
@@ -179,7 +185,7 @@ paths = ["{}/*.log"]
 format = "{format}"
 "#,
                 self.cluster,
-                self.endpoint,
+                connect.join(", "),
                 self.path().join("state").join(node).display(),
                 self.logs_dir(node).display()
             ),

@@ -1,0 +1,147 @@
+"""Independent clients of the bus and readers of the dataset, following docs/protocol.md only.
+
+Used by tests/python_interop.rs. Subcommands:
+  subscribe ENDPOINT LISTEN PREFIX EXPECTED TIMEOUT   receive log_batch payloads, print a JSON summary
+  publish   ENDPOINT PREFIX NODE STREAM ROWS          publish ROWS records as one node, in two batches
+  read      DATASET                                   read the logs table with pyarrow and DuckDB
+Every wait is bounded; the exit code is non-zero on any protocol violation.
+"""
+import json
+import sys
+import threading
+import time
+
+import pyarrow as pa
+
+
+def session(connect, listen=None):
+    import zenoh
+    cfg = {"mode": "peer", "connect": {"endpoints": [connect]}, "scouting": {"multicast": {"enabled": False}}}
+    if listen:
+        cfg["listen"] = {"endpoints": [listen]}
+    return zenoh.open(zenoh.Config.from_json5(json.dumps(cfg)))
+
+
+def subscribe(endpoint, listen, prefix, expected, timeout):
+    s = session(endpoint, listen)
+    lock = threading.Lock()
+    seen = {}
+    errors = []
+    done = threading.Event()
+
+    def on_sample(sample):
+        try:
+            reader = pa.ipc.open_stream(sample.payload.to_bytes())
+            table = reader.read_all()
+            meta = table.schema.metadata or {}
+            if meta.get(b"switchboard.payload") != b"log_batch" or meta.get(b"switchboard.version") != b"1":
+                errors.append("bad metadata %r" % meta)
+            names = [f.name for f in table.schema]
+            if names != ["seq", "ts", "observed_ts", "file", "offset", "level", "message", "raw",
+                         "truncated", "invalid_utf8", "fields"]:
+                errors.append("bad columns %r" % names)
+            key = str(sample.key_expr)
+            with lock:
+                for seq in table.column("seq").to_pylist():
+                    seen[(key, seq)] = seen.get((key, seq), 0) + 1
+                if len(seen) >= expected:
+                    done.set()
+        except Exception as e:  # noqa: BLE001 - report any decoding failure as a protocol error
+            errors.append(repr(e))
+
+    sub = s.declare_subscriber(prefix + "/stream/*/log/*", on_sample)
+    print("ready", flush=True)
+    done.wait(timeout)
+    sub.undeclare()
+    s.close()
+    keys = sorted({k for k, _ in seen})
+    print(json.dumps({"rows": len(seen), "keys": keys, "errors": errors,
+                      "max_seq": max((q for _, q in seen), default=-1)}), flush=True)
+    return 0 if not errors else 1
+
+
+def publish(endpoint, prefix, node, stream, rows):
+    import zenoh
+    s = session(endpoint)
+    # Wait (bounded) for a collector's liveliness token, as an agent does.
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        replies = list(s.liveliness().get(prefix + "/collector/*", timeout=1.0))
+        if any(r.ok is not None for r in replies):
+            break
+        time.sleep(0.1)
+    else:
+        print("no collector alive", file=sys.stderr)
+        return 1
+    fields_type = pa.map_(pa.field("keys", pa.string(), nullable=False), pa.field("values", pa.string()))
+    schema = pa.schema([
+        pa.field("seq", pa.uint64(), False), pa.field("ts", pa.timestamp("us", "UTC"), False),
+        pa.field("observed_ts", pa.timestamp("us", "UTC"), False), pa.field("file", pa.string(), False),
+        pa.field("offset", pa.uint64(), False), pa.field("level", pa.string()),
+        pa.field("message", pa.string(), False), pa.field("raw", pa.binary()),
+        pa.field("truncated", pa.bool_(), False), pa.field("invalid_utf8", pa.bool_(), False),
+        pa.field("fields", fields_type, False),
+    ], metadata={"switchboard.payload": "log_batch", "switchboard.version": "1"})
+    now = int(time.time() * 1_000_000)
+    key = "%s/stream/%s/log/%s" % (prefix, node, stream)
+    half = rows // 2
+    for lo, hi in ((0, half), (half, rows)):
+        n = hi - lo
+        batch = pa.record_batch([
+            pa.array(range(lo, hi), pa.uint64()),
+            pa.array([now + i for i in range(lo, hi)], pa.timestamp("us", "UTC")),
+            pa.array([now] * n, pa.timestamp("us", "UTC")),
+            pa.array(["python"] * n),
+            pa.array([i * 10 for i in range(lo, hi)], pa.uint64()),
+            pa.array(["info"] * n),
+            pa.array(["python record %d" % i for i in range(lo, hi)]),
+            pa.array([None] * n, pa.binary()),
+            pa.array([False] * n),
+            pa.array([False] * n),
+            pa.array([[("msg_id", "py-%d" % i), ("lang", "python")] for i in range(lo, hi)], fields_type),
+        ], schema=schema)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, schema) as w:
+            w.write_batch(batch)
+        s.put(key, sink.getvalue().to_pybytes(), congestion_control=zenoh.CongestionControl.BLOCK)
+    # Let the last put leave before the session closes.
+    time.sleep(0.5)
+    s.close()
+    return 0
+
+
+def read(dataset):
+    import duckdb
+    import pyarrow.dataset as ds
+    d = ds.dataset(dataset + "/logs", format="parquet", partitioning="hive")
+    t = d.to_table(columns=["node", "stream", "seq", "msg_id", "hour"])
+    per_node_pa = {}
+    for node in t.column("node").to_pylist():
+        per_node_pa[node] = per_node_pa.get(node, 0) + 1
+    con = duckdb.connect()
+    rows = con.execute(
+        "SELECT node, count(*), count(DISTINCT (stream, seq)) FROM read_parquet(?, hive_partitioning = true) GROUP BY node",
+        [dataset + "/logs/**/*.parquet"]).fetchall()
+    per_node_duck = {n: c for n, c, _ in rows}
+    distinct = {n: d for n, _, d in rows}
+    point = con.execute(
+        "SELECT count(*) FROM read_parquet(?, hive_partitioning = true) WHERE msg_id = 'py-7'",
+        [dataset + "/logs/**/*.parquet"]).fetchone()[0]
+    print(json.dumps({"pyarrow": per_node_pa, "duckdb": per_node_duck, "distinct": distinct, "point": point}))
+    return 0
+
+
+def main(argv):
+    cmd = argv[1]
+    if cmd == "subscribe":
+        return subscribe(argv[2], argv[3], argv[4], int(argv[5]), float(argv[6]))
+    if cmd == "publish":
+        return publish(argv[2], argv[3], argv[4], argv[5], int(argv[6]))
+    if cmd == "read":
+        return read(argv[2])
+    print("unknown command", cmd, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
