@@ -156,3 +156,34 @@ fn query_reports_bad_sql_without_a_backtrace() {
     assert!(err.starts_with("error: ") && err.contains("SELEC"), "{err}");
     assert!(!err.contains("backtrace") && !err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn hostile_lines_arrive_flagged_and_bounded() {
+    let c = Cluster::new();
+    let collector = c.start_collector();
+    let file = c.logs_dir("gw").join("x.log");
+    // Present before the agent starts with start_at = "end": must not be shipped.
+    append(&file, (0..10).map(|i| format!("old line {i}")));
+    let agent = c.start_agent_with("gw", "plain", &[], "start_at = \"end\"\nmax_line_bytes = 65536");
+    assert!(wait_until(DEADLINE, || std::fs::read_to_string(c.path().join("agent-gw.log")).unwrap_or_default().contains("tailing file")));
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(b"crlf line\r\n");
+    bytes.extend_from_slice(b"bad \xff\xfe utf8\n");
+    bytes.extend(std::iter::repeat_n(b'z', 10 << 20)); // a 10 MB line
+    bytes.extend_from_slice(b"\nafter the long one\npartial");
+    std::fs::OpenOptions::new().append(true).open(&file).map(|mut f| std::io::Write::write_all(&mut f, &bytes)).unwrap().unwrap();
+    assert!(wait_until(DEADLINE, || count_logs(&c.dataset()) >= 4), "{}", agent.log_text());
+    append(&file, std::iter::once(" completed".to_owned()));
+    assert!(wait_until(DEADLINE, || count_logs(&c.dataset()) >= 5), "{}", agent.log_text());
+    agent.stop();
+    collector.stop();
+    let mut rows = read_logs(&c.dataset());
+    rows.sort_by_key(|r| r.seq);
+    let msgs: Vec<&str> = rows.iter().map(|r| if r.message.len() > 40 { "<long>" } else { r.message.as_str() }).collect();
+    assert_eq!(msgs, vec!["crlf line", "bad \u{FFFD}\u{FFFD} utf8", "<long>", "after the long one", "partial completed"]);
+    assert!(rows[1].invalid_utf8 && rows[1].raw.as_deref() == Some(&b"bad \xff\xfe utf8"[..]));
+    assert!(!rows[0].invalid_utf8 && rows[0].raw.is_none());
+    assert!(rows[2].truncated && rows[2].message.len() == 65536);
+    assert!(!rows[3].truncated);
+    assert_exactly_once(&rows);
+}

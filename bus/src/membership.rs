@@ -113,3 +113,49 @@ impl Membership {
         self.live.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BusConfig;
+    use crate::session::{announce, open};
+
+    fn bus(node: &str, listen: Option<&str>, connect: Option<&str>) -> BusConfig {
+        BusConfig {
+            cluster: "mtest".into(),
+            node: node.into(),
+            listen: listen.into_iter().map(str::to_owned).collect(),
+            connect: connect.into_iter().map(str::to_owned).collect(),
+            ..BusConfig::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn joins_and_leaves_are_seen_by_a_peer() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let ep = format!("tcp/127.0.0.1:{port}");
+        let keys = KeySpace::new("sb/mtest").unwrap();
+        let cancel = CancellationToken::new();
+        let a = open(&bus("a", Some(&ep), None)).await.unwrap();
+        let _ta = announce(&a, &keys, Role::Collector, "c1").await.unwrap();
+        let m = Membership::watch(&a, &keys, cancel.clone()).await.unwrap();
+        // Own token arrives through history.
+        assert!(m.wait_for_role(Role::Collector, Duration::from_secs(5)).await);
+        let mut events = m.events();
+
+        let b = open(&bus("b", None, Some(&ep))).await.unwrap();
+        let tb = announce(&b, &keys, Role::Agent, "gw1").await.unwrap();
+        assert!(m.wait_for_role(Role::Agent, Duration::from_secs(5)).await);
+        assert_eq!(m.live_of(Role::Agent), vec!["gw1".to_owned()]);
+        let joined = tokio::time::timeout(Duration::from_secs(5), events.recv()).await.unwrap().unwrap();
+        assert_eq!(joined, MemberEvent::Joined(Member { role: Role::Agent, name: "gw1".into() }));
+
+        drop(tb);
+        let left = tokio::time::timeout(Duration::from_secs(5), events.recv()).await.unwrap().unwrap();
+        assert_eq!(left, MemberEvent::Left(Member { role: Role::Agent, name: "gw1".into() }));
+        assert!(m.live_of(Role::Agent).is_empty());
+        cancel.cancel();
+        b.close().await.unwrap();
+        a.close().await.unwrap();
+    }
+}

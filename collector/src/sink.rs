@@ -287,3 +287,145 @@ fn split_by_hour(rows: &RecordBatch) -> Vec<(i64, RecordBatch, RangeSet)> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LogsTableConfig;
+    use crate::recovery::recover;
+    use crate::writer::FileSettings;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use switchboard_bus::wire::log_batch::{LogBatchBuilder, LogRow};
+    use switchboard_bus::StreamKind;
+
+    const HOUR: i64 = MICROS_PER_HOUR;
+    const T0: i64 = 1_795_000_000_000_000 / HOUR * HOUR;
+
+    fn sink(dir: &std::path::Path, max_file_bytes: usize) -> (LogsSink, Arc<CollectorStats>) {
+        let promote = LogsTableConfig::default().promote;
+        let settings = FileSettings {
+            table: "logs".into(),
+            table_version: 1,
+            writer: "t".into(),
+            properties: FileSettings::properties(1, 1024, &["msg_id".to_owned()]),
+            row_group_max_bytes: 1 << 20,
+        };
+        let stats = Arc::new(CollectorStats::default());
+        let committed = recover(dir).unwrap().committed;
+        let s = LogsSink::new(LogsTable::new(promote), settings, dir.to_owned(), max_file_bytes, Duration::from_secs(3600), committed, stats.clone());
+        (s, stats)
+    }
+
+    fn payload(seqs: impl IntoIterator<Item = u64>, ts: impl Fn(u64) -> i64) -> Vec<u8> {
+        let mut b = LogBatchBuilder::new();
+        for s in seqs {
+            let row = LogRow {
+                seq: s,
+                ts_micros: ts(s),
+                observed_micros: ts(s),
+                file: "/var/log/x.log",
+                offset: s * 10,
+                level: Some("info"),
+                message: "hello",
+                raw: None,
+                truncated: false,
+            };
+            b.append(&row, &[("msg_id", format!("m{s}"))]);
+        }
+        log_batch::encode(&b.finish().unwrap()).unwrap()
+    }
+
+    fn id() -> StreamId {
+        StreamId { node: "gw".into(), kind: StreamKind::Log, name: "app".into() }
+    }
+
+    #[test]
+    fn malformed_payloads_are_counted_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, stats) = sink(dir.path(), 1 << 30);
+        s.handle(&id(), b"\xff\x00garbage");
+        s.handle(&id(), &[]);
+        assert_eq!(CollectorStats::get(&stats.payloads_malformed), 2);
+        s.handle(&id(), &payload(0..3, |_| T0));
+        assert_eq!(CollectorStats::get(&stats.rows_accepted), 3);
+    }
+
+    #[test]
+    fn duplicates_are_dropped_across_open_files_commits_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, stats) = sink(dir.path(), 1 << 30);
+        s.handle(&id(), &payload(0..100, |_| T0));
+        s.handle(&id(), &payload(50..150, |_| T0)); // half already open
+        assert_eq!(CollectorStats::get(&stats.rows_duplicate), 50);
+        s.commit_all();
+        s.handle(&id(), &payload(0..150, |_| T0)); // all committed
+        assert_eq!(CollectorStats::get(&stats.rows_duplicate), 200);
+        assert_eq!(s.watermarks().get("gw/log/app"), Some(&149));
+        s.commit_all();
+        drop(s);
+        // A new sink over the same directory knows it all from the footers.
+        let (mut s, stats) = sink(dir.path(), 1 << 30);
+        s.handle(&id(), &payload(140..160, |_| T0));
+        assert_eq!(CollectorStats::get(&stats.rows_duplicate), 10);
+        assert_eq!(CollectorStats::get(&stats.rows_accepted), 10);
+    }
+
+    #[test]
+    fn rows_split_by_hour_and_files_roll_by_size_with_bloom_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, stats) = sink(dir.path(), 4096);
+        // Two hours in one batch, then enough rows to pass the size limit several times.
+        s.handle(&id(), &payload(0..10, |q| if q < 5 { T0 } else { T0 + HOUR }));
+        for k in 0..20u64 {
+            s.handle(&id(), &payload(10 + k * 500..10 + (k + 1) * 500, |_| T0));
+        }
+        s.commit_all();
+        assert!(CollectorStats::get(&stats.files_committed) >= 3, "size roll");
+        let date = |t: i64| DateTime::from_timestamp(t / 1_000_000, 0).unwrap().format("date=%Y-%m-%d/hour=%H").to_string();
+        assert!(dir.path().join(date(T0)).is_dir());
+        assert!(dir.path().join(date(T0 + HOUR)).is_dir());
+        let rec = recover(dir.path()).unwrap();
+        assert_eq!(rec.committed["gw/log/app"].ranges(), &[(0, 10_009)]);
+        // Every file has a Bloom filter on msg_id and none on message.
+        let mut stack = vec![dir.path().to_owned()];
+        let mut files = 0;
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(d).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                files += 1;
+                let r = SerializedFileReader::new(std::fs::File::open(&p).unwrap()).unwrap();
+                let rg = r.metadata().row_group(0);
+                let col = |name: &str| rg.columns().iter().find(|c| c.column_path().string() == name).unwrap();
+                assert!(col("msg_id").bloom_filter_offset().is_some(), "{}", p.display());
+                assert!(col("message").bloom_filter_offset().is_none());
+            }
+        }
+        assert_eq!(files as u64, CollectorStats::get(&stats.files_committed));
+    }
+
+    #[test]
+    fn a_failed_commit_leaves_nothing_visible_and_forgets_the_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, stats) = sink(dir.path(), 1 << 30);
+        s.handle(&id(), &payload(0..10, |_| T0));
+        // Make the partition directory unwritable for the rename by replacing it with a file.
+        let part = s.open.values().next().unwrap().ranges().len();
+        assert_eq!(part, 1);
+        let date_dir = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+        let hour_dir = std::fs::read_dir(&date_dir).unwrap().next().unwrap().unwrap().path();
+        // Remove the directory under the open file: finish works, the rename fails.
+        std::fs::remove_dir_all(&hour_dir).unwrap();
+        s.commit_all();
+        assert_eq!(CollectorStats::get(&stats.commit_errors), 1);
+        assert!(s.watermarks().is_empty());
+        // The same rows sent again are taken, not dropped as duplicates.
+        s.handle(&id(), &payload(0..10, |_| T0));
+        assert_eq!(CollectorStats::get(&stats.rows_duplicate), 0);
+        s.commit_all();
+        assert_eq!(s.watermarks().get("gw/log/app"), Some(&9));
+    }
+}

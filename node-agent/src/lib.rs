@@ -5,7 +5,7 @@
 //! - [`framing`]: bytes to lines (partial lines, CRLF, over-long lines);
 //! - [`parse`]: lines to timestamp, level, message and fields (plain, JSON, syslog, key=value);
 //! - [`tailer`]: one blocking thread per source: globs, files, sequence numbers, Arrow batches;
-//! - [`publisher`]: puts batches on the bus, then advances the [`checkpoint`];
+//! - [`publisher`]: puts batches on the bus, then advances the checkpoint ([`checkpoint`]);
 //! - [`stats`]: counters.
 //!
 //! [`Agent::start`] wires them together; [`Agent::wait`] returns once a cancelled agent has

@@ -268,6 +268,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_partition_filter_never_opens_other_partitions_files() {
+        let (root, ds) = dataset().await;
+        // Corrupt hour 10's file after registration: only a query that reads it can fail.
+        std::fs::write(root.path().join("logs/date=2026-11-22/hour=10/part-0.parquet"), b"not parquet").unwrap();
+        let b = ds.sql("SELECT count(*) FROM logs WHERE hour = 11").await.unwrap();
+        assert_eq!(b[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0), 1);
+        assert!(ds.sql("SELECT count(*) FROM logs WHERE message <> ''").await.is_err());
+    }
+
+    #[tokio::test]
     async fn bad_sql_is_a_plain_error() {
         let (_root, ds) = dataset().await;
         let err = ds.sql("SELEC nonsense").await.unwrap_err();

@@ -161,6 +161,11 @@ max_file_age_ms = 300
 
     /// Like [`Self::start_agent`], also connecting to `extra` endpoints.
     pub fn start_agent_connecting(&self, node: &str, format: &str, extra: &[String]) -> Proc {
+        self.start_agent_with(node, format, extra, "")
+    }
+
+    /// The general form: `source_extra` is appended to the `[[source]]` table (TOML lines).
+    pub fn start_agent_with(&self, node: &str, format: &str, extra: &[String], source_extra: &str) -> Proc {
         let connect: Vec<String> = std::iter::once(&self.endpoint).chain(extra).map(|e| format!("\"{e}\"")).collect();
         let cfg = self.path().join(format!("agent-{node}.toml"));
         std::fs::write(
@@ -183,6 +188,7 @@ checkpoint_interval_ms = 100
 name = "app"
 paths = ["{}/*.log"]
 format = "{format}"
+{source_extra}
 "#,
                 self.cluster,
                 connect.join(", "),
@@ -220,6 +226,9 @@ pub struct Row {
     pub offset: i64,
     pub level: Option<String>,
     pub message: String,
+    pub truncated: bool,
+    pub invalid_utf8: bool,
+    pub raw: Option<Vec<u8>>,
 }
 
 /// Every row of every committed file of the `logs` table below `dataset`.
@@ -240,6 +249,9 @@ pub fn read_logs(dataset: &Path) -> Vec<Row> {
                     let i = |n: &str| b.column_by_name(n).unwrap().as_primitive::<Int64Type>().clone();
                     let (node, stream, file, level, message) = (s("node"), s("stream"), s("file"), s("level"), s("message"));
                     let (seq, offset) = (i("seq"), i("offset"));
+                    let flag = |n: &str| b.column_by_name(n).unwrap().as_boolean().clone();
+                    let (truncated, invalid) = (flag("truncated"), flag("invalid_utf8"));
+                    let raw = b.column_by_name("raw").unwrap().as_binary::<i32>().clone();
                     for r in 0..b.num_rows() {
                         rows.push(Row {
                             node: node.value(r).to_owned(),
@@ -249,6 +261,9 @@ pub fn read_logs(dataset: &Path) -> Vec<Row> {
                             offset: offset.value(r),
                             level: (!level.is_null(r)).then(|| level.value(r).to_owned()),
                             message: message.value(r).to_owned(),
+                            truncated: truncated.value(r),
+                            invalid_utf8: invalid.value(r),
+                            raw: (!raw.is_null(r)).then(|| raw.value(r).to_vec()),
                         });
                     }
                 }
