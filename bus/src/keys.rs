@@ -9,6 +9,9 @@
 //! | `<prefix>/node/<node>` | liveliness token | every node agent |
 //! | `<prefix>/collector/<name>` | liveliness token | every collector |
 //! | `<prefix>/stream/<node>/<kind>/<stream>` | put (sequenced batches) | the node's agent |
+//! | `<prefix>/replay/<node>/<kind>/<stream>` | queryable (`from=N;to=M`) | the node's agent |
+//! | `<prefix>/head/<node>` | put (JSON [`crate::wire::control::Heads`]) | the node's agent, every second |
+//! | `<prefix>/watermark/<collector>/<node>` | put (JSON [`crate::wire::control::Watermarks`]) | each collector |
 //!
 //! [`KeySpace::parse_stream`] turns a received key back into a typed [`StreamId`].
 
@@ -156,9 +159,61 @@ impl KeySpace {
         self.build(&["stream", "*", kind.as_str(), "*"])
     }
 
+    /// `<prefix>/replay/<node>/<kind>/<name>`: the agent's replay queryable for a stream.
+    pub fn replay(&self, id: &StreamId) -> Result<OwnedKeyExpr, KeyError> {
+        check_chunk(&id.node)?;
+        check_chunk(&id.name)?;
+        self.build(&["replay", &id.node, id.kind.as_str(), &id.name])
+    }
+
+    /// `<prefix>/replay/<node>/<kind>/*`: every replay queryable of one node and kind.
+    pub fn replay_all_of(&self, node: &str, kind: StreamKind) -> Result<OwnedKeyExpr, KeyError> {
+        check_chunk(node)?;
+        self.build(&["replay", node, kind.as_str(), "*"])
+    }
+
+    /// Parse a key under [`Self::replay`] back into its stream identity.
+    pub fn parse_replay(&self, key: &str) -> Option<StreamId> {
+        self.parse_under("/replay/", key)
+    }
+
+    /// `<prefix>/head/<node>`: where a node announces how far each of its streams has got.
+    pub fn head(&self, node: &str) -> Result<OwnedKeyExpr, KeyError> {
+        check_chunk(node)?;
+        self.build(&["head", node])
+    }
+
+    /// `<prefix>/head/*`: every node's heads.
+    pub fn all_heads(&self) -> Result<OwnedKeyExpr, KeyError> {
+        self.build(&["head", "*"])
+    }
+
+    /// Parse a key under [`Self::head`] back into the node name.
+    pub fn parse_head(&self, key: &str) -> Option<String> {
+        let node = key.strip_prefix(&self.prefix)?.strip_prefix("/head/")?;
+        (!node.is_empty() && !node.contains('/')).then(|| node.to_owned())
+    }
+
+    /// `<prefix>/watermark/<collector>/<node>`: what a collector has committed of a node's streams.
+    pub fn watermark(&self, collector: &str, node: &str) -> Result<OwnedKeyExpr, KeyError> {
+        check_chunk(collector)?;
+        check_chunk(node)?;
+        self.build(&["watermark", collector, node])
+    }
+
+    /// `<prefix>/watermark/*/<node>`: every collector's watermarks for one node.
+    pub fn watermarks_for(&self, node: &str) -> Result<OwnedKeyExpr, KeyError> {
+        check_chunk(node)?;
+        self.build(&["watermark", "*", node])
+    }
+
     /// Parse a key published under [`Self::stream`] back into its stream identity.
     pub fn parse_stream(&self, key: &str) -> Option<StreamId> {
-        let rest = key.strip_prefix(&self.prefix)?.strip_prefix("/stream/")?;
+        self.parse_under("/stream/", key)
+    }
+
+    fn parse_under(&self, section: &str, key: &str) -> Option<StreamId> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix(section)?;
         let mut parts = rest.split('/');
         let (node, kind, name) = (parts.next()?, parts.next()?, parts.next()?);
         if parts.next().is_some() || node.is_empty() || name.is_empty() {
@@ -202,8 +257,14 @@ mod tests {
         let id = StreamId { node: "gw1".into(), kind: StreamKind::Log, name: "smsc".into() };
         let key = ks().stream(&id).unwrap();
         assert_eq!(key.as_str(), "sb/test/stream/gw1/log/smsc");
-        assert_eq!(ks().parse_stream(key.as_str()), Some(id));
+        assert_eq!(ks().parse_stream(key.as_str()), Some(id.clone()));
         assert!(ks().all_streams(StreamKind::Log).unwrap().intersects(&key));
+        let replay = ks().replay(&id).unwrap();
+        assert_eq!(replay.as_str(), "sb/test/replay/gw1/log/smsc");
+        assert_eq!(ks().parse_replay(replay.as_str()), Some(id.clone()));
+        assert!(ks().replay_all_of("gw1", StreamKind::Log).unwrap().intersects(&replay));
+        assert_eq!(ks().parse_head(ks().head("gw1").unwrap().as_str()), Some("gw1".into()));
+        assert!(ks().watermarks_for("gw1").unwrap().intersects(&ks().watermark("c1", "gw1").unwrap()));
     }
 
     #[test]

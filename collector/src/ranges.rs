@@ -83,6 +83,31 @@ impl RangeSet {
         self.ranges.splice(lo..hi, [(a, b)]);
     }
 
+    /// The ranges of `lo..end` (end exclusive) that are not in the set.
+    pub fn gaps(&self, lo: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut next = lo;
+        for &(a, b) in &self.ranges {
+            if b < next {
+                continue;
+            }
+            if a >= end {
+                break;
+            }
+            if a > next {
+                out.push((next, a - 1));
+            }
+            next = b.saturating_add(1);
+            if next >= end {
+                break;
+            }
+        }
+        if next < end {
+            out.push((next, end - 1));
+        }
+        out
+    }
+
     /// Add every number of `other`.
     pub fn extend(&mut self, other: &RangeSet) {
         for &(a, b) in &other.ranges {
@@ -120,6 +145,18 @@ mod tests {
                 assert!(w[0].1 + 1 < w[1].0, "ranges must be disjoint and not adjacent: {set:?}");
             }
         }
+    }
+
+    #[test]
+    fn gaps_are_the_complement_within_bounds() {
+        let mut s = RangeSet::new();
+        assert_eq!(s.gaps(0, 10), vec![(0, 9)]);
+        s.insert(2, 3);
+        s.insert(6, 20);
+        assert_eq!(s.gaps(0, 10), vec![(0, 1), (4, 5)]);
+        assert_eq!(s.gaps(3, 30), vec![(4, 5), (21, 29)]);
+        assert_eq!(s.gaps(7, 8), vec![]);
+        assert_eq!(s.gaps(5, 5), vec![]);
     }
 
     #[test]

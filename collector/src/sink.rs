@@ -15,14 +15,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arrow::array::{AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{TimestampMicrosecondType, UInt64Type};
 use chrono::DateTime;
+use switchboard_bus::wire::control::Heads;
 use switchboard_bus::wire::log_batch;
-use switchboard_bus::StreamId;
+use switchboard_bus::{StreamId, StreamKind};
 
 use crate::logs_table::LogsTable;
 use crate::ranges::RangeSet;
@@ -30,12 +31,33 @@ use crate::stats::CollectorStats;
 use crate::writer::{FileSettings, PartitionFile, WriteError};
 
 const MICROS_PER_HOUR: i64 = 3_600_000_000;
+/// A gap must be seen this long before it is pulled: records in flight are not gaps.
+const GAP_GRACE: Duration = Duration::from_millis(1500);
+/// A replay request is repeated after this long if the gap is still there.
+const REPLAY_RETRY: Duration = Duration::from_secs(5);
+/// Rows asked for in one replay request; the rest follows with the next heads.
+pub const MAX_REPLAY_ROWS: u64 = 262_144;
 
-/// Per stream: what is committed and what is accepted.
+/// Per stream: what is committed and what is accepted, and gap repair state.
 #[derive(Debug, Default)]
 struct StreamState {
     committed: RangeSet,
     accepted: RangeSet,
+    /// When the current gap was first seen.
+    gap_since: Option<Instant>,
+    /// When a replay was last asked for.
+    replay_asked: Option<Instant>,
+}
+
+/// A range of one stream to pull from its agent's replay queryable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayRequest {
+    /// The stream.
+    pub stream: StreamId,
+    /// First sequence number.
+    pub from: u64,
+    /// Last sequence number (inclusive).
+    pub to: u64,
 }
 
 /// Writes the `logs` table; see the module docs.
@@ -49,6 +71,7 @@ pub struct LogsSink {
     /// Open files by hour since the epoch.
     open: BTreeMap<i64, PartitionFile>,
     files_created: u64,
+    watermarks_changed: bool,
     stats: Arc<CollectorStats>,
 }
 
@@ -65,7 +88,7 @@ impl LogsSink {
     ) -> Self {
         let streams = committed
             .into_iter()
-            .map(|(k, set)| (k, StreamState { accepted: set.clone(), committed: set }))
+            .map(|(k, set)| (k, StreamState { accepted: set.clone(), committed: set, ..StreamState::default() }))
             .collect();
         Self {
             table,
@@ -76,8 +99,51 @@ impl LogsSink {
             streams,
             open: BTreeMap::new(),
             files_created: 0,
+            watermarks_changed: true,
             stats,
         }
+    }
+
+    /// Whether a commit moved a watermark since the last call.
+    pub fn take_watermarks_changed(&mut self) -> bool {
+        std::mem::take(&mut self.watermarks_changed)
+    }
+
+    /// Compare a node's heads with what is accepted; return the ranges to pull. A gap is pulled
+    /// once it has been seen for [`GAP_GRACE`] (so that batches in flight are not asked for
+    /// twice), and again every [`REPLAY_RETRY`] while it stays.
+    pub fn on_heads(&mut self, node: &str, heads: &Heads) -> Vec<ReplayRequest> {
+        let mut out = Vec::new();
+        for (stream, &head) in &heads.streams {
+            let Some(name) = stream.strip_prefix("log/") else { continue };
+            let floor = heads.acked.get(stream).copied().unwrap_or(0);
+            let key = format!("{node}/{stream}");
+            let state = self.streams.entry(key).or_default();
+            let gaps = state.accepted.gaps(floor, head);
+            if gaps.is_empty() {
+                state.gap_since = None;
+                continue;
+            }
+            let since = *state.gap_since.get_or_insert_with(Instant::now);
+            let retry_due = state.replay_asked.is_none_or(|t| t.elapsed() >= REPLAY_RETRY);
+            if since.elapsed() < GAP_GRACE || !retry_due {
+                continue;
+            }
+            state.replay_asked = Some(Instant::now());
+            let id = StreamId { node: node.to_owned(), kind: StreamKind::Log, name: name.to_owned() };
+            let mut budget = MAX_REPLAY_ROWS;
+            for (a, b) in gaps {
+                if budget == 0 {
+                    break;
+                }
+                let to = b.min(a + budget - 1);
+                budget -= to - a + 1;
+                out.push(ReplayRequest { stream: id.clone(), from: a, to });
+            }
+            self.stats.gaps_detected.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(stream = %id, ranges = out.len(), head, "gap detected; pulling it from the agent");
+        }
+        out
     }
 
     /// The highest sequence number up to which each stream is committed without a gap.
@@ -85,8 +151,8 @@ impl LogsSink {
         self.streams.iter().filter_map(|(k, s)| Some((k.clone(), s.committed.contiguous_from_zero()?))).collect()
     }
 
-    /// Take one `log_batch` payload of `stream`.
-    pub fn handle(&mut self, stream: &StreamId, payload: &[u8]) {
+    /// Take one `log_batch` payload of `stream` (`replayed`: an answer to a replay query).
+    pub fn handle(&mut self, stream: &StreamId, payload: &[u8], replayed: bool) {
         let stats = &self.stats;
         stats.payloads_received.fetch_add(1, Ordering::Relaxed);
         let batch = match log_batch::decode(payload) {
@@ -99,6 +165,9 @@ impl LogsSink {
         };
         let n = batch.num_rows();
         stats.rows_received.fetch_add(n as u64, Ordering::Relaxed);
+        if replayed {
+            stats.rows_replayed.fetch_add(n as u64, Ordering::Relaxed);
+        }
         let key = stream.to_string();
         let state = self.streams.entry(key.clone()).or_default();
         let seqs = batch.column(0).as_primitive::<UInt64Type>();
@@ -208,6 +277,7 @@ impl LogsSink {
                 for (stream, set) in ranges {
                     self.streams.entry(stream).or_default().committed.extend(&set);
                 }
+                self.watermarks_changed = true;
                 self.stats.rows_committed.fetch_add(rows, Ordering::Relaxed);
                 self.stats.files_committed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(path = %path.display(), rows, "committed");
@@ -343,10 +413,10 @@ mod tests {
     fn malformed_payloads_are_counted_not_fatal() {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, stats) = sink(dir.path(), 1 << 30);
-        s.handle(&id(), b"\xff\x00garbage");
-        s.handle(&id(), &[]);
+        s.handle(&id(), b"\xff\x00garbage", false);
+        s.handle(&id(), &[], false);
         assert_eq!(CollectorStats::get(&stats.payloads_malformed), 2);
-        s.handle(&id(), &payload(0..3, |_| T0));
+        s.handle(&id(), &payload(0..3, |_| T0), false);
         assert_eq!(CollectorStats::get(&stats.rows_accepted), 3);
     }
 
@@ -354,18 +424,18 @@ mod tests {
     fn duplicates_are_dropped_across_open_files_commits_and_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, stats) = sink(dir.path(), 1 << 30);
-        s.handle(&id(), &payload(0..100, |_| T0));
-        s.handle(&id(), &payload(50..150, |_| T0)); // half already open
+        s.handle(&id(), &payload(0..100, |_| T0), false);
+        s.handle(&id(), &payload(50..150, |_| T0), false); // half already open
         assert_eq!(CollectorStats::get(&stats.rows_duplicate), 50);
         s.commit_all();
-        s.handle(&id(), &payload(0..150, |_| T0)); // all committed
+        s.handle(&id(), &payload(0..150, |_| T0), false); // all committed
         assert_eq!(CollectorStats::get(&stats.rows_duplicate), 200);
         assert_eq!(s.watermarks().get("gw/log/app"), Some(&149));
         s.commit_all();
         drop(s);
         // A new sink over the same directory knows it all from the footers.
         let (mut s, stats) = sink(dir.path(), 1 << 30);
-        s.handle(&id(), &payload(140..160, |_| T0));
+        s.handle(&id(), &payload(140..160, |_| T0), false);
         assert_eq!(CollectorStats::get(&stats.rows_duplicate), 10);
         assert_eq!(CollectorStats::get(&stats.rows_accepted), 10);
     }
@@ -375,9 +445,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, stats) = sink(dir.path(), 4096);
         // Two hours in one batch, then enough rows to pass the size limit several times.
-        s.handle(&id(), &payload(0..10, |q| if q < 5 { T0 } else { T0 + HOUR }));
+        s.handle(&id(), &payload(0..10, |q| if q < 5 { T0 } else { T0 + HOUR }), false);
         for k in 0..20u64 {
-            s.handle(&id(), &payload(10 + k * 500..10 + (k + 1) * 500, |_| T0));
+            s.handle(&id(), &payload(10 + k * 500..10 + (k + 1) * 500, |_| T0), false);
         }
         s.commit_all();
         assert!(CollectorStats::get(&stats.files_committed) >= 3, "size roll");
@@ -411,7 +481,7 @@ mod tests {
     fn a_failed_commit_leaves_nothing_visible_and_forgets_the_rows() {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, stats) = sink(dir.path(), 1 << 30);
-        s.handle(&id(), &payload(0..10, |_| T0));
+        s.handle(&id(), &payload(0..10, |_| T0), false);
         // Make the partition directory unwritable for the rename by replacing it with a file.
         let part = s.open.values().next().unwrap().ranges().len();
         assert_eq!(part, 1);
@@ -423,7 +493,7 @@ mod tests {
         assert_eq!(CollectorStats::get(&stats.commit_errors), 1);
         assert!(s.watermarks().is_empty());
         // The same rows sent again are taken, not dropped as duplicates.
-        s.handle(&id(), &payload(0..10, |_| T0));
+        s.handle(&id(), &payload(0..10, |_| T0), false);
         assert_eq!(CollectorStats::get(&stats.rows_duplicate), 0);
         s.commit_all();
         assert_eq!(s.watermarks().get("gw/log/app"), Some(&9));

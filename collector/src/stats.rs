@@ -25,6 +25,16 @@ pub struct CollectorStats {
     pub write_errors: AtomicU64,
     /// Promoted field values that did not convert to their column type (kept in `fields`).
     pub promote_failures: AtomicU64,
+    /// Gaps found by comparing agents' heads with what is held.
+    pub gaps_detected: AtomicU64,
+    /// Replay queries sent to agents.
+    pub replay_requests: AtomicU64,
+    /// Rows received in answer to replay queries (before deduplication).
+    pub rows_replayed: AtomicU64,
+    /// Replay queries that failed or were answered with an error.
+    pub replay_errors: AtomicU64,
+    /// Control documents (heads) that could not be read.
+    pub control_malformed: AtomicU64,
 }
 
 impl CollectorStats {

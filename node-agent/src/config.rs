@@ -74,6 +74,14 @@ pub struct AgentSettings {
     /// Default: 1000.
     #[serde(default = "default_checkpoint_ms")]
     pub checkpoint_interval_ms: u64,
+    /// Stop reading a source while this many of its batches wait for a collector's
+    /// acknowledgement (bounds memory and replay work). Default: 256.
+    #[serde(default = "default_max_unacked")]
+    pub max_unacked_batches: usize,
+    /// Address of the health and Prometheus metrics endpoint (`/health`, `/metrics`); empty to
+    /// disable. Default: `127.0.0.1:7480`.
+    #[serde(default = "default_agent_http")]
+    pub http_listen: String,
 }
 
 /// Where to start reading a file the agent has no checkpoint for.
@@ -132,6 +140,12 @@ fn default_glob_ms() -> u64 {
 fn default_checkpoint_ms() -> u64 {
     1000
 }
+fn default_max_unacked() -> usize {
+    256
+}
+fn default_agent_http() -> String {
+    "127.0.0.1:7480".to_owned()
+}
 fn default_true() -> bool {
     true
 }
@@ -150,6 +164,8 @@ impl Default for AgentSettings {
             glob_interval_ms: default_glob_ms(),
             wait_for_collector: true,
             checkpoint_interval_ms: default_checkpoint_ms(),
+            max_unacked_batches: default_max_unacked(),
+            http_listen: default_agent_http(),
         }
     }
 }
@@ -213,6 +229,12 @@ impl AgentConfig {
         let a = &self.agent;
         if a.batch_max_lines == 0 || a.batch_max_bytes == 0 {
             return Err(AgentConfigError::Invalid("agent.batch_max_lines and batch_max_bytes must be > 0".into()));
+        }
+        if a.max_unacked_batches == 0 {
+            return Err(AgentConfigError::Invalid("agent.max_unacked_batches must be > 0".into()));
+        }
+        if !a.http_listen.is_empty() && a.http_listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(AgentConfigError::Invalid(format!("agent.http_listen {:?} is not an address like 127.0.0.1:7480", a.http_listen)));
         }
         if a.poll_interval_ms == 0 || a.glob_interval_ms == 0 {
             return Err(AgentConfigError::Invalid("agent.poll_interval_ms and glob_interval_ms must be > 0".into()));

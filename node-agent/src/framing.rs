@@ -22,7 +22,7 @@ pub struct Line<'a> {
 }
 
 /// Where framing stands in a file: enough to resume after a restart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Position {
     /// Offset of the first byte not yet accounted for by an emitted line.
     pub offset: u64,

@@ -5,7 +5,10 @@
 //! - [`framing`]: bytes to lines (partial lines, CRLF, over-long lines);
 //! - [`parse`]: lines to timestamp, level, message and fields (plain, JSON, syslog, key=value);
 //! - [`tailer`]: one blocking thread per source: globs, files, sequence numbers, Arrow batches;
-//! - [`publisher`]: puts batches on the bus, then advances the checkpoint ([`checkpoint`]);
+//! - [`journal`]: per source, how each unacknowledged batch was cut from the files;
+//! - [`publisher`]: puts batches on the bus; follows watermarks to advance the [`checkpoint`];
+//!   announces heads;
+//! - [`replay`]: re-reads journaled batches for a collector that lacks them;
 //! - [`stats`]: counters.
 //!
 //! [`Agent::start`] wires them together; [`Agent::wait`] returns once a cancelled agent has
@@ -14,12 +17,15 @@
 pub mod checkpoint;
 pub mod config;
 pub mod framing;
+pub mod journal;
 pub mod parse;
 pub mod publisher;
+pub mod replay;
 pub mod stats;
 pub mod tailer;
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use switchboard_bus::keys::{KeySpace, Role};
@@ -30,7 +36,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::checkpoint::Checkpoint;
 use crate::config::AgentConfig;
-use crate::publisher::PublisherTask;
+use crate::journal::SourceJournal;
+use crate::publisher::{Journals, PublisherTask};
 use crate::stats::AgentStats;
 use crate::tailer::SourceTailer;
 
@@ -43,6 +50,14 @@ pub enum AgentError {
     /// The checkpoint could not be read.
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
+    /// A journal could not be opened.
+    #[error("journal in {path}: {source}")]
+    Journal {
+        /// The data directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The bus session could not be set up.
     #[error("bus: {0}")]
     Bus(String),
@@ -71,24 +86,67 @@ impl Agent {
     pub async fn start(config: AgentConfig, cancel: CancellationToken) -> Result<Self, AgentError> {
         config.validate()?;
         let keys = KeySpace::new(&config.bus.effective_prefix()).map_err(|e| AgentError::Bus(e.to_string()))?;
-        let checkpoint = {
-            let dir = config.agent.data_dir.clone();
-            tokio::task::spawn_blocking(move || Checkpoint::load(&dir))
-                .await
-                .map_err(|e| AgentError::Bus(format!("checkpoint task: {e}")))??
+        let data_dir = config.agent.data_dir.clone();
+        let (checkpoint, journals) = {
+            let (dir, sources) = (data_dir.clone(), config.sources.clone());
+            tokio::task::spawn_blocking(move || -> Result<(Checkpoint, Journals), AgentError> {
+                let checkpoint = Checkpoint::load(&dir)?;
+                let mut journals = BTreeMap::new();
+                for s in &sources {
+                    let acked = checkpoint.sources.get(&s.name).cloned().unwrap_or_default();
+                    let j = SourceJournal::open(&dir, &s.name, acked)
+                        .map_err(|source| AgentError::Journal { path: dir.clone(), source })?;
+                    if j.unacked() > 0 {
+                        tracing::info!(source = %s.name, batches = j.unacked(), head = j.head(), "resuming with unacknowledged batches in the journal");
+                    }
+                    journals.insert(s.name.clone(), Arc::new(Mutex::new(j)));
+                }
+                Ok((checkpoint, Arc::new(journals)))
+            })
+            .await
+            .map_err(|e| AgentError::Bus(format!("startup task: {e}")))??
         };
         let session = session::open(&config.bus).await?;
         let node = config.bus.node.clone();
         let membership = Membership::watch(&session, &keys, cancel.clone()).await?;
         let publishers =
             publisher::declare_publishers(&session, &keys, &node, config.sources.iter().map(|s| s.name.as_str())).await?;
-        let token = session::announce(&session, &keys, Role::Agent, &node).await?;
         let stats = Arc::new(AgentStats::default());
         let tracker = TaskTracker::new();
+        let configs = Arc::new(config.sources.iter().map(|s| (s.name.clone(), s.clone())).collect::<BTreeMap<_, _>>());
+        tracker.spawn(replay::serve(
+            session.clone(),
+            keys.clone(),
+            node.clone(),
+            journals.clone(),
+            configs,
+            stats.clone(),
+            cancel.clone(),
+        ));
+        tracker.spawn(publisher::run_acks(
+            session.clone(),
+            keys.clone(),
+            node.clone(),
+            journals.clone(),
+            checkpoint,
+            data_dir.clone(),
+            Duration::from_millis(config.agent.checkpoint_interval_ms),
+            stats.clone(),
+            cancel.clone(),
+        ));
+        tracker.spawn(publisher::run_heads(
+            session.clone(),
+            keys.clone(),
+            node.clone(),
+            journals.clone(),
+            membership.clone(),
+            cancel.clone(),
+        ));
+        let token = session::announce(&session, &keys, Role::Agent, &node).await?;
         let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
         for source in &config.sources {
-            let cp = checkpoint.sources.get(&source.name).cloned().unwrap_or_default();
-            let tailer = SourceTailer::new(source.clone(), config.agent.clone(), cp, stats.clone());
+            let Some(journal) = journals.get(&source.name).cloned() else { continue };
+            let tailer = SourceTailer::new(source.clone(), config.agent.clone(), journal, stats.clone());
             let (tx, cancel) = (tx.clone(), cancel.clone());
             tracker.spawn_blocking(move || tailer.run(tx, cancel));
         }
@@ -97,12 +155,16 @@ impl Agent {
             publishers,
             membership,
             wait_for_collector: config.agent.wait_for_collector,
-            checkpoint,
-            data_dir: config.agent.data_dir.clone(),
-            checkpoint_interval: Duration::from_millis(config.agent.checkpoint_interval_ms),
             stats: stats.clone(),
         };
-        tracker.spawn(task.run(rx, cancel));
+        let (s2, k2, n2, j2) = (session.clone(), keys.clone(), node.clone(), journals.clone());
+        tracker.spawn(async move {
+            task.run(rx, cancel).await;
+            // Say once more how far every source got, now that everything is published.
+            if let Ok(key) = k2.head(&n2) {
+                let _ = s2.put(key, publisher::heads(&j2).encode()).await;
+            }
+        });
         tracker.close();
         tracing::info!(%node, sources = config.sources.len(), "agent started");
         Ok(Self { stats, tracker, session, _token: token })

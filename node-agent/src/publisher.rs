@@ -1,19 +1,23 @@
-//! Publishing batches on the bus and storing the checkpoint behind them.
+//! Publishing batches on the bus, and the agent's side of acknowledgement.
 //!
-//! The publisher task takes [`OutBatch`]es from the tailers' queue, waits (if configured) until a
-//! collector is alive, puts each payload on its stream key with `CongestionControl::Block` (a
-//! batch is never dropped by zenoh under load), and only then advances the in-memory checkpoint.
-//! The checkpoint is written to disk at most every `checkpoint_interval_ms` and once more at the
-//! end, on a blocking thread. Whatever was read but not yet published is simply read again after
-//! a restart: the log files are the journal.
+//! - [`PublisherTask`] takes [`OutBatch`]es from the tailers' queue (they are already journaled),
+//!   waits (if configured) until a collector is alive, and puts each payload on its stream key
+//!   with `CongestionControl::Block`: a batch is never dropped by zenoh under load.
+//! - [`run_acks`] follows the collectors' watermarks for this node: each advance folds the covered
+//!   journal entries into the acknowledged checkpoint, which is stored (atomically, at most every
+//!   `checkpoint_interval_ms` and at shutdown) before the journal is compacted.
+//! - [`run_heads`] announces, every second and whenever a collector joins, how far each source's
+//!   sequence has got, so that a collector that lost data pulls it ([`crate::replay`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use switchboard_bus::keys::{KeySpace, Role, StreamId, StreamKind};
+use switchboard_bus::membership::MemberEvent;
+use switchboard_bus::wire::control::{Heads, Watermarks};
 use switchboard_bus::Membership;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +27,7 @@ use zenoh::qos::CongestionControl;
 use zenoh::Session;
 
 use crate::checkpoint::Checkpoint;
+use crate::journal::SourceJournal;
 use crate::stats::AgentStats;
 use crate::tailer::OutBatch;
 use crate::AgentError;
@@ -30,14 +35,14 @@ use crate::AgentError;
 /// The media type of sequenced payloads (Arrow IPC stream).
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 
+/// The journals of all sources, by source name.
+pub type Journals = Arc<BTreeMap<String, Arc<Mutex<SourceJournal>>>>;
+
 /// Everything the publisher task needs.
 pub(crate) struct PublisherTask {
     pub(crate) publishers: HashMap<String, Publisher<'static>>,
     pub(crate) membership: Membership,
     pub(crate) wait_for_collector: bool,
-    pub(crate) checkpoint: Checkpoint,
-    pub(crate) data_dir: PathBuf,
-    pub(crate) checkpoint_interval: Duration,
     pub(crate) stats: Arc<AgentStats>,
 }
 
@@ -65,13 +70,11 @@ pub(crate) async fn declare_publishers(
 
 impl PublisherTask {
     /// Publish until every tailer has finished (the queue closes), or until `cancel` fires while
-    /// waiting for a collector. Stores the final checkpoint either way.
-    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<OutBatch>, cancel: CancellationToken) {
-        let mut last_store = Instant::now();
-        let mut dirty = false;
+    /// waiting for a collector (the batches stay in the journal).
+    pub(crate) async fn run(self, mut rx: mpsc::Receiver<OutBatch>, cancel: CancellationToken) {
         while let Some(batch) = rx.recv().await {
             if self.wait_for_collector && !self.collector_alive(&cancel).await {
-                tracing::warn!("stopping with batches unpublished: no collector alive; they are read again after a restart");
+                tracing::warn!("stopping with batches unpublished: no collector alive; they are replayed when one asks");
                 break;
             }
             let Some(publisher) = self.publishers.get(&batch.source) else {
@@ -80,25 +83,14 @@ impl PublisherTask {
             };
             if let Err(e) = publisher.put(batch.payload).await {
                 self.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(source = %batch.source, error = %e, "publish failed; stopping so that the batch is re-read after a restart");
-                break;
+                tracing::error!(source = %batch.source, error = %e, "publish failed; the batch stays in the journal for replay");
+                continue;
             }
             tracing::trace!(source = %batch.source, first_seq = batch.first_seq, lines = batch.lines, "published");
             self.stats.lines_published.fetch_add(batch.lines, Ordering::Relaxed);
             self.stats.batches_published.fetch_add(1, Ordering::Relaxed);
-            self.checkpoint.sources.insert(batch.source, batch.checkpoint);
-            dirty = true;
-            if last_store.elapsed() >= self.checkpoint_interval {
-                self.store().await;
-                last_store = Instant::now();
-                dirty = false;
-            }
         }
-        // Make the tailers stop if we left early, then store what was published.
         rx.close();
-        if dirty {
-            self.store().await;
-        }
     }
 
     async fn collector_alive(&self, cancel: &CancellationToken) -> bool {
@@ -118,21 +110,142 @@ impl PublisherTask {
             }
         }
     }
+}
 
-    async fn store(&mut self) {
-        let checkpoint = self.checkpoint.clone();
-        let dir = self.data_dir.clone();
-        let result = tokio::task::spawn_blocking(move || checkpoint.store(&dir)).await;
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                self.stats.checkpoint_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "cannot write checkpoint");
+/// The current heads of every source.
+pub(crate) fn heads(journals: &Journals) -> Heads {
+    let mut heads = Heads { version: switchboard_bus::wire::control::VERSION, ..Heads::default() };
+    for (name, j) in journals.iter() {
+        let Ok(j) = j.lock() else { continue };
+        let stream = format!("{}/{name}", StreamKind::Log.as_str());
+        heads.acked.insert(stream.clone(), j.acked().next_seq);
+        heads.streams.insert(stream, j.head());
+    }
+    heads
+}
+
+/// Publish heads every second, when a collector joins, and once more when `cancel` fires.
+pub(crate) async fn run_heads(
+    session: Session,
+    keys: KeySpace,
+    node: String,
+    journals: Journals,
+    membership: Membership,
+    cancel: CancellationToken,
+) {
+    let Ok(key) = keys.head(&node) else { return };
+    let mut events = membership.events();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+            ev = events.recv() => {
+                if !matches!(ev, Ok(MemberEvent::Joined(ref m)) if m.role == Role::Collector) {
+                    continue;
+                }
             }
+        }
+        if let Err(e) = session.put(&key, heads(&journals).encode()).await {
+            tracing::debug!(error = %e, "cannot publish heads");
+        }
+    }
+}
+
+/// Follow watermarks for this node; advance, store and compact.
+pub(crate) async fn run_acks(
+    session: Session,
+    keys: KeySpace,
+    node: String,
+    journals: Journals,
+    mut checkpoint: Checkpoint,
+    data_dir: PathBuf,
+    interval: Duration,
+    stats: Arc<AgentStats>,
+    cancel: CancellationToken,
+) {
+    let subscriber = match keys.watermarks_for(&node) {
+        Ok(k) => match session.declare_subscriber(k).await {
+            Ok(s) => s,
             Err(e) => {
-                self.stats.checkpoint_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "checkpoint task failed");
+                tracing::error!(error = %e, "cannot subscribe to watermarks; checkpoints will not advance");
+                return;
             }
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "bad watermark key");
+            return;
+        }
+    };
+    let mut dirty = false;
+    let mut last_store = Instant::now();
+    let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+            sample = subscriber.recv_async() => {
+                let Ok(sample) = sample else { break };
+                let marks = match Watermarks::decode(&sample.payload().to_bytes()) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, key = %sample.key_expr(), "ignoring a malformed watermark");
+                        continue;
+                    }
+                };
+                for (stream, w) in marks.streams {
+                    let Some(name) = stream.strip_prefix("log/") else { continue };
+                    let Some(j) = journals.get(name) else { continue };
+                    let advanced = j.lock().ok().and_then(|mut j| j.ack(w));
+                    if let Some(cp) = advanced {
+                        checkpoint.sources.insert(name.to_owned(), cp);
+                        dirty = true;
+                    }
+                }
+            }
+        }
+        let unacked: usize = journals.values().map(|j| j.lock().map_or(0, |j| j.unacked())).sum();
+        stats.unacked_batches.store(unacked as u64, Ordering::Relaxed);
+        if dirty && last_store.elapsed() >= interval {
+            store(&journals, &checkpoint, &data_dir, &stats).await;
+            dirty = false;
+            last_store = Instant::now();
+        }
+    }
+    if dirty {
+        store(&journals, &checkpoint, &data_dir, &stats).await;
+    }
+}
+
+/// Store the acknowledged checkpoint, then compact journals that want it.
+async fn store(journals: &Journals, checkpoint: &Checkpoint, data_dir: &std::path::Path, stats: &AgentStats) {
+    let (cp, dir, js) = (checkpoint.clone(), data_dir.to_owned(), journals.clone());
+    let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        for j in js.values() {
+            if let Ok(j) = j.lock() {
+                j.sync().map_err(|e| format!("syncing journal: {e}"))?;
+            }
+        }
+        cp.store(&dir).map_err(|e| e.to_string())?;
+        for j in js.values() {
+            if let Ok(mut j) = j.lock() {
+                if j.wants_compaction() {
+                    j.compact().map_err(|e| format!("compacting journal: {e}"))?;
+                }
+            }
+        }
+        Ok(())
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            stats.checkpoint_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "cannot store the checkpoint");
+        }
+        Err(e) => {
+            stats.checkpoint_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "checkpoint task failed");
         }
     }
 }

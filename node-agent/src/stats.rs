@@ -25,6 +25,16 @@ pub struct AgentStats {
     pub publish_errors: AtomicU64,
     /// Checkpoint writes that failed.
     pub checkpoint_errors: AtomicU64,
+    /// Journal writes that failed (the source stops until a restart).
+    pub journal_errors: AtomicU64,
+    /// Replay queries answered.
+    pub replays: AtomicU64,
+    /// Lines sent again in answer to replay queries.
+    pub lines_replayed: AtomicU64,
+    /// Replay queries that could not be answered in full (a file gone or changed).
+    pub replay_errors: AtomicU64,
+    /// Highest watermark seen minus lines published, summed over sources (lag in lines).
+    pub unacked_batches: AtomicU64,
 }
 
 impl AgentStats {

@@ -5,26 +5,31 @@
 //! recognised by inode and fingerprint and resumed at its offset), reads every file's new bytes
 //! with `pread`, frames them into lines ([`crate::framing`]), parses each line
 //! ([`crate::parse`]), gives it the stream's next sequence number and appends it to the Arrow
-//! batch being built. A batch is cut by line count, size or age; it leaves as an [`OutBatch`]
-//! carrying the source's checkpoint *as of its last line*, which the publisher stores only once
-//! the batch is on the bus.
+//! batch being built, noting which byte range of which file each run of lines came from. A batch
+//! is cut by line count, size or age; its segments go into the [`SourceJournal`] first, then the
+//! encoded batch goes to the publisher as an [`OutBatch`]. Reading pauses while too many batches
+//! wait for a collector's acknowledgement (memory and replay work stay bounded).
+//!
+//! [`append_line`] turns one framed line into a row; replay ([`crate::replay`]) uses it too, so a
+//! replayed batch is the same batch.
 
 use std::borrow::Cow;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use switchboard_bus::wire::log_batch::{self, LogBatchBuilder, LogRow};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::{FileCheckpoint, Fingerprint, Inode, SourceCheckpoint, FINGERPRINT_BYTES};
+use crate::checkpoint::{FileCheckpoint, Fingerprint, Inode, FINGERPRINT_BYTES};
 use crate::config::{AgentSettings, SourceConfig, StartAt};
-use crate::framing::{LineFramer, Position};
-use crate::parse::{self, ParseContext};
+use crate::framing::{Line, LineFramer, Position};
+use crate::journal::{BatchRecord, Segment, SourceJournal};
+use crate::parse::{self, Format, ParseContext};
 use crate::stats::AgentStats;
 
 /// Bytes read from a file in one `pread`.
@@ -32,7 +37,7 @@ const READ_CHUNK: usize = 256 * 1024;
 /// Chunks read from one file before moving on to the next (fairness between files).
 const CHUNKS_PER_TURN: usize = 16;
 
-/// One encoded batch, ready to publish, with the checkpoint to store once it is published.
+/// One encoded batch, ready to publish (already journaled).
 #[derive(Debug)]
 pub struct OutBatch {
     /// The source (stream) name.
@@ -43,14 +48,58 @@ pub struct OutBatch {
     pub first_seq: u64,
     /// Number of lines.
     pub lines: u64,
-    /// The source's checkpoint once this batch is published.
-    pub checkpoint: SourceCheckpoint,
+}
+
+/// Counts of what [`append_line`] did, for the stats.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LineCounts {
+    /// Lines appended.
+    pub lines: u64,
+    /// Lines that did not match the format.
+    pub unmatched: u64,
+    /// Lines cut at the cap.
+    pub truncated: u64,
+    /// Lines that were not valid UTF-8.
+    pub invalid: u64,
+}
+
+/// Parse one framed line and append it as row `seq`.
+pub fn append_line(
+    builder: &mut LogBatchBuilder,
+    seq: u64,
+    line: Line<'_>,
+    file: &str,
+    observed: i64,
+    format: Format,
+    kv_in_message: bool,
+    counts: &mut LineCounts,
+) {
+    let ctx = ParseContext { now_micros: observed, kv_in_message };
+    let text = String::from_utf8_lossy(line.bytes);
+    let raw = matches!(text, Cow::Owned(_)).then_some(line.bytes);
+    let parsed = parse::parse(format, &text, &ctx);
+    let row = LogRow {
+        seq,
+        ts_micros: parsed.ts_micros.unwrap_or(observed),
+        observed_micros: observed,
+        file,
+        offset: line.offset,
+        level: parsed.level.map(|l| l.as_str()),
+        message: &parsed.message,
+        raw,
+        truncated: line.truncated,
+    };
+    builder.append(&row, &parsed.fields);
+    counts.lines += 1;
+    counts.unmatched += u64::from(!parsed.matched);
+    counts.truncated += u64::from(line.truncated);
+    counts.invalid += u64::from(raw.is_some());
 }
 
 struct TailedFile {
     path: PathBuf,
     path_str: String,
-    file: File,
+    file: Arc<File>,
     inode: Inode,
     fingerprint: Fingerprint,
     framer: LineFramer,
@@ -69,25 +118,39 @@ pub struct SourceTailer {
     builder: LogBatchBuilder,
     batch_first_seq: u64,
     batch_started: Option<Instant>,
+    /// Segments of the batch in progress; the last one grows while lines come from its file.
+    segments: Vec<Segment>,
     read_buf: Vec<u8>,
     first_scan_done: bool,
+    journal: Arc<Mutex<SourceJournal>>,
     stats: Arc<AgentStats>,
 }
 
 impl SourceTailer {
-    /// A tailer for `config`, resuming from its checkpoint.
-    pub fn new(config: SourceConfig, settings: AgentSettings, checkpoint: SourceCheckpoint, stats: Arc<AgentStats>) -> Self {
+    /// A tailer for `config`, resuming after everything its journal holds.
+    pub fn new(
+        config: SourceConfig,
+        settings: AgentSettings,
+        journal: Arc<Mutex<SourceJournal>>,
+        stats: Arc<AgentStats>,
+    ) -> Self {
+        let (restored, next_seq) = match journal.lock() {
+            Ok(j) => (j.live_positions(), j.head()),
+            Err(_) => (Vec::new(), 0),
+        };
         Self {
             config,
             settings,
             files: Vec::new(),
-            restored: checkpoint.files,
-            next_seq: checkpoint.next_seq,
+            restored,
+            next_seq,
             builder: LogBatchBuilder::new(),
-            batch_first_seq: checkpoint.next_seq,
+            batch_first_seq: next_seq,
             batch_started: None,
+            segments: Vec::new(),
             read_buf: vec![0; READ_CHUNK],
             first_scan_done: false,
+            journal,
             stats,
         }
     }
@@ -99,6 +162,11 @@ impl SourceTailer {
             if cancel.is_cancelled() {
                 let _ = self.flush(&out);
                 return;
+            }
+            if self.journal.lock().map_or(0, |j| j.unacked()) >= self.settings.max_unacked_batches {
+                // Wait for acknowledgements: the collector is slow, down or cannot write.
+                std::thread::sleep(self.settings.poll_interval());
+                continue;
             }
             if last_scan.is_none_or(|t| t.elapsed() >= self.settings.glob_interval()) {
                 self.scan();
@@ -182,6 +250,10 @@ impl SourceTailer {
         });
         tracing::info!(source = %self.config.name, path = %path.display(), offset = position.offset, "tailing file");
         let path_str = path.to_string_lossy().into_owned();
+        let file = Arc::new(file);
+        if let Ok(mut j) = self.journal.lock() {
+            j.register(inode, file.clone());
+        }
         self.files.push(TailedFile {
             path,
             path_str,
@@ -224,9 +296,13 @@ impl SourceTailer {
             }
             let f = &self.files[i];
             let expired = f.gone_since.is_some_and(|t| t.elapsed() >= self.settings.glob_interval());
-            if drained && expired {
+            if drained && expired && !self.segments.iter().any(|s| s.inode == f.inode) {
                 tracing::info!(path = %f.path.display(), "done with rotated file");
+                let inode = f.inode;
                 self.files.swap_remove(i);
+                if let Ok(mut j) = self.journal.lock() {
+                    j.retire(inode);
+                }
                 continue;
             }
             i += 1;
@@ -251,43 +327,44 @@ impl SourceTailer {
         if f.fingerprint.len < FINGERPRINT_BYTES as u32 {
             f.fingerprint = Fingerprint::read(&f.file, FINGERPRINT_BYTES)?;
         }
-        let observed = now_micros();
-        let ctx = ParseContext { now_micros: observed, kv_in_message: self.config.kv_in_message };
-        let format = self.config.format;
-        let (builder, next_seq, stats) = (&mut self.builder, &mut self.next_seq, &self.stats);
+        // Lines continue the last segment if it is this file's; otherwise a new one starts here.
+        let start = f.framer.position();
+        let continues = self.segments.last().is_some_and(|s| s.inode == f.inode && s.end == start);
+        let observed = if continues { self.segments.last().map_or(0, |s| s.observed_micros) } else { now_micros() };
+        let (format, kv) = (self.config.format, self.config.kv_in_message);
+        let (builder, next_seq) = (&mut self.builder, &mut self.next_seq);
         let path_str = f.path_str.as_str();
-        let mut lines = 0u64;
-        let mut unmatched = 0u64;
-        let mut truncated = 0u64;
-        let mut invalid = 0u64;
+        let mut counts = LineCounts::default();
         f.framer.push(&self.read_buf[..n], |line| {
-            let text = String::from_utf8_lossy(line.bytes);
-            let raw = matches!(text, Cow::Owned(_)).then_some(line.bytes);
-            let parsed = parse::parse(format, &text, &ctx);
-            let row = LogRow {
-                seq: *next_seq,
-                ts_micros: parsed.ts_micros.unwrap_or(observed),
-                observed_micros: observed,
-                file: path_str,
-                offset: line.offset,
-                level: parsed.level.map(|l| l.as_str()),
-                message: &parsed.message,
-                raw,
-                truncated: line.truncated,
-            };
-            builder.append(&row, &parsed.fields);
+            append_line(builder, *next_seq, line, path_str, observed, format, kv, &mut counts);
             *next_seq += 1;
-            lines += 1;
-            unmatched += u64::from(!parsed.matched);
-            truncated += u64::from(line.truncated);
-            invalid += u64::from(raw.is_some());
         });
+        if counts.lines > 0 {
+            let end = f.framer.position();
+            match self.segments.last_mut() {
+                Some(s) if continues => {
+                    s.end = end;
+                    s.lines += counts.lines;
+                    s.fingerprint = f.fingerprint;
+                }
+                _ => self.segments.push(Segment {
+                    inode: f.inode,
+                    fingerprint: f.fingerprint,
+                    path: f.path.clone(),
+                    start,
+                    end,
+                    observed_micros: observed,
+                    lines: counts.lines,
+                }),
+            }
+        }
+        let stats = &self.stats;
         stats.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
-        stats.lines_read.fetch_add(lines, Ordering::Relaxed);
-        stats.lines_unmatched.fetch_add(unmatched, Ordering::Relaxed);
-        stats.lines_truncated.fetch_add(truncated, Ordering::Relaxed);
-        stats.lines_invalid_utf8.fetch_add(invalid, Ordering::Relaxed);
-        if lines > 0 && self.batch_started.is_none() {
+        stats.lines_read.fetch_add(counts.lines, Ordering::Relaxed);
+        stats.lines_unmatched.fetch_add(counts.unmatched, Ordering::Relaxed);
+        stats.lines_truncated.fetch_add(counts.truncated, Ordering::Relaxed);
+        stats.lines_invalid_utf8.fetch_add(counts.invalid, Ordering::Relaxed);
+        if counts.lines > 0 && self.batch_started.is_none() {
             self.batch_started = Some(Instant::now());
         }
         Ok(n)
@@ -315,27 +392,23 @@ impl SourceTailer {
                 return Err(Closed);
             }
         };
-        let checkpoint = SourceCheckpoint {
-            next_seq: self.next_seq,
-            files: self
-                .files
-                .iter()
-                .map(|f| {
-                    let p = f.framer.position();
-                    FileCheckpoint {
-                        path: f.path.clone(),
-                        inode: f.inode,
-                        fingerprint: f.fingerprint,
-                        offset: p.offset,
-                        skipping: p.skipping,
-                    }
-                })
-                .collect(),
-        };
         let first_seq = self.batch_first_seq;
+        let entry = BatchRecord { first_seq, count: lines, segments: std::mem::take(&mut self.segments) };
+        debug_assert_eq!(entry.segments.iter().map(|s| s.lines).sum::<u64>(), lines);
+        let recorded = match self.journal.lock() {
+            Ok(mut j) => j.record(entry),
+            Err(_) => Err(std::io::Error::other("journal lock poisoned")),
+        };
+        if let Err(e) = recorded {
+            // Without its journal entry the batch could not be replayed: stop, and let a
+            // restart re-read from the last journaled position.
+            tracing::error!(source = %self.config.name, error = %e, "cannot write the journal; stopping this source");
+            self.stats.journal_errors.fetch_add(1, Ordering::Relaxed);
+            return Err(Closed);
+        }
         self.batch_first_seq = self.next_seq;
         self.batch_started = None;
-        let batch = OutBatch { source: self.config.name.clone(), payload, first_seq, lines, checkpoint };
+        let batch = OutBatch { source: self.config.name.clone(), payload, first_seq, lines };
         out.blocking_send(batch).map_err(|_| Closed)
     }
 }

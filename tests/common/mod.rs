@@ -298,3 +298,63 @@ pub fn assert_exactly_once(rows: &[Row]) -> HashMap<String, usize> {
     }
     counts
 }
+
+/// A thread appending numbered lines (`<node> line <n> …`) to `<dir>/<file>` in small bursts
+/// until stopped; [`Writer::stop`] returns how many it wrote.
+pub struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<usize>>,
+}
+
+/// The line number `i` of `node` as the writers write it.
+pub fn numbered(node: &str, i: usize) -> String {
+    format!("2026-11-22T10:00:00Z INFO {node} line {i:07} submit_sm ok padding-padding-padding")
+}
+
+impl Writer {
+    /// Write `per_tick` lines every 10 ms, at most `max` lines, calling `between(n)` after each
+    /// burst (rotations happen there).
+    pub fn start(
+        node: &str,
+        path: PathBuf,
+        per_tick: usize,
+        max: usize,
+        mut between: impl FnMut(&Path, usize) + Send + 'static,
+    ) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s, node) = (stop.clone(), node.to_owned());
+        let handle = std::thread::spawn(move || {
+            let mut n = 0;
+            while !s.load(std::sync::atomic::Ordering::Relaxed) && n < max {
+                let end = (n + per_tick).min(max);
+                append(&path, (n..end).map(|i| numbered(&node, i)));
+                n = end;
+                between(&path, n);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            n
+        });
+        Self { stop, handle: Some(handle) }
+    }
+
+    pub fn stop(mut self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.take().unwrap().join().unwrap()
+    }
+}
+
+/// Assert the rows of `node` are exactly its lines `0..count`, each once, in sequence order.
+pub fn assert_lines(rows: &[Row], node: &str, count: usize) {
+    let mut mine: Vec<&Row> = rows.iter().filter(|r| r.node == node).collect();
+    mine.sort_by_key(|r| r.seq);
+    let mut seen = std::collections::HashSet::new();
+    for r in &mine {
+        assert!(seen.insert(r.message.clone()), "{node}: line stored twice: {}", r.message);
+    }
+    for i in 0..count {
+        let want = numbered(node, i);
+        let want = want.split_once(" INFO ").map(|x| x.1).unwrap_or(&want).to_owned();
+        assert!(seen.contains(&want), "{node}: line {i} missing ({} of {count} stored)", mine.len());
+    }
+    assert_eq!(mine.len(), count, "{node}: extra rows");
+}

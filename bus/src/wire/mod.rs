@@ -13,8 +13,9 @@
 //! A decoder accepts the versions it knows and rejects others with [`WireError::UnknownVersion`];
 //! malformed bytes give [`WireError::Malformed`]. Neither ever panics.
 //!
-//! Payload types: [`log_batch`].
+//! Payload types: [`log_batch`]. Control documents (heads, watermarks) are JSON: [`control`].
 
+pub mod control;
 pub mod log_batch;
 
 use std::io::Cursor;

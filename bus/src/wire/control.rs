@@ -1,0 +1,99 @@
+//! Control messages between agents and collectors, as small JSON documents.
+//!
+//! - [`Heads`] (`<prefix>/head/<node>`, from each agent every second and when a collector joins):
+//!   per stream, the next sequence number the agent will assign; everything below it was
+//!   published. A collector that lacks part of that range pulls it from the agent's replay
+//!   queryable.
+//! - [`Watermarks`] (`<prefix>/watermark/<collector>/<node>`, from each collector every second and
+//!   after each commit): per stream of that node, the highest sequence number up to which every
+//!   record is committed to Parquet. An agent advances its durable checkpoint, and forgets its
+//!   journal, only up to it.
+//!
+//! Streams are named `<kind>/<stream>` (e.g. `log/smsgw`) within a node. Both documents carry
+//! `"version": 1`; unknown fields are ignored, an unknown version is rejected.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the control documents.
+pub const VERSION: u32 = 1;
+
+/// An agent's heads: per stream, the next sequence number it will assign, and the floor below
+/// which it has forgotten everything (acknowledged by a collector; not replayable any more).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heads {
+    /// Always [`VERSION`].
+    pub version: u32,
+    /// `<kind>/<stream>` → next sequence number.
+    pub streams: BTreeMap<String, u64>,
+    /// `<kind>/<stream>` → first sequence number still replayable (absent: 0).
+    #[serde(default)]
+    pub acked: BTreeMap<String, u64>,
+}
+
+/// A collector's watermarks for one node: per stream, the committed contiguous prefix.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watermarks {
+    /// Always [`VERSION`].
+    pub version: u32,
+    /// `<kind>/<stream>` → highest sequence number `n` such that `0..=n` are all committed.
+    pub streams: BTreeMap<String, u64>,
+}
+
+/// A control document that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Not JSON of the expected shape.
+    #[error("malformed control document: {0}")]
+    Malformed(String),
+    /// A version this build does not know.
+    #[error("unknown control document version {0} (this build reads {VERSION})")]
+    UnknownVersion(u32),
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], version: impl Fn(&T) -> u32) -> Result<T, ControlError> {
+    let doc: T = serde_json::from_slice(bytes).map_err(|e| ControlError::Malformed(e.to_string()))?;
+    match version(&doc) {
+        VERSION => Ok(doc),
+        v => Err(ControlError::UnknownVersion(v)),
+    }
+}
+
+impl Heads {
+    /// Encode as JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(&Self { version: VERSION, ..self.clone() }).unwrap_or_default()
+    }
+    /// Decode and check the version.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ControlError> {
+        decode(bytes, |d: &Self| d.version)
+    }
+}
+
+impl Watermarks {
+    /// Encode as JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(&Self { version: VERSION, streams: self.streams.clone() }).unwrap_or_default()
+    }
+    /// Decode and check the version.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ControlError> {
+        decode(bytes, |d: &Self| d.version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_errors() {
+        let h = Heads { version: VERSION, streams: BTreeMap::from([("log/app".into(), 42)]), acked: BTreeMap::new() };
+        assert_eq!(Heads::decode(&h.encode()).unwrap(), h);
+        assert_eq!(std::str::from_utf8(&h.encode()).unwrap(), r#"{"version":1,"streams":{"log/app":42},"acked":{}}"#);
+        assert_eq!(Heads::decode(br#"{"version":1,"streams":{}}"#).unwrap().acked.len(), 0);
+        assert!(matches!(Watermarks::decode(br#"{"version":2,"streams":{}}"#), Err(ControlError::UnknownVersion(2))));
+        assert!(matches!(Watermarks::decode(b"\xff"), Err(ControlError::Malformed(_))));
+        assert!(Watermarks::decode(br#"{"version":1,"streams":{"log/a":1},"extra":true}"#).is_ok());
+    }
+}
