@@ -105,7 +105,23 @@ struct TailedFile {
     framer: LineFramer,
     /// When the path stopped leading to this file (renamed away or deleted).
     gone_since: Option<Instant>,
+    /// A copy of another tracked file (same first bytes): not read unless that file is truncated
+    /// (copytruncate rotation), then read from where the original stood.
+    copy_of: Option<Inode>,
+    /// The last read found no new bytes.
+    at_eof: bool,
 }
+
+/// A file truncated in place whose copy has not been found yet: its old fingerprint and where
+/// reading stood when it was truncated.
+struct PendingCopy {
+    fingerprint: Fingerprint,
+    position: Position,
+    since: Instant,
+}
+
+/// How long to look for the copy of a truncated file.
+const COPY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Tails the files of one source; see the module docs.
 pub struct SourceTailer {
@@ -122,6 +138,8 @@ pub struct SourceTailer {
     segments: Vec<Segment>,
     read_buf: Vec<u8>,
     first_scan_done: bool,
+    pending_copies: Vec<PendingCopy>,
+    rescan_now: bool,
     journal: Arc<Mutex<SourceJournal>>,
     stats: Arc<AgentStats>,
 }
@@ -150,6 +168,8 @@ impl SourceTailer {
             segments: Vec::new(),
             read_buf: vec![0; READ_CHUNK],
             first_scan_done: false,
+            pending_copies: Vec::new(),
+            rescan_now: false,
             journal,
             stats,
         }
@@ -168,7 +188,8 @@ impl SourceTailer {
                 std::thread::sleep(self.settings.poll_interval());
                 continue;
             }
-            if last_scan.is_none_or(|t| t.elapsed() >= self.settings.glob_interval()) {
+            if self.rescan_now || last_scan.is_none_or(|t| t.elapsed() >= self.settings.glob_interval()) {
+                self.rescan_now = false;
                 self.scan();
                 last_scan = Some(Instant::now());
             }
@@ -204,6 +225,12 @@ impl SourceTailer {
                 }
             }
         }
+        // Files known from the checkpoint first, so that a copy of one of them is recognised as
+        // a copy whatever order the glob lists them in.
+        seen.sort_by_key(|p| {
+            let known = std::fs::metadata(p).ok().map(|m| Inode::of(&m)).is_some_and(|i| self.restored.iter().any(|c| c.inode == i));
+            !known
+        });
         let mut live_inodes = Vec::with_capacity(seen.len());
         for path in seen {
             let Ok(meta) = std::fs::metadata(&path) else { continue };
@@ -226,6 +253,13 @@ impl SourceTailer {
                 f.gone_since = Some(Instant::now());
             }
         }
+        self.pending_copies.retain(|p| {
+            let keep = p.since.elapsed() < COPY_WAIT;
+            if !keep {
+                tracing::warn!(offset = p.position.offset, "no copy of a truncated file found: lines written between the last read and the truncation are lost; include the rotated names in the source's paths to keep them");
+            }
+            keep
+        });
         self.first_scan_done = true;
     }
 
@@ -236,12 +270,35 @@ impl SourceTailer {
         if let Some(i) = self.restored.iter().position(|c| c.inode == inode) {
             let cp = self.restored.swap_remove(i);
             let now = Fingerprint::read(&file, cp.fingerprint.len as usize)?;
-            if now != cp.fingerprint {
-                tracing::info!(path = %path.display(), "inode reused by a different file; reading it from the start");
-            } else if cp.offset > len {
-                tracing::warn!(path = %path.display(), offset = cp.offset, len, "file is shorter than its checkpoint (truncated); reading it from the start");
+            if now != cp.fingerprint || cp.offset > len {
+                // Rewritten or truncated while the agent was down: if a copy of the old content
+                // shows up (copytruncate), it continues from the checkpoint.
+                tracing::warn!(path = %path.display(), offset = cp.offset, len, "file was truncated or replaced while the agent was down; reading it from the start");
+                self.pending_copies.push(PendingCopy { fingerprint: cp.fingerprint, position: cp.position(), since: Instant::now() });
             } else {
                 position = Some(cp.position());
+            }
+        }
+        let mut copy_of = None;
+        if position.is_none() {
+            // The copy of a file truncated in place (copytruncate): continue where it stood.
+            let mut found = None;
+            for (i, p) in self.pending_copies.iter().enumerate() {
+                if Fingerprint::read(&file, p.fingerprint.len as usize)? == p.fingerprint && p.fingerprint.len > 0 {
+                    found = Some(i);
+                    break;
+                }
+            }
+            if let Some(i) = found {
+                let p = self.pending_copies.swap_remove(i);
+                tracing::info!(path = %path.display(), offset = p.position.offset, "copy of a truncated file: reading it from where the original stood");
+                position = Some(p.position);
+            } else if fingerprint.len == FINGERPRINT_BYTES as u32 {
+                // A copy of a live file: park it, it holds nothing new unless the original is truncated.
+                copy_of = self.files.iter().find(|f| f.copy_of.is_none() && f.fingerprint == fingerprint).map(|f| f.inode);
+                if copy_of.is_some() {
+                    tracing::info!(path = %path.display(), "same first bytes as a tailed file: a copy, not read unless the original is truncated");
+                }
             }
         }
         let position = position.unwrap_or(match (self.config.start_at, self.first_scan_done) {
@@ -262,6 +319,8 @@ impl SourceTailer {
             fingerprint,
             framer: LineFramer::new(self.config.max_line_bytes, position),
             gone_since: None,
+            copy_of,
+            at_eof: false,
         });
         Ok(())
     }
@@ -312,18 +371,25 @@ impl SourceTailer {
 
     /// Read one chunk of file `i` and turn its complete lines into rows.
     fn read_chunk(&mut self, i: usize) -> std::io::Result<usize> {
+        if self.files[i].copy_of.is_some() {
+            return Ok(0);
+        }
         let f = &mut self.files[i];
         let at = f.framer.read_offset();
-        let n = f.file.read_at(&mut self.read_buf, at)?;
+        // After idling at the end, make sure the file was not truncated and rewritten meanwhile.
+        let rewritten = f.at_eof
+            && f.fingerprint.len == FINGERPRINT_BYTES as u32
+            && Fingerprint::read(&f.file, FINGERPRINT_BYTES)? != f.fingerprint;
+        let n = if rewritten { 0 } else { f.file.read_at(&mut self.read_buf, at)? };
         if n == 0 {
             let len = f.file.metadata()?.len();
-            if len < at {
-                tracing::warn!(path = %f.path.display(), len, offset = at, "file truncated in place; reading it from the start");
-                f.framer = LineFramer::new(self.config.max_line_bytes, Position::default());
-                self.stats.truncations.fetch_add(1, Ordering::Relaxed);
+            f.at_eof = true;
+            if len < at || rewritten {
+                self.truncated(i, len);
             }
             return Ok(0);
         }
+        f.at_eof = false;
         if f.fingerprint.len < FINGERPRINT_BYTES as u32 {
             f.fingerprint = Fingerprint::read(&f.file, FINGERPRINT_BYTES)?;
         }
@@ -368,6 +434,26 @@ impl SourceTailer {
             self.batch_started = Some(Instant::now());
         }
         Ok(n)
+    }
+
+    /// File `i` was truncated in place: its copy (if any) continues from where it stood, the
+    /// file itself from its start.
+    fn truncated(&mut self, i: usize, len: u64) {
+        let f = &mut self.files[i];
+        let (inode, position, fingerprint) = (f.inode, f.framer.position(), f.fingerprint);
+        tracing::warn!(path = %f.path.display(), len, offset = position.offset, "file truncated in place (copytruncate); reading it from the start");
+        f.framer = LineFramer::new(self.config.max_line_bytes, Position::default());
+        f.fingerprint = Fingerprint::of_bytes(&[]);
+        f.at_eof = false;
+        self.stats.truncations.fetch_add(1, Ordering::Relaxed);
+        if let Some(copy) = self.files.iter_mut().find(|c| c.copy_of == Some(inode)) {
+            tracing::info!(path = %copy.path.display(), offset = position.offset, "reading the copy of the truncated file from where the original stood");
+            copy.copy_of = None;
+            copy.framer = LineFramer::new(self.config.max_line_bytes, position);
+        } else {
+            self.pending_copies.push(PendingCopy { fingerprint, position, since: Instant::now() });
+            self.rescan_now = true;
+        }
     }
 
     /// Encode the batch in progress and hand it to the publisher (blocking while its queue is

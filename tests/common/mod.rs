@@ -154,7 +154,7 @@ max_file_age_ms = 300
         Proc::start("collector", &["collector", "--config", cfg.to_str().unwrap()], self.path().join("collector.log"))
     }
 
-    /// An agent for `node` tailing `<logs>/<node>/*.log` as source `app` in `format`.
+    /// An agent for `node` tailing `<logs>/<node>/*.log*` (rotated names too) as source `app` in `format`.
     pub fn start_agent(&self, node: &str, format: &str) -> Proc {
         self.start_agent_connecting(node, format, &[])
     }
@@ -186,7 +186,7 @@ checkpoint_interval_ms = 100
 
 [[source]]
 name = "app"
-paths = ["{}/*.log"]
+paths = ["{}/*.log*"]
 format = "{format}"
 {source_extra}
 "#,

@@ -1,0 +1,76 @@
+//! Log rotation under continuous writing, with the agent running and while it is down:
+//! rename-and-create and copytruncate. Every written line must be stored exactly once.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+const DEADLINE: Duration = Duration::from_secs(90);
+
+/// Rename-and-create every `every` lines: `app.log` becomes `app.log.<k>`.
+fn rename_rotation(every: usize) -> impl FnMut(&Path, usize) + Send + 'static {
+    let mut k = 0;
+    move |path: &Path, n: usize| {
+        if n / every > k {
+            k = n / every;
+            std::fs::rename(path, path.with_extension(format!("log.{k}"))).unwrap();
+        }
+    }
+}
+
+/// Copytruncate every `every` lines: copy `app.log` to `app.log.<k>`, truncate `app.log`.
+fn copytruncate_rotation(every: usize) -> impl FnMut(&Path, usize) + Send + 'static {
+    let mut k = 0;
+    move |path: &Path, n: usize| {
+        if n / every > k {
+            k = n / every;
+            std::fs::copy(path, path.with_extension(format!("log.{k}"))).unwrap();
+            std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len(0).unwrap();
+        }
+    }
+}
+
+fn run(rotation: impl FnMut(&Path, usize) + Send + 'static, down_while_writing: bool) {
+    let c = Cluster::new();
+    let collector = c.start_collector();
+    let mut agent = c.start_agent("gw", "plain");
+    let w = Writer::start("gw", c.logs_dir("gw").join("app.log"), 60, 30_000, rotation);
+    if down_while_writing {
+        std::thread::sleep(Duration::from_millis(1200));
+        agent.stop();
+        std::thread::sleep(Duration::from_millis(2500));
+        agent = c.start_agent("gw", "plain");
+    }
+    let n = w.stop();
+    let ok = wait_until(DEADLINE, || count_logs(&c.dataset()) >= n);
+    assert!(ok, "dataset holds {} of {n}\n{}", count_logs(&c.dataset()), agent.log_text());
+    std::thread::sleep(Duration::from_millis(600));
+    agent.stop();
+    collector.stop();
+    let rows = read_logs(&c.dataset());
+    assert_exactly_once(&rows);
+    assert_lines(&rows, "gw", n);
+}
+
+#[test]
+fn rename_and_create_while_writing() {
+    run(rename_rotation(2000), false);
+}
+
+#[test]
+fn rename_and_create_while_the_agent_is_down() {
+    run(rename_rotation(1500), true);
+}
+
+#[test]
+fn copytruncate_while_writing() {
+    run(copytruncate_rotation(2000), false);
+}
+
+#[test]
+fn copytruncate_while_the_agent_is_down() {
+    run(copytruncate_rotation(1500), true);
+}
