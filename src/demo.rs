@@ -168,7 +168,12 @@ fn free_port() -> Result<u16> {
 fn collector_config(endpoint: &str, dataset: &Path) -> CollectorConfig {
     CollectorConfig {
         bus: BusConfig { cluster: "demo".into(), node: "collector".into(), listen: vec![endpoint.into()], ..BusConfig::default() },
-        collector: CollectorSettings { data_dir: dataset.to_owned(), max_file_age_ms: 3000, ..CollectorSettings::default() },
+        collector: CollectorSettings {
+            data_dir: dataset.to_owned(),
+            max_file_age_ms: 3000,
+            http_listen: String::new(),
+            ..CollectorSettings::default()
+        },
         logs: LogsTableConfig::default(),
     }
 }
@@ -189,6 +194,7 @@ fn agent_config(node: &str, endpoint: &str, dir: &Path, logs: &Path) -> AgentCon
             batch_max_delay_ms: 100,
             poll_interval_ms: 50,
             glob_interval_ms: 500,
+            http_listen: String::new(),
             ..AgentSettings::default()
         },
         sources: vec![source("smsgw", "smsgw*.log", Format::Kv, false), source("mta", "mail*.log", Format::Syslog, true)],

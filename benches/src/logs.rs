@@ -162,7 +162,11 @@ async fn end_to_end(opts: &LogsBench, agents: usize) -> Result<f64> {
     let collector = Collector::start(
         CollectorConfig {
             bus: BusConfig { cluster: "bench".into(), node: "c".into(), listen: vec![endpoint.clone()], ..BusConfig::default() },
-            collector: CollectorSettings { data_dir: dir.path().join("dataset"), ..CollectorSettings::default() },
+            collector: CollectorSettings {
+                data_dir: dir.path().join("dataset"),
+                http_listen: String::new(),
+                ..CollectorSettings::default()
+            },
             logs: LogsTableConfig::default(),
         },
         collector_cancel.clone(),
@@ -175,7 +179,11 @@ async fn end_to_end(opts: &LogsBench, agents: usize) -> Result<f64> {
     for a in 0..agents {
         let cfg = AgentConfig {
             bus: BusConfig { cluster: "bench".into(), node: format!("gw{a}"), connect: vec![endpoint.clone()], ..BusConfig::default() },
-            agent: AgentSettings { data_dir: dir.path().join(format!("state{a}")), ..AgentSettings::default() },
+            agent: AgentSettings {
+                data_dir: dir.path().join(format!("state{a}")),
+                http_listen: String::new(),
+                ..AgentSettings::default()
+            },
             sources: vec![SourceConfig {
                 name: "app".into(),
                 paths: vec![dir.path().join(format!("logs{a}/*.log")).to_string_lossy().into_owned()],

@@ -5,11 +5,13 @@
 //! - [`keys`]: the key space, defined once, with typed stream and member identities;
 //! - [`session`]: opening a zenoh session from the config, announcing a process;
 //! - [`membership`]: the live set of the cluster from liveliness tokens;
+//! - [`http`]: the `/health` and `/metrics` endpoint of long-running processes;
 //! - [`wire`]: versioned payload schemas (Arrow IPC), e.g. [`wire::log_batch`].
 //!
 //! `docs/protocol.md` documents the same key space and payloads for clients in other languages.
 
 pub mod config;
+pub mod http;
 pub mod keys;
 pub mod membership;
 pub mod session;

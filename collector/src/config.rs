@@ -68,6 +68,10 @@ pub struct CollectorSettings {
     /// (publishers block), nothing is dropped. Default: 64.
     #[serde(default = "default_queue")]
     pub queue_payloads: usize,
+    /// Address of the health and Prometheus metrics endpoint (`/health`, `/metrics`); empty to
+    /// disable. Default: `127.0.0.1:7481`.
+    #[serde(default = "default_http")]
+    pub http_listen: String,
 }
 
 /// The `[logs]` table: how log records become rows.
@@ -131,6 +135,9 @@ fn default_zstd_level() -> i32 {
 fn default_queue() -> usize {
     64
 }
+fn default_http() -> String {
+    "127.0.0.1:7481".to_owned()
+}
 fn default_promote() -> Vec<PromotedColumn> {
     vec![
         PromotedColumn { name: "msg_id".into(), kind: ColumnType::String, bloom: true },
@@ -149,6 +156,7 @@ impl Default for CollectorSettings {
             row_group_max_bytes: default_row_group_bytes(),
             zstd_level: default_zstd_level(),
             queue_payloads: default_queue(),
+            http_listen: default_http(),
         }
     }
 }
@@ -219,6 +227,9 @@ impl CollectorConfig {
                 "collector.max_file_bytes must be >= 1024, row_group_rows, queue_payloads and max_file_age_ms > 0".into(),
             ));
         }
+        if !c.http_listen.is_empty() && c.http_listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(CollectorConfigError::Invalid(format!("collector.http_listen {:?} is not an address like 127.0.0.1:7481", c.http_listen)));
+        }
         if !(1..=22).contains(&c.zstd_level) {
             return Err(CollectorConfigError::Invalid(format!("collector.zstd_level {} is not in 1..=22", c.zstd_level)));
         }
@@ -282,6 +293,7 @@ mod example_tests {
             (s.max_file_bytes, s.max_file_age_ms, s.row_group_rows, s.row_group_max_bytes, s.zstd_level, s.queue_payloads),
             (d.max_file_bytes, d.max_file_age_ms, d.row_group_rows, d.row_group_max_bytes, d.zstd_level, d.queue_payloads)
         );
+        assert_eq!(s.http_listen, d.http_listen);
         assert_eq!(s.data_dir, d.data_dir);
         assert_eq!(c.logs.promote, LogsTableConfig::default().promote);
     }

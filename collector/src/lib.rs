@@ -36,7 +36,7 @@ use zenoh::Session;
 
 use crate::config::CollectorConfig;
 use crate::logs_table::{LogsTable, TABLE_VERSION};
-use crate::sink::{LogsSink, ReplayRequest};
+use crate::sink::{LogsSink, ReplayRequest, SinkStatus};
 use crate::stats::CollectorStats;
 use crate::writer::FileSettings;
 
@@ -119,7 +119,7 @@ async fn publish_watermarks(
     session: Session,
     keys: KeySpace,
     collector: String,
-    mut marks: tokio::sync::watch::Receiver<BTreeMap<String, u64>>,
+    mut marks: tokio::sync::watch::Receiver<SinkStatus>,
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(WATERMARK_EVERY);
@@ -132,7 +132,7 @@ async fn publish_watermarks(
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        let current = marks.borrow_and_update().clone();
+        let current = marks.borrow_and_update().watermarks.clone();
         let mut per_node: BTreeMap<String, Watermarks> = BTreeMap::new();
         for (stream, w) in current {
             let Some((node, rest)) = stream.split_once('/') else { continue };
@@ -152,6 +152,62 @@ async fn publish_watermarks(
             }
             break;
         }
+    }
+}
+
+/// The collector's `/health` and `/metrics`.
+struct CollectorReport {
+    name: String,
+    stats: Arc<CollectorStats>,
+    status: tokio::sync::watch::Receiver<SinkStatus>,
+}
+
+impl switchboard_bus::http::Report for CollectorReport {
+    fn health(&self) -> (bool, serde_json::Value) {
+        let st = self.status.borrow().clone();
+        let lag: BTreeMap<&String, serde_json::Value> =
+            st.lag.iter().map(|(k, (r, s))| (k, serde_json::json!({"records": r, "seconds": s}))).collect();
+        let ok = st.failing.is_none();
+        let body = serde_json::json!({
+            "status": if ok { "ok" } else { "failing" },
+            "collector": self.name,
+            "problem": st.failing,
+            "open_files": st.open_files,
+            "watermarks": st.watermarks,
+            "lag": lag,
+        });
+        (ok, body)
+    }
+
+    fn metrics(&self) -> String {
+        let s = &self.stats;
+        let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let st = self.status.borrow().clone();
+        let mut m = switchboard_bus::http::Metrics::new();
+        m.counter("switchboard_collector_payloads_total", "Payloads taken from the bus.", g(&s.payloads_received))
+            .counter("switchboard_collector_malformed_payloads_total", "Payloads dropped as malformed or of an unknown version.", g(&s.payloads_malformed))
+            .counter("switchboard_collector_rows_received_total", "Rows in well-formed payloads.", g(&s.rows_received))
+            .counter("switchboard_collector_rows_duplicate_total", "Rows dropped as already held.", g(&s.rows_duplicate))
+            .counter("switchboard_collector_rows_committed_total", "Rows in committed Parquet files.", g(&s.rows_committed))
+            .counter("switchboard_collector_files_committed_total", "Parquet files committed.", g(&s.files_committed))
+            .counter("switchboard_collector_commit_errors_total", "Commits that failed.", g(&s.commit_errors))
+            .counter("switchboard_collector_write_errors_total", "Data file writes that failed.", g(&s.write_errors))
+            .counter("switchboard_collector_gaps_detected_total", "Gaps found against agents' heads.", g(&s.gaps_detected))
+            .counter("switchboard_collector_replays_total", "Replay queries sent to agents.", g(&s.replay_requests))
+            .counter("switchboard_collector_rows_replayed_total", "Rows received from replays.", g(&s.rows_replayed))
+            .counter("switchboard_collector_replay_errors_total", "Replay queries that failed.", g(&s.replay_errors))
+            .gauge("switchboard_collector_failing", "1 while writes or commits fail (e.g. disk full).", f64::from(u8::from(st.failing.is_some())))
+            .gauge_series(
+                "switchboard_collector_stream_lag_records",
+                "Records announced by the agent and not yet committed.",
+                st.lag.iter().map(|(k, (r, _))| (vec![("stream", k.clone())], *r as f64)),
+            )
+            .gauge_series(
+                "switchboard_collector_stream_lag_seconds",
+                "How long the committed prefix has been behind the agent's head.",
+                st.lag.iter().map(|(k, (_, secs))| (vec![("stream", k.clone())], *secs)),
+            );
+        m.finish()
     }
 }
 
@@ -277,8 +333,18 @@ impl Collector {
         }
         let (replay_tx, replay_rx) = tokio::sync::mpsc::unbounded_channel::<ReplayRequest>();
         tracker.spawn(run_replays(session.clone(), keys.clone(), replay_rx, tx.clone(), stats.clone(), cancel.clone()));
-        let (marks_tx, marks_rx) = tokio::sync::watch::channel(BTreeMap::new());
-        tracker.spawn(publish_watermarks(session.clone(), keys.clone(), name.clone(), marks_rx, cancel.clone()));
+        let (status_tx, status_rx) = tokio::sync::watch::channel(SinkStatus::default());
+        tracker.spawn(publish_watermarks(session.clone(), keys.clone(), name.clone(), status_rx.clone(), cancel.clone()));
+        if !c.http_listen.is_empty() {
+            let addr = c.http_listen.parse().map_err(|e| CollectorError::Bus(format!("http_listen: {e}")))?;
+            let report = Arc::new(CollectorReport { name: name.clone(), stats: stats.clone(), status: status_rx });
+            let (_, task) = switchboard_bus::http::serve(addr, report, cancel.clone())
+                .await
+                .map_err(|e| CollectorError::Bus(format!("http_listen {addr}: {e}")))?;
+            tracker.spawn(async move {
+                let _ = task.await;
+            });
+        }
         drop(tx);
         tracker.spawn_blocking(move || {
             let take = |sink: &mut LogsSink, input: Input| match input {
@@ -289,6 +355,7 @@ impl Collector {
                     }
                 }
             };
+            let mut last_status = Instant::now();
             while !cancel.is_cancelled() {
                 match rx.recv_timeout(TICK) {
                     Ok(input) => take(&mut sink, input),
@@ -296,8 +363,9 @@ impl Collector {
                     Err(flume::RecvTimeoutError::Disconnected) => break,
                 }
                 sink.commit_aged();
-                if sink.take_watermarks_changed() {
-                    marks_tx.send_replace(sink.watermarks());
+                if sink.take_watermarks_changed() || last_status.elapsed() >= TICK {
+                    status_tx.send_replace(sink.status());
+                    last_status = Instant::now();
                 }
             }
             let started = Instant::now();
@@ -310,7 +378,7 @@ impl Collector {
             drop(subscriber);
             drop(heads_subscriber);
             sink.commit_all();
-            marks_tx.send_replace(sink.watermarks());
+            status_tx.send_replace(sink.status());
             tracing::info!(watermarks = ?sink.watermarks(), "collector sink stopped");
         });
         tracker.close();

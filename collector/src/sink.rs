@@ -47,6 +47,23 @@ struct StreamState {
     gap_since: Option<Instant>,
     /// When a replay was last asked for.
     replay_asked: Option<Instant>,
+    /// The agent's last announced head (next sequence number).
+    head: u64,
+    /// Since when the committed prefix has been behind the head.
+    behind_since: Option<Instant>,
+}
+
+/// What the sink reports for health and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct SinkStatus {
+    /// Per stream (`<node>/log/<stream>`): committed contiguous prefix.
+    pub watermarks: BTreeMap<String, u64>,
+    /// Per stream: `(records behind the agent's head, seconds behind)`.
+    pub lag: BTreeMap<String, (u64, f64)>,
+    /// The last write or commit error, while it is not followed by a successful commit.
+    pub failing: Option<String>,
+    /// Files open (uncommitted).
+    pub open_files: usize,
 }
 
 /// A range of one stream to pull from its agent's replay queryable.
@@ -72,6 +89,7 @@ pub struct LogsSink {
     open: BTreeMap<i64, PartitionFile>,
     files_created: u64,
     watermarks_changed: bool,
+    failing: Option<String>,
     stats: Arc<CollectorStats>,
 }
 
@@ -100,8 +118,24 @@ impl LogsSink {
             open: BTreeMap::new(),
             files_created: 0,
             watermarks_changed: true,
+            failing: None,
             stats,
         }
+    }
+
+    /// Health and lag figures.
+    pub fn status(&self) -> SinkStatus {
+        let lag = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.head > 0)
+            .map(|(k, s)| {
+                let done = s.committed.contiguous_from_zero().map_or(0, |w| w + 1);
+                let secs = s.behind_since.map_or(0.0, |t| t.elapsed().as_secs_f64());
+                (k.clone(), (s.head.saturating_sub(done), secs))
+            })
+            .collect();
+        SinkStatus { watermarks: self.watermarks(), lag, failing: self.failing.clone(), open_files: self.open.len() }
     }
 
     /// Whether a commit moved a watermark since the last call.
@@ -119,6 +153,13 @@ impl LogsSink {
             let floor = heads.acked.get(stream).copied().unwrap_or(0);
             let key = format!("{node}/{stream}");
             let state = self.streams.entry(key).or_default();
+            state.head = head;
+            let done = state.committed.contiguous_from_zero().map_or(0, |w| w + 1);
+            if done >= head {
+                state.behind_since = None;
+            } else {
+                state.behind_since.get_or_insert_with(Instant::now);
+            }
             let gaps = state.accepted.gaps(floor, head);
             if gaps.is_empty() {
                 state.gap_since = None;
@@ -242,6 +283,7 @@ impl LogsSink {
                 Err(e) => {
                     self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(error = %e, "cannot create a data file; rows dropped until a resend");
+                    self.failing = Some(format!("cannot create a data file: {e}"));
                     self.forget(stream);
                     return;
                 }
@@ -251,6 +293,7 @@ impl LogsSink {
         if let Err(e) = file.write(rows, stream, seqs, &self.settings) {
             self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, "cannot write a data file; abandoning it");
+            self.failing = Some(format!("cannot write a data file: {e}"));
             self.abandon(hour);
             return;
         }
@@ -280,11 +323,15 @@ impl LogsSink {
                 self.watermarks_changed = true;
                 self.stats.rows_committed.fetch_add(rows, Ordering::Relaxed);
                 self.stats.files_committed.fetch_add(1, Ordering::Relaxed);
+                if self.failing.take().is_some() {
+                    tracing::info!("commits succeed again");
+                }
                 tracing::debug!(path = %path.display(), rows, "committed");
             }
             Err(e) => {
                 self.stats.commit_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, rows, "commit failed; the file is abandoned and its rows taken again on resend");
+                tracing::error!(error = %e, rows, "commit failed; the file is abandoned and its rows pulled again from the agents");
+                self.failing = Some(format!("commit failed: {e}"));
                 let streams: Vec<String> = self.streams.keys().cloned().collect();
                 for s in streams {
                     self.forget(&s);

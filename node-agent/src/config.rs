@@ -325,5 +325,6 @@ mod example_tests {
         );
         assert_eq!((c.agent.glob_interval_ms, c.agent.checkpoint_interval_ms), (d.glob_interval_ms, d.checkpoint_interval_ms));
         assert_eq!(c.agent.data_dir, d.data_dir);
+        assert_eq!((c.agent.max_unacked_batches, &c.agent.http_listen), (d.max_unacked_batches, &d.http_listen));
     }
 }

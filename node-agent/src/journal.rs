@@ -143,6 +143,11 @@ impl SourceJournal {
         files
     }
 
+    /// Read time of the oldest unacknowledged line (µs since the epoch), if any.
+    pub fn oldest_unacked_micros(&self) -> Option<i64> {
+        self.entries.front().and_then(|e| e.segments.first()).map(|s| s.observed_micros)
+    }
+
     /// Keep `file` open for replays of its segments.
     pub fn register(&mut self, inode: Inode, file: Arc<File>) {
         self.handles.entry(inode).or_insert(file);
@@ -292,6 +297,22 @@ mod tests {
         assert_eq!(j2.head(), 20);
         assert_eq!(j2.slice(16, 16).len(), 1);
         assert_eq!(j2.slice(0, 14).len(), 0);
+    }
+
+    #[test]
+    fn handles_live_as_long_as_unacknowledged_segments_need_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = Arc::new(File::create(dir.path().join("f")).unwrap());
+        let mut j = SourceJournal::open(dir.path(), "app", SourceCheckpoint::default()).unwrap();
+        j.register(Inode { dev: 1, ino: 1 }, f.clone());
+        j.record(BatchRecord { first_seq: 0, count: 10, segments: vec![seg(1, 0, 100)] }).unwrap();
+        j.ack(9).unwrap();
+        assert!(j.slice(0, 100).is_empty());
+        // The next batch of the same file registers it again: it must be replayable.
+        j.register(Inode { dev: 1, ino: 1 }, f);
+        j.record(BatchRecord { first_seq: 10, count: 5, segments: vec![seg(1, 100, 150)] }).unwrap();
+        let s = j.slice(10, 14);
+        assert!(s[0].1[0].is_some(), "handle kept for replay");
     }
 
     #[test]

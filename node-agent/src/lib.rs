@@ -21,6 +21,7 @@ pub mod journal;
 pub mod parse;
 pub mod publisher;
 pub mod replay;
+mod report;
 pub mod stats;
 pub mod tailer;
 
@@ -142,6 +143,25 @@ impl Agent {
             membership.clone(),
             cancel.clone(),
         ));
+        if !config.agent.http_listen.is_empty() {
+            let addr = config
+                .agent
+                .http_listen
+                .parse()
+                .map_err(|e| AgentError::Bus(format!("http_listen: {e}")))?;
+            let report = Arc::new(report::AgentReport {
+                node: node.clone(),
+                stats: stats.clone(),
+                journals: journals.clone(),
+                membership: membership.clone(),
+            });
+            let (_, task) = switchboard_bus::http::serve(addr, report, cancel.clone())
+                .await
+                .map_err(|e| AgentError::Bus(format!("http_listen {addr}: {e}")))?;
+            tracker.spawn(async move {
+                let _ = task.await;
+            });
+        }
         let token = session::announce(&session, &keys, Role::Agent, &node).await?;
         let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
         for source in &config.sources {

@@ -105,21 +105,32 @@ struct TailedFile {
     framer: LineFramer,
     /// When the path stopped leading to this file (renamed away or deleted).
     gone_since: Option<Instant>,
-    /// A copy of another tracked file (same first bytes): not read unless that file is truncated
-    /// (copytruncate rotation), then read from where the original stood.
+    /// Possibly a copy of another tracked file (same first bytes): held back for
+    /// [`COPY_SUSPECT`]; if that file is truncated meanwhile (copytruncate) this one continues
+    /// from where the original stood, otherwise it is read from its start.
     copy_of: Option<Inode>,
+    /// When the tailer opened it.
+    opened: Instant,
     /// The last read found no new bytes.
     at_eof: bool,
+    /// This file was truncated in place: its copy's remaining lines come first, so that the
+    /// stream keeps writing order. Set when the truncation was seen.
+    hold_for_copy: Option<Instant>,
+    /// This file is the activated copy of a truncated file (that inode).
+    copy_for: Option<Inode>,
 }
 
 /// A file truncated in place whose copy has not been found yet: its old fingerprint and where
 /// reading stood when it was truncated.
 struct PendingCopy {
+    original: Inode,
     fingerprint: Fingerprint,
     position: Position,
     since: Instant,
 }
 
+/// How long a file with the same first bytes as a tailed one is held back as a possible copy.
+const COPY_SUSPECT: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long to look for the copy of a truncated file.
 const COPY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -227,9 +238,16 @@ impl SourceTailer {
         }
         // Files known from the checkpoint first, so that a copy of one of them is recognised as
         // a copy whatever order the glob lists them in.
+        // New files oldest first (rotated files before the live one), so that lines of files
+        // found in one scan keep the order they were written in (best effort: see below).
         seen.sort_by_key(|p| {
-            let known = std::fs::metadata(p).ok().map(|m| Inode::of(&m)).is_some_and(|i| self.restored.iter().any(|c| c.inode == i));
-            !known
+            let meta = std::fs::metadata(p).ok();
+            let known = meta.as_ref().map(Inode::of).is_some_and(|i| self.restored.iter().any(|c| c.inode == i));
+            let ino = meta.as_ref().map_or(0, |m| Inode::of(m).ino);
+            let mtime = meta.and_then(|m| m.modified().ok()).unwrap_or(std::time::UNIX_EPOCH);
+            // Modification times are coarse (a clock tick); the inode breaks ties: files made
+            // later mostly get higher numbers.
+            (!known, mtime, ino)
         });
         let mut live_inodes = Vec::with_capacity(seen.len());
         for path in seen {
@@ -267,6 +285,8 @@ impl SourceTailer {
         let file = File::open(&path)?;
         let fingerprint = Fingerprint::read(&file, FINGERPRINT_BYTES)?;
         let mut position = None;
+        let mut hold = None;
+        let mut copy_for = None;
         if let Some(i) = self.restored.iter().position(|c| c.inode == inode) {
             let cp = self.restored.swap_remove(i);
             let now = Fingerprint::read(&file, cp.fingerprint.len as usize)?;
@@ -274,7 +294,13 @@ impl SourceTailer {
                 // Rewritten or truncated while the agent was down: if a copy of the old content
                 // shows up (copytruncate), it continues from the checkpoint.
                 tracing::warn!(path = %path.display(), offset = cp.offset, len, "file was truncated or replaced while the agent was down; reading it from the start");
-                self.pending_copies.push(PendingCopy { fingerprint: cp.fingerprint, position: cp.position(), since: Instant::now() });
+                self.pending_copies.push(PendingCopy {
+                    original: inode,
+                    fingerprint: cp.fingerprint,
+                    position: cp.position(),
+                    since: Instant::now(),
+                });
+                hold = Some(Instant::now());
             } else {
                 position = Some(cp.position());
             }
@@ -293,11 +319,19 @@ impl SourceTailer {
                 let p = self.pending_copies.swap_remove(i);
                 tracing::info!(path = %path.display(), offset = p.position.offset, "copy of a truncated file: reading it from where the original stood");
                 position = Some(p.position);
-            } else if fingerprint.len == FINGERPRINT_BYTES as u32 {
-                // A copy of a live file: park it, it holds nothing new unless the original is truncated.
-                copy_of = self.files.iter().find(|f| f.copy_of.is_none() && f.fingerprint == fingerprint).map(|f| f.inode);
+                copy_for = Some(p.original);
+            } else {
+                // Same first bytes as a tailed file: maybe the copy half of a copytruncate. Hold
+                // it back for a moment; if the original is truncated meanwhile, the copy continues
+                // where the original stood, otherwise it is read as a file of its own.
+                for f in self.files.iter().filter(|f| f.copy_of.is_none() && f.fingerprint.len > 0) {
+                    if Fingerprint::read(&file, f.fingerprint.len as usize)? == f.fingerprint {
+                        copy_of = Some(f.inode);
+                        break;
+                    }
+                }
                 if copy_of.is_some() {
-                    tracing::info!(path = %path.display(), "same first bytes as a tailed file: a copy, not read unless the original is truncated");
+                    tracing::debug!(path = %path.display(), "same first bytes as a tailed file: held back as a possible copy");
                 }
             }
         }
@@ -320,7 +354,10 @@ impl SourceTailer {
             framer: LineFramer::new(self.config.max_line_bytes, position),
             gone_since: None,
             copy_of,
+            opened: Instant::now(),
             at_eof: false,
+            hold_for_copy: hold,
+            copy_for,
         });
         Ok(())
     }
@@ -358,7 +395,7 @@ impl SourceTailer {
             if drained && expired && !self.segments.iter().any(|s| s.inode == f.inode) {
                 tracing::info!(path = %f.path.display(), "done with rotated file");
                 let inode = f.inode;
-                self.files.swap_remove(i);
+                self.files.remove(i);
                 if let Ok(mut j) = self.journal.lock() {
                     j.retire(inode);
                 }
@@ -372,7 +409,20 @@ impl SourceTailer {
     /// Read one chunk of file `i` and turn its complete lines into rows.
     fn read_chunk(&mut self, i: usize) -> std::io::Result<usize> {
         if self.files[i].copy_of.is_some() {
-            return Ok(0);
+            if self.files[i].opened.elapsed() < COPY_SUSPECT {
+                return Ok(0);
+            }
+            tracing::info!(path = %self.files[i].path.display(), "not a copy after all (its original was not truncated): reading it");
+            self.files[i].copy_of = None;
+        }
+        if let Some(since) = self.files[i].hold_for_copy {
+            let inode = self.files[i].inode;
+            let copy_busy = self.files.iter().any(|c| c.copy_for == Some(inode) && !c.at_eof);
+            let pending = self.pending_copies.iter().any(|p| p.original == inode);
+            if (copy_busy || pending) && since.elapsed() < COPY_WAIT {
+                return Ok(0);
+            }
+            self.files[i].hold_for_copy = None;
         }
         let f = &mut self.files[i];
         let at = f.framer.read_offset();
@@ -445,13 +495,16 @@ impl SourceTailer {
         f.framer = LineFramer::new(self.config.max_line_bytes, Position::default());
         f.fingerprint = Fingerprint::of_bytes(&[]);
         f.at_eof = false;
+        f.hold_for_copy = Some(Instant::now());
         self.stats.truncations.fetch_add(1, Ordering::Relaxed);
         if let Some(copy) = self.files.iter_mut().find(|c| c.copy_of == Some(inode)) {
             tracing::info!(path = %copy.path.display(), offset = position.offset, "reading the copy of the truncated file from where the original stood");
             copy.copy_of = None;
+            copy.copy_for = Some(inode);
+            copy.at_eof = false;
             copy.framer = LineFramer::new(self.config.max_line_bytes, position);
         } else {
-            self.pending_copies.push(PendingCopy { fingerprint, position, since: Instant::now() });
+            self.pending_copies.push(PendingCopy { original: inode, fingerprint, position, since: Instant::now() });
             self.rescan_now = true;
         }
     }
@@ -482,7 +535,15 @@ impl SourceTailer {
         let entry = BatchRecord { first_seq, count: lines, segments: std::mem::take(&mut self.segments) };
         debug_assert_eq!(entry.segments.iter().map(|s| s.lines).sum::<u64>(), lines);
         let recorded = match self.journal.lock() {
-            Ok(mut j) => j.record(entry),
+            Ok(mut j) => {
+                // Keep every file of the batch open for replays until it is acknowledged.
+                for seg in &entry.segments {
+                    if let Some(f) = self.files.iter().find(|f| f.inode == seg.inode) {
+                        j.register(seg.inode, f.file.clone());
+                    }
+                }
+                j.record(entry)
+            }
             Err(_) => Err(std::io::Error::other("journal lock poisoned")),
         };
         if let Err(e) = recorded {

@@ -108,12 +108,29 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub endpoint: String,
     pub cluster: String,
+    /// HTTP port of each process's /health and /metrics, by name (`collector`, agent node).
+    ports: std::sync::Mutex<HashMap<String, u16>>,
 }
 
 impl Cluster {
     pub fn new() -> Self {
         let port = free_port();
-        Self { dir: tempfile::tempdir().unwrap(), endpoint: format!("tcp/127.0.0.1:{port}"), cluster: format!("t{port}") }
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            endpoint: format!("tcp/127.0.0.1:{port}"),
+            cluster: format!("t{port}"),
+            ports: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The HTTP port of `name` (a free one, chosen the first time it is asked for).
+    pub fn http_port(&self, name: &str) -> u16 {
+        *self.ports.lock().unwrap().entry(name.to_owned()).or_insert_with(free_port)
+    }
+
+    /// GET `path` from `name`'s HTTP endpoint: (status code, body).
+    pub fn http_get(&self, name: &str, path: &str) -> (u16, String) {
+        http_get(self.http_port(name), path)
     }
 
     pub fn path(&self) -> &Path {
@@ -144,10 +161,12 @@ listen = ["{}"]
 [collector]
 data_dir = "{}"
 max_file_age_ms = 300
+http_listen = "127.0.0.1:{}"
 "#,
                 self.cluster,
                 self.endpoint,
-                self.dataset().display()
+                self.dataset().display(),
+                self.http_port("collector")
             ),
         )
         .unwrap();
@@ -183,6 +202,7 @@ batch_max_delay_ms = 50
 poll_interval_ms = 20
 glob_interval_ms = 200
 checkpoint_interval_ms = 100
+http_listen = "127.0.0.1:{}"
 
 [[source]]
 name = "app"
@@ -193,6 +213,7 @@ format = "{format}"
                 self.cluster,
                 connect.join(", "),
                 self.path().join("state").join(node).display(),
+                self.http_port(node),
                 self.logs_dir(node).display()
             ),
         )
@@ -203,6 +224,24 @@ format = "{format}"
     pub fn agent_state(&self, node: &str) -> PathBuf {
         self.path().join("state").join(node)
     }
+}
+
+/// A minimal HTTP/1.1 GET on loopback: (status code, body); (0, error) if unreachable.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::Read;
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return (0, "unreachable".into()) };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|x| x.1.to_owned()).unwrap_or_default();
+    (code, body)
+}
+
+/// The value of an unlabelled metric in a Prometheus exposition.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
 }
 
 /// Append `lines` to `path` (each gets a newline).

@@ -1,0 +1,111 @@
+//! The health and metrics endpoint every long-running Switchboard process serves.
+//!
+//! [`serve`] listens on one address and answers:
+//! - `GET /health`: `200` with a JSON body when the process can do its job, `503` with the same
+//!   body naming what is wrong otherwise (keepalived- and load-balancer-style checks use the code);
+//! - `GET /metrics`: the Prometheus text exposition format.
+//!
+//! The process supplies both through a [`Report`] function called per request; [`Metrics`]
+//! writes the exposition format (`switchboard_<name>_<unit>_total` for counters, bounded labels).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+/// What a process reports about itself.
+pub trait Report: Send + Sync + 'static {
+    /// Whether it is healthy, and a JSON document with the details.
+    fn health(&self) -> (bool, serde_json::Value);
+    /// Its metrics in the Prometheus text format.
+    fn metrics(&self) -> String;
+}
+
+/// Builds a Prometheus text exposition.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    out: String,
+}
+
+impl Metrics {
+    /// An empty exposition.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn header(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    /// A counter without labels.
+    pub fn counter(&mut self, name: &str, help: &str, value: u64) -> &mut Self {
+        self.header(name, "counter", help);
+        let _ = writeln!(self.out, "{name} {value}");
+        self
+    }
+
+    /// A gauge without labels.
+    pub fn gauge(&mut self, name: &str, help: &str, value: f64) -> &mut Self {
+        self.header(name, "gauge", help);
+        let _ = writeln!(self.out, "{name} {value}");
+        self
+    }
+
+    /// A gauge with one series per label set.
+    pub fn gauge_series<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        series: impl IntoIterator<Item = (Vec<(&'a str, String)>, f64)>,
+    ) -> &mut Self {
+        self.header(name, "gauge", help);
+        for (labels, value) in series {
+            let labels: Vec<String> =
+                labels.iter().map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))).collect();
+            let _ = writeln!(self.out, "{name}{{{}}} {value}", labels.join(","));
+        }
+        self
+    }
+
+    /// The exposition text.
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.out)
+    }
+}
+
+async fn health(State(r): State<Arc<dyn Report>>) -> impl IntoResponse {
+    let (ok, body) = r.health();
+    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, [(header::CONTENT_TYPE, "application/json")], body.to_string())
+}
+
+async fn metrics(State(r): State<Arc<dyn Report>>) -> impl IntoResponse {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], r.metrics())
+}
+
+/// Bind `addr` and serve `/health` and `/metrics` until `cancel` fires. Returns the bound
+/// address (useful with port 0) and the server task.
+pub async fn serve(
+    addr: SocketAddr,
+    report: Arc<dyn Report>,
+    cancel: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = Router::new().route("/health", get(health)).route("/metrics", get(metrics)).with_state(report);
+    let task = tokio::spawn(async move {
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move { cancel.cancelled().await });
+        if let Err(e) = server.await {
+            tracing::warn!(error = %e, "health/metrics endpoint stopped");
+        }
+    });
+    tracing::info!(%bound, "health and metrics on http://{bound}/health and /metrics");
+    Ok((bound, task))
+}

@@ -1,0 +1,93 @@
+//! The agent's `/health` and `/metrics`: counters, and per source how far the collectors'
+//! acknowledgements lag behind what was read.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use switchboard_bus::http::{Metrics, Report};
+use switchboard_bus::keys::Role;
+use switchboard_bus::Membership;
+
+use crate::publisher::Journals;
+use crate::stats::AgentStats;
+
+pub(crate) struct AgentReport {
+    pub(crate) node: String,
+    pub(crate) stats: Arc<AgentStats>,
+    pub(crate) journals: Journals,
+    pub(crate) membership: Membership,
+}
+
+/// Per source: (head, acked, unacked batches, lag seconds).
+fn lags(journals: &Journals) -> BTreeMap<String, (u64, u64, usize, f64)> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+    journals
+        .iter()
+        .filter_map(|(name, j)| {
+            let j = j.lock().ok()?;
+            let secs = j.oldest_unacked_micros().map_or(0.0, |t| (now - t).max(0) as f64 / 1e6);
+            Some((name.clone(), (j.head(), j.acked().next_seq, j.unacked(), secs)))
+        })
+        .collect()
+}
+
+impl Report for AgentReport {
+    fn health(&self) -> (bool, serde_json::Value) {
+        let journal_errors = self.stats.journal_errors.load(Ordering::Relaxed);
+        let collectors = self.membership.live_of(Role::Collector);
+        let sources: BTreeMap<String, serde_json::Value> = lags(&self.journals)
+            .into_iter()
+            .map(|(k, (head, acked, unacked, secs))| {
+                (k, serde_json::json!({"head": head, "acked": acked, "lag_records": head - acked, "unacked_batches": unacked, "lag_seconds": secs}))
+            })
+            .collect();
+        let ok = journal_errors == 0;
+        let body = serde_json::json!({
+            "status": if ok { "ok" } else { "failing" },
+            "node": self.node,
+            "problem": (!ok).then_some("a source stopped: its journal cannot be written"),
+            "collectors_alive": collectors,
+            "sources": sources,
+        });
+        (ok, body)
+    }
+
+    fn metrics(&self) -> String {
+        let s = &self.stats;
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let lags = lags(&self.journals);
+        let mut m = Metrics::new();
+        m.counter("switchboard_agent_read_bytes_total", "Bytes read from log files.", g(&s.bytes_read))
+            .counter("switchboard_agent_lines_total", "Lines framed and parsed.", g(&s.lines_read))
+            .counter("switchboard_agent_unmatched_lines_total", "Lines that did not match their format.", g(&s.lines_unmatched))
+            .counter("switchboard_agent_truncated_lines_total", "Lines cut at max_line_bytes.", g(&s.lines_truncated))
+            .counter("switchboard_agent_invalid_utf8_lines_total", "Lines that were not valid UTF-8.", g(&s.lines_invalid_utf8))
+            .counter("switchboard_agent_file_truncations_total", "Files truncated in place.", g(&s.truncations))
+            .counter("switchboard_agent_published_lines_total", "Lines published on the bus.", g(&s.lines_published))
+            .counter("switchboard_agent_published_batches_total", "Batches published on the bus.", g(&s.batches_published))
+            .counter("switchboard_agent_publish_errors_total", "Failed publications.", g(&s.publish_errors))
+            .counter("switchboard_agent_checkpoint_errors_total", "Failed checkpoint writes.", g(&s.checkpoint_errors))
+            .counter("switchboard_agent_journal_errors_total", "Failed journal writes.", g(&s.journal_errors))
+            .counter("switchboard_agent_replays_total", "Replay queries answered.", g(&s.replays))
+            .counter("switchboard_agent_replayed_lines_total", "Lines sent again for replays.", g(&s.lines_replayed))
+            .counter("switchboard_agent_replay_errors_total", "Replays not answered in full.", g(&s.replay_errors))
+            .gauge(
+                "switchboard_agent_collectors_alive",
+                "Collectors alive on the bus.",
+                self.membership.live_of(Role::Collector).len() as f64,
+            )
+            .gauge_series(
+                "switchboard_agent_source_lag_records",
+                "Lines read but not yet acknowledged as committed.",
+                lags.iter().map(|(k, v)| (vec![("source", k.clone())], (v.0 - v.1) as f64)),
+            )
+            .gauge_series(
+                "switchboard_agent_source_lag_seconds",
+                "Age of the oldest line not yet acknowledged.",
+                lags.iter().map(|(k, v)| (vec![("source", k.clone())], v.3)),
+            );
+        m.finish()
+    }
+}

@@ -1,0 +1,119 @@
+//! A full disk at the collector: it stops committing, says so (log, metric, `/health` 503),
+//! leaves no corrupt file in the dataset, and once space returns pulls what it could not write
+//! from the agents: every line ends up stored exactly once.
+//!
+//! The full disk is real: the dataset lives on a small tmpfs this test mounts (it needs root, as
+//! on the CI machine). Where mounting is not permitted the test says so and skips.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+struct Mount(std::path::PathBuf);
+
+impl Mount {
+    fn tmpfs(dir: &std::path::Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", dir.to_str().unwrap()])
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Self(dir.to_owned()))
+    }
+
+    fn resize(&self, size: &str) {
+        let st = Command::new("mount").args(["-o", &format!("remount,size={size}"), self.0.to_str().unwrap()]).status().unwrap();
+        assert!(st.success(), "remount failed");
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_disk_then_space_returns() {
+    let c = Cluster::new();
+    let Some(mount) = Mount::tmpfs(&c.dataset(), "400k") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?): the full-disk fault cannot be made");
+        return;
+    };
+    let collector = c.start_collector();
+    let agent = c.start_agent("gw", "plain");
+    let w = Writer::start("gw", c.logs_dir("gw").join("app.log"), 150, 60_000, |_, _| {});
+    let failing = wait_until(DEADLINE, || c.http_get("collector", "/health").0 == 503);
+    assert!(failing, "the collector never reported the full disk\n{}", collector.log_text());
+    let (_, body) = c.http_get("collector", "/health");
+    assert!(body.contains("No space left") || body.contains("failing"), "{body}");
+    let (_, metrics) = c.http_get("collector", "/metrics");
+    let errors = metric(&metrics, "switchboard_collector_commit_errors_total").unwrap_or(0.0)
+        + metric(&metrics, "switchboard_collector_write_errors_total").unwrap_or(0.0);
+    assert!(errors > 0.0, "{metrics}");
+    assert_eq!(metric(&metrics, "switchboard_collector_failing"), Some(1.0));
+    // What is committed is whole: every visible file reads back.
+    let visible = read_logs(&c.dataset()).len();
+    eprintln!("disk full with {visible} rows committed; giving space back");
+    mount.resize("64m");
+    let n = w.stop();
+    let ok = wait_until(DEADLINE, || count_logs(&c.dataset()) >= n);
+    if !ok {
+        let log = collector.log_text();
+        let tail: Vec<&str> = log.lines().filter(|l| !l.contains("zenoh")).rev().take(60).collect();
+        let alog = agent.log_text();
+        let atail: Vec<&str> = alog.lines().filter(|l| !l.contains("zenoh")).rev().take(30).collect();
+        panic!(
+            "dataset holds {} of {n}\n--- collector\n{}\n--- agent\n{}\n--- agent health {:?}\n--- collector health {:?}",
+            count_logs(&c.dataset()),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            atail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            c.http_get("gw", "/health"),
+            c.http_get("collector", "/health"),
+        );
+    }
+    assert!(wait_until(Duration::from_secs(20), || c.http_get("collector", "/health").0 == 200));
+    let (code, agent_metrics) = c.http_get("gw", "/metrics");
+    assert_eq!(code, 200);
+    assert_eq!(metric(&agent_metrics, "switchboard_agent_published_lines_total").map(|v| v as usize >= n), Some(true));
+    agent.stop();
+    collector.stop();
+    let rows = read_logs(&c.dataset());
+    assert_exactly_once(&rows);
+    assert_lines(&rows, "gw", n);
+    drop(mount);
+}
+
+#[test]
+fn health_and_metrics_endpoints_answer() {
+    let c = Cluster::new();
+    let collector = c.start_collector();
+    let agent = c.start_agent("gw", "plain");
+    append(&c.logs_dir("gw").join("a.log"), (0..100).map(|i| numbered("gw", i)));
+    assert!(wait_until(DEADLINE, || count_logs(&c.dataset()) >= 100));
+    let (code, body) = c.http_get("gw", "/health");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["collectors_alive"][0], "c1");
+    // The checkpoint follows the collector's watermark.
+    assert!(wait_until(Duration::from_secs(10), || {
+        let (_, b) = c.http_get("gw", "/health");
+        serde_json::from_str::<serde_json::Value>(&b).is_ok_and(|v| v["sources"]["app"]["acked"] == 100)
+    }));
+    // Heads come every second: the lag series appears with the first one after the lines.
+    let lag0 = "switchboard_collector_stream_lag_records{stream=\"gw/log/app\"} 0";
+    assert!(wait_until(Duration::from_secs(10), || c.http_get("collector", "/metrics").1.contains(lag0)));
+    let (code, m) = c.http_get("collector", "/metrics");
+    assert_eq!(code, 200);
+    assert_eq!(metric(&m, "switchboard_collector_rows_committed_total"), Some(100.0));
+    let (code, _) = c.http_get("collector", "/nope");
+    assert_eq!(code, 404);
+    agent.stop();
+    collector.stop();
+}
