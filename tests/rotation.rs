@@ -51,6 +51,9 @@ fn run(rotation: impl FnMut(&Path, usize) + Send + 'static, down_while_writing: 
     agent.stop();
     collector.stop();
     let rows = read_logs(&c.dataset());
+    if let Ok(dst) = std::env::var("SB_KEEP_LOG") {
+        let _ = std::fs::copy(c.path().join("agent-gw.log"), dst);
+    }
     assert_exactly_once(&rows);
     assert_lines(&rows, "gw", n);
 }

@@ -35,6 +35,9 @@ enum Bench {
         /// Also extract key=value pairs from each message (fills the promoted columns).
         #[arg(long)]
         kv_in_message: bool,
+        /// Runs per end-to-end case (the median is printed).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
     },
     /// Wire format: log_batch as Arrow IPC against JSON lines (encode, decode, bytes per row).
     Wire {
@@ -58,7 +61,9 @@ fn main() -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG").unwrap_or_else(|_| "warn".into());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match Cli::parse().bench {
-        Bench::Logs { lines, format, kv_in_message } => logs::run(&logs::LogsBench { lines, format, kv_in_message }),
+        Bench::Logs { lines, format, kv_in_message, repeat } => {
+            logs::run(&logs::LogsBench { lines, format, kv_in_message, repeat })
+        }
         Bench::Wire { rows } => wire::run(rows),
     }
 }

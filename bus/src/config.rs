@@ -156,8 +156,15 @@ impl BusConfig {
         serde_json::json!({
             "mode": self.mode.as_str(),
             "listen": { "endpoints": self.listen },
-            "connect": { "endpoints": self.connect },
+            // Reconnect fast (100 ms, backing off to 1 s): a restarted collector or agent is
+            // back on the bus within a second, not after zenoh's default 4 s back-off.
+            "connect": {
+                "endpoints": self.connect,
+                "retry": { "period_init_ms": 100, "period_max_ms": 1000, "period_increase_factor": 2.0 },
+            },
             "scouting": {
+                // How long opening a session waits for its first connections.
+                "delay": 200,
                 "multicast": { "enabled": self.scouting },
                 "gossip": { "enabled": true },
             },

@@ -46,6 +46,10 @@ pub async fn open(config: &BusConfig) -> Result<Session, SessionError> {
 /// defaults stay in force for everything we do not set.
 fn insert(zc: &mut zenoh::Config, key: &str, value: &serde_json::Value) -> Result<(), SessionError> {
     match value {
+        // Optional sections that are absent by default take their whole object at once.
+        serde_json::Value::Object(_) if key.ends_with("/retry") => zc
+            .insert_json5(key, &value.to_string())
+            .map_err(|e| SessionError::Zenoh(format!("setting {key} = {value}: {e}"))),
         serde_json::Value::Object(map) => {
             for (k, v) in map {
                 insert(zc, &format!("{key}/{k}"), v)?;

@@ -70,12 +70,20 @@ pub struct AgentSettings {
     /// into the void (the files stay the journal). Default: true.
     #[serde(default = "default_true")]
     pub wait_for_collector: bool,
+    /// Wait for collectors' acknowledgements (watermarks) before advancing the checkpoint, and
+    /// journal every batch so it can be replayed. `false` advances the checkpoint as soon as a
+    /// batch is published: a little faster, but lines in a crashed collector's uncommitted file
+    /// are lost. Default: true.
+    #[serde(default = "default_true")]
+    pub acknowledged: bool,
     /// Write the checkpoint at most this often, in milliseconds (and always at shutdown).
     /// Default: 1000.
     #[serde(default = "default_checkpoint_ms")]
     pub checkpoint_interval_ms: u64,
     /// Stop reading a source while this many of its batches wait for a collector's
-    /// acknowledgement (bounds memory and replay work). Default: 256.
+    /// acknowledgement (bounds memory, ~200 bytes a batch, and replay work). A collector
+    /// acknowledges a batch when the file holding it is committed (`max_file_age_ms`, 30 s by
+    /// default), so the window must hold that long at full rate. Default: 16384.
     #[serde(default = "default_max_unacked")]
     pub max_unacked_batches: usize,
     /// Address of the health and Prometheus metrics endpoint (`/health`, `/metrics`); empty to
@@ -141,7 +149,7 @@ fn default_checkpoint_ms() -> u64 {
     1000
 }
 fn default_max_unacked() -> usize {
-    256
+    16_384
 }
 fn default_agent_http() -> String {
     "127.0.0.1:7480".to_owned()
@@ -163,6 +171,7 @@ impl Default for AgentSettings {
             poll_interval_ms: default_poll_ms(),
             glob_interval_ms: default_glob_ms(),
             wait_for_collector: true,
+            acknowledged: true,
             checkpoint_interval_ms: default_checkpoint_ms(),
             max_unacked_batches: default_max_unacked(),
             http_listen: default_agent_http(),
@@ -326,5 +335,6 @@ mod example_tests {
         assert_eq!((c.agent.glob_interval_ms, c.agent.checkpoint_interval_ms), (d.glob_interval_ms, d.checkpoint_interval_ms));
         assert_eq!(c.agent.data_dir, d.data_dir);
         assert_eq!((c.agent.max_unacked_batches, &c.agent.http_listen), (d.max_unacked_batches, &d.http_listen));
+        assert_eq!(c.agent.acknowledged, d.acknowledged);
     }
 }

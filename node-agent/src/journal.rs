@@ -73,6 +73,7 @@ pub struct SourceJournal {
     entries: VecDeque<BatchRecord>,
     handles: HashMap<Inode, Arc<File>>,
     acked_since_compaction: usize,
+    durable: bool,
 }
 
 impl SourceJournal {
@@ -107,7 +108,7 @@ impl SourceJournal {
             }
         }
         let mut journal =
-            Self { path, writer: None, acked, entries, handles: HashMap::new(), acked_since_compaction: 0 };
+            Self { path, writer: None, acked, entries, handles: HashMap::new(), acked_since_compaction: 0, durable: true };
         // Start from a clean file holding exactly the loaded entries.
         journal.compact()?;
         Ok(journal)
@@ -155,13 +156,21 @@ impl SourceJournal {
 
     /// Append a batch before it is published.
     pub fn record(&mut self, entry: BatchRecord) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(&entry).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        if let Some(w) = &mut self.writer {
-            w.write_all(&line)?;
+        if self.durable {
+            let mut line = serde_json::to_vec(&entry).map_err(std::io::Error::other)?;
+            line.push(b'\n');
+            if let Some(w) = &mut self.writer {
+                w.write_all(&line)?;
+            }
         }
         self.entries.push_back(entry);
         Ok(())
+    }
+
+    /// Keep entries in memory only (acknowledgements off: each batch is acknowledged as soon as
+    /// it is published, so nothing needs to survive a restart).
+    pub fn set_durable(&mut self, durable: bool) {
+        self.durable = durable;
     }
 
     /// Fold every entry wholly at or below `watermark` into the acknowledged checkpoint. Returns

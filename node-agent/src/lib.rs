@@ -89,14 +89,15 @@ impl Agent {
         let keys = KeySpace::new(&config.bus.effective_prefix()).map_err(|e| AgentError::Bus(e.to_string()))?;
         let data_dir = config.agent.data_dir.clone();
         let (checkpoint, journals) = {
-            let (dir, sources) = (data_dir.clone(), config.sources.clone());
+            let (dir, sources, acknowledged) = (data_dir.clone(), config.sources.clone(), config.agent.acknowledged);
             tokio::task::spawn_blocking(move || -> Result<(Checkpoint, Journals), AgentError> {
                 let checkpoint = Checkpoint::load(&dir)?;
                 let mut journals = BTreeMap::new();
                 for s in &sources {
                     let acked = checkpoint.sources.get(&s.name).cloned().unwrap_or_default();
-                    let j = SourceJournal::open(&dir, &s.name, acked)
+                    let mut j = SourceJournal::open(&dir, &s.name, acked)
                         .map_err(|source| AgentError::Journal { path: dir.clone(), source })?;
+                    j.set_durable(acknowledged);
                     if j.unacked() > 0 {
                         tracing::info!(source = %s.name, batches = j.unacked(), head = j.head(), "resuming with unacknowledged batches in the journal");
                     }
@@ -124,6 +125,7 @@ impl Agent {
             stats.clone(),
             cancel.clone(),
         ));
+        let (self_ack_tx, self_ack_rx) = mpsc::unbounded_channel();
         tracker.spawn(publisher::run_acks(
             session.clone(),
             keys.clone(),
@@ -133,6 +135,7 @@ impl Agent {
             data_dir.clone(),
             Duration::from_millis(config.agent.checkpoint_interval_ms),
             stats.clone(),
+            self_ack_rx,
             cancel.clone(),
         ));
         tracker.spawn(publisher::run_heads(
@@ -175,6 +178,7 @@ impl Agent {
             publishers,
             membership,
             wait_for_collector: config.agent.wait_for_collector,
+            self_ack: (!config.agent.acknowledged).then_some(self_ack_tx),
             stats: stats.clone(),
         };
         let (s2, k2, n2, j2) = (session.clone(), keys.clone(), node.clone(), journals.clone());

@@ -43,6 +43,8 @@ pub(crate) struct PublisherTask {
     pub(crate) publishers: HashMap<String, Publisher<'static>>,
     pub(crate) membership: Membership,
     pub(crate) wait_for_collector: bool,
+    /// Acknowledgements off: acknowledge each batch as soon as it is published.
+    pub(crate) self_ack: Option<mpsc::UnboundedSender<(String, u64)>>,
     pub(crate) stats: Arc<AgentStats>,
 }
 
@@ -89,6 +91,9 @@ impl PublisherTask {
             tracing::trace!(source = %batch.source, first_seq = batch.first_seq, lines = batch.lines, "published");
             self.stats.lines_published.fetch_add(batch.lines, Ordering::Relaxed);
             self.stats.batches_published.fetch_add(1, Ordering::Relaxed);
+            if let Some(ack) = &self.self_ack {
+                let _ = ack.send((batch.source, batch.first_seq + batch.lines - 1));
+            }
         }
         rx.close();
     }
@@ -162,6 +167,7 @@ pub(crate) async fn run_acks(
     data_dir: PathBuf,
     interval: Duration,
     stats: Arc<AgentStats>,
+    mut self_acks: mpsc::UnboundedReceiver<(String, u64)>,
     cancel: CancellationToken,
 ) {
     let subscriber = match keys.watermarks_for(&node) {
@@ -184,6 +190,12 @@ pub(crate) async fn run_acks(
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tick.tick() => {}
+            Some((name, w)) = self_acks.recv() => {
+                if let Some(cp) = journals.get(&name).and_then(|j| j.lock().ok().and_then(|mut j| j.ack(w))) {
+                    checkpoint.sources.insert(name, cp);
+                    dirty = true;
+                }
+            }
             sample = subscriber.recv_async() => {
                 let Ok(sample) = sample else { break };
                 let marks = match Watermarks::decode(&sample.payload().to_bytes()) {
@@ -210,6 +222,13 @@ pub(crate) async fn run_acks(
             store(&journals, &checkpoint, &data_dir, &stats).await;
             dirty = false;
             last_store = Instant::now();
+        }
+    }
+    // Acknowledgements off: the publisher's last self-acks may still be queued.
+    while let Ok((name, w)) = self_acks.try_recv() {
+        if let Some(cp) = journals.get(&name).and_then(|j| j.lock().ok().and_then(|mut j| j.ack(w))) {
+            checkpoint.sources.insert(name, cp);
+            dirty = true;
         }
     }
     if dirty {

@@ -73,7 +73,7 @@ pub fn replay(
         for (segment, handle) in entry.segments.iter().zip(handles) {
             let path = segment.path.to_string_lossy().into_owned();
             let seg_first = seq;
-            if seq + segment.lines <= from || seq > to {
+            if segment.lines == 0 || seq + segment.lines <= from || seq > to {
                 seq += segment.lines;
                 continue;
             }

@@ -151,6 +151,9 @@ pub struct SourceTailer {
     first_scan_done: bool,
     pending_copies: Vec<PendingCopy>,
     rescan_now: bool,
+    /// Files whose position moved without lines (opened, a copy taken over, truncated): the next
+    /// batch records their position, so that a restart knows them.
+    moved: Vec<Inode>,
     journal: Arc<Mutex<SourceJournal>>,
     stats: Arc<AgentStats>,
 }
@@ -181,6 +184,7 @@ impl SourceTailer {
             first_scan_done: false,
             pending_copies: Vec::new(),
             rescan_now: false,
+            moved: Vec::new(),
             journal,
             stats,
         }
@@ -345,6 +349,9 @@ impl SourceTailer {
         if let Ok(mut j) = self.journal.lock() {
             j.register(inode, file.clone());
         }
+        if copy_of.is_none() {
+            self.moved.push(inode);
+        }
         self.files.push(TailedFile {
             path,
             path_str,
@@ -426,10 +433,10 @@ impl SourceTailer {
         }
         let f = &mut self.files[i];
         let at = f.framer.read_offset();
-        // After idling at the end, make sure the file was not truncated and rewritten meanwhile.
-        let rewritten = f.at_eof
-            && f.fingerprint.len == FINGERPRINT_BYTES as u32
-            && Fingerprint::read(&f.file, FINGERPRINT_BYTES)? != f.fingerprint;
+        // Make sure the file was not truncated and written again past our offset meanwhile
+        // (one small pread per chunk: its first bytes must still be the ones we know).
+        let rewritten =
+            f.fingerprint.len > 0 && Fingerprint::read(&f.file, f.fingerprint.len as usize)? != f.fingerprint;
         let n = if rewritten { 0 } else { f.file.read_at(&mut self.read_buf, at)? };
         if n == 0 {
             let len = f.file.metadata()?.len();
@@ -496,6 +503,7 @@ impl SourceTailer {
         f.fingerprint = Fingerprint::of_bytes(&[]);
         f.at_eof = false;
         f.hold_for_copy = Some(Instant::now());
+        self.moved.push(inode);
         self.stats.truncations.fetch_add(1, Ordering::Relaxed);
         if let Some(copy) = self.files.iter_mut().find(|c| c.copy_of == Some(inode)) {
             tracing::info!(path = %copy.path.display(), offset = position.offset, "reading the copy of the truncated file from where the original stood");
@@ -503,6 +511,8 @@ impl SourceTailer {
             copy.copy_for = Some(inode);
             copy.at_eof = false;
             copy.framer = LineFramer::new(self.config.max_line_bytes, position);
+            let copy_inode = copy.inode;
+            self.moved.push(copy_inode);
         } else {
             self.pending_copies.push(PendingCopy { original: inode, fingerprint, position, since: Instant::now() });
             self.rescan_now = true;
@@ -532,7 +542,26 @@ impl SourceTailer {
             }
         };
         let first_seq = self.batch_first_seq;
-        let entry = BatchRecord { first_seq, count: lines, segments: std::mem::take(&mut self.segments) };
+        let mut segments = std::mem::take(&mut self.segments);
+        // Positions that moved without lines travel as empty segments at the batch's end.
+        for inode in std::mem::take(&mut self.moved) {
+            if segments.iter().any(|s| s.inode == inode) {
+                continue;
+            }
+            if let Some(f) = self.files.iter().find(|f| f.inode == inode && f.copy_of.is_none()) {
+                let at = f.framer.position();
+                segments.push(Segment {
+                    inode,
+                    fingerprint: f.fingerprint,
+                    path: f.path.clone(),
+                    start: at,
+                    end: at,
+                    observed_micros: 0,
+                    lines: 0,
+                });
+            }
+        }
+        let entry = BatchRecord { first_seq, count: lines, segments };
         debug_assert_eq!(entry.segments.iter().map(|s| s.lines).sum::<u64>(), lines);
         let recorded = match self.journal.lock() {
             Ok(mut j) => {
