@@ -27,10 +27,12 @@ fn collector_killed_repeatedly_while_agents_write() {
     let wa = Writer::start("gw-a", c.logs_dir("gw-a").join("app.log"), 40, usize::MAX, |_, _| {});
     let wb = Writer::start("gw-b", c.logs_dir("gw-b").join("app.log"), 40, usize::MAX, |_, _| {});
     let mut rng = delays(7);
+    let mut leftovers = 0;
     for round in 0..4 {
         std::thread::sleep(Duration::from_millis(600 + rng.next().unwrap() % 900));
         eprintln!("round {round}: kill -9 collector (pid {})", collector.pid());
         collector.kill();
+        leftovers += tmp_files(&c.dataset());
         std::thread::sleep(Duration::from_millis(100 + rng.next().unwrap() % 700));
         collector = c.start_collector();
     }
@@ -48,6 +50,25 @@ fn collector_killed_repeatedly_while_agents_write() {
     assert_lines(&rows, "gw-a", na);
     assert_lines(&rows, "gw-b", nb);
     assert!(collector_log_mentions(&c, "gap detected"), "the test should have needed a replay");
+    eprintln!("uncommitted files left by the kills: {leftovers}");
+    assert_eq!(tmp_files(&c.dataset()), 0, "a restarted collector removes what a killed one left");
+}
+
+/// `*.parquet.tmp` files below `dir`.
+fn tmp_files(dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(".parquet.tmp") {
+                n += 1;
+            }
+        }
+    }
+    n
 }
 
 fn collector_log_mentions(c: &Cluster, what: &str) -> bool {

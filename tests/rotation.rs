@@ -77,3 +77,49 @@ fn copytruncate_while_writing() {
 fn copytruncate_while_the_agent_is_down() {
     run(copytruncate_rotation(1500), true);
 }
+
+/// Rename-and-create, then delete the rotated file at once: the agent still has it open and
+/// reads it to its end.
+fn rename_and_delete_rotation(every: usize) -> impl FnMut(&Path, usize) + Send + 'static {
+    let mut k = 0;
+    move |path: &Path, n: usize| {
+        if n / every > k {
+            k = n / every;
+            let rotated = path.with_extension(format!("log.{k}"));
+            std::fs::rename(path, &rotated).unwrap();
+            std::fs::remove_file(&rotated).unwrap();
+        }
+    }
+}
+
+#[test]
+fn rotated_files_deleted_at_once_are_read_to_their_end() {
+    run(rename_and_delete_rotation(3000), false);
+}
+
+#[test]
+fn file_replaced_while_the_agent_is_down_even_on_the_same_inode() {
+    use std::os::unix::fs::MetadataExt;
+    let c = Cluster::new();
+    let collector = c.start_collector();
+    let file = c.logs_dir("gw").join("app.log");
+    append(&file, (0..3000).map(|i| numbered("gw", i)));
+    let agent = c.start_agent("gw", "plain");
+    assert!(wait_until(DEADLINE, || count_logs(&c.dataset()) >= 3000));
+    agent.stop();
+    // Replace the file: delete it and write a new one (file systems often hand the freed inode
+    // number to the new file; the fingerprint tells them apart).
+    let old_ino = std::fs::metadata(&file).unwrap().ino();
+    std::fs::remove_file(&file).unwrap();
+    append(&file, (3000..3500).map(|i| numbered("gw", i)));
+    let reused = std::fs::metadata(&file).unwrap().ino() == old_ino;
+    eprintln!("inode reused by the replacement: {reused}");
+    let agent = c.start_agent("gw", "plain");
+    assert!(wait_until(DEADLINE, || count_logs(&c.dataset()) >= 3500), "{}", agent.log_text());
+    std::thread::sleep(Duration::from_millis(500));
+    agent.stop();
+    collector.stop();
+    let rows = read_logs(&c.dataset());
+    assert_exactly_once(&rows);
+    assert_lines(&rows, "gw", 3500);
+}
