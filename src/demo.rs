@@ -71,7 +71,12 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> Result<DemoSum
     let dataset = dir.join("dataset");
     let port = free_port()?;
     let endpoint = format!("tcp/127.0.0.1:{port}");
-    eprintln!("switchboard demo: 1 collector + {} node agents on {endpoint}, {} s at {} lines/s per node", opts.nodes, opts.duration.as_secs(), opts.rate);
+    eprintln!(
+        "switchboard demo: 1 collector + {} node agents on {endpoint}, {} s at {} lines/s per node",
+        opts.nodes,
+        opts.duration.as_secs(),
+        opts.rate
+    );
     eprintln!("  directory: {}", dir.display());
 
     let collector_cancel = CancellationToken::new();
@@ -149,7 +154,8 @@ fn prepare_dir(dir: &Path) -> Result<()> {
     if dir.exists() {
         let empty = std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
         if dir.join(MARKER).exists() {
-            std::fs::remove_dir_all(dir).with_context(|| format!("clearing the previous demo run in {}", dir.display()))?;
+            std::fs::remove_dir_all(dir)
+                .with_context(|| format!("clearing the previous demo run in {}", dir.display()))?;
         } else if !empty {
             bail!("{} exists and was not made by the demo; choose another directory with --dir", dir.display());
         }
@@ -167,7 +173,12 @@ fn free_port() -> Result<u16> {
 
 fn collector_config(endpoint: &str, dataset: &Path) -> CollectorConfig {
     CollectorConfig {
-        bus: BusConfig { cluster: "demo".into(), node: "collector".into(), listen: vec![endpoint.into()], ..BusConfig::default() },
+        bus: BusConfig {
+            cluster: "demo".into(),
+            node: "collector".into(),
+            listen: vec![endpoint.into()],
+            ..BusConfig::default()
+        },
         collector: CollectorSettings {
             data_dir: dataset.to_owned(),
             max_file_age_ms: 3000,
@@ -188,7 +199,12 @@ fn agent_config(node: &str, endpoint: &str, dir: &Path, logs: &Path) -> AgentCon
         kv_in_message: kv,
     };
     AgentConfig {
-        bus: BusConfig { cluster: "demo".into(), node: node.into(), connect: vec![endpoint.into()], ..BusConfig::default() },
+        bus: BusConfig {
+            cluster: "demo".into(),
+            node: node.into(),
+            connect: vec![endpoint.into()],
+            ..BusConfig::default()
+        },
         agent: AgentSettings {
             data_dir: dir.join("agents").join(node),
             batch_max_delay_ms: 100,
@@ -197,16 +213,30 @@ fn agent_config(node: &str, endpoint: &str, dir: &Path, logs: &Path) -> AgentCon
             http_listen: String::new(),
             ..AgentSettings::default()
         },
-        sources: vec![source("smsgw", "smsgw*.log", Format::Kv, false), source("mta", "mail*.log", Format::Syslog, true)],
+        sources: vec![
+            source("smsgw", "smsgw*.log", Format::Kv, false),
+            source("mta", "mail*.log", Format::Syslog, true),
+        ],
     }
 }
 
 /// Append synthetic lines to `<logs>/smsgw.log` and `<logs>/mail.log` at `rate` lines/s until
 /// `stop` fires.
-fn write_logs(node: &str, logs: &Path, seed: u64, rate: u32, written: &AtomicU64, stop: &CancellationToken) -> Result<()> {
+fn write_logs(
+    node: &str,
+    logs: &Path,
+    seed: u64,
+    rate: u32,
+    written: &AtomicU64,
+    stop: &CancellationToken,
+) -> Result<()> {
     let open = |name: &str| -> Result<BufWriter<std::fs::File>> {
         let path = logs.join(name);
-        let f = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
         Ok(BufWriter::new(f))
     };
     let (mut sms, mut mail) = (open("smsgw.log")?, open("mail.log")?);
@@ -262,8 +292,10 @@ async fn summarize(written: u64, dataset: &Path) -> Result<DemoSummary> {
     };
     let stored = scalar(&ds.sql("SELECT count(*) FROM logs").await?);
     let duplicates = scalar(
-        &ds.sql("SELECT count(*) FROM (SELECT node, stream, seq FROM logs GROUP BY node, stream, seq HAVING count(*) > 1)")
-            .await?,
+        &ds.sql(
+            "SELECT count(*) FROM (SELECT node, stream, seq FROM logs GROUP BY node, stream, seq HAVING count(*) > 1)",
+        )
+        .await?,
     );
     let mut out = std::io::stdout().lock();
     writeln!(out, "\nLines per node and level:")?;

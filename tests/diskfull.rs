@@ -27,7 +27,10 @@ impl Mount {
     }
 
     fn resize(&self, size: &str) {
-        let st = Command::new("mount").args(["-o", &format!("remount,size={size}"), self.0.to_str().unwrap()]).status().unwrap();
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}"), self.0.to_str().unwrap()])
+            .status()
+            .unwrap();
         assert!(st.success(), "remount failed");
     }
 }

@@ -74,7 +74,8 @@ fn agent_restarted_mid_file_resumes_without_loss_or_duplicates() {
         let v: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
         v["sources"]["app"]["files"][0]["offset"].as_u64().unwrap_or(0)
     };
-    let started = wait_until(DEADLINE, || offset_of(&std::fs::read_to_string(&checkpoint_path).unwrap_or_default()) > 0);
+    let started =
+        wait_until(DEADLINE, || offset_of(&std::fs::read_to_string(&checkpoint_path).unwrap_or_default()) > 0);
     assert!(started, "the agent published nothing\n{}", agent.log_text());
     agent.stop();
     let after_stop = count_logs(&c.dataset());
@@ -86,7 +87,12 @@ fn agent_restarted_mid_file_resumes_without_loss_or_duplicates() {
     append(&file, (N..N + 500).map(|i| line("gw", i)));
     let half = line("gw", N + 500);
     let (head, tail) = half.split_at(20);
-    std::fs::OpenOptions::new().append(true).open(&file).map(|mut f| std::io::Write::write_all(&mut f, head.as_bytes())).unwrap().unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .map(|mut f| std::io::Write::write_all(&mut f, head.as_bytes()))
+        .unwrap()
+        .unwrap();
     let agent = c.start_agent("gw", "plain");
     std::thread::sleep(Duration::from_millis(300));
     append(&file, std::iter::once(tail.to_owned()));
@@ -98,7 +104,10 @@ fn agent_restarted_mid_file_resumes_without_loss_or_duplicates() {
     let rows = read_logs(&c.dataset());
     assert_eq!(rows.len(), total, "stopped with {after_stop} rows in; restart must neither lose nor repeat");
     assert_exactly_once(&rows);
-    assert!(rows.iter().any(|r| r.message == "gw submit_sm msg #200500 ok"), "the line split across the restart is whole");
+    assert!(
+        rows.iter().any(|r| r.message == "gw submit_sm msg #200500 ok"),
+        "the line split across the restart is whole"
+    );
 }
 
 #[test]
@@ -133,12 +142,14 @@ fn bad_config_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("agent.toml");
     std::fs::write(&cfg, "[[source]]\nname = \"a/b\"\npaths = [\"x\"]\n").unwrap();
-    let out = std::process::Command::new(BIN).args(["agent", "--check", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    let out =
+        std::process::Command::new(BIN).args(["agent", "--check", "--config", cfg.to_str().unwrap()]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("source name \"a/b\""), "{err}");
     std::fs::write(&cfg, "[bus]\nnode = \"gw1\"\nmode = \"router\"\n").unwrap();
-    let out = std::process::Command::new(BIN).args(["agent", "--check", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    let out =
+        std::process::Command::new(BIN).args(["agent", "--check", "--config", cfg.to_str().unwrap()]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown variant `router`"));
 }
@@ -165,13 +176,20 @@ fn hostile_lines_arrive_flagged_and_bounded() {
     // Present before the agent starts with start_at = "end": must not be shipped.
     append(&file, (0..10).map(|i| format!("old line {i}")));
     let agent = c.start_agent_with("gw", "plain", &[], "start_at = \"end\"\nmax_line_bytes = 65536");
-    assert!(wait_until(DEADLINE, || std::fs::read_to_string(c.path().join("agent-gw.log")).unwrap_or_default().contains("tailing file")));
+    assert!(wait_until(DEADLINE, || std::fs::read_to_string(c.path().join("agent-gw.log"))
+        .unwrap_or_default()
+        .contains("tailing file")));
     let mut bytes = Vec::new();
     bytes.extend_from_slice(b"crlf line\r\n");
     bytes.extend_from_slice(b"bad \xff\xfe utf8\n");
     bytes.extend(std::iter::repeat_n(b'z', 10 << 20)); // a 10 MB line
     bytes.extend_from_slice(b"\nafter the long one\npartial");
-    std::fs::OpenOptions::new().append(true).open(&file).map(|mut f| std::io::Write::write_all(&mut f, &bytes)).unwrap().unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .map(|mut f| std::io::Write::write_all(&mut f, &bytes))
+        .unwrap()
+        .unwrap();
     assert!(wait_until(DEADLINE, || count_logs(&c.dataset()) >= 4), "{}", agent.log_text());
     append(&file, std::iter::once(" completed".to_owned()));
     assert!(wait_until(DEADLINE, || count_logs(&c.dataset()) >= 5), "{}", agent.log_text());
@@ -179,8 +197,12 @@ fn hostile_lines_arrive_flagged_and_bounded() {
     collector.stop();
     let mut rows = read_logs(&c.dataset());
     rows.sort_by_key(|r| r.seq);
-    let msgs: Vec<&str> = rows.iter().map(|r| if r.message.len() > 40 { "<long>" } else { r.message.as_str() }).collect();
-    assert_eq!(msgs, vec!["crlf line", "bad \u{FFFD}\u{FFFD} utf8", "<long>", "after the long one", "partial completed"]);
+    let msgs: Vec<&str> =
+        rows.iter().map(|r| if r.message.len() > 40 { "<long>" } else { r.message.as_str() }).collect();
+    assert_eq!(
+        msgs,
+        vec!["crlf line", "bad \u{FFFD}\u{FFFD} utf8", "<long>", "after the long one", "partial completed"]
+    );
     assert!(rows[1].invalid_utf8 && rows[1].raw.as_deref() == Some(&b"bad \xff\xfe utf8"[..]));
     assert!(!rows[0].invalid_utf8 && rows[0].raw.is_none());
     assert!(rows[2].truncated && rows[2].message.len() == 65536);

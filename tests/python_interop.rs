@@ -45,7 +45,10 @@ fn python_clients_subscribe_publish_and_read() {
     assert_eq!(v["keys"][0], format!("{prefix}/stream/gw/log/app"));
 
     // A Python publisher as node `py-node`: its records land in the dataset like an agent's.
-    let status = Command::new("python3").args([&script(), "publish", &c.endpoint, &prefix, "py-node", "app", "100"]).status().unwrap();
+    let status = Command::new("python3")
+        .args([&script(), "publish", &c.endpoint, &prefix, "py-node", "app", "100"])
+        .status()
+        .unwrap();
     assert!(status.success());
     assert!(
         wait_until(Duration::from_secs(30), || count_logs(&c.dataset()) >= 600),

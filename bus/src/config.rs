@@ -74,9 +74,7 @@ fn default_node() -> String {
 
 /// Replace characters that may not appear in a key chunk (`/ * $ ? #` and whitespace) by `_`.
 pub fn sanitize_name(name: &str) -> String {
-    name.chars()
-        .map(|c| if matches!(c, '/' | '*' | '$' | '?' | '#') || c.is_whitespace() { '_' } else { c })
-        .collect()
+    name.chars().map(|c| if matches!(c, '/' | '*' | '$' | '?' | '#') || c.is_whitespace() { '_' } else { c }).collect()
 }
 
 impl Default for BusConfig {

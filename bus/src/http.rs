@@ -67,8 +67,10 @@ impl Metrics {
     ) -> &mut Self {
         self.header(name, "gauge", help);
         for (labels, value) in series {
-            let labels: Vec<String> =
-                labels.iter().map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))).collect();
+            let labels: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+                .collect();
             let _ = writeln!(self.out, "{name}{{{}}} {value}", labels.join(","));
         }
         self

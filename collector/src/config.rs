@@ -176,8 +176,21 @@ impl CollectorSettings {
 
 /// Column names of the `logs` table that a promoted field may not take.
 pub const RESERVED_LOG_COLUMNS: &[&str] = &[
-    "node", "stream", "seq", "ts", "observed_ts", "file", "offset", "level", "message", "raw", "truncated",
-    "invalid_utf8", "fields", "date", "hour",
+    "node",
+    "stream",
+    "seq",
+    "ts",
+    "observed_ts",
+    "file",
+    "offset",
+    "level",
+    "message",
+    "raw",
+    "truncated",
+    "invalid_utf8",
+    "fields",
+    "date",
+    "hour",
 ];
 
 /// A config that cannot be used.
@@ -224,14 +237,21 @@ impl CollectorConfig {
         let c = &self.collector;
         if c.max_file_bytes < 1024 || c.row_group_rows == 0 || c.queue_payloads == 0 || c.max_file_age_ms == 0 {
             return Err(CollectorConfigError::Invalid(
-                "collector.max_file_bytes must be >= 1024, row_group_rows, queue_payloads and max_file_age_ms > 0".into(),
+                "collector.max_file_bytes must be >= 1024, row_group_rows, queue_payloads and max_file_age_ms > 0"
+                    .into(),
             ));
         }
         if !c.http_listen.is_empty() && c.http_listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(CollectorConfigError::Invalid(format!("collector.http_listen {:?} is not an address like 127.0.0.1:7481", c.http_listen)));
+            return Err(CollectorConfigError::Invalid(format!(
+                "collector.http_listen {:?} is not an address like 127.0.0.1:7481",
+                c.http_listen
+            )));
         }
         if !(1..=22).contains(&c.zstd_level) {
-            return Err(CollectorConfigError::Invalid(format!("collector.zstd_level {} is not in 1..=22", c.zstd_level)));
+            return Err(CollectorConfigError::Invalid(format!(
+                "collector.zstd_level {} is not in 1..=22",
+                c.zstd_level
+            )));
         }
         let mut seen = HashSet::new();
         for p in &self.logs.promote {
@@ -243,7 +263,10 @@ impl CollectorConfig {
                 )));
             }
             if RESERVED_LOG_COLUMNS.contains(&p.name.as_str()) {
-                return Err(CollectorConfigError::Invalid(format!("logs.promote name {:?} is a built-in column", p.name)));
+                return Err(CollectorConfigError::Invalid(format!(
+                    "logs.promote name {:?} is a built-in column",
+                    p.name
+                )));
             }
             if !seen.insert(&p.name) {
                 return Err(CollectorConfigError::Invalid(format!("logs.promote name {:?} is listed twice", p.name)));
@@ -290,8 +313,22 @@ mod example_tests {
         let d = CollectorSettings::default();
         let s = &c.collector;
         assert_eq!(
-            (s.max_file_bytes, s.max_file_age_ms, s.row_group_rows, s.row_group_max_bytes, s.zstd_level, s.queue_payloads),
-            (d.max_file_bytes, d.max_file_age_ms, d.row_group_rows, d.row_group_max_bytes, d.zstd_level, d.queue_payloads)
+            (
+                s.max_file_bytes,
+                s.max_file_age_ms,
+                s.row_group_rows,
+                s.row_group_max_bytes,
+                s.zstd_level,
+                s.queue_payloads
+            ),
+            (
+                d.max_file_bytes,
+                d.max_file_age_ms,
+                d.row_group_rows,
+                d.row_group_max_bytes,
+                d.zstd_level,
+                d.queue_payloads
+            )
         );
         assert_eq!(s.http_listen, d.http_listen);
         assert_eq!(s.data_dir, d.data_dir);

@@ -99,7 +99,11 @@ async fn run_replays(
             while let Ok(reply) = replies.recv_async().await {
                 match reply.result() {
                     Ok(sample) => {
-                        let input = Input::Data { stream: req.stream.clone(), payload: sample.payload().clone(), replayed: true };
+                        let input = Input::Data {
+                            stream: req.stream.clone(),
+                            payload: sample.payload().clone(),
+                            replayed: true,
+                        };
                         if tx.send_async(input).await.is_err() {
                             return;
                         }
@@ -185,18 +189,38 @@ impl switchboard_bus::http::Report for CollectorReport {
         let st = self.status.borrow().clone();
         let mut m = switchboard_bus::http::Metrics::new();
         m.counter("switchboard_collector_payloads_total", "Payloads taken from the bus.", g(&s.payloads_received))
-            .counter("switchboard_collector_malformed_payloads_total", "Payloads dropped as malformed or of an unknown version.", g(&s.payloads_malformed))
+            .counter(
+                "switchboard_collector_malformed_payloads_total",
+                "Payloads dropped as malformed or of an unknown version.",
+                g(&s.payloads_malformed),
+            )
             .counter("switchboard_collector_rows_received_total", "Rows in well-formed payloads.", g(&s.rows_received))
-            .counter("switchboard_collector_rows_duplicate_total", "Rows dropped as already held.", g(&s.rows_duplicate))
-            .counter("switchboard_collector_rows_committed_total", "Rows in committed Parquet files.", g(&s.rows_committed))
+            .counter(
+                "switchboard_collector_rows_duplicate_total",
+                "Rows dropped as already held.",
+                g(&s.rows_duplicate),
+            )
+            .counter(
+                "switchboard_collector_rows_committed_total",
+                "Rows in committed Parquet files.",
+                g(&s.rows_committed),
+            )
             .counter("switchboard_collector_files_committed_total", "Parquet files committed.", g(&s.files_committed))
             .counter("switchboard_collector_commit_errors_total", "Commits that failed.", g(&s.commit_errors))
             .counter("switchboard_collector_write_errors_total", "Data file writes that failed.", g(&s.write_errors))
-            .counter("switchboard_collector_gaps_detected_total", "Gaps found against agents' heads.", g(&s.gaps_detected))
+            .counter(
+                "switchboard_collector_gaps_detected_total",
+                "Gaps found against agents' heads.",
+                g(&s.gaps_detected),
+            )
             .counter("switchboard_collector_replays_total", "Replay queries sent to agents.", g(&s.replay_requests))
             .counter("switchboard_collector_rows_replayed_total", "Rows received from replays.", g(&s.rows_replayed))
             .counter("switchboard_collector_replay_errors_total", "Replay queries that failed.", g(&s.replay_errors))
-            .gauge("switchboard_collector_failing", "1 while writes or commits fail (e.g. disk full).", f64::from(u8::from(st.failing.is_some())))
+            .gauge(
+                "switchboard_collector_failing",
+                "1 while writes or commits fail (e.g. disk full).",
+                f64::from(u8::from(st.failing.is_some())),
+            )
             .gauge_series(
                 "switchboard_collector_stream_lag_records",
                 "Records announced by the agent and not yet committed.",
@@ -277,8 +301,15 @@ impl Collector {
             row_group_max_bytes: c.row_group_max_bytes,
         };
         let stats = Arc::new(CollectorStats::default());
-        let mut sink =
-            LogsSink::new(table, settings, table_dir, c.max_file_bytes, c.max_file_age(), recovered.committed, stats.clone());
+        let mut sink = LogsSink::new(
+            table,
+            settings,
+            table_dir,
+            c.max_file_bytes,
+            c.max_file_age(),
+            recovered.committed,
+            stats.clone(),
+        );
 
         let session = session::open(&config.bus).await?;
         let (tx, rx) = flume::bounded::<Input>(c.queue_payloads);
@@ -334,7 +365,13 @@ impl Collector {
         let (replay_tx, replay_rx) = tokio::sync::mpsc::unbounded_channel::<ReplayRequest>();
         tracker.spawn(run_replays(session.clone(), keys.clone(), replay_rx, tx.clone(), stats.clone(), cancel.clone()));
         let (status_tx, status_rx) = tokio::sync::watch::channel(SinkStatus::default());
-        tracker.spawn(publish_watermarks(session.clone(), keys.clone(), name.clone(), status_rx.clone(), cancel.clone()));
+        tracker.spawn(publish_watermarks(
+            session.clone(),
+            keys.clone(),
+            name.clone(),
+            status_rx.clone(),
+            cancel.clone(),
+        ));
         if !c.http_listen.is_empty() {
             let addr = c.http_listen.parse().map_err(|e| CollectorError::Bus(format!("http_listen: {e}")))?;
             let report = Arc::new(CollectorReport { name: name.clone(), stats: stats.clone(), status: status_rx });

@@ -178,9 +178,12 @@ impl LogsTable {
             let nulls = self.promote.iter().map(|p| arrow::array::new_null_array(&arrow_type(p.kind), n)).collect();
             return Ok((nulls, Arc::new(map.clone()), 0));
         }
-        let keys = map.keys().as_string_opt::<i32>().ok_or_else(|| ArrowError::SchemaError("map keys are not utf8".into()))?;
-        let values =
-            map.values().as_string_opt::<i32>().ok_or_else(|| ArrowError::SchemaError("map values are not utf8".into()))?;
+        let keys =
+            map.keys().as_string_opt::<i32>().ok_or_else(|| ArrowError::SchemaError("map keys are not utf8".into()))?;
+        let values = map
+            .values()
+            .as_string_opt::<i32>()
+            .ok_or_else(|| ArrowError::SchemaError("map values are not utf8".into()))?;
         let mut builders: Vec<PromotedBuilder> = self.promote.iter().map(|p| PromotedBuilder::new(p.kind)).collect();
         let names = MapFieldNames { entry: "entries".into(), key: "keys".into(), value: "values".into() };
         let mut rest = MapBuilder::new(Some(names), StringBuilder::new(), StringBuilder::new());

@@ -305,7 +305,8 @@ impl LogsSink {
 
     fn create(&mut self, hour: i64) -> Result<PartitionFile, WriteError> {
         let start = DateTime::from_timestamp(hour.saturating_mul(3600), 0).unwrap_or_default();
-        let dir = self.dir.join(format!("date={}", start.format("%Y-%m-%d"))).join(format!("hour={}", start.format("%H")));
+        let dir =
+            self.dir.join(format!("date={}", start.format("%Y-%m-%d"))).join(format!("hour={}", start.format("%H")));
         self.files_created += 1;
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
         let name = format!("part-{}-{now_ms}-{:06}.parquet", self.settings.writer, self.files_created);
@@ -429,7 +430,15 @@ mod tests {
         };
         let stats = Arc::new(CollectorStats::default());
         let committed = recover(dir).unwrap().committed;
-        let s = LogsSink::new(LogsTable::new(promote), settings, dir.to_owned(), max_file_bytes, Duration::from_secs(3600), committed, stats.clone());
+        let s = LogsSink::new(
+            LogsTable::new(promote),
+            settings,
+            dir.to_owned(),
+            max_file_bytes,
+            Duration::from_secs(3600),
+            committed,
+            stats.clone(),
+        );
         (s, stats)
     }
 
@@ -498,7 +507,8 @@ mod tests {
         }
         s.commit_all();
         assert!(CollectorStats::get(&stats.files_committed) >= 3, "size roll");
-        let date = |t: i64| DateTime::from_timestamp(t / 1_000_000, 0).unwrap().format("date=%Y-%m-%d/hour=%H").to_string();
+        let date =
+            |t: i64| DateTime::from_timestamp(t / 1_000_000, 0).unwrap().format("date=%Y-%m-%d/hour=%H").to_string();
         assert!(dir.path().join(date(T0)).is_dir());
         assert!(dir.path().join(date(T0 + HOUR)).is_dir());
         let rec = recover(dir.path()).unwrap();

@@ -117,7 +117,13 @@ impl PartitionFile {
     }
 
     /// Append rows of `stream` holding the sequence numbers `seqs`.
-    pub fn write(&mut self, batch: &RecordBatch, stream: &str, seqs: &RangeSet, settings: &FileSettings) -> Result<(), WriteError> {
+    pub fn write(
+        &mut self,
+        batch: &RecordBatch,
+        stream: &str,
+        seqs: &RangeSet,
+        settings: &FileSettings,
+    ) -> Result<(), WriteError> {
         self.writer.write(batch).map_err(|source| WriteError::Parquet { path: self.tmp_path(), source })?;
         if self.writer.in_progress_size() >= settings.row_group_max_bytes {
             self.writer.flush().map_err(|source| WriteError::Parquet { path: self.tmp_path(), source })?;

@@ -148,14 +148,21 @@ impl Checkpoint {
         let path = Self::path_in(data_dir);
         let mut text = String::new();
         match File::open(&path) {
-            Ok(mut f) => f.read_to_string(&mut text).map_err(|source| CheckpointError::Io { path: path.clone(), source })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self { version: VERSION, ..Self::default() }),
+            Ok(mut f) => {
+                f.read_to_string(&mut text).map_err(|source| CheckpointError::Io { path: path.clone(), source })?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Self { version: VERSION, ..Self::default() })
+            }
             Err(source) => return Err(CheckpointError::Io { path, source }),
         };
         let cp: Self = serde_json::from_str(&text)
             .map_err(|e| CheckpointError::Corrupt { path: path.clone(), detail: e.to_string() })?;
         if cp.version != VERSION {
-            return Err(CheckpointError::Corrupt { path, detail: format!("version {} (this build reads {VERSION})", cp.version) });
+            return Err(CheckpointError::Corrupt {
+                path,
+                detail: format!("version {} (this build reads {VERSION})", cp.version),
+            });
         }
         Ok(cp)
     }

@@ -224,8 +224,8 @@ pub enum AgentConfigError {
 impl AgentConfig {
     /// Read, parse and validate a config file.
     pub fn load(path: &Path) -> Result<Self, AgentConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| AgentConfigError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| AgentConfigError::Read { path: path.to_owned(), source })?;
         let config: Self = toml::from_str(&text)
             .map_err(|source| AgentConfigError::Parse { path: path.to_owned(), source: Box::new(source) })?;
         config.validate()?;
@@ -243,15 +243,17 @@ impl AgentConfig {
             return Err(AgentConfigError::Invalid("agent.max_unacked_batches must be > 0".into()));
         }
         if !a.http_listen.is_empty() && a.http_listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(AgentConfigError::Invalid(format!("agent.http_listen {:?} is not an address like 127.0.0.1:7480", a.http_listen)));
+            return Err(AgentConfigError::Invalid(format!(
+                "agent.http_listen {:?} is not an address like 127.0.0.1:7480",
+                a.http_listen
+            )));
         }
         if a.poll_interval_ms == 0 || a.glob_interval_ms == 0 {
             return Err(AgentConfigError::Invalid("agent.poll_interval_ms and glob_interval_ms must be > 0".into()));
         }
         let mut names = HashSet::new();
         for s in &self.sources {
-            check_chunk(&s.name)
-                .map_err(|e| AgentConfigError::Invalid(format!("source name {:?}: {e}", s.name)))?;
+            check_chunk(&s.name).map_err(|e| AgentConfigError::Invalid(format!("source name {:?}: {e}", s.name)))?;
             if !names.insert(&s.name) {
                 return Err(AgentConfigError::Invalid(format!("source name {:?} is used twice", s.name)));
             }
@@ -332,7 +334,10 @@ mod example_tests {
             (c.agent.batch_max_lines, c.agent.batch_max_bytes, c.agent.batch_max_delay_ms, c.agent.poll_interval_ms),
             (d.batch_max_lines, d.batch_max_bytes, d.batch_max_delay_ms, d.poll_interval_ms)
         );
-        assert_eq!((c.agent.glob_interval_ms, c.agent.checkpoint_interval_ms), (d.glob_interval_ms, d.checkpoint_interval_ms));
+        assert_eq!(
+            (c.agent.glob_interval_ms, c.agent.checkpoint_interval_ms),
+            (d.glob_interval_ms, d.checkpoint_interval_ms)
+        );
         assert_eq!(c.agent.data_dir, d.data_dir);
         assert_eq!((c.agent.max_unacked_batches, &c.agent.http_listen), (d.max_unacked_batches, &d.http_listen));
         assert_eq!(c.agent.acknowledged, d.acknowledged);

@@ -204,7 +204,10 @@ mod tests {
     #[test]
     fn lines_and_offsets() {
         let (out, f) = frame(100, &[b"ab\ncd\r\n\nef"]);
-        assert_eq!(out, vec![Owned(b"ab".to_vec(), 0, false), Owned(b"cd".to_vec(), 3, false), Owned(vec![], 7, false)]);
+        assert_eq!(
+            out,
+            vec![Owned(b"ab".to_vec(), 0, false), Owned(b"cd".to_vec(), 3, false), Owned(vec![], 7, false)]
+        );
         assert_eq!(f.position(), Position { offset: 8, skipping: false });
         assert_eq!(f.pending(), 2);
         assert_eq!(f.read_offset(), 10);

@@ -107,8 +107,15 @@ impl SourceJournal {
                 entries.push_back(entry);
             }
         }
-        let mut journal =
-            Self { path, writer: None, acked, entries, handles: HashMap::new(), acked_since_compaction: 0, durable: true };
+        let mut journal = Self {
+            path,
+            writer: None,
+            acked,
+            entries,
+            handles: HashMap::new(),
+            acked_since_compaction: 0,
+            durable: true,
+        };
         // Start from a clean file holding exactly the loaded entries.
         journal.compact()?;
         Ok(journal)
@@ -298,7 +305,10 @@ mod tests {
         let cp = j.ack(14).unwrap();
         assert_eq!(cp.next_seq, 15);
         assert_eq!(cp.files.iter().map(|f| (f.inode.ino, f.offset)).collect::<Vec<_>>(), vec![(1, 150), (2, 40)]);
-        assert_eq!(j.live_positions().iter().map(|f| (f.inode.ino, f.offset)).collect::<Vec<_>>(), vec![(1, 150), (2, 90)]);
+        assert_eq!(
+            j.live_positions().iter().map(|f| (f.inode.ino, f.offset)).collect::<Vec<_>>(),
+            vec![(1, 150), (2, 90)]
+        );
         // A restart with the stored checkpoint finds the one unacknowledged entry, whether or
         // not the journal was compacted.
         let j2 = SourceJournal::open(dir.path(), "app", cp.clone()).unwrap();

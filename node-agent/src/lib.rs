@@ -9,7 +9,7 @@
 //! - [`publisher`]: puts batches on the bus; follows watermarks to advance the [`checkpoint`];
 //!   announces heads;
 //! - [`replay`]: re-reads journaled batches for a collector that lacks them;
-//! - [`stats`]: counters.
+//! - [`stats`] holds the counters.
 //!
 //! [`Agent::start`] wires them together; [`Agent::wait`] returns once a cancelled agent has
 //! published what it read and stored its checkpoint.
@@ -112,7 +112,8 @@ impl Agent {
         let node = config.bus.node.clone();
         let membership = Membership::watch(&session, &keys, cancel.clone()).await?;
         let publishers =
-            publisher::declare_publishers(&session, &keys, &node, config.sources.iter().map(|s| s.name.as_str())).await?;
+            publisher::declare_publishers(&session, &keys, &node, config.sources.iter().map(|s| s.name.as_str()))
+                .await?;
         let stats = Arc::new(AgentStats::default());
         let tracker = TaskTracker::new();
         let configs = Arc::new(config.sources.iter().map(|s| (s.name.clone(), s.clone())).collect::<BTreeMap<_, _>>());
@@ -126,18 +127,17 @@ impl Agent {
             cancel.clone(),
         ));
         let (self_ack_tx, self_ack_rx) = mpsc::unbounded_channel();
-        tracker.spawn(publisher::run_acks(
-            session.clone(),
-            keys.clone(),
-            node.clone(),
-            journals.clone(),
+        let acks = publisher::AckTask {
+            session: session.clone(),
+            keys: keys.clone(),
+            node: node.clone(),
+            journals: journals.clone(),
             checkpoint,
-            data_dir.clone(),
-            Duration::from_millis(config.agent.checkpoint_interval_ms),
-            stats.clone(),
-            self_ack_rx,
-            cancel.clone(),
-        ));
+            data_dir: data_dir.clone(),
+            interval: Duration::from_millis(config.agent.checkpoint_interval_ms),
+            stats: stats.clone(),
+        };
+        tracker.spawn(acks.run(self_ack_rx, cancel.clone()));
         tracker.spawn(publisher::run_heads(
             session.clone(),
             keys.clone(),
@@ -147,11 +147,7 @@ impl Agent {
             cancel.clone(),
         ));
         if !config.agent.http_listen.is_empty() {
-            let addr = config
-                .agent
-                .http_listen
-                .parse()
-                .map_err(|e| AgentError::Bus(format!("http_listen: {e}")))?;
+            let addr = config.agent.http_listen.parse().map_err(|e| AgentError::Bus(format!("http_listen: {e}")))?;
             let report = Arc::new(report::AgentReport {
                 node: node.clone(),
                 stats: stats.clone(),

@@ -76,7 +76,9 @@ impl PublisherTask {
     pub(crate) async fn run(self, mut rx: mpsc::Receiver<OutBatch>, cancel: CancellationToken) {
         while let Some(batch) = rx.recv().await {
             if self.wait_for_collector && !self.collector_alive(&cancel).await {
-                tracing::warn!("stopping with batches unpublished: no collector alive; they are replayed when one asks");
+                tracing::warn!(
+                    "stopping with batches unpublished: no collector alive; they are replayed when one asks"
+                );
                 break;
             }
             let Some(publisher) = self.publishers.get(&batch.source) else {
@@ -157,82 +159,87 @@ pub(crate) async fn run_heads(
     }
 }
 
-/// Follow watermarks for this node; advance, store and compact.
-pub(crate) async fn run_acks(
-    session: Session,
-    keys: KeySpace,
-    node: String,
-    journals: Journals,
-    mut checkpoint: Checkpoint,
-    data_dir: PathBuf,
-    interval: Duration,
-    stats: Arc<AgentStats>,
-    mut self_acks: mpsc::UnboundedReceiver<(String, u64)>,
-    cancel: CancellationToken,
-) {
-    let subscriber = match keys.watermarks_for(&node) {
-        Ok(k) => match session.declare_subscriber(k).await {
-            Ok(s) => s,
+/// Follows watermarks for this node; advances, stores and compacts.
+pub(crate) struct AckTask {
+    pub(crate) session: Session,
+    pub(crate) keys: KeySpace,
+    pub(crate) node: String,
+    pub(crate) journals: Journals,
+    pub(crate) checkpoint: Checkpoint,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) interval: Duration,
+    pub(crate) stats: Arc<AgentStats>,
+}
+
+impl AckTask {
+    /// Run until `cancel` fires; `self_acks` carries acknowledgements the publisher makes itself
+    /// when acknowledgements are off.
+    pub(crate) async fn run(self, mut self_acks: mpsc::UnboundedReceiver<(String, u64)>, cancel: CancellationToken) {
+        let AckTask { session, keys, node, journals, mut checkpoint, data_dir, interval, stats } = self;
+        let subscriber = match keys.watermarks_for(&node) {
+            Ok(k) => match session.declare_subscriber(k).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot subscribe to watermarks; checkpoints will not advance");
+                    return;
+                }
+            },
             Err(e) => {
-                tracing::error!(error = %e, "cannot subscribe to watermarks; checkpoints will not advance");
+                tracing::error!(error = %e, "bad watermark key");
                 return;
             }
-        },
-        Err(e) => {
-            tracing::error!(error = %e, "bad watermark key");
-            return;
-        }
-    };
-    let mut dirty = false;
-    let mut last_store = Instant::now();
-    let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tick.tick() => {}
-            Some((name, w)) = self_acks.recv() => {
-                if let Some(cp) = journals.get(&name).and_then(|j| j.lock().ok().and_then(|mut j| j.ack(w))) {
-                    checkpoint.sources.insert(name, cp);
-                    dirty = true;
-                }
-            }
-            sample = subscriber.recv_async() => {
-                let Ok(sample) = sample else { break };
-                let marks = match Watermarks::decode(&sample.payload().to_bytes()) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::warn!(error = %e, key = %sample.key_expr(), "ignoring a malformed watermark");
-                        continue;
-                    }
-                };
-                for (stream, w) in marks.streams {
-                    let Some(name) = stream.strip_prefix("log/") else { continue };
-                    let Some(j) = journals.get(name) else { continue };
-                    let advanced = j.lock().ok().and_then(|mut j| j.ack(w));
-                    if let Some(cp) = advanced {
-                        checkpoint.sources.insert(name.to_owned(), cp);
+        };
+        let mut dirty = false;
+        let mut last_store = Instant::now();
+        let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tick.tick() => {}
+                Some((name, w)) = self_acks.recv() => {
+                    if let Some(cp) = journals.get(&name).and_then(|j| j.lock().ok().and_then(|mut j| j.ack(w))) {
+                        checkpoint.sources.insert(name, cp);
                         dirty = true;
                     }
                 }
+                sample = subscriber.recv_async() => {
+                    let Ok(sample) = sample else { break };
+                    let marks = match Watermarks::decode(&sample.payload().to_bytes()) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::warn!(error = %e, key = %sample.key_expr(), "ignoring a malformed watermark");
+                            continue;
+                        }
+                    };
+                    for (stream, w) in marks.streams {
+                        let Some(name) = stream.strip_prefix("log/") else { continue };
+                        let Some(j) = journals.get(name) else { continue };
+                        let advanced = j.lock().ok().and_then(|mut j| j.ack(w));
+                        if let Some(cp) = advanced {
+                            checkpoint.sources.insert(name.to_owned(), cp);
+                            dirty = true;
+                        }
+                    }
+                }
+            }
+            let unacked: usize = journals.values().map(|j| j.lock().map_or(0, |j| j.unacked())).sum();
+            stats.unacked_batches.store(unacked as u64, Ordering::Relaxed);
+            if dirty && last_store.elapsed() >= interval {
+                store(&journals, &checkpoint, &data_dir, &stats).await;
+                dirty = false;
+                last_store = Instant::now();
             }
         }
-        let unacked: usize = journals.values().map(|j| j.lock().map_or(0, |j| j.unacked())).sum();
-        stats.unacked_batches.store(unacked as u64, Ordering::Relaxed);
-        if dirty && last_store.elapsed() >= interval {
+        // Acknowledgements off: the publisher's last self-acks may still be queued.
+        while let Ok((name, w)) = self_acks.try_recv() {
+            if let Some(cp) = journals.get(&name).and_then(|j| j.lock().ok().and_then(|mut j| j.ack(w))) {
+                checkpoint.sources.insert(name, cp);
+                dirty = true;
+            }
+        }
+        if dirty {
             store(&journals, &checkpoint, &data_dir, &stats).await;
-            dirty = false;
-            last_store = Instant::now();
         }
-    }
-    // Acknowledgements off: the publisher's last self-acks may still be queued.
-    while let Ok((name, w)) = self_acks.try_recv() {
-        if let Some(cp) = journals.get(&name).and_then(|j| j.lock().ok().and_then(|mut j| j.ack(w))) {
-            checkpoint.sources.insert(name, cp);
-            dirty = true;
-        }
-    }
-    if dirty {
-        store(&journals, &checkpoint, &data_dir, &stats).await;
     }
 }
 

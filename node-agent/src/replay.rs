@@ -17,7 +17,7 @@ use switchboard_bus::wire::log_batch::{self, LogBatchBuilder};
 use crate::config::SourceConfig;
 use crate::framing::LineFramer;
 use crate::journal::BatchRecord;
-use crate::tailer::{append_line, LineCounts};
+use crate::tailer::{append_line, LineCounts, LineFormat};
 
 /// Rows per replayed payload.
 const REPLAY_BATCH_ROWS: usize = 8192;
@@ -99,7 +99,15 @@ pub fn replay(
                     let s = seg_first + produced;
                     produced += 1;
                     if s >= from && s <= to {
-                        append_line(&mut builder, s, line, &path, segment.observed_micros, config.format, config.kv_in_message, &mut counts);
+                        append_line(
+                            &mut builder,
+                            s,
+                            line,
+                            &path,
+                            segment.observed_micros,
+                            LineFormat::of(config),
+                            &mut counts,
+                        );
                         rows += 1;
                     }
                 });
@@ -111,7 +119,11 @@ pub fn replay(
             }
             if produced != segment.lines {
                 let _ = flush(&mut builder, &mut payloads);
-                return (payloads, rows, Some(ReplayError::Changed { path, seq: seg_first, got: produced, want: segment.lines }));
+                return (
+                    payloads,
+                    rows,
+                    Some(ReplayError::Changed { path, seq: seg_first, got: produced, want: segment.lines }),
+                );
             }
             seq += segment.lines;
         }

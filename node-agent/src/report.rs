@@ -61,12 +61,24 @@ impl Report for AgentReport {
         let mut m = Metrics::new();
         m.counter("switchboard_agent_read_bytes_total", "Bytes read from log files.", g(&s.bytes_read))
             .counter("switchboard_agent_lines_total", "Lines framed and parsed.", g(&s.lines_read))
-            .counter("switchboard_agent_unmatched_lines_total", "Lines that did not match their format.", g(&s.lines_unmatched))
+            .counter(
+                "switchboard_agent_unmatched_lines_total",
+                "Lines that did not match their format.",
+                g(&s.lines_unmatched),
+            )
             .counter("switchboard_agent_truncated_lines_total", "Lines cut at max_line_bytes.", g(&s.lines_truncated))
-            .counter("switchboard_agent_invalid_utf8_lines_total", "Lines that were not valid UTF-8.", g(&s.lines_invalid_utf8))
+            .counter(
+                "switchboard_agent_invalid_utf8_lines_total",
+                "Lines that were not valid UTF-8.",
+                g(&s.lines_invalid_utf8),
+            )
             .counter("switchboard_agent_file_truncations_total", "Files truncated in place.", g(&s.truncations))
             .counter("switchboard_agent_published_lines_total", "Lines published on the bus.", g(&s.lines_published))
-            .counter("switchboard_agent_published_batches_total", "Batches published on the bus.", g(&s.batches_published))
+            .counter(
+                "switchboard_agent_published_batches_total",
+                "Batches published on the bus.",
+                g(&s.batches_published),
+            )
             .counter("switchboard_agent_publish_errors_total", "Failed publications.", g(&s.publish_errors))
             .counter("switchboard_agent_checkpoint_errors_total", "Failed checkpoint writes.", g(&s.checkpoint_errors))
             .counter("switchboard_agent_journal_errors_total", "Failed journal writes.", g(&s.journal_errors))

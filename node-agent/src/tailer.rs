@@ -63,17 +63,33 @@ pub struct LineCounts {
     pub invalid: u64,
 }
 
-/// Parse one framed line and append it as row `seq`.
+/// How lines of a source are parsed.
+#[derive(Debug, Clone, Copy)]
+pub struct LineFormat {
+    /// The format.
+    pub format: Format,
+    /// Also pull key=value pairs out of messages.
+    pub kv_in_message: bool,
+}
+
+impl LineFormat {
+    /// The line format of a source.
+    pub fn of(config: &SourceConfig) -> Self {
+        Self { format: config.format, kv_in_message: config.kv_in_message }
+    }
+}
+
+/// Parse one framed line read at `observed` from `file` and append it as row `seq`.
 pub fn append_line(
     builder: &mut LogBatchBuilder,
     seq: u64,
     line: Line<'_>,
     file: &str,
     observed: i64,
-    format: Format,
-    kv_in_message: bool,
+    how: LineFormat,
     counts: &mut LineCounts,
 ) {
+    let (format, kv_in_message) = (how.format, how.kv_in_message);
     let ctx = ParseContext { now_micros: observed, kv_in_message };
     let text = String::from_utf8_lossy(line.bytes);
     let raw = matches!(text, Cow::Owned(_)).then_some(line.bytes);
@@ -454,12 +470,12 @@ impl SourceTailer {
         let start = f.framer.position();
         let continues = self.segments.last().is_some_and(|s| s.inode == f.inode && s.end == start);
         let observed = if continues { self.segments.last().map_or(0, |s| s.observed_micros) } else { now_micros() };
-        let (format, kv) = (self.config.format, self.config.kv_in_message);
+        let how = LineFormat::of(&self.config);
         let (builder, next_seq) = (&mut self.builder, &mut self.next_seq);
         let path_str = f.path_str.as_str();
         let mut counts = LineCounts::default();
         f.framer.push(&self.read_buf[..n], |line| {
-            append_line(builder, *next_seq, line, path_str, observed, format, kv, &mut counts);
+            append_line(builder, *next_seq, line, path_str, observed, how, &mut counts);
             *next_seq += 1;
         });
         if counts.lines > 0 {

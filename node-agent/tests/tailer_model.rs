@@ -118,7 +118,8 @@ fn run_case(ops: &[Op]) -> Result<(), TestCaseError> {
         max_unacked_batches: usize::MAX,
         ..AgentSettings::default()
     };
-    let journal = Arc::new(Mutex::new(SourceJournal::open(&settings.data_dir, "app", SourceCheckpoint::default()).unwrap()));
+    let journal =
+        Arc::new(Mutex::new(SourceJournal::open(&settings.data_dir, "app", SourceCheckpoint::default()).unwrap()));
     let tailer = SourceTailer::new(config, settings, journal, Arc::new(AgentStats::default()));
     let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 16);
     let cancel = CancellationToken::new();

@@ -91,10 +91,8 @@ impl Dataset {
             if !has_parquet(&dir) {
                 continue;
             }
-            let options = ParquetReadOptions::default().table_partition_cols(vec![
-                ("date".to_owned(), DataType::Utf8),
-                ("hour".to_owned(), DataType::Int32),
-            ]);
+            let options = ParquetReadOptions::default()
+                .table_partition_cols(vec![("date".to_owned(), DataType::Utf8), ("hour".to_owned(), DataType::Int32)]);
             let url = format!("{}/", dir.canonicalize()?.display());
             ctx.register_parquet(*table, url, options).await?;
             tables.push((*table).to_owned());
@@ -237,10 +235,7 @@ mod tests {
         w.close().unwrap();
     }
 
-    fn parquet_writer(
-        f: std::fs::File,
-        schema: Arc<Schema>,
-    ) -> datafusion::parquet::arrow::ArrowWriter<std::fs::File> {
+    fn parquet_writer(f: std::fs::File, schema: Arc<Schema>) -> datafusion::parquet::arrow::ArrowWriter<std::fs::File> {
         datafusion::parquet::arrow::ArrowWriter::try_new(f, schema, None).unwrap()
     }
 

@@ -218,7 +218,11 @@ format = "{format}"
             ),
         )
         .unwrap();
-        Proc::start(&format!("agent {node}"), &["agent", "--config", cfg.to_str().unwrap()], self.path().join(format!("agent-{node}.log")))
+        Proc::start(
+            &format!("agent {node}"),
+            &["agent", "--config", cfg.to_str().unwrap()],
+            self.path().join(format!("agent-{node}.log")),
+        )
     }
 
     pub fn agent_state(&self, node: &str) -> PathBuf {
@@ -241,7 +245,8 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
 
 /// The value of an unlabelled metric in a Prometheus exposition.
 pub fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
 }
 
 /// Append `lines` to `path` (each gets a newline).
@@ -281,12 +286,14 @@ pub fn read_logs(dataset: &Path) -> Vec<Row> {
             if p.is_dir() {
                 stack.push(p);
             } else if p.extension().is_some_and(|x| x == "parquet") {
-                let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&p).unwrap()).unwrap().build().unwrap();
+                let reader =
+                    ParquetRecordBatchReaderBuilder::try_new(File::open(&p).unwrap()).unwrap().build().unwrap();
                 for batch in reader {
                     let b = batch.unwrap();
                     let s = |n: &str| b.column_by_name(n).unwrap().as_string::<i32>().clone();
                     let i = |n: &str| b.column_by_name(n).unwrap().as_primitive::<Int64Type>().clone();
-                    let (node, stream, file, level, message) = (s("node"), s("stream"), s("file"), s("level"), s("message"));
+                    let (node, stream, file, level, message) =
+                        (s("node"), s("stream"), s("file"), s("level"), s("message"));
                     let (seq, offset) = (i("seq"), i("offset"));
                     let flag = |n: &str| b.column_by_name(n).unwrap().as_boolean().clone();
                     let (truncated, invalid) = (flag("truncated"), flag("invalid_utf8"));

@@ -220,9 +220,7 @@ pub fn decode(bytes: &[u8]) -> Result<RecordBatch, WireError> {
     let meta = batch.schema_ref().metadata();
     match meta.get(META_PAYLOAD) {
         Some(p) if p == PAYLOAD => {}
-        other => {
-            return Err(WireError::WrongPayload { expected: PAYLOAD, found: other.cloned().unwrap_or_default() })
-        }
+        other => return Err(WireError::WrongPayload { expected: PAYLOAD, found: other.cloned().unwrap_or_default() }),
     }
     match meta.get(META_VERSION).map(|v| v.parse::<u32>()) {
         Some(Ok(VERSION)) => {}

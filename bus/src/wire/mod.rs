@@ -86,8 +86,8 @@ pub fn encode_ipc(batch: &RecordBatch) -> Result<Vec<u8>, WireError> {
 /// input, however hostile, can take the process down.
 pub fn decode_ipc(bytes: &[u8]) -> Result<RecordBatch, WireError> {
     let result = catch_unwind(AssertUnwindSafe(|| -> Result<RecordBatch, WireError> {
-        let mut reader = StreamReader::try_new(Cursor::new(bytes), None)
-            .map_err(|e| WireError::Malformed(e.to_string()))?;
+        let mut reader =
+            StreamReader::try_new(Cursor::new(bytes), None).map_err(|e| WireError::Malformed(e.to_string()))?;
         let batch = match reader.next() {
             Some(Ok(b)) => b,
             Some(Err(e)) => return Err(WireError::Malformed(e.to_string())),

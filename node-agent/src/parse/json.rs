@@ -57,9 +57,9 @@ impl<'a> Value<'a> {
             Value::Str(s) => s,
             Value::Int(i) => Cow::Owned(i.to_string()),
             Value::UInt(u) => Cow::Owned(u.to_string()),
-            Value::Float(f) => Cow::Owned(
-                serde_json::Number::from_f64(f).map_or_else(|| "null".to_owned(), |n| n.to_string()),
-            ),
+            Value::Float(f) => {
+                Cow::Owned(serde_json::Number::from_f64(f).map_or_else(|| "null".to_owned(), |n| n.to_string()))
+            }
             Value::Other(s) => Cow::Owned(s),
         }
     }
@@ -219,9 +219,7 @@ pub(crate) fn parse(line: &str) -> Option<Parsed<'_>> {
 
     let ts = pick(&members, &TS_KEYS, Value::timestamp);
     let level = pick(&members, &LEVEL_KEYS, Value::level);
-    let msg_idx = MSG_KEYS
-        .iter()
-        .find_map(|key| members.iter().position(|(k, _)| k == key));
+    let msg_idx = MSG_KEYS.iter().find_map(|key| members.iter().position(|(k, _)| k == key));
 
     let mut message = Cow::Borrowed("");
     let mut fields = Vec::with_capacity(members.len());
@@ -234,13 +232,7 @@ pub(crate) fn parse(line: &str) -> Option<Parsed<'_>> {
             fields.push((k, v.into_text()));
         }
     }
-    Some(Parsed {
-        ts_micros: ts.map(|(_, t)| t),
-        level: level.map(|(_, l)| l),
-        message,
-        fields,
-        matched: true,
-    })
+    Some(Parsed { ts_micros: ts.map(|(_, t)| t), level: level.map(|(_, l)| l), message, fields, matched: true })
 }
 
 #[cfg(test)]
@@ -290,7 +282,9 @@ mod tests {
 
     #[test]
     fn key_preference_and_epochs() {
-        let p = must(r#"{"@timestamp":"2026-11-22T10:00:00Z","time":1795341600,"severity":"WARNING","lvl":"x","message":"m"}"#);
+        let p = must(
+            r#"{"@timestamp":"2026-11-22T10:00:00Z","time":1795341600,"severity":"WARNING","lvl":"x","message":"m"}"#,
+        );
         // `time` is preferred over `@timestamp`, `lvl` over `severity` only when parsable.
         assert_eq!(p.ts_micros, Some(T0));
         assert_eq!(p.level, Some(Level::Warn));

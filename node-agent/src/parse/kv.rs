@@ -91,13 +91,7 @@ pub(crate) fn parse(line: &str) -> Option<Parsed<'_>> {
     if !any_pair {
         return None;
     }
-    Some(Parsed {
-        ts_micros,
-        level,
-        message: message.unwrap_or(Cow::Borrowed(line)),
-        fields,
-        matched: true,
-    })
+    Some(Parsed { ts_micros, level, message: message.unwrap_or(Cow::Borrowed(line)), fields, matched: true })
 }
 
 /// Scans a double-quoted value whose content starts at `start` (just after the opening

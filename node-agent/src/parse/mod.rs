@@ -100,10 +100,7 @@ impl Level {
             ("emerg", Level::Emergency),
             ("panic", Level::Emergency),
         ];
-        NAMES
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case(s))
-            .map(|&(_, level)| level)
+        NAMES.iter().find(|(name, _)| name.eq_ignore_ascii_case(s)).map(|&(_, level)| level)
     }
 
     /// Maps a syslog severity (0..=7) to a level: 0 Emergency, 1 Alert, 2 Critical, 3 Error,
@@ -169,13 +166,7 @@ pub struct Parsed<'a> {
 impl<'a> Parsed<'a> {
     /// The result for a line that does not match its format.
     pub(crate) fn unmatched(line: &'a str) -> Parsed<'a> {
-        Parsed {
-            ts_micros: None,
-            level: None,
-            message: Cow::Borrowed(line),
-            fields: Vec::new(),
-            matched: false,
-        }
+        Parsed { ts_micros: None, level: None, message: Cow::Borrowed(line), fields: Vec::new(), matched: false }
     }
 }
 
@@ -311,10 +302,7 @@ mod tests {
             Level::Emergency,
         ];
         let names: Vec<&str> = all.iter().map(|l| l.as_str()).collect();
-        assert_eq!(
-            names,
-            ["trace", "debug", "info", "notice", "warn", "error", "critical", "alert", "emergency"]
-        );
+        assert_eq!(names, ["trace", "debug", "info", "notice", "warn", "error", "critical", "alert", "emergency"]);
         for l in all {
             assert_eq!(Level::from_name(l.as_str()), Some(l));
         }

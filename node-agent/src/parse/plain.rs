@@ -29,13 +29,7 @@ pub(crate) fn parse<'a>(line: &'a str, ctx: &ParseContext) -> Parsed<'a> {
     if ctx.kv_in_message {
         kv::extract_in_message(message, &mut fields);
     }
-    Parsed {
-        ts_micros,
-        level,
-        message: Cow::Borrowed(message),
-        fields,
-        matched: true,
-    }
+    Parsed { ts_micros, level, message: Cow::Borrowed(message), fields, matched: true }
 }
 
 /// Looks for a level after the timestamp ending at `from`: skips blanks and bracketed tokens

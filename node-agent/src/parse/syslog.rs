@@ -16,9 +16,8 @@ use super::{skip_blanks, sub, tail, timestamp, Level, ParseContext, Parsed};
 
 /// Facility names by number (PRI / 8); PRI is at most 191, so 0..=23 covers all.
 const FACILITIES: [&str; 24] = [
-    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv", "ftp",
-    "ntp", "audit", "alert", "clock", "local0", "local1", "local2", "local3", "local4", "local5", "local6",
-    "local7",
+    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv", "ftp", "ntp",
+    "audit", "alert", "clock", "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7",
 ];
 
 /// Month abbreviations of BSD timestamps.
@@ -231,11 +230,8 @@ fn sd_value(line: &str, start: usize) -> Option<(Cow<'_, str>, usize)> {
         }
     }
     let raw = sub(line, start, i);
-    let value = if escaped {
-        kv::unescape(raw, |c| matches!(c, '"' | '\\' | ']').then_some(c))
-    } else {
-        Cow::Borrowed(raw)
-    };
+    let value =
+        if escaped { kv::unescape(raw, |c| matches!(c, '"' | '\\' | ']').then_some(c)) } else { Cow::Borrowed(raw) };
     Some((value, i + 1))
 }
 
@@ -554,10 +550,7 @@ mod tests {
     #[test]
     fn multibyte_in_header_and_tags() {
         let p = must("Nov 22 10:00:00 hö€t äpp[1é]: ü=1 mëssage", true);
-        assert_eq!(
-            pairs(&p.fields),
-            [("host", "hö€t"), ("app", "äpp"), ("pid", "1é")]
-        );
+        assert_eq!(pairs(&p.fields), [("host", "hö€t"), ("app", "äpp"), ("pid", "1é")]);
         assert_eq!(p.message, "ü=1 mëssage");
         let p = must("<13>1 2026-11-22T10:00:00Z hé ä€ - - [é a=\"€\\\"\"] ", false);
         assert_eq!(pairs(&p.fields)[3], ("é.a", "€\""));
