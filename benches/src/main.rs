@@ -4,8 +4,10 @@
 //! ```text
 //! cargo run --release -p switchboard-benches -- logs
 //! cargo run --release -p switchboard-benches -- wire
+//! cargo run --release -p switchboard-benches -- limits
 //! ```
 
+mod limits;
 mod logs;
 mod wire;
 
@@ -39,6 +41,12 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         repeat: usize,
     },
+    /// Rate-limit decisions: in-process decisions/s and p50/p99/p999, beside a Redis counter.
+    Limits {
+        /// Decisions per case.
+        #[arg(long, default_value_t = 10_000_000)]
+        decisions: u64,
+    },
     /// Wire format: log_batch as Arrow IPC against JSON lines (encode, decode, bytes per row).
     Wire {
         /// Rows to encode and decode.
@@ -65,5 +73,6 @@ fn main() -> Result<()> {
             logs::run(&logs::LogsBench { lines, format, kv_in_message, repeat })
         }
         Bench::Wire { rows } => wire::run(rows),
+        Bench::Limits { decisions } => limits::run(decisions),
     }
 }

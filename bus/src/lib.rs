@@ -5,6 +5,7 @@
 //! - [`keys`]: the key space, defined once, with typed stream and member identities;
 //! - [`session`]: opening a zenoh session from the config, announcing a process;
 //! - [`membership`]: the live set of the cluster from liveliness tokens;
+//! - [`limits`]: rate and concurrency limits decided locally (GCRA, slots);
 //! - [`http`]: the `/health` and `/metrics` endpoint of long-running processes;
 //! - [`wire`]: versioned payload schemas (Arrow IPC), e.g. [`wire::log_batch`].
 //!
@@ -13,6 +14,7 @@
 pub mod config;
 pub mod http;
 pub mod keys;
+pub mod limits;
 pub mod membership;
 pub mod session;
 pub mod wire;

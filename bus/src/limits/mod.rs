@@ -1,0 +1,406 @@
+//! Rate and concurrency limits, decided locally.
+//!
+//! A [`LimitSpec`] names a key (exact, or a pattern where `*` matches any run of characters: one
+//! limit per operator with `operator:*`) and either a rate (`rate` units per `per`) or a
+//! concurrency (`concurrency` slots). A [`Limiter`] holds the specs and, per concrete key, the
+//! state of its limit: a [`gcra::Gcra`] for rates (a sliding, not fixed, window: see there), a
+//! [`slots::Slots`] for concurrency. Keys get their state on first use; after that a decision
+//! is a read lock, a hash lookup and one compare-and-swap: no allocation, no network.
+//!
+//! The node's share of a cluster-wide limit is set with [`Limiter::set_share`] (a fraction of
+//! the limit); the coordination that computes shares from the cluster's demand lives above this
+//! module.
+
+pub mod gcra;
+pub mod slots;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use self::gcra::{Gcra, RateDecision};
+use self::slots::Slots;
+
+/// The period of a rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Per {
+    /// Per second.
+    Second,
+    /// Per minute.
+    Minute,
+    /// Per hour.
+    Hour,
+}
+
+impl Per {
+    /// The period in nanoseconds.
+    pub fn nanos(self) -> u64 {
+        match self {
+            Per::Second => 1_000_000_000,
+            Per::Minute => 60_000_000_000,
+            Per::Hour => 3_600_000_000_000,
+        }
+    }
+}
+
+/// One limit definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSpec {
+    /// The key, or a pattern with `*` (e.g. `operator:*`: one limit per operator).
+    pub key: String,
+    /// Units per period, for a rate limit.
+    #[serde(default)]
+    pub rate: Option<u64>,
+    /// The period of `rate`: `second` (default), `minute` or `hour`.
+    #[serde(default)]
+    pub per: Option<Per>,
+    /// Slots held at once, for a concurrency limit.
+    #[serde(default)]
+    pub concurrency: Option<u64>,
+    /// Units that may pass at once after a quiet spell (rate limits). Default: 1% of the rate,
+    /// at least 1: no window of one period ever admits more than 101% of the rate.
+    #[serde(default)]
+    pub burst: Option<u64>,
+}
+
+/// A limit definition that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// Neither or both of `rate` and `concurrency`.
+    #[error("limit {0:?}: give exactly one of `rate` or `concurrency`")]
+    Kind(String),
+    /// An empty key.
+    #[error("a limit needs a non-empty key")]
+    EmptyKey,
+    /// `per` or `burst` on a concurrency limit.
+    #[error("limit {0:?}: `per` and `burst` apply to rate limits only")]
+    RateFieldOnConcurrency(String),
+    /// The same key twice.
+    #[error("limit {0:?} is defined twice")]
+    Duplicate(String),
+}
+
+impl LimitSpec {
+    /// Check the definition.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.key.is_empty() {
+            return Err(SpecError::EmptyKey);
+        }
+        match (self.rate, self.concurrency) {
+            (Some(_), None) => Ok(()),
+            (None, Some(_)) if self.per.is_none() && self.burst.is_none() => Ok(()),
+            (None, Some(_)) => Err(SpecError::RateFieldOnConcurrency(self.key.clone())),
+            _ => Err(SpecError::Kind(self.key.clone())),
+        }
+    }
+
+    fn burst_units(&self) -> u64 {
+        self.burst.unwrap_or_else(|| self.rate.unwrap_or(0) / 100).max(1)
+    }
+
+    fn matches(&self, key: &str) -> bool {
+        glob_match(&self.key, key)
+    }
+}
+
+/// `*` matches any run of characters (possibly empty); everything else matches itself.
+fn glob_match(pattern: &str, key: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let Some(first) = parts.next() else { return pattern == key };
+    let Some(mut rest) = key.strip_prefix(first) else { return false };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else { return rest.is_empty() };
+    for p in middle {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// Outcome of a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Go ahead.
+    Allowed,
+    /// Not now; try again after the hint (zero for concurrency: after a release).
+    Denied {
+        /// When the same request would pass if nothing else happened.
+        retry_after: Duration,
+    },
+    /// No limit applies to this key.
+    Unlimited,
+}
+
+impl Decision {
+    /// Whether the request may go ahead.
+    pub fn is_allowed(self) -> bool {
+        !matches!(self, Decision::Denied { .. })
+    }
+}
+
+enum State {
+    Rate { gcra: Gcra, spec: usize },
+    Slots { slots: Slots, spec: usize },
+}
+
+struct Table {
+    specs: Vec<LimitSpec>,
+    states: HashMap<Box<str>, Arc<State>>,
+    /// The node's share of each key's limit, as a fraction.
+    shares: HashMap<Box<str>, f64>,
+}
+
+/// Local decisions over a set of limits; see the module docs.
+pub struct Limiter {
+    table: RwLock<Table>,
+    epoch: Instant,
+}
+
+impl Limiter {
+    /// A limiter over `specs` (checked).
+    pub fn new(specs: Vec<LimitSpec>) -> Result<Self, SpecError> {
+        check(&specs)?;
+        Ok(Self {
+            table: RwLock::new(Table { specs, states: HashMap::new(), shares: HashMap::new() }),
+            epoch: Instant::now(),
+        })
+    }
+
+    #[inline]
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64 + 1_000_000_000_000
+    }
+
+    /// The state of `key`, created on first use; `None` when no limit applies.
+    #[inline]
+    fn state(&self, key: &str) -> Option<Arc<State>> {
+        if let Ok(t) = self.table.read() {
+            if let Some(s) = t.states.get(key) {
+                return Some(s.clone());
+            }
+        }
+        let mut t = self.table.write().ok()?;
+        if let Some(s) = t.states.get(key) {
+            return Some(s.clone());
+        }
+        let spec_idx =
+            t.specs.iter().position(|s| s.key == key).or_else(|| t.specs.iter().position(|s| s.matches(key)))?;
+        let share = t.shares.get(key).copied().unwrap_or(1.0);
+        let state = Arc::new(make_state(&t.specs[spec_idx], spec_idx, share));
+        t.states.insert(key.into(), state.clone());
+        Some(state)
+    }
+
+    /// Rate decision on `n` units of `key`. Concurrency keys are handled as
+    /// [`Limiter::acquire_slot`].
+    #[inline]
+    pub fn try_acquire(&self, key: &str, n: u64) -> Decision {
+        let Some(state) = self.state(key) else { return Decision::Unlimited };
+        match &*state {
+            State::Rate { gcra, .. } => match gcra.try_acquire(n, self.now_ns()) {
+                RateDecision::Allowed => Decision::Allowed,
+                RateDecision::Denied { retry_after_ns } => {
+                    Decision::Denied { retry_after: Duration::from_nanos(retry_after_ns) }
+                }
+            },
+            State::Slots { slots, .. } => slot_decision(slots.try_acquire(n)),
+        }
+    }
+
+    /// Take `n` concurrency slots of `key` (to be given back with [`Limiter::release`]).
+    #[inline]
+    pub fn acquire_slot(&self, key: &str, n: u64) -> Decision {
+        self.try_acquire(key, n)
+    }
+
+    /// Give back `n` slots of `key`; returns how many were held (fewer means a release without
+    /// an acquire, which the caller should count).
+    pub fn release(&self, key: &str, n: u64) -> u64 {
+        match self.state(key).as_deref() {
+            Some(State::Slots { slots, .. }) => slots.release(n),
+            _ => 0,
+        }
+    }
+
+    /// Slots of `key` held on this node.
+    pub fn held(&self, key: &str) -> u64 {
+        match self.state(key).as_deref() {
+            Some(State::Slots { slots, .. }) => slots.held(),
+            _ => 0,
+        }
+    }
+
+    /// Set this node's share of `key`'s limit (a fraction between 0 and 1).
+    pub fn set_share(&self, key: &str, share: f64) {
+        let share = if share.is_finite() { share.clamp(0.0, 1.0) } else { 0.0 };
+        let Ok(mut t) = self.table.write() else { return };
+        t.shares.insert(key.into(), share);
+        if let Some(state) = t.states.get(key).cloned() {
+            apply_share(&t.specs, &state, share);
+        }
+    }
+
+    /// Replace the limit definitions (a new revision): keys keep their state where their spec
+    /// is unchanged, and start afresh otherwise.
+    pub fn replace(&self, specs: Vec<LimitSpec>) -> Result<(), SpecError> {
+        check(&specs)?;
+        let Ok(mut t) = self.table.write() else { return Ok(()) };
+        let old = std::mem::replace(&mut t.specs, specs);
+        let states = std::mem::take(&mut t.states);
+        for (key, state) in states {
+            let idx = match &*state {
+                State::Rate { spec, .. } | State::Slots { spec, .. } => *spec,
+            };
+            let same = t.specs.get(idx).is_some_and(|s| Some(s) == old.get(idx));
+            if same {
+                t.states.insert(key, state);
+            }
+        }
+        Ok(())
+    }
+
+    /// The limit definitions in force.
+    pub fn specs(&self) -> Vec<LimitSpec> {
+        self.table.read().map(|t| t.specs.clone()).unwrap_or_default()
+    }
+}
+
+fn check(specs: &[LimitSpec]) -> Result<(), SpecError> {
+    let mut seen = std::collections::HashSet::new();
+    for s in specs {
+        s.validate()?;
+        if !seen.insert(&s.key) {
+            return Err(SpecError::Duplicate(s.key.clone()));
+        }
+    }
+    Ok(())
+}
+
+fn slot_decision(ok: bool) -> Decision {
+    if ok {
+        Decision::Allowed
+    } else {
+        Decision::Denied { retry_after: Duration::ZERO }
+    }
+}
+
+fn make_state(spec: &LimitSpec, idx: usize, share: f64) -> State {
+    match (spec.rate, spec.concurrency) {
+        (Some(rate), _) => {
+            let per = spec.per.unwrap_or(Per::Second).nanos();
+            let burst = ((spec.burst_units() as f64) * share).round().max(1.0) as u64;
+            State::Rate { gcra: Gcra::new(Gcra::interval_for(rate as f64 * share, per), burst), spec: idx }
+        }
+        (None, Some(max)) => State::Slots { slots: Slots::new(((max as f64) * share).floor() as u64), spec: idx },
+        (None, None) => State::Slots { slots: Slots::new(0), spec: idx },
+    }
+}
+
+fn apply_share(specs: &[LimitSpec], state: &State, share: f64) {
+    match state {
+        State::Rate { gcra, spec } => {
+            let Some(s) = specs.get(*spec) else { return };
+            let per = s.per.unwrap_or(Per::Second).nanos();
+            let burst = ((s.burst_units() as f64) * share).round().max(1.0) as u64;
+            gcra.set(Gcra::interval_for(s.rate.unwrap_or(0) as f64 * share, per), burst);
+        }
+        State::Slots { slots, spec } => {
+            let Some(s) = specs.get(*spec) else { return };
+            slots.set_max(((s.concurrency.unwrap_or(0) as f64) * share).floor() as u64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rate(key: &str, n: u64) -> LimitSpec {
+        LimitSpec { key: key.into(), rate: Some(n), per: Some(Per::Second), concurrency: None, burst: None }
+    }
+
+    #[test]
+    fn patterns_give_each_key_its_own_limit() {
+        assert!(glob_match("operator:*", "operator:vodafone"));
+        assert!(glob_match("a*b*c", "aXXbYYc"));
+        assert!(!glob_match("a*b*c", "aXXc"));
+        assert!(!glob_match("operator:*", "customer:x"));
+        assert!(glob_match("exact", "exact") && !glob_match("exact", "exactly"));
+        let l = Limiter::new(vec![rate("operator:*", 100)]).unwrap();
+        // Burst 1: the first request of each operator passes, the second at once does not.
+        assert_eq!(l.try_acquire("operator:a", 1), Decision::Allowed);
+        assert_eq!(l.try_acquire("operator:b", 1), Decision::Allowed);
+        assert!(!l.try_acquire("operator:a", 1).is_allowed());
+        assert_eq!(l.try_acquire("customer:x", 1), Decision::Unlimited);
+    }
+
+    #[test]
+    fn exact_keys_win_over_patterns() {
+        let l = Limiter::new(vec![rate("operator:*", 1), rate("operator:big", 1_000_000)]).unwrap();
+        let passed = (0..1000).filter(|_| l.try_acquire("operator:big", 1).is_allowed()).count();
+        assert!(passed >= 1000 / 2, "{passed}");
+    }
+
+    #[test]
+    fn concurrency_acquire_release_and_share() {
+        let l = Limiter::new(vec![LimitSpec {
+            key: "domain:*".into(),
+            rate: None,
+            per: None,
+            concurrency: Some(20),
+            burst: None,
+        }])
+        .unwrap();
+        assert!((0..20).all(|_| l.acquire_slot("domain:x", 1).is_allowed()));
+        assert!(!l.acquire_slot("domain:x", 1).is_allowed());
+        assert_eq!(l.release("domain:x", 1), 1);
+        assert!(l.acquire_slot("domain:x", 1).is_allowed());
+        l.set_share("domain:x", 0.5);
+        assert_eq!(l.release("domain:x", 20), 20);
+        assert_eq!((0..20).filter(|_| l.acquire_slot("domain:x", 1).is_allowed()).count(), 10);
+        assert_eq!(l.release("domain:unknown-to-it", 1), 0);
+    }
+
+    #[test]
+    fn bad_specs_are_named() {
+        let mut s = rate("x", 1);
+        s.concurrency = Some(1);
+        assert_eq!(Limiter::new(vec![s]).err(), Some(SpecError::Kind("x".into())));
+        assert_eq!(Limiter::new(vec![rate("x", 1), rate("x", 2)]).err(), Some(SpecError::Duplicate("x".into())));
+        let c = LimitSpec { key: "c".into(), rate: None, per: Some(Per::Hour), concurrency: Some(1), burst: None };
+        assert!(matches!(Limiter::new(vec![c]), Err(SpecError::RateFieldOnConcurrency(_))));
+        let toml_ok: LimitSpec = toml::from_str("key = \"customer:*\"\nrate = 1000000\nper = \"hour\"").unwrap();
+        assert_eq!(toml_ok.per, Some(Per::Hour));
+        assert!(toml::from_str::<LimitSpec>("key = \"x\"\nrate = 1\nper = \"week\"").is_err());
+    }
+
+    #[test]
+    fn a_new_revision_resets_only_changed_limits() {
+        let l = Limiter::new(vec![rate("a", 1), rate("b", 1)]).unwrap();
+        assert!(l.try_acquire("a", 1).is_allowed() && l.try_acquire("b", 1).is_allowed());
+        l.replace(vec![rate("a", 1), rate("b", 2)]).unwrap();
+        assert!(!l.try_acquire("a", 1).is_allowed(), "unchanged limit keeps its state");
+        assert!(l.try_acquire("b", 1).is_allowed(), "changed limit starts afresh");
+    }
+
+    #[test]
+    fn share_scales_the_rate() {
+        let l = Limiter::new(vec![LimitSpec {
+            key: "k".into(),
+            rate: Some(1000),
+            per: Some(Per::Second),
+            concurrency: None,
+            burst: Some(1000),
+        }])
+        .unwrap();
+        l.set_share("k", 0.25);
+        let passed = (0..2000).filter(|_| l.try_acquire("k", 1).is_allowed()).count();
+        assert_eq!(passed, 250, "a quarter of the burst passes at once");
+    }
+}
