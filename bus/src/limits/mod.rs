@@ -8,13 +8,15 @@
 //! is a read lock, a hash lookup and one compare-and-swap: no allocation, no network.
 //!
 //! The node's share of a cluster-wide limit is set with [`Limiter::set_share`] (a fraction of
-//! the limit); the coordination that computes shares from the cluster's demand lives above this
-//! module.
+//! the limit); [`share`] computes shares from the cluster's demand, which each key counts
+//! ([`Limiter::asked`]: units asked for, allowed or not).
 
 pub mod gcra;
+pub mod share;
 pub mod slots;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -145,8 +147,16 @@ impl Decision {
 }
 
 enum State {
-    Rate { gcra: Gcra, spec: usize },
-    Slots { slots: Slots, spec: usize },
+    Rate { gcra: Gcra, spec: usize, asked: AtomicU64 },
+    Slots { slots: Slots, spec: usize, asked: AtomicU64 },
+}
+
+impl State {
+    fn asked(&self) -> &AtomicU64 {
+        match self {
+            State::Rate { asked, .. } | State::Slots { asked, .. } => asked,
+        }
+    }
 }
 
 struct Table {
@@ -202,6 +212,7 @@ impl Limiter {
     #[inline]
     pub fn try_acquire(&self, key: &str, n: u64) -> Decision {
         let Some(state) = self.state(key) else { return Decision::Unlimited };
+        state.asked().fetch_add(n, Ordering::Relaxed);
         match &*state {
             State::Rate { gcra, .. } => match gcra.try_acquire(n, self.now_ns()) {
                 RateDecision::Allowed => Decision::Allowed,
@@ -234,6 +245,14 @@ impl Limiter {
             Some(State::Slots { slots, .. }) => slots.held(),
             _ => 0,
         }
+    }
+
+    /// Units asked for so far, per key in use (allowed or not): the demand the node announces.
+    pub fn asked(&self) -> Vec<(String, u64)> {
+        self.table
+            .read()
+            .map(|t| t.states.iter().map(|(k, s)| (k.to_string(), s.asked().load(Ordering::Relaxed))).collect())
+            .unwrap_or_default()
     }
 
     /// Set this node's share of `key`'s limit (a fraction between 0 and 1).
@@ -295,22 +314,30 @@ fn make_state(spec: &LimitSpec, idx: usize, share: f64) -> State {
         (Some(rate), _) => {
             let per = spec.per.unwrap_or(Per::Second).nanos();
             let burst = ((spec.burst_units() as f64) * share).round().max(1.0) as u64;
-            State::Rate { gcra: Gcra::new(Gcra::interval_for(rate as f64 * share, per), burst), spec: idx }
+            State::Rate {
+                gcra: Gcra::new(Gcra::interval_for(rate as f64 * share, per), burst),
+                spec: idx,
+                asked: AtomicU64::new(0),
+            }
         }
-        (None, Some(max)) => State::Slots { slots: Slots::new(((max as f64) * share).floor() as u64), spec: idx },
-        (None, None) => State::Slots { slots: Slots::new(0), spec: idx },
+        (None, Some(max)) => State::Slots {
+            slots: Slots::new(((max as f64) * share).floor() as u64),
+            spec: idx,
+            asked: AtomicU64::new(0),
+        },
+        (None, None) => State::Slots { slots: Slots::new(0), spec: idx, asked: AtomicU64::new(0) },
     }
 }
 
 fn apply_share(specs: &[LimitSpec], state: &State, share: f64) {
     match state {
-        State::Rate { gcra, spec } => {
+        State::Rate { gcra, spec, .. } => {
             let Some(s) = specs.get(*spec) else { return };
             let per = s.per.unwrap_or(Per::Second).nanos();
             let burst = ((s.burst_units() as f64) * share).round().max(1.0) as u64;
             gcra.set(Gcra::interval_for(s.rate.unwrap_or(0) as f64 * share, per), burst);
         }
-        State::Slots { slots, spec } => {
+        State::Slots { slots, spec, .. } => {
             let Some(s) = specs.get(*spec) else { return };
             slots.set_max(((s.concurrency.unwrap_or(0) as f64) * share).floor() as u64);
         }
@@ -402,5 +429,6 @@ mod tests {
         l.set_share("k", 0.25);
         let passed = (0..2000).filter(|_| l.try_acquire("k", 1).is_allowed()).count();
         assert_eq!(passed, 250, "a quarter of the burst passes at once");
+        assert_eq!(l.asked(), vec![("k".to_owned(), 2000)], "demand counts every unit asked for");
     }
 }

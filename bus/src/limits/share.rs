@@ -1,0 +1,100 @@
+//! Splitting a cluster-wide limit among nodes by demand.
+//!
+//! Each node knows every live node's recent demand for a key (units asked for per second,
+//! allowed or not). [`share_of`] gives a node a small floor (so a node that just became busy is
+//! not shut out until the next update) plus the rest in proportion to demand. Shares of all
+//! nodes sum to exactly 1, so the cluster as a whole stays within the limit while each node
+//! decides alone; when demand shifts, shares follow at the next update.
+
+use std::collections::BTreeMap;
+
+/// Fraction of the limit reserved for each node whatever its demand, at most half the limit in
+/// all: `min(FLOOR, 1 / (2n))`.
+pub const FLOOR: f64 = 0.02;
+
+/// The share of `node` given every known node's demand (`node` must be among them).
+pub fn share_of(node: &str, demands: &BTreeMap<String, f64>) -> f64 {
+    let n = demands.len();
+    if n == 0 || !demands.contains_key(node) {
+        return 0.0;
+    }
+    let floor = FLOOR.min(1.0 / (2.0 * n as f64));
+    let total: f64 = demands.values().map(|d| d.max(0.0)).sum();
+    if total <= 0.0 || !total.is_finite() {
+        return 1.0 / n as f64;
+    }
+    let mine = demands.get(node).copied().unwrap_or(0.0).max(0.0);
+    floor + (1.0 - floor * n as f64) * mine / total
+}
+
+/// Smoothed demand: an exponentially weighted moving average of units asked per second.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Demand {
+    rate: f64,
+    last_count: u64,
+    primed: bool,
+}
+
+impl Demand {
+    /// Weight of the newest interval.
+    const ALPHA: f64 = 0.5;
+
+    /// Feed the running count of units asked for, observed `dt_secs` after the previous one;
+    /// returns the smoothed rate.
+    pub fn update(&mut self, count: u64, dt_secs: f64) -> f64 {
+        let delta = count.saturating_sub(self.last_count) as f64;
+        self.last_count = count;
+        if dt_secs > 0.0 {
+            let now = delta / dt_secs;
+            self.rate = if self.primed { Self::ALPHA * now + (1.0 - Self::ALPHA) * self.rate } else { now };
+            self.primed = true;
+        }
+        self.rate
+    }
+
+    /// The current smoothed rate.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demands(v: &[(&str, f64)]) -> BTreeMap<String, f64> {
+        v.iter().map(|(k, d)| (k.to_string(), *d)).collect()
+    }
+
+    #[test]
+    fn shares_sum_to_one_and_follow_demand() {
+        let d = demands(&[("a", 900.0), ("b", 100.0), ("c", 0.0), ("d", 0.0)]);
+        let s: Vec<f64> = ["a", "b", "c", "d"].iter().map(|n| share_of(n, &d)).collect();
+        assert!((s.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{s:?}");
+        assert!(s[0] > 0.8 && s[1] > 0.09 && (s[2] - FLOOR).abs() < 1e-9, "{s:?}");
+        // No demand anywhere: equal split.
+        let idle = demands(&[("a", 0.0), ("b", 0.0)]);
+        assert_eq!(share_of("a", &idle), 0.5);
+        // Unknown node, or nobody: nothing.
+        assert_eq!(share_of("z", &idle), 0.0);
+        assert_eq!(share_of("a", &BTreeMap::new()), 0.0);
+    }
+
+    #[test]
+    fn many_nodes_keep_the_floor_below_half_the_limit() {
+        let d: BTreeMap<String, f64> = (0..100).map(|i| (format!("n{i}"), if i == 0 { 1.0 } else { 0.0 })).collect();
+        let busy = share_of("n0", &d);
+        assert!(busy >= 0.5, "{busy}");
+        let total: f64 = d.keys().map(|k| share_of(k, &d)).sum();
+        assert!((total - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn demand_is_smoothed_per_second() {
+        let mut d = Demand::default();
+        assert_eq!(d.update(100, 0.1), 1000.0);
+        assert_eq!(d.update(100, 0.1), 500.0);
+        assert_eq!(d.update(300, 0.1), 1250.0);
+        assert_eq!(d.update(250, 0.1), 625.0, "a counter reset counts as no demand");
+    }
+}
