@@ -12,6 +12,7 @@
 //! | `<prefix>/replay/<node>/<kind>/<stream>` | queryable (`from=N;to=M`) | the node's agent |
 //! | `<prefix>/head/<node>` | put (JSON [`crate::wire::control::Heads`]) | the node's agent, every second |
 //! | `<prefix>/watermark/<collector>/<node>` | put (JSON [`crate::wire::control::Watermarks`]) | each collector |
+//! | `<prefix>/counter/<node>` | put (JSON [`crate::limits::coord::DemandReport`]) | each node using limits |
 //!
 //! [`KeySpace::parse_stream`] turns a received key back into a typed [`StreamId`].
 
@@ -191,6 +192,23 @@ impl KeySpace {
     /// Parse a key under [`Self::head`] back into the node name.
     pub fn parse_head(&self, key: &str) -> Option<String> {
         let node = key.strip_prefix(&self.prefix)?.strip_prefix("/head/")?;
+        (!node.is_empty() && !node.contains('/')).then(|| node.to_owned())
+    }
+
+    /// `<prefix>/counter/<node>`: a node's demand per limit key.
+    pub fn counter(&self, node: &str) -> Result<OwnedKeyExpr, KeyError> {
+        check_chunk(node)?;
+        self.build(&["counter", node])
+    }
+
+    /// `<prefix>/counter/*`: every node's demand.
+    pub fn all_counters(&self) -> Result<OwnedKeyExpr, KeyError> {
+        self.build(&["counter", "*"])
+    }
+
+    /// Parse a key under [`Self::counter`] back into the node name.
+    pub fn parse_counter(&self, key: &str) -> Option<String> {
+        let node = key.strip_prefix(&self.prefix)?.strip_prefix("/counter/")?;
         (!node.is_empty() && !node.contains('/')).then(|| node.to_owned())
     }
 

@@ -11,6 +11,7 @@
 //! the limit); [`share`] computes shares from the cluster's demand, which each key counts
 //! ([`Limiter::asked`]: units asked for, allowed or not).
 
+pub mod coord;
 pub mod gcra;
 pub mod share;
 pub mod slots;
@@ -164,6 +165,8 @@ struct Table {
     states: HashMap<Box<str>, Arc<State>>,
     /// The node's share of each key's limit, as a fraction.
     shares: HashMap<Box<str>, f64>,
+    /// The share of keys not in `shares` (1 alone; 1/n once n nodes are known).
+    default_share: f64,
 }
 
 /// Local decisions over a set of limits; see the module docs.
@@ -177,7 +180,7 @@ impl Limiter {
     pub fn new(specs: Vec<LimitSpec>) -> Result<Self, SpecError> {
         check(&specs)?;
         Ok(Self {
-            table: RwLock::new(Table { specs, states: HashMap::new(), shares: HashMap::new() }),
+            table: RwLock::new(Table { specs, states: HashMap::new(), shares: HashMap::new(), default_share: 1.0 }),
             epoch: Instant::now(),
         })
     }
@@ -201,7 +204,7 @@ impl Limiter {
         }
         let spec_idx =
             t.specs.iter().position(|s| s.key == key).or_else(|| t.specs.iter().position(|s| s.matches(key)))?;
-        let share = t.shares.get(key).copied().unwrap_or(1.0);
+        let share = t.shares.get(key).copied().unwrap_or(t.default_share);
         let state = Arc::new(make_state(&t.specs[spec_idx], spec_idx, share));
         t.states.insert(key.into(), state.clone());
         Some(state)
@@ -262,6 +265,15 @@ impl Limiter {
         t.shares.insert(key.into(), share);
         if let Some(state) = t.states.get(key).cloned() {
             apply_share(&t.specs, &state, share);
+        }
+    }
+
+    /// The share given to keys first seen from now on, before their own share is known (the
+    /// coordination sets `1/n` for `n` live nodes, so that a new key never starts at the whole
+    /// limit on every node).
+    pub fn set_default_share(&self, share: f64) {
+        if let Ok(mut t) = self.table.write() {
+            t.default_share = if share.is_finite() { share.clamp(0.0, 1.0) } else { 0.0 };
         }
     }
 
