@@ -191,8 +191,7 @@ impl KeySpace {
 
     /// Parse a key under [`Self::head`] back into the node name.
     pub fn parse_head(&self, key: &str) -> Option<String> {
-        let node = key.strip_prefix(&self.prefix)?.strip_prefix("/head/")?;
-        (!node.is_empty() && !node.contains('/')).then(|| node.to_owned())
+        self.parse_node_under("/head/", key)
     }
 
     /// `<prefix>/counter/<node>`: a node's demand per limit key.
@@ -208,7 +207,12 @@ impl KeySpace {
 
     /// Parse a key under [`Self::counter`] back into the node name.
     pub fn parse_counter(&self, key: &str) -> Option<String> {
-        let node = key.strip_prefix(&self.prefix)?.strip_prefix("/counter/")?;
+        self.parse_node_under("/counter/", key)
+    }
+
+    /// `<prefix><section><node>` back into the node name.
+    fn parse_node_under(&self, section: &str, key: &str) -> Option<String> {
+        let node = key.strip_prefix(&self.prefix)?.strip_prefix(section)?;
         (!node.is_empty() && !node.contains('/')).then(|| node.to_owned())
     }
 

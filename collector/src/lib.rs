@@ -252,6 +252,9 @@ pub enum CollectorError {
     /// The bus session could not be set up.
     #[error("bus: {0}")]
     Bus(String),
+    /// The health and metrics endpoint could not be started (e.g. its address is in use).
+    #[error("health/metrics endpoint: {0}")]
+    Http(String),
 }
 
 impl From<session::SessionError> for CollectorError {
@@ -373,11 +376,11 @@ impl Collector {
             cancel.clone(),
         ));
         if !c.http_listen.is_empty() {
-            let addr = c.http_listen.parse().map_err(|e| CollectorError::Bus(format!("http_listen: {e}")))?;
+            let addr = c.http_listen.parse().map_err(|e| CollectorError::Http(format!("http_listen: {e}")))?;
             let report = Arc::new(CollectorReport { name: name.clone(), stats: stats.clone(), status: status_rx });
             let (_, task) = switchboard_bus::http::serve(addr, report, cancel.clone())
                 .await
-                .map_err(|e| CollectorError::Bus(format!("http_listen {addr}: {e}")))?;
+                .map_err(|e| CollectorError::Http(format!("http_listen {addr}: {e}")))?;
             tracker.spawn(async move {
                 let _ = task.await;
             });

@@ -62,6 +62,9 @@ pub enum AgentError {
     /// The bus session could not be set up.
     #[error("bus: {0}")]
     Bus(String),
+    /// The health and metrics endpoint could not be started (e.g. its address is in use).
+    #[error("health/metrics endpoint: {0}")]
+    Http(String),
 }
 
 impl From<session::SessionError> for AgentError {
@@ -147,7 +150,7 @@ impl Agent {
             cancel.clone(),
         ));
         if !config.agent.http_listen.is_empty() {
-            let addr = config.agent.http_listen.parse().map_err(|e| AgentError::Bus(format!("http_listen: {e}")))?;
+            let addr = config.agent.http_listen.parse().map_err(|e| AgentError::Http(format!("http_listen: {e}")))?;
             let report = Arc::new(report::AgentReport {
                 node: node.clone(),
                 stats: stats.clone(),
@@ -156,7 +159,7 @@ impl Agent {
             });
             let (_, task) = switchboard_bus::http::serve(addr, report, cancel.clone())
                 .await
-                .map_err(|e| AgentError::Bus(format!("http_listen {addr}: {e}")))?;
+                .map_err(|e| AgentError::Http(format!("http_listen {addr}: {e}")))?;
             tracker.spawn(async move {
                 let _ = task.await;
             });
