@@ -58,6 +58,25 @@ pub struct BusConfig {
     /// clusters name their endpoints, and a test or demo on loopback must not send multicast.
     #[serde(default)]
     pub scouting: bool,
+    /// Learn the other peers' endpoints from the peers this process connects to, and connect to
+    /// them (zenoh gossip), so that naming one seed endpoint is enough. Default: `true`. Turn it
+    /// off where every link must go exactly where `connect` says.
+    #[serde(default = "yes")]
+    pub gossip: bool,
+    /// zenoh lease in milliseconds: a peer that stops answering (hung, or cut off by the network)
+    /// is dropped, and its liveliness token vanishes, after this long. Default: `3000` (zenoh's
+    /// own default of 10 s is too slow to hand a dead node's share of a limit to the others).
+    /// A process that exits or is killed is seen within milliseconds whatever the lease.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_lease_ms() -> u64 {
+    3000
 }
 
 fn default_cluster() -> String {
@@ -87,6 +106,8 @@ impl Default for BusConfig {
             listen: Vec::new(),
             connect: Vec::new(),
             scouting: false,
+            gossip: true,
+            lease_ms: default_lease_ms(),
         }
     }
 }
@@ -110,6 +131,9 @@ pub enum ConfigError {
     /// Client mode without anything to connect to.
     #[error("mode = \"client\" needs at least one `connect` endpoint")]
     ClientWithoutConnect,
+    /// A lease too short to survive ordinary scheduling delays.
+    #[error("lease_ms = {0}: use at least 500 ms")]
+    Lease(u64),
     /// An endpoint that is not `<proto>/<address>`.
     #[error("invalid endpoint {0:?}: expected `<protocol>/<address>`, e.g. `tcp/127.0.0.1:7447`")]
     Endpoint(String),
@@ -136,6 +160,9 @@ impl BusConfig {
         let prefix = self.effective_prefix();
         if prefix.split('/').any(|c| check_chunk(c).is_err()) {
             return Err(ConfigError::Prefix(prefix));
+        }
+        if self.lease_ms < 500 {
+            return Err(ConfigError::Lease(self.lease_ms));
         }
         if self.mode == Mode::Client && self.connect.is_empty() {
             return Err(ConfigError::ClientWithoutConnect);
@@ -164,8 +191,10 @@ impl BusConfig {
                 // How long opening a session waits for its first connections.
                 "delay": 200,
                 "multicast": { "enabled": self.scouting },
-                "gossip": { "enabled": true },
+                "gossip": { "enabled": self.gossip },
             },
+            // Keep-alives four times per lease, as zenoh does by default.
+            "transport": { "link": { "tx": { "lease": self.lease_ms, "keep_alive": 4 } } },
         })
     }
 }

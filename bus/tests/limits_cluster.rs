@@ -72,9 +72,20 @@ async fn two_nodes_share_a_limit_by_demand_and_a_leaver_frees_its_share() {
     let ma = Membership::watch(&sa, &keys, cancel.clone()).await.unwrap();
     let mb = Membership::watch(&sb, &keys, cancel_b.clone()).await.unwrap();
     let (la, lb) = (Arc::new(Limiter::new(spec()).unwrap()), Arc::new(Limiter::new(spec()).unwrap()));
-    let tick = Duration::from_millis(50);
-    tokio::spawn(coord::run(sa.clone(), keys.clone(), "a".into(), la.clone(), ma.clone(), tick, cancel.clone()));
-    tokio::spawn(coord::run(sb.clone(), keys.clone(), "b".into(), lb.clone(), mb, tick, cancel_b.clone()));
+    let settings = coord::CoordSettings { interval: Duration::from_millis(50), ..Default::default() };
+    let (va, _) = tokio::sync::watch::channel(Default::default());
+    let (vb, _) = tokio::sync::watch::channel(Default::default());
+    tokio::spawn(coord::run(
+        sa.clone(),
+        keys.clone(),
+        "a".into(),
+        la.clone(),
+        ma.clone(),
+        settings,
+        va,
+        cancel.clone(),
+    ));
+    tokio::spawn(coord::run(sb.clone(), keys.clone(), "b".into(), lb.clone(), mb, settings, vb, cancel_b.clone()));
     // Both see each other before the load starts.
     let deadline = Instant::now() + Duration::from_secs(5);
     while ma.live_of(Role::Agent).len() < 2 && Instant::now() < deadline {

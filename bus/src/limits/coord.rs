@@ -1,16 +1,30 @@
 //! Coordination of cluster-wide limits over the bus.
 //!
-//! Every `interval` each node publishes its smoothed demand per limit key on
-//! `<prefix>/counter/<node>` (one small JSON document for all keys: batched, not per decision),
-//! and sets its share of every key from the latest reports of the live nodes ([`super::share`]).
-//! A report older than three intervals counts as no demand; a node that leaves the membership
-//! drops out of the split at the next tick, so its share goes to the others.
+//! Every `interval` each node publishes its smoothed demand per limit key, and the slots it
+//! holds of each concurrency key, on `<prefix>/counter/<node>` (one small JSON document for all
+//! keys: batched, not per decision). It then sets its share of every key from the latest reports
+//! of the nodes it knows ([`super::share`]): shares of the known nodes sum to 1.
+//!
+//! The known nodes are the live agents plus those that vanished *silently*. A node whose
+//! liveliness token disappears while its reports were still arriving has exited (a clean stop,
+//! a crash, kill -9: the kernel closes its connections at once): it is forgotten and its share
+//! and held slots go to the others at the next tick. A node that went silent first and whose
+//! token vanished only when the zenoh lease expired may be dead or may sit behind a network
+//! partition; the bus cannot tell. By default its share stays reserved for `silent_hold`: during
+//! a partition each side keeps to the shares of the nodes it can see, so the cluster as a whole
+//! stays within the limit. After `silent_hold` the node is forgotten and its share is freed.
+//!
+//! Concurrency limits are split in whole slots: each node's allotment is its share rounded down,
+//! the slots left over go to the largest remainders (ties by name), and a node never takes more
+//! than the limit minus what every other node may hold or reports holding, so a node whose
+//! share shrank while it held slots is not double-counted.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use zenoh::Session;
 
@@ -24,18 +38,71 @@ use crate::membership::Membership;
 pub struct DemandReport {
     /// Always 1.
     pub version: u32,
-    /// Limit key → units asked for per second (smoothed).
+    /// Limit key → units asked for per second (smoothed); for concurrency keys plus the slots
+    /// held.
     pub demand: BTreeMap<String, f64>,
+    /// Concurrency key → slots held on the node now.
+    #[serde(default)]
+    pub held: BTreeMap<String, u64>,
 }
 
-/// Publish demand and apply shares until `cancel` fires.
+/// Timing of the coordination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoordSettings {
+    /// How often demand is published and shares are set.
+    pub interval: Duration,
+    /// The zenoh lease in force: a node whose last report is older than half of it when its
+    /// token vanishes went silent first (see the module docs).
+    pub lease: Duration,
+    /// How long the share of a silently vanished node stays reserved.
+    pub silent_hold: Duration,
+}
+
+impl Default for CoordSettings {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_millis(100),
+            lease: Duration::from_secs(3),
+            silent_hold: Duration::from_secs(30),
+        }
+    }
+}
+
+impl CoordSettings {
+    /// A report younger than this when a node's token vanishes means the node exited.
+    fn exit_window(&self) -> Duration {
+        (self.lease / 2).max(self.interval * 3)
+    }
+}
+
+/// How this node sees one known node.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PeerView {
+    /// `live`, or `silent` (vanished silently; its share is held).
+    pub state: &'static str,
+    /// Milliseconds since its last report (none yet: `null`).
+    pub last_report_ms: Option<u64>,
+    /// For `silent`: milliseconds until it is forgotten.
+    pub forget_in_ms: Option<u64>,
+}
+
+#[derive(Default)]
+struct Peer {
+    report: Option<DemandReport>,
+    heard: Option<Instant>,
+    silent_since: Option<Instant>,
+}
+
+/// Publish demand and apply shares until `cancel` fires; `view` shows the known nodes.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     session: Session,
     keys: KeySpace,
     node: String,
     limiter: Arc<Limiter>,
     membership: Membership,
-    interval: Duration,
+    settings: CoordSettings,
+    view: watch::Sender<BTreeMap<String, PeerView>>,
     cancel: CancellationToken,
 ) {
     let (Ok(my_key), Ok(all)) = (keys.counter(&node), keys.all_counters()) else { return };
@@ -46,9 +113,9 @@ pub async fn run(
             return;
         }
     };
-    let mut reports: HashMap<String, (Instant, DemandReport)> = HashMap::new();
-    let mut demands: HashMap<String, Demand> = HashMap::new();
-    let mut tick = tokio::time::interval(interval);
+    let mut peers: BTreeMap<String, Peer> = BTreeMap::new();
+    let mut demands: BTreeMap<String, Demand> = BTreeMap::new();
+    let mut tick = tokio::time::interval(settings.interval);
     let mut last = Instant::now();
     loop {
         tokio::select! {
@@ -56,8 +123,13 @@ pub async fn run(
             sample = subscriber.recv_async() => {
                 let Ok(sample) = sample else { break };
                 let Some(from) = keys.parse_counter(sample.key_expr().as_str()) else { continue };
+                if from == node { continue; }
                 match serde_json::from_slice::<DemandReport>(&sample.payload().to_bytes()) {
-                    Ok(r) if r.version == 1 => { reports.insert(from, (Instant::now(), r)); }
+                    Ok(r) if r.version == 1 => {
+                        let p = peers.entry(from).or_default();
+                        p.report = Some(r);
+                        p.heard = Some(Instant::now());
+                    }
                     Ok(r) => tracing::warn!(version = r.version, "ignoring a demand report of an unknown version"),
                     Err(e) => tracing::warn!(error = %e, "ignoring a malformed demand report"),
                 }
@@ -65,48 +137,225 @@ pub async fn run(
             _ = tick.tick() => {
                 let dt = last.elapsed().as_secs_f64();
                 last = Instant::now();
-                let mut mine = DemandReport { version: 1, demand: BTreeMap::new() };
-                for (key, asked) in limiter.asked() {
-                    let rate = demands.entry(key.clone()).or_default().update(asked, dt);
-                    mine.demand.insert(key, rate);
-                }
+                let mine = my_report(&limiter, &mut demands, dt);
                 if let Ok(body) = serde_json::to_vec(&mine) {
                     if let Err(e) = session.put(&my_key, body).await {
                         tracing::debug!(error = %e, "cannot publish demand");
                     }
                 }
-                reports.insert(node.clone(), (Instant::now(), mine));
-                apply(&node, &limiter, &membership, &reports, interval * 3);
+                let me = peers.entry(node.clone()).or_default();
+                me.report = Some(mine);
+                me.heard = Some(Instant::now());
+                let live: BTreeSet<String> =
+                    membership.live_of(Role::Agent).into_iter().chain([node.clone()]).collect();
+                reconcile(&mut peers, &live, &settings);
+                apply(&node, &limiter, &peers);
+                view.send_replace(peers_view(&peers, &settings));
             }
         }
     }
 }
 
-/// Set this node's share of every key from the fresh reports of the live nodes.
-fn apply(
-    node: &str,
-    limiter: &Limiter,
-    membership: &Membership,
-    reports: &HashMap<String, (Instant, DemandReport)>,
-    max_age: Duration,
-) {
-    let mut live = membership.live_of(Role::Agent);
-    if !live.iter().any(|n| n == node) {
-        live.push(node.to_owned());
+/// This node's report: smoothed demand per key, plus held slots for concurrency keys.
+fn my_report(limiter: &Limiter, demands: &mut BTreeMap<String, Demand>, dt: f64) -> DemandReport {
+    let mut r = DemandReport { version: 1, ..DemandReport::default() };
+    for u in limiter.usage() {
+        let mut rate = demands.entry(u.key.clone()).or_default().update(u.allowed + u.denied, dt);
+        if let Some((_, held)) = u.slots {
+            rate += held as f64;
+            r.held.insert(u.key.clone(), held);
+        }
+        r.demand.insert(u.key, rate);
     }
-    limiter.set_default_share(1.0 / live.len() as f64);
+    r
+}
+
+/// Bring the known set in line with the live set: newcomers join, exited nodes are forgotten,
+/// silently vanished ones are held for `silent_hold`.
+fn reconcile(peers: &mut BTreeMap<String, Peer>, live: &BTreeSet<String>, settings: &CoordSettings) {
+    for n in live {
+        peers.entry(n.clone()).or_default().silent_since = None;
+    }
+    peers.retain(|name, p| {
+        if live.contains(name) {
+            return true;
+        }
+        match p.silent_since {
+            Some(since) if since.elapsed() >= settings.silent_hold => {
+                tracing::warn!(node = %name, "silent node forgotten after the hold; its share is freed");
+                false
+            }
+            Some(_) => true,
+            None if p.heard.is_some_and(|h| h.elapsed() >= settings.exit_window()) => {
+                tracing::warn!(
+                    node = %name,
+                    hold_ms = settings.silent_hold.as_millis() as u64,
+                    "node vanished silently (dead or partitioned); its share stays reserved"
+                );
+                p.silent_since = Some(Instant::now());
+                true
+            }
+            None => {
+                tracing::info!(node = %name, "node exited; its share is freed");
+                false
+            }
+        }
+    });
+}
+
+/// Set this node's share of every key, and its slots of every concurrency key in use.
+fn apply(node: &str, limiter: &Limiter, peers: &BTreeMap<String, Peer>) {
+    let n = peers.len().max(1);
+    limiter.set_default_share(1.0 / n as f64);
+    // A live node not heard from yet may be as busy as anyone: until it reports, take no more
+    // than an equal split.
+    let cap = if peers.values().any(|p| p.report.is_none()) { 1.0 / n as f64 } else { 1.0 };
     let mut per_key: BTreeMap<&str, BTreeMap<String, f64>> = BTreeMap::new();
-    for n in &live {
-        let fresh = reports.get(n).filter(|(at, _)| at.elapsed() <= max_age);
-        for (key, d) in fresh.map(|(_, r)| &r.demand).into_iter().flatten() {
-            per_key.entry(key.as_str()).or_default().insert(n.clone(), *d);
+    for (name, p) in peers {
+        for (key, d) in p.report.iter().flat_map(|r| &r.demand) {
+            per_key.entry(key.as_str()).or_default().insert(name.clone(), *d);
         }
     }
+    let slot_keys: BTreeMap<String, u64> =
+        limiter.usage().into_iter().filter_map(|u| u.slots.map(|(max, _)| (u.key, max))).collect();
     for (key, mut demands) in per_key {
-        // Every live node takes part in every key's split, with no demand if it reported none.
-        for n in &live {
-            demands.entry(n.clone()).or_insert(0.0);
+        // Every known node takes part in every key's split, with no demand if it reported none.
+        for name in peers.keys() {
+            demands.entry(name.clone()).or_insert(0.0);
         }
-        limiter.set_share(key, share_of(node, &demands));
+        let share = share_of(node, &demands).min(cap);
+        match slot_keys.get(key) {
+            Some(&max) => {
+                let held = |name: &str| {
+                    peers.get(name).and_then(|p| p.report.as_ref()).and_then(|r| r.held.get(key)).copied().unwrap_or(0)
+                };
+                limiter.set_slots(key, my_slots(node, key_shares(&demands, cap, node), max, held), share);
+            }
+            None => limiter.set_share(key, share),
+        }
+    }
+}
+
+/// Every node's share of one key (this node's capped as in [`apply`]).
+fn key_shares(demands: &BTreeMap<String, f64>, cap: f64, node: &str) -> BTreeMap<String, f64> {
+    demands
+        .keys()
+        .map(|n| (n.clone(), if n == node { share_of(n, demands).min(cap) } else { share_of(n, demands) }))
+        .collect()
+}
+
+/// Whole slots of `max` for `node`: its share rounded down, leftovers by largest remainder, and
+/// never more than what the others may hold or hold already leaves free.
+fn my_slots(node: &str, shares: BTreeMap<String, f64>, max: u64, held: impl Fn(&str) -> u64) -> u64 {
+    let mut alloc: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut remainders: Vec<(f64, &str)> = Vec::new();
+    for (name, share) in &shares {
+        let exact = share * max as f64;
+        let whole = exact.floor() as u64;
+        alloc.insert(name, whole);
+        remainders.push((exact - whole as f64, name));
+    }
+    let given: u64 = alloc.values().sum();
+    remainders.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
+    for (_, name) in remainders.into_iter().take(max.saturating_sub(given) as usize) {
+        *alloc.entry(name).or_default() += 1;
+    }
+    let others: u64 = alloc.iter().filter(|(n, _)| **n != node).map(|(n, a)| (*a).max(held(n))).sum();
+    alloc.get(node).copied().unwrap_or(0).min(max.saturating_sub(others))
+}
+
+fn peers_view(peers: &BTreeMap<String, Peer>, settings: &CoordSettings) -> BTreeMap<String, PeerView> {
+    peers
+        .iter()
+        .map(|(name, p)| {
+            let view = PeerView {
+                state: if p.silent_since.is_some() { "silent" } else { "live" },
+                last_report_ms: p.heard.map(|h| h.elapsed().as_millis() as u64),
+                forget_in_ms: p
+                    .silent_since
+                    .map(|s| settings.silent_hold.saturating_sub(s.elapsed()).as_millis() as u64),
+            };
+            (name.clone(), view)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shares(v: &[(&str, f64)]) -> BTreeMap<String, f64> {
+        v.iter().map(|(k, s)| (k.to_string(), *s)).collect()
+    }
+
+    #[test]
+    fn slots_are_whole_and_sum_to_the_limit() {
+        let s = shares(&[("a", 0.333), ("b", 0.333), ("c", 0.334)]);
+        let got: Vec<u64> = ["a", "b", "c"].iter().map(|n| my_slots(n, s.clone(), 20, |_| 0)).collect();
+        assert_eq!(got.iter().sum::<u64>(), 20, "{got:?}");
+        assert!(got.iter().all(|&g| g == 6 || g == 7), "{got:?}");
+    }
+
+    #[test]
+    fn slots_held_above_an_allotment_are_not_given_twice() {
+        // b's share fell to 0.25 (5 slots) while it still holds 10: a may take 10, not 15.
+        let s = shares(&[("a", 0.75), ("b", 0.25)]);
+        assert_eq!(my_slots("a", s.clone(), 20, |n| if n == "b" { 10 } else { 0 }), 10);
+        assert_eq!(my_slots("a", s, 20, |_| 0), 15);
+    }
+
+    fn peer(heard_ago: Duration) -> Peer {
+        Peer { report: Some(DemandReport::default()), heard: Instant::now().checked_sub(heard_ago), silent_since: None }
+    }
+
+    #[test]
+    fn exited_nodes_are_forgotten_and_silent_ones_held() {
+        let settings = CoordSettings {
+            interval: Duration::from_millis(100),
+            lease: Duration::from_secs(2),
+            silent_hold: Duration::from_millis(300),
+        };
+        let mut peers: BTreeMap<String, Peer> = BTreeMap::new();
+        peers.insert("me".into(), peer(Duration::ZERO));
+        peers.insert("killed".into(), peer(Duration::from_millis(150)));
+        peers.insert("cut-off".into(), peer(Duration::from_secs(2)));
+        let live: BTreeSet<String> = ["me".to_owned()].into();
+        reconcile(&mut peers, &live, &settings);
+        assert!(!peers.contains_key("killed"), "a node whose reports were fresh exited");
+        assert!(peers["cut-off"].silent_since.is_some(), "a silent node is held");
+        std::thread::sleep(Duration::from_millis(350));
+        reconcile(&mut peers, &live, &settings);
+        assert!(!peers.contains_key("cut-off"), "and forgotten after the hold");
+        // A node that comes back is live again.
+        peers.insert("back".into(), Peer { silent_since: Some(Instant::now()), ..peer(Duration::ZERO) });
+        let live: BTreeSet<String> = ["me".to_owned(), "back".to_owned()].into();
+        reconcile(&mut peers, &live, &settings);
+        assert!(peers["back"].silent_since.is_none());
+    }
+
+    #[test]
+    fn a_silent_nodes_share_stays_reserved() {
+        let l = Limiter::new(vec![super::super::LimitSpec {
+            key: "k".into(),
+            rate: Some(1000),
+            per: None,
+            concurrency: None,
+            burst: None,
+        }])
+        .unwrap();
+        let report = |d: f64| DemandReport { version: 1, demand: [("k".to_owned(), d)].into(), held: BTreeMap::new() };
+        let mut peers: BTreeMap<String, Peer> = BTreeMap::new();
+        peers
+            .insert("me".into(), Peer { report: Some(report(500.0)), heard: Some(Instant::now()), silent_since: None });
+        peers.insert(
+            "other".into(),
+            Peer { report: Some(report(500.0)), heard: Some(Instant::now()), silent_since: Some(Instant::now()) },
+        );
+        apply("me", &l, &peers);
+        let share = l.usage().first().map(|u| u.share);
+        assert!(share.is_none(), "no state made by apply");
+        assert!(l.try_acquire("k", 1).is_allowed());
+        let share = l.usage()[0].share;
+        assert!((share - 0.5).abs() < 1e-9, "{share}");
     }
 }

@@ -17,7 +17,7 @@ pub mod share;
 pub mod slots;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -147,17 +147,65 @@ impl Decision {
     }
 }
 
+/// Units decided on for one key since it got its state.
+#[derive(Debug, Default)]
+struct Counts {
+    allowed: AtomicU64,
+    denied: AtomicU64,
+}
+
+impl Counts {
+    #[inline]
+    fn count(&self, d: Decision, n: u64) -> Decision {
+        let c = if d.is_allowed() { &self.allowed } else { &self.denied };
+        c.fetch_add(n, Ordering::Relaxed);
+        d
+    }
+}
+
 enum State {
-    Rate { gcra: Gcra, spec: usize, asked: AtomicU64 },
-    Slots { slots: Slots, spec: usize, asked: AtomicU64 },
+    Rate { gcra: Gcra, spec: AtomicUsize, counts: Counts },
+    Slots { slots: Slots, spec: AtomicUsize, counts: Counts },
 }
 
 impl State {
-    fn asked(&self) -> &AtomicU64 {
+    fn counts(&self) -> &Counts {
         match self {
-            State::Rate { asked, .. } | State::Slots { asked, .. } => asked,
+            State::Rate { counts, .. } | State::Slots { counts, .. } => counts,
         }
     }
+
+    /// Index of the spec in force (moves when a new revision reorders the specs).
+    fn spec(&self) -> usize {
+        match self {
+            State::Rate { spec, .. } | State::Slots { spec, .. } => spec.load(Ordering::Relaxed),
+        }
+    }
+
+    fn set_spec(&self, idx: usize) {
+        match self {
+            State::Rate { spec, .. } | State::Slots { spec, .. } => spec.store(idx, Ordering::Relaxed),
+        }
+    }
+}
+
+/// What one key in use has decided so far, for demand reports and decision statistics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Usage {
+    /// The concrete key.
+    pub key: String,
+    /// The pattern or key of the limit that applies.
+    pub limit: String,
+    /// Units allowed since the key got its state.
+    pub allowed: u64,
+    /// Units denied since the key got its state.
+    pub denied: u64,
+    /// For a concurrency limit: the cluster-wide maximum and the slots held on this node.
+    pub slots: Option<(u64, u64)>,
+    /// For a rate limit: the cluster-wide rate, per second.
+    pub rate_per_sec: Option<f64>,
+    /// This node's share of the limit (a fraction).
+    pub share: f64,
 }
 
 struct Table {
@@ -215,8 +263,7 @@ impl Limiter {
     #[inline]
     pub fn try_acquire(&self, key: &str, n: u64) -> Decision {
         let Some(state) = self.state(key) else { return Decision::Unlimited };
-        state.asked().fetch_add(n, Ordering::Relaxed);
-        match &*state {
+        let decision = match &*state {
             State::Rate { gcra, .. } => match gcra.try_acquire(n, self.now_ns()) {
                 RateDecision::Allowed => Decision::Allowed,
                 RateDecision::Denied { retry_after_ns } => {
@@ -224,7 +271,8 @@ impl Limiter {
                 }
             },
             State::Slots { slots, .. } => slot_decision(slots.try_acquire(n)),
-        }
+        };
+        state.counts().count(decision, n)
     }
 
     /// Take `n` concurrency slots of `key` (to be given back with [`Limiter::release`]).
@@ -252,10 +300,41 @@ impl Limiter {
 
     /// Units asked for so far, per key in use (allowed or not): the demand the node announces.
     pub fn asked(&self) -> Vec<(String, u64)> {
-        self.table
-            .read()
-            .map(|t| t.states.iter().map(|(k, s)| (k.to_string(), s.asked().load(Ordering::Relaxed))).collect())
-            .unwrap_or_default()
+        self.usage().into_iter().map(|u| (u.key, u.allowed + u.denied)).collect()
+    }
+
+    /// Counts, share and held slots of every key in use.
+    pub fn usage(&self) -> Vec<Usage> {
+        let Ok(t) = self.table.read() else { return Vec::new() };
+        t.states
+            .iter()
+            .filter_map(|(key, state)| {
+                let spec = t.specs.get(state.spec())?;
+                let c = state.counts();
+                Some(Usage {
+                    key: key.to_string(),
+                    limit: spec.key.clone(),
+                    allowed: c.allowed.load(Ordering::Relaxed),
+                    denied: c.denied.load(Ordering::Relaxed),
+                    slots: match &**state {
+                        State::Slots { slots, .. } => Some((spec.concurrency.unwrap_or(0), slots.held())),
+                        State::Rate { .. } => None,
+                    },
+                    rate_per_sec: spec.rate.map(|r| r as f64 * 1e9 / spec.per.unwrap_or(Per::Second).nanos() as f64),
+                    share: t.shares.get(&**key).copied().unwrap_or(t.default_share),
+                })
+            })
+            .collect()
+    }
+
+    /// For a concurrency key: set how many slots this node may hold (whole slots, worked out by
+    /// the coordination from the node's share and the slots others hold).
+    pub fn set_slots(&self, key: &str, max: u64, share: f64) {
+        let Ok(mut t) = self.table.write() else { return };
+        t.shares.insert(key.into(), share);
+        if let Some(State::Slots { slots, .. }) = t.states.get(key).map(|s| &**s) {
+            slots.set_max(max);
+        }
     }
 
     /// Set this node's share of `key`'s limit (a fraction between 0 and 1).
@@ -277,21 +356,34 @@ impl Limiter {
         }
     }
 
-    /// Replace the limit definitions (a new revision): keys keep their state where their spec
-    /// is unchanged, and start afresh otherwise.
+    /// Replace the limit definitions (a new revision), all at once: keys keep their state where
+    /// their spec is unchanged; a changed concurrency limit keeps the slots held under it (they
+    /// are released later); everything else starts afresh on next use.
     pub fn replace(&self, specs: Vec<LimitSpec>) -> Result<(), SpecError> {
         check(&specs)?;
         let Ok(mut t) = self.table.write() else { return Ok(()) };
         let old = std::mem::replace(&mut t.specs, specs);
         let states = std::mem::take(&mut t.states);
         for (key, state) in states {
-            let idx = match &*state {
-                State::Rate { spec, .. } | State::Slots { spec, .. } => *spec,
-            };
-            let same = t.specs.get(idx).is_some_and(|s| Some(s) == old.get(idx));
-            if same {
+            let Some(old_spec) = old.get(state.spec()) else { continue };
+            let Some(idx) = t.specs.iter().position(|s| s.key == old_spec.key) else { continue };
+            let new_spec = &t.specs[idx];
+            let share = t.shares.get(&*key).copied().unwrap_or(t.default_share);
+            if new_spec == old_spec {
+                state.set_spec(idx);
                 t.states.insert(key, state);
+                continue;
             }
+            let State::Slots { slots, .. } = &*state else { continue };
+            if new_spec.concurrency.is_none() {
+                continue;
+            }
+            let kept = make_state(new_spec, idx, share);
+            if let State::Slots { slots: fresh, .. } = &kept {
+                fresh.force_held(slots.held());
+            }
+            let kept = Arc::new(kept);
+            t.states.insert(key, kept);
         }
         Ok(())
     }
@@ -328,29 +420,29 @@ fn make_state(spec: &LimitSpec, idx: usize, share: f64) -> State {
             let burst = ((spec.burst_units() as f64) * share).round().max(1.0) as u64;
             State::Rate {
                 gcra: Gcra::new(Gcra::interval_for(rate as f64 * share, per), burst),
-                spec: idx,
-                asked: AtomicU64::new(0),
+                spec: AtomicUsize::new(idx),
+                counts: Counts::default(),
             }
         }
         (None, Some(max)) => State::Slots {
             slots: Slots::new(((max as f64) * share).floor() as u64),
-            spec: idx,
-            asked: AtomicU64::new(0),
+            spec: AtomicUsize::new(idx),
+            counts: Counts::default(),
         },
-        (None, None) => State::Slots { slots: Slots::new(0), spec: idx, asked: AtomicU64::new(0) },
+        (None, None) => State::Slots { slots: Slots::new(0), spec: AtomicUsize::new(idx), counts: Counts::default() },
     }
 }
 
 fn apply_share(specs: &[LimitSpec], state: &State, share: f64) {
     match state {
-        State::Rate { gcra, spec, .. } => {
-            let Some(s) = specs.get(*spec) else { return };
+        State::Rate { gcra, .. } => {
+            let Some(s) = specs.get(state.spec()) else { return };
             let per = s.per.unwrap_or(Per::Second).nanos();
             let burst = ((s.burst_units() as f64) * share).round().max(1.0) as u64;
             gcra.set(Gcra::interval_for(s.rate.unwrap_or(0) as f64 * share, per), burst);
         }
-        State::Slots { slots, spec, .. } => {
-            let Some(s) = specs.get(*spec) else { return };
+        State::Slots { slots, .. } => {
+            let Some(s) = specs.get(state.spec()) else { return };
             slots.set_max(((s.concurrency.unwrap_or(0) as f64) * share).floor() as u64);
         }
     }

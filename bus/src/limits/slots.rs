@@ -55,6 +55,11 @@ impl Slots {
         self.max.store(max, Ordering::Relaxed);
     }
 
+    /// Set the count of held slots (slots carried over from a previous definition of the limit).
+    pub fn force_held(&self, held: u64) {
+        self.held.store(held, Ordering::Relaxed);
+    }
+
     /// The current maximum.
     pub fn max(&self) -> u64 {
         self.max.load(Ordering::Relaxed)
