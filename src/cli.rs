@@ -77,6 +77,15 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Set, list and review the cluster-wide limits (rate and concurrency) every node applies.
+    ///
+    /// Gateways ask their node agent for decisions (HTTP `POST /v1/limits/acquire` or the Unix
+    /// socket, see docs/limits-api.md); the agents share each limit by demand over the bus.
+    Limits {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::limits_cmd::LimitsCommand,
+    },
     /// Run a collector and three node agents on loopback with synthetic gateway logs, then print
     /// a summary computed with SQL. Needs no setup.
     Demo {
@@ -219,6 +228,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 switchboard_queries::render(&batches, format.into(), &mut out)?;
                 Ok(())
             })
+        }
+        Command::Limits { command } => {
+            init_tracing(log, "warn");
+            runtime()?.block_on(crate::limits_cmd::run(command))
         }
         Command::Demo { duration, dir, nodes, rate } => {
             init_tracing(log, "warn");

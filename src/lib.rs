@@ -2,8 +2,10 @@
 //!
 //! - [`cli`]: argument definitions and the dispatch to each library's entry point;
 //! - [`demo`]: the no-setup demo of the log pipeline on loopback;
+//! - [`limits_cmd`]: `limits set|list|history`, the cluster's limits with revisions;
 //! - [`loggen`]: synthetic SMS gateway and MTA logs for the demo.
 
 pub mod cli;
 pub mod demo;
+pub mod limits_cmd;
 pub mod loggen;

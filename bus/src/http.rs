@@ -65,7 +65,27 @@ impl Metrics {
         help: &str,
         series: impl IntoIterator<Item = (Vec<(&'a str, String)>, f64)>,
     ) -> &mut Self {
-        self.header(name, "gauge", help);
+        self.series(name, "gauge", help, series)
+    }
+
+    /// A counter with one series per label set.
+    pub fn counter_series<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        series: impl IntoIterator<Item = (Vec<(&'a str, String)>, f64)>,
+    ) -> &mut Self {
+        self.series(name, "counter", help, series)
+    }
+
+    fn series<'a>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        series: impl IntoIterator<Item = (Vec<(&'a str, String)>, f64)>,
+    ) -> &mut Self {
+        self.header(name, kind, help);
         for (labels, value) in series {
             let labels: Vec<String> = labels
                 .iter()
@@ -92,16 +112,18 @@ async fn metrics(State(r): State<Arc<dyn Report>>) -> impl IntoResponse {
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], r.metrics())
 }
 
-/// Bind `addr` and serve `/health` and `/metrics` until `cancel` fires. Returns the bound
-/// address (useful with port 0) and the server task.
+/// Bind `addr` and serve `/health`, `/metrics` and the routes of `extra` until `cancel` fires.
+/// Returns the bound address (useful with port 0) and the server task.
 pub async fn serve(
     addr: SocketAddr,
     report: Arc<dyn Report>,
+    extra: Router,
     cancel: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let app = Router::new().route("/health", get(health)).route("/metrics", get(metrics)).with_state(report);
+    let app =
+        Router::new().route("/health", get(health)).route("/metrics", get(metrics)).with_state(report).merge(extra);
     let task = tokio::spawn(async move {
         let server = axum::serve(listener, app).with_graceful_shutdown(async move { cancel.cancelled().await });
         if let Err(e) = server.await {

@@ -13,6 +13,8 @@
 //! | `<prefix>/head/<node>` | put (JSON [`crate::wire::control::Heads`]) | the node's agent, every second |
 //! | `<prefix>/watermark/<collector>/<node>` | put (JSON [`crate::wire::control::Watermarks`]) | each collector |
 //! | `<prefix>/counter/<node>` | put (JSON [`crate::limits::coord::DemandReport`]) | each node using limits |
+//! | `<prefix>/limits/revision` | put (JSON [`crate::limits::revision::Revision`]) | `switchboard limits set` |
+//! | `<prefix>/limits/config/<node>` | queryable (JSON [`crate::limits::revision::History`]) | each node using limits |
 //!
 //! [`KeySpace::parse_stream`] turns a received key back into a typed [`StreamId`].
 
@@ -208,6 +210,27 @@ impl KeySpace {
     /// Parse a key under [`Self::counter`] back into the node name.
     pub fn parse_counter(&self, key: &str) -> Option<String> {
         self.parse_node_under("/counter/", key)
+    }
+
+    /// `<prefix>/limits/revision`: a new revision of the cluster's limits, put by `limits set`.
+    pub fn limits_revision(&self) -> Result<OwnedKeyExpr, KeyError> {
+        self.build(&["limits", "revision"])
+    }
+
+    /// `<prefix>/limits/config/<node>`: queryable; the node's revision history of the limits.
+    pub fn limits_config(&self, node: &str) -> Result<OwnedKeyExpr, KeyError> {
+        check_chunk(node)?;
+        self.build(&["limits", "config", node])
+    }
+
+    /// `<prefix>/limits/config/*`: every node's limits history.
+    pub fn all_limits_configs(&self) -> Result<OwnedKeyExpr, KeyError> {
+        self.build(&["limits", "config", "*"])
+    }
+
+    /// Parse a key under [`Self::limits_config`] back into the node name.
+    pub fn parse_limits_config(&self, key: &str) -> Option<String> {
+        self.parse_node_under("/limits/config/", key)
     }
 
     /// `<prefix><section><node>` back into the node name.

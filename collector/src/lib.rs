@@ -4,6 +4,7 @@
 //! Layout (data flows top to bottom):
 //! - [`config`]: the collector's TOML config;
 //! - [`recovery`]: at start, committed sequence ranges read back from the data files' footers;
+//! - [`tables`]: which streams feed which table (`logs`, `limits`);
 //! - [`sink`]: payloads to deduplicated rows in hourly partition files;
 //! - [`logs_table`]: the `logs` table schema and the wire-to-row conversion;
 //! - [`writer`]: one Parquet file, committed atomically with its ranges in the footer;
@@ -18,6 +19,7 @@ pub mod ranges;
 pub mod recovery;
 pub mod sink;
 pub mod stats;
+pub mod tables;
 pub mod writer;
 
 use std::collections::BTreeMap;
@@ -38,6 +40,7 @@ use crate::config::CollectorConfig;
 use crate::logs_table::{LogsTable, TABLE_VERSION};
 use crate::sink::{LogsSink, ReplayRequest, SinkStatus};
 use crate::stats::CollectorStats;
+use crate::tables::Tables;
 use crate::writer::FileSettings;
 
 /// Name of the logs table's directory below the data directory.
@@ -263,6 +266,49 @@ impl From<session::SessionError> for CollectorError {
     }
 }
 
+/// Recover one table's committed ranges from its files, and make its sink.
+async fn open_table(
+    config: &CollectorConfig,
+    dir_name: &str,
+    promote: Vec<config::PromotedColumn>,
+    stats: Arc<CollectorStats>,
+) -> Result<LogsSink, CollectorError> {
+    let table_dir = config.collector.data_dir.join(dir_name);
+    let recovered = {
+        let dir = table_dir.clone();
+        tokio::task::spawn_blocking(move || recovery::recover(&dir))
+            .await
+            .map_err(|e| CollectorError::Bus(format!("recovery task: {e}")))?
+            .map_err(|source| CollectorError::Recovery { path: table_dir.clone(), source })?
+    };
+    tracing::info!(
+        table = dir_name,
+        files = recovered.files,
+        streams = recovered.committed.len(),
+        removed_tmp = recovered.removed_tmp,
+        unreadable = recovered.unreadable.len(),
+        "recovered committed ranges from the dataset"
+    );
+    let blooms: Vec<String> = promote.iter().filter(|p| p.bloom).map(|p| p.name.clone()).collect();
+    let c = &config.collector;
+    let settings = FileSettings {
+        table: dir_name.to_owned(),
+        table_version: TABLE_VERSION,
+        writer: config.bus.node.clone(),
+        properties: FileSettings::properties(c.zstd_level, c.row_group_rows, &blooms),
+        row_group_max_bytes: c.row_group_max_bytes,
+    };
+    Ok(LogsSink::new(
+        LogsTable::new(promote),
+        settings,
+        table_dir,
+        c.max_file_bytes,
+        c.max_file_age(),
+        recovered.committed,
+        stats,
+    ))
+}
+
 /// A running collector.
 pub struct Collector {
     stats: Arc<CollectorStats>,
@@ -278,41 +324,11 @@ impl Collector {
         config.validate()?;
         let keys = KeySpace::new(&config.bus.effective_prefix()).map_err(|e| CollectorError::Bus(e.to_string()))?;
         let name = config.bus.node.clone();
-        let table_dir = config.collector.data_dir.join(LOGS_DIR);
-        let recovered = {
-            let dir = table_dir.clone();
-            tokio::task::spawn_blocking(move || recovery::recover(&dir))
-                .await
-                .map_err(|e| CollectorError::Bus(format!("recovery task: {e}")))?
-                .map_err(|source| CollectorError::Recovery { path: table_dir.clone(), source })?
-        };
-        tracing::info!(
-            files = recovered.files,
-            streams = recovered.committed.len(),
-            removed_tmp = recovered.removed_tmp,
-            unreadable = recovered.unreadable.len(),
-            "recovered committed ranges from the dataset"
-        );
-        let table = LogsTable::new(config.logs.promote.clone());
-        let blooms: Vec<String> = config.logs.promote.iter().filter(|p| p.bloom).map(|p| p.name.clone()).collect();
-        let c = &config.collector;
-        let settings = FileSettings {
-            table: LOGS_DIR.to_owned(),
-            table_version: TABLE_VERSION,
-            writer: name.clone(),
-            properties: FileSettings::properties(c.zstd_level, c.row_group_rows, &blooms),
-            row_group_max_bytes: c.row_group_max_bytes,
-        };
         let stats = Arc::new(CollectorStats::default());
-        let mut sink = LogsSink::new(
-            table,
-            settings,
-            table_dir,
-            c.max_file_bytes,
-            c.max_file_age(),
-            recovered.committed,
-            stats.clone(),
-        );
+        let c = &config.collector;
+        let logs = open_table(&config, LOGS_DIR, config.logs.promote.clone(), stats.clone()).await?;
+        let limits = open_table(&config, tables::LIMITS_DIR, tables::limits_columns(), stats.clone()).await?;
+        let mut sink = Tables { logs, limits };
 
         let session = session::open(&config.bus).await?;
         let (tx, rx) = flume::bounded::<Input>(c.queue_payloads);
@@ -378,7 +394,7 @@ impl Collector {
         if !c.http_listen.is_empty() {
             let addr = c.http_listen.parse().map_err(|e| CollectorError::Http(format!("http_listen: {e}")))?;
             let report = Arc::new(CollectorReport { name: name.clone(), stats: stats.clone(), status: status_rx });
-            let (_, task) = switchboard_bus::http::serve(addr, report, cancel.clone())
+            let (_, task) = switchboard_bus::http::serve(addr, report, axum::Router::new(), cancel.clone())
                 .await
                 .map_err(|e| CollectorError::Http(format!("http_listen {addr}: {e}")))?;
             tracker.spawn(async move {
@@ -387,7 +403,7 @@ impl Collector {
         }
         drop(tx);
         tracker.spawn_blocking(move || {
-            let take = |sink: &mut LogsSink, input: Input| match input {
+            let take = |sink: &mut Tables, input: Input| match input {
                 Input::Data { stream, payload, replayed } => sink.handle(&stream, &payload.to_bytes(), replayed),
                 Input::Heads { node, heads } => {
                     for req in sink.on_heads(&node, &heads) {

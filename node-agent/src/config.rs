@@ -38,10 +38,73 @@ pub struct AgentConfig {
     /// Agent-wide settings.
     #[serde(default)]
     pub agent: AgentSettings,
+    /// Cluster-wide limits: the local decision API and its coordination.
+    #[serde(default)]
+    pub limits: LimitsSettings,
     /// The log sources to tail, one `[[source]]` table each.
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
 }
+
+/// The `[limits]` table. The limits themselves are set for the whole cluster with
+/// `switchboard limits set`, not here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSettings {
+    /// Serve the limits API and take part in the cluster's limits. Default: true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Publish this node's demand and update its shares this often, in milliseconds. Must be
+    /// under a quarter of `bus.lease_ms`. Default: 100.
+    #[serde(default = "default_limits_interval_ms")]
+    pub interval_ms: u64,
+    /// How long the share of a node that vanished silently (dead, or behind a network
+    /// partition) stays reserved, in milliseconds. During a partition each side keeps to the
+    /// shares of the nodes it can see for this long; afterwards the node counts as dead and its
+    /// share is freed. A node that exits or is killed is freed at once. Default: 30000.
+    #[serde(default = "default_silent_hold_ms")]
+    pub silent_hold_ms: u64,
+    /// Ask the other nodes for the current limits revision this often, in milliseconds (new
+    /// revisions also arrive at once when set). Default: 5000.
+    #[serde(default = "default_resync_ms")]
+    pub resync_ms: u64,
+    /// Unix socket of the line protocol API (docs/limits-api.md), relative to `data_dir` unless
+    /// absolute; empty to disable. Default: `limits.sock`.
+    #[serde(default = "default_limits_socket")]
+    pub socket: PathBuf,
+    /// Write decisions per key and second to the collector's `limits` table. Default: true.
+    #[serde(default = "default_true")]
+    pub record_decisions: bool,
+}
+
+fn default_limits_interval_ms() -> u64 {
+    100
+}
+fn default_silent_hold_ms() -> u64 {
+    30_000
+}
+fn default_resync_ms() -> u64 {
+    5000
+}
+fn default_limits_socket() -> PathBuf {
+    PathBuf::from("limits.sock")
+}
+
+impl Default for LimitsSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_ms: default_limits_interval_ms(),
+            silent_hold_ms: default_silent_hold_ms(),
+            resync_ms: default_resync_ms(),
+            socket: default_limits_socket(),
+            record_decisions: true,
+        }
+    }
+}
+
+/// Name of the stream that carries limit decisions (reserved: sources may not start with `_`).
+pub const LIMITS_STREAM: &str = "_limits";
 
 /// The `[agent]` table.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -251,9 +314,25 @@ impl AgentConfig {
         if a.poll_interval_ms == 0 || a.glob_interval_ms == 0 {
             return Err(AgentConfigError::Invalid("agent.poll_interval_ms and glob_interval_ms must be > 0".into()));
         }
+        let l = &self.limits;
+        if l.interval_ms == 0 || l.interval_ms * 4 > self.bus.lease_ms {
+            return Err(AgentConfigError::Invalid(format!(
+                "limits.interval_ms = {} must be > 0 and under a quarter of bus.lease_ms ({})",
+                l.interval_ms, self.bus.lease_ms
+            )));
+        }
+        if l.resync_ms == 0 {
+            return Err(AgentConfigError::Invalid("limits.resync_ms must be > 0".into()));
+        }
         let mut names = HashSet::new();
         for s in &self.sources {
             check_chunk(&s.name).map_err(|e| AgentConfigError::Invalid(format!("source name {:?}: {e}", s.name)))?;
+            if s.name.starts_with('_') {
+                return Err(AgentConfigError::Invalid(format!(
+                    "source name {:?}: names starting with '_' are reserved for the agent's own streams",
+                    s.name
+                )));
+            }
             if !names.insert(&s.name) {
                 return Err(AgentConfigError::Invalid(format!("source name {:?} is used twice", s.name)));
             }
@@ -341,5 +420,6 @@ mod example_tests {
         assert_eq!(c.agent.data_dir, d.data_dir);
         assert_eq!((c.agent.max_unacked_batches, &c.agent.http_listen), (d.max_unacked_batches, &d.http_listen));
         assert_eq!(c.agent.acknowledged, d.acknowledged);
+        assert_eq!(c.limits, LimitsSettings::default());
     }
 }

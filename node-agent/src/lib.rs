@@ -9,6 +9,8 @@
 //! - [`publisher`]: puts batches on the bus; follows watermarks to advance the [`checkpoint`];
 //!   announces heads;
 //! - [`replay`]: re-reads journaled batches for a collector that lacks them;
+//! - [`limits`]: cluster-wide limits: the local API for gateways and the node's part in
+//!   sharing each limit;
 //! - [`stats`] holds the counters.
 //!
 //! [`Agent::start`] wires them together; [`Agent::wait`] returns once a cancelled agent has
@@ -18,6 +20,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod framing;
 pub mod journal;
+pub mod limits;
 pub mod parse;
 pub mod publisher;
 pub mod replay;
@@ -87,8 +90,11 @@ pub struct Agent {
 impl Agent {
     /// Open the bus session, announce the node, restore the checkpoint and start tailing. The agent
     /// stops when `cancel` fires; then call [`Agent::wait`].
-    pub async fn start(config: AgentConfig, cancel: CancellationToken) -> Result<Self, AgentError> {
+    pub async fn start(mut config: AgentConfig, cancel: CancellationToken) -> Result<Self, AgentError> {
         config.validate()?;
+        if config.limits.enabled && config.limits.record_decisions {
+            config.sources.push(limits::decisions_source(&config.agent.data_dir));
+        }
         let keys = KeySpace::new(&config.bus.effective_prefix()).map_err(|e| AgentError::Bus(e.to_string()))?;
         let data_dir = config.agent.data_dir.clone();
         let (checkpoint, journals) = {
@@ -149,6 +155,11 @@ impl Agent {
             membership.clone(),
             cancel.clone(),
         ));
+        let limits = if config.limits.enabled {
+            Some(limits::LimitsService::start(&config, &session, &keys, &membership, &tracker, &cancel).await?)
+        } else {
+            None
+        };
         if !config.agent.http_listen.is_empty() {
             let addr = config.agent.http_listen.parse().map_err(|e| AgentError::Http(format!("http_listen: {e}")))?;
             let report = Arc::new(report::AgentReport {
@@ -156,8 +167,10 @@ impl Agent {
                 stats: stats.clone(),
                 journals: journals.clone(),
                 membership: membership.clone(),
+                limits: limits.clone(),
             });
-            let (_, task) = switchboard_bus::http::serve(addr, report, cancel.clone())
+            let routes = limits.clone().map(limits::http::router).unwrap_or_default();
+            let (_, task) = switchboard_bus::http::serve(addr, report, routes, cancel.clone())
                 .await
                 .map_err(|e| AgentError::Http(format!("http_listen {addr}: {e}")))?;
             tracker.spawn(async move {

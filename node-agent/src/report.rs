@@ -10,6 +10,7 @@ use switchboard_bus::http::{Metrics, Report};
 use switchboard_bus::keys::Role;
 use switchboard_bus::Membership;
 
+use crate::limits::LimitsService;
 use crate::publisher::Journals;
 use crate::stats::AgentStats;
 
@@ -18,6 +19,7 @@ pub(crate) struct AgentReport {
     pub(crate) stats: Arc<AgentStats>,
     pub(crate) journals: Journals,
     pub(crate) membership: Membership,
+    pub(crate) limits: Option<Arc<LimitsService>>,
 }
 
 /// Per source: (head, acked, unacked batches, lag seconds).
@@ -50,6 +52,10 @@ impl Report for AgentReport {
             "problem": (!ok).then_some("a source stopped: its journal cannot be written"),
             "collectors_alive": collectors,
             "sources": sources,
+            "limits": self.limits.as_ref().map(|l| serde_json::json!({
+                "revision": l.revisions.current(),
+                "nodes": l.peers.borrow().clone(),
+            })),
         });
         (ok, body)
     }
@@ -100,6 +106,51 @@ impl Report for AgentReport {
                 "Age of the oldest line not yet acknowledged.",
                 lags.iter().map(|(k, v)| (vec![("source", k.clone())], v.3)),
             );
+        if let Some(l) = &self.limits {
+            let usage = l.limiter.usage();
+            let key = |k: &str| vec![("key", k.to_owned())];
+            m.gauge("switchboard_agent_limits_revision", "Limits revision in force.", l.revisions.current() as f64)
+                .counter(
+                    "switchboard_agent_limits_http_requests_total",
+                    "Limits API requests over HTTP.",
+                    g(&l.stats.http_requests),
+                )
+                .counter(
+                    "switchboard_agent_limits_socket_requests_total",
+                    "Limits API requests over the Unix socket.",
+                    g(&l.stats.socket_requests),
+                )
+                .counter(
+                    "switchboard_agent_limits_bad_requests_total",
+                    "Malformed limits API requests.",
+                    g(&l.stats.bad_requests),
+                )
+                .counter(
+                    "switchboard_agent_limits_unmatched_releases_total",
+                    "Releases of slots that were not held.",
+                    g(&l.stats.unmatched_releases),
+                )
+                .counter_series(
+                    "switchboard_agent_limits_allowed_units_total",
+                    "Units allowed per key (since the key's limit last changed).",
+                    usage.iter().map(|u| (key(&u.key), u.allowed as f64)),
+                )
+                .counter_series(
+                    "switchboard_agent_limits_denied_units_total",
+                    "Units denied per key (since the key's limit last changed).",
+                    usage.iter().map(|u| (key(&u.key), u.denied as f64)),
+                )
+                .gauge_series(
+                    "switchboard_agent_limits_share",
+                    "This node's share of each key's cluster-wide limit.",
+                    usage.iter().map(|u| (key(&u.key), u.share)),
+                )
+                .gauge(
+                    "switchboard_agent_limits_known_nodes",
+                    "Nodes this node shares limits with (itself and silent ones included).",
+                    l.peers.borrow().len() as f64,
+                );
+        }
         m.finish()
     }
 }

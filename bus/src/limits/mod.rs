@@ -13,8 +13,10 @@
 
 pub mod coord;
 pub mod gcra;
+pub mod revision;
 pub mod share;
 pub mod slots;
+pub mod sync;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -394,7 +396,8 @@ impl Limiter {
     }
 }
 
-fn check(specs: &[LimitSpec]) -> Result<(), SpecError> {
+/// Check a whole set of limits: each valid, no key twice.
+pub fn check(specs: &[LimitSpec]) -> Result<(), SpecError> {
     let mut seen = std::collections::HashSet::new();
     for s in specs {
         s.validate()?;

@@ -1,0 +1,202 @@
+//! Cluster-wide limit definitions with revisions.
+//!
+//! A [`Revision`] is the whole set of limits at one point in time, numbered, with who set it,
+//! when and why. `switchboard limits set` puts revision `current + 1` on
+//! `<prefix>/limits/revision`; every node applies it in one step ([`super::Limiter::replace`])
+//! and appends it to its [`History`], kept in a file so that a restarted node starts on the
+//! revision it had. Each node answers queries for its history on `<prefix>/limits/config/<node>`;
+//! a node that joins (or missed a put, e.g. behind a partition) asks the others and takes the
+//! newest. Revisions are ordered by `(revision, at_ms, author)`, so two `set`s that race for
+//! the same number still end with every node on the same one.
+
+use std::cmp::Ordering;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{check, LimitSpec, SpecError};
+
+/// One revision of the cluster's limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revision {
+    /// Revision number, from 1.
+    pub revision: u64,
+    /// Who set it.
+    pub author: String,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// Why (free text; may be empty).
+    #[serde(default)]
+    pub comment: String,
+    /// The complete set of limits in force from this revision on.
+    pub limits: Vec<LimitSpec>,
+}
+
+impl Revision {
+    /// The order in which revisions supersede each other.
+    pub fn order(&self, other: &Revision) -> Ordering {
+        (self.revision, self.at_ms, &self.author).cmp(&(other.revision, other.at_ms, &other.author))
+    }
+
+    /// Check the limits it carries.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        check(&self.limits)
+    }
+}
+
+/// A node's revisions, oldest first; the last one is in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    /// Always 1.
+    pub version: u32,
+    /// Revisions applied, oldest first.
+    pub revisions: Vec<Revision>,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        Self { version: 1, revisions: Vec::new() }
+    }
+}
+
+impl History {
+    /// The revision in force, if any.
+    pub fn current(&self) -> Option<&Revision> {
+        self.revisions.last()
+    }
+
+    /// The number of the revision in force (0: none yet).
+    pub fn current_number(&self) -> u64 {
+        self.current().map_or(0, |r| r.revision)
+    }
+
+    /// Take `rev` if it supersedes the current one; `true` if it did.
+    pub fn offer(&mut self, rev: Revision) -> Result<bool, SpecError> {
+        rev.validate()?;
+        if self.current().is_some_and(|c| rev.order(c) != Ordering::Greater) {
+            return Ok(false);
+        }
+        self.revisions.push(rev);
+        Ok(true)
+    }
+
+    /// Take the revisions of another node's history that are newer than ours, in order; `true`
+    /// if the revision in force changed. Invalid revisions are skipped.
+    pub fn merge(&mut self, other: &History) -> bool {
+        let mut changed = false;
+        for rev in &other.revisions {
+            changed |= self.offer(rev.clone()).unwrap_or(false);
+        }
+        changed
+    }
+}
+
+/// A history file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// Reading or writing the file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a history document.
+    #[error("{path}: not a limits history: {source}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: serde_json::Error,
+    },
+}
+
+/// Read a history file; a missing file is an empty history.
+pub fn load(path: &Path) -> Result<History, HistoryError> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map_err(|source| HistoryError::Format { path: path.into(), source })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(History::default()),
+        Err(source) => Err(HistoryError::Io { path: path.into(), source }),
+    }
+}
+
+/// Write a history file atomically (temporary file, fsync, rename).
+pub fn save(path: &Path, history: &History) -> Result<(), HistoryError> {
+    let io = |source| HistoryError::Io { path: path.into(), source };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    let body =
+        serde_json::to_vec_pretty(history).map_err(|source| HistoryError::Format { path: path.into(), source })?;
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(&body).and_then(|()| f.sync_all()).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rev(n: u64, at: u64, author: &str, rate: u64) -> Revision {
+        Revision {
+            revision: n,
+            author: author.into(),
+            at_ms: at,
+            comment: String::new(),
+            limits: vec![LimitSpec { key: "k".into(), rate: Some(rate), per: None, concurrency: None, burst: None }],
+        }
+    }
+
+    #[test]
+    fn newer_revisions_supersede_and_races_end_the_same_everywhere() {
+        let mut a = History::default();
+        assert!(a.offer(rev(1, 10, "x", 1)).unwrap());
+        assert!(!a.offer(rev(1, 10, "x", 1)).unwrap(), "the same revision twice is taken once");
+        assert!(a.offer(rev(2, 20, "x", 2)).unwrap());
+        assert!(!a.offer(rev(1, 30, "y", 3)).unwrap(), "an older number never wins");
+        // Two `set`s raced for revision 3: whichever order they arrive in, the later one wins.
+        let (r3a, r3b) = (rev(3, 40, "ann", 4), rev(3, 41, "bob", 5));
+        let mut b = a.clone();
+        a.offer(r3a.clone()).unwrap();
+        a.offer(r3b.clone()).unwrap();
+        b.offer(r3b.clone()).unwrap();
+        b.offer(r3a).unwrap();
+        assert_eq!(a.current(), Some(&r3b));
+        assert_eq!(b.current(), Some(&r3b));
+    }
+
+    #[test]
+    fn a_joiner_merges_what_it_missed_and_invalid_revisions_are_refused() {
+        let mut old = History::default();
+        old.offer(rev(1, 1, "x", 1)).unwrap();
+        let mut cluster = old.clone();
+        cluster.offer(rev(2, 2, "x", 2)).unwrap();
+        cluster.offer(rev(3, 3, "x", 3)).unwrap();
+        assert!(old.merge(&cluster));
+        assert_eq!(old, cluster);
+        assert!(!old.merge(&cluster), "nothing new");
+        let mut bad = rev(4, 4, "x", 1);
+        bad.limits[0].concurrency = Some(1);
+        assert!(old.offer(bad).is_err());
+        assert_eq!(old.current_number(), 3);
+    }
+
+    #[test]
+    fn history_files_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("limits/history.json");
+        assert_eq!(load(&path).unwrap().revisions.len(), 0);
+        let mut h = load(&path).unwrap();
+        h.offer(rev(1, 1, "x", 1)).unwrap();
+        save(&path, &h).unwrap();
+        assert_eq!(load(&path).unwrap(), h);
+        std::fs::write(&path, "not json").unwrap();
+        assert!(matches!(load(&path), Err(HistoryError::Format { .. })));
+    }
+}

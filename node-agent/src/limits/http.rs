@@ -1,0 +1,125 @@
+//! The limits API over HTTP/JSON, served on the agent's HTTP address next to `/health`.
+//!
+//! | request | answer |
+//! | --- | --- |
+//! | `POST /v1/limits/acquire` `{"key": "operator:x", "n": 1}` | `200 {"allowed": true, "limited": true}`, or `429 {"allowed": false, "retry_after_ms": 12.5}` with `Retry-After` |
+//! | `POST /v1/slots/acquire` `{"key": "domain:x", "n": 1}` | `200 {"allowed": true, ...}` or `429 {"allowed": false, ...}` |
+//! | `POST /v1/slots/release` `{"key": "domain:x", "n": 1}` | `200 {"released": 1}`, or `409` when fewer were held |
+//! | `GET /v1/limits` | revision, limits, keys in use with shares and counts, known nodes |
+//! | `GET /v1/limits/history` | every revision: who, when, why, what |
+//!
+//! A key no limit applies to is allowed with `"limited": false`. Malformed requests get `400`
+//! with `{"error": "..."}` and are counted. Connections are kept alive between requests.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use switchboard_bus::limits::Decision;
+
+use super::{check_request, LimitsService};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnitsRequest {
+    key: String,
+    #[serde(default = "one")]
+    n: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// The `/v1/...` routes over `service`.
+pub fn router(service: Arc<LimitsService>) -> Router {
+    Router::new()
+        .route("/v1/limits/acquire", post(acquire))
+        .route("/v1/slots/acquire", post(acquire))
+        .route("/v1/slots/release", post(release))
+        .route("/v1/limits", get(show))
+        .route("/v1/limits/history", get(history))
+        .with_state(service)
+}
+
+fn bad(service: &LimitsService, message: String) -> Response {
+    service.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": message }))).into_response()
+}
+
+fn parse(service: &LimitsService, body: &[u8]) -> Result<UnitsRequest, Response> {
+    let req: UnitsRequest = serde_json::from_slice(body)
+        .map_err(|e| bad(service, format!("expected {{\"key\": string, \"n\": integer >= 1}}: {e}")))?;
+    check_request(&req.key, req.n).map_err(|e| bad(service, e.to_string()))?;
+    Ok(req)
+}
+
+async fn acquire(State(s): State<Arc<LimitsService>>, body: Bytes) -> Response {
+    s.stats.http_requests.fetch_add(1, Ordering::Relaxed);
+    let req = match parse(&s, &body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match s.acquire(&req.key, req.n) {
+        Decision::Allowed => Json(json!({ "allowed": true, "limited": true })).into_response(),
+        Decision::Unlimited => Json(json!({ "allowed": true, "limited": false })).into_response(),
+        Decision::Denied { retry_after } => {
+            let ms = retry_after.as_secs_f64() * 1000.0;
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            let mut resp = (StatusCode::TOO_MANY_REQUESTS, Json(json!({ "allowed": false, "retry_after_ms": ms })))
+                .into_response();
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            resp
+        }
+    }
+}
+
+async fn release(State(s): State<Arc<LimitsService>>, body: Bytes) -> Response {
+    s.stats.http_requests.fetch_add(1, Ordering::Relaxed);
+    let req = match parse(&s, &body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let released = s.release(&req.key, req.n);
+    if released < req.n {
+        let msg = format!("released {released} of {}: the rest were not held on this node", req.n);
+        return (StatusCode::CONFLICT, Json(json!({ "released": released, "error": msg }))).into_response();
+    }
+    Json(json!({ "released": released })).into_response()
+}
+
+async fn show(State(s): State<Arc<LimitsService>>) -> Response {
+    let history = s.revisions.history();
+    let keys: Vec<serde_json::Value> = s
+        .limiter
+        .usage()
+        .into_iter()
+        .map(|u| {
+            json!({
+                "key": u.key, "limit": u.limit, "allowed": u.allowed, "denied": u.denied, "share": u.share,
+                "rate_per_sec": u.rate_per_sec, "slots_max": u.slots.map(|x| x.0), "slots_held": u.slots.map(|x| x.1),
+            })
+        })
+        .collect();
+    let peers = s.peers.borrow().clone();
+    Json(json!({
+        "revision": history.current_number(),
+        "limits": history.current().map(|r| r.limits.clone()).unwrap_or_default(),
+        "keys": keys,
+        "nodes": peers,
+    }))
+    .into_response()
+}
+
+async fn history(State(s): State<Arc<LimitsService>>) -> Response {
+    Json(s.revisions.history()).into_response()
+}

@@ -1,0 +1,185 @@
+//! Cluster-wide limits on the node agent.
+//!
+//! [`LimitsService::start`] builds the node's [`Limiter`], restores and follows the cluster's
+//! limits revision ([`switchboard_bus::limits::sync`]), takes part in the coordination of shares
+//! ([`switchboard_bus::limits::coord`]) and records decisions for the collector's `limits` table
+//! ([`record`]). Gateways reach it through [`http`] (JSON on the agent's HTTP address) or
+//! [`socket`] (a line protocol on a Unix socket); both are described in `docs/limits-api.md`.
+
+pub mod http;
+pub mod record;
+pub mod socket;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard_bus::keys::KeySpace;
+use switchboard_bus::limits::coord::{self, CoordSettings, PeerView};
+use switchboard_bus::limits::sync::{self, Revisions};
+use switchboard_bus::limits::{Decision, Limiter};
+use switchboard_bus::Membership;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{AgentConfig, SourceConfig, LIMITS_STREAM};
+use crate::AgentError;
+
+/// Longest key the APIs accept, in bytes.
+pub const MAX_KEY_BYTES: usize = 256;
+/// Most units one request may ask for.
+pub const MAX_UNITS: u64 = 1_000_000_000;
+
+/// Counters of the limits APIs.
+#[derive(Debug, Default)]
+pub struct ApiStats {
+    /// Requests answered over HTTP.
+    pub http_requests: AtomicU64,
+    /// Requests answered over the Unix socket.
+    pub socket_requests: AtomicU64,
+    /// Requests refused as malformed (either API).
+    pub bad_requests: AtomicU64,
+    /// Releases of slots that were not held.
+    pub unmatched_releases: AtomicU64,
+}
+
+/// A request the APIs could not take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The key is empty, too long, or has control characters.
+    #[error("key must be 1 to {MAX_KEY_BYTES} bytes without control characters")]
+    Key,
+    /// `n` is zero or too large.
+    #[error("n must be between 1 and {MAX_UNITS}")]
+    Units,
+}
+
+/// Check a request's key and unit count.
+pub fn check_request(key: &str, n: u64) -> Result<(), RequestError> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES || key.chars().any(char::is_control) {
+        return Err(RequestError::Key);
+    }
+    if n == 0 || n > MAX_UNITS {
+        return Err(RequestError::Units);
+    }
+    Ok(())
+}
+
+/// The node's limits and what serves them.
+pub struct LimitsService {
+    /// Local decisions.
+    pub limiter: Arc<Limiter>,
+    /// The cluster's limits revisions as this node holds them.
+    pub revisions: Revisions,
+    /// How this node sees the others (for `/v1/limits` and `/health`).
+    pub peers: watch::Receiver<BTreeMap<String, PeerView>>,
+    /// API counters.
+    pub stats: ApiStats,
+}
+
+impl LimitsService {
+    /// Start limits for the agent described by `config`.
+    pub async fn start(
+        config: &AgentConfig,
+        session: &zenoh::Session,
+        keys: &KeySpace,
+        membership: &Membership,
+        tracker: &TaskTracker,
+        cancel: &CancellationToken,
+    ) -> Result<Arc<Self>, AgentError> {
+        let l = &config.limits;
+        let node = config.bus.node.clone();
+        let dir = limits_dir(&config.agent.data_dir);
+        // No limits until the first revision arrives: an empty set is valid.
+        let limiter = Arc::new(Limiter::new(Vec::new()).map_err(|e| AgentError::Bus(e.to_string()))?);
+        let revisions = sync::start(
+            session.clone(),
+            keys.clone(),
+            node.clone(),
+            limiter.clone(),
+            dir.join("history.json"),
+            Duration::from_millis(l.resync_ms),
+            cancel.clone(),
+        )
+        .await
+        .map_err(|e| AgentError::Bus(format!("limits: {e}")))?;
+        let settings = CoordSettings {
+            interval: Duration::from_millis(l.interval_ms),
+            lease: Duration::from_millis(config.bus.lease_ms),
+            silent_hold: Duration::from_millis(l.silent_hold_ms),
+        };
+        let (view_tx, peers) = watch::channel(BTreeMap::new());
+        tracker.spawn(coord::run(
+            session.clone(),
+            keys.clone(),
+            node,
+            limiter.clone(),
+            membership.clone(),
+            settings,
+            view_tx,
+            cancel.clone(),
+        ));
+        if l.record_decisions {
+            let recorder = record::Recorder::new(dir, limiter.clone());
+            tracker.spawn(recorder.run(cancel.clone()));
+        }
+        let service = Arc::new(Self { limiter, revisions, peers, stats: ApiStats::default() });
+        if !l.socket.as_os_str().is_empty() {
+            let path = config.agent.data_dir.join(&l.socket);
+            let listener =
+                socket::bind(&path).map_err(|e| AgentError::Http(format!("limits socket {}: {e}", path.display())))?;
+            tracker.spawn(socket::serve(listener, path, service.clone(), cancel.clone()));
+        }
+        Ok(service)
+    }
+
+    /// A rate decision (or a slot, for a concurrency key), counted.
+    pub fn acquire(&self, key: &str, n: u64) -> Decision {
+        self.limiter.try_acquire(key, n)
+    }
+
+    /// Give back slots; counts a release of slots that were not held.
+    pub fn release(&self, key: &str, n: u64) -> u64 {
+        let released = self.limiter.release(key, n);
+        if released < n {
+            self.stats.unmatched_releases.fetch_add(1, Ordering::Relaxed);
+        }
+        released
+    }
+}
+
+/// The agent's limits directory: history and decision log.
+pub fn limits_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("limits")
+}
+
+/// The internal source that carries the decision log to the collector.
+pub fn decisions_source(data_dir: &Path) -> SourceConfig {
+    let pattern = limits_dir(data_dir).join(format!("{}*", record::FILE_NAME));
+    SourceConfig {
+        name: LIMITS_STREAM.to_owned(),
+        paths: vec![pattern.to_string_lossy().into_owned()],
+        format: crate::parse::Format::Json,
+        start_at: crate::config::StartAt::Beginning,
+        max_line_bytes: 64 << 10,
+        kv_in_message: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_checked() {
+        assert!(check_request("operator:x", 1).is_ok());
+        assert_eq!(check_request("", 1), Err(RequestError::Key));
+        assert_eq!(check_request(&"k".repeat(MAX_KEY_BYTES + 1), 1), Err(RequestError::Key));
+        assert_eq!(check_request("a\nb", 1), Err(RequestError::Key));
+        assert_eq!(check_request("k", 0), Err(RequestError::Units));
+        assert_eq!(check_request("k", MAX_UNITS + 1), Err(RequestError::Units));
+    }
+}

@@ -1,0 +1,167 @@
+//! Recording limit decisions for the collector's `limits` table.
+//!
+//! Every second the [`Recorder`] writes, for each key with decisions since the last second, one
+//! JSON line to `<data_dir>/limits/decisions.log`: units allowed and denied in that second, the
+//! node's share, the limit, and held slots for concurrency keys. The agent tails that file as
+//! its own source `_limits`, so the records travel the same durable, exactly-once path as log
+//! lines (journal, replay, watermarks) and the collector writes them to the `limits` table.
+//! The file is renamed to `decisions.log.1` when it passes [`ROTATE_BYTES`].
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use switchboard_bus::limits::Limiter;
+use tokio_util::sync::CancellationToken;
+
+/// Name of the decision log in the limits directory.
+pub const FILE_NAME: &str = "decisions.log";
+/// Size at which the decision log is rotated.
+pub const ROTATE_BYTES: u64 = 16 << 20;
+/// Length of one recorded window.
+pub const WINDOW: Duration = Duration::from_secs(1);
+
+/// One line of the decision log: a key's decisions in one window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WindowRecord<'a> {
+    /// End of the window, milliseconds since the Unix epoch.
+    pub ts: u64,
+    /// Always `info`.
+    pub level: &'static str,
+    /// Always `limit decisions`.
+    pub msg: &'static str,
+    /// The concrete key.
+    pub key: &'a str,
+    /// The limit (key or pattern) that applies.
+    pub limit_key: &'a str,
+    /// Length of the window in milliseconds.
+    pub window_ms: u64,
+    /// Units allowed in the window.
+    pub allowed: u64,
+    /// Units denied in the window.
+    pub denied: u64,
+    /// This node's share of the limit at the end of the window.
+    pub share: f64,
+    /// For a rate limit: the cluster-wide rate per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_per_sec: Option<f64>,
+    /// For a concurrency limit: the cluster-wide maximum.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slots_max: Option<u64>,
+    /// For a concurrency limit: slots held on this node at the end of the window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slots_held: Option<u64>,
+}
+
+/// Writes the decision log.
+pub struct Recorder {
+    dir: PathBuf,
+    limiter: Arc<Limiter>,
+    last: HashMap<String, (u64, u64)>,
+}
+
+impl Recorder {
+    /// A recorder writing into `dir`.
+    pub fn new(dir: PathBuf, limiter: Arc<Limiter>) -> Self {
+        Self { dir, limiter, last: HashMap::new() }
+    }
+
+    /// Record every window until `cancel` fires (and the last, partial one then).
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(WINDOW);
+        tick.tick().await;
+        loop {
+            let stop = tokio::select! {
+                _ = cancel.cancelled() => true,
+                _ = tick.tick() => false,
+            };
+            if let Err(e) = self.record_window() {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot write the limits decision log");
+            }
+            if stop {
+                break;
+            }
+        }
+    }
+
+    /// Append the lines of the window that just ended; returns how many were written.
+    pub fn record_window(&mut self) -> std::io::Result<usize> {
+        let ts = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let mut out = Vec::new();
+        let mut lines = 0;
+        for u in self.limiter.usage() {
+            let (a0, d0) = self.last.get(&u.key).copied().unwrap_or((0, 0));
+            // A key whose state restarted (new revision) counts from zero again.
+            let (a0, d0) = if u.allowed < a0 || u.denied < d0 { (0, 0) } else { (a0, d0) };
+            let (allowed, denied) = (u.allowed - a0, u.denied - d0);
+            if allowed + denied == 0 {
+                continue;
+            }
+            let rec = WindowRecord {
+                ts,
+                level: "info",
+                msg: "limit decisions",
+                key: &u.key,
+                limit_key: &u.limit,
+                window_ms: WINDOW.as_millis() as u64,
+                allowed,
+                denied,
+                share: u.share,
+                rate_per_sec: u.rate_per_sec,
+                slots_max: u.slots.map(|(m, _)| m),
+                slots_held: u.slots.map(|(_, h)| h),
+            };
+            serde_json::to_writer(&mut out, &rec).map_err(std::io::Error::other)?;
+            out.push(b'\n');
+            lines += 1;
+            self.last.insert(u.key.clone(), (u.allowed, u.denied));
+        }
+        if lines > 0 {
+            self.append(&out)?;
+        }
+        Ok(lines)
+    }
+
+    fn append(&self, bytes: &[u8]) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let path = self.dir.join(FILE_NAME);
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() >= ROTATE_BYTES) {
+            std::fs::rename(&path, self.dir.join(format!("{FILE_NAME}.1")))?;
+        }
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        f.write_all(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_bus::limits::LimitSpec;
+
+    #[test]
+    fn each_window_records_only_its_own_decisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = LimitSpec { key: "k:*".into(), rate: Some(10), per: None, concurrency: None, burst: Some(5) };
+        let l = Arc::new(Limiter::new(vec![spec]).unwrap());
+        let mut r = Recorder::new(dir.path().to_owned(), l.clone());
+        for _ in 0..8 {
+            l.try_acquire("k:a", 1);
+        }
+        assert_eq!(r.record_window().unwrap(), 1);
+        assert_eq!(r.record_window().unwrap(), 0, "no decisions, no line");
+        l.try_acquire("k:b", 1);
+        assert_eq!(r.record_window().unwrap(), 1);
+        let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
+        let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (rows[0]["key"].as_str(), rows[0]["allowed"].as_u64(), rows[0]["denied"].as_u64()),
+            (Some("k:a"), Some(5), Some(3))
+        );
+        assert_eq!((rows[1]["key"].as_str(), rows[1]["allowed"].as_u64()), (Some("k:b"), Some(1)));
+        assert_eq!(rows[0]["limit_key"], "k:*");
+    }
+}

@@ -1,0 +1,356 @@
+//! `switchboard limits set|list|history`: the cluster's limits, set once for every node.
+//!
+//! The command joins the bus as a short-lived peer (it announces no role), asks every node for
+//! its limits history (`<prefix>/limits/config/*`), and for `set` puts the next revision on
+//! `<prefix>/limits/revision`, then waits until every node that answered holds it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde::Deserialize;
+use switchboard_bus::config::BusConfig;
+use switchboard_bus::keys::KeySpace;
+use switchboard_bus::limits::revision::{History, Revision};
+use switchboard_bus::limits::sync::fetch_histories;
+use switchboard_bus::limits::{LimitSpec, Per};
+use switchboard_bus::session;
+use zenoh::qos::CongestionControl;
+
+/// How to reach the cluster's bus.
+#[derive(Debug, Args)]
+pub struct BusArgs {
+    /// zenoh endpoint of any process of the cluster (an agent's or the collector's `listen`);
+    /// repeat for several.
+    #[arg(long, env = "SWITCHBOARD_CONNECT", default_value = "tcp/127.0.0.1:7447")]
+    pub connect: Vec<String>,
+    /// The cluster's name (keys live under `sb/<cluster>`).
+    #[arg(long, default_value = "default")]
+    pub cluster: String,
+    /// Key prefix, when the cluster sets one.
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Take cluster, prefix and endpoints from an agent or collector config instead (its
+    /// `connect` endpoints, and its `listen` ones on this host).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+}
+
+/// The `limits` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum LimitsCommand {
+    /// Set the cluster's limits from a TOML file: every node applies it as the next revision.
+    ///
+    /// The file lists every limit (the revision replaces the whole set):
+    ///
+    ///   [[limit]]
+    ///   key = "operator:*"        # one limit per operator; exact keys win over patterns
+    ///   rate = 500                # units per `per` (second, minute or hour)
+    ///   per = "second"
+    ///
+    ///   [[limit]]
+    ///   key = "domain:*"
+    ///   concurrency = 20          # slots held at once, cluster-wide
+    Set {
+        /// The limits file.
+        file: PathBuf,
+        /// Who sets it (kept in the history). Default: $USER.
+        #[arg(long)]
+        author: Option<String>,
+        /// Why (kept in the history).
+        #[arg(long, short, default_value = "")]
+        message: String,
+        /// Show what would change, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// How long to wait for every node to hold the new revision.
+        #[arg(long, default_value = "5s", value_parser = crate::cli::parse_duration)]
+        timeout: Duration,
+        /// How to reach the bus.
+        #[command(flatten)]
+        bus: BusArgs,
+    },
+    /// Show the limits in force and the revision each node holds.
+    List {
+        /// How to reach the bus.
+        #[command(flatten)]
+        bus: BusArgs,
+    },
+    /// Show every revision: number, when, who, why and what changed.
+    History {
+        /// How to reach the bus.
+        #[command(flatten)]
+        bus: BusArgs,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    #[serde(default, rename = "limit")]
+    limits: Vec<LimitSpec>,
+}
+
+/// Read and check a limits file.
+pub fn load_limits(path: &Path) -> Result<Vec<LimitSpec>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let file: LimitsFile = toml::from_str(&text).with_context(|| format!("{} is not a limits file", path.display()))?;
+    switchboard_bus::limits::check(&file.limits).with_context(|| format!("{}", path.display()))?;
+    Ok(file.limits)
+}
+
+impl BusArgs {
+    fn bus_config(&self) -> Result<BusConfig> {
+        let mut bus = BusConfig {
+            cluster: self.cluster.clone(),
+            prefix: self.prefix.clone(),
+            connect: self.connect.clone(),
+            ..BusConfig::default()
+        };
+        if let Some(path) = &self.config {
+            #[derive(Deserialize)]
+            struct Outer {
+                #[serde(default)]
+                bus: BusConfig,
+            }
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let theirs = toml::from_str::<Outer>(&text)
+                .map(|o| o.bus)
+                .or_else(|_| toml::from_str::<toml::Table>(&text).map(|_| BusConfig::default()))
+                .with_context(|| format!("{}: no usable [bus] table", path.display()))?;
+            bus.cluster = theirs.cluster.clone();
+            bus.prefix = theirs.prefix.clone();
+            bus.connect = theirs.connect.clone();
+            bus.connect.extend(theirs.listen.iter().map(|e| e.replace("0.0.0.0", "127.0.0.1")));
+        }
+        bus.node = format!("limits-cli-{}", std::process::id());
+        Ok(bus)
+    }
+}
+
+/// Run one `limits` subcommand.
+pub async fn run(cmd: LimitsCommand) -> Result<()> {
+    match cmd {
+        LimitsCommand::Set { file, author, message, dry_run, timeout, bus } => {
+            let limits = load_limits(&file)?;
+            let (session, keys) = open(&bus).await?;
+            let histories = histories(&session, &keys, &bus).await?;
+            let current = newest(&histories);
+            let author = author.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "unknown".to_owned());
+            let rev = Revision {
+                revision: current.as_ref().map_or(0, |r| r.revision) + 1,
+                author,
+                at_ms: chrono::Utc::now().timestamp_millis().max(0) as u64,
+                comment: message,
+                limits,
+            };
+            let changes = diff(current.as_ref().map_or(&[][..], |r| &r.limits[..]), &rev.limits);
+            println!("revision {} ({} limits):", rev.revision, rev.limits.len());
+            for c in &changes {
+                println!("  {c}");
+            }
+            if changes.is_empty() {
+                println!("  no change to the limits");
+            }
+            if dry_run {
+                println!("dry run: nothing set");
+                return Ok(());
+            }
+            let body = serde_json::to_vec(&rev)?;
+            session
+                .put(keys.limits_revision()?, body)
+                .congestion_control(CongestionControl::Block)
+                .await
+                .map_err(|e| anyhow::anyhow!("publishing the revision: {e}"))?;
+            let nodes: Vec<String> = histories.iter().map(|(n, _)| n.clone()).collect();
+            let deadline = Instant::now() + timeout;
+            loop {
+                let now = fetch_histories(&session, &keys).await;
+                let holding: Vec<&String> =
+                    now.iter().filter(|(_, h)| h.current().is_some_and(|c| c == &rev)).map(|(n, _)| n).collect();
+                let missing: Vec<&String> = nodes.iter().filter(|n| !holding.contains(n)).collect();
+                if missing.is_empty() {
+                    println!(
+                        "revision {} in force on {} of {} nodes: {}",
+                        rev.revision,
+                        holding.len(),
+                        now.len().max(nodes.len()),
+                        join(&holding)
+                    );
+                    return Ok(());
+                }
+                if Instant::now() >= deadline {
+                    bail!(
+                        "revision {} was published but {} of {} nodes do not hold it after {:?}: {} (they take it when they next sync)",
+                        rev.revision,
+                        missing.len(),
+                        nodes.len(),
+                        timeout,
+                        join(&missing)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        LimitsCommand::List { bus } => {
+            let (session, keys) = open(&bus).await?;
+            let histories = histories(&session, &keys, &bus).await?;
+            let current = newest(&histories);
+            match &current {
+                Some(r) => println!(
+                    "revision {}, set {} by {}{}",
+                    r.revision,
+                    when(r.at_ms),
+                    r.author,
+                    if r.comment.is_empty() { String::new() } else { format!(": {}", r.comment) }
+                ),
+                None => println!("no limits set yet (`switchboard limits set FILE`)"),
+            }
+            if let Some(r) = &current {
+                println!("{:<32} {:>12} {:>8} {:>12} {:>8}", "KEY", "RATE", "PER", "CONCURRENCY", "BURST");
+                for l in &r.limits {
+                    println!(
+                        "{:<32} {:>12} {:>8} {:>12} {:>8}",
+                        l.key,
+                        l.rate.map_or("-".into(), |v| v.to_string()),
+                        l.rate.map_or("-", |_| per_name(l.per)),
+                        l.concurrency.map_or("-".into(), |v| v.to_string()),
+                        l.burst.map_or("-".into(), |v| v.to_string())
+                    );
+                }
+            }
+            println!("nodes:");
+            let newest_no = current.as_ref().map_or(0, |r| r.revision);
+            for (node, h) in &histories {
+                let n = h.current_number();
+                let note = if n == newest_no { "" } else { "  (behind: takes the newest at its next sync)" };
+                println!("  {node:<24} revision {n}{note}");
+            }
+            Ok(())
+        }
+        LimitsCommand::History { bus } => {
+            let (session, keys) = open(&bus).await?;
+            let histories = histories(&session, &keys, &bus).await?;
+            let mut all: BTreeMap<(u64, u64, String), Revision> = BTreeMap::new();
+            for (_, h) in histories {
+                for r in h.revisions {
+                    all.insert((r.revision, r.at_ms, r.author.clone()), r);
+                }
+            }
+            let mut previous: Vec<LimitSpec> = Vec::new();
+            for r in all.values() {
+                println!("revision {}  {}  {}  {}", r.revision, when(r.at_ms), r.author, r.comment);
+                for c in diff(&previous, &r.limits) {
+                    println!("    {c}");
+                }
+                previous = r.limits.clone();
+            }
+            if all.is_empty() {
+                println!("no revisions yet");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn open(bus: &BusArgs) -> Result<(zenoh::Session, KeySpace)> {
+    let config = bus.bus_config()?;
+    let keys = KeySpace::new(&config.effective_prefix())?;
+    let session = session::open(&config).await.context("joining the bus")?;
+    Ok((session, keys))
+}
+
+async fn histories(session: &zenoh::Session, keys: &KeySpace, bus: &BusArgs) -> Result<Vec<(String, History)>> {
+    let mut h = fetch_histories(session, keys).await;
+    if h.is_empty() {
+        bail!(
+            "no node answered on {}/limits/config/*: is an agent with limits enabled running and reachable at {}?",
+            keys.prefix(),
+            bus.bus_config()?.connect.join(", ")
+        );
+    }
+    h.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(h)
+}
+
+/// The newest revision any node holds.
+fn newest(histories: &[(String, History)]) -> Option<Revision> {
+    histories.iter().filter_map(|(_, h)| h.current()).max_by(|a, b| a.order(b)).cloned()
+}
+
+/// What changed between two sets of limits, one line per key.
+pub fn diff(old: &[LimitSpec], new: &[LimitSpec]) -> Vec<String> {
+    let old: BTreeMap<&str, &LimitSpec> = old.iter().map(|s| (s.key.as_str(), s)).collect();
+    let new: BTreeMap<&str, &LimitSpec> = new.iter().map(|s| (s.key.as_str(), s)).collect();
+    let mut out = Vec::new();
+    for (k, n) in &new {
+        match old.get(k) {
+            None => out.push(format!("+ {k}: {}", describe(n))),
+            Some(o) if o != n => out.push(format!("~ {k}: {} -> {}", describe(o), describe(n))),
+            Some(_) => {}
+        }
+    }
+    for (k, o) in &old {
+        if !new.contains_key(k) {
+            out.push(format!("- {k}: {}", describe(o)));
+        }
+    }
+    out
+}
+
+fn describe(s: &LimitSpec) -> String {
+    match (s.rate, s.concurrency) {
+        (Some(r), _) => {
+            let burst = s.burst.map_or(String::new(), |b| format!(" (burst {b})"));
+            format!("{r}/{}{burst}", per_name(s.per))
+        }
+        (None, Some(c)) => format!("{c} concurrent"),
+        (None, None) => "nothing".to_owned(),
+    }
+}
+
+fn per_name(per: Option<Per>) -> &'static str {
+    match per.unwrap_or(Per::Second) {
+        Per::Second => "second",
+        Per::Minute => "minute",
+        Per::Hour => "hour",
+    }
+}
+
+fn when(at_ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(at_ms as i64)
+        .map_or_else(|| at_ms.to_string(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+}
+
+fn join(names: &[&String]) -> String {
+    names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_files_are_checked_and_diffs_name_each_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("limits.toml");
+        std::fs::write(
+            &path,
+            "[[limit]]\nkey = \"operator:*\"\nrate = 500\n\n[[limit]]\nkey = \"domain:*\"\nconcurrency = 20\n",
+        )
+        .unwrap();
+        let specs = load_limits(&path).unwrap();
+        assert_eq!(specs.len(), 2);
+        std::fs::write(&path, "[[limit]]\nkey = \"x\"\nrate = 1\nconcurrency = 2\n").unwrap();
+        assert!(format!("{:#}", load_limits(&path).unwrap_err()).contains("exactly one of"));
+        std::fs::write(&path, "[[limits]]\nkey = \"x\"\n").unwrap();
+        assert!(load_limits(&path).is_err());
+        let mut changed = specs.clone();
+        changed[0].rate = Some(600);
+        changed.remove(1);
+        let d = diff(&specs, &changed);
+        assert_eq!(d, vec!["~ operator:*: 500/second -> 600/second", "- domain:*: 20 concurrent"]);
+    }
+}
