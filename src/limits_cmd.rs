@@ -263,7 +263,20 @@ async fn open(bus: &BusArgs) -> Result<(zenoh::Session, KeySpace)> {
 }
 
 async fn histories(session: &zenoh::Session, keys: &KeySpace, bus: &BusArgs) -> Result<Vec<(String, History)>> {
-    let mut h = fetch_histories(session, keys).await;
+    // The session is still connecting to the peers of the first node it reached: ask until two
+    // answers in a row come from the same nodes (at most about 3 s).
+    let mut h: Vec<(String, History)> = Vec::new();
+    let mut previous: Option<Vec<String>> = None;
+    for _ in 0..10 {
+        h = fetch_histories(session, keys).await;
+        let mut names: Vec<String> = h.iter().map(|(n, _)| n.clone()).collect();
+        names.sort();
+        if !names.is_empty() && previous.as_ref() == Some(&names) {
+            break;
+        }
+        previous = Some(names);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     if h.is_empty() {
         bail!(
             "no node answered on {}/limits/config/*: is an agent with limits enabled running and reachable at {}?",

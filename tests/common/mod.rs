@@ -8,6 +8,8 @@
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod limits;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;

@@ -13,6 +13,9 @@
 //! partition; the bus cannot tell. By default its share stays reserved for `silent_hold`: during
 //! a partition each side keeps to the shares of the nodes it can see, so the cluster as a whole
 //! stays within the limit. After `silent_hold` the node is forgotten and its share is freed.
+//! From the moment another node's reports stop arriving (three intervals, long before its lease
+//! expires) shares are frozen: they may shrink but not grow, because the other side goes on
+//! using the share it had and cannot see a new split.
 //!
 //! Concurrency limits are split in whole slots: each node's allotment is its share rounded down,
 //! the slots left over go to the largest remainders (ties by name), and a node never takes more
@@ -117,6 +120,8 @@ pub async fn run(
     let mut demands: BTreeMap<String, Demand> = BTreeMap::new();
     let mut tick = tokio::time::interval(settings.interval);
     let mut last = Instant::now();
+    let mut applied = Applied::new();
+    let mut was_frozen = false;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -149,7 +154,12 @@ pub async fn run(
                 let live: BTreeSet<String> =
                     membership.live_of(Role::Agent).into_iter().chain([node.clone()]).collect();
                 reconcile(&mut peers, &live, &settings);
-                apply(&node, &limiter, &peers);
+                let frozen = someone_silent(&node, &peers, settings.interval * 3);
+                if frozen != was_frozen {
+                    tracing::info!(frozen, "shares {}", if frozen { "frozen: a node went silent" } else { "follow demand again" });
+                    was_frozen = frozen;
+                }
+                apply(&node, &limiter, &peers, &mut applied, frozen);
                 view.send_replace(peers_view(&peers, &settings));
             }
         }
@@ -203,8 +213,21 @@ fn reconcile(peers: &mut BTreeMap<String, Peer>, live: &BTreeSet<String>, settin
     });
 }
 
-/// Set this node's share of every key, and its slots of every concurrency key in use.
-fn apply(node: &str, limiter: &Limiter, peers: &BTreeMap<String, Peer>) {
+/// Whether some other known node is silent or its reports stopped arriving (older than
+/// `stale`): the first sign of a partition, long before the lease expires.
+fn someone_silent(node: &str, peers: &BTreeMap<String, Peer>, stale: Duration) -> bool {
+    peers
+        .iter()
+        .any(|(name, p)| name != node && (p.silent_since.is_some() || p.heard.is_some_and(|h| h.elapsed() > stale)))
+}
+
+/// What this node last applied per key: its share, and for concurrency keys its slots.
+type Applied = BTreeMap<String, (f64, u64)>;
+
+/// Set this node's share of every key, and its slots of every concurrency key in use. While
+/// `frozen` (someone went silent), shares may shrink but never grow: the silent side is still
+/// using the share it had, and the split must not be recomputed against its frozen demand.
+fn apply(node: &str, limiter: &Limiter, peers: &BTreeMap<String, Peer>, applied: &mut Applied, frozen: bool) {
     let n = peers.len().max(1);
     limiter.set_default_share(1.0 / n as f64);
     // A live node not heard from yet may be as busy as anyone: until it reports, take no more
@@ -223,16 +246,22 @@ fn apply(node: &str, limiter: &Limiter, peers: &BTreeMap<String, Peer>) {
         for name in peers.keys() {
             demands.entry(name.clone()).or_insert(0.0);
         }
-        let share = share_of(node, &demands).min(cap);
-        match slot_keys.get(key) {
-            Some(&max) => {
-                let held = |name: &str| {
-                    peers.get(name).and_then(|p| p.report.as_ref()).and_then(|r| r.held.get(key)).copied().unwrap_or(0)
-                };
-                limiter.set_slots(key, my_slots(node, key_shares(&demands, cap, node), max, held), share);
-            }
+        let mut share = share_of(node, &demands).min(cap);
+        let mut slots = slot_keys.get(key).map(|&max| {
+            let held = |name: &str| {
+                peers.get(name).and_then(|p| p.report.as_ref()).and_then(|r| r.held.get(key)).copied().unwrap_or(0)
+            };
+            my_slots(node, key_shares(&demands, cap, node), max, held)
+        });
+        if let (true, Some(&(last_share, last_slots))) = (frozen, applied.get(key)) {
+            share = share.min(last_share);
+            slots = slots.map(|s| s.min(last_slots));
+        }
+        match slots {
+            Some(n) => limiter.set_slots(key, n, share),
             None => limiter.set_share(key, share),
         }
+        applied.insert(key.to_owned(), (share, slots.unwrap_or(u64::MAX)));
     }
 }
 
@@ -351,7 +380,7 @@ mod tests {
             "other".into(),
             Peer { report: Some(report(500.0)), heard: Some(Instant::now()), silent_since: Some(Instant::now()) },
         );
-        apply("me", &l, &peers);
+        apply("me", &l, &peers, &mut Applied::new(), true);
         let share = l.usage().first().map(|u| u.share);
         assert!(share.is_none(), "no state made by apply");
         assert!(l.try_acquire("k", 1).is_allowed());

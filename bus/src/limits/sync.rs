@@ -114,11 +114,13 @@ pub async fn start(
     // own queryable too) never wait on the task below.
     let queryable = {
         let history = state.history.clone();
+        let mine = keys.limits_config(&node).map_err(key_err)?;
         session
-            .declare_queryable(keys.limits_config(&node).map_err(key_err)?)
+            .declare_queryable(mine.clone())
             .callback(move |query| {
                 let body = history.lock().ok().and_then(|h| serde_json::to_vec(&*h).ok()).unwrap_or_default();
-                if let Err(e) = query.reply(query.key_expr().clone(), body).wait() {
+                // Answer under this node's own key, which names it to the asker.
+                if let Err(e) = query.reply(mine.clone(), body).wait() {
                     tracing::debug!(error = %e, "cannot answer a limits history query");
                 }
             })

@@ -1,0 +1,287 @@
+//! Cluster-wide limits with real agent processes on loopback: gateways' demand goes through each
+//! agent's Unix socket, every allowed unit is timestamped here, and the cluster's admissions are
+//! counted per 1 s window (sliding, 100 ms steps) across nodes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::limits::{admitted, http_post, window_extremes, Load, Proxy, SocketClient};
+use common::{metric, wait_until, Cluster};
+
+const RATE_1000: &str = "[[limit]]\nkey = \"operator:*\"\nrate = 1000\n";
+
+/// Wait until every named agent answers on `/health`.
+fn wait_healthy(c: &Cluster, nodes: &[&str]) {
+    for n in nodes {
+        assert!(wait_until(Duration::from_secs(15), || c.http_get(n, "/health").0 == 200), "{n} never became healthy");
+    }
+}
+
+/// Wait until `node`'s `/v1/limits` shows `n` known nodes, all live, on `revision`.
+fn wait_for_view(c: &Cluster, node: &str, n: usize, revision: u64) {
+    let ok = wait_until(Duration::from_secs(15), || {
+        let (code, body) = c.http_get(node, "/v1/limits");
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else { return false };
+        let nodes = v["nodes"].as_object().map_or(0, |m| m.values().filter(|p| p["state"] == "live").count());
+        code == 200 && nodes == n && v["revision"] == revision
+    });
+    assert!(ok, "{node} never saw {n} live nodes on revision {revision}: {:?}", c.http_get(node, "/v1/limits"));
+}
+
+fn query_csv(c: &Cluster, sql: &str) -> Option<String> {
+    let out = std::process::Command::new(common::BIN)
+        .args(["query", "--data", c.dataset().to_str().unwrap(), "--format", "csv", sql])
+        .output()
+        .unwrap();
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn skewed_and_shifting_demand_stays_within_the_limit_and_every_decision_reaches_the_limits_table() {
+    let c = Cluster::new();
+    let _collector = c.start_collector();
+    let a = c.start_limits_agent("a", &[c.endpoint.clone()], "", "");
+    let b = c.start_limits_agent("b", &[c.endpoint.clone(), a.endpoint()], "", "");
+    let cc = c.start_limits_agent("c", &[c.endpoint.clone(), a.endpoint(), b.endpoint()], "", "");
+    wait_healthy(&c, &["a", "b", "c"]);
+    let out = c.set_limits(&a.endpoint(), RATE_1000, "first");
+    assert!(out.contains("in force on 3 of 3 nodes"), "{out}");
+    for n in ["a", "b", "c"] {
+        wait_for_view(&c, n, 3, 1);
+    }
+
+    let loads = [
+        Load::start(c.socket("a"), "operator:x", 1600),
+        Load::start(c.socket("b"), "operator:x", 400),
+        Load::start(c.socket("c"), "operator:x", 100),
+    ];
+    let all: Vec<&Load> = loads.iter().collect();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(5));
+    let skewed = window_extremes(&all, t0 + Duration::from_millis(1500), Instant::now());
+    // Demand shifts from a to c.
+    loads[0].set_rate(100);
+    loads[2].set_rate(1600);
+    let t1 = Instant::now();
+    std::thread::sleep(Duration::from_secs(5));
+    let shifted = window_extremes(&all, t1 + Duration::from_millis(1500), Instant::now());
+    let across_shift = window_extremes(&all, t0 + Duration::from_millis(1500), Instant::now());
+    let per_node: Vec<usize> =
+        loads.iter().map(|l| admitted(&[l], t1 + Duration::from_secs(2), Duration::from_secs(3))).collect();
+    let (allowed, asked): (Vec<usize>, Vec<u64>) = loads
+        .into_iter()
+        .map(|l| {
+            let asked = l.asked.clone();
+            let n = l.stop();
+            (n, asked.load(std::sync::atomic::Ordering::Relaxed))
+        })
+        .unzip();
+    eprintln!("windows (max, min): skewed {skewed:?}, shifted {shifted:?}, across {across_shift:?}; after the shift per node {per_node:?}");
+    for (what, (most, least)) in [("skewed", skewed), ("shifted", shifted), ("across the shift", across_shift)] {
+        assert!(most <= 1020, "{what}: a 1 s window admitted {most} of a 1000/s limit");
+        assert!(least >= 850, "{what}: a 1 s window admitted only {least} of 1000 under demand of 2100/s");
+    }
+    assert!(per_node[2] > per_node[0] * 3, "the share followed demand to c: {per_node:?}");
+
+    // Every decision, allowed or denied, is in the limits table once.
+    let (total_allowed, total_asked) = (allowed.iter().sum::<usize>() as u64, asked.iter().sum::<u64>());
+    let expect = format!("{total_allowed},{}", total_asked - total_allowed);
+    let sql =
+        "SELECT coalesce(sum(allowed), 0) AS a, coalesce(sum(denied), 0) AS d FROM limits WHERE key = 'operator:x'";
+    let mut last = None;
+    let ok = wait_until(Duration::from_secs(30), || {
+        last = query_csv(&c, sql);
+        last.as_deref().is_some_and(|t| t.lines().nth(1) == Some(expect.as_str()))
+    });
+    assert!(ok, "limits table: expected {expect}, got {last:?}");
+    let per_node_sql =
+        "SELECT node, sum(allowed) AS a FROM limits WHERE key = 'operator:x' GROUP BY node ORDER BY node";
+    let table = query_csv(&c, per_node_sql).unwrap();
+    let want: Vec<String> = ["a", "b", "c"].iter().zip(&allowed).map(|(n, a)| format!("{n},{a}")).collect();
+    assert_eq!(table.lines().skip(1).collect::<Vec<_>>(), want);
+
+    let (ok, list) = c.limits_cli(&a.endpoint(), &["list"]);
+    assert!(
+        ok && list.contains("revision 1, set")
+            && list.contains("operator:*")
+            && list.matches("revision 1").count() >= 4,
+        "{list}"
+    );
+    let (ok, history) = c.limits_cli(&cc.endpoint(), &["history"]);
+    assert!(ok && history.contains("test  first") && history.contains("+ operator:*: 1000/second"), "{history}");
+    drop((a, b, cc));
+}
+
+#[test]
+fn a_killed_node_frees_its_share_and_its_slots_at_once() {
+    let c = Cluster::new();
+    let a = c.start_limits_agent("a", &[], "", "");
+    let b = c.start_limits_agent("b", &[a.endpoint()], "", "");
+    wait_healthy(&c, &["a", "b"]);
+    c.set_limits(
+        &a.endpoint(),
+        &format!("{RATE_1000}\n[[limit]]\nkey = \"domain:*\"\nconcurrency = 20\n"),
+        "two kinds",
+    );
+    wait_for_view(&c, "a", 2, 1);
+    wait_for_view(&c, "b", 2, 1);
+
+    // Each node takes slots until refused: together they never hold more than 20.
+    let (mut ca, mut cb) = (SocketClient::connect(&c.socket("a")), SocketClient::connect(&c.socket("b")));
+    let held_a = (0..30).filter(|_| ca.acquire("domain:example.com")).count();
+    let held_b = (0..30).filter(|_| cb.acquire("domain:example.com")).count();
+    assert_eq!(held_a + held_b, 20, "slots held: a {held_a}, b {held_b}");
+
+    let la = Load::start(c.socket("a"), "operator:x", 1000);
+    let lb = Load::start(c.socket("b"), "operator:x", 1000);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let before = window_extremes(&[&la, &lb], t0 + Duration::from_secs(1), Instant::now());
+    let a_alone_before = admitted(&[&la], t0 + Duration::from_secs(2), Duration::from_secs(1));
+    b.proc.unwrap().kill();
+    let killed = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let a_after = admitted(&[&la], killed + Duration::from_secs(1), Duration::from_secs(1));
+    let a_after_2 = admitted(&[&la], killed + Duration::from_secs(2), Duration::from_secs(1));
+    // b's slots are a's now.
+    let freed = wait_until(Duration::from_secs(3), || ca.acquire("domain:example.com"));
+    let extra = 1 + (0..30).filter(|_| ca.acquire("domain:example.com")).count();
+    la.stop();
+    lb.stop();
+    eprintln!("before {before:?}, a alone before {a_alone_before}, a after kill {a_after}, {a_after_2}; slots {held_a}+{held_b}, then a took {extra}");
+    assert!(before.0 <= 1020 && before.1 >= 850, "{before:?}");
+    assert!(a_alone_before < 700, "a had about half before: {a_alone_before}");
+    assert!(
+        a_after >= 900 && a_after_2 >= 900 && a_after_2 <= 1020,
+        "a took the whole limit within 1 s: {a_after}, {a_after_2}"
+    );
+    assert!(freed && held_a + extra == 20, "a holds {held_a} + {extra} slots after b's death");
+    drop(a);
+}
+
+#[test]
+fn a_partition_keeps_each_side_to_its_share_and_healing_restores_the_split() {
+    let c = Cluster::new();
+    let a = c.start_limits_agent("a", &[], "gossip = false", "");
+    let proxy = Proxy::start(a.port);
+    let b = c.start_limits_agent("b", &[proxy.endpoint()], "gossip = false", "");
+    wait_healthy(&c, &["a", "b"]);
+    c.set_limits(&a.endpoint(), RATE_1000, "partition test");
+    wait_for_view(&c, "a", 2, 1);
+    wait_for_view(&c, "b", 2, 1);
+
+    let la = Load::start(c.socket("a"), "operator:x", 1000);
+    let lb = Load::start(c.socket("b"), "operator:x", 1000);
+    std::thread::sleep(Duration::from_secs(3));
+    let cut = Instant::now();
+    proxy.cut();
+    // The lease is 3 s: after it each side sees the other vanish silently and holds its share.
+    let silent = wait_until(Duration::from_secs(8), || {
+        let (_, body) = c.http_get("a", "/v1/limits");
+        body.contains("\"silent\"")
+    });
+    // Demand on a doubles while cut off: a still keeps to its share.
+    la.set_rate(2000);
+    std::thread::sleep(Duration::from_secs(4));
+    let during = window_extremes(&[&la, &lb], cut, Instant::now());
+    let a_during = admitted(&[&la], Instant::now() - Duration::from_secs(2), Duration::from_secs(1));
+    proxy.heal();
+    let healed = Instant::now();
+    wait_for_view(&c, "a", 2, 1);
+    let rejoined = healed.elapsed();
+    std::thread::sleep(Duration::from_secs(4));
+    let after = window_extremes(&[&la, &lb], healed, Instant::now());
+    let settled = window_extremes(&[&la, &lb], Instant::now() - Duration::from_secs(2), Instant::now());
+    let a_settled = admitted(&[&la], Instant::now() - Duration::from_secs(1), Duration::from_secs(1));
+    la.stop();
+    lb.stop();
+    eprintln!(
+        "during the cut {during:?} (a alone {a_during}), rejoined after {rejoined:?}, after healing {after:?}, settled {settled:?} (a {a_settled})"
+    );
+    assert!(silent, "a never marked b silent");
+    assert!(during.0 <= 1020, "the cluster stayed within the limit while split: {during:?}");
+    assert!(a_during <= 600, "a kept to its share while cut off: {a_during}");
+    assert!(after.0 <= 1020, "no overshoot while healing: {after:?}");
+    assert!(
+        settled.1 >= 850 && a_settled > 550,
+        "after healing the split follows demand again: {settled:?}, a {a_settled}"
+    );
+    drop((a, b));
+}
+
+#[test]
+fn a_limit_changed_under_traffic_applies_everywhere_and_the_api_explains_bad_requests() {
+    let c = Cluster::new();
+    let a = c.start_limits_agent("a", &[], "", "");
+    let b = c.start_limits_agent("b", &[a.endpoint()], "", "");
+    let file = |rate: u64| {
+        format!(
+            "[[limit]]\nkey = \"operator:*\"\nrate = {rate}\n\n[[limit]]\nkey = \"customer:*\"\nrate = 1\nper = \"hour\"\n\n[[limit]]\nkey = \"domain:*\"\nconcurrency = 2\n"
+        )
+    };
+    wait_healthy(&c, &["a", "b"]);
+    c.set_limits(&a.endpoint(), &file(1000), "start");
+    wait_for_view(&c, "b", 2, 1);
+    let la = Load::start(c.socket("a"), "operator:x", 1500);
+    let lb = Load::start(c.socket("b"), "operator:x", 1500);
+    std::thread::sleep(Duration::from_secs(3));
+    let before = window_extremes(&[&la, &lb], Instant::now() - Duration::from_secs(2), Instant::now());
+    let out = c.set_limits(&b.endpoint(), &file(2000), "raise for the campaign");
+    assert!(out.contains("~ operator:*: 1000/second -> 2000/second") && out.contains("in force on 2 of 2"), "{out}");
+    let changed = Instant::now();
+    std::thread::sleep(Duration::from_secs(4));
+    let after = window_extremes(&[&la, &lb], changed + Duration::from_secs(1), Instant::now());
+    la.stop();
+    lb.stop();
+    eprintln!("before {before:?}, after {after:?}");
+    assert!(before.0 <= 1020 && before.1 >= 850, "{before:?}");
+    assert!(after.0 <= 2040 && after.1 >= 1700, "{after:?}");
+    let (_, history) = c.limits_cli(&a.endpoint(), &["history"]);
+    assert!(
+        history.contains("revision 1") && history.contains("revision 2") && history.contains("raise for the campaign"),
+        "{history}"
+    );
+
+    // A node that joins later takes the current revision; restarted alone, it keeps it.
+    let late = c.start_limits_agent("late", &[a.endpoint()], "", "");
+    wait_for_view(&c, "late", 3, 2);
+    late.proc.unwrap().stop();
+    let alone = c.restart_limits_agent("late", late.port, &[], "", "");
+    wait_for_view(&c, "late", 1, 2);
+
+    // The HTTP API.
+    let port = c.http_port("a");
+    let (code, _, body) = http_post(port, "/v1/limits/acquire", r#"{"key": "customer:acme"}"#);
+    assert_eq!((code, body.as_str()), (200, r#"{"allowed":true,"limited":true}"#));
+    let (code, head, body) = http_post(port, "/v1/limits/acquire", r#"{"key": "customer:acme", "n": 1}"#);
+    assert_eq!(code, 429, "{body}");
+    assert!(head.to_ascii_lowercase().contains("retry-after:") && body.contains("retry_after_ms"), "{head}\n{body}");
+    let (code, _, body) = http_post(port, "/v1/limits/acquire", r#"{"key": "unlisted:x"}"#);
+    assert_eq!((code, body.as_str()), (200, r#"{"allowed":true,"limited":false}"#));
+    let (code, _, body) = http_post(port, "/v1/slots/acquire", r#"{"key": "domain:d"}"#);
+    assert_eq!(code, 200, "{body}");
+    let (code, _, body) = http_post(port, "/v1/slots/release", r#"{"key": "domain:d"}"#);
+    assert_eq!((code, body.as_str()), (200, r#"{"released":1}"#));
+    let (code, _, body) = http_post(port, "/v1/slots/release", r#"{"key": "domain:d"}"#);
+    assert!(code == 409 && body.contains("not held"), "{code} {body}");
+    for (bad, says) in [
+        (r#"{"key": 5}"#, "expected"),
+        ("not json", "expected"),
+        (r#"{"key": "x", "n": 0}"#, "n must be"),
+        (r#"{"key": ""}"#, "key must be"),
+        (r#"{"key": "x", "extra": 1}"#, "unknown field"),
+    ] {
+        let (code, _, body) = http_post(port, "/v1/limits/acquire", bad);
+        assert!(code == 400 && body.contains(says), "{bad}: {code} {body}");
+    }
+    let mut s = SocketClient::connect(&c.socket("a"));
+    assert_eq!(s.request("PING"), "PONG");
+    assert!(s.request("ACQUIRE").starts_with("ERR missing key"));
+    assert!(s.request("TAKE x").starts_with("ERR unknown request"));
+    assert_eq!(s.request("RELEASE domain:never 1"), "OK 0");
+    let (_, metrics) = c.http_get("a", "/metrics");
+    assert!(metric(&metrics, "switchboard_agent_limits_bad_requests_total").unwrap_or(0.0) >= 7.0, "{metrics}");
+    assert_eq!(metric(&metrics, "switchboard_agent_limits_revision"), Some(2.0));
+    drop((a, b, alone));
+}
