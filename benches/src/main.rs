@@ -8,6 +8,7 @@
 //! ```
 
 mod limits;
+mod limits_cluster;
 mod logs;
 mod wire;
 
@@ -41,11 +42,29 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         repeat: usize,
     },
-    /// Rate-limit decisions: in-process decisions/s and p50/p99/p999, beside a Redis counter.
+    /// Rate limits: decision cost in process and through a node agent's APIs beside a Redis
+    /// counter; then accuracy of one limit shared by several node processes under uneven,
+    /// shifting demand (target: no 1 s window above 101% of the limit, at least 97% on average).
     Limits {
-        /// Decisions per case.
+        /// Decisions per in-process case.
         #[arg(long, default_value_t = 10_000_000)]
         decisions: u64,
+        /// Node processes in the accuracy run (0 skips it).
+        #[arg(long, default_value_t = 4)]
+        nodes: usize,
+        /// The shared limit, per second.
+        #[arg(long, default_value_t = 2000)]
+        limit: u64,
+        /// Seconds per demand phase (demand rotates among the nodes each phase).
+        #[arg(long, default_value_t = 5)]
+        phase_secs: u64,
+    },
+    /// One node of the accuracy run (started by `limits`): a node agent from a config file.
+    #[command(hide = true)]
+    LimitsNode {
+        /// The agent config.
+        #[arg(long)]
+        config: std::path::PathBuf,
     },
     /// Wire format: log_batch as Arrow IPC against JSON lines (encode, decode, bytes per row).
     Wire {
@@ -73,6 +92,13 @@ fn main() -> Result<()> {
             logs::run(&logs::LogsBench { lines, format, kv_in_message, repeat })
         }
         Bench::Wire { rows } => wire::run(rows),
-        Bench::Limits { decisions } => limits::run(decisions),
+        Bench::Limits { decisions, nodes, limit, phase_secs } => {
+            limits::run(decisions)?;
+            if nodes > 0 {
+                limits_cluster::accuracy(nodes, limit, std::time::Duration::from_secs(phase_secs))?;
+            }
+            Ok(())
+        }
+        Bench::LimitsNode { config } => limits_cluster::node(&config),
     }
 }
