@@ -64,8 +64,9 @@ pub enum Command {
     },
     /// Run SQL over the Parquet dataset (DataFusion).
     ///
-    /// Tables: `logs`, partitioned by `date` ('YYYY-MM-DD') and `hour` (0-23): filter on them to
-    /// read only the matching files. Example:
+    /// Tables: `logs`, and `limits` (limit decisions per key and second), each partitioned by
+    /// `date` ('YYYY-MM-DD') and `hour` (0-23): filter on them to read only the matching files.
+    /// Example:
     ///   switchboard query "SELECT node, level, count(*) FROM logs WHERE date = '2026-11-22' GROUP BY 1, 2"
     Query {
         /// The SQL statement.

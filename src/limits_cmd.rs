@@ -53,6 +53,7 @@ pub enum LimitsCommand {
     ///   [[limit]]
     ///   key = "domain:*"
     ///   concurrency = 20          # slots held at once, cluster-wide
+    #[command(verbatim_doc_comment)]
     Set {
         /// The limits file.
         file: PathBuf,

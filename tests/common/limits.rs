@@ -48,44 +48,9 @@ impl Cluster {
         bus_extra: &str,
         limits_extra: &str,
     ) -> LimitsNode {
-        let connect: Vec<String> = connect.iter().map(|e| format!("\"{e}\"")).collect();
-        let cfg = self.path().join(format!("agent-{node}.toml"));
-        std::fs::write(
-            &cfg,
-            format!(
-                r#"
-[bus]
-cluster = "{}"
-node = "{node}"
-listen = ["tcp/127.0.0.1:{port}"]
-connect = [{}]
-{bus_extra}
-
-[agent]
-data_dir = "{}"
-batch_max_delay_ms = 50
-poll_interval_ms = 20
-glob_interval_ms = 200
-checkpoint_interval_ms = 100
-http_listen = "127.0.0.1:{}"
-
-[limits]
-interval_ms = 50
-resync_ms = 1000
-{limits_extra}
-"#,
-                self.cluster,
-                connect.join(", "),
-                self.agent_state(node).display(),
-                self.http_port(node),
-            ),
-        )
-        .unwrap();
-        let proc = Proc::start(
-            &format!("agent {node}"),
-            &["agent", "--config", cfg.to_str().unwrap()],
-            self.path().join(format!("agent-{node}.log")),
-        );
+        let bus = format!("listen = [\"tcp/127.0.0.1:{port}\"]\n{bus_extra}");
+        let rest = format!("[limits]\ninterval_ms = 50\nresync_ms = 1000\n{limits_extra}\n");
+        let proc = self.start_agent_config(node, connect, &bus, &rest);
         LimitsNode { name: node.to_owned(), port, proc: Some(proc) }
     }
 

@@ -187,7 +187,17 @@ http_listen = "127.0.0.1:{}"
 
     /// The general form: `source_extra` is appended to the `[[source]]` table (TOML lines).
     pub fn start_agent_with(&self, node: &str, format: &str, extra: &[String], source_extra: &str) -> Proc {
-        let connect: Vec<String> = std::iter::once(&self.endpoint).chain(extra).map(|e| format!("\"{e}\"")).collect();
+        let connect: Vec<String> = std::iter::once(&self.endpoint).chain(extra).cloned().collect();
+        let rest = format!(
+            "[[source]]\nname = \"app\"\npaths = [\"{}/*.log*\"]\nformat = \"{format}\"\n{source_extra}\n",
+            self.logs_dir(node).display()
+        );
+        self.start_agent_config(node, &connect, "", &rest)
+    }
+
+    /// Write `agent-<node>.toml` (bus, test-speed agent settings, then `rest`) and start it.
+    pub fn start_agent_config(&self, node: &str, connect: &[String], bus_extra: &str, rest: &str) -> Proc {
+        let connect: Vec<String> = connect.iter().map(|e| format!("\"{e}\"")).collect();
         let cfg = self.path().join(format!("agent-{node}.toml"));
         std::fs::write(
             &cfg,
@@ -197,6 +207,7 @@ http_listen = "127.0.0.1:{}"
 cluster = "{}"
 node = "{node}"
 connect = [{}]
+{bus_extra}
 
 [agent]
 data_dir = "{}"
@@ -206,17 +217,12 @@ glob_interval_ms = 200
 checkpoint_interval_ms = 100
 http_listen = "127.0.0.1:{}"
 
-[[source]]
-name = "app"
-paths = ["{}/*.log*"]
-format = "{format}"
-{source_extra}
+{rest}
 "#,
                 self.cluster,
                 connect.join(", "),
-                self.path().join("state").join(node).display(),
+                self.agent_state(node).display(),
                 self.http_port(node),
-                self.logs_dir(node).display()
             ),
         )
         .unwrap();
