@@ -56,6 +56,19 @@ fn python_clients_subscribe_publish_and_read() {
         count_logs(&c.dataset()),
         collector.log_text()
     );
+    // A Python client sets the cluster's limits through the documented keys; the agent applies
+    // them and decides by them.
+    let out = Command::new("python3").args([&script(), "limits", &c.endpoint, &prefix, "7"]).output().unwrap();
+    assert!(out.status.success(), "python limits: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["nodes"], serde_json::json!(["gw"]), "{v}");
+    let (_, body) = c.http_get("gw", "/v1/limits/history");
+    assert!(body.contains("\"author\":\"python\"") && body.contains("\"rate\":7"), "{body}");
+    let decisions = (0..20)
+        .map(|_| common::limits::http_post(c.http_port("gw"), "/v1/limits/acquire", r#"{"key":"operator:x"}"#).0)
+        .filter(|code| *code == 200)
+        .count();
+    assert_eq!(decisions, 1, "7 per minute alone on one node admits its burst of 1 at once");
     agent.stop();
     collector.stop();
     let rows = read_logs(&c.dataset());

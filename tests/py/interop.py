@@ -4,6 +4,7 @@ Used by tests/python_interop.rs. Subcommands:
   subscribe ENDPOINT LISTEN PREFIX EXPECTED TIMEOUT   receive log_batch payloads, print a JSON summary
   publish   ENDPOINT PREFIX NODE STREAM ROWS          publish ROWS records as one node, in two batches
   read      DATASET                                   read the logs table with pyarrow and DuckDB
+  limits    ENDPOINT PREFIX RATE                      set a limits revision, wait for it, print a demand report
 Every wait is bounded; the exit code is non-zero on any protocol violation.
 """
 import json
@@ -131,6 +132,55 @@ def read(dataset):
     return 0
 
 
+def limits(endpoint, prefix, rate):
+    """Set `operator:*` to RATE per minute as the next revision, the way `switchboard limits set` does."""
+    s = session(endpoint)
+    time.sleep(0.5)
+
+    def histories():
+        out = {}
+        for reply in s.get(f"{prefix}/limits/config/*", timeout=2.0):
+            if reply.ok is None:
+                continue
+            node = str(reply.ok.key_expr).rsplit("/", 1)[-1]
+            out[node] = json.loads(reply.ok.payload.to_bytes())
+        return out
+
+    before = histories()
+    if not before:
+        print("no node answered", file=sys.stderr)
+        return 1
+    current = max((h["revisions"][-1]["revision"] for h in before.values() if h["revisions"]), default=0)
+    rev = {
+        "revision": current + 1,
+        "author": "python",
+        "at_ms": int(time.time() * 1000),
+        "comment": "set from python",
+        "limits": [{"key": "operator:*", "rate": rate, "per": "minute"}],
+    }
+    s.put(f"{prefix}/limits/revision", json.dumps(rev).encode())
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        now = histories()
+        ident = lambda r: (r["revision"], r["at_ms"], r["author"], r["limits"])
+        if now and all(h["revisions"] and ident(h["revisions"][-1]) == ident(rev) for h in now.values()):
+            break
+        time.sleep(0.2)
+    else:
+        print("the revision was not applied everywhere", file=sys.stderr)
+        return 1
+    reports = []
+    sub = s.declare_subscriber(f"{prefix}/counter/*", lambda sample: reports.append(json.loads(sample.payload.to_bytes())))
+    time.sleep(1.0)
+    sub.undeclare()
+    s.close()
+    if not reports or any(r.get("version") != 1 or not isinstance(r.get("demand"), dict) for r in reports):
+        print("bad demand reports", reports[:3], file=sys.stderr)
+        return 1
+    print(json.dumps({"revision": rev["revision"], "nodes": sorted(now), "report": reports[-1]}))
+    return 0
+
+
 def main(argv):
     cmd = argv[1]
     if cmd == "subscribe":
@@ -139,6 +189,8 @@ def main(argv):
         return publish(argv[2], argv[3], argv[4], argv[5], int(argv[6]))
     if cmd == "read":
         return read(argv[2])
+    if cmd == "limits":
+        return limits(argv[2], argv[3], int(argv[4]))
     print("unknown command", cmd, file=sys.stderr)
     return 2
 

@@ -58,17 +58,17 @@ pub struct LimitSpec {
     /// The key, or a pattern with `*` (e.g. `operator:*`: one limit per operator).
     pub key: String,
     /// Units per period, for a rate limit.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<u64>,
     /// The period of `rate`: `second` (default), `minute` or `hour`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per: Option<Per>,
     /// Slots held at once, for a concurrency limit.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u64>,
     /// Units that may pass at once after a quiet spell (rate limits). Default: 1% of the rate,
     /// at least 1: no window of one period ever admits more than 101% of the rate.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u64>,
 }
 
@@ -521,6 +521,21 @@ mod tests {
         l.replace(vec![rate("a", 1), rate("b", 2)]).unwrap();
         assert!(!l.try_acquire("a", 1).is_allowed(), "unchanged limit keeps its state");
         assert!(l.try_acquire("b", 1).is_allowed(), "changed limit starts afresh");
+    }
+
+    #[test]
+    fn a_changed_concurrency_limit_keeps_the_slots_held_under_it() {
+        let conc = |n: u64| LimitSpec { key: "d:*".into(), rate: None, per: None, concurrency: Some(n), burst: None };
+        let l = Limiter::new(vec![conc(4)]).unwrap();
+        assert!((0..4).all(|_| l.acquire_slot("d:x", 1).is_allowed()));
+        l.replace(vec![rate("r", 1), conc(5)]).unwrap();
+        assert_eq!(l.held("d:x"), 4, "held slots survive a new revision (and a move in the list)");
+        assert!(l.acquire_slot("d:x", 1).is_allowed());
+        assert!(!l.acquire_slot("d:x", 1).is_allowed(), "5 held of 5");
+        let u = l.usage().into_iter().find(|u| u.key == "d:x").unwrap();
+        assert_eq!((u.limit.as_str(), u.slots, u.allowed, u.denied), ("d:*", Some((5, 5)), 1, 1));
+        l.replace(vec![rate("r", 1)]).unwrap();
+        assert_eq!(l.try_acquire("d:x", 1), Decision::Unlimited, "a removed limit no longer applies");
     }
 
     #[test]
