@@ -54,18 +54,19 @@ fn bad(service: &LimitsService, message: String) -> Response {
     (StatusCode::BAD_REQUEST, Json(json!({ "error": message }))).into_response()
 }
 
-fn parse(service: &LimitsService, body: &[u8]) -> Result<UnitsRequest, Response> {
-    let req: UnitsRequest = serde_json::from_slice(body)
-        .map_err(|e| bad(service, format!("expected {{\"key\": string, \"n\": integer >= 1}}: {e}")))?;
-    check_request(&req.key, req.n).map_err(|e| bad(service, e.to_string()))?;
+/// The request in `body`, or why it is not one.
+fn parse(body: &[u8]) -> Result<UnitsRequest, String> {
+    let req: UnitsRequest =
+        serde_json::from_slice(body).map_err(|e| format!("expected {{\"key\": string, \"n\": integer >= 1}}: {e}"))?;
+    check_request(&req.key, req.n).map_err(|e| e.to_string())?;
     Ok(req)
 }
 
 async fn acquire(State(s): State<Arc<LimitsService>>, body: Bytes) -> Response {
     s.stats.http_requests.fetch_add(1, Ordering::Relaxed);
-    let req = match parse(&s, &body) {
+    let req = match parse(&body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(message) => return bad(&s, message),
     };
     match s.acquire(&req.key, req.n) {
         Decision::Allowed => Json(json!({ "allowed": true, "limited": true })).into_response(),
@@ -85,9 +86,9 @@ async fn acquire(State(s): State<Arc<LimitsService>>, body: Bytes) -> Response {
 
 async fn release(State(s): State<Arc<LimitsService>>, body: Bytes) -> Response {
     s.stats.http_requests.fetch_add(1, Ordering::Relaxed);
-    let req = match parse(&s, &body) {
+    let req = match parse(&body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(message) => return bad(&s, message),
     };
     let released = s.release(&req.key, req.n);
     if released < req.n {
