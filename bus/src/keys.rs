@@ -15,6 +15,8 @@
 //! | `<prefix>/counter/<node>` | put (JSON [`crate::limits::coord::DemandReport`]) | each node using limits |
 //! | `<prefix>/limits/revision` | put (JSON [`crate::limits::revision::Revision`]) | `switchboard limits set` |
 //! | `<prefix>/limits/config/<node>` | queryable (JSON [`crate::limits::revision::History`]) | each node using limits |
+//! | `<prefix>/dlr/id/<connector>/<id>` | queryable (JSON [`crate::dlr::wire::LookupReply`]) | each node holding the record |
+//! | `<prefix>/dlr/replica/<node>` | queryable (JSON [`crate::dlr::wire::ReplicaBatch`]) | each node using DLRs |
 //!
 //! [`KeySpace::parse_stream`] turns a received key back into a typed [`StreamId`].
 
@@ -233,6 +235,34 @@ impl KeySpace {
         self.parse_node_under("/limits/config/", key)
     }
 
+    /// `<prefix>/dlr/id/<connector>/<id chunk>`: the lookup of one message id (canonical, made a
+    /// chunk by [`crate::dlr::id::key_chunk`]).
+    pub fn dlr_id(&self, connector: &str, canonical_id: &str) -> Result<OwnedKeyExpr, KeyError> {
+        check_chunk(connector)?;
+        self.build(&["dlr", "id", connector, &crate::dlr::id::key_chunk(canonical_id)])
+    }
+
+    /// `<prefix>/dlr/id/*/*`: every lookup (what each node answers).
+    pub fn all_dlr_ids(&self) -> Result<OwnedKeyExpr, KeyError> {
+        self.build(&["dlr", "id", "*", "*"])
+    }
+
+    /// `(connector, canonical id)` back from a key under [`Self::dlr_id`].
+    pub fn parse_dlr_id(&self, key: &str) -> Option<(String, String)> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix("/dlr/id/")?;
+        let (connector, chunk) = rest.split_once('/')?;
+        if connector.is_empty() || chunk.is_empty() || chunk.contains('/') {
+            return None;
+        }
+        Some((connector.to_owned(), crate::dlr::id::from_key_chunk(chunk)?))
+    }
+
+    /// `<prefix>/dlr/replica/<node>`: queryable; where a node takes copies of other nodes' records.
+    pub fn dlr_replica(&self, node: &str) -> Result<OwnedKeyExpr, KeyError> {
+        check_chunk(node)?;
+        self.build(&["dlr", "replica", node])
+    }
+
     /// `<prefix><section><node>` back into the node name.
     fn parse_node_under(&self, section: &str, key: &str) -> Option<String> {
         let node = key.strip_prefix(&self.prefix)?.strip_prefix(section)?;
@@ -310,6 +340,18 @@ mod tests {
         assert!(ks().replay_all_of("gw1", StreamKind::Log).unwrap().intersects(&replay));
         assert_eq!(ks().parse_head(ks().head("gw1").unwrap().as_str()), Some("gw1".into()));
         assert!(ks().watermarks_for("gw1").unwrap().intersects(&ks().watermark("c1", "gw1").unwrap()));
+    }
+
+    #[test]
+    fn dlr_keys_round_trip() {
+        let key = ks().dlr_id("smsc-a", "a/b 1").unwrap();
+        assert_eq!(key.as_str(), "sb/test/dlr/id/smsc-a/a%2Fb%201");
+        assert_eq!(ks().parse_dlr_id(key.as_str()), Some(("smsc-a".into(), "a/b 1".into())));
+        assert!(ks().all_dlr_ids().unwrap().intersects(&key));
+        assert!(!ks().all_dlr_ids().unwrap().intersects(&ks().dlr_replica("gw1").unwrap()));
+        assert!(ks().dlr_id("a/b", "1").is_err());
+        assert_eq!(ks().parse_dlr_id("sb/test/dlr/id/smsc-a"), None);
+        assert_eq!(ks().parse_dlr_id("sb/test/dlr/id/smsc-a/%zz"), None);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - [`keys`]: the key space, defined once, with typed stream and member identities;
 //! - [`session`]: opening a zenoh session from the config, announcing a process;
 //! - [`membership`]: the live set of the cluster from liveliness tokens;
+//! - [`dlr`]: the DLR lookup protocol: canonical ids, records, lookup and replica documents;
 //! - [`limits`]: rate and concurrency limits decided locally (GCRA, slots);
 //! - [`http`]: the `/health` and `/metrics` endpoint of long-running processes;
 //! - [`wire`]: versioned payload schemas (Arrow IPC), e.g. [`wire::log_batch`].
@@ -12,6 +13,7 @@
 //! `docs/protocol.md` documents the same key space and payloads for clients in other languages.
 
 pub mod config;
+pub mod dlr;
 pub mod http;
 pub mod keys;
 pub mod limits;

@@ -1,0 +1,258 @@
+//! One registered message: what a DLR is resolved to.
+//!
+//! [`DlrRecord`] travels as JSON on the bus (lookup replies, replica batches) and is stored by the
+//! agents in a compact binary form ([`DlrRecord::encode_value`] / [`DlrRecord::decode`]): the store
+//! key holds the connector and the canonical id, the value the rest, with variable-length integers.
+//! A record is `open` until a final DLR (or its gateway) closes it; a closed record is kept for a
+//! while so that a repeated DLR is recognized as a duplicate. Every change raises `version`, and of
+//! two copies the higher version wins.
+
+use serde::{Deserialize, Serialize};
+
+/// Version byte of the stored value layout.
+const VALUE_LAYOUT: u8 = 1;
+
+/// Whether a record still waits for its final DLR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordState {
+    /// No final DLR yet.
+    Open,
+    /// The final DLR arrived (or the gateway closed the record).
+    Closed,
+}
+
+/// A registered message and, once closed, its final status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DlrRecord {
+    /// The connector (SMSC or operator account link) the message went out on.
+    pub connector: String,
+    /// The message id in canonical form (see [`crate::dlr::id`]).
+    pub id: String,
+    /// The message id as the gateway registered it.
+    pub msg_id: String,
+    /// The customer account, if the gateway gave one.
+    #[serde(default)]
+    pub account: String,
+    /// The destination address.
+    #[serde(default)]
+    pub destination: String,
+    /// When the message was submitted, ms since the Unix epoch.
+    pub submitted_at: u64,
+    /// The node whose gateway submitted the message.
+    pub owner: String,
+    /// The gateway's own reference for the message.
+    #[serde(default)]
+    pub gateway_ref: String,
+    /// When the record is dropped, ms since the Unix epoch.
+    pub expires_at: u64,
+    /// Raised by every change.
+    pub version: u32,
+    /// Open or closed.
+    pub state: RecordState,
+    /// The final status (e.g. `DELIVRD`), once closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// When it was closed, ms since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_at: Option<u64>,
+    /// The node that took the final DLR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_by: Option<String>,
+}
+
+/// A stored value that cannot be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("stored DLR record is corrupt: {0}")]
+pub struct CorruptRecord(pub &'static str);
+
+impl DlrRecord {
+    /// The store key: `connector`, a zero byte, the canonical id.
+    pub fn store_key(&self) -> Vec<u8> {
+        store_key(&self.connector, &self.id)
+    }
+
+    /// Whether the record is still open.
+    pub fn is_open(&self) -> bool {
+        self.state == RecordState::Open
+    }
+
+    /// The value stored under [`Self::store_key`].
+    pub fn encode_value(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.destination.len() + self.gateway_ref.len() + self.account.len());
+        let closed = self.state == RecordState::Closed;
+        let own_msg_id = self.msg_id != self.id;
+        out.push(VALUE_LAYOUT);
+        out.push(u8::from(closed) | (u8::from(own_msg_id) << 1));
+        put_varint(&mut out, self.submitted_at);
+        put_varint(&mut out, self.expires_at);
+        put_varint(&mut out, u64::from(self.version));
+        put_str(&mut out, &self.owner);
+        put_str(&mut out, &self.account);
+        put_str(&mut out, &self.destination);
+        put_str(&mut out, &self.gateway_ref);
+        if own_msg_id {
+            put_str(&mut out, &self.msg_id);
+        }
+        if closed {
+            put_str(&mut out, self.status.as_deref().unwrap_or(""));
+            put_varint(&mut out, self.closed_at.unwrap_or(0));
+            put_str(&mut out, self.closed_by.as_deref().unwrap_or(""));
+        }
+        out
+    }
+
+    /// A record back from its store key and value.
+    pub fn decode(key: &[u8], value: &[u8]) -> Result<Self, CorruptRecord> {
+        let (connector, id) = split_store_key(key).ok_or(CorruptRecord("key"))?;
+        let mut r = Reader(value);
+        if r.byte()? != VALUE_LAYOUT {
+            return Err(CorruptRecord("unknown layout"));
+        }
+        let flags = r.byte()?;
+        let submitted_at = r.varint()?;
+        let expires_at = r.varint()?;
+        let version = u32::try_from(r.varint()?).map_err(|_| CorruptRecord("version"))?;
+        let (owner, account, destination, gateway_ref) = (r.str()?, r.str()?, r.str()?, r.str()?);
+        let msg_id = if flags & 2 != 0 { r.str()? } else { id.clone() };
+        let (state, status, closed_at, closed_by) = if flags & 1 != 0 {
+            (RecordState::Closed, Some(r.str()?), Some(r.varint()?), Some(r.str()?))
+        } else {
+            (RecordState::Open, None, None, None)
+        };
+        Ok(Self {
+            connector,
+            id,
+            msg_id,
+            account,
+            destination,
+            submitted_at,
+            owner,
+            gateway_ref,
+            expires_at,
+            version,
+            state,
+            status,
+            closed_at,
+            closed_by,
+        })
+    }
+}
+
+/// The store key of `(connector, canonical id)`.
+pub fn store_key(connector: &str, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(connector.len() + 1 + id.len());
+    k.extend_from_slice(connector.as_bytes());
+    k.push(0);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// `(connector, canonical id)` back from a store key.
+pub fn split_store_key(key: &[u8]) -> Option<(String, String)> {
+    let at = key.iter().position(|&b| b == 0)?;
+    let connector = std::str::from_utf8(&key[..at]).ok()?;
+    let id = std::str::from_utf8(&key[at + 1..]).ok()?;
+    Some((connector.to_owned(), id.to_owned()))
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn byte(&mut self) -> Result<u8, CorruptRecord> {
+        let (&b, rest) = self.0.split_first().ok_or(CorruptRecord("truncated"))?;
+        self.0 = rest;
+        Ok(b)
+    }
+
+    fn varint(&mut self) -> Result<u64, CorruptRecord> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(CorruptRecord("varint too long"))
+    }
+
+    fn str(&mut self) -> Result<String, CorruptRecord> {
+        let len = usize::try_from(self.varint()?).map_err(|_| CorruptRecord("length"))?;
+        if len > self.0.len() {
+            return Err(CorruptRecord("truncated"));
+        }
+        let (s, rest) = self.0.split_at(len);
+        self.0 = rest;
+        String::from_utf8(s.to_vec()).map_err(|_| CorruptRecord("not UTF-8"))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample(id: &str) -> DlrRecord {
+        DlrRecord {
+            connector: "smsc-a".into(),
+            id: id.into(),
+            msg_id: id.into(),
+            account: "acme".into(),
+            destination: "+4915112345678".into(),
+            submitted_at: 1_790_000_000_000,
+            owner: "node-a".into(),
+            gateway_ref: "b6f2c9d0-7e1a-4c1e-9d3b-2a7f7a0c1e55".into(),
+            expires_at: 1_790_172_800_000,
+            version: 1,
+            state: RecordState::Open,
+            status: None,
+            closed_at: None,
+            closed_by: None,
+        }
+    }
+
+    #[test]
+    fn values_round_trip_open_and_closed() {
+        let open = sample("24");
+        let back = DlrRecord::decode(&open.store_key(), &open.encode_value()).unwrap();
+        assert_eq!(back, open);
+        let mut closed = sample("26");
+        closed.msg_id = "1A".into();
+        closed.state = RecordState::Closed;
+        closed.status = Some("DELIVRD".into());
+        closed.closed_at = Some(1_790_000_100_000);
+        closed.closed_by = Some("node-b".into());
+        closed.version = 2;
+        let back = DlrRecord::decode(&closed.store_key(), &closed.encode_value()).unwrap();
+        assert_eq!(back, closed);
+        assert!(open.encode_value().len() < 100, "compact: {} bytes", open.encode_value().len());
+    }
+
+    #[test]
+    fn corrupt_values_are_errors_not_panics() {
+        let rec = sample("24");
+        let value = rec.encode_value();
+        for cut in 0..value.len() {
+            assert!(DlrRecord::decode(&rec.store_key(), &value[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(DlrRecord::decode(b"no-separator", &value).is_err());
+        let mut bad = value.clone();
+        bad[0] = 9;
+        assert!(DlrRecord::decode(&rec.store_key(), &bad).is_err());
+        assert!(DlrRecord::decode(&rec.store_key(), &[1, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
+            .is_err());
+    }
+}

@@ -1,0 +1,131 @@
+//! The JSON documents of the DLR protocol (all carry `"version": 1`).
+//!
+//! - A lookup is a query on `<prefix>/dlr/id/<connector>/<id>` (see [`crate::keys::KeySpace::dlr_id`])
+//!   with the optional parameter `wait_ms=N`: a node that does not hold the record yet keeps the
+//!   query open up to N ms and answers if the record is registered with it meanwhile. Its payload
+//!   is empty, or a [`DlrReport`]: the DLR itself, which the owner then takes, hands to its gateway
+//!   and closes the record with. Every holder answers with a [`LookupReply`].
+//! - Replication is a query on `<prefix>/dlr/replica/<node>` carrying a [`ReplicaBatch`]; the node
+//!   answers with a [`ReplicaAck`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::dlr::record::DlrRecord;
+
+/// The schema version of every document here.
+pub const DOC_VERSION: u32 = 1;
+
+/// A delivery report, as the node that received it hands it on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DlrReport {
+    /// Always [`DOC_VERSION`].
+    pub version: u32,
+    /// The status the DLR carries (e.g. `DELIVRD`, `UNDELIV`, `ENROUTE`).
+    pub status: String,
+    /// Whether the status is final (closes the record). Intermediate reports are handed on only.
+    #[serde(default = "yes")]
+    pub r#final: bool,
+    /// When the DLR arrived, ms since the Unix epoch.
+    pub reported_at: u64,
+    /// The node that received the DLR.
+    pub reported_by: String,
+    /// The error code the DLR carries, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The DLR's text, if the gateway passes it on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What a holder did with a lookup that carried a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportOutcome {
+    /// The owner queued the report for its gateway (and closed the record if it was final).
+    Delivered,
+    /// The record was already closed: the report is a repeat and was not handed on.
+    Duplicate,
+}
+
+/// Whose copy a reply comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The node that registered the record.
+    Owner,
+    /// A node holding a copy.
+    Replica,
+}
+
+/// One holder's answer to a lookup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LookupReply {
+    /// Always [`DOC_VERSION`].
+    pub version: u32,
+    /// The answering node.
+    pub node: String,
+    /// Owner or replica.
+    pub role: Role,
+    /// The record as this node holds it (after the report, if one was taken).
+    pub record: DlrRecord,
+    /// Set when the lookup carried a report and the owner took it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<ReportOutcome>,
+}
+
+/// One change for a replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicaOp {
+    /// Store this copy unless a higher version is held.
+    Put(DlrRecord),
+    /// Forget the copy of `(connector, id)`.
+    Drop {
+        /// The connector.
+        connector: String,
+        /// The canonical id.
+        id: String,
+    },
+}
+
+/// Changes sent to one replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaBatch {
+    /// Always [`DOC_VERSION`].
+    pub version: u32,
+    /// The sending node.
+    pub from: String,
+    /// The changes, applied in order.
+    pub ops: Vec<ReplicaOp>,
+}
+
+/// A replica's answer to a [`ReplicaBatch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaAck {
+    /// Always [`DOC_VERSION`].
+    pub version: u32,
+    /// Operations applied.
+    pub applied: u64,
+    /// Puts not applied because the replica holds a higher or equal, different version: those
+    /// copies (the sender adopts them; a record closed while its owner was down comes back so).
+    #[serde(default)]
+    pub newer: Vec<DlrRecord>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_default_to_final() {
+        let r: DlrReport =
+            serde_json::from_str(r#"{"version":1,"status":"DELIVRD","reported_at":5,"reported_by":"b"}"#).unwrap();
+        assert!(r.r#final);
+        let text = serde_json::to_string(&ReplicaOp::Drop { connector: "c".into(), id: "1".into() }).unwrap();
+        assert_eq!(text, r#"{"drop":{"connector":"c","id":"1"}}"#);
+    }
+}
