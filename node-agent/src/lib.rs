@@ -11,6 +11,8 @@
 //! - [`replay`]: re-reads journaled batches for a collector that lacks them;
 //! - [`limits`]: cluster-wide limits: the local API for gateways and the node's part in
 //!   sharing each limit;
+//! - [`dlr`]: the node's part of the DLR index: register, resolve, deliver, replicate, expire;
+//! - [`eventlog`]: the JSON-lines files of the agent's own records (`_limits`, `_dlr`);
 //! - [`stats`] holds the counters.
 //!
 //! [`Agent::start`] wires them together; [`Agent::wait`] returns once a cancelled agent has
@@ -18,6 +20,8 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod dlr;
+pub mod eventlog;
 pub mod framing;
 pub mod journal;
 pub mod limits;
@@ -65,6 +69,9 @@ pub enum AgentError {
     /// The bus session could not be set up.
     #[error("bus: {0}")]
     Bus(String),
+    /// The DLR store could not be opened.
+    #[error("DLR index: {0}")]
+    Dlr(String),
     /// The health and metrics endpoint could not be started (e.g. its address is in use).
     #[error("health/metrics endpoint: {0}")]
     Http(String),
@@ -94,6 +101,9 @@ impl Agent {
         config.validate()?;
         if config.limits.enabled && config.limits.record_decisions {
             config.sources.push(limits::decisions_source(&config.agent.data_dir));
+        }
+        if config.dlr.enabled && config.dlr.record_events {
+            config.sources.push(dlr::events_source(&config.agent.data_dir));
         }
         let keys = KeySpace::new(&config.bus.effective_prefix()).map_err(|e| AgentError::Bus(e.to_string()))?;
         let data_dir = config.agent.data_dir.clone();
@@ -160,6 +170,11 @@ impl Agent {
         } else {
             None
         };
+        let dlr = if config.dlr.enabled {
+            Some(dlr::DlrService::start(&config, &session, &keys, &membership, &tracker, &cancel).await?)
+        } else {
+            None
+        };
         if !config.agent.http_listen.is_empty() {
             let addr = config.agent.http_listen.parse().map_err(|e| AgentError::Http(format!("http_listen: {e}")))?;
             let report = Arc::new(report::AgentReport {
@@ -168,8 +183,12 @@ impl Agent {
                 journals: journals.clone(),
                 membership: membership.clone(),
                 limits: limits.clone(),
+                dlr: dlr.clone(),
             });
-            let routes = limits.clone().map(limits::http::router).unwrap_or_default();
+            let mut routes = limits.clone().map(limits::http::router).unwrap_or_default();
+            if let Some(d) = dlr.clone() {
+                routes = routes.merge(dlr::http::router(d));
+            }
             let (_, task) = switchboard_bus::http::serve(addr, report, routes, cancel.clone())
                 .await
                 .map_err(|e| AgentError::Http(format!("http_listen {addr}: {e}")))?;

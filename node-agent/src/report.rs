@@ -10,6 +10,7 @@ use switchboard_bus::http::{Metrics, Report};
 use switchboard_bus::keys::Role;
 use switchboard_bus::Membership;
 
+use crate::dlr::DlrService;
 use crate::limits::LimitsService;
 use crate::publisher::Journals;
 use crate::stats::AgentStats;
@@ -20,6 +21,7 @@ pub(crate) struct AgentReport {
     pub(crate) journals: Journals,
     pub(crate) membership: Membership,
     pub(crate) limits: Option<Arc<LimitsService>>,
+    pub(crate) dlr: Option<Arc<DlrService>>,
 }
 
 /// Per source: (head, acked, unacked batches, lag seconds).
@@ -56,6 +58,15 @@ impl Report for AgentReport {
                 "revision": l.revisions.current(),
                 "nodes": l.peers.borrow().clone(),
             })),
+            "dlr": self.dlr.as_ref().map(|d| {
+                let size = d.store().size();
+                serde_json::json!({
+                    "records": size.records,
+                    "inbox": size.inbox,
+                    "disk_bytes": size.disk_bytes,
+                    "store_errors": d.stats.store_errors.load(Ordering::Relaxed),
+                })
+            }),
         });
         (ok, body)
     }
@@ -150,6 +161,15 @@ impl Report for AgentReport {
                     "Nodes this node shares limits with (itself and silent ones included).",
                     l.peers.borrow().len() as f64,
                 );
+        }
+        if let Some(d) = &self.dlr {
+            let size = d.store().size();
+            m.gauge("switchboard_agent_dlr_records", "DLR records held (own and copies), approximate.", size.records as f64)
+                .gauge("switchboard_agent_dlr_inbox", "Reports waiting for this node's gateway.", size.inbox as f64)
+                .gauge("switchboard_agent_dlr_store_bytes", "Disk used by the DLR store.", size.disk_bytes as f64);
+            for (name, help, value) in d.stats.counters() {
+                m.counter(&format!("switchboard_agent_dlr_{name}_total"), help, value);
+            }
         }
         m.finish()
     }

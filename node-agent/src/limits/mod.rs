@@ -158,15 +158,7 @@ pub fn limits_dir(data_dir: &Path) -> PathBuf {
 
 /// The internal source that carries the decision log to the collector.
 pub fn decisions_source(data_dir: &Path) -> SourceConfig {
-    let pattern = limits_dir(data_dir).join(format!("{}*", record::FILE_NAME));
-    SourceConfig {
-        name: LIMITS_STREAM.to_owned(),
-        paths: vec![pattern.to_string_lossy().into_owned()],
-        format: crate::parse::Format::Json,
-        start_at: crate::config::StartAt::Beginning,
-        max_line_bytes: 64 << 10,
-        kv_in_message: false,
-    }
+    crate::eventlog::EventLog::new(&limits_dir(data_dir), record::FILE_NAME, record::ROTATE_BYTES).source(LIMITS_STREAM)
 }
 
 #[cfg(test)]

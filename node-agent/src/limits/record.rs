@@ -8,7 +8,6 @@
 //! The file is renamed to `decisions.log.1` when it passes [`ROTATE_BYTES`].
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,6 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use switchboard_bus::limits::Limiter;
 use tokio_util::sync::CancellationToken;
+
+use crate::eventlog::EventLog;
 
 /// Name of the decision log in the limits directory.
 pub const FILE_NAME: &str = "decisions.log";
@@ -59,6 +60,7 @@ pub struct WindowRecord<'a> {
 /// Writes the decision log.
 pub struct Recorder {
     dir: PathBuf,
+    log: EventLog,
     limiter: Arc<Limiter>,
     last: HashMap<String, (u64, u64)>,
 }
@@ -66,7 +68,7 @@ pub struct Recorder {
 impl Recorder {
     /// A recorder writing into `dir`.
     pub fn new(dir: PathBuf, limiter: Arc<Limiter>) -> Self {
-        Self { dir, limiter, last: HashMap::new() }
+        Self { log: EventLog::new(&dir, FILE_NAME, ROTATE_BYTES), dir, limiter, last: HashMap::new() }
     }
 
     /// Record every window until `cancel` fires (and the last, partial one then).
@@ -119,20 +121,8 @@ impl Recorder {
             lines += 1;
             self.last.insert(u.key.clone(), (u.allowed, u.denied));
         }
-        if lines > 0 {
-            self.append(&out)?;
-        }
+        self.log.append(&out)?;
         Ok(lines)
-    }
-
-    fn append(&self, bytes: &[u8]) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
-        let path = self.dir.join(FILE_NAME);
-        if std::fs::metadata(&path).is_ok_and(|m| m.len() >= ROTATE_BYTES) {
-            std::fs::rename(&path, self.dir.join(format!("{FILE_NAME}.1")))?;
-        }
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
-        f.write_all(bytes)
     }
 }
 

@@ -1,0 +1,328 @@
+//! Copies of this node's records on one other live node each, and the copies it keeps for others.
+//!
+//! [`run`] sends every change of an own record (register, report, close) to the record's
+//! replica: the live node that [`replica_for`] picks among the others. Changes are batched (up
+//! to [`BATCH_OPS`] per query) and each batch is a query on `<prefix>/dlr/replica/<node>` that
+//! the replica acknowledges; a batch that fails is retried every second. When the live set
+//! changes, one pass over the store re-sends each record whose replica changed (and tells the
+//! old replica, if live, to drop it); the first pass after start sends everything, so copies
+//! missed while this node was down are made good.
+//!
+//! [`serve`] answers the replica queryable: a copy is stored unless the node holds a higher
+//! version, which goes back in the ack ([`ReplicaAck::newer`]) for the sender to adopt. That is
+//! how a record closed on its replica while the owner was down reaches the owner again.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard_bus::dlr::rendezvous::replica_for;
+use switchboard_bus::dlr::wire::{ReplicaAck, ReplicaBatch, ReplicaOp, DOC_VERSION};
+use switchboard_bus::dlr::DlrRecord;
+use switchboard_bus::keys::Role;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use zenoh::query::{Query, QueryTarget};
+
+use super::store::Write;
+use super::DlrService;
+use crate::AgentError;
+
+/// Most operations in one replica batch.
+pub const BATCH_OPS: usize = 2000;
+/// How long a replica has to acknowledge a batch.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Declare this node's replica queryable and serve it until `cancel` fires.
+pub(crate) async fn serve(
+    service: Arc<DlrService>,
+    tracker: &TaskTracker,
+    cancel: CancellationToken,
+) -> Result<(), AgentError> {
+    let key = service.keys.dlr_replica(&service.node).map_err(|e| AgentError::Bus(e.to_string()))?;
+    let queryable =
+        service.session.declare_queryable(key).await.map_err(|e| AgentError::Bus(format!("DLR replica: {e}")))?;
+    tracker.spawn(async move {
+        loop {
+            let query = tokio::select! {
+                _ = cancel.cancelled() => break,
+                q = queryable.recv_async() => match q { Ok(q) => q, Err(_) => break },
+            };
+            let service = service.clone();
+            tokio::spawn(async move {
+                let (service2, payload) = (service.clone(), query.payload().map(|p| p.to_bytes().into_owned()));
+                let applied = tokio::task::spawn_blocking(move || take(&service2, payload.as_deref())).await;
+                reply(&query, applied.map_err(|e| e.to_string()).and_then(|r| r)).await;
+            });
+        }
+    });
+    Ok(())
+}
+
+async fn reply(query: &Query, ack: Result<ReplicaAck, String>) {
+    let sent = match ack.and_then(|a| serde_json::to_vec(&a).map_err(|e| e.to_string())) {
+        Ok(body) => query.reply(query.key_expr().clone(), body).await,
+        Err(e) => query.reply_err(e).await,
+    };
+    if let Err(e) = sent {
+        tracing::debug!(error = %e, "cannot answer a replica batch");
+    }
+}
+
+/// Apply one replica batch.
+fn take(service: &DlrService, payload: Option<&[u8]>) -> Result<ReplicaAck, String> {
+    let batch: ReplicaBatch = serde_json::from_slice(payload.unwrap_or_default()).map_err(|e| {
+        service.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+        format!("not a replica batch: {e}")
+    })?;
+    let mut ack = ReplicaAck { version: DOC_VERSION, applied: 0, newer: Vec::new() };
+    let _guard = service.store.lock();
+    let mut puts: Vec<(DlrRecord, Option<DlrRecord>)> = Vec::new();
+    let mut drops: Vec<DlrRecord> = Vec::new();
+    let mut seen: HashMap<Vec<u8>, usize> = HashMap::new();
+    for op in batch.ops {
+        match op {
+            ReplicaOp::Put(record) => {
+                let key = record.store_key();
+                let held = match seen.get(&key) {
+                    Some(&i) => Some(puts[i].0.clone()),
+                    None => service.store.get_key(&key).map_err(|e| e.to_string())?,
+                };
+                match held {
+                    Some(h) if h.version > record.version || (h.version == record.version && h != record) => {
+                        ack.newer.push(h);
+                    }
+                    Some(h) if h == record => ack.applied += 1,
+                    held => {
+                        ack.applied += 1;
+                        if let Some(&i) = seen.get(&key) {
+                            puts[i].0 = record;
+                        } else {
+                            seen.insert(key, puts.len());
+                            puts.push((record, held));
+                        }
+                    }
+                }
+            }
+            ReplicaOp::Drop { connector, id } => {
+                // A node never drops its own records on another's word.
+                if let Some(h) = service.store.get(&connector, &id).map_err(|e| e.to_string())? {
+                    if h.owner != service.node && !seen.contains_key(&h.store_key()) {
+                        drops.push(h);
+                    }
+                }
+                ack.applied += 1;
+            }
+        }
+    }
+    let mut writes: Vec<Write<'_>> =
+        puts.iter().map(|(record, previous)| Write::Put { record, previous: previous.as_ref() }).collect();
+    writes.extend(drops.iter().map(Write::Remove));
+    service.store.write(&writes).map_err(|e| {
+        service.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+        e.to_string()
+    })?;
+    service.stats.replica_ops_received.fetch_add(ack.applied, Ordering::Relaxed);
+    Ok(ack)
+}
+
+/// Send `ops` to `node`'s replica queryable and wait for its ack.
+pub(crate) async fn send(service: &DlrService, node: &str, ops: Vec<ReplicaOp>) -> Result<ReplicaAck, String> {
+    let n = ops.len() as u64;
+    let key = service.keys.dlr_replica(node).map_err(|e| e.to_string())?;
+    let body = serde_json::to_vec(&ReplicaBatch { version: DOC_VERSION, from: service.node.clone(), ops })
+        .map_err(|e| e.to_string())?;
+    let result = async {
+        let replies = service
+            .session
+            .get(key)
+            .payload(body)
+            .target(QueryTarget::All)
+            .timeout(ACK_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        let reply = replies.recv_async().await.map_err(|_| format!("node {node} did not acknowledge"))?;
+        let sample = reply.result().map_err(|e| String::from_utf8_lossy(&e.payload().to_bytes()).into_owned())?;
+        serde_json::from_slice::<ReplicaAck>(&sample.payload().to_bytes()).map_err(|e| e.to_string())
+    }
+    .await;
+    match &result {
+        Ok(_) => service.stats.replica_ops_sent.fetch_add(n, Ordering::Relaxed),
+        Err(_) => service.stats.replica_failures.fetch_add(1, Ordering::Relaxed),
+    };
+    result
+}
+
+/// Replicate own records until `cancel` fires.
+pub(crate) async fn run(
+    service: Arc<DlrService>,
+    mut changes: mpsc::UnboundedReceiver<Vec<u8>>,
+    cancel: CancellationToken,
+) {
+    let mut live = service.membership.subscribe();
+    // None until the first pass: then every record is sent.
+    let mut peers: Option<Vec<String>> = None;
+    let mut pending: BTreeSet<Vec<u8>> = BTreeSet::new();
+    let mut retry = tokio::time::interval(Duration::from_secs(1));
+    let mut members_changed = true;
+    loop {
+        if members_changed {
+            members_changed = false;
+            let now: Vec<String> = live
+                .borrow_and_update()
+                .iter()
+                .filter(|m| m.role == Role::Agent && m.name != service.node)
+                .map(|m| m.name.clone())
+                .collect();
+            if peers.as_ref() != Some(&now) {
+                let before = peers.replace(now.clone());
+                if !now.is_empty() {
+                    pass(&service, before.as_deref(), &now, &mut pending).await;
+                }
+            }
+        }
+        let current = peers.clone().unwrap_or_default();
+        if !pending.is_empty() && !current.is_empty() {
+            flush(&service, &current, &mut pending).await;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            changed = live.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                members_changed = true;
+            }
+            key = changes.recv() => match key {
+                Some(k) => {
+                    pending.insert(k);
+                    while pending.len() < BATCH_OPS * 4 {
+                        match changes.try_recv() {
+                            Ok(k) => { pending.insert(k); }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                None => break,
+            },
+            _ = retry.tick() => {}
+        }
+    }
+    // A last try for what is still unsent.
+    let current = peers.unwrap_or_default();
+    if !pending.is_empty() && !current.is_empty() {
+        flush(&service, &current, &mut pending).await;
+    }
+}
+
+/// Send the current state of the `pending` records to their replicas; keys whose batch failed
+/// stay pending.
+async fn flush(service: &DlrService, peers: &[String], pending: &mut BTreeSet<Vec<u8>>) {
+    let mut by_node: BTreeMap<&str, Vec<(Vec<u8>, ReplicaOp)>> = BTreeMap::new();
+    for key in std::mem::take(pending) {
+        let Ok(Some(record)) = service.store.get_key(&key) else { continue };
+        if record.owner != service.node {
+            continue;
+        }
+        if let Some(node) = replica_for(&key, &service.node, peers.iter().map(String::as_str)) {
+            by_node.entry(node).or_default().push((key, ReplicaOp::Put(record)));
+        }
+    }
+    for (node, ops) in by_node {
+        for chunk in ops.chunks(BATCH_OPS) {
+            let (keys, ops): (Vec<_>, Vec<_>) = chunk.iter().cloned().unzip();
+            match send(service, node, ops).await {
+                Ok(ack) => adopt(service, ack.newer),
+                Err(e) => {
+                    tracing::warn!(node, records = keys.len(), error = %e, "replica batch failed; retrying");
+                    pending.extend(keys);
+                }
+            }
+        }
+    }
+}
+
+/// Take copies the replica holds in a newer version (closed while this node was down).
+fn adopt(service: &DlrService, newer: Vec<DlrRecord>) {
+    if newer.is_empty() {
+        return;
+    }
+    let _guard = service.store.lock();
+    for record in newer.into_iter().filter(|r| r.owner == service.node) {
+        let held = service.store.get_key(&record.store_key()).ok().flatten();
+        if held.as_ref().is_some_and(|h| h.version >= record.version) {
+            continue;
+        }
+        if let Err(e) = service.store.write(&[Write::Put { record: &record, previous: held.as_ref() }]) {
+            tracing::warn!(error = %e, "cannot adopt a newer copy");
+        }
+    }
+}
+
+/// After a change of the live set: send each own record whose replica changed to its new
+/// replica and drop it from the old one (if still live). With `before == None`, send all.
+async fn pass(service: &DlrService, before: Option<&[String]>, now: &[String], pending: &mut BTreeSet<Vec<u8>>) {
+    let me = service.node.as_str();
+    let mut moves: BTreeMap<String, Vec<ReplicaOp>> = BTreeMap::new();
+    let mut sent = 0u64;
+    let mut records: Vec<DlrRecord> = Vec::new();
+    // Read under no lock, in pieces: a record changed meanwhile is also in `pending`.
+    let scanned = service.store.for_each(|r| {
+        if r.owner == me {
+            records.push(r);
+        }
+    });
+    if let Err(e) = scanned {
+        tracing::warn!(error = %e, "DLR replication pass cannot read the store");
+        return;
+    }
+    for record in records {
+        let key = record.store_key();
+        let new = replica_for(&key, me, now.iter().map(String::as_str));
+        let old = before.and_then(|b| replica_for(&key, me, b.iter().map(String::as_str)));
+        if before.is_some() && new == old {
+            continue;
+        }
+        if let Some(old) = old.filter(|o| Some(*o) != new && now.iter().any(|n| n == o)) {
+            let drop = ReplicaOp::Drop { connector: record.connector.clone(), id: record.id.clone() };
+            moves.entry(old.to_owned()).or_default().push(drop);
+        }
+        if let Some(new) = new {
+            moves.entry(new.to_owned()).or_default().push(ReplicaOp::Put(record));
+        }
+        if let Some((node, ops)) = moves.iter_mut().find(|(_, ops)| ops.len() >= BATCH_OPS) {
+            let (node, ops) = (node.clone(), std::mem::take(ops));
+            sent += send_or_requeue(service, &node, ops, pending).await;
+        }
+    }
+    for (node, ops) in moves {
+        if !ops.is_empty() {
+            sent += send_or_requeue(service, &node, ops, pending).await;
+        }
+    }
+    tracing::info!(peers = now.len(), records = sent, "DLR copies moved after a membership change");
+}
+
+async fn send_or_requeue(service: &DlrService, node: &str, ops: Vec<ReplicaOp>, pending: &mut BTreeSet<Vec<u8>>) -> u64 {
+    let n = ops.len() as u64;
+    let keys: Vec<Vec<u8>> = ops
+        .iter()
+        .filter_map(|op| match op {
+            ReplicaOp::Put(r) => Some(r.store_key()),
+            ReplicaOp::Drop { .. } => None,
+        })
+        .collect();
+    match send(service, node, ops).await {
+        Ok(ack) => {
+            adopt(service, ack.newer);
+            n
+        }
+        Err(e) => {
+            tracing::warn!(node, records = n, error = %e, "replica batch failed; retrying");
+            pending.extend(keys);
+            0
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! The node's DLR records on disk: an LSM tree ([fjall]) with three keyspaces.
+//!
+//! - `records`: `connector \0 canonical id` → the record's compact value (see
+//!   [`switchboard_bus::dlr::record`]); the node's own records and its copies of other nodes'.
+//! - `expiry`: `expires_at (8 bytes, big endian) ++ record key` → empty: records in expiry order,
+//!   so the sweeper reads only what is due.
+//! - `inbox`: `sequence (8 bytes, big endian)` → a report for this node's gateway (JSON), until the
+//!   gateway acknowledges it.
+//!
+//! Why an LSM tree: every message is inserted once, updated once or twice and deleted a day or
+//! two later, so the workload is inserts and deletes at the same rate with few reads of each
+//! record. An LSM tree turns all of them into sequential appends (deletes are tombstones that
+//! compaction drops), keeps only its block cache and memtables in memory however many records
+//! there are, and compresses blocks (LZ4). fjall is pure Rust (no C++ toolchain) and keeps a
+//! journal that reaches the OS on every write, so a killed agent loses no acknowledged
+//! registration; [`DlrStore::sync`] forces it to disk.
+//!
+//! Every write here is one atomic batch over the keyspaces it touches. Read-modify-write
+//! sequences are serialized by the caller ([`DlrStore::lock`]).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use switchboard_bus::dlr::record::{self, CorruptRecord, DlrRecord};
+
+/// The store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The LSM tree reported an error (I/O, a full disk).
+    #[error("DLR store: {0}")]
+    Engine(#[from] fjall::Error),
+    /// A stored value does not decode.
+    #[error(transparent)]
+    Corrupt(#[from] CorruptRecord),
+}
+
+/// One change, applied with others in one atomic batch.
+#[derive(Debug)]
+pub enum Write<'a> {
+    /// Store `record`; `previous` is the copy it replaces (its expiry entry is removed).
+    Put {
+        /// The new record.
+        record: &'a DlrRecord,
+        /// What was stored before, if anything.
+        previous: Option<&'a DlrRecord>,
+    },
+    /// Remove `record` and its expiry entry.
+    Remove(&'a DlrRecord),
+    /// Queue a report for the gateway.
+    Inbox(&'a [u8]),
+}
+
+/// Sizes of the store.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreSize {
+    /// Records (own and copies), approximate.
+    pub records: u64,
+    /// Reports waiting for the gateway.
+    pub inbox: u64,
+    /// Bytes on disk.
+    pub disk_bytes: u64,
+}
+
+/// The record store.
+pub struct DlrStore {
+    db: Database,
+    records: Keyspace,
+    expiry: Keyspace,
+    inbox: Keyspace,
+    next_inbox: AtomicU64,
+    writer: Mutex<()>,
+}
+
+impl DlrStore {
+    /// Open (or create) the store in `dir` with a block cache of `cache_bytes`.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let db = Database::builder(dir).cache_size(cache_bytes).open()?;
+        let opts = |memtable: u64| move || KeyspaceCreateOptions::default().max_memtable_size(memtable);
+        let records = db.keyspace("records", opts(16 << 20))?;
+        let expiry = db.keyspace("expiry", opts(8 << 20))?;
+        let inbox = db.keyspace("inbox", opts(4 << 20))?;
+        let next = match inbox.last_key_value() {
+            Some(guard) => seq_of(&guard.key()?) + 1,
+            None => 1,
+        };
+        Ok(Self { db, records, expiry, inbox, next_inbox: AtomicU64::new(next), writer: Mutex::new(()) })
+    }
+
+    /// Serialize a read-modify-write sequence against every other one.
+    pub fn lock(&self) -> MutexGuard<'_, ()> {
+        // A panic while holding this guard cannot leave the store inconsistent (every write is
+        // one atomic batch), so a poisoned lock is taken over.
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The record of `(connector, canonical id)`, if held.
+    pub fn get(&self, connector: &str, id: &str) -> Result<Option<DlrRecord>, StoreError> {
+        let key = record::store_key(connector, id);
+        self.get_key(&key)
+    }
+
+    /// The record under a store key, if held.
+    pub fn get_key(&self, key: &[u8]) -> Result<Option<DlrRecord>, StoreError> {
+        match self.records.get(key)? {
+            Some(v) => Ok(Some(DlrRecord::decode(key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Apply `writes` in one atomic batch; returns the inbox sequence of an [`Write::Inbox`].
+    pub fn write(&self, writes: &[Write<'_>]) -> Result<Option<u64>, StoreError> {
+        let mut batch = self.db.batch();
+        let mut seq = None;
+        for w in writes {
+            match w {
+                Write::Put { record, previous } => {
+                    let key = record.store_key();
+                    if let Some(p) = previous.filter(|p| p.expires_at != record.expires_at) {
+                        batch.remove(&self.expiry, expiry_key(p.expires_at, &key));
+                    }
+                    batch.insert(&self.expiry, expiry_key(record.expires_at, &key), []);
+                    batch.insert(&self.records, key, record.encode_value());
+                }
+                Write::Remove(record) => {
+                    let key = record.store_key();
+                    batch.remove(&self.expiry, expiry_key(record.expires_at, &key));
+                    batch.remove(&self.records, key);
+                }
+                Write::Inbox(doc) => {
+                    let s = self.next_inbox.fetch_add(1, Ordering::Relaxed);
+                    batch.insert(&self.inbox, s.to_be_bytes(), doc.to_vec());
+                    seq = Some(s);
+                }
+            }
+        }
+        batch.commit()?;
+        Ok(seq)
+    }
+
+    /// Records due at `now_ms` (at most `max`), oldest first. Expiry entries whose record is gone
+    /// or has another expiry are dropped on the way.
+    pub fn due(&self, now_ms: u64, max: usize) -> Result<Vec<DlrRecord>, StoreError> {
+        let mut out = Vec::new();
+        let mut dangling = Vec::new();
+        for guard in self.expiry.range(..expiry_key(now_ms.saturating_add(1), b"")) {
+            if out.len() >= max {
+                break;
+            }
+            let k = guard.key()?;
+            let (at, key) = k.split_at(8.min(k.len()));
+            let at = seq_of(at);
+            match self.get_key(key)? {
+                Some(r) if r.expires_at == at => out.push(r),
+                _ => dangling.push(k.to_vec()),
+            }
+        }
+        if !dangling.is_empty() {
+            let mut batch = self.db.batch();
+            for k in dangling {
+                batch.remove(&self.expiry, k);
+            }
+            batch.commit()?;
+        }
+        Ok(out)
+    }
+
+    /// Every record, in key order (for replication passes). Unreadable values are skipped with
+    /// a warning.
+    pub fn for_each(&self, mut f: impl FnMut(DlrRecord)) -> Result<(), StoreError> {
+        for guard in self.records.iter() {
+            let (k, v) = guard.into_inner()?;
+            match DlrRecord::decode(&k, &v) {
+                Ok(r) => f(r),
+                Err(e) => tracing::warn!(error = %e, "skipping an unreadable DLR record"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to `max` inbox entries after sequence `after`.
+    pub fn inbox_after(&self, after: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for guard in self.inbox.range((after.saturating_add(1)).to_be_bytes()..).take(max) {
+            let (k, v) = guard.into_inner()?;
+            out.push((seq_of(&k), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Drop inbox entries up to and including `upto`; returns how many.
+    pub fn ack_inbox(&self, upto: u64) -> Result<u64, StoreError> {
+        let mut batch = self.db.batch();
+        let mut n = 0;
+        for guard in self.inbox.range(..=upto.to_be_bytes()) {
+            batch.remove(&self.inbox, guard.key()?);
+            n += 1;
+        }
+        batch.commit()?;
+        Ok(n)
+    }
+
+    /// Force everything written so far to disk.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        Ok(self.db.persist(PersistMode::SyncAll)?)
+    }
+
+    /// Record count, inbox length and disk use.
+    pub fn size(&self) -> StoreSize {
+        StoreSize {
+            records: self.records.approximate_len() as u64,
+            inbox: self.inbox.approximate_len() as u64,
+            disk_bytes: self.db.disk_space().unwrap_or(0),
+        }
+    }
+}
+
+fn expiry_key(at_ms: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&at_ms.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+fn seq_of(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = bytes.len().min(8);
+    b[..n].copy_from_slice(&bytes[..n]);
+    u64::from_be_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_bus::dlr::RecordState;
+
+    fn rec(id: &str, expires_at: u64) -> DlrRecord {
+        DlrRecord {
+            connector: "smsc".into(),
+            id: id.into(),
+            msg_id: id.into(),
+            account: String::new(),
+            destination: "+491".into(),
+            submitted_at: 1,
+            owner: "a".into(),
+            gateway_ref: format!("ref-{id}"),
+            expires_at,
+            version: 1,
+            state: RecordState::Open,
+            status: None,
+            closed_at: None,
+            closed_by: None,
+        }
+    }
+
+    #[test]
+    fn records_survive_reopen_and_expire_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = DlrStore::open(dir.path(), 1 << 20).unwrap();
+            for (id, at) in [("1", 300), ("2", 100), ("3", 200)] {
+                s.write(&[Write::Put { record: &rec(id, at), previous: None }]).unwrap();
+            }
+            // A changed expiry leaves no stale entry behind.
+            let old = rec("3", 200);
+            let new = DlrRecord { expires_at: 50, version: 2, ..old.clone() };
+            s.write(&[Write::Put { record: &new, previous: Some(&old) }]).unwrap();
+        }
+        let s = DlrStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.get("smsc", "2").unwrap().unwrap().gateway_ref, "ref-2");
+        let due: Vec<_> = s.due(150, 10).unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(due, ["3", "2"]);
+        let r2 = s.get("smsc", "2").unwrap().unwrap();
+        s.write(&[Write::Remove(&r2)]).unwrap();
+        assert!(s.get("smsc", "2").unwrap().is_none());
+        let due: Vec<_> = s.due(1000, 10).unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(due, ["3", "1"]);
+        assert_eq!(s.due(1000, 1).unwrap().len(), 1, "bounded");
+    }
+
+    #[test]
+    fn inbox_keeps_order_across_reopen_until_acked() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = DlrStore::open(dir.path(), 1 << 20).unwrap();
+            assert_eq!(s.write(&[Write::Inbox(b"a")]).unwrap(), Some(1));
+            assert_eq!(s.write(&[Write::Inbox(b"b")]).unwrap(), Some(2));
+        }
+        let s = DlrStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.write(&[Write::Inbox(b"c")]).unwrap(), Some(3));
+        let all = s.inbox_after(0, 10).unwrap();
+        assert_eq!(all.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(s.inbox_after(1, 1).unwrap(), vec![(2, b"b".to_vec())]);
+        assert_eq!(s.ack_inbox(2).unwrap(), 2);
+        assert_eq!(s.inbox_after(0, 10).unwrap().len(), 1);
+    }
+}
