@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Int64Type;
-use switchboard_agent::config::{AgentConfig, AgentSettings, LimitsSettings, SourceConfig, StartAt};
+use switchboard_agent::config::{AgentConfig, AgentSettings, DlrSettings, LimitsSettings, SourceConfig, StartAt};
 use switchboard_agent::parse::Format;
 use switchboard_agent::stats::AgentStats;
 use switchboard_agent::Agent;
@@ -214,6 +214,7 @@ fn agent_config(node: &str, endpoint: &str, dir: &Path, logs: &Path) -> AgentCon
             ..AgentSettings::default()
         },
         limits: LimitsSettings { enabled: false, ..LimitsSettings::default() },
+        dlr: DlrSettings { enabled: false, ..DlrSettings::default() },
         sources: vec![
             source("smsgw", "smsgw*.log", Format::Kv, false),
             source("mta", "mail*.log", Format::Syslog, true),

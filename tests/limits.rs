@@ -29,14 +29,6 @@ fn wait_for_view(c: &Cluster, node: &str, n: usize, revision: u64) {
     assert!(ok, "{node} never saw {n} live nodes on revision {revision}: {:?}", c.http_get(node, "/v1/limits"));
 }
 
-fn query_csv(c: &Cluster, sql: &str) -> Option<String> {
-    let out = std::process::Command::new(common::BIN)
-        .args(["query", "--data", c.dataset().to_str().unwrap(), "--format", "csv", sql])
-        .output()
-        .unwrap();
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 #[test]
 fn skewed_and_shifting_demand_stays_within_the_limit_and_every_decision_reaches_the_limits_table() {
     let c = Cluster::new();
@@ -91,13 +83,13 @@ fn skewed_and_shifting_demand_stays_within_the_limit_and_every_decision_reaches_
         "SELECT coalesce(sum(allowed), 0) AS a, coalesce(sum(denied), 0) AS d FROM limits WHERE key = 'operator:x'";
     let mut last = None;
     let ok = wait_until(Duration::from_secs(30), || {
-        last = query_csv(&c, sql);
+        last = c.query_csv(sql);
         last.as_deref().is_some_and(|t| t.lines().nth(1) == Some(expect.as_str()))
     });
     assert!(ok, "limits table: expected {expect}, got {last:?}");
     let per_node_sql =
         "SELECT node, sum(allowed) AS a FROM limits WHERE key = 'operator:x' GROUP BY node ORDER BY node";
-    let table = query_csv(&c, per_node_sql).unwrap();
+    let table = c.query_csv(per_node_sql).unwrap();
     let want: Vec<String> = ["a", "b", "c"].iter().zip(&allowed).map(|(n, a)| format!("{n},{a}")).collect();
     assert_eq!(table.lines().skip(1).collect::<Vec<_>>(), want);
 

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use arrow::array::RecordBatch;
 use parquet::arrow::ArrowWriter;
-use switchboard_agent::config::{AgentConfig, AgentSettings, LimitsSettings, SourceConfig, StartAt};
+use switchboard_agent::config::{AgentConfig, AgentSettings, DlrSettings, LimitsSettings, SourceConfig, StartAt};
 use switchboard_agent::parse::{self, Format, ParseContext};
 use switchboard_agent::Agent;
 use switchboard_bus::wire::log_batch::{LogBatchBuilder, LogRow};
@@ -196,6 +196,7 @@ fn agent_config(opts: &LogsBench, dir: &Path, a: usize, endpoint: &str, acknowle
             ..AgentSettings::default()
         },
         limits: LimitsSettings { enabled: false, ..LimitsSettings::default() },
+        dlr: DlrSettings { enabled: false, ..DlrSettings::default() },
         sources: vec![SourceConfig {
             name: "app".into(),
             paths: vec![dir.join(format!("logs{a}/*.log")).to_string_lossy().into_owned()],

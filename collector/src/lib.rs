@@ -4,7 +4,7 @@
 //! Layout (data flows top to bottom):
 //! - [`config`]: the collector's TOML config;
 //! - [`recovery`]: at start, committed sequence ranges read back from the data files' footers;
-//! - [`tables`]: which streams feed which table (`logs`, `limits`);
+//! - [`tables`]: which streams feed which table (`logs`, `limits`, `dlr`);
 //! - [`sink`]: payloads to deduplicated rows in hourly partition files;
 //! - [`logs_table`]: the `logs` table schema and the wire-to-row conversion;
 //! - [`writer`]: one Parquet file, committed atomically with its ranges in the footer;
@@ -327,8 +327,11 @@ impl Collector {
         let stats = Arc::new(CollectorStats::default());
         let c = &config.collector;
         let logs = open_table(&config, LOGS_DIR, config.logs.promote.clone(), stats.clone()).await?;
-        let limits = open_table(&config, tables::LIMITS_DIR, tables::limits_columns(), stats.clone()).await?;
-        let mut sink = Tables { logs, limits };
+        let mut internal = Vec::new();
+        for t in tables::INTERNAL {
+            internal.push((t.stream, open_table(&config, t.dir, t.promoted(), stats.clone()).await?));
+        }
+        let mut sink = Tables { logs, internal };
 
         let session = session::open(&config.bus).await?;
         let (tx, rx) = flume::bounded::<Input>(c.queue_payloads);

@@ -27,7 +27,7 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 
 /// The tables a dataset may hold, by directory name.
-pub const TABLES: &[&str] = &["logs", "limits"];
+pub const TABLES: &[&str] = &["logs", "limits", "dlr"];
 
 /// A query could not run or its result could not be written.
 #[derive(Debug, thiserror::Error)]

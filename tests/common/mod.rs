@@ -233,6 +233,15 @@ http_listen = "127.0.0.1:{}"
         )
     }
 
+    /// Run `switchboard query` over the dataset as CSV; the output if the query succeeded.
+    pub fn query_csv(&self, sql: &str) -> Option<String> {
+        let out = std::process::Command::new(BIN)
+            .args(["query", "--data", self.dataset().to_str().unwrap(), "--format", "csv", sql])
+            .output()
+            .unwrap();
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     pub fn agent_state(&self, node: &str) -> PathBuf {
         self.path().join("state").join(node)
     }

@@ -184,6 +184,7 @@ async fn show(State(s): State<Arc<DlrService>>) -> Response {
         s.stats.counters().into_iter().map(|(name, _, v)| (name.to_owned(), json!(v))).collect();
     Json(json!({
         "node": s.node(),
+        "live_nodes": s.live_nodes(),
         "records": size.records,
         "inbox": size.inbox,
         "disk_bytes": size.disk_bytes,

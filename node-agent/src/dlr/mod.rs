@@ -328,6 +328,11 @@ impl DlrService {
         &self.node
     }
 
+    /// The agents this node sees live (itself included once it has announced itself).
+    pub fn live_nodes(&self) -> Vec<String> {
+        self.membership.live_of(Role::Agent)
+    }
+
     /// The record store.
     pub fn store(&self) -> &DlrStore {
         &self.store

@@ -1,0 +1,281 @@
+//! The DLR index with real agent processes on loopback: gateways register on one node, DLRs
+//! arrive at others, owners die and come back; every answer is checked, and every event is
+//! counted in the collector's `dlr` table.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::limits::{http_post, LimitsNode};
+use common::{metric, wait_until, Cluster};
+use serde_json::{json, Value};
+
+/// `[dlr]` settings of the test agents: one connector with hex ids in `submit_sm_resp` and
+/// decimal ids in DLRs, one with decimal ids, one case-insensitive.
+const DLR: &str = r#"
+[dlr]
+closed_retention_s = 600
+[[dlr.connector]]
+name = "hexdec"
+ids = "hex"
+report_ids = "decimal"
+[[dlr.connector]]
+name = "dec"
+ids = "decimal"
+[[dlr.connector]]
+name = "nocase"
+ids = "nocase"
+"#;
+
+fn start(c: &Cluster, node: &str, connect: &[String]) -> LimitsNode {
+    c.start_limits_agent(node, connect, "", DLR)
+}
+
+fn restart(c: &Cluster, node: &LimitsNode, connect: &[String]) -> LimitsNode {
+    c.restart_limits_agent(&node.name, node.port, connect, "", DLR)
+}
+
+fn post(c: &Cluster, node: &str, path: &str, body: Value) -> (u16, Value) {
+    let (code, _, text) = http_post(c.http_port(node), path, &body.to_string());
+    (code, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn dlr_counter(c: &Cluster, node: &str, name: &str) -> u64 {
+    let (_, body) = c.http_get(node, "/v1/dlr");
+    serde_json::from_str::<Value>(&body).ok().and_then(|v| v["counters"][name].as_u64()).unwrap_or(0)
+}
+
+fn live_nodes(c: &Cluster, node: &str) -> Vec<String> {
+    let (_, body) = c.http_get(node, "/v1/dlr");
+    serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|v| v["live_nodes"].as_array().map(|a| a.iter().filter_map(|n| n.as_str().map(String::from)).collect()))
+        .unwrap_or_default()
+}
+
+/// Wait until every node sees exactly `nodes` live.
+fn wait_mesh(c: &Cluster, nodes: &[&str]) {
+    for n in nodes {
+        let ok = wait_until(Duration::from_secs(20), || live_nodes(c, n) == nodes);
+        assert!(ok, "{n} never saw {nodes:?}: {:?}", live_nodes(c, n));
+    }
+}
+
+fn register(c: &Cluster, node: &str, connector: &str, ids: impl IntoIterator<Item = String>) -> usize {
+    let records: Vec<Value> = ids
+        .into_iter()
+        .map(|id| json!({"connector": connector, "msg_id": id, "destination": "+4915100000", "account": "acme", "gateway_ref": format!("ref-{id}")}))
+        .collect();
+    let n = records.len();
+    let (code, body) = post(c, node, "/v1/dlr/register", json!({ "records": records }));
+    assert_eq!((code, body["registered"].as_u64()), (201, Some(n as u64)), "{body}");
+    n
+}
+
+fn table_counts(c: &Cluster) -> Option<String> {
+    c.query_csv("SELECT event, count(*) AS n FROM dlr GROUP BY event ORDER BY event")
+}
+
+#[test]
+fn a_dlr_at_another_node_reaches_the_owner_in_one_round_trip_and_repeats_are_recognized() {
+    let c = Cluster::new();
+    let _collector = c.start_collector();
+    let a = start(&c, "a", std::slice::from_ref(&c.endpoint));
+    let b = start(&c, "b", &[c.endpoint.clone(), a.endpoint()]);
+    let _c3 = start(&c, "c", &[c.endpoint.clone(), a.endpoint(), b.endpoint()]);
+    wait_mesh(&c, &["a", "b", "c"]);
+
+    // The gateway on a registers the id from submit_sm_resp in hex; the DLR carries it in decimal.
+    let (code, body) = post(
+        &c,
+        "a",
+        "/v1/dlr/register",
+        json!({"connector": "hexdec", "msg_id": "00001A", "destination": "+4915112345678", "account": "acme", "gateway_ref": "gw-msg-1", "submitted_at": 1_790_000_000_000u64}),
+    );
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(body["records"][0]["id"], "26");
+    let n = register(&c, "a", "dec", (0..200).map(|i| format!("{:06}", 1000 + i)));
+
+    let (code, res) = post(&c, "b", "/v1/dlr/report", json!({"connector": "hexdec", "msg_id": "26", "status": "DELIVRD"}));
+    assert_eq!(code, 200, "{res}");
+    assert_eq!((res["outcome"].as_str(), res["answered_by"].as_str(), res["role"].as_str()), (Some("delivered"), Some("a"), Some("owner")));
+    assert_eq!((res["record"]["state"].as_str(), res["record"]["status"].as_str()), (Some("closed"), Some("DELIVRD")));
+    assert_eq!(res["record"]["gateway_ref"], "gw-msg-1");
+    // The same DLR again, at a third node: a duplicate, not handed on.
+    let (code, res) = post(&c, "c", "/v1/dlr/report", json!({"connector": "hexdec", "msg_id": "026", "status": "DELIVRD"}));
+    assert_eq!((code, res["outcome"].as_str()), (200, Some("duplicate")), "{res}");
+
+    // The owner's gateway gets exactly one report, through its inbox.
+    let (code, inbox) = c.http_get("a", "/v1/dlr/inbox?after=0&wait_ms=1000");
+    let inbox: Value = serde_json::from_str(&inbox).unwrap();
+    assert_eq!(code, 200);
+    let reports = inbox["reports"].as_array().unwrap();
+    assert_eq!(reports.len(), 1, "{inbox}");
+    assert_eq!(reports[0]["record"]["gateway_ref"], "gw-msg-1");
+    assert_eq!((reports[0]["report"]["status"].as_str(), reports[0]["report"]["reported_by"].as_str()), (Some("DELIVRD"), Some("b")));
+    let seq = reports[0]["seq"].as_u64().unwrap();
+    assert_eq!(post(&c, "a", "/v1/dlr/inbox/ack", json!({ "upto": seq })).1["removed"], 1);
+    assert_eq!(c.http_get("b", "/v1/dlr/inbox?after=0").1, r#"{"reports":[]}"#, "b owns nothing");
+
+    // Every registered id resolves from every node, with leading zeros or without.
+    let t = Instant::now();
+    for (i, node) in (0..n).zip(["a", "b", "c"].iter().cycle()) {
+        let id = (1000 + i).to_string();
+        let (code, res) = post(&c, node, "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": id}));
+        assert_eq!((code, res["record"]["owner"].as_str()), (200, Some("a")), "{id} on {node}: {res}");
+        assert_eq!(res["record"]["gateway_ref"], format!("ref-{:06}", 1000 + i));
+    }
+    eprintln!("{n} lookups over HTTP in {:?}", t.elapsed());
+    let (code, res) = post(&c, "c", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "999999"}));
+    assert_eq!(code, 404, "{res}");
+
+    // The dlr table has each event once.
+    let want = format!("delivered,1\nduplicate,1\nnot_found,1\nregistered,{}\nresolved,{}", n + 1, n + 2);
+    let mut last = None;
+    let ok = wait_until(Duration::from_secs(30), || {
+        last = table_counts(&c);
+        last.as_deref().is_some_and(|t| t.lines().skip(1).collect::<Vec<_>>().join("\n") == want)
+    });
+    assert!(ok, "dlr table: want\n{want}\ngot {last:?}");
+    let latency = c
+        .query_csv("SELECT connector, latency_ms, at_node FROM dlr WHERE event = 'delivered'")
+        .unwrap();
+    let row: Vec<&str> = latency.lines().nth(1).unwrap().split(',').collect();
+    assert_eq!((row[0], row[2]), ("hexdec", "a"));
+    assert!(row[1].parse::<u64>().unwrap() > 1_000_000, "submit-to-DLR latency from the registered submit time: {latency}");
+}
+
+#[test]
+fn records_resolve_from_the_replica_after_kill_9_of_the_owner_and_survive_its_restart() {
+    let c = Cluster::new();
+    let mut a = start(&c, "a", &[]);
+    let b = start(&c, "b", &[a.endpoint()]);
+    let _c3 = start(&c, "c", &[a.endpoint(), b.endpoint()]);
+    wait_mesh(&c, &["a", "b", "c"]);
+    let n = register(&c, "a", "dec", (0..300).map(|i| i.to_string()));
+    let ok = wait_until(Duration::from_secs(10), || {
+        dlr_counter(&c, "b", "replica_ops_received") + dlr_counter(&c, "c", "replica_ops_received") >= n as u64
+    });
+    assert!(ok, "copies: b {} c {}", dlr_counter(&c, "b", "replica_ops_received"), dlr_counter(&c, "c", "replica_ops_received"));
+    let (b_copies, c_copies) = (dlr_counter(&c, "b", "replica_ops_received"), dlr_counter(&c, "c", "replica_ops_received"));
+    assert!(b_copies > 90 && c_copies > 90, "rendezvous spreads copies: b {b_copies}, c {c_copies}");
+
+    a.proc.take().unwrap().kill();
+    for n in ["b", "c"] {
+        assert!(wait_until(Duration::from_secs(5), || live_nodes(&c, n) == ["b", "c"]), "{n} still sees a");
+    }
+    for i in 0..n {
+        let node = if i % 2 == 0 { "b" } else { "c" };
+        let (code, res) = post(&c, node, "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": format!("000{i}")}));
+        assert_eq!(code, 200, "{i} on {node} with the owner dead: {res}");
+        assert_eq!((res["role"].as_str(), res["owner_alive"].as_bool()), (Some("replica"), Some(false)), "{res}");
+        assert_eq!(res["record"]["gateway_ref"], format!("ref-{i}"));
+    }
+    // A DLR for a dead owner's message: the reporting gateway gets the record, the copy is
+    // closed, and a repeat elsewhere is a duplicate.
+    let (code, res) = post(&c, "b", "/v1/dlr/report", json!({"connector": "dec", "msg_id": "7", "status": "UNDELIV"}));
+    assert_eq!((code, res["outcome"].as_str()), (200, Some("owner_down")), "{res}");
+    assert_eq!(res["record"]["gateway_ref"], "ref-7");
+    let (_, res) = post(&c, "c", "/v1/dlr/report", json!({"connector": "dec", "msg_id": "7", "status": "UNDELIV"}));
+    assert_eq!(res["outcome"], "duplicate", "{res}");
+
+    // The owner comes back with every record, and learns that 7 was closed while it was away.
+    a = restart(&c, &a, &[b.endpoint()]);
+    wait_mesh(&c, &["a", "b", "c"]);
+    let (_, dlr) = c.http_get("a", "/v1/dlr");
+    let records = serde_json::from_str::<Value>(&dlr).unwrap()["records"].as_u64().unwrap();
+    assert!(records >= n as u64, "a holds {records} records after a restart, registered {n}");
+    let ok = wait_until(Duration::from_secs(10), || {
+        let (_, res) = post(&c, "c", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "7"}));
+        res["role"] == "owner" && res["record"]["state"] == "closed" && res["record"]["status"] == "UNDELIV"
+    });
+    assert!(ok, "{:?}", post(&c, "c", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "7"})));
+    let (code, res) = post(&c, "b", "/v1/dlr/report", json!({"connector": "dec", "msg_id": "8", "status": "DELIVRD"}));
+    assert_eq!((code, res["outcome"].as_str(), res["role"].as_str()), (200, Some("delivered"), Some("owner")), "{res}");
+    drop(a);
+}
+
+#[test]
+fn ids_are_normalized_races_wait_records_expire_and_bad_requests_are_refused() {
+    let c = Cluster::new();
+    let a = start(&c, "a", &[]);
+    let _b = start(&c, "b", &[a.endpoint()]);
+    wait_mesh(&c, &["a", "b"]);
+
+    // Normalization per connector.
+    register(&c, "a", "dec", ["000024".to_string()]);
+    register(&c, "a", "nocase", ["AbCd-9".to_string()]);
+    register(&c, "a", "plain", ["AbCd-9".to_string()]);
+    for (connector, id, found) in [
+        ("dec", "24", true),
+        ("dec", "0024", true),
+        ("dec", "25", false),
+        ("nocase", "abcd-9", true),
+        ("nocase", "ABCD-9", true),
+        ("plain", "AbCd-9", true),
+        ("plain", "abcd-9", false),
+    ] {
+        let (code, res) = post(&c, "b", "/v1/dlr/resolve", json!({"connector": connector, "msg_id": id}));
+        assert_eq!(code == 200, found, "{connector}/{id}: {res}");
+    }
+
+    // A DLR that overtakes its registration waits for it (bounded), then is delivered.
+    let port = c.http_port("b");
+    let t = Instant::now();
+    let pending = std::thread::spawn(move || {
+        let body = json!({"connector": "dec", "msg_id": "77", "status": "DELIVRD", "wait_ms": 5000}).to_string();
+        http_post(port, "/v1/dlr/report", &body)
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    register(&c, "a", "dec", ["77".to_string()]);
+    let (code, _, text) = pending.join().unwrap();
+    let took = t.elapsed();
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains("\"outcome\":\"delivered\""), "{text}");
+    assert!(took >= Duration::from_millis(400) && took < Duration::from_secs(3), "answered {took:?} after the report");
+    // Without a wait, an unknown id is not found at once.
+    let t = Instant::now();
+    assert_eq!(post(&c, "b", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "78"})).0, 404);
+    assert!(t.elapsed() < Duration::from_secs(1));
+    let t = Instant::now();
+    assert_eq!(post(&c, "b", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "78", "wait_ms": 300})).0, 404);
+    assert!(t.elapsed() >= Duration::from_millis(300), "waited the bounded time");
+
+    // Expiry: gone everywhere, owner and copy.
+    let (code, body) =
+        post(&c, "a", "/v1/dlr/register", json!({"connector": "dec", "msg_id": "500", "expiry_s": 1}));
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(post(&c, "b", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "500"})).0, 200);
+    let gone = wait_until(Duration::from_secs(5), || {
+        post(&c, "b", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "500"})).0 == 404
+    });
+    assert!(gone, "an expired record still resolves");
+    assert_eq!(dlr_counter(&c, "a", "expired"), 1);
+
+    // Malformed requests: 400 with a reason, counted.
+    let bad = [
+        ("/v1/dlr/register", "not json".to_string(), "expected"),
+        ("/v1/dlr/register", json!({"connector": "dec"}).to_string(), "expected"),
+        ("/v1/dlr/register", json!({"connector": "dec", "msg_id": "12x"}).to_string(), "not a decimal number"),
+        ("/v1/dlr/register", json!({"connector": "a/b", "msg_id": "1"}).to_string(), "connector must be"),
+        ("/v1/dlr/register", json!({"connector": "dec", "msg_id": ""}).to_string(), "message id must be"),
+        ("/v1/dlr/register", json!({"connector": "dec", "msg_id": "1", "expiry_s": 0}).to_string(), "expiry_s"),
+        ("/v1/dlr/register", json!({"records": []}).to_string(), "1 to 10000"),
+        ("/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "1", "wait_ms": 999_999}).to_string(), "wait_ms"),
+        ("/v1/dlr/report", json!({"connector": "dec", "msg_id": "1", "status": ""}).to_string(), "status"),
+        ("/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "1", "extra": 1}).to_string(), "unknown field"),
+    ];
+    for (path, body, reason) in &bad {
+        let (code, _, text) = http_post(c.http_port("a"), path, body);
+        assert_eq!(code, 400, "{path} {body}: {text}");
+        assert!(text.contains(reason), "{path} {body}: {text}");
+    }
+    let (code, _, text) = http_post(c.http_port("b"), "/v1/dlr/close", &json!({"connector": "dec", "msg_id": "24", "status": "X"}).to_string());
+    assert_eq!(code, 409, "closing another node's record: {text}");
+    let (code, _, _) = http_post(c.http_port("a"), "/v1/dlr/close", &json!({"connector": "dec", "msg_id": "4242", "status": "X"}).to_string());
+    assert_eq!(code, 404);
+    assert_eq!(c.http_get("a", "/v1/dlr/inbox?after=x").0, 400);
+    let (_, metrics) = c.http_get("a", "/metrics");
+    assert_eq!(metric(&metrics, "switchboard_agent_dlr_bad_requests_total"), Some((bad.len() + 1) as f64), "{metrics}");
+    assert!(c.http_get("a", "/health").0 == 200, "still healthy after bad input");
+}
