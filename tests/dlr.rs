@@ -49,7 +49,9 @@ fn live_nodes(c: &Cluster, node: &str) -> Vec<String> {
     let (_, body) = c.http_get(node, "/v1/dlr");
     serde_json::from_str::<Value>(&body)
         .ok()
-        .and_then(|v| v["live_nodes"].as_array().map(|a| a.iter().filter_map(|n| n.as_str().map(String::from)).collect()))
+        .and_then(|v| {
+            v["live_nodes"].as_array().map(|a| a.iter().filter_map(|n| n.as_str().map(String::from)).collect())
+        })
         .unwrap_or_default()
 }
 
@@ -96,13 +98,18 @@ fn a_dlr_at_another_node_reaches_the_owner_in_one_round_trip_and_repeats_are_rec
     assert_eq!(body["records"][0]["id"], "26");
     let n = register(&c, "a", "dec", (0..200).map(|i| format!("{:06}", 1000 + i)));
 
-    let (code, res) = post(&c, "b", "/v1/dlr/report", json!({"connector": "hexdec", "msg_id": "26", "status": "DELIVRD"}));
+    let (code, res) =
+        post(&c, "b", "/v1/dlr/report", json!({"connector": "hexdec", "msg_id": "26", "status": "DELIVRD"}));
     assert_eq!(code, 200, "{res}");
-    assert_eq!((res["outcome"].as_str(), res["answered_by"].as_str(), res["role"].as_str()), (Some("delivered"), Some("a"), Some("owner")));
+    assert_eq!(
+        (res["outcome"].as_str(), res["answered_by"].as_str(), res["role"].as_str()),
+        (Some("delivered"), Some("a"), Some("owner"))
+    );
     assert_eq!((res["record"]["state"].as_str(), res["record"]["status"].as_str()), (Some("closed"), Some("DELIVRD")));
     assert_eq!(res["record"]["gateway_ref"], "gw-msg-1");
     // The same DLR again, at a third node: a duplicate, not handed on.
-    let (code, res) = post(&c, "c", "/v1/dlr/report", json!({"connector": "hexdec", "msg_id": "026", "status": "DELIVRD"}));
+    let (code, res) =
+        post(&c, "c", "/v1/dlr/report", json!({"connector": "hexdec", "msg_id": "026", "status": "DELIVRD"}));
     assert_eq!((code, res["outcome"].as_str()), (200, Some("duplicate")), "{res}");
 
     // The owner's gateway gets exactly one report, through its inbox.
@@ -112,7 +119,10 @@ fn a_dlr_at_another_node_reaches_the_owner_in_one_round_trip_and_repeats_are_rec
     let reports = inbox["reports"].as_array().unwrap();
     assert_eq!(reports.len(), 1, "{inbox}");
     assert_eq!(reports[0]["record"]["gateway_ref"], "gw-msg-1");
-    assert_eq!((reports[0]["report"]["status"].as_str(), reports[0]["report"]["reported_by"].as_str()), (Some("DELIVRD"), Some("b")));
+    assert_eq!(
+        (reports[0]["report"]["status"].as_str(), reports[0]["report"]["reported_by"].as_str()),
+        (Some("DELIVRD"), Some("b"))
+    );
     let seq = reports[0]["seq"].as_u64().unwrap();
     assert_eq!(post(&c, "a", "/v1/dlr/inbox/ack", json!({ "upto": seq })).1["removed"], 1);
     assert_eq!(c.http_get("b", "/v1/dlr/inbox?after=0").1, r#"{"reports":[]}"#, "b owns nothing");
@@ -137,12 +147,13 @@ fn a_dlr_at_another_node_reaches_the_owner_in_one_round_trip_and_repeats_are_rec
         last.as_deref().is_some_and(|t| t.lines().skip(1).collect::<Vec<_>>().join("\n") == want)
     });
     assert!(ok, "dlr table: want\n{want}\ngot {last:?}");
-    let latency = c
-        .query_csv("SELECT connector, latency_ms, at_node FROM dlr WHERE event = 'delivered'")
-        .unwrap();
+    let latency = c.query_csv("SELECT connector, latency_ms, at_node FROM dlr WHERE event = 'delivered'").unwrap();
     let row: Vec<&str> = latency.lines().nth(1).unwrap().split(',').collect();
     assert_eq!((row[0], row[2]), ("hexdec", "a"));
-    assert!(row[1].parse::<u64>().unwrap() > 1_000_000, "submit-to-DLR latency from the registered submit time: {latency}");
+    assert!(
+        row[1].parse::<u64>().unwrap() > 1_000_000,
+        "submit-to-DLR latency from the registered submit time: {latency}"
+    );
 }
 
 #[test]
@@ -156,8 +167,14 @@ fn records_resolve_from_the_replica_after_kill_9_of_the_owner_and_survive_its_re
     let ok = wait_until(Duration::from_secs(10), || {
         dlr_counter(&c, "b", "replica_ops_received") + dlr_counter(&c, "c", "replica_ops_received") >= n as u64
     });
-    assert!(ok, "copies: b {} c {}", dlr_counter(&c, "b", "replica_ops_received"), dlr_counter(&c, "c", "replica_ops_received"));
-    let (b_copies, c_copies) = (dlr_counter(&c, "b", "replica_ops_received"), dlr_counter(&c, "c", "replica_ops_received"));
+    assert!(
+        ok,
+        "copies: b {} c {}",
+        dlr_counter(&c, "b", "replica_ops_received"),
+        dlr_counter(&c, "c", "replica_ops_received")
+    );
+    let (b_copies, c_copies) =
+        (dlr_counter(&c, "b", "replica_ops_received"), dlr_counter(&c, "c", "replica_ops_received"));
     assert!(b_copies > 90 && c_copies > 90, "rendezvous spreads copies: b {b_copies}, c {c_copies}");
 
     a.proc.take().unwrap().kill();
@@ -242,8 +259,7 @@ fn ids_are_normalized_races_wait_records_expire_and_bad_requests_are_refused() {
     assert!(t.elapsed() >= Duration::from_millis(300), "waited the bounded time");
 
     // Expiry: gone everywhere, owner and copy.
-    let (code, body) =
-        post(&c, "a", "/v1/dlr/register", json!({"connector": "dec", "msg_id": "500", "expiry_s": 1}));
+    let (code, body) = post(&c, "a", "/v1/dlr/register", json!({"connector": "dec", "msg_id": "500", "expiry_s": 1}));
     assert_eq!(code, 201, "{body}");
     assert_eq!(post(&c, "b", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "500"})).0, 200);
     let gone = wait_until(Duration::from_secs(5), || {
@@ -270,9 +286,17 @@ fn ids_are_normalized_races_wait_records_expire_and_bad_requests_are_refused() {
         assert_eq!(code, 400, "{path} {body}: {text}");
         assert!(text.contains(reason), "{path} {body}: {text}");
     }
-    let (code, _, text) = http_post(c.http_port("b"), "/v1/dlr/close", &json!({"connector": "dec", "msg_id": "24", "status": "X"}).to_string());
+    let (code, _, text) = http_post(
+        c.http_port("b"),
+        "/v1/dlr/close",
+        &json!({"connector": "dec", "msg_id": "24", "status": "X"}).to_string(),
+    );
     assert_eq!(code, 409, "closing another node's record: {text}");
-    let (code, _, _) = http_post(c.http_port("a"), "/v1/dlr/close", &json!({"connector": "dec", "msg_id": "4242", "status": "X"}).to_string());
+    let (code, _, _) = http_post(
+        c.http_port("a"),
+        "/v1/dlr/close",
+        &json!({"connector": "dec", "msg_id": "4242", "status": "X"}).to_string(),
+    );
     assert_eq!(code, 404);
     assert_eq!(c.http_get("a", "/v1/dlr/inbox?after=x").0, 400);
     let (_, metrics) = c.http_get("a", "/metrics");

@@ -88,3 +88,50 @@ fn python_clients_subscribe_publish_and_read() {
     }
     assert_eq!(v["point"], 1, "point lookup by the promoted msg_id column");
 }
+
+#[test]
+fn a_python_client_looks_up_and_reports_dlrs_by_the_documented_keys() {
+    let c = Cluster::new();
+    let dlr = "[dlr]\n[[dlr.connector]]\nname = \"hexdec\"\nids = \"hex\"\nreport_ids = \"decimal\"\n";
+    let a = c.start_limits_agent("a", &[], "", dlr);
+    let _b = c.start_limits_agent("b", &[a.endpoint()], "", dlr);
+    assert!(common::wait_until(std::time::Duration::from_secs(15), || c
+        .http_get("b", "/v1/dlr")
+        .1
+        .contains("\"live_nodes\":[\"a\",\"b\"]")));
+    let post =
+        |body: serde_json::Value| common::limits::http_post(c.http_port("a"), "/v1/dlr/register", &body.to_string()).0;
+    assert_eq!(post(serde_json::json!({"connector": "hexdec", "msg_id": "00FF", "gateway_ref": "r-255"})), 201);
+    assert_eq!(post(serde_json::json!({"connector": "plain", "msg_id": "a/b 1", "gateway_ref": "r-text"})), 201);
+    let prefix = format!("sb/{}", c.cluster);
+    let py = |args: &[&str]| {
+        let mut all = vec![script(), "dlr".into(), a.endpoint(), prefix.clone()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let out = Command::new("python3").args(&all).output().unwrap();
+        assert!(out.status.success(), "python dlr {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    // The DLR's decimal 255 is the registered hex 00FF; the reply comes from the owner and the copy.
+    let v = py(&["hexdec", "decimal", "255"]);
+    assert_eq!(
+        (v["owner"]["node"].as_str(), v["owner"]["record"]["gateway_ref"].as_str()),
+        (Some("a"), Some("r-255")),
+        "{v}"
+    );
+    assert_eq!(v["replies"], 2, "owner and replica answer: {v}");
+    let v = py(&["plain", "text", "a/b 1"]);
+    assert_eq!(v["key"], format!("{prefix}/dlr/id/plain/a%2Fb%201"));
+    assert_eq!(v["owner"]["record"]["gateway_ref"], "r-text");
+    // A report from Python: the owner takes it once, then it is a duplicate.
+    let v = py(&["hexdec", "decimal", "255", "DELIVRD"]);
+    assert_eq!(
+        (v["owner"]["outcome"].as_str(), v["owner"]["record"]["state"].as_str()),
+        (Some("delivered"), Some("closed")),
+        "{v}"
+    );
+    let v = py(&["hexdec", "decimal", "255", "DELIVRD"]);
+    assert_eq!(v["owner"]["outcome"], "duplicate");
+    let (_, inbox) = c.http_get("a", "/v1/dlr/inbox?after=0");
+    assert_eq!(inbox.matches("\"reported_by\":\"python\"").count(), 1, "{inbox}");
+    drop(a);
+}

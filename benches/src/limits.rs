@@ -95,7 +95,7 @@ pub(crate) fn run(decisions: u64) -> Result<()> {
 }
 
 /// `redis-server` on PATH, installed from Debian's packages if missing and possible.
-fn ensure_redis() -> Result<()> {
+pub(crate) fn ensure_redis() -> Result<()> {
     let present =
         || Command::new("redis-server").arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success());
     if present() {

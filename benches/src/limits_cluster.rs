@@ -43,10 +43,10 @@ pub(crate) fn node(config: &Path) -> Result<()> {
 }
 
 /// A node process, killed on drop.
-struct NodeProc {
-    child: Child,
-    socket: PathBuf,
-    http: u16,
+pub(crate) struct NodeProc {
+    pub(crate) child: Child,
+    pub(crate) socket: PathBuf,
+    pub(crate) http: u16,
 }
 
 impl Drop for NodeProc {
@@ -56,11 +56,11 @@ impl Drop for NodeProc {
     }
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Write node `i`'s config and stored revision; start it.
+/// Write node `i`'s stored revision of `limits` and start it.
 fn start_node(
     dir: &Path,
     cluster: &str,
@@ -69,7 +69,6 @@ fn start_node(
     connect: &[u16],
     limits: &[LimitSpec],
 ) -> Result<NodeProc> {
-    let data = dir.join(format!("node{i}"));
     let history = History {
         version: 1,
         revisions: vec![Revision {
@@ -80,14 +79,27 @@ fn start_node(
             limits: limits.to_vec(),
         }],
     };
-    revision::save(&data.join("limits").join("history.json"), &history)?;
+    revision::save(&dir.join(format!("node{i}")).join("limits").join("history.json"), &history)?;
+    spawn_node(dir, cluster, i, port, connect, "[limits]\nrecord_decisions = false\n")
+}
+
+/// Write node `i`'s config (bus, data dir, HTTP port, then `extra` TOML) and start it.
+pub(crate) fn spawn_node(
+    dir: &Path,
+    cluster: &str,
+    i: usize,
+    port: u16,
+    connect: &[u16],
+    extra: &str,
+) -> Result<NodeProc> {
+    let data = dir.join(format!("node{i}"));
     let http = free_port()?;
     let connect: Vec<String> = connect.iter().map(|p| format!("\"tcp/127.0.0.1:{p}\"")).collect();
     let cfg = dir.join(format!("node{i}.toml"));
     std::fs::write(
         &cfg,
         format!(
-            "[bus]\ncluster = \"{cluster}\"\nnode = \"n{i}\"\nlisten = [\"tcp/127.0.0.1:{port}\"]\nconnect = [{}]\n\n[agent]\ndata_dir = \"{}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\n[limits]\nrecord_decisions = false\n",
+            "[bus]\ncluster = \"{cluster}\"\nnode = \"n{i}\"\nlisten = [\"tcp/127.0.0.1:{port}\"]\nconnect = [{}]\n\n[agent]\ndata_dir = \"{}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\n{extra}",
             connect.join(", "),
             data.display()
         ),
@@ -123,7 +135,7 @@ fn ask(reader: &mut BufReader<UnixStream>, writer: &mut UnixStream, req: &[u8], 
     Ok(())
 }
 
-fn http_get(port: u16, path: &str) -> Option<String> {
+pub(crate) fn http_get(port: u16, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;

@@ -7,6 +7,7 @@
 //! cargo run --release -p switchboard-benches -- limits
 //! ```
 
+mod dlr;
 mod limits;
 mod limits_cluster;
 mod logs;
@@ -59,6 +60,21 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         phase_secs: u64,
     },
+    /// DLR lookups: 3 node processes with `--records` open records each; lookup latency
+    /// (p50/p99/p999) at `--rate`/s over the bus, through the agent's API, by node-by-node
+    /// forwarding and from a shared Redis hash; memory and disk per open record (targets: p99 under
+    /// 1 ms at 10000 lookups/s, under 200 B per open record in the agent's memory).
+    Dlr {
+        /// Open records registered on each node.
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        /// Lookups per row.
+        #[arg(long, default_value_t = 100_000)]
+        lookups: u64,
+        /// Lookups per second (paced).
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
+    },
     /// One node of the accuracy run (started by `limits`): a node agent from a config file.
     #[command(hide = true)]
     LimitsNode {
@@ -99,6 +115,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Bench::Dlr { records, lookups, rate } => dlr::run(records, lookups, rate),
         Bench::LimitsNode { config } => limits_cluster::node(&config),
     }
 }

@@ -164,9 +164,17 @@ impl Report for AgentReport {
         }
         if let Some(d) = &self.dlr {
             let size = d.store().size();
-            m.gauge("switchboard_agent_dlr_records", "DLR records held (own and copies), approximate.", size.records as f64)
-                .gauge("switchboard_agent_dlr_inbox", "Reports waiting for this node's gateway.", size.inbox as f64)
-                .gauge("switchboard_agent_dlr_store_bytes", "Disk used by the DLR store.", size.disk_bytes as f64);
+            m.gauge(
+                "switchboard_agent_dlr_records",
+                "DLR records held (own and copies), approximate.",
+                size.records as f64,
+            )
+            .gauge("switchboard_agent_dlr_inbox", "Reports waiting for this node's gateway.", size.inbox as f64)
+            .gauge(
+                "switchboard_agent_dlr_store_bytes",
+                "Disk used by the DLR store.",
+                size.disk_bytes as f64,
+            );
             for (name, help, value) in d.stats.counters() {
                 m.counter(&format!("switchboard_agent_dlr_{name}_total"), help, value);
             }

@@ -5,6 +5,7 @@ Used by tests/python_interop.rs. Subcommands:
   publish   ENDPOINT PREFIX NODE STREAM ROWS          publish ROWS records as one node, in two batches
   read      DATASET                                   read the logs table with pyarrow and DuckDB
   limits    ENDPOINT PREFIX RATE                      set a limits revision, wait for it, print a demand report
+  dlr       ENDPOINT PREFIX CONNECTOR FORMAT ID [STATUS]  look up a message id (and report a DLR for it), print the reply
 Every wait is bounded; the exit code is non-zero on any protocol violation.
 """
 import json
@@ -181,6 +182,47 @@ def limits(endpoint, prefix, rate):
     return 0
 
 
+def canonical(fmt, msg_id):
+    """The canonical id of docs/protocol.md ("DLR lookups")."""
+    msg_id = msg_id.strip()
+    if fmt == "decimal":
+        return str(int(msg_id, 10))
+    if fmt == "hex":
+        return str(int(msg_id[2:] if msg_id.lower().startswith("0x") else msg_id, 16))
+    if fmt == "nocase":
+        return msg_id.lower()
+    return msg_id
+
+
+def key_chunk(cid):
+    safe = set(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~-")
+    return "".join(chr(b) if b in safe else "%%%02X" % b for b in cid.encode())
+
+
+def dlr(endpoint, prefix, connector, fmt, msg_id, status=None):
+    """One lookup query to every node; with STATUS, the query carries a final DLR report."""
+    import zenoh
+    s = session(endpoint)
+    time.sleep(0.5)
+    key = f"{prefix}/dlr/id/{connector}/{key_chunk(canonical(fmt, msg_id))}"
+    payload = None
+    if status:
+        payload = json.dumps({"version": 1, "status": status, "final": True, "reported_at": int(time.time() * 1000),
+                              "reported_by": "python"}).encode()
+    replies = []
+    for reply in s.get(key, target=zenoh.QueryTarget.ALL, consolidation=zenoh.ConsolidationMode.NONE,
+                       payload=payload, timeout=2.0):
+        if reply.ok is not None:
+            replies.append(json.loads(reply.ok.payload.to_bytes()))
+    s.close()
+    owner = [r for r in replies if r.get("version") == 1 and r.get("role") == "owner"]
+    if not owner:
+        print("no owner reply", key, replies, file=sys.stderr)
+        return 1
+    print(json.dumps({"key": key, "owner": owner[0], "replies": len(replies)}))
+    return 0
+
+
 def main(argv):
     cmd = argv[1]
     if cmd == "subscribe":
@@ -191,6 +233,8 @@ def main(argv):
         return read(argv[2])
     if cmd == "limits":
         return limits(argv[2], argv[3], int(argv[4]))
+    if cmd == "dlr":
+        return dlr(*argv[2:])
     print("unknown command", cmd, file=sys.stderr)
     return 2
 

@@ -252,7 +252,10 @@ pub(crate) mod tests {
         let mut bad = value.clone();
         bad[0] = 9;
         assert!(DlrRecord::decode(&rec.store_key(), &bad).is_err());
-        assert!(DlrRecord::decode(&rec.store_key(), &[1, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
-            .is_err());
+        assert!(DlrRecord::decode(
+            &rec.store_key(),
+            &[1, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]
+        )
+        .is_err());
     }
 }

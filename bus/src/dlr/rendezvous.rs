@@ -7,12 +7,7 @@
 
 /// The node among `members` (not `owner`) that keeps the copy of `key`; `None` if there is none.
 pub fn replica_for<'a>(key: &[u8], owner: &str, members: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    members
-        .into_iter()
-        .filter(|m| *m != owner)
-        .map(|m| (weight(m, key), m))
-        .max()
-        .map(|(_, m)| m)
+    members.into_iter().filter(|m| *m != owner).map(|m| (weight(m, key), m)).max().map(|(_, m)| m)
 }
 
 /// The weight of `node` for `key`.

@@ -80,6 +80,7 @@ pub struct LookupReply {
 /// One change for a replica.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[allow(clippy::large_enum_variant)] // Ops are built once and serialized; boxing buys nothing.
 pub enum ReplicaOp {
     /// Store this copy unless a higher version is held.
     Put(DlrRecord),

@@ -3,7 +3,7 @@
 //! | request | answer |
 //! | --- | --- |
 //! | `POST /v1/dlr/register` one registration, or `{"records": [...]}` | `201 {"registered": n, "records": [...]}` |
-//! | `POST /v1/dlr/resolve` `{"connector", "msg_id", "wait_ms"?}` | `200` the record, who answered, owner or copy; `404` |
+//! | `POST /v1/dlr/resolve` `{"connector", "msg_id", "wait_ms"?, "local"?}` | `200` the record, who answered, owner or copy; `404` (`local`: this node's store only, no bus) |
 //! | `POST /v1/dlr/report` `{"connector", "msg_id", "status", "final"?, "error"?, "text"?, "wait_ms"?}` | `200` with `outcome` `delivered`, `duplicate` or `owner_down`; `404` |
 //! | `POST /v1/dlr/close` `{"connector", "msg_id", "status"}` | `200 {"record"}`; `404`; `409` if another node owns it |
 //! | `GET /v1/dlr/inbox?after=N&max=M&wait_ms=W` | `200 {"reports": [{"seq", "record", "report"}]}` (long poll) |
@@ -93,6 +93,8 @@ struct ResolveRequest {
     msg_id: String,
     #[serde(default)]
     wait_ms: Option<u64>,
+    #[serde(default)]
+    local: bool,
 }
 
 async fn resolve(State(s): State<Arc<DlrService>>, body: Bytes) -> Response {
@@ -100,7 +102,12 @@ async fn resolve(State(s): State<Arc<DlrService>>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return error(&s, e),
     };
-    match s.resolve(&req.connector, &req.msg_id, req.wait_ms).await {
+    let answer = if req.local {
+        s.resolve_local(&req.connector, &req.msg_id)
+    } else {
+        s.resolve(&req.connector, &req.msg_id, req.wait_ms).await
+    };
+    match answer {
         Ok(r) => Json(r).into_response(),
         Err(e) => error(&s, e),
     }

@@ -99,18 +99,24 @@ pub(crate) async fn query(
     let key = service.keys.dlr_id(connector, canonical).map_err(|e| DlrError::BadRequest(e.to_string()))?;
     let selector = if wait.is_zero() { key.to_string() } else { format!("{key}?wait_ms={}", wait.as_millis()) };
     let started = Instant::now();
+    // Replies go to a channel of our own: when the owner's reply ends the wait early, later
+    // replies are dropped quietly (zenoh's own channel would log each as an error).
+    let (tx, mut replies) = tokio::sync::mpsc::unbounded_channel();
     let mut get = service
         .session
         .get(selector.as_str())
         .target(QueryTarget::All)
         .consolidation(ConsolidationMode::None)
-        .timeout(wait + Duration::from_millis(service.settings.timeout_ms));
+        .timeout(wait + Duration::from_millis(service.settings.timeout_ms))
+        .callback(move |reply| {
+            let _ = tx.send(reply);
+        });
     if let Some(r) = report {
         get = get.payload(serde_json::to_vec(r).map_err(|e| DlrError::Bus(e.to_string()))?);
     }
-    let replies = get.await.map_err(|e| DlrError::Bus(e.to_string()))?;
+    get.await.map_err(|e| DlrError::Bus(e.to_string()))?;
     let mut best: Option<LookupReply> = None;
-    while let Ok(reply) = replies.recv_async().await {
+    while let Some(reply) = replies.recv().await {
         let sample = match reply.result() {
             Ok(s) => s,
             Err(e) => {
@@ -125,8 +131,8 @@ pub(crate) async fn query(
         if r.role == HolderRole::Owner {
             return Ok(Some((r, started.elapsed())));
         }
-        let owner_down = r.record.owner != service.node
-            && !service.membership.live_of(Role::Agent).iter().any(|n| *n == r.record.owner);
+        let owner_down =
+            r.record.owner != service.node && !service.membership.live_of(Role::Agent).contains(&r.record.owner);
         if best.as_ref().is_none_or(|b| r.record.version > b.record.version) {
             best = Some(r);
         }

@@ -293,11 +293,8 @@ impl DlrService {
                 .map_err(|e| AgentError::Bus(format!("startup task: {e}")))?
                 .map_err(|e| AgentError::Dlr(format!("{}: {e}", dir.join("store").display())))?
         };
-        let formats = settings
-            .connectors
-            .iter()
-            .map(|c| (c.name.clone(), (c.ids, c.report_ids.unwrap_or(c.ids))))
-            .collect();
+        let formats =
+            settings.connectors.iter().map(|c| (c.name.clone(), (c.ids, c.report_ids.unwrap_or(c.ids)))).collect();
         let (changes, changes_rx) = mpsc::unbounded_channel();
         let service = Arc::new(Self {
             node: config.bus.node.clone(),
@@ -360,7 +357,9 @@ impl DlrService {
         let now = now_ms();
         let mut fresh = Vec::with_capacity(regs.len());
         for (i, r) in regs.iter().enumerate() {
-            let at = |e: DlrError| DlrError::BadRequest(if regs.len() > 1 { format!("record {i}: {e}") } else { e.to_string() });
+            let at = |e: DlrError| {
+                DlrError::BadRequest(if regs.len() > 1 { format!("record {i}: {e}") } else { e.to_string() })
+            };
             let (ids, _) = self.formats(&r.connector).map_err(at)?;
             let canonical = ids.canonical(&r.msg_id).map_err(|e| at(e.into()))?;
             check_field("destination", &r.destination, MAX_FIELD_BYTES).map_err(at)?;
@@ -468,6 +467,25 @@ impl DlrService {
         self.after_lookup(connector, msg_id, found, None)
     }
 
+    /// Look up `msg_id` in this node's own store only (no bus): what node-by-node forwarding
+    /// asks each node.
+    pub fn resolve_local(&self, connector: &str, msg_id: &str) -> Result<Resolution, DlrError> {
+        let (_, dlr_ids) = self.formats(connector)?;
+        let canonical = dlr_ids.canonical(msg_id)?;
+        let Some(reply) = self.answer(connector, &canonical, None)? else {
+            return Err(DlrError::NotFound { connector: connector.into(), msg_id: msg_id.into() });
+        };
+        Ok(Resolution {
+            owner_alive: reply.record.owner == self.node
+                || self.membership.live_of(Role::Agent).contains(&reply.record.owner),
+            record: reply.record,
+            answered_by: reply.node,
+            role: reply.role,
+            outcome: None,
+            lookup_us: 0,
+        })
+    }
+
     /// Hand in a DLR that arrived at this node: resolve it, let the owner take it (or close the
     /// owner's copy when the owner is down), recognize repeats.
     pub async fn report(&self, req: &ReportRequest) -> Result<Resolution, DlrError> {
@@ -510,9 +528,10 @@ impl DlrService {
             return Ok(());
         }
         let closed = self.closed(&res.record, &report.status, report.reported_at, &self.node);
-        let ack = replicate::send(self, &res.answered_by, vec![switchboard_bus::dlr::wire::ReplicaOp::Put(closed.clone())])
-            .await
-            .map_err(DlrError::Bus)?;
+        let ack =
+            replicate::send(self, &res.answered_by, vec![switchboard_bus::dlr::wire::ReplicaOp::Put(closed.clone())])
+                .await
+                .map_err(DlrError::Bus)?;
         if let Some(newer) = ack.newer.into_iter().next() {
             // Another node closed it first.
             res.record = newer;
@@ -532,7 +551,10 @@ impl DlrService {
 
     fn wait(&self, ms: u64) -> Result<Duration, DlrError> {
         if ms > self.settings.max_wait_ms {
-            return Err(DlrError::BadRequest(format!("wait_ms must be at most {} (dlr.max_wait_ms)", self.settings.max_wait_ms)));
+            return Err(DlrError::BadRequest(format!(
+                "wait_ms must be at most {} (dlr.max_wait_ms)",
+                self.settings.max_wait_ms
+            )));
         }
         Ok(Duration::from_millis(ms))
     }
@@ -551,8 +573,8 @@ impl DlrService {
             self.log_events(&line);
             return Err(DlrError::NotFound { connector: connector.into(), msg_id: msg_id.into() });
         };
-        let owner_alive = reply.record.owner == self.node
-            || self.membership.live_of(Role::Agent).iter().any(|n| *n == reply.record.owner);
+        let owner_alive =
+            reply.record.owner == self.node || self.membership.live_of(Role::Agent).contains(&reply.record.owner);
         let counter = match reply.role {
             HolderRole::Owner => &self.stats.resolved_by_owner,
             HolderRole::Replica => &self.stats.resolved_by_replica,
@@ -580,7 +602,12 @@ impl DlrService {
 
     /// What this node answers to a lookup of `(connector, id)`, taking `report` if it owns the
     /// record; `None` if it holds no record.
-    pub fn answer(&self, connector: &str, id: &str, report: Option<&DlrReport>) -> Result<Option<LookupReply>, DlrError> {
+    pub fn answer(
+        &self,
+        connector: &str,
+        id: &str,
+        report: Option<&DlrReport>,
+    ) -> Result<Option<LookupReply>, DlrError> {
         let reply = |record: DlrRecord, outcome| {
             let role = if record.owner == self.node { HolderRole::Owner } else { HolderRole::Replica };
             LookupReply { version: DOC_VERSION, node: self.node.clone(), role, record, outcome }

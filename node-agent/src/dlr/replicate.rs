@@ -305,7 +305,12 @@ async fn pass(service: &DlrService, before: Option<&[String]>, now: &[String], p
     tracing::info!(peers = now.len(), records = sent, "DLR copies moved after a membership change");
 }
 
-async fn send_or_requeue(service: &DlrService, node: &str, ops: Vec<ReplicaOp>, pending: &mut BTreeSet<Vec<u8>>) -> u64 {
+async fn send_or_requeue(
+    service: &DlrService,
+    node: &str,
+    ops: Vec<ReplicaOp>,
+    pending: &mut BTreeSet<Vec<u8>>,
+) -> u64 {
     let n = ops.len() as u64;
     let keys: Vec<Vec<u8>> = ops
         .iter()

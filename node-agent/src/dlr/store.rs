@@ -22,7 +22,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::config::CompressionPolicy;
+use fjall::{CompressionType, Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use switchboard_bus::dlr::record::{self, CorruptRecord, DlrRecord};
 
 /// The store failed.
@@ -77,7 +78,15 @@ impl DlrStore {
     /// Open (or create) the store in `dir` with a block cache of `cache_bytes`.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         let db = Database::builder(dir).cache_size(cache_bytes).open()?;
-        let opts = |memtable: u64| move || KeyspaceCreateOptions::default().max_memtable_size(memtable);
+        // LZ4 on every level (the default leaves the first two uncompressed): records are
+        // mostly short text and most of them live in the upper levels for their whole life.
+        let opts = |memtable: u64| {
+            move || {
+                KeyspaceCreateOptions::default()
+                    .max_memtable_size(memtable)
+                    .data_block_compression_policy(CompressionPolicy::all(CompressionType::Lz4))
+            }
+        };
         let records = db.keyspace("records", opts(16 << 20))?;
         let expiry = db.keyspace("expiry", opts(8 << 20))?;
         let inbox = db.keyspace("inbox", opts(4 << 20))?;

@@ -1,0 +1,437 @@
+//! DLR lookups across three node processes with `--records` open records registered on each.
+//!
+//! Rows, each paced at `--rate` lookups/s from one client with latency measured from the
+//! scheduled send time (so a slow answer delays the next ones and counts against them), ids
+//! drawn at random over every node's records:
+//! - a zenoh client querying `<prefix>/dlr/id/...` directly (one bus round trip);
+//! - the agent's API (`POST /v1/dlr/resolve` on one node, HTTP keep-alive): the round trip plus
+//!   the gateway's hop to its agent;
+//! - node-by-node forwarding as gateways do it today: ask node 1's own store, then node 2's, ...
+//!   (`"local": true` on each agent's API);
+//! - a shared Redis hash (HGET), with the same records loaded, when `redis-server` is available.
+//!
+//! Then memory per open record in the agents' processes (RSS growth over the records each holds,
+//! its own and its copies) and disk per record.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hdrhistogram::Histogram;
+use zenoh::query::{ConsolidationMode, QueryTarget};
+
+use crate::limits_cluster::{free_port, http_get, spawn_node, NodeProc};
+
+const NODES: usize = 3;
+const BATCH: u64 = 10_000;
+const CONNECTOR: &str = "smsc";
+
+/// A keep-alive HTTP/1.1 client for one agent.
+struct Http {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+    line: String,
+}
+
+impl Http {
+    fn connect(port: u16) -> Result<Self> {
+        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        Ok(Self { reader: BufReader::new(stream.try_clone()?), stream, line: String::new() })
+    }
+
+    /// POST `body` to `path`: (status, body).
+    fn post(&mut self, path: &str, body: &str) -> Result<(u16, Vec<u8>)> {
+        write!(
+            self.stream,
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
+        let (mut status, mut len) = (0u16, 0usize);
+        loop {
+            self.line.clear();
+            if self.reader.read_line(&mut self.line)? == 0 {
+                bail!("the agent closed the connection");
+            }
+            if self.line == "\r\n" {
+                break;
+            }
+            if status == 0 {
+                status = self.line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            } else if let Some(v) = self.line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut out = vec![0; len];
+        self.reader.read_exact(&mut out)?;
+        Ok((status, out))
+    }
+}
+
+fn msg_id(node: usize, k: u64) -> String {
+    format!("{node}{k:09}")
+}
+
+/// A deterministic pseudo-random (node, k) sequence.
+fn picks(n: u64, records: u64) -> Vec<(usize, u64)> {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ((x % NODES as u64) as usize, (x >> 8) % records)
+        })
+        .collect()
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .map_or(0, |kb: u64| kb * 1024)
+}
+
+fn dlr_status(node: &NodeProc) -> serde_json::Value {
+    http_get(node.http, "/v1/dlr").and_then(|b| serde_json::from_str(&b).ok()).unwrap_or_default()
+}
+
+/// Run `one(i)` `n` times paced at `rate`/s; latency from each scheduled start, in ns.
+fn paced(n: u64, rate: u64, mut one: impl FnMut(u64) -> Result<()>) -> Result<(f64, Histogram<u64>)> {
+    let mut h = Histogram::<u64>::new(3)?;
+    let gap = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = Instant::now();
+    for i in 0..n {
+        let due = start + gap * i as u32;
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        one(i)?;
+        h.record(due.elapsed().as_nanos() as u64).ok();
+    }
+    Ok((n as f64 / start.elapsed().as_secs_f64(), h))
+}
+
+fn row(name: &str, rate: f64, h: &Histogram<u64>, ours_p99: u64) {
+    println!(
+        "{:<44} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>9.2}",
+        name,
+        rate,
+        h.value_at_quantile(0.5) as f64 / 1e3,
+        h.value_at_quantile(0.99) as f64 / 1e3,
+        h.value_at_quantile(0.999) as f64 / 1e3,
+        h.value_at_quantile(0.99) as f64 / ours_p99.max(1) as f64,
+    );
+}
+
+pub(crate) fn run(records: u64, lookups: u64, rate: u64) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cluster = format!("dlrbench{}", std::process::id());
+    let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect::<Result<_>>()?;
+    let extra = "[limits]\nenabled = false\n\n[dlr]\nrecord_events = false\n";
+    let nodes: Vec<NodeProc> =
+        (0..NODES).map(|i| spawn_node(dir.path(), &cluster, i, ports[i], &ports[..i], extra)).collect::<Result<_>>()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for n in &nodes {
+        while dlr_status(n)["live_nodes"].as_array().map_or(0, Vec::len) != NODES {
+            if Instant::now() > deadline {
+                bail!("the nodes did not see each other within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let rss0: Vec<u64> = nodes.iter().map(|n| rss_bytes(n.child.id())).collect();
+
+    println!("registering {records} records on each of {NODES} nodes ({} in all) ...", records * NODES as u64);
+    let t = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let handles: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| {
+                s.spawn(move || -> Result<()> {
+                    let mut http = Http::connect(node.http)?;
+                    for start in (0..records).step_by(BATCH as usize) {
+                        let batch: Vec<serde_json::Value> = (start..(start + BATCH).min(records))
+                            .map(|k| {
+                                serde_json::json!({
+                                    "connector": CONNECTOR, "msg_id": msg_id(i, k), "destination": format!("+4915{k:08}"),
+                                    "account": format!("acct-{}", k % 100), "gateway_ref": format!("gw{i}-{k:012}"),
+                                })
+                            })
+                            .collect();
+                        let (code, body) = http.post("/v1/dlr/register", &serde_json::json!({ "records": batch }).to_string())?;
+                        if code != 201 {
+                            bail!("register on node {i}: {code} {}", String::from_utf8_lossy(&body));
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| anyhow::anyhow!("a register thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let took = t.elapsed();
+    println!(
+        "registered in {took:.1?}: {:.0} registrations/s (HTTP batches of {BATCH}, 3 nodes at once)",
+        (records * NODES as u64) as f64 / took.as_secs_f64()
+    );
+    let want = records * NODES as u64;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let copies: u64 =
+            nodes.iter().map(|n| dlr_status(n)["counters"]["replica_ops_received"].as_u64().unwrap_or(0)).sum();
+        if copies >= want {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {copies} of {want} copies made within 600 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("copies on replicas after {:.1?}", t.elapsed());
+    // Let memtables flush and compactions settle before measuring memory and disk.
+    std::thread::sleep(Duration::from_secs(5));
+
+    let ids = picks(lookups, records);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let session = rt.block_on(async {
+        let mut config = zenoh::Config::default();
+        let endpoints: Vec<String> = ports.iter().map(|p| format!("\"tcp/127.0.0.1:{p}\"")).collect();
+        config
+            .insert_json5("connect/endpoints", &format!("[{}]", endpoints.join(",")))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        config.insert_json5("listen/endpoints", "[]").map_err(|e| anyhow::anyhow!("{e}"))?;
+        config.insert_json5("scouting/multicast/enabled", "false").map_err(|e| anyhow::anyhow!("{e}"))?;
+        zenoh::open(config).await.map_err(|e| anyhow::anyhow!("{e}"))
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    let prefix = format!("sb/{cluster}");
+    let bus_lookup = |node: usize, k: u64| -> Result<()> {
+        let key = format!("{prefix}/dlr/id/{CONNECTOR}/{}", msg_id(node, k));
+        rt.block_on(async {
+            let (tx, mut replies) = tokio::sync::mpsc::unbounded_channel();
+            session
+                .get(key.as_str())
+                .target(QueryTarget::All)
+                .consolidation(ConsolidationMode::None)
+                .timeout(Duration::from_secs(2))
+                .callback(move |r| {
+                    let _ = tx.send(r);
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            while let Some(reply) = replies.recv().await {
+                if reply.result().is_ok_and(is_owner_reply) {
+                    return Ok(());
+                }
+            }
+            bail!("{key}: no owner reply")
+        })
+    };
+    for (node, k) in ids.iter().take(2000) {
+        bus_lookup(*node, *k)?;
+    }
+    println!(
+        "\n{:<44} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "lookup (records open per node: ".to_owned() + &records.to_string() + ")",
+        "lookups/s",
+        "p50 µs",
+        "p99 µs",
+        "p999 µs",
+        "p99 x"
+    );
+    let (r, bus) = paced(lookups, rate, |i| {
+        let (node, k) = ids[i as usize];
+        bus_lookup(node, k)
+    })?;
+    let ours = bus.value_at_quantile(0.99);
+    row("bus query from a zenoh client (1 round trip)", r, &bus, ours);
+
+    let mut http = Http::connect(nodes[0].http)?;
+    let (r, h) = paced(lookups, rate, |i| {
+        let (node, k) = ids[i as usize];
+        let (code, body) = http.post(
+            "/v1/dlr/resolve",
+            &format!("{{\"connector\":\"{CONNECTOR}\",\"msg_id\":\"{}\"}}", msg_id(node, k)),
+        )?;
+        if code != 200 {
+            bail!("resolve: {code} {}", String::from_utf8_lossy(&body));
+        }
+        Ok(())
+    })?;
+    row("agent API /v1/dlr/resolve (HTTP, via bus)", r, &h, ours);
+
+    let mut each: Vec<Http> = nodes.iter().map(|n| Http::connect(n.http)).collect::<Result<_>>()?;
+    let mut asked = 0u64;
+    let (r, h) = paced(lookups, rate, |i| {
+        let (node, k) = ids[i as usize];
+        let body = format!("{{\"connector\":\"{CONNECTOR}\",\"msg_id\":\"{}\",\"local\":true}}", msg_id(node, k));
+        for client in each.iter_mut() {
+            asked += 1;
+            if client.post("/v1/dlr/resolve", &body)?.0 == 200 {
+                return Ok(());
+            }
+        }
+        bail!("{}: on no node", msg_id(node, k))
+    })?;
+    row("node-by-node forwarding (HTTP, each store)", r, &h, ours);
+    println!("{:<44} {:.2} nodes asked per lookup on average", "", asked as f64 / lookups as f64);
+
+    match redis_hash(records, lookups, rate, &ids) {
+        Ok((r, h)) => row("shared Redis hash, HGET (1 round trip)", r, &h, ours),
+        Err(e) => println!("{:<44} skipped: {e:#}", "shared Redis hash"),
+    }
+
+    let (r, _) = closed_loop(&rt, &session, &prefix, &ids)?;
+    println!("{:<44} {:>10.0}   (64 lookups in flight, 1 client)", "bus query, as fast as it goes", r);
+
+    println!("\nmemory and disk of the agents (each holds its own records and copies of others'):");
+    for (i, n) in nodes.iter().enumerate() {
+        let st = dlr_status(n);
+        let held = st["records"].as_u64().unwrap_or(0).max(1);
+        let grow = rss_bytes(n.child.id()).saturating_sub(rss0[i]);
+        let disk = st["disk_bytes"].as_u64().unwrap_or(0);
+        println!(
+            "  node n{i}: {held} records held; RSS +{} MiB = {:.1} B per record held, {:.1} B per own record; disk {} MiB = {:.1} B per record held",
+            grow >> 20,
+            grow as f64 / held as f64,
+            grow as f64 / records as f64,
+            disk >> 20,
+            disk as f64 / held as f64
+        );
+    }
+    println!("targets: p99 < 1000 µs at 10000 lookups/s; < 200 B per open record in the agent's memory");
+    drop(session);
+    Ok(())
+}
+
+/// Whether a lookup reply comes from the record's owner.
+fn is_owner_reply(sample: &zenoh::sample::Sample) -> bool {
+    serde_json::from_slice::<serde_json::Value>(&sample.payload().to_bytes()).is_ok_and(|v| v["role"] == "owner")
+}
+
+/// Lookups with 64 queries in flight from one zenoh session: lookups/s.
+fn closed_loop(
+    rt: &tokio::runtime::Runtime,
+    session: &zenoh::Session,
+    prefix: &str,
+    ids: &[(usize, u64)],
+) -> Result<(f64, ())> {
+    let n = ids.len().min(100_000);
+    let start = Instant::now();
+    rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for chunk in ids[..n].chunks(n.div_ceil(64)) {
+            let (session, prefix, chunk) = (session.clone(), prefix.to_owned(), chunk.to_vec());
+            tasks.spawn(async move {
+                for (node, k) in chunk {
+                    let key = format!("{prefix}/dlr/id/{CONNECTOR}/{}", msg_id(node, k));
+                    let (tx, mut replies) = tokio::sync::mpsc::unbounded_channel();
+                    session
+                        .get(key.as_str())
+                        .target(QueryTarget::All)
+                        .consolidation(ConsolidationMode::None)
+                        .timeout(Duration::from_secs(5))
+                        .callback(move |r| {
+                            let _ = tx.send(r);
+                        })
+                        .await?;
+                    while let Some(reply) = replies.recv().await {
+                        if reply.result().is_ok_and(is_owner_reply) {
+                            break;
+                        }
+                    }
+                }
+                Ok::<_, zenoh::Error>(())
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.map_err(|e| anyhow::anyhow!("{e}"))?.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok((n as f64 / start.elapsed().as_secs_f64(), ()))
+}
+
+struct RedisServer(std::process::Child);
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn resp(args: &[&str]) -> String {
+    let mut s = format!("*{}\r\n", args.len());
+    for a in args {
+        s.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s
+}
+
+/// The records in one Redis hash (field `connector:id`, value the record as JSON), then HGET paced.
+fn redis_hash(records: u64, lookups: u64, rate: u64, ids: &[(usize, u64)]) -> Result<(f64, Histogram<u64>)> {
+    crate::limits::ensure_redis()?;
+    let port = free_port()?;
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting redis-server")?;
+    let _server = RedisServer(child);
+    let mut conn = None;
+    for _ in 0..100 {
+        if let Ok(c) = TcpStream::connect(("127.0.0.1", port)) {
+            conn = Some(c);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let Some(stream) = conn else { bail!("redis-server did not start") };
+    stream.set_nodelay(true)?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    let mut line = String::new();
+    let mut buf = Vec::new();
+    for node in 0..NODES {
+        for start in (0..records).step_by(BATCH as usize) {
+            let end = (start + BATCH).min(records);
+            let mut cmds = String::new();
+            for k in start..end {
+                let field = format!("{CONNECTOR}:{}", msg_id(node, k));
+                let value = format!(
+                    r#"{{"owner":"n{node}","destination":"+4915{k:08}","account":"acct-{}","gateway_ref":"gw{node}-{k:012}","submitted_at":1790000000000,"expires_at":1790172800000}}"#,
+                    k % 100
+                );
+                cmds.push_str(&resp(&["HSET", "dlr", &field, &value]));
+            }
+            writer.write_all(cmds.as_bytes())?;
+            for _ in start..end {
+                line.clear();
+                reader.read_line(&mut line)?;
+            }
+        }
+    }
+    paced(lookups, rate, |i| {
+        let (node, k) = ids[i as usize];
+        writer.write_all(resp(&["HGET", "dlr", &format!("{CONNECTOR}:{}", msg_id(node, k))]).as_bytes())?;
+        line.clear();
+        reader.read_line(&mut line)?;
+        let len: usize = line.trim_end().strip_prefix('$').and_then(|v| v.parse().ok()).context("HGET: no record")?;
+        buf.resize(len + 2, 0);
+        reader.read_exact(&mut buf)?;
+        Ok(())
+    })
+}
