@@ -15,10 +15,9 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Context as _, Result};
 use hdrhistogram::Histogram;
 use zenoh::query::{ConsolidationMode, QueryTarget};
 
@@ -363,15 +362,6 @@ fn closed_loop(
     Ok((n as f64 / start.elapsed().as_secs_f64(), ()))
 }
 
-struct RedisServer(std::process::Child);
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn resp(args: &[&str]) -> String {
     let mut s = format!("*{}\r\n", args.len());
     for a in args {
@@ -382,25 +372,7 @@ fn resp(args: &[&str]) -> String {
 
 /// The records in one Redis hash (field `connector:id`, value the record as JSON), then HGET paced.
 fn redis_hash(records: u64, lookups: u64, rate: u64, ids: &[(usize, u64)]) -> Result<(f64, Histogram<u64>)> {
-    crate::limits::ensure_redis()?;
-    let port = free_port()?;
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting redis-server")?;
-    let _server = RedisServer(child);
-    let mut conn = None;
-    for _ in 0..100 {
-        if let Ok(c) = TcpStream::connect(("127.0.0.1", port)) {
-            conn = Some(c);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let Some(stream) = conn else { bail!("redis-server did not start") };
-    stream.set_nodelay(true)?;
+    let (_server, stream) = crate::limits::start_redis()?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = stream;
     let mut line = String::new();

@@ -127,7 +127,8 @@ fn row(name: &str, rate: f64, h: &Histogram<u64>) {
     );
 }
 
-struct RedisServer(Child);
+/// A `redis-server` on a loopback port, killed on drop.
+pub(crate) struct RedisServer(Child);
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
@@ -136,8 +137,8 @@ impl Drop for RedisServer {
     }
 }
 
-/// A fixed-window counter in Redis, the way gateways commonly do it: one EVAL per decision.
-fn redis(n: u64) -> Result<(f64, Histogram<u64>)> {
+/// Start `redis-server` (installing it if missing and possible) and connect to it.
+pub(crate) fn start_redis() -> Result<(RedisServer, TcpStream)> {
     ensure_redis()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let child = Command::new("redis-server")
@@ -146,17 +147,20 @@ fn redis(n: u64) -> Result<(f64, Histogram<u64>)> {
         .stderr(Stdio::null())
         .spawn()
         .context("redis-server is not installed (apt-get install redis-server)")?;
-    let _server = RedisServer(child);
-    let mut conn = None;
+    let server = RedisServer(child);
     for _ in 0..100 {
         if let Ok(c) = TcpStream::connect(("127.0.0.1", port)) {
-            conn = Some(c);
-            break;
+            c.set_nodelay(true)?;
+            return Ok((server, c));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let Some(stream) = conn else { bail!("redis-server did not start") };
-    stream.set_nodelay(true)?;
+    bail!("redis-server did not start")
+}
+
+/// A fixed-window counter in Redis, the way gateways commonly do it: one EVAL per decision.
+fn redis(n: u64) -> Result<(f64, Histogram<u64>)> {
+    let (_server, stream) = start_redis()?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = stream;
     let script = "local c = redis.call('INCR', KEYS[1]) if c == 1 then redis.call('EXPIRE', KEYS[1], 1) end if c > tonumber(ARGV[1]) then return 0 end return 1";
