@@ -1,8 +1,9 @@
 //! DLR lookups across three node processes with `--records` open records registered on each.
 //!
-//! Rows, each paced at `--rate` lookups/s from one client with latency measured from the
-//! scheduled send time (so a slow answer delays the next ones and counts against them), ids
-//! drawn at random over every node's records:
+//! Rows, each paced at `--rate` lookups/s in all from `--clients` client threads (each with its
+//! own connection), latency measured from the scheduled send time (so a slow answer delays the
+//! next ones of its client and counts against them), ids drawn at random over every node's
+//! records:
 //! - a zenoh client querying `<prefix>/dlr/id/...` directly (one bus round trip);
 //! - the agent's API (`POST /v1/dlr/resolve` on one node, HTTP keep-alive): the round trip plus
 //!   the gateway's hop to its agent;
@@ -96,41 +97,104 @@ fn rss_bytes(pid: u32) -> u64 {
         .map_or(0, |kb: u64| kb * 1024)
 }
 
+/// CPU time (user + system) a process has used so far, in µs (`/proc/<pid>/stat`, 100 ticks/s).
+fn cpu_us(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at its closing parenthesis.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 = rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<u64>().ok()).sum();
+    ticks * 10_000
+}
+
 fn dlr_status(node: &NodeProc) -> serde_json::Value {
     http_get(node.http, "/v1/dlr").and_then(|b| serde_json::from_str(&b).ok()).unwrap_or_default()
 }
 
-/// Run `one(i)` `n` times paced at `rate`/s; latency from each scheduled start, in ns.
-fn paced(n: u64, rate: u64, mut one: impl FnMut(u64) -> Result<()>) -> Result<(f64, Histogram<u64>)> {
-    let mut h = Histogram::<u64>::new(3)?;
+/// Run lookups `0..n` at `rate`/s in all, spread over `clients` threads (lookup `i` goes to
+/// client `i % clients`, each with its own state from `open`): lookups/s reached and the latency
+/// of each from its scheduled start, in ns. A client that falls behind sends its next lookups
+/// late, and their latency counts the wait (no coordinated omission).
+fn paced<W: Send>(
+    n: u64,
+    rate: u64,
+    clients: usize,
+    mut open: impl FnMut(usize) -> Result<W>,
+    one: impl Fn(&mut W, u64) -> Result<()> + Sync,
+) -> Result<(f64, Histogram<u64>)> {
+    let clients = clients.max(1);
+    let states: Vec<W> = (0..clients).map(&mut open).collect::<Result<_>>()?;
     let gap = Duration::from_secs_f64(1.0 / rate as f64);
     let start = Instant::now();
-    for i in 0..n {
-        let due = start + gap * i as u32;
-        let now = Instant::now();
-        if due > now {
-            std::thread::sleep(due - now);
-        }
-        one(i)?;
-        h.record(due.elapsed().as_nanos() as u64).ok();
+    let one = &one;
+    let hists = std::thread::scope(|s| {
+        let handles: Vec<_> = states
+            .into_iter()
+            .enumerate()
+            .map(|(c, mut state)| {
+                s.spawn(move || -> Result<Histogram<u64>> {
+                    let mut h = Histogram::<u64>::new(3)?;
+                    for i in (c as u64..n).step_by(clients) {
+                        let due = start + gap.mul_f64(i as f64);
+                        let now = Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                        one(&mut state, i)?;
+                        h.record(due.elapsed().as_nanos() as u64).ok();
+                    }
+                    Ok(h)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))?)
+            .collect::<Result<Vec<_>>>()
+    })?;
+    let mut all = Histogram::<u64>::new(3)?;
+    for h in &hists {
+        all.add(h)?;
     }
-    Ok((n as f64 / start.elapsed().as_secs_f64(), h))
+    Ok((n as f64 / start.elapsed().as_secs_f64(), all))
 }
 
-fn row(name: &str, rate: f64, h: &Histogram<u64>, ours_p99: u64) {
+fn row(name: &str, rate: f64, h: &Histogram<u64>, ours_p99: u64, cpu: Cpu) {
     println!(
-        "{:<44} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>9.2}",
+        "{:<44} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>9.2} {:>9.0} {:>9.0}",
         name,
         rate,
         h.value_at_quantile(0.5) as f64 / 1e3,
         h.value_at_quantile(0.99) as f64 / 1e3,
         h.value_at_quantile(0.999) as f64 / 1e3,
         h.value_at_quantile(0.99) as f64 / ours_p99.max(1) as f64,
+        cpu.servers,
+        cpu.client,
     );
 }
 
-pub(crate) fn run(records: u64, lookups: u64, rate: u64) -> Result<()> {
+/// CPU µs per lookup in the serving processes (the agents, or redis) and in the client.
+#[derive(Clone, Copy)]
+struct Cpu {
+    servers: f64,
+    client: f64,
+}
+
+/// Run `f` and the CPU it cost `servers` and this process, per each of `n` lookups.
+fn with_cpu<T>(servers: &[u32], n: u64, f: impl FnOnce() -> Result<T>) -> Result<(T, Cpu)> {
+    let me = std::process::id();
+    let before: u64 = servers.iter().map(|p| cpu_us(*p)).sum();
+    let mine = cpu_us(me);
+    let out = f()?;
+    let used: u64 = servers.iter().map(|p| cpu_us(*p)).sum::<u64>() - before;
+    let n = n.max(1) as f64;
+    Ok((out, Cpu { servers: used as f64 / n, client: cpu_us(me).saturating_sub(mine) as f64 / n }))
+}
+
+pub(crate) fn run(records: u64, lookups: u64, rate: u64, clients: usize) -> Result<()> {
     let dir = tempfile::tempdir()?;
+    if std::env::var_os("SWITCHBOARD_LOG").is_some() {
+        println!("node logs in {} (kept)", dir.path().display());
+    }
     let cluster = format!("dlrbench{}", std::process::id());
     let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect::<Result<_>>()?;
     let extra = "[limits]\nenabled = false\n\n[dlr]\nrecord_events = false\n";
@@ -198,11 +262,22 @@ pub(crate) fn run(records: u64, lookups: u64, rate: u64) -> Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     println!("copies on replicas after {:.1?}", t.elapsed());
-    // Let memtables flush and compactions settle before measuring memory and disk.
-    std::thread::sleep(Duration::from_secs(5));
+    // Let memtables flush and compactions settle (disk use still for 3 s; at most 120 s)
+    // before measuring lookups, memory and disk.
+    let settle = Instant::now();
+    let mut last: Vec<u64> = Vec::new();
+    loop {
+        std::thread::sleep(Duration::from_secs(3));
+        let disk: Vec<u64> = nodes.iter().map(|n| dlr_status(n)["disk_bytes"].as_u64().unwrap_or(0)).collect();
+        if disk == last || settle.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+        last = disk;
+    }
+    println!("stores settled after {:.1?} more", settle.elapsed());
 
     let ids = picks(lookups, records);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let session = rt.block_on(async {
         let mut config = zenoh::Config::default();
         let endpoints: Vec<String> = ports.iter().map(|p| format!("\"tcp/127.0.0.1:{p}\"")).collect();
@@ -241,53 +316,75 @@ pub(crate) fn run(records: u64, lookups: u64, rate: u64) -> Result<()> {
         bus_lookup(*node, *k)?;
     }
     println!(
-        "\n{:<44} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "\n{:<44} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "lookup (records open per node: ".to_owned() + &records.to_string() + ")",
         "lookups/s",
         "p50 µs",
         "p99 µs",
         "p999 µs",
-        "p99 x"
+        "p99 x",
+        "srv CPU",
+        "cli CPU"
     );
-    let (r, bus) = paced(lookups, rate, |i| {
-        let (node, k) = ids[i as usize];
-        bus_lookup(node, k)
+    let pids: Vec<u32> = nodes.iter().map(|n| n.child.id()).collect();
+    let ((r, bus), cpu) = with_cpu(&pids, lookups, || {
+        paced(
+            lookups,
+            rate,
+            clients,
+            |_| Ok(()),
+            |_, i| {
+                let (node, k) = ids[i as usize];
+                bus_lookup(node, k)
+            },
+        )
     })?;
     let ours = bus.value_at_quantile(0.99);
-    row("bus query from a zenoh client (1 round trip)", r, &bus, ours);
+    row("bus query from a zenoh client (1 round trip)", r, &bus, ours, cpu);
 
-    let mut http = Http::connect(nodes[0].http)?;
-    let (r, h) = paced(lookups, rate, |i| {
-        let (node, k) = ids[i as usize];
-        let (code, body) = http.post(
-            "/v1/dlr/resolve",
-            &format!("{{\"connector\":\"{CONNECTOR}\",\"msg_id\":\"{}\"}}", msg_id(node, k)),
-        )?;
-        if code != 200 {
-            bail!("resolve: {code} {}", String::from_utf8_lossy(&body));
-        }
-        Ok(())
-    })?;
-    row("agent API /v1/dlr/resolve (HTTP, via bus)", r, &h, ours);
+    let resolve = || {
+        paced(
+            lookups,
+            rate,
+            clients,
+            |_| Http::connect(nodes[0].http),
+            |http, i| {
+                let (node, k) = ids[i as usize];
+                let (code, body) = http.post(
+                    "/v1/dlr/resolve",
+                    &format!("{{\"connector\":\"{CONNECTOR}\",\"msg_id\":\"{}\"}}", msg_id(node, k)),
+                )?;
+                if code != 200 {
+                    bail!("resolve: {code} {}", String::from_utf8_lossy(&body));
+                }
+                Ok(())
+            },
+        )
+    };
+    let ((r, h), cpu) = with_cpu(&pids, lookups, resolve)?;
+    row("agent API /v1/dlr/resolve (HTTP, via bus)", r, &h, ours, cpu);
 
-    let mut each: Vec<Http> = nodes.iter().map(|n| Http::connect(n.http)).collect::<Result<_>>()?;
-    let mut asked = 0u64;
-    let (r, h) = paced(lookups, rate, |i| {
-        let (node, k) = ids[i as usize];
-        let body = format!("{{\"connector\":\"{CONNECTOR}\",\"msg_id\":\"{}\",\"local\":true}}", msg_id(node, k));
-        for client in each.iter_mut() {
-            asked += 1;
-            if client.post("/v1/dlr/resolve", &body)?.0 == 200 {
-                return Ok(());
+    let asked = std::sync::atomic::AtomicU64::new(0);
+    let each = |_| nodes.iter().map(|n| Http::connect(n.http)).collect::<Result<Vec<_>>>();
+    let forward = || {
+        paced(lookups, rate, clients, each, |each, i| {
+            let (node, k) = ids[i as usize];
+            let body = format!("{{\"connector\":\"{CONNECTOR}\",\"msg_id\":\"{}\",\"local\":true}}", msg_id(node, k));
+            for client in each.iter_mut() {
+                asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if client.post("/v1/dlr/resolve", &body)?.0 == 200 {
+                    return Ok(());
+                }
             }
-        }
-        bail!("{}: on no node", msg_id(node, k))
-    })?;
-    row("node-by-node forwarding (HTTP, each store)", r, &h, ours);
-    println!("{:<44} {:.2} nodes asked per lookup on average", "", asked as f64 / lookups as f64);
+            bail!("{}: on no node", msg_id(node, k))
+        })
+    };
+    let ((r, h), cpu) = with_cpu(&pids, lookups, forward)?;
+    row("node-by-node forwarding (HTTP, each store)", r, &h, ours, cpu);
+    println!("{:<44} {:.2} nodes asked per lookup on average", "", asked.into_inner() as f64 / lookups as f64);
 
-    match redis_hash(records, lookups, rate, &ids) {
-        Ok((r, h)) => row("shared Redis hash, HGET (1 round trip)", r, &h, ours),
+    match redis_hash(records, lookups, rate, clients, &ids) {
+        Ok(((r, h), cpu)) => row("shared Redis hash, HGET (1 round trip)", r, &h, ours, cpu),
         Err(e) => println!("{:<44} skipped: {e:#}", "shared Redis hash"),
     }
 
@@ -311,6 +408,10 @@ pub(crate) fn run(records: u64, lookups: u64, rate: u64) -> Result<()> {
     }
     println!("targets: p99 < 1000 µs at 10000 lookups/s; < 200 B per open record in the agent's memory");
     drop(session);
+    drop(nodes);
+    if std::env::var_os("SWITCHBOARD_LOG").is_some() {
+        let _ = dir.keep();
+    }
     Ok(())
 }
 
@@ -371,12 +472,18 @@ fn resp(args: &[&str]) -> String {
 }
 
 /// The records in one Redis hash (field `connector:id`, value the record as JSON), then HGET paced.
-fn redis_hash(records: u64, lookups: u64, rate: u64, ids: &[(usize, u64)]) -> Result<(f64, Histogram<u64>)> {
-    let (_server, stream) = crate::limits::start_redis()?;
+fn redis_hash(
+    records: u64,
+    lookups: u64,
+    rate: u64,
+    clients: usize,
+    ids: &[(usize, u64)],
+) -> Result<((f64, Histogram<u64>), Cpu)> {
+    let (server, stream) = crate::limits::start_redis()?;
+    let port = stream.peer_addr()?.port();
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = stream;
     let mut line = String::new();
-    let mut buf = Vec::new();
     for node in 0..NODES {
         for start in (0..records).step_by(BATCH as usize) {
             let end = (start + BATCH).min(records);
@@ -396,14 +503,23 @@ fn redis_hash(records: u64, lookups: u64, rate: u64, ids: &[(usize, u64)]) -> Re
             }
         }
     }
-    paced(lookups, rate, |i| {
-        let (node, k) = ids[i as usize];
-        writer.write_all(resp(&["HGET", "dlr", &format!("{CONNECTOR}:{}", msg_id(node, k))]).as_bytes())?;
-        line.clear();
-        reader.read_line(&mut line)?;
-        let len: usize = line.trim_end().strip_prefix('$').and_then(|v| v.parse().ok()).context("HGET: no record")?;
-        buf.resize(len + 2, 0);
-        reader.read_exact(&mut buf)?;
-        Ok(())
-    })
+    let open = |_| -> Result<(TcpStream, BufReader<TcpStream>, String, Vec<u8>)> {
+        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_nodelay(true)?;
+        Ok((stream.try_clone()?, BufReader::new(stream), String::new(), Vec::new()))
+    };
+    let hget = || {
+        paced(lookups, rate, clients, open, |(writer, reader, line, buf), i| {
+            let (node, k) = ids[i as usize];
+            writer.write_all(resp(&["HGET", "dlr", &format!("{CONNECTOR}:{}", msg_id(node, k))]).as_bytes())?;
+            line.clear();
+            reader.read_line(line)?;
+            let len: usize =
+                line.trim_end().strip_prefix('$').and_then(|v| v.parse().ok()).context("HGET: no record")?;
+            buf.resize(len + 2, 0);
+            reader.read_exact(buf)?;
+            Ok(())
+        })
+    };
+    with_cpu(&[server.pid()], lookups, hget)
 }

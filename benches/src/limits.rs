@@ -138,6 +138,13 @@ impl Drop for RedisServer {
 }
 
 /// Start `redis-server` (installing it if missing and possible) and connect to it.
+impl RedisServer {
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
 pub(crate) fn start_redis() -> Result<(RedisServer, TcpStream)> {
     ensure_redis()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();

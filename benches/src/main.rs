@@ -74,6 +74,9 @@ enum Bench {
         /// Lookups per second (paced).
         #[arg(long, default_value_t = 10_000)]
         rate: u64,
+        /// Clients sharing the rate, each with its own connection (as a node's gateway threads).
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
     },
     /// One node of the accuracy run (started by `limits`): a node agent from a config file.
     #[command(hide = true)]
@@ -115,7 +118,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Bench::Dlr { records, lookups, rate } => dlr::run(records, lookups, rate),
+        Bench::Dlr { records, lookups, rate, clients } => dlr::run(records, lookups, rate, clients),
         Bench::LimitsNode { config } => limits_cluster::node(&config),
     }
 }

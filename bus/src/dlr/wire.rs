@@ -104,6 +104,21 @@ pub struct ReplicaBatch {
     pub ops: Vec<ReplicaOp>,
 }
 
+impl ReplicaBatch {
+    /// The JSON of a batch of `ops` from `from`, without owning them (the sender keeps its ops
+    /// to queue again if the batch fails).
+    pub fn encode(from: &str, ops: &[ReplicaOp]) -> Result<Vec<u8>, serde_json::Error> {
+        /// The same fields as [`ReplicaBatch`], borrowed.
+        #[derive(Serialize)]
+        struct Borrowed<'a> {
+            version: u32,
+            from: &'a str,
+            ops: &'a [ReplicaOp],
+        }
+        serde_json::to_vec(&Borrowed { version: DOC_VERSION, from, ops })
+    }
+}
+
 /// A replica's answer to a [`ReplicaBatch`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaAck {
@@ -128,5 +143,14 @@ mod tests {
         assert!(r.r#final);
         let text = serde_json::to_string(&ReplicaOp::Drop { connector: "c".into(), id: "1".into() }).unwrap();
         assert_eq!(text, r#"{"drop":{"connector":"c","id":"1"}}"#);
+    }
+
+    #[test]
+    fn borrowed_batches_encode_as_owned_ones() {
+        let ops = vec![ReplicaOp::Drop { connector: "c".into(), id: "1".into() }];
+        let owned = ReplicaBatch { version: DOC_VERSION, from: "a".into(), ops: ops.clone() };
+        let borrowed = ReplicaBatch::encode("a", &ops).unwrap();
+        assert_eq!(serde_json::from_slice::<ReplicaBatch>(&borrowed).unwrap(), owned);
+        assert_eq!(borrowed, serde_json::to_vec(&owned).unwrap());
     }
 }

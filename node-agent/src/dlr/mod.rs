@@ -240,7 +240,7 @@ pub struct DlrService {
     membership: Membership,
     waiters: Mutex<HashMap<Vec<u8>, Vec<oneshot::Sender<()>>>>,
     waiting: AtomicU64,
-    changes: mpsc::UnboundedSender<Vec<u8>>,
+    changes: mpsc::UnboundedSender<DlrRecord>,
     events: Option<EventLog>,
     inbox_ready: Notify,
     /// Counters.
@@ -405,9 +405,8 @@ impl DlrService {
         self.stats.registered.fetch_add(fresh.len() as u64, Ordering::Relaxed);
         let mut lines = Vec::new();
         for r in &fresh {
-            let key = r.store_key();
-            self.wake(&key);
-            let _ = self.changes.send(key);
+            self.wake(&r.store_key());
+            let _ = self.changes.send(r.clone());
             DlrEvent::of(EventKind::Registered, r, &self.node).write_to(&mut lines);
         }
         self.log_events(&lines);
@@ -436,7 +435,7 @@ impl DlrService {
             closed
         };
         self.stats.closed.fetch_add(1, Ordering::Relaxed);
-        let _ = self.changes.send(closed.store_key());
+        let _ = self.changes.send(closed.clone());
         let mut line = Vec::new();
         DlrEvent::of(EventKind::Closed, &closed, &self.node).write_to(&mut line);
         self.log_events(&line);
@@ -529,7 +528,7 @@ impl DlrService {
         }
         let closed = self.closed(&res.record, &report.status, report.reported_at, &self.node);
         let ack =
-            replicate::send(self, &res.answered_by, vec![switchboard_bus::dlr::wire::ReplicaOp::Put(closed.clone())])
+            replicate::send(self, &res.answered_by, &[switchboard_bus::dlr::wire::ReplicaOp::Put(closed.clone())])
                 .await
                 .map_err(DlrError::Bus)?;
         if let Some(newer) = ack.newer.into_iter().next() {
@@ -645,7 +644,7 @@ impl DlrService {
                 self.stats.delivered.fetch_add(1, Ordering::Relaxed);
                 self.inbox_ready.notify_waiters();
                 if report.r#final {
-                    let _ = self.changes.send(record.store_key());
+                    let _ = self.changes.send(record.clone());
                 }
                 EventKind::Delivered
             }

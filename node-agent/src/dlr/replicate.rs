@@ -2,7 +2,7 @@
 //!
 //! [`run`] sends every change of an own record (register, report, close) to the record's
 //! replica: the live node that [`replica_for`] picks among the others. Changes are batched (up
-//! to [`BATCH_OPS`] per query) and each batch is a query on `<prefix>/dlr/replica/<node>` that
+//! to [`BATCH_OPS`] per query, [`IN_FLIGHT`] queries unacknowledged) and each batch is a query on `<prefix>/dlr/replica/<node>` that
 //! the replica acknowledges; a batch that fails is retried every second. When the live set
 //! changes, one pass over the store re-sends each record whose replica changed (and tells the
 //! old replica, if live, to drop it); the first pass after start sends everything, so copies
@@ -12,11 +12,13 @@
 //! version, which goes back in the ack ([`ReplicaAck::newer`]) for the sender to adopt. That is
 //! how a record closed on its replica while the owner was down reaches the owner again.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use switchboard_bus::dlr::rendezvous::replica_for;
 use switchboard_bus::dlr::wire::{ReplicaAck, ReplicaBatch, ReplicaOp, DOC_VERSION};
 use switchboard_bus::dlr::DlrRecord;
@@ -32,6 +34,8 @@ use crate::AgentError;
 
 /// Most operations in one replica batch.
 pub const BATCH_OPS: usize = 2000;
+/// Batches sent to replicas before the first is acknowledged.
+pub const IN_FLIGHT: usize = 4;
 /// How long a replica has to acknowledge a batch.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -53,7 +57,13 @@ pub(crate) async fn serve(
             let service = service.clone();
             tokio::spawn(async move {
                 let (service2, payload) = (service.clone(), query.payload().map(|p| p.to_bytes().into_owned()));
-                let applied = tokio::task::spawn_blocking(move || take(&service2, payload.as_deref())).await;
+                let applied = tokio::task::spawn_blocking(move || {
+                    let started = std::time::Instant::now();
+                    let ack = take(&service2, payload.as_deref());
+                    tracing::debug!(us = started.elapsed().as_micros() as u64, "replica batch applied");
+                    ack
+                })
+                .await;
                 reply(&query, applied.map_err(|e| e.to_string()).and_then(|r| r)).await;
             });
         }
@@ -129,11 +139,10 @@ fn take(service: &DlrService, payload: Option<&[u8]>) -> Result<ReplicaAck, Stri
 }
 
 /// Send `ops` to `node`'s replica queryable and wait for its ack.
-pub(crate) async fn send(service: &DlrService, node: &str, ops: Vec<ReplicaOp>) -> Result<ReplicaAck, String> {
+pub(crate) async fn send(service: &DlrService, node: &str, ops: &[ReplicaOp]) -> Result<ReplicaAck, String> {
     let n = ops.len() as u64;
     let key = service.keys.dlr_replica(node).map_err(|e| e.to_string())?;
-    let body = serde_json::to_vec(&ReplicaBatch { version: DOC_VERSION, from: service.node.clone(), ops })
-        .map_err(|e| e.to_string())?;
+    let body = ReplicaBatch::encode(&service.node, ops).map_err(|e| e.to_string())?;
     let result = async {
         let replies = service
             .session
@@ -155,16 +164,32 @@ pub(crate) async fn send(service: &DlrService, node: &str, ops: Vec<ReplicaOp>) 
     result
 }
 
-/// Replicate own records until `cancel` fires.
+/// Own records waiting to be sent, by store key: the highest version of each.
+type Pending = HashMap<Vec<u8>, DlrRecord>;
+
+fn queue(pending: &mut Pending, record: DlrRecord) {
+    match pending.entry(record.store_key()) {
+        Entry::Occupied(mut held) => {
+            if record.version >= held.get().version {
+                held.insert(record);
+            }
+        }
+        Entry::Vacant(slot) => {
+            slot.insert(record);
+        }
+    }
+}
+
+/// Replicate own records until `cancel` fires. `changes` carries each own record as written.
 pub(crate) async fn run(
     service: Arc<DlrService>,
-    mut changes: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut changes: mpsc::UnboundedReceiver<DlrRecord>,
     cancel: CancellationToken,
 ) {
     let mut live = service.membership.subscribe();
     // None until the first pass: then every record is sent.
     let mut peers: Option<Vec<String>> = None;
-    let mut pending: BTreeSet<Vec<u8>> = BTreeSet::new();
+    let mut pending = Pending::new();
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     let mut members_changed = true;
     loop {
@@ -195,12 +220,12 @@ pub(crate) async fn run(
                 }
                 members_changed = true;
             }
-            key = changes.recv() => match key {
-                Some(k) => {
-                    pending.insert(k);
-                    while pending.len() < BATCH_OPS * 4 {
+            record = changes.recv() => match record {
+                Some(r) => {
+                    queue(&mut pending, r);
+                    while pending.len() < BATCH_OPS * IN_FLIGHT {
                         match changes.try_recv() {
-                            Ok(k) => { pending.insert(k); }
+                            Ok(r) => queue(&mut pending, r),
                             Err(_) => break,
                         }
                     }
@@ -217,31 +242,54 @@ pub(crate) async fn run(
     }
 }
 
-/// Send the current state of the `pending` records to their replicas; keys whose batch failed
-/// stay pending.
-async fn flush(service: &DlrService, peers: &[String], pending: &mut BTreeSet<Vec<u8>>) {
-    let mut by_node: BTreeMap<&str, Vec<(Vec<u8>, ReplicaOp)>> = BTreeMap::new();
-    for key in std::mem::take(pending) {
-        let Ok(Some(record)) = service.store.get_key(&key) else { continue };
+/// Send the `pending` records to their replicas; records whose batch failed stay pending.
+async fn flush(service: &DlrService, peers: &[String], pending: &mut Pending) {
+    let mut by_node: BTreeMap<&str, Vec<ReplicaOp>> = BTreeMap::new();
+    for (key, record) in std::mem::take(pending) {
         if record.owner != service.node {
             continue;
         }
         if let Some(node) = replica_for(&key, &service.node, peers.iter().map(String::as_str)) {
-            by_node.entry(node).or_default().push((key, ReplicaOp::Put(record)));
+            by_node.entry(node).or_default().push(ReplicaOp::Put(record));
         }
     }
-    for (node, ops) in by_node {
-        for chunk in ops.chunks(BATCH_OPS) {
-            let (keys, ops): (Vec<_>, Vec<_>) = chunk.iter().cloned().unzip();
-            match send(service, node, ops).await {
-                Ok(ack) => adopt(service, ack.newer),
-                Err(e) => {
-                    tracing::warn!(node, records = keys.len(), error = %e, "replica batch failed; retrying");
-                    pending.extend(keys);
+    let mut batches = Vec::new();
+    for (node, mut ops) in by_node {
+        while !ops.is_empty() {
+            let rest = ops.split_off(ops.len().min(BATCH_OPS));
+            batches.push((node.to_owned(), std::mem::replace(&mut ops, rest)));
+        }
+    }
+    send_batches(service, batches, pending).await;
+}
+
+/// Send `batches` with up to [`IN_FLIGHT`] unacknowledged at once; adopt what the replicas hold
+/// newer, and queue the puts of failed batches again. Returns the operations acknowledged.
+async fn send_batches(service: &DlrService, batches: Vec<(String, Vec<ReplicaOp>)>, pending: &mut Pending) -> u64 {
+    let mut acked = 0;
+    let mut results = futures::stream::iter(batches)
+        .map(|(node, ops)| async move {
+            let result = send(service, &node, &ops).await;
+            (node, ops, result)
+        })
+        .buffer_unordered(IN_FLIGHT);
+    while let Some((node, ops, result)) = results.next().await {
+        match result {
+            Ok(ack) => {
+                acked += ops.len() as u64;
+                adopt(service, ack.newer);
+            }
+            Err(e) => {
+                tracing::warn!(node, records = ops.len(), error = %e, "replica batch failed; retrying");
+                for op in ops {
+                    if let ReplicaOp::Put(r) = op {
+                        queue(pending, r);
+                    }
                 }
             }
         }
     }
+    acked
 }
 
 /// Take copies the replica holds in a newer version (closed while this node was down).
@@ -263,12 +311,10 @@ fn adopt(service: &DlrService, newer: Vec<DlrRecord>) {
 
 /// After a change of the live set: send each own record whose replica changed to its new
 /// replica and drop it from the old one (if still live). With `before == None`, send all.
-async fn pass(service: &DlrService, before: Option<&[String]>, now: &[String], pending: &mut BTreeSet<Vec<u8>>) {
+async fn pass(service: &DlrService, before: Option<&[String]>, now: &[String], pending: &mut Pending) {
     let me = service.node.as_str();
-    let mut moves: BTreeMap<String, Vec<ReplicaOp>> = BTreeMap::new();
-    let mut sent = 0u64;
     let mut records: Vec<DlrRecord> = Vec::new();
-    // Read under no lock, in pieces: a record changed meanwhile is also in `pending`.
+    // Read under no lock: a record changed meanwhile also comes through `changes`.
     let scanned = service.store.for_each(|r| {
         if r.owner == me {
             records.push(r);
@@ -278,6 +324,9 @@ async fn pass(service: &DlrService, before: Option<&[String]>, now: &[String], p
         tracing::warn!(error = %e, "DLR replication pass cannot read the store");
         return;
     }
+    let mut moves: BTreeMap<String, Vec<ReplicaOp>> = BTreeMap::new();
+    let mut ready: Vec<(String, Vec<ReplicaOp>)> = Vec::new();
+    let mut sent = 0u64;
     for record in records {
         let key = record.store_key();
         let new = replica_for(&key, me, now.iter().map(String::as_str));
@@ -293,41 +342,13 @@ async fn pass(service: &DlrService, before: Option<&[String]>, now: &[String], p
             moves.entry(new.to_owned()).or_default().push(ReplicaOp::Put(record));
         }
         if let Some((node, ops)) = moves.iter_mut().find(|(_, ops)| ops.len() >= BATCH_OPS) {
-            let (node, ops) = (node.clone(), std::mem::take(ops));
-            sent += send_or_requeue(service, &node, ops, pending).await;
+            ready.push((node.clone(), std::mem::take(ops)));
+            if ready.len() >= IN_FLIGHT {
+                sent += send_batches(service, std::mem::take(&mut ready), pending).await;
+            }
         }
     }
-    for (node, ops) in moves {
-        if !ops.is_empty() {
-            sent += send_or_requeue(service, &node, ops, pending).await;
-        }
-    }
+    ready.extend(moves.into_iter().filter(|(_, ops)| !ops.is_empty()));
+    sent += send_batches(service, ready, pending).await;
     tracing::info!(peers = now.len(), records = sent, "DLR copies moved after a membership change");
-}
-
-async fn send_or_requeue(
-    service: &DlrService,
-    node: &str,
-    ops: Vec<ReplicaOp>,
-    pending: &mut BTreeSet<Vec<u8>>,
-) -> u64 {
-    let n = ops.len() as u64;
-    let keys: Vec<Vec<u8>> = ops
-        .iter()
-        .filter_map(|op| match op {
-            ReplicaOp::Put(r) => Some(r.store_key()),
-            ReplicaOp::Drop { .. } => None,
-        })
-        .collect();
-    match send(service, node, ops).await {
-        Ok(ack) => {
-            adopt(service, ack.newer);
-            n
-        }
-        Err(e) => {
-            tracing::warn!(node, records = n, error = %e, "replica batch failed; retrying");
-            pending.extend(keys);
-            0
-        }
-    }
 }
