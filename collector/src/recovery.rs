@@ -3,7 +3,7 @@
 //! There is no manifest to drift from the data: each committed Parquet file's footer names the
 //! sequence ranges it holds ([`crate::writer::META_RANGES`]), so [`recover`] walks a table's
 //! directory, reads only the footers, and returns the committed ranges per stream. Temporary files
-//! left by a crash (`*.parquet.tmp`) were never committed; they are removed.
+//! left by a crash (`.*.parquet.tmp`) were never committed; they are removed.
 
 use std::collections::BTreeMap;
 use std::fs::File;

@@ -1,7 +1,8 @@
 //! Writing one table partition's Parquet file, and committing it atomically.
 //!
-//! A [`PartitionFile`] is open under a temporary name (`<name>.parquet.tmp`, invisible to every
-//! reader that looks for `*.parquet`) while rows stream into it. [`PartitionFile::commit`]
+//! A [`PartitionFile`] is open under a temporary, hidden name (`.<name>.parquet.tmp`: readers
+//! that look for `*.parquet` skip it, and pyarrow, Spark and Hive skip names starting with `.`)
+//! while rows stream into it. [`PartitionFile::commit`]
 //! records in the footer the sequence ranges per stream the file holds, closes the file, fsyncs
 //! it, renames it to its final name and fsyncs the directory: after a crash a file is either
 //! complete and visible, or a leftover `.tmp` that the next start removes.
@@ -102,10 +103,10 @@ pub struct PartitionFile {
 }
 
 impl PartitionFile {
-    /// Create `<dir>/<name>.tmp` (and `dir`).
+    /// Create `<dir>/.<name>.tmp` (and `dir`).
     pub fn create(dir: PathBuf, name: String, schema: SchemaRef, settings: &FileSettings) -> Result<Self, WriteError> {
         std::fs::create_dir_all(&dir).map_err(|source| WriteError::Io { path: dir.clone(), source })?;
-        let tmp = dir.join(format!("{name}.tmp"));
+        let tmp = dir.join(format!(".{name}.tmp"));
         let file = File::create(&tmp).map_err(|source| WriteError::Io { path: tmp.clone(), source })?;
         let writer = ArrowWriter::try_new(file, schema, Some(settings.properties.clone()))
             .map_err(|source| WriteError::Parquet { path: tmp.clone(), source })?;
@@ -113,7 +114,7 @@ impl PartitionFile {
     }
 
     fn tmp_path(&self) -> PathBuf {
-        self.dir.join(format!("{}.tmp", self.name))
+        self.dir.join(format!(".{}.tmp", self.name))
     }
 
     /// Append rows of `stream` holding the sequence numbers `seqs`.
