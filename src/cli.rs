@@ -13,7 +13,8 @@ use switchboard_agent::config::AgentConfig;
 use switchboard_agent::Agent;
 use switchboard_collector::config::CollectorConfig;
 use switchboard_collector::Collector;
-use switchboard_queries::{Dataset, OutputFormat};
+use switchboard_queries::datafusion_batch::RecordBatch;
+use switchboard_queries::{reports, Dataset, OutputFormat, TimeWindow};
 use tokio_util::sync::CancellationToken;
 
 use crate::demo::{self, DemoOptions};
@@ -64,19 +65,53 @@ pub enum Command {
     },
     /// Run SQL over the Parquet dataset (DataFusion).
     ///
-    /// Tables: `logs`, and `limits` (limit decisions per key and second), each partitioned by
-    /// `date` ('YYYY-MM-DD') and `hour` (0-23): filter on them to read only the matching files.
-    /// Example:
+    /// Tables: `logs`, `metrics` (the gateways' counters, gauges and timers per interval),
+    /// `limits` (limit decisions per key and second) and `dlr` (DLR events), each partitioned by
+    /// `date` ('YYYY-MM-DD') and `hour` (0-23): filter on them, or use --since/--until, to read
+    /// only the matching files. Functions: hdr_merge, hdr_of, hdr_quantile, hdr_count, hdr_max,
+    /// tag (see docs/metrics.md). Examples:
     ///   switchboard query "SELECT node, level, count(*) FROM logs WHERE date = '2026-11-22' GROUP BY 1, 2"
+    ///   switchboard query --since 1h "SELECT tag(tags, 'operator') AS op, hdr_quantile(hdr_merge(histogram), 0.99) AS p99 FROM metrics WHERE name = 'dlr_latency' GROUP BY 1"
     Query {
         /// The SQL statement.
         sql: String,
-        /// The dataset root (the collector's `data_dir`).
-        #[arg(long, env = "SWITCHBOARD_DATA", default_value = "switchboard-data")]
-        data: PathBuf,
+        /// Dataset and time window.
+        #[command(flatten)]
+        scope: Scope,
         /// Output format.
         #[arg(long, short, value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// Write the result to this file instead of standard output (required for parquet).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Print one of the everyday reports (and draw time series with --plot).
+    ///
+    /// Reports: throughput, log-volume, errors, top-errors, dlr-latency, timer, rejections.
+    /// Example:
+    ///   switchboard report throughput --since 24h --bucket 1h --plot throughput.svg
+    Report {
+        /// The report's name; `switchboard report list` lists them.
+        name: String,
+        /// Dataset and time window.
+        #[command(flatten)]
+        scope: Scope,
+        /// Bucket width of time series: `10s`, `5m`, `1h`, `1d`.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        bucket: Duration,
+        /// The metric a metrics report reads (throughput: a counter, default `submitted`;
+        /// timer: a timer, default `dlr_latency`).
+        #[arg(long)]
+        metric: Option<String>,
+        /// Rows of top-N reports.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Also draw a time series report as an SVG chart into this file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
     },
     /// Set, list and review the cluster-wide limits (rate and concurrency) every node applies.
     ///
@@ -106,6 +141,28 @@ pub enum Command {
     },
 }
 
+/// Which dataset and which time window a query or report reads.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Scope {
+    /// The dataset root (the collector's `data_dir`).
+    #[arg(long, env = "SWITCHBOARD_DATA", default_value = "switchboard-data")]
+    pub data: PathBuf,
+    /// Only rows at or after this time: RFC 3339, a UTC date (`2026-11-22`, `2026-11-22 10:00`)
+    /// or a span back from now (`15m`, `2h`, `7d`).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only rows before this time (same forms as --since).
+    #[arg(long)]
+    pub until: Option<String>,
+}
+
+impl Scope {
+    async fn open(&self) -> Result<Dataset> {
+        let window = TimeWindow::parse(self.since.as_deref(), self.until.as_deref(), chrono::Utc::now())?;
+        Ok(Dataset::open_window(&self.data, window).await?)
+    }
+}
+
 /// Output formats of `query`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -117,17 +174,35 @@ pub enum Format {
     Json,
     /// One JSON object per line.
     Ndjson,
+    /// A Parquet file (with --output).
+    Parquet,
 }
 
-impl From<Format> for OutputFormat {
-    fn from(f: Format) -> Self {
-        match f {
-            Format::Table => OutputFormat::Table,
-            Format::Csv => OutputFormat::Csv,
-            Format::Json => OutputFormat::Json,
-            Format::Ndjson => OutputFormat::Ndjson,
+/// Print or write `batches` as `format`.
+fn emit(batches: &[RecordBatch], format: Format, output: Option<&std::path::Path>) -> Result<()> {
+    let text = match format {
+        Format::Table => OutputFormat::Table,
+        Format::Csv => OutputFormat::Csv,
+        Format::Json => OutputFormat::Json,
+        Format::Ndjson => OutputFormat::Ndjson,
+        Format::Parquet => {
+            let path = output.context("--format parquet writes a file: give --output FILE")?;
+            let rows = switchboard_queries::write_parquet(batches, path)?;
+            eprintln!("wrote {rows} rows to {}", path.display());
+            return Ok(());
         }
+    };
+    match output {
+        Some(path) => {
+            let mut f = std::io::BufWriter::new(
+                std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+            );
+            switchboard_queries::render(batches, text, &mut f)?;
+            std::io::Write::flush(&mut f)?;
+        }
+        None => switchboard_queries::render(batches, text, &mut std::io::stdout().lock())?,
     }
+    Ok(())
 }
 
 /// Parse `15s`, `500ms`, `2m`, `1h` or a plain number of seconds.
@@ -141,7 +216,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => n / 1000.0,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        other => return Err(format!("unknown unit {other:?} in {s:?}: use ms, s, m or h")),
+        "d" => n * 86_400.0,
+        other => return Err(format!("unknown unit {other:?} in {s:?}: use ms, s, m, h or d")),
     };
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("{s:?} is not a valid duration"));
@@ -220,13 +296,45 @@ pub fn run(cli: Cli) -> Result<()> {
                 Ok(())
             })
         }
-        Command::Query { sql, data, format } => {
+        Command::Query { sql, scope, format, output } => {
             init_tracing(log, "warn");
             runtime()?.block_on(async {
-                let ds = Dataset::open(&data).await?;
+                let ds = scope.open().await?;
                 let batches = ds.sql(&sql).await?;
-                let mut out = std::io::stdout().lock();
-                switchboard_queries::render(&batches, format.into(), &mut out)?;
+                emit(&batches, format, output.as_deref())
+            })
+        }
+        Command::Report { name, scope, bucket, metric, limit, format, plot } => {
+            init_tracing(log, "warn");
+            if name == "list" {
+                for (n, about) in reports::REPORTS {
+                    println!("{n:<12} {about}");
+                }
+                return Ok(());
+            }
+            let opts = reports::ReportOptions { bucket_s: bucket.as_secs().max(1), metric, limit };
+            let report = reports::report(&name, &opts)?;
+            runtime()?.block_on(async {
+                let ds = scope.open().await?;
+                if !ds.tables().iter().any(|t| t == report.table) {
+                    anyhow::bail!(
+                        "report {name} reads the {} table, which {} does not hold (yet)",
+                        report.table,
+                        scope.data.display()
+                    );
+                }
+                let batches = ds.sql(&report.sql).await?;
+                emit(&batches, format, None)?;
+                if let Some(path) = plot {
+                    let Some((series, value)) = &report.series else {
+                        anyhow::bail!("report {name} is not a time series: nothing to plot");
+                    };
+                    let lines = switchboard_queries::plot::series_of(&batches, series, value)?;
+                    let svg =
+                        switchboard_queries::plot::svg(&lines, &format!("{name} per {}", series.join("/")), value);
+                    std::fs::write(&path, svg).with_context(|| format!("cannot write {}", path.display()))?;
+                    eprintln!("drew {} series to {}", lines.len(), path.display());
+                }
                 Ok(())
             })
         }

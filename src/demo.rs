@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Int64Type;
-use switchboard_agent::config::{AgentConfig, AgentSettings, DlrSettings, LimitsSettings, SourceConfig, StartAt};
+use switchboard_agent::config::{
+    AgentConfig, AgentSettings, DlrSettings, LimitsSettings, MetricsSettings, SourceConfig, StartAt,
+};
 use switchboard_agent::parse::Format;
 use switchboard_agent::stats::AgentStats;
 use switchboard_agent::Agent;
@@ -215,6 +217,7 @@ fn agent_config(node: &str, endpoint: &str, dir: &Path, logs: &Path) -> AgentCon
         },
         limits: LimitsSettings { enabled: false, ..LimitsSettings::default() },
         dlr: DlrSettings { enabled: false, ..DlrSettings::default() },
+        metrics: MetricsSettings { enabled: false, ..MetricsSettings::default() },
         sources: vec![
             source("smsgw", "smsgw*.log", Format::Kv, false),
             source("mta", "mail*.log", Format::Syslog, true),

@@ -154,6 +154,20 @@ fn a_dlr_at_another_node_reaches_the_owner_in_one_round_trip_and_repeats_are_rec
         row[1].parse::<u64>().unwrap() > 1_000_000,
         "submit-to-DLR latency from the registered submit time: {latency}"
     );
+    // The everyday report gives the same latency as its percentiles.
+    let out = std::process::Command::new(common::BIN)
+        .args(["report", "dlr-latency", "--data", c.dataset().to_str().unwrap(), "--format", "csv"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let cols: Vec<&str> = report.lines().nth(1).unwrap_or_default().split(',').collect();
+    assert_eq!((cols[0], cols[1]), ("hexdec", "1"), "{report}");
+    let p50: f64 = cols[2].parse().unwrap();
+    let exact: f64 = row[1].parse().unwrap();
+    assert!((p50 - exact).abs() <= exact * 0.001, "p50 {p50} within 0.1% of {exact}: {report}");
+    // pyarrow and DuckDB read every table's files with the numbers query gives.
+    common::assert_independent_readers_agree(&c);
 }
 
 #[test]

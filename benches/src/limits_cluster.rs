@@ -96,19 +96,25 @@ pub(crate) fn spawn_node(
     let http = free_port()?;
     let connect: Vec<String> = connect.iter().map(|p| format!("\"tcp/127.0.0.1:{p}\"")).collect();
     let cfg = dir.join(format!("node{i}.toml"));
+    let metrics = if extra.contains("[metrics]") { "" } else { "[metrics]\nenabled = false\n\n" };
     std::fs::write(
         &cfg,
         format!(
-            "[bus]\ncluster = \"{cluster}\"\nnode = \"n{i}\"\nlisten = [\"tcp/127.0.0.1:{port}\"]\nconnect = [{}]\n\n[agent]\ndata_dir = \"{}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\n{extra}",
+            "[bus]\ncluster = \"{cluster}\"\nnode = \"n{i}\"\nlisten = [\"tcp/127.0.0.1:{port}\"]\nconnect = [{}]\n\n[agent]\ndata_dir = \"{}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\n{metrics}{extra}",
             connect.join(", "),
             data.display()
         ),
     )?;
+    // With SWITCHBOARD_LOG set, each node's log goes to `n<i>.log` beside its config.
+    let stderr = match std::env::var_os("SWITCHBOARD_LOG") {
+        Some(_) => Stdio::from(std::fs::File::create(dir.join(format!("n{i}.log")))?),
+        None => Stdio::null(),
+    };
     let child = Command::new(std::env::current_exe()?)
         .args(["limits-node", "--config"])
         .arg(&cfg)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .context("starting a node process")?;
     Ok(NodeProc { child, socket: data.join("limits.sock"), http })

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use arrow::array::RecordBatch;
 use parquet::arrow::ArrowWriter;
-use switchboard_agent::config::{AgentConfig, AgentSettings, DlrSettings, LimitsSettings, SourceConfig, StartAt};
+use switchboard_agent::config::{
+    AgentConfig, AgentSettings, DlrSettings, LimitsSettings, MetricsSettings, SourceConfig, StartAt,
+};
 use switchboard_agent::parse::{self, Format, ParseContext};
 use switchboard_agent::Agent;
 use switchboard_bus::wire::log_batch::{LogBatchBuilder, LogRow};
@@ -197,6 +199,7 @@ fn agent_config(opts: &LogsBench, dir: &Path, a: usize, endpoint: &str, acknowle
         },
         limits: LimitsSettings { enabled: false, ..LimitsSettings::default() },
         dlr: DlrSettings { enabled: false, ..DlrSettings::default() },
+        metrics: MetricsSettings { enabled: false, ..MetricsSettings::default() },
         sources: vec![SourceConfig {
             name: "app".into(),
             paths: vec![dir.join(format!("logs{a}/*.log")).to_string_lossy().into_owned()],

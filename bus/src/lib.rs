@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod dlr;
+pub mod histogram;
 pub mod http;
 pub mod keys;
 pub mod limits;

@@ -112,6 +112,8 @@ pub enum ColumnType {
     Float64,
     /// Boolean (`true`/`false`/`1`/`0`/`yes`/`no`).
     Bool,
+    /// Bytes, given as standard base64 text.
+    Binary,
 }
 
 fn default_data_dir() -> PathBuf {

@@ -11,8 +11,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, MapArray, MapBuilder, MapFieldNames,
-    RecordBatch, StringArray, StringBuilder,
+    Array, ArrayRef, AsArray, BinaryBuilder, BooleanBuilder, Float64Builder, Int64Builder, MapArray, MapBuilder,
+    MapFieldNames, RecordBatch, StringArray, StringBuilder,
 };
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -38,6 +38,7 @@ enum PromotedBuilder {
     Int64(Int64Builder),
     Float64(Float64Builder),
     Bool(BooleanBuilder),
+    Binary(BinaryBuilder),
 }
 
 impl PromotedBuilder {
@@ -47,6 +48,7 @@ impl PromotedBuilder {
             ColumnType::Int64 => Self::Int64(Int64Builder::new()),
             ColumnType::Float64 => Self::Float64(Float64Builder::new()),
             ColumnType::Bool => Self::Bool(BooleanBuilder::new()),
+            ColumnType::Binary => Self::Binary(BinaryBuilder::new()),
         }
     }
 
@@ -67,6 +69,13 @@ impl PromotedBuilder {
                 "false" | "0" | "no" => b.append_value(false),
                 _ => return false,
             },
+            Self::Binary(b) => {
+                use base64::Engine as _;
+                match base64::engine::general_purpose::STANDARD.decode(v.trim()) {
+                    Ok(bytes) => b.append_value(bytes),
+                    Err(_) => return false,
+                }
+            }
         }
         true
     }
@@ -77,6 +86,7 @@ impl PromotedBuilder {
             Self::Int64(b) => b.append_null(),
             Self::Float64(b) => b.append_null(),
             Self::Bool(b) => b.append_null(),
+            Self::Binary(b) => b.append_null(),
         }
     }
 
@@ -86,6 +96,7 @@ impl PromotedBuilder {
             Self::Int64(b) => Arc::new(b.finish()),
             Self::Float64(b) => Arc::new(b.finish()),
             Self::Bool(b) => Arc::new(b.finish()),
+            Self::Binary(b) => Arc::new(b.finish()),
         }
     }
 }
@@ -96,6 +107,7 @@ fn arrow_type(kind: ColumnType) -> DataType {
         ColumnType::Int64 => DataType::Int64,
         ColumnType::Float64 => DataType::Float64,
         ColumnType::Bool => DataType::Boolean,
+        ColumnType::Binary => DataType::Binary,
     }
 }
 

@@ -3,7 +3,8 @@
 //! Gateway log streams go to `logs`. The agents' own streams go to tables of their own, with the
 //! logs layout plus typed columns ([`INTERNAL`]): `_limits` (limit decisions per key and second,
 //! see the agent's `limits::record`) to `limits`, `_dlr` (DLR events, see the agent's
-//! `dlr::events`) to `dlr`. Each table is written by a [`LogsSink`] of its own in
+//! `dlr::events`) to `dlr`, `_metrics` (the gateways' metric snapshots, see the agent's
+//! `metrics`) to `metrics`. Each table is written by a [`LogsSink`] of its own in
 //! `<data_dir>/<table>`; [`Tables`] routes payloads and heads to the right one and merges their
 //! status.
 
@@ -72,8 +73,24 @@ pub const DLR: InternalTable = InternalTable {
     ],
 };
 
+/// The `metrics` table: the gateways' metrics, one row per series and interval and node
+/// (counters as the interval's delta, gauges as last values, timers with their HDR histogram).
+pub const METRICS: InternalTable = InternalTable {
+    dir: "metrics",
+    stream: "_metrics",
+    columns: &[
+        ("name", ColumnType::String, false),
+        ("tags", ColumnType::String, false),
+        ("kind", ColumnType::String, false),
+        ("value", ColumnType::Float64, false),
+        ("count", ColumnType::Int64, false),
+        ("histogram", ColumnType::Binary, false),
+        ("interval_ms", ColumnType::Int64, false),
+    ],
+};
+
 /// Every table fed by the agents' own streams.
-pub const INTERNAL: [InternalTable; 2] = [LIMITS, DLR];
+pub const INTERNAL: [InternalTable; 3] = [LIMITS, DLR, METRICS];
 
 /// Every table the collector writes.
 pub struct Tables {

@@ -44,6 +44,9 @@ pub struct AgentConfig {
     /// The DLR index: registration, lookup across the cluster, replication.
     #[serde(default)]
     pub dlr: DlrSettings,
+    /// The gateways' own metrics: StatsD and HTTP intake, snapshots to the `metrics` table.
+    #[serde(default)]
+    pub metrics: MetricsSettings,
     /// The log sources to tail, one `[[source]]` table each.
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
@@ -158,6 +161,48 @@ pub struct DlrSettings {
     /// How each connector writes message ids; connectors not listed use `text` (exact match).
     #[serde(default, rename = "connector")]
     pub connectors: Vec<ConnectorIds>,
+}
+
+/// The `[metrics]` table: the gateways' counters, gauges, timers and sets (docs/metrics.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Take metrics (StatsD over UDP, `POST /v1/metrics`) and send snapshots. Default: true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The UDP address StatsD lines are read from; empty for none (HTTP only). Default:
+    /// `127.0.0.1:8125`.
+    #[serde(default = "default_statsd_listen")]
+    pub statsd_listen: String,
+    /// Snapshot every this many milliseconds: counters as the interval's delta, gauges as last
+    /// values, timers as HDR histograms. Default: 10000.
+    #[serde(default = "default_metrics_interval_ms")]
+    pub interval_ms: u64,
+    /// Most series (name, tags, kind) in one interval; samples of further series are counted
+    /// and dropped. Default: 100000.
+    #[serde(default = "default_metrics_max_series")]
+    pub max_series: usize,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            statsd_listen: default_statsd_listen(),
+            interval_ms: default_metrics_interval_ms(),
+            max_series: default_metrics_max_series(),
+        }
+    }
+}
+
+fn default_statsd_listen() -> String {
+    "127.0.0.1:8125".into()
+}
+fn default_metrics_interval_ms() -> u64 {
+    10_000
+}
+fn default_metrics_max_series() -> usize {
+    100_000
 }
 
 /// One `[[dlr.connector]]` table.
@@ -436,6 +481,16 @@ impl AgentConfig {
         }
         if l.resync_ms == 0 {
             return Err(AgentConfigError::Invalid("limits.resync_ms must be > 0".into()));
+        }
+        let m = &self.metrics;
+        if m.interval_ms < 100 || m.max_series == 0 {
+            return Err(AgentConfigError::Invalid("metrics.interval_ms must be >= 100 and max_series > 0".into()));
+        }
+        if !m.statsd_listen.is_empty() && m.statsd_listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(AgentConfigError::Invalid(format!(
+                "metrics.statsd_listen {:?} is not an address like 127.0.0.1:8125",
+                m.statsd_listen
+            )));
         }
         let d = &self.dlr;
         if d.expiry_s == 0 || d.expiry_s > d.max_expiry_s {

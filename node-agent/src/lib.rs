@@ -12,7 +12,9 @@
 //! - [`limits`]: cluster-wide limits: the local API for gateways and the node's part in
 //!   sharing each limit;
 //! - [`dlr`]: the node's part of the DLR index: register, resolve, deliver, replicate, expire;
-//! - [`eventlog`]: the JSON-lines files of the agent's own records (`_limits`, `_dlr`);
+//! - [`metrics`]: the gateways' StatsD metrics, aggregated per interval into snapshots;
+//! - [`eventlog`]: the JSON-lines files of the agent's own records (`_limits`, `_dlr`,
+//!   `_metrics`);
 //! - [`stats`] holds the counters.
 //!
 //! [`Agent::start`] wires them together; [`Agent::wait`] returns once a cancelled agent has
@@ -25,6 +27,7 @@ pub mod eventlog;
 pub mod framing;
 pub mod journal;
 pub mod limits;
+pub mod metrics;
 pub mod parse;
 pub mod publisher;
 pub mod replay;
@@ -105,6 +108,9 @@ impl Agent {
         if config.dlr.enabled && config.dlr.record_events {
             config.sources.push(dlr::events_source(&config.agent.data_dir));
         }
+        if config.metrics.enabled {
+            config.sources.push(metrics::snapshots_source(&config.agent.data_dir));
+        }
         let keys = KeySpace::new(&config.bus.effective_prefix()).map_err(|e| AgentError::Bus(e.to_string()))?;
         let data_dir = config.agent.data_dir.clone();
         let (checkpoint, journals) = {
@@ -175,6 +181,11 @@ impl Agent {
         } else {
             None
         };
+        let metrics = if config.metrics.enabled {
+            Some(metrics::MetricsService::start(&config.metrics, &config.agent.data_dir, &tracker, &cancel).await?)
+        } else {
+            None
+        };
         if !config.agent.http_listen.is_empty() {
             let addr = config.agent.http_listen.parse().map_err(|e| AgentError::Http(format!("http_listen: {e}")))?;
             let report = Arc::new(report::AgentReport {
@@ -184,10 +195,14 @@ impl Agent {
                 membership: membership.clone(),
                 limits: limits.clone(),
                 dlr: dlr.clone(),
+                metrics: metrics.clone(),
             });
             let mut routes = limits.clone().map(limits::http::router).unwrap_or_default();
             if let Some(d) = dlr.clone() {
                 routes = routes.merge(dlr::http::router(d));
+            }
+            if let Some(m) = metrics.clone() {
+                routes = routes.merge(metrics::http::router(m));
             }
             let (_, task) = switchboard_bus::http::serve(addr, report, routes, cancel.clone())
                 .await

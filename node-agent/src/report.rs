@@ -12,6 +12,7 @@ use switchboard_bus::Membership;
 
 use crate::dlr::DlrService;
 use crate::limits::LimitsService;
+use crate::metrics::MetricsService;
 use crate::publisher::Journals;
 use crate::stats::AgentStats;
 
@@ -22,6 +23,7 @@ pub(crate) struct AgentReport {
     pub(crate) membership: Membership,
     pub(crate) limits: Option<Arc<LimitsService>>,
     pub(crate) dlr: Option<Arc<DlrService>>,
+    pub(crate) metrics: Option<Arc<MetricsService>>,
 }
 
 /// Per source: (head, acked, unacked batches, lag seconds).
@@ -177,6 +179,11 @@ impl Report for AgentReport {
             );
             for (name, help, value) in d.stats.counters() {
                 m.counter(&format!("switchboard_agent_dlr_{name}_total"), help, value);
+            }
+        }
+        if let Some(s) = &self.metrics {
+            for (name, help, value) in s.stats.counters() {
+                m.counter(&format!("switchboard_agent_metrics_{name}_total"), help, value);
             }
         }
         m.finish()

@@ -1,11 +1,13 @@
 //! SQL over Switchboard's Parquet dataset, with DataFusion.
 //!
-//! [`Dataset::open`] registers every table found below the dataset root (`logs/`) as a listing
+//! [`Dataset::open`] registers every table found below the dataset root (`logs/`, `limits/`,
+//! `dlr/`, `metrics/`) as a listing
 //! table with its Hive partition columns (`date` as text `YYYY-MM-DD`, `hour` as an integer), so
 //! that `WHERE date = '2026-11-22' AND hour = 10` reads only that hour's files. Parquet reading
 //! uses footer statistics, page indexes and Bloom filters, with filters pushed into the scan.
 //! [`Dataset::sql`] runs a query; [`render`] prints the result as an aligned table, CSV, JSON or
-//! JSON lines.
+//! JSON lines, [`write_parquet`] writes it to a file. [`Dataset::open_window`] shows only the
+//! rows of a time window ([`window`]); [`functions`] adds HDR histogram and tag functions.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), switchboard_queries::QueryError> {
@@ -14,6 +16,11 @@
 //! switchboard_queries::render(&batches, switchboard_queries::OutputFormat::Table, &mut std::io::stdout())?;
 //! # Ok(()) }
 //! ```
+
+pub mod functions;
+pub mod plot;
+pub mod reports;
+pub mod window;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -25,9 +32,15 @@ use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+pub use window::TimeWindow;
+
+/// The Arrow record batch type results come in.
+pub mod datafusion_batch {
+    pub use datafusion::arrow::array::RecordBatch;
+}
 
 /// The tables a dataset may hold, by directory name.
-pub const TABLES: &[&str] = &["logs", "limits", "dlr"];
+pub const TABLES: &[&str] = &["logs", "limits", "dlr", "metrics"];
 
 /// A query could not run or its result could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +89,12 @@ pub struct Dataset {
 impl Dataset {
     /// Register every table present below `root`.
     pub async fn open(root: &Path) -> Result<Self, QueryError> {
+        Self::open_window(root, TimeWindow::default()).await
+    }
+
+    /// Register every table present below `root`, each showing only the rows of `window` (and
+    /// reading only the files of its hours).
+    pub async fn open_window(root: &Path, window: TimeWindow) -> Result<Self, QueryError> {
         if !root.is_dir() {
             return Err(QueryError::NoDataset(root.to_owned()));
         }
@@ -85,6 +104,7 @@ impl Dataset {
         opts.execution.parquet.reorder_filters = true;
         opts.execution.parquet.bloom_filter_on_read = true;
         let ctx = SessionContext::new_with_config(config);
+        functions::register(&ctx);
         let mut tables = Vec::new();
         for table in TABLES {
             let dir = root.join(table);
@@ -94,7 +114,14 @@ impl Dataset {
             let options = ParquetReadOptions::default()
                 .table_partition_cols(vec![("date".to_owned(), DataType::Utf8), ("hour".to_owned(), DataType::Int32)]);
             let url = format!("{}/", dir.canonicalize()?.display());
-            ctx.register_parquet(*table, url, options).await?;
+            if window.is_all() {
+                ctx.register_parquet(*table, url, options).await?;
+            } else {
+                let all = format!("{table}_all");
+                ctx.register_parquet(all.as_str(), url, options).await?;
+                let view = ctx.sql(&format!("SELECT * FROM {all} WHERE {}", window.condition())).await?.into_view();
+                ctx.register_table(*table, view)?;
+            }
             tables.push((*table).to_owned());
         }
         Ok(Self { ctx, tables })
@@ -173,6 +200,27 @@ pub fn render(batches: &[RecordBatch], format: OutputFormat, out: &mut dyn Write
         }
     }
     Ok(())
+}
+
+/// Write `batches` to a Parquet file at `path` (zstd), readable by any Parquet reader.
+pub fn write_parquet(batches: &[RecordBatch], path: &Path) -> Result<u64, QueryError> {
+    use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::parquet::basic::{Compression, ZstdLevel};
+    use datafusion::parquet::file::properties::WriterProperties;
+    let Some(first) = batches.first() else {
+        return Err(QueryError::Sql("the query returned no columns to write".into()));
+    };
+    let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
+    let file = std::fs::File::create(path)?;
+    let mut w = ArrowWriter::try_new(file, first.schema(), Some(props))
+        .map_err(|e| QueryError::Sql(format!("{}: {e}", path.display())))?;
+    let mut rows = 0;
+    for b in batches {
+        w.write(b).map_err(|e| QueryError::Sql(format!("{}: {e}", path.display())))?;
+        rows += b.num_rows() as u64;
+    }
+    w.close().map_err(|e| QueryError::Sql(format!("{}: {e}", path.display())))?;
+    Ok(rows)
 }
 
 /// CSV has no nested or binary values: render such columns as text the way the table does.

@@ -199,6 +199,8 @@ http_listen = "127.0.0.1:{}"
     pub fn start_agent_config(&self, node: &str, connect: &[String], bus_extra: &str, rest: &str) -> Proc {
         let connect: Vec<String> = connect.iter().map(|e| format!("\"{e}\"")).collect();
         let cfg = self.path().join(format!("agent-{node}.toml"));
+        // Several agents share this host: no StatsD port unless the test asks for one.
+        let metrics = if rest.contains("[metrics]") { "" } else { "[metrics]\nstatsd_listen = \"\"\n" };
         std::fs::write(
             &cfg,
             format!(
@@ -217,6 +219,7 @@ glob_interval_ms = 200
 checkpoint_interval_ms = 100
 http_listen = "127.0.0.1:{}"
 
+{metrics}
 {rest}
 "#,
                 self.cluster,
@@ -235,11 +238,20 @@ http_listen = "127.0.0.1:{}"
 
     /// Run `switchboard query` over the dataset as CSV; the output if the query succeeded.
     pub fn query_csv(&self, sql: &str) -> Option<String> {
+        self.query(sql).ok()
+    }
+
+    /// Run `switchboard query` as CSV: the output, or the error it printed.
+    pub fn query(&self, sql: &str) -> Result<String, String> {
         let out = std::process::Command::new(BIN)
             .args(["query", "--data", self.dataset().to_str().unwrap(), "--format", "csv", sql])
             .output()
             .unwrap();
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!("{sql}: {}", String::from_utf8_lossy(&out.stderr)))
+        }
     }
 
     pub fn agent_state(&self, node: &str) -> PathBuf {
@@ -420,4 +432,38 @@ pub fn assert_lines(rows: &[Row], node: &str, count: usize) {
         assert!(seen.contains(&want), "{node}: line {i} missing ({} of {count} stored)", mine.len());
     }
     assert_eq!(mine.len(), count, "{node}: extra rows");
+}
+
+/// Every table in the dataset read by pyarrow and DuckDB (tests/py/interop.py `tables`) gives
+/// the same rows, the same distinct (node, stream, seq) and the same sums as `switchboard query`.
+/// Call it when nothing is written any more.
+pub fn assert_independent_readers_agree(c: &Cluster) {
+    let script = format!("{}/tests/py/interop.py", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("python3").args([&script, "tables", c.dataset().to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let py: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tables = py.as_object().unwrap();
+    assert!(!tables.is_empty(), "no table read: {py}");
+    for (table, v) in tables {
+        let extra = if table == "metrics" {
+            ", sum(value) AS sum_value, sum(count) AS sum_count, count(histogram) AS histograms"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT count(*) AS rows, sum(seq) AS sum_seq, (SELECT count(*) FROM (SELECT DISTINCT node, stream, seq FROM {table})) AS distinct_rows{extra} FROM {table}"
+        );
+        let csv = c.query(&sql).unwrap_or_else(|e| panic!("{e}"));
+        let mut lines = csv.lines();
+        let (head, row) = (lines.next().unwrap(), lines.next().unwrap());
+        for (k, val) in head.split(',').zip(row.split(',')) {
+            let ours: f64 = val.parse().unwrap_or(0.0);
+            let theirs = v[k].as_f64().unwrap_or(-1.0);
+            assert!(
+                (ours - theirs).abs() <= 1e-6 * ours.abs().max(1.0),
+                "{table}.{k}: query {ours}, python {theirs}: {v}"
+            );
+        }
+        assert_eq!(v["pyarrow_rows"], v["rows"], "{table}: {v}");
+    }
 }

@@ -223,6 +223,34 @@ def dlr(endpoint, prefix, connector, fmt, msg_id, status=None):
     return 0
 
 
+def tables(dataset):
+    """Per table: rows as pyarrow counts them, and DuckDB's rows, distinct rows and sums."""
+    import glob
+    import os
+    import duckdb
+    import pyarrow.dataset as ds
+    out = {}
+    con = duckdb.connect()
+    for table in ["logs", "limits", "dlr", "metrics"]:
+        path = os.path.join(dataset, table)
+        if not glob.glob(path + "/**/*.parquet", recursive=True):
+            continue
+        files = path + "/**/*.parquet"
+        entry = {"pyarrow_rows": ds.dataset(path, format="parquet", partitioning="hive").count_rows()}
+        rows, sum_seq, distinct = con.execute(
+            "SELECT count(*), sum(seq), count(DISTINCT (node, stream, seq)) FROM read_parquet(?, hive_partitioning = true)",
+            [files]).fetchone()
+        entry.update(rows=rows, sum_seq=int(sum_seq or 0), distinct_rows=distinct)
+        if table == "metrics":
+            v, c, h = con.execute(
+                "SELECT sum(value), sum(count), count(histogram) FROM read_parquet(?, hive_partitioning = true)",
+                [files]).fetchone()
+            entry.update(sum_value=v, sum_count=int(c or 0), histograms=h)
+        out[table] = entry
+    print(json.dumps(out))
+    return 0
+
+
 def main(argv):
     cmd = argv[1]
     if cmd == "subscribe":
@@ -235,6 +263,8 @@ def main(argv):
         return limits(argv[2], argv[3], int(argv[4]))
     if cmd == "dlr":
         return dlr(*argv[2:])
+    if cmd == "tables":
+        return tables(argv[2])
     print("unknown command", cmd, file=sys.stderr)
     return 2
 

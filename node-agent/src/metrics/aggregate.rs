@@ -1,0 +1,225 @@
+//! One interval's metrics, per series, and the snapshot rows they become.
+//!
+//! A series is `(name, tags, kind)`. Per interval a counter sums its increments (the row carries
+//! the delta), a gauge keeps its last value (and is sent every interval until it has not been
+//! touched for [`GAUGE_IDLE_INTERVALS`]), a timer records its samples into an HDR histogram (3
+//! significant digits, values scaled by [`HISTOGRAM_SCALE`] so fractions of a millisecond
+//! survive), and a set counts its distinct members.
+//!
+//! Histograms travel as HDR V2 with DEFLATE ([`switchboard_bus::histogram`]), base64 in the row.
+
+use std::collections::{HashMap, HashSet};
+
+use hdrhistogram::Histogram;
+use switchboard_bus::histogram::{self, new_histogram, SCALE as HISTOGRAM_SCALE};
+
+use super::statsd::{Kind, Line, Value};
+
+/// Gauges not set for this many intervals stop being sent.
+pub const GAUGE_IDLE_INTERVALS: u32 = 30;
+
+enum State {
+    Counter { sum: f64, samples: u64 },
+    Gauge { value: f64, samples: u64, idle: u32 },
+    Timer { hist: Histogram<u64>, sum: f64 },
+    Set(HashSet<String>),
+}
+
+/// One snapshot row.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Row {
+    /// End of the interval, ms since the epoch.
+    pub ts: u64,
+    /// The metric's name.
+    pub name: String,
+    /// `k:v,k2:v2`, sorted.
+    pub tags: String,
+    /// `counter`, `gauge`, `timer` or `set`.
+    pub kind: &'static str,
+    /// Counter: the interval's sum; gauge: the last value; timer: the sum of the samples; set:
+    /// distinct members.
+    pub value: f64,
+    /// Samples taken in the interval (timer: counted with their sample rate).
+    pub count: u64,
+    /// Timers: HDR V2 + DEFLATE, base64.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub histogram: Option<String>,
+    /// The interval's length in ms.
+    pub interval_ms: u64,
+}
+
+/// Why a sample was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The series limit is reached and this is a new series.
+    TooManySeries,
+    /// A timer value beyond what a histogram holds.
+    OutOfRange,
+}
+
+/// The series of the current interval.
+pub struct Aggregator {
+    series: HashMap<(String, String, Kind), State>,
+    max_series: usize,
+}
+
+impl Aggregator {
+    /// At most `max_series` series at once.
+    pub fn new(max_series: usize) -> Self {
+        Self { series: HashMap::new(), max_series }
+    }
+
+    /// Series held now.
+    pub fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    /// Whether no series is held.
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
+
+    /// Take one parsed line.
+    pub fn add(&mut self, line: &Line<'_>) -> Result<(), Refused> {
+        let key = (line.name.to_owned(), line.tags.clone(), line.kind);
+        if !self.series.contains_key(&key) && self.series.len() >= self.max_series {
+            return Err(Refused::TooManySeries);
+        }
+        let state = self.series.entry(key).or_insert_with(|| match line.kind {
+            Kind::Counter => State::Counter { sum: 0.0, samples: 0 },
+            Kind::Gauge => State::Gauge { value: 0.0, samples: 0, idle: 0 },
+            Kind::Timer => State::Timer { hist: new_histogram(), sum: 0.0 },
+            Kind::Set => State::Set(HashSet::new()),
+        });
+        match (state, &line.value) {
+            (State::Counter { sum, samples }, Value::Count(values)) => {
+                *sum += values.iter().sum::<f64>();
+                *samples += values.len() as u64;
+            }
+            (State::Gauge { value, samples, idle }, Value::Gauge(v)) => {
+                (*value, *idle) = (*v, 0);
+                *samples += 1;
+            }
+            (State::Gauge { value, samples, idle }, Value::GaugeDelta(d)) => {
+                (*value, *idle) = (*value + d, 0);
+                *samples += 1;
+            }
+            (State::Timer { hist, sum }, Value::Samples { values, weight }) => {
+                for v in values {
+                    let scaled = (v * HISTOGRAM_SCALE).round();
+                    if scaled >= u64::MAX as f64 || hist.record_n(scaled as u64, *weight).is_err() {
+                        return Err(Refused::OutOfRange);
+                    }
+                    *sum += v * *weight as f64;
+                }
+            }
+            (State::Set(members), Value::Member(m)) => {
+                if !members.contains(*m) {
+                    members.insert((*m).to_owned());
+                }
+            }
+            // The parser gives each kind its own value shape.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The interval's rows at `ts`; counters, timers and sets start over, gauges carry on.
+    pub fn snapshot(&mut self, ts: u64, interval_ms: u64) -> Vec<Row> {
+        let mut rows = Vec::with_capacity(self.series.len());
+        self.series.retain(|(name, tags, kind), state| {
+            let row = |value: f64, count: u64, histogram: Option<String>| Row {
+                ts,
+                name: name.clone(),
+                tags: tags.clone(),
+                kind: kind.as_str(),
+                value,
+                count,
+                histogram,
+                interval_ms,
+            };
+            match state {
+                State::Counter { sum, samples } => rows.push(row(*sum, *samples, None)),
+                State::Gauge { value, samples, idle } => {
+                    if *idle >= GAUGE_IDLE_INTERVALS {
+                        return false;
+                    }
+                    rows.push(row(*value, *samples, None));
+                    *samples = 0;
+                    *idle += 1;
+                    return true;
+                }
+                State::Timer { hist, sum } => {
+                    use base64::Engine as _;
+                    match histogram::encode(hist) {
+                        Ok(bytes) => {
+                            let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+                            rows.push(row(*sum, hist.len(), Some(b64)));
+                        }
+                        Err(e) => tracing::warn!(metric = %name, error = %e, "cannot serialize a histogram"),
+                    }
+                }
+                State::Set(members) => rows.push(row(members.len() as f64, members.len() as u64, None)),
+            }
+            false
+        });
+        rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::statsd::parse_line;
+    use super::*;
+
+    fn feed(a: &mut Aggregator, lines: &[&str]) {
+        for l in lines {
+            a.add(&parse_line(l).unwrap()).unwrap();
+        }
+    }
+
+    #[test]
+    fn counters_gauges_timers_sets_per_interval() {
+        let mut a = Aggregator::new(100);
+        feed(
+            &mut a,
+            &["sent:1|c|#op:a", "sent:2|c|#op:a", "sent:5|c|#op:b", "q:7|g", "q:+3|g", "u:x|s", "u:x|s", "u:y|s"],
+        );
+        feed(&mut a, &["lat:10|ms", "lat:20|ms", "lat:0.5|ms|@0.5"]);
+        let mut rows = a.snapshot(10_000, 10_000);
+        rows.sort_by(|x, y| (&x.name, &x.tags).cmp(&(&y.name, &y.tags)));
+        let got: Vec<(&str, &str, f64, u64)> =
+            rows.iter().map(|r| (r.name.as_str(), r.tags.as_str(), r.value, r.count)).collect();
+        assert_eq!(
+            got,
+            [
+                ("lat", "", 31.0, 4),
+                ("q", "", 10.0, 2),
+                ("sent", "op:a", 3.0, 2),
+                ("sent", "op:b", 5.0, 1),
+                ("u", "", 2.0, 2)
+            ]
+        );
+        let h = rows.iter().find(|r| r.name == "lat").and_then(|r| r.histogram.clone()).unwrap();
+        use base64::Engine as _;
+        let h = histogram::decode(&base64::engine::general_purpose::STANDARD.decode(h).unwrap()).unwrap();
+        assert_eq!(h.len(), 4);
+        assert_eq!(h.max(), h.highest_equivalent(20_000));
+        // Next interval: only the gauge carries on, with no new samples.
+        let rows = a.snapshot(20_000, 10_000);
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].value, rows[0].count), (10.0, 0));
+    }
+
+    #[test]
+    fn idle_gauges_stop_and_series_are_bounded() {
+        let mut a = Aggregator::new(2);
+        feed(&mut a, &["g:1|g", "c:1|c"]);
+        assert_eq!(a.add(&parse_line("other:1|c").unwrap()), Err(Refused::TooManySeries));
+        feed(&mut a, &["c:1|c"]);
+        for i in 0..=GAUGE_IDLE_INTERVALS {
+            a.snapshot(u64::from(i), 1);
+        }
+        assert!(a.is_empty());
+    }
+}

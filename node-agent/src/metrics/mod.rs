@@ -1,0 +1,234 @@
+//! The gateways' own metrics: taken as StatsD lines (UDP, or `POST /v1/metrics`), aggregated per
+//! interval, and written as snapshot rows to the `_metrics` stream.
+//!
+//! Every `interval_ms` the [`aggregate::Aggregator`] turns its series into rows (counters as
+//! the interval's delta, gauges as last values, timers as HDR histograms, sets as distinct
+//! counts) that go, one JSON line each, to `metrics.log` in the data directory. The agent tails
+//! that file as the internal source `_metrics`, so snapshots travel the same sequenced, durable,
+//! exactly-once path as log lines, and the collector writes them to the `metrics` table.
+//! docs/metrics.md describes the intake and the table.
+//!
+//! Bad lines are counted ([`MetricsStats`]) and never stop the intake.
+
+pub mod aggregate;
+pub mod http;
+pub mod statsd;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use self::aggregate::{Aggregator, Refused};
+use crate::config::MetricsSettings;
+use crate::eventlog::EventLog;
+use crate::AgentError;
+
+/// The stream (and internal source) that carries metric snapshots.
+pub const METRICS_STREAM: &str = "_metrics";
+/// The snapshot file in the data directory.
+pub const FILE_NAME: &str = "metrics.log";
+/// The snapshot file is rotated at this size.
+pub const ROTATE_BYTES: u64 = 64 << 20;
+/// Largest StatsD datagram read.
+const MAX_DATAGRAM: usize = 64 << 10;
+/// Refusal reasons kept for one intake answer.
+const MAX_REASONS: usize = 10;
+
+/// Counters of the intake.
+#[derive(Debug, Default)]
+pub struct MetricsStats {
+    /// Lines taken.
+    pub lines: AtomicU64,
+    /// Lines refused: unparseable, a value out of range.
+    pub bad_lines: AtomicU64,
+    /// Lines dropped because the series limit was reached.
+    pub dropped_series: AtomicU64,
+    /// UDP datagrams read.
+    pub datagrams: AtomicU64,
+    /// Snapshot rows written.
+    pub rows: AtomicU64,
+    /// Snapshots that could not be written (a full disk).
+    pub write_errors: AtomicU64,
+}
+
+impl MetricsStats {
+    /// (name, help, value) of every counter, for `/metrics`.
+    pub fn counters(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        vec![
+            ("lines", "StatsD lines taken.", c(&self.lines)),
+            ("bad_lines", "StatsD lines refused (unparseable, out of range).", c(&self.bad_lines)),
+            ("dropped_series", "Lines dropped at the series limit (metrics.max_series).", c(&self.dropped_series)),
+            ("datagrams", "StatsD UDP datagrams read.", c(&self.datagrams)),
+            ("rows", "Snapshot rows written to the _metrics stream.", c(&self.rows)),
+            ("write_errors", "Snapshots that could not be written.", c(&self.write_errors)),
+        ]
+    }
+}
+
+/// What one intake call did.
+#[derive(Debug, Default, Serialize)]
+pub struct Intake {
+    /// Lines taken.
+    pub accepted: u64,
+    /// Lines refused.
+    pub rejected: u64,
+    /// Why, for the first few refused lines (`line N: reason`).
+    pub errors: Vec<String>,
+}
+
+/// The node's metric intake and its snapshots.
+pub struct MetricsService {
+    settings: MetricsSettings,
+    series: Mutex<Aggregator>,
+    log: EventLog,
+    /// Counters.
+    pub stats: MetricsStats,
+}
+
+/// The snapshot log in `data_dir`.
+pub fn snapshot_log(data_dir: &Path) -> EventLog {
+    EventLog::new(data_dir, FILE_NAME, ROTATE_BYTES)
+}
+
+/// The internal source that carries snapshots to the collector.
+pub fn snapshots_source(data_dir: &Path) -> crate::config::SourceConfig {
+    snapshot_log(data_dir).source(METRICS_STREAM)
+}
+
+impl MetricsService {
+    /// A service writing snapshots to `log`.
+    pub fn new(settings: MetricsSettings, log: EventLog) -> Self {
+        Self { series: Mutex::new(Aggregator::new(settings.max_series)), settings, log, stats: MetricsStats::default() }
+    }
+
+    /// Start the UDP listener (if configured) and the snapshot task.
+    pub async fn start(
+        settings: &MetricsSettings,
+        data_dir: &Path,
+        tracker: &TaskTracker,
+        cancel: &CancellationToken,
+    ) -> Result<Arc<Self>, AgentError> {
+        let service = Arc::new(Self::new(settings.clone(), snapshot_log(data_dir)));
+        if !settings.statsd_listen.is_empty() {
+            let socket = tokio::net::UdpSocket::bind(&settings.statsd_listen)
+                .await
+                .map_err(|e| AgentError::Http(format!("metrics.statsd_listen {}: {e}", settings.statsd_listen)))?;
+            tracing::info!(addr = %settings.statsd_listen, "StatsD intake listening");
+            tracker.spawn(service.clone().receive(socket, cancel.clone()));
+        }
+        tracker.spawn(service.clone().snapshots(cancel.clone()));
+        Ok(service)
+    }
+
+    /// Take StatsD `text` (lines separated by `\n`).
+    pub fn ingest(&self, text: &str) -> Intake {
+        let mut out = Intake::default();
+        // The lock guards plain data; a panic elsewhere cannot leave it half-updated in a way
+        // that matters more than losing one sample, so a poisoned lock is taken over.
+        let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, line) in text.split('\n').enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let refused = match statsd::parse_line(line) {
+                Ok(parsed) => match series.add(&parsed) {
+                    Ok(()) => None,
+                    Err(Refused::TooManySeries) => {
+                        self.stats.dropped_series.fetch_add(1, Ordering::Relaxed);
+                        Some(format!("series limit ({}) reached", self.settings.max_series))
+                    }
+                    Err(Refused::OutOfRange) => {
+                        self.stats.bad_lines.fetch_add(1, Ordering::Relaxed);
+                        Some("timer value out of range".to_owned())
+                    }
+                },
+                Err(e) => {
+                    self.stats.bad_lines.fetch_add(1, Ordering::Relaxed);
+                    Some(e.0)
+                }
+            };
+            match refused {
+                None => out.accepted += 1,
+                Some(why) => {
+                    out.rejected += 1;
+                    if out.errors.len() < MAX_REASONS {
+                        out.errors.push(format!("line {}: {why}", i + 1));
+                    }
+                }
+            }
+        }
+        self.stats.lines.fetch_add(out.accepted, Ordering::Relaxed);
+        out
+    }
+
+    async fn receive(self: Arc<Self>, socket: tokio::net::UdpSocket, cancel: CancellationToken) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let n = tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = socket.recv_from(&mut buf) => match r {
+                    Ok((n, _)) => n,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "StatsD socket");
+                        continue;
+                    }
+                },
+            };
+            self.stats.datagrams.fetch_add(1, Ordering::Relaxed);
+            self.ingest(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+
+    /// Write the current interval's rows at `ts_ms`.
+    pub fn snapshot(&self, ts_ms: u64) {
+        let rows = {
+            let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+            series.snapshot(ts_ms, self.settings.interval_ms)
+        };
+        if rows.is_empty() {
+            return;
+        }
+        let mut lines = Vec::with_capacity(rows.len() * 128);
+        for row in &rows {
+            if serde_json::to_writer(&mut lines, row).is_ok() {
+                lines.push(b'\n');
+            }
+        }
+        match self.log.append(&lines) {
+            Ok(()) => {
+                self.stats.rows.fetch_add(rows.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, rows = rows.len(), "cannot write a metrics snapshot; its rows are lost");
+            }
+        }
+    }
+
+    async fn snapshots(self: Arc<Self>, cancel: CancellationToken) {
+        let every = Duration::from_millis(self.settings.interval_ms);
+        // Snapshots fall on multiples of the interval, so all nodes' rows line up in time.
+        let now = crate::dlr::now_ms();
+        let first = self.settings.interval_ms - now % self.settings.interval_ms;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_millis(first), every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let now = crate::dlr::now_ms();
+            let ts = now - now % self.settings.interval_ms;
+            let service = self.clone();
+            let _ = tokio::task::spawn_blocking(move || service.snapshot(ts)).await;
+        }
+        // What came in since the last snapshot is written now and sent after the next start.
+        self.snapshot(crate::dlr::now_ms());
+    }
+}

@@ -1,0 +1,283 @@
+//! SQL functions for Switchboard's tables.
+//!
+//! | function | what it gives |
+//! | --- | --- |
+//! | `hdr_of(value)` | aggregate: an HDR histogram of plain values (negative ones count as 0) |
+//! | `hdr_merge(histogram)` | aggregate: the bucket-wise sum of HDR histograms (exact, unlike averaging percentiles) |
+//! | `hdr_quantile(histogram, q)` | the value at quantile `q` (0..1) of a histogram, in the unit samples were sent in |
+//! | `hdr_count(histogram)` | samples in a histogram |
+//! | `hdr_max(histogram)` | the largest sample (within 0.1%) |
+//! | `tag(tags, key)` | the value of `key` in a `k:v,k2:v2` tag list; NULL when absent |
+//!
+//! Cluster-wide p99 of a timer per operator over a day:
+//!
+//! ```sql
+//! SELECT tag(tags, 'operator') AS operator,
+//!        hdr_quantile(hdr_merge(histogram), 0.99) AS p99_ms
+//! FROM metrics WHERE name = 'dlr.latency' AND date = '2026-11-22' GROUP BY 1
+//! ```
+//!
+//! Histograms are HDR V2 (DEFLATE or not), as [`switchboard_bus::histogram`] writes them; a
+//! value that does not decode is an error naming the function.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BinaryArray, Float64Array, Int64Array, StringArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::Field;
+use datafusion::common::{DataFusionError, Result, ScalarValue};
+use datafusion::logical_expr::function::AccumulatorFactoryFunction;
+use datafusion::logical_expr::{
+    Accumulator, AggregateUDF, ColumnarValue, ScalarFunctionImplementation, ScalarUDF, Signature, SimpleAggregateUDF,
+    SimpleScalarUDF, TypeSignature, Volatility,
+};
+use datafusion::prelude::SessionContext;
+use hdrhistogram::Histogram;
+use switchboard_bus::histogram::{self, new_histogram, SCALE};
+
+/// A histogram argument: Parquet reads binary columns as any of these.
+fn histogram_arg(rest: &[DataType]) -> Signature {
+    let with = |t: DataType| TypeSignature::Exact(std::iter::once(t).chain(rest.iter().cloned()).collect());
+    Signature::one_of(
+        vec![with(DataType::Binary), with(DataType::BinaryView), with(DataType::LargeBinary)],
+        Volatility::Immutable,
+    )
+}
+
+fn scalar(name: &str, signature: Signature, returns: DataType, fun: ScalarFunctionImplementation) -> ScalarUDF {
+    ScalarUDF::from(SimpleScalarUDF::new_with_signature(name, signature, returns, fun))
+}
+
+fn aggregate(name: &str, signature: Signature, accumulator: AccumulatorFactoryFunction) -> AggregateUDF {
+    let state = vec![Arc::new(Field::new("histogram", DataType::Binary, true))];
+    AggregateUDF::from(SimpleAggregateUDF::new_with_signature(name, signature, DataType::Binary, accumulator, state))
+}
+
+/// Register every function with `ctx`.
+pub fn register(ctx: &SessionContext) {
+    ctx.register_udaf(aggregate("hdr_merge", histogram_arg(&[]), Arc::new(|_| Ok(Box::new(Merge(new_histogram()))))));
+    ctx.register_udaf(aggregate(
+        "hdr_of",
+        Signature::exact(vec![DataType::Float64], Volatility::Immutable),
+        Arc::new(|_| Ok(Box::new(Record(Merge(new_histogram()))))),
+    ));
+    ctx.register_udf(scalar(
+        "hdr_quantile",
+        histogram_arg(&[DataType::Float64]),
+        DataType::Float64,
+        Arc::new(quantile),
+    ));
+    ctx.register_udf(scalar(
+        "hdr_count",
+        histogram_arg(&[]),
+        DataType::Int64,
+        Arc::new(|args| per_histogram(args, "hdr_count", |h| h.len() as i64)),
+    ));
+    ctx.register_udf(scalar(
+        "hdr_max",
+        histogram_arg(&[]),
+        DataType::Float64,
+        Arc::new(|args| {
+            let maxima = per_histogram(args, "hdr_max", |h| h.max() as i64)?;
+            // Same shape back, as scaled floats.
+            let to_f = |v: &Int64Array| -> Float64Array { v.iter().map(|x| x.map(|x| x as f64 / SCALE)).collect() };
+            Ok(match maxima {
+                ColumnarValue::Array(a) => ColumnarValue::Array(Arc::new(to_f(a.as_primitive()))),
+                ColumnarValue::Scalar(ScalarValue::Int64(v)) => {
+                    ColumnarValue::Scalar(ScalarValue::Float64(v.map(|x| x as f64 / SCALE)))
+                }
+                other => other,
+            })
+        }),
+    ));
+    ctx.register_udf(scalar("tag", Signature::string(2, Volatility::Immutable), DataType::Utf8, Arc::new(tag)));
+}
+
+fn decode(bytes: &[u8], function: &str) -> Result<Histogram<u64>> {
+    histogram::decode(bytes).map_err(|e| DataFusionError::Execution(format!("{function}: {e}")))
+}
+
+/// The `hdr_merge` accumulator.
+#[derive(Debug)]
+struct Merge(Histogram<u64>);
+
+impl Merge {
+    fn add_all(&mut self, values: &ArrayRef) -> Result<()> {
+        let values = binary(values, "hdr_merge")?;
+        for bytes in values.iter().flatten() {
+            let h = decode(bytes, "hdr_merge")?;
+            self.0.add(&h).map_err(|e| DataFusionError::Execution(format!("hdr_merge: {e:?}")))?;
+        }
+        Ok(())
+    }
+
+    fn encoded(&self) -> Result<ScalarValue> {
+        let bytes = histogram::encode(&self.0).map_err(|e| DataFusionError::Execution(e.to_string()))?;
+        Ok(ScalarValue::Binary(Some(bytes)))
+    }
+}
+
+impl Accumulator for Merge {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        values.first().map_or(Ok(()), |v| self.add_all(v))
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        states.first().map_or(Ok(()), |v| self.add_all(v))
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        Ok(vec![self.encoded()?])
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        if self.0.is_empty() {
+            return Ok(ScalarValue::Binary(None));
+        }
+        self.encoded()
+    }
+
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self) + self.0.distinct_values() * 8
+    }
+}
+
+/// The `hdr_of` accumulator: values in, a histogram out (states merge like `hdr_merge`).
+#[derive(Debug)]
+struct Record(Merge);
+
+impl Accumulator for Record {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        let Some(values) = values.first() else { return Ok(()) };
+        let values = values
+            .as_primitive_opt::<datafusion::arrow::datatypes::Float64Type>()
+            .ok_or_else(|| DataFusionError::Execution("hdr_of takes numbers".into()))?;
+        for v in values.iter().flatten().filter(|v| v.is_finite()) {
+            let scaled = (v.max(0.0) * SCALE).round().min(u64::MAX as f64 / 2.0) as u64;
+            self.0 .0.record(scaled).map_err(|e| DataFusionError::Execution(format!("hdr_of: {e:?}")))?;
+        }
+        Ok(())
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        self.0.merge_batch(states)
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        self.0.state()
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        self.0.evaluate()
+    }
+
+    fn size(&self) -> usize {
+        self.0.size()
+    }
+}
+
+/// A histogram column as plain `Binary` (Parquet may give views or large binaries).
+fn binary(array: &ArrayRef, function: &str) -> Result<BinaryArray> {
+    let not_binary = || DataFusionError::Execution(format!("{function} takes a histogram (BINARY) column"));
+    let plain = cast(array, &DataType::Binary).map_err(|_| not_binary())?;
+    plain.as_binary_opt::<i32>().cloned().ok_or_else(not_binary)
+}
+
+/// Apply `f` to each histogram of the first argument.
+fn per_histogram(args: &[ColumnarValue], function: &str, f: impl Fn(&Histogram<u64>) -> i64) -> Result<ColumnarValue> {
+    let Some(arg) = args.first() else {
+        return Err(DataFusionError::Execution(format!("{function} takes one argument")));
+    };
+    let scalar = matches!(arg, ColumnarValue::Scalar(_));
+    let array = arg.to_array(1)?;
+    let out: Int64Array = binary(&array, function)?
+        .iter()
+        .map(|b| b.map(|b| decode(b, function).map(|h| f(&h))).transpose())
+        .collect::<Result<_>>()?;
+    if scalar {
+        return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?));
+    }
+    Ok(ColumnarValue::Array(Arc::new(out)))
+}
+
+fn quantile(args: &[ColumnarValue]) -> Result<ColumnarValue> {
+    let [h, q] = args else {
+        return Err(DataFusionError::Execution("hdr_quantile takes (histogram, quantile)".into()));
+    };
+    let scalar = matches!((h, q), (ColumnarValue::Scalar(_), ColumnarValue::Scalar(_)));
+    let n = match (h, q) {
+        (ColumnarValue::Array(a), _) | (_, ColumnarValue::Array(a)) => a.len(),
+        _ => 1,
+    };
+    let (h, q) = (h.to_array(n)?, q.to_array(n)?);
+    let (h, q) = (binary(&h, "hdr_quantile")?, q.as_primitive::<datafusion::arrow::datatypes::Float64Type>());
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        if h.is_null(i) || q.is_null(i) {
+            out.push(None);
+            continue;
+        }
+        let quant = q.value(i);
+        if !(0.0..=1.0).contains(&quant) {
+            return Err(DataFusionError::Execution(format!("hdr_quantile: quantile {quant} is not in 0..1")));
+        }
+        let hist = decode(h.value(i), "hdr_quantile")?;
+        out.push((!hist.is_empty()).then(|| hist.value_at_quantile(quant) as f64 / SCALE));
+    }
+    let out = Float64Array::from(out);
+    if scalar {
+        return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?));
+    }
+    Ok(ColumnarValue::Array(Arc::new(out)))
+}
+
+/// The value of `key` in a `k:v,k2:v2` list.
+pub fn tag_value<'a>(tags: &'a str, key: &str) -> Option<&'a str> {
+    tags.split(',').find_map(|t| match t.split_once(':') {
+        Some((k, v)) if k == key => Some(v),
+        None if t == key => Some(""),
+        _ => None,
+    })
+}
+
+fn tag(args: &[ColumnarValue]) -> Result<ColumnarValue> {
+    let [tags, key] = args else {
+        return Err(DataFusionError::Execution("tag takes (tags, key)".into()));
+    };
+    let scalar = matches!((tags, key), (ColumnarValue::Scalar(_), ColumnarValue::Scalar(_)));
+    let n = match (tags, key) {
+        (ColumnarValue::Array(a), _) | (_, ColumnarValue::Array(a)) => a.len(),
+        _ => 1,
+    };
+    let (tags, key) = (cast(&tags.to_array(n)?, &DataType::Utf8)?, cast(&key.to_array(n)?, &DataType::Utf8)?);
+    let not_text = || DataFusionError::Execution("tag takes (text, text)".into());
+    let (tags, key) =
+        (tags.as_string_opt::<i32>().ok_or_else(not_text)?, key.as_string_opt::<i32>().ok_or_else(not_text)?);
+    let out: StringArray = tags
+        .iter()
+        .zip(key.iter())
+        .map(|(t, k)| match (t, k) {
+            (Some(t), Some(k)) => tag_value(t, k),
+            _ => None,
+        })
+        .collect();
+    if scalar {
+        return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?));
+    }
+    Ok(ColumnarValue::Array(Arc::new(out)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_are_found_by_key() {
+        assert_eq!(tag_value("node:a,operator:voda", "operator"), Some("voda"));
+        assert_eq!(tag_value("flag,x:1", "flag"), Some(""));
+        assert_eq!(tag_value("x:1", "operator"), None);
+        assert_eq!(tag_value("", "x"), None);
+        assert_eq!(tag_value("url:http://x", "url"), Some("http://x"));
+    }
+}
