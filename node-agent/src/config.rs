@@ -612,5 +612,6 @@ mod example_tests {
         let dlr = DlrSettings { connectors: c.dlr.connectors.clone(), ..DlrSettings::default() };
         assert_eq!(c.dlr, dlr);
         assert!(!c.dlr.connectors.is_empty());
+        assert_eq!(c.metrics, MetricsSettings::default());
     }
 }

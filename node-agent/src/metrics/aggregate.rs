@@ -113,10 +113,8 @@ impl Aggregator {
                     *sum += v * *weight as f64;
                 }
             }
-            (State::Set(members), Value::Member(m)) => {
-                if !members.contains(*m) {
-                    members.insert((*m).to_owned());
-                }
+            (State::Set(members), Value::Member(m)) if !members.contains(*m) => {
+                members.insert((*m).to_owned());
             }
             // The parser gives each kind its own value shape.
             _ => {}
