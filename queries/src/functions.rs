@@ -195,22 +195,33 @@ fn per_histogram(args: &[ColumnarValue], function: &str, f: impl Fn(&Histogram<u
         .iter()
         .map(|b| b.map(|b| decode(b, function).map(|h| f(&h))).transpose())
         .collect::<Result<_>>()?;
+    answer(Arc::new(out), scalar)
+}
+
+/// Two arguments as arrays of one length, and whether both were scalars (then the answer is one).
+fn two_arrays(args: &[ColumnarValue], usage: &str) -> Result<(ArrayRef, ArrayRef, bool)> {
+    let [a, b] = args else {
+        return Err(DataFusionError::Execution(usage.into()));
+    };
+    let n = match (a, b) {
+        (ColumnarValue::Array(x), _) | (_, ColumnarValue::Array(x)) => x.len(),
+        _ => 1,
+    };
+    let scalar = matches!((a, b), (ColumnarValue::Scalar(_), ColumnarValue::Scalar(_)));
+    Ok((a.to_array(n)?, b.to_array(n)?, scalar))
+}
+
+/// `out` as a column, or as one value when the arguments were scalars.
+fn answer(out: ArrayRef, scalar: bool) -> Result<ColumnarValue> {
     if scalar {
         return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?));
     }
-    Ok(ColumnarValue::Array(Arc::new(out)))
+    Ok(ColumnarValue::Array(out))
 }
 
 fn quantile(args: &[ColumnarValue]) -> Result<ColumnarValue> {
-    let [h, q] = args else {
-        return Err(DataFusionError::Execution("hdr_quantile takes (histogram, quantile)".into()));
-    };
-    let scalar = matches!((h, q), (ColumnarValue::Scalar(_), ColumnarValue::Scalar(_)));
-    let n = match (h, q) {
-        (ColumnarValue::Array(a), _) | (_, ColumnarValue::Array(a)) => a.len(),
-        _ => 1,
-    };
-    let (h, q) = (h.to_array(n)?, q.to_array(n)?);
+    let (h, q, scalar) = two_arrays(args, "hdr_quantile takes (histogram, quantile)")?;
+    let n = h.len();
     let (h, q) = (binary(&h, "hdr_quantile")?, q.as_primitive::<datafusion::arrow::datatypes::Float64Type>());
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
@@ -225,11 +236,7 @@ fn quantile(args: &[ColumnarValue]) -> Result<ColumnarValue> {
         let hist = decode(h.value(i), "hdr_quantile")?;
         out.push((!hist.is_empty()).then(|| hist.value_at_quantile(quant) as f64 / SCALE));
     }
-    let out = Float64Array::from(out);
-    if scalar {
-        return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?));
-    }
-    Ok(ColumnarValue::Array(Arc::new(out)))
+    answer(Arc::new(Float64Array::from(out)), scalar)
 }
 
 /// The value of `key` in a `k:v,k2:v2` list.
@@ -242,15 +249,8 @@ pub fn tag_value<'a>(tags: &'a str, key: &str) -> Option<&'a str> {
 }
 
 fn tag(args: &[ColumnarValue]) -> Result<ColumnarValue> {
-    let [tags, key] = args else {
-        return Err(DataFusionError::Execution("tag takes (tags, key)".into()));
-    };
-    let scalar = matches!((tags, key), (ColumnarValue::Scalar(_), ColumnarValue::Scalar(_)));
-    let n = match (tags, key) {
-        (ColumnarValue::Array(a), _) | (_, ColumnarValue::Array(a)) => a.len(),
-        _ => 1,
-    };
-    let (tags, key) = (cast(&tags.to_array(n)?, &DataType::Utf8)?, cast(&key.to_array(n)?, &DataType::Utf8)?);
+    let (tags, key, scalar) = two_arrays(args, "tag takes (tags, key)")?;
+    let (tags, key) = (cast(&tags, &DataType::Utf8)?, cast(&key, &DataType::Utf8)?);
     let not_text = || DataFusionError::Execution("tag takes (text, text)".into());
     let (tags, key) =
         (tags.as_string_opt::<i32>().ok_or_else(not_text)?, key.as_string_opt::<i32>().ok_or_else(not_text)?);
@@ -262,10 +262,7 @@ fn tag(args: &[ColumnarValue]) -> Result<ColumnarValue> {
             _ => None,
         })
         .collect();
-    if scalar {
-        return Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?));
-    }
-    Ok(ColumnarValue::Array(Arc::new(out)))
+    answer(Arc::new(out), scalar)
 }
 
 #[cfg(test)]
