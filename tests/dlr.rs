@@ -127,20 +127,31 @@ fn a_dlr_at_another_node_reaches_the_owner_in_one_round_trip_and_repeats_are_rec
     assert_eq!(post(&c, "a", "/v1/dlr/inbox/ack", json!({ "upto": seq })).1["removed"], 1);
     assert_eq!(c.http_get("b", "/v1/dlr/inbox?after=0").1, r#"{"reports":[]}"#, "b owns nothing");
 
-    // Every registered id resolves from every node, with leading zeros or without.
+    // Every registered id resolves from every node, with leading zeros or without. With the
+    // copies in place, the one node that must hold each record (owner or copy) answers alone.
+    let copies = || dlr_counter(&c, "b", "replica_ops_received") + dlr_counter(&c, "c", "replica_ops_received");
+    assert!(wait_until(Duration::from_secs(10), || copies() > n as u64), "copies: {}", copies());
     let t = Instant::now();
+    let mut roles = std::collections::BTreeMap::new();
     for (i, node) in (0..n).zip(["a", "b", "c"].iter().cycle()) {
         let id = (1000 + i).to_string();
         let (code, res) = post(&c, node, "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": id}));
         assert_eq!((code, res["record"]["owner"].as_str()), (200, Some("a")), "{id} on {node}: {res}");
         assert_eq!(res["record"]["gateway_ref"], format!("ref-{:06}", 1000 + i));
+        *roles.entry(res["role"].as_str().unwrap_or_default().to_owned()).or_insert(0) += 1;
     }
-    eprintln!("{n} lookups over HTTP in {:?}", t.elapsed());
+    eprintln!("{n} lookups over HTTP in {:?}, answered by {roles:?}", t.elapsed());
+    let hits: u64 = ["a", "b", "c"].iter().map(|node| dlr_counter(&c, node, "first_holder_hits")).sum();
+    assert_eq!(hits, n as u64, "every resolve answered by the first holder alone");
+    assert!(roles.get("owner").is_some_and(|&k| k > 30) && roles.get("replica").is_some_and(|&k| k > 80), "{roles:?}");
+    // Asked for the owner's answer, every node waits for the owner.
+    let (_, res) = post(&c, "b", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "1000", "owner": true}));
+    assert_eq!((res["role"].as_str(), res["answered_by"].as_str()), (Some("owner"), Some("a")), "{res}");
     let (code, res) = post(&c, "c", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "999999"}));
     assert_eq!(code, 404, "{res}");
 
     // The dlr table has each event once.
-    let want = format!("delivered,1\nduplicate,1\nnot_found,1\nregistered,{}\nresolved,{}", n + 1, n + 2);
+    let want = format!("delivered,1\nduplicate,1\nnot_found,1\nregistered,{}\nresolved,{}", n + 1, n + 3);
     let mut last = None;
     let ok = wait_until(Duration::from_secs(30), || {
         last = table_counts(&c);
@@ -217,10 +228,10 @@ fn records_resolve_from_the_replica_after_kill_9_of_the_owner_and_survive_its_re
     let records = serde_json::from_str::<Value>(&dlr).unwrap()["records"].as_u64().unwrap();
     assert!(records >= n as u64, "a holds {records} records after a restart, registered {n}");
     let ok = wait_until(Duration::from_secs(10), || {
-        let (_, res) = post(&c, "c", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "7"}));
+        let (_, res) = post(&c, "c", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "7", "owner": true}));
         res["role"] == "owner" && res["record"]["state"] == "closed" && res["record"]["status"] == "UNDELIV"
     });
-    assert!(ok, "{:?}", post(&c, "c", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "7"})));
+    assert!(ok, "{:?}", post(&c, "c", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "7", "owner": true})));
     let (code, res) = post(&c, "b", "/v1/dlr/report", json!({"connector": "dec", "msg_id": "8", "status": "DELIVRD"}));
     assert_eq!((code, res["outcome"].as_str(), res["role"].as_str()), (200, Some("delivered"), Some("owner")), "{res}");
     drop(a);

@@ -119,6 +119,14 @@ fn a_python_client_looks_up_and_reports_dlrs_by_the_documented_keys() {
         "{v}"
     );
     assert_eq!(v["replies"], 2, "owner and replica answer: {v}");
+    // Python picks the node that must hold the record by the documented weights; that node
+    // alone answers on its own key, and it is the node the agents pick.
+    let first = &v["first"];
+    assert_eq!(first["live"], serde_json::json!(["a", "b"]), "{v}");
+    assert_eq!(first["reply"]["node"], first["node"], "{v}");
+    assert_eq!(first["reply"]["record"]["gateway_ref"], "r-255", "{v}");
+    let key = switchboard_bus::dlr::record::store_key("hexdec", "255");
+    assert_eq!(first["node"].as_str(), switchboard_bus::dlr::rendezvous::first_holder(&key, ["a", "b"]), "{v}");
     let v = py(&["plain", "text", "a/b 1"]);
     assert_eq!(v["key"], format!("{prefix}/dlr/id/plain/a%2Fb%201"));
     assert_eq!(v["owner"]["record"]["gateway_ref"], "r-text");

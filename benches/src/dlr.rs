@@ -4,7 +4,9 @@
 //! own connection), latency measured from the scheduled send time (so a slow answer delays the
 //! next ones of its client and counts against them), ids drawn at random over every node's
 //! records:
-//! - a zenoh client querying `<prefix>/dlr/id/...` directly (one bus round trip);
+//! - a zenoh client asking the node that must hold the id (`<prefix>/dlr/at/<node>/...`, the
+//!   heaviest live node by rendezvous weight: owner or copy), one bus round trip;
+//! - a zenoh client asking every node (`<prefix>/dlr/id/...`) and waiting for the owner's answer;
 //! - the agent's API (`POST /v1/dlr/resolve` on one node, HTTP keep-alive): the round trip plus
 //!   the gateway's hop to its agent;
 //! - node-by-node forwarding as gateways do it today: ask node 1's own store, then node 2's, ...
@@ -290,30 +292,13 @@ pub(crate) fn run(records: u64, lookups: u64, rate: u64, clients: usize) -> Resu
     })?;
     std::thread::sleep(Duration::from_millis(500));
     let prefix = format!("sb/{cluster}");
-    let bus_lookup = |node: usize, k: u64| -> Result<()> {
-        let key = format!("{prefix}/dlr/id/{CONNECTOR}/{}", msg_id(node, k));
-        rt.block_on(async {
-            let (tx, mut replies) = tokio::sync::mpsc::unbounded_channel();
-            session
-                .get(key.as_str())
-                .target(QueryTarget::All)
-                .consolidation(ConsolidationMode::None)
-                .timeout(Duration::from_secs(2))
-                .callback(move |r| {
-                    let _ = tx.send(r);
-                })
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            while let Some(reply) = replies.recv().await {
-                if reply.result().is_ok_and(is_owner_reply) {
-                    return Ok(());
-                }
-            }
-            bail!("{key}: no owner reply")
-        })
+    let names: Vec<String> = (0..NODES).map(|i| format!("n{i}")).collect();
+    let bus_lookup = |node: usize, k: u64, every: bool| -> Result<()> {
+        rt.block_on(lookup(&session, &prefix, &names, &msg_id(node, k), every, Duration::from_secs(2)))
     };
     for (node, k) in ids.iter().take(2000) {
-        bus_lookup(*node, *k)?;
+        bus_lookup(*node, *k, false)?;
+        bus_lookup(*node, *k, true)?;
     }
     println!(
         "\n{:<44} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -327,20 +312,27 @@ pub(crate) fn run(records: u64, lookups: u64, rate: u64, clients: usize) -> Resu
         "cli CPU"
     );
     let pids: Vec<u32> = nodes.iter().map(|n| n.child.id()).collect();
-    let ((r, bus), cpu) = with_cpu(&pids, lookups, || {
-        paced(
-            lookups,
-            rate,
-            clients,
-            |_| Ok(()),
-            |_, i| {
-                let (node, k) = ids[i as usize];
-                bus_lookup(node, k)
-            },
-        )
-    })?;
+    let bus_row = |every: bool| {
+        with_cpu(&pids, lookups, || {
+            paced(
+                lookups,
+                rate,
+                clients,
+                |_| Ok(()),
+                |_, i| {
+                    let (node, k) = ids[i as usize];
+                    bus_lookup(node, k, every)
+                },
+            )
+        })
+    };
+    let ((r, bus), cpu) = bus_row(false)?;
     let ours = bus.value_at_quantile(0.99);
-    row("bus query from a zenoh client (1 round trip)", r, &bus, ours, cpu);
+    row("bus: the node that must hold it (1 trip)", r, &bus, ours, cpu);
+    let ((r, h), cpu) = bus_row(true)?;
+    row("bus: every node, owner's answer (1 trip)", r, &h, ours, cpu);
+    let ((r, h), cpu) = zenoh_floor(&rt, lookups, rate, clients)?;
+    row("zenoh alone: fixed reply, same pacing", r, &h, ours, cpu);
 
     let resolve = || {
         paced(
@@ -388,7 +380,7 @@ pub(crate) fn run(records: u64, lookups: u64, rate: u64, clients: usize) -> Resu
         Err(e) => println!("{:<44} skipped: {e:#}", "shared Redis hash"),
     }
 
-    let (r, _) = closed_loop(&rt, &session, &prefix, &ids)?;
+    let r = closed_loop(&rt, &session, &prefix, &names, &ids)?;
     println!("{:<44} {:>10.0}   (64 lookups in flight, 1 client)", "bus query, as fast as it goes", r);
 
     println!("\nmemory and disk of the agents (each holds its own records and copies of others'):");
@@ -420,47 +412,117 @@ fn is_owner_reply(sample: &zenoh::sample::Sample) -> bool {
     serde_json::from_slice::<serde_json::Value>(&sample.payload().to_bytes()).is_ok_and(|v| v["role"] == "owner")
 }
 
-/// Lookups with 64 queries in flight from one zenoh session: lookups/s.
+/// One lookup as a zenoh client does it (docs/protocol.md): ask the heaviest of the live
+/// `nodes` alone and take its answer, or (`every`) ask every node and wait for the owner's.
+async fn lookup(
+    session: &zenoh::Session,
+    prefix: &str,
+    nodes: &[String],
+    id: &str,
+    every: bool,
+    timeout: Duration,
+) -> Result<()> {
+    let key = if every {
+        format!("{prefix}/dlr/id/{CONNECTOR}/{id}")
+    } else {
+        let record_key = switchboard_bus::dlr::record::store_key(CONNECTOR, id);
+        let first = switchboard_bus::dlr::rendezvous::first_holder(&record_key, nodes.iter().map(String::as_str))
+            .context("no live node")?;
+        format!("{prefix}/dlr/at/{first}/{CONNECTOR}/{id}")
+    };
+    let (tx, mut replies) = tokio::sync::mpsc::unbounded_channel();
+    session
+        .get(key.as_str())
+        .target(if every { QueryTarget::All } else { QueryTarget::BestMatching })
+        .consolidation(ConsolidationMode::None)
+        .timeout(timeout)
+        .callback(move |r| {
+            let _ = tx.send(r);
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    while let Some(reply) = replies.recv().await {
+        if reply.result().is_ok_and(|s| !every || is_owner_reply(s)) {
+            return Ok(());
+        }
+    }
+    bail!("{key}: no answer")
+}
+
+/// The floor zenoh sets: a queryable in its own session (over loopback TCP, in this process)
+/// answering every query with a fixed 400-byte reply, asked as the lookups are.
+fn zenoh_floor(
+    rt: &tokio::runtime::Runtime,
+    n: u64,
+    rate: u64,
+    clients: usize,
+) -> Result<((f64, Histogram<u64>), Cpu)> {
+    let port = free_port()?;
+    let open = |listen: bool| {
+        let mut config = zenoh::Config::default();
+        let (l, c) = if listen {
+            (format!("[\"tcp/127.0.0.1:{port}\"]"), "[]".to_owned())
+        } else {
+            ("[]".to_owned(), format!("[\"tcp/127.0.0.1:{port}\"]"))
+        };
+        config.insert_json5("listen/endpoints", &l).map_err(|e| anyhow::anyhow!("{e}"))?;
+        config.insert_json5("connect/endpoints", &c).map_err(|e| anyhow::anyhow!("{e}"))?;
+        config.insert_json5("scouting/multicast/enabled", "false").map_err(|e| anyhow::anyhow!("{e}"))?;
+        rt.block_on(async { zenoh::open(config).await }).map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    let server = open(true)?;
+    let client = open(false)?;
+    let body = vec![b'x'; 400];
+    let _queryable = rt.block_on(async {
+        server
+            .declare_queryable("floor/**")
+            .callback(move |q| {
+                use zenoh::Wait;
+                let _ = q.reply(q.key_expr().clone(), body.clone()).wait();
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    let ask = |i: u64| -> Result<()> {
+        rt.block_on(async {
+            let replies = client.get(format!("floor/{i}")).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            replies.recv_async().await.map(|_| ()).map_err(|e| anyhow::anyhow!("{e}"))
+        })
+    };
+    for i in 0..2000 {
+        ask(i)?;
+    }
+    with_cpu(&[], n, || paced(n, rate, clients, |_| Ok(()), |_, i| ask(i)))
+}
+
+/// Lookups of the node that must hold each id, 64 in flight from one zenoh session: lookups/s.
 fn closed_loop(
     rt: &tokio::runtime::Runtime,
     session: &zenoh::Session,
     prefix: &str,
+    nodes: &[String],
     ids: &[(usize, u64)],
-) -> Result<(f64, ())> {
+) -> Result<f64> {
     let n = ids.len().min(100_000);
     let start = Instant::now();
     rt.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
         for chunk in ids[..n].chunks(n.div_ceil(64)) {
-            let (session, prefix, chunk) = (session.clone(), prefix.to_owned(), chunk.to_vec());
+            let (session, prefix, nodes, chunk) = (session.clone(), prefix.to_owned(), nodes.to_vec(), chunk.to_vec());
             tasks.spawn(async move {
                 for (node, k) in chunk {
-                    let key = format!("{prefix}/dlr/id/{CONNECTOR}/{}", msg_id(node, k));
-                    let (tx, mut replies) = tokio::sync::mpsc::unbounded_channel();
-                    session
-                        .get(key.as_str())
-                        .target(QueryTarget::All)
-                        .consolidation(ConsolidationMode::None)
-                        .timeout(Duration::from_secs(5))
-                        .callback(move |r| {
-                            let _ = tx.send(r);
-                        })
-                        .await?;
-                    while let Some(reply) = replies.recv().await {
-                        if reply.result().is_ok_and(is_owner_reply) {
-                            break;
-                        }
-                    }
+                    lookup(&session, &prefix, &nodes, &msg_id(node, k), false, Duration::from_secs(5)).await?;
                 }
-                Ok::<_, zenoh::Error>(())
+                Ok::<_, anyhow::Error>(())
             });
         }
         while let Some(r) = tasks.join_next().await {
-            r.map_err(|e| anyhow::anyhow!("{e}"))?.map_err(|e| anyhow::anyhow!("{e}"))?;
+            r.map_err(|e| anyhow::anyhow!("{e}"))??;
         }
         Ok::<_, anyhow::Error>(())
     })?;
-    Ok((n as f64 / start.elapsed().as_secs_f64(), ()))
+    Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
 fn resp(args: &[&str]) -> String {

@@ -16,6 +16,7 @@
 //! | `<prefix>/limits/revision` | put (JSON [`crate::limits::revision::Revision`]) | `switchboard limits set` |
 //! | `<prefix>/limits/config/<node>` | queryable (JSON [`crate::limits::revision::History`]) | each node using limits |
 //! | `<prefix>/dlr/id/<connector>/<id>` | queryable (JSON [`crate::dlr::wire::LookupReply`]) | each node holding the record |
+//! | `<prefix>/dlr/at/<node>/<connector>/<id>` | queryable (same as `dlr/id`, one node) | the agent of `<node>` |
 //! | `<prefix>/dlr/replica/<node>` | queryable (JSON [`crate::dlr::wire::ReplicaBatch`]) | each node using DLRs |
 //!
 //! [`KeySpace::parse_stream`] turns a received key back into a typed [`StreamId`].
@@ -247,9 +248,27 @@ impl KeySpace {
         self.build(&["dlr", "id", "*", "*"])
     }
 
-    /// `(connector, canonical id)` back from a key under [`Self::dlr_id`].
+    /// `<prefix>/dlr/at/<node>/<connector>/<id chunk>`: the lookup of one message id asked of
+    /// one node (the one that must hold it, see [`crate::dlr::rendezvous::first_holder`]).
+    pub fn dlr_at(&self, node: &str, connector: &str, canonical_id: &str) -> Result<OwnedKeyExpr, KeyError> {
+        check_chunk(node)?;
+        check_chunk(connector)?;
+        self.build(&["dlr", "at", node, connector, &crate::dlr::id::key_chunk(canonical_id)])
+    }
+
+    /// `<prefix>/dlr/at/<node>/*/*`: every lookup asked of `node`.
+    pub fn all_dlr_at(&self, node: &str) -> Result<OwnedKeyExpr, KeyError> {
+        check_chunk(node)?;
+        self.build(&["dlr", "at", node, "*", "*"])
+    }
+
+    /// `(connector, canonical id)` back from a key under [`Self::dlr_id`] or [`Self::dlr_at`].
     pub fn parse_dlr_id(&self, key: &str) -> Option<(String, String)> {
-        let rest = key.strip_prefix(&self.prefix)?.strip_prefix("/dlr/id/")?;
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix("/dlr/")?;
+        let rest = match rest.strip_prefix("id/") {
+            Some(rest) => rest,
+            None => rest.strip_prefix("at/")?.split_once('/')?.1,
+        };
         let (connector, chunk) = rest.split_once('/')?;
         if connector.is_empty() || chunk.is_empty() || chunk.contains('/') {
             return None;
@@ -351,6 +370,13 @@ mod tests {
         assert!(!ks().all_dlr_ids().unwrap().intersects(&ks().dlr_replica("gw1").unwrap()));
         assert!(ks().dlr_id("a/b", "1").is_err());
         assert_eq!(ks().parse_dlr_id("sb/test/dlr/id/smsc-a"), None);
+        let at = ks().dlr_at("gw2", "smsc-a", "a/b 1").unwrap();
+        assert_eq!(at.as_str(), "sb/test/dlr/at/gw2/smsc-a/a%2Fb%201");
+        assert_eq!(ks().parse_dlr_id(at.as_str()), Some(("smsc-a".into(), "a/b 1".into())));
+        assert!(ks().all_dlr_at("gw2").unwrap().intersects(&at));
+        assert!(!ks().all_dlr_at("gw1").unwrap().intersects(&at));
+        assert!(!ks().all_dlr_ids().unwrap().intersects(&at));
+        assert_eq!(ks().parse_dlr_id("sb/test/dlr/at/gw2/smsc-a"), None);
         assert_eq!(ks().parse_dlr_id("sb/test/dlr/id/smsc-a/%zz"), None);
     }
 

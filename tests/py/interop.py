@@ -5,7 +5,8 @@ Used by tests/python_interop.rs. Subcommands:
   publish   ENDPOINT PREFIX NODE STREAM ROWS          publish ROWS records as one node, in two batches
   read      DATASET                                   read the logs table with pyarrow and DuckDB
   limits    ENDPOINT PREFIX RATE                      set a limits revision, wait for it, print a demand report
-  dlr       ENDPOINT PREFIX CONNECTOR FORMAT ID [STATUS]  look up a message id (and report a DLR for it), print the reply
+  dlr       ENDPOINT PREFIX CONNECTOR FORMAT ID [STATUS]  look up a message id at every node and at the one that
+                                                        must hold it (or report a DLR for it), print the replies
 Every wait is bounded; the exit code is non-zero on any protocol violation.
 """
 import json
@@ -199,12 +200,41 @@ def key_chunk(cid):
     return "".join(chr(b) if b in safe else "%%%02X" % b for b in cid.encode())
 
 
+def weight(node, key):
+    """The rendezvous weight of a node for a record key (docs/protocol.md, "Copies")."""
+    m = (1 << 64) - 1
+    h = 0xcbf29ce484222325
+    for b in node.encode() + b"\xff" + key:
+        h = ((h ^ b) * 0x100000001b3) & m
+    h ^= h >> 33
+    h = (h * 0xff51afd7ed558ccd) & m
+    h ^= h >> 33
+    h = (h * 0xc4ceb9fe1a85ec53) & m
+    return h ^ (h >> 33)
+
+
+def first_holder(s, prefix, connector, cid):
+    """Ask only the heaviest live node, which holds the record as owner or copy: (node, reply)."""
+    nodes = []
+    for r in s.liveliness().get(prefix + "/node/*", timeout=1.0):
+        if r.ok is not None:
+            nodes.append(str(r.ok.key_expr).rsplit("/", 1)[1])
+    key = connector.encode() + b"\0" + cid.encode()
+    first = max((weight(n, key), n) for n in nodes)[1]
+    replies = [json.loads(r.ok.payload.to_bytes())
+               for r in s.get(f"{prefix}/dlr/at/{first}/{connector}/{key_chunk(cid)}", timeout=2.0)
+               if r.ok is not None]
+    return {"node": first, "live": sorted(nodes), "reply": replies[0] if replies else None}
+
+
 def dlr(endpoint, prefix, connector, fmt, msg_id, status=None):
-    """One lookup query to every node; with STATUS, the query carries a final DLR report."""
+    """One lookup query to every node; with STATUS, the query carries a final DLR report.
+    Without, the heaviest live node is also asked alone (reported as "first")."""
     import zenoh
     s = session(endpoint)
     time.sleep(0.5)
     key = f"{prefix}/dlr/id/{connector}/{key_chunk(canonical(fmt, msg_id))}"
+    first = None if status else first_holder(s, prefix, connector, canonical(fmt, msg_id))
     payload = None
     if status:
         payload = json.dumps({"version": 1, "status": status, "final": True, "reported_at": int(time.time() * 1000),
@@ -219,7 +249,7 @@ def dlr(endpoint, prefix, connector, fmt, msg_id, status=None):
     if not owner:
         print("no owner reply", key, replies, file=sys.stderr)
         return 1
-    print(json.dumps({"key": key, "owner": owner[0], "replies": len(replies)}))
+    print(json.dumps({"key": key, "owner": owner[0], "replies": len(replies), "first": first}))
     return 0
 
 

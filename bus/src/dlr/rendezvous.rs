@@ -4,10 +4,20 @@
 //! `fnv1a64(node ++ 0xff ++ key)` (mixed by a 64-bit finalizer); the heaviest keeps the copy. A
 //! node joining takes over only the records it now weighs most for, and a node leaving hands its
 //! records to their next-heaviest node: nothing else moves.
+//!
+//! The heaviest live node overall ([`first_holder`]) is therefore always the owner or the
+//! replica: a lookup can ask that one node instead of all of them.
 
 /// The node among `members` (not `owner`) that keeps the copy of `key`; `None` if there is none.
 pub fn replica_for<'a>(key: &[u8], owner: &str, members: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     members.into_iter().filter(|m| *m != owner).map(|m| (weight(m, key), m)).max().map(|(_, m)| m)
+}
+
+/// The node among `members` with the highest weight for `key`: it holds the record whenever
+/// its owner is among `members` and copies are up to date (it is the owner, or else the heaviest
+/// of the others: the replica). A lookup asks it alone first.
+pub fn first_holder<'a>(key: &[u8], members: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    members.into_iter().map(|m| (weight(m, key), m)).max().map(|(_, m)| m)
 }
 
 /// The weight of `node` for `key`.
@@ -43,6 +53,20 @@ mod tests {
             assert!((12_000..14_700).contains(n), "{node}: {n}");
         }
         assert_eq!(replica_for(b"k", "a", ["a"]), None);
+    }
+
+    #[test]
+    fn the_first_holder_is_the_owner_or_its_replica() {
+        let nodes = ["a", "b", "c", "d"];
+        for i in 0..5_000u32 {
+            let key = format!("smsc\0{i}");
+            let first = first_holder(key.as_bytes(), nodes).unwrap();
+            for owner in nodes {
+                let replica = replica_for(key.as_bytes(), owner, nodes).unwrap();
+                assert!(first == owner || first == replica, "{i}: first {first}, owner {owner}, replica {replica}");
+            }
+        }
+        assert_eq!(first_holder(b"k", std::iter::empty()), None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! | request | answer |
 //! | --- | --- |
 //! | `POST /v1/dlr/register` one registration, or `{"records": [...]}` | `201 {"registered": n, "records": [...]}` |
-//! | `POST /v1/dlr/resolve` `{"connector", "msg_id", "wait_ms"?, "local"?}` | `200` the record, who answered, owner or copy; `404` (`local`: this node's store only, no bus) |
+//! | `POST /v1/dlr/resolve` `{"connector", "msg_id", "wait_ms"?, "local"?, "owner"?}` | `200` the record, who answered, owner or copy; `404` (`local`: this node's store only, no bus; `owner`: the owner's answer while it is live) |
 //! | `POST /v1/dlr/report` `{"connector", "msg_id", "status", "final"?, "error"?, "text"?, "wait_ms"?}` | `200` with `outcome` `delivered`, `duplicate` or `owner_down`; `404` |
 //! | `POST /v1/dlr/close` `{"connector", "msg_id", "status"}` | `200 {"record"}`; `404`; `409` if another node owns it |
 //! | `GET /v1/dlr/inbox?after=N&max=M&wait_ms=W` | `200 {"reports": [{"seq", "record", "report"}]}` (long poll) |
@@ -95,17 +95,22 @@ struct ResolveRequest {
     wait_ms: Option<u64>,
     #[serde(default)]
     local: bool,
+    #[serde(default)]
+    owner: bool,
 }
 
 async fn resolve(State(s): State<Arc<DlrService>>, body: Bytes) -> Response {
-    let req = match parse::<ResolveRequest>(&body, r#"{"connector": string, "msg_id": string, "wait_ms"?: integer}"#) {
+    let req = match parse::<ResolveRequest>(
+        &body,
+        r#"{"connector": string, "msg_id": string, "wait_ms"?: integer, "local"?: bool, "owner"?: bool}"#,
+    ) {
         Ok(r) => r,
         Err(e) => return error(&s, e),
     };
     let answer = if req.local {
         s.resolve_local(&req.connector, &req.msg_id)
     } else {
-        s.resolve(&req.connector, &req.msg_id, req.wait_ms).await
+        s.resolve(&req.connector, &req.msg_id, req.wait_ms, req.owner).await
     };
     match answer {
         Ok(r) => Json(r).into_response(),

@@ -1,62 +1,100 @@
-//! Lookups over the bus: the queryable every node answers, and the query that asks them all.
+//! Lookups over the bus: the queryables every node answers, and the queries that ask them.
 //!
-//! A lookup is one query on `<prefix>/dlr/id/<connector>/<id>` to every node (target `All`,
-//! no consolidation, so replies arrive as they are sent). Each node that holds the record
-//! answers with a [`LookupReply`]; the others stay silent. A node asked to wait (`wait_ms=N`)
-//! keeps the query open and answers when the record is registered with it, so a DLR that
-//! overtakes its registration still resolves in one round trip.
+//! A resolve first asks only the node that must hold the record, the heaviest live node for its
+//! key ([`first_holder`]: the owner or its replica), on `<prefix>/dlr/at/<node>/<connector>/<id>`;
+//! when that node is this one, its own store answers without the bus. Its answer may come from
+//! the copy, which trails the owner by the replication delay. Without an answer (the live set is
+//! changing, the copy is not there yet, no such record) and for reports, which only the owner
+//! takes, the lookup asks every node: one query on `<prefix>/dlr/id/<connector>/<id>` (target
+//! `All`, no consolidation, so replies arrive as they are sent).
 //!
-//! The asker takes the owner's reply as soon as it comes. A replica's reply is enough once the
-//! owner is known to be down; while the owner is live the asker waits for it (it may be taking
-//! the report) until the query completes.
+//! Each node that holds the record answers with a [`LookupReply`]; the others stay silent. A
+//! node asked to wait (`wait_ms=N`) keeps the query open and answers when the record is
+//! registered with it, so a DLR that overtakes its registration still resolves in one round
+//! trip. The asker of all nodes takes the owner's reply as soon as it comes. A replica's reply
+//! is enough once the owner is known to be down; while the owner is live the asker waits for it
+//! (it may be taking the report) until the query completes.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use switchboard_bus::dlr::record::store_key;
+use switchboard_bus::dlr::rendezvous::first_holder;
 use switchboard_bus::dlr::wire::{DlrReport, LookupReply, Role as HolderRole};
 use switchboard_bus::keys::Role;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use zenoh::query::{ConsolidationMode, Query, QueryTarget};
+use zenoh::Wait;
 
 use super::{DlrError, DlrService};
 use crate::AgentError;
 
-/// Declare the lookup queryable and answer it until `cancel` fires.
+/// Declare the lookup queryables (every node's and this node's own) and answer them until
+/// `cancel` fires. A plain lookup is answered in zenoh's callback, on the thread that received
+/// it (one store read, no hand-over to another thread); one that carries a report or may wait
+/// is handed to the runtime.
 pub(crate) async fn serve(
     service: Arc<DlrService>,
     tracker: &TaskTracker,
     cancel: CancellationToken,
 ) -> Result<(), AgentError> {
-    let key = service.keys.all_dlr_ids().map_err(|e| AgentError::Bus(e.to_string()))?;
-    let queryable =
-        service.session.declare_queryable(key).await.map_err(|e| AgentError::Bus(format!("DLR lookups: {e}")))?;
-    tracker.spawn(async move {
-        loop {
-            let query = tokio::select! {
-                _ = cancel.cancelled() => break,
-                q = queryable.recv_async() => match q { Ok(q) => q, Err(_) => break },
-            };
-            tokio::spawn(answer(service.clone(), query));
-        }
-    });
+    let runtime = tokio::runtime::Handle::current();
+    let keys = [service.keys.all_dlr_ids(), service.keys.all_dlr_at(&service.node)];
+    for key in keys {
+        let key = key.map_err(|e| AgentError::Bus(e.to_string()))?;
+        let (svc, runtime) = (service.clone(), runtime.clone());
+        let queryable = service
+            .session
+            .declare_queryable(key)
+            .callback(move |query| match parse(&svc, &query) {
+                Err(e) => {
+                    svc.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+                    if let Some(e) = e {
+                        let _ = query.reply_err(e).wait();
+                    }
+                }
+                Ok(req) if req.report.is_none() && req.wait.is_zero() => {
+                    let reply = svc.answer(&req.connector, &req.id, None);
+                    if let Some(answer) = encode(&svc, reply) {
+                        let _ = match answer {
+                            Ok(body) => query.reply(query.key_expr().clone(), body).wait(),
+                            Err(e) => query.reply_err(e).wait(),
+                        };
+                    }
+                }
+                Ok(req) => {
+                    runtime.spawn(answer_later(svc.clone(), query, req));
+                }
+            })
+            .await
+            .map_err(|e| AgentError::Bus(format!("DLR lookups: {e}")))?;
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            cancel.cancelled().await;
+            drop(queryable);
+        });
+    }
     Ok(())
 }
 
-async fn answer(service: Arc<DlrService>, query: Query) {
-    let Some((connector, id)) = service.keys.parse_dlr_id(query.key_expr().as_str()) else {
-        service.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-        return;
-    };
+/// A lookup as a node receives it.
+struct Request {
+    connector: String,
+    id: String,
+    report: Option<DlrReport>,
+    wait: Duration,
+}
+
+/// The lookup a query asks for; `Err(Some(reason))` for a bad payload (answered with the
+/// reason), `Err(None)` for a key that is not a lookup.
+fn parse(service: &DlrService, query: &Query) -> Result<Request, Option<String>> {
+    let (connector, id) = service.keys.parse_dlr_id(query.key_expr().as_str()).ok_or(None)?;
     let report = match query.payload().map(|p| serde_json::from_slice::<DlrReport>(&p.to_bytes())) {
         None => None,
         Some(Ok(r)) => Some(r),
-        Some(Err(e)) => {
-            service.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-            let _ = query.reply_err(format!("payload is not a DLR report: {e}")).await;
-            return;
-        }
+        Some(Err(e)) => return Err(Some(format!("payload is not a DLR report: {e}"))),
     };
     let wait = query
         .parameters()
@@ -64,28 +102,81 @@ async fn answer(service: Arc<DlrService>, query: Query) {
         .and_then(|v| v.parse::<u64>().ok())
         .map(|ms| Duration::from_millis(ms.min(service.settings.max_wait_ms)))
         .unwrap_or_default();
-    let mut reply = service.answer(&connector, &id, report.as_ref());
-    if matches!(reply, Ok(None)) && !wait.is_zero() {
-        let key = switchboard_bus::dlr::record::store_key(&connector, &id);
-        if service.wait_for(&key, wait).await {
-            reply = service.answer(&connector, &id, report.as_ref());
-        }
-    }
+    Ok(Request { connector, id, report, wait })
+}
+
+/// The reply body for an answer (counted), the error text for a failure, `None` for silence.
+fn encode(service: &DlrService, reply: Result<Option<LookupReply>, DlrError>) -> Option<Result<Vec<u8>, String>> {
     match reply {
         Ok(Some(r)) => {
             service.stats.lookups_answered.fetch_add(1, Ordering::Relaxed);
             match serde_json::to_vec(&r) {
-                Ok(body) => {
-                    let _ = query.reply(query.key_expr().clone(), body).await;
+                Ok(body) => Some(Ok(body)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot encode a lookup reply");
+                    None
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot encode a lookup reply"),
             }
         }
-        Ok(None) => {}
-        Err(e) => {
-            let _ = query.reply_err(e.to_string()).await;
+        Ok(None) => None,
+        Err(e) => Some(Err(e.to_string())),
+    }
+}
+
+/// Answer a lookup that carries a report or may wait for its registration.
+async fn answer_later(service: Arc<DlrService>, query: Query, req: Request) {
+    let mut reply = service.answer(&req.connector, &req.id, req.report.as_ref());
+    if matches!(reply, Ok(None)) && !req.wait.is_zero() {
+        let key = store_key(&req.connector, &req.id);
+        if service.wait_for(&key, req.wait).await {
+            reply = service.answer(&req.connector, &req.id, req.report.as_ref());
         }
     }
+    let _ = match encode(&service, reply) {
+        Some(Ok(body)) => query.reply(query.key_expr().clone(), body).await,
+        Some(Err(e)) => query.reply_err(e).await,
+        None => Ok(()),
+    };
+}
+
+/// Ask the node that must hold `(connector, canonical id)` alone (this node's store when it is
+/// that node); its reply and how long it took, `None` when it has none.
+pub(crate) async fn query_first_holder(
+    service: &DlrService,
+    connector: &str,
+    canonical: &str,
+) -> Result<Option<(LookupReply, Duration)>, DlrError> {
+    let started = Instant::now();
+    let live = service.membership.live_of(Role::Agent);
+    let Some(first) = first_holder(&store_key(connector, canonical), live.iter().map(String::as_str)) else {
+        return Ok(None);
+    };
+    if first == service.node {
+        return Ok(service.answer(connector, canonical, None)?.map(|r| (r, started.elapsed())));
+    }
+    let key = service.keys.dlr_at(first, connector, canonical).map_err(|e| DlrError::BadRequest(e.to_string()))?;
+    let replies = service
+        .session
+        .get(&key)
+        .target(QueryTarget::BestMatching)
+        .consolidation(ConsolidationMode::None)
+        .timeout(Duration::from_millis(service.settings.timeout_ms))
+        .await
+        .map_err(|e| DlrError::Bus(e.to_string()))?;
+    while let Ok(reply) = replies.recv_async().await {
+        match reply.result() {
+            Ok(sample) => match serde_json::from_slice::<LookupReply>(&sample.payload().to_bytes()) {
+                Ok(r) => return Ok(Some((r, started.elapsed()))),
+                Err(_) => {
+                    service.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+            Err(e) => {
+                tracing::warn!(key = %key, error = %String::from_utf8_lossy(&e.payload().to_bytes()), "a node failed a DLR lookup");
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Ask every node for `(connector, canonical id)`; the best reply and how long it took.

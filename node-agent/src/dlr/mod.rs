@@ -84,8 +84,12 @@ pub struct DlrStats {
     pub registered: AtomicU64,
     /// Lookups from here answered by the owner.
     pub resolved_by_owner: AtomicU64,
-    /// Lookups from here answered by a replica only.
+    /// Lookups from here answered by a replica.
     pub resolved_by_replica: AtomicU64,
+    /// Resolves the node that must hold the record answered alone.
+    pub first_holder_hits: AtomicU64,
+    /// Resolves that node did not answer, so every node was asked.
+    pub first_holder_misses: AtomicU64,
     /// Lookups from here no node answered.
     pub not_found: AtomicU64,
     /// Reports this node (as owner) queued for its gateway.
@@ -114,12 +118,22 @@ pub struct DlrStats {
 
 impl DlrStats {
     /// Every counter with its metric name and help.
-    pub fn counters(&self) -> [(&'static str, &'static str, u64); 15] {
+    pub fn counters(&self) -> [(&'static str, &'static str, u64); 17] {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("registered", "Messages registered on this node.", g(&self.registered)),
             ("resolved_by_owner", "Lookups from this node answered by the owner.", g(&self.resolved_by_owner)),
-            ("resolved_by_replica", "Lookups from this node answered by a copy only.", g(&self.resolved_by_replica)),
+            ("resolved_by_replica", "Lookups from this node answered by a copy.", g(&self.resolved_by_replica)),
+            (
+                "first_holder_hits",
+                "Resolves answered by the one node that must hold the record.",
+                g(&self.first_holder_hits),
+            ),
+            (
+                "first_holder_misses",
+                "Resolves that node did not answer (then every node was asked).",
+                g(&self.first_holder_misses),
+            ),
             ("not_found", "Lookups from this node that no node answered.", g(&self.not_found)),
             ("delivered", "Reports this node took as owner for its gateway.", g(&self.delivered)),
             ("duplicates", "Reports for records already closed.", g(&self.duplicates)),
@@ -457,12 +471,29 @@ impl DlrService {
         }
     }
 
-    /// Look up `msg_id` on the bus (waiting up to `wait_ms` for a registration not there yet).
-    pub async fn resolve(&self, connector: &str, msg_id: &str, wait_ms: Option<u64>) -> Result<Resolution, DlrError> {
+    /// Look up `msg_id` on the bus (waiting up to `wait_ms` for a registration not there yet):
+    /// first at the one node that must hold it (whose copy may trail the owner by the
+    /// replication delay), then at every node; with `owner`, at every node at once, waiting for
+    /// the owner's answer while it is live.
+    pub async fn resolve(
+        &self,
+        connector: &str,
+        msg_id: &str,
+        wait_ms: Option<u64>,
+        owner: bool,
+    ) -> Result<Resolution, DlrError> {
         let (_, dlr_ids) = self.formats(connector)?;
         let canonical = dlr_ids.canonical(msg_id)?;
         let wait = self.wait(wait_ms.unwrap_or(self.settings.wait_ms))?;
-        let found = lookup::query(self, connector, &canonical, wait, None).await?;
+        let mut found = None;
+        if !owner {
+            found = lookup::query_first_holder(self, connector, &canonical).await?;
+            let counter = if found.is_some() { &self.stats.first_holder_hits } else { &self.stats.first_holder_misses };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        if found.is_none() {
+            found = lookup::query(self, connector, &canonical, wait, None).await?;
+        }
         self.after_lookup(connector, msg_id, found, None)
     }
 
