@@ -40,9 +40,212 @@ pub fn decode(bytes: &[u8]) -> Result<Histogram<u64>, HistogramError> {
     Ok(h)
 }
 
+/// Cookie of an HDR V2 encoding (bits 4..8 hold a word size, which V2 ignores).
+const V2_COOKIE: u32 = 0x1c84_9303;
+/// Cookie of an HDR V2 encoding compressed with DEFLATE (zlib).
+const V2_DEFLATE_COOKIE: u32 = 0x1c84_9304;
+/// The cookie bits that name the encoding.
+const COOKIE_MASK: u32 = 0xffff_ff0f;
+/// Bytes of the V2 header before the counts.
+const V2_HEADER: usize = 40;
+
+/// Adds encoded histograms into one without building a histogram for each: the bucket counts
+/// are read straight from the V2 payload and only the non-empty buckets are added (decoding a
+/// histogram allocates and zeroes every bucket up to its maximum, and adding one walks them
+/// all). The inflater and its buffer are kept from one histogram to the next.
+pub struct Merger {
+    inflate: flate2::Decompress,
+    payload: Vec<u8>,
+}
+
+impl Default for Merger {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Merger {
+    /// A merger with an empty buffer.
+    pub fn new() -> Self {
+        Self { inflate: flate2::Decompress::new(true), payload: Vec::new() }
+    }
+
+    /// Add the histogram in `bytes` (HDR V2, DEFLATE or not) to `into`; the samples it held.
+    pub fn add(&mut self, into: &mut Histogram<u64>, bytes: &[u8]) -> Result<u64, HistogramError> {
+        let bad = |what: &str| HistogramError(format!("not an HDR V2 histogram: {what}"));
+        let payload: &[u8] = match be_u32(bytes, 0).ok_or_else(|| bad("too short"))? & COOKIE_MASK {
+            V2_COOKIE => bytes,
+            V2_DEFLATE_COOKIE => {
+                let len = be_u32(bytes, 4).ok_or_else(|| bad("too short"))? as usize;
+                let z = bytes.get(8..8 + len).ok_or_else(|| bad("compressed length beyond the end"))?;
+                self.inflate_into(z)?;
+                &self.payload
+            }
+            _ => return Err(bad("unknown cookie")),
+        };
+        if be_u32(payload, 0).map(|c| c & COOKIE_MASK) != Some(V2_COOKIE) {
+            return Err(bad("unknown inner cookie"));
+        }
+        let header = |at| be_u32(payload, at).ok_or_else(|| bad("header too short"));
+        let (len, offset, digits) = (header(4)? as usize, header(8)?, header(12)?);
+        let lowest = be_u64(payload, 16).ok_or_else(|| bad("header too short"))?;
+        if offset != 0 || !(1..=5).contains(&digits) {
+            return Err(bad("unsupported normalizing offset or significant digits"));
+        }
+        let counts = payload.get(V2_HEADER..V2_HEADER + len).ok_or_else(|| bad("counts beyond the end"))?;
+        let layout = Layout::new(lowest, digits);
+        let (mut pos, mut index, mut total) = (0usize, 0u64, 0u64);
+        while pos < counts.len() {
+            let (raw, used) = varint(&counts[pos..]).ok_or_else(|| bad("truncated count"))?;
+            pos += used;
+            let v = ((raw >> 1) as i64) ^ -((raw & 1) as i64);
+            if v < 0 {
+                index = index.checked_add(v.unsigned_abs()).ok_or_else(|| bad("bucket index overflows"))?;
+                continue;
+            }
+            if v > 0 {
+                let value = layout.value_at(index).ok_or_else(|| bad("bucket index out of range"))?;
+                into.record_n(value, v as u64).map_err(|e| HistogramError(format!("{e:?}")))?;
+                total += v as u64;
+            }
+            index += 1;
+        }
+        Ok(total)
+    }
+
+    /// Inflate the zlib stream `z` into `self.payload`.
+    fn inflate_into(&mut self, z: &[u8]) -> Result<(), HistogramError> {
+        self.inflate.reset(true);
+        self.payload.clear();
+        self.payload.reserve(z.len() * 4 + 64);
+        loop {
+            let before = (self.inflate.total_in(), self.inflate.total_out());
+            let read = self.inflate.total_in() as usize;
+            let status = self
+                .inflate
+                .decompress_vec(&z[read.min(z.len())..], &mut self.payload, flate2::FlushDecompress::Finish)
+                .map_err(|e| HistogramError(format!("inflate: {e}")))?;
+            if status == flate2::Status::StreamEnd {
+                return Ok(());
+            }
+            if self.payload.len() == self.payload.capacity() {
+                self.payload.reserve(self.payload.capacity());
+            } else if (self.inflate.total_in(), self.inflate.total_out()) == before {
+                return Err(HistogramError("inflate: truncated stream".into()));
+            }
+        }
+    }
+}
+
+/// Where values fall in an HDR histogram of given lowest discernible value and precision.
+struct Layout {
+    unit_magnitude: u32,
+    half_count_magnitude: u32,
+    half_count: u64,
+}
+
+impl Layout {
+    fn new(lowest: u64, digits: u32) -> Self {
+        let unit_magnitude = 63 - lowest.max(1).leading_zeros();
+        // Buckets hold 2 × 10^digits values at unit resolution, rounded up to a power of 2.
+        let single_unit = 2 * 10u64.pow(digits);
+        let count_magnitude = 64 - (single_unit - 1).leading_zeros();
+        let half_count_magnitude = count_magnitude.saturating_sub(1);
+        Self { unit_magnitude, half_count_magnitude, half_count: 1 << half_count_magnitude }
+    }
+
+    /// The lowest value counted at `index`; `None` beyond `u64`.
+    fn value_at(&self, index: u64) -> Option<u64> {
+        let bucket = (index >> self.half_count_magnitude) as i64 - 1;
+        let mut sub = (index & (self.half_count - 1)) + self.half_count;
+        let bucket = if bucket < 0 {
+            sub -= self.half_count;
+            0
+        } else {
+            bucket as u32
+        };
+        let shift = bucket.checked_add(self.unit_magnitude)?;
+        (shift < 64 && (sub.leading_zeros() >= shift)).then(|| sub << shift)
+    }
+}
+
+fn be_u32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn be_u64(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// HDR's LEB128 variant: up to 8 bytes of 7 bits, a 9th of 8 bits. The value and bytes used.
+fn varint(b: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for i in 0..9 {
+        let byte = *b.get(i)?;
+        if i == 8 {
+            return Some((v | (u64::from(byte) << 56), 9));
+        }
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_merger_adds_exactly_what_decoding_and_adding_gives() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let (mut by_decode, mut by_merger, mut merger) = (new_histogram(), new_histogram(), Merger::new());
+        for round in 0..200u64 {
+            let mut h = new_histogram();
+            for _ in 0..(round % 50) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // Values over many magnitudes, some in the first bucket, some huge.
+                let v = (x >> (x % 60)) % 10_000_000_000_000;
+                h.record_n(v, x % 3 + 1).unwrap();
+            }
+            let bytes = encode(&h).unwrap();
+            by_decode.add(decode(&bytes).unwrap()).unwrap();
+            assert_eq!(merger.add(&mut by_merger, &bytes).unwrap(), h.len(), "round {round}");
+        }
+        assert_eq!(by_merger, by_decode);
+        for q in [0.0, 0.5, 0.99, 0.999, 1.0] {
+            assert_eq!(by_merger.value_at_quantile(q), by_decode.value_at_quantile(q));
+        }
+        // Plain V2 (no DEFLATE) too.
+        let mut plain = Vec::new();
+        hdrhistogram::serialization::V2Serializer::new().serialize(&by_decode, &mut plain).unwrap();
+        let mut again = new_histogram();
+        merger.add(&mut again, &plain).unwrap();
+        assert_eq!(again, by_decode);
+    }
+
+    #[test]
+    fn the_merger_refuses_garbage_without_panicking() {
+        let mut h = new_histogram();
+        h.record(12345).unwrap();
+        let good = encode(&h).unwrap();
+        let mut merger = Merger::new();
+        let mut into = new_histogram();
+        for cut in 0..good.len() {
+            assert!(merger.add(&mut into, &good[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(merger.add(&mut into, b"not a histogram").is_err());
+        let mut flipped = good.clone();
+        for i in 0..flipped.len() {
+            flipped[i] ^= 0x5a;
+            let _ = merger.add(&mut into, &flipped);
+            flipped[i] ^= 0x5a;
+        }
+        assert_eq!(merger.add(&mut new_histogram(), &good).unwrap(), 1);
+    }
 
     #[test]
     fn round_trip_is_exact_and_garbage_is_an_error() {

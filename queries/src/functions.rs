@@ -56,11 +56,11 @@ fn aggregate(name: &str, signature: Signature, accumulator: AccumulatorFactoryFu
 
 /// Register every function with `ctx`.
 pub fn register(ctx: &SessionContext) {
-    ctx.register_udaf(aggregate("hdr_merge", histogram_arg(&[]), Arc::new(|_| Ok(Box::new(Merge(new_histogram()))))));
+    ctx.register_udaf(aggregate("hdr_merge", histogram_arg(&[]), Arc::new(|_| Ok(Box::new(Merge::new())))));
     ctx.register_udaf(aggregate(
         "hdr_of",
         Signature::exact(vec![DataType::Float64], Volatility::Immutable),
-        Arc::new(|_| Ok(Box::new(Record(Merge(new_histogram()))))),
+        Arc::new(|_| Ok(Box::new(Record(Merge::new())))),
     ));
     ctx.register_udf(scalar(
         "hdr_quantile",
@@ -98,16 +98,25 @@ fn decode(bytes: &[u8], function: &str) -> Result<Histogram<u64>> {
     histogram::decode(bytes).map_err(|e| DataFusionError::Execution(format!("{function}: {e}")))
 }
 
-/// The `hdr_merge` accumulator.
-#[derive(Debug)]
-struct Merge(Histogram<u64>);
+/// The `hdr_merge` accumulator: the merged histogram, and the merger that adds encoded ones
+/// into it bucket by bucket.
+struct Merge(Histogram<u64>, histogram::Merger);
+
+impl std::fmt::Debug for Merge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Merge").field(&self.0).finish()
+    }
+}
 
 impl Merge {
+    fn new() -> Self {
+        Self(new_histogram(), histogram::Merger::new())
+    }
+
     fn add_all(&mut self, values: &ArrayRef) -> Result<()> {
         let values = binary(values, "hdr_merge")?;
         for bytes in values.iter().flatten() {
-            let h = decode(bytes, "hdr_merge")?;
-            self.0.add(&h).map_err(|e| DataFusionError::Execution(format!("hdr_merge: {e:?}")))?;
+            self.1.add(&mut self.0, bytes).map_err(|e| DataFusionError::Execution(format!("hdr_merge: {e}")))?;
         }
         Ok(())
     }
