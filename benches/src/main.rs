@@ -5,12 +5,15 @@
 //! cargo run --release -p switchboard-benches -- logs
 //! cargo run --release -p switchboard-benches -- wire
 //! cargo run --release -p switchboard-benches -- limits
+//! cargo run --release -p switchboard-benches -- dlr
+//! cargo run --release -p switchboard-benches -- query
 //! ```
 
 mod dlr;
 mod limits;
 mod limits_cluster;
 mod logs;
+mod query;
 mod wire;
 
 use anyhow::Result;
@@ -85,6 +88,29 @@ enum Bench {
         #[arg(long)]
         config: std::path::PathBuf,
     },
+    /// Analyst queries: a fixed query set (count per node per hour, errors in one pruned hour,
+    /// top operators by regex, a point lookup by msg_id, merged p99 per operator) over a
+    /// generated day of logs and metrics written by the collector's sinks, timed for
+    /// `switchboard query` and DuckDB on the same files (targets: at most 1.5x DuckDB; pruned
+    /// queries and point lookups at most 1x).
+    Query {
+        /// Keep the generated dataset here and reuse it on the next run with the same sizes
+        /// (default: a temporary directory).
+        #[arg(long)]
+        data: Option<std::path::PathBuf>,
+        /// Log rows over the day.
+        #[arg(long, default_value_t = 10_000_000)]
+        logs: u64,
+        /// Metric rows over the day (about; whole series per interval).
+        #[arg(long, default_value_t = 1_000_000)]
+        metrics: u64,
+        /// Nodes the rows come from.
+        #[arg(long, default_value_t = 4)]
+        nodes: usize,
+        /// Runs per query and engine (the median is printed).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// Wire format: log_batch as Arrow IPC against JSON lines (encode, decode, bytes per row).
     Wire {
         /// Rows to encode and decode.
@@ -120,5 +146,8 @@ fn main() -> Result<()> {
         }
         Bench::Dlr { records, lookups, rate, clients } => dlr::run(records, lookups, rate, clients),
         Bench::LimitsNode { config } => limits_cluster::node(&config),
+        Bench::Query { data, logs, metrics, nodes, runs } => {
+            query::run(&query::QueryBench { data, logs, metrics, nodes, runs })
+        }
     }
 }

@@ -289,6 +289,18 @@ async fn open_table(
         unreadable = recovered.unreadable.len(),
         "recovered committed ranges from the dataset"
     );
+    Ok(table_sink(config, dir_name, promote, recovered.committed, stats))
+}
+
+/// The sink that writes table `dir_name` (below the data directory) as `config` says, knowing
+/// what is already `committed`: what the collector writes each table with.
+pub fn table_sink(
+    config: &CollectorConfig,
+    dir_name: &str,
+    promote: Vec<config::PromotedColumn>,
+    committed: BTreeMap<String, ranges::RangeSet>,
+    stats: Arc<CollectorStats>,
+) -> LogsSink {
     let blooms: Vec<String> = promote.iter().filter(|p| p.bloom).map(|p| p.name.clone()).collect();
     let c = &config.collector;
     let settings = FileSettings {
@@ -298,15 +310,15 @@ async fn open_table(
         properties: FileSettings::properties(c.zstd_level, c.row_group_rows, &blooms),
         row_group_max_bytes: c.row_group_max_bytes,
     };
-    Ok(LogsSink::new(
+    LogsSink::new(
         LogsTable::new(promote),
         settings,
-        table_dir,
+        c.data_dir.join(dir_name),
         c.max_file_bytes,
         c.max_file_age(),
-        recovered.committed,
+        committed,
         stats,
-    ))
+    )
 }
 
 /// A running collector.
