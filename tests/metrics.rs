@@ -145,6 +145,17 @@ fn metrics_pushed_on_two_agents_sum_and_merge_exactly() {
         )
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(csv_rows(&gauges), [["a", "7.0"], ["b", "3.0"]]);
+    // The collector shows the newest snapshot of each node's gauges and counters on /metrics.
+    let (_, prom) = c.http_get("collector", "/metrics");
+    for (node, depth) in [("a", 7), ("b", 3)] {
+        let line = format!(
+            "switchboard_cluster_metric{{node=\"{node}\",name=\"queue_depth\",kind=\"gauge\",tags=\"\"}} {depth}\n"
+        );
+        assert!(prom.contains(&line), "{line} in\n{prom}");
+        let counter =
+            format!("switchboard_cluster_metric{{node=\"{node}\",name=\"submitted\",kind=\"counter\",tags=\"operator:");
+        assert!(prom.contains(&counter), "{counter} in\n{prom}");
+    }
 
     // The timer report merges the same way.
     let out = Command::new(common::BIN)

@@ -336,9 +336,9 @@ fn generate(dir: &Path, logs: u64, metrics: u64, nodes: usize) -> Result<()> {
                     let r = mix(interval ^ ((node as u64) << 48) ^ ((s as u64) << 40));
                     let tags = format!("operator:{op}");
                     let (name, kind, value, count, hist) = match s % 4 {
-                        0 => ("submitted", "c", (r % 500) as f64, 0u64, String::new()),
-                        1 => ("delivered", "c", (r % 450) as f64, 0, String::new()),
-                        2 => ("failed", "c", (r % 20) as f64, 0, String::new()),
+                        0 => ("submitted", "counter", (r % 500) as f64, 0u64, String::new()),
+                        1 => ("delivered", "counter", (r % 450) as f64, 0, String::new()),
+                        2 => ("failed", "counter", (r % 20) as f64, 0, String::new()),
                         _ => {
                             let mut h = histogram::new_histogram();
                             let n = 20 + r % 40;
@@ -347,7 +347,7 @@ fn generate(dir: &Path, logs: u64, metrics: u64, nodes: usize) -> Result<()> {
                                 let _ = h.record((ms * histogram::SCALE) as u64);
                             }
                             let b64 = base64::engine::general_purpose::STANDARD.encode(histogram::encode(&h)?);
-                            ("dlr_latency", "ms", h.mean() / histogram::SCALE, n, b64)
+                            ("dlr_latency", "timer", h.mean() / histogram::SCALE, n, b64)
                         }
                     };
                     let seq = interval * series as u64 + s as u64;

@@ -14,6 +14,7 @@
 //! agents that wait for a collector only publish once the subscription exists).
 
 pub mod config;
+pub mod latest;
 pub mod logs_table;
 pub mod ranges;
 pub mod recovery;
@@ -45,6 +46,8 @@ use crate::writer::FileSettings;
 
 /// Name of the logs table's directory below the data directory.
 pub const LOGS_DIR: &str = "logs";
+/// Series of the cluster's latest metrics kept for `/metrics` (see [`latest`]).
+pub const LATEST_SERIES: usize = 10_000;
 
 /// How often the sink wakes up to commit aged files when no data arrives.
 const TICK: Duration = Duration::from_millis(200);
@@ -167,6 +170,7 @@ struct CollectorReport {
     name: String,
     stats: Arc<CollectorStats>,
     status: tokio::sync::watch::Receiver<SinkStatus>,
+    latest: Arc<latest::LatestMetrics>,
 }
 
 impl switchboard_bus::http::Report for CollectorReport {
@@ -234,6 +238,22 @@ impl switchboard_bus::http::Report for CollectorReport {
                 "How long the committed prefix has been behind the agent's head.",
                 st.lag.iter().map(|(k, (_, secs))| (vec![("stream", k.clone())], *secs)),
             );
+        let latest = self.latest.snapshot();
+        m.gauge_series(
+            "switchboard_cluster_metric",
+            "The newest snapshot of each gateway counter (delta of its last interval) and gauge, per node.",
+            latest.iter().map(|(labels, value, _)| (labels.clone(), *value)),
+        )
+        .gauge_series(
+            "switchboard_cluster_metric_timestamp_seconds",
+            "When that snapshot was taken (seconds since the epoch).",
+            latest.into_iter().map(|(labels, _, at)| (labels, at)),
+        )
+        .counter(
+            "switchboard_collector_cluster_metric_rows_refused_total",
+            "Metric rows of series beyond the collector's bound, left out of switchboard_cluster_metric.",
+            self.latest.refused.load(Ordering::Relaxed),
+        );
         m.finish()
     }
 }
@@ -344,6 +364,7 @@ impl Collector {
             internal.push((t.stream, open_table(&config, t.dir, t.promoted(), stats.clone()).await?));
         }
         let mut sink = Tables { logs, internal };
+        let latest = Arc::new(latest::LatestMetrics::new(LATEST_SERIES));
 
         let session = session::open(&config.bus).await?;
         let (tx, rx) = flume::bounded::<Input>(c.queue_payloads);
@@ -408,7 +429,12 @@ impl Collector {
         ));
         if !c.http_listen.is_empty() {
             let addr = c.http_listen.parse().map_err(|e| CollectorError::Http(format!("http_listen: {e}")))?;
-            let report = Arc::new(CollectorReport { name: name.clone(), stats: stats.clone(), status: status_rx });
+            let report = Arc::new(CollectorReport {
+                name: name.clone(),
+                stats: stats.clone(),
+                status: status_rx,
+                latest: latest.clone(),
+            });
             let (_, task) = switchboard_bus::http::serve(addr, report, axum::Router::new(), cancel.clone())
                 .await
                 .map_err(|e| CollectorError::Http(format!("http_listen {addr}: {e}")))?;
@@ -419,7 +445,13 @@ impl Collector {
         drop(tx);
         tracker.spawn_blocking(move || {
             let take = |sink: &mut Tables, input: Input| match input {
-                Input::Data { stream, payload, replayed } => sink.handle(&stream, &payload.to_bytes(), replayed),
+                Input::Data { stream, payload, replayed } => {
+                    let bytes = payload.to_bytes();
+                    if stream.name == tables::METRICS.stream {
+                        latest.take(&stream.node, &bytes);
+                    }
+                    sink.handle(&stream, &bytes, replayed)
+                }
                 Input::Heads { node, heads } => {
                     for req in sink.on_heads(&node, &heads) {
                         let _ = replay_tx.send(req);
