@@ -49,30 +49,28 @@ const COOKIE_MASK: u32 = 0xffff_ff0f;
 /// Bytes of the V2 header before the counts.
 const V2_HEADER: usize = 40;
 
-/// Adds encoded histograms into one without building a histogram for each: the bucket counts
-/// are read straight from the V2 payload and only the non-empty buckets are added (decoding a
-/// histogram allocates and zeroes every bucket up to its maximum, and adding one walks them
-/// all). The inflater and its buffer are kept from one histogram to the next.
-pub struct Merger {
+/// Turns HDR V2 + DEFLATE into plain HDR V2 (and checks plain V2), keeping its inflater and
+/// buffer from one histogram to the next. Plain V2 is what the collector stores: the Parquet
+/// file compresses it anyway, and readers then skip inflating every row.
+pub struct Unpacker {
     inflate: flate2::Decompress,
     payload: Vec<u8>,
 }
 
-impl Default for Merger {
+impl Default for Unpacker {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Merger {
-    /// A merger with an empty buffer.
+impl Unpacker {
+    /// An unpacker with an empty buffer.
     pub fn new() -> Self {
         Self { inflate: flate2::Decompress::new(true), payload: Vec::new() }
     }
 
-    /// Add the histogram in `bytes` (HDR V2, DEFLATE or not) to `into`; the samples it held.
-    pub fn add(&mut self, into: &mut Histogram<u64>, bytes: &[u8]) -> Result<u64, HistogramError> {
-        let bad = |what: &str| HistogramError(format!("not an HDR V2 histogram: {what}"));
+    /// The plain V2 encoding of `bytes` (V2, DEFLATE or not); its header is checked.
+    pub fn plain<'a>(&'a mut self, bytes: &'a [u8]) -> Result<&'a [u8], HistogramError> {
         let payload: &[u8] = match be_u32(bytes, 0).ok_or_else(|| bad("too short"))? & COOKIE_MASK {
             V2_COOKIE => bytes,
             V2_DEFLATE_COOKIE => {
@@ -86,31 +84,8 @@ impl Merger {
         if be_u32(payload, 0).map(|c| c & COOKIE_MASK) != Some(V2_COOKIE) {
             return Err(bad("unknown inner cookie"));
         }
-        let header = |at| be_u32(payload, at).ok_or_else(|| bad("header too short"));
-        let (len, offset, digits) = (header(4)? as usize, header(8)?, header(12)?);
-        let lowest = be_u64(payload, 16).ok_or_else(|| bad("header too short"))?;
-        if offset != 0 || !(1..=5).contains(&digits) {
-            return Err(bad("unsupported normalizing offset or significant digits"));
-        }
-        let counts = payload.get(V2_HEADER..V2_HEADER + len).ok_or_else(|| bad("counts beyond the end"))?;
-        let layout = Layout::new(lowest, digits);
-        let (mut pos, mut index, mut total) = (0usize, 0u64, 0u64);
-        while pos < counts.len() {
-            let (raw, used) = varint(&counts[pos..]).ok_or_else(|| bad("truncated count"))?;
-            pos += used;
-            let v = ((raw >> 1) as i64) ^ -((raw & 1) as i64);
-            if v < 0 {
-                index = index.checked_add(v.unsigned_abs()).ok_or_else(|| bad("bucket index overflows"))?;
-                continue;
-            }
-            if v > 0 {
-                let value = layout.value_at(index).ok_or_else(|| bad("bucket index out of range"))?;
-                into.record_n(value, v as u64).map_err(|e| HistogramError(format!("{e:?}")))?;
-                total += v as u64;
-            }
-            index += 1;
-        }
-        Ok(total)
+        let len = be_u32(payload, 4).ok_or_else(|| bad("header too short"))? as usize;
+        payload.get(..V2_HEADER + len).ok_or_else(|| bad("counts beyond the end"))
     }
 
     /// Inflate the zlib stream `z` into `self.payload`.
@@ -134,6 +109,56 @@ impl Merger {
                 return Err(HistogramError("inflate: truncated stream".into()));
             }
         }
+    }
+}
+
+fn bad(what: &str) -> HistogramError {
+    HistogramError(format!("not an HDR V2 histogram: {what}"))
+}
+
+/// Adds encoded histograms into one without building a histogram for each: the bucket counts
+/// are read straight from the V2 payload and only the non-empty buckets are added (decoding a
+/// histogram allocates and zeroes every bucket up to its maximum, and adding one walks them
+/// all).
+#[derive(Default)]
+pub struct Merger {
+    unpacker: Unpacker,
+}
+
+impl Merger {
+    /// A merger with an empty buffer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add the histogram in `bytes` (HDR V2, DEFLATE or not) to `into`; the samples it held.
+    pub fn add(&mut self, into: &mut Histogram<u64>, bytes: &[u8]) -> Result<u64, HistogramError> {
+        let payload = self.unpacker.plain(bytes)?;
+        let header = |at| be_u32(payload, at).ok_or_else(|| bad("header too short"));
+        let (offset, digits) = (header(8)?, header(12)?);
+        let lowest = be_u64(payload, 16).ok_or_else(|| bad("header too short"))?;
+        if offset != 0 || !(1..=5).contains(&digits) {
+            return Err(bad("unsupported normalizing offset or significant digits"));
+        }
+        let counts = &payload[V2_HEADER..];
+        let layout = Layout::new(lowest, digits);
+        let (mut pos, mut index, mut total) = (0usize, 0u64, 0u64);
+        while pos < counts.len() {
+            let (raw, used) = varint(&counts[pos..]).ok_or_else(|| bad("truncated count"))?;
+            pos += used;
+            let v = ((raw >> 1) as i64) ^ -((raw & 1) as i64);
+            if v < 0 {
+                index = index.checked_add(v.unsigned_abs()).ok_or_else(|| bad("bucket index overflows"))?;
+                continue;
+            }
+            if v > 0 {
+                let value = layout.value_at(index).ok_or_else(|| bad("bucket index out of range"))?;
+                into.record_n(value, v as u64).map_err(|e| HistogramError(format!("{e:?}")))?;
+                total += v as u64;
+            }
+            index += 1;
+        }
+        Ok(total)
     }
 }
 
@@ -225,6 +250,21 @@ mod tests {
         let mut again = new_histogram();
         merger.add(&mut again, &plain).unwrap();
         assert_eq!(again, by_decode);
+    }
+
+    #[test]
+    fn unpacked_histograms_decode_to_the_same_histogram() {
+        let mut h = new_histogram();
+        for v in [3u64, 999, 65_000, 7_000_000] {
+            h.record_n(v, 2).unwrap();
+        }
+        let packed = encode(&h).unwrap();
+        let mut unpacker = Unpacker::new();
+        let plain = unpacker.plain(&packed).unwrap().to_vec();
+        assert_ne!(plain, packed);
+        assert_eq!(decode(&plain).unwrap(), h);
+        assert_eq!(unpacker.plain(&plain).unwrap(), &plain[..], "plain V2 stays as it is");
+        assert!(unpacker.plain(&packed[..packed.len() - 1]).is_err());
     }
 
     #[test]

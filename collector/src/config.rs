@@ -114,6 +114,9 @@ pub enum ColumnType {
     Bool,
     /// Bytes, given as standard base64 text.
     Binary,
+    /// An HDR V2 histogram (DEFLATE or not) as standard base64 text, stored as plain HDR V2
+    /// (the file's compression covers it, and readers skip inflating every row).
+    Histogram,
 }
 
 fn default_data_dir() -> PathBuf {

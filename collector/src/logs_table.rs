@@ -39,6 +39,7 @@ enum PromotedBuilder {
     Float64(Float64Builder),
     Bool(BooleanBuilder),
     Binary(BinaryBuilder),
+    Histogram(BinaryBuilder, Box<switchboard_bus::histogram::Unpacker>),
 }
 
 impl PromotedBuilder {
@@ -49,6 +50,7 @@ impl PromotedBuilder {
             ColumnType::Float64 => Self::Float64(Float64Builder::new()),
             ColumnType::Bool => Self::Bool(BooleanBuilder::new()),
             ColumnType::Binary => Self::Binary(BinaryBuilder::new()),
+            ColumnType::Histogram => Self::Histogram(BinaryBuilder::new(), Box::default()),
         }
     }
 
@@ -76,6 +78,14 @@ impl PromotedBuilder {
                     Err(_) => return false,
                 }
             }
+            Self::Histogram(b, unpacker) => {
+                use base64::Engine as _;
+                let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(v.trim()) else { return false };
+                match unpacker.plain(&bytes) {
+                    Ok(plain) => b.append_value(plain),
+                    Err(_) => return false,
+                }
+            }
         }
         true
     }
@@ -86,7 +96,7 @@ impl PromotedBuilder {
             Self::Int64(b) => b.append_null(),
             Self::Float64(b) => b.append_null(),
             Self::Bool(b) => b.append_null(),
-            Self::Binary(b) => b.append_null(),
+            Self::Binary(b) | Self::Histogram(b, _) => b.append_null(),
         }
     }
 
@@ -96,7 +106,7 @@ impl PromotedBuilder {
             Self::Int64(b) => Arc::new(b.finish()),
             Self::Float64(b) => Arc::new(b.finish()),
             Self::Bool(b) => Arc::new(b.finish()),
-            Self::Binary(b) => Arc::new(b.finish()),
+            Self::Binary(b) | Self::Histogram(b, _) => Arc::new(b.finish()),
         }
     }
 }
@@ -107,7 +117,7 @@ fn arrow_type(kind: ColumnType) -> DataType {
         ColumnType::Int64 => DataType::Int64,
         ColumnType::Float64 => DataType::Float64,
         ColumnType::Bool => DataType::Boolean,
-        ColumnType::Binary => DataType::Binary,
+        ColumnType::Binary | ColumnType::Histogram => DataType::Binary,
     }
 }
 
@@ -278,5 +288,41 @@ mod tests {
         assert_eq!(rest.value(2).len(), 0);
         assert_eq!(rows.column_by_name("node").unwrap().as_string::<i32>().value(2), "gw1");
         assert_eq!(rows.column_by_name("offset").unwrap().as_primitive::<Int64Type>().value(2), 20);
+    }
+
+    #[test]
+    fn histograms_are_stored_as_plain_v2_and_garbage_stays_in_the_map() {
+        use base64::Engine as _;
+        use switchboard_bus::histogram;
+        let table = LogsTable::new(vec![PromotedColumn {
+            name: "histogram".into(),
+            kind: ColumnType::Histogram,
+            bloom: false,
+        }]);
+        let mut h = histogram::new_histogram();
+        h.record_n(1234, 3).unwrap();
+        let packed = base64::engine::general_purpose::STANDARD.encode(histogram::encode(&h).unwrap());
+        let mut b = LogBatchBuilder::new();
+        let row = LogRow {
+            seq: 0,
+            ts_micros: 1,
+            observed_micros: 2,
+            file: "metrics.log",
+            offset: 0,
+            level: None,
+            message: "",
+            raw: None,
+            truncated: false,
+        };
+        b.append(&row, &[("histogram", packed.as_str())]);
+        b.append(&LogRow { seq: 1, ..row }, &[("histogram", "bm90IGEgaGlzdG9ncmFt")]);
+        let id = StreamId { node: "gw1".into(), kind: StreamKind::Log, name: "_metrics".into() };
+        let (rows, failures) = table.to_rows(&id, &b.finish().unwrap()).unwrap();
+        assert_eq!(failures, 1);
+        let stored = rows.column_by_name("histogram").unwrap().as_binary::<i32>();
+        assert_eq!(&stored.value(0)[..4], &[0x1c, 0x84, 0x93, 0x13], "plain V2 cookie");
+        assert_eq!(histogram::decode(stored.value(0)).unwrap(), h);
+        assert!(stored.is_null(1));
+        assert_eq!(rows.column_by_name("fields").unwrap().as_map().value(1).len(), 1);
     }
 }

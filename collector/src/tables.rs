@@ -84,7 +84,7 @@ pub const METRICS: InternalTable = InternalTable {
         ("kind", ColumnType::String, false),
         ("value", ColumnType::Float64, false),
         ("count", ColumnType::Int64, false),
-        ("histogram", ColumnType::Binary, false),
+        ("histogram", ColumnType::Histogram, false),
         ("interval_ms", ColumnType::Int64, false),
     ],
 };
