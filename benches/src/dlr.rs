@@ -7,6 +7,8 @@
 //! - a zenoh client asking the node that must hold the id (`<prefix>/dlr/at/<node>/...`, the
 //!   heaviest live node by rendezvous weight: owner or copy), one bus round trip;
 //! - a zenoh client asking every node (`<prefix>/dlr/id/...`) and waiting for the owner's answer;
+//! - zenoh's own floor: a queryable in a second session of the bench answering a fixed reply,
+//!   asked at the same pace (what any one-query lookup costs at least);
 //! - the agent's API (`POST /v1/dlr/resolve` on one node, HTTP keep-alive): the round trip plus
 //!   the gateway's hop to its agent;
 //! - node-by-node forwarding as gateways do it today: ask node 1's own store, then node 2's, ...

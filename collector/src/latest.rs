@@ -117,23 +117,15 @@ impl LatestMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchboard_bus::wire::log_batch::{LogBatchBuilder, LogRow};
+    use switchboard_bus::wire::log_batch::LogBatchBuilder;
 
     fn payload(rows: &[(i64, &str, &str, &str, &str)]) -> Vec<u8> {
         let mut b = LogBatchBuilder::new();
         for (i, (ts, name, kind, tags, value)) in rows.iter().enumerate() {
-            let row = LogRow {
-                seq: i as u64,
-                ts_micros: *ts,
-                observed_micros: *ts,
-                file: "metrics.log",
-                offset: 0,
-                level: None,
-                message: "",
-                raw: None,
-                truncated: false,
-            };
-            b.append(&row, &[("name", *name), ("kind", *kind), ("tags", *tags), ("value", *value)]);
+            b.append(
+                &crate::test_rows::metrics_row(i as u64, *ts),
+                &[("name", *name), ("kind", *kind), ("tags", *tags), ("value", *value)],
+            );
         }
         log_batch::encode(&b.finish().unwrap()).unwrap()
     }

@@ -23,6 +23,27 @@ pub mod stats;
 pub mod tables;
 pub mod writer;
 
+/// Rows the unit tests feed the sinks.
+#[cfg(test)]
+pub(crate) mod test_rows {
+    use switchboard_bus::wire::log_batch::LogRow;
+
+    /// A line of an agent's `metrics.log` (its fields are the caller's).
+    pub(crate) fn metrics_row(seq: u64, ts_micros: i64) -> LogRow<'static> {
+        LogRow {
+            seq,
+            ts_micros,
+            observed_micros: ts_micros,
+            file: "metrics.log",
+            offset: 0,
+            level: None,
+            message: "",
+            raw: None,
+            truncated: false,
+        }
+    }
+}
+
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -303,19 +303,8 @@ mod tests {
         h.record_n(1234, 3).unwrap();
         let packed = base64::engine::general_purpose::STANDARD.encode(histogram::encode(&h).unwrap());
         let mut b = LogBatchBuilder::new();
-        let row = LogRow {
-            seq: 0,
-            ts_micros: 1,
-            observed_micros: 2,
-            file: "metrics.log",
-            offset: 0,
-            level: None,
-            message: "",
-            raw: None,
-            truncated: false,
-        };
-        b.append(&row, &[("histogram", packed.as_str())]);
-        b.append(&LogRow { seq: 1, ..row }, &[("histogram", "bm90IGEgaGlzdG9ncmFt")]);
+        b.append(&crate::test_rows::metrics_row(0, 1), &[("histogram", packed.as_str())]);
+        b.append(&crate::test_rows::metrics_row(1, 1), &[("histogram", "bm90IGEgaGlzdG9ncmFt")]);
         let id = StreamId { node: "gw1".into(), kind: StreamKind::Log, name: "_metrics".into() };
         let (rows, failures) = table.to_rows(&id, &b.finish().unwrap()).unwrap();
         assert_eq!(failures, 1);
