@@ -328,3 +328,43 @@ fn ids_are_normalized_races_wait_records_expire_and_bad_requests_are_refused() {
     assert_eq!(metric(&metrics, "switchboard_agent_dlr_bad_requests_total"), Some((bad.len() + 1) as f64), "{metrics}");
     assert!(c.http_get("a", "/health").0 == 200, "still healthy after bad input");
 }
+
+#[test]
+fn a_hung_first_holder_costs_one_ask_timeout_then_every_node_answers() {
+    let c = Cluster::new();
+    let dlr = DLR.replace("[dlr]\n", "[dlr]\ntimeout_ms = 300\n");
+    let a = c.start_limits_agent("a", &[], "", &dlr);
+    let b = c.start_limits_agent("b", &[a.endpoint()], "", &dlr);
+    let hung = c.start_limits_agent("c", &[a.endpoint(), b.endpoint()], "", &dlr);
+    wait_mesh(&c, &["a", "b", "c"]);
+    // An id of a's whose first holder is c (c keeps its copy).
+    let id = (0..1000)
+        .map(|i| i.to_string())
+        .find(|id| {
+            let key = switchboard_bus::dlr::record::store_key("dec", id);
+            switchboard_bus::dlr::rendezvous::first_holder(&key, ["a", "b", "c"]) == Some("c")
+        })
+        .expect("one in a thousand ids weighs most on c");
+    register(&c, "a", "dec", [id.clone()]);
+    assert!(wait_until(Duration::from_secs(10), || dlr_counter(&c, "c", "replica_ops_received") >= 1));
+
+    let pid = hung.proc.as_ref().map(|p| p.pid().to_string()).unwrap_or_default();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill").args([sig, &pid]).status().is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let t = Instant::now();
+    let (code, res) = post(&c, "b", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": id}));
+    let took = t.elapsed();
+    signal("-CONT");
+    assert_eq!((code, res["answered_by"].as_str()), (200, Some("a")), "{res}");
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(2), "took {took:?}");
+    assert_eq!(dlr_counter(&c, "b", "ask_timeouts"), 1);
+    assert_eq!(dlr_counter(&c, "b", "first_holder_misses"), 1);
+    // Awake again, c answers on the stream, and its late answer to the first ask changed nothing.
+    let (code, res) = post(&c, "b", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": id}));
+    assert_eq!((code, res["answered_by"].as_str(), res["role"].as_str()), (200, Some("c"), Some("replica")), "{res}");
+    assert_eq!(dlr_counter(&c, "b", "first_holder_hits"), 1);
+    assert_eq!(dlr_counter(&c, "b", "bad_requests"), 0);
+}

@@ -127,6 +127,17 @@ fn a_python_client_looks_up_and_reports_dlrs_by_the_documented_keys() {
     assert_eq!(first["reply"]["record"]["gateway_ref"], "r-255", "{v}");
     let key = switchboard_bus::dlr::record::store_key("hexdec", "255");
     assert_eq!(first["node"].as_str(), switchboard_bus::dlr::rendezvous::first_holder(&key, ["a", "b"]), "{v}");
+    // The same node answers the ask stream: every ask with a usable reply_to gets an answer,
+    // `null` for an id it does not hold; the two malformed asks are counted and dropped.
+    let asked = &first["asked"];
+    assert_eq!(asked["7"]["reply"]["record"]["gateway_ref"], "r-255", "{v}");
+    assert_eq!(asked["7"]["reply"]["node"], first["node"], "{v}");
+    assert!(asked["8"].get("reply").is_some_and(serde_json::Value::is_null), "{v}");
+    assert!(asked.get("6").is_none(), "{v}");
+    let holder = first["node"].as_str().unwrap_or_default();
+    let (_, status) = c.http_get(holder, "/v1/dlr");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["counters"]["bad_requests"], 2, "{status}");
     let v = py(&["plain", "text", "a/b 1"]);
     assert_eq!(v["key"], format!("{prefix}/dlr/id/plain/a%2Fb%201"));
     assert_eq!(v["owner"]["record"]["gateway_ref"], "r-text");

@@ -1,11 +1,14 @@
 //! DLR lookups across three node processes with `--records` open records registered on each.
 //!
-//! Rows, each paced at `--rate` lookups/s in all from `--clients` client threads (each with its
-//! own connection), latency measured from the scheduled send time (so a slow answer delays the
-//! next ones of its client and counts against them), ids drawn at random over every node's
-//! records:
-//! - a zenoh client asking the node that must hold the id (`<prefix>/dlr/at/<node>/...`, the
-//!   heaviest live node by rendezvous weight: owner or copy), one bus round trip;
+//! Rows, each paced at `--rate` lookups/s, latency measured from the scheduled send time, ids
+//! drawn at random over every node's records. The bus rows are one async zenoh client (one
+//! pacing thread starting each lookup as a task, as an agent resolves); the HTTP and Redis rows
+//! are `--clients` threads with a connection each (a slow answer delays the next ones of its
+//! client and counts against them):
+//! - a zenoh client asking the node that must hold the id (the heaviest live node by rendezvous
+//!   weight: owner or copy) on the ask stream (`<prefix>/dlr/ask/<node>`), as agents do: one bus
+//!   round trip;
+//! - the same as a query (`<prefix>/dlr/at/<node>/...`);
 //! - a zenoh client asking every node (`<prefix>/dlr/id/...`) and waiting for the owner's answer;
 //! - zenoh's own floor: a queryable in a second session of the bench answering a fixed reply,
 //!   asked at the same pace (what any one-query lookup costs at least);
@@ -158,6 +161,40 @@ fn paced<W: Send>(
     let mut all = Histogram::<u64>::new(3)?;
     for h in &hists {
         all.add(h)?;
+    }
+    Ok((n as f64 / start.elapsed().as_secs_f64(), all))
+}
+
+/// Run lookups `0..n` at `rate`/s in all from one pacing thread, each as a task on `rt` (as an
+/// async client such as an agent asks): lookups/s reached and each latency from its scheduled
+/// start, in ns. The first failure is returned.
+fn paced_async<F>(
+    rt: &tokio::runtime::Runtime,
+    n: u64,
+    rate: u64,
+    one: impl Fn(u64) -> F,
+) -> Result<(f64, Histogram<u64>)>
+where
+    F: std::future::Future<Output = Result<()>> + Send + 'static,
+{
+    let gap = Duration::from_secs_f64(1.0 / rate as f64);
+    let (tx, mut done) = tokio::sync::mpsc::unbounded_channel::<Result<u64>>();
+    let start = Instant::now();
+    for i in 0..n {
+        let due = start + gap.mul_f64(i as f64);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let (lookup, tx) = (one(i), tx.clone());
+        rt.spawn(async move {
+            let _ = tx.send(lookup.await.map(|()| due.elapsed().as_nanos() as u64));
+        });
+    }
+    drop(tx);
+    let mut all = Histogram::<u64>::new(3)?;
+    while let Some(latency) = done.blocking_recv() {
+        all.record(latency?).ok();
     }
     Ok((n as f64 / start.elapsed().as_secs_f64(), all))
 }
@@ -316,24 +353,46 @@ pub(crate) fn run(records: u64, lookups: u64, rate: u64, clients: usize) -> Resu
     let pids: Vec<u32> = nodes.iter().map(|n| n.child.id()).collect();
     let bus_row = |every: bool| {
         with_cpu(&pids, lookups, || {
-            paced(
-                lookups,
-                rate,
-                clients,
-                |_| Ok(()),
-                |_, i| {
-                    let (node, k) = ids[i as usize];
-                    bus_lookup(node, k, every)
-                },
-            )
+            paced_async(&rt, lookups, rate, |i| {
+                let (node, k) = ids[i as usize];
+                let (session, prefix, names) = (session.clone(), prefix.clone(), names.clone());
+                async move { lookup(&session, &prefix, &names, &msg_id(node, k), every, Duration::from_secs(2)).await }
+            })
         })
     };
-    let ((r, bus), cpu) = bus_row(false)?;
+    let stats = std::sync::Arc::new(switchboard_agent::dlr::DlrStats::default());
+    let keys = switchboard_bus::keys::KeySpace::new(&prefix)?;
+    let asker = std::sync::Arc::new(rt.block_on(switchboard_agent::dlr::ask::Asker::new(
+        &session,
+        &keys,
+        "bench",
+        stats.clone(),
+    ))?);
+    let ask = |i: u64| {
+        let (node, k) = ids[i as usize];
+        let (asker, stats, names) = (asker.clone(), stats.clone(), names.clone());
+        async move {
+            let id = msg_id(node, k);
+            let key = switchboard_bus::dlr::record::store_key(CONNECTOR, &id);
+            let first = switchboard_bus::dlr::rendezvous::first_holder(&key, names.iter().map(String::as_str))
+                .context("no live node")?;
+            match asker.ask(first, CONNECTOR, &id, Duration::from_secs(2), &stats.ask_timeouts).await? {
+                Some(_) => Ok(()),
+                None => bail!("{id}: {first} has no answer"),
+            }
+        }
+    };
+    for i in 0..2000 {
+        rt.block_on(ask(i))?;
+    }
+    let ((r, bus), cpu) = with_cpu(&pids, lookups, || paced_async(&rt, lookups, rate, ask))?;
     let ours = bus.value_at_quantile(0.99);
-    row("bus: the node that must hold it (1 trip)", r, &bus, ours, cpu);
+    row("bus: ask stream, the node that must hold it", r, &bus, ours, cpu);
+    let ((r, h), cpu) = bus_row(false)?;
+    row("bus: query the node that must hold it", r, &h, ours, cpu);
     let ((r, h), cpu) = bus_row(true)?;
     row("bus: every node, owner's answer (1 trip)", r, &h, ours, cpu);
-    let ((r, h), cpu) = zenoh_floor(&rt, lookups, rate, clients)?;
+    let ((r, h), cpu) = zenoh_floor(&rt, lookups, rate)?;
     row("zenoh alone: fixed reply, same pacing", r, &h, ours, cpu);
 
     let resolve = || {
@@ -453,12 +512,7 @@ async fn lookup(
 
 /// The floor zenoh sets: a queryable in its own session (over loopback TCP, in this process)
 /// answering every query with a fixed 400-byte reply, asked as the lookups are.
-fn zenoh_floor(
-    rt: &tokio::runtime::Runtime,
-    n: u64,
-    rate: u64,
-    clients: usize,
-) -> Result<((f64, Histogram<u64>), Cpu)> {
+fn zenoh_floor(rt: &tokio::runtime::Runtime, n: u64, rate: u64) -> Result<((f64, Histogram<u64>), Cpu)> {
     let port = free_port()?;
     let open = |listen: bool| {
         let mut config = zenoh::Config::default();
@@ -495,7 +549,15 @@ fn zenoh_floor(
     for i in 0..2000 {
         ask(i)?;
     }
-    with_cpu(&[], n, || paced(n, rate, clients, |_| Ok(()), |_, i| ask(i)))
+    with_cpu(&[], n, || {
+        paced_async(rt, n, rate, |i| {
+            let client = client.clone();
+            async move {
+                let replies = client.get(format!("floor/{i}")).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                replies.recv_async().await.map(|_| ()).map_err(|e| anyhow::anyhow!("{e}"))
+            }
+        })
+    })
 }
 
 /// Lookups of the node that must hold each id, 64 in flight from one zenoh session: lookups/s.

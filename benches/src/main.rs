@@ -64,8 +64,9 @@ enum Bench {
         phase_secs: u64,
     },
     /// DLR lookups: 3 node processes with `--records` open records each; lookup latency
-    /// (p50/p99/p999) at `--rate`/s over the bus (asking the one node that must hold the id, and
-    /// every node), beside zenoh's own floor (a fixed reply), through the agent's API, by
+    /// (p50/p99/p999) at `--rate`/s over the bus (asking the one node that must hold the id on
+    /// the ask stream and by query, and every node), beside zenoh's own floor (a query answered
+    /// with a fixed reply), through the agent's API, by
     /// node-by-node forwarding and from a shared Redis hash; memory and disk per open record (targets: p99 under
     /// 1 ms at 10000 lookups/s, under 200 B per open record in the agent's memory).
     Dlr {
@@ -78,7 +79,8 @@ enum Bench {
         /// Lookups per second (paced).
         #[arg(long, default_value_t = 10_000)]
         rate: u64,
-        /// Clients sharing the rate, each with its own connection (as a node's gateway threads).
+        /// HTTP and Redis clients sharing the rate, each with its own connection (as a node's
+        /// gateway threads).
         #[arg(long, default_value_t = 8)]
         clients: usize,
     },

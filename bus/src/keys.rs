@@ -17,6 +17,8 @@
 //! | `<prefix>/limits/config/<node>` | queryable (JSON [`crate::limits::revision::History`]) | each node using limits |
 //! | `<prefix>/dlr/id/<connector>/<id>` | queryable (JSON [`crate::dlr::wire::LookupReply`]) | each node holding the record |
 //! | `<prefix>/dlr/at/<node>/<connector>/<id>` | queryable (same as `dlr/id`, one node) | the agent of `<node>` |
+//! | `<prefix>/dlr/ask/<node>` | put (JSON [`crate::dlr::wire::DlrAsk`]) | clients asking `<node>` many lookups |
+//! | `<prefix>/dlr/answer/<client>` | put (JSON [`crate::dlr::wire::DlrAnswer`]) | the asked agent, to the client |
 //! | `<prefix>/dlr/replica/<node>` | queryable (JSON [`crate::dlr::wire::ReplicaBatch`]) | each node using DLRs |
 //!
 //! [`KeySpace::parse_stream`] turns a received key back into a typed [`StreamId`].
@@ -276,6 +278,19 @@ impl KeySpace {
         Some((connector.to_owned(), crate::dlr::id::from_key_chunk(chunk)?))
     }
 
+    /// `<prefix>/dlr/ask/<node>`: where clients publish lookups for `node` to answer on their
+    /// own answer key (the stream form of [`Self::dlr_at`], for clients that ask many).
+    pub fn dlr_ask(&self, node: &str) -> Result<OwnedKeyExpr, KeyError> {
+        check_chunk(node)?;
+        self.build(&["dlr", "ask", node])
+    }
+
+    /// `<prefix>/dlr/answer/<client>`: where the answers to `client`'s asks are published.
+    pub fn dlr_answer(&self, client: &str) -> Result<OwnedKeyExpr, KeyError> {
+        check_chunk(client)?;
+        self.build(&["dlr", "answer", client])
+    }
+
     /// `<prefix>/dlr/replica/<node>`: queryable; where a node takes copies of other nodes' records.
     pub fn dlr_replica(&self, node: &str) -> Result<OwnedKeyExpr, KeyError> {
         check_chunk(node)?;
@@ -378,6 +393,12 @@ mod tests {
         assert!(!ks().all_dlr_ids().unwrap().intersects(&at));
         assert_eq!(ks().parse_dlr_id("sb/test/dlr/at/gw2/smsc-a"), None);
         assert_eq!(ks().parse_dlr_id("sb/test/dlr/id/smsc-a/%zz"), None);
+        let (ask, answer) = (ks().dlr_ask("gw2").unwrap(), ks().dlr_answer("gw1.c0ffee").unwrap());
+        assert_eq!((ask.as_str(), answer.as_str()), ("sb/test/dlr/ask/gw2", "sb/test/dlr/answer/gw1.c0ffee"));
+        for other in [ks().all_dlr_ids().unwrap(), ks().all_dlr_at("gw2").unwrap()] {
+            assert!(!other.intersects(&ask) && !other.intersects(&answer));
+        }
+        assert!(ks().dlr_answer("a/b").is_err() && ks().dlr_answer("**").is_err());
     }
 
     #[test]

@@ -224,7 +224,31 @@ def first_holder(s, prefix, connector, cid):
     replies = [json.loads(r.ok.payload.to_bytes())
                for r in s.get(f"{prefix}/dlr/at/{first}/{connector}/{key_chunk(cid)}", timeout=2.0)
                if r.ok is not None]
-    return {"node": first, "live": sorted(nodes), "reply": replies[0] if replies else None}
+    return {"node": first, "live": sorted(nodes), "reply": replies[0] if replies else None,
+            "asked": ask_stream(s, prefix, first, connector, cid)}
+
+
+def ask_stream(s, prefix, node, connector, cid):
+    """The same lookups on the ask stream: two malformed asks (dropped), then ask 7 for the id
+    and ask 8 for an id nobody holds; the answers by number, as they come within 2 s."""
+    answers = s.declare_subscriber(f"{prefix}/dlr/answer/py1")
+    time.sleep(0.3)
+    ask = f"{prefix}/dlr/ask/{node}"
+    s.put(ask, b"not json")
+    s.put(ask, json.dumps({"version": 1, "reply_to": "a/b", "n": 6, "connector": connector, "id": cid}).encode())
+    for n, asked in [(7, cid), (8, cid + "-nobody")]:
+        s.put(ask, json.dumps({"version": 1, "reply_to": "py1", "n": n, "connector": connector, "id": asked}).encode())
+    got = {}
+    deadline = time.time() + 2.0
+    while len(got) < 2 and time.time() < deadline:
+        sample = answers.try_recv()
+        if sample is None:
+            time.sleep(0.01)
+            continue
+        a = json.loads(sample.payload.to_bytes())
+        got[str(a["n"])] = a
+    answers.undeclare()
+    return got
 
 
 def dlr(endpoint, prefix, connector, fmt, msg_id, status=None):

@@ -1,8 +1,9 @@
 //! Lookups over the bus: the queryables every node answers, and the queries that ask them.
 //!
 //! A resolve first asks only the node that must hold the record, the heaviest live node for its
-//! key ([`first_holder`]: the owner or its replica), on `<prefix>/dlr/at/<node>/<connector>/<id>`;
-//! when that node is this one, its own store answers without the bus. Its answer may come from
+//! key ([`first_holder`]: the owner or its replica), on the ask stream ([`super::ask`]); when that
+//! node is this one, its own store answers without the bus. Each node also answers the same
+//! lookup as a query on `<prefix>/dlr/at/<node>/<connector>/<id>`, for clients that ask rarely. Its answer may come from
 //! the copy, which trails the owner by the replication delay. Without an answer (the live set is
 //! changing, the copy is not there yet, no such record) and for reports, which only the owner
 //! takes, the lookup asks every node: one query on `<prefix>/dlr/id/<connector>/<id>` (target
@@ -154,29 +155,9 @@ pub(crate) async fn query_first_holder(
     if first == service.node {
         return Ok(service.answer(connector, canonical, None)?.map(|r| (r, started.elapsed())));
     }
-    let key = service.keys.dlr_at(first, connector, canonical).map_err(|e| DlrError::BadRequest(e.to_string()))?;
-    let replies = service
-        .session
-        .get(&key)
-        .target(QueryTarget::BestMatching)
-        .consolidation(ConsolidationMode::None)
-        .timeout(Duration::from_millis(service.settings.timeout_ms))
-        .await
-        .map_err(|e| DlrError::Bus(e.to_string()))?;
-    while let Ok(reply) = replies.recv_async().await {
-        match reply.result() {
-            Ok(sample) => match serde_json::from_slice::<LookupReply>(&sample.payload().to_bytes()) {
-                Ok(r) => return Ok(Some((r, started.elapsed()))),
-                Err(_) => {
-                    service.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-                }
-            },
-            Err(e) => {
-                tracing::warn!(key = %key, error = %String::from_utf8_lossy(&e.payload().to_bytes()), "a node failed a DLR lookup");
-            }
-        }
-    }
-    Ok(None)
+    let timeout = Duration::from_millis(service.settings.timeout_ms);
+    let reply = service.asker.ask(first, connector, canonical, timeout, &service.stats.ask_timeouts).await?;
+    Ok(reply.map(|r| (r, started.elapsed())))
 }
 
 /// Ask every node for `(connector, canonical id)`; the best reply and how long it took.

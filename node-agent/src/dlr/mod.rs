@@ -2,14 +2,16 @@
 //!
 //! A gateway registers each submitted message with its agent ([`DlrService::register`]); the
 //! record goes to the node's [`store`] and a copy to one other live node ([`replicate`], chosen
-//! by rendezvous hashing). A DLR that arrives at any node is resolved with one bus query that
-//! every holder of the record answers ([`lookup`]); when it carries the report, the owner takes
+//! by rendezvous hashing). A DLR that arrives at any node is resolved in one bus round trip:
+//! asking the one node that must hold the record on the ask stream ([`ask`]), or with a query
+//! every holder answers ([`lookup`]); when it carries the report, the owner takes
 //! it in the same round trip: it queues the report for its gateway (the inbox), closes the
 //! record and tells its replica. If the owner is down, the replica's copy answers and the
 //! reporting node closes it there. Records expire everywhere on time ([`DlrService::sweep`]).
 //! [`events`] records what happened for the collector's `dlr` table; [`http`] is the
 //! gateway's API (docs/dlr-api.md).
 
+pub mod ask;
 pub mod events;
 pub mod http;
 pub mod lookup;
@@ -90,6 +92,8 @@ pub struct DlrStats {
     pub first_holder_hits: AtomicU64,
     /// Resolves that node did not answer, so every node was asked.
     pub first_holder_misses: AtomicU64,
+    /// Asks of that node that got no answer in time (the node hung or left).
+    pub ask_timeouts: AtomicU64,
     /// Lookups from here no node answered.
     pub not_found: AtomicU64,
     /// Reports this node (as owner) queued for its gateway.
@@ -118,7 +122,7 @@ pub struct DlrStats {
 
 impl DlrStats {
     /// Every counter with its metric name and help.
-    pub fn counters(&self) -> [(&'static str, &'static str, u64); 17] {
+    pub fn counters(&self) -> [(&'static str, &'static str, u64); 18] {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("registered", "Messages registered on this node.", g(&self.registered)),
@@ -133,6 +137,11 @@ impl DlrStats {
                 "first_holder_misses",
                 "Resolves that node did not answer (then every node was asked).",
                 g(&self.first_holder_misses),
+            ),
+            (
+                "ask_timeouts",
+                "Asks of the node that must hold a record left unanswered within the timeout.",
+                g(&self.ask_timeouts),
             ),
             ("not_found", "Lookups from this node that no node answered.", g(&self.not_found)),
             ("delivered", "Reports this node took as owner for its gateway.", g(&self.delivered)),
@@ -257,8 +266,9 @@ pub struct DlrService {
     changes: mpsc::UnboundedSender<DlrRecord>,
     events: Option<EventLog>,
     inbox_ready: Notify,
+    asker: ask::Asker,
     /// Counters.
-    pub stats: DlrStats,
+    pub stats: Arc<DlrStats>,
 }
 
 /// ms since the Unix epoch.
@@ -310,6 +320,8 @@ impl DlrService {
         let formats =
             settings.connectors.iter().map(|c| (c.name.clone(), (c.ids, c.report_ids.unwrap_or(c.ids)))).collect();
         let (changes, changes_rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(DlrStats::default());
+        let asker = ask::Asker::new(session, keys, &config.bus.node, stats.clone()).await?;
         let service = Arc::new(Self {
             node: config.bus.node.clone(),
             events: settings.record_events.then(|| event_log(&config.agent.data_dir)),
@@ -323,11 +335,13 @@ impl DlrService {
             waiting: AtomicU64::new(0),
             changes,
             inbox_ready: Notify::new(),
-            stats: DlrStats::default(),
+            asker,
+            stats,
         });
         let size = service.store.size();
         tracing::info!(records = size.records, inbox = size.inbox, disk_bytes = size.disk_bytes, "DLR store open");
         lookup::serve(service.clone(), tracker, cancel.clone()).await?;
+        ask::serve(service.clone(), tracker, cancel.clone()).await?;
         replicate::serve(service.clone(), tracker, cancel.clone()).await?;
         tracker.spawn(replicate::run(service.clone(), changes_rx, cancel.clone()));
         tracker.spawn(service.clone().sweep(cancel.clone()));

@@ -1,0 +1,237 @@
+//! The ask stream: lookups of the one node that must hold a record, as put messages.
+//!
+//! A query costs zenoh two timer tasks and a completion message on top of the request and its
+//! reply; at thousands of lookups per second that dominates. So a resolve asks the first holder
+//! with a [`DlrAsk`] published on `<prefix>/dlr/ask/<node>` and takes its [`DlrAnswer`] from
+//! `<prefix>/dlr/answer/<client>`, where `<client>` is this session's own chunk. The asked node
+//! always answers (with `null` when it holds nothing), so no answer means the node is gone: the
+//! ask ends at once when its subscriber disappears (zenoh's matching status), else at the
+//! timeout, and the resolve falls back to asking every node.
+//!
+//! [`serve`] answers this node's asks; [`Asker`] asks other nodes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use switchboard_bus::dlr::wire::{DlrAnswer, DlrAsk, LookupReply, DOC_VERSION};
+use switchboard_bus::keys::KeySpace;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use zenoh::matching::MatchingListener;
+use zenoh::pubsub::{Publisher, Subscriber};
+use zenoh::qos::CongestionControl;
+use zenoh::Wait;
+
+use super::{DlrError, DlrService, DlrStats};
+use crate::AgentError;
+
+/// Answer every ask published for this node until `cancel` fires, in zenoh's callback (one
+/// store read and one put; no hand-over to another thread).
+pub(crate) async fn serve(
+    service: Arc<DlrService>,
+    tracker: &TaskTracker,
+    cancel: CancellationToken,
+) -> Result<(), AgentError> {
+    let key = service.keys.dlr_ask(&service.node).map_err(|e| AgentError::Bus(e.to_string()))?;
+    let svc = service.clone();
+    let subscriber = service
+        .session
+        .declare_subscriber(key)
+        .callback(move |sample| answer(&svc, &sample.payload().to_bytes()))
+        .await
+        .map_err(|e| AgentError::Bus(format!("DLR asks: {e}")))?;
+    tracker.spawn(async move {
+        cancel.cancelled().await;
+        drop(subscriber);
+    });
+    Ok(())
+}
+
+/// Answer one ask; a malformed one (no usable `reply_to`) is counted and dropped.
+fn answer(service: &DlrService, payload: &[u8]) {
+    let ask = match serde_json::from_slice::<DlrAsk>(payload) {
+        Ok(ask) => ask,
+        Err(e) => {
+            service.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %e, "a DLR ask that is not a dlr_ask");
+            return;
+        }
+    };
+    let Ok(to) = service.keys.dlr_answer(&ask.reply_to) else {
+        service.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(reply_to = %ask.reply_to, "a DLR ask whose reply_to is not a key chunk");
+        return;
+    };
+    let (reply, error) = match service.answer(&ask.connector, &ask.id, None) {
+        Ok(reply) => (reply, None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    if reply.is_some() {
+        service.stats.lookups_answered.fetch_add(1, Ordering::Relaxed);
+    }
+    let body = match serde_json::to_vec(&DlrAnswer { version: DOC_VERSION, n: ask.n, reply, error }) {
+        Ok(body) => body,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot encode a DLR answer");
+            return;
+        }
+    };
+    if let Err(e) = service.session.put(to, body).congestion_control(CongestionControl::Block).wait() {
+        tracing::warn!(error = %e, "cannot send a DLR answer");
+    }
+}
+
+/// An ask waiting for its answer.
+struct Pending {
+    node: Arc<str>,
+    answer: oneshot::Sender<DlrAnswer>,
+}
+
+/// The asks in flight, by number.
+type PendingAsks = Arc<Mutex<HashMap<u64, Pending>>>;
+
+/// A publisher of asks to one node, and the listener that ends its asks when the node's
+/// subscriber goes away.
+struct Route {
+    publisher: Publisher<'static>,
+    /// Whether the node's subscriber is there: kept by the listener, which zenoh calls at once
+    /// when it is there already.
+    listening: Arc<AtomicBool>,
+    _listener: MatchingListener<()>,
+}
+
+/// This node's side of the ask stream: one answer subscriber, a publisher per asked node.
+pub struct Asker {
+    client: String,
+    keys: KeySpace,
+    session: zenoh::Session,
+    next: AtomicU64,
+    pending: PendingAsks,
+    routes: Mutex<HashMap<Arc<str>, Arc<Route>>>,
+    _answers: Subscriber<()>,
+}
+
+impl Asker {
+    /// Subscribe to this session's answers (`<prefix>/dlr/answer/<node>.<session id>`).
+    pub async fn new(
+        session: &zenoh::Session,
+        keys: &KeySpace,
+        node: &str,
+        stats: Arc<DlrStats>,
+    ) -> Result<Self, AgentError> {
+        let client = format!("{node}.{}", session.zid());
+        let key = keys.dlr_answer(&client).map_err(|e| AgentError::Bus(e.to_string()))?;
+        let pending: PendingAsks = Arc::default();
+        let waiting = pending.clone();
+        let answers = session
+            .declare_subscriber(key)
+            .callback(move |sample| match serde_json::from_slice::<DlrAnswer>(&sample.payload().to_bytes()) {
+                Ok(answer) => {
+                    let ask = waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(&answer.n);
+                    // An answer after the ask gave up finds nothing: nothing to do.
+                    if let Some(ask) = ask {
+                        let _ = ask.answer.send(answer);
+                    }
+                }
+                Err(e) => {
+                    stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "a DLR answer that is not a dlr_answer");
+                }
+            })
+            .await
+            .map_err(|e| AgentError::Bus(format!("DLR answers: {e}")))?;
+        Ok(Self {
+            client,
+            keys: keys.clone(),
+            session: session.clone(),
+            next: AtomicU64::new(0),
+            pending,
+            routes: Mutex::new(HashMap::new()),
+            _answers: answers,
+        })
+    }
+
+    /// Ask `node` for `(connector, canonical id)`: its reply (`None` when it holds nothing), or
+    /// `Ok(None)` as well when no node listens there or it did not answer within `timeout`
+    /// (counted in `timeouts`).
+    pub async fn ask(
+        &self,
+        node: &str,
+        connector: &str,
+        canonical: &str,
+        timeout: Duration,
+        timeouts: &AtomicU64,
+    ) -> Result<Option<LookupReply>, DlrError> {
+        let route = self.route(node).await?;
+        if !route.listening.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let body = serde_json::to_vec(&DlrAsk {
+            version: DOC_VERSION,
+            reply_to: self.client.clone(),
+            n,
+            connector: connector.to_owned(),
+            id: canonical.to_owned(),
+        })
+        .map_err(|e| DlrError::Bus(e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(n, Pending { node: Arc::from(node), answer: tx });
+        if let Err(e) = route.publisher.put(body).await {
+            self.lock().remove(&n);
+            return Err(DlrError::Bus(e.to_string()));
+        }
+        let answer = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(answer)) => answer,
+            // The node's subscriber went away (dropped the ask) or the time is up.
+            Ok(Err(_)) => return Ok(None),
+            Err(_) => {
+                self.lock().remove(&n);
+                timeouts.fetch_add(1, Ordering::Relaxed);
+                return Ok(None);
+            }
+        };
+        match answer.error {
+            Some(e) => Err(DlrError::Bus(format!("node {node}: {e}"))),
+            None => Ok(answer.reply),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The publisher of asks to `node`, declared on first use.
+    async fn route(&self, node: &str) -> Result<Arc<Route>, DlrError> {
+        if let Some(route) = self.routes.lock().unwrap_or_else(|p| p.into_inner()).get(node) {
+            return Ok(route.clone());
+        }
+        let key = self.keys.dlr_ask(node).map_err(|e| DlrError::BadRequest(e.to_string()))?;
+        let publisher = self
+            .session
+            .declare_publisher(key)
+            .congestion_control(CongestionControl::Block)
+            .await
+            .map_err(|e| DlrError::Bus(e.to_string()))?;
+        let listening = Arc::new(AtomicBool::new(false));
+        let (pending, gone_node, flag) = (self.pending.clone(), Arc::<str>::from(node), listening.clone());
+        let listener = publisher
+            .matching_listener()
+            .callback(move |status| {
+                flag.store(status.matching(), Ordering::Release);
+                if !status.matching() {
+                    // Dropping the senders ends those asks at once.
+                    pending.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, p| p.node != gone_node);
+                }
+            })
+            .await
+            .map_err(|e| DlrError::Bus(e.to_string()))?;
+        let route = Arc::new(Route { publisher, listening, _listener: listener });
+        // Two first asks may race here: the first route stored wins, the other is dropped.
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(routes.entry(Arc::from(node)).or_insert(route).clone())
+    }
+}
