@@ -116,23 +116,41 @@ fn bad(what: &str) -> HistogramError {
     HistogramError(format!("not an HDR V2 histogram: {what}"))
 }
 
-/// Adds encoded histograms into one without building a histogram for each: the bucket counts
-/// are read straight from the V2 payload and only the non-empty buckets are added (decoding a
-/// histogram allocates and zeroes every bucket up to its maximum, and adding one walks them
-/// all).
-#[derive(Default)]
+/// Most buckets kept as a flat array (8 MiB of counts); a histogram reaching further is added
+/// bucket by bucket into a histogram instead.
+const MAX_FLAT_BUCKETS: usize = 1 << 20;
+
+/// The bucket-wise sum of encoded histograms, without a histogram per row: bucket counts are
+/// read straight from each V2 payload and added into a flat array of counts by bucket index,
+/// in the layout (lowest discernible value, significant digits) of the first histogram added.
+/// (Decoding allocates and zeroes every bucket up to a histogram's maximum, and adding one
+/// walks them all; recording each bucket into a histogram recomputes where its value falls.)
+/// Histograms of another layout, and single values, go into a histogram beside the array.
 pub struct Merger {
     unpacker: Unpacker,
+    /// The layout of `counts`, set by the first histogram added.
+    layout: Option<(u64, u32, Layout)>,
+    /// Counts by bucket index; every index below its length is a valid bucket of `layout`.
+    counts: Vec<u64>,
+    /// What does not fit the array.
+    rest: Histogram<u64>,
+}
+
+impl Default for Merger {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Merger {
-    /// A merger with an empty buffer.
+    /// An empty sum.
     pub fn new() -> Self {
-        Self::default()
+        Self { unpacker: Unpacker::new(), layout: None, counts: Vec::new(), rest: new_histogram() }
     }
 
-    /// Add the histogram in `bytes` (HDR V2, DEFLATE or not) to `into`; the samples it held.
-    pub fn add(&mut self, into: &mut Histogram<u64>, bytes: &[u8]) -> Result<u64, HistogramError> {
+    /// Add the histogram in `bytes` (HDR V2, DEFLATE or not); the samples it held. A histogram
+    /// refused midway may have added some of its buckets.
+    pub fn add(&mut self, bytes: &[u8]) -> Result<u64, HistogramError> {
         let payload = self.unpacker.plain(bytes)?;
         let header = |at| be_u32(payload, at).ok_or_else(|| bad("header too short"));
         let (offset, digits) = (header(8)?, header(12)?);
@@ -141,6 +159,9 @@ impl Merger {
             return Err(bad("unsupported normalizing offset or significant digits"));
         }
         let counts = &payload[V2_HEADER..];
+        let (first_lowest, first_digits, _) =
+            self.layout.get_or_insert_with(|| (lowest, digits, Layout::new(lowest, digits)));
+        let flat = (*first_lowest, *first_digits) == (lowest, digits);
         let layout = Layout::new(lowest, digits);
         let (mut pos, mut index, mut total) = (0usize, 0u64, 0u64);
         while pos < counts.len() {
@@ -152,13 +173,53 @@ impl Merger {
                 continue;
             }
             if v > 0 {
-                let value = layout.value_at(index).ok_or_else(|| bad("bucket index out of range"))?;
-                into.record_n(value, v as u64).map_err(|e| HistogramError(format!("{e:?}")))?;
-                total += v as u64;
+                let n = v as u64;
+                match self.counts.get_mut(index as usize) {
+                    Some(count) if flat => *count += n,
+                    _ => {
+                        let value = layout.value_at(index).ok_or_else(|| bad("bucket index out of range"))?;
+                        if flat && (index as usize) < MAX_FLAT_BUCKETS {
+                            // Every index up to a valid one is valid: values grow with the index.
+                            self.counts.resize(index as usize + 1, 0);
+                            self.counts[index as usize] = n;
+                        } else {
+                            self.rest.record_n(value, n).map_err(|e| HistogramError(format!("{e:?}")))?;
+                        }
+                    }
+                }
+                total += n;
             }
             index += 1;
         }
         Ok(total)
+    }
+
+    /// Add one sample.
+    pub fn record(&mut self, value: u64) -> Result<(), HistogramError> {
+        self.rest.record(value).map_err(|e| HistogramError(format!("{e:?}")))
+    }
+
+    /// Whether nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.rest.is_empty() && self.counts.iter().all(|&c| c == 0)
+    }
+
+    /// Buckets held (a measure of the memory used).
+    pub fn buckets(&self) -> usize {
+        self.counts.len() + self.rest.distinct_values()
+    }
+
+    /// The sum as a histogram.
+    pub fn histogram(&self) -> Result<Histogram<u64>, HistogramError> {
+        let mut h = self.rest.clone();
+        if let Some((_, _, layout)) = &self.layout {
+            for (index, &n) in self.counts.iter().enumerate().filter(|(_, &n)| n > 0) {
+                // Indices below the array's length were checked when it grew.
+                let value = layout.value_at(index as u64).ok_or_else(|| bad("bucket index out of range"))?;
+                h.record_n(value, n).map_err(|e| HistogramError(format!("{e:?}")))?;
+            }
+        }
+        Ok(h)
     }
 }
 
@@ -225,7 +286,7 @@ mod tests {
     #[test]
     fn the_merger_adds_exactly_what_decoding_and_adding_gives() {
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let (mut by_decode, mut by_merger, mut merger) = (new_histogram(), new_histogram(), Merger::new());
+        let (mut by_decode, mut merger) = (new_histogram(), Merger::new());
         for round in 0..200u64 {
             let mut h = new_histogram();
             for _ in 0..(round % 50) {
@@ -238,8 +299,9 @@ mod tests {
             }
             let bytes = encode(&h).unwrap();
             by_decode.add(decode(&bytes).unwrap()).unwrap();
-            assert_eq!(merger.add(&mut by_merger, &bytes).unwrap(), h.len(), "round {round}");
+            assert_eq!(merger.add(&bytes).unwrap(), h.len(), "round {round}");
         }
+        let by_merger = merger.histogram().unwrap();
         assert_eq!(by_merger, by_decode);
         for q in [0.0, 0.5, 0.99, 0.999, 1.0] {
             assert_eq!(by_merger.value_at_quantile(q), by_decode.value_at_quantile(q));
@@ -247,9 +309,19 @@ mod tests {
         // Plain V2 (no DEFLATE) too.
         let mut plain = Vec::new();
         hdrhistogram::serialization::V2Serializer::new().serialize(&by_decode, &mut plain).unwrap();
-        let mut again = new_histogram();
-        merger.add(&mut again, &plain).unwrap();
-        assert_eq!(again, by_decode);
+        let mut again = Merger::new();
+        again.add(&plain).unwrap();
+        assert_eq!(again.histogram().unwrap(), by_decode);
+        // Another layout (5 digits, lowest 10) goes beside the array, and sums the same.
+        let mut other = Histogram::<u64>::new_with_bounds(10, u64::MAX, 5).unwrap();
+        other.auto(true);
+        for v in [15u64, 7_777, 123_456_789] {
+            other.record_n(v, 3).unwrap();
+        }
+        assert_eq!(again.add(&encode(&other).unwrap()).unwrap(), 9);
+        let mut want = by_decode.clone();
+        want.add(&other).unwrap();
+        assert_eq!(again.histogram().unwrap(), want);
     }
 
     #[test]
@@ -273,18 +345,17 @@ mod tests {
         h.record(12345).unwrap();
         let good = encode(&h).unwrap();
         let mut merger = Merger::new();
-        let mut into = new_histogram();
         for cut in 0..good.len() {
-            assert!(merger.add(&mut into, &good[..cut]).is_err(), "cut at {cut}");
+            assert!(merger.add(&good[..cut]).is_err(), "cut at {cut}");
         }
-        assert!(merger.add(&mut into, b"not a histogram").is_err());
+        assert!(merger.add(b"not a histogram").is_err());
         let mut flipped = good.clone();
         for i in 0..flipped.len() {
             flipped[i] ^= 0x5a;
-            let _ = merger.add(&mut into, &flipped);
+            let _ = merger.add(&flipped);
             flipped[i] ^= 0x5a;
         }
-        assert_eq!(merger.add(&mut new_histogram(), &good).unwrap(), 1);
+        assert_eq!(Merger::new().add(&good).unwrap(), 1);
     }
 
     #[test]

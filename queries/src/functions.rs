@@ -22,7 +22,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BinaryArray, Float64Array, Int64Array, StringArray};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::datatypes::Field;
@@ -34,7 +34,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::SessionContext;
 use hdrhistogram::Histogram;
-use switchboard_bus::histogram::{self, new_histogram, SCALE};
+use switchboard_bus::histogram::{self, SCALE};
 
 /// A histogram argument: Parquet reads binary columns as any of these.
 fn histogram_arg(rest: &[DataType]) -> Signature {
@@ -56,11 +56,11 @@ fn aggregate(name: &str, signature: Signature, accumulator: AccumulatorFactoryFu
 
 /// Register every function with `ctx`.
 pub fn register(ctx: &SessionContext) {
-    ctx.register_udaf(aggregate("hdr_merge", histogram_arg(&[]), Arc::new(|_| Ok(Box::new(Merge::new())))));
+    ctx.register_udaf(aggregate("hdr_merge", histogram_arg(&[]), Arc::new(|_| Ok(Box::<Merge>::default()))));
     ctx.register_udaf(aggregate(
         "hdr_of",
         Signature::exact(vec![DataType::Float64], Volatility::Immutable),
-        Arc::new(|_| Ok(Box::new(Record(Merge::new())))),
+        Arc::new(|_| Ok(Box::<Record>::default())),
     ));
     ctx.register_udf(scalar(
         "hdr_quantile",
@@ -98,31 +98,27 @@ fn decode(bytes: &[u8], function: &str) -> Result<Histogram<u64>> {
     histogram::decode(bytes).map_err(|e| DataFusionError::Execution(format!("{function}: {e}")))
 }
 
-/// The `hdr_merge` accumulator: the merged histogram, and the merger that adds encoded ones
-/// into it bucket by bucket.
-struct Merge(Histogram<u64>, histogram::Merger);
+/// The `hdr_merge` accumulator: the bucket-wise sum of the encoded histograms added.
+#[derive(Default)]
+struct Merge(histogram::Merger);
 
 impl std::fmt::Debug for Merge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Merge").field(&self.0).finish()
+        f.debug_struct("Merge").field("buckets", &self.0.buckets()).finish()
     }
 }
 
 impl Merge {
-    fn new() -> Self {
-        Self(new_histogram(), histogram::Merger::new())
-    }
-
     fn add_all(&mut self, values: &ArrayRef) -> Result<()> {
-        let values = binary(values, "hdr_merge")?;
-        for bytes in values.iter().flatten() {
-            self.1.add(&mut self.0, bytes).map_err(|e| DataFusionError::Execution(format!("hdr_merge: {e}")))?;
+        for bytes in binary_values(values, "hdr_merge")?.flatten() {
+            self.0.add(bytes).map_err(|e| DataFusionError::Execution(format!("hdr_merge: {e}")))?;
         }
         Ok(())
     }
 
     fn encoded(&self) -> Result<ScalarValue> {
-        let bytes = histogram::encode(&self.0).map_err(|e| DataFusionError::Execution(e.to_string()))?;
+        let error = |e: histogram::HistogramError| DataFusionError::Execution(e.to_string());
+        let bytes = histogram::encode(&self.0.histogram().map_err(error)?).map_err(error)?;
         Ok(ScalarValue::Binary(Some(bytes)))
     }
 }
@@ -148,12 +144,12 @@ impl Accumulator for Merge {
     }
 
     fn size(&self) -> usize {
-        std::mem::size_of_val(self) + self.0.distinct_values() * 8
+        std::mem::size_of_val(self) + self.0.buckets() * 8
     }
 }
 
 /// The `hdr_of` accumulator: values in, a histogram out (states merge like `hdr_merge`).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Record(Merge);
 
 impl Accumulator for Record {
@@ -164,7 +160,7 @@ impl Accumulator for Record {
             .ok_or_else(|| DataFusionError::Execution("hdr_of takes numbers".into()))?;
         for v in values.iter().flatten().filter(|v| v.is_finite()) {
             let scaled = (v.max(0.0) * SCALE).round().min(u64::MAX as f64 / 2.0) as u64;
-            self.0 .0.record(scaled).map_err(|e| DataFusionError::Execution(format!("hdr_of: {e:?}")))?;
+            self.0 .0.record(scaled).map_err(|e| DataFusionError::Execution(format!("hdr_of: {e}")))?;
         }
         Ok(())
     }
@@ -186,11 +182,33 @@ impl Accumulator for Record {
     }
 }
 
-/// A histogram column as plain `Binary` (Parquet may give views or large binaries).
-fn binary(array: &ArrayRef, function: &str) -> Result<BinaryArray> {
-    let not_binary = || DataFusionError::Execution(format!("{function} takes a histogram (BINARY) column"));
-    let plain = cast(array, &DataType::Binary).map_err(|_| not_binary())?;
-    plain.as_binary_opt::<i32>().cloned().ok_or_else(not_binary)
+/// The values of a histogram column as they are (Parquet gives binaries, large binaries or
+/// views), without copying them.
+fn binary_values<'a>(array: &'a ArrayRef, function: &str) -> Result<Box<dyn Iterator<Item = Option<&'a [u8]>> + 'a>> {
+    if let Some(a) = array.as_binary_opt::<i32>() {
+        return Ok(Box::new(a.iter()));
+    }
+    if let Some(a) = array.as_binary_view_opt() {
+        return Ok(Box::new(a.iter()));
+    }
+    if let Some(a) = array.as_binary_opt::<i64>() {
+        return Ok(Box::new(a.iter()));
+    }
+    Err(DataFusionError::Execution(format!("{function} takes a histogram (BINARY) column")))
+}
+
+/// The values of a text column as they are (strings, large strings or views).
+fn string_values<'a>(array: &'a ArrayRef, function: &str) -> Result<Box<dyn Iterator<Item = Option<&'a str>> + 'a>> {
+    if let Some(a) = array.as_string_opt::<i32>() {
+        return Ok(Box::new(a.iter()));
+    }
+    if let Some(a) = array.as_string_view_opt() {
+        return Ok(Box::new(a.iter()));
+    }
+    if let Some(a) = array.as_string_opt::<i64>() {
+        return Ok(Box::new(a.iter()));
+    }
+    Err(DataFusionError::Execution(format!("{function} takes text")))
 }
 
 /// Apply `f` to each histogram of the first argument.
@@ -200,8 +218,7 @@ fn per_histogram(args: &[ColumnarValue], function: &str, f: impl Fn(&Histogram<u
     };
     let scalar = matches!(arg, ColumnarValue::Scalar(_));
     let array = arg.to_array(1)?;
-    let out: Int64Array = binary(&array, function)?
-        .iter()
+    let out: Int64Array = binary_values(&array, function)?
         .map(|b| b.map(|b| decode(b, function).map(|h| f(&h))).transpose())
         .collect::<Result<_>>()?;
     answer(Arc::new(out), scalar)
@@ -230,19 +247,18 @@ fn answer(out: ArrayRef, scalar: bool) -> Result<ColumnarValue> {
 
 fn quantile(args: &[ColumnarValue]) -> Result<ColumnarValue> {
     let (h, q, scalar) = two_arrays(args, "hdr_quantile takes (histogram, quantile)")?;
-    let n = h.len();
-    let (h, q) = (binary(&h, "hdr_quantile")?, q.as_primitive::<datafusion::arrow::datatypes::Float64Type>());
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        if h.is_null(i) || q.is_null(i) {
+    let q = cast(&q, &DataType::Float64)?;
+    let q = q.as_primitive::<datafusion::arrow::datatypes::Float64Type>();
+    let mut out = Vec::with_capacity(h.len());
+    for (h, q) in binary_values(&h, "hdr_quantile")?.zip(q.iter()) {
+        let (Some(h), Some(quant)) = (h, q) else {
             out.push(None);
             continue;
-        }
-        let quant = q.value(i);
+        };
         if !(0.0..=1.0).contains(&quant) {
             return Err(DataFusionError::Execution(format!("hdr_quantile: quantile {quant} is not in 0..1")));
         }
-        let hist = decode(h.value(i), "hdr_quantile")?;
+        let hist = decode(h, "hdr_quantile")?;
         out.push((!hist.is_empty()).then(|| hist.value_at_quantile(quant) as f64 / SCALE));
     }
     answer(Arc::new(Float64Array::from(out)), scalar)
@@ -258,19 +274,19 @@ pub fn tag_value<'a>(tags: &'a str, key: &str) -> Option<&'a str> {
 }
 
 fn tag(args: &[ColumnarValue]) -> Result<ColumnarValue> {
+    // The usual call names one key for every row: no column of copies of it.
+    if let [tags @ ColumnarValue::Array(_), ColumnarValue::Scalar(key)] = args {
+        let key = match key {
+            ScalarValue::Utf8(k) | ScalarValue::Utf8View(k) | ScalarValue::LargeUtf8(k) => k.as_deref(),
+            _ => return Err(DataFusionError::Execution("tag takes (text, text)".into())),
+        };
+        let tags = tags.to_array(1)?;
+        let out: StringArray = string_values(&tags, "tag")?.map(|t| tag_value(t?, key?)).collect();
+        return Ok(ColumnarValue::Array(Arc::new(out)));
+    }
     let (tags, key, scalar) = two_arrays(args, "tag takes (tags, key)")?;
-    let (tags, key) = (cast(&tags, &DataType::Utf8)?, cast(&key, &DataType::Utf8)?);
-    let not_text = || DataFusionError::Execution("tag takes (text, text)".into());
-    let (tags, key) =
-        (tags.as_string_opt::<i32>().ok_or_else(not_text)?, key.as_string_opt::<i32>().ok_or_else(not_text)?);
-    let out: StringArray = tags
-        .iter()
-        .zip(key.iter())
-        .map(|(t, k)| match (t, k) {
-            (Some(t), Some(k)) => tag_value(t, k),
-            _ => None,
-        })
-        .collect();
+    let out: StringArray =
+        string_values(&tags, "tag")?.zip(string_values(&key, "tag")?).map(|(t, k)| tag_value(t?, k?)).collect();
     answer(Arc::new(out), scalar)
 }
 
