@@ -370,13 +370,13 @@ pub(crate) fn run(records: u64, lookups: u64, rate: u64, clients: usize) -> Resu
     ))?);
     let ask = |i: u64| {
         let (node, k) = ids[i as usize];
-        let (asker, stats, names) = (asker.clone(), stats.clone(), names.clone());
+        let (asker, names) = (asker.clone(), names.clone());
         async move {
             let id = msg_id(node, k);
             let key = switchboard_bus::dlr::record::store_key(CONNECTOR, &id);
             let first = switchboard_bus::dlr::rendezvous::first_holder(&key, names.iter().map(String::as_str))
                 .context("no live node")?;
-            match asker.ask(first, CONNECTOR, &id, Duration::from_secs(2), &stats.ask_timeouts).await? {
+            match asker.ask(first, CONNECTOR, &id, Duration::from_secs(2)).await? {
                 Some(_) => Ok(()),
                 None => bail!("{id}: {first} has no answer"),
             }
@@ -441,8 +441,8 @@ pub(crate) fn run(records: u64, lookups: u64, rate: u64, clients: usize) -> Resu
         Err(e) => println!("{:<44} skipped: {e:#}", "shared Redis hash"),
     }
 
-    let r = closed_loop(&rt, &session, &prefix, &names, &ids)?;
-    println!("{:<44} {:>10.0}   (64 lookups in flight, 1 client)", "bus query, as fast as it goes", r);
+    let r = closed_loop(&rt, |i| Box::pin(ask(i)), lookups)?;
+    println!("{:<44} {:>10.0}   (64 lookups in flight, 1 client)", "bus: ask stream, as fast as it goes", r);
 
     println!("\nmemory and disk of the agents (each holds its own records and copies of others'):");
     for (i, n) in nodes.iter().enumerate() {
@@ -560,29 +560,28 @@ fn zenoh_floor(rt: &tokio::runtime::Runtime, n: u64, rate: u64) -> Result<((f64,
     })
 }
 
-/// Lookups of the node that must hold each id, 64 in flight from one zenoh session: lookups/s.
+/// Lookups of the node that must hold each id on the ask stream, 64 in flight from one zenoh
+/// session: lookups/s.
 fn closed_loop(
     rt: &tokio::runtime::Runtime,
-    session: &zenoh::Session,
-    prefix: &str,
-    nodes: &[String],
-    ids: &[(usize, u64)],
+    ask: impl Fn(u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>,
+    n: u64,
 ) -> Result<f64> {
-    let n = ids.len().min(100_000);
+    let n = n.min(100_000);
     let start = Instant::now();
     rt.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
-        for chunk in ids[..n].chunks(n.div_ceil(64)) {
-            let (session, prefix, nodes, chunk) = (session.clone(), prefix.to_owned(), nodes.to_vec(), chunk.to_vec());
-            tasks.spawn(async move {
-                for (node, k) in chunk {
-                    lookup(&session, &prefix, &nodes, &msg_id(node, k), false, Duration::from_secs(5)).await?;
-                }
-                Ok::<_, anyhow::Error>(())
-            });
+        let mut next = 0u64;
+        while next < n && tasks.len() < 64 {
+            tasks.spawn(ask(next));
+            next += 1;
         }
         while let Some(r) = tasks.join_next().await {
             r.map_err(|e| anyhow::anyhow!("{e}"))??;
+            if next < n {
+                tasks.spawn(ask(next));
+                next += 1;
+            }
         }
         Ok::<_, anyhow::Error>(())
     })?;

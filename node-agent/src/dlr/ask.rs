@@ -111,6 +111,7 @@ pub struct Asker {
     next: AtomicU64,
     pending: PendingAsks,
     routes: Mutex<HashMap<Arc<str>, Arc<Route>>>,
+    stats: Arc<DlrStats>,
     _answers: Subscriber<()>,
 }
 
@@ -125,7 +126,7 @@ impl Asker {
         let client = format!("{node}.{}", session.zid());
         let key = keys.dlr_answer(&client).map_err(|e| AgentError::Bus(e.to_string()))?;
         let pending: PendingAsks = Arc::default();
-        let waiting = pending.clone();
+        let (waiting, counters) = (pending.clone(), stats.clone());
         let answers = session
             .declare_subscriber(key)
             .callback(move |sample| match serde_json::from_slice::<DlrAnswer>(&sample.payload().to_bytes()) {
@@ -137,7 +138,7 @@ impl Asker {
                     }
                 }
                 Err(e) => {
-                    stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+                    counters.bad_requests.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(error = %e, "a DLR answer that is not a dlr_answer");
                 }
             })
@@ -150,20 +151,21 @@ impl Asker {
             next: AtomicU64::new(0),
             pending,
             routes: Mutex::new(HashMap::new()),
+            stats,
             _answers: answers,
         })
     }
 
     /// Ask `node` for `(connector, canonical id)`: its reply (`None` when it holds nothing), or
-    /// `Ok(None)` as well when no node listens there or it did not answer within `timeout`
-    /// (counted in `timeouts`).
+    /// `Ok(None)` as well when no node listens there, it did not answer within `timeout`
+    /// (counted in `ask_timeouts`) or its answer is for another lookup (counted in
+    /// `bad_requests`).
     pub async fn ask(
         &self,
         node: &str,
         connector: &str,
         canonical: &str,
         timeout: Duration,
-        timeouts: &AtomicU64,
     ) -> Result<Option<LookupReply>, DlrError> {
         let route = self.route(node).await?;
         if !route.listening.load(Ordering::Acquire) {
@@ -190,13 +192,19 @@ impl Asker {
             Ok(Err(_)) => return Ok(None),
             Err(_) => {
                 self.lock().remove(&n);
-                timeouts.fetch_add(1, Ordering::Relaxed);
+                self.stats.ask_timeouts.fetch_add(1, Ordering::Relaxed);
                 return Ok(None);
             }
         };
-        match answer.error {
-            Some(e) => Err(DlrError::Bus(format!("node {node}: {e}"))),
-            None => Ok(answer.reply),
+        match (answer.error, answer.reply) {
+            (Some(e), _) => Err(DlrError::Bus(format!("node {node}: {e}"))),
+            // Another asker using the same answer key could be answered with the same number.
+            (None, Some(r)) if r.record.connector != connector || r.record.id != canonical => {
+                self.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(node, client = %self.client, "an answer for another lookup: is the answer key shared?");
+                Ok(None)
+            }
+            (None, reply) => Ok(reply),
         }
     }
 

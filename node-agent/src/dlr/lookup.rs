@@ -156,7 +156,7 @@ pub(crate) async fn query_first_holder(
         return Ok(service.answer(connector, canonical, None)?.map(|r| (r, started.elapsed())));
     }
     let timeout = Duration::from_millis(service.settings.timeout_ms);
-    let reply = service.asker.ask(first, connector, canonical, timeout, &service.stats.ask_timeouts).await?;
+    let reply = service.asker.ask(first, connector, canonical, timeout).await?;
     Ok(reply.map(|r| (r, started.elapsed())))
 }
 
