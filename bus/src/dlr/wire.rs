@@ -96,6 +96,22 @@ pub struct DlrAsk {
     pub id: String,
 }
 
+impl DlrAsk {
+    /// The JSON of an ask, without owning its fields (one is sent per lookup).
+    pub fn encode(reply_to: &str, n: u64, connector: &str, id: &str) -> Result<Vec<u8>, serde_json::Error> {
+        /// The same fields as [`DlrAsk`], borrowed.
+        #[derive(Serialize)]
+        struct Borrowed<'a> {
+            version: u32,
+            reply_to: &'a str,
+            n: u64,
+            connector: &'a str,
+            id: &'a str,
+        }
+        serde_json::to_vec(&Borrowed { version: DOC_VERSION, reply_to, n, connector, id })
+    }
+}
+
 /// A node's answer to a [`DlrAsk`]: always sent, so the asker need not wait out a timeout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DlrAnswer {
@@ -176,6 +192,15 @@ mod tests {
         assert!(r.r#final);
         let text = serde_json::to_string(&ReplicaOp::Drop { connector: "c".into(), id: "1".into() }).unwrap();
         assert_eq!(text, r#"{"drop":{"connector":"c","id":"1"}}"#);
+    }
+
+    #[test]
+    fn borrowed_asks_encode_as_owned_ones() {
+        let owned =
+            DlrAsk { version: DOC_VERSION, reply_to: "gw1.c0".into(), n: 17, connector: "c".into(), id: "26".into() };
+        let borrowed = DlrAsk::encode("gw1.c0", 17, "c", "26").unwrap();
+        assert_eq!(borrowed, serde_json::to_vec(&owned).unwrap());
+        assert_eq!(serde_json::from_slice::<DlrAsk>(&borrowed).unwrap(), owned);
     }
 
     #[test]

@@ -96,6 +96,7 @@ type PendingAsks = Arc<Mutex<HashMap<u64, Pending>>>;
 /// A publisher of asks to one node, and the listener that ends its asks when the node's
 /// subscriber goes away.
 struct Route {
+    node: Arc<str>,
     publisher: Publisher<'static>,
     /// Whether the node's subscriber is there: kept by the listener, which zenoh calls at once
     /// when it is there already.
@@ -172,23 +173,16 @@ impl Asker {
             return Ok(None);
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let body = serde_json::to_vec(&DlrAsk {
-            version: DOC_VERSION,
-            reply_to: self.client.clone(),
-            n,
-            connector: connector.to_owned(),
-            id: canonical.to_owned(),
-        })
-        .map_err(|e| DlrError::Bus(e.to_string()))?;
+        let body = DlrAsk::encode(&self.client, n, connector, canonical).map_err(|e| DlrError::Bus(e.to_string()))?;
         let (tx, rx) = oneshot::channel();
-        self.lock().insert(n, Pending { node: Arc::from(node), answer: tx });
+        self.lock().insert(n, Pending { node: route.node.clone(), answer: tx });
         if let Err(e) = route.publisher.put(body).await {
             self.lock().remove(&n);
             return Err(DlrError::Bus(e.to_string()));
         }
         let answer = match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(answer)) => answer,
-            // The node's subscriber went away (dropped the ask) or the time is up.
+            // The node's subscriber went away: the listener dropped the ask.
             Ok(Err(_)) => return Ok(None),
             Err(_) => {
                 self.lock().remove(&n);
@@ -237,7 +231,7 @@ impl Asker {
             })
             .await
             .map_err(|e| DlrError::Bus(e.to_string()))?;
-        let route = Arc::new(Route { publisher, listening, _listener: listener });
+        let route = Arc::new(Route { node: Arc::from(node), publisher, listening, _listener: listener });
         // Two first asks may race here: the first route stored wins, the other is dropped.
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         Ok(routes.entry(Arc::from(node)).or_insert(route).clone())
