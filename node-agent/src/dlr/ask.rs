@@ -79,7 +79,8 @@ fn answer(service: &DlrService, payload: &[u8]) {
             return;
         }
     };
-    if let Err(e) = service.session.put(to, body).congestion_control(CongestionControl::Block).wait() {
+    // Express: sent at once, never held back in a batch waiting for more (see `Asker::route`).
+    if let Err(e) = service.session.put(to, body).congestion_control(CongestionControl::Block).express(true).wait() {
         tracing::warn!(error = %e, "cannot send a DLR answer");
     }
 }
@@ -216,6 +217,10 @@ impl Asker {
             .session
             .declare_publisher(key)
             .congestion_control(CongestionControl::Block)
+            // An ask is one small message someone waits for: zenoh's transmit side would hold a
+            // batch that is being written to for up to its batching time limit (1 ms by
+            // default, in timer ticks of 1 ms) to fill it; express sends it at once.
+            .express(true)
             .await
             .map_err(|e| DlrError::Bus(e.to_string()))?;
         let listening = Arc::new(AtomicBool::new(false));
