@@ -2,6 +2,11 @@
 
 use clap::Parser;
 
+/// mimalloc, not glibc's allocator: glibc's consolidation of its free lists held a zenoh receive
+/// thread for 1-5 ms at a time under DLR lookups, which set their p99.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = switchboard::cli::Cli::parse();
     match switchboard::cli::run(cli) {

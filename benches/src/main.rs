@@ -20,6 +20,10 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use switchboard_agent::parse::Format;
 
+/// The allocator of the `switchboard` binary, so the in-process nodes allocate as agents do.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Switchboard benchmarks (build with --release).
 #[derive(Debug, Parser)]
 #[command(name = "sb-bench")]
