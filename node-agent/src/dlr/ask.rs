@@ -25,13 +25,15 @@ use zenoh::pubsub::{Publisher, Subscriber};
 use zenoh::qos::CongestionControl;
 use zenoh::Wait;
 
+use super::answerer::Answerer;
 use super::{DlrError, DlrService, DlrStats};
 use crate::AgentError;
 
-/// Answer every ask published for this node until `cancel` fires, in zenoh's callback (one
-/// store read and one put; no hand-over to another thread).
+/// Answer every ask published for this node until `cancel` fires, on the [`Answerer`]'s thread
+/// (one store read and one put).
 pub(crate) async fn serve(
     service: Arc<DlrService>,
+    answerer: Answerer,
     tracker: &TaskTracker,
     cancel: CancellationToken,
 ) -> Result<(), AgentError> {
@@ -40,7 +42,10 @@ pub(crate) async fn serve(
     let subscriber = service
         .session
         .declare_subscriber(key)
-        .callback(move |sample| answer(&svc, &sample.payload().to_bytes()))
+        .callback(move |sample| {
+            let svc = svc.clone();
+            answerer.run(move || answer(&svc, &sample.payload().to_bytes()));
+        })
         .await
         .map_err(|e| AgentError::Bus(format!("DLR asks: {e}")))?;
     tracker.spawn(async move {

@@ -29,15 +29,16 @@ use tokio_util::task::TaskTracker;
 use zenoh::query::{ConsolidationMode, Query, QueryTarget};
 use zenoh::Wait;
 
+use super::answerer::Answerer;
 use super::{DlrError, DlrService};
 use crate::AgentError;
 
 /// Declare the lookup queryables (every node's and this node's own) and answer them until
-/// `cancel` fires. A plain lookup is answered in zenoh's callback, on the thread that received
-/// it (one store read, no hand-over to another thread); one that carries a report or may wait
-/// is handed to the runtime.
+/// `cancel` fires. A plain lookup is answered on the [`Answerer`]'s thread (one store read);
+/// one that carries a report or may wait is handed to the runtime.
 pub(crate) async fn serve(
     service: Arc<DlrService>,
+    answerer: Answerer,
     tracker: &TaskTracker,
     cancel: CancellationToken,
 ) -> Result<(), AgentError> {
@@ -45,7 +46,7 @@ pub(crate) async fn serve(
     let keys = [service.keys.all_dlr_ids(), service.keys.all_dlr_at(&service.node)];
     for key in keys {
         let key = key.map_err(|e| AgentError::Bus(e.to_string()))?;
-        let (svc, runtime) = (service.clone(), runtime.clone());
+        let (svc, runtime, answerer) = (service.clone(), runtime.clone(), answerer.clone());
         let queryable = service
             .session
             .declare_queryable(key)
@@ -57,13 +58,16 @@ pub(crate) async fn serve(
                     }
                 }
                 Ok(req) if req.report.is_none() && req.wait.is_zero() => {
-                    let reply = svc.answer(&req.connector, &req.id, None);
-                    if let Some(answer) = encode(&svc, reply) {
-                        let _ = match answer {
-                            Ok(body) => query.reply(query.key_expr().clone(), body).wait(),
-                            Err(e) => query.reply_err(e).wait(),
-                        };
-                    }
+                    let svc = svc.clone();
+                    answerer.run(move || {
+                        let reply = svc.answer(&req.connector, &req.id, None);
+                        if let Some(answer) = encode(&svc, reply) {
+                            let _ = match answer {
+                                Ok(body) => query.reply(query.key_expr().clone(), body).wait(),
+                                Err(e) => query.reply_err(e).wait(),
+                            };
+                        }
+                    });
                 }
                 Ok(req) => {
                     runtime.spawn(answer_later(svc.clone(), query, req));

@@ -11,6 +11,7 @@
 //! [`events`] records what happened for the collector's `dlr` table; [`http`] is the
 //! gateway's API (docs/dlr-api.md).
 
+mod answerer;
 pub mod ask;
 pub mod events;
 pub mod http;
@@ -340,8 +341,9 @@ impl DlrService {
         });
         let size = service.store.size();
         tracing::info!(records = size.records, inbox = size.inbox, disk_bytes = size.disk_bytes, "DLR store open");
-        lookup::serve(service.clone(), tracker, cancel.clone()).await?;
-        ask::serve(service.clone(), tracker, cancel.clone()).await?;
+        let answerer = answerer::Answerer::start()?;
+        lookup::serve(service.clone(), answerer.clone(), tracker, cancel.clone()).await?;
+        ask::serve(service.clone(), answerer, tracker, cancel.clone()).await?;
         replicate::serve(service.clone(), tracker, cancel.clone()).await?;
         tracker.spawn(replicate::run(service.clone(), changes_rx, cancel.clone()));
         tracker.spawn(service.clone().sweep(cancel.clone()));

@@ -1,0 +1,60 @@
+//! The thread that answers this node's lookups and asks.
+//!
+//! zenoh runs subscriber and queryable callbacks on the thread that reads the link. A store read
+//! there that waits for the disk (a data block evicted from the OS page cache) would hold up
+//! everything else that peer sends: copies of records, rate-limit counters, liveliness. So the
+//! callbacks only parse and hand the answer over; a store read that waits holds up the answers
+//! behind it, nothing else. One thread keeps the extra hand-off at one wake-up per answer, and
+//! fewer when answers queue.
+
+use crate::AgentError;
+
+/// One answer to give.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A handle to the answering thread; clones share it. The thread ends when the last handle is
+/// dropped (the callbacks' with their subscribers and queryables), after the answers queued.
+#[derive(Clone)]
+pub(crate) struct Answerer {
+    jobs: flume::Sender<Job>,
+}
+
+impl Answerer {
+    /// Start the thread.
+    pub(crate) fn start() -> Result<Self, AgentError> {
+        let (jobs, queue) = flume::unbounded::<Job>();
+        std::thread::Builder::new()
+            .name("dlr-answer".into())
+            .spawn(move || {
+                while let Ok(job) = queue.recv() {
+                    job();
+                }
+            })
+            .map_err(|e| AgentError::Bus(format!("cannot start the DLR answering thread: {e}")))?;
+        Ok(Self { jobs })
+    }
+
+    /// Give an answer on the answering thread.
+    pub(crate) fn run(&self, job: impl FnOnce() + Send + 'static) {
+        // The receiver lives as long as any sender, this one included: the send cannot fail.
+        let _ = self.jobs.send(Box::new(job));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_run_in_order_on_one_thread() {
+        let answerer = Answerer::start().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for i in 0..100 {
+            let tx = tx.clone();
+            answerer.run(move || tx.send((i, std::thread::current().name().map(str::to_owned))).unwrap());
+        }
+        let got: Vec<_> = (0..100).map(|_| rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap()).collect();
+        assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), (0..100).collect::<Vec<_>>());
+        assert!(got.iter().all(|g| g.1.as_deref() == Some("dlr-answer")));
+    }
+}
