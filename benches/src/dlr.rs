@@ -18,7 +18,7 @@
 //!   (`"local": true` on each agent's API);
 //! - a shared Redis hash (HGET), with the same records loaded, when `redis-server` is available.
 //!
-//! Then memory per open record in the agents' processes (RSS growth over the records each holds,
+//! The ask-stream row runs `--repeat` times, each printed. Then memory per open record in the agents' processes (RSS growth over the records each holds,
 //! its own and its copies) and disk per record.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -231,14 +231,26 @@ fn with_cpu<T>(servers: &[u32], n: u64, f: impl FnOnce() -> Result<T>) -> Result
     Ok((out, Cpu { servers: used as f64 / n, client: cpu_us(me).saturating_sub(mine) as f64 / n }))
 }
 
-pub(crate) fn run(records: u64, lookups: u64, rate: u64, clients: usize) -> Result<()> {
+/// What `sb-bench dlr` runs (see its `--help`).
+pub(crate) struct DlrBench {
+    pub(crate) records: u64,
+    pub(crate) lookups: u64,
+    pub(crate) rate: u64,
+    pub(crate) clients: usize,
+    pub(crate) cache_mb: u64,
+    pub(crate) repeat: u32,
+}
+
+pub(crate) fn run(bench: &DlrBench) -> Result<()> {
+    let DlrBench { records, lookups, rate, clients, cache_mb, repeat } = *bench;
     let dir = tempfile::tempdir()?;
     if std::env::var_os("SWITCHBOARD_LOG").is_some() {
         println!("node logs in {} (kept)", dir.path().display());
     }
     let cluster = format!("dlrbench{}", std::process::id());
     let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect::<Result<_>>()?;
-    let extra = "[limits]\nenabled = false\n\n[dlr]\nrecord_events = false\n";
+    let extra = format!("[limits]\nenabled = false\n\n[dlr]\nrecord_events = false\ncache_mb = {cache_mb}\n");
+    let extra = extra.as_str();
     let nodes: Vec<NodeProc> =
         (0..NODES).map(|i| spawn_node(dir.path(), &cluster, i, ports[i], &ports[..i], extra)).collect::<Result<_>>()?;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -315,7 +327,7 @@ pub(crate) fn run(records: u64, lookups: u64, rate: u64, clients: usize) -> Resu
         }
         last = disk;
     }
-    println!("stores settled after {:.1?} more", settle.elapsed());
+    println!("stores settled after {:.1?} more; block cache {cache_mb} MiB per agent", settle.elapsed());
 
     let ids = picks(lookups, records);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -388,6 +400,12 @@ pub(crate) fn run(records: u64, lookups: u64, rate: u64, clients: usize) -> Resu
     let ((r, bus), cpu) = with_cpu(&pids, lookups, || paced_async(&rt, lookups, rate, ask))?;
     let ours = bus.value_at_quantile(0.99);
     row("bus: ask stream, the node that must hold it", r, &bus, ours, cpu);
+    for _ in 1..repeat {
+        let ((r, bus), cpu) = with_cpu(&pids, lookups, || paced_async(&rt, lookups, rate, ask))?;
+        row("bus: ask stream, again", r, &bus, ours, cpu);
+    }
+    let ((r, h), cpu) = with_cpu(&pids, lookups, || ask_stream_bare(&session, &keys, &names, &ids, lookups, rate))?;
+    row("bus: ask stream, bare client (no runtime)", r, &h, ours, cpu);
     let ((r, h), cpu) = bus_row(false)?;
     row("bus: query the node that must hold it", r, &h, ours, cpu);
     let ((r, h), cpu) = bus_row(true)?;
@@ -508,6 +526,83 @@ async fn lookup(
         }
     }
     bail!("{key}: no answer")
+}
+
+/// The ask stream as any zenoh client can speak it (docs/protocol.md), with no async runtime:
+/// the pacing thread publishes each ask itself and the answer subscriber's callback takes the
+/// latency, so the client adds no thread hand-off of its own to the bus round trip.
+fn ask_stream_bare(
+    session: &zenoh::Session,
+    keys: &switchboard_bus::keys::KeySpace,
+    names: &[String],
+    ids: &[(usize, u64)],
+    n: u64,
+    rate: u64,
+) -> Result<(f64, Histogram<u64>)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    use switchboard_bus::dlr::wire::{DlrAnswer, DlrAsk};
+    use zenoh::Wait;
+
+    let client = format!("bare.{}", session.zid());
+    let gap = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = Instant::now() + Duration::from_millis(100);
+    let latencies = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+    let (answered, missed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (h, a, m) = (latencies.clone(), answered.clone(), missed.clone());
+    let _answers = session
+        .declare_subscriber(keys.dlr_answer(&client)?)
+        .callback(move |sample| {
+            let took = Instant::now();
+            match serde_json::from_slice::<DlrAnswer>(&sample.payload().to_bytes()) {
+                Ok(DlrAnswer { n, reply: Some(_), .. }) => {
+                    let due = start + gap.mul_f64(n as f64);
+                    h.lock().unwrap_or_else(|p| p.into_inner()).record(took.duration_since(due).as_nanos() as u64).ok();
+                }
+                _ => {
+                    m.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            a.fetch_add(1, Ordering::Relaxed);
+        })
+        .wait()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let publishers = names
+        .iter()
+        .map(|node| {
+            session
+                .declare_publisher(keys.dlr_ask(node)?)
+                .congestion_control(zenoh::qos::CongestionControl::Block)
+                .express(true)
+                .wait()
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    std::thread::sleep(start.saturating_duration_since(Instant::now()));
+    for i in 0..n {
+        let due = start + gap.mul_f64(i as f64);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let (node, k) = ids[i as usize];
+        let id = msg_id(node, k);
+        let key = switchboard_bus::dlr::record::store_key(CONNECTOR, &id);
+        let first = switchboard_bus::dlr::rendezvous::first_holder(&key, names.iter().map(String::as_str))
+            .context("no live node")?;
+        let at = names.iter().position(|m| m == first).context("an unknown node")?;
+        publishers[at].put(DlrAsk::encode(&client, i, CONNECTOR, &id)?).wait().map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answered.load(Ordering::Relaxed) < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (got, bad) = (answered.load(Ordering::Relaxed), missed.load(Ordering::Relaxed));
+    if got < n || bad > 0 {
+        bail!("bare ask stream: {got} of {n} asks answered, {bad} without the record");
+    }
+    let h = latencies.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Ok((n as f64 / start.elapsed().as_secs_f64(), h))
 }
 
 /// The floor zenoh sets: a queryable in its own session (over loopback TCP, in this process)

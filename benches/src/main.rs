@@ -87,6 +87,14 @@ enum Bench {
         /// gateway threads).
         #[arg(long, default_value_t = 8)]
         clients: usize,
+        /// The agents' DLR block cache, in MiB (`dlr.cache_mb`). 256 holds the data blocks of
+        /// the 2,000,000 records each node holds at the default `--records`, so lookups read
+        /// memory as in an agent sized for its records; its memory counts in the figures.
+        #[arg(long, default_value_t = 256)]
+        cache_mb: u64,
+        /// Times the ask-stream row is run, each printed (the spread of its p99).
+        #[arg(long, default_value_t = 3)]
+        repeat: u32,
     },
     /// One node of the accuracy run (started by `limits`): a node agent from a config file.
     #[command(hide = true)]
@@ -151,7 +159,9 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Bench::Dlr { records, lookups, rate, clients } => dlr::run(records, lookups, rate, clients),
+        Bench::Dlr { records, lookups, rate, clients, cache_mb, repeat } => {
+            dlr::run(&dlr::DlrBench { records, lookups, rate, clients, cache_mb, repeat })
+        }
         Bench::LimitsNode { config } => limits_cluster::node(&config),
         Bench::Query { data, logs, metrics, nodes, runs } => {
             query::run(&query::QueryBench { data, logs, metrics, nodes, runs })
