@@ -5,12 +5,17 @@
 //! everything else that peer sends: copies of records, rate-limit counters, liveliness. So the
 //! callbacks only parse and hand the answer over; a store read that waits holds up the answers
 //! behind it, nothing else. One thread keeps the extra hand-off at one wake-up per answer, and
-//! fewer when answers queue.
+//! fewer when answers queue; queued answers are batched on the wire.
 
 use crate::AgentError;
 
-/// One answer to give.
-type Job = Box<dyn FnOnce() + Send>;
+/// One answer to give, told whether more are queued behind it.
+type Job = Box<dyn FnOnce(Queued) + Send>;
+
+/// Whether more answers wait behind this one: an answer with others behind it may wait in
+/// zenoh's batch for them; the last one goes out at once and takes the batch with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Queued(pub(crate) bool);
 
 /// A handle to the answering thread; clones share it. The thread ends when the last handle is
 /// dropped (the callbacks' with their subscribers and queryables), after the answers queued.
@@ -27,7 +32,7 @@ impl Answerer {
             .name("dlr-answer".into())
             .spawn(move || {
                 while let Ok(job) = queue.recv() {
-                    job();
+                    job(Queued(!queue.is_empty()));
                 }
             })
             .map_err(|e| AgentError::Bus(format!("cannot start the DLR answering thread: {e}")))?;
@@ -35,7 +40,7 @@ impl Answerer {
     }
 
     /// Give an answer on the answering thread.
-    pub(crate) fn run(&self, job: impl FnOnce() + Send + 'static) {
+    pub(crate) fn run(&self, job: impl FnOnce(Queued) + Send + 'static) {
         // The receiver lives as long as any sender, this one included: the send cannot fail.
         let _ = self.jobs.send(Box::new(job));
     }
@@ -51,7 +56,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         for i in 0..100 {
             let tx = tx.clone();
-            answerer.run(move || tx.send((i, std::thread::current().name().map(str::to_owned))).unwrap());
+            answerer.run(move |_| tx.send((i, std::thread::current().name().map(str::to_owned))).unwrap());
         }
         let got: Vec<_> = (0..100).map(|_| rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap()).collect();
         assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), (0..100).collect::<Vec<_>>());

@@ -25,7 +25,7 @@ use zenoh::pubsub::{Publisher, Subscriber};
 use zenoh::qos::CongestionControl;
 use zenoh::Wait;
 
-use super::answerer::Answerer;
+use super::answerer::{Answerer, Queued};
 use super::{DlrError, DlrService, DlrStats};
 use crate::AgentError;
 
@@ -44,7 +44,7 @@ pub(crate) async fn serve(
         .declare_subscriber(key)
         .callback(move |sample| {
             let svc = svc.clone();
-            answerer.run(move || answer(&svc, &sample.payload().to_bytes()));
+            answerer.run(move |queued| answer(&svc, &sample.payload().to_bytes(), queued));
         })
         .await
         .map_err(|e| AgentError::Bus(format!("DLR asks: {e}")))?;
@@ -56,7 +56,7 @@ pub(crate) async fn serve(
 }
 
 /// Answer one ask; a malformed one (no usable `reply_to`) is counted and dropped.
-fn answer(service: &DlrService, payload: &[u8]) {
+fn answer(service: &DlrService, payload: &[u8], queued: Queued) {
     let ask = match serde_json::from_slice::<DlrAsk>(payload) {
         Ok(ask) => ask,
         Err(e) => {
@@ -84,8 +84,10 @@ fn answer(service: &DlrService, payload: &[u8]) {
             return;
         }
     };
-    // Express: sent at once, never held back in a batch waiting for more (see `Asker::route`).
-    if let Err(e) = service.session.put(to, body).congestion_control(CongestionControl::Block).express(true).wait() {
+    // The last answer queued is express: sent at once with the batch of those before it, which
+    // zenoh would otherwise hold for up to its batching limit (see `Asker::route`).
+    let put = service.session.put(to, body).congestion_control(CongestionControl::Block).express(!queued.0);
+    if let Err(e) = put.wait() {
         tracing::warn!(error = %e, "cannot send a DLR answer");
     }
 }

@@ -59,7 +59,7 @@ pub(crate) async fn serve(
                 }
                 Ok(req) if req.report.is_none() && req.wait.is_zero() => {
                     let svc = svc.clone();
-                    answerer.run(move || {
+                    answerer.run(move |_| {
                         let reply = svc.answer(&req.connector, &req.id, None);
                         if let Some(answer) = encode(&svc, reply) {
                             let _ = match answer {
