@@ -1,13 +1,15 @@
 //! DLR lookups across three node processes with `--records` open records registered on each.
 //!
 //! Rows, each paced at `--rate` lookups/s, latency measured from the scheduled send time, ids
-//! drawn at random over every node's records. The bus rows are one async zenoh client (one
-//! pacing thread starting each lookup as a task, as an agent resolves); the HTTP and Redis rows
+//! drawn at random over every node's records. The bus rows but the bare one are one async zenoh
+//! client (one pacing thread starting each lookup as a task, as an agent resolves); the HTTP and Redis rows
 //! are `--clients` threads with a connection each (a slow answer delays the next ones of its
 //! client and counts against them):
 //! - a zenoh client asking the node that must hold the id (the heaviest live node by rendezvous
 //!   weight: owner or copy) on the ask stream (`<prefix>/dlr/ask/<node>`), as agents do: one bus
 //!   round trip;
+//! - the same asks from a bare zenoh client: published by the pacing thread, latency taken in the
+//!   answer callback (the bus round trip without an async runtime's hand-offs);
 //! - the same as a query (`<prefix>/dlr/at/<node>/...`);
 //! - a zenoh client asking every node (`<prefix>/dlr/id/...`) and waiting for the owner's answer;
 //! - zenoh's own floor: a queryable in a second session of the bench answering a fixed reply,

@@ -5,9 +5,15 @@
 //! everything else that peer sends: copies of records, rate-limit counters, liveliness. So the
 //! callbacks only parse and hand the answer over; a store read that waits holds up the answers
 //! behind it, nothing else. One thread keeps the extra hand-off at one wake-up per answer, and
-//! fewer when answers queue; queued answers are batched on the wire.
+//! fewer when answers queue; queued answers are batched on the wire. The queue is bounded: when
+//! [`QUEUE`] answers wait, the callbacks wait too, and zenoh's flow control pushes back on the
+//! askers as it did when answers were given in the callback.
 
 use crate::AgentError;
+
+/// Answers that may wait for the thread before the callbacks wait for it (about 0.1 s of asks at
+/// 10,000/s).
+pub(crate) const QUEUE: usize = 1024;
 
 /// One answer to give, told whether more are queued behind it.
 type Job = Box<dyn FnOnce(Queued) + Send>;
@@ -27,7 +33,7 @@ pub(crate) struct Answerer {
 impl Answerer {
     /// Start the thread.
     pub(crate) fn start() -> Result<Self, AgentError> {
-        let (jobs, queue) = flume::unbounded::<Job>();
+        let (jobs, queue) = flume::bounded::<Job>(QUEUE);
         std::thread::Builder::new()
             .name("dlr-answer".into())
             .spawn(move || {
@@ -39,7 +45,7 @@ impl Answerer {
         Ok(Self { jobs })
     }
 
-    /// Give an answer on the answering thread.
+    /// Give an answer on the answering thread; waits while the queue is full.
     pub(crate) fn run(&self, job: impl FnOnce(Queued) + Send + 'static) {
         // The receiver lives as long as any sender, this one included: the send cannot fail.
         let _ = self.jobs.send(Box::new(job));
@@ -61,5 +67,21 @@ mod tests {
         let got: Vec<_> = (0..100).map(|_| rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap()).collect();
         assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), (0..100).collect::<Vec<_>>());
         assert!(got.iter().all(|g| g.1.as_deref() == Some("dlr-answer")));
+    }
+
+    #[test]
+    fn each_answer_knows_whether_more_wait_behind_it() {
+        let answerer = Answerer::start().unwrap();
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // The first answer holds the thread until three more are queued.
+        answerer.run(move |_| hold.recv_timeout(std::time::Duration::from_secs(5)).unwrap());
+        for i in 1..=3 {
+            let tx = tx.clone();
+            answerer.run(move |queued| tx.send((i, queued)).unwrap());
+        }
+        release.send(()).unwrap();
+        let got: Vec<_> = (0..3).map(|_| rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap()).collect();
+        assert_eq!(got, vec![(1, Queued(true)), (2, Queued(true)), (3, Queued(false))]);
     }
 }
