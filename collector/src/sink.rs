@@ -476,6 +476,59 @@ mod tests {
         assert_eq!(CollectorStats::get(&stats.rows_accepted), 3);
     }
 
+    /// `payload(0..n)` with column `i` replaced, as a publisher of its own might send it.
+    fn with_column(n: u64, i: usize, field: arrow::datatypes::Field, column: arrow::array::ArrayRef) -> Vec<u8> {
+        let batch = log_batch::decode(&payload(0..n, |_| T0)).unwrap();
+        let schema = batch.schema();
+        let mut fields: Vec<arrow::datatypes::FieldRef> = schema.fields().iter().cloned().collect();
+        fields[i] = Arc::new(field);
+        let mut columns = batch.columns().to_vec();
+        columns[i] = column;
+        let schema = arrow::datatypes::Schema::new_with_metadata(fields, schema.metadata().clone());
+        log_batch::encode(&RecordBatch::try_new(Arc::new(schema), columns).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_schema_mismatch_names_the_field_that_differs() {
+        use arrow::array::{LargeStringArray, MapBuilder, MapFieldNames, StringBuilder};
+        use arrow::datatypes::{DataType, Field};
+        // pyarrow's default map entry names (and the names it reads back whatever the wire said).
+        let names = MapFieldNames { entry: "entries".into(), key: "key".into(), value: "value".into() };
+        let mut map = MapBuilder::new(Some(names), StringBuilder::new(), StringBuilder::new());
+        for _ in 0..3 {
+            map.keys().append_value("msg_id");
+            map.values().append_value("m");
+            map.append(true).unwrap();
+        }
+        let map = map.finish();
+        let field = Field::new("fields", arrow::array::Array::data_type(&map).clone(), false);
+        let err = log_batch::decode(&with_column(3, 10, field, Arc::new(map))).unwrap_err().to_string();
+        assert!(err.contains("`fields.entries`: field 0 is named `key`, expected `keys`"), "{err}");
+
+        let level = LargeStringArray::from(vec![Some("info"); 3]);
+        let field = Field::new("level", DataType::LargeUtf8, true);
+        let err = log_batch::decode(&with_column(3, 5, field, Arc::new(level))).unwrap_err().to_string();
+        assert!(err.contains("`level` has type LargeUtf8, expected Utf8"), "{err}");
+
+        let seq = arrow::array::UInt64Array::from(vec![0, 1, 2]);
+        let field = Field::new("seq", DataType::UInt64, true);
+        let err = log_batch::decode(&with_column(3, 0, field, Arc::new(seq))).unwrap_err().to_string();
+        assert!(err.contains("`seq` is nullable, expected not nullable"), "{err}");
+
+        let message = arrow::array::StringArray::from(vec!["m"; 3]);
+        let field = Field::new("msg", DataType::Utf8, false);
+        let err = log_batch::decode(&with_column(3, 6, field, Arc::new(message))).unwrap_err().to_string();
+        assert!(err.contains("column 6 is named `msg`, expected `message`"), "{err}");
+
+        // The sink counts such a payload as malformed and stores nothing of it.
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, stats) = sink(dir.path(), 1 << 30);
+        let level = LargeStringArray::from(vec![Some("info"); 3]);
+        s.handle(&id(), &with_column(3, 5, Field::new("level", DataType::LargeUtf8, true), Arc::new(level)), false);
+        assert_eq!(CollectorStats::get(&stats.payloads_malformed), 1);
+        assert_eq!(CollectorStats::get(&stats.rows_accepted), 0);
+    }
+
     #[test]
     fn duplicates_are_dropped_across_open_files_commits_and_restarts() {
         let dir = tempfile::tempdir().unwrap();

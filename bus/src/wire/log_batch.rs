@@ -27,7 +27,7 @@ use arrow::array::{
     Array, BinaryBuilder, BooleanBuilder, MapBuilder, MapFieldNames, RecordBatch, StringBuilder,
     TimestampMicrosecondBuilder, UInt64Builder,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 
 use super::{decode_ipc, encode_ipc, WireError, META_PAYLOAD, META_VERSION};
 
@@ -234,13 +234,91 @@ pub fn decode(bytes: &[u8]) -> Result<RecordBatch, WireError> {
     }
     let expected = schema();
     if batch.schema_ref().fields() != expected.fields() {
-        return Err(WireError::Schema {
-            payload: PAYLOAD,
-            version: VERSION,
-            detail: format!("columns {:?}", batch.schema_ref().fields().iter().map(|f| f.name()).collect::<Vec<_>>()),
-        });
+        let found = batch.schema_ref().fields();
+        let detail = columns_difference(found, expected.fields())
+            .unwrap_or_else(|| format!("columns {:?}", found.iter().map(|f| f.name()).collect::<Vec<_>>()));
+        return Err(WireError::Schema { payload: PAYLOAD, version: VERSION, detail });
     }
     Ok(batch)
+}
+
+/// The first difference between a payload's columns and the schema's, said so that a publisher of
+/// its own can fix it: which column or nested field (a path such as `fields.entries`), and whether
+/// its name, type, nullability or field metadata differs. `None` if they are equal.
+fn columns_difference(found: &Fields, expected: &Fields) -> Option<String> {
+    for i in 0..found.len().max(expected.len()) {
+        match (found.get(i), expected.get(i)) {
+            (Some(f), Some(e)) if f.name() != e.name() => {
+                return Some(format!("column {i} is named `{}`, expected `{}`", f.name(), e.name()));
+            }
+            (Some(f), Some(e)) => {
+                if let Some(d) = field_difference(f.name(), f, e) {
+                    return Some(d);
+                }
+            }
+            (Some(f), None) => {
+                return Some(format!(
+                    "unexpected column {i} `{}` (version {VERSION} has {})",
+                    f.name(),
+                    expected.len()
+                ));
+            }
+            (None, Some(e)) => {
+                return Some(format!("column {i} `{}` ({}) is missing", e.name(), e.data_type()));
+            }
+            (None, None) => {}
+        }
+    }
+    None
+}
+
+/// The first difference between two fields of the same name at `path`, looking inside maps,
+/// structs and lists, so that the field named is the innermost one that differs.
+fn field_difference(path: &str, found: &Field, expected: &Field) -> Option<String> {
+    let children = match (found.data_type(), expected.data_type()) {
+        (DataType::Map(f, f_sorted), DataType::Map(e, e_sorted)) => {
+            if f_sorted != e_sorted {
+                let sorted = |s: &bool| if *s { "sorted" } else { "unsorted" };
+                return Some(format!("`{path}` is a {} map, expected {}", sorted(f_sorted), sorted(e_sorted)));
+            }
+            Some((Fields::from(vec![f.clone()]), Fields::from(vec![e.clone()])))
+        }
+        (DataType::Struct(f), DataType::Struct(e)) => Some((f.clone(), e.clone())),
+        (DataType::List(f), DataType::List(e)) | (DataType::LargeList(f), DataType::LargeList(e)) => {
+            Some((Fields::from(vec![f.clone()]), Fields::from(vec![e.clone()])))
+        }
+        (f, e) if f != e => return Some(format!("`{path}` has type {f}, expected {e}")),
+        _ => None,
+    };
+    if let Some((f, e)) = children {
+        for i in 0..f.len().max(e.len()) {
+            match (f.get(i), e.get(i)) {
+                (Some(fc), Some(ec)) if fc.name() != ec.name() => {
+                    return Some(format!("`{path}`: field {i} is named `{}`, expected `{}`", fc.name(), ec.name()));
+                }
+                (Some(fc), Some(ec)) => {
+                    if let Some(d) = field_difference(&format!("{path}.{}", fc.name()), fc, ec) {
+                        return Some(d);
+                    }
+                }
+                (Some(fc), None) => return Some(format!("`{path}`: unexpected field {i} `{}`", fc.name())),
+                (None, Some(ec)) => return Some(format!("`{path}`: field {i} `{}` is missing", ec.name())),
+                (None, None) => {}
+            }
+        }
+    }
+    if found.is_nullable() != expected.is_nullable() {
+        let nullable = |n: bool| if n { "nullable" } else { "not nullable" };
+        return Some(format!(
+            "`{path}` is {}, expected {}",
+            nullable(found.is_nullable()),
+            nullable(expected.is_nullable())
+        ));
+    }
+    if found.metadata() != expected.metadata() {
+        return Some(format!("`{path}` has field metadata {:?}, expected {:?}", found.metadata(), expected.metadata()));
+    }
+    None
 }
 
 #[cfg(test)]
