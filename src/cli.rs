@@ -69,9 +69,12 @@ pub enum Command {
     /// `limits` (limit decisions per key and second) and `dlr` (DLR events), each partitioned by
     /// `date` ('YYYY-MM-DD') and `hour` (0-23): filter on them, or use --since/--until, to read
     /// only the matching files. Functions: hdr_merge, hdr_of, hdr_quantile, hdr_count, hdr_max,
-    /// tag (see docs/metrics.md). Examples:
+    /// tag (see docs/metrics.md). Read-only: statements that write files or define tables
+    /// (COPY ... TO, INSERT, CREATE EXTERNAL TABLE, ...) are refused unless --allow-write is given.
+    /// Examples:
     ///   switchboard query "SELECT node, level, count(*) FROM logs WHERE date = '2026-11-22' GROUP BY 1, 2"
     ///   switchboard query --since 1h "SELECT tag(tags, 'operator') AS op, hdr_quantile(hdr_merge(histogram), 0.99) AS p99 FROM metrics WHERE name = 'dlr_latency' GROUP BY 1"
+    #[command(verbatim_doc_comment)]
     Query {
         /// The SQL statement.
         sql: String,
@@ -84,6 +87,10 @@ pub enum Command {
         /// Write the result to this file instead of standard output (required for parquet).
         #[arg(long, short)]
         output: Option<PathBuf>,
+        /// Allow statements that write files or define tables: COPY ... TO, INSERT,
+        /// CREATE EXTERNAL TABLE, CREATE VIEW, ... Without it the dataset is read-only.
+        #[arg(long)]
+        allow_write: bool,
     },
     /// Print one of the everyday reports (and draw time series with --plot).
     ///
@@ -296,10 +303,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 Ok(())
             })
         }
-        Command::Query { sql, scope, format, output } => {
+        Command::Query { sql, scope, format, output, allow_write } => {
             init_tracing(log, "warn");
             runtime()?.block_on(async {
-                let ds = scope.open().await?;
+                let ds = scope.open().await?.allow_writes(allow_write);
                 let batches = ds.sql(&sql).await?;
                 emit(&batches, format, output.as_deref())
             })

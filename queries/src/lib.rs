@@ -9,6 +9,10 @@
 //! JSON lines, [`write_parquet`] writes it to a file. [`Dataset::open_window`] shows only the
 //! rows of a time window ([`window`]); [`functions`] adds HDR histogram and tag functions.
 //!
+//! A dataset is read-only unless [`Dataset::allow_writes`] says otherwise: statements that write
+//! files or define tables (`COPY ... TO`, `INSERT`, `CREATE EXTERNAL TABLE`, ...) are refused
+//! with [`QueryError::ReadOnly`] before anything runs.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), switchboard_queries::QueryError> {
 //! let ds = switchboard_queries::Dataset::open("switchboard-data".as_ref()).await?;
@@ -31,6 +35,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::error::DataFusionError;
+use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 pub use window::TimeWindow;
 
@@ -51,6 +56,13 @@ pub enum QueryError {
     /// DataFusion rejected or failed the query; its own message.
     #[error("{0}")]
     Sql(String),
+    /// The statement would write files or define tables, and the dataset is read-only; DataFusion's
+    /// reason (e.g. `DML not supported: COPY`).
+    #[error(
+        "refused ({0}): queries are read-only; statements that write files or define tables (COPY ... TO, \
+         INSERT, CREATE EXTERNAL TABLE, ...) need --allow-write"
+    )]
+    ReadOnly(String),
     /// The result could not be formatted.
     #[error("cannot format the result: {0}")]
     Format(#[from] ArrowError),
@@ -84,6 +96,7 @@ pub enum OutputFormat {
 pub struct Dataset {
     ctx: SessionContext,
     tables: Vec<String>,
+    writes_allowed: bool,
 }
 
 impl Dataset {
@@ -124,7 +137,20 @@ impl Dataset {
             }
             tables.push((*table).to_owned());
         }
-        Ok(Self { ctx, tables })
+        Ok(Self { ctx, tables, writes_allowed: false })
+    }
+
+    /// Whether statements may write files or define tables (DDL such as `CREATE EXTERNAL TABLE`,
+    /// DML such as `COPY ... TO` and `INSERT`). Off by default: a dataset opens read-only.
+    pub fn allow_writes(mut self, allowed: bool) -> Self {
+        self.writes_allowed = allowed;
+        self
+    }
+
+    /// What [`Dataset::sql`] lets run. Statements (`SET`, transactions) stay allowed when
+    /// read-only: they change only this session, never a file.
+    fn sql_options(&self) -> SQLOptions {
+        SQLOptions::new().with_allow_ddl(self.writes_allowed).with_allow_dml(self.writes_allowed)
     }
 
     /// The tables that were found.
@@ -138,8 +164,18 @@ impl Dataset {
     }
 
     /// Run one SQL statement and collect its result.
+    ///
+    /// A statement that writes is refused with [`QueryError::ReadOnly`] unless
+    /// [`Dataset::allow_writes`] allowed it; the check is on the planned statement, before it runs.
     pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
-        let df = self.ctx.sql(sql).await.map_err(|e| self.explain(e))?;
+        let plan = self.ctx.state().create_logical_plan(sql).await.map_err(|e| self.explain(e))?;
+        self.sql_options().verify_plan(&plan).map_err(|e| {
+            QueryError::ReadOnly(match e.find_root() {
+                DataFusionError::Plan(reason) => reason.clone(),
+                other => other.to_string(),
+            })
+        })?;
+        let df = self.ctx.execute_logical_plan(plan).await.map_err(|e| self.explain(e))?;
         df.collect().await.map_err(|e| self.explain(e))
     }
 
@@ -333,5 +369,32 @@ mod tests {
     async fn missing_dataset_is_named() {
         let err = Dataset::open(Path::new("/nonexistent/sb")).await.err().unwrap();
         assert!(err.to_string().contains("no dataset at /nonexistent/sb"));
+    }
+
+    #[tokio::test]
+    async fn statements_that_write_are_refused_unless_allowed() {
+        let (root, ds) = dataset().await;
+        let out = root.path().join("out");
+        let writes = [
+            format!("COPY (SELECT * FROM logs) TO '{}/copy.csv' STORED AS CSV", out.display()),
+            format!("CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{}/t/'", out.display()),
+            "INSERT INTO logs VALUES (9, 'x', '2026-11-22', 10)".to_owned(),
+            format!("EXPLAIN ANALYZE COPY (SELECT 1) TO '{}/explained.csv' STORED AS CSV", out.display()),
+            "CREATE VIEW v AS SELECT 1".to_owned(),
+        ];
+        for sql in &writes {
+            let err = ds.sql(sql).await.unwrap_err();
+            assert!(matches!(err, QueryError::ReadOnly(_)), "{sql}: {err:?}");
+            let text = err.to_string();
+            assert!(text.starts_with("refused (D") && text.contains("--allow-write"), "{text}");
+        }
+        assert!(!out.exists(), "nothing was written");
+        // Reading and session settings stay allowed.
+        ds.sql("SET datafusion.execution.batch_size = 1024").await.unwrap();
+        ds.sql("SELECT count(*) FROM logs").await.unwrap();
+        // Allowed on request.
+        let ds = ds.allow_writes(true);
+        ds.sql(&writes[0]).await.unwrap();
+        assert!(out.join("copy.csv").exists());
     }
 }
