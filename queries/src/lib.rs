@@ -36,7 +36,7 @@ use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
-use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionConfig, SessionContext};
 pub use window::TimeWindow;
 
 /// The Arrow record batch type results come in.
@@ -163,7 +163,8 @@ impl Dataset {
         &self.ctx
     }
 
-    /// Run one SQL statement and collect its result.
+    /// Run one SQL statement and collect its result. The result always holds at least one
+    /// batch, so that an empty result still has its columns (a zero-row batch).
     ///
     /// A statement that writes is refused with [`QueryError::ReadOnly`] unless
     /// [`Dataset::allow_writes`] allowed it; the check is on the planned statement, before it runs.
@@ -176,7 +177,7 @@ impl Dataset {
             })
         })?;
         let df = self.ctx.execute_logical_plan(plan).await.map_err(|e| self.explain(e))?;
-        df.collect().await.map_err(|e| self.explain(e))
+        collect_with_columns(df).await.map_err(|e| self.explain(e))
     }
 
     fn explain(&self, e: DataFusionError) -> QueryError {
@@ -190,6 +191,19 @@ impl Dataset {
         }
         QueryError::Sql(msg)
     }
+}
+
+/// Run `df` and collect its rows; when there are none, one empty batch with its columns, so that
+/// an empty result can still be shown with its header.
+async fn collect_with_columns(df: DataFrame) -> Result<Vec<RecordBatch>, DataFusionError> {
+    let task = Arc::new(df.task_ctx());
+    let plan = df.create_physical_plan().await?;
+    let schema = plan.schema();
+    let mut batches = datafusion::physical_plan::collect(plan, task).await?;
+    if batches.is_empty() {
+        batches.push(RecordBatch::new_empty(schema));
+    }
+    Ok(batches)
 }
 
 fn has_parquet(dir: &Path) -> bool {
@@ -208,12 +222,27 @@ fn has_parquet(dir: &Path) -> bool {
     false
 }
 
+/// Rows in `batches`.
+pub fn row_count(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(RecordBatch::num_rows).sum()
+}
+
 /// Write `batches` to `out` in `format`.
+///
+/// An empty result keeps its columns: the table shows its header and `0 rows`, CSV its header
+/// line, JSON `[]`, JSON lines nothing.
 pub fn render(batches: &[RecordBatch], format: OutputFormat, out: &mut dyn Write) -> Result<(), QueryError> {
     match format {
         OutputFormat::Table => {
+            if batches.is_empty() {
+                writeln!(out, "0 rows")?;
+                return Ok(());
+            }
             let table = datafusion::arrow::util::pretty::pretty_format_batches(batches)?;
             writeln!(out, "{table}")?;
+            if row_count(batches) == 0 {
+                writeln!(out, "0 rows")?;
+            }
         }
         OutputFormat::Csv => {
             let mut w = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(&mut *out);
@@ -369,6 +398,32 @@ mod tests {
     async fn missing_dataset_is_named() {
         let err = Dataset::open(Path::new("/nonexistent/sb")).await.err().unwrap();
         assert!(err.to_string().contains("no dataset at /nonexistent/sb"));
+    }
+
+    #[tokio::test]
+    async fn an_empty_result_keeps_its_header_in_every_format() {
+        let (_root, ds) = dataset().await;
+        let b = ds.sql("SELECT seq, message FROM logs WHERE seq > 100").await.unwrap();
+        let text = |format| {
+            let mut out = Vec::new();
+            render(&b, format, &mut out).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        let table = text(OutputFormat::Table);
+        assert!(table.contains("| seq | message |") && table.ends_with("0 rows\n"), "{table}");
+        assert_eq!(text(OutputFormat::Csv), "seq,message\n");
+        assert_eq!(text(OutputFormat::Json), "[]\n");
+        assert_eq!(text(OutputFormat::Ndjson), "");
+        // A result with rows has no count line; a Parquet file of no rows still has the columns.
+        let rows = ds.sql("SELECT seq FROM logs").await.unwrap();
+        let mut out = Vec::new();
+        render(&rows, OutputFormat::Table, &mut out).unwrap();
+        assert!(!String::from_utf8(out).unwrap().contains("rows"));
+        let file = _root.path().join("empty.parquet");
+        assert_eq!(write_parquet(&b, &file).unwrap(), 0);
+        let reader = datafusion::parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&file).unwrap());
+        use datafusion::parquet::file::reader::FileReader as _;
+        assert_eq!(reader.unwrap().metadata().file_metadata().schema_descr().num_columns(), 2);
     }
 
     #[tokio::test]
