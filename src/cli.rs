@@ -94,18 +94,23 @@ pub enum Command {
     },
     /// Print one of the everyday reports (and draw time series with --plot).
     ///
-    /// Reports: throughput, log-volume, errors, top-errors, dlr-latency, timer, rejections.
+    /// Reports: throughput, log-volume, errors, top-errors, dlr-latency, timer, rejections; the
+    /// time series among them (throughput, log-volume, errors, rejections) can be drawn. A table
+    /// with no data yet gives an empty report and a note saying which table, not an error.
     /// Example:
-    ///   switchboard report throughput --since 24h --bucket 1h --plot throughput.svg
+    ///   switchboard report throughput --since 24h --plot throughput.svg
+    #[command(verbatim_doc_comment)]
     Report {
         /// The report's name; `switchboard report list` lists them.
         name: String,
         /// Dataset and time window.
         #[command(flatten)]
         scope: Scope,
-        /// Bucket width of time series: `10s`, `5m`, `1h`, `1d`.
-        #[arg(long, default_value = "1h", value_parser = parse_duration)]
-        bucket: Duration,
+        /// Bucket width of time series: `10s`, `5m`, `1h`, `1d`. By default picked from the span
+        /// of the data (in the --since/--until window), for at most 120 buckets: from 1s for a
+        /// run of two minutes to 1d for four months.
+        #[arg(long, value_parser = parse_duration)]
+        bucket: Option<Duration>,
         /// The metric a metrics report reads (throughput: a counter, default `submitted`;
         /// timer: a timer, default `dlr_latency`).
         #[arg(long)]
@@ -116,7 +121,8 @@ pub enum Command {
         /// Output format.
         #[arg(long, short, value_enum, default_value_t = Format::Table)]
         format: Format,
-        /// Also draw a time series report as an SVG chart into this file.
+        /// Also draw a time series report as an SVG chart into this file (only time series:
+        /// throughput, log-volume, errors, rejections).
         #[arg(long)]
         plot: Option<PathBuf>,
     },
@@ -319,26 +325,36 @@ pub fn run(cli: Cli) -> Result<()> {
                 }
                 return Ok(());
             }
-            let opts = reports::ReportOptions { bucket_s: bucket.as_secs().max(1), metric, limit };
-            let report = reports::report(&name, &opts)?;
+            // 0 lets the report pick the bucket from the span of its data.
+            let bucket_s = bucket.map_or(0, |b| b.as_secs().max(1));
+            let opts = reports::ReportOptions { bucket_s, metric, limit };
+            // Refuse a chart that cannot be drawn before running anything, not after printing.
+            if plot.is_some() && reports::report(&name, &opts)?.series.is_none() {
+                anyhow::bail!(
+                    "report {name} is not a time series, so --plot cannot draw it (time series: {})",
+                    reports::time_series_reports().join(", ")
+                );
+            }
             runtime()?.block_on(async {
                 let ds = scope.open().await?;
-                if !ds.tables().iter().any(|t| t == report.table) {
-                    anyhow::bail!(
-                        "report {name} reads the {} table, which {} does not hold (yet)",
-                        report.table,
-                        scope.data.display()
+                let out = reports::run(&ds, &name, &opts).await?;
+                if let Some(table) = out.no_data {
+                    eprintln!(
+                        "report {name} reads the {table} table, which has no data yet (no committed Parquet \
+                         files): the report is empty"
                     );
                 }
-                let batches = ds.sql(&report.sql).await?;
-                emit(&batches, format, None)?;
-                if let Some(path) = plot {
-                    let Some((series, value)) = &report.series else {
-                        anyhow::bail!("report {name} is not a time series: nothing to plot");
-                    };
-                    let lines = switchboard_queries::plot::series_of(&batches, series, value)?;
-                    let svg =
-                        switchboard_queries::plot::svg(&lines, &format!("{name} per {}", series.join("/")), value);
+                let has_rows = switchboard_queries::row_count(&out.batches) > 0;
+                if let (Some(bucket_s), true, true) = (out.bucket_s, out.bucket_picked, has_rows) {
+                    eprintln!(
+                        "buckets of {} (picked from the span of the data; --bucket to choose)",
+                        reports::format_bucket(bucket_s)
+                    );
+                }
+                emit(&out.batches, format, None)?;
+                if let (Some(path), Some((series, value))) = (plot, &out.report.series) {
+                    let lines = switchboard_queries::plot::series_of(&out.batches, series, value)?;
+                    let svg = switchboard_queries::plot::svg(&lines, &out.title(&name), value);
                     std::fs::write(&path, svg).with_context(|| format!("cannot write {}", path.display()))?;
                     eprintln!("drew {} series to {}", lines.len(), path.display());
                 }
