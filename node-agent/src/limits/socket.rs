@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use switchboard_bus::limits::Decision;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
@@ -59,7 +59,42 @@ pub async fn serve(listener: UnixListener, path: PathBuf, service: Arc<LimitsSer
 }
 
 async fn connection(stream: UnixStream, service: Arc<LimitsService>, cancel: CancellationToken) {
-    let (read, mut write) = stream.into_split();
+    let (read, write) = stream.into_split();
+    answer_requests(read, write, &*service, &cancel).await;
+}
+
+/// What a connection does with its request lines.
+trait LineService {
+    /// Append the answer to one request line to `out`.
+    fn answer_line(&self, line: &[u8], out: &mut Vec<u8>);
+    /// A line over [`MAX_LINE`] bytes arrived; it is refused and the connection closed.
+    fn refuse_long_line(&self);
+}
+
+impl LineService for LimitsService {
+    fn answer_line(&self, line: &[u8], out: &mut Vec<u8>) {
+        self.stats.socket_requests.fetch_add(1, Ordering::Relaxed);
+        answer(self, line, out);
+    }
+
+    fn refuse_long_line(&self) {
+        self.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Answer every request line read from `read` on `write`, in order, until the peer closes, a
+/// line is too long or `cancel` fires.
+///
+/// Answers wait in `out` only while the next request line is already complete in the read
+/// buffer (so a pipelined burst is answered with one write); before waiting for more bytes from
+/// the gateway, everything answered so far is written. A buffer that ends in the middle of a
+/// line therefore never holds back the answers to the lines before it.
+async fn answer_requests<R, W, S>(read: R, mut write: W, service: &S, cancel: &CancellationToken)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    S: LineService + ?Sized,
+{
     let mut reader = BufReader::new(read);
     let mut line = Vec::with_capacity(128);
     let mut out = Vec::with_capacity(256);
@@ -72,16 +107,16 @@ async fn connection(stream: UnixStream, service: Arc<LimitsService>, cancel: Can
         match n {
             Ok(0) | Err(_) => return,
             Ok(_) if line.len() > MAX_LINE => {
-                service.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-                let _ = write.write_all(b"ERR line too long\n").await;
+                service.refuse_long_line();
+                // The answers to the lines before it go first.
+                out.extend_from_slice(b"ERR line too long\n");
+                let _ = write.write_all(&out).await;
                 return;
             }
             Ok(_) => {}
         }
-        service.stats.socket_requests.fetch_add(1, Ordering::Relaxed);
-        answer(&service, &line, &mut out);
-        // Answer a pipelined burst with one write.
-        if reader.buffer().is_empty() {
+        service.answer_line(&line, &mut out);
+        if memchr::memchr(b'\n', reader.buffer()).is_none() {
             if write.write_all(&out).await.is_err() {
                 return;
             }
@@ -177,5 +212,81 @@ mod tests {
             let err = parse(bad).unwrap_err();
             assert!(err.contains(says), "{bad:?}: {err}");
         }
+    }
+
+    /// Answers like the limits service, but from the request alone (no limiter): `PONG`,
+    /// `ACQ <key> <n>`, `REL <key> <n>` or `ERR <reason>`, so the order of answers shows.
+    struct Echo;
+
+    impl LineService for Echo {
+        fn answer_line(&self, line: &[u8], out: &mut Vec<u8>) {
+            let answer = match parse(line) {
+                Ok(Request::Ping) => "PONG".to_owned(),
+                Ok(Request::Acquire(key, n)) => format!("ACQ {key} {n}"),
+                Ok(Request::Release(key, n)) => format!("REL {key} {n}"),
+                Err(reason) => format!("ERR {reason}"),
+            };
+            out.extend_from_slice(answer.as_bytes());
+            out.push(b'\n');
+        }
+
+        fn refuse_long_line(&self) {}
+    }
+
+    /// A connection served by [`Echo`]: the gateway's end of the socket and the serving task.
+    fn echo_connection() -> (UnixStream, tokio::task::JoinHandle<()>) {
+        let (gateway, agent) = UnixStream::pair().unwrap();
+        let served = tokio::spawn(async move {
+            let (read, write) = agent.into_split();
+            answer_requests(read, write, &Echo, &CancellationToken::new()).await;
+        });
+        (gateway, served)
+    }
+
+    /// Read exactly `expected` from `gateway`, failing after a second.
+    async fn expect_answers(gateway: &mut UnixStream, expected: &[u8], context: &str) {
+        let mut got = vec![0u8; expected.len()];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(1), gateway.read_exact(&mut got)).await;
+        assert!(read.is_ok(), "{context}: no answer within 1 s; expected {:?}", String::from_utf8_lossy(expected));
+        read.unwrap().unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(expected), "{context}");
+    }
+
+    #[tokio::test]
+    async fn every_complete_line_is_answered_wherever_the_bytes_are_split() {
+        let requests: &[u8] = b"PING\nACQUIRE operator:a 2\nRELEASE domain:b\nPING\r\nbogus\nACQUIRE k\n";
+        let unknown = format!("ERR {}", parse(b"bogus\n").unwrap_err());
+        let answers: Vec<String> = ["PONG", "ACQ operator:a 2", "REL domain:b 1", "PONG", &unknown, "ACQ k 1"]
+            .iter()
+            .map(|a| format!("{a}\n"))
+            .collect();
+        for split in 0..=requests.len() {
+            let (mut gateway, served) = echo_connection();
+            let (first, rest) = requests.split_at(split);
+            let complete = first.iter().filter(|b| **b == b'\n').count();
+            gateway.write_all(first).await.unwrap();
+            let before = answers[..complete].concat();
+            expect_answers(&mut gateway, before.as_bytes(), &format!("after the first {split} bytes")).await;
+            gateway.write_all(rest).await.unwrap();
+            let after = answers[complete..].concat();
+            expect_answers(&mut gateway, after.as_bytes(), &format!("after the rest (split at {split})")).await;
+            gateway.shutdown().await.unwrap();
+            let mut tail = Vec::new();
+            gateway.read_to_end(&mut tail).await.unwrap();
+            assert!(tail.is_empty(), "split at {split}: unexpected answers {:?}", String::from_utf8_lossy(&tail));
+            served.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_before_an_over_long_line_are_sent_before_the_connection_closes() {
+        let (mut gateway, served) = echo_connection();
+        let mut requests = b"PING\nPING\n".to_vec();
+        requests.extend(std::iter::repeat_n(b'x', MAX_LINE + 10));
+        gateway.write_all(&requests).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(1), gateway.read_to_end(&mut got)).await.unwrap().unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), "PONG\nPONG\nERR line too long\n");
+        served.await.unwrap();
     }
 }
