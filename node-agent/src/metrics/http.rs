@@ -2,7 +2,8 @@
 //!
 //! The body is StatsD text, one metric per line (see [`super::statsd`]). The answer is
 //! `200 {"accepted", "rejected", "errors"}` when at least one line was taken (or the body was
-//! empty), `400` with the same body when every line was refused. `GET /v1/metrics/intake` shows
+//! empty), `400` with the same body when every line was refused. A line that is not UTF-8 is
+//! refused like any other bad line; the others are taken. `GET /v1/metrics/intake` shows
 //! the intake counters.
 
 use std::sync::Arc;
@@ -22,12 +23,7 @@ pub fn router(service: Arc<MetricsService>) -> Router {
 }
 
 async fn push(State(s): State<Arc<MetricsService>>, body: Bytes) -> Response {
-    let Ok(text) = std::str::from_utf8(&body) else {
-        s.stats.bad_lines.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return (StatusCode::BAD_REQUEST, Json(serde_json::json!({"error": "the body is not UTF-8 text"})))
-            .into_response();
-    };
-    let intake = s.ingest(text);
+    let intake = s.ingest_bytes(&body);
     let status = if intake.accepted == 0 && intake.rejected > 0 { StatusCode::BAD_REQUEST } else { StatusCode::OK };
     (status, Json(intake)).into_response()
 }

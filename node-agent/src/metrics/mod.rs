@@ -44,7 +44,7 @@ const MAX_REASONS: usize = 10;
 pub struct MetricsStats {
     /// Lines taken.
     pub lines: AtomicU64,
-    /// Lines refused: unparseable, a value out of range.
+    /// Lines refused: unparseable, not UTF-8, a value out of range.
     pub bad_lines: AtomicU64,
     /// Lines dropped because the series limit was reached.
     pub dropped_series: AtomicU64,
@@ -62,7 +62,7 @@ impl MetricsStats {
         let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
         vec![
             ("lines", "StatsD lines taken.", c(&self.lines)),
-            ("bad_lines", "StatsD lines refused (unparseable, out of range).", c(&self.bad_lines)),
+            ("bad_lines", "StatsD lines refused (unparseable, not UTF-8, out of range).", c(&self.bad_lines)),
             ("dropped_series", "Lines dropped at the series limit (metrics.max_series).", c(&self.dropped_series)),
             ("datagrams", "StatsD UDP datagrams read.", c(&self.datagrams)),
             ("rows", "Snapshot rows written to the _metrics stream.", c(&self.rows)),
@@ -128,15 +128,23 @@ impl MetricsService {
 
     /// Take StatsD `text` (lines separated by `\n`).
     pub fn ingest(&self, text: &str) -> Intake {
+        self.ingest_bytes(text.as_bytes())
+    }
+
+    /// Take StatsD lines as they came off the wire (separated by `\n`); a line that is not
+    /// UTF-8 is refused and counted like any other bad line.
+    pub fn ingest_bytes(&self, bytes: &[u8]) -> Intake {
         let mut out = Intake::default();
         // The lock guards plain data; a panic elsewhere cannot leave it half-updated in a way
         // that matters more than losing one sample, so a poisoned lock is taken over.
         let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
-        for (i, line) in text.split('\n').enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let refused = match statsd::parse_line(line) {
+        for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+            let parsed = match statsd::line_text(line) {
+                Ok(text) if text.trim().is_empty() => continue,
+                Ok(text) => statsd::parse_line(text),
+                Err(not_utf8) => Err(not_utf8),
+            };
+            let refused = match parsed {
                 Ok(parsed) => match series.add(&parsed) {
                     Ok(()) => None,
                     Err(Refused::TooManySeries) => {
@@ -181,7 +189,7 @@ impl MetricsService {
                 },
             };
             self.stats.datagrams.fetch_add(1, Ordering::Relaxed);
-            self.ingest(&String::from_utf8_lossy(&buf[..n]));
+            self.ingest_bytes(&buf[..n]);
         }
     }
 
@@ -230,5 +238,30 @@ impl MetricsService {
         }
         // What came in since the last snapshot is written now and sent after the next start.
         self.snapshot(crate::dlr::now_ms());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_that_are_not_utf8_are_refused_and_counted_not_stored_as_replacement_characters() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = MetricsService::new(MetricsSettings::default(), snapshot_log(dir.path()));
+        let intake = service.ingest_bytes(b"taken:1|c\nsub\xffmitted:1|c\nq:2|c|#operator:\xfe\n\n");
+        assert_eq!((intake.accepted, intake.rejected), (1, 2));
+        assert_eq!(
+            intake.errors,
+            [
+                "line 2: the metric name is not valid UTF-8 (byte 4 of the line)",
+                "line 3: the line is not valid UTF-8 (byte 17 of the line)",
+            ]
+        );
+        assert_eq!(service.stats.bad_lines.load(Ordering::Relaxed), 2);
+        assert_eq!(service.stats.lines.load(Ordering::Relaxed), 1);
+        let rows = service.series.lock().unwrap().snapshot(10_000, 10_000);
+        let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["taken"], "only the UTF-8 line becomes a series");
     }
 }

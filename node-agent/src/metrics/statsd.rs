@@ -117,6 +117,18 @@ fn number(s: &str) -> Result<f64, BadLine> {
     }
 }
 
+/// The text of one line as it came off the wire, or why it is refused: names, tags and set
+/// members are UTF-8, and a line that is not would be stored under replacement characters, a
+/// series no gateway sent.
+pub fn line_text(line: &[u8]) -> Result<&str, BadLine> {
+    std::str::from_utf8(line).map_err(|e| {
+        let valid = e.valid_up_to();
+        let in_name = !line.get(..valid).unwrap_or_default().contains(&b':');
+        let part = if in_name { "the metric name" } else { "the line" };
+        BadLine(format!("{part} is not valid UTF-8 (byte {} of the line)", valid + 1))
+    })
+}
+
 /// Parse one line (without its `\n`).
 pub fn parse_line(line: &str) -> Result<Line<'_>, BadLine> {
     let line = line.trim_end_matches('\r');
@@ -249,6 +261,14 @@ mod tests {
             let err = parse_line(line).unwrap_err().0;
             assert!(err.contains(why), "{line:?}: {err}");
         }
+        for (bytes, why) in [
+            (&b"sub\xffmitted:1|c"[..], "the metric name is not valid UTF-8 (byte 4 of the line)"),
+            (b"\xc3(:1|c", "the metric name is not valid UTF-8 (byte 1 of the line)"),
+            (b"x:1|c|#operator:\xfe", "the line is not valid UTF-8 (byte 17 of the line)"),
+        ] {
+            assert_eq!(line_text(bytes).unwrap_err().0, why, "{bytes:?}");
+        }
+        assert_eq!(line_text("caf\u{e9}.hits:1|c".as_bytes()), Ok("caf\u{e9}.hits:1|c"));
         let long = format!("{}:1|c", "n".repeat(MAX_NAME_BYTES + 1));
         assert!(parse_line(&long).is_err());
         let many = format!("x:1|c|#{}", (0..=MAX_TAGS).map(|i| format!("t{i}")).collect::<Vec<_>>().join(","));
