@@ -135,7 +135,8 @@ pub fn replay(
 /// Answer replay queries on `<prefix>/replay/<node>/log/*` until `cancel` fires. Parameters:
 /// `from` (first sequence number, required) and `to` (last, inclusive; default: the head). The
 /// reply is a series of `log_batch` payloads on the query's key, then, if the range could not be
-/// rebuilt in full, an error reply saying why.
+/// rebuilt in full, an error reply saying why; a range that starts below the acknowledged
+/// sequence number gets one naming the first sequence number that can be replayed.
 pub(crate) async fn serve(
     session: zenoh::Session,
     keys: switchboard_bus::KeySpace,
@@ -197,9 +198,9 @@ async fn answer(
     let Some((entries, acked)) = sliced else {
         return fail("journal unavailable".into()).await;
     };
-    if from < acked {
-        tracing::info!(stream = %id, from, acked, "replay asked for acknowledged records; they are committed already");
-    }
+    // Below `acked` a collector committed everything and the journal forgot how it was cut:
+    // those records cannot be rebuilt, and the asker must hear so rather than get silence.
+    let forgotten = (from < acked).then(|| forgotten_range(from, to, acked));
     let config = config.clone();
     let rebuilt = tokio::task::spawn_blocking(move || replay(&config, &entries, from, to)).await;
     let (payloads, rows, err) = match rebuilt {
@@ -214,7 +215,135 @@ async fn answer(
             return fail(format!("reply: {e}")).await;
         }
     }
-    if let Some(e) = err {
-        fail(e.to_string()).await;
+    let problems: Vec<String> = forgotten.into_iter().chain(err.map(|e| e.to_string())).collect();
+    if !problems.is_empty() {
+        fail(problems.join("; ")).await;
+    }
+}
+
+/// The error reply to a replay query whose range starts below `acked`.
+fn forgotten_range(from: u64, to: u64, acked: u64) -> String {
+    let last = to.min(acked.saturating_sub(1));
+    format!(
+        "seq {from}..={last} cannot be rebuilt: a collector acknowledged it and the agent no longer keeps it; \
+         replay is possible from seq {acked}"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    use arrow::array::AsArray;
+    use arrow::datatypes::UInt64Type;
+    use switchboard_bus::{BusConfig, KeySpace, StreamId, StreamKind};
+    use zenoh::query::ConsolidationMode;
+
+    use super::*;
+    use crate::checkpoint::{Fingerprint, Inode, SourceCheckpoint, FINGERPRINT_BYTES};
+    use crate::framing::Position;
+    use crate::journal::{Segment, SourceJournal};
+    use crate::stats::AgentStats;
+
+    /// Sequence numbers of the data replies and the texts of the error replies to one query.
+    async fn ask(session: &zenoh::Session, key: &str, from: u64, to: u64) -> (Vec<u64>, Vec<String>) {
+        let replies = session
+            .get(format!("{key}?from={from};to={to}").as_str())
+            .consolidation(ConsolidationMode::None)
+            .timeout(Duration::from_secs(5))
+            .await
+            .unwrap();
+        let (mut seqs, mut errors) = (Vec::new(), Vec::new());
+        while let Ok(reply) = replies.recv_async().await {
+            match reply.result() {
+                Ok(sample) => {
+                    let batch = log_batch::decode(&sample.payload().to_bytes()).unwrap();
+                    let seq = batch.column_by_name("seq").unwrap().as_primitive::<UInt64Type>();
+                    seqs.extend(seq.values().iter().copied());
+                }
+                Err(e) => errors.push(String::from_utf8_lossy(&e.payload().to_bytes()).into_owned()),
+            }
+        }
+        (seqs, errors)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_range_below_acked_gets_an_error_reply_naming_where_replay_can_start() {
+        // A source whose records below 100 were acknowledged; 100..=102 are journaled.
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("app.log");
+        std::fs::write(&log, "one\ntwo\nthree\n").unwrap();
+        let file = Arc::new(File::open(&log).unwrap());
+        let inode = Inode::of(&file.metadata().unwrap());
+        let fingerprint = Fingerprint::read(&file, FINGERPRINT_BYTES).unwrap();
+        let acked = SourceCheckpoint { next_seq: 100, files: Vec::new() };
+        let mut journal = SourceJournal::open(&dir.path().join("state"), "app", acked).unwrap();
+        journal.register(inode, file.clone());
+        let segment = Segment {
+            inode,
+            fingerprint,
+            path: log.clone(),
+            start: Position::default(),
+            end: Position { offset: 14, skipping: false },
+            observed_micros: 1_795_000_000_000_000,
+            lines: 3,
+        };
+        journal.record(BatchRecord { first_seq: 100, count: 3, segments: vec![segment] }).unwrap();
+        let config: SourceConfig = toml::from_str("name = 'app'\npaths = ['app.log']").unwrap();
+        let journals = Arc::new(BTreeMap::from([("app".to_owned(), Arc::new(Mutex::new(journal)))]));
+        let configs = Arc::new(BTreeMap::from([("app".to_owned(), config)]));
+
+        let bus = BusConfig {
+            cluster: format!("replay-test-{}", std::process::id()),
+            node: "gw1".into(),
+            ..BusConfig::default()
+        };
+        let keys = KeySpace::new(&bus.effective_prefix()).unwrap();
+        let session = switchboard_bus::session::open(&bus).await.unwrap();
+        let stats = Arc::new(AgentStats::default());
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let server = tokio::spawn(serve(
+            session.clone(),
+            keys.clone(),
+            "gw1".into(),
+            journals,
+            configs,
+            stats.clone(),
+            cancel.clone(),
+        ));
+        let stream = StreamId { node: "gw1".into(), kind: StreamKind::Log, name: "app".into() };
+        let key = keys.replay(&stream).unwrap().to_string();
+
+        // What is journaled replays in full, with no error (and shows the queryable is up).
+        let start = Instant::now();
+        let mut whole = ask(&session, &key, 100, 102).await;
+        while whole.0.is_empty() && start.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            whole = ask(&session, &key, 100, 102).await;
+        }
+        assert_eq!(whole, (vec![100, 101, 102], Vec::new()));
+
+        // Wholly below acked: nothing to send, but an error reply instead of silence.
+        let (seqs, errors) = ask(&session, &key, 10, 20).await;
+        assert!(seqs.is_empty());
+        assert_eq!(
+            errors,
+            ["seq 10..=20 cannot be rebuilt: a collector acknowledged it and the agent no longer keeps it; \
+              replay is possible from seq 100"]
+        );
+
+        // Straddling acked: what is kept, then the error for the rest.
+        let (seqs, errors) = ask(&session, &key, 98, 101).await;
+        assert_eq!(seqs, [100, 101]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("seq 98..=99 cannot be rebuilt"), "{}", errors[0]);
+        assert!(errors[0].ends_with("replay is possible from seq 100"), "{}", errors[0]);
+
+        assert_eq!(stats.replay_errors.load(std::sync::atomic::Ordering::Relaxed), 2);
+        cancel.cancel();
+        server.await.unwrap();
+        session.close().await.unwrap();
     }
 }
