@@ -207,6 +207,7 @@ fn agent_config(opts: &LogsBench, dir: &Path, a: usize, endpoint: &str, acknowle
             start_at: StartAt::Beginning,
             max_line_bytes: 1 << 20,
             kv_in_message: opts.kv_in_message,
+            binary: switchboard_agent::config::BinaryFiles::Skip,
         }],
     }
 }

@@ -346,6 +346,22 @@ pub struct SourceConfig {
     /// Also extract `key=value` pairs from the message of plain and syslog lines. Default: false.
     #[serde(default)]
     pub kv_in_message: bool,
+    /// What to do with a file whose first block read looks binary (a NUL byte, or more than one
+    /// byte in 20 a control character that text does not use): `skip` (default) or `read`.
+    #[serde(default)]
+    pub binary: BinaryFiles,
+}
+
+/// What a source does with a file that looks binary ([`crate::tailer::looks_binary`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BinaryFiles {
+    /// Do not read it: a warning names it and `switchboard_agent_skipped_binary_files_total`
+    /// counts it (default). A glob such as `app.log*` then passes over compressed rotations.
+    #[default]
+    Skip,
+    /// Read it as lines like any other file (invalid UTF-8 is kept in each line's raw bytes).
+    Read,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -558,6 +574,7 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.sources[0].format, Format::Plain);
         assert_eq!(c.sources[0].start_at, StartAt::Beginning);
+        assert_eq!(c.sources[0].binary, BinaryFiles::Skip);
         assert_eq!(c.agent.batch_max_lines, 8192);
         assert!(c.agent.wait_for_collector);
     }
@@ -583,6 +600,9 @@ mod tests {
         .unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("bad glob"));
         assert!(toml::from_str::<AgentConfig>("[[source]]\nname='a'\npaths=['x']\nformat='xml'").is_err());
+        let read: AgentConfig = toml::from_str("[[source]]\nname='a'\npaths=['x']\nbinary='read'").unwrap();
+        assert_eq!(read.sources[0].binary, BinaryFiles::Read);
+        assert!(toml::from_str::<AgentConfig>("[[source]]\nname='a'\npaths=['x']\nbinary='maybe'").is_err());
     }
 }
 
@@ -608,6 +628,7 @@ mod example_tests {
         assert_eq!(c.agent.data_dir, d.data_dir);
         assert_eq!((c.agent.max_unacked_batches, &c.agent.http_listen), (d.max_unacked_batches, &d.http_listen));
         assert_eq!(c.agent.acknowledged, d.acknowledged);
+        assert_eq!(c.sources[0].binary, BinaryFiles::default());
         assert_eq!(c.limits, LimitsSettings::default());
         let dlr = DlrSettings { connectors: c.dlr.connectors.clone(), ..DlrSettings::default() };
         assert_eq!(c.dlr, dlr);

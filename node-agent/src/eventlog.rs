@@ -10,7 +10,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::config::{SourceConfig, StartAt};
+use crate::config::{BinaryFiles, SourceConfig, StartAt};
 
 /// An append-only JSON-lines file with size-based rotation.
 pub struct EventLog {
@@ -74,6 +74,8 @@ impl EventLog {
             start_at: StartAt::Beginning,
             max_line_bytes: 64 << 10,
             kv_in_message: false,
+            // Written by the agent itself: always text.
+            binary: BinaryFiles::Read,
         }
     }
 }

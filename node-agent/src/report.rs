@@ -92,6 +92,11 @@ impl Report for AgentReport {
                 g(&s.lines_invalid_utf8),
             )
             .counter("switchboard_agent_file_truncations_total", "Files truncated in place.", g(&s.truncations))
+            .counter(
+                "switchboard_agent_skipped_binary_files_total",
+                "Files not read because their first block looked binary.",
+                g(&s.binary_files_skipped),
+            )
             .counter("switchboard_agent_published_lines_total", "Lines published on the bus.", g(&s.lines_published))
             .counter(
                 "switchboard_agent_published_batches_total",

@@ -17,6 +17,8 @@ pub struct AgentStats {
     pub lines_invalid_utf8: AtomicU64,
     /// Files found truncated in place (copytruncate) and re-read from the start.
     pub truncations: AtomicU64,
+    /// Files not read because their first block looked binary (`binary = "skip"`).
+    pub binary_files_skipped: AtomicU64,
     /// Lines published on the bus.
     pub lines_published: AtomicU64,
     /// Batches published on the bus.

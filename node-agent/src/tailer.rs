@@ -8,7 +8,9 @@
 //! batch being built, noting which byte range of which file each run of lines came from. A batch
 //! is cut by line count, size or age; its segments go into the [`SourceJournal`] first, then the
 //! encoded batch goes to the publisher as an [`OutBatch`]. Reading pauses while too many batches
-//! wait for a collector's acknowledgement (memory and replay work stay bounded).
+//! wait for a collector's acknowledgement (memory and replay work stay bounded). A file whose
+//! first block looks binary ([`looks_binary`]) is skipped with a warning and counted, unless its
+//! source says `binary = "read"`.
 //!
 //! [`append_line`] turns one framed line into a row; replay ([`crate::replay`]) uses it too, so a
 //! replayed batch is the same batch.
@@ -26,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{FileCheckpoint, Fingerprint, Inode, FINGERPRINT_BYTES};
-use crate::config::{AgentSettings, SourceConfig, StartAt};
+use crate::config::{AgentSettings, BinaryFiles, SourceConfig, StartAt};
 use crate::framing::{Line, LineFramer, Position};
 use crate::journal::{BatchRecord, Segment, SourceJournal};
 use crate::parse::{self, Format, ParseContext};
@@ -36,6 +38,26 @@ use crate::stats::AgentStats;
 const READ_CHUNK: usize = 256 * 1024;
 /// Chunks read from one file before moving on to the next (fairness between files).
 const CHUNKS_PER_TURN: usize = 16;
+/// Bytes at the start of a file's first block that decide whether it looks binary.
+const BINARY_SNIFF_BYTES: usize = 8192;
+
+/// Whether `block`, the first bytes read of a file, looks binary, judged as log shippers and
+/// `grep` do: it holds a NUL byte, or more than one byte in 20 is a control character that text
+/// does not use (below 0x20 except tab, LF, VT, FF, CR and ESC, or DEL). Only the first
+/// [`BINARY_SNIFF_BYTES`] count. Bytes from 0x80 up do not: text in UTF-8 or in a legacy
+/// encoding is made of them.
+pub fn looks_binary(block: &[u8]) -> bool {
+    let sample = block.get(..BINARY_SNIFF_BYTES).unwrap_or(block);
+    if memchr::memchr(0, sample).is_some() {
+        return true;
+    }
+    let control = sample
+        .iter()
+        .filter(|&&b| (b < 0x20 && !matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | 0x1b)) || b == 0x7f)
+        .count();
+    // At most BINARY_SNIFF_BYTES * 20: no overflow.
+    control * 20 > sample.len()
+}
 
 /// One encoded batch, ready to publish (already journaled).
 #[derive(Debug)]
@@ -134,6 +156,11 @@ struct TailedFile {
     hold_for_copy: Option<Instant>,
     /// This file is the activated copy of a truncated file (that inode).
     copy_for: Option<Inode>,
+    /// Whether the first block read from its start was looked at ([`looks_binary`]). A file
+    /// resumed past its start was looked at when it was first read.
+    first_block_checked: bool,
+    /// Not read: its first block looked binary and the source skips such files.
+    skipped_as_binary: bool,
 }
 
 /// A file truncated in place whose copy has not been found yet: its old fingerprint and where
@@ -355,6 +382,7 @@ impl SourceTailer {
                 }
             }
         }
+        let resumed_past_start = position.is_some_and(|p| p.offset > 0);
         let position = position.unwrap_or(match (self.config.start_at, self.first_scan_done) {
             (StartAt::End, false) => Position { offset: len, skipping: false },
             _ => Position::default(),
@@ -381,6 +409,8 @@ impl SourceTailer {
             at_eof: false,
             hold_for_copy: hold,
             copy_for,
+            first_block_checked: resumed_past_start,
+            skipped_as_binary: false,
         });
         Ok(())
     }
@@ -431,6 +461,9 @@ impl SourceTailer {
 
     /// Read one chunk of file `i` and turn its complete lines into rows.
     fn read_chunk(&mut self, i: usize) -> std::io::Result<usize> {
+        if self.files[i].skipped_as_binary {
+            return Ok(0);
+        }
         if self.files[i].copy_of.is_some() {
             if self.files[i].opened.elapsed() < COPY_SUSPECT {
                 return Ok(0);
@@ -465,6 +498,16 @@ impl SourceTailer {
         f.at_eof = false;
         if f.fingerprint.len < FINGERPRINT_BYTES as u32 {
             f.fingerprint = Fingerprint::read(&f.file, FINGERPRINT_BYTES)?;
+        }
+        if !f.first_block_checked {
+            f.first_block_checked = true;
+            if self.config.binary == BinaryFiles::Skip && looks_binary(&self.read_buf[..n]) {
+                tracing::warn!(source = %self.config.name, path = %f.path.display(), "file looks binary (a NUL byte or control characters in its first block): not reading it; binary = \"read\" on the source reads such files as lines");
+                f.skipped_as_binary = true;
+                f.at_eof = true;
+                self.stats.binary_files_skipped.fetch_add(1, Ordering::Relaxed);
+                return Ok(0);
+            }
         }
         // Lines continue the last segment if it is this file's; otherwise a new one starts here.
         let start = f.framer.position();
@@ -518,6 +561,8 @@ impl SourceTailer {
         f.framer = LineFramer::new(self.config.max_line_bytes, Position::default());
         f.fingerprint = Fingerprint::of_bytes(&[]);
         f.at_eof = false;
+        // New content from the start: its first block is looked at again.
+        f.first_block_checked = false;
         f.hold_for_copy = Some(Instant::now());
         self.moved.push(inode);
         self.stats.truncations.fetch_add(1, Ordering::Relaxed);
@@ -611,4 +656,132 @@ struct Closed;
 
 fn now_micros() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use arrow::array::AsArray;
+
+    use super::*;
+    use crate::checkpoint::SourceCheckpoint;
+
+    /// Bytes of a fixed pseudo-random sequence (xorshift), like a file of binary garbage.
+    fn garbage(len: usize, avoid_nul: bool) -> Vec<u8> {
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let b = (x >> 24) as u8;
+            if !(avoid_nul && b == 0) {
+                out.push(b);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn text_in_any_encoding_is_text_and_garbage_is_binary() {
+        for text in [
+            &b"2026-11-22 10:00:01 INFO submit id=1 operator=o2\n"[..],
+            "2026-11-22 10:00:02 WARN Zustellung verz\u{f6}gert \u{2013} \u{41f}\u{440}\u{438}\u{432}\u{435}\u{442}\r\n".as_bytes(),
+            b"latin-1: Zustellung verz\xf6gert\tcp1251: \xcf\xf0\xe8\xe2\xe5\xf2\n",
+            b"\x1b[31mERROR\x1b[0m colored\x0c\x0b\n",
+            b"",
+        ] {
+            assert!(!looks_binary(text), "{text:?}");
+        }
+        assert!(looks_binary(b"text, then one NUL\0 byte\n"));
+        assert!(looks_binary(&garbage(65536, false)));
+        // Without a NUL byte, garbage still has about 10% of control bytes.
+        assert!(looks_binary(&garbage(4096, true)));
+        // A gzip-compressed rotation.
+        assert!(looks_binary(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\xed\xbd"));
+        // A few stray control characters in text do not make it binary; many do.
+        let mut line = b"x".repeat(100);
+        line[10] = 0x08;
+        assert!(!looks_binary(&line));
+        line[..6].copy_from_slice(b"\x01\x02\x03\x04\x05\x06");
+        assert!(looks_binary(&line));
+    }
+
+    /// Run a tailer over `dir/*.log` until it published `want` lines (or 5 s passed), and a
+    /// little longer; the messages it published and its counters.
+    fn tail(dir: &std::path::Path, binary: BinaryFiles, want: usize) -> (Vec<String>, Arc<AgentStats>) {
+        let config = SourceConfig {
+            name: "app".into(),
+            paths: vec![dir.join("*.log").to_string_lossy().into_owned()],
+            format: Format::Plain,
+            start_at: StartAt::Beginning,
+            max_line_bytes: 4096,
+            kv_in_message: false,
+            binary,
+        };
+        let settings = AgentSettings {
+            data_dir: dir.join("state"),
+            batch_max_delay_ms: 5,
+            poll_interval_ms: 2,
+            glob_interval_ms: 10,
+            ..AgentSettings::default()
+        };
+        let journal = SourceJournal::open(&settings.data_dir, "app", SourceCheckpoint::default()).unwrap();
+        let stats = Arc::new(AgentStats::default());
+        let tailer = SourceTailer::new(config, settings, Arc::new(Mutex::new(journal)), stats.clone());
+        let (tx, mut rx) = mpsc::channel(1024);
+        let cancel = CancellationToken::new();
+        let thread = {
+            let cancel = cancel.clone();
+            std::thread::spawn(move || tailer.run(tx, cancel))
+        };
+        let mut messages = Vec::new();
+        let mut collect = |b: OutBatch| {
+            let batch = log_batch::decode(&b.payload).unwrap();
+            let message = batch.column_by_name("message").unwrap().as_string::<i32>();
+            messages.extend((0..batch.num_rows()).map(|i| message.value(i).to_owned()));
+        };
+        let start = Instant::now();
+        let mut seen = 0;
+        while seen < want && start.elapsed() < Duration::from_secs(5) {
+            while let Ok(b) = rx.try_recv() {
+                seen += b.lines as usize;
+                collect(b);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        cancel.cancel();
+        thread.join().unwrap();
+        while let Ok(b) = rx.try_recv() {
+            collect(b);
+        }
+        (messages, stats)
+    }
+
+    #[test]
+    fn a_binary_file_is_skipped_with_a_count_unless_the_source_reads_binary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let mut bytes = b"one\ntwo ".to_vec();
+        bytes.push(0xff);
+        bytes.extend_from_slice(b"\nthree\n");
+        std::fs::write(logs.join("app.log"), &bytes).unwrap();
+        // About 4000 "lines" of garbage, as one of 1 MiB would be stored without the check.
+        std::fs::write(logs.join("garbage.log"), garbage(1 << 20, false)).unwrap();
+
+        let (messages, stats) = tail(&logs, BinaryFiles::Skip, 3);
+        // The text file's lines, its invalid UTF-8 kept as today (replaced in the message, the
+        // raw bytes alongside); nothing of the garbage.
+        assert_eq!(messages, ["one", "two \u{fffd}", "three"]);
+        assert_eq!(AgentStats::get(&stats.binary_files_skipped), 1);
+        assert_eq!(AgentStats::get(&stats.lines_invalid_utf8), 1);
+
+        std::fs::remove_dir_all(logs.join("state")).unwrap();
+        let (messages, stats) = tail(&logs, BinaryFiles::Read, 3000);
+        assert!(messages.len() > 3000, "the garbage is read as lines: {}", messages.len());
+        assert_eq!(AgentStats::get(&stats.binary_files_skipped), 0);
+    }
 }

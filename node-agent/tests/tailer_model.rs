@@ -14,7 +14,7 @@ use arrow::array::AsArray;
 use arrow::datatypes::UInt64Type;
 use proptest::prelude::*;
 use switchboard_agent::checkpoint::SourceCheckpoint;
-use switchboard_agent::config::{AgentSettings, SourceConfig, StartAt};
+use switchboard_agent::config::{AgentSettings, BinaryFiles, SourceConfig, StartAt};
 use switchboard_agent::journal::SourceJournal;
 use switchboard_agent::parse::Format;
 use switchboard_agent::stats::AgentStats;
@@ -108,6 +108,7 @@ fn run_case(ops: &[Op]) -> Result<(), TestCaseError> {
         start_at: StartAt::Beginning,
         max_line_bytes: 4096,
         kv_in_message: false,
+        binary: BinaryFiles::Skip,
     };
     let settings = AgentSettings {
         data_dir: dir.path().join("state"),
