@@ -311,6 +311,12 @@ pub struct AgentSettings {
     /// disable. Default: `127.0.0.1:7480`.
     #[serde(default = "default_agent_http")]
     pub http_listen: String,
+    /// Largest request body the HTTP APIs take, in bytes; larger ones get `413` with a JSON
+    /// error and are counted. The default holds the largest documented request (a DLR register
+    /// batch of 10,000 records with every field at its longest, about 14.2 MiB) twice over.
+    /// Default: 33554432 (32 MiB).
+    #[serde(default = "default_http_max_body_bytes")]
+    pub http_max_body_bytes: usize,
 }
 
 /// Where to start reading a file the agent has no checkpoint for.
@@ -391,6 +397,9 @@ fn default_max_unacked() -> usize {
 fn default_agent_http() -> String {
     "127.0.0.1:7480".to_owned()
 }
+fn default_http_max_body_bytes() -> usize {
+    crate::body_limit::DEFAULT_MAX_BODY_BYTES
+}
 fn default_true() -> bool {
     true
 }
@@ -412,6 +421,7 @@ impl Default for AgentSettings {
             checkpoint_interval_ms: default_checkpoint_ms(),
             max_unacked_batches: default_max_unacked(),
             http_listen: default_agent_http(),
+            http_max_body_bytes: default_http_max_body_bytes(),
         }
     }
 }
@@ -484,6 +494,9 @@ impl AgentConfig {
                 "agent.http_listen {:?} is not an address like 127.0.0.1:7480",
                 a.http_listen
             )));
+        }
+        if a.http_max_body_bytes == 0 {
+            return Err(AgentConfigError::Invalid("agent.http_max_body_bytes must be > 0".into()));
         }
         if a.poll_interval_ms == 0 || a.glob_interval_ms == 0 {
             return Err(AgentConfigError::Invalid("agent.poll_interval_ms and glob_interval_ms must be > 0".into()));
@@ -628,6 +641,7 @@ mod example_tests {
         assert_eq!(c.agent.data_dir, d.data_dir);
         assert_eq!((c.agent.max_unacked_batches, &c.agent.http_listen), (d.max_unacked_batches, &d.http_listen));
         assert_eq!(c.agent.acknowledged, d.acknowledged);
+        assert_eq!(c.agent.http_max_body_bytes, d.http_max_body_bytes);
         assert_eq!(c.sources[0].binary, BinaryFiles::default());
         assert_eq!(c.limits, LimitsSettings::default());
         let dlr = DlrSettings { connectors: c.dlr.connectors.clone(), ..DlrSettings::default() };

@@ -15,11 +15,13 @@
 //! - [`metrics`]: the gateways' StatsD metrics, aggregated per interval into snapshots;
 //! - [`eventlog`]: the JSON-lines files of the agent's own records (`_limits`, `_dlr`,
 //!   `_metrics`);
+//! - [`body_limit`]: the size limit on the HTTP APIs' request bodies;
 //! - [`stats`] holds the counters.
 //!
 //! [`Agent::start`] wires them together; [`Agent::wait`] returns once a cancelled agent has
 //! published what it read and stored its checkpoint.
 
+pub mod body_limit;
 pub mod checkpoint;
 pub mod config;
 pub mod dlr;
@@ -204,6 +206,7 @@ impl Agent {
             if let Some(m) = metrics.clone() {
                 routes = routes.merge(metrics::http::router(m));
             }
+            let routes = body_limit::limit_bodies(routes, config.agent.http_max_body_bytes, stats.clone());
             let (_, task) = switchboard_bus::http::serve(addr, report, routes, cancel.clone())
                 .await
                 .map_err(|e| AgentError::Http(format!("http_listen {addr}: {e}")))?;

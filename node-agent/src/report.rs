@@ -109,6 +109,11 @@ impl Report for AgentReport {
             .counter("switchboard_agent_replays_total", "Replay queries answered.", g(&s.replays))
             .counter("switchboard_agent_replayed_lines_total", "Lines sent again for replays.", g(&s.lines_replayed))
             .counter("switchboard_agent_replay_errors_total", "Replays not answered in full.", g(&s.replay_errors))
+            .counter(
+                "switchboard_agent_http_oversized_requests_total",
+                "HTTP requests refused with 413: body over agent.http_max_body_bytes.",
+                g(&s.http_oversized_requests),
+            )
             .gauge(
                 "switchboard_agent_collectors_alive",
                 "Collectors alive on the bus.",

@@ -37,6 +37,8 @@ pub struct AgentStats {
     pub replay_errors: AtomicU64,
     /// Highest watermark seen minus lines published, summed over sources (lag in lines).
     pub unacked_batches: AtomicU64,
+    /// HTTP requests refused because their body was over `agent.http_max_body_bytes`.
+    pub http_oversized_requests: AtomicU64,
 }
 
 impl AgentStats {
