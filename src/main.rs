@@ -12,7 +12,7 @@ fn main() -> std::process::ExitCode {
     match switchboard::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", switchboard::cli::error_chain(&e));
             std::process::ExitCode::FAILURE
         }
     }

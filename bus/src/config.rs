@@ -48,7 +48,11 @@ pub struct BusConfig {
     /// `peer` (default) or `client`.
     #[serde(default)]
     pub mode: Mode,
-    /// zenoh endpoints to accept connections on, e.g. `["tcp/0.0.0.0:7447"]`. Default: none.
+    /// zenoh endpoints to accept connections on, e.g. `["tcp/0.0.0.0:7447"]`. Default: none for
+    /// command-line tools; an agent or collector in `peer` mode that names none listens on the
+    /// local address it uses to reach its first `connect` endpoint, on a free port
+    /// ([`BusConfig::effective_listen`]), so that the peers it meets through gossip can connect to
+    /// it: zenoh peers do not route for each other, so every agent must be reachable by the others.
     #[serde(default)]
     pub listen: Vec<String>,
     /// zenoh endpoints to connect to, e.g. `["tcp/10.0.0.5:7447"]`. Default: none.
@@ -145,6 +149,17 @@ impl BusConfig {
         self.prefix.clone().unwrap_or_else(|| format!("sb/{}", self.cluster))
     }
 
+    /// The endpoints a long-running process listens on: `listen`, or, for a peer that names none,
+    /// `<proto>/<local address>:0` where the local address is the one this host uses to reach the
+    /// first `connect` endpoint (found with a route lookup; nothing is sent) and the protocol is
+    /// that endpoint's. Empty when neither is given or the endpoint cannot be resolved.
+    pub fn effective_listen(&self) -> Vec<String> {
+        if !self.listen.is_empty() || self.mode != Mode::Peer {
+            return self.listen.clone();
+        }
+        self.connect.first().and_then(|e| local_endpoint_towards(e)).into_iter().collect()
+    }
+
     /// Check names, prefix and endpoints; called before a session is opened.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_chunk(&self.cluster).map_err(|source| ConfigError::Name {
@@ -199,6 +214,21 @@ impl BusConfig {
     }
 }
 
+/// `<proto>/<ip>:0` for the local address that reaches `endpoint` (`<proto>/<host>:<port>`).
+fn local_endpoint_towards(endpoint: &str) -> Option<String> {
+    use std::net::{IpAddr, ToSocketAddrs, UdpSocket};
+    let (proto, rest) = endpoint.split_once('/')?;
+    let addr = rest.split(['#', '?']).next()?;
+    let remote = addr.to_socket_addrs().ok()?.next()?;
+    // A connected UDP socket only asks the routing table which source address it would use.
+    let socket = UdpSocket::bind(if remote.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).ok()?;
+    socket.connect(remote).ok()?;
+    Some(match socket.local_addr().ok()?.ip() {
+        IpAddr::V4(ip) => format!("{proto}/{ip}:0"),
+        IpAddr::V6(ip) => format!("{proto}/[{ip}]:0"),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +263,23 @@ mod tests {
         c.mode = Mode::Peer;
         c.prefix = Some("sb/**".into());
         assert!(matches!(c.validate(), Err(ConfigError::Prefix(_))));
+    }
+
+    #[test]
+    fn a_peer_listens_where_it_reaches_its_first_endpoint() {
+        let mut c = BusConfig { connect: vec!["tcp/127.0.0.1:7447".into()], ..BusConfig::default() };
+        assert_eq!(c.effective_listen(), vec!["tcp/127.0.0.1:0".to_owned()]);
+        c.listen = vec!["tcp/127.0.0.1:9000".into()];
+        assert_eq!(c.effective_listen(), vec!["tcp/127.0.0.1:9000".to_owned()]);
+        c.listen.clear();
+        c.mode = Mode::Client;
+        assert!(c.effective_listen().is_empty());
+        c.mode = Mode::Peer;
+        c.connect = vec!["tcp/[::1]:7447".into()];
+        // An IPv6 loopback may be absent in a container; when present it is used.
+        assert!(c.effective_listen().iter().all(|e| e == "tcp/[::1]:0"));
+        c.connect.clear();
+        assert!(c.effective_listen().is_empty());
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The health and metrics endpoint every long-running Switchboard process serves.
 //!
 //! [`serve`] listens on one address and answers:
-//! - `GET /health`: `200` with a JSON body when the process can do its job, `503` with the same
-//!   body naming what is wrong otherwise (keepalived- and load-balancer-style checks use the code);
+//! - `GET /health`: a JSON body whose `status` is `ok` (200), `degraded` (200: the process does
+//!   its job, but something needs attention) or `failing` (503: it cannot do its job), with the
+//!   reasons in `problems` (keepalived- and load-balancer-style checks use the code, monitoring
+//!   reads `status`);
 //! - `GET /metrics`: the Prometheus text exposition format.
 //!
 //! The process supplies both through a [`Report`] function called per request; [`Metrics`]
@@ -19,10 +21,56 @@ use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
+/// A process's health: what is wrong, worst first, and the details of its state.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Reasons it cannot do its job (`/health` answers 503 `failing`).
+    pub failing: Vec<String>,
+    /// Reasons it does its job but needs attention (200 `degraded`).
+    pub degraded: Vec<String>,
+    /// Further fields of the body (a JSON object).
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Health {
+    /// `ok`, `degraded` or `failing`.
+    pub fn status(&self) -> &'static str {
+        if !self.failing.is_empty() {
+            "failing"
+        } else if !self.degraded.is_empty() {
+            "degraded"
+        } else {
+            "ok"
+        }
+    }
+
+    /// The `/health` body: `status`, `problems` (failing reasons first), then the details.
+    pub fn body(&self) -> serde_json::Value {
+        let mut body = serde_json::Map::new();
+        body.insert("status".into(), self.status().into());
+        let problems: Vec<&String> = self.failing.iter().chain(&self.degraded).collect();
+        body.insert("problems".into(), serde_json::json!(problems));
+        for (k, v) in &self.details {
+            body.insert(k.clone(), v.clone());
+        }
+        serde_json::Value::Object(body)
+    }
+
+    /// The health gauge of `/metrics`: 0 ok, 1 degraded, 2 failing.
+    pub fn gauge(&self, m: &mut Metrics) {
+        let level = match self.status() {
+            "ok" => 0.0,
+            "degraded" => 1.0,
+            _ => 2.0,
+        };
+        m.gauge("switchboard_health_status", "Health: 0 ok, 1 degraded, 2 failing (see /health).", level);
+    }
+}
+
 /// What a process reports about itself.
 pub trait Report: Send + Sync + 'static {
-    /// Whether it is healthy, and a JSON document with the details.
-    fn health(&self) -> (bool, serde_json::Value);
+    /// Its health and state.
+    fn health(&self) -> Health;
     /// Its metrics in the Prometheus text format.
     fn metrics(&self) -> String;
 }
@@ -103,9 +151,9 @@ impl Metrics {
 }
 
 async fn health(State(r): State<Arc<dyn Report>>) -> impl IntoResponse {
-    let (ok, body) = r.health();
-    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (code, [(header::CONTENT_TYPE, "application/json")], body.to_string())
+    let h = r.health();
+    let code = if h.failing.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, [(header::CONTENT_TYPE, "application/json")], h.body().to_string())
 }
 
 async fn metrics(State(r): State<Arc<dyn Report>>) -> impl IntoResponse {

@@ -67,6 +67,15 @@ impl StreamKind {
         }
     }
 
+    /// Parse `<role>/<name>` (e.g. `node/gw1`), as tokens and views name a process.
+    pub fn parse_member(path: &str) -> Option<(Role, String)> {
+        let (role, name) = path.split_once('/')?;
+        if name.is_empty() || name.contains('/') {
+            return None;
+        }
+        Some((Role::from_chunk(role)?, name.to_owned()))
+    }
+
     fn from_chunk(s: &str) -> Option<Self> {
         match s {
             "log" => Some(StreamKind::Log),
@@ -91,6 +100,15 @@ impl Role {
             Role::Agent => "node",
             Role::Collector => "collector",
         }
+    }
+
+    /// Parse `<role>/<name>` (e.g. `node/gw1`), as tokens and views name a process.
+    pub fn parse_member(path: &str) -> Option<(Role, String)> {
+        let (role, name) = path.split_once('/')?;
+        if name.is_empty() || name.contains('/') {
+            return None;
+        }
+        Some((Role::from_chunk(role)?, name.to_owned()))
     }
 
     fn from_chunk(s: &str) -> Option<Self> {
@@ -331,6 +349,23 @@ impl KeySpace {
         Some(StreamId { node: node.to_owned(), kind: StreamKind::from_chunk(kind)?, name: name.to_owned() })
     }
 
+    /// `<prefix>/view/<role>/<name>`: the queryable answering which processes one process sees
+    /// alive (the mesh check, [`crate::mesh`]).
+    pub fn view(&self, role: Role, name: &str) -> Result<OwnedKeyExpr, KeyError> {
+        check_chunk(name)?;
+        self.build(&["view", role.as_str(), name])
+    }
+
+    /// `<prefix>/view/*/*`: every process's view queryable.
+    pub fn all_views(&self) -> Result<OwnedKeyExpr, KeyError> {
+        self.build(&["view", "*", "*"])
+    }
+
+    /// Parse a view key back into `(role, name)`.
+    pub fn parse_view(&self, key: &str) -> Option<(Role, String)> {
+        Role::parse_member(key.strip_prefix(&self.prefix)?.strip_prefix("/view/")?)
+    }
+
     /// `<prefix>/<role>/<name>`: the liveliness token of one process.
     pub fn member(&self, role: Role, name: &str) -> Result<OwnedKeyExpr, KeyError> {
         check_chunk(name)?;
@@ -344,12 +379,7 @@ impl KeySpace {
 
     /// Parse a liveliness key back into `(role, name)`.
     pub fn parse_member(&self, key: &str) -> Option<(Role, String)> {
-        let rest = key.strip_prefix(&self.prefix)?.strip_prefix('/')?;
-        let (role, name) = rest.split_once('/')?;
-        if name.is_empty() || name.contains('/') {
-            return None;
-        }
-        Some((Role::from_chunk(role)?, name.to_owned()))
+        Role::parse_member(key.strip_prefix(&self.prefix)?.strip_prefix('/')?)
     }
 }
 
@@ -409,6 +439,9 @@ mod tests {
         assert_eq!(ks().parse_member("sb/test/node"), None);
         assert_eq!(ks().parse_member("sb/test/node/gw1"), Some((Role::Agent, "gw1".into())));
         assert_eq!(ks().parse_member("sb/test/collector/c1"), Some((Role::Collector, "c1".into())));
+        assert_eq!(ks().view(Role::Agent, "gw1").unwrap().as_str(), "sb/test/view/node/gw1");
+        assert_eq!(ks().parse_view("sb/test/view/collector/c1"), Some((Role::Collector, "c1".into())));
+        assert_eq!(ks().parse_view("sb/test/view/collector/c1/x"), None);
     }
 
     #[test]

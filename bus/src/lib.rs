@@ -5,6 +5,7 @@
 //! - [`keys`]: the key space, defined once, with typed stream and member identities;
 //! - [`session`]: opening a zenoh session from the config, announcing a process;
 //! - [`membership`]: the live set of the cluster from liveliness tokens;
+//! - [`mesh`]: the check that every process sees every live process, and unique names;
 //! - [`dlr`]: the DLR lookup protocol: canonical ids, records, lookup and replica documents;
 //! - [`limits`]: rate and concurrency limits decided locally (GCRA, slots);
 //! - [`http`]: the `/health` and `/metrics` endpoint of long-running processes;
@@ -19,6 +20,7 @@ pub mod http;
 pub mod keys;
 pub mod limits;
 pub mod membership;
+pub mod mesh;
 pub mod session;
 pub mod wire;
 

@@ -23,6 +23,17 @@ pub enum SessionError {
     /// endpoint already in use).
     #[error("zenoh: {0}")]
     Zenoh(String),
+    /// Another live process already uses this process's name.
+    #[error(
+        "{name} is already alive in the cluster (seen by {seen_by}): each process needs its own \
+         name (`node` in `[bus]`, default: the host name); stop the other one or rename this one"
+    )]
+    NameTaken {
+        /// `<role>/<name>` of this process.
+        name: String,
+        /// Who reported the other one alive.
+        seen_by: String,
+    },
 }
 
 fn zenoh_err(e: impl std::fmt::Display) -> SessionError {

@@ -8,6 +8,7 @@
 //! - [`sink`]: payloads to deduplicated rows in hourly partition files;
 //! - [`logs_table`]: the `logs` table schema and the wire-to-row conversion;
 //! - [`writer`]: one Parquet file, committed atomically with its ranges in the footer;
+//! - [`writers`]: two processes publishing as one node, found from their heads;
 //! - [`ranges`]: sequence number sets; [`stats`]: counters.
 //!
 //! [`Collector::start`] runs recovery, subscribes, then announces the collector on the bus (so
@@ -22,6 +23,7 @@ pub mod sink;
 pub mod stats;
 pub mod tables;
 pub mod writer;
+pub mod writers;
 
 /// Rows the unit tests feed the sinks.
 #[cfg(test)]
@@ -46,12 +48,14 @@ pub(crate) mod test_rows {
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use switchboard_bus::http::Health;
 use switchboard_bus::keys::{KeySpace, Role, StreamId, StreamKind};
-use switchboard_bus::session;
+use switchboard_bus::mesh::{self, Mesh};
 use switchboard_bus::wire::control::{Heads, Watermarks};
+use switchboard_bus::{session, Member, Membership};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use zenoh::bytes::ZBytes;
@@ -64,6 +68,7 @@ use crate::sink::{LogsSink, ReplayRequest, SinkStatus};
 use crate::stats::CollectorStats;
 use crate::tables::Tables;
 use crate::writer::FileSettings;
+use crate::writers::WriterCheck;
 
 /// Name of the logs table's directory below the data directory.
 pub const LOGS_DIR: &str = "logs";
@@ -192,23 +197,35 @@ struct CollectorReport {
     stats: Arc<CollectorStats>,
     status: tokio::sync::watch::Receiver<SinkStatus>,
     latest: Arc<latest::LatestMetrics>,
+    mesh: Mesh,
+    writers: Arc<Mutex<WriterCheck>>,
 }
 
 impl switchboard_bus::http::Report for CollectorReport {
-    fn health(&self) -> (bool, serde_json::Value) {
+    fn health(&self) -> Health {
         let st = self.status.borrow().clone();
         let lag: BTreeMap<&String, serde_json::Value> =
             st.lag.iter().map(|(k, (r, s))| (k, serde_json::json!({"records": r, "seconds": s}))).collect();
-        let ok = st.failing.is_none();
-        let body = serde_json::json!({
-            "status": if ok { "ok" } else { "failing" },
+        let mut h = Health::default();
+        h.failing.extend(st.failing.clone());
+        let conflicted = self.writers.lock().map(|w| w.conflicted(Instant::now())).unwrap_or_default();
+        for node in &conflicted {
+            h.degraded.push(format!(
+                "two processes publish as node {node}: one's lines are dropped as duplicates of the other's"
+            ));
+        }
+        h.degraded.extend(self.mesh.problems().iter().map(|p| format!("bus mesh: {p}")));
+        let details = serde_json::json!({
             "collector": self.name,
-            "problem": st.failing,
             "open_files": st.open_files,
             "watermarks": st.watermarks,
             "lag": lag,
+            "mesh": self.mesh.health(),
         });
-        (ok, body)
+        if let serde_json::Value::Object(map) = details {
+            h.details = map;
+        }
+        h
     }
 
     fn metrics(&self) -> String {
@@ -244,6 +261,11 @@ impl switchboard_bus::http::Report for CollectorReport {
             .counter("switchboard_collector_replays_total", "Replay queries sent to agents.", g(&s.replay_requests))
             .counter("switchboard_collector_rows_replayed_total", "Rows received from replays.", g(&s.rows_replayed))
             .counter("switchboard_collector_replay_errors_total", "Replay queries that failed.", g(&s.replay_errors))
+            .counter(
+                "switchboard_collector_conflicting_writers_total",
+                "Heads showing two processes publishing as one node.",
+                g(&s.conflicting_writers),
+            )
             .gauge(
                 "switchboard_collector_failing",
                 "1 while writes or commits fail (e.g. disk full).",
@@ -275,6 +297,8 @@ impl switchboard_bus::http::Report for CollectorReport {
             "Metric rows of series beyond the collector's bound, left out of switchboard_cluster_metric.",
             self.latest.refused.load(Ordering::Relaxed),
         );
+        self.mesh.metrics(&mut m);
+        self.health().gauge(&mut m);
         m.finish()
     }
 }
@@ -387,7 +411,14 @@ impl Collector {
         let mut sink = Tables { logs, internal };
         let latest = Arc::new(latest::LatestMetrics::new(LATEST_SERIES));
 
-        let session = session::open(&config.bus).await?;
+        let mut bus = config.bus.clone();
+        bus.listen = bus.effective_listen();
+        let session = session::open(&bus).await?;
+        let me = Member { role: Role::Collector, name: name.clone() };
+        mesh::check_name_free(&session, &keys, &me).await?;
+        let membership = Membership::watch(&session, &keys, cancel.clone()).await?;
+        let mesh = Mesh::start(&session, &keys, me, membership, cancel.clone()).await?;
+        let writers = Arc::new(Mutex::new(WriterCheck::default()));
         let (tx, rx) = flume::bounded::<Input>(c.queue_payloads);
         let subscriber = {
             let (tx, keys, stats) = (tx.clone(), keys.clone(), stats.clone());
@@ -407,13 +438,18 @@ impl Collector {
                 .map_err(|e| CollectorError::Bus(e.to_string()))?
         };
         let heads_subscriber = {
-            let (tx, keys, stats) = (tx.clone(), keys.clone(), stats.clone());
+            let (tx, keys, stats, writers) = (tx.clone(), keys.clone(), stats.clone(), writers.clone());
             session
                 .declare_subscriber(keys.all_heads().map_err(|e| CollectorError::Bus(e.to_string()))?)
                 .callback(move |sample| {
                     let node = keys.parse_head(sample.key_expr().as_str());
                     match (node, Heads::decode(&sample.payload().to_bytes())) {
                         (Some(node), Ok(heads)) => {
+                            if let (Some(instance), Ok(mut w)) = (heads.instance.as_deref(), writers.lock()) {
+                                if w.observe(&node, instance, Instant::now()) {
+                                    stats.conflicting_writers.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
                             let _ = tx.send(Input::Heads { node, heads });
                         }
                         (_, Err(e)) => {
@@ -455,6 +491,8 @@ impl Collector {
                 stats: stats.clone(),
                 status: status_rx,
                 latest: latest.clone(),
+                mesh,
+                writers,
             });
             let (_, task) = switchboard_bus::http::serve(addr, report, axum::Router::new(), cancel.clone())
                 .await

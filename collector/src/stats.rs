@@ -35,6 +35,8 @@ pub struct CollectorStats {
     pub replay_errors: AtomicU64,
     /// Control documents (heads) that could not be read.
     pub control_malformed: AtomicU64,
+    /// Heads that showed two processes publishing as one node.
+    pub conflicting_writers: AtomicU64,
 }
 
 impl CollectorStats {

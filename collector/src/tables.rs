@@ -124,6 +124,7 @@ impl Tables {
             version: heads.version,
             streams: heads.streams.iter().filter(|(k, _)| keep(&stream_of(k))).map(|(k, v)| (k.clone(), *v)).collect(),
             acked: heads.acked.iter().filter(|(k, _)| keep(&stream_of(k))).map(|(k, v)| (k.clone(), *v)).collect(),
+            instance: heads.instance.clone(),
         };
         let internal: Vec<&str> = self.internal.iter().map(|(s, _)| *s).collect();
         let mut out = self.logs.on_heads(node, &part(&|s| !internal.contains(&s)));

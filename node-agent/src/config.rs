@@ -317,6 +317,11 @@ pub struct AgentSettings {
     /// Default: 33554432 (32 MiB).
     #[serde(default = "default_http_max_body_bytes")]
     pub http_max_body_bytes: usize,
+    /// `/health` says `degraded` when the oldest line not yet committed by a collector is older
+    /// than this, in milliseconds (a collector that is down, slow or cannot write). Default:
+    /// 60000.
+    #[serde(default = "default_health_max_lag_ms")]
+    pub health_max_lag_ms: u64,
 }
 
 /// Where to start reading a file the agent has no checkpoint for.
@@ -394,6 +399,9 @@ fn default_checkpoint_ms() -> u64 {
 fn default_max_unacked() -> usize {
     16_384
 }
+fn default_health_max_lag_ms() -> u64 {
+    60_000
+}
 fn default_agent_http() -> String {
     "127.0.0.1:7480".to_owned()
 }
@@ -422,6 +430,7 @@ impl Default for AgentSettings {
             max_unacked_batches: default_max_unacked(),
             http_listen: default_agent_http(),
             http_max_body_bytes: default_http_max_body_bytes(),
+            health_max_lag_ms: default_health_max_lag_ms(),
         }
     }
 }
@@ -479,9 +488,25 @@ impl AgentConfig {
         Ok(config)
     }
 
+    /// A warning for a config that tails no log file (the agent then only serves limits, DLRs
+    /// and metrics, which may be a mistake); `None` when it has sources.
+    pub fn idle_warning(&self) -> Option<String> {
+        self.sources.is_empty().then(|| {
+            "no [[source]] is configured: this agent tails no log file and only serves limits, DLRs \
+             and metrics; add a [[source]] table (see docs/config/agent.toml) if its gateway's logs \
+             should reach the dataset"
+                .to_owned()
+        })
+    }
+
     /// Check everything that can be checked before starting.
     pub fn validate(&self) -> Result<(), AgentConfigError> {
         self.bus.validate()?;
+        if self.sources.is_empty() && !self.limits.enabled && !self.dlr.enabled && !self.metrics.enabled {
+            return Err(AgentConfigError::Invalid(
+                "nothing to do: no [[source]] is configured and limits, dlr and metrics are all disabled".into(),
+            ));
+        }
         let a = &self.agent;
         if a.batch_max_lines == 0 || a.batch_max_bytes == 0 {
             return Err(AgentConfigError::Invalid("agent.batch_max_lines and batch_max_bytes must be > 0".into()));

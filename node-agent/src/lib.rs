@@ -42,7 +42,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use switchboard_bus::keys::{KeySpace, Role};
-use switchboard_bus::{session, Membership};
+use switchboard_bus::mesh::{self, Mesh};
+use switchboard_bus::{session, Member, Membership};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -135,9 +136,19 @@ impl Agent {
             .await
             .map_err(|e| AgentError::Bus(format!("startup task: {e}")))??
         };
+        config.bus.listen = config.bus.effective_listen();
+        if config.bus.listen.is_empty() && config.bus.connect.is_empty() {
+            tracing::warn!(
+                "[bus] names no `listen` or `connect` endpoint: this agent can reach no collector and no peer"
+            );
+        }
         let session = session::open(&config.bus).await?;
         let node = config.bus.node.clone();
+        let me = Member { role: Role::Agent, name: node.clone() };
+        mesh::check_name_free(&session, &keys, &me).await?;
+        tracing::info!(listen = ?config.bus.listen, connect = ?config.bus.connect, "joined the bus");
         let membership = Membership::watch(&session, &keys, cancel.clone()).await?;
+        let mesh = Mesh::start(&session, &keys, me, membership.clone(), cancel.clone()).await?;
         let publishers =
             publisher::declare_publishers(&session, &keys, &node, config.sources.iter().map(|s| s.name.as_str()))
                 .await?;
@@ -195,6 +206,8 @@ impl Agent {
                 stats: stats.clone(),
                 journals: journals.clone(),
                 membership: membership.clone(),
+                mesh: mesh.clone(),
+                max_lag: Duration::from_millis(config.agent.health_max_lag_ms),
                 limits: limits.clone(),
                 dlr: dlr.clone(),
                 metrics: metrics.clone(),
@@ -235,7 +248,7 @@ impl Agent {
             task.run(rx, cancel).await;
             // Say once more how far every source got, now that everything is published.
             if let Ok(key) = k2.head(&n2) {
-                let _ = s2.put(key, publisher::heads(&j2).encode()).await;
+                let _ = s2.put(key, publisher::heads(&j2, &s2).encode()).await;
             }
         });
         tracker.close();

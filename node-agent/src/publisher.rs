@@ -119,9 +119,14 @@ impl PublisherTask {
     }
 }
 
-/// The current heads of every source.
-pub(crate) fn heads(journals: &Journals) -> Heads {
-    let mut heads = Heads { version: switchboard_bus::wire::control::VERSION, ..Heads::default() };
+/// The current heads of every source; `session` names this run of the agent
+/// ([`Heads::instance`]).
+pub(crate) fn heads(journals: &Journals, session: &Session) -> Heads {
+    let mut heads = Heads {
+        version: switchboard_bus::wire::control::VERSION,
+        instance: Some(session.zid().to_string()),
+        ..Heads::default()
+    };
     for (name, j) in journals.iter() {
         let Ok(j) = j.lock() else { continue };
         let stream = format!("{}/{name}", StreamKind::Log.as_str());
@@ -153,7 +158,7 @@ pub(crate) async fn run_heads(
                 }
             }
         }
-        if let Err(e) = session.put(&key, heads(&journals).encode()).await {
+        if let Err(e) = session.put(&key, heads(&journals, &session).encode()).await {
             tracing::debug!(error = %e, "cannot publish heads");
         }
     }

@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use switchboard_bus::http::{Metrics, Report};
+use switchboard_bus::http::{Health, Metrics, Report};
 use switchboard_bus::keys::Role;
+use switchboard_bus::mesh::Mesh;
 use switchboard_bus::Membership;
 
 use crate::dlr::DlrService;
@@ -16,11 +17,16 @@ use crate::metrics::MetricsService;
 use crate::publisher::Journals;
 use crate::stats::AgentStats;
 
+/// How long a tailer may go without a round of its loop before `/health` says so.
+const TAILER_QUIET: Duration = Duration::from_secs(30);
+
 pub(crate) struct AgentReport {
     pub(crate) node: String,
     pub(crate) stats: Arc<AgentStats>,
     pub(crate) journals: Journals,
     pub(crate) membership: Membership,
+    pub(crate) mesh: Mesh,
+    pub(crate) max_lag: Duration,
     pub(crate) limits: Option<Arc<LimitsService>>,
     pub(crate) dlr: Option<Arc<DlrService>>,
     pub(crate) metrics: Option<Arc<MetricsService>>,
@@ -40,22 +46,45 @@ fn lags(journals: &Journals) -> BTreeMap<String, (u64, u64, usize, f64)> {
 }
 
 impl Report for AgentReport {
-    fn health(&self) -> (bool, serde_json::Value) {
-        let journal_errors = self.stats.journal_errors.load(Ordering::Relaxed);
+    fn health(&self) -> Health {
+        let mut h = Health::default();
+        if self.stats.journal_errors.load(Ordering::Relaxed) > 0 {
+            h.failing.push("a source stopped: its journal cannot be written".into());
+        }
         let collectors = self.membership.live_of(Role::Collector);
-        let sources: BTreeMap<String, serde_json::Value> = lags(&self.journals)
+        if collectors.is_empty() {
+            h.degraded.push("no collector is alive: lines wait in the journal until one is".into());
+        }
+        let lags = lags(&self.journals);
+        for (source, (_, _, _, secs)) in &lags {
+            if *secs > self.max_lag.as_secs_f64() {
+                h.degraded.push(format!(
+                    "source {source}: its oldest uncommitted line is {secs:.0} s old (health_max_lag_ms = {})",
+                    self.max_lag.as_millis()
+                ));
+            }
+        }
+        // A tailer blocks while the publisher waits for a collector; only then is silence normal.
+        if !collectors.is_empty() {
+            for (source, quiet) in self.stats.silent_tailers(TAILER_QUIET) {
+                h.degraded.push(format!(
+                    "source {source}: its reader has not advanced for {} s (stuck on a file system?)",
+                    quiet.as_secs()
+                ));
+            }
+        }
+        h.degraded.extend(self.mesh.problems().iter().map(|p| format!("bus mesh: {p}")));
+        let sources: BTreeMap<String, serde_json::Value> = lags
             .into_iter()
             .map(|(k, (head, acked, unacked, secs))| {
-                (k, serde_json::json!({"head": head, "acked": acked, "lag_records": head - acked, "unacked_batches": unacked, "lag_seconds": secs}))
+                (k, serde_json::json!({"head": head, "acked": acked, "lag_records": head.saturating_sub(acked), "unacked_batches": unacked, "lag_seconds": secs}))
             })
             .collect();
-        let ok = journal_errors == 0;
-        let body = serde_json::json!({
-            "status": if ok { "ok" } else { "failing" },
+        let details = serde_json::json!({
             "node": self.node,
-            "problem": (!ok).then_some("a source stopped: its journal cannot be written"),
             "collectors_alive": collectors,
             "sources": sources,
+            "mesh": self.mesh.health(),
             "limits": self.limits.as_ref().map(|l| serde_json::json!({
                 "revision": l.revisions.current(),
                 "nodes": l.peers.borrow().clone(),
@@ -70,7 +99,10 @@ impl Report for AgentReport {
                 })
             }),
         });
-        (ok, body)
+        if let serde_json::Value::Object(map) = details {
+            h.details = map;
+        }
+        h
     }
 
     fn metrics(&self) -> String {
@@ -122,7 +154,7 @@ impl Report for AgentReport {
             .gauge_series(
                 "switchboard_agent_source_lag_records",
                 "Lines read but not yet acknowledged as committed.",
-                lags.iter().map(|(k, v)| (vec![("source", k.clone())], (v.0 - v.1) as f64)),
+                lags.iter().map(|(k, v)| (vec![("source", k.clone())], v.0.saturating_sub(v.1) as f64)),
             )
             .gauge_series(
                 "switchboard_agent_source_lag_seconds",
@@ -196,6 +228,8 @@ impl Report for AgentReport {
                 m.counter(&format!("switchboard_agent_metrics_{name}_total"), help, value);
             }
         }
+        self.mesh.metrics(&mut m);
+        self.health().gauge(&mut m);
         m.finish()
     }
 }

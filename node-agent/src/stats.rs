@@ -1,6 +1,9 @@
 //! The agent's counters, shared between its threads and read by whoever embeds or watches it.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
 
 /// Counters since the agent started. All are monotonic.
 #[derive(Debug, Default)]
@@ -39,11 +42,32 @@ pub struct AgentStats {
     pub unacked_batches: AtomicU64,
     /// HTTP requests refused because their body was over `agent.http_max_body_bytes`.
     pub http_oversized_requests: AtomicU64,
+    /// Per source, when its tailer thread last went round its loop (a stuck or dead tailer
+    /// stops beating; `/health` reports it).
+    pub tailer_beats: Mutex<BTreeMap<String, Instant>>,
 }
 
 impl AgentStats {
     /// Read one counter.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// A tailer says it is alive.
+    pub fn tailer_beat(&self, source: &str) {
+        if let Ok(mut beats) = self.tailer_beats.lock() {
+            match beats.get_mut(source) {
+                Some(t) => *t = Instant::now(),
+                None => {
+                    beats.insert(source.to_owned(), Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Sources whose tailer has not gone round its loop for `quiet`, with how long.
+    pub fn silent_tailers(&self, quiet: std::time::Duration) -> Vec<(String, std::time::Duration)> {
+        let Ok(beats) = self.tailer_beats.lock() else { return Vec::new() };
+        beats.iter().map(|(s, t)| (s.clone(), t.elapsed())).filter(|(_, d)| *d >= quiet).collect()
     }
 }

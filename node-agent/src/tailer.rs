@@ -237,6 +237,7 @@ impl SourceTailer {
     pub fn run(mut self, out: mpsc::Sender<OutBatch>, cancel: CancellationToken) {
         let mut last_scan: Option<Instant> = None;
         loop {
+            self.stats.tailer_beat(&self.config.name);
             if cancel.is_cancelled() {
                 let _ = self.flush(&out);
                 return;

@@ -24,9 +24,22 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, from below the kernel's ephemeral range: the
+/// processes under test bind port 0 (agents listen on a free port by default), and the kernel
+/// hands those out from the ephemeral range, so a port picked here is never given to one of them
+/// between the pick and its use.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919);
+    for _ in 0..20_000 {
+        let k = NEXT.fetch_add(1, Ordering::Relaxed).wrapping_add(start);
+        let port = 12_000 + (k % 20_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between 12000 and 32000");
 }
 
 /// Poll `cond` every 50 ms until it holds or `timeout` passes; returns whether it held.

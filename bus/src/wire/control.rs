@@ -30,6 +30,10 @@ pub struct Heads {
     /// `<kind>/<stream>` → first sequence number still replayable (absent: 0).
     #[serde(default)]
     pub acked: BTreeMap<String, u64>,
+    /// This run of the agent (its zenoh session id, new at every start): two processes that
+    /// publish as one node show up as two instances taking turns. Absent in older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 /// A collector's watermarks for one node: per stream, the committed contiguous prefix.
@@ -88,7 +92,12 @@ mod tests {
 
     #[test]
     fn round_trip_and_errors() {
-        let h = Heads { version: VERSION, streams: BTreeMap::from([("log/app".into(), 42)]), acked: BTreeMap::new() };
+        let h = Heads {
+            version: VERSION,
+            streams: BTreeMap::from([("log/app".into(), 42)]),
+            acked: BTreeMap::new(),
+            instance: None,
+        };
         assert_eq!(Heads::decode(&h.encode()).unwrap(), h);
         assert_eq!(std::str::from_utf8(&h.encode()).unwrap(), r#"{"version":1,"streams":{"log/app":42},"acked":{}}"#);
         assert_eq!(Heads::decode(br#"{"version":1,"streams":{}}"#).unwrap().acked.len(), 0);

@@ -199,7 +199,6 @@ fn agent_config(node: &str, endpoint: &str, dir: &Path, logs: &Path) -> AgentCon
         start_at: StartAt::Beginning,
         max_line_bytes: 64 * 1024,
         kv_in_message: kv,
-        binary: switchboard_agent::config::BinaryFiles::Skip,
     };
     AgentConfig {
         bus: BusConfig {

@@ -1,0 +1,247 @@
+//! What a new operator meets first: the README's topology is one cluster, a split one is
+//! reported, a second process under a live name is refused, `/health` says what is wrong, and
+//! config mistakes are said once, in plain text.
+
+mod common;
+
+use std::time::Duration;
+
+use common::limits::http_post;
+use common::{append, metric, numbered, wait_until, Cluster};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn health(c: &Cluster, name: &str) -> serde_json::Value {
+    serde_json::from_str(&c.http_get(name, "/health").1).unwrap_or_default()
+}
+
+fn sees(c: &Cluster, name: &str) -> usize {
+    health(c, name)["mesh"]["sees"].as_array().map_or(0, Vec::len)
+}
+
+/// The README's config: agents name only the collector's endpoint, and nothing else.
+#[test]
+fn the_readme_topology_is_one_cluster() {
+    let c = Cluster::new();
+    let collector = c.start_collector();
+    let rest = "[dlr]\nenabled = true\n";
+    let agents: Vec<_> =
+        ["gw1", "gw2", "gw3"].iter().map(|n| c.start_agent_config(n, &[c.endpoint.clone()], "", rest)).collect();
+    for n in ["gw1", "gw2", "gw3", "collector"] {
+        assert!(wait_until(DEADLINE, || sees(&c, n) == 4), "{n} sees {:?}", health(&c, n)["mesh"]);
+    }
+    // Limits are shared by all three, and settable through the collector's endpoint.
+    c.set_limits(&c.endpoint, "[[limit]]\nkey = \"operator:x\"\nrate = 300\n", "readme topology");
+    for n in ["gw1", "gw2", "gw3"] {
+        assert!(
+            wait_until(DEADLINE, || metric(&c.http_get(n, "/metrics").1, "switchboard_agent_limits_known_nodes")
+                == Some(3.0)),
+            "{n} does not share limits with all three"
+        );
+    }
+    let (ok, list) = c.limits_cli(&c.endpoint, &["list"]);
+    assert!(ok && list.contains("operator:x"), "{list}");
+    // A DLR registered on gw1 is found from gw2.
+    let (code, _, body) = http_post(
+        c.http_port("gw1"),
+        "/v1/dlr/register",
+        r#"{"connector":"smsc","msg_id":"m-1","destination":"+49151"}"#,
+    );
+    assert_eq!(code, 201, "{body}");
+    let (code, _, body) = http_post(c.http_port("gw2"), "/v1/dlr/resolve", r#"{"connector":"smsc","msg_id":"m-1"}"#);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""answered_by":"gw1""#) || body.contains(r#""owner":"gw1""#), "{body}");
+    // Settled: nothing to report.
+    assert!(wait_until(DEADLINE, || health(&c, "gw2")["status"] == "ok"), "{}", health(&c, "gw2"));
+    assert_eq!(health(&c, "collector")["status"], "ok", "{}", health(&c, "collector"));
+    for a in agents {
+        a.stop();
+    }
+    collector.stop();
+}
+
+/// Agents that cannot reach each other are told so, and so is the collector that sees both.
+#[test]
+fn a_split_cluster_is_reported() {
+    let c = Cluster::new();
+    let collector = c.start_collector();
+    let a = c.start_agent_config("gw1", &[c.endpoint.clone()], "gossip = false", "");
+    let b = c.start_agent_config("gw2", &[c.endpoint.clone()], "gossip = false", "");
+    let problem = |n: &str, text: &str| {
+        let h = health(&c, n);
+        h["status"] == "degraded"
+            && h["problems"].as_array().is_some_and(|p| p.iter().any(|p| p.as_str().is_some_and(|s| s.contains(text))))
+    };
+    assert!(
+        wait_until(DEADLINE, || problem("gw1", "node/gw2 is alive (seen by collector/c1) but not reachable from here")),
+        "{}",
+        health(&c, "gw1")
+    );
+    assert!(
+        wait_until(DEADLINE, || problem("collector", "node/gw1 does not see node/gw2")),
+        "{}",
+        health(&c, "collector")
+    );
+    assert_eq!(c.http_get("gw1", "/health").0, 200, "degraded still serves");
+    let m = c.http_get("gw2", "/metrics").1;
+    assert_eq!(metric(&m, "switchboard_mesh_unreachable_processes"), Some(1.0), "{m}");
+    assert_eq!(metric(&m, "switchboard_health_status"), Some(1.0), "{m}");
+    assert!(wait_until(DEADLINE, || a.log_text().contains("bus mesh")), "a warning is logged:\n{}", a.log_text());
+    a.stop();
+    b.stop();
+    collector.stop();
+}
+
+/// Two agents under one name: the second is refused at start; heads under a live node's name
+/// from another instance make the collector say so.
+#[test]
+fn a_second_process_under_a_live_name_is_refused() {
+    let c = Cluster::new();
+    let collector = c.start_collector();
+    let first = c.start_agent("gw1", "plain");
+    assert!(wait_until(DEADLINE, || sees(&c, "collector") == 2));
+    // Same node name, its own state and HTTP port.
+    let cfg = c.path().join("twin.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[bus]\ncluster = \"{}\"\nnode = \"gw1\"\nconnect = [\"{}\"]\n[agent]\ndata_dir = \"{}\"\nhttp_listen = \"127.0.0.1:{}\"\n[metrics]\nstatsd_listen = \"\"\n",
+            c.cluster,
+            c.endpoint,
+            c.path().join("twin").display(),
+            c.http_port("twin")
+        ),
+    )
+    .unwrap();
+    let out =
+        std::process::Command::new(common::BIN).args(["agent", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the twin must not start:\n{stderr}");
+    assert!(stderr.contains("node/gw1 is already alive in the cluster"), "{stderr}");
+
+    // A writer that slipped through (started at the same moment): its heads name another instance.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut config = zenoh::Config::default();
+        config.insert_json5("mode", "\"client\"").unwrap();
+        config.insert_json5("connect/endpoints", &format!("[\"{}\"]", c.endpoint)).unwrap();
+        config.insert_json5("scouting/multicast/enabled", "false").unwrap();
+        let s = zenoh::open(config).await.unwrap();
+        let key = format!("sb/{}/head/gw1", c.cluster);
+        for _ in 0..6 {
+            s.put(&key, r#"{"version":1,"streams":{},"instance":"intruder"}"#).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+        s.close().await.unwrap();
+    });
+    assert!(
+        wait_until(DEADLINE, || metric(
+            &c.http_get("collector", "/metrics").1,
+            "switchboard_collector_conflicting_writers_total"
+        )
+        .is_some_and(|v| v >= 1.0)),
+        "{}",
+        c.http_get("collector", "/metrics").1
+    );
+    let h = health(&c, "collector");
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert!(h["problems"][0].as_str().unwrap_or("").contains("two processes publish as node gw1"), "{h}");
+    assert!(collector.log_text().contains("two processes publish as node gw1"));
+    first.stop();
+    collector.stop();
+}
+
+/// `/health` of an agent with no collector: degraded, with the reasons, then ok once one is up.
+#[test]
+fn agent_health_says_what_is_wrong() {
+    let c = Cluster::new();
+    let rest =
+        format!("[[source]]\nname = \"app\"\npaths = [\"{}/*.log\"]\nformat = \"plain\"\n", c.logs_dir("gw").display());
+    let agent = c.start_agent_config("gw", &[c.endpoint.clone()], "", &rest);
+    append(&c.logs_dir("gw").join("a.log"), (0..50).map(|i| numbered("gw", i)));
+    let reasons = |text: &str| {
+        let h = health(&c, "gw");
+        h["status"] == "degraded"
+            && h["problems"].as_array().is_some_and(|p| p.iter().any(|p| p.as_str().is_some_and(|s| s.contains(text))))
+    };
+    assert!(wait_until(DEADLINE, || reasons("no collector is alive")), "{}", health(&c, "gw"));
+    assert_eq!(c.http_get("gw", "/health").0, 200);
+    let collector = c.start_collector();
+    assert!(wait_until(DEADLINE, || health(&c, "gw")["status"] == "ok"), "{}", health(&c, "gw"));
+    agent.stop();
+    collector.stop();
+}
+
+/// The lag bound: lines that wait longer than `health_max_lag_ms` make the agent degraded.
+#[test]
+fn agent_health_reports_lag_past_its_bound() {
+    let c = Cluster::new();
+    let cfg = c.path().join("lag.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[bus]\ncluster = \"{}\"\nnode = \"gw\"\nconnect = [\"{}\"]\n[agent]\ndata_dir = \"{}\"\nhttp_listen = \"127.0.0.1:{}\"\nhealth_max_lag_ms = 1000\nwait_for_collector = false\n[metrics]\nstatsd_listen = \"\"\n[[source]]\nname = \"app\"\npaths = [\"{}/*.log\"]\n",
+            c.cluster,
+            c.endpoint,
+            c.agent_state("gw").display(),
+            c.http_port("gw"),
+            c.logs_dir("gw").display()
+        ),
+    )
+    .unwrap();
+    let agent = common::Proc::start("agent", &["agent", "--config", cfg.to_str().unwrap()], c.path().join("lag.log"));
+    append(&c.logs_dir("gw").join("a.log"), (0..10).map(|i| numbered("gw", i)));
+    let lagging = || {
+        let h = health(&c, "gw");
+        h["problems"].as_array().is_some_and(|p| {
+            p.iter().any(|p| p.as_str().is_some_and(|s| s.contains("source app: its oldest uncommitted line is")))
+        })
+    };
+    assert!(wait_until(DEADLINE, lagging), "{}", health(&c, "gw"));
+    agent.stop();
+}
+
+/// Config mistakes: each error said once; an agent with nothing to do refused; one that tails
+/// nothing warned about; logs to a file carry no colour codes and no zenoh start-up noise.
+#[test]
+fn config_mistakes_are_said_once_and_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |text: &str, check: bool| {
+        let cfg = dir.path().join("a.toml");
+        std::fs::write(&cfg, text).unwrap();
+        let mut args = vec!["agent", "--config", cfg.to_str().unwrap()];
+        if check {
+            args.push("--check");
+        }
+        let out = std::process::Command::new(common::BIN).args(&args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, _, err) = run("[bus]\nnode = \"gw1\"\nconect = []\n", true);
+    assert!(!ok);
+    assert_eq!(err.matches("unknown field `conect`").count(), 1, "said once:\n{err}");
+    assert_eq!(err.matches("error:").count(), 1, "{err}");
+    let (ok, _, err) = run(
+        "[bus]\nnode = \"gw1\"\n[limits]\nenabled = false\n[dlr]\nenabled = false\n[metrics]\nenabled = false\n",
+        true,
+    );
+    assert!(!ok);
+    assert!(err.contains("nothing to do"), "{err}");
+    let (ok, out, _) = run("[bus]\nnode = \"gw1\"\n", true);
+    assert!(ok);
+    assert!(out.contains("warning: no [[source]] is configured"), "{out}");
+
+    // A running agent's log, written to a file: plain text, no zenoh start-up warning.
+    let c = Cluster::new();
+    let agent = c.start_agent("gw", "plain");
+    assert!(wait_until(DEADLINE, || c.http_get("gw", "/health").0 == 200));
+    std::thread::sleep(Duration::from_millis(500));
+    let log = agent.log_text();
+    agent.stop();
+    assert!(log.contains("agent started"), "{log}");
+    assert!(!log.contains('\u{1b}'), "no colour codes in a log file:\n{log}");
+    assert!(!log.contains("Scouting delay elapsed"), "{log}");
+}
