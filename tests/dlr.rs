@@ -260,6 +260,16 @@ fn ids_are_normalized_races_wait_records_expire_and_bad_requests_are_refused() {
         let (code, res) = post(&c, "b", "/v1/dlr/resolve", json!({"connector": connector, "msg_id": id}));
         assert_eq!(code == 200, found, "{connector}/{id}: {res}");
     }
+    // A gateway resolves with the id it registered: hex 00001A is decimal 26 in the DLRs.
+    register(&c, "a", "hexdec", ["00001A".to_string()]);
+    let registered = json!({"connector": "hexdec", "msg_id": "00001A", "registered": true});
+    let (code, res) = post(&c, "b", "/v1/dlr/resolve", registered);
+    assert_eq!(code, 200, "{res}");
+    assert_eq!(res["record"]["msg_id"], "00001A", "{res}");
+    let local = json!({"connector": "hexdec", "msg_id": "1a", "registered": true, "local": true});
+    assert_eq!(post(&c, "a", "/v1/dlr/resolve", local).0, 200);
+    assert_eq!(post(&c, "b", "/v1/dlr/resolve", json!({"connector": "hexdec", "msg_id": "26"})).0, 200);
+    assert_eq!(post(&c, "b", "/v1/dlr/resolve", json!({"connector": "hexdec", "msg_id": "00001A"})).0, 400);
 
     // A DLR that overtakes its registration waits for it (bounded), then is delivered.
     let port = c.http_port("b");

@@ -3,7 +3,7 @@
 //! | request | answer |
 //! | --- | --- |
 //! | `POST /v1/dlr/register` one registration, or `{"records": [...]}` | `201 {"registered": n, "records": [...]}` |
-//! | `POST /v1/dlr/resolve` `{"connector", "msg_id", "wait_ms"?, "local"?, "owner"?}` | `200` the record, who answered, owner or copy; `404` (`local`: this node's store only, no bus; `owner`: the owner's answer while it is live) |
+//! | `POST /v1/dlr/resolve` `{"connector", "msg_id", "wait_ms"?, "local"?, "owner"?, "registered"?}` | `200` the record, who answered, owner or copy; `404` (`local`: this node's store only, no bus; `owner`: the owner's answer while it is live; `registered`: `msg_id` as registered, not as in the DLR) |
 //! | `POST /v1/dlr/report` `{"connector", "msg_id", "status", "final"?, "error"?, "text"?, "wait_ms"?}` | `200` with `outcome` `delivered`, `duplicate` or `owner_down`; `404` |
 //! | `POST /v1/dlr/close` `{"connector", "msg_id", "status"}` | `200 {"record"}`; `404`; `409` if another node owns it |
 //! | `GET /v1/dlr/inbox?after=N&max=M&wait_ms=W` | `200 {"reports": [{"seq", "record", "report"}]}` (long poll) |
@@ -27,7 +27,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{DlrError, DlrService, Registration, ReportRequest};
+use super::{DlrError, DlrService, IdForm, Registration, ReportRequest};
 
 /// Most reports one inbox request returns.
 const MAX_INBOX: usize = 10_000;
@@ -97,20 +97,24 @@ struct ResolveRequest {
     local: bool,
     #[serde(default)]
     owner: bool,
+    /// `msg_id` as the gateway registered it (`ids`), not as a DLR writes it (`report_ids`).
+    #[serde(default)]
+    registered: bool,
 }
 
 async fn resolve(State(s): State<Arc<DlrService>>, body: Bytes) -> Response {
     let req = match parse::<ResolveRequest>(
         &body,
-        r#"{"connector": string, "msg_id": string, "wait_ms"?: integer, "local"?: bool, "owner"?: bool}"#,
+        r#"{"connector": string, "msg_id": string, "wait_ms"?: integer, "local"?: bool, "owner"?: bool, "registered"?: bool}"#,
     ) {
         Ok(r) => r,
         Err(e) => return error(&s, e),
     };
+    let form = if req.registered { IdForm::Registered } else { IdForm::Report };
     let answer = if req.local {
-        s.resolve_local(&req.connector, &req.msg_id)
+        s.resolve_local(&req.connector, &req.msg_id, form)
     } else {
-        s.resolve(&req.connector, &req.msg_id, req.wait_ms, req.owner).await
+        s.resolve(&req.connector, &req.msg_id, form, req.wait_ms, req.owner).await
     };
     match answer {
         Ok(r) => Json(r).into_response(),

@@ -226,6 +226,17 @@ pub enum Outcome {
     OwnerDown,
 }
 
+/// How a gateway wrote the `msg_id` it looks up: as its `submit_sm_resp` said (the connector's
+/// `ids`), or as the DLR says (`report_ids`). They differ where a connector's SMSC writes ids in
+/// two formats (hex in one, decimal in the other).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdForm {
+    /// As registered (`ids`).
+    Registered,
+    /// As in the DLR (`report_ids`): the default of `resolve` and `report`.
+    Report,
+}
+
 /// The answer to a lookup or report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Resolution {
@@ -487,7 +498,17 @@ impl DlrService {
         }
     }
 
-    /// Look up `msg_id` on the bus (waiting up to `wait_ms` for a registration not there yet):
+    /// The canonical id of `msg_id`, read in the connector's format for `form`.
+    fn canonical(&self, connector: &str, msg_id: &str, form: IdForm) -> Result<String, DlrError> {
+        let (ids, dlr_ids) = self.formats(connector)?;
+        Ok(match form {
+            IdForm::Registered => ids.canonical(msg_id)?,
+            IdForm::Report => dlr_ids.canonical(msg_id)?,
+        })
+    }
+
+    /// Look up `msg_id` (read as `form` says) on the bus (waiting up to `wait_ms` for a
+    /// registration not there yet):
     /// first at the one node that must hold it (whose copy may trail the owner by the
     /// replication delay), then at every node; with `owner`, at every node at once, waiting for
     /// the owner's answer while it is live.
@@ -495,11 +516,11 @@ impl DlrService {
         &self,
         connector: &str,
         msg_id: &str,
+        form: IdForm,
         wait_ms: Option<u64>,
         owner: bool,
     ) -> Result<Resolution, DlrError> {
-        let (_, dlr_ids) = self.formats(connector)?;
-        let canonical = dlr_ids.canonical(msg_id)?;
+        let canonical = self.canonical(connector, msg_id, form)?;
         let wait = self.wait(wait_ms.unwrap_or(self.settings.wait_ms))?;
         let mut found = None;
         if !owner {
@@ -515,9 +536,8 @@ impl DlrService {
 
     /// Look up `msg_id` in this node's own store only (no bus): what node-by-node forwarding
     /// asks each node.
-    pub fn resolve_local(&self, connector: &str, msg_id: &str) -> Result<Resolution, DlrError> {
-        let (_, dlr_ids) = self.formats(connector)?;
-        let canonical = dlr_ids.canonical(msg_id)?;
+    pub fn resolve_local(&self, connector: &str, msg_id: &str, form: IdForm) -> Result<Resolution, DlrError> {
+        let canonical = self.canonical(connector, msg_id, form)?;
         let Some(reply) = self.answer(connector, &canonical, None)? else {
             return Err(DlrError::NotFound { connector: connector.into(), msg_id: msg_id.into() });
         };
