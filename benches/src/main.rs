@@ -6,9 +6,11 @@
 //! cargo run --release -p switchboard-benches -- wire
 //! cargo run --release -p switchboard-benches -- limits
 //! cargo run --release -p switchboard-benches -- dlr
+//! cargo run --release -p switchboard-benches -- capacity
 //! cargo run --release -p switchboard-benches -- query
 //! ```
 
+mod capacity;
 mod dlr;
 mod limits;
 mod limits_cluster;
@@ -96,6 +98,17 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         repeat: u32,
     },
+    /// DLR store capacity: `--records` open records in one node's store, then disk and memory
+    /// per record and random reads, beside the budget (at most 150 B of disk per record, at most
+    /// 256 MiB of memory growth).
+    Capacity {
+        /// Open records to write.
+        #[arg(long, default_value_t = 10_000_000)]
+        records: u64,
+        /// The store's block cache, in MiB (`dlr.cache_mb`).
+        #[arg(long, default_value_t = 16)]
+        cache_mb: u64,
+    },
     /// One node of the accuracy run (started by `limits`): a node agent from a config file.
     #[command(hide = true)]
     LimitsNode {
@@ -162,6 +175,7 @@ fn main() -> Result<()> {
         Bench::Dlr { records, lookups, rate, clients, cache_mb, repeat } => {
             dlr::run(&dlr::DlrBench { records, lookups, rate, clients, cache_mb, repeat })
         }
+        Bench::Capacity { records, cache_mb } => capacity::run(records, cache_mb),
         Bench::LimitsNode { config } => limits_cluster::node(&config),
         Bench::Query { data, logs, metrics, nodes, runs } => {
             query::run(&query::QueryBench { data, logs, metrics, nodes, runs })

@@ -61,6 +61,30 @@ pub struct DlrRecord {
     pub closed_by: Option<String>,
 }
 
+impl DlrRecord {
+    /// The `i`-th of a deterministic series of open records owned by `owner` (eight connectors,
+    /// spread ids), for capacity tests and benchmarks.
+    pub fn synthetic(i: u64, owner: &str) -> Self {
+        let id = format!("{:016x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        DlrRecord {
+            connector: format!("smsc-{}", i % 8),
+            msg_id: id.clone(),
+            id,
+            account: format!("acct-{}", i % 1000),
+            destination: format!("+4915{:08}", i % 100_000_000),
+            submitted_at: 1_790_000_000_000 + i,
+            owner: owner.into(),
+            gateway_ref: format!("gw-{i:012}"),
+            expires_at: 1_790_172_800_000 + i / 1000,
+            version: 1,
+            state: RecordState::Open,
+            status: None,
+            closed_at: None,
+            closed_by: None,
+        }
+    }
+}
+
 /// A stored value that cannot be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("stored DLR record is corrupt: {0}")]
