@@ -135,22 +135,37 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::limits_cmd::LimitsCommand,
     },
-    /// Run a collector and three node agents on loopback with synthetic gateway logs, then print
-    /// a summary computed with SQL. Needs no setup.
+    /// A short tour of the whole mission on loopback: a collector and three node agents as real
+    /// processes, with no setup.
+    ///
+    /// The demo writes the configs an operator would write into --dir, sets one cluster-wide rate
+    /// limit, and plays each node's gateway: synthetic SMS gateway and MTA logs, limit requests at
+    /// uneven rates, messages registered on one node whose DLRs arrive on another, StatsD timers.
+    /// Part way through it kills one agent with -9 and restarts it. At the end it prints a summary
+    /// computed with SQL over the Parquet dataset (logs exactly once, admitted per second against
+    /// the limit, DLRs found across nodes and by copies, a merged p99) and writes the reports and
+    /// a chart to <dir>/reports. `switchboard query` then reads <dir>/dataset.
     Demo {
-        /// How long to write logs: `15s`, `500ms`, `2m`, or seconds.
-        #[arg(long, default_value = "15s", value_parser = parse_duration)]
+        /// How long the gateways run: `30s`, `2m`, or seconds.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
         duration: Duration,
-        /// Directory for the demo's logs, agent state and dataset (cleared first if the demo made
-        /// it; refused if something else did).
+        /// Directory for the demo's configs, logs, agent state, dataset and reports (cleared first
+        /// if the demo made it; refused if something else did).
         #[arg(long, default_value = "switchboard-demo")]
         dir: PathBuf,
-        /// Number of node agents.
+        /// Number of node agents (at most 9).
         #[arg(long, default_value_t = 3)]
         nodes: usize,
         /// Log lines written per second on each node.
         #[arg(long, default_value_t = 2000)]
         rate: u32,
+        /// First of 20 loopback ports: the collector's bus endpoint; +1 its HTTP; +1+i agent i's
+        /// HTTP; +10+i agent i's StatsD. 0 picks free ones.
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Do not kill and restart an agent part way through.
+        #[arg(long)]
+        no_kill: bool,
     },
 }
 
@@ -158,7 +173,7 @@ pub enum Command {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Scope {
     /// The dataset root (the collector's `data_dir`).
-    #[arg(long, env = "SWITCHBOARD_DATA", default_value = "switchboard-data")]
+    #[arg(long, env = "SWITCHBOARD_DATA", default_value = DEFAULT_DATA)]
     pub data: PathBuf,
     /// Only rows at or after this time: RFC 3339, a UTC date (`2026-11-22`, `2026-11-22 10:00`)
     /// or a span back from now (`15m`, `2h`, `7d`).
@@ -169,10 +184,33 @@ pub struct Scope {
     pub until: Option<String>,
 }
 
+/// The dataset `query` and `report` read when `--data` is not given.
+const DEFAULT_DATA: &str = "switchboard-data";
+/// Where `switchboard demo` writes its dataset by default.
+const DEMO_DATA: &str = "switchboard-demo/dataset";
+
 impl Scope {
     async fn open(&self) -> Result<Dataset> {
         let window = TimeWindow::parse(self.since.as_deref(), self.until.as_deref(), chrono::Utc::now())?;
-        Ok(Dataset::open_window(&self.data, window).await?)
+        Ok(Dataset::open_window(&self.root()?, window).await?)
+    }
+
+    /// `--data`, or after a demo in this directory its dataset (said on stderr); a dataset that
+    /// does not exist is an error that says which `--data` to pass.
+    fn root(&self) -> Result<PathBuf> {
+        if self.data.exists() {
+            return Ok(self.data.clone());
+        }
+        let demo = std::path::Path::new(DEMO_DATA);
+        if self.data == std::path::Path::new(DEFAULT_DATA) && demo.exists() {
+            eprintln!("reading the demo's dataset {DEMO_DATA} (no {DEFAULT_DATA} here; pass --data to choose)");
+            return Ok(demo.to_owned());
+        }
+        anyhow::bail!(
+            "no dataset at {}: pass --data with the collector's data_dir (or set SWITCHBOARD_DATA){}",
+            self.data.display(),
+            if demo.exists() { format!("; the demo's is --data {DEMO_DATA}") } else { String::new() }
+        )
     }
 }
 
@@ -238,10 +276,40 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// An error and its causes on one line, each said once: many errors already quote their cause in
+/// their own message, which a plain walk of the chain would print again.
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+/// zenoh says this at every start of a peer whose `connect` endpoints are not all up within the
+/// scouting delay, which is normal here (agents start before their collector, reconnects are
+/// retried): keep it out of the user's way unless they ask for zenoh's logs.
+const QUIET_ZENOH: &str = "zenoh::net::runtime::orchestrator=error";
+
 fn init_tracing(filter: Option<&str>, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter.unwrap_or(default))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    use std::io::IsTerminal;
+    // A filter that names no zenoh target gets the quieting too.
+    let wanted = match filter {
+        Some(f) if f.contains("zenoh") => f.to_owned(),
+        Some(f) => format!("{f},{QUIET_ZENOH}"),
+        None => format!("{default},{QUIET_ZENOH}"),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&wanted).unwrap_or_else(|e| {
+        eprintln!("warning: --log / SWITCHBOARD_LOG {wanted:?} is not a valid filter ({e}); using {default:?}");
+        tracing_subscriber::EnvFilter::new(default)
+    });
+    // Colour only a terminal, and never when NO_COLOR is set: log files get plain text.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -284,9 +352,16 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Agent { config, check } => {
             init_tracing(log, "info");
             let cfg = AgentConfig::load(&config)?;
+            let idle = cfg.idle_warning();
             if check {
                 println!("{}: ok ({} sources)", config.display(), cfg.sources.len());
+                if let Some(w) = &idle {
+                    println!("warning: {w}");
+                }
                 return Ok(());
+            }
+            if let Some(w) = &idle {
+                tracing::warn!("{w}");
             }
             runtime()?.block_on(async {
                 let cancel = shutdown_token();
@@ -365,11 +440,12 @@ pub fn run(cli: Cli) -> Result<()> {
             init_tracing(log, "warn");
             runtime()?.block_on(crate::limits_cmd::run(command))
         }
-        Command::Demo { duration, dir, nodes, rate } => {
+        Command::Demo { duration, dir, nodes, rate, port, no_kill } => {
             init_tracing(log, "warn");
             runtime()?.block_on(async {
                 let cancel = shutdown_token();
-                let summary = demo::run(DemoOptions { duration, dir, nodes, rate }, cancel).await?;
+                let opts = DemoOptions { duration, dir, nodes, rate, port, kill: !no_kill };
+                let summary = demo::run(opts, cancel).await?;
                 if summary.stored != summary.written || summary.duplicates != 0 {
                     anyhow::bail!(
                         "the dataset does not match what was written: {} written, {} stored, {} duplicates",

@@ -9,28 +9,68 @@ fn demo_runs_to_completion() {
     let dir = tempfile::tempdir().unwrap();
     let demo = dir.path().join("demo");
     let out = Command::new(common::BIN)
-        .args(["demo", "--duration", "3s", "--rate", "400", "--dir", demo.to_str().unwrap()])
+        .args(["demo", "--duration", "12s", "--rate", "400", "--dir", demo.to_str().unwrap()])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed\n{stdout}\n{stderr}");
-    assert!(stdout.contains("Lines per node and level"), "{stdout}");
-    assert!(stdout.contains("Errors per operator"), "{stdout}");
+    for section in ["1. Logs, exactly once", "2. One rate limit", "3. DLRs", "4. Gateway metrics", "Reports in"] {
+        assert!(stdout.contains(section), "{section}:\n{stdout}");
+    }
     assert!(stdout.contains("0 duplicate keys: exactly once"), "{stdout}");
-    assert!(stderr.contains("written"), "progress is shown: {stderr}");
-    // The rows the demo says it stored are really in the files.
+    assert!(stderr.contains("kill -9 gw2") && stderr.contains("gw2 restarted"), "the fault happened: {stderr}");
+    assert!(stderr.contains("log lines written"), "progress is shown: {stderr}");
+    // The rows the demo says it stored are really in the files, the killed node's too.
     let rows = common::read_logs(&demo.join("dataset"));
     let nodes: std::collections::BTreeSet<_> = rows.iter().map(|r| r.node.clone()).collect();
     assert_eq!(nodes.len(), 3);
+    common::assert_exactly_once(&rows);
     assert!(stdout.contains(&format!("{} rows stored", rows.len())), "{stdout}");
+    // DLRs were found from other nodes, and the killed node's from its copies.
+    let copies = stdout
+        .lines()
+        .find(|l| l.contains("found in one bus round trip from another node"))
+        .and_then(|l| l.split(", ").last())
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(copies.is_some_and(|n| n > 0), "copies answered: {stdout}");
+    // The reports and a chart are in the demo directory, each one with rows.
+    for (name, _) in [("throughput", ()), ("log-volume", ()), ("dlr-latency", ()), ("timer", ()), ("rejections", ())] {
+        let text = std::fs::read_to_string(demo.join("reports").join(format!("{name}.txt"))).unwrap();
+        assert!(text.lines().count() >= 4, "report {name}:\n{text}");
+    }
+    let chart = std::fs::read_to_string(demo.join("reports/throughput.svg")).unwrap();
+    assert!(chart.starts_with("<svg") && chart.contains("<polyline"), "{chart}");
     reports_and_windows(&demo.join("dataset"), rows.len());
+    independent_readers_agree(&demo.join("dataset"));
     // A second run into the same directory clears the first.
     let again = Command::new(common::BIN)
-        .args(["demo", "--duration", "1s", "--rate", "100", "--nodes", "1", "--dir", demo.to_str().unwrap()])
+        .args(["demo", "--duration", "2s", "--rate", "100", "--nodes", "1", "--dir", demo.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+}
+
+/// Plain `switchboard query` after a demo in the same directory finds the demo's dataset; with
+/// no dataset at all it says which `--data` to pass.
+#[test]
+fn query_after_the_demo_finds_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let query = |sql: &str| Command::new(common::BIN).current_dir(dir.path()).args(["query", sql]).output().unwrap();
+    let none = query("SELECT 1");
+    assert!(!none.status.success());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no dataset at switchboard-data: pass --data"));
+    let demo = Command::new(common::BIN)
+        .current_dir(dir.path())
+        .args(["demo", "--duration", "2s", "--rate", "100", "--nodes", "2", "--no-kill"])
+        .output()
+        .unwrap();
+    assert!(demo.status.success(), "{}", String::from_utf8_lossy(&demo.stderr));
+    let out = query("SELECT count(DISTINCT node) AS nodes FROM logs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains('2'), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("reading the demo's dataset switchboard-demo/dataset"));
 }
 
 #[test]
@@ -44,6 +84,31 @@ fn demo_refuses_a_directory_it_did_not_make() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("was not made by the demo"));
     assert!(dir.path().join("precious.txt").exists());
+}
+
+/// Spark, DuckDB and pyarrow (tests/py/readers.py) count every table the demo wrote as
+/// `switchboard query` does, since the README says they read the files as they are.
+fn independent_readers_agree(dataset: &std::path::Path) {
+    let script = format!("{}/tests/py/readers.py", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("python3").arg(&script).arg(dataset).output().expect("python3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "readers.py failed:\n{stderr}");
+    let counts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for table in ["logs", "metrics", "limits", "dlr"] {
+        let (ours, _) = run(&[
+            "query",
+            "--data",
+            dataset.to_str().unwrap(),
+            "--format",
+            "csv",
+            &format!("SELECT count(*) FROM {table}"),
+        ]);
+        let ours: u64 = ours.lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap();
+        assert!(ours > 0, "the demo wrote the {table} table");
+        for reader in ["spark", "duckdb", "pyarrow"] {
+            assert_eq!(counts[table][reader].as_u64(), Some(ours), "{reader} on {table}: {counts}");
+        }
+    }
 }
 
 fn run(args: &[&str]) -> (String, String) {
@@ -101,6 +166,6 @@ fn reports_and_windows(dataset: &std::path::Path, rows: usize) {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("--since must be before --until"));
-    let out = Command::new(common::BIN).args(["report", "timer", "--data", data]).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("reads the metrics table"), "no metrics in the demo");
+    let (out, _) = run(&["report", "timer", "--data", data, "--format", "csv"]);
+    assert!(out.lines().count() >= 2 && out.contains("vodafone-de"), "the demo's timers, merged:\n{out}");
 }

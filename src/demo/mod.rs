@@ -1,12 +1,21 @@
-//! `switchboard demo`: the whole log pipeline on loopback, with no setup.
+//! `switchboard demo`: a short tour of the whole mission on loopback, with no setup.
 //!
-//! Starts a collector and `nodes` node agents in this process, each with its own zenoh session on
-//! 127.0.0.1 (agents connect to the collector's endpoint; no multicast). While they run, one
-//! writer thread per node appends synthetic gateway logs ([`crate::loggen`]: an SMS gateway in
-//! logfmt, an MTA in RFC 5424 syslog) at `rate` lines per second. Progress is printed every
-//! second. When the time is up the writers stop, the demo waits until the collector holds every
-//! line, stops the agents and then the collector (which commits its files), and prints a summary
-//! computed with SQL over the Parquet dataset, checking that each line is stored exactly once.
+//! Starts a collector and `nodes` node agents as real `switchboard` processes ([`cluster`]), with
+//! their configs written into the demo directory. Agents name only the collector's endpoint and
+//! find each other through it. The demo then sets one cluster-wide limit with
+//! `switchboard limits set` and, for `duration`, plays each node's gateway ([`load`]): it writes
+//! synthetic SMS gateway and MTA logs, asks for the shared limit at uneven rates, registers
+//! messages and hands their DLRs to other nodes, and sends StatsD timers. Part way through, one
+//! agent is killed with -9 and restarted: its DLRs are answered by copies, its share of the limit
+//! goes to the others, and its log lines still land exactly once. Progress is printed every
+//! second. At the end the demo waits until the collector holds every line, stops the processes,
+//! and prints a summary computed with SQL over the Parquet dataset ([`summary`]), then writes the
+//! reports and a chart into `<dir>/reports`.
+
+mod cluster;
+mod http;
+mod load;
+mod summary;
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -15,112 +24,165 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::Int64Type;
-use switchboard_agent::config::{
-    AgentConfig, AgentSettings, DlrSettings, LimitsSettings, MetricsSettings, SourceConfig, StartAt,
-};
-use switchboard_agent::parse::Format;
-use switchboard_agent::stats::AgentStats;
-use switchboard_agent::Agent;
-use switchboard_bus::BusConfig;
-use switchboard_collector::config::{CollectorConfig, CollectorSettings, LogsTableConfig};
-use switchboard_collector::stats::CollectorStats;
-use switchboard_collector::Collector;
-use switchboard_queries::{render, Dataset, OutputFormat};
 use tokio_util::sync::CancellationToken;
 
+use crate::demo::cluster::{Ports, Proc};
+use crate::demo::http::HttpClient;
+use crate::demo::load::{Load, LIMIT_KEY, LIMIT_RATE};
 use crate::loggen::{GatewayLog, MtaLog};
+
+pub use summary::DemoSummary;
 
 /// A file in the demo directory that marks it as the demo's own (and so safe to clear).
 const MARKER: &str = ".switchboard-demo";
 /// How long the demo waits for the collector to hold every written line after the writers stop.
 const CATCH_UP: Duration = Duration::from_secs(60);
+/// How long the killed agent stays down.
+const DOWN_FOR: Duration = Duration::from_secs(4);
 
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
-    /// How long the writers write.
+    /// How long the gateways run.
     pub duration: Duration,
-    /// The demo directory (logs, agent state, dataset); cleared first if the demo made it.
+    /// The demo directory (configs, logs, agent state, dataset, reports); cleared first if the
+    /// demo made it.
     pub dir: PathBuf,
     /// Number of node agents.
     pub nodes: usize,
-    /// Lines per second written on each node.
+    /// Log lines per second written on each node.
     pub rate: u32,
+    /// First of the demo's ports (bus endpoint, then HTTP and StatsD); 0 picks free ones.
+    pub port: u16,
+    /// Kill one agent with -9 part way through, and restart it.
+    pub kill: bool,
 }
 
-/// What the demo measured.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DemoSummary {
-    /// Lines the writers wrote.
-    pub written: u64,
-    /// Rows in the dataset.
-    pub stored: u64,
-    /// `(node, stream, seq)` keys found more than once.
-    pub duplicates: u64,
-    /// The dataset's root.
-    pub dataset: PathBuf,
+/// What the demo is doing now, for the progress line.
+struct Run {
+    started: Instant,
+    duration: Duration,
+    written: Vec<Arc<AtomicU64>>,
+    load: Arc<Load>,
+    ports: Ports,
 }
 
-/// Run the demo; `cancel` (Ctrl-C) cuts the writing short but still shuts down cleanly.
+/// Run the demo; `cancel` (Ctrl-C) cuts the run short but still shuts down cleanly.
 pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> Result<DemoSummary> {
+    // The processes and gateways are driven by plain threads; only the SQL summary is async.
+    let facts = tokio::task::spawn_blocking(move || drive(opts, cancel)).await.context("the demo's driver")??;
+    summary::summarize(&facts).await
+}
+
+/// Start the cluster, play the gateways, cause the fault, wait for the dataset, stop.
+fn drive(opts: DemoOptions, cancel: CancellationToken) -> Result<summary::Facts> {
     if opts.nodes == 0 || opts.rate == 0 {
         bail!("--nodes and --rate must be at least 1");
     }
     prepare_dir(&opts.dir)?;
     let dir = opts.dir.canonicalize().context("resolving the demo directory")?;
     let dataset = dir.join("dataset");
-    let port = free_port()?;
-    let endpoint = format!("tcp/127.0.0.1:{port}");
-    eprintln!(
-        "switchboard demo: 1 collector + {} node agents on {endpoint}, {} s at {} lines/s per node",
-        opts.nodes,
-        opts.duration.as_secs(),
-        opts.rate
-    );
-    eprintln!("  directory: {}", dir.display());
-
-    let collector_cancel = CancellationToken::new();
-    let collector = Collector::start(collector_config(&endpoint, &dataset), collector_cancel.clone())
-        .await
-        .context("starting the collector")?;
-    let cstats = collector.stats();
-
-    let agents_cancel = CancellationToken::new();
-    let mut agents = Vec::new();
-    let mut astats = Vec::new();
+    let ports = Ports::pick(opts.port, opts.nodes)?;
     let nodes: Vec<String> = (1..=opts.nodes).map(|i| format!("gw{i}")).collect();
-    for node in &nodes {
-        let logs = dir.join("logs").join(node);
-        std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-        let agent = Agent::start(agent_config(node, &endpoint, &dir, &logs), agents_cancel.clone())
-            .await
-            .with_context(|| format!("starting agent {node}"))?;
-        astats.push(agent.stats());
-        agents.push(agent);
-    }
+    eprintln!(
+        "switchboard demo: 1 collector + {} node agents on {} for {} s",
+        opts.nodes,
+        ports.bus(),
+        opts.duration.as_secs()
+    );
+    eprintln!("  directory: {} (configs, logs, dataset, reports)", dir.display());
 
-    // Writers: one thread per node.
-    let written = Arc::new(AtomicU64::new(0));
-    let stop_writing = CancellationToken::new();
+    // The cluster: real processes with the configs an operator would write.
+    std::fs::create_dir_all(dir.join("logs")).context("creating the logs directory")?;
+    let write = |name: &str, text: String| -> Result<PathBuf> {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    };
+    let collector_cfg = write("collector.toml", cluster::collector_toml(&ports, &dataset))?;
+    let mut collector = Proc::start("collector", "collector", &collector_cfg, &dir.join("logs/collector.log"))?;
+    let mut agents = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        std::fs::create_dir_all(dir.join("logs").join(node))?;
+        let cfg = write(&format!("{node}.toml"), cluster::agent_toml(&ports, i + 1, node, &dir))?;
+        agents.push(Proc::start("agent", node, &cfg, &dir.join(format!("logs/{node}.log")))?);
+    }
+    let mut health: Vec<(String, std::net::SocketAddr)> = vec![("collector".into(), ports.collector_http())];
+    health.extend(nodes.iter().enumerate().map(|(i, n)| (n.clone(), ports.agent_http(i + 1))));
+    {
+        let mut all: Vec<&mut Proc> = agents.iter_mut().collect();
+        all.push(&mut collector);
+        cluster::wait_ready(&health, opts.nodes + 1, &mut all)?;
+    }
+    eprintln!("  cluster formed: every process sees the {} others", opts.nodes);
+
+    // One limit for the whole cluster, set the way an operator sets it.
+    let limits =
+        write("limits.toml", format!("[[limit]]\nkey = \"{LIMIT_KEY}\"\nrate = {LIMIT_RATE}\nper = \"second\"\n"))?;
+    set_limits(&limits, &ports)?;
+    eprintln!(
+        "  limit set: {LIMIT_KEY} at {LIMIT_RATE}/s for the cluster; gateways ask for {} /s",
+        (0..opts.nodes).map(|i| Load::demand(i).to_string()).collect::<Vec<_>>().join(" + ")
+    );
+
+    // The gateways.
+    let stop = CancellationToken::new();
+    let written: Vec<Arc<AtomicU64>> = nodes.iter().map(|_| Arc::new(AtomicU64::new(0))).collect();
     let mut writers = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
         let (node, logs) = (node.clone(), dir.join("logs").join(node));
-        let (written, stop, rate) = (written.clone(), stop_writing.clone(), opts.rate);
-        writers.push(std::thread::spawn(move || write_logs(&node, &logs, i as u64, rate, &written, &stop)));
+        let (count, stop, rate) = (written[i].clone(), stop.clone(), opts.rate);
+        writers.push(std::thread::spawn(move || write_logs(&node, &logs, i as u64, rate, &count, &stop)));
     }
+    let load = Load::new(&nodes);
+    let sockets = nodes.iter().map(|n| dir.join("agents").join(n).join("limits.sock")).collect();
+    let load_threads = load.start(ports, sockets, &stop);
+    let run =
+        Run { started: Instant::now(), duration: opts.duration, written: written.clone(), load: load.clone(), ports };
 
-    let started = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.tick().await;
-    while started.elapsed() < opts.duration {
-        tokio::select! {
-            _ = tick.tick() => progress(started, opts.duration, &written, &astats, &cstats),
-            _ = cancel.cancelled() => { eprintln!("  interrupted: stopping early"); break; }
+    // The fault: the second node's agent, killed part way through and restarted.
+    let victim = (opts.kill && opts.nodes >= 2).then_some(1usize);
+    let kill_at = opts.duration.mul_f64(0.35);
+    let mut outage: Option<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> = None;
+    let mut killed_at: Option<(Instant, chrono::DateTime<chrono::Utc>)> = None;
+    let mut last = (0u64, Instant::now());
+    let mut next_tick = Duration::from_secs(1);
+    while run.started.elapsed() < opts.duration {
+        while run.started.elapsed() < next_tick && !cancel.is_cancelled() {
+            std::thread::sleep(Duration::from_millis(20));
         }
+        next_tick += Duration::from_secs(1);
+        if cancel.is_cancelled() {
+            eprintln!("  interrupted: stopping early");
+            break;
+        }
+        if let Some(v) = victim {
+            if killed_at.is_none() && outage.is_none() && run.started.elapsed() >= kill_at {
+                load.gateways[v].up.store(false, Ordering::Relaxed);
+                agents[v].kill();
+                killed_at = Some((Instant::now(), chrono::Utc::now()));
+                eprintln!(
+                    "  ** kill -9 {}: its DLRs must come from copies, its share of the limit go to the others",
+                    nodes[v]
+                );
+            } else if let Some((at, wall)) = killed_at {
+                if at.elapsed() >= DOWN_FOR {
+                    agents[v].restart()?;
+                    killed_at = None;
+                    outage = Some((wall, chrono::Utc::now()));
+                    let back = wait_agent_back(&ports, v + 1, &mut agents[v]);
+                    load.gateways[v].up.store(true, Ordering::Relaxed);
+                    eprintln!("  ** {} restarted ({back}); it resumes from its checkpoint", nodes[v]);
+                    next_tick = Duration::from_secs(run.started.elapsed().as_secs() + 1);
+                }
+            }
+        }
+        progress(&run, &mut last);
     }
-    stop_writing.cancel();
+    stop.cancel();
+    for t in load_threads {
+        let _ = t.join();
+    }
     for w in writers {
         match w.join() {
             Ok(Ok(())) => {}
@@ -128,28 +190,30 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> Result<DemoSum
             Err(_) => bail!("a log writer thread panicked"),
         }
     }
-    let total = written.load(Ordering::Relaxed);
-    eprintln!("  writers stopped after {total} lines; waiting for the collector to hold all of them");
-    let waited = Instant::now();
-    while CollectorStats::get(&cstats.rows_accepted) < total && waited.elapsed() < CATCH_UP {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    if let (Some(v), Some((_, wall))) = (victim, killed_at) {
+        // Cut short while the victim was down: bring it back so that its lines are collected.
+        agents[v].restart()?;
+        outage = Some((wall, chrono::Utc::now()));
+        let _ = wait_agent_back(&ports, v + 1, &mut agents[v]);
     }
-    let accepted = CollectorStats::get(&cstats.rows_accepted);
-    if accepted < total {
-        eprintln!("  warning: the collector holds {accepted} of {total} lines after {} s", CATCH_UP.as_secs());
+    let per_node: Vec<u64> = written.iter().map(|w| w.load(Ordering::Relaxed)).collect();
+    let total: u64 = per_node.iter().sum();
+    eprintln!("  gateways stopped after {total} log lines; waiting until the collector has committed all of them");
+    wait_committed(&ports, &nodes, &per_node);
+    for a in &mut agents {
+        a.stop(Duration::from_secs(30))?;
     }
-    agents_cancel.cancel();
-    for a in agents {
-        a.wait().await;
-    }
-    collector_cancel.cancel();
-    collector.wait().await;
-    eprintln!(
-        "  stopped cleanly: {} rows committed in {} files",
-        CollectorStats::get(&cstats.rows_committed),
-        CollectorStats::get(&cstats.files_committed)
-    );
-    summarize(total, &dataset).await
+    collector.stop(Duration::from_secs(30))?;
+    eprintln!("  stopped cleanly; summary computed with SQL over {}", dataset.display());
+    Ok(summary::Facts {
+        nodes: nodes.clone(),
+        written: per_node,
+        load,
+        victim: victim.map(|v| nodes[v].clone()),
+        outage,
+        dir: dir.clone(),
+        dataset: dataset.clone(),
+    })
 }
 
 fn prepare_dir(dir: &Path) -> Result<()> {
@@ -167,62 +231,65 @@ fn prepare_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A loopback port that was free a moment ago.
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
-    Ok(l.local_addr()?.port())
+/// `switchboard limits set` against the demo's collector endpoint, as a child process.
+fn set_limits(file: &Path, ports: &Ports) -> Result<()> {
+    let exe = std::env::current_exe().context("finding the switchboard binary")?;
+    let out = std::process::Command::new(exe)
+        .args(["limits", "set"])
+        .arg(file)
+        .args(["--connect", &ports.bus(), "--cluster", "demo", "-m", "demo: one limit shared by every node"])
+        .env("NO_COLOR", "1")
+        .output()
+        .context("running switchboard limits set")?;
+    if !out.status.success() {
+        bail!("switchboard limits set failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
 }
 
-fn collector_config(endpoint: &str, dataset: &Path) -> CollectorConfig {
-    CollectorConfig {
-        bus: BusConfig {
-            cluster: "demo".into(),
-            node: "collector".into(),
-            listen: vec![endpoint.into()],
-            ..BusConfig::default()
-        },
-        collector: CollectorSettings {
-            data_dir: dataset.to_owned(),
-            max_file_age_ms: 3000,
-            http_listen: String::new(),
-            ..CollectorSettings::default()
-        },
-        logs: LogsTableConfig::default(),
+/// Wait (bounded) until a restarted agent answers `/health`; says how long it took.
+fn wait_agent_back(ports: &Ports, i: usize, proc: &mut Proc) -> String {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        if let Some(why) = proc.exited() {
+            return format!("failed: {why}");
+        }
+        if HttpClient::new(ports.agent_http(i)).get("/health").is_ok() {
+            return format!("answering after {} ms", started.elapsed().as_millis());
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
+    "not answering after 20 s".into()
 }
 
-fn agent_config(node: &str, endpoint: &str, dir: &Path, logs: &Path) -> AgentConfig {
-    let source = |name: &str, glob: &str, format: Format, kv: bool| SourceConfig {
-        name: name.into(),
-        paths: vec![logs.join(glob).to_string_lossy().into_owned()],
-        format,
-        start_at: StartAt::Beginning,
-        max_line_bytes: 64 * 1024,
-        kv_in_message: kv,
-    };
-    AgentConfig {
-        bus: BusConfig {
-            cluster: "demo".into(),
-            node: node.into(),
-            connect: vec![endpoint.into()],
-            ..BusConfig::default()
-        },
-        agent: AgentSettings {
-            data_dir: dir.join("agents").join(node),
-            batch_max_delay_ms: 100,
-            poll_interval_ms: 50,
-            glob_interval_ms: 500,
-            http_listen: String::new(),
-            ..AgentSettings::default()
-        },
-        limits: LimitsSettings { enabled: false, ..LimitsSettings::default() },
-        dlr: DlrSettings { enabled: false, ..DlrSettings::default() },
-        metrics: MetricsSettings { enabled: false, ..MetricsSettings::default() },
-        sources: vec![
-            source("smsgw", "smsgw*.log", Format::Kv, false),
-            source("mta", "mail*.log", Format::Syslog, true),
-        ],
+/// Wait until every agent has read all lines written on its node and a collector has committed
+/// all of them (lag 0 on every source), or [`CATCH_UP`] passes.
+fn wait_committed(ports: &Ports, nodes: &[String], written: &[u64]) {
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < CATCH_UP {
+        let mut behind = Vec::new();
+        for (i, node) in nodes.iter().enumerate() {
+            let Ok((_, body)) = HttpClient::new(ports.agent_http(i + 1)).get("/health") else {
+                behind.push(format!("{node} not answering"));
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let sources = v["sources"].as_object().cloned().unwrap_or_default();
+            let read: u64 =
+                ["smsgw", "mta"].iter().map(|s| sources.get(*s).map_or(0, |x| x["head"].as_u64().unwrap_or(0))).sum();
+            let lag: u64 = sources.values().map(|x| x["lag_records"].as_u64().unwrap_or(0)).sum();
+            if read < written[i] || lag > 0 {
+                behind.push(format!("{node}: read {read} of {}, {lag} not yet committed", written[i]));
+            }
+        }
+        if behind.is_empty() {
+            return;
+        }
+        last = behind.join("; ");
+        std::thread::sleep(Duration::from_millis(200));
     }
+    eprintln!("  warning: not everything was committed after {} s: {last}", CATCH_UP.as_secs());
 }
 
 /// Append synthetic lines to `<logs>/smsgw.log` and `<logs>/mail.log` at `rate` lines/s until
@@ -272,55 +339,32 @@ fn write_logs(
     Ok(())
 }
 
-fn progress(started: Instant, duration: Duration, written: &AtomicU64, agents: &[Arc<AgentStats>], c: &CollectorStats) {
-    let published: u64 = agents.iter().map(|a| AgentStats::get(&a.lines_published)).sum();
+/// One progress line; returns the gateways' allowed count so far (for the rate since the last).
+fn progress(run: &Run, last: &mut (u64, Instant)) {
+    let written: u64 = run.written.iter().map(|w| w.load(Ordering::Relaxed)).sum();
+    let committed = collector_committed(&run.ports).map_or_else(|| "-".to_owned(), |c| c.to_string());
+    let allowed: u64 = run.load.gateways.iter().map(|g| g.allowed.load(Ordering::Relaxed)).sum();
+    let per_s = allowed.saturating_sub(last.0) as f64 / last.1.elapsed().as_secs_f64().max(0.001);
+    *last = (allowed, Instant::now());
+    let d = &run.load.dlr;
     eprintln!(
-        "  [{:>3}s/{}s] written {:>9}  published {:>9}  received {:>9}  committed {:>9} rows in {} files",
-        started.elapsed().as_secs(),
-        duration.as_secs(),
-        written.load(Ordering::Relaxed),
-        published,
-        CollectorStats::get(&c.rows_accepted),
-        CollectorStats::get(&c.rows_committed),
-        CollectorStats::get(&c.files_committed),
+        "  [{:>3}s/{}s] log lines written {:>7}, rows committed {:>7} | limit: {:>4.0} allowed/s of {LIMIT_RATE} | DLRs: {} registered, {} delivered from another node, {} by copies",
+        run.started.elapsed().as_secs(),
+        run.duration.as_secs(),
+        written,
+        committed,
+        per_s,
+        d.registered.load(Ordering::Relaxed),
+        d.delivered.load(Ordering::Relaxed),
+        d.owner_down.load(Ordering::Relaxed),
     );
 }
 
-async fn summarize(written: u64, dataset: &Path) -> Result<DemoSummary> {
-    let ds = Dataset::open(dataset).await?;
-    let scalar = |b: &[arrow::array::RecordBatch]| -> u64 {
-        b.first()
-            .filter(|b| b.num_rows() > 0)
-            .map(|b| b.column(0).as_primitive::<Int64Type>())
-            .filter(|c| !c.is_null(0))
-            .map_or(0, |c| c.value(0) as u64)
-    };
-    let stored = scalar(&ds.sql("SELECT count(*) FROM logs").await?);
-    let duplicates = scalar(
-        &ds.sql(
-            "SELECT count(*) FROM (SELECT node, stream, seq FROM logs GROUP BY node, stream, seq HAVING count(*) > 1)",
-        )
-        .await?,
-    );
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "\nLines per node and level:")?;
-    let b = ds
-        .sql("SELECT node, coalesce(level, '-') AS level, count(*) AS lines FROM logs GROUP BY node, level ORDER BY node, level")
-        .await?;
-    render(&b, OutputFormat::Table, &mut out)?;
-    writeln!(out, "\nErrors per operator (SMS gateway):")?;
-    let b = ds
-        .sql("SELECT operator, count(*) AS errors, min(message) AS example FROM logs WHERE level = 'error' AND operator IS NOT NULL GROUP BY operator ORDER BY errors DESC, operator")
-        .await?;
-    render(&b, OutputFormat::Table, &mut out)?;
-    let verdict = if stored == written && duplicates == 0 { "exactly once" } else { "MISMATCH" };
-    writeln!(out, "\n{written} lines written, {stored} rows stored, {duplicates} duplicate keys: {verdict}.")?;
-    writeln!(out, "Dataset: {}", dataset.display())?;
-    writeln!(out, "Next, try:")?;
-    writeln!(
-        out,
-        "  switchboard query --data {} \"SELECT operator, avg(latency_ms) AS avg_ms, count(*) FROM logs WHERE fields['event'] = 'dlr' GROUP BY operator ORDER BY operator\"",
-        dataset.display()
-    )?;
-    Ok(DemoSummary { written, stored, duplicates, dataset: dataset.to_owned() })
+/// The collector's committed row count, from its `/metrics`.
+fn collector_committed(ports: &Ports) -> Option<u64> {
+    let (_, body) = HttpClient::new(ports.collector_http()).get("/metrics").ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix("switchboard_collector_rows_committed_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
 }
