@@ -93,10 +93,12 @@ fn metrics_pushed_on_two_agents_sum_and_merge_exactly() {
     assert!(v["errors"][0].as_str().unwrap().starts_with("line 1:"), "{body}");
     let (code, _, body) = http_post(c.http_port("b"), "/v1/metrics", "nonsense");
     assert_eq!(code, 400, "{body}");
+    // A name that is not UTF-8 is refused like any malformed line: two bad lines.
     socket.send_to(b"\xff\xfe:1|c\nbroken", ("127.0.0.1", udp_a)).unwrap();
     assert!(
-        wait_until(Duration::from_secs(5), || intake(&c, "a", "bad_lines") == 1),
-        "the bad datagram line is counted"
+        wait_until(Duration::from_secs(5), || intake(&c, "a", "bad_lines") == 2),
+        "the bad datagram lines are counted: {}",
+        intake(&c, "a", "bad_lines")
     );
     assert_eq!(intake(&c, "b", "bad_lines"), 6);
 
