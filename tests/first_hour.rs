@@ -25,8 +25,10 @@ fn the_readme_topology_is_one_cluster() {
     let c = Cluster::new();
     let collector = c.start_collector();
     let rest = "[dlr]\nenabled = true\n";
-    let agents: Vec<_> =
-        ["gw1", "gw2", "gw3"].iter().map(|n| c.start_agent_config(n, &[c.endpoint.clone()], "", rest)).collect();
+    let agents: Vec<_> = ["gw1", "gw2", "gw3"]
+        .iter()
+        .map(|n| c.start_agent_config(n, std::slice::from_ref(&c.endpoint), "", rest))
+        .collect();
     for n in ["gw1", "gw2", "gw3", "collector"] {
         assert!(wait_until(DEADLINE, || sees(&c, n) == 4), "{n} sees {:?}", health(&c, n)["mesh"]);
     }
@@ -65,8 +67,8 @@ fn the_readme_topology_is_one_cluster() {
 fn a_split_cluster_is_reported() {
     let c = Cluster::new();
     let collector = c.start_collector();
-    let a = c.start_agent_config("gw1", &[c.endpoint.clone()], "gossip = false", "");
-    let b = c.start_agent_config("gw2", &[c.endpoint.clone()], "gossip = false", "");
+    let a = c.start_agent_config("gw1", std::slice::from_ref(&c.endpoint), "gossip = false", "");
+    let b = c.start_agent_config("gw2", std::slice::from_ref(&c.endpoint), "gossip = false", "");
     let problem = |n: &str, text: &str| {
         let h = health(&c, n);
         h["status"] == "degraded"
@@ -157,7 +159,7 @@ fn agent_health_says_what_is_wrong() {
     let c = Cluster::new();
     let rest =
         format!("[[source]]\nname = \"app\"\npaths = [\"{}/*.log\"]\nformat = \"plain\"\n", c.logs_dir("gw").display());
-    let agent = c.start_agent_config("gw", &[c.endpoint.clone()], "", &rest);
+    let agent = c.start_agent_config("gw", std::slice::from_ref(&c.endpoint), "", &rest);
     append(&c.logs_dir("gw").join("a.log"), (0..50).map(|i| numbered("gw", i)));
     let reasons = |text: &str| {
         let h = health(&c, "gw");

@@ -134,7 +134,7 @@ pub(crate) async fn summarize(f: &Facts) -> Result<DemoSummary> {
     if let Some((down, up)) = f.outage {
         let during: Vec<u64> = inner
             .iter()
-            .filter(|(s, _)| *s >= down.timestamp() + 1 && *s < up.timestamp())
+            .filter(|(s, _)| *s > down.timestamp() && *s < up.timestamp())
             .map(|(_, a)| *a as u64)
             .collect();
         writeln!(out, "   while {} was down: {}", f.victim.as_deref().unwrap_or("?"), show(&during))?;
