@@ -247,10 +247,7 @@ fn apply(node: &str, limiter: &Limiter, peers: &BTreeMap<String, Peer>, applied:
             demands.entry(name.clone()).or_insert(0.0);
         }
         let mut share = share_of(node, &demands).min(cap);
-        // Also for a concurrency key this node has not used yet: another node may hold its
-        // slots, and the first use here must not start from an equal split of all of them.
-        let max = slot_keys.get(key).copied().or_else(|| limiter.concurrency_of(key));
-        let mut slots = max.map(|max| {
+        let mut slots = slot_keys.get(key).map(|&max| {
             let held = |name: &str| {
                 peers.get(name).and_then(|p| p.report.as_ref()).and_then(|r| r.held.get(key)).copied().unwrap_or(0)
             };

@@ -217,9 +217,6 @@ struct Table {
     shares: HashMap<Box<str>, f64>,
     /// The share of keys not in `shares` (1 alone; 1/n once n nodes are known).
     default_share: f64,
-    /// Slots the coordination allows this node for concurrency keys, also those it has not
-    /// used yet (another node may hold slots of a key this node never asked for).
-    slot_caps: HashMap<Box<str>, u64>,
 }
 
 /// Local decisions over a set of limits; see the module docs.
@@ -233,13 +230,7 @@ impl Limiter {
     pub fn new(specs: Vec<LimitSpec>) -> Result<Self, SpecError> {
         check(&specs)?;
         Ok(Self {
-            table: RwLock::new(Table {
-                specs,
-                states: HashMap::new(),
-                shares: HashMap::new(),
-                default_share: 1.0,
-                slot_caps: HashMap::new(),
-            }),
+            table: RwLock::new(Table { specs, states: HashMap::new(), shares: HashMap::new(), default_share: 1.0 }),
             epoch: Instant::now(),
         })
     }
@@ -265,9 +256,6 @@ impl Limiter {
             t.specs.iter().position(|s| s.key == key).or_else(|| t.specs.iter().position(|s| s.matches(key)))?;
         let share = t.shares.get(key).copied().unwrap_or(t.default_share);
         let state = Arc::new(make_state(&t.specs[spec_idx], spec_idx, share));
-        if let (State::Slots { slots, .. }, Some(&cap)) = (&*state, t.slot_caps.get(key)) {
-            slots.set_max(slots.max().min(cap));
-        }
         t.states.insert(key.into(), state.clone());
         Some(state)
     }
@@ -346,17 +334,9 @@ impl Limiter {
     pub fn set_slots(&self, key: &str, max: u64, share: f64) {
         let Ok(mut t) = self.table.write() else { return };
         t.shares.insert(key.into(), share);
-        t.slot_caps.insert(key.into(), max);
         if let Some(State::Slots { slots, .. }) = t.states.get(key).map(|s| &**s) {
             slots.set_max(max);
         }
-    }
-
-    /// The cluster-wide concurrency of `key` when a concurrency limit applies to it.
-    pub fn concurrency_of(&self, key: &str) -> Option<u64> {
-        let t = self.table.read().ok()?;
-        let spec = t.specs.iter().find(|s| s.key == key).or_else(|| t.specs.iter().find(|s| s.matches(key)))?;
-        spec.concurrency
     }
 
     /// Set this node's share of `key`'s limit (a fraction between 0 and 1).
@@ -385,7 +365,6 @@ impl Limiter {
         check(&specs)?;
         let Ok(mut t) = self.table.write() else { return Ok(()) };
         let old = std::mem::replace(&mut t.specs, specs);
-        t.slot_caps.clear();
         let states = std::mem::take(&mut t.states);
         for (key, state) in states {
             let Some(old_spec) = old.get(state.spec()) else { continue };
@@ -500,22 +479,6 @@ mod tests {
         let l = Limiter::new(vec![rate("operator:*", 1), rate("operator:big", 1_000_000)]).unwrap();
         let passed = (0..1000).filter(|_| l.try_acquire("operator:big", 1).is_allowed()).count();
         assert!(passed >= 1000 / 2, "{passed}");
-    }
-
-    #[test]
-    fn a_first_use_starts_within_the_slots_the_coordination_allows() {
-        let conc = LimitSpec { key: "domain:*".into(), rate: None, per: None, concurrency: Some(20), burst: None };
-        let l = Limiter::new(vec![conc]).unwrap();
-        l.set_default_share(0.5);
-        assert_eq!(l.concurrency_of("domain:a"), Some(20));
-        assert_eq!(l.concurrency_of("operator:a"), None);
-        // Another node holds 18 of domain:a's slots: this node may take 2, not half of 20.
-        l.set_slots("domain:a", 2, 0.5);
-        let taken = (0..20).filter(|_| l.acquire_slot("domain:a", 1) == Decision::Allowed).count();
-        assert_eq!(taken, 2);
-        // A key nobody reported starts from the default share.
-        let taken = (0..20).filter(|_| l.acquire_slot("domain:b", 1) == Decision::Allowed).count();
-        assert_eq!(taken, 10);
     }
 
     #[test]
