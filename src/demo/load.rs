@@ -99,7 +99,7 @@ impl Load {
     /// Limit demand of node `i` (from 0), per second: uneven on purpose, and together (also
     /// without any one node) above [`LIMIT_RATE`].
     pub(crate) fn demand(i: usize) -> u64 {
-        [2000, 1200, 600, 900, 300, 1500, 700, 500, 400][i % 9]
+        [1200, 700, 350, 500, 200, 900, 400, 300, 250][i % 9]
     }
 
     /// Start every thread; they stop when `stop` fires. `sockets[i]` is node `i`'s limits socket.
