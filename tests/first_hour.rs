@@ -15,6 +15,13 @@ fn health(c: &Cluster, name: &str) -> serde_json::Value {
     serde_json::from_str(&c.http_get(name, "/health").1).unwrap_or_default()
 }
 
+/// Whether `name`'s `/health` says `degraded` with a problem containing `text`.
+fn degraded_with(c: &Cluster, name: &str, text: &str) -> bool {
+    let h = health(c, name);
+    h["status"] == "degraded"
+        && h["problems"].as_array().is_some_and(|p| p.iter().any(|p| p.as_str().is_some_and(|s| s.contains(text))))
+}
+
 fn sees(c: &Cluster, name: &str) -> usize {
     health(c, name)["mesh"]["sees"].as_array().map_or(0, Vec::len)
 }
@@ -69,18 +76,17 @@ fn a_split_cluster_is_reported() {
     let collector = c.start_collector();
     let a = c.start_agent_config("gw1", std::slice::from_ref(&c.endpoint), "gossip = false", "");
     let b = c.start_agent_config("gw2", std::slice::from_ref(&c.endpoint), "gossip = false", "");
-    let problem = |n: &str, text: &str| {
-        let h = health(&c, n);
-        h["status"] == "degraded"
-            && h["problems"].as_array().is_some_and(|p| p.iter().any(|p| p.as_str().is_some_and(|s| s.contains(text))))
-    };
     assert!(
-        wait_until(DEADLINE, || problem("gw1", "node/gw2 is alive (seen by collector/c1) but not reachable from here")),
+        wait_until(DEADLINE, || degraded_with(
+            &c,
+            "gw1",
+            "node/gw2 is alive (seen by collector/c1) but not reachable from here"
+        )),
         "{}",
         health(&c, "gw1")
     );
     assert!(
-        wait_until(DEADLINE, || problem("collector", "node/gw1 does not see node/gw2")),
+        wait_until(DEADLINE, || degraded_with(&c, "collector", "node/gw1 does not see node/gw2")),
         "{}",
         health(&c, "collector")
     );
@@ -161,12 +167,7 @@ fn agent_health_says_what_is_wrong() {
         format!("[[source]]\nname = \"app\"\npaths = [\"{}/*.log\"]\nformat = \"plain\"\n", c.logs_dir("gw").display());
     let agent = c.start_agent_config("gw", std::slice::from_ref(&c.endpoint), "", &rest);
     append(&c.logs_dir("gw").join("a.log"), (0..50).map(|i| numbered("gw", i)));
-    let reasons = |text: &str| {
-        let h = health(&c, "gw");
-        h["status"] == "degraded"
-            && h["problems"].as_array().is_some_and(|p| p.iter().any(|p| p.as_str().is_some_and(|s| s.contains(text))))
-    };
-    assert!(wait_until(DEADLINE, || reasons("no collector is alive")), "{}", health(&c, "gw"));
+    assert!(wait_until(DEADLINE, || degraded_with(&c, "gw", "no collector is alive")), "{}", health(&c, "gw"));
     assert_eq!(c.http_get("gw", "/health").0, 200);
     let collector = c.start_collector();
     assert!(wait_until(DEADLINE, || health(&c, "gw")["status"] == "ok"), "{}", health(&c, "gw"));
@@ -193,12 +194,7 @@ fn agent_health_reports_lag_past_its_bound() {
     .unwrap();
     let agent = common::Proc::start("agent", &["agent", "--config", cfg.to_str().unwrap()], c.path().join("lag.log"));
     append(&c.logs_dir("gw").join("a.log"), (0..10).map(|i| numbered("gw", i)));
-    let lagging = || {
-        let h = health(&c, "gw");
-        h["problems"].as_array().is_some_and(|p| {
-            p.iter().any(|p| p.as_str().is_some_and(|s| s.contains("source app: its oldest uncommitted line is")))
-        })
-    };
+    let lagging = || degraded_with(&c, "gw", "source app: its oldest uncommitted line is");
     assert!(wait_until(DEADLINE, lagging), "{}", health(&c, "gw"));
     agent.stop();
 }
