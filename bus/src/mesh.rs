@@ -18,6 +18,7 @@
 //!   node name is refused instead of silently mixing its data with the first one's.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,8 +39,13 @@ pub const POLL: Duration = Duration::from_secs(2);
 pub const SETTLE: Duration = Duration::from_secs(3);
 /// How long a view query waits for answers.
 const QUERY_TIMEOUT: Duration = Duration::from_millis(1000);
-/// Views and members a peer may report, at most (a larger document is refused).
+/// Members one view may list, at most (a larger document is refused).
 const MAX_MEMBERS: usize = 10_000;
+/// Members taken from all views of one poll together; views beyond are not read. Bounds what
+/// peers (or anyone on the bus) can make a poll hold.
+const MAX_MEMBERS_PER_POLL: usize = 100_000;
+/// Problems tracked at most; more are not recorded (the first ones already say what is wrong).
+const MAX_PROBLEMS: usize = 1_000;
 
 /// What one process sees: the answer of its view queryable.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,7 +133,7 @@ pub fn assess(
             continue;
         }
         for member in theirs {
-            if member != me && !mine.contains(member) {
+            if member != me && !mine.contains(member) && problems.len() < MAX_PROBLEMS {
                 problems.insert(MeshProblem::Unreachable { member: member.clone(), seen_by: observer.clone() });
             }
         }
@@ -135,7 +141,12 @@ pub fn assess(
             continue;
         }
         for member in mine {
-            if member != observer && !theirs.contains(member) && settled(member) && settled(observer) {
+            if member != observer
+                && !theirs.contains(member)
+                && settled(member)
+                && settled(observer)
+                && problems.len() < MAX_PROBLEMS
+            {
                 problems.insert(MeshProblem::MissingLink { observer: observer.clone(), missing: member.clone() });
             }
         }
@@ -149,14 +160,14 @@ struct State {
     pending: BTreeMap<MeshProblem, Instant>,
     /// Processes this one saw, with when each was first seen.
     since: BTreeMap<Member, Instant>,
-    /// Processes that answered the last view query.
-    answered: usize,
 }
 
 /// The running mesh check of one process.
 #[derive(Clone)]
 pub struct Mesh {
     state: Arc<Mutex<State>>,
+    /// View answers that could not be read (malformed, oversized, unknown version, bad key).
+    malformed: Arc<AtomicU64>,
     membership: Membership,
 }
 
@@ -184,7 +195,7 @@ impl Mesh {
                 .await
                 .map_err(|e| SessionError::Zenoh(e.to_string()))?
         };
-        let mesh = Self { state: Arc::new(Mutex::new(State::default())), membership };
+        let mesh = Self { state: Arc::new(Mutex::new(State::default())), malformed: Arc::default(), membership };
         let (session, keys, task) = (session.clone(), keys.clone(), mesh.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(POLL);
@@ -194,7 +205,7 @@ impl Mesh {
                     _ = cancel.cancelled() => break,
                     _ = tick.tick() => {}
                 }
-                let views = fetch_views(&session, &keys).await;
+                let views = fetch_views(&session, &keys, &task.malformed).await;
                 task.update(&me, views, Instant::now());
             }
             drop(queryable);
@@ -209,7 +220,6 @@ impl Mesh {
         for m in &mine {
             st.since.entry(m.clone()).or_insert(now);
         }
-        st.answered = views.len();
         let found = assess(me, &mine, &st.since, &views, now);
         let ended: Vec<MeshProblem> = st.pending.keys().filter(|p| !found.contains(*p)).cloned().collect();
         for p in ended {
@@ -243,11 +253,6 @@ impl Mesh {
             .filter(|(_, t)| now.saturating_duration_since(**t) >= SETTLE)
             .map(|(p, _)| p.clone())
             .collect()
-    }
-
-    /// How many processes answered the last view query (this one included).
-    pub fn views_answered(&self) -> usize {
-        self.state.lock().map(|s| s.answered).unwrap_or(0)
     }
 
     /// The mesh part of a `/health` body: what this process sees and what is wrong.
@@ -288,9 +293,12 @@ impl Mesh {
     }
 }
 
-/// Ask every reachable process for its view.
-async fn fetch_views(session: &Session, keys: &KeySpace) -> BTreeMap<Member, BTreeSet<Member>> {
+/// Ask every reachable process for its view; malformed, oversized or unknown-version answers
+/// are counted in `malformed` and left out, and at most [`MAX_MEMBERS_PER_POLL`] members are
+/// taken in all.
+async fn fetch_views(session: &Session, keys: &KeySpace, malformed: &AtomicU64) -> BTreeMap<Member, BTreeSet<Member>> {
     let mut out = BTreeMap::new();
+    let mut members = 0usize;
     let Ok(all) = keys.all_views() else { return out };
     let Ok(replies) =
         session.get(all).target(QueryTarget::All).consolidation(ConsolidationMode::None).timeout(QUERY_TIMEOUT).await
@@ -299,15 +307,23 @@ async fn fetch_views(session: &Session, keys: &KeySpace) -> BTreeMap<Member, BTr
     };
     while let Ok(reply) = replies.recv_async().await {
         let Ok(sample) = reply.result() else { continue };
-        let Some((role, name)) = keys.parse_view(sample.key_expr().as_str()) else { continue };
+        let Some((role, name)) = keys.parse_view(sample.key_expr().as_str()) else {
+            malformed.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
         match View::decode(&sample.payload().to_bytes()) {
             Some(v) => {
+                members = members.saturating_add(v.live.len());
+                if members > MAX_MEMBERS_PER_POLL {
+                    tracing::debug!("views list over {MAX_MEMBERS_PER_POLL} members in all; the rest are not read");
+                    break;
+                }
                 out.insert(Member { role, name }, v.members());
             }
-            None => tracing::debug!(%name, "ignoring a malformed view"),
-        }
-        if out.len() >= MAX_MEMBERS {
-            break;
+            None => {
+                malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%name, "ignoring a malformed view");
+            }
         }
     }
     out
@@ -324,7 +340,7 @@ pub async fn check_name_free(session: &Session, keys: &KeySpace, me: &Member) ->
             }
         }
     }
-    for (observer, live) in fetch_views(session, keys).await {
+    for (observer, live) in fetch_views(session, keys, &AtomicU64::new(0)).await {
         if live.contains(me) {
             return Err(SessionError::NameTaken { name: member_chunk(me), seen_by: member_chunk(&observer) });
         }
@@ -387,6 +403,19 @@ mod tests {
         let mut since = since;
         since.insert(agent("gw3"), t0 + SETTLE);
         assert!(assess(&agent("gw1"), &mine, &since, &views, t0 + SETTLE).is_empty());
+    }
+
+    #[test]
+    fn what_a_view_can_claim_is_bounded() {
+        let t0 = Instant::now();
+        let me = set(&[agent("gw1")]);
+        let since: BTreeMap<Member, Instant> = me.iter().map(|m| (m.clone(), t0)).collect();
+        let claimed: BTreeSet<Member> = (0..5_000).map(|i| agent(&format!("ghost{i}"))).collect();
+        let views = BTreeMap::from([(coll("c1"), claimed)]);
+        assert_eq!(assess(&agent("gw1"), &me, &since, &views, t0 + SETTLE).len(), MAX_PROBLEMS);
+        let live: Vec<String> = (0..=MAX_MEMBERS).map(|i| format!("node/n{i}")).collect();
+        let too_many = serde_json::to_vec(&View { version: VIEW_VERSION, live }).unwrap();
+        assert!(View::decode(&too_many).is_none());
     }
 
     #[test]

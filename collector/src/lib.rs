@@ -245,11 +245,7 @@ impl switchboard_bus::http::Report for CollectorReport {
                 "Rows dropped as already held.",
                 g(&s.rows_duplicate),
             )
-            .counter(
-                "switchboard_collector_rows_committed_total",
-                "Rows in committed Parquet files.",
-                g(&s.rows_committed),
-            )
+            .counter(crate::stats::ROWS_COMMITTED_METRIC, "Rows in committed Parquet files.", g(&s.rows_committed))
             .counter("switchboard_collector_files_committed_total", "Parquet files committed.", g(&s.files_committed))
             .counter("switchboard_collector_commit_errors_total", "Commits that failed.", g(&s.commit_errors))
             .counter("switchboard_collector_write_errors_total", "Data file writes that failed.", g(&s.write_errors))
@@ -446,7 +442,9 @@ impl Collector {
                     match (node, Heads::decode(&sample.payload().to_bytes())) {
                         (Some(node), Ok(heads)) => {
                             if let (Some(instance), Ok(mut w)) = (heads.instance.as_deref(), writers.lock()) {
-                                if w.observe(&node, instance, Instant::now()) {
+                                if instance.len() > crate::writers::MAX_INSTANCE_BYTES {
+                                    stats.control_malformed.fetch_add(1, Ordering::Relaxed);
+                                } else if w.observe(&node, instance, Instant::now()) {
                                     stats.conflicting_writers.fetch_add(1, Ordering::Relaxed);
                                 }
                             }

@@ -2,6 +2,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// The `/metrics` name of [`CollectorStats::rows_committed`], which tools outside read too.
+pub const ROWS_COMMITTED_METRIC: &str = "switchboard_collector_rows_committed_total";
+
 /// Counters since the collector started. All are monotonic.
 #[derive(Debug, Default)]
 pub struct CollectorStats {

@@ -15,8 +15,11 @@ use std::time::{Duration, Instant};
 pub const CONFLICT_REPORTED_FOR: Duration = Duration::from_secs(60);
 /// Instances remembered per node.
 const REMEMBERED: usize = 8;
-/// Nodes tracked at most (the oldest is forgotten beyond it).
-const MAX_NODES: usize = 100_000;
+/// Nodes tracked at most (the first by name is forgotten beyond it): with [`REMEMBERED`]
+/// instances of at most [`MAX_INSTANCE_BYTES`] each, about 10 MiB whatever peers send.
+const MAX_NODES: usize = 10_000;
+/// The longest instance id taken; a longer one is refused as a malformed heads document.
+pub const MAX_INSTANCE_BYTES: usize = 128;
 
 #[derive(Debug, Default)]
 struct NodeWriters {
@@ -33,8 +36,12 @@ pub struct WriterCheck {
 }
 
 impl WriterCheck {
-    /// Note heads from `node` by `instance`; `true` when that shows two live writers.
+    /// Note heads from `node` by `instance`; `true` when that shows two live writers. An
+    /// instance id over [`MAX_INSTANCE_BYTES`] is not taken (the caller counts it).
     pub fn observe(&mut self, node: &str, instance: &str, now: Instant) -> bool {
+        if instance.len() > MAX_INSTANCE_BYTES {
+            return false;
+        }
         if !self.nodes.contains_key(node) && self.nodes.len() >= MAX_NODES {
             if let Some(oldest) = self.nodes.keys().next().cloned() {
                 self.nodes.remove(&oldest);
@@ -97,5 +104,8 @@ mod tests {
         assert!(w.conflicted(t + CONFLICT_REPORTED_FOR).is_empty());
         // Other nodes are independent.
         assert!(!w.observe("gw2", "b", t));
+        // An oversized instance id is not remembered.
+        assert!(!w.observe("gw3", &"x".repeat(MAX_INSTANCE_BYTES + 1), t));
+        assert!(!w.observe("gw3", "y", t));
     }
 }

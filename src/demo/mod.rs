@@ -364,7 +364,7 @@ fn progress(run: &Run, last: &mut (u64, Instant)) {
 fn collector_committed(ports: &Ports) -> Option<u64> {
     let (_, body) = HttpClient::new(ports.collector_http()).get("/metrics").ok()?;
     body.lines()
-        .find_map(|l| l.strip_prefix("switchboard_collector_rows_committed_total "))
+        .find_map(|l| l.strip_prefix(switchboard_collector::stats::ROWS_COMMITTED_METRIC)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map(|v| v as u64)
 }
