@@ -187,6 +187,13 @@ pub(crate) async fn summarize(f: &Facts) -> Result<DemoSummary> {
         quantile(&mut rt, 0.5),
         quantile(&mut rt, 0.99),
     )?;
+    if cfg!(debug_assertions) {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        writeln!(
+            out,
+            "   (an unoptimized build, with four processes and the load on {cores} cores: `sb-bench dlr` measures lookups in a release build)"
+        )?;
+    }
 
     // Metrics: a cluster-wide p99 from merged histograms.
     writeln!(
