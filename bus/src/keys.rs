@@ -12,7 +12,7 @@
 //! | `<prefix>/replay/<node>/<kind>/<stream>` | queryable (`from=N;to=M`) | the node's agent |
 //! | `<prefix>/head/<node>` | put (JSON [`crate::wire::control::Heads`]) | the node's agent, every second |
 //! | `<prefix>/watermark/<collector>/<node>` | put (JSON [`crate::wire::control::Watermarks`]) | each collector |
-//! | `<prefix>/counter/<node>` | put (JSON [`crate::limits::coord::DemandReport`]) | each node using limits |
+//! | `<prefix>/counter/<node>` | put (JSON [`crate::limits::DemandReport`]) | each node using limits |
 //! | `<prefix>/limits/revision` | put (JSON [`crate::limits::revision::Revision`]) | `switchboard limits set` |
 //! | `<prefix>/limits/config/<node>` | queryable (JSON [`crate::limits::revision::History`]) | each node using limits |
 //! | `<prefix>/dlr/id/<connector>/<id>` | queryable (JSON [`crate::dlr::wire::LookupReply`]) | each node holding the record |

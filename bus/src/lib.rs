@@ -1,4 +1,7 @@
-//! Switchboard's bus: everything two Switchboard processes must agree on.
+//! Switchboard's bus: everything two Switchboard processes must agree on, and the few runtimes
+//! every long-running process runs the same way (session, membership, mesh check, health).
+//! A runtime that one kind of process runs alone lives in its crate (the agent's limits
+//! coordination and DLR service, the collector's sinks).
 //!
 //! Layout:
 //! - [`config`]: the `[bus]` config table (cluster, node, zenoh mode and endpoints);
@@ -7,7 +10,8 @@
 //! - [`membership`]: the live set of the cluster from liveliness tokens;
 //! - [`mesh`]: the check that every process sees every live process, and unique names;
 //! - [`dlr`]: the DLR lookup protocol: canonical ids, records, lookup and replica documents;
-//! - [`limits`]: rate and concurrency limits decided locally (GCRA, slots);
+//! - [`limits`]: rate and concurrency limits decided locally (GCRA, slots), shares, demand
+//!   reports and revisions;
 //! - [`http`]: the `/health` and `/metrics` endpoint of long-running processes;
 //! - [`wire`]: versioned payload schemas (Arrow IPC), e.g. [`wire::log_batch`].
 //!

@@ -9,8 +9,8 @@
 //! - [`publisher`]: puts batches on the bus; follows watermarks to advance the [`checkpoint`];
 //!   announces heads;
 //! - [`replay`]: re-reads journaled batches for a collector that lacks them;
-//! - [`limits`]: cluster-wide limits: the local API for gateways and the node's part in
-//!   sharing each limit;
+//! - [`limits`]: cluster-wide limits: the local API for gateways, the node's part in sharing
+//!   each limit (`limits::coord`) and in keeping the cluster's revision (`limits::sync`);
 //! - [`dlr`]: the node's part of the DLR index: register, resolve, deliver, replicate, expire;
 //! - [`metrics`]: the gateways' StatsD metrics, aggregated per interval into snapshots;
 //! - [`eventlog`]: the JSON-lines files of the agent's own records (`_limits`, `_dlr`,

@@ -11,12 +11,12 @@
 //! the limit); [`share`] computes shares from the cluster's demand, which each key counts
 //! ([`Limiter::asked`]: units asked for, allowed or not).
 
-pub mod coord;
 pub mod gcra;
 pub mod revision;
 pub mod share;
 pub mod slots;
-pub mod sync;
+
+pub use share::DemandReport;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -12,10 +12,16 @@
 use std::cmp::Ordering;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use zenoh::Session;
 
 use super::{check, LimitSpec, SpecError};
+use crate::keys::KeySpace;
+
+/// How long a history query waits for answers.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One revision of the cluster's limits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +143,22 @@ pub fn save(path: &Path, history: &History) -> Result<(), HistoryError> {
     let mut f = std::fs::File::create(&tmp).map_err(io)?;
     f.write_all(&body).and_then(|()| f.sync_all()).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Ask every node for its limits history; `(node, history)` for each answer that parses.
+pub async fn fetch_histories(session: &Session, keys: &KeySpace) -> Vec<(String, History)> {
+    let Ok(all) = keys.all_limits_configs() else { return Vec::new() };
+    let Ok(replies) = session.get(all).timeout(QUERY_TIMEOUT).await else { return Vec::new() };
+    let mut out = Vec::new();
+    while let Ok(reply) = replies.recv_async().await {
+        let Ok(sample) = reply.result() else { continue };
+        let Some(node) = keys.parse_limits_config(sample.key_expr().as_str()) else { continue };
+        match serde_json::from_slice::<History>(&sample.payload().to_bytes()) {
+            Ok(h) => out.push((node, h)),
+            Err(e) => tracing::warn!(%node, error = %e, "ignoring a malformed limits history"),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

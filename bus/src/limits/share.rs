@@ -4,9 +4,25 @@
 //! allowed or not). [`share_of`] gives a node a small floor (so a node that just became busy is
 //! not shut out until the next update) plus the rest in proportion to demand. Shares of all
 //! nodes sum to exactly 1, so the cluster as a whole stays within the limit while each node
-//! decides alone; when demand shifts, shares follow at the next update.
+//! decides alone; when demand shifts, shares follow at the next update. Nodes tell each other
+//! their demand in a [`DemandReport`] on `<prefix>/counter/<node>`.
 
 use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A node's demand report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DemandReport {
+    /// Always 1.
+    pub version: u32,
+    /// Limit key → units asked for per second (smoothed); for concurrency keys plus the slots
+    /// held.
+    pub demand: BTreeMap<String, f64>,
+    /// Concurrency key → slots held on the node now.
+    #[serde(default)]
+    pub held: BTreeMap<String, u64>,
+}
 
 /// Fraction of the limit reserved for each node whatever its demand, at most half the limit in
 /// all: `min(FLOOR, 1 / (2n))`.

@@ -1,14 +1,15 @@
 //! Cluster-wide limits on the node agent.
 //!
 //! [`LimitsService::start`] builds the node's [`Limiter`], restores and follows the cluster's
-//! limits revision ([`switchboard_bus::limits::sync`]), takes part in the coordination of shares
-//! ([`switchboard_bus::limits::coord`]) and records decisions for the collector's `limits` table
+//! limits revision ([`sync`]), takes part in the coordination of shares ([`coord`]) and records decisions for the collector's `limits` table
 //! ([`record`]). Gateways reach it through [`http`] (JSON on the agent's HTTP address) or
 //! [`socket`] (a line protocol on a Unix socket); both are described in `docs/limits-api.md`.
 
+pub mod coord;
 pub mod http;
 pub mod record;
 pub mod socket;
+pub mod sync;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,14 +18,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_bus::keys::KeySpace;
-use switchboard_bus::limits::coord::{self, CoordSettings, PeerView};
-use switchboard_bus::limits::sync::{self, Revisions};
 use switchboard_bus::limits::{Decision, Limiter};
 use switchboard_bus::Membership;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::coord::{CoordSettings, PeerView};
+use self::sync::Revisions;
 use crate::config::{AgentConfig, SourceConfig, LIMITS_STREAM};
 use crate::AgentError;
 

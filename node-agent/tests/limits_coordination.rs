@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use switchboard_agent::limits::coord;
 use switchboard_bus::config::BusConfig;
 use switchboard_bus::keys::{KeySpace, Role};
-use switchboard_bus::limits::{coord, LimitSpec, Limiter, Per};
+use switchboard_bus::limits::{LimitSpec, Limiter, Per};
 use switchboard_bus::session::{announce, open};
 use switchboard_bus::Membership;
 use tokio_util::sync::CancellationToken;

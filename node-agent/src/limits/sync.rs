@@ -14,12 +14,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use zenoh::{Session, Wait};
 
-use super::revision::{self, History, HistoryError, Revision};
-use super::Limiter;
-use crate::keys::KeySpace;
-
-/// How long a history query waits for answers.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+use switchboard_bus::keys::{KeyError, KeySpace};
+use switchboard_bus::limits::revision::{self, fetch_histories, History, HistoryError, Revision};
+use switchboard_bus::limits::Limiter;
 
 /// The limits sync could not start.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +105,7 @@ pub async fn start(
     let (current, current_rx) = watch::channel(loaded.current_number());
     let state = Arc::new(Node { limiter, history: Arc::new(Mutex::new(loaded)), path, current });
     let bus = |e: zenoh::Error| SyncError::Bus(e.to_string());
-    let key_err = |e: crate::keys::KeyError| SyncError::Bus(e.to_string());
+    let key_err = |e: KeyError| SyncError::Bus(e.to_string());
     let revisions = session.declare_subscriber(keys.limits_revision().map_err(key_err)?).await.map_err(bus)?;
     // Answered from zenoh's own threads, so that this node's history queries (which reach its
     // own queryable too) never wait on the task below.
@@ -152,20 +149,4 @@ pub async fn start(
         drop(queryable);
     });
     Ok(handle)
-}
-
-/// Ask every node for its limits history; `(node, history)` for each answer that parses.
-pub async fn fetch_histories(session: &Session, keys: &KeySpace) -> Vec<(String, History)> {
-    let Ok(all) = keys.all_limits_configs() else { return Vec::new() };
-    let Ok(replies) = session.get(all).timeout(QUERY_TIMEOUT).await else { return Vec::new() };
-    let mut out = Vec::new();
-    while let Ok(reply) = replies.recv_async().await {
-        let Ok(sample) = reply.result() else { continue };
-        let Some(node) = keys.parse_limits_config(sample.key_expr().as_str()) else { continue };
-        match serde_json::from_slice::<History>(&sample.payload().to_bytes()) {
-            Ok(h) => out.push((node, h)),
-            Err(e) => tracing::warn!(%node, error = %e, "ignoring a malformed limits history"),
-        }
-    }
-    out
 }

@@ -1,9 +1,9 @@
-//! Coordination of cluster-wide limits over the bus.
+//! Coordination of cluster-wide limits over the bus: this node's part.
 //!
 //! Every `interval` each node publishes its smoothed demand per limit key, and the slots it
 //! holds of each concurrency key, on `<prefix>/counter/<node>` (one small JSON document for all
 //! keys: batched, not per decision). It then sets its share of every key from the latest reports
-//! of the nodes it knows ([`super::share`]): shares of the known nodes sum to 1.
+//! of the nodes it knows ([`switchboard_bus::limits::share`]): shares of the known nodes sum to 1.
 //!
 //! The known nodes are the live agents plus those that vanished *silently*. A node whose
 //! liveliness token disappears while its reports were still arriving has exited (a clean stop,
@@ -26,28 +26,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use zenoh::Session;
 
-use super::share::{share_of, Demand};
-use super::Limiter;
-use crate::keys::{KeySpace, Role};
-use crate::membership::Membership;
-
-/// A node's demand report.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct DemandReport {
-    /// Always 1.
-    pub version: u32,
-    /// Limit key → units asked for per second (smoothed); for concurrency keys plus the slots
-    /// held.
-    pub demand: BTreeMap<String, f64>,
-    /// Concurrency key → slots held on the node now.
-    #[serde(default)]
-    pub held: BTreeMap<String, u64>,
-}
+use switchboard_bus::keys::{KeySpace, Role};
+use switchboard_bus::limits::share::{share_of, Demand};
+use switchboard_bus::limits::{DemandReport, Limiter};
+use switchboard_bus::Membership;
 
 /// Timing of the coordination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -364,7 +351,7 @@ mod tests {
 
     #[test]
     fn a_silent_nodes_share_stays_reserved() {
-        let l = Limiter::new(vec![super::super::LimitSpec {
+        let l = Limiter::new(vec![switchboard_bus::limits::LimitSpec {
             key: "k".into(),
             rate: Some(1000),
             per: None,
