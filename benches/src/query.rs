@@ -27,11 +27,11 @@ use arrow::datatypes::DataType;
 use base64::Engine as _;
 use switchboard_bus::histogram;
 use switchboard_bus::keys::{StreamId, StreamKind};
+use switchboard_bus::tables::{LOGS, METRICS};
 use switchboard_bus::wire::log_batch::{self, LogBatchBuilder, LogRow};
 use switchboard_collector::config::CollectorConfig;
 use switchboard_collector::stats::CollectorStats;
-use switchboard_collector::tables::METRICS;
-use switchboard_collector::LOGS_DIR;
+use switchboard_collector::tables::promoted;
 use switchboard_queries::datafusion_batch::RecordBatch;
 use switchboard_queries::Dataset;
 
@@ -121,7 +121,7 @@ pub(crate) fn run(b: &QueryBench) -> Result<()> {
         println!("reusing the dataset in {} ({})", dir.display(), want.trim());
     } else {
         if dir.exists() {
-            for t in [LOGS_DIR, METRICS.dir] {
+            for t in [LOGS, METRICS.name] {
                 let _ = std::fs::remove_dir_all(dir.join(t));
             }
         }
@@ -129,8 +129,8 @@ pub(crate) fn run(b: &QueryBench) -> Result<()> {
         generate(&dir, b.logs, b.metrics, nodes)?;
         std::fs::write(&marker, &want)?;
     }
-    let (files, bytes) = files_and_bytes(&dir.join(LOGS_DIR));
-    let (mfiles, mbytes) = files_and_bytes(&dir.join(METRICS.dir));
+    let (files, bytes) = files_and_bytes(&dir.join(LOGS));
+    let (mfiles, mbytes) = files_and_bytes(&dir.join(METRICS.name));
     println!("dataset: logs {files} files, {} MiB; metrics {mfiles} files, {} MiB", bytes >> 20, mbytes >> 20);
 
     let point_id = msg_id(nodes / 2, b.logs / nodes as u64 / 2 + 7);
@@ -258,15 +258,10 @@ fn generate(dir: &Path, logs: u64, metrics: u64, nodes: usize) -> Result<()> {
         "collector": {"data_dir": dir, "max_file_age_ms": 86_400_000u64},
     }))?;
     let stats = Arc::new(CollectorStats::default());
-    let mut log_sink = switchboard_collector::table_sink(
-        &config,
-        LOGS_DIR,
-        config.logs.promote.clone(),
-        BTreeMap::new(),
-        stats.clone(),
-    );
+    let mut log_sink =
+        switchboard_collector::table_sink(&config, LOGS, config.logs.promote.clone(), BTreeMap::new(), stats.clone());
     let mut metric_sink =
-        switchboard_collector::table_sink(&config, METRICS.dir, METRICS.promoted(), BTreeMap::new(), stats.clone());
+        switchboard_collector::table_sink(&config, METRICS.name, promoted(&METRICS), BTreeMap::new(), stats.clone());
     let per_node = logs / nodes as u64;
     let intervals = (86_400_000 / INTERVAL_MS) as u64;
     // Rows per node and interval: 3 counters and 1 timer per operator, for as many operators

@@ -12,6 +12,7 @@
 //! - [`dlr`]: the DLR lookup protocol: canonical ids, records, lookup and replica documents;
 //! - [`limits`]: rate and concurrency limits decided locally (GCRA, slots), shares, demand
 //!   reports and revisions;
+//! - [`tables`]: the dataset's tables and the agents' own streams that feed them;
 //! - [`http`]: the `/health` and `/metrics` endpoint of long-running processes;
 //! - [`wire`]: versioned payload schemas (Arrow IPC), e.g. [`wire::log_batch`].
 //!
@@ -26,6 +27,7 @@ pub mod limits;
 pub mod membership;
 pub mod mesh;
 pub mod session;
+pub mod tables;
 pub mod wire;
 
 pub use config::BusConfig;

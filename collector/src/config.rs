@@ -99,25 +99,7 @@ pub struct PromotedColumn {
     pub bloom: bool,
 }
 
-/// The type of a promoted column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum ColumnType {
-    /// UTF-8 text.
-    #[default]
-    String,
-    /// 64-bit signed integer.
-    Int64,
-    /// 64-bit float.
-    Float64,
-    /// Boolean (`true`/`false`/`1`/`0`/`yes`/`no`).
-    Bool,
-    /// Bytes, given as standard base64 text.
-    Binary,
-    /// An HDR V2 histogram (DEFLATE or not) as standard base64 text, stored as plain HDR V2
-    /// (the file's compression covers it, and readers skip inflating every row).
-    Histogram,
-}
+pub use switchboard_bus::tables::ColumnType;
 
 fn default_data_dir() -> PathBuf {
     PathBuf::from("switchboard-data")

@@ -4,7 +4,8 @@
 //! Layout (data flows top to bottom):
 //! - [`config`]: the collector's TOML config;
 //! - [`recovery`]: at start, committed sequence ranges read back from the data files' footers;
-//! - [`tables`]: which streams feed which table (`logs`, `limits`, `dlr`);
+//! - [`tables`]: which sink each stream feeds (the tables are defined in
+//!   `switchboard_bus::tables`);
 //! - [`sink`]: payloads to deduplicated rows in hourly partition files;
 //! - [`logs_table`]: the `logs` table schema and the wire-to-row conversion;
 //! - [`writer`]: one Parquet file, committed atomically with its ranges in the footer;
@@ -70,8 +71,6 @@ use crate::tables::Tables;
 use crate::writer::FileSettings;
 use crate::writers::WriterCheck;
 
-/// Name of the logs table's directory below the data directory.
-pub const LOGS_DIR: &str = "logs";
 /// Series of the cluster's latest metrics kept for `/metrics` (see [`latest`]).
 pub const LATEST_SERIES: usize = 10_000;
 
@@ -399,10 +398,11 @@ impl Collector {
         let name = config.bus.node.clone();
         let stats = Arc::new(CollectorStats::default());
         let c = &config.collector;
-        let logs = open_table(&config, LOGS_DIR, config.logs.promote.clone(), stats.clone()).await?;
+        let logs =
+            open_table(&config, switchboard_bus::tables::LOGS, config.logs.promote.clone(), stats.clone()).await?;
         let mut internal = Vec::new();
-        for t in tables::INTERNAL {
-            internal.push((t.stream, open_table(&config, t.dir, t.promoted(), stats.clone()).await?));
+        for t in switchboard_bus::tables::INTERNAL {
+            internal.push((t.stream, open_table(&config, t.name, tables::promoted(&t), stats.clone()).await?));
         }
         let mut sink = Tables { logs, internal };
         let latest = Arc::new(latest::LatestMetrics::new(LATEST_SERIES));
@@ -504,7 +504,7 @@ impl Collector {
             let take = |sink: &mut Tables, input: Input| match input {
                 Input::Data { stream, payload, replayed } => {
                     let bytes = payload.to_bytes();
-                    if stream.name == tables::METRICS.stream {
+                    if stream.name == switchboard_bus::tables::METRICS.stream {
                         latest.take(&stream.node, &bytes);
                     }
                     sink.handle(&stream, &bytes, replayed)

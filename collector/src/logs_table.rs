@@ -111,16 +111,6 @@ impl PromotedBuilder {
     }
 }
 
-fn arrow_type(kind: ColumnType) -> DataType {
-    match kind {
-        ColumnType::String => DataType::Utf8,
-        ColumnType::Int64 => DataType::Int64,
-        ColumnType::Float64 => DataType::Float64,
-        ColumnType::Bool => DataType::Boolean,
-        ColumnType::Binary | ColumnType::Histogram => DataType::Binary,
-    }
-}
-
 impl LogsTable {
     /// The table with these promoted columns.
     pub fn new(promote: Vec<PromotedColumn>) -> Self {
@@ -140,7 +130,7 @@ impl LogsTable {
             Field::new("invalid_utf8", DataType::Boolean, false),
         ];
         for p in &promote {
-            fields.push(Field::new(&p.name, arrow_type(p.kind), true));
+            fields.push(Field::new(&p.name, p.kind.arrow_type(), true));
         }
         fields.push(Field::new("fields", log_batch::fields_type(), false));
         Self { schema: Arc::new(Schema::new(fields)), promote }
@@ -197,7 +187,7 @@ impl LogsTable {
     fn promote_fields(&self, map: &MapArray) -> Result<(Vec<ArrayRef>, ArrayRef, u64), ArrowError> {
         let n = map.len();
         if self.promote.is_empty() || map.entries().is_empty() {
-            let nulls = self.promote.iter().map(|p| arrow::array::new_null_array(&arrow_type(p.kind), n)).collect();
+            let nulls = self.promote.iter().map(|p| arrow::array::new_null_array(&p.kind.arrow_type(), n)).collect();
             return Ok((nulls, Arc::new(map.clone()), 0));
         }
         let keys =
@@ -305,7 +295,11 @@ mod tests {
         let mut b = LogBatchBuilder::new();
         b.append(&crate::test_rows::metrics_row(0, 1), &[("histogram", packed.as_str())]);
         b.append(&crate::test_rows::metrics_row(1, 1), &[("histogram", "bm90IGEgaGlzdG9ncmFt")]);
-        let id = StreamId { node: "gw1".into(), kind: StreamKind::Log, name: "_metrics".into() };
+        let id = StreamId {
+            node: "gw1".into(),
+            kind: StreamKind::Log,
+            name: switchboard_bus::tables::METRICS.stream.into(),
+        };
         let (rows, failures) = table.to_rows(&id, &b.finish().unwrap()).unwrap();
         assert_eq!(failures, 1);
         let stored = rows.column_by_name("histogram").unwrap().as_binary::<i32>();

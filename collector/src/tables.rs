@@ -1,96 +1,23 @@
-//! The collector's tables and which streams feed them.
+//! Which sink each stream's payloads and heads go to.
 //!
-//! Gateway log streams go to `logs`. The agents' own streams go to tables of their own, with the
-//! logs layout plus typed columns ([`INTERNAL`]): `_limits` (limit decisions per key and second,
-//! see the agent's `limits::record`) to `limits`, `_dlr` (DLR events, see the agent's
-//! `dlr::events`) to `dlr`, `_metrics` (the gateways' metric snapshots, see the agent's
-//! `metrics`) to `metrics`. Each table is written by a [`LogsSink`] of its own in
+//! Gateway log streams go to `logs`; the agents' own streams to the internal tables defined in
+//! [`switchboard_bus::tables`]. Each table is written by a [`LogsSink`] of its own in
 //! `<data_dir>/<table>`; [`Tables`] routes payloads and heads to the right one and merges their
 //! status.
 
 use std::collections::BTreeMap;
 
+use switchboard_bus::tables::InternalTable;
 use switchboard_bus::wire::control::Heads;
 use switchboard_bus::StreamId;
 
-use crate::config::{ColumnType, PromotedColumn};
+use crate::config::PromotedColumn;
 use crate::sink::{LogsSink, ReplayRequest, SinkStatus};
 
-/// A table fed by one of the agents' own streams.
-#[derive(Debug, Clone, Copy)]
-pub struct InternalTable {
-    /// The table's directory below the data directory (and its name in `query`).
-    pub dir: &'static str,
-    /// The stream that feeds it.
-    pub stream: &'static str,
-    /// Its typed columns: (name, type, Bloom filter).
-    pub columns: &'static [(&'static str, ColumnType, bool)],
+/// An internal table's typed columns as the sink takes them.
+pub fn promoted(table: &InternalTable) -> Vec<PromotedColumn> {
+    table.columns.iter().map(|c| PromotedColumn { name: c.name.into(), kind: c.kind, bloom: c.bloom }).collect()
 }
-
-impl InternalTable {
-    /// The typed columns as the sink takes them.
-    pub fn promoted(&self) -> Vec<PromotedColumn> {
-        self.columns.iter().map(|&(name, kind, bloom)| PromotedColumn { name: name.into(), kind, bloom }).collect()
-    }
-}
-
-/// The `limits` table: limit decisions per key and second.
-pub const LIMITS: InternalTable = InternalTable {
-    dir: "limits",
-    stream: "_limits",
-    columns: &[
-        ("key", ColumnType::String, false),
-        ("limit_key", ColumnType::String, false),
-        ("window_ms", ColumnType::Int64, false),
-        ("allowed", ColumnType::Int64, false),
-        ("denied", ColumnType::Int64, false),
-        ("share", ColumnType::Float64, false),
-        ("rate_per_sec", ColumnType::Float64, false),
-        ("slots_max", ColumnType::Int64, false),
-        ("slots_held", ColumnType::Int64, false),
-    ],
-};
-
-/// The `dlr` table: DLR events (registered, resolved, delivered, duplicate, closed, expired,
-/// not_found) with the record's fields and, on `delivered`, the submit-to-DLR latency.
-pub const DLR: InternalTable = InternalTable {
-    dir: "dlr",
-    stream: "_dlr",
-    columns: &[
-        ("event", ColumnType::String, false),
-        ("connector", ColumnType::String, false),
-        ("id", ColumnType::String, true),
-        ("owner", ColumnType::String, false),
-        ("account", ColumnType::String, false),
-        ("destination", ColumnType::String, false),
-        ("gateway_ref", ColumnType::String, true),
-        ("submitted_at", ColumnType::Int64, false),
-        ("status", ColumnType::String, false),
-        ("latency_ms", ColumnType::Int64, false),
-        ("answered_by", ColumnType::String, false),
-        ("lookup_us", ColumnType::Int64, false),
-        ("at_node", ColumnType::String, false),
-    ],
-};
-
-/// The `metrics` table: the gateways' metrics, one row per series and interval and node
-/// (counters as the interval's delta, gauges as last values, timers with their HDR histogram).
-pub const METRICS: InternalTable = InternalTable {
-    dir: "metrics",
-    stream: "_metrics",
-    columns: &[
-        ("name", ColumnType::String, false),
-        ("tags", ColumnType::String, false),
-        ("kind", ColumnType::String, false),
-        ("value", ColumnType::Float64, false),
-        ("count", ColumnType::Int64, false),
-        ("histogram", ColumnType::Histogram, false),
-        ("interval_ms", ColumnType::Int64, false),
-    ],
-};
-
-/// Every table fed by the agents' own streams.
-pub const INTERNAL: [InternalTable; 3] = [LIMITS, DLR, METRICS];
 
 /// Every table the collector writes.
 pub struct Tables {

@@ -109,11 +109,6 @@ impl Default for LimitsSettings {
     }
 }
 
-/// Name of the stream that carries limit decisions (reserved: sources may not start with `_`).
-pub const LIMITS_STREAM: &str = "_limits";
-/// Name of the stream that carries DLR events.
-pub const DLR_STREAM: &str = "_dlr";
-
 /// The `[dlr]` table: the node's part of the cluster's DLR index (docs/dlr-api.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -45,7 +45,7 @@ pub mod datafusion_batch {
 }
 
 /// The tables a dataset may hold, by directory name.
-pub const TABLES: &[&str] = &["logs", "limits", "dlr", "metrics"];
+pub use switchboard_bus::tables::ALL as TABLES;
 
 /// A query could not run or its result could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -128,14 +128,14 @@ impl Dataset {
                 .table_partition_cols(vec![("date".to_owned(), DataType::Utf8), ("hour".to_owned(), DataType::Int32)]);
             let url = format!("{}/", dir.canonicalize()?.display());
             if window.is_all() {
-                ctx.register_parquet(*table, url, options).await?;
+                ctx.register_parquet(table, url, options).await?;
             } else {
                 let all = format!("{table}_all");
                 ctx.register_parquet(all.as_str(), url, options).await?;
                 let view = ctx.sql(&format!("SELECT * FROM {all} WHERE {}", window.condition())).await?.into_view();
-                ctx.register_table(*table, view)?;
+                ctx.register_table(table, view)?;
             }
-            tables.push((*table).to_owned());
+            tables.push(table.to_owned());
         }
         Ok(Self { ctx, tables, writes_allowed: false })
     }

@@ -23,6 +23,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
+use switchboard_bus::tables;
 
 use crate::{Dataset, QueryError};
 
@@ -138,12 +139,12 @@ pub fn report(name: &str, opts: &ReportOptions) -> Result<Report, QueryError> {
                 metric("submitted")
             ),
             series: Some((vec!["node", "operator"], "messages")),
-            table: "metrics",
+            table: tables::METRICS.name,
         },
         "log-volume" => Report {
             sql: format!("SELECT {bucket} AS time, node, count(*) AS lines FROM logs GROUP BY 1, 2 ORDER BY 1, 2"),
             series: Some((vec!["node"], "lines")),
-            table: "logs",
+            table: tables::LOGS,
         },
         "errors" => Report {
             sql: format!(
@@ -153,7 +154,7 @@ pub fn report(name: &str, opts: &ReportOptions) -> Result<Report, QueryError> {
                  FROM logs GROUP BY 1, 2 ORDER BY 1, 2"
             ),
             series: Some((vec!["node"], "error_rate")),
-            table: "logs",
+            table: tables::LOGS,
         },
         "top-errors" => Report {
             sql: format!(
@@ -164,7 +165,7 @@ pub fn report(name: &str, opts: &ReportOptions) -> Result<Report, QueryError> {
                 opts.limit
             ),
             series: None,
-            table: "logs",
+            table: tables::LOGS,
         },
         "dlr-latency" => Report {
             sql: "SELECT connector, count(*) AS delivered, \
@@ -173,7 +174,7 @@ pub fn report(name: &str, opts: &ReportOptions) -> Result<Report, QueryError> {
                   FROM dlr WHERE event = 'delivered' AND latency_ms IS NOT NULL GROUP BY 1 ORDER BY 1"
                 .into(),
             series: None,
-            table: "dlr",
+            table: tables::DLR.name,
         },
         "timer" => Report {
             sql: format!(
@@ -185,7 +186,7 @@ pub fn report(name: &str, opts: &ReportOptions) -> Result<Report, QueryError> {
                 metric("dlr_latency")
             ),
             series: None,
-            table: "metrics",
+            table: tables::METRICS.name,
         },
         "rejections" => Report {
             sql: format!(
@@ -193,7 +194,7 @@ pub fn report(name: &str, opts: &ReportOptions) -> Result<Report, QueryError> {
                  FROM limits GROUP BY 1, 2 ORDER BY 1, 2"
             ),
             series: Some((vec!["limit_key"], "denied")),
-            table: "limits",
+            table: tables::LIMITS.name,
         },
         other => {
             let mut msg = format!("no report {other:?}; reports:");
@@ -287,21 +288,9 @@ async fn data_span_ms(ds: &Dataset, table: &str) -> Result<i64, QueryError> {
 fn stand_in_schema(table: &str) -> SchemaRef {
     let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
     let text = |name: &str| Field::new(name, DataType::Utf8, true);
-    let int = |name: &str| Field::new(name, DataType::Int64, true);
-    let mut fields = vec![Field::new("ts", ts, true), text("node")];
-    match table {
-        "logs" => fields.extend([text("level"), text("message")]),
-        "metrics" => fields.extend([
-            text("name"),
-            text("tags"),
-            text("kind"),
-            Field::new("value", DataType::Float64, true),
-            int("count"),
-            Field::new("histogram", DataType::Binary, true),
-        ]),
-        "limits" => fields.extend([text("limit_key"), int("allowed"), int("denied")]),
-        "dlr" => fields.extend([text("connector"), text("event"), int("latency_ms")]),
-        _ => {}
+    let mut fields = vec![Field::new("ts", ts, true), text("node"), text("level"), text("message")];
+    if let Some(t) = tables::INTERNAL.iter().find(|t| t.name == table) {
+        fields.extend(t.columns.iter().map(|c| Field::new(c.name, c.kind.arrow_type(), true)));
     }
     Arc::new(Schema::new(fields))
 }

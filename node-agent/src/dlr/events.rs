@@ -82,6 +82,12 @@ pub struct DlrEvent<'a> {
     pub at_node: &'a str,
 }
 
+switchboard_bus::record_columns!(switchboard_bus::tables::DLR, DlrEvent<'_> {
+    layout: ts, level, msg;
+    columns: event, connector, id, owner, account, destination, gateway_ref, submitted_at, status, latency_ms,
+        answered_by, lookup_us, at_node
+});
+
 impl<'a> DlrEvent<'a> {
     /// An event about `record` on `node`.
     pub fn of(event: EventKind, record: &'a DlrRecord, node: &'a str) -> Self {

@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{AgentConfig, DlrSettings, DLR_STREAM};
+use crate::config::{AgentConfig, DlrSettings};
 use crate::eventlog::EventLog;
 use crate::AgentError;
 use events::{DlrEvent, EventKind};
@@ -300,7 +300,7 @@ pub fn event_log(data_dir: &Path) -> EventLog {
 
 /// The internal source that carries DLR events to the collector.
 pub fn events_source(data_dir: &Path) -> crate::config::SourceConfig {
-    event_log(data_dir).source(DLR_STREAM)
+    event_log(data_dir).source(switchboard_bus::tables::DLR.stream)
 }
 
 fn check_field(name: &str, value: &str, max: usize) -> Result<(), DlrError> {

@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use self::coord::{CoordSettings, PeerView};
 use self::sync::Revisions;
-use crate::config::{AgentConfig, SourceConfig, LIMITS_STREAM};
+use crate::config::{AgentConfig, SourceConfig};
 use crate::AgentError;
 
 /// Longest key the APIs accept, in bytes.
@@ -159,7 +159,8 @@ pub fn limits_dir(data_dir: &Path) -> PathBuf {
 
 /// The internal source that carries the decision log to the collector.
 pub fn decisions_source(data_dir: &Path) -> SourceConfig {
-    crate::eventlog::EventLog::new(&limits_dir(data_dir), record::FILE_NAME, record::ROTATE_BYTES).source(LIMITS_STREAM)
+    crate::eventlog::EventLog::new(&limits_dir(data_dir), record::FILE_NAME, record::ROTATE_BYTES)
+        .source(switchboard_bus::tables::LIMITS.stream)
 }
 
 #[cfg(test)]

@@ -57,6 +57,11 @@ pub struct WindowRecord<'a> {
     pub slots_held: Option<u64>,
 }
 
+switchboard_bus::record_columns!(switchboard_bus::tables::LIMITS, WindowRecord<'_> {
+    layout: ts, level, msg;
+    columns: key, limit_key, window_ms, allowed, denied, share, rate_per_sec, slots_max, slots_held
+});
+
 /// Writes the decision log.
 pub struct Recorder {
     dir: PathBuf,

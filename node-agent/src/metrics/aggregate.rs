@@ -48,6 +48,11 @@ pub struct Row {
     pub interval_ms: u64,
 }
 
+switchboard_bus::record_columns!(switchboard_bus::tables::METRICS, Row {
+    layout: ts;
+    columns: name, tags, kind, value, count, histogram, interval_ms
+});
+
 /// Why a sample was not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {

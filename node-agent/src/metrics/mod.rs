@@ -28,8 +28,6 @@ use crate::config::MetricsSettings;
 use crate::eventlog::EventLog;
 use crate::AgentError;
 
-/// The stream (and internal source) that carries metric snapshots.
-pub const METRICS_STREAM: &str = "_metrics";
 /// The snapshot file in the data directory.
 pub const FILE_NAME: &str = "metrics.log";
 /// The snapshot file is rotated at this size.
@@ -98,7 +96,7 @@ pub fn snapshot_log(data_dir: &Path) -> EventLog {
 
 /// The internal source that carries snapshots to the collector.
 pub fn snapshots_source(data_dir: &Path) -> crate::config::SourceConfig {
-    snapshot_log(data_dir).source(METRICS_STREAM)
+    snapshot_log(data_dir).source(switchboard_bus::tables::METRICS.stream)
 }
 
 impl MetricsService {
