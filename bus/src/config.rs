@@ -3,8 +3,12 @@
 //! [`BusConfig`] is the `[bus]` table of every Switchboard config file (agent, collector). It names
 //! the cluster and this process, picks the zenoh mode and endpoints, and is turned into a zenoh
 //! session by [`crate::session::open`]. Every field has a documented default, unknown fields are
-//! rejected, and [`BusConfig::validate`] runs before a session is opened.
+//! rejected, and [`BusConfig::validate`] runs before a session is opened. [`read_file`] reads a
+//! process's whole config file and [`FileError`] says what is wrong with one.
 
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::keys::{check_chunk, KeyError};
@@ -116,7 +120,40 @@ impl Default for BusConfig {
     }
 }
 
-/// A configuration that cannot be used.
+/// A process's config file that cannot be used, with the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not valid TOML or not the expected fields.
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line and column.
+        source: Box<toml::de::Error>,
+    },
+    /// A semantic problem.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+    /// The `[bus]` table is not usable.
+    #[error("invalid [bus] config: {0}")]
+    Bus(#[from] ConfigError),
+}
+
+/// Read and parse the TOML config file at `path` (the caller validates what it means).
+pub fn read_file<T: DeserializeOwned>(path: &Path) -> Result<T, FileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| FileError::Read { path: path.to_owned(), source })?;
+    toml::from_str(&text).map_err(|source| FileError::Parse { path: path.to_owned(), source: Box::new(source) })
+}
+
+/// A `[bus]` table that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The cluster or node name cannot be part of a key expression.

@@ -180,40 +180,13 @@ pub const RESERVED_LOG_COLUMNS: &[&str] = &[
     "hour",
 ];
 
-/// A config that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum CollectorConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// Not valid TOML or not the expected fields.
-    #[error("invalid config {path}: {source}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong, with line and column.
-        source: Box<toml::de::Error>,
-    },
-    /// A semantic problem.
-    #[error("invalid config: {0}")]
-    Invalid(String),
-    /// The `[bus]` table is not usable.
-    #[error("invalid [bus] config: {0}")]
-    Bus(#[from] switchboard_bus::config::ConfigError),
-}
+/// A config that cannot be used, with the reason.
+pub type CollectorConfigError = switchboard_bus::config::FileError;
 
 impl CollectorConfig {
     /// Read, parse and validate a config file.
     pub fn load(path: &Path) -> Result<Self, CollectorConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| CollectorConfigError::Read { path: path.to_owned(), source })?;
-        let config: Self = toml::from_str(&text)
-            .map_err(|source| CollectorConfigError::Parse { path: path.to_owned(), source: Box::new(source) })?;
+        let config: Self = switchboard_bus::config::read_file(path)?;
         config.validate()?;
         Ok(config)
     }

@@ -446,39 +446,12 @@ impl AgentSettings {
 }
 
 /// A config that cannot be used, with the reason.
-#[derive(Debug, thiserror::Error)]
-pub enum AgentConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// Not valid TOML or not the expected fields.
-    #[error("invalid config {path}: {source}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong, with line and column.
-        source: Box<toml::de::Error>,
-    },
-    /// A semantic problem.
-    #[error("invalid config: {0}")]
-    Invalid(String),
-    /// The `[bus]` table is not usable.
-    #[error("invalid [bus] config: {0}")]
-    Bus(#[from] switchboard_bus::config::ConfigError),
-}
+pub type AgentConfigError = switchboard_bus::config::FileError;
 
 impl AgentConfig {
     /// Read, parse and validate a config file.
     pub fn load(path: &Path) -> Result<Self, AgentConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| AgentConfigError::Read { path: path.to_owned(), source })?;
-        let config: Self = toml::from_str(&text)
-            .map_err(|source| AgentConfigError::Parse { path: path.to_owned(), source: Box::new(source) })?;
+        let config: Self = switchboard_bus::config::read_file(path)?;
         config.validate()?;
         Ok(config)
     }
