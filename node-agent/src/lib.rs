@@ -72,21 +72,50 @@ pub enum AgentError {
         /// Why.
         source: std::io::Error,
     },
-    /// The bus session could not be set up.
+    /// The bus session could not be opened, or this node's name is taken.
     #[error("bus: {0}")]
-    Bus(String),
+    Session(#[from] session::SessionError),
+    /// A key expression could not be made from a configured name.
+    #[error("bus: {0}")]
+    Key(#[from] switchboard_bus::keys::KeyError),
+    /// zenoh refused to declare a subscriber, queryable or publisher.
+    #[error("bus: cannot declare the {what}: {source}")]
+    Declare {
+        /// What was declared.
+        what: &'static str,
+        /// Why.
+        source: zenoh::Error,
+    },
+    /// The limits revision could not be restored or followed.
+    #[error("limits: {0}")]
+    Limits(#[from] limits::sync::SyncError),
     /// The DLR store could not be opened.
-    #[error("DLR index: {0}")]
-    Dlr(String),
-    /// The health and metrics endpoint could not be started (e.g. its address is in use).
-    #[error("health/metrics endpoint: {0}")]
-    Http(String),
-}
-
-impl From<session::SessionError> for AgentError {
-    fn from(e: session::SessionError) -> Self {
-        AgentError::Bus(e.to_string())
-    }
+    #[error("DLR index {path}: {source}")]
+    Dlr {
+        /// The store's directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: dlr::store::StoreError,
+    },
+    /// A startup task panicked.
+    #[error("startup task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// A thread could not be started.
+    #[error("cannot start the {name} thread: {source}")]
+    Thread {
+        /// The thread's name.
+        name: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An address could not be bound (the HTTP endpoint, the limits socket, the StatsD intake).
+    #[error("{what}: {source}")]
+    Listen {
+        /// The setting and its value.
+        what: String,
+        /// Why (e.g. the address is in use).
+        source: std::io::Error,
+    },
 }
 
 /// Batches queued between the tailers and the publisher (back-pressure beyond that).
@@ -114,7 +143,7 @@ impl Agent {
         if config.metrics.enabled {
             config.sources.push(metrics::snapshots_source(&config.agent.data_dir));
         }
-        let keys = KeySpace::new(&config.bus.effective_prefix()).map_err(|e| AgentError::Bus(e.to_string()))?;
+        let keys = KeySpace::new(&config.bus.effective_prefix())?;
         let data_dir = config.agent.data_dir.clone();
         let (checkpoint, journals) = {
             let (dir, sources, acknowledged) = (data_dir.clone(), config.sources.clone(), config.agent.acknowledged);
@@ -134,7 +163,7 @@ impl Agent {
                 Ok((checkpoint, Arc::new(journals)))
             })
             .await
-            .map_err(|e| AgentError::Bus(format!("startup task: {e}")))??
+            ??
         };
         config.bus.listen = config.bus.effective_listen();
         if config.bus.listen.is_empty() && config.bus.connect.is_empty() {
@@ -200,7 +229,9 @@ impl Agent {
             None
         };
         if !config.agent.http_listen.is_empty() {
-            let addr = config.agent.http_listen.parse().map_err(|e| AgentError::Http(format!("http_listen: {e}")))?;
+            let addr = config.agent.http_listen.parse().map_err(|e| {
+                AgentError::Config(config::AgentConfigError::Invalid(format!("agent.http_listen: {e}")))
+            })?;
             let report = Arc::new(report::AgentReport {
                 node: node.clone(),
                 stats: stats.clone(),
@@ -222,7 +253,7 @@ impl Agent {
             let routes = body_limit::limit_bodies(routes, config.agent.http_max_body_bytes, stats.clone());
             let (_, task) = switchboard_bus::http::serve(addr, report, routes, cancel.clone())
                 .await
-                .map_err(|e| AgentError::Http(format!("http_listen {addr}: {e}")))?;
+                .map_err(|source| AgentError::Listen { what: format!("agent.http_listen {addr}"), source })?;
             tracker.spawn(async move {
                 let _ = task.await;
             });

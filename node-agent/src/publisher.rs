@@ -58,13 +58,13 @@ pub(crate) async fn declare_publishers(
     let mut map = HashMap::new();
     for name in sources {
         let id = StreamId { node: node.to_owned(), kind: StreamKind::Log, name: name.to_owned() };
-        let key = keys.stream(&id).map_err(|e| AgentError::Bus(e.to_string()))?;
+        let key = keys.stream(&id)?;
         let publisher = session
             .declare_publisher(key)
             .congestion_control(CongestionControl::Block)
             .encoding(Encoding::from(ARROW_STREAM))
             .await
-            .map_err(|e| AgentError::Bus(e.to_string()))?;
+            .map_err(|source| AgentError::Declare { what: "stream publisher", source })?;
         map.insert(name.to_owned(), publisher);
     }
     Ok(map)

@@ -229,10 +229,19 @@ impl Limiter {
     /// A limiter over `specs` (checked).
     pub fn new(specs: Vec<LimitSpec>) -> Result<Self, SpecError> {
         check(&specs)?;
-        Ok(Self {
+        Ok(Self::unchecked(specs))
+    }
+
+    /// A limiter with no limits yet (every key is allowed until [`Limiter::replace`]).
+    pub fn empty() -> Self {
+        Self::unchecked(Vec::new())
+    }
+
+    fn unchecked(specs: Vec<LimitSpec>) -> Self {
+        Self {
             table: RwLock::new(Table { specs, states: HashMap::new(), shares: HashMap::new(), default_share: 1.0 }),
             epoch: Instant::now(),
-        })
+        }
     }
 
     #[inline]

@@ -41,7 +41,7 @@ impl Answerer {
                     job(Queued(!queue.is_empty()));
                 }
             })
-            .map_err(|e| AgentError::Bus(format!("cannot start the DLR answering thread: {e}")))?;
+            .map_err(|source| AgentError::Thread { name: "dlr-answer", source })?;
         Ok(Self { jobs })
     }
 

@@ -37,7 +37,7 @@ pub(crate) async fn serve(
     tracker: &TaskTracker,
     cancel: CancellationToken,
 ) -> Result<(), AgentError> {
-    let key = service.keys.dlr_ask(&service.node).map_err(|e| AgentError::Bus(e.to_string()))?;
+    let key = service.keys.dlr_ask(&service.node)?;
     let svc = service.clone();
     let subscriber = service
         .session
@@ -47,7 +47,7 @@ pub(crate) async fn serve(
             answerer.run(move |queued| answer(&svc, &sample.payload().to_bytes(), queued));
         })
         .await
-        .map_err(|e| AgentError::Bus(format!("DLR asks: {e}")))?;
+        .map_err(|source| AgentError::Declare { what: "DLR ask subscriber", source })?;
     tracker.spawn(async move {
         cancel.cancelled().await;
         drop(subscriber);
@@ -133,7 +133,7 @@ impl Asker {
         stats: Arc<DlrStats>,
     ) -> Result<Self, AgentError> {
         let client = format!("{node}.{}", session.zid());
-        let key = keys.dlr_answer(&client).map_err(|e| AgentError::Bus(e.to_string()))?;
+        let key = keys.dlr_answer(&client)?;
         let pending: PendingAsks = Arc::default();
         let (waiting, counters) = (pending.clone(), stats.clone());
         let answers = session
@@ -152,7 +152,7 @@ impl Asker {
                 }
             })
             .await
-            .map_err(|e| AgentError::Bus(format!("DLR answers: {e}")))?;
+            .map_err(|source| AgentError::Declare { what: "DLR answer subscriber", source })?;
         Ok(Self {
             client,
             keys: keys.clone(),
@@ -181,12 +181,12 @@ impl Asker {
             return Ok(None);
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let body = DlrAsk::encode(&self.client, n, connector, canonical).map_err(|e| DlrError::Bus(e.to_string()))?;
+        let body = DlrAsk::encode(&self.client, n, connector, canonical)?;
         let (tx, rx) = oneshot::channel();
         self.lock().insert(n, Pending { node: route.node.clone(), answer: tx });
         if let Err(e) = route.publisher.put(body).await {
             self.lock().remove(&n);
-            return Err(DlrError::Bus(e.to_string()));
+            return Err(DlrError::Bus(e));
         }
         let answer = match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(answer)) => answer,
@@ -199,7 +199,7 @@ impl Asker {
             }
         };
         match (answer.error, answer.reply) {
-            (Some(e), _) => Err(DlrError::Bus(format!("node {node}: {e}"))),
+            (Some(reason), _) => Err(DlrError::Refused { node: node.to_owned(), reason }),
             // Another asker using the same answer key could be answered with the same number.
             (None, Some(r)) if r.record.connector != connector || r.record.id != canonical => {
                 self.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
@@ -229,7 +229,7 @@ impl Asker {
             // default, in timer ticks of 1 ms) to fill it; express sends it at once.
             .express(true)
             .await
-            .map_err(|e| DlrError::Bus(e.to_string()))?;
+            .map_err(DlrError::Bus)?;
         let listening = Arc::new(AtomicBool::new(false));
         let (pending, gone_node, flag) = (self.pending.clone(), Arc::<str>::from(node), listening.clone());
         let listener = publisher
@@ -242,7 +242,7 @@ impl Asker {
                 }
             })
             .await
-            .map_err(|e| DlrError::Bus(e.to_string()))?;
+            .map_err(DlrError::Bus)?;
         let route = Arc::new(Route { node: Arc::from(node), publisher, listening, _listener: listener });
         // Two first asks may race here: the first route stored wins, the other is dropped.
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());

@@ -53,7 +53,12 @@ fn error(service: &DlrService, e: DlrError) -> Response {
         }
         DlrError::NotFound { .. } => StatusCode::NOT_FOUND,
         DlrError::NotOwner(..) => StatusCode::CONFLICT,
-        DlrError::Store(_) | DlrError::Bus(_) => StatusCode::SERVICE_UNAVAILABLE,
+        DlrError::Store(_)
+        | DlrError::Bus(_)
+        | DlrError::Refused { .. }
+        | DlrError::Replica(_)
+        | DlrError::Encode(_)
+        | DlrError::Task(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     (status, Json(json!({ "error": e.to_string() }))).into_response()
 }
@@ -82,7 +87,7 @@ async fn register(State(s): State<Arc<DlrService>>, body: Bytes) -> Response {
             (StatusCode::CREATED, Json(json!({ "registered": records.len(), "records": records }))).into_response()
         }
         Ok(Err(e)) => error(&s, e),
-        Err(e) => error(&s, DlrError::Bus(format!("register task: {e}"))),
+        Err(e) => error(&s, DlrError::Task(e)),
     }
 }
 
@@ -151,7 +156,7 @@ async fn close(State(s): State<Arc<DlrService>>, body: Bytes) -> Response {
     match tokio::task::spawn_blocking(move || service.close(&req.connector, &req.msg_id, &req.status)).await {
         Ok(Ok(record)) => Json(json!({ "record": record })).into_response(),
         Ok(Err(e)) => error(&s, e),
-        Err(e) => error(&s, DlrError::Bus(format!("close task: {e}"))),
+        Err(e) => error(&s, DlrError::Task(e)),
     }
 }
 

@@ -45,7 +45,7 @@ pub(crate) async fn serve(
     let runtime = tokio::runtime::Handle::current();
     let keys = [service.keys.all_dlr_ids(), service.keys.all_dlr_at(&service.node)];
     for key in keys {
-        let key = key.map_err(|e| AgentError::Bus(e.to_string()))?;
+        let key = key?;
         let (svc, runtime, answerer) = (service.clone(), runtime.clone(), answerer.clone());
         let queryable = service
             .session
@@ -74,7 +74,7 @@ pub(crate) async fn serve(
                 }
             })
             .await
-            .map_err(|e| AgentError::Bus(format!("DLR lookups: {e}")))?;
+            .map_err(|source| AgentError::Declare { what: "DLR lookup queryable", source })?;
         let cancel = cancel.clone();
         tracker.spawn(async move {
             cancel.cancelled().await;
@@ -188,9 +188,9 @@ pub(crate) async fn query(
             let _ = tx.send(reply);
         });
     if let Some(r) = report {
-        get = get.payload(serde_json::to_vec(r).map_err(|e| DlrError::Bus(e.to_string()))?);
+        get = get.payload(serde_json::to_vec(r)?);
     }
-    get.await.map_err(|e| DlrError::Bus(e.to_string()))?;
+    get.await.map_err(DlrError::Bus)?;
     let mut best: Option<LookupReply> = None;
     while let Some(reply) = replies.recv().await {
         let sample = match reply.result() {

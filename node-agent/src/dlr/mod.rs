@@ -69,9 +69,26 @@ pub enum DlrError {
     /// The store failed (e.g. the disk is full).
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The bus failed.
+    /// The bus failed (a query or put could not be sent, a publisher not declared).
     #[error("bus: {0}")]
-    Bus(String),
+    Bus(zenoh::Error),
+    /// Another node answered a lookup with an error.
+    #[error("node {node}: {reason}")]
+    Refused {
+        /// The node that answered.
+        node: String,
+        /// What it said.
+        reason: String,
+    },
+    /// A replica did not take a closed record.
+    #[error(transparent)]
+    Replica(#[from] replicate::ReplicaError),
+    /// A document could not be encoded.
+    #[error("cannot encode: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The task that ran the request panicked.
+    #[error("request task: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 impl From<id::IdError> for DlrError {
@@ -325,9 +342,8 @@ impl DlrService {
         let store = {
             let (path, cache) = (dir.join("store"), settings.cache_mb << 20);
             tokio::task::spawn_blocking(move || DlrStore::open(&path, cache))
-                .await
-                .map_err(|e| AgentError::Bus(format!("startup task: {e}")))?
-                .map_err(|e| AgentError::Dlr(format!("{}: {e}", dir.join("store").display())))?
+                .await?
+                .map_err(|source| AgentError::Dlr { path: dir.join("store"), source })?
         };
         let formats =
             settings.connectors.iter().map(|c| (c.name.clone(), (c.ids, c.report_ids.unwrap_or(c.ids)))).collect();
@@ -596,8 +612,7 @@ impl DlrService {
         let closed = self.closed(&res.record, &report.status, report.reported_at, &self.node);
         let ack =
             replicate::send(self, &res.answered_by, &[switchboard_bus::dlr::wire::ReplicaOp::Put(closed.clone())])
-                .await
-                .map_err(DlrError::Bus)?;
+                .await?;
         if let Some(newer) = ack.newer.into_iter().next() {
             // Another node closed it first.
             res.record = newer;
@@ -695,8 +710,7 @@ impl DlrService {
                 } else {
                     current.clone()
                 };
-                let entry = serde_json::to_vec(&InboxEntry { record: next.clone(), report: report.clone() })
-                    .map_err(|e| DlrError::Bus(e.to_string()))?;
+                let entry = serde_json::to_vec(&InboxEntry { record: next.clone(), report: report.clone() })?;
                 let mut writes = vec![Write::Inbox(&entry)];
                 if report.r#final {
                     writes.push(Write::Put { record: &next, previous: Some(&current) });

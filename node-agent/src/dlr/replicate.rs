@@ -45,9 +45,12 @@ pub(crate) async fn serve(
     tracker: &TaskTracker,
     cancel: CancellationToken,
 ) -> Result<(), AgentError> {
-    let key = service.keys.dlr_replica(&service.node).map_err(|e| AgentError::Bus(e.to_string()))?;
-    let queryable =
-        service.session.declare_queryable(key).await.map_err(|e| AgentError::Bus(format!("DLR replica: {e}")))?;
+    let key = service.keys.dlr_replica(&service.node)?;
+    let queryable = service
+        .session
+        .declare_queryable(key)
+        .await
+        .map_err(|source| AgentError::Declare { what: "DLR replica queryable", source })?;
     tracker.spawn(async move {
         loop {
             let query = tokio::select! {
@@ -138,11 +141,44 @@ fn take(service: &DlrService, payload: Option<&[u8]>) -> Result<ReplicaAck, Stri
     Ok(ack)
 }
 
+/// A replica batch that was not acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// The node's name makes no key expression.
+    #[error(transparent)]
+    Key(#[from] switchboard_bus::keys::KeyError),
+    /// The batch could not be encoded.
+    #[error("cannot encode a replica batch: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The query could not be sent.
+    #[error("bus: {0}")]
+    Bus(zenoh::Error),
+    /// No answer in time.
+    #[error("node {0} did not acknowledge")]
+    NoAck(String),
+    /// The node refused the batch.
+    #[error("node {node} refused the replica batch: {reason}")]
+    Refused {
+        /// The replica's node.
+        node: String,
+        /// What it said.
+        reason: String,
+    },
+    /// The answer is not an acknowledgement.
+    #[error("node {node} answered with a malformed acknowledgement: {source}")]
+    BadAck {
+        /// The replica's node.
+        node: String,
+        /// Why it does not parse.
+        source: serde_json::Error,
+    },
+}
+
 /// Send `ops` to `node`'s replica queryable and wait for its ack.
-pub(crate) async fn send(service: &DlrService, node: &str, ops: &[ReplicaOp]) -> Result<ReplicaAck, String> {
+pub(crate) async fn send(service: &DlrService, node: &str, ops: &[ReplicaOp]) -> Result<ReplicaAck, ReplicaError> {
     let n = ops.len() as u64;
-    let key = service.keys.dlr_replica(node).map_err(|e| e.to_string())?;
-    let body = ReplicaBatch::encode(&service.node, ops).map_err(|e| e.to_string())?;
+    let key = service.keys.dlr_replica(node)?;
+    let body = ReplicaBatch::encode(&service.node, ops)?;
     let result = async {
         let replies = service
             .session
@@ -151,10 +187,14 @@ pub(crate) async fn send(service: &DlrService, node: &str, ops: &[ReplicaOp]) ->
             .target(QueryTarget::All)
             .timeout(ACK_TIMEOUT)
             .await
-            .map_err(|e| e.to_string())?;
-        let reply = replies.recv_async().await.map_err(|_| format!("node {node} did not acknowledge"))?;
-        let sample = reply.result().map_err(|e| String::from_utf8_lossy(&e.payload().to_bytes()).into_owned())?;
-        serde_json::from_slice::<ReplicaAck>(&sample.payload().to_bytes()).map_err(|e| e.to_string())
+            .map_err(ReplicaError::Bus)?;
+        let reply = replies.recv_async().await.map_err(|_| ReplicaError::NoAck(node.to_owned()))?;
+        let sample = reply.result().map_err(|e| ReplicaError::Refused {
+            node: node.to_owned(),
+            reason: String::from_utf8_lossy(&e.payload().to_bytes()).into_owned(),
+        })?;
+        serde_json::from_slice::<ReplicaAck>(&sample.payload().to_bytes())
+            .map_err(|source| ReplicaError::BadAck { node: node.to_owned(), source })
     }
     .await;
     match &result {

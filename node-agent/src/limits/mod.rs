@@ -95,7 +95,7 @@ impl LimitsService {
         let node = config.bus.node.clone();
         let dir = limits_dir(&config.agent.data_dir);
         // No limits until the first revision arrives: an empty set is valid.
-        let limiter = Arc::new(Limiter::new(Vec::new()).map_err(|e| AgentError::Bus(e.to_string()))?);
+        let limiter = Arc::new(Limiter::empty());
         let revisions = sync::start(
             session.clone(),
             keys.clone(),
@@ -105,8 +105,7 @@ impl LimitsService {
             Duration::from_millis(l.resync_ms),
             cancel.clone(),
         )
-        .await
-        .map_err(|e| AgentError::Bus(format!("limits: {e}")))?;
+        .await?;
         let settings = CoordSettings {
             interval: Duration::from_millis(l.interval_ms),
             lease: Duration::from_millis(config.bus.lease_ms),
@@ -130,8 +129,8 @@ impl LimitsService {
         let service = Arc::new(Self { limiter, revisions, peers, stats: ApiStats::default() });
         if !l.socket.as_os_str().is_empty() {
             let path = config.agent.data_dir.join(&l.socket);
-            let listener =
-                socket::bind(&path).map_err(|e| AgentError::Http(format!("limits socket {}: {e}", path.display())))?;
+            let listener = socket::bind(&path)
+                .map_err(|source| AgentError::Listen { what: format!("limits.socket {}", path.display()), source })?;
             tracker.spawn(socket::serve(listener, path, service.clone(), cancel.clone()));
         }
         Ok(service)

@@ -24,9 +24,15 @@ pub enum SyncError {
     /// The history file.
     #[error(transparent)]
     History(#[from] HistoryError),
-    /// A key or zenoh declaration.
+    /// The stored revision cannot be applied.
+    #[error("stored revision: {0}")]
+    Stored(#[from] switchboard_bus::limits::SpecError),
+    /// A key expression could not be made from the node's name.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// zenoh refused to declare the revision subscriber or the history queryable.
     #[error("bus: {0}")]
-    Bus(String),
+    Declare(zenoh::Error),
 }
 
 /// The node's history, shared with whoever shows it (the agent's API).
@@ -99,19 +105,18 @@ pub async fn start(
 ) -> Result<Revisions, SyncError> {
     let loaded = revision::load(&path)?;
     if let Some(cur) = loaded.current() {
-        limiter.replace(cur.limits.clone()).map_err(|e| SyncError::Bus(format!("stored revision: {e}")))?;
+        limiter.replace(cur.limits.clone())?;
         tracing::info!(revision = cur.revision, "limits revision restored from disk");
     }
     let (current, current_rx) = watch::channel(loaded.current_number());
     let state = Arc::new(Node { limiter, history: Arc::new(Mutex::new(loaded)), path, current });
-    let bus = |e: zenoh::Error| SyncError::Bus(e.to_string());
-    let key_err = |e: KeyError| SyncError::Bus(e.to_string());
-    let revisions = session.declare_subscriber(keys.limits_revision().map_err(key_err)?).await.map_err(bus)?;
+    let bus = SyncError::Declare;
+    let revisions = session.declare_subscriber(keys.limits_revision()?).await.map_err(bus)?;
     // Answered from zenoh's own threads, so that this node's history queries (which reach its
     // own queryable too) never wait on the task below.
     let queryable = {
         let history = state.history.clone();
-        let mine = keys.limits_config(&node).map_err(key_err)?;
+        let mine = keys.limits_config(&node)?;
         session
             .declare_queryable(mine.clone())
             .callback(move |query| {

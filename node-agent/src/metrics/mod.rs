@@ -114,9 +114,9 @@ impl MetricsService {
     ) -> Result<Arc<Self>, AgentError> {
         let service = Arc::new(Self::new(settings.clone(), snapshot_log(data_dir)));
         if !settings.statsd_listen.is_empty() {
-            let socket = tokio::net::UdpSocket::bind(&settings.statsd_listen)
-                .await
-                .map_err(|e| AgentError::Http(format!("metrics.statsd_listen {}: {e}", settings.statsd_listen)))?;
+            let socket = tokio::net::UdpSocket::bind(&settings.statsd_listen).await.map_err(|source| {
+                AgentError::Listen { what: format!("metrics.statsd_listen {}", settings.statsd_listen), source }
+            })?;
             tracing::info!(addr = %settings.statsd_listen, "StatsD intake listening");
             tracker.spawn(service.clone().receive(socket, cancel.clone()));
         }
