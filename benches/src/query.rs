@@ -258,10 +258,20 @@ fn generate(dir: &Path, logs: u64, metrics: u64, nodes: usize) -> Result<()> {
         "collector": {"data_dir": dir, "max_file_age_ms": 86_400_000u64},
     }))?;
     let stats = Arc::new(CollectorStats::default());
-    let mut log_sink =
-        switchboard_collector::table_sink(&config, LOGS, config.logs.promote.clone(), BTreeMap::new(), stats.clone());
-    let mut metric_sink =
-        switchboard_collector::table_sink(&config, METRICS.name, promoted(&METRICS), BTreeMap::new(), stats.clone());
+    let mut log_sink = switchboard_collector::tables::table_sink(
+        &config,
+        LOGS,
+        config.logs.promote.clone(),
+        BTreeMap::new(),
+        stats.clone(),
+    );
+    let mut metric_sink = switchboard_collector::tables::table_sink(
+        &config,
+        METRICS.name,
+        promoted(&METRICS),
+        BTreeMap::new(),
+        stats.clone(),
+    );
     let per_node = logs / nodes as u64;
     let intervals = (86_400_000 / INTERVAL_MS) as u64;
     // Rows per node and interval: 3 counters and 1 timer per operator, for as many operators

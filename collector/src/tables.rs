@@ -7,16 +7,77 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
 use switchboard_bus::tables::InternalTable;
 use switchboard_bus::wire::control::Heads;
 use switchboard_bus::StreamId;
 
-use crate::config::PromotedColumn;
+use crate::config::{CollectorConfig, PromotedColumn};
+use crate::logs_table::{LogsTable, TABLE_VERSION};
 use crate::sink::{LogsSink, ReplayRequest, SinkStatus};
+use crate::stats::CollectorStats;
+use crate::writer::FileSettings;
+use crate::{ranges, recovery, CollectorError};
 
 /// An internal table's typed columns as the sink takes them.
 pub fn promoted(table: &InternalTable) -> Vec<PromotedColumn> {
     table.columns.iter().map(|c| PromotedColumn { name: c.name.into(), kind: c.kind, bloom: c.bloom }).collect()
+}
+
+/// Recover one table's committed ranges from its files, and make its sink.
+pub(crate) async fn open(
+    config: &CollectorConfig,
+    dir_name: &str,
+    promote: Vec<PromotedColumn>,
+    stats: Arc<CollectorStats>,
+) -> Result<LogsSink, CollectorError> {
+    let table_dir = config.collector.data_dir.join(dir_name);
+    let recovered = {
+        let dir = table_dir.clone();
+        tokio::task::spawn_blocking(move || recovery::recover(&dir))
+            .await
+            .map_err(|e| CollectorError::Bus(format!("recovery task: {e}")))?
+            .map_err(|source| CollectorError::Recovery { path: table_dir.clone(), source })?
+    };
+    tracing::info!(
+        table = dir_name,
+        files = recovered.files,
+        streams = recovered.committed.len(),
+        removed_tmp = recovered.removed_tmp,
+        unreadable = recovered.unreadable.len(),
+        "recovered committed ranges from the dataset"
+    );
+    Ok(table_sink(config, dir_name, promote, recovered.committed, stats))
+}
+
+/// The sink that writes table `dir_name` (below the data directory) as `config` says, knowing
+/// what is already `committed`: what the collector writes each table with.
+pub fn table_sink(
+    config: &CollectorConfig,
+    dir_name: &str,
+    promote: Vec<PromotedColumn>,
+    committed: BTreeMap<String, ranges::RangeSet>,
+    stats: Arc<CollectorStats>,
+) -> LogsSink {
+    let blooms: Vec<String> = promote.iter().filter(|p| p.bloom).map(|p| p.name.clone()).collect();
+    let c = &config.collector;
+    let settings = FileSettings {
+        table: dir_name.to_owned(),
+        table_version: TABLE_VERSION,
+        writer: config.bus.node.clone(),
+        properties: FileSettings::properties(c.zstd_level, c.row_group_rows, &blooms),
+        row_group_max_bytes: c.row_group_max_bytes,
+    };
+    LogsSink::new(
+        LogsTable::new(promote),
+        settings,
+        c.data_dir.join(dir_name),
+        c.max_file_bytes,
+        c.max_file_age(),
+        committed,
+        stats,
+    )
 }
 
 /// Every table the collector writes.

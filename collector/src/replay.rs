@@ -1,0 +1,72 @@
+//! The replay client: asks an agent for the sequence ranges a stream is missing (found against
+//! its heads) and feeds the answers to the sink as replayed payloads.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard_bus::keys::KeySpace;
+use tokio_util::sync::CancellationToken;
+use zenoh::query::ConsolidationMode;
+use zenoh::Session;
+
+use crate::intake::Input;
+use crate::sink::ReplayRequest;
+use crate::stats::CollectorStats;
+
+/// How long a replay query may take.
+const REPLAY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Send replay queries and feed their answers to the sink.
+pub(crate) async fn run(
+    session: Session,
+    keys: KeySpace,
+    mut requests: tokio::sync::mpsc::UnboundedReceiver<ReplayRequest>,
+    tx: flume::Sender<Input>,
+    stats: Arc<CollectorStats>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let req = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = requests.recv() => match r { Some(r) => r, None => break },
+        };
+        let Ok(key) = keys.replay(&req.stream) else { continue };
+        let (session, tx, stats) = (session.clone(), tx.clone(), stats.clone());
+        tokio::spawn(async move {
+            stats.replay_requests.fetch_add(1, Ordering::Relaxed);
+            let selector = format!("{key}?from={};to={}", req.from, req.to);
+            let replies = match session
+                .get(selector.as_str())
+                .consolidation(ConsolidationMode::None)
+                .timeout(REPLAY_TIMEOUT)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    stats.replay_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%selector, error = %e, "replay query failed");
+                    return;
+                }
+            };
+            while let Ok(reply) = replies.recv_async().await {
+                match reply.result() {
+                    Ok(sample) => {
+                        let input = Input::Data {
+                            stream: req.stream.clone(),
+                            payload: sample.payload().clone(),
+                            replayed: true,
+                        };
+                        if tx.send_async(input).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        stats.replay_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%selector, error = %String::from_utf8_lossy(&e.payload().to_bytes()), "agent could not replay in full");
+                    }
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,123 @@
+//! The collector's `/health` and `/metrics`: its sinks' status, the writers and mesh checks,
+//! its counters and the cluster's latest gateway metrics, rendered for operators.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use switchboard_bus::http::Health;
+use switchboard_bus::mesh::Mesh;
+
+use crate::latest::LatestMetrics;
+use crate::sink::SinkStatus;
+use crate::stats::CollectorStats;
+use crate::writers::WriterCheck;
+
+/// The collector's `/health` and `/metrics`.
+pub(crate) struct CollectorReport {
+    pub(crate) name: String,
+    pub(crate) stats: Arc<CollectorStats>,
+    pub(crate) status: tokio::sync::watch::Receiver<SinkStatus>,
+    pub(crate) latest: Arc<LatestMetrics>,
+    pub(crate) mesh: Mesh,
+    pub(crate) writers: Arc<Mutex<WriterCheck>>,
+}
+
+impl switchboard_bus::http::Report for CollectorReport {
+    fn health(&self) -> Health {
+        let st = self.status.borrow().clone();
+        let lag: BTreeMap<&String, serde_json::Value> =
+            st.lag.iter().map(|(k, (r, s))| (k, serde_json::json!({"records": r, "seconds": s}))).collect();
+        let mut h = Health::default();
+        h.failing.extend(st.failing.clone());
+        let conflicted = self.writers.lock().map(|w| w.conflicted(Instant::now())).unwrap_or_default();
+        for node in &conflicted {
+            h.degraded.push(format!(
+                "two processes publish as node {node}: one's lines are dropped as duplicates of the other's"
+            ));
+        }
+        h.degraded.extend(self.mesh.problems().iter().map(|p| format!("bus mesh: {p}")));
+        let details = serde_json::json!({
+            "collector": self.name,
+            "open_files": st.open_files,
+            "watermarks": st.watermarks,
+            "lag": lag,
+            "mesh": self.mesh.health(),
+        });
+        if let serde_json::Value::Object(map) = details {
+            h.details = map;
+        }
+        h
+    }
+
+    fn metrics(&self) -> String {
+        let s = &self.stats;
+        let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let st = self.status.borrow().clone();
+        let mut m = switchboard_bus::http::Metrics::new();
+        m.counter("switchboard_collector_payloads_total", "Payloads taken from the bus.", g(&s.payloads_received))
+            .counter(
+                "switchboard_collector_malformed_payloads_total",
+                "Payloads dropped as malformed or of an unknown version.",
+                g(&s.payloads_malformed),
+            )
+            .counter("switchboard_collector_rows_received_total", "Rows in well-formed payloads.", g(&s.rows_received))
+            .counter(
+                "switchboard_collector_rows_duplicate_total",
+                "Rows dropped as already held.",
+                g(&s.rows_duplicate),
+            )
+            .counter(crate::stats::ROWS_COMMITTED_METRIC, "Rows in committed Parquet files.", g(&s.rows_committed))
+            .counter("switchboard_collector_files_committed_total", "Parquet files committed.", g(&s.files_committed))
+            .counter("switchboard_collector_commit_errors_total", "Commits that failed.", g(&s.commit_errors))
+            .counter("switchboard_collector_write_errors_total", "Data file writes that failed.", g(&s.write_errors))
+            .counter(
+                "switchboard_collector_gaps_detected_total",
+                "Gaps found against agents' heads.",
+                g(&s.gaps_detected),
+            )
+            .counter("switchboard_collector_replays_total", "Replay queries sent to agents.", g(&s.replay_requests))
+            .counter("switchboard_collector_rows_replayed_total", "Rows received from replays.", g(&s.rows_replayed))
+            .counter("switchboard_collector_replay_errors_total", "Replay queries that failed.", g(&s.replay_errors))
+            .counter(
+                "switchboard_collector_conflicting_writers_total",
+                "Heads showing two processes publishing as one node.",
+                g(&s.conflicting_writers),
+            )
+            .gauge(
+                "switchboard_collector_failing",
+                "1 while writes or commits fail (e.g. disk full).",
+                f64::from(u8::from(st.failing.is_some())),
+            )
+            .gauge_series(
+                "switchboard_collector_stream_lag_records",
+                "Records announced by the agent and not yet committed.",
+                st.lag.iter().map(|(k, (r, _))| (vec![("stream", k.clone())], *r as f64)),
+            )
+            .gauge_series(
+                "switchboard_collector_stream_lag_seconds",
+                "How long the committed prefix has been behind the agent's head.",
+                st.lag.iter().map(|(k, (_, secs))| (vec![("stream", k.clone())], *secs)),
+            );
+        let latest = self.latest.snapshot();
+        m.gauge_series(
+            "switchboard_cluster_metric",
+            "The newest snapshot of each gateway counter (delta of its last interval) and gauge, per node.",
+            latest.iter().map(|(labels, value, _)| (labels.clone(), *value)),
+        )
+        .gauge_series(
+            "switchboard_cluster_metric_timestamp_seconds",
+            "When that snapshot was taken (seconds since the epoch).",
+            latest.into_iter().map(|(labels, _, at)| (labels, at)),
+        )
+        .counter(
+            "switchboard_collector_cluster_metric_rows_refused_total",
+            "Metric rows of series beyond the collector's bound, left out of switchboard_cluster_metric.",
+            self.latest.refused.load(Ordering::Relaxed),
+        );
+        self.mesh.metrics(&mut m);
+        self.health().gauge(&mut m);
+        m.finish()
+    }
+}
