@@ -1,0 +1,211 @@
+//! The async orchestration over the bus: resolving a message id (the first holder, then every
+//! node), handing in a report (taken by the owner, or closed on the replica's copy when the owner
+//! is down), turning a lookup's reply into a [`Resolution`], and the inbox the gateway polls for
+//! the reports this node took.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use switchboard_bus::dlr::wire::{DlrReport, LookupReply, ReportOutcome, Role as HolderRole, DOC_VERSION};
+use switchboard_bus::keys::Role;
+
+use super::events::{DlrEvent, EventKind};
+use super::types::check_field;
+use super::{
+    lookup, now_ms, replicate, DlrError, DlrService, IdForm, InboxEntry, Outcome, ReportRequest, Resolution,
+    MAX_FIELD_BYTES,
+};
+
+impl DlrService {
+    /// The canonical id of `msg_id`, read in the connector's format for `form`.
+    fn canonical(&self, connector: &str, msg_id: &str, form: IdForm) -> Result<String, DlrError> {
+        let (ids, dlr_ids) = self.formats(connector)?;
+        Ok(match form {
+            IdForm::Registered => ids.canonical(msg_id)?,
+            IdForm::Report => dlr_ids.canonical(msg_id)?,
+        })
+    }
+
+    /// Look up `msg_id` (read as `form` says) on the bus (waiting up to `wait_ms` for a
+    /// registration not there yet):
+    /// first at the one node that must hold it (whose copy may trail the owner by the
+    /// replication delay), then at every node; with `owner`, at every node at once, waiting for
+    /// the owner's answer while it is live.
+    pub async fn resolve(
+        &self,
+        connector: &str,
+        msg_id: &str,
+        form: IdForm,
+        wait_ms: Option<u64>,
+        owner: bool,
+    ) -> Result<Resolution, DlrError> {
+        let canonical = self.canonical(connector, msg_id, form)?;
+        let wait = self.wait(wait_ms.unwrap_or(self.settings.wait_ms))?;
+        let mut found = None;
+        if !owner {
+            found = lookup::query_first_holder(self, connector, &canonical).await?;
+            let counter = if found.is_some() { &self.stats.first_holder_hits } else { &self.stats.first_holder_misses };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        if found.is_none() {
+            found = lookup::query(self, connector, &canonical, wait, None).await?;
+        }
+        self.after_lookup(connector, msg_id, found, None)
+    }
+
+    /// Look up `msg_id` in this node's own store only (no bus): what node-by-node forwarding
+    /// asks each node.
+    pub fn resolve_local(&self, connector: &str, msg_id: &str, form: IdForm) -> Result<Resolution, DlrError> {
+        let canonical = self.canonical(connector, msg_id, form)?;
+        let Some(reply) = self.answer(connector, &canonical, None)? else {
+            return Err(DlrError::NotFound { connector: connector.into(), msg_id: msg_id.into() });
+        };
+        Ok(Resolution {
+            owner_alive: reply.record.owner == self.node
+                || self.membership.live_of(Role::Agent).contains(&reply.record.owner),
+            record: reply.record,
+            answered_by: reply.node,
+            role: reply.role,
+            outcome: None,
+            lookup_us: 0,
+        })
+    }
+
+    /// Hand in a DLR that arrived at this node: resolve it, let the owner take it (or close the
+    /// owner's copy when the owner is down), recognize repeats.
+    pub async fn report(&self, req: &ReportRequest) -> Result<Resolution, DlrError> {
+        let (_, dlr_ids) = self.formats(&req.connector)?;
+        let canonical = dlr_ids.canonical(&req.msg_id)?;
+        check_field("status", &req.status, MAX_FIELD_BYTES)?;
+        if req.status.is_empty() {
+            return Err(DlrError::BadRequest("status must not be empty".into()));
+        }
+        check_field("error", req.error.as_deref().unwrap_or(""), MAX_FIELD_BYTES)?;
+        check_field("text", req.text.as_deref().unwrap_or(""), 1024)?;
+        let wait = self.wait(req.wait_ms.unwrap_or(self.settings.report_wait_ms))?;
+        let report = DlrReport {
+            version: DOC_VERSION,
+            status: req.status.clone(),
+            r#final: req.is_final,
+            reported_at: now_ms(),
+            reported_by: self.node.clone(),
+            error: req.error.clone(),
+            text: req.text.clone(),
+        };
+        let found = lookup::query(self, &req.connector, &canonical, wait, Some(&report)).await?;
+        let mut res = self.after_lookup(&req.connector, &req.msg_id, found, Some(&report))?;
+        if res.role == HolderRole::Replica {
+            self.report_to_replica(&mut res, &report).await?;
+        }
+        Ok(res)
+    }
+
+    /// The owner did not answer: close the copy on the replica that did (for a final report),
+    /// so a repeat is recognized; the reporting gateway handles the DLR with the record.
+    async fn report_to_replica(&self, res: &mut Resolution, report: &DlrReport) -> Result<(), DlrError> {
+        if !res.record.is_open() {
+            res.outcome = Some(Outcome::Duplicate);
+            self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        res.outcome = Some(Outcome::OwnerDown);
+        if !report.r#final {
+            return Ok(());
+        }
+        let closed = self.closed(&res.record, &report.status, report.reported_at, &self.node);
+        let ack =
+            replicate::send(self, &res.answered_by, &[switchboard_bus::dlr::wire::ReplicaOp::Put(closed.clone())])
+                .await?;
+        if let Some(newer) = ack.newer.into_iter().next() {
+            // Another node closed it first.
+            res.record = newer;
+            res.outcome = Some(Outcome::Duplicate);
+            self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        res.record = closed;
+        let mut line = Vec::new();
+        DlrEvent::of(EventKind::Delivered, &res.record, &self.node)
+            .with_report(report)
+            .answered_by(&res.answered_by, res.lookup_us)
+            .write_to(&mut line);
+        self.log_events(&line);
+        Ok(())
+    }
+
+    fn wait(&self, ms: u64) -> Result<Duration, DlrError> {
+        if ms > self.settings.max_wait_ms {
+            return Err(DlrError::BadRequest(format!(
+                "wait_ms must be at most {} (dlr.max_wait_ms)",
+                self.settings.max_wait_ms
+            )));
+        }
+        Ok(Duration::from_millis(ms))
+    }
+
+    fn after_lookup(
+        &self,
+        connector: &str,
+        msg_id: &str,
+        found: Option<(LookupReply, Duration)>,
+        report: Option<&DlrReport>,
+    ) -> Result<Resolution, DlrError> {
+        let mut line = Vec::new();
+        let Some((reply, took)) = found else {
+            self.stats.not_found.fetch_add(1, Ordering::Relaxed);
+            DlrEvent::not_found(connector, msg_id, &self.node).write_to(&mut line);
+            self.log_events(&line);
+            return Err(DlrError::NotFound { connector: connector.into(), msg_id: msg_id.into() });
+        };
+        let owner_alive =
+            reply.record.owner == self.node || self.membership.live_of(Role::Agent).contains(&reply.record.owner);
+        let counter = match reply.role {
+            HolderRole::Owner => &self.stats.resolved_by_owner,
+            HolderRole::Replica => &self.stats.resolved_by_replica,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let lookup_us = took.as_micros() as u64;
+        let mut ev = DlrEvent::of(EventKind::Resolved, &reply.record, &self.node).answered_by(&reply.node, lookup_us);
+        if let Some(r) = report {
+            ev = ev.with_report(r);
+        }
+        ev.write_to(&mut line);
+        self.log_events(&line);
+        Ok(Resolution {
+            outcome: reply.outcome.map(|o| match o {
+                ReportOutcome::Delivered => Outcome::Delivered,
+                ReportOutcome::Duplicate => Outcome::Duplicate,
+            }),
+            record: reply.record,
+            answered_by: reply.node,
+            role: reply.role,
+            owner_alive,
+            lookup_us,
+        })
+    }
+
+    /// Reports queued for this node's gateway after `after`, waiting up to `wait` for one.
+    pub async fn inbox(&self, after: u64, max: usize, wait: Duration) -> Result<Vec<(u64, InboxEntry)>, DlrError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.inbox_ready.notified();
+            let raw = self.count_store_error(self.store.inbox_after(after, max))?;
+            if !raw.is_empty() || tokio::time::Instant::now() >= deadline {
+                let mut out = Vec::with_capacity(raw.len());
+                for (seq, doc) in raw {
+                    match serde_json::from_slice(&doc) {
+                        Ok(entry) => out.push((seq, entry)),
+                        Err(e) => tracing::warn!(seq, error = %e, "skipping an unreadable inbox entry"),
+                    }
+                }
+                return Ok(out);
+            }
+            let _ = tokio::time::timeout_at(deadline, notified).await;
+        }
+    }
+
+    /// Drop inbox entries up to `upto` (the gateway has them).
+    pub fn ack(&self, upto: u64) -> Result<u64, DlrError> {
+        self.count_store_error(self.store.ack_inbox(upto))
+    }
+}
