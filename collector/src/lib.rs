@@ -90,18 +90,31 @@ pub enum CollectorError {
         /// Why.
         source: std::io::Error,
     },
-    /// The bus session could not be set up.
+    /// The bus session could not be opened, or this collector's name is taken.
     #[error("bus: {0}")]
-    Bus(String),
+    Session(#[from] session::SessionError),
+    /// A key expression could not be made from a configured name.
+    #[error("bus: {0}")]
+    Key(#[from] switchboard_bus::keys::KeyError),
+    /// zenoh refused to declare a subscriber.
+    #[error("bus: cannot declare the {what}: {source}")]
+    Declare {
+        /// What was declared.
+        what: &'static str,
+        /// Why.
+        source: zenoh::Error,
+    },
+    /// A startup task panicked.
+    #[error("startup task: {0}")]
+    Task(#[from] tokio::task::JoinError),
     /// The health and metrics endpoint could not be started (e.g. its address is in use).
-    #[error("health/metrics endpoint: {0}")]
-    Http(String),
-}
-
-impl From<session::SessionError> for CollectorError {
-    fn from(e: session::SessionError) -> Self {
-        CollectorError::Bus(e.to_string())
-    }
+    #[error("health/metrics endpoint {addr}: {source}")]
+    Http {
+        /// The address of `collector.http_listen`.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// A running collector.
@@ -117,7 +130,7 @@ impl Collector {
     /// [`Collector::wait`] returns.
     pub async fn start(config: CollectorConfig, cancel: CancellationToken) -> Result<Self, CollectorError> {
         config.validate()?;
-        let keys = KeySpace::new(&config.bus.effective_prefix()).map_err(|e| CollectorError::Bus(e.to_string()))?;
+        let keys = KeySpace::new(&config.bus.effective_prefix())?;
         let name = config.bus.node.clone();
         let stats = Arc::new(CollectorStats::default());
         let c = &config.collector;
@@ -142,7 +155,7 @@ impl Collector {
         let subscriber = {
             let (tx, keys, stats) = (tx.clone(), keys.clone(), stats.clone());
             session
-                .declare_subscriber(keys.all_streams(StreamKind::Log).map_err(|e| CollectorError::Bus(e.to_string()))?)
+                .declare_subscriber(keys.all_streams(StreamKind::Log)?)
                 .callback(move |sample| match keys.parse_stream(sample.key_expr().as_str()) {
                     // Blocking when the sink is behind: back-pressure to the publishers.
                     Some(stream) => {
@@ -154,12 +167,12 @@ impl Collector {
                     }
                 })
                 .await
-                .map_err(|e| CollectorError::Bus(e.to_string()))?
+                .map_err(|source| CollectorError::Declare { what: "stream subscriber", source })?
         };
         let heads_subscriber = {
             let (tx, keys, stats, writers) = (tx.clone(), keys.clone(), stats.clone(), writers.clone());
             session
-                .declare_subscriber(keys.all_heads().map_err(|e| CollectorError::Bus(e.to_string()))?)
+                .declare_subscriber(keys.all_heads()?)
                 .callback(move |sample| {
                     let node = keys.parse_head(sample.key_expr().as_str());
                     match (node, Heads::decode(&sample.payload().to_bytes())) {
@@ -183,7 +196,7 @@ impl Collector {
                     }
                 })
                 .await
-                .map_err(|e| CollectorError::Bus(e.to_string()))?
+                .map_err(|source| CollectorError::Declare { what: "heads subscriber", source })?
         };
         let token = session::announce(&session, &keys, Role::Collector, &name).await?;
 
@@ -206,7 +219,9 @@ impl Collector {
             cancel.clone(),
         ));
         if !c.http_listen.is_empty() {
-            let addr = c.http_listen.parse().map_err(|e| CollectorError::Http(format!("http_listen: {e}")))?;
+            let addr = c.http_listen.parse().map_err(|e| {
+                CollectorError::Config(config::CollectorConfigError::Invalid(format!("collector.http_listen: {e}")))
+            })?;
             let report = Arc::new(report::CollectorReport {
                 name: name.clone(),
                 stats: stats.clone(),
@@ -217,7 +232,7 @@ impl Collector {
             });
             let (_, task) = switchboard_bus::http::serve(addr, report, axum::Router::new(), cancel.clone())
                 .await
-                .map_err(|e| CollectorError::Http(format!("http_listen {addr}: {e}")))?;
+                .map_err(|source| CollectorError::Http { addr, source })?;
             tracker.spawn(async move {
                 let _ = task.await;
             });

@@ -36,8 +36,7 @@ pub(crate) async fn open(
     let recovered = {
         let dir = table_dir.clone();
         tokio::task::spawn_blocking(move || recovery::recover(&dir))
-            .await
-            .map_err(|e| CollectorError::Bus(format!("recovery task: {e}")))?
+            .await?
             .map_err(|source| CollectorError::Recovery { path: table_dir.clone(), source })?
     };
     tracing::info!(
