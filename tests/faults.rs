@@ -56,19 +56,7 @@ fn collector_killed_repeatedly_while_agents_write() {
 
 /// `*.parquet.tmp` files below `dir`.
 fn tmp_files(dir: &std::path::Path) -> usize {
-    let mut n = 0;
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.to_string_lossy().ends_with(".parquet.tmp") {
-                n += 1;
-            }
-        }
-    }
-    n
+    switchboard_bus::tables::table_files(dir).unwrap_or_default().iter().filter(|f| !f.committed).count()
 }
 
 fn collector_log_mentions(c: &Cluster, what: &str) -> bool {

@@ -235,20 +235,9 @@ fn mix(mut x: u64) -> u64 {
 }
 
 fn files_and_bytes(dir: &Path) -> (u64, u64) {
-    let (mut files, mut bytes) = (0, 0);
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
-                files += 1;
-                bytes += e.metadata().map_or(0, |m| m.len());
-            }
-        }
-    }
-    (files, bytes)
+    let files = switchboard_bus::tables::table_files(dir).unwrap_or_default();
+    let committed = files.iter().filter(|f| f.committed);
+    (committed.clone().count() as u64, committed.map(|f| f.bytes).sum())
 }
 
 /// Write the day of logs and metrics through the collector's sinks, one file per table and hour.

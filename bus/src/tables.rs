@@ -6,9 +6,15 @@
 //! each to a table of its own ([`INTERNAL`]): the logs layout (`ts`, `level`, `message`, ...)
 //! plus the table's typed columns, each read from the JSON field of the same name.
 //!
+//! On disk a table is a directory tree (`<dataset>/<table>/date=<day>/hour=<hh>/`) whose
+//! committed files end in `.parquet`; a file being written ends in `.parquet.tmp` until its
+//! atomic rename. [`table_files`] is the one walk of such a tree.
+//!
 //! Both sides use these definitions: the collector builds its sinks from them, and each of the
 //! agent's record types states its fields with [`record_columns!`], which fails to compile when
 //! the record and the table disagree on a column (a renamed, added or dropped field).
+
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -177,6 +183,58 @@ pub fn internal_of(stream: &str) -> Option<&'static InternalTable> {
     INTERNAL.iter().find(|t| t.stream == stream)
 }
 
+/// A data file below a table's directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableFile {
+    /// Where it is.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// `true` for a committed `*.parquet`, `false` for a `*.parquet.tmp` being (or left half)
+    /// written.
+    pub committed: bool,
+}
+
+/// Every data file below `dir`, depth first: committed `*.parquet` files and `*.parquet.tmp`
+/// files not yet committed; other files are left out. A missing `dir` holds none; a file
+/// that vanishes during the walk is left out.
+pub fn table_files(dir: &Path) -> std::io::Result<Vec<TableFile>> {
+    let mut out = Vec::new();
+    if !dir.exists() {
+        return Ok(out);
+    }
+    // A file or directory that vanishes during the walk (a `.tmp` renamed by a commit that
+    // runs meanwhile) is skipped; any other error ends it.
+    let gone = |r: &std::io::Error| r.kind() == std::io::ErrorKind::NotFound;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(entries) => entries,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            if meta.is_dir() {
+                stack.push(entry.path());
+                continue;
+            }
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let committed = name.ends_with(".parquet");
+            if committed || name.ends_with(".parquet.tmp") {
+                out.push(TableFile { path: entry.path(), bytes: meta.len(), committed });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Ties a record type to its table at compile time: `record_columns!(TABLE, Record<'_> {
 /// layout: ts, level, msg; columns: a, b, c })` fails to build unless `Record`'s fields are exactly the
 /// layout fields and the columns listed, and the columns are exactly `TABLE`'s, in order.
@@ -209,6 +267,21 @@ mod tests {
             assert_eq!(internal_of(t.stream), Some(&t));
         }
         assert_eq!(internal_of("app"), None);
+    }
+
+    #[test]
+    fn the_walk_finds_committed_and_uncommitted_files_at_any_depth() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = dir.path().join("date=2026-12-01").join("hour=10");
+        std::fs::create_dir_all(&hour).unwrap();
+        std::fs::write(hour.join("a.parquet"), b"1234").unwrap();
+        std::fs::write(hour.join(".b.parquet.tmp"), b"12").unwrap();
+        std::fs::write(hour.join("notes.txt"), b"x").unwrap();
+        let mut files = table_files(dir.path()).unwrap();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let got: Vec<(bool, u64)> = files.iter().map(|f| (f.committed, f.bytes)).collect();
+        assert_eq!(got, [(false, 2), (true, 4)]);
+        assert!(table_files(&dir.path().join("missing")).unwrap().is_empty());
     }
 
     #[test]

@@ -30,35 +30,24 @@ pub struct Recovered {
 /// Read the footers of every `*.parquet` below `table_dir` and remove `*.parquet.tmp` leftovers.
 pub fn recover(table_dir: &Path) -> std::io::Result<Recovered> {
     let mut out = Recovered::default();
-    if !table_dir.exists() {
-        return Ok(out);
-    }
-    let mut stack = vec![table_dir.to_owned()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            let path = entry.path();
-            let kind = entry.file_type()?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if kind.is_dir() {
-                stack.push(path);
-            } else if name.ends_with(".parquet.tmp") {
-                tracing::warn!(path = %path.display(), "removing an uncommitted file left by a crash");
-                std::fs::remove_file(&path)?;
-                out.removed_tmp += 1;
-            } else if name.ends_with(".parquet") {
-                match read_ranges(&path) {
-                    Ok(ranges) => {
-                        for (stream, set) in ranges {
-                            out.committed.entry(stream).or_default().extend(&set);
-                        }
-                        out.files += 1;
-                    }
-                    Err(e) => {
-                        tracing::error!(path = %path.display(), error = %e, "cannot read the footer of a data file");
-                        out.unreadable.push(path);
-                    }
+    for file in switchboard_bus::tables::table_files(table_dir)? {
+        let path = file.path;
+        if !file.committed {
+            tracing::warn!(path = %path.display(), "removing an uncommitted file left by a crash");
+            std::fs::remove_file(&path)?;
+            out.removed_tmp += 1;
+            continue;
+        }
+        match read_ranges(&path) {
+            Ok(ranges) => {
+                for (stream, set) in ranges {
+                    out.committed.entry(stream).or_default().extend(&set);
                 }
+                out.files += 1;
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot read the footer of a data file");
+                out.unreadable.push(path);
             }
         }
     }

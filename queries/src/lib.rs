@@ -207,19 +207,7 @@ async fn collect_with_columns(df: DataFrame) -> Result<Vec<RecordBatch>, DataFus
 }
 
 fn has_parquet(dir: &Path) -> bool {
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
-                return true;
-            }
-        }
-    }
-    false
+    switchboard_bus::tables::table_files(dir).is_ok_and(|files| files.iter().any(|f| f.committed))
 }
 
 /// Rows in `batches`.

@@ -320,41 +320,31 @@ pub struct Row {
 /// Every row of every committed file of the `logs` table below `dataset`.
 pub fn read_logs(dataset: &Path) -> Vec<Row> {
     let mut rows = Vec::new();
-    let mut stack = vec![dataset.join("logs")];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
-                let reader =
-                    ParquetRecordBatchReaderBuilder::try_new(File::open(&p).unwrap()).unwrap().build().unwrap();
-                for batch in reader {
-                    let b = batch.unwrap();
-                    let s = |n: &str| b.column_by_name(n).unwrap().as_string::<i32>().clone();
-                    let i = |n: &str| b.column_by_name(n).unwrap().as_primitive::<Int64Type>().clone();
-                    let (node, stream, file, level, message) =
-                        (s("node"), s("stream"), s("file"), s("level"), s("message"));
-                    let (seq, offset) = (i("seq"), i("offset"));
-                    let flag = |n: &str| b.column_by_name(n).unwrap().as_boolean().clone();
-                    let (truncated, invalid) = (flag("truncated"), flag("invalid_utf8"));
-                    let raw = b.column_by_name("raw").unwrap().as_binary::<i32>().clone();
-                    for r in 0..b.num_rows() {
-                        rows.push(Row {
-                            node: node.value(r).to_owned(),
-                            stream: stream.value(r).to_owned(),
-                            seq: seq.value(r),
-                            file: file.value(r).to_owned(),
-                            offset: offset.value(r),
-                            level: (!level.is_null(r)).then(|| level.value(r).to_owned()),
-                            message: message.value(r).to_owned(),
-                            truncated: truncated.value(r),
-                            invalid_utf8: invalid.value(r),
-                            raw: (!raw.is_null(r)).then(|| raw.value(r).to_vec()),
-                        });
-                    }
-                }
+    let files = switchboard_bus::tables::table_files(&dataset.join("logs")).unwrap_or_default();
+    for p in files.into_iter().filter(|f| f.committed).map(|f| f.path) {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&p).unwrap()).unwrap().build().unwrap();
+        for batch in reader {
+            let b = batch.unwrap();
+            let s = |n: &str| b.column_by_name(n).unwrap().as_string::<i32>().clone();
+            let i = |n: &str| b.column_by_name(n).unwrap().as_primitive::<Int64Type>().clone();
+            let (node, stream, file, level, message) = (s("node"), s("stream"), s("file"), s("level"), s("message"));
+            let (seq, offset) = (i("seq"), i("offset"));
+            let flag = |n: &str| b.column_by_name(n).unwrap().as_boolean().clone();
+            let (truncated, invalid) = (flag("truncated"), flag("invalid_utf8"));
+            let raw = b.column_by_name("raw").unwrap().as_binary::<i32>().clone();
+            for r in 0..b.num_rows() {
+                rows.push(Row {
+                    node: node.value(r).to_owned(),
+                    stream: stream.value(r).to_owned(),
+                    seq: seq.value(r),
+                    file: file.value(r).to_owned(),
+                    offset: offset.value(r),
+                    level: (!level.is_null(r)).then(|| level.value(r).to_owned()),
+                    message: message.value(r).to_owned(),
+                    truncated: truncated.value(r),
+                    invalid_utf8: invalid.value(r),
+                    raw: (!raw.is_null(r)).then(|| raw.value(r).to_vec()),
+                });
             }
         }
     }
