@@ -17,16 +17,29 @@
 //!
 //! Every field but `source.name` and `source.paths` has a default; unknown fields are errors.
 //! [`AgentConfig::validate`] checks names, globs and sizes before anything starts.
+//!
+//! Layout: each table's settings live beside the code they configure, with the rules that concern
+//! them (their `validate`), and are re-exported here:
+//!
+//! - this file: [`AgentConfig`] (the whole file), [`AgentSettings`] (`[agent]`), loading, and
+//!   the checks that span tables;
+//! - `source_config`: [`SourceConfig`] (`[[source]]`), [`StartAt`], [`BinaryFiles`];
+//! - `limits::settings`: [`LimitsSettings`] (`[limits]`);
+//! - `dlr::settings`: [`DlrSettings`] (`[dlr]`) and [`ConnectorIds`] (`[[dlr.connector]]`);
+//! - `metrics::settings`: [`MetricsSettings`] (`[metrics]`);
+//! - `[bus]` is the bus crate's [`BusConfig`].
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use switchboard_bus::keys::check_chunk;
 use switchboard_bus::BusConfig;
 
-use crate::parse::Format;
+pub use crate::dlr::settings::{ConnectorIds, DlrSettings};
+pub use crate::limits::settings::LimitsSettings;
+pub use crate::metrics::settings::MetricsSettings;
+pub use crate::source_config::{BinaryFiles, SourceConfig, StartAt};
 
 /// The whole agent config file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,213 +63,6 @@ pub struct AgentConfig {
     /// The log sources to tail, one `[[source]]` table each.
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
-}
-
-/// The `[limits]` table. The limits themselves are set for the whole cluster with
-/// `switchboard limits set`, not here.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsSettings {
-    /// Serve the limits API and take part in the cluster's limits. Default: true.
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    /// Publish this node's demand and update its shares this often, in milliseconds. Must be
-    /// under a quarter of `bus.lease_ms`. Default: 100.
-    #[serde(default = "default_limits_interval_ms")]
-    pub interval_ms: u64,
-    /// How long the share of a node that vanished silently (dead, or behind a network
-    /// partition) stays reserved, in milliseconds. During a partition each side keeps to the
-    /// shares of the nodes it can see for this long; afterwards the node counts as dead and its
-    /// share is freed. A node that exits or is killed is freed at once. Default: 30000.
-    #[serde(default = "default_silent_hold_ms")]
-    pub silent_hold_ms: u64,
-    /// Ask the other nodes for the current limits revision this often, in milliseconds (new
-    /// revisions also arrive at once when set). Default: 5000.
-    #[serde(default = "default_resync_ms")]
-    pub resync_ms: u64,
-    /// Unix socket of the line protocol API (docs/limits-api.md), relative to `data_dir` unless
-    /// absolute; empty to disable. Default: `limits.sock`.
-    #[serde(default = "default_limits_socket")]
-    pub socket: PathBuf,
-    /// Write decisions per key and second to the collector's `limits` table. Default: true.
-    #[serde(default = "default_true")]
-    pub record_decisions: bool,
-}
-
-fn default_limits_interval_ms() -> u64 {
-    100
-}
-fn default_silent_hold_ms() -> u64 {
-    30_000
-}
-fn default_resync_ms() -> u64 {
-    5000
-}
-fn default_limits_socket() -> PathBuf {
-    PathBuf::from("limits.sock")
-}
-
-impl Default for LimitsSettings {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            interval_ms: default_limits_interval_ms(),
-            silent_hold_ms: default_silent_hold_ms(),
-            resync_ms: default_resync_ms(),
-            socket: default_limits_socket(),
-            record_decisions: true,
-        }
-    }
-}
-
-/// The `[dlr]` table: the node's part of the cluster's DLR index (docs/dlr-api.md).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DlrSettings {
-    /// Serve the DLR API and hold this node's records and copies. Default: true.
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    /// How long a registered record lives unless the registration says otherwise, in seconds.
-    /// Default: 172800 (48 h).
-    #[serde(default = "default_dlr_expiry_s")]
-    pub expiry_s: u64,
-    /// The longest expiry a registration may ask for, in seconds. Default: 2592000 (30 days).
-    #[serde(default = "default_dlr_max_expiry_s")]
-    pub max_expiry_s: u64,
-    /// How long a closed record is kept so that a repeated DLR is recognized as a duplicate, in
-    /// seconds (never past its expiry). Default: 3600.
-    #[serde(default = "default_dlr_closed_retention_s")]
-    pub closed_retention_s: u64,
-    /// How long a lookup or report waits for a registration that has not arrived yet (a DLR
-    /// that overtakes its `submit_sm_resp`), in milliseconds, unless the request says otherwise.
-    /// Default: 0 for lookups; reports use `report_wait_ms`.
-    #[serde(default)]
-    pub wait_ms: u64,
-    /// The same for reports (DLRs handed in with `/v1/dlr/report`). Default: 2000.
-    #[serde(default = "default_dlr_report_wait_ms")]
-    pub report_wait_ms: u64,
-    /// The longest wait a request may ask for, in milliseconds. Default: 30000.
-    #[serde(default = "default_dlr_max_wait_ms")]
-    pub max_wait_ms: u64,
-    /// How long a lookup waits for replies beyond its wait, in milliseconds. Default: 2000.
-    #[serde(default = "default_dlr_timeout_ms")]
-    pub timeout_ms: u64,
-    /// Block cache of the record store, in MiB. Default: 16.
-    #[serde(default = "default_dlr_cache_mb")]
-    pub cache_mb: u64,
-    /// Force the store to disk this often, in milliseconds; 0 leaves it to the OS. Records
-    /// reach the OS at once, so a killed agent loses nothing either way; this bounds what a
-    /// power loss can take. Default: 1000.
-    #[serde(default = "default_dlr_sync_ms")]
-    pub sync_ms: u64,
-    /// Write DLR events (registered, resolved, delivered, expired, ...) to the collector's
-    /// `dlr` table. Default: true.
-    #[serde(default = "default_true")]
-    pub record_events: bool,
-    /// How each connector writes message ids; connectors not listed use `text` (exact match).
-    #[serde(default, rename = "connector")]
-    pub connectors: Vec<ConnectorIds>,
-}
-
-/// The `[metrics]` table: the gateways' counters, gauges, timers and sets (docs/metrics.md).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsSettings {
-    /// Take metrics (StatsD over UDP, `POST /v1/metrics`) and send snapshots. Default: true.
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    /// The UDP address StatsD lines are read from; empty for none (HTTP only). Default:
-    /// `127.0.0.1:8125`.
-    #[serde(default = "default_statsd_listen")]
-    pub statsd_listen: String,
-    /// Snapshot every this many milliseconds: counters as the interval's delta, gauges as last
-    /// values, timers as HDR histograms. Default: 10000.
-    #[serde(default = "default_metrics_interval_ms")]
-    pub interval_ms: u64,
-    /// Most series (name, tags, kind) in one interval; samples of further series are counted
-    /// and dropped. Default: 100000.
-    #[serde(default = "default_metrics_max_series")]
-    pub max_series: usize,
-}
-
-impl Default for MetricsSettings {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            statsd_listen: default_statsd_listen(),
-            interval_ms: default_metrics_interval_ms(),
-            max_series: default_metrics_max_series(),
-        }
-    }
-}
-
-fn default_statsd_listen() -> String {
-    "127.0.0.1:8125".into()
-}
-fn default_metrics_interval_ms() -> u64 {
-    10_000
-}
-fn default_metrics_max_series() -> usize {
-    100_000
-}
-
-/// One `[[dlr.connector]]` table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConnectorIds {
-    /// The connector's name, as gateways pass it in requests.
-    pub name: String,
-    /// Format of the ids the gateway registers (from `submit_sm_resp`): `text`, `nocase`,
-    /// `decimal` or `hex`. Default: `text`.
-    #[serde(default)]
-    pub ids: switchboard_bus::dlr::IdFormat,
-    /// Format of the ids in this connector's DLRs. Default: the same as `ids`.
-    #[serde(default)]
-    pub report_ids: Option<switchboard_bus::dlr::IdFormat>,
-}
-
-fn default_dlr_expiry_s() -> u64 {
-    48 * 3600
-}
-fn default_dlr_max_expiry_s() -> u64 {
-    30 * 24 * 3600
-}
-fn default_dlr_closed_retention_s() -> u64 {
-    3600
-}
-fn default_dlr_report_wait_ms() -> u64 {
-    2000
-}
-fn default_dlr_max_wait_ms() -> u64 {
-    30_000
-}
-fn default_dlr_timeout_ms() -> u64 {
-    2000
-}
-fn default_dlr_cache_mb() -> u64 {
-    16
-}
-fn default_dlr_sync_ms() -> u64 {
-    1000
-}
-
-impl Default for DlrSettings {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            expiry_s: default_dlr_expiry_s(),
-            max_expiry_s: default_dlr_max_expiry_s(),
-            closed_retention_s: default_dlr_closed_retention_s(),
-            wait_ms: 0,
-            report_wait_ms: default_dlr_report_wait_ms(),
-            max_wait_ms: default_dlr_max_wait_ms(),
-            timeout_ms: default_dlr_timeout_ms(),
-            cache_mb: default_dlr_cache_mb(),
-            sync_ms: default_dlr_sync_ms(),
-            record_events: true,
-            connectors: Vec::new(),
-        }
-    }
 }
 
 /// The `[agent]` table.
@@ -319,57 +125,6 @@ pub struct AgentSettings {
     pub health_max_lag_ms: u64,
 }
 
-/// Where to start reading a file the agent has no checkpoint for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum StartAt {
-    /// From its first byte (default).
-    #[default]
-    Beginning,
-    /// From its current end: only lines written from now on. Applies to files present when the
-    /// agent first starts; files that appear later are always read from the beginning.
-    End,
-}
-
-/// One `[[source]]`: a named stream fed by the files its globs match.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceConfig {
-    /// The stream's name (a key chunk: no `/`, `*`, `$`, `?`, `#`). Required.
-    pub name: String,
-    /// Glob patterns of the files to tail, e.g. `/var/log/kannel/*.log`. Required. Files that
-    /// appear later are picked up too.
-    pub paths: Vec<String>,
-    /// Line format: `plain` (default), `json`, `syslog` (RFC 3164 and 5424) or `kv` (logfmt).
-    #[serde(default)]
-    pub format: Format,
-    /// `beginning` (default) or `end`.
-    #[serde(default)]
-    pub start_at: StartAt,
-    /// Lines longer than this are cut and flagged `truncated`. Default: 1 MiB.
-    #[serde(default = "default_max_line")]
-    pub max_line_bytes: usize,
-    /// Also extract `key=value` pairs from the message of plain and syslog lines. Default: false.
-    #[serde(default)]
-    pub kv_in_message: bool,
-    /// What to do with a file whose first block read looks binary (a NUL byte, or more than one
-    /// byte in 20 a control character that text does not use): `skip` (default) or `read`.
-    #[serde(default)]
-    pub binary: BinaryFiles,
-}
-
-/// What a source does with a file that looks binary ([`crate::tailer::looks_binary`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum BinaryFiles {
-    /// Do not read it: a warning names it and `switchboard_agent_skipped_binary_files_total`
-    /// counts it (default). A glob such as `app.log*` then passes over compressed rotations.
-    #[default]
-    Skip,
-    /// Read it as lines like any other file (invalid UTF-8 is kept in each line's raw bytes).
-    Read,
-}
-
 fn default_data_dir() -> PathBuf {
     PathBuf::from("switchboard-agent")
 }
@@ -406,9 +161,6 @@ fn default_http_max_body_bytes() -> usize {
 fn default_true() -> bool {
     true
 }
-fn default_max_line() -> usize {
-    1 << 20
-}
 
 impl Default for AgentSettings {
     fn default() -> Self {
@@ -443,6 +195,31 @@ impl AgentSettings {
     pub fn glob_interval(&self) -> Duration {
         Duration::from_millis(self.glob_interval_ms)
     }
+
+    /// Check the rules of the `[agent]` table: batch sizes, the unacknowledged window, the HTTP
+    /// address and body limit, and the intervals.
+    pub fn validate(&self) -> Result<(), AgentConfigError> {
+        let a = self;
+        if a.batch_max_lines == 0 || a.batch_max_bytes == 0 {
+            return Err(AgentConfigError::Invalid("agent.batch_max_lines and batch_max_bytes must be > 0".into()));
+        }
+        if a.max_unacked_batches == 0 {
+            return Err(AgentConfigError::Invalid("agent.max_unacked_batches must be > 0".into()));
+        }
+        if !a.http_listen.is_empty() && a.http_listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(AgentConfigError::Invalid(format!(
+                "agent.http_listen {:?} is not an address like 127.0.0.1:7480",
+                a.http_listen
+            )));
+        }
+        if a.http_max_body_bytes == 0 {
+            return Err(AgentConfigError::Invalid("agent.http_max_body_bytes must be > 0".into()));
+        }
+        if a.poll_interval_ms == 0 || a.glob_interval_ms == 0 {
+            return Err(AgentConfigError::Invalid("agent.poll_interval_ms and glob_interval_ms must be > 0".into()));
+        }
+        Ok(())
+    }
 }
 
 /// A config that cannot be used, with the reason.
@@ -468,6 +245,10 @@ impl AgentConfig {
     }
 
     /// Check everything that can be checked before starting.
+    ///
+    /// Runs each table's own `validate` in the order `[bus]`, `[agent]`, `[limits]`, `[metrics]`,
+    /// `[dlr]`, `[[source]]`, with the rules that span tables (there is something to do,
+    /// `limits.interval_ms` against `bus.lease_ms`, no source name used twice) in their places.
     pub fn validate(&self) -> Result<(), AgentConfigError> {
         self.bus.validate()?;
         if self.sources.is_empty() && !self.limits.enabled && !self.dlr.enabled && !self.metrics.enabled {
@@ -475,25 +256,8 @@ impl AgentConfig {
                 "nothing to do: no [[source]] is configured and limits, dlr and metrics are all disabled".into(),
             ));
         }
-        let a = &self.agent;
-        if a.batch_max_lines == 0 || a.batch_max_bytes == 0 {
-            return Err(AgentConfigError::Invalid("agent.batch_max_lines and batch_max_bytes must be > 0".into()));
-        }
-        if a.max_unacked_batches == 0 {
-            return Err(AgentConfigError::Invalid("agent.max_unacked_batches must be > 0".into()));
-        }
-        if !a.http_listen.is_empty() && a.http_listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(AgentConfigError::Invalid(format!(
-                "agent.http_listen {:?} is not an address like 127.0.0.1:7480",
-                a.http_listen
-            )));
-        }
-        if a.http_max_body_bytes == 0 {
-            return Err(AgentConfigError::Invalid("agent.http_max_body_bytes must be > 0".into()));
-        }
-        if a.poll_interval_ms == 0 || a.glob_interval_ms == 0 {
-            return Err(AgentConfigError::Invalid("agent.poll_interval_ms and glob_interval_ms must be > 0".into()));
-        }
+        self.agent.validate()?;
+        // `[limits]` against `[bus]`: the shares must be renewed well within a lease.
         let l = &self.limits;
         if l.interval_ms == 0 || l.interval_ms * 4 > self.bus.lease_ms {
             return Err(AgentConfigError::Invalid(format!(
@@ -501,61 +265,17 @@ impl AgentConfig {
                 l.interval_ms, self.bus.lease_ms
             )));
         }
-        if l.resync_ms == 0 {
-            return Err(AgentConfigError::Invalid("limits.resync_ms must be > 0".into()));
-        }
-        let m = &self.metrics;
-        if m.interval_ms < 100 || m.max_series == 0 {
-            return Err(AgentConfigError::Invalid("metrics.interval_ms must be >= 100 and max_series > 0".into()));
-        }
-        if !m.statsd_listen.is_empty() && m.statsd_listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(AgentConfigError::Invalid(format!(
-                "metrics.statsd_listen {:?} is not an address like 127.0.0.1:8125",
-                m.statsd_listen
-            )));
-        }
-        let d = &self.dlr;
-        if d.expiry_s == 0 || d.expiry_s > d.max_expiry_s {
-            return Err(AgentConfigError::Invalid(format!(
-                "dlr.expiry_s = {} must be > 0 and at most dlr.max_expiry_s ({})",
-                d.expiry_s, d.max_expiry_s
-            )));
-        }
-        if d.wait_ms > d.max_wait_ms || d.report_wait_ms > d.max_wait_ms || d.timeout_ms == 0 {
-            return Err(AgentConfigError::Invalid(
-                "dlr.wait_ms and dlr.report_wait_ms must be at most dlr.max_wait_ms, and dlr.timeout_ms > 0".into(),
-            ));
-        }
-        let mut connectors = HashSet::new();
-        for c in &d.connectors {
-            switchboard_bus::dlr::id::check_connector(&c.name)
-                .map_err(|e| AgentConfigError::Invalid(format!("dlr.connector {:?}: {e}", c.name)))?;
-            if !connectors.insert(&c.name) {
-                return Err(AgentConfigError::Invalid(format!("dlr.connector {:?} is listed twice", c.name)));
-            }
-        }
+        self.limits.validate()?;
+        self.metrics.validate()?;
+        self.dlr.validate()?;
         let mut names = HashSet::new();
         for s in &self.sources {
-            check_chunk(&s.name).map_err(|e| AgentConfigError::Invalid(format!("source name {:?}: {e}", s.name)))?;
-            if s.name.starts_with('_') {
-                return Err(AgentConfigError::Invalid(format!(
-                    "source name {:?}: names starting with '_' are reserved for the agent's own streams",
-                    s.name
-                )));
-            }
+            // A repeated name passed `SourceConfig::validate` at its first use, so checking for
+            // repeats first reports the same first error as checking the name first.
             if !names.insert(&s.name) {
                 return Err(AgentConfigError::Invalid(format!("source name {:?} is used twice", s.name)));
             }
-            if s.paths.is_empty() {
-                return Err(AgentConfigError::Invalid(format!("source {:?} has no paths", s.name)));
-            }
-            for p in &s.paths {
-                glob::Pattern::new(p)
-                    .map_err(|e| AgentConfigError::Invalid(format!("source {:?}: bad glob {p:?}: {e}", s.name)))?;
-            }
-            if s.max_line_bytes < 16 {
-                return Err(AgentConfigError::Invalid(format!("source {:?}: max_line_bytes must be >= 16", s.name)));
-            }
+            s.validate()?;
         }
         Ok(())
     }
@@ -564,6 +284,7 @@ impl AgentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::parse::Format;
 
     #[test]
     fn minimal_config_gets_defaults() {

@@ -34,6 +34,7 @@ pub mod parse;
 pub mod publisher;
 pub mod replay;
 mod report;
+mod source_config;
 pub mod stats;
 pub mod tailer;
 

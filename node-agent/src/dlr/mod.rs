@@ -22,7 +22,7 @@
 //! - `sweep`: the loop that expires records and syncs the store;
 //! - [`lookup`] and [`ask`]: lookups over the bus; `answerer`: the thread that answers them;
 //! - [`replicate`]: the copies on other nodes; [`store`]: the records on disk; [`events`]: the
-//!   event log; [`http`]: the gateway's API.
+//!   event log; [`http`]: the gateway's API; `settings`: the `[dlr]` config table.
 
 mod answerer;
 pub mod ask;
@@ -32,6 +32,7 @@ pub mod lookup;
 mod records;
 pub mod replicate;
 mod service;
+pub(crate) mod settings;
 pub mod store;
 mod sweep;
 mod types;
@@ -50,7 +51,8 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{AgentConfig, DlrSettings};
+use self::settings::DlrSettings;
+use crate::config::AgentConfig;
 use crate::eventlog::EventLog;
 use crate::AgentError;
 use store::{DlrStore, StoreError};

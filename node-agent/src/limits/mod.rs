@@ -8,6 +8,7 @@
 pub mod coord;
 pub mod http;
 pub mod record;
+pub(crate) mod settings;
 pub mod socket;
 pub mod sync;
 

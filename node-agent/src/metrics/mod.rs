@@ -12,6 +12,7 @@
 
 pub mod aggregate;
 pub mod http;
+pub(crate) mod settings;
 pub mod statsd;
 
 use std::path::Path;
@@ -24,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::aggregate::{Aggregator, Refused};
-use crate::config::MetricsSettings;
+use self::settings::MetricsSettings;
 use crate::eventlog::EventLog;
 use crate::AgentError;
 

@@ -1,0 +1,83 @@
+//! The `[limits]` table: how this node takes part in the cluster's limits (the coordination
+//! interval, how long a silent node's share is held, the revision resync, the local socket and
+//! the decision records). The limits themselves are set for the whole cluster with
+//! `switchboard limits set`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::AgentConfigError;
+
+/// The `[limits]` table. The limits themselves are set for the whole cluster with
+/// `switchboard limits set`, not here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSettings {
+    /// Serve the limits API and take part in the cluster's limits. Default: true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Publish this node's demand and update its shares this often, in milliseconds. Must be
+    /// under a quarter of `bus.lease_ms`. Default: 100.
+    #[serde(default = "default_limits_interval_ms")]
+    pub interval_ms: u64,
+    /// How long the share of a node that vanished silently (dead, or behind a network
+    /// partition) stays reserved, in milliseconds. During a partition each side keeps to the
+    /// shares of the nodes it can see for this long; afterwards the node counts as dead and its
+    /// share is freed. A node that exits or is killed is freed at once. Default: 30000.
+    #[serde(default = "default_silent_hold_ms")]
+    pub silent_hold_ms: u64,
+    /// Ask the other nodes for the current limits revision this often, in milliseconds (new
+    /// revisions also arrive at once when set). Default: 5000.
+    #[serde(default = "default_resync_ms")]
+    pub resync_ms: u64,
+    /// Unix socket of the line protocol API (docs/limits-api.md), relative to `data_dir` unless
+    /// absolute; empty to disable. Default: `limits.sock`.
+    #[serde(default = "default_limits_socket")]
+    pub socket: PathBuf,
+    /// Write decisions per key and second to the collector's `limits` table. Default: true.
+    #[serde(default = "default_true")]
+    pub record_decisions: bool,
+}
+
+fn default_limits_interval_ms() -> u64 {
+    100
+}
+fn default_silent_hold_ms() -> u64 {
+    30_000
+}
+fn default_resync_ms() -> u64 {
+    5000
+}
+fn default_limits_socket() -> PathBuf {
+    PathBuf::from("limits.sock")
+}
+
+impl Default for LimitsSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_ms: default_limits_interval_ms(),
+            silent_hold_ms: default_silent_hold_ms(),
+            resync_ms: default_resync_ms(),
+            socket: default_limits_socket(),
+            record_decisions: true,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl LimitsSettings {
+    /// Check the rules of the `[limits]` table alone. That `interval_ms` is under a quarter of
+    /// `bus.lease_ms` is checked by [`AgentConfig::validate`](crate::config::AgentConfig::validate),
+    /// which sees both tables.
+    pub fn validate(&self) -> Result<(), AgentConfigError> {
+        if self.resync_ms == 0 {
+            return Err(AgentConfigError::Invalid("limits.resync_ms must be > 0".into()));
+        }
+        Ok(())
+    }
+}
