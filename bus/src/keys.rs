@@ -39,6 +39,9 @@ pub enum KeyError {
     /// zenoh rejected the assembled key expression.
     #[error("not a valid key expression: {0}")]
     Invalid(String),
+    /// Not a stream written as `<node>/<kind>/<name>`.
+    #[error("not a stream: {0:?} (expected <node>/log/<name>)")]
+    Stream(String),
 }
 
 /// Check that `name` can stand as one chunk of a key expression.
@@ -65,15 +68,6 @@ impl StreamKind {
         match self {
             StreamKind::Log => "log",
         }
-    }
-
-    /// Parse `<role>/<name>` (e.g. `node/gw1`), as tokens and views name a process.
-    pub fn parse_member(path: &str) -> Option<(Role, String)> {
-        let (role, name) = path.split_once('/')?;
-        if name.is_empty() || name.contains('/') {
-            return None;
-        }
-        Some((Role::from_chunk(role)?, name.to_owned()))
     }
 
     fn from_chunk(s: &str) -> Option<Self> {
@@ -137,9 +131,57 @@ pub struct StreamId {
     pub name: String,
 }
 
+impl StreamId {
+    /// The log stream `name` of `node`.
+    pub fn log(node: &str, name: &str) -> Self {
+        Self { node: node.to_owned(), kind: StreamKind::Log, name: name.to_owned() }
+    }
+
+    /// `<kind>/<name>`: how a node's own documents (heads, watermarks) name the stream.
+    pub fn local(&self) -> String {
+        format!("{}/{}", self.kind.as_str(), self.name)
+    }
+
+    /// The stream of `node` that one of its documents names `local` (`<kind>/<name>`); `None`
+    /// for anything else.
+    pub fn parse_local(node: &str, local: &str) -> Option<Self> {
+        let (kind, name) = local.split_once('/')?;
+        if check_chunk(node).is_err() || check_chunk(name).is_err() {
+            return None;
+        }
+        Some(Self { node: node.to_owned(), kind: StreamKind::from_chunk(kind)?, name: name.to_owned() })
+    }
+}
+
+/// `<node>/<kind>/<name>`: how documents naming streams of many nodes (a data file's footer,
+/// `/health`, metric labels) write a stream.
 impl fmt::Display for StreamId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}/{}", self.node, self.kind.as_str(), self.name)
+    }
+}
+
+impl std::str::FromStr for StreamId {
+    type Err = KeyError;
+
+    /// Parse `<node>/<kind>/<name>`, the form [`fmt::Display`] writes.
+    fn from_str(s: &str) -> Result<Self, KeyError> {
+        let bad = || KeyError::Stream(s.to_owned());
+        let (node, local) = s.split_once('/').ok_or_else(bad)?;
+        Self::parse_local(node, local).ok_or_else(bad)
+    }
+}
+
+impl serde::Serialize for StreamId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for StreamId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -389,6 +431,23 @@ mod tests {
 
     fn ks() -> KeySpace {
         KeySpace::new("sb/test").unwrap()
+    }
+
+    #[test]
+    fn stream_ids_round_trip_through_their_text_forms() {
+        let id = StreamId::log("gw1", "app");
+        assert_eq!(id.to_string(), "gw1/log/app");
+        assert_eq!("gw1/log/app".parse::<StreamId>().unwrap(), id);
+        assert_eq!(id.local(), "log/app");
+        assert_eq!(StreamId::parse_local("gw1", "log/app"), Some(id.clone()));
+        for bad in ["gw1/log", "gw1/metric/app", "gw1/log/a/b", "/log/app", "gw1/log/", "g*/log/app"] {
+            assert!(bad.parse::<StreamId>().is_err(), "{bad}");
+        }
+        assert_eq!(StreamId::parse_local("gw1", "app"), None);
+        let json = serde_json::to_string(&std::collections::BTreeMap::from([(id.clone(), 1)])).unwrap();
+        assert_eq!(json, r#"{"gw1/log/app":1}"#);
+        let back: std::collections::BTreeMap<StreamId, u64> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.into_keys().next(), Some(id));
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use parquet::file::reader::{FileReader, SerializedFileReader};
 
+use switchboard_bus::StreamId;
+
 use crate::ranges::RangeSet;
 use crate::writer::META_RANGES;
 
@@ -18,7 +20,7 @@ use crate::writer::META_RANGES;
 #[derive(Debug, Default)]
 pub struct Recovered {
     /// Committed sequence ranges per stream (`<node>/<kind>/<stream>`).
-    pub committed: BTreeMap<String, RangeSet>,
+    pub committed: BTreeMap<StreamId, RangeSet>,
     /// Committed files read.
     pub files: usize,
     /// Leftover temporary files removed.
@@ -55,7 +57,7 @@ pub fn recover(table_dir: &Path) -> std::io::Result<Recovered> {
 }
 
 /// The sequence ranges recorded in one file's footer.
-pub fn read_ranges(path: &Path) -> Result<BTreeMap<String, RangeSet>, String> {
+pub fn read_ranges(path: &Path) -> Result<BTreeMap<StreamId, RangeSet>, String> {
     let file = File::open(path).map_err(|e| e.to_string())?;
     let reader = SerializedFileReader::new(file).map_err(|e| e.to_string())?;
     let kv = reader.metadata().file_metadata().key_value_metadata();

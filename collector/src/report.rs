@@ -27,8 +27,8 @@ pub(crate) struct CollectorReport {
 impl switchboard_bus::http::Report for CollectorReport {
     fn health(&self) -> Health {
         let st = self.status.borrow().clone();
-        let lag: BTreeMap<&String, serde_json::Value> =
-            st.lag.iter().map(|(k, (r, s))| (k, serde_json::json!({"records": r, "seconds": s}))).collect();
+        let lag: BTreeMap<String, serde_json::Value> =
+            st.lag.iter().map(|(k, (r, s))| (k.to_string(), serde_json::json!({"records": r, "seconds": s}))).collect();
         let mut h = Health::default();
         h.failing.extend(st.failing.clone());
         let conflicted = self.writers.lock().map(|w| w.conflicted(Instant::now())).unwrap_or_default();
@@ -93,12 +93,12 @@ impl switchboard_bus::http::Report for CollectorReport {
             .gauge_series(
                 "switchboard_collector_stream_lag_records",
                 "Records announced by the agent and not yet committed.",
-                st.lag.iter().map(|(k, (r, _))| (vec![("stream", k.clone())], *r as f64)),
+                st.lag.iter().map(|(k, (r, _))| (vec![("stream", k.to_string())], *r as f64)),
             )
             .gauge_series(
                 "switchboard_collector_stream_lag_seconds",
                 "How long the committed prefix has been behind the agent's head.",
-                st.lag.iter().map(|(k, (_, secs))| (vec![("stream", k.clone())], *secs)),
+                st.lag.iter().map(|(k, (_, secs))| (vec![("stream", k.to_string())], *secs)),
             );
         let latest = self.latest.snapshot();
         m.gauge_series(

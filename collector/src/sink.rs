@@ -23,7 +23,7 @@ use arrow::datatypes::{TimestampMicrosecondType, UInt64Type};
 use chrono::DateTime;
 use switchboard_bus::wire::control::Heads;
 use switchboard_bus::wire::log_batch;
-use switchboard_bus::{StreamId, StreamKind};
+use switchboard_bus::StreamId;
 
 use crate::logs_table::LogsTable;
 use crate::ranges::RangeSet;
@@ -56,10 +56,10 @@ struct StreamState {
 /// What the sink reports for health and metrics.
 #[derive(Debug, Clone, Default)]
 pub struct SinkStatus {
-    /// Per stream (`<node>/log/<stream>`): committed contiguous prefix.
-    pub watermarks: BTreeMap<String, u64>,
+    /// Per stream: committed contiguous prefix.
+    pub watermarks: BTreeMap<StreamId, u64>,
     /// Per stream: `(records behind the agent's head, seconds behind)`.
-    pub lag: BTreeMap<String, (u64, f64)>,
+    pub lag: BTreeMap<StreamId, (u64, f64)>,
     /// The last write or commit error, while it is not followed by a successful commit.
     pub failing: Option<String>,
     /// Files open (uncommitted).
@@ -84,7 +84,7 @@ pub struct LogsSink {
     dir: PathBuf,
     max_file_bytes: usize,
     max_file_age: Duration,
-    streams: HashMap<String, StreamState>,
+    streams: HashMap<StreamId, StreamState>,
     /// Open files by hour since the epoch.
     open: BTreeMap<i64, PartitionFile>,
     files_created: u64,
@@ -101,7 +101,7 @@ impl LogsSink {
         dir: PathBuf,
         max_file_bytes: usize,
         max_file_age: Duration,
-        committed: BTreeMap<String, RangeSet>,
+        committed: BTreeMap<StreamId, RangeSet>,
         stats: Arc<CollectorStats>,
     ) -> Self {
         let streams = committed
@@ -149,10 +149,9 @@ impl LogsSink {
     pub fn on_heads(&mut self, node: &str, heads: &Heads) -> Vec<ReplayRequest> {
         let mut out = Vec::new();
         for (stream, &head) in &heads.streams {
-            let Some(name) = stream.strip_prefix("log/") else { continue };
+            let Some(id) = StreamId::parse_local(node, stream) else { continue };
             let floor = heads.acked.get(stream).copied().unwrap_or(0);
-            let key = format!("{node}/{stream}");
-            let state = self.streams.entry(key).or_default();
+            let state = self.streams.entry(id.clone()).or_default();
             state.head = head;
             let done = state.committed.contiguous_from_zero().map_or(0, |w| w + 1);
             if done >= head {
@@ -171,7 +170,6 @@ impl LogsSink {
                 continue;
             }
             state.replay_asked = Some(Instant::now());
-            let id = StreamId { node: node.to_owned(), kind: StreamKind::Log, name: name.to_owned() };
             let mut budget = MAX_REPLAY_ROWS;
             for (a, b) in gaps {
                 if budget == 0 {
@@ -188,7 +186,7 @@ impl LogsSink {
     }
 
     /// The highest sequence number up to which each stream is committed without a gap.
-    pub fn watermarks(&self) -> BTreeMap<String, u64> {
+    pub fn watermarks(&self) -> BTreeMap<StreamId, u64> {
         self.streams.iter().filter_map(|(k, s)| Some((k.clone(), s.committed.contiguous_from_zero()?))).collect()
     }
 
@@ -209,8 +207,7 @@ impl LogsSink {
         if replayed {
             stats.rows_replayed.fetch_add(n as u64, Ordering::Relaxed);
         }
-        let key = stream.to_string();
-        let state = self.streams.entry(key.clone()).or_default();
+        let state = self.streams.entry(stream.clone()).or_default();
         let seqs = batch.column(0).as_primitive::<UInt64Type>();
         // Which rows are new, and their sequence numbers.
         let mut fresh = RangeSet::new();
@@ -252,17 +249,17 @@ impl LogsSink {
             Err(e) => {
                 stats.payloads_malformed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%stream, error = %e, "dropping a payload that does not fit the table");
-                self.forget(&key);
+                self.forget(stream);
                 return;
             }
         };
         stats.promote_failures.fetch_add(failures, Ordering::Relaxed);
         for (hour, part, seqs) in split_by_hour(&rows) {
-            self.write(hour, &key, &part, &seqs);
+            self.write(hour, stream, &part, &seqs);
         }
     }
 
-    fn forget(&mut self, stream: &str) {
+    fn forget(&mut self, stream: &StreamId) {
         // Rebuild `accepted` from what is committed and what the open files still hold.
         let Some(state) = self.streams.get_mut(stream) else { return };
         let mut accepted = state.committed.clone();
@@ -274,7 +271,7 @@ impl LogsSink {
         state.accepted = accepted;
     }
 
-    fn write(&mut self, hour: i64, stream: &str, rows: &RecordBatch, seqs: &RangeSet) {
+    fn write(&mut self, hour: i64, stream: &StreamId, rows: &RecordBatch, seqs: &RangeSet) {
         if !self.open.contains_key(&hour) {
             match self.create(hour) {
                 Ok(f) => {
@@ -333,7 +330,7 @@ impl LogsSink {
                 self.stats.commit_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, rows, "commit failed; the file is abandoned and its rows pulled again from the agents");
                 self.failing = Some(format!("commit failed: {e}"));
-                let streams: Vec<String> = self.streams.keys().cloned().collect();
+                let streams: Vec<StreamId> = self.streams.keys().cloned().collect();
                 for s in streams {
                     self.forget(&s);
                 }
@@ -343,7 +340,7 @@ impl LogsSink {
 
     fn abandon(&mut self, hour: i64) {
         if let Some(file) = self.open.remove(&hour) {
-            let streams: Vec<String> = file.ranges().keys().cloned().collect();
+            let streams: Vec<StreamId> = file.ranges().keys().cloned().collect();
             file.abandon();
             for s in streams {
                 self.forget(&s);
@@ -539,7 +536,7 @@ mod tests {
         s.commit_all();
         s.handle(&id(), &payload(0..150, |_| T0), false); // all committed
         assert_eq!(CollectorStats::get(&stats.rows_duplicate), 200);
-        assert_eq!(s.watermarks().get("gw/log/app"), Some(&149));
+        assert_eq!(s.watermarks().get(&StreamId::log("gw", "app")), Some(&149));
         s.commit_all();
         drop(s);
         // A new sink over the same directory knows it all from the footers.
@@ -565,7 +562,7 @@ mod tests {
         assert!(dir.path().join(date(T0)).is_dir());
         assert!(dir.path().join(date(T0 + HOUR)).is_dir());
         let rec = recover(dir.path()).unwrap();
-        assert_eq!(rec.committed["gw/log/app"].ranges(), &[(0, 10_009)]);
+        assert_eq!(rec.committed[&StreamId::log("gw", "app")].ranges(), &[(0, 10_009)]);
         // Every file has a Bloom filter on msg_id and none on message.
         let mut stack = vec![dir.path().to_owned()];
         let mut files = 0;
@@ -606,6 +603,6 @@ mod tests {
         s.handle(&id(), &payload(0..10, |_| T0), false);
         assert_eq!(CollectorStats::get(&stats.rows_duplicate), 0);
         s.commit_all();
-        assert_eq!(s.watermarks().get("gw/log/app"), Some(&9));
+        assert_eq!(s.watermarks().get(&StreamId::log("gw", "app")), Some(&9));
     }
 }

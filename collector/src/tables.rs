@@ -56,7 +56,7 @@ pub fn table_sink(
     config: &CollectorConfig,
     dir_name: &str,
     promote: Vec<PromotedColumn>,
-    committed: BTreeMap<String, ranges::RangeSet>,
+    committed: BTreeMap<StreamId, ranges::RangeSet>,
     stats: Arc<CollectorStats>,
 ) -> LogsSink {
     let blooms: Vec<String> = promote.iter().filter(|p| p.bloom).map(|p| p.name.clone()).collect();
@@ -106,7 +106,7 @@ impl Tables {
 
     /// Give each table the heads of its own streams; the ranges to pull from the agent.
     pub fn on_heads(&mut self, node: &str, heads: &Heads) -> Vec<ReplayRequest> {
-        let stream_of = |k: &str| k.split_once('/').map(|(_, name)| name.to_owned()).unwrap_or_default();
+        let stream_of = |k: &str| StreamId::parse_local(node, k).map(|id| id.name).unwrap_or_default();
         let part = |keep: &dyn Fn(&str) -> bool| Heads {
             version: heads.version,
             streams: heads.streams.iter().filter(|(k, _)| keep(&stream_of(k))).map(|(k, v)| (k.clone(), *v)).collect(),
@@ -139,7 +139,7 @@ impl Tables {
     }
 
     /// Watermarks of every stream (each stream lives in one table).
-    pub fn watermarks(&self) -> BTreeMap<String, u64> {
+    pub fn watermarks(&self) -> BTreeMap<StreamId, u64> {
         let mut w = self.logs.watermarks();
         for (_, s) in &self.internal {
             w.extend(s.watermarks());

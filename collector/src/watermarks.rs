@@ -36,8 +36,7 @@ pub(crate) async fn publish(
         let current = marks.borrow_and_update().watermarks.clone();
         let mut per_node: BTreeMap<String, Watermarks> = BTreeMap::new();
         for (stream, w) in current {
-            let Some((node, rest)) = stream.split_once('/') else { continue };
-            per_node.entry(node.to_owned()).or_default().streams.insert(rest.to_owned(), w);
+            per_node.entry(stream.node.clone()).or_default().streams.insert(stream.local(), w);
         }
         for (node, doc) in per_node {
             if let Ok(key) = keys.watermark(&collector, &node) {

@@ -24,6 +24,8 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
+use switchboard_bus::StreamId;
+
 use crate::ranges::RangeSet;
 
 /// Footer key: the table name.
@@ -97,7 +99,7 @@ pub struct PartitionFile {
     dir: PathBuf,
     name: String,
     writer: ArrowWriter<File>,
-    ranges: BTreeMap<String, RangeSet>,
+    ranges: BTreeMap<StreamId, RangeSet>,
     rows: u64,
     opened: Instant,
 }
@@ -121,7 +123,7 @@ impl PartitionFile {
     pub fn write(
         &mut self,
         batch: &RecordBatch,
-        stream: &str,
+        stream: &StreamId,
         seqs: &RangeSet,
         settings: &FileSettings,
     ) -> Result<(), WriteError> {
@@ -129,7 +131,7 @@ impl PartitionFile {
         if self.writer.in_progress_size() >= settings.row_group_max_bytes {
             self.writer.flush().map_err(|source| WriteError::Parquet { path: self.tmp_path(), source })?;
         }
-        self.ranges.entry(stream.to_owned()).or_default().extend(seqs);
+        self.ranges.entry(stream.clone()).or_default().extend(seqs);
         self.rows += batch.num_rows() as u64;
         Ok(())
     }
@@ -150,14 +152,14 @@ impl PartitionFile {
     }
 
     /// The sequence ranges per stream the file holds.
-    pub fn ranges(&self) -> &BTreeMap<String, RangeSet> {
+    pub fn ranges(&self) -> &BTreeMap<StreamId, RangeSet> {
         &self.ranges
     }
 
     /// Write the footer, fsync, rename to the final name, fsync the directory. Returns the final
     /// path and the ranges now committed. On failure the temporary file is removed: nothing of
     /// it becomes visible.
-    pub fn commit(mut self, settings: &FileSettings) -> Result<(PathBuf, BTreeMap<String, RangeSet>), WriteError> {
+    pub fn commit(mut self, settings: &FileSettings) -> Result<(PathBuf, BTreeMap<StreamId, RangeSet>), WriteError> {
         let tmp = self.tmp_path();
         let ranges_json = serde_json::to_string(&self.ranges).unwrap_or_else(|_| "{}".into());
         for (k, v) in [

@@ -280,7 +280,7 @@ impl Agent {
             task.run(rx, cancel).await;
             // Say once more how far every source got, now that everything is published.
             if let Ok(key) = k2.head(&n2) {
-                let _ = s2.put(key, publisher::heads(&j2, &s2).encode()).await;
+                let _ = s2.put(key, publisher::heads(&n2, &j2, &s2).encode()).await;
             }
         });
         tracker.close();

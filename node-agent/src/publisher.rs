@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use switchboard_bus::keys::{KeySpace, Role, StreamId, StreamKind};
+use switchboard_bus::keys::{KeySpace, Role, StreamId};
 use switchboard_bus::membership::MemberEvent;
 use switchboard_bus::wire::control::{Heads, Watermarks};
 use switchboard_bus::Membership;
@@ -57,7 +57,7 @@ pub(crate) async fn declare_publishers(
 ) -> Result<HashMap<String, Publisher<'static>>, AgentError> {
     let mut map = HashMap::new();
     for name in sources {
-        let id = StreamId { node: node.to_owned(), kind: StreamKind::Log, name: name.to_owned() };
+        let id = StreamId::log(node, name);
         let key = keys.stream(&id)?;
         let publisher = session
             .declare_publisher(key)
@@ -119,9 +119,9 @@ impl PublisherTask {
     }
 }
 
-/// The current heads of every source; `session` names this run of the agent
+/// The current heads of every source of `node`; `session` names this run of the agent
 /// ([`Heads::instance`]).
-pub(crate) fn heads(journals: &Journals, session: &Session) -> Heads {
+pub(crate) fn heads(node: &str, journals: &Journals, session: &Session) -> Heads {
     let mut heads = Heads {
         version: switchboard_bus::wire::control::VERSION,
         instance: Some(session.zid().to_string()),
@@ -129,7 +129,7 @@ pub(crate) fn heads(journals: &Journals, session: &Session) -> Heads {
     };
     for (name, j) in journals.iter() {
         let Ok(j) = j.lock() else { continue };
-        let stream = format!("{}/{name}", StreamKind::Log.as_str());
+        let stream = StreamId::log(node, name).local();
         heads.acked.insert(stream.clone(), j.acked().next_seq);
         heads.streams.insert(stream, j.head());
     }
@@ -158,7 +158,7 @@ pub(crate) async fn run_heads(
                 }
             }
         }
-        if let Err(e) = session.put(&key, heads(&journals, &session).encode()).await {
+        if let Err(e) = session.put(&key, heads(&node, &journals, &session).encode()).await {
             tracing::debug!(error = %e, "cannot publish heads");
         }
     }
@@ -217,11 +217,11 @@ impl AckTask {
                         }
                     };
                     for (stream, w) in marks.streams {
-                        let Some(name) = stream.strip_prefix("log/") else { continue };
-                        let Some(j) = journals.get(name) else { continue };
+                        let Some(id) = StreamId::parse_local(&node, &stream) else { continue };
+                        let Some(j) = journals.get(&id.name) else { continue };
                         let advanced = j.lock().ok().and_then(|mut j| j.ack(w));
                         if let Some(cp) = advanced {
-                            checkpoint.sources.insert(name.to_owned(), cp);
+                            checkpoint.sources.insert(id.name, cp);
                             dirty = true;
                         }
                     }
