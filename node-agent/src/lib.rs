@@ -1,7 +1,8 @@
 //! Switchboard node agent: runs beside a gateway, tails its log files and publishes them on the bus.
 //!
 //! Layout (data flows top to bottom):
-//! - [`config`]: the agent's TOML config (`[bus]`, `[agent]`, `[[source]]`);
+//! - [`config`]: the agent's TOML config file; each table's settings live with their part
+//!   (`source_config` for `[[source]]`, `limits::settings`, `dlr::settings`, `metrics::settings`);
 //! - [`framing`]: bytes to lines (partial lines, CRLF, over-long lines);
 //! - [`parse`]: lines to timestamp, level, message and fields (plain, JSON, syslog, key=value);
 //! - [`tailer`]: one blocking thread per source: globs, files, sequence numbers, Arrow batches;
