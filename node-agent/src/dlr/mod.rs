@@ -1,6 +1,6 @@
 //! The node's part of the cluster's DLR index.
 //!
-//! A gateway registers each submitted message with its agent ([`DlrService::register`]); the
+//! A gateway registers each submitted message with its agent ([`Records::register`]); the
 //! record goes to the node's [`store`] and a copy to one other live node ([`replicate`], chosen
 //! by rendezvous hashing). A DLR that arrives at any node is resolved in one bus round trip:
 //! asking the one node that must hold the record on the ask stream ([`ask`]), or with a query
@@ -13,10 +13,10 @@
 //!
 //! Layout:
 //!
-//! - this file: [`DlrService`] itself, its start, and the helpers every part uses;
+//! - this file: [`DlrService`] itself (its [`Records`] plus the bus) and its start;
 //! - `types`: the request and answer types, [`DlrError`], [`DlrStats`] and the request limits;
-//! - `records`: the record state machine, run under the store lock (register, close, taking a
-//!   report, expiry), synchronous;
+//! - [`records`]: the records and their state machine, run under the store lock (register,
+//!   close, taking a report, expiry), synchronous and tested without a bus;
 //! - `service`: the async orchestration over the bus (resolve, report, the inbox);
 //! - `waiters`: lookups waiting for a registration not there yet;
 //! - `sweep`: the loop that expires records and syncs the store;
@@ -29,7 +29,7 @@ pub mod ask;
 pub mod events;
 pub mod http;
 pub mod lookup;
-mod records;
+pub mod records;
 pub mod replicate;
 mod service;
 pub(crate) mod settings;
@@ -38,47 +38,42 @@ mod sweep;
 mod types;
 mod waiters;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use switchboard_bus::dlr::{id, DlrRecord, IdFormat};
 use switchboard_bus::keys::{KeySpace, Role};
 use switchboard_bus::Membership;
-use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use self::settings::DlrSettings;
 use crate::config::AgentConfig;
 use crate::eventlog::EventLog;
 use crate::AgentError;
-use store::{DlrStore, StoreError};
+pub use records::Records;
+use store::DlrStore;
 pub use types::{
     DlrError, DlrStats, IdForm, InboxEntry, Outcome, Registration, ReportRequest, Resolution, MAX_BATCH,
     MAX_FIELD_BYTES, MAX_REF_BYTES,
 };
 pub use waiters::MAX_WAITERS;
 
-/// The node's DLR index and what serves it.
+/// The node's DLR index and what serves it: its [`Records`] (which it derefs to) and the bus
+/// parts that serve them to other nodes and ask other nodes.
 pub struct DlrService {
-    node: String,
-    settings: DlrSettings,
-    formats: HashMap<String, (IdFormat, IdFormat)>,
-    store: Arc<DlrStore>,
+    records: Records,
     session: zenoh::Session,
     keys: KeySpace,
     membership: Membership,
-    waiters: Mutex<HashMap<Vec<u8>, Vec<oneshot::Sender<()>>>>,
-    waiting: AtomicU64,
-    changes: mpsc::UnboundedSender<DlrRecord>,
-    events: Option<EventLog>,
-    inbox_ready: Notify,
     asker: ask::Asker,
-    /// Counters.
-    pub stats: Arc<DlrStats>,
+}
+
+impl std::ops::Deref for DlrService {
+    type Target = Records;
+
+    fn deref(&self) -> &Records {
+        &self.records
+    }
 }
 
 /// ms since the Unix epoch.
@@ -119,26 +114,15 @@ impl DlrService {
                 .await?
                 .map_err(|source| AgentError::Dlr { path: dir.join("store"), source })?
         };
-        let formats =
-            settings.connectors.iter().map(|c| (c.name.clone(), (c.ids, c.report_ids.unwrap_or(c.ids)))).collect();
-        let (changes, changes_rx) = mpsc::unbounded_channel();
-        let stats = Arc::new(DlrStats::default());
-        let asker = ask::Asker::new(session, keys, &config.bus.node, stats.clone()).await?;
+        let events = settings.record_events.then(|| event_log(&config.agent.data_dir));
+        let (records, changes_rx) = Records::new(config.bus.node.clone(), settings, store, events);
+        let asker = ask::Asker::new(session, keys, &config.bus.node, records.stats.clone()).await?;
         let service = Arc::new(Self {
-            node: config.bus.node.clone(),
-            events: settings.record_events.then(|| event_log(&config.agent.data_dir)),
-            settings,
-            formats,
-            store: Arc::new(store),
+            records,
             session: session.clone(),
             keys: keys.clone(),
             membership: membership.clone(),
-            waiters: Mutex::new(HashMap::new()),
-            waiting: AtomicU64::new(0),
-            changes,
-            inbox_ready: Notify::new(),
             asker,
-            stats,
         });
         let size = service.store.size();
         tracing::info!(records = size.records, inbox = size.inbox, disk_bytes = size.disk_bytes, "DLR store open");
@@ -164,28 +148,5 @@ impl DlrService {
     /// The record store.
     pub fn store(&self) -> &DlrStore {
         &self.store
-    }
-
-    /// The id formats of `connector`: (registered ids, DLR ids).
-    fn formats(&self, connector: &str) -> Result<(IdFormat, IdFormat), DlrError> {
-        id::check_connector(connector)?;
-        Ok(self.formats.get(connector).copied().unwrap_or_default())
-    }
-
-    fn count_store_error<T>(&self, r: Result<T, StoreError>) -> Result<T, DlrError> {
-        r.map_err(|e| {
-            self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, "DLR store");
-            DlrError::Store(e)
-        })
-    }
-
-    fn log_events(&self, lines: &[u8]) {
-        if let Some(log) = &self.events {
-            if let Err(e) = log.append(lines) {
-                self.stats.event_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(path = %log.path().display(), error = %e, "cannot write DLR events");
-            }
-        }
     }
 }

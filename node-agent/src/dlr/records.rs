@@ -1,24 +1,96 @@
-//! The record state machine: what registering, closing, taking a report and expiring do to the
-//! records in the store.
+//! The node's records and the state machine over them: what registering, closing, taking a
+//! report and expiring do to the records in the store.
 //!
-//! Each is a synchronous method: the store reads that decide a change and the write that makes it
-//! happen under the store lock (one write per register request, close or report; expiry works in
-//! batches); after the lock it counts what happened, hands changes of own records to replication,
-//! wakes waiting lookups and logs events. [`DlrService::answer`] without a report is a plain read.
-//! No bus is involved: the async side ([`super::service`], the lookup and ask queryables) calls
-//! these, and [`super::sweep`] runs [`DlrService::expire_due`] every second.
+//! [`Records`] holds the store and what a change sets off on this node: the counters, the
+//! replication queue, the waiting lookups, the inbox notice and the event log. Each operation
+//! is a synchronous method: the store reads that decide a change and the write that makes it
+//! happen under the store lock (one write per register request, close or report; expiry works
+//! in batches); after the lock it counts what happened, hands changes of own records to
+//! replication, wakes waiting lookups and logs events. [`Records::answer`] without a report is
+//! a plain read. No bus is involved, so the unit tests below run it on a store alone; the
+//! service ([`super::DlrService`], which derefs to its records) calls these from the lookup and
+//! ask queryables, and [`super::sweep`] runs [`Records::expire_due`] every second.
 
-use std::sync::atomic::Ordering;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use switchboard_bus::dlr::wire::{DlrReport, LookupReply, ReportOutcome, Role as HolderRole, DOC_VERSION};
-use switchboard_bus::dlr::{DlrRecord, RecordState};
+use switchboard_bus::dlr::{id, DlrRecord, IdFormat, RecordState};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::events::{DlrEvent, EventKind};
-use super::store::Write;
+use super::settings::DlrSettings;
+use super::store::{DlrStore, StoreError, Write};
 use super::types::check_field;
-use super::{now_ms, DlrError, DlrService, InboxEntry, Registration, MAX_BATCH, MAX_FIELD_BYTES, MAX_REF_BYTES};
+use super::{now_ms, DlrError, DlrStats, InboxEntry, Registration, MAX_BATCH, MAX_FIELD_BYTES, MAX_REF_BYTES};
+use crate::eventlog::EventLog;
 
-impl DlrService {
+/// The node's records, and what a change to them sets off on this node.
+pub struct Records {
+    pub(super) node: String,
+    pub(super) settings: DlrSettings,
+    formats: HashMap<String, (IdFormat, IdFormat)>,
+    pub(super) store: Arc<DlrStore>,
+    pub(super) waiters: Mutex<HashMap<Vec<u8>, Vec<oneshot::Sender<()>>>>,
+    pub(super) waiting: AtomicU64,
+    changes: mpsc::UnboundedSender<DlrRecord>,
+    events: Option<EventLog>,
+    pub(super) inbox_ready: Notify,
+    /// Counters.
+    pub stats: Arc<DlrStats>,
+}
+
+impl Records {
+    /// The records of `node` in `store`, with `settings`; events go to `events` when given.
+    /// Every change of a record this node owns is sent on the returned receiver (for
+    /// replication).
+    pub fn new(
+        node: String,
+        settings: DlrSettings,
+        store: DlrStore,
+        events: Option<EventLog>,
+    ) -> (Self, mpsc::UnboundedReceiver<DlrRecord>) {
+        let formats =
+            settings.connectors.iter().map(|c| (c.name.clone(), (c.ids, c.report_ids.unwrap_or(c.ids)))).collect();
+        let (changes, changes_rx) = mpsc::unbounded_channel();
+        let records = Self {
+            node,
+            settings,
+            formats,
+            store: Arc::new(store),
+            waiters: Mutex::new(HashMap::new()),
+            waiting: AtomicU64::new(0),
+            changes,
+            events,
+            inbox_ready: Notify::new(),
+            stats: Arc::new(DlrStats::default()),
+        };
+        (records, changes_rx)
+    }
+
+    /// The id formats of `connector`: (registered ids, DLR ids).
+    pub(super) fn formats(&self, connector: &str) -> Result<(IdFormat, IdFormat), DlrError> {
+        id::check_connector(connector)?;
+        Ok(self.formats.get(connector).copied().unwrap_or_default())
+    }
+
+    pub(super) fn count_store_error<T>(&self, r: Result<T, StoreError>) -> Result<T, DlrError> {
+        r.map_err(|e| {
+            self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "DLR store");
+            DlrError::Store(e)
+        })
+    }
+
+    pub(super) fn log_events(&self, lines: &[u8]) {
+        if let Some(log) = &self.events {
+            if let Err(e) = log.append(lines) {
+                self.stats.event_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(path = %log.path().display(), error = %e, "cannot write DLR events");
+            }
+        }
+    }
     /// Register messages (one atomic write for the whole request); returns the stored records.
     pub fn register(&self, regs: &[Registration]) -> Result<Vec<DlrRecord>, DlrError> {
         if regs.is_empty() || regs.len() > MAX_BATCH {
@@ -218,5 +290,113 @@ impl DlrService {
             self.log_events(&lines);
             total += due.len();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(node: &str) -> (tempfile::TempDir, Records, mpsc::UnboundedReceiver<DlrRecord>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DlrStore::open(&dir.path().join("store"), 8 << 20).unwrap();
+        let (records, changes) = Records::new(node.into(), DlrSettings::default(), store, None);
+        (dir, records, changes)
+    }
+
+    fn registration(msg_id: &str) -> Registration {
+        Registration {
+            connector: "smsc1".into(),
+            msg_id: msg_id.into(),
+            destination: "+4915200000".into(),
+            account: "acme".into(),
+            gateway_ref: String::new(),
+            submitted_at: Some(1_000),
+            expiry_s: Some(60),
+        }
+    }
+
+    fn report(is_final: bool) -> DlrReport {
+        DlrReport {
+            version: DOC_VERSION,
+            status: "DELIVRD".into(),
+            r#final: is_final,
+            reported_at: 2_000,
+            reported_by: "gw2".into(),
+            error: None,
+            text: None,
+        }
+    }
+
+    fn counted(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn a_final_report_closes_an_own_record_once_and_queues_it_for_the_gateway() {
+        let (_dir, r, mut changes) = records("gw1");
+        let id = r.register(&[registration("AbC-1")]).unwrap().remove(0).id;
+        assert_eq!(changes.try_recv().unwrap().version, 1, "a registration goes to replication");
+        let first = r.answer("smsc1", &id, Some(&report(true))).unwrap().unwrap();
+        assert_eq!((first.role, first.outcome), (HolderRole::Owner, Some(ReportOutcome::Delivered)));
+        assert_eq!(first.record.state, RecordState::Closed);
+        assert_eq!(first.record.closed_by.as_deref(), Some("gw2"));
+        assert_eq!(changes.try_recv().unwrap().state, RecordState::Closed, "and so does its closing");
+        let again = r.answer("smsc1", &id, Some(&report(true))).unwrap().unwrap();
+        assert_eq!(again.outcome, Some(ReportOutcome::Duplicate));
+        assert!(changes.try_recv().is_err(), "a duplicate changes nothing");
+        assert_eq!((counted(&r.stats.delivered), counted(&r.stats.duplicates)), (1, 1));
+        assert_eq!(r.store.inbox_after(0, 10).unwrap().len(), 1, "one report for the gateway");
+    }
+
+    #[test]
+    fn an_interim_report_reaches_the_inbox_and_leaves_the_record_open() {
+        let (_dir, r, _changes) = records("gw1");
+        let id = r.register(&[registration("m-2")]).unwrap().remove(0).id;
+        let reply = r.answer("smsc1", &id, Some(&report(false))).unwrap().unwrap();
+        assert_eq!(reply.outcome, Some(ReportOutcome::Delivered));
+        assert_eq!(reply.record.state, RecordState::Open);
+        assert_eq!(r.store.inbox_after(0, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_copy_answers_lookups_but_takes_no_report_and_cannot_be_closed_here() {
+        let (_dir, owner, _c) = records("gw1");
+        let record = owner.register(&[registration("m-3")]).unwrap().remove(0);
+        let (_dir2, copy, _c2) = records("gw2");
+        copy.store.write(&[Write::Put { record: &record, previous: None }]).unwrap();
+        let reply = copy.answer("smsc1", &record.id, Some(&report(true))).unwrap().unwrap();
+        assert_eq!((reply.role, reply.outcome), (HolderRole::Replica, None));
+        assert_eq!(reply.record.state, RecordState::Open, "the owner decides, not the copy");
+        assert!(matches!(copy.close("smsc1", "m-3", "DELIVRD"), Err(DlrError::NotOwner(..))));
+        assert!(copy.answer("smsc1", "unknown", None).unwrap().is_none());
+    }
+
+    #[test]
+    fn bad_registrations_are_refused_whole() {
+        let (_dir, r, _c) = records("gw1");
+        let mut long = registration("m-4");
+        long.destination = "9".repeat(MAX_FIELD_BYTES + 1);
+        let err = r.register(&[registration("m-5"), long]).unwrap_err();
+        assert!(err.to_string().starts_with("record 1: "), "{err}");
+        assert!(r.answer("smsc1", "m-5", None).unwrap().is_none(), "nothing of the request was stored");
+        let mut forever = registration("m-6");
+        forever.expiry_s = Some(0);
+        assert!(matches!(r.register(&[forever]), Err(DlrError::BadRequest(_))));
+        assert!(matches!(r.register(&[]), Err(DlrError::BadRequest(_))));
+    }
+
+    #[test]
+    fn expiry_removes_due_records_and_counts_own_open_ones() {
+        let (_dir, r, _c) = records("gw1");
+        let kept = r.register(&[registration("m-7")]).unwrap().remove(0);
+        let mut short = registration("m-8");
+        short.expiry_s = Some(1);
+        let due = r.register(&[short]).unwrap().remove(0);
+        assert_eq!(r.expire_due(due.expires_at).unwrap(), 1);
+        assert_eq!(counted(&r.stats.expired), 1);
+        assert!(r.answer("smsc1", &due.id, None).unwrap().is_none());
+        assert!(r.answer("smsc1", &kept.id, None).unwrap().is_some());
+        assert_eq!(r.expire_due(due.expires_at).unwrap(), 0, "nothing twice");
     }
 }

@@ -1,5 +1,5 @@
 //! The sweep loop: every second it expires the records that are due
-//! ([`DlrService::expire_due`]); every `dlr.sync_ms` (if set) and once more at shutdown it syncs
+//! ([`super::Records::expire_due`]); every `dlr.sync_ms` (if set) and once more at shutdown it syncs
 //! the store to disk.
 
 use std::sync::Arc;

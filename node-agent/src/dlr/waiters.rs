@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::DlrService;
+use super::records::Records;
 
 /// Most lookups that may wait for a registration at once on this node.
 pub const MAX_WAITERS: usize = 10_000;
 
-impl DlrService {
+impl Records {
     /// Wait for `key` to be registered here, up to `wait`; false if it was not.
     pub(super) async fn wait_for(&self, key: &[u8], wait: Duration) -> bool {
         if self.waiting.load(Ordering::Relaxed) >= MAX_WAITERS as u64 {
