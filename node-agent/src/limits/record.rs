@@ -2,7 +2,10 @@
 //!
 //! Every second the [`Recorder`] writes, for each key with decisions since the last second, one
 //! JSON line to `<data_dir>/limits/decisions.log`: units allowed and denied in that second, the
-//! node's share, the limit, and held slots for concurrency keys. The agent tails that file as
+//! node's share, the limit, and held slots for concurrency keys. Windows end on whole seconds of
+//! the wall clock, so every node's windows end at the same instants and the cluster's total for
+//! one second is the sum of one window per node; `window_ms` is the window's real length (a
+//! late timer makes it longer, the first and the last window shorter). The agent tails that file as
 //! its own source `_limits`, so the records travel the same durable, exactly-once path as log
 //! lines (journal, replay, watermarks) and the collector writes them to the `limits` table.
 //! The file is renamed to `decisions.log.1` when it passes [`ROTATE_BYTES`].
@@ -38,7 +41,7 @@ pub struct WindowRecord<'a> {
     pub key: &'a str,
     /// The limit (key or pattern) that applies.
     pub limit_key: &'a str,
-    /// Length of the window in milliseconds.
+    /// Real length of the window in milliseconds (about [`WINDOW`]).
     pub window_ms: u64,
     /// Units allowed in the window.
     pub allowed: u64,
@@ -68,24 +71,39 @@ pub struct Recorder {
     log: EventLog,
     limiter: Arc<Limiter>,
     last: HashMap<String, (u64, u64)>,
+    /// When the counts in `last` were read (ms since the Unix epoch).
+    last_read: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Recorder {
     /// A recorder writing into `dir`.
     pub fn new(dir: PathBuf, limiter: Arc<Limiter>) -> Self {
-        Self { log: EventLog::new(&dir, FILE_NAME, ROTATE_BYTES), dir, limiter, last: HashMap::new() }
+        Self {
+            log: EventLog::new(&dir, FILE_NAME, ROTATE_BYTES),
+            dir,
+            limiter,
+            last: HashMap::new(),
+            last_read: now_ms(),
+        }
     }
 
     /// Record every window until `cancel` fires (and the last, partial one then).
     pub async fn run(mut self, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(WINDOW);
-        tick.tick().await;
+        let window = WINDOW.as_millis() as u64;
         loop {
+            // The next whole window of the wall clock.
+            let now = now_ms();
+            let end = (now / window + 1) * window;
             let stop = tokio::select! {
                 _ = cancel.cancelled() => true,
-                _ = tick.tick() => false,
+                _ = tokio::time::sleep(Duration::from_millis(end - now)) => false,
             };
-            if let Err(e) = self.record_window() {
+            let ts = if stop { now_ms() } else { end };
+            if let Err(e) = self.record_window_ending(ts) {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "cannot write the limits decision log");
             }
             if stop {
@@ -94,9 +112,17 @@ impl Recorder {
         }
     }
 
-    /// Append the lines of the window that just ended; returns how many were written.
+    /// Append the lines of the window that ends now; returns how many were written.
     pub fn record_window(&mut self) -> std::io::Result<usize> {
-        let ts = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.record_window_ending(now_ms())
+    }
+
+    /// Append the lines of the window that ends at `ts` (ms since the Unix epoch; the counts are
+    /// read now); returns how many were written.
+    fn record_window_ending(&mut self, ts: u64) -> std::io::Result<usize> {
+        let read = now_ms();
+        let window_ms = read.saturating_sub(self.last_read).max(1);
+        self.last_read = read;
         let mut out = Vec::new();
         let mut lines = 0;
         for u in self.limiter.usage() {
@@ -113,7 +139,7 @@ impl Recorder {
                 msg: "limit decisions",
                 key: &u.key,
                 limit_key: &u.limit,
-                window_ms: WINDOW.as_millis() as u64,
+                window_ms,
                 allowed,
                 denied,
                 share: u.share,
