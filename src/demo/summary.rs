@@ -100,21 +100,27 @@ pub(crate) async fn summarize(f: &Facts) -> Result<DemoSummary> {
         "\n2. One rate limit shared by {} nodes: {LIMIT_KEY} at {LIMIT_RATE}/s (SQL over the limits table)",
         f.nodes.len()
     )?;
-    let seconds = pairs(
-        &ds.sql(&format!(
-            "SELECT CAST(CAST(date_part('epoch', date_trunc('second', ts)) AS BIGINT) AS VARCHAR), sum(allowed) \
+    // Each node's windows end on whole seconds, so one second's rows are one window per node.
+    let per_second = |column: &str| {
+        format!(
+            "SELECT CAST(CAST(date_part('epoch', date_trunc('second', ts)) AS BIGINT) AS VARCHAR), sum({column}) \
              FROM limits WHERE key = '{LIMIT_KEY}' GROUP BY 1 ORDER BY 1"
-        ))
-        .await?,
-    );
+        )
+    };
     // The first and last seconds are partial: the load started and stopped inside them.
-    let inner: Vec<(i64, f64)> = seconds
-        .iter()
-        .filter_map(|(s, a)| Some((s.parse::<i64>().ok()?, *a)))
-        .collect::<Vec<_>>()
-        .get(1..seconds.len().saturating_sub(1))
-        .map(<[_]>::to_vec)
-        .unwrap_or_default();
+    let inner_seconds = |seconds: Vec<(String, f64)>| -> Vec<(i64, f64)> {
+        let n = seconds.len();
+        seconds
+            .into_iter()
+            .filter_map(|(s, a)| Some((s.parse::<i64>().ok()?, a)))
+            .collect::<Vec<_>>()
+            .get(1..n.saturating_sub(1))
+            .map(<[_]>::to_vec)
+            .unwrap_or_default()
+    };
+    let inner = inner_seconds(pairs(&ds.sql(&per_second("allowed")).await?));
+    let mut asked: Vec<u64> =
+        inner_seconds(pairs(&ds.sql(&per_second("allowed + denied")).await?)).iter().map(|(_, a)| *a as u64).collect();
     let admitted: Vec<u64> = inner.iter().map(|(_, a)| *a as u64).collect();
     let show = |v: &[u64]| -> String {
         let mut v = v.to_vec();
@@ -130,7 +136,12 @@ pub(crate) async fn summarize(f: &Facts) -> Result<DemoSummary> {
         )
     };
     let demand: u64 = (0..f.nodes.len()).map(Load::demand).sum();
-    writeln!(out, "   gateways asked for {demand}/s; admitted across the cluster: {}", show(&admitted))?;
+    writeln!(
+        out,
+        "   gateways asked for a median {}/s (paced at {demand}/s); admitted across the cluster: {}",
+        quantile(&mut asked, 0.5),
+        show(&admitted)
+    )?;
     if let Some((down, up)) = f.outage {
         let during: Vec<u64> = inner
             .iter()
