@@ -4,12 +4,14 @@
 //! coordination and DLR service, the collector's sinks).
 //!
 //! Layout:
-//! - [`config`]: the `[bus]` config table (cluster, node, zenoh mode and endpoints);
+//! - [`config`]: the `[bus]` config table (cluster, node, zenoh mode and endpoints) and the
+//!   config-file loader ([`config::read_file`], [`config::FileError`]);
 //! - [`keys`]: the key space, defined once, with typed stream and member identities;
 //! - [`session`]: opening a zenoh session from the config, announcing a process;
 //! - [`membership`]: the live set of the cluster from liveliness tokens;
 //! - [`mesh`]: the check that every process sees every live process, and unique names;
 //! - [`dlr`]: the DLR lookup protocol: canonical ids, records, lookup and replica documents;
+//! - [`histogram`]: HDR V2 histograms (DEFLATE or not) as they travel and rest;
 //! - [`limits`]: rate and concurrency limits decided locally (GCRA, slots), shares, demand
 //!   reports and revisions;
 //! - [`tables`]: the dataset's tables and the agents' own streams that feed them;

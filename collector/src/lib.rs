@@ -4,13 +4,14 @@
 //! Layout (data flows top to bottom):
 //! - [`config`]: the collector's TOML config;
 //! - [`recovery`]: at start, committed sequence ranges read back from the data files' footers;
-//! - [`tables`]: which sink each stream feeds (the tables are defined in
-//!   `switchboard_bus::tables`);
+//! - [`tables`]: opens each table (recovery, then its sink) and routes each stream to it (the
+//!   tables are defined in `switchboard_bus::tables`);
 //! - [`sink`]: payloads to deduplicated rows in hourly partition files;
 //! - [`logs_table`]: the `logs` table schema and the wire-to-row conversion;
 //! - [`writer`]: one Parquet file, committed atomically with its ranges in the footer;
 //! - [`writers`]: two processes publishing as one node, found from their heads;
 //! - [`ranges`]: sequence number sets; [`stats`]: counters;
+//! - [`latest`]: the cluster's latest value per gateway metric series, for `/metrics`;
 //! - `intake`: the sink thread (payloads, replays and heads in arrival order; drain at stop);
 //! - `replay`: the replay client that fetches missing ranges from agents;
 //! - `watermarks`: publishing what is committed, per node;

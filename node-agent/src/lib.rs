@@ -7,8 +7,9 @@
 //! - [`parse`]: lines to timestamp, level, message and fields (plain, JSON, syslog, key=value);
 //! - [`tailer`]: one blocking thread per source: globs, files, sequence numbers, Arrow batches;
 //! - [`journal`]: per source, how each unacknowledged batch was cut from the files;
-//! - [`publisher`]: puts batches on the bus; follows watermarks to advance the [`checkpoint`];
+//! - [`publisher`]: puts batches on the bus; follows watermarks to advance the checkpoint;
 //!   announces heads;
+//! - [`checkpoint`]: per source, how far its files are published, stored atomically;
 //! - [`replay`]: re-reads journaled batches for a collector that lacks them;
 //! - [`limits`]: cluster-wide limits: the local API for gateways, the node's part in sharing
 //!   each limit (`limits::coord`) and in keeping the cluster's revision (`limits::sync`);
@@ -17,6 +18,7 @@
 //! - [`eventlog`]: the JSON-lines files of the agent's own records (`_limits`, `_dlr`,
 //!   `_metrics`);
 //! - [`body_limit`]: the size limit on the HTTP APIs' request bodies;
+//! - `report`: the agent's `/health` and `/metrics`;
 //! - [`stats`] holds the counters.
 //!
 //! [`Agent::start`] wires them together; [`Agent::wait`] returns once a cancelled agent has

@@ -9,7 +9,8 @@
 //! replication, wakes waiting lookups and logs events. [`Records::answer`] without a report is
 //! a plain read. No bus is involved, so the unit tests below run it on a store alone; the
 //! service ([`super::DlrService`], which derefs to its records) calls these from the lookup and
-//! ask queryables, and [`super::sweep`] runs [`Records::expire_due`] every second.
+//! ask queryables, and its sweep ([`super::DlrService::sweep`]) runs [`Records::expire_due`] every
+//! second.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

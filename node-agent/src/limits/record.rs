@@ -3,9 +3,10 @@
 //! Every second the [`Recorder`] writes, for each key with decisions since the last second, one
 //! JSON line to `<data_dir>/limits/decisions.log`: units allowed and denied in that second, the
 //! node's share, the limit, and held slots for concurrency keys. Windows end on whole seconds of
-//! the wall clock, so every node's windows end at the same instants and the cluster's total for
-//! one second is the sum of one window per node; `window_ms` is the window's real length (a
-//! late timer makes it longer, the first and the last window shorter). The agent tails that file as
+//! the wall clock (all but the last, which ends at shutdown), so every node's windows end at the
+//! same instants and the cluster's total for one second is the sum of one window per node;
+//! `window_ms` is the window's real length (a late timer makes a window longer, its counts
+//! running to when they were read, and the next one shorter; the first one is shorter). The agent tails that file as
 //! its own source `_limits`, so the records travel the same durable, exactly-once path as log
 //! lines (journal, replay, watermarks) and the collector writes them to the `limits` table.
 //! The file is renamed to `decisions.log.1` when it passes [`ROTATE_BYTES`].
