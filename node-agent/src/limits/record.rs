@@ -186,4 +186,50 @@ mod tests {
         assert_eq!((rows[1]["key"].as_str(), rows[1]["allowed"].as_u64()), (Some("k:b"), Some(1)));
         assert_eq!(rows[0]["limit_key"], "k:*");
     }
+
+    fn rows(dir: &std::path::Path) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(dir.join(FILE_NAME)).unwrap_or_default();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_window_records_its_real_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = LimitSpec { key: "k".into(), rate: Some(1000), per: None, concurrency: None, burst: None };
+        let l = Arc::new(Limiter::new(vec![spec]).unwrap());
+        let mut r = Recorder::new(dir.path().to_owned(), l.clone());
+        std::thread::sleep(Duration::from_millis(120));
+        l.try_acquire("k", 1);
+        r.record_window().unwrap();
+        let ms = rows(dir.path())[0]["window_ms"].as_u64().unwrap();
+        assert!((120..1000).contains(&ms), "{ms}");
+    }
+
+    #[test]
+    fn windows_end_on_whole_seconds_of_the_wall_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = LimitSpec { key: "k".into(), rate: Some(1000), per: None, concurrency: None, burst: None };
+        let l = Arc::new(Limiter::new(vec![spec]).unwrap());
+        let recorder = Recorder::new(dir.path().to_owned(), l.clone());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let cancel = CancellationToken::new();
+        rt.block_on(async {
+            let task = tokio::spawn(recorder.run(cancel.clone()));
+            // Decisions in each of the next two whole seconds, then stop.
+            for _ in 0..2 {
+                l.try_acquire("k", 1);
+                let now = now_ms();
+                tokio::time::sleep(Duration::from_millis(1000 - now % 1000 + 50)).await;
+            }
+            l.try_acquire("k", 1);
+            cancel.cancel();
+            task.await.unwrap();
+        });
+        let rows = rows(dir.path());
+        assert!(rows.len() >= 3, "{rows:?}");
+        let ts: Vec<u64> = rows.iter().map(|r| r["ts"].as_u64().unwrap()).collect();
+        for t in &ts[..ts.len() - 1] {
+            assert_eq!(t % 1000, 0, "a full window ends on a whole second: {ts:?}");
+        }
+    }
 }
