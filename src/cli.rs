@@ -142,9 +142,9 @@ pub enum Command {
     /// limit, and plays each node's gateway: synthetic SMS gateway and MTA logs, limit requests at
     /// uneven rates, messages registered on one node whose DLRs arrive on another, StatsD timers.
     /// Part way through it kills one agent with -9 and restarts it. At the end it prints a summary
-    /// computed with SQL over the Parquet dataset (logs exactly once, admitted per second against
-    /// the limit, DLRs found across nodes and by copies, a merged p99) and writes the reports and
-    /// a chart to <dir>/reports. `switchboard query` then reads <dir>/dataset.
+    /// computed with SQL over the Parquet dataset (logs exactly once, asked and admitted per
+    /// second against the limit, DLRs found across nodes and by copies, a merged p99) and writes
+    /// the reports and a chart to <dir>/reports. `switchboard query` then reads <dir>/dataset.
     Demo {
         /// How long the gateways run: `30s`, `2m`, or seconds.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
