@@ -7,8 +7,11 @@
 //! replay (to a collector that lost data) and a restart (after kill -9) idempotent even when
 //! several files of a source grow at once.
 //!
-//! An entry is appended to `journal-<source>.jsonl` (no fsync: it survives a killed process,
-//! and is made durable with the next checkpoint) *before* the batch is handed to the publisher.
+//! An entry is appended to `journal-<source>.jsonl` and made durable (`fdatasync`) *before* the
+//! batch is handed to the publisher: after an OS crash or a power loss the agent then numbers
+//! every line it ever published exactly as it did before (without it, a journal tail lost in the
+//! page cache would make a restart cut the lines of several growing files into different batches
+//! under sequence numbers the collector already holds, and drop them as duplicates).
 //! When a collector's watermark covers entries, [`SourceJournal::ack`] folds them into the
 //! acknowledged checkpoint (the position every file has reached at that boundary); once that
 //! checkpoint is stored, [`SourceJournal::compact`] rewrites the journal without them. The open
@@ -168,6 +171,7 @@ impl SourceJournal {
             line.push(b'\n');
             if let Some(w) = &mut self.writer {
                 w.write_all(&line)?;
+                w.sync_data()?;
             }
         }
         self.entries.push_back(entry);
@@ -230,6 +234,12 @@ impl SourceJournal {
             f.get_ref().sync_all()?;
         }
         std::fs::rename(&tmp, &self.path)?;
+        // The rename is durable only with its directory: without this, a power loss could bring
+        // back the old journal beside a checkpoint that already moved past its entries.
+        if let Some(dir) = self.path.parent() {
+            let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+            File::open(dir)?.sync_all()?;
+        }
         self.writer = Some(std::fs::OpenOptions::new().append(true).open(&self.path)?);
         self.acked_since_compaction = 0;
         Ok(())
