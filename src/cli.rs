@@ -172,7 +172,9 @@ pub enum Command {
 /// Which dataset and which time window a query or report reads.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Scope {
-    /// The dataset root (the collector's `data_dir`).
+    /// The dataset root (the collector's `data_dir`): a directory, or `s3://bucket/prefix` (the
+    /// endpoint, region and credentials from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY; AWS_ALLOW_HTTP=true for a plain http:// endpoint).
     #[arg(long, env = "SWITCHBOARD_DATA", default_value = DEFAULT_DATA)]
     pub data: PathBuf,
     /// Only rows at or after this time: RFC 3339, a UTC date (`2026-11-22`, `2026-11-22 10:00`)
@@ -192,6 +194,12 @@ const DEMO_DATA: &str = "switchboard-demo/dataset";
 impl Scope {
     async fn open(&self) -> Result<Dataset> {
         let window = TimeWindow::parse(self.since.as_deref(), self.until.as_deref(), chrono::Utc::now())?;
+        let text = self.data.to_string_lossy();
+        if text.starts_with("s3://") {
+            let location = switchboard_bus::dataset::Location::parse(&text)?;
+            let options = switchboard_bus::dataset::StoreOptions::default();
+            return Ok(Dataset::open_location(&location, &options, window).await?);
+        }
         Ok(Dataset::open_window(&self.root()?, window).await?)
     }
 

@@ -247,8 +247,10 @@ fn generate(dir: &Path, logs: u64, metrics: u64, nodes: usize) -> Result<()> {
         "collector": {"data_dir": dir, "max_file_age_ms": 86_400_000u64},
     }))?;
     let stats = Arc::new(CollectorStats::default());
+    let store = switchboard_collector::store::Store::Local { root: dir.to_owned() };
     let mut log_sink = switchboard_collector::tables::table_sink(
         &config,
+        store.clone(),
         LOGS,
         config.logs.promote.clone(),
         BTreeMap::new(),
@@ -256,6 +258,7 @@ fn generate(dir: &Path, logs: u64, metrics: u64, nodes: usize) -> Result<()> {
     );
     let mut metric_sink = switchboard_collector::tables::table_sink(
         &config,
+        store,
         METRICS.name,
         promoted(&METRICS),
         BTreeMap::new(),
@@ -373,8 +376,8 @@ fn generate(dir: &Path, logs: u64, metrics: u64, nodes: usize) -> Result<()> {
             }
             interval += 1;
         }
-        log_sink.commit_all();
-        metric_sink.commit_all();
+        log_sink.commit_standalone(true);
+        metric_sink.commit_standalone(true);
         if hour % 6 == 5 {
             println!("  {:>2} of 24 hours written ({:.1?})", hour + 1, t.elapsed());
         }

@@ -4,6 +4,7 @@
 //! coordination and DLR service, the collector's sinks).
 //!
 //! Layout:
+//! - [`dataset`]: where the Parquet dataset lives (a directory or `s3://`) and how to reach it;
 //! - [`config`]: the `[bus]` config table (cluster, node, zenoh mode and endpoints) and the
 //!   config-file loader ([`config::read_file`], [`config::FileError`]);
 //! - [`keys`]: the key space, defined once, with typed stream and member identities;
@@ -21,6 +22,7 @@
 //! `docs/protocol.md` documents the same key space and payloads for clients in other languages.
 
 pub mod config;
+pub mod dataset;
 pub mod dlr;
 pub mod histogram;
 pub mod http;

@@ -43,10 +43,25 @@ pub struct CollectorConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CollectorSettings {
-    /// Root of the Parquet dataset; each table is a directory below it (`logs/`). Default:
-    /// `./switchboard-data`.
+    /// Root of the Parquet dataset; each table is a directory below it (`logs/`). A directory
+    /// (`/var/lib/switchboard/data`, `file:///…`) or an S3 location (`s3://bucket/prefix`, reached
+    /// as `[collector.store]` says). Several collectors may share one dataset: one writes, the
+    /// others stand by (see docs/architecture.md). Default: `./switchboard-data`.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// How to reach an S3 `data_dir`: endpoint, region, credentials (default: the `AWS_*`
+    /// environment variables), `allow_http`, `virtual_hosted_style`, `timeout_ms`.
+    #[serde(default)]
+    pub store: switchboard_bus::dataset::StoreOptions,
+    /// With an S3 `data_dir`: the local directory where files are written before they go up.
+    /// Default: `switchboard-spool-<name>` in the system's temporary directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool_dir: Option<PathBuf>,
+    /// A command run whenever this collector's role in the group changes, with the new role
+    /// (`leader` or `standby`) as its last argument, like keepalived's `notify`: e.g.
+    /// `["/usr/local/bin/sb-role"]`. Not waited for; a failure is logged. Default: none.
+    #[serde(default)]
+    pub notify: Vec<String>,
     /// Commit a file once it holds about this many bytes. Default: 128 MiB.
     #[serde(default = "default_max_file_bytes")]
     pub max_file_bytes: usize,
@@ -137,6 +152,9 @@ impl Default for CollectorSettings {
     fn default() -> Self {
         Self {
             data_dir: default_data_dir(),
+            store: Default::default(),
+            spool_dir: None,
+            notify: Vec::new(),
             max_file_bytes: default_max_file_bytes(),
             max_file_age_ms: default_max_file_age_ms(),
             row_group_rows: default_row_group_rows(),
@@ -155,6 +173,12 @@ impl Default for LogsTableConfig {
 }
 
 impl CollectorSettings {
+    /// Where the dataset lives (`data_dir` parsed).
+    pub fn location(&self) -> Result<switchboard_bus::dataset::Location, CollectorConfigError> {
+        switchboard_bus::dataset::Location::parse(&self.data_dir.to_string_lossy())
+            .map_err(|e| CollectorConfigError::Invalid(format!("collector.data_dir: {e}")))
+    }
+
     /// `max_file_age_ms` as a duration.
     pub fn max_file_age(&self) -> Duration {
         Duration::from_millis(self.max_file_age_ms)
@@ -201,6 +225,7 @@ impl CollectorConfig {
                     .into(),
             ));
         }
+        c.location()?;
         if !c.http_listen.is_empty() && c.http_listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(CollectorConfigError::Invalid(format!(
                 "collector.http_listen {:?} is not an address like 127.0.0.1:7481",

@@ -1,6 +1,7 @@
 //! The sink thread: takes live payloads, replayed payloads and heads in arrival order, feeds
-//! them to the tables, commits aged files, publishes the tables' status; on shutdown drains
-//! what is still in flight and commits every open file.
+//! them to the tables while this collector leads, commits due files through the group's commit
+//! protocol, follows the commit log (taking over, stepping down), publishes the tables' status;
+//! on shutdown drains what is still in flight and commits every open file.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,8 +11,10 @@ use switchboard_bus::StreamId;
 use tokio_util::sync::CancellationToken;
 use zenoh::bytes::ZBytes;
 
+use crate::group::{Commit, Group, TICK as GROUP_TICK};
 use crate::latest::LatestMetrics;
 use crate::sink::{ReplayRequest, SinkStatus};
+use crate::stats::CollectorStats;
 use crate::tables::Tables;
 
 /// How often the sink wakes up to commit aged files when no data arrives.
@@ -54,22 +57,34 @@ pub(crate) struct Intake<G> {
     /// The tables' status, for watermarks and `/health`.
     pub(crate) status: tokio::sync::watch::Sender<SinkStatus>,
     /// The subscriptions feeding `rx`, dropped once the intake has drained.
-    pub(crate) subscriptions: G,
+    pub(crate) subscriptions: Option<G>,
+    /// This collector's part in the collector group.
+    pub(crate) group: Group,
+    /// The runtime the group's storage calls run on (this thread blocks on them).
+    pub(crate) runtime: tokio::runtime::Handle,
+    /// Counters.
+    pub(crate) stats: Arc<CollectorStats>,
 }
 
 impl<G> Intake<G> {
     /// Run until `cancel` fires (or every sender is gone), then drain and commit everything.
     pub(crate) fn run(mut self, cancel: CancellationToken) {
         let mut last_status = Instant::now();
+        let mut last_tick = Instant::now() - GROUP_TICK;
+        self.tables.set_leading(false);
         while !cancel.is_cancelled() {
             match self.rx.recv_timeout(TICK) {
                 Ok(input) => self.take(input),
                 Err(flume::RecvTimeoutError::Timeout) => {}
                 Err(flume::RecvTimeoutError::Disconnected) => break,
             }
-            self.tables.commit_aged();
+            if last_tick.elapsed() >= GROUP_TICK {
+                last_tick = Instant::now();
+                self.follow();
+            }
+            self.commit(false);
             if self.tables.take_watermarks_changed() || last_status.elapsed() >= TICK {
-                self.status.send_replace(self.tables.status());
+                self.publish_status();
                 last_status = Instant::now();
             }
         }
@@ -80,10 +95,56 @@ impl<G> Intake<G> {
                 _ => break,
             }
         }
-        drop(self.subscriptions);
-        self.tables.commit_all();
-        self.status.send_replace(self.tables.status());
+        drop(self.subscriptions.take());
+        self.commit(true);
+        self.publish_status();
         tracing::info!(watermarks = ?self.tables.watermarks(), "collector sink stopped");
+    }
+
+    fn publish_status(&mut self) {
+        let mut status = self.tables.status();
+        status.epoch = self.group.epoch();
+        self.status.send_replace(status);
+    }
+
+    /// Read the commit log: apply others' commits, take over or step down.
+    fn follow(&mut self) {
+        let tick = self.runtime.block_on(self.group.tick());
+        self.apply(&tick.records);
+        if tick.stepped_down {
+            self.tables.abandon_all();
+            self.tables.set_leading(false);
+        }
+        if tick.took_over {
+            self.tables.set_leading(true);
+        }
+    }
+
+    fn apply(&mut self, records: &[crate::log::Record]) {
+        for r in records {
+            self.tables.apply_committed(&r.files);
+        }
+    }
+
+    /// Commit the files that are due (all of them with `all`), while leading.
+    fn commit(&mut self, all: bool) {
+        if !self.group.is_leader() {
+            return;
+        }
+        let files = self.tables.finish_due(all);
+        if files.is_empty() {
+            return;
+        }
+        match self.runtime.block_on(self.group.commit(&files)) {
+            Commit::Done => self.tables.settle(&files, Ok(())),
+            Commit::Failed(why) => self.tables.settle(&files, Err(&why)),
+            Commit::Fenced(records) => {
+                self.tables.settle(&files, Err("another collector took over the dataset"));
+                self.tables.abandon_all();
+                self.tables.set_leading(false);
+                self.apply(&records);
+            }
+        }
     }
 
     fn take(&mut self, input: Input) {
@@ -93,7 +154,13 @@ impl<G> Intake<G> {
                 if stream.name == switchboard_bus::tables::METRICS.stream {
                     self.latest.take(&stream.node, &bytes);
                 }
-                self.tables.handle(&stream, &bytes, replayed)
+                if self.group.is_leader() {
+                    self.tables.handle(&stream, &bytes, replayed)
+                } else {
+                    // A standby keeps nothing of it: the leader writes it, and what the leader
+                    // did not commit before a takeover is pulled from the agents' journals.
+                    self.stats.payloads_standby.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
             }
             Input::Heads { node, heads } => {
                 for req in self.tables.on_heads(&node, &heads) {

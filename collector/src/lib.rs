@@ -3,12 +3,15 @@
 //!
 //! Layout (data flows top to bottom):
 //! - [`config`]: the collector's TOML config;
+//! - [`store`]: the dataset's storage, a local directory or S3, with durable operations;
+//! - [`log`]: the dataset's commit log (claims and commits, put-if-absent slots);
+//! - [`group`]: the collector group: who writes, taking over, committing under the fence;
 //! - [`recovery`]: at start, committed sequence ranges read back from the data files' footers;
 //! - [`tables`]: opens each table (recovery, then its sink) and routes each stream to it (the
 //!   tables are defined in `switchboard_bus::tables`);
 //! - [`sink`]: payloads to deduplicated rows in hourly partition files;
 //! - [`logs_table`]: the `logs` table schema and the wire-to-row conversion;
-//! - [`writer`]: one Parquet file, committed atomically with its ranges in the footer;
+//! - [`writer`]: one Parquet file, finished with its ranges in the footer;
 //! - [`writers`]: two processes publishing as one node, found from their heads;
 //! - [`ranges`]: sequence number sets; [`stats`]: counters;
 //! - [`latest`]: the cluster's latest value per gateway metric series, for `/metrics`;
@@ -17,12 +20,15 @@
 //! - `watermarks`: publishing what is committed, per node;
 //! - `report`: `/health` and `/metrics`.
 //!
-//! [`Collector::start`] runs recovery, subscribes, then announces the collector on the bus (so
-//! agents that wait for a collector only publish once the subscription exists).
+//! [`Collector::start`] finds the end of the commit log, runs recovery, subscribes, then announces
+//! the collector on the bus (so agents that wait for a collector only publish once the
+//! subscription exists); it starts as a standby and claims the log when no live collector holds it.
 
 pub mod config;
+pub mod group;
 mod intake;
 pub mod latest;
+pub mod log;
 pub mod logs_table;
 pub mod ranges;
 pub mod recovery;
@@ -30,6 +36,7 @@ mod replay;
 mod report;
 pub mod sink;
 pub mod stats;
+pub mod store;
 pub mod tables;
 mod watermarks;
 pub mod writer;
@@ -83,14 +90,20 @@ pub enum CollectorError {
     /// Bad configuration.
     #[error(transparent)]
     Config(#[from] config::CollectorConfigError),
+    /// The dataset's location cannot be used (e.g. S3 without a region or credentials).
+    #[error(transparent)]
+    Dataset(#[from] switchboard_bus::dataset::DatasetError),
     /// The dataset could not be read at start.
-    #[error("recovering {path}: {source}")]
+    #[error("recovering table {table}: {source}")]
     Recovery {
-        /// The table directory.
-        path: std::path::PathBuf,
+        /// The table.
+        table: String,
         /// Why.
-        source: std::io::Error,
+        source: store::StoreError,
     },
+    /// The commit log could not be read at start.
+    #[error("reading the commit log: {0}")]
+    Log(store::StoreError),
     /// The bus session could not be opened, or this collector's name is taken.
     #[error("bus: {0}")]
     Session(#[from] session::SessionError),
@@ -135,13 +148,21 @@ impl Collector {
         let name = config.bus.node.clone();
         let stats = Arc::new(CollectorStats::default());
         let c = &config.collector;
-        let logs =
-            tables::open(&config, switchboard_bus::tables::LOGS, config.logs.promote.clone(), stats.clone()).await?;
+        let spool = c.spool_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("switchboard-spool-{name}")));
+        let store = store::Store::open(&c.location()?, &c.store, spool)?;
+        // The end of the log first, then the footers: a commit made in between is in the log.
+        let (commit_log, recent) = log::CommitLog::open(&store).await.map_err(CollectorError::Log)?;
+        tracing::info!(dataset = %store.describe(), log_end = commit_log.next(), holder = ?commit_log.last().map(|r| &r.writer), "found the end of the commit log");
+        let logs = tables::open(&config, &store, switchboard_bus::tables::LOGS, config.logs.promote.clone(), stats.clone())
+            .await?;
         let mut internal = Vec::new();
         for t in switchboard_bus::tables::INTERNAL {
-            internal.push((t.stream, tables::open(&config, t.name, tables::promoted(&t), stats.clone()).await?));
+            internal.push((t.stream, tables::open(&config, &store, t.name, tables::promoted(&t), stats.clone()).await?));
         }
-        let sink = Tables { logs, internal };
+        let mut sink = Tables { logs, internal };
+        for r in &recent {
+            sink.apply_committed(&r.files);
+        }
         let latest = Arc::new(latest::LatestMetrics::new(LATEST_SERIES));
 
         let mut bus = config.bus.clone();
@@ -150,7 +171,7 @@ impl Collector {
         let me = Member { role: Role::Collector, name: name.clone() };
         mesh::check_name_free(&session, &keys, &me).await?;
         let membership = Membership::watch(&session, &keys, cancel.clone()).await?;
-        let mesh = Mesh::start(&session, &keys, me, membership, cancel.clone()).await?;
+        let mesh = Mesh::start(&session, &keys, me, membership.clone(), cancel.clone()).await?;
         let writers = Arc::new(Mutex::new(WriterCheck::default()));
         let (tx, rx) = flume::bounded::<Input>(c.queue_payloads);
         let subscriber = {
@@ -212,6 +233,17 @@ impl Collector {
         let (replay_tx, replay_rx) = tokio::sync::mpsc::unbounded_channel::<ReplayRequest>();
         tracker.spawn(replay::run(session.clone(), keys.clone(), replay_rx, tx.clone(), stats.clone(), cancel.clone()));
         let (status_tx, status_rx) = tokio::sync::watch::channel(SinkStatus::default());
+        let group_status = Arc::new(Mutex::new(group::GroupStatus::default()));
+        let group = group::Group::new(
+            name.clone(),
+            session.zid().to_string(),
+            store,
+            commit_log,
+            membership,
+            c.notify.clone(),
+            group_status.clone(),
+            cancel.clone(),
+        );
         tracker.spawn(watermarks::publish(
             session.clone(),
             keys.clone(),
@@ -225,6 +257,7 @@ impl Collector {
             })?;
             let report = Arc::new(report::CollectorReport {
                 name: name.clone(),
+                group: group_status.clone(),
                 stats: stats.clone(),
                 status: status_rx,
                 latest: latest.clone(),
@@ -245,7 +278,10 @@ impl Collector {
             latest,
             replays: replay_tx,
             status: status_tx,
-            subscriptions: (subscriber, heads_subscriber),
+            subscriptions: Some((subscriber, heads_subscriber)),
+            group,
+            runtime: tokio::runtime::Handle::current(),
+            stats: stats.clone(),
         };
         tracker.spawn_blocking(move || intake.run(cancel));
         tracker.close();

@@ -1,5 +1,6 @@
-//! The collector's `/health` and `/metrics`: its sinks' status, the writers and mesh checks,
-//! its counters and the cluster's latest gateway metrics, rendered for operators.
+//! The collector's `/health` and `/metrics`: its role in the collector group, its sinks' status,
+//! the writers and mesh checks, its counters and the cluster's latest gateway metrics, rendered
+//! for operators.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -9,6 +10,7 @@ use std::time::Instant;
 use switchboard_bus::http::Health;
 use switchboard_bus::mesh::Mesh;
 
+use crate::group::GroupStatus;
 use crate::latest::LatestMetrics;
 use crate::sink::SinkStatus;
 use crate::stats::CollectorStats;
@@ -17,6 +19,7 @@ use crate::writers::WriterCheck;
 /// The collector's `/health` and `/metrics`.
 pub(crate) struct CollectorReport {
     pub(crate) name: String,
+    pub(crate) group: Arc<Mutex<GroupStatus>>,
     pub(crate) stats: Arc<CollectorStats>,
     pub(crate) status: tokio::sync::watch::Receiver<SinkStatus>,
     pub(crate) latest: Arc<LatestMetrics>,
@@ -29,8 +32,10 @@ impl switchboard_bus::http::Report for CollectorReport {
         let st = self.status.borrow().clone();
         let lag: BTreeMap<String, serde_json::Value> =
             st.lag.iter().map(|(k, (r, s))| (k.to_string(), serde_json::json!({"records": r, "seconds": s}))).collect();
+        let group = self.group.lock().map(|g| g.clone()).unwrap_or_default();
         let mut h = Health::default();
         h.failing.extend(st.failing.clone());
+        h.failing.extend(group.store_error.clone());
         let conflicted = self.writers.lock().map(|w| w.conflicted(Instant::now())).unwrap_or_default();
         for node in &conflicted {
             h.degraded.push(format!(
@@ -40,6 +45,10 @@ impl switchboard_bus::http::Report for CollectorReport {
         h.degraded.extend(self.mesh.problems().iter().map(|p| format!("bus mesh: {p}")));
         let details = serde_json::json!({
             "collector": self.name,
+            "role": group.role,
+            "epoch": group.epoch,
+            "leader": group.leader,
+            "last_commit_age_seconds": group.last_commit.map(|t| t.elapsed().as_secs_f64()),
             "open_files": st.open_files,
             "watermarks": st.watermarks,
             "lag": lag,
@@ -55,7 +64,35 @@ impl switchboard_bus::http::Report for CollectorReport {
         let s = &self.stats;
         let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         let st = self.status.borrow().clone();
+        let group = self.group.lock().map(|g| g.clone()).unwrap_or_default();
         let mut m = switchboard_bus::http::Metrics::new();
+        m.gauge(
+            "switchboard_collector_leader",
+            "1 while this collector writes the dataset, 0 while it stands by.",
+            f64::from(u8::from(group.epoch.is_some())),
+        )
+        .gauge("switchboard_collector_epoch", "The epoch this collector writes under (-1 while standing by).", group.epoch.map_or(-1.0, |e| e as f64))
+        .gauge(
+            "switchboard_collector_last_commit_age_seconds",
+            "Seconds since this collector's last commit (-1: none yet).",
+            group.last_commit.map_or(-1.0, |t| t.elapsed().as_secs_f64()),
+        )
+        .gauge(
+            "switchboard_collector_store_failing",
+            "1 while the dataset's store answers with errors.",
+            f64::from(u8::from(group.store_error.is_some())),
+        )
+        .counter("switchboard_collector_takeovers_total", "Times this collector claimed the commit log.", group.takeovers)
+        .counter(
+            "switchboard_collector_stepped_down_total",
+            "Times this collector found another's claim and stopped writing.",
+            group.stepped_down,
+        )
+        .counter(
+            "switchboard_collector_standby_payloads_total",
+            "Payloads let pass while standing by (the writer stores them).",
+            g(&s.payloads_standby),
+        );
         m.counter("switchboard_collector_payloads_total", "Payloads taken from the bus.", g(&s.payloads_received))
             .counter(
                 "switchboard_collector_malformed_payloads_total",

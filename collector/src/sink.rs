@@ -4,15 +4,17 @@
 //! (a malformed or unknown-version payload is counted and dropped, never fatal); drops rows whose
 //! sequence number it already accepted (committed in a file, or buffered in an open one); turns
 //! the rest into table rows ([`crate::logs_table`]); and appends them to the open file of their
-//! `date=/hour=` partition (by `ts`). Files are committed when they reach `max_file_bytes`, when
-//! they are older than `max_file_age`, and at shutdown ([`LogsSink::commit_all`]).
+//! `date=/hour=` partition (by `ts`). Files are finished when they reach `max_file_bytes`, when
+//! they are older than `max_file_age`, and at shutdown ([`LogsSink::finish_due`]); the commit
+//! protocol (`crate::group`) commits them and tells the sink the outcome ([`LogsSink::settle`]).
 //!
-//! State per stream: `committed` (in a committed file; rebuilt from footers at start) and
-//! `accepted` (committed or in an open file). If a file cannot be committed its ranges are
-//! forgotten from `accepted`, so a resend of those rows is taken again.
+//! State per stream: `committed` (in a committed file; rebuilt from footers and the commit log at
+//! start, and from the log's records while a standby) and `accepted` (committed or in an open
+//! file). If a file cannot be committed its ranges are forgotten from `accepted`, so a resend of
+//! those rows is taken again. A standby sink (`set_leading(false)`) takes heads but asks for no
+//! replays.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,9 +27,11 @@ use switchboard_bus::wire::control::Heads;
 use switchboard_bus::wire::log_batch;
 use switchboard_bus::StreamId;
 
+use crate::log::{FileEntry, STAGING_DIR};
 use crate::logs_table::LogsTable;
 use crate::ranges::RangeSet;
 use crate::stats::CollectorStats;
+use crate::store::Store;
 use crate::writer::{FileSettings, PartitionFile, WriteError};
 
 const MICROS_PER_HOUR: i64 = 3_600_000_000;
@@ -64,6 +68,9 @@ pub struct SinkStatus {
     pub failing: Option<String>,
     /// Files open (uncommitted).
     pub open_files: usize,
+    /// The epoch this collector writes under; `None` for a standby (which publishes no
+    /// watermarks).
+    pub epoch: Option<u64>,
 }
 
 /// A range of one stream to pull from its agent's replay queryable.
@@ -81,7 +88,8 @@ pub struct ReplayRequest {
 pub struct LogsSink {
     table: LogsTable,
     settings: FileSettings,
-    dir: PathBuf,
+    store: Store,
+    leading: bool,
     max_file_bytes: usize,
     max_file_age: Duration,
     streams: HashMap<StreamId, StreamState>,
@@ -94,11 +102,12 @@ pub struct LogsSink {
 }
 
 impl LogsSink {
-    /// A sink writing below `dir` (the table directory), knowing what is already `committed`.
+    /// A sink writing table `settings.table` of `store`, knowing what is already `committed`.
+    /// It starts leading (writing); see [`LogsSink::set_leading`].
     pub fn new(
         table: LogsTable,
         settings: FileSettings,
-        dir: PathBuf,
+        store: Store,
         max_file_bytes: usize,
         max_file_age: Duration,
         committed: BTreeMap<StreamId, RangeSet>,
@@ -111,7 +120,8 @@ impl LogsSink {
         Self {
             table,
             settings,
-            dir,
+            store,
+            leading: true,
             max_file_bytes,
             max_file_age,
             streams,
@@ -135,7 +145,24 @@ impl LogsSink {
                 (k.clone(), (s.head.saturating_sub(done), secs))
             })
             .collect();
-        SinkStatus { watermarks: self.watermarks(), lag, failing: self.failing.clone(), open_files: self.open.len() }
+        SinkStatus {
+            watermarks: self.watermarks(),
+            lag,
+            failing: self.failing.clone(),
+            open_files: self.open.len(),
+            epoch: None,
+        }
+    }
+
+    /// The table's name (its directory below the dataset root).
+    pub fn table_name(&self) -> &str {
+        &self.settings.table
+    }
+
+    /// Whether this sink writes (the collector leads) or only follows (a standby: heads are
+    /// taken, replays are not asked for).
+    pub fn set_leading(&mut self, leading: bool) {
+        self.leading = leading;
     }
 
     /// Whether a commit moved a watermark since the last call.
@@ -165,6 +192,9 @@ impl LogsSink {
                 continue;
             }
             let since = *state.gap_since.get_or_insert_with(Instant::now);
+            if !self.leading {
+                continue;
+            }
             let retry_due = state.replay_asked.is_none_or(|t| t.elapsed() >= REPLAY_RETRY);
             if since.elapsed() < GAP_GRACE || !retry_due {
                 continue;
@@ -295,47 +325,104 @@ impl LogsSink {
             return;
         }
         self.stats.rows_accepted.fetch_add(rows.num_rows() as u64, Ordering::Relaxed);
-        if file.approx_bytes() >= self.max_file_bytes {
-            self.commit(hour);
-        }
     }
 
     fn create(&mut self, hour: i64) -> Result<PartitionFile, WriteError> {
         let start = DateTime::from_timestamp(hour.saturating_mul(3600), 0).unwrap_or_default();
-        let dir =
-            self.dir.join(format!("date={}", start.format("%Y-%m-%d"))).join(format!("hour={}", start.format("%H")));
         self.files_created += 1;
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
-        let name = format!("part-{}-{now_ms}-{:06}.parquet", self.settings.writer, self.files_created);
-        PartitionFile::create(dir, name, self.table.schema(), &self.settings)
+        let (table, writer) = (&self.settings.table, &self.settings.writer);
+        let name = format!("part-{writer}-{now_ms}-{:06}.parquet", self.files_created);
+        let entry = FileEntry {
+            table: table.clone(),
+            staging: format!("{STAGING_DIR}/{writer}/{table}/.{name}.tmp"),
+            path: format!("{table}/date={}/hour={}/{name}", start.format("%Y-%m-%d"), start.format("%H")),
+            rows: 0,
+            ranges: BTreeMap::new(),
+        };
+        let local = self.store.writing_path(&entry.staging);
+        PartitionFile::create(local, entry, self.table.schema(), &self.settings)
     }
 
-    fn commit(&mut self, hour: i64) {
-        let Some(file) = self.open.remove(&hour) else { return };
-        let rows = file.rows();
-        match file.commit(&self.settings) {
-            Ok((path, ranges)) => {
-                for (stream, set) in ranges {
-                    self.streams.entry(stream).or_default().committed.extend(&set);
-                }
-                self.watermarks_changed = true;
-                self.stats.rows_committed.fetch_add(rows, Ordering::Relaxed);
-                self.stats.files_committed.fetch_add(1, Ordering::Relaxed);
-                if self.failing.take().is_some() {
-                    tracing::info!("commits succeed again");
-                }
-                tracing::debug!(path = %path.display(), rows, "committed");
-            }
-            Err(e) => {
-                self.stats.commit_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, rows, "commit failed; the file is abandoned and its rows pulled again from the agents");
-                self.failing = Some(format!("commit failed: {e}"));
-                let streams: Vec<StreamId> = self.streams.keys().cloned().collect();
-                for s in streams {
-                    self.forget(&s);
+    /// Finish the open files that are due (past `max_file_age`, or all of them with `all`) and
+    /// return them for the commit protocol. A file that cannot be finished is dropped and its
+    /// rows forgotten (pulled again).
+    pub fn finish_due(&mut self, all: bool) -> Vec<FileEntry> {
+        let due: Vec<i64> = self
+            .open
+            .iter()
+            .filter(|(_, f)| all || f.opened().elapsed() >= self.max_file_age || f.approx_bytes() >= self.max_file_bytes)
+            .map(|(h, _)| *h)
+            .collect();
+        let mut out = Vec::new();
+        for hour in due {
+            let Some(file) = self.open.remove(&hour) else { continue };
+            let streams: Vec<StreamId> = file.ranges().keys().cloned().collect();
+            match file.finish(&self.settings) {
+                Ok(entry) => out.push(entry),
+                Err(e) => {
+                    self.stats.commit_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "cannot finish a data file; its rows are pulled again from the agents");
+                    self.failing = Some(format!("cannot finish a data file: {e}"));
+                    for s in streams {
+                        self.forget(&s);
+                    }
                 }
             }
         }
+        out
+    }
+
+    /// The commit protocol's outcome for files of this table that [`LogsSink::finish_due`]
+    /// returned: committed (`Ok`), or not (`Err(why)`: their rows are forgotten, and pulled again).
+    pub fn settle(&mut self, files: &[FileEntry], outcome: Result<(), &str>) {
+        match outcome {
+            Ok(()) => {
+                for f in files {
+                    for (stream, set) in &f.ranges {
+                        self.streams.entry(stream.clone()).or_default().committed.extend(set);
+                    }
+                    self.stats.rows_committed.fetch_add(f.rows, Ordering::Relaxed);
+                    self.stats.files_committed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(path = %f.path, rows = f.rows, "committed");
+                }
+                self.watermarks_changed = true;
+                if self.failing.take().is_some() {
+                    tracing::info!("commits succeed again");
+                }
+            }
+            Err(why) => {
+                self.stats.commit_errors.fetch_add(1, Ordering::Relaxed);
+                let rows: u64 = files.iter().map(|f| f.rows).sum();
+                tracing::error!(error = why, rows, "commit failed; the rows are pulled again from the agents");
+                self.failing = Some(format!("commit failed: {why}"));
+                for f in files {
+                    let _ = std::fs::remove_file(self.store.writing_path(&f.staging));
+                    for stream in f.ranges.keys() {
+                        self.forget(stream);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ranges another writer committed (read from the commit log).
+    pub fn apply_committed(&mut self, ranges: &BTreeMap<StreamId, RangeSet>) {
+        for (stream, set) in ranges {
+            let state = self.streams.entry(stream.clone()).or_default();
+            state.committed.extend(set);
+            state.accepted.extend(set);
+        }
+        self.watermarks_changed = true;
+    }
+
+    /// Drop every open file (this collector stopped writing): their rows are forgotten.
+    pub fn abandon_all(&mut self) {
+        let hours: Vec<i64> = self.open.keys().copied().collect();
+        for hour in hours {
+            self.abandon(hour);
+        }
+        self.failing = None;
     }
 
     fn abandon(&mut self, hour: i64) {
@@ -348,21 +435,26 @@ impl LogsSink {
         }
     }
 
-    /// Commit every open file older than `max_file_age`.
-    pub fn commit_aged(&mut self) {
-        let due: Vec<i64> =
-            self.open.iter().filter(|(_, f)| f.opened().elapsed() >= self.max_file_age).map(|(h, _)| *h).collect();
-        for hour in due {
-            self.commit(hour);
+    /// Finish the due open files (every one with `all`) and publish them straight, without the
+    /// commit log: for a tool that writes a dataset no collector shares (a benchmark's generator,
+    /// a test) on a local store.
+    pub fn commit_standalone(&mut self, all: bool) {
+        let files = self.finish_due(all);
+        let mut published = Vec::new();
+        for f in files {
+            let done = futures::executor::block_on(async {
+                self.store.publish(&f.staging, &f.path).await?;
+                self.store.delete(&f.staging).await
+            });
+            match done {
+                Ok(()) => published.push(f),
+                Err(e) => {
+                    let why = e.to_string();
+                    self.settle(std::slice::from_ref(&f), Err(&why));
+                }
+            }
         }
-    }
-
-    /// Commit every open file (at shutdown).
-    pub fn commit_all(&mut self) {
-        let hours: Vec<i64> = self.open.keys().copied().collect();
-        for hour in hours {
-            self.commit(hour);
-        }
+        self.settle(&published, Ok(()));
     }
 }
 
@@ -408,6 +500,7 @@ mod tests {
     use super::*;
     use crate::config::LogsTableConfig;
     use crate::recovery::recover;
+    use crate::store::Store;
     use crate::writer::FileSettings;
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use switchboard_bus::wire::log_batch::{LogBatchBuilder, LogRow};
@@ -426,11 +519,11 @@ mod tests {
             row_group_max_bytes: 1 << 20,
         };
         let stats = Arc::new(CollectorStats::default());
-        let committed = recover(dir).unwrap().committed;
+        let committed = recover(&dir.join("logs")).unwrap().committed;
         let s = LogsSink::new(
             LogsTable::new(promote),
             settings,
-            dir.to_owned(),
+            Store::Local { root: dir.to_owned() },
             max_file_bytes,
             Duration::from_secs(3600),
             committed,
@@ -533,11 +626,11 @@ mod tests {
         s.handle(&id(), &payload(0..100, |_| T0), false);
         s.handle(&id(), &payload(50..150, |_| T0), false); // half already open
         assert_eq!(CollectorStats::get(&stats.rows_duplicate), 50);
-        s.commit_all();
+        s.commit_standalone(true);
         s.handle(&id(), &payload(0..150, |_| T0), false); // all committed
         assert_eq!(CollectorStats::get(&stats.rows_duplicate), 200);
         assert_eq!(s.watermarks().get(&StreamId::log("gw", "app")), Some(&149));
-        s.commit_all();
+        s.commit_standalone(true);
         drop(s);
         // A new sink over the same directory knows it all from the footers.
         let (mut s, stats) = sink(dir.path(), 1 << 30);
@@ -554,17 +647,19 @@ mod tests {
         s.handle(&id(), &payload(0..10, |q| if q < 5 { T0 } else { T0 + HOUR }), false);
         for k in 0..20u64 {
             s.handle(&id(), &payload(10 + k * 500..10 + (k + 1) * 500, |_| T0), false);
+            s.commit_standalone(false);
         }
-        s.commit_all();
+        s.commit_standalone(true);
         assert!(CollectorStats::get(&stats.files_committed) >= 3, "size roll");
         let date =
             |t: i64| DateTime::from_timestamp(t / 1_000_000, 0).unwrap().format("date=%Y-%m-%d/hour=%H").to_string();
-        assert!(dir.path().join(date(T0)).is_dir());
-        assert!(dir.path().join(date(T0 + HOUR)).is_dir());
-        let rec = recover(dir.path()).unwrap();
+        let table = dir.path().join("logs");
+        assert!(table.join(date(T0)).is_dir());
+        assert!(table.join(date(T0 + HOUR)).is_dir());
+        let rec = recover(&table).unwrap();
         assert_eq!(rec.committed[&StreamId::log("gw", "app")].ranges(), &[(0, 10_009)]);
         // Every file has a Bloom filter on msg_id and none on message.
-        let mut stack = vec![dir.path().to_owned()];
+        let mut stack = vec![table.clone()];
         let mut files = 0;
         while let Some(d) = stack.pop() {
             for e in std::fs::read_dir(d).unwrap().flatten() {
@@ -589,20 +684,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, stats) = sink(dir.path(), 1 << 30);
         s.handle(&id(), &payload(0..10, |_| T0), false);
-        // Make the partition directory unwritable for the rename by replacing it with a file.
-        let part = s.open.values().next().unwrap().ranges().len();
-        assert_eq!(part, 1);
-        let date_dir = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
-        let hour_dir = std::fs::read_dir(&date_dir).unwrap().next().unwrap().unwrap().path();
-        // Remove the directory under the open file: finish works, the rename fails.
-        std::fs::remove_dir_all(&hour_dir).unwrap();
-        s.commit_all();
+        // A file where the table directory should be: the publish fails.
+        std::fs::write(dir.path().join("logs"), b"").unwrap();
+        s.commit_standalone(true);
         assert_eq!(CollectorStats::get(&stats.commit_errors), 1);
         assert!(s.watermarks().is_empty());
+        std::fs::remove_file(dir.path().join("logs")).unwrap();
         // The same rows sent again are taken, not dropped as duplicates.
         s.handle(&id(), &payload(0..10, |_| T0), false);
         assert_eq!(CollectorStats::get(&stats.rows_duplicate), 0);
-        s.commit_all();
+        s.commit_standalone(true);
         assert_eq!(s.watermarks().get(&StreamId::log("gw", "app")), Some(&9));
     }
 }

@@ -10,6 +10,8 @@ pub const ROWS_COMMITTED_METRIC: &str = "switchboard_collector_rows_committed_to
 pub struct CollectorStats {
     /// Payloads taken from the bus.
     pub payloads_received: AtomicU64,
+    /// Payloads a standby let pass (the leader writes them).
+    pub payloads_standby: AtomicU64,
     /// Payloads dropped as malformed, of an unknown version, or on an unknown key.
     pub payloads_malformed: AtomicU64,
     /// Rows in well-formed payloads.

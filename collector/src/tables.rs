@@ -2,8 +2,8 @@
 //!
 //! Gateway log streams go to `logs`; the agents' own streams to the internal tables defined in
 //! [`switchboard_bus::tables`]. Each table is written by a [`LogsSink`] of its own in
-//! `<data_dir>/<table>`; [`Tables`] routes payloads and heads to the right one and merges their
-//! status.
+//! `<data_dir>/<table>`; [`Tables`] routes payloads, heads and commit outcomes to the right one
+//! and merges their status.
 
 use std::collections::BTreeMap;
 
@@ -14,9 +14,11 @@ use switchboard_bus::wire::control::Heads;
 use switchboard_bus::StreamId;
 
 use crate::config::{CollectorConfig, PromotedColumn};
+use crate::log::FileEntry;
 use crate::logs_table::{LogsTable, TABLE_VERSION};
 use crate::sink::{LogsSink, ReplayRequest, SinkStatus};
 use crate::stats::CollectorStats;
+use crate::store::Store;
 use crate::writer::FileSettings;
 use crate::{ranges, recovery, CollectorError};
 
@@ -28,16 +30,17 @@ pub fn promoted(table: &InternalTable) -> Vec<PromotedColumn> {
 /// Recover one table's committed ranges from its files, and make its sink.
 pub(crate) async fn open(
     config: &CollectorConfig,
+    store: &Store,
     dir_name: &str,
     promote: Vec<PromotedColumn>,
     stats: Arc<CollectorStats>,
 ) -> Result<LogsSink, CollectorError> {
-    let table_dir = config.collector.data_dir.join(dir_name);
     let recovered = {
-        let dir = table_dir.clone();
-        tokio::task::spawn_blocking(move || recovery::recover(&dir))
+        let (store, table) = (store.clone(), dir_name.to_owned());
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || handle.block_on(recovery::recover_store(&store, &table)))
             .await?
-            .map_err(|source| CollectorError::Recovery { path: table_dir.clone(), source })?
+            .map_err(|source| CollectorError::Recovery { table: dir_name.to_owned(), source })?
     };
     tracing::info!(
         table = dir_name,
@@ -47,13 +50,14 @@ pub(crate) async fn open(
         unreadable = recovered.unreadable.len(),
         "recovered committed ranges from the dataset"
     );
-    Ok(table_sink(config, dir_name, promote, recovered.committed, stats))
+    Ok(table_sink(config, store.clone(), dir_name, promote, recovered.committed, stats))
 }
 
-/// The sink that writes table `dir_name` (below the data directory) as `config` says, knowing
-/// what is already `committed`: what the collector writes each table with.
+/// The sink that writes table `dir_name` of `store` as `config` says, knowing what is already
+/// `committed`: what the collector writes each table with.
 pub fn table_sink(
     config: &CollectorConfig,
+    store: Store,
     dir_name: &str,
     promote: Vec<PromotedColumn>,
     committed: BTreeMap<StreamId, ranges::RangeSet>,
@@ -68,15 +72,7 @@ pub fn table_sink(
         properties: FileSettings::properties(c.zstd_level, c.row_group_rows, &blooms),
         row_group_max_bytes: c.row_group_max_bytes,
     };
-    LogsSink::new(
-        LogsTable::new(promote),
-        settings,
-        c.data_dir.join(dir_name),
-        c.max_file_bytes,
-        c.max_file_age(),
-        committed,
-        stats,
-    )
+    LogsSink::new(LogsTable::new(promote), settings, store, c.max_file_bytes, c.max_file_age(), committed, stats)
 }
 
 /// Every table the collector writes.
@@ -122,14 +118,38 @@ impl Tables {
         out
     }
 
-    /// Commit files past their age.
-    pub fn commit_aged(&mut self) {
-        self.all().for_each(LogsSink::commit_aged);
+    /// Whether the tables write (this collector leads) or only follow.
+    pub fn set_leading(&mut self, leading: bool) {
+        self.all().for_each(|s| s.set_leading(leading));
     }
 
-    /// Commit every open file.
-    pub fn commit_all(&mut self) {
-        self.all().for_each(LogsSink::commit_all);
+    /// Finish the files that are due (or all of them) in every table, for one commit.
+    pub fn finish_due(&mut self, all: bool) -> Vec<FileEntry> {
+        self.all().flat_map(|s| s.finish_due(all)).collect()
+    }
+
+    /// Tell each table the outcome of the commit of `files`.
+    pub fn settle(&mut self, files: &[FileEntry], outcome: Result<(), &str>) {
+        for sink in self.all() {
+            let mine: Vec<FileEntry> = files.iter().filter(|f| f.table == sink.table_name()).cloned().collect();
+            if !mine.is_empty() {
+                sink.settle(&mine, outcome);
+            }
+        }
+    }
+
+    /// Files another writer committed (read from the commit log).
+    pub fn apply_committed(&mut self, files: &[FileEntry]) {
+        for f in files {
+            if let Some(sink) = self.all().find(|s| s.table_name() == f.table) {
+                sink.apply_committed(&f.ranges);
+            }
+        }
+    }
+
+    /// Drop every open file of every table (this collector stopped writing).
+    pub fn abandon_all(&mut self) {
+        self.all().for_each(LogsSink::abandon_all);
     }
 
     /// Whether a commit moved a watermark since the last call.

@@ -1,5 +1,6 @@
 //! Publishing the committed watermarks: per node, what this collector has committed of each of
-//! its streams, on `<prefix>/watermark/<collector>/<node>`; agents compact their journals by it.
+//! its streams, on `<prefix>/watermark/<collector>/<node>`, with its epoch; agents compact their
+//! journals by it. Only the group's writer publishes; a standby stays silent.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -33,10 +34,17 @@ pub(crate) async fn publish(
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        let current = marks.borrow_and_update().watermarks.clone();
+        let (current, epoch) = {
+            let status = marks.borrow_and_update();
+            (status.watermarks.clone(), status.epoch)
+        };
         let mut per_node: BTreeMap<String, Watermarks> = BTreeMap::new();
-        for (stream, w) in current {
-            per_node.entry(stream.node.clone()).or_default().streams.insert(stream.local(), w);
+        if epoch.is_some() {
+            for (stream, w) in current {
+                let doc = per_node.entry(stream.node.clone()).or_default();
+                doc.epoch = epoch;
+                doc.streams.insert(stream.local(), w);
+            }
         }
         for (node, doc) in per_node {
             if let Ok(key) = keys.watermark(&collector, &node) {

@@ -1,11 +1,10 @@
-//! Writing one table partition's Parquet file, and committing it atomically.
+//! Writing one table partition's Parquet file.
 //!
-//! A [`PartitionFile`] is open under a temporary, hidden name (`.<name>.parquet.tmp`: readers
-//! that look for `*.parquet` skip it, and pyarrow, Spark and Hive skip names starting with `.`)
-//! while rows stream into it. [`PartitionFile::commit`]
-//! records in the footer the sequence ranges per stream the file holds, closes the file, fsyncs
-//! it, renames it to its final name and fsyncs the directory: after a crash a file is either
-//! complete and visible, or a leftover `.tmp` that the next start removes.
+//! A [`PartitionFile`] is written in the staging area (`_switchboard/staging/…`, outside every
+//! table directory, under a `.tmp` name) or, for a dataset on S3, in the local spool directory,
+//! while rows stream into it. [`PartitionFile::finish`] records in the footer the sequence ranges
+//! per stream the file holds, closes the file and fsyncs it; the commit protocol
+//! (`crate::group`) then stages, records and publishes it.
 //!
 //! Writer properties: zstd (level from the config), dictionary encoding, page statistics, row
 //! groups of `row_group_rows` rows (or fewer when buffered rows exceed the memory budget), and
@@ -26,6 +25,7 @@ use parquet::schema::types::ColumnPath;
 
 use switchboard_bus::StreamId;
 
+use crate::log::FileEntry;
 use crate::ranges::RangeSet;
 
 /// Footer key: the table name.
@@ -96,27 +96,25 @@ impl FileSettings {
 
 /// One open, uncommitted Parquet file of a partition.
 pub struct PartitionFile {
-    dir: PathBuf,
-    name: String,
+    /// Where the file is written (a local path).
+    local: PathBuf,
+    /// Its entry in the commit log once finished (`ranges` and `rows` grow as rows come).
+    entry: FileEntry,
     writer: ArrowWriter<File>,
-    ranges: BTreeMap<StreamId, RangeSet>,
-    rows: u64,
     opened: Instant,
 }
 
 impl PartitionFile {
-    /// Create `<dir>/.<name>.tmp` (and `dir`).
-    pub fn create(dir: PathBuf, name: String, schema: SchemaRef, settings: &FileSettings) -> Result<Self, WriteError> {
-        std::fs::create_dir_all(&dir).map_err(|source| WriteError::Io { path: dir.clone(), source })?;
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let file = File::create(&tmp).map_err(|source| WriteError::Io { path: tmp.clone(), source })?;
+    /// Create the file at `local` (and its directory) for `entry` (table, staging and final
+    /// keys; no rows yet).
+    pub fn create(local: PathBuf, entry: FileEntry, schema: SchemaRef, settings: &FileSettings) -> Result<Self, WriteError> {
+        if let Some(dir) = local.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| WriteError::Io { path: dir.to_owned(), source })?;
+        }
+        let file = File::create(&local).map_err(|source| WriteError::Io { path: local.clone(), source })?;
         let writer = ArrowWriter::try_new(file, schema, Some(settings.properties.clone()))
-            .map_err(|source| WriteError::Parquet { path: tmp.clone(), source })?;
-        Ok(Self { dir, name, writer, ranges: BTreeMap::new(), rows: 0, opened: Instant::now() })
-    }
-
-    fn tmp_path(&self) -> PathBuf {
-        self.dir.join(format!(".{}.tmp", self.name))
+            .map_err(|source| WriteError::Parquet { path: local.clone(), source })?;
+        Ok(Self { local, entry, writer, opened: Instant::now() })
     }
 
     /// Append rows of `stream` holding the sequence numbers `seqs`.
@@ -127,18 +125,19 @@ impl PartitionFile {
         seqs: &RangeSet,
         settings: &FileSettings,
     ) -> Result<(), WriteError> {
-        self.writer.write(batch).map_err(|source| WriteError::Parquet { path: self.tmp_path(), source })?;
+        let path = &self.local;
+        self.writer.write(batch).map_err(|source| WriteError::Parquet { path: path.clone(), source })?;
         if self.writer.in_progress_size() >= settings.row_group_max_bytes {
-            self.writer.flush().map_err(|source| WriteError::Parquet { path: self.tmp_path(), source })?;
+            self.writer.flush().map_err(|source| WriteError::Parquet { path: path.clone(), source })?;
         }
-        self.ranges.entry(stream.clone()).or_default().extend(seqs);
-        self.rows += batch.num_rows() as u64;
+        self.entry.ranges.entry(stream.clone()).or_default().extend(seqs);
+        self.entry.rows += batch.num_rows() as u64;
         Ok(())
     }
 
     /// Rows written so far.
     pub fn rows(&self) -> u64 {
-        self.rows
+        self.entry.rows
     }
 
     /// Approximate file size so far (flushed bytes plus buffered rows).
@@ -153,15 +152,14 @@ impl PartitionFile {
 
     /// The sequence ranges per stream the file holds.
     pub fn ranges(&self) -> &BTreeMap<StreamId, RangeSet> {
-        &self.ranges
+        &self.entry.ranges
     }
 
-    /// Write the footer, fsync, rename to the final name, fsync the directory. Returns the final
-    /// path and the ranges now committed. On failure the temporary file is removed: nothing of
-    /// it becomes visible.
-    pub fn commit(mut self, settings: &FileSettings) -> Result<(PathBuf, BTreeMap<StreamId, RangeSet>), WriteError> {
-        let tmp = self.tmp_path();
-        let ranges_json = serde_json::to_string(&self.ranges).unwrap_or_else(|_| "{}".into());
+    /// Write the footer (with the ranges), close and fsync the file. Returns its commit log
+    /// entry; the file is then ready to be staged. On failure the file is removed.
+    pub fn finish(mut self, settings: &FileSettings) -> Result<FileEntry, WriteError> {
+        let path = self.local.clone();
+        let ranges_json = serde_json::to_string(&self.entry.ranges).unwrap_or_else(|_| "{}".into());
         for (k, v) in [
             (META_TABLE, settings.table.clone()),
             (META_TABLE_VERSION, settings.table_version.to_string()),
@@ -170,30 +168,22 @@ impl PartitionFile {
         ] {
             self.writer.append_key_value_metadata(KeyValue::new(k.to_owned(), v));
         }
-        let final_path = self.dir.join(&self.name);
         let done = self
             .writer
             .finish()
-            .map_err(|source| WriteError::Parquet { path: tmp.clone(), source })
-            .and_then(|_| self.writer.inner().sync_all().map_err(|source| WriteError::Io { path: tmp.clone(), source }))
-            .and_then(|_| {
-                std::fs::rename(&tmp, &final_path).map_err(|source| WriteError::Io { path: final_path.clone(), source })
-            });
+            .map_err(|source| WriteError::Parquet { path: path.clone(), source })
+            .and_then(|_| self.writer.inner().sync_all().map_err(|source| WriteError::Io { path: path.clone(), source }));
         if let Err(e) = done {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(&path);
             return Err(e);
         }
-        if let Err(e) = sync_dir(&self.dir) {
-            tracing::warn!(error = %e, "the rename of a committed file may not be durable yet");
-        }
-        Ok((final_path, std::mem::take(&mut self.ranges)))
+        Ok(self.entry)
     }
 
-    /// Give up on the file: remove the temporary file (its rows were never committed).
+    /// Give up on the file: remove it (its rows were never committed).
     pub fn abandon(self) {
-        let tmp = self.tmp_path();
         drop(self.writer);
-        let _ = std::fs::remove_file(tmp);
+        let _ = std::fs::remove_file(&self.local);
     }
 }
 

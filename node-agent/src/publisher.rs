@@ -195,6 +195,8 @@ impl AckTask {
             }
         };
         let mut dirty = false;
+        // The highest collector-group epoch seen: watermarks of a replaced writer are ignored.
+        let mut epoch = 0u64;
         let mut last_store = Instant::now();
         let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
         loop {
@@ -216,6 +218,15 @@ impl AckTask {
                             continue;
                         }
                     };
+                    match marks.epoch {
+                        Some(e) if e < epoch => {
+                            stats.watermarks_stale.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(key = %sample.key_expr(), epoch = e, newest = epoch, "ignoring watermarks of a replaced collector");
+                            continue;
+                        }
+                        Some(e) => epoch = e,
+                        None => {}
+                    }
                     for (stream, w) in marks.streams {
                         let Some(id) = StreamId::parse_local(&node, &stream) else { continue };
                         let Some(j) = journals.get(&id.name) else { continue };

@@ -142,6 +142,11 @@ impl Report for AgentReport {
             .counter("switchboard_agent_replayed_lines_total", "Lines sent again for replays.", g(&s.lines_replayed))
             .counter("switchboard_agent_replay_errors_total", "Replays not answered in full.", g(&s.replay_errors))
             .counter(
+                "switchboard_agent_watermarks_stale_total",
+                "Watermarks ignored because a newer collector-group writer had spoken.",
+                g(&s.watermarks_stale),
+            )
+            .counter(
                 "switchboard_agent_http_oversized_requests_total",
                 "HTTP requests refused with 413: body over agent.http_max_body_bytes.",
                 g(&s.http_oversized_requests),

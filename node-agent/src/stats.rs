@@ -38,6 +38,8 @@ pub struct AgentStats {
     pub lines_replayed: AtomicU64,
     /// Replay queries that could not be answered in full (a file gone or changed).
     pub replay_errors: AtomicU64,
+    /// Watermarks ignored because a newer collector-group writer (higher epoch) had spoken.
+    pub watermarks_stale: AtomicU64,
     /// Highest watermark seen minus lines published, summed over sources (lag in lines).
     pub unacked_batches: AtomicU64,
     /// HTTP requests refused because their body was over `agent.http_max_body_bytes`.

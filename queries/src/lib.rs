@@ -6,7 +6,8 @@
 //! that `WHERE date = '2026-11-22' AND hour = 10` reads only that hour's files. Parquet reading
 //! uses footer statistics, page indexes and Bloom filters, with filters pushed into the scan.
 //! [`Dataset::sql`] runs a query; [`render`] prints the result as an aligned table, CSV, JSON or
-//! JSON lines, [`write_parquet`] writes it to a file. [`Dataset::open_window`] shows only the
+//! JSON lines, [`write_parquet`] writes it to a file. [`Dataset::open_location`] reads a dataset on
+//! S3 (`s3://bucket/prefix`) as well as a directory. [`Dataset::open_window`] shows only the
 //! rows of a time window ([`window`]); [`functions`] adds HDR histogram and tag functions.
 //!
 //! A dataset is read-only unless [`Dataset::allow_writes`] says otherwise: statements that write
@@ -37,6 +38,7 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionConfig, SessionContext};
+use switchboard_bus::dataset::{Location, StoreOptions};
 pub use window::TimeWindow;
 
 /// The Arrow record batch type results come in.
@@ -69,6 +71,9 @@ pub enum QueryError {
     /// The result could not be written.
     #[error("cannot write the result: {0}")]
     Io(#[from] std::io::Error),
+    /// The dataset's object store cannot be reached or listed.
+    #[error("dataset store: {0}")]
+    Store(String),
 }
 
 impl From<DataFusionError> for QueryError {
@@ -111,6 +116,52 @@ impl Dataset {
         if !root.is_dir() {
             return Err(QueryError::NoDataset(root.to_owned()));
         }
+        let ctx = Self::context_for_reading();
+        let mut tables = Vec::new();
+        for table in TABLES {
+            let dir = root.join(table);
+            if !has_parquet(&dir) {
+                continue;
+            }
+            let url = format!("{}/", dir.canonicalize()?.display());
+            register(&ctx, table, &url, &window).await?;
+            tables.push(table.to_owned());
+        }
+        Ok(Self { ctx, tables, writes_allowed: false })
+    }
+
+    /// The dataset at `location` (a directory, or `s3://bucket/prefix` reached as `options` and
+    /// the `AWS_*` environment variables say), each table showing only the rows of `window`.
+    pub async fn open_location(location: &Location, options: &StoreOptions, window: TimeWindow) -> Result<Self, QueryError> {
+        let (bucket, prefix) = match location {
+            Location::Local(root) => return Self::open_window(root, window).await,
+            Location::S3 { bucket, prefix } => (bucket, prefix),
+        };
+        let store = switchboard_bus::dataset::s3_store(bucket, options).map_err(|e| QueryError::Store(e.to_string()))?;
+        let ctx = Self::context_for_reading();
+        let base = url::Url::parse(&format!("s3://{bucket}")).map_err(|e| QueryError::Store(e.to_string()))?;
+        ctx.register_object_store(&base, store.clone());
+        let mut tables = Vec::new();
+        for table in TABLES {
+            let dir = if prefix.is_empty() { (*table).to_owned() } else { format!("{prefix}/{table}") };
+            let listed: Vec<object_store::ObjectMeta> = futures::TryStreamExt::try_collect(
+                store.list(Some(&object_store::path::Path::from(dir.as_str()))),
+            )
+            .await
+            .map_err(|e| QueryError::Store(format!("listing {}: {e}", location.display())))?;
+            let committed = listed.iter().any(|m| {
+                m.location.filename().is_some_and(|n| n.ends_with(".parquet") && !n.starts_with('.'))
+            });
+            if !committed {
+                continue;
+            }
+            register(&ctx, table, &format!("s3://{bucket}/{dir}/"), &window).await?;
+            tables.push((*table).to_owned());
+        }
+        Ok(Self { ctx, tables, writes_allowed: false })
+    }
+
+    fn context_for_reading() -> SessionContext {
         let mut config = SessionConfig::new().with_information_schema(true);
         let opts = config.options_mut();
         opts.execution.parquet.pushdown_filters = true;
@@ -118,26 +169,7 @@ impl Dataset {
         opts.execution.parquet.bloom_filter_on_read = true;
         let ctx = SessionContext::new_with_config(config);
         functions::register(&ctx);
-        let mut tables = Vec::new();
-        for table in TABLES {
-            let dir = root.join(table);
-            if !has_parquet(&dir) {
-                continue;
-            }
-            let options = ParquetReadOptions::default()
-                .table_partition_cols(vec![("date".to_owned(), DataType::Utf8), ("hour".to_owned(), DataType::Int32)]);
-            let url = format!("{}/", dir.canonicalize()?.display());
-            if window.is_all() {
-                ctx.register_parquet(table, url, options).await?;
-            } else {
-                let all = format!("{table}_all");
-                ctx.register_parquet(all.as_str(), url, options).await?;
-                let view = ctx.sql(&format!("SELECT * FROM {all} WHERE {}", window.condition())).await?.into_view();
-                ctx.register_table(table, view)?;
-            }
-            tables.push(table.to_owned());
-        }
-        Ok(Self { ctx, tables, writes_allowed: false })
+        ctx
     }
 
     /// Whether statements may write files or define tables (DDL such as `CREATE EXTERNAL TABLE`,
@@ -204,6 +236,22 @@ async fn collect_with_columns(df: DataFrame) -> Result<Vec<RecordBatch>, DataFus
         batches.push(RecordBatch::new_empty(schema));
     }
     Ok(batches)
+}
+
+/// Register `table` over the files below `url`, with its Hive partition columns, showing only the
+/// rows of `window`.
+async fn register(ctx: &SessionContext, table: &str, url: &str, window: &TimeWindow) -> Result<(), QueryError> {
+    let options = ParquetReadOptions::default()
+        .table_partition_cols(vec![("date".to_owned(), DataType::Utf8), ("hour".to_owned(), DataType::Int32)]);
+    if window.is_all() {
+        ctx.register_parquet(table, url, options).await?;
+    } else {
+        let all = format!("{table}_all");
+        ctx.register_parquet(all.as_str(), url, options).await?;
+        let view = ctx.sql(&format!("SELECT * FROM {all} WHERE {}", window.condition())).await?.into_view();
+        ctx.register_table(table, view)?;
+    }
+    Ok(())
 }
 
 fn has_parquet(dir: &Path) -> bool {

@@ -43,6 +43,11 @@ pub struct Watermarks {
     pub version: u32,
     /// `<kind>/<stream>` → highest sequence number `n` such that `0..=n` are all committed.
     pub streams: BTreeMap<String, u64>,
+    /// The epoch of the collector group's writer that published it (the commit log slot of its
+    /// claim). An agent ignores watermarks of an epoch below the highest it has seen. Absent in
+    /// older collectors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 /// A control document that cannot be read.
@@ -78,7 +83,7 @@ impl Heads {
 impl Watermarks {
     /// Encode as JSON.
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(&Self { version: VERSION, streams: self.streams.clone() }).unwrap_or_default()
+        serde_json::to_vec(&Self { version: VERSION, streams: self.streams.clone(), epoch: self.epoch }).unwrap_or_default()
     }
     /// Decode and check the version.
     pub fn decode(bytes: &[u8]) -> Result<Self, ControlError> {

@@ -1,0 +1,169 @@
+//! Where the Parquet dataset lives, and how to reach it: what the collector writes to and what
+//! `switchboard query --data` reads from.
+//!
+//! A location is a local directory (`/var/lib/switchboard/data`, or `file:///var/lib/…`) or an
+//! S3 bucket and prefix (`s3://bucket/prefix`). For S3, the endpoint, region and credentials come
+//! from [`StoreOptions`] (the collector's `[collector.store]`) over the usual `AWS_*` environment
+//! variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`,
+//! `AWS_ALLOW_HTTP`, …); requests are path-style (`endpoint/bucket/key`, what on-premise S3
+//! servers expect) unless `virtual_hosted_style` is set.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::{ClientOptions, ObjectStore, RetryConfig};
+use serde::{Deserialize, Serialize};
+
+/// A dataset location that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    /// The location is not a path, `file://…` or `s3://bucket[/prefix]`.
+    #[error("dataset location {0:?}: use a directory, file:///path or s3://bucket/prefix")]
+    Location(String),
+    /// The object store client could not be built (e.g. no region or credentials).
+    #[error("object store for {location}: {source}")]
+    Store {
+        /// The location.
+        location: String,
+        /// Why.
+        source: object_store::Error,
+    },
+}
+
+/// Where a dataset lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A local (or mounted) directory.
+    Local(PathBuf),
+    /// An S3 bucket, and a key prefix below which the tables are (may be empty).
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// The prefix, without leading or trailing `/`.
+        prefix: String,
+    },
+}
+
+impl Location {
+    /// Parse a directory path, `file:///path` or `s3://bucket/prefix`.
+    pub fn parse(text: &str) -> Result<Self, DatasetError> {
+        if let Some(path) = text.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(DatasetError::Location(text.to_owned()));
+            }
+            return Ok(Self::Local(PathBuf::from(path)));
+        }
+        if let Some(rest) = text.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let prefix = prefix.trim_matches('/');
+            let bucket_ok = (3..=63).contains(&bucket.len())
+                && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+            if !bucket_ok || prefix.split('/').any(|c| c.is_empty() && !prefix.is_empty()) {
+                return Err(DatasetError::Location(text.to_owned()));
+            }
+            return Ok(Self::S3 { bucket: bucket.to_owned(), prefix: prefix.to_owned() });
+        }
+        if text.contains("://") || text.is_empty() {
+            return Err(DatasetError::Location(text.to_owned()));
+        }
+        Ok(Self::Local(PathBuf::from(text)))
+    }
+
+    /// The location as a user writes it.
+    pub fn display(&self) -> String {
+        match self {
+            Self::Local(p) => p.display().to_string(),
+            Self::S3 { bucket, prefix } if prefix.is_empty() => format!("s3://{bucket}"),
+            Self::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
+/// How to reach an object store: the collector's `[collector.store]`. Every field is optional;
+/// what is not set comes from the `AWS_*` environment variables.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreOptions {
+    /// The S3 endpoint, e.g. `http://minio.internal:9000` (default: AWS's, from the region).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The region (default: `AWS_REGION`, else `us-east-1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Access key id (default: `AWS_ACCESS_KEY_ID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    /// Secret access key (default: `AWS_SECRET_ACCESS_KEY`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
+    /// Allow a plain `http://` endpoint (default: false, or `AWS_ALLOW_HTTP`).
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Virtual-hosted-style requests (`bucket.endpoint/key`) instead of path-style. Default: false.
+    #[serde(default)]
+    pub virtual_hosted_style: bool,
+    /// How long one request may take, in milliseconds; a failed request is retried (3 times, within
+    /// this much time again) before the error reaches the collector. Default: 10000.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+
+/// An S3 client for `bucket`, configured from `options` over the environment.
+pub fn s3_store(bucket: &str, options: &StoreOptions) -> Result<Arc<dyn ObjectStore>, DatasetError> {
+    let timeout = Duration::from_millis(if options.timeout_ms == 0 { default_timeout_ms() } else { options.timeout_ms });
+    let mut b = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_virtual_hosted_style_request(options.virtual_hosted_style)
+        .with_client_options(ClientOptions::new().with_timeout(timeout).with_connect_timeout(timeout))
+        .with_retry(RetryConfig { max_retries: 3, retry_timeout: timeout, ..RetryConfig::default() });
+    if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() {
+        b = b.with_region("us-east-1");
+    }
+    if let Some(v) = &options.endpoint {
+        b = b.with_endpoint(v);
+    }
+    if let Some(v) = &options.region {
+        b = b.with_region(v);
+    }
+    if let Some(v) = &options.access_key_id {
+        b = b.with_access_key_id(v);
+    }
+    if let Some(v) = &options.secret_access_key {
+        b = b.with_secret_access_key(v);
+    }
+    if options.allow_http {
+        b = b.with_allow_http(true);
+    }
+    let store =
+        b.build().map_err(|source| DatasetError::Store { location: format!("s3://{bucket}"), source })?;
+    Ok(Arc::new(store))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse() {
+        assert_eq!(Location::parse("data").unwrap(), Location::Local("data".into()));
+        assert_eq!(Location::parse("file:///srv/d").unwrap(), Location::Local("/srv/d".into()));
+        assert_eq!(
+            Location::parse("s3://logs-bucket/sb/prod/").unwrap(),
+            Location::S3 { bucket: "logs-bucket".into(), prefix: "sb/prod".into() }
+        );
+        assert_eq!(
+            Location::parse("s3://logs-bucket").unwrap(),
+            Location::S3 { bucket: "logs-bucket".into(), prefix: String::new() }
+        );
+        for bad in ["", "s3://", "s3://A_B/x", "s3://bucket/a//b", "gs://b/x", "file://rel"] {
+            assert!(Location::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Location::parse("s3://logs-bucket/sb/").unwrap().display(), "s3://logs-bucket/sb");
+    }
+}

@@ -1,0 +1,378 @@
+//! The collector group: which collector writes the dataset (the leader), taking over from one
+//! that is gone, and committing under the commit log's fence.
+//!
+//! Every collector runs a [`Group`]. A standby reads each new log record ([`Group::tick`], every
+//! [`TICK`]) and claims the log when the newest claim's writer is not alive on the bus (or the
+//! log is empty, or the claim is an earlier run of its own name): it first publishes the last
+//! commit if that is not visible yet (roll-forward), then appends its claim, and on success deletes
+//! what is left in the staging area. The leader commits finished files ([`Group::commit`]): stage,
+//! record, publish. Finding someone else's record in its slot (when committing, or when reading
+//! the log) makes it step down. See docs/architecture.md, "Collector group".
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use switchboard_bus::keys::Role;
+use switchboard_bus::Membership;
+use tokio_util::sync::CancellationToken;
+
+use crate::log::{Appended, CommitLog, FileEntry, Kind, Record, HINT_EVERY, STAGING_DIR};
+use crate::store::{Store, StoreError};
+
+/// How often the log is read.
+pub const TICK: Duration = Duration::from_millis(200);
+/// After being fenced, wait this long before claiming again (doubling up to [`MAX_BACKOFF`]).
+const FIRST_BACKOFF: Duration = Duration::from_secs(5);
+/// The longest wait before claiming again.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// After starting, wait this long for the bus to show the live collectors before claiming.
+const SETTLE: Duration = Duration::from_millis(1500);
+
+/// What `/health` and `/metrics` show of the group.
+#[derive(Debug, Clone, Default)]
+pub struct GroupStatus {
+    /// `leader` or `standby`.
+    pub role: &'static str,
+    /// The leader's epoch (the slot of its claim), while leading.
+    pub epoch: Option<u64>,
+    /// The writer of the newest claim this collector knows.
+    pub leader: Option<String>,
+    /// When this collector last committed.
+    pub last_commit: Option<Instant>,
+    /// The last storage error, until an operation succeeds again.
+    pub store_error: Option<String>,
+    /// Claims won.
+    pub takeovers: u64,
+    /// Times this collector found itself fenced and stepped down.
+    pub stepped_down: u64,
+}
+
+/// The outcome of [`Group::commit`].
+#[derive(Debug)]
+pub enum Commit {
+    /// Recorded and visible.
+    Done,
+    /// Not committed (the files' rows are to be pulled again).
+    Failed(String),
+    /// Another collector claimed the log: not committed, and this collector is now a standby.
+    /// The records read on the way, for the caller to apply.
+    Fenced(Vec<Record>),
+}
+
+/// What [`Group::tick`] found.
+#[derive(Debug, Default)]
+pub struct Tick {
+    /// Records other collectors wrote (their commits' ranges are committed).
+    pub records: Vec<Record>,
+    /// This collector became the leader.
+    pub took_over: bool,
+    /// This collector was the leader and found another's claim.
+    pub stepped_down: bool,
+}
+
+/// One collector's part in the group; see the module docs.
+pub struct Group {
+    name: String,
+    instance: String,
+    store: Store,
+    log: CommitLog,
+    epoch: Option<u64>,
+    membership: Membership,
+    notify: Vec<String>,
+    status: Arc<Mutex<GroupStatus>>,
+    started: Instant,
+    backoff: Duration,
+    claim_not_before: Option<Instant>,
+    commits_since_hint: u64,
+    cancel: CancellationToken,
+}
+
+impl Group {
+    /// A standby over `log`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: String,
+        instance: String,
+        store: Store,
+        log: CommitLog,
+        membership: Membership,
+        notify: Vec<String>,
+        status: Arc<Mutex<GroupStatus>>,
+        cancel: CancellationToken,
+    ) -> Self {
+        let g = Self {
+            name,
+            instance,
+            store,
+            log,
+            epoch: None,
+            membership,
+            notify,
+            status,
+            started: Instant::now(),
+            backoff: FIRST_BACKOFF,
+            claim_not_before: None,
+            commits_since_hint: 0,
+            cancel,
+        };
+        g.update(|s| {
+            s.role = "standby";
+            s.leader = g.log.last().map(|r| r.writer.clone());
+        });
+        g
+    }
+
+    /// Whether this collector writes.
+    pub fn is_leader(&self) -> bool {
+        self.epoch.is_some()
+    }
+
+    /// The epoch this collector writes under.
+    pub fn epoch(&self) -> Option<u64> {
+        self.epoch
+    }
+
+    fn update(&self, f: impl FnOnce(&mut GroupStatus)) {
+        if let Ok(mut s) = self.status.lock() {
+            f(&mut s);
+        }
+    }
+
+    fn store_result<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        match &r {
+            Ok(_) => self.update(|s| s.store_error = None),
+            Err(e) => {
+                let msg = format!("dataset store {}: {e}", self.store.describe());
+                self.update(|s| s.store_error = Some(msg));
+            }
+        }
+        r
+    }
+
+    /// Read what others wrote; as a standby, claim if the writer is gone; as the leader, step
+    /// down if someone else claimed.
+    pub async fn tick(&mut self) -> Tick {
+        let mut out = Tick::default();
+        let polled = self.log.poll(&self.store).await;
+        match self.store_result(polled) {
+            Ok(records) => out.records = records,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the commit log");
+                return out;
+            }
+        }
+        if let Some(last) = self.log.last() {
+            let leader = last.writer.clone();
+            self.update(|s| s.leader = Some(leader));
+        }
+        if self.is_leader() {
+            if let Some(r) = out.records.iter().find(|r| r.kind == Kind::Claim) {
+                let why = format!("{} claimed the dataset at epoch {}", r.writer, r.seq);
+                self.step_down(&why);
+                out.stepped_down = true;
+            }
+            return out;
+        }
+        if self.should_claim() {
+            let (took_over, more) = self.claim().await;
+            out.records.extend(more);
+            out.took_over = took_over;
+        }
+        out
+    }
+
+    fn holder_gone(&self, last: Option<&Record>) -> bool {
+        match last {
+            None => true,
+            Some(r) if r.writer == self.name => r.instance != self.instance,
+            Some(r) => !self.membership.live_of(Role::Collector).contains(&r.writer),
+        }
+    }
+
+    fn should_claim(&self) -> bool {
+        if self.cancel.is_cancelled() || self.started.elapsed() < SETTLE {
+            return false;
+        }
+        if self.claim_not_before.is_some_and(|t| Instant::now() < t) {
+            return false;
+        }
+        self.holder_gone(self.log.last())
+    }
+
+    /// Publish the last commit if it is not visible yet, then append a claim; repeat while a
+    /// gone writer's commits keep taking the slot. Returns whether the claim was won, and the
+    /// records read on the way.
+    async fn claim(&mut self) -> (bool, Vec<Record>) {
+        let mut read = Vec::new();
+        let previous = self.log.last().map(|r| r.writer.clone());
+        loop {
+            if let Some(last) = self.log.last().filter(|r| r.kind == Kind::Commit).cloned() {
+                let rolled = self.publish_all(&last.files, false).await;
+                if let Err(e) = self.store_result(rolled) {
+                    tracing::warn!(error = %e, slot = last.seq, "cannot publish the last commit before claiming; retrying");
+                    return (false, read);
+                }
+            }
+            let record = Record::new(Kind::Claim, &self.name, &self.instance, 0, 0, Vec::new());
+            let appended = self.log.append(&self.store, record, &self.cancel).await;
+            match self.store_result(appended) {
+                Ok(Appended::Written) => break,
+                Ok(Appended::Taken(r)) => {
+                    let Some(r) = r else { continue };
+                    read.push((*r).clone());
+                    if !self.holder_gone(Some(&r)) {
+                        tracing::info!(leader = %r.writer, epoch = r.epoch, "another collector claimed first; standing by");
+                        return (false, read);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim the commit log");
+                    return (false, read);
+                }
+            }
+        }
+        let epoch = self.log.next() - 1;
+        self.epoch = Some(epoch);
+        self.log.write_hint(&self.store).await;
+        // Everything staged before the claim is either published (the roll-forward) or never
+        // recorded: garbage.
+        match self.store.list(STAGING_DIR).await {
+            Ok(keys) => {
+                for (key, _) in keys {
+                    let _ = self.store.delete(&key).await;
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot list the staging area"),
+        }
+        self.update(|s| {
+            s.role = "leader";
+            s.epoch = Some(epoch);
+            s.leader = Some(self.name.clone());
+            s.takeovers += 1;
+        });
+        tracing::warn!(
+            epoch,
+            previous = previous.as_deref().unwrap_or("none"),
+            "this collector now writes the dataset (claimed the commit log)"
+        );
+        self.run_notify("leader");
+        (true, read)
+    }
+
+    fn step_down(&mut self, why: &str) {
+        self.epoch = None;
+        self.claim_not_before = Some(Instant::now() + self.backoff);
+        tracing::error!(
+            reason = why,
+            retry_in_s = self.backoff.as_secs(),
+            "stepped down: this collector no longer writes the dataset; its uncommitted files are dropped \
+             (the new writer pulls their rows from the agents)"
+        );
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        self.update(|s| {
+            s.role = "standby";
+            s.epoch = None;
+            s.stepped_down += 1;
+        });
+        self.run_notify("standby");
+    }
+
+    /// Publish `files` (their staged copies to their final keys) and delete the staged copies.
+    /// With `retry`, a failure is retried until it succeeds or the collector stops.
+    async fn publish_all(&self, files: &[FileEntry], retry: bool) -> Result<(), StoreError> {
+        for f in files {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                let done = match self.store.exists(&f.path).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => self.store.publish(&f.staging, &f.path).await,
+                    Err(e) => Err(e),
+                };
+                match self.store_result(done) {
+                    Ok(()) => break,
+                    Err(e) if !retry || self.cancel.is_cancelled() => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(error = %e, path = %f.path, "publishing a committed file failed; retrying");
+                        tokio::select! {
+                            _ = self.cancel.cancelled() => return Err(e),
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+            let _ = self.store.delete(&f.staging).await;
+        }
+        Ok(())
+    }
+
+    /// Commit finished files: stage them, record them in the next slot, publish them.
+    pub async fn commit(&mut self, files: &[FileEntry]) -> Commit {
+        let Some(epoch) = self.epoch else { return Commit::Failed("this collector is a standby".into()) };
+        for f in files {
+            let staged = self.store.stage(&f.staging).await;
+            if let Err(e) = self.store_result(staged) {
+                self.discard(files).await;
+                return Commit::Failed(e.to_string());
+            }
+        }
+        let record = Record::new(Kind::Commit, &self.name, &self.instance, 0, epoch, files.to_vec());
+        let appended = self.log.append(&self.store, record, &self.cancel).await;
+        match self.store_result(appended) {
+            Ok(Appended::Written) => {}
+            Ok(Appended::Taken(r)) => {
+                self.discard(files).await;
+                let mut read: Vec<Record> = r.map(|r| *r).into_iter().collect();
+                let who = read.first().map_or_else(|| "an unreadable record".to_owned(), |r| {
+                    format!("{} (epoch {})", r.writer, r.epoch)
+                });
+                if let Ok(more) = self.log.poll(&self.store).await {
+                    read.extend(more);
+                }
+                self.step_down(&format!("the commit log slot this commit needed holds a record of {who}"));
+                return Commit::Fenced(read);
+            }
+            Err(e) => {
+                // Stopping with the outcome unknown: leave the staged files for the next writer.
+                return Commit::Failed(format!("recording the commit: {e}"));
+            }
+        }
+        if let Err(e) = self.publish_all(files, true).await {
+            return Commit::Failed(format!("stopped before the commit was visible (the next writer publishes it): {e}"));
+        }
+        self.commits_since_hint += 1;
+        if self.commits_since_hint >= HINT_EVERY {
+            self.commits_since_hint = 0;
+            self.log.write_hint(&self.store).await;
+        }
+        self.update(|s| s.last_commit = Some(Instant::now()));
+        if self.claim_not_before.is_none_or(|t| t.elapsed() > MAX_BACKOFF) {
+            self.backoff = FIRST_BACKOFF;
+        }
+        Commit::Done
+    }
+
+    async fn discard(&self, files: &[FileEntry]) {
+        for f in files {
+            let _ = self.store.delete(&f.staging).await;
+            let _ = std::fs::remove_file(self.store.writing_path(&f.staging));
+        }
+    }
+
+    fn run_notify(&self, role: &str) {
+        let Some((program, args)) = self.notify.split_first() else { return };
+        match std::process::Command::new(program).args(args).arg(role).spawn() {
+            Ok(mut child) => {
+                let program = program.clone();
+                std::thread::spawn(move || match child.wait() {
+                    Ok(status) if !status.success() => {
+                        tracing::warn!(%program, %status, "the notify command failed")
+                    }
+                    Err(e) => tracing::warn!(%program, error = %e, "the notify command failed"),
+                    Ok(_) => {}
+                });
+            }
+            Err(e) => tracing::warn!(%program, error = %e, "cannot run the notify command"),
+        }
+    }
+}
