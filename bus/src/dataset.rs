@@ -116,12 +116,23 @@ fn default_timeout_ms() -> u64 {
 
 /// An S3 client for `bucket`, configured from `options` over the environment.
 pub fn s3_store(bucket: &str, options: &StoreOptions) -> Result<Arc<dyn ObjectStore>, DatasetError> {
-    let timeout = Duration::from_millis(if options.timeout_ms == 0 { default_timeout_ms() } else { options.timeout_ms });
-    let mut b = AmazonS3Builder::from_env()
-        .with_bucket_name(bucket)
-        .with_virtual_hosted_style_request(options.virtual_hosted_style)
+    let timeout =
+        Duration::from_millis(if options.timeout_ms == 0 { default_timeout_ms() } else { options.timeout_ms });
+    // Client options first: the environment's (AWS_ALLOW_HTTP, …) are applied on top of them.
+    let mut b = AmazonS3Builder::new()
         .with_client_options(ClientOptions::new().with_timeout(timeout).with_connect_timeout(timeout))
         .with_retry(RetryConfig { max_retries: 3, retry_timeout: timeout, ..RetryConfig::default() });
+    for (key, value) in std::env::vars() {
+        if key.starts_with("AWS_") {
+            if let Ok(k) = key.to_ascii_lowercase().parse() {
+                b = b.with_config(k, value);
+            }
+        }
+    }
+    let mut b = b.with_bucket_name(bucket);
+    if options.virtual_hosted_style {
+        b = b.with_virtual_hosted_style_request(true);
+    }
     if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() {
         b = b.with_region("us-east-1");
     }
@@ -140,8 +151,7 @@ pub fn s3_store(bucket: &str, options: &StoreOptions) -> Result<Arc<dyn ObjectSt
     if options.allow_http {
         b = b.with_allow_http(true);
     }
-    let store =
-        b.build().map_err(|source| DatasetError::Store { location: format!("s3://{bucket}"), source })?;
+    let store = b.build().map_err(|source| DatasetError::Store { location: format!("s3://{bucket}"), source })?;
     Ok(Arc::new(store))
 }
 

@@ -323,9 +323,9 @@ impl Group {
             Ok(Appended::Taken(r)) => {
                 self.discard(files).await;
                 let mut read: Vec<Record> = r.map(|r| *r).into_iter().collect();
-                let who = read.first().map_or_else(|| "an unreadable record".to_owned(), |r| {
-                    format!("{} (epoch {})", r.writer, r.epoch)
-                });
+                let who = read
+                    .first()
+                    .map_or_else(|| "an unreadable record".to_owned(), |r| format!("{} (epoch {})", r.writer, r.epoch));
                 if let Ok(more) = self.log.poll(&self.store).await {
                     read.extend(more);
                 }
@@ -338,7 +338,9 @@ impl Group {
             }
         }
         if let Err(e) = self.publish_all(files, true).await {
-            return Commit::Failed(format!("stopped before the commit was visible (the next writer publishes it): {e}"));
+            return Commit::Failed(format!(
+                "stopped before the commit was visible (the next writer publishes it): {e}"
+            ));
         }
         self.commits_since_hint += 1;
         if self.commits_since_hint >= HINT_EVERY {

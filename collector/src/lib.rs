@@ -148,16 +148,19 @@ impl Collector {
         let name = config.bus.node.clone();
         let stats = Arc::new(CollectorStats::default());
         let c = &config.collector;
-        let spool = c.spool_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("switchboard-spool-{name}")));
+        let spool =
+            c.spool_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("switchboard-spool-{name}")));
         let store = store::Store::open(&c.location()?, &c.store, spool)?;
         // The end of the log first, then the footers: a commit made in between is in the log.
         let (commit_log, recent) = log::CommitLog::open(&store).await.map_err(CollectorError::Log)?;
         tracing::info!(dataset = %store.describe(), log_end = commit_log.next(), holder = ?commit_log.last().map(|r| &r.writer), "found the end of the commit log");
-        let logs = tables::open(&config, &store, switchboard_bus::tables::LOGS, config.logs.promote.clone(), stats.clone())
-            .await?;
+        let logs =
+            tables::open(&config, &store, switchboard_bus::tables::LOGS, config.logs.promote.clone(), stats.clone())
+                .await?;
         let mut internal = Vec::new();
         for t in switchboard_bus::tables::INTERNAL {
-            internal.push((t.stream, tables::open(&config, &store, t.name, tables::promoted(&t), stats.clone()).await?));
+            internal
+                .push((t.stream, tables::open(&config, &store, t.name, tables::promoted(&t), stats.clone()).await?));
         }
         let mut sink = Tables { logs, internal };
         for r in &recent {

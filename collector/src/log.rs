@@ -87,7 +87,16 @@ impl Record {
     /// A record of `kind` by `writer`/`instance` under `epoch`, for slot `seq`.
     pub fn new(kind: Kind, writer: &str, instance: &str, seq: u64, epoch: u64, files: Vec<FileEntry>) -> Self {
         let at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        Self { version: VERSION, seq, kind, writer: writer.to_owned(), instance: instance.to_owned(), epoch, at_ms, files }
+        Self {
+            version: VERSION,
+            seq,
+            kind,
+            writer: writer.to_owned(),
+            instance: instance.to_owned(),
+            epoch,
+            at_ms,
+            files,
+        }
     }
 }
 
@@ -197,10 +206,8 @@ impl CommitLog {
             record.epoch = record.seq;
         }
         let key = slot_key(record.seq);
-        let bytes = serde_json::to_vec(&record).map_err(|e| StoreError::Io {
-            path: key.clone().into(),
-            source: std::io::Error::other(e),
-        })?;
+        let bytes = serde_json::to_vec(&record)
+            .map_err(|e| StoreError::Io { path: key.clone().into(), source: std::io::Error::other(e) })?;
         let mut delay = Duration::from_millis(100);
         loop {
             let outcome = match store.put_new(&key, bytes.clone()).await {

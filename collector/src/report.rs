@@ -71,7 +71,11 @@ impl switchboard_bus::http::Report for CollectorReport {
             "1 while this collector writes the dataset, 0 while it stands by.",
             f64::from(u8::from(group.epoch.is_some())),
         )
-        .gauge("switchboard_collector_epoch", "The epoch this collector writes under (-1 while standing by).", group.epoch.map_or(-1.0, |e| e as f64))
+        .gauge(
+            "switchboard_collector_epoch",
+            "The epoch this collector writes under (-1 while standing by).",
+            group.epoch.map_or(-1.0, |e| e as f64),
+        )
         .gauge(
             "switchboard_collector_last_commit_age_seconds",
             "Seconds since this collector's last commit (-1: none yet).",
@@ -82,7 +86,11 @@ impl switchboard_bus::http::Report for CollectorReport {
             "1 while the dataset's store answers with errors.",
             f64::from(u8::from(group.store_error.is_some())),
         )
-        .counter("switchboard_collector_takeovers_total", "Times this collector claimed the commit log.", group.takeovers)
+        .counter(
+            "switchboard_collector_takeovers_total",
+            "Times this collector claimed the commit log.",
+            group.takeovers,
+        )
         .counter(
             "switchboard_collector_stepped_down_total",
             "Times this collector found another's claim and stopped writing.",

@@ -351,7 +351,9 @@ impl LogsSink {
         let due: Vec<i64> = self
             .open
             .iter()
-            .filter(|(_, f)| all || f.opened().elapsed() >= self.max_file_age || f.approx_bytes() >= self.max_file_bytes)
+            .filter(|(_, f)| {
+                all || f.opened().elapsed() >= self.max_file_age || f.approx_bytes() >= self.max_file_bytes
+            })
             .map(|(h, _)| *h)
             .collect();
         let mut out = Vec::new();

@@ -182,7 +182,11 @@ impl Store {
                 let path = root.join(key);
                 let dir = path.parent().unwrap_or(root).to_owned();
                 create_dirs_durably(&dir)?;
-                let tmp = dir.join(format!(".{}.{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("x"), std::process::id()));
+                let tmp = dir.join(format!(
+                    ".{}.{}.tmp",
+                    path.file_name().and_then(|n| n.to_str()).unwrap_or("x"),
+                    std::process::id()
+                ));
                 {
                     use std::io::Write;
                     let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
@@ -243,11 +247,11 @@ impl Store {
                 }
             }
             Self::Remote { store, prefix, .. } => match store.get(&Self::object(prefix, key)).await {
-                Ok(r) => r
-                    .bytes()
-                    .await
-                    .map(|b| Some(b.to_vec()))
-                    .map_err(|source| StoreError::Remote { what: "reading", key: key.to_owned(), source }),
+                Ok(r) => r.bytes().await.map(|b| Some(b.to_vec())).map_err(|source| StoreError::Remote {
+                    what: "reading",
+                    key: key.to_owned(),
+                    source,
+                }),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(source) => Err(StoreError::Remote { what: "reading", key: key.to_owned(), source }),
             },
@@ -343,7 +347,9 @@ impl Store {
                 let strip = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
                 store
                     .list(Some(&base))
-                    .map_ok(|m| (m.location.as_ref().strip_prefix(&strip).unwrap_or(m.location.as_ref()).to_owned(), m.size))
+                    .map_ok(|m| {
+                        (m.location.as_ref().strip_prefix(&strip).unwrap_or(m.location.as_ref()).to_owned(), m.size)
+                    })
                     .try_collect()
                     .await
                     .map_err(|source| StoreError::Remote { what: "listing", key: dir.to_owned(), source })

@@ -107,7 +107,12 @@ pub struct PartitionFile {
 impl PartitionFile {
     /// Create the file at `local` (and its directory) for `entry` (table, staging and final
     /// keys; no rows yet).
-    pub fn create(local: PathBuf, entry: FileEntry, schema: SchemaRef, settings: &FileSettings) -> Result<Self, WriteError> {
+    pub fn create(
+        local: PathBuf,
+        entry: FileEntry,
+        schema: SchemaRef,
+        settings: &FileSettings,
+    ) -> Result<Self, WriteError> {
         if let Some(dir) = local.parent() {
             std::fs::create_dir_all(dir).map_err(|source| WriteError::Io { path: dir.to_owned(), source })?;
         }
@@ -168,11 +173,10 @@ impl PartitionFile {
         ] {
             self.writer.append_key_value_metadata(KeyValue::new(k.to_owned(), v));
         }
-        let done = self
-            .writer
-            .finish()
-            .map_err(|source| WriteError::Parquet { path: path.clone(), source })
-            .and_then(|_| self.writer.inner().sync_all().map_err(|source| WriteError::Io { path: path.clone(), source }));
+        let done =
+            self.writer.finish().map_err(|source| WriteError::Parquet { path: path.clone(), source }).and_then(|_| {
+                self.writer.inner().sync_all().map_err(|source| WriteError::Io { path: path.clone(), source })
+            });
         if let Err(e) = done {
             let _ = std::fs::remove_file(&path);
             return Err(e);

@@ -132,26 +132,30 @@ impl Dataset {
 
     /// The dataset at `location` (a directory, or `s3://bucket/prefix` reached as `options` and
     /// the `AWS_*` environment variables say), each table showing only the rows of `window`.
-    pub async fn open_location(location: &Location, options: &StoreOptions, window: TimeWindow) -> Result<Self, QueryError> {
+    pub async fn open_location(
+        location: &Location,
+        options: &StoreOptions,
+        window: TimeWindow,
+    ) -> Result<Self, QueryError> {
         let (bucket, prefix) = match location {
             Location::Local(root) => return Self::open_window(root, window).await,
             Location::S3 { bucket, prefix } => (bucket, prefix),
         };
-        let store = switchboard_bus::dataset::s3_store(bucket, options).map_err(|e| QueryError::Store(e.to_string()))?;
+        let store =
+            switchboard_bus::dataset::s3_store(bucket, options).map_err(|e| QueryError::Store(e.to_string()))?;
         let ctx = Self::context_for_reading();
         let base = url::Url::parse(&format!("s3://{bucket}")).map_err(|e| QueryError::Store(e.to_string()))?;
         ctx.register_object_store(&base, store.clone());
         let mut tables = Vec::new();
         for table in TABLES {
             let dir = if prefix.is_empty() { (*table).to_owned() } else { format!("{prefix}/{table}") };
-            let listed: Vec<object_store::ObjectMeta> = futures::TryStreamExt::try_collect(
-                store.list(Some(&object_store::path::Path::from(dir.as_str()))),
-            )
-            .await
-            .map_err(|e| QueryError::Store(format!("listing {}: {e}", location.display())))?;
-            let committed = listed.iter().any(|m| {
-                m.location.filename().is_some_and(|n| n.ends_with(".parquet") && !n.starts_with('.'))
-            });
+            let listed: Vec<object_store::ObjectMeta> =
+                futures::TryStreamExt::try_collect(store.list(Some(&object_store::path::Path::from(dir.as_str()))))
+                    .await
+                    .map_err(|e| QueryError::Store(format!("listing {}: {e}", location.display())))?;
+            let committed = listed
+                .iter()
+                .any(|m| m.location.filename().is_some_and(|n| n.ends_with(".parquet") && !n.starts_with('.')));
             if !committed {
                 continue;
             }

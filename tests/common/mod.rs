@@ -8,6 +8,7 @@
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod group;
 pub mod limits;
 
 use std::collections::HashMap;

@@ -83,7 +83,8 @@ impl Heads {
 impl Watermarks {
     /// Encode as JSON.
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(&Self { version: VERSION, streams: self.streams.clone(), epoch: self.epoch }).unwrap_or_default()
+        serde_json::to_vec(&Self { version: VERSION, streams: self.streams.clone(), epoch: self.epoch })
+            .unwrap_or_default()
     }
     /// Decode and check the version.
     pub fn decode(bytes: &[u8]) -> Result<Self, ControlError> {

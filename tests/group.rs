@@ -1,0 +1,303 @@
+//! A collector group over one dataset, on a directory and on a real S3 server (moto): the writer
+//! killed, hung past the lease and resumed, cut off from the other collector, two collectors
+//! starting together, the store stopped. Each test counts every `(node, stream, seq)` at the end,
+//! with `switchboard query` (and DuckDB over the files where the test says), and prints the
+//! takeover times it saw.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::group::*;
+use common::*;
+
+const DEADLINE: Duration = Duration::from_secs(120);
+const NODES: [&str; 3] = ["gw-a", "gw-b", "gw-c"];
+
+/// Two collectors (c1, c2) linked directly, three agents connected to both, writers adding
+/// `per_tick` lines every 10 ms per node.
+struct Group {
+    c: Cluster,
+    data: Data,
+    env: Vec<(&'static str, String)>,
+    members: Vec<Member>,
+    agents: Vec<Proc>,
+    writers: Vec<Writer>,
+}
+
+impl Group {
+    fn start(data: impl FnOnce(&Cluster) -> (Data, Vec<(&'static str, String)>), per_tick: usize) -> Self {
+        let c = Cluster::new();
+        let (data, env) = data(&c);
+        let (p1, p2) = (free_port(), free_port());
+        let mut members = vec![
+            Member { name: "c1".into(), port: p1, proc: None },
+            Member { name: "c2".into(), port: p2, proc: None },
+        ];
+        members[0].proc = Some(start_member(&c, "c1", p1, &[], &data));
+        let leader = wait_for_leader(&c, &["c1"], Duration::from_secs(30));
+        assert_eq!(leader, Some(0), "c1 alone should lead\n{}", members[0].proc.as_ref().unwrap().log_text());
+        let e1 = members[0].endpoint();
+        members[1].proc = Some(start_member(&c, "c2", p2, &[e1], &data));
+        let eps: Vec<String> = members.iter().map(Member::endpoint).collect();
+        let agents = NODES.iter().map(|n| start_group_agent(&c, n, &eps)).collect();
+        let writers = NODES
+            .iter()
+            .map(|n| Writer::start(n, c.logs_dir(n).join("app.log"), per_tick, usize::MAX, |_, _| {}))
+            .collect();
+        Self { c, data, env, members, agents, writers }
+    }
+
+    fn names(&self) -> Vec<&str> {
+        self.members.iter().map(|m| m.name.as_str()).collect()
+    }
+
+    fn leader(&self) -> usize {
+        let names = self.names();
+        let i = wait_for_leader(&self.c, &names, Duration::from_secs(30));
+        i.unwrap_or_else(|| panic!("no leader\n{}", self.logs()))
+    }
+
+    fn restart(&mut self, i: usize) {
+        let other = self.members[1 - i].endpoint();
+        let connect = if i == 1 { vec![other] } else { Vec::new() };
+        let name = self.members[i].name.clone();
+        self.members[i].proc = Some(start_member(&self.c, &name, self.members[i].port, &connect, &self.data));
+    }
+
+    fn logs(&self) -> String {
+        self.members
+            .iter()
+            .filter_map(|m| m.proc.as_ref())
+            .map(|p| format!("--- {}\n{}", p.name, p.log_text()))
+            .collect()
+    }
+
+    /// Stop the writers, wait until every line is stored, stop everything, check exactly once.
+    fn finish(mut self) -> Cluster {
+        let counts: Vec<(String, usize)> =
+            std::mem::take(&mut self.writers).into_iter().zip(NODES).map(|(w, n)| (n.to_owned(), w.stop())).collect();
+        let total: usize = counts.iter().map(|x| x.1).sum();
+        let ok = wait_until(DEADLINE, || stored(&self.data, &self.env) >= total as u64);
+        assert!(ok, "the dataset holds {} of {total}\n{}", stored(&self.data, &self.env), self.logs());
+        for a in std::mem::take(&mut self.agents) {
+            a.stop();
+        }
+        for m in &mut self.members {
+            if let Some(p) = m.proc.take() {
+                p.stop();
+            }
+        }
+        let expected: Vec<(&str, usize)> = counts.iter().map(|(n, k)| (n.as_str(), *k)).collect();
+        assert_exactly_once_by_query(&self.data, &self.env, &expected);
+        if let Data::Dir(dir) = &self.data {
+            let rows = read_logs(dir);
+            assert_exactly_once(&rows);
+            for (n, k) in &expected {
+                assert_lines(&rows, n, *k);
+            }
+        }
+        self.c
+    }
+}
+
+fn local(c: &Cluster) -> (Data, Vec<(&'static str, String)>) {
+    (Data::Dir(c.dataset()), Vec::new())
+}
+
+fn takeovers_report(label: &str, times: &[Duration]) {
+    let mut ms: Vec<u128> = times.iter().map(Duration::as_millis).collect();
+    ms.sort_unstable();
+    eprintln!("{label}: takeover (fault to first commit by the new writer) in ms: {ms:?}");
+}
+
+/// kill -9 of whichever collector writes, four times, alternating; the killed one comes back
+/// as a standby each time.
+fn kill_the_writer_repeatedly(g: &mut Group) -> Vec<Duration> {
+    let mut times = Vec::new();
+    for round in 0..4 {
+        std::thread::sleep(Duration::from_millis(1500 + 300 * round));
+        let i = g.leader();
+        let survivor = g.members[1 - i].name.clone();
+        eprintln!("round {round}: kill -9 {} (pid {})", g.members[i].name, g.members[i].pid());
+        let fault = Instant::now();
+        g.members[i].proc.take().unwrap().kill();
+        let t = takeover_time(&g.c, &survivor, fault, Duration::from_secs(30));
+        let t = t.unwrap_or_else(|| panic!("{survivor} did not take over\n{}", g.logs()));
+        times.push(t);
+        g.restart(i);
+        assert!(
+            wait_until(Duration::from_secs(20), || role(&g.c, &g.members[i].name).as_deref() == Some("standby")),
+            "the restarted collector rejoins as a standby\n{}",
+            g.logs()
+        );
+    }
+    times
+}
+
+#[test]
+fn killing_the_writer_repeatedly_on_a_directory_loses_and_doubles_nothing() {
+    let mut g = Group::start(local, 10);
+    let times = kill_the_writer_repeatedly(&mut g);
+    takeovers_report("directory, kill -9", &times);
+    let c = g.finish();
+    // Every claim is in the log: the first, one per kill, and one more if the writer was stopped
+    // first at the end (the standby takes over before it stops too).
+    let claims = claims_in(&c.dataset()).len();
+    assert!((5..=6).contains(&claims), "{:?}", claims_in(&c.dataset()));
+    assert_independent_readers_agree(&c);
+}
+
+#[test]
+fn a_hung_writer_that_resumes_after_a_takeover_commits_nothing() {
+    let g = Group::start(local, 10);
+    std::thread::sleep(Duration::from_secs(2));
+    let i = g.leader();
+    let (hung, other) = (g.members[i].name.clone(), g.members[1 - i].name.clone());
+    let pid = g.members[i].pid();
+    let committed_before = |g: &Group| {
+        metric(&http_get(g.c.http_port(&hung), "/metrics").1, "switchboard_collector_files_committed_total")
+    };
+    eprintln!("SIGSTOP {hung} (pid {pid})");
+    let fault = Instant::now();
+    signal(pid, "-STOP");
+    let t = takeover_time(&g.c, &other, fault, Duration::from_secs(30));
+    let t = t.unwrap_or_else(|| panic!("{other} did not take over\n{}", g.logs()));
+    takeovers_report("directory, SIGSTOP", &[t]);
+    // Let the new writer commit a while, then wake the old one: it holds open files it thinks
+    // are its to commit.
+    std::thread::sleep(Duration::from_secs(2));
+    signal(pid, "-CONT");
+    let before = committed_before(&g);
+    let stepped = wait_until(Duration::from_secs(20), || {
+        role(&g.c, &hung).as_deref() == Some("standby")
+            && g.members[i].proc.as_ref().unwrap().log_text().contains("stepped down")
+    });
+    assert!(stepped, "{hung} should step down\n{}", g.logs());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(committed_before(&g), before, "{hung} committed after it resumed");
+    let roles = std::fs::read_to_string(g.c.path().join(format!("roles-{hung}.txt"))).unwrap_or_default();
+    assert_eq!(roles.lines().collect::<Vec<_>>(), ["leader", "standby"], "notify of {hung}");
+    let roles = std::fs::read_to_string(g.c.path().join(format!("roles-{other}.txt"))).unwrap_or_default();
+    assert_eq!(roles.lines().collect::<Vec<_>>(), ["leader"], "notify of {other}");
+    g.finish();
+}
+
+#[test]
+fn two_collectors_started_together_on_an_empty_dataset_elect_one_writer() {
+    let c = Cluster::new();
+    let data = Data::Dir(c.dataset());
+    let (p1, p2) = (free_port(), free_port());
+    let e1 = format!("tcp/127.0.0.1:{p1}");
+    let a = start_member(&c, "c1", p1, &[], &data);
+    let b = start_member(&c, "c2", p2, &[e1], &data);
+    let leader = wait_for_leader(&c, &["c1", "c2"], Duration::from_secs(30));
+    assert!(leader.is_some(), "{}\n{}", a.log_text(), b.log_text());
+    std::thread::sleep(Duration::from_secs(3));
+    let roles = [role(&c, "c1"), role(&c, "c2")];
+    let leaders = roles.iter().filter(|r| r.as_deref() == Some("leader")).count();
+    assert_eq!(leaders, 1, "{roles:?}");
+    let claims = claims_in(&c.dataset());
+    assert_eq!(claims.len(), 1, "one claim in the log: {claims:?}");
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn collectors_cut_off_from_each_other_keep_the_dataset_exactly_once() {
+    // c2 reaches c1 only through a proxy; both reach the agents and the store.
+    let c = Cluster::new();
+    let data = Data::Dir(c.dataset());
+    let (p1, p2) = (free_port(), free_port());
+    let c1 = start_member(&c, "c1", p1, &[], &data);
+    assert_eq!(wait_for_leader(&c, &["c1"], Duration::from_secs(30)), Some(0), "{}", c1.log_text());
+    let proxy = common::limits::Proxy::start(p1);
+    let c2 = start_member(&c, "c2", p2, &[proxy.endpoint()], &data);
+    let eps = [format!("tcp/127.0.0.1:{p1}"), format!("tcp/127.0.0.1:{p2}")];
+    let agents: Vec<Proc> = NODES.iter().map(|n| start_group_agent(&c, n, &eps)).collect();
+    let writers: Vec<Writer> =
+        NODES.iter().map(|n| Writer::start(n, c.logs_dir(n).join("app.log"), 10, usize::MAX, |_, _| {})).collect();
+    std::thread::sleep(Duration::from_secs(3));
+    eprintln!("cutting c1 <-> c2");
+    proxy.cut();
+    // Both think the other is gone: the standby claims, the writer is fenced at its next commit,
+    // and the back-off keeps them from taking turns at every commit.
+    std::thread::sleep(Duration::from_secs(12));
+    eprintln!("healing");
+    proxy.heal();
+    std::thread::sleep(Duration::from_secs(4));
+    let counts: Vec<(&str, usize)> = writers.into_iter().zip(NODES).map(|(w, n)| (n, w.stop())).collect();
+    let total: usize = counts.iter().map(|x| x.1).sum();
+    let ok = wait_until(DEADLINE, || count_logs(&c.dataset()) >= total);
+    assert!(ok, "{} of {total}\n{}\n{}", count_logs(&c.dataset()), c1.log_text(), c2.log_text());
+    let claims = claims_in(&c.dataset());
+    eprintln!("claims during the cut: {claims:?}");
+    assert!(claims.len() >= 2, "the cut-off standby should have claimed: {claims:?}");
+    for a in agents {
+        a.stop();
+    }
+    c1.stop();
+    c2.stop();
+    let rows = read_logs(&c.dataset());
+    assert_exactly_once(&rows);
+    for (n, k) in counts {
+        assert_lines(&rows, n, k);
+    }
+}
+
+fn s3(c: &Cluster, server: &S3Server) -> (Data, Vec<(&'static str, String)>) {
+    let _ = c;
+    (Data::S3 { url: "s3://sb-test/cluster-a".into(), endpoint: server.endpoint() }, server.env())
+}
+
+#[test]
+fn killing_the_writer_repeatedly_on_s3_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = S3Server::start(dir.path(), "sb-test");
+    let mut g = Group::start(|c| s3(c, &server), 10);
+    let times = kill_the_writer_repeatedly(&mut g);
+    takeovers_report("S3, kill -9", &times);
+    let c = g.finish();
+    // pyarrow and DuckDB read the bucket's files as plain Parquet.
+    let out = std::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/s3_count.py"))
+        .args([server.endpoint(), "sb-test".into(), "cluster-a/logs".into()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let sql = query(
+        &Data::S3 { url: "s3://sb-test/cluster-a".into(), endpoint: server.endpoint() },
+        &server.env(),
+        "SELECT count(*) AS n FROM logs",
+    )
+    .unwrap();
+    let n: u64 = sql.lines().nth(1).unwrap().trim().parse().unwrap();
+    assert_eq!(text.trim(), format!("rows={n} distinct={n}"), "DuckDB over pyarrow's read of the bucket");
+    drop(c);
+}
+
+#[test]
+fn the_store_stopped_for_a_while_loses_nothing_and_health_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = S3Server::start(dir.path(), "sb-test");
+    let g = Group::start(|c| s3(c, &server), 10);
+    std::thread::sleep(Duration::from_secs(2));
+    let i = g.leader();
+    let name = g.members[i].name.clone();
+    eprintln!("pausing the S3 server");
+    let paused = Instant::now();
+    server.pause(true);
+    let said = wait_until(Duration::from_secs(40), || {
+        let (code, h) = health(&g.c, &name);
+        code == 503 && h.to_string().contains("dataset store")
+    });
+    assert!(said, "/health of {name} should fail with the store's error: {:?}\n{}", health(&g.c, &name), g.logs());
+    // 30 s without a store in all.
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(paused.elapsed()));
+    eprintln!("resuming the S3 server");
+    server.pause(false);
+    let back = wait_until(Duration::from_secs(60), || health(&g.c, &name).0 == 200);
+    assert!(back, "/health of {name} should recover: {:?}\n{}", health(&g.c, &name), g.logs());
+    g.finish();
+}
