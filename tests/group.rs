@@ -111,12 +111,14 @@ fn takeovers_report(label: &str, times: &[Duration]) {
     eprintln!("{label}: takeover (fault to first commit by the new writer) in ms: {ms:?}");
 }
 
-/// kill -9 of whichever collector writes, four times, alternating; the killed one comes back
-/// as a standby each time.
+/// kill -9 of whichever collector writes, four times at pseudo-random moments (so some land
+/// mid-commit), alternating; the killed one comes back as a standby each time.
 fn kill_the_writer_repeatedly(g: &mut Group) -> Vec<Duration> {
     let mut times = Vec::new();
+    let mut seed = 0x5eed_u64;
     for round in 0..4 {
-        std::thread::sleep(Duration::from_millis(1500 + 300 * round));
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        std::thread::sleep(Duration::from_millis(1000 + (seed >> 33) % 1500));
         let i = g.leader();
         let survivor = g.members[1 - i].name.clone();
         eprintln!("round {round}: kill -9 {} (pid {})", g.members[i].name, g.members[i].pid());
@@ -300,4 +302,56 @@ fn the_store_stopped_for_a_while_loses_nothing_and_health_says_why() {
     let back = wait_until(Duration::from_secs(60), || health(&g.c, &name).0 == 200);
     assert!(back, "/health of {name} should recover: {:?}\n{}", health(&g.c, &name), g.logs());
     g.finish();
+}
+
+#[test]
+fn an_agent_ignores_watermarks_of_a_replaced_writer() {
+    // c1 writes (epoch 0), is killed and comes back: its new claim has a later slot, so a
+    // watermark that names epoch 0 comes from a writer that was replaced.
+    let c = Cluster::new();
+    let data = Data::Dir(c.dataset());
+    let p1 = free_port();
+    let c1 = start_member(&c, "c1", p1, &[], &data);
+    assert_eq!(wait_for_leader(&c, &["c1"], Duration::from_secs(30)), Some(0), "{}", c1.log_text());
+    c1.kill();
+    let c1 = start_member(&c, "c1", p1, &[], &data);
+    assert_eq!(wait_for_leader(&c, &["c1"], Duration::from_secs(30)), Some(0), "{}", c1.log_text());
+    let epoch = health(&c, "c1").1["epoch"].as_u64().unwrap();
+    assert!(epoch > 0, "the second claim is in a later slot");
+    let agent_port = free_port();
+    let rest = format!(
+        "[[source]]\nname = \"app\"\npaths = [\"{}/*.log*\"]\nformat = \"plain\"\n",
+        c.logs_dir("gw-a").display()
+    );
+    let bus = format!("gossip = false\nlisten = [\"tcp/127.0.0.1:{agent_port}\"]");
+    let agent = c.start_agent_config("gw-a", &[format!("tcp/127.0.0.1:{p1}")], &bus, &rest);
+    let w = Writer::start("gw-a", c.logs_dir("gw-a").join("app.log"), 10, usize::MAX, |_, _| {});
+    // Wait for the real writer's first watermark.
+    let acked = || health(&c, "gw-a").1["sources"]["app"]["acked"].as_u64().unwrap_or(0);
+    assert!(wait_until(Duration::from_secs(30), || acked() > 0), "{}", agent.log_text());
+    // A stale writer (or anyone) claims that everything up to 10 M is committed, under epoch 0.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut config = zenoh::Config::default();
+        config.insert_json5("mode", "\"client\"").unwrap();
+        config.insert_json5("connect/endpoints", &format!("[\"tcp/127.0.0.1:{agent_port}\"]")).unwrap();
+        config.insert_json5("scouting/multicast/enabled", "false").unwrap();
+        let s = zenoh::open(config).await.unwrap();
+        let key = format!("sb/{}/watermark/c0/gw-a", c.cluster);
+        for _ in 0..5 {
+            s.put(&key, r#"{"version":1,"streams":{"log/app":10000000},"epoch":0}"#).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        s.close().await.unwrap();
+    });
+    let stale = || metric(&c.http_get("gw-a", "/metrics").1, "switchboard_agent_watermarks_stale_total").unwrap_or(0.0);
+    assert!(wait_until(Duration::from_secs(10), || stale() >= 5.0), "stale: {}", stale());
+    assert!(acked() < 10_000_000, "the agent forgot data on a replaced writer's word");
+    let n = w.stop();
+    assert!(wait_until(DEADLINE, || count_logs(&c.dataset()) >= n), "{} of {n}", count_logs(&c.dataset()));
+    agent.stop();
+    c1.stop();
+    let rows = read_logs(&c.dataset());
+    assert_exactly_once(&rows);
+    assert_lines(&rows, "gw-a", n);
 }

@@ -261,6 +261,16 @@ fn encode_ceiling(opts: &LogsBench) -> Result<f64> {
 
 /// Lines/s from agent start to every row committed, with `agents` agents.
 async fn end_to_end(opts: &LogsBench, agents: usize, acknowledged: bool) -> Result<f64> {
+    end_to_end_with(opts, agents, acknowledged, |_| {}).await
+}
+
+/// [`end_to_end`] with the collector's config changed by `configure` (e.g. its dataset on S3).
+pub(crate) async fn end_to_end_with(
+    opts: &LogsBench,
+    agents: usize,
+    acknowledged: bool,
+    configure: impl FnOnce(&mut CollectorConfig),
+) -> Result<f64> {
     let dir = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let endpoint = format!("tcp/127.0.0.1:{port}");
@@ -272,7 +282,9 @@ async fn end_to_end(opts: &LogsBench, agents: usize, acknowledged: bool) -> Resu
         write_file(&logs.join("app.log"), a * per_agent..(a + 1) * per_agent)?;
     }
     let collector_cancel = CancellationToken::new();
-    let collector = Collector::start(collector_config(dir.path(), &endpoint), collector_cancel.clone()).await?;
+    let mut config = collector_config(dir.path(), &endpoint);
+    configure(&mut config);
+    let collector = Collector::start(config, collector_cancel.clone()).await?;
     let stats: Arc<CollectorStats> = collector.stats();
     let agents_cancel = CancellationToken::new();
     let start = Instant::now();

@@ -8,10 +8,12 @@
 //! cargo run --release -p switchboard-benches -- dlr
 //! cargo run --release -p switchboard-benches -- capacity
 //! cargo run --release -p switchboard-benches -- query
+//! cargo run --release -p switchboard-benches -- group
 //! ```
 
 mod capacity;
 mod dlr;
+mod group;
 mod limits;
 mod limits_cluster;
 mod logs;
@@ -139,6 +141,31 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// Collector group: end-to-end lines/s with the dataset on a local S3 server (moto) beside a
+    /// local directory (target: at least 80%), and takeover time from a kill -9 or a SIGSTOP of
+    /// the writing collector to the new writer's first commit, p50 and max (target max 5 s, goal
+    /// 3 s; anchor: keepalived's 3-5 s).
+    Group {
+        /// Lines per throughput run.
+        #[arg(long, default_value_t = 1_000_000)]
+        lines: usize,
+        /// Throughput runs per case (the median is printed).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Kills of the writer.
+        #[arg(long, default_value_t = 10)]
+        kills: usize,
+        /// Hangs (SIGSTOP) of the writer.
+        #[arg(long, default_value_t = 5)]
+        hangs: usize,
+    },
+    /// One collector of the group run (started by `group`): a collector from a config file.
+    #[command(hide = true)]
+    CollectorNode {
+        /// The collector config.
+        #[arg(long)]
+        config: std::path::PathBuf,
+    },
     /// Wire format: log_batch as Arrow IPC against JSON lines (encode, decode, bytes per row).
     Wire {
         /// Rows to encode and decode.
@@ -165,6 +192,8 @@ fn main() -> Result<()> {
             logs::run(&logs::LogsBench { lines, format, kv_in_message, repeat })
         }
         Bench::Wire { rows } => wire::run(rows),
+        Bench::Group { lines, repeat, kills, hangs } => group::run(&group::GroupBench { lines, repeat, kills, hangs }),
+        Bench::CollectorNode { config } => group::node(&config),
         Bench::Limits { decisions, nodes, limit, phase_secs } => {
             limits::run(decisions)?;
             if nodes > 0 {

@@ -83,7 +83,7 @@ impl Location {
 
 /// How to reach an object store: the collector's `[collector.store]`. Every field is optional;
 /// what is not set comes from the `AWS_*` environment variables.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreOptions {
     /// The S3 endpoint, e.g. `http://minio.internal:9000` (default: AWS's, from the region).
@@ -112,6 +112,20 @@ pub struct StoreOptions {
 
 fn default_timeout_ms() -> u64 {
     10_000
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            allow_http: false,
+            virtual_hosted_style: false,
+            timeout_ms: default_timeout_ms(),
+        }
+    }
 }
 
 /// An S3 client for `bucket`, configured from `options` over the environment.

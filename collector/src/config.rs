@@ -317,6 +317,7 @@ mod example_tests {
         );
         assert_eq!(s.http_listen, d.http_listen);
         assert_eq!(s.data_dir, d.data_dir);
+        assert_eq!((&s.store, &s.notify, &s.spool_dir), (&d.store, &d.notify, &d.spool_dir));
         assert_eq!(c.logs.promote, LogsTableConfig::default().promote);
     }
 }

@@ -26,7 +26,7 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 /// The longest wait before claiming again.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// After starting, wait this long for the bus to show the live collectors before claiming.
-const SETTLE: Duration = Duration::from_millis(1500);
+const SETTLE: Duration = Duration::from_millis(500);
 
 /// What `/health` and `/metrics` show of the group.
 #[derive(Debug, Clone, Default)]
@@ -81,14 +81,20 @@ pub struct Group {
     notify: Vec<String>,
     status: Arc<Mutex<GroupStatus>>,
     started: Instant,
+    startup_grace: Duration,
     backoff: Duration,
     claim_not_before: Option<Instant>,
+    /// The newest claim's writer has been seen alive on the bus since it claimed (or since this
+    /// collector stepped down): its going away then is a real departure, not a partition.
+    holder_seen_live: Option<(String, bool)>,
     commits_since_hint: u64,
     cancel: CancellationToken,
 }
 
 impl Group {
-    /// A standby over `log`.
+    /// A standby over `log`. `startup_grace`: how long after its start this collector waits for
+    /// the newest claim's writer (another collector) to show up on the bus before taking over
+    /// from it (two bus leases: a live writer has reconnected by then).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: String,
@@ -98,6 +104,7 @@ impl Group {
         membership: Membership,
         notify: Vec<String>,
         status: Arc<Mutex<GroupStatus>>,
+        startup_grace: Duration,
         cancel: CancellationToken,
     ) -> Self {
         let g = Self {
@@ -110,8 +117,10 @@ impl Group {
             notify,
             status,
             started: Instant::now(),
+            startup_grace,
             backoff: FIRST_BACKOFF,
             claim_not_before: None,
+            holder_seen_live: None,
             commits_since_hint: 0,
             cancel,
         };
@@ -147,6 +156,12 @@ impl Group {
             }
         }
         r
+    }
+
+    /// The first [`Group::tick`], once the bus has had [`SETTLE`] to show the live collectors.
+    pub async fn first_tick(&mut self) -> Tick {
+        tokio::time::sleep(SETTLE.saturating_sub(self.started.elapsed())).await;
+        self.tick().await
     }
 
     /// Read what others wrote; as a standby, claim if the writer is gone; as the leader, step
@@ -189,14 +204,35 @@ impl Group {
         }
     }
 
-    fn should_claim(&self) -> bool {
+    fn should_claim(&mut self) -> bool {
         if self.cancel.is_cancelled() || self.started.elapsed() < SETTLE {
             return false;
         }
-        if self.claim_not_before.is_some_and(|t| Instant::now() < t) {
+        let holder = self.log.last().map(|r| r.writer.clone()).unwrap_or_default();
+        let gone = self.holder_gone(self.log.last());
+        let seen = match &mut self.holder_seen_live {
+            Some((h, seen)) if *h == holder => {
+                *seen |= !gone;
+                *seen
+            }
+            _ => {
+                self.holder_seen_live = Some((holder.clone(), !gone));
+                !gone
+            }
+        };
+        if !gone {
             return false;
         }
-        self.holder_gone(self.log.last())
+        // A collector that just started may not be linked to a live writer yet (the writer's
+        // reconnection takes its time): give one that was never seen up to two leases to appear.
+        let other = holder != self.name && !holder.is_empty();
+        if other && !seen && self.started.elapsed() < self.startup_grace {
+            return false;
+        }
+        // After being fenced, wait before claiming from a writer this collector never saw alive
+        // (it may be writing on the other side of a partition); one that was seen and went away
+        // is taken over at once.
+        seen || self.claim_not_before.is_none_or(|t| Instant::now() >= t)
     }
 
     /// Publish the last commit if it is not visible yet, then append a claim; repeat while a

@@ -71,7 +71,7 @@ impl<G> Intake<G> {
     pub(crate) fn run(mut self, cancel: CancellationToken) {
         let mut last_status = Instant::now();
         let mut last_tick = Instant::now() - GROUP_TICK;
-        self.tables.set_leading(false);
+        self.tables.set_leading(self.group.is_leader());
         while !cancel.is_cancelled() {
             match self.rx.recv_timeout(TICK) {
                 Ok(input) => self.take(input),
@@ -113,7 +113,7 @@ impl<G> Intake<G> {
         self.apply(&tick.records);
         if tick.stepped_down {
             self.tables.abandon_all();
-            self.tables.set_leading(false);
+            self.tables.set_leading(self.group.is_leader());
         }
         if tick.took_over {
             self.tables.set_leading(true);
@@ -141,7 +141,7 @@ impl<G> Intake<G> {
             Commit::Fenced(records) => {
                 self.tables.settle(&files, Err("another collector took over the dataset"));
                 self.tables.abandon_all();
-                self.tables.set_leading(false);
+                self.tables.set_leading(self.group.is_leader());
                 self.apply(&records);
             }
         }

@@ -175,6 +175,25 @@ impl Collector {
         mesh::check_name_free(&session, &keys, &me).await?;
         let membership = Membership::watch(&session, &keys, cancel.clone()).await?;
         let mesh = Mesh::start(&session, &keys, me, membership.clone(), cancel.clone()).await?;
+        // Claim the dataset (or stand by) before subscribing and announcing: agents that wait for
+        // a collector then publish to one that already knows whether it writes.
+        let group_status = Arc::new(Mutex::new(group::GroupStatus::default()));
+        let mut group = group::Group::new(
+            name.clone(),
+            session.zid().to_string(),
+            store,
+            commit_log,
+            membership,
+            c.notify.clone(),
+            group_status.clone(),
+            std::time::Duration::from_millis(config.bus.lease_ms.saturating_mul(2)),
+            cancel.clone(),
+        );
+        let first = group.first_tick().await;
+        for r in &first.records {
+            sink.apply_committed(&r.files);
+        }
+        sink.set_leading(group.is_leader());
         let writers = Arc::new(Mutex::new(WriterCheck::default()));
         let (tx, rx) = flume::bounded::<Input>(c.queue_payloads);
         let subscriber = {
@@ -236,17 +255,7 @@ impl Collector {
         let (replay_tx, replay_rx) = tokio::sync::mpsc::unbounded_channel::<ReplayRequest>();
         tracker.spawn(replay::run(session.clone(), keys.clone(), replay_rx, tx.clone(), stats.clone(), cancel.clone()));
         let (status_tx, status_rx) = tokio::sync::watch::channel(SinkStatus::default());
-        let group_status = Arc::new(Mutex::new(group::GroupStatus::default()));
-        let group = group::Group::new(
-            name.clone(),
-            session.zid().to_string(),
-            store,
-            commit_log,
-            membership,
-            c.notify.clone(),
-            group_status.clone(),
-            cancel.clone(),
-        );
+
         tracker.spawn(watermarks::publish(
             session.clone(),
             keys.clone(),

@@ -398,8 +398,9 @@ impl LogsSink {
                 let rows: u64 = files.iter().map(|f| f.rows).sum();
                 tracing::error!(error = why, rows, "commit failed; the rows are pulled again from the agents");
                 self.failing = Some(format!("commit failed: {why}"));
+                // The files themselves are the commit protocol's: a commit whose outcome is
+                // unknown must leave its staged file for the next writer to publish.
                 for f in files {
-                    let _ = std::fs::remove_file(self.store.writing_path(&f.staging));
                     for stream in f.ranges.keys() {
                         self.forget(stream);
                     }
@@ -452,6 +453,7 @@ impl LogsSink {
                 Ok(()) => published.push(f),
                 Err(e) => {
                     let why = e.to_string();
+                    let _ = std::fs::remove_file(self.store.writing_path(&f.staging));
                     self.settle(std::slice::from_ref(&f), Err(&why));
                 }
             }

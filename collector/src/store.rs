@@ -149,11 +149,21 @@ impl Store {
         }
     }
 
-    /// Make the finished, fsynced file at [`Store::writing_path`] available under `key`: nothing
-    /// more on a local store; an upload (multipart when large) on S3, after which the spool file
-    /// is removed.
+    /// Make the finished, fsynced file at [`Store::writing_path`] available under `key`: on a
+    /// local store, its directory entries are fsynced (up to the root), so that a commit record
+    /// written next never names a file a power loss could take back; on S3, an upload (multipart
+    /// when large), after which the spool file is removed.
     pub async fn stage(&self, key: &str) -> Result<(), StoreError> {
-        let Self::Remote { store, prefix, spool, .. } = self else { return Ok(()) };
+        let (store, prefix, spool) = match self {
+            Self::Local { root } => {
+                let mut dir = root.join(key);
+                while dir.pop() && dir.starts_with(root) {
+                    sync_path(&dir)?;
+                }
+                return Ok(());
+            }
+            Self::Remote { store, prefix, spool, .. } => (store, prefix, spool),
+        };
         let local = spool.join(key.replace('/', "%"));
         let mut file = tokio::fs::File::open(&local).await.map_err(io(&local))?;
         let mut up = BufWriter::new(store.clone(), Self::object(prefix, key));
