@@ -127,6 +127,12 @@ fn kill_the_writer_repeatedly(g: &mut Group) -> Vec<Duration> {
         let t = takeover_time(&g.c, &survivor, fault, Duration::from_secs(30));
         let t = t.unwrap_or_else(|| panic!("{survivor} did not take over\n{}", g.logs()));
         times.push(t);
+        // The survivor wrote what it had buffered as a standby.
+        let taken = metric(
+            &http_get(g.c.http_port(&survivor), "/metrics").1,
+            "switchboard_collector_standby_payloads_taken_total",
+        );
+        assert!(taken.is_some_and(|n| n >= 1.0), "{survivor} took over with an empty buffer: {taken:?}");
         g.restart(i);
         assert!(
             wait_until(Duration::from_secs(20), || role(&g.c, &g.members[i].name).as_deref() == Some("standby")),

@@ -83,6 +83,11 @@ pub struct CollectorSettings {
     /// (publishers block), nothing is dropped. Default: 64.
     #[serde(default = "default_queue")]
     pub queue_payloads: usize,
+    /// What a standby keeps of the payloads it sees, in bytes (the newest; older ones are let
+    /// go): on a takeover it writes them at once and pulls only the rest from the agents.
+    /// Default: 64 MiB.
+    #[serde(default = "default_standby_buffer")]
+    pub standby_buffer_bytes: usize,
     /// Address of the health and Prometheus metrics endpoint (`/health`, `/metrics`); empty to
     /// disable. Default: `127.0.0.1:7481`.
     #[serde(default = "default_http")]
@@ -137,6 +142,9 @@ fn default_zstd_level() -> i32 {
 fn default_queue() -> usize {
     64
 }
+fn default_standby_buffer() -> usize {
+    64 << 20
+}
 fn default_http() -> String {
     "127.0.0.1:7481".to_owned()
 }
@@ -161,6 +169,7 @@ impl Default for CollectorSettings {
             row_group_max_bytes: default_row_group_bytes(),
             zstd_level: default_zstd_level(),
             queue_payloads: default_queue(),
+            standby_buffer_bytes: default_standby_buffer(),
             http_listen: default_http(),
         }
     }
@@ -318,6 +327,7 @@ mod example_tests {
         assert_eq!(s.http_listen, d.http_listen);
         assert_eq!(s.data_dir, d.data_dir);
         assert_eq!((&s.store, &s.notify, &s.spool_dir), (&d.store, &d.notify, &d.spool_dir));
+        assert_eq!(s.standby_buffer_bytes, d.standby_buffer_bytes);
         assert_eq!(c.logs.promote, LogsTableConfig::default().promote);
     }
 }

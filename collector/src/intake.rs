@@ -3,6 +3,7 @@
 //! protocol, follows the commit log (taking over, stepping down), publishes the tables' status;
 //! on shutdown drains what is still in flight and commits every open file.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,12 @@ pub(crate) struct Intake<G> {
     pub(crate) runtime: tokio::runtime::Handle,
     /// Counters.
     pub(crate) stats: Arc<CollectorStats>,
+    /// While a standby: the newest payloads seen, up to `standby_cap` bytes.
+    pub(crate) standby: std::collections::VecDeque<(StreamId, ZBytes)>,
+    /// Bytes in `standby`.
+    pub(crate) standby_bytes: usize,
+    /// `collector.standby_buffer_bytes`.
+    pub(crate) standby_cap: usize,
 }
 
 impl<G> Intake<G> {
@@ -117,6 +124,14 @@ impl<G> Intake<G> {
         }
         if tick.took_over {
             self.tables.set_leading(true);
+            // What the old writer had not committed, as far as this standby saw it, is written
+            // now (rows already committed are dropped as duplicates); the rest is pulled.
+            let buffered = std::mem::take(&mut self.standby);
+            self.standby_bytes = 0;
+            self.stats.payloads_standby_taken.fetch_add(buffered.len() as u64, Ordering::Relaxed);
+            for (stream, payload) in buffered {
+                self.tables.handle(&stream, &payload.to_bytes(), false);
+            }
         }
     }
 
@@ -150,16 +165,21 @@ impl<G> Intake<G> {
     fn take(&mut self, input: Input) {
         match input {
             Input::Data { stream, payload, replayed } => {
-                let bytes = payload.to_bytes();
                 if stream.name == switchboard_bus::tables::METRICS.stream {
-                    self.latest.take(&stream.node, &bytes);
+                    self.latest.take(&stream.node, &payload.to_bytes());
                 }
                 if self.group.is_leader() {
-                    self.tables.handle(&stream, &bytes, replayed)
+                    self.tables.handle(&stream, &payload.to_bytes(), replayed)
                 } else {
-                    // A standby keeps nothing of it: the leader writes it, and what the leader
-                    // did not commit before a takeover is pulled from the agents' journals.
-                    self.stats.payloads_standby.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    // The leader writes it; a standby keeps the newest, for a takeover.
+                    self.stats.payloads_standby.fetch_add(1, Ordering::Relaxed);
+                    self.standby_bytes += payload.len();
+                    self.standby.push_back((stream, payload));
+                    while self.standby_bytes > self.standby_cap {
+                        let Some((_, old)) = self.standby.pop_front() else { break };
+                        self.standby_bytes -= old.len();
+                        self.stats.payloads_standby_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
             Input::Heads { node, heads } => {

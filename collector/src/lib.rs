@@ -294,6 +294,9 @@ impl Collector {
             group,
             runtime: tokio::runtime::Handle::current(),
             stats: stats.clone(),
+            standby: std::collections::VecDeque::new(),
+            standby_bytes: 0,
+            standby_cap: c.standby_buffer_bytes,
         };
         tracker.spawn_blocking(move || intake.run(cancel));
         tracker.close();

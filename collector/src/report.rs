@@ -98,8 +98,18 @@ impl switchboard_bus::http::Report for CollectorReport {
         )
         .counter(
             "switchboard_collector_standby_payloads_total",
-            "Payloads let pass while standing by (the writer stores them).",
+            "Payloads kept in the standby buffer (the writer stores them).",
             g(&s.payloads_standby),
+        )
+        .counter(
+            "switchboard_collector_standby_payloads_dropped_total",
+            "Payloads let go from a full standby buffer.",
+            g(&s.payloads_standby_dropped),
+        )
+        .counter(
+            "switchboard_collector_standby_payloads_taken_total",
+            "Buffered payloads written at a takeover.",
+            g(&s.payloads_standby_taken),
         );
         m.counter("switchboard_collector_payloads_total", "Payloads taken from the bus.", g(&s.payloads_received))
             .counter(

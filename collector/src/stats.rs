@@ -10,8 +10,13 @@ pub const ROWS_COMMITTED_METRIC: &str = "switchboard_collector_rows_committed_to
 pub struct CollectorStats {
     /// Payloads taken from the bus.
     pub payloads_received: AtomicU64,
-    /// Payloads a standby let pass (the leader writes them).
+    /// Payloads a standby kept in its buffer (the leader writes them).
     pub payloads_standby: AtomicU64,
+    /// Payloads a standby let go from its full buffer (pulled from the agents if a takeover
+    /// needs them).
+    pub payloads_standby_dropped: AtomicU64,
+    /// Buffered payloads a new leader wrote at its takeover.
+    pub payloads_standby_taken: AtomicU64,
     /// Payloads dropped as malformed, of an unknown version, or on an unknown key.
     pub payloads_malformed: AtomicU64,
     /// Rows in well-formed payloads.
