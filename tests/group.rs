@@ -344,6 +344,8 @@ fn an_agent_ignores_watermarks_of_a_replaced_writer() {
         config.insert_json5("scouting/multicast/enabled", "false").unwrap();
         let s = zenoh::open(config).await.unwrap();
         let key = format!("sb/{}/watermark/c0/gw-a", c.cluster);
+        // A stranger (no live collector is named c0) announces a huge epoch: not taken.
+        s.put(&key, r#"{"version":1,"streams":{},"epoch":18446744073709551615}"#).await.unwrap();
         for _ in 0..5 {
             s.put(&key, r#"{"version":1,"streams":{"log/app":10000000},"epoch":0}"#).await.unwrap();
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -353,6 +355,9 @@ fn an_agent_ignores_watermarks_of_a_replaced_writer() {
     let stale = || metric(&c.http_get("gw-a", "/metrics").1, "switchboard_agent_watermarks_stale_total").unwrap_or(0.0);
     assert!(wait_until(Duration::from_secs(10), || stale() >= 5.0), "stale: {}", stale());
     assert!(acked() < 10_000_000, "the agent forgot data on a replaced writer's word");
+    // The real writer's watermarks still count.
+    let before = acked();
+    assert!(wait_until(Duration::from_secs(20), || acked() > before), "acks stopped after the stranger's epoch");
     let n = w.stop();
     assert!(wait_until(DEADLINE, || count_logs(&c.dataset()) >= n), "{} of {n}", count_logs(&c.dataset()));
     agent.stop();

@@ -376,6 +376,14 @@ impl KeySpace {
         self.build(&["watermark", "*", node])
     }
 
+    /// Parse a key published under [`Self::watermark`] back into `(collector, node)`.
+    pub fn parse_watermark(&self, key: &str) -> Option<(String, String)> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix("/watermark/")?;
+        let (collector, node) = rest.split_once('/')?;
+        let ok = |c: &str| !c.is_empty() && !c.contains('/');
+        (ok(collector) && ok(node)).then(|| (collector.to_owned(), node.to_owned()))
+    }
+
     /// Parse a key published under [`Self::stream`] back into its stream identity.
     pub fn parse_stream(&self, key: &str) -> Option<StreamId> {
         self.parse_under("/stream/", key)
@@ -463,6 +471,14 @@ mod tests {
         assert!(ks().replay_all_of("gw1", StreamKind::Log).unwrap().intersects(&replay));
         assert_eq!(ks().parse_head(ks().head("gw1").unwrap().as_str()), Some("gw1".into()));
         assert!(ks().watermarks_for("gw1").unwrap().intersects(&ks().watermark("c1", "gw1").unwrap()));
+    }
+
+    #[test]
+    fn watermark_keys_round_trip() {
+        let k = ks();
+        let key = k.watermark("c1", "gw1").unwrap();
+        assert_eq!(k.parse_watermark(key.as_str()), Some(("c1".into(), "gw1".into())));
+        assert_eq!(k.parse_watermark(k.head("gw1").unwrap().as_str()), None);
     }
 
     #[test]

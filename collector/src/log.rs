@@ -132,10 +132,12 @@ impl CommitLog {
     /// Find the end of the log: from the hint (or slot 0), read forward until a slot is free.
     /// Returns the log and the records read on the way.
     pub async fn open(store: &Store) -> Result<(Self, Vec<Record>), StoreError> {
-        let start = match store.get(TAIL_KEY).await? {
+        let hinted = match store.get(TAIL_KEY).await? {
             Some(bytes) => serde_json::from_slice::<Hint>(&bytes).map_or(0, |h| h.seq),
             None => 0,
         };
+        // A hint is only taken when its slot exists (a damaged hint would skip the log's end).
+        let start = if hinted > 0 && store.exists(&slot_key(hinted)).await? { hinted } else { 0 };
         let mut log = Self { next: start, last: None, skipped: 0 };
         let mut all = Vec::new();
         loop {
@@ -176,7 +178,7 @@ impl CommitLog {
         while out.len() < POLL_MAX {
             let key = slot_key(self.next);
             let Some(bytes) = store.get(&key).await? else { break };
-            self.next += 1;
+            self.next = self.next.saturating_add(1);
             match parse(&bytes, self.next - 1) {
                 Ok(r) => {
                     self.last = Some(r.clone());
@@ -222,13 +224,13 @@ impl CommitLog {
             };
             match outcome {
                 Ok(true) => {
-                    self.next += 1;
+                    self.next = self.next.saturating_add(1);
                     self.last = Some(record);
                     return Ok(Appended::Written);
                 }
                 Ok(false) => {
                     let taken = read_slot(store, record.seq, &mut self.skipped).await?;
-                    self.next += 1;
+                    self.next = self.next.saturating_add(1);
                     if let Some(r) = &taken {
                         self.last = Some(r.clone());
                     }
@@ -336,6 +338,11 @@ mod tests {
             assert_eq!(c.next(), 3);
             assert_eq!(read.len(), 1, "the hint points at the last slot");
             assert_eq!(c.last().map(|r| r.writer.as_str()), Some("b"));
+            // A hint that names a slot that does not exist is not taken.
+            std::fs::write(dir.path().join(TAIL_KEY), b"{\"seq\": 18446744073709551615}").unwrap();
+            let (h, _) = CommitLog::open(&store).await.unwrap();
+            assert_eq!(h.next(), 3);
+            b.write_hint(&store).await;
             // Garbage in a slot is skipped, not taken for a claim.
             std::fs::write(dir.path().join(slot_key(3)), b"{not json").unwrap();
             let (mut d, _) = CommitLog::open(&store).await.unwrap();

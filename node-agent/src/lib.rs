@@ -207,6 +207,7 @@ impl Agent {
             data_dir: data_dir.clone(),
             interval: Duration::from_millis(config.agent.checkpoint_interval_ms),
             stats: stats.clone(),
+            membership: membership.clone(),
         };
         tracker.spawn(acks.run(self_ack_rx, cancel.clone()));
         tracker.spawn(publisher::run_heads(

@@ -174,13 +174,15 @@ pub(crate) struct AckTask {
     pub(crate) data_dir: PathBuf,
     pub(crate) interval: Duration,
     pub(crate) stats: Arc<AgentStats>,
+    /// The live collectors: only one of them can raise the epoch watermarks are held to.
+    pub(crate) membership: Membership,
 }
 
 impl AckTask {
     /// Run until `cancel` fires; `self_acks` carries acknowledgements the publisher makes itself
     /// when acknowledgements are off.
     pub(crate) async fn run(self, mut self_acks: mpsc::UnboundedReceiver<(String, u64)>, cancel: CancellationToken) {
-        let AckTask { session, keys, node, journals, mut checkpoint, data_dir, interval, stats } = self;
+        let AckTask { session, keys, node, journals, mut checkpoint, data_dir, interval, stats, membership } = self;
         let subscriber = match keys.watermarks_for(&node) {
             Ok(k) => match session.declare_subscriber(k).await {
                 Ok(s) => s,
@@ -224,7 +226,14 @@ impl AckTask {
                             tracing::debug!(key = %sample.key_expr(), epoch = e, newest = epoch, "ignoring watermarks of a replaced collector");
                             continue;
                         }
-                        Some(e) => epoch = e,
+                        // A higher epoch counts only from a live collector: a stranger's huge
+                        // epoch must not make the agent refuse the real writer's watermarks.
+                        Some(e) => {
+                            let from = keys.parse_watermark(sample.key_expr().as_str()).map(|(c, _)| c);
+                            if from.is_some_and(|c| membership.live_of(Role::Collector).contains(&c)) {
+                                epoch = e;
+                            }
+                        }
                         None => {}
                     }
                     for (stream, w) in marks.streams {
