@@ -135,6 +135,15 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::limits_cmd::LimitsCommand,
     },
+    /// Make the cluster's CA and each process's certificate for mutual TLS on the bus.
+    ///
+    /// A certificate's identity is `<role>:<name>`; the members file lists every identity and is
+    /// the same on every node. See docs/security.md for the configuration and rotation.
+    Certs {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::certs::CertsCommand,
+    },
     /// A short tour of the whole mission on loopback: a collector and three node agents as real
     /// processes, with no setup.
     ///
@@ -317,7 +326,14 @@ fn init_tracing(filter: Option<&str>, default: &str) {
     });
     // Colour only a terminal, and never when NO_COLOR is set: log files get plain text.
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+    let log = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr).with_filter(filter);
+    // zenoh's access-control decisions, whatever the log filter: the denials are counted.
+    let denials = switchboard_bus::refusals::AccessDeniedLayer
+        .with_filter(switchboard_bus::refusals::AccessDeniedLayer::filter());
+    let _ = tracing_subscriber::registry().with(log).with(denials).try_init();
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -448,6 +464,7 @@ pub fn run(cli: Cli) -> Result<()> {
             init_tracing(log, "warn");
             runtime()?.block_on(crate::limits_cmd::run(command))
         }
+        Command::Certs { command } => crate::certs::run(command),
         Command::Demo { duration, dir, nodes, rate, port, no_kill } => {
             init_tracing(log, "warn");
             runtime()?.block_on(async {

@@ -16,6 +16,7 @@ use switchboard_bus::keys::KeySpace;
 use switchboard_bus::limits::revision::{fetch_histories, History, Revision};
 use switchboard_bus::limits::{LimitSpec, Per};
 use switchboard_bus::session;
+use switchboard_bus::tls::TlsConfig;
 use zenoh::qos::CongestionControl;
 
 /// How to reach the cluster's bus.
@@ -31,10 +32,20 @@ pub struct BusArgs {
     /// Key prefix, when the cluster sets one.
     #[arg(long)]
     pub prefix: Option<String>,
-    /// Take cluster, prefix and endpoints from an agent or collector config instead (its
-    /// `connect` endpoints, and its `listen` ones on this host).
+    /// Take cluster, prefix, endpoints and TLS files from an agent or collector config instead
+    /// (its `connect` endpoints, and its `listen` ones on this host).
     #[arg(long, short)]
     pub config: Option<PathBuf>,
+    /// With mutual TLS: the cluster CA's certificate (the members file is read beside it).
+    #[arg(long, env = "SWITCHBOARD_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// With mutual TLS: this tool's certificate (`switchboard certs issue <you> --role admin`
+    /// to set limits; any member's to read them).
+    #[arg(long, env = "SWITCHBOARD_TLS_CERT", requires = "tls_ca")]
+    pub tls_cert: Option<PathBuf>,
+    /// With mutual TLS: this tool's private key.
+    #[arg(long, env = "SWITCHBOARD_TLS_KEY", requires = "tls_ca")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The `limits` subcommands.
@@ -107,6 +118,12 @@ impl BusArgs {
             cluster: self.cluster.clone(),
             prefix: self.prefix.clone(),
             connect: self.connect.clone(),
+            tls: match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+                (Some(ca), Some(cert), Some(key)) => {
+                    Some(TlsConfig { ca: ca.clone(), cert: cert.clone(), key: key.clone(), members: None })
+                }
+                _ => None,
+            },
             ..BusConfig::default()
         };
         if let Some(path) = &self.config {
@@ -124,6 +141,9 @@ impl BusArgs {
             bus.prefix = theirs.prefix.clone();
             bus.connect = theirs.connect.clone();
             bus.connect.extend(theirs.listen.iter().map(|e| e.replace("0.0.0.0", "127.0.0.1")));
+            if bus.tls.is_none() {
+                bus.tls = theirs.tls;
+            }
         }
         bus.node = format!("limits-cli-{}", std::process::id());
         Ok(bus)
@@ -258,7 +278,7 @@ pub async fn run(cmd: LimitsCommand) -> Result<()> {
 async fn open(bus: &BusArgs) -> Result<(zenoh::Session, KeySpace)> {
     let config = bus.bus_config()?;
     let keys = KeySpace::new(&config.effective_prefix())?;
-    let session = session::open(&config).await.context("joining the bus")?;
+    let session = session::open(&config, None).await.context("joining the bus")?;
     Ok((session, keys))
 }
 

@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::keys::{check_chunk, KeyError};
 
+/// Largest message a process takes from the bus (a log batch, a replica batch, a reply), in
+/// bytes: 64 MiB.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
 /// How this process takes part in the zenoh bus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -77,6 +81,11 @@ pub struct BusConfig {
     /// A process that exits or is killed is seen within milliseconds whatever the lease.
     #[serde(default = "default_lease_ms")]
     pub lease_ms: u64,
+    /// Mutual TLS (`[bus.tls]`: `ca`, `cert`, `key`, `members`; docs/security.md). With it, every
+    /// endpoint must be `tls/...` and the access policy is in force. Default: none (plain TCP,
+    /// for a lab; the process warns).
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 fn yes() -> bool {
@@ -116,6 +125,7 @@ impl Default for BusConfig {
             scouting: false,
             gossip: true,
             lease_ms: default_lease_ms(),
+            tls: None,
         }
     }
 }
@@ -178,6 +188,12 @@ pub enum ConfigError {
     /// An endpoint that is not `<proto>/<address>`.
     #[error("invalid endpoint {0:?}: expected `<protocol>/<address>`, e.g. `tcp/127.0.0.1:7447`")]
     Endpoint(String),
+    /// A `tls/` endpoint without `[bus.tls]`.
+    #[error("endpoint {0:?} is TLS but [bus.tls] is not set (ca, cert, key; see docs/security.md)")]
+    TlsEndpoint(String),
+    /// A plain endpoint while `[bus.tls]` is set: it would bypass the access policy.
+    #[error("endpoint {0:?} is not TLS but [bus.tls] is set: use tls/<host>:<port> for every endpoint")]
+    PlainEndpoint(String),
 }
 
 impl BusConfig {
@@ -221,6 +237,12 @@ impl BusConfig {
         }
         for e in self.listen.iter().chain(&self.connect) {
             match e.split_once('/') {
+                Some(("tls", addr)) if !addr.is_empty() && self.tls.is_none() => {
+                    return Err(ConfigError::TlsEndpoint(e.clone()))
+                }
+                Some((proto, addr)) if !addr.is_empty() && self.tls.is_some() && proto != "tls" => {
+                    return Err(ConfigError::PlainEndpoint(e.clone()))
+                }
                 Some((proto, addr)) if !proto.is_empty() && !addr.is_empty() => {}
                 _ => return Err(ConfigError::Endpoint(e.clone())),
             }
@@ -245,8 +267,13 @@ impl BusConfig {
                 "multicast": { "enabled": self.scouting },
                 "gossip": { "enabled": self.gossip },
             },
-            // Keep-alives four times per lease, as zenoh does by default.
-            "transport": { "link": { "tx": { "lease": self.lease_ms, "keep_alive": 4 } } },
+            // Keep-alives four times per lease, as zenoh does by default. A message larger than
+            // MAX_MESSAGE_BYTES is dropped by the receiver before it is reassembled (zenoh's
+            // default, 1 GiB, would let any peer make a process hold that much).
+            "transport": { "link": {
+                "tx": { "lease": self.lease_ms, "keep_alive": 4 },
+                "rx": { "max_message_size": MAX_MESSAGE_BYTES },
+            } },
         })
     }
 }

@@ -7,6 +7,9 @@
 //!   reads `status`);
 //! - `GET /metrics`: the Prometheus text exposition format.
 //!
+//! Both add what every process shares: `tls` in the health body, and the bus's refusals and TLS
+//! gauge ([`crate::refusals::render`]) in the metrics.
+//!
 //! The process supplies both through a [`Report`] function called per request; [`Metrics`]
 //! writes the exposition format (`switchboard_<name>_<unit>_total` for counters, bounded labels).
 
@@ -151,13 +154,18 @@ impl Metrics {
 }
 
 async fn health(State(r): State<Arc<dyn Report>>) -> impl IntoResponse {
-    let h = r.health();
+    let mut h = r.health();
+    h.details.insert("tls".into(), crate::refusals::tls().into());
     let code = if h.failing.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, [(header::CONTENT_TYPE, "application/json")], h.body().to_string())
 }
 
 async fn metrics(State(r): State<Arc<dyn Report>>) -> impl IntoResponse {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], r.metrics())
+    let mut text = r.metrics();
+    let mut bus = Metrics::new();
+    crate::refusals::render(&mut bus);
+    text.push_str(&bus.finish());
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 /// Bind `addr` and serve `/health`, `/metrics` and the routes of `extra` until `cancel` fires.

@@ -205,6 +205,12 @@ impl KeySpace {
         &self.prefix
     }
 
+    /// `<prefix>/<pattern>`, for the access policy ([`crate::access`]), which names whole
+    /// sections with wildcards (`stream/gw1/**`). The caller checks the names it puts in.
+    pub fn pattern(&self, pattern: &str) -> String {
+        format!("{}/{pattern}", self.prefix)
+    }
+
     fn build(&self, chunks: &[&str]) -> Result<OwnedKeyExpr, KeyError> {
         let mut s = String::with_capacity(self.prefix.len() + 64);
         s.push_str(&self.prefix);

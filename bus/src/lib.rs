@@ -8,6 +8,9 @@
 //! - [`config`]: the `[bus]` config table (cluster, node, zenoh mode and endpoints) and the
 //!   config-file loader ([`config::read_file`], [`config::FileError`]);
 //! - [`keys`]: the key space, defined once, with typed stream and member identities;
+//! - [`tls`]: the `[bus.tls]` table, certificate identities (`<role>:<name>`) and their checks;
+//! - [`access`]: the access policy every process applies to what it receives, from the members;
+//! - [`refusals`]: messages refused from the bus, counted by reason;
 //! - [`session`]: opening a zenoh session from the config, announcing a process;
 //! - [`membership`]: the live set of the cluster from liveliness tokens;
 //! - [`mesh`]: the check that every process sees every live process, and unique names;
@@ -21,6 +24,7 @@
 //!
 //! `docs/protocol.md` documents the same key space and payloads for clients in other languages.
 
+pub mod access;
 pub mod config;
 pub mod dataset;
 pub mod dlr;
@@ -30,8 +34,10 @@ pub mod keys;
 pub mod limits;
 pub mod membership;
 pub mod mesh;
+pub mod refusals;
 pub mod session;
 pub mod tables;
+pub mod tls;
 pub mod wire;
 
 pub use config::BusConfig;

@@ -136,14 +136,14 @@ mod tests {
         let ep = format!("tcp/127.0.0.1:{port}");
         let keys = KeySpace::new("sb/mtest").unwrap();
         let cancel = CancellationToken::new();
-        let a = open(&bus("a", Some(&ep), None)).await.unwrap();
+        let a = open(&bus("a", Some(&ep), None), None).await.unwrap();
         let _ta = announce(&a, &keys, Role::Collector, "c1").await.unwrap();
         let m = Membership::watch(&a, &keys, cancel.clone()).await.unwrap();
         // Own token arrives through history.
         assert!(m.wait_for_role(Role::Collector, Duration::from_secs(5)).await);
         let mut events = m.events();
 
-        let b = open(&bus("b", None, Some(&ep))).await.unwrap();
+        let b = open(&bus("b", None, Some(&ep)), None).await.unwrap();
         let tb = announce(&b, &keys, Role::Agent, "gw1").await.unwrap();
         assert!(m.wait_for_role(Role::Agent, Duration::from_secs(5)).await);
         assert_eq!(m.live_of(Role::Agent), vec!["gw1".to_owned()]);

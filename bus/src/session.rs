@@ -1,6 +1,8 @@
 //! Opening a zenoh session from a [`BusConfig`], and announcing this process on the bus.
 //!
-//! [`open`] validates the config, translates it into zenoh's configuration and opens the session;
+//! [`open`] validates the config, translates it into zenoh's configuration and opens the session
+//! (with `[bus.tls]`: mutual TLS and the access policy, [`crate::tls`], [`crate::access`]; without:
+//! a loud warning);
 //! [`announce`] declares the process's liveliness token (`<prefix>/<role>/<name>`), which lives as
 //! long as the returned token (or the process) does.
 
@@ -9,6 +11,10 @@ use zenoh::Session;
 
 use crate::config::{BusConfig, ConfigError};
 use crate::keys::{KeyError, KeySpace, Role};
+use crate::tls::{IdRole, Identity, TlsError};
+
+/// How often a process without TLS says so again.
+const PLAIN_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A bus session could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +25,9 @@ pub enum SessionError {
     /// A name or key expression is not valid.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// A `[bus.tls]` file is not usable.
+    #[error("[bus.tls]: {0}")]
+    Tls(#[from] TlsError),
     /// zenoh refused the configuration or could not open the session (for example a listen
     /// endpoint already in use).
     #[error("zenoh: {0}")]
@@ -40,8 +49,11 @@ fn zenoh_err(e: impl std::fmt::Display) -> SessionError {
     SessionError::Zenoh(e.to_string())
 }
 
-/// Validate `config` and open a zenoh session for it.
-pub async fn open(config: &BusConfig) -> Result<Session, SessionError> {
+/// Validate `config` and open a zenoh session for it. `role` is what this process is: with
+/// `[bus.tls]`, its certificate must name that role and `[bus] node`; `None` (a command-line
+/// tool) takes any member's certificate. A long-running process (`role` given) without TLS
+/// warns at start and every 10 minutes.
+pub async fn open(config: &BusConfig, role: Option<IdRole>) -> Result<Session, SessionError> {
     config.validate()?;
     let mut zc = zenoh::Config::default();
     let json = config.zenoh_json();
@@ -50,7 +62,58 @@ pub async fn open(config: &BusConfig) -> Result<Session, SessionError> {
             insert(&mut zc, key, value)?;
         }
     }
+    match &config.tls {
+        Some(tls) => {
+            let expect = role.map(|r| Identity::new(r, &config.node)).transpose()?;
+            let creds = crate::tls::load(tls, expect.as_ref())?;
+            let keys = KeySpace::new(&config.effective_prefix())?;
+            let path = |p: &std::path::Path| serde_json::Value::from(p.to_string_lossy().into_owned());
+            let link = serde_json::json!({
+                "root_ca_certificate": path(&tls.ca),
+                "listen_certificate": path(&tls.cert),
+                "listen_private_key": path(&tls.key),
+                "connect_certificate": path(&tls.cert),
+                "connect_private_key": path(&tls.key),
+                // Both sides show a certificate of the cluster CA; the identity in it, not the
+                // host name, decides what a peer may do.
+                "enable_mtls": true,
+                "verify_name_on_connect": false,
+            });
+            insert(&mut zc, "transport/link/tls", &link)?;
+            let policy = crate::access::policy(&keys, &creds.members);
+            zc.insert_json5("access_control", &policy.to_string())
+                .map_err(|e| SessionError::Zenoh(format!("access policy: {e}")))?;
+            crate::refusals::set_tls(true);
+            tracing::info!(
+                identity = %creds.identity,
+                members = creds.members.len(),
+                expires = %creds.not_after,
+                "bus: mutual TLS as {}", creds.identity
+            );
+        }
+        None => {
+            crate::refusals::set_tls(false);
+            if role.is_some() {
+                warn_plain();
+                tokio::spawn(async {
+                    let mut every = tokio::time::interval(PLAIN_WARNING_EVERY);
+                    every.tick().await;
+                    loop {
+                        every.tick().await;
+                        warn_plain();
+                    }
+                });
+            }
+        }
+    }
     zenoh::open(zc).await.map_err(zenoh_err)
+}
+
+fn warn_plain() {
+    tracing::warn!(
+        "bus: running WITHOUT TLS: any host that reaches this process's endpoints can join the \
+         cluster and pose as any node; set [bus.tls] for a shared network (docs/security.md)"
+    );
 }
 
 /// Insert a (possibly nested) JSON value into a zenoh config, leaf by leaf, so that zenoh's own

@@ -69,6 +69,7 @@ use std::time::Instant;
 
 use switchboard_bus::keys::{KeySpace, Role, StreamKind};
 use switchboard_bus::mesh::{self, Mesh};
+use switchboard_bus::refusals::{refuse, Reason};
 use switchboard_bus::wire::control::Heads;
 use switchboard_bus::{session, Member, Membership};
 use tokio_util::sync::CancellationToken;
@@ -83,6 +84,8 @@ use crate::writers::WriterCheck;
 
 /// Series of the cluster's latest metrics kept for `/metrics` (see [`latest`]).
 pub const LATEST_SERIES: usize = 10_000;
+/// Most streams one node's heads may name; more are refused (`head_invalid`).
+pub const MAX_STREAMS_PER_NODE: usize = 1024;
 
 /// The collector could not start.
 #[derive(Debug, thiserror::Error)]
@@ -170,7 +173,7 @@ impl Collector {
 
         let mut bus = config.bus.clone();
         bus.listen = bus.effective_listen();
-        let session = session::open(&bus).await?;
+        let session = session::open(&bus, Some(switchboard_bus::tls::IdRole::Collector)).await?;
         let me = Member { role: Role::Collector, name: name.clone() };
         mesh::check_name_free(&session, &keys, &me).await?;
         let membership = Membership::watch(&session, &keys, cancel.clone()).await?;
@@ -183,7 +186,7 @@ impl Collector {
             session.zid().to_string(),
             store,
             commit_log,
-            membership,
+            membership.clone(),
             c.notify.clone(),
             group_status.clone(),
             std::time::Duration::from_millis(config.bus.lease_ms.saturating_mul(2)),
@@ -215,12 +218,26 @@ impl Collector {
         };
         let heads_subscriber = {
             let (tx, keys, stats, writers) = (tx.clone(), keys.clone(), stats.clone(), writers.clone());
+            let membership = membership.clone();
             session
                 .declare_subscriber(keys.all_heads()?)
                 .callback(move |sample| {
                     let node = keys.parse_head(sample.key_expr().as_str());
                     match (node, Heads::decode(&sample.payload().to_bytes())) {
                         (Some(node), Ok(heads)) => {
+                            // A node that is not live makes no state here (its token comes before
+                            // its heads; a stranger's never does).
+                            if !membership.live_of(Role::Agent).contains(&node) {
+                                refuse(
+                                    Reason::HeadNotLive,
+                                    format_args!("heads of {node:?}, which is not a live agent"),
+                                );
+                                return;
+                            }
+                            if let Err(e) = heads.check(MAX_STREAMS_PER_NODE) {
+                                refuse(Reason::HeadInvalid, format_args!("heads of {node}: {e}"));
+                                return;
+                            }
                             if let (Some(instance), Ok(mut w)) = (heads.instance.as_deref(), writers.lock()) {
                                 if instance.len() > crate::writers::MAX_INSTANCE_BYTES {
                                     stats.control_malformed.fetch_add(1, Ordering::Relaxed);

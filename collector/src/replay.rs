@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_bus::keys::KeySpace;
+use switchboard_bus::wire::control::MAX_REPLAY_RECORDS;
 use tokio_util::sync::CancellationToken;
 use zenoh::query::ConsolidationMode;
 use zenoh::Session;
@@ -34,39 +35,56 @@ pub(crate) async fn run(
         let Ok(key) = keys.replay(&req.stream) else { continue };
         let (session, tx, stats) = (session.clone(), tx.clone(), stats.clone());
         tokio::spawn(async move {
-            stats.replay_requests.fetch_add(1, Ordering::Relaxed);
-            let selector = format!("{key}?from={};to={}", req.from, req.to);
-            let replies = match session
-                .get(selector.as_str())
-                .consolidation(ConsolidationMode::None)
-                .timeout(REPLAY_TIMEOUT)
-                .await
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    stats.replay_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%selector, error = %e, "replay query failed");
+            // In parts no longer than an agent answers, one after the other.
+            let mut from = req.from;
+            while from <= req.to {
+                let to = req.to.min(from.saturating_add(MAX_REPLAY_RECORDS - 1));
+                if !ask(&session, &key, &req.stream, from, to, &tx, &stats).await {
                     return;
                 }
-            };
-            while let Ok(reply) = replies.recv_async().await {
-                match reply.result() {
-                    Ok(sample) => {
-                        let input = Input::Data {
-                            stream: req.stream.clone(),
-                            payload: sample.payload().clone(),
-                            replayed: true,
-                        };
-                        if tx.send_async(input).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        stats.replay_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(%selector, error = %String::from_utf8_lossy(&e.payload().to_bytes()), "agent could not replay in full");
-                    }
+                match to.checked_add(1) {
+                    Some(next) => from = next,
+                    None => return,
                 }
             }
         });
     }
+}
+
+/// Ask for `from..=to` of `stream` and feed the answers to the sink; `false` once the sink is gone.
+async fn ask(
+    session: &Session,
+    key: &zenoh::key_expr::OwnedKeyExpr,
+    stream: &switchboard_bus::StreamId,
+    from: u64,
+    to: u64,
+    tx: &flume::Sender<Input>,
+    stats: &CollectorStats,
+) -> bool {
+    stats.replay_requests.fetch_add(1, Ordering::Relaxed);
+    let selector = format!("{key}?from={from};to={to}");
+    let replies =
+        match session.get(selector.as_str()).consolidation(ConsolidationMode::None).timeout(REPLAY_TIMEOUT).await {
+            Ok(r) => r,
+            Err(e) => {
+                stats.replay_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%selector, error = %e, "replay query failed");
+                return true;
+            }
+        };
+    while let Ok(reply) = replies.recv_async().await {
+        match reply.result() {
+            Ok(sample) => {
+                let input = Input::Data { stream: stream.clone(), payload: sample.payload().clone(), replayed: true };
+                if tx.send_async(input).await.is_err() {
+                    return false;
+                }
+            }
+            Err(e) => {
+                stats.replay_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%selector, error = %String::from_utf8_lossy(&e.payload().to_bytes()), "agent could not replay in full");
+            }
+        }
+    }
+    true
 }

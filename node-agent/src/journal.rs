@@ -188,7 +188,7 @@ impl SourceJournal {
     /// the new checkpoint if it moved.
     pub fn ack(&mut self, watermark: u64) -> Option<SourceCheckpoint> {
         let mut moved = false;
-        while self.entries.front().is_some_and(|e| e.end_seq() <= watermark + 1) {
+        while self.entries.front().is_some_and(|e| e.end_seq() <= watermark.saturating_add(1)) {
             let Some(e) = self.entries.pop_front() else { break };
             apply(&mut self.acked.files, &e);
             self.acked.next_seq = e.end_seq();

@@ -175,7 +175,7 @@ impl Agent {
                 "[bus] names no `listen` or `connect` endpoint: this agent can reach no collector and no peer"
             );
         }
-        let session = session::open(&config.bus).await?;
+        let session = session::open(&config.bus, Some(switchboard_bus::tls::IdRole::Agent)).await?;
         let node = config.bus.node.clone();
         let me = Member { role: Role::Agent, name: node.clone() };
         mesh::check_name_free(&session, &keys, &me).await?;

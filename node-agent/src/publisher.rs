@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use switchboard_bus::keys::{KeySpace, Role, StreamId};
 use switchboard_bus::membership::MemberEvent;
+use switchboard_bus::refusals::{refuse, Reason};
 use switchboard_bus::wire::control::{Heads, Watermarks};
 use switchboard_bus::Membership;
 use tokio::sync::mpsc;
@@ -197,8 +198,10 @@ impl AckTask {
             }
         };
         let mut dirty = false;
-        // The highest collector-group epoch seen: watermarks of a replaced writer are ignored.
+        // The highest collector-group epoch seen and the collector that raised it: watermarks of
+        // a replaced writer, or of another collector at the same epoch, are refused.
         let mut epoch = 0u64;
+        let mut writer: Option<String> = None;
         let mut last_store = Instant::now();
         let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
         loop {
@@ -220,21 +223,39 @@ impl AckTask {
                             continue;
                         }
                     };
+                    let from = keys.parse_watermark(sample.key_expr().as_str()).map(|(c, _)| c).unwrap_or_default();
+                    if !membership.live_of(Role::Collector).contains(&from) {
+                        refuse(Reason::WatermarkNotLive, format_args!("watermark from {from:?}, which is not a live collector"));
+                        continue;
+                    }
+                    // Never past what this agent journaled: that would drop lines no collector
+                    // has. Such a document is refused whole, its epoch too.
+                    let ahead = marks.streams.iter().find_map(|(stream, &w)| {
+                        let id = StreamId::parse_local(&node, stream)?;
+                        let head = journals.get(&id.name)?.lock().ok()?.head();
+                        w.checked_add(1).is_none_or(|next| next > head).then(|| format!("{w} for {stream}, published up to {head}"))
+                    });
+                    if let Some(what) = ahead {
+                        refuse(Reason::WatermarkAhead, format_args!("watermark {what}, from {from}"));
+                        continue;
+                    }
                     match marks.epoch {
                         Some(e) if e < epoch => {
                             stats.watermarks_stale.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(key = %sample.key_expr(), epoch = e, newest = epoch, "ignoring watermarks of a replaced collector");
+                            refuse(Reason::WatermarkStale, format_args!("watermark of epoch {e} from {from}; the writer's epoch is {epoch}"));
                             continue;
                         }
-                        // A higher epoch counts only from a live collector: a stranger's huge
-                        // epoch must not make the agent refuse the real writer's watermarks.
-                        Some(e) => {
-                            let from = keys.parse_watermark(sample.key_expr().as_str()).map(|(c, _)| c);
-                            if from.is_some_and(|c| membership.live_of(Role::Collector).contains(&c)) {
-                                epoch = e;
-                            }
+                        // A higher epoch from a live collector: the writer of a newer claim.
+                        Some(e) if e > epoch || writer.is_none() => {
+                            epoch = e;
+                            writer = Some(from);
                         }
-                        None => {}
+                        Some(_) if writer.as_deref() == Some(from.as_str()) => {}
+                        None if writer.is_none() => {}
+                        _ => {
+                            refuse(Reason::WatermarkNotWriter, format_args!("watermark of epoch {:?} from {from}; that epoch's writer is {writer:?}", marks.epoch));
+                            continue;
+                        }
                     }
                     for (stream, w) in marks.streams {
                         let Some(id) = StreamId::parse_local(&node, &stream) else { continue };

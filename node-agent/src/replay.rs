@@ -12,6 +12,8 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
+use switchboard_bus::refusals::{refuse, Reason};
+use switchboard_bus::wire::control::MAX_REPLAY_RECORDS;
 use switchboard_bus::wire::log_batch::{self, LogBatchBuilder};
 
 use crate::config::SourceConfig;
@@ -48,24 +50,27 @@ pub enum ReplayError {
     Encode(String),
 }
 
-/// Rebuild the rows `from..=to` of `entries` as `log_batch` payloads.
+/// Rebuild the rows `from..=to` of `entries` as `log_batch` payloads, handing each to `emit` as
+/// soon as it is full (so that memory is one payload, whatever the range). Returns the rows
+/// rebuilt and, if the range could not be rebuilt in full, why.
 pub fn replay(
     config: &SourceConfig,
     entries: &[(BatchRecord, Vec<Option<Arc<File>>>)],
     from: u64,
     to: u64,
-) -> (Vec<Vec<u8>>, u64, Option<ReplayError>) {
-    let mut payloads = Vec::new();
+    emit: &mut dyn FnMut(Vec<u8>),
+) -> (u64, Option<ReplayError>) {
+    let payloads = emit;
     let mut builder = LogBatchBuilder::new();
     let mut counts = LineCounts::default();
     let mut rows = 0u64;
     let mut buf = vec![0u8; 256 * 1024];
-    let flush = |builder: &mut LogBatchBuilder, payloads: &mut Vec<Vec<u8>>| -> Result<(), ReplayError> {
+    let flush = |builder: &mut LogBatchBuilder, payloads: &mut dyn FnMut(Vec<u8>)| -> Result<(), ReplayError> {
         if builder.is_empty() {
             return Ok(());
         }
         let batch = builder.finish().map_err(|e| ReplayError::Encode(e.to_string()))?;
-        payloads.push(log_batch::encode(&batch).map_err(|e| ReplayError::Encode(e.to_string()))?);
+        payloads(log_batch::encode(&batch).map_err(|e| ReplayError::Encode(e.to_string()))?);
         Ok(())
     };
     for (entry, handles) in entries {
@@ -78,8 +83,8 @@ pub fn replay(
                 continue;
             }
             let Some(file) = handle else {
-                let _ = flush(&mut builder, &mut payloads);
-                return (payloads, rows, Some(ReplayError::FileGone(path, seg_first)));
+                let _ = flush(&mut builder, payloads);
+                return (rows, Some(ReplayError::FileGone(path, seg_first)));
             };
             let mut framer = LineFramer::new(config.max_line_bytes, segment.start);
             let mut produced = 0u64;
@@ -90,8 +95,8 @@ pub fn replay(
                     Ok(0) => break,
                     Ok(n) => n,
                     Err(e) => {
-                        let _ = flush(&mut builder, &mut payloads);
-                        return (payloads, rows, Some(ReplayError::Io(path, e)));
+                        let _ = flush(&mut builder, payloads);
+                        return (rows, Some(ReplayError::Io(path, e)));
                     }
                 };
                 at += n as u64;
@@ -112,24 +117,20 @@ pub fn replay(
                     }
                 });
                 if builder.len() >= REPLAY_BATCH_ROWS {
-                    if let Err(e) = flush(&mut builder, &mut payloads) {
-                        return (payloads, rows, Some(e));
+                    if let Err(e) = flush(&mut builder, payloads) {
+                        return (rows, Some(e));
                     }
                 }
             }
             if produced != segment.lines {
-                let _ = flush(&mut builder, &mut payloads);
-                return (
-                    payloads,
-                    rows,
-                    Some(ReplayError::Changed { path, seq: seg_first, got: produced, want: segment.lines }),
-                );
+                let _ = flush(&mut builder, payloads);
+                return (rows, Some(ReplayError::Changed { path, seq: seg_first, got: produced, want: segment.lines }));
             }
             seq += segment.lines;
         }
     }
-    let err = flush(&mut builder, &mut payloads).err();
-    (payloads, rows, err)
+    let err = flush(&mut builder, payloads).err();
+    (rows, err)
 }
 
 /// Answer replay queries on `<prefix>/replay/<node>/log/*` until `cancel` fires. Parameters:
@@ -194,27 +195,44 @@ async fn answer(
         return fail("parameter from=<seq> is required".into()).await;
     };
     let to = params.get("to").and_then(|v| v.parse::<u64>().ok()).unwrap_or(u64::MAX);
-    let sliced = journal.lock().map(|j| (j.slice(from, to), j.acked().next_seq)).ok();
-    let Some((entries, acked)) = sliced else {
+    let sliced = journal.lock().map(|j| (j.slice(from, to), j.acked().next_seq, j.head())).ok();
+    let Some((entries, acked, head)) = sliced else {
         return fail("journal unavailable".into()).await;
     };
+    // The range that exists (up to the head) is bounded, whatever the asker wrote.
+    let to = to.min(head.saturating_sub(1));
+    if to >= from && to - from >= MAX_REPLAY_RECORDS {
+        let msg = format!("seq {from}..={to} is longer than {MAX_REPLAY_RECORDS} records: ask in parts");
+        refuse(Reason::ReplayRange, format_args!("{}: {msg}", query.key_expr()));
+        return fail(msg).await;
+    }
     // Below `acked` a collector committed everything and the journal forgot how it was cut:
     // those records cannot be rebuilt, and the asker must hear so rather than get silence.
     let forgotten = (from < acked).then(|| forgotten_range(from, to, acked));
     let config = config.clone();
-    let rebuilt = tokio::task::spawn_blocking(move || replay(&config, &entries, from, to)).await;
-    let (payloads, rows, err) = match rebuilt {
+    // Payloads go out as they are built, a few at a time: memory stays one chunk, not the range.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let rebuild = tokio::task::spawn_blocking(move || {
+        replay(&config, &entries, from, to, &mut |p| {
+            let _ = tx.blocking_send(p);
+        })
+    });
+    let mut sent = Ok(());
+    while let Some(p) = rx.recv().await {
+        if sent.is_ok() {
+            sent = query.reply(query.key_expr().clone(), p).await;
+        }
+    }
+    let (rows, err) = match rebuild.await {
         Ok(r) => r,
         Err(e) => return fail(format!("replay task: {e}")).await,
     };
+    if let Err(e) = sent {
+        return fail(format!("reply: {e}")).await;
+    }
     stats.replays.fetch_add(1, Ordering::Relaxed);
     stats.lines_replayed.fetch_add(rows, Ordering::Relaxed);
-    tracing::info!(stream = %id, from, to, rows, "replaying");
-    for p in payloads {
-        if let Err(e) = query.reply(query.key_expr().clone(), p).await {
-            return fail(format!("reply: {e}")).await;
-        }
-    }
+    tracing::info!(stream = %id, from, to, rows, "replayed");
     let problems: Vec<String> = forgotten.into_iter().chain(err.map(|e| e.to_string())).collect();
     if !problems.is_empty() {
         fail(problems.join("; ")).await;
@@ -301,7 +319,7 @@ mod tests {
             ..BusConfig::default()
         };
         let keys = KeySpace::new(&bus.effective_prefix()).unwrap();
-        let session = switchboard_bus::session::open(&bus).await.unwrap();
+        let session = switchboard_bus::session::open(&bus, None).await.unwrap();
         let stats = Arc::new(AgentStats::default());
         let cancel = tokio_util::sync::CancellationToken::new();
         let server = tokio::spawn(serve(

@@ -66,8 +66,8 @@ async fn two_nodes_share_a_limit_by_demand_and_a_leaver_frees_its_share() {
     let cancel = CancellationToken::new();
     let cancel_b = CancellationToken::new();
 
-    let sa = open(&bus("a", Some(&ep), None)).await.unwrap();
-    let sb = open(&bus("b", None, Some(&ep))).await.unwrap();
+    let sa = open(&bus("a", Some(&ep), None), None).await.unwrap();
+    let sb = open(&bus("b", None, Some(&ep)), None).await.unwrap();
     let _ta = announce(&sa, &keys, Role::Agent, "a").await.unwrap();
     let tb = announce(&sb, &keys, Role::Agent, "b").await.unwrap();
     let ma = Membership::watch(&sa, &keys, cancel.clone()).await.unwrap();

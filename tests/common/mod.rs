@@ -126,6 +126,8 @@ pub struct Cluster {
     pub cluster: String,
     /// HTTP port of each process's /health and /metrics, by name (`collector`, agent node).
     ports: std::sync::Mutex<HashMap<String, u16>>,
+    /// With mutual TLS: the directory of `switchboard certs` (CA, members, every certificate).
+    pub tls: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -136,7 +138,32 @@ impl Cluster {
             endpoint: format!("tcp/127.0.0.1:{port}"),
             cluster: format!("t{port}"),
             ports: std::sync::Mutex::new(HashMap::new()),
+            tls: None,
         }
+    }
+
+    /// A cluster on mutual TLS: a CA made by `switchboard certs init`, and a certificate for
+    /// each of `identities` (`<role>:<name>`), all of them members.
+    pub fn with_tls(identities: &[&str]) -> Self {
+        let mut c = Self::new();
+        let dir = c.path().join("tls");
+        certs(&["init", "--dir", dir.to_str().unwrap()]);
+        for id in identities {
+            let (role, name) = id.split_once(':').unwrap();
+            certs(&["issue", name, "--role", role, "--dir", dir.to_str().unwrap()]);
+        }
+        c.endpoint = c.endpoint.replace("tcp/", "tls/");
+        c.tls = Some(dir);
+        c
+    }
+
+    /// The `[bus.tls]` table for the process `<role>:<name>` (empty without TLS).
+    pub fn tls_table(&self, role: &str, name: &str) -> String {
+        let Some(dir) = &self.tls else { return String::new() };
+        format!(
+            "[bus.tls]\nca = \"{0}/ca.crt\"\ncert = \"{0}/{role}-{name}.crt\"\nkey = \"{0}/{role}-{name}.key\"\n",
+            dir.display()
+        )
     }
 
     /// The HTTP port of `name` (a free one, chosen the first time it is asked for).
@@ -173,7 +200,7 @@ impl Cluster {
 cluster = "{}"
 node = "c1"
 listen = ["{}"]
-
+{}
 [collector]
 data_dir = "{}"
 max_file_age_ms = 300
@@ -181,6 +208,7 @@ http_listen = "127.0.0.1:{}"
 "#,
                 self.cluster,
                 self.endpoint,
+                self.tls_table("collector", "c1"),
                 self.dataset().display(),
                 self.http_port("collector")
             ),
@@ -224,7 +252,7 @@ cluster = "{}"
 node = "{node}"
 connect = [{}]
 {bus_extra}
-
+{}
 [agent]
 data_dir = "{}"
 batch_max_delay_ms = 50
@@ -238,6 +266,7 @@ http_listen = "127.0.0.1:{}"
 "#,
                 self.cluster,
                 connect.join(", "),
+                self.tls_table("agent", node),
                 self.agent_state(node).display(),
                 self.http_port(node),
             ),
@@ -271,6 +300,14 @@ http_listen = "127.0.0.1:{}"
     pub fn agent_state(&self, node: &str) -> PathBuf {
         self.path().join("state").join(node)
     }
+}
+
+/// Run `switchboard certs <args>`; panics with its output if it fails.
+pub fn certs(args: &[&str]) -> String {
+    let out = std::process::Command::new(BIN).arg("certs").args(args).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "switchboard certs {args:?}: {text}");
+    text
 }
 
 /// A minimal HTTP/1.1 GET on loopback: (status code, body); (0, error) if unreachable.

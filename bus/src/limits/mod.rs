@@ -87,13 +87,35 @@ pub enum SpecError {
     /// The same key twice.
     #[error("limit {0:?} is defined twice")]
     Duplicate(String),
+    /// A key longer than [`MAX_KEY_BYTES`].
+    #[error("a limit key is at most {MAX_KEY_BYTES} bytes, not {0}")]
+    KeyTooLong(usize),
+    /// More than [`MAX_LIMITS`] limits.
+    #[error("a revision holds at most {MAX_LIMITS} limits, not {0}")]
+    TooMany(usize),
+    /// A revision number too far above the highest known.
+    #[error("revision {got} is more than {} above the highest known ({known})", revision::MAX_STEP)]
+    Jump {
+        /// The offered number.
+        got: u64,
+        /// The highest known.
+        known: u64,
+    },
 }
+
+/// Longest limit key, in bytes.
+pub const MAX_KEY_BYTES: usize = 512;
+/// Most limits in one revision.
+pub const MAX_LIMITS: usize = 100_000;
 
 impl LimitSpec {
     /// Check the definition.
     pub fn validate(&self) -> Result<(), SpecError> {
         if self.key.is_empty() {
             return Err(SpecError::EmptyKey);
+        }
+        if self.key.len() > MAX_KEY_BYTES {
+            return Err(SpecError::KeyTooLong(self.key.len()));
         }
         match (self.rate, self.concurrency) {
             (Some(_), None) => Ok(()),
@@ -407,6 +429,9 @@ impl Limiter {
 
 /// Check a whole set of limits: each valid, no key twice.
 pub fn check(specs: &[LimitSpec]) -> Result<(), SpecError> {
+    if specs.len() > MAX_LIMITS {
+        return Err(SpecError::TooMany(specs.len()));
+    }
     let mut seen = std::collections::HashSet::new();
     for s in specs {
         s.validate()?;

@@ -52,6 +52,11 @@ impl Revision {
     }
 }
 
+/// Largest step above the highest known revision number that a node takes.
+pub const MAX_STEP: u64 = 1_000_000;
+/// Revisions a history keeps (the newest).
+pub const MAX_HISTORY: usize = 1000;
+
 /// A node's revisions, oldest first; the last one is in force.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct History {
@@ -78,13 +83,23 @@ impl History {
         self.current().map_or(0, |r| r.revision)
     }
 
-    /// Take `rev` if it supersedes the current one; `true` if it did.
+    /// Take `rev` if it supersedes the current one; `true` if it did. A number more than
+    /// [`MAX_STEP`] above the current one is refused: one forged huge number would otherwise
+    /// set the cluster's limits for good. The oldest revisions beyond [`MAX_HISTORY`] are dropped.
     pub fn offer(&mut self, rev: Revision) -> Result<bool, SpecError> {
         rev.validate()?;
+        let known = self.current_number();
+        if rev.revision > known.saturating_add(MAX_STEP) {
+            return Err(SpecError::Jump { got: rev.revision, known });
+        }
         if self.current().is_some_and(|c| rev.order(c) != Ordering::Greater) {
             return Ok(false);
         }
         self.revisions.push(rev);
+        if self.revisions.len() > MAX_HISTORY {
+            let excess = self.revisions.len() - MAX_HISTORY;
+            self.revisions.drain(..excess);
+        }
         Ok(true)
     }
 

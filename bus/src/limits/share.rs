@@ -24,6 +24,28 @@ pub struct DemandReport {
     pub held: BTreeMap<String, u64>,
 }
 
+impl DemandReport {
+    /// Refuse a report out of bounds: another version, more keys than a revision may hold, a
+    /// key too long, a demand that is negative or not a number.
+    pub fn check(&self) -> Result<(), String> {
+        if self.version != 1 {
+            return Err(format!("version {} (expected 1)", self.version));
+        }
+        if self.demand.len() > super::MAX_LIMITS || self.held.len() > super::MAX_LIMITS {
+            return Err(format!("{} demands and {} held counts", self.demand.len(), self.held.len()));
+        }
+        for (k, d) in &self.demand {
+            if k.len() > super::MAX_KEY_BYTES || !d.is_finite() || *d < 0.0 {
+                return Err(format!("demand {d} for a key of {} bytes", k.len()));
+            }
+        }
+        if let Some(k) = self.held.keys().find(|k| k.len() > super::MAX_KEY_BYTES) {
+            return Err(format!("held count for a key of {} bytes", k.len()));
+        }
+        Ok(())
+    }
+}
+
 /// Fraction of the limit reserved for each node whatever its demand, at most half the limit in
 /// all: `min(FLOOR, 1 / (2n))`.
 pub const FLOOR: f64 = 0.02;

@@ -36,6 +36,29 @@ pub struct Heads {
     pub instance: Option<String>,
 }
 
+/// Most records one replay query may ask for (`to - from + 1`); an agent refuses a longer range
+/// with an error reply, and a collector asks for a longer gap in parts.
+pub const MAX_REPLAY_RECORDS: u64 = 100_000;
+
+impl Heads {
+    /// Refuse heads out of bounds: more than `max_streams` streams, a stream name longer than a
+    /// key allows, or an `acked` above its head.
+    pub fn check(&self, max_streams: usize) -> Result<(), String> {
+        if self.streams.len() > max_streams || self.acked.len() > max_streams {
+            return Err(format!("{} streams (at most {max_streams})", self.streams.len().max(self.acked.len())));
+        }
+        if let Some(s) = self.streams.keys().chain(self.acked.keys()).find(|s| s.len() > 256) {
+            return Err(format!("a stream name of {} bytes", s.len()));
+        }
+        for (s, acked) in &self.acked {
+            if let Some(head) = self.streams.get(s).filter(|head| acked > *head) {
+                return Err(format!("{s}: acked {acked} above head {head}"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A collector's watermarks for one node: per stream, the committed contiguous prefix.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Watermarks {

@@ -24,13 +24,14 @@ use switchboard_bus::dlr::record::store_key;
 use switchboard_bus::dlr::rendezvous::first_holder;
 use switchboard_bus::dlr::wire::{DlrReport, LookupReply, Role as HolderRole};
 use switchboard_bus::keys::Role;
+use switchboard_bus::refusals::{refuse, Reason};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use zenoh::query::{ConsolidationMode, Query, QueryTarget};
 use zenoh::Wait;
 
 use super::answerer::Answerer;
-use super::{DlrError, DlrService};
+use super::{now_ms, DlrError, DlrService};
 use crate::AgentError;
 
 /// Declare the lookup queryables (every node's and this node's own) and answer them until
@@ -98,8 +99,18 @@ fn parse(service: &DlrService, query: &Query) -> Result<Request, Option<String>>
     let (connector, id) = service.keys.parse_dlr_id(query.key_expr().as_str()).ok_or(None)?;
     let report = match query.payload().map(|p| serde_json::from_slice::<DlrReport>(&p.to_bytes())) {
         None => None,
-        Some(Ok(r)) => Some(r),
-        Some(Err(e)) => return Err(Some(format!("payload is not a DLR report: {e}"))),
+        Some(Ok(r)) => {
+            let reporter_ok = service.membership.live_of(Role::Agent).contains(&r.reported_by);
+            if let Err(e) = super::types::check_bus_report(&r, reporter_ok, now_ms()) {
+                refuse(Reason::ReportInvalid, &e);
+                return Err(Some(e.to_string()));
+            }
+            Some(r)
+        }
+        Some(Err(e)) => {
+            refuse(Reason::ReportInvalid, format_args!("payload is not a DLR report: {e}"));
+            return Err(Some(format!("payload is not a DLR report: {e}")));
+        }
     };
     let wait = query
         .parameters()

@@ -23,6 +23,7 @@ use switchboard_bus::dlr::rendezvous::replica_for;
 use switchboard_bus::dlr::wire::{ReplicaAck, ReplicaBatch, ReplicaOp, DOC_VERSION};
 use switchboard_bus::dlr::DlrRecord;
 use switchboard_bus::keys::Role;
+use switchboard_bus::refusals::{refuse, Reason};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -88,8 +89,13 @@ async fn reply(query: &Query, ack: Result<ReplicaAck, String>) {
 fn take(service: &DlrService, payload: Option<&[u8]>) -> Result<ReplicaAck, String> {
     let batch: ReplicaBatch = serde_json::from_slice(payload.unwrap_or_default()).map_err(|e| {
         service.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+        refuse(Reason::ReplicaInvalid, format_args!("not a replica batch: {e}"));
         format!("not a replica batch: {e}")
     })?;
+    if batch.ops.len() > BATCH_OPS {
+        refuse(Reason::ReplicaInvalid, format_args!("a replica batch of {} operations", batch.ops.len()));
+        return Err(format!("a replica batch holds at most {BATCH_OPS} operations, not {}", batch.ops.len()));
+    }
     let mut ack = ReplicaAck { version: DOC_VERSION, applied: 0, newer: Vec::new() };
     let _guard = service.store.lock();
     let mut puts: Vec<(DlrRecord, Option<DlrRecord>)> = Vec::new();
@@ -97,7 +103,19 @@ fn take(service: &DlrService, payload: Option<&[u8]>) -> Result<ReplicaAck, Stri
     let mut seen: HashMap<Vec<u8>, usize> = HashMap::new();
     for op in batch.ops {
         match op {
+            // Only the owner writes its records: a copy of one of ours is someone else's forgery
+            // (or a mistake), never newer than what we hold.
+            ReplicaOp::Put(record) if record.owner == service.node => {
+                refuse(
+                    Reason::ReplicaOwnRecord,
+                    format_args!("a replica of this node's own record {}/{}", record.connector, record.id),
+                );
+            }
             ReplicaOp::Put(record) => {
+                if let Err(e) = super::types::check_record(&record) {
+                    refuse(Reason::ReplicaInvalid, format_args!("record {}/{}: {e}", record.connector, record.id));
+                    continue;
+                }
                 let key = record.store_key();
                 let held = match seen.get(&key) {
                     Some(&i) => Some(puts[i].0.clone()),

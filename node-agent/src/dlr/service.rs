@@ -10,11 +10,8 @@ use switchboard_bus::dlr::wire::{DlrReport, LookupReply, ReportOutcome, Role as 
 use switchboard_bus::keys::Role;
 
 use super::events::{DlrEvent, EventKind};
-use super::types::check_field;
-use super::{
-    lookup, now_ms, replicate, DlrError, DlrService, IdForm, InboxEntry, Outcome, ReportRequest, Resolution,
-    MAX_FIELD_BYTES,
-};
+use super::types::check_report_fields;
+use super::{lookup, now_ms, replicate, DlrError, DlrService, IdForm, InboxEntry, Outcome, ReportRequest, Resolution};
 
 impl DlrService {
     /// The canonical id of `msg_id`, read in the connector's format for `form`.
@@ -76,12 +73,7 @@ impl DlrService {
     pub async fn report(&self, req: &ReportRequest) -> Result<Resolution, DlrError> {
         let (_, dlr_ids) = self.formats(&req.connector)?;
         let canonical = dlr_ids.canonical(&req.msg_id)?;
-        check_field("status", &req.status, MAX_FIELD_BYTES)?;
-        if req.status.is_empty() {
-            return Err(DlrError::BadRequest("status must not be empty".into()));
-        }
-        check_field("error", req.error.as_deref().unwrap_or(""), MAX_FIELD_BYTES)?;
-        check_field("text", req.text.as_deref().unwrap_or(""), 1024)?;
+        check_report_fields(&req.status, req.error.as_deref(), req.text.as_deref())?;
         let wait = self.wait(req.wait_ms.unwrap_or(self.settings.report_wait_ms))?;
         let report = DlrReport {
             version: DOC_VERSION,

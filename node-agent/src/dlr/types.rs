@@ -249,6 +249,45 @@ pub struct InboxEntry {
     pub report: DlrReport,
 }
 
+/// Longest DLR text accepted, in bytes.
+pub(super) const MAX_TEXT_BYTES: usize = 1024;
+
+/// Refuse a report's fields as the HTTP API does: a status (non-empty), an error code and a text
+/// within their lengths, no control characters.
+pub(super) fn check_report_fields(status: &str, error: Option<&str>, text: Option<&str>) -> Result<(), DlrError> {
+    check_field("status", status, MAX_FIELD_BYTES)?;
+    if status.is_empty() {
+        return Err(DlrError::BadRequest("status must not be empty".into()));
+    }
+    check_field("error", error.unwrap_or(""), MAX_FIELD_BYTES)?;
+    check_field("text", text.unwrap_or(""), MAX_TEXT_BYTES)
+}
+
+/// Refuse a report that came over the bus unless the HTTP API would have taken it, from a node
+/// that can have made it (`reporter_ok`), at a time that is not in the future (a minute of skew).
+pub(super) fn check_bus_report(r: &DlrReport, reporter_ok: bool, now_ms: u64) -> Result<(), DlrError> {
+    check_report_fields(&r.status, r.error.as_deref(), r.text.as_deref())?;
+    if !reporter_ok {
+        return Err(DlrError::BadRequest(format!("reported_by {:?} is not a live agent", r.reported_by)));
+    }
+    if r.reported_at > now_ms.saturating_add(60_000) {
+        return Err(DlrError::BadRequest(format!("reported_at {} is in the future", r.reported_at)));
+    }
+    Ok(())
+}
+
+/// Refuse a record (from a replica batch) whose fields the register API would have refused.
+pub(super) fn check_record(r: &DlrRecord) -> Result<(), DlrError> {
+    id::check_connector(&r.connector).map_err(|e| DlrError::BadRequest(e.to_string()))?;
+    switchboard_bus::keys::check_chunk(&r.owner).map_err(|e| DlrError::BadRequest(format!("owner: {e}")))?;
+    check_field("id", &r.id, MAX_REF_BYTES)?;
+    check_field("msg_id", &r.msg_id, MAX_REF_BYTES)?;
+    check_field("destination", &r.destination, MAX_FIELD_BYTES)?;
+    check_field("account", &r.account, MAX_FIELD_BYTES)?;
+    check_field("gateway_ref", &r.gateway_ref, MAX_REF_BYTES)?;
+    check_field("status", r.status.as_deref().unwrap_or(""), MAX_FIELD_BYTES)
+}
+
 /// Refuse `value` (the field `name`) if it is longer than `max` bytes or holds a control character.
 pub(super) fn check_field(name: &str, value: &str, max: usize) -> Result<(), DlrError> {
     if value.len() > max || value.chars().any(char::is_control) {

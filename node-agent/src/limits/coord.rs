@@ -34,6 +34,7 @@ use zenoh::Session;
 use switchboard_bus::keys::{KeySpace, Role};
 use switchboard_bus::limits::share::{share_of, Demand};
 use switchboard_bus::limits::{DemandReport, Limiter};
+use switchboard_bus::refusals::{refuse, Reason};
 use switchboard_bus::Membership;
 
 /// Timing of the coordination.
@@ -116,14 +117,22 @@ pub async fn run(
                 let Ok(sample) = sample else { break };
                 let Some(from) = keys.parse_counter(sample.key_expr().as_str()) else { continue };
                 if from == node { continue; }
+                // Only a live agent has a share: a stranger's reports would make state without
+                // bound and skew the shares.
+                if !membership.live_of(Role::Agent).contains(&from) {
+                    refuse(Reason::CounterInvalid, format_args!("demand from {from:?}, which is not a live agent"));
+                    continue;
+                }
                 match serde_json::from_slice::<DemandReport>(&sample.payload().to_bytes()) {
-                    Ok(r) if r.version == 1 => {
-                        let p = peers.entry(from).or_default();
-                        p.report = Some(r);
-                        p.heard = Some(Instant::now());
-                    }
-                    Ok(r) => tracing::warn!(version = r.version, "ignoring a demand report of an unknown version"),
-                    Err(e) => tracing::warn!(error = %e, "ignoring a malformed demand report"),
+                    Ok(r) => match r.check() {
+                        Ok(()) => {
+                            let p = peers.entry(from).or_default();
+                            p.report = Some(r);
+                            p.heard = Some(Instant::now());
+                        }
+                        Err(e) => refuse(Reason::CounterInvalid, format_args!("demand from {from}: {e}")),
+                    },
+                    Err(e) => refuse(Reason::CounterInvalid, format_args!("a malformed demand report from {from}: {e}")),
                 }
             }
             _ = tick.tick() => {

@@ -17,6 +17,7 @@ use zenoh::{Session, Wait};
 use switchboard_bus::keys::{KeyError, KeySpace};
 use switchboard_bus::limits::revision::{self, fetch_histories, History, HistoryError, Revision};
 use switchboard_bus::limits::Limiter;
+use switchboard_bus::refusals::{refuse, Reason};
 
 /// The limits sync could not start.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +75,7 @@ impl Node {
         for rev in revs {
             match h.offer(rev) {
                 Ok(took) => changed |= took,
-                Err(e) => tracing::warn!(%from, error = %e, "refusing an invalid limits revision"),
+                Err(e) => refuse(Reason::RevisionInvalid, format_args!("limits revision from {from}: {e}")),
             }
         }
         if !changed {
@@ -139,7 +140,7 @@ pub async fn start(
                     let Ok(sample) = sample else { break };
                     match serde_json::from_slice::<Revision>(&sample.payload().to_bytes()) {
                         Ok(rev) => state.take([rev], "limits set"),
-                        Err(e) => tracing::warn!(error = %e, "ignoring a malformed limits revision"),
+                        Err(e) => refuse(Reason::RevisionInvalid, format_args!("a malformed limits revision: {e}")),
                     }
                 }
                 _ = tick.tick() => {

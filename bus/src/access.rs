@@ -1,0 +1,136 @@
+//! The access policy: who may publish what on the bus, built from the members file.
+//!
+//! zenoh's access control matches a peer by the exact common name of its certificate, so the
+//! policy names every member: [`policy`] turns the members into zenoh's `access_control`
+//! document, applied by every process to what it receives (ingress), default deny. Keys that
+//! carry a name (`stream/<name>/**`, a liveliness token, watermarks) are allowed from that
+//! identity alone; the role-wide rows from every member of the role. The table in
+//! `docs/security.md` is this module in prose; `tests/security.rs` tries every row.
+
+use serde_json::{json, Value};
+
+use crate::keys::KeySpace;
+use crate::tls::{IdRole, Identity};
+
+/// What a member may send, as `(zenoh messages, key patterns under the prefix)` pairs.
+fn grants(id: &Identity) -> Vec<(&'static [&'static str], Vec<String>)> {
+    let n = &id.name;
+    let every_member: (&[&str], Vec<String>) = (
+        &["declare_subscriber", "declare_queryable", "declare_liveliness_subscriber", "liveliness_query"],
+        vec!["**".to_owned()],
+    );
+    let mut g = vec![every_member, (&["query"], vec!["view/**".to_owned(), "limits/config/*".to_owned()])];
+    match id.role {
+        IdRole::Agent => {
+            g.push((
+                &["put"],
+                vec![
+                    format!("stream/{n}/**"),
+                    format!("head/{n}"),
+                    format!("counter/{n}"),
+                    "dlr/ask/*".to_owned(),
+                    "dlr/answer/*".to_owned(),
+                ],
+            ));
+            g.push((&["liveliness_token"], vec![format!("node/{n}")]));
+            g.push((&["query"], vec!["dlr/id/**".to_owned(), "dlr/at/**".to_owned(), "dlr/replica/*".to_owned()]));
+            g.push((
+                &["reply"],
+                vec![
+                    format!("replay/{n}/**"),
+                    format!("limits/config/{n}"),
+                    format!("view/node/{n}"),
+                    "dlr/id/**".to_owned(),
+                    format!("dlr/at/{n}/**"),
+                    format!("dlr/replica/{n}"),
+                ],
+            ));
+        }
+        IdRole::Collector => {
+            g.push((&["put"], vec![format!("watermark/{n}/**")]));
+            g.push((&["liveliness_token"], vec![format!("collector/{n}")]));
+            g.push((&["query"], vec!["replay/**".to_owned()]));
+            g.push((&["reply"], vec![format!("view/collector/{n}")]));
+        }
+        IdRole::Admin => {
+            g.push((&["put"], vec!["limits/revision".to_owned(), "dlr/ask/*".to_owned()]));
+            g.push((&["query"], vec!["dlr/id/**".to_owned(), "dlr/at/**".to_owned()]));
+        }
+    }
+    g
+}
+
+/// zenoh's `access_control` document for `members` under `keys`.
+pub fn policy(keys: &KeySpace, members: &[Identity]) -> Value {
+    // A process's own messages are never filtered: every link may carry them.
+    let mut rules = vec![json!({
+        "id": "own-messages",
+        "messages": ["put", "delete", "declare_subscriber", "query", "declare_queryable", "reply",
+                     "liveliness_token", "declare_liveliness_subscriber", "liveliness_query"],
+        "flows": ["egress"],
+        "permission": "allow",
+        "key_exprs": ["**"],
+    })];
+    let mut subjects = vec![json!({ "id": "any-link" })];
+    let mut policies = vec![json!({ "id": "own-messages", "rules": ["own-messages"], "subjects": ["any-link"] })];
+    for (m, id) in members.iter().enumerate() {
+        let subject = format!("m{m}");
+        subjects.push(json!({ "id": subject, "cert_common_names": [id.to_string()] }));
+        let mut ids = Vec::new();
+        for (r, (messages, patterns)) in grants(id).into_iter().enumerate() {
+            let rule = format!("m{m}r{r}");
+            rules.push(json!({
+                "id": rule,
+                "messages": messages,
+                "flows": ["ingress"],
+                "permission": "allow",
+                "key_exprs": patterns.iter().map(|p| keys.pattern(p)).collect::<Vec<_>>(),
+            }));
+            ids.push(rule);
+        }
+        policies.push(json!({ "id": format!("member-{m}"), "rules": ids, "subjects": [subject] }));
+    }
+    json!({
+        "enabled": true,
+        "default_permission": "deny",
+        "rules": rules,
+        "subjects": subjects,
+        "policies": policies,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_member_gets_its_own_keys_and_its_roles() {
+        let keys = KeySpace::new("sb/t").unwrap();
+        let members: Vec<Identity> =
+            ["agent:gw1", "collector:c1", "admin:ops"].iter().map(|s| s.parse().unwrap()).collect();
+        let p = policy(&keys, &members);
+        let text = p.to_string();
+        for want in [
+            "sb/t/stream/gw1/**",
+            "sb/t/node/gw1",
+            "sb/t/watermark/c1/**",
+            "sb/t/collector/c1",
+            "sb/t/limits/revision",
+            "\"agent:gw1\"",
+        ] {
+            assert!(text.contains(want), "{want} missing from {text}");
+        }
+        // Nobody but an agent may send log batches; nobody but the collector watermarks.
+        let rules = p["rules"].as_array().unwrap();
+        let granted = |key: &str| -> Vec<String> {
+            rules
+                .iter()
+                .filter(|r| r["key_exprs"].as_array().unwrap().iter().any(|k| k == key))
+                .map(|r| r["id"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(granted("sb/t/stream/gw1/**"), ["m0r2"]);
+        assert_eq!(granted("sb/t/watermark/c1/**"), ["m1r2"]);
+        assert_eq!(p["default_permission"], "deny");
+    }
+}

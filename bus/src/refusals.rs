@@ -1,0 +1,168 @@
+//! Messages refused from the bus: counted by reason, logged at a rate limit.
+//!
+//! Every check that drops what a peer sent calls [`refuse`] with a [`Reason`]; `/metrics` of every
+//! long-running process shows `switchboard_bus_refused_total{reason}` ([`render`]), and the log
+//! gets at most one `WARN` per reason per [`LOG_EVERY`], with the count since the last one. What
+//! zenoh's access control drops is counted as [`Reason::AccessDenied`] by [`AccessDeniedLayer`],
+//! which watches zenoh's own decisions. The reasons are documented in `docs/security.md`.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::http::Metrics;
+
+/// At most one log line per reason this often.
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
+
+macro_rules! reasons {
+    ($($variant:ident => $label:literal: $doc:literal,)*) => {
+        /// Why a message from the bus was refused.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Reason {
+            $(#[doc = $doc] $variant,)*
+        }
+        impl Reason {
+            /// Every reason, in the order of the metric's series.
+            pub const ALL: &'static [Reason] = &[$(Reason::$variant,)*];
+            /// The metric's `reason` label.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Reason::$variant => $label,)* }
+            }
+        }
+    };
+}
+
+reasons! {
+    AccessDenied => "access_denied": "The access policy does not allow the sender's identity this message.",
+    WatermarkNotLive => "watermark_not_live": "A watermark from a collector that is not live.",
+    WatermarkNotWriter => "watermark_not_writer": "A watermark of the current epoch from another collector than its writer.",
+    WatermarkStale => "watermark_stale": "A watermark of an older epoch: a replaced writer's.",
+    WatermarkAhead => "watermark_ahead": "A watermark beyond what the agent published on the stream.",
+    ReplicaOwnRecord => "replica_own_record": "A replica batch carrying a record the receiver owns.",
+    ReplicaInvalid => "replica_invalid": "A replica batch that does not parse or is out of bounds.",
+    ReportInvalid => "report_invalid": "A DLR report over the bus that the HTTP API would refuse.",
+    RevisionInvalid => "revision_invalid": "A limits revision that does not validate or jumps too far.",
+    CounterInvalid => "counter_invalid": "A demand document out of bounds or under another node's key.",
+    HeadNotLive => "head_not_live": "Heads from a node that is not live.",
+    HeadInvalid => "head_invalid": "Heads that do not parse or are out of bounds.",
+    BatchForeign => "batch_foreign": "A log batch on the stream of a node that is not live.",
+    ReplayRange => "replay_range": "A replay query whose range is inverted or too long.",
+}
+
+const N: usize = Reason::ALL.len();
+
+static COUNTS: [AtomicU64; N] = [const { AtomicU64::new(0) }; N];
+
+/// Per reason: when it was last logged, and how many went unlogged since.
+static LOGGED: Mutex<[(Option<Instant>, u64); N]> = Mutex::new([(None, 0); N]);
+
+fn index(reason: Reason) -> usize {
+    Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0)
+}
+
+/// Count a refusal and log it (at most once per reason per [`LOG_EVERY`]).
+pub fn refuse(reason: Reason, detail: impl fmt::Display) {
+    let i = index(reason);
+    COUNTS[i].fetch_add(1, Ordering::Relaxed);
+    let Ok(mut logged) = LOGGED.lock() else { return };
+    let (last, unlogged) = &mut logged[i];
+    if last.is_some_and(|t| t.elapsed() < LOG_EVERY) {
+        *unlogged += 1;
+        return;
+    }
+    let before = std::mem::take(unlogged);
+    *last = Some(Instant::now());
+    drop(logged);
+    tracing::warn!(reason = reason.as_str(), refused_since_last_line = before, "refused from the bus: {detail}");
+}
+
+/// How many messages were refused for `reason` since the process started.
+pub fn count(reason: Reason) -> u64 {
+    COUNTS[index(reason)].load(Ordering::Relaxed)
+}
+
+/// Whether this process runs the bus with mutual TLS (set by [`crate::session::open`]).
+static TLS: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn set_tls(on: bool) {
+    TLS.store(on, Ordering::Relaxed);
+}
+
+/// Whether the bus runs with mutual TLS.
+pub fn tls() -> bool {
+    TLS.load(Ordering::Relaxed)
+}
+
+/// `switchboard_bus_tls` and `switchboard_bus_refused_total{reason}`.
+pub fn render(m: &mut Metrics) {
+    m.gauge(
+        "switchboard_bus_tls",
+        "1 when the bus runs with mutual TLS, 0 on plain TCP.",
+        if tls() { 1.0 } else { 0.0 },
+    );
+    m.counter_series(
+        "switchboard_bus_refused_total",
+        "Messages from the bus refused, by reason (docs/security.md).",
+        Reason::ALL.iter().map(|r| (vec![("reason", r.as_str().to_owned())], count(*r) as f64)),
+    );
+}
+
+/// Where zenoh logs its access-control decisions.
+pub const ZENOH_ACCESS_CONTROL: &str = "zenoh::net::routing::interceptor::access_control";
+
+/// A `tracing` layer that counts zenoh's access-control denials as [`Reason::AccessDenied`].
+/// zenoh reports each decision as a `TRACE` event of [`ZENOH_ACCESS_CONTROL`]; give the layer a
+/// filter for that target ([`AccessDeniedLayer::filter`]) so that nothing else reaches it.
+#[derive(Debug, Default)]
+pub struct AccessDeniedLayer;
+
+impl AccessDeniedLayer {
+    /// The per-layer filter: zenoh's access-control events only (every other call site of the
+    /// program stays disabled for this layer, so it costs nothing elsewhere).
+    pub fn filter() -> tracing_subscriber::filter::Targets {
+        tracing_subscriber::filter::Targets::new().with_target(ZENOH_ACCESS_CONTROL, tracing::Level::TRACE)
+    }
+}
+
+struct Message(String);
+
+impl tracing::field::Visit for Message {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AccessDeniedLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: tracing_subscriber::layer::Context<'_, S>) {
+        if !tls() {
+            return;
+        }
+        let mut m = Message(String::new());
+        event.record(&mut m);
+        if m.0.contains("is unauthorized") {
+            refuse(Reason::AccessDenied, m.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_counted_by_reason_and_rendered() {
+        let before = count(Reason::ReplayRange);
+        refuse(Reason::ReplayRange, "from=9;to=1");
+        refuse(Reason::ReplayRange, "from=9;to=1");
+        assert_eq!(count(Reason::ReplayRange), before + 2);
+        let mut m = Metrics::new();
+        render(&mut m);
+        let text = m.finish();
+        assert!(text.contains("switchboard_bus_refused_total{reason=\"replay_range\"}"), "{text}");
+        assert!(text.contains("switchboard_bus_tls 0"), "{text}");
+    }
+}

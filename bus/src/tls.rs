@@ -1,0 +1,312 @@
+//! Mutual TLS on the bus: the `[bus.tls]` table, the identity a certificate carries, and the
+//! checks that make a wrong file fail at start with its name.
+//!
+//! A certificate's subject common name is its [`Identity`], `<role>:<name>`. [`load`] reads the
+//! CA, this process's certificate and key, and the members file, and refuses what zenoh would
+//! accept but the cluster would not: an expired certificate, one not signed by the CA, one
+//! that names another process. The policy built from the members file is in [`crate::access`];
+//! `docs/security.md` documents both.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::pem::Pem;
+
+use crate::keys::check_chunk;
+
+/// The `[bus.tls]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the cluster CA's certificate (several during a CA rotation). Required.
+    pub ca: PathBuf,
+    /// PEM file of this process's certificate, issued by `switchboard certs issue`. Required.
+    pub cert: PathBuf,
+    /// PEM file of this process's private key. Required.
+    pub key: PathBuf,
+    /// The members file: one identity (`<role>:<name>`) per line. Default: `members` in the
+    /// directory of `ca`.
+    #[serde(default)]
+    pub members: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// The members file in force.
+    pub fn members_path(&self) -> PathBuf {
+        self.members.clone().unwrap_or_else(|| self.ca.parent().unwrap_or(Path::new(".")).join("members"))
+    }
+}
+
+/// What a certificate allows its holder to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdRole {
+    /// A node agent; its name is its gateway node's.
+    Agent,
+    /// A collector.
+    Collector,
+    /// A person or tool that administers the cluster (`switchboard limits set`).
+    Admin,
+}
+
+impl IdRole {
+    /// `agent`, `collector` or `admin`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdRole::Agent => "agent",
+            IdRole::Collector => "collector",
+            IdRole::Admin => "admin",
+        }
+    }
+}
+
+impl FromStr for IdRole {
+    type Err = TlsError;
+    fn from_str(s: &str) -> Result<Self, TlsError> {
+        match s {
+            "agent" => Ok(IdRole::Agent),
+            "collector" => Ok(IdRole::Collector),
+            "admin" => Ok(IdRole::Admin),
+            _ => Err(TlsError::Identity(format!("unknown role {s:?} (expected agent, collector or admin)"))),
+        }
+    }
+}
+
+impl fmt::Display for IdRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A certificate's identity: its subject common name, `<role>:<name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Identity {
+    /// The role.
+    pub role: IdRole,
+    /// The process's name (`[bus] node`), a valid key chunk.
+    pub name: String,
+}
+
+impl Identity {
+    /// An identity, checking that the name can stand in a key.
+    pub fn new(role: IdRole, name: &str) -> Result<Self, TlsError> {
+        check_chunk(name).map_err(|e| TlsError::Identity(format!("name {name:?}: {e}")))?;
+        Ok(Self { role, name: name.to_owned() })
+    }
+}
+
+impl FromStr for Identity {
+    type Err = TlsError;
+    fn from_str(s: &str) -> Result<Self, TlsError> {
+        let (role, name) =
+            s.split_once(':').ok_or_else(|| TlsError::Identity(format!("{s:?} is not <role>:<name>")))?;
+        Identity::new(role.parse()?, name)
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.role, self.name)
+    }
+}
+
+/// A TLS file that cannot be used, with the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file holds no PEM block of the expected kind, or one that does not parse.
+    #[error("{path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The certificate's validity period has ended (or not begun).
+    #[error("{path}: the certificate is valid from {not_before} to {not_after}, not now; issue a new one with `switchboard certs issue`")]
+    NotValidNow {
+        /// The file.
+        path: PathBuf,
+        /// Start of validity.
+        not_before: String,
+        /// End of validity.
+        not_after: String,
+    },
+    /// The certificate is not signed by (any of) the CA(s).
+    #[error("{path} is not signed by the CA in {ca}")]
+    NotSignedByCa {
+        /// The certificate.
+        path: PathBuf,
+        /// The CA file.
+        ca: PathBuf,
+    },
+    /// An identity that is not `<role>:<name>` or names another process.
+    #[error("identity: {0}")]
+    Identity(String),
+    /// A line of the members file.
+    #[error("{path} line {line}: {reason}")]
+    Members {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// What [`load`] found: this process's identity and the cluster's members.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// The identity in this process's certificate.
+    pub identity: Identity,
+    /// Every identity of the members file, sorted, without repeats.
+    pub members: Vec<Identity>,
+    /// When this process's certificate expires (RFC 2822).
+    pub not_after: String,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })
+}
+
+fn invalid(path: &Path, reason: impl Into<String>) -> TlsError {
+    TlsError::Invalid { path: path.to_owned(), reason: reason.into() }
+}
+
+/// Every certificate PEM block of `data`.
+fn pem_certificates(path: &Path, data: &[u8]) -> Result<Vec<Pem>, TlsError> {
+    let mut out = Vec::new();
+    for pem in Pem::iter_from_buffer(data) {
+        let pem = pem.map_err(|e| invalid(path, format!("not PEM: {e}")))?;
+        if pem.label == "CERTIFICATE" {
+            out.push(pem);
+        }
+    }
+    if out.is_empty() {
+        return Err(invalid(path, "no CERTIFICATE block"));
+    }
+    Ok(out)
+}
+
+fn parse<'a>(path: &Path, pem: &'a Pem) -> Result<X509Certificate<'a>, TlsError> {
+    pem.parse_x509().map_err(|e| invalid(path, format!("not an X.509 certificate: {e}")))
+}
+
+fn check_validity(path: &Path, cert: &X509Certificate<'_>) -> Result<(), TlsError> {
+    if cert.validity().is_valid() {
+        return Ok(());
+    }
+    Err(TlsError::NotValidNow {
+        path: path.to_owned(),
+        not_before: cert.validity().not_before.to_string(),
+        not_after: cert.validity().not_after.to_string(),
+    })
+}
+
+/// The identity in a certificate's subject common name.
+pub fn identity_of(path: &Path, cert: &X509Certificate<'_>) -> Result<Identity, TlsError> {
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .ok_or_else(|| invalid(path, "the certificate has no subject common name"))?;
+    cn.parse().map_err(|e| invalid(path, format!("common name {cn:?}: {e}")))
+}
+
+/// Read a members file: one identity per line, `#` starts a comment, blank lines are skipped.
+pub fn read_members(path: &Path) -> Result<Vec<Identity>, TlsError> {
+    let text = String::from_utf8(read(path)?).map_err(|_| invalid(path, "not UTF-8"))?;
+    let mut members = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let id = line.parse().map_err(|e: TlsError| TlsError::Members {
+            path: path.to_owned(),
+            line: i + 1,
+            reason: e.to_string(),
+        })?;
+        members.push(id);
+    }
+    members.sort();
+    members.dedup();
+    Ok(members)
+}
+
+/// Read and check `config`'s files. `expect` is the identity this process must hold (`None`
+/// for a command-line tool, which may use any member's certificate).
+pub fn load(config: &TlsConfig, expect: Option<&Identity>) -> Result<Credentials, TlsError> {
+    let ca_data = read(&config.ca)?;
+    let ca_pems = pem_certificates(&config.ca, &ca_data)?;
+    let mut cas = Vec::new();
+    for pem in &ca_pems {
+        let ca = parse(&config.ca, pem)?;
+        check_validity(&config.ca, &ca)?;
+        cas.push(ca);
+    }
+    let cert_data = read(&config.cert)?;
+    let cert_pems = pem_certificates(&config.cert, &cert_data)?;
+    let cert = parse(&config.cert, &cert_pems[0])?;
+    check_validity(&config.cert, &cert)?;
+    if !cas.iter().any(|ca| cert.verify_signature(Some(ca.public_key())).is_ok()) {
+        return Err(TlsError::NotSignedByCa { path: config.cert.clone(), ca: config.ca.clone() });
+    }
+    let identity = identity_of(&config.cert, &cert)?;
+    if let Some(expect) = expect {
+        if &identity != expect {
+            return Err(TlsError::Identity(format!(
+                "{} is the certificate of {identity}, but this process is {expect}; issue one with \
+                 `switchboard certs issue {} --role {}`",
+                config.cert.display(),
+                expect.name,
+                expect.role
+            )));
+        }
+    }
+    let key = String::from_utf8(read(&config.key)?).map_err(|_| invalid(&config.key, "not PEM"))?;
+    if !key.contains("PRIVATE KEY-----") {
+        return Err(invalid(&config.key, "no PRIVATE KEY block"));
+    }
+    let members = read_members(&config.members_path())?;
+    Ok(Credentials { identity, members, not_after: cert.validity().not_after.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_round_trip_and_bad_ones_are_refused() {
+        let id: Identity = "agent:gw1".parse().unwrap();
+        assert_eq!((id.role, id.name.as_str()), (IdRole::Agent, "gw1"));
+        assert_eq!(id.to_string(), "agent:gw1");
+        for bad in ["gw1", "root:gw1", "agent:", "agent:a/b", "collector:*"] {
+            assert!(bad.parse::<Identity>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn members_files_skip_comments_and_name_bad_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("members");
+        std::fs::write(&p, "# cluster\nagent:gw1\n\ncollector:c1  # the writer\nagent:gw1\n").unwrap();
+        let m = read_members(&p).unwrap();
+        assert_eq!(m.iter().map(|i| i.to_string()).collect::<Vec<_>>(), ["agent:gw1", "collector:c1"]);
+        std::fs::write(&p, "agent:gw1\nnode:gw2\n").unwrap();
+        let e = read_members(&p).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("unknown role"), "{e}");
+    }
+}

@@ -1,0 +1,193 @@
+//! `switchboard certs`: the cluster's certificates without a PKI team.
+//!
+//! `init` makes a cluster CA (ECDSA P-256, 10 years) and an empty members file; `issue` makes a
+//! process's key and certificate, signed by that CA, whose subject common name is its identity
+//! (`<role>:<name>`, [`switchboard_bus::tls::Identity`]), and adds the identity to the members
+//! file. Certificates are for both ends of a link (server and client authentication). Rotation is
+//! documented in docs/security.md.
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+use clap::Subcommand;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
+use switchboard_bus::tls::{read_members, IdRole, Identity};
+
+/// `switchboard certs ...`
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Make a cluster CA: <dir>/ca.crt (give it to every process), <dir>/ca.key (keep it
+    /// offline; it signs certificates) and an empty <dir>/members.
+    Init {
+        /// Where to write the files.
+        #[arg(long, default_value = "tls")]
+        dir: PathBuf,
+        /// How long the CA is valid, in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+        /// Replace an existing CA (every certificate it issued stops being trusted).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make a key and certificate for one process: <dir>/<role>-<name>.crt and .key, signed by
+    /// <dir>/ca.key, and add <role>:<name> to <dir>/members. Issuing again for the same name
+    /// makes a new key (rotation).
+    Issue {
+        /// The process's name: `[bus] node` of its config (an agent's is its gateway node's).
+        name: String,
+        /// What the holder may do (docs/security.md).
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// Where the CA is and the files go.
+        #[arg(long, default_value = "tls")]
+        dir: PathBuf,
+        /// How long the certificate is valid, in days.
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+    },
+    /// Print a certificate's identity, issuer and validity.
+    Show {
+        /// A PEM certificate file.
+        file: PathBuf,
+    },
+}
+
+/// A role on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum RoleArg {
+    /// A node agent.
+    Agent,
+    /// A collector.
+    Collector,
+    /// A person or tool that sets limits and asks for DLRs.
+    Admin,
+}
+
+impl From<RoleArg> for IdRole {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Agent => IdRole::Agent,
+            RoleArg::Collector => IdRole::Collector,
+            RoleArg::Admin => IdRole::Admin,
+        }
+    }
+}
+
+/// Run one `certs` command.
+pub fn run(command: CertsCommand) -> Result<()> {
+    match command {
+        CertsCommand::Init { dir, days, force } => init(&dir, days, force),
+        CertsCommand::Issue { name, role, dir, days } => issue(&dir, &Identity::new(role.into(), &name)?, days),
+        CertsCommand::Show { file } => show(&file),
+    }
+}
+
+fn validity(params: &mut CertificateParams, days: u32) {
+    let now = time::OffsetDateTime::now_utc();
+    // A minute of slack for clocks that differ a little between nodes.
+    params.not_before = now - time::Duration::minutes(1);
+    params.not_after = now + time::Duration::days(i64::from(days));
+}
+
+/// Write `contents` to `path` with `mode` (a new file, or replacing one).
+fn write(path: &Path, contents: &str, mode: u32) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(contents.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn init(dir: &Path, days: u32, force: bool) -> Result<()> {
+    let (crt, key, members) = (dir.join("ca.crt"), dir.join("ca.key"), dir.join("members"));
+    if key.exists() && !force {
+        bail!(
+            "{} exists: a cluster has one CA (use --force to replace it and every certificate it issued)",
+            key.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let ca_key = KeyPair::generate().context("generating the CA key")?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).context("CA parameters")?;
+    params.distinguished_name.push(DnType::CommonName, "switchboard cluster CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    validity(&mut params, days);
+    let cert = params.self_signed(&ca_key).context("signing the CA certificate")?;
+    write(&key, &ca_key.serialize_pem(), 0o600)?;
+    write(&crt, &cert.pem(), 0o644)?;
+    if !members.exists() || force {
+        write(
+            &members,
+            "# Switchboard cluster members: one <role>:<name> per line, the same file on every node.\n",
+            0o644,
+        )?;
+    }
+    println!("CA: {} (give it to every process) and {} (keep it offline)", crt.display(), key.display());
+    println!("members: {}", members.display());
+    println!("next: switchboard certs issue <name> --role agent|collector|admin --dir {}", dir.display());
+    Ok(())
+}
+
+fn issue(dir: &Path, id: &Identity, days: u32) -> Result<()> {
+    let (ca_crt, ca_key, members) = (dir.join("ca.crt"), dir.join("ca.key"), dir.join("members"));
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).with_context(|| {
+            format!("cannot read {} (run `switchboard certs init --dir {}` first)", p.display(), dir.display())
+        })
+    };
+    let ca_key = KeyPair::from_pem(&read(&ca_key)?).context("the CA key does not parse")?;
+    let issuer = Issuer::from_ca_cert_pem(&read(&ca_crt)?, ca_key).context("the CA certificate does not parse")?;
+    let key = KeyPair::generate().context("generating a key")?;
+    let mut params = CertificateParams::new(vec![id.name.clone()]).context("certificate parameters")?;
+    params.distinguished_name.push(DnType::CommonName, id.to_string());
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    // Every process is both ends of some link: it accepts connections and makes them.
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    validity(&mut params, days);
+    let cert = params.signed_by(&key, &issuer).context("signing the certificate")?;
+    let base = dir.join(format!("{}-{}", id.role, id.name));
+    let (crt_path, key_path) = (base.with_extension("crt"), base.with_extension("key"));
+    write(&key_path, &key.serialize_pem(), 0o600)?;
+    write(&crt_path, &cert.pem(), 0o644)?;
+    let known = if members.exists() { read_members(&members)? } else { Vec::new() };
+    if !known.contains(id) {
+        let mut text = if members.exists() { read(&members)? } else { String::new() };
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&format!("{id}\n"));
+        write(&members, &text, 0o644)?;
+        println!("added {id} to {} (copy it to every node, then restart their processes)", members.display());
+    }
+    println!("{id}: {} and {} (valid {days} days)", crt_path.display(), key_path.display());
+    Ok(())
+}
+
+fn show(file: &Path) -> Result<()> {
+    let data = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let (_, pem) =
+        x509_parser::pem::parse_x509_pem(&data).map_err(|e| anyhow::anyhow!("{}: not PEM: {e}", file.display()))?;
+    let cert = pem.parse_x509().map_err(|e| anyhow::anyhow!("{}: not a certificate: {e}", file.display()))?;
+    let identity =
+        switchboard_bus::tls::identity_of(file, &cert).map_or_else(|e| format!("none ({e})"), |i| i.to_string());
+    println!("identity:  {identity}");
+    println!("subject:   {}", cert.subject());
+    println!("issuer:    {}", cert.issuer());
+    println!("valid:     {} to {}", cert.validity().not_before, cert.validity().not_after);
+    println!("valid now: {}", if cert.validity().is_valid() { "yes" } else { "NO" });
+    Ok(())
+}

@@ -1,0 +1,405 @@
+//! The bus lets no one in where they don't belong (docs/security.md): mutual TLS refuses a peer
+//! without a certificate, the access policy refuses a member that acts as another, and the
+//! message checks refuse forged documents even without TLS. Every attempt is a real zenoh
+//! session of this test against real collector and agent processes; after each one the refusal
+//! is counted where it landed, and at the end the dataset holds every real line exactly once and
+//! the real DLR record is intact.
+
+mod common;
+
+use std::time::Duration;
+
+use common::limits::http_post;
+use common::{append, assert_exactly_once, free_port, metric, numbered, read_logs, wait_until, Cluster, Proc, BIN};
+use serde_json::{json, Value};
+use switchboard_bus::config::BusConfig;
+use switchboard_bus::dlr::wire::{DlrReport, ReplicaBatch, ReplicaOp};
+use switchboard_bus::dlr::{DlrRecord, RecordState};
+use switchboard_bus::tls::TlsConfig;
+use switchboard_bus::wire::log_batch::{self, LogBatchBuilder, LogRow};
+use zenoh::Session;
+
+const DLR: &str = "[dlr]\n[[dlr.connector]]\nname = \"dec\"\nids = \"decimal\"\n";
+
+/// A collector and agent `gw1` (its own listen port, a log source, limits and DLRs).
+struct Setup {
+    c: Cluster,
+    _collector: Proc,
+    _gw1: Proc,
+    gw1_endpoint: String,
+}
+
+fn setup(c: Cluster) -> Setup {
+    let collector = c.start_collector();
+    let port = free_port();
+    let proto = if c.tls.is_some() { "tls" } else { "tcp" };
+    let gw1_endpoint = format!("{proto}/127.0.0.1:{port}");
+    let rest = format!(
+        "[[source]]\nname = \"app\"\npaths = [\"{}/*.log*\"]\nformat = \"plain\"\n\n[limits]\ninterval_ms = 50\nresync_ms = 1000\n\n{DLR}",
+        c.logs_dir("gw1").display()
+    );
+    let gw1 = c.start_agent_config(
+        "gw1",
+        std::slice::from_ref(&c.endpoint),
+        &format!("listen = [\"{gw1_endpoint}\"]"),
+        &rest,
+    );
+    let s = Setup { c, _collector: collector, _gw1: gw1, gw1_endpoint };
+    write_and_wait(&s, 0, 100);
+    s
+}
+
+/// Append lines `from..to` of gw1 and wait until the dataset holds all `to` of them.
+fn write_and_wait(s: &Setup, from: usize, to: usize) {
+    append(&s.c.logs_dir("gw1").join("app.log"), (from..to).map(|i| numbered("gw1", i)));
+    let ok = wait_until(Duration::from_secs(30), || read_logs(&s.c.dataset()).len() >= to);
+    assert!(ok, "only {} of {to} lines stored", read_logs(&s.c.dataset()).len());
+}
+
+fn refused(c: &Cluster, process: &str, reason: &str) -> u64 {
+    let (_, text) = c.http_get(process, "/metrics");
+    metric(&text, &format!("switchboard_bus_refused_total{{reason=\"{reason}\"}}")).unwrap_or(0.0) as u64
+}
+
+/// Run `attempt`, then wait until `process` has counted one more refusal for `reason`.
+async fn expect_refused<F: std::future::Future<Output = ()>>(c: &Cluster, process: &str, reason: &str, attempt: F) {
+    let before = refused(c, process, reason);
+    attempt.await;
+    let ok = wait_until(Duration::from_secs(10), || refused(c, process, reason) > before);
+    assert!(ok, "{process} did not count a refusal for {reason} (still {before})");
+}
+
+/// A bus session of this test as `identity` (`<role>:<name>`; plain TCP when the cluster has
+/// no TLS), connected to `endpoints` only.
+async fn session(c: &Cluster, identity: &str, endpoints: &[String]) -> Session {
+    let (role, name) = identity.split_once(':').unwrap();
+    let bus = BusConfig {
+        cluster: c.cluster.clone(),
+        node: format!("hostile-{name}"),
+        connect: endpoints.to_vec(),
+        gossip: false,
+        tls: c.tls.as_ref().map(|dir| TlsConfig {
+            ca: dir.join("ca.crt"),
+            cert: dir.join(format!("{role}-{name}.crt")),
+            key: dir.join(format!("{role}-{name}.key")),
+            members: None,
+        }),
+        ..BusConfig::default()
+    };
+    let s = switchboard_bus::session::open(&bus, None).await.expect("a member's session opens");
+    // Links up and declarations exchanged.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s
+}
+
+fn key(c: &Cluster, rest: &str) -> String {
+    format!("sb/{}/{rest}", c.cluster)
+}
+
+/// A valid `log_batch` of lines `first..first+n` saying "forged".
+fn forged_batch(first: u64, n: u64) -> Vec<u8> {
+    let mut b = LogBatchBuilder::new();
+    for seq in first..first + n {
+        let row = LogRow {
+            seq,
+            ts_micros: 1_700_000_000_000_000,
+            observed_micros: 1_700_000_000_000_000,
+            file: "/forged.log",
+            offset: seq * 10,
+            level: Some("info"),
+            message: "forged",
+            raw: None,
+            truncated: false,
+        };
+        b.append::<&str, &str>(&row, &[]);
+    }
+    log_batch::encode(&b.finish().unwrap()).unwrap()
+}
+
+async fn put(s: &Session, key: &str, body: impl Into<zenoh::bytes::ZBytes>) {
+    s.put(key, body).congestion_control(zenoh::qos::CongestionControl::Block).await.unwrap();
+}
+
+/// Send a query with a payload; the replies' texts (errors too).
+async fn ask(s: &Session, selector: &str, payload: Option<Vec<u8>>) -> Vec<String> {
+    let mut get = s.get(selector).timeout(Duration::from_secs(3));
+    if let Some(p) = payload {
+        get = get.payload(p);
+    }
+    let replies = get.await.unwrap();
+    let mut out = Vec::new();
+    while let Ok(r) = replies.recv_async().await {
+        out.push(match r.result() {
+            Ok(s) => String::from_utf8_lossy(&s.payload().to_bytes()).into_owned(),
+            Err(e) => format!("error: {}", String::from_utf8_lossy(&e.payload().to_bytes())),
+        });
+    }
+    out
+}
+
+fn post(c: &Cluster, node: &str, path: &str, body: Value) -> (u16, Value) {
+    let (code, _, text) = http_post(c.http_port(node), path, &body.to_string());
+    (code, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Register message 1001 on gw1; its record as gw1 holds it.
+fn register(c: &Cluster) -> DlrRecord {
+    let (code, body) = post(c, "gw1", "/v1/dlr/register", json!({"records": [{"connector": "dec", "msg_id": "1001"}]}));
+    assert_eq!(code, 201, "{body}");
+    record(c)
+}
+
+fn record(c: &Cluster) -> DlrRecord {
+    let (code, body) = post(c, "gw1", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "1001"}));
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_value(body["record"].clone()).unwrap()
+}
+
+fn limits_revision(c: &Cluster) -> u64 {
+    let (_, body) = c.http_get("gw1", "/v1/limits");
+    serde_json::from_str::<Value>(&body).ok().and_then(|v| v["revision"].as_u64()).unwrap_or(0)
+}
+
+fn report(status: &str, by: &str) -> Vec<u8> {
+    let r = DlrReport {
+        version: 1,
+        status: status.into(),
+        r#final: true,
+        reported_at: 1,
+        reported_by: by.into(),
+        error: None,
+        text: None,
+    };
+    serde_json::to_vec(&r).unwrap()
+}
+
+fn finish(s: &Setup, rec: &DlrRecord) {
+    // The real agent goes on; every real line is stored once, no forged one at all.
+    write_and_wait(s, 100, 200);
+    let rows = read_logs(&s.c.dataset());
+    assert!(rows.iter().all(|r| r.message != "forged" && r.node == "gw1"), "a forged row was stored");
+    assert_eq!(assert_exactly_once(&rows).into_values().collect::<Vec<_>>(), [200], "gw1 has one stream of 200 lines");
+    assert_eq!(&record(&s.c), rec, "the real DLR record changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_a_certificate_cannot_connect() {
+    let c = Cluster::with_tls(&["collector:c1", "agent:gw1", "admin:ops"]);
+    let s = setup(c);
+    let c = &s.c;
+    let dir = c.tls.clone().unwrap();
+    // The processes say they run on TLS.
+    let (_, health) = c.http_get("collector", "/health");
+    assert!(health.contains("\"tls\":true"), "{health}");
+    let (_, text) = c.http_get("gw1", "/metrics");
+    assert_eq!(metric(&text, "switchboard_bus_tls"), Some(1.0));
+
+    // Row 1: a client that trusts the CA but shows no certificate, and a plain TCP client.
+    let mut zc = zenoh::Config::default();
+    zc.insert_json5("mode", "\"client\"").unwrap();
+    zc.insert_json5("connect/endpoints", &json!([c.endpoint]).to_string()).unwrap();
+    zc.insert_json5("transport/link/tls/root_ca_certificate", &json!(dir.join("ca.crt")).to_string()).unwrap();
+    zc.insert_json5("transport/link/tls/verify_name_on_connect", "false").unwrap();
+    assert!(zenoh::open(zc).await.is_err(), "a client without a certificate connected");
+    let mut plain = zenoh::Config::default();
+    plain.insert_json5("mode", "\"client\"").unwrap();
+    plain.insert_json5("connect/endpoints", &json!([c.endpoint.replace("tls/", "tcp/")]).to_string()).unwrap();
+    assert!(zenoh::open(plain).await.is_err(), "a plain TCP client connected");
+
+    // Row 18: a member sees the cluster: the views answer and the tokens are there.
+    let ops = session(c, "admin:ops", std::slice::from_ref(&c.endpoint)).await;
+    let views = ask(&ops, &key(c, "view/**"), None).await;
+    assert!(views.iter().any(|v| v.contains("collector/c1")), "{views:?}");
+    let tokens = ops.liveliness().get(key(c, "*/*")).timeout(Duration::from_secs(3)).await.unwrap();
+    let mut seen = Vec::new();
+    while let Ok(r) = tokens.recv_async().await {
+        if let Ok(s) = r.result() {
+            seen.push(s.key_expr().to_string());
+        }
+    }
+    assert!(seen.contains(&key(c, "collector/c1")), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cannot_act_as_another() {
+    let c = Cluster::with_tls(&["collector:c1", "agent:gw1", "agent:gw2", "collector:c2", "admin:ops", "agent:gw9"]);
+    // gw9 has a certificate of the CA but is not a member.
+    let members = c.tls.as_ref().unwrap().join("members");
+    let text = std::fs::read_to_string(&members).unwrap().replace("agent:gw9\n", "");
+    std::fs::write(&members, text).unwrap();
+    let s = setup(c);
+    let (c, both) = (&s.c, vec![s.c.endpoint.clone(), s.gw1_endpoint.clone()]);
+    let rec = register(c);
+    let gw2 = session(c, "agent:gw2", &both).await;
+
+    // Rows 2, 3, 6: gw2 publishes gw1's stream and heads.
+    expect_refused(c, "collector", "access_denied", put(&gw2, &key(c, "stream/gw1/log/app"), forged_batch(100, 50)))
+        .await;
+    let heads = json!({"version": 1, "streams": {"log/app": 1_000_000_000u64}}).to_string();
+    expect_refused(c, "collector", "access_denied", put(&gw2, &key(c, "head/gw1"), heads)).await;
+
+    // Rows 4, 5: gw2 poses as another node and as a collector.
+    expect_refused(c, "gw1", "access_denied", async {
+        std::mem::forget(gw2.liveliness().declare_token(key(c, "node/gw3")).await.unwrap());
+        std::mem::forget(gw2.liveliness().declare_token(key(c, "collector/c2")).await.unwrap());
+    })
+    .await;
+    let (_, dlr) = c.http_get("gw1", "/v1/dlr");
+    assert!(!dlr.contains("gw3"), "gw1 took gw2's token for gw3: {dlr}");
+
+    // Row 7: gw2 forges the collector's watermark; it never reaches gw1's checks.
+    let checks = refused(c, "gw1", "watermark_not_live") + refused(c, "gw1", "watermark_ahead");
+    let marks = json!({"version": 1, "streams": {"log/app": 99}, "epoch": 1_000_000u64}).to_string();
+    expect_refused(c, "gw1", "access_denied", put(&gw2, &key(c, "watermark/c1/gw1"), marks)).await;
+    assert_eq!(refused(c, "gw1", "watermark_not_live") + refused(c, "gw1", "watermark_ahead"), checks);
+
+    // Row 9: gw2 reports demand as gw1.
+    let demand = json!({"version": 1, "demand": {"k": 1e9}}).to_string();
+    expect_refused(c, "gw1", "access_denied", put(&gw2, &key(c, "counter/gw1"), demand)).await;
+
+    // Row 10: an agent cannot set limits; an admin can (with `switchboard limits set`).
+    let rev = json!({"revision": 7, "at_ms": 1, "author": "gw2", "comment": "", "limits": [{"key": "k", "rate": 1}]});
+    expect_refused(c, "gw1", "access_denied", put(&gw2, &key(c, "limits/revision"), rev.to_string())).await;
+    assert_eq!(limits_revision(c), 0);
+    let dir = c.tls.clone().unwrap();
+    let file = c.path().join("limits.toml");
+    std::fs::write(&file, "[[limit]]\nkey = \"k\"\nrate = 100\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["limits", "set", file.to_str().unwrap(), "--timeout", "10s", "--cluster", &c.cluster])
+        .args(["--connect", &s.gw1_endpoint])
+        .args(["--tls-ca", dir.join("ca.crt").to_str().unwrap()])
+        .args(["--tls-cert", dir.join("admin-ops.crt").to_str().unwrap()])
+        .args(["--tls-key", dir.join("admin-ops.key").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(wait_until(Duration::from_secs(10), || limits_revision(c) == 1), "the admin's revision was not applied");
+
+    // Rows 13-15: a collector's certificate cannot send DLR reports or replicas.
+    let c2 = session(c, "collector:c2", &both).await;
+    let closing = report("DELIVRD", "gw1");
+    expect_refused(c, "gw1", "access_denied", async {
+        let _ = ask(&c2, &key(c, "dlr/id/dec/1001"), Some(closing.clone())).await;
+    })
+    .await;
+    // An agent may send a replica batch, but not one of gw1's own records (the receiver's check).
+    let mut forged = rec.clone();
+    forged.version += 10;
+    forged.state = RecordState::Closed;
+    forged.status = Some("DELIVRD".into());
+    let batch = ReplicaBatch::encode("gw2", &[ReplicaOp::Put(forged)]).unwrap();
+    expect_refused(c, "gw1", "replica_own_record", async {
+        let _ = ask(&gw2, &key(c, "dlr/replica/gw1"), Some(batch.clone())).await;
+    })
+    .await;
+
+    // Row 19: a certificate of the CA that is not a member can do nothing.
+    let gw9 = session(c, "agent:gw9", std::slice::from_ref(&c.endpoint)).await;
+    expect_refused(c, "collector", "access_denied", put(&gw9, &key(c, "stream/gw9/log/app"), forged_batch(0, 10)))
+        .await;
+
+    finish(&s, &rec);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_checks_hold_without_tls() {
+    let s = setup(Cluster::new());
+    let (c, both) = (&s.c, vec![s.c.endpoint.clone(), s.gw1_endpoint.clone()]);
+    let (_, health) = c.http_get("gw1", "/health");
+    assert!(health.contains("\"tls\":false"), "{health}");
+    let rec = register(c);
+    let h = session(c, "agent:x", &both).await;
+
+    // A watermark from a collector that is not live.
+    let marks = |w: u64, epoch: u64| json!({"version": 1, "streams": {"log/app": w}, "epoch": epoch}).to_string();
+    expect_refused(c, "gw1", "watermark_not_live", put(&h, &key(c, "watermark/c9/gw1"), marks(99, 5))).await;
+    // A live stranger's watermark beyond what gw1 published is refused whole (its epoch too).
+    let _token = h.liveliness().declare_token(key(c, "collector/c9")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    expect_refused(c, "gw1", "watermark_ahead", put(&h, &key(c, "watermark/c9/gw1"), marks(u64::MAX, u64::MAX))).await;
+
+    // A replica of gw1's own record, and one out of bounds.
+    let mut forged = rec.clone();
+    forged.version += 10;
+    forged.state = RecordState::Closed;
+    let own = ReplicaBatch::encode("x", &[ReplicaOp::Put(forged.clone())]).unwrap();
+    expect_refused(c, "gw1", "replica_own_record", async {
+        let _ = ask(&h, &key(c, "dlr/replica/gw1"), Some(own.clone())).await;
+    })
+    .await;
+    forged.owner = "gw2".into();
+    forged.destination = "x".repeat(10_000);
+    let big = ReplicaBatch::encode("x", &[ReplicaOp::Put(forged)]).unwrap();
+    expect_refused(c, "gw1", "replica_invalid", async {
+        let _ = ask(&h, &key(c, "dlr/replica/gw1"), Some(big.clone())).await;
+    })
+    .await;
+
+    // Reports the HTTP API would refuse: an empty status, a reporter that is not live.
+    for r in [report("", "gw1"), report("DELIVRD", "nobody")] {
+        expect_refused(c, "gw1", "report_invalid", async {
+            let replies = ask(&h, &key(c, "dlr/id/dec/1001"), Some(r.clone())).await;
+            assert!(replies.iter().all(|r| r.starts_with("error")), "{replies:?}");
+        })
+        .await;
+    }
+
+    // A limits revision far above the highest known, and demand from a node that is not live.
+    let rev =
+        json!({"revision": 1u64 << 60, "at_ms": 1, "author": "x", "comment": "", "limits": [{"key": "k", "rate": 1}]});
+    expect_refused(c, "gw1", "revision_invalid", put(&h, &key(c, "limits/revision"), rev.to_string())).await;
+    assert_eq!(limits_revision(c), 0);
+    let demand = json!({"version": 1, "demand": {"k": 1.0}}).to_string();
+    expect_refused(c, "gw1", "counter_invalid", put(&h, &key(c, "counter/gw7"), demand)).await;
+
+    // Heads of a node that is not live create nothing at the collector.
+    let heads = json!({"version": 1, "streams": {"log/app": 1_000_000u64}}).to_string();
+    expect_refused(c, "collector", "head_not_live", put(&h, &key(c, "head/gw7"), heads)).await;
+
+    drop(_token);
+    finish(&s, &rec);
+}
+
+#[test]
+fn certs_refuse_what_would_not_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    let t = tls.to_str().unwrap();
+    common::certs(&["init", "--dir", t]);
+    common::certs(&["issue", "gw1", "--role", "agent", "--dir", t]);
+    // A second CA over the first is refused without --force.
+    let out = std::process::Command::new(BIN).args(["certs", "init", "--dir", t]).output().unwrap();
+    assert!(!out.status.success());
+    // An agent whose certificate names another node does not start, and says why.
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[bus]\nnode = \"gw2\"\nconnect = [\"tls/127.0.0.1:{}\"]\n[bus.tls]\nca = \"{t}/ca.crt\"\ncert = \"{t}/agent-gw1.crt\"\nkey = \"{t}/agent-gw1.key\"\n[agent]\ndata_dir = \"{}\"\n",
+            free_port(),
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN).args(["agent", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("agent:gw1") && err.contains("agent:gw2"), "{err}");
+    // A plain endpoint beside [bus.tls] is refused.
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("tls/127", "tcp/127").replace("gw2", "gw1");
+    std::fs::write(&cfg, text).unwrap();
+    let out = std::process::Command::new(BIN).args(["agent", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("not TLS"), "{err}");
+    // A certificate from another CA is refused with the file's name.
+    let other = dir.path().join("other");
+    common::certs(&["init", "--dir", other.to_str().unwrap()]);
+    common::certs(&["issue", "gw1", "--role", "agent", "--dir", other.to_str().unwrap()]);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("tcp/127", "tls/127")
+        .replace(&format!("{t}/agent-gw1"), &format!("{}/agent-gw1", other.display()));
+    std::fs::write(&cfg, text).unwrap();
+    let out = std::process::Command::new(BIN).args(["agent", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("is not signed by the CA"), "{err}");
+}
