@@ -12,10 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 use clap::Subcommand;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-};
-use switchboard_bus::tls::{read_members, IdRole, Identity};
+use switchboard_bus::tls::{self, read_members, IdRole, Identity};
 
 /// `switchboard certs ...`
 #[derive(Debug, Subcommand)]
@@ -86,13 +83,6 @@ pub fn run(command: CertsCommand) -> Result<()> {
     }
 }
 
-fn validity(params: &mut CertificateParams, days: u32) {
-    let now = time::OffsetDateTime::now_utc();
-    // A minute of slack for clocks that differ a little between nodes.
-    params.not_before = now - time::Duration::minutes(1);
-    params.not_after = now + time::Duration::days(i64::from(days));
-}
-
 /// Write `contents` to `path` with `mode` (a new file, or replacing one).
 fn write(path: &Path, contents: &str, mode: u32) -> Result<()> {
     let tmp = path.with_extension("tmp");
@@ -118,15 +108,9 @@ fn init(dir: &Path, days: u32, force: bool) -> Result<()> {
         );
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let ca_key = KeyPair::generate().context("generating the CA key")?;
-    let mut params = CertificateParams::new(Vec::<String>::new()).context("CA parameters")?;
-    params.distinguished_name.push(DnType::CommonName, "switchboard cluster CA");
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    validity(&mut params, days);
-    let cert = params.self_signed(&ca_key).context("signing the CA certificate")?;
-    write(&key, &ca_key.serialize_pem(), 0o600)?;
-    write(&crt, &cert.pem(), 0o644)?;
+    let (ca_cert, ca_key) = tls::make_ca(days)?;
+    write(&key, &ca_key, 0o600)?;
+    write(&crt, &ca_cert, 0o644)?;
     if !members.exists() || force {
         write(
             &members,
@@ -147,22 +131,11 @@ fn issue(dir: &Path, id: &Identity, days: u32) -> Result<()> {
             format!("cannot read {} (run `switchboard certs init --dir {}` first)", p.display(), dir.display())
         })
     };
-    let ca_key = KeyPair::from_pem(&read(&ca_key)?).context("the CA key does not parse")?;
-    let issuer = Issuer::from_ca_cert_pem(&read(&ca_crt)?, ca_key).context("the CA certificate does not parse")?;
-    let key = KeyPair::generate().context("generating a key")?;
-    let mut params = CertificateParams::new(vec![id.name.clone()]).context("certificate parameters")?;
-    params.distinguished_name.push(DnType::CommonName, id.to_string());
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    // Every process is both ends of some link: it accepts connections and makes them.
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-    params.use_authority_key_identifier_extension = true;
-    validity(&mut params, days);
-    let cert = params.signed_by(&key, &issuer).context("signing the certificate")?;
-    let base = dir.join(format!("{}-{}", id.role, id.name));
-    let (crt_path, key_path) = (base.with_extension("crt"), base.with_extension("key"));
-    write(&key_path, &key.serialize_pem(), 0o600)?;
-    write(&crt_path, &cert.pem(), 0o644)?;
+    let (cert, key) = tls::issue(&read(&ca_crt)?, &read(&ca_key)?, id, days)?;
+    let base = format!("{}-{}", id.role, id.name);
+    let (crt_path, key_path) = (dir.join(format!("{base}.crt")), dir.join(format!("{base}.key")));
+    write(&key_path, &key, 0o600)?;
+    write(&crt_path, &cert, 0o644)?;
     let known = if members.exists() { read_members(&members)? } else { Vec::new() };
     if !known.contains(id) {
         let mut text = if members.exists() { read(&members)? } else { String::new() };

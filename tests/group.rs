@@ -343,17 +343,26 @@ fn an_agent_ignores_watermarks_of_a_replaced_writer() {
         config.insert_json5("connect/endpoints", &format!("[\"tcp/127.0.0.1:{agent_port}\"]")).unwrap();
         config.insert_json5("scouting/multicast/enabled", "false").unwrap();
         let s = zenoh::open(config).await.unwrap();
-        let key = format!("sb/{}/watermark/c0/gw-a", c.cluster);
+        let stranger = format!("sb/{}/watermark/c0/gw-a", c.cluster);
         // A stranger (no live collector is named c0) announces a huge epoch: not taken.
-        s.put(&key, r#"{"version":1,"streams":{},"epoch":18446744073709551615}"#).await.unwrap();
+        s.put(&stranger, r#"{"version":1,"streams":{},"epoch":18446744073709551615}"#).await.unwrap();
+        // Under the live writer's name: an epoch-0 claim of everything up to 10 M (beyond what
+        // the agent journaled), then of what it has (an older epoch than the writer's).
+        let key = format!("sb/{}/watermark/c1/gw-a", c.cluster);
+        s.put(&key, r#"{"version":1,"streams":{"log/app":10000000},"epoch":0}"#).await.unwrap();
         for _ in 0..5 {
-            s.put(&key, r#"{"version":1,"streams":{"log/app":10000000},"epoch":0}"#).await.unwrap();
+            s.put(&key, r#"{"version":1,"streams":{"log/app":1},"epoch":0}"#).await.unwrap();
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         s.close().await.unwrap();
     });
-    let stale = || metric(&c.http_get("gw-a", "/metrics").1, "switchboard_agent_watermarks_stale_total").unwrap_or(0.0);
+    let metrics = || c.http_get("gw-a", "/metrics").1;
+    let refused = |reason: &str| {
+        metric(&metrics(), &format!("switchboard_bus_refused_total{{reason=\"{reason}\"}}")).unwrap_or(0.0)
+    };
+    let stale = || metric(&metrics(), "switchboard_agent_watermarks_stale_total").unwrap_or(0.0);
     assert!(wait_until(Duration::from_secs(10), || stale() >= 5.0), "stale: {}", stale());
+    assert!(refused("watermark_not_live") >= 1.0 && refused("watermark_ahead") >= 1.0, "{}", metrics());
     assert!(acked() < 10_000_000, "the agent forgot data on a replaced writer's word");
     // The real writer's watermarks still count.
     let before = acked();

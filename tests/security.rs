@@ -275,8 +275,31 @@ async fn a_member_cannot_act_as_another() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(wait_until(Duration::from_secs(10), || limits_revision(c) == 1), "the admin's revision was not applied");
 
-    // Rows 13-15: a collector's certificate cannot send DLR reports or replicas.
+    // Rows 6, 8: only a collector may ask an agent for a replay, and the agent answers it (here
+    // with an error reply: those lines are committed and no longer kept).
+    expect_refused(c, "gw1", "access_denied", async {
+        let _ = ask(&gw2, &key(c, "replay/gw1/log/app?from=0;to=9"), None).await;
+    })
+    .await;
     let c2 = session(c, "collector:c2", &both).await;
+    let replies = ask(&c2, &key(c, "replay/gw1/log/app?from=0;to=9"), None).await;
+    assert!(replies.iter().any(|r| r.contains("cannot be rebuilt")), "{replies:?}");
+
+    // Rows 13, 14, 16, 17: an admin looks a record up, by query and on the ask stream; a
+    // collector may not ask.
+    let ops = session(c, "admin:ops", &both).await;
+    let found = ask(&ops, &key(c, &format!("dlr/id/dec/{}", rec.id)), None).await;
+    assert!(found.iter().any(|r| r.contains("\"owner\":\"gw1\"")), "{found:?}");
+    let answers = ops.declare_subscriber(key(c, "dlr/answer/ops-test")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ask_doc = switchboard_bus::dlr::wire::DlrAsk::encode("ops-test", 1, "dec", &rec.id).unwrap();
+    put(&ops, &key(c, "dlr/ask/gw1"), ask_doc.clone()).await;
+    let answer = tokio::time::timeout(Duration::from_secs(5), answers.recv_async()).await.expect("an answer").unwrap();
+    let answer = String::from_utf8_lossy(&answer.payload().to_bytes()).into_owned();
+    assert!(answer.contains("\"n\":1") && answer.contains("gw1"), "{answer}");
+    expect_refused(c, "gw1", "access_denied", put(&c2, &key(c, "dlr/ask/gw1"), ask_doc)).await;
+
+    // Rows 13, 15: a collector's certificate cannot send DLR reports or replicas.
     let closing = report("DELIVRD", "gw1");
     expect_refused(c, "gw1", "access_denied", async {
         let _ = ask(&c2, &key(c, "dlr/id/dec/1001"), Some(closing.clone())).await;
@@ -335,8 +358,8 @@ async fn message_checks_hold_without_tls() {
     })
     .await;
 
-    // Reports the HTTP API would refuse: an empty status, a reporter that is not live.
-    for r in [report("", "gw1"), report("DELIVRD", "nobody")] {
+    // Reports the HTTP API would refuse: an empty status, a reporter that is no node's name.
+    for r in [report("", "gw1"), report("DELIVRD", "no/body")] {
         expect_refused(c, "gw1", "report_invalid", async {
             let replies = ask(&h, &key(c, "dlr/id/dec/1001"), Some(r.clone())).await;
             assert!(replies.iter().all(|r| r.starts_with("error")), "{replies:?}");
@@ -402,4 +425,65 @@ fn certs_refuse_what_would_not_work() {
     let out = std::process::Command::new(BIN).args(["agent", "--config", cfg.to_str().unwrap()]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("is not signed by the CA"), "{err}");
+}
+
+/// GET `path` with an optional bearer token: the status code.
+fn get_with(port: u16, path: &str, token: Option<&str>) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return 0 };
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn local_apis_are_guarded() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let write = |listen: &str, token: &str| {
+        let cfg = dir.path().join("agent.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[bus]\nnode = \"gw1\"\ncluster = \"t{port}\"\nlisten = [\"tcp/127.0.0.1:{}\"]\n[agent]\ndata_dir = \"{}\"\nhttp_listen = \"{listen}\"\n{token}\n[metrics]\nstatsd_listen = \"\"\n[limits]\nsocket_group = \"{}\"\n",
+                free_port(),
+                dir.path().join("state").display(),
+                std::fs::metadata(dir.path()).unwrap().gid(),
+            ),
+        )
+        .unwrap();
+        cfg
+    };
+    // Not loopback and no token: refused at start, saying what to do.
+    let cfg = write(&format!("0.0.0.0:{port}"), "");
+    let out = std::process::Command::new(BIN).args(["agent", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("http_token"), "{err}");
+
+    // With a token: every API needs it, /health does not.
+    let cfg = write(&format!("0.0.0.0:{port}"), "http_token = \"s3cret\"");
+    let agent = Proc::start("agent gw1", &["agent", "--config", cfg.to_str().unwrap()], dir.path().join("agent.log"));
+    assert!(wait_until(Duration::from_secs(20), || get_with(port, "/health", None) == 200), "{}", agent.log_text());
+    assert_eq!(get_with(port, "/metrics", None), 401);
+    assert_eq!(get_with(port, "/v1/limits", Some("wrong")), 401);
+    assert_eq!(get_with(port, "/v1/limits", Some("s3cret")), 200);
+
+    // The limits socket: mode 0660, in the configured group.
+    let sock = dir.path().join("state").join("limits.sock");
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), std::fs::metadata(dir.path()).unwrap().gid());
+
+    // At most 256 connections at once: the next one waits until one closes.
+    let idle: Vec<std::net::TcpStream> =
+        (0..256).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(get_with(port, "/health", None), 0, "a connection past the cap was served");
+    drop(idle);
+    assert!(wait_until(Duration::from_secs(5), || get_with(port, "/health", None) == 200));
+    agent.stop();
 }

@@ -217,7 +217,7 @@ fn row(name: &str, rate: f64, h: &Histogram<u64>, ours_p99: u64, cpu: Cpu) {
 
 /// CPU µs per lookup in the serving processes (the agents, or redis) and in the client.
 #[derive(Clone, Copy)]
-struct Cpu {
+pub(crate) struct Cpu {
     servers: f64,
     client: f64,
 }
@@ -243,107 +243,214 @@ pub(crate) struct DlrBench {
     pub(crate) repeat: u32,
 }
 
+/// Three node processes, `records` open records registered on each and copied to their
+/// replicas, stores settled. With `tls` (a directory of [`switchboard_bus::tls::write_cluster`]),
+/// the bus runs mutual TLS with the access policy.
+pub(crate) struct Cluster {
+    /// Configs, data and (with `SWITCHBOARD_LOG` set, kept) logs of the nodes.
+    dir: std::path::PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub(crate) name: String,
+    pub(crate) ports: Vec<u16>,
+    pub(crate) nodes: Vec<NodeProc>,
+    /// Each node's resident memory before the records.
+    rss0: Vec<u64>,
+}
+
+/// The identities of a TLS run: the nodes, and the bench's client as an admin.
+pub(crate) fn tls_identities() -> Vec<switchboard_bus::tls::Identity> {
+    use switchboard_bus::tls::{IdRole, Identity};
+    let mut ids: Vec<Identity> =
+        (0..NODES).filter_map(|i| Identity::new(IdRole::Agent, &format!("n{i}")).ok()).collect();
+    ids.extend(Identity::new(IdRole::Admin, "bench").ok());
+    ids
+}
+
+impl Cluster {
+    pub(crate) fn start(records: u64, cache_mb: u64, tls: bool) -> Result<Self> {
+        let tmp = tempfile::tempdir()?;
+        let (dir, tmp) = if std::env::var_os("SWITCHBOARD_LOG").is_some() {
+            println!("node logs in {} (kept)", tmp.path().display());
+            (tmp.keep(), None)
+        } else {
+            (tmp.path().to_owned(), Some(tmp))
+        };
+        let tls_dir = dir.join("tls");
+        if tls {
+            switchboard_bus::tls::write_cluster(&tls_dir, &tls_identities())?;
+        }
+        let tls_dir = tls.then_some(tls_dir.as_path());
+        let name = format!("dlrbench{}", std::process::id());
+        let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect::<Result<_>>()?;
+        let extra = format!("[limits]\nenabled = false\n\n[dlr]\nrecord_events = false\ncache_mb = {cache_mb}\n");
+        let nodes: Vec<NodeProc> = (0..NODES)
+            .map(|i| spawn_node(&dir, &name, i, ports[i], &ports[..i], &extra, tls_dir))
+            .collect::<Result<_>>()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for n in &nodes {
+            while dlr_status(n)["live_nodes"].as_array().map_or(0, Vec::len) != NODES {
+                if Instant::now() > deadline {
+                    bail!("the nodes did not see each other within 30 s");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let rss0: Vec<u64> = nodes.iter().map(|n| rss_bytes(n.child.id())).collect();
+        let cluster = Self { dir, _tmp: tmp, name, ports, nodes, rss0 };
+        cluster.register(records)?;
+        Ok(cluster)
+    }
+
+    fn register(&self, records: u64) -> Result<()> {
+        let nodes = &self.nodes;
+        println!("registering {records} records on each of {NODES} nodes ({} in all) ...", records * NODES as u64);
+        let t = Instant::now();
+        std::thread::scope(|s| -> Result<()> {
+            let handles: Vec<_> = nodes
+                .iter()
+                .enumerate()
+                .map(|(i, node)| {
+                    s.spawn(move || -> Result<()> {
+                        let mut http = Http::connect(node.http)?;
+                        for start in (0..records).step_by(BATCH as usize) {
+                            let batch: Vec<serde_json::Value> = (start..(start + BATCH).min(records))
+                                .map(|k| {
+                                    serde_json::json!({
+                                        "connector": CONNECTOR, "msg_id": msg_id(i, k), "destination": format!("+4915{k:08}"),
+                                        "account": format!("acct-{}", k % 100), "gateway_ref": format!("gw{i}-{k:012}"),
+                                    })
+                                })
+                                .collect();
+                            let (code, body) =
+                                http.post("/v1/dlr/register", &serde_json::json!({ "records": batch }).to_string())?;
+                            if code != 201 {
+                                bail!("register on node {i}: {code} {}", String::from_utf8_lossy(&body));
+                            }
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().map_err(|_| anyhow::anyhow!("a register thread panicked"))??;
+            }
+            Ok(())
+        })?;
+        let took = t.elapsed();
+        println!(
+            "registered in {took:.1?}: {:.0} registrations/s (HTTP batches of {BATCH}, 3 nodes at once)",
+            (records * NODES as u64) as f64 / took.as_secs_f64()
+        );
+        let want = records * NODES as u64;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let copies: u64 =
+                nodes.iter().map(|n| dlr_status(n)["counters"]["replica_ops_received"].as_u64().unwrap_or(0)).sum();
+            if copies >= want {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("only {copies} of {want} copies made within 600 s");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        println!("copies on replicas after {:.1?}", t.elapsed());
+        // Let memtables flush and compactions settle (disk use still for 3 s; at most 120 s)
+        // before measuring lookups, memory and disk.
+        let settle = Instant::now();
+        let mut last: Vec<u64> = Vec::new();
+        loop {
+            std::thread::sleep(Duration::from_secs(3));
+            let disk: Vec<u64> = nodes.iter().map(|n| dlr_status(n)["disk_bytes"].as_u64().unwrap_or(0)).collect();
+            if disk == last || settle.elapsed() > Duration::from_secs(120) {
+                break;
+            }
+            last = disk;
+        }
+        println!("stores settled after {:.1?} more", settle.elapsed());
+        Ok(())
+    }
+
+    /// A zenoh client session connected to every node (as the bench's admin with TLS).
+    pub(crate) fn client(&self, rt: &tokio::runtime::Runtime, tls: bool) -> Result<zenoh::Session> {
+        let e = |e: zenoh::Error| anyhow::anyhow!("{e}");
+        let session = rt.block_on(async {
+            let mut config = zenoh::Config::default();
+            let proto = if tls { "tls" } else { "tcp" };
+            let endpoints: Vec<String> = self.ports.iter().map(|p| format!("\"{proto}/127.0.0.1:{p}\"")).collect();
+            config.insert_json5("connect/endpoints", &format!("[{}]", endpoints.join(","))).map_err(e)?;
+            config.insert_json5("listen/endpoints", "[]").map_err(e)?;
+            config.insert_json5("scouting/multicast/enabled", "false").map_err(e)?;
+            if tls {
+                let dir = self.dir.join("tls");
+                let path = |f: &str| serde_json::Value::from(dir.join(f).to_string_lossy().into_owned()).to_string();
+                for (k, f) in [
+                    ("root_ca_certificate", "ca.crt"),
+                    ("connect_certificate", "admin-bench.crt"),
+                    ("connect_private_key", "admin-bench.key"),
+                ] {
+                    config.insert_json5(&format!("transport/link/tls/{k}"), &path(f)).map_err(e)?;
+                }
+                config.insert_json5("transport/link/tls/verify_name_on_connect", "false").map_err(e)?;
+            }
+            zenoh::open(config).await.map_err(e)
+        })?;
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(session)
+    }
+
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().map(|n| n.child.id()).collect()
+    }
+}
+
+/// One paced run: (lookups/s, latency histogram in ns) and the CPU it cost.
+pub(crate) type Run = ((f64, Histogram<u64>), Cpu);
+
+/// The ask-stream row alone, `repeat` times on one cluster: (lookups/s, latency) of each run.
+pub(crate) fn ask_stream(records: u64, lookups: u64, rate: u64, repeat: u32, tls: bool) -> Result<Vec<Run>> {
+    let cluster = Cluster::start(records, 16, tls)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let session = cluster.client(&rt, tls)?;
+    let ids = picks(lookups, records);
+    let keys = switchboard_bus::keys::KeySpace::new(&format!("sb/{}", cluster.name))?;
+    let names: Vec<String> = (0..NODES).map(|i| format!("n{i}")).collect();
+    let stats = std::sync::Arc::new(switchboard_agent::dlr::DlrStats::default());
+    let asker =
+        std::sync::Arc::new(rt.block_on(switchboard_agent::dlr::ask::Asker::new(&session, &keys, "bench", stats))?);
+    let ask = |i: u64| ask_one(asker.clone(), names.clone(), ids[i as usize]);
+    for i in 0..2000 {
+        rt.block_on(ask(i))?;
+    }
+    let pids = cluster.pids();
+    (0..repeat).map(|_| with_cpu(&pids, lookups, || paced_async(&rt, lookups, rate, ask))).collect()
+}
+
+/// One lookup on the ask stream, at the node that must hold the record.
+async fn ask_one(
+    asker: std::sync::Arc<switchboard_agent::dlr::ask::Asker>,
+    names: Vec<String>,
+    (node, k): (usize, u64),
+) -> Result<()> {
+    let id = msg_id(node, k);
+    let key = switchboard_bus::dlr::record::store_key(CONNECTOR, &id);
+    let first = switchboard_bus::dlr::rendezvous::first_holder(&key, names.iter().map(String::as_str))
+        .context("no live node")?;
+    match asker.ask(first, CONNECTOR, &id, Duration::from_secs(2)).await? {
+        Some(_) => Ok(()),
+        None => bail!("{id}: {first} has no answer"),
+    }
+}
+
 pub(crate) fn run(bench: &DlrBench) -> Result<()> {
     let DlrBench { records, lookups, rate, clients, cache_mb, repeat } = *bench;
-    let dir = tempfile::tempdir()?;
-    if std::env::var_os("SWITCHBOARD_LOG").is_some() {
-        println!("node logs in {} (kept)", dir.path().display());
-    }
-    let cluster = format!("dlrbench{}", std::process::id());
-    let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect::<Result<_>>()?;
-    let extra = format!("[limits]\nenabled = false\n\n[dlr]\nrecord_events = false\ncache_mb = {cache_mb}\n");
-    let extra = extra.as_str();
-    let nodes: Vec<NodeProc> =
-        (0..NODES).map(|i| spawn_node(dir.path(), &cluster, i, ports[i], &ports[..i], extra)).collect::<Result<_>>()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for n in &nodes {
-        while dlr_status(n)["live_nodes"].as_array().map_or(0, Vec::len) != NODES {
-            if Instant::now() > deadline {
-                bail!("the nodes did not see each other within 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    let rss0: Vec<u64> = nodes.iter().map(|n| rss_bytes(n.child.id())).collect();
-
-    println!("registering {records} records on each of {NODES} nodes ({} in all) ...", records * NODES as u64);
-    let t = Instant::now();
-    std::thread::scope(|s| -> Result<()> {
-        let handles: Vec<_> = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, node)| {
-                s.spawn(move || -> Result<()> {
-                    let mut http = Http::connect(node.http)?;
-                    for start in (0..records).step_by(BATCH as usize) {
-                        let batch: Vec<serde_json::Value> = (start..(start + BATCH).min(records))
-                            .map(|k| {
-                                serde_json::json!({
-                                    "connector": CONNECTOR, "msg_id": msg_id(i, k), "destination": format!("+4915{k:08}"),
-                                    "account": format!("acct-{}", k % 100), "gateway_ref": format!("gw{i}-{k:012}"),
-                                })
-                            })
-                            .collect();
-                        let (code, body) = http.post("/v1/dlr/register", &serde_json::json!({ "records": batch }).to_string())?;
-                        if code != 201 {
-                            bail!("register on node {i}: {code} {}", String::from_utf8_lossy(&body));
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        for h in handles {
-            h.join().map_err(|_| anyhow::anyhow!("a register thread panicked"))??;
-        }
-        Ok(())
-    })?;
-    let took = t.elapsed();
-    println!(
-        "registered in {took:.1?}: {:.0} registrations/s (HTTP batches of {BATCH}, 3 nodes at once)",
-        (records * NODES as u64) as f64 / took.as_secs_f64()
-    );
-    let want = records * NODES as u64;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let copies: u64 =
-            nodes.iter().map(|n| dlr_status(n)["counters"]["replica_ops_received"].as_u64().unwrap_or(0)).sum();
-        if copies >= want {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("only {copies} of {want} copies made within 600 s");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    println!("copies on replicas after {:.1?}", t.elapsed());
-    // Let memtables flush and compactions settle (disk use still for 3 s; at most 120 s)
-    // before measuring lookups, memory and disk.
-    let settle = Instant::now();
-    let mut last: Vec<u64> = Vec::new();
-    loop {
-        std::thread::sleep(Duration::from_secs(3));
-        let disk: Vec<u64> = nodes.iter().map(|n| dlr_status(n)["disk_bytes"].as_u64().unwrap_or(0)).collect();
-        if disk == last || settle.elapsed() > Duration::from_secs(120) {
-            break;
-        }
-        last = disk;
-    }
-    println!("stores settled after {:.1?} more; block cache {cache_mb} MiB per agent", settle.elapsed());
-
+    let cluster = Cluster::start(records, cache_mb, false)?;
+    println!("block cache {cache_mb} MiB per agent");
+    let (nodes, rss0, pids) = (&cluster.nodes, &cluster.rss0, cluster.pids());
     let ids = picks(lookups, records);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let session = rt.block_on(async {
-        let mut config = zenoh::Config::default();
-        let endpoints: Vec<String> = ports.iter().map(|p| format!("\"tcp/127.0.0.1:{p}\"")).collect();
-        config
-            .insert_json5("connect/endpoints", &format!("[{}]", endpoints.join(",")))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        config.insert_json5("listen/endpoints", "[]").map_err(|e| anyhow::anyhow!("{e}"))?;
-        config.insert_json5("scouting/multicast/enabled", "false").map_err(|e| anyhow::anyhow!("{e}"))?;
-        zenoh::open(config).await.map_err(|e| anyhow::anyhow!("{e}"))
-    })?;
-    std::thread::sleep(Duration::from_millis(500));
+    let session = cluster.client(&rt, false)?;
+    let cluster = &cluster.name;
     let prefix = format!("sb/{cluster}");
     let names: Vec<String> = (0..NODES).map(|i| format!("n{i}")).collect();
     let bus_lookup = |node: usize, k: u64, every: bool| -> Result<()> {
@@ -364,7 +471,6 @@ pub(crate) fn run(bench: &DlrBench) -> Result<()> {
         "srv CPU",
         "cli CPU"
     );
-    let pids: Vec<u32> = nodes.iter().map(|n| n.child.id()).collect();
     let bus_row = |every: bool| {
         with_cpu(&pids, lookups, || {
             paced_async(&rt, lookups, rate, |i| {
@@ -382,20 +488,7 @@ pub(crate) fn run(bench: &DlrBench) -> Result<()> {
         "bench",
         stats.clone(),
     ))?);
-    let ask = |i: u64| {
-        let (node, k) = ids[i as usize];
-        let (asker, names) = (asker.clone(), names.clone());
-        async move {
-            let id = msg_id(node, k);
-            let key = switchboard_bus::dlr::record::store_key(CONNECTOR, &id);
-            let first = switchboard_bus::dlr::rendezvous::first_holder(&key, names.iter().map(String::as_str))
-                .context("no live node")?;
-            match asker.ask(first, CONNECTOR, &id, Duration::from_secs(2)).await? {
-                Some(_) => Ok(()),
-                None => bail!("{id}: {first} has no answer"),
-            }
-        }
-    };
+    let ask = |i: u64| ask_one(asker.clone(), names.clone(), ids[i as usize]);
     for i in 0..2000 {
         rt.block_on(ask(i))?;
     }
@@ -481,10 +574,6 @@ pub(crate) fn run(bench: &DlrBench) -> Result<()> {
     }
     println!("targets: p99 < 1000 µs at 10000 lookups/s; < 200 B per open record in the agent's memory");
     drop(session);
-    drop(nodes);
-    if std::env::var_os("SWITCHBOARD_LOG").is_some() {
-        let _ = dir.keep();
-    }
     Ok(())
 }
 

@@ -47,9 +47,9 @@ pub(crate) fn run(opts: &GroupBench) -> Result<()> {
     };
     let mut rates = [Vec::new(), Vec::new()];
     for run in 0..opts.repeat.max(1) {
-        rates[0].push(rt.block_on(logs::end_to_end_with(&lb, 1, true, |_| {}))?);
+        rates[0].push(rt.block_on(logs::end_to_end_with(&lb, 1, true, None, |_| {}))?);
         let endpoint = s3.endpoint();
-        rates[1].push(rt.block_on(logs::end_to_end_with(&lb, 1, true, |c| {
+        rates[1].push(rt.block_on(logs::end_to_end_with(&lb, 1, true, None, |c| {
             c.collector.data_dir = PathBuf::from(format!("s3://sb-bench/run-{run}"));
             c.collector.store.endpoint = Some(endpoint);
             c.collector.store.allow_http = true;

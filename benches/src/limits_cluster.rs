@@ -80,10 +80,11 @@ fn start_node(
         }],
     };
     revision::save(&dir.join(format!("node{i}")).join("limits").join("history.json"), &history)?;
-    spawn_node(dir, cluster, i, port, connect, "[limits]\nrecord_decisions = false\n")
+    spawn_node(dir, cluster, i, port, connect, "[limits]\nrecord_decisions = false\n", None)
 }
 
-/// Write node `i`'s config (bus, data dir, HTTP port, then `extra` TOML) and start it.
+/// Write node `i`'s config (bus, data dir, HTTP port, then `extra` TOML) and start it; with
+/// `tls` (a directory of [`switchboard_bus::tls::write_cluster`]), as `agent:n<i>` on mutual TLS.
 pub(crate) fn spawn_node(
     dir: &Path,
     cluster: &str,
@@ -91,16 +92,22 @@ pub(crate) fn spawn_node(
     port: u16,
     connect: &[u16],
     extra: &str,
+    tls: Option<&Path>,
 ) -> Result<NodeProc> {
     let data = dir.join(format!("node{i}"));
     let http = free_port()?;
-    let connect: Vec<String> = connect.iter().map(|p| format!("\"tcp/127.0.0.1:{p}\"")).collect();
+    let proto = if tls.is_some() { "tls" } else { "tcp" };
+    let connect: Vec<String> = connect.iter().map(|p| format!("\"{proto}/127.0.0.1:{p}\"")).collect();
+    let tls = tls.map_or(String::new(), |t| {
+        let t = t.display();
+        format!("[bus.tls]\nca = \"{t}/ca.crt\"\ncert = \"{t}/agent-n{i}.crt\"\nkey = \"{t}/agent-n{i}.key\"\n\n")
+    });
     let cfg = dir.join(format!("node{i}.toml"));
     let metrics = if extra.contains("[metrics]") { "" } else { "[metrics]\nenabled = false\n\n" };
     std::fs::write(
         &cfg,
         format!(
-            "[bus]\ncluster = \"{cluster}\"\nnode = \"n{i}\"\nlisten = [\"tcp/127.0.0.1:{port}\"]\nconnect = [{}]\n\n[agent]\ndata_dir = \"{}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\n{metrics}{extra}",
+            "[bus]\ncluster = \"{cluster}\"\nnode = \"n{i}\"\nlisten = [\"{proto}/127.0.0.1:{port}\"]\nconnect = [{}]\n\n{tls}[agent]\ndata_dir = \"{}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\n{metrics}{extra}",
             connect.join(", "),
             data.display()
         ),

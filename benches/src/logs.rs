@@ -261,19 +261,30 @@ fn encode_ceiling(opts: &LogsBench) -> Result<f64> {
 
 /// Lines/s from agent start to every row committed, with `agents` agents.
 async fn end_to_end(opts: &LogsBench, agents: usize, acknowledged: bool) -> Result<f64> {
-    end_to_end_with(opts, agents, acknowledged, |_| {}).await
+    end_to_end_with(opts, agents, acknowledged, None, |_| {}).await
 }
 
-/// [`end_to_end`] with the collector's config changed by `configure` (e.g. its dataset on S3).
+/// [`end_to_end`] with the collector's config changed by `configure` (e.g. its dataset on S3), and
+/// with `tls` (a directory of [`switchboard_bus::tls::write_cluster`] for `collector:c` and
+/// `agent:gw<a>`) on mutual TLS.
 pub(crate) async fn end_to_end_with(
     opts: &LogsBench,
     agents: usize,
     acknowledged: bool,
+    tls: Option<&Path>,
     configure: impl FnOnce(&mut CollectorConfig),
 ) -> Result<f64> {
     let dir = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let endpoint = format!("tcp/127.0.0.1:{port}");
+    let endpoint = format!("{}/127.0.0.1:{port}", if tls.is_some() { "tls" } else { "tcp" });
+    let tls_of = |role: &str, name: &str| {
+        tls.map(|t| switchboard_bus::tls::TlsConfig {
+            ca: t.join("ca.crt"),
+            cert: t.join(format!("{role}-{name}.crt")),
+            key: t.join(format!("{role}-{name}.key")),
+            members: None,
+        })
+    };
     let per_agent = opts.lines / agents;
     let total = per_agent * agents;
     for a in 0..agents {
@@ -283,6 +294,7 @@ pub(crate) async fn end_to_end_with(
     }
     let collector_cancel = CancellationToken::new();
     let mut config = collector_config(dir.path(), &endpoint);
+    config.bus.tls = tls_of("collector", "c");
     configure(&mut config);
     let collector = Collector::start(config, collector_cancel.clone()).await?;
     let stats: Arc<CollectorStats> = collector.stats();
@@ -290,9 +302,9 @@ pub(crate) async fn end_to_end_with(
     let start = Instant::now();
     let mut running = Vec::new();
     for a in 0..agents {
-        running.push(
-            Agent::start(agent_config(opts, dir.path(), a, &endpoint, acknowledged), agents_cancel.clone()).await?,
-        );
+        let mut config = agent_config(opts, dir.path(), a, &endpoint, acknowledged);
+        config.bus.tls = tls_of("agent", &format!("gw{a}"));
+        running.push(Agent::start(config, agents_cancel.clone()).await?);
     }
     let deadline = Duration::from_secs(600);
     while CollectorStats::get(&stats.rows_accepted) < total as u64 {

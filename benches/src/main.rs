@@ -9,6 +9,7 @@
 //! cargo run --release -p switchboard-benches -- capacity
 //! cargo run --release -p switchboard-benches -- query
 //! cargo run --release -p switchboard-benches -- group
+//! cargo run --release -p switchboard-benches -- tls
 //! ```
 
 mod capacity;
@@ -18,6 +19,7 @@ mod limits;
 mod limits_cluster;
 mod logs;
 mod query;
+mod tls;
 mod wire;
 
 use anyhow::Result;
@@ -111,6 +113,25 @@ enum Bench {
         #[arg(long, default_value_t = 16)]
         cache_mb: u64,
     },
+    /// Mutual TLS against plain TCP in one run: end-to-end log lines/s (target: TLS at least 90%
+    /// of plain) and the DLR ask stream's p99 at `--rate` lookups/s (target: at most 1.2x plain).
+    Tls {
+        /// Lines per end-to-end run.
+        #[arg(long, default_value_t = 1_000_000)]
+        lines: usize,
+        /// Runs of each case (medians are printed, every run too).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Open records registered on each of the 3 DLR nodes.
+        #[arg(long, default_value_t = 100_000)]
+        records: u64,
+        /// Lookups per ask-stream run.
+        #[arg(long, default_value_t = 100_000)]
+        lookups: u64,
+        /// Lookups per second (paced).
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
+    },
     /// One node of the accuracy run (started by `limits`): a node agent from a config file.
     #[command(hide = true)]
     LimitsNode {
@@ -200,6 +221,9 @@ fn main() -> Result<()> {
                 limits_cluster::accuracy(nodes, limit, std::time::Duration::from_secs(phase_secs))?;
             }
             Ok(())
+        }
+        Bench::Tls { lines, repeat, records, lookups, rate } => {
+            tls::run(&tls::TlsBench { lines, repeat, records, lookups, rate })
         }
         Bench::Dlr { records, lookups, rate, clients, cache_mb, repeat } => {
             dlr::run(&dlr::DlrBench { records, lookups, rate, clients, cache_mb, repeat })

@@ -10,6 +10,9 @@
 //! Both add what every process shares: `tls` in the health body, and the bus's refusals and TLS
 //! gauge ([`crate::refusals::render`]) in the metrics.
 //!
+//! Every route is guarded by [`Access`]: with a token, every request but `/health` must carry it
+//! (and an address that is not loopback needs one); at most [`MAX_CONNECTIONS`] are open at once.
+//!
 //! The process supplies both through a [`Report`] function called per request; [`Metrics`]
 //! writes the exposition format (`switchboard_<name>_<unit>_total` for counters, bounded labels).
 
@@ -168,18 +171,144 @@ async fn metrics(State(r): State<Arc<dyn Report>>) -> impl IntoResponse {
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
-/// Bind `addr` and serve `/health`, `/metrics` and the routes of `extra` until `cancel` fires.
-/// Returns the bound address (useful with port 0) and the server task.
+/// Most connections an HTTP API holds open at once; more wait in the kernel's backlog until one
+/// closes.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// Who may use a process's HTTP API.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// When set, every request but `GET /health` must carry `Authorization: Bearer <token>`.
+    /// Required on an address that is not loopback.
+    pub token: Option<String>,
+}
+
+impl Access {
+    /// Refuse to serve a non-loopback address without a token.
+    pub fn check(&self, addr: &SocketAddr, setting: &str) -> Result<(), String> {
+        if !addr.ip().is_loopback() && self.token.as_deref().is_none_or(str::is_empty) {
+            return Err(format!(
+                "{setting} = {addr} is not a loopback address: set http_token too (every request \
+                 then needs `Authorization: Bearer <token>`; docs/security.md)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Compare without stopping at the first difference, so timing says nothing of the token.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_token(
+    State(token): State<Arc<str>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let given =
+        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if req.uri().path() == "/health" || given.is_some_and(|t| same(t.as_bytes(), token.as_bytes())) {
+        return next.run(req).await;
+    }
+    let body = serde_json::json!({ "error": "this API needs Authorization: Bearer <http_token>" }).to_string();
+    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer"), (header::CONTENT_TYPE, "application/json")], body)
+        .into_response()
+}
+
+/// A TCP listener that holds at most [`MAX_CONNECTIONS`] connections: each accepted one keeps a
+/// permit until it closes.
+struct Capped {
+    inner: tokio::net::TcpListener,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+/// A connection of [`Capped`], with its permit.
+struct CappedIo {
+    io: tokio::net::TcpStream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl axum::serve::Listener for Capped {
+    type Io = CappedIo;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (CappedIo, SocketAddr) {
+        let permit = match self.permits.clone().acquire_owned().await {
+            Ok(p) => p,
+            // The semaphore is never closed; should it be, accept nothing more.
+            Err(_) => std::future::pending().await,
+        };
+        let (io, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        (CappedIo { io, _permit: permit }, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+impl tokio::io::AsyncRead for CappedIo {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CappedIo {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// Bind `addr` and serve `/health`, `/metrics` and the routes of `extra` until `cancel` fires,
+/// to whom `access` allows, on at most [`MAX_CONNECTIONS`] connections at once. Returns the
+/// bound address (useful with port 0) and the server task.
 pub async fn serve(
     addr: SocketAddr,
+    access: &Access,
     report: Arc<dyn Report>,
     extra: Router,
     cancel: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    let app =
+    access.check(&addr, "http_listen").map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let inner = tokio::net::TcpListener::bind(addr).await?;
+    let bound = inner.local_addr()?;
+    let listener = Capped { inner, permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)) };
+    let mut app =
         Router::new().route("/health", get(health)).route("/metrics", get(metrics)).with_state(report).merge(extra);
+    if let Some(token) = access.token.as_deref().filter(|t| !t.is_empty()) {
+        app = app.layer(axum::middleware::from_fn_with_state(Arc::<str>::from(token), require_token));
+    }
     let task = tokio::spawn(async move {
         let server = axum::serve(listener, app).with_graceful_shutdown(async move { cancel.cancelled().await });
         if let Err(e) = server.await {

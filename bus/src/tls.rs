@@ -4,8 +4,9 @@
 //! A certificate's subject common name is its [`Identity`], `<role>:<name>`. [`load`] reads the
 //! CA, this process's certificate and key, and the members file, and refuses what zenoh would
 //! accept but the cluster would not: an expired certificate, one not signed by the CA, one
-//! that names another process. The policy built from the members file is in [`crate::access`];
-//! `docs/security.md` documents both.
+//! that names another process. [`make_ca`] and [`issue`] make the certificates (`switchboard
+//! certs`, and the tests and benches). The policy built from the members file is in
+//! [`crate::access`]; `docs/security.md` documents both.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -153,6 +154,9 @@ pub enum TlsError {
     /// An identity that is not `<role>:<name>` or names another process.
     #[error("identity: {0}")]
     Identity(String),
+    /// A certificate or key could not be made.
+    #[error("making a certificate: {0}")]
+    Make(String),
     /// A line of the members file.
     #[error("{path} line {line}: {reason}")]
     Members {
@@ -284,6 +288,78 @@ pub fn load(config: &TlsConfig, expect: Option<&Identity>) -> Result<Credentials
     Ok(Credentials { identity, members, not_after: cert.validity().not_after.to_string() })
 }
 
+fn make_err(e: impl fmt::Display) -> TlsError {
+    TlsError::Make(e.to_string())
+}
+
+fn validity(params: &mut rcgen::CertificateParams, days: u32) {
+    let now = time::OffsetDateTime::now_utc();
+    // A minute of slack for clocks that differ a little between nodes.
+    params.not_before = now - time::Duration::minutes(1);
+    params.not_after = now + time::Duration::days(i64::from(days));
+}
+
+/// A new cluster CA valid for `days` (ECDSA P-256): `(certificate PEM, key PEM)`.
+pub fn make_ca(days: u32) -> Result<(String, String), TlsError> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let key = KeyPair::generate().map_err(make_err)?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(make_err)?;
+    params.distinguished_name.push(DnType::CommonName, "switchboard cluster CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    validity(&mut params, days);
+    let cert = params.self_signed(&key).map_err(make_err)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A key and certificate for `id`, valid for `days`, signed by the CA (`ca_cert`, `ca_key`: PEM),
+/// for both ends of a link: `(certificate PEM, key PEM)`.
+pub fn issue(ca_cert: &str, ca_key: &str, id: &Identity, days: u32) -> Result<(String, String), TlsError> {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::from_pem(ca_key).map_err(|e| TlsError::Make(format!("the CA key does not parse: {e}")))?;
+    let issuer = Issuer::from_ca_cert_pem(ca_cert, ca_key)
+        .map_err(|e| TlsError::Make(format!("the CA certificate does not parse: {e}")))?;
+    let key = KeyPair::generate().map_err(make_err)?;
+    let mut params = CertificateParams::new(vec![id.name.clone()]).map_err(make_err)?;
+    params.distinguished_name.push(DnType::CommonName, id.to_string());
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    // Every process is both ends of some link: it accepts connections and makes them.
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    validity(&mut params, days);
+    let cert = params.signed_by(&key, &issuer).map_err(make_err)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A whole cluster's files in `dir`, for tests and benchmarks: `ca.crt`, `ca.key`, `members`
+/// listing `ids`, and `<role>-<name>.crt`/`.key` for each; returns the config of each identity.
+pub fn write_cluster(dir: &Path, ids: &[Identity]) -> Result<Vec<TlsConfig>, TlsError> {
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|source| TlsError::Read { path, source })
+    };
+    std::fs::create_dir_all(dir).map_err(|source| TlsError::Read { path: dir.to_owned(), source })?;
+    let (ca_cert, ca_key) = make_ca(30)?;
+    write("ca.crt", &ca_cert)?;
+    write("ca.key", &ca_key)?;
+    write("members", &ids.iter().map(|i| format!("{i}\n")).collect::<String>())?;
+    let mut configs = Vec::new();
+    for id in ids {
+        let (cert, key) = issue(&ca_cert, &ca_key, id, 30)?;
+        let base = format!("{}-{}", id.role, id.name);
+        write(&format!("{base}.crt"), &cert)?;
+        write(&format!("{base}.key"), &key)?;
+        configs.push(TlsConfig {
+            ca: dir.join("ca.crt"),
+            cert: dir.join(format!("{base}.crt")),
+            key: dir.join(format!("{base}.key")),
+            members: None,
+        });
+    }
+    Ok(configs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,6 +372,28 @@ mod tests {
         for bad in ["gw1", "root:gw1", "agent:", "agent:a/b", "collector:*"] {
             assert!(bad.parse::<Identity>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn made_certificates_load_and_a_foreign_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let gw1 = Identity::new(IdRole::Agent, "gw1").unwrap();
+        let configs = write_cluster(dir.path(), std::slice::from_ref(&gw1)).unwrap();
+        let creds = load(&configs[0], Some(&gw1)).unwrap();
+        assert_eq!((creds.identity, creds.members), (gw1.clone(), vec![gw1.clone()]));
+        let other = Identity::new(IdRole::Collector, "gw1").unwrap();
+        assert!(matches!(load(&configs[0], Some(&other)), Err(TlsError::Identity(_))));
+        // A certificate of another CA.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let foreign = write_cluster(elsewhere.path(), std::slice::from_ref(&gw1)).unwrap();
+        let mixed = TlsConfig { cert: foreign[0].cert.clone(), key: foreign[0].key.clone(), ..configs[0].clone() };
+        assert!(matches!(load(&mixed, Some(&gw1)), Err(TlsError::NotSignedByCa { .. })));
+        // Both CAs in one file (a CA rotation) take either's certificates.
+        let both = dir.path().join("both.crt");
+        let text = std::fs::read_to_string(&configs[0].ca).unwrap() + &std::fs::read_to_string(&foreign[0].ca).unwrap();
+        std::fs::write(&both, text).unwrap();
+        let rotating = TlsConfig { ca: both, members: Some(dir.path().join("members")), ..mixed };
+        load(&rotating, Some(&gw1)).unwrap();
     }
 
     #[test]

@@ -92,6 +92,11 @@ pub struct CollectorSettings {
     /// disable. Default: `127.0.0.1:7481`.
     #[serde(default = "default_http")]
     pub http_listen: String,
+    /// Bearer token of the HTTP API: when set, every request but `GET /health` needs
+    /// `Authorization: Bearer <token>`. Required when `http_listen` is not a loopback address.
+    /// Default: none.
+    #[serde(default)]
+    pub http_token: Option<String>,
 }
 
 /// The `[logs]` table: how log records become rows.
@@ -171,6 +176,7 @@ impl Default for CollectorSettings {
             queue_payloads: default_queue(),
             standby_buffer_bytes: default_standby_buffer(),
             http_listen: default_http(),
+            http_token: None,
         }
     }
 }
@@ -235,11 +241,16 @@ impl CollectorConfig {
             ));
         }
         c.location()?;
-        if !c.http_listen.is_empty() && c.http_listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(CollectorConfigError::Invalid(format!(
-                "collector.http_listen {:?} is not an address like 127.0.0.1:7481",
-                c.http_listen
-            )));
+        if !c.http_listen.is_empty() {
+            let addr = c.http_listen.parse::<std::net::SocketAddr>().map_err(|_| {
+                CollectorConfigError::Invalid(format!(
+                    "collector.http_listen {:?} is not an address like 127.0.0.1:7481",
+                    c.http_listen
+                ))
+            })?;
+            switchboard_bus::http::Access { token: c.http_token.clone() }
+                .check(&addr, "collector.http_listen")
+                .map_err(CollectorConfigError::Invalid)?;
         }
         if !(1..=22).contains(&c.zstd_level) {
             return Err(CollectorConfigError::Invalid(format!(

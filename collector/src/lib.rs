@@ -293,9 +293,15 @@ impl Collector {
                 mesh,
                 writers,
             });
-            let (_, task) = switchboard_bus::http::serve(addr, report, axum::Router::new(), cancel.clone())
-                .await
-                .map_err(|source| CollectorError::Http { addr, source })?;
+            let (_, task) = switchboard_bus::http::serve(
+                addr,
+                &switchboard_bus::http::Access { token: c.http_token.clone() },
+                report,
+                axum::Router::new(),
+                cancel.clone(),
+            )
+            .await
+            .map_err(|source| CollectorError::Http { addr, source })?;
             tracker.spawn(async move {
                 let _ = task.await;
             });

@@ -112,6 +112,11 @@ pub struct AgentSettings {
     /// disable. Default: `127.0.0.1:7480`.
     #[serde(default = "default_agent_http")]
     pub http_listen: String,
+    /// Bearer token of the HTTP API: when set, every request but `GET /health` needs
+    /// `Authorization: Bearer <token>`. Required when `http_listen` is not a loopback address.
+    /// Default: none.
+    #[serde(default)]
+    pub http_token: Option<String>,
     /// Largest request body the HTTP APIs take, in bytes; larger ones get `413` with a JSON
     /// error and are counted. The default holds the largest documented request (a DLR register
     /// batch of 10,000 records with every field at its longest, about 14.2 MiB) twice over.
@@ -176,6 +181,7 @@ impl Default for AgentSettings {
             checkpoint_interval_ms: default_checkpoint_ms(),
             max_unacked_batches: default_max_unacked(),
             http_listen: default_agent_http(),
+            http_token: None,
             http_max_body_bytes: default_http_max_body_bytes(),
             health_max_lag_ms: default_health_max_lag_ms(),
         }
@@ -206,11 +212,16 @@ impl AgentSettings {
         if a.max_unacked_batches == 0 {
             return Err(AgentConfigError::Invalid("agent.max_unacked_batches must be > 0".into()));
         }
-        if !a.http_listen.is_empty() && a.http_listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(AgentConfigError::Invalid(format!(
-                "agent.http_listen {:?} is not an address like 127.0.0.1:7480",
-                a.http_listen
-            )));
+        if !a.http_listen.is_empty() {
+            let addr = a.http_listen.parse::<std::net::SocketAddr>().map_err(|_| {
+                AgentConfigError::Invalid(format!(
+                    "agent.http_listen {:?} is not an address like 127.0.0.1:7480",
+                    a.http_listen
+                ))
+            })?;
+            switchboard_bus::http::Access { token: a.http_token.clone() }
+                .check(&addr, "agent.http_listen")
+                .map_err(AgentConfigError::Invalid)?;
         }
         if a.http_max_body_bytes == 0 {
             return Err(AgentConfigError::Invalid("agent.http_max_body_bytes must be > 0".into()));

@@ -256,9 +256,15 @@ impl Agent {
                 routes = routes.merge(metrics::http::router(m));
             }
             let routes = body_limit::limit_bodies(routes, config.agent.http_max_body_bytes, stats.clone());
-            let (_, task) = switchboard_bus::http::serve(addr, report, routes, cancel.clone())
-                .await
-                .map_err(|source| AgentError::Listen { what: format!("agent.http_listen {addr}"), source })?;
+            let (_, task) = switchboard_bus::http::serve(
+                addr,
+                &switchboard_bus::http::Access { token: config.agent.http_token.clone() },
+                report,
+                routes,
+                cancel.clone(),
+            )
+            .await
+            .map_err(|source| AgentError::Listen { what: format!("agent.http_listen {addr}"), source })?;
             tracker.spawn(async move {
                 let _ = task.await;
             });

@@ -100,8 +100,7 @@ fn parse(service: &DlrService, query: &Query) -> Result<Request, Option<String>>
     let report = match query.payload().map(|p| serde_json::from_slice::<DlrReport>(&p.to_bytes())) {
         None => None,
         Some(Ok(r)) => {
-            let reporter_ok = service.membership.live_of(Role::Agent).contains(&r.reported_by);
-            if let Err(e) = super::types::check_bus_report(&r, reporter_ok, now_ms()) {
+            if let Err(e) = super::types::check_bus_report(&r, now_ms()) {
                 refuse(Reason::ReportInvalid, &e);
                 return Err(Some(e.to_string()));
             }

@@ -263,13 +263,13 @@ pub(super) fn check_report_fields(status: &str, error: Option<&str>, text: Optio
     check_field("text", text.unwrap_or(""), MAX_TEXT_BYTES)
 }
 
-/// Refuse a report that came over the bus unless the HTTP API would have taken it, from a node
-/// that can have made it (`reporter_ok`), at a time that is not in the future (a minute of skew).
-pub(super) fn check_bus_report(r: &DlrReport, reporter_ok: bool, now_ms: u64) -> Result<(), DlrError> {
+/// Refuse a report that came over the bus unless the HTTP API would have taken it, from a
+/// `reported_by` that can be a node's name, at a time that is not in the future (a minute of skew).
+pub(super) fn check_bus_report(r: &DlrReport, now_ms: u64) -> Result<(), DlrError> {
     check_report_fields(&r.status, r.error.as_deref(), r.text.as_deref())?;
-    if !reporter_ok {
-        return Err(DlrError::BadRequest(format!("reported_by {:?} is not a live agent", r.reported_by)));
-    }
+    switchboard_bus::keys::check_chunk(&r.reported_by)
+        .map_err(|e| DlrError::BadRequest(format!("reported_by {:?}: {e}", r.reported_by)))?;
+    check_field("reported_by", &r.reported_by, MAX_FIELD_BYTES)?;
     if r.reported_at > now_ms.saturating_add(60_000) {
         return Err(DlrError::BadRequest(format!("reported_at {} is in the future", r.reported_at)));
     }

@@ -130,7 +130,7 @@ impl LimitsService {
         let service = Arc::new(Self { limiter, revisions, peers, stats: ApiStats::default() });
         if !l.socket.as_os_str().is_empty() {
             let path = config.agent.data_dir.join(&l.socket);
-            let listener = socket::bind(&path)
+            let listener = socket::bind(&path, l.socket_group.as_deref())
                 .map_err(|source| AgentError::Listen { what: format!("limits.socket {}", path.display()), source })?;
             tracker.spawn(socket::serve(listener, path, service.clone(), cancel.clone()));
         }

@@ -35,6 +35,10 @@ pub struct LimitsSettings {
     /// absolute; empty to disable. Default: `limits.sock`.
     #[serde(default = "default_limits_socket")]
     pub socket: PathBuf,
+    /// Group of the socket (a name from `/etc/group`, or a number): the socket is created with
+    /// mode 0660, so the agent's user and this group may connect. Default: the agent's group.
+    #[serde(default)]
+    pub socket_group: Option<String>,
     /// Write decisions per key and second to the collector's `limits` table. Default: true.
     #[serde(default = "default_true")]
     pub record_decisions: bool,
@@ -61,6 +65,7 @@ impl Default for LimitsSettings {
             silent_hold_ms: default_silent_hold_ms(),
             resync_ms: default_resync_ms(),
             socket: default_limits_socket(),
+            socket_group: None,
             record_decisions: true,
         }
     }

@@ -26,8 +26,11 @@ use super::{check_request, LimitsService};
 /// Longest request line.
 const MAX_LINE: usize = 4096;
 
-/// Bind the socket at `path`, replacing a stale one left by a previous run.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+/// Bind the socket at `path`, replacing a stale one left by a previous run, with mode 0660 and,
+/// if given, the group `group` (a name or a number): the agent's user and that group may connect,
+/// nobody else.
+pub fn bind(path: &Path, group: Option<&str>) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -36,7 +39,31 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    UnixListener::bind(path)
+    let listener = UnixListener::bind(path)?;
+    if let Some(group) = group {
+        std::os::unix::fs::chown(path, None, Some(gid_of(group)?))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}
+
+/// The id of group `group`: a number, or a name looked up in `/etc/group`.
+fn gid_of(group: &str) -> std::io::Result<u32> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group")?;
+    groups
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            Some((f.next()?, f.nth(1)?))
+        })
+        .find(|(name, _)| *name == group)
+        .and_then(|(_, gid)| gid.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, format!("no group named {group:?} in /etc/group"))
+        })
 }
 
 /// Accept connections until `cancel` fires, then remove the socket file.

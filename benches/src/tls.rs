@@ -1,0 +1,64 @@
+//! Mutual TLS against plain TCP, in one run: what the security costs.
+//!
+//! - End-to-end log lines/s (one agent, acknowledgements on, as `sb-bench logs`), plain and TLS
+//!   alternately `--repeat` times, medians; target: TLS at least 90% of plain.
+//! - The DLR ask stream (as `sb-bench dlr`'s first row: three node processes, `--records` open
+//!   records each, `--rate` lookups/s), each cluster `--repeat` times; target: TLS p99 at most
+//!   1.2x plain.
+//!
+//! With TLS every process also applies the access policy to everything it receives, so its
+//! cost is in the figures.
+
+use anyhow::Result;
+use switchboard_agent::parse::Format;
+use switchboard_bus::tls::{IdRole, Identity};
+
+use crate::{dlr, logs};
+
+/// What `sb-bench tls` runs.
+pub(crate) struct TlsBench {
+    pub(crate) lines: usize,
+    pub(crate) repeat: usize,
+    pub(crate) records: u64,
+    pub(crate) lookups: u64,
+    pub(crate) rate: u64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+pub(crate) fn run(b: &TlsBench) -> Result<()> {
+    let opts = logs::LogsBench { lines: b.lines, format: Format::Plain, kv_in_message: false, repeat: b.repeat };
+    let certs = tempfile::tempdir()?;
+    let ids = [Identity::new(IdRole::Collector, "c")?, Identity::new(IdRole::Agent, "gw0")?];
+    switchboard_bus::tls::write_cluster(certs.path(), &ids)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let (mut plain, mut tls) = (Vec::new(), Vec::new());
+    for _ in 0..b.repeat.max(1) {
+        plain.push(rt.block_on(logs::end_to_end_with(&opts, 1, true, None, |_| {}))?);
+        tls.push(rt.block_on(logs::end_to_end_with(&opts, 1, true, Some(certs.path()), |_| {}))?);
+    }
+    println!("end to end, 1 agent, {} lines, acknowledgements on (median of {}):", b.lines, b.repeat.max(1));
+    let (p, t) = (median(plain.clone()), median(tls.clone()));
+    println!("  plain TCP   {p:>12.0} lines/s   runs {plain:.0?}");
+    println!("  mutual TLS  {t:>12.0} lines/s   runs {tls:.0?}");
+    println!("  TLS / plain {:>12.2}   (target at least 0.90)", t / p.max(1.0));
+
+    println!("\nDLR ask stream, 3 nodes with {} open records each, {} lookups/s:", b.records, b.rate);
+    let repeat = u32::try_from(b.repeat.max(1)).unwrap_or(1);
+    let plain = dlr::ask_stream(b.records, b.lookups, b.rate, repeat, false)?;
+    let tls = dlr::ask_stream(b.records, b.lookups, b.rate, repeat, true)?;
+    let p99 = |runs: &[dlr::Run]| -> Vec<f64> {
+        runs.iter().map(|((_, h), _)| h.value_at_quantile(0.99) as f64 / 1e3).collect()
+    };
+    let p50 = |runs: &[dlr::Run]| -> f64 {
+        median(runs.iter().map(|((_, h), _)| h.value_at_quantile(0.5) as f64 / 1e3).collect())
+    };
+    let (pp, tp) = (p99(&plain), p99(&tls));
+    println!("  plain TCP   p50 {:>7.1} µs   p99 {:>7.1} µs (median; runs {pp:.1?})", p50(&plain), median(pp.clone()));
+    println!("  mutual TLS  p50 {:>7.1} µs   p99 {:>7.1} µs (median; runs {tp:.1?})", p50(&tls), median(tp.clone()));
+    println!("  TLS / plain p99 {:>7.2}   (target at most 1.20)", median(tp) / median(pp).max(0.001));
+    Ok(())
+}
