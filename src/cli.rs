@@ -336,6 +336,14 @@ fn init_tracing(filter: Option<&str>, default: &str) {
     let _ = tracing_subscriber::registry().with(log).with(denials).try_init();
 }
 
+/// A process whose vital thread died exits with the reason (after its orderly stop).
+fn died() -> Result<()> {
+    match switchboard_bus::vital::failed() {
+        Some(why) => anyhow::bail!("{why}"),
+        None => Ok(()),
+    }
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -391,7 +399,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 let cancel = shutdown_token();
                 let agent = Agent::start(cfg, cancel).await?;
                 agent.wait().await;
-                Ok(())
+                died()
             })
         }
         Command::Collector { config, check } => {
@@ -405,7 +413,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 let cancel = shutdown_token();
                 let collector = Collector::start(cfg, cancel).await?;
                 collector.wait().await;
-                Ok(())
+                died()
             })
         }
         Command::Query { sql, scope, format, output, allow_write } => {

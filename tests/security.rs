@@ -32,7 +32,7 @@ struct Setup {
 fn setup(c: Cluster) -> Setup {
     let collector = c.start_collector();
     let port = free_port();
-    let proto = if c.tls.is_some() { "tls" } else { "tcp" };
+    let proto = if c.tls.is_some() { "quic" } else { "tcp" };
     let gw1_endpoint = format!("{proto}/127.0.0.1:{port}");
     let rest = format!(
         "[[source]]\nname = \"app\"\npaths = [\"{}/*.log*\"]\nformat = \"plain\"\n\n[limits]\ninterval_ms = 50\nresync_ms = 1000\n\n{DLR}",
@@ -203,7 +203,7 @@ async fn a_peer_without_a_certificate_cannot_connect() {
     assert!(zenoh::open(zc).await.is_err(), "a client without a certificate connected");
     let mut plain = zenoh::Config::default();
     plain.insert_json5("mode", "\"client\"").unwrap();
-    plain.insert_json5("connect/endpoints", &json!([c.endpoint.replace("tls/", "tcp/")]).to_string()).unwrap();
+    plain.insert_json5("connect/endpoints", &json!([c.endpoint.replace("quic/", "tcp/")]).to_string()).unwrap();
     assert!(zenoh::open(plain).await.is_err(), "a plain TCP client connected");
 
     // Row 18: a member sees the cluster: the views answer and the tokens are there.

@@ -376,7 +376,7 @@ impl Cluster {
         let e = |e: zenoh::Error| anyhow::anyhow!("{e}");
         let session = rt.block_on(async {
             let mut config = zenoh::Config::default();
-            let proto = if tls { "tls" } else { "tcp" };
+            let proto = if tls { crate::tls::proto() } else { "tcp" };
             let endpoints: Vec<String> = self.ports.iter().map(|p| format!("\"{proto}/127.0.0.1:{p}\"")).collect();
             config.insert_json5("connect/endpoints", &format!("[{}]", endpoints.join(","))).map_err(e)?;
             config.insert_json5("listen/endpoints", "[]").map_err(e)?;
@@ -391,6 +391,7 @@ impl Cluster {
                 ] {
                     config.insert_json5(&format!("transport/link/tls/{k}"), &path(f)).map_err(e)?;
                 }
+                config.insert_json5("transport/link/tls/enable_mtls", "true").map_err(e)?;
                 config.insert_json5("transport/link/tls/verify_name_on_connect", "false").map_err(e)?;
             }
             zenoh::open(config).await.map_err(e)

@@ -96,7 +96,7 @@ pub(crate) fn spawn_node(
 ) -> Result<NodeProc> {
     let data = dir.join(format!("node{i}"));
     let http = free_port()?;
-    let proto = if tls.is_some() { "tls" } else { "tcp" };
+    let proto = if tls.is_some() { crate::tls::proto() } else { "tcp" };
     let connect: Vec<String> = connect.iter().map(|p| format!("\"{proto}/127.0.0.1:{p}\"")).collect();
     let tls = tls.map_or(String::new(), |t| {
         let t = t.display();

@@ -276,7 +276,7 @@ pub(crate) async fn end_to_end_with(
 ) -> Result<f64> {
     let dir = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let endpoint = format!("{}/127.0.0.1:{port}", if tls.is_some() { "tls" } else { "tcp" });
+    let endpoint = format!("{}/127.0.0.1:{port}", if tls.is_some() { crate::tls::proto() } else { "tcp" });
     let tls_of = |role: &str, name: &str| {
         tls.map(|t| switchboard_bus::tls::TlsConfig {
             ca: t.join("ca.crt"),

@@ -131,6 +131,10 @@ enum Bench {
         /// Lookups per second (paced).
         #[arg(long, default_value_t = 10_000)]
         rate: u64,
+        /// The secure transport: `quic` (default) or `tls` (TLS over TCP; see docs/security.md
+        /// for why it is not the default).
+        #[arg(long, default_value = "quic", value_parser = ["quic", "tls"])]
+        transport: String,
     },
     /// One node of the accuracy run (started by `limits`): a node agent from a config file.
     #[command(hide = true)]
@@ -222,8 +226,9 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Bench::Tls { lines, repeat, records, lookups, rate } => {
-            tls::run(&tls::TlsBench { lines, repeat, records, lookups, rate })
+        Bench::Tls { lines, repeat, records, lookups, rate, transport } => {
+            let transport = if transport == "tls" { "tls" } else { "quic" };
+            tls::run(&tls::TlsBench { lines, repeat, records, lookups, rate, transport })
         }
         Bench::Dlr { records, lookups, rate, clients, cache_mb, repeat } => {
             dlr::run(&dlr::DlrBench { records, lookups, rate, clients, cache_mb, repeat })

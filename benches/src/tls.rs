@@ -15,6 +15,14 @@ use switchboard_bus::tls::{IdRole, Identity};
 
 use crate::{dlr, logs};
 
+/// The secure transport of this run (`quic` or `tls`), for the benches that build endpoints.
+static PROTO: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// `quic` or `tls` as `sb-bench tls --transport` says (default `quic`).
+pub(crate) fn proto() -> &'static str {
+    PROTO.get().copied().unwrap_or("quic")
+}
+
 /// What `sb-bench tls` runs.
 pub(crate) struct TlsBench {
     pub(crate) lines: usize,
@@ -22,6 +30,7 @@ pub(crate) struct TlsBench {
     pub(crate) records: u64,
     pub(crate) lookups: u64,
     pub(crate) rate: u64,
+    pub(crate) transport: &'static str,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -30,6 +39,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub(crate) fn run(b: &TlsBench) -> Result<()> {
+    let _ = PROTO.set(b.transport);
+    println!("secure transport: {}/ (mutual TLS, access policy on)\n", b.transport);
     let opts = logs::LogsBench { lines: b.lines, format: Format::Plain, kv_in_message: false, repeat: b.repeat };
     let certs = tempfile::tempdir()?;
     let ids = [Identity::new(IdRole::Collector, "c")?, Identity::new(IdRole::Agent, "gw0")?];

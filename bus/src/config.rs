@@ -189,10 +189,10 @@ pub enum ConfigError {
     #[error("invalid endpoint {0:?}: expected `<protocol>/<address>`, e.g. `tcp/127.0.0.1:7447`")]
     Endpoint(String),
     /// A `tls/` endpoint without `[bus.tls]`.
-    #[error("endpoint {0:?} is TLS but [bus.tls] is not set (ca, cert, key; see docs/security.md)")]
+    #[error("endpoint {0:?} needs certificates but [bus.tls] is not set (ca, cert, key; see docs/security.md)")]
     TlsEndpoint(String),
     /// A plain endpoint while `[bus.tls]` is set: it would bypass the access policy.
-    #[error("endpoint {0:?} is not TLS but [bus.tls] is set: use tls/<host>:<port> for every endpoint")]
+    #[error("endpoint {0:?} is not TLS but [bus.tls] is set: use quic/<host>:<port> (or tls/) for every endpoint")]
     PlainEndpoint(String),
 }
 
@@ -237,10 +237,10 @@ impl BusConfig {
         }
         for e in self.listen.iter().chain(&self.connect) {
             match e.split_once('/') {
-                Some(("tls", addr)) if !addr.is_empty() && self.tls.is_none() => {
+                Some(("tls" | "quic", addr)) if !addr.is_empty() && self.tls.is_none() => {
                     return Err(ConfigError::TlsEndpoint(e.clone()))
                 }
-                Some((proto, addr)) if !addr.is_empty() && self.tls.is_some() && proto != "tls" => {
+                Some((proto, addr)) if !addr.is_empty() && self.tls.is_some() && !matches!(proto, "tls" | "quic") => {
                     return Err(ConfigError::PlainEndpoint(e.clone()))
                 }
                 Some((proto, addr)) if !proto.is_empty() && !addr.is_empty() => {}

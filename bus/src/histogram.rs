@@ -32,10 +32,13 @@ pub fn encode(h: &Histogram<u64>) -> Result<Vec<u8>, HistogramError> {
     Ok(out)
 }
 
-/// A histogram from HDR V2 bytes (with or without DEFLATE).
+/// A histogram from HDR V2 bytes (with or without DEFLATE). Inflating stops at
+/// [`MAX_INFLATED_BYTES`]: a small payload cannot make the reader allocate without bound.
 pub fn decode(bytes: &[u8]) -> Result<Histogram<u64>, HistogramError> {
+    let mut unpacker = Unpacker::new();
+    let plain = unpacker.plain(bytes)?;
     let mut h: Histogram<u64> =
-        Deserializer::new().deserialize(&mut &bytes[..]).map_err(|e| HistogramError(format!("{e:?}")))?;
+        Deserializer::new().deserialize(&mut &plain[..]).map_err(|e| HistogramError(format!("{e:?}")))?;
     h.auto(true);
     Ok(h)
 }
@@ -48,6 +51,9 @@ const V2_DEFLATE_COOKIE: u32 = 0x1c84_9304;
 const COOKIE_MASK: u32 = 0xffff_ff0f;
 /// Bytes of the V2 header before the counts.
 const V2_HEADER: usize = 40;
+/// Most bytes a compressed histogram may inflate to (a V2 encoding of the most buckets a merge
+/// keeps flat, [`MAX_FLAT_BUCKETS`], at up to 9 bytes each, fits); more is refused.
+pub const MAX_INFLATED_BYTES: usize = 16 << 20;
 
 /// Turns HDR V2 + DEFLATE into plain HDR V2 (and checks plain V2), keeping its inflater and
 /// buffer from one histogram to the next. Plain V2 is what the collector stores: the Parquet
@@ -92,19 +98,22 @@ impl Unpacker {
     fn inflate_into(&mut self, z: &[u8]) -> Result<(), HistogramError> {
         self.inflate.reset(true);
         self.payload.clear();
-        self.payload.reserve(z.len() * 4 + 64);
+        self.payload.reserve((z.len().saturating_mul(4) + 64).min(MAX_INFLATED_BYTES));
         loop {
             let before = (self.inflate.total_in(), self.inflate.total_out());
             let read = self.inflate.total_in() as usize;
             let status = self
                 .inflate
-                .decompress_vec(&z[read.min(z.len())..], &mut self.payload, flate2::FlushDecompress::Finish)
+                .decompress_vec(&z[read.min(z.len())..], &mut self.payload, flate2::FlushDecompress::None)
                 .map_err(|e| HistogramError(format!("inflate: {e}")))?;
             if status == flate2::Status::StreamEnd {
                 return Ok(());
             }
+            if self.payload.len() >= MAX_INFLATED_BYTES {
+                return Err(HistogramError(format!("inflate: more than {MAX_INFLATED_BYTES} bytes")));
+            }
             if self.payload.len() == self.payload.capacity() {
-                self.payload.reserve(self.payload.capacity());
+                self.payload.reserve(self.payload.capacity().min(MAX_INFLATED_BYTES - self.payload.len()));
             } else if (self.inflate.total_in(), self.inflate.total_out()) == before {
                 return Err(HistogramError("inflate: truncated stream".into()));
             }
@@ -322,6 +331,28 @@ mod tests {
         let mut want = by_decode.clone();
         want.add(&other).unwrap();
         assert_eq!(again.histogram().unwrap(), want);
+    }
+
+    #[test]
+    fn a_compressed_payload_that_inflates_past_the_cap_is_refused() {
+        use std::io::Write as _;
+        // 64 MiB of zeros behind a valid inner cookie: about 64 KiB compressed.
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        z.write_all(&V2_COOKIE.to_be_bytes()).unwrap();
+        z.write_all(&u32::MAX.to_be_bytes()).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..64 {
+            z.write_all(&zeros).unwrap();
+        }
+        let z = z.finish().unwrap();
+        let mut bomb = V2_DEFLATE_COOKIE.to_be_bytes().to_vec();
+        bomb.extend_from_slice(&(z.len() as u32).to_be_bytes());
+        bomb.extend_from_slice(&z);
+        let err = decode(&bomb).unwrap_err().to_string();
+        assert!(err.contains("more than"), "{err}");
+        let mut unpacker = Unpacker::new();
+        assert!(unpacker.plain(&bomb).is_err());
+        assert!(unpacker.payload.capacity() <= 2 * MAX_INFLATED_BYTES, "{}", unpacker.payload.capacity());
     }
 
     #[test]

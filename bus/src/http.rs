@@ -159,6 +159,9 @@ impl Metrics {
 async fn health(State(r): State<Arc<dyn Report>>) -> impl IntoResponse {
     let mut h = r.health();
     h.details.insert("tls".into(), crate::refusals::tls().into());
+    if let Some(why) = crate::vital::failed() {
+        h.failing.insert(0, why);
+    }
     let code = if h.failing.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, [(header::CONTENT_TYPE, "application/json")], h.body().to_string())
 }
@@ -194,6 +197,18 @@ impl Access {
         }
         Ok(())
     }
+}
+
+/// Check an `http_listen` setting (`setting` names it in errors) and its token: empty (no API),
+/// or an address, loopback unless `token` is set.
+pub fn check_listen(listen: &str, token: Option<&str>, setting: &str) -> Result<(), String> {
+    if listen.is_empty() {
+        return Ok(());
+    }
+    let addr = listen
+        .parse::<SocketAddr>()
+        .map_err(|_| format!("{setting} {listen:?} is not an address like 127.0.0.1:7480"))?;
+    Access { token: token.map(str::to_owned) }.check(&addr, setting)
 }
 
 /// Compare without stopping at the first difference, so timing says nothing of the token.

@@ -11,6 +11,7 @@
 //! - [`tls`]: the `[bus.tls]` table, certificate identities (`<role>:<name>`) and their checks;
 //! - [`access`]: the access policy every process applies to what it receives, from the members;
 //! - [`refusals`]: messages refused from the bus, counted by reason;
+//! - [`vital`]: threads a process cannot live without; one that dies fails it;
 //! - [`session`]: opening a zenoh session from the config, announcing a process;
 //! - [`membership`]: the live set of the cluster from liveliness tokens;
 //! - [`mesh`]: the check that every process sees every live process, and unique names;
@@ -38,6 +39,7 @@ pub mod refusals;
 pub mod session;
 pub mod tables;
 pub mod tls;
+pub mod vital;
 pub mod wire;
 
 pub use config::BusConfig;

@@ -241,17 +241,8 @@ impl CollectorConfig {
             ));
         }
         c.location()?;
-        if !c.http_listen.is_empty() {
-            let addr = c.http_listen.parse::<std::net::SocketAddr>().map_err(|_| {
-                CollectorConfigError::Invalid(format!(
-                    "collector.http_listen {:?} is not an address like 127.0.0.1:7481",
-                    c.http_listen
-                ))
-            })?;
-            switchboard_bus::http::Access { token: c.http_token.clone() }
-                .check(&addr, "collector.http_listen")
-                .map_err(CollectorConfigError::Invalid)?;
-        }
+        switchboard_bus::http::check_listen(&c.http_listen, c.http_token.as_deref(), "collector.http_listen")
+            .map_err(CollectorConfigError::Invalid)?;
         if !(1..=22).contains(&c.zstd_level) {
             return Err(CollectorConfigError::Invalid(format!(
                 "collector.zstd_level {} is not in 1..=22",

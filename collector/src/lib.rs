@@ -321,7 +321,11 @@ impl Collector {
             standby_bytes: 0,
             standby_cap: c.standby_buffer_bytes,
         };
-        tracker.spawn_blocking(move || intake.run(cancel));
+        let intake = tracker.spawn_blocking({
+            let cancel = cancel.clone();
+            move || intake.run(cancel)
+        });
+        switchboard_bus::vital::watch(&tracker, "the collector's intake thread".into(), intake, cancel);
         tracker.close();
         tracing::info!(%name, "collector started");
         Ok(Self { stats, tracker, session })

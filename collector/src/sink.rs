@@ -84,6 +84,11 @@ pub struct ReplayRequest {
     pub to: u64,
 }
 
+/// Most partition files a sink keeps open (each buffers up to a row group): rows for one more hour
+/// finish the file opened first, which goes out with the next commit. Rows spread over many
+/// hours (late data, or a peer's made-up timestamps) make more, smaller files, never more memory.
+pub const MAX_OPEN_FILES: usize = 32;
+
 /// Writes the `logs` table; see the module docs.
 pub struct LogsSink {
     table: LogsTable,
@@ -95,6 +100,8 @@ pub struct LogsSink {
     streams: HashMap<StreamId, StreamState>,
     /// Open files by hour since the epoch.
     open: BTreeMap<i64, PartitionFile>,
+    /// Files finished early to keep at most [`MAX_OPEN_FILES`] open, for the next commit.
+    finished_early: Vec<FileEntry>,
     files_created: u64,
     watermarks_changed: bool,
     failing: Option<String>,
@@ -126,6 +133,7 @@ impl LogsSink {
             max_file_age,
             streams,
             open: BTreeMap::new(),
+            finished_early: Vec::new(),
             files_created: 0,
             watermarks_changed: true,
             failing: None,
@@ -303,6 +311,12 @@ impl LogsSink {
 
     fn write(&mut self, hour: i64, stream: &StreamId, rows: &RecordBatch, seqs: &RangeSet) {
         if !self.open.contains_key(&hour) {
+            if self.open.len() >= MAX_OPEN_FILES {
+                let oldest = self.open.iter().min_by_key(|(_, f)| f.opened()).map(|(h, _)| *h);
+                if let Some(entry) = oldest.and_then(|h| self.finish(h)) {
+                    self.finished_early.push(entry);
+                }
+            }
             match self.create(hour) {
                 Ok(f) => {
                     self.open.insert(hour, f);
@@ -356,23 +370,27 @@ impl LogsSink {
             })
             .map(|(h, _)| *h)
             .collect();
-        let mut out = Vec::new();
-        for hour in due {
-            let Some(file) = self.open.remove(&hour) else { continue };
-            let streams: Vec<StreamId> = file.ranges().keys().cloned().collect();
-            match file.finish(&self.settings) {
-                Ok(entry) => out.push(entry),
-                Err(e) => {
-                    self.stats.commit_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(error = %e, "cannot finish a data file; its rows are pulled again from the agents");
-                    self.failing = Some(format!("cannot finish a data file: {e}"));
-                    for s in streams {
-                        self.forget(&s);
-                    }
+        let mut out = std::mem::take(&mut self.finished_early);
+        out.extend(due.into_iter().filter_map(|hour| self.finish(hour)));
+        out
+    }
+
+    /// Finish the file of `hour`; `None` if it cannot be (its rows are forgotten, pulled again).
+    fn finish(&mut self, hour: i64) -> Option<FileEntry> {
+        let file = self.open.remove(&hour)?;
+        let streams: Vec<StreamId> = file.ranges().keys().cloned().collect();
+        match file.finish(&self.settings) {
+            Ok(entry) => Some(entry),
+            Err(e) => {
+                self.stats.commit_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "cannot finish a data file; its rows are pulled again from the agents");
+                self.failing = Some(format!("cannot finish a data file: {e}"));
+                for s in streams {
+                    self.forget(&s);
                 }
+                None
             }
         }
-        out
     }
 
     /// The commit protocol's outcome for files of this table that [`LogsSink::finish_due`]
@@ -424,6 +442,12 @@ impl LogsSink {
         let hours: Vec<i64> = self.open.keys().copied().collect();
         for hour in hours {
             self.abandon(hour);
+        }
+        for f in std::mem::take(&mut self.finished_early) {
+            for stream in f.ranges.keys() {
+                self.forget(stream);
+            }
+            let _ = std::fs::remove_file(self.store.writing_path(&f.staging));
         }
         self.failing = None;
     }
@@ -681,6 +705,19 @@ mod tests {
             }
         }
         assert_eq!(files as u64, CollectorStats::get(&stats.files_committed));
+    }
+
+    #[test]
+    fn rows_over_many_hours_keep_at_most_the_cap_of_files_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, stats) = sink(dir.path(), 1 << 30);
+        // 100 rows, each in an hour of its own.
+        s.handle(&id(), &payload(0..100, |q| T0 + q as i64 * HOUR), false);
+        assert!(s.status().open_files <= MAX_OPEN_FILES, "{}", s.status().open_files);
+        s.commit_standalone(true);
+        assert_eq!(CollectorStats::get(&stats.files_committed), 100);
+        let rec = recover(&dir.path().join("logs")).unwrap();
+        assert_eq!(rec.committed[&StreamId::log("gw", "app")].ranges(), &[(0, 99)]);
     }
 
     #[test]

@@ -212,17 +212,8 @@ impl AgentSettings {
         if a.max_unacked_batches == 0 {
             return Err(AgentConfigError::Invalid("agent.max_unacked_batches must be > 0".into()));
         }
-        if !a.http_listen.is_empty() {
-            let addr = a.http_listen.parse::<std::net::SocketAddr>().map_err(|_| {
-                AgentConfigError::Invalid(format!(
-                    "agent.http_listen {:?} is not an address like 127.0.0.1:7480",
-                    a.http_listen
-                ))
-            })?;
-            switchboard_bus::http::Access { token: a.http_token.clone() }
-                .check(&addr, "agent.http_listen")
-                .map_err(AgentConfigError::Invalid)?;
-        }
+        switchboard_bus::http::check_listen(&a.http_listen, a.http_token.as_deref(), "agent.http_listen")
+            .map_err(AgentConfigError::Invalid)?;
         if a.http_max_body_bytes == 0 {
             return Err(AgentConfigError::Invalid("agent.http_max_body_bytes must be > 0".into()));
         }

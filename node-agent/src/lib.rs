@@ -274,8 +274,14 @@ impl Agent {
         for source in &config.sources {
             let Some(journal) = journals.get(&source.name).cloned() else { continue };
             let tailer = SourceTailer::new(source.clone(), config.agent.clone(), journal, stats.clone());
-            let (tx, cancel) = (tx.clone(), cancel.clone());
-            tracker.spawn_blocking(move || tailer.run(tx, cancel));
+            let (tx, stop) = (tx.clone(), cancel.clone());
+            let thread = tracker.spawn_blocking(move || tailer.run(tx, stop));
+            switchboard_bus::vital::watch(
+                &tracker,
+                format!("the tailer of source {:?}", source.name),
+                thread,
+                cancel.clone(),
+            );
         }
         drop(tx);
         let task = PublisherTask {

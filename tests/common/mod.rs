@@ -152,7 +152,7 @@ impl Cluster {
             let (role, name) = id.split_once(':').unwrap();
             certs(&["issue", name, "--role", role, "--dir", dir.to_str().unwrap()]);
         }
-        c.endpoint = c.endpoint.replace("tcp/", "tls/");
+        c.endpoint = c.endpoint.replace("tcp/", "quic/");
         c.tls = Some(dir);
         c
     }
