@@ -84,6 +84,13 @@ pub async fn open(config: &BusConfig, role: Option<IdRole>) -> Result<Session, S
             zc.insert_json5("access_control", &policy.to_string())
                 .map_err(|e| SessionError::Zenoh(format!("access policy: {e}")))?;
             crate::refusals::set_tls(true);
+            if config.listen.iter().chain(&config.connect).any(|e| e.starts_with("tls/")) {
+                tracing::warn!(
+                    "bus: a tls/ endpoint: zenoh's TLS-over-TCP link shares one TLS connection between \
+                     its reader and its writer without a lock, which can corrupt memory under two-way \
+                     load; use quic/ endpoints (docs/security.md)"
+                );
+            }
             tracing::info!(
                 identity = %creds.identity,
                 members = creds.members.len(),
