@@ -310,7 +310,8 @@ mod tests {
         };
         journal.record(BatchRecord { first_seq: 100, count: 3, segments: vec![segment] }).unwrap();
         let config: SourceConfig = toml::from_str("name = 'app'\npaths = ['app.log']").unwrap();
-        let journals = Arc::new(BTreeMap::from([("app".to_owned(), Arc::new(Mutex::new(journal)))]));
+        let journal = Arc::new(Mutex::new(journal));
+        let journals = Arc::new(BTreeMap::from([("app".to_owned(), journal.clone())]));
         let configs = Arc::new(BTreeMap::from([("app".to_owned(), config)]));
 
         let bus = BusConfig {
@@ -360,6 +361,12 @@ mod tests {
         assert!(errors[0].ends_with("replay is possible from seq 100"), "{}", errors[0]);
 
         assert_eq!(stats.replay_errors.load(std::sync::atomic::Ordering::Relaxed), 2);
+
+        // A range past the cap (the head now 200,103 records on) gets an error reply, no rows.
+        journal.lock().unwrap().record(BatchRecord { first_seq: 103, count: 200_000, segments: Vec::new() }).unwrap();
+        let (seqs, errors) = ask(&session, &key, 100, u64::MAX).await;
+        assert!(seqs.is_empty(), "{} rows", seqs.len());
+        assert_eq!(errors, [format!("seq 100..=200102 is longer than {MAX_REPLAY_RECORDS} records: ask in parts")]);
         cancel.cancel();
         server.await.unwrap();
         session.close().await.unwrap();

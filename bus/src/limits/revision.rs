@@ -225,6 +225,19 @@ mod tests {
     }
 
     #[test]
+    fn a_history_keeps_the_newest_revisions_and_refuses_a_jump() {
+        let mut h = History::default();
+        for n in 1..=(MAX_HISTORY as u64 + 5) {
+            assert!(h.offer(rev(n, n, "ops", 10)).unwrap());
+        }
+        assert_eq!(h.revisions.len(), MAX_HISTORY);
+        assert_eq!(h.revisions[0].revision, 6);
+        let known = h.current_number();
+        assert!(matches!(h.offer(rev(known + MAX_STEP + 1, 1, "x", 1)), Err(SpecError::Jump { .. })));
+        assert!(h.offer(rev(known + MAX_STEP, 1, "x", 1)).unwrap());
+    }
+
+    #[test]
     fn history_files_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("limits/history.json");

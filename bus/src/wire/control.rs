@@ -120,6 +120,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn heads_out_of_bounds_are_refused() {
+        let heads = |n: usize, acked: u64| Heads {
+            version: VERSION,
+            streams: (0..n).map(|i| (format!("log/s{i}"), 10)).collect(),
+            acked: BTreeMap::from([("log/s0".into(), acked)]),
+            instance: None,
+        };
+        assert!(heads(3, 10).check(3).is_ok());
+        assert!(heads(4, 10).check(3).unwrap_err().contains("4 streams"));
+        assert!(heads(1, 11).check(3).unwrap_err().contains("above head"));
+        let mut long = heads(1, 0);
+        long.streams.insert("x".repeat(300), 1);
+        assert!(long.check(3).unwrap_err().contains("300 bytes"));
+    }
+
+    #[test]
     fn round_trip_and_errors() {
         let h = Heads {
             version: VERSION,
