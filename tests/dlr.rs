@@ -378,3 +378,44 @@ fn a_hung_first_holder_costs_one_ask_timeout_then_every_node_answers() {
     assert_eq!(dlr_counter(&c, "b", "first_holder_hits"), 1);
     assert_eq!(dlr_counter(&c, "b", "bad_requests"), 0);
 }
+
+#[test]
+fn the_replication_queue_stays_bounded_without_a_replica_and_every_copy_arrives_after() {
+    let c = Cluster::new();
+    let dlr = DLR.replace("[dlr]\n", "[dlr]\nreplica_queue = 1000\n");
+    let a = c.start_limits_agent("a", &[], "", &dlr);
+    wait_mesh(&c, &["a"]);
+    let records = |node: &str| {
+        let (_, body) = c.http_get(node, "/v1/dlr");
+        serde_json::from_str::<Value>(&body).map_or(0, |v| v["records"].as_u64().unwrap_or(0))
+    };
+    let queued = |node: &str| {
+        let (_, body) = c.http_get(node, "/v1/dlr");
+        serde_json::from_str::<Value>(&body).map_or(0, |v| v["replica_queue"].as_u64().unwrap_or(0))
+    };
+    // Alone: nothing to send, so nothing is held.
+    for part in 0..5 {
+        register(&c, "a", "dec", (part * 1000..(part + 1) * 1000).map(|i| i.to_string()));
+        assert!(queued("a") <= 1000, "a holds {} changes alone", queued("a"));
+    }
+    // The first peer gets every record from one pass over the store.
+    let b = c.start_limits_agent("b", &[a.endpoint()], "", &dlr);
+    wait_mesh(&c, &["a", "b"]);
+    assert!(wait_until(Duration::from_secs(30), || records("b") >= 5000), "b holds {} copies", records("b"));
+
+    // A replica that hangs: the queue fills, forgets, and one pass makes it good afterwards.
+    let pid = b.proc.as_ref().map(|p| p.pid()).unwrap_or_default();
+    common::group::signal(pid, "-STOP");
+    for part in 5..10 {
+        register(&c, "a", "dec", (part * 1000..(part + 1) * 1000).map(|i| i.to_string()));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, text) = c.http_get("a", "/metrics");
+    let overflows = metric(&text, "switchboard_agent_dlr_replica_queue_overflows_total").unwrap_or(0.0);
+    assert!(queued("a") <= 1000, "a holds {} changes for a hung replica", queued("a"));
+    common::group::signal(pid, "-CONT");
+    assert!(overflows >= 1.0, "the queue never overflowed: {overflows}");
+    assert!(wait_until(Duration::from_secs(60), || records("b") >= 10_000), "b holds {} copies of 10000", records("b"));
+    assert_eq!(records("b"), 10_000, "one copy of each record");
+    assert_eq!(dlr_counter(&c, "b", "bad_requests"), 0);
+}

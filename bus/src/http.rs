@@ -81,10 +81,17 @@ pub trait Report: Send + Sync + 'static {
     fn metrics(&self) -> String;
 }
 
+/// Most series of one metric in an exposition: a metric labelled by something peers or
+/// gateways choose (a limit key, a stream) keeps its largest values and counts the rest in
+/// `switchboard_metrics_series_left_out{metric}`, so a flood of keys cannot flood Prometheus.
+pub const MAX_SERIES_PER_METRIC: usize = 10_000;
+
 /// Builds a Prometheus text exposition.
 #[derive(Debug, Default)]
 pub struct Metrics {
     out: String,
+    /// Series left out per metric.
+    left_out: Vec<(String, usize)>,
 }
 
 impl Metrics {
@@ -140,6 +147,13 @@ impl Metrics {
         series: impl IntoIterator<Item = (Vec<(&'a str, String)>, f64)>,
     ) -> &mut Self {
         self.header(name, kind, help);
+        let mut series: Vec<_> = series.into_iter().collect();
+        if series.len() > MAX_SERIES_PER_METRIC {
+            // Keep the largest values (the busiest keys).
+            series.select_nth_unstable_by(MAX_SERIES_PER_METRIC - 1, |a, b| b.1.total_cmp(&a.1));
+            self.left_out.push((name.to_owned(), series.len() - MAX_SERIES_PER_METRIC));
+            series.truncate(MAX_SERIES_PER_METRIC);
+        }
         for (labels, value) in series {
             let labels: Vec<String> = labels
                 .iter()
@@ -152,6 +166,15 @@ impl Metrics {
 
     /// The exposition text.
     pub fn finish(&mut self) -> String {
+        let left_out = std::mem::take(&mut self.left_out);
+        if !left_out.is_empty() {
+            self.series(
+                "switchboard_metrics_series_left_out",
+                "gauge",
+                &format!("Series of a metric left out of this exposition (at most {MAX_SERIES_PER_METRIC} per metric, the largest values kept)."),
+                left_out.iter().map(|(m, n)| (vec![("metric", m.clone())], *n as f64)),
+            );
+        }
         std::mem::take(&mut self.out)
     }
 }
@@ -332,4 +355,22 @@ pub async fn serve(
     });
     tracing::info!(%bound, "health and metrics on http://{bound}/health and /metrics");
     Ok((bound, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_label_sets_keeps_the_largest_and_counts_the_rest() {
+        let mut m = Metrics::new();
+        let keys: Vec<String> = (0..50_000).map(|i| format!("acct:{i}")).collect();
+        m.counter_series("t_units_total", "Units.", keys.iter().enumerate().map(|(i, k)| (vec![("key", k.clone())], i as f64)));
+        let text = m.finish();
+        let series = text.lines().filter(|l| l.starts_with("t_units_total{")).count();
+        assert_eq!(series, MAX_SERIES_PER_METRIC);
+        assert!(text.contains("t_units_total{key=\"acct:49999\"} 49999"), "the largest value is kept");
+        assert!(!text.contains("t_units_total{key=\"acct:0\"}"), "the smallest is left out");
+        assert!(text.contains("switchboard_metrics_series_left_out{metric=\"t_units_total\"} 40000"), "{}", &text[text.len() - 400..]);
+    }
 }

@@ -49,6 +49,7 @@ reasons! {
     HeadInvalid => "head_invalid": "Heads that do not parse or are out of bounds.",
     BatchForeign => "batch_foreign": "A log batch on the stream of a node that is not live.",
     ReplayRange => "replay_range": "A replay query whose range is inverted or too long.",
+    StreamsTooMany => "streams_too_many": "A log batch that would open more streams of one node than a collector keeps (1,024).",
 }
 
 const N: usize = Reason::ALL.len();

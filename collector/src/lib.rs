@@ -84,7 +84,8 @@ use crate::writers::WriterCheck;
 
 /// Series of the cluster's latest metrics kept for `/metrics` (see [`latest`]).
 pub const LATEST_SERIES: usize = 10_000;
-/// Most streams one node's heads may name; more are refused (`head_invalid`).
+/// Most streams of one node that heads may name (more: `head_invalid`) and that log batches may
+/// open in one table (more: `streams_too_many`).
 pub const MAX_STREAMS_PER_NODE: usize = 1024;
 
 /// The collector could not start.

@@ -23,6 +23,7 @@ use arrow::array::{AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{TimestampMicrosecondType, UInt64Type};
 use chrono::DateTime;
+use switchboard_bus::refusals::{refuse, Reason};
 use switchboard_bus::wire::control::Heads;
 use switchboard_bus::wire::log_batch;
 use switchboard_bus::StreamId;
@@ -244,6 +245,16 @@ impl LogsSink {
         stats.rows_received.fetch_add(n as u64, Ordering::Relaxed);
         if replayed {
             stats.rows_replayed.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        if !self.streams.contains_key(stream)
+            && self.streams.keys().filter(|s| s.node == stream.node).count() >= crate::MAX_STREAMS_PER_NODE
+        {
+            stats.payloads_malformed.fetch_add(1, Ordering::Relaxed);
+            refuse(
+                Reason::StreamsTooMany,
+                format_args!("{stream}: node {} already has {} streams", stream.node, crate::MAX_STREAMS_PER_NODE),
+            );
+            return;
         }
         let state = self.streams.entry(stream.clone()).or_default();
         let seqs = batch.column(0).as_primitive::<UInt64Type>();
@@ -718,6 +729,23 @@ mod tests {
         assert_eq!(CollectorStats::get(&stats.files_committed), 100);
         let rec = recover(&dir.path().join("logs")).unwrap();
         assert_eq!(rec.committed[&StreamId::log("gw", "app")].ranges(), &[(0, 99)]);
+    }
+
+    #[test]
+    fn a_node_opens_at_most_the_cap_of_streams() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, stats) = sink(dir.path(), 1 << 30);
+        let one = payload(0..1, |_| T0);
+        for i in 0..crate::MAX_STREAMS_PER_NODE + 500 {
+            s.handle(&StreamId::log("gw", &format!("s{i}")), &one, false);
+        }
+        s.handle(&StreamId::log("gw2", "app"), &one, false);
+        s.handle(&StreamId::log("gw", "s0"), &payload(1..2, |_| T0), false);
+        assert_eq!(CollectorStats::get(&stats.payloads_malformed), 500, "the streams past the cap are refused");
+        s.commit_standalone(true);
+        let rec = recover(&dir.path().join("logs")).unwrap();
+        assert_eq!(rec.committed.len(), crate::MAX_STREAMS_PER_NODE + 1, "gw's first streams and gw2's");
+        assert_eq!(rec.committed[&StreamId::log("gw", "s0")].ranges(), &[(0, 1)], "known streams go on");
     }
 
     #[test]

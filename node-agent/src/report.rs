@@ -224,6 +224,17 @@ impl Report for AgentReport {
                 "Disk used by the DLR store.",
                 size.disk_bytes as f64,
             );
+            let (queued, overflows) = d.replica_queue();
+            m.gauge(
+                "switchboard_agent_dlr_replica_queue",
+                "Changes of own records waiting for their replicas.",
+                queued as f64,
+            )
+            .counter(
+                "switchboard_agent_dlr_replica_queue_overflows_total",
+                "Times the replication queue was full and a pass over the store replaced it.",
+                overflows,
+            );
             for (name, help, value) in d.stats.counters() {
                 m.counter(&format!("switchboard_agent_dlr_{name}_total"), help, value);
             }

@@ -58,6 +58,12 @@ impl Gcra {
         self.burst.store(burst.max(1), Ordering::Relaxed);
     }
 
+    /// Whether the bucket is full at `now_ns` (no units owed): a fresh state would decide the
+    /// same from here on.
+    pub fn is_rested(&self, now_ns: u64) -> bool {
+        self.tat.load(Ordering::Relaxed) <= now_ns
+    }
+
     /// The current emission interval.
     pub fn interval_ns(&self) -> u64 {
         self.interval_ns.load(Ordering::Relaxed)

@@ -174,11 +174,22 @@ impl Decision {
 /// Units decided on for one key since it got its state.
 #[derive(Debug, Default)]
 struct Counts {
+    /// Tells this state from an earlier one of the same key (see [`Usage::state_id`]).
+    id: u64,
     allowed: AtomicU64,
     denied: AtomicU64,
+    /// Units decided on at the last [`Limiter::evict_idle`] (the key was idle since if equal).
+    swept: AtomicU64,
 }
 
+/// Source of [`Counts::id`], unique within the process.
+static NEXT_STATE_ID: AtomicU64 = AtomicU64::new(1);
+
 impl Counts {
+    fn fresh() -> Self {
+        Self { id: NEXT_STATE_ID.fetch_add(1, Ordering::Relaxed), ..Self::default() }
+    }
+
     #[inline]
     fn count(&self, d: Decision, n: u64) -> Decision {
         let c = if d.is_allowed() { &self.allowed } else { &self.denied };
@@ -211,6 +222,21 @@ impl State {
             State::Rate { spec, .. } | State::Slots { spec, .. } => spec.store(idx, Ordering::Relaxed),
         }
     }
+
+    /// Whether a fresh state would decide the same: no units owed, no slots held.
+    fn is_rested(&self, now_ns: u64) -> bool {
+        match self {
+            State::Rate { gcra, .. } => gcra.is_rested(now_ns),
+            State::Slots { slots, .. } => slots.held() == 0,
+        }
+    }
+
+    /// Whether no decision was made since the last sweep; marks the sweep.
+    fn idle_since_last_sweep(&self) -> bool {
+        let c = self.counts();
+        let total = c.allowed.load(Ordering::Relaxed).wrapping_add(c.denied.load(Ordering::Relaxed));
+        c.swept.swap(total, Ordering::Relaxed) == total
+    }
 }
 
 /// What one key in use has decided so far, for demand reports and decision statistics.
@@ -220,6 +246,9 @@ pub struct Usage {
     pub key: String,
     /// The pattern or key of the limit that applies.
     pub limit: String,
+    /// Identifies the key's current state: it changes when the counts start again from zero
+    /// (a new revision changed the key's limit, or the key was idle and forgotten).
+    pub state_id: u64,
     /// Units allowed since the key got its state.
     pub allowed: u64,
     /// Units denied since the key got its state.
@@ -347,6 +376,7 @@ impl Limiter {
                 Some(Usage {
                     key: key.to_string(),
                     limit: spec.key.clone(),
+                    state_id: c.id,
                     allowed: c.allowed.load(Ordering::Relaxed),
                     denied: c.denied.load(Ordering::Relaxed),
                     slots: match &**state {
@@ -421,6 +451,29 @@ impl Limiter {
         Ok(())
     }
 
+    /// Forget the state of keys that made no decision since the previous call and are at rest
+    /// (nothing owed, no slot held), and the shares of keys without state: called every few
+    /// minutes, it bounds the memory of keys that come and go (one state per concrete key of a
+    /// pattern such as `account:*`). Nothing changes for gateways: a key's next use builds a
+    /// state equal to the one forgotten. Its counts start again from zero, which readers of
+    /// [`Limiter::usage`] take as a restart. Returns how many keys were forgotten.
+    pub fn evict_idle(&self) -> usize {
+        let now = self.now_ns();
+        let Ok(mut t) = self.table.write() else { return 0 };
+        let before = t.states.len();
+        // With the write lock held no decision can take a new reference to a state, so a
+        // count of one means no decision is under way on it either.
+        t.states.retain(|_, s| !(s.idle_since_last_sweep() && s.is_rested(now) && Arc::strong_count(s) == 1));
+        let Table { states, shares, .. } = &mut *t;
+        shares.retain(|k, _| states.contains_key(k));
+        before - t.states.len()
+    }
+
+    /// Concrete keys that have state now.
+    pub fn keys_in_use(&self) -> usize {
+        self.table.read().map(|t| t.states.len()).unwrap_or(0)
+    }
+
     /// The limit definitions in force.
     pub fn specs(&self) -> Vec<LimitSpec> {
         self.table.read().map(|t| t.specs.clone()).unwrap_or_default()
@@ -458,15 +511,15 @@ fn make_state(spec: &LimitSpec, idx: usize, share: f64) -> State {
             State::Rate {
                 gcra: Gcra::new(Gcra::interval_for(rate as f64 * share, per), burst),
                 spec: AtomicUsize::new(idx),
-                counts: Counts::default(),
+                counts: Counts::fresh(),
             }
         }
         (None, Some(max)) => State::Slots {
             slots: Slots::new(((max as f64) * share).floor() as u64),
             spec: AtomicUsize::new(idx),
-            counts: Counts::default(),
+            counts: Counts::fresh(),
         },
-        (None, None) => State::Slots { slots: Slots::new(0), spec: AtomicUsize::new(idx), counts: Counts::default() },
+        (None, None) => State::Slots { slots: Slots::new(0), spec: AtomicUsize::new(idx), counts: Counts::fresh() },
     }
 }
 
@@ -586,5 +639,29 @@ mod tests {
         let passed = (0..2000).filter(|_| l.try_acquire("k", 1).is_allowed()).count();
         assert_eq!(passed, 250, "a quarter of the burst passes at once");
         assert_eq!(l.asked(), vec![("k".to_owned(), 2000)], "demand counts every unit asked for");
+    }
+
+    #[test]
+    fn idle_keys_at_rest_are_forgotten_and_busy_or_owing_ones_kept() {
+        let fast = LimitSpec { key: "acct:*".into(), rate: Some(1_000_000_000), per: Some(Per::Second), concurrency: None, burst: None };
+        let slow = LimitSpec { key: "day:*".into(), rate: Some(1), per: Some(Per::Hour), concurrency: None, burst: None };
+        let conc = LimitSpec { key: "conn:*".into(), rate: None, per: None, concurrency: Some(10), burst: None };
+        let l = Limiter::new(vec![fast, slow, conc]).unwrap();
+        for i in 0..100_000 {
+            assert!(l.try_acquire(&format!("acct:{i}"), 1).is_allowed());
+        }
+        assert!(l.try_acquire("day:x", 1).is_allowed(), "the day's one unit");
+        assert!(l.acquire_slot("conn:x", 1).is_allowed());
+        l.set_share("acct:0", 0.5);
+        assert_eq!(l.keys_in_use(), 100_002);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(l.evict_idle(), 0, "the first sweep only marks what it saw");
+        assert!(l.try_acquire("acct:1", 1).is_allowed(), "acct:1 stays busy");
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(l.evict_idle(), 99_999, "idle keys at rest go");
+        assert_eq!(l.keys_in_use(), 3, "acct:1 (used), day:x (owes its unit) and conn:x (a slot held) stay");
+        assert!(!l.try_acquire("day:x", 1).is_allowed(), "a key that owes units is never reset by a sweep");
+        assert_eq!(l.usage().iter().find(|u| u.key == "acct:0").map(|u| u.share), None, "its share went with it");
+        assert!(l.try_acquire("acct:0", 1).is_allowed(), "a forgotten key starts afresh on its next use");
     }
 }

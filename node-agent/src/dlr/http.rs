@@ -209,6 +209,7 @@ async fn show(State(s): State<Arc<DlrService>>) -> Response {
         "records": size.records,
         "inbox": size.inbox,
         "disk_bytes": size.disk_bytes,
+        "replica_queue": s.replica_queue().0,
         "counters": counters,
     }))
     .into_response()

@@ -29,6 +29,7 @@ pub mod ask;
 pub mod events;
 pub mod http;
 pub mod lookup;
+pub mod outbox;
 pub mod records;
 pub mod replicate;
 mod service;
@@ -115,7 +116,7 @@ impl DlrService {
                 .map_err(|source| AgentError::Dlr { path: dir.join("store"), source })?
         };
         let events = settings.record_events.then(|| event_log(&config.agent.data_dir));
-        let (records, changes_rx) = Records::new(config.bus.node.clone(), settings, store, events);
+        let records = Records::new(config.bus.node.clone(), settings, store, events);
         let asker = ask::Asker::new(session, keys, &config.bus.node, records.stats.clone()).await?;
         let service = Arc::new(Self {
             records,
@@ -130,7 +131,7 @@ impl DlrService {
         lookup::serve(service.clone(), answerer.clone(), tracker, cancel.clone()).await?;
         ask::serve(service.clone(), answerer, tracker, cancel.clone()).await?;
         replicate::serve(service.clone(), tracker, cancel.clone()).await?;
-        tracker.spawn(replicate::run(service.clone(), changes_rx, cancel.clone()));
+        tracker.spawn(replicate::run(service.clone(), cancel.clone()));
         tracker.spawn(service.clone().sweep(cancel.clone()));
         Ok(service)
     }

@@ -18,9 +18,10 @@ use std::sync::{Arc, Mutex};
 
 use switchboard_bus::dlr::wire::{DlrReport, LookupReply, ReportOutcome, Role as HolderRole, DOC_VERSION};
 use switchboard_bus::dlr::{id, DlrRecord, IdFormat, RecordState};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{oneshot, Notify};
 
 use super::events::{DlrEvent, EventKind};
+use super::outbox::Outbox;
 use super::settings::DlrSettings;
 use super::store::{DlrStore, StoreError, Write};
 use super::types::check_field;
@@ -35,7 +36,8 @@ pub struct Records {
     pub(super) store: Arc<DlrStore>,
     pub(super) waiters: Mutex<HashMap<Vec<u8>, Vec<oneshot::Sender<()>>>>,
     pub(super) waiting: AtomicU64,
-    changes: mpsc::UnboundedSender<DlrRecord>,
+    /// Changes of own records waiting for replication.
+    pub(super) outbox: Outbox,
     events: Option<EventLog>,
     pub(super) inbox_ready: Notify,
     /// Counters.
@@ -44,30 +46,28 @@ pub struct Records {
 
 impl Records {
     /// The records of `node` in `store`, with `settings`; events go to `events` when given.
-    /// Every change of a record this node owns is sent on the returned receiver (for
-    /// replication).
-    pub fn new(
-        node: String,
-        settings: DlrSettings,
-        store: DlrStore,
-        events: Option<EventLog>,
-    ) -> (Self, mpsc::UnboundedReceiver<DlrRecord>) {
+    /// Every change of a record this node owns goes to its replication queue ([`Outbox`]).
+    pub fn new(node: String, settings: DlrSettings, store: DlrStore, events: Option<EventLog>) -> Self {
         let formats =
             settings.connectors.iter().map(|c| (c.name.clone(), (c.ids, c.report_ids.unwrap_or(c.ids)))).collect();
-        let (changes, changes_rx) = mpsc::unbounded_channel();
-        let records = Self {
+        Self {
             node,
+            outbox: Outbox::new(settings.replica_queue),
             settings,
             formats,
             store: Arc::new(store),
             waiters: Mutex::new(HashMap::new()),
             waiting: AtomicU64::new(0),
-            changes,
             events,
             inbox_ready: Notify::new(),
             stats: Arc::new(DlrStats::default()),
-        };
-        (records, changes_rx)
+        }
+    }
+
+    /// Changes of own records waiting for their replicas now, and how often that queue was
+    /// full and forgot its records (a pass over the store sent them instead).
+    pub fn replica_queue(&self) -> (usize, u64) {
+        (self.outbox.len(), self.outbox.overflows())
     }
 
     /// The id formats of `connector`: (registered ids, DLR ids).
@@ -149,7 +149,7 @@ impl Records {
         let mut lines = Vec::new();
         for r in &fresh {
             self.wake(&r.store_key());
-            let _ = self.changes.send(r.clone());
+            self.outbox.push(r.clone());
             DlrEvent::of(EventKind::Registered, r, &self.node).write_to(&mut lines);
         }
         self.log_events(&lines);
@@ -178,7 +178,7 @@ impl Records {
             closed
         };
         self.stats.closed.fetch_add(1, Ordering::Relaxed);
-        let _ = self.changes.send(closed.clone());
+        self.outbox.push(closed.clone());
         let mut line = Vec::new();
         DlrEvent::of(EventKind::Closed, &closed, &self.node).write_to(&mut line);
         self.log_events(&line);
@@ -244,7 +244,7 @@ impl Records {
                 self.stats.delivered.fetch_add(1, Ordering::Relaxed);
                 self.inbox_ready.notify_waiters();
                 if report.r#final {
-                    let _ = self.changes.send(record.clone());
+                    self.outbox.push(record.clone());
                 }
                 EventKind::Delivered
             }
@@ -298,11 +298,18 @@ impl Records {
 mod tests {
     use super::*;
 
-    fn records(node: &str) -> (tempfile::TempDir, Records, mpsc::UnboundedReceiver<DlrRecord>) {
+    fn records(node: &str) -> (tempfile::TempDir, Records) {
         let dir = tempfile::tempdir().unwrap();
         let store = DlrStore::open(&dir.path().join("store"), 8 << 20).unwrap();
-        let (records, changes) = Records::new(node.into(), DlrSettings::default(), store, None);
-        (dir, records, changes)
+        (dir, Records::new(node.into(), DlrSettings::default(), store, None))
+    }
+
+    /// The one change queued for replication.
+    fn queued(r: &Records) -> Option<DlrRecord> {
+        let mut q = r.outbox.take().records.into_values();
+        let one = q.next();
+        assert!(q.next().is_none(), "one change queued");
+        one
     }
 
     fn registration(msg_id: &str) -> Registration {
@@ -335,24 +342,24 @@ mod tests {
 
     #[test]
     fn a_final_report_closes_an_own_record_once_and_queues_it_for_the_gateway() {
-        let (_dir, r, mut changes) = records("gw1");
+        let (_dir, r) = records("gw1");
         let id = r.register(&[registration("AbC-1")]).unwrap().remove(0).id;
-        assert_eq!(changes.try_recv().unwrap().version, 1, "a registration goes to replication");
+        assert_eq!(queued(&r).unwrap().version, 1, "a registration goes to replication");
         let first = r.answer("smsc1", &id, Some(&report(true))).unwrap().unwrap();
         assert_eq!((first.role, first.outcome), (HolderRole::Owner, Some(ReportOutcome::Delivered)));
         assert_eq!(first.record.state, RecordState::Closed);
         assert_eq!(first.record.closed_by.as_deref(), Some("gw2"));
-        assert_eq!(changes.try_recv().unwrap().state, RecordState::Closed, "and so does its closing");
+        assert_eq!(queued(&r).unwrap().state, RecordState::Closed, "and so does its closing");
         let again = r.answer("smsc1", &id, Some(&report(true))).unwrap().unwrap();
         assert_eq!(again.outcome, Some(ReportOutcome::Duplicate));
-        assert!(changes.try_recv().is_err(), "a duplicate changes nothing");
+        assert!(queued(&r).is_none(), "a duplicate changes nothing");
         assert_eq!((counted(&r.stats.delivered), counted(&r.stats.duplicates)), (1, 1));
         assert_eq!(r.store.inbox_after(0, 10).unwrap().len(), 1, "one report for the gateway");
     }
 
     #[test]
     fn an_interim_report_reaches_the_inbox_and_leaves_the_record_open() {
-        let (_dir, r, _changes) = records("gw1");
+        let (_dir, r) = records("gw1");
         let id = r.register(&[registration("m-2")]).unwrap().remove(0).id;
         let reply = r.answer("smsc1", &id, Some(&report(false))).unwrap().unwrap();
         assert_eq!(reply.outcome, Some(ReportOutcome::Delivered));
@@ -362,9 +369,9 @@ mod tests {
 
     #[test]
     fn a_copy_answers_lookups_but_takes_no_report_and_cannot_be_closed_here() {
-        let (_dir, owner, _c) = records("gw1");
+        let (_dir, owner) = records("gw1");
         let record = owner.register(&[registration("m-3")]).unwrap().remove(0);
-        let (_dir2, copy, _c2) = records("gw2");
+        let (_dir2, copy) = records("gw2");
         copy.store.write(&[Write::Put { record: &record, previous: None }]).unwrap();
         let reply = copy.answer("smsc1", &record.id, Some(&report(true))).unwrap().unwrap();
         assert_eq!((reply.role, reply.outcome), (HolderRole::Replica, None));
@@ -375,7 +382,7 @@ mod tests {
 
     #[test]
     fn bad_registrations_are_refused_whole() {
-        let (_dir, r, _c) = records("gw1");
+        let (_dir, r) = records("gw1");
         let mut long = registration("m-4");
         long.destination = "9".repeat(MAX_FIELD_BYTES + 1);
         let err = r.register(&[registration("m-5"), long]).unwrap_err();
@@ -389,7 +396,7 @@ mod tests {
 
     #[test]
     fn expiry_removes_due_records_and_counts_own_open_ones() {
-        let (_dir, r, _c) = records("gw1");
+        let (_dir, r) = records("gw1");
         let kept = r.register(&[registration("m-7")]).unwrap().remove(0);
         let mut short = registration("m-8");
         short.expiry_s = Some(1);

@@ -1,18 +1,19 @@
 //! Copies of this node's records on one other live node each, and the copies it keeps for others.
 //!
 //! [`run`] sends every change of an own record (register, report, close) to the record's
-//! replica: the live node that [`replica_for`] picks among the others. Changes are batched (up
-//! to [`BATCH_OPS`] per query, [`IN_FLIGHT`] queries unacknowledged) and each batch is a query on `<prefix>/dlr/replica/<node>` that
-//! the replica acknowledges; a batch that fails is retried every second. When the live set
-//! changes, one pass over the store re-sends each record whose replica changed (and tells the
-//! old replica, if live, to drop it); the first pass after start sends everything, so copies
-//! missed while this node was down are made good.
+//! replica: the live node that [`replica_for`] picks among the others. Changes wait in the
+//! bounded [`super::outbox::Outbox`]; they are batched (up to [`BATCH_OPS`] per query,
+//! [`IN_FLIGHT`] queries unacknowledged) and each batch is a query on
+//! `<prefix>/dlr/replica/<node>` that the replica acknowledges; a batch that fails is retried
+//! every second. When the live set changes, one pass over the store re-sends each record whose
+//! replica changed (and tells the old replica, if live, to drop it). A pass that sends
+//! everything runs after start (copies missed while this node was down), when the first peer
+//! arrives, and after the outbox overflowed or a pass failed. Passes read the store in pages.
 //!
 //! [`serve`] answers the replica queryable: a copy is stored unless the node holds a higher
 //! version, which goes back in the ack ([`ReplicaAck::newer`]) for the sender to adopt. That is
 //! how a record closed on its replica while the owner was down reaches the owner again.
 
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,7 +25,6 @@ use switchboard_bus::dlr::wire::{ReplicaAck, ReplicaBatch, ReplicaOp, DOC_VERSIO
 use switchboard_bus::dlr::DlrRecord;
 use switchboard_bus::keys::Role;
 use switchboard_bus::refusals::{refuse, Reason};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use zenoh::query::{Query, QueryTarget};
@@ -222,32 +222,17 @@ pub(crate) async fn send(service: &DlrService, node: &str, ops: &[ReplicaOp]) ->
     result
 }
 
-/// Own records waiting to be sent, by store key: the highest version of each.
-type Pending = HashMap<Vec<u8>, DlrRecord>;
-
-fn queue(pending: &mut Pending, record: DlrRecord) {
-    match pending.entry(record.store_key()) {
-        Entry::Occupied(mut held) => {
-            if record.version >= held.get().version {
-                held.insert(record);
-            }
-        }
-        Entry::Vacant(slot) => {
-            slot.insert(record);
-        }
-    }
-}
-
-/// Replicate own records until `cancel` fires. `changes` carries each own record as written.
-pub(crate) async fn run(
-    service: Arc<DlrService>,
-    mut changes: mpsc::UnboundedReceiver<DlrRecord>,
-    cancel: CancellationToken,
-) {
+/// Replicate own records until `cancel` fires: each change the outbox hands over, and a pass
+/// over the store when the live set changes or the outbox had to forget changes.
+pub(crate) async fn run(service: Arc<DlrService>, cancel: CancellationToken) {
     let mut live = service.membership.subscribe();
-    // None until the first pass: then every record is sent.
-    let mut peers: Option<Vec<String>> = None;
-    let mut pending = Pending::new();
+    let mut peers: Vec<String> = Vec::new();
+    // A pass that sends every own record is owed: at start (copies missed while this node was
+    // down), when the first peer arrives, after the outbox forgot changes, after a failed pass.
+    let mut resync = true;
+    // The peers before a change of the live set, whose pass (moving copies) is owed.
+    let mut moved_from: Option<Vec<String>> = None;
+    let mut last_pass: Option<tokio::time::Instant> = None;
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     let mut members_changed = true;
     loop {
@@ -259,16 +244,35 @@ pub(crate) async fn run(
                 .filter(|m| m.role == Role::Agent && m.name != service.node)
                 .map(|m| m.name.clone())
                 .collect();
-            if peers.as_ref() != Some(&now) {
-                let before = peers.replace(now.clone());
-                if !now.is_empty() {
-                    pass(&service, before.as_deref(), &now, &mut pending).await;
+            if now != peers {
+                let before = std::mem::replace(&mut peers, now);
+                if before.is_empty() {
+                    resync = true;
+                } else if moved_from.is_none() {
+                    moved_from = Some(before);
                 }
             }
         }
-        let current = peers.clone().unwrap_or_default();
-        if !pending.is_empty() && !current.is_empty() {
-            flush(&service, &current, &mut pending).await;
+        if peers.is_empty() {
+            // Nobody to send to: the pass when a peer arrives sends every record, so holding
+            // the changes meanwhile would only cost memory.
+            service.outbox.take();
+            resync = true;
+            moved_from = None;
+        } else if resync && last_pass.is_none_or(|t| t.elapsed() >= RETRY) {
+            // Changes queued so far are in the store the pass reads; later ones come after.
+            service.outbox.take();
+            last_pass = Some(tokio::time::Instant::now());
+            (resync, moved_from) = (pass(&service, None, &peers).await.is_err(), None);
+        } else if let Some(before) = moved_from.take().filter(|_| !resync) {
+            resync = pass(&service, Some(&before), &peers).await.is_err();
+        }
+        if !peers.is_empty() && !resync {
+            let queued = service.outbox.take();
+            resync = queued.overflowed;
+            if !queued.records.is_empty() {
+                flush(&service, &peers, queued.records).await;
+            }
         }
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -278,32 +282,24 @@ pub(crate) async fn run(
                 }
                 members_changed = true;
             }
-            record = changes.recv() => match record {
-                Some(r) => {
-                    queue(&mut pending, r);
-                    while pending.len() < BATCH_OPS * IN_FLIGHT {
-                        match changes.try_recv() {
-                            Ok(r) => queue(&mut pending, r),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                None => break,
-            },
+            _ = service.outbox.pushed() => {}
             _ = retry.tick() => {}
         }
     }
     // A last try for what is still unsent.
-    let current = peers.unwrap_or_default();
-    if !pending.is_empty() && !current.is_empty() {
-        flush(&service, &current, &mut pending).await;
+    let queued = service.outbox.take();
+    if !peers.is_empty() && !queued.records.is_empty() {
+        flush(&service, &peers, queued.records).await;
     }
 }
 
-/// Send the `pending` records to their replicas; records whose batch failed stay pending.
-async fn flush(service: &DlrService, peers: &[String], pending: &mut Pending) {
+/// How often failed batches and failed passes are tried again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Send `records` to their replicas; records whose batch failed go back to the outbox.
+async fn flush(service: &DlrService, peers: &[String], records: HashMap<Vec<u8>, DlrRecord>) {
     let mut by_node: BTreeMap<&str, Vec<ReplicaOp>> = BTreeMap::new();
-    for (key, record) in std::mem::take(pending) {
+    for (key, record) in records {
         if record.owner != service.node {
             continue;
         }
@@ -318,13 +314,14 @@ async fn flush(service: &DlrService, peers: &[String], pending: &mut Pending) {
             batches.push((node.to_owned(), std::mem::replace(&mut ops, rest)));
         }
     }
-    send_batches(service, batches, pending).await;
+    send_batches(service, batches).await;
 }
 
 /// Send `batches` with up to [`IN_FLIGHT`] unacknowledged at once; adopt what the replicas hold
-/// newer, and queue the puts of failed batches again. Returns the operations acknowledged.
-async fn send_batches(service: &DlrService, batches: Vec<(String, Vec<ReplicaOp>)>, pending: &mut Pending) -> u64 {
-    let mut acked = 0;
+/// newer, and queue the puts of failed batches again. Returns the operations acknowledged and
+/// whether a batch failed.
+async fn send_batches(service: &DlrService, batches: Vec<(String, Vec<ReplicaOp>)>) -> (u64, bool) {
+    let (mut acked, mut failed) = (0, false);
     let mut results = futures::stream::iter(batches)
         .map(|(node, ops)| async move {
             let result = send(service, &node, &ops).await;
@@ -338,16 +335,16 @@ async fn send_batches(service: &DlrService, batches: Vec<(String, Vec<ReplicaOp>
                 adopt(service, ack.newer);
             }
             Err(e) => {
+                failed = true;
                 tracing::warn!(node, records = ops.len(), error = %e, "replica batch failed; retrying");
-                for op in ops {
-                    if let ReplicaOp::Put(r) = op {
-                        queue(pending, r);
-                    }
-                }
+                service.outbox.requeue(ops.into_iter().filter_map(|op| match op {
+                    ReplicaOp::Put(r) => Some(r),
+                    ReplicaOp::Drop { .. } => None,
+                }));
             }
         }
     }
-    acked
+    (acked, failed)
 }
 
 /// Take copies the replica holds in a newer version (closed while this node was down).
@@ -367,46 +364,71 @@ fn adopt(service: &DlrService, newer: Vec<DlrRecord>) {
     }
 }
 
+/// A replication pass that stopped at a failed batch; it is tried again whole.
+#[derive(Debug)]
+struct PassFailed;
+
 /// After a change of the live set: send each own record whose replica changed to its new
 /// replica and drop it from the old one (if still live). With `before == None`, send all.
-async fn pass(service: &DlrService, before: Option<&[String]>, now: &[String], pending: &mut Pending) {
+/// The store is read in pages and batches go out as they fill, so memory stays bounded by a
+/// page and one batch per peer, however many records the node holds.
+async fn pass(service: &DlrService, before: Option<&[String]>, now: &[String]) -> Result<u64, PassFailed> {
     let me = service.node.as_str();
-    let mut records: Vec<DlrRecord> = Vec::new();
-    // Read under no lock: a record changed meanwhile also comes through `changes`.
-    let scanned = service.store.for_each(|r| {
-        if r.owner == me {
-            records.push(r);
-        }
-    });
-    if let Err(e) = scanned {
-        tracing::warn!(error = %e, "DLR replication pass cannot read the store");
-        return;
-    }
     let mut moves: BTreeMap<String, Vec<ReplicaOp>> = BTreeMap::new();
-    let mut ready: Vec<(String, Vec<ReplicaOp>)> = Vec::new();
     let mut sent = 0u64;
-    for record in records {
-        let key = record.store_key();
-        let new = replica_for(&key, me, now.iter().map(String::as_str));
-        let old = before.and_then(|b| replica_for(&key, me, b.iter().map(String::as_str)));
-        if before.is_some() && new == old {
-            continue;
-        }
-        if let Some(old) = old.filter(|o| Some(*o) != new && now.iter().any(|n| n == o)) {
-            let drop = ReplicaOp::Drop { connector: record.connector.clone(), id: record.id.clone() };
-            moves.entry(old.to_owned()).or_default().push(drop);
-        }
-        if let Some(new) = new {
-            moves.entry(new.to_owned()).or_default().push(ReplicaOp::Put(record));
-        }
-        if let Some((node, ops)) = moves.iter_mut().find(|(_, ops)| ops.len() >= BATCH_OPS) {
-            ready.push((node.clone(), std::mem::take(ops)));
-            if ready.len() >= IN_FLIGHT {
-                sent += send_batches(service, std::mem::take(&mut ready), pending).await;
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        // Read under no lock: a record changed meanwhile also comes through the outbox.
+        let store = service.store.clone();
+        let from = after.take();
+        let page = tokio::task::spawn_blocking(move || store.page(from.as_deref(), PASS_PAGE)).await;
+        let (records, next) = match page {
+            Ok(Ok(page)) => page,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "DLR replication pass cannot read the store");
+                return Err(PassFailed);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "DLR replication pass stopped");
+                return Err(PassFailed);
+            }
+        };
+        let mut ready: Vec<(String, Vec<ReplicaOp>)> = Vec::new();
+        for record in records.into_iter().filter(|r| r.owner == me) {
+            let key = record.store_key();
+            let new = replica_for(&key, me, now.iter().map(String::as_str));
+            let old = before.and_then(|b| replica_for(&key, me, b.iter().map(String::as_str)));
+            if before.is_some() && new == old {
+                continue;
+            }
+            if let Some(old) = old.filter(|o| Some(*o) != new && now.iter().any(|n| n == o)) {
+                let drop = ReplicaOp::Drop { connector: record.connector.clone(), id: record.id.clone() };
+                moves.entry(old.to_owned()).or_default().push(drop);
+            }
+            if let Some(new) = new {
+                moves.entry(new.to_owned()).or_default().push(ReplicaOp::Put(record));
+            }
+            for (node, ops) in moves.iter_mut().filter(|(_, ops)| ops.len() >= BATCH_OPS) {
+                ready.push((node.clone(), std::mem::take(ops)));
             }
         }
+        if next.is_none() {
+            ready.extend(std::mem::take(&mut moves).into_iter().filter(|(_, ops)| !ops.is_empty()));
+        }
+        let (acked, failed) = send_batches(service, ready).await;
+        sent += acked;
+        if failed {
+            tracing::warn!(peers = now.len(), records = sent, "DLR replication pass stopped at a failed batch; retrying");
+            return Err(PassFailed);
+        }
+        match next {
+            Some(key) => after = Some(key),
+            None => break,
+        }
     }
-    ready.extend(moves.into_iter().filter(|(_, ops)| !ops.is_empty()));
-    sent += send_batches(service, ready, pending).await;
-    tracing::info!(peers = now.len(), records = sent, "DLR copies moved after a membership change");
+    tracing::info!(peers = now.len(), records = sent, "DLR copies sent after a change of the live nodes");
+    Ok(sent)
 }
+
+/// Records read from the store at once by a replication pass.
+const PASS_PAGE: usize = BATCH_OPS * IN_FLIGHT;

@@ -47,6 +47,12 @@ pub struct DlrSettings {
     /// power loss can take. Default: 1000.
     #[serde(default = "default_dlr_sync_ms")]
     pub sync_ms: u64,
+    /// Most changed records held for their replicas (the replication queue). When no replica
+    /// is live or replicas do not acknowledge for long enough to fill it, the queue is emptied
+    /// and one pass over the store sends every own record once replicas answer again, so
+    /// memory stays bounded and nothing is lost. Default: 100000.
+    #[serde(default = "default_dlr_replica_queue")]
+    pub replica_queue: usize,
     /// Write DLR events (registered, resolved, delivered, expired, ...) to the collector's
     /// `dlr` table. Default: true.
     #[serde(default = "default_true")]
@@ -95,6 +101,9 @@ fn default_dlr_cache_mb() -> u64 {
 fn default_dlr_sync_ms() -> u64 {
     1000
 }
+fn default_dlr_replica_queue() -> usize {
+    100_000
+}
 
 impl Default for DlrSettings {
     fn default() -> Self {
@@ -109,6 +118,7 @@ impl Default for DlrSettings {
             timeout_ms: default_dlr_timeout_ms(),
             cache_mb: default_dlr_cache_mb(),
             sync_ms: default_dlr_sync_ms(),
+            replica_queue: default_dlr_replica_queue(),
             record_events: true,
             connectors: Vec::new(),
         }

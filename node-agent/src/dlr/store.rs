@@ -18,6 +18,7 @@
 //! Every write here is one atomic batch over the keyspaces it touches. Read-modify-write
 //! sequences are serialized by the caller ([`DlrStore::lock`]).
 
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -180,17 +181,23 @@ impl DlrStore {
         Ok(out)
     }
 
-    /// Every record, in key order (for replication passes). Unreadable values are skipped with
-    /// a warning.
-    pub fn for_each(&self, mut f: impl FnMut(DlrRecord)) -> Result<(), StoreError> {
-        for guard in self.records.iter() {
+    /// Up to `max` records in key order after the key `after` (from the first without it), and
+    /// the key to continue after (None at the end): replication passes read the store in pages
+    /// so that memory stays bounded by `max`. Unreadable values are skipped with a warning.
+    pub fn page(&self, after: Option<&[u8]>, max: usize) -> Result<(Vec<DlrRecord>, Option<Vec<u8>>), StoreError> {
+        let from = after.map_or(Bound::Unbounded, |k| Bound::Excluded(k.to_vec()));
+        let mut out = Vec::new();
+        let (mut last, mut scanned) = (None, 0);
+        for guard in self.records.range::<Vec<u8>, _>((from, Bound::Unbounded)).take(max) {
             let (k, v) = guard.into_inner()?;
             match DlrRecord::decode(&k, &v) {
-                Ok(r) => f(r),
+                Ok(r) => out.push(r),
                 Err(e) => tracing::warn!(error = %e, "skipping an unreadable DLR record"),
             }
+            last = Some(k.to_vec());
+            scanned += 1;
         }
-        Ok(())
+        Ok((out, if scanned == max { last } else { None }))
     }
 
     /// Up to `max` inbox entries after sequence `after`.

@@ -105,7 +105,7 @@ pub async fn run(
         }
     };
     let mut peers: BTreeMap<String, Peer> = BTreeMap::new();
-    let mut demands: BTreeMap<String, Demand> = BTreeMap::new();
+    let mut demands: BTreeMap<String, (u64, Demand)> = BTreeMap::new();
     let mut tick = tokio::time::interval(settings.interval);
     let mut last = Instant::now();
     let mut applied = Applied::new();
@@ -163,16 +163,23 @@ pub async fn run(
 }
 
 /// This node's report: smoothed demand per key, plus held slots for concurrency keys.
-fn my_report(limiter: &Limiter, demands: &mut BTreeMap<String, Demand>, dt: f64) -> DemandReport {
+fn my_report(limiter: &Limiter, demands: &mut BTreeMap<String, (u64, Demand)>, dt: f64) -> DemandReport {
     let mut r = DemandReport { version: 1, ..DemandReport::default() };
     for u in limiter.usage() {
-        let mut rate = demands.entry(u.key.clone()).or_default().update(u.allowed + u.denied, dt);
+        let d = demands.entry(u.key.clone()).or_default();
+        if d.0 != u.state_id {
+            // The key's counts started again from zero (new revision, or forgotten while idle).
+            *d = (u.state_id, Demand::default());
+        }
+        let mut rate = d.1.update(u.allowed + u.denied, dt);
         if let Some((_, held)) = u.slots {
             rate += held as f64;
             r.held.insert(u.key.clone(), held);
         }
         r.demand.insert(u.key, rate);
     }
+    // Keys whose state the limiter forgot (idle) are forgotten here too.
+    demands.retain(|k, _| r.demand.contains_key(k));
     r
 }
 
@@ -237,6 +244,10 @@ fn apply(node: &str, limiter: &Limiter, peers: &BTreeMap<String, Peer>, applied:
     }
     let slot_keys: BTreeMap<String, u64> =
         limiter.usage().into_iter().filter_map(|u| u.slots.map(|(max, _)| (u.key, max))).collect();
+    if !frozen {
+        // Keys no node asks for any more (their state was evicted everywhere) are forgotten.
+        applied.retain(|k, _| per_key.contains_key(k.as_str()));
+    }
     for (key, mut demands) in per_key {
         // Every known node takes part in every key's split, with no demand if it reported none.
         for name in peers.keys() {

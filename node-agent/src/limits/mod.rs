@@ -35,6 +35,33 @@ pub const MAX_KEY_BYTES: usize = 256;
 /// Most units one request may ask for.
 pub const MAX_UNITS: u64 = 1_000_000_000;
 
+/// How often the state of idle keys is swept: a key idle for one to two sweeps, with nothing
+/// owed and no slot held, is forgotten ([`Limiter::evict_idle`]).
+pub const EVICT_EVERY: Duration = Duration::from_secs(300);
+
+/// Sweep idle keys every [`EVICT_EVERY`] until `cancel` fires.
+async fn evict_idle(limiter: Arc<Limiter>, cancel: CancellationToken) {
+    let mut every = tokio::time::interval(EVICT_EVERY);
+    every.tick().await;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = every.tick() => {}
+        }
+        let (l, started) = (limiter.clone(), std::time::Instant::now());
+        match tokio::task::spawn_blocking(move || (l.evict_idle(), l.keys_in_use())).await {
+            Ok((forgotten, kept)) if forgotten > 0 => tracing::debug!(
+                forgotten,
+                kept,
+                ms = started.elapsed().as_millis() as u64,
+                "idle limit keys forgotten"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "sweep of idle limit keys stopped"),
+        }
+    }
+}
+
 /// Counters of the limits APIs.
 #[derive(Debug, Default)]
 pub struct ApiStats {
@@ -127,6 +154,7 @@ impl LimitsService {
             let recorder = record::Recorder::new(dir, limiter.clone());
             tracker.spawn(recorder.run(cancel.clone()));
         }
+        tracker.spawn(evict_idle(limiter.clone(), cancel.clone()));
         let service = Arc::new(Self { limiter, revisions, peers, stats: ApiStats::default() });
         if !l.socket.as_os_str().is_empty() {
             let path = config.agent.data_dir.join(&l.socket);

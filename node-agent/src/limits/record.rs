@@ -71,7 +71,7 @@ pub struct Recorder {
     dir: PathBuf,
     log: EventLog,
     limiter: Arc<Limiter>,
-    last: HashMap<String, (u64, u64)>,
+    last: HashMap<String, (u64, u64, u64)>,
     /// When the counts in `last` were read (ms since the Unix epoch).
     last_read: u64,
 }
@@ -126,10 +126,16 @@ impl Recorder {
         self.last_read = read;
         let mut out = Vec::new();
         let mut lines = 0;
-        for u in self.limiter.usage() {
-            let (a0, d0) = self.last.get(&u.key).copied().unwrap_or((0, 0));
-            // A key whose state restarted (new revision) counts from zero again.
-            let (a0, d0) = if u.allowed < a0 || u.denied < d0 { (0, 0) } else { (a0, d0) };
+        let usage = self.limiter.usage();
+        // Keys the limiter forgot (idle) are forgotten here too.
+        let in_use: std::collections::HashSet<&str> = usage.iter().map(|u| u.key.as_str()).collect();
+        self.last.retain(|k, _| in_use.contains(k.as_str()));
+        for u in &usage {
+            // A key whose state restarted (new revision, or forgotten while idle) counts from zero.
+            let (a0, d0) = match self.last.get(&u.key) {
+                Some(&(id, a0, d0)) if id == u.state_id => (a0, d0),
+                _ => (0, 0),
+            };
             let (allowed, denied) = (u.allowed - a0, u.denied - d0);
             if allowed + denied == 0 {
                 continue;
@@ -151,7 +157,7 @@ impl Recorder {
             serde_json::to_writer(&mut out, &rec).map_err(std::io::Error::other)?;
             out.push(b'\n');
             lines += 1;
-            self.last.insert(u.key.clone(), (u.allowed, u.denied));
+            self.last.insert(u.key.clone(), (u.state_id, u.allowed, u.denied));
         }
         self.log.append(&out)?;
         Ok(lines)
