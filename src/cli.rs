@@ -144,6 +144,19 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::certs::CertsCommand,
     },
+    /// The cluster at a glance: nodes, collectors, streams, limits and DLRs, problems first.
+    ///
+    /// Asks every process on the bus for its status document (docs/protocol.md, "Status") and
+    /// prints the cluster as one: which nodes are alive or gone (and since when), each
+    /// collector's role and last commit, each stream's lag and catch-up estimate, each limit
+    /// key's use and shares, each node's DLR records. Exit code: 0 healthy, 1 degraded (a
+    /// problem is listed), 2 unreachable (nothing answered).
+    /// Examples:
+    ///   switchboard status --connect tcp/10.0.0.9:7447
+    ///   switchboard status --config /etc/switchboard/agent.toml --watch
+    ///   switchboard status --format json | jq '.problems'
+    #[command(verbatim_doc_comment)]
+    Status(crate::status_cmd::StatusArgs),
     /// A short tour of the whole mission on loopback: a collector and three node agents as real
     /// processes, with no setup.
     ///
@@ -473,6 +486,17 @@ pub fn run(cli: Cli) -> Result<()> {
             runtime()?.block_on(crate::limits_cmd::run(command))
         }
         Command::Certs { command } => crate::certs::run(command),
+        Command::Status(args) => {
+            init_tracing(log, "error");
+            let code = match runtime()?.block_on(crate::status_cmd::run(args)) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {}", error_chain(&e));
+                    2
+                }
+            };
+            std::process::exit(code)
+        }
         Command::Demo { duration, dir, nodes, rate, port, no_kill } => {
             init_tracing(log, "warn");
             runtime()?.block_on(async {

@@ -4,10 +4,12 @@
 //! - [`certs`]: `certs init|issue|show`, the cluster's CA and certificates;
 //! - [`demo`]: the no-setup demo of the log pipeline on loopback;
 //! - [`limits_cmd`]: `limits set|list|history`, the cluster's limits with revisions;
-//! - [`loggen`]: synthetic SMS gateway and MTA logs for the demo.
+//! - [`loggen`]: synthetic SMS gateway and MTA logs for the demo;
+//! - [`status_cmd`]: `status`, the cluster at a glance.
 
 pub mod certs;
 pub mod cli;
 pub mod demo;
 pub mod limits_cmd;
 pub mod loggen;
+pub mod status_cmd;

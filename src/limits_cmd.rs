@@ -275,7 +275,7 @@ pub async fn run(cmd: LimitsCommand) -> Result<()> {
     }
 }
 
-async fn open(bus: &BusArgs) -> Result<(zenoh::Session, KeySpace)> {
+pub(crate) async fn open(bus: &BusArgs) -> Result<(zenoh::Session, KeySpace)> {
     let config = bus.bus_config()?;
     let keys = KeySpace::new(&config.effective_prefix())?;
     let session = session::open(&config, None).await.context("joining the bus")?;

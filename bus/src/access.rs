@@ -19,7 +19,10 @@ fn grants(id: &Identity) -> Vec<(&'static [&'static str], Vec<String>)> {
         &["declare_subscriber", "declare_queryable", "declare_liveliness_subscriber", "liveliness_query"],
         vec!["**".to_owned()],
     );
-    let mut g = vec![every_member, (&["query"], vec!["view/**".to_owned(), "limits/config/*".to_owned()])];
+    let mut g = vec![
+        every_member,
+        (&["query"], vec!["view/**".to_owned(), "status/**".to_owned(), "limits/config/*".to_owned()]),
+    ];
     match id.role {
         IdRole::Agent => {
             g.push((
@@ -40,6 +43,7 @@ fn grants(id: &Identity) -> Vec<(&'static [&'static str], Vec<String>)> {
                     format!("replay/{n}/**"),
                     format!("limits/config/{n}"),
                     format!("view/node/{n}"),
+                    format!("status/node/{n}"),
                     "dlr/id/**".to_owned(),
                     format!("dlr/at/{n}/**"),
                     format!("dlr/replica/{n}"),
@@ -50,7 +54,7 @@ fn grants(id: &Identity) -> Vec<(&'static [&'static str], Vec<String>)> {
             g.push((&["put"], vec![format!("watermark/{n}/**")]));
             g.push((&["liveliness_token"], vec![format!("collector/{n}")]));
             g.push((&["query"], vec!["replay/**".to_owned()]));
-            g.push((&["reply"], vec![format!("view/collector/{n}")]));
+            g.push((&["reply"], vec![format!("view/collector/{n}"), format!("status/collector/{n}")]));
         }
         IdRole::Admin => {
             g.push((&["put"], vec!["limits/revision".to_owned(), "dlr/ask/*".to_owned()]));

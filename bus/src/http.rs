@@ -79,6 +79,19 @@ pub trait Report: Send + Sync + 'static {
     fn health(&self) -> Health;
     /// Its metrics in the Prometheus text format.
     fn metrics(&self) -> String;
+    /// Its status document for `switchboard status` and the status page, made from `health`
+    /// (what [`health_of`] says).
+    fn status(&self, health: &Health) -> crate::status::ProcessStatus;
+}
+
+/// A process's full health: its own, a vital thread's failure first, and whether it runs TLS.
+pub fn health_of(r: &dyn Report) -> Health {
+    let mut h = r.health();
+    h.details.insert("tls".into(), crate::refusals::tls().into());
+    if let Some(why) = crate::vital::failed() {
+        h.failing.insert(0, why);
+    }
+    h
 }
 
 /// Most series of one metric in an exposition: a metric labelled by something peers or
@@ -180,11 +193,7 @@ impl Metrics {
 }
 
 async fn health(State(r): State<Arc<dyn Report>>) -> impl IntoResponse {
-    let mut h = r.health();
-    h.details.insert("tls".into(), crate::refusals::tls().into());
-    if let Some(why) = crate::vital::failed() {
-        h.failing.insert(0, why);
-    }
+    let h = health_of(&*r);
     let code = if h.failing.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, [(header::CONTENT_TYPE, "application/json")], h.body().to_string())
 }
@@ -246,7 +255,13 @@ async fn require_token(
 ) -> axum::response::Response {
     let given =
         req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    if req.uri().path() == "/health" || given.is_some_and(|t| same(t.as_bytes(), token.as_bytes())) {
+    // A browser opening the status page cannot set a header: the page takes `?token=`.
+    let in_query = req.uri().path() == "/status"
+        && req.uri().query().is_some_and(|q| {
+            q.split('&').any(|kv| kv.strip_prefix("token=").is_some_and(|t| same(t.as_bytes(), token.as_bytes())))
+        });
+    let allowed = req.uri().path() == "/health" || given.is_some_and(|t| same(t.as_bytes(), token.as_bytes()));
+    if allowed || in_query {
         return next.run(req).await;
     }
     let body = serde_json::json!({ "error": "this API needs Authorization: Bearer <http_token>" }).to_string();
@@ -365,12 +380,20 @@ mod tests {
     fn a_flood_of_label_sets_keeps_the_largest_and_counts_the_rest() {
         let mut m = Metrics::new();
         let keys: Vec<String> = (0..50_000).map(|i| format!("acct:{i}")).collect();
-        m.counter_series("t_units_total", "Units.", keys.iter().enumerate().map(|(i, k)| (vec![("key", k.clone())], i as f64)));
+        m.counter_series(
+            "t_units_total",
+            "Units.",
+            keys.iter().enumerate().map(|(i, k)| (vec![("key", k.clone())], i as f64)),
+        );
         let text = m.finish();
         let series = text.lines().filter(|l| l.starts_with("t_units_total{")).count();
         assert_eq!(series, MAX_SERIES_PER_METRIC);
         assert!(text.contains("t_units_total{key=\"acct:49999\"} 49999"), "the largest value is kept");
         assert!(!text.contains("t_units_total{key=\"acct:0\"}"), "the smallest is left out");
-        assert!(text.contains("switchboard_metrics_series_left_out{metric=\"t_units_total\"} 40000"), "{}", &text[text.len() - 400..]);
+        assert!(
+            text.contains("switchboard_metrics_series_left_out{metric=\"t_units_total\"} 40000"),
+            "{}",
+            &text[text.len() - 400..]
+        );
     }
 }

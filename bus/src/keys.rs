@@ -20,6 +20,8 @@
 //! | `<prefix>/dlr/ask/<node>` | put (JSON [`crate::dlr::wire::DlrAsk`]) | clients asking `<node>` many lookups |
 //! | `<prefix>/dlr/answer/<client>` | put (JSON [`crate::dlr::wire::DlrAnswer`]) | the asked agent, to the client |
 //! | `<prefix>/dlr/replica/<node>` | queryable (JSON [`crate::dlr::wire::ReplicaBatch`]) | each node using DLRs |
+//! | `<prefix>/view/<role>/<name>` | queryable (JSON [`crate::mesh::View`]) | every long-running process |
+//! | `<prefix>/status/<role>/<name>` | queryable (JSON [`crate::status::ProcessStatus`]) | every long-running process |
 //!
 //! [`KeySpace::parse_stream`] turns a received key back into a typed [`StreamId`].
 
@@ -420,6 +422,23 @@ impl KeySpace {
     /// Parse a view key back into `(role, name)`.
     pub fn parse_view(&self, key: &str) -> Option<(Role, String)> {
         Role::parse_member(key.strip_prefix(&self.prefix)?.strip_prefix("/view/")?)
+    }
+
+    /// `<prefix>/status/<role>/<name>`: the queryable answering one process's status document
+    /// ([`crate::status::ProcessStatus`]).
+    pub fn status(&self, role: Role, name: &str) -> Result<OwnedKeyExpr, KeyError> {
+        check_chunk(name)?;
+        self.build(&["status", role.as_str(), name])
+    }
+
+    /// `<prefix>/status/*/*`: every process's status queryable.
+    pub fn all_status(&self) -> Result<OwnedKeyExpr, KeyError> {
+        self.build(&["status", "*", "*"])
+    }
+
+    /// Parse a status key back into `(role, name)`.
+    pub fn parse_status(&self, key: &str) -> Option<(Role, String)> {
+        Role::parse_member(key.strip_prefix(&self.prefix)?.strip_prefix("/status/")?)
     }
 
     /// `<prefix>/<role>/<name>`: the liveliness token of one process.

@@ -37,6 +37,7 @@ pub mod membership;
 pub mod mesh;
 pub mod refusals;
 pub mod session;
+pub mod status;
 pub mod tables;
 pub mod tls;
 pub mod vital;

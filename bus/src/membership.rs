@@ -6,8 +6,9 @@
 //! [`MemberEvent`] on a broadcast channel. A killed process's token disappears within
 //! milliseconds; a hung one when its zenoh lease expires.
 
-use std::collections::BTreeSet;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
@@ -35,11 +36,40 @@ pub enum MemberEvent {
     Left(Member),
 }
 
+/// Departed processes remembered at most (the longest gone are forgotten first).
+pub const MAX_DEPARTED: usize = 1000;
+
+/// Processes seen leaving and not back, with when they left (ms since the Unix epoch).
+type Departed = Arc<Mutex<BTreeMap<Member, u64>>>;
+
 /// The live set of the cluster, kept current by a background task.
 #[derive(Debug, Clone)]
 pub struct Membership {
     live: watch::Receiver<BTreeSet<Member>>,
     events: broadcast::Sender<MemberEvent>,
+    departed: Departed,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Note `event` in the departed set: a leave is remembered, a join forgets it.
+fn remember(departed: &Departed, event: &MemberEvent) {
+    // Each change under this lock is one insert or remove: a poisoned lock is taken over.
+    let mut d = departed.lock().unwrap_or_else(|p| p.into_inner());
+    match event {
+        MemberEvent::Joined(m) => {
+            d.remove(m);
+        }
+        MemberEvent::Left(m) => {
+            d.insert(m.clone(), now_ms());
+            while d.len() > MAX_DEPARTED {
+                let Some(oldest) = d.iter().min_by_key(|(_, at)| **at).map(|(m, _)| m.clone()) else { break };
+                d.remove(&oldest);
+            }
+        }
+    }
 }
 
 impl Membership {
@@ -55,6 +85,8 @@ impl Membership {
         let (events, _) = broadcast::channel(256);
         let events_tx = events.clone();
         let keys = keys.clone();
+        let departed = Departed::default();
+        let departed_w = departed.clone();
         tokio::spawn(async move {
             loop {
                 let sample = tokio::select! {
@@ -76,13 +108,21 @@ impl Membership {
                 });
                 if changed {
                     tracing::info!(?event, "membership changed");
+                    remember(&departed_w, &event);
                     // No receiver is fine: events are for whoever listens.
                     let _ = events_tx.send(event);
                 }
             }
             drop(subscriber);
         });
-        Ok(Self { live, events })
+        Ok(Self { live, events, departed })
+    }
+
+    /// Processes this one saw leave (or die) since it started and that are not back, with when
+    /// they left (ms since the Unix epoch); at most [`MAX_DEPARTED`], the latest.
+    pub fn departed(&self) -> Vec<(Member, u64)> {
+        let d = self.departed.lock().unwrap_or_else(|p| p.into_inner());
+        d.iter().map(|(m, at)| (m.clone(), *at)).collect()
     }
 
     /// The processes alive now.

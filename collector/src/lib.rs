@@ -36,6 +36,7 @@ mod replay;
 mod report;
 pub mod sink;
 pub mod stats;
+mod status;
 pub mod store;
 pub mod tables;
 mod watermarks;
@@ -281,24 +282,34 @@ impl Collector {
             status_rx.clone(),
             cancel.clone(),
         ));
+        let report = Arc::new(report::CollectorReport {
+            name: name.clone(),
+            started_at_ms: switchboard_bus::status::now_ms(),
+            rates: Mutex::default(),
+            membership: membership.clone(),
+            group: group_status.clone(),
+            stats: stats.clone(),
+            status: status_rx,
+            latest: latest.clone(),
+            mesh,
+            writers,
+        });
+        tracker.spawn(status::sample_rates(report.clone(), cancel.clone()));
+        switchboard_bus::status::serve(&session, &keys, Role::Collector, &name, report.clone(), cancel.clone()).await?;
         if !c.http_listen.is_empty() {
             let addr = c.http_listen.parse().map_err(|e| {
                 CollectorError::Config(config::CollectorConfigError::Invalid(format!("collector.http_listen: {e}")))
             })?;
-            let report = Arc::new(report::CollectorReport {
-                name: name.clone(),
-                group: group_status.clone(),
-                stats: stats.clone(),
-                status: status_rx,
-                latest: latest.clone(),
-                mesh,
-                writers,
-            });
+            let page = switchboard_bus::status::page::StatusPage::new(
+                session.clone(),
+                keys.clone(),
+                format!("collector {name}"),
+            );
             let (_, task) = switchboard_bus::http::serve(
                 addr,
                 &switchboard_bus::http::Access { token: c.http_token.clone() },
                 report,
-                axum::Router::new(),
+                page.router(),
                 cancel.clone(),
             )
             .await

@@ -19,6 +19,11 @@ use crate::writers::WriterCheck;
 /// The collector's `/health` and `/metrics`.
 pub(crate) struct CollectorReport {
     pub(crate) name: String,
+    /// When the collector started, ms since the Unix epoch.
+    pub(crate) started_at_ms: u64,
+    /// Per-second rates for the status document ([`crate::status`]).
+    pub(crate) rates: Mutex<switchboard_bus::status::Rates>,
+    pub(crate) membership: switchboard_bus::Membership,
     pub(crate) group: Arc<Mutex<GroupStatus>>,
     pub(crate) stats: Arc<CollectorStats>,
     pub(crate) status: tokio::sync::watch::Receiver<SinkStatus>,
@@ -58,6 +63,10 @@ impl switchboard_bus::http::Report for CollectorReport {
             h.details = map;
         }
         h
+    }
+
+    fn status(&self, health: &Health) -> switchboard_bus::status::ProcessStatus {
+        self.document(health)
     }
 
     fn metrics(&self) -> String {

@@ -39,6 +39,7 @@ pub mod replay;
 mod report;
 mod source_config;
 pub mod stats;
+mod status;
 pub mod tailer;
 
 use std::collections::BTreeMap;
@@ -233,21 +234,25 @@ impl Agent {
         } else {
             None
         };
+        let report = Arc::new(report::AgentReport {
+            node: node.clone(),
+            started_at_ms: switchboard_bus::status::now_ms(),
+            rates: std::sync::Mutex::default(),
+            stats: stats.clone(),
+            journals: journals.clone(),
+            membership: membership.clone(),
+            mesh: mesh.clone(),
+            max_lag: Duration::from_millis(config.agent.health_max_lag_ms),
+            limits: limits.clone(),
+            dlr: dlr.clone(),
+            metrics: metrics.clone(),
+        });
+        tracker.spawn(status::sample_rates(report.clone(), cancel.clone()));
+        switchboard_bus::status::serve(&session, &keys, Role::Agent, &node, report.clone(), cancel.clone()).await?;
         if !config.agent.http_listen.is_empty() {
             let addr = config.agent.http_listen.parse().map_err(|e| {
                 AgentError::Config(config::AgentConfigError::Invalid(format!("agent.http_listen: {e}")))
             })?;
-            let report = Arc::new(report::AgentReport {
-                node: node.clone(),
-                stats: stats.clone(),
-                journals: journals.clone(),
-                membership: membership.clone(),
-                mesh: mesh.clone(),
-                max_lag: Duration::from_millis(config.agent.health_max_lag_ms),
-                limits: limits.clone(),
-                dlr: dlr.clone(),
-                metrics: metrics.clone(),
-            });
             let mut routes = limits.clone().map(limits::http::router).unwrap_or_default();
             if let Some(d) = dlr.clone() {
                 routes = routes.merge(dlr::http::router(d));
@@ -255,6 +260,9 @@ impl Agent {
             if let Some(m) = metrics.clone() {
                 routes = routes.merge(metrics::http::router(m));
             }
+            let page =
+                switchboard_bus::status::page::StatusPage::new(session.clone(), keys.clone(), format!("node {node}"));
+            routes = routes.merge(page.router());
             let routes = body_limit::limit_bodies(routes, config.agent.http_max_body_bytes, stats.clone());
             let (_, task) = switchboard_bus::http::serve(
                 addr,

@@ -22,6 +22,10 @@ const TAILER_QUIET: Duration = Duration::from_secs(30);
 
 pub(crate) struct AgentReport {
     pub(crate) node: String,
+    /// When the agent started, ms since the Unix epoch.
+    pub(crate) started_at_ms: u64,
+    /// Per-second rates for the status document ([`crate::status`]).
+    pub(crate) rates: std::sync::Mutex<switchboard_bus::status::Rates>,
     pub(crate) stats: Arc<AgentStats>,
     pub(crate) journals: Journals,
     pub(crate) membership: Membership,
@@ -33,7 +37,7 @@ pub(crate) struct AgentReport {
 }
 
 /// Per source: (head, acked, unacked batches, lag seconds).
-fn lags(journals: &Journals) -> BTreeMap<String, (u64, u64, usize, f64)> {
+pub(crate) fn lags(journals: &Journals) -> BTreeMap<String, (u64, u64, usize, f64)> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
     journals
         .iter()
@@ -247,5 +251,9 @@ impl Report for AgentReport {
         self.mesh.metrics(&mut m);
         self.health().gauge(&mut m);
         m.finish()
+    }
+
+    fn status(&self, health: &Health) -> switchboard_bus::status::ProcessStatus {
+        self.document(health)
     }
 }

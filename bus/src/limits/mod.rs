@@ -643,8 +643,15 @@ mod tests {
 
     #[test]
     fn idle_keys_at_rest_are_forgotten_and_busy_or_owing_ones_kept() {
-        let fast = LimitSpec { key: "acct:*".into(), rate: Some(1_000_000_000), per: Some(Per::Second), concurrency: None, burst: None };
-        let slow = LimitSpec { key: "day:*".into(), rate: Some(1), per: Some(Per::Hour), concurrency: None, burst: None };
+        let fast = LimitSpec {
+            key: "acct:*".into(),
+            rate: Some(1_000_000_000),
+            per: Some(Per::Second),
+            concurrency: None,
+            burst: None,
+        };
+        let slow =
+            LimitSpec { key: "day:*".into(), rate: Some(1), per: Some(Per::Hour), concurrency: None, burst: None };
         let conc = LimitSpec { key: "conn:*".into(), rate: None, per: None, concurrency: Some(10), burst: None };
         let l = Limiter::new(vec![fast, slow, conc]).unwrap();
         for i in 0..100_000 {

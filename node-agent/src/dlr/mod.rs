@@ -35,7 +35,7 @@ pub mod replicate;
 mod service;
 pub(crate) mod settings;
 pub mod store;
-mod sweep;
+pub mod sweep;
 mod types;
 mod waiters;
 
@@ -67,6 +67,7 @@ pub struct DlrService {
     keys: KeySpace,
     membership: Membership,
     asker: ask::Asker,
+    census: std::sync::Mutex<Option<sweep::Census>>,
 }
 
 impl std::ops::Deref for DlrService {
@@ -124,6 +125,7 @@ impl DlrService {
             keys: keys.clone(),
             membership: membership.clone(),
             asker,
+            census: std::sync::Mutex::new(None),
         });
         let size = service.store.size();
         tracing::info!(records = size.records, inbox = size.inbox, disk_bytes = size.disk_bytes, "DLR store open");

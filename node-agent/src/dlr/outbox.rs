@@ -37,7 +37,12 @@ pub struct Queued {
 impl Outbox {
     /// An empty queue of at most `cap` records (at least one).
     pub fn new(cap: usize) -> Self {
-        Self { inner: Mutex::new(Queued::default()), ready: Notify::new(), cap: cap.max(1), overflows: AtomicU64::new(0) }
+        Self {
+            inner: Mutex::new(Queued::default()),
+            ready: Notify::new(),
+            cap: cap.max(1),
+            overflows: AtomicU64::new(0),
+        }
     }
 
     fn queued(&self) -> std::sync::MutexGuard<'_, Queued> {

@@ -418,7 +418,11 @@ async fn pass(service: &DlrService, before: Option<&[String]>, now: &[String]) -
         let (acked, failed) = send_batches(service, ready).await;
         sent += acked;
         if failed {
-            tracing::warn!(peers = now.len(), records = sent, "DLR replication pass stopped at a failed batch; retrying");
+            tracing::warn!(
+                peers = now.len(),
+                records = sent,
+                "DLR replication pass stopped at a failed batch; retrying"
+            );
             return Err(PassFailed);
         }
         match next {

@@ -1,13 +1,63 @@
 //! The sweep loop: every second it expires the records that are due
 //! ([`super::Records::expire_due`]); every `dlr.sync_ms` (if set) and once more at shutdown it syncs
-//! the store to disk.
+//! the store to disk; every [`CENSUS_EVERY`] it counts the records for the status document
+//! ([`Census`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::store::StoreError;
 use super::{now_ms, DlrService};
+
+/// How often the records are counted (a pass over the store, in pages).
+pub const CENSUS_EVERY: Duration = Duration::from_secs(60);
+/// Records read per page of a census.
+const CENSUS_PAGE: usize = 10_000;
+
+/// The node's records counted in one pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Open records this node owns.
+    pub own_open: u64,
+    /// Copies of other nodes' records.
+    pub copies: u64,
+    /// Submission time of the oldest open own record, ms since the Unix epoch.
+    pub oldest_open_ms: Option<u64>,
+    /// When the count ended, ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
+impl DlrService {
+    /// Count the records (a pass over the store in pages; blocking).
+    pub fn count_records(&self) -> Result<Census, StoreError> {
+        let mut c = Census::default();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let (records, next) = self.store.page(after.as_deref(), CENSUS_PAGE)?;
+            for r in records {
+                if r.owner != self.node {
+                    c.copies += 1;
+                } else if r.is_open() {
+                    c.own_open += 1;
+                    c.oldest_open_ms = Some(c.oldest_open_ms.map_or(r.submitted_at, |o| o.min(r.submitted_at)));
+                }
+            }
+            match next {
+                Some(k) => after = Some(k),
+                None => break,
+            }
+        }
+        c.at_ms = now_ms();
+        Ok(c)
+    }
+
+    /// The last census, if one finished.
+    pub fn census(&self) -> Option<Census> {
+        *self.census.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 impl DlrService {
     /// Drop records past their expiry, every second, until `cancel` fires; then sync the store.
@@ -15,6 +65,8 @@ impl DlrService {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let sync_every = (self.settings.sync_ms > 0).then(|| Duration::from_millis(self.settings.sync_ms));
         let mut last_sync = tokio::time::Instant::now();
+        // The first census a few seconds after start, then every CENSUS_EVERY.
+        let mut next_census = tokio::time::Instant::now() + Duration::from_secs(2);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -30,6 +82,15 @@ impl DlrService {
                 last_sync = tokio::time::Instant::now();
                 let me = self.clone();
                 let _ = tokio::task::spawn_blocking(move || me.count_store_error(me.store.sync())).await;
+            }
+            if tokio::time::Instant::now() >= next_census {
+                next_census = tokio::time::Instant::now() + CENSUS_EVERY;
+                let me = self.clone();
+                match tokio::task::spawn_blocking(move || me.count_records()).await {
+                    Ok(Ok(c)) => *self.census.lock().unwrap_or_else(|p| p.into_inner()) = Some(c),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "DLR census"),
+                    Err(e) => tracing::warn!(error = %e, "DLR census task"),
+                }
             }
         }
         let me = self.clone();

@@ -50,12 +50,9 @@ async fn evict_idle(limiter: Arc<Limiter>, cancel: CancellationToken) {
         }
         let (l, started) = (limiter.clone(), std::time::Instant::now());
         match tokio::task::spawn_blocking(move || (l.evict_idle(), l.keys_in_use())).await {
-            Ok((forgotten, kept)) if forgotten > 0 => tracing::debug!(
-                forgotten,
-                kept,
-                ms = started.elapsed().as_millis() as u64,
-                "idle limit keys forgotten"
-            ),
+            Ok((forgotten, kept)) if forgotten > 0 => {
+                tracing::debug!(forgotten, kept, ms = started.elapsed().as_millis() as u64, "idle limit keys forgotten")
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "sweep of idle limit keys stopped"),
         }

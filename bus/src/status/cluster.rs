@@ -1,0 +1,585 @@
+//! One view of the cluster from every process's status document, problems first.
+//!
+//! [`assemble`] joins a [`Snapshot`]: nodes from the live tokens, the documents and what the
+//! processes saw leave; streams from the leading collector (with the agents' heads); limits per
+//! key over every node's share and use; DLR records per node. Then it names what needs an
+//! operator ([`Problem`]), worst first, and an overall [`Level`] that `switchboard status` turns
+//! into its exit code.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::{ProcessStatus, Snapshot, STATUS_VERSION};
+
+/// A stream whose committed prefix has been behind its head this long is a problem.
+pub const STREAM_STALL_S: f64 = 30.0;
+
+/// The cluster's overall state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Every process answered and nothing needs attention.
+    Ok,
+    /// Something needs attention (a problem is listed).
+    Degraded,
+    /// No process could be reached.
+    Unreachable,
+}
+
+impl Level {
+    /// The exit code of `switchboard status`: 0 ok, 1 degraded, 2 unreachable.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Level::Ok => 0,
+            Level::Degraded => 1,
+            Level::Unreachable => 2,
+        }
+    }
+}
+
+/// Something that needs an operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// `failing` (something does not work) or `degraded` (it works, but needs attention).
+    pub severity: String,
+    /// What, naming the process, node or stream.
+    pub what: String,
+}
+
+/// One node (agent).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeRow {
+    /// The node's name.
+    pub name: String,
+    /// Whether its liveliness token is there.
+    pub alive: bool,
+    /// When it was seen leaving, ms since the Unix epoch (gone nodes).
+    pub gone_since_ms: Option<u64>,
+    /// Whether it answered the status query.
+    pub answered: bool,
+    /// Its software version.
+    pub software: Option<String>,
+    /// Seconds since it started.
+    pub uptime_s: Option<u64>,
+    /// Its health: `ok`, `degraded`, `failing` (or `gone`, `silent`: alive but no answer).
+    pub health: String,
+    /// The limits revision it applies.
+    pub limits_revision: Option<u64>,
+    /// The sources it tails.
+    pub sources: Vec<String>,
+    /// Lines read per second, all sources.
+    pub lines_per_s: f64,
+    /// Whether it runs with mutual TLS.
+    pub tls: Option<bool>,
+}
+
+/// One collector.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CollectorRow {
+    /// Its name.
+    pub name: String,
+    /// Whether its liveliness token is there.
+    pub alive: bool,
+    /// `leader`, `standby` (or `gone`, `silent`).
+    pub role: String,
+    /// Its health.
+    pub health: String,
+    /// Streams it writes.
+    pub streams: usize,
+    /// Rows committed per second.
+    pub rows_per_s: f64,
+    /// Seconds since its last commit.
+    pub last_commit_age_s: Option<f64>,
+    /// The store's error, while it lasts.
+    pub store_error: Option<String>,
+}
+
+/// One stream.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StreamRow {
+    /// `<node>/<kind>/<name>`.
+    pub stream: String,
+    /// The agent's head (next sequence number), when the agent answered.
+    pub head: Option<u64>,
+    /// The committed prefix (next sequence number to commit).
+    pub committed: u64,
+    /// Records not committed yet.
+    pub lag_records: u64,
+    /// How long the committed prefix has been behind, in seconds.
+    pub lag_seconds: f64,
+    /// Lines the agent reads per second.
+    pub lines_per_s: f64,
+    /// Records committed per second.
+    pub committed_per_s: f64,
+    /// At the current rates, seconds until the lag is gone (none: not catching up).
+    pub catch_up_s: Option<f64>,
+}
+
+/// One limit key over the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LimitRow {
+    /// The concrete key.
+    pub key: String,
+    /// The limit (key or pattern) that applies.
+    pub limit: String,
+    /// A rate limit's rate per second.
+    pub rate_per_sec: Option<f64>,
+    /// A concurrency limit's slots.
+    pub slots: Option<u64>,
+    /// Use over the last second: allowed units against the rate, or held slots against the
+    /// slots, in percent.
+    pub use_pct: f64,
+    /// Units allowed per second, all nodes.
+    pub allowed_per_s: f64,
+    /// Units denied per second, all nodes.
+    pub denied_per_s: f64,
+    /// Each node's share (a fraction).
+    pub shares: BTreeMap<String, f64>,
+}
+
+/// One node's DLR records.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DlrRow {
+    /// The node.
+    pub node: String,
+    /// Records held (own and copies).
+    pub records: u64,
+    /// Open records it owns.
+    pub own_open: Option<u64>,
+    /// Copies of others' records it holds.
+    pub copies: Option<u64>,
+    /// Age of its oldest open record, in seconds.
+    pub oldest_open_age_s: Option<f64>,
+    /// Lookups per second.
+    pub lookups_per_s: f64,
+    /// Lookups per second for ids no node knows.
+    pub not_found_per_s: f64,
+    /// Changes waiting for replicas.
+    pub replica_queue: u64,
+}
+
+/// The cluster at a glance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// Always [`STATUS_VERSION`].
+    pub version: u32,
+    /// When the documents were asked for, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The overall state.
+    pub level: Level,
+    /// What needs attention, `failing` first.
+    pub problems: Vec<Problem>,
+    /// Nodes, by name.
+    pub nodes: Vec<NodeRow>,
+    /// Collectors, by name.
+    pub collectors: Vec<CollectorRow>,
+    /// Streams, by name.
+    pub streams: Vec<StreamRow>,
+    /// Limit keys, the most used first.
+    pub limits: Vec<LimitRow>,
+    /// DLR records per node.
+    pub dlr: Vec<DlrRow>,
+}
+
+impl ClusterStatus {
+    /// Lines read per second over all nodes.
+    pub fn lines_per_s(&self) -> f64 {
+        self.nodes.iter().map(|n| n.lines_per_s).sum()
+    }
+
+    /// Records not committed yet over all streams.
+    pub fn lag_records(&self) -> u64 {
+        self.streams.iter().map(|s| s.lag_records).sum()
+    }
+
+    /// The highest use of any limit key, in percent.
+    pub fn max_limit_use_pct(&self) -> f64 {
+        self.limits.iter().map(|l| l.use_pct).fold(0.0, f64::max)
+    }
+}
+
+fn split(member: &str) -> Option<(&str, &str)> {
+    member.split_once('/')
+}
+
+/// Join a snapshot into the cluster's view; see the module docs.
+pub fn assemble(snap: &Snapshot) -> ClusterStatus {
+    let now = snap.at_ms;
+    let mut problems: Vec<Problem> = Vec::new();
+    let mut problem = |severity: &str, what: String| problems.push(Problem { severity: severity.into(), what });
+    let doc = |role: &str, name: &str| snap.processes.iter().find(|p| p.role == role && p.name == name);
+
+    // Who exists: live tokens, answers, and whoever someone saw leave (the latest leave wins).
+    let mut departed: BTreeMap<&str, u64> = BTreeMap::new();
+    for p in &snap.processes {
+        for d in &p.departed {
+            let at = departed.entry(d.member.as_str()).or_default();
+            *at = (*at).max(d.at_ms);
+        }
+    }
+    let mut members: BTreeSet<(String, String)> = BTreeSet::new();
+    for m in snap.live.iter().map(String::as_str).chain(departed.keys().copied()) {
+        if let Some((role, name)) = split(m) {
+            members.insert((role.to_owned(), name.to_owned()));
+        }
+    }
+    for p in &snap.processes {
+        members.insert((p.role.clone(), p.name.clone()));
+    }
+    let alive = |role: &str, name: &str| snap.live.contains(&format!("{role}/{name}"));
+    let gone_since = |role: &str, name: &str| {
+        if alive(role, name) {
+            None
+        } else {
+            departed.get(format!("{role}/{name}").as_str()).copied()
+        }
+    };
+
+    for p in &snap.processes {
+        for what in &p.failing {
+            problem("failing", format!("{} {}: {what}", p.role, p.name));
+        }
+        for what in &p.degraded {
+            problem("degraded", format!("{} {}: {what}", p.role, p.name));
+        }
+    }
+
+    let mut nodes = Vec::new();
+    let mut collectors = Vec::new();
+    for (role, name) in &members {
+        let d = doc(role, name);
+        let is_alive = alive(role, name);
+        let gone = gone_since(role, name);
+        let health = match (d, is_alive) {
+            (Some(d), _) => d.health.clone(),
+            (None, true) => "silent".to_owned(),
+            (None, false) => "gone".to_owned(),
+        };
+        if d.is_none() && is_alive {
+            problem("degraded", format!("{role} {name} is alive but did not answer (hung, or an older version?)"));
+        }
+        if !is_alive {
+            let since = gone.map_or_else(String::new, |at| format!(" since {} ({} ago)", clock(at), ago(now, at)));
+            problem("degraded", format!("{role} {name} is gone{since}"));
+        }
+        match role.as_str() {
+            "node" => {
+                let n = d.and_then(|d| d.node.as_ref());
+                nodes.push(NodeRow {
+                    name: name.clone(),
+                    alive: is_alive,
+                    gone_since_ms: gone,
+                    answered: d.is_some(),
+                    software: d.map(|d| d.software.clone()),
+                    uptime_s: d.map(|d| d.at_ms.saturating_sub(d.started_at_ms) / 1000),
+                    health,
+                    limits_revision: n.and_then(|n| n.limits_revision),
+                    sources: n.map(|n| n.sources.iter().map(|s| s.name.clone()).collect()).unwrap_or_default(),
+                    lines_per_s: n.map_or(0.0, |n| n.sources.iter().map(|s| s.lines_per_s).sum()),
+                    tls: d.map(|d| d.tls),
+                });
+            }
+            "collector" => {
+                let c = d.and_then(|d| d.collector.as_ref());
+                collectors.push(CollectorRow {
+                    name: name.clone(),
+                    alive: is_alive,
+                    role: c.map_or_else(|| health.clone(), |c| c.role.clone()),
+                    health,
+                    streams: c.map_or(0, |c| c.streams.len()),
+                    rows_per_s: c.map_or(0.0, |c| c.rows_per_s),
+                    last_commit_age_s: c.and_then(|c| c.last_commit_age_s),
+                    store_error: c.and_then(|c| c.store_error.clone()),
+                });
+            }
+            _ => {}
+        }
+    }
+    if !members.is_empty() && !collectors.iter().any(|c| c.alive) {
+        problem("degraded", "no collector is alive: lines wait in the agents' journals".to_owned());
+    }
+
+    // Limits revisions: everyone on the newest.
+    let newest = nodes.iter().filter(|n| n.alive).filter_map(|n| n.limits_revision).max();
+    if let Some(newest) = newest {
+        for n in nodes.iter().filter(|n| n.alive && n.answered) {
+            match n.limits_revision {
+                Some(r) if r < newest => {
+                    problem("degraded", format!("node {} applies limits revision {r}, others {newest}", n.name))
+                }
+                None => problem("degraded", format!("node {} holds no limits revision, others {newest}", n.name)),
+                _ => {}
+            }
+        }
+    }
+
+    let streams = streams(snap);
+    for s in &streams {
+        if s.lag_records > 0 && s.lag_seconds >= STREAM_STALL_S {
+            problem(
+                "degraded",
+                format!("stream {}: {} records not committed for {:.0} s", s.stream, s.lag_records, s.lag_seconds),
+            );
+        }
+    }
+
+    // Problems: failing first, then in the order found.
+    problems.sort_by_key(|p| p.severity != "failing");
+    let level = if snap.processes.is_empty() && snap.live.is_empty() {
+        Level::Unreachable
+    } else if problems.is_empty() {
+        Level::Ok
+    } else {
+        Level::Degraded
+    };
+    ClusterStatus {
+        version: STATUS_VERSION,
+        at_ms: now,
+        level,
+        problems,
+        nodes,
+        collectors,
+        streams,
+        limits: limits(&snap.processes),
+        dlr: dlr(&snap.processes, now),
+    }
+}
+
+/// Streams from the leading collector (or any, if none leads), with the agents' heads.
+fn streams(snap: &Snapshot) -> Vec<StreamRow> {
+    let collectors: Vec<&ProcessStatus> = snap.processes.iter().filter(|p| p.collector.is_some()).collect();
+    let writer = collectors
+        .iter()
+        .find(|p| p.collector.as_ref().is_some_and(|c| c.role == "leader"))
+        .or_else(|| collectors.first());
+    let mut rows: BTreeMap<String, StreamRow> = BTreeMap::new();
+    if let Some(c) = writer.and_then(|p| p.collector.as_ref()) {
+        for s in &c.streams {
+            rows.insert(
+                format!("{}/{}", s.node, s.stream),
+                StreamRow {
+                    stream: format!("{}/{}", s.node, s.stream),
+                    committed: s.committed,
+                    lag_records: s.lag_records,
+                    lag_seconds: s.lag_seconds,
+                    committed_per_s: s.committed_per_s,
+                    ..StreamRow::default()
+                },
+            );
+        }
+    }
+    for p in &snap.processes {
+        let Some(n) = &p.node else { continue };
+        for src in &n.sources {
+            let name = format!("{}/log/{}", p.name, src.name);
+            let row = rows.entry(name.clone()).or_insert_with(|| StreamRow {
+                stream: name,
+                committed: src.acked,
+                lag_records: src.head.saturating_sub(src.acked),
+                lag_seconds: src.lag_seconds,
+                ..StreamRow::default()
+            });
+            row.head = Some(src.head);
+            row.lines_per_s = src.lines_per_s;
+            row.lag_records = row.lag_records.max(src.head.saturating_sub(row.committed));
+        }
+    }
+    for row in rows.values_mut() {
+        let gain = row.committed_per_s - row.lines_per_s;
+        row.catch_up_s = match row.lag_records {
+            0 => Some(0.0),
+            lag if gain > 0.0 => Some(lag as f64 / gain),
+            _ => None,
+        };
+    }
+    rows.into_values().collect()
+}
+
+/// Limit keys over all nodes, the most used first.
+fn limits(processes: &[ProcessStatus]) -> Vec<LimitRow> {
+    let mut rows: BTreeMap<&str, LimitRow> = BTreeMap::new();
+    let mut held: BTreeMap<&str, u64> = BTreeMap::new();
+    for p in processes {
+        let Some(n) = &p.node else { continue };
+        for k in &n.limits {
+            let row = rows.entry(k.key.as_str()).or_insert_with(|| LimitRow {
+                key: k.key.clone(),
+                limit: k.limit.clone(),
+                rate_per_sec: k.rate_per_sec,
+                slots: k.slots,
+                ..LimitRow::default()
+            });
+            row.allowed_per_s += k.allowed_per_s;
+            row.denied_per_s += k.denied_per_s;
+            row.shares.insert(p.name.clone(), k.share);
+            *held.entry(k.key.as_str()).or_default() += k.held.unwrap_or(0);
+        }
+    }
+    let mut rows: Vec<LimitRow> = rows
+        .into_iter()
+        .map(|(key, mut row)| {
+            row.use_pct = match (row.rate_per_sec, row.slots) {
+                (Some(rate), _) if rate > 0.0 => 100.0 * row.allowed_per_s / rate,
+                (_, Some(slots)) if slots > 0 => 100.0 * held.get(key).copied().unwrap_or(0) as f64 / slots as f64,
+                _ => 0.0,
+            };
+            row
+        })
+        .collect();
+    rows.sort_by(|a, b| b.use_pct.total_cmp(&a.use_pct).then_with(|| a.key.cmp(&b.key)));
+    rows
+}
+
+fn dlr(processes: &[ProcessStatus], now: u64) -> Vec<DlrRow> {
+    processes
+        .iter()
+        .filter_map(|p| {
+            let d = p.node.as_ref()?.dlr.as_ref()?;
+            Some(DlrRow {
+                node: p.name.clone(),
+                records: d.records,
+                own_open: d.own_open,
+                copies: d.copies,
+                oldest_open_age_s: d.oldest_open_ms.map(|t| now.saturating_sub(t) as f64 / 1000.0),
+                lookups_per_s: d.lookups_per_s,
+                not_found_per_s: d.not_found_per_s,
+                replica_queue: d.replica_queue,
+            })
+        })
+        .collect()
+}
+
+/// `HH:MM:SS` (UTC) of a time in ms since the Unix epoch.
+pub fn clock(at_ms: u64) -> String {
+    let s = at_ms / 1000;
+    format!("{:02}:{:02}:{:02}", (s / 3600) % 24, (s / 60) % 60, s % 60)
+}
+
+/// A short duration from `then` to `now` (ms): `42 s`, `5 min`, `3 h`, `2 d`.
+pub fn ago(now_ms: u64, then_ms: u64) -> String {
+    human_secs(now_ms.saturating_sub(then_ms) as f64 / 1000.0)
+}
+
+/// A short duration: `42 s`, `5 min`, `3 h`, `2 d`.
+pub fn human_secs(s: f64) -> String {
+    match s {
+        s if s < 120.0 => format!("{s:.0} s"),
+        s if s < 7200.0 => format!("{:.0} min", s / 60.0),
+        s if s < 172_800.0 => format!("{:.0} h", s / 3600.0),
+        s => format!("{:.0} d", s / 86400.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{CollectorStatus, Departed, KeyStatus, NodeStatus, SourceStatus, StreamStatus};
+    use super::*;
+
+    fn node(name: &str, rev: u64) -> ProcessStatus {
+        ProcessStatus {
+            version: STATUS_VERSION,
+            role: "node".into(),
+            name: name.into(),
+            health: "ok".into(),
+            node: Some(NodeStatus {
+                limits_revision: Some(rev),
+                sources: vec![SourceStatus {
+                    name: "app".into(),
+                    head: 100,
+                    acked: 90,
+                    lag_seconds: 1.0,
+                    lines_per_s: 10.0,
+                }],
+                limits: vec![KeyStatus {
+                    key: "op:a".into(),
+                    limit: "op:*".into(),
+                    rate_per_sec: Some(100.0),
+                    share: 0.5,
+                    allowed_per_s: 25.0,
+                    denied_per_s: 1.0,
+                    ..KeyStatus::default()
+                }],
+                dlr: None,
+            }),
+            ..ProcessStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_gone_node_an_old_revision_and_a_stalled_stream_are_problems() {
+        let mut collector = ProcessStatus {
+            role: "collector".into(),
+            name: "c1".into(),
+            health: "ok".into(),
+            departed: vec![Departed { member: "node/gw3".into(), at_ms: 1_000 }],
+            collector: Some(CollectorStatus {
+                role: "leader".into(),
+                rows_per_s: 20.0,
+                streams: vec![
+                    StreamStatus {
+                        node: "gw1".into(),
+                        stream: "log/app".into(),
+                        committed: 90,
+                        lag_records: 10,
+                        lag_seconds: 1.0,
+                        committed_per_s: 30.0,
+                    },
+                    StreamStatus {
+                        node: "gw3".into(),
+                        stream: "log/app".into(),
+                        committed: 5,
+                        lag_records: 7,
+                        lag_seconds: 45.0,
+                        committed_per_s: 0.0,
+                    },
+                ],
+                ..CollectorStatus::default()
+            }),
+            ..ProcessStatus::default()
+        };
+        collector.version = STATUS_VERSION;
+        let snap = Snapshot {
+            at_ms: 61_000,
+            live: ["node/gw1", "node/gw2", "collector/c1"].iter().map(|s| s.to_string()).collect(),
+            processes: vec![collector, node("gw1", 7), node("gw2", 6)],
+            unreadable: vec![],
+        };
+        let c = assemble(&snap);
+        assert_eq!(c.level, Level::Degraded);
+        let what: Vec<&str> = c.problems.iter().map(|p| p.what.as_str()).collect();
+        assert!(what.contains(&"node gw3 is gone since 00:00:01 (60 s ago)"), "{what:?}");
+        assert!(what.contains(&"node gw2 applies limits revision 6, others 7"), "{what:?}");
+        assert!(what.contains(&"stream gw3/log/app: 7 records not committed for 45 s"), "{what:?}");
+        assert_eq!(
+            c.nodes.iter().map(|n| (n.name.as_str(), n.alive)).collect::<Vec<_>>(),
+            [("gw1", true), ("gw2", true), ("gw3", false)]
+        );
+        let gw1 = c.streams.iter().find(|s| s.stream == "gw1/log/app").unwrap();
+        assert_eq!((gw1.head, gw1.lag_records), (Some(100), 10));
+        assert_eq!(gw1.catch_up_s, Some(0.5), "10 records at 30/s committed against 10/s read");
+        assert_eq!(c.limits[0].allowed_per_s, 50.0);
+        assert_eq!(c.limits[0].use_pct, 50.0);
+        assert_eq!(c.limits[0].shares.len(), 2);
+    }
+
+    #[test]
+    fn nobody_answering_is_unreachable_and_everything_fine_is_ok() {
+        assert_eq!(assemble(&Snapshot::default()).level, Level::Unreachable);
+        let mut c = node("gw1", 1);
+        c.node = None;
+        let col = ProcessStatus {
+            role: "collector".into(),
+            name: "c".into(),
+            health: "ok".into(),
+            ..ProcessStatus::default()
+        };
+        let snap = Snapshot {
+            at_ms: 1,
+            live: ["node/gw1", "collector/c"].iter().map(|s| s.to_string()).collect(),
+            processes: vec![c, col],
+            unreadable: vec![],
+        };
+        assert_eq!(assemble(&snap).level, Level::Ok, "{:?}", assemble(&snap).problems);
+    }
+}

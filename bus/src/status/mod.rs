@@ -1,0 +1,401 @@
+//! The cluster at a glance: every process's status document, and the view assembled from them.
+//!
+//! Every long-running process answers the queryable `<prefix>/status/<role>/<name>` with a
+//! [`ProcessStatus`]: its health and problems, what it sees alive and saw leave, and its part of
+//! the cluster (an agent's sources, limit keys and DLR records; a collector's role, commits and
+//! streams). Rates in it are per second over the process's last one-second sample ([`Rates`]).
+//! [`fetch`] asks all of them and the liveliness tokens at once; [`cluster::assemble`] turns
+//! the answers into one [`cluster::ClusterStatus`] with the problems first, which
+//! `switchboard status` prints ([`text`]) and every process's `/status` page shows ([`page`]).
+//! The documents are described in `docs/protocol.md` ("Status").
+
+pub mod cluster;
+pub mod page;
+pub mod text;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use zenoh::query::{ConsolidationMode, QueryTarget};
+use zenoh::Session;
+
+use crate::keys::{KeySpace, Role};
+use crate::membership::Membership;
+use crate::session::SessionError;
+
+/// Version of the status documents.
+pub const STATUS_VERSION: u32 = 1;
+/// The largest status document taken; a larger answer is left out (and named).
+pub const MAX_DOCUMENT_BYTES: usize = 8 << 20;
+/// Processes taken from one fetch, at most.
+pub const MAX_PROCESSES: usize = 10_000;
+/// Limit keys one node lists, at most (the busiest).
+pub const MAX_KEYS_PER_NODE: usize = 1000;
+
+/// One process's answer on `<prefix>/status/<role>/<name>`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessStatus {
+    /// Always [`STATUS_VERSION`].
+    pub version: u32,
+    /// `node` (an agent) or `collector`.
+    pub role: String,
+    /// Its name on the bus.
+    pub name: String,
+    /// Its software version.
+    pub software: String,
+    /// When it started, ms since the Unix epoch.
+    pub started_at_ms: u64,
+    /// When this document was made, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// `ok`, `degraded` or `failing`, as its `/health` says.
+    pub health: String,
+    /// Why it cannot do its job (its `/health` is `failing`).
+    #[serde(default)]
+    pub failing: Vec<String>,
+    /// What needs attention although it does its job.
+    #[serde(default)]
+    pub degraded: Vec<String>,
+    /// Whether it runs with mutual TLS.
+    #[serde(default)]
+    pub tls: bool,
+    /// The processes it sees alive, as `<role>/<name>`.
+    #[serde(default)]
+    pub live: Vec<String>,
+    /// Processes it saw leave and not come back, with when.
+    #[serde(default)]
+    pub departed: Vec<Departed>,
+    /// An agent's part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeStatus>,
+    /// A collector's part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector: Option<CollectorStatus>,
+}
+
+/// A process seen leaving.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Departed {
+    /// `<role>/<name>`.
+    pub member: String,
+    /// When its liveliness token went, ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// An agent's part of its status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The limits revision it applies (none yet: `null`).
+    #[serde(default)]
+    pub limits_revision: Option<u64>,
+    /// The sources it tails.
+    #[serde(default)]
+    pub sources: Vec<SourceStatus>,
+    /// Limit keys in use on it, the busiest first (at most [`MAX_KEYS_PER_NODE`]).
+    #[serde(default)]
+    pub limits: Vec<KeyStatus>,
+    /// Its DLR records, when the DLR index is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dlr: Option<DlrStatus>,
+}
+
+/// One tailed source (its stream is `<node>/log/<name>`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceStatus {
+    /// The source's (and stream's) name.
+    pub name: String,
+    /// Next sequence number: lines journaled so far.
+    pub head: u64,
+    /// Lines the collectors acknowledged (committed) so far.
+    pub acked: u64,
+    /// Age of its oldest line not yet committed, in seconds (0 when none).
+    pub lag_seconds: f64,
+    /// Lines read per second.
+    pub lines_per_s: f64,
+}
+
+/// One limit key in use on a node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct KeyStatus {
+    /// The concrete key.
+    pub key: String,
+    /// The limit that applies (its key or pattern).
+    pub limit: String,
+    /// A rate limit's cluster-wide rate, per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_sec: Option<f64>,
+    /// A concurrency limit's cluster-wide slots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<u64>,
+    /// Slots held on this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<u64>,
+    /// This node's share of the limit (a fraction).
+    pub share: f64,
+    /// Units allowed per second.
+    pub allowed_per_s: f64,
+    /// Units denied per second.
+    pub denied_per_s: f64,
+}
+
+/// A node's DLR records.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DlrStatus {
+    /// Records held, own and copies (approximate).
+    pub records: u64,
+    /// Open records this node owns, as of `counted_at_ms`.
+    #[serde(default)]
+    pub own_open: Option<u64>,
+    /// Copies of other nodes' records held, as of `counted_at_ms`.
+    #[serde(default)]
+    pub copies: Option<u64>,
+    /// Submission time of the oldest open own record, ms since the Unix epoch.
+    #[serde(default)]
+    pub oldest_open_ms: Option<u64>,
+    /// When the records were last counted (a pass over the store every minute).
+    #[serde(default)]
+    pub counted_at_ms: Option<u64>,
+    /// Lookups (resolves and reports) this node's gateway made per second.
+    pub lookups_per_s: f64,
+    /// Of those, per second, for ids no node knows.
+    pub not_found_per_s: f64,
+    /// Reports waiting for this node's gateway.
+    pub inbox: u64,
+    /// Changes of own records waiting for their replicas.
+    pub replica_queue: u64,
+}
+
+/// A collector's part of its status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CollectorStatus {
+    /// `leader` (writes the dataset) or `standby`.
+    pub role: String,
+    /// The epoch it writes under, while leading.
+    #[serde(default)]
+    pub epoch: Option<u64>,
+    /// The writer of the newest claim it knows.
+    #[serde(default)]
+    pub leader: Option<String>,
+    /// Seconds since its last commit.
+    #[serde(default)]
+    pub last_commit_age_s: Option<f64>,
+    /// The dataset store's last error, until an operation succeeds again.
+    #[serde(default)]
+    pub store_error: Option<String>,
+    /// Partition files open.
+    pub open_files: u64,
+    /// Rows committed per second.
+    pub rows_per_s: f64,
+    /// Every stream it writes.
+    #[serde(default)]
+    pub streams: Vec<StreamStatus>,
+}
+
+/// One stream as its collector sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StreamStatus {
+    /// The node.
+    pub node: String,
+    /// The stream under the node, e.g. `log/app`.
+    pub stream: String,
+    /// Committed contiguous prefix: the next sequence number to commit.
+    pub committed: u64,
+    /// Records between the committed prefix and the agent's last head.
+    pub lag_records: u64,
+    /// How long the committed prefix has been behind the head, in seconds.
+    pub lag_seconds: f64,
+    /// Records committed per second.
+    pub committed_per_s: f64,
+}
+
+impl ProcessStatus {
+    /// A document for `role`/`name` made now, with the process's health.
+    pub fn new(role: Role, name: &str, started_at_ms: u64, health: &crate::http::Health) -> Self {
+        Self {
+            version: STATUS_VERSION,
+            role: role.as_str().to_owned(),
+            name: name.to_owned(),
+            software: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at_ms,
+            at_ms: now_ms(),
+            health: health.status().to_owned(),
+            failing: health.failing.clone(),
+            degraded: health.degraded.clone(),
+            tls: crate::refusals::tls(),
+            ..Self::default()
+        }
+    }
+
+    /// Fill `live` and `departed` from `membership`.
+    pub fn with_membership(mut self, membership: &Membership) -> Self {
+        self.live = membership.live().iter().map(|m| format!("{}/{}", m.role.as_str(), m.name)).collect();
+        self.departed = membership
+            .departed()
+            .into_iter()
+            .map(|(m, at_ms)| Departed { member: format!("{}/{}", m.role.as_str(), m.name), at_ms })
+            .collect();
+        self
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Per-second rates of running counts, each from its previous sample.
+#[derive(Debug, Default)]
+pub struct Rates {
+    prev: HashMap<String, (Instant, u64)>,
+    rates: HashMap<String, f64>,
+}
+
+impl Rates {
+    /// Take a sample of `counts` at `now`: each count's rate since its previous sample (a count
+    /// that went down started again: no rate this time). Counts not in this sample are forgotten.
+    pub fn sample(&mut self, now: Instant, counts: impl IntoIterator<Item = (String, u64)>) {
+        let mut prev = HashMap::new();
+        let mut rates = HashMap::new();
+        for (name, count) in counts {
+            if let Some(&(then, before)) = self.prev.get(&name) {
+                let dt = now.saturating_duration_since(then).as_secs_f64();
+                if dt > 0.0 && count >= before {
+                    rates.insert(name.clone(), (count - before) as f64 / dt);
+                }
+            }
+            prev.insert(name, (now, count));
+        }
+        self.prev = prev;
+        self.rates = rates;
+    }
+
+    /// The rate of `name` per second (0 before two samples).
+    pub fn get(&self, name: &str) -> f64 {
+        self.rates.get(name).copied().unwrap_or(0.0)
+    }
+}
+
+/// Answer `<prefix>/status/<role>/<name>` with `report`'s status document, until `cancel` fires.
+pub async fn serve(
+    session: &Session,
+    keys: &KeySpace,
+    role: Role,
+    name: &str,
+    report: Arc<dyn crate::http::Report>,
+    cancel: CancellationToken,
+) -> Result<(), SessionError> {
+    let key = keys.status(role, name).map_err(|e| SessionError::Zenoh(e.to_string()))?;
+    let queryable = session.declare_queryable(key.clone()).await.map_err(|e| SessionError::Zenoh(e.to_string()))?;
+    tokio::spawn(async move {
+        loop {
+            let query = tokio::select! {
+                _ = cancel.cancelled() => break,
+                q = queryable.recv_async() => match q { Ok(q) => q, Err(_) => break },
+            };
+            let (report, key) = (report.clone(), key.clone());
+            // Building a document reads counters and locks: off the runtime's threads.
+            let body = tokio::task::spawn_blocking(move || {
+                let health = crate::http::health_of(&*report);
+                serde_json::to_vec(&report.status(&health))
+            })
+            .await;
+            let sent = match body {
+                // Answered under this process's own key, which names it (the query's is a pattern).
+                Ok(Ok(body)) => query.reply(key, body).await,
+                Ok(Err(e)) => query.reply_err(e.to_string()).await,
+                Err(e) => query.reply_err(e.to_string()).await,
+            };
+            if let Err(e) = sent {
+                tracing::debug!(error = %e, "cannot answer a status query");
+            }
+        }
+    });
+    Ok(())
+}
+
+/// What one fetch found: the live tokens and every status document that came back.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// When it was taken, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// Live tokens, as `<role>/<name>`.
+    pub live: BTreeSet<String>,
+    /// The documents, by role and name.
+    pub processes: Vec<ProcessStatus>,
+    /// Answers that could not be read, with why.
+    pub unreadable: Vec<String>,
+}
+
+/// Ask every process's status and the live tokens, waiting at most `timeout` for answers.
+pub async fn fetch(session: &Session, keys: &KeySpace, timeout: Duration) -> Result<Snapshot, SessionError> {
+    let zerr = |e: zenoh::Error| SessionError::Zenoh(e.to_string());
+    let kerr = |e: crate::keys::KeyError| SessionError::Zenoh(e.to_string());
+    let tokens = session.liveliness().get(keys.all_members().map_err(kerr)?).timeout(timeout).await.map_err(zerr)?;
+    let answers = session
+        .get(keys.all_status().map_err(kerr)?)
+        .target(QueryTarget::All)
+        .consolidation(ConsolidationMode::None)
+        .timeout(timeout)
+        .await
+        .map_err(zerr)?;
+    let mut snap = Snapshot { at_ms: now_ms(), ..Snapshot::default() };
+    while let Ok(reply) = tokens.recv_async().await {
+        if let Ok(sample) = reply.result() {
+            if let Some((role, name)) = keys.parse_member(sample.key_expr().as_str()) {
+                snap.live.insert(format!("{}/{name}", role.as_str()));
+            }
+        }
+    }
+    while let Ok(reply) = answers.recv_async().await {
+        let Ok(sample) = reply.result() else { continue };
+        let Some((role, name)) = keys.parse_status(sample.key_expr().as_str()) else { continue };
+        let who = format!("{}/{name}", role.as_str());
+        let body = sample.payload().to_bytes();
+        if body.len() > MAX_DOCUMENT_BYTES {
+            snap.unreadable.push(format!("{who}: a status document of {} bytes", body.len()));
+            continue;
+        }
+        match serde_json::from_slice::<ProcessStatus>(&body) {
+            Ok(doc) if doc.role == role.as_str() && doc.name == name => {
+                if snap.processes.len() < MAX_PROCESSES
+                    && !snap.processes.iter().any(|p| p.role == doc.role && p.name == doc.name)
+                {
+                    snap.processes.push(doc);
+                }
+            }
+            Ok(_) => snap.unreadable.push(format!("{who}: a document naming another process")),
+            Err(e) => snap.unreadable.push(format!("{who}: {e}")),
+        }
+    }
+    // A member any answering process sees alive is alive (this session may not link to it).
+    let seen: Vec<String> = snap.processes.iter().flat_map(|p| p.live.iter().cloned()).collect();
+    snap.live.extend(seen);
+    snap.processes.sort_by(|a, b| (&a.role, &a.name).cmp(&(&b.role, &b.name)));
+    Ok(snap)
+}
+
+impl Snapshot {
+    /// Whether every live member answered.
+    pub fn complete(&self) -> bool {
+        !self.live.is_empty()
+            && self.live.iter().all(|m| self.processes.iter().any(|p| format!("{}/{}", p.role, p.name) == *m))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_come_from_the_previous_sample() {
+        let mut r = Rates::default();
+        let t0 = Instant::now();
+        r.sample(t0, [("a".to_owned(), 10), ("b".to_owned(), 5)]);
+        assert_eq!(r.get("a"), 0.0, "no rate from one sample");
+        r.sample(t0 + Duration::from_secs(2), [("a".to_owned(), 30), ("b".to_owned(), 1)]);
+        assert_eq!(r.get("a"), 10.0);
+        assert_eq!(r.get("b"), 0.0, "a count that went down started again");
+    }
+}

@@ -1,0 +1,74 @@
+//! The collector's status document (`<prefix>/status/collector/<name>`, `switchboard status`,
+//! the status page): its role in the group, its commits and every stream it writes, with
+//! per-second rates from a sample every second ([`sample_rates`]).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchboard_bus::http::Health;
+use switchboard_bus::keys::Role;
+use switchboard_bus::status::{CollectorStatus, ProcessStatus, StreamStatus};
+use tokio_util::sync::CancellationToken;
+
+use crate::report::CollectorReport;
+
+impl CollectorReport {
+    /// The running counts the status document turns into rates.
+    fn counts(&self) -> Vec<(String, u64)> {
+        let st = self.status.borrow();
+        let mut out: Vec<(String, u64)> = st.watermarks.iter().map(|(id, w)| (format!("w:{id}"), *w)).collect();
+        out.push(("rows".into(), self.stats.rows_committed.load(Ordering::Relaxed)));
+        out
+    }
+
+    /// This collector's status document.
+    pub(crate) fn document(&self, health: &Health) -> ProcessStatus {
+        let rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        let st = self.status.borrow().clone();
+        let group = self.group.lock().map(|g| g.clone()).unwrap_or_default();
+        let streams = st
+            .watermarks
+            .iter()
+            .map(|(id, committed)| {
+                let (lag_records, lag_seconds) = st.lag.get(id).copied().unwrap_or((0, 0.0));
+                StreamStatus {
+                    node: id.node.clone(),
+                    stream: format!("{}/{}", id.kind.as_str(), id.name),
+                    // A watermark is the highest committed sequence number; the document says
+                    // the next one to commit, as the agents' heads do.
+                    committed: committed.saturating_add(1),
+                    lag_records,
+                    lag_seconds,
+                    committed_per_s: rates.get(&format!("w:{id}")),
+                }
+            })
+            .collect();
+        let mut doc = ProcessStatus::new(Role::Collector, &self.name, self.started_at_ms, health)
+            .with_membership(&self.membership);
+        doc.collector = Some(CollectorStatus {
+            role: group.role.to_owned(),
+            epoch: group.epoch,
+            leader: group.leader.clone(),
+            last_commit_age_s: group.last_commit.map(|t| t.elapsed().as_secs_f64()),
+            store_error: group.store_error.clone().or(st.failing.clone()),
+            open_files: st.open_files as u64,
+            rows_per_s: rates.get("rows"),
+            streams,
+        });
+        doc
+    }
+}
+
+/// Sample the collector's counts every second until `cancel` fires.
+pub(crate) async fn sample_rates(report: Arc<CollectorReport>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let counts = report.counts();
+        report.rates.lock().unwrap_or_else(|p| p.into_inner()).sample(Instant::now(), counts);
+    }
+}

@@ -1,0 +1,109 @@
+//! `switchboard status`: the cluster at a glance, from every process's status document.
+//!
+//! The command joins the bus as a short-lived peer (it announces no role), asks every process's
+//! `<prefix>/status/<role>/<name>` and the liveliness tokens, and prints the cluster assembled
+//! from the answers ([`switchboard_bus::status`]), problems first. It asks again for a moment
+//! while the answers name live processes that have not answered yet (a new session links to the
+//! cluster's peers one by one). The exit code says healthy (0), degraded (1) or unreachable (2).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use switchboard_bus::keys::KeySpace;
+use switchboard_bus::status::cluster::{assemble, ClusterStatus, Level};
+use switchboard_bus::status::{fetch, text, Snapshot};
+
+use crate::limits_cmd::BusArgs;
+
+/// Output of `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusFormat {
+    /// Tables for people.
+    Text,
+    /// One JSON document (per redraw with --watch) for scripts.
+    Json,
+}
+
+/// `switchboard status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Redraw in place every second until Ctrl-C (the exit code is the last state's).
+    #[arg(long)]
+    pub watch: bool,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = StatusFormat::Text)]
+    pub format: StatusFormat,
+    /// How long to wait for every live process to answer.
+    #[arg(long, default_value = "3s", value_parser = crate::cli::parse_duration)]
+    pub timeout: Duration,
+    /// How to reach the bus.
+    #[command(flatten)]
+    pub bus: BusArgs,
+}
+
+/// Ask until every live process answered or `timeout` passed; the fullest answer wins.
+async fn gather(session: &zenoh::Session, keys: &KeySpace, timeout: Duration) -> Snapshot {
+    let deadline = Instant::now() + timeout;
+    let mut best = Snapshot::default();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let wait = left.min(Duration::from_millis(1000)).max(Duration::from_millis(100));
+        if let Ok(snap) = fetch(session, keys, wait).await {
+            let complete = snap.complete();
+            if snap.processes.len() >= best.processes.len() {
+                best = snap;
+            }
+            if complete {
+                return best;
+            }
+        }
+        if Instant::now() >= deadline {
+            return best;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+fn print(c: &ClusterStatus, format: StatusFormat, redraw: bool) -> Result<()> {
+    let body = match format {
+        StatusFormat::Text => text::render(c),
+        StatusFormat::Json => format!("{}\n", serde_json::to_string(c)?),
+    };
+    if redraw && format == StatusFormat::Text {
+        // Home, then clear: the table redraws in place.
+        print!("\x1b[H\x1b[2J{body}");
+    } else {
+        print!("{body}");
+    }
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
+/// Run `status`; returns the exit code.
+pub async fn run(args: StatusArgs) -> Result<i32> {
+    let (session, keys) = crate::limits_cmd::open(&args.bus).await?;
+    let snap = gather(&session, &keys, args.timeout).await;
+    let mut c = assemble(&snap);
+    print(&c, args.format, args.watch)?;
+    if args.watch {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = tick.tick() => {}
+            }
+            let snap = fetch(&session, &keys, Duration::from_millis(900)).await.unwrap_or_default();
+            c = assemble(&snap);
+            print(&c, args.format, true)?;
+        }
+    }
+    let _ = session.close().await;
+    Ok(match c.level {
+        Level::Ok => 0,
+        Level::Degraded => 1,
+        Level::Unreachable => 2,
+    })
+}

@@ -1,0 +1,140 @@
+//! The operator's view with real processes on loopback: `switchboard status` (JSON, text, exit
+//! codes) and the status page, against a collector and three agents, one of which is killed.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::limits::{http_post, LimitsNode};
+use common::{append, free_port, numbered, wait_until, Cluster, BIN};
+use serde_json::Value;
+
+/// Run `switchboard status` against `endpoint`: (exit code, stdout, stderr).
+fn status(c: &Cluster, endpoint: &str, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(BIN)
+        .arg("status")
+        .args(args)
+        .args(["--connect", endpoint, "--cluster", &c.cluster])
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn status_json(c: &Cluster) -> (i32, Value) {
+    let (code, out, err) = status(c, &c.endpoint, &["--format", "json"]);
+    (code, serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}")))
+}
+
+fn node<'a>(s: &'a Value, name: &str) -> &'a Value {
+    s["nodes"].as_array().and_then(|n| n.iter().find(|n| n["name"] == name)).unwrap_or(&Value::Null)
+}
+
+/// A collector and three agents in a full mesh, each tailing `app` and using limits and DLRs.
+fn cluster(c: &Cluster) -> (common::Proc, Vec<LimitsNode>) {
+    let collector = c.start_collector();
+    let mut agents: Vec<LimitsNode> = Vec::new();
+    for name in ["gw1", "gw2", "gw3"] {
+        let connect: Vec<String> =
+            std::iter::once(c.endpoint.clone()).chain(agents.iter().map(LimitsNode::endpoint)).collect();
+        let source = format!(
+            "[[source]]\nname = \"app\"\npaths = [\"{}/*.log\"]\nformat = \"plain\"\n",
+            c.logs_dir(name).display()
+        );
+        agents.push(c.start_limits_agent(name, &connect, "", &source));
+    }
+    (collector, agents)
+}
+
+#[test]
+fn status_shows_the_cluster_and_a_killed_node_as_gone_with_exit_codes() {
+    let c = Cluster::new();
+    let (_collector, mut agents) = cluster(&c);
+    append(&c.logs_dir("gw1").join("app.log"), (0..500).map(|i| numbered("gw1", i)));
+    assert!(
+        wait_until(Duration::from_secs(30), || status_json(&c).0 == 0),
+        "never healthy: {:?}",
+        status_json(&c).1["problems"]
+    );
+    c.set_limits(&c.endpoint, "[[limit]]\nkey = \"op:*\"\nrate = 1000\n", "status test");
+    for gw in ["gw1", "gw2", "gw3"] {
+        for _ in 0..20 {
+            http_post(c.http_port(gw), "/v1/limits/acquire", r#"{"key": "op:a"}"#);
+        }
+    }
+    http_post(
+        c.http_port("gw1"),
+        "/v1/dlr/register",
+        r#"{"connector": "smsc", "msg_id": "m1", "destination": "+4915100000"}"#,
+    );
+
+    // Everything the issue names, in one JSON document.
+    let ok = wait_until(Duration::from_secs(30), || {
+        let (code, s) = status_json(&c);
+        let stream = s["streams"].as_array().and_then(|a| a.iter().find(|x| x["stream"] == "gw1/log/app").cloned());
+        code == 0
+            && stream.is_some_and(|x| x["committed"] == 500 && x["head"] == 500 && x["lag_records"] == 0)
+            && s["limits"][0]["key"] == "op:a"
+            && s["dlr"].as_array().is_some_and(|d| d.len() == 3)
+            && s["dlr"].as_array().is_some_and(|d| d.iter().any(|x| x["node"] == "gw1" && x["own_open"] == 1))
+    });
+    let (code, s) = status_json(&c);
+    assert!(ok, "exit {code}: {:#} {:#}", s["streams"], s["limits"]);
+    assert_eq!(s["level"], "ok");
+    for n in ["gw1", "gw2", "gw3"] {
+        let row = node(&s, n);
+        assert_eq!((row["alive"].as_bool(), row["answered"].as_bool()), (Some(true), Some(true)), "{row}");
+        assert_eq!(row["limits_revision"], 1, "{row}");
+        assert!(row["sources"].as_array().is_some_and(|a| a.contains(&"app".into())), "{row}");
+    }
+    let collectors = s["collectors"].as_array().unwrap();
+    assert_eq!((collectors.len(), collectors[0]["role"].as_str()), (1, Some("leader")), "{s:#}");
+    assert_eq!(s["limits"][0]["shares"].as_object().map(|o| o.len()), Some(3), "{s:#}");
+
+    let (code, text, _) = status(&c, &c.endpoint, &[]);
+    assert_eq!(code, 0, "{text}");
+    for part in ["OK", "NODES", "COLLECTORS", "STREAMS", "LIMITS", "DLR", "gw1/log/app", "op:a", "leader"] {
+        assert!(text.contains(part), "no {part:?} in:\n{text}");
+    }
+
+    // kill -9: the node is gone, with when, and the exit code says degraded.
+    let killed = Instant::now();
+    agents.pop().unwrap().proc.take().unwrap().kill();
+    let gone = wait_until(Duration::from_secs(10), || {
+        let (code, s) = status_json(&c);
+        code == 1 && node(&s, "gw3")["alive"] == false && node(&s, "gw3")["gone_since_ms"].is_u64()
+    });
+    let (code, s) = status_json(&c);
+    assert!(gone, "exit {code}: {s:#}");
+    assert!(killed.elapsed() < Duration::from_secs(10));
+    let problems: Vec<&str> = s["problems"].as_array().unwrap().iter().filter_map(|p| p["what"].as_str()).collect();
+    assert!(problems.iter().any(|p| p.starts_with("node gw3 is gone since")), "{problems:?}");
+    let (_, text, _) = status(&c, &c.endpoint, &[]);
+    assert!(text.starts_with("DEGRADED") && text.contains("PROBLEMS") && text.contains("gone"), "{text}");
+
+    // The same from the collector's page, and as JSON.
+    let (code, html) = c.http_get("collector", "/status");
+    assert_eq!(code, 200);
+    assert!(
+        html.contains("data-node=\"gw3\" data-state=\"gone\"")
+            && html.contains("data-node=\"gw1\" data-state=\"alive\""),
+        "{html}"
+    );
+    let (code, json) = c.http_get("gw1", "/status.json");
+    assert_eq!(code, 200);
+    let from_agent: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(node(&from_agent, "gw3")["alive"], false, "{from_agent:#}");
+}
+
+#[test]
+fn status_of_an_address_where_nothing_answers_is_unreachable() {
+    let c = Cluster::new();
+    let t = Instant::now();
+    let (code, out, err) = status(&c, &format!("tcp/127.0.0.1:{}", free_port()), &["--timeout", "1s"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.contains("UNREACHABLE") || err.contains("error"), "{out}{err}");
+    assert!(t.elapsed() < Duration::from_secs(15), "took {:?}", t.elapsed());
+}
