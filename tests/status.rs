@@ -138,3 +138,47 @@ fn status_of_an_address_where_nothing_answers_is_unreachable() {
     assert!(out.contains("UNREACHABLE") || err.contains("error"), "{out}{err}");
     assert!(t.elapsed() < Duration::from_secs(15), "took {:?}", t.elapsed());
 }
+
+#[test]
+fn the_status_page_in_a_real_browser_marks_a_killed_node_gone_without_a_reload() {
+    let c = Cluster::new();
+    let (_collector, mut agents) = cluster(&c);
+    // Some traffic, so that the page (and its screenshot) has something to show.
+    c.set_limits(&c.endpoint, "[[limit]]\nkey = \"operator:*\"\nrate = 200\n", "page test");
+    for (i, gw) in ["gw1", "gw2", "gw3"].iter().enumerate() {
+        append(&c.logs_dir(gw).join("app.log"), (0..1000 * (i + 1)).map(|n| numbered(gw, n)));
+        for _ in 0..50 {
+            http_post(c.http_port(gw), "/v1/limits/acquire", r#"{"key": "operator:vodafone"}"#);
+        }
+    }
+    let browser = common::webdriver::Browser::start();
+    browser.open(&format!("http://127.0.0.1:{}/status", c.http_port("collector")));
+    let alive = |b: &common::webdriver::Browser| {
+        b.eval(
+            "return [...document.querySelectorAll('tr.node[data-state=\"alive\"]')].map(r => r.dataset.node).join(',')",
+        )
+    };
+    let three = wait_until(Duration::from_secs(30), || alive(&browser) == "gw1,gw2,gw3");
+    assert!(three, "the page shows {:?} alive", alive(&browser));
+    // A mark on the page: a reload would lose it.
+    browser.eval("window.notReloaded = true; return true");
+
+    agents.pop().unwrap().proc.take().unwrap().kill();
+    let killed = Instant::now();
+    let state = |b: &common::webdriver::Browser| {
+        b.eval("const r = document.querySelector('tr.node[data-node=\"gw3\"]'); return r ? r.dataset.state : null")
+    };
+    let gone = wait_until(Duration::from_secs(5), || state(&browser) == "gone");
+    let took = killed.elapsed();
+    assert!(gone, "gw3 still {:?} on the page {took:?} after kill -9", state(&browser));
+    assert_eq!(browser.eval("return window.notReloaded === true"), true, "the page was reloaded");
+    assert_eq!(browser.eval("return document.getElementById('level').dataset.level"), "degraded");
+    let problems = browser.eval("return document.querySelector('ul.problems').innerText");
+    assert!(problems.as_str().is_some_and(|p| p.contains("node gw3 is gone since")), "{problems}");
+    eprintln!("gw3 marked gone on the page {took:?} after kill -9");
+    let png = browser.screenshot();
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    std::fs::write(&shot, &png).unwrap();
+    eprintln!("screenshot: {}", shot.display());
+}

@@ -10,6 +10,7 @@
 
 pub mod group;
 pub mod limits;
+pub mod webdriver;
 
 use std::collections::HashMap;
 use std::fs::File;
