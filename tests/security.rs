@@ -218,6 +218,26 @@ async fn a_peer_without_a_certificate_cannot_connect() {
         }
     }
     assert!(seen.contains(&key(c, "collector/c1")), "{seen:?}");
+
+    // Row 18 too: `switchboard status` with the admin's certificate sees both processes.
+    let out = std::process::Command::new(BIN)
+        .args(["status", "--format", "json", "--connect", &c.endpoint, "--cluster", &c.cluster])
+        .args(["--tls-ca", dir.join("ca.crt").to_str().unwrap()])
+        .args(["--tls-cert", dir.join("admin-ops.crt").to_str().unwrap()])
+        .args(["--tls-key", dir.join("admin-ops.key").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let status: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let answered: Vec<&str> = status["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(status["collectors"].as_array().into_iter().flatten())
+        .filter(|p| p["health"] != "silent" && p["alive"] == true)
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(answered, ["gw1", "c1"], "{status:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,6 +29,45 @@ fn status_json(c: &Cluster) -> (i32, Value) {
     (code, serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}")))
 }
 
+/// `http://127.0.0.1:<port>` of a process of the test cluster.
+fn url(c: &Cluster, name: &str) -> String {
+    format!("http://127.0.0.1:{}", c.http_port(name))
+}
+
+/// Run `docs/keepalived/check-switchboard` with `args`: its exit code.
+fn check(args: &[&str]) -> i32 {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/keepalived/check-switchboard");
+    let out = std::process::Command::new("sh").arg(script).args(args).output().unwrap();
+    out.status.code().unwrap_or(-1)
+}
+
+/// Every `switchboard_*` metric name in the Grafana dashboard's queries (which must be valid
+/// dashboard JSON with a Prometheus target in every panel).
+fn dashboard_metrics() -> std::collections::BTreeSet<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/grafana/switchboard.json");
+    let dash: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let panels = dash["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10, "{} panels", panels.len());
+    let mut names = std::collections::BTreeSet::new();
+    for p in panels {
+        let targets = p["targets"].as_array().unwrap_or_else(|| panic!("panel without targets: {p}"));
+        assert!(!targets.is_empty(), "{}", p["title"]);
+        for t in targets {
+            let expr = t["expr"].as_str().unwrap_or_else(|| panic!("target without expr: {t}"));
+            let mut rest = expr;
+            while let Some(i) = rest.find("switchboard_") {
+                let name: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                rest = &rest[i + name.len()..];
+                names.insert(name);
+            }
+        }
+    }
+    names
+}
+
 fn node<'a>(s: &'a Value, name: &str) -> &'a Value {
     s["nodes"].as_array().and_then(|n| n.iter().find(|n| n["name"] == name)).unwrap_or(&Value::Null)
 }
@@ -100,6 +139,22 @@ fn status_shows_the_cluster_and_a_killed_node_as_gone_with_exit_codes() {
         assert!(text.contains(part), "no {part:?} in:\n{text}");
     }
 
+    // The keepalived check script: an agent passes, only the writing collector passes --leader.
+    assert_eq!(check(&[&url(&c, "gw1")]), 0);
+    assert_eq!(check(&["--strict", &url(&c, "gw1")]), 0);
+    assert_eq!(check(&["--leader", &url(&c, "collector")]), 0);
+    assert_eq!(check(&["--leader", &url(&c, "gw1")]), 1, "an agent is no collector leader");
+    assert_eq!(check(&[&format!("http://127.0.0.1:{}", free_port())]), 2, "nothing listens there");
+
+    // Every metric the Grafana dashboard queries is one the processes export.
+    let exported: String = ["collector", "gw1", "gw2"].iter().map(|p| c.http_get(p, "/metrics").1).collect();
+    for name in dashboard_metrics() {
+        let found = exported
+            .lines()
+            .any(|l| l.strip_prefix("# TYPE ").is_some_and(|t| t.split(' ').next() == Some(name.as_str())));
+        assert!(found, "docs/grafana/switchboard.json queries {name}, which no process exports");
+    }
+
     // kill -9: the node is gone, with when, and the exit code says degraded.
     let killed = Instant::now();
     agents.pop().unwrap().proc.take().unwrap().kill();
@@ -112,6 +167,7 @@ fn status_shows_the_cluster_and_a_killed_node_as_gone_with_exit_codes() {
     assert!(killed.elapsed() < Duration::from_secs(10));
     let problems: Vec<&str> = s["problems"].as_array().unwrap().iter().filter_map(|p| p["what"].as_str()).collect();
     assert!(problems.iter().any(|p| p.starts_with("node gw3 is gone since")), "{problems:?}");
+    assert_eq!(check(&[&url(&c, "gw3")]), 2, "a killed agent fails the check");
     let (_, text, _) = status(&c, &c.endpoint, &[]);
     assert!(text.starts_with("DEGRADED") && text.contains("PROBLEMS") && text.contains("gone"), "{text}");
 

@@ -98,6 +98,8 @@ pub fn health_of(r: &dyn Report) -> Health {
 /// gateways choose (a limit key, a stream) keeps its largest values and counts the rest in
 /// `switchboard_metrics_series_left_out{metric}`, so a flood of keys cannot flood Prometheus.
 pub const MAX_SERIES_PER_METRIC: usize = 10_000;
+/// The metric that counts series left out.
+const LEFT_OUT: &str = "switchboard_metrics_series_left_out";
 
 /// Builds a Prometheus text exposition.
 #[derive(Debug, Default)]
@@ -181,14 +183,20 @@ impl Metrics {
     pub fn finish(&mut self) -> String {
         let left_out = std::mem::take(&mut self.left_out);
         if !left_out.is_empty() {
-            self.series(
-                "switchboard_metrics_series_left_out",
-                "gauge",
-                &format!("Series of a metric left out of this exposition (at most {MAX_SERIES_PER_METRIC} per metric, the largest values kept)."),
-                left_out.iter().map(|(m, n)| (vec![("metric", m.clone())], *n as f64)),
-            );
+            self.left_out_family(left_out.iter().map(|(m, n)| (vec![("metric", m.clone())], *n as f64)));
         }
         std::mem::take(&mut self.out)
+    }
+
+    fn left_out_family<'a>(&mut self, series: impl IntoIterator<Item = (Vec<(&'a str, String)>, f64)>) {
+        self.series(
+            LEFT_OUT,
+            "gauge",
+            &format!(
+                "Series of a metric left out of this exposition (at most {MAX_SERIES_PER_METRIC} per metric, the largest values kept)."
+            ),
+            series,
+        );
     }
 }
 
@@ -202,6 +210,11 @@ async fn metrics(State(r): State<Arc<dyn Report>>) -> impl IntoResponse {
     let mut text = r.metrics();
     let mut bus = Metrics::new();
     crate::refusals::render(&mut bus);
+    // The family is always there (without series when nothing was left out), so dashboards can
+    // rely on it.
+    if !text.contains(&format!("# TYPE {LEFT_OUT} ")) {
+        bus.left_out_family([]);
+    }
     text.push_str(&bus.finish());
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

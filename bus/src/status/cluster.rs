@@ -180,6 +180,9 @@ pub struct ClusterStatus {
     pub limits: Vec<LimitRow>,
     /// DLR records per node.
     pub dlr: Vec<DlrRow>,
+    /// Answers that were left out (too large, not a status document, naming another process).
+    #[serde(default)]
+    pub unreadable: Vec<String>,
 }
 
 impl ClusterStatus {
@@ -324,6 +327,9 @@ pub fn assemble(snap: &Snapshot) -> ClusterStatus {
         }
     }
 
+    for u in &snap.unreadable {
+        problem("degraded", format!("an unreadable status answer: {u}"));
+    }
     // Problems: failing first, then in the order found.
     problems.sort_by_key(|p| p.severity != "failing");
     let level = if snap.processes.is_empty() && snap.live.is_empty() {
@@ -343,6 +349,7 @@ pub fn assemble(snap: &Snapshot) -> ClusterStatus {
         streams,
         limits: limits(&snap.processes),
         dlr: dlr(&snap.processes, now),
+        unreadable: snap.unreadable.clone(),
     }
 }
 

@@ -396,6 +396,7 @@ mod tests {
             streams: vec![],
             limits: vec![],
             dlr: vec![],
+            unreadable: vec![],
         };
         let html = render_body(&c, &[Sample { at_ms: 1, lines_per_s: 5.0, lag_records: 0.0, limit_use_pct: 0.0 }]);
         assert!(html.contains("data-node=\"gw&lt;1&gt;\" data-state=\"alive\""), "{html}");
