@@ -6,13 +6,12 @@
 //! while the answers name live processes that have not answered yet (a new session links to the
 //! cluster's peers one by one). The exit code says healthy (0), degraded (1) or unreachable (2).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
-use switchboard_bus::keys::KeySpace;
 use switchboard_bus::status::cluster::{assemble, ClusterStatus, Level};
-use switchboard_bus::status::{fetch, text, Snapshot};
+use switchboard_bus::status::{fetch, gather, text};
 
 use crate::limits_cmd::BusArgs;
 
@@ -40,29 +39,6 @@ pub struct StatusArgs {
     /// How to reach the bus.
     #[command(flatten)]
     pub bus: BusArgs,
-}
-
-/// Ask until every live process answered or `timeout` passed; the fullest answer wins.
-async fn gather(session: &zenoh::Session, keys: &KeySpace, timeout: Duration) -> Snapshot {
-    let deadline = Instant::now() + timeout;
-    let mut best = Snapshot::default();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let wait = left.min(Duration::from_millis(1000)).max(Duration::from_millis(100));
-        if let Ok(snap) = fetch(session, keys, wait).await {
-            let complete = snap.complete();
-            if snap.processes.len() >= best.processes.len() {
-                best = snap;
-            }
-            if complete {
-                return best;
-            }
-        }
-        if Instant::now() >= deadline {
-            return best;
-        }
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
 }
 
 fn print(c: &ClusterStatus, format: StatusFormat, redraw: bool) -> Result<()> {

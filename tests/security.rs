@@ -491,6 +491,13 @@ fn local_apis_are_guarded() {
     assert_eq!(get_with(port, "/metrics", None), 401);
     assert_eq!(get_with(port, "/v1/limits", Some("wrong")), 401);
     assert_eq!(get_with(port, "/v1/limits", Some("s3cret")), 200);
+    // The status page: a browser passes the token once in the address; its own requests send
+    // it as a bearer token; the query form opens the page alone.
+    assert_eq!(get_with(port, "/status", None), 401);
+    assert_eq!(get_with(port, "/status?token=wrong", None), 401);
+    assert_eq!(get_with(port, "/status?token=s3cret", None), 200);
+    assert_eq!(get_with(port, "/status.json?token=s3cret", None), 401);
+    assert_eq!(get_with(port, "/status/fragment", Some("s3cret")), 200);
 
     // The limits socket: mode 0660, in the configured group.
     let sock = dir.path().join("state").join("limits.sock");

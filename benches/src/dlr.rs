@@ -38,14 +38,14 @@ const BATCH: u64 = 10_000;
 const CONNECTOR: &str = "smsc";
 
 /// A keep-alive HTTP/1.1 client for one agent.
-struct Http {
+pub(crate) struct Http {
     stream: TcpStream,
     reader: BufReader<TcpStream>,
     line: String,
 }
 
 impl Http {
-    fn connect(port: u16) -> Result<Self> {
+    pub(crate) fn connect(port: u16) -> Result<Self> {
         let stream = TcpStream::connect(("127.0.0.1", port))?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(60)))?;
@@ -53,7 +53,7 @@ impl Http {
     }
 
     /// POST `body` to `path`: (status, body).
-    fn post(&mut self, path: &str, body: &str) -> Result<(u16, Vec<u8>)> {
+    pub(crate) fn post(&mut self, path: &str, body: &str) -> Result<(u16, Vec<u8>)> {
         write!(
             self.stream,
             "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -107,7 +107,7 @@ fn rss_bytes(pid: u32) -> u64 {
 }
 
 /// CPU time (user + system) a process has used so far, in µs (`/proc/<pid>/stat`, 100 ticks/s).
-fn cpu_us(pid: u32) -> u64 {
+pub(crate) fn cpu_us(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start at its closing parenthesis.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
@@ -268,6 +268,11 @@ pub(crate) fn tls_identities() -> Vec<switchboard_bus::tls::Identity> {
 
 impl Cluster {
     pub(crate) fn start(records: u64, cache_mb: u64, tls: bool) -> Result<Self> {
+        Self::start_with(records, cache_mb, tls, "[limits]\nenabled = false\n")
+    }
+
+    /// Like [`Cluster::start`], with `limits` as the nodes' `[limits]` table.
+    pub(crate) fn start_with(records: u64, cache_mb: u64, tls: bool, limits: &str) -> Result<Self> {
         let tmp = tempfile::tempdir()?;
         let (dir, tmp) = if std::env::var_os("SWITCHBOARD_LOG").is_some() {
             println!("node logs in {} (kept)", tmp.path().display());
@@ -282,7 +287,7 @@ impl Cluster {
         let tls_dir = tls.then_some(tls_dir.as_path());
         let name = format!("dlrbench{}", std::process::id());
         let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect::<Result<_>>()?;
-        let extra = format!("[limits]\nenabled = false\n\n[dlr]\nrecord_events = false\ncache_mb = {cache_mb}\n");
+        let extra = format!("{limits}\n[dlr]\nrecord_events = false\ncache_mb = {cache_mb}\n");
         let nodes: Vec<NodeProc> = (0..NODES)
             .map(|i| spawn_node(&dir, &name, i, ports[i], &ports[..i], &extra, tls_dir))
             .collect::<Result<_>>()?;

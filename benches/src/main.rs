@@ -19,6 +19,7 @@ mod limits;
 mod limits_cluster;
 mod logs;
 mod query;
+mod status;
 mod tls;
 mod wire;
 
@@ -191,6 +192,23 @@ enum Bench {
         #[arg(long)]
         config: std::path::PathBuf,
     },
+    /// The operator's view: `switchboard status` against 3 nodes with `--keys` limit keys and
+    /// `--records` open DLR records each: time to first output (beside one /health round by
+    /// HTTP) and the nodes' CPU per second while --watch asks every second.
+    Status {
+        /// Open DLR records on each node.
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        /// Limit keys in use on each node.
+        #[arg(long, default_value_t = 1000)]
+        keys: u64,
+        /// Runs of the time to first output (the median is printed).
+        #[arg(long, default_value_t = 5)]
+        repeat: usize,
+        /// Seconds of each CPU window (watched, unwatched).
+        #[arg(long, default_value_t = 20)]
+        window_secs: u64,
+    },
     /// Wire format: log_batch as Arrow IPC against JSON lines (encode, decode, bytes per row).
     Wire {
         /// Rows to encode and decode.
@@ -234,6 +252,9 @@ fn main() -> Result<()> {
             dlr::run(&dlr::DlrBench { records, lookups, rate, clients, cache_mb, repeat })
         }
         Bench::Capacity { records, cache_mb } => capacity::run(records, cache_mb),
+        Bench::Status { records, keys, repeat, window_secs } => {
+            status::run(&status::StatusBench { records, keys, repeat, window_secs })
+        }
         Bench::LimitsNode { config } => limits_cluster::node(&config),
         Bench::Query { data, logs, metrics, nodes, runs } => {
             query::run(&query::QueryBench { data, logs, metrics, nodes, runs })

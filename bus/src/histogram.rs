@@ -184,7 +184,9 @@ impl Merger {
             if v > 0 {
                 let n = v as u64;
                 match self.counts.get_mut(index as usize) {
-                    Some(count) if flat => *count += n,
+                    Some(count) if flat => {
+                        *count = count.checked_add(n).ok_or_else(|| bad("a bucket's count overflows"))?;
+                    }
                     _ => {
                         let value = layout.value_at(index).ok_or_else(|| bad("bucket index out of range"))?;
                         if flat && (index as usize) < MAX_FLAT_BUCKETS {
@@ -196,9 +198,9 @@ impl Merger {
                         }
                     }
                 }
-                total += n;
+                total = total.checked_add(n).ok_or_else(|| bad("the sample count overflows"))?;
             }
-            index += 1;
+            index = index.checked_add(1).ok_or_else(|| bad("bucket index overflows"))?;
         }
         Ok(total)
     }
@@ -331,6 +333,18 @@ mod tests {
         let mut want = by_decode.clone();
         want.add(&other).unwrap();
         assert_eq!(again.histogram().unwrap(), want);
+    }
+
+    /// Found by the `histogram` fuzz target: counts whose sum passes `u64::MAX` panicked on an
+    /// addition (an overflow check in debug builds; a wrong total in release ones).
+    #[test]
+    fn counts_that_overflow_are_refused_not_a_panic() {
+        let input = include_bytes!("../testdata/fuzz/histogram-count-overflow");
+        let _ = decode(input);
+        let mut m = Merger::new();
+        let _ = m.add(input);
+        let second = m.add(input);
+        assert!(second.is_err(), "{second:?}");
     }
 
     #[test]

@@ -376,6 +376,30 @@ pub async fn fetch(session: &Session, keys: &KeySpace, timeout: Duration) -> Res
     Ok(snap)
 }
 
+/// Ask until every live process answered or `timeout` passed (a new session links to the
+/// cluster's peers one by one, so the first asks may miss some); the fullest answer wins.
+pub async fn gather(session: &Session, keys: &KeySpace, timeout: Duration) -> Snapshot {
+    let deadline = Instant::now() + timeout;
+    let mut best = Snapshot::default();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let wait = left.clamp(Duration::from_millis(100), Duration::from_millis(1000));
+        if let Ok(snap) = fetch(session, keys, wait).await {
+            let complete = snap.complete();
+            if snap.processes.len() >= best.processes.len() {
+                best = snap;
+            }
+            if complete {
+                return best;
+            }
+        }
+        if Instant::now() >= deadline {
+            return best;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
 impl Snapshot {
     /// Whether every live member answered.
     pub fn complete(&self) -> bool {

@@ -80,11 +80,54 @@ pub fn encode_ipc(batch: &RecordBatch) -> Result<Vec<u8>, WireError> {
     Ok(out)
 }
 
+/// Walk the stream's message framing before Arrow's reader does: every message's metadata and
+/// body must lie within `bytes`. Arrow's reader allocates what a length prefix says before it
+/// reads, so four bytes claiming a 2 GiB message cost 2 GiB (found by the `log_batch` fuzz
+/// target: a 4-byte payload took 1.9 GB and 170 ms). A declared length past the end is
+/// malformed, whatever it says.
+fn check_framing(bytes: &[u8]) -> Result<(), WireError> {
+    let word = |at: usize| -> Option<u32> {
+        let b = bytes.get(at..at.checked_add(4)?)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let past_end = |what: &str, n: u64| {
+        WireError::Malformed(format!("{what} of {n} bytes runs past the end of a {}-byte payload", bytes.len()))
+    };
+    let mut at = 0usize;
+    // Each message advances `at` by at least four bytes, so this ends within `bytes.len() / 4` rounds.
+    while let Some(first) = word(at) {
+        let (len, head) = if first == 0xFFFF_FFFF {
+            (word(at + 4).ok_or_else(|| past_end("a message length", 4))?, 8)
+        } else {
+            (first, 4)
+        };
+        if len == 0 {
+            return Ok(()); // end of stream
+        }
+        let meta_start = at + head;
+        let meta_end = meta_start
+            .checked_add(len as usize)
+            .filter(|e| *e <= bytes.len())
+            .ok_or_else(|| past_end("message metadata", u64::from(len)))?;
+        let message = arrow::ipc::root_as_message(&bytes[meta_start..meta_end])
+            .map_err(|e| WireError::Malformed(format!("message metadata: {e}")))?;
+        let body = u64::try_from(message.bodyLength())
+            .map_err(|_| WireError::Malformed(format!("a negative body length {}", message.bodyLength())))?;
+        at = usize::try_from(body)
+            .ok()
+            .and_then(|b| meta_end.checked_add(b))
+            .filter(|e| *e <= bytes.len())
+            .ok_or_else(|| past_end("a message body", body))?;
+    }
+    Ok(())
+}
+
 /// Decode an Arrow IPC stream that must hold exactly one record batch.
 ///
 /// Arrow's reader validates what it reads; the call is also fenced with `catch_unwind` so that no
 /// input, however hostile, can take the process down.
 pub fn decode_ipc(bytes: &[u8]) -> Result<RecordBatch, WireError> {
+    check_framing(bytes)?;
     let result = catch_unwind(AssertUnwindSafe(|| -> Result<RecordBatch, WireError> {
         let mut reader =
             StreamReader::try_new(Cursor::new(bytes), None).map_err(|e| WireError::Malformed(e.to_string()))?;
@@ -100,4 +143,32 @@ pub fn decode_ipc(bytes: &[u8]) -> Result<RecordBatch, WireError> {
         }
     }));
     result.unwrap_or_else(|_| Err(WireError::Malformed("the Arrow reader panicked on this input".into())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `log_batch` fuzz target: length prefixes that claim more than the payload
+    /// holds made Arrow's reader allocate what they claim (up to 2 GiB for 4 bytes).
+    #[test]
+    fn a_length_prefix_past_the_end_is_malformed_before_anything_is_allocated() {
+        for input in [
+            &[0x0a, 0x2d, 0xf6, 0x0a][..],
+            &[0x0a, 0xf6, 0xf2, 0xf6],
+            &[0x00, 0x00, 0x00, 0x00, 0xda],
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f],
+            &[0xff, 0xff, 0xff, 0xff, 0x10],
+        ] {
+            let t = std::time::Instant::now();
+            let r = decode_ipc(input);
+            assert!(matches!(r, Err(WireError::Malformed(_))) || input[..4] == [0, 0, 0, 0], "{input:02x?}: {r:?}");
+            assert!(t.elapsed() < std::time::Duration::from_millis(20), "{input:02x?} took {:?}", t.elapsed());
+        }
+        let found = include_bytes!("../../testdata/fuzz/log-batch-length-past-end");
+        assert!(matches!(decode_ipc(found), Err(WireError::Malformed(_))));
+        let huge = [0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x70, 1, 2, 3];
+        let err = decode_ipc(&huge).unwrap_err().to_string();
+        assert!(err.contains("runs past the end of a 11-byte payload"), "{err}");
+    }
 }
