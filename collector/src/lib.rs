@@ -294,7 +294,7 @@ impl Collector {
             mesh,
             writers,
         });
-        tracker.spawn(status::sample_rates(report.clone(), cancel.clone()));
+        tracker.spawn(switchboard_bus::status::sample_rates(report.clone(), cancel.clone()));
         switchboard_bus::status::serve(&session, &keys, Role::Collector, &name, report.clone(), cancel.clone()).await?;
         if !c.http_listen.is_empty() {
             let addr = c.http_listen.parse().map_err(|e| {

@@ -1,27 +1,29 @@
 //! The collector's status document (`<prefix>/status/collector/<name>`, `switchboard status`,
 //! the status page): its role in the group, its commits and every stream it writes, with
-//! per-second rates from a sample every second ([`sample_rates`]).
+//! per-second rates from a sample every second ([`switchboard_bus::status::sample_rates`]).
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use switchboard_bus::http::Health;
 use switchboard_bus::keys::Role;
-use switchboard_bus::status::{CollectorStatus, ProcessStatus, StreamStatus};
-use tokio_util::sync::CancellationToken;
+use switchboard_bus::status::{CollectorStatus, ProcessStatus, Rates, Sampled, StreamStatus};
 
 use crate::report::CollectorReport;
 
-impl CollectorReport {
-    /// The running counts the status document turns into rates.
+impl Sampled for CollectorReport {
+    fn rates(&self) -> &std::sync::Mutex<Rates> {
+        &self.rates
+    }
+
     fn counts(&self) -> Vec<(String, u64)> {
         let st = self.status.borrow();
         let mut out: Vec<(String, u64)> = st.watermarks.iter().map(|(id, w)| (format!("w:{id}"), *w)).collect();
         out.push(("rows".into(), self.stats.rows_committed.load(Ordering::Relaxed)));
         out
     }
+}
 
+impl CollectorReport {
     /// This collector's status document.
     pub(crate) fn document(&self, health: &Health) -> ProcessStatus {
         let rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
@@ -57,18 +59,5 @@ impl CollectorReport {
             streams,
         });
         doc
-    }
-}
-
-/// Sample the collector's counts every second until `cancel` fires.
-pub(crate) async fn sample_rates(report: Arc<CollectorReport>, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        let counts = report.counts();
-        report.rates.lock().unwrap_or_else(|p| p.into_inner()).sample(Instant::now(), counts);
     }
 }

@@ -247,7 +247,7 @@ impl Agent {
             dlr: dlr.clone(),
             metrics: metrics.clone(),
         });
-        tracker.spawn(status::sample_rates(report.clone(), cancel.clone()));
+        tracker.spawn(switchboard_bus::status::sample_rates(report.clone(), cancel.clone()));
         switchboard_bus::status::serve(&session, &keys, Role::Agent, &node, report.clone(), cancel.clone()).await?;
         if !config.agent.http_listen.is_empty() {
             let addr = config.agent.http_listen.parse().map_err(|e| {

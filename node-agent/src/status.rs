@@ -1,20 +1,22 @@
 //! The agent's status document (`<prefix>/status/node/<node>`, `switchboard status`, the status
 //! page): its sources, its limit keys, its DLR records, with per-second rates from a sample
-//! every second ([`sample_rates`]).
+//! every second ([`switchboard_bus::status::sample_rates`]).
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use switchboard_bus::http::Health;
 use switchboard_bus::keys::Role;
-use switchboard_bus::status::{DlrStatus, KeyStatus, NodeStatus, ProcessStatus, SourceStatus, MAX_KEYS_PER_NODE};
-use tokio_util::sync::CancellationToken;
+use switchboard_bus::status::{
+    DlrStatus, KeyStatus, NodeStatus, ProcessStatus, Rates, Sampled, SourceStatus, MAX_KEYS_PER_NODE,
+};
 
 use crate::report::{lags, AgentReport};
 
-impl AgentReport {
-    /// The running counts the status document turns into rates.
+impl Sampled for AgentReport {
+    fn rates(&self) -> &std::sync::Mutex<Rates> {
+        &self.rates
+    }
+
     fn counts(&self) -> Vec<(String, u64)> {
         let mut out: Vec<(String, u64)> =
             lags(&self.journals).into_iter().map(|(name, (head, ..))| (format!("s:{name}"), head)).collect();
@@ -33,7 +35,9 @@ impl AgentReport {
         }
         out
     }
+}
 
+impl AgentReport {
     /// This agent's status document.
     pub(crate) fn document(&self, health: &Health) -> ProcessStatus {
         let rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
@@ -91,26 +95,5 @@ impl AgentReport {
             dlr,
         });
         doc
-    }
-}
-
-/// Sample the agent's counts every second until `cancel` fires.
-pub(crate) async fn sample_rates(report: Arc<AgentReport>, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        let r = report.clone();
-        let sampled = tokio::task::spawn_blocking(move || {
-            let counts = r.counts();
-            r.rates.lock().unwrap_or_else(|p| p.into_inner()).sample(Instant::now(), counts);
-        })
-        .await;
-        if let Err(e) = sampled {
-            tracing::warn!(error = %e, "status sampler stopped");
-            break;
-        }
     }
 }

@@ -202,6 +202,44 @@ impl ClusterStatus {
     }
 }
 
+impl NodeRow {
+    /// `alive`, `gone 42 s ago` (as of `now_ms`) or `gone`.
+    pub fn state_text(&self, now_ms: u64) -> String {
+        match (self.alive, self.gone_since_ms) {
+            (true, _) => "alive".to_owned(),
+            (false, Some(at)) => format!("gone {} ago", ago(now_ms, at)),
+            (false, None) => "gone".to_owned(),
+        }
+    }
+}
+
+impl StreamRow {
+    /// `-` (no lag), `12 s`, or `not catching up`.
+    pub fn catch_up_text(&self) -> String {
+        match self.catch_up_s {
+            Some(x) if x <= 0.0 => "-".to_owned(),
+            Some(x) => human_secs(x),
+            None => "not catching up".to_owned(),
+        }
+    }
+}
+
+impl LimitRow {
+    /// `500/s`, `20 slots` or `-`, with `num` formatting a rate.
+    pub fn limit_text(&self, num: impl Fn(f64) -> String) -> String {
+        match (self.rate_per_sec, self.slots) {
+            (Some(r), _) => format!("{}/s", num(r)),
+            (_, Some(s)) => format!("{s} slots"),
+            _ => "-".to_owned(),
+        }
+    }
+
+    /// Each node's share, `gw1 0.50, gw2 0.50`.
+    pub fn shares_text(&self) -> String {
+        self.shares.iter().map(|(n, s)| format!("{n} {s:.2}")).collect::<Vec<_>>().join(", ")
+    }
+}
+
 fn split(member: &str) -> Option<(&str, &str)> {
     member.split_once('/')
 }

@@ -277,6 +277,36 @@ impl Rates {
     }
 }
 
+/// A process whose running counts become the rates of its status document.
+pub trait Sampled: Send + Sync + 'static {
+    /// The running counts, by name.
+    fn counts(&self) -> Vec<(String, u64)>;
+    /// Where their rates are kept.
+    fn rates(&self) -> &std::sync::Mutex<Rates>;
+}
+
+/// Sample `process`'s counts every second until `cancel` fires (off the runtime's threads).
+pub async fn sample_rates<P: Sampled>(process: Arc<P>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let p = process.clone();
+        let sampled = tokio::task::spawn_blocking(move || {
+            let counts = p.counts();
+            // A sample is one assignment: a poisoned lock is taken over.
+            p.rates().lock().unwrap_or_else(|e| e.into_inner()).sample(Instant::now(), counts);
+        })
+        .await;
+        if let Err(e) = sampled {
+            tracing::warn!(error = %e, "status sampler stopped");
+            break;
+        }
+    }
+}
+
 /// Answer `<prefix>/status/<role>/<name>` with `report`'s status document, until `cancel` fires.
 pub async fn serve(
     session: &Session,

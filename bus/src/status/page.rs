@@ -23,7 +23,7 @@ use axum::routing::get;
 use axum::Router;
 use zenoh::Session;
 
-use super::cluster::{ago, assemble, clock, human_secs, ClusterStatus, Level};
+use super::cluster::{assemble, clock, human_secs, ClusterStatus, Level};
 use crate::keys::KeySpace;
 
 /// How long one fetched status serves every viewer.
@@ -268,11 +268,7 @@ fn render_body(c: &ClusterStatus, history: &[Sample]) -> String {
 
     out.push_str("<h2>Nodes</h2><table id=\"nodes\"><tr><th>node</th><th>state</th><th>health</th><th>version</th><th>uptime</th><th>limits rev</th><th>lines/s</th><th>sources</th></tr>");
     for n in &c.nodes {
-        let state = match (n.alive, n.gone_since_ms) {
-            (true, _) => "alive".to_owned(),
-            (false, Some(at)) => format!("gone {} ago", ago(c.at_ms, at)),
-            (false, None) => "gone".to_owned(),
-        };
+        let state = n.state_text(c.at_ms);
         let _ = write!(
             out,
             "<tr class=\"node\" data-node=\"{name}\" data-state=\"{s}\"><td>{name}</td><td class=\"{s}\">{state}</td>\
@@ -318,11 +314,7 @@ fn render_body(c: &ClusterStatus, history: &[Sample]) -> String {
                 s.lag_records,
                 s.lag_seconds,
                 num(s.lines_per_s),
-                match s.catch_up_s {
-                    Some(x) if x == 0.0 => "-".to_owned(),
-                    Some(x) => human_secs(x),
-                    None => "not catching up".to_owned(),
-                }
+                esc(&s.catch_up_text())
             );
         }
         out.push_str("</table>");
@@ -330,21 +322,15 @@ fn render_body(c: &ClusterStatus, history: &[Sample]) -> String {
     if !c.limits.is_empty() {
         out.push_str("<h2>Limits</h2><table id=\"limits\"><tr><th>key</th><th>limit</th><th>use %</th><th>allowed/s</th><th>denied/s</th><th>shares</th></tr>");
         for l in c.limits.iter().take(200) {
-            let limit = match (l.rate_per_sec, l.slots) {
-                (Some(r), _) => format!("{}/s", num(r)),
-                (_, Some(s)) => format!("{s} slots"),
-                _ => "-".to_owned(),
-            };
-            let shares: Vec<String> = l.shares.iter().map(|(n, s)| format!("{n} {s:.2}")).collect();
             let _ = write!(
                 out,
                 "<tr><td>{}</td><td>{}</td><td class=\"n\">{:.0}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
                 esc(&l.key),
-                esc(&limit),
+                esc(&l.limit_text(num)),
                 l.use_pct,
                 num(l.allowed_per_s),
                 num(l.denied_per_s),
-                esc(&shares.join(", "))
+                esc(&l.shares_text())
             );
         }
         out.push_str("</table>");

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::cluster::{ago, clock, human_secs, ClusterStatus, Level};
+use super::cluster::{clock, human_secs, ClusterStatus, Level};
 
 /// Rows of a limits or streams table shown at most (the rest are counted).
 pub const MAX_ROWS: usize = 20;
@@ -96,14 +96,9 @@ pub fn render(c: &ClusterStatus) -> String {
     let _ = writeln!(out, "\nNODES");
     let mut t = Table::new(&["node", "state", "health", "version", "uptime", "limits rev", "lines/s", "sources"]);
     for n in &c.nodes {
-        let state = match (n.alive, n.gone_since_ms) {
-            (true, _) => "alive".to_owned(),
-            (false, Some(at)) => format!("gone {} ago", ago(c.at_ms, at)),
-            (false, None) => "gone".to_owned(),
-        };
         t.row(vec![
             n.name.clone(),
-            state,
+            n.state_text(c.at_ms),
             n.health.clone(),
             opt(n.software.clone()),
             opt(n.uptime_s.map(|s| human_secs(s as f64))),
@@ -142,11 +137,7 @@ pub fn render(c: &ClusterStatus) -> String {
                 s.lag_records.to_string(),
                 format!("{:.0}", s.lag_seconds),
                 rate(s.lines_per_s),
-                match s.catch_up_s {
-                    Some(x) if x == 0.0 => "-".to_owned(),
-                    Some(x) => human_secs(x),
-                    None => "not catching up".to_owned(),
-                },
+                s.catch_up_text(),
             ]);
         }
         t.write(&mut out);
@@ -157,19 +148,13 @@ pub fn render(c: &ClusterStatus) -> String {
         let _ = writeln!(out, "\nLIMITS");
         let mut t = Table::new(&["key", "limit", "use %", "allowed/s", "denied/s", "shares"]);
         for l in c.limits.iter().take(MAX_ROWS) {
-            let limit = match (l.rate_per_sec, l.slots) {
-                (Some(r), _) => format!("{}/s", rate(r)),
-                (_, Some(s)) => format!("{s} slots"),
-                _ => "-".to_owned(),
-            };
-            let shares: Vec<String> = l.shares.iter().map(|(n, s)| format!("{n} {s:.2}")).collect();
             t.row(vec![
                 l.key.clone(),
-                limit,
+                l.limit_text(rate),
                 format!("{:.0}", l.use_pct),
                 rate(l.allowed_per_s),
                 rate(l.denied_per_s),
-                shares.join(", "),
+                l.shares_text(),
             ]);
         }
         t.write(&mut out);

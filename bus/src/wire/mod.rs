@@ -167,6 +167,10 @@ mod tests {
         }
         let found = include_bytes!("../../testdata/fuzz/log-batch-length-past-end");
         assert!(matches!(decode_ipc(found), Err(WireError::Malformed(_))));
+        // A schema without fields makes arrow-ipc 59.3.2 panic (`fb.fields().unwrap()`): caught.
+        let no_fields = include_bytes!("../../testdata/fuzz/log-batch-schema-without-fields");
+        let err = decode_ipc(no_fields).unwrap_err().to_string();
+        assert!(err.contains("malformed"), "{err}");
         let huge = [0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x70, 1, 2, 3];
         let err = decode_ipc(&huge).unwrap_err().to_string();
         assert!(err.contains("runs past the end of a 11-byte payload"), "{err}");
