@@ -364,6 +364,17 @@ fn a_hung_first_holder_costs_one_ask_timeout_then_every_node_answers() {
         assert!(ok, "kill {sig} {pid}");
     };
     signal("-STOP");
+    // Every thread of it stopped (state `T`) before the lookup, not merely signalled.
+    let stopped = || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+        tasks.filter_map(Result::ok).all(|t| {
+            std::fs::read_to_string(t.path().join("stat"))
+                .ok()
+                .and_then(|st| st.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('T')))
+                .unwrap_or(true)
+        })
+    };
+    assert!(wait_until(Duration::from_secs(2), stopped), "c did not stop");
     let t = Instant::now();
     let (code, res) = post(&c, "b", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": id}));
     let took = t.elapsed();

@@ -238,3 +238,40 @@ fn the_status_page_in_a_real_browser_marks_a_killed_node_gone_without_a_reload()
     std::fs::write(&shot, &png).unwrap();
     eprintln!("screenshot: {}", shot.display());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_status_answer_is_left_out_and_named() {
+    let c = Cluster::new();
+    let _collector = c.start_collector();
+    // A peer that answers the status query with 9 MiB under a node's name.
+    let mut config = zenoh::Config::default();
+    config.insert_json5("connect/endpoints", &serde_json::json!([c.endpoint]).to_string()).unwrap();
+    config.insert_json5("scouting/multicast/enabled", "false").unwrap();
+    let evil = zenoh::open(config).await.unwrap();
+    let key = format!("sb/{}/status/node/evil", c.cluster);
+    let queryable = evil.declare_queryable(&key).await.unwrap();
+    let big = vec![b'x'; 9 << 20];
+    tokio::spawn(async move {
+        while let Ok(q) = queryable.recv_async().await {
+            let _ = q.reply(q.key_expr().as_str().replace("*/*", "node/evil"), big.clone()).await;
+        }
+    });
+    let c2 = &c;
+    let named = tokio::task::spawn_blocking({
+        let (endpoint, cluster) = (c2.endpoint.clone(), c2.cluster.clone());
+        move || {
+            wait_until(Duration::from_secs(20), || {
+                let out = std::process::Command::new(BIN)
+                    .args(["status", "--format", "json", "--connect", &endpoint, "--cluster", &cluster])
+                    .output()
+                    .unwrap();
+                let s: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+                out.status.code() == Some(1)
+                    && s["unreadable"].to_string().contains("node/evil: a status document of 9437184 bytes left out")
+            })
+        }
+    })
+    .await
+    .unwrap();
+    assert!(named, "the 9 MiB answer was not named as left out");
+}

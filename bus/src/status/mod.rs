@@ -32,6 +32,8 @@ pub const STATUS_VERSION: u32 = 1;
 pub const MAX_DOCUMENT_BYTES: usize = 8 << 20;
 /// Processes taken from one fetch, at most.
 pub const MAX_PROCESSES: usize = 10_000;
+/// Bytes of answers taken from one fetch, at most (further answers are left out and named).
+pub const MAX_FETCH_BYTES: usize = 64 << 20;
 /// Limit keys one node lists, at most (the busiest).
 pub const MAX_KEYS_PER_NODE: usize = 1000;
 
@@ -371,6 +373,7 @@ pub async fn fetch(session: &Session, keys: &KeySpace, timeout: Duration) -> Res
         .await
         .map_err(zerr)?;
     let mut snap = Snapshot { at_ms: now_ms(), ..Snapshot::default() };
+    let mut taken = 0usize;
     while let Ok(reply) = tokens.recv_async().await {
         if let Ok(sample) = reply.result() {
             if let Some((role, name)) = keys.parse_member(sample.key_expr().as_str()) {
@@ -383,20 +386,28 @@ pub async fn fetch(session: &Session, keys: &KeySpace, timeout: Duration) -> Res
         let Some((role, name)) = keys.parse_status(sample.key_expr().as_str()) else { continue };
         let who = format!("{}/{name}", role.as_str());
         let body = sample.payload().to_bytes();
-        if body.len() > MAX_DOCUMENT_BYTES {
-            snap.unreadable.push(format!("{who}: a status document of {} bytes", body.len()));
+        if body.len() > MAX_DOCUMENT_BYTES || taken.saturating_add(body.len()) > MAX_FETCH_BYTES {
+            if snap.unreadable.len() < MAX_PROCESSES {
+                snap.unreadable.push(format!("{who}: a status document of {} bytes left out", body.len()));
+            }
             continue;
         }
-        match serde_json::from_slice::<ProcessStatus>(&body) {
-            Ok(doc) if doc.role == role.as_str() && doc.name == name => {
-                if snap.processes.len() < MAX_PROCESSES
-                    && !snap.processes.iter().any(|p| p.role == doc.role && p.name == doc.name)
-                {
+        taken += body.len();
+        let left_out = match serde_json::from_slice::<ProcessStatus>(&body) {
+            Ok(doc) if doc.role != role.as_str() || doc.name != name => {
+                Some(format!("{who}: a document naming another process"))
+            }
+            Ok(doc) => {
+                let known = snap.processes.iter().any(|p| p.role == doc.role && p.name == doc.name);
+                if snap.processes.len() < MAX_PROCESSES && !known {
                     snap.processes.push(doc);
                 }
+                None
             }
-            Ok(_) => snap.unreadable.push(format!("{who}: a document naming another process")),
-            Err(e) => snap.unreadable.push(format!("{who}: {e}")),
+            Err(e) => Some(format!("{who}: {e}")),
+        };
+        if let Some(why) = left_out.filter(|_| snap.unreadable.len() < MAX_PROCESSES) {
+            snap.unreadable.push(why);
         }
     }
     // A member any answering process sees alive is alive (this session may not link to it).
