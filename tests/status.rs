@@ -139,6 +139,21 @@ fn status_shows_the_cluster_and_a_killed_node_as_gone_with_exit_codes() {
         assert!(text.contains(part), "no {part:?} in:\n{text}");
     }
 
+    // --watch redraws every second until Ctrl-C; its exit code is the last state's.
+    let watch = std::process::Command::new(BIN)
+        .args(["status", "--watch", "--format", "json", "--connect", &c.endpoint, "--cluster", &c.cluster])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(3500));
+    common::group::signal(watch.id(), "-INT");
+    let out = watch.wait_with_output().unwrap();
+    let redraws: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(redraws.len() >= 3, "{} redraws in 3.5 s", redraws.len());
+    assert!(redraws.iter().all(|r| r["nodes"].as_array().is_some_and(|n| n.len() == 3)), "{redraws:?}");
+    assert_eq!(out.status.code(), Some(0), "the exit code of a healthy watch");
+
     // The keepalived check script: an agent passes, only the writing collector passes --leader.
     assert_eq!(check(&[&url(&c, "gw1")]), 0);
     assert_eq!(check(&["--strict", &url(&c, "gw1")]), 0);
