@@ -36,7 +36,7 @@ impl CollectorReport {
                 let (lag_records, lag_seconds) = st.lag.get(id).copied().unwrap_or((0, 0.0));
                 StreamStatus {
                     node: id.node.clone(),
-                    stream: format!("{}/{}", id.kind.as_str(), id.name),
+                    stream: id.local(),
                     // A watermark is the highest committed sequence number; the document says
                     // the next one to commit, as the agents' heads do.
                     committed: committed.saturating_add(1),

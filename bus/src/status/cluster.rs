@@ -417,7 +417,7 @@ fn streams(snap: &Snapshot) -> Vec<StreamRow> {
     for p in &snap.processes {
         let Some(n) = &p.node else { continue };
         for src in &n.sources {
-            let name = format!("{}/log/{}", p.name, src.name);
+            let name = crate::StreamId::log(&p.name, &src.name).to_string();
             let row = rows.entry(name.clone()).or_insert_with(|| StreamRow {
                 stream: name,
                 committed: src.acked,

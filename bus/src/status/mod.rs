@@ -377,7 +377,9 @@ pub async fn fetch(session: &Session, keys: &KeySpace, timeout: Duration) -> Res
     while let Ok(reply) = tokens.recv_async().await {
         if let Ok(sample) = reply.result() {
             if let Some((role, name)) = keys.parse_member(sample.key_expr().as_str()) {
-                snap.live.insert(format!("{}/{name}", role.as_str()));
+                if snap.live.len() < MAX_PROCESSES {
+                    snap.live.insert(format!("{}/{name}", role.as_str()));
+                }
             }
         }
     }
@@ -412,7 +414,12 @@ pub async fn fetch(session: &Session, keys: &KeySpace, timeout: Duration) -> Res
     }
     // A member any answering process sees alive is alive (this session may not link to it).
     let seen: Vec<String> = snap.processes.iter().flat_map(|p| p.live.iter().cloned()).collect();
-    snap.live.extend(seen);
+    for m in seen {
+        if snap.live.len() >= MAX_PROCESSES {
+            break;
+        }
+        snap.live.insert(m);
+    }
     snap.processes.sort_by(|a, b| (&a.role, &a.name).cmp(&(&b.role, &b.name)));
     Ok(snap)
 }

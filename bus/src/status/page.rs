@@ -53,7 +53,8 @@ pub struct StatusPage {
     session: Session,
     keys: KeySpace,
     title: String,
-    inner: Arc<tokio::sync::Mutex<()>>,
+    /// Held while one request fetches; the others wait and take its result.
+    fetching: Arc<tokio::sync::Mutex<()>>,
     state: Arc<Mutex<Inner>>,
 }
 
@@ -64,7 +65,7 @@ impl StatusPage {
             session,
             keys,
             title,
-            inner: Arc::new(tokio::sync::Mutex::new(())),
+            fetching: Arc::new(tokio::sync::Mutex::new(())),
             state: Arc::new(Mutex::new(Inner { cached: None, history: VecDeque::new() })),
         }
     }
@@ -82,7 +83,7 @@ impl StatusPage {
             }
         }
         // One fetch at a time; whoever waited takes its result.
-        let _one = self.inner.lock().await;
+        let _one = self.fetching.lock().await;
         if let Some((at, c)) = &self.state().cached {
             if at.elapsed() < CACHE {
                 return c.clone();

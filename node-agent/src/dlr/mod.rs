@@ -135,6 +135,7 @@ impl DlrService {
         replicate::serve(service.clone(), tracker, cancel.clone()).await?;
         tracker.spawn(replicate::run(service.clone(), cancel.clone()));
         tracker.spawn(service.clone().sweep(cancel.clone()));
+        tracker.spawn(service.clone().take_census(cancel.clone()));
         Ok(service)
     }
 

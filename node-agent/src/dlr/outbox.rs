@@ -51,8 +51,23 @@ impl Outbox {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queue `record` (replacing an older version of it); forget everything if the queue is full.
+    /// Queue `record` (replacing an older version of it) and wake the replication task; forget
+    /// everything if the queue is full.
     pub fn push(&self, record: DlrRecord) {
+        self.insert(record);
+        self.ready.notify_one();
+    }
+
+    /// Queue again what a failed batch carried, without waking the replication task: it tries
+    /// again on its next retry tick, not at once (a replica that refuses at once would make a
+    /// busy loop).
+    pub fn requeue(&self, records: impl IntoIterator<Item = DlrRecord>) {
+        for r in records {
+            self.insert(r);
+        }
+    }
+
+    fn insert(&self, record: DlrRecord) {
         let key = record.store_key();
         {
             let mut q = self.queued();
@@ -69,14 +84,6 @@ impl Outbox {
                     q.records.insert(key, record);
                 }
             }
-        }
-        self.ready.notify_one();
-    }
-
-    /// Queue again what a failed batch carried.
-    pub fn requeue(&self, records: impl IntoIterator<Item = DlrRecord>) {
-        for r in records {
-            self.push(r);
         }
     }
 
@@ -139,5 +146,17 @@ mod tests {
         assert!(taken.overflowed, "the forgotten changes must be marked");
         assert_eq!(q.overflows(), 999, "one overflow per 1,000 records past the first thousand");
         assert!(!q.take().overflowed, "the mark goes with the take");
+    }
+
+    #[tokio::test]
+    async fn a_push_wakes_the_replicator_and_a_requeue_does_not() {
+        let q = Outbox::new(10);
+        q.requeue([record(1, 1)]);
+        let woke = tokio::time::timeout(std::time::Duration::from_millis(20), q.pushed()).await;
+        assert!(woke.is_err(), "a requeue must wait for the retry tick");
+        q.push(record(2, 1));
+        let woke = tokio::time::timeout(std::time::Duration::from_millis(20), q.pushed()).await;
+        assert!(woke.is_ok(), "a push wakes the replicator at once");
+        assert_eq!(q.len(), 2);
     }
 }

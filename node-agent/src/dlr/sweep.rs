@@ -1,7 +1,7 @@
 //! The sweep loop: every second it expires the records that are due
 //! ([`super::Records::expire_due`]); every `dlr.sync_ms` (if set) and once more at shutdown it syncs
-//! the store to disk; every [`CENSUS_EVERY`] it counts the records for the status document
-//! ([`Census`]).
+//! the store to disk. Beside it, [`DlrService::take_census`] counts the records for the status
+//! document every [`CENSUS_EVERY`] ([`Census`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +53,26 @@ impl DlrService {
         Ok(c)
     }
 
+    /// Count the records a few seconds after start, then every [`CENSUS_EVERY`], until `cancel`
+    /// fires: its own task, so that a long pass never delays expiry.
+    pub async fn take_census(self: Arc<Self>, cancel: CancellationToken) {
+        let mut next = tokio::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep_until(next) => {}
+            }
+            next = tokio::time::Instant::now() + CENSUS_EVERY;
+            let me = self.clone();
+            match tokio::task::spawn_blocking(move || me.count_records()).await {
+                // One assignment under the lock: a poisoned lock is taken over.
+                Ok(Ok(c)) => *self.census.lock().unwrap_or_else(|p| p.into_inner()) = Some(c),
+                Ok(Err(e)) => tracing::warn!(error = %e, "DLR census"),
+                Err(e) => tracing::warn!(error = %e, "DLR census task"),
+            }
+        }
+    }
+
     /// The last census, if one finished.
     pub fn census(&self) -> Option<Census> {
         *self.census.lock().unwrap_or_else(|p| p.into_inner())
@@ -65,8 +85,6 @@ impl DlrService {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let sync_every = (self.settings.sync_ms > 0).then(|| Duration::from_millis(self.settings.sync_ms));
         let mut last_sync = tokio::time::Instant::now();
-        // The first census a few seconds after start, then every CENSUS_EVERY.
-        let mut next_census = tokio::time::Instant::now() + Duration::from_secs(2);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -82,15 +100,6 @@ impl DlrService {
                 last_sync = tokio::time::Instant::now();
                 let me = self.clone();
                 let _ = tokio::task::spawn_blocking(move || me.count_store_error(me.store.sync())).await;
-            }
-            if tokio::time::Instant::now() >= next_census {
-                next_census = tokio::time::Instant::now() + CENSUS_EVERY;
-                let me = self.clone();
-                match tokio::task::spawn_blocking(move || me.count_records()).await {
-                    Ok(Ok(c)) => *self.census.lock().unwrap_or_else(|p| p.into_inner()) = Some(c),
-                    Ok(Err(e)) => tracing::warn!(error = %e, "DLR census"),
-                    Err(e) => tracing::warn!(error = %e, "DLR census task"),
-                }
             }
         }
         let me = self.clone();
