@@ -45,6 +45,49 @@ pub(crate) enum Input {
     },
 }
 
+/// How long a bus callback waits for room in a full intake queue before it sheds.
+const OFFER_WAIT: Duration = Duration::from_millis(100);
+
+/// The bus side of the intake queue: zenoh's callbacks hand their inputs to the sink here, and
+/// never hold a link for long. A short burst waits for room (up to [`OFFER_WAIT`]: back-pressure
+/// to the publishers); a sink that stays behind (a store that is down, a slow disk) makes the
+/// queue shed live inputs, counted, until it has room again. A shed payload is a gap the sink
+/// pulls again from the agent's journal; a shed heads document is followed by the next one a
+/// second later. Waiting longer would stall the link's receive thread and with it every other
+/// message on that link (liveliness, query replies, the mesh check) until zenoh closes the link.
+#[derive(Clone)]
+pub(crate) struct Offer {
+    tx: flume::Sender<Input>,
+    shedding: Arc<std::sync::atomic::AtomicBool>,
+    stats: Arc<CollectorStats>,
+}
+
+impl Offer {
+    /// An offer into `tx`, counting what it sheds in `stats`.
+    pub(crate) fn new(tx: flume::Sender<Input>, stats: Arc<CollectorStats>) -> Self {
+        Self { tx, shedding: Arc::default(), stats }
+    }
+
+    /// Queue `input` for the sink, or shed it if the queue stays full (see [`Offer`]).
+    pub(crate) fn offer(&self, input: Input) {
+        let full = if self.shedding.load(Ordering::Relaxed) {
+            matches!(self.tx.try_send(input), Err(flume::TrySendError::Full(_)))
+        } else {
+            matches!(self.tx.send_timeout(input, OFFER_WAIT), Err(flume::SendTimeoutError::Timeout(_)))
+        };
+        if full {
+            self.stats.inputs_shed.fetch_add(1, Ordering::Relaxed);
+            if !self.shedding.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "the sink is behind: shedding live payloads until it catches up; they are pulled again from the agents' journals"
+                );
+            }
+        } else if self.shedding.swap(false, Ordering::Relaxed) {
+            tracing::info!("the sink caught up: taking live payloads again");
+        }
+    }
+}
+
 /// Everything the sink thread works with.
 pub(crate) struct Intake<G> {
     /// The tables.

@@ -77,7 +77,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::CollectorConfig;
-use crate::intake::{Input, Intake};
+use crate::intake::{Input, Intake, Offer};
 use crate::sink::{ReplayRequest, SinkStatus};
 use crate::stats::CollectorStats;
 use crate::tables::Tables;
@@ -201,14 +201,14 @@ impl Collector {
         sink.set_leading(group.is_leader());
         let writers = Arc::new(Mutex::new(WriterCheck::default()));
         let (tx, rx) = flume::bounded::<Input>(c.queue_payloads);
+        let offer = Offer::new(tx.clone(), stats.clone());
         let subscriber = {
-            let (tx, keys, stats) = (tx.clone(), keys.clone(), stats.clone());
+            let (offer, keys, stats) = (offer.clone(), keys.clone(), stats.clone());
             session
                 .declare_subscriber(keys.all_streams(StreamKind::Log)?)
                 .callback(move |sample| match keys.parse_stream(sample.key_expr().as_str()) {
-                    // Blocking when the sink is behind: back-pressure to the publishers.
                     Some(stream) => {
-                        let _ = tx.send(Input::Data { stream, payload: sample.payload().clone(), replayed: false });
+                        offer.offer(Input::Data { stream, payload: sample.payload().clone(), replayed: false });
                     }
                     None => {
                         stats.payloads_malformed.fetch_add(1, Ordering::Relaxed);
@@ -219,7 +219,7 @@ impl Collector {
                 .map_err(|source| CollectorError::Declare { what: "stream subscriber", source })?
         };
         let heads_subscriber = {
-            let (tx, keys, stats, writers) = (tx.clone(), keys.clone(), stats.clone(), writers.clone());
+            let (offer, keys, stats, writers) = (offer.clone(), keys.clone(), stats.clone(), writers.clone());
             let membership = membership.clone();
             session
                 .declare_subscriber(keys.all_heads()?)
@@ -247,7 +247,7 @@ impl Collector {
                                     stats.conflicting_writers.fetch_add(1, Ordering::Relaxed);
                                 }
                             }
-                            let _ = tx.send(Input::Heads { node, heads });
+                            offer.offer(Input::Heads { node, heads });
                         }
                         (_, Err(e)) => {
                             stats.control_malformed.fetch_add(1, Ordering::Relaxed);

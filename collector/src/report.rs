@@ -126,6 +126,11 @@ impl switchboard_bus::http::Report for CollectorReport {
                 "Payloads dropped as malformed or of an unknown version.",
                 g(&s.payloads_malformed),
             )
+            .counter(
+                "switchboard_collector_inputs_shed_total",
+                "Live payloads and heads shed while the sink was behind (payloads are pulled again).",
+                g(&s.inputs_shed),
+            )
             .counter("switchboard_collector_rows_received_total", "Rows in well-formed payloads.", g(&s.rows_received))
             .counter(
                 "switchboard_collector_rows_duplicate_total",

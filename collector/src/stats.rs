@@ -19,6 +19,9 @@ pub struct CollectorStats {
     pub payloads_standby_taken: AtomicU64,
     /// Payloads dropped as malformed, of an unknown version, or on an unknown key.
     pub payloads_malformed: AtomicU64,
+    /// Live payloads and heads not queued because the sink stayed behind (payloads are pulled
+    /// again from the agents).
+    pub inputs_shed: AtomicU64,
     /// Rows in well-formed payloads.
     pub rows_received: AtomicU64,
     /// Rows dropped because their sequence number was already accepted.
