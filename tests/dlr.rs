@@ -6,8 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::limits::{http_post, LimitsNode};
-use common::{metric, wait_until, Cluster};
+use common::limits::{http_post, LimitsNode, SocketClient};
+use common::{free_port, metric, wait_until, Cluster};
 use serde_json::{json, Value};
 
 /// `[dlr]` settings of the test agents: one connector with hex ids in `submit_sm_resp` and
@@ -429,4 +429,105 @@ fn the_replication_queue_stays_bounded_without_a_replica_and_every_copy_arrives_
     assert!(wait_until(Duration::from_secs(60), || records("b") >= 10_000), "b holds {} copies of 10000", records("b"));
     assert_eq!(records("b"), 10_000, "one copy of each record");
     assert_eq!(dlr_counter(&c, "b", "bad_requests"), 0);
+}
+
+/// The JSON document of an `OK <json>` answer of the gateway socket.
+fn ok_json(answer: &str) -> Value {
+    let json = answer.strip_prefix("OK ").unwrap_or_else(|| panic!("expected OK <json>, got {answer:?}"));
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"))
+}
+
+#[test]
+fn the_gateway_socket_registers_resolves_and_reports_pipelined_in_order_on_unix_and_tcp() {
+    let c = Cluster::new();
+    let tcp = free_port();
+    let a = c.start_limits_agent("a", &[], "", &format!("{DLR}\n[gateway]\ntcp_listen = \"127.0.0.1:{tcp}\"\n"));
+    let _b = start(&c, "b", &[a.endpoint()]);
+    wait_mesh(&c, &["a", "b"]);
+    let mut sa = SocketClient::connect(&c.socket("a"));
+    let reg = ok_json(&sa.request(
+        r#"REGISTER {"records": [{"connector": "dec", "msg_id": "500", "gateway_ref": "r500"}, {"connector": "dec", "msg_id": "501"}]}"#,
+    ));
+    assert_eq!(reg["registered"], 2, "{reg}");
+    // Its own record: answered by a from its store.
+    let res = ok_json(&sa.request("RESOLVE dec 500"));
+    assert_eq!((res["answered_by"].as_str(), res["role"].as_str()), (Some("a"), Some("owner")), "{res}");
+    assert_eq!(res["record"]["gateway_ref"], "r500");
+    // b holds the copies (the only other node): it answers from them, without the bus.
+    let copies = wait_until(Duration::from_secs(10), || dlr_counter(&c, "b", "replica_ops_received") >= 2);
+    assert!(copies, "b never got the copies");
+    let mut sb = SocketClient::connect(&c.socket("b"));
+    let res = ok_json(&sb.request("RESOLVE dec 0501"));
+    assert_eq!((res["answered_by"].as_str(), res["role"].as_str()), (Some("b"), Some("replica")), "{res}");
+    assert_eq!(dlr_counter(&c, "b", "answered_here"), 1);
+    // Asked for the owner's answer, b asks the bus.
+    let res = ok_json(&sb.request(r#"RESOLVE {"connector": "dec", "msg_id": "501", "owner": true}"#));
+    assert_eq!((res["answered_by"].as_str(), res["role"].as_str()), (Some("a"), Some("owner")), "{res}");
+    // Misses and bad requests have their words; the connection stays usable.
+    assert!(sb.request("RESOLVE dec 999").starts_with("NOTFOUND "));
+    let bad = sb.request(r#"REGISTER {"connector": 5}"#);
+    assert!(bad.starts_with("ERR expected {"), "{bad}");
+    assert!(sb.request("FROB x").starts_with("ERR unknown request \"FROB\""));
+    assert_eq!(sb.request("PING"), "PONG");
+
+    // Pipelined: a resolve that waits for its registration holds the answers behind it, not the
+    // requests; two waits that never end run together (about 1.5 s, not 3 s).
+    let t = Instant::now();
+    sb.send(&[
+        r#"RESOLVE {"connector": "dec", "msg_id": "900", "wait_ms": 5000}"#,
+        "PING",
+        "RESOLVE dec 500",
+        r#"RESOLVE {"connector": "dec", "msg_id": "901", "wait_ms": 1500}"#,
+        r#"RESOLVE {"connector": "dec", "msg_id": "902", "wait_ms": 1500}"#,
+        "ACQUIRE k",
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(post(&c, "a", "/v1/dlr/register", json!({"connector": "dec", "msg_id": "900"})).0, 201);
+    let first = ok_json(&sb.answer().unwrap());
+    let registered_after = t.elapsed();
+    assert_eq!(first["record"]["msg_id"], "900", "{first}");
+    assert!(registered_after >= Duration::from_millis(300), "{registered_after:?}");
+    assert_eq!(sb.answer().as_deref(), Some("PONG"));
+    assert_eq!(ok_json(&sb.answer().unwrap())["record"]["msg_id"], "500");
+    assert!(sb.answer().unwrap().starts_with("NOTFOUND "));
+    assert!(sb.answer().unwrap().starts_with("NOTFOUND "));
+    assert_eq!(sb.answer().as_deref(), Some("UNLIMITED"));
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(1500) && took < Duration::from_millis(2700), "took {took:?}");
+
+    // A report handed in at b reaches a's inbox.
+    let rep = ok_json(&sb.request(r#"REPORT {"connector": "dec", "msg_id": "500", "status": "DELIVRD"}"#));
+    assert_eq!(rep["outcome"], "delivered", "{rep}");
+    let (code, inbox) = c.http_get("a", "/v1/dlr/inbox?after=0&wait_ms=1000");
+    assert!(code == 200 && inbox.contains("DELIVRD"), "{code} {inbox}");
+    let closed = ok_json(&sa.request(r#"CLOSE {"connector": "dec", "msg_id": "501", "status": "EXPIRED"}"#));
+    assert_eq!(closed["record"]["status"], "EXPIRED", "{closed}");
+    let conflict = sb.request(r#"CLOSE {"connector": "dec", "msg_id": "900", "status": "x"}"#);
+    assert!(conflict.starts_with("CONFLICT "), "{conflict}");
+
+    // The same protocol on TCP (loopback).
+    let s = std::net::TcpStream::connect(("127.0.0.1", tcp)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    use std::io::{BufRead as _, Write as _};
+    w.write_all(b"RESOLVE dec 900\nPING\n").unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(ok_json(line.trim_end())["record"]["owner"], "a", "{line}");
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(line, "PONG\n");
+
+    // An over-long line is refused and its connection closed; counted in /metrics.
+    let mut long = "RESOLVE ".to_owned();
+    long.push_str(&"x".repeat(70 * 1024));
+    sa.send(&[&long]);
+    assert_eq!(sa.answer().as_deref(), Some("ERR line too long"));
+    assert_eq!(sa.answer(), None, "the connection is closed");
+    let (_, text) = c.http_get("a", "/metrics");
+    assert_eq!(metric(&text, "switchboard_agent_gateway_lines_too_long_total"), Some(1.0), "{text}");
+    // REGISTER, RESOLVE and CLOSE on the socket, RESOLVE and PING on TCP.
+    assert_eq!(metric(&text, "switchboard_agent_gateway_requests_total"), Some(5.0));
+    assert_eq!(metric(&text, "switchboard_agent_gateway_connections_total"), Some(2.0));
 }

@@ -273,7 +273,9 @@ fn a_limit_changed_under_traffic_applies_everywhere_and_the_api_explains_bad_req
     assert!(s.request("TAKE x").starts_with("ERR unknown request"));
     assert_eq!(s.request("RELEASE domain:never 1"), "OK 0");
     let (_, metrics) = c.http_get("a", "/metrics");
-    assert!(metric(&metrics, "switchboard_agent_limits_bad_requests_total").unwrap_or(0.0) >= 7.0, "{metrics}");
+    // Five over HTTP, one on the socket; the unknown verb is the gateway socket's.
+    assert!(metric(&metrics, "switchboard_agent_limits_bad_requests_total").unwrap_or(0.0) >= 6.0, "{metrics}");
+    assert_eq!(metric(&metrics, "switchboard_agent_gateway_unknown_requests_total"), Some(1.0), "{metrics}");
     assert_eq!(metric(&metrics, "switchboard_agent_limits_revision"), Some(2.0));
     drop((a, b, alone));
 }

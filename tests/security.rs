@@ -469,7 +469,7 @@ fn local_apis_are_guarded() {
         std::fs::write(
             &cfg,
             format!(
-                "[bus]\nnode = \"gw1\"\ncluster = \"t{port}\"\nlisten = [\"tcp/127.0.0.1:{}\"]\n[agent]\ndata_dir = \"{}\"\nhttp_listen = \"{listen}\"\n{token}\n[metrics]\nstatsd_listen = \"\"\n[limits]\nsocket_group = \"{}\"\n",
+                "[bus]\nnode = \"gw1\"\ncluster = \"t{port}\"\nlisten = [\"tcp/127.0.0.1:{}\"]\n[agent]\ndata_dir = \"{}\"\nhttp_listen = \"{listen}\"\n{token}\n[metrics]\nstatsd_listen = \"\"\n[gateway]\nsocket_group = \"{}\"\n",
                 free_port(),
                 dir.path().join("state").display(),
                 std::fs::metadata(dir.path()).unwrap().gid(),
@@ -499,8 +499,8 @@ fn local_apis_are_guarded() {
     assert_eq!(get_with(port, "/status.json?token=s3cret", None), 401);
     assert_eq!(get_with(port, "/status/fragment", Some("s3cret")), 200);
 
-    // The limits socket: mode 0660, in the configured group.
-    let sock = dir.path().join("state").join("limits.sock");
+    // The gateway socket: mode 0660, in the configured group.
+    let sock = dir.path().join("state").join("gateway.sock");
     let meta = std::fs::metadata(&sock).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o660);
     assert_eq!(meta.gid(), std::fs::metadata(dir.path()).unwrap().gid());

@@ -536,6 +536,116 @@ pub(crate) fn run(bench: &DlrBench) -> Result<()> {
     let ((r, h), cpu) = with_cpu(&pids, lookups, resolve)?;
     row("agent API /v1/dlr/resolve (HTTP, via bus)", r, &h, ours, cpu);
 
+    // The gateway protocol: `RESOLVE <connector> <id>` on a Unix socket and on TCP, one
+    // connection per client thread, one request in flight each.
+    let resolve_line = |i: u64| {
+        let (node, k) = ids[i as usize];
+        format!("RESOLVE {CONNECTOR} {}\n", msg_id(node, k)).into_bytes()
+    };
+    fn answered<S: std::io::Read + std::io::Write>(
+        conn: &mut (std::io::BufReader<S>, S, String),
+        req: &[u8],
+    ) -> Result<()> {
+        let (reader, writer, line) = conn;
+        crate::limits_cluster::ask(reader, writer, req, line)?;
+        if !line.starts_with("OK ") {
+            bail!("resolve: {}", line.trim());
+        }
+        Ok(())
+    }
+    let unix = || {
+        paced(
+            lookups,
+            rate,
+            clients,
+            |_| {
+                let s = std::os::unix::net::UnixStream::connect(&nodes[0].socket)?;
+                Ok((std::io::BufReader::new(s.try_clone()?), s, String::new()))
+            },
+            |conn, i| answered(conn, &resolve_line(i)),
+        )
+    };
+    let ((r, h), cpu) = with_cpu(&pids, lookups, unix)?;
+    row("agent gateway socket RESOLVE (Unix)", r, &h, ours, cpu);
+    let tcp = || {
+        paced(
+            lookups,
+            rate,
+            clients,
+            |_| {
+                let s = crate::limits_cluster::connect_tcp(nodes[0].gateway_tcp)?;
+                Ok((std::io::BufReader::new(s.try_clone()?), s, String::new()))
+            },
+            |conn, i| answered(conn, &resolve_line(i)),
+        )
+    };
+    let ((r, h), cpu) = with_cpu(&pids, lookups, tcp)?;
+    row("agent gateway socket RESOLVE (TCP loopback)", r, &h, ours, cpu);
+    let here = dlr_status(&nodes[0])["counters"]["answered_here"].as_u64().unwrap_or(0);
+    println!("{:<44} {here} resolves on n0 so far answered from its own store (its records and copies)", "");
+
+    // Where the time goes: the same lookups split by whether n0 holds the record (its own or
+    // its copy: answered from its store) or not (one bus round trip to the node that does).
+    let local_line = |i: u64| {
+        let (node, k) = ids[i as usize];
+        format!("RESOLVE {{\"connector\":\"{CONNECTOR}\",\"msg_id\":\"{}\",\"local\":true}}\n", msg_id(node, k))
+            .into_bytes()
+    };
+    let (held, elsewhere): (Vec<u64>, Vec<u64>) = {
+        let s = std::os::unix::net::UnixStream::connect(&nodes[0].socket)?;
+        let mut conn = (std::io::BufReader::new(s.try_clone()?), s, String::new());
+        let mut held = Vec::new();
+        let mut elsewhere = Vec::new();
+        for i in 0..lookups {
+            match answered(&mut conn, &local_line(i)) {
+                Ok(()) => held.push(i),
+                Err(_) => elsewhere.push(i),
+            }
+        }
+        (held, elsewhere)
+    };
+    println!("{:<44} n0 holds {} of the {lookups} records looked up", "", held.len());
+    let split = |which: &[u64], line: &(dyn Fn(u64) -> Vec<u8> + Sync)| {
+        let n = which.len() as u64;
+        with_cpu(&pids, n, || {
+            paced(
+                n,
+                rate,
+                clients,
+                |_| {
+                    let s = std::os::unix::net::UnixStream::connect(&nodes[0].socket)?;
+                    Ok((std::io::BufReader::new(s.try_clone()?), s, String::new()))
+                },
+                |conn, j| answered(conn, &line(which[j as usize])),
+            )
+        })
+    };
+    let ((r, h), cpu) = split(&held, &resolve_line)?;
+    row("  socket, held here (store, no bus)", r, &h, ours, cpu);
+    let ((r, h), cpu) = split(&elsewhere, &resolve_line)?;
+    row("  socket, held elsewhere (1 bus trip)", r, &h, ours, cpu);
+    let n = held.len() as u64;
+    let ((r, h), cpu) = with_cpu(&pids, n, || {
+        paced(
+            n,
+            rate,
+            clients,
+            |_| Http::connect(nodes[0].http),
+            |http, j| {
+                let (node, k) = ids[held[j as usize] as usize];
+                let (code, body) = http.post(
+                    "/v1/dlr/resolve",
+                    &format!("{{\"connector\":\"{CONNECTOR}\",\"msg_id\":\"{}\"}}", msg_id(node, k)),
+                )?;
+                if code != 200 {
+                    bail!("resolve: {code} {}", String::from_utf8_lossy(&body));
+                }
+                Ok(())
+            },
+        )
+    })?;
+    row("  HTTP, held here (store, no bus)", r, &h, ours, cpu);
+
     let asked = std::sync::atomic::AtomicU64::new(0);
     let each = |_| nodes.iter().map(|n| Http::connect(n.http)).collect::<Result<Vec<_>>>();
     let forward = || {

@@ -45,7 +45,10 @@ pub(crate) fn node(config: &Path) -> Result<()> {
 /// A node process, killed on drop.
 pub(crate) struct NodeProc {
     pub(crate) child: Child,
+    /// The gateway socket (Unix).
     pub(crate) socket: PathBuf,
+    /// The gateway protocol on TCP (loopback).
+    pub(crate) gateway_tcp: u16,
     pub(crate) http: u16,
 }
 
@@ -96,6 +99,7 @@ pub(crate) fn spawn_node(
 ) -> Result<NodeProc> {
     let data = dir.join(format!("node{i}"));
     let http = free_port()?;
+    let gateway_tcp = free_port()?;
     let proto = if tls.is_some() { crate::tls::proto() } else { "tcp" };
     let connect: Vec<String> = connect.iter().map(|p| format!("\"{proto}/127.0.0.1:{p}\"")).collect();
     let tls = tls.map_or(String::new(), |t| {
@@ -104,10 +108,11 @@ pub(crate) fn spawn_node(
     });
     let cfg = dir.join(format!("node{i}.toml"));
     let metrics = if extra.contains("[metrics]") { "" } else { "[metrics]\nenabled = false\n\n" };
+    let gateway = format!("[gateway]\ntcp_listen = \"127.0.0.1:{gateway_tcp}\"\n\n");
     std::fs::write(
         &cfg,
         format!(
-            "[bus]\ncluster = \"{cluster}\"\nnode = \"n{i}\"\nlisten = [\"{proto}/127.0.0.1:{port}\"]\nconnect = [{}]\n\n{tls}[agent]\ndata_dir = \"{}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\n{metrics}{extra}",
+            "[bus]\ncluster = \"{cluster}\"\nnode = \"n{i}\"\nlisten = [\"{proto}/127.0.0.1:{port}\"]\nconnect = [{}]\n\n{tls}[agent]\ndata_dir = \"{}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\n{gateway}{metrics}{extra}",
             connect.join(", "),
             data.display()
         ),
@@ -124,7 +129,7 @@ pub(crate) fn spawn_node(
         .stderr(stderr)
         .spawn()
         .context("starting a node process")?;
-    Ok(NodeProc { child, socket: data.join("limits.sock"), http })
+    Ok(NodeProc { child, socket: data.join("gateway.sock"), gateway_tcp, http })
 }
 
 fn connect_socket(path: &Path) -> Result<UnixStream> {
@@ -138,8 +143,20 @@ fn connect_socket(path: &Path) -> Result<UnixStream> {
     }
 }
 
+/// A connection to a node's gateway protocol on TCP, with Nagle off.
+pub(crate) fn connect_tcp(port: u16) -> Result<TcpStream> {
+    let s = TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("gateway TCP port {port}"))?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
 /// One request over a socket connection: the answer line.
-fn ask(reader: &mut BufReader<UnixStream>, writer: &mut UnixStream, req: &[u8], line: &mut String) -> Result<()> {
+pub(crate) fn ask<S: Read + Write>(
+    reader: &mut BufReader<S>,
+    writer: &mut S,
+    req: &[u8],
+    line: &mut String,
+) -> Result<()> {
     writer.write_all(req)?;
     line.clear();
     if reader.read_line(line)? == 0 {
@@ -202,6 +219,48 @@ pub(crate) fn api_cost(requests: u64) -> Result<Vec<(String, f64, Histogram<u64>
     }
     let socket_rate = requests as f64 / start.elapsed().as_secs_f64();
     let mut out = vec![("agent API, Unix socket, 1 client".to_owned(), socket_rate, h)];
+
+    // The same client keeping `DEPTH` requests in flight: each latency from its send to its answer.
+    const DEPTH: u64 = 16;
+    let mut h = Histogram::<u64>::new(3)?;
+    let mut sent = std::collections::VecDeque::new();
+    let start = Instant::now();
+    for i in 0..requests + DEPTH {
+        if i < requests {
+            writer.write_all(&reqs[(i & 15) as usize])?;
+            sent.push_back(Instant::now());
+        }
+        if i >= DEPTH || i >= requests {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                bail!("the node closed the connection");
+            }
+            if let Some(t) = sent.pop_front() {
+                h.record(t.elapsed().as_nanos() as u64).ok();
+            }
+        }
+        if sent.is_empty() {
+            break;
+        }
+    }
+    let rate = requests as f64 / start.elapsed().as_secs_f64();
+    out.push((format!("agent API, Unix socket, 1 client, {DEPTH} pipelined"), rate, h));
+
+    let tcp = connect_tcp(node.gateway_tcp)?;
+    let mut tcp_reader = BufReader::new(tcp.try_clone()?);
+    let mut tcp_writer = tcp;
+    for i in 0..10_000u64 {
+        ask(&mut tcp_reader, &mut tcp_writer, &reqs[(i & 15) as usize], &mut line)?;
+    }
+    let mut h = Histogram::<u64>::new(3)?;
+    let start = Instant::now();
+    for i in 0..requests {
+        let t = Instant::now();
+        ask(&mut tcp_reader, &mut tcp_writer, &reqs[(i & 15) as usize], &mut line)?;
+        h.record(t.elapsed().as_nanos() as u64).ok();
+    }
+    let rate = requests as f64 / start.elapsed().as_secs_f64();
+    out.push(("agent API, TCP loopback, 1 client".to_owned(), rate, h));
 
     let http_requests = requests / 2;
     let mut s = TcpStream::connect(("127.0.0.1", node.http))?;

@@ -200,6 +200,7 @@ fn agent_config(opts: &LogsBench, dir: &Path, a: usize, endpoint: &str, acknowle
         limits: LimitsSettings { enabled: false, ..LimitsSettings::default() },
         dlr: DlrSettings { enabled: false, ..DlrSettings::default() },
         metrics: MetricsSettings { enabled: false, ..MetricsSettings::default() },
+        gateway: switchboard_agent::gateway::GatewaySettings { socket: Default::default(), ..Default::default() },
         sources: vec![SourceConfig {
             name: "app".into(),
             paths: vec![dir.join(format!("logs{a}/*.log")).to_string_lossy().into_owned()],

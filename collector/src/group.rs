@@ -84,17 +84,19 @@ pub struct Group {
     startup_grace: Duration,
     backoff: Duration,
     claim_not_before: Option<Instant>,
-    /// The newest claim's writer has been seen alive on the bus since it claimed (or since this
-    /// collector stepped down): its going away then is a real departure, not a partition.
-    holder_seen_live: Option<(String, bool)>,
+    /// The newest claim's writer, whether it has been seen alive on the bus since it claimed
+    /// (or since this collector stepped down): its going away then is a real departure, not a
+    /// partition; and when this collector first read of it.
+    holder_seen_live: Option<(String, bool, Instant)>,
     commits_since_hint: u64,
     cancel: CancellationToken,
 }
 
 impl Group {
-    /// A standby over `log`. `startup_grace`: how long after its start this collector waits for
-    /// the newest claim's writer (another collector) to show up on the bus before taking over
-    /// from it (two bus leases: a live writer has reconnected by then).
+    /// A standby over `log`. `startup_grace`: how long after it first reads of the newest
+    /// claim's writer (another collector) this collector waits for that writer to show up on the
+    /// bus before taking over from it (two bus leases: a live writer has linked by then, even
+    /// one that started after this collector and claimed first).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: String,
@@ -210,23 +212,24 @@ impl Group {
         }
         let holder = self.log.last().map(|r| r.writer.clone()).unwrap_or_default();
         let gone = self.holder_gone(self.log.last());
-        let seen = match &mut self.holder_seen_live {
-            Some((h, seen)) if *h == holder => {
+        let (seen, noticed) = match &mut self.holder_seen_live {
+            Some((h, seen, noticed)) if *h == holder => {
                 *seen |= !gone;
-                *seen
+                (*seen, *noticed)
             }
             _ => {
-                self.holder_seen_live = Some((holder.clone(), !gone));
-                !gone
+                self.holder_seen_live = Some((holder.clone(), !gone, Instant::now()));
+                (!gone, Instant::now())
             }
         };
         if !gone {
             return false;
         }
-        // A collector that just started may not be linked to a live writer yet (the writer's
-        // reconnection takes its time): give one that was never seen up to two leases to appear.
+        // This collector may not be linked to a live writer yet (a writer that just started, or
+        // reconnects, takes its time): give one that was never seen up to two leases, from when
+        // its claim was first read here, to appear.
         let other = holder != self.name && !holder.is_empty();
-        if other && !seen && self.started.elapsed() < self.startup_grace {
+        if other && !seen && noticed.elapsed() < self.startup_grace {
             return false;
         }
         // After being fenced, wait before claiming from a writer this collector never saw alive

@@ -57,6 +57,9 @@ pub struct AgentConfig {
     /// The DLR index: registration, lookup across the cluster, replication.
     #[serde(default)]
     pub dlr: DlrSettings,
+    /// The gateway socket: limit decisions and DLR requests from the gateway.
+    #[serde(default)]
+    pub gateway: crate::gateway::GatewaySettings,
     /// The gateways' own metrics: StatsD and HTTP intake, snapshots to the `metrics` table.
     #[serde(default)]
     pub metrics: MetricsSettings,
@@ -270,6 +273,7 @@ impl AgentConfig {
         self.limits.validate()?;
         self.metrics.validate()?;
         self.dlr.validate()?;
+        self.gateway.validate()?;
         let mut names = HashSet::new();
         for s in &self.sources {
             // A repeated name passed `SourceConfig::validate` at its first use, so checking for
@@ -364,5 +368,14 @@ mod example_tests {
         assert_eq!(c.dlr, dlr);
         assert!(!c.dlr.connectors.is_empty());
         assert_eq!(c.metrics, MetricsSettings::default());
+        let (g, dg) = (&c.gateway, crate::gateway::GatewaySettings::default());
+        assert_eq!((&g.socket, &g.tcp_listen, g.max_connections), (&dg.socket, &dg.tcp_listen, dg.max_connections));
+    }
+
+    #[test]
+    fn the_old_place_of_the_socket_is_refused_with_its_new_one() {
+        let c: AgentConfig = toml::from_str("[limits]\nsocket = \"limits.sock\"\n").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("gateway.socket"), "{err}");
     }
 }

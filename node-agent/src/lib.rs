@@ -2,7 +2,8 @@
 //!
 //! Layout (data flows top to bottom):
 //! - [`config`]: the agent's TOML config file; each table's settings live with their part
-//!   (`source_config` for `[[source]]`, `limits::settings`, `dlr::settings`, `metrics::settings`);
+//!   (`source_config` for `[[source]]`, `limits::settings`, `dlr::settings`, `metrics::settings`,
+//!   `gateway`);
 //! - [`framing`]: bytes to lines (partial lines, CRLF, over-long lines);
 //! - [`parse`]: lines to timestamp, level, message and fields (plain, JSON, syslog, key=value);
 //! - [`tailer`]: one blocking thread per source: globs, files, sequence numbers, Arrow batches;
@@ -14,6 +15,8 @@
 //! - [`limits`]: cluster-wide limits: the local API for gateways, the node's part in sharing
 //!   each limit (`limits::coord`) and in keeping the cluster's revision (`limits::sync`);
 //! - [`dlr`]: the node's part of the DLR index: register, resolve, deliver, replicate, expire;
+//! - [`gateway`]: the gateway socket, one pipelined line protocol for limits and DLRs (Unix
+//!   socket, and TCP on loopback);
 //! - [`metrics`]: the gateways' StatsD metrics, aggregated per interval into snapshots;
 //! - [`eventlog`]: the JSON-lines files of the agent's own records (`_limits`, `_dlr`,
 //!   `_metrics`);
@@ -30,6 +33,7 @@ pub mod config;
 pub mod dlr;
 pub mod eventlog;
 pub mod framing;
+pub mod gateway;
 pub mod journal;
 pub mod limits;
 pub mod metrics;
@@ -113,7 +117,7 @@ pub enum AgentError {
         /// Why.
         source: std::io::Error,
     },
-    /// An address could not be bound (the HTTP endpoint, the limits socket, the StatsD intake).
+    /// An address could not be bound (the HTTP endpoint, the gateway socket, the StatsD intake).
     #[error("{what}: {source}")]
     Listen {
         /// The setting and its value.
@@ -229,6 +233,14 @@ impl Agent {
         } else {
             None
         };
+        let gateway = gateway::Gateway::start(
+            &config.gateway,
+            &config.agent.data_dir,
+            limits.clone(),
+            dlr.clone(),
+            &tracker,
+            &cancel,
+        )?;
         let metrics = if config.metrics.enabled {
             Some(metrics::MetricsService::start(&config.metrics, &config.agent.data_dir, &tracker, &cancel).await?)
         } else {
@@ -246,6 +258,7 @@ impl Agent {
             limits: limits.clone(),
             dlr: dlr.clone(),
             metrics: metrics.clone(),
+            gateway,
         });
         tracker.spawn(switchboard_bus::status::sample_rates(report.clone(), cancel.clone()));
         switchboard_bus::status::serve(&session, &keys, Role::Agent, &node, report.clone(), cancel.clone()).await?;

@@ -34,6 +34,7 @@ pub(crate) struct AgentReport {
     pub(crate) limits: Option<Arc<LimitsService>>,
     pub(crate) dlr: Option<Arc<DlrService>>,
     pub(crate) metrics: Option<Arc<MetricsService>>,
+    pub(crate) gateway: Option<Arc<crate::gateway::Gateway>>,
 }
 
 /// Per source: (head, acked, unacked batches, lag seconds).
@@ -181,7 +182,7 @@ impl Report for AgentReport {
                 )
                 .counter(
                     "switchboard_agent_limits_socket_requests_total",
-                    "Limits API requests over the Unix socket.",
+                    "Limits requests over the gateway socket.",
                     g(&l.stats.socket_requests),
                 )
                 .counter(
@@ -214,6 +215,34 @@ impl Report for AgentReport {
                     "Nodes this node shares limits with (itself and silent ones included).",
                     l.peers.borrow().len() as f64,
                 );
+        }
+        if let Some(gw) = &self.gateway {
+            let s = &gw.stats;
+            m.counter(
+                "switchboard_agent_gateway_requests_total",
+                "Request lines on the gateway socket.",
+                g(&s.requests),
+            )
+            .counter(
+                "switchboard_agent_gateway_connections_total",
+                "Connections accepted on the gateway socket.",
+                g(&s.connections),
+            )
+            .counter(
+                "switchboard_agent_gateway_connections_refused_total",
+                "Connections closed at once because gateway.max_connections were open.",
+                g(&s.connections_refused),
+            )
+            .counter(
+                "switchboard_agent_gateway_unknown_requests_total",
+                "Request lines with a verb the protocol does not have.",
+                g(&s.unknown_requests),
+            )
+            .counter(
+                "switchboard_agent_gateway_lines_too_long_total",
+                "Request lines over 64 KiB (the connection is closed).",
+                g(&s.lines_too_long),
+            );
         }
         if let Some(d) = &self.dlr {
             let size = d.store().size();

@@ -102,7 +102,7 @@ impl Load {
         [1200, 700, 350, 500, 200, 900, 400, 300, 250][i % 9]
     }
 
-    /// Start every thread; they stop when `stop` fires. `sockets[i]` is node `i`'s limits socket.
+    /// Start every thread; they stop when `stop` fires. `sockets[i]` is node `i`'s gateway socket.
     pub(crate) fn start(
         self: &Arc<Self>,
         ports: Ports,

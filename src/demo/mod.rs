@@ -135,7 +135,7 @@ fn drive(opts: DemoOptions, cancel: CancellationToken) -> Result<summary::Facts>
         writers.push(std::thread::spawn(move || write_logs(&node, &logs, i as u64, rate, &count, &stop)));
     }
     let load = Load::new(&nodes);
-    let sockets = nodes.iter().map(|n| dir.join("agents").join(n).join("limits.sock")).collect();
+    let sockets = nodes.iter().map(|n| dir.join("agents").join(n).join("gateway.sock")).collect();
     let load_threads = load.start(ports, sockets, &stop);
     let run =
         Run { started: Instant::now(), duration: opts.duration, written: written.clone(), load: load.clone(), ports };

@@ -55,7 +55,7 @@ impl Cluster {
     }
 
     pub fn socket(&self, node: &str) -> PathBuf {
-        self.agent_state(node).join("limits.sock")
+        self.agent_state(node).join("gateway.sock")
     }
 
     /// Run `switchboard limits <args>` against `endpoint`; (success, stdout + stderr).
@@ -80,7 +80,7 @@ impl Cluster {
     }
 }
 
-/// A connection to an agent's limits socket.
+/// A connection to an agent's gateway socket.
 pub struct SocketClient {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
@@ -111,6 +111,21 @@ impl SocketClient {
     /// Like [`Self::request`]; `None` once the agent is gone.
     pub fn try_request(&mut self, req: &str) -> Option<String> {
         self.writer.write_all(format!("{req}\n").as_bytes()).ok()?;
+        self.line.clear();
+        match self.reader.read_line(&mut self.line) {
+            Ok(n) if n > 0 => Some(self.line.trim_end().to_owned()),
+            _ => None,
+        }
+    }
+
+    /// Send request lines without waiting for their answers (pipelining).
+    pub fn send(&mut self, reqs: &[&str]) {
+        let text: String = reqs.iter().map(|r| format!("{r}\n")).collect();
+        self.writer.write_all(text.as_bytes()).unwrap();
+    }
+
+    /// The next answer line (without the newline); `None` once the agent closed the connection.
+    pub fn answer(&mut self) -> Option<String> {
         self.line.clear();
         match self.reader.read_line(&mut self.line) {
             Ok(n) if n > 0 => Some(self.line.trim_end().to_owned()),

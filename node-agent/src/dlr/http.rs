@@ -27,7 +27,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{DlrError, DlrService, IdForm, Registration, ReportRequest};
+use super::requests::{parse, Request};
+use super::{DlrError, DlrService};
 
 /// Most reports one inbox request returns.
 const MAX_INBOX: usize = 10_000;
@@ -63,101 +64,35 @@ fn error(service: &DlrService, e: DlrError) -> Response {
     (status, Json(json!({ "error": e.to_string() }))).into_response()
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(body: &[u8], shape: &str) -> Result<T, DlrError> {
-    serde_json::from_slice(body).map_err(|e| DlrError::BadRequest(format!("expected {shape}: {e}")))
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RegisterBody {
-    Many { records: Vec<Registration> },
-    One(Registration),
+/// Answer one request of [`Request`]'s kinds.
+async fn run(s: Arc<DlrService>, req: Result<Request, DlrError>) -> Response {
+    let req = match req {
+        Ok(r) => r,
+        Err(e) => return error(&s, e),
+    };
+    match req.run(s.clone()).await {
+        Ok(a) => {
+            let status = if a.created { StatusCode::CREATED } else { StatusCode::OK };
+            (status, [(axum::http::header::CONTENT_TYPE, "application/json")], a.body).into_response()
+        }
+        Err(e) => error(&s, e),
+    }
 }
 
 async fn register(State(s): State<Arc<DlrService>>, body: Bytes) -> Response {
-    let shape = r#"{"connector", "msg_id", "destination"?, "account"?, "gateway_ref"?, "submitted_at"?, "expiry_s"?} or {"records": [...]}"#;
-    let regs = match parse::<RegisterBody>(&body, shape) {
-        Ok(RegisterBody::Many { records }) => records,
-        Ok(RegisterBody::One(r)) => vec![r],
-        Err(e) => return error(&s, e),
-    };
-    let service = s.clone();
-    match tokio::task::spawn_blocking(move || service.register(&regs)).await {
-        Ok(Ok(records)) => {
-            (StatusCode::CREATED, Json(json!({ "registered": records.len(), "records": records }))).into_response()
-        }
-        Ok(Err(e)) => error(&s, e),
-        Err(e) => error(&s, DlrError::Task(e)),
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ResolveRequest {
-    connector: String,
-    msg_id: String,
-    #[serde(default)]
-    wait_ms: Option<u64>,
-    #[serde(default)]
-    local: bool,
-    #[serde(default)]
-    owner: bool,
-    /// `msg_id` as the gateway registered it (`ids`), not as a DLR writes it (`report_ids`).
-    #[serde(default)]
-    registered: bool,
+    run(s, Request::register(&body)).await
 }
 
 async fn resolve(State(s): State<Arc<DlrService>>, body: Bytes) -> Response {
-    let req = match parse::<ResolveRequest>(
-        &body,
-        r#"{"connector": string, "msg_id": string, "wait_ms"?: integer, "local"?: bool, "owner"?: bool, "registered"?: bool}"#,
-    ) {
-        Ok(r) => r,
-        Err(e) => return error(&s, e),
-    };
-    let form = if req.registered { IdForm::Registered } else { IdForm::Report };
-    let answer = if req.local {
-        s.resolve_local(&req.connector, &req.msg_id, form)
-    } else {
-        s.resolve(&req.connector, &req.msg_id, form, req.wait_ms, req.owner).await
-    };
-    match answer {
-        Ok(r) => Json(r).into_response(),
-        Err(e) => error(&s, e),
-    }
+    run(s, Request::resolve(&body)).await
 }
 
 async fn report(State(s): State<Arc<DlrService>>, body: Bytes) -> Response {
-    let shape = r#"{"connector", "msg_id", "status", "final"?, "error"?, "text"?, "wait_ms"?}"#;
-    let req = match parse::<ReportRequest>(&body, shape) {
-        Ok(r) => r,
-        Err(e) => return error(&s, e),
-    };
-    match s.report(&req).await {
-        Ok(r) => Json(r).into_response(),
-        Err(e) => error(&s, e),
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CloseRequest {
-    connector: String,
-    msg_id: String,
-    status: String,
+    run(s, Request::report(&body)).await
 }
 
 async fn close(State(s): State<Arc<DlrService>>, body: Bytes) -> Response {
-    let req = match parse::<CloseRequest>(&body, r#"{"connector": string, "msg_id": string, "status": string}"#) {
-        Ok(r) => r,
-        Err(e) => return error(&s, e),
-    };
-    let service = s.clone();
-    match tokio::task::spawn_blocking(move || service.close(&req.connector, &req.msg_id, &req.status)).await {
-        Ok(Ok(record)) => Json(json!({ "record": record })).into_response(),
-        Ok(Err(e)) => error(&s, e),
-        Err(e) => error(&s, DlrError::Task(e)),
-    }
+    run(s, Request::close(&body)).await
 }
 
 async fn inbox(State(s): State<Arc<DlrService>>, Query(q): Query<HashMap<String, String>>) -> Response {

@@ -1,8 +1,9 @@
 //! Lookups over the bus: the queryables every node answers, and the queries that ask them.
 //!
-//! A resolve first asks only the node that must hold the record, the heaviest live node for its
-//! key ([`first_holder`]: the owner or its replica), on the ask stream ([`super::ask`]); when that
-//! node is this one, its own store answers without the bus. Each node also answers the same
+//! A resolve of a record this node holds (its own or its copy) is answered from its store,
+//! without the bus. Otherwise it first asks only the node that must hold the record, the
+//! heaviest live node for its key ([`first_holder`]: the owner or its replica), on the ask
+//! stream ([`super::ask`]). Each node also answers the same
 //! lookup as a query on `<prefix>/dlr/at/<node>/<connector>/<id>`, for clients that ask rarely. Its answer may come from
 //! the copy, which trails the owner by the replication delay. Without an answer (the live set is
 //! changing, the copy is not there yet, no such record) and for reports, which only the owner
@@ -154,20 +155,25 @@ async fn answer_later(service: Arc<DlrService>, query: Query, req: Request) {
     };
 }
 
-/// Ask the node that must hold `(connector, canonical id)` alone (this node's store when it is
-/// that node); its reply and how long it took, `None` when it has none.
+/// Answer from this node's store when it holds `(connector, canonical id)` (its own record, or
+/// its copy), without the bus; otherwise ask the node that must hold it alone. Its reply and how
+/// long it took, `None` when it has none.
 pub(crate) async fn query_first_holder(
     service: &DlrService,
     connector: &str,
     canonical: &str,
 ) -> Result<Option<(LookupReply, Duration)>, DlrError> {
     let started = Instant::now();
+    if let Some(reply) = service.answer(connector, canonical, None)? {
+        service.stats.answered_here.fetch_add(1, Ordering::Relaxed);
+        return Ok(Some((reply, started.elapsed())));
+    }
     let live = service.membership.live_of(Role::Agent);
     let Some(first) = first_holder(&store_key(connector, canonical), live.iter().map(String::as_str)) else {
         return Ok(None);
     };
     if first == service.node {
-        return Ok(service.answer(connector, canonical, None)?.map(|r| (r, started.elapsed())));
+        return Ok(None);
     }
     let timeout = Duration::from_millis(service.settings.timeout_ms);
     let reply = service.asker.ask(first, connector, canonical, timeout).await?;

@@ -21,6 +21,8 @@
 //! - `waiters`: lookups waiting for a registration not there yet;
 //! - `sweep`: the loop that expires records and syncs the store;
 //! - [`lookup`] and [`ask`]: lookups over the bus; `answerer`: the thread that answers them;
+//! - [`requests`]: the gateway's requests, one contract for [`http`] and [`lines`] (the
+//!   gateway socket);
 //! - [`replicate`]: the copies on other nodes; [`store`]: the records on disk; [`events`]: the
 //!   event log; [`http`]: the gateway's API; `settings`: the `[dlr]` config table.
 
@@ -28,10 +30,12 @@ mod answerer;
 pub mod ask;
 pub mod events;
 pub mod http;
+pub mod lines;
 pub mod lookup;
 pub mod outbox;
 pub mod records;
 pub mod replicate;
+pub mod requests;
 mod service;
 pub(crate) mod settings;
 pub mod store;

@@ -74,6 +74,8 @@ pub struct DlrStats {
     pub resolved_by_owner: AtomicU64,
     /// Lookups from here answered by a replica.
     pub resolved_by_replica: AtomicU64,
+    /// Resolves answered from this node's own store (its record or its copy), without the bus.
+    pub answered_here: AtomicU64,
     /// Resolves the node that must hold the record answered alone.
     pub first_holder_hits: AtomicU64,
     /// Resolves that node did not answer, so every node was asked.
@@ -108,12 +110,17 @@ pub struct DlrStats {
 
 impl DlrStats {
     /// Every counter with its metric name and help.
-    pub fn counters(&self) -> [(&'static str, &'static str, u64); 18] {
+    pub fn counters(&self) -> [(&'static str, &'static str, u64); 19] {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("registered", "Messages registered on this node.", g(&self.registered)),
             ("resolved_by_owner", "Lookups from this node answered by the owner.", g(&self.resolved_by_owner)),
             ("resolved_by_replica", "Lookups from this node answered by a copy.", g(&self.resolved_by_replica)),
+            (
+                "answered_here",
+                "Resolves answered from this node's own store (its record or its copy), without the bus.",
+                g(&self.answered_here),
+            ),
             (
                 "first_holder_hits",
                 "Resolves answered by the one node that must hold the record.",

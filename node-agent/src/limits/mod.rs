@@ -3,13 +3,13 @@
 //! [`LimitsService::start`] builds the node's [`Limiter`], restores and follows the cluster's
 //! limits revision ([`sync`]), takes part in the coordination of shares ([`coord`]) and records decisions for the collector's `limits` table
 //! ([`record`]). Gateways reach it through [`http`] (JSON on the agent's HTTP address) or
-//! [`socket`] (a line protocol on a Unix socket); both are described in `docs/limits-api.md`.
+//! [`lines`] (the limits verbs of the gateway socket, `crate::gateway`); both are described in `docs/limits-api.md`.
 
 pub mod coord;
 pub mod http;
+pub mod lines;
 pub mod record;
 pub(crate) mod settings;
-pub mod socket;
 pub mod sync;
 
 use std::collections::BTreeMap;
@@ -153,12 +153,6 @@ impl LimitsService {
         }
         tracker.spawn(evict_idle(limiter.clone(), cancel.clone()));
         let service = Arc::new(Self { limiter, revisions, peers, stats: ApiStats::default() });
-        if !l.socket.as_os_str().is_empty() {
-            let path = config.agent.data_dir.join(&l.socket);
-            let listener = socket::bind(&path, l.socket_group.as_deref())
-                .map_err(|source| AgentError::Listen { what: format!("limits.socket {}", path.display()), source })?;
-            tracker.spawn(socket::serve(listener, path, service.clone(), cancel.clone()));
-        }
         Ok(service)
     }
 

@@ -1,9 +1,7 @@
 //! The `[limits]` table: how this node takes part in the cluster's limits (the coordination
-//! interval, how long a silent node's share is held, the revision resync, the local socket and
-//! the decision records). The limits themselves are set for the whole cluster with
+//! interval, how long a silent node's share is held, the revision resync and the decision
+//! records; the socket is `[gateway]`'s). The limits themselves are set for the whole cluster with
 //! `switchboard limits set`.
-
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -31,13 +29,12 @@ pub struct LimitsSettings {
     /// revisions also arrive at once when set). Default: 5000.
     #[serde(default = "default_resync_ms")]
     pub resync_ms: u64,
-    /// Unix socket of the line protocol API (docs/limits-api.md), relative to `data_dir` unless
-    /// absolute; empty to disable. Default: `limits.sock`.
-    #[serde(default = "default_limits_socket")]
-    pub socket: PathBuf,
-    /// Group of the socket (a name from `/etc/group`, or a number): the socket is created with
-    /// mode 0660, so the agent's user and this group may connect. Default: the agent's group.
-    #[serde(default)]
+    /// Moved to `gateway.socket` (the socket serves DLRs too); set here, it is refused with a
+    /// message that says so.
+    #[serde(default, skip_serializing)]
+    pub socket: Option<String>,
+    /// Moved to `gateway.socket_group`, like `socket`.
+    #[serde(default, skip_serializing)]
     pub socket_group: Option<String>,
     /// Write decisions per key and second to the collector's `limits` table. Default: true.
     #[serde(default = "default_true")]
@@ -53,9 +50,6 @@ fn default_silent_hold_ms() -> u64 {
 fn default_resync_ms() -> u64 {
     5000
 }
-fn default_limits_socket() -> PathBuf {
-    PathBuf::from("limits.sock")
-}
 
 impl Default for LimitsSettings {
     fn default() -> Self {
@@ -64,7 +58,7 @@ impl Default for LimitsSettings {
             interval_ms: default_limits_interval_ms(),
             silent_hold_ms: default_silent_hold_ms(),
             resync_ms: default_resync_ms(),
-            socket: default_limits_socket(),
+            socket: None,
             socket_group: None,
             record_decisions: true,
         }
@@ -80,6 +74,13 @@ impl LimitsSettings {
     /// `bus.lease_ms` is checked by [`AgentConfig::validate`](crate::config::AgentConfig::validate),
     /// which sees both tables.
     pub fn validate(&self) -> Result<(), AgentConfigError> {
+        if self.socket.is_some() || self.socket_group.is_some() {
+            return Err(AgentConfigError::Invalid(
+                "limits.socket and limits.socket_group are now gateway.socket and gateway.socket_group \
+                 (the gateway socket serves DLRs too): move them to a [gateway] table"
+                    .into(),
+            ));
+        }
         if self.resync_ms == 0 {
             return Err(AgentConfigError::Invalid("limits.resync_ms must be > 0".into()));
         }

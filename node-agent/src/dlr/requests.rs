@@ -1,0 +1,149 @@
+//! The gateway's DLR requests, defined once for both ways in: the HTTP routes ([`super::http`])
+//! and the gateway socket (`crate::gateway`). A request is its JSON body (docs/dlr-api.md); its
+//! answer is a JSON document, or a [`DlrError`] that each transport turns into its own status.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{DlrError, DlrService, IdForm, Registration, ReportRequest};
+
+/// A DLR request, parsed from its JSON body.
+#[derive(Debug)]
+pub enum Request {
+    /// Register one message or a batch.
+    Register(Vec<Registration>),
+    /// Look a message up.
+    Resolve(ResolveRequest),
+    /// Hand in a DLR.
+    Report(ReportRequest),
+    /// Close a record this node owns.
+    Close(CloseRequest),
+}
+
+/// What `resolve` asks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveRequest {
+    /// The connector the DLR came in on.
+    pub connector: String,
+    /// The message id.
+    pub msg_id: String,
+    /// How long to wait for a registration not there yet, ms.
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
+    /// This node's store only, no bus.
+    #[serde(default)]
+    pub local: bool,
+    /// The owner's answer while it is live (not a copy).
+    #[serde(default)]
+    pub owner: bool,
+    /// `msg_id` as the gateway registered it (`ids`), not as a DLR writes it (`report_ids`).
+    #[serde(default)]
+    pub registered: bool,
+}
+
+/// What `close` asks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloseRequest {
+    /// The connector.
+    pub connector: String,
+    /// The message id, as registered.
+    pub msg_id: String,
+    /// The final status to record.
+    pub status: String,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RegisterBody {
+    Many { records: Vec<Registration> },
+    One(Registration),
+}
+
+/// The shape of each request's body, for error messages.
+const REGISTER_SHAPE: &str = r#"{"connector", "msg_id", "destination"?, "account"?, "gateway_ref"?, "submitted_at"?, "expiry_s"?} or {"records": [...]}"#;
+const RESOLVE_SHAPE: &str = r#"{"connector": string, "msg_id": string, "wait_ms"?: integer, "local"?: bool, "owner"?: bool, "registered"?: bool}"#;
+const REPORT_SHAPE: &str = r#"{"connector", "msg_id", "status", "final"?, "error"?, "text"?, "wait_ms"?}"#;
+const CLOSE_SHAPE: &str = r#"{"connector": string, "msg_id": string, "status": string}"#;
+
+/// Parse a JSON body as `T`, naming the expected shape when it is not one.
+pub fn parse<T: for<'de> Deserialize<'de>>(body: &[u8], shape: &str) -> Result<T, DlrError> {
+    serde_json::from_slice(body).map_err(|e| DlrError::BadRequest(format!("expected {shape}: {e}")))
+}
+
+impl Request {
+    /// A `register` body.
+    pub fn register(body: &[u8]) -> Result<Self, DlrError> {
+        Ok(Self::Register(match parse::<RegisterBody>(body, REGISTER_SHAPE)? {
+            RegisterBody::Many { records } => records,
+            RegisterBody::One(r) => vec![r],
+        }))
+    }
+
+    /// A `resolve` body.
+    pub fn resolve(body: &[u8]) -> Result<Self, DlrError> {
+        parse(body, RESOLVE_SHAPE).map(Self::Resolve)
+    }
+
+    /// A `report` body.
+    pub fn report(body: &[u8]) -> Result<Self, DlrError> {
+        parse(body, REPORT_SHAPE).map(Self::Report)
+    }
+
+    /// A `close` body.
+    pub fn close(body: &[u8]) -> Result<Self, DlrError> {
+        parse(body, CLOSE_SHAPE).map(Self::Close)
+    }
+
+    /// Carry the request out. Register and close write the store on a blocking thread; a
+    /// resolve of a record this node holds completes without waiting (the socket answers it on
+    /// the thread that read it, see `crate::gateway`).
+    pub async fn run(self, service: Arc<DlrService>) -> Result<Answer, DlrError> {
+        match self {
+            Self::Register(regs) => {
+                let s = service.clone();
+                let records = tokio::task::spawn_blocking(move || s.register(&regs)).await??;
+                Ok(Answer::created(&json!({ "registered": records.len(), "records": records })))
+            }
+            Self::Resolve(req) => {
+                let form = if req.registered { IdForm::Registered } else { IdForm::Report };
+                let r = if req.local {
+                    service.resolve_local(&req.connector, &req.msg_id, form)?
+                } else {
+                    service.resolve(&req.connector, &req.msg_id, form, req.wait_ms, req.owner).await?
+                };
+                Ok(Answer::ok(&r))
+            }
+            Self::Report(req) => Ok(Answer::ok(&service.report(&req).await?)),
+            Self::Close(req) => {
+                let s = service.clone();
+                let record =
+                    tokio::task::spawn_blocking(move || s.close(&req.connector, &req.msg_id, &req.status)).await??;
+                Ok(Answer::ok(&json!({ "record": record })))
+            }
+        }
+    }
+}
+
+/// A request's answer: its JSON document, and whether it created something (HTTP 201).
+#[derive(Debug)]
+pub struct Answer {
+    /// The JSON document, on one line.
+    pub body: Vec<u8>,
+    /// Whether the request created records.
+    pub created: bool,
+}
+
+impl Answer {
+    fn ok(value: &impl Serialize) -> Self {
+        // A document of our own types (strings, numbers, maps with string keys) always encodes.
+        Self { body: serde_json::to_vec(value).unwrap_or_default(), created: false }
+    }
+
+    fn created(value: &impl Serialize) -> Self {
+        Self { created: true, ..Self::ok(value) }
+    }
+}

@@ -1,0 +1,522 @@
+//! The gateway socket: one line protocol for limit decisions and DLRs, on a Unix socket and,
+//! when configured, on TCP at a loopback address (docs/gateway-protocol.md).
+//!
+//! One request per line, one answer per line, in the order of the requests. Requests may be
+//! pipelined: a connection reads on while earlier requests wait for the bus (up to
+//! [`MAX_IN_FLIGHT`] of them), and answers that are ready leave with one write. A request that
+//! needs no waiting (a limit decision, a DLR this node holds) is answered on the task that read
+//! it, without a hand-off. The verbs are those of `crate::limits::lines` (`ACQUIRE`, `RELEASE`,
+//! `PING`) and `crate::dlr::lines` (`REGISTER`, `RESOLVE`, `REPORT`, `CLOSE`).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures::stream::{FuturesOrdered, StreamExt};
+use futures::FutureExt;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::AgentConfigError;
+use crate::dlr::DlrService;
+use crate::limits::LimitsService;
+use crate::AgentError;
+
+/// Longest request line (a DLR registration batch is one line of JSON).
+pub const MAX_LINE: usize = 64 * 1024;
+/// Requests of one connection waiting for their answers; beyond that it stops reading.
+pub const MAX_IN_FLIGHT: usize = 1024;
+
+/// The `[gateway]` config table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySettings {
+    /// Unix socket of the gateway protocol, relative to `agent.data_dir` unless absolute; empty
+    /// to disable. Default: `gateway.sock`.
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Group of the socket (a name from `/etc/group`, or a number): the socket is created with
+    /// mode 0660, so the agent's user and this group may connect. Default: the agent's group.
+    #[serde(default)]
+    pub socket_group: Option<String>,
+    /// The same protocol over TCP, for gateways that cannot open a Unix socket: a loopback
+    /// address and port (`127.0.0.1:7484`); empty to disable. The protocol has no token, so
+    /// other addresses are refused. Default: empty.
+    #[serde(default)]
+    pub tcp_listen: String,
+    /// Connections open at once, per listener; more are closed at once. Default: 1024.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from("gateway.sock")
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            socket: default_socket(),
+            socket_group: None,
+            tcp_listen: String::new(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+impl GatewaySettings {
+    /// Check the `[gateway]` table: a TCP address must be loopback, connections at least one.
+    pub fn validate(&self) -> Result<(), AgentConfigError> {
+        if self.max_connections == 0 {
+            return Err(AgentConfigError::Invalid("gateway.max_connections must be > 0".into()));
+        }
+        self.tcp_addr().map(|_| ())
+    }
+
+    /// The TCP address, if one is set.
+    pub fn tcp_addr(&self) -> Result<Option<SocketAddr>, AgentConfigError> {
+        if self.tcp_listen.is_empty() {
+            return Ok(None);
+        }
+        let addr: SocketAddr = self
+            .tcp_listen
+            .parse()
+            .map_err(|e| AgentConfigError::Invalid(format!("gateway.tcp_listen {:?}: {e}", self.tcp_listen)))?;
+        if !addr.ip().is_loopback() {
+            return Err(AgentConfigError::Invalid(format!(
+                "gateway.tcp_listen {addr} is not a loopback address: the gateway protocol has no token; \
+                 gateways on other hosts use the HTTP API with agent.http_token"
+            )));
+        }
+        Ok(Some(addr))
+    }
+}
+
+/// The gateway socket's counters.
+#[derive(Debug, Default)]
+pub struct GatewayStats {
+    /// Request lines answered.
+    pub requests: AtomicU64,
+    /// Connections accepted.
+    pub connections: AtomicU64,
+    /// Connections closed at once because `max_connections` were open.
+    pub connections_refused: AtomicU64,
+    /// Lines with a verb the protocol does not have.
+    pub unknown_requests: AtomicU64,
+    /// Lines over [`MAX_LINE`] (the connection is closed).
+    pub lines_too_long: AtomicU64,
+}
+
+/// What answers the requests: the limits and the DLR index, whichever this node runs.
+pub struct Gateway {
+    limits: Option<Arc<LimitsService>>,
+    dlr: Option<Arc<DlrService>>,
+    /// Counters.
+    pub stats: GatewayStats,
+}
+
+/// An answer still waiting (for the bus, the store): it yields the answer line.
+pub type Later = Pin<Box<dyn Future<Output = Vec<u8>> + Send>>;
+
+impl Gateway {
+    /// Bind the configured listeners and serve them until `cancel` fires. `None` when neither a
+    /// socket nor a TCP address is configured.
+    pub fn start(
+        settings: &GatewaySettings,
+        data_dir: &Path,
+        limits: Option<Arc<LimitsService>>,
+        dlr: Option<Arc<DlrService>>,
+        tracker: &TaskTracker,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Arc<Self>>, AgentError> {
+        let tcp = settings.tcp_addr().map_err(AgentError::Config)?;
+        if settings.socket.as_os_str().is_empty() && tcp.is_none() {
+            return Ok(None);
+        }
+        let gateway = Arc::new(Self { limits, dlr, stats: GatewayStats::default() });
+        let slots = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
+        if !settings.socket.as_os_str().is_empty() {
+            let path = data_dir.join(&settings.socket);
+            let listener = bind_unix(&path, settings.socket_group.as_deref())
+                .map_err(|source| AgentError::Listen { what: format!("gateway.socket {}", path.display()), source })?;
+            tracing::info!(socket = %path.display(), "gateway protocol on the Unix socket");
+            let (g, slots, cancel) = (gateway.clone(), slots.clone(), cancel.clone());
+            tracker.spawn(async move {
+                accept_loop(|| async { listener.accept().await.map(|(s, _)| s.into_split()) }, g, slots, &cancel).await;
+                let _ = std::fs::remove_file(&path);
+            });
+        }
+        if let Some(addr) = tcp {
+            let std = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|source| AgentError::Listen { what: format!("gateway.tcp_listen {addr}"), source })?;
+            let listener = TcpListener::from_std(std)
+                .map_err(|source| AgentError::Listen { what: format!("gateway.tcp_listen {addr}"), source })?;
+            tracing::info!(%addr, "gateway protocol on TCP");
+            let (g, cancel) = (gateway.clone(), cancel.clone());
+            tracker.spawn(async move {
+                let accept = || async {
+                    let (s, _) = listener.accept().await?;
+                    // Answers are small and must leave at once.
+                    s.set_nodelay(true)?;
+                    Ok(s.into_split())
+                };
+                accept_loop(accept, g, slots, &cancel).await;
+            });
+        }
+        Ok(Some(gateway))
+    }
+
+    /// Answer one request line: now (appended to `out`), or later.
+    pub fn answer_line(&self, line: &[u8], out: &mut Vec<u8>) -> Option<Later> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let verb_end = line.iter().position(|b| b.is_ascii_whitespace()).unwrap_or(line.len());
+        match &line[..verb_end] {
+            b"ACQUIRE" | b"RELEASE" | b"PING" => match &self.limits {
+                Some(l) => {
+                    l.stats.socket_requests.fetch_add(1, Ordering::Relaxed);
+                    crate::limits::lines::answer(l, line, out);
+                }
+                None if &line[..verb_end] == b"PING" => out.extend_from_slice(b"PONG\n"),
+                None => out.extend_from_slice(b"ERR limits are off on this node ([limits] enabled = false)\n"),
+            },
+            b"REGISTER" | b"RESOLVE" | b"REPORT" | b"CLOSE" => match &self.dlr {
+                Some(d) => return crate::dlr::lines::answer(d, line, out),
+                None => out.extend_from_slice(b"ERR DLRs are off on this node ([dlr] enabled = false)\n"),
+            },
+            _ => {
+                self.stats.unknown_requests.fetch_add(1, Ordering::Relaxed);
+                let verb = String::from_utf8_lossy(&line[..verb_end.min(32)]);
+                out.extend_from_slice(
+                    format!(
+                        "ERR unknown request {:?}; expected ACQUIRE, RELEASE, PING, REGISTER, RESOLVE, REPORT or CLOSE\n",
+                        verb.trim()
+                    )
+                    .as_bytes(),
+                );
+            }
+        }
+        None
+    }
+}
+
+/// Accept connections from `accept` until `cancel` fires, at most `slots` open at once.
+async fn accept_loop<A, F, R, W>(
+    accept: A,
+    gateway: Arc<Gateway>,
+    slots: Arc<tokio::sync::Semaphore>,
+    cancel: &CancellationToken,
+) where
+    A: Fn() -> F,
+    F: Future<Output = std::io::Result<(R, W)>>,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    loop {
+        let (read, mut write) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            s = accept() => match s {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "gateway socket: accept failed");
+                    // A full file table, say: do not spin on it.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            gateway.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let _ = write.write_all(b"ERR too many connections (gateway.max_connections)\n").await;
+            });
+            continue;
+        };
+        gateway.stats.connections.fetch_add(1, Ordering::Relaxed);
+        let (g, cancel) = (gateway.clone(), cancel.clone());
+        tokio::spawn(async move {
+            answer_requests(read, write, &*g, &cancel).await;
+            drop(slot);
+        });
+    }
+}
+
+/// What a connection does with its request lines.
+pub(crate) trait LineService {
+    /// Answer one request line: now (appended to `out`), or later.
+    fn answer_line(&self, line: &[u8], out: &mut Vec<u8>) -> Option<Later>;
+    /// A line over [`MAX_LINE`] bytes arrived; it is refused and the connection closed.
+    fn refuse_long_line(&self);
+}
+
+impl LineService for Gateway {
+    fn answer_line(&self, line: &[u8], out: &mut Vec<u8>) -> Option<Later> {
+        Gateway::answer_line(self, line, out)
+    }
+
+    fn refuse_long_line(&self) {
+        self.stats.lines_too_long.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Bind the Unix socket at `path`, replacing a stale one left by a previous run, with mode 0660
+/// and, if given, the group `group` (a name or a number): the agent's user and that group may
+/// connect, nobody else.
+pub fn bind_unix(path: &Path, group: Option<&str>) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    if let Some(group) = group {
+        std::os::unix::fs::chown(path, None, Some(gid_of(group)?))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}
+
+/// The id of group `group`: a number, or a name looked up in `/etc/group`.
+fn gid_of(group: &str) -> std::io::Result<u32> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group")?;
+    groups
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            Some((f.next()?, f.nth(1)?))
+        })
+        .find(|(name, _)| *name == group)
+        .and_then(|(_, gid)| gid.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, format!("no group named {group:?} in /etc/group"))
+        })
+}
+
+/// Answer every request line read from `read` on `write`, in order, until the peer closes (then
+/// the answers still due are sent), a line is too long or `cancel` fires.
+///
+/// Answers wait in `out` only while the next request line is already complete in the read
+/// buffer (so a pipelined burst is answered with one write) or while an earlier answer is still
+/// due; before waiting for more bytes from the gateway, everything answered so far is written.
+async fn answer_requests<R, W, S>(read: R, mut write: W, service: &S, cancel: &CancellationToken)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    S: LineService + ?Sized,
+{
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::with_capacity(128);
+    let mut out = Vec::with_capacity(256);
+    // Answers in request order; ready ones queue behind a pending one.
+    let mut due: FuturesOrdered<Later> = FuturesOrdered::new();
+    let mut reading = true;
+    loop {
+        // What is ready at the head goes out in order.
+        while let Some(Some(answer)) = due.next().now_or_never() {
+            out.extend_from_slice(&answer);
+        }
+        // Hold the answers only while the next request is already in and will be read at once.
+        let next_is_in = reading && due.len() < MAX_IN_FLIGHT && memchr::memchr(b'\n', reader.buffer()).is_some();
+        if !out.is_empty() && !next_is_in {
+            if write.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        if !reading && due.is_empty() {
+            return;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            answer = due.next(), if !due.is_empty() => {
+                if let Some(answer) = answer {
+                    out.extend_from_slice(&answer);
+                }
+            }
+            n = read_line(&mut reader, &mut line), if reading && due.len() < MAX_IN_FLIGHT => {
+                match n {
+                    // The end of the stream: a last line without its newline is still answered.
+                    Ok(0) | Err(_) => {
+                        reading = false;
+                        if !line.is_empty() && line.len() <= MAX_LINE {
+                            let mut now = Vec::new();
+                            let later = service.answer_line(&line, &mut now);
+                            due.push_back(later.unwrap_or_else(|| Box::pin(std::future::ready(now))));
+                        }
+                    }
+                    Ok(_) if line.len() > MAX_LINE => {
+                        service.refuse_long_line();
+                        // The answers to the lines before it go first.
+                        while let Some(answer) = due.next().await {
+                            out.extend_from_slice(&answer);
+                        }
+                        out.extend_from_slice(b"ERR line too long\n");
+                        let _ = write.write_all(&out).await;
+                        return;
+                    }
+                    Ok(_) => {
+                        if due.is_empty() {
+                            if let Some(later) = service.answer_line(&line, &mut out) {
+                                due.push_back(later);
+                            }
+                        } else {
+                            let mut now = Vec::new();
+                            let later = service.answer_line(&line, &mut now);
+                            due.push_back(later.unwrap_or_else(|| Box::pin(std::future::ready(now))));
+                        }
+                        line.clear();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Read more of one line into `line`, up to a newline, the end of the stream, or a length of
+/// `MAX_LINE + 1` bytes in all (longer ones are refused by the caller). Bytes read before a
+/// cancellation stay in `line`, so a call can be cancelled and made again.
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R, line: &mut Vec<u8>) -> std::io::Result<usize> {
+    let room = (MAX_LINE + 1).saturating_sub(line.len()) as u64;
+    let mut limited = reader.take(room);
+    limited.read_until(b'\n', line).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::UnixStream;
+
+    /// Answers from the request alone: `PONG` for `PING`, `ECHO <line>` for anything else, and
+    /// for `SLOW <ms> <tag>` the answer `SLOW <tag>` after that long, so the order of answers
+    /// shows.
+    struct Echo;
+
+    impl LineService for Echo {
+        fn answer_line(&self, line: &[u8], out: &mut Vec<u8>) -> Option<Later> {
+            let text = String::from_utf8_lossy(line).trim().to_owned();
+            if let Some(rest) = text.strip_prefix("SLOW ") {
+                let (ms, tag) = rest.split_once(' ').unwrap_or((rest, ""));
+                let ms: u64 = ms.parse().unwrap_or(0);
+                let tag = tag.to_owned();
+                return Some(Box::pin(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    format!("SLOW {tag}\n").into_bytes()
+                }));
+            }
+            let answer = if text == "PING" { "PONG".to_owned() } else { format!("ECHO {text}") };
+            out.extend_from_slice(answer.as_bytes());
+            out.push(b'\n');
+            None
+        }
+
+        fn refuse_long_line(&self) {}
+    }
+
+    /// A connection served by [`Echo`]: the gateway's end of the socket and the serving task.
+    fn echo_connection() -> (UnixStream, tokio::task::JoinHandle<()>) {
+        let (gateway, agent) = UnixStream::pair().unwrap();
+        let served = tokio::spawn(async move {
+            let (read, write) = agent.into_split();
+            answer_requests(read, write, &Echo, &CancellationToken::new()).await;
+        });
+        (gateway, served)
+    }
+
+    /// Read exactly `expected` from `gateway`, failing after a second.
+    async fn expect_answers(gateway: &mut UnixStream, expected: &[u8], context: &str) {
+        let mut got = vec![0u8; expected.len()];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(1), gateway.read_exact(&mut got)).await;
+        assert!(read.is_ok(), "{context}: no answer within 1 s; expected {:?}", String::from_utf8_lossy(expected));
+        read.unwrap().unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(expected), "{context}");
+    }
+
+    #[tokio::test]
+    async fn every_complete_line_is_answered_wherever_the_bytes_are_split() {
+        let requests: &[u8] = b"PING\nACQUIRE operator:a 2\nRELEASE domain:b\nPING\r\nbogus\nACQUIRE k\n";
+        let answers: Vec<String> =
+            ["PONG", "ECHO ACQUIRE operator:a 2", "ECHO RELEASE domain:b", "PONG", "ECHO bogus", "ECHO ACQUIRE k"]
+                .iter()
+                .map(|a| format!("{a}\n"))
+                .collect();
+        for split in 0..=requests.len() {
+            let (mut gateway, served) = echo_connection();
+            let (first, rest) = requests.split_at(split);
+            let complete = first.iter().filter(|b| **b == b'\n').count();
+            gateway.write_all(first).await.unwrap();
+            let before = answers[..complete].concat();
+            expect_answers(&mut gateway, before.as_bytes(), &format!("after the first {split} bytes")).await;
+            gateway.write_all(rest).await.unwrap();
+            let after = answers[complete..].concat();
+            expect_answers(&mut gateway, after.as_bytes(), &format!("after the rest (split at {split})")).await;
+            gateway.shutdown().await.unwrap();
+            let mut tail = Vec::new();
+            gateway.read_to_end(&mut tail).await.unwrap();
+            assert!(tail.is_empty(), "split at {split}: unexpected answers {:?}", String::from_utf8_lossy(&tail));
+            served.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn pipelined_answers_keep_request_order_while_slow_ones_run_together() {
+        let (mut gateway, served) = echo_connection();
+        let t = std::time::Instant::now();
+        // Three slow answers of 300 ms each, with quick ones between: together they take about
+        // 300 ms, not 900, and every answer comes in the order of its request.
+        gateway.write_all(b"SLOW 300 a\nPING\nSLOW 300 b\nx\nSLOW 300 c\nPING\n").await.unwrap();
+        expect_answers(&mut gateway, b"SLOW a\nPONG\nSLOW b\nECHO x\nSLOW c\nPONG\n", "pipelined").await;
+        assert!(t.elapsed() < std::time::Duration::from_millis(700), "took {:?}", t.elapsed());
+        // A request after the slow ones is answered at once.
+        gateway.write_all(b"PING\n").await.unwrap();
+        expect_answers(&mut gateway, b"PONG\n", "after").await;
+        // Closing the writing half still delivers what is due.
+        gateway.write_all(b"SLOW 100 d\n").await.unwrap();
+        gateway.shutdown().await.unwrap();
+        let mut tail = Vec::new();
+        gateway.read_to_end(&mut tail).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&tail), "SLOW d\n");
+        served.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn answers_before_an_over_long_line_are_sent_before_the_connection_closes() {
+        let (mut gateway, served) = echo_connection();
+        let mut requests = b"PING\nSLOW 50 a\n".to_vec();
+        requests.extend(std::iter::repeat_n(b'x', MAX_LINE + 10));
+        gateway.write_all(&requests).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(1), gateway.read_to_end(&mut got)).await.unwrap().unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), "PONG\nSLOW a\nERR line too long\n");
+        served.await.unwrap();
+    }
+
+    #[test]
+    fn a_tcp_address_must_be_loopback() {
+        let mut s = GatewaySettings { tcp_listen: "127.0.0.1:7484".into(), ..GatewaySettings::default() };
+        assert!(s.validate().is_ok());
+        s.tcp_listen = "[::1]:7484".into();
+        assert!(s.validate().is_ok());
+        s.tcp_listen = "0.0.0.0:7484".into();
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("not a loopback address"), "{err}");
+        s.tcp_listen = "localhost".into();
+        assert!(s.validate().is_err());
+    }
+}

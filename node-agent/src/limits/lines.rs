@@ -1,0 +1,101 @@
+//! The limits verbs of the gateway protocol (`crate::gateway`, docs/gateway-protocol.md).
+//!
+//! | request | answers |
+//! | --- | --- |
+//! | `ACQUIRE <key> [n]` | `OK`, `UNLIMITED`, or `DENY <retry_after_ms>` |
+//! | `RELEASE <key> [n]` | `OK <released>` (fewer than `n`: the rest were not held) |
+//! | `PING` | `PONG` |
+//!
+//! `ACQUIRE` takes slots of a concurrency key and units of a rate key. Keys may not contain
+//! whitespace here (use HTTP for such keys); `n` defaults to 1. Anything else is answered with
+//! `ERR <reason>` and counted; the connection stays usable.
+
+use std::sync::atomic::Ordering;
+
+use switchboard_bus::limits::Decision;
+
+use super::{check_request, LimitsService};
+
+/// Append the answer to one request line to `out`.
+pub fn answer(service: &LimitsService, line: &[u8], out: &mut Vec<u8>) {
+    use std::io::Write as _;
+    let reply = match parse(line) {
+        Ok(Request::Ping) => {
+            out.extend_from_slice(b"PONG\n");
+            return;
+        }
+        Ok(Request::Acquire(key, n)) => match service.acquire(key, n) {
+            Decision::Allowed => writeln!(out, "OK"),
+            Decision::Unlimited => writeln!(out, "UNLIMITED"),
+            Decision::Denied { retry_after } => writeln!(out, "DENY {:.3}", retry_after.as_secs_f64() * 1000.0),
+        },
+        Ok(Request::Release(key, n)) => writeln!(out, "OK {}", service.release(key, n)),
+        Err(reason) => {
+            service.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+            writeln!(out, "ERR {reason}")
+        }
+    };
+    debug_assert!(reply.is_ok(), "writing to a Vec cannot fail");
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Request<'a> {
+    Acquire(&'a str, u64),
+    Release(&'a str, u64),
+    Ping,
+}
+
+fn parse<'a>(line: &'a [u8]) -> Result<Request<'a>, String> {
+    let line = std::str::from_utf8(line).map_err(|_| "request is not UTF-8".to_owned())?;
+    let mut words = line.split_ascii_whitespace();
+    let verb = words.next().ok_or("empty request; expected ACQUIRE, RELEASE or PING")?;
+    let (key, n) = (words.next(), words.next());
+    if words.next().is_some() {
+        return Err("too many words; expected `<VERB> <key> [n]`".into());
+    }
+    let units = |n: Option<&str>| -> Result<u64, String> {
+        n.map_or(Ok(1), |s| s.parse::<u64>().map_err(|_| format!("n must be a whole number, got {s:?}")))
+    };
+    let keyed = |key: Option<&'a str>, n: u64| -> Result<&'a str, String> {
+        let key = key.ok_or("missing key")?;
+        check_request(key, n).map_err(|e| e.to_string())?;
+        Ok(key)
+    };
+    match verb {
+        "ACQUIRE" => {
+            let n = units(n)?;
+            Ok(Request::Acquire(keyed(key, n)?, n))
+        }
+        "RELEASE" => {
+            let n = units(n)?;
+            Ok(Request::Release(keyed(key, n)?, n))
+        }
+        "PING" if key.is_none() => Ok(Request::Ping),
+        other => Err(format!("unknown request {other:?}; expected ACQUIRE, RELEASE or PING")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_and_bad_ones_are_explained() {
+        assert_eq!(parse(b"ACQUIRE operator:x\n"), Ok(Request::Acquire("operator:x", 1)));
+        assert_eq!(parse(b"ACQUIRE operator:x 5\r\n"), Ok(Request::Acquire("operator:x", 5)));
+        assert_eq!(parse(b"RELEASE d 2\n"), Ok(Request::Release("d", 2)));
+        assert_eq!(parse(b"PING\n"), Ok(Request::Ping));
+        for (bad, says) in [
+            (&b"\n"[..], "empty"),
+            (b"acquire x\n", "unknown request"),
+            (b"ACQUIRE\n", "missing key"),
+            (b"ACQUIRE x y\n", "whole number"),
+            (b"ACQUIRE x 0\n", "between 1"),
+            (b"ACQUIRE x 1 2\n", "too many"),
+            (b"ACQUIRE \xff\n", "UTF-8"),
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert!(err.contains(says), "{bad:?}: {err}");
+        }
+    }
+}
