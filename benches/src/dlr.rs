@@ -514,25 +514,17 @@ pub(crate) fn run(bench: &DlrBench) -> Result<()> {
     let ((r, h), cpu) = zenoh_floor(&rt, lookups, rate)?;
     row("zenoh alone: fixed reply, same pacing", r, &h, ours, cpu);
 
-    let resolve = || {
-        paced(
-            lookups,
-            rate,
-            clients,
-            |_| Http::connect(nodes[0].http),
-            |http, i| {
-                let (node, k) = ids[i as usize];
-                let (code, body) = http.post(
-                    "/v1/dlr/resolve",
-                    &format!("{{\"connector\":\"{CONNECTOR}\",\"msg_id\":\"{}\"}}", msg_id(node, k)),
-                )?;
-                if code != 200 {
-                    bail!("resolve: {code} {}", String::from_utf8_lossy(&body));
-                }
-                Ok(())
-            },
-        )
+    // `POST /v1/dlr/resolve` of lookup `i`, which must answer 200.
+    let http_resolve = |http: &mut Http, i: u64| -> Result<()> {
+        let (node, k) = ids[i as usize];
+        let body = format!("{{\"connector\":\"{CONNECTOR}\",\"msg_id\":\"{}\"}}", msg_id(node, k));
+        let (code, answer) = http.post("/v1/dlr/resolve", &body)?;
+        if code != 200 {
+            bail!("resolve: {code} {}", String::from_utf8_lossy(&answer));
+        }
+        Ok(())
     };
+    let resolve = || paced(lookups, rate, clients, |_| Http::connect(nodes[0].http), http_resolve);
     let ((r, h), cpu) = with_cpu(&pids, lookups, resolve)?;
     row("agent API /v1/dlr/resolve (HTTP, via bus)", r, &h, ours, cpu);
 
@@ -626,23 +618,7 @@ pub(crate) fn run(bench: &DlrBench) -> Result<()> {
     row("  socket, held elsewhere (1 bus trip)", r, &h, ours, cpu);
     let n = held.len() as u64;
     let ((r, h), cpu) = with_cpu(&pids, n, || {
-        paced(
-            n,
-            rate,
-            clients,
-            |_| Http::connect(nodes[0].http),
-            |http, j| {
-                let (node, k) = ids[held[j as usize] as usize];
-                let (code, body) = http.post(
-                    "/v1/dlr/resolve",
-                    &format!("{{\"connector\":\"{CONNECTOR}\",\"msg_id\":\"{}\"}}", msg_id(node, k)),
-                )?;
-                if code != 200 {
-                    bail!("resolve: {code} {}", String::from_utf8_lossy(&body));
-                }
-                Ok(())
-            },
-        )
+        paced(n, rate, clients, |_| Http::connect(nodes[0].http), |http, j| http_resolve(http, held[j as usize]))
     })?;
     row("  HTTP, held here (store, no bus)", r, &h, ours, cpu);
 

@@ -306,6 +306,11 @@ impl axum::serve::Listener for Capped {
             Err(_) => std::future::pending().await,
         };
         let (io, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        // Answers leave at once: with Nagle's algorithm an answer written in two parts waits
+        // for the client's delayed ACK (40 ms) before its second part.
+        if let Err(e) = io.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
         (CappedIo { io, _permit: permit }, addr)
     }
 
