@@ -16,6 +16,10 @@
 //!   asked at the same pace (what any one-query lookup costs at least);
 //! - the agent's API (`POST /v1/dlr/resolve` on one node, HTTP keep-alive): the round trip plus
 //!   the gateway's hop to its agent;
+//! - the gateway socket (`RESOLVE <connector> <id>`, on the Unix socket and on loopback TCP),
+//!   then split by where the record is: held by that node (its own or its copy: answered from
+//!   its store, no bus) or elsewhere (one bus round trip), and the HTTP route on held records;
+//!   the difference between rows is the cost of a hop (docs/performance.md);
 //! - node-by-node forwarding as gateways do it today: ask node 1's own store, then node 2's, ...
 //!   (`"local": true` on each agent's API);
 //! - a shared Redis hash (HGET), with the same records loaded, when `redis-server` is available.

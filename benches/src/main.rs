@@ -77,9 +77,11 @@ enum Bench {
     /// DLR lookups: 3 node processes with `--records` open records each; lookup latency
     /// (p50/p99/p999) at `--rate`/s over the bus (asking the one node that must hold the id on
     /// the ask stream, from an async and a bare client, and by query; and every node), beside
-    /// zenoh's own floor (a query answered with a fixed reply), through the agent's API, by
-    /// node-by-node forwarding and from a shared Redis hash; memory and disk per open record (targets: p99 under
-    /// 1 ms at 10000 lookups/s, under 200 B per open record in the agent's memory).
+    /// zenoh's own floor (a query answered with a fixed reply), through the agent's HTTP API and
+    /// its gateway socket (all lookups, then split by whether the node holds the record), by
+    /// node-by-node forwarding and from a shared Redis hash; memory and disk per open record
+    /// (targets: p99 under 1 ms at 10000 lookups/s, under 200 B per open record in the agent's
+    /// memory; gateway socket p99 at most Redis's, HTTP at most 3x).
     Dlr {
         /// Open records registered on each node.
         #[arg(long, default_value_t = 1_000_000)]
