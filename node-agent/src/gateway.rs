@@ -30,8 +30,9 @@ use crate::AgentError;
 
 /// Longest request line (a DLR registration batch is one line of JSON).
 pub const MAX_LINE: usize = 64 * 1024;
-/// Requests of one connection waiting for their answers; beyond that it stops reading.
-pub const MAX_IN_FLIGHT: usize = 1024;
+/// Requests of one connection waiting for their answers; beyond that it stops reading. With
+/// [`MAX_LINE`] this bounds what one connection holds to 8 MiB of requests.
+pub const MAX_IN_FLIGHT: usize = 128;
 
 /// The `[gateway]` config table.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -492,6 +493,24 @@ mod tests {
         let mut tail = Vec::new();
         gateway.read_to_end(&mut tail).await.unwrap();
         assert_eq!(String::from_utf8_lossy(&tail), "SLOW d\n");
+        served.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn more_waiting_requests_than_may_be_in_flight_are_all_answered_in_order() {
+        let (mut gateway, served) = echo_connection();
+        let n = MAX_IN_FLIGHT * 3;
+        let requests: String = (0..n).map(|i| format!("SLOW 20 {i}\n")).collect();
+        let expected: String = (0..n).map(|i| format!("SLOW {i}\n")).collect();
+        let writer = tokio::spawn(async move {
+            gateway.write_all(requests.as_bytes()).await.unwrap();
+            gateway.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            gateway.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await.unwrap().unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), expected);
         served.await.unwrap();
     }
 
