@@ -80,7 +80,7 @@ pub struct CollectorSettings {
     #[serde(default = "default_zstd_level")]
     pub zstd_level: i32,
     /// Payloads queued between the bus and the writer; beyond that the bus is slowed down
-    /// (publishers block) for up to 100 ms, then live payloads are shed and pulled again from
+    /// (publishers block) for up to 1 s, then live payloads are shed and pulled again from
     /// the agents' journals. Default: 64.
     #[serde(default = "default_queue")]
     pub queue_payloads: usize,

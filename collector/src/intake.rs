@@ -45,8 +45,10 @@ pub(crate) enum Input {
     },
 }
 
-/// How long a bus callback waits for room in a full intake queue before it sheds.
-const OFFER_WAIT: Duration = Duration::from_millis(100);
+/// How long a bus callback waits for room in a full intake queue before it sheds: long enough
+/// that a commit or a busy moment does not shed (a shed payload lives only in the agent's journal
+/// until pulled again), well under the bus lease (3 s) so a link held this long stays up.
+const OFFER_WAIT: Duration = Duration::from_secs(1);
 
 /// The bus side of the intake queue: zenoh's callbacks hand their inputs to the sink here, and
 /// never hold a link for long. A short burst waits for room (up to [`OFFER_WAIT`]: back-pressure
