@@ -78,6 +78,35 @@ fn copytruncate_while_the_agent_is_down() {
     run(copytruncate_rotation(1500), true);
 }
 
+/// Lines the agent journaled that no collector took (none was running), then a copytruncate
+/// while the agent is down: the collector pulls them from the agent, which reads them back from
+/// the copy (the original no longer holds them).
+#[test]
+fn unacknowledged_lines_are_replayed_from_the_copy_after_a_copytruncate_while_down() {
+    let c = Cluster::new();
+    let file = c.logs_dir("gw").join("app.log");
+    append(&file, (0..3000).map(|i| numbered("gw", i)));
+    let agent = c.start_agent("gw", "plain");
+    let journal = c.agent_state("gw").join("journal-app.jsonl");
+    let journaled = || std::fs::read_to_string(&journal).map_or(0, |t| t.lines().count());
+    assert!(wait_until(Duration::from_secs(20), || journaled() > 0), "nothing journaled\n{}", agent.log_text());
+    std::thread::sleep(Duration::from_millis(500));
+    agent.kill();
+    std::fs::copy(&file, file.with_extension("log.1")).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(0).unwrap();
+    append(&file, (3000..3500).map(|i| numbered("gw", i)));
+    let collector = c.start_collector();
+    let agent = c.start_agent("gw", "plain");
+    let ok = wait_until(DEADLINE, || count_logs(&c.dataset()) >= 3500);
+    assert!(ok, "dataset holds {} of 3500\n{}", count_logs(&c.dataset()), agent.log_text());
+    std::thread::sleep(Duration::from_millis(600));
+    agent.stop();
+    collector.stop();
+    let rows = read_logs(&c.dataset());
+    assert_exactly_once(&rows);
+    assert_lines(&rows, "gw", 3500);
+}
+
 /// Rename-and-create, then delete the rotated file at once: the agent still has it open and
 /// reads it to its end.
 fn rename_and_delete_rotation(every: usize) -> impl FnMut(&Path, usize) + Send + 'static {

@@ -36,7 +36,7 @@ impl Inode {
 }
 
 /// A hash of a file's first `len` bytes (FNV-1a, 64 bit: stable across builds and platforms).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Fingerprint {
     /// How many bytes were hashed (fewer than [`FINGERPRINT_BYTES`] while the file was shorter).
     pub len: u32,

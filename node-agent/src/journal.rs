@@ -75,6 +75,10 @@ pub struct SourceJournal {
     acked: SourceCheckpoint,
     entries: VecDeque<BatchRecord>,
     handles: HashMap<Inode, Arc<File>>,
+    /// The copies of files truncated in place (copytruncate), by the original's inode and
+    /// fingerprint before the truncation: segments cut from the original before it was truncated
+    /// are read back from its copy, which holds those bytes at the same offsets.
+    copies: HashMap<(Inode, Fingerprint), Arc<File>>,
     acked_since_compaction: usize,
     durable: bool,
 }
@@ -116,6 +120,7 @@ impl SourceJournal {
             acked,
             entries,
             handles: HashMap::new(),
+            copies: HashMap::new(),
             acked_since_compaction: 0,
             durable: true,
         };
@@ -164,6 +169,13 @@ impl SourceJournal {
         self.handles.entry(inode).or_insert(file);
     }
 
+    /// `copy` is the copy of the file `original` whose first bytes were `fingerprint` before it
+    /// was truncated in place: replays of the original's segments cut before the truncation read
+    /// from the copy.
+    pub fn register_copy(&mut self, original: Inode, fingerprint: Fingerprint, copy: Arc<File>) {
+        self.copies.insert((original, fingerprint), copy);
+    }
+
     /// Append a batch before it is published.
     pub fn record(&mut self, entry: BatchRecord) -> std::io::Result<()> {
         if self.durable {
@@ -202,6 +214,7 @@ impl SourceJournal {
         let needed: std::collections::HashSet<Inode> =
             self.entries.iter().flat_map(|e| e.segments.iter().map(|s| s.inode)).collect();
         self.handles.retain(|inode, _| needed.contains(inode));
+        self.copies.retain(|(inode, _), _| needed.contains(inode));
         Some(self.acked.clone())
     }
 
@@ -212,6 +225,7 @@ impl SourceJournal {
         if !referenced {
             self.acked.files.retain(|f| f.inode != inode);
             self.handles.remove(&inode);
+            self.copies.retain(|(original, _), _| *original != inode);
         }
     }
 
@@ -251,7 +265,14 @@ impl SourceJournal {
         self.entries
             .iter()
             .filter(|e| e.end_seq() > from && e.first_seq <= to)
-            .map(|e| (e.clone(), e.segments.iter().map(|s| self.handles.get(&s.inode).cloned()).collect()))
+            .map(|e| {
+                let files = e
+                    .segments
+                    .iter()
+                    .map(|s| self.copies.get(&(s.inode, s.fingerprint)).or_else(|| self.handles.get(&s.inode)).cloned())
+                    .collect();
+                (e.clone(), files)
+            })
             .collect()
     }
 

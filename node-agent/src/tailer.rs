@@ -354,6 +354,8 @@ impl SourceTailer {
             }
         }
         let mut copy_of = None;
+        // The original's first bytes before its truncation, when this file is its copy.
+        let mut copy_of_fingerprint = None;
         if position.is_none() {
             // The copy of a file truncated in place (copytruncate): continue where it stood.
             let mut found = None;
@@ -368,6 +370,7 @@ impl SourceTailer {
                 tracing::info!(path = %path.display(), offset = p.position.offset, "copy of a truncated file: reading it from where the original stood");
                 position = Some(p.position);
                 copy_for = Some(p.original);
+                copy_of_fingerprint = Some(p.fingerprint);
             } else {
                 // Same first bytes as a tailed file: maybe the copy half of a copytruncate. Hold
                 // it back for a moment; if the original is truncated meanwhile, the copy continues
@@ -393,6 +396,11 @@ impl SourceTailer {
         let file = Arc::new(file);
         if let Ok(mut j) = self.journal.lock() {
             j.register(inode, file.clone());
+            // Unacknowledged batches cut from the original before its truncation are replayed
+            // from this copy (the original no longer holds those bytes).
+            if let (Some(original), Some(fingerprint)) = (copy_for, copy_of_fingerprint) {
+                j.register_copy(original, fingerprint, file.clone());
+            }
         }
         if copy_of.is_none() {
             self.moved.push(inode);
@@ -573,8 +581,13 @@ impl SourceTailer {
             copy.copy_for = Some(inode);
             copy.at_eof = false;
             copy.framer = LineFramer::new(self.config.max_line_bytes, position);
-            let copy_inode = copy.inode;
+            let (copy_inode, copy_file) = (copy.inode, copy.file.clone());
             self.moved.push(copy_inode);
+            // Unacknowledged batches cut from the original before the truncation are replayed
+            // from the copy.
+            if let Ok(mut j) = self.journal.lock() {
+                j.register_copy(inode, fingerprint, copy_file);
+            }
         } else {
             self.pending_copies.push(PendingCopy { original: inode, fingerprint, position, since: Instant::now() });
             self.rescan_now = true;
