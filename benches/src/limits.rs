@@ -11,7 +11,7 @@
 //! decisions/s at p99 0.2-2 ms. Targets: in-process at least 100x Redis's decisions/s at p99
 //! under 1 µs; through the agent's API at least Redis's decisions/s at a lower p99.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::BufReader;
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -188,24 +188,5 @@ fn redis(n: u64, depth: u64) -> Result<(f64, Histogram<u64>)> {
             .into_bytes()
         })
         .collect();
-    let mut h = Histogram::<u64>::new(3)?;
-    let mut line = String::new();
-    let mut sent = std::collections::VecDeque::new();
-    let start = Instant::now();
-    for i in 0..n + depth {
-        if i < n {
-            writer.write_all(&cmds[(i & 15) as usize])?;
-            sent.push_back(Instant::now());
-        }
-        if sent.len() as u64 >= depth || i >= n {
-            let Some(t) = sent.pop_front() else { break };
-            line.clear();
-            reader.read_line(&mut line)?;
-            if !line.starts_with(':') {
-                bail!("unexpected Redis reply {line:?}");
-            }
-            h.record(t.elapsed().as_nanos() as u64).ok();
-        }
-    }
-    Ok((n as f64 / start.elapsed().as_secs_f64(), h))
+    crate::limits_cluster::pipelined(&mut reader, &mut writer, &cmds, n, depth, |line| line.starts_with(':'))
 }

@@ -195,72 +195,65 @@ fn wait_for_mesh(nodes: &[NodeProc]) -> Result<()> {
     Ok(())
 }
 
+/// `n` requests over one connection, request `i` being `reqs[i % len]`, with up to `depth` in
+/// flight (1: each waits for its answer): requests/s and each latency from its send to its answer
+/// line, which `ok` must accept.
+pub(crate) fn pipelined<S: Read + Write>(
+    reader: &mut BufReader<S>,
+    writer: &mut S,
+    reqs: &[Vec<u8>],
+    n: u64,
+    depth: u64,
+    ok: impl Fn(&str) -> bool,
+) -> Result<(f64, Histogram<u64>)> {
+    let mut h = Histogram::<u64>::new(3)?;
+    let mut sent = std::collections::VecDeque::new();
+    let mut line = String::new();
+    let start = Instant::now();
+    for i in 0..n + depth {
+        if i < n {
+            writer.write_all(&reqs[i as usize % reqs.len()])?;
+            sent.push_back(Instant::now());
+        }
+        if sent.len() as u64 >= depth || i >= n {
+            let Some(t) = sent.pop_front() else { break };
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                bail!("the server closed the connection");
+            }
+            if !ok(&line) {
+                bail!("unexpected answer {line:?}");
+            }
+            h.record(t.elapsed().as_nanos() as u64).ok();
+        }
+    }
+    Ok((n as f64 / start.elapsed().as_secs_f64(), h))
+}
+
 /// Decision cost through one node's APIs: (Unix socket, HTTP keep-alive) figures.
 pub(crate) fn api_cost(requests: u64) -> Result<Vec<(String, f64, Histogram<u64>)>> {
     let dir = tempfile::tempdir()?;
     let limits =
         vec![LimitSpec { key: "operator:*".into(), rate: Some(500), per: None, concurrency: None, burst: None }];
     let node = start_node(dir.path(), &format!("bench{}", std::process::id()), 0, free_port()?, &[], &limits)?;
-    let sock = connect_socket(&node.socket)?;
-    let mut reader = BufReader::new(sock.try_clone()?);
-    let mut writer = sock;
-    let mut line = String::new();
     let reqs: Vec<Vec<u8>> = (0..16).map(|i| format!("ACQUIRE operator:op{i}\n").into_bytes()).collect();
-    // Warm up.
-    for i in 0..10_000u64 {
-        ask(&mut reader, &mut writer, &reqs[(i & 15) as usize], &mut line)?;
+    let decision = |line: &str| line.starts_with("OK") || line.starts_with("DENY") || line.starts_with("UNLIMITED");
+    let sock = connect_socket(&node.socket)?;
+    let (mut reader, mut writer) = (BufReader::new(sock.try_clone()?), sock);
+    pipelined(&mut reader, &mut writer, &reqs, 10_000, 1, decision)?; // warm up
+    let mut out = Vec::new();
+    for (depth, name) in
+        [(1, "agent API, Unix socket, 1 client"), (16, "agent API, Unix socket, 1 client, 16 pipelined")]
+    {
+        let (rate, h) = pipelined(&mut reader, &mut writer, &reqs, requests, depth, decision)?;
+        out.push((name.to_owned(), rate, h));
     }
-    let mut h = Histogram::<u64>::new(3)?;
-    let start = Instant::now();
-    for i in 0..requests {
-        let t = Instant::now();
-        ask(&mut reader, &mut writer, &reqs[(i & 15) as usize], &mut line)?;
-        h.record(t.elapsed().as_nanos() as u64).ok();
-    }
-    let socket_rate = requests as f64 / start.elapsed().as_secs_f64();
-    let mut out = vec![("agent API, Unix socket, 1 client".to_owned(), socket_rate, h)];
-
-    // The same client keeping `DEPTH` requests in flight: each latency from its send to its answer.
-    const DEPTH: u64 = 16;
-    let mut h = Histogram::<u64>::new(3)?;
-    let mut sent = std::collections::VecDeque::new();
-    let start = Instant::now();
-    for i in 0..requests + DEPTH {
-        if i < requests {
-            writer.write_all(&reqs[(i & 15) as usize])?;
-            sent.push_back(Instant::now());
-        }
-        if i >= DEPTH || i >= requests {
-            line.clear();
-            if reader.read_line(&mut line)? == 0 {
-                bail!("the node closed the connection");
-            }
-            if let Some(t) = sent.pop_front() {
-                h.record(t.elapsed().as_nanos() as u64).ok();
-            }
-        }
-        if sent.is_empty() {
-            break;
-        }
-    }
-    let rate = requests as f64 / start.elapsed().as_secs_f64();
-    out.push((format!("agent API, Unix socket, 1 client, {DEPTH} pipelined"), rate, h));
-
     let tcp = connect_tcp(node.gateway_tcp)?;
-    let mut tcp_reader = BufReader::new(tcp.try_clone()?);
-    let mut tcp_writer = tcp;
-    for i in 0..10_000u64 {
-        ask(&mut tcp_reader, &mut tcp_writer, &reqs[(i & 15) as usize], &mut line)?;
-    }
-    let mut h = Histogram::<u64>::new(3)?;
-    let start = Instant::now();
-    for i in 0..requests {
-        let t = Instant::now();
-        ask(&mut tcp_reader, &mut tcp_writer, &reqs[(i & 15) as usize], &mut line)?;
-        h.record(t.elapsed().as_nanos() as u64).ok();
-    }
-    let rate = requests as f64 / start.elapsed().as_secs_f64();
+    let (mut reader, mut writer) = (BufReader::new(tcp.try_clone()?), tcp);
+    pipelined(&mut reader, &mut writer, &reqs, 10_000, 1, decision)?;
+    let (rate, h) = pipelined(&mut reader, &mut writer, &reqs, requests, 1, decision)?;
     out.push(("agent API, TCP loopback, 1 client".to_owned(), rate, h));
+    let mut line = String::new();
 
     let http_requests = requests / 2;
     let mut s = TcpStream::connect(("127.0.0.1", node.http))?;

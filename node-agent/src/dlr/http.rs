@@ -28,7 +28,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::requests::{parse, Request};
-use super::{DlrError, DlrService};
+use super::{DlrError, DlrService, ErrorKind};
 
 /// Most reports one inbox request returns.
 const MAX_INBOX: usize = 10_000;
@@ -47,19 +47,14 @@ pub fn router(service: Arc<DlrService>) -> Router {
 }
 
 fn error(service: &DlrService, e: DlrError) -> Response {
-    let status = match &e {
-        DlrError::BadRequest(_) => {
+    let status = match e.kind() {
+        ErrorKind::BadRequest => {
             service.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
             StatusCode::BAD_REQUEST
         }
-        DlrError::NotFound { .. } => StatusCode::NOT_FOUND,
-        DlrError::NotOwner(..) => StatusCode::CONFLICT,
-        DlrError::Store(_)
-        | DlrError::Bus(_)
-        | DlrError::Refused { .. }
-        | DlrError::Replica(_)
-        | DlrError::Encode(_)
-        | DlrError::Task(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
     };
     (status, Json(json!({ "error": e.to_string() }))).into_response()
 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use futures::FutureExt;
 
 use super::requests::{Answer, Request, ResolveRequest};
-use super::{DlrError, DlrService};
+use super::{DlrError, DlrService, ErrorKind};
 use crate::gateway::Later;
 
 /// Answer one DLR request line: now (appended to `out`) or later.
@@ -97,19 +97,14 @@ fn write_answer(service: &DlrService, answer: Result<Answer, DlrError>, out: &mu
         }
         Err(e) => e,
     };
-    let word = match &e {
-        DlrError::BadRequest(_) => {
+    let word = match e.kind() {
+        ErrorKind::BadRequest => {
             service.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
             "ERR"
         }
-        DlrError::NotFound { .. } => "NOTFOUND",
-        DlrError::NotOwner(..) => "CONFLICT",
-        DlrError::Store(_)
-        | DlrError::Bus(_)
-        | DlrError::Refused { .. }
-        | DlrError::Replica(_)
-        | DlrError::Encode(_)
-        | DlrError::Task(_) => "UNAVAILABLE",
+        ErrorKind::NotFound => "NOTFOUND",
+        ErrorKind::Conflict => "CONFLICT",
+        ErrorKind::Unavailable => "UNAVAILABLE",
     };
     // One line whatever the error says.
     let reason = e.to_string().replace(['\n', '\r'], " ");

@@ -58,7 +58,7 @@ use crate::AgentError;
 pub use records::Records;
 use store::DlrStore;
 pub use types::{
-    DlrError, DlrStats, IdForm, InboxEntry, Outcome, Registration, ReportRequest, Resolution, MAX_BATCH,
+    DlrError, DlrStats, ErrorKind, IdForm, InboxEntry, Outcome, Registration, ReportRequest, Resolution, MAX_BATCH,
     MAX_FIELD_BYTES, MAX_REF_BYTES,
 };
 pub use waiters::MAX_WAITERS;

@@ -59,6 +59,36 @@ pub enum DlrError {
     Task(#[from] tokio::task::JoinError),
 }
 
+/// What kind of failure a [`DlrError`] is, as each way in (HTTP, the gateway socket) reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is malformed (HTTP 400, `ERR`); counted in `bad_requests`.
+    BadRequest,
+    /// No such record (404, `NOTFOUND`).
+    NotFound,
+    /// The record is another node's (409, `CONFLICT`).
+    Conflict,
+    /// The store or the bus failed (503, `UNAVAILABLE`).
+    Unavailable,
+}
+
+impl DlrError {
+    /// Its kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::BadRequest(_) => ErrorKind::BadRequest,
+            Self::NotFound { .. } => ErrorKind::NotFound,
+            Self::NotOwner(..) => ErrorKind::Conflict,
+            Self::Store(_)
+            | Self::Bus(_)
+            | Self::Refused { .. }
+            | Self::Replica(_)
+            | Self::Encode(_)
+            | Self::Task(_) => ErrorKind::Unavailable,
+        }
+    }
+}
+
 impl From<id::IdError> for DlrError {
     fn from(e: id::IdError) -> Self {
         DlrError::BadRequest(e.to_string())
