@@ -15,6 +15,9 @@
 //! | `<prefix>/counter/<node>` | put (JSON [`crate::limits::DemandReport`]) | each node using limits |
 //! | `<prefix>/limits/revision` | put (JSON [`crate::limits::revision::Revision`]) | `switchboard limits set` |
 //! | `<prefix>/limits/config/<node>` | queryable (JSON [`crate::limits::revision::History`]) | each node using limits |
+//! | `<prefix>/config/push` | put (JSON [`crate::repo::wire::Pack`]) | `switchboard config push` (and `limits set`) |
+//! | `<prefix>/config/state/<node>` | queryable (JSON [`crate::repo::wire::NodeState`]) | each node agent |
+//! | `<prefix>/config/object/<node>/<sha256>` | queryable (a file content or revision document) | each node agent |
 //! | `<prefix>/dlr/id/<connector>/<id>` | queryable (JSON [`crate::dlr::wire::LookupReply`]) | each node holding the record |
 //! | `<prefix>/dlr/at/<node>/<connector>/<id>` | queryable (same as `dlr/id`, one node) | the agent of `<node>` |
 //! | `<prefix>/dlr/ask/<node>` | put (JSON [`crate::dlr::wire::DlrAsk`]) | clients asking `<node>` many lookups |
@@ -304,6 +307,45 @@ impl KeySpace {
     /// Parse a key under [`Self::limits_config`] back into the node name.
     pub fn parse_limits_config(&self, key: &str) -> Option<String> {
         self.parse_node_under("/limits/config/", key)
+    }
+
+    /// `<prefix>/config/push`: a new revision of the configuration repository with the file
+    /// contents its parents lack (JSON [`crate::repo::wire::Pack`]), put by `switchboard config push`.
+    pub fn config_push(&self) -> Result<OwnedKeyExpr, KeyError> {
+        self.build(&["config", "push"])
+    }
+
+    /// `<prefix>/config/state/<node>`: queryable; the node's part of the repository
+    /// ([`crate::repo::wire::NodeState`]).
+    pub fn config_state(&self, node: &str) -> Result<OwnedKeyExpr, KeyError> {
+        check_chunk(node)?;
+        self.build(&["config", "state", node])
+    }
+
+    /// `<prefix>/config/state/*`: every node's repository state.
+    pub fn all_config_states(&self) -> Result<OwnedKeyExpr, KeyError> {
+        self.build(&["config", "state", "*"])
+    }
+
+    /// `<prefix>/config/object/<node>/<sha256>`: queryable; a file content or a revision document
+    /// the node holds, by its SHA-256.
+    pub fn config_object(&self, node: &str, sha256: &str) -> Result<OwnedKeyExpr, KeyError> {
+        check_chunk(node)?;
+        check_chunk(sha256)?;
+        self.build(&["config", "object", node, sha256])
+    }
+
+    /// `<prefix>/config/object/<node>/*`: every object `node` serves.
+    pub fn all_config_objects_of(&self, node: &str) -> Result<OwnedKeyExpr, KeyError> {
+        check_chunk(node)?;
+        self.build(&["config", "object", node, "*"])
+    }
+
+    /// The SHA-256 asked for under [`Self::config_object`].
+    pub fn parse_config_object(&self, key: &str) -> Option<String> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix("/config/object/")?;
+        let (_, hash) = rest.split_once('/')?;
+        crate::repo::is_hash(hash).then(|| hash.to_owned())
     }
 
     /// `<prefix>/dlr/id/<connector>/<id chunk>`: the lookup of one message id (canonical, made a

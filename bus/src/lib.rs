@@ -19,6 +19,8 @@
 //! - [`histogram`]: HDR V2 histograms (DEFLATE or not) as they travel and rest;
 //! - [`limits`]: rate and concurrency limits decided locally (GCRA, slots), shares, demand
 //!   reports and revisions;
+//! - [`repo`]: the cluster's configuration repository: revisions, trees, the store on a node and
+//!   the documents on the bus;
 //! - [`tables`]: the dataset's tables and the agents' own streams that feed them;
 //! - [`http`]: the `/health` and `/metrics` endpoint of long-running processes;
 //! - [`wire`]: versioned payload schemas (Arrow IPC), e.g. [`wire::log_batch`].
@@ -36,6 +38,7 @@ pub mod limits;
 pub mod membership;
 pub mod mesh;
 pub mod refusals;
+pub mod repo;
 pub mod session;
 pub mod status;
 pub mod tables;

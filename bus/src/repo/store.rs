@@ -1,0 +1,256 @@
+//! A node's copy of the repository on disk: `revisions/<id>.json` and `objects/<ab>/<sha256>`.
+//!
+//! A revision is stored only once every file it names is (so a node that holds a revision can
+//! hand out all of it), and its document is written only after the file system has the files
+//! ([`sync_filesystem`]). Contents are checked against their hash when read; a damaged file is
+//! removed and counts as missing. [`Store::prune`] keeps the newest [`KEEP_REVISIONS`] and every
+//! head, and removes the files no kept revision names.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use super::{dag, is_hash, sha256_hex, RepoError, Revision, Summary, KEEP_REVISIONS};
+
+/// A node's revisions and file contents.
+pub struct Store {
+    root: PathBuf,
+    revisions: BTreeMap<String, Revision>,
+    summaries: BTreeMap<String, Summary>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
+    move |source| RepoError::Io { path: path.to_path_buf(), source }
+}
+
+/// Flush every file written on the file system that holds `path` (one `syncfs`, cheaper than a
+/// `fsync` per file for a tree of a thousand files).
+pub fn sync_filesystem(path: &Path) -> Result<(), RepoError> {
+    let dir = std::fs::File::open(path).map_err(io(path))?;
+    rustix::fs::syncfs(&dir).map_err(|e| io(path)(e.into()))
+}
+
+/// Write `content` to `path` through a temporary file and a rename (not synced: see
+/// [`sync_filesystem`]).
+pub fn write_replacing(path: &Path, content: &[u8]) -> Result<(), RepoError> {
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(content).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+impl Store {
+    /// Open (or create) the store under `root`. Documents that do not parse, validate or match
+    /// their name are removed (they are fetched again from another node).
+    pub fn open(root: &Path) -> Result<Self, RepoError> {
+        let revs = root.join("revisions");
+        std::fs::create_dir_all(&revs).map_err(io(&revs))?;
+        std::fs::create_dir_all(root.join("objects")).map_err(io(root))?;
+        let mut store = Self { root: root.to_path_buf(), revisions: BTreeMap::new(), summaries: BTreeMap::new() };
+        for e in std::fs::read_dir(&revs).map_err(io(&revs))? {
+            let path = e.map_err(io(&revs))?.path();
+            let Some(id) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            let parsed = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Revision>(&b).ok())
+                .filter(|r| r.validate().is_ok() && r.id() == id);
+            match parsed {
+                Some(r) => store.add(r),
+                None => {
+                    tracing::warn!(path = %path.display(), "removing a damaged revision document; it is fetched again");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    fn add(&mut self, r: Revision) {
+        let s = r.summary();
+        self.summaries.insert(s.id.clone(), s);
+        self.revisions.insert(r.id(), r);
+    }
+
+    /// Every revision held, without files.
+    pub fn summaries(&self) -> &BTreeMap<String, Summary> {
+        &self.summaries
+    }
+
+    /// One revision held.
+    pub fn revision(&self, id: &str) -> Option<&Revision> {
+        self.revisions.get(id)
+    }
+
+    /// The revisions no other follows, newest first.
+    pub fn heads(&self) -> Vec<&Summary> {
+        dag::heads(&self.summaries)
+    }
+
+    fn blob_path(&self, hash: &str) -> PathBuf {
+        self.root.join("objects").join(&hash[..2]).join(hash)
+    }
+
+    /// Whether the content of `hash` is held (not checked).
+    pub fn has_blob(&self, hash: &str) -> bool {
+        is_hash(hash) && self.blob_path(hash).is_file()
+    }
+
+    /// The content of `hash`, checked; `None` if not held (a damaged copy is removed).
+    pub fn blob(&self, hash: &str) -> Result<Option<Vec<u8>>, RepoError> {
+        if !is_hash(hash) {
+            return Ok(None);
+        }
+        let path = self.blob_path(hash);
+        match std::fs::read(&path) {
+            Ok(b) if sha256_hex(&b) == hash => Ok(Some(b)),
+            Ok(_) => {
+                tracing::warn!(path = %path.display(), "removing a damaged file content; it is fetched again");
+                let _ = std::fs::remove_file(&path);
+                Ok(None)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    /// Path of the content of `hash` if held, for copying it without reading it here.
+    pub fn blob_file(&self, hash: &str) -> Option<PathBuf> {
+        self.has_blob(hash).then(|| self.blob_path(hash))
+    }
+
+    /// Keep `content` (its name is its hash, returned).
+    pub fn put_blob(&self, content: &[u8]) -> Result<String, RepoError> {
+        let hash = sha256_hex(content);
+        if self.has_blob(&hash) {
+            return Ok(hash);
+        }
+        let path = self.blob_path(&hash);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+        }
+        write_replacing(&path, content)?;
+        Ok(hash)
+    }
+
+    /// The files `rev` names whose content is not held.
+    pub fn missing_blobs(&self, rev: &Revision) -> BTreeSet<String> {
+        rev.files.values().filter(|f| !self.has_blob(&f.sha256)).map(|f| f.sha256.clone()).collect()
+    }
+
+    /// Keep `rev` (validated, every file held); `false` if it was already held.
+    pub fn insert(&mut self, rev: Revision) -> Result<bool, RepoError> {
+        rev.validate()?;
+        let id = rev.id();
+        if self.revisions.contains_key(&id) {
+            return Ok(false);
+        }
+        if let Some(h) = self.missing_blobs(&rev).into_iter().next() {
+            return Err(RepoError::Invalid(format!("revision {} names content {h} that is not held", rev.number)));
+        }
+        sync_filesystem(&self.root)?;
+        write_replacing(&self.root.join("revisions").join(format!("{id}.json")), &rev.canonical())?;
+        self.add(rev);
+        Ok(true)
+    }
+
+    /// Drop the oldest revisions beyond [`KEEP_REVISIONS`] (never a head, nor `keep`), then every
+    /// content no kept revision names. Returns how many revisions were dropped.
+    pub fn prune(&mut self, keep: &str) -> Result<usize, RepoError> {
+        if self.revisions.len() <= KEEP_REVISIONS {
+            return Ok(0);
+        }
+        let heads: BTreeSet<String> = self.heads().iter().map(|s| s.id.clone()).collect();
+        let mut by_age: Vec<(u64, String)> = self.summaries.values().map(|s| (s.number, s.id.clone())).collect();
+        by_age.sort();
+        let excess = self.revisions.len() - KEEP_REVISIONS;
+        let drop: Vec<String> =
+            by_age.into_iter().map(|(_, id)| id).filter(|id| !heads.contains(id) && id != keep).take(excess).collect();
+        for id in &drop {
+            self.revisions.remove(id);
+            self.summaries.remove(id);
+            let path = self.root.join("revisions").join(format!("{id}.json"));
+            std::fs::remove_file(&path).map_err(io(&path))?;
+        }
+        let named: BTreeSet<&str> =
+            self.revisions.values().flat_map(|r| r.files.values().map(|f| f.sha256.as_str())).collect();
+        let objects = self.root.join("objects");
+        for shard in std::fs::read_dir(&objects).map_err(io(&objects))?.flatten() {
+            for blob in std::fs::read_dir(shard.path()).map_err(io(&objects))?.flatten() {
+                let name = blob.file_name();
+                if name.to_str().is_some_and(|n| is_hash(n) && !named.contains(n)) {
+                    let _ = std::fs::remove_file(blob.path());
+                }
+            }
+        }
+        Ok(drop.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::FileEntry;
+
+    fn rev(n: u64, parents: Vec<String>, files: &[(&str, &str)]) -> Revision {
+        Revision {
+            version: 1,
+            number: n,
+            parents,
+            author: "ops".into(),
+            at_ms: n,
+            message: String::new(),
+            files: files.iter().map(|(p, c)| (p.to_string(), FileEntry::of(c.as_bytes()))).collect(),
+        }
+    }
+
+    #[test]
+    fn a_revision_is_kept_only_with_its_files_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        let r = rev(1, vec![], &[("global/a", "hello")]);
+        assert!(s.insert(r.clone()).is_err(), "its file is not held yet");
+        s.put_blob(b"hello").unwrap();
+        assert!(s.insert(r.clone()).unwrap());
+        assert!(!s.insert(r.clone()).unwrap());
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.revision(&r.id()), Some(&r));
+        assert_eq!(s.blob(&r.files["global/a"].sha256).unwrap().as_deref(), Some(&b"hello"[..]));
+        // A damaged content counts as missing and is removed.
+        let path = s.blob_file(&r.files["global/a"].sha256).unwrap();
+        std::fs::write(&path, "HELLO").unwrap();
+        assert_eq!(s.blob(&r.files["global/a"].sha256).unwrap(), None);
+        assert!(!path.exists());
+        // A damaged document is removed at open.
+        std::fs::write(dir.path().join("revisions").join(format!("{}.json", r.id())), "{").unwrap();
+        assert!(Store::open(dir.path()).unwrap().summaries().is_empty());
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_and_every_head_and_drops_unnamed_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        let mut parent = vec![];
+        let mut first = String::new();
+        for n in 1..=(KEEP_REVISIONS as u64 + 3) {
+            let content = format!("v{n}");
+            s.put_blob(content.as_bytes()).unwrap();
+            let r = rev(n, parent, &[("global/a", &content)]);
+            parent = vec![r.id()];
+            if n == 1 {
+                first = r.files["global/a"].sha256.clone();
+            }
+            s.insert(r).unwrap();
+        }
+        assert_eq!(s.prune("").unwrap(), 3);
+        assert_eq!(s.summaries().len(), KEEP_REVISIONS);
+        assert!(!s.has_blob(&first));
+        assert_eq!(s.heads().len(), 1);
+        assert_eq!(s.heads()[0].number, KEEP_REVISIONS as u64 + 3);
+    }
+}
