@@ -135,6 +135,24 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::limits_cmd::LimitsCommand,
     },
+    /// The cluster's configuration repository: one revisioned tree every node applies atomically.
+    ///
+    /// `push` publishes a directory (`global/`, `default/`, `<subcluster>/`, `<node>/`) as the
+    /// next revision; each agent writes its files into its working directory beside the current
+    /// ones, switches a link in one step and runs its gateway's reload command. `log`, `show`,
+    /// `diff`, `rollback`; `status` shows each node, local edits, failed reloads and conflicts;
+    /// `resolve` settles a conflict. See docs/config-repository.md.
+    /// Examples:
+    ///   switchboard config push ./cluster-config -m "raise the SMPP window" --connect tcp/10.0.0.9:7447
+    ///   switchboard config log
+    ///   switchboard config diff 11 12
+    ///   switchboard config status
+    #[command(verbatim_doc_comment)]
+    Config {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::config_cmd::ConfigCommand,
+    },
     /// Make the cluster's CA and each process's certificate for mutual TLS on the bus.
     ///
     /// A certificate's identity is `<role>:<name>`; the members file lists every identity and is
@@ -484,6 +502,17 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Limits { command } => {
             init_tracing(log, "warn");
             runtime()?.block_on(crate::limits_cmd::run(command))
+        }
+        Command::Config { command } => {
+            init_tracing(log, "warn");
+            let code = match runtime()?.block_on(crate::config_cmd::run(command)) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {}", error_chain(&e));
+                    1
+                }
+            };
+            std::process::exit(code)
         }
         Command::Certs { command } => crate::certs::run(command),
         Command::Status(args) => {

@@ -1,8 +1,9 @@
 //! `switchboard limits set|list|history`: the cluster's limits, set once for every node.
 //!
-//! The command joins the bus as a short-lived peer (it announces no role), asks every node for
-//! its limits history (`<prefix>/limits/config/*`), and for `set` puts the next revision on
-//! `<prefix>/limits/revision`, then waits until every node that answered holds it.
+//! The limits are the file `global/limits.toml` of the configuration repository
+//! (`crate::config_cmd`): `set` is a push of the current tree with that file replaced, then waits
+//! until every node that answered holds the new limits. `list` and `history` read the nodes'
+//! limits histories (`<prefix>/limits/config/*`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,10 +15,13 @@ use serde::Deserialize;
 use switchboard_bus::config::BusConfig;
 use switchboard_bus::keys::KeySpace;
 use switchboard_bus::limits::revision::{fetch_histories, History, Revision};
+use switchboard_bus::repo::client::ClusterRepo;
+use switchboard_bus::repo::FileEntry;
+
+use crate::config_cmd;
 use switchboard_bus::limits::{LimitSpec, Per};
 use switchboard_bus::session;
 use switchboard_bus::tls::TlsConfig;
-use zenoh::qos::CongestionControl;
 
 /// How to reach the cluster's bus.
 #[derive(Debug, Args)]
@@ -113,7 +117,8 @@ pub fn load_limits(path: &Path) -> Result<Vec<LimitSpec>> {
 }
 
 impl BusArgs {
-    fn bus_config(&self) -> Result<BusConfig> {
+    /// The bus settings these flags (or the config file) give.
+    pub fn bus_config(&self) -> Result<BusConfig> {
         let mut bus = BusConfig {
             cluster: self.cluster.clone(),
             prefix: self.prefix.clone(),
@@ -155,19 +160,21 @@ pub async fn run(cmd: LimitsCommand) -> Result<()> {
     match cmd {
         LimitsCommand::Set { file, author, message, dry_run, timeout, bus } => {
             let limits = load_limits(&file)?;
+            let text = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let (session, keys) = open(&bus).await?;
             let histories = histories(&session, &keys, &bus).await?;
             let current = newest(&histories);
-            let author = author.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "unknown".to_owned());
-            let rev = Revision {
-                revision: current.as_ref().map_or(0, |r| r.revision) + 1,
-                author,
-                at_ms: chrono::Utc::now().timestamp_millis().max(0) as u64,
-                comment: message,
-                limits,
+            let repo = ClusterRepo::read(&session, &keys, config_cmd::PATIENCE).await;
+            config_cmd::nodes_or_fail(&repo, &keys, &bus)?;
+            let head = config_cmd::single_head(&repo)?.cloned();
+            let mut files = match &head {
+                Some(h) => repo.revision(&session, &keys, &h.id).await?.files,
+                None => BTreeMap::new(),
             };
-            let changes = diff(current.as_ref().map_or(&[][..], |r| &r.limits[..]), &rev.limits);
-            println!("revision {} ({} limits):", rev.revision, rev.limits.len());
+            let entry = FileEntry::of(&text);
+            files.insert(config_cmd::LIMITS.to_owned(), entry.clone());
+            let changes = diff(current.as_ref().map_or(&[][..], |r| &r.limits[..]), &limits);
+            println!("{} ({} limits):", config_cmd::LIMITS, limits.len());
             for c in &changes {
                 println!("  {c}");
             }
@@ -178,23 +185,33 @@ pub async fn run(cmd: LimitsCommand) -> Result<()> {
                 println!("dry run: nothing set");
                 return Ok(());
             }
-            let body = serde_json::to_vec(&rev)?;
-            session
-                .put(keys.limits_revision()?, body)
-                .congestion_control(CongestionControl::Block)
-                .await
-                .map_err(|e| anyhow::anyhow!("publishing the revision: {e}"))?;
             let nodes: Vec<String> = histories.iter().map(|(n, _)| n.clone()).collect();
+            let first = current.as_ref().map_or(1, |r| r.revision.saturating_add(1));
+            drop(session);
+            let make = config_cmd::MakeArgs { message, author, timeout, bus };
+            let rev = config_cmd::make_revision(
+                &make,
+                head.map(|h| vec![h.id]).unwrap_or_default(),
+                first,
+                files,
+                BTreeMap::from([(entry.sha256, text)]),
+                false,
+            )
+            .await?;
+            let (session, keys) = open(&make.bus).await?;
             let deadline = Instant::now() + timeout;
             loop {
                 let now = fetch_histories(&session, &keys).await;
-                let holding: Vec<&String> =
-                    now.iter().filter(|(_, h)| h.current().is_some_and(|c| c == &rev)).map(|(n, _)| n).collect();
+                let holding: Vec<&String> = now
+                    .iter()
+                    .filter(|(_, h)| h.current().is_some_and(|c| c.revision == rev.number && c.limits == limits))
+                    .map(|(n, _)| n)
+                    .collect();
                 let missing: Vec<&String> = nodes.iter().filter(|n| !holding.contains(n)).collect();
                 if missing.is_empty() {
                     println!(
                         "revision {} in force on {} of {} nodes: {}",
-                        rev.revision,
+                        rev.number,
                         holding.len(),
                         now.len().max(nodes.len()),
                         join(&holding)
@@ -204,7 +221,7 @@ pub async fn run(cmd: LimitsCommand) -> Result<()> {
                 if Instant::now() >= deadline {
                     bail!(
                         "revision {} was published but {} of {} nodes do not hold it after {:?}: {} (they take it when they next sync)",
-                        rev.revision,
+                        rev.number,
                         missing.len(),
                         nodes.len(),
                         timeout,
@@ -306,6 +323,14 @@ async fn histories(session: &zenoh::Session, keys: &KeySpace, bus: &BusArgs) -> 
     }
     h.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(h)
+}
+
+/// The number a first configuration revision takes: above every limits revision made before the
+/// repository held the limits, so that the limits' numbers keep rising.
+pub async fn first_number(bus: &BusArgs) -> u64 {
+    let Ok((session, keys)) = open(bus).await else { return 1 };
+    let h = fetch_histories(&session, &keys).await;
+    newest(&h).map_or(1, |r| r.revision.saturating_add(1))
 }
 
 /// The newest revision any node holds.

@@ -160,6 +160,20 @@ fn limits_revision(c: &Cluster) -> u64 {
     serde_json::from_str::<Value>(&body).ok().and_then(|v| v["revision"].as_u64()).unwrap_or(0)
 }
 
+/// A push of revision `number` (no parent) whose tree is `global/limits.toml` = `limits`.
+fn limits_pack(number: u64, limits: &[u8]) -> Vec<u8> {
+    let rev = switchboard_bus::repo::Revision {
+        version: 1,
+        number,
+        parents: Vec::new(),
+        author: "x".into(),
+        at_ms: 1,
+        message: String::new(),
+        files: [("global/limits.toml".to_owned(), switchboard_bus::repo::FileEntry::of(limits))].into(),
+    };
+    switchboard_bus::repo::wire::Pack::new(rev, [limits]).encode()
+}
+
 fn report(status: &str, by: &str) -> Vec<u8> {
     let r = DlrReport {
         version: 1,
@@ -278,8 +292,7 @@ async fn a_member_cannot_act_as_another() {
     expect_refused(c, "gw1", "access_denied", put(&gw2, &key(c, "counter/gw1"), demand)).await;
 
     // Row 10: an agent cannot set limits; an admin can (with `switchboard limits set`).
-    let rev = json!({"revision": 7, "at_ms": 1, "author": "gw2", "comment": "", "limits": [{"key": "k", "rate": 1}]});
-    expect_refused(c, "gw1", "access_denied", put(&gw2, &key(c, "limits/revision"), rev.to_string())).await;
+    expect_refused(c, "gw1", "access_denied", put(&gw2, &key(c, "config/push"), limits_pack(1, b"[[limit]]\nkey = \"k\"\nrate = 1\n"))).await;
     assert_eq!(limits_revision(c), 0);
     let dir = c.tls.clone().unwrap();
     let file = c.path().join("limits.toml");
@@ -387,10 +400,14 @@ async fn message_checks_hold_without_tls() {
         .await;
     }
 
-    // A limits revision far above the highest known, and demand from a node that is not live.
-    let rev =
-        json!({"revision": 1u64 << 60, "at_ms": 1, "author": "x", "comment": "", "limits": [{"key": "k", "rate": 1}]});
-    expect_refused(c, "gw1", "revision_invalid", put(&h, &key(c, "limits/revision"), rev.to_string())).await;
+    // A configuration revision whose content does not hash to its name, one whose limits file
+    // does not validate, and demand from a node that is not live.
+    let mut forged: Value = serde_json::from_slice(&limits_pack(1, b"[[limit]]\nkey = \"k\"\nrate = 1\n")).unwrap();
+    for v in forged["contents"].as_object_mut().unwrap().values_mut() {
+        *v = json!("W1tsaW1pdF1dCmtleSA9ICJrIgpyYXRlID0gOTk5OTkK");
+    }
+    expect_refused(c, "gw1", "config_invalid", put(&h, &key(c, "config/push"), forged.to_string())).await;
+    expect_refused(c, "gw1", "config_invalid", put(&h, &key(c, "config/push"), limits_pack(1, b"[[limit]]\nkey = \"k\"\n"))).await;
     assert_eq!(limits_revision(c), 0);
     let demand = json!({"version": 1, "demand": {"k": 1.0}}).to_string();
     expect_refused(c, "gw1", "counter_invalid", put(&h, &key(c, "counter/gw7"), demand)).await;

@@ -198,6 +198,7 @@ fn agent_config(opts: &LogsBench, dir: &Path, a: usize, endpoint: &str, acknowle
             ..AgentSettings::default()
         },
         limits: LimitsSettings { enabled: false, ..LimitsSettings::default() },
+        cluster_config: Default::default(),
         dlr: DlrSettings { enabled: false, ..DlrSettings::default() },
         metrics: MetricsSettings { enabled: false, ..MetricsSettings::default() },
         gateway: switchboard_agent::gateway::GatewaySettings { socket: Default::default(), ..Default::default() },

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use switchboard_bus::keys::KeySpace;
-use switchboard_bus::limits::revision::Revision;
-use switchboard_bus::limits::LimitSpec;
+use switchboard_bus::repo::wire::Pack;
+use switchboard_bus::repo::{FileEntry, Revision};
 use switchboard_bus::status::cluster::assemble;
 use switchboard_bus::status::{fetch, gather, text};
 
@@ -50,22 +50,18 @@ pub(crate) fn run(b: &StatusBench) -> Result<()> {
 
     // One limit over `keys` concrete keys, each used on every node.
     let client = cluster.client(&rt, false)?;
+    let limits = b"[[limit]]\nkey = \"op:*\"\nrate = 1000000\n";
     let rev = Revision {
-        revision: 1,
+        version: 1,
+        number: 1,
+        parents: Vec::new(),
         author: "bench".into(),
         at_ms: switchboard_bus::status::now_ms(),
-        comment: String::new(),
-        limits: vec![LimitSpec {
-            key: "op:*".into(),
-            rate: Some(1_000_000),
-            per: None,
-            concurrency: None,
-            burst: None,
-        }],
+        message: String::new(),
+        files: [("global/limits.toml".to_owned(), FileEntry::of(limits))].into(),
     };
-    rt.block_on(async {
-        client.put(keys.limits_revision()?, serde_json::to_vec(&rev)?).await.map_err(|e| anyhow::anyhow!("{e}"))
-    })?;
+    let pack = Pack::new(rev, [&limits[..]]);
+    rt.block_on(async { client.put(keys.config_push()?, pack.encode()).await.map_err(|e| anyhow::anyhow!("{e}")) })?;
     std::thread::sleep(Duration::from_secs(1));
     for node in &cluster.nodes {
         let mut http = Http::connect(node.http)?;

@@ -21,7 +21,15 @@ fn grants(id: &Identity) -> Vec<(&'static [&'static str], Vec<String>)> {
     );
     let mut g = vec![
         every_member,
-        (&["query"], vec!["view/**".to_owned(), "status/**".to_owned(), "limits/config/*".to_owned()]),
+        (
+            &["query"],
+            vec![
+                "view/**".to_owned(),
+                "status/**".to_owned(),
+                "limits/config/*".to_owned(),
+                "config/state/*".to_owned(),
+            ],
+        ),
     ];
     match id.role {
         IdRole::Agent => {
@@ -36,7 +44,15 @@ fn grants(id: &Identity) -> Vec<(&'static [&'static str], Vec<String>)> {
                 ],
             ));
             g.push((&["liveliness_token"], vec![format!("node/{n}")]));
-            g.push((&["query"], vec!["dlr/id/**".to_owned(), "dlr/at/**".to_owned(), "dlr/replica/*".to_owned()]));
+            g.push((
+                &["query"],
+                vec![
+                    "dlr/id/**".to_owned(),
+                    "dlr/at/**".to_owned(),
+                    "dlr/replica/*".to_owned(),
+                    "config/object/**".to_owned(),
+                ],
+            ));
             g.push((
                 &["reply"],
                 vec![
@@ -47,6 +63,8 @@ fn grants(id: &Identity) -> Vec<(&'static [&'static str], Vec<String>)> {
                     "dlr/id/**".to_owned(),
                     format!("dlr/at/{n}/**"),
                     format!("dlr/replica/{n}"),
+                    format!("config/state/{n}"),
+                    format!("config/object/{n}/*"),
                 ],
             ));
         }
@@ -57,8 +75,8 @@ fn grants(id: &Identity) -> Vec<(&'static [&'static str], Vec<String>)> {
             g.push((&["reply"], vec![format!("view/collector/{n}"), format!("status/collector/{n}")]));
         }
         IdRole::Admin => {
-            g.push((&["put"], vec!["limits/revision".to_owned(), "dlr/ask/*".to_owned()]));
-            g.push((&["query"], vec!["dlr/id/**".to_owned(), "dlr/at/**".to_owned()]));
+            g.push((&["put"], vec!["config/push".to_owned(), "dlr/ask/*".to_owned()]));
+            g.push((&["query"], vec!["dlr/id/**".to_owned(), "dlr/at/**".to_owned(), "config/object/**".to_owned()]));
         }
     }
     g
@@ -119,7 +137,7 @@ mod tests {
             "sb/t/node/gw1",
             "sb/t/watermark/c1/**",
             "sb/t/collector/c1",
-            "sb/t/limits/revision",
+            "sb/t/config/push",
             "\"agent:gw1\"",
         ] {
             assert!(text.contains(want), "{want} missing from {text}");

@@ -13,7 +13,6 @@
 //! | `<prefix>/head/<node>` | put (JSON [`crate::wire::control::Heads`]) | the node's agent, every second |
 //! | `<prefix>/watermark/<collector>/<node>` | put (JSON [`crate::wire::control::Watermarks`]) | each collector |
 //! | `<prefix>/counter/<node>` | put (JSON [`crate::limits::DemandReport`]) | each node using limits |
-//! | `<prefix>/limits/revision` | put (JSON [`crate::limits::revision::Revision`]) | `switchboard limits set` |
 //! | `<prefix>/limits/config/<node>` | queryable (JSON [`crate::limits::revision::History`]) | each node using limits |
 //! | `<prefix>/config/push` | put (JSON [`crate::repo::wire::Pack`]) | `switchboard config push` (and `limits set`) |
 //! | `<prefix>/config/state/<node>` | queryable (JSON [`crate::repo::wire::NodeState`]) | each node agent |
@@ -286,11 +285,6 @@ impl KeySpace {
     /// Parse a key under [`Self::counter`] back into the node name.
     pub fn parse_counter(&self, key: &str) -> Option<String> {
         self.parse_node_under("/counter/", key)
-    }
-
-    /// `<prefix>/limits/revision`: a new revision of the cluster's limits, put by `limits set`.
-    pub fn limits_revision(&self) -> Result<OwnedKeyExpr, KeyError> {
-        self.build(&["limits", "revision"])
     }
 
     /// `<prefix>/limits/config/<node>`: queryable; the node's revision history of the limits.

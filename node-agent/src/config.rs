@@ -27,6 +27,7 @@
 //! - `limits::settings`: [`LimitsSettings`] (`[limits]`);
 //! - `dlr::settings`: [`DlrSettings`] (`[dlr]`) and [`ConnectorIds`] (`[[dlr.connector]]`);
 //! - `metrics::settings`: [`MetricsSettings`] (`[metrics]`);
+//! - `cluster_config::settings`: `[cluster_config]`;
 //! - `[bus]` is the bus crate's [`BusConfig`].
 
 use std::collections::HashSet;
@@ -63,6 +64,10 @@ pub struct AgentConfig {
     /// The gateways' own metrics: StatsD and HTTP intake, snapshots to the `metrics` table.
     #[serde(default)]
     pub metrics: MetricsSettings,
+    /// The cluster's configuration repository: where this node materializes it, how its gateway
+    /// reloads.
+    #[serde(default)]
+    pub cluster_config: crate::cluster_config::settings::ClusterConfigSettings,
     /// The log sources to tail, one `[[source]]` table each.
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
@@ -272,6 +277,14 @@ impl AgentConfig {
         }
         self.limits.validate()?;
         self.metrics.validate()?;
+        self.cluster_config.validate()?;
+        if self.limits.enabled && !self.cluster_config.enabled {
+            return Err(AgentConfigError::Invalid(
+                "limits come from the configuration repository (global/limits.toml): with [limits] enabled, \
+                 cluster_config.enabled must be true"
+                    .into(),
+            ));
+        }
         self.dlr.validate()?;
         self.gateway.validate()?;
         let mut names = HashSet::new();

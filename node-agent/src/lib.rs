@@ -15,6 +15,8 @@
 //! - [`limits`]: cluster-wide limits: the local API for gateways, the node's part in sharing
 //!   each limit (`limits::coord`) and in keeping the cluster's revision (`limits::sync`);
 //! - [`dlr`]: the node's part of the DLR index: register, resolve, deliver, replicate, expire;
+//! - [`cluster_config`]: the cluster's configuration repository on this node: hold, serve,
+//!   materialize and reload (the limits take `global/limits.toml` from it);
 //! - [`gateway`]: the gateway socket, one pipelined line protocol for limits and DLRs (Unix
 //!   socket, and TCP on loopback);
 //! - [`metrics`]: the gateways' StatsD metrics, aggregated per interval into snapshots;
@@ -29,6 +31,7 @@
 
 pub mod body_limit;
 pub mod checkpoint;
+pub mod cluster_config;
 pub mod config;
 pub mod dlr;
 pub mod eventlog;
@@ -228,6 +231,26 @@ impl Agent {
         } else {
             None
         };
+        let cluster_config = if config.cluster_config.enabled {
+            let hook: Option<cluster_config::HeadHook> = limits.clone().map(|l| -> cluster_config::HeadHook {
+                Arc::new(move |head, file| l.revisions.take(head, file))
+            });
+            Some(
+                cluster_config::ClusterConfig::start(
+                    &config.cluster_config,
+                    &config.agent.data_dir,
+                    &node,
+                    &session,
+                    &keys,
+                    hook,
+                    &tracker,
+                    &cancel,
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
         let dlr = if config.dlr.enabled {
             Some(dlr::DlrService::start(&config, &session, &keys, &membership, &tracker, &cancel).await?)
         } else {
@@ -259,6 +282,7 @@ impl Agent {
             dlr: dlr.clone(),
             metrics: metrics.clone(),
             gateway,
+            cluster_config,
         });
         tracker.spawn(switchboard_bus::status::sample_rates(report.clone(), cancel.clone()));
         switchboard_bus::status::serve(&session, &keys, Role::Agent, &node, report.clone(), cancel.clone()).await?;

@@ -35,6 +35,7 @@ pub(crate) struct AgentReport {
     pub(crate) dlr: Option<Arc<DlrService>>,
     pub(crate) metrics: Option<Arc<MetricsService>>,
     pub(crate) gateway: Option<Arc<crate::gateway::Gateway>>,
+    pub(crate) cluster_config: Option<Arc<crate::cluster_config::ClusterConfig>>,
 }
 
 /// Per source: (head, acked, unacked batches, lag seconds).
@@ -79,6 +80,10 @@ impl Report for AgentReport {
             }
         }
         h.degraded.extend(self.mesh.problems().iter().map(|p| format!("bus mesh: {p}")));
+        let repo = self.cluster_config.as_ref().map(|c| c.state());
+        if let Some(b) = repo.as_ref().and_then(|r| r.blocked.as_ref()) {
+            h.degraded.push(format!("configuration revision {} not applied: {}", b.number, b.why));
+        }
         let sources: BTreeMap<String, serde_json::Value> = lags
             .into_iter()
             .map(|(k, (head, acked, unacked, secs))| {
@@ -90,6 +95,13 @@ impl Report for AgentReport {
             "collectors_alive": collectors,
             "sources": sources,
             "mesh": self.mesh.health(),
+            "cluster_config": repo.as_ref().map(|r| serde_json::json!({
+                "applied": r.applied,
+                "heads": r.heads.iter().map(|h| h.number).collect::<Vec<_>>(),
+                "local_edits": r.local_edits,
+                "blocked": r.blocked,
+                "reload": r.reload,
+            })),
             "limits": self.limits.as_ref().map(|l| serde_json::json!({
                 "revision": l.revisions.current(),
                 "nodes": l.peers.borrow().clone(),
@@ -171,6 +183,21 @@ impl Report for AgentReport {
                 "Age of the oldest line not yet acknowledged.",
                 lags.iter().map(|(k, v)| (vec![("source", k.clone())], v.3)),
             );
+        if let Some(c) = &self.cluster_config {
+            let st = c.state();
+            m.gauge(
+                "switchboard_agent_config_revision",
+                "Configuration revision applied to the working directory (0: none).",
+                st.applied.as_ref().map_or(0.0, |a| a.number as f64),
+            )
+            .gauge("switchboard_agent_config_heads", "Heads of the configuration repository (2 or more: a conflict).", st.heads.len() as f64)
+            .gauge("switchboard_agent_config_local_edits", "Files of the working directory changed by hand.", st.local_edits.len() as f64)
+            .gauge(
+                "switchboard_agent_config_blocked",
+                "1 when the repository's head is not applied (conflict, local edits, failed reload).",
+                if st.blocked.is_some() { 1.0 } else { 0.0 },
+            );
+        }
         if let Some(l) = &self.limits {
             let usage = l.limiter.usage();
             let key = |k: &str| vec![("key", k.to_owned())];

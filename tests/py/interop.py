@@ -9,6 +9,8 @@ Used by tests/python_interop.rs. Subcommands:
                                                         must hold it (or report a DLR for it), print the replies
 Every wait is bounded; the exit code is non-zero on any protocol violation.
 """
+import base64
+import hashlib
 import json
 import sys
 import threading
@@ -135,9 +137,18 @@ def read(dataset):
 
 
 def limits(endpoint, prefix, rate):
-    """Set `operator:*` to RATE per minute as the next revision, the way `switchboard limits set` does."""
+    """Set `operator:*` to RATE per minute: push the next revision of the configuration
+    repository with `global/limits.toml` replaced, the way `switchboard limits set` does."""
     s = session(endpoint)
     time.sleep(0.5)
+
+    def states():
+        out = {}
+        for reply in s.get(f"{prefix}/config/state/*", timeout=2.0):
+            if reply.ok is not None:
+                st = json.loads(reply.ok.payload.to_bytes())
+                out[st["node"]] = st
+        return out
 
     def histories():
         out = {}
@@ -148,24 +159,41 @@ def limits(endpoint, prefix, rate):
             out[node] = json.loads(reply.ok.payload.to_bytes())
         return out
 
-    before = histories()
+    before = states()
     if not before:
         print("no node answered", file=sys.stderr)
         return 1
-    current = max((h["revisions"][-1]["revision"] for h in before.values() if h["revisions"]), default=0)
+    heads = {h["id"]: h for st in before.values() for h in st["heads"]}
+    if len(heads) > 1:
+        print("the repository has a conflict", file=sys.stderr)
+        return 1
+    files, parents, number = {}, [], 1
+    if heads:
+        head = next(iter(heads.values()))
+        node = next(n for n, st in before.items() if any(r["id"] == head["id"] for r in st["revisions"]))
+        reply = next(iter(s.get(f"{prefix}/config/object/{node}/{head['id']}", timeout=2.0)))
+        doc = reply.ok.payload.to_bytes()
+        assert hashlib.sha256(doc).hexdigest() == head["id"], "a revision hashes to its id"
+        files, parents, number = json.loads(doc)["files"], [head["id"]], head["number"] + 1
+    content = f'[[limit]]\nkey = "operator:*"\nrate = {rate}\nper = "minute"\n'.encode()
+    digest = hashlib.sha256(content).hexdigest()
+    files["global/limits.toml"] = {"sha256": digest, "size": len(content)}
     rev = {
-        "revision": current + 1,
+        "version": 1,
+        "number": number,
+        "parents": parents,
         "author": "python",
         "at_ms": int(time.time() * 1000),
-        "comment": "set from python",
-        "limits": [{"key": "operator:*", "rate": rate, "per": "minute"}],
+        "message": "set from python",
+        "files": files,
     }
-    s.put(f"{prefix}/limits/revision", json.dumps(rev).encode())
+    pack = {"revision": rev, "contents": {digest: base64.b64encode(content).decode()}}
+    s.put(f"{prefix}/config/push", json.dumps(pack).encode())
     deadline = time.time() + 10
     while time.time() < deadline:
         now = histories()
-        ident = lambda r: (r["revision"], r["at_ms"], r["author"], r["limits"])
-        if now and all(h["revisions"] and ident(h["revisions"][-1]) == ident(rev) for h in now.values()):
+        if now and all(h["revisions"] and h["revisions"][-1]["revision"] == number
+                       and h["revisions"][-1]["author"] == "python" for h in now.values()):
             break
         time.sleep(0.2)
     else:
@@ -179,7 +207,7 @@ def limits(endpoint, prefix, rate):
     if not reports or any(r.get("version") != 1 or not isinstance(r.get("demand"), dict) for r in reports):
         print("bad demand reports", reports[:3], file=sys.stderr)
         return 1
-    print(json.dumps({"revision": rev["revision"], "nodes": sorted(now), "report": reports[-1]}))
+    print(json.dumps({"revision": number, "nodes": sorted(now), "report": reports[-1]}))
     return 0
 
 

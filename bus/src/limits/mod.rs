@@ -480,6 +480,22 @@ impl Limiter {
     }
 }
 
+/// The limits file (`global/limits.toml` of the configuration repository, or the file given to
+/// `switchboard limits set`): `[[limit]]` tables, each a [`LimitSpec`].
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsDocument {
+    #[serde(default, rename = "limit")]
+    limits: Vec<LimitSpec>,
+}
+
+/// Parse and check a limits file's text.
+pub fn parse_document(text: &str) -> Result<Vec<LimitSpec>, String> {
+    let doc: LimitsDocument = toml::from_str(text).map_err(|e| format!("not a limits file: {e}"))?;
+    check(&doc.limits).map_err(|e| e.to_string())?;
+    Ok(doc.limits)
+}
+
 /// Check a whole set of limits: each valid, no key twice.
 pub fn check(specs: &[LimitSpec]) -> Result<(), SpecError> {
     if specs.len() > MAX_LIMITS {

@@ -1,13 +1,11 @@
 //! Cluster-wide limit definitions with revisions.
 //!
 //! A [`Revision`] is the whole set of limits at one point in time, numbered, with who set it,
-//! when and why. `switchboard limits set` puts revision `current + 1` on
-//! `<prefix>/limits/revision`; every node applies it in one step ([`super::Limiter::replace`])
-//! and appends it to its [`History`], kept in a file so that a restarted node starts on the
-//! revision it had. Each node answers queries for its history on `<prefix>/limits/config/<node>`;
-//! a node that joins (or missed a put, e.g. behind a partition) asks the others and takes the
-//! newest. Revisions are ordered by `(revision, at_ms, author)`, so two `set`s that race for
-//! the same number still end with every node on the same one.
+//! when and why. The limits are the file `global/limits.toml` of the configuration repository
+//! ([`crate::repo`]); a node applies the limits of each new head in one step
+//! ([`super::Limiter::replace`]) and appends them to its [`History`] under the head's number,
+//! kept in a file so that a restarted node starts on the limits it had. Each node answers
+//! queries for its history on `<prefix>/limits/config/<node>` ([`fetch_histories`]).
 
 use std::cmp::Ordering;
 use std::io::Write as _;
@@ -101,6 +99,18 @@ impl History {
             self.revisions.drain(..excess);
         }
         Ok(true)
+    }
+
+    /// Make `rev` the revision in force whatever its number: the configuration repository's head
+    /// decides which limits are current ([`crate::repo`]).
+    pub fn force(&mut self, rev: Revision) -> Result<(), SpecError> {
+        rev.validate()?;
+        self.revisions.push(rev);
+        if self.revisions.len() > MAX_HISTORY {
+            let excess = self.revisions.len() - MAX_HISTORY;
+            self.revisions.drain(..excess);
+        }
+        Ok(())
     }
 
     /// Take the revisions of another node's history that are newer than ours, in order; `true`

@@ -12,11 +12,13 @@
 //!   a directory into a tree;
 //! - [`dag`]: heads, ancestors and the common ancestor of two revisions;
 //! - [`store`]: a node's revisions and file contents on disk;
+//! - [`client`]: what tools do: join every node's state, name revisions, push;
 //! - [`wire`]: the documents on the bus (a [`Pack`] pushed, a [`NodeState`] answered) and the
 //!   queries that fetch them.
 //!
 //! `docs/config-repository.md` is this module for operators, `docs/protocol.md` for clients.
 
+pub mod client;
 pub mod dag;
 pub mod store;
 pub mod tree;

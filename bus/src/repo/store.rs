@@ -43,6 +43,18 @@ pub fn write_replacing(path: &Path, content: &[u8]) -> Result<(), RepoError> {
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
+/// The bytes of object `hash` under the store at `root`: a revision document or a file
+/// content, checked against the hash; `None` if not held. For answering other nodes without
+/// holding the [`Store`].
+pub fn read_object(root: &Path, hash: &str) -> Option<Vec<u8>> {
+    if !is_hash(hash) {
+        return None;
+    }
+    [root.join("revisions").join(format!("{hash}.json")), root.join("objects").join(&hash[..2]).join(hash)]
+        .iter()
+        .find_map(|p| std::fs::read(p).ok().filter(|b| sha256_hex(b) == hash))
+}
+
 impl Store {
     /// Open (or create) the store under `root`. Documents that do not parse, validate or match
     /// their name are removed (they are fetched again from another node).

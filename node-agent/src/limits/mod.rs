@@ -127,7 +127,6 @@ impl LimitsService {
             node.clone(),
             limiter.clone(),
             dir.join("history.json"),
-            Duration::from_millis(l.resync_ms),
             cancel.clone(),
         )
         .await?;

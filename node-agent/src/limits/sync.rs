@@ -1,22 +1,22 @@
-//! Keeping a node on the cluster's current limits revision.
+//! Keeping a node on the cluster's current limits.
 //!
-//! [`start`] loads the node's history file and applies the revision in force before anything
-//! else, then on the bus: takes new revisions put on `<prefix>/limits/revision`, answers queries
-//! for its history on `<prefix>/limits/config/<node>`, and asks the other nodes for theirs at
-//! start and every `resync` (a joiner, or a node that missed a put behind a partition, catches
-//! up). Every change is applied to the [`Limiter`] in one step and saved before it is announced.
+//! The limits are the file `global/limits.toml` of the cluster's configuration repository
+//! (`crate::cluster_config`): each new head of the repository is handed to [`Revisions::take`],
+//! which applies its limits to the [`Limiter`] in one step, appends them to the node's limits
+//! history (a file, so that a restarted node starts on the limits it had) and announces the
+//! number. The node answers queries for its history on `<prefix>/limits/config/<node>`
+//! (`switchboard limits list|history` read them).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use zenoh::{Session, Wait};
 
 use switchboard_bus::keys::{KeyError, KeySpace};
-use switchboard_bus::limits::revision::{self, fetch_histories, History, HistoryError, Revision};
-use switchboard_bus::limits::Limiter;
+use switchboard_bus::limits::revision::{self, History, HistoryError, Revision};
+use switchboard_bus::limits::{parse_document, Limiter};
 use switchboard_bus::refusals::{refuse, Reason};
 
 /// The limits sync could not start.
@@ -39,14 +39,36 @@ pub enum SyncError {
 /// The node's history, shared with whoever shows it (the agent's API).
 #[derive(Clone)]
 pub struct Revisions {
-    history: Arc<Mutex<History>>,
+    node: Arc<Node>,
     current: watch::Receiver<u64>,
 }
 
 impl Revisions {
     /// A copy of the node's history.
     pub fn history(&self) -> History {
-        self.history.lock().map(|h| h.clone()).unwrap_or_default()
+        self.node.history.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// Take the limits of a new head of the configuration repository (`limits`: the content of
+    /// its `global/limits.toml`; `None` leaves the limits as they are). Limits equal to those in
+    /// force make no new revision.
+    pub fn take(&self, head: &switchboard_bus::repo::Revision, limits: Option<&[u8]>) {
+        let Some(bytes) = limits else { return };
+        let specs = match std::str::from_utf8(bytes).map_err(|e| e.to_string()).and_then(|t| parse_document(t)) {
+            Ok(specs) => specs,
+            Err(e) => {
+                refuse(Reason::ConfigInvalid, format_args!("global/limits.toml of revision {}: {e}", head.number));
+                return;
+            }
+        };
+        let rev = Revision {
+            revision: head.number,
+            author: head.author.clone(),
+            at_ms: head.at_ms,
+            comment: head.message.clone(),
+            limits: specs,
+        };
+        self.node.take(rev);
     }
 
     /// The revision in force (0: none).
@@ -68,17 +90,15 @@ struct Node {
 }
 
 impl Node {
-    /// Offer revisions; apply and save if the one in force changed.
-    fn take(&self, revs: impl IntoIterator<Item = Revision>, from: &str) {
+    /// Apply `rev` (the repository's head decides, whatever its number) and save it, unless its
+    /// limits are those in force.
+    fn take(&self, rev: Revision) {
         let Ok(mut h) = self.history.lock() else { return };
-        let mut changed = false;
-        for rev in revs {
-            match h.offer(rev) {
-                Ok(took) => changed |= took,
-                Err(e) => refuse(Reason::RevisionInvalid, format_args!("limits revision from {from}: {e}")),
-            }
+        if h.current().is_some_and(|c| c.limits == rev.limits) {
+            return;
         }
-        if !changed {
+        if let Err(e) = h.force(rev) {
+            refuse(Reason::ConfigInvalid, format_args!("limits of the configuration repository: {e}"));
             return;
         }
         let Some(cur) = h.current().cloned() else { return };
@@ -89,19 +109,18 @@ impl Node {
         if let Err(e) = revision::save(&self.path, &h) {
             tracing::error!(error = %e, "cannot save the limits history; a restart would start on an older revision");
         }
-        tracing::info!(revision = cur.revision, author = %cur.author, %from, limits = cur.limits.len(), "limits revision applied");
+        tracing::info!(revision = cur.revision, author = %cur.author, limits = cur.limits.len(), "limits revision applied");
         self.current.send_replace(cur.revision);
     }
 }
 
-/// Load the history at `path`, apply it, and keep it in sync with the cluster until `cancel`.
+/// Load the history at `path`, apply it, and answer history queries until `cancel`.
 pub async fn start(
     session: Session,
     keys: KeySpace,
     node: String,
     limiter: Arc<Limiter>,
     path: PathBuf,
-    resync: Duration,
     cancel: CancellationToken,
 ) -> Result<Revisions, SyncError> {
     let loaded = revision::load(&path)?;
@@ -112,9 +131,7 @@ pub async fn start(
     let (current, current_rx) = watch::channel(loaded.current_number());
     let state = Arc::new(Node { limiter, history: Arc::new(Mutex::new(loaded)), path, current });
     let bus = SyncError::Declare;
-    let revisions = session.declare_subscriber(keys.limits_revision()?).await.map_err(bus)?;
-    // Answered from zenoh's own threads, so that this node's history queries (which reach its
-    // own queryable too) never wait on the task below.
+    // Answered from zenoh's own threads.
     let queryable = {
         let history = state.history.clone();
         let mine = keys.limits_config(&node)?;
@@ -130,28 +147,9 @@ pub async fn start(
             .await
             .map_err(bus)?
     };
-    let handle = Revisions { history: state.history.clone(), current: current_rx };
+    let handle = Revisions { node: state.clone(), current: current_rx };
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(resync);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                sample = revisions.recv_async() => {
-                    let Ok(sample) = sample else { break };
-                    match serde_json::from_slice::<Revision>(&sample.payload().to_bytes()) {
-                        Ok(rev) => state.take([rev], "limits set"),
-                        Err(e) => refuse(Reason::RevisionInvalid, format_args!("a malformed limits revision: {e}")),
-                    }
-                }
-                _ = tick.tick() => {
-                    for (from, history) in fetch_histories(&session, &keys).await {
-                        if from != node {
-                            state.take(history.revisions, &from);
-                        }
-                    }
-                }
-            }
-        }
+        cancel.cancelled().await;
         drop(queryable);
     });
     Ok(handle)

@@ -1,0 +1,222 @@
+//! The repository seen from a tool: every node's state joined, revisions named by number or id,
+//! and pushing a new revision.
+//!
+//! A tool holds nothing: it reads the nodes' states ([`ClusterRepo::read`]), fetches revisions
+//! and contents from whichever node holds them, and [`push`]es a [`Pack`] carrying only the
+//! contents the new revision's parents do not have.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use zenoh::qos::CongestionControl;
+use zenoh::Session;
+
+use super::wire::{fetch_object, fetch_revision, fetch_states, NodeState, Pack};
+use super::{dag, is_hash, FileEntry, RepoError, Revision, Summary};
+use crate::keys::KeySpace;
+
+/// How long one query waits.
+const ASK: Duration = Duration::from_secs(5);
+
+/// Every node's repository state, joined.
+pub struct ClusterRepo {
+    /// Each node's state, by node name.
+    pub states: BTreeMap<String, NodeState>,
+    /// Answers that did not parse.
+    pub errors: Vec<String>,
+    /// Every revision some node holds.
+    pub known: BTreeMap<String, Summary>,
+}
+
+impl ClusterRepo {
+    /// Ask every node, until two rounds in a row are answered by the same nodes (a fresh
+    /// session reaches the peers of the first node it links to one by one) or `patience` passes.
+    pub async fn read(session: &Session, keys: &KeySpace, patience: Duration) -> Self {
+        let deadline = Instant::now() + patience;
+        let mut previous: Option<BTreeSet<String>> = None;
+        loop {
+            let answers = fetch_states(session, keys, ASK).await;
+            let mut repo = Self { states: BTreeMap::new(), errors: Vec::new(), known: BTreeMap::new() };
+            for a in answers {
+                match a {
+                    Ok(s) => {
+                        for r in &s.revisions {
+                            repo.known.entry(r.id.clone()).or_insert_with(|| r.clone());
+                        }
+                        repo.states.insert(s.node.clone(), s);
+                    }
+                    Err(e) => repo.errors.push(e),
+                }
+            }
+            let names: BTreeSet<String> = repo.states.keys().cloned().collect();
+            if (!names.is_empty() && previous.as_ref() == Some(&names)) || Instant::now() >= deadline {
+                return repo;
+            }
+            previous = Some(names);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// The heads of everything the nodes hold, newest first: more than one is a conflict.
+    pub fn heads(&self) -> Vec<&Summary> {
+        dag::heads(&self.known)
+    }
+
+    /// The revision `reference` names: `head` (the one head), a number (unique), or the start of
+    /// an id (at least 4 digits, unique).
+    pub fn find(&self, reference: &str) -> Result<&Summary, String> {
+        let matches: Vec<&Summary> = if reference == "head" {
+            self.heads()
+        } else if let Ok(n) = reference.parse::<u64>() {
+            self.known.values().filter(|s| s.number == n).collect()
+        } else if reference.len() >= 4 && reference.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let r = reference.to_ascii_lowercase();
+            self.known.values().filter(|s| s.id.starts_with(&r)).collect()
+        } else {
+            return Err(format!("{reference:?} is not a revision: give `head`, a number, or the start of an id"));
+        };
+        match matches.as_slice() {
+            [one] => Ok(one),
+            [] => Err(format!("no node holds a revision {reference}")),
+            many => Err(format!(
+                "{reference} names {} revisions ({}): give the start of an id",
+                many.len(),
+                many.iter().map(|s| s.label()).collect::<Vec<_>>().join(", ")
+            )),
+        }
+    }
+
+    /// Nodes that hold revision `id`.
+    fn holders(&self, id: &str) -> Vec<&str> {
+        self.states.values().filter(|s| s.revisions.iter().any(|r| r.id == id)).map(|s| s.node.as_str()).collect()
+    }
+
+    /// Fetch revision `id` from a node that holds it.
+    pub async fn revision(&self, session: &Session, keys: &KeySpace, id: &str) -> Result<Revision, RepoError> {
+        for node in self.holders(id) {
+            if let Some(r) = fetch_revision(session, keys, node, id, ASK).await? {
+                return Ok(r);
+            }
+        }
+        Err(RepoError::Invalid(format!("no node answered revision {}", super::short(id))))
+    }
+
+    /// Fetch content `sha256` from a node that holds revision `of` (or any node).
+    pub async fn content(&self, session: &Session, keys: &KeySpace, of: &str, sha256: &str) -> Result<Vec<u8>, RepoError> {
+        let mut nodes = self.holders(of);
+        nodes.extend(self.states.keys().map(String::as_str));
+        for node in nodes {
+            if let Some(bytes) = fetch_object(session, keys, node, sha256, ASK).await? {
+                return Ok(bytes);
+            }
+        }
+        Err(RepoError::Invalid(format!("no node answered content {}", super::short(sha256))))
+    }
+}
+
+/// What to push: the new tree and who makes it.
+pub struct NewRevision {
+    /// Ids of the revisions it follows (the one head; every head to settle a conflict).
+    pub parents: Vec<String>,
+    /// The number to give a first revision (one that follows nothing): 1 unless revisions of the
+    /// limits made before the repository should stay below it.
+    pub first_number: u64,
+    /// Who makes it.
+    pub author: String,
+    /// Why.
+    pub message: String,
+    /// The whole tree.
+    pub files: BTreeMap<String, FileEntry>,
+    /// Contents at hand (by SHA-256); those the parents lack and that are not here are fetched.
+    pub contents: BTreeMap<String, Vec<u8>>,
+}
+
+/// Build the revision, put it with the contents its parents lack, and return it.
+pub async fn push(
+    session: &Session,
+    keys: &KeySpace,
+    repo: &ClusterRepo,
+    new: NewRevision,
+) -> Result<(Revision, usize), RepoError> {
+    let mut have: BTreeSet<String> = BTreeSet::new();
+    let mut number = new.first_number.max(1);
+    for p in &new.parents {
+        if !is_hash(p) {
+            return Err(RepoError::Invalid(format!("parent {p:?} is not a revision id")));
+        }
+        let parent = repo.revision(session, keys, p).await?;
+        number = number.max(parent.number.saturating_add(1));
+        have.extend(parent.files.values().map(|f| f.sha256.clone()));
+    }
+    let rev = Revision {
+        version: 1,
+        number,
+        parents: new.parents.clone(),
+        author: new.author,
+        at_ms: crate::status::now_ms(),
+        message: new.message,
+        files: new.files,
+    };
+    rev.validate()?;
+    let mut carry: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for f in rev.files.values() {
+        if have.contains(&f.sha256) || carry.contains_key(&f.sha256) {
+            continue;
+        }
+        let bytes = match new.contents.get(&f.sha256) {
+            Some(b) => b.clone(),
+            None => repo.content(session, keys, new.parents.first().map_or("", |p| p.as_str()), &f.sha256).await?,
+        };
+        carry.insert(f.sha256.clone(), bytes);
+    }
+    let carried = carry.len();
+    let pack = Pack::new(rev.clone(), carry.values().map(Vec::as_slice));
+    let key = keys.config_push().map_err(|e| RepoError::Invalid(e.to_string()))?;
+    session
+        .put(key, pack.encode())
+        .congestion_control(CongestionControl::Block)
+        .await
+        .map_err(|e| RepoError::Invalid(format!("publishing the revision: {e}")))?;
+    Ok((rev, carried))
+}
+
+/// Where one node stands with a pushed revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied to its working directory (and reloaded, if it has a reload command).
+    Applied,
+    /// Holds it but did not apply it: why.
+    Blocked(String),
+    /// Does not hold it (yet).
+    Missing,
+}
+
+/// Poll the nodes until each has applied revision `id` or says why not, or `timeout` passes.
+pub async fn wait_applied(
+    session: &Session,
+    keys: &KeySpace,
+    id: &str,
+    nodes: &BTreeSet<String>,
+    timeout: Duration,
+) -> BTreeMap<String, Outcome> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut out: BTreeMap<String, Outcome> = nodes.iter().map(|n| (n.clone(), Outcome::Missing)).collect();
+        for s in fetch_states(session, keys, ASK).await.into_iter().flatten() {
+            let holds = s.revisions.iter().any(|r| r.id == id);
+            let o = if s.applied.as_ref().is_some_and(|a| a.id == id) {
+                Outcome::Applied
+            } else if let Some(b) = s.blocked.as_ref().filter(|_| holds) {
+                let paths = if b.paths.is_empty() { String::new() } else { format!(" ({})", b.paths.join(", ")) };
+                Outcome::Blocked(format!("{}{paths}", b.why))
+            } else {
+                Outcome::Missing
+            };
+            out.insert(s.node, o);
+        }
+        if out.values().all(|o| *o != Outcome::Missing) || Instant::now() >= deadline {
+            return out;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

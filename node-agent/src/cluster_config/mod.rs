@@ -1,0 +1,571 @@
+//! The cluster's configuration repository on a node: hold it, serve it, apply it.
+//!
+//! [`ClusterConfig::start`] opens the node's [`Store`] and working directory ([`worktree`]), then
+//! on one thread of its own (its file work never stalls the agent's runtime):
+//! - takes pushed revisions from `<prefix>/config/push`;
+//! - every `resync_ms` asks the other nodes for their state and fetches the revisions it lacks
+//!   and the contents they name (a node that was down or cut off catches up);
+//! - answers `<prefix>/config/state/<node>` and `<prefix>/config/object/<node>/<sha256>`;
+//! - when the repository has one head that is not applied, materializes this node's view of it
+//!   beside the current tree, switches the link, and runs the reload command; a failed reload
+//!   switches back (unless `on_reload_failure = "keep"`). Local edits are carried over when the
+//!   revision leaves their file alone, and block the revision when it changes it too. Two heads (a
+//!   conflict) block every node until `switchboard config resolve`.
+//!
+//! A [`HeadHook`] sees every new head: the limits take `global/limits.toml` from it.
+
+pub mod settings;
+pub mod worktree;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use switchboard_bus::keys::KeySpace;
+use switchboard_bus::refusals::{refuse, Reason};
+use switchboard_bus::repo::store::{read_object, Store};
+use switchboard_bus::repo::wire::{
+    fetch_object, fetch_revision, fetch_states, Applied, Blocked, LocalEdit, NodeState, Pack, ReloadOutcome,
+};
+use switchboard_bus::repo::{short, tree, Change, RepoError, Revision};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use zenoh::{Session, Wait as _};
+
+use self::settings::{ClusterConfigSettings, OnReloadFailure};
+use self::worktree::{Manifest, Planned, Source, WorkTree, REVISION_FILE};
+use crate::AgentError;
+
+/// How long a query to another node waits.
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Contents fetched at once from one node.
+const FETCH_CONCURRENCY: usize = 16;
+/// Failed revisions remembered (never applied again).
+const MAX_FAILED: usize = 100;
+/// Longest reload output kept.
+const MAX_OUTPUT: usize = 2048;
+
+/// Called with each new head of the repository and, if it has one, its `global/limits.toml`.
+pub type HeadHook = Arc<dyn Fn(&Revision, Option<&[u8]>) + Send + Sync>;
+
+/// The path of the limits document in the repository.
+pub const LIMITS_PATH: &str = "global/limits.toml";
+
+/// The node's repository, as the status page and the agent's API show it.
+pub struct ClusterConfig {
+    state: Arc<Mutex<NodeState>>,
+}
+
+impl ClusterConfig {
+    /// The node's current state.
+    pub fn state(&self) -> NodeState {
+        self.state.lock().map(|s| s.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Open the store and working directory and follow the cluster's repository until `cancel`.
+    pub async fn start(
+        settings: &ClusterConfigSettings,
+        data_dir: &Path,
+        node: &str,
+        session: &Session,
+        keys: &KeySpace,
+        hook: Option<HeadHook>,
+        tracker: &TaskTracker,
+        cancel: &CancellationToken,
+    ) -> Result<Arc<Self>, AgentError> {
+        let root = data_dir.join("cluster-config");
+        let invalid = |e: RepoError| AgentError::Config(crate::config::AgentConfigError::Invalid(format!("cluster_config: {e}")));
+        let store = Store::open(&root.join("store")).map_err(invalid)?;
+        let tree = WorkTree::open(&settings.dir(data_dir)).map_err(invalid)?;
+        let state_path = root.join("applied.json");
+        let persisted = Persisted::load(&state_path);
+        let mut inner = Inner {
+            node: node.to_owned(),
+            settings: settings.clone(),
+            store,
+            tree,
+            p: persisted,
+            state_path,
+            local_edits: Vec::new(),
+            blocked: None,
+            hooked: None,
+            hook,
+        };
+        let state = Arc::new(Mutex::new(inner.node_state()));
+        let decl = |what| move |source| AgentError::Declare { what, source };
+        let push = session.declare_subscriber(keys.config_push()?).await.map_err(decl("config push subscriber"))?;
+        let state_q = {
+            let (state, key) = (state.clone(), keys.config_state(node)?);
+            session
+                .declare_queryable(key.clone())
+                .callback(move |q| {
+                    let body = state.lock().ok().and_then(|s| serde_json::to_vec(&*s).ok()).unwrap_or_default();
+                    if let Err(e) = q.reply(key.clone(), body).wait() {
+                        tracing::debug!(error = %e, "cannot answer a config state query");
+                    }
+                })
+                .await
+                .map_err(decl("config state queryable"))?
+        };
+        let objects_q = {
+            let (k, store_root) = (keys.clone(), root.join("store"));
+            session
+                .declare_queryable(keys.all_config_objects_of(node)?)
+                .callback(move |q| {
+                    let Some(hash) = k.parse_config_object(q.key_expr().as_str()) else { return };
+                    if let Some(bytes) = read_object(&store_root, &hash) {
+                        if let Err(e) = q.reply(q.key_expr().clone(), bytes).wait() {
+                            tracing::debug!(error = %e, "cannot answer a config object query");
+                        }
+                    }
+                })
+                .await
+                .map_err(decl("config object queryable"))?
+        };
+        let (session, keys, cancel2, shared) = (session.clone(), keys.clone(), cancel.clone(), state.clone());
+        let thread = tracker.spawn_blocking(move || {
+            tokio::runtime::Handle::current().block_on(async move {
+                let mut next_sync = tokio::time::Instant::now();
+                let every = Duration::from_millis(inner.settings.resync_ms);
+                loop {
+                    inner.reconcile().await;
+                    if let Ok(mut s) = shared.lock() {
+                        *s = inner.node_state();
+                    }
+                    tokio::select! {
+                        _ = cancel2.cancelled() => break,
+                        sample = push.recv_async() => {
+                            let Ok(sample) = sample else { break };
+                            match inner.take_pack(&sample.payload().to_bytes()) {
+                                Ok(true) => {}
+                                Ok(false) => next_sync = tokio::time::Instant::now() + Duration::from_millis(200),
+                                Err(e) => refuse(Reason::ConfigInvalid, format_args!("a pushed configuration revision: {e}")),
+                            }
+                        }
+                        _ = tokio::time::sleep_until(next_sync) => {
+                            inner.catch_up(&session, &keys).await;
+                            inner.scan();
+                            next_sync = tokio::time::Instant::now() + every;
+                        }
+                    }
+                }
+                drop((state_q, objects_q));
+            })
+        });
+        switchboard_bus::vital::watch(tracker, "the cluster configuration thread".into(), thread, cancel.clone());
+        Ok(Arc::new(Self { state }))
+    }
+}
+
+/// What a node keeps across restarts about its working directory.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Persisted {
+    applied: Option<Applied>,
+    tree: Option<String>,
+    manifest: Manifest,
+    #[serde(default)]
+    failed: Vec<String>,
+    #[serde(default)]
+    reload: Option<ReloadOutcome>,
+}
+
+impl Persisted {
+    fn load(path: &Path) -> Self {
+        match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "unreadable applied-revision record; starting without it");
+                Self::default()
+            }),
+            Err(_) => Self::default(),
+        }
+    }
+
+    fn save(&self, path: &Path) {
+        let write = || -> std::io::Result<()> {
+            let tmp = path.with_extension("json.tmp");
+            let mut f = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, &serde_json::to_vec_pretty(self).unwrap_or_default())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        };
+        if let Err(e) = write() {
+            tracing::error!(path = %path.display(), error = %e, "cannot record the applied revision");
+        }
+    }
+}
+
+struct Inner {
+    node: String,
+    settings: ClusterConfigSettings,
+    store: Store,
+    tree: WorkTree,
+    p: Persisted,
+    state_path: PathBuf,
+    local_edits: Vec<LocalEdit>,
+    blocked: Option<Blocked>,
+    /// The head last given to the hook.
+    hooked: Option<String>,
+    hook: Option<HeadHook>,
+}
+
+fn now_ms() -> u64 {
+    switchboard_bus::status::now_ms()
+}
+
+impl Inner {
+    fn node_state(&self) -> NodeState {
+        let mut revisions: Vec<_> = self.store.summaries().values().cloned().collect();
+        revisions.sort_by(|a, b| (b.number, &b.id).cmp(&(a.number, &a.id)));
+        NodeState {
+            version: 1,
+            node: self.node.clone(),
+            subcluster: self.settings.subcluster.clone(),
+            dir: self.tree.link().display().to_string(),
+            applied: self.p.applied.clone(),
+            heads: self.store.heads().into_iter().cloned().collect(),
+            revisions,
+            local_edits: self.local_edits.clone(),
+            blocked: self.blocked.clone(),
+            reload: self.p.reload.clone(),
+        }
+    }
+
+    /// Take a pushed revision; `Ok(false)` when contents it names are not held yet (it is then
+    /// fetched from another node).
+    fn take_pack(&mut self, bytes: &[u8]) -> Result<bool, RepoError> {
+        let (rev, contents) = Pack::decode(bytes)?;
+        self.check_numbering(&rev)?;
+        for c in &contents {
+            self.store.put_blob(c)?;
+        }
+        if !self.store.missing_blobs(&rev).is_empty() {
+            tracing::info!(revision = rev.number, "a pushed revision names contents not held here; fetching them from the other nodes");
+            return Ok(false);
+        }
+        self.check_limits(&rev)?;
+        if self.store.insert(rev.clone())? {
+            tracing::info!(revision = rev.number, id = short(&rev.id()), author = %rev.author, "configuration revision received");
+        }
+        Ok(true)
+    }
+
+    /// A revision's `global/limits.toml`, if it has one, must be a valid limits file: every node
+    /// refuses the whole revision otherwise (its contents must be held).
+    fn check_limits(&self, rev: &Revision) -> Result<(), RepoError> {
+        let Some(f) = rev.files.get(LIMITS_PATH) else { return Ok(()) };
+        let bytes = self.store.blob(&f.sha256)?.ok_or_else(|| RepoError::Invalid(format!("{LIMITS_PATH} is not held")))?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| RepoError::Invalid(format!("{LIMITS_PATH} is not UTF-8")))?;
+        switchboard_bus::limits::parse_document(text)
+            .map(|_| ())
+            .map_err(|e| RepoError::Invalid(format!("revision {}: {LIMITS_PATH}: {e}", rev.number)))
+    }
+
+    /// A revision's number must exceed its known parents'.
+    fn check_numbering(&self, rev: &Revision) -> Result<(), RepoError> {
+        for p in &rev.parents {
+            if let Some(parent) = self.store.summaries().get(p) {
+                if parent.number >= rev.number {
+                    return Err(RepoError::Invalid(format!(
+                        "revision {} follows revision {}: its number must be higher",
+                        rev.number, parent.number
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetch from every other node the revisions it holds that this one lacks, with their contents.
+    async fn catch_up(&mut self, session: &Session, keys: &KeySpace) {
+        for state in fetch_states(session, keys, ASK_TIMEOUT).await {
+            let state = match state {
+                Ok(s) => s,
+                Err(e) => {
+                    refuse(Reason::ConfigInvalid, format_args!("a configuration state: {e}"));
+                    continue;
+                }
+            };
+            if state.node == self.node {
+                continue;
+            }
+            let mut want: Vec<String> = state.heads.iter().map(|h| h.id.clone()).collect();
+            let mut got: BTreeMap<String, Revision> = BTreeMap::new();
+            while let Some(id) = want.pop() {
+                if self.store.summaries().contains_key(&id) || got.contains_key(&id) {
+                    continue;
+                }
+                if got.len() >= switchboard_bus::repo::KEEP_REVISIONS {
+                    break;
+                }
+                match fetch_revision(session, keys, &state.node, &id, ASK_TIMEOUT).await {
+                    Ok(Some(rev)) => {
+                        want.extend(rev.parents.iter().cloned());
+                        got.insert(id, rev);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        refuse(Reason::ConfigInvalid, format_args!("revision {} from {}: {e}", short(&id), state.node));
+                        break;
+                    }
+                }
+            }
+            let mut revs: Vec<Revision> = got.into_values().collect();
+            revs.sort_by_key(|r| r.number);
+            for rev in revs {
+                if let Err(e) = self.fetch_contents(session, keys, &state.node, &rev).await {
+                    tracing::warn!(from = %state.node, revision = rev.number, error = %e, "cannot fetch a configuration revision's files; retrying later");
+                    break;
+                }
+                if let Err(e) = self.check_numbering(&rev).and_then(|()| self.check_limits(&rev)) {
+                    refuse(Reason::ConfigInvalid, format_args!("revision from {}: {e}", state.node));
+                    break;
+                }
+                match self.store.insert(rev.clone()) {
+                    Ok(true) => tracing::info!(from = %state.node, revision = rev.number, id = short(&rev.id()), "configuration revision caught up"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(revision = rev.number, error = %e, "cannot store a configuration revision");
+                        break;
+                    }
+                }
+            }
+        }
+        let keep = self.p.applied.as_ref().map(|a| a.id.clone()).unwrap_or_default();
+        if let Err(e) = self.store.prune(&keep) {
+            tracing::warn!(error = %e, "cannot prune old configuration revisions");
+        }
+    }
+
+    async fn fetch_contents(&self, session: &Session, keys: &KeySpace, from: &str, rev: &Revision) -> Result<(), RepoError> {
+        let missing = self.store.missing_blobs(rev);
+        let mut fetches = futures::stream::iter(missing.into_iter().map(|h| async move {
+            let got = fetch_object(session, keys, from, &h, ASK_TIMEOUT).await;
+            (h, got)
+        }))
+        .buffer_unordered(FETCH_CONCURRENCY);
+        while let Some((h, got)) = fetches.next().await {
+            match got? {
+                Some(bytes) => {
+                    self.store.put_blob(&bytes)?;
+                }
+                None => return Err(RepoError::Invalid(format!("{from} did not answer content {}", short(&h)))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Look for local edits in the working directory.
+    fn scan(&mut self) {
+        match self.tree.scan(&self.p.manifest) {
+            Ok(edits) => {
+                if edits != self.local_edits && !edits.is_empty() {
+                    let paths: Vec<&str> = edits.iter().map(|e| e.path.as_str()).collect();
+                    tracing::warn!(dir = %self.tree.link().display(), ?paths, "local edits in the configuration working directory (kept; a revision that changes the same files is not applied until they are undone or pushed)");
+                }
+                self.local_edits = edits;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot scan the configuration working directory"),
+        }
+    }
+
+    /// Apply the repository's head if there is one and it is not applied.
+    async fn reconcile(&mut self) {
+        let heads: Vec<(String, u64)> = self.store.heads().iter().map(|s| (s.id.clone(), s.number)).collect();
+        let (head, number) = match heads.as_slice() {
+            [] => return,
+            [one] => one.clone(),
+            many => {
+                let labels: Vec<String> = many.iter().map(|(id, n)| format!("{n} ({})", short(id))).collect();
+                let why = format!(
+                    "conflict: revisions {} were made apart (on two sides of a partition, or by two pushes at once); \
+                     `switchboard config resolve` settles it",
+                    labels.join(" and ")
+                );
+                if self.blocked.as_ref().is_none_or(|b| b.why != why) {
+                    tracing::warn!("{why}");
+                }
+                self.blocked = Some(Blocked { id: many[0].0.clone(), number: many[0].1, why, paths: Vec::new() });
+                return;
+            }
+        };
+        let Some(rev) = self.store.revision(&head).cloned() else { return };
+        if self.hooked.as_deref() != Some(&head) {
+            if let Some(hook) = &self.hook {
+                let limits = rev.files.get(LIMITS_PATH).and_then(|f| self.store.blob(&f.sha256).ok().flatten());
+                hook(&rev, limits.as_deref());
+            }
+            self.hooked = Some(head.clone());
+        }
+        if self.p.applied.as_ref().is_some_and(|a| a.id == head) {
+            self.blocked = None;
+            return;
+        }
+        if self.p.failed.contains(&head) {
+            return;
+        }
+        self.scan();
+        let files = match self.plan(&rev) {
+            Ok(f) => f,
+            Err(blocked) => {
+                if self.blocked.as_ref() != Some(&blocked) {
+                    tracing::warn!(revision = number, paths = ?blocked.paths, "{}", blocked.why);
+                }
+                self.blocked = Some(blocked);
+                return;
+            }
+        };
+        let started = Instant::now();
+        let name = format!("r{number}-{}", short(&head));
+        let line = format!("{number} {head}\n");
+        let manifest = match self.tree.build(&name, &line, &files).and_then(|m| self.tree.switch(&name).map(|()| m)) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(revision = number, error = %e, "cannot materialize the configuration revision");
+                self.blocked = Some(Blocked { id: head, number, why: format!("cannot materialize: {e}"), paths: Vec::new() });
+                return;
+            }
+        };
+        let before = (self.p.applied.take(), self.p.tree.take(), std::mem::take(&mut self.p.manifest));
+        self.p.applied = Some(Applied { id: head.clone(), number, at_ms: now_ms() });
+        self.p.tree = Some(name.clone());
+        self.p.manifest = manifest;
+        self.p.save(&self.state_path);
+        self.blocked = None;
+        tracing::info!(revision = number, id = short(&head), files = files.len(), ms = started.elapsed().as_millis() as u64, dir = %self.tree.link().display(), "configuration revision applied");
+        if !self.settings.reload.is_empty() {
+            let mut outcome = self.run_reload(&head, number).await;
+            if !outcome.ok {
+                self.p.failed.push(head.clone());
+                if self.p.failed.len() > MAX_FAILED {
+                    self.p.failed.remove(0);
+                }
+                let revert = self.settings.on_reload_failure == OnReloadFailure::Revert;
+                match (&before.1, revert) {
+                    (Some(prev_tree), true) => match self.tree.switch(prev_tree) {
+                        Ok(()) => {
+                            outcome.reverted = true;
+                            (self.p.applied, self.p.tree, self.p.manifest) = before;
+                        }
+                        Err(e) => tracing::error!(error = %e, "cannot switch back to the revision before"),
+                    },
+                    _ => {}
+                }
+                tracing::error!(revision = number, status = %outcome.status, reverted = outcome.reverted, output = %outcome.output, "the gateway's reload command failed");
+                self.blocked = Some(Blocked {
+                    id: head,
+                    number,
+                    why: format!(
+                        "the reload command failed ({}){}; push a fixed revision",
+                        outcome.status,
+                        if outcome.reverted { ", the revision before is back in place" } else { "" }
+                    ),
+                    paths: Vec::new(),
+                });
+            }
+            self.p.reload = Some(outcome);
+            self.p.save(&self.state_path);
+        }
+        let current = self.p.tree.clone().unwrap_or_default();
+        self.tree.prune(self.settings.keep_trees + 1, &[&current, &name]);
+    }
+
+    /// The files of this node's view of `rev`, with local edits merged: an edited file the
+    /// revision leaves alone is carried over; one it changes too blocks the revision.
+    fn plan(&self, rev: &Revision) -> Result<BTreeMap<String, Planned>, Blocked> {
+        let view = tree::view(&rev.files, &self.node, self.settings.subcluster.as_deref());
+        let edits: BTreeMap<&str, Change> = self.local_edits.iter().map(|e| (e.path.as_str(), e.change)).collect();
+        let mut files = BTreeMap::new();
+        let mut conflicts = Vec::new();
+        let base = |p: &str| self.p.manifest.get(p).map(|w| w.sha256.as_str());
+        for (path, entry) in &view {
+            let content = || self.store.blob_file(&entry.sha256).map(Source::Content);
+            let source = match edits.get(path.as_str()) {
+                None => content(),
+                Some(Change::Added | Change::Modified) => {
+                    if base(path) == Some(entry.sha256.as_str()) {
+                        Some(Source::Local)
+                    } else if self.tree.local_hash(path).as_deref() == Some(entry.sha256.as_str()) {
+                        content()
+                    } else {
+                        conflicts.push(path.clone());
+                        continue;
+                    }
+                }
+                Some(Change::Removed) => {
+                    if base(path) != Some(entry.sha256.as_str()) {
+                        conflicts.push(path.clone());
+                    }
+                    continue;
+                }
+            };
+            let Some(source) = source else {
+                return Err(Blocked {
+                    id: rev.id(),
+                    number: rev.number,
+                    why: format!("content of {path} is not held (damaged?); it is fetched again"),
+                    paths: vec![path.clone()],
+                });
+            };
+            files.insert(path.clone(), (Some((entry.sha256.clone(), entry.size)), source));
+        }
+        for (path, change) in &edits {
+            if view.contains_key(*path) || *path == REVISION_FILE {
+                continue;
+            }
+            match change {
+                // Made here and unknown to the repository: carried over.
+                Change::Added => {
+                    files.insert((*path).to_owned(), (None, Source::Local));
+                }
+                // Edited here, removed by the revision.
+                Change::Modified => conflicts.push((*path).to_owned()),
+                Change::Removed => {}
+            }
+        }
+        if conflicts.is_empty() {
+            Ok(files)
+        } else {
+            Err(Blocked {
+                id: rev.id(),
+                number: rev.number,
+                why: format!(
+                    "local edits in {} conflict with revision {}: undo them, or push them in a new revision",
+                    self.tree.link().display(),
+                    rev.number
+                ),
+                paths: conflicts,
+            })
+        }
+    }
+
+    async fn run_reload(&self, id: &str, number: u64) -> ReloadOutcome {
+        let argv = &self.settings.reload;
+        let mut cmd = tokio::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .env("SWITCHBOARD_CONFIG_DIR", self.tree.link())
+            .env("SWITCHBOARD_CONFIG_REVISION", number.to_string())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let timeout = Duration::from_millis(self.settings.reload_timeout_ms);
+        let (ok, status, output) = match tokio::time::timeout(timeout, cmd.output()).await {
+            Err(_) => (false, format!("timed out after {timeout:?}"), String::new()),
+            Ok(Err(e)) => (false, format!("cannot start {:?}: {e}", argv[0]), String::new()),
+            Ok(Ok(out)) => {
+                let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+                text.push_str(&String::from_utf8_lossy(&out.stderr));
+                let cut = text.len().saturating_sub(MAX_OUTPUT);
+                let cut = (cut..=text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
+                let status = match (out.status.code(), std::os::unix::process::ExitStatusExt::signal(&out.status)) {
+                    (Some(c), _) => format!("exit {c}"),
+                    (None, Some(s)) => format!("killed by signal {s}"),
+                    _ => "ended".to_owned(),
+                };
+                (out.status.success(), status, text[cut..].trim_end().to_owned())
+            }
+        };
+        ReloadOutcome { id: id.to_owned(), number, ok, status, output, reverted: false, at_ms: now_ms() }
+    }
+}

@@ -1,0 +1,564 @@
+//! `switchboard config push|log|show|diff|rollback|status|resolve`: the cluster's configuration
+//! repository (docs/config-repository.md).
+//!
+//! The command joins the bus as a short-lived peer, reads every node's repository state
+//! ([`ClusterRepo`]), and for the commands that make a revision pushes it
+//! ([`switchboard_bus::repo::client::push`]) and waits until every node applied it or said why not.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand};
+use switchboard_bus::keys::KeySpace;
+use switchboard_bus::repo::client::{push, wait_applied, ClusterRepo, NewRevision, Outcome};
+use switchboard_bus::repo::{changes, short, tree, Change, FileEntry, Revision, Summary};
+
+use crate::limits_cmd::{open, BusArgs};
+
+/// How long to wait for the nodes' first answers.
+pub const PATIENCE: Duration = Duration::from_secs(3);
+
+/// Options of every command that makes a revision.
+#[derive(Debug, Args)]
+pub struct MakeArgs {
+    /// Why (kept in the log).
+    #[arg(long, short, default_value = "")]
+    pub message: String,
+    /// Who makes it. Default: the identity of the TLS certificate, else $USER.
+    #[arg(long)]
+    pub author: Option<String>,
+    /// How long to wait for every node to apply it.
+    #[arg(long, default_value = "10s", value_parser = crate::cli::parse_duration)]
+    pub timeout: Duration,
+    /// How to reach the bus.
+    #[command(flatten)]
+    pub bus: BusArgs,
+}
+
+/// The `config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Publish a directory tree as the next revision; every node applies its files.
+    ///
+    /// The tree is laid out in layers: `global/` (every node), `default/` (nodes of no named
+    /// subcluster), `<subcluster>/`, `<node>/` (one node); a node reads its files in that order, a
+    /// later layer winning. Only files that changed travel. `.git` directories are skipped.
+    /// `global/limits.toml` holds the cluster's limits: when the tree has none, the current one is
+    /// kept.
+    ///
+    ///   switchboard config push ./cluster-config -m "raise smpp window"
+    #[command(verbatim_doc_comment)]
+    Push {
+        /// The tree.
+        dir: PathBuf,
+        /// Show what would change, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// What every revision-making command takes.
+        #[command(flatten)]
+        make: MakeArgs,
+    },
+    /// List the revisions, newest first: number, id, when, who, why, files changed.
+    Log {
+        /// At most this many.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        limit: usize,
+        /// How to reach the bus.
+        #[command(flatten)]
+        bus: BusArgs,
+    },
+    /// Show a revision's files, or one file's content.
+    Show {
+        /// The revision: `head`, a number, or the start of an id.
+        revision: String,
+        /// A path in the repository (e.g. `global/limits.toml`): print its content.
+        path: Option<String>,
+        /// How to reach the bus.
+        #[command(flatten)]
+        bus: BusArgs,
+    },
+    /// Show what changed from one revision to another (files, and the lines of text files).
+    Diff {
+        /// The earlier revision.
+        from: String,
+        /// The later revision. Default: head.
+        #[arg(default_value = "head")]
+        to: String,
+        /// How to reach the bus.
+        #[command(flatten)]
+        bus: BusArgs,
+    },
+    /// Make a new revision whose tree is that of an earlier one.
+    Rollback {
+        /// The revision to go back to.
+        revision: String,
+        /// What every revision-making command takes.
+        #[command(flatten)]
+        make: MakeArgs,
+    },
+    /// Each node's revision, local edits, failed reloads, and conflicts with both sides' changes.
+    ///
+    /// Exit code: 0 every node applied the one head; 1 a problem is listed (a conflict, a node
+    /// behind or blocked, local edits); 2 no node answered.
+    Status {
+        /// Print the joined states as JSON.
+        #[arg(long)]
+        json: bool,
+        /// How to reach the bus.
+        #[command(flatten)]
+        bus: BusArgs,
+    },
+    /// Settle a conflict: one revision that follows every head, with the tree of one of them
+    /// (`--take`) or of a directory.
+    Resolve {
+        /// Keep this head's tree (`head` cannot be used here: there are several).
+        #[arg(long, conflicts_with = "dir")]
+        take: Option<String>,
+        /// Or push this directory as the settled tree.
+        #[arg(required_unless_present = "take")]
+        dir: Option<PathBuf>,
+        /// What every revision-making command takes.
+        #[command(flatten)]
+        make: MakeArgs,
+    },
+}
+
+/// Read a directory into a tree of entries and contents.
+pub fn read_tree(dir: &Path) -> Result<(BTreeMap<String, FileEntry>, BTreeMap<String, Vec<u8>>)> {
+    let files = tree::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    let mut entries = BTreeMap::new();
+    let mut contents = BTreeMap::new();
+    for (path, bytes) in files {
+        let e = FileEntry::of(&bytes);
+        contents.insert(e.sha256.clone(), bytes);
+        entries.insert(path, e);
+    }
+    Ok((entries, contents))
+}
+
+fn author(make: &MakeArgs) -> String {
+    if let Some(a) = &make.author {
+        return a.clone();
+    }
+    let tls = make.bus.bus_config().ok().and_then(|c| c.tls);
+    if let Some(id) = tls.and_then(|t| switchboard_bus::tls::load(&t, None).ok()).map(|c| c.identity.to_string()) {
+        return id;
+    }
+    std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// The one head, or an error that says how to settle the conflict.
+pub fn single_head(repo: &ClusterRepo) -> Result<Option<&Summary>> {
+    match repo.heads().as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one)),
+        many => bail!(
+            "the repository has {} heads, made apart: {}. Run `switchboard config status` to see both sides, then \
+             `switchboard config resolve --take <revision>` or `switchboard config resolve <dir>`",
+            many.len(),
+            many.iter().map(|s| s.label()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// Fail with a clear message when no node answered.
+pub fn nodes_or_fail(repo: &ClusterRepo, keys: &KeySpace, bus: &BusArgs) -> Result<()> {
+    if repo.states.is_empty() {
+        let to = bus.bus_config().map(|c| c.connect.join(", ")).unwrap_or_default();
+        bail!(
+            "no node answered on {}/config/state/*: is an agent running and reachable at {to}?{}",
+            keys.prefix(),
+            if repo.errors.is_empty() { String::new() } else { format!(" ({})", repo.errors.join("; ")) }
+        );
+    }
+    Ok(())
+}
+
+/// Push `files` on top of `parents`, print what happened, and wait for every node.
+pub async fn make_revision(
+    make: &MakeArgs,
+    parents: Vec<String>,
+    first_number: u64,
+    files: BTreeMap<String, FileEntry>,
+    contents: BTreeMap<String, Vec<u8>>,
+    wait: bool,
+) -> Result<Revision> {
+    let (session, keys) = open(&make.bus).await?;
+    let repo = ClusterRepo::read(&session, &keys, PATIENCE).await;
+    nodes_or_fail(&repo, &keys, &make.bus)?;
+    let nodes: BTreeSet<String> = repo.states.keys().cloned().collect();
+    let new = NewRevision {
+        parents,
+        first_number,
+        author: author(make),
+        message: make.message.clone(),
+        files,
+        contents,
+    };
+    let pushed = std::time::Instant::now();
+    let (rev, carried) = push(&session, &keys, &repo, new).await.context("pushing the revision")?;
+    let id = rev.id();
+    println!("revision {} ({}) pushed: {} files, {carried} carried", rev.number, short(&id), rev.files.len());
+    if !wait {
+        return Ok(rev);
+    }
+    let outcomes = wait_applied(&session, &keys, &id, &nodes, make.timeout).await;
+    let applied = outcomes.values().filter(|o| **o == Outcome::Applied).count();
+    println!("applied on {applied} of {} nodes {} ms after the push", outcomes.len(), pushed.elapsed().as_millis());
+    let mut bad = Vec::new();
+    for (node, o) in &outcomes {
+        match o {
+            Outcome::Applied => println!("  {node:<24} applied"),
+            Outcome::Blocked(why) => {
+                println!("  {node:<24} NOT applied: {why}");
+                bad.push(node.clone());
+            }
+            Outcome::Missing => {
+                println!("  {node:<24} not applied after {:?} (it catches up when it next syncs)", make.timeout);
+                bad.push(node.clone());
+            }
+        }
+    }
+    if !bad.is_empty() {
+        bail!("revision {} is not applied on {} of {} nodes: {}", rev.number, bad.len(), outcomes.len(), bad.join(", "));
+    }
+    Ok(rev)
+}
+
+fn when(at_ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(at_ms as i64)
+        .map_or_else(|| at_ms.to_string(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+}
+
+fn print_changes(from: &BTreeMap<String, FileEntry>, to: &BTreeMap<String, FileEntry>, indent: &str) {
+    let list = changes(from, to);
+    if list.is_empty() {
+        println!("{indent}no file changed");
+    }
+    for (path, c) in list {
+        let mark = match c {
+            Change::Added => "+",
+            Change::Modified => "~",
+            Change::Removed => "-",
+        };
+        println!("{indent}{mark} {path}");
+    }
+}
+
+/// Run one `config` subcommand; returns the exit code.
+pub async fn run(cmd: ConfigCommand) -> Result<i32> {
+    match cmd {
+        ConfigCommand::Push { dir, dry_run, make } => {
+            let (mut files, contents) = read_tree(&dir)?;
+            let (session, keys) = open(&make.bus).await?;
+            let repo = ClusterRepo::read(&session, &keys, PATIENCE).await;
+            nodes_or_fail(&repo, &keys, &make.bus)?;
+            let head = single_head(&repo)?.cloned();
+            let parent = match &head {
+                Some(h) => Some(repo.revision(&session, &keys, &h.id).await?),
+                None => None,
+            };
+            let empty = BTreeMap::new();
+            let before = parent.as_ref().map_or(&empty, |p| &p.files);
+            if let Some(l) = before.get(LIMITS).filter(|_| !files.contains_key(LIMITS)) {
+                println!("keeping {LIMITS} of revision {} (the tree has none)", parent.as_ref().map_or(0, |p| p.number));
+                files.insert(LIMITS.to_owned(), l.clone());
+            }
+            if let Some(limits) = files.get(LIMITS).and_then(|f| contents.get(&f.sha256)) {
+                let text = std::str::from_utf8(limits).map_err(|_| anyhow!("{LIMITS} is not UTF-8"))?;
+                switchboard_bus::limits::parse_document(text).map_err(|e| anyhow!("{LIMITS}: {e}"))?;
+            }
+            println!("on top of revision {}:", head.as_ref().map_or("none (the first)".to_owned(), |h| h.label()));
+            print_changes(before, &files, "  ");
+            if dry_run {
+                println!("dry run: nothing pushed");
+                return Ok(0);
+            }
+            if parent.as_ref().is_some_and(|p| p.files == files) {
+                println!("nothing changed: no revision made");
+                return Ok(0);
+            }
+            drop(session);
+            let first = crate::limits_cmd::first_number(&make.bus).await;
+            make_revision(&make, head.map(|h| vec![h.id.clone()]).unwrap_or_default(), first, files, contents, true).await?;
+            Ok(0)
+        }
+        ConfigCommand::Log { limit, bus } => {
+            let (session, keys) = open(&bus).await?;
+            let repo = ClusterRepo::read(&session, &keys, PATIENCE).await;
+            nodes_or_fail(&repo, &keys, &bus)?;
+            let mut all: Vec<&Summary> = repo.known.values().collect();
+            all.sort_by(|a, b| (b.number, &b.id).cmp(&(a.number, &a.id)));
+            let heads: BTreeSet<&str> = repo.heads().iter().map(|s| s.id.as_str()).collect();
+            if all.is_empty() {
+                println!("no revisions yet (`switchboard config push DIR`)");
+            }
+            for s in all.into_iter().take(limit) {
+                let rev = repo.revision(&session, &keys, &s.id).await?;
+                let mark = if heads.contains(s.id.as_str()) { "  [head]" } else { "" };
+                println!("revision {}  {}  {}  {}{mark}", s.label(), when(s.at_ms), s.author, s.message);
+                if s.parents.len() > 1 {
+                    let labels: Vec<String> =
+                        s.parents.iter().map(|p| repo.known.get(p).map_or(short(p).to_owned(), |x| x.label())).collect();
+                    println!("    settles the conflict of {}", labels.join(" and "));
+                }
+                let mut parent_files = BTreeMap::new();
+                if let Some(p) = s.parents.first() {
+                    if let Ok(p) = repo.revision(&session, &keys, p).await {
+                        parent_files = p.files;
+                    }
+                }
+                print_changes(&parent_files, &rev.files, "    ");
+            }
+            Ok(0)
+        }
+        ConfigCommand::Show { revision, path, bus } => {
+            let (session, keys) = open(&bus).await?;
+            let repo = ClusterRepo::read(&session, &keys, PATIENCE).await;
+            nodes_or_fail(&repo, &keys, &bus)?;
+            let s = repo.find(&revision).map_err(|e| anyhow!(e))?;
+            let rev = repo.revision(&session, &keys, &s.id).await?;
+            match path {
+                Some(p) => {
+                    let f = rev.files.get(&p).ok_or_else(|| anyhow!("revision {} has no file {p}", rev.number))?;
+                    let bytes = repo.content(&session, &keys, &s.id, &f.sha256).await?;
+                    use std::io::Write as _;
+                    std::io::stdout().write_all(&bytes)?;
+                }
+                None => {
+                    println!("revision {}  {}  {}  {}", s.label(), when(s.at_ms), s.author, s.message);
+                    println!("id {}", s.id);
+                    for p in &s.parents {
+                        println!("parent {p}");
+                    }
+                    for (path, f) in &rev.files {
+                        println!("  {:>10}  {}  {path}", f.size, short(&f.sha256));
+                    }
+                }
+            }
+            Ok(0)
+        }
+        ConfigCommand::Diff { from, to, bus } => {
+            let (session, keys) = open(&bus).await?;
+            let repo = ClusterRepo::read(&session, &keys, PATIENCE).await;
+            nodes_or_fail(&repo, &keys, &bus)?;
+            let (a, b) = (repo.find(&from).map_err(|e| anyhow!(e))?, repo.find(&to).map_err(|e| anyhow!(e))?);
+            let ra = repo.revision(&session, &keys, &a.id).await?;
+            let rb = repo.revision(&session, &keys, &b.id).await?;
+            println!("from revision {} to {}:", a.label(), b.label());
+            for (path, c) in changes(&ra.files, &rb.files) {
+                let old = file_text(&repo, &session, &keys, &ra, &a.id, &path).await?;
+                let new = file_text(&repo, &session, &keys, &rb, &b.id, &path).await?;
+                let mark = match c {
+                    Change::Added => "added",
+                    Change::Modified => "modified",
+                    Change::Removed => "removed",
+                };
+                println!("--- {path} ({mark})");
+                print_line_diff(old.as_deref().unwrap_or_default(), new.as_deref().unwrap_or_default());
+            }
+            Ok(0)
+        }
+        ConfigCommand::Rollback { revision, make } => {
+            let (session, keys) = open(&make.bus).await?;
+            let repo = ClusterRepo::read(&session, &keys, PATIENCE).await;
+            nodes_or_fail(&repo, &keys, &make.bus)?;
+            let head = single_head(&repo)?.cloned().ok_or_else(|| anyhow!("no revisions yet"))?;
+            let target = repo.find(&revision).map_err(|e| anyhow!(e))?.clone();
+            let old = repo.revision(&session, &keys, &target.id).await?;
+            drop(session);
+            let mut make = make;
+            if make.message.is_empty() {
+                make.message = format!("rollback to revision {}", target.label());
+            }
+            make_revision(&make, vec![head.id], 1, old.files, BTreeMap::new(), true).await?;
+            Ok(0)
+        }
+        ConfigCommand::Status { json, bus } => status(json, &bus).await,
+        ConfigCommand::Resolve { take, dir, make } => {
+            let (session, keys) = open(&make.bus).await?;
+            let repo = ClusterRepo::read(&session, &keys, PATIENCE).await;
+            nodes_or_fail(&repo, &keys, &make.bus)?;
+            let heads: Vec<Summary> = repo.heads().into_iter().cloned().collect();
+            if heads.len() < 2 {
+                bail!("there is no conflict to resolve: the repository has {} head", heads.len());
+            }
+            let (files, contents) = match (&take, &dir) {
+                (Some(t), _) => {
+                    let s = repo.find(t).map_err(|e| anyhow!(e))?;
+                    if !heads.iter().any(|h| h.id == s.id) {
+                        bail!("revision {} is not one of the heads ({})", s.label(), labels(&heads));
+                    }
+                    (repo.revision(&session, &keys, &s.id).await?.files, BTreeMap::new())
+                }
+                (None, Some(d)) => read_tree(d)?,
+                (None, None) => bail!("give --take <revision> or a directory"),
+            };
+            drop(session);
+            let mut make = make;
+            if make.message.is_empty() {
+                make.message = format!("resolve the conflict of {}", labels(&heads));
+            }
+            make_revision(&make, heads.iter().map(|h| h.id.clone()).collect(), 1, files, contents, true).await?;
+            Ok(0)
+        }
+    }
+}
+
+/// The content of `path` in `rev` (`None`: not in it).
+async fn file_text(
+    repo: &ClusterRepo,
+    session: &zenoh::Session,
+    keys: &KeySpace,
+    rev: &Revision,
+    id: &str,
+    path: &str,
+) -> Result<Option<Vec<u8>>> {
+    match rev.files.get(path) {
+        Some(f) => Ok(Some(repo.content(session, keys, id, &f.sha256).await?)),
+        None => Ok(None),
+    }
+}
+
+/// The limits document's path in the repository.
+pub const LIMITS: &str = "global/limits.toml";
+
+fn labels(heads: &[Summary]) -> String {
+    heads.iter().map(|h| h.label()).collect::<Vec<_>>().join(" and ")
+}
+
+/// Lines removed (`-`) and added (`+`) between two texts, by a longest common subsequence on
+/// lines (texts over 2,000 lines, or not UTF-8, are summarized).
+fn print_line_diff(old: &[u8], new: &[u8]) {
+    let (Ok(old), Ok(new)) = (std::str::from_utf8(old), std::str::from_utf8(new)) else {
+        println!("    (binary: {} -> {} bytes)", old.len(), new.len());
+        return;
+    };
+    let (a, b): (Vec<&str>, Vec<&str>) = (old.lines().collect(), new.lines().collect());
+    if a.len() > 2000 || b.len() > 2000 {
+        println!("    ({} -> {} lines)", a.len(), b.len());
+        return;
+    }
+    let mut lcs = vec![vec![0u32; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            lcs[i][j] = if a[i] == b[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
+        }
+    }
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            i += 1;
+            j += 1;
+        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
+            println!("+{}", b[j]);
+            j += 1;
+        } else {
+            println!("-{}", a[i]);
+            i += 1;
+        }
+    }
+}
+
+async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
+    let (session, keys) = open(bus).await?;
+    let repo = ClusterRepo::read(&session, &keys, PATIENCE).await;
+    if repo.states.is_empty() {
+        eprintln!("error: no node answered on {}/config/state/*", keys.prefix());
+        return Ok(2);
+    }
+    let heads: Vec<Summary> = repo.heads().into_iter().cloned().collect();
+    let mut problems: Vec<String> = Vec::new();
+    if heads.len() > 1 {
+        problems.push(format!("conflict: {} heads made apart ({})", heads.len(), labels(&heads)));
+    }
+    for s in repo.states.values() {
+        let applied = s.applied.as_ref().map(|a| a.id.as_str());
+        if heads.len() == 1 && applied != Some(heads[0].id.as_str()) {
+            problems.push(format!(
+                "{}: applied {}, the head is {}",
+                s.node,
+                s.applied.as_ref().map_or("nothing".to_owned(), |a| a.number.to_string()),
+                heads[0].label()
+            ));
+        }
+        if let Some(b) = &s.blocked {
+            problems.push(format!("{}: revision {} not applied: {}", s.node, b.number, b.why));
+        }
+        if !s.local_edits.is_empty() {
+            let paths: Vec<&str> = s.local_edits.iter().map(|e| e.path.as_str()).collect();
+            problems.push(format!("{}: local edits in {}: {}", s.node, s.dir, paths.join(", ")));
+        }
+    }
+    problems.extend(repo.errors.iter().map(|e| format!("unreadable answer: {e}")));
+    if json {
+        let doc = serde_json::json!({
+            "heads": heads,
+            "nodes": repo.states,
+            "problems": problems,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(if problems.is_empty() { 0 } else { 1 });
+    }
+    match heads.as_slice() {
+        [] => println!("no revisions yet"),
+        [h] => println!("head: revision {}  {}  {}  {}", h.label(), when(h.at_ms), h.author, h.message),
+        many => {
+            println!("CONFLICT: {} heads were made apart (on two sides of a partition, or by two pushes at once)", many.len());
+            for h in many {
+                let base = many
+                    .iter()
+                    .filter(|o| o.id != h.id)
+                    .find_map(|o| switchboard_bus::repo::dag::common_ancestor(&repo.known, &h.id, &o.id))
+                    .cloned();
+                let side = repo.revision(&session, &keys, &h.id).await?;
+                let base_files = match &base {
+                    Some(b) => repo.revision(&session, &keys, &b.id).await?.files,
+                    None => BTreeMap::new(),
+                };
+                let holders: Vec<&str> = repo
+                    .states
+                    .values()
+                    .filter(|s| s.heads.iter().any(|x| x.id == h.id))
+                    .map(|s| s.node.as_str())
+                    .collect();
+                println!(
+                    "  side {}  {}  {}  {}  (held by {})",
+                    h.label(),
+                    when(h.at_ms),
+                    h.author,
+                    h.message,
+                    if holders.is_empty() { "-".to_owned() } else { holders.join(", ") }
+                );
+                println!("    changes since {}:", base.as_ref().map_or("the start".to_owned(), |b| b.label()));
+                print_changes(&base_files, &side.files, "      ");
+            }
+            println!(
+                "settle it with `switchboard config resolve --take <revision>` (keep one side) or \
+                 `switchboard config resolve <dir>` (a merged tree)"
+            );
+        }
+    }
+    println!("{:<20} {:>10} {:>6}  {:<28} RELOAD", "NODE", "APPLIED", "EDITS", "BLOCKED");
+    for s in repo.states.values() {
+        let reload = s.reload.as_ref().map_or("-".to_owned(), |r| {
+            format!("{} {}{}", r.number, r.status, if r.reverted { " (reverted)" } else { "" })
+        });
+        println!(
+            "{:<20} {:>10} {:>6}  {:<28} {reload}",
+            s.node,
+            s.applied.as_ref().map_or("-".to_owned(), |a| a.number.to_string()),
+            s.local_edits.len(),
+            s.blocked.as_ref().map_or("-".to_owned(), |b| format!("revision {}", b.number)),
+        );
+    }
+    if !problems.is_empty() {
+        println!("problems:");
+        for p in &problems {
+            println!("  {p}");
+        }
+    }
+    Ok(if problems.is_empty() { 0 } else { 1 })
+}

@@ -1,0 +1,392 @@
+//! The configuration repository with real agents: a push reaches every node at once and each
+//! reports it; readers never see two revisions mixed; a node that was down catches up; a
+//! partition with a push on each side is a conflict that nobody applies until it is resolved; a
+//! failed reload keeps the old revision; local edits are reported and never overwritten.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::limits::Proxy;
+use common::{wait_until, Cluster, BIN};
+use serde_json::Value;
+use switchboard_bus::config::BusConfig;
+use switchboard_bus::keys::KeySpace;
+use switchboard_bus::repo::wire::{fetch_states, NodeState, Pack};
+use switchboard_bus::repo::{FileEntry, Revision};
+
+/// `switchboard config <args>` against `endpoints`: (exit code, stdout + stderr).
+fn config_cli(c: &Cluster, endpoints: &[String], args: &[&str]) -> (i32, String) {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("config").args(args).args(["--cluster", &c.cluster]);
+    for e in endpoints {
+        cmd.args(["--connect", e]);
+    }
+    let out = cmd.output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Write a tree of `(path, content)` into a fresh directory.
+fn tree(c: &Cluster, name: &str, files: &[(&str, String)]) -> PathBuf {
+    let dir = c.path().join("trees").join(name);
+    for (p, content) in files {
+        let path = dir.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+    dir
+}
+
+fn link(c: &Cluster, node: &str) -> PathBuf {
+    c.agent_state(node).join("cluster-config/current")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| format!("<{e}>"))
+}
+
+/// The `[cluster_config]` table of a test agent (after the `[limits]` lines).
+fn repo_table(extra: &str) -> String {
+    format!("[cluster_config]\nresync_ms = 500\n{extra}\n")
+}
+
+fn status_json(c: &Cluster, endpoints: &[String]) -> (i32, Value) {
+    let (code, text) = config_cli(c, endpoints, &["status", "--json"]);
+    let start = text.find('{').unwrap_or(0);
+    (code, serde_json::from_str(&text[start..]).unwrap_or(Value::Null))
+}
+
+fn applied_number(v: &Value, node: &str) -> u64 {
+    v["nodes"][node]["applied"]["number"].as_u64().unwrap_or(0)
+}
+
+/// A test session on the bus, for pushing as a third-party client would and reading states.
+struct Client {
+    rt: tokio::runtime::Runtime,
+    session: zenoh::Session,
+    keys: KeySpace,
+}
+
+impl Client {
+    fn new(c: &Cluster, endpoints: &[String]) -> Self {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let bus = BusConfig {
+            cluster: c.cluster.clone(),
+            node: format!("pusher-{}", std::process::id()),
+            connect: endpoints.to_vec(),
+            gossip: false,
+            ..BusConfig::default()
+        };
+        let keys = KeySpace::new(&bus.effective_prefix()).unwrap();
+        let session = rt.block_on(switchboard_bus::session::open(&bus, None)).unwrap();
+        Self { rt, session, keys }
+    }
+
+    fn states(&self) -> Vec<NodeState> {
+        self.rt
+            .block_on(fetch_states(&self.session, &self.keys, Duration::from_secs(2)))
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    fn state(&self, node: &str) -> Option<NodeState> {
+        self.states().into_iter().find(|s| s.node == node)
+    }
+
+    /// Put revision `number` after `parent` carrying every file of `files`: what
+    /// docs/protocol.md tells a client to do.
+    fn push(&self, number: u64, parent: Option<&str>, files: &[(&str, String)]) -> String {
+        let rev = Revision {
+            version: 1,
+            number,
+            parents: parent.map(|p| vec![p.to_owned()]).unwrap_or_default(),
+            author: "test".into(),
+            at_ms: number,
+            message: format!("push {number}"),
+            files: files.iter().map(|(p, content)| (p.to_string(), FileEntry::of(content.as_bytes()))).collect(),
+        };
+        let pack = Pack::new(rev.clone(), files.iter().map(|(_, content)| content.as_bytes()));
+        let key = self.keys.config_push().unwrap();
+        self.rt
+            .block_on(async {
+                self.session.put(key, pack.encode()).congestion_control(zenoh::qos::CongestionControl::Block).await
+            })
+            .unwrap();
+        rev.id()
+    }
+}
+
+/// The files of a tree in which every content names its revision.
+fn numbered_tree(n: u64) -> Vec<(&'static str, String)> {
+    vec![
+        ("global/gateway.conf", format!("gateway {n}\n")),
+        ("global/routes/smpp.conf", format!("smpp {n}\n")),
+        ("default/node.conf", format!("default {n}\n")),
+        ("gw2/node.conf", format!("gw2 {n}\n")),
+    ]
+}
+
+#[test]
+fn a_push_reaches_every_node_at_once_readers_never_see_two_revisions_and_a_node_that_was_down_catches_up() {
+    let c = Cluster::new();
+    let reload = |node: &str| {
+        repo_table(&format!(
+            "reload = [\"sh\", \"-c\", \"echo $SWITCHBOARD_CONFIG_REVISION >> {}/reloads\"]",
+            c.path().join(node).display()
+        ))
+    };
+    for n in ["gw1", "gw2", "gw3"] {
+        std::fs::create_dir_all(c.path().join(n)).unwrap();
+    }
+    let a = c.start_limits_agent("gw1", &[], "", &reload("gw1"));
+    let b = c.start_limits_agent("gw2", &[a.endpoint()], "", &reload("gw2"));
+    let d = c.start_limits_agent("gw3", &[a.endpoint(), b.endpoint()], "", &reload("gw3"));
+    let all = vec![a.endpoint(), b.endpoint(), d.endpoint()];
+    let client = Client::new(&c, &all);
+    assert!(wait_until(Duration::from_secs(20), || client.states().len() == 3), "the three agents answer");
+
+    // One push by the command line: every node applies its view and reports it.
+    let dir = tree(&c, "r1", &numbered_tree(1));
+    let (code, out) = config_cli(&c, &all, &["push", dir.to_str().unwrap(), "-m", "first"]);
+    assert_eq!(code, 0, "{out}");
+    let ms: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("applied on 3 of 3 nodes ")?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no timing line in\n{out}"));
+    eprintln!("push to applied on 3 nodes: {ms} ms");
+    assert!(ms < 1000, "a push reaches all three within a second: {ms} ms\n{out}");
+    assert_eq!(read(&link(&c, "gw1").join("node.conf")), "default 1\n", "gw1 reads default/");
+    assert_eq!(read(&link(&c, "gw2").join("node.conf")), "gw2 1\n", "gw2's own layer wins");
+    assert_eq!(read(&link(&c, "gw3").join("routes/smpp.conf")), "smpp 1\n");
+    let (code, st) = status_json(&c, &all);
+    assert_eq!(code, 0, "{st}");
+    for n in ["gw1", "gw2", "gw3"] {
+        assert_eq!(applied_number(&st, n), 1, "{n} reports revision 1: {st}");
+        assert_eq!(read(&c.path().join(n).join("reloads")), "1\n", "{n} ran its reload once");
+    }
+    let first = client.state("gw1").unwrap().applied.unwrap().id;
+
+    // A reader polls the working directory while 100 revisions are pushed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (reads, mixed, seen) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(std::sync::Mutex::new(BTreeSet::new())));
+    let reader = {
+        let (stop, reads, mixed, seen, link) = (stop.clone(), reads.clone(), mixed.clone(), seen.clone(), link(&c, "gw2"));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                // Resolve the link once, then read the whole tree under it.
+                let Ok(root) = std::fs::canonicalize(&link) else { continue };
+                let files = ["gateway.conf", "routes/smpp.conf", "node.conf", ".switchboard-revision"];
+                let texts: Vec<std::io::Result<String>> = files.iter().map(|f| std::fs::read_to_string(root.join(f))).collect();
+                if texts.iter().any(|t| t.is_err()) {
+                    continue; // an old tree removed while reading: not a mix
+                }
+                // Every content file ends with its revision's number; the revision file starts with it.
+                let digits: BTreeSet<String> = texts
+                    .into_iter()
+                    .zip(files)
+                    .map(|(t, f)| {
+                        let t = t.unwrap_or_default();
+                        let mut words = t.split_whitespace();
+                        let n = if f == ".switchboard-revision" { words.next() } else { words.last() };
+                        n.unwrap_or_default().to_owned()
+                    })
+                    .collect();
+                reads.fetch_add(1, Ordering::Relaxed);
+                if digits.len() != 1 {
+                    mixed.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("mixed tree at {}: {digits:?}", root.display());
+                }
+                seen.lock().unwrap().extend(digits);
+            }
+        })
+    };
+    let mut parent = first.clone();
+    let started = Instant::now();
+    for n in 2..=101 {
+        parent = client.push(n, Some(&parent), &numbered_tree(n));
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let last = parent.clone();
+    let everywhere = wait_until(Duration::from_secs(20), || {
+        let s = client.states();
+        s.len() == 3 && s.iter().all(|s| s.applied.as_ref().is_some_and(|a| a.id == last))
+    });
+    let took = started.elapsed();
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    reader.join().unwrap();
+    let distinct = seen.lock().unwrap().len();
+    eprintln!(
+        "100 pushes applied everywhere after {took:?}; the reader read {} whole trees of {distinct} revisions, {} mixed",
+        reads.load(Ordering::Relaxed),
+        mixed.load(Ordering::Relaxed)
+    );
+    assert!(everywhere, "revision 101 applied on every node: {:?}", client.states().iter().map(|s| (&s.node, &s.applied, &s.blocked)).collect::<Vec<_>>());
+    assert_eq!(mixed.load(Ordering::Relaxed), 0, "a reader saw files of two revisions");
+    assert!(reads.load(Ordering::Relaxed) > 100 && distinct > 5, "the reader read while revisions changed");
+
+    // gw3 is down during two pushes and catches up on start.
+    let gw3_port = d.port;
+    d.proc.unwrap().stop();
+    let r102 = client.push(102, Some(&last), &numbered_tree(102));
+    let r103 = client.push(103, Some(&r102), &numbered_tree(103));
+    assert!(wait_until(Duration::from_secs(10), || client.state("gw1").and_then(|s| s.applied).is_some_and(|a| a.id == r103)));
+    let restarted = Instant::now();
+    let d = c.restart_limits_agent("gw3", gw3_port, &[a.endpoint(), b.endpoint()], "", &reload("gw3"));
+    let caught_up = wait_until(Duration::from_secs(20), || {
+        client.state("gw3").and_then(|s| s.applied).is_some_and(|a| a.id == r103)
+    });
+    eprintln!("gw3 caught up {:?} after its start", restarted.elapsed());
+    assert!(caught_up, "gw3 applies revision 103 after its restart: {:?}", client.state("gw3"));
+    assert_eq!(read(&link(&c, "gw3").join("gateway.conf")), "gateway 103\n");
+    assert!(client.state("gw3").unwrap().revisions.iter().any(|r| r.id == r102), "it holds the revision it missed too");
+
+    // The log, a file of a revision, a diff.
+    let (code, log) = config_cli(&c, &all, &["log", "-n", "2"]);
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("revision 103") && log.contains("[head]") && log.contains("~ global/gateway.conf"), "{log}");
+    let (code, show) = config_cli(&c, &all, &["show", "102", "gw2/node.conf"]);
+    assert_eq!((code, show.as_str()), (0, "gw2 102\n"));
+    let (_, diff) = config_cli(&c, &all, &["diff", "102", "103"]);
+    assert!(diff.contains("-gateway 102") && diff.contains("+gateway 103"), "{diff}");
+    drop((a, b, d));
+}
+
+#[test]
+fn a_partition_with_a_push_on_each_side_is_a_reported_conflict_until_resolved() {
+    let c = Cluster::new();
+    let a = c.start_limits_agent("gw1", &[], "gossip = false", &repo_table(""));
+    let proxy = Proxy::start(a.port);
+    let b = c.start_limits_agent("gw2", &[proxy.endpoint()], "gossip = false", &repo_table(""));
+    let both = vec![a.endpoint(), b.endpoint()];
+    let client = Client::new(&c, &both);
+    assert!(wait_until(Duration::from_secs(20), || client.states().len() == 2));
+    let base = [("global/a.conf", "base\n".to_string()), ("global/b.conf", "base\n".to_string())];
+    let (code, out) = config_cli(&c, &both, &["push", tree(&c, "base", &base).to_str().unwrap(), "-m", "base"]);
+    assert_eq!(code, 0, "{out}");
+
+    proxy.cut();
+    // After the lease (3 s) each side sees the other gone.
+    std::thread::sleep(Duration::from_secs(5));
+    let side_a = [("global/a.conf", "side a\n".to_string()), ("global/b.conf", "base\n".to_string())];
+    let side_b = [("global/a.conf", "base\n".to_string()), ("global/b.conf", "side b\n".to_string())];
+    let (code, out) = config_cli(&c, &[a.endpoint()], &["push", tree(&c, "a", &side_a).to_str().unwrap(), "-m", "on a"]);
+    assert_eq!(code, 0, "side a applies its own push: {out}");
+    let (code, out) = config_cli(&c, &[b.endpoint()], &["push", tree(&c, "b", &side_b).to_str().unwrap(), "-m", "on b"]);
+    assert_eq!(code, 0, "side b applies its own push: {out}");
+    proxy.heal();
+    let met = wait_until(Duration::from_secs(30), || {
+        let s = client.states();
+        s.len() == 2 && s.iter().all(|s| s.heads.len() == 2)
+    });
+    assert!(met, "both sides see both heads after healing: {:?}", client.states());
+    // Nobody applied the other side: each tree is its own side's, whole.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!((read(&link(&c, "gw1").join("a.conf")), read(&link(&c, "gw1").join("b.conf"))), ("side a\n".into(), "base\n".into()));
+    assert_eq!((read(&link(&c, "gw2").join("a.conf")), read(&link(&c, "gw2").join("b.conf"))), ("base\n".into(), "side b\n".into()));
+    let (code, text) = config_cli(&c, &both, &["status"]);
+    eprintln!("{text}");
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("CONFLICT") && text.contains("on a") && text.contains("on b"), "{text}");
+    assert!(text.contains("~ global/a.conf") && text.contains("~ global/b.conf"), "both sides' changes are shown: {text}");
+    // A push on top of a conflict is refused with the way out.
+    let (code, out) = config_cli(&c, &both, &["push", tree(&c, "a", &side_a).to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(out.contains("config resolve"), "{out}");
+
+    // Resolve by keeping side a.
+    let (_, st) = status_json(&c, &both);
+    let side_a_id = st["heads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["message"] == "on a")
+        .and_then(|h| h["id"].as_str())
+        .unwrap()
+        .to_owned();
+    let (code, out) = config_cli(&c, &both, &["resolve", "--take", &side_a_id[..12], "-m", "keep a"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(read(&link(&c, "gw2").join("a.conf")), "side a\n");
+    let (code, st) = status_json(&c, &both);
+    assert_eq!(code, 0, "{st}");
+    assert_eq!((applied_number(&st, "gw1"), applied_number(&st, "gw2")), (3, 3));
+    drop((a, b, proxy));
+}
+
+#[test]
+fn a_failed_reload_keeps_the_old_revision_local_edits_are_never_overwritten_and_limits_live_in_the_repository() {
+    let c = Cluster::new();
+    let reload = repo_table("reload = [\"sh\", \"-c\", \"test ! -e \\\"$SWITCHBOARD_CONFIG_DIR/bad.conf\\\" || { echo bad.conf is not allowed >&2; exit 3; }\"]");
+    let a = c.start_limits_agent("gw1", &[], "", &reload);
+    let ep = vec![a.endpoint()];
+    let client = Client::new(&c, &ep);
+    assert!(wait_until(Duration::from_secs(20), || client.states().len() == 1));
+    let good = |a: &str, b: &str| vec![("global/a.conf", a.to_string()), ("global/b.conf", b.to_string())];
+    let (code, out) = config_cli(&c, &ep, &["push", tree(&c, "1", &good("a1", "b1")).to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+
+    // A revision whose reload fails: reported, and revision 1 is back in place.
+    let mut bad = good("a1", "b1");
+    bad.push(("global/bad.conf", "x".into()));
+    let (code, out) = config_cli(&c, &ep, &["push", tree(&c, "2", &bad).to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("reload command failed (exit 3)"), "{out}");
+    assert!(!link(&c, "gw1").join("bad.conf").exists(), "the old revision stays");
+    let (code, st) = status_json(&c, &ep);
+    assert_eq!(code, 1, "{st}");
+    let reload_doc = &st["nodes"]["gw1"]["reload"];
+    assert_eq!((reload_doc["ok"].as_bool(), reload_doc["reverted"].as_bool()), (Some(false), Some(true)), "{st}");
+    assert!(reload_doc["output"].as_str().unwrap().contains("bad.conf is not allowed"), "{st}");
+    assert_eq!(applied_number(&st, "gw1"), 1);
+
+    // A local edit is reported, and carried over by a revision that leaves its file alone.
+    std::fs::write(link(&c, "gw1").join("a.conf"), "edited here").unwrap();
+    assert!(wait_until(Duration::from_secs(5), || {
+        let (_, st) = status_json(&c, &ep);
+        st["nodes"]["gw1"]["local_edits"].as_array().is_some_and(|e| e.len() == 1)
+    }));
+    let (code, text) = config_cli(&c, &ep, &["status"]);
+    assert_eq!(code, 1);
+    assert!(text.contains("local edits") && text.contains("a.conf"), "{text}");
+    let (code, out) = config_cli(&c, &ep, &["push", tree(&c, "3", &good("a1", "b3")).to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(read(&link(&c, "gw1").join("a.conf")), "edited here");
+    assert_eq!(read(&link(&c, "gw1").join("b.conf")), "b3");
+    // A revision that changes the edited file is not applied over the edit.
+    let (code, out) = config_cli(&c, &ep, &["push", tree(&c, "4", &good("a4", "b3")).to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("local edits") && out.contains("a.conf"), "{out}");
+    assert_eq!(read(&link(&c, "gw1").join("a.conf")), "edited here");
+    // Undone, the revision applies.
+    std::fs::write(link(&c, "gw1").join("a.conf"), "a1").unwrap();
+    assert!(wait_until(Duration::from_secs(5), || read(&link(&c, "gw1").join("a.conf")) == "a4"));
+
+    // Limits are a file of the repository: `limits set` is a push, its history the log.
+    let file = c.path().join("limits.toml");
+    std::fs::write(&file, "[[limit]]\nkey = \"operator:*\"\nrate = 50\n").unwrap();
+    let (ok, out) = c.limits_cli(&a.endpoint(), &["set", file.to_str().unwrap(), "-m", "limits via the repository"]);
+    assert!(ok, "{out}");
+    let (_, log) = config_cli(&c, &ep, &["log", "-n", "1"]);
+    assert!(log.contains("limits via the repository") && log.contains("+ global/limits.toml"), "{log}");
+    let (code, show) = config_cli(&c, &ep, &["show", "head", "global/limits.toml"]);
+    assert_eq!((code, show.as_str()), (0, "[[limit]]\nkey = \"operator:*\"\nrate = 50\n"));
+    let (_, limits) = c.http_get("gw1", "/v1/limits");
+    let v: Value = serde_json::from_str(&limits).unwrap();
+    assert_eq!(v["revision"], 5, "{limits}");
+    // A pushed tree without limits keeps them; a rollback makes a new revision equal to an old one.
+    let (code, out) = config_cli(&c, &ep, &["push", tree(&c, "6", &good("a4", "b6")).to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("keeping global/limits.toml"), "{out}");
+    let (code, out) = config_cli(&c, &ep, &["rollback", "5"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(read(&link(&c, "gw1").join("b.conf")), "b3");
+    let (_, st) = status_json(&c, &ep);
+    assert_eq!(applied_number(&st, "gw1"), 7);
+    drop(a);
+}
