@@ -13,7 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use switchboard_bus::keys::KeySpace;
 use switchboard_bus::repo::client::{push, wait_applied, ClusterRepo, NewRevision, Outcome};
-use switchboard_bus::repo::{changes, short, tree, Change, FileEntry, Revision, Summary};
+use switchboard_bus::repo::{changes, short, tree, Change, Contents, FileEntry, Files, Revision, Summary};
 
 use crate::limits_cmd::{open, BusArgs};
 
@@ -126,7 +126,7 @@ pub enum ConfigCommand {
 }
 
 /// Read a directory into a tree of entries and contents.
-pub fn read_tree(dir: &Path) -> Result<(BTreeMap<String, FileEntry>, BTreeMap<String, Vec<u8>>)> {
+pub fn read_tree(dir: &Path) -> Result<(Files, Contents)> {
     let files = tree::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
     let mut entries = BTreeMap::new();
     let mut contents = BTreeMap::new();
@@ -189,14 +189,8 @@ pub async fn make_revision(
     let repo = ClusterRepo::read(&session, &keys, PATIENCE).await;
     nodes_or_fail(&repo, &keys, &make.bus)?;
     let nodes: BTreeSet<String> = repo.states.keys().cloned().collect();
-    let new = NewRevision {
-        parents,
-        first_number,
-        author: author(make),
-        message: make.message.clone(),
-        files,
-        contents,
-    };
+    let new =
+        NewRevision { parents, first_number, author: author(make), message: make.message.clone(), files, contents };
     let pushed = std::time::Instant::now();
     let (rev, carried) = push(&session, &keys, &repo, new).await.context("pushing the revision")?;
     let id = rev.id();
@@ -222,7 +216,13 @@ pub async fn make_revision(
         }
     }
     if !bad.is_empty() {
-        bail!("revision {} is not applied on {} of {} nodes: {}", rev.number, bad.len(), outcomes.len(), bad.join(", "));
+        bail!(
+            "revision {} is not applied on {} of {} nodes: {}",
+            rev.number,
+            bad.len(),
+            outcomes.len(),
+            bad.join(", ")
+        );
     }
     Ok(rev)
 }
@@ -263,7 +263,10 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
             let empty = BTreeMap::new();
             let before = parent.as_ref().map_or(&empty, |p| &p.files);
             if let Some(l) = before.get(LIMITS).filter(|_| !files.contains_key(LIMITS)) {
-                println!("keeping {LIMITS} of revision {} (the tree has none)", parent.as_ref().map_or(0, |p| p.number));
+                println!(
+                    "keeping {LIMITS} of revision {} (the tree has none)",
+                    parent.as_ref().map_or(0, |p| p.number)
+                );
                 files.insert(LIMITS.to_owned(), l.clone());
             }
             if let Some(limits) = files.get(LIMITS).and_then(|f| contents.get(&f.sha256)) {
@@ -282,7 +285,8 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
             }
             drop(session);
             let first = crate::limits_cmd::first_number(&make.bus).await;
-            make_revision(&make, head.map(|h| vec![h.id.clone()]).unwrap_or_default(), first, files, contents, true).await?;
+            make_revision(&make, head.map(|h| vec![h.id.clone()]).unwrap_or_default(), first, files, contents, true)
+                .await?;
             Ok(0)
         }
         ConfigCommand::Log { limit, bus } => {
@@ -300,8 +304,11 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
                 let mark = if heads.contains(s.id.as_str()) { "  [head]" } else { "" };
                 println!("revision {}  {}  {}  {}{mark}", s.label(), when(s.at_ms), s.author, s.message);
                 if s.parents.len() > 1 {
-                    let labels: Vec<String> =
-                        s.parents.iter().map(|p| repo.known.get(p).map_or(short(p).to_owned(), |x| x.label())).collect();
+                    let labels: Vec<String> = s
+                        .parents
+                        .iter()
+                        .map(|p| repo.known.get(p).map_or(short(p).to_owned(), |x| x.label()))
+                        .collect();
                     println!("    settles the conflict of {}", labels.join(" and "));
                 }
                 let mut parent_files = BTreeMap::new();
@@ -506,7 +513,10 @@ async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
         [] => println!("no revisions yet"),
         [h] => println!("head: revision {}  {}  {}  {}", h.label(), when(h.at_ms), h.author, h.message),
         many => {
-            println!("CONFLICT: {} heads were made apart (on two sides of a partition, or by two pushes at once)", many.len());
+            println!(
+                "CONFLICT: {} heads were made apart (on two sides of a partition, or by two pushes at once)",
+                many.len()
+            );
             for h in many {
                 let base = many
                     .iter()

@@ -174,15 +174,21 @@ fn a_push_reaches_every_node_at_once_readers_never_see_two_revisions_and_a_node_
 
     // A reader polls the working directory while 100 revisions are pushed.
     let stop = Arc::new(AtomicBool::new(false));
-    let (reads, mixed, seen) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(std::sync::Mutex::new(BTreeSet::new())));
+    let (reads, mixed, seen) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(std::sync::Mutex::new(BTreeSet::new())),
+    );
     let reader = {
-        let (stop, reads, mixed, seen, link) = (stop.clone(), reads.clone(), mixed.clone(), seen.clone(), link(&c, "gw2"));
+        let (stop, reads, mixed, seen, link) =
+            (stop.clone(), reads.clone(), mixed.clone(), seen.clone(), link(&c, "gw2"));
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 // Resolve the link once, then read the whole tree under it.
                 let Ok(root) = std::fs::canonicalize(&link) else { continue };
                 let files = ["gateway.conf", "routes/smpp.conf", "node.conf", ".switchboard-revision"];
-                let texts: Vec<std::io::Result<String>> = files.iter().map(|f| std::fs::read_to_string(root.join(f))).collect();
+                let texts: Vec<std::io::Result<String>> =
+                    files.iter().map(|f| std::fs::read_to_string(root.join(f))).collect();
                 if texts.iter().any(|t| t.is_err()) {
                     continue; // an old tree removed while reading: not a mix
                 }
@@ -227,7 +233,11 @@ fn a_push_reaches_every_node_at_once_readers_never_see_two_revisions_and_a_node_
         reads.load(Ordering::Relaxed),
         mixed.load(Ordering::Relaxed)
     );
-    assert!(everywhere, "revision 101 applied on every node: {:?}", client.states().iter().map(|s| (&s.node, &s.applied, &s.blocked)).collect::<Vec<_>>());
+    assert!(
+        everywhere,
+        "revision 101 applied on every node: {:?}",
+        client.states().iter().map(|s| (&s.node, &s.applied, &s.blocked)).collect::<Vec<_>>()
+    );
     assert_eq!(mixed.load(Ordering::Relaxed), 0, "a reader saw files of two revisions");
     assert!(reads.load(Ordering::Relaxed) > 100 && distinct > 5, "the reader read while revisions changed");
 
@@ -236,7 +246,10 @@ fn a_push_reaches_every_node_at_once_readers_never_see_two_revisions_and_a_node_
     d.proc.unwrap().stop();
     let r102 = client.push(102, Some(&last), &numbered_tree(102));
     let r103 = client.push(103, Some(&r102), &numbered_tree(103));
-    assert!(wait_until(Duration::from_secs(10), || client.state("gw1").and_then(|s| s.applied).is_some_and(|a| a.id == r103)));
+    assert!(wait_until(Duration::from_secs(10), || client
+        .state("gw1")
+        .and_then(|s| s.applied)
+        .is_some_and(|a| a.id == r103)));
     let restarted = Instant::now();
     let d = c.restart_limits_agent("gw3", gw3_port, &[a.endpoint(), b.endpoint()], "", &reload("gw3"));
     let caught_up = wait_until(Duration::from_secs(20), || {
@@ -276,9 +289,11 @@ fn a_partition_with_a_push_on_each_side_is_a_reported_conflict_until_resolved() 
     std::thread::sleep(Duration::from_secs(5));
     let side_a = [("global/a.conf", "side a\n".to_string()), ("global/b.conf", "base\n".to_string())];
     let side_b = [("global/a.conf", "base\n".to_string()), ("global/b.conf", "side b\n".to_string())];
-    let (code, out) = config_cli(&c, &[a.endpoint()], &["push", tree(&c, "a", &side_a).to_str().unwrap(), "-m", "on a"]);
+    let (code, out) =
+        config_cli(&c, &[a.endpoint()], &["push", tree(&c, "a", &side_a).to_str().unwrap(), "-m", "on a"]);
     assert_eq!(code, 0, "side a applies its own push: {out}");
-    let (code, out) = config_cli(&c, &[b.endpoint()], &["push", tree(&c, "b", &side_b).to_str().unwrap(), "-m", "on b"]);
+    let (code, out) =
+        config_cli(&c, &[b.endpoint()], &["push", tree(&c, "b", &side_b).to_str().unwrap(), "-m", "on b"]);
     assert_eq!(code, 0, "side b applies its own push: {out}");
     proxy.heal();
     let met = wait_until(Duration::from_secs(30), || {
@@ -288,13 +303,22 @@ fn a_partition_with_a_push_on_each_side_is_a_reported_conflict_until_resolved() 
     assert!(met, "both sides see both heads after healing: {:?}", client.states());
     // Nobody applied the other side: each tree is its own side's, whole.
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!((read(&link(&c, "gw1").join("a.conf")), read(&link(&c, "gw1").join("b.conf"))), ("side a\n".into(), "base\n".into()));
-    assert_eq!((read(&link(&c, "gw2").join("a.conf")), read(&link(&c, "gw2").join("b.conf"))), ("base\n".into(), "side b\n".into()));
+    assert_eq!(
+        (read(&link(&c, "gw1").join("a.conf")), read(&link(&c, "gw1").join("b.conf"))),
+        ("side a\n".into(), "base\n".into())
+    );
+    assert_eq!(
+        (read(&link(&c, "gw2").join("a.conf")), read(&link(&c, "gw2").join("b.conf"))),
+        ("base\n".into(), "side b\n".into())
+    );
     let (code, text) = config_cli(&c, &both, &["status"]);
     eprintln!("{text}");
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("CONFLICT") && text.contains("on a") && text.contains("on b"), "{text}");
-    assert!(text.contains("~ global/a.conf") && text.contains("~ global/b.conf"), "both sides' changes are shown: {text}");
+    assert!(
+        text.contains("~ global/a.conf") && text.contains("~ global/b.conf"),
+        "both sides' changes are shown: {text}"
+    );
     // A push on top of a conflict is refused with the way out.
     let (code, out) = config_cli(&c, &both, &["push", tree(&c, "a", &side_a).to_str().unwrap()]);
     assert_ne!(code, 0);

@@ -292,7 +292,13 @@ async fn a_member_cannot_act_as_another() {
     expect_refused(c, "gw1", "access_denied", put(&gw2, &key(c, "counter/gw1"), demand)).await;
 
     // Row 10: an agent cannot set limits; an admin can (with `switchboard limits set`).
-    expect_refused(c, "gw1", "access_denied", put(&gw2, &key(c, "config/push"), limits_pack(1, b"[[limit]]\nkey = \"k\"\nrate = 1\n"))).await;
+    expect_refused(
+        c,
+        "gw1",
+        "access_denied",
+        put(&gw2, &key(c, "config/push"), limits_pack(1, b"[[limit]]\nkey = \"k\"\nrate = 1\n")),
+    )
+    .await;
     assert_eq!(limits_revision(c), 0);
     let dir = c.tls.clone().unwrap();
     let file = c.path().join("limits.toml");
@@ -307,6 +313,21 @@ async fn a_member_cannot_act_as_another() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(wait_until(Duration::from_secs(10), || limits_revision(c) == 1), "the admin's revision was not applied");
+    // Rows 19, 20: the admin reads the repository's states and objects (the revision's files).
+    let out = std::process::Command::new(BIN)
+        .args(["config", "show", "head", "global/limits.toml", "--cluster", &c.cluster])
+        .args(["--connect", &s.gw1_endpoint])
+        .args(["--tls-ca", dir.join("ca.crt").to_str().unwrap()])
+        .args(["--tls-cert", dir.join("admin-ops.crt").to_str().unwrap()])
+        .args(["--tls-key", dir.join("admin-ops.key").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "[[limit]]\nkey = \"k\"\nrate = 100\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Rows 6, 8: only a collector may ask an agent for a replay, and the agent answers it (here
     // with an error reply: those lines are committed and no longer kept).
@@ -407,7 +428,13 @@ async fn message_checks_hold_without_tls() {
         *v = json!("W1tsaW1pdF1dCmtleSA9ICJrIgpyYXRlID0gOTk5OTkK");
     }
     expect_refused(c, "gw1", "config_invalid", put(&h, &key(c, "config/push"), forged.to_string())).await;
-    expect_refused(c, "gw1", "config_invalid", put(&h, &key(c, "config/push"), limits_pack(1, b"[[limit]]\nkey = \"k\"\n"))).await;
+    expect_refused(
+        c,
+        "gw1",
+        "config_invalid",
+        put(&h, &key(c, "config/push"), limits_pack(1, b"[[limit]]\nkey = \"k\"\n")),
+    )
+    .await;
     assert_eq!(limits_revision(c), 0);
     let demand = json!({"version": 1, "demand": {"k": 1.0}}).to_string();
     expect_refused(c, "gw1", "counter_invalid", put(&h, &key(c, "counter/gw7"), demand)).await;

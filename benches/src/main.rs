@@ -10,9 +10,11 @@
 //! cargo run --release -p switchboard-benches -- query
 //! cargo run --release -p switchboard-benches -- group
 //! cargo run --release -p switchboard-benches -- tls
+//! cargo run --release -p switchboard-benches -- config
 //! ```
 
 mod capacity;
+mod config;
 mod dlr;
 mod group;
 mod limits;
@@ -211,6 +213,19 @@ enum Bench {
         #[arg(long, default_value_t = 20)]
         window_secs: u64,
     },
+    /// The configuration repository: a push to applied on 3 nodes, for a whole tree of --files
+    /// files and for a one-line change, beside writing the tree here and flushing it.
+    Config {
+        /// Files in the tree.
+        #[arg(long, default_value_t = 1000)]
+        files: usize,
+        /// Size of each file, in KiB.
+        #[arg(long, default_value_t = 10)]
+        file_kib: usize,
+        /// Pushes of each kind (the median is printed).
+        #[arg(long, default_value_t = 5)]
+        repeat: usize,
+    },
     /// Wire format: log_batch as Arrow IPC against JSON lines (encode, decode, bytes per row).
     Wire {
         /// Rows to encode and decode.
@@ -257,6 +272,7 @@ fn main() -> Result<()> {
         Bench::Status { records, keys, repeat, window_secs } => {
             status::run(&status::StatusBench { records, keys, repeat, window_secs })
         }
+        Bench::Config { files, file_kib, repeat } => config::run(&config::ConfigBench { files, file_kib, repeat }),
         Bench::LimitsNode { config } => limits_cluster::node(&config),
         Bench::Query { data, logs, metrics, nodes, runs } => {
             query::run(&query::QueryBench { data, logs, metrics, nodes, runs })

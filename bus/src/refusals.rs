@@ -43,7 +43,6 @@ reasons! {
     ReplicaOwnRecord => "replica_own_record": "A replica batch carrying a record the receiver owns.",
     ReplicaInvalid => "replica_invalid": "A replica batch that does not parse or is out of bounds.",
     ReportInvalid => "report_invalid": "A DLR report over the bus that the HTTP API would refuse.",
-    RevisionInvalid => "revision_invalid": "A limits revision that does not validate or jumps too far.",
     ConfigInvalid => "config_invalid": "A configuration revision or file content that does not parse, validate or match its hash.",
     CounterInvalid => "counter_invalid": "A demand document out of bounds or under another node's key.",
     HeadNotLive => "head_not_live": "Heads from a node that is not live.",

@@ -232,22 +232,10 @@ impl Agent {
             None
         };
         let cluster_config = if config.cluster_config.enabled {
-            let hook: Option<cluster_config::HeadHook> = limits.clone().map(|l| -> cluster_config::HeadHook {
-                Arc::new(move |head, file| l.revisions.take(head, file))
-            });
-            Some(
-                cluster_config::ClusterConfig::start(
-                    &config.cluster_config,
-                    &config.agent.data_dir,
-                    &node,
-                    &session,
-                    &keys,
-                    hook,
-                    &tracker,
-                    &cancel,
-                )
-                .await?,
-            )
+            let hook: Option<cluster_config::HeadHook> = limits
+                .clone()
+                .map(|l| -> cluster_config::HeadHook { Arc::new(move |head, file| l.revisions.take(head, file)) });
+            Some(cluster_config::ClusterConfig::start(&config, &session, &keys, hook, &tracker, &cancel).await?)
         } else {
             None
         };

@@ -190,8 +190,16 @@ impl Report for AgentReport {
                 "Configuration revision applied to the working directory (0: none).",
                 st.applied.as_ref().map_or(0.0, |a| a.number as f64),
             )
-            .gauge("switchboard_agent_config_heads", "Heads of the configuration repository (2 or more: a conflict).", st.heads.len() as f64)
-            .gauge("switchboard_agent_config_local_edits", "Files of the working directory changed by hand.", st.local_edits.len() as f64)
+            .gauge(
+                "switchboard_agent_config_heads",
+                "Heads of the configuration repository (2 or more: a conflict).",
+                st.heads.len() as f64,
+            )
+            .gauge(
+                "switchboard_agent_config_local_edits",
+                "Files of the working directory changed by hand.",
+                st.local_edits.len() as f64,
+            )
             .gauge(
                 "switchboard_agent_config_blocked",
                 "1 when the repository's head is not applied (conflict, local edits, failed reload).",

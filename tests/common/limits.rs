@@ -49,7 +49,7 @@ impl Cluster {
         limits_extra: &str,
     ) -> LimitsNode {
         let bus = format!("listen = [\"tcp/127.0.0.1:{port}\"]\n{bus_extra}");
-        let rest = format!("[limits]\ninterval_ms = 50\nresync_ms = 1000\n{limits_extra}\n");
+        let rest = format!("[limits]\ninterval_ms = 50\n{limits_extra}\n");
         let proc = self.start_agent_config(node, connect, &bus, &rest);
         LimitsNode { name: node.to_owned(), port, proc: Some(proc) }
     }

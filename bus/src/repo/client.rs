@@ -102,7 +102,13 @@ impl ClusterRepo {
     }
 
     /// Fetch content `sha256` from a node that holds revision `of` (or any node).
-    pub async fn content(&self, session: &Session, keys: &KeySpace, of: &str, sha256: &str) -> Result<Vec<u8>, RepoError> {
+    pub async fn content(
+        &self,
+        session: &Session,
+        keys: &KeySpace,
+        of: &str,
+        sha256: &str,
+    ) -> Result<Vec<u8>, RepoError> {
         let mut nodes = self.holders(of);
         nodes.extend(self.states.keys().map(String::as_str));
         for node in nodes {

@@ -29,11 +29,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Largest file a revision may carry.
-pub const MAX_FILE_BYTES: u64 = 64 << 20;
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
 /// Most files a revision may carry.
 pub const MAX_FILES: usize = 10_000;
-/// Largest tree (sum of its files) a revision may carry.
-pub const MAX_TREE_BYTES: u64 = 256 << 20;
+/// Largest tree (sum of its files) a revision may carry: a push of a whole tree, base64-encoded,
+/// stays under the 64 MiB a zenoh message may have.
+pub const MAX_TREE_BYTES: u64 = 40 << 20;
 /// Most parents of one revision.
 pub const MAX_PARENTS: usize = 16;
 /// Longest message or author, in bytes.
@@ -85,6 +86,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub fn is_hash(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
+
+/// A tree: every file by path.
+pub type Files = BTreeMap<String, FileEntry>;
+/// File contents by SHA-256.
+pub type Contents = BTreeMap<String, Vec<u8>>;
 
 /// One file of a revision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -293,10 +299,7 @@ mod tests {
     fn changes_list_added_modified_and_removed_paths() {
         let a = rev(&[("global/a", "1"), ("global/b", "2")]).files;
         let b = rev(&[("global/a", "1"), ("global/b", "3"), ("gw1/c", "4")]).files;
-        assert_eq!(
-            changes(&a, &b),
-            [("global/b".to_string(), Change::Modified), ("gw1/c".to_string(), Change::Added)]
-        );
+        assert_eq!(changes(&a, &b), [("global/b".to_string(), Change::Modified), ("gw1/c".to_string(), Change::Added)]);
         assert_eq!(changes(&b, &a)[1], ("gw1/c".to_string(), Change::Removed));
     }
 }

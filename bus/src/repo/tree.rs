@@ -79,7 +79,10 @@ pub fn read_dir(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, RepoError> {
                 }
                 out.insert(path, content);
             } else {
-                return Err(RepoError::Path { path, why: "not a regular file or directory (symbolic links are refused)" });
+                return Err(RepoError::Path {
+                    path,
+                    why: "not a regular file or directory (symbolic links are refused)",
+                });
             }
         }
     }

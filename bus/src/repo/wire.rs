@@ -18,7 +18,7 @@ use super::{is_hash, sha256_hex, Change, RepoError, Revision, Summary, MAX_TREE_
 use crate::keys::KeySpace;
 
 /// Largest push document: the largest tree, base64-encoded, and its revision.
-pub const MAX_PACK_BYTES: usize = (MAX_TREE_BYTES as usize / 3 + 1) * 4 + (16 << 20);
+pub const MAX_PACK_BYTES: usize = (MAX_TREE_BYTES as usize / 3 + 1) * 4 + (4 << 20);
 /// Largest state document read from one node.
 pub const MAX_STATE_BYTES: usize = 8 << 20;
 
@@ -55,8 +55,7 @@ impl Pack {
         let pack: Pack =
             serde_json::from_slice(bytes).map_err(|e| RepoError::Invalid(format!("not a push document: {e}")))?;
         pack.revision.validate()?;
-        let named: std::collections::BTreeSet<&str> =
-            pack.revision.files.values().map(|f| f.sha256.as_str()).collect();
+        let named: std::collections::BTreeSet<&str> = pack.revision.files.values().map(|f| f.sha256.as_str()).collect();
         let b64 = base64::engine::general_purpose::STANDARD;
         let mut out = Vec::with_capacity(pack.contents.len());
         for (hash, text) in &pack.contents {

@@ -67,17 +67,17 @@ impl ClusterConfig {
 
     /// Open the store and working directory and follow the cluster's repository until `cancel`.
     pub async fn start(
-        settings: &ClusterConfigSettings,
-        data_dir: &Path,
-        node: &str,
+        config: &crate::config::AgentConfig,
         session: &Session,
         keys: &KeySpace,
         hook: Option<HeadHook>,
         tracker: &TaskTracker,
         cancel: &CancellationToken,
     ) -> Result<Arc<Self>, AgentError> {
+        let (settings, data_dir, node) = (&config.cluster_config, &config.agent.data_dir, config.bus.node.as_str());
         let root = data_dir.join("cluster-config");
-        let invalid = |e: RepoError| AgentError::Config(crate::config::AgentConfigError::Invalid(format!("cluster_config: {e}")));
+        let invalid =
+            |e: RepoError| AgentError::Config(crate::config::AgentConfigError::Invalid(format!("cluster_config: {e}")));
         let store = Store::open(&root.join("store")).map_err(invalid)?;
         let tree = WorkTree::open(&settings.dir(data_dir)).map_err(invalid)?;
         let state_path = root.join("applied.json");
@@ -242,7 +242,10 @@ impl Inner {
             self.store.put_blob(c)?;
         }
         if !self.store.missing_blobs(&rev).is_empty() {
-            tracing::info!(revision = rev.number, "a pushed revision names contents not held here; fetching them from the other nodes");
+            tracing::info!(
+                revision = rev.number,
+                "a pushed revision names contents not held here; fetching them from the other nodes"
+            );
             return Ok(false);
         }
         self.check_limits(&rev)?;
@@ -256,8 +259,10 @@ impl Inner {
     /// refuses the whole revision otherwise (its contents must be held).
     fn check_limits(&self, rev: &Revision) -> Result<(), RepoError> {
         let Some(f) = rev.files.get(LIMITS_PATH) else { return Ok(()) };
-        let bytes = self.store.blob(&f.sha256)?.ok_or_else(|| RepoError::Invalid(format!("{LIMITS_PATH} is not held")))?;
-        let text = std::str::from_utf8(&bytes).map_err(|_| RepoError::Invalid(format!("{LIMITS_PATH} is not UTF-8")))?;
+        let bytes =
+            self.store.blob(&f.sha256)?.ok_or_else(|| RepoError::Invalid(format!("{LIMITS_PATH} is not held")))?;
+        let text =
+            std::str::from_utf8(&bytes).map_err(|_| RepoError::Invalid(format!("{LIMITS_PATH} is not UTF-8")))?;
         switchboard_bus::limits::parse_document(text)
             .map(|_| ())
             .map_err(|e| RepoError::Invalid(format!("revision {}: {LIMITS_PATH}: {e}", rev.number)))
@@ -324,7 +329,9 @@ impl Inner {
                     break;
                 }
                 match self.store.insert(rev.clone()) {
-                    Ok(true) => tracing::info!(from = %state.node, revision = rev.number, id = short(&rev.id()), "configuration revision caught up"),
+                    Ok(true) => {
+                        tracing::info!(from = %state.node, revision = rev.number, id = short(&rev.id()), "configuration revision caught up")
+                    }
                     Ok(false) => {}
                     Err(e) => {
                         tracing::warn!(revision = rev.number, error = %e, "cannot store a configuration revision");
@@ -339,7 +346,13 @@ impl Inner {
         }
     }
 
-    async fn fetch_contents(&self, session: &Session, keys: &KeySpace, from: &str, rev: &Revision) -> Result<(), RepoError> {
+    async fn fetch_contents(
+        &self,
+        session: &Session,
+        keys: &KeySpace,
+        from: &str,
+        rev: &Revision,
+    ) -> Result<(), RepoError> {
         let missing = self.store.missing_blobs(rev);
         let mut fetches = futures::stream::iter(missing.into_iter().map(|h| async move {
             let got = fetch_object(session, keys, from, &h, ASK_TIMEOUT).await;
@@ -424,7 +437,8 @@ impl Inner {
             Ok(m) => m,
             Err(e) => {
                 tracing::error!(revision = number, error = %e, "cannot materialize the configuration revision");
-                self.blocked = Some(Blocked { id: head, number, why: format!("cannot materialize: {e}"), paths: Vec::new() });
+                self.blocked =
+                    Some(Blocked { id: head, number, why: format!("cannot materialize: {e}"), paths: Vec::new() });
                 return;
             }
         };
@@ -443,15 +457,14 @@ impl Inner {
                     self.p.failed.remove(0);
                 }
                 let revert = self.settings.on_reload_failure == OnReloadFailure::Revert;
-                match (&before.1, revert) {
-                    (Some(prev_tree), true) => match self.tree.switch(prev_tree) {
+                if let (Some(prev_tree), true) = (&before.1, revert) {
+                    match self.tree.switch(prev_tree) {
                         Ok(()) => {
                             outcome.reverted = true;
                             (self.p.applied, self.p.tree, self.p.manifest) = before;
                         }
                         Err(e) => tracing::error!(error = %e, "cannot switch back to the revision before"),
-                    },
-                    _ => {}
+                    }
                 }
                 tracing::error!(revision = number, status = %outcome.status, reverted = outcome.reverted, output = %outcome.output, "the gateway's reload command failed");
                 self.blocked = Some(Blocked {

@@ -137,7 +137,10 @@ impl WorkTree {
             }
         }
         edits.extend(
-            manifest.keys().filter(|p| !seen.contains(*p)).map(|p| LocalEdit { path: p.clone(), change: Change::Removed }),
+            manifest
+                .keys()
+                .filter(|p| !seen.contains(*p))
+                .map(|p| LocalEdit { path: p.clone(), change: Change::Removed }),
         );
         edits.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(edits)
@@ -151,7 +154,12 @@ impl WorkTree {
     /// Write a new tree `name` holding `files` (path → (the revision's content hash and size, or
     /// `None` for a file the repository does not have; where the bytes come from)) and the revision
     /// file; flushed before it returns. Returns what was written for the repository's files.
-    pub fn build(&self, name: &str, revision_line: &str, files: &BTreeMap<String, Planned>) -> Result<Manifest, RepoError> {
+    pub fn build(
+        &self,
+        name: &str,
+        revision_line: &str,
+        files: &BTreeMap<String, Planned>,
+    ) -> Result<Manifest, RepoError> {
         let building = self.trees.join(format!("{name}.building"));
         let done = self.trees.join(name);
         for stale in [&building, &done] {
@@ -215,7 +223,7 @@ impl WorkTree {
                 Some((at, e.path(), name))
             })
             .collect();
-        trees.sort_by(|a, b| b.0.cmp(&a.0));
+        trees.sort_by_key(|t| std::cmp::Reverse(t.0));
         for (_, path, name) in trees.into_iter().skip(keep) {
             if !protect.contains(&name.as_str()) {
                 if let Err(e) = std::fs::remove_dir_all(&path) {

@@ -1,7 +1,7 @@
 //! The `[limits]` table: how this node takes part in the cluster's limits (the coordination
-//! interval, how long a silent node's share is held, the revision resync and the decision
-//! records; the socket is `[gateway]`'s). The limits themselves are set for the whole cluster with
-//! `switchboard limits set`.
+//! interval, how long a silent node's share is held and the decision records; the socket is
+//! `[gateway]`'s). The limits themselves are the configuration repository's `global/limits.toml`,
+//! set for the whole cluster with `switchboard limits set`.
 
 use serde::{Deserialize, Serialize};
 
@@ -25,9 +25,9 @@ pub struct LimitsSettings {
     /// share is freed. A node that exits or is killed is freed at once. Default: 30000.
     #[serde(default = "default_silent_hold_ms")]
     pub silent_hold_ms: u64,
-    /// Ask the other nodes for the current limits revision this often, in milliseconds (new
-    /// revisions also arrive at once when set). Default: 5000.
-    #[serde(default = "default_resync_ms")]
+    /// No longer used: the limits come from the configuration repository, whose
+    /// `cluster_config.resync_ms` catches nodes up. Accepted so that existing files load.
+    #[serde(default = "default_resync_ms", skip_serializing)]
     pub resync_ms: u64,
     /// Moved to `gateway.socket` (the socket serves DLRs too); set here, it is refused with a
     /// message that says so.
@@ -80,9 +80,6 @@ impl LimitsSettings {
                  (the gateway socket serves DLRs too): move them to a [gateway] table"
                     .into(),
             ));
-        }
-        if self.resync_ms == 0 {
-            return Err(AgentConfigError::Invalid("limits.resync_ms must be > 0".into()));
         }
         Ok(())
     }

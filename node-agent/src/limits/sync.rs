@@ -54,7 +54,7 @@ impl Revisions {
     /// force make no new revision.
     pub fn take(&self, head: &switchboard_bus::repo::Revision, limits: Option<&[u8]>) {
         let Some(bytes) = limits else { return };
-        let specs = match std::str::from_utf8(bytes).map_err(|e| e.to_string()).and_then(|t| parse_document(t)) {
+        let specs = match std::str::from_utf8(bytes).map_err(|e| e.to_string()).and_then(parse_document) {
             Ok(specs) => specs,
             Err(e) => {
                 refuse(Reason::ConfigInvalid, format_args!("global/limits.toml of revision {}: {e}", head.number));
