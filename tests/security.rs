@@ -92,6 +92,19 @@ async fn session(c: &Cluster, identity: &str, endpoints: &[String]) -> Session {
     s
 }
 
+/// Run `switchboard <args>` with the `admin:ops` certificate against `endpoint`.
+fn as_admin(c: &Cluster, endpoint: &str, args: &[&str]) -> std::process::Output {
+    let dir = c.tls.clone().unwrap();
+    std::process::Command::new(BIN)
+        .args(args)
+        .args(["--connect", endpoint, "--cluster", &c.cluster])
+        .args(["--tls-ca", dir.join("ca.crt").to_str().unwrap()])
+        .args(["--tls-cert", dir.join("admin-ops.crt").to_str().unwrap()])
+        .args(["--tls-key", dir.join("admin-ops.key").to_str().unwrap()])
+        .output()
+        .unwrap()
+}
+
 fn key(c: &Cluster, rest: &str) -> String {
     format!("sb/{}/{rest}", c.cluster)
 }
@@ -234,13 +247,7 @@ async fn a_peer_without_a_certificate_cannot_connect() {
     assert!(seen.contains(&key(c, "collector/c1")), "{seen:?}");
 
     // Row 18 too: `switchboard status` with the admin's certificate sees both processes.
-    let out = std::process::Command::new(BIN)
-        .args(["status", "--format", "json", "--connect", &c.endpoint, "--cluster", &c.cluster])
-        .args(["--tls-ca", dir.join("ca.crt").to_str().unwrap()])
-        .args(["--tls-cert", dir.join("admin-ops.crt").to_str().unwrap()])
-        .args(["--tls-key", dir.join("admin-ops.key").to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = as_admin(c, &c.endpoint, &["status", "--format", "json"]);
     let status: serde_json::Value =
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
     let answered: Vec<&str> = status["nodes"]
@@ -300,28 +307,13 @@ async fn a_member_cannot_act_as_another() {
     )
     .await;
     assert_eq!(limits_revision(c), 0);
-    let dir = c.tls.clone().unwrap();
     let file = c.path().join("limits.toml");
     std::fs::write(&file, "[[limit]]\nkey = \"k\"\nrate = 100\n").unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["limits", "set", file.to_str().unwrap(), "--timeout", "10s", "--cluster", &c.cluster])
-        .args(["--connect", &s.gw1_endpoint])
-        .args(["--tls-ca", dir.join("ca.crt").to_str().unwrap()])
-        .args(["--tls-cert", dir.join("admin-ops.crt").to_str().unwrap()])
-        .args(["--tls-key", dir.join("admin-ops.key").to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = as_admin(c, &s.gw1_endpoint, &["limits", "set", file.to_str().unwrap(), "--timeout", "10s"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(wait_until(Duration::from_secs(10), || limits_revision(c) == 1), "the admin's revision was not applied");
     // Rows 19, 20: the admin reads the repository's states and objects (the revision's files).
-    let out = std::process::Command::new(BIN)
-        .args(["config", "show", "head", "global/limits.toml", "--cluster", &c.cluster])
-        .args(["--connect", &s.gw1_endpoint])
-        .args(["--tls-ca", dir.join("ca.crt").to_str().unwrap()])
-        .args(["--tls-cert", dir.join("admin-ops.crt").to_str().unwrap()])
-        .args(["--tls-key", dir.join("admin-ops.key").to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = as_admin(c, &s.gw1_endpoint, &["config", "show", "head", "global/limits.toml"]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "[[limit]]\nkey = \"k\"\nrate = 100\n",

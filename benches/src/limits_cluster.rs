@@ -27,6 +27,11 @@ use switchboard_bus::limits::LimitSpec;
 /// Run a node agent from a config file until SIGTERM/SIGINT (the `limits-node` subcommand).
 pub(crate) fn node(config: &Path) -> Result<()> {
     let cfg = AgentConfig::load(config)?;
+    // With SWITCHBOARD_LOG set (e.g. `info`), the node logs at that level to its `n<i>.log`.
+    if let Some(filter) = std::env::var_os("SWITCHBOARD_LOG").and_then(|f| f.into_string().ok()) {
+        let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into());
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let cancel = tokio_util::sync::CancellationToken::new();

@@ -148,6 +148,7 @@ impl ClusterConfig {
                         _ = tokio::time::sleep_until(next_sync) => {
                             inner.catch_up(&session, &keys).await;
                             inner.scan();
+                            inner.prune_trees();
                             next_sync = tokio::time::Instant::now() + every;
                         }
                     }
@@ -187,7 +188,7 @@ impl Persisted {
         let write = || -> std::io::Result<()> {
             let tmp = path.with_extension("json.tmp");
             let mut f = std::fs::File::create(&tmp)?;
-            std::io::Write::write_all(&mut f, &serde_json::to_vec_pretty(self).unwrap_or_default())?;
+            std::io::Write::write_all(&mut f, &serde_json::to_vec(self).unwrap_or_default())?;
             f.sync_all()?;
             std::fs::rename(&tmp, path)
         };
@@ -236,6 +237,7 @@ impl Inner {
     /// Take a pushed revision; `Ok(false)` when contents it names are not held yet (it is then
     /// fetched from another node).
     fn take_pack(&mut self, bytes: &[u8]) -> Result<bool, RepoError> {
+        let started = Instant::now();
         let (rev, contents) = Pack::decode(bytes)?;
         self.check_numbering(&rev)?;
         for c in &contents {
@@ -250,7 +252,7 @@ impl Inner {
         }
         self.check_limits(&rev)?;
         if self.store.insert(rev.clone())? {
-            tracing::info!(revision = rev.number, id = short(&rev.id()), author = %rev.author, "configuration revision received");
+            tracing::info!(revision = rev.number, id = short(&rev.id()), author = %rev.author, ms = started.elapsed().as_millis() as u64, "configuration revision received");
         }
         Ok(true)
     }
@@ -347,7 +349,7 @@ impl Inner {
     }
 
     async fn fetch_contents(
-        &self,
+        &mut self,
         session: &Session,
         keys: &KeySpace,
         from: &str,
@@ -481,8 +483,13 @@ impl Inner {
             self.p.reload = Some(outcome);
             self.p.save(&self.state_path);
         }
+    }
+
+    /// Remove trees beyond `keep_trees` (never the current one); run between applies, so that an
+    /// apply does not wait for it.
+    fn prune_trees(&self) {
         let current = self.p.tree.clone().unwrap_or_default();
-        self.tree.prune(self.settings.keep_trees + 1, &[&current, &name]);
+        self.tree.prune(self.settings.keep_trees + 1, &[&current]);
     }
 
     /// The files of this node's view of `rev`, with local edits merged: an edited file the
@@ -496,6 +503,7 @@ impl Inner {
         for (path, entry) in &view {
             let content = || self.store.blob_file(&entry.sha256).map(Source::Content);
             let source = match edits.get(path.as_str()) {
+                None if base(path) == Some(entry.sha256.as_str()) => Some(Source::Unchanged),
                 None => content(),
                 Some(Change::Added | Change::Modified) => {
                     if base(path) == Some(entry.sha256.as_str()) {

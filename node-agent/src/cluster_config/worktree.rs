@@ -1,7 +1,8 @@
 //! The working directory: a symbolic link switched atomically between materialized trees.
 //!
-//! Each applied revision is written as a whole tree in `<dir>.revisions/r<number>-<id>/`, flushed
-//! ([`sync_filesystem`]), then `<dir>` is pointed at it by creating a new link and renaming it
+//! Each applied revision is written as a whole tree in `<dir>.revisions/r<number>-<id>/` (files
+//! the revision did not change are hard links to the current tree's), flushed (what was written,
+//! [`sync_files`]), then `<dir>` is pointed at it by creating a new link and renaming it
 //! over the old one: a reader that resolves `<dir>` once sees one revision, whole. Every tree
 //! holds `.switchboard-revision` (`<number> <id>`). What Switchboard wrote is kept as a
 //! [`Manifest`]; [`WorkTree::scan`] compares the tree on disk with it to find local edits (size
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
-use switchboard_bus::repo::store::sync_filesystem;
+use switchboard_bus::repo::store::sync_files;
 use switchboard_bus::repo::wire::LocalEdit;
 use switchboard_bus::repo::{sha256_hex, Change, RepoError};
 
@@ -44,6 +45,9 @@ pub enum Source {
     Content(PathBuf),
     /// The current tree's file at the same path (a local edit carried over).
     Local,
+    /// The current tree's file at the same path, unchanged and unedited: hard-linked into the new
+    /// tree rather than copied (copied where a link cannot be made).
+    Unchanged,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
@@ -170,19 +174,25 @@ impl WorkTree {
         std::fs::create_dir_all(&building).map_err(io(&building))?;
         let current = self.current();
         let mut manifest = Manifest::new();
+        // Files copied, and every directory of the tree: what must reach the disk.
+        let mut written: Vec<PathBuf> = Vec::new();
+        let mut dirs: std::collections::BTreeSet<PathBuf> = [building.clone()].into();
         for (path, (entry, source)) in files {
             let to = building.join(path);
             if let Some(dir) = to.parent() {
                 std::fs::create_dir_all(dir).map_err(io(dir))?;
+                dirs.insert(dir.to_path_buf());
             }
-            let (from, carried) = match source {
-                Source::Content(p) => (p.clone(), false),
-                Source::Local => match &current {
-                    Some(c) => (c.join(path), true),
-                    None => return Err(RepoError::Invalid(format!("{path}: no current tree to carry it from"))),
-                },
+            let (from, carried) = match (source, &current) {
+                (Source::Content(p), _) => (p.clone(), false),
+                (Source::Local | Source::Unchanged, Some(c)) => (c.join(path), matches!(source, Source::Local)),
+                (_, None) => return Err(RepoError::Invalid(format!("{path}: no current tree to take it from"))),
             };
-            std::fs::copy(&from, &to).map_err(io(&from))?;
+            let linked = matches!(source, Source::Unchanged) && std::fs::hard_link(&from, &to).is_ok();
+            if !linked {
+                std::fs::copy(&from, &to).map_err(io(&from))?;
+                written.push(to.clone());
+            }
             let meta = std::fs::metadata(&to).map_err(io(&to))?;
             if let Some((sha256, size)) = entry {
                 let mtime = if carried { None } else { mtime_ns(&meta) };
@@ -190,8 +200,15 @@ impl WorkTree {
             }
         }
         std::fs::write(building.join(REVISION_FILE), revision_line).map_err(io(&building))?;
-        sync_filesystem(&building)?;
+        written.push(building.join(REVISION_FILE));
+        // Nested directories too: a parent may only have been created implicitly.
+        for d in dirs.clone() {
+            dirs.extend(d.ancestors().take_while(|a| a.starts_with(&building)).map(Path::to_path_buf));
+        }
+        written.extend(dirs);
+        sync_files(&written)?;
         std::fs::rename(&building, &done).map_err(io(&done))?;
+        sync_files(std::slice::from_ref(&self.trees))?;
         Ok(manifest)
     }
 
