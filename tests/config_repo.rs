@@ -260,10 +260,23 @@ fn a_push_reaches_every_node_at_once_readers_never_see_two_revisions_and_a_node_
     assert_eq!(read(&link(&c, "gw3").join("gateway.conf")), "gateway 103\n");
     assert!(client.state("gw3").unwrap().revisions.iter().any(|r| r.id == r102), "it holds the revision it missed too");
 
+    // A damaged content in gw3's store is found when a revision needs it, and fetched again.
+    let content = "gateway 102\n";
+    let sha = switchboard_bus::repo::sha256_hex(content.as_bytes());
+    let blob = c.agent_state("gw3").join("cluster-config/store/objects").join(&sha[..2]).join(&sha);
+    std::fs::write(&blob, "gateway 666\n").unwrap();
+    let r104 = client.push(104, Some(&r103), &numbered_tree(102));
+    let repaired = wait_until(Duration::from_secs(10), || {
+        client.state("gw3").and_then(|s| s.applied).is_some_and(|a| a.id == r104)
+    });
+    assert!(repaired, "gw3 applies revision 104 after fetching its damaged content again: {:?}", client.state("gw3"));
+    assert_eq!(read(&link(&c, "gw3").join("gateway.conf")), content);
+    assert_eq!(std::fs::read_to_string(&blob).unwrap(), content, "the store holds the right content again");
+
     // The log, a file of a revision, a diff.
     let (code, log) = config_cli(&c, &all, &["log", "-n", "2"]);
     assert_eq!(code, 0, "{log}");
-    assert!(log.contains("revision 103") && log.contains("[head]") && log.contains("~ global/gateway.conf"), "{log}");
+    assert!(log.contains("revision 104") && log.contains("[head]") && log.contains("~ global/gateway.conf"), "{log}");
     let (code, show) = config_cli(&c, &all, &["show", "102", "gw2/node.conf"]);
     assert_eq!((code, show.as_str()), (0, "gw2 102\n"));
     let (_, diff) = config_cli(&c, &all, &["diff", "102", "103"]);

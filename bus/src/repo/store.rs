@@ -102,8 +102,10 @@ impl Store {
                 .and_then(|b| serde_json::from_slice::<Revision>(&b).ok())
                 .filter(|r| r.validate().is_ok() && r.id() == id);
             match parsed {
-                Some(r) => store.add(r),
-                None => {
+                // A revision whose contents did not all reach the disk (a crash between the two)
+                // is dropped too: it is fetched again, with them.
+                Some(r) if store.missing_blobs(&r).is_empty() => store.add(r),
+                _ => {
                     tracing::warn!(path = %path.display(), "removing a damaged revision document; it is fetched again");
                     let _ = std::fs::remove_file(&path);
                 }
@@ -203,6 +205,17 @@ impl Store {
         Ok(true)
     }
 
+    /// Drop revision `id` (its contents stay): a node that finds a content of a revision it holds
+    /// damaged forgets the revision, and fetches it again, contents and all, from another node.
+    pub fn forget(&mut self, id: &str) -> Result<(), RepoError> {
+        if self.revisions.remove(id).is_some() {
+            self.summaries.remove(id);
+            let path = self.root.join("revisions").join(format!("{id}.json"));
+            std::fs::remove_file(&path).map_err(io(&path))?;
+        }
+        Ok(())
+    }
+
     /// Drop the oldest revisions beyond [`KEEP_REVISIONS`] (never a head, nor `keep`), then every
     /// content no kept revision names. Returns how many revisions were dropped.
     pub fn prune(&mut self, keep: &str) -> Result<usize, RepoError> {
@@ -216,10 +229,7 @@ impl Store {
         let drop: Vec<String> =
             by_age.into_iter().map(|(_, id)| id).filter(|id| !heads.contains(id) && id != keep).take(excess).collect();
         for id in &drop {
-            self.revisions.remove(id);
-            self.summaries.remove(id);
-            let path = self.root.join("revisions").join(format!("{id}.json"));
-            std::fs::remove_file(&path).map_err(io(&path))?;
+            self.forget(id)?;
         }
         let named: BTreeSet<&str> =
             self.revisions.values().flat_map(|r| r.files.values().map(|f| f.sha256.as_str())).collect();
@@ -270,6 +280,11 @@ mod tests {
         std::fs::write(&path, "HELLO").unwrap();
         assert_eq!(s.blob(&r.files["global/a"].sha256).unwrap(), None);
         assert!(!path.exists());
+        // A revision whose content went missing is dropped at open (to be fetched again).
+        assert!(Store::open(dir.path()).unwrap().summaries().is_empty());
+        let mut s = Store::open(dir.path()).unwrap();
+        s.put_blob(b"hello").unwrap();
+        s.insert(r.clone()).unwrap();
         // A damaged document is removed at open.
         std::fs::write(dir.path().join("revisions").join(format!("{}.json", r.id())), "{").unwrap();
         assert!(Store::open(dir.path()).unwrap().summaries().is_empty());

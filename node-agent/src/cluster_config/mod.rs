@@ -51,6 +51,9 @@ const MAX_OUTPUT: usize = 2048;
 /// Called with each new head of the repository and, if it has one, its `global/limits.toml`.
 pub type HeadHook = Arc<dyn Fn(&Revision, Option<&[u8]>) + Send + Sync>;
 
+/// How a plan says a content of the store is missing.
+const NOT_HELD: &str = "the store lacks the content of";
+
 /// The path of the limits document in the repository.
 pub const LIMITS_PATH: &str = "global/limits.toml";
 
@@ -424,6 +427,15 @@ impl Inner {
         self.scan();
         let files = match self.plan(&rev) {
             Ok(f) => f,
+            Err(blocked) if blocked.why.starts_with(NOT_HELD) => {
+                // A content of the store went bad: forget the revision and fetch it again whole.
+                tracing::warn!(revision = number, paths = ?blocked.paths, "{}", blocked.why);
+                if let Err(e) = self.store.forget(&head) {
+                    tracing::error!(error = %e, "cannot drop a damaged configuration revision");
+                }
+                self.blocked = Some(blocked);
+                return;
+            }
             Err(blocked) => {
                 if self.blocked.as_ref() != Some(&blocked) {
                     tracing::warn!(revision = number, paths = ?blocked.paths, "{}", blocked.why);
@@ -437,6 +449,19 @@ impl Inner {
         let line = format!("{number} {head}\n");
         let manifest = match self.tree.build(&name, &line, &files).and_then(|m| self.tree.switch(&name).map(|()| m)) {
             Ok(m) => m,
+            Err(RepoError::HashMismatch(sha256)) => {
+                // A content of the store went bad: drop it and the revision, and fetch both again.
+                tracing::warn!(
+                    revision = number,
+                    content = short(&sha256),
+                    "a stored content is damaged; fetching the revision again"
+                );
+                let _ = self.store.blob(&sha256);
+                if let Err(e) = self.store.forget(&head) {
+                    tracing::error!(error = %e, "cannot drop a damaged configuration revision");
+                }
+                return;
+            }
             Err(e) => {
                 tracing::error!(revision = number, error = %e, "cannot materialize the configuration revision");
                 self.blocked =
@@ -526,7 +551,7 @@ impl Inner {
                 return Err(Blocked {
                     id: rev.id(),
                     number: rev.number,
-                    why: format!("content of {path} is not held (damaged?); it is fetched again"),
+                    why: format!("{NOT_HELD} {path} (damaged?); the revision is fetched again"),
                     paths: vec![path.clone()],
                 });
             };

@@ -189,7 +189,15 @@ impl WorkTree {
                 (_, None) => return Err(RepoError::Invalid(format!("{path}: no current tree to take it from"))),
             };
             let linked = matches!(source, Source::Unchanged) && std::fs::hard_link(&from, &to).is_ok();
-            if !linked {
+            if let (Source::Content(_), Some((sha256, _))) = (source, entry) {
+                // From the store: checked on the way, so a damaged content never reaches the tree.
+                let bytes = std::fs::read(&from).map_err(io(&from))?;
+                if sha256_hex(&bytes) != *sha256 {
+                    return Err(RepoError::HashMismatch(sha256.clone()));
+                }
+                std::fs::write(&to, bytes).map_err(io(&to))?;
+                written.push(to.clone());
+            } else if !linked {
                 std::fs::copy(&from, &to).map_err(io(&from))?;
                 written.push(to.clone());
             }
