@@ -142,6 +142,7 @@ pub enum Command {
     /// ones, switches a link in one step and runs its gateway's reload command. `log`, `show`,
     /// `diff`, `rollback`; `status` shows each node, local edits, failed reloads and conflicts;
     /// `resolve` settles a conflict. See docs/config-repository.md.
+    ///
     /// Examples:
     ///   switchboard config push ./cluster-config -m "raise the SMPP window" --connect tcp/10.0.0.9:7447
     ///   switchboard config log
@@ -507,6 +508,13 @@ pub fn run(cli: Cli) -> Result<()> {
             init_tracing(log, "warn");
             let code = match runtime()?.block_on(crate::config_cmd::run(command)) {
                 Ok(code) => code,
+                // The reader of the output went away (`| head`): not an error of ours.
+                Err(e)
+                    if e.downcast_ref::<std::io::Error>()
+                        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+                {
+                    0
+                }
                 Err(e) => {
                     eprintln!("error: {}", error_chain(&e));
                     1

@@ -6,6 +6,7 @@
 //! ([`switchboard_bus::repo::client::push`]) and waits until every node applied it or said why not.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,6 +17,13 @@ use switchboard_bus::repo::client::{push, wait_applied, ClusterRepo, NewRevision
 use switchboard_bus::repo::{changes, short, tree, Change, Contents, FileEntry, Files, Revision, Summary};
 
 use crate::limits_cmd::{open, BusArgs};
+
+/// `println!` that returns an error on a closed stdout (`| head`) instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout(), $($arg)*)?
+    };
+}
 
 /// How long to wait for the nodes' first answers.
 pub const PATIENCE: Duration = Duration::from_secs(3);
@@ -44,9 +52,10 @@ pub enum ConfigCommand {
     ///
     /// The tree is laid out in layers: `global/` (every node), `default/` (nodes of no named
     /// subcluster), `<subcluster>/`, `<node>/` (one node); a node reads its files in that order, a
-    /// later layer winning. Only files that changed travel. `.git` directories are skipped.
-    /// `global/limits.toml` holds the cluster's limits: when the tree has none, the current one is
-    /// kept.
+    /// later layer winning. Only files that changed travel. `.git` directories are skipped; a file
+    /// at the top (in no layer) or a symbolic link is refused. `global/limits.toml` holds the
+    /// cluster's limits: when the tree has none, the current one is kept; an empty one removes
+    /// every limit.
     ///
     ///   switchboard config push ./cluster-config -m "raise smpp window"
     #[command(verbatim_doc_comment)]
@@ -71,7 +80,7 @@ pub enum ConfigCommand {
     },
     /// Show a revision's files, or one file's content.
     Show {
-        /// The revision: `head`, a number, or the start of an id.
+        /// The revision: `head`, a number, or the start of an id (4+ hex digits).
         revision: String,
         /// A path in the repository (e.g. `global/limits.toml`): print its content.
         path: Option<String>,
@@ -81,9 +90,9 @@ pub enum ConfigCommand {
     },
     /// Show what changed from one revision to another (files, and the lines of text files).
     Diff {
-        /// The earlier revision.
+        /// The earlier revision: `head`, a number, or the start of an id (4+ hex digits).
         from: String,
-        /// The later revision. Default: head.
+        /// The later revision, named the same way. Default: head.
         #[arg(default_value = "head")]
         to: String,
         /// How to reach the bus.
@@ -92,7 +101,7 @@ pub enum ConfigCommand {
     },
     /// Make a new revision whose tree is that of an earlier one.
     Rollback {
-        /// The revision to go back to.
+        /// The revision to go back to: a number, or the start of an id (4+ hex digits).
         revision: String,
         /// What every revision-making command takes.
         #[command(flatten)]
@@ -111,13 +120,13 @@ pub enum ConfigCommand {
         bus: BusArgs,
     },
     /// Settle a conflict: one revision that follows every head, with the tree of one of them
-    /// (`--take`) or of a directory.
+    /// (`--take <revision>`) or of a directory (`<dir>`).
+    #[command(group(clap::ArgGroup::new("side").required(true).args(["take", "dir"])))]
     Resolve {
-        /// Keep this head's tree (`head` cannot be used here: there are several).
-        #[arg(long, conflicts_with = "dir")]
+        /// Keep this head's tree: the start of its id (4+ hex digits; `config status` lists both).
+        #[arg(long)]
         take: Option<String>,
         /// Or push this directory as the settled tree.
-        #[arg(required_unless_present = "take")]
         dir: Option<PathBuf>,
         /// What every revision-making command takes.
         #[command(flatten)]
@@ -191,26 +200,34 @@ pub async fn make_revision(
     let nodes: BTreeSet<String> = repo.states.keys().cloned().collect();
     let new =
         NewRevision { parents, first_number, author: author(make), message: make.message.clone(), files, contents };
-    let pushed = std::time::Instant::now();
     let (rev, carried) = push(&session, &keys, &repo, new).await.context("pushing the revision")?;
     let id = rev.id();
-    println!("revision {} ({}) pushed: {} files, {carried} carried", rev.number, short(&id), rev.files.len());
+    out!("revision {} ({}) pushed: {} files, {carried} carried", rev.number, short(&id), rev.files.len());
     if !wait {
         return Ok(rev);
     }
     let outcomes = wait_applied(&session, &keys, &id, &nodes, make.timeout).await;
-    let applied = outcomes.values().filter(|o| **o == Outcome::Applied).count();
-    println!("applied on {applied} of {} nodes {} ms after the push", outcomes.len(), pushed.elapsed().as_millis());
+    let applied: Vec<Duration> =
+        outcomes.values().filter_map(|o| if let Outcome::Applied(t) = o { Some(*t) } else { None }).collect();
+    match applied.iter().max() {
+        Some(last) => out!(
+            "applied on {} of {} nodes, the last {} ms after the push",
+            applied.len(),
+            outcomes.len(),
+            last.as_millis()
+        ),
+        None => out!("applied on 0 of {} nodes", outcomes.len()),
+    }
     let mut bad = Vec::new();
     for (node, o) in &outcomes {
         match o {
-            Outcome::Applied => println!("  {node:<24} applied"),
+            Outcome::Applied(t) => out!("  {node:<24} applied after {} ms", t.as_millis()),
             Outcome::Blocked(why) => {
-                println!("  {node:<24} NOT applied: {why}");
+                out!("  {node:<24} NOT applied: {why}");
                 bad.push(node.clone());
             }
             Outcome::Missing => {
-                println!("  {node:<24} not applied after {:?} (it catches up when it next syncs)", make.timeout);
+                out!("  {node:<24} not applied after {:?} (it catches up when it next syncs)", make.timeout);
                 bad.push(node.clone());
             }
         }
@@ -232,10 +249,10 @@ fn when(at_ms: u64) -> String {
         .map_or_else(|| at_ms.to_string(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
 }
 
-fn print_changes(from: &BTreeMap<String, FileEntry>, to: &BTreeMap<String, FileEntry>, indent: &str) {
+fn print_changes(from: &BTreeMap<String, FileEntry>, to: &BTreeMap<String, FileEntry>, indent: &str) -> Result<()> {
     let list = changes(from, to);
     if list.is_empty() {
-        println!("{indent}no file changed");
+        out!("{indent}no file changed");
     }
     for (path, c) in list {
         let mark = match c {
@@ -243,8 +260,9 @@ fn print_changes(from: &BTreeMap<String, FileEntry>, to: &BTreeMap<String, FileE
             Change::Modified => "~",
             Change::Removed => "-",
         };
-        println!("{indent}{mark} {path}");
+        out!("{indent}{mark} {path}");
     }
+    Ok(())
 }
 
 /// Run one `config` subcommand; returns the exit code.
@@ -263,24 +281,35 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
             let empty = BTreeMap::new();
             let before = parent.as_ref().map_or(&empty, |p| &p.files);
             if let Some(l) = before.get(LIMITS).filter(|_| !files.contains_key(LIMITS)) {
-                println!(
-                    "keeping {LIMITS} of revision {} (the tree has none)",
-                    parent.as_ref().map_or(0, |p| p.number)
-                );
+                out!("keeping {LIMITS} of revision {} (the tree has none)", parent.as_ref().map_or(0, |p| p.number));
                 files.insert(LIMITS.to_owned(), l.clone());
             }
             if let Some(limits) = files.get(LIMITS).and_then(|f| contents.get(&f.sha256)) {
                 let text = std::str::from_utf8(limits).map_err(|_| anyhow!("{LIMITS} is not UTF-8"))?;
-                switchboard_bus::limits::parse_document(text).map_err(|e| anyhow!("{LIMITS}: {e}"))?;
+                let specs = switchboard_bus::limits::parse_document(text).map_err(|e| anyhow!("{LIMITS}: {e}"))?;
+                if specs.is_empty() {
+                    out!("note: {LIMITS} holds no limit: every cluster-wide limit is removed");
+                }
             }
-            println!("on top of revision {}:", head.as_ref().map_or("none (the first)".to_owned(), |h| h.label()));
-            print_changes(before, &files, "  ");
+            // A layer no node reads (a typo, or a node or subcluster that did not answer).
+            let readers: BTreeSet<&str> = [tree::GLOBAL, tree::DEFAULT]
+                .into_iter()
+                .chain(
+                    repo.states.values().flat_map(|s| std::iter::once(s.node.as_str()).chain(s.subcluster.as_deref())),
+                )
+                .collect();
+            let layers: BTreeSet<&str> = files.keys().filter_map(|p| p.split('/').next()).collect();
+            for layer in layers.difference(&readers) {
+                out!("note: no node that answered reads {layer}/ (not global, default, a node's name or a subcluster)");
+            }
+            out!("on top of revision {}:", head.as_ref().map_or("none (the first)".to_owned(), |h| h.label()));
+            print_changes(before, &files, "  ")?;
             if dry_run {
-                println!("dry run: nothing pushed");
+                out!("dry run: nothing pushed");
                 return Ok(0);
             }
             if parent.as_ref().is_some_and(|p| p.files == files) {
-                println!("nothing changed: no revision made");
+                out!("nothing changed: no revision made");
                 return Ok(0);
             }
             drop(session);
@@ -297,19 +326,19 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
             all.sort_by(|a, b| (b.number, &b.id).cmp(&(a.number, &a.id)));
             let heads: BTreeSet<&str> = repo.heads().iter().map(|s| s.id.as_str()).collect();
             if all.is_empty() {
-                println!("no revisions yet (`switchboard config push DIR`)");
+                out!("no revisions yet (`switchboard config push DIR`)");
             }
             for s in all.into_iter().take(limit) {
                 let rev = repo.revision(&session, &keys, &s.id).await?;
                 let mark = if heads.contains(s.id.as_str()) { "  [head]" } else { "" };
-                println!("revision {}  {}  {}  {}{mark}", s.label(), when(s.at_ms), s.author, s.message);
+                out!("revision {}  {}  {}  {}{mark}", s.label(), when(s.at_ms), s.author, s.message);
                 if s.parents.len() > 1 {
                     let labels: Vec<String> = s
                         .parents
                         .iter()
                         .map(|p| repo.known.get(p).map_or(short(p).to_owned(), |x| x.label()))
                         .collect();
-                    println!("    settles the conflict of {}", labels.join(" and "));
+                    out!("    settles the conflict of {}", labels.join(" and "));
                 }
                 let mut parent_files = BTreeMap::new();
                 if let Some(p) = s.parents.first() {
@@ -317,7 +346,7 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
                         parent_files = p.files;
                     }
                 }
-                print_changes(&parent_files, &rev.files, "    ");
+                print_changes(&parent_files, &rev.files, "    ")?;
             }
             Ok(0)
         }
@@ -331,17 +360,16 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
                 Some(p) => {
                     let f = rev.files.get(&p).ok_or_else(|| anyhow!("revision {} has no file {p}", rev.number))?;
                     let bytes = repo.content(&session, &keys, &s.id, &f.sha256).await?;
-                    use std::io::Write as _;
                     std::io::stdout().write_all(&bytes)?;
                 }
                 None => {
-                    println!("revision {}  {}  {}  {}", s.label(), when(s.at_ms), s.author, s.message);
-                    println!("id {}", s.id);
+                    out!("revision {}  {}  {}  {}", s.label(), when(s.at_ms), s.author, s.message);
+                    out!("id {}", s.id);
                     for p in &s.parents {
-                        println!("parent {p}");
+                        out!("parent {p}");
                     }
                     for (path, f) in &rev.files {
-                        println!("  {:>10}  {}  {path}", f.size, short(&f.sha256));
+                        out!("  {:>10}  {}  {path}", f.size, short(&f.sha256));
                     }
                 }
             }
@@ -354,7 +382,7 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
             let (a, b) = (repo.find(&from).map_err(|e| anyhow!(e))?, repo.find(&to).map_err(|e| anyhow!(e))?);
             let ra = repo.revision(&session, &keys, &a.id).await?;
             let rb = repo.revision(&session, &keys, &b.id).await?;
-            println!("from revision {} to {}:", a.label(), b.label());
+            out!("from revision {} to {}:", a.label(), b.label());
             for (path, c) in changes(&ra.files, &rb.files) {
                 let old = file_text(&repo, &session, &keys, &ra, &a.id, &path).await?;
                 let new = file_text(&repo, &session, &keys, &rb, &b.id, &path).await?;
@@ -363,8 +391,8 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
                     Change::Modified => "modified",
                     Change::Removed => "removed",
                 };
-                println!("--- {path} ({mark})");
-                print_line_diff(old.as_deref().unwrap_or_default(), new.as_deref().unwrap_or_default());
+                out!("--- {path} ({mark})");
+                print_line_diff(old.as_deref().unwrap_or_default(), new.as_deref().unwrap_or_default())?;
             }
             Ok(0)
         }
@@ -375,6 +403,10 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
             let head = single_head(&repo)?.cloned().ok_or_else(|| anyhow!("no revisions yet"))?;
             let target = repo.find(&revision).map_err(|e| anyhow!(e))?.clone();
             let old = repo.revision(&session, &keys, &target.id).await?;
+            if repo.revision(&session, &keys, &head.id).await?.files == old.files {
+                out!("revision {} has the tree of revision {} already: no revision made", head.label(), target.label());
+                return Ok(0);
+            }
             drop(session);
             let mut make = make;
             if make.message.is_empty() {
@@ -438,15 +470,15 @@ fn labels(heads: &[Summary]) -> String {
 
 /// Lines removed (`-`) and added (`+`) between two texts, by a longest common subsequence on
 /// lines (texts over 2,000 lines, or not UTF-8, are summarized).
-fn print_line_diff(old: &[u8], new: &[u8]) {
+fn print_line_diff(old: &[u8], new: &[u8]) -> Result<()> {
     let (Ok(old), Ok(new)) = (std::str::from_utf8(old), std::str::from_utf8(new)) else {
-        println!("    (binary: {} -> {} bytes)", old.len(), new.len());
-        return;
+        out!("    (binary: {} -> {} bytes)", old.len(), new.len());
+        return Ok(());
     };
     let (a, b): (Vec<&str>, Vec<&str>) = (old.lines().collect(), new.lines().collect());
     if a.len() > 2000 || b.len() > 2000 {
-        println!("    ({} -> {} lines)", a.len(), b.len());
-        return;
+        out!("    ({} -> {} lines)", a.len(), b.len());
+        return Ok(());
     }
     let mut lcs = vec![vec![0u32; b.len() + 1]; a.len() + 1];
     for i in (0..a.len()).rev() {
@@ -459,14 +491,15 @@ fn print_line_diff(old: &[u8], new: &[u8]) {
         if i < a.len() && j < b.len() && a[i] == b[j] {
             i += 1;
             j += 1;
-        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
-            println!("+{}", b[j]);
-            j += 1;
-        } else {
-            println!("-{}", a[i]);
+        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            out!("-{}", a[i]);
             i += 1;
+        } else {
+            out!("+{}", b[j]);
+            j += 1;
         }
     }
+    Ok(())
 }
 
 async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
@@ -492,11 +525,27 @@ async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
             ));
         }
         if let Some(b) = &s.blocked {
-            problems.push(format!("{}: revision {} not applied: {}", s.node, b.number, b.why));
+            let paths = if b.paths.is_empty() { String::new() } else { format!(" ({})", b.paths.join(", ")) };
+            problems.push(format!("{}: revision {} not applied: {}{paths}", s.node, b.number, b.why));
+        }
+        if let Some(r) = s.reload.as_ref().filter(|r| !r.ok && !r.output.is_empty()) {
+            problems
+                .push(format!("{}: the reload of revision {} ({}) wrote: {}", s.node, r.number, r.status, r.output));
         }
         if !s.local_edits.is_empty() {
-            let paths: Vec<&str> = s.local_edits.iter().map(|e| e.path.as_str()).collect();
-            problems.push(format!("{}: local edits in {}: {}", s.node, s.dir, paths.join(", ")));
+            let edits: Vec<String> = s
+                .local_edits
+                .iter()
+                .map(|e| {
+                    let how = match e.change {
+                        Change::Added => "added",
+                        Change::Modified => "modified",
+                        Change::Removed => "removed",
+                    };
+                    format!("{} ({how})", e.path)
+                })
+                .collect();
+            problems.push(format!("{}: local edits in {}: {}", s.node, s.dir, edits.join(", ")));
         }
     }
     problems.extend(repo.errors.iter().map(|e| format!("unreadable answer: {e}")));
@@ -506,14 +555,14 @@ async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
             "nodes": repo.states,
             "problems": problems,
         });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        out!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(if problems.is_empty() { 0 } else { 1 });
     }
     match heads.as_slice() {
-        [] => println!("no revisions yet"),
-        [h] => println!("head: revision {}  {}  {}  {}", h.label(), when(h.at_ms), h.author, h.message),
+        [] => out!("no revisions yet"),
+        [h] => out!("head: revision {}  {}  {}  {}", h.label(), when(h.at_ms), h.author, h.message),
         many => {
-            println!(
+            out!(
                 "CONFLICT: {} heads were made apart (on two sides of a partition, or by two pushes at once)",
                 many.len()
             );
@@ -534,7 +583,7 @@ async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
                     .filter(|s| s.heads.iter().any(|x| x.id == h.id))
                     .map(|s| s.node.as_str())
                     .collect();
-                println!(
+                out!(
                     "  side {}  {}  {}  {}  (held by {})",
                     h.label(),
                     when(h.at_ms),
@@ -542,32 +591,32 @@ async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
                     h.message,
                     if holders.is_empty() { "-".to_owned() } else { holders.join(", ") }
                 );
-                println!("    changes since {}:", base.as_ref().map_or("the start".to_owned(), |b| b.label()));
-                print_changes(&base_files, &side.files, "      ");
+                out!("    changes since {}:", base.as_ref().map_or("the start".to_owned(), |b| b.label()));
+                print_changes(&base_files, &side.files, "      ")?;
             }
-            println!(
+            out!(
                 "settle it with `switchboard config resolve --take <revision>` (keep one side) or \
                  `switchboard config resolve <dir>` (a merged tree)"
             );
         }
     }
-    println!("{:<20} {:>10} {:>6}  {:<28} RELOAD", "NODE", "APPLIED", "EDITS", "BLOCKED");
+    out!("{:<20} {:>15} {:>6}  {:<28} RELOAD", "NODE", "APPLIED", "EDITS", "BLOCKED");
     for s in repo.states.values() {
         let reload = s.reload.as_ref().map_or("-".to_owned(), |r| {
             format!("{} {}{}", r.number, r.status, if r.reverted { " (reverted)" } else { "" })
         });
-        println!(
-            "{:<20} {:>10} {:>6}  {:<28} {reload}",
+        out!(
+            "{:<20} {:>15} {:>6}  {:<28} {reload}",
             s.node,
-            s.applied.as_ref().map_or("-".to_owned(), |a| a.number.to_string()),
+            s.applied.as_ref().map_or("-".to_owned(), |a| format!("{} ({})", a.number, short(&a.id))),
             s.local_edits.len(),
             s.blocked.as_ref().map_or("-".to_owned(), |b| format!("revision {}", b.number)),
         );
     }
     if !problems.is_empty() {
-        println!("problems:");
+        out!("problems:");
         for p in &problems {
-            println!("  {p}");
+            out!("  {p}");
         }
     }
     Ok(if problems.is_empty() { 0 } else { 1 })

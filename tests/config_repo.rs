@@ -157,7 +157,7 @@ fn a_push_reaches_every_node_at_once_readers_never_see_two_revisions_and_a_node_
     assert_eq!(code, 0, "{out}");
     let ms: u64 = out
         .lines()
-        .find_map(|l| l.strip_prefix("applied on 3 of 3 nodes ")?.split(' ').next()?.parse().ok())
+        .find_map(|l| l.strip_prefix("applied on 3 of 3 nodes, the last ")?.split(' ').next()?.parse().ok())
         .unwrap_or_else(|| panic!("no timing line in\n{out}"));
     eprintln!("push to applied on 3 nodes: {ms} ms");
     assert!(ms < 1000, "a push reaches all three within a second: {ms} ms\n{out}");
@@ -373,7 +373,7 @@ fn a_failed_reload_keeps_the_old_revision_local_edits_are_never_overwritten_and_
     bad.push(("global/bad.conf", "x".into()));
     let (code, out) = config_cli(&c, &ep, &["push", tree(&c, "2", &bad).to_str().unwrap()]);
     assert_ne!(code, 0, "{out}");
-    assert!(out.contains("reload command failed (exit 3)"), "{out}");
+    assert!(out.contains("reload command failed (exit 3)") && out.contains("bad.conf is not allowed"), "{out}");
     assert!(!link(&c, "gw1").join("bad.conf").exists(), "the old revision stays");
     let (code, st) = status_json(&c, &ep);
     assert_eq!(code, 1, "{st}");
@@ -400,9 +400,29 @@ fn a_failed_reload_keeps_the_old_revision_local_edits_are_never_overwritten_and_
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("local edits") && out.contains("a.conf"), "{out}");
     assert_eq!(read(&link(&c, "gw1").join("a.conf")), "edited here");
+    let (_, health) = c.http_get("gw1", "/health");
+    assert!(health.contains("local edits in"), "{health}");
     // Undone, the revision applies.
     std::fs::write(link(&c, "gw1").join("a.conf"), "a1").unwrap();
     assert!(wait_until(Duration::from_secs(5), || read(&link(&c, "gw1").join("a.conf")) == "a4"));
+    // A file removed by hand stays removed and reported across a revision that leaves it alone,
+    // and blocks one that changes it.
+    std::fs::remove_file(link(&c, "gw1").join("b.conf")).unwrap();
+    let mut more = good("a4", "b3");
+    more.push(("global/c.conf", "c".into()));
+    let (code, out) = config_cli(&c, &ep, &["push", tree(&c, "4b", &more).to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!link(&c, "gw1").join("b.conf").exists());
+    let (_, st) = status_json(&c, &ep);
+    assert_eq!(st["nodes"]["gw1"]["local_edits"][0]["path"], "b.conf", "{st}");
+    let mut changes_b = more.clone();
+    changes_b[1].1 = "b4".into();
+    let (code, out) = config_cli(&c, &ep, &["push", tree(&c, "4c", &changes_b).to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("b.conf"), "{out}");
+    assert!(!link(&c, "gw1").join("b.conf").exists());
+    std::fs::write(link(&c, "gw1").join("b.conf"), "b3").unwrap();
+    assert!(wait_until(Duration::from_secs(5), || read(&link(&c, "gw1").join("b.conf")) == "b4"));
 
     // Limits are a file of the repository: `limits set` is a push, its history the log.
     let file = c.path().join("limits.toml");
@@ -415,15 +435,18 @@ fn a_failed_reload_keeps_the_old_revision_local_edits_are_never_overwritten_and_
     assert_eq!((code, show.as_str()), (0, "[[limit]]\nkey = \"operator:*\"\nrate = 50\n"));
     let (_, limits) = c.http_get("gw1", "/v1/limits");
     let v: Value = serde_json::from_str(&limits).unwrap();
-    assert_eq!(v["revision"], 5, "{limits}");
+    assert_eq!(v["revision"], 7, "{limits}");
     // A pushed tree without limits keeps them; a rollback makes a new revision equal to an old one.
-    let (code, out) = config_cli(&c, &ep, &["push", tree(&c, "6", &good("a4", "b6")).to_str().unwrap()]);
+    let (code, out) = config_cli(&c, &ep, &["push", tree(&c, "8", &good("a4", "b8")).to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("keeping global/limits.toml"), "{out}");
-    let (code, out) = config_cli(&c, &ep, &["rollback", "5"]);
+    let (code, out) = config_cli(&c, &ep, &["rollback", "7"]);
     assert_eq!(code, 0, "{out}");
-    assert_eq!(read(&link(&c, "gw1").join("b.conf")), "b3");
+    assert_eq!(read(&link(&c, "gw1").join("b.conf")), "b4");
     let (_, st) = status_json(&c, &ep);
-    assert_eq!(applied_number(&st, "gw1"), 7);
+    assert_eq!(applied_number(&st, "gw1"), 9);
+    let (code, out) = config_cli(&c, &ep, &["rollback", "7"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("no revision made"), "a rollback to the tree in force makes nothing: {out}");
     drop(a);
 }

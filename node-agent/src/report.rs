@@ -81,8 +81,14 @@ impl Report for AgentReport {
         }
         h.degraded.extend(self.mesh.problems().iter().map(|p| format!("bus mesh: {p}")));
         let repo = self.cluster_config.as_ref().map(|c| c.state());
-        if let Some(b) = repo.as_ref().and_then(|r| r.blocked.as_ref()) {
-            h.degraded.push(format!("configuration revision {} not applied: {}", b.number, b.why));
+        if let Some(r) = &repo {
+            if let Some(b) = &r.blocked {
+                h.degraded.push(format!("configuration revision {} not applied: {}", b.number, b.why));
+            }
+            if !r.local_edits.is_empty() {
+                let paths: Vec<&str> = r.local_edits.iter().map(|e| e.path.as_str()).collect();
+                h.degraded.push(format!("local edits in {}: {}", r.dir, paths.join(", ")));
+            }
         }
         let sources: BTreeMap<String, serde_json::Value> = lags
             .into_iter()

@@ -69,11 +69,16 @@ impl ClusterRepo {
             self.heads()
         } else if let Ok(n) = reference.parse::<u64>() {
             self.known.values().filter(|s| s.number == n).collect()
-        } else if reference.len() >= 4 && reference.bytes().all(|b| b.is_ascii_hexdigit()) {
+        } else if reference.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if reference.len() < 4 {
+                return Err(format!("{reference:?} is too short: give at least 4 hex digits of an id"));
+            }
             let r = reference.to_ascii_lowercase();
             self.known.values().filter(|s| s.id.starts_with(&r)).collect()
         } else {
-            return Err(format!("{reference:?} is not a revision: give `head`, a number, or the start of an id"));
+            return Err(format!(
+                "{reference:?} is not a revision: give `head`, a number, or the start of an id (at least 4 hex digits)"
+            ));
         };
         match matches.as_slice() {
             [one] => Ok(one),
@@ -189,8 +194,9 @@ pub async fn push(
 /// Where one node stands with a pushed revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Applied to its working directory (and reloaded, if it has a reload command).
-    Applied,
+    /// Applied to its working directory (and reloaded, if it has a reload command), first seen
+    /// this long after the wait began.
+    Applied(Duration),
     /// Holds it but did not apply it: why.
     Blocked(String),
     /// Does not hold it (yet).
@@ -205,16 +211,25 @@ pub async fn wait_applied(
     nodes: &BTreeSet<String>,
     timeout: Duration,
 ) -> BTreeMap<String, Outcome> {
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut first_seen: BTreeMap<String, Duration> = BTreeMap::new();
     loop {
         let mut out: BTreeMap<String, Outcome> = nodes.iter().map(|n| (n.clone(), Outcome::Missing)).collect();
         for s in fetch_states(session, keys, ASK).await.into_iter().flatten() {
             let holds = s.revisions.iter().any(|r| r.id == id);
             let o = if s.applied.as_ref().is_some_and(|a| a.id == id) {
-                Outcome::Applied
+                Outcome::Applied(*first_seen.entry(s.node.clone()).or_insert_with(|| started.elapsed()))
             } else if let Some(b) = s.blocked.as_ref().filter(|_| holds) {
                 let paths = if b.paths.is_empty() { String::new() } else { format!(" ({})", b.paths.join(", ")) };
-                Outcome::Blocked(format!("{}{paths}", b.why))
+                let output = s
+                    .reload
+                    .as_ref()
+                    .filter(|r| r.id == id && !r.ok && !r.output.is_empty())
+                    .map_or(String::new(), |r| {
+                        format!("; its output ends: {}", r.output.lines().last().unwrap_or_default())
+                    });
+                Outcome::Blocked(format!("{}{paths}{output}", b.why))
             } else {
                 Outcome::Missing
             };

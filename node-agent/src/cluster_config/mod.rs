@@ -540,10 +540,10 @@ impl Inner {
                         continue;
                     }
                 }
+                // Removed here, left alone by the revision: stays removed, and reported.
+                Some(Change::Removed) if base(path) == Some(entry.sha256.as_str()) => Some(Source::Absent),
                 Some(Change::Removed) => {
-                    if base(path) != Some(entry.sha256.as_str()) {
-                        conflicts.push(path.clone());
-                    }
+                    conflicts.push(path.clone());
                     continue;
                 }
             };
@@ -594,11 +594,36 @@ impl Inner {
             .env("SWITCHBOARD_CONFIG_DIR", self.tree.link())
             .env("SWITCHBOARD_CONFIG_REVISION", number.to_string())
             .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            // Its own process group, so that a timeout kills whatever it started too.
+            .process_group(0)
             .kill_on_drop(true);
         let timeout = Duration::from_millis(self.settings.reload_timeout_ms);
-        let (ok, status, output) = match tokio::time::timeout(timeout, cmd.output()).await {
-            Err(_) => (false, format!("timed out after {timeout:?}"), String::new()),
-            Ok(Err(e)) => (false, format!("cannot start {:?}: {e}", argv[0]), String::new()),
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let status = format!("cannot start {:?}: {e}", argv[0]);
+                return ReloadOutcome {
+                    id: id.to_owned(),
+                    number,
+                    ok: false,
+                    status,
+                    output: String::new(),
+                    reverted: false,
+                    at_ms: now_ms(),
+                };
+            }
+        };
+        let group = child.id();
+        let (ok, status, output) = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+            Err(_) => {
+                if let Some(pgid) = group {
+                    let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pgid}")]).status();
+                }
+                (false, format!("timed out after {timeout:?} (its process group was killed)"), String::new())
+            }
+            Ok(Err(e)) => (false, format!("cannot wait for {:?}: {e}", argv[0]), String::new()),
             Ok(Ok(out)) => {
                 let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
                 text.push_str(&String::from_utf8_lossy(&out.stderr));

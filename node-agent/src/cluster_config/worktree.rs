@@ -48,6 +48,9 @@ pub enum Source {
     /// The current tree's file at the same path, unchanged and unedited: hard-linked into the new
     /// tree rather than copied (copied where a link cannot be made).
     Unchanged,
+    /// No file: removed by hand and left alone by the revision. The manifest keeps it, so the
+    /// removal is still reported (and a revision that changes the file is still blocked).
+    Absent,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
@@ -178,6 +181,10 @@ impl WorkTree {
         let mut written: Vec<PathBuf> = Vec::new();
         let mut dirs: std::collections::BTreeSet<PathBuf> = [building.clone()].into();
         for (path, (entry, source)) in files {
+            if let (Source::Absent, Some((sha256, size))) = (source, entry) {
+                manifest.insert(path.clone(), Written { sha256: sha256.clone(), size: *size, mtime_ns: None });
+                continue;
+            }
             let to = building.join(path);
             if let Some(dir) = to.parent() {
                 std::fs::create_dir_all(dir).map_err(io(dir))?;
@@ -186,6 +193,7 @@ impl WorkTree {
             let (from, carried) = match (source, &current) {
                 (Source::Content(p), _) => (p.clone(), false),
                 (Source::Local | Source::Unchanged, Some(c)) => (c.join(path), matches!(source, Source::Local)),
+                (Source::Absent, _) => continue,
                 (_, None) => return Err(RepoError::Invalid(format!("{path}: no current tree to take it from"))),
             };
             let linked = matches!(source, Source::Unchanged) && std::fs::hard_link(&from, &to).is_ok();
@@ -302,12 +310,18 @@ mod tests {
         let files = BTreeMap::from([
             ("a.conf".to_string(), (Some((sha256_hex(b"a1"), 2)), Source::Local)),
             ("new.conf".to_string(), (None, Source::Local)),
+            ("sub/b.conf".to_string(), (Some((sha256_hex(b"b1"), 2)), Source::Absent)),
         ]);
         let m2 = wt.build("r2-y", "2 y\n", &files).unwrap();
         wt.switch("r2-y").unwrap();
         assert_eq!(wt.current_name().as_deref(), Some("r2-y"));
         assert_eq!(std::fs::read_to_string(wt.link().join("a.conf")).unwrap(), "edited");
-        assert_eq!(wt.scan(&m2).unwrap().len(), 2, "both the carried edit and the carried new file are still edits");
+        assert_eq!(
+            wt.scan(&m2).unwrap().len(),
+            3,
+            "the carried edit, the carried new file and the kept removal are still edits"
+        );
+        assert!(!wt.link().join("sub/b.conf").exists());
         wt.prune(1, &["r2-y"]);
         assert!(wt.current().is_some());
         assert_eq!(std::fs::read_dir(dir.path().join("etc/current.revisions")).unwrap().count(), 1);
