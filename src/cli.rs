@@ -418,6 +418,11 @@ pub fn run(cli: Cli) -> Result<()> {
             let cfg = AgentConfig::load(&config)?;
             let idle = cfg.idle_warning();
             if check {
+                if cfg.cluster_config.enabled {
+                    let dir = cfg.cluster_config.dir(&cfg.agent.data_dir);
+                    switchboard_agent::cluster_config::worktree::check_link(&dir)
+                        .with_context(|| format!("{}: cluster_config.dir", config.display()))?;
+                }
                 println!("{}: ok ({} sources)", config.display(), cfg.sources.len());
                 if let Some(w) = &idle {
                     println!("warning: {w}");

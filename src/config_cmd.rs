@@ -155,7 +155,7 @@ fn author(make: &MakeArgs) -> String {
     if let Some(id) = tls.and_then(|t| switchboard_bus::tls::load(&t, None).ok()).map(|c| c.identity.to_string()) {
         return id;
     }
-    std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned())
+    std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".to_owned())
 }
 
 /// The one head, or an error that says how to settle the conflict.
@@ -185,8 +185,27 @@ pub fn nodes_or_fail(repo: &ClusterRepo, keys: &KeySpace, bus: &BusArgs) -> Resu
     Ok(())
 }
 
+/// A command's session on the bus and the repository as the nodes answered.
+pub struct Conn {
+    /// The session.
+    pub session: zenoh::Session,
+    /// The key space.
+    pub keys: KeySpace,
+    /// Every node's state, joined.
+    pub repo: ClusterRepo,
+}
+
+/// Join the bus and read every node's state; an error when no node answers.
+pub async fn connect(bus: &BusArgs) -> Result<Conn> {
+    let (session, keys) = open(bus).await?;
+    let repo = ClusterRepo::read(&session, &keys, PATIENCE).await;
+    nodes_or_fail(&repo, &keys, bus)?;
+    Ok(Conn { session, keys, repo })
+}
+
 /// Push `files` on top of `parents`, print what happened, and wait for every node.
 pub async fn make_revision(
+    conn: &Conn,
     make: &MakeArgs,
     parents: Vec<String>,
     first_number: u64,
@@ -194,19 +213,17 @@ pub async fn make_revision(
     contents: BTreeMap<String, Vec<u8>>,
     wait: bool,
 ) -> Result<Revision> {
-    let (session, keys) = open(&make.bus).await?;
-    let repo = ClusterRepo::read(&session, &keys, PATIENCE).await;
-    nodes_or_fail(&repo, &keys, &make.bus)?;
+    let Conn { session, keys, repo } = conn;
     let nodes: BTreeSet<String> = repo.states.keys().cloned().collect();
     let new =
         NewRevision { parents, first_number, author: author(make), message: make.message.clone(), files, contents };
-    let (rev, carried) = push(&session, &keys, &repo, new).await.context("pushing the revision")?;
+    let (rev, carried) = push(session, keys, repo, new).await.context("pushing the revision")?;
     let id = rev.id();
     out!("revision {} ({}) pushed: {} files, {carried} carried", rev.number, short(&id), rev.files.len());
     if !wait {
         return Ok(rev);
     }
-    let outcomes = wait_applied(&session, &keys, &id, &nodes, make.timeout).await;
+    let outcomes = wait_applied(session, keys, &id, &nodes, make.timeout).await;
     let applied: Vec<Duration> =
         outcomes.values().filter_map(|o| if let Outcome::Applied(t) = o { Some(*t) } else { None }).collect();
     match applied.iter().max() {
@@ -270,12 +287,11 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
     match cmd {
         ConfigCommand::Push { dir, dry_run, make } => {
             let (mut files, contents) = read_tree(&dir)?;
-            let (session, keys) = open(&make.bus).await?;
-            let repo = ClusterRepo::read(&session, &keys, PATIENCE).await;
-            nodes_or_fail(&repo, &keys, &make.bus)?;
-            let head = single_head(&repo)?.cloned();
+            let conn = connect(&make.bus).await?;
+            let Conn { session, keys, repo } = &conn;
+            let head = single_head(repo)?.cloned();
             let parent = match &head {
-                Some(h) => Some(repo.revision(&session, &keys, &h.id).await?),
+                Some(h) => Some(repo.revision(session, keys, &h.id).await?),
                 None => None,
             };
             let empty = BTreeMap::new();
@@ -312,10 +328,17 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
                 out!("nothing changed: no revision made");
                 return Ok(0);
             }
-            drop(session);
-            let first = crate::limits_cmd::first_number(&make.bus).await;
-            make_revision(&make, head.map(|h| vec![h.id.clone()]).unwrap_or_default(), first, files, contents, true)
-                .await?;
+            let first = crate::limits_cmd::first_number(session, keys).await;
+            make_revision(
+                &conn,
+                &make,
+                head.map(|h| vec![h.id.clone()]).unwrap_or_default(),
+                first,
+                files,
+                contents,
+                true,
+            )
+            .await?;
             Ok(0)
         }
         ConfigCommand::Log { limit, bus } => {
@@ -397,29 +420,26 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
             Ok(0)
         }
         ConfigCommand::Rollback { revision, make } => {
-            let (session, keys) = open(&make.bus).await?;
-            let repo = ClusterRepo::read(&session, &keys, PATIENCE).await;
-            nodes_or_fail(&repo, &keys, &make.bus)?;
-            let head = single_head(&repo)?.cloned().ok_or_else(|| anyhow!("no revisions yet"))?;
+            let conn = connect(&make.bus).await?;
+            let Conn { session, keys, repo } = &conn;
+            let head = single_head(repo)?.cloned().ok_or_else(|| anyhow!("no revisions yet"))?;
             let target = repo.find(&revision).map_err(|e| anyhow!(e))?.clone();
-            let old = repo.revision(&session, &keys, &target.id).await?;
-            if repo.revision(&session, &keys, &head.id).await?.files == old.files {
+            let old = repo.revision(session, keys, &target.id).await?;
+            if repo.revision(session, keys, &head.id).await?.files == old.files {
                 out!("revision {} has the tree of revision {} already: no revision made", head.label(), target.label());
                 return Ok(0);
             }
-            drop(session);
             let mut make = make;
             if make.message.is_empty() {
                 make.message = format!("rollback to revision {}", target.label());
             }
-            make_revision(&make, vec![head.id], 1, old.files, BTreeMap::new(), true).await?;
+            make_revision(&conn, &make, vec![head.id], 1, old.files, BTreeMap::new(), true).await?;
             Ok(0)
         }
         ConfigCommand::Status { json, bus } => status(json, &bus).await,
         ConfigCommand::Resolve { take, dir, make } => {
-            let (session, keys) = open(&make.bus).await?;
-            let repo = ClusterRepo::read(&session, &keys, PATIENCE).await;
-            nodes_or_fail(&repo, &keys, &make.bus)?;
+            let conn = connect(&make.bus).await?;
+            let Conn { session, keys, repo } = &conn;
             let heads: Vec<Summary> = repo.heads().into_iter().cloned().collect();
             if heads.len() < 2 {
                 bail!("there is no conflict to resolve: the repository has {} head", heads.len());
@@ -430,17 +450,16 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
                     if !heads.iter().any(|h| h.id == s.id) {
                         bail!("revision {} is not one of the heads ({})", s.label(), labels(&heads));
                     }
-                    (repo.revision(&session, &keys, &s.id).await?.files, BTreeMap::new())
+                    (repo.revision(session, keys, &s.id).await?.files, BTreeMap::new())
                 }
                 (None, Some(d)) => read_tree(d)?,
                 (None, None) => bail!("give --take <revision> or a directory"),
             };
-            drop(session);
             let mut make = make;
             if make.message.is_empty() {
                 make.message = format!("resolve the conflict of {}", labels(&heads));
             }
-            make_revision(&make, heads.iter().map(|h| h.id.clone()).collect(), 1, files, contents, true).await?;
+            make_revision(&conn, &make, heads.iter().map(|h| h.id.clone()).collect(), 1, files, contents, true).await?;
             Ok(0)
         }
     }

@@ -15,7 +15,6 @@ use serde::Deserialize;
 use switchboard_bus::config::BusConfig;
 use switchboard_bus::keys::KeySpace;
 use switchboard_bus::limits::revision::{fetch_histories, History, Revision};
-use switchboard_bus::repo::client::ClusterRepo;
 use switchboard_bus::repo::FileEntry;
 
 use crate::config_cmd;
@@ -161,14 +160,13 @@ pub async fn run(cmd: LimitsCommand) -> Result<()> {
         LimitsCommand::Set { file, author, message, dry_run, timeout, bus } => {
             let limits = load_limits(&file)?;
             let text = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let (session, keys) = open(&bus).await?;
-            let histories = histories(&session, &keys, &bus).await?;
+            let conn = config_cmd::connect(&bus).await?;
+            let config_cmd::Conn { session, keys, repo } = &conn;
+            let histories = histories(session, keys, &bus).await?;
             let current = newest(&histories);
-            let repo = ClusterRepo::read(&session, &keys, config_cmd::PATIENCE).await;
-            config_cmd::nodes_or_fail(&repo, &keys, &bus)?;
-            let head = config_cmd::single_head(&repo)?.cloned();
+            let head = config_cmd::single_head(repo)?.cloned();
             let mut files = match &head {
-                Some(h) => repo.revision(&session, &keys, &h.id).await?.files,
+                Some(h) => repo.revision(session, keys, &h.id).await?.files,
                 None => BTreeMap::new(),
             };
             let entry = FileEntry::of(&text);
@@ -187,9 +185,9 @@ pub async fn run(cmd: LimitsCommand) -> Result<()> {
             }
             let nodes: Vec<String> = histories.iter().map(|(n, _)| n.clone()).collect();
             let first = current.as_ref().map_or(1, |r| r.revision.saturating_add(1));
-            drop(session);
             let make = config_cmd::MakeArgs { message, author, timeout, bus };
             let rev = config_cmd::make_revision(
+                &conn,
                 &make,
                 head.map(|h| vec![h.id]).unwrap_or_default(),
                 first,
@@ -198,10 +196,9 @@ pub async fn run(cmd: LimitsCommand) -> Result<()> {
                 false,
             )
             .await?;
-            let (session, keys) = open(&make.bus).await?;
             let deadline = Instant::now() + timeout;
             loop {
-                let now = fetch_histories(&session, &keys).await;
+                let now = fetch_histories(session, keys).await;
                 let holding: Vec<&String> = now
                     .iter()
                     .filter(|(_, h)| h.current().is_some_and(|c| c.revision == rev.number && c.limits == limits))
@@ -216,6 +213,18 @@ pub async fn run(cmd: LimitsCommand) -> Result<()> {
                         now.len().max(nodes.len()),
                         join(&holding)
                     );
+                    // The limits apply whatever the gateways' reloads did; say when one failed.
+                    let id = rev.id();
+                    for st in switchboard_bus::repo::wire::fetch_states(session, keys, Duration::from_secs(2)).await {
+                        if let Some(r) =
+                            st.ok().and_then(|st| st.reload.filter(|r| r.id == id && !r.ok).map(|r| (st.node, r)))
+                        {
+                            println!(
+                                "note: {}: the gateway's reload of revision {} failed ({}); `switchboard config status` shows it",
+                                r.0, r.1.number, r.1.status
+                            );
+                        }
+                    }
                     return Ok(());
                 }
                 if Instant::now() >= deadline {
@@ -327,9 +336,8 @@ async fn histories(session: &zenoh::Session, keys: &KeySpace, bus: &BusArgs) -> 
 
 /// The number a first configuration revision takes: above every limits revision made before the
 /// repository held the limits, so that the limits' numbers keep rising.
-pub async fn first_number(bus: &BusArgs) -> u64 {
-    let Ok((session, keys)) = open(bus).await else { return 1 };
-    let h = fetch_histories(&session, &keys).await;
+pub async fn first_number(session: &zenoh::Session, keys: &KeySpace) -> u64 {
+    let h = fetch_histories(session, keys).await;
     newest(&h).map_or(1, |r| r.revision.saturating_add(1))
 }
 

@@ -445,6 +445,23 @@ fn a_failed_reload_keeps_the_old_revision_local_edits_are_never_overwritten_and_
     assert_eq!(read(&link(&c, "gw1").join("b.conf")), "b4");
     let (_, st) = status_json(&c, &ep);
     assert_eq!(applied_number(&st, "gw1"), 9);
+    // `agent --check` refuses a working directory that is someone's real directory.
+    let mine = c.path().join("etc-gateway");
+    std::fs::create_dir_all(&mine).unwrap();
+    let cfg = c.path().join("check.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[bus]\nnode = \"gw9\"\n[agent]\ndata_dir = \"{}\"\n[cluster_config]\ndir = \"{}\"\n",
+            c.path().join("gw9").display(),
+            mine.display()
+        ),
+    )
+    .unwrap();
+    let out =
+        std::process::Command::new(BIN).args(["agent", "--check", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && text.contains("not a link Switchboard made"), "{text}");
     let (code, out) = config_cli(&c, &ep, &["rollback", "7"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("no revision made"), "a rollback to the tree in force makes nothing: {out}");

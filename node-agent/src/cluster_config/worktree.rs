@@ -61,6 +61,23 @@ fn mtime_ns(meta: &std::fs::Metadata) -> Option<u128> {
     meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_nanos())
 }
 
+/// Check that `link` can be the working directory (it ends in a UTF-8 name and is not a file or
+/// directory of someone else's); its name. Touches nothing.
+pub fn check_link(link: &Path) -> Result<&str, RepoError> {
+    let name = link.file_name().and_then(|n| n.to_str()).ok_or_else(|| RepoError::Path {
+        path: link.display().to_string(),
+        why: "the working directory must end in a UTF-8 name",
+    })?;
+    if std::fs::symlink_metadata(link).is_ok_and(|m| !m.file_type().is_symlink()) {
+        return Err(RepoError::Invalid(format!(
+            "{} exists and is not a link Switchboard made: move it away (and push its files in layers, e.g. \
+             under global/, with `switchboard config push`) or set cluster_config.dir elsewhere",
+            link.display()
+        )));
+    }
+    Ok(name)
+}
+
 /// The working directory of one node.
 pub struct WorkTree {
     link: PathBuf,
@@ -71,19 +88,7 @@ impl WorkTree {
     /// The working directory at `link`; refuses a `link` that exists and is not a symbolic link
     /// (a directory an operator made must not be replaced).
     pub fn open(link: &Path) -> Result<Self, RepoError> {
-        let name = link.file_name().and_then(|n| n.to_str()).ok_or_else(|| RepoError::Path {
-            path: link.display().to_string(),
-            why: "the working directory must end in a UTF-8 name",
-        })?;
-        if let Ok(meta) = std::fs::symlink_metadata(link) {
-            if !meta.file_type().is_symlink() {
-                return Err(RepoError::Invalid(format!(
-                    "{} exists and is not a link Switchboard made: move it away (its files can be pushed with \
-                     `switchboard config push`) or set cluster_config.dir elsewhere",
-                    link.display()
-                )));
-            }
-        }
+        let name = check_link(link)?;
         let trees = link.with_file_name(format!("{name}.revisions"));
         std::fs::create_dir_all(&trees).map_err(io(&trees))?;
         Ok(Self { link: link.to_path_buf(), trees })

@@ -13,6 +13,8 @@ use super::{now_ms, DlrService};
 
 /// How often the records are counted (a pass over the store, in pages).
 pub const CENSUS_EVERY: Duration = Duration::from_secs(60);
+/// The soonest a census follows the last one when the number of records changed.
+pub const CENSUS_SOON: Duration = Duration::from_secs(5);
 /// Records read per page of a census.
 const CENSUS_PAGE: usize = 10_000;
 
@@ -53,23 +55,38 @@ impl DlrService {
         Ok(c)
     }
 
-    /// Count the records a few seconds after start, then every [`CENSUS_EVERY`], until `cancel`
-    /// fires: its own task, so that a long pass never delays expiry.
+    /// Count the records a few seconds after start, then every [`CENSUS_EVERY`], and sooner
+    /// when the number of records changed: [`CENSUS_SOON`] after the last count, or 20 times as
+    /// long as the last count took (so that counts of a large store stay under 5% of a core).
+    /// Until `cancel` fires; its own task, so that a long pass never delays expiry.
     pub async fn take_census(self: Arc<Self>, cancel: CancellationToken) {
-        let mut next = tokio::time::Instant::now() + Duration::from_secs(2);
+        let started = tokio::time::Instant::now();
+        // When the last count began, how long it took, and the store's record count then.
+        let mut last: Option<(tokio::time::Instant, Duration, u64)> = None;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep_until(next) => {}
+                _ = tick.tick() => {}
             }
-            next = tokio::time::Instant::now() + CENSUS_EVERY;
-            let me = self.clone();
+            let records = self.store().size().records;
+            let due = match last {
+                None => started.elapsed() >= Duration::from_secs(2),
+                Some((at, took, counted)) => {
+                    at.elapsed() >= CENSUS_EVERY || (records != counted && at.elapsed() >= CENSUS_SOON.max(took * 20))
+                }
+            };
+            if !due {
+                continue;
+            }
+            let (me, at) = (self.clone(), tokio::time::Instant::now());
             match tokio::task::spawn_blocking(move || me.count_records()).await {
                 // One assignment under the lock: a poisoned lock is taken over.
                 Ok(Ok(c)) => *self.census.lock().unwrap_or_else(|p| p.into_inner()) = Some(c),
                 Ok(Err(e)) => tracing::warn!(error = %e, "DLR census"),
                 Err(e) => tracing::warn!(error = %e, "DLR census task"),
             }
+            last = Some((at, at.elapsed(), records));
         }
     }
 
