@@ -428,6 +428,40 @@ async fn message_checks_hold_without_tls() {
     )
     .await;
     assert_eq!(limits_revision(c), 0);
+
+    // A peer whose configuration state names 300 heads it never hands out (it holds every object
+    // query until it times out) costs one ask, not 300: a real push is still applied at once.
+    let fake_heads: Vec<Value> = (0..300u32)
+        .map(|i| json!({"id": format!("{i:064x}"), "number": 1, "parents": [], "author": "x", "at_ms": 1, "message": ""}))
+        .collect();
+    let state = json!({"version": 1, "node": "gw7", "subcluster": null, "dir": "x", "applied": null,
+        "heads": fake_heads, "revisions": [], "local_edits": [], "blocked": null, "reload": null})
+    .to_string();
+    let state_key = key(c, "config/state/gw7");
+    let _state = h
+        .declare_queryable(state_key.clone())
+        .callback(move |q| {
+            let _ = zenoh::Wait::wait(q.reply(state_key.clone(), state.clone()));
+        })
+        .await
+        .unwrap();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    let _objects = h
+        .declare_queryable(key(c, "config/object/gw7/*"))
+        .callback(move |q| keep.lock().unwrap().push(q))
+        .await
+        .unwrap();
+    expect_refused(c, "gw1", "config_invalid", async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    })
+    .await;
+    put(&h, &key(c, "config/push"), limits_pack(1, b"[[limit]]\nkey = \"k\"\nrate = 5\n")).await;
+    let applied = wait_until(Duration::from_secs(20), || limits_revision(c) == 1);
+    assert!(applied, "a push waited behind a peer's unanswered heads");
+    assert!(held.lock().unwrap().len() < 10, "{} object queries to the lying peer", held.lock().unwrap().len());
+    drop(held);
+
     let demand = json!({"version": 1, "demand": {"k": 1.0}}).to_string();
     expect_refused(c, "gw1", "counter_invalid", put(&h, &key(c, "counter/gw7"), demand)).await;
 

@@ -41,6 +41,8 @@ use crate::AgentError;
 
 /// How long a query to another node waits.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest one catch-up round may take (pushes wait meanwhile).
+const CATCH_UP_BUDGET: Duration = Duration::from_secs(10);
 /// Contents fetched at once from one node.
 const FETCH_CONCURRENCY: usize = 16;
 /// Failed revisions remembered (never applied again).
@@ -290,7 +292,13 @@ impl Inner {
 
     /// Fetch from every other node the revisions it holds that this one lacks, with their contents.
     async fn catch_up(&mut self, session: &Session, keys: &KeySpace) {
+        // Pushes wait while this runs: one round takes at most this long, the rest is for the next.
+        let deadline = Instant::now() + CATCH_UP_BUDGET;
         for state in fetch_states(session, keys, ASK_TIMEOUT).await {
+            if Instant::now() >= deadline {
+                tracing::info!("configuration catch-up paused for this round (time budget spent)");
+                break;
+            }
             let state = match state {
                 Ok(s) => s,
                 Err(e) => {
@@ -302,12 +310,13 @@ impl Inner {
                 continue;
             }
             let mut want: Vec<String> = state.heads.iter().map(|h| h.id.clone()).collect();
+            let heads: std::collections::BTreeSet<String> = want.iter().cloned().collect();
             let mut got: BTreeMap<String, Revision> = BTreeMap::new();
             while let Some(id) = want.pop() {
                 if self.store.summaries().contains_key(&id) || got.contains_key(&id) {
                     continue;
                 }
-                if got.len() >= switchboard_bus::repo::KEEP_REVISIONS {
+                if got.len() >= switchboard_bus::repo::KEEP_REVISIONS || Instant::now() >= deadline {
                     break;
                 }
                 match fetch_revision(session, keys, &state.node, &id, ASK_TIMEOUT).await {
@@ -315,7 +324,16 @@ impl Inner {
                         want.extend(rev.parents.iter().cloned());
                         got.insert(id, rev);
                     }
-                    Ok(None) => {}
+                    // A parent it pruned: the walk ends there.
+                    Ok(None) if !heads.contains(&id) => {}
+                    // A head it names but does not hand out: nothing more from it this round.
+                    Ok(None) => {
+                        refuse(
+                            Reason::ConfigInvalid,
+                            format_args!("{} names head {} but does not answer it", state.node, short(&id)),
+                        );
+                        break;
+                    }
                     Err(e) => {
                         refuse(Reason::ConfigInvalid, format_args!("revision {} from {}: {e}", short(&id), state.node));
                         break;
