@@ -14,6 +14,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use switchboard_bus::keys::KeySpace;
 use switchboard_bus::repo::client::{push, wait_applied, ClusterRepo, NewRevision, Outcome};
+use switchboard_bus::repo::tree::LIMITS_FILE;
 use switchboard_bus::repo::{changes, short, tree, Change, Contents, FileEntry, Files, Revision, Summary};
 
 use crate::limits_cmd::{open, BusArgs};
@@ -296,15 +297,18 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
             };
             let empty = BTreeMap::new();
             let before = parent.as_ref().map_or(&empty, |p| &p.files);
-            if let Some(l) = before.get(LIMITS).filter(|_| !files.contains_key(LIMITS)) {
-                out!("keeping {LIMITS} of revision {} (the tree has none)", parent.as_ref().map_or(0, |p| p.number));
-                files.insert(LIMITS.to_owned(), l.clone());
+            if let Some(l) = before.get(LIMITS_FILE).filter(|_| !files.contains_key(LIMITS_FILE)) {
+                out!(
+                    "keeping {LIMITS_FILE} of revision {} (the tree has none)",
+                    parent.as_ref().map_or(0, |p| p.number)
+                );
+                files.insert(LIMITS_FILE.to_owned(), l.clone());
             }
-            if let Some(limits) = files.get(LIMITS).and_then(|f| contents.get(&f.sha256)) {
-                let text = std::str::from_utf8(limits).map_err(|_| anyhow!("{LIMITS} is not UTF-8"))?;
-                let specs = switchboard_bus::limits::parse_document(text).map_err(|e| anyhow!("{LIMITS}: {e}"))?;
+            if let Some(limits) = files.get(LIMITS_FILE).and_then(|f| contents.get(&f.sha256)) {
+                let text = std::str::from_utf8(limits).map_err(|_| anyhow!("{LIMITS_FILE} is not UTF-8"))?;
+                let specs = switchboard_bus::limits::parse_document(text).map_err(|e| anyhow!("{LIMITS_FILE}: {e}"))?;
                 if specs.is_empty() {
-                    out!("note: {LIMITS} holds no limit: every cluster-wide limit is removed");
+                    out!("note: {LIMITS_FILE} holds no limit: every cluster-wide limit is removed");
                 }
             }
             // A layer no node reads (a typo, or a node or subcluster that did not answer).
@@ -479,9 +483,6 @@ async fn file_text(
         None => Ok(None),
     }
 }
-
-/// The limits document's path in the repository.
-pub const LIMITS: &str = "global/limits.toml";
 
 fn labels(heads: &[Summary]) -> String {
     heads.iter().map(|h| h.label()).collect::<Vec<_>>().join(" and ")

@@ -170,9 +170,9 @@ pub async fn run(cmd: LimitsCommand) -> Result<()> {
                 None => BTreeMap::new(),
             };
             let entry = FileEntry::of(&text);
-            files.insert(config_cmd::LIMITS.to_owned(), entry.clone());
+            files.insert(switchboard_bus::repo::tree::LIMITS_FILE.to_owned(), entry.clone());
             let changes = diff(current.as_ref().map_or(&[][..], |r| &r.limits[..]), &limits);
-            println!("{} ({} limits):", config_cmd::LIMITS, limits.len());
+            println!("{} ({} limits):", switchboard_bus::repo::tree::LIMITS_FILE, limits.len());
             for c in &changes {
                 println!("  {c}");
             }

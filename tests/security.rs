@@ -428,6 +428,16 @@ async fn message_checks_hold_without_tls() {
     )
     .await;
     assert_eq!(limits_revision(c), 0);
+    let objects = c.agent_state("gw1").join("cluster-config/store/objects");
+    let stored = std::fs::read_dir(&objects)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().is_dir())
+                .flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten())
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(stored, 0, "refused pushes left contents in {}", objects.display());
 
     // A peer whose configuration state names 300 heads it never hands out (it holds every object
     // query until it times out) costs one ask, not 300: a real push is still applied at once.

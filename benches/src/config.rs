@@ -183,19 +183,11 @@ pub(crate) fn run(b: &ConfigBench) -> Result<()> {
         "-",
         "1.00x"
     );
-    println!(
-        "{:<58} {:>8.1}ms {:>14} {:>7.2}x",
-        "push of a whole new tree to applied on every node",
-        w.as_secs_f64() * 1e3,
-        whole_bytes,
-        w.as_secs_f64() / anchor.as_secs_f64()
-    );
-    println!(
-        "{:<58} {:>8.1}ms {:>14} {:>7.2}x",
-        "push of a one-line change to applied on every node",
-        l.as_secs_f64() * 1e3,
-        line_bytes,
-        l.as_secs_f64() / anchor.as_secs_f64()
-    );
+    let row = |name: &str, t: Duration, bytes: usize| {
+        let ratio = t.as_secs_f64() / anchor.as_secs_f64();
+        println!("{name:<58} {:>8.1}ms {bytes:>14} {ratio:>7.2}x", t.as_secs_f64() * 1e3);
+    };
+    row("push of a whole new tree to applied on every node", w, whole_bytes);
+    row("push of a one-line change to applied on every node", l, line_bytes);
     Ok(())
 }

@@ -58,7 +58,7 @@ pub(crate) fn run(b: &StatusBench) -> Result<()> {
         author: "bench".into(),
         at_ms: switchboard_bus::status::now_ms(),
         message: String::new(),
-        files: [("global/limits.toml".to_owned(), FileEntry::of(limits))].into(),
+        files: [(switchboard_bus::repo::tree::LIMITS_FILE.to_owned(), FileEntry::of(limits))].into(),
     };
     let pack = Pack::new(rev, [&limits[..]]);
     rt.block_on(async { client.put(keys.config_push()?, pack.encode()).await.map_err(|e| anyhow::anyhow!("{e}")) })?;

@@ -153,3 +153,23 @@ pub async fn announce(
     let key = keys.member(role, name)?;
     session.liveliness().declare_token(key).await.map_err(zenoh_err)
 }
+
+/// Answer every query on `key` with the JSON of `document` as it is at that moment, under `key`
+/// itself (which names the answering process to the asker). Answered from zenoh's own threads, so
+/// an answer never waits on the process's runtime; the queryable lives as long as the value
+/// returned.
+pub async fn serve_document<T: serde::Serialize + Send + 'static>(
+    session: &Session,
+    key: zenoh::key_expr::OwnedKeyExpr,
+    document: std::sync::Arc<std::sync::Mutex<T>>,
+) -> Result<zenoh::query::Queryable<()>, zenoh::Error> {
+    session
+        .declare_queryable(key.clone())
+        .callback(move |query| {
+            let body = document.lock().ok().and_then(|d| serde_json::to_vec(&*d).ok()).unwrap_or_default();
+            if let Err(e) = zenoh::Wait::wait(query.reply(key.clone(), body)) {
+                tracing::debug!(key = %key, error = %e, "cannot answer a document query");
+            }
+        })
+        .await
+}

@@ -15,6 +15,8 @@ use super::{FileEntry, RepoError, MAX_FILES, MAX_FILE_BYTES, MAX_TREE_BYTES};
 pub const GLOBAL: &str = "global";
 /// The layer of nodes in no named subcluster.
 pub const DEFAULT: &str = "default";
+/// The cluster's limits, a file of the repository (docs/limits-api.md).
+pub const LIMITS_FILE: &str = "global/limits.toml";
 /// Longest path.
 pub const MAX_PATH: usize = 1024;
 

@@ -21,6 +21,8 @@ use crate::keys::KeySpace;
 pub const MAX_PACK_BYTES: usize = (MAX_TREE_BYTES as usize / 3 + 1) * 4 + (4 << 20);
 /// Largest state document read from one node.
 pub const MAX_STATE_BYTES: usize = 8 << 20;
+/// Most state documents one ask reads (a peer without TLS could answer under many names).
+pub const MAX_STATES: usize = 10_000;
 
 /// A pushed revision with the contents its parents lack.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -157,6 +159,10 @@ pub async fn fetch_states(session: &Session, keys: &KeySpace, timeout: Duration)
     let Ok(replies) = session.get(all).timeout(timeout).await else { return Vec::new() };
     let mut out = Vec::new();
     while let Ok(reply) = replies.recv_async().await {
+        if out.len() >= MAX_STATES {
+            out.push(Err(format!("more than {MAX_STATES} answers: the rest is left out")));
+            break;
+        }
         let Ok(sample) = reply.result() else { continue };
         let bytes = sample.payload().to_bytes();
         let key = sample.key_expr().as_str().to_owned();

@@ -27,10 +27,11 @@ use serde::{Deserialize, Serialize};
 use switchboard_bus::keys::KeySpace;
 use switchboard_bus::refusals::{refuse, Reason};
 use switchboard_bus::repo::store::{read_object, Store};
+use switchboard_bus::repo::tree::LIMITS_FILE;
 use switchboard_bus::repo::wire::{
     fetch_object, fetch_revision, fetch_states, Applied, Blocked, LocalEdit, NodeState, Pack, ReloadOutcome,
 };
-use switchboard_bus::repo::{short, tree, Change, RepoError, Revision};
+use switchboard_bus::repo::{sha256_hex, short, tree, Change, Contents, RepoError, Revision};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use zenoh::{Session, Wait as _};
@@ -55,9 +56,6 @@ pub type HeadHook = Arc<dyn Fn(&Revision, Option<&[u8]>) + Send + Sync>;
 
 /// How a plan says a content of the store is missing.
 const NOT_HELD: &str = "the store lacks the content of";
-
-/// The path of the limits document in the repository.
-pub const LIMITS_PATH: &str = "global/limits.toml";
 
 /// The node's repository, as the status page and the agent's API show it.
 pub struct ClusterConfig {
@@ -102,19 +100,9 @@ impl ClusterConfig {
         let state = Arc::new(Mutex::new(inner.node_state()));
         let decl = |what| move |source| AgentError::Declare { what, source };
         let push = session.declare_subscriber(keys.config_push()?).await.map_err(decl("config push subscriber"))?;
-        let state_q = {
-            let (state, key) = (state.clone(), keys.config_state(node)?);
-            session
-                .declare_queryable(key.clone())
-                .callback(move |q| {
-                    let body = state.lock().ok().and_then(|s| serde_json::to_vec(&*s).ok()).unwrap_or_default();
-                    if let Err(e) = q.reply(key.clone(), body).wait() {
-                        tracing::debug!(error = %e, "cannot answer a config state query");
-                    }
-                })
-                .await
-                .map_err(decl("config state queryable"))?
-        };
+        let state_q = switchboard_bus::session::serve_document(session, keys.config_state(node)?, state.clone())
+            .await
+            .map_err(decl("config state queryable"))?;
         let objects_q = {
             let (k, store_root) = (keys.clone(), root.join("store"));
             session
@@ -244,35 +232,50 @@ impl Inner {
     fn take_pack(&mut self, bytes: &[u8]) -> Result<bool, RepoError> {
         let started = Instant::now();
         let (rev, contents) = Pack::decode(bytes)?;
-        self.check_numbering(&rev)?;
-        for c in &contents {
-            self.store.put_blob(c)?;
-        }
-        if !self.store.missing_blobs(&rev).is_empty() {
+        let contents: Contents = contents.into_iter().map(|c| (sha256_hex(&c), c)).collect();
+        if self.store.missing_blobs(&rev).iter().any(|h| !contents.contains_key(h)) {
+            // Nothing is written: the revision and all it lacks come from another node.
             tracing::info!(
                 revision = rev.number,
                 "a pushed revision names contents not held here; fetching them from the other nodes"
             );
             return Ok(false);
         }
-        self.check_limits(&rev)?;
-        if self.store.insert(rev.clone())? {
+        if self.admit(rev.clone(), &contents)? {
             tracing::info!(revision = rev.number, id = short(&rev.id()), author = %rev.author, ms = started.elapsed().as_millis() as u64, "configuration revision received");
         }
         Ok(true)
     }
 
+    /// Check `rev` with `contents` (those it names that the store lacks), then store both; `false`
+    /// if it was held already. Nothing is written for a revision that is refused, so a stranger's
+    /// refused pushes leave nothing on disk.
+    fn admit(&mut self, rev: Revision, contents: &Contents) -> Result<bool, RepoError> {
+        self.check_numbering(&rev)?;
+        self.check_limits(&rev, contents)?;
+        for f in rev.files.values() {
+            if let Some(c) = contents.get(&f.sha256) {
+                self.store.put_blob(c)?;
+            }
+        }
+        self.store.insert(rev)
+    }
+
     /// A revision's `global/limits.toml`, if it has one, must be a valid limits file: every node
-    /// refuses the whole revision otherwise (its contents must be held).
-    fn check_limits(&self, rev: &Revision) -> Result<(), RepoError> {
-        let Some(f) = rev.files.get(LIMITS_PATH) else { return Ok(()) };
-        let bytes =
-            self.store.blob(&f.sha256)?.ok_or_else(|| RepoError::Invalid(format!("{LIMITS_PATH} is not held")))?;
+    /// refuses the whole revision otherwise.
+    fn check_limits(&self, rev: &Revision, contents: &Contents) -> Result<(), RepoError> {
+        let Some(f) = rev.files.get(LIMITS_FILE) else { return Ok(()) };
+        let bytes = match contents.get(&f.sha256) {
+            Some(b) => b.clone(),
+            None => {
+                self.store.blob(&f.sha256)?.ok_or_else(|| RepoError::Invalid(format!("{LIMITS_FILE} is not held")))?
+            }
+        };
         let text =
-            std::str::from_utf8(&bytes).map_err(|_| RepoError::Invalid(format!("{LIMITS_PATH} is not UTF-8")))?;
+            std::str::from_utf8(&bytes).map_err(|_| RepoError::Invalid(format!("{LIMITS_FILE} is not UTF-8")))?;
         switchboard_bus::limits::parse_document(text)
             .map(|_| ())
-            .map_err(|e| RepoError::Invalid(format!("revision {}: {LIMITS_PATH}: {e}", rev.number)))
+            .map_err(|e| RepoError::Invalid(format!("revision {}: {LIMITS_FILE}: {e}", rev.number)))
     }
 
     /// A revision's number must exceed its known parents'.
@@ -343,21 +346,21 @@ impl Inner {
             let mut revs: Vec<Revision> = got.into_values().collect();
             revs.sort_by_key(|r| r.number);
             for rev in revs {
-                if let Err(e) = self.fetch_contents(session, keys, &state.node, &rev).await {
-                    tracing::warn!(from = %state.node, revision = rev.number, error = %e, "cannot fetch a configuration revision's files; retrying later");
-                    break;
-                }
-                if let Err(e) = self.check_numbering(&rev).and_then(|()| self.check_limits(&rev)) {
-                    refuse(Reason::ConfigInvalid, format_args!("revision from {}: {e}", state.node));
-                    break;
-                }
-                match self.store.insert(rev.clone()) {
+                let contents = match self.fetch_contents(session, keys, &state.node, &rev).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(from = %state.node, revision = rev.number, error = %e, "cannot fetch a configuration revision's files; retrying later");
+                        break;
+                    }
+                };
+                let (number, id) = (rev.number, rev.id());
+                match self.admit(rev, &contents) {
                     Ok(true) => {
-                        tracing::info!(from = %state.node, revision = rev.number, id = short(&rev.id()), "configuration revision caught up")
+                        tracing::info!(from = %state.node, revision = number, id = short(&id), "configuration revision caught up")
                     }
                     Ok(false) => {}
                     Err(e) => {
-                        tracing::warn!(revision = rev.number, error = %e, "cannot store a configuration revision");
+                        refuse(Reason::ConfigInvalid, format_args!("revision {number} from {}: {e}", state.node));
                         break;
                     }
                 }
@@ -369,28 +372,31 @@ impl Inner {
         }
     }
 
+    /// The contents `rev` names that the store lacks, fetched from `from` (checked against their
+    /// hashes; nothing is written).
     async fn fetch_contents(
-        &mut self,
+        &self,
         session: &Session,
         keys: &KeySpace,
         from: &str,
         rev: &Revision,
-    ) -> Result<(), RepoError> {
+    ) -> Result<Contents, RepoError> {
         let missing = self.store.missing_blobs(rev);
         let mut fetches = futures::stream::iter(missing.into_iter().map(|h| async move {
             let got = fetch_object(session, keys, from, &h, ASK_TIMEOUT).await;
             (h, got)
         }))
         .buffer_unordered(FETCH_CONCURRENCY);
+        let mut out = Contents::new();
         while let Some((h, got)) = fetches.next().await {
             match got? {
                 Some(bytes) => {
-                    self.store.put_blob(&bytes)?;
+                    out.insert(h, bytes);
                 }
                 None => return Err(RepoError::Invalid(format!("{from} did not answer content {}", short(&h)))),
             }
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Look for local edits in the working directory.
@@ -430,7 +436,7 @@ impl Inner {
         let Some(rev) = self.store.revision(&head).cloned() else { return };
         if self.hooked.as_deref() != Some(&head) {
             if let Some(hook) = &self.hook {
-                let limits = rev.files.get(LIMITS_PATH).and_then(|f| self.store.blob(&f.sha256).ok().flatten());
+                let limits = rev.files.get(LIMITS_FILE).and_then(|f| self.store.blob(&f.sha256).ok().flatten());
                 hook(&rev, limits.as_deref());
             }
             self.hooked = Some(head.clone());

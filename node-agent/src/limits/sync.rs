@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use zenoh::{Session, Wait};
+use zenoh::Session;
 
 use switchboard_bus::keys::{KeyError, KeySpace};
 use switchboard_bus::limits::revision::{self, History, HistoryError, Revision};
@@ -131,22 +131,10 @@ pub async fn start(
     let (current, current_rx) = watch::channel(loaded.current_number());
     let state = Arc::new(Node { limiter, history: Arc::new(Mutex::new(loaded)), path, current });
     let bus = SyncError::Declare;
-    // Answered from zenoh's own threads.
-    let queryable = {
-        let history = state.history.clone();
-        let mine = keys.limits_config(&node)?;
-        session
-            .declare_queryable(mine.clone())
-            .callback(move |query| {
-                let body = history.lock().ok().and_then(|h| serde_json::to_vec(&*h).ok()).unwrap_or_default();
-                // Answer under this node's own key, which names it to the asker.
-                if let Err(e) = query.reply(mine.clone(), body).wait() {
-                    tracing::debug!(error = %e, "cannot answer a limits history query");
-                }
-            })
+    let queryable =
+        switchboard_bus::session::serve_document(&session, keys.limits_config(&node)?, state.history.clone())
             .await
-            .map_err(bus)?
-    };
+            .map_err(bus)?;
     let handle = Revisions { node: state.clone(), current: current_rx };
     tokio::spawn(async move {
         cancel.cancelled().await;
