@@ -113,7 +113,9 @@ pub(crate) fn spawn_node(
     });
     let cfg = dir.join(format!("node{i}.toml"));
     let metrics = if extra.contains("[metrics]") { "" } else { "[metrics]\nenabled = false\n\n" };
-    let gateway = format!("[gateway]\ntcp_listen = \"127.0.0.1:{gateway_tcp}\"\n\n");
+    // SB_BUSY_POLL_US sets the nodes' `gateway.busy_poll_us`, to compare budgets.
+    let busy_poll = std::env::var("SB_BUSY_POLL_US").map_or(String::new(), |us| format!("busy_poll_us = {us}\n"));
+    let gateway = format!("[gateway]\ntcp_listen = \"127.0.0.1:{gateway_tcp}\"\n{busy_poll}\n");
     std::fs::write(
         &cfg,
         format!(
@@ -240,7 +242,17 @@ pub(crate) fn api_cost(requests: u64) -> Result<Vec<(String, f64, Histogram<u64>
     let dir = tempfile::tempdir()?;
     let limits =
         vec![LimitSpec { key: "operator:*".into(), rate: Some(500), per: None, concurrency: None, burst: None }];
-    let node = start_node(dir.path(), &format!("bench{}", std::process::id()), 0, free_port()?, &[], &limits)?;
+    let mut node = start_node(dir.path(), &format!("bench{}", std::process::id()), 0, free_port()?, &[], &limits)?;
+    let measured = api_rows(&node, requests);
+    // A node that died says so (run with SWITCHBOARD_LOG=1 for its log).
+    match (measured, node.child.try_wait()) {
+        (Err(e), Ok(Some(status))) => Err(e.context(format!("the node process exited: {status}"))),
+        (measured, _) => measured,
+    }
+}
+
+/// The rows of [`api_cost`], measured against `node`.
+fn api_rows(node: &NodeProc, requests: u64) -> Result<Vec<(String, f64, Histogram<u64>)>> {
     let reqs: Vec<Vec<u8>> = (0..16).map(|i| format!("ACQUIRE operator:op{i}\n").into_bytes()).collect();
     let decision = |line: &str| line.starts_with("OK") || line.starts_with("DENY") || line.starts_with("UNLIMITED");
     let sock = connect_socket(&node.socket)?;
