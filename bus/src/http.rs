@@ -19,6 +19,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -26,6 +27,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
+
+use crate::busy_poll::BusyPoll;
 
 /// A process's health: what is wrong, worst first, and the details of its state.
 #[derive(Debug, Default)]
@@ -287,11 +290,13 @@ async fn require_token(
 struct Capped {
     inner: tokio::net::TcpListener,
     permits: Arc<tokio::sync::Semaphore>,
+    /// Each connection's busy-polling budget ([`crate::busy_poll`]).
+    busy_poll: Duration,
 }
 
 /// A connection of [`Capped`], with its permit.
 struct CappedIo {
-    io: tokio::net::TcpStream,
+    io: BusyPoll<tokio::net::TcpStream>,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
@@ -311,7 +316,7 @@ impl axum::serve::Listener for Capped {
         if let Err(e) = io.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        (CappedIo { io, _permit: permit }, addr)
+        (CappedIo { io: BusyPoll::new(io, self.busy_poll), _permit: permit }, addr)
     }
 
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -362,32 +367,60 @@ impl tokio::io::AsyncWrite for CappedIo {
 }
 
 /// Bind `addr` and serve `/health`, `/metrics` and the routes of `extra` until `cancel` fires,
-/// to whom `access` allows, on at most [`MAX_CONNECTIONS`] connections at once. Returns the
+/// to whom `access` allows, on at most [`MAX_CONNECTIONS`] connections at once, each reading
+/// with a busy-polling budget of `busy_poll` ([`crate::busy_poll`]; zero for none). Returns the
 /// bound address (useful with port 0) and the server task.
 pub async fn serve(
     addr: SocketAddr,
     access: &Access,
     report: Arc<dyn Report>,
     extra: Router,
+    busy_poll: Duration,
     cancel: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = bind(addr, access)?;
+    let bound = listener.local_addr()?;
+    let task = tokio::spawn(run(listener, access.clone(), report, extra, busy_poll, cancel));
+    Ok((bound, task))
+}
+
+/// Bind `addr` for [`run`], if `access` allows serving there.
+pub fn bind(addr: SocketAddr, access: &Access) -> std::io::Result<std::net::TcpListener> {
     access.check(&addr, "http_listen").map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let inner = tokio::net::TcpListener::bind(addr).await?;
-    let bound = inner.local_addr()?;
-    let listener = Capped { inner, permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)) };
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Serve as [`serve`] does on `listener` (from [`bind`]), on the runtime this runs on, until
+/// `cancel` fires.
+pub async fn run(
+    listener: std::net::TcpListener,
+    access: Access,
+    report: Arc<dyn Report>,
+    extra: Router,
+    busy_poll: Duration,
+    cancel: CancellationToken,
+) {
+    let inner = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serve HTTP on the bound listener");
+            return;
+        }
+    };
+    let bound = inner.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let listener = Capped { inner, permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)), busy_poll };
     let mut app =
         Router::new().route("/health", get(health)).route("/metrics", get(metrics)).with_state(report).merge(extra);
     if let Some(token) = access.token.as_deref().filter(|t| !t.is_empty()) {
         app = app.layer(axum::middleware::from_fn_with_state(Arc::<str>::from(token), require_token));
     }
-    let task = tokio::spawn(async move {
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move { cancel.cancelled().await });
-        if let Err(e) = server.await {
-            tracing::warn!(error = %e, "health/metrics endpoint stopped");
-        }
-    });
     tracing::info!(%bound, "health and metrics on http://{bound}/health and /metrics");
-    Ok((bound, task))
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move { cancel.cancelled().await });
+    if let Err(e) = server.await {
+        tracing::warn!(error = %e, "health/metrics endpoint stopped");
+    }
 }
 
 #[cfg(test)]

@@ -28,6 +28,8 @@
 //! `docs/protocol.md` documents the same key space and payloads for clients in other languages.
 
 pub mod access;
+pub mod apart;
+pub mod busy_poll;
 pub mod config;
 pub mod dataset;
 pub mod dlr;

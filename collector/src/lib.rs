@@ -310,6 +310,8 @@ impl Collector {
                 &switchboard_bus::http::Access { token: c.http_token.clone() },
                 report,
                 page.router(),
+                // Scrapes and pages, not a request stream: no busy polling.
+                std::time::Duration::ZERO,
                 cancel.clone(),
             )
             .await

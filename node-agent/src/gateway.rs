@@ -14,10 +14,12 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::stream::{FuturesOrdered, StreamExt};
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
+use switchboard_bus::busy_poll::BusyPoll;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
@@ -54,6 +56,13 @@ pub struct GatewaySettings {
     /// Connections open at once, per listener; more are closed at once. Default: 1024.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// After an answer, how long a connection of the gateway socket or the HTTP API looks for
+    /// its next request before its thread may sleep, in microseconds, while the gateway's last
+    /// request came within that time (docs/performance.md, "Busy polling"). A gateway asking one
+    /// request at a time gets about twice the decisions per second; one that asks at a paced
+    /// rate or rarely costs no spinning. 0 turns it off. Default: 50.
+    #[serde(default = "default_busy_poll_us")]
+    pub busy_poll_us: u64,
 }
 
 fn default_socket() -> PathBuf {
@@ -64,6 +73,10 @@ fn default_max_connections() -> usize {
     1024
 }
 
+fn default_busy_poll_us() -> u64 {
+    switchboard_bus::busy_poll::DEFAULT_BUDGET_US
+}
+
 impl Default for GatewaySettings {
     fn default() -> Self {
         Self {
@@ -71,6 +84,7 @@ impl Default for GatewaySettings {
             socket_group: None,
             tcp_listen: String::new(),
             max_connections: default_max_connections(),
+            busy_poll_us: default_busy_poll_us(),
         }
     }
 }
@@ -81,7 +95,19 @@ impl GatewaySettings {
         if self.max_connections == 0 {
             return Err(AgentConfigError::Invalid("gateway.max_connections must be > 0".into()));
         }
+        if self.busy_poll_us > 10_000 {
+            return Err(AgentConfigError::Invalid(format!(
+                "gateway.busy_poll_us = {} is over 10000 (10 ms): a connection would keep a core busy that long \
+                 whenever its gateway pauses; 50 is the default, 0 turns it off",
+                self.busy_poll_us
+            )));
+        }
         self.tcp_addr().map(|_| ())
+    }
+
+    /// The busy-polling budget of a connection (`busy_poll_us`).
+    pub fn busy_poll(&self) -> Duration {
+        Duration::from_micros(self.busy_poll_us)
     }
 
     /// The TCP address, if one is set.
@@ -145,36 +171,64 @@ impl Gateway {
             return Ok(None);
         }
         let gateway = Arc::new(Self { limits, dlr, stats: GatewayStats::default() });
+        let busy_poll = settings.busy_poll();
         let slots = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
-        if !settings.socket.as_os_str().is_empty() {
+        let unix = if settings.socket.as_os_str().is_empty() {
+            None
+        } else {
             let path = data_dir.join(&settings.socket);
             let listener = bind_unix(&path, settings.socket_group.as_deref())
                 .map_err(|source| AgentError::Listen { what: format!("gateway.socket {}", path.display()), source })?;
             tracing::info!(socket = %path.display(), "gateway protocol on the Unix socket");
-            let (g, slots, cancel) = (gateway.clone(), slots.clone(), cancel.clone());
-            tracker.spawn(async move {
-                accept_loop(|| async { listener.accept().await.map(|(s, _)| s.into_split()) }, g, slots, &cancel).await;
+            Some((listener, path))
+        };
+        let tcp = match tcp {
+            Some(addr) => {
+                let listener = std::net::TcpListener::bind(addr)
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .map_err(|source| AgentError::Listen { what: format!("gateway.tcp_listen {addr}"), source })?;
+                tracing::info!(%addr, "gateway protocol on TCP");
+                Some(listener)
+            }
+            None => None,
+        };
+        // Every connection is served on one thread of its own (`switchboard_bus::apart`): a
+        // request is read, decided and answered there, without moving between threads.
+        let (g, stop) = (gateway.clone(), cancel.clone());
+        let task = switchboard_bus::apart::spawn(move || async move {
+            let on_unix = async {
+                let Some((listener, path)) = unix else { return };
+                match UnixListener::from_std(listener) {
+                    Ok(listener) => {
+                        let accept = || async {
+                            let (s, _) = listener.accept().await?;
+                            Ok(tokio::io::split(BusyPoll::new(s, busy_poll)))
+                        };
+                        accept_loop(accept, g.clone(), slots.clone(), &stop).await;
+                    }
+                    Err(e) => tracing::error!(error = %e, "gateway socket: cannot serve the bound socket"),
+                }
                 let _ = std::fs::remove_file(&path);
-            });
-        }
-        if let Some(addr) = tcp {
-            let std = std::net::TcpListener::bind(addr)
-                .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                .map_err(|source| AgentError::Listen { what: format!("gateway.tcp_listen {addr}"), source })?;
-            let listener = TcpListener::from_std(std)
-                .map_err(|source| AgentError::Listen { what: format!("gateway.tcp_listen {addr}"), source })?;
-            tracing::info!(%addr, "gateway protocol on TCP");
-            let (g, cancel) = (gateway.clone(), cancel.clone());
-            tracker.spawn(async move {
-                let accept = || async {
-                    let (s, _) = listener.accept().await?;
-                    // Answers are small and must leave at once.
-                    s.set_nodelay(true)?;
-                    Ok(s.into_split())
-                };
-                accept_loop(accept, g, slots, &cancel).await;
-            });
-        }
+            };
+            let on_tcp = async {
+                let Some(listener) = tcp else { return };
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => {
+                        let accept = || async {
+                            let (s, _) = listener.accept().await?;
+                            // Answers are small and must leave at once.
+                            s.set_nodelay(true)?;
+                            Ok(tokio::io::split(BusyPoll::new(s, busy_poll)))
+                        };
+                        accept_loop(accept, g.clone(), slots.clone(), &stop).await;
+                    }
+                    Err(e) => tracing::error!(error = %e, "gateway TCP: cannot serve the bound listener"),
+                }
+            };
+            tokio::join!(on_unix, on_tcp);
+        })
+        .map_err(|source| AgentError::Listen { what: "the gateway protocol's thread".into(), source })?;
+        switchboard_bus::vital::watch(tracker, "the gateway protocol".into(), task, cancel.clone());
         Ok(Some(gateway))
     }
 
@@ -273,7 +327,7 @@ impl LineService for Gateway {
 /// Bind the Unix socket at `path`, replacing a stale one left by a previous run, with mode 0660
 /// and, if given, the group `group` (a name or a number): the agent's user and that group may
 /// connect, nobody else.
-pub fn bind_unix(path: &Path, group: Option<&str>) -> std::io::Result<UnixListener> {
+pub fn bind_unix(path: &Path, group: Option<&str>) -> std::io::Result<std::os::unix::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt as _;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -283,7 +337,8 @@ pub fn bind_unix(path: &Path, group: Option<&str>) -> std::io::Result<UnixListen
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let listener = UnixListener::bind(path)?;
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    listener.set_nonblocking(true)?;
     if let Some(group) = group {
         std::os::unix::fs::chown(path, None, Some(gid_of(group)?))?;
     }
@@ -537,5 +592,16 @@ mod tests {
         assert!(err.contains("not a loopback address"), "{err}");
         s.tcp_listen = "localhost".into();
         assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn busy_polling_defaults_to_50_us_and_refuses_more_than_10_ms() {
+        let mut s: GatewaySettings = toml::from_str("").unwrap();
+        assert_eq!(s.busy_poll(), Duration::from_micros(50));
+        s.busy_poll_us = 0;
+        assert!(s.validate().is_ok());
+        s.busy_poll_us = 10_001;
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("busy_poll_us"), "{err}");
     }
 }

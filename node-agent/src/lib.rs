@@ -289,18 +289,17 @@ impl Agent {
                 switchboard_bus::status::page::StatusPage::new(session.clone(), keys.clone(), format!("node {node}"));
             routes = routes.merge(page.router());
             let routes = body_limit::limit_bodies(routes, config.agent.http_max_body_bytes, stats.clone());
-            let (_, task) = switchboard_bus::http::serve(
-                addr,
-                &switchboard_bus::http::Access { token: config.agent.http_token.clone() },
-                report,
-                routes,
-                cancel.clone(),
-            )
-            .await
-            .map_err(|source| AgentError::Listen { what: format!("agent.http_listen {addr}"), source })?;
-            tracker.spawn(async move {
-                let _ = task.await;
-            });
+            let access = switchboard_bus::http::Access { token: config.agent.http_token.clone() };
+            let listen_error = |source| AgentError::Listen { what: format!("agent.http_listen {addr}"), source };
+            let listener = switchboard_bus::http::bind(addr, &access).map_err(listen_error)?;
+            // Gateways ask here one request at a time: their connections are served on a thread
+            // of their own, so that each request is read and answered on one thread.
+            let (busy_poll, stop) = (config.gateway.busy_poll(), cancel.clone());
+            let task = switchboard_bus::apart::spawn(move || {
+                switchboard_bus::http::run(listener, access, report, routes, busy_poll, stop)
+            })
+            .map_err(listen_error)?;
+            switchboard_bus::vital::watch(&tracker, "the HTTP API".into(), task, cancel.clone());
         }
         let token = session::announce(&session, &keys, Role::Agent, &node).await?;
         let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
