@@ -5,7 +5,9 @@
 //! pipelined: a connection reads on while earlier requests wait for the bus (up to
 //! [`MAX_IN_FLIGHT`] of them), and answers that are ready leave with one write. A request that
 //! needs no waiting (a limit decision, a DLR this node holds) is answered on the task that read
-//! it, without a hand-off. The verbs are those of `crate::limits::lines` (`ACQUIRE`, `RELEASE`,
+//! it, without a hand-off. Every connection is served on one thread of its own
+//! (`switchboard_bus::apart`) and busy-polls after an answer (`switchboard_bus::busy_poll`,
+//! `gateway.busy_poll_us`). The verbs are those of `crate::limits::lines` (`ACQUIRE`, `RELEASE`,
 //! `PING`) and `crate::dlr::lines` (`REGISTER`, `RESOLVE`, `REPORT`, `CLOSE`).
 
 use std::future::Future;
