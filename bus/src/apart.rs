@@ -17,18 +17,32 @@ use tokio::task::JoinHandle;
 /// How long a stopping runtime waits for its blocking work (a store write, say) to finish.
 const STOP_WAIT: Duration = Duration::from_secs(5);
 
-/// Run `work()` to its end on a new single-threaded runtime, on a thread of its own. The handle
-/// (of the process's runtime) ends when `work` does, and carries its panic if it panics, so that
-/// [`crate::vital::watch`] can follow it.
-pub fn spawn<F, Fut>(work: F) -> std::io::Result<JoinHandle<()>>
+/// Run the future that `make` returns to its end on a new single-threaded runtime, on a thread
+/// named `name`. `make` runs here, inside that runtime's context, so that what it binds to the
+/// runtime (a listener from `from_std`) fails here, with its error. The handle (of the process's
+/// runtime) ends when the future does and carries its panic if it panics, so that
+/// [`crate::vital::watch`] can follow it. The thread does not keep the process from exiting.
+pub fn spawn<F, Fut>(name: &str, make: F) -> std::io::Result<JoinHandle<()>>
 where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + 'static,
+    F: FnOnce() -> std::io::Result<Fut>,
+    Fut: Future<Output = ()> + Send + 'static,
 {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    Ok(tokio::task::spawn_blocking(move || {
-        runtime.block_on(work());
+    let work = {
+        let _inside = runtime.enter();
+        make()?
+    };
+    let (done, ended) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name(name.to_owned()).spawn(move || {
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(work)));
         runtime.shutdown_timeout(STOP_WAIT);
+        let _ = done.send(ran);
+    })?;
+    Ok(tokio::spawn(async move {
+        if let Ok(Err(panic)) = ended.await {
+            // Carried to the handle, as a task's own panic would be.
+            std::panic::resume_unwind(panic);
+        }
     }))
 }
 
@@ -39,19 +53,26 @@ mod tests {
     /// Tasks spawned by the work run on the work's own thread, and the handle follows the end.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_work_and_what_it_spawns_run_on_one_thread() {
-        let handle = spawn(|| async {
-            let here = std::thread::current().id();
-            let there = tokio::spawn(async { std::thread::current().id() }).await.unwrap();
-            assert_eq!(here, there);
+        let handle = spawn("sb-test", || {
+            Ok(async {
+                let here = std::thread::current().id();
+                assert_eq!(std::thread::current().name(), Some("sb-test"));
+                let there = tokio::spawn(async { std::thread::current().id() }).await.unwrap();
+                assert_eq!(here, there);
+            })
         })
         .unwrap();
         handle.await.unwrap();
     }
 
-    /// A panic of the work reaches the handle.
+    /// A panic of the work reaches the handle; an error of `make` is returned at once.
     #[tokio::test]
-    async fn a_panic_reaches_the_handle() {
-        let handle = spawn(|| async { panic!("gone") }).unwrap();
+    async fn a_panic_reaches_the_handle_and_a_failed_start_is_an_error() {
+        let handle = spawn("sb-test", || Ok(async { panic!("gone") })).unwrap();
         assert!(handle.await.unwrap_err().is_panic());
+        let failed = spawn("sb-test", || -> std::io::Result<std::future::Ready<()>> {
+            Err(std::io::Error::other("no listener"))
+        });
+        assert_eq!(failed.unwrap_err().to_string(), "no listener");
     }
 }

@@ -5,9 +5,11 @@
 //! A gateway that asks one request at a time waits for each answer, then sends the next. If the
 //! serving thread has gone idle in between, the kernel must wake it for every request, and on a
 //! virtual machine waking an idle CPU costs more than answering (20-30 µs measured, against 1-2 µs
-//! for a limit decision). [`BusyPoll`] keeps reading the socket directly, on the thread that
-//! answered, for at most its budget after the stream ran dry; other tasks of that thread wait
-//! that long at most (other threads take what is woken meanwhile).
+//! for a limit decision). [`BusyPoll`] keeps the connection's task runnable for at most its
+//! budget after the stream ran dry, looking at the socket directly once a microsecond and
+//! yielding to the thread's other tasks between looks, so the thread does not sleep. It is meant
+//! for a single-threaded runtime ([`crate::apart`]): on a multi-threaded one each yield would
+//! wake an idle worker thread to steal the task, which costs what the spinning saves.
 //! It spins only while the client's last gap between answer and request was short: a spin that
 //! ran out stops the spinning, a gap within twice the budget starts it again. A gateway that asks
 //! rarely costs no spinning; any request costs at most one budget of spinning after it.
@@ -26,7 +28,7 @@ pub const DEFAULT_BUDGET: Duration = Duration::from_micros(DEFAULT_BUDGET_US);
 /// [`DEFAULT_BUDGET`] in microseconds, as configuration files give it.
 pub const DEFAULT_BUDGET_US: u64 = 50;
 
-/// How often a spinning connection looks at its socket.
+/// How often, at most, a spinning connection looks at its socket.
 const LOOK_EVERY: Duration = Duration::from_micros(1);
 
 /// A socket's descriptor, to read it while the reactor has not yet said it is readable.
@@ -96,43 +98,43 @@ impl<S: AsyncRead + Descriptor + Unpin> AsyncRead for BusyPoll<S> {
         if !this.spin || now.duration_since(since) > this.budget {
             return Poll::Pending;
         }
-        // Spin on this thread: yielding to the scheduler instead would wake an idle worker
-        // thread to steal the task each time, which costs what the spinning saves. Look with
-        // poll(2), which takes no lock of the socket (a read would contend with the sender's
-        // delivery into it), about once a microsecond; read when something came.
+        // One look per poll, counted against the task's cooperative budget, then a yield: the
+        // other tasks of the thread run between looks, and a gateway that always asks again in
+        // time cannot keep the thread from its other connections. Look with poll(2), which
+        // takes no lock of the socket (a read would contend with the sender's delivery into
+        // it), about once a microsecond; read when something came.
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+        while now.elapsed() < LOOK_EVERY {
+            std::hint::spin_loop();
+        }
         let fd = this.io.descriptor();
         let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
-        loop {
-            let mut watched = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
-            match rustix::event::poll(&mut watched, Some(&zero)) {
-                Ok(0) | Err(rustix::io::Errno::INTR) => {}
-                // Readable, closed or failed: the read says which. The socket is non-blocking
-                // (the reactor's), so the read returns at once.
-                Ok(_) => {
-                    let socket = socket2::SockRef::from(&fd);
-                    match (&*socket).read(buf.initialize_unfilled()) {
-                        Ok(n) => {
-                            buf.advance(n);
-                            this.arrived();
-                            return Poll::Ready(Ok(()));
-                        }
-                        Err(e)
-                            if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {
-                        }
-                        Err(e) => return Poll::Ready(Err(e)),
+        let mut watched = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
+        match rustix::event::poll(&mut watched, Some(&zero)) {
+            Ok(0) | Err(rustix::io::Errno::INTR) => {}
+            // Readable, closed or failed: the read says which. The socket is non-blocking (the
+            // reactor's), so the read returns at once.
+            Ok(_) => {
+                let socket = socket2::SockRef::from(&fd);
+                match (&*socket).read(buf.initialize_unfilled()) {
+                    Ok(n) => {
+                        buf.advance(n);
+                        coop.made_progress();
+                        this.arrived();
+                        return Poll::Ready(Ok(()));
                     }
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {}
+                    Err(e) => return Poll::Ready(Err(e)),
                 }
-                Err(e) => return Poll::Ready(Err(e.into())),
             }
-            let looked = Instant::now();
-            if looked.duration_since(since) > this.budget {
-                // The reactor has the waker from the first read above.
-                return Poll::Pending;
-            }
-            while looked.elapsed() < LOOK_EVERY {
-                std::hint::spin_loop();
-            }
+            Err(e) => return Poll::Ready(Err(e.into())),
         }
+        if since.elapsed() <= this.budget {
+            // Look again after the thread's other ready tasks.
+            cx.waker().wake_by_ref();
+        }
+        // Otherwise the reactor has the waker from the first read above.
+        Poll::Pending
     }
 }
 

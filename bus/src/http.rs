@@ -378,7 +378,7 @@ pub async fn serve(
     busy_poll: Duration,
     cancel: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = bind(addr, access)?;
+    let listener = tokio::net::TcpListener::from_std(bind(addr, access)?)?;
     let bound = listener.local_addr()?;
     let task = tokio::spawn(run(listener, access.clone(), report, extra, busy_poll, cancel));
     Ok((bound, task))
@@ -395,20 +395,13 @@ pub fn bind(addr: SocketAddr, access: &Access) -> std::io::Result<std::net::TcpL
 /// Serve as [`serve`] does on `listener` (from [`bind`]), on the runtime this runs on, until
 /// `cancel` fires.
 pub async fn run(
-    listener: std::net::TcpListener,
+    inner: tokio::net::TcpListener,
     access: Access,
     report: Arc<dyn Report>,
     extra: Router,
     busy_poll: Duration,
     cancel: CancellationToken,
 ) {
-    let inner = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot serve HTTP on the bound listener");
-            return;
-        }
-    };
     let bound = inner.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let listener = Capped { inner, permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)), busy_poll };
     let mut app =

@@ -60,9 +60,10 @@ pub struct GatewaySettings {
     pub max_connections: usize,
     /// After an answer, how long a connection of the gateway socket or the HTTP API looks for
     /// its next request before its thread may sleep, in microseconds, while the gateway's last
-    /// request came within that time (docs/performance.md, "Busy polling"). A gateway asking one
-    /// request at a time gets about twice the decisions per second; one that asks at a paced
-    /// rate or rarely costs no spinning. 0 turns it off. Default: 50.
+    /// request came within that time (docs/gateway-protocol.md, "Threads and busy polling";
+    /// docs/performance.md, "Limit decisions"). A gateway asking one request at a time gets two
+    /// to three times the decisions per second; one that asks at a paced rate or rarely costs
+    /// no spinning. 0 turns it off. Default: 50.
     #[serde(default = "default_busy_poll_us")]
     pub busy_poll_us: u64,
 }
@@ -197,39 +198,36 @@ impl Gateway {
         // Every connection is served on one thread of its own (`switchboard_bus::apart`): a
         // request is read, decided and answered there, without moving between threads.
         let (g, stop) = (gateway.clone(), cancel.clone());
-        let task = switchboard_bus::apart::spawn(move || async move {
-            let on_unix = async {
-                let Some((listener, path)) = unix else { return };
-                match UnixListener::from_std(listener) {
-                    Ok(listener) => {
-                        let accept = || async {
-                            let (s, _) = listener.accept().await?;
-                            Ok(tokio::io::split(BusyPoll::new(s, busy_poll)))
-                        };
-                        accept_loop(accept, g.clone(), slots.clone(), &stop).await;
-                    }
-                    Err(e) => tracing::error!(error = %e, "gateway socket: cannot serve the bound socket"),
-                }
-                let _ = std::fs::remove_file(&path);
+        let task = switchboard_bus::apart::spawn("sb-gateway", move || {
+            let unix = match unix {
+                Some((listener, path)) => Some((UnixListener::from_std(listener)?, path)),
+                None => None,
             };
-            let on_tcp = async {
-                let Some(listener) = tcp else { return };
-                match TcpListener::from_std(listener) {
-                    Ok(listener) => {
-                        let accept = || async {
-                            let (s, _) = listener.accept().await?;
-                            // Answers are small and must leave at once.
-                            s.set_nodelay(true)?;
-                            Ok(tokio::io::split(BusyPoll::new(s, busy_poll)))
-                        };
-                        accept_loop(accept, g.clone(), slots.clone(), &stop).await;
-                    }
-                    Err(e) => tracing::error!(error = %e, "gateway TCP: cannot serve the bound listener"),
-                }
-            };
-            tokio::join!(on_unix, on_tcp);
+            let tcp = tcp.map(TcpListener::from_std).transpose()?;
+            Ok(async move {
+                let on_unix = async {
+                    let Some((listener, path)) = unix else { return };
+                    let accept = || async {
+                        let (s, _) = listener.accept().await?;
+                        Ok(tokio::io::split(BusyPoll::new(s, busy_poll)))
+                    };
+                    accept_loop(accept, g.clone(), slots.clone(), &stop).await;
+                    let _ = std::fs::remove_file(&path);
+                };
+                let on_tcp = async {
+                    let Some(listener) = tcp else { return };
+                    let accept = || async {
+                        let (s, _) = listener.accept().await?;
+                        // Answers are small and must leave at once.
+                        s.set_nodelay(true)?;
+                        Ok(tokio::io::split(BusyPoll::new(s, busy_poll)))
+                    };
+                    accept_loop(accept, g.clone(), slots.clone(), &stop).await;
+                };
+                tokio::join!(on_unix, on_tcp);
+            })
         })
-        .map_err(|source| AgentError::Listen { what: "the gateway protocol's thread".into(), source })?;
+        .map_err(|source| AgentError::Listen { what: "the gateway protocol's listeners".into(), source })?;
         switchboard_bus::vital::watch(tracker, "the gateway protocol".into(), task, cancel.clone());
         Ok(Some(gateway))
     }

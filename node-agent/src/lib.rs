@@ -295,8 +295,9 @@ impl Agent {
             // Gateways ask here one request at a time: their connections are served on a thread
             // of their own, so that each request is read and answered on one thread.
             let (busy_poll, stop) = (config.gateway.busy_poll(), cancel.clone());
-            let task = switchboard_bus::apart::spawn(move || {
-                switchboard_bus::http::run(listener, access, report, routes, busy_poll, stop)
+            let task = switchboard_bus::apart::spawn("sb-http", move || {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                Ok(switchboard_bus::http::run(listener, access, report, routes, busy_poll, stop))
             })
             .map_err(listen_error)?;
             switchboard_bus::vital::watch(&tracker, "the HTTP API".into(), task, cancel.clone());
