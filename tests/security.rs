@@ -564,6 +564,26 @@ fn local_apis_are_guarded() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("http_token"), "{err}");
 
+    // An HTTP port already taken is found after the gateway's thread started: the start fails
+    // and the process exits with the reason (it once waited for that thread for ever).
+    let taken = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let cfg = write(&taken.local_addr().unwrap().to_string(), "");
+    let mut child = std::process::Command::new(BIN)
+        .args(["agent", "--config", cfg.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = wait_until(Duration::from_secs(20), || matches!(child.try_wait(), Ok(Some(_))));
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(exited, "an agent whose HTTP port is taken must exit; it did not within 20 s: {err}");
+    assert!(!out.status.success() && err.contains("http_listen"), "{err}");
+    drop(taken);
+
     // With a token: every API needs it, /health does not.
     let cfg = write(&format!("0.0.0.0:{port}"), "http_token = \"s3cret\"");
     let agent = Proc::start("agent gw1", &["agent", "--config", cfg.to_str().unwrap()], dir.path().join("agent.log"));

@@ -27,15 +27,19 @@ where
     F: FnOnce() -> std::io::Result<Fut>,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let work = {
-        let _inside = runtime.enter();
-        make()?
+    let mut runtime = Owned(Some(tokio::runtime::Builder::new_current_thread().enable_all().build()?));
+    let work = match &runtime.0 {
+        Some(r) => {
+            let _inside = r.enter();
+            make()?
+        }
+        None => return Err(std::io::Error::other("no runtime")),
     };
     let (done, ended) = tokio::sync::oneshot::channel();
     std::thread::Builder::new().name(name.to_owned()).spawn(move || {
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(work)));
-        runtime.shutdown_timeout(STOP_WAIT);
+        let Some(r) = runtime.0.take() else { return };
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.block_on(work)));
+        r.shutdown_timeout(STOP_WAIT);
         let _ = done.send(ran);
     })?;
     Ok(tokio::spawn(async move {
@@ -44,6 +48,18 @@ where
             std::panic::resume_unwind(panic);
         }
     }))
+}
+
+/// A runtime that, dropped unused (a failed start, a thread that could not be made), is let go
+/// without waiting: the caller is on an async runtime, where waiting is not allowed.
+struct Owned(Option<tokio::runtime::Runtime>);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        if let Some(r) = self.0.take() {
+            r.shutdown_background();
+        }
+    }
 }
 
 #[cfg(test)]
