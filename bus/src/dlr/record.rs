@@ -163,6 +163,32 @@ impl DlrRecord {
     }
 }
 
+/// What a count of the store needs of a record, read from its stored value without decoding the
+/// rest (no allocation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Glance<'a> {
+    /// Whether the record is open.
+    pub open: bool,
+    /// When its message was submitted, in ms since the epoch.
+    pub submitted_at: u64,
+    /// Its owner's node name, as stored.
+    pub owner: &'a [u8],
+}
+
+impl DlrRecord {
+    /// A [`Glance`] at the stored value `value` of a record.
+    pub fn glance(value: &[u8]) -> Result<Glance<'_>, CorruptRecord> {
+        let mut r = Reader(value);
+        if r.byte()? != VALUE_LAYOUT {
+            return Err(CorruptRecord("unknown layout"));
+        }
+        let flags = r.byte()?;
+        let submitted_at = r.varint()?;
+        let (_expires_at, _version) = (r.varint()?, r.varint()?);
+        Ok(Glance { open: flags & 1 == 0, submitted_at, owner: r.bytes()? })
+    }
+}
+
 /// The store key of `(connector, canonical id)`.
 pub fn store_key(connector: &str, id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(connector.len() + 1 + id.len());
@@ -195,7 +221,7 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 
 struct Reader<'a>(&'a [u8]);
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn byte(&mut self) -> Result<u8, CorruptRecord> {
         let (&b, rest) = self.0.split_first().ok_or(CorruptRecord("truncated"))?;
         self.0 = rest;
@@ -214,14 +240,18 @@ impl Reader<'_> {
         Err(CorruptRecord("varint too long"))
     }
 
-    fn str(&mut self) -> Result<String, CorruptRecord> {
+    fn bytes(&mut self) -> Result<&'a [u8], CorruptRecord> {
         let len = usize::try_from(self.varint()?).map_err(|_| CorruptRecord("length"))?;
         if len > self.0.len() {
             return Err(CorruptRecord("truncated"));
         }
         let (s, rest) = self.0.split_at(len);
         self.0 = rest;
-        String::from_utf8(s.to_vec()).map_err(|_| CorruptRecord("not UTF-8"))
+        Ok(s)
+    }
+
+    fn str(&mut self) -> Result<String, CorruptRecord> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| CorruptRecord("not UTF-8"))
     }
 }
 
@@ -262,6 +292,11 @@ pub(crate) mod tests {
         closed.version = 2;
         let back = DlrRecord::decode(&closed.store_key(), &closed.encode_value()).unwrap();
         assert_eq!(back, closed);
+        for r in [&open, &closed] {
+            let value = r.encode_value();
+            let g = DlrRecord::glance(&value).unwrap();
+            assert_eq!((g.open, g.submitted_at, g.owner), (r.is_open(), r.submitted_at, r.owner.as_bytes()));
+        }
         assert!(open.encode_value().len() < 100, "compact: {} bytes", open.encode_value().len());
     }
 
@@ -271,6 +306,12 @@ pub(crate) mod tests {
         let value = rec.encode_value();
         for cut in 0..value.len() {
             assert!(DlrRecord::decode(&rec.store_key(), &value[..cut]).is_err(), "cut at {cut}");
+        }
+        // A glance reads up to the owner: any cut before its end is an error.
+        let owner_end =
+            value.windows(rec.owner.len()).position(|w| w == rec.owner.as_bytes()).unwrap() + rec.owner.len();
+        for cut in 0..owner_end {
+            assert!(DlrRecord::glance(&value[..cut]).is_err(), "glance cut at {cut}");
         }
         assert!(DlrRecord::decode(b"no-separator", &value).is_err());
         let mut bad = value.clone();

@@ -200,6 +200,26 @@ impl DlrStore {
         Ok((out, if scanned == max { last } else { None }))
     }
 
+    /// Hand the stored values of up to `max` records after key `after` (all from the start
+    /// with `None`) to `each`, in key order, without decoding them; the key to go on from, or
+    /// `None` at the end.
+    pub fn scan_values(
+        &self,
+        after: Option<&[u8]>,
+        max: usize,
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let from = after.map_or(Bound::Unbounded, |k| Bound::Excluded(k.to_vec()));
+        let (mut last, mut scanned) = (None, 0);
+        for guard in self.records.range::<Vec<u8>, _>((from, Bound::Unbounded)).take(max) {
+            let (k, v) = guard.into_inner()?;
+            each(&v);
+            last = Some(k);
+            scanned += 1;
+        }
+        Ok(if scanned == max { last.map(|k| k.to_vec()) } else { None })
+    }
+
     /// Up to `max` inbox entries after sequence `after`.
     pub fn inbox_after(&self, after: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let mut out = Vec::new();

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use switchboard_bus::dlr::DlrRecord;
+
 use super::store::StoreError;
 use super::{now_ms, DlrService};
 
@@ -32,24 +34,30 @@ pub struct Census {
 }
 
 impl DlrService {
-    /// Count the records (a pass over the store in pages; blocking).
+    /// Count the records (a pass over the store in pages, each record glanced at, not decoded;
+    /// blocking).
     pub fn count_records(&self) -> Result<Census, StoreError> {
         let mut c = Census::default();
+        let mut unreadable = 0u64;
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let (records, next) = self.store.page(after.as_deref(), CENSUS_PAGE)?;
-            for r in records {
-                if r.owner != self.node {
-                    c.copies += 1;
-                } else if r.is_open() {
-                    c.own_open += 1;
-                    c.oldest_open_ms = Some(c.oldest_open_ms.map_or(r.submitted_at, |o| o.min(r.submitted_at)));
-                }
-            }
+            let next =
+                self.store.scan_values(after.as_deref(), CENSUS_PAGE, |value| match DlrRecord::glance(value) {
+                    Ok(g) if g.owner != self.node.as_bytes() => c.copies += 1,
+                    Ok(g) if g.open => {
+                        c.own_open += 1;
+                        c.oldest_open_ms = Some(c.oldest_open_ms.map_or(g.submitted_at, |o| o.min(g.submitted_at)));
+                    }
+                    Ok(_) => {}
+                    Err(_) => unreadable += 1,
+                })?;
             match next {
                 Some(k) => after = Some(k),
                 None => break,
             }
+        }
+        if unreadable > 0 {
+            tracing::warn!(records = unreadable, "DLR census: unreadable records skipped");
         }
         c.at_ms = now_ms();
         Ok(c)
