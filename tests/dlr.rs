@@ -238,6 +238,54 @@ fn records_resolve_from_the_replica_after_kill_9_of_the_owner_and_survive_its_re
 }
 
 #[test]
+fn with_two_copies_every_node_answers_from_its_store_and_records_outlive_two_nodes_down() {
+    let c = Cluster::new();
+    let dlr = DLR.replace("[dlr]\n", "[dlr]\ncopies = 2\n");
+    let a = c.start_limits_agent("a", &[], "", &dlr);
+    let mut b = c.start_limits_agent("b", &[a.endpoint()], "", &dlr);
+    let _c3 = c.start_limits_agent("c", &[a.endpoint(), b.endpoint()], "", &dlr);
+    wait_mesh(&c, &["a", "b", "c"]);
+    let n = register(&c, "a", "dec", (0..200).map(|i| i.to_string()));
+    for node in ["b", "c"] {
+        let ok = wait_until(Duration::from_secs(10), || dlr_counter(&c, node, "replica_ops_received") >= n as u64);
+        assert!(ok, "{node} holds {} copies of {n}", dlr_counter(&c, node, "replica_ops_received"));
+    }
+    // Each of the other two holds every record: answered from its own store, without the bus.
+    for node in ["b", "c"] {
+        for i in 0..n {
+            let req = json!({"connector": "dec", "msg_id": i.to_string()});
+            let (code, res) = post(&c, node, "/v1/dlr/resolve", req);
+            assert_eq!((code, res["answered_by"].as_str()), (200, Some(node)), "{i} on {node}: {res}");
+        }
+        assert_eq!(dlr_counter(&c, node, "answered_here"), n as u64, "{node}");
+    }
+
+    // The owner dies: a DLR at b closes both copies, so c knows it as a duplicate.
+    let mut a = a;
+    a.proc.take().unwrap().kill();
+    wait_mesh(&c, &["b", "c"]);
+    let (code, res) = post(&c, "b", "/v1/dlr/report", json!({"connector": "dec", "msg_id": "7", "status": "UNDELIV"}));
+    assert_eq!((code, res["outcome"].as_str()), (200, Some("owner_down")), "{res}");
+    let (_, res) = post(&c, "c", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "7", "local": true}));
+    assert_eq!((res["record"]["state"].as_str(), res["record"]["status"].as_str()), (Some("closed"), Some("UNDELIV")));
+    let (_, res) = post(&c, "c", "/v1/dlr/report", json!({"connector": "dec", "msg_id": "7", "status": "UNDELIV"}));
+    assert_eq!(res["outcome"], "duplicate", "{res}");
+
+    // A second node dies: the last one still answers every record, and knows 7 was closed.
+    b.proc.take().unwrap().kill();
+    wait_mesh(&c, &["c"]);
+    for i in 0..n {
+        let (code, res) = post(&c, "c", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": i.to_string()}));
+        assert_eq!((code, res["role"].as_str()), (200, Some("replica")), "{i} with a and b down: {res}");
+        assert_eq!(res["record"]["gateway_ref"], format!("ref-{i}"));
+    }
+    let (_, res) = post(&c, "c", "/v1/dlr/report", json!({"connector": "dec", "msg_id": "7", "status": "UNDELIV"}));
+    assert_eq!(res["outcome"], "duplicate", "{res}");
+    let (_, res) = post(&c, "c", "/v1/dlr/report", json!({"connector": "dec", "msg_id": "8", "status": "DELIVRD"}));
+    assert_eq!(res["outcome"], "owner_down", "{res}");
+}
+
+#[test]
 fn ids_are_normalized_races_wait_records_expire_and_bad_requests_are_refused() {
     let c = Cluster::new();
     let a = start(&c, "a", &[]);

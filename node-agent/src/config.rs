@@ -386,6 +386,16 @@ mod example_tests {
     }
 
     #[test]
+    fn copies_are_bounded() {
+        for (copies, ok) in [(0, false), (1, true), (16, true), (17, false)] {
+            let c: AgentConfig = toml::from_str(&format!("[dlr]\ncopies = {copies}\n")).unwrap();
+            assert_eq!(c.validate().is_ok(), ok, "copies = {copies}: {:?}", c.validate());
+        }
+        let c: AgentConfig = toml::from_str("[dlr]\ncopies = 0\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("dlr.copies = 0"));
+    }
+
+    #[test]
     fn the_old_place_of_the_socket_is_refused_with_its_new_one() {
         let c: AgentConfig = toml::from_str("[limits]\nsocket = \"limits.sock\"\n").unwrap();
         let err = c.validate().unwrap_err().to_string();

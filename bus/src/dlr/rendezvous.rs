@@ -1,14 +1,30 @@
-//! Which node keeps the copy of a record: rendezvous (highest random weight) hashing.
+//! Which nodes keep the copies of a record: rendezvous (highest random weight) hashing.
 //!
 //! For a record key, every live node other than the owner gets the weight
-//! `fnv1a64(node ++ 0xff ++ key)` (mixed by a 64-bit finalizer); the heaviest keeps the copy. A
-//! node joining takes over only the records it now weighs most for, and a node leaving hands its
-//! records to their next-heaviest node: nothing else moves.
+//! `fnv1a64(node ++ 0xff ++ key)` (mixed by a 64-bit finalizer); the `copies` heaviest keep a
+//! copy each. A node joining takes over only the copies it now weighs enough for, and a node
+//! leaving hands its copies to the next-heaviest node: nothing else moves.
 //!
-//! The heaviest live node overall ([`first_holder`]) is therefore always the owner or the
-//! replica: a lookup can ask that one node instead of all of them.
+//! The heaviest live node overall ([`first_holder`]) is therefore always the owner or one of
+//! the replicas: a lookup can ask that one node instead of all of them.
 
-/// The node among `members` (not `owner`) that keeps the copy of `key`; `None` if there is none.
+/// The nodes among `members` (not `owner`) that keep a copy of `key`: the `copies` heaviest,
+/// heaviest first (fewer when there are fewer other members).
+pub fn replicas_for<'a>(
+    key: &[u8],
+    owner: &str,
+    members: impl IntoIterator<Item = &'a str>,
+    copies: usize,
+) -> Vec<&'a str> {
+    let mut weighed: Vec<(u64, &str)> =
+        members.into_iter().filter(|m| *m != owner).map(|m| (weight(m, key), m)).collect();
+    weighed.sort_unstable_by(|a, b| b.cmp(a));
+    weighed.dedup_by(|a, b| a.1 == b.1);
+    weighed.into_iter().take(copies).map(|(_, m)| m).collect()
+}
+
+/// The node among `members` (not `owner`) that keeps the first copy of `key` (the heaviest);
+/// `None` if there is none.
 pub fn replica_for<'a>(key: &[u8], owner: &str, members: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     members.into_iter().filter(|m| *m != owner).map(|m| (weight(m, key), m)).max().map(|(_, m)| m)
 }
@@ -67,6 +83,33 @@ mod tests {
             }
         }
         assert_eq!(first_holder(b"k", std::iter::empty()), None);
+    }
+
+    #[test]
+    fn copies_go_to_the_heaviest_others_and_a_join_moves_only_the_joiners() {
+        let before = ["a", "b", "c", "d"];
+        let after = ["a", "b", "c", "d", "e"];
+        for i in 0..5_000u32 {
+            let key = format!("smsc\0{i}");
+            let two = replicas_for(key.as_bytes(), "a", before, 2);
+            assert_eq!(two.len(), 2);
+            assert!(!two.contains(&"a") && two[0] != two[1], "{two:?}");
+            assert_eq!(Some(two[0]), replica_for(key.as_bytes(), "a", before));
+            assert!(weight(two[0], key.as_bytes()) >= weight(two[1], key.as_bytes()));
+            // The first holder is the owner or one of its copies, whatever the owner.
+            let first = first_holder(key.as_bytes(), before).unwrap();
+            for owner in before {
+                let copies = replicas_for(key.as_bytes(), owner, before, 2);
+                assert!(first == owner || copies.contains(&first), "{i}: {first} {owner} {copies:?}");
+            }
+            // A join: the new set is the old one, or the joiner in place of the lightest.
+            let now = replicas_for(key.as_bytes(), "a", after, 2);
+            let kept = now.iter().filter(|n| two.contains(n)).count();
+            assert!(kept == 2 || (kept == 1 && now.contains(&"e")), "{i}: {two:?} -> {now:?}");
+        }
+        // More copies than other members: every other member, once.
+        assert_eq!(replicas_for(b"k", "a", ["a", "b", "b", "c"], 5).len(), 2);
+        assert!(replicas_for(b"k", "a", ["a"], 3).is_empty());
     }
 
     #[test]

@@ -1,18 +1,20 @@
-//! Copies of this node's records on one other live node each, and the copies it keeps for others.
+//! Copies of this node's records on other live nodes (`[dlr] copies` each, 1 by default), and
+//! the copies it keeps for others.
 //!
 //! [`run`] sends every change of an own record (register, report, close) to the record's
-//! replica: the live node that [`replica_for`] picks among the others. Changes wait in the
+//! replicas: the live nodes that [`replicas_for`] picks among the others. Changes wait in the
 //! bounded [`super::outbox::Outbox`]; they are batched (up to [`BATCH_OPS`] per query,
 //! [`IN_FLIGHT`] queries unacknowledged) and each batch is a query on
 //! `<prefix>/dlr/replica/<node>` that the replica acknowledges; a batch that fails is retried
-//! every second. When the live set changes, one pass over the store re-sends each record whose
-//! replica changed (and tells the old replica, if live, to drop it). A pass that sends
+//! every second. When the live set changes, one pass over the store sends each record to the
+//! replicas it gained (and tells those it lost, if live, to drop it). A pass that sends
 //! everything runs after start (copies missed while this node was down), when the first peer
 //! arrives, and after the outbox overflowed or a pass failed. Passes read the store in pages.
 //!
 //! [`serve`] answers the replica queryable: a copy is stored unless the node holds a higher
 //! version, which goes back in the ack ([`ReplicaAck::newer`]) for the sender to adopt. That is
-//! how a record closed on its replica while the owner was down reaches the owner again.
+//! how a record closed on its replica while the owner was down reaches the owner again (and,
+//! through the owner, its other replicas).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -20,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use switchboard_bus::dlr::rendezvous::replica_for;
+use switchboard_bus::dlr::rendezvous::replicas_for;
 use switchboard_bus::dlr::wire::{ReplicaAck, ReplicaBatch, ReplicaOp, DOC_VERSION};
 use switchboard_bus::dlr::DlrRecord;
 use switchboard_bus::keys::Role;
@@ -303,8 +305,12 @@ async fn flush(service: &DlrService, peers: &[String], records: HashMap<Vec<u8>,
         if record.owner != service.node {
             continue;
         }
-        if let Some(node) = replica_for(&key, &service.node, peers.iter().map(String::as_str)) {
-            by_node.entry(node).or_default().push(ReplicaOp::Put(record));
+        let nodes = replicas_for(&key, &service.node, peers.iter().map(String::as_str), service.settings.copies);
+        if let Some((last, others)) = nodes.split_last() {
+            for node in others {
+                by_node.entry(node).or_default().push(ReplicaOp::Put(record.clone()));
+            }
+            by_node.entry(last).or_default().push(ReplicaOp::Put(record));
         }
     }
     let mut batches = Vec::new();
@@ -347,7 +353,8 @@ async fn send_batches(service: &DlrService, batches: Vec<(String, Vec<ReplicaOp>
     (acked, failed)
 }
 
-/// Take copies the replica holds in a newer version (closed while this node was down).
+/// Take copies the replica holds in a newer version (closed while this node was down), and
+/// queue them for the other replicas, whose copies may be older.
 fn adopt(service: &DlrService, newer: Vec<DlrRecord>) {
     if newer.is_empty() {
         return;
@@ -358,8 +365,10 @@ fn adopt(service: &DlrService, newer: Vec<DlrRecord>) {
         if held.as_ref().is_some_and(|h| h.version >= record.version) {
             continue;
         }
-        if let Err(e) = service.store.write(&[Write::Put { record: &record, previous: held.as_ref() }]) {
-            tracing::warn!(error = %e, "cannot adopt a newer copy");
+        match service.store.write(&[Write::Put { record: &record, previous: held.as_ref() }]) {
+            Ok(_) if service.settings.copies > 1 => service.outbox.push(record),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot adopt a newer copy"),
         }
     }
 }
@@ -368,8 +377,8 @@ fn adopt(service: &DlrService, newer: Vec<DlrRecord>) {
 #[derive(Debug)]
 struct PassFailed;
 
-/// After a change of the live set: send each own record whose replica changed to its new
-/// replica and drop it from the old one (if still live). With `before == None`, send all.
+/// After a change of the live set: send each own record to the replicas it gained and drop it
+/// from those it lost (if still live). With `before == None`, send it to all its replicas.
 /// The store is read in pages and batches go out as they fill, so memory stays bounded by a
 /// page and one batch per peer, however many records the node holds.
 async fn pass(service: &DlrService, before: Option<&[String]>, now: &[String]) -> Result<u64, PassFailed> {
@@ -394,19 +403,17 @@ async fn pass(service: &DlrService, before: Option<&[String]>, now: &[String]) -
             }
         };
         let mut ready: Vec<(String, Vec<ReplicaOp>)> = Vec::new();
+        let copies = service.settings.copies;
         for record in records.into_iter().filter(|r| r.owner == me) {
             let key = record.store_key();
-            let new = replica_for(&key, me, now.iter().map(String::as_str));
-            let old = before.and_then(|b| replica_for(&key, me, b.iter().map(String::as_str)));
-            if before.is_some() && new == old {
-                continue;
-            }
-            if let Some(old) = old.filter(|o| Some(*o) != new && now.iter().any(|n| n == o)) {
+            let new = replicas_for(&key, me, now.iter().map(String::as_str), copies);
+            let old = before.map(|b| replicas_for(&key, me, b.iter().map(String::as_str), copies)).unwrap_or_default();
+            for lost in old.iter().filter(|o| !new.contains(o) && now.iter().any(|n| n == *o)) {
                 let drop = ReplicaOp::Drop { connector: record.connector.clone(), id: record.id.clone() };
-                moves.entry(old.to_owned()).or_default().push(drop);
+                moves.entry((*lost).to_owned()).or_default().push(drop);
             }
-            if let Some(new) = new {
-                moves.entry(new.to_owned()).or_default().push(ReplicaOp::Put(record));
+            for gained in new.iter().filter(|n| !old.contains(n)) {
+                moves.entry((*gained).to_owned()).or_default().push(ReplicaOp::Put(record.clone()));
             }
             for (node, ops) in moves.iter_mut().filter(|(_, ops)| ops.len() >= BATCH_OPS) {
                 ready.push((node.clone(), std::mem::take(ops)));

@@ -1,12 +1,13 @@
 //! The async orchestration over the bus: resolving a message id (the first holder, then every
-//! node), handing in a report (taken by the owner, or closed on the replica's copy when the owner
-//! is down), turning a lookup's reply into a [`Resolution`], and the inbox the gateway polls for
+//! node), handing in a report (taken by the owner, or closed on the replicas' copies when the
+//! owner is down), turning a lookup's reply into a [`Resolution`], and the inbox the gateway polls for
 //! the reports this node took.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use switchboard_bus::dlr::wire::{DlrReport, LookupReply, ReportOutcome, Role as HolderRole, DOC_VERSION};
+use switchboard_bus::dlr::rendezvous::replicas_for;
+use switchboard_bus::dlr::wire::{DlrReport, LookupReply, ReplicaOp, ReportOutcome, Role as HolderRole, DOC_VERSION};
 use switchboard_bus::keys::Role;
 
 use super::events::{DlrEvent, EventKind};
@@ -92,8 +93,11 @@ impl DlrService {
         Ok(res)
     }
 
-    /// The owner did not answer: close the copy on the replica that did (for a final report),
-    /// so a repeat is recognized; the reporting gateway handles the DLR with the record.
+    /// The owner did not answer: close the copies (for a final report), so a repeat is
+    /// recognized; the reporting gateway handles the DLR with the record. The heaviest live
+    /// copy is closed first (or the one that answered, when the live set moved): of two reports
+    /// of one DLR at once, the later finds it closed there. The other copies are closed after it;
+    /// one that cannot be is logged, and the owner's first pass when it returns mends it.
     async fn report_to_replica(&self, res: &mut Resolution, report: &DlrReport) -> Result<(), DlrError> {
         if !res.record.is_open() {
             res.outcome = Some(Outcome::Duplicate);
@@ -105,15 +109,28 @@ impl DlrService {
             return Ok(());
         }
         let closed = self.closed(&res.record, &report.status, report.reported_at, &self.node);
-        let ack =
-            replicate::send(self, &res.answered_by, &[switchboard_bus::dlr::wire::ReplicaOp::Put(closed.clone())])
-                .await?;
+        let live = self.membership.live_of(Role::Agent);
+        let key = closed.store_key();
+        let mut holders = replicas_for(&key, &closed.owner, live.iter().map(String::as_str), self.settings.copies);
+        if !holders.contains(&res.answered_by.as_str()) {
+            holders.insert(0, res.answered_by.as_str());
+        }
+        let put = [ReplicaOp::Put(closed.clone())];
+        // `holders` holds at least the node that answered.
+        let (first, others) = holders.split_first().unwrap_or((&"", &[]));
+        let ack = replicate::send(self, first, &put).await?;
         if let Some(newer) = ack.newer.into_iter().next() {
             // Another node closed it first.
             res.record = newer;
             res.outcome = Some(Outcome::Duplicate);
             self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
             return Ok(());
+        }
+        let rest = futures::future::join_all(others.iter().map(|node| replicate::send(self, node, &put))).await;
+        for (node, sent) in others.iter().zip(rest) {
+            if let Err(e) = sent {
+                tracing::warn!(node, error = %e, "cannot close a copy while its owner is down");
+            }
         }
         res.record = closed;
         let mut line = Vec::new();

@@ -47,6 +47,14 @@ pub struct DlrSettings {
     /// power loss can take. Default: 1000.
     #[serde(default = "default_dlr_sync_ms")]
     pub sync_ms: u64,
+    /// How many other live agents keep a copy of each of this node's records (the heaviest by
+    /// rendezvous hashing). A node answers a resolve from its own store whenever it holds the
+    /// record, so `copies` = the number of other agents (every node holds every record) makes
+    /// every resolve local and lets records outlive that many nodes down, at the cost of disk,
+    /// memory and replication traffic in proportion. Each owner decides for its own records:
+    /// nodes may differ. 1 to 16. Default: 1.
+    #[serde(default = "default_dlr_copies")]
+    pub copies: usize,
     /// Most changed records held for their replicas (the replication queue). When no replica
     /// is live or replicas do not acknowledge for long enough to fill it, the queue is emptied
     /// and one pass over the store sends every own record once replicas answer again, so
@@ -101,6 +109,11 @@ fn default_dlr_cache_mb() -> u64 {
 fn default_dlr_sync_ms() -> u64 {
     1000
 }
+fn default_dlr_copies() -> usize {
+    1
+}
+/// The most copies `[dlr] copies` may ask for.
+pub(crate) const MAX_COPIES: usize = 16;
 fn default_dlr_replica_queue() -> usize {
     100_000
 }
@@ -118,6 +131,7 @@ impl Default for DlrSettings {
             timeout_ms: default_dlr_timeout_ms(),
             cache_mb: default_dlr_cache_mb(),
             sync_ms: default_dlr_sync_ms(),
+            copies: default_dlr_copies(),
             replica_queue: default_dlr_replica_queue(),
             record_events: true,
             connectors: Vec::new(),
@@ -143,6 +157,12 @@ impl DlrSettings {
             return Err(AgentConfigError::Invalid(
                 "dlr.wait_ms and dlr.report_wait_ms must be at most dlr.max_wait_ms, and dlr.timeout_ms > 0".into(),
             ));
+        }
+        if !(1..=MAX_COPIES).contains(&d.copies) {
+            return Err(AgentConfigError::Invalid(format!(
+                "dlr.copies = {} must be between 1 and {MAX_COPIES} (other agents keeping a copy of each record)",
+                d.copies
+            )));
         }
         let mut connectors = HashSet::new();
         for c in &d.connectors {
