@@ -72,6 +72,8 @@ pub struct DlrStore {
     expiry: Keyspace,
     inbox: Keyspace,
     next_inbox: AtomicU64,
+    /// Batches that put or removed records since the store was opened.
+    record_changes: AtomicU64,
     writer: Mutex<()>,
 }
 
@@ -100,7 +102,15 @@ impl DlrStore {
             Some(guard) => seq_of(&guard.key()?) + 1,
             None => 1,
         };
-        Ok(Self { db, records, expiry, inbox, next_inbox: AtomicU64::new(next), writer: Mutex::new(()) })
+        Ok(Self {
+            db,
+            records,
+            expiry,
+            inbox,
+            next_inbox: AtomicU64::new(next),
+            record_changes: AtomicU64::new(0),
+            writer: Mutex::new(()),
+        })
     }
 
     /// Serialize a read-modify-write sequence against every other one.
@@ -151,7 +161,16 @@ impl DlrStore {
             }
         }
         batch.commit()?;
+        if writes.iter().any(|w| !matches!(w, Write::Inbox(_))) {
+            self.record_changes.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(seq)
+    }
+
+    /// How many batches put or removed records since the store was opened: a count that has
+    /// not moved means the records have not changed.
+    pub fn record_changes(&self) -> u64 {
+        self.record_changes.load(Ordering::Relaxed)
     }
 
     /// Records due at `now_ms` (at most `max`), oldest first. Expiry entries whose record is gone
@@ -318,6 +337,22 @@ mod tests {
         let due: Vec<_> = s.due(1000, 10).unwrap().into_iter().map(|r| r.id).collect();
         assert_eq!(due, ["3", "1"]);
         assert_eq!(s.due(1000, 1).unwrap().len(), 1, "bounded");
+    }
+
+    #[test]
+    fn record_changes_count_batches_that_touch_records_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = DlrStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.record_changes(), 0);
+        s.write(&[Write::Put { record: &rec("1", 100), previous: None }]).unwrap();
+        s.write(&[Write::Inbox(b"a")]).unwrap();
+        s.write(&[]).unwrap();
+        assert_eq!(s.record_changes(), 1);
+        s.write(&[Write::Remove(&rec("1", 100)), Write::Inbox(b"b")]).unwrap();
+        assert_eq!(s.record_changes(), 2);
+        let mut seen = 0;
+        assert_eq!(s.scan_values(None, 10, |_| seen += 1).unwrap(), None);
+        assert_eq!(seen, 0);
     }
 
     #[test]
