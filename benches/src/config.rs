@@ -132,7 +132,7 @@ fn write_and_flush(dir: &std::path::Path, files: &BTreeMap<String, Vec<u8>>) -> 
 }
 
 pub(crate) fn run(b: &ConfigBench) -> Result<()> {
-    let cluster = Cluster::start_with(0, 16, false, "[limits]\nenabled = false\n")?;
+    let cluster = Cluster::start_with(0, 16, false, 1, "[limits]\nenabled = false\n")?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let keys = KeySpace::new(&format!("sb/{}", cluster.name))?;
     let session = cluster.client(&rt, false)?;

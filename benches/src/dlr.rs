@@ -245,6 +245,7 @@ pub(crate) struct DlrBench {
     pub(crate) clients: usize,
     pub(crate) cache_mb: u64,
     pub(crate) repeat: u32,
+    pub(crate) copies: usize,
 }
 
 /// Three node processes, `records` open records registered on each and copied to their
@@ -259,6 +260,8 @@ pub(crate) struct Cluster {
     pub(crate) nodes: Vec<NodeProc>,
     /// Each node's resident memory before the records.
     rss0: Vec<u64>,
+    /// Copies of each record on other nodes.
+    copies: u64,
 }
 
 /// The identities of a TLS run: the nodes, and the bench's client as an admin.
@@ -272,11 +275,12 @@ pub(crate) fn tls_identities() -> Vec<switchboard_bus::tls::Identity> {
 
 impl Cluster {
     pub(crate) fn start(records: u64, cache_mb: u64, tls: bool) -> Result<Self> {
-        Self::start_with(records, cache_mb, tls, "[limits]\nenabled = false\n")
+        Self::start_with(records, cache_mb, tls, 1, "[limits]\nenabled = false\n")
     }
 
-    /// Like [`Cluster::start`], with `limits` as the nodes' `[limits]` table.
-    pub(crate) fn start_with(records: u64, cache_mb: u64, tls: bool, limits: &str) -> Result<Self> {
+    /// Like [`Cluster::start`], with `copies` of each record on other nodes and `limits` as the
+    /// nodes' `[limits]` table.
+    pub(crate) fn start_with(records: u64, cache_mb: u64, tls: bool, copies: usize, limits: &str) -> Result<Self> {
         let tmp = tempfile::tempdir()?;
         let (dir, tmp) = if std::env::var_os("SWITCHBOARD_LOG").is_some() {
             println!("node logs in {} (kept)", tmp.path().display());
@@ -291,7 +295,7 @@ impl Cluster {
         let tls_dir = tls.then_some(tls_dir.as_path());
         let name = format!("dlrbench{}", std::process::id());
         let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect::<Result<_>>()?;
-        let extra = format!("{limits}\n[dlr]\nrecord_events = false\ncache_mb = {cache_mb}\n");
+        let extra = format!("{limits}\n[dlr]\nrecord_events = false\ncache_mb = {cache_mb}\ncopies = {copies}\n");
         let nodes: Vec<NodeProc> = (0..NODES)
             .map(|i| spawn_node(&dir, &name, i, ports[i], &ports[..i], &extra, tls_dir))
             .collect::<Result<_>>()?;
@@ -305,7 +309,7 @@ impl Cluster {
             }
         }
         let rss0: Vec<u64> = nodes.iter().map(|n| rss_bytes(n.child.id())).collect();
-        let cluster = Self { dir, _tmp: tmp, name, ports, nodes, rss0 };
+        let cluster = Self { dir, _tmp: tmp, name, ports, nodes, rss0, copies: copies.min(NODES - 1) as u64 };
         cluster.register(records)?;
         Ok(cluster)
     }
@@ -350,7 +354,7 @@ impl Cluster {
             "registered in {took:.1?}: {:.0} registrations/s (HTTP batches of {BATCH}, 3 nodes at once)",
             (records * NODES as u64) as f64 / took.as_secs_f64()
         );
-        let want = records * NODES as u64;
+        let want = records * NODES as u64 * self.copies;
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
             let copies: u64 =
@@ -364,19 +368,27 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(200));
         }
         println!("copies on replicas after {:.1?}", t.elapsed());
-        // Let memtables flush and compactions settle (disk use still for 3 s; at most 120 s)
-        // before measuring lookups, memory and disk.
+        // Let memtables flush and compactions settle before measuring lookups, memory and
+        // disk: until the agents' disk use holds still and their CPU falls under a tenth of a
+        // core for 3 s (compacting a bulk load keeps both cores busy for minutes), at most 300 s.
         let settle = Instant::now();
+        let pids: Vec<u32> = nodes.iter().map(|n| n.child.id()).collect();
         let mut last: Vec<u64> = Vec::new();
-        loop {
+        let busy = loop {
+            let cpu0: u64 = pids.iter().map(|p| cpu_us(*p)).sum();
             std::thread::sleep(Duration::from_secs(3));
+            let busy = pids.iter().map(|p| cpu_us(*p)).sum::<u64>().saturating_sub(cpu0) as f64 / 3e6;
             let disk: Vec<u64> = nodes.iter().map(|n| dlr_status(n)["disk_bytes"].as_u64().unwrap_or(0)).collect();
-            if disk == last || settle.elapsed() > Duration::from_secs(120) {
-                break;
+            if (disk == last && busy < 0.1) || settle.elapsed() > Duration::from_secs(300) {
+                break busy;
             }
             last = disk;
-        }
-        println!("stores settled after {:.1?} more", settle.elapsed());
+        };
+        println!(
+            "stores settled after {:.1?} more (the agents' CPU {:.0}% of a core over the last 3 s)",
+            settle.elapsed(),
+            busy * 100.0
+        );
         Ok(())
     }
 
@@ -453,10 +465,22 @@ async fn ask_one(
 }
 
 pub(crate) fn run(bench: &DlrBench) -> Result<()> {
-    let DlrBench { records, lookups, rate, clients, cache_mb, repeat } = *bench;
-    let cluster = Cluster::start(records, cache_mb, false)?;
-    println!("block cache {cache_mb} MiB per agent");
+    let DlrBench { records, lookups, rate, clients, cache_mb, repeat, copies } = *bench;
+    let cluster = Cluster::start_with(records, cache_mb, false, copies, "[limits]\nenabled = false\n")?;
+    println!("block cache {cache_mb} MiB per agent; {copies} copies of each record on other nodes");
     let (nodes, rss0, pids) = (&cluster.nodes, &cluster.rss0, cluster.pids());
+    // What the agents spend with nothing asked (census, expiry, status, the bus's keep-alives):
+    // part of every row's server CPU.
+    let ((), rest) = with_cpu(&pids, 1, || {
+        std::thread::sleep(Duration::from_secs(5));
+        Ok(())
+    })?;
+    let per_s = rest.servers / 5.0;
+    println!(
+        "agents at rest: {per_s:.0} µs of CPU per second in all ({:.1}% of a core; {:.1} µs a lookup at {rate}/s, in every row's srv CPU)",
+        per_s / 1e4,
+        per_s / rate.max(1) as f64
+    );
     let ids = picks(lookups, records);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let session = cluster.client(&rt, false)?;
@@ -618,8 +642,12 @@ pub(crate) fn run(bench: &DlrBench) -> Result<()> {
     };
     let ((r, h), cpu) = split(&held, &resolve_line)?;
     row("  socket, held here (store, no bus)", r, &h, ours, cpu);
-    let ((r, h), cpu) = split(&elsewhere, &resolve_line)?;
-    row("  socket, held elsewhere (1 bus trip)", r, &h, ours, cpu);
+    if elsewhere.is_empty() {
+        println!("{:<44} none: n0 holds every record", "  socket, held elsewhere (1 bus trip)");
+    } else {
+        let ((r, h), cpu) = split(&elsewhere, &resolve_line)?;
+        row("  socket, held elsewhere (1 bus trip)", r, &h, ours, cpu);
+    }
     let n = held.len() as u64;
     let ((r, h), cpu) = with_cpu(&pids, n, || {
         paced(n, rate, clients, |_| Http::connect(nodes[0].http), |http, j| http_resolve(http, held[j as usize]))

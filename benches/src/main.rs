@@ -106,6 +106,10 @@ enum Bench {
         /// Times the ask-stream row is run, each printed (the spread of its p99).
         #[arg(long, default_value_t = 3)]
         repeat: u32,
+        /// Other nodes keeping a copy of each record (`dlr.copies`, default as in the agent).
+        /// 2 puts every record on all 3 nodes: every resolve is answered from the node's own store.
+        #[arg(long, default_value_t = 1)]
+        copies: usize,
     },
     /// DLR store capacity: `--records` open records in one node's store, then disk and memory
     /// per record and random reads, beside the budget (at most 150 B of disk per record, at most
@@ -265,8 +269,8 @@ fn main() -> Result<()> {
             let transport = if transport == "tls" { "tls" } else { "quic" };
             tls::run(&tls::TlsBench { lines, repeat, records, lookups, rate, transport })
         }
-        Bench::Dlr { records, lookups, rate, clients, cache_mb, repeat } => {
-            dlr::run(&dlr::DlrBench { records, lookups, rate, clients, cache_mb, repeat })
+        Bench::Dlr { records, lookups, rate, clients, cache_mb, repeat, copies } => {
+            dlr::run(&dlr::DlrBench { records, lookups, rate, clients, cache_mb, repeat, copies })
         }
         Bench::Capacity { records, cache_mb } => capacity::run(records, cache_mb),
         Bench::Status { records, keys, repeat, window_secs } => {

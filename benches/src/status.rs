@@ -44,7 +44,7 @@ fn cpu_per_s(pids: &[u32], window: Duration, during: impl FnOnce(Instant)) -> f6
 }
 
 pub(crate) fn run(b: &StatusBench) -> Result<()> {
-    let cluster = Cluster::start_with(b.records, 16, false, "[limits]\ninterval_ms = 100\n")?;
+    let cluster = Cluster::start_with(b.records, 16, false, 1, "[limits]\ninterval_ms = 100\n")?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let keys = KeySpace::new(&format!("sb/{}", cluster.name))?;
 
