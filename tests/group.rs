@@ -209,9 +209,21 @@ fn two_collectors_started_together_on_an_empty_dataset_elect_one_writer() {
     let leaders = roles.iter().filter(|r| r.as_deref() == Some("leader")).count();
     assert_eq!(leaders, 1, "{roles:?}");
     let claims = claims_in(&c.dataset());
-    assert_eq!(claims.len(), 1, "one claim in the log: {claims:?}");
+    assert_eq!(claims.len(), 1, "one claim in the log: {claims:?}\n{}\n{}", a.log_text(), b.log_text());
     a.stop();
     b.stop();
+
+    // A collector that cannot serve its HTTP port exits before it claims anything: on an empty
+    // dataset of its own it would otherwise be the writer, and beside a leader it would fence it.
+    let taken = std::net::TcpListener::bind(("127.0.0.1", c.http_port("c3"))).unwrap();
+    let own = c.path().join("own-dataset");
+    let mut c3 = start_member(&c, "c3", free_port(), &[], &Data::Dir(own.clone()));
+    let exited = wait_until(Duration::from_secs(20), || c3.exited().is_some());
+    assert!(exited, "c3 should exit\n{}", c3.log_text());
+    assert!(!c3.exited().is_some_and(|s| s.success()), "{}", c3.log_text());
+    assert!(c3.log_text().contains("health/metrics endpoint"), "{}", c3.log_text());
+    assert_eq!(claims_in(&own), Vec::<String>::new(), "{}", c3.log_text());
+    drop(taken);
 }
 
 #[test]

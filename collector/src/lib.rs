@@ -153,6 +153,20 @@ impl Collector {
         let name = config.bus.node.clone();
         let stats = Arc::new(CollectorStats::default());
         let c = &config.collector;
+        // The HTTP port is bound before anything others see, the claim of the dataset above all:
+        // a collector that cannot serve it exits without having fenced a healthy leader.
+        let http = match c.http_listen.as_str() {
+            "" => None,
+            listen => {
+                let addr: std::net::SocketAddr = listen.parse().map_err(|e| {
+                    CollectorError::Config(config::CollectorConfigError::Invalid(format!("collector.http_listen: {e}")))
+                })?;
+                let access = switchboard_bus::http::Access { token: c.http_token.clone() };
+                let listener = switchboard_bus::http::bind(addr, &access)
+                    .map_err(|source| CollectorError::Http { addr, source })?;
+                Some((addr, listener, access))
+            }
+        };
         let spool =
             c.spool_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("switchboard-spool-{name}")));
         let store = store::Store::open(&c.location()?, &c.store, spool)?;
@@ -296,29 +310,24 @@ impl Collector {
         });
         tracker.spawn(switchboard_bus::status::sample_rates(report.clone(), cancel.clone()));
         switchboard_bus::status::serve(&session, &keys, Role::Collector, &name, report.clone(), cancel.clone()).await?;
-        if !c.http_listen.is_empty() {
-            let addr = c.http_listen.parse().map_err(|e| {
-                CollectorError::Config(config::CollectorConfigError::Invalid(format!("collector.http_listen: {e}")))
-            })?;
+        if let Some((addr, listener, access)) = http {
             let page = switchboard_bus::status::page::StatusPage::new(
                 session.clone(),
                 keys.clone(),
                 format!("collector {name}"),
             );
-            let (_, task) = switchboard_bus::http::serve(
-                addr,
-                &switchboard_bus::http::Access { token: c.http_token.clone() },
+            let listener =
+                tokio::net::TcpListener::from_std(listener).map_err(|source| CollectorError::Http { addr, source })?;
+            // Scrapes and pages, not a request stream: no busy polling.
+            let serve = switchboard_bus::http::run(
+                listener,
+                access,
                 report,
                 page.router(),
-                // Scrapes and pages, not a request stream: no busy polling.
                 std::time::Duration::ZERO,
                 cancel.clone(),
-            )
-            .await
-            .map_err(|source| CollectorError::Http { addr, source })?;
-            tracker.spawn(async move {
-                let _ = task.await;
-            });
+            );
+            tracker.spawn(serve);
         }
         drop(tx);
         let intake = Intake {

@@ -98,6 +98,11 @@ impl Proc {
         }
     }
 
+    /// The exit status, if the process has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// kill -9.
     pub fn kill(mut self) {
         if let Some(mut c) = self.child.take() {
