@@ -30,13 +30,18 @@ fn limiter() -> Result<Limiter> {
     Ok(Limiter::new(vec![spec])?)
 }
 
-/// Print the table.
+/// One measured case: its rate and, where each call was timed, its latencies (ns).
+struct Case {
+    name: String,
+    rate: f64,
+    latency: Option<Histogram<u64>>,
+}
+
+/// Measure every case, then print the table beside Redis's one-client rate of the same run (or
+/// the reference machine's when Redis cannot run) and the targets.
 pub(crate) fn run(decisions: u64) -> Result<()> {
     println!("== limits: decision cost ({decisions} decisions per case) ==");
-    println!(
-        "{:<40} {:>14} {:>10} {:>10} {:>10} {:>12}",
-        "case", "decisions/s", "p50 ns", "p99 ns", "p999 ns", "vs Redis 37.5k"
-    );
+    let mut cases = Vec::new();
     let l = Arc::new(limiter()?);
     let keys: Vec<String> = (0..16).map(|i| format!("operator:op{i}")).collect();
     // Throughput, one thread, no timing per call.
@@ -53,7 +58,7 @@ pub(crate) fn run(decisions: u64) -> Result<()> {
         std::hint::black_box(l.try_acquire(&keys[(i & 15) as usize], 1));
         h.record(t.elapsed().as_nanos() as u64).ok();
     }
-    row("in-process, 1 thread", rate, &h);
+    cases.push(Case { name: "in-process, 1 thread".into(), rate, latency: Some(h) });
     // Two threads on the same keys (contention on the same atomics).
     let start = Instant::now();
     let per = decisions / 2;
@@ -68,33 +73,71 @@ pub(crate) fn run(decisions: u64) -> Result<()> {
     for t in threads {
         let _ = t.join();
     }
-    let rate2 = (per * 2) as f64 / start.elapsed().as_secs_f64();
-    println!(
-        "{:<40} {:>14.0} {:>10} {:>10} {:>10} {:>12.1}",
-        "in-process, 2 threads, same keys",
-        rate2,
-        "-",
-        "-",
-        "-",
-        rate2 / REDIS_ANCHOR
-    );
+    let rate = (per * 2) as f64 / start.elapsed().as_secs_f64();
+    cases.push(Case { name: "in-process, 2 threads, same keys".into(), rate, latency: None });
     std::hint::black_box(allowed);
+    eprintln!("in-process cases done; the agent's APIs ...");
+    let mut failed = Vec::new();
     match crate::limits_cluster::api_cost(decisions.min(200_000)) {
-        Ok(rows) => {
-            for (name, rate, h) in rows {
-                row(&name, rate, &h);
-            }
-        }
-        Err(e) => println!("{:<36} failed: {e:#}", "agent API"),
+        Ok(rows) => cases.extend(rows.into_iter().map(|(name, rate, h)| Case { name, rate, latency: Some(h) })),
+        Err(e) => failed.push(format!("{:<46} failed: {e:#}", "agent API")),
     }
-    for (depth, name) in [(1, "Redis INCR+EXPIRE (Lua), 1 client"), (16, "Redis INCR+EXPIRE (Lua), 16 pipelined")] {
+    eprintln!("agent cases done; Redis ...");
+    for (depth, name) in [(1, REDIS_ONE), (16, "Redis INCR+EXPIRE (Lua), 16 pipelined")] {
         match redis(decisions.min(100_000), depth) {
-            Ok((rate, h)) => row(name, rate, &h),
-            Err(e) => println!("{name:<36} skipped: {e:#}"),
+            Ok((rate, h)) => cases.push(Case { name: name.into(), rate, latency: Some(h) }),
+            Err(e) => failed.push(format!("{name:<46} skipped: {e:#}")),
         }
+    }
+    let redis = cases.iter().find(|c| c.name == REDIS_ONE);
+    let (anchor, anchor_name) = match redis {
+        Some(r) => (r.rate, "x Redis"),
+        None => (REDIS_ANCHOR, "vs Redis 37.5k"),
+    };
+    println!(
+        "{:<46} {:>14} {:>10} {:>10} {:>10} {:>12}",
+        "case", "decisions/s", "p50 ns", "p99 ns", "p999 ns", anchor_name
+    );
+    for c in &cases {
+        let q = |q: f64| c.latency.as_ref().map_or("-".to_owned(), |h| h.value_at_quantile(q).to_string());
+        println!(
+            "{:<46} {:>14.0} {:>10} {:>10} {:>10} {:>12.1}",
+            c.name,
+            c.rate,
+            q(0.5),
+            q(0.99),
+            q(0.999),
+            c.rate / anchor
+        );
+    }
+    for f in failed {
+        println!("{f}");
+    }
+    let Some(redis) = redis else {
+        println!("targets: not judged (no Redis in this run)");
+        return Ok(());
+    };
+    let p99 = |c: &Case| c.latency.as_ref().map_or(u64::MAX, |h| h.value_at_quantile(0.99));
+    let redis_p99 = p99(redis);
+    println!("targets, beside {REDIS_ONE} in this run ({:.0}/s, p99 {redis_p99} ns):", redis.rate);
+    for (name, times) in [("agent API, Unix socket, 1 client", 3.0), ("agent API, HTTP keep-alive, 1 client", 1.0)] {
+        let Some(c) = cases.iter().find(|c| c.name == name) else {
+            println!("  {name}: not measured");
+            continue;
+        };
+        let (ratio, p) = (c.rate / redis.rate, p99(c));
+        let met = |ok: bool| if ok { "met" } else { "MISSED" };
+        println!(
+            "  {name}: {ratio:.2}x Redis's rate (target >= {times}x: {}), p99 {p} ns (target < {redis_p99}: {})",
+            met(ratio >= times),
+            met(p < redis_p99)
+        );
     }
     Ok(())
 }
+
+/// The Redis case the targets are judged against.
+const REDIS_ONE: &str = "Redis INCR+EXPIRE (Lua), 1 client";
 
 /// `redis-server` on PATH, installed from Debian's packages if missing and possible.
 pub(crate) fn ensure_redis() -> Result<()> {
@@ -115,18 +158,6 @@ pub(crate) fn ensure_redis() -> Result<()> {
         return Ok(());
     }
     bail!("redis-server is not installed and could not be installed (apt-get install redis-server needs root and the Debian mirror)")
-}
-
-fn row(name: &str, rate: f64, h: &Histogram<u64>) {
-    println!(
-        "{:<40} {:>14.0} {:>10} {:>10} {:>10} {:>12.1}",
-        name,
-        rate,
-        h.value_at_quantile(0.5),
-        h.value_at_quantile(0.99),
-        h.value_at_quantile(0.999),
-        rate / REDIS_ANCHOR
-    );
 }
 
 /// A `redis-server` on a loopback port, killed on drop.
