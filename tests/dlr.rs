@@ -84,7 +84,7 @@ fn a_dlr_at_another_node_reaches_the_owner_in_one_round_trip_and_repeats_are_rec
     let _collector = c.start_collector();
     let a = start(&c, "a", std::slice::from_ref(&c.endpoint));
     let b = start(&c, "b", &[c.endpoint.clone(), a.endpoint()]);
-    let _c3 = start(&c, "c", &[c.endpoint.clone(), a.endpoint(), b.endpoint()]);
+    let c3 = start(&c, "c", &[c.endpoint.clone(), a.endpoint(), b.endpoint()]);
     wait_mesh(&c, &["a", "b", "c"]);
 
     // The gateway on a registers the id from submit_sm_resp in hex; the DLR carries it in decimal.
@@ -179,6 +179,11 @@ fn a_dlr_at_another_node_reaches_the_owner_in_one_round_trip_and_repeats_are_rec
     assert!((p50 - exact).abs() <= exact * 0.001, "p50 {p50} within 0.1% of {exact}: {report}");
     // pyarrow and DuckDB read every table's files with the numbers query gives.
     common::assert_independent_readers_agree(&c);
+    // Nodes that asked others over the ask stream stop without an error in their logs.
+    for mut node in [b, c3] {
+        let log = node.proc.take().unwrap().stop_and_read_log();
+        assert!(!log.contains("ERROR"), "{} stopped with an error:\n{log}", node.name);
+    }
 }
 
 #[test]

@@ -98,6 +98,13 @@ impl Proc {
         }
     }
 
+    /// Stop as [`Proc::stop`] does; then its whole log.
+    pub fn stop_and_read_log(self) -> String {
+        let log = self.log.clone();
+        self.stop();
+        std::fs::read_to_string(log).unwrap_or_default()
+    }
+
     /// The exit status, if the process has exited.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())

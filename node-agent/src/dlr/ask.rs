@@ -105,11 +105,13 @@ type PendingAsks = Arc<Mutex<HashMap<u64, Pending>>>;
 /// subscriber goes away.
 struct Route {
     node: Arc<str>,
+    /// Declared before the publisher so that it is dropped first: a publisher undeclared first
+    /// takes its listeners with it, and the listener's own undeclaring then logs an error.
+    _listener: MatchingListener<()>,
     publisher: Publisher<'static>,
     /// Whether the node's subscriber is there: kept by the listener, which zenoh calls at once
     /// when it is there already.
     listening: Arc<AtomicBool>,
-    _listener: MatchingListener<()>,
 }
 
 /// This node's side of the ask stream: one answer subscriber, a publisher per asked node.
@@ -243,7 +245,7 @@ impl Asker {
             })
             .await
             .map_err(DlrError::Bus)?;
-        let route = Arc::new(Route { node: Arc::from(node), publisher, listening, _listener: listener });
+        let route = Arc::new(Route { node: Arc::from(node), _listener: listener, publisher, listening });
         // Two first asks may race here: the first route stored wins, the other is dropped.
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         Ok(routes.entry(Arc::from(node)).or_insert(route).clone())
