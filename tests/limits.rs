@@ -111,6 +111,12 @@ fn a_killed_node_frees_its_share_and_its_slots_at_once() {
     let a = c.start_limits_agent("a", &[], "", "");
     let b = c.start_limits_agent("b", &[a.endpoint()], "", "");
     wait_healthy(&c, &["a", "b"]);
+    // A node's demand reports begin once it is live: a start is not a refusal.
+    for node in ["a", "b"] {
+        let (_, text) = c.http_get(node, "/metrics");
+        let refused = text.lines().find(|l| l.contains("reason=\"counter_invalid\"")).unwrap_or_default();
+        assert!(refused.ends_with(" 0"), "{node}: {refused}");
+    }
     c.set_limits(
         &a.endpoint(),
         &format!("{RATE_1000}\n[[limit]]\nkey = \"domain:*\"\nconcurrency = 20\n"),

@@ -218,16 +218,24 @@ impl Agent {
             membership: membership.clone(),
         };
         tracker.spawn(acks.run(self_ack_rx, cancel.clone()));
-        tracker.spawn(publisher::run_heads(
-            session.clone(),
-            keys.clone(),
-            node.clone(),
-            journals.clone(),
-            membership.clone(),
-            cancel.clone(),
+        // Heads and demand reports name this node, and peers refuse them from a node that is not
+        // live: they begin once the token below is declared, after everything it stands for.
+        let (announced_tx, announced) = tokio::sync::watch::channel(false);
+        tracker.spawn(once_announced(
+            announced.clone(),
+            publisher::run_heads(
+                session.clone(),
+                keys.clone(),
+                node.clone(),
+                journals.clone(),
+                membership.clone(),
+                cancel.clone(),
+            ),
         ));
         let limits = if config.limits.enabled {
-            Some(limits::LimitsService::start(&config, &session, &keys, &membership, &tracker, &cancel).await?)
+            let limits =
+                limits::LimitsService::start(&config, &session, &keys, &membership, &tracker, &announced, &cancel);
+            Some(limits.await?)
         } else {
             None
         };
@@ -303,6 +311,7 @@ impl Agent {
             switchboard_bus::vital::watch(&tracker, "the HTTP API".into(), task, cancel.clone());
         }
         let token = session::announce(&session, &keys, Role::Agent, &node).await?;
+        announced_tx.send_replace(true);
         let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
         for source in &config.sources {
             let Some(journal) = journals.get(&source.name).cloned() else { continue };
@@ -351,5 +360,13 @@ impl Agent {
             tracing::debug!(error = %e, "closing the bus session");
         }
         tracing::info!("agent stopped");
+    }
+}
+
+/// Run `work` once `announced` turns true (this node's liveliness token is out); never, if its
+/// sender goes first (a start that failed).
+pub(crate) async fn once_announced(mut announced: tokio::sync::watch::Receiver<bool>, work: impl std::future::Future) {
+    if announced.wait_for(|up| *up).await.is_ok() {
+        work.await;
     }
 }

@@ -114,6 +114,7 @@ impl LimitsService {
         keys: &KeySpace,
         membership: &Membership,
         tracker: &TaskTracker,
+        announced: &tokio::sync::watch::Receiver<bool>,
         cancel: &CancellationToken,
     ) -> Result<Arc<Self>, AgentError> {
         let l = &config.limits;
@@ -136,15 +137,19 @@ impl LimitsService {
             silent_hold: Duration::from_millis(l.silent_hold_ms),
         };
         let (view_tx, peers) = watch::channel(BTreeMap::new());
-        tracker.spawn(coord::run(
-            session.clone(),
-            keys.clone(),
-            node,
-            limiter.clone(),
-            membership.clone(),
-            settings,
-            view_tx,
-            cancel.clone(),
+        // Demand reports begin once this node is live (peers refuse them before).
+        tracker.spawn(crate::once_announced(
+            announced.clone(),
+            coord::run(
+                session.clone(),
+                keys.clone(),
+                node,
+                limiter.clone(),
+                membership.clone(),
+                settings,
+                view_tx,
+                cancel.clone(),
+            ),
         ));
         if l.record_decisions {
             let recorder = record::Recorder::new(dir, limiter.clone());
