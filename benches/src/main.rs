@@ -108,8 +108,8 @@ enum Bench {
         repeat: u32,
         /// Other nodes keeping a copy of each record (`dlr.copies`, default as in the agent).
         /// 2 puts every record on all 3 nodes: every resolve is answered from the node's own store.
-        #[arg(long, default_value_t = 1)]
-        copies: usize,
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+        copies: u16,
     },
     /// DLR store capacity: `--records` open records in one node's store, then disk and memory
     /// per record and random reads, beside the budget (at most 150 B of disk per record, at most
@@ -270,7 +270,7 @@ fn main() -> Result<()> {
             tls::run(&tls::TlsBench { lines, repeat, records, lookups, rate, transport })
         }
         Bench::Dlr { records, lookups, rate, clients, cache_mb, repeat, copies } => {
-            dlr::run(&dlr::DlrBench { records, lookups, rate, clients, cache_mb, repeat, copies })
+            dlr::run(&dlr::DlrBench { records, lookups, rate, clients, cache_mb, repeat, copies: copies.into() })
         }
         Bench::Capacity { records, cache_mb } => capacity::run(records, cache_mb),
         Bench::Status { records, keys, repeat, window_secs } => {

@@ -156,7 +156,7 @@ pub struct DlrStatus {
     /// Submission time of the oldest open own record, ms since the Unix epoch.
     #[serde(default)]
     pub oldest_open_ms: Option<u64>,
-    /// When the records were last counted (a pass over the store every minute).
+    /// When the records were last counted (a pass over the store after start, then after they changed).
     #[serde(default)]
     pub counted_at_ms: Option<u64>,
     /// Lookups (resolves and reports) this node's gateway made per second.
