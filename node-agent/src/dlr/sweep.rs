@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use switchboard_bus::dlr::DlrRecord;
 
-use super::store::StoreError;
+use super::store::{DlrStore, StoreError};
 use super::{now_ms, DlrService};
 
 /// The soonest a census follows the last one when the records changed.
@@ -34,38 +34,41 @@ pub struct Census {
     pub at_ms: u64,
 }
 
-impl DlrService {
-    /// Count the records (a pass over the store in pages, each record glanced at, not decoded,
-    /// resting between pages; blocking).
-    pub fn count_records(&self) -> Result<Census, StoreError> {
-        let mut c = Census::default();
-        let mut unreadable = 0u64;
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = std::time::Instant::now();
-            let next =
-                self.store.scan_values(after.as_deref(), CENSUS_PAGE, |value| match DlrRecord::glance(value) {
-                    Ok(g) if g.owner != self.node.as_bytes() => c.copies += 1,
-                    Ok(g) if g.open => {
-                        c.own_open += 1;
-                        c.oldest_open_ms = Some(c.oldest_open_ms.map_or(g.submitted_at, |o| o.min(g.submitted_at)));
-                    }
-                    Ok(_) => {}
-                    Err(_) => unreadable += 1,
-                })?;
-            match next {
-                Some(k) => after = Some(k),
-                None => break,
+/// Count the records of `store` as node `node` sees them (a pass in pages, each record glanced
+/// at, not decoded, resting between pages; blocking). `None` when `stop` fired between pages: a
+/// shutdown does not wait for a paced pass over a large store.
+pub fn count_records(store: &DlrStore, node: &str, stop: &CancellationToken) -> Result<Option<Census>, StoreError> {
+    let mut c = Census::default();
+    let mut unreadable = 0u64;
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = std::time::Instant::now();
+        let next = store.scan_values(after.as_deref(), CENSUS_PAGE, |value| match DlrRecord::glance(value) {
+            Ok(g) if g.owner != node.as_bytes() => c.copies += 1,
+            Ok(g) if g.open => {
+                c.own_open += 1;
+                c.oldest_open_ms = Some(c.oldest_open_ms.map_or(g.submitted_at, |o| o.min(g.submitted_at)));
             }
-            std::thread::sleep(page.elapsed() * CENSUS_REST);
+            Ok(_) => {}
+            Err(_) => unreadable += 1,
+        })?;
+        match next {
+            Some(k) => after = Some(k),
+            None => break,
         }
-        if unreadable > 0 {
-            tracing::warn!(records = unreadable, "DLR census: unreadable records skipped");
+        std::thread::sleep(page.elapsed() * CENSUS_REST);
+        if stop.is_cancelled() {
+            return Ok(None);
         }
-        c.at_ms = now_ms();
-        Ok(c)
     }
+    if unreadable > 0 {
+        tracing::warn!(records = unreadable, "DLR census: unreadable records skipped");
+    }
+    c.at_ms = now_ms();
+    Ok(Some(c))
+}
 
+impl DlrService {
     /// Count the records a few seconds after start, then whenever they changed (the store's
     /// change count moved): [`CENSUS_SOON`] after the last count, or 20 times as long as the last
     /// count took, whichever is later (so that counts of a large store stay under 1% of a core:
@@ -89,10 +92,11 @@ impl DlrService {
             if !due {
                 continue;
             }
-            let (me, at) = (self.clone(), tokio::time::Instant::now());
-            match tokio::task::spawn_blocking(move || me.count_records()).await {
+            let (me, stop, at) = (self.clone(), cancel.clone(), tokio::time::Instant::now());
+            match tokio::task::spawn_blocking(move || count_records(me.store(), &me.node, &stop)).await {
                 // One assignment under the lock: a poisoned lock is taken over.
-                Ok(Ok(c)) => *self.census.lock().unwrap_or_else(|p| p.into_inner()) = Some(c),
+                Ok(Ok(Some(c))) => *self.census.lock().unwrap_or_else(|p| p.into_inner()) = Some(c),
+                Ok(Ok(None)) => break,
                 Ok(Err(e)) => tracing::warn!(error = %e, "DLR census"),
                 Err(e) => tracing::warn!(error = %e, "DLR census task"),
             }
@@ -131,5 +135,54 @@ impl DlrService {
         }
         let me = self.clone();
         let _ = tokio::task::spawn_blocking(move || me.count_store_error(me.store.sync())).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dlr::store::Write;
+    use switchboard_bus::dlr::RecordState;
+
+    fn rec(id: u32, owner: &str, open: bool) -> DlrRecord {
+        DlrRecord {
+            connector: "smsc".into(),
+            id: id.to_string(),
+            msg_id: id.to_string(),
+            account: String::new(),
+            destination: "+491".into(),
+            submitted_at: 1_000 + u64::from(id),
+            owner: owner.into(),
+            gateway_ref: String::new(),
+            expires_at: u64::MAX / 2,
+            version: 1,
+            state: if open { RecordState::Open } else { RecordState::Closed },
+            status: None,
+            closed_at: None,
+            closed_by: None,
+        }
+    }
+
+    #[test]
+    fn a_census_counts_over_pages_and_stops_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DlrStore::open(dir.path(), 1 << 20).unwrap();
+        // Two and a half pages: own open ones, own closed ones, copies of b's.
+        let records: Vec<DlrRecord> = (0..25_000u32)
+            .map(|i| match i % 5 {
+                0 => rec(i, "b", true),
+                1 => rec(i, "a", false),
+                _ => rec(i, "a", true),
+            })
+            .collect();
+        for chunk in records.chunks(5_000) {
+            let writes: Vec<Write<'_>> = chunk.iter().map(|r| Write::Put { record: r, previous: None }).collect();
+            store.write(&writes).unwrap();
+        }
+        let c = count_records(&store, "a", &CancellationToken::new()).unwrap().unwrap();
+        assert_eq!((c.own_open, c.copies, c.oldest_open_ms), (15_000, 5_000, Some(1_002)));
+        let stop = CancellationToken::new();
+        stop.cancel();
+        assert_eq!(count_records(&store, "a", &stop).unwrap(), None, "stopped after its first page");
     }
 }
