@@ -291,11 +291,12 @@ fn seq_of(bytes: &[u8]) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use switchboard_bus::dlr::RecordState;
 
-    fn rec(id: &str, expires_at: u64) -> DlrRecord {
+    /// An open record of node `a` (test data).
+    pub(crate) fn rec(id: &str, expires_at: u64) -> DlrRecord {
         DlrRecord {
             connector: "smsc".into(),
             id: id.into(),

@@ -145,21 +145,13 @@ mod tests {
     use switchboard_bus::dlr::RecordState;
 
     fn rec(id: u32, owner: &str, open: bool) -> DlrRecord {
+        let state = if open { RecordState::Open } else { RecordState::Closed };
+        let submitted_at = 1_000 + u64::from(id);
         DlrRecord {
-            connector: "smsc".into(),
-            id: id.to_string(),
-            msg_id: id.to_string(),
-            account: String::new(),
-            destination: "+491".into(),
-            submitted_at: 1_000 + u64::from(id),
             owner: owner.into(),
-            gateway_ref: String::new(),
-            expires_at: u64::MAX / 2,
-            version: 1,
-            state: if open { RecordState::Open } else { RecordState::Closed },
-            status: None,
-            closed_at: None,
-            closed_by: None,
+            state,
+            submitted_at,
+            ..crate::dlr::store::tests::rec(&id.to_string(), u64::MAX / 2)
         }
     }
 
