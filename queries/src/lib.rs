@@ -23,6 +23,7 @@
 //! ```
 
 pub mod functions;
+mod hours;
 pub mod plot;
 pub mod reports;
 pub mod window;
@@ -248,13 +249,28 @@ async fn register(ctx: &SessionContext, table: &str, url: &str, window: &TimeWin
     let options = ParquetReadOptions::default()
         .table_partition_cols(vec![("date".to_owned(), DataType::Utf8), ("hour".to_owned(), DataType::Int32)]);
     if window.is_all() {
-        ctx.register_parquet(table, url, options).await?;
+        register_files(ctx, table, url, options).await?;
     } else {
         let all = format!("{table}_all");
-        ctx.register_parquet(all.as_str(), url, options).await?;
+        register_files(ctx, &all, url, options).await?;
         let view = ctx.sql(&format!("SELECT * FROM {all} WHERE {}", window.condition())).await?.into_view();
         ctx.register_table(table, view)?;
     }
+    Ok(())
+}
+
+/// Register the Parquet files below `url` as `name`, hours spelled as on disk ([`hours`]).
+async fn register_files(
+    ctx: &SessionContext,
+    name: &str,
+    url: &str,
+    options: ParquetReadOptions<'_>,
+) -> Result<(), QueryError> {
+    ctx.register_parquet(name, url, options).await?;
+    let files = ctx
+        .deregister_table(name)?
+        .ok_or_else(|| QueryError::Sql(format!("table {name} was not registered")))?;
+    ctx.register_table(name, Arc::new(hours::PaddedHours(files)))?;
     Ok(())
 }
 
@@ -423,6 +439,23 @@ mod tests {
         let b = ds.sql("SELECT count(*) FROM logs WHERE hour = 11").await.unwrap();
         assert_eq!(b[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0), 1);
         assert!(ds.sql("SELECT count(*) FROM logs WHERE message <> ''").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn hours_written_with_two_digits_are_found_by_date_and_hour() {
+        // As the collector writes them: `hour=03`, and a query that says `hour = 3`.
+        let root = tempfile::tempdir().unwrap();
+        write_file(&root.path().join("logs/date=2026-11-22/hour=03"), &[(1, "a"), (2, "b")]);
+        write_file(&root.path().join("logs/date=2026-11-22/hour=10"), &[(3, "c")]);
+        let ds = Dataset::open(root.path()).await.unwrap();
+        let count = |b: Vec<RecordBatch>| b[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0);
+        let sql = "SELECT count(*) FROM logs WHERE date = '2026-11-22' AND hour = 3";
+        assert_eq!(count(ds.sql(sql).await.unwrap()), 2);
+        assert_eq!(count(ds.sql("SELECT count(*) FROM logs WHERE hour = 3 AND date = '2026-11-22'").await.unwrap()), 2);
+        assert_eq!(count(ds.sql("SELECT count(*) FROM logs WHERE 3 = hour").await.unwrap()), 2);
+        // Still only that hour's files are opened.
+        std::fs::write(root.path().join("logs/date=2026-11-22/hour=10/part-0.parquet"), b"not parquet").unwrap();
+        assert_eq!(count(ds.sql("SELECT count(*) FROM logs WHERE date = '2026-11-22' AND hour = 3 AND message <> ''").await.unwrap()), 2);
     }
 
     #[tokio::test]

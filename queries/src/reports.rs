@@ -168,9 +168,12 @@ pub fn report(name: &str, opts: &ReportOptions) -> Result<Report, QueryError> {
             table: tables::LOGS,
         },
         "dlr-latency" => Report {
+            // A quantile is the top of its HDR bucket (within 0.1%): never above the exact maximum.
             sql: "SELECT connector, count(*) AS delivered, \
-                  hdr_quantile(hdr_of(latency_ms), 0.5) AS p50_ms, hdr_quantile(hdr_of(latency_ms), 0.9) AS p90_ms, \
-                  hdr_quantile(hdr_of(latency_ms), 0.99) AS p99_ms, max(latency_ms) AS max_ms \
+                  least(hdr_quantile(hdr_of(latency_ms), 0.5), CAST(max(latency_ms) AS DOUBLE)) AS p50_ms, \
+                  least(hdr_quantile(hdr_of(latency_ms), 0.9), CAST(max(latency_ms) AS DOUBLE)) AS p90_ms, \
+                  least(hdr_quantile(hdr_of(latency_ms), 0.99), CAST(max(latency_ms) AS DOUBLE)) AS p99_ms, \
+                  max(latency_ms) AS max_ms \
                   FROM dlr WHERE event = 'delivered' AND latency_ms IS NOT NULL GROUP BY 1 ORDER BY 1"
                 .into(),
             series: None,
