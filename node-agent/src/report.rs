@@ -115,7 +115,7 @@ impl Report for AgentReport {
             "dlr": self.dlr.as_ref().map(|d| {
                 let size = d.store().size();
                 serde_json::json!({
-                    "records": size.records,
+                    "records": d.records_held(),
                     "inbox": size.inbox,
                     "disk_bytes": size.disk_bytes,
                     "store_errors": d.stats.store_errors.load(Ordering::Relaxed),
@@ -289,8 +289,8 @@ impl Report for AgentReport {
             let size = d.store().size();
             m.gauge(
                 "switchboard_agent_dlr_records",
-                "DLR records held (own and copies), approximate.",
-                size.records as f64,
+                "DLR records held (own and copies), as of the last census (the store's estimate before the first).",
+                d.records_held() as f64,
             )
             .gauge("switchboard_agent_dlr_inbox", "Reports waiting for this node's gateway.", size.inbox as f64)
             .gauge(

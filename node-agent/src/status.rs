@@ -75,7 +75,7 @@ impl AgentReport {
             let size = d.store().size();
             let census = d.census();
             DlrStatus {
-                records: size.records,
+                records: d.records_held(),
                 own_open: census.map(|c| c.own_open),
                 copies: census.map(|c| c.copies),
                 oldest_open_ms: census.and_then(|c| c.oldest_open_ms),

@@ -46,6 +46,15 @@ pub fn router(service: Arc<DlrService>) -> Router {
         .with_state(service)
 }
 
+/// The DLR routes of a node whose `[dlr]` is off: a 404 that says so (not an empty one).
+pub fn off_router() -> Router {
+    async fn off() -> Response {
+        (StatusCode::NOT_FOUND, Json(json!({ "error": "DLRs are off on this node ([dlr] enabled = false)" })))
+            .into_response()
+    }
+    Router::new().route("/v1/dlr", axum::routing::any(off)).route("/v1/dlr/{*rest}", axum::routing::any(off))
+}
+
 fn error(service: &DlrService, e: DlrError) -> Response {
     let status = match e.kind() {
         ErrorKind::BadRequest => {
@@ -136,7 +145,7 @@ async fn show(State(s): State<Arc<DlrService>>) -> Response {
     Json(json!({
         "node": s.node(),
         "live_nodes": s.live_nodes(),
-        "records": size.records,
+        "records": s.records_held(),
         "inbox": size.inbox,
         "disk_bytes": size.disk_bytes,
         "replica_queue": s.replica_queue().0,

@@ -56,11 +56,11 @@ pub struct CloseRequest {
     pub status: String,
 }
 
+/// A batch of registrations (`{"records": [...]}`).
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum RegisterBody {
-    Many { records: Vec<Registration> },
-    One(Registration),
+#[serde(deny_unknown_fields)]
+struct RegisterMany {
+    records: Vec<Registration>,
 }
 
 /// The shape of each request's body, for error messages.
@@ -77,10 +77,16 @@ pub fn parse<T: for<'de> Deserialize<'de>>(body: &[u8], shape: &str) -> Result<T
 impl Request {
     /// A `register` body.
     pub fn register(body: &[u8]) -> Result<Self, DlrError> {
-        Ok(Self::Register(match parse::<RegisterBody>(body, REGISTER_SHAPE)? {
-            RegisterBody::Many { records } => records,
-            RegisterBody::One(r) => vec![r],
-        }))
+        // One shape or the other, each parsed as itself so that an error names the field (an
+        // untagged enum's error names neither). `"records"` can stand in a body only as a key or
+        // as a whole string value; for the latter, the single shape is tried after the batch.
+        if !body.windows(9).any(|w| w == b"\"records\"") {
+            return parse(body, REGISTER_SHAPE).map(|one| Self::Register(vec![one]));
+        }
+        match parse::<RegisterMany>(body, REGISTER_SHAPE) {
+            Ok(many) => Ok(Self::Register(many.records)),
+            Err(e) => parse(body, REGISTER_SHAPE).map(|one| Self::Register(vec![one])).map_err(|_| e),
+        }
     }
 
     /// A `resolve` body.
@@ -145,5 +151,36 @@ impl Answer {
 
     fn created(value: &impl Serialize) -> Self {
         Self { created: true, ..Self::ok(value) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(body: &str) -> String {
+        match Request::register(body.as_bytes()) {
+            Err(e) => e.to_string(),
+            Ok(r) => panic!("{body} parsed: {r:?}"),
+        }
+    }
+
+    fn registered(body: &str) -> usize {
+        match Request::register(body.as_bytes()) {
+            Ok(Request::Register(records)) => records.len(),
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_register_error_names_the_field_in_either_shape() {
+        assert!(error(r#"{"connector": "smpp1"}"#).contains("missing field `msg_id`"));
+        assert!(error(r#"{"connector": "c", "msg_id": "1", "bogus": 1}"#).contains("unknown field `bogus`"));
+        assert!(error(r#"{"records": [{"connector": "c", "msg_id": "1", "bogus": 1}]}"#).contains("unknown field `bogus`"));
+        assert!(error(r#"{"records": 3}"#).contains("expected a sequence"));
+        assert_eq!(registered(r#"{"connector": "c", "msg_id": "1"}"#), 1);
+        assert_eq!(registered(r#"{"records": [{"connector": "c", "msg_id": "1"}, {"connector": "c", "msg_id": "2"}]}"#), 2);
+        // "records" as a value, not a key, is still one registration.
+        assert_eq!(registered(r#"{"connector": "c", "msg_id": "1", "account": "records"}"#), 1);
     }
 }

@@ -57,9 +57,10 @@ pub enum Write<'a> {
 /// Sizes of the store.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StoreSize {
-    /// Records (own and copies), approximate.
+    /// Records (own and copies), approximate: deleted and replaced records count until the
+    /// store compacts them away ([`crate::dlr::sweep::Census`] counts exactly).
     pub records: u64,
-    /// Reports waiting for the gateway.
+    /// Reports waiting for the gateway (exact).
     pub inbox: u64,
     /// Bytes on disk.
     pub disk_bytes: u64,
@@ -72,6 +73,8 @@ pub struct DlrStore {
     expiry: Keyspace,
     inbox: Keyspace,
     next_inbox: AtomicU64,
+    /// Entries in `inbox`: counted at open, then kept as entries come and go.
+    inbox_len: AtomicU64,
     /// Batches that put or removed records since the store was opened.
     record_changes: AtomicU64,
     writer: Mutex<()>,
@@ -102,12 +105,18 @@ impl DlrStore {
             Some(guard) => seq_of(&guard.key()?) + 1,
             None => 1,
         };
+        let mut inbox_len = 0u64;
+        for guard in inbox.iter() {
+            guard.key()?;
+            inbox_len += 1;
+        }
         Ok(Self {
             db,
             records,
             expiry,
             inbox,
             next_inbox: AtomicU64::new(next),
+            inbox_len: AtomicU64::new(inbox_len),
             record_changes: AtomicU64::new(0),
             writer: Mutex::new(()),
         })
@@ -161,6 +170,9 @@ impl DlrStore {
             }
         }
         batch.commit()?;
+        if seq.is_some() {
+            self.inbox_len.fetch_add(1, Ordering::Relaxed);
+        }
         if writes.iter().any(|w| !matches!(w, Write::Inbox(_))) {
             self.record_changes.fetch_add(1, Ordering::Relaxed);
         }
@@ -251,6 +263,8 @@ impl DlrStore {
 
     /// Drop inbox entries up to and including `upto`; returns how many.
     pub fn ack_inbox(&self, upto: u64) -> Result<u64, StoreError> {
+        // Two acks at once would both count the entries they both remove.
+        let _serial = self.lock();
         let mut batch = self.db.batch();
         let mut n = 0;
         for guard in self.inbox.range(..=upto.to_be_bytes()) {
@@ -258,6 +272,7 @@ impl DlrStore {
             n += 1;
         }
         batch.commit()?;
+        let _ = self.inbox_len.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| Some(l.saturating_sub(n)));
         Ok(n)
     }
 
@@ -270,7 +285,7 @@ impl DlrStore {
     pub fn size(&self) -> StoreSize {
         StoreSize {
             records: self.records.approximate_len() as u64,
-            inbox: self.inbox.approximate_len() as u64,
+            inbox: self.inbox_len.load(Ordering::Relaxed),
             disk_bytes: self.db.disk_space().unwrap_or(0),
         }
     }
@@ -365,11 +380,16 @@ pub(crate) mod tests {
             assert_eq!(s.write(&[Write::Inbox(b"b")]).unwrap(), Some(2));
         }
         let s = DlrStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.size().inbox, 2, "counted at open");
         assert_eq!(s.write(&[Write::Inbox(b"c")]).unwrap(), Some(3));
+        assert_eq!(s.size().inbox, 3);
         let all = s.inbox_after(0, 10).unwrap();
         assert_eq!(all.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [1, 2, 3]);
         assert_eq!(s.inbox_after(1, 1).unwrap(), vec![(2, b"b".to_vec())]);
         assert_eq!(s.ack_inbox(2).unwrap(), 2);
         assert_eq!(s.inbox_after(0, 10).unwrap().len(), 1);
+        assert_eq!(s.size().inbox, 1, "exact after an ack, not fjall's estimate");
+        assert_eq!(s.ack_inbox(2).unwrap(), 0);
+        assert_eq!(s.size().inbox, 1);
     }
 }

@@ -24,6 +24,8 @@ const CENSUS_REST: u32 = 4;
 /// The node's records counted in one pass.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Census {
+    /// Every record held (own, open or not, and copies).
+    pub total: u64,
     /// Open records this node owns.
     pub own_open: u64,
     /// Copies of other nodes' records.
@@ -43,14 +45,17 @@ pub fn count_records(store: &DlrStore, node: &str, stop: &CancellationToken) -> 
     let mut after: Option<Vec<u8>> = None;
     loop {
         let page = std::time::Instant::now();
-        let next = store.scan_values(after.as_deref(), CENSUS_PAGE, |value| match DlrRecord::glance(value) {
-            Ok(g) if g.owner != node.as_bytes() => c.copies += 1,
-            Ok(g) if g.open => {
-                c.own_open += 1;
-                c.oldest_open_ms = Some(c.oldest_open_ms.map_or(g.submitted_at, |o| o.min(g.submitted_at)));
+        let next = store.scan_values(after.as_deref(), CENSUS_PAGE, |value| {
+            c.total += 1;
+            match DlrRecord::glance(value) {
+                Ok(g) if g.owner != node.as_bytes() => c.copies += 1,
+                Ok(g) if g.open => {
+                    c.own_open += 1;
+                    c.oldest_open_ms = Some(c.oldest_open_ms.map_or(g.submitted_at, |o| o.min(g.submitted_at)));
+                }
+                Ok(_) => {}
+                Err(_) => unreadable += 1,
             }
-            Ok(_) => {}
-            Err(_) => unreadable += 1,
         })?;
         match next {
             Some(k) => after = Some(k),
@@ -107,6 +112,11 @@ impl DlrService {
     /// The last census, if one finished.
     pub fn census(&self) -> Option<Census> {
         *self.census.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records held: the last census's exact count, or the store's estimate before the first.
+    pub fn records_held(&self) -> u64 {
+        self.census().map_or_else(|| self.store.size().records, |c| c.total)
     }
 }
 
@@ -172,7 +182,13 @@ mod tests {
             store.write(&writes).unwrap();
         }
         let c = count_records(&store, "a", &CancellationToken::new()).unwrap().unwrap();
-        assert_eq!((c.own_open, c.copies, c.oldest_open_ms), (15_000, 5_000, Some(1_002)));
+        assert_eq!((c.total, c.own_open, c.copies, c.oldest_open_ms), (25_000, 15_000, 5_000, Some(1_002)));
+        // Removed records are gone from the count at once (the store's estimate keeps them until
+        // it compacts).
+        let gone: Vec<Write<'_>> = records[..1_000].iter().map(Write::Remove).collect();
+        store.write(&gone).unwrap();
+        let c = count_records(&store, "a", &CancellationToken::new()).unwrap().unwrap();
+        assert_eq!(c.total, 24_000);
         let stop = CancellationToken::new();
         stop.cancel();
         assert_eq!(count_records(&store, "a", &stop).unwrap(), None, "stopped after its first page");
