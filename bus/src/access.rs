@@ -83,8 +83,16 @@ fn grants(id: &Identity) -> Vec<(&'static [&'static str], Vec<String>)> {
 }
 
 /// zenoh's `access_control` document for `members` under `keys`.
+///
+/// Each member's link matches exactly one subject (its certificate's common name), whose policy
+/// holds every rule for that link: a process's own messages out (never filtered) and what the
+/// member may send in. zenoh logs a decision per matching subject, and a subject that allows
+/// nothing logs a denial even when another allows the message; with one subject per link each
+/// logged denial is a message dropped, which is what [`crate::refusals::AccessDeniedLayer`]
+/// counts. A certificate of the CA that is not a member matches no subject: the default
+/// (deny) drops what it sends without a log line, and nothing is sent to it.
 pub fn policy(keys: &KeySpace, members: &[Identity]) -> Value {
-    // A process's own messages are never filtered: every link may carry them.
+    // A process's own messages are never filtered: every member's link may carry them.
     let mut rules = vec![json!({
         "id": "own-messages",
         "messages": ["put", "delete", "declare_subscriber", "query", "declare_queryable", "reply",
@@ -93,12 +101,12 @@ pub fn policy(keys: &KeySpace, members: &[Identity]) -> Value {
         "permission": "allow",
         "key_exprs": ["**"],
     })];
-    let mut subjects = vec![json!({ "id": "any-link" })];
-    let mut policies = vec![json!({ "id": "own-messages", "rules": ["own-messages"], "subjects": ["any-link"] })];
+    let mut subjects = Vec::new();
+    let mut policies = Vec::new();
     for (m, id) in members.iter().enumerate() {
         let subject = format!("m{m}");
         subjects.push(json!({ "id": subject, "cert_common_names": [id.to_string()] }));
-        let mut ids = Vec::new();
+        let mut ids = vec!["own-messages".to_owned()];
         for (r, (messages, patterns)) in grants(id).into_iter().enumerate() {
             let rule = format!("m{m}r{r}");
             rules.push(json!({
@@ -154,5 +162,14 @@ mod tests {
         assert_eq!(granted("sb/t/stream/gw1/**"), ["m0r2"]);
         assert_eq!(granted("sb/t/watermark/c1/**"), ["m1r2"]);
         assert_eq!(p["default_permission"], "deny");
+        // One subject per member and no catch-all, each policy with the rule for its own messages
+        // out: a logged denial is then a message dropped.
+        let subjects = p["subjects"].as_array().unwrap();
+        assert_eq!(subjects.len(), members.len());
+        assert!(subjects.iter().all(|s| s["cert_common_names"].as_array().is_some_and(|n| n.len() == 1)));
+        for policy in p["policies"].as_array().unwrap() {
+            assert_eq!(policy["rules"][0], "own-messages", "{policy}");
+            assert_eq!(policy["subjects"].as_array().unwrap().len(), 1, "{policy}");
+        }
     }
 }

@@ -47,7 +47,6 @@ reasons! {
     CounterInvalid => "counter_invalid": "A demand document out of bounds or under another node's key.",
     HeadNotLive => "head_not_live": "Heads from a node that is not live.",
     HeadInvalid => "head_invalid": "Heads that do not parse or are out of bounds.",
-    BatchForeign => "batch_foreign": "A log batch on the stream of a node that is not live.",
     ReplayRange => "replay_range": "A replay query whose range is inverted or too long.",
     StreamsTooMany => "streams_too_many": "A log batch that would open more streams of one node than a collector keeps (1,024).",
 }
@@ -144,7 +143,8 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AccessDeniedLayer 
         }
         let mut m = Message(String::new());
         event.record(&mut m);
-        if m.0.contains("is unauthorized") {
+        // Only what arrives: a process's own messages out are never filtered (see `access`).
+        if m.0.contains("is unauthorized") && m.0.contains("(ingress)") {
             refuse(Reason::AccessDenied, m.0);
         }
     }
