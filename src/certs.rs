@@ -23,8 +23,8 @@ pub enum CertsCommand {
         /// Where to write the files.
         #[arg(long, default_value = "tls")]
         dir: PathBuf,
-        /// How long the CA is valid, in days.
-        #[arg(long, default_value_t = 3650)]
+        /// How long the CA is valid, in days (1 to 36500).
+        #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..=36_500))]
         days: u32,
         /// Replace an existing CA (every certificate it issued stops being trusted).
         #[arg(long)]
@@ -42,8 +42,8 @@ pub enum CertsCommand {
         /// Where the CA is and the files go.
         #[arg(long, default_value = "tls")]
         dir: PathBuf,
-        /// How long the certificate is valid, in days.
-        #[arg(long, default_value_t = 825)]
+        /// How long the certificate is valid, in days (1 to 36500).
+        #[arg(long, default_value_t = 825, value_parser = clap::value_parser!(u32).range(1..=36_500))]
         days: u32,
     },
     /// Print a certificate's identity, issuer and validity.

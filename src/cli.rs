@@ -339,10 +339,16 @@ pub fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
-/// zenoh says this at every start of a peer whose `connect` endpoints are not all up within the
-/// scouting delay, which is normal here (agents start before their collector, reconnects are
-/// retried): keep it out of the user's way unless they ask for zenoh's logs.
-const QUIET_ZENOH: &str = "zenoh::net::runtime::orchestrator=error";
+/// Warnings zenoh gives at every start that say nothing wrong here; kept out of the user's way
+/// unless they ask for zenoh's logs:
+/// - a peer whose `connect` endpoints are not all up within the scouting delay (agents start
+///   before their collector, reconnects are retried);
+/// - "Skipping name verification" of a QUIC or TLS server: peers are known by their
+///   certificate's identity, not by host name (docs/security.md);
+/// - access control warning of a link with several network interfaces: the policy names no
+///   interface.
+const QUIET_ZENOH: &str = "zenoh::net::runtime::orchestrator=error,zenoh_link_commons::quic::utils=error,\
+                           zenoh_link_tls::utils=error,zenoh::net::routing::interceptor::access_control=error";
 
 fn init_tracing(filter: Option<&str>, default: &str) {
     use std::io::IsTerminal;
@@ -366,6 +372,15 @@ fn init_tracing(filter: Option<&str>, default: &str) {
     let denials = switchboard_bus::refusals::AccessDeniedLayer
         .with_filter(switchboard_bus::refusals::AccessDeniedLayer::filter());
     let _ = tracing_subscriber::registry().with(log).with(denials).try_init();
+}
+
+/// `--check` reads the TLS files as the start would: present, PEM, valid now, signed by the CA,
+/// the process's own identity, the certificate's key, and the members file.
+fn check_tls(bus: &switchboard_bus::config::BusConfig, role: switchboard_bus::tls::IdRole) -> Result<()> {
+    let Some(tls) = &bus.tls else { return Ok(()) };
+    let me = switchboard_bus::tls::Identity::new(role, &bus.node)?;
+    switchboard_bus::tls::load(tls, Some(&me))?;
+    Ok(())
 }
 
 /// A process whose vital thread died exits with the reason (after its orderly stop).
@@ -418,6 +433,11 @@ pub fn run(cli: Cli) -> Result<()> {
             let cfg = AgentConfig::load(&config)?;
             let idle = cfg.idle_warning();
             if check {
+                check_tls(&cfg.bus, switchboard_bus::tls::IdRole::Agent).with_context(|| config.display().to_string())?;
+                if let Some(group) = &cfg.gateway.socket_group {
+                    switchboard_agent::gateway::gid_of(group)
+                        .with_context(|| format!("{}: gateway.socket_group", config.display()))?;
+                }
                 if cfg.cluster_config.enabled {
                     let dir = cfg.cluster_config.dir(&cfg.agent.data_dir);
                     switchboard_agent::cluster_config::worktree::check_link(&dir)
@@ -443,6 +463,8 @@ pub fn run(cli: Cli) -> Result<()> {
             init_tracing(log, "info");
             let cfg = CollectorConfig::load(&config)?;
             if check {
+                check_tls(&cfg.bus, switchboard_bus::tls::IdRole::Collector)
+                    .with_context(|| config.display().to_string())?;
                 println!("{}: ok", config.display());
                 return Ok(());
             }

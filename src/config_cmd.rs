@@ -148,6 +148,21 @@ pub fn read_tree(dir: &Path) -> Result<(Files, Contents)> {
     Ok((entries, contents))
 }
 
+/// On a bus with TLS, only an admin's certificate may push (docs/security.md): the nodes' policy
+/// drops anyone else's push without a word, so say it here instead of waiting for nodes that
+/// will never apply it.
+pub fn require_admin(bus: &BusArgs) -> Result<()> {
+    let Some(tls) = bus.bus_config()?.tls else { return Ok(()) };
+    let identity = switchboard_bus::tls::load(&tls, None)?.identity;
+    if identity.role != switchboard_bus::tls::IdRole::Admin {
+        bail!(
+            "{} is the certificate of {identity}: pushing a revision needs an admin's certificate              (`switchboard certs issue <name> --role admin`), which the nodes' access policy requires",
+            tls.cert.display()
+        );
+    }
+    Ok(())
+}
+
 fn author(make: &MakeArgs) -> String {
     if let Some(a) = &make.author {
         return a.clone();
@@ -214,6 +229,7 @@ pub async fn make_revision(
     contents: BTreeMap<String, Vec<u8>>,
     wait: bool,
 ) -> Result<Revision> {
+    require_admin(&make.bus)?;
     let Conn { session, keys, repo } = conn;
     let nodes: BTreeSet<String> = repo.states.keys().cloned().collect();
     let new =

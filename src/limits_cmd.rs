@@ -183,6 +183,15 @@ pub async fn run(cmd: LimitsCommand) -> Result<()> {
                 println!("dry run: nothing set");
                 return Ok(());
             }
+            if changes.is_empty() {
+                // Nodes make a limits revision only from a change: there would be nothing to wait for.
+                match &current {
+                    Some(r) => println!("nothing pushed: revision {} stays in force", r.revision),
+                    None => println!("nothing pushed"),
+                }
+                return Ok(());
+            }
+            config_cmd::require_admin(&bus)?;
             let nodes: Vec<String> = histories.iter().map(|(n, _)| n.clone()).collect();
             let first = current.as_ref().map_or(1, |r| r.revision.saturating_add(1));
             let make = config_cmd::MakeArgs { message, author, timeout, bus };
@@ -263,7 +272,11 @@ pub async fn run(cmd: LimitsCommand) -> Result<()> {
                         l.rate.map_or("-".into(), |v| v.to_string()),
                         l.rate.map_or("-", |_| per_name(l.per)),
                         l.concurrency.map_or("-".into(), |v| v.to_string()),
-                        l.burst.map_or("-".into(), |v| v.to_string())
+                        match (l.rate, l.burst) {
+                            (None, _) => "-".to_owned(),
+                            (Some(_), Some(b)) => b.to_string(),
+                            (Some(_), None) => format!("{} (1%)", l.burst_units()),
+                        }
                     );
                 }
             }

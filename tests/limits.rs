@@ -245,8 +245,11 @@ fn a_limit_changed_under_traffic_applies_everywhere_and_the_api_explains_bad_req
     let late = c.start_limits_agent("late", &[a.endpoint()], "", "");
     wait_for_view(&c, "late", 3, 2);
     late.proc.unwrap().stop();
-    let alone = c.restart_limits_agent("late", late.port, &[], "", "");
+    let alone = c.restart_limits_agent("late", late.port, &[], "", "[dlr]\nenabled = false");
     wait_for_view(&c, "late", 1, 2);
+    // Its DLR routes say that DLRs are off there, not an empty 404.
+    let (code, body) = c.http_get("late", "/v1/dlr/resolve");
+    assert!(code == 404 && body.contains("DLRs are off on this node"), "{code} {body}");
 
     // The HTTP API.
     let port = c.http_port("a");
@@ -255,6 +258,10 @@ fn a_limit_changed_under_traffic_applies_everywhere_and_the_api_explains_bad_req
     let (code, head, body) = http_post(port, "/v1/limits/acquire", r#"{"key": "customer:acme", "n": 1}"#);
     assert_eq!(code, 429, "{body}");
     assert!(head.to_ascii_lowercase().contains("retry-after:") && body.contains("retry_after_ms"), "{head}\n{body}");
+    // More than ever passes at once (customer:* has a burst of 1) is refused as such, not told to wait.
+    let (code, head, body) = http_post(port, "/v1/limits/acquire", r#"{"key": "customer:acme", "n": 2}"#);
+    assert!(code == 400 && body.contains(r#""most":1"#) && body.contains("never pass"), "{code} {body}");
+    assert!(!head.to_ascii_lowercase().contains("retry-after:"), "{head}");
     let (code, _, body) = http_post(port, "/v1/limits/acquire", r#"{"key": "unlisted:x"}"#);
     assert_eq!((code, body.as_str()), (200, r#"{"allowed":true,"limited":false}"#));
     let (code, _, body) = http_post(port, "/v1/slots/acquire", r#"{"key": "domain:d"}"#);
@@ -278,6 +285,7 @@ fn a_limit_changed_under_traffic_applies_everywhere_and_the_api_explains_bad_req
     assert!(s.request("ACQUIRE").starts_with("ERR missing key"));
     assert!(s.request("TAKE x").starts_with("ERR unknown request"));
     assert_eq!(s.request("RELEASE domain:never 1"), "OK 0");
+    assert!(s.request("ACQUIRE customer:acme 2").starts_with("ERR n 2 is more than this node lets pass at once"));
     let (_, metrics) = c.http_get("a", "/metrics");
     // Five over HTTP, one on the socket; the unknown verb is the gateway socket's.
     assert!(metric(&metrics, "switchboard_agent_limits_bad_requests_total").unwrap_or(0.0) >= 6.0, "{metrics}");

@@ -284,6 +284,12 @@ pub fn load(config: &TlsConfig, expect: Option<&Identity>) -> Result<Credentials
     if !key.contains("PRIVATE KEY-----") {
         return Err(invalid(&config.key, "no PRIVATE KEY block"));
     }
+    // A key of a kind read here must be the certificate's (others are left to the TLS stack).
+    if let Ok(pair) = rcgen::KeyPair::from_pem(&key) {
+        if pair.public_key_raw() != cert.public_key().subject_public_key.data.as_ref() {
+            return Err(invalid(&config.key, format!("not the key of {}", config.cert.display())));
+        }
+    }
     let members = read_members(&config.members_path())?;
     Ok(Credentials { identity, members, not_after: cert.validity().not_after.to_string() })
 }

@@ -158,24 +158,21 @@ pub struct Gateway {
 /// An answer still waiting (for the bus, the store): it yields the answer line.
 pub type Later = Pin<Box<dyn Future<Output = Vec<u8>> + Send>>;
 
-impl Gateway {
-    /// Bind the configured listeners and serve them until `cancel` fires. `None` when neither a
-    /// socket nor a TCP address is configured.
-    pub fn start(
-        settings: &GatewaySettings,
-        data_dir: &Path,
-        limits: Option<Arc<LimitsService>>,
-        dlr: Option<Arc<DlrService>>,
-        tracker: &TaskTracker,
-        cancel: &CancellationToken,
-    ) -> Result<Option<Arc<Self>>, AgentError> {
+/// The gateway protocol's listeners, bound before the agent joins the bus (a socket that cannot
+/// be bound fails the start before anything else happens).
+pub struct Listeners {
+    unix: Option<(std::os::unix::net::UnixListener, PathBuf)>,
+    tcp: Option<std::net::TcpListener>,
+    max_connections: usize,
+}
+
+impl Listeners {
+    /// Bind the configured socket and TCP address; `None` when neither is configured.
+    pub fn bind(settings: &GatewaySettings, data_dir: &Path) -> Result<Option<Self>, AgentError> {
         let tcp = settings.tcp_addr().map_err(AgentError::Config)?;
         if settings.socket.as_os_str().is_empty() && tcp.is_none() {
             return Ok(None);
         }
-        let gateway = Arc::new(Self { limits, dlr, stats: GatewayStats::default() });
-        let busy_poll = settings.busy_poll();
-        let slots = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
         let unix = if settings.socket.as_os_str().is_empty() {
             None
         } else {
@@ -195,6 +192,23 @@ impl Gateway {
             }
             None => None,
         };
+        Ok(Some(Self { unix, tcp, max_connections: settings.max_connections }))
+    }
+}
+
+impl Gateway {
+    /// Serve the bound `listeners` until `cancel` fires. `None` when there are none.
+    pub fn start(
+        listeners: Option<Listeners>,
+        busy_poll: Duration,
+        limits: Option<Arc<LimitsService>>,
+        dlr: Option<Arc<DlrService>>,
+        tracker: &TaskTracker,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Arc<Self>>, AgentError> {
+        let Some(Listeners { unix, tcp, max_connections }) = listeners else { return Ok(None) };
+        let gateway = Arc::new(Self { limits, dlr, stats: GatewayStats::default() });
+        let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
         // Every connection is served on one thread of its own (`switchboard_bus::apart`): a
         // request is read, decided and answered there, without moving between threads.
         let (g, stop) = (gateway.clone(), cancel.clone());
@@ -347,7 +361,7 @@ pub fn bind_unix(path: &Path, group: Option<&str>) -> std::io::Result<std::os::u
 }
 
 /// The id of group `group`: a number, or a name looked up in `/etc/group`.
-fn gid_of(group: &str) -> std::io::Result<u32> {
+pub fn gid_of(group: &str) -> std::io::Result<u32> {
     if let Ok(gid) = group.parse() {
         return Ok(gid);
     }

@@ -144,7 +144,26 @@ pub struct Agent {
 impl Agent {
     /// Open the bus session, announce the node, restore the checkpoint and start tailing. The agent
     /// stops when `cancel` fires; then call [`Agent::wait`].
-    pub async fn start(mut config: AgentConfig, cancel: CancellationToken) -> Result<Self, AgentError> {
+    pub async fn start(config: AgentConfig, cancel: CancellationToken) -> Result<Self, AgentError> {
+        let (tracker, own) = (TaskTracker::new(), cancel.child_token());
+        match Self::start_with(config, own.clone(), tracker.clone()).await {
+            Ok(agent) => Ok(agent),
+            Err(e) => {
+                // What started before the failure stops before the error goes up: a task left
+                // running would meet a runtime that is shutting down.
+                own.cancel();
+                tracker.close();
+                let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_with(
+        mut config: AgentConfig,
+        cancel: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Result<Self, AgentError> {
         config.validate()?;
         if config.limits.enabled && config.limits.record_decisions {
             config.sources.push(limits::decisions_source(&config.agent.data_dir));
@@ -177,6 +196,20 @@ impl Agent {
             .await
             ??
         };
+        // The local ports first: a port that is taken fails the start before this node joins the
+        // bus and takes the cluster's configuration.
+        let http = if config.agent.http_listen.is_empty() {
+            None
+        } else {
+            let addr: std::net::SocketAddr = config.agent.http_listen.parse().map_err(|e| {
+                AgentError::Config(config::AgentConfigError::Invalid(format!("agent.http_listen: {e}")))
+            })?;
+            let access = switchboard_bus::http::Access { token: config.agent.http_token.clone() };
+            let listener = switchboard_bus::http::bind(addr, &access)
+                .map_err(|source| AgentError::Listen { what: format!("agent.http_listen {addr}"), source })?;
+            Some((addr, listener, access))
+        };
+        let gateway_listeners = gateway::Listeners::bind(&config.gateway, &config.agent.data_dir)?;
         config.bus.listen = config.bus.effective_listen();
         if config.bus.listen.is_empty() && config.bus.connect.is_empty() {
             tracing::warn!(
@@ -194,7 +227,6 @@ impl Agent {
             publisher::declare_publishers(&session, &keys, &node, config.sources.iter().map(|s| s.name.as_str()))
                 .await?;
         let stats = Arc::new(AgentStats::default());
-        let tracker = TaskTracker::new();
         let configs = Arc::new(config.sources.iter().map(|s| (s.name.clone(), s.clone())).collect::<BTreeMap<_, _>>());
         tracker.spawn(replay::serve(
             session.clone(),
@@ -253,8 +285,8 @@ impl Agent {
             None
         };
         let gateway = gateway::Gateway::start(
-            &config.gateway,
-            &config.agent.data_dir,
+            gateway_listeners,
+            config.gateway.busy_poll(),
             limits.clone(),
             dlr.clone(),
             &tracker,
@@ -282,14 +314,12 @@ impl Agent {
         });
         tracker.spawn(switchboard_bus::status::sample_rates(report.clone(), cancel.clone()));
         switchboard_bus::status::serve(&session, &keys, Role::Agent, &node, report.clone(), cancel.clone()).await?;
-        if !config.agent.http_listen.is_empty() {
-            let addr = config.agent.http_listen.parse().map_err(|e| {
-                AgentError::Config(config::AgentConfigError::Invalid(format!("agent.http_listen: {e}")))
-            })?;
+        if let Some((addr, listener, access)) = http {
             let mut routes = limits.clone().map(limits::http::router).unwrap_or_default();
-            if let Some(d) = dlr.clone() {
-                routes = routes.merge(dlr::http::router(d));
-            }
+            routes = routes.merge(match dlr.clone() {
+                Some(d) => dlr::http::router(d),
+                None => dlr::http::off_router(),
+            });
             if let Some(m) = metrics.clone() {
                 routes = routes.merge(metrics::http::router(m));
             }
@@ -297,9 +327,7 @@ impl Agent {
                 switchboard_bus::status::page::StatusPage::new(session.clone(), keys.clone(), format!("node {node}"));
             routes = routes.merge(page.router());
             let routes = body_limit::limit_bodies(routes, config.agent.http_max_body_bytes, stats.clone());
-            let access = switchboard_bus::http::Access { token: config.agent.http_token.clone() };
             let listen_error = |source| AgentError::Listen { what: format!("agent.http_listen {addr}"), source };
-            let listener = switchboard_bus::http::bind(addr, &access).map_err(listen_error)?;
             // Gateways ask here one request at a time: their connections are served on a thread
             // of their own, so that each request is read and answered on one thread.
             let (busy_poll, stop) = (config.gateway.busy_poll(), cancel.clone());

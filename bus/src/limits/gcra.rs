@@ -64,6 +64,11 @@ impl Gcra {
         self.tat.load(Ordering::Relaxed) <= now_ns
     }
 
+    /// The most units that pass at once (after a quiet spell).
+    pub fn burst(&self) -> u64 {
+        self.burst.load(Ordering::Relaxed)
+    }
+
     /// The current emission interval.
     pub fn interval_ns(&self) -> u64 {
         self.interval_ns.load(Ordering::Relaxed)

@@ -125,7 +125,8 @@ impl LimitSpec {
         }
     }
 
-    fn burst_units(&self) -> u64 {
+    /// The burst in force: as set, or 1% of the rate (at least 1).
+    pub fn burst_units(&self) -> u64 {
         self.burst.unwrap_or_else(|| self.rate.unwrap_or(0) / 100).max(1)
     }
 
@@ -162,12 +163,26 @@ pub enum Decision {
     },
     /// No limit applies to this key.
     Unlimited,
+    /// More units of a rate than this node lets pass at once (its share of the burst): the
+    /// request as it is would never pass, whatever the wait. Split it, or raise the burst.
+    TooLarge {
+        /// The most units this node lets pass at once now.
+        most: u64,
+    },
 }
 
 impl Decision {
     /// Whether the request may go ahead.
     pub fn is_allowed(self) -> bool {
-        !matches!(self, Decision::Denied { .. })
+        matches!(self, Decision::Allowed | Decision::Unlimited)
+    }
+
+    /// Why a [`Decision::TooLarge`] request of `n` units of `key` cannot pass, for the gateway.
+    pub fn too_large(key: &str, n: u64, most: u64) -> String {
+        format!(
+            "n {n} is more than this node lets pass at once for {key} ({most}, its share of the burst): \
+             it would never pass; split the request or raise the limit's burst"
+        )
     }
 }
 
@@ -326,6 +341,7 @@ impl Limiter {
     pub fn try_acquire(&self, key: &str, n: u64) -> Decision {
         let Some(state) = self.state(key) else { return Decision::Unlimited };
         let decision = match &*state {
+            State::Rate { gcra, .. } if n > gcra.burst() => Decision::TooLarge { most: gcra.burst() },
             State::Rate { gcra, .. } => match gcra.try_acquire(n, self.now_ns()) {
                 RateDecision::Allowed => Decision::Allowed,
                 RateDecision::Denied { retry_after_ns } => {
@@ -575,6 +591,19 @@ mod tests {
         assert_eq!(l.try_acquire("operator:b", 1), Decision::Allowed);
         assert!(!l.try_acquire("operator:a", 1).is_allowed());
         assert_eq!(l.try_acquire("customer:x", 1), Decision::Unlimited);
+    }
+
+    #[test]
+    fn more_units_than_the_burst_are_refused_as_such_not_told_to_wait() {
+        let mut spec = rate("operator:*", 500);
+        spec.burst = Some(5);
+        let l = Limiter::new(vec![spec]).unwrap();
+        assert_eq!(l.try_acquire("operator:x", 6), Decision::TooLarge { most: 5 });
+        assert!(!Decision::TooLarge { most: 5 }.is_allowed());
+        assert_eq!(l.try_acquire("operator:x", 5), Decision::Allowed);
+        assert!(matches!(l.try_acquire("operator:x", 5), Decision::Denied { .. }), "the burst is spent");
+        let why = Decision::too_large("operator:x", 6, 5);
+        assert!(why.contains("n 6") && why.contains("operator:x") && why.contains("(5,"), "{why}");
     }
 
     #[test]

@@ -53,6 +53,8 @@ fn opt<T: ToString>(v: Option<T>) -> String {
 }
 
 fn rate(v: f64) -> String {
+    // A rate from counters that went back (a restart) is no rate: never print "-0.0".
+    let v = if v > 0.0 { v } else { 0.0 };
     if v >= 100.0 {
         format!("{v:.0}")
     } else {

@@ -81,6 +81,11 @@ async fn acquire(State(s): State<Arc<LimitsService>>, body: Bytes) -> Response {
             }
             resp
         }
+        Decision::TooLarge { most } => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "allowed": false, "most": most, "error": Decision::too_large(&req.key, req.n, most) })),
+        )
+            .into_response(),
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! | request | answers |
 //! | --- | --- |
-//! | `ACQUIRE <key> [n]` | `OK`, `UNLIMITED`, or `DENY <retry_after_ms>` |
+//! | `ACQUIRE <key> [n]` | `OK`, `UNLIMITED`, `DENY <retry_after_ms>`, or `ERR` when `n` is more than ever passes at once |
 //! | `RELEASE <key> [n]` | `OK <released>` (fewer than `n`: the rest were not held) |
 //! | `PING` | `PONG` |
 //!
@@ -28,6 +28,7 @@ pub fn answer(service: &LimitsService, line: &[u8], out: &mut Vec<u8>) {
             Decision::Allowed => writeln!(out, "OK"),
             Decision::Unlimited => writeln!(out, "UNLIMITED"),
             Decision::Denied { retry_after } => writeln!(out, "DENY {:.3}", retry_after.as_secs_f64() * 1000.0),
+            Decision::TooLarge { most } => writeln!(out, "ERR {}", Decision::too_large(key, n, most)),
         },
         Ok(Request::Release(key, n)) => writeln!(out, "OK {}", service.release(key, n)),
         Err(reason) => {
