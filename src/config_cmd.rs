@@ -156,7 +156,8 @@ pub fn require_admin(bus: &BusArgs) -> Result<()> {
     let identity = switchboard_bus::tls::load(&tls, None)?.identity;
     if identity.role != switchboard_bus::tls::IdRole::Admin {
         bail!(
-            "{} is the certificate of {identity}: pushing a revision needs an admin's certificate              (`switchboard certs issue <name> --role admin`), which the nodes' access policy requires",
+            "{} is the certificate of {identity}: pushing a revision needs an admin's certificate \
+             (`switchboard certs issue <name> --role admin`), which the nodes' access policy requires",
             tls.cert.display()
         );
     }

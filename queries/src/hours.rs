@@ -19,7 +19,7 @@ use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPu
 use datafusion::physical_plan::ExecutionPlan;
 
 /// The partition column whose directories are zero-padded.
-const HOUR: &str = "hour";
+pub(crate) const HOUR: &str = "hour";
 
 /// A table whose `hour = n` filters reach it as `hour IN (n)`; everything else passes through.
 #[derive(Debug)]
