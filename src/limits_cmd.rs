@@ -149,6 +149,15 @@ impl BusArgs {
                 bus.tls = theirs.tls;
             }
         }
+        if bus.tls.is_none() {
+            if let Some(e) = bus.connect.iter().find(|e| e.starts_with("quic/") || e.starts_with("tls/")) {
+                anyhow::bail!(
+                    "{e} is a TLS endpoint: give this tool's certificate with --tls-ca, --tls-cert and \
+                     --tls-key (or SWITCHBOARD_TLS_CA/_CERT/_KEY), or --config with a member's config \
+                     that has [bus.tls] (docs/security.md)"
+                );
+            }
+        }
         bus.node = format!("limits-cli-{}", std::process::id());
         Ok(bus)
     }

@@ -228,6 +228,18 @@ fn config_mistakes_are_said_once_and_plainly() {
     );
     assert!(!ok);
     assert!(err.contains("nothing to do"), "{err}");
+    // A semantic mistake names the file, as a syntax error does.
+    let (ok, _, err) = run("[bus]\nnode = \"gw1\"\n[limits]\nsocket = \"/tmp/x.sock\"\n", false);
+    assert!(!ok);
+    assert!(err.contains("a.toml") && err.contains("gateway.socket"), "{err}");
+    // A CLI tool pointed at a TLS endpoint without certificates is told which flags to give.
+    let out = std::process::Command::new(common::BIN)
+        .args(["status", "--connect", "quic/127.0.0.1:9"])
+        .env_remove("SWITCHBOARD_TLS_CA")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--tls-cert"), "{err}");
     let (ok, out, _) = run("[bus]\nnode = \"gw1\"\n", true);
     assert!(ok);
     assert!(out.contains("warning: no [[source]] is configured"), "{out}");
@@ -239,7 +251,7 @@ fn config_mistakes_are_said_once_and_plainly() {
     std::thread::sleep(Duration::from_millis(500));
     let log = agent.log_text();
     agent.stop();
-    assert!(log.contains("agent started"), "{log}");
+    assert!(log.contains("agent started") && log.contains("log_sources=1"), "{log}");
     assert!(!log.contains('\u{1b}'), "no colour codes in a log file:\n{log}");
     assert!(!log.contains("Scouting delay elapsed"), "{log}");
 }

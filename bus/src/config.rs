@@ -155,6 +155,28 @@ pub enum FileError {
     /// The `[bus]` table is not usable.
     #[error("invalid [bus] config: {0}")]
     Bus(#[from] ConfigError),
+    /// A semantic problem ([`FileError::Invalid`] or [`FileError::Bus`]) found in a file.
+    #[error("invalid config {path}: {reason}")]
+    InFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Read, parse and check the TOML config file at `path`; what `check` refuses names the file.
+pub fn load_file<T: DeserializeOwned>(
+    path: &Path,
+    check: impl FnOnce(&T) -> Result<(), FileError>,
+) -> Result<T, FileError> {
+    let config = read_file(path)?;
+    check(&config).map_err(|e| match e {
+        FileError::Invalid(reason) => FileError::InFile { path: path.to_owned(), reason },
+        FileError::Bus(e) => FileError::InFile { path: path.to_owned(), reason: format!("[bus] {e}") },
+        other => other,
+    })?;
+    Ok(config)
 }
 
 /// Read and parse the TOML config file at `path` (the caller validates what it means).

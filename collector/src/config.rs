@@ -226,9 +226,7 @@ pub type CollectorConfigError = switchboard_bus::config::FileError;
 impl CollectorConfig {
     /// Read, parse and validate a config file.
     pub fn load(path: &Path) -> Result<Self, CollectorConfigError> {
-        let config: Self = switchboard_bus::config::read_file(path)?;
-        config.validate()?;
-        Ok(config)
+        switchboard_bus::config::load_file(path, Self::validate)
     }
 
     /// Check everything that can be checked before starting.

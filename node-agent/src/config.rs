@@ -238,9 +238,7 @@ pub type AgentConfigError = switchboard_bus::config::FileError;
 impl AgentConfig {
     /// Read, parse and validate a config file.
     pub fn load(path: &Path) -> Result<Self, AgentConfigError> {
-        let config: Self = switchboard_bus::config::read_file(path)?;
-        config.validate()?;
-        Ok(config)
+        switchboard_bus::config::load_file(path, Self::validate)
     }
 
     /// A warning for a config that tails no log file (the agent then only serves limits, DLRs

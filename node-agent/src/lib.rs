@@ -165,6 +165,7 @@ impl Agent {
         tracker: TaskTracker,
     ) -> Result<Self, AgentError> {
         config.validate()?;
+        let log_sources = config.sources.len();
         if config.limits.enabled && config.limits.record_decisions {
             config.sources.push(limits::decisions_source(&config.agent.data_dir));
         }
@@ -370,7 +371,8 @@ impl Agent {
             }
         });
         tracker.close();
-        tracing::info!(%node, sources = config.sources.len(), "agent started");
+        let streams = config.sources.len();
+        tracing::info!(%node, log_sources, streams, "agent started");
         Ok(Self { stats, tracker, session, _token: token })
     }
 
