@@ -195,6 +195,20 @@ pub struct TableFile {
     pub committed: bool,
 }
 
+/// The partition column holding a file's day, `YYYY-MM-DD` (UTC).
+pub const DATE: &str = "date";
+/// The partition column holding a file's hour of the day, 0-23 (UTC); its directories spell it
+/// with two digits (`hour=03`).
+pub const HOUR: &str = "hour";
+
+/// Where, relative to the dataset, `table`'s files for the hour starting `hour × 3600` s after
+/// the Unix epoch go: `<table>/date=YYYY-MM-DD/hour=HH`. An hour beyond chrono's range is the
+/// epoch's.
+pub fn partition_dir(table: &str, hour: i64) -> String {
+    let start = chrono::DateTime::from_timestamp(hour.saturating_mul(3600), 0).unwrap_or_default();
+    format!("{table}/{DATE}={}/{HOUR}={}", start.format("%Y-%m-%d"), start.format("%H"))
+}
+
 /// Every data file below `dir`, depth first: committed `*.parquet` files and `*.parquet.tmp`
 /// files not yet committed; other files are left out. A missing `dir` holds none; a file
 /// that vanishes during the walk is left out.
@@ -256,6 +270,15 @@ macro_rules! record_columns {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn partition_directories_spell_the_hour_with_two_digits() {
+        // 1,764,558,000 s is 2025-12-01T03:00Z.
+        assert_eq!(partition_dir("logs", 1_764_558_000 / 3600), "logs/date=2025-12-01/hour=03");
+        assert_eq!(partition_dir("dlr", 0), "dlr/date=1970-01-01/hour=00");
+        assert_eq!(partition_dir("dlr", i64::MAX), "dlr/date=1970-01-01/hour=00");
+    }
+
     use super::*;
 
     #[test]

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use switchboard_bus::BusConfig;
+use switchboard_bus::{tables, BusConfig};
 
 /// The whole collector config file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -216,8 +216,8 @@ pub const RESERVED_LOG_COLUMNS: &[&str] = &[
     "truncated",
     "invalid_utf8",
     "fields",
-    "date",
-    "hour",
+    tables::DATE,
+    tables::HOUR,
 ];
 
 /// A config that cannot be used, with the reason.

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arrow::array::{AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{TimestampMicrosecondType, UInt64Type};
-use chrono::DateTime;
 use switchboard_bus::refusals::{refuse, Reason};
+use switchboard_bus::tables;
 use switchboard_bus::wire::control::Heads;
 use switchboard_bus::wire::log_batch;
 use switchboard_bus::StreamId;
@@ -353,7 +353,6 @@ impl LogsSink {
     }
 
     fn create(&mut self, hour: i64) -> Result<PartitionFile, WriteError> {
-        let start = DateTime::from_timestamp(hour.saturating_mul(3600), 0).unwrap_or_default();
         self.files_created += 1;
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
         let (table, writer) = (&self.settings.table, &self.settings.writer);
@@ -361,7 +360,7 @@ impl LogsSink {
         let entry = FileEntry {
             table: table.clone(),
             staging: format!("{STAGING_DIR}/{writer}/{table}/.{name}.tmp"),
-            path: format!("{table}/date={}/hour={}/{name}", start.format("%Y-%m-%d"), start.format("%H")),
+            path: format!("{}/{name}", tables::partition_dir(table, hour)),
             rows: 0,
             ranges: BTreeMap::new(),
         };
@@ -690,11 +689,10 @@ mod tests {
         }
         s.commit_standalone(true);
         assert!(CollectorStats::get(&stats.files_committed) >= 3, "size roll");
-        let date =
-            |t: i64| DateTime::from_timestamp(t / 1_000_000, 0).unwrap().format("date=%Y-%m-%d/hour=%H").to_string();
+        let hour_dir = |t: i64| dir.path().join(tables::partition_dir("logs", t / 3_600_000_000));
+        assert!(hour_dir(T0).is_dir());
+        assert!(hour_dir(T0 + HOUR).is_dir());
         let table = dir.path().join("logs");
-        assert!(table.join(date(T0)).is_dir());
-        assert!(table.join(date(T0 + HOUR)).is_dir());
         let rec = recover(&table).unwrap();
         assert_eq!(rec.committed[&StreamId::log("gw", "app")].ranges(), &[(0, 10_009)]);
         // Every file has a Bloom filter on msg_id and none on message.

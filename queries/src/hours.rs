@@ -18,8 +18,7 @@ use datafusion::logical_expr::expr::InList;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 
-/// The partition column whose directories are zero-padded.
-pub(crate) const HOUR: &str = "hour";
+use switchboard_bus::tables::HOUR;
 
 /// A table whose `hour = n` filters reach it as `hour IN (n)`; everything else passes through.
 #[derive(Debug)]

@@ -40,6 +40,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionConfig, SessionContext};
 use switchboard_bus::dataset::{Location, StoreOptions};
+use switchboard_bus::tables;
 pub use window::TimeWindow;
 
 /// The Arrow record batch type results come in.
@@ -247,7 +248,7 @@ async fn collect_with_columns(df: DataFrame) -> Result<Vec<RecordBatch>, DataFus
 /// rows of `window`.
 async fn register(ctx: &SessionContext, table: &str, url: &str, window: &TimeWindow) -> Result<(), QueryError> {
     let options = ParquetReadOptions::default()
-        .table_partition_cols(vec![("date".to_owned(), DataType::Utf8), (hours::HOUR.to_owned(), DataType::Int32)]);
+        .table_partition_cols(vec![(tables::DATE.to_owned(), DataType::Utf8), (tables::HOUR.to_owned(), DataType::Int32)]);
     if window.is_all() {
         register_files(ctx, table, url, options).await?;
     } else {
