@@ -226,6 +226,46 @@ fn two_collectors_started_together_on_an_empty_dataset_elect_one_writer() {
     drop(taken);
 }
 
+/// A second collector under c1's name, on the same dataset but linked to nobody (so the bus
+/// could not refuse it at start): the first of the two to read the other's record stops with
+/// the reason, and the two do not take the dataset from each other without end.
+#[test]
+fn a_second_collector_under_a_live_name_stops_one_of_the_two() {
+    let c = Cluster::new();
+    let data = Data::Dir(c.dataset());
+    let c1 = start_member(&c, "c1", free_port(), &[], &data);
+    assert_eq!(wait_for_leader(&c, &["c1"], Duration::from_secs(30)), Some(0), "{}", c1.log_text());
+    // The twin's own config: c1's, with a port, an HTTP port and a spool of its own.
+    let original = std::fs::read_to_string(c.path().join("c1.toml")).unwrap();
+    let http = format!("127.0.0.1:{}", c.http_port("c1"));
+    let twin_http = format!("127.0.0.1:{}", c.http_port("c1-twin"));
+    let bus_port = original.split("tcp/127.0.0.1:").nth(1).and_then(|r| r.split('"').next()).unwrap().to_owned();
+    let twin_cfg = original
+        .replace(&format!("tcp/127.0.0.1:{bus_port}"), &format!("tcp/127.0.0.1:{}", free_port()))
+        .replace(&http, &twin_http)
+        .replace("spool-c1", "spool-c1-twin");
+    let cfg = c.path().join("c1-twin.toml");
+    std::fs::write(&cfg, twin_cfg).unwrap();
+    let twin = Proc::start("c1-twin", &["collector", "--config", cfg.to_str().unwrap()], c.path().join("c1-twin.log"));
+    let mut both = [c1, twin];
+    let one_stopped = wait_until(Duration::from_secs(30), || both.iter_mut().any(|p| p.exited().is_some()));
+    let logs = |both: &[Proc; 2]| format!("--- c1\n{}\n--- twin\n{}", both[0].log_text(), both[1].log_text());
+    assert!(one_stopped, "{}", logs(&both));
+    let stopped = if both[0].exited().is_some() { 0 } else { 1 };
+    assert!(!both[stopped].exited().is_some_and(|s| s.success()), "{}", logs(&both));
+    let text = both[stopped].log_text();
+    eprintln!("stopped: {}", ["c1", "the twin"][stopped]);
+    assert!(text.contains("another collector runs under this collector's name"), "{}", logs(&both));
+    // The one left keeps the dataset: no more claims, no end of turns.
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(both[1 - stopped].exited().is_none(), "{}", logs(&both));
+    let claims = claims_in(&c.dataset());
+    assert!(claims.len() <= 2, "{claims:?}\n{}", logs(&both));
+    let [first, second] = both;
+    let (_exited, running) = if stopped == 0 { (first, second) } else { (second, first) };
+    running.stop();
+}
+
 #[test]
 fn collectors_cut_off_from_each_other_keep_the_dataset_exactly_once() {
     // c2 reaches c1 only through a proxy; both reach the agents and the store.

@@ -50,6 +50,19 @@ pub fn watch(tracker: &TaskTracker, what: String, handle: JoinHandle<()>, cancel
     });
 }
 
+/// Stop the process for `why`, a fault it cannot go on with (not a panic): record it, log it,
+/// and cancel `cancel` after [`GRACE`]. Call within a tokio runtime.
+pub fn fail(why: String, cancel: CancellationToken) {
+    tracing::error!("{why}; stopping the process");
+    if let Ok(mut f) = FAILED.lock() {
+        f.get_or_insert(why);
+    }
+    tokio::spawn(async move {
+        tokio::time::sleep(GRACE).await;
+        cancel.cancel();
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -89,6 +89,8 @@ pub struct Group {
     /// partition; and when this collector first read of it.
     holder_seen_live: Option<(String, bool, Instant)>,
     commits_since_hint: u64,
+    /// Another process writes under this collector's name: it never claims again.
+    twin: bool,
     cancel: CancellationToken,
 }
 
@@ -124,6 +126,7 @@ impl Group {
             claim_not_before: None,
             holder_seen_live: None,
             commits_since_hint: 0,
+            twin: false,
             cancel,
         };
         g.update(|s| {
@@ -182,6 +185,10 @@ impl Group {
             let leader = last.writer.clone();
             self.update(|s| s.leader = Some(leader));
         }
+        if self.twin_in(&out.records) {
+            out.stepped_down = self.is_leader();
+            return out;
+        }
         if self.is_leader() {
             if let Some(r) = out.records.iter().find(|r| r.kind == Kind::Claim) {
                 let why = format!("{} claimed the dataset at epoch {}", r.writer, r.seq);
@@ -192,10 +199,37 @@ impl Group {
         }
         if self.should_claim() {
             let (took_over, more) = self.claim().await;
+            self.twin_in(&more);
             out.records.extend(more);
             out.took_over = took_over;
         }
         out
+    }
+
+    /// Whether `records`, written since this collector started, show another process under
+    /// its name (a record of its name from another run). Two collectors with one name would
+    /// take the dataset from each other without end (each reads the other's claim as one of an
+    /// earlier run of its own), and one that could not reach the bus when it started was not
+    /// refused then: the first to read the other's record stops, with the reason, and never
+    /// claims again.
+    fn twin_in(&mut self, records: &[Record]) -> bool {
+        if self.twin {
+            return true;
+        }
+        let Some(r) = records.iter().find(|r| r.writer == self.name && r.instance != self.instance) else {
+            return false;
+        };
+        let why = format!(
+            "another collector runs under this collector's name {:?} (run {}, slot {}): every collector \
+             needs its own [bus] node name",
+            self.name, r.instance, r.seq
+        );
+        if self.is_leader() {
+            self.step_down(&why);
+        }
+        self.twin = true;
+        switchboard_bus::vital::fail(why, self.cancel.clone());
+        true
     }
 
     fn holder_gone(&self, last: Option<&Record>) -> bool {
@@ -207,7 +241,7 @@ impl Group {
     }
 
     fn should_claim(&mut self) -> bool {
-        if self.cancel.is_cancelled() || self.started.elapsed() < SETTLE {
+        if self.twin || self.cancel.is_cancelled() || self.started.elapsed() < SETTLE {
             return false;
         }
         let holder = self.log.last().map(|r| r.writer.clone()).unwrap_or_default();
@@ -259,7 +293,10 @@ impl Group {
                 Ok(Appended::Taken(r)) => {
                     let Some(r) = r else { continue };
                     read.push((*r).clone());
-                    if !self.holder_gone(Some(&r)) {
+                    // A claim made just now is a live writer's, seen on the bus or not (it may
+                    // not be linked yet): stand by, and give it the grace of any writer not seen
+                    // yet. A gone writer's commit is rolled forward and claimed over.
+                    if r.kind == Kind::Claim || !self.holder_gone(Some(&r)) {
                         tracing::info!(leader = %r.writer, epoch = r.epoch, "another collector claimed first; standing by");
                         return (false, read);
                     }
