@@ -279,6 +279,20 @@ pub async fn make_revision(
     Ok(rev)
 }
 
+/// A tree without [`LIMITS_FILE`] keeps `from`'s, and says so: leaving the file out of a push,
+/// a rollback or a resolve never drops the limits in force (nodes would go on enforcing them,
+/// and a node that starts later would enforce none).
+fn keep_limits(files: &mut BTreeMap<String, FileEntry>, from: Option<&Revision>) -> Result<()> {
+    if files.contains_key(LIMITS_FILE) {
+        return Ok(());
+    }
+    if let Some((rev, limits)) = from.and_then(|r| Some((r, r.files.get(LIMITS_FILE)?))) {
+        out!("keeping {LIMITS_FILE} of revision {} (the tree has none)", rev.number);
+        files.insert(LIMITS_FILE.to_owned(), limits.clone());
+    }
+    Ok(())
+}
+
 fn when(at_ms: u64) -> String {
     chrono::DateTime::from_timestamp_millis(at_ms as i64)
         .map_or_else(|| at_ms.to_string(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
@@ -314,13 +328,7 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
             };
             let empty = BTreeMap::new();
             let before = parent.as_ref().map_or(&empty, |p| &p.files);
-            if let Some(l) = before.get(LIMITS_FILE).filter(|_| !files.contains_key(LIMITS_FILE)) {
-                out!(
-                    "keeping {LIMITS_FILE} of revision {} (the tree has none)",
-                    parent.as_ref().map_or(0, |p| p.number)
-                );
-                files.insert(LIMITS_FILE.to_owned(), l.clone());
-            }
+            keep_limits(&mut files, parent.as_ref())?;
             if let Some(limits) = files.get(LIMITS_FILE).and_then(|f| contents.get(&f.sha256)) {
                 let text = std::str::from_utf8(limits).map_err(|_| anyhow!("{LIMITS_FILE} is not UTF-8"))?;
                 let specs = switchboard_bus::limits::parse_document(text).map_err(|e| anyhow!("{LIMITS_FILE}: {e}"))?;
@@ -445,8 +453,10 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
             let Conn { session, keys, repo } = &conn;
             let head = single_head(repo)?.cloned().ok_or_else(|| anyhow!("no revisions yet"))?;
             let target = repo.find(&revision).map_err(|e| anyhow!(e))?.clone();
-            let old = repo.revision(session, keys, &target.id).await?;
-            if repo.revision(session, keys, &head.id).await?.files == old.files {
+            let mut old = repo.revision(session, keys, &target.id).await?;
+            let current = repo.revision(session, keys, &head.id).await?;
+            keep_limits(&mut old.files, Some(&current))?;
+            if current.files == old.files {
                 out!("revision {} has the tree of revision {} already: no revision made", head.label(), target.label());
                 return Ok(0);
             }
@@ -465,7 +475,7 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
             if heads.len() < 2 {
                 bail!("there is no conflict to resolve: the repository has {} head", heads.len());
             }
-            let (files, contents) = match (&take, &dir) {
+            let (mut files, contents) = match (&take, &dir) {
                 (Some(t), _) => {
                     let s = repo.find(t).map_err(|e| anyhow!(e))?;
                     if !heads.iter().any(|h| h.id == s.id) {
@@ -476,6 +486,15 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
                 (None, Some(d)) => read_tree(d)?,
                 (None, None) => bail!("give --take <revision> or a directory"),
             };
+            // The limits of the newest head that has them, if the tree has none.
+            let mut with_limits = None;
+            for h in &heads {
+                let rev = repo.revision(session, keys, &h.id).await?;
+                if rev.files.contains_key(LIMITS_FILE) && with_limits.as_ref().is_none_or(|w: &Revision| rev.at_ms > w.at_ms) {
+                    with_limits = Some(rev);
+                }
+            }
+            keep_limits(&mut files, with_limits.as_ref())?;
             let mut make = make;
             if make.message.is_empty() {
                 make.message = format!("resolve the conflict of {}", labels(&heads));

@@ -465,5 +465,32 @@ fn a_failed_reload_keeps_the_old_revision_local_edits_are_never_overwritten_and_
     let (code, out) = config_cli(&c, &ep, &["rollback", "7"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("no revision made"), "a rollback to the tree in force makes nothing: {out}");
+    // A rollback to a tree from before the limits keeps them (as a push without the file does):
+    // the nodes would go on enforcing them, and a node started later would enforce none.
+    let (code, out) = config_cli(&c, &ep, &["rollback", "1"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("keeping global/limits.toml of revision"), "{out}");
+    let (code, show) = config_cli(&c, &ep, &["show", "head", "global/limits.toml"]);
+    assert_eq!((code, show.as_str()), (0, "[[limit]]\nkey = \"operator:*\"\nrate = 50\n"));
+    drop(a);
+}
+
+/// With `on_reload_failure = "keep"` a failed reload leaves the revision in place, and the push
+/// still reports the failure (exit 1), as `config status` does.
+#[test]
+fn a_failed_reload_kept_in_place_is_still_a_failure() {
+    let c = Cluster::new();
+    let reload = repo_table("reload = [\"sh\", \"-c\", \"echo the gateway refused it >&2; exit 4\"]\non_reload_failure = \"keep\"");
+    let a = c.start_limits_agent("gw1", &[], "", &reload);
+    let ep = vec![a.endpoint()];
+    let client = Client::new(&c, &ep);
+    assert!(wait_until(Duration::from_secs(20), || client.states().len() == 1));
+    let (code, out) = config_cli(&c, &ep, &["push", tree(&c, "1", &[("global/a.conf", "a1".into())]).to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("gw1") && out.contains("NOT applied") && out.contains("exit 4"), "{out}");
+    assert!(out.contains("stays in place") && out.contains("the gateway refused it"), "{out}");
+    assert_eq!(read(&link(&c, "gw1").join("a.conf")), "a1", "kept in place");
+    let (code, _) = status_json(&c, &ep);
+    assert_eq!(code, 1);
     drop(a);
 }

@@ -218,18 +218,23 @@ pub async fn wait_applied(
         let mut out: BTreeMap<String, Outcome> = nodes.iter().map(|n| (n.clone(), Outcome::Missing)).collect();
         for s in fetch_states(session, keys, ASK).await.into_iter().flatten() {
             let holds = s.revisions.iter().any(|r| r.id == id);
-            let o = if s.applied.as_ref().is_some_and(|a| a.id == id) {
+            let in_place = s.applied.as_ref().is_some_and(|a| a.id == id);
+            // A failed reload is a failure also where the node keeps the revision in place
+            // (`on_reload_failure = "keep"`).
+            let failed_reload = s.reload.as_ref().filter(|r| r.id == id && !r.ok);
+            let output = failed_reload.filter(|r| !r.output.is_empty()).map_or(String::new(), |r| {
+                format!("; its output ends: {}", r.output.lines().last().unwrap_or_default())
+            });
+            let o = if in_place && failed_reload.is_none() {
                 Outcome::Applied(*first_seen.entry(s.node.clone()).or_insert_with(|| started.elapsed()))
             } else if let Some(b) = s.blocked.as_ref().filter(|_| holds) {
                 let paths = if b.paths.is_empty() { String::new() } else { format!(" ({})", b.paths.join(", ")) };
-                let output = s
-                    .reload
-                    .as_ref()
-                    .filter(|r| r.id == id && !r.ok && !r.output.is_empty())
-                    .map_or(String::new(), |r| {
-                        format!("; its output ends: {}", r.output.lines().last().unwrap_or_default())
-                    });
                 Outcome::Blocked(format!("{}{paths}{output}", b.why))
+            } else if let Some(r) = failed_reload.filter(|_| in_place) {
+                Outcome::Blocked(format!(
+                    "the reload command failed ({}); the revision stays in place (on_reload_failure = \"keep\"){output}",
+                    r.status
+                ))
             } else {
                 Outcome::Missing
             };

@@ -524,7 +524,13 @@ impl Inner {
                     why: format!(
                         "the reload command failed ({}){}; push a fixed revision",
                         outcome.status,
-                        if outcome.reverted { ", the revision before is back in place" } else { "" }
+                        if outcome.reverted {
+                            ", the revision before is back in place"
+                        } else if revert {
+                            ""
+                        } else {
+                            ", it stays in place (on_reload_failure = \"keep\")"
+                        }
                     ),
                     paths: Vec::new(),
                 });
