@@ -166,7 +166,7 @@ impl switchboard_bus::http::Report for CollectorReport {
             )
             .gauge_series(
                 "switchboard_collector_stream_lag_seconds",
-                "How long the committed prefix has been behind the agent's head.",
+                "Age of the stream's oldest record not committed (since the agent first announced it).",
                 st.lag.iter().map(|(k, (_, secs))| (vec![("stream", k.to_string())], *secs)),
             );
         let latest = self.latest.snapshot();

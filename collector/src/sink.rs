@@ -14,7 +14,7 @@
 //! those rows is taken again. A standby sink (`set_leading(false)`) takes heads but asks for no
 //! replays.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -54,8 +54,43 @@ struct StreamState {
     replay_asked: Option<Instant>,
     /// The agent's last announced head (next sequence number).
     head: u64,
-    /// Since when the committed prefix has been behind the head.
-    behind_since: Option<Instant>,
+    /// Heads not yet committed, oldest first, each with when it was first announced: the lag
+    /// is the age of the first one past the committed prefix (the oldest record not committed).
+    /// Under steady traffic the prefix is always behind the newest head, never for long.
+    behind: VecDeque<(u64, Instant)>,
+}
+
+/// Most heads [`StreamState::behind`] keeps; past it the newest entry takes the new head (and
+/// the lag of the newest records reads a little high, never low).
+const MAX_BEHIND: usize = 64;
+
+impl StreamState {
+    /// The committed contiguous prefix's end (the next sequence number to commit).
+    fn done(&self) -> u64 {
+        self.committed.contiguous_from_zero().map_or(0, |w| w + 1)
+    }
+
+    /// Seconds since the oldest record not committed was first announced (0 if none).
+    fn lag_seconds(&self) -> f64 {
+        let done = self.done();
+        self.behind.iter().find(|(head, _)| *head > done).map_or(0.0, |(_, t)| t.elapsed().as_secs_f64())
+    }
+
+    /// Take a new head.
+    fn announce(&mut self, head: u64) {
+        self.head = head;
+        let done = self.done();
+        while self.behind.front().is_some_and(|(h, _)| *h <= done) {
+            self.behind.pop_front();
+        }
+        let full = self.behind.len() >= MAX_BEHIND;
+        match self.behind.back_mut() {
+            _ if head <= done => {}
+            Some((newest, _)) if head <= *newest => {}
+            Some((newest, _)) if full => *newest = head,
+            _ => self.behind.push_back((head, Instant::now())),
+        }
+    }
 }
 
 /// What the sink reports for health and metrics.
@@ -148,11 +183,7 @@ impl LogsSink {
             .streams
             .iter()
             .filter(|(_, s)| s.head > 0)
-            .map(|(k, s)| {
-                let done = s.committed.contiguous_from_zero().map_or(0, |w| w + 1);
-                let secs = s.behind_since.map_or(0.0, |t| t.elapsed().as_secs_f64());
-                (k.clone(), (s.head.saturating_sub(done), secs))
-            })
+            .map(|(k, s)| (k.clone(), (s.head.saturating_sub(s.done()), s.lag_seconds())))
             .collect();
         SinkStatus {
             watermarks: self.watermarks(),
@@ -188,13 +219,7 @@ impl LogsSink {
             let Some(id) = StreamId::parse_local(node, stream) else { continue };
             let floor = heads.acked.get(stream).copied().unwrap_or(0);
             let state = self.streams.entry(id.clone()).or_default();
-            state.head = head;
-            let done = state.committed.contiguous_from_zero().map_or(0, |w| w + 1);
-            if done >= head {
-                state.behind_since = None;
-            } else {
-                state.behind_since.get_or_insert_with(Instant::now);
-            }
+            state.announce(head);
             let gaps = state.accepted.gaps(floor, head);
             if gaps.is_empty() {
                 state.gap_since = None;
@@ -591,6 +616,30 @@ mod tests {
 
     fn id() -> StreamId {
         StreamId { node: "gw".into(), kind: StreamKind::Log, name: "app".into() }
+    }
+
+    /// Under steady traffic the committed prefix is always behind the newest head; the lag is
+    /// the age of the oldest record not committed, not how long the prefix has been behind.
+    #[test]
+    fn the_lag_is_the_age_of_the_oldest_record_not_committed() {
+        let mut st = StreamState::default();
+        st.announce(100);
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(st.lag_seconds() >= 0.06);
+        for round in 1..=10u64 {
+            st.committed.insert(0, round * 100 - 1); // what was announced before is committed
+            st.announce((round + 1) * 100);
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        assert!(st.lag_seconds() < 0.3, "{} s", st.lag_seconds());
+        st.committed.insert(0, 1099);
+        assert_eq!(st.lag_seconds(), 0.0);
+        // Bounded whatever the heads: the newest entry takes the head past the bound.
+        for h in 1200..1200 + 10 * MAX_BEHIND as u64 {
+            st.announce(h);
+        }
+        assert_eq!(st.behind.len(), MAX_BEHIND);
+        assert_eq!(st.behind.back().map(|b| b.0), Some(1199 + 10 * MAX_BEHIND as u64));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ProcessStatus, Snapshot, STATUS_VERSION};
 
-/// A stream whose committed prefix has been behind its head this long is a problem.
+/// A stream whose oldest record not committed is this old is a problem.
 pub const STREAM_STALL_S: f64 = 30.0;
 
 /// The cluster's overall state.
@@ -106,7 +106,7 @@ pub struct StreamRow {
     pub committed: u64,
     /// Records not committed yet.
     pub lag_records: u64,
-    /// How long the committed prefix has been behind, in seconds.
+    /// Age of the oldest record not committed, in seconds.
     pub lag_seconds: f64,
     /// Lines the agent reads per second.
     pub lines_per_s: f64,

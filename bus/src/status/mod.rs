@@ -206,7 +206,7 @@ pub struct StreamStatus {
     pub committed: u64,
     /// Records between the committed prefix and the agent's last head.
     pub lag_records: u64,
-    /// How long the committed prefix has been behind the head, in seconds.
+    /// Age of the oldest record not committed (since its agent announced it), in seconds.
     pub lag_seconds: f64,
     /// Records committed per second.
     pub committed_per_s: f64,
