@@ -252,7 +252,7 @@ impl Scope {
         }
         let demo = std::path::Path::new(DEMO_DATA);
         if self.data == std::path::Path::new(DEFAULT_DATA) && demo.exists() {
-            eprintln!("reading the demo's dataset {DEMO_DATA} (no {DEFAULT_DATA} here; pass --data to choose)");
+            note!("reading the demo's dataset {DEMO_DATA} (no {DEFAULT_DATA} here; pass --data to choose)");
             return Ok(demo.to_owned());
         }
         anyhow::bail!(
@@ -288,7 +288,7 @@ fn emit(batches: &[RecordBatch], format: Format, output: Option<&std::path::Path
         Format::Parquet => {
             let path = output.context("--format parquet writes a file: give --output FILE")?;
             let rows = switchboard_queries::write_parquet(batches, path)?;
-            eprintln!("wrote {rows} rows to {}", path.display());
+            note!("wrote {rows} rows to {}", path.display());
             return Ok(());
         }
     };
@@ -359,7 +359,7 @@ fn init_tracing(filter: Option<&str>, default: &str) {
         None => format!("{default},{QUIET_ZENOH}"),
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&wanted).unwrap_or_else(|e| {
-        eprintln!("warning: --log / SWITCHBOARD_LOG {wanted:?} is not a valid filter ({e}); using {default:?}");
+        note!("warning: --log / SWITCHBOARD_LOG {wanted:?} is not a valid filter ({e}); using {default:?}");
         tracing_subscriber::EnvFilter::new(default)
     });
     // Colour only a terminal, and never when NO_COLOR is set: log files get plain text.
@@ -505,14 +505,14 @@ pub fn run(cli: Cli) -> Result<()> {
                 let ds = scope.open().await?;
                 let out = reports::run(&ds, &name, &opts).await?;
                 if let Some(table) = out.no_data {
-                    eprintln!(
+                    note!(
                         "report {name} reads the {table} table, which has no data yet (no committed Parquet \
                          files): the report is empty"
                     );
                 }
                 let has_rows = switchboard_queries::row_count(&out.batches) > 0;
                 if let (Some(bucket_s), true, true) = (out.bucket_s, out.bucket_picked, has_rows) {
-                    eprintln!(
+                    note!(
                         "buckets of {} (picked from the span of the data; --bucket to choose)",
                         reports::format_bucket(bucket_s)
                     );
@@ -522,7 +522,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     let lines = switchboard_queries::plot::series_of(&out.batches, series, value)?;
                     let svg = switchboard_queries::plot::svg(&lines, &out.title(&name), value);
                     std::fs::write(&path, svg).with_context(|| format!("cannot write {}", path.display()))?;
-                    eprintln!("drew {} series to {}", lines.len(), path.display());
+                    note!("drew {} series to {}", lines.len(), path.display());
                 }
                 Ok(())
             })
@@ -543,7 +543,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     0
                 }
                 Err(e) => {
-                    eprintln!("error: {}", error_chain(&e));
+                    note!("error: {}", error_chain(&e));
                     1
                 }
             };
@@ -555,7 +555,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let code = match runtime()?.block_on(crate::status_cmd::run(args)) {
                 Ok(code) => code,
                 Err(e) => {
-                    eprintln!("error: {}", error_chain(&e));
+                    note!("error: {}", error_chain(&e));
                     2
                 }
             };

@@ -562,7 +562,7 @@ async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
     let (session, keys) = open(bus).await?;
     let repo = ClusterRepo::read(&session, &keys, PATIENCE).await;
     if repo.states.is_empty() {
-        eprintln!("error: no node answered on {}/config/state/*", keys.prefix());
+        note!("error: no node answered on {}/config/state/*", keys.prefix());
         return Ok(2);
     }
     let heads: Vec<Summary> = repo.heads().into_iter().cloned().collect();

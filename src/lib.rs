@@ -9,6 +9,15 @@
 //! - [`loggen`]: synthetic SMS gateway and MTA logs for the demo;
 //! - [`status_cmd`]: `status`, the cluster at a glance.
 
+/// Write a line to standard error, as `eprintln!` does, but never panic: a tool whose stderr
+/// is a closed pipe (`cmd 2>&1 >/dev/null | head -0`) still does its job and exits as it would.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod certs;
 pub mod cli;
 pub mod config_cmd;

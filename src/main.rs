@@ -1,5 +1,7 @@
 //! `switchboard`: parse the command line, run the subcommand, map failure to exit code 1.
 
+use std::io::Write as _;
+
 use clap::Parser;
 
 /// mimalloc, not glibc's allocator: glibc's consolidation of its free lists held a zenoh receive
@@ -12,7 +14,8 @@ fn main() -> std::process::ExitCode {
     match switchboard::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", switchboard::cli::error_chain(&e));
+            // A closed stderr is no reason to panic: the exit code says it.
+            let _ = writeln!(std::io::stderr(), "error: {}", switchboard::cli::error_chain(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -141,6 +141,17 @@ fn reports_and_windows(dataset: &std::path::Path, rows: usize) {
     assert!(chart.starts_with("<svg") && chart.matches("<polyline").count() == 3, "{chart}");
     let (out, _) = run(&["report", "top-errors", "--data", data, "--limit", "2", "--format", "csv"]);
     assert_eq!(out.lines().count(), 3, "{out}");
+    // A chart's note on a closed stderr: the report is still written, and no panic.
+    let mut child = Command::new(common::BIN)
+        .args(["report", "log-volume", "--data", data, "--format", "csv", "--plot", svg.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("time,node,lines"), "{}", String::from_utf8_lossy(&out.stdout));
     // Nothing before 2020; everything since a day ago; a window the wrong way round is refused.
     let (out, _) =
         run(&["query", "--data", data, "--until", "2020-01-01", "--format", "csv", "SELECT count(*) FROM logs"]);

@@ -4,7 +4,7 @@
 //! | --- | --- |
 //! | `hdr_of(value)` | aggregate: an HDR histogram of plain values (negative ones count as 0) |
 //! | `hdr_merge(histogram)` | aggregate: the bucket-wise sum of HDR histograms (exact, unlike averaging percentiles) |
-//! | `hdr_quantile(histogram, q)` | the value at quantile `q` (0..1) of a histogram, in the unit samples were sent in |
+//! | `hdr_quantile(histogram, q)` | the value at quantile `q` (0..1) of a histogram, in the unit samples were sent in (to 0.1%) |
 //! | `hdr_count(histogram)` | samples in a histogram |
 //! | `hdr_max(histogram)` | the largest sample (within 0.1%) |
 //! | `tag(tags, key)` | the value of `key` in a `k:v,k2:v2` tag list; NULL when absent |

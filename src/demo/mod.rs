@@ -84,13 +84,13 @@ fn drive(opts: DemoOptions, cancel: CancellationToken) -> Result<summary::Facts>
     let dataset = dir.join("dataset");
     let ports = Ports::pick(opts.port, opts.nodes)?;
     let nodes: Vec<String> = (1..=opts.nodes).map(|i| format!("gw{i}")).collect();
-    eprintln!(
+    note!(
         "switchboard demo: 1 collector + {} node agents on {} for {} s",
         opts.nodes,
         ports.bus(),
         opts.duration.as_secs()
     );
-    eprintln!("  directory: {} (configs, logs, dataset, reports)", dir.display());
+    note!("  directory: {} (configs, logs, dataset, reports)", dir.display());
 
     // The cluster: real processes with the configs an operator would write.
     std::fs::create_dir_all(dir.join("logs")).context("creating the logs directory")?;
@@ -114,13 +114,13 @@ fn drive(opts: DemoOptions, cancel: CancellationToken) -> Result<summary::Facts>
         all.push(&mut collector);
         cluster::wait_ready(&health, opts.nodes + 1, &mut all)?;
     }
-    eprintln!("  cluster formed: every process sees the {} others", opts.nodes);
+    note!("  cluster formed: every process sees the {} others", opts.nodes);
 
     // One limit for the whole cluster, set the way an operator sets it.
     let limits =
         write("limits.toml", format!("[[limit]]\nkey = \"{LIMIT_KEY}\"\nrate = {LIMIT_RATE}\nper = \"second\"\n"))?;
     set_limits(&limits, &ports)?;
-    eprintln!(
+    note!(
         "  limit set: {LIMIT_KEY} at {LIMIT_RATE}/s for the cluster; gateways ask for {} /s",
         (0..opts.nodes).map(|i| Load::demand(i).to_string()).collect::<Vec<_>>().join(" + ")
     );
@@ -153,7 +153,7 @@ fn drive(opts: DemoOptions, cancel: CancellationToken) -> Result<summary::Facts>
         }
         next_tick += Duration::from_secs(1);
         if cancel.is_cancelled() {
-            eprintln!("  interrupted: stopping early");
+            note!("  interrupted: stopping early");
             break;
         }
         if let Some(v) = victim {
@@ -161,7 +161,7 @@ fn drive(opts: DemoOptions, cancel: CancellationToken) -> Result<summary::Facts>
                 load.gateways[v].up.store(false, Ordering::Relaxed);
                 agents[v].kill();
                 killed_at = Some((Instant::now(), chrono::Utc::now()));
-                eprintln!(
+                note!(
                     "  ** kill -9 {}: its DLRs must come from copies, its share of the limit go to the others",
                     nodes[v]
                 );
@@ -172,7 +172,7 @@ fn drive(opts: DemoOptions, cancel: CancellationToken) -> Result<summary::Facts>
                     outage = Some((wall, chrono::Utc::now()));
                     let back = wait_agent_back(&ports, v + 1, &mut agents[v]);
                     load.gateways[v].up.store(true, Ordering::Relaxed);
-                    eprintln!("  ** {} restarted ({back}); it resumes from its checkpoint", nodes[v]);
+                    note!("  ** {} restarted ({back}); it resumes from its checkpoint", nodes[v]);
                     next_tick = Duration::from_secs(run.started.elapsed().as_secs() + 1);
                 }
             }
@@ -198,13 +198,13 @@ fn drive(opts: DemoOptions, cancel: CancellationToken) -> Result<summary::Facts>
     }
     let per_node: Vec<u64> = written.iter().map(|w| w.load(Ordering::Relaxed)).collect();
     let total: u64 = per_node.iter().sum();
-    eprintln!("  gateways stopped after {total} log lines; waiting until the collector has committed all of them");
+    note!("  gateways stopped after {total} log lines; waiting until the collector has committed all of them");
     wait_committed(&ports, &nodes, &per_node);
     for a in &mut agents {
         a.stop(Duration::from_secs(30))?;
     }
     collector.stop(Duration::from_secs(30))?;
-    eprintln!("  stopped cleanly; summary computed with SQL over {}", dataset.display());
+    note!("  stopped cleanly; summary computed with SQL over {}", dataset.display());
     Ok(summary::Facts {
         nodes: nodes.clone(),
         written: per_node,
@@ -289,7 +289,7 @@ fn wait_committed(ports: &Ports, nodes: &[String], written: &[u64]) {
         last = behind.join("; ");
         std::thread::sleep(Duration::from_millis(200));
     }
-    eprintln!("  warning: not everything was committed after {} s: {last}", CATCH_UP.as_secs());
+    note!("  warning: not everything was committed after {} s: {last}", CATCH_UP.as_secs());
 }
 
 /// Append synthetic lines to `<logs>/smsgw.log` and `<logs>/mail.log` at `rate` lines/s until
@@ -347,7 +347,7 @@ fn progress(run: &Run, last: &mut (u64, Instant)) {
     let per_s = allowed.saturating_sub(last.0) as f64 / last.1.elapsed().as_secs_f64().max(0.001);
     *last = (allowed, Instant::now());
     let d = &run.load.dlr;
-    eprintln!(
+    note!(
         "  [{:>3}s/{}s] log lines written {:>7}, rows committed {:>7} | limit: {:>4.0} allowed/s of {LIMIT_RATE} | DLRs: {} registered, {} delivered from another node, {} by copies",
         run.started.elapsed().as_secs(),
         run.duration.as_secs(),
