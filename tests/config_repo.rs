@@ -494,3 +494,20 @@ fn a_failed_reload_kept_in_place_is_still_a_failure() {
     assert_eq!(code, 1);
     drop(a);
 }
+
+/// A reload that runs past `reload_timeout_ms` is killed, and what it wrote before is reported.
+#[test]
+fn a_reload_that_times_out_reports_what_it_wrote() {
+    let c = Cluster::new();
+    let reload = repo_table("reload = [\"sh\", \"-c\", \"echo kannel: waiting for smsc bind; sleep 30\"]\nreload_timeout_ms = 1000");
+    let a = c.start_limits_agent("gw1", &[], "", &reload);
+    let ep = vec![a.endpoint()];
+    let client = Client::new(&c, &ep);
+    assert!(wait_until(Duration::from_secs(20), || client.states().len() == 1));
+    let (code, out) = config_cli(&c, &ep, &["push", tree(&c, "1", &[("global/a.conf", "a1".into())]).to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("timed out after 1s") && out.contains("waiting for smsc bind"), "{out}");
+    let (_, st) = status_json(&c, &ep);
+    assert_eq!(st["nodes"]["gw1"]["reload"]["output"], "kannel: waiting for smsc bind", "{st}");
+    drop(a);
+}

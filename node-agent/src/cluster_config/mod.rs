@@ -630,7 +630,7 @@ impl Inner {
             .process_group(0)
             .kill_on_drop(true);
         let timeout = Duration::from_millis(self.settings.reload_timeout_ms);
-        let child = match cmd.spawn() {
+        let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
                 let status = format!("cannot start {:?}: {e}", argv[0]);
@@ -646,27 +646,54 @@ impl Inner {
             }
         };
         let group = child.id();
-        let (ok, status, output) = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        // Its output is read as it comes, so that what it wrote before a timeout is reported too.
+        let stdout = tokio::spawn(read_tail(child.stdout.take()));
+        let stderr = tokio::spawn(read_tail(child.stderr.take()));
+        let (ok, status) = match tokio::time::timeout(timeout, child.wait()).await {
             Err(_) => {
                 if let Some(pgid) = group {
                     let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pgid}")]).status();
                 }
-                (false, format!("timed out after {timeout:?} (its process group was killed)"), String::new())
+                (false, format!("timed out after {timeout:?} (its process group was killed)"))
             }
-            Ok(Err(e)) => (false, format!("cannot wait for {:?}: {e}", argv[0]), String::new()),
-            Ok(Ok(out)) => {
-                let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-                text.push_str(&String::from_utf8_lossy(&out.stderr));
-                let cut = text.len().saturating_sub(MAX_OUTPUT);
-                let cut = (cut..=text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
-                let status = match (out.status.code(), std::os::unix::process::ExitStatusExt::signal(&out.status)) {
+            Ok(Err(e)) => (false, format!("cannot wait for {:?}: {e}", argv[0])),
+            Ok(Ok(exit)) => {
+                let status = match (exit.code(), std::os::unix::process::ExitStatusExt::signal(&exit)) {
                     (Some(c), _) => format!("exit {c}"),
                     (None, Some(s)) => format!("killed by signal {s}"),
                     _ => "ended".to_owned(),
                 };
-                (out.status.success(), status, text[cut..].trim_end().to_owned())
+                (exit.success(), status)
             }
         };
+        // The group is gone (or killed): its pipes close. A process that left the group and
+        // keeps them open is not waited for.
+        let mut text = String::new();
+        for reader in [stdout, stderr] {
+            if let Ok(Ok(bytes)) = tokio::time::timeout(Duration::from_secs(1), reader).await {
+                text.push_str(&String::from_utf8_lossy(&bytes));
+            }
+        }
+        let cut = text.len().saturating_sub(MAX_OUTPUT);
+        let cut = (cut..=text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
+        let output = text[cut..].trim_end().to_owned();
         ReloadOutcome { id: id.to_owned(), number, ok, status, output, reverted: false, at_ms: now_ms() }
     }
+}
+
+/// What `pipe` gives until it closes, keeping the last `2 × MAX_OUTPUT` bytes.
+async fn read_tail(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
+    use tokio::io::AsyncReadExt as _;
+    let (mut kept, mut buf) = (Vec::new(), [0u8; 4096]);
+    let Some(mut pipe) = pipe else { return kept };
+    while let Ok(n) = pipe.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        kept.extend_from_slice(&buf[..n]);
+        if kept.len() > 2 * MAX_OUTPUT {
+            kept.drain(..kept.len() - 2 * MAX_OUTPUT);
+        }
+    }
+    kept
 }
