@@ -116,6 +116,10 @@ pub struct StreamRow {
     pub catch_up_s: Option<f64>,
 }
 
+/// How old the oldest record not committed may be and still count as in flight (no catch-up
+/// estimate): a few of the collector's commits (`max_file_age_ms`, 2 s by default).
+pub const IN_FLIGHT_S: f64 = 10.0;
+
 /// One limit key over the cluster.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LimitRow {
@@ -434,6 +438,9 @@ fn streams(snap: &Snapshot) -> Vec<StreamRow> {
         let gain = row.committed_per_s - row.lines_per_s;
         row.catch_up_s = match row.lag_records {
             0 => Some(0.0),
+            // Records younger than a few commits are in flight, not a backlog: a quiet stream
+            // (a few records every 10 s) has no rates to estimate from.
+            _ if row.lag_seconds < IN_FLIGHT_S => Some(0.0),
             lag if gain > 0.0 => Some(lag as f64 / gain),
             _ => None,
         };
@@ -567,7 +574,7 @@ mod tests {
                         stream: "log/app".into(),
                         committed: 90,
                         lag_records: 10,
-                        lag_seconds: 1.0,
+                        lag_seconds: 12.0,
                         committed_per_s: 30.0,
                     },
                     StreamStatus {
@@ -603,6 +610,9 @@ mod tests {
         let gw1 = c.streams.iter().find(|s| s.stream == "gw1/log/app").unwrap();
         assert_eq!((gw1.head, gw1.lag_records), (Some(100), 10));
         assert_eq!(gw1.catch_up_s, Some(0.5), "10 records at 30/s committed against 10/s read");
+        // Records in flight (under 10 s old) have no estimate to make, whatever the rates.
+        let gw2 = c.streams.iter().find(|s| s.stream == "gw2/log/app").unwrap();
+        assert_eq!((gw2.lag_records, gw2.catch_up_s), (10, Some(0.0)));
         assert_eq!(c.limits[0].allowed_per_s, 50.0);
         assert_eq!(c.limits[0].use_pct, 50.0);
         assert_eq!(c.limits[0].shares.len(), 2);
