@@ -433,7 +433,8 @@ pub fn run(cli: Cli) -> Result<()> {
             let cfg = AgentConfig::load(&config)?;
             let idle = cfg.idle_warning();
             if check {
-                check_tls(&cfg.bus, switchboard_bus::tls::IdRole::Agent).with_context(|| config.display().to_string())?;
+                check_tls(&cfg.bus, switchboard_bus::tls::IdRole::Agent)
+                    .with_context(|| config.display().to_string())?;
                 if let Some(group) = &cfg.gateway.socket_group {
                     switchboard_agent::gateway::gid_of(group)
                         .with_context(|| format!("{}: gateway.socket_group", config.display()))?;

@@ -490,7 +490,9 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
             let mut with_limits = None;
             for h in &heads {
                 let rev = repo.revision(session, keys, &h.id).await?;
-                if rev.files.contains_key(LIMITS_FILE) && with_limits.as_ref().is_none_or(|w: &Revision| rev.at_ms > w.at_ms) {
+                if rev.files.contains_key(LIMITS_FILE)
+                    && with_limits.as_ref().is_none_or(|w: &Revision| rev.at_ms > w.at_ms)
+                {
                     with_limits = Some(rev);
                 }
             }

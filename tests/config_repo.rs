@@ -480,12 +480,15 @@ fn a_failed_reload_keeps_the_old_revision_local_edits_are_never_overwritten_and_
 #[test]
 fn a_failed_reload_kept_in_place_is_still_a_failure() {
     let c = Cluster::new();
-    let reload = repo_table("reload = [\"sh\", \"-c\", \"echo the gateway refused it >&2; exit 4\"]\non_reload_failure = \"keep\"");
+    let reload = repo_table(
+        "reload = [\"sh\", \"-c\", \"echo the gateway refused it >&2; exit 4\"]\non_reload_failure = \"keep\"",
+    );
     let a = c.start_limits_agent("gw1", &[], "", &reload);
     let ep = vec![a.endpoint()];
     let client = Client::new(&c, &ep);
     assert!(wait_until(Duration::from_secs(20), || client.states().len() == 1));
-    let (code, out) = config_cli(&c, &ep, &["push", tree(&c, "1", &[("global/a.conf", "a1".into())]).to_str().unwrap()]);
+    let (code, out) =
+        config_cli(&c, &ep, &["push", tree(&c, "1", &[("global/a.conf", "a1".into())]).to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("gw1") && out.contains("NOT applied") && out.contains("exit 4"), "{out}");
     assert!(out.contains("stays in place") && out.contains("the gateway refused it"), "{out}");
@@ -499,12 +502,15 @@ fn a_failed_reload_kept_in_place_is_still_a_failure() {
 #[test]
 fn a_reload_that_times_out_reports_what_it_wrote() {
     let c = Cluster::new();
-    let reload = repo_table("reload = [\"sh\", \"-c\", \"echo kannel: waiting for smsc bind; sleep 30\"]\nreload_timeout_ms = 1000");
+    let reload = repo_table(
+        "reload = [\"sh\", \"-c\", \"echo kannel: waiting for smsc bind; sleep 30\"]\nreload_timeout_ms = 1000",
+    );
     let a = c.start_limits_agent("gw1", &[], "", &reload);
     let ep = vec![a.endpoint()];
     let client = Client::new(&c, &ep);
     assert!(wait_until(Duration::from_secs(20), || client.states().len() == 1));
-    let (code, out) = config_cli(&c, &ep, &["push", tree(&c, "1", &[("global/a.conf", "a1".into())]).to_str().unwrap()]);
+    let (code, out) =
+        config_cli(&c, &ep, &["push", tree(&c, "1", &[("global/a.conf", "a1".into())]).to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("timed out after 1s") && out.contains("waiting for smsc bind"), "{out}");
     let (_, st) = status_json(&c, &ep);

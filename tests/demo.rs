@@ -151,7 +151,11 @@ fn reports_and_windows(dataset: &std::path::Path, rows: usize) {
     drop(child.stderr.take());
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("time,node,lines"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("time,node,lines"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // Nothing before 2020; everything since a day ago; a window the wrong way round is refused.
     let (out, _) =
         run(&["query", "--data", data, "--until", "2020-01-01", "--format", "csv", "SELECT count(*) FROM logs"]);

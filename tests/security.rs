@@ -330,9 +330,13 @@ async fn a_member_cannot_act_as_another() {
     assert!(out.status.success() && said.contains("nothing pushed: revision 1 stays in force"), "{said}");
     // An agent's certificate is refused by the tool itself, before a push its peers would drop.
     std::fs::write(&file, "[[limit]]\nkey = \"k\"\nrate = 200\n").unwrap();
-    let out = as_member(c, "agent-gw2", &s.gw1_endpoint, &["limits", "set", file.to_str().unwrap(), "--timeout", "10s"]);
+    let out =
+        as_member(c, "agent-gw2", &s.gw1_endpoint, &["limits", "set", file.to_str().unwrap(), "--timeout", "10s"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("needs an admin's certificate") && err.contains("agent:gw2"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("needs an admin's certificate") && err.contains("agent:gw2"),
+        "{err}"
+    );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("pushed"), "the agent's revision was pushed");
     // Rows 19, 20: the admin reads the repository's states and objects (the revision's files).
     let out = as_admin(c, &s.gw1_endpoint, &["config", "show", "head", "global/limits.toml"]);
@@ -517,7 +521,10 @@ fn certs_refuse_what_would_not_work() {
     let out = std::process::Command::new(BIN).args(["certs", "init", "--dir", t]).output().unwrap();
     assert!(!out.status.success());
     // A validity of 0 days is refused (it would make a certificate that expires at once).
-    let out = std::process::Command::new(BIN).args(["certs", "issue", "gw3", "--role", "agent", "--days", "0", "--dir", t]).output().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["certs", "issue", "gw3", "--role", "agent", "--days", "0", "--dir", t])
+        .output()
+        .unwrap();
     assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     // Each config below is refused by `--check` as by a start, saying why.
     let cfg = dir.path().join("agent.toml");

@@ -247,8 +247,10 @@ async fn collect_with_columns(df: DataFrame) -> Result<Vec<RecordBatch>, DataFus
 /// Register `table` over the files below `url`, with its Hive partition columns, showing only the
 /// rows of `window`.
 async fn register(ctx: &SessionContext, table: &str, url: &str, window: &TimeWindow) -> Result<(), QueryError> {
-    let options = ParquetReadOptions::default()
-        .table_partition_cols(vec![(tables::DATE.to_owned(), DataType::Utf8), (tables::HOUR.to_owned(), DataType::Int32)]);
+    let options = ParquetReadOptions::default().table_partition_cols(vec![
+        (tables::DATE.to_owned(), DataType::Utf8),
+        (tables::HOUR.to_owned(), DataType::Int32),
+    ]);
     if window.is_all() {
         register_files(ctx, table, url, options).await?;
     } else {
@@ -268,9 +270,8 @@ async fn register_files(
     options: ParquetReadOptions<'_>,
 ) -> Result<(), QueryError> {
     ctx.register_parquet(name, url, options).await?;
-    let files = ctx
-        .deregister_table(name)?
-        .ok_or_else(|| QueryError::Sql(format!("table {name} was not registered")))?;
+    let files =
+        ctx.deregister_table(name)?.ok_or_else(|| QueryError::Sql(format!("table {name} was not registered")))?;
     ctx.register_table(name, Arc::new(hours::PaddedHours(files)))?;
     Ok(())
 }
@@ -324,7 +325,9 @@ pub fn render(batches: &[RecordBatch], format: OutputFormat, out: &mut dyn Write
     Ok(())
 }
 
-/// Write `batches` to a Parquet file at `path` (zstd), readable by any Parquet reader.
+/// Write `batches` to a Parquet file at `path` (zstd), readable by any Parquet reader. Text and
+/// bytes are written as Utf8 and Binary, the types of the dataset's own files (the engine reads
+/// them as views, which readers would otherwise be handed back).
 pub fn write_parquet(batches: &[RecordBatch], path: &Path) -> Result<u64, QueryError> {
     use datafusion::parquet::arrow::ArrowWriter;
     use datafusion::parquet::basic::{Compression, ZstdLevel};
@@ -332,13 +335,35 @@ pub fn write_parquet(batches: &[RecordBatch], path: &Path) -> Result<u64, QueryE
     let Some(first) = batches.first() else {
         return Err(QueryError::Sql("the query returned no columns to write".into()));
     };
+    let plain = |t: &DataType| match t {
+        DataType::Utf8View => DataType::Utf8,
+        DataType::BinaryView => DataType::Binary,
+        other => other.clone(),
+    };
+    let schema = Arc::new(Schema::new_with_metadata(
+        first
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_data_type(plain(f.data_type())))
+            .collect::<Vec<_>>(),
+        first.schema().metadata().clone(),
+    ));
     let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
     let file = std::fs::File::create(path)?;
-    let mut w = ArrowWriter::try_new(file, first.schema(), Some(props))
-        .map_err(|e| QueryError::Sql(format!("{}: {e}", path.display())))?;
+    let failed = |e: &dyn std::fmt::Display| QueryError::Sql(format!("{}: {e}", path.display()));
+    let mut w = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| failed(&e))?;
     let mut rows = 0;
     for b in batches {
-        w.write(b).map_err(|e| QueryError::Sql(format!("{}: {e}", path.display())))?;
+        let columns = b
+            .columns()
+            .iter()
+            .zip(schema.fields())
+            .map(|(c, f)| datafusion::arrow::compute::cast(c, f.data_type()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| failed(&e))?;
+        let b = RecordBatch::try_new(schema.clone(), columns).map_err(|e| failed(&e))?;
+        w.write(&b).map_err(|e| failed(&e))?;
         rows += b.num_rows() as u64;
     }
     w.close().map_err(|e| QueryError::Sql(format!("{}: {e}", path.display())))?;
@@ -456,7 +481,14 @@ mod tests {
         assert_eq!(count(ds.sql("SELECT count(*) FROM logs WHERE 3 = hour").await.unwrap()), 2);
         // Still only that hour's files are opened.
         std::fs::write(root.path().join("logs/date=2026-11-22/hour=10/part-0.parquet"), b"not parquet").unwrap();
-        assert_eq!(count(ds.sql("SELECT count(*) FROM logs WHERE date = '2026-11-22' AND hour = 3 AND message <> ''").await.unwrap()), 2);
+        assert_eq!(
+            count(
+                ds.sql("SELECT count(*) FROM logs WHERE date = '2026-11-22' AND hour = 3 AND message <> ''")
+                    .await
+                    .unwrap()
+            ),
+            2
+        );
     }
 
     #[tokio::test]
@@ -498,6 +530,16 @@ mod tests {
         let reader = datafusion::parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&file).unwrap());
         use datafusion::parquet::file::reader::FileReader as _;
         assert_eq!(reader.unwrap().metadata().file_metadata().schema_descr().num_columns(), 2);
+        // Text comes back as Utf8, as in the dataset's files, not as the engine's views.
+        let rows = ds.sql("SELECT seq, message FROM logs").await.unwrap();
+        assert_eq!(rows[0].schema().field(1).data_type(), &DataType::Utf8View, "the engine reads views");
+        let file = _root.path().join("rows.parquet");
+        assert!(write_parquet(&rows, &file).unwrap() > 0);
+        let back = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(&file).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(back.schema().field(1).data_type(), &DataType::Utf8);
     }
 
     #[tokio::test]

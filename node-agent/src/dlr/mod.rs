@@ -132,7 +132,12 @@ impl DlrService {
             census: std::sync::Mutex::new(None),
         });
         let size = service.store.size();
-        tracing::info!(records_estimate = size.records, inbox = size.inbox, disk_bytes = size.disk_bytes, "DLR store open");
+        tracing::info!(
+            records_estimate = size.records,
+            inbox = size.inbox,
+            disk_bytes = size.disk_bytes,
+            "DLR store open"
+        );
         let answerer = answerer::Answerer::start()?;
         lookup::serve(service.clone(), answerer.clone(), tracker, cancel.clone()).await?;
         ask::serve(service.clone(), answerer, tracker, cancel.clone()).await?;

@@ -176,10 +176,15 @@ mod tests {
     fn a_register_error_names_the_field_in_either_shape() {
         assert!(error(r#"{"connector": "smpp1"}"#).contains("missing field `msg_id`"));
         assert!(error(r#"{"connector": "c", "msg_id": "1", "bogus": 1}"#).contains("unknown field `bogus`"));
-        assert!(error(r#"{"records": [{"connector": "c", "msg_id": "1", "bogus": 1}]}"#).contains("unknown field `bogus`"));
+        assert!(
+            error(r#"{"records": [{"connector": "c", "msg_id": "1", "bogus": 1}]}"#).contains("unknown field `bogus`")
+        );
         assert!(error(r#"{"records": 3}"#).contains("expected a sequence"));
         assert_eq!(registered(r#"{"connector": "c", "msg_id": "1"}"#), 1);
-        assert_eq!(registered(r#"{"records": [{"connector": "c", "msg_id": "1"}, {"connector": "c", "msg_id": "2"}]}"#), 2);
+        assert_eq!(
+            registered(r#"{"records": [{"connector": "c", "msg_id": "1"}, {"connector": "c", "msg_id": "2"}]}"#),
+            2
+        );
         // "records" as a value, not a key, is still one registration.
         assert_eq!(registered(r#"{"connector": "c", "msg_id": "1", "account": "records"}"#), 1);
     }
