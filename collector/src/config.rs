@@ -53,7 +53,8 @@ pub struct CollectorSettings {
     /// environment variables), `allow_http`, `virtual_hosted_style`, `timeout_ms`.
     #[serde(default)]
     pub store: switchboard_bus::dataset::StoreOptions,
-    /// With an S3 `data_dir`: the local directory where files are written before they go up.
+    /// With an S3 `data_dir`: the local directory where files are written before they go up,
+    /// one per collector (the `.tmp` files an earlier run left there are removed at start).
     /// Default: `switchboard-spool-<name>` in the system's temporary directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spool_dir: Option<PathBuf>,

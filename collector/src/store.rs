@@ -102,17 +102,36 @@ fn create_dirs_durably(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Remove the files an earlier run of this collector left in its spool (killed while writing
+/// or uploading them): nothing refers to them, and their rows come again from the agents.
+fn clear_spool(spool: &Path) {
+    let Ok(entries) = std::fs::read_dir(spool) else { return };
+    let mut removed = 0u64;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if name.to_string_lossy().ends_with(".tmp") && std::fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, spool = %spool.display(), "removed files an earlier run left in the spool");
+    }
+}
+
 impl Store {
     /// The store for `location`; `spool` is where an S3 store keeps files while they are written.
     pub fn open(location: &Location, options: &StoreOptions, spool: PathBuf) -> Result<Self, DatasetError> {
         Ok(match location {
             Location::Local(root) => Self::Local { root: root.clone() },
-            Location::S3 { bucket, prefix } => Self::Remote {
-                store: switchboard_bus::dataset::s3_store(bucket, options)?,
-                prefix: prefix.clone(),
-                url: location.display(),
-                spool,
-            },
+            Location::S3 { bucket, prefix } => {
+                clear_spool(&spool);
+                Self::Remote {
+                    store: switchboard_bus::dataset::s3_store(bucket, options)?,
+                    prefix: prefix.clone(),
+                    url: location.display(),
+                    spool,
+                }
+            }
         })
     }
 
@@ -399,5 +418,23 @@ impl Store {
                 Ok(kv(&m))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_earlier_runs_spool_files_are_removed_at_open() {
+        let spool = tempfile::tempdir().unwrap();
+        let left = spool.path().join("_switchboard%staging%c1%logs%.part-c1-1-000001.parquet.tmp");
+        std::fs::write(&left, b"half a file").unwrap();
+        std::fs::write(spool.path().join("notes.txt"), b"not ours").unwrap();
+        let location = Location::parse("s3://bucket/prefix").unwrap();
+        let options = StoreOptions { endpoint: Some("http://127.0.0.1:9".into()), ..StoreOptions::default() };
+        Store::open(&location, &options, spool.path().to_owned()).unwrap();
+        assert!(!left.exists());
+        assert!(spool.path().join("notes.txt").exists());
     }
 }
