@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::limits::Proxy;
+use common::limits::{LimitsNode, Proxy};
 use common::{wait_until, Cluster, BIN};
 use serde_json::Value;
 use switchboard_bus::config::BusConfig;
@@ -475,6 +475,17 @@ fn a_failed_reload_keeps_the_old_revision_local_edits_are_never_overwritten_and_
     drop(a);
 }
 
+/// One agent gw1 with `repo` as its `[cluster_config]`, and a first revision (`global/a.conf`)
+/// pushed to it: the agent, its endpoint, and the push's exit code and output.
+fn push_to_one_agent(c: &Cluster, repo: &str) -> (LimitsNode, Vec<String>, i32, String) {
+    let a = c.start_limits_agent("gw1", &[], "", repo);
+    let ep = vec![a.endpoint()];
+    let client = Client::new(c, &ep);
+    assert!(wait_until(Duration::from_secs(20), || client.states().len() == 1));
+    let (code, out) = config_cli(c, &ep, &["push", tree(c, "1", &[("global/a.conf", "a1".into())]).to_str().unwrap()]);
+    (a, ep, code, out)
+}
+
 /// With `on_reload_failure = "keep"` a failed reload leaves the revision in place, and the push
 /// still reports the failure (exit 1), as `config status` does.
 #[test]
@@ -483,12 +494,7 @@ fn a_failed_reload_kept_in_place_is_still_a_failure() {
     let reload = repo_table(
         "reload = [\"sh\", \"-c\", \"echo the gateway refused it >&2; exit 4\"]\non_reload_failure = \"keep\"",
     );
-    let a = c.start_limits_agent("gw1", &[], "", &reload);
-    let ep = vec![a.endpoint()];
-    let client = Client::new(&c, &ep);
-    assert!(wait_until(Duration::from_secs(20), || client.states().len() == 1));
-    let (code, out) =
-        config_cli(&c, &ep, &["push", tree(&c, "1", &[("global/a.conf", "a1".into())]).to_str().unwrap()]);
+    let (a, ep, code, out) = push_to_one_agent(&c, &reload);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("gw1") && out.contains("NOT applied") && out.contains("exit 4"), "{out}");
     assert!(out.contains("stays in place") && out.contains("the gateway refused it"), "{out}");
@@ -505,12 +511,7 @@ fn a_reload_that_times_out_reports_what_it_wrote() {
     let reload = repo_table(
         "reload = [\"sh\", \"-c\", \"echo kannel: waiting for smsc bind; sleep 30\"]\nreload_timeout_ms = 1000",
     );
-    let a = c.start_limits_agent("gw1", &[], "", &reload);
-    let ep = vec![a.endpoint()];
-    let client = Client::new(&c, &ep);
-    assert!(wait_until(Duration::from_secs(20), || client.states().len() == 1));
-    let (code, out) =
-        config_cli(&c, &ep, &["push", tree(&c, "1", &[("global/a.conf", "a1".into())]).to_str().unwrap()]);
+    let (a, ep, code, out) = push_to_one_agent(&c, &reload);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("timed out after 1s") && out.contains("waiting for smsc bind"), "{out}");
     let (_, st) = status_json(&c, &ep);
