@@ -185,8 +185,9 @@ impl Group {
             let leader = last.writer.clone();
             self.update(|s| s.leader = Some(leader));
         }
+        let was_leader = self.is_leader();
         if self.twin_in(&out.records) {
-            out.stepped_down = self.is_leader();
+            out.stepped_down = was_leader;
             return out;
         }
         if self.is_leader() {
