@@ -80,6 +80,10 @@ pub async fn open(config: &BusConfig, role: Option<IdRole>) -> Result<Session, S
                 "verify_name_on_connect": false,
             });
             insert(&mut zc, "transport/link/tls", &link)?;
+            // Only TLS links, accepted or opened: a peer's plain `tcp/` locator learned by gossip
+            // (zenoh's default listen for a peer) would otherwise be dialed, a link without the
+            // policy's identities.
+            insert(&mut zc, "transport/link/protocols", &serde_json::json!(["quic", "tls"]))?;
             let policy = crate::access::policy(&keys, &creds.members);
             zc.insert_json5("access_control", &policy.to_string())
                 .map_err(|e| SessionError::Zenoh(format!("access policy: {e}")))?;
