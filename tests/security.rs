@@ -433,8 +433,11 @@ async fn message_checks_hold_without_tls() {
     })
     .await;
 
-    // Reports the HTTP API would refuse: an empty status, a reporter that is no node's name.
-    for r in [report("", "gw1"), report("DELIVRD", "no/body")] {
+    // Reports the HTTP API would refuse: an empty status, a reporter that is no node's name; and
+    // one of a version this build does not read.
+    let mut v2: Value = serde_json::from_slice(&report("DELIVRD", "gw1")).unwrap();
+    v2["version"] = json!(2);
+    for r in [report("", "gw1"), report("DELIVRD", "no/body"), serde_json::to_vec(&v2).unwrap()] {
         expect_refused(c, "gw1", "report_invalid", async {
             let replies = ask(&h, &key(c, "dlr/id/dec/1001"), Some(r.clone())).await;
             assert!(replies.iter().all(|r| r.starts_with("error")), "{replies:?}");

@@ -19,6 +19,43 @@ use crate::dlr::record::DlrRecord;
 /// The schema version of every document here.
 pub const DOC_VERSION: u32 = 1;
 
+/// A document of this protocol, read with [`decode`].
+pub trait Doc: serde::de::DeserializeOwned {
+    /// The `version` it carries.
+    fn version(&self) -> u32;
+}
+
+macro_rules! doc {
+    ($($t:ty),*) => {
+        $(impl Doc for $t {
+            fn version(&self) -> u32 {
+                self.version
+            }
+        })*
+    };
+}
+doc!(DlrReport, LookupReply, DlrAsk, DlrAnswer, ReplicaBatch, ReplicaAck);
+
+/// A document that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DocError {
+    /// Not JSON of the expected shape.
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    /// A version this build does not read: acting on it could misread what it means.
+    #[error("unknown version {0} (this build reads version {DOC_VERSION})")]
+    Version(u32),
+}
+
+/// Read a document from `bytes`, refusing one of a version other than [`DOC_VERSION`].
+pub fn decode<T: Doc>(bytes: &[u8]) -> Result<T, DocError> {
+    let doc: T = serde_json::from_slice(bytes)?;
+    match doc.version() {
+        DOC_VERSION => Ok(doc),
+        v => Err(DocError::Version(v)),
+    }
+}
+
 /// A delivery report, as the node that received it hands it on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DlrReport {
@@ -183,6 +220,17 @@ pub struct ReplicaAck {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn documents_of_another_version_are_refused() {
+        let ask = br#"{"version":2,"reply_to":"a","n":1,"connector":"c","id":"1"}"#;
+        assert!(matches!(decode::<DlrAsk>(ask), Err(DocError::Version(2))));
+        let batch = br#"{"version":2,"from":"a","ops":[]}"#;
+        assert!(matches!(decode::<ReplicaBatch>(batch), Err(DocError::Version(2))));
+        assert!(decode::<ReplicaBatch>(br#"{"version":1,"from":"a","ops":[]}"#).is_ok());
+        assert!(matches!(decode::<DlrAsk>(b"{"), Err(DocError::Json(_))));
+    }
+
     use super::*;
 
     #[test]

@@ -57,7 +57,7 @@ pub(crate) async fn serve(
 
 /// Answer one ask; a malformed one (no usable `reply_to`) is counted and dropped.
 fn answer(service: &DlrService, payload: &[u8], queued: Queued) {
-    let ask = match serde_json::from_slice::<DlrAsk>(payload) {
+    let ask = match switchboard_bus::dlr::wire::decode::<DlrAsk>(payload) {
         Ok(ask) => ask,
         Err(e) => {
             service.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
@@ -140,17 +140,19 @@ impl Asker {
         let (waiting, counters) = (pending.clone(), stats.clone());
         let answers = session
             .declare_subscriber(key)
-            .callback(move |sample| match serde_json::from_slice::<DlrAnswer>(&sample.payload().to_bytes()) {
-                Ok(answer) => {
-                    let ask = waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(&answer.n);
-                    // An answer after the ask gave up finds nothing: nothing to do.
-                    if let Some(ask) = ask {
-                        let _ = ask.answer.send(answer);
+            .callback(move |sample| {
+                match switchboard_bus::dlr::wire::decode::<DlrAnswer>(&sample.payload().to_bytes()) {
+                    Ok(answer) => {
+                        let ask = waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(&answer.n);
+                        // An answer after the ask gave up finds nothing: nothing to do.
+                        if let Some(ask) = ask {
+                            let _ = ask.answer.send(answer);
+                        }
                     }
-                }
-                Err(e) => {
-                    counters.bad_requests.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(error = %e, "a DLR answer that is not a dlr_answer");
+                    Err(e) => {
+                        counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(error = %e, "a DLR answer that is not a dlr_answer");
+                    }
                 }
             })
             .await

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use switchboard_bus::dlr::record::store_key;
 use switchboard_bus::dlr::rendezvous::first_holder;
-use switchboard_bus::dlr::wire::{DlrReport, LookupReply, Role as HolderRole};
+use switchboard_bus::dlr::wire::{self, DlrReport, LookupReply, Role as HolderRole};
 use switchboard_bus::keys::Role;
 use switchboard_bus::refusals::{refuse, Reason};
 use tokio_util::sync::CancellationToken;
@@ -98,7 +98,7 @@ struct Request {
 /// reason), `Err(None)` for a key that is not a lookup.
 fn parse(service: &DlrService, query: &Query) -> Result<Request, Option<String>> {
     let (connector, id) = service.keys.parse_dlr_id(query.key_expr().as_str()).ok_or(None)?;
-    let report = match query.payload().map(|p| serde_json::from_slice::<DlrReport>(&p.to_bytes())) {
+    let report = match query.payload().map(|p| wire::decode::<DlrReport>(&p.to_bytes())) {
         None => None,
         Some(Ok(r)) => {
             if let Err(e) = super::types::check_bus_report(&r, now_ms()) {
@@ -216,7 +216,7 @@ pub(crate) async fn query(
                 continue;
             }
         };
-        let Ok(r) = serde_json::from_slice::<LookupReply>(&sample.payload().to_bytes()) else {
+        let Ok(r) = wire::decode::<LookupReply>(&sample.payload().to_bytes()) else {
             service.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
             continue;
         };

@@ -89,7 +89,7 @@ async fn reply(query: &Query, ack: Result<ReplicaAck, String>) {
 
 /// Apply one replica batch.
 fn take(service: &DlrService, payload: Option<&[u8]>) -> Result<ReplicaAck, String> {
-    let batch: ReplicaBatch = serde_json::from_slice(payload.unwrap_or_default()).map_err(|e| {
+    let batch: ReplicaBatch = switchboard_bus::dlr::wire::decode(payload.unwrap_or_default()).map_err(|e| {
         service.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
         refuse(Reason::ReplicaInvalid, format_args!("not a replica batch: {e}"));
         format!("not a replica batch: {e}")
