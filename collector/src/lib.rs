@@ -255,9 +255,7 @@ impl Collector {
                                 return;
                             }
                             if let (Some(instance), Ok(mut w)) = (heads.instance.as_deref(), writers.lock()) {
-                                if instance.len() > crate::writers::MAX_INSTANCE_BYTES {
-                                    stats.control_malformed.fetch_add(1, Ordering::Relaxed);
-                                } else if w.observe(&node, instance, Instant::now()) {
+                                if w.observe(&node, instance, Instant::now()) {
                                     stats.conflicting_writers.fetch_add(1, Ordering::Relaxed);
                                 }
                             }

@@ -11,6 +11,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use switchboard_bus::wire::control::MAX_INSTANCE_BYTES;
+
 /// How long `/health` reports a conflict after it was last seen.
 pub const CONFLICT_REPORTED_FOR: Duration = Duration::from_secs(60);
 /// Instances remembered per node.
@@ -18,8 +20,6 @@ const REMEMBERED: usize = 8;
 /// Nodes tracked at most (the first by name is forgotten beyond it): with [`REMEMBERED`]
 /// instances of at most [`MAX_INSTANCE_BYTES`] each, about 10 MiB whatever peers send.
 const MAX_NODES: usize = 10_000;
-/// The longest instance id taken; a longer one is refused as a malformed heads document.
-pub const MAX_INSTANCE_BYTES: usize = 128;
 
 #[derive(Debug, Default)]
 struct NodeWriters {

@@ -50,6 +50,9 @@ impl Heads {
         if let Some(s) = self.streams.keys().chain(self.acked.keys()).find(|s| s.len() > 256) {
             return Err(format!("a stream name of {} bytes", s.len()));
         }
+        if let Some(i) = self.instance.as_ref().filter(|i| i.len() > MAX_INSTANCE_BYTES) {
+            return Err(format!("an instance of {} bytes (at most {MAX_INSTANCE_BYTES})", i.len()));
+        }
         for (s, acked) in &self.acked {
             if let Some(head) = self.streams.get(s).filter(|head| acked > *head) {
                 return Err(format!("{s}: acked {acked} above head {head}"));
@@ -58,6 +61,9 @@ impl Heads {
         Ok(())
     }
 }
+
+/// The longest `instance` a heads document may carry.
+pub const MAX_INSTANCE_BYTES: usize = 128;
 
 /// A collector's watermarks for one node: per stream, the committed contiguous prefix.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +139,11 @@ mod tests {
         let mut long = heads(1, 0);
         long.streams.insert("x".repeat(300), 1);
         assert!(long.check(3).unwrap_err().contains("300 bytes"));
+        let mut named = heads(1, 10);
+        named.instance = Some("i".repeat(MAX_INSTANCE_BYTES));
+        assert!(named.check(3).is_ok());
+        named.instance = Some("i".repeat(MAX_INSTANCE_BYTES + 1));
+        assert!(named.check(3).unwrap_err().contains("an instance of 129 bytes"));
     }
 
     #[test]
