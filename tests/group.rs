@@ -443,6 +443,20 @@ fn an_agent_ignores_watermarks_of_a_replaced_writer() {
     assert!(wait_until(Duration::from_secs(20), || acked() > before), "acks stopped after the stranger's epoch");
     let n = w.stop();
     assert!(wait_until(DEADLINE, || count_logs(&c.dataset()) >= n), "{} of {n}", count_logs(&c.dataset()));
+    // Idle, the writer's watermarks go out once a second (protocol.md), not at every status update.
+    let puts = rt.block_on(async {
+        let mut config = zenoh::Config::default();
+        config.insert_json5("mode", "\"client\"").unwrap();
+        config.insert_json5("connect/endpoints", &format!("[\"tcp/127.0.0.1:{agent_port}\"]")).unwrap();
+        config.insert_json5("scouting/multicast/enabled", "false").unwrap();
+        let s = zenoh::open(config).await.unwrap();
+        let sub = s.declare_subscriber(format!("sb/{}/watermark/c1/gw-a", c.cluster)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let puts = std::iter::from_fn(|| sub.try_recv().ok().flatten()).count();
+        s.close().await.unwrap();
+        puts
+    });
+    assert!((2..=6).contains(&puts), "{puts} watermark puts in 4 s while idle");
     agent.stop();
     c1.stop();
     let rows = read_logs(&c.dataset());

@@ -25,19 +25,28 @@ pub(crate) async fn publish(
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(WATERMARK_EVERY);
+    // What was last published: the status changes more often than the watermarks do (its lag
+    // figures), and unchanged watermarks go out only with the tick.
+    let mut published = None;
     loop {
-        tokio::select! {
-            _ = cancel.cancelled() => {}
-            _ = tick.tick() => {}
+        let due = tokio::select! {
+            _ = cancel.cancelled() => true,
+            _ = tick.tick() => true,
             changed = marks.changed() => {
                 if changed.is_err() { break; }
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                false
             }
-        }
+        };
         let (current, epoch) = {
             let status = marks.borrow_and_update();
             (status.watermarks.clone(), status.epoch)
         };
+        let now = Some((current.clone(), epoch));
+        if !due && now == published {
+            continue;
+        }
+        published = now;
         let mut per_node: BTreeMap<String, Watermarks> = BTreeMap::new();
         if epoch.is_some() {
             for (stream, w) in current {
