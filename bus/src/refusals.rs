@@ -90,6 +90,32 @@ pub(crate) fn set_tls(on: bool) {
     TLS.store(on, Ordering::Relaxed);
 }
 
+/// The key prefix of this process's cluster (`sb/<cluster>`), for [`is_declaration_interest`].
+static PREFIX: Mutex<String> = Mutex::new(String::new());
+
+pub(crate) fn set_prefix(prefix: &str) {
+    if let Ok(mut p) = PREFIX.lock() {
+        prefix.clone_into(&mut p);
+    }
+}
+
+/// Keys of the protocol that are only put and subscribed to, never queried.
+const PUT_ONLY: [&str; 7] = ["stream", "head", "watermark", "counter", "config/push", "dlr/ask", "dlr/answer"];
+
+/// Whether a denial is of zenoh's interest in declarations on a key that is only put and
+/// subscribed to (no process answers queries there). zenoh checks that interest, which a
+/// process sends as it declares a publisher or subscriber and as links come up, as a `Query`
+/// (`unauthorized to Query (ingress) on <prefix>/head`), so a healthy cluster would count a
+/// burst of them at every start. What such a message could ask, no one answers: not a refusal
+/// worth counting.
+fn is_declaration_interest(message: &str) -> bool {
+    let Some((_, key)) = message.split_once("unauthorized to Query (ingress) on ") else { return false };
+    let key = key.split_whitespace().next().unwrap_or_default();
+    let Ok(prefix) = PREFIX.lock() else { return false };
+    let Some(rest) = key.strip_prefix(prefix.as_str()).and_then(|r| r.strip_prefix('/')) else { return false };
+    PUT_ONLY.iter().any(|k| rest == *k || rest.strip_prefix(k).is_some_and(|r| r.starts_with('/')))
+}
+
 /// Whether the bus runs with mutual TLS.
 pub fn tls() -> bool {
     TLS.load(Ordering::Relaxed)
@@ -145,6 +171,9 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AccessDeniedLayer 
         event.record(&mut m);
         // Only what arrives: a process's own messages out are never filtered (see `access`).
         if m.0.contains("is unauthorized") && m.0.contains("(ingress)") {
+            if is_declaration_interest(&m.0) {
+                return;
+            }
             refuse(Reason::AccessDenied, m.0);
         }
     }
@@ -152,6 +181,20 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AccessDeniedLayer 
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn interest_in_declarations_on_put_only_keys_is_told_from_a_query() {
+        set_prefix("sb/t");
+        let denied = |what: &str, key: &str| format!("a1b2 on Interface(lo)+CertCommonName(agent:gw1) is unauthorized to {what} (ingress) on {key}");
+        for key in ["sb/t/head", "sb/t/stream", "sb/t/dlr/answer/gw1.5c0f", "sb/t/config/push", "sb/t/watermark/c1/gw2"] {
+            assert!(is_declaration_interest(&denied("Query", key)), "{key}");
+        }
+        for key in ["sb/t/replay/gw1/log/app", "sb/t/dlr/id/c/1", "sb/t/headx", "sb/other/head", "sb/t/config/object/gw1/x"] {
+            assert!(!is_declaration_interest(&denied("Query", key)), "{key}");
+        }
+        assert!(!is_declaration_interest(&denied("Put", "sb/t/head")));
+    }
+
     use super::*;
 
     #[test]

@@ -88,6 +88,7 @@ pub async fn open(config: &BusConfig, role: Option<IdRole>) -> Result<Session, S
             zc.insert_json5("access_control", &policy.to_string())
                 .map_err(|e| SessionError::Zenoh(format!("access policy: {e}")))?;
             crate::refusals::set_tls(true);
+            crate::refusals::set_prefix(keys.prefix());
             if config.listen.iter().chain(&config.connect).any(|e| e.starts_with("tls/")) {
                 tracing::warn!(
                     "bus: a tls/ endpoint: zenoh's TLS-over-TCP link shares one TLS connection between \
