@@ -356,6 +356,11 @@ async fn a_member_cannot_act_as_another() {
     let c2 = session(c, "collector:c2", &both).await;
     let replies = ask(&c2, &key(c, "replay/gw1/log/app?from=0;to=9"), None).await;
     assert!(replies.iter().any(|r| r.contains("cannot be rebuilt")), "{replies:?}");
+    // A range the wrong way round, or a `to` that is no number, is an error that says so.
+    let replies = ask(&c2, &key(c, "replay/gw1/log/app?from=9;to=2"), None).await;
+    assert!(replies.iter().any(|r| r.contains("to=2 is below from=9")), "{replies:?}");
+    let replies = ask(&c2, &key(c, "replay/gw1/log/app?from=0;to=abc"), None).await;
+    assert!(replies.iter().any(|r| r.contains("must be a sequence number")), "{replies:?}");
 
     // Rows 13, 14, 16, 17: an admin looks a record up on the ask stream, not by query (which
     // may carry a report); a collector may not ask.

@@ -185,11 +185,16 @@ mod tests {
     #[test]
     fn interest_in_declarations_on_put_only_keys_is_told_from_a_query() {
         set_prefix("sb/t");
-        let denied = |what: &str, key: &str| format!("a1b2 on Interface(lo)+CertCommonName(agent:gw1) is unauthorized to {what} (ingress) on {key}");
-        for key in ["sb/t/head", "sb/t/stream", "sb/t/dlr/answer/gw1.5c0f", "sb/t/config/push", "sb/t/watermark/c1/gw2"] {
+        let denied = |what: &str, key: &str| {
+            format!("a1b2 on Interface(lo)+CertCommonName(agent:gw1) is unauthorized to {what} (ingress) on {key}")
+        };
+        for key in ["sb/t/head", "sb/t/stream", "sb/t/dlr/answer/gw1.5c0f", "sb/t/config/push", "sb/t/watermark/c1/gw2"]
+        {
             assert!(is_declaration_interest(&denied("Query", key)), "{key}");
         }
-        for key in ["sb/t/replay/gw1/log/app", "sb/t/dlr/id/c/1", "sb/t/headx", "sb/other/head", "sb/t/config/object/gw1/x"] {
+        for key in
+            ["sb/t/replay/gw1/log/app", "sb/t/dlr/id/c/1", "sb/t/headx", "sb/other/head", "sb/t/config/object/gw1/x"]
+        {
             assert!(!is_declaration_interest(&denied("Query", key)), "{key}");
         }
         assert!(!is_declaration_interest(&denied("Put", "sb/t/head")));

@@ -194,7 +194,12 @@ async fn answer(
     let Some(from) = params.get("from").and_then(|v| v.parse::<u64>().ok()) else {
         return fail("parameter from=<seq> is required".into()).await;
     };
-    let to = params.get("to").and_then(|v| v.parse::<u64>().ok()).unwrap_or(u64::MAX);
+    let to = match params.get("to").map(|v| v.parse::<u64>()) {
+        None => u64::MAX,
+        Some(Ok(to)) if to >= from => to,
+        Some(Ok(to)) => return fail(format!("to={to} is below from={from}")).await,
+        Some(Err(_)) => return fail("parameter to=<seq> must be a sequence number".into()).await,
+    };
     let sliced = journal.lock().map(|j| (j.slice(from, to), j.acked().next_seq, j.head())).ok();
     let Some((entries, acked, head)) = sliced else {
         return fail("journal unavailable".into()).await;
