@@ -45,6 +45,8 @@ pub struct GroupStatus {
     pub takeovers: u64,
     /// Times this collector found itself fenced and stepped down.
     pub stepped_down: u64,
+    /// Tries to write a commit log record that failed (each is retried until it succeeds).
+    pub log_write_errors: u64,
 }
 
 /// The outcome of [`Group::commit`].
@@ -149,6 +151,17 @@ impl Group {
     fn update(&self, f: impl FnOnce(&mut GroupStatus)) {
         if let Ok(mut s) = self.status.lock() {
             f(&mut s);
+        }
+    }
+
+    /// What [`CommitLog::append`] calls with each failed try: `/health` says so while it retries.
+    fn store_failing(&self) -> impl FnMut(&StoreError) + use<> {
+        let (status, store) = (self.status.clone(), self.store.describe());
+        move |e| {
+            if let Ok(mut s) = status.lock() {
+                s.store_error = Some(format!("dataset store {store}: {e}"));
+                s.log_write_errors = s.log_write_errors.saturating_add(1);
+            }
         }
     }
 
@@ -288,7 +301,7 @@ impl Group {
                 }
             }
             let record = Record::new(Kind::Claim, &self.name, &self.instance, 0, 0, Vec::new());
-            let appended = self.log.append(&self.store, record, &self.cancel).await;
+            let appended = self.log.append(&self.store, record, &self.cancel, self.store_failing()).await;
             match self.store_result(appended) {
                 Ok(Appended::Written) => break,
                 Ok(Appended::Taken(r)) => {
@@ -394,7 +407,7 @@ impl Group {
             }
         }
         let record = Record::new(Kind::Commit, &self.name, &self.instance, 0, epoch, files.to_vec());
-        let appended = self.log.append(&self.store, record, &self.cancel).await;
+        let appended = self.log.append(&self.store, record, &self.cancel, self.store_failing()).await;
         match self.store_result(appended) {
             Ok(Appended::Written) => {}
             Ok(Appended::Taken(r)) => {

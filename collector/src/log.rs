@@ -197,11 +197,13 @@ impl CommitLog {
     /// unknown (the store failed or timed out), the slot is read back until the store answers,
     /// so that a record that did land is never taken for one that did not; this waits, retrying,
     /// until `cancel` fires (then the error is returned and the outcome stays unknown).
+    /// `failing` hears of each failed try (a full disk, a store that is down) while it waits.
     pub async fn append(
         &mut self,
         store: &Store,
         mut record: Record,
         cancel: &CancellationToken,
+        mut failing: impl FnMut(&StoreError),
     ) -> Result<Appended, StoreError> {
         record.seq = self.next;
         if record.kind == Kind::Claim {
@@ -238,6 +240,7 @@ impl CommitLog {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, slot = record.seq, "commit log write failed; retrying");
+                    failing(&e);
                     if cancel.is_cancelled() {
                         return Err(e);
                     }
@@ -300,6 +303,32 @@ mod tests {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
     }
 
+    /// A record that cannot be written (a full disk, here a file where the log's directory
+    /// should be) is retried, and each failed try is told to the caller, which turns `/health`
+    /// to failing meanwhile.
+    #[test]
+    fn each_failed_try_of_a_record_is_told_while_it_is_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::Local { root: dir.path().to_owned() };
+        let cancel = CancellationToken::new();
+        rt().block_on(async {
+            let (mut log, _) = CommitLog::open(&store).await.unwrap();
+            let in_the_way = dir.path().join(LOG_DIR);
+            let _ = std::fs::remove_dir_all(&in_the_way);
+            std::fs::create_dir_all(in_the_way.parent().unwrap()).unwrap();
+            std::fs::write(&in_the_way, b"not a directory").unwrap();
+            let stop = cancel.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                stop.cancel();
+            });
+            let mut told = 0;
+            let r = log.append(&store, Record::new(Kind::Claim, "a", "1", 0, 0, vec![]), &cancel, |_| told += 1).await;
+            assert!(r.is_err());
+            assert!(told >= 2, "told {told} times");
+        });
+    }
+
     #[test]
     fn a_claim_fences_the_writer_before_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -310,25 +339,25 @@ mod tests {
             let (mut b, _) = CommitLog::open(&store).await.unwrap();
             // Both claim slot 0 at once: one wins.
             assert!(matches!(
-                a.append(&store, Record::new(Kind::Claim, "a", "1", 0, 0, vec![]), &cancel).await.unwrap(),
+                a.append(&store, Record::new(Kind::Claim, "a", "1", 0, 0, vec![]), &cancel, |_| {}).await.unwrap(),
                 Appended::Written
             ));
-            match b.append(&store, Record::new(Kind::Claim, "b", "2", 0, 0, vec![]), &cancel).await.unwrap() {
+            match b.append(&store, Record::new(Kind::Claim, "b", "2", 0, 0, vec![]), &cancel, |_| {}).await.unwrap() {
                 Appended::Taken(Some(r)) => assert_eq!((r.writer.as_str(), r.kind), ("a", Kind::Claim)),
                 other => panic!("{other:?}"),
             }
             // a commits under epoch 0; b takes over at slot 2.
             assert!(matches!(
-                a.append(&store, Record::new(Kind::Commit, "a", "1", 0, 0, vec![]), &cancel).await.unwrap(),
+                a.append(&store, Record::new(Kind::Commit, "a", "1", 0, 0, vec![]), &cancel, |_| {}).await.unwrap(),
                 Appended::Written
             ));
             assert_eq!(b.poll(&store).await.unwrap().len(), 1);
             assert!(matches!(
-                b.append(&store, Record::new(Kind::Claim, "b", "2", 0, 0, vec![]), &cancel).await.unwrap(),
+                b.append(&store, Record::new(Kind::Claim, "b", "2", 0, 0, vec![]), &cancel, |_| {}).await.unwrap(),
                 Appended::Written
             ));
             // a's next commit finds b's claim in its slot.
-            match a.append(&store, Record::new(Kind::Commit, "a", "1", 0, 0, vec![]), &cancel).await.unwrap() {
+            match a.append(&store, Record::new(Kind::Commit, "a", "1", 0, 0, vec![]), &cancel, |_| {}).await.unwrap() {
                 Appended::Taken(Some(r)) => assert_eq!((r.writer.as_str(), r.kind, r.epoch), ("b", Kind::Claim, 2)),
                 other => panic!("{other:?}"),
             }
@@ -348,7 +377,7 @@ mod tests {
             let (mut d, _) = CommitLog::open(&store).await.unwrap();
             assert_eq!((d.next(), d.skipped()), (4, 1));
             assert!(matches!(
-                d.append(&store, Record::new(Kind::Commit, "b", "2", 0, 2, vec![]), &cancel).await.unwrap(),
+                d.append(&store, Record::new(Kind::Commit, "b", "2", 0, 2, vec![]), &cancel, |_| {}).await.unwrap(),
                 Appended::Written
             ));
         });

@@ -139,7 +139,11 @@ impl switchboard_bus::http::Report for CollectorReport {
             )
             .counter(crate::stats::ROWS_COMMITTED_METRIC, "Rows in committed Parquet files.", g(&s.rows_committed))
             .counter("switchboard_collector_files_committed_total", "Parquet files committed.", g(&s.files_committed))
-            .counter("switchboard_collector_commit_errors_total", "Commits that failed.", g(&s.commit_errors))
+            .counter(
+                "switchboard_collector_commit_errors_total",
+                "Commits that failed, and tries of a commit log record that failed (retried).",
+                g(&s.commit_errors).saturating_add(group.log_write_errors),
+            )
             .counter("switchboard_collector_write_errors_total", "Data file writes that failed.", g(&s.write_errors))
             .counter(
                 "switchboard_collector_gaps_detected_total",
