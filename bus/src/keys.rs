@@ -189,6 +189,11 @@ impl<'de> serde::Deserialize<'de> for StreamId {
     }
 }
 
+/// The key kinds (below the prefix) that are only put and subscribed to, never queried: no
+/// process declares a queryable there ([`crate::refusals`] tells zenoh's interest in their
+/// declarations from a query by them).
+pub const PUT_ONLY: [&str; 7] = ["stream", "head", "watermark", "counter", "config/push", "dlr/ask", "dlr/answer"];
+
 /// The key space of one cluster: every key expression, built from one validated prefix.
 #[derive(Debug, Clone)]
 pub struct KeySpace {

@@ -99,9 +99,6 @@ pub(crate) fn set_prefix(prefix: &str) {
     }
 }
 
-/// Keys of the protocol that are only put and subscribed to, never queried.
-const PUT_ONLY: [&str; 7] = ["stream", "head", "watermark", "counter", "config/push", "dlr/ask", "dlr/answer"];
-
 /// Whether a denial is of zenoh's interest in declarations on a key that is only put and
 /// subscribed to (no process answers queries there). zenoh checks that interest, which a
 /// process sends as it declares a publisher or subscriber and as links come up, as a `Query`
@@ -113,7 +110,7 @@ fn is_declaration_interest(message: &str) -> bool {
     let key = key.split_whitespace().next().unwrap_or_default();
     let Ok(prefix) = PREFIX.lock() else { return false };
     let Some(rest) = key.strip_prefix(prefix.as_str()).and_then(|r| r.strip_prefix('/')) else { return false };
-    PUT_ONLY.iter().any(|k| rest == *k || rest.strip_prefix(k).is_some_and(|r| r.starts_with('/')))
+    crate::keys::PUT_ONLY.iter().any(|k| rest == *k || rest.strip_prefix(k).is_some_and(|r| r.starts_with('/')))
 }
 
 /// Whether the bus runs with mutual TLS.
