@@ -100,7 +100,8 @@ pub enum ConfigCommand {
         #[command(flatten)]
         bus: BusArgs,
     },
-    /// Make a new revision whose tree is that of an earlier one.
+    /// Make a new revision whose tree is that of an earlier one (keeping the current
+    /// global/limits.toml if that tree has none).
     Rollback {
         /// The revision to go back to: a number, or the start of an id (4+ hex digits).
         revision: String,
@@ -121,7 +122,8 @@ pub enum ConfigCommand {
         bus: BusArgs,
     },
     /// Settle a conflict: one revision that follows every head, with the tree of one of them
-    /// (`--take <revision>`) or of a directory (`<dir>`).
+    /// (`--take <revision>`) or of a directory (`<dir>`); a tree without global/limits.toml
+    /// keeps the newest head's.
     #[command(group(clap::ArgGroup::new("side").required(true).args(["take", "dir"])))]
     Resolve {
         /// Keep this head's tree: the start of its id (4+ hex digits; `config status` lists both).
