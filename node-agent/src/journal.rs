@@ -22,7 +22,8 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -71,7 +72,7 @@ impl BatchRecord {
 #[derive(Debug)]
 pub struct SourceJournal {
     path: PathBuf,
-    writer: Option<File>,
+    file: Appender,
     acked: SourceCheckpoint,
     entries: VecDeque<BatchRecord>,
     handles: HashMap<Inode, Arc<File>>,
@@ -80,7 +81,6 @@ pub struct SourceJournal {
     /// are read back from its copy, which holds those bytes at the same offsets.
     copies: HashMap<(Inode, Fingerprint), Arc<File>>,
     acked_since_compaction: usize,
-    durable: bool,
 }
 
 impl SourceJournal {
@@ -116,13 +116,12 @@ impl SourceJournal {
         }
         let mut journal = Self {
             path,
-            writer: None,
+            file: Appender::default(),
             acked,
             entries,
             handles: HashMap::new(),
             copies: HashMap::new(),
             acked_since_compaction: 0,
-            durable: true,
         };
         // Start from a clean file holding exactly the loaded entries.
         journal.compact()?;
@@ -176,24 +175,31 @@ impl SourceJournal {
         self.copies.insert((original, fingerprint), copy);
     }
 
-    /// Append a batch before it is published.
+    /// Append a batch before it is published (write, sync, then keep it): [`JournalFile::append`]
+    /// and [`SourceJournal::push`] in one step, for an owner that holds the journal alone.
+    #[cfg(test)]
     pub fn record(&mut self, entry: BatchRecord) -> std::io::Result<()> {
-        if self.durable {
-            let mut line = serde_json::to_vec(&entry).map_err(std::io::Error::other)?;
-            line.push(b'\n');
-            if let Some(w) = &mut self.writer {
-                w.write_all(&line)?;
-                w.sync_data()?;
-            }
-        }
-        self.entries.push_back(entry);
+        self.appender().lock()?.append(&entry)?;
+        self.push(entry);
         Ok(())
+    }
+
+    /// The journal's file, to append to without holding the journal: lock it, append, then
+    /// [`push`](Self::push) the entry while still holding the file's lock (a compaction holds it
+    /// too, so it never runs between the two and misses the entry).
+    pub fn appender(&self) -> Appender {
+        self.file.clone()
+    }
+
+    /// Keep an entry that was appended to the file.
+    pub fn push(&mut self, entry: BatchRecord) {
+        self.entries.push_back(entry);
     }
 
     /// Keep entries in memory only (acknowledgements off: each batch is acknowledged as soon as
     /// it is published, so nothing needs to survive a restart).
     pub fn set_durable(&mut self, durable: bool) {
-        self.durable = durable;
+        self.file.durable.store(durable, Ordering::Relaxed);
     }
 
     /// Fold every entry wholly at or below `watermark` into the acknowledged checkpoint. Returns
@@ -236,27 +242,38 @@ impl SourceJournal {
 
     /// Rewrite the journal file with only the unacknowledged entries (temporary file + rename).
     /// Call only after the acknowledged checkpoint is stored.
-    pub fn compact(&mut self) -> std::io::Result<()> {
-        let tmp = self.path.with_extension("jsonl.tmp");
-        {
-            let mut f = std::io::BufWriter::new(File::create(&tmp)?);
-            for e in &self.entries {
-                serde_json::to_writer(&mut f, e).map_err(std::io::Error::other)?;
-                f.write_all(b"\n")?;
-            }
-            f.flush()?;
-            f.get_ref().sync_all()?;
-        }
-        std::fs::rename(&tmp, &self.path)?;
-        // The rename is durable only with its directory: without this, a power loss could bring
-        // back the old journal beside a checkpoint that already moved past its entries.
-        if let Some(dir) = self.path.parent() {
-            let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-            File::open(dir)?.sync_all()?;
-        }
-        self.writer = Some(std::fs::OpenOptions::new().append(true).open(&self.path)?);
+    fn compact(&mut self) -> std::io::Result<()> {
+        let file = self.file.clone();
+        let mut file = file.lock()?;
+        let body = self.unacked_lines()?;
+        file.writer = Some(rewrite(&self.path, &body)?);
         self.acked_since_compaction = 0;
         Ok(())
+    }
+
+    /// [`compact`](Self::compact) a shared journal, holding its lock only to read the entries:
+    /// the rewrite and its syncs hold the file's lock alone.
+    pub fn compact_shared(journal: &Mutex<SourceJournal>) -> std::io::Result<()> {
+        let (file, path) = {
+            let j = journal.lock().map_err(|_| poisoned())?;
+            (j.appender(), j.path.clone())
+        };
+        let mut file = file.lock()?;
+        // No entry is appended while the file's lock is held: these are all of them.
+        let body = journal.lock().map_err(|_| poisoned())?.unacked_lines()?;
+        file.writer = Some(rewrite(&path, &body)?);
+        journal.lock().map_err(|_| poisoned())?.acked_since_compaction = 0;
+        Ok(())
+    }
+
+    /// The unacknowledged entries as the journal file's lines.
+    fn unacked_lines(&self) -> std::io::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        for e in &self.entries {
+            serde_json::to_writer(&mut body, e).map_err(std::io::Error::other)?;
+            body.push(b'\n');
+        }
+        Ok(body)
     }
 
     /// The entries overlapping `from..=to` with the open files they need; `None` for a file
@@ -276,13 +293,82 @@ impl SourceJournal {
             .collect()
     }
 
-    /// Sync the journal file (called before the checkpoint is stored).
+}
+
+/// The journal file of one source, shared: see the module docs.
+#[derive(Debug, Clone)]
+pub struct Appender {
+    file: Arc<Mutex<JournalFile>>,
+    durable: Arc<AtomicBool>,
+}
+
+impl Default for Appender {
+    fn default() -> Self {
+        let durable = Arc::new(AtomicBool::new(true));
+        Self { file: Arc::new(Mutex::new(JournalFile { writer: None, durable: durable.clone() })), durable }
+    }
+}
+
+impl Appender {
+    /// Hold the file (for an append, a compaction or a sync).
+    pub fn lock(&self) -> std::io::Result<MutexGuard<'_, JournalFile>> {
+        self.file.lock().map_err(|_| poisoned())
+    }
+}
+
+/// The open journal file, under its lock.
+#[derive(Debug)]
+pub struct JournalFile {
+    writer: Option<File>,
+    /// Whether appends are written and synced (acknowledgements on) or kept in memory only.
+    durable: Arc<AtomicBool>,
+}
+
+impl JournalFile {
+    /// Write `entry` as one line and sync it (nothing when the journal is in memory only).
+    pub fn append(&mut self, entry: &BatchRecord) -> std::io::Result<()> {
+        if !self.durable.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        if let Some(w) = &mut self.writer {
+            w.write_all(&line)?;
+            w.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Sync the file (before the checkpoint is stored).
     pub fn sync(&self) -> std::io::Result<()> {
         match &self.writer {
             Some(w) => w.sync_data(),
             None => Ok(()),
         }
     }
+}
+
+fn poisoned() -> std::io::Error {
+    std::io::Error::other("journal lock poisoned")
+}
+
+/// Replace the file at `path` by `body` (temporary file, sync, rename, sync of the directory);
+/// the new file opened for appending.
+fn rewrite(path: &Path, body: &[u8]) -> std::io::Result<File> {
+    let tmp = path.with_extension("jsonl.tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(body)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    // The rename is durable only with its directory: without this, a power loss could bring
+    // back the old journal beside a checkpoint that already moved past its entries.
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        File::open(dir)?.sync_all()?;
+    }
+    std::fs::OpenOptions::new().append(true).open(path)
 }
 
 /// Advance file positions by an entry's segments.
@@ -347,6 +433,47 @@ mod tests {
         assert_eq!(j2.head(), 20);
         assert_eq!(j2.slice(16, 16).len(), 1);
         assert_eq!(j2.slice(0, 14).len(), 0);
+    }
+
+    /// An append holds the journal's file, not the journal: its state stays readable during the
+    /// sync, and a compaction waits for the append and keeps its entry.
+    #[test]
+    fn an_append_in_progress_blocks_no_reader_and_no_compaction_loses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = SourceJournal::open(dir.path(), "app", SourceCheckpoint::default()).unwrap();
+        for n in 0..40 {
+            j.record(BatchRecord { first_seq: n, count: 1, segments: vec![seg(1, n, n + 1)] }).unwrap();
+        }
+        j.ack(31).unwrap();
+        assert!(j.wants_compaction());
+        let j = Arc::new(Mutex::new(j));
+        let appender = j.lock().unwrap().appender();
+        let mut file = appender.lock().unwrap();
+        let entry = BatchRecord { first_seq: 40, count: 2, segments: vec![seg(1, 40, 42)] };
+        file.append(&entry).unwrap();
+        // The sync is done; the entry is not kept yet. Readers go on meanwhile.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = {
+            let j = j.clone();
+            std::thread::spawn(move || tx.send(j.lock().unwrap().head()).unwrap())
+        };
+        assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(5)), Ok(40), "a reader waited for the append");
+        reader.join().unwrap();
+        let compaction = {
+            let j = j.clone();
+            std::thread::spawn(move || SourceJournal::compact_shared(&j))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!compaction.is_finished(), "a compaction ran between an append and its entry");
+        j.lock().unwrap().push(entry);
+        drop(file);
+        compaction.join().unwrap().unwrap();
+        // Appends go on in the new file.
+        let after = j.lock().unwrap().appender();
+        after.lock().unwrap().append(&BatchRecord { first_seq: 42, count: 1, segments: vec![seg(1, 42, 43)] }).unwrap();
+        let acked = j.lock().unwrap().acked().clone();
+        let reopened = SourceJournal::open(dir.path(), "app", acked).unwrap();
+        assert_eq!((reopened.unacked(), reopened.head()), (10, 43), "the compacted file holds every entry appended");
     }
 
     #[test]

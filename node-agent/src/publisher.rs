@@ -293,17 +293,15 @@ impl AckTask {
 async fn store(journals: &Journals, checkpoint: &Checkpoint, data_dir: &std::path::Path, stats: &AgentStats) {
     let (cp, dir, js) = (checkpoint.clone(), data_dir.to_owned(), journals.clone());
     let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        // The journals' own locks are never held across a sync (see crate::journal).
         for j in js.values() {
-            if let Ok(j) = j.lock() {
-                j.sync().map_err(|e| format!("syncing journal: {e}"))?;
-            }
+            let Some(file) = j.lock().ok().map(|j| j.appender()) else { continue };
+            file.lock().and_then(|f| f.sync()).map_err(|e| format!("syncing journal: {e}"))?;
         }
         cp.store(&dir).map_err(|e| e.to_string())?;
         for j in js.values() {
-            if let Ok(mut j) = j.lock() {
-                if j.wants_compaction() {
-                    j.compact().map_err(|e| format!("compacting journal: {e}"))?;
-                }
+            if j.lock().is_ok_and(|j| j.wants_compaction()) {
+                SourceJournal::compact_shared(j).map_err(|e| format!("compacting journal: {e}"))?;
             }
         }
         Ok(())

@@ -638,18 +638,7 @@ impl SourceTailer {
         }
         let entry = BatchRecord { first_seq, count: lines, segments };
         debug_assert_eq!(entry.segments.iter().map(|s| s.lines).sum::<u64>(), lines);
-        let recorded = match self.journal.lock() {
-            Ok(mut j) => {
-                // Keep every file of the batch open for replays until it is acknowledged.
-                for seg in &entry.segments {
-                    if let Some(f) = self.files.iter().find(|f| f.inode == seg.inode) {
-                        j.register(seg.inode, f.file.clone());
-                    }
-                }
-                j.record(entry)
-            }
-            Err(_) => Err(std::io::Error::other("journal lock poisoned")),
-        };
+        let recorded = self.journal_batch(entry);
         if let Err(e) = recorded {
             // Without its journal entry the batch could not be replayed: stop, and let a
             // restart re-read from the last journaled position.
@@ -661,6 +650,26 @@ impl SourceTailer {
         self.batch_started = None;
         let batch = OutBatch { source: self.config.name.clone(), payload, first_seq, lines };
         out.blocking_send(batch).map_err(|_| Closed)
+    }
+}
+
+impl SourceTailer {
+    /// Append `entry` to the journal and sync it, then keep it in the journal with every file it
+    /// needs held open for replays. The journal's own lock is held only for the last step:
+    /// whoever reads the journal meanwhile does not wait for the sync.
+    fn journal_batch(&self, entry: BatchRecord) -> std::io::Result<()> {
+        let appender = self.journal.lock().map_err(|_| std::io::Error::other("journal lock poisoned"))?.appender();
+        let mut file = appender.lock()?;
+        file.append(&entry)?;
+        let mut j = self.journal.lock().map_err(|_| std::io::Error::other("journal lock poisoned"))?;
+        for seg in &entry.segments {
+            if let Some(f) = self.files.iter().find(|f| f.inode == seg.inode) {
+                j.register(seg.inode, f.file.clone());
+            }
+        }
+        j.push(entry);
+        drop(file);
+        Ok(())
     }
 }
 

@@ -104,7 +104,24 @@ impl Recorder {
                 _ = tokio::time::sleep(Duration::from_millis(end - now)) => false,
             };
             let ts = if stop { now_ms() } else { end };
-            if let Err(e) = self.record_window_ending(ts) {
+            // Off the runtime's threads: a write can wait for the disk, and the limits' exchange
+            // runs on those threads.
+            let written = tokio::task::spawn_blocking(move || {
+                let written = self.record_window_ending(ts);
+                (self, written)
+            })
+            .await;
+            let (me, written) = match written {
+                Ok(done) => done,
+                Err(e) if e.is_panic() => {
+                    // Decisions would go on unrecorded: the agent stops, saying why.
+                    switchboard_bus::vital::fail("the limits decision recorder panicked".into(), cancel);
+                    break;
+                }
+                Err(_) => break,
+            };
+            self = me;
+            if let Err(e) = written {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "cannot write the limits decision log");
             }
             if stop {
