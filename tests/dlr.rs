@@ -411,27 +411,12 @@ fn a_hung_first_holder_costs_one_ask_timeout_then_every_node_answers() {
     register(&c, "a", "dec", [id.clone()]);
     assert!(wait_until(Duration::from_secs(10), || dlr_counter(&c, "c", "replica_ops_received") >= 1));
 
-    let pid = hung.proc.as_ref().map(|p| p.pid().to_string()).unwrap_or_default();
-    let signal = |sig: &str| {
-        let ok = std::process::Command::new("kill").args([sig, &pid]).status().is_ok_and(|s| s.success());
-        assert!(ok, "kill {sig} {pid}");
-    };
-    signal("-STOP");
-    // Every thread of it stopped (state `T`) before the lookup, not merely signalled.
-    let stopped = || {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
-        tasks.filter_map(Result::ok).all(|t| {
-            std::fs::read_to_string(t.path().join("stat"))
-                .ok()
-                .and_then(|st| st.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('T')))
-                .unwrap_or(true)
-        })
-    };
-    assert!(wait_until(Duration::from_secs(2), stopped), "c did not stop");
+    let pid = hung.proc.as_ref().map(|p| p.pid()).unwrap_or_default();
+    signal(pid, "-STOP");
     let t = Instant::now();
     let (code, res) = post(&c, "b", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": id}));
     let took = t.elapsed();
-    signal("-CONT");
+    signal(pid, "-CONT");
     assert_eq!((code, res["answered_by"].as_str()), (200, Some("a")), "{res}");
     assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(2), "took {took:?}");
     assert_eq!(dlr_counter(&c, "b", "ask_timeouts"), 1);
@@ -583,4 +568,84 @@ fn the_gateway_socket_registers_resolves_and_reports_pipelined_in_order_on_unix_
     // REGISTER, RESOLVE and CLOSE on the socket, RESOLVE and PING on TCP.
     assert_eq!(metric(&text, "switchboard_agent_gateway_requests_total"), Some(5.0));
     assert_eq!(metric(&text, "switchboard_agent_gateway_connections_total"), Some(2.0));
+}
+
+/// Stop or continue a process with a signal, and for a stop wait until every thread of it is
+/// stopped (state `T`), not merely signalled.
+fn signal(pid: u32, sig: &str) {
+    let pid = pid.to_string();
+    let ok = std::process::Command::new("kill").args([sig, &pid]).status().is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid}");
+    if sig != "-STOP" {
+        return;
+    }
+    let stopped = || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+        tasks.filter_map(Result::ok).all(|t| {
+            std::fs::read_to_string(t.path().join("stat"))
+                .ok()
+                .and_then(|st| st.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('T')))
+                .unwrap_or(true)
+        })
+    };
+    assert!(wait_until(Duration::from_secs(2), stopped), "{pid} did not stop");
+}
+
+#[test]
+fn a_dlr_is_handled_by_one_gateway_when_its_owner_hangs_or_one_write_repeats_it() {
+    let c = Cluster::new();
+    let dlr = DLR.replace("[dlr]\n", "[dlr]\ntimeout_ms = 400\n");
+    let a = c.start_limits_agent("a", &[], "", &dlr);
+    let b = c.start_limits_agent("b", &[a.endpoint()], "", &dlr);
+    wait_mesh(&c, &["a", "b"]);
+
+    // A request pipelined behind a registration sees the record it made.
+    let mut sa = SocketClient::connect(&c.socket("a"));
+    sa.send(&[
+        r#"REGISTER {"records": [{"connector": "dec", "msg_id": "700"}, {"connector": "dec", "msg_id": "701"}]}"#,
+        r#"RESOLVE {"connector": "dec", "msg_id": "700", "local": true}"#,
+        r#"CLOSE {"connector": "dec", "msg_id": "701", "status": "EXPIRED"}"#,
+        r#"RESOLVE {"connector": "dec", "msg_id": "701", "local": true}"#,
+    ]);
+    assert_eq!(ok_json(&sa.answer().unwrap())["registered"], 2);
+    assert_eq!(ok_json(&sa.answer().unwrap())["record"]["state"], "open");
+    assert_eq!(ok_json(&sa.answer().unwrap())["record"]["state"], "closed");
+    assert_eq!(ok_json(&sa.answer().unwrap())["record"]["state"], "closed", "a resolve behind a close sees it");
+    register(&c, "a", "dec", ["702".to_owned()]);
+    let copied =
+        |id: &str| post(&c, "b", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": id, "local": true})).0 == 200;
+    assert!(wait_until(Duration::from_secs(10), || copied("700") && copied("702")), "b never got the copies");
+
+    // a hangs: b's report waits out its timeout, b's gateway handles the DLR (owner_down), and
+    // a, once awake, does not queue the report it reads late.
+    let pid = a.proc.as_ref().map(|p| p.pid()).unwrap_or_default();
+    signal(pid, "-STOP");
+    let (code, res) = post(
+        &c,
+        "b",
+        "/v1/dlr/report",
+        json!({"connector": "dec", "msg_id": "700", "status": "DELIVRD", "wait_ms": 0}),
+    );
+    signal(pid, "-CONT");
+    assert_eq!((code, res["outcome"].as_str()), (200, Some("owner_down")), "{res}");
+    let late = wait_until(Duration::from_secs(5), || {
+        let (_, text) = c.http_get("a", "/metrics");
+        metric(&text, "switchboard_bus_refused_total{reason=\"report_late\"}") == Some(1.0)
+    });
+    assert!(late, "a never counted the late report");
+    let (code, inbox) = c.http_get("a", "/v1/dlr/inbox?after=0&wait_ms=500");
+    assert_eq!((code, inbox.as_str()), (200, r#"{"reports":[]}"#), "a queued a DLR b's gateway handles");
+    // The repeat finds it closed.
+    let (_, res) = post(&c, "b", "/v1/dlr/report", json!({"connector": "dec", "msg_id": "700", "status": "DELIVRD"}));
+    assert_eq!(res["outcome"], "duplicate", "{res}");
+
+    // a is gone: a DLR and its repeat in one write to b are handled once.
+    a.proc.unwrap().kill();
+    wait_mesh(&c, &["b"]);
+    let mut sb = SocketClient::connect(&c.socket("b"));
+    let report = r#"REPORT {"connector": "dec", "msg_id": "702", "status": "DELIVRD"}"#;
+    sb.send(&[report, report]);
+    let (first, second) = (ok_json(&sb.answer().unwrap()), ok_json(&sb.answer().unwrap()));
+    assert_eq!((first["outcome"].as_str(), second["outcome"].as_str()), (Some("owner_down"), Some("duplicate")));
+    drop(b);
 }

@@ -201,6 +201,7 @@ fn report(status: &str, by: &str) -> Vec<u8> {
         reported_by: by.into(),
         error: None,
         text: None,
+        answer_by: None,
     };
     serde_json::to_vec(&r).unwrap()
 }

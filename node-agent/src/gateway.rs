@@ -208,7 +208,11 @@ impl Gateway {
     ) -> Result<Option<Arc<Self>>, AgentError> {
         let Some(Listeners { unix, tcp, max_connections }) = listeners else { return Ok(None) };
         let gateway = Arc::new(Self { limits, dlr, stats: GatewayStats::default() });
-        let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+        // `max_connections` holds for each listener on its own.
+        let (unix_slots, tcp_slots) = (
+            Arc::new(tokio::sync::Semaphore::new(max_connections)),
+            Arc::new(tokio::sync::Semaphore::new(max_connections)),
+        );
         // Every connection is served on one thread of its own (`switchboard_bus::apart`): a
         // request is read, decided and answered there, without moving between threads.
         let (g, stop) = (gateway.clone(), cancel.clone());
@@ -225,7 +229,7 @@ impl Gateway {
                         let (s, _) = listener.accept().await?;
                         Ok(tokio::io::split(BusyPoll::new(s, busy_poll)))
                     };
-                    accept_loop(accept, g.clone(), slots.clone(), &stop).await;
+                    accept_loop(accept, g.clone(), unix_slots, &stop).await;
                     let _ = std::fs::remove_file(&path);
                 };
                 let on_tcp = async {
@@ -236,7 +240,7 @@ impl Gateway {
                         s.set_nodelay(true)?;
                         Ok(tokio::io::split(BusyPoll::new(s, busy_poll)))
                     };
-                    accept_loop(accept, g.clone(), slots.clone(), &stop).await;
+                    accept_loop(accept, g.clone(), tcp_slots, &stop).await;
                 };
                 tokio::join!(on_unix, on_tcp);
             })
@@ -263,6 +267,11 @@ impl Gateway {
                 Some(d) => return crate::dlr::lines::answer(d, line, out),
                 None => out.extend_from_slice(b"ERR DLRs are off on this node ([dlr] enabled = false)\n"),
             },
+            b"" => {
+                self.stats.unknown_requests.fetch_add(1, Ordering::Relaxed);
+                let what = if line.iter().all(u8::is_ascii_whitespace) { "an empty line" } else { "whitespace" };
+                out.extend_from_slice(format!("ERR a request starts with its verb, not with {what}\n").as_bytes());
+            }
             _ => {
                 self.stats.unknown_requests.fetch_add(1, Ordering::Relaxed);
                 let verb = String::from_utf8_lossy(&line[..verb_end.min(32)]);
@@ -308,6 +317,7 @@ async fn accept_loop<A, F, R, W>(
             gateway.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
                 let _ = write.write_all(b"ERR too many connections (gateway.max_connections)\n").await;
+                close_gently(read, write).await;
             });
             continue;
         };
@@ -320,10 +330,30 @@ async fn accept_loop<A, F, R, W>(
     }
 }
 
+/// Most bytes read and dropped from a connection being closed after an error line.
+const DRAIN_BYTES: u64 = 1 << 20;
+/// Longest wait for the peer to finish sending on a connection being closed after an error line.
+const DRAIN_TIME: Duration = Duration::from_secs(1);
+
+/// Close a connection after its last answer (an error): end the writing side, then read and
+/// drop what the peer still sends (up to [`DRAIN_BYTES`] or [`DRAIN_TIME`]). Closing a socket
+/// with unread bytes makes the kernel reset it, and a reset can destroy the answer in flight
+/// before the peer reads it.
+async fn close_gently<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(read: R, mut write: W) {
+    let _ = write.shutdown().await;
+    let mut sink = tokio::io::sink();
+    let _ = tokio::time::timeout(DRAIN_TIME, tokio::io::copy(&mut read.take(DRAIN_BYTES), &mut sink)).await;
+}
+
 /// What a connection does with its request lines.
 pub(crate) trait LineService {
     /// Answer one request line: now (appended to `out`), or later.
     fn answer_line(&self, line: &[u8], out: &mut Vec<u8>) -> Option<Later>;
+    /// Whether the request on `line` changes what later requests see (it writes): until it is
+    /// answered, its connection reads no further request.
+    fn writes(&self, _line: &[u8]) -> bool {
+        false
+    }
     /// A line over [`MAX_LINE`] bytes arrived; it is refused and the connection closed.
     fn refuse_long_line(&self);
 }
@@ -331,6 +361,12 @@ pub(crate) trait LineService {
 impl LineService for Gateway {
     fn answer_line(&self, line: &[u8], out: &mut Vec<u8>) -> Option<Later> {
         Gateway::answer_line(self, line, out)
+    }
+
+    /// A registration and a close: a request behind one on the same connection sees the
+    /// record it made or closed. Reports run concurrently.
+    fn writes(&self, line: &[u8]) -> bool {
+        line.starts_with(b"REGISTER") || line.starts_with(b"CLOSE")
     }
 
     fn refuse_long_line(&self) {
@@ -395,15 +431,16 @@ where
     let mut line = Vec::with_capacity(128);
     let mut out = Vec::with_capacity(256);
     // Answers in request order; ready ones queue behind a pending one.
-    let mut due: FuturesOrdered<Later> = FuturesOrdered::new();
+    let mut due = Due::default();
     let mut reading = true;
     loop {
         // What is ready at the head goes out in order.
         while let Some(Some(answer)) = due.next().now_or_never() {
             out.extend_from_slice(&answer);
         }
+        let may_read = reading && due.len() < MAX_IN_FLIGHT && !due.writing();
         // Hold the answers only while the next request is already in and will be read at once.
-        let next_is_in = reading && due.len() < MAX_IN_FLIGHT && memchr::memchr(b'\n', reader.buffer()).is_some();
+        let next_is_in = may_read && memchr::memchr(b'\n', reader.buffer()).is_some();
         if !out.is_empty() && !next_is_in {
             if write.write_all(&out).await.is_err() {
                 return;
@@ -420,7 +457,7 @@ where
                     out.extend_from_slice(&answer);
                 }
             }
-            n = read_line(&mut reader, &mut line), if reading && due.len() < MAX_IN_FLIGHT => {
+            n = read_line(&mut reader, &mut line), if may_read => {
                 match n {
                     // The end of the stream: a last line without its newline is still answered.
                     Ok(0) | Err(_) => {
@@ -428,7 +465,7 @@ where
                         if !line.is_empty() && line.len() <= MAX_LINE {
                             let mut now = Vec::new();
                             let later = service.answer_line(&line, &mut now);
-                            due.push_back(later.unwrap_or_else(|| Box::pin(std::future::ready(now))));
+                            due.push(later.unwrap_or_else(|| Box::pin(std::future::ready(now))), false);
                         }
                     }
                     Ok(_) if line.len() > MAX_LINE => {
@@ -438,24 +475,66 @@ where
                             out.extend_from_slice(&answer);
                         }
                         out.extend_from_slice(b"ERR line too long\n");
-                        let _ = write.write_all(&out).await;
+                        if write.write_all(&out).await.is_ok() {
+                            close_gently(reader, write).await;
+                        }
                         return;
                     }
                     Ok(_) => {
-                        if due.is_empty() {
-                            if let Some(later) = service.answer_line(&line, &mut out) {
-                                due.push_back(later);
-                            }
-                        } else {
-                            let mut now = Vec::new();
-                            let later = service.answer_line(&line, &mut now);
-                            due.push_back(later.unwrap_or_else(|| Box::pin(std::future::ready(now))));
+                        let mut now = Vec::new();
+                        let later = service.answer_line(&line, if due.is_empty() { &mut out } else { &mut now });
+                        match later {
+                            Some(later) => due.push(later, service.writes(&line)),
+                            None if !now.is_empty() => due.push(Box::pin(std::future::ready(now)), false),
+                            None => {}
                         }
                         line.clear();
                     }
                 }
             }
         }
+    }
+}
+
+/// A connection's answers still due, in request order, and whether a write among them holds
+/// back further requests.
+#[derive(Default)]
+struct Due {
+    queue: FuturesOrdered<Later>,
+    /// Answers taken from the queue so far.
+    taken: u64,
+    /// The number (in the queue's order, from 0) of the last write pushed and not yet answered.
+    write_at: Option<u64>,
+}
+
+impl Due {
+    fn push(&mut self, later: Later, writes: bool) {
+        if writes {
+            self.write_at = Some(self.taken + self.queue.len() as u64);
+        }
+        self.queue.push_back(later);
+    }
+
+    async fn next(&mut self) -> Option<Vec<u8>> {
+        let answer = self.queue.next().await?;
+        self.taken += 1;
+        if self.write_at.is_some_and(|at| at < self.taken) {
+            self.write_at = None;
+        }
+        Some(answer)
+    }
+
+    fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Whether a write is still to be answered.
+    fn writing(&self) -> bool {
+        self.write_at.is_some()
     }
 }
 
@@ -475,12 +554,32 @@ mod tests {
 
     /// Answers from the request alone: `PONG` for `PING`, `ECHO <line>` for anything else, and
     /// for `SLOW <ms> <tag>` the answer `SLOW <tag>` after that long, so the order of answers
-    /// shows.
-    struct Echo;
+    /// shows. `WRITE <ms> <n>` sets a shared number after that long (a write), `READ` answers it
+    /// at once.
+    #[derive(Default)]
+    struct Echo(Arc<AtomicU64>);
 
     impl LineService for Echo {
+        fn writes(&self, line: &[u8]) -> bool {
+            line.starts_with(b"WRITE ")
+        }
+
         fn answer_line(&self, line: &[u8], out: &mut Vec<u8>) -> Option<Later> {
             let text = String::from_utf8_lossy(line).trim().to_owned();
+            if let Some(rest) = text.strip_prefix("WRITE ") {
+                let (ms, n) = rest.split_once(' ').unwrap_or((rest, "0"));
+                let (ms, n): (u64, u64) = (ms.parse().unwrap_or(0), n.parse().unwrap_or(0));
+                let shared = self.0.clone();
+                return Some(Box::pin(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    shared.store(n, Ordering::Relaxed);
+                    format!("WROTE {n}\n").into_bytes()
+                }));
+            }
+            if text == "READ" {
+                out.extend_from_slice(format!("READ {}\n", self.0.load(Ordering::Relaxed)).as_bytes());
+                return None;
+            }
             if let Some(rest) = text.strip_prefix("SLOW ") {
                 let (ms, tag) = rest.split_once(' ').unwrap_or((rest, ""));
                 let ms: u64 = ms.parse().unwrap_or(0);
@@ -504,7 +603,7 @@ mod tests {
         let (gateway, agent) = UnixStream::pair().unwrap();
         let served = tokio::spawn(async move {
             let (read, write) = agent.into_split();
-            answer_requests(read, write, &Echo, &CancellationToken::new()).await;
+            answer_requests(read, write, &Echo::default(), &CancellationToken::new()).await;
         });
         (gateway, served)
     }
@@ -562,6 +661,19 @@ mod tests {
         let mut tail = Vec::new();
         gateway.read_to_end(&mut tail).await.unwrap();
         assert_eq!(String::from_utf8_lossy(&tail), "SLOW d\n");
+        served.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_request_behind_a_write_sees_it_and_reads_run_together_again_after() {
+        let (mut gateway, served) = echo_connection();
+        let t = std::time::Instant::now();
+        // The READ behind the WRITE waits for it; the slow answers after the second write run
+        // together again.
+        gateway.write_all(b"WRITE 100 7\nREAD\nWRITE 0 8\nSLOW 200 a\nSLOW 200 b\nREAD\n").await.unwrap();
+        expect_answers(&mut gateway, b"WROTE 7\nREAD 7\nWROTE 8\nSLOW a\nSLOW b\nREAD 8\n", "behind a write").await;
+        assert!(t.elapsed() < std::time::Duration::from_millis(500), "took {:?}", t.elapsed());
+        drop(gateway);
         served.await.unwrap();
     }
 

@@ -292,7 +292,6 @@ impl SourceJournal {
             })
             .collect()
     }
-
 }
 
 /// The journal file of one source, shared: see the module docs.

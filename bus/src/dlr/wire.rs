@@ -76,6 +76,12 @@ pub struct DlrReport {
     /// The DLR's text, if the gateway passes it on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// The last moment (ms since the Unix epoch, by the reporting node's clock) at which the
+    /// owner may still take the report. After it the reporting node has stopped waiting for the
+    /// owner and its gateway handles the DLR itself (`owner_down`), so an owner that only now
+    /// reads the query (it was hung) must not queue the DLR again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_by: Option<u64>,
 }
 
 fn yes() -> bool {

@@ -48,11 +48,7 @@ pub fn router(service: Arc<DlrService>) -> Router {
 
 /// The DLR routes of a node whose `[dlr]` is off: a 404 that says so (not an empty one).
 pub fn off_router() -> Router {
-    async fn off() -> Response {
-        (StatusCode::NOT_FOUND, Json(json!({ "error": "DLRs are off on this node ([dlr] enabled = false)" })))
-            .into_response()
-    }
-    Router::new().route("/v1/dlr", axum::routing::any(off)).route("/v1/dlr/{*rest}", axum::routing::any(off))
+    crate::off::router(&["/v1/dlr"], "DLRs are off on this node ([dlr] enabled = false)")
 }
 
 fn error(service: &DlrService, e: DlrError) -> Response {

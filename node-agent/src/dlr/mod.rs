@@ -18,6 +18,7 @@
 //! - [`records`]: the records and their state machine, run under the store lock (register,
 //!   close, taking a report, expiry), synchronous and tested without a bus;
 //! - `service`: the async orchestration over the bus (resolve, report, the inbox);
+//!   `reporting`: one report at a time per record on this node;
 //! - `waiters`: lookups waiting for a registration not there yet;
 //! - `sweep`: the loop that expires records and syncs the store;
 //! - [`lookup`] and [`ask`]: lookups over the bus; `answerer`: the thread that answers them;
@@ -35,6 +36,7 @@ pub mod lookup;
 pub mod outbox;
 pub mod records;
 pub mod replicate;
+mod reporting;
 pub mod requests;
 mod service;
 pub(crate) mod settings;
@@ -72,6 +74,7 @@ pub struct DlrService {
     membership: Membership,
     asker: ask::Asker,
     census: std::sync::Mutex<Option<sweep::Census>>,
+    reporting: reporting::Reporting,
 }
 
 impl std::ops::Deref for DlrService {
@@ -130,6 +133,7 @@ impl DlrService {
             membership: membership.clone(),
             asker,
             census: std::sync::Mutex::new(None),
+            reporting: reporting::Reporting::default(),
         });
         let size = service.store.size();
         tracing::info!(

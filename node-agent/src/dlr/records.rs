@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use switchboard_bus::dlr::wire::{DlrReport, LookupReply, ReportOutcome, Role as HolderRole, DOC_VERSION};
 use switchboard_bus::dlr::{id, DlrRecord, IdFormat, RecordState};
+use switchboard_bus::refusals::{refuse, Reason};
 use tokio::sync::{oneshot, Notify};
 
 use super::events::{DlrEvent, EventKind};
@@ -223,6 +224,26 @@ impl Records {
             }
             if !current.is_open() {
                 (current, ReportOutcome::Duplicate)
+            } else if report.answer_by.is_some_and(|by| super::now_ms() > by) {
+                // The reporter stopped waiting: its gateway handles the DLR (`owner_down`) and a
+                // final report closed the copies. Queueing it here too would hand it to two
+                // gateways; the record is closed here as the reporter closed the copies (the same
+                // record), so a repeat that comes before that copy is a duplicate here too.
+                refuse(
+                    Reason::ReportLate,
+                    format_args!(
+                        "report of {connector}/{id} from {} read after its answer_by: closed, not queued",
+                        report.reported_by
+                    ),
+                );
+                if !report.r#final {
+                    return Ok(Some(reply(current, None)));
+                }
+                let next = self.closed(&current, &report.status, report.reported_at, &report.reported_by);
+                self.count_store_error(self.store.write(&[Write::Put { record: &next, previous: Some(&current) }]))?;
+                drop(_guard);
+                self.outbox.push(next.clone());
+                return Ok(Some(reply(next, None)));
             } else {
                 let next = if report.r#final {
                     self.closed(&current, &report.status, report.reported_at, &report.reported_by)
@@ -333,6 +354,7 @@ mod tests {
             reported_by: "gw2".into(),
             error: None,
             text: None,
+            answer_by: None,
         }
     }
 

@@ -6,6 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use switchboard_bus::dlr::record::store_key;
 use switchboard_bus::dlr::rendezvous::replicas_for;
 use switchboard_bus::dlr::wire::{DlrReport, LookupReply, ReplicaOp, ReportOutcome, Role as HolderRole, DOC_VERSION};
 use switchboard_bus::keys::Role;
@@ -76,15 +77,23 @@ impl DlrService {
         let canonical = dlr_ids.canonical(&req.msg_id)?;
         check_report_fields(&req.status, req.error.as_deref(), req.text.as_deref())?;
         let wait = self.wait(req.wait_ms.unwrap_or(self.settings.report_wait_ms))?;
+        let reported_at = now_ms();
+        // The owner takes the report only until half the timeout is left: the other half is for
+        // its answer to come back (and for the two clocks to differ).
+        let answer_by =
+            reported_at.saturating_add(wait.as_millis() as u64).saturating_add(self.settings.timeout_ms / 2);
         let report = DlrReport {
             version: DOC_VERSION,
             status: req.status.clone(),
             r#final: req.is_final,
-            reported_at: now_ms(),
+            reported_at,
             reported_by: self.node.clone(),
             error: req.error.clone(),
             text: req.text.clone(),
+            answer_by: Some(answer_by),
         };
+        // One report of a record at a time here: a repeat behind it finds the record closed.
+        let _entered = self.reporting.enter(store_key(&req.connector, &canonical)).await;
         let found = lookup::query(self, &req.connector, &canonical, wait, Some(&report)).await?;
         let mut res = self.after_lookup(&req.connector, &req.msg_id, found, Some(&report))?;
         if res.role == HolderRole::Replica {
