@@ -282,6 +282,26 @@ fn a_limit_changed_under_traffic_applies_everywhere_and_the_api_explains_bad_req
     assert_eq!((code, body.as_str()), (200, r#"{"released":1}"#));
     let (code, _, body) = http_post(port, "/v1/slots/release", r#"{"key": "domain:d"}"#);
     assert!(code == 409 && body.contains("not held"), "{code} {body}");
+    // More slots than the whole cluster's limit (domain:* holds 2) would never pass: 400.
+    let (code, head, body) = http_post(port, "/v1/slots/acquire", r#"{"key": "domain:d", "n": 3}"#);
+    assert!(code == 400 && body.contains("2 slots") && body.contains("never pass"), "{code} {body}");
+    assert!(!head.to_ascii_lowercase().contains("retry-after:"), "{head}");
+    // An unknown path and a wrong method get JSON errors, as every other error.
+    let (code, body) = c.http_get("a", "/v1/nothing/here");
+    assert!(code == 404 && body.contains(r#""error":"no such endpoint: /v1/nothing/here""#), "{code} {body}");
+    let (code, body) = c.http_get("a", "/v1/limits/acquire");
+    assert!(code == 405 && body.contains("GET is not allowed on /v1/limits/acquire"), "{code} {body}");
+    // `limits list` whose reader went away (`| head`) stops quietly, without a panic.
+    let mut list = std::process::Command::new(common::BIN)
+        .args(["limits", "list", "--connect", &a.endpoint(), "--cluster", &c.cluster])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(list.stdout.take());
+    let out = list.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !stderr.contains("panicked"), "{:?}: {stderr}", out.status);
     for (bad, says) in [
         (r#"{"key": 5}"#, "expected"),
         ("not json", "expected"),
@@ -294,14 +314,17 @@ fn a_limit_changed_under_traffic_applies_everywhere_and_the_api_explains_bad_req
     }
     let mut s = SocketClient::connect(&c.socket("a"));
     assert_eq!(s.request("PING"), "PONG");
+    assert_eq!(s.request("PING extra"), "ERR PING takes no argument");
+    assert!(s.request(" PING").starts_with("ERR a request starts with its verb, not with whitespace"));
     assert!(s.request("ACQUIRE").starts_with("ERR missing key"));
     assert!(s.request("TAKE x").starts_with("ERR unknown request"));
     assert_eq!(s.request("RELEASE domain:never 1"), "OK 0");
     assert!(s.request("ACQUIRE customer:acme 2").starts_with("ERR n 2 is more than this node lets pass at once"));
     let (_, metrics) = c.http_get("a", "/metrics");
-    // Five over HTTP, one on the socket; the unknown verb is the gateway socket's.
-    assert!(metric(&metrics, "switchboard_agent_limits_bad_requests_total").unwrap_or(0.0) >= 6.0, "{metrics}");
-    assert_eq!(metric(&metrics, "switchboard_agent_gateway_unknown_requests_total"), Some(1.0), "{metrics}");
+    // Five over HTTP, two on the socket; the unknown verb and the leading space are the gateway
+    // socket's.
+    assert!(metric(&metrics, "switchboard_agent_limits_bad_requests_total").unwrap_or(0.0) >= 7.0, "{metrics}");
+    assert_eq!(metric(&metrics, "switchboard_agent_gateway_unknown_requests_total"), Some(2.0), "{metrics}");
     assert_eq!(metric(&metrics, "switchboard_agent_limits_revision"), Some(2.0));
     drop((a, b, alone));
 }

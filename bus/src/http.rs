@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
@@ -392,6 +392,18 @@ pub fn bind(addr: SocketAddr, access: &Access) -> std::io::Result<std::net::TcpL
     Ok(listener)
 }
 
+/// An unknown path: `404` with a JSON error, as every other error of these APIs.
+async fn no_such_path(uri: axum::http::Uri) -> Response {
+    let error = format!("no such endpoint: {}", uri.path());
+    (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({ "error": error }))).into_response()
+}
+
+/// A known path asked with a method it does not take: `405` with a JSON error.
+async fn no_such_method(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let error = format!("{method} is not allowed on {}", uri.path());
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(serde_json::json!({ "error": error }))).into_response()
+}
+
 /// Serve as [`serve`] does on `listener` (from [`bind`]), on the runtime this runs on, until
 /// `cancel` fires.
 pub async fn run(
@@ -404,8 +416,13 @@ pub async fn run(
 ) {
     let bound = inner.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let listener = Capped { inner, permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)), busy_poll };
-    let mut app =
-        Router::new().route("/health", get(health)).route("/metrics", get(metrics)).with_state(report).merge(extra);
+    let mut app = Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(report)
+        .merge(extra)
+        .fallback(no_such_path)
+        .method_not_allowed_fallback(no_such_method);
     if let Some(token) = access.token.as_deref().filter(|t| !t.is_empty()) {
         app = app.layer(axum::middleware::from_fn_with_state(Arc::<str>::from(token), require_token));
     }

@@ -40,6 +40,7 @@ pub mod gateway;
 pub mod journal;
 pub mod limits;
 pub mod metrics;
+mod off;
 pub mod parse;
 pub mod publisher;
 pub mod replay;
@@ -316,7 +317,7 @@ impl Agent {
         tracker.spawn(switchboard_bus::status::sample_rates(report.clone(), cancel.clone()));
         switchboard_bus::status::serve(&session, &keys, Role::Agent, &node, report.clone(), cancel.clone()).await?;
         if let Some((addr, listener, access)) = http {
-            let mut routes = limits.clone().map(limits::http::router).unwrap_or_default();
+            let mut routes = limits.clone().map_or_else(limits::http::off_router, limits::http::router);
             routes = routes.merge(match dlr.clone() {
                 Some(d) => dlr::http::router(d),
                 None => dlr::http::off_router(),

@@ -93,6 +93,12 @@ pub enum SpecError {
     /// More than [`MAX_LIMITS`] limits.
     #[error("a revision holds at most {MAX_LIMITS} limits, not {0}")]
     TooMany(usize),
+    /// A key the gateway protocol could not name.
+    #[error("limit key {0:?} holds whitespace or a control character")]
+    KeyCharacters(String),
+    /// A rate or concurrency of zero.
+    #[error("limit {0:?}: a limit of 0 would refuse everything and tell no time to retry; the smallest is 1")]
+    Zero(String),
     /// A revision number too far above the highest known.
     #[error("revision {got} is more than {} above the highest known ({known})", revision::MAX_STEP)]
     Jump {
@@ -116,6 +122,12 @@ impl LimitSpec {
         }
         if self.key.len() > MAX_KEY_BYTES {
             return Err(SpecError::KeyTooLong(self.key.len()));
+        }
+        if self.key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(SpecError::KeyCharacters(self.key.clone()));
+        }
+        if self.rate == Some(0) || self.concurrency == Some(0) {
+            return Err(SpecError::Zero(self.key.clone()));
         }
         match (self.rate, self.concurrency) {
             (Some(_), None) => Ok(()),
@@ -163,11 +175,14 @@ pub enum Decision {
     },
     /// No limit applies to this key.
     Unlimited,
-    /// More units of a rate than this node lets pass at once (its share of the burst): the
-    /// request as it is would never pass, whatever the wait. Split it, or raise the burst.
+    /// More units of a rate than this node lets pass at once (its share of the burst), or more
+    /// slots than the whole cluster's concurrency limit: the request as it is would never pass,
+    /// whatever the wait.
     TooLarge {
-        /// The most units this node lets pass at once now.
+        /// The most units this node lets pass at once now (a rate), or the limit (slots).
         most: u64,
+        /// Whether `most` is a concurrency limit's slots.
+        slots: bool,
     },
 }
 
@@ -178,7 +193,10 @@ impl Decision {
     }
 
     /// Why a [`Decision::TooLarge`] request of `n` units of `key` cannot pass, for the gateway.
-    pub fn too_large(key: &str, n: u64, most: u64) -> String {
+    pub fn too_large(key: &str, n: u64, most: u64, slots: bool) -> String {
+        if slots {
+            return format!("n {n} is more than the {most} slots of {key} in the whole cluster: it would never pass");
+        }
         format!(
             "n {n} is more than this node lets pass at once for {key} ({most}, its share of the burst): \
              it would never pass; split the request or raise the limit's burst"
@@ -341,14 +359,20 @@ impl Limiter {
     pub fn try_acquire(&self, key: &str, n: u64) -> Decision {
         let Some(state) = self.state(key) else { return Decision::Unlimited };
         let decision = match &*state {
-            State::Rate { gcra, .. } if n > gcra.burst() => Decision::TooLarge { most: gcra.burst() },
+            State::Rate { gcra, .. } if n > gcra.burst() => Decision::TooLarge { most: gcra.burst(), slots: false },
             State::Rate { gcra, .. } => match gcra.try_acquire(n, self.now_ns()) {
                 RateDecision::Allowed => Decision::Allowed,
                 RateDecision::Denied { retry_after_ns } => {
                     Decision::Denied { retry_after: Duration::from_nanos(retry_after_ns) }
                 }
             },
-            State::Slots { slots, .. } => slot_decision(slots.try_acquire(n)),
+            State::Slots { slots, .. } => {
+                let max = self.table.read().ok().and_then(|t| t.specs.get(state.spec()).and_then(|s| s.concurrency));
+                match max {
+                    Some(max) if n > max => Decision::TooLarge { most: max, slots: true },
+                    _ => slot_decision(slots.try_acquire(n)),
+                }
+            }
         };
         state.counts().count(decision, n)
     }
@@ -598,11 +622,11 @@ mod tests {
         let mut spec = rate("operator:*", 500);
         spec.burst = Some(5);
         let l = Limiter::new(vec![spec]).unwrap();
-        assert_eq!(l.try_acquire("operator:x", 6), Decision::TooLarge { most: 5 });
-        assert!(!Decision::TooLarge { most: 5 }.is_allowed());
+        assert_eq!(l.try_acquire("operator:x", 6), Decision::TooLarge { most: 5, slots: false });
+        assert!(!Decision::TooLarge { most: 5, slots: false }.is_allowed());
         assert_eq!(l.try_acquire("operator:x", 5), Decision::Allowed);
         assert!(matches!(l.try_acquire("operator:x", 5), Decision::Denied { .. }), "the burst is spent");
-        let why = Decision::too_large("operator:x", 6, 5);
+        let why = Decision::too_large("operator:x", 6, 5, false);
         assert!(why.contains("n 6") && why.contains("operator:x") && why.contains("(5,"), "{why}");
     }
 
@@ -631,6 +655,9 @@ mod tests {
         assert_eq!(l.release("domain:x", 20), 20);
         assert_eq!((0..20).filter(|_| l.acquire_slot("domain:x", 1).is_allowed()).count(), 10);
         assert_eq!(l.release("domain:unknown-to-it", 1), 0);
+        // More slots than the whole cluster's limit would never pass: said so, not "wait".
+        assert_eq!(l.acquire_slot("domain:x", 21), Decision::TooLarge { most: 20, slots: true });
+        assert!(Decision::too_large("domain:x", 21, 20, true).contains("20 slots"));
     }
 
     #[test]
@@ -644,6 +671,10 @@ mod tests {
         let toml_ok: LimitSpec = toml::from_str("key = \"customer:*\"\nrate = 1000000\nper = \"hour\"").unwrap();
         assert_eq!(toml_ok.per, Some(Per::Hour));
         assert!(toml::from_str::<LimitSpec>("key = \"x\"\nrate = 1\nper = \"week\"").is_err());
+        assert_eq!(Limiter::new(vec![rate("x", 0)]).err(), Some(SpecError::Zero("x".into())));
+        let none = LimitSpec { key: "c".into(), rate: None, per: None, concurrency: Some(0), burst: None };
+        assert_eq!(Limiter::new(vec![none]).err(), Some(SpecError::Zero("c".into())));
+        assert_eq!(Limiter::new(vec![rate("a b", 1)]).err(), Some(SpecError::KeyCharacters("a b".into())));
     }
 
     #[test]

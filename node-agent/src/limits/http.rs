@@ -49,6 +49,11 @@ pub fn router(service: Arc<LimitsService>) -> Router {
         .with_state(service)
 }
 
+/// The same routes when limits are off: a `404` that says so.
+pub fn off_router() -> Router {
+    crate::off::router(&["/v1/limits", "/v1/slots"], "limits are off on this node ([limits] enabled = false)")
+}
+
 fn bad(service: &LimitsService, message: String) -> Response {
     service.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
     (StatusCode::BAD_REQUEST, Json(json!({ "error": message }))).into_response()
@@ -81,9 +86,9 @@ async fn acquire(State(s): State<Arc<LimitsService>>, body: Bytes) -> Response {
             }
             resp
         }
-        Decision::TooLarge { most } => (
+        Decision::TooLarge { most, slots } => (
             StatusCode::BAD_REQUEST,
-            Json(json!({ "allowed": false, "most": most, "error": Decision::too_large(&req.key, req.n, most) })),
+            Json(json!({ "allowed": false, "most": most, "error": Decision::too_large(&req.key, req.n, most, slots) })),
         )
             .into_response(),
     }

@@ -28,7 +28,7 @@ pub fn answer(service: &LimitsService, line: &[u8], out: &mut Vec<u8>) {
             Decision::Allowed => writeln!(out, "OK"),
             Decision::Unlimited => writeln!(out, "UNLIMITED"),
             Decision::Denied { retry_after } => writeln!(out, "DENY {:.3}", retry_after.as_secs_f64() * 1000.0),
-            Decision::TooLarge { most } => writeln!(out, "ERR {}", Decision::too_large(key, n, most)),
+            Decision::TooLarge { most, slots } => writeln!(out, "ERR {}", Decision::too_large(key, n, most, slots)),
         },
         Ok(Request::Release(key, n)) => writeln!(out, "OK {}", service.release(key, n)),
         Err(reason) => {
@@ -72,6 +72,7 @@ fn parse<'a>(line: &'a [u8]) -> Result<Request<'a>, String> {
             Ok(Request::Release(keyed(key, n)?, n))
         }
         "PING" if key.is_none() => Ok(Request::Ping),
+        "PING" => Err("PING takes no argument".into()),
         other => Err(format!("unknown request {other:?}; expected ACQUIRE, RELEASE or PING")),
     }
 }
@@ -89,6 +90,7 @@ mod tests {
         for (bad, says) in [
             (&b"\n"[..], "empty"),
             (b"acquire x\n", "unknown request"),
+            (b"PING extra\n", "PING takes no argument"),
             (b"ACQUIRE\n", "missing key"),
             (b"ACQUIRE x y\n", "whole number"),
             (b"ACQUIRE x 0\n", "between 1"),
