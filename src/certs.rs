@@ -118,9 +118,9 @@ fn init(dir: &Path, days: u32, force: bool) -> Result<()> {
             0o644,
         )?;
     }
-    println!("CA: {} (give it to every process) and {} (keep it offline)", crt.display(), key.display());
-    println!("members: {}", members.display());
-    println!("next: switchboard certs issue <name> --role agent|collector|admin --dir {}", dir.display());
+    out!("CA: {} (give it to every process) and {} (keep it offline)", crt.display(), key.display());
+    out!("members: {}", members.display());
+    out!("next: switchboard certs issue <name> --role agent|collector|admin --dir {}", dir.display());
     Ok(())
 }
 
@@ -144,9 +144,9 @@ fn issue(dir: &Path, id: &Identity, days: u32) -> Result<()> {
         }
         text.push_str(&format!("{id}\n"));
         write(&members, &text, 0o644)?;
-        println!("added {id} to {} (copy it to every node, then restart their processes)", members.display());
+        out!("added {id} to {} (copy it to every node, then restart their processes)", members.display());
     }
-    println!("{id}: {} and {} (valid {days} days)", crt_path.display(), key_path.display());
+    out!("{id}: {} and {} (valid {days} days)", crt_path.display(), key_path.display());
     Ok(())
 }
 
@@ -157,10 +157,10 @@ fn show(file: &Path) -> Result<()> {
     let cert = pem.parse_x509().map_err(|e| anyhow::anyhow!("{}: not a certificate: {e}", file.display()))?;
     let identity =
         switchboard_bus::tls::identity_of(file, &cert).map_or_else(|e| format!("none ({e})"), |i| i.to_string());
-    println!("identity:  {identity}");
-    println!("subject:   {}", cert.subject());
-    println!("issuer:    {}", cert.issuer());
-    println!("valid:     {} to {}", cert.validity().not_before, cert.validity().not_after);
-    println!("valid now: {}", if cert.validity().is_valid() { "yes" } else { "NO" });
+    out!("identity:  {identity}");
+    out!("subject:   {}", cert.subject());
+    out!("issuer:    {}", cert.issuer());
+    out!("valid:     {} to {}", cert.validity().not_before, cert.validity().not_after);
+    out!("valid now: {}", if cert.validity().is_valid() { "yes" } else { "NO" });
     Ok(())
 }

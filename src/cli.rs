@@ -383,6 +383,19 @@ fn check_tls(bus: &switchboard_bus::config::BusConfig, role: switchboard_bus::tl
     Ok(())
 }
 
+/// The exit code of a command that returns its own: `failed` after an error (said on stderr),
+/// 0 when the reader of the output went away (`| head`), which is not an error of ours.
+fn exit_code(result: Result<i32>, failed: i32) -> i32 {
+    match result {
+        Ok(code) => code,
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => 0,
+        Err(e) => {
+            note!("error: {}", error_chain(&e));
+            failed
+        }
+    }
+}
+
 /// A process whose vital thread died exits with the reason (after its orderly stop).
 fn died() -> Result<()> {
     match switchboard_bus::vital::failed() {
@@ -444,9 +457,9 @@ pub fn run(cli: Cli) -> Result<()> {
                     switchboard_agent::cluster_config::worktree::check_link(&dir)
                         .with_context(|| format!("{}: cluster_config.dir", config.display()))?;
                 }
-                println!("{}: ok ({} sources)", config.display(), cfg.sources.len());
+                out!("{}: ok ({} sources)", config.display(), cfg.sources.len());
                 if let Some(w) = &idle {
-                    println!("warning: {w}");
+                    out!("warning: {w}");
                 }
                 return Ok(());
             }
@@ -466,7 +479,7 @@ pub fn run(cli: Cli) -> Result<()> {
             if check {
                 check_tls(&cfg.bus, switchboard_bus::tls::IdRole::Collector)
                     .with_context(|| config.display().to_string())?;
-                println!("{}: ok", config.display());
+                out!("{}: ok", config.display());
                 return Ok(());
             }
             runtime()?.block_on(async {
@@ -488,7 +501,7 @@ pub fn run(cli: Cli) -> Result<()> {
             init_tracing(log, "warn");
             if name == "list" {
                 for (n, about) in reports::REPORTS {
-                    println!("{n:<12} {about}");
+                    out!("{n:<12} {about}");
                 }
                 return Ok(());
             }
@@ -534,33 +547,12 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Config { command } => {
             init_tracing(log, "warn");
-            let code = match runtime()?.block_on(crate::config_cmd::run(command)) {
-                Ok(code) => code,
-                // The reader of the output went away (`| head`): not an error of ours.
-                Err(e)
-                    if e.downcast_ref::<std::io::Error>()
-                        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
-                {
-                    0
-                }
-                Err(e) => {
-                    note!("error: {}", error_chain(&e));
-                    1
-                }
-            };
-            std::process::exit(code)
+            std::process::exit(exit_code(runtime()?.block_on(crate::config_cmd::run(command)), 1))
         }
         Command::Certs { command } => crate::certs::run(command),
         Command::Status(args) => {
             init_tracing(log, "error");
-            let code = match runtime()?.block_on(crate::status_cmd::run(args)) {
-                Ok(code) => code,
-                Err(e) => {
-                    note!("error: {}", error_chain(&e));
-                    2
-                }
-            };
-            std::process::exit(code)
+            std::process::exit(exit_code(runtime()?.block_on(crate::status_cmd::run(args)), 2))
         }
         Command::Demo { duration, dir, nodes, rate, port, no_kill } => {
             init_tracing(log, "warn");

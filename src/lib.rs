@@ -18,6 +18,19 @@ macro_rules! note {
     }};
 }
 
+/// Write a line to standard output, as `println!` does, but never panic: when the reader went
+/// away (`| head`), the process ends at once with success, as a pipe's writer ends on SIGPIPE.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 pub mod certs;
 pub mod cli;
 pub mod config_cmd;

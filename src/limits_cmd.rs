@@ -181,22 +181,22 @@ pub async fn run(cmd: LimitsCommand) -> Result<()> {
             let entry = FileEntry::of(&text);
             files.insert(switchboard_bus::repo::tree::LIMITS_FILE.to_owned(), entry.clone());
             let changes = diff(current.as_ref().map_or(&[][..], |r| &r.limits[..]), &limits);
-            println!("{} ({} limits):", switchboard_bus::repo::tree::LIMITS_FILE, limits.len());
+            out!("{} ({} limits):", switchboard_bus::repo::tree::LIMITS_FILE, limits.len());
             for c in &changes {
-                println!("  {c}");
+                out!("  {c}");
             }
             if changes.is_empty() {
-                println!("  no change to the limits");
+                out!("  no change to the limits");
             }
             if dry_run {
-                println!("dry run: nothing set");
+                out!("dry run: nothing set");
                 return Ok(());
             }
             if changes.is_empty() {
                 // Nodes make a limits revision only from a change: there would be nothing to wait for.
                 match &current {
-                    Some(r) => println!("nothing pushed: revision {} stays in force", r.revision),
-                    None => println!("nothing pushed"),
+                    Some(r) => out!("nothing pushed: revision {} stays in force", r.revision),
+                    None => out!("nothing pushed"),
                 }
                 return Ok(());
             }
@@ -223,7 +223,7 @@ pub async fn run(cmd: LimitsCommand) -> Result<()> {
                     .collect();
                 let missing: Vec<&String> = nodes.iter().filter(|n| !holding.contains(n)).collect();
                 if missing.is_empty() {
-                    println!(
+                    out!(
                         "revision {} in force on {} of {} nodes: {}",
                         rev.number,
                         holding.len(),
@@ -236,7 +236,7 @@ pub async fn run(cmd: LimitsCommand) -> Result<()> {
                         if let Some(r) =
                             st.ok().and_then(|st| st.reload.filter(|r| r.id == id && !r.ok).map(|r| (st.node, r)))
                         {
-                            println!(
+                            out!(
                                 "note: {}: the gateway's reload of revision {} failed ({}); `switchboard config status` shows it",
                                 r.0, r.1.number, r.1.status
                             );
@@ -262,19 +262,19 @@ pub async fn run(cmd: LimitsCommand) -> Result<()> {
             let histories = histories(&session, &keys, &bus).await?;
             let current = newest(&histories);
             match &current {
-                Some(r) => println!(
+                Some(r) => out!(
                     "revision {}, set {} by {}{}",
                     r.revision,
                     when(r.at_ms),
                     r.author,
                     if r.comment.is_empty() { String::new() } else { format!(": {}", r.comment) }
                 ),
-                None => println!("no limits set yet (`switchboard limits set FILE`)"),
+                None => out!("no limits set yet (`switchboard limits set FILE`)"),
             }
             if let Some(r) = &current {
-                println!("{:<32} {:>12} {:>8} {:>12} {:>8}", "KEY", "RATE", "PER", "CONCURRENCY", "BURST");
+                out!("{:<32} {:>12} {:>8} {:>12} {:>8}", "KEY", "RATE", "PER", "CONCURRENCY", "BURST");
                 for l in &r.limits {
-                    println!(
+                    out!(
                         "{:<32} {:>12} {:>8} {:>12} {:>8}",
                         l.key,
                         l.rate.map_or("-".into(), |v| v.to_string()),
@@ -288,12 +288,12 @@ pub async fn run(cmd: LimitsCommand) -> Result<()> {
                     );
                 }
             }
-            println!("nodes:");
+            out!("nodes:");
             let newest_no = current.as_ref().map_or(0, |r| r.revision);
             for (node, h) in &histories {
                 let n = h.current_number();
                 let note = if n == newest_no { "" } else { "  (behind: takes the newest at its next sync)" };
-                println!("  {node:<24} revision {n}{note}");
+                out!("  {node:<24} revision {n}{note}");
             }
             Ok(())
         }
@@ -308,14 +308,14 @@ pub async fn run(cmd: LimitsCommand) -> Result<()> {
             }
             let mut previous: Vec<LimitSpec> = Vec::new();
             for r in all.values() {
-                println!("revision {}  {}  {}  {}", r.revision, when(r.at_ms), r.author, r.comment);
+                out!("revision {}  {}  {}  {}", r.revision, when(r.at_ms), r.author, r.comment);
                 for c in diff(&previous, &r.limits) {
-                    println!("    {c}");
+                    out!("    {c}");
                 }
                 previous = r.limits.clone();
             }
             if all.is_empty() {
-                println!("no revisions yet");
+                out!("no revisions yet");
             }
             Ok(())
         }

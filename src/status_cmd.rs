@@ -46,14 +46,11 @@ fn print(c: &ClusterStatus, format: StatusFormat, redraw: bool) -> Result<()> {
         StatusFormat::Text => text::render(c),
         StatusFormat::Json => format!("{}\n", serde_json::to_string(c)?),
     };
-    if redraw && format == StatusFormat::Text {
-        // Home, then clear: the table redraws in place.
-        print!("\x1b[H\x1b[2J{body}");
-    } else {
-        print!("{body}");
-    }
     use std::io::Write as _;
-    std::io::stdout().flush()?;
+    let mut stdout = std::io::stdout();
+    // Home, then clear: the table redraws in place.
+    let home = if redraw && format == StatusFormat::Text { "\x1b[H\x1b[2J" } else { "" };
+    write!(stdout, "{home}{body}").and_then(|()| stdout.flush())?;
     Ok(())
 }
 
