@@ -174,7 +174,23 @@ fn author(make: &MakeArgs) -> String {
     if let Some(id) = tls.and_then(|t| switchboard_bus::tls::load(&t, None).ok()).map(|c| c.identity.to_string()) {
         return id;
     }
-    std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".to_owned())
+    std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| user_of_this_process())
+}
+
+/// The name of this process's user from `/etc/passwd` (a service or a container may set no
+/// `$USER`), else `uid <n>`.
+fn user_of_this_process() -> String {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else { return "unknown".into() };
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            (f.nth(1)? == uid.to_string()).then(|| name.to_owned())
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
 }
 
 /// The one head, or an error that says how to settle the conflict.
