@@ -594,7 +594,8 @@ fn signal(pid: u32, sig: &str) {
 #[test]
 fn a_dlr_is_handled_by_one_gateway_when_its_owner_hangs_or_one_write_repeats_it() {
     let c = Cluster::new();
-    let dlr = DLR.replace("[dlr]\n", "[dlr]\ntimeout_ms = 400\n");
+    // A report with `wait_ms` 0 tells the owner to take it within 500 ms, and waits 1 s.
+    let dlr = DLR.replace("[dlr]\n", "[dlr]\ntimeout_ms = 1000\n");
     let a = c.start_limits_agent("a", &[], "", &dlr);
     let b = c.start_limits_agent("b", &[a.endpoint()], "", &dlr);
     wait_mesh(&c, &["a", "b"]);
@@ -611,7 +612,7 @@ fn a_dlr_is_handled_by_one_gateway_when_its_owner_hangs_or_one_write_repeats_it(
     assert_eq!(ok_json(&sa.answer().unwrap())["record"]["state"], "open");
     assert_eq!(ok_json(&sa.answer().unwrap())["record"]["state"], "closed");
     assert_eq!(ok_json(&sa.answer().unwrap())["record"]["state"], "closed", "a resolve behind a close sees it");
-    register(&c, "a", "dec", ["702".to_owned()]);
+    register(&c, "a", "dec", ["702".to_owned(), "703".to_owned()]);
     let copied =
         |id: &str| post(&c, "b", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": id, "local": true})).0 == 200;
     assert!(wait_until(Duration::from_secs(10), || copied("700") && copied("702")), "b never got the copies");
@@ -638,6 +639,31 @@ fn a_dlr_is_handled_by_one_gateway_when_its_owner_hangs_or_one_write_repeats_it(
     // The repeat finds it closed.
     let (_, res) = post(&c, "b", "/v1/dlr/report", json!({"connector": "dec", "msg_id": "700", "status": "DELIVRD"}));
     assert_eq!(res["outcome"], "duplicate", "{res}");
+
+    // a wakes after the report's answer_by but while b still waits: a leaves the DLR to b
+    // (its answer carries no outcome), and b's gateway handles it.
+    signal(pid, "-STOP");
+    let t = Instant::now();
+    let (code, res) = std::thread::scope(|s| {
+        let reporter = s.spawn(|| {
+            post(
+                &c,
+                "b",
+                "/v1/dlr/report",
+                json!({"connector": "dec", "msg_id": "703", "status": "DELIVRD", "wait_ms": 0}),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(700).saturating_sub(t.elapsed()));
+        signal(pid, "-CONT");
+        reporter.join().unwrap()
+    });
+    assert_eq!(
+        (code, res["outcome"].as_str(), res["role"].as_str()),
+        (200, Some("owner_down"), Some("owner")),
+        "{res}"
+    );
+    let (_, inbox) = c.http_get("a", "/v1/dlr/inbox?after=0&wait_ms=300");
+    assert_eq!(inbox, r#"{"reports":[]}"#, "a queued a DLR b's gateway handles");
 
     // a is gone: a DLR and its repeat in one write to b are handled once.
     a.proc.unwrap().kill();

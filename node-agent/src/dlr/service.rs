@@ -96,8 +96,15 @@ impl DlrService {
         let _entered = self.reporting.enter(store_key(&req.connector, &canonical)).await;
         let found = lookup::query(self, &req.connector, &canonical, wait, Some(&report)).await?;
         let mut res = self.after_lookup(&req.connector, &req.msg_id, found, Some(&report))?;
-        if res.role == HolderRole::Replica {
-            self.report_to_replica(&mut res, &report).await?;
+        match res.role {
+            HolderRole::Replica => self.report_to_replica(&mut res, &report).await?,
+            // The owner read the report after `answer_by` (it was hung) and left the DLR to this
+            // node's gateway: as if it were down, with no copy to close (it closed the record).
+            HolderRole::Owner if res.outcome.is_none() => {
+                res.outcome = Some(Outcome::OwnerDown);
+                self.log_handled_here(&res, &report);
+            }
+            HolderRole::Owner => {}
         }
         Ok(res)
     }
@@ -142,13 +149,18 @@ impl DlrService {
             }
         }
         res.record = closed;
+        self.log_handled_here(res, report);
+        Ok(())
+    }
+
+    /// Log a DLR this node's gateway handles itself (`owner_down`).
+    fn log_handled_here(&self, res: &Resolution, report: &DlrReport) {
         let mut line = Vec::new();
         DlrEvent::of(EventKind::Delivered, &res.record, &self.node)
             .with_report(report)
             .answered_by(&res.answered_by, res.lookup_us)
             .write_to(&mut line);
         self.log_events(&line);
-        Ok(())
     }
 
     fn wait(&self, ms: u64) -> Result<Duration, DlrError> {
