@@ -1,6 +1,8 @@
 //! A full disk at the collector: it stops committing, says so (log, metric, `/health` 503),
 //! leaves no corrupt file in the dataset, and once space returns pulls what it could not write
-//! from the agents: every line ends up stored exactly once.
+//! from the agents: every line ends up stored exactly once. A full disk at an agent: it says so
+//! too, and after space returns (and a restart, if its journal could not be written) every line
+//! is stored exactly once.
 //!
 //! The full disk is real: the dataset lives on a small tmpfs this test mounts (it needs root, as
 //! on the CI machine). Where mounting is not permitted the test says so and skips.
@@ -84,6 +86,43 @@ fn full_disk_then_space_returns() {
     let (code, agent_metrics) = c.http_get("gw", "/metrics");
     assert_eq!(code, 200);
     assert_eq!(metric(&agent_metrics, "switchboard_agent_published_lines_total").map(|v| v as usize >= n), Some(true));
+    agent.stop();
+    collector.stop();
+    let rows = read_logs(&c.dataset());
+    assert_exactly_once(&rows);
+    assert_lines(&rows, "gw", n);
+    drop(mount);
+}
+
+#[test]
+fn an_agent_whose_disk_fills_says_so_and_loses_nothing() {
+    let c = Cluster::new();
+    let Some(mount) = Mount::tmpfs(&c.agent_state("gw"), "16m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?): the full-disk fault cannot be made");
+        return;
+    };
+    let collector = c.start_collector();
+    let agent = c.start_agent("gw", "plain");
+    let w = Writer::start("gw", c.logs_dir("gw").join("app.log"), 150, 60_000, |_, _| {});
+    assert!(wait_until(DEADLINE, || count_logs(&c.dataset()) > 0), "nothing arrived\n{}", agent.log_text());
+    // Fill what is left of the agent's disk.
+    let filler = c.agent_state("gw").join("filler");
+    let _ = Command::new("dd").args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=64k"]).output();
+    let failing = wait_until(DEADLINE, || c.http_get("gw", "/health").0 == 503);
+    let (_, body) = c.http_get("gw", "/health");
+    assert!(failing, "the agent never reported its full disk: {body}\n{}", agent.log_text());
+    assert!(body.contains("checkpoint") || body.contains("journal"), "{body}");
+    std::fs::remove_file(&filler).unwrap();
+    let n = w.stop();
+    // A source whose journal could not be written stopped; a restart takes it up again.
+    agent.stop();
+    let agent = c.start_agent("gw", "plain");
+    assert!(
+        wait_until(DEADLINE, || count_logs(&c.dataset()) >= n),
+        "dataset holds {} of {n}",
+        count_logs(&c.dataset())
+    );
+    assert!(wait_until(Duration::from_secs(20), || c.http_get("gw", "/health").0 == 200));
     agent.stop();
     collector.stop();
     let rows = read_logs(&c.dataset());

@@ -271,8 +271,8 @@ impl AckTask {
             let unacked: usize = journals.values().map(|j| j.lock().map_or(0, |j| j.unacked())).sum();
             stats.unacked_batches.store(unacked as u64, Ordering::Relaxed);
             if dirty && last_store.elapsed() >= interval {
-                store(&journals, &checkpoint, &data_dir, &stats).await;
-                dirty = false;
+                // A failed store (a full disk) is tried again at the next interval.
+                dirty = !store(&journals, &checkpoint, &data_dir, &stats).await;
                 last_store = Instant::now();
             }
         }
@@ -289,8 +289,8 @@ impl AckTask {
     }
 }
 
-/// Store the acknowledged checkpoint, then compact journals that want it.
-async fn store(journals: &Journals, checkpoint: &Checkpoint, data_dir: &std::path::Path, stats: &AgentStats) {
+/// Store the acknowledged checkpoint, then compact journals that want it; whether it worked.
+async fn store(journals: &Journals, checkpoint: &Checkpoint, data_dir: &std::path::Path, stats: &AgentStats) -> bool {
     let (cp, dir, js) = (checkpoint.clone(), data_dir.to_owned(), journals.clone());
     let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
         // The journals' own locks are never held across a sync (see crate::journal).
@@ -307,15 +307,16 @@ async fn store(journals: &Journals, checkpoint: &Checkpoint, data_dir: &std::pat
         Ok(())
     })
     .await;
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            stats.checkpoint_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, "cannot store the checkpoint");
-        }
-        Err(e) => {
-            stats.checkpoint_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, "checkpoint task failed");
-        }
+    let failed = match result {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e),
+        Err(e) => Some(format!("the checkpoint task failed: {e}")),
+    };
+    if let Some(e) = &failed {
+        stats.checkpoint_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(error = %e, "cannot store the checkpoint");
     }
+    let ok = failed.is_none();
+    *stats.checkpoint_failing.lock().unwrap_or_else(|p| p.into_inner()) = failed;
+    ok
 }

@@ -57,6 +57,9 @@ impl Report for AgentReport {
         if self.stats.journal_errors.load(Ordering::Relaxed) > 0 {
             h.failing.push("a source stopped: its journal cannot be written".into());
         }
+        if let Some(e) = self.stats.checkpoint_failing.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            h.failing.push(format!("cannot store the checkpoint ({e}); acknowledged lines stay in the journal"));
+        }
         let collectors = self.membership.live_of(Role::Collector);
         if collectors.is_empty() {
             h.degraded.push("no collector is alive: lines wait in the journal until one is".into());

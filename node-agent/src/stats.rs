@@ -30,6 +30,8 @@ pub struct AgentStats {
     pub publish_errors: AtomicU64,
     /// Checkpoint writes that failed.
     pub checkpoint_errors: AtomicU64,
+    /// Why the last checkpoint write failed, until one succeeds (`/health` fails meanwhile).
+    pub checkpoint_failing: std::sync::Mutex<Option<String>>,
     /// Journal writes that failed (the source stops until a restart).
     pub journal_errors: AtomicU64,
     /// Replay queries answered.

@@ -15,6 +15,11 @@ use super::{ProcessStatus, Snapshot, STATUS_VERSION};
 /// A stream whose oldest record not committed is this old is a problem.
 pub const STREAM_STALL_S: f64 = 30.0;
 
+/// How long a process that left stays a problem (it is listed as gone after that too, until the
+/// processes that saw it leave restart): a node stopped on purpose, retired or replaced, does not
+/// keep the cluster degraded, and a check run every minute pages about it for this long.
+pub const GONE_IS_A_PROBLEM_MS: u64 = 15 * 60 * 1000;
+
 /// The cluster's overall state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -304,7 +309,8 @@ pub fn assemble(snap: &Snapshot) -> ClusterStatus {
         if d.is_none() && is_alive {
             problem("degraded", format!("{role} {name} is alive but did not answer (hung, or an older version?)"));
         }
-        if !is_alive {
+        // A process that left long ago is listed, no longer a problem.
+        if !is_alive && gone.is_none_or(|at| now.saturating_sub(at) < GONE_IS_A_PROBLEM_MS) {
             let since = gone.map_or_else(String::new, |at| format!(" since {} ({} ago)", clock(at), ago(now, at)));
             problem("degraded", format!("{role} {name} is gone{since}"));
         }
@@ -616,6 +622,11 @@ mod tests {
         assert_eq!(c.limits[0].allowed_per_s, 50.0);
         assert_eq!(c.limits[0].use_pct, 50.0);
         assert_eq!(c.limits[0].shares.len(), 2);
+        // A quarter of an hour later gw3 is still listed as gone, no longer a problem.
+        let later = Snapshot { at_ms: 1_000 + GONE_IS_A_PROBLEM_MS, ..snap };
+        let c = assemble(&later);
+        assert!(!c.problems.iter().any(|p| p.what.contains("gw3 is gone")), "{:?}", c.problems);
+        assert!(c.nodes.iter().any(|n| n.name == "gw3" && !n.alive && n.gone_since_ms == Some(1_000)));
     }
 
     #[test]
