@@ -80,7 +80,7 @@ pub struct Group {
     log: CommitLog,
     epoch: Option<u64>,
     membership: Membership,
-    notify: Vec<String>,
+    notify: Notifier,
     status: Arc<Mutex<GroupStatus>>,
     started: Instant,
     startup_grace: Duration,
@@ -120,7 +120,7 @@ impl Group {
             log,
             epoch: None,
             membership,
-            notify,
+            notify: Notifier::new(notify),
             status,
             started: Instant::now(),
             startup_grace,
@@ -135,6 +135,9 @@ impl Group {
             s.role = "standby";
             s.leader = g.log.last().map(|r| r.writer.clone());
         });
+        // Every collector starts a standby; the script hears it, as keepalived's does the state
+        // it starts in.
+        g.run_notify("standby");
         g
     }
 
@@ -451,20 +454,45 @@ impl Group {
         }
     }
 
-    fn run_notify(&self, role: &str) {
-        let Some((program, args)) = self.notify.split_first() else { return };
-        match std::process::Command::new(program).args(args).arg(role).spawn() {
-            Ok(mut child) => {
-                let program = program.clone();
-                std::thread::spawn(move || match child.wait() {
+    fn run_notify(&self, role: &'static str) {
+        self.notify.tell(role);
+    }
+}
+
+/// Runs the `notify` command with each role, one run at a time and in order (a script that
+/// keeps state sees `standby`, `leader`, `standby` as they happened), on a thread of its own.
+struct Notifier(Option<std::sync::mpsc::Sender<&'static str>>);
+
+impl Notifier {
+    fn new(command: Vec<String>) -> Self {
+        if command.is_empty() {
+            return Self(None);
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
+        let spawned = std::thread::Builder::new().name("sb-notify".into()).spawn(move || {
+            let Some((program, args)) = command.split_first() else { return };
+            for role in rx {
+                match std::process::Command::new(program).args(args).arg(role).status() {
                     Ok(status) if !status.success() => {
-                        tracing::warn!(%program, %status, "the notify command failed")
+                        tracing::warn!(%program, %status, role, "the notify command failed")
                     }
-                    Err(e) => tracing::warn!(%program, error = %e, "the notify command failed"),
                     Ok(_) => {}
-                });
+                    Err(e) => tracing::warn!(%program, error = %e, role, "cannot run the notify command"),
+                }
             }
-            Err(e) => tracing::warn!(%program, error = %e, "cannot run the notify command"),
+        });
+        match spawned {
+            Ok(_) => Self(Some(tx)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the notify thread: role changes run no command");
+                Self(None)
+            }
+        }
+    }
+
+    fn tell(&self, role: &'static str) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(role);
         }
     }
 }
