@@ -201,7 +201,8 @@ pub enum Command {
         #[arg(long, default_value_t = 2000)]
         rate: u32,
         /// First of 20 loopback ports: the collector's bus endpoint; +1 its HTTP; +1+i agent i's
-        /// HTTP; +10+i agent i's StatsD. 0 picks free ones.
+        /// HTTP; +10+i agent i's StatsD. 0 picks free ones. Each agent's own bus listener takes a
+        /// free port the system picks, outside this range.
         #[arg(long, default_value_t = 0)]
         port: u16,
         /// Do not kill and restart an agent part way through.

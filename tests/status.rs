@@ -156,6 +156,7 @@ fn status_shows_the_cluster_and_a_killed_node_as_gone_with_exit_codes() {
 
     // The keepalived check script: an agent passes, only the writing collector passes --leader.
     assert_eq!(check(&[&url(&c, "gw1")]), 0);
+    assert_eq!(check(&[&format!("{}/", url(&c, "gw1"))]), 0, "a URL with a trailing slash names the same process");
     assert_eq!(check(&["--strict", &url(&c, "gw1")]), 0);
     assert_eq!(check(&["--leader", &url(&c, "collector")]), 0);
     assert_eq!(check(&["--leader", &url(&c, "gw1")]), 1, "an agent is no collector leader");

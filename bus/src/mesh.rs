@@ -289,6 +289,11 @@ impl Mesh {
             "switchboard_mesh_missing_links",
             "Pairs of processes this one sees where one does not see the other.",
             (problems.len() - unreachable) as f64,
+        )
+        .counter(
+            "switchboard_mesh_malformed_views_total",
+            "Views of other processes left out: malformed, oversized, of an unknown version or under a bad key.",
+            self.malformed.load(Ordering::Relaxed),
         );
     }
 }

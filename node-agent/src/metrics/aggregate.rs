@@ -22,7 +22,7 @@ enum State {
     Counter { sum: f64, samples: u64 },
     Gauge { value: f64, samples: u64, idle: u32 },
     Timer { hist: Histogram<u64>, sum: f64 },
-    Set(HashSet<String>),
+    Set { members: HashSet<String>, samples: u64 },
 }
 
 /// One snapshot row.
@@ -94,7 +94,7 @@ impl Aggregator {
             Kind::Counter => State::Counter { sum: 0.0, samples: 0 },
             Kind::Gauge => State::Gauge { value: 0.0, samples: 0, idle: 0 },
             Kind::Timer => State::Timer { hist: new_histogram(), sum: 0.0 },
-            Kind::Set => State::Set(HashSet::new()),
+            Kind::Set => State::Set { members: HashSet::new(), samples: 0 },
         });
         match (state, &line.value) {
             (State::Counter { sum, samples }, Value::Count(values)) => {
@@ -118,8 +118,11 @@ impl Aggregator {
                     *sum += v * *weight as f64;
                 }
             }
-            (State::Set(members), Value::Member(m)) if !members.contains(*m) => {
-                members.insert((*m).to_owned());
+            (State::Set { members, samples }, Value::Member(m)) => {
+                *samples += 1;
+                if !members.contains(*m) {
+                    members.insert((*m).to_owned());
+                }
             }
             // The parser gives each kind its own value shape.
             _ => {}
@@ -162,7 +165,7 @@ impl Aggregator {
                         Err(e) => tracing::warn!(metric = %name, error = %e, "cannot serialize a histogram"),
                     }
                 }
-                State::Set(members) => rows.push(row(members.len() as f64, members.len() as u64, None)),
+                State::Set { members, samples } => rows.push(row(members.len() as f64, *samples, None)),
             }
             false
         });
@@ -200,7 +203,8 @@ mod tests {
                 ("q", "", 10.0, 2),
                 ("sent", "op:a", 3.0, 2),
                 ("sent", "op:b", 5.0, 1),
-                ("u", "", 2.0, 2)
+                // Two distinct members of three samples.
+                ("u", "", 2.0, 3)
             ]
         );
         let h = rows.iter().find(|r| r.name == "lat").and_then(|r| r.histogram.clone()).unwrap();
