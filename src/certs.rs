@@ -46,10 +46,15 @@ pub enum CertsCommand {
         #[arg(long, default_value_t = 825, value_parser = clap::value_parser!(u32).range(1..=36_500))]
         days: u32,
     },
-    /// Print a certificate's identity, issuer and validity.
+    /// Print a certificate's identity, issuer and validity (and, with --ca, whether that CA
+    /// signed it: during a CA rotation, which nodes already hold a new certificate).
     Show {
         /// A PEM certificate file.
         file: PathBuf,
+        /// A CA certificate (PEM; the first of a bundle) to check the signature against: exit 1
+        /// when it did not sign the certificate.
+        #[arg(long)]
+        ca: Option<PathBuf>,
     },
 }
 
@@ -79,7 +84,7 @@ pub fn run(command: CertsCommand) -> Result<()> {
     match command {
         CertsCommand::Init { dir, days, force } => init(&dir, days, force),
         CertsCommand::Issue { name, role, dir, days } => issue(&dir, &Identity::new(role.into(), &name)?, days),
-        CertsCommand::Show { file } => show(&file),
+        CertsCommand::Show { file, ca } => show(&file, ca.as_deref()),
     }
 }
 
@@ -150,10 +155,8 @@ fn issue(dir: &Path, id: &Identity, days: u32) -> Result<()> {
     Ok(())
 }
 
-fn show(file: &Path) -> Result<()> {
-    let data = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let (_, pem) =
-        x509_parser::pem::parse_x509_pem(&data).map_err(|e| anyhow::anyhow!("{}: not PEM: {e}", file.display()))?;
+fn show(file: &Path, ca: Option<&Path>) -> Result<()> {
+    let pem = read_pem(file)?;
     let cert = pem.parse_x509().map_err(|e| anyhow::anyhow!("{}: not a certificate: {e}", file.display()))?;
     let identity =
         switchboard_bus::tls::identity_of(file, &cert).map_or_else(|e| format!("none ({e})"), |i| i.to_string());
@@ -162,5 +165,23 @@ fn show(file: &Path) -> Result<()> {
     out!("issuer:    {}", cert.issuer());
     out!("valid:     {} to {}", cert.validity().not_before, cert.validity().not_after);
     out!("valid now: {}", if cert.validity().is_valid() { "yes" } else { "NO" });
+    if let Some(ca_file) = ca {
+        let ca_pem = read_pem(ca_file)?;
+        let ca_cert =
+            ca_pem.parse_x509().map_err(|e| anyhow::anyhow!("{}: not a certificate: {e}", ca_file.display()))?;
+        if cert.verify_signature(Some(ca_cert.public_key())).is_err() {
+            out!("signed by: NOT {}", ca_file.display());
+            anyhow::bail!("{} was not signed by the CA in {}", file.display(), ca_file.display());
+        }
+        out!("signed by: {}", ca_file.display());
+    }
     Ok(())
+}
+
+/// The first PEM block of `file`.
+fn read_pem(file: &Path) -> Result<x509_parser::pem::Pem> {
+    let data = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let (_, pem) =
+        x509_parser::pem::parse_x509_pem(&data).map_err(|e| anyhow::anyhow!("{}: not PEM: {e}", file.display()))?;
+    Ok(pem)
 }

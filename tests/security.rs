@@ -531,6 +531,16 @@ fn certs_refuse_what_would_not_work() {
     // A second CA over the first is refused without --force.
     let out = std::process::Command::new(BIN).args(["certs", "init", "--dir", t]).output().unwrap();
     assert!(!out.status.success());
+    // `show --ca` tells which of two CAs of the same name signed a certificate.
+    let other = dir.path().join("tls-new");
+    common::certs(&["init", "--dir", other.to_str().unwrap()]);
+    let crt = format!("{t}/agent-gw1.crt");
+    assert!(common::certs(&["show", &crt, "--ca", &format!("{t}/ca.crt")]).contains("signed by: "));
+    let out = std::process::Command::new(BIN)
+        .args(["certs", "show", &crt, "--ca", other.join("ca.crt").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stdout).contains("signed by: NOT"));
     // A validity of 0 days is refused (it would make a certificate that expires at once).
     let out = std::process::Command::new(BIN)
         .args(["certs", "issue", "gw3", "--role", "agent", "--days", "0", "--dir", t])
