@@ -43,6 +43,15 @@ impl Drop for Mount {
     }
 }
 
+/// Stop both processes; the dataset holds each of the `n` lines of `gw` exactly once.
+fn stop_and_check_every_line(c: &Cluster, agent: Proc, collector: Proc, n: usize) {
+    agent.stop();
+    collector.stop();
+    let rows = read_logs(&c.dataset());
+    assert_exactly_once(&rows);
+    assert_lines(&rows, "gw", n);
+}
+
 #[test]
 fn full_disk_then_space_returns() {
     let c = Cluster::new();
@@ -86,11 +95,7 @@ fn full_disk_then_space_returns() {
     let (code, agent_metrics) = c.http_get("gw", "/metrics");
     assert_eq!(code, 200);
     assert_eq!(metric(&agent_metrics, "switchboard_agent_published_lines_total").map(|v| v as usize >= n), Some(true));
-    agent.stop();
-    collector.stop();
-    let rows = read_logs(&c.dataset());
-    assert_exactly_once(&rows);
-    assert_lines(&rows, "gw", n);
+    stop_and_check_every_line(&c, agent, collector, n);
     drop(mount);
 }
 
@@ -123,11 +128,7 @@ fn an_agent_whose_disk_fills_says_so_and_loses_nothing() {
         count_logs(&c.dataset())
     );
     assert!(wait_until(Duration::from_secs(20), || c.http_get("gw", "/health").0 == 200));
-    agent.stop();
-    collector.stop();
-    let rows = read_logs(&c.dataset());
-    assert_exactly_once(&rows);
-    assert_lines(&rows, "gw", n);
+    stop_and_check_every_line(&c, agent, collector, n);
     drop(mount);
 }
 
