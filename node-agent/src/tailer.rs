@@ -428,7 +428,15 @@ impl SourceTailer {
     fn read_files(&mut self, out: &mpsc::Sender<OutBatch>, cancel: &CancellationToken) -> Result<bool, Closed> {
         let mut progressed = false;
         let mut i = 0;
+        // Files opened after one that waits for its copy wait too, copies excepted: a file
+        // truncated in place and then renamed away has lines that go before the new live file's.
+        let mut holding = false;
         while i < self.files.len() && !cancel.is_cancelled() {
+            if holding && self.files[i].copy_for.is_none() {
+                i += 1;
+                continue;
+            }
+            holding |= self.held_for_copy(i);
             let mut drained = false;
             for _ in 0..CHUNKS_PER_TURN {
                 if cancel.is_cancelled() {
@@ -468,6 +476,17 @@ impl SourceTailer {
         Ok(progressed)
     }
 
+    /// Whether file `i`, truncated in place, still waits for its copy to be found and read (the
+    /// copy holds the lines written before the truncation, which go first), for at most
+    /// [`COPY_WAIT`].
+    fn held_for_copy(&self, i: usize) -> bool {
+        let Some(since) = self.files[i].hold_for_copy else { return false };
+        let inode = self.files[i].inode;
+        let copy_busy = self.files.iter().any(|c| c.copy_for == Some(inode) && !c.at_eof);
+        let pending = self.pending_copies.iter().any(|p| p.original == inode);
+        (copy_busy || pending) && since.elapsed() < COPY_WAIT
+    }
+
     /// Read one chunk of file `i` and turn its complete lines into rows.
     fn read_chunk(&mut self, i: usize) -> std::io::Result<usize> {
         if self.files[i].skipped_as_binary {
@@ -480,11 +499,8 @@ impl SourceTailer {
             tracing::info!(path = %self.files[i].path.display(), "not a copy after all (its original was not truncated): reading it");
             self.files[i].copy_of = None;
         }
-        if let Some(since) = self.files[i].hold_for_copy {
-            let inode = self.files[i].inode;
-            let copy_busy = self.files.iter().any(|c| c.copy_for == Some(inode) && !c.at_eof);
-            let pending = self.pending_copies.iter().any(|p| p.original == inode);
-            if (copy_busy || pending) && since.elapsed() < COPY_WAIT {
+        if self.files[i].hold_for_copy.is_some() {
+            if self.held_for_copy(i) {
                 return Ok(0);
             }
             self.files[i].hold_for_copy = None;
