@@ -17,12 +17,15 @@ fn line(node: &str, i: usize) -> String {
     format!("2026-11-22 10:{:02}:{:02} [{i}] {level}: {node} submit_sm msg #{i:06} ok", (i / 60) % 60, i % 60)
 }
 
+/// Also: an agent offering `bus.compression` to a collector that does not (zenoh negotiates it per link).
 #[test]
 fn two_agents_deliver_every_line_exactly_once() {
     let c = Cluster::new();
     let collector = c.start_collector();
     let a = c.start_agent("gw-a", "plain");
-    let b = c.start_agent("gw-b", "plain");
+    // gw-b offers compression, the collector (plain TCP: off by default) does not: their link
+    // stays uncompressed. (On TLS every process offers it: the TLS tests run compressed links.)
+    let b = c.start_agent_bus("gw-b", "plain", "compression = true");
     const N: usize = 4000;
     // Written in several appends while the agents run, across two files per node.
     for chunk in 0..4 {

@@ -119,7 +119,8 @@ pub(crate) fn spawn_node(
     std::fs::write(
         &cfg,
         format!(
-            "[bus]\ncluster = \"{cluster}\"\nnode = \"n{i}\"\nlisten = [\"{proto}/127.0.0.1:{port}\"]\nconnect = [{}]\n\n{tls}[agent]\ndata_dir = \"{}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\n{gateway}{metrics}{extra}",
+            "[bus]\ncluster = \"{cluster}\"\nnode = \"n{i}\"\n{}listen = [\"{proto}/127.0.0.1:{port}\"]\nconnect = [{}]\n\n{tls}[agent]\ndata_dir = \"{}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\n{gateway}{metrics}{extra}",
+            crate::bus_compression().map_or(String::new(), |on| format!("compression = {on}\n")),
             connect.join(", "),
             data.display()
         ),

@@ -172,6 +172,7 @@ fn collector_config(dir: &Path, endpoint: &str) -> CollectorConfig {
             cluster: "bench".into(),
             node: "c".into(),
             listen: vec![endpoint.to_owned()],
+            compression: crate::bus_compression(),
             ..BusConfig::default()
         },
         collector: CollectorSettings {
@@ -189,6 +190,7 @@ fn agent_config(opts: &LogsBench, dir: &Path, a: usize, endpoint: &str, acknowle
             cluster: "bench".into(),
             node: format!("gw{a}"),
             connect: vec![endpoint.to_owned()],
+            compression: crate::bus_compression(),
             ..BusConfig::default()
         },
         agent: AgentSettings {

@@ -33,6 +33,17 @@ use switchboard_agent::parse::Format;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `bus.compression` for every process a bench starts: the product's default (`None`: on with
+/// TLS), or what `SB_BUS_COMPRESSION` (`true` or `false`) says, to compare the two in otherwise
+/// equal runs.
+pub(crate) fn bus_compression() -> Option<bool> {
+    match std::env::var("SB_BUS_COMPRESSION").as_deref() {
+        Ok("false") => Some(false),
+        Ok("true") => Some(true),
+        _ => None,
+    }
+}
+
 /// Switchboard benchmarks (build with --release).
 #[derive(Debug, Parser)]
 #[command(name = "sb-bench")]

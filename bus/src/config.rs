@@ -82,10 +82,18 @@ pub struct BusConfig {
     #[serde(default = "default_lease_ms")]
     pub lease_ms: u64,
     /// Mutual TLS (`[bus.tls]`: `ca`, `cert`, `key`, `members`; docs/security.md). With it, every
-    /// endpoint must be `tls/...` and the access policy is in force. Default: none (plain TCP,
-    /// for a lab; the process warns).
+    /// endpoint must be `quic/...` (or `tls/...`) and the access policy is in force. Default:
+    /// none (plain TCP, for a lab; the process warns).
     #[serde(default)]
     pub tls: Option<crate::tls::TlsConfig>,
+    /// Compress what this process sends on a link with LZ4, batch by batch, where the process at
+    /// the other end also offers it (zenoh's own negotiation: a client that does not is spoken
+    /// to uncompressed). Default: on with `[bus.tls]`, where the LZ4 costs less CPU than
+    /// encrypting and sending the bytes it saves; off on plain TCP, where on one host it costs
+    /// more than it saves. Turn it on for a plain link short of bandwidth (docs/architecture.md,
+    /// Decisions).
+    #[serde(default)]
+    pub compression: Option<bool>,
 }
 
 fn yes() -> bool {
@@ -126,6 +134,7 @@ impl Default for BusConfig {
             gossip: true,
             lease_ms: default_lease_ms(),
             tls: None,
+            compression: None,
         }
     }
 }
@@ -272,6 +281,11 @@ impl BusConfig {
         Ok(())
     }
 
+    /// Whether this process offers LZ4 on its links: `compression`, by default with TLS only.
+    pub fn compresses(&self) -> bool {
+        self.compression.unwrap_or(self.tls.is_some())
+    }
+
     /// The zenoh configuration for this bus config, as a JSON5 document zenoh understands.
     pub(crate) fn zenoh_json(&self) -> serde_json::Value {
         serde_json::json!({
@@ -292,10 +306,15 @@ impl BusConfig {
             // Keep-alives four times per lease, as zenoh does by default. A message larger than
             // MAX_MESSAGE_BYTES is dropped by the receiver before it is reassembled (zenoh's
             // default, 1 GiB, would let any peer make a process hold that much).
-            "transport": { "link": {
-                "tx": { "lease": self.lease_ms, "keep_alive": 4 },
-                "rx": { "max_message_size": MAX_MESSAGE_BYTES },
-            } },
+            "transport": {
+                "link": {
+                    "tx": { "lease": self.lease_ms, "keep_alive": 4 },
+                    "rx": { "max_message_size": MAX_MESSAGE_BYTES },
+                },
+                // A compressed batch is inflated into a buffer of the link's batch size (64 KiB):
+                // a peer cannot make it larger.
+                "unicast": { "compression": { "enabled": self.compresses() } },
+            },
         })
     }
 }
@@ -318,6 +337,19 @@ fn local_endpoint_towards(endpoint: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compression_is_on_with_tls_unless_set() {
+        let tls = "[tls]\nca = \"ca.crt\"\ncert = \"a.crt\"\nkey = \"a.key\"\n";
+        let enabled = |toml_text: &str| {
+            let c: BusConfig = toml::from_str(toml_text).unwrap();
+            c.zenoh_json()["transport"]["unicast"]["compression"]["enabled"].as_bool()
+        };
+        assert_eq!(enabled(""), Some(false));
+        assert_eq!(enabled(tls), Some(true));
+        assert_eq!(enabled(&format!("compression = false\n{tls}")), Some(false));
+        assert_eq!(enabled("compression = true"), Some(true));
+    }
 
     #[test]
     fn defaults_fill_an_empty_table() {

@@ -243,11 +243,20 @@ http_listen = "127.0.0.1:{}"
     /// The general form: `source_extra` is appended to the `[[source]]` table (TOML lines).
     pub fn start_agent_with(&self, node: &str, format: &str, extra: &[String], source_extra: &str) -> Proc {
         let connect: Vec<String> = std::iter::once(&self.endpoint).chain(extra).cloned().collect();
-        let rest = format!(
+        self.start_agent_config(node, &connect, "", &self.app_source(node, format, source_extra))
+    }
+
+    /// Like [`Self::start_agent`], with `bus_extra` (TOML lines) in its `[bus]` table.
+    pub fn start_agent_bus(&self, node: &str, format: &str, bus_extra: &str) -> Proc {
+        self.start_agent_config(node, &[self.endpoint.clone()], bus_extra, &self.app_source(node, format, ""))
+    }
+
+    /// The `[[source]]` table of source `app` for `node`, with `source_extra` in it.
+    fn app_source(&self, node: &str, format: &str, source_extra: &str) -> String {
+        format!(
             "[[source]]\nname = \"app\"\npaths = [\"{}/*.log*\"]\nformat = \"{format}\"\n{source_extra}\n",
             self.logs_dir(node).display()
-        );
-        self.start_agent_config(node, &connect, "", &rest)
+        )
     }
 
     /// Write `agent-<node>.toml` (bus, test-speed agent settings, then `rest`) and start it.
