@@ -397,6 +397,13 @@ fn exit_code(result: Result<i32>, failed: i32) -> i32 {
     }
 }
 
+/// Run a bus command, then close its sessions without waiting on a hung peer.
+async fn closing<T>(command: impl std::future::Future<Output = T>) -> T {
+    let out = command.await;
+    crate::limits_cmd::close_sessions().await;
+    out
+}
+
 /// A process whose vital thread died exits with the reason (after its orderly stop).
 fn died() -> Result<()> {
     match switchboard_bus::vital::failed() {
@@ -544,16 +551,16 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Limits { command } => {
             init_tracing(log, "warn");
-            runtime()?.block_on(crate::limits_cmd::run(command))
+            runtime()?.block_on(closing(crate::limits_cmd::run(command)))
         }
         Command::Config { command } => {
             init_tracing(log, "warn");
-            std::process::exit(exit_code(runtime()?.block_on(crate::config_cmd::run(command)), 1))
+            std::process::exit(exit_code(runtime()?.block_on(closing(crate::config_cmd::run(command))), 1))
         }
         Command::Certs { command } => crate::certs::run(command),
         Command::Status(args) => {
             init_tracing(log, "error");
-            std::process::exit(exit_code(runtime()?.block_on(crate::status_cmd::run(args)), 2))
+            std::process::exit(exit_code(runtime()?.block_on(closing(crate::status_cmd::run(args))), 2))
         }
         Command::Demo { duration, dir, nodes, rate, port, no_kill } => {
             init_tracing(log, "warn");

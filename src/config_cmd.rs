@@ -66,6 +66,11 @@ pub enum ConfigCommand {
         /// Show what would change, and change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Make a revision even when the tree is the head's: nodes that did not apply the head
+        /// (a reload that failed for a reason outside the tree, since fixed) apply it as a new
+        /// revision.
+        #[arg(long)]
+        force: bool,
         /// What every revision-making command takes.
         #[command(flatten)]
         make: MakeArgs,
@@ -335,7 +340,7 @@ fn print_changes(from: &BTreeMap<String, FileEntry>, to: &BTreeMap<String, FileE
 /// Run one `config` subcommand; returns the exit code.
 pub async fn run(cmd: ConfigCommand) -> Result<i32> {
     match cmd {
-        ConfigCommand::Push { dir, dry_run, make } => {
+        ConfigCommand::Push { dir, dry_run, force, make } => {
             let (mut files, contents) = read_tree(&dir)?;
             let conn = connect(&make.bus).await?;
             let Conn { session, keys, repo } = &conn;
@@ -371,9 +376,29 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
                 out!("dry run: nothing pushed");
                 return Ok(0);
             }
-            if parent.as_ref().is_some_and(|p| p.files == files) {
+            if let Some(h) = head.as_ref().filter(|_| !force && parent.as_ref().is_some_and(|p| p.files == files)) {
                 out!("nothing changed: no revision made");
-                return Ok(0);
+                // A node that did not apply the head (its reload failed) does not take it again.
+                let behind: Vec<&str> = repo
+                    .states
+                    .values()
+                    .filter(|s| {
+                        s.applied.as_ref().is_none_or(|a| a.id != h.id)
+                            || s.blocked.as_ref().is_some_and(|b| b.id == h.id)
+                            || s.reload.as_ref().is_some_and(|r| r.id == h.id && !r.ok)
+                    })
+                    .map(|s| s.node.as_str())
+                    .collect();
+                if behind.is_empty() {
+                    return Ok(0);
+                }
+                out!(
+                    "but {} did not apply revision {} (see `switchboard config status`); once the cause is \
+                     fixed, `push --force` makes a new revision of this tree for them to apply",
+                    behind.join(", "),
+                    h.label()
+                );
+                return Ok(1);
             }
             let first = crate::limits_cmd::first_number(session, keys).await;
             make_revision(

@@ -290,29 +290,58 @@ pub async fn run(cmd: LimitsCommand) -> Result<()> {
             }
             out!("nodes:");
             let newest_no = current.as_ref().map_or(0, |r| r.revision);
+            let mut apart = Vec::new();
             for (node, h) in &histories {
-                let n = h.current_number();
-                let note = if n == newest_no { "" } else { "  (behind: takes the newest at its next sync)" };
+                let (n, theirs) = (h.current_number(), h.current());
+                let same_limits = theirs.map(|r| &r.limits) == current.as_ref().map(|r| &r.limits);
+                let note = match theirs {
+                    // Two revisions of one number: set on two sides of a partition.
+                    Some(r) if n == newest_no && Some(r) != current.as_ref() => {
+                        apart.push(node.as_str());
+                        format!("  (other limits: set {} by {}: {})", when(r.at_ms), r.author, r.comment)
+                    }
+                    _ if n == newest_no || same_limits => String::new(),
+                    _ => "  (behind: takes the newest at its next sync)".to_owned(),
+                };
                 out!("  {node:<24} revision {n}{note}");
+            }
+            if !apart.is_empty() {
+                anyhow::bail!(
+                    "{} enforce other limits under the same revision number (set apart, during a partition): \
+                     `switchboard config status` shows the conflict, `switchboard config resolve` settles it",
+                    apart.join(", ")
+                );
             }
             Ok(())
         }
         LimitsCommand::History { bus } => {
             let (session, keys) = open(&bus).await?;
             let histories = histories(&session, &keys, &bus).await?;
-            let mut all: BTreeMap<(u64, u64, String), Revision> = BTreeMap::new();
+            // Each revision with the one before it in a node's history: two made apart (in a
+            // partition) each show their change from the revision they were made on.
+            let mut all: BTreeMap<(u64, u64, String), (Revision, Vec<LimitSpec>)> = BTreeMap::new();
             for (_, h) in histories {
+                let mut previous: Vec<LimitSpec> = Vec::new();
                 for r in h.revisions {
-                    all.insert((r.revision, r.at_ms, r.author.clone()), r);
+                    let limits = r.limits.clone();
+                    all.entry((r.revision, r.at_ms, r.author.clone())).or_insert((r, previous));
+                    previous = limits;
                 }
             }
-            let mut previous: Vec<LimitSpec> = Vec::new();
-            for r in all.values() {
-                out!("revision {}  {}  {}  {}", r.revision, when(r.at_ms), r.author, r.comment);
-                for c in diff(&previous, &r.limits) {
+            let mut numbers: BTreeMap<u64, usize> = BTreeMap::new();
+            for (n, _, _) in all.keys() {
+                *numbers.entry(*n).or_default() += 1;
+            }
+            for (r, previous) in all.values() {
+                let apart = if numbers.get(&r.revision).is_some_and(|&k| k > 1) {
+                    "  (set apart: another revision has this number)"
+                } else {
+                    ""
+                };
+                out!("revision {}  {}  {}  {}{apart}", r.revision, when(r.at_ms), r.author, r.comment);
+                for c in diff(previous, &r.limits) {
                     out!("    {c}");
                 }
-                previous = r.limits.clone();
             }
             if all.is_empty() {
                 out!("no revisions yet");
@@ -326,7 +355,28 @@ pub(crate) async fn open(bus: &BusArgs) -> Result<(zenoh::Session, KeySpace)> {
     let config = bus.bus_config()?;
     let keys = KeySpace::new(&config.effective_prefix())?;
     let session = session::open(&config, None).await.context("joining the bus")?;
+    OPEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(session.clone());
     Ok((session, keys))
+}
+
+/// The sessions a command opened, for [`close_sessions`]. Dropping the last handle of a zenoh
+/// session closes it waiting up to 10 s for its links, which a peer hung within its lease costs
+/// in full after the command's work is done; the handle kept here makes the drop a no-op.
+static OPEN: std::sync::Mutex<Vec<zenoh::Session>> = std::sync::Mutex::new(Vec::new());
+
+/// Close what [`open`] opened, waiting at most a second each: what a command sent is out by then
+/// (pushes and queries were answered), so a hung peer no longer holds the command's exit.
+pub(crate) async fn close_sessions() {
+    let open = std::mem::take(&mut *OPEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    for s in open {
+        match tokio::time::timeout(Duration::from_secs(1), s.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "closing the bus session"),
+            // Still closing: dropping it would wait the rest of zenoh's 10 s; the process is
+            // about to exit, which ends its links all the same.
+            Err(_) => std::mem::forget(s),
+        }
+    }
 }
 
 async fn histories(session: &zenoh::Session, keys: &KeySpace, bus: &BusArgs) -> Result<Vec<(String, History)>> {

@@ -73,7 +73,6 @@ pub async fn run(args: StatusArgs) -> Result<i32> {
             print(&c, args.format, true)?;
         }
     }
-    let _ = session.close().await;
     Ok(match c.level {
         Level::Ok => 0,
         Level::Degraded => 1,

@@ -293,15 +293,16 @@ fn a_partition_with_a_push_on_each_side_is_a_reported_conflict_until_resolved() 
     let both = vec![a.endpoint(), b.endpoint()];
     let client = Client::new(&c, &both);
     assert!(wait_until(Duration::from_secs(20), || client.states().len() == 2));
-    let base = [("global/a.conf", "base\n".to_string()), ("global/b.conf", "base\n".to_string())];
+    let limits = |rate: u32| ("global/limits.toml", format!("[[limit]]\nkey = \"operator:*\"\nrate = {rate}\n"));
+    let base = [("global/a.conf", "base\n".to_string()), ("global/b.conf", "base\n".to_string()), limits(500)];
     let (code, out) = config_cli(&c, &both, &["push", tree(&c, "base", &base).to_str().unwrap(), "-m", "base"]);
     assert_eq!(code, 0, "{out}");
 
     proxy.cut();
     // After the lease (3 s) each side sees the other gone.
     std::thread::sleep(Duration::from_secs(5));
-    let side_a = [("global/a.conf", "side a\n".to_string()), ("global/b.conf", "base\n".to_string())];
-    let side_b = [("global/a.conf", "base\n".to_string()), ("global/b.conf", "side b\n".to_string())];
+    let side_a = [("global/a.conf", "side a\n".to_string()), ("global/b.conf", "base\n".to_string()), limits(700)];
+    let side_b = [("global/a.conf", "base\n".to_string()), ("global/b.conf", "side b\n".to_string()), limits(900)];
     let (code, out) =
         config_cli(&c, &[a.endpoint()], &["push", tree(&c, "a", &side_a).to_str().unwrap(), "-m", "on a"]);
     assert_eq!(code, 0, "side a applies its own push: {out}");
@@ -332,6 +333,23 @@ fn a_partition_with_a_push_on_each_side_is_a_reported_conflict_until_resolved() 
         text.contains("~ global/a.conf") && text.contains("~ global/b.conf"),
         "both sides' changes are shown: {text}"
     );
+    // Each side enforces its own limits under one revision number: `limits list` says so.
+    let limits_cli = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .arg("limits")
+            .args(args)
+            .args(["--cluster", &c.cluster, "--connect", &a.endpoint(), "--connect", &b.endpoint()])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let (ok, out) = limits_cli(&["list"]);
+    assert!(!ok && out.contains("other limits") && out.contains("config resolve"), "{out}");
+    let (_, out) = limits_cli(&["history"]);
+    assert!(out.contains("500/second -> 700/second") && out.contains("500/second -> 900/second"), "{out}");
     // A push on top of a conflict is refused with the way out.
     let (code, out) = config_cli(&c, &both, &["push", tree(&c, "a", &side_a).to_str().unwrap()]);
     assert_ne!(code, 0);
@@ -353,6 +371,8 @@ fn a_partition_with_a_push_on_each_side_is_a_reported_conflict_until_resolved() 
     let (code, st) = status_json(&c, &both);
     assert_eq!(code, 0, "{st}");
     assert_eq!((applied_number(&st, "gw1"), applied_number(&st, "gw2")), (3, 3));
+    let met = wait_until(Duration::from_secs(10), || limits_cli(&["list"]).0);
+    assert!(met, "{}", limits_cli(&["list"]).1);
     drop((a, b, proxy));
 }
 
@@ -516,5 +536,59 @@ fn a_reload_that_times_out_reports_what_it_wrote() {
     assert!(out.contains("timed out after 1s") && out.contains("waiting for smsc bind"), "{out}");
     let (_, st) = status_json(&c, &ep);
     assert_eq!(st["nodes"]["gw1"]["reload"]["output"], "kannel: waiting for smsc bind", "{st}");
+    drop(a);
+}
+
+/// A node whose reload failed is named when the same tree is pushed again, and `push --force`
+/// gives it a revision to apply; an agent whose `dir` changed writes the head into the new one;
+/// a tree may not carry the revision file's name.
+#[test]
+fn a_failed_node_is_named_and_retried_by_force_and_a_new_dir_gets_the_head() {
+    let c = Cluster::new();
+    let flag = c.path().join("gateway-broken");
+    let ran = c.path().join("reloads");
+    std::fs::write(&flag, "").unwrap();
+    let reload = format!(
+        "reload = [\"sh\", \"-c\", \"echo \\\"$SWITCHBOARD_CONFIG_DIR\\\" >> {}; test ! -e {}\"]",
+        ran.display(),
+        flag.display()
+    );
+    let (mut a, ep, code, out) = push_to_one_agent(&c, &repo_table(&reload));
+    assert_eq!(code, 1, "the reload fails: {out}");
+    let first = c.path().join("trees/1");
+    let (code, out) = config_cli(&c, &ep, &["push", first.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("nothing changed") && out.contains("gw1 did not apply revision 1") && out.contains("--force"),
+        "{out}"
+    );
+    std::fs::remove_file(&flag).unwrap();
+    let (code, out) = config_cli(&c, &ep, &["push", first.to_str().unwrap(), "--force", "-m", "gateway fixed"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(read(&link(&c, "gw1").join("a.conf")), "a1");
+    let (code, st) = status_json(&c, &ep);
+    assert_eq!((code, applied_number(&st, "gw1")), (0, 2), "{st}");
+
+    // The same agent with another `dir`: the head is written there and the reload runs with it.
+    a.proc.take().unwrap().stop();
+    let moved = c.path().join("gateway-conf");
+    let table = repo_table(&format!("{reload}\ndir = \"{}\"", moved.display()));
+    let a = c.restart_limits_agent("gw1", a.port, &[], "", &table);
+    assert!(
+        wait_until(Duration::from_secs(20), || read(&moved.join("a.conf")) == "a1"),
+        "{}",
+        std::fs::read_to_string(c.path().join("agent-gw1.log")).unwrap_or_default()
+    );
+    assert!(read(&ran).contains(moved.to_str().unwrap()), "the reload ran for the new dir: {}", read(&ran));
+    let (code, out) =
+        config_cli(&c, &ep, &["push", tree(&c, "3", &[("global/a.conf", "a3".into())]).to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(read(&moved.join("a.conf")), "a3");
+
+    // `.switchboard-revision` at the top of a layer is the node's own file.
+    let forged = tree(&c, "4", &[("global/a.conf", "a3".into()), ("gw1/.switchboard-revision", "999 dead".into())]);
+    let (code, out) = config_cli(&c, &ep, &["push", forged.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(".switchboard-revision"), "{out}");
     drop(a);
 }

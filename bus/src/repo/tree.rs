@@ -19,6 +19,9 @@ pub const DEFAULT: &str = "default";
 pub const LIMITS_FILE: &str = "global/limits.toml";
 /// Longest path.
 pub const MAX_PATH: usize = 1024;
+/// The file in every node's working tree that names its revision (`<number> <id>`): a name
+/// the repository's own files cannot take at the top of a layer.
+pub const REVISION_FILE: &str = ".switchboard-revision";
 
 /// Check that `path` can name a file of a revision.
 pub fn check_path(path: &str) -> Result<(), RepoError> {
@@ -29,6 +32,9 @@ pub fn check_path(path: &str) -> Result<(), RepoError> {
     let parts: Vec<&str> = path.split('/').collect();
     if parts.len() < 2 {
         return bad("a file must be inside a layer (global/, default/, <subcluster>/ or <node>/)");
+    }
+    if parts.len() == 2 && parts[1] == REVISION_FILE {
+        return bad("`.switchboard-revision` at the top of a layer is the file each node writes to name its revision");
     }
     for p in &parts {
         if p.is_empty() || *p == "." || *p == ".." {
@@ -73,9 +79,12 @@ pub fn read_dir(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, RepoError> {
                     return Err(RepoError::TooBig(format!("{path}: {size} bytes (at most {MAX_FILE_BYTES})")));
                 }
                 total = total.saturating_add(size);
-                if total > MAX_TREE_BYTES || out.len() >= MAX_FILES {
+                if out.len() >= MAX_FILES {
+                    return Err(RepoError::TooBig(format!("{}: more than {MAX_FILES} files", dir.display())));
+                }
+                if total > MAX_TREE_BYTES {
                     return Err(RepoError::TooBig(format!(
-                        "{}: more than {MAX_FILES} files or {MAX_TREE_BYTES} bytes",
+                        "{}: more than {MAX_TREE_BYTES} bytes (40 MiB) in all",
                         dir.display()
                     )));
                 }
@@ -119,7 +128,18 @@ mod tests {
         for ok in ["global/a.conf", "gw1/sub/dir/x", "default/.hidden"] {
             check_path(ok).unwrap();
         }
-        for bad in ["a.conf", "global/../x", "global//x", "/global/x", "global/./x", "g*/x", "global/a\\b", "global/"] {
+        check_path("gw1/sub/.switchboard-revision").unwrap();
+        for bad in [
+            "a.conf",
+            "gw1/.switchboard-revision",
+            "global/../x",
+            "global//x",
+            "/global/x",
+            "global/./x",
+            "g*/x",
+            "global/a\\b",
+            "global/",
+        ] {
             assert!(check_path(bad).is_err(), "{bad}");
         }
     }

@@ -84,7 +84,19 @@ impl ClusterConfig {
         let store = Store::open(&root.join("store")).map_err(invalid)?;
         let tree = WorkTree::open(&settings.dir(data_dir)).map_err(invalid)?;
         let state_path = root.join("applied.json");
-        let persisted = Persisted::load(&state_path);
+        let mut persisted = Persisted::load(&state_path);
+        if persisted.applied.is_some() && persisted.tree != tree.current_name() {
+            // The record describes the tree the link pointed at. A link that points elsewhere or
+            // nowhere (`dir` changed, or removed by hand) holds none of it: the head is written
+            // there whole, from the store, and the reload command runs.
+            tracing::warn!(
+                dir = %tree.link().display(),
+                "the configuration working directory does not hold the applied revision's tree (dir changed or \
+                 removed?): writing the head there afresh"
+            );
+            (persisted.applied, persisted.tree) = (None, None);
+            persisted.manifest.clear();
+        }
         let mut inner = Inner {
             node: node.to_owned(),
             settings: settings.clone(),

@@ -17,8 +17,7 @@ use switchboard_bus::repo::store::sync_files;
 use switchboard_bus::repo::wire::LocalEdit;
 use switchboard_bus::repo::{sha256_hex, Change, RepoError};
 
-/// The file in every tree that names its revision.
-pub const REVISION_FILE: &str = ".switchboard-revision";
+pub use switchboard_bus::repo::tree::REVISION_FILE;
 
 /// What Switchboard wrote at one path of a tree.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
