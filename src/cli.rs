@@ -267,9 +267,9 @@ impl Scope {
 /// Output formats of `query`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
-    /// Aligned text table.
+    /// Aligned text table (at most 100,000 rows: it holds the result whole).
     Table,
-    /// CSV with a header line.
+    /// CSV with a header line (streamed as the rows are made, as json and ndjson are).
     Csv,
     /// A JSON array of objects.
     Json,
@@ -277,6 +277,66 @@ pub enum Format {
     Ndjson,
     /// A Parquet file (with --output).
     Parquet,
+}
+
+/// Print or write the rows of `rows` as `format`, batch by batch as the query makes them (the
+/// table format holds up to [`switchboard_queries::TABLE_MAX_ROWS`]).
+async fn stream_out(
+    ds: &Dataset,
+    rows: switchboard_queries::SendableRecordBatchStream,
+    format: Format,
+    output: Option<&std::path::Path>,
+) -> Result<()> {
+    let text = match format {
+        Format::Table => OutputFormat::Table,
+        Format::Csv => OutputFormat::Csv,
+        Format::Json => OutputFormat::Json,
+        Format::Ndjson => OutputFormat::Ndjson,
+        Format::Parquet => {
+            let path = output.context("--format parquet writes a file: give --output FILE")?;
+            let written = switchboard_queries::write_parquet_stream(rows, path).await?;
+            note!("wrote {written} rows to {}", path.display());
+            return Ok(());
+        }
+    };
+    match output {
+        Some(path) => {
+            let mut f = std::io::BufWriter::new(
+                std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+            );
+            ds.write_stream(rows, text, &mut f).await?;
+            std::io::Write::flush(&mut f)?;
+        }
+        None => {
+            let mut out = QuietPipe(std::io::BufWriter::new(std::io::stdout().lock()));
+            ds.write_stream(rows, text, &mut out).await?;
+            std::io::Write::flush(&mut out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Standard output that ends the process quietly (exit 0) when its reader goes away (`| head`):
+/// a result streamed into a closed pipe is not an error of the query.
+struct QuietPipe<W>(W);
+
+impl<W: std::io::Write> QuietPipe<W> {
+    fn quiet<T>(r: std::io::Result<T>) -> std::io::Result<T> {
+        if r.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) {
+            std::process::exit(0);
+        }
+        r
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for QuietPipe<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Self::quiet(self.0.write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Self::quiet(self.0.flush())
+    }
 }
 
 /// Print or write `batches` as `format`.
@@ -501,8 +561,8 @@ pub fn run(cli: Cli) -> Result<()> {
             init_tracing(log, "warn");
             runtime()?.block_on(async {
                 let ds = scope.open().await?.allow_writes(allow_write);
-                let batches = ds.sql(&sql).await?;
-                emit(&batches, format, output.as_deref())
+                let rows = ds.sql_stream(&sql).await?;
+                stream_out(&ds, rows, format, output.as_deref()).await
             })
         }
         Command::Report { name, scope, bucket, metric, limit, format, plot } => {

@@ -151,11 +151,20 @@ fn killing_the_writer_repeatedly_on_a_directory_loses_and_doubles_nothing() {
     let mut g = Group::start(local, 10);
     let times = kill_the_writer_repeatedly(&mut g);
     takeovers_report("directory, kill -9", &times);
+    // A planned stop (SIGTERM): the writer commits its open files before it leaves the bus, so
+    // the standby claims after that commit and fences nothing.
+    let i = g.leader();
+    let survivor = g.members[1 - i].name.clone();
+    let log = g.members[i].proc.take().unwrap().stop_and_read_log();
+    assert!(!log.contains("commit failed") && !log.contains("stepped down"), "{log}");
+    let took = wait_until(Duration::from_secs(20), || role(&g.c, &survivor).as_deref() == Some("leader"));
+    assert!(took, "{survivor} takes over after a planned stop\n{}", g.logs());
+    g.restart(i);
     let c = g.finish();
-    // Every claim is in the log: the first, one per kill, and one more if the writer was stopped
-    // first at the end (the standby takes over before it stops too).
+    // Every claim is in the log: the first, one per kill, one for the planned stop, and one more
+    // if the writer was stopped first at the end (the standby takes over before it stops too).
     let claims = claims_in(&c.dataset()).len();
-    assert!((5..=6).contains(&claims), "{:?}", claims_in(&c.dataset()));
+    assert!((6..=7).contains(&claims), "{:?}", claims_in(&c.dataset()));
     assert_independent_readers_agree(&c);
 }
 
@@ -187,6 +196,17 @@ fn a_hung_writer_that_resumes_after_a_takeover_commits_nothing() {
     assert!(stepped, "{hung} should step down\n{}", g.logs());
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(committed_before(&g), before, "{hung} committed after it resumed");
+    // A standby shows no commit age (its commits were a writer's), and the leader's rows/s is the
+    // rows it takes in (commits come in steps of a file age).
+    let health = http_get(g.c.http_port(&hung), "/health").1;
+    assert!(health.contains("\"last_commit_age_seconds\":null"), "{health}");
+    let took_rows = wait_until(Duration::from_secs(10), || {
+        let status = http_get(g.c.http_port(&other), "/status.json").1;
+        status.split("\"rows_per_s\":").skip(1).any(|rest| {
+            rest.split([',', '}']).next().and_then(|n| n.trim().parse::<f64>().ok()).is_some_and(|r| r > 0.0)
+        })
+    });
+    assert!(took_rows, "{}", http_get(g.c.http_port(&other), "/status.json").1);
     let roles = std::fs::read_to_string(g.c.path().join(format!("roles-{hung}.txt"))).unwrap_or_default();
     assert_eq!(roles.lines().collect::<Vec<_>>(), ["standby", "leader", "standby"], "notify of {hung}");
     let roles = std::fs::read_to_string(g.c.path().join(format!("roles-{other}.txt"))).unwrap_or_default();
@@ -462,4 +482,29 @@ fn an_agent_ignores_watermarks_of_a_replaced_writer() {
     let rows = read_logs(&c.dataset());
     assert_exactly_once(&rows);
     assert_lines(&rows, "gw-a", n);
+}
+
+/// A collector whose `[[logs.promote]]` stores a column as another type than the dataset's
+/// writer does never writes (its files would make `logs` unreadable as one table): its
+/// `/health` says why while it stands by, and it does not take over when the writer dies.
+#[test]
+fn a_collector_whose_promoted_types_differ_never_writes_and_says_why() {
+    let c = Cluster::new();
+    let (data, _) = local(&c);
+    let (p1, p3) = (free_port(), free_port());
+    let c1 = start_member(&c, "c1", p1, &[], &data);
+    assert_eq!(wait_for_leader(&c, &["c1"], Duration::from_secs(30)), Some(0), "{}", c1.log_text());
+    let odd = "[[logs.promote]]\nname = \"latency_ms\"\ntype = \"string\"\n";
+    let c3 = start_member_with(&c, "c3", p3, &[format!("tcp/127.0.0.1:{p1}")], &data, odd);
+    let why = "latency_ms (Int64 in the dataset, Utf8 here)";
+    let said = wait_until(Duration::from_secs(20), || {
+        let (code, body) = c.http_get("c3", "/health");
+        code == 503 && body.contains(why)
+    });
+    assert!(said, "{:?}\n{}", c.http_get("c3", "/health"), c3.log_text());
+    c1.kill();
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(role(&c, "c3").as_deref(), Some("standby"), "{}", c3.log_text());
+    assert!(claims_in(&c.dataset()).iter().all(|w| w == "c1"), "{:?}", claims_in(&c.dataset()));
+    c3.stop();
 }

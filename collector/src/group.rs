@@ -9,10 +9,12 @@
 //! record, publish. Finding someone else's record in its slot (when committing, or when reading
 //! the log) makes it step down. See docs/architecture.md, "Collector group".
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use switchboard_bus::keys::Role;
+use switchboard_bus::tables::ColumnType;
 use switchboard_bus::Membership;
 use tokio_util::sync::CancellationToken;
 
@@ -47,6 +49,9 @@ pub struct GroupStatus {
     pub stepped_down: u64,
     /// Tries to write a commit log record that failed (each is retried until it succeeds).
     pub log_write_errors: u64,
+    /// Why this collector will not write the dataset (its promoted columns' types differ from
+    /// the current writer's), while that lasts.
+    pub refused: Option<String>,
 }
 
 /// The outcome of [`Group::commit`].
@@ -93,6 +98,8 @@ pub struct Group {
     commits_since_hint: u64,
     /// Another process writes under this collector's name: it never claims again.
     twin: bool,
+    /// This collector's promoted columns of `logs`, recorded in its claims and commits.
+    columns: BTreeMap<String, ColumnType>,
     cancel: CancellationToken,
 }
 
@@ -111,6 +118,7 @@ impl Group {
         notify: Vec<String>,
         status: Arc<Mutex<GroupStatus>>,
         startup_grace: Duration,
+        columns: BTreeMap<String, ColumnType>,
         cancel: CancellationToken,
     ) -> Self {
         let g = Self {
@@ -129,6 +137,7 @@ impl Group {
             holder_seen_live: None,
             commits_since_hint: 0,
             twin: false,
+            columns,
             cancel,
         };
         g.update(|s| {
@@ -273,7 +282,9 @@ impl Group {
                 (!gone, Instant::now())
             }
         };
-        if !gone {
+        // Checked whatever the writer's state: a collector that could not take over says so now.
+        let agree = self.columns_agree();
+        if !gone || !agree {
             return false;
         }
         // This collector may not be linked to a live writer yet (a writer that just started, or
@@ -287,6 +298,30 @@ impl Group {
         // (it may be writing on the other side of a partition); one that was seen and went away
         // is taken over at once.
         seen || self.claim_not_before.is_none_or(|t| Instant::now() >= t)
+    }
+
+    /// Whether this collector's promoted columns give every column the type the newest record's
+    /// writer stored it as; if not, it stands by with `/health` failing and says why (once).
+    fn columns_agree(&mut self) -> bool {
+        let conflicts = self.log.last().map(|r| r.column_conflicts(&self.columns)).unwrap_or_default();
+        let refused = (!conflicts.is_empty()).then(|| {
+            format!(
+                "this collector's [[logs.promote]] gives columns other types than the dataset's writer: {}; its \
+                 files would make `logs` unreadable as one table, so it does not write: give it the same types (or \
+                 promote the field under a new name)",
+                conflicts.join(", ")
+            )
+        });
+        let changed = self.status.lock().map(|s| s.refused != refused).unwrap_or(false);
+        if changed {
+            match &refused {
+                Some(why) => tracing::error!("{why}"),
+                None => tracing::info!("promoted columns agree with the dataset's writer again"),
+            }
+            let r = refused.clone();
+            self.update(|s| s.refused = r);
+        }
+        refused.is_none()
     }
 
     /// Publish the last commit if it is not visible yet, then append a claim; repeat while a
@@ -303,7 +338,8 @@ impl Group {
                     return (false, read);
                 }
             }
-            let record = Record::new(Kind::Claim, &self.name, &self.instance, 0, 0, Vec::new());
+            let mut record = Record::new(Kind::Claim, &self.name, &self.instance, 0, 0, Vec::new());
+            record.columns = self.columns.clone();
             let appended = self.log.append(&self.store, record, &self.cancel, self.store_failing()).await;
             match self.store_result(appended) {
                 Ok(Appended::Written) => break,
@@ -365,6 +401,8 @@ impl Group {
         self.update(|s| {
             s.role = "standby";
             s.epoch = None;
+            // Its commits were a writer's: a standby's age is `null`, as documented.
+            s.last_commit = None;
             s.stepped_down += 1;
         });
         self.run_notify("standby");
@@ -409,7 +447,8 @@ impl Group {
                 return Commit::Failed(e.to_string());
             }
         }
-        let record = Record::new(Kind::Commit, &self.name, &self.instance, 0, epoch, files.to_vec());
+        let mut record = Record::new(Kind::Commit, &self.name, &self.instance, 0, epoch, files.to_vec());
+        record.columns = self.columns.clone();
         let appended = self.log.append(&self.store, record, &self.cancel, self.store_failing()).await;
         match self.store_result(appended) {
             Ok(Appended::Written) => {}

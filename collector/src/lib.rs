@@ -141,12 +141,15 @@ pub struct Collector {
     stats: Arc<CollectorStats>,
     tracker: TaskTracker,
     session: zenoh::Session,
+    /// Its membership, held until its last commit: a standby that saw it leave earlier would
+    /// claim the commit log first and fence that commit.
+    token: zenoh::liveliness::LivelinessToken,
 }
 
 impl Collector {
-    /// Recover, subscribe, announce. The collector stops when `cancel` fires: it leaves the
-    /// membership at once, takes what is still in flight, commits every open file; then
-    /// [`Collector::wait`] returns.
+    /// Recover, subscribe, announce. The collector stops when `cancel` fires: it takes what is
+    /// still in flight and commits every open file; [`Collector::wait`] then leaves the
+    /// membership and the bus.
     pub async fn start(config: CollectorConfig, cancel: CancellationToken) -> Result<Self, CollectorError> {
         config.validate()?;
         let keys = KeySpace::new(&config.bus.effective_prefix())?;
@@ -206,6 +209,7 @@ impl Collector {
             c.notify.clone(),
             group_status.clone(),
             std::time::Duration::from_millis(config.bus.lease_ms.saturating_mul(2)),
+            config.logs.promote.iter().map(|p| (p.name.clone(), p.kind)).collect(),
             cancel.clone(),
         );
         let first = group.first_tick().await;
@@ -276,13 +280,6 @@ impl Collector {
         let token = session::announce(&session, &keys, Role::Collector, &name).await?;
 
         let tracker = TaskTracker::new();
-        {
-            let cancel = cancel.clone();
-            tracker.spawn(async move {
-                cancel.cancelled().await;
-                drop(token);
-            });
-        }
         let (replay_tx, replay_rx) = tokio::sync::mpsc::unbounded_channel::<ReplayRequest>();
         tracker.spawn(replay::run(session.clone(), keys.clone(), replay_rx, tx.clone(), stats.clone(), cancel.clone()));
         let (status_tx, status_rx) = tokio::sync::watch::channel(SinkStatus::default());
@@ -349,7 +346,7 @@ impl Collector {
         switchboard_bus::vital::watch(&tracker, "the collector's intake thread".into(), intake, cancel);
         tracker.close();
         tracing::info!(%name, "collector started");
-        Ok(Self { stats, tracker, session })
+        Ok(Self { stats, tracker, session, token })
     }
 
     /// The collector's counters.
@@ -360,6 +357,7 @@ impl Collector {
     /// Wait until the cancelled collector has committed everything, then leave the bus.
     pub async fn wait(self) {
         self.tracker.wait().await;
+        drop(self.token);
         if let Err(e) = self.session.close().await {
             tracing::debug!(error = %e, "closing the bus session");
         }

@@ -81,6 +81,10 @@ pub struct Record {
     /// The committed files (commits only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<FileEntry>,
+    /// The writer's promoted columns of `logs` (name → type): a collector whose types differ
+    /// does not take over (its files would make the table unreadable as one).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub columns: BTreeMap<String, switchboard_bus::tables::ColumnType>,
 }
 
 impl Record {
@@ -96,7 +100,21 @@ impl Record {
             epoch,
             at_ms,
             files,
+            columns: BTreeMap::new(),
         }
+    }
+
+    /// The promoted columns of `logs` that `columns` gives another stored type than this record's
+    /// writer did, as `name (theirs here, ours there)` phrases; empty when the two agree.
+    pub fn column_conflicts(&self, columns: &BTreeMap<String, switchboard_bus::tables::ColumnType>) -> Vec<String> {
+        columns
+            .iter()
+            .filter_map(|(name, ours)| {
+                let theirs = self.columns.get(name)?;
+                (theirs.arrow_type() != ours.arrow_type())
+                    .then(|| format!("{name} ({} in the dataset, {} here)", theirs.arrow_type(), ours.arrow_type()))
+            })
+            .collect()
     }
 }
 

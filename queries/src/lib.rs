@@ -38,6 +38,7 @@ use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
+pub use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionConfig, SessionContext};
 use switchboard_bus::dataset::{Location, StoreOptions};
 use switchboard_bus::tables;
@@ -218,13 +219,95 @@ impl Dataset {
         collect_with_columns(df).await.map_err(|e| self.explain(e))
     }
 
+    /// Run one SQL statement (checked as [`Dataset::sql`] checks it) and return its rows as a
+    /// stream, batch by batch as they are made: a result larger than memory goes through.
+    pub async fn sql_stream(&self, sql: &str) -> Result<SendableRecordBatchStream, QueryError> {
+        let plan = self.ctx.state().create_logical_plan(sql).await.map_err(|e| self.explain(e))?;
+        self.sql_options().verify_plan(&plan).map_err(|e| {
+            QueryError::ReadOnly(match e.find_root() {
+                DataFusionError::Plan(reason) => reason.clone(),
+                other => other.to_string(),
+            })
+        })?;
+        let df = self.ctx.execute_logical_plan(plan).await.map_err(|e| self.explain(e))?;
+        df.execute_stream().await.map_err(|e| self.explain(e))
+    }
+
+    /// Write the rows of `stream` to `out` in `format` as they come (the table format, which
+    /// aligns columns over the whole result, takes at most [`TABLE_MAX_ROWS`]); the rows written.
+    /// Output as [`render`] gives it.
+    pub async fn write_stream(
+        &self,
+        mut stream: SendableRecordBatchStream,
+        format: OutputFormat,
+        out: &mut dyn Write,
+    ) -> Result<u64, QueryError> {
+        use futures::StreamExt as _;
+        let schema = stream.schema();
+        let mut rows = 0u64;
+        let mut next = async || stream.next().await.transpose().map_err(|e| self.explain(e));
+        match format {
+            OutputFormat::Table => {
+                let mut batches = Vec::new();
+                while let Some(b) = next().await? {
+                    rows += b.num_rows() as u64;
+                    if rows > TABLE_MAX_ROWS {
+                        return Err(QueryError::Sql(format!(
+                            "the result has more than {TABLE_MAX_ROWS} rows, more than a table is made for (it is \
+                             held whole to align its columns): use --format csv, json or ndjson, which stream, or \
+                             add a LIMIT"
+                        )));
+                    }
+                    batches.push(b);
+                }
+                if batches.is_empty() {
+                    batches.push(RecordBatch::new_empty(schema));
+                }
+                render(&batches, format, out)?;
+            }
+            OutputFormat::Csv => {
+                let mut w = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(&mut *out);
+                let mut any = false;
+                while let Some(b) = next().await? {
+                    rows += b.num_rows() as u64;
+                    w.write(&flatten_for_csv(&b)?)?;
+                    any = true;
+                }
+                if !any {
+                    w.write(&flatten_for_csv(&RecordBatch::new_empty(schema))?)?;
+                }
+            }
+            OutputFormat::Json => {
+                let mut w = datafusion::arrow::json::ArrayWriter::new(&mut *out);
+                while let Some(b) = next().await? {
+                    rows += b.num_rows() as u64;
+                    w.write(&b)?;
+                }
+                w.finish()?;
+                writeln!(out)?;
+            }
+            OutputFormat::Ndjson => {
+                let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut *out);
+                while let Some(b) = next().await? {
+                    rows += b.num_rows() as u64;
+                    w.write(&b)?;
+                }
+                w.finish()?;
+            }
+        }
+        Ok(rows)
+    }
+
     fn explain(&self, e: DataFusionError) -> QueryError {
         let mut msg = e.find_root().to_string();
         if msg.contains("not found") && msg.contains("table") {
             if self.tables.is_empty() {
                 msg.push_str("\nhint: the dataset has no tables yet (no committed Parquet files)");
             } else {
-                msg.push_str(&format!("\nhint: tables here: {}", self.tables.join(", ")));
+                msg.push_str(&format!(
+                    "\nhint: tables here: {} (a table appears with its first committed file)",
+                    self.tables.join(", ")
+                ));
             }
         }
         QueryError::Sql(msg)
@@ -280,6 +363,9 @@ fn has_parquet(dir: &Path) -> bool {
     switchboard_bus::tables::table_files(dir).is_ok_and(|files| files.iter().any(|f| f.committed))
 }
 
+/// The most rows the table format shows: it holds the whole result to align its columns.
+pub const TABLE_MAX_ROWS: u64 = 100_000;
+
 /// Rows in `batches`.
 pub fn row_count(batches: &[RecordBatch]) -> usize {
     batches.iter().map(RecordBatch::num_rows).sum()
@@ -329,45 +415,79 @@ pub fn render(batches: &[RecordBatch], format: OutputFormat, out: &mut dyn Write
 /// bytes are written as Utf8 and Binary, the types of the dataset's own files (the engine reads
 /// them as views, which readers would otherwise be handed back).
 pub fn write_parquet(batches: &[RecordBatch], path: &Path) -> Result<u64, QueryError> {
-    use datafusion::parquet::arrow::ArrowWriter;
-    use datafusion::parquet::basic::{Compression, ZstdLevel};
-    use datafusion::parquet::file::properties::WriterProperties;
     let Some(first) = batches.first() else {
         return Err(QueryError::Sql("the query returned no columns to write".into()));
     };
-    let plain = |t: &DataType| match t {
-        DataType::Utf8View => DataType::Utf8,
-        DataType::BinaryView => DataType::Binary,
-        other => other.clone(),
-    };
-    let schema = Arc::new(Schema::new_with_metadata(
-        first
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone().with_data_type(plain(f.data_type())))
-            .collect::<Vec<_>>(),
-        first.schema().metadata().clone(),
-    ));
-    let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
-    let file = std::fs::File::create(path)?;
-    let failed = |e: &dyn std::fmt::Display| QueryError::Sql(format!("{}: {e}", path.display()));
-    let mut w = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| failed(&e))?;
-    let mut rows = 0;
+    let mut w = ParquetOut::create(path, &first.schema())?;
     for b in batches {
+        w.write(b)?;
+    }
+    w.close()
+}
+
+/// Write the rows of `stream` to a Parquet file at `path` as they come; the rows written.
+pub async fn write_parquet_stream(mut stream: SendableRecordBatchStream, path: &Path) -> Result<u64, QueryError> {
+    use futures::StreamExt as _;
+    let mut out = ParquetOut::create(path, &stream.schema())?;
+    while let Some(b) = stream.next().await {
+        out.write(&b?)?;
+    }
+    out.close()
+}
+
+/// A Parquet file written batch by batch ([`write_parquet`] whole, or a stream as it comes).
+pub struct ParquetOut {
+    path: PathBuf,
+    schema: Arc<Schema>,
+    writer: datafusion::parquet::arrow::ArrowWriter<std::fs::File>,
+    rows: u64,
+}
+
+impl ParquetOut {
+    /// Create the file at `path` for rows of `schema`.
+    pub fn create(path: &Path, schema: &Schema) -> Result<Self, QueryError> {
+        use datafusion::parquet::arrow::ArrowWriter;
+        use datafusion::parquet::basic::{Compression, ZstdLevel};
+        use datafusion::parquet::file::properties::WriterProperties;
+        let plain = |t: &DataType| match t {
+            DataType::Utf8View => DataType::Utf8,
+            DataType::BinaryView => DataType::Binary,
+            other => other.clone(),
+        };
+        let schema = Arc::new(Schema::new_with_metadata(
+            schema.fields().iter().map(|f| f.as_ref().clone().with_data_type(plain(f.data_type()))).collect::<Vec<_>>(),
+            schema.metadata().clone(),
+        ));
+        let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
+        let file = std::fs::File::create(path)?;
+        let writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| failed(path, &e))?;
+        Ok(Self { path: path.to_owned(), schema, writer, rows: 0 })
+    }
+
+    /// Append the rows of `b`.
+    pub fn write(&mut self, b: &RecordBatch) -> Result<(), QueryError> {
         let columns = b
             .columns()
             .iter()
-            .zip(schema.fields())
+            .zip(self.schema.fields())
             .map(|(c, f)| datafusion::arrow::compute::cast(c, f.data_type()))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| failed(&e))?;
-        let b = RecordBatch::try_new(schema.clone(), columns).map_err(|e| failed(&e))?;
-        w.write(&b).map_err(|e| failed(&e))?;
-        rows += b.num_rows() as u64;
+            .map_err(|e| failed(&self.path, &e))?;
+        let b = RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| failed(&self.path, &e))?;
+        self.writer.write(&b).map_err(|e| failed(&self.path, &e))?;
+        self.rows += b.num_rows() as u64;
+        Ok(())
     }
-    w.close().map_err(|e| QueryError::Sql(format!("{}: {e}", path.display())))?;
-    Ok(rows)
+
+    /// Finish the file; the rows written.
+    pub fn close(self) -> Result<u64, QueryError> {
+        self.writer.close().map_err(|e| failed(&self.path, &e))?;
+        Ok(self.rows)
+    }
+}
+
+fn failed(path: &Path, e: &dyn std::fmt::Display) -> QueryError {
+    QueryError::Sql(format!("{}: {e}", path.display()))
 }
 
 /// CSV has no nested or binary values: render such columns as text the way the table does.

@@ -140,6 +140,11 @@ impl Member {
 /// gossip (links only where the test says), `max_file_age_ms` = 1000, a notify command that
 /// appends each new role to `roles-<name>.txt`.
 pub fn start_member(c: &Cluster, name: &str, port: u16, connect: &[String], data: &Data) -> Proc {
+    start_member_with(c, name, port, connect, data, "")
+}
+
+/// [`start_member`] with `extra` (TOML tables) at the end of its config.
+pub fn start_member_with(c: &Cluster, name: &str, port: u16, connect: &[String], data: &Data, extra: &str) -> Proc {
     let cfg = c.path().join(format!("{name}.toml"));
     let connect: Vec<String> = connect.iter().map(|e| format!("\"{e}\"")).collect();
     let roles = c.path().join(format!("roles-{name}.txt"));
@@ -160,6 +165,7 @@ http_listen = "127.0.0.1:{}"
 spool_dir = "{}"
 notify = ["sh", "-c", "echo \"$0\" >> {}"]
 {}
+{extra}
 "#,
             c.cluster,
             connect.join(", "),

@@ -188,7 +188,7 @@ pub struct CollectorStatus {
     pub store_error: Option<String>,
     /// Partition files open.
     pub open_files: u64,
-    /// Rows committed per second.
+    /// Rows taken into its open files per second (committed with the file, at the next commit).
     pub rows_per_s: f64,
     /// Every stream it writes.
     #[serde(default)]
