@@ -13,7 +13,6 @@ use switchboard_agent::config::AgentConfig;
 use switchboard_agent::Agent;
 use switchboard_collector::config::CollectorConfig;
 use switchboard_collector::Collector;
-use switchboard_queries::datafusion_batch::RecordBatch;
 use switchboard_queries::{reports, Dataset, OutputFormat, TimeWindow};
 use tokio_util::sync::CancellationToken;
 
@@ -282,7 +281,6 @@ pub enum Format {
 /// Print or write the rows of `rows` as `format`, batch by batch as the query makes them (the
 /// table format holds up to [`switchboard_queries::TABLE_MAX_ROWS`]).
 async fn stream_out(
-    ds: &Dataset,
     rows: switchboard_queries::SendableRecordBatchStream,
     format: Format,
     output: Option<&std::path::Path>,
@@ -304,12 +302,12 @@ async fn stream_out(
             let mut f = std::io::BufWriter::new(
                 std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
             );
-            ds.write_stream(rows, text, &mut f).await?;
+            switchboard_queries::write_stream(rows, text, &mut f).await?;
             std::io::Write::flush(&mut f)?;
         }
         None => {
             let mut out = QuietPipe(std::io::BufWriter::new(std::io::stdout().lock()));
-            ds.write_stream(rows, text, &mut out).await?;
+            switchboard_queries::write_stream(rows, text, &mut out).await?;
             std::io::Write::flush(&mut out)?;
         }
     }
@@ -337,33 +335,6 @@ impl<W: std::io::Write> std::io::Write for QuietPipe<W> {
     fn flush(&mut self) -> std::io::Result<()> {
         Self::quiet(self.0.flush())
     }
-}
-
-/// Print or write `batches` as `format`.
-fn emit(batches: &[RecordBatch], format: Format, output: Option<&std::path::Path>) -> Result<()> {
-    let text = match format {
-        Format::Table => OutputFormat::Table,
-        Format::Csv => OutputFormat::Csv,
-        Format::Json => OutputFormat::Json,
-        Format::Ndjson => OutputFormat::Ndjson,
-        Format::Parquet => {
-            let path = output.context("--format parquet writes a file: give --output FILE")?;
-            let rows = switchboard_queries::write_parquet(batches, path)?;
-            note!("wrote {rows} rows to {}", path.display());
-            return Ok(());
-        }
-    };
-    match output {
-        Some(path) => {
-            let mut f = std::io::BufWriter::new(
-                std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
-            );
-            switchboard_queries::render(batches, text, &mut f)?;
-            std::io::Write::flush(&mut f)?;
-        }
-        None => switchboard_queries::render(batches, text, &mut std::io::stdout().lock())?,
-    }
-    Ok(())
 }
 
 /// Parse `15s`, `500ms`, `2m`, `1h` or a plain number of seconds.
@@ -562,7 +533,7 @@ pub fn run(cli: Cli) -> Result<()> {
             runtime()?.block_on(async {
                 let ds = scope.open().await?.allow_writes(allow_write);
                 let rows = ds.sql_stream(&sql).await?;
-                stream_out(&ds, rows, format, output.as_deref()).await
+                stream_out(rows, format, output.as_deref()).await
             })
         }
         Command::Report { name, scope, bucket, metric, limit, format, plot } => {
@@ -599,7 +570,7 @@ pub fn run(cli: Cli) -> Result<()> {
                         reports::format_bucket(bucket_s)
                     );
                 }
-                emit(&out.batches, format, None)?;
+                stream_out(switchboard_queries::stream_of(out.batches.clone())?, format, None).await?;
                 if let (Some(path), Some((series, value))) = (plot, &out.report.series) {
                     let lines = switchboard_queries::plot::series_of(&out.batches, series, value)?;
                     let svg = switchboard_queries::plot::svg(&lines, &out.title(&name), value);

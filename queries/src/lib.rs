@@ -208,6 +208,12 @@ impl Dataset {
     /// A statement that writes is refused with [`QueryError::ReadOnly`] unless
     /// [`Dataset::allow_writes`] allowed it; the check is on the planned statement, before it runs.
     pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
+        let df = self.frame(sql).await?;
+        collect_with_columns(df).await.map_err(|e| self.explain(e))
+    }
+
+    /// Plan one statement, refusing one that writes unless writes are allowed.
+    async fn frame(&self, sql: &str) -> Result<DataFrame, QueryError> {
         let plan = self.ctx.state().create_logical_plan(sql).await.map_err(|e| self.explain(e))?;
         self.sql_options().verify_plan(&plan).map_err(|e| {
             QueryError::ReadOnly(match e.find_root() {
@@ -215,87 +221,14 @@ impl Dataset {
                 other => other.to_string(),
             })
         })?;
-        let df = self.ctx.execute_logical_plan(plan).await.map_err(|e| self.explain(e))?;
-        collect_with_columns(df).await.map_err(|e| self.explain(e))
+        self.ctx.execute_logical_plan(plan).await.map_err(|e| self.explain(e))
     }
 
     /// Run one SQL statement (checked as [`Dataset::sql`] checks it) and return its rows as a
     /// stream, batch by batch as they are made: a result larger than memory goes through.
     pub async fn sql_stream(&self, sql: &str) -> Result<SendableRecordBatchStream, QueryError> {
-        let plan = self.ctx.state().create_logical_plan(sql).await.map_err(|e| self.explain(e))?;
-        self.sql_options().verify_plan(&plan).map_err(|e| {
-            QueryError::ReadOnly(match e.find_root() {
-                DataFusionError::Plan(reason) => reason.clone(),
-                other => other.to_string(),
-            })
-        })?;
-        let df = self.ctx.execute_logical_plan(plan).await.map_err(|e| self.explain(e))?;
+        let df = self.frame(sql).await?;
         df.execute_stream().await.map_err(|e| self.explain(e))
-    }
-
-    /// Write the rows of `stream` to `out` in `format` as they come (the table format, which
-    /// aligns columns over the whole result, takes at most [`TABLE_MAX_ROWS`]); the rows written.
-    /// Output as [`render`] gives it.
-    pub async fn write_stream(
-        &self,
-        mut stream: SendableRecordBatchStream,
-        format: OutputFormat,
-        out: &mut dyn Write,
-    ) -> Result<u64, QueryError> {
-        use futures::StreamExt as _;
-        let schema = stream.schema();
-        let mut rows = 0u64;
-        let mut next = async || stream.next().await.transpose().map_err(|e| self.explain(e));
-        match format {
-            OutputFormat::Table => {
-                let mut batches = Vec::new();
-                while let Some(b) = next().await? {
-                    rows += b.num_rows() as u64;
-                    if rows > TABLE_MAX_ROWS {
-                        return Err(QueryError::Sql(format!(
-                            "the result has more than {TABLE_MAX_ROWS} rows, more than a table is made for (it is \
-                             held whole to align its columns): use --format csv, json or ndjson, which stream, or \
-                             add a LIMIT"
-                        )));
-                    }
-                    batches.push(b);
-                }
-                if batches.is_empty() {
-                    batches.push(RecordBatch::new_empty(schema));
-                }
-                render(&batches, format, out)?;
-            }
-            OutputFormat::Csv => {
-                let mut w = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(&mut *out);
-                let mut any = false;
-                while let Some(b) = next().await? {
-                    rows += b.num_rows() as u64;
-                    w.write(&flatten_for_csv(&b)?)?;
-                    any = true;
-                }
-                if !any {
-                    w.write(&flatten_for_csv(&RecordBatch::new_empty(schema))?)?;
-                }
-            }
-            OutputFormat::Json => {
-                let mut w = datafusion::arrow::json::ArrayWriter::new(&mut *out);
-                while let Some(b) = next().await? {
-                    rows += b.num_rows() as u64;
-                    w.write(&b)?;
-                }
-                w.finish()?;
-                writeln!(out)?;
-            }
-            OutputFormat::Ndjson => {
-                let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut *out);
-                while let Some(b) = next().await? {
-                    rows += b.num_rows() as u64;
-                    w.write(&b)?;
-                }
-                w.finish()?;
-            }
-        }
-        Ok(rows)
     }
 
     fn explain(&self, e: DataFusionError) -> QueryError {
@@ -361,6 +294,77 @@ async fn register_files(
 
 fn has_parquet(dir: &Path) -> bool {
     switchboard_bus::tables::table_files(dir).is_ok_and(|files| files.iter().any(|f| f.committed))
+}
+
+/// Write the rows of `stream` to `out` in `format` as they come (the table format, which
+/// aligns columns over the whole result, takes at most [`TABLE_MAX_ROWS`]); the rows written.
+/// Output as [`render`] gives it.
+pub async fn write_stream(
+    mut stream: SendableRecordBatchStream,
+    format: OutputFormat,
+    out: &mut dyn Write,
+) -> Result<u64, QueryError> {
+    use futures::StreamExt as _;
+    let schema = stream.schema();
+    let mut rows = 0u64;
+    let mut next = async || stream.next().await.transpose().map_err(QueryError::from);
+    match format {
+        OutputFormat::Table => {
+            let mut batches = Vec::new();
+            while let Some(b) = next().await? {
+                rows += b.num_rows() as u64;
+                if rows > TABLE_MAX_ROWS {
+                    return Err(QueryError::Sql(format!(
+                        "the result has more than {TABLE_MAX_ROWS} rows, more than a table is made for (it is \
+                         held whole to align its columns): use --format csv, json or ndjson, which stream, or \
+                         add a LIMIT"
+                    )));
+                }
+                batches.push(b);
+            }
+            if batches.is_empty() {
+                batches.push(RecordBatch::new_empty(schema));
+            }
+            render(&batches, format, out)?;
+        }
+        OutputFormat::Csv => {
+            let mut w = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(&mut *out);
+            let mut any = false;
+            while let Some(b) = next().await? {
+                rows += b.num_rows() as u64;
+                w.write(&flatten_for_csv(&b)?)?;
+                any = true;
+            }
+            if !any {
+                w.write(&flatten_for_csv(&RecordBatch::new_empty(schema))?)?;
+            }
+        }
+        OutputFormat::Json => {
+            let mut w = datafusion::arrow::json::ArrayWriter::new(&mut *out);
+            while let Some(b) = next().await? {
+                rows += b.num_rows() as u64;
+                w.write(&b)?;
+            }
+            w.finish()?;
+            writeln!(out)?;
+        }
+        OutputFormat::Ndjson => {
+            let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut *out);
+            while let Some(b) = next().await? {
+                rows += b.num_rows() as u64;
+                w.write(&b)?;
+            }
+            w.finish()?;
+        }
+    }
+    Ok(rows)
+}
+
+/// `batches` (at least one) as a stream, for [`write_stream`].
+pub fn stream_of(batches: Vec<RecordBatch>) -> Result<SendableRecordBatchStream, QueryError> {
+    let schema = batches.first().map(RecordBatch::schema).ok_or_else(|| QueryError::Sql("no result".into()))?;
+    let rows = datafusion::physical_plan::memory::MemoryStream::try_new(batches, schema.clone(), None)?;
+    Ok(Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, rows)))
 }
 
 /// The most rows the table format shows: it holds the whole result to align its columns.
