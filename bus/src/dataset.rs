@@ -22,6 +22,14 @@ pub enum DatasetError {
     /// The location is not a path, `file://…` or `s3://bucket[/prefix]`.
     #[error("dataset location {0:?}: use a directory, file:///path or s3://bucket/prefix")]
     Location(String),
+    /// The S3 settings cannot work, said before any request is made.
+    #[error("object store for {location}: {why}")]
+    Settings {
+        /// The location.
+        location: String,
+        /// What is missing or wrong, and where to set it.
+        why: String,
+    },
     /// The object store client could not be built (e.g. no region or credentials).
     #[error("object store for {location}: {source}")]
     Store {
@@ -165,8 +173,35 @@ pub fn s3_store(bucket: &str, options: &StoreOptions) -> Result<Arc<dyn ObjectSt
     if options.allow_http {
         b = b.with_allow_http(true);
     }
+    check_settings(&b).map_err(|why| DatasetError::Settings { location: format!("s3://{bucket}"), why })?;
     let store = b.build().map_err(|source| DatasetError::Store { location: format!("s3://{bucket}"), source })?;
     Ok(Arc::new(store))
+}
+
+/// What would otherwise fail on the first request with an error that does not say why: a plain
+/// `http://` endpoint without `allow_http`, and an endpoint of one's own with no credentials (the
+/// client would ask AWS's instance metadata for some, and print its refusal).
+fn check_settings(b: &AmazonS3Builder) -> Result<(), String> {
+    use object_store::aws::AmazonS3ConfigKey as Key;
+    use object_store::ClientConfigKey;
+    let Some(endpoint) = b.get_config_value(&Key::Endpoint) else { return Ok(()) };
+    let on = |key: &Key| {
+        b.get_config_value(key)
+            .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on"))
+    };
+    if endpoint.starts_with("http://") && !on(&Key::Client(ClientConfigKey::AllowHttp)) {
+        return Err(format!(
+            "the endpoint {endpoint} is plain http: set allow_http = true in [collector.store] (or \
+             AWS_ALLOW_HTTP=true), or use https"
+        ));
+    }
+    if b.get_config_value(&Key::AccessKeyId).is_none() && !on(&Key::SkipSignature) {
+        return Err(format!(
+            "no credentials for {endpoint}: set access_key_id and secret_access_key in [collector.store] \
+             (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -189,5 +224,18 @@ mod tests {
             assert!(Location::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(Location::parse("s3://logs-bucket/sb/").unwrap().display(), "s3://logs-bucket/sb");
+    }
+
+    #[test]
+    fn s3_settings_that_cannot_work_say_what_is_missing() {
+        let endpoint = "http://127.0.0.1:9";
+        let b = AmazonS3Builder::new().with_bucket_name("b").with_endpoint(endpoint);
+        assert!(check_settings(&b).unwrap_err().contains("allow_http = true"));
+        let b = b.with_allow_http(true);
+        assert!(check_settings(&b).unwrap_err().contains("no credentials"));
+        let b = b.with_access_key_id("k").with_secret_access_key("s");
+        check_settings(&b).unwrap();
+        // AWS itself (no endpoint): credentials may come from the instance or the environment.
+        check_settings(&AmazonS3Builder::new().with_bucket_name("b")).unwrap();
     }
 }
