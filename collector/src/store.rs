@@ -432,7 +432,13 @@ mod tests {
         std::fs::write(&left, b"half a file").unwrap();
         std::fs::write(spool.path().join("notes.txt"), b"not ours").unwrap();
         let location = Location::parse("s3://bucket/prefix").unwrap();
-        let options = StoreOptions { endpoint: Some("http://127.0.0.1:9".into()), ..StoreOptions::default() };
+        let options = StoreOptions {
+            endpoint: Some("http://127.0.0.1:9".into()),
+            allow_http: true,
+            access_key_id: Some("k".into()),
+            secret_access_key: Some("s".into()),
+            ..StoreOptions::default()
+        };
         Store::open(&location, &options, spool.path().to_owned()).unwrap();
         assert!(!left.exists());
         assert!(spool.path().join("notes.txt").exists());
