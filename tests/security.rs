@@ -226,6 +226,13 @@ async fn a_peer_without_a_certificate_cannot_connect() {
     assert!(health.contains("\"tls\":true"), "{health}");
     let (_, text) = c.http_get("gw1", "/metrics");
     assert_eq!(metric(&text, "switchboard_bus_tls"), Some(1.0));
+    // The kernel's UDP drops, which quic/ links pay for in stalls, are in its metrics; and a
+    // process with a quic/ endpoint warns when new sockets get less than the recommended buffer.
+    let drops = metric(&text, "switchboard_host_udp_receive_buffer_errors_total").expect("no UDP drops in /metrics");
+    assert!(drops <= switchboard_bus::udp::receive_buffer_drops().unwrap() as f64);
+    let small = switchboard_bus::udp::default_receive_buffer().unwrap() < switchboard_bus::udp::RECOMMENDED_BYTES;
+    let log = s._gw1.log_text();
+    assert_eq!(log.contains("net.core.rmem_default"), small, "{log}");
 
     // Row 1: a client that trusts the CA but shows no certificate, and a plain TCP client.
     let mut zc = zenoh::Config::default();

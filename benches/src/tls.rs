@@ -12,6 +12,7 @@
 use anyhow::Result;
 use switchboard_agent::parse::Format;
 use switchboard_bus::tls::{IdRole, Identity};
+use switchboard_bus::udp;
 
 use crate::{dlr, logs};
 
@@ -38,29 +39,53 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// Datagrams dropped between two readings (0 where the kernel does not say).
+fn drops(before: Option<u64>, after: Option<u64>) -> u64 {
+    after.unwrap_or(0).saturating_sub(before.unwrap_or(0))
+}
+
 pub(crate) fn run(b: &TlsBench) -> Result<()> {
     let _ = PROTO.set(b.transport);
-    println!("secure transport: {}/ (mutual TLS, access policy on)\n", b.transport);
+    println!("secure transport: {}/ (mutual TLS, access policy on)", b.transport);
+    match udp::default_receive_buffer() {
+        Some(bytes) => println!(
+            "UDP receive buffer of a new socket (net.core.rmem_default): {} KiB{}\n",
+            bytes / 1024,
+            if bytes < udp::RECOMMENDED_BYTES { " (below the 4096 KiB docs/security.md recommends for quic/)" } else { "" }
+        ),
+        None => println!(),
+    }
     let opts = logs::LogsBench { lines: b.lines, format: Format::Plain, kv_in_message: false, repeat: b.repeat };
     let certs = tempfile::tempdir()?;
     let ids = [Identity::new(IdRole::Collector, "c")?, Identity::new(IdRole::Agent, "gw0")?];
     switchboard_bus::tls::write_cluster(certs.path(), &ids)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let (mut plain, mut tls) = (Vec::new(), Vec::new());
+    let (mut plain_drops, mut tls_drops) = (0, 0);
     for _ in 0..b.repeat.max(1) {
+        let before = udp::receive_buffer_drops();
         plain.push(rt.block_on(logs::end_to_end_with(&opts, 1, true, None, |_| {}))?);
+        let between = udp::receive_buffer_drops();
         tls.push(rt.block_on(logs::end_to_end_with(&opts, 1, true, Some(certs.path()), |_| {}))?);
+        plain_drops += drops(before, between);
+        tls_drops += drops(between, udp::receive_buffer_drops());
     }
     println!("end to end, 1 agent, {} lines, acknowledgements on (median of {}):", b.lines, b.repeat.max(1));
     let (p, t) = (median(plain.clone()), median(tls.clone()));
     println!("  plain TCP   {p:>12.0} lines/s   runs {plain:.0?}");
     println!("  mutual TLS  {t:>12.0} lines/s   runs {tls:.0?}");
     println!("  TLS / plain {:>12.2}   (target at least 0.90)", t / p.max(1.0));
+    println!("  UDP datagrams dropped for a full receive buffer: plain runs {plain_drops}, TLS runs {tls_drops}");
 
     println!("\nDLR ask stream, 3 nodes with {} open records each, {} lookups/s:", b.records, b.rate);
     let repeat = u32::try_from(b.repeat.max(1)).unwrap_or(1);
+    let before = udp::receive_buffer_drops();
     let plain = dlr::ask_stream(b.records, b.lookups, b.rate, repeat, false)?;
+    let plain_unanswered = dlr::take_unanswered();
+    let between = udp::receive_buffer_drops();
     let tls = dlr::ask_stream(b.records, b.lookups, b.rate, repeat, true)?;
+    let tls_unanswered = dlr::take_unanswered();
+    let (plain_drops, tls_drops) = (drops(before, between), drops(between, udp::receive_buffer_drops()));
     let p99 = |runs: &[dlr::Run]| -> Vec<f64> {
         runs.iter().map(|((_, h), _)| h.value_at_quantile(0.99) as f64 / 1e3).collect()
     };
@@ -71,5 +96,7 @@ pub(crate) fn run(b: &TlsBench) -> Result<()> {
     println!("  plain TCP   p50 {:>7.1} µs   p99 {:>7.1} µs (median; runs {pp:.1?})", p50(&plain), median(pp.clone()));
     println!("  mutual TLS  p50 {:>7.1} µs   p99 {:>7.1} µs (median; runs {tp:.1?})", p50(&tls), median(tp.clone()));
     println!("  TLS / plain p99 {:>7.2}   (target at most 1.20)", median(tp) / median(pp).max(0.001));
+    println!("  asks unanswered within 2 s (in the latencies at 2 s): plain {plain_unanswered}, TLS {tls_unanswered}");
+    println!("  UDP datagrams dropped for a full receive buffer: plain {plain_drops}, TLS {tls_drops}");
     Ok(())
 }

@@ -213,6 +213,7 @@ async fn metrics(State(r): State<Arc<dyn Report>>) -> impl IntoResponse {
     let mut text = r.metrics();
     let mut bus = Metrics::new();
     crate::refusals::render(&mut bus);
+    crate::udp::render(&mut bus);
     // The family is always there (without series when nothing was left out), so dashboards can
     // rely on it.
     if !text.contains(&format!("# TYPE {LEFT_OUT} ")) {

@@ -23,6 +23,7 @@
 //!   the documents on the bus;
 //! - [`tables`]: the dataset's tables and the agents' own streams that feed them;
 //! - [`http`]: the `/health` and `/metrics` endpoint of long-running processes;
+//! - [`udp`]: the kernel's UDP receive buffers that `quic/` links depend on;
 //! - [`wire`]: versioned payload schemas (Arrow IPC), e.g. [`wire::log_batch`].
 //!
 //! `docs/protocol.md` documents the same key space and payloads for clients in other languages.
@@ -45,6 +46,7 @@ pub mod session;
 pub mod status;
 pub mod tables;
 pub mod tls;
+pub mod udp;
 pub mod vital;
 pub mod wire;
 

@@ -96,6 +96,9 @@ pub async fn open(config: &BusConfig, role: Option<IdRole>) -> Result<Session, S
                      load; use quic/ endpoints (docs/security.md)"
                 );
             }
+            if role.is_some() {
+                crate::udp::warn_if_small(config.listen.iter().chain(&config.connect));
+            }
             tracing::info!(
                 identity = %creds.identity,
                 members = creds.members.len(),
