@@ -304,11 +304,23 @@ fn collectors_cut_off_from_each_other_keep_the_dataset_exactly_once() {
     eprintln!("cutting c1 <-> c2");
     proxy.cut();
     // Both think the other is gone: the standby claims, the writer is fenced at its next commit,
-    // and the back-off keeps them from taking turns at every commit.
-    std::thread::sleep(Duration::from_secs(12));
+    // and the back-off keeps them from taking turns at every commit. The one fenced by a
+    // collector it cannot see says the bus is split (degraded), and stops saying it once healed.
+    let split = |name: &str| {
+        let (_, h) = health(&c, name);
+        let problems = h["problems"].as_array().cloned().unwrap_or_default();
+        let said = problems.iter().any(|p| p.as_str().is_some_and(|p| p.contains("the bus is split")));
+        (said && h["status"] == "degraded", h)
+    };
+    let cut = Instant::now();
+    let said = wait_until(Duration::from_secs(12), || split("c1").0 || split("c2").0);
+    assert!(said, "no collector said the bus is split: {}\n{}", split("c1").1, split("c2").1);
+    std::thread::sleep(Duration::from_secs(12).saturating_sub(cut.elapsed()));
     eprintln!("healing");
     proxy.heal();
-    std::thread::sleep(Duration::from_secs(4));
+    let cleared = wait_until(Duration::from_secs(15), || !split("c1").0 && !split("c2").0);
+    assert!(cleared, "a split still reported after healing: {}\n{}", split("c1").1, split("c2").1);
+    std::thread::sleep(Duration::from_secs(2));
     let counts: Vec<(&str, usize)> = writers.into_iter().zip(NODES).map(|(w, n)| (n, w.stop())).collect();
     let total: usize = counts.iter().map(|x| x.1).sum();
     let ok = wait_until(DEADLINE, || count_logs(&c.dataset()) >= total);

@@ -27,6 +27,8 @@ pub const TICK: Duration = Duration::from_millis(200);
 const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 /// The longest wait before claiming again.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A split bus is reported until this long passes without a fence by an unseen writer.
+const SPLIT_QUIET: Duration = Duration::from_secs(3 * 60);
 /// After starting, wait this long for the bus to show the live collectors before claiming.
 const SETTLE: Duration = Duration::from_millis(500);
 
@@ -52,6 +54,10 @@ pub struct GroupStatus {
     /// Why this collector will not write the dataset (its promoted columns' types differ from
     /// the current writer's), while that lasts.
     pub refused: Option<String>,
+    /// Why the bus looks split between collectors (one this collector cannot see took the
+    /// dataset from it), until that collector is seen or [`SPLIT_QUIET`] passes without another
+    /// fence by a collector it cannot see.
+    pub split: Option<String>,
 }
 
 /// The outcome of [`Group::commit`].
@@ -98,6 +104,8 @@ pub struct Group {
     commits_since_hint: u64,
     /// Another process writes under this collector's name: it never claims again.
     twin: bool,
+    /// The collector this one could not see when it last took the dataset from it, and when.
+    split: Option<(String, Instant)>,
     /// This collector's promoted columns of `logs`, recorded in its claims and commits.
     columns: BTreeMap<String, ColumnType>,
     cancel: CancellationToken,
@@ -137,6 +145,7 @@ impl Group {
             holder_seen_live: None,
             commits_since_hint: 0,
             twin: false,
+            split: None,
             columns,
             cancel,
         };
@@ -210,6 +219,7 @@ impl Group {
             let leader = last.writer.clone();
             self.update(|s| s.leader = Some(leader));
         }
+        self.check_split();
         let was_leader = self.is_leader();
         if self.twin_in(&out.records) {
             out.stepped_down = was_leader;
@@ -218,7 +228,9 @@ impl Group {
         if self.is_leader() {
             if let Some(r) = out.records.iter().find(|r| r.kind == Kind::Claim) {
                 let why = format!("{} claimed the dataset at epoch {}", r.writer, r.seq);
+                let writer = r.writer.clone();
                 self.step_down(&why);
+                self.fenced_by(&writer);
                 out.stepped_down = true;
             }
             return out;
@@ -256,6 +268,38 @@ impl Group {
         self.twin = true;
         switchboard_bus::vital::fail(why, self.cancel.clone());
         true
+    }
+
+    /// This collector was fenced by `writer`: when it cannot see that collector on the bus, the
+    /// bus is split between collectors, which take turns at the store (each claims when the
+    /// other seems gone); `/health` says so until [`Group::check_split`] clears it.
+    fn fenced_by(&mut self, writer: &str) {
+        if writer == self.name || self.membership.live_of(Role::Collector).iter().any(|c| c == writer) {
+            return;
+        }
+        let why = format!(
+            "collector {writer} took the dataset while this collector cannot see it on the bus: the bus is split \
+             between collectors, which take turns writing (each waits up to {} s after being fenced); link them \
+             (`mesh.sees` of each /health)",
+            MAX_BACKOFF.as_secs()
+        );
+        if self.split.is_none() {
+            tracing::error!("{why}");
+        }
+        self.split = Some((writer.to_owned(), Instant::now()));
+        self.update(|s| s.split = Some(why));
+    }
+
+    /// Clear a split once the collector that fenced this one is seen on the bus, or once
+    /// [`SPLIT_QUIET`] passed without another fence by a collector this one cannot see.
+    fn check_split(&mut self) {
+        let Some((writer, at)) = &self.split else { return };
+        let seen = self.membership.live_of(Role::Collector).contains(writer);
+        if seen || at.elapsed() >= SPLIT_QUIET {
+            tracing::info!(collector = %writer, seen, "no longer reporting a split bus between collectors");
+            self.split = None;
+            self.update(|s| s.split = None);
+        }
     }
 
     fn holder_gone(&self, last: Option<&Record>) -> bool {
@@ -458,10 +502,14 @@ impl Group {
                 let who = read
                     .first()
                     .map_or_else(|| "an unreadable record".to_owned(), |r| format!("{} (epoch {})", r.writer, r.epoch));
+                let writer = read.first().map(|r| r.writer.clone());
                 if let Ok(more) = self.log.poll(&self.store).await {
                     read.extend(more);
                 }
                 self.step_down(&format!("the commit log slot this commit needed holds a record of {who}"));
+                if let Some(w) = writer {
+                    self.fenced_by(&w);
+                }
                 return Commit::Fenced(read);
             }
             Err(e) => {

@@ -48,6 +48,7 @@ impl switchboard_bus::http::Report for CollectorReport {
                 "two processes publish as node {node}: one's lines are dropped as duplicates of the other's"
             ));
         }
+        h.degraded.extend(group.split.clone());
         h.degraded.extend(self.mesh.problems().iter().map(|p| format!("bus mesh: {p}")));
         let details = serde_json::json!({
             "collector": self.name,
