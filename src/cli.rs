@@ -382,7 +382,11 @@ pub fn error_chain(e: &anyhow::Error) -> String {
 const QUIET_ZENOH: &str = "zenoh::net::runtime::orchestrator=error,zenoh_link_commons::quic::utils=error,\
                            zenoh_link_tls::utils=error,zenoh::net::routing::interceptor::access_control=error";
 
-fn init_tracing(filter: Option<&str>, default: &str) {
+/// Logs to stderr as `filter` (else `default`) says. A long-running process (`counts_denials`)
+/// also counts zenoh's access-control denials for its `/metrics`; a one-shot command has no
+/// metrics to count them in and says nothing of them (what a command's session refuses while
+/// its links come up is traffic the processes send it through one another, not an attack on it).
+fn init_tracing(filter: Option<&str>, default: &str, counts_denials: bool) {
     use std::io::IsTerminal;
     // A filter that names no zenoh target gets the quieting too.
     let wanted = match filter {
@@ -401,8 +405,9 @@ fn init_tracing(filter: Option<&str>, default: &str) {
     use tracing_subscriber::Layer as _;
     let log = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr).with_filter(filter);
     // zenoh's access-control decisions, whatever the log filter: the denials are counted.
-    let denials = switchboard_bus::refusals::AccessDeniedLayer
-        .with_filter(switchboard_bus::refusals::AccessDeniedLayer::filter());
+    let denials = counts_denials.then(|| {
+        switchboard_bus::refusals::AccessDeniedLayer.with_filter(switchboard_bus::refusals::AccessDeniedLayer::filter())
+    });
     let _ = tracing_subscriber::registry().with(log).with(denials).try_init();
 }
 
@@ -481,7 +486,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let log = cli.log.as_deref();
     match cli.command {
         Command::Agent { config, check } => {
-            init_tracing(log, "info");
+            init_tracing(log, "info", true);
             let cfg = AgentConfig::load(&config)?;
             let idle = cfg.idle_warning();
             if check {
@@ -513,7 +518,7 @@ pub fn run(cli: Cli) -> Result<()> {
             })
         }
         Command::Collector { config, check } => {
-            init_tracing(log, "info");
+            init_tracing(log, "info", true);
             let cfg = CollectorConfig::load(&config)?;
             if check {
                 check_tls(&cfg.bus, switchboard_bus::tls::IdRole::Collector)
@@ -529,7 +534,7 @@ pub fn run(cli: Cli) -> Result<()> {
             })
         }
         Command::Query { sql, scope, format, output, allow_write } => {
-            init_tracing(log, "warn");
+            init_tracing(log, "warn", false);
             runtime()?.block_on(async {
                 let ds = scope.open().await?.allow_writes(allow_write);
                 let rows = ds.sql_stream(&sql).await?;
@@ -537,7 +542,7 @@ pub fn run(cli: Cli) -> Result<()> {
             })
         }
         Command::Report { name, scope, bucket, metric, limit, format, plot } => {
-            init_tracing(log, "warn");
+            init_tracing(log, "warn", false);
             if name == "list" {
                 for (n, about) in reports::REPORTS {
                     out!("{n:<12} {about}");
@@ -581,20 +586,20 @@ pub fn run(cli: Cli) -> Result<()> {
             })
         }
         Command::Limits { command } => {
-            init_tracing(log, "warn");
+            init_tracing(log, "warn", false);
             runtime()?.block_on(closing(crate::limits_cmd::run(command)))
         }
         Command::Config { command } => {
-            init_tracing(log, "warn");
+            init_tracing(log, "warn", false);
             std::process::exit(exit_code(runtime()?.block_on(closing(crate::config_cmd::run(command))), 1))
         }
         Command::Certs { command } => crate::certs::run(command),
         Command::Status(args) => {
-            init_tracing(log, "error");
+            init_tracing(log, "error", false);
             std::process::exit(exit_code(runtime()?.block_on(closing(crate::status_cmd::run(args))), 2))
         }
         Command::Demo { duration, dir, nodes, rate, port, no_kill } => {
-            init_tracing(log, "warn");
+            init_tracing(log, "warn", false);
             runtime()?.block_on(async {
                 let cancel = shutdown_token();
                 let opts = DemoOptions { duration, dir, nodes, rate, port, kill: !no_kill };

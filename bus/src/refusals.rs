@@ -103,11 +103,17 @@ pub(crate) fn set_prefix(prefix: &str) {
 /// Whether a denial is of zenoh's interest in declarations on a key that is only put and
 /// subscribed to (no process answers queries there). zenoh checks that interest, which a
 /// process sends as it declares a publisher or subscriber and as links come up, as a `Query`
-/// (`unauthorized to Query (ingress) on <prefix>/head`), so a healthy cluster would count a
-/// burst of them at every start. What such a message could ask, no one answers: not a refusal
-/// worth counting.
+/// (`unauthorized to Query (ingress) on <prefix>/head`), and the declarations sent back for it
+/// as a `Reply` on the declared key, so a healthy cluster would count a burst of them at every
+/// start and at every command-line session. What such a message could ask, no one answers, and
+/// a reply there answers no one's query: not a refusal worth counting.
 fn is_declaration_interest(message: &str) -> bool {
-    let Some((_, key)) = message.split_once("unauthorized to Query (ingress) on ") else { return false };
+    let Some((_, key)) = message
+        .split_once("unauthorized to Query (ingress) on ")
+        .or_else(|| message.split_once("unauthorized to Reply (ingress) on "))
+    else {
+        return false;
+    };
     let key = key.split_whitespace().next().unwrap_or_default();
     let Ok(prefix) = PREFIX.lock() else { return false };
     let Some(rest) = key.strip_prefix(prefix.as_str()).and_then(|r| r.strip_prefix('/')) else { return false };
@@ -189,13 +195,16 @@ mod tests {
         for key in ["sb/t/head", "sb/t/stream", "sb/t/dlr/answer/gw1.5c0f", "sb/t/config/push", "sb/t/watermark/c1/gw2"]
         {
             assert!(is_declaration_interest(&denied("Query", key)), "{key}");
+            assert!(is_declaration_interest(&denied("Reply", key)), "{key}");
         }
         for key in
             ["sb/t/replay/gw1/log/app", "sb/t/dlr/id/c/1", "sb/t/headx", "sb/other/head", "sb/t/config/object/gw1/x"]
         {
             assert!(!is_declaration_interest(&denied("Query", key)), "{key}");
+            assert!(!is_declaration_interest(&denied("Reply", key)), "{key}");
         }
         assert!(!is_declaration_interest(&denied("Put", "sb/t/head")));
+        assert!(!is_declaration_interest(&denied("Delete", "sb/t/head")));
     }
 
     use super::*;
