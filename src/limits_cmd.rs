@@ -70,7 +70,8 @@ pub enum LimitsCommand {
     Set {
         /// The limits file.
         file: PathBuf,
-        /// Who sets it (kept in the history). Default: $USER.
+        /// Who sets it (kept in the history). Default: the identity of the TLS certificate, else
+        /// $USER.
         #[arg(long)]
         author: Option<String>,
         /// Why (kept in the history).

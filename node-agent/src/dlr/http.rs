@@ -101,8 +101,14 @@ async fn inbox(State(s): State<Arc<DlrService>>, Query(q): Query<HashMap<String,
             v.parse().map_err(|_| DlrError::BadRequest(format!("{name} must be a non-negative integer")))
         })
     };
-    let (after, max, wait) = match (num("after", 0), num("max", 1000), num("wait_ms", 0)) {
-        (Ok(a), Ok(m), Ok(w)) => (a, (m as usize).clamp(1, MAX_INBOX), w.min(60_000)),
+    // Any integer, moved between 1 and MAX_INBOX (negative or past u64 included).
+    let max = q.get("max").map_or(Ok(1000), |v| {
+        v.parse::<i128>()
+            .map(|m| usize::try_from(m.clamp(1, MAX_INBOX as i128)).unwrap_or(MAX_INBOX))
+            .map_err(|_| DlrError::BadRequest("max must be an integer".into()))
+    });
+    let (after, max, wait) = match (num("after", 0), max, num("wait_ms", 0)) {
+        (Ok(a), Ok(m), Ok(w)) => (a, m, w.min(60_000)),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return error(&s, e),
     };
     match s.inbox(after, max, Duration::from_millis(wait)).await {
