@@ -14,7 +14,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -349,8 +349,9 @@ async fn close_gently<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(read: R, mut 
 pub(crate) trait LineService {
     /// Answer one request line: now (appended to `out`), or later.
     fn answer_line(&self, line: &[u8], out: &mut Vec<u8>) -> Option<Later>;
-    /// Whether the request on `line` changes what later requests see (it writes): until it is
-    /// answered, its connection reads no further request.
+    /// Whether the request on `line` changes what later requests see (it writes): until its
+    /// work is done (its answer may wait its turn after that), its connection reads no further
+    /// request.
     fn writes(&self, _line: &[u8]) -> bool {
         false
     }
@@ -363,8 +364,8 @@ impl LineService for Gateway {
         Gateway::answer_line(self, line, out)
     }
 
-    /// A registration and a close: a request behind one on the same connection sees the
-    /// record it made or closed. Reports run concurrently.
+    /// A registration and a close: a request behind one on the same connection is read once
+    /// it is done, so it sees the record it made or closed. Reports run concurrently.
     fn writes(&self, line: &[u8]) -> bool {
         line.starts_with(b"REGISTER") || line.starts_with(b"CLOSE")
     }
@@ -450,6 +451,7 @@ where
         if !reading && due.is_empty() {
             return;
         }
+        let (write_done, writing) = (due.write_done.clone(), due.writing());
         tokio::select! {
             _ = cancel.cancelled() => return,
             answer = due.next(), if !due.is_empty() => {
@@ -457,6 +459,8 @@ where
                     out.extend_from_slice(&answer);
                 }
             }
+            // A write done before its answer's turn lets reading go on.
+            _ = write_done.notified(), if writing => {}
             n = read_line(&mut reader, &mut line), if may_read => {
                 match n {
                     // The end of the stream: a last line without its newline is still answered.
@@ -497,31 +501,35 @@ where
 }
 
 /// A connection's answers still due, in request order, and whether a write among them holds
-/// back further requests.
+/// back further requests: until the write itself is done (the record registered or closed), not
+/// until its answer's turn, so a wait pipelined before it does not hold the connection.
 #[derive(Default)]
 struct Due {
     queue: FuturesOrdered<Later>,
-    /// Answers taken from the queue so far.
-    taken: u64,
-    /// The number (in the queue's order, from 0) of the last write pushed and not yet answered.
-    write_at: Option<u64>,
+    /// Writes pushed whose work is not done yet (their answers may still wait their turn).
+    writes: Arc<AtomicUsize>,
+    /// Woken as each write is done.
+    write_done: Arc<tokio::sync::Notify>,
 }
 
 impl Due {
     fn push(&mut self, later: Later, writes: bool) {
-        if writes {
-            self.write_at = Some(self.taken + self.queue.len() as u64);
+        if !writes {
+            self.queue.push_back(later);
+            return;
         }
-        self.queue.push_back(later);
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let (pending, done) = (self.writes.clone(), self.write_done.clone());
+        self.queue.push_back(Box::pin(async move {
+            let answer = later.await;
+            pending.fetch_sub(1, Ordering::Relaxed);
+            done.notify_one();
+            answer
+        }));
     }
 
     async fn next(&mut self) -> Option<Vec<u8>> {
-        let answer = self.queue.next().await?;
-        self.taken += 1;
-        if self.write_at.is_some_and(|at| at < self.taken) {
-            self.write_at = None;
-        }
-        Some(answer)
+        self.queue.next().await
     }
 
     fn len(&self) -> usize {
@@ -532,9 +540,9 @@ impl Due {
         self.queue.is_empty()
     }
 
-    /// Whether a write is still to be answered.
+    /// Whether a write is not done yet.
     fn writing(&self) -> bool {
-        self.write_at.is_some()
+        self.writes.load(Ordering::Relaxed) > 0
     }
 }
 
@@ -672,6 +680,20 @@ mod tests {
         // together again.
         gateway.write_all(b"WRITE 100 7\nREAD\nWRITE 0 8\nSLOW 200 a\nSLOW 200 b\nREAD\n").await.unwrap();
         expect_answers(&mut gateway, b"WROTE 7\nREAD 7\nWROTE 8\nSLOW a\nSLOW b\nREAD 8\n", "behind a write").await;
+        assert!(t.elapsed() < std::time::Duration::from_millis(500), "took {:?}", t.elapsed());
+        drop(gateway);
+        served.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_write_behind_a_wait_holds_reading_only_until_it_is_done() {
+        let (mut gateway, served) = echo_connection();
+        let t = std::time::Instant::now();
+        // The WRITE is done at once but answered after the first SLOW; the second SLOW, behind
+        // the WRITE, is read as soon as the WRITE is done, so the two waits run together
+        // (about 300 ms, not 600), and the READ still sees the write.
+        gateway.write_all(b"SLOW 300 a\nWRITE 0 5\nSLOW 300 b\nREAD\n").await.unwrap();
+        expect_answers(&mut gateway, b"SLOW a\nWROTE 5\nSLOW b\nREAD 5\n", "a write behind a wait").await;
         assert!(t.elapsed() < std::time::Duration::from_millis(500), "took {:?}", t.elapsed());
         drop(gateway);
         served.await.unwrap();
