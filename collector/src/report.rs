@@ -36,7 +36,7 @@ impl switchboard_bus::http::Report for CollectorReport {
     fn health(&self) -> Health {
         let st = self.status.borrow().clone();
         let lag: BTreeMap<String, serde_json::Value> =
-            st.lag.iter().map(|(k, (r, s))| (k.to_string(), serde_json::json!({"records": r, "seconds": s}))).collect();
+            st.lag.iter().map(|(k, l)| (k.to_string(), serde_json::json!({"records": l.records, "seconds": l.seconds()}))).collect();
         let group = self.group.lock().map(|g| g.clone()).unwrap_or_default();
         let mut h = Health::default();
         h.failing.extend(st.failing.clone());
@@ -168,12 +168,12 @@ impl switchboard_bus::http::Report for CollectorReport {
             .gauge_series(
                 "switchboard_collector_stream_lag_records",
                 "Records announced by the agent and not yet committed.",
-                st.lag.iter().map(|(k, (r, _))| (vec![("stream", k.to_string())], *r as f64)),
+                st.lag.iter().map(|(k, l)| (vec![("stream", k.to_string())], l.records as f64)),
             )
             .gauge_series(
                 "switchboard_collector_stream_lag_seconds",
                 "Age of the stream's oldest record not committed (since the agent first announced it).",
-                st.lag.iter().map(|(k, (_, secs))| (vec![("stream", k.to_string())], *secs)),
+                st.lag.iter().map(|(k, l)| (vec![("stream", k.to_string())], l.seconds())),
             );
         let latest = self.latest.snapshot();
         m.gauge_series(

@@ -70,10 +70,10 @@ impl StreamState {
         self.committed.contiguous_from_zero().map_or(0, |w| w + 1)
     }
 
-    /// Seconds since the oldest record not committed was first announced (0 if none).
-    fn lag_seconds(&self) -> f64 {
+    /// When the oldest record not committed was first announced (`None` if none).
+    fn behind_since(&self) -> Option<Instant> {
         let done = self.done();
-        self.behind.iter().find(|(head, _)| *head > done).map_or(0.0, |(_, t)| t.elapsed().as_secs_f64())
+        self.behind.iter().find(|(head, _)| *head > done).map(|(_, t)| *t)
     }
 
     /// Take a new head.
@@ -98,8 +98,8 @@ impl StreamState {
 pub struct SinkStatus {
     /// Per stream: committed contiguous prefix.
     pub watermarks: BTreeMap<StreamId, u64>,
-    /// Per stream: `(records behind the agent's head, seconds behind)`.
-    pub lag: BTreeMap<StreamId, (u64, f64)>,
+    /// Per stream: how far behind the agent's head its commits are.
+    pub lag: BTreeMap<StreamId, Lag>,
     /// The last write or commit error, while it is not followed by a successful commit.
     pub failing: Option<String>,
     /// Files open (uncommitted).
@@ -107,6 +107,24 @@ pub struct SinkStatus {
     /// The epoch this collector writes under; `None` for a standby (which publishes no
     /// watermarks).
     pub epoch: Option<u64>,
+}
+
+/// How far one stream's commits are behind its agent's head.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Lag {
+    /// Records announced and not committed, as of the status.
+    pub records: u64,
+    /// When the oldest record not committed was first announced. An instant, not an age, so the
+    /// age read from a status keeps growing while the intake is held up (a commit retrying
+    /// against a failing store publishes no new status).
+    pub since: Option<Instant>,
+}
+
+impl Lag {
+    /// The age of the oldest record not committed, now (0 if none).
+    pub fn seconds(&self) -> f64 {
+        self.since.map_or(0.0, |t| t.elapsed().as_secs_f64())
+    }
 }
 
 /// A range of one stream to pull from its agent's replay queryable.
@@ -183,7 +201,7 @@ impl LogsSink {
             .streams
             .iter()
             .filter(|(_, s)| s.head > 0)
-            .map(|(k, s)| (k.clone(), (s.head.saturating_sub(s.done()), s.lag_seconds())))
+            .map(|(k, s)| (k.clone(), Lag { records: s.head.saturating_sub(s.done()), since: s.behind_since() }))
             .collect();
         SinkStatus {
             watermarks: self.watermarks(),
@@ -622,18 +640,23 @@ mod tests {
     /// the age of the oldest record not committed, not how long the prefix has been behind.
     #[test]
     fn the_lag_is_the_age_of_the_oldest_record_not_committed() {
+        let lag = |st: &StreamState| Lag { records: 0, since: st.behind_since() };
         let mut st = StreamState::default();
         st.announce(100);
         std::thread::sleep(Duration::from_millis(60));
-        assert!(st.lag_seconds() >= 0.06);
+        assert!(lag(&st).seconds() >= 0.06);
+        // A status taken once keeps aging (the intake may be held up by a commit retrying).
+        let taken = lag(&st);
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(taken.seconds() >= 0.09, "{} s", taken.seconds());
         for round in 1..=10u64 {
             st.committed.insert(0, round * 100 - 1); // what was announced before is committed
             st.announce((round + 1) * 100);
             std::thread::sleep(Duration::from_millis(30));
         }
-        assert!(st.lag_seconds() < 0.3, "{} s", st.lag_seconds());
+        assert!(lag(&st).seconds() < 0.3, "{} s", lag(&st).seconds());
         st.committed.insert(0, 1099);
-        assert_eq!(st.lag_seconds(), 0.0);
+        assert_eq!(lag(&st).seconds(), 0.0);
         // Bounded whatever the heads: the newest entry takes the head past the bound.
         for h in 1200..1200 + 10 * MAX_BEHIND as u64 {
             st.announce(h);

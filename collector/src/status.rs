@@ -35,7 +35,8 @@ impl CollectorReport {
             .watermarks
             .iter()
             .map(|(id, committed)| {
-                let (lag_records, lag_seconds) = st.lag.get(id).copied().unwrap_or((0, 0.0));
+                let lag = st.lag.get(id).copied().unwrap_or_default();
+                let (lag_records, lag_seconds) = (lag.records, lag.seconds());
                 StreamStatus {
                     node: id.node.clone(),
                     stream: id.local(),
