@@ -215,7 +215,9 @@ pub enum Command {
 pub struct Scope {
     /// The dataset root (the collector's `data_dir`): a directory, or `s3://bucket/prefix` (the
     /// endpoint, region and credentials from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
-    /// AWS_SECRET_ACCESS_KEY; AWS_ALLOW_HTTP=true for a plain http:// endpoint).
+    /// AWS_SECRET_ACCESS_KEY; AWS_ALLOW_HTTP=true for a plain http:// endpoint). Without it and
+    /// with no switchboard-data here, the demo's dataset (switchboard-demo/dataset) is read if
+    /// it exists, and stderr says so.
     #[arg(long, env = "SWITCHBOARD_DATA", default_value = DEFAULT_DATA)]
     pub data: PathBuf,
     /// Only rows at or after this time: RFC 3339, a UTC date (`2026-11-22`, `2026-11-22 10:00`)

@@ -158,6 +158,8 @@ fn status_shows_the_cluster_and_a_killed_node_as_gone_with_exit_codes() {
     assert_eq!(check(&[&url(&c, "gw1")]), 0);
     assert_eq!(check(&[&format!("{}/", url(&c, "gw1"))]), 0, "a URL with a trailing slash names the same process");
     assert_eq!(check(&["--strict", &url(&c, "gw1")]), 0);
+    assert_eq!(check(&["--token", "t", &url(&c, "gw1")]), 0);
+    assert_eq!(check(&[&url(&c, "gw1"), "--token"]), 0, "a --token without its value is no answer from the process");
     assert_eq!(check(&["--leader", &url(&c, "collector")]), 0);
     assert_eq!(check(&["--leader", &url(&c, "gw1")]), 1, "an agent is no collector leader");
     assert_eq!(check(&[&format!("http://127.0.0.1:{}", free_port())]), 2, "nothing listens there");

@@ -348,7 +348,7 @@ fn progress(run: &Run, last: &mut (u64, Instant)) {
     *last = (allowed, Instant::now());
     let d = &run.load.dlr;
     note!(
-        "  [{:>3}s/{}s] log lines written {:>7}, rows committed {:>7} | limit: {:>4.0} allowed/s of {LIMIT_RATE} | DLRs: {} registered, {} delivered from another node, {} by copies",
+        "  [{:>3}s/{}s] log lines written {:>7}, committed {:>7} | limit: {:>4.0} allowed/s of {LIMIT_RATE} | DLRs: {} registered, {} delivered from another node, {} by copies",
         run.started.elapsed().as_secs(),
         run.duration.as_secs(),
         written,
@@ -360,11 +360,18 @@ fn progress(run: &Run, last: &mut (u64, Instant)) {
     );
 }
 
-/// The collector's committed row count, from its `/metrics`.
+/// The log lines the collector has committed, from its `/health` watermarks.
 fn collector_committed(ports: &Ports) -> Option<u64> {
-    let (_, body) = HttpClient::new(ports.collector_http()).get("/metrics").ok()?;
-    body.lines()
-        .find_map(|l| l.strip_prefix(switchboard_collector::stats::ROWS_COMMITTED_METRIC)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|v| v as u64)
+    // The gateways' log streams only (the agents' own `_metrics`, `_limits`, `_dlr` streams
+    // are rows too, but not log lines): each watermark is the highest sequence number committed.
+    let (_, body) = HttpClient::new(ports.collector_http()).get("/health").ok()?;
+    let health: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let marks = health.get("watermarks")?.as_object()?;
+    let lines = marks
+        .iter()
+        .filter(|(stream, _)| stream.rsplit('/').next().is_some_and(|name| !name.starts_with('_')))
+        .filter_map(|(_, w)| w.as_u64())
+        .map(|w| w.saturating_add(1))
+        .sum();
+    Some(lines)
 }

@@ -100,6 +100,18 @@ pub struct CollectorRow {
     pub store_error: Option<String>,
 }
 
+impl CollectorRow {
+    /// The store column: its error, `ok` from a collector that answered, `-` from one that is
+    /// gone or silent (nothing is known of its store).
+    pub fn store_text(&self) -> &str {
+        match &self.store_error {
+            Some(e) => e,
+            None if self.alive && self.role != "silent" && self.role != "gone" => "ok",
+            None => "-",
+        }
+    }
+}
+
 /// One stream.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StreamRow {

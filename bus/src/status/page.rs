@@ -296,7 +296,7 @@ fn render_body(c: &ClusterStatus, history: &[Sample]) -> String {
             x.streams,
             num(x.rows_per_s),
             opt(x.last_commit_age_s.map(|s| format!("{} ago", human_secs(s)))),
-            esc(x.store_error.as_deref().unwrap_or("ok")),
+            esc(x.store_text()),
             name = esc(&x.name),
             h = esc(&x.health),
         );

@@ -83,7 +83,9 @@ pub fn render(c: &ClusterStatus) -> String {
     );
     if c.level == Level::Unreachable {
         out.push_str(
-            "\nno process answered and no liveliness token was seen: is --connect a process of the cluster?\n",
+            "\nno process answered and no liveliness token was seen: is --connect (or the connect and listen \
+             endpoints of --config) a process of the cluster that is running? An agent's own bus port is \
+             random unless its [bus] listen sets one.\n",
         );
         return out;
     }
@@ -121,7 +123,7 @@ pub fn render(c: &ClusterStatus) -> String {
             x.streams.to_string(),
             rate(x.rows_per_s),
             opt(x.last_commit_age_s.map(|s| format!("{} ago", human_secs(s)))),
-            x.store_error.clone().unwrap_or_else(|| "ok".to_owned()),
+            x.store_text().to_owned(),
         ]);
     }
     t.write(&mut out);
