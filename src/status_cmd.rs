@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{Args, ValueEnum};
 use switchboard_bus::status::cluster::{assemble, ClusterStatus, Level};
 use switchboard_bus::status::{fetch, gather, text};
@@ -56,19 +56,31 @@ fn print(c: &ClusterStatus, format: StatusFormat, redraw: bool) -> Result<()> {
 
 /// Run `status`; returns the exit code.
 pub async fn run(args: StatusArgs) -> Result<i32> {
+    // With --watch, one Ctrl-C listener for the whole run, made first: a Ctrl-C that comes while
+    // a redraw is fetched is kept for the next wait, not lost (a listener made anew at each wait
+    // missed it, and the watch ran on).
+    let mut interrupt = if args.watch {
+        let kind = tokio::signal::unix::SignalKind::interrupt();
+        Some(tokio::signal::unix::signal(kind).context("listening for Ctrl-C")?)
+    } else {
+        None
+    };
     let (session, keys) = crate::limits_cmd::open(&args.bus).await?;
     let snap = gather(&session, &keys, args.timeout).await;
     let mut c = assemble(&snap);
     print(&c, args.format, args.watch)?;
-    if args.watch {
+    if let Some(interrupt) = interrupt.as_mut() {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.tick().await;
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
+                _ = interrupt.recv() => break,
                 _ = tick.tick() => {}
             }
-            let snap = fetch(&session, &keys, Duration::from_millis(900)).await.unwrap_or_default();
+            let snap = tokio::select! {
+                _ = interrupt.recv() => break,
+                snap = fetch(&session, &keys, Duration::from_millis(900)) => snap.unwrap_or_default(),
+            };
             c = assemble(&snap);
             print(&c, args.format, true)?;
         }

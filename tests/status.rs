@@ -147,7 +147,14 @@ fn status_shows_the_cluster_and_a_killed_node_as_gone_with_exit_codes() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(3500));
     common::group::signal(watch.id(), "-INT");
+    // It stops within a redraw's fetch; a watch that missed the Ctrl-C is killed and fails.
+    let mut watch = watch;
+    let stopped = wait_until(Duration::from_secs(10), || watch.try_wait().ok().flatten().is_some());
+    if !stopped {
+        let _ = watch.kill();
+    }
     let out = watch.wait_with_output().unwrap();
+    assert!(stopped, "status --watch ran on after Ctrl-C");
     let redraws: Vec<Value> =
         String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     assert!(redraws.len() >= 3, "{} redraws in 3.5 s", redraws.len());
