@@ -74,28 +74,25 @@ fn remember(departed: &Departed, event: &MemberEvent) {
 
 impl Membership {
     /// Start watching the cluster's liveliness tokens until `cancel` fires.
+    ///
+    /// The live set changes inside zenoh's delivery of each token, not on a task of its own, so
+    /// it is current for whatever zenoh delivers next: a node's token comes before its other
+    /// messages on a link, and a subscriber that checks the live set (heads) sees the node.
     pub async fn watch(session: &Session, keys: &KeySpace, cancel: CancellationToken) -> Result<Self, SessionError> {
+        let (live_tx, live) = watch::channel(BTreeSet::new());
+        let (events, _) = broadcast::channel(256);
+        let events_tx = events.clone();
+        let parse = keys.clone();
+        let departed = Departed::default();
+        let departed_w = departed.clone();
         let subscriber = session
             .liveliness()
             .declare_subscriber(keys.all_members()?)
             .history(true)
-            .await
-            .map_err(|e| SessionError::Zenoh(e.to_string()))?;
-        let (live_tx, live) = watch::channel(BTreeSet::new());
-        let (events, _) = broadcast::channel(256);
-        let events_tx = events.clone();
-        let keys = keys.clone();
-        let departed = Departed::default();
-        let departed_w = departed.clone();
-        tokio::spawn(async move {
-            loop {
-                let sample = tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    s = subscriber.recv_async() => match s { Ok(s) => s, Err(_) => break },
-                };
-                let Some((role, name)) = keys.parse_member(sample.key_expr().as_str()) else {
+            .callback(move |sample| {
+                let Some((role, name)) = parse.parse_member(sample.key_expr().as_str()) else {
                     tracing::debug!(key = %sample.key_expr(), "ignoring a liveliness token outside the key space");
-                    continue;
+                    return;
                 };
                 let member = Member { role, name };
                 let event = match sample.kind() {
@@ -112,7 +109,11 @@ impl Membership {
                     // No receiver is fine: events are for whoever listens.
                     let _ = events_tx.send(event);
                 }
-            }
+            })
+            .await
+            .map_err(|e| SessionError::Zenoh(e.to_string()))?;
+        tokio::spawn(async move {
+            cancel.cancelled().await;
             drop(subscriber);
         });
         Ok(Self { live, events, departed })
