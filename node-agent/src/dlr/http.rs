@@ -101,12 +101,7 @@ async fn inbox(State(s): State<Arc<DlrService>>, Query(q): Query<HashMap<String,
             v.parse().map_err(|_| DlrError::BadRequest(format!("{name} must be a non-negative integer")))
         })
     };
-    // Any integer, moved between 1 and MAX_INBOX (negative or past u64 included).
-    let max = q.get("max").map_or(Ok(1000), |v| {
-        v.parse::<i128>()
-            .map(|m| usize::try_from(m.clamp(1, MAX_INBOX as i128)).unwrap_or(MAX_INBOX))
-            .map_err(|_| DlrError::BadRequest("max must be an integer".into()))
-    });
+    let max = q.get("max").map_or(Ok(1000), |v| inbox_max(v));
     let (after, max, wait) = match (num("after", 0), max, num("wait_ms", 0)) {
         (Ok(a), Ok(m), Ok(w)) => (a, m, w.min(60_000)),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return error(&s, e),
@@ -121,6 +116,19 @@ async fn inbox(State(s): State<Arc<DlrService>>, Query(q): Query<HashMap<String,
         }
         Err(e) => error(&s, e),
     }
+}
+
+/// The inbox's `max`: any integer, however long, moved to the nearer of 1 and [`MAX_INBOX`].
+fn inbox_max(v: &str) -> Result<usize, DlrError> {
+    let digits = v.strip_prefix('-').unwrap_or(v);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(DlrError::BadRequest("max must be an integer".into()));
+    }
+    if v.starts_with('-') {
+        return Ok(1);
+    }
+    // Too many digits for a u64 is past the bound all the same.
+    Ok(digits.parse::<u64>().map_or(MAX_INBOX, |m| usize::try_from(m).unwrap_or(MAX_INBOX).clamp(1, MAX_INBOX)))
 }
 
 #[derive(Deserialize)]
@@ -154,4 +162,24 @@ async fn show(State(s): State<Arc<DlrService>>) -> Response {
         "counters": counters,
     }))
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_inbox_max_is_moved_to_the_nearer_bound() {
+        for (v, want) in [("5", 5), ("0", 1), ("-5", 1), ("-", 0), ("99999", MAX_INBOX), ("1", 1)] {
+            match inbox_max(v) {
+                Ok(m) => assert_eq!(m, want, "{v}"),
+                Err(_) => assert_eq!(want, 0, "{v} refused"),
+            }
+        }
+        assert_eq!(inbox_max(&"9".repeat(60)).ok(), Some(MAX_INBOX));
+        assert_eq!(inbox_max(&format!("-{}", "9".repeat(60))).ok(), Some(1));
+        for bad in ["", "x", "1.5", "+3", "1e3", " 4"] {
+            assert!(inbox_max(bad).is_err(), "{bad:?}");
+        }
+    }
 }
