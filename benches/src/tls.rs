@@ -51,7 +51,11 @@ pub(crate) fn run(b: &TlsBench) -> Result<()> {
         Some(bytes) => println!(
             "UDP receive buffer of a new socket (net.core.rmem_default): {} KiB{}\n",
             bytes / 1024,
-            if bytes < udp::RECOMMENDED_BYTES { " (below the 4096 KiB docs/security.md recommends for quic/)" } else { "" }
+            if bytes < udp::RECOMMENDED_BYTES {
+                " (below the 4096 KiB docs/security.md recommends for quic/)"
+            } else {
+                ""
+            }
         ),
         None => println!(),
     }

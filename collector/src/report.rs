@@ -35,8 +35,11 @@ pub(crate) struct CollectorReport {
 impl switchboard_bus::http::Report for CollectorReport {
     fn health(&self) -> Health {
         let st = self.status.borrow().clone();
-        let lag: BTreeMap<String, serde_json::Value> =
-            st.lag.iter().map(|(k, l)| (k.to_string(), serde_json::json!({"records": l.records, "seconds": l.seconds()}))).collect();
+        let lag: BTreeMap<String, serde_json::Value> = st
+            .lag
+            .iter()
+            .map(|(k, l)| (k.to_string(), serde_json::json!({"records": l.records, "seconds": l.seconds()})))
+            .collect();
         let group = self.group.lock().map(|g| g.clone()).unwrap_or_default();
         let mut h = Health::default();
         h.failing.extend(st.failing.clone());
