@@ -136,11 +136,29 @@ fn a_killed_node_frees_its_share_and_its_slots_at_once() {
     wait_for_view(&c, "a", 2, 1);
     wait_for_view(&c, "b", 2, 1);
 
-    // Each node takes slots until refused: together they never hold more than 20.
+    // Each node takes slots until refused: together they never hold more than 20, b's first use
+    // included (it must not start from an equal split while a has grown past its own), and as b
+    // keeps asking, its share grows into every slot a does not hold.
     let (mut ca, mut cb) = (SocketClient::connect(&c.socket("a")), SocketClient::connect(&c.socket("b")));
-    let held_a = (0..30).filter(|_| ca.acquire("domain:example.com")).count();
-    let held_b = (0..30).filter(|_| cb.acquire("domain:example.com")).count();
-    assert_eq!(held_a + held_b, 20, "slots held: a {held_a}, b {held_b}");
+    // a asks across a few coordination ticks, growing past its equal split (b has not used the
+    // key), then gives 7 back; b's first use comes right after.
+    let (mut held_a, until) = (0, Instant::now() + Duration::from_millis(500));
+    while Instant::now() < until && held_a < 20 {
+        held_a += usize::from(ca.acquire("domain:example.com"));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(held_a, 20, "a alone grows into the whole limit");
+    assert_eq!(ca.request("RELEASE domain:example.com 7"), "OK 7");
+    held_a = 13;
+    let mut held_b = (0..30).filter(|_| cb.acquire("domain:example.com")).count();
+    assert!(held_a + held_b <= 20, "slots held at first: a {held_a}, b {held_b}");
+    let mut most = held_a + held_b;
+    let all_taken = wait_until(Duration::from_secs(5), || {
+        held_b += (0..5).filter(|_| cb.acquire("domain:example.com")).count();
+        most = most.max(held_a + held_b);
+        held_a + held_b >= 20
+    });
+    assert!(all_taken && most == 20, "slots held: a {held_a}, b {held_b}");
 
     let la = Load::start(c.socket("a"), "operator:x", 1000);
     let lb = Load::start(c.socket("b"), "operator:x", 1000);

@@ -301,6 +301,9 @@ struct Table {
     shares: HashMap<Box<str>, f64>,
     /// The share of keys not in `shares` (1 alone; 1/n once n nodes are known).
     default_share: f64,
+    /// For concurrency keys: the slots this node may hold, as the coordination last set them
+    /// (a key's first use starts from here when set, not from its share).
+    allotted: HashMap<Box<str>, u64>,
 }
 
 /// Local decisions over a set of limits; see the module docs.
@@ -323,7 +326,13 @@ impl Limiter {
 
     fn unchecked(specs: Vec<LimitSpec>) -> Self {
         Self {
-            table: RwLock::new(Table { specs, states: HashMap::new(), shares: HashMap::new(), default_share: 1.0 }),
+            table: RwLock::new(Table {
+                specs,
+                states: HashMap::new(),
+                shares: HashMap::new(),
+                default_share: 1.0,
+                allotted: HashMap::new(),
+            }),
             epoch: Instant::now(),
         }
     }
@@ -348,7 +357,11 @@ impl Limiter {
         let spec_idx =
             t.specs.iter().position(|s| s.key == key).or_else(|| t.specs.iter().position(|s| s.matches(key)))?;
         let share = t.shares.get(key).copied().unwrap_or(t.default_share);
-        let state = Arc::new(make_state(&t.specs[spec_idx], spec_idx, share));
+        let state = make_state(&t.specs[spec_idx], spec_idx, share);
+        if let (State::Slots { slots, .. }, Some(&max)) = (&state, t.allotted.get(key)) {
+            slots.set_max(max);
+        }
+        let state = Arc::new(state);
         t.states.insert(key.into(), state.clone());
         Some(state)
     }
@@ -435,8 +448,27 @@ impl Limiter {
     pub fn set_slots(&self, key: &str, max: u64, share: f64) {
         let Ok(mut t) = self.table.write() else { return };
         t.shares.insert(key.into(), share);
+        t.allotted.insert(key.into(), max);
         if let Some(State::Slots { slots, .. }) = t.states.get(key).map(|s| &**s) {
             slots.set_max(max);
+        }
+    }
+
+    /// The cluster-wide number of slots of concurrency key `key`, whether it is in use here or
+    /// not; `None` for a key under a rate limit or no limit.
+    pub fn slot_limit(&self, key: &str) -> Option<u64> {
+        let t = self.table.read().ok()?;
+        let spec = t.specs.iter().find(|s| s.key == key).or_else(|| t.specs.iter().find(|s| s.matches(key)))?;
+        spec.concurrency.filter(|_| spec.rate.is_none())
+    }
+
+    /// A concurrency key another node reports using, for which the coordination has not yet
+    /// worked out this node's slots: a first use here takes none until it has (starting from
+    /// an equal split could hand out slots the other node holds).
+    pub fn hold_first_use(&self, key: &str) {
+        let Ok(mut t) = self.table.write() else { return };
+        if !t.states.contains_key(key) && !t.allotted.contains_key(key) {
+            t.allotted.insert(key.into(), 0);
         }
     }
 
@@ -504,8 +536,9 @@ impl Limiter {
         // With the write lock held no decision can take a new reference to a state, so a
         // count of one means no decision is under way on it either.
         t.states.retain(|_, s| !(s.idle_since_last_sweep() && s.is_rested(now) && Arc::strong_count(s) == 1));
-        let Table { states, shares, .. } = &mut *t;
+        let Table { states, shares, allotted, .. } = &mut *t;
         shares.retain(|k, _| states.contains_key(k));
+        allotted.retain(|k, _| states.contains_key(k));
         before - t.states.len()
     }
 

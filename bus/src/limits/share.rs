@@ -22,6 +22,14 @@ pub struct DemandReport {
     /// Concurrency key → slots held on the node now.
     #[serde(default)]
     pub held: BTreeMap<String, u64>,
+    /// Concurrency key → slots the node lets itself hold now (its allotment), also for keys it
+    /// has no slot taken of yet.
+    #[serde(default)]
+    pub allotted: BTreeMap<String, u64>,
+    /// The share of a concurrency key's slots the node takes at its first use of a key not in
+    /// `allotted` (`1/n` of the `n` nodes it knows).
+    #[serde(default)]
+    pub first_use_share: Option<f64>,
 }
 
 impl DemandReport {
@@ -31,18 +39,41 @@ impl DemandReport {
         if self.version != 1 {
             return Err(format!("version {} (expected 1)", self.version));
         }
-        if self.demand.len() > super::MAX_LIMITS || self.held.len() > super::MAX_LIMITS {
-            return Err(format!("{} demands and {} held counts", self.demand.len(), self.held.len()));
+        if [self.demand.len(), self.held.len(), self.allotted.len()].iter().any(|&n| n > super::MAX_LIMITS) {
+            return Err(format!(
+                "{} demands, {} held counts and {} allotments",
+                self.demand.len(),
+                self.held.len(),
+                self.allotted.len()
+            ));
+        }
+        if let Some(s) = self.first_use_share.filter(|s| !(0.0..=1.0).contains(s)) {
+            return Err(format!("first-use share {s} (expected 0 to 1)"));
         }
         for (k, d) in &self.demand {
             if k.len() > super::MAX_KEY_BYTES || !d.is_finite() || *d < 0.0 {
                 return Err(format!("demand {d} for a key of {} bytes", k.len()));
             }
         }
-        if let Some(k) = self.held.keys().find(|k| k.len() > super::MAX_KEY_BYTES) {
-            return Err(format!("held count for a key of {} bytes", k.len()));
+        if let Some(k) = self.held.keys().chain(self.allotted.keys()).find(|k| k.len() > super::MAX_KEY_BYTES) {
+            return Err(format!("held or allotted slots for a key of {} bytes", k.len()));
         }
         Ok(())
+    }
+}
+
+impl DemandReport {
+    /// The most slots of concurrency key `key` (of `max` in the cluster) the node may hold by
+    /// its own report: what it holds or its allotment, whichever is larger; for a key it has no
+    /// allotment for, what its first use would take (all of `max` if it did not say).
+    pub fn claim(&self, key: &str, max: u64) -> u64 {
+        let held = self.held.get(key).copied().unwrap_or(0);
+        let allotted = self
+            .allotted
+            .get(key)
+            .copied()
+            .unwrap_or_else(|| ((max as f64) * self.first_use_share.unwrap_or(1.0)).floor() as u64);
+        held.max(allotted.min(max))
     }
 }
 
@@ -125,6 +156,23 @@ mod tests {
         assert!(busy >= 0.5, "{busy}");
         let total: f64 = d.keys().map(|k| share_of(k, &d)).sum();
         assert!((total - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_claim_is_what_a_node_holds_or_may_take() {
+        let mut r = DemandReport { version: 1, first_use_share: Some(0.25), ..Default::default() };
+        assert_eq!(r.claim("k", 20), 5, "no allotment yet: its first use");
+        r.allotted.insert("k".into(), 2);
+        r.held.insert("k".into(), 7);
+        assert_eq!(r.claim("k", 20), 7, "held above the allotment counts");
+        r.held.clear();
+        assert_eq!(r.claim("k", 20), 2);
+        assert_eq!(DemandReport::default().claim("k", 20), 20, "a node that does not say may take it all");
+        assert!(r.check().is_ok());
+        for bad in [f64::NAN, -0.1, 1.5] {
+            r.first_use_share = Some(bad);
+            assert!(r.check().is_err(), "{bad}");
+        }
     }
 
     #[test]

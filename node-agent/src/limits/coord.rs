@@ -126,6 +126,13 @@ pub async fn run(
                 match serde_json::from_slice::<DemandReport>(&sample.payload().to_bytes()) {
                     Ok(r) => match r.check() {
                         Ok(()) => {
+                            // Slots another node holds or may take: none here until the next
+                            // tick works out this node's part of them.
+                            for key in r.held.keys().chain(r.allotted.keys()) {
+                                if !applied.contains_key(key) {
+                                    limiter.hold_first_use(key);
+                                }
+                            }
                             let p = peers.entry(from).or_default();
                             p.report = Some(r);
                             p.heard = Some(Instant::now());
@@ -138,14 +145,8 @@ pub async fn run(
             _ = tick.tick() => {
                 let dt = last.elapsed().as_secs_f64();
                 last = Instant::now();
-                let mine = my_report(&limiter, &mut demands, dt);
-                if let Ok(body) = serde_json::to_vec(&mine) {
-                    if let Err(e) = session.put(&my_key, body).await {
-                        tracing::debug!(error = %e, "cannot publish demand");
-                    }
-                }
                 let me = peers.entry(node.clone()).or_default();
-                me.report = Some(mine);
+                me.report = Some(my_report(&limiter, &mut demands, dt));
                 me.heard = Some(Instant::now());
                 let live: BTreeSet<String> =
                     membership.live_of(Role::Agent).into_iter().chain([node.clone()]).collect();
@@ -156,6 +157,15 @@ pub async fn run(
                     was_frozen = frozen;
                 }
                 apply(&node, &limiter, &peers, &mut applied, frozen);
+                // Published after applying, so the allotments in it are the ones in force.
+                let first_use_share = Some(1.0 / peers.len().max(1) as f64);
+                if let Some(mine) = peers.get_mut(&node).and_then(|me| me.report.as_mut()) {
+                    mine.allotted = applied.iter().filter(|(_, a)| a.1 != u64::MAX).map(|(k, a)| (k.clone(), a.1)).collect();
+                    mine.first_use_share = first_use_share;
+                    if let Err(e) = session.put(&my_key, serde_json::to_vec(&*mine).unwrap_or_default()).await {
+                        tracing::debug!(error = %e, "cannot publish demand");
+                    }
+                }
                 view.send_replace(peers_view(&peers, &settings));
             }
         }
@@ -254,11 +264,10 @@ fn apply(node: &str, limiter: &Limiter, peers: &BTreeMap<String, Peer>, applied:
             demands.entry(name.clone()).or_insert(0.0);
         }
         let mut share = share_of(node, &demands).min(cap);
-        let mut slots = slot_keys.get(key).map(|&max| {
-            let held = |name: &str| {
-                peers.get(name).and_then(|p| p.report.as_ref()).and_then(|r| r.held.get(key)).copied().unwrap_or(0)
-            };
-            my_slots(node, key_shares(&demands, cap, node), max, held)
+        let max = slot_keys.get(key).copied().or_else(|| limiter.slot_limit(key));
+        let mut slots = max.map(|max| {
+            let claimed = |name: &str| peers.get(name).and_then(|p| p.report.as_ref()).map_or(0, |r| r.claim(key, max));
+            my_slots(node, key_shares(&demands, cap, node), max, claimed)
         });
         if let (true, Some(&(last_share, last_slots))) = (frozen, applied.get(key)) {
             share = share.min(last_share);
@@ -281,8 +290,10 @@ fn key_shares(demands: &BTreeMap<String, f64>, cap: f64, node: &str) -> BTreeMap
 }
 
 /// Whole slots of `max` for `node`: its share rounded down, leftovers by largest remainder, and
-/// never more than what the others may hold or hold already leaves free.
-fn my_slots(node: &str, shares: BTreeMap<String, f64>, max: u64, held: impl Fn(&str) -> u64) -> u64 {
+/// never more than what the others may hold leaves free: each other node's allotment by the
+/// shares, or what it claims ([`DemandReport::claim`]: holds, or lets itself hold), whichever
+/// is larger. A node therefore grows only into room the others have said they left.
+fn my_slots(node: &str, shares: BTreeMap<String, f64>, max: u64, claimed: impl Fn(&str) -> u64) -> u64 {
     let mut alloc: BTreeMap<&str, u64> = BTreeMap::new();
     let mut remainders: Vec<(f64, &str)> = Vec::new();
     for (name, share) in &shares {
@@ -296,7 +307,7 @@ fn my_slots(node: &str, shares: BTreeMap<String, f64>, max: u64, held: impl Fn(&
     for (_, name) in remainders.into_iter().take(max.saturating_sub(given) as usize) {
         *alloc.entry(name).or_default() += 1;
     }
-    let others: u64 = alloc.iter().filter(|(n, _)| **n != node).map(|(n, a)| (*a).max(held(n))).sum();
+    let others: u64 = alloc.iter().filter(|(n, _)| **n != node).map(|(n, a)| (*a).max(claimed(n))).sum();
     alloc.get(node).copied().unwrap_or(0).min(max.saturating_sub(others))
 }
 
@@ -330,6 +341,59 @@ mod tests {
         let got: Vec<u64> = ["a", "b", "c"].iter().map(|n| my_slots(n, s.clone(), 20, |_| 0)).collect();
         assert_eq!(got.iter().sum::<u64>(), 20, "{got:?}");
         assert!(got.iter().all(|&g| g == 6 || g == 7), "{got:?}");
+    }
+
+    fn slot_limiter() -> Limiter {
+        let spec = switchboard_bus::limits::LimitSpec {
+            key: "k".into(),
+            rate: None,
+            per: None,
+            concurrency: Some(20),
+            burst: None,
+        };
+        Limiter::new(vec![spec]).unwrap()
+    }
+
+    fn heard(report: DemandReport) -> Peer {
+        Peer { report: Some(report), heard: Some(Instant::now()), silent_since: None }
+    }
+
+    #[test]
+    fn a_node_grows_only_into_room_the_others_said_they_left() {
+        let busy = DemandReport { version: 1, demand: [("k".to_owned(), 50.0)].into(), ..Default::default() };
+        let idle = |allotted: &[(&str, u64)]| DemandReport {
+            version: 1,
+            allotted: allotted.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
+            first_use_share: Some(0.5),
+            ..Default::default()
+        };
+        let mut peers: BTreeMap<String, Peer> = BTreeMap::new();
+        peers.insert("me".into(), heard(busy.clone()));
+        peers.insert("other".into(), heard(idle(&[])));
+        let (me, mut applied) = (slot_limiter(), Applied::new());
+        apply("me", &me, &peers, &mut applied, false);
+        assert_eq!(applied["k"].1, 10, "the other's first use of k may still take half");
+        // The other applies the same reports: it has not used k and gets none of it.
+        let other = slot_limiter();
+        let mut other_applied = Applied::new();
+        apply("other", &other, &peers, &mut other_applied, false);
+        assert_eq!(other_applied["k"].1, 0);
+        assert!(!other.acquire_slot("k", 1).is_allowed(), "its first use takes its allotment, not half");
+        // Once it says so, this node grows into the whole limit.
+        peers.insert("other".into(), heard(idle(&[("k", 0)])));
+        apply("me", &me, &peers, &mut applied, false);
+        assert_eq!(applied["k"].1, 20);
+        let held = (0..30).filter(|_| me.acquire_slot("k", 1).is_allowed()).count();
+        assert_eq!(held, 20);
+    }
+
+    #[test]
+    fn a_key_another_node_holds_takes_no_slot_here_before_the_next_tick() {
+        let fresh = slot_limiter();
+        assert!(fresh.acquire_slot("k", 1).is_allowed(), "alone, a first use takes its default share");
+        let l = slot_limiter();
+        l.hold_first_use("k");
+        assert!(!l.acquire_slot("k", 1).is_allowed());
     }
 
     #[test]
@@ -379,7 +443,7 @@ mod tests {
             burst: None,
         }])
         .unwrap();
-        let report = |d: f64| DemandReport { version: 1, demand: [("k".to_owned(), d)].into(), held: BTreeMap::new() };
+        let report = |d: f64| DemandReport { version: 1, demand: [("k".to_owned(), d)].into(), ..Default::default() };
         let mut peers: BTreeMap<String, Peer> = BTreeMap::new();
         peers
             .insert("me".into(), Peer { report: Some(report(500.0)), heard: Some(Instant::now()), silent_since: None });
