@@ -388,8 +388,16 @@ fn the_store_stopped_for_a_while_loses_nothing_and_health_says_why() {
         code == 503 && h.to_string().contains("dataset store")
     });
     assert!(said, "/health of {name} should fail with the store's error: {:?}\n{}", health(&g.c, &name), g.logs());
-    // Its sink is stuck on the store, but the bus is not: the collector still answers on it.
+    // Its sink is stuck on the store, but the bus is not: the collector still answers on it,
+    // and its lag in records keeps growing with the heads the agents announce.
+    let lag_records = || {
+        let (_, h) = health(&g.c, &name);
+        h["lag"].as_object().map_or(0, |m| m.values().filter_map(|l| l["records"].as_u64()).sum::<u64>())
+    };
+    let lag_before = lag_records();
     std::thread::sleep(Duration::from_secs(5));
+    let lag_after = lag_records();
+    assert!(lag_after > lag_before, "the lag in records moves while the store is down: {lag_before} then {lag_after}");
     let out = std::process::Command::new(BIN)
         .args(["status", "--format", "json", "--timeout", "5s", "--connect", &g.members[i].endpoint()])
         .args(["--cluster", &g.c.cluster])

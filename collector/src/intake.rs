@@ -45,6 +45,28 @@ pub(crate) enum Input {
     },
 }
 
+/// The newest head of every stream as the bus delivered it, kept before the intake queue: the
+/// lag in records keeps moving while the sink is held up (a commit retrying against a store
+/// that is down) and its queue sheds heads. One entry per stream the sink has state for too.
+#[derive(Debug, Default)]
+pub(crate) struct Announced(std::sync::Mutex<std::collections::HashMap<StreamId, u64>>);
+
+impl Announced {
+    fn take(&self, node: &str, heads: &Heads) {
+        let Ok(mut m) = self.0.lock() else { return };
+        for (local, &head) in &heads.streams {
+            if let Some(id) = StreamId::parse_local(node, local) {
+                m.insert(id, head);
+            }
+        }
+    }
+
+    /// The newest head announced for `id` (0 if none).
+    pub(crate) fn head(&self, id: &StreamId) -> u64 {
+        self.0.lock().ok().and_then(|m| m.get(id).copied()).unwrap_or(0)
+    }
+}
+
 /// How long a bus callback waits for room in a full intake queue before it sheds: long enough
 /// that a commit or a busy moment does not shed (a shed payload lives only in the agent's journal
 /// until pulled again), well under the bus lease (3 s) so a link held this long stays up.
@@ -62,16 +84,20 @@ pub(crate) struct Offer {
     tx: flume::Sender<Input>,
     shedding: Arc<std::sync::atomic::AtomicBool>,
     stats: Arc<CollectorStats>,
+    announced: Arc<Announced>,
 }
 
 impl Offer {
-    /// An offer into `tx`, counting what it sheds in `stats`.
-    pub(crate) fn new(tx: flume::Sender<Input>, stats: Arc<CollectorStats>) -> Self {
-        Self { tx, shedding: Arc::default(), stats }
+    /// An offer into `tx`, counting what it sheds in `stats` and noting heads in `announced`.
+    pub(crate) fn new(tx: flume::Sender<Input>, stats: Arc<CollectorStats>, announced: Arc<Announced>) -> Self {
+        Self { tx, shedding: Arc::default(), stats, announced }
     }
 
     /// Queue `input` for the sink, or shed it if the queue stays full (see [`Offer`]).
     pub(crate) fn offer(&self, input: Input) {
+        if let Input::Heads { node, heads } = &input {
+            self.announced.take(node, heads);
+        }
         let full = if self.shedding.load(Ordering::Relaxed) {
             matches!(self.tx.try_send(input), Err(flume::TrySendError::Full(_)))
         } else {

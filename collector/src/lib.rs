@@ -77,7 +77,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::CollectorConfig;
-use crate::intake::{Input, Intake, Offer};
+use crate::intake::{Announced, Input, Intake, Offer};
 use crate::sink::{ReplayRequest, SinkStatus};
 use crate::stats::CollectorStats;
 use crate::tables::Tables;
@@ -219,7 +219,8 @@ impl Collector {
         sink.set_leading(group.is_leader());
         let writers = Arc::new(Mutex::new(WriterCheck::default()));
         let (tx, rx) = flume::bounded::<Input>(c.queue_payloads);
-        let offer = Offer::new(tx.clone(), stats.clone());
+        let announced = Arc::new(Announced::default());
+        let offer = Offer::new(tx.clone(), stats.clone(), announced.clone());
         let subscriber = {
             let (offer, keys, stats) = (offer.clone(), keys.clone(), stats.clone());
             session
@@ -302,6 +303,7 @@ impl Collector {
             latest: latest.clone(),
             mesh,
             writers,
+            announced,
         });
         tracker.spawn(switchboard_bus::status::sample_rates(report.clone(), cancel.clone()));
         switchboard_bus::status::serve(&session, &keys, Role::Collector, &name, report.clone(), cancel.clone()).await?;

@@ -9,10 +9,11 @@ use std::time::Instant;
 
 use switchboard_bus::http::Health;
 use switchboard_bus::mesh::Mesh;
+use switchboard_bus::StreamId;
 
 use crate::group::GroupStatus;
 use crate::latest::LatestMetrics;
-use crate::sink::SinkStatus;
+use crate::sink::{Lag, SinkStatus};
 use crate::stats::CollectorStats;
 use crate::writers::WriterCheck;
 
@@ -30,13 +31,22 @@ pub(crate) struct CollectorReport {
     pub(crate) latest: Arc<LatestMetrics>,
     pub(crate) mesh: Mesh,
     pub(crate) writers: Arc<Mutex<WriterCheck>>,
+    /// The newest heads the bus delivered (the lag keeps moving while the sink is held up).
+    pub(crate) announced: Arc<crate::intake::Announced>,
+}
+
+impl CollectorReport {
+    /// Every stream's lag now (see [`Lag::now`]).
+    pub(crate) fn lag(&self, st: &SinkStatus) -> BTreeMap<StreamId, Lag> {
+        st.lag.iter().map(|(id, l)| (id.clone(), l.now(self.announced.head(id), st.at))).collect()
+    }
 }
 
 impl switchboard_bus::http::Report for CollectorReport {
     fn health(&self) -> Health {
         let st = self.status.borrow().clone();
-        let lag: BTreeMap<String, serde_json::Value> = st
-            .lag
+        let lag: BTreeMap<String, serde_json::Value> = self
+            .lag(&st)
             .iter()
             .map(|(k, l)| (k.to_string(), serde_json::json!({"records": l.records, "seconds": l.seconds()})))
             .collect();
@@ -78,6 +88,7 @@ impl switchboard_bus::http::Report for CollectorReport {
         let s = &self.stats;
         let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         let st = self.status.borrow().clone();
+        let lag = self.lag(&st);
         let group = self.group.lock().map(|g| g.clone()).unwrap_or_default();
         let mut m = switchboard_bus::http::Metrics::new();
         m.gauge(
@@ -171,12 +182,12 @@ impl switchboard_bus::http::Report for CollectorReport {
             .gauge_series(
                 "switchboard_collector_stream_lag_records",
                 "Records announced by the agent and not yet committed.",
-                st.lag.iter().map(|(k, l)| (vec![("stream", k.to_string())], l.records as f64)),
+                lag.iter().map(|(k, l)| (vec![("stream", k.to_string())], l.records as f64)),
             )
             .gauge_series(
                 "switchboard_collector_stream_lag_seconds",
                 "Age of the stream's oldest record not committed (since the agent first announced it).",
-                st.lag.iter().map(|(k, l)| (vec![("stream", k.to_string())], l.seconds())),
+                lag.iter().map(|(k, l)| (vec![("stream", k.to_string())], l.seconds())),
             );
         let latest = self.latest.snapshot();
         m.gauge_series(

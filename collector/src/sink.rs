@@ -107,6 +107,8 @@ pub struct SinkStatus {
     /// The epoch this collector writes under; `None` for a standby (which publishes no
     /// watermarks).
     pub epoch: Option<u64>,
+    /// When the status was taken.
+    pub at: Option<Instant>,
 }
 
 /// How far one stream's commits are behind its agent's head.
@@ -114,6 +116,8 @@ pub struct SinkStatus {
 pub struct Lag {
     /// Records announced and not committed, as of the status.
     pub records: u64,
+    /// The committed prefix's end (the next sequence number to commit), as of the status.
+    pub done: u64,
     /// When the oldest record not committed was first announced. An instant, not an age, so the
     /// age read from a status keeps growing while the intake is held up (a commit retrying
     /// against a failing store publishes no new status).
@@ -124,6 +128,15 @@ impl Lag {
     /// The age of the oldest record not committed, now (0 if none).
     pub fn seconds(&self) -> f64 {
         self.since.map_or(0.0, |t| t.elapsed().as_secs_f64())
+    }
+
+    /// The lag now, given the newest head the bus has delivered since (`announced`, which moves
+    /// while the sink is held up and takes no heads) and when the status was taken (`at`):
+    /// records announced after the status count as waiting since then (high, never low).
+    pub fn now(&self, announced: u64, at: Option<Instant>) -> Lag {
+        let records = self.records.max(announced.saturating_sub(self.done));
+        let since = self.since.or(at.filter(|_| records > self.records));
+        Lag { records, since, done: self.done }
     }
 }
 
@@ -201,7 +214,10 @@ impl LogsSink {
             .streams
             .iter()
             .filter(|(_, s)| s.head > 0)
-            .map(|(k, s)| (k.clone(), Lag { records: s.head.saturating_sub(s.done()), since: s.behind_since() }))
+            .map(|(k, s)| {
+                let lag = Lag { records: s.head.saturating_sub(s.done()), done: s.done(), since: s.behind_since() };
+                (k.clone(), lag)
+            })
             .collect();
         SinkStatus {
             watermarks: self.watermarks(),
@@ -209,6 +225,7 @@ impl LogsSink {
             failing: self.failing.clone(),
             open_files: self.open.len(),
             epoch: None,
+            at: Some(Instant::now()),
         }
     }
 
@@ -639,8 +656,21 @@ mod tests {
     /// Under steady traffic the committed prefix is always behind the newest head; the lag is
     /// the age of the oldest record not committed, not how long the prefix has been behind.
     #[test]
+    fn heads_the_bus_delivered_after_the_status_count_in_the_lag_now() {
+        let at = Instant::now();
+        let caught_up = Lag { records: 0, done: 100, since: None };
+        assert_eq!(caught_up.now(100, Some(at)), caught_up);
+        let held_up = caught_up.now(150, Some(at));
+        assert_eq!((held_up.records, held_up.since), (50, Some(at)), "waiting since the status at most");
+        let earlier = at.checked_sub(Duration::from_secs(1));
+        let behind = Lag { records: 10, done: 100, since: earlier };
+        assert_eq!((behind.now(150, Some(at)).records, behind.now(150, Some(at)).since), (50, earlier));
+        assert_eq!(behind.now(90, Some(at)), behind, "an older head changes nothing");
+    }
+
+    #[test]
     fn the_lag_is_the_age_of_the_oldest_record_not_committed() {
-        let lag = |st: &StreamState| Lag { records: 0, since: st.behind_since() };
+        let lag = |st: &StreamState| Lag { records: 0, done: 0, since: st.behind_since() };
         let mut st = StreamState::default();
         st.announce(100);
         std::thread::sleep(Duration::from_millis(60));

@@ -31,11 +31,12 @@ impl CollectorReport {
         let rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
         let st = self.status.borrow().clone();
         let group = self.group.lock().map(|g| g.clone()).unwrap_or_default();
+        let lags = self.lag(&st);
         let streams = st
             .watermarks
             .iter()
             .map(|(id, committed)| {
-                let lag = st.lag.get(id).copied().unwrap_or_default();
+                let lag = lags.get(id).copied().unwrap_or_default();
                 let (lag_records, lag_seconds) = (lag.records, lag.seconds());
                 StreamStatus {
                     node: id.node.clone(),
