@@ -136,16 +136,34 @@ impl BusArgs {
             struct Outer {
                 #[serde(default)]
                 bus: BusConfig,
+                #[serde(default)]
+                agent: Option<AgentPart>,
+            }
+            #[derive(Deserialize)]
+            struct AgentPart {
+                data_dir: Option<PathBuf>,
             }
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            let theirs = toml::from_str::<Outer>(&text)
-                .map(|o| o.bus)
-                .or_else(|_| toml::from_str::<toml::Table>(&text).map(|_| BusConfig::default()))
+            let (theirs, data_dir) = toml::from_str::<Outer>(&text)
+                .map(|o| (o.bus, o.agent.map(|a| a.data_dir.unwrap_or_else(|| "switchboard-agent".into()))))
+                .or_else(|_| toml::from_str::<toml::Table>(&text).map(|_| (BusConfig::default(), None)))
                 .with_context(|| format!("{}: no usable [bus] table", path.display()))?;
             bus.cluster = theirs.cluster.clone();
             bus.prefix = theirs.prefix.clone();
             bus.connect = theirs.connect.clone();
-            bus.connect.extend(theirs.listen.iter().map(|e| e.replace("0.0.0.0", "127.0.0.1")));
+            // An agent that chose its own `listen` wrote it down in its data directory (a relative
+            // one is the agent's working directory's: here, or where the file is).
+            let beside = path.parent().unwrap_or(Path::new("."));
+            let listening: Vec<String> = data_dir
+                .iter()
+                .flat_map(|d| [d.clone(), beside.join(d)])
+                .flat_map(|d| switchboard_bus::config::read_listening(&d))
+                .collect();
+            for e in theirs.listen.iter().chain(&listening).map(|e| e.replace("0.0.0.0", "127.0.0.1")) {
+                if !bus.connect.contains(&e) {
+                    bus.connect.push(e);
+                }
+            }
             if bus.tls.is_none() {
                 bus.tls = theirs.tls;
             }

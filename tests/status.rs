@@ -211,6 +211,30 @@ fn status_shows_the_cluster_and_a_killed_node_as_gone_with_exit_codes() {
 }
 
 #[test]
+fn status_from_an_agents_config_reaches_it_while_every_collector_is_down() {
+    // The agent's file names only the collector; the agent chose its own `listen` and wrote it
+    // down in its data directory, where `status --config` finds it.
+    let c = Cluster::new();
+    let collector = c.start_collector();
+    let _gw1 = c.start_agent("gw1", "plain");
+    let cfg = c.path().join("agent-gw1.toml");
+    let run = || {
+        let out = std::process::Command::new(BIN)
+            .args(["status", "--format", "json", "--timeout", "5s", "--config", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.code().unwrap_or(-1), serde_json::from_str::<Value>(&text).unwrap_or(Value::Null), text)
+    };
+    assert!(wait_until(Duration::from_secs(30), || run().0 == 0), "never healthy: {}", run().2);
+    collector.kill();
+    let (code, s, text) = run();
+    assert!(code != 2 && node(&s, "gw1")["answered"] == true, "exit {code}: {text}");
+    std::fs::remove_file(c.agent_state("gw1").join("bus.listen")).unwrap();
+    assert_eq!(run().0, 2, "without the file the config names only the collector, which is down");
+}
+
+#[test]
 fn status_of_an_address_where_nothing_answers_is_unreachable() {
     let c = Cluster::new();
     let t = Instant::now();

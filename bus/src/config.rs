@@ -234,9 +234,9 @@ impl BusConfig {
     }
 
     /// The endpoints a long-running process listens on: `listen`, or, for a peer that names none,
-    /// `<proto>/<local address>:0` where the local address is the one this host uses to reach the
-    /// first `connect` endpoint (found with a route lookup; nothing is sent) and the protocol is
-    /// that endpoint's. Empty when neither is given or the endpoint cannot be resolved.
+    /// `<proto>/<local address>:<a free port>` where the local address is the one this host uses
+    /// to reach the first `connect` endpoint (found with a route lookup; nothing is sent) and the
+    /// protocol is that endpoint's. Empty when neither is given or the endpoint cannot be resolved.
     pub fn effective_listen(&self) -> Vec<String> {
         if !self.listen.is_empty() || self.mode != Mode::Peer {
             return self.listen.clone();
@@ -319,19 +319,50 @@ impl BusConfig {
     }
 }
 
-/// `<proto>/<ip>:0` for the local address that reaches `endpoint` (`<proto>/<host>:<port>`).
+/// `<proto>/<ip>:<port>` for the local address that reaches `endpoint` (`<proto>/<host>:<port>`)
+/// and a port free there now (of UDP for `quic/` and `udp/`, of TCP otherwise), so that the
+/// endpoint can be written down for tools ([`LISTENING_FILE`]).
 fn local_endpoint_towards(endpoint: &str) -> Option<String> {
-    use std::net::{IpAddr, ToSocketAddrs, UdpSocket};
+    use std::net::{SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
     let (proto, rest) = endpoint.split_once('/')?;
     let addr = rest.split(['#', '?']).next()?;
     let remote = addr.to_socket_addrs().ok()?.next()?;
     // A connected UDP socket only asks the routing table which source address it would use.
     let socket = UdpSocket::bind(if remote.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).ok()?;
     socket.connect(remote).ok()?;
-    Some(match socket.local_addr().ok()?.ip() {
-        IpAddr::V4(ip) => format!("{proto}/{ip}:0"),
-        IpAddr::V6(ip) => format!("{proto}/[{ip}]:0"),
-    })
+    let ip = socket.local_addr().ok()?.ip();
+    let here = SocketAddr::new(ip, 0);
+    let port = match proto {
+        "quic" | "udp" => UdpSocket::bind(here).and_then(|s| s.local_addr()),
+        _ => TcpListener::bind(here).and_then(|s| s.local_addr()),
+    }
+    .map_or(0, |a| a.port());
+    Some(format!("{proto}/{}", SocketAddr::new(ip, port)))
+}
+
+/// The file in a long-running process's data directory that names the endpoints it listens on,
+/// one per line, written at start: with a `listen` the process chose itself, a tool given the
+/// process's config file (`switchboard status --config`) reaches it there.
+pub const LISTENING_FILE: &str = "bus.listen";
+
+/// Write [`LISTENING_FILE`] in `dir` (replacing it whole).
+pub fn write_listening(dir: &std::path::Path, endpoints: &[String]) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{LISTENING_FILE}.tmp"));
+    std::fs::write(&tmp, endpoints.iter().map(|e| format!("{e}\n")).collect::<String>())?;
+    std::fs::rename(tmp, dir.join(LISTENING_FILE))
+}
+
+/// The endpoints [`LISTENING_FILE`] in `dir` names (none if it is absent or unreadable); at most
+/// 16, each up to 256 bytes.
+pub fn read_listening(dir: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read(dir.join(LISTENING_FILE)).unwrap_or_default();
+    String::from_utf8_lossy(&text[..text.len().min(8192)])
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && l.len() <= 256)
+        .take(16)
+        .map(str::to_owned)
+        .collect()
 }
 
 #[cfg(test)]
@@ -386,7 +417,13 @@ mod tests {
     #[test]
     fn a_peer_listens_where_it_reaches_its_first_endpoint() {
         let mut c = BusConfig { connect: vec!["tcp/127.0.0.1:7447".into()], ..BusConfig::default() };
-        assert_eq!(c.effective_listen(), vec!["tcp/127.0.0.1:0".to_owned()]);
+        let chosen = c.effective_listen();
+        let port = chosen[0].strip_prefix("tcp/127.0.0.1:").and_then(|p| p.parse::<u16>().ok());
+        assert!(chosen.len() == 1 && port.is_some_and(|p| p > 0), "a free port is chosen: {chosen:?}");
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read_listening(dir.path()).is_empty());
+        write_listening(dir.path(), &chosen).unwrap();
+        assert_eq!(read_listening(dir.path()), chosen);
         c.listen = vec!["tcp/127.0.0.1:9000".into()];
         assert_eq!(c.effective_listen(), vec!["tcp/127.0.0.1:9000".to_owned()]);
         c.listen.clear();
@@ -395,7 +432,7 @@ mod tests {
         c.mode = Mode::Peer;
         c.connect = vec!["tcp/[::1]:7447".into()];
         // An IPv6 loopback may be absent in a container; when present it is used.
-        assert!(c.effective_listen().iter().all(|e| e == "tcp/[::1]:0"));
+        assert!(c.effective_listen().iter().all(|e| e.starts_with("tcp/[::1]:") && !e.ends_with(":0")));
         c.connect.clear();
         assert!(c.effective_listen().is_empty());
     }

@@ -223,6 +223,9 @@ impl Agent {
         let me = Member { role: Role::Agent, name: node.clone() };
         mesh::check_name_free(&session, &keys, &me).await?;
         tracing::info!(listen = ?config.bus.listen, connect = ?config.bus.connect, "joined the bus");
+        if let Err(e) = switchboard_bus::config::write_listening(&config.agent.data_dir, &config.bus.listen) {
+            tracing::warn!(error = %e, "cannot write {}: `status --config` with this agent's file reaches only its `connect` endpoints", switchboard_bus::config::LISTENING_FILE);
+        }
         let membership = Membership::watch(&session, &keys, cancel.clone()).await?;
         let mesh = Mesh::start(&session, &keys, me, membership.clone(), cancel.clone()).await?;
         let publishers =
