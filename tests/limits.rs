@@ -184,6 +184,16 @@ fn a_killed_node_frees_its_share_and_its_slots_at_once() {
         "a took the whole limit within 1 s: {a_after}, {a_after_2}"
     );
     assert!(freed && held_a + extra == 20, "a holds {held_a} + {extra} slots after b's death");
+
+    // b comes back (with the limits of its history) while a holds all 20: its gateway's first
+    // requests, sent the moment its socket is up, take none of them.
+    let b_port = b.port;
+    let _b = c.restart_limits_agent("b", b_port, &[a.endpoint()], "", "");
+    let mut cb = SocketClient::connect(&c.socket("b"));
+    let took = (0..30).filter(|_| cb.acquire("domain:example.com")).count();
+    std::thread::sleep(Duration::from_secs(1));
+    let took_later = (0..30).filter(|_| cb.acquire("domain:example.com")).count();
+    assert_eq!((took, took_later), (0, 0), "a restarted b took slots a holds");
     drop(a);
 }
 

@@ -304,6 +304,9 @@ struct Table {
     /// For concurrency keys: the slots this node may hold, as the coordination last set them
     /// (a key's first use starts from here when set, not from its share).
     allotted: HashMap<Box<str>, u64>,
+    /// The share of a concurrency key's slots taken at a first use with no allotment (1 alone;
+    /// 0 until the coordination has heard the other nodes, then 1/n).
+    first_use_slots: f64,
 }
 
 /// Local decisions over a set of limits; see the module docs.
@@ -332,6 +335,7 @@ impl Limiter {
                 shares: HashMap::new(),
                 default_share: 1.0,
                 allotted: HashMap::new(),
+                first_use_slots: 1.0,
             }),
             epoch: Instant::now(),
         }
@@ -358,8 +362,10 @@ impl Limiter {
             t.specs.iter().position(|s| s.key == key).or_else(|| t.specs.iter().position(|s| s.matches(key)))?;
         let share = t.shares.get(key).copied().unwrap_or(t.default_share);
         let state = make_state(&t.specs[spec_idx], spec_idx, share);
-        if let (State::Slots { slots, .. }, Some(&max)) = (&state, t.allotted.get(key)) {
-            slots.set_max(max);
+        if let State::Slots { slots, .. } = &state {
+            let limit = t.specs[spec_idx].concurrency.unwrap_or(0);
+            let first = ((limit as f64) * t.first_use_slots).floor() as u64;
+            slots.set_max(t.allotted.get(key).copied().unwrap_or(first));
         }
         let state = Arc::new(state);
         t.states.insert(key.into(), state.clone());
@@ -460,6 +466,14 @@ impl Limiter {
         let t = self.table.read().ok()?;
         let spec = t.specs.iter().find(|s| s.key == key).or_else(|| t.specs.iter().find(|s| s.matches(key)))?;
         spec.concurrency.filter(|_| spec.rate.is_none())
+    }
+
+    /// The share of a concurrency key's slots a first use takes when the coordination has not
+    /// worked out this node's slots of the key (0 while this node has not yet heard the others).
+    pub fn set_first_use_slots(&self, share: f64) {
+        if let Ok(mut t) = self.table.write() {
+            t.first_use_slots = if share.is_finite() { share.clamp(0.0, 1.0) } else { 0.0 };
+        }
     }
 
     /// A concurrency key another node reports using, for which the coordination has not yet

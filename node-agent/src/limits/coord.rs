@@ -17,6 +17,10 @@
 //! expires) shares are frozen: they may shrink but not grow, because the other side goes on
 //! using the share it had and cannot see a new split.
 //!
+//! A first use of a concurrency key takes the slots the coordination worked out for this node,
+//! and none until it has: a key another node reports holding takes none before the next tick,
+//! and after a start no key takes any before this node has heard every live node.
+//!
 //! Concurrency limits are split in whole slots: each node's allotment is its share rounded down,
 //! the slots left over go to the largest remainders (ties by name), and a node never takes more
 //! than the limit minus what every other node may hold or reports holding, so a node whose
@@ -66,6 +70,9 @@ impl CoordSettings {
     }
 }
 
+/// Ticks after the start before a first use of a concurrency key takes slots (see [`run`]).
+const SETTLING_TICKS: u32 = 3;
+
 /// How this node sees one known node.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PeerView {
@@ -110,6 +117,7 @@ pub async fn run(
     let mut last = Instant::now();
     let mut applied = Applied::new();
     let mut was_frozen = false;
+    let mut ticks = 0u32;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -157,8 +165,15 @@ pub async fn run(
                     was_frozen = frozen;
                 }
                 apply(&node, &limiter, &peers, &mut applied, frozen);
+                // A first use of a concurrency key takes none of it until this node has heard
+                // every live node (and given the bus a few ticks to name them all): another may
+                // hold every slot of it.
+                ticks = ticks.saturating_add(1);
+                let heard_all = ticks > SETTLING_TICKS && peers.values().all(|p| p.report.is_some());
+                let first_use = if heard_all { 1.0 / peers.len().max(1) as f64 } else { 0.0 };
+                limiter.set_first_use_slots(first_use);
                 // Published after applying, so the allotments in it are the ones in force.
-                let first_use_share = Some(1.0 / peers.len().max(1) as f64);
+                let first_use_share = Some(first_use);
                 if let Some(mine) = peers.get_mut(&node).and_then(|me| me.report.as_mut()) {
                     mine.allotted = applied.iter().filter(|(_, a)| a.1 != u64::MAX).map(|(k, a)| (k.clone(), a.1)).collect();
                     mine.first_use_share = first_use_share;
@@ -394,6 +409,14 @@ mod tests {
         let l = slot_limiter();
         l.hold_first_use("k");
         assert!(!l.acquire_slot("k", 1).is_allowed());
+        let starting = slot_limiter();
+        starting.set_first_use_slots(0.0);
+        assert!(!starting.acquire_slot("k", 1).is_allowed(), "not before the others are heard");
+        // Its state stays at none until the coordination sets its slots.
+        starting.set_first_use_slots(0.5);
+        assert!(!starting.acquire_slot("k", 1).is_allowed());
+        starting.set_slots("k", 10, 0.5);
+        assert!(starting.acquire_slot("k", 1).is_allowed());
     }
 
     #[test]

@@ -120,8 +120,10 @@ impl LimitsService {
         let l = &config.limits;
         let node = config.bus.node.clone();
         let dir = limits_dir(&config.agent.data_dir);
-        // No limits until the first revision arrives: an empty set is valid.
+        // No limits until the first revision arrives: an empty set is valid. A first use of a
+        // concurrency key takes no slot until the coordination has heard the other nodes.
         let limiter = Arc::new(Limiter::empty());
+        limiter.set_first_use_slots(0.0);
         let revisions = sync::start(
             session.clone(),
             keys.clone(),
