@@ -32,10 +32,13 @@ impl CollectorReport {
         let st = self.status.borrow().clone();
         let group = self.group.lock().map(|g| g.clone()).unwrap_or_default();
         let lags = self.lag(&st);
-        let streams = st
-            .watermarks
-            .iter()
-            .map(|(id, committed)| {
+        // Every stream with a commit or with records announced (none committed yet: `committed` 0).
+        let ids: std::collections::BTreeSet<&switchboard_bus::StreamId> =
+            st.watermarks.keys().chain(lags.keys()).collect();
+        let streams = ids
+            .into_iter()
+            .map(|id| {
+                let committed = st.watermarks.get(id);
                 let lag = lags.get(id).copied().unwrap_or_default();
                 let (lag_records, lag_seconds) = (lag.records, lag.seconds());
                 StreamStatus {
@@ -43,7 +46,7 @@ impl CollectorReport {
                     stream: id.local(),
                     // A watermark is the highest committed sequence number; the document says
                     // the next one to commit, as the agents' heads do.
-                    committed: committed.saturating_add(1),
+                    committed: committed.map_or(0, |w| w.saturating_add(1)),
                     lag_records,
                     lag_seconds,
                     committed_per_s: rates.get(&format!("w:{id}")),

@@ -191,8 +191,13 @@ async fn answer(
         return fail(format!("no source named {:?}", id.name)).await;
     };
     let params = query.parameters();
-    let Some(from) = params.get("from").and_then(|v| v.parse::<u64>().ok()) else {
-        return fail("parameter from=<seq> is required".into()).await;
+    let from = match params.get("from").map(|v| (v, v.parse::<u64>())) {
+        Some((_, Ok(from))) => from,
+        Some((v, Err(_))) => {
+            let v: String = v.chars().take(32).collect();
+            return fail(format!("parameter from=<seq> must be a sequence number, not {v:?}")).await;
+        }
+        None => return fail("parameter from=<seq> is required".into()).await,
     };
     let to = match params.get("to").map(|v| v.parse::<u64>()) {
         None => u64::MAX,
@@ -204,6 +209,9 @@ async fn answer(
     let Some((entries, acked, head)) = sliced else {
         return fail("journal unavailable".into()).await;
     };
+    if from >= head {
+        return fail(format!("nothing to replay from seq {from}: the stream's head is {head} (its next seq)")).await;
+    }
     // The range that exists (up to the head) is bounded, whatever the asker wrote.
     let to = to.min(head.saturating_sub(1));
     if to >= from && to - from >= MAX_REPLAY_RECORDS {
@@ -272,12 +280,13 @@ mod tests {
 
     /// Sequence numbers of the data replies and the texts of the error replies to one query.
     async fn ask(session: &zenoh::Session, key: &str, from: u64, to: u64) -> (Vec<u64>, Vec<String>) {
-        let replies = session
-            .get(format!("{key}?from={from};to={to}").as_str())
-            .consolidation(ConsolidationMode::None)
-            .timeout(Duration::from_secs(5))
-            .await
-            .unwrap();
+        ask_raw(session, &format!("{key}?from={from};to={to}")).await
+    }
+
+    /// Like [`ask`], for a selector written out.
+    async fn ask_raw(session: &zenoh::Session, selector: &str) -> (Vec<u64>, Vec<String>) {
+        let replies =
+            session.get(selector).consolidation(ConsolidationMode::None).timeout(Duration::from_secs(5)).await.unwrap();
         let (mut seqs, mut errors) = (Vec::new(), Vec::new());
         while let Ok(reply) = replies.recv_async().await {
             match reply.result() {
@@ -366,6 +375,16 @@ mod tests {
         assert!(errors[0].ends_with("replay is possible from seq 100"), "{}", errors[0]);
 
         assert_eq!(stats.replay_errors.load(std::sync::atomic::Ordering::Relaxed), 2);
+
+        // Wholly at or above the head (103): an error reply, not silence.
+        let (seqs, errors) = ask(&session, &key, 103, 200).await;
+        assert!(seqs.is_empty());
+        assert_eq!(errors, ["nothing to replay from seq 103: the stream's head is 103 (its next seq)"]);
+        // A `from` that is there but no number is named as such.
+        let (_, errors) = ask_raw(&session, &format!("{key}?from=abc")).await;
+        assert_eq!(errors, ["parameter from=<seq> must be a sequence number, not \"abc\""]);
+        let (_, errors) = ask_raw(&session, &key).await;
+        assert_eq!(errors, ["parameter from=<seq> is required"]);
 
         // A range past the cap (the head now 200,103 records on) gets an error reply, no rows.
         journal.lock().unwrap().record(BatchRecord { first_seq: 103, count: 200_000, segments: Vec::new() }).unwrap();

@@ -107,6 +107,8 @@ pub struct Demand {
 impl Demand {
     /// Weight of the newest interval.
     const ALPHA: f64 = 0.5;
+    /// A smoothed rate below this (units per second) is none.
+    const IDLE: f64 = 1e-3;
 
     /// Feed the running count of units asked for, observed `dt_secs` after the previous one;
     /// returns the smoothed rate.
@@ -116,6 +118,10 @@ impl Demand {
         if dt_secs > 0.0 {
             let now = delta / dt_secs;
             self.rate = if self.primed { Self::ALPHA * now + (1.0 - Self::ALPHA) * self.rate } else { now };
+            // A key gone idle decays to 0, not to ever smaller fractions (1e-227 in a report).
+            if self.rate < Self::IDLE {
+                self.rate = 0.0;
+            }
             self.primed = true;
         }
         self.rate
@@ -182,5 +188,7 @@ mod tests {
         assert_eq!(d.update(100, 0.1), 500.0);
         assert_eq!(d.update(300, 0.1), 1250.0);
         assert_eq!(d.update(250, 0.1), 625.0, "a counter reset counts as no demand");
+        let idle = (0..30).map(|_| d.update(250, 0.1)).last();
+        assert_eq!(idle, Some(0.0), "an idle key's demand reaches 0");
     }
 }
