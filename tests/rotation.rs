@@ -44,7 +44,7 @@ fn run(rotation: impl FnMut(&Path, usize) + Send + 'static, down_while_writing: 
         std::thread::sleep(Duration::from_millis(2500));
         agent = c.start_agent("gw", "plain");
     }
-    let n = w.stop();
+    let n = w.finish();
     let ok = wait_until(DEADLINE, || count_logs(&c.dataset()) >= n);
     assert!(ok, "dataset holds {} of {n}\n{}", count_logs(&c.dataset()), agent.log_text());
     std::thread::sleep(Duration::from_millis(600));
@@ -151,4 +151,54 @@ fn file_replaced_while_the_agent_is_down_even_on_the_same_inode() {
     let rows = read_logs(&c.dataset());
     assert_exactly_once(&rows);
     assert_lines(&rows, "gw", 3500);
+}
+
+/// Copytruncate onto rotated names the source already tails, overwritten in place (`cp app.log
+/// app.log.1` where `app.log.1` holds an older rotation): the overwritten file is the copy, read
+/// from where `app.log` stood, not again from its start.
+#[test]
+fn copytruncate_over_rotated_files_already_tailed() {
+    let mut k = 0;
+    run(
+        move |path: &Path, n: usize| {
+            if n / 1000 > k {
+                k = n / 1000;
+                std::fs::copy(path, path.with_extension(format!("log.{}", k % 3 + 1))).unwrap();
+                std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len(0).unwrap();
+            }
+        },
+        false,
+    );
+}
+
+/// Truncations a second apart with no copy in the source's paths: each loses only what the
+/// agent had not read when it came (nothing here: the test waits for the reads), not the lines
+/// written after the one before.
+#[test]
+fn truncations_without_a_copy_a_second_apart_lose_nothing_that_was_read() {
+    let c = Cluster::new();
+    let collector = c.start_collector();
+    let agent = c.start_agent("gw", "plain");
+    let file = c.logs_dir("gw").join("app.log");
+    let lines_read =
+        || metric(&c.http_get("gw", "/metrics").1, "switchboard_agent_lines_total").unwrap_or(0.0) as usize;
+    let mut n = 0;
+    for round in 0..4 {
+        if round > 0 {
+            std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(0).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        append(&file, (n..n + 100).map(|i| numbered("gw", i)));
+        n += 100;
+        // Read before the next truncation (lines unread at a truncation without a copy are lost).
+        let read = wait_until(Duration::from_secs(3), || lines_read() >= n);
+        assert!(read, "the agent read {} of {n} lines within 3 s of round {round}", lines_read());
+    }
+    let ok = wait_until(DEADLINE, || count_logs(&c.dataset()) >= n);
+    assert!(ok, "dataset holds {} of {n}\n{}", count_logs(&c.dataset()), agent.log_text());
+    agent.stop();
+    collector.stop();
+    let rows = read_logs(&c.dataset());
+    assert_exactly_once(&rows);
+    assert_lines(&rows, "gw", n);
 }

@@ -167,6 +167,7 @@ struct TailedFile {
 /// reading stood when it was truncated.
 struct PendingCopy {
     original: Inode,
+    path: PathBuf,
     fingerprint: Fingerprint,
     position: Position,
     since: Instant,
@@ -174,7 +175,9 @@ struct PendingCopy {
 
 /// How long a file with the same first bytes as a tailed one is held back as a possible copy.
 const COPY_SUSPECT: std::time::Duration = std::time::Duration::from_secs(2);
-/// How long to look for the copy of a truncated file.
+/// How long a file truncated in place waits for its copy to be read before it is read again
+/// itself (the copy's lines go first). A copy that has not been *found* by the scan after the
+/// truncation is not waited for: copytruncate makes the copy before it truncates.
 const COPY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Tails the files of one source; see the module docs.
@@ -268,6 +271,7 @@ impl SourceTailer {
 
     /// Evaluate the globs: open new files, notice files whose path went away.
     fn scan(&mut self) {
+        let started = Instant::now();
         let mut seen = Vec::new();
         for pattern in &self.config.paths {
             let paths = match glob::glob(pattern) {
@@ -319,10 +323,14 @@ impl SourceTailer {
                 f.gone_since = Some(Instant::now());
             }
         }
+        // A copy is made before its original is truncated: a truncation this scan found no copy
+        // for has none in the source's paths (one found while opening files in this scan gets
+        // the next scan too, as files are opened in an order of their own).
+        let source = &self.config.name;
         self.pending_copies.retain(|p| {
-            let keep = p.since.elapsed() < COPY_WAIT;
+            let keep = p.since >= started;
             if !keep {
-                tracing::warn!(offset = p.position.offset, "no copy of a truncated file found: lines written between the last read and the truncation are lost; include the rotated names in the source's paths to keep them");
+                tracing::warn!(%source, path = %p.path.display(), offset = p.position.offset, "no copy of a truncated file found: lines written between the last read and the truncation are lost; include the rotated names in the source's paths to keep them");
             }
             keep
         });
@@ -344,6 +352,7 @@ impl SourceTailer {
                 tracing::warn!(path = %path.display(), offset = cp.offset, len, "file was truncated or replaced while the agent was down; reading it from the start");
                 self.pending_copies.push(PendingCopy {
                     original: inode,
+                    path: path.clone(),
                     fingerprint: cp.fingerprint,
                     position: cp.position(),
                     since: Instant::now(),
@@ -605,8 +614,53 @@ impl SourceTailer {
                 j.register_copy(inode, fingerprint, copy_file);
             }
         } else {
-            self.pending_copies.push(PendingCopy { original: inode, fingerprint, position, since: Instant::now() });
+            let path = self.files[i].path.clone();
+            self.pending_copies.push(PendingCopy {
+                original: inode,
+                path,
+                fingerprint,
+                position,
+                since: Instant::now(),
+            });
             self.rescan_now = true;
+        }
+        self.rewritten_as_copy(i);
+    }
+
+    /// File `i` was just found truncated or rewritten in place: if its new first bytes are those
+    /// of another tailed file, it may be that file's copy written over an older rotated file (`cp
+    /// app.log app.log.1` where `app.log.1` is tailed too). Of a file already truncated (a
+    /// pending copy), it continues from where that file stood; of one not truncated yet, it is
+    /// held back as a possible copy, as a new file with those first bytes is. Otherwise it is
+    /// read from its start.
+    fn rewritten_as_copy(&mut self, i: usize) {
+        let (inode, file) = (self.files[i].inode, self.files[i].file.clone());
+        let same =
+            |fp: &Fingerprint| fp.len > 0 && Fingerprint::read(&file, fp.len as usize).is_ok_and(|now| now == *fp);
+        if let Some(k) = self.pending_copies.iter().position(|p| p.original != inode && same(&p.fingerprint)) {
+            let p = self.pending_copies.swap_remove(k);
+            let f = &mut self.files[i];
+            tracing::info!(path = %f.path.display(), original = %p.path.display(), offset = p.position.offset, "rewritten with the first bytes of a truncated file: its copy, read from where the original stood");
+            f.framer = LineFramer::new(self.config.max_line_bytes, p.position);
+            f.copy_for = Some(p.original);
+            f.hold_for_copy = None;
+            f.first_block_checked = true;
+            if let Ok(mut j) = self.journal.lock() {
+                j.register_copy(p.original, p.fingerprint, file);
+            }
+            return;
+        }
+        let original = self
+            .files
+            .iter()
+            .find(|o| o.inode != inode && o.copy_of.is_none() && same(&o.fingerprint))
+            .map(|o| o.inode);
+        if let Some(original) = original {
+            let f = &mut self.files[i];
+            tracing::debug!(path = %f.path.display(), "rewritten with the first bytes of a tailed file: held back as a possible copy");
+            f.copy_of = Some(original);
+            f.opened = Instant::now();
+            f.hold_for_copy = None;
         }
     }
 

@@ -479,6 +479,11 @@ impl Writer {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.handle.take().unwrap().join().unwrap()
     }
+
+    /// Wait until it has written all `max` lines; how many that was.
+    pub fn finish(mut self) -> usize {
+        self.handle.take().unwrap().join().unwrap()
+    }
 }
 
 /// Assert the rows of `node` are exactly its lines `0..count`, each once, in sequence order.
