@@ -202,3 +202,41 @@ fn truncations_without_a_copy_a_second_apart_lose_nothing_that_was_read() {
     assert_exactly_once(&rows);
     assert_lines(&rows, "gw", n);
 }
+
+/// No collector alive while the gateway writes, rotates and deletes its logs: the agent reads
+/// and journals on (keeping what it read open), and the collector, back, pulls every line.
+#[test]
+fn files_rotated_and_deleted_while_no_collector_is_alive_lose_nothing() {
+    let c = Cluster::new();
+    let collector = c.start_collector();
+    let agent = c.start_agent("gw", "plain");
+    let dir = c.logs_dir("gw");
+    let lines_read =
+        || metric(&c.http_get("gw", "/metrics").1, "switchboard_agent_lines_total").unwrap_or(0.0) as usize;
+    append(&dir.join("app.log"), (0..500).map(|i| numbered("gw", i)));
+    assert!(wait_until(DEADLINE, || count_logs(&c.dataset()) >= 500), "{}", agent.log_text());
+    collector.stop();
+    let mut n = 500;
+    // More batches than the agent's queue to the publisher holds (16).
+    for round in 0..24 {
+        let file = dir.join("app.log");
+        append(&file, (n..n + 200).map(|i| numbered("gw", i)));
+        n += 200;
+        let read = wait_until(Duration::from_secs(5), || lines_read() >= n);
+        // Rotated away and deleted at once: what the agent did not read is gone from the disk.
+        let rotated = dir.join(format!("app.log.{round}"));
+        std::fs::rename(&file, &rotated).unwrap();
+        std::fs::remove_file(&rotated).unwrap();
+        assert!(read, "round {round}: the agent read {} of {n} lines with no collector alive", lines_read());
+    }
+    let (_, metrics) = c.http_get("gw", "/metrics");
+    assert!(metric(&metrics, "switchboard_agent_held_batches_total").unwrap_or(0.0) > 0.0, "{metrics}");
+    let collector = c.start_collector();
+    let ok = wait_until(DEADLINE, || count_logs(&c.dataset()) >= n);
+    assert!(ok, "dataset holds {} of {n}\n{}", count_logs(&c.dataset()), agent.log_text());
+    agent.stop();
+    collector.stop();
+    let rows = read_logs(&c.dataset());
+    assert_exactly_once(&rows);
+    assert_lines(&rows, "gw", n);
+}

@@ -96,8 +96,9 @@ pub struct AgentSettings {
     /// How often to evaluate the globs for new files, in milliseconds. Default: 1000.
     #[serde(default = "default_glob_ms")]
     pub glob_interval_ms: u64,
-    /// Hold batches back while no collector is alive on the bus, so that nothing is published
-    /// into the void (the files stay the journal). Default: true.
+    /// Publish no batch while no collector is alive on the bus, so that nothing is published
+    /// into the void: batches are journaled as always, and a collector that comes back pulls
+    /// them (with acknowledgements off, nothing is journaled, and the agent waits). Default: true.
     #[serde(default = "default_true")]
     pub wait_for_collector: bool,
     /// Wait for collectors' acknowledgements (watermarks) before advancing the checkpoint, and

@@ -1,8 +1,9 @@
 //! Publishing batches on the bus, and the agent's side of acknowledgement.
 //!
-//! - [`PublisherTask`] takes [`OutBatch`]es from the tailers' queue (they are already journaled),
-//!   waits (if configured) until a collector is alive, and puts each payload on its stream key
-//!   with `CongestionControl::Block`: a batch is never dropped by zenoh under load.
+//! - [`PublisherTask`] takes [`OutBatch`]es from the tailers' queue (they are already journaled)
+//!   and puts each payload on its stream key with `CongestionControl::Block`: a batch is never
+//!   dropped by zenoh under load. While no collector is alive it publishes nothing (if so
+//!   configured): the batches stay in the journal for a collector to pull when it is back.
 //! - [`run_acks`] follows the collectors' watermarks for this node: each advance folds the covered
 //!   journal entries into the acknowledged checkpoint, which is stored (atomically, at most every
 //!   `checkpoint_interval_ms` and at shutdown) before the journal is compacted.
@@ -75,12 +76,28 @@ impl PublisherTask {
     /// Publish until every tailer has finished (the queue closes), or until `cancel` fires while
     /// waiting for a collector (the batches stay in the journal).
     pub(crate) async fn run(self, mut rx: mpsc::Receiver<OutBatch>, cancel: CancellationToken) {
+        let mut holding = false;
         while let Some(batch) = rx.recv().await {
-            if self.wait_for_collector && !self.collector_alive(&cancel).await {
-                tracing::warn!(
-                    "stopping with batches unpublished: no collector alive; they are replayed when one asks"
-                );
-                break;
+            if self.wait_for_collector && self.membership.live_of(Role::Collector).is_empty() {
+                if self.self_ack.is_none() {
+                    // Journaled already: the tailers read on (keeping rotated files open, up to
+                    // `max_unacked_batches`), and a collector that comes back finds the gap in
+                    // the heads and pulls it from the journal.
+                    if !holding {
+                        tracing::warn!("no collector alive: batches are journaled, not published; a collector pulls them when it is back");
+                        holding = true;
+                    }
+                    self.stats.batches_held.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                // Without acknowledgements nothing is journaled: wait for a collector.
+                if !self.collector_alive(&cancel).await {
+                    tracing::warn!("stopping with batches unpublished: no collector alive");
+                    break;
+                }
+            }
+            if std::mem::take(&mut holding) {
+                tracing::info!("a collector is alive: publishing again");
             }
             let Some(publisher) = self.publishers.get(&batch.source) else {
                 tracing::error!(source = %batch.source, "no publisher for source");

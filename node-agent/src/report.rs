@@ -62,7 +62,10 @@ impl Report for AgentReport {
         }
         let collectors = self.membership.live_of(Role::Collector);
         if collectors.is_empty() {
-            h.degraded.push("no collector is alive: lines wait in the journal until one is".into());
+            h.degraded.push(
+                "no collector is alive: lines are read and journaled (up to max_unacked_batches, then reading pauses) and pulled by a collector when one is back"
+                    .into(),
+            );
         }
         let lags = lags(&self.journals);
         for (source, (_, _, _, secs)) in &lags {
@@ -160,6 +163,11 @@ impl Report for AgentReport {
                 "switchboard_agent_published_batches_total",
                 "Batches published on the bus.",
                 g(&s.batches_published),
+            )
+            .counter(
+                "switchboard_agent_held_batches_total",
+                "Batches journaled and not published while no collector was alive (a collector pulls them when back).",
+                g(&s.batches_held),
             )
             .counter("switchboard_agent_publish_errors_total", "Failed publications.", g(&s.publish_errors))
             .counter("switchboard_agent_checkpoint_errors_total", "Failed checkpoint writes.", g(&s.checkpoint_errors))

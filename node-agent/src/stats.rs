@@ -26,6 +26,8 @@ pub struct AgentStats {
     pub lines_published: AtomicU64,
     /// Batches published on the bus.
     pub batches_published: AtomicU64,
+    /// Batches journaled and not published because no collector was alive (pulled later).
+    pub batches_held: AtomicU64,
     /// Failed publications (the batch is retried after a restart from the checkpoint).
     pub publish_errors: AtomicU64,
     /// Checkpoint writes that failed.
