@@ -54,8 +54,10 @@ pub(crate) fn lags(journals: &Journals) -> BTreeMap<String, (u64, u64, usize, f6
 impl Report for AgentReport {
     fn health(&self) -> Health {
         let mut h = Health::default();
-        if self.stats.journal_errors.load(Ordering::Relaxed) > 0 {
-            h.failing.push("a source stopped: its journal cannot be written".into());
+        for (source, e) in self.stats.journal_failed.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            h.failing.push(format!(
+                "source {source} stopped: its journal cannot be written ({e}); its lines wait in its files until a restart"
+            ));
         }
         if let Some(e) = self.stats.checkpoint_failing.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             h.failing.push(format!("cannot store the checkpoint ({e}); acknowledged lines stay in the journal"));

@@ -36,6 +36,8 @@ pub struct AgentStats {
     pub checkpoint_failing: std::sync::Mutex<Option<String>>,
     /// Journal writes that failed (the source stops until a restart).
     pub journal_errors: AtomicU64,
+    /// Sources stopped by a journal write that failed: source name and error.
+    pub journal_failed: std::sync::Mutex<Vec<(String, String)>>,
     /// Replay queries answered.
     pub replays: AtomicU64,
     /// Lines sent again in answer to replay queries.

@@ -714,6 +714,9 @@ impl SourceTailer {
             // restart re-read from the last journaled position.
             tracing::error!(source = %self.config.name, error = %e, "cannot write the journal; stopping this source");
             self.stats.journal_errors.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut failed) = self.stats.journal_failed.lock() {
+                failed.push((self.config.name.clone(), e.to_string()));
+            }
             return Err(Closed);
         }
         self.batch_first_seq = self.next_seq;
