@@ -34,6 +34,10 @@ use crate::stats::AgentStats;
 use crate::tailer::OutBatch;
 use crate::AgentError;
 
+/// How long a batch waits for a collector to come alive before the publisher stops publishing
+/// and leaves the batches to the journal (see [`PublisherTask::run`]).
+const HOLD_AFTER: Duration = Duration::from_secs(3);
+
 /// The media type of sequenced payloads (Arrow IPC stream).
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 
@@ -79,21 +83,24 @@ impl PublisherTask {
         let mut holding = false;
         while let Some(batch) = rx.recv().await {
             if self.wait_for_collector && self.membership.live_of(Role::Collector).is_empty() {
-                if self.self_ack.is_none() {
+                // Without acknowledgements nothing is journaled: wait for a collector.
+                if self.self_ack.is_some() {
+                    if !self.collector_alive(&cancel).await {
+                        tracing::warn!("stopping with batches unpublished: no collector alive");
+                        break;
+                    }
+                } else if holding || !self.collector_within(HOLD_AFTER, &cancel).await {
                     // Journaled already: the tailers read on (keeping rotated files open, up to
                     // `max_unacked_batches`), and a collector that comes back finds the gap in
-                    // the heads and pulls it from the journal.
+                    // the heads and pulls it from the journal. (A start usually meets a
+                    // collector within milliseconds: the first batch waits for one a moment,
+                    // so that live subscribers see the batches of a clean start.)
                     if !holding {
                         tracing::warn!("no collector alive: batches are journaled, not published; a collector pulls them when it is back");
                         holding = true;
                     }
                     self.stats.batches_held.fetch_add(1, Ordering::Relaxed);
                     continue;
-                }
-                // Without acknowledgements nothing is journaled: wait for a collector.
-                if !self.collector_alive(&cancel).await {
-                    tracing::warn!("stopping with batches unpublished: no collector alive");
-                    break;
                 }
             }
             if std::mem::take(&mut holding) {
@@ -116,6 +123,14 @@ impl PublisherTask {
             }
         }
         rx.close();
+    }
+
+    /// Whether a collector is alive within `wait` (false at once when `cancel` fires).
+    async fn collector_within(&self, wait: Duration, cancel: &CancellationToken) -> bool {
+        tokio::select! {
+            _ = cancel.cancelled() => false,
+            alive = self.membership.wait_for_role(Role::Collector, wait) => alive,
+        }
     }
 
     async fn collector_alive(&self, cancel: &CancellationToken) -> bool {

@@ -18,7 +18,7 @@
 use std::borrow::Cow;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -161,6 +161,9 @@ struct TailedFile {
     first_block_checked: bool,
     /// Not read: its first block looked binary and the source skips such files.
     skipped_as_binary: bool,
+    /// Emptied (or opened empty): once it holds bytes again, look whether they are a copy of
+    /// another tailed file before reading them.
+    recheck_copy: bool,
 }
 
 /// A file truncated in place whose copy has not been found yet: its old fingerprint and where
@@ -323,6 +326,18 @@ impl SourceTailer {
                 f.gone_since = Some(Instant::now());
             }
         }
+        // A copy written over a file the source tails already is found by its first bytes.
+        let mut k = 0;
+        while k < self.pending_copies.len() {
+            let p = &self.pending_copies[k];
+            match self.rewritten_copy_of(&p.fingerprint, p.original) {
+                Some(j) => {
+                    let p = self.pending_copies.swap_remove(k);
+                    self.adopt_copy(j, p.original, p.fingerprint, p.position, &p.path);
+                }
+                None => k += 1,
+            }
+        }
         // A copy is made before its original is truncated: a truncation this scan found no copy
         // for has none in the source's paths (one found while opening files in this scan gets
         // the next scan too, as files are opened in an order of their own).
@@ -429,6 +444,7 @@ impl SourceTailer {
             copy_for,
             first_block_checked: resumed_past_start,
             skipped_as_binary: false,
+            recheck_copy: len == 0 && copy_for.is_none(),
         });
         Ok(())
     }
@@ -514,6 +530,17 @@ impl SourceTailer {
             }
             self.files[i].hold_for_copy = None;
         }
+        // Emptied in place and written again (its first bytes not known yet): what it holds now
+        // may be a copy of another tailed file (`cp` truncates its target before writing it).
+        if self.files[i].recheck_copy && self.files[i].file.metadata()?.len() > 0 {
+            self.files[i].recheck_copy = false;
+            if self.files[i].copy_for.is_none() && self.files[i].framer.read_offset() == 0 {
+                self.rewritten_as_copy(i);
+                if self.files[i].copy_of.is_some() || self.files[i].copy_for.is_some() {
+                    return Ok(0);
+                }
+            }
+        }
         let f = &mut self.files[i];
         let at = f.framer.read_offset();
         // Make sure the file was not truncated and written again past our offset meanwhile
@@ -598,6 +625,9 @@ impl SourceTailer {
         // New content from the start: its first block is looked at again.
         f.first_block_checked = false;
         f.hold_for_copy = Some(Instant::now());
+        // New content: whatever it was a copy of, it is not any more.
+        f.copy_for = None;
+        f.recheck_copy = true;
         self.moved.push(inode);
         self.stats.truncations.fetch_add(1, Ordering::Relaxed);
         if let Some(copy) = self.files.iter_mut().find(|c| c.copy_of == Some(inode)) {
@@ -613,6 +643,10 @@ impl SourceTailer {
             if let Ok(mut j) = self.journal.lock() {
                 j.register_copy(inode, fingerprint, copy_file);
             }
+        } else if let Some(j) = self.rewritten_copy_of(&fingerprint, inode) {
+            // The copy went over a file the source tails (read below, not again from its start).
+            let original = self.files[i].path.clone();
+            self.adopt_copy(j, inode, fingerprint, position, &original);
         } else {
             let path = self.files[i].path.clone();
             self.pending_copies.push(PendingCopy {
@@ -627,6 +661,40 @@ impl SourceTailer {
         self.rewritten_as_copy(i);
     }
 
+    /// A tailed file other than `original` whose first bytes on disk are now `fingerprint` (the
+    /// original's before its truncation) although it was read with others: the copy written
+    /// over it.
+    fn rewritten_copy_of(&self, fingerprint: &Fingerprint, original: Inode) -> Option<usize> {
+        if fingerprint.len == 0 {
+            return None;
+        }
+        self.files.iter().position(|f| {
+            f.inode != original
+                && f.copy_for.is_none()
+                && f.fingerprint != *fingerprint
+                && Fingerprint::read(&f.file, fingerprint.len as usize).is_ok_and(|now| now == *fingerprint)
+        })
+    }
+
+    /// File `j` is the copy of `original` (truncated at `position`, its first bytes were
+    /// `fingerprint`): read it from there, before the original's new lines.
+    fn adopt_copy(&mut self, j: usize, original: Inode, fingerprint: Fingerprint, position: Position, from: &Path) {
+        let f = &mut self.files[j];
+        tracing::info!(path = %f.path.display(), original = %from.display(), offset = position.offset, "rewritten with the first bytes of a truncated file: its copy, read from where the original stood");
+        f.framer = LineFramer::new(self.config.max_line_bytes, position);
+        f.fingerprint = Fingerprint::read(&f.file, FINGERPRINT_BYTES).unwrap_or(fingerprint);
+        f.copy_of = None;
+        f.copy_for = Some(original);
+        f.hold_for_copy = None;
+        f.at_eof = false;
+        f.first_block_checked = true;
+        let (inode, file) = (f.inode, f.file.clone());
+        self.moved.push(inode);
+        if let Ok(mut j) = self.journal.lock() {
+            j.register_copy(original, fingerprint, file);
+        }
+    }
+
     /// File `i` was just found truncated or rewritten in place: if its new first bytes are those
     /// of another tailed file, it may be that file's copy written over an older rotated file (`cp
     /// app.log app.log.1` where `app.log.1` is tailed too). Of a file already truncated (a
@@ -639,15 +707,7 @@ impl SourceTailer {
             |fp: &Fingerprint| fp.len > 0 && Fingerprint::read(&file, fp.len as usize).is_ok_and(|now| now == *fp);
         if let Some(k) = self.pending_copies.iter().position(|p| p.original != inode && same(&p.fingerprint)) {
             let p = self.pending_copies.swap_remove(k);
-            let f = &mut self.files[i];
-            tracing::info!(path = %f.path.display(), original = %p.path.display(), offset = p.position.offset, "rewritten with the first bytes of a truncated file: its copy, read from where the original stood");
-            f.framer = LineFramer::new(self.config.max_line_bytes, p.position);
-            f.copy_for = Some(p.original);
-            f.hold_for_copy = None;
-            f.first_block_checked = true;
-            if let Ok(mut j) = self.journal.lock() {
-                j.register_copy(p.original, p.fingerprint, file);
-            }
+            self.adopt_copy(i, p.original, p.fingerprint, p.position, &p.path);
             return;
         }
         let original = self
