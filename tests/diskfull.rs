@@ -43,15 +43,6 @@ impl Drop for Mount {
     }
 }
 
-/// Stop both processes; the dataset holds each of the `n` lines of `gw` exactly once.
-fn stop_and_check_every_line(c: &Cluster, agent: Proc, collector: Proc, n: usize) {
-    agent.stop();
-    collector.stop();
-    let rows = read_logs(&c.dataset());
-    assert_exactly_once(&rows);
-    assert_lines(&rows, "gw", n);
-}
-
 #[test]
 fn full_disk_then_space_returns() {
     let c = Cluster::new();

@@ -180,8 +180,6 @@ fn truncations_without_a_copy_a_second_apart_lose_nothing_that_was_read() {
     let collector = c.start_collector();
     let agent = c.start_agent("gw", "plain");
     let file = c.logs_dir("gw").join("app.log");
-    let lines_read =
-        || metric(&c.http_get("gw", "/metrics").1, "switchboard_agent_lines_total").unwrap_or(0.0) as usize;
     let mut n = 0;
     for round in 0..4 {
         if round > 0 {
@@ -191,16 +189,12 @@ fn truncations_without_a_copy_a_second_apart_lose_nothing_that_was_read() {
         append(&file, (n..n + 100).map(|i| numbered("gw", i)));
         n += 100;
         // Read before the next truncation (lines unread at a truncation without a copy are lost).
-        let read = wait_until(Duration::from_secs(3), || lines_read() >= n);
-        assert!(read, "the agent read {} of {n} lines within 3 s of round {round}", lines_read());
+        let read = wait_until(Duration::from_secs(3), || lines_read(&c, "gw") >= n);
+        assert!(read, "the agent read {} of {n} lines within 3 s of round {round}", lines_read(&c, "gw"));
     }
     let ok = wait_until(DEADLINE, || count_logs(&c.dataset()) >= n);
     assert!(ok, "dataset holds {} of {n}\n{}", count_logs(&c.dataset()), agent.log_text());
-    agent.stop();
-    collector.stop();
-    let rows = read_logs(&c.dataset());
-    assert_exactly_once(&rows);
-    assert_lines(&rows, "gw", n);
+    stop_and_check_every_line(&c, agent, collector, n);
 }
 
 /// No collector alive while the gateway writes, rotates and deletes its logs: the agent reads
@@ -211,8 +205,6 @@ fn files_rotated_and_deleted_while_no_collector_is_alive_lose_nothing() {
     let collector = c.start_collector();
     let agent = c.start_agent("gw", "plain");
     let dir = c.logs_dir("gw");
-    let lines_read =
-        || metric(&c.http_get("gw", "/metrics").1, "switchboard_agent_lines_total").unwrap_or(0.0) as usize;
     append(&dir.join("app.log"), (0..500).map(|i| numbered("gw", i)));
     assert!(wait_until(DEADLINE, || count_logs(&c.dataset()) >= 500), "{}", agent.log_text());
     collector.stop();
@@ -222,21 +214,17 @@ fn files_rotated_and_deleted_while_no_collector_is_alive_lose_nothing() {
         let file = dir.join("app.log");
         append(&file, (n..n + 200).map(|i| numbered("gw", i)));
         n += 200;
-        let read = wait_until(Duration::from_secs(5), || lines_read() >= n);
+        let read = wait_until(Duration::from_secs(5), || lines_read(&c, "gw") >= n);
         // Rotated away and deleted at once: what the agent did not read is gone from the disk.
         let rotated = dir.join(format!("app.log.{round}"));
         std::fs::rename(&file, &rotated).unwrap();
         std::fs::remove_file(&rotated).unwrap();
-        assert!(read, "round {round}: the agent read {} of {n} lines with no collector alive", lines_read());
+        assert!(read, "round {round}: the agent read {} of {n} lines with no collector alive", lines_read(&c, "gw"));
     }
     let (_, metrics) = c.http_get("gw", "/metrics");
     assert!(metric(&metrics, "switchboard_agent_held_batches_total").unwrap_or(0.0) > 0.0, "{metrics}");
     let collector = c.start_collector();
     let ok = wait_until(DEADLINE, || count_logs(&c.dataset()) >= n);
     assert!(ok, "dataset holds {} of {n}\n{}", count_logs(&c.dataset()), agent.log_text());
-    agent.stop();
-    collector.stop();
-    let rows = read_logs(&c.dataset());
-    assert_exactly_once(&rows);
-    assert_lines(&rows, "gw", n);
+    stop_and_check_every_line(&c, agent, collector, n);
 }

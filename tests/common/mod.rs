@@ -486,6 +486,21 @@ impl Writer {
     }
 }
 
+/// Stop both processes; the dataset holds each of the `n` lines of `gw` exactly once.
+pub fn stop_and_check_every_line(c: &Cluster, agent: Proc, collector: Proc, n: usize) {
+    agent.stop();
+    collector.stop();
+    let rows = read_logs(&c.dataset());
+    assert_exactly_once(&rows);
+    assert_lines(&rows, "gw", n);
+}
+
+/// Lines the agent of `node` has read so far (`switchboard_agent_lines_total`; 0 if it does not
+/// answer).
+pub fn lines_read(c: &Cluster, node: &str) -> usize {
+    metric(&c.http_get(node, "/metrics").1, "switchboard_agent_lines_total").unwrap_or(0.0) as usize
+}
+
 /// Assert the rows of `node` are exactly its lines `0..count`, each once, in sequence order.
 pub fn assert_lines(rows: &[Row], node: &str, count: usize) {
     let mut mine: Vec<&Row> = rows.iter().filter(|r| r.node == node).collect();
