@@ -177,7 +177,7 @@ impl switchboard_bus::http::Report for CollectorReport {
             .gauge(
                 "switchboard_collector_failing",
                 "1 while writes or commits fail (e.g. disk full).",
-                f64::from(u8::from(st.failing.is_some())),
+                f64::from(u8::from(st.failing.is_some() || group.store_error.is_some())),
             )
             .gauge_series(
                 "switchboard_collector_stream_lag_records",
