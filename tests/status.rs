@@ -235,6 +235,54 @@ fn status_from_an_agents_config_reaches_it_while_every_collector_is_down() {
 }
 
 #[test]
+fn the_collectors_status_document_lists_a_stream_with_nothing_committed_yet() {
+    // A collector that commits a file only after a minute: the stream's records are announced
+    // and none is committed when the document is read.
+    let c = Cluster::new();
+    let cfg = c.path().join("collector-slow.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[bus]\ncluster = \"{}\"\nnode = \"c1\"\nlisten = [\"{}\"]\n\n[collector]\ndata_dir = \"{}\"\n\
+             max_file_age_ms = 60000\nhttp_listen = \"127.0.0.1:{}\"\n",
+            c.cluster,
+            c.endpoint,
+            c.dataset().display(),
+            c.http_port("collector")
+        ),
+    )
+    .unwrap();
+    let _collector =
+        common::Proc::start("collector", &["collector", "--config", cfg.to_str().unwrap()], c.path().join("c.log"));
+    let _gw1 = c.start_agent("gw1", "plain");
+    append(&c.logs_dir("gw1").join("app.log"), (0..50).map(|i| numbered("gw1", i)));
+    let announced = wait_until(Duration::from_secs(20), || {
+        let (_, h) = c.http_get("collector", "/health");
+        h.contains("\"gw1/log/app\":{\"records\":50")
+    });
+    assert!(announced, "{:?}", c.http_get("collector", "/health"));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let doc: Value = rt.block_on(async {
+        let mut config = zenoh::Config::default();
+        config.insert_json5("mode", "\"client\"").unwrap();
+        config.insert_json5("connect/endpoints", &format!("[\"{}\"]", c.endpoint)).unwrap();
+        config.insert_json5("scouting/multicast/enabled", "false").unwrap();
+        let s = zenoh::open(config).await.unwrap();
+        let replies = s.get(format!("sb/{}/status/collector/c1", c.cluster)).await.unwrap();
+        let reply = replies.recv_async().await.unwrap();
+        let doc = serde_json::from_slice(&reply.result().unwrap().payload().to_bytes()).unwrap();
+        s.close().await.unwrap();
+        doc
+    });
+    let streams = doc["collector"]["streams"].as_array().cloned().unwrap_or_default();
+    let row = streams.iter().find(|r| r["node"] == "gw1" && r["stream"] == "log/app");
+    assert!(
+        row.is_some_and(|r| r["committed"] == 0 && r["lag_records"] == 50),
+        "the document lists the stream with nothing committed: {doc:#}"
+    );
+}
+
+#[test]
 fn status_of_an_address_where_nothing_answers_is_unreachable() {
     let c = Cluster::new();
     let t = Instant::now();
