@@ -668,11 +668,16 @@ impl SourceTailer {
         if fingerprint.len == 0 {
             return None;
         }
+        // Rewritten: its first bytes on disk are no longer the ones it was read with (whatever
+        // it was before, a copy of an earlier rotation included).
+        let rewritten = |f: &TailedFile| {
+            f.fingerprint.len == 0
+                || Fingerprint::read(&f.file, f.fingerprint.len as usize).is_ok_and(|now| now != f.fingerprint)
+        };
         self.files.iter().position(|f| {
             f.inode != original
-                && f.copy_for.is_none()
-                && f.fingerprint != *fingerprint
                 && Fingerprint::read(&f.file, fingerprint.len as usize).is_ok_and(|now| now == *fingerprint)
+                && rewritten(f)
         })
     }
 
