@@ -281,7 +281,10 @@ fn apply(node: &str, limiter: &Limiter, peers: &BTreeMap<String, Peer>, applied:
         let mut share = share_of(node, &demands).min(cap);
         let max = slot_keys.get(key).copied().or_else(|| limiter.slot_limit(key));
         let mut slots = max.map(|max| {
-            let claimed = |name: &str| peers.get(name).and_then(|p| p.report.as_ref()).map_or(0, |r| r.claim(key, max));
+            // A live node not heard from yet may hold every slot (it may have held them before
+            // this node started): it claims all of them until its first report says otherwise.
+            let claimed =
+                |name: &str| peers.get(name).and_then(|p| p.report.as_ref()).map_or(max, |r| r.claim(key, max));
             my_slots(node, key_shares(&demands, cap, node), max, claimed)
         });
         if let (true, Some(&(last_share, last_slots))) = (frozen, applied.get(key)) {
@@ -306,8 +309,8 @@ fn key_shares(demands: &BTreeMap<String, f64>, cap: f64, node: &str) -> BTreeMap
 
 /// Whole slots of `max` for `node`: its share rounded down, leftovers by largest remainder, and
 /// never more than what the others may hold leaves free: each other node's allotment by the
-/// shares, or what it claims ([`DemandReport::claim`]: holds, or lets itself hold), whichever
-/// is larger. A node therefore grows only into room the others have said they left.
+/// shares, or what it claims ([`DemandReport::claim`]: holds, or lets itself hold; every slot
+/// for a node not heard from yet), whichever is larger. A node therefore grows only into room the others have said they left.
 fn my_slots(node: &str, shares: BTreeMap<String, f64>, max: u64, claimed: impl Fn(&str) -> u64) -> u64 {
     let mut alloc: BTreeMap<&str, u64> = BTreeMap::new();
     let mut remainders: Vec<(f64, &str)> = Vec::new();
@@ -400,6 +403,31 @@ mod tests {
         assert_eq!(applied["k"].1, 20);
         let held = (0..30).filter(|_| me.acquire_slot("k", 1).is_allowed()).count();
         assert_eq!(held, 20);
+    }
+
+    #[test]
+    fn a_node_not_heard_from_yet_leaves_no_slot_free() {
+        // A node starting beside one that holds every slot, live before its first report arrives.
+        let busy = DemandReport { version: 1, demand: [("k".to_owned(), 50.0)].into(), ..Default::default() };
+        let mut peers: BTreeMap<String, Peer> = BTreeMap::new();
+        peers.insert("me".into(), heard(busy));
+        peers.insert("unheard".into(), Peer::default());
+        let (me, mut applied) = (slot_limiter(), Applied::new());
+        apply("me", &me, &peers, &mut applied, false);
+        assert_eq!(applied["k"].1, 0, "its report may say it holds all 20");
+        let holder = DemandReport {
+            version: 1,
+            held: [("k".to_owned(), 20)].into(),
+            allotted: [("k".to_owned(), 20)].into(),
+            ..Default::default()
+        };
+        peers.insert("unheard".into(), heard(holder));
+        apply("me", &me, &peers, &mut applied, false);
+        assert_eq!(applied["k"].1, 0, "and it does");
+        let idle = DemandReport { version: 1, allotted: [("k".to_owned(), 0)].into(), ..Default::default() };
+        peers.insert("unheard".into(), heard(idle));
+        apply("me", &me, &peers, &mut applied, false);
+        assert_eq!(applied["k"].1, 20, "one that holds none leaves them all");
     }
 
     #[test]
