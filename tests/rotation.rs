@@ -171,6 +171,31 @@ fn copytruncate_over_rotated_files_already_tailed() {
     );
 }
 
+/// The same while the agent is down: `app.log` copied over `app.log.1` (a rotated file it read
+/// before), then truncated and written on. The checkpoint finds `app.log.1` rewritten: it is
+/// the copy, read from where `app.log` stood, not again from its start.
+#[test]
+fn copytruncate_over_a_tailed_rotated_file_while_the_agent_is_down() {
+    let c = Cluster::new();
+    let collector = c.start_collector();
+    let file = c.logs_dir("gw").join("app.log");
+    let rotated = file.with_extension("log.1");
+    append(&rotated, (0..1000).map(|i| numbered("gw", i)));
+    append(&file, (1000..3000).map(|i| numbered("gw", i)));
+    let agent = c.start_agent("gw", "plain");
+    let ok = wait_until(DEADLINE, || count_logs(&c.dataset()) >= 3000);
+    assert!(ok, "dataset holds {} of 3000\n{}", count_logs(&c.dataset()), agent.log_text());
+    agent.stop();
+    append(&file, (3000..3500).map(|i| numbered("gw", i)));
+    std::fs::copy(&file, &rotated).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(0).unwrap();
+    append(&file, (3500..4000).map(|i| numbered("gw", i)));
+    let agent = c.start_agent("gw", "plain");
+    let ok = wait_until(DEADLINE, || count_logs(&c.dataset()) >= 4000);
+    assert!(ok, "dataset holds {} of 4000\n{}", count_logs(&c.dataset()), agent.log_text());
+    stop_and_check_every_line(&c, agent, collector, 4000);
+}
+
 /// Truncations a second apart with no copy in the source's paths: each loses only what the
 /// agent had not read when it came (nothing here: the test waits for the reads), not the lines
 /// written after the one before.

@@ -358,6 +358,7 @@ impl SourceTailer {
         let mut position = None;
         let mut hold = None;
         let mut copy_for = None;
+        let mut rewritten_while_down = false;
         if let Some(i) = self.restored.iter().position(|c| c.inode == inode) {
             let cp = self.restored.swap_remove(i);
             let now = Fingerprint::read(&file, cp.fingerprint.len as usize)?;
@@ -373,6 +374,7 @@ impl SourceTailer {
                     since: Instant::now(),
                 });
                 hold = Some(Instant::now());
+                rewritten_while_down = true;
             } else {
                 position = Some(cp.position());
             }
@@ -410,6 +412,15 @@ impl SourceTailer {
                 }
             }
         }
+        // Rewritten while the agent was down and not (yet) known as a copy: its first bytes are
+        // not the ones it was read with, so a truncated file found later in this scan whose
+        // first bytes it now holds adopts it as its copy ([`Self::rewritten_copy_of`]), and
+        // when it is first read it is looked at as a possible copy of a tailed file.
+        let fingerprint = if rewritten_while_down && position.is_none() && copy_of.is_none() {
+            Fingerprint::of_bytes(&[])
+        } else {
+            fingerprint
+        };
         let resumed_past_start = position.is_some_and(|p| p.offset > 0);
         let position = position.unwrap_or(match (self.config.start_at, self.first_scan_done) {
             (StartAt::End, false) => Position { offset: len, skipping: false },
@@ -444,7 +455,7 @@ impl SourceTailer {
             copy_for,
             first_block_checked: resumed_past_start,
             skipped_as_binary: false,
-            recheck_copy: len == 0 && copy_for.is_none(),
+            recheck_copy: (len == 0 || fingerprint.len == 0) && copy_for.is_none(),
         });
         Ok(())
     }
