@@ -368,7 +368,7 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
                 .collect();
             let layers: BTreeSet<&str> = files.keys().filter_map(|p| p.split('/').next()).collect();
             for layer in layers.difference(&readers) {
-                out!("note: no node that answered reads {layer}/ (not global, default, a node's name or a subcluster)");
+                out!("note: no node that answered reads {layer}/ (not global, default, nor the name or subcluster of a node that answered)");
             }
             out!("on top of revision {}:", head.as_ref().map_or("none (the first)".to_owned(), |h| h.label()));
             print_changes(before, &files, "  ")?;
@@ -606,8 +606,8 @@ fn print_line_diff(old: &[u8], new: &[u8]) -> Result<()> {
 async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
     let (session, keys) = open(bus).await?;
     let repo = ClusterRepo::read(&session, &keys, PATIENCE).await;
-    if repo.states.is_empty() {
-        note!("error: no node answered on {}/config/state/*", keys.prefix());
+    if let Err(e) = nodes_or_fail(&repo, &keys, bus) {
+        note!("error: {e}");
         return Ok(2);
     }
     let heads: Vec<Summary> = repo.heads().into_iter().cloned().collect();

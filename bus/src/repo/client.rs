@@ -63,18 +63,34 @@ impl ClusterRepo {
     }
 
     /// The revision `reference` names: `head` (the one head), a number (unique), or the start of
-    /// an id (at least 4 digits, unique).
+    /// an id (at least 4 digits, unique). Digits alone name a number, or the start of an id when
+    /// they name no number; both at once is an error that asks for more of the id.
     pub fn find(&self, reference: &str) -> Result<&Summary, String> {
+        let by_id = |r: &str| -> Vec<&Summary> {
+            let r = r.to_ascii_lowercase();
+            self.known.values().filter(|s| s.id.starts_with(&r)).collect()
+        };
         let matches: Vec<&Summary> = if reference == "head" {
             self.heads()
         } else if let Ok(n) = reference.parse::<u64>() {
-            self.known.values().filter(|s| s.number == n).collect()
+            let by_number: Vec<&Summary> = self.known.values().filter(|s| s.number == n).collect();
+            let by_id = if reference.len() >= 4 { by_id(reference) } else { Vec::new() };
+            match (by_number.is_empty(), by_id.is_empty()) {
+                (false, false) => {
+                    return Err(format!(
+                        "{reference} is the number of {} and the start of the id of {}: give more digits of the id",
+                        by_number.iter().map(|s| s.label()).collect::<Vec<_>>().join(", "),
+                        by_id.iter().map(|s| s.label()).collect::<Vec<_>>().join(", ")
+                    ))
+                }
+                (true, _) => by_id,
+                (false, true) => by_number,
+            }
         } else if reference.bytes().all(|b| b.is_ascii_hexdigit()) {
             if reference.len() < 4 {
                 return Err(format!("{reference:?} is too short: give at least 4 hex digits of an id"));
             }
-            let r = reference.to_ascii_lowercase();
-            self.known.values().filter(|s| s.id.starts_with(&r)).collect()
+            by_id(reference)
         } else {
             return Err(format!(
                 "{reference:?} is not a revision: give `head`, a number, or the start of an id (at least 4 hex digits)"
@@ -244,5 +260,40 @@ pub async fn wait_applied(
             return out;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(revisions: &[(u64, &str)]) -> ClusterRepo {
+        let known = revisions
+            .iter()
+            .map(|(number, id)| {
+                let s = Summary {
+                    id: id.to_string(),
+                    number: *number,
+                    parents: Vec::new(),
+                    author: "ops".into(),
+                    at_ms: 0,
+                    message: String::new(),
+                };
+                (id.to_string(), s)
+            })
+            .collect();
+        ClusterRepo { states: BTreeMap::new(), errors: Vec::new(), known }
+    }
+
+    #[test]
+    fn digits_name_a_number_or_else_the_start_of_an_id() {
+        let r = repo(&[(15, "4200da6c00"), (2, "1234abcd00"), (1234, "ffff000000")]);
+        assert_eq!(r.find("15").map(|s| s.number), Ok(15));
+        assert_eq!(r.find("4200").map(|s| s.number), Ok(15), "no revision 4200: the id's start");
+        assert_eq!(r.find("4200da").map(|s| s.number), Ok(15));
+        let both = r.find("1234").unwrap_err();
+        assert!(both.contains("1234 (ffff0000)") && both.contains("2 (1234abcd)"), "{both}");
+        assert_eq!(r.find("1234a").map(|s| s.number), Ok(2));
+        assert!(r.find("9999").unwrap_err().contains("no node holds"));
     }
 }

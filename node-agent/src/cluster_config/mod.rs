@@ -445,6 +445,9 @@ impl Inner {
                 return;
             }
         };
+        if !self.keep_link() {
+            return;
+        }
         let Some(rev) = self.store.revision(&head).cloned() else { return };
         if self.hooked.as_deref() != Some(&head) {
             if let Some(hook) = &self.hook {
@@ -453,11 +456,16 @@ impl Inner {
             }
             self.hooked = Some(head.clone());
         }
-        if self.p.applied.as_ref().is_some_and(|a| a.id == head) {
-            self.blocked = None;
+        if self.p.failed.contains(&head) {
+            // Its reload failed (reverted, or kept in place): not applied until a new head, also
+            // after a restart of the agent.
+            if self.blocked.as_ref().is_none_or(|b| b.id != head) {
+                self.blocked = Some(self.reload_failed(&head, number));
+            }
             return;
         }
-        if self.p.failed.contains(&head) {
+        if self.p.applied.as_ref().is_some_and(|a| a.id == head) {
+            self.blocked = None;
             return;
         }
         self.scan();
@@ -530,25 +538,70 @@ impl Inner {
                     }
                 }
                 tracing::error!(revision = number, status = %outcome.status, reverted = outcome.reverted, output = %outcome.output, "the gateway's reload command failed");
-                self.blocked = Some(Blocked {
-                    id: head,
-                    number,
-                    why: format!(
-                        "the reload command failed ({}){}; push a fixed revision",
-                        outcome.status,
-                        if outcome.reverted {
-                            ", the revision before is back in place"
-                        } else if revert {
-                            ""
-                        } else {
-                            ", it stays in place (on_reload_failure = \"keep\")"
-                        }
-                    ),
-                    paths: Vec::new(),
-                });
             }
             self.p.reload = Some(outcome);
             self.p.save(&self.state_path);
+            if self.p.failed.contains(&head) {
+                self.blocked = Some(self.reload_failed(&head, number));
+            }
+        }
+    }
+
+    /// The link removed or pointed elsewhere by hand while the agent runs: put it back at the
+    /// applied tree, or when that tree is gone too, write the head afresh (as at a start). A
+    /// directory of someone else's in its place blocks every revision; `false` then.
+    fn keep_link(&mut self) -> bool {
+        let Some(tree) = self.p.tree.clone() else { return true };
+        if self.tree.current_name().as_deref() == Some(tree.as_str()) {
+            return true;
+        }
+        let link = self.tree.link().display().to_string();
+        if let Err(e) = worktree::check_link(self.tree.link()) {
+            let why = e.to_string();
+            if self.blocked.as_ref().is_none_or(|b| b.why != why) {
+                tracing::error!(dir = %link, "{why}");
+            }
+            let (id, number) = self.p.applied.as_ref().map(|a| (a.id.clone(), a.number)).unwrap_or_default();
+            self.blocked = Some(Blocked { id, number, why, paths: Vec::new() });
+            return false;
+        }
+        if self.tree.has_tree(&tree) {
+            match self.tree.switch(&tree) {
+                Ok(()) => {
+                    tracing::warn!(dir = %link, %tree, "the configuration working directory was removed or re-pointed by hand: put back")
+                }
+                Err(e) => {
+                    tracing::error!(dir = %link, error = %e, "cannot put the configuration working directory back")
+                }
+            }
+        } else {
+            tracing::warn!(dir = %link, "the configuration working directory's tree was removed by hand: writing the head there afresh");
+            (self.p.applied, self.p.tree) = (None, None);
+            self.p.manifest.clear();
+            self.p.failed.clear();
+            self.p.save(&self.state_path);
+        }
+        true
+    }
+
+    /// Why revision `head` (`number`), whose reload failed, is not applied.
+    fn reload_failed(&self, head: &str, number: u64) -> Blocked {
+        let outcome = self.p.reload.as_ref().filter(|o| o.id == head);
+        let status = outcome.map_or("status not recorded", |o| o.status.as_str());
+        let reverted = outcome.is_some_and(|o| o.reverted);
+        let kept = self.settings.on_reload_failure == OnReloadFailure::Keep;
+        let how = if reverted {
+            ", the revision before is back in place"
+        } else if kept && self.p.applied.as_ref().is_some_and(|a| a.id == head) {
+            ", it stays in place (on_reload_failure = \"keep\")"
+        } else {
+            ""
+        };
+        Blocked {
+            id: head.to_owned(),
+            number,
+            why: format!("the reload command failed ({status}){how}; push a fixed revision"),
+            paths: Vec::new(),
         }
     }
 

@@ -106,9 +106,42 @@ impl ClusterConfigSettings {
         if self.reload.first().is_some_and(|p| p.is_empty()) {
             return bad("reload: the program may not be empty");
         }
+        if let Some(program) = self.reload.first().filter(|p| !findable(p)) {
+            return Err(AgentConfigError::Invalid(format!(
+                "cluster_config.reload: program {program:?} not found{}",
+                if program.contains('/') { "" } else { " in PATH" }
+            )));
+        }
         if self.dir.as_ref().is_some_and(|d| d.file_name().is_none()) {
             return bad("dir must name a link to create, not end in `/` or `..`");
         }
         Ok(())
+    }
+}
+
+/// Whether `program` names an executable file: a path as given, a bare name through `PATH` (as
+/// the reload command is started).
+fn findable(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    let executable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.contains('/') {
+        return executable(Path::new(program));
+    }
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| executable(&d.join(program))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_program_that_is_not_there_is_refused() {
+        let with = |program: &str| ClusterConfigSettings { reload: vec![program.into()], ..Default::default() };
+        assert!(with("sh").validate().is_ok(), "found through PATH");
+        assert!(with("/bin/sh").validate().is_ok());
+        let err = with("/nonexistent/reload").validate().unwrap_err().to_string();
+        assert!(err.contains("\"/nonexistent/reload\" not found"), "{err}");
+        let err = with("no-such-reload-program").validate().unwrap_err().to_string();
+        assert!(err.contains("not found in PATH"), "{err}");
     }
 }

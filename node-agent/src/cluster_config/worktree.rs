@@ -110,6 +110,11 @@ impl WorkTree {
         self.current()?.file_name()?.to_str().map(str::to_owned)
     }
 
+    /// Whether tree `name` is there (whatever the link points at).
+    pub fn has_tree(&self, name: &str) -> bool {
+        self.trees.join(name).is_dir()
+    }
+
     /// The files of the current tree that differ from `manifest`.
     pub fn scan(&self, manifest: &Manifest) -> Result<Vec<LocalEdit>, RepoError> {
         let Some(root) = self.current() else { return Ok(Vec::new()) };
