@@ -309,6 +309,11 @@ pub async fn run(cmd: LimitsCommand) -> Result<()> {
             }
             out!("nodes:");
             let newest_no = current.as_ref().map_or(0, |r| r.revision);
+            // During a configuration conflict a node keeps its limits: one behind stays behind.
+            let conflict = switchboard_bus::repo::wire::fetch_states(&session, &keys, Duration::from_secs(2))
+                .await
+                .iter()
+                .any(|s| s.as_ref().is_ok_and(|s| s.heads.len() > 1));
             let mut apart = Vec::new();
             for (node, h) in &histories {
                 let (n, theirs) = (h.current_number(), h.current());
@@ -320,13 +325,22 @@ pub async fn run(cmd: LimitsCommand) -> Result<()> {
                         format!("  (other limits: set {} by {}: {})", when(r.at_ms), r.author, r.comment)
                     }
                     _ if n == newest_no || same_limits => String::new(),
+                    Some(r) if conflict => {
+                        apart.push(node.as_str());
+                        format!(
+                            "  (other limits, kept during the configuration conflict: set {} by {}: {})",
+                            when(r.at_ms),
+                            r.author,
+                            r.comment
+                        )
+                    }
                     _ => "  (behind: takes the newest at its next sync)".to_owned(),
                 };
                 out!("  {node:<24} revision {n}{note}");
             }
             if !apart.is_empty() {
                 anyhow::bail!(
-                    "{} enforce other limits under the same revision number (set apart, during a partition): \
+                    "{} enforce other limits than the newest revision's (set apart, during a partition): \
                      `switchboard config status` shows the conflict, `switchboard config resolve` settles it",
                     apart.join(", ")
                 );

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::limits::{LimitsNode, Proxy};
-use common::{wait_until, Cluster, BIN};
+use common::{metric, wait_until, Cluster, BIN};
 use serde_json::Value;
 use switchboard_bus::config::BusConfig;
 use switchboard_bus::keys::KeySpace;
@@ -386,6 +386,43 @@ fn a_partition_with_a_push_on_each_side_is_a_reported_conflict_until_resolved() 
     assert_eq!((applied_number(&st, "gw1"), applied_number(&st, "gw2")), (3, 3));
     let met = wait_until(Duration::from_secs(10), || limits_cli(&["list"]).0);
     assert!(met, "{}", limits_cli(&["list"]).1);
+
+    // Again, with limits set on one side only: gw1 keeps 700 under its older revision number
+    // while gw2 enforces 900, and `limits list` does not call gw1 merely behind.
+    proxy.cut();
+    std::thread::sleep(Duration::from_secs(5));
+    let side_a = [("global/a.conf", "side a 2\n".to_string()), ("global/b.conf", "base\n".to_string()), limits(700)];
+    let side_b = [("global/a.conf", "side a\n".to_string()), ("global/b.conf", "side b 2\n".to_string()), limits(900)];
+    let (code, out) = config_cli(&c, &[a.endpoint()], &["push", tree(&c, "a2", &side_a).to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = config_cli(&c, &[b.endpoint()], &["push", tree(&c, "b2", &side_b).to_str().unwrap(), "-m", "b2"]);
+    assert_eq!(code, 0, "{out}");
+    proxy.heal();
+    let met =
+        wait_until(Duration::from_secs(30), || client.states().iter().filter(|s| s.heads.len() == 2).count() == 2);
+    assert!(met, "{:?}", client.states());
+    let (ok, out) = limits_cli(&["list"]);
+    assert!(!ok && out.contains("kept during the configuration conflict") && out.contains("gw1"), "{out}");
+    assert!(!out.contains("behind"), "{out}");
+    // Resolved by keeping side a: gw1's limits did not change (no new limits revision there),
+    // gw2's did. Both enforce the newest limits: `status` reports neither as behind.
+    let (_, st) = status_json(&c, &both);
+    let side_a_id = st["heads"].as_array().unwrap().iter().find(|h| h["message"] != "b2").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (code, out) = config_cli(&c, &both, &["resolve", "--take", &side_a_id[..12]]);
+    assert_eq!(code, 0, "{out}");
+    let status = || {
+        let out = std::process::Command::new(BIN)
+            .args(["status", "--cluster", &c.cluster, "--connect", &a.endpoint(), "--connect", &b.endpoint()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let text = status();
+    assert!(text.contains("gw1") && text.contains("gw2") && !text.contains("limits revision"), "{text}");
     drop((a, b, proxy));
 }
 
@@ -534,7 +571,54 @@ fn a_failed_reload_kept_in_place_is_still_a_failure() {
     assert_eq!(read(&link(&c, "gw1").join("a.conf")), "a1", "kept in place");
     let (code, _) = status_json(&c, &ep);
     assert_eq!(code, 1);
+    // Not applied on every later pass (the agent's own view: /metrics and /health), and after
+    // a restart of the agent.
+    let not_applied = || {
+        let (_, metrics) = c.http_get("gw1", "/metrics");
+        let (_, health) = c.http_get("gw1", "/health");
+        let blocked = metric(&metrics, "switchboard_agent_config_blocked");
+        (blocked == Some(1.0) && health.contains("degraded") && health.contains("reload command failed"))
+            .then_some(())
+            .ok_or(format!("blocked {blocked:?}, {health}"))
+    };
+    std::thread::sleep(Duration::from_millis(1600));
+    not_applied().unwrap();
+    let port = a.port;
     drop(a);
+    let _a = c.restart_limits_agent("gw1", port, &[], "", &reload);
+    assert!(wait_until(Duration::from_secs(15), || c.http_get("gw1", "/health").0 == 200));
+    std::thread::sleep(Duration::from_millis(1600));
+    not_applied().unwrap();
+}
+
+/// The working directory's link removed by hand while the agent runs is put back (no reload:
+/// the tree is the one the gateway loaded); with its tree removed too, the head is written
+/// afresh and reloaded; a directory put in its place blocks the node.
+#[test]
+fn a_working_directory_removed_by_hand_is_put_back() {
+    let c = Cluster::new();
+    let reloads = c.path().join("reloads");
+    let reload = repo_table(&format!("reload = [\"sh\", \"-c\", \"echo x >> {}\"]", reloads.display()));
+    let (_a, _, code, out) = push_to_one_agent(&c, &reload);
+    assert_eq!(code, 0, "{out}");
+    let reloaded = || read(&reloads).lines().count();
+    let dir = link(&c, "gw1");
+    std::fs::remove_file(&dir).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || read(&dir.join("a.conf")) == "a1"), "link not put back");
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(reloaded(), 1, "the same tree: no reload");
+    let tree = std::fs::canonicalize(&dir).unwrap();
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::remove_dir_all(&tree).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || read(&dir.join("a.conf")) == "a1"), "head not written afresh");
+    assert!(wait_until(Duration::from_secs(5), || reloaded() == 2), "reloads: {}", reloaded());
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::create_dir(&dir).unwrap();
+    let blocked = wait_until(Duration::from_secs(5), || {
+        let (_, health) = c.http_get("gw1", "/health");
+        health.contains("degraded") && health.contains("not a link Switchboard made")
+    });
+    assert!(blocked, "{}", c.http_get("gw1", "/health").1);
 }
 
 /// A reload that runs past `reload_timeout_ms` is killed, and what it wrote before is reported.

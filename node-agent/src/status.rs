@@ -90,6 +90,7 @@ impl AgentReport {
             ProcessStatus::new(Role::Agent, &self.node, self.started_at_ms, health).with_membership(&self.membership);
         doc.node = Some(NodeStatus {
             limits_revision: self.limits.as_ref().map(|l| l.revisions.current()).filter(|r| *r > 0),
+            limits_digest: self.limits.as_ref().and_then(|l| l.revisions.history().current().map(|r| r.digest())),
             sources,
             limits,
             dlr,

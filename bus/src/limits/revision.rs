@@ -48,6 +48,15 @@ impl Revision {
     pub fn validate(&self) -> Result<(), SpecError> {
         check(&self.limits)
     }
+
+    /// A short digest of its limits (16 hex digits of the SHA-256 of their JSON): equal for two
+    /// revisions that set the same limits, whatever their numbers.
+    pub fn digest(&self) -> String {
+        let json = serde_json::to_vec(&self.limits).unwrap_or_default();
+        let mut hex = crate::repo::sha256_hex(&json);
+        hex.truncate(16);
+        hex
+    }
 }
 
 /// Largest step above the highest known revision number that a node takes.

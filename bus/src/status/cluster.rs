@@ -71,6 +71,8 @@ pub struct NodeRow {
     pub health: String,
     /// The limits revision it applies.
     pub limits_revision: Option<u64>,
+    /// A digest of the limits it applies (equal limits, equal digests).
+    pub limits_digest: Option<String>,
     /// The sources it tails.
     pub sources: Vec<String>,
     /// Lines read per second, all sources.
@@ -338,6 +340,7 @@ pub fn assemble(snap: &Snapshot) -> ClusterStatus {
                     uptime_s: d.map(|d| d.at_ms.saturating_sub(d.started_at_ms) / 1000),
                     health,
                     limits_revision: n.and_then(|n| n.limits_revision),
+                    limits_digest: n.and_then(|n| n.limits_digest.clone()),
                     sources: n.map(|n| n.sources.iter().map(|s| s.name.clone()).collect()).unwrap_or_default(),
                     lines_per_s: n.map_or(0.0, |n| n.sources.iter().map(|s| s.lines_per_s).sum()),
                     tls: d.map(|d| d.tls),
@@ -363,12 +366,19 @@ pub fn assemble(snap: &Snapshot) -> ClusterStatus {
         problem("degraded", "no collector is alive: lines wait in the agents' journals".to_owned());
     }
 
-    // Limits revisions: everyone on the newest.
+    // Limits revisions: everyone on the newest's limits (a node whose limits equal the newest's
+    // is not behind, whatever its revision number: a resolve that kept its limits, say).
     let newest = nodes.iter().filter(|n| n.alive).filter_map(|n| n.limits_revision).max();
     if let Some(newest) = newest {
+        let newest_limits: BTreeSet<&str> = nodes
+            .iter()
+            .filter(|n| n.alive && n.limits_revision == Some(newest))
+            .filter_map(|n| n.limits_digest.as_deref())
+            .collect();
         for n in nodes.iter().filter(|n| n.alive && n.answered) {
+            let same_limits = n.limits_digest.as_deref().is_some_and(|d| newest_limits.contains(d));
             match n.limits_revision {
-                Some(r) if r < newest => {
+                Some(r) if r < newest && !same_limits => {
                     problem("degraded", format!("node {} applies limits revision {r}, others {newest}", n.name))
                 }
                 None => problem("degraded", format!("node {} holds no limits revision, others {newest}", n.name)),
@@ -554,6 +564,7 @@ mod tests {
             health: "ok".into(),
             node: Some(NodeStatus {
                 limits_revision: Some(rev),
+                limits_digest: Some(format!("limits of {rev}")),
                 sources: vec![SourceStatus {
                     name: "app".into(),
                     head: 100,
@@ -620,6 +631,13 @@ mod tests {
         let what: Vec<&str> = c.problems.iter().map(|p| p.what.as_str()).collect();
         assert!(what.contains(&"node gw3 is gone since 00:00:01 (60 s ago)"), "{what:?}");
         assert!(what.contains(&"node gw2 applies limits revision 6, others 7"), "{what:?}");
+        // The newest's limits under an older number (a resolve that kept them): not behind.
+        let mut same = snap.clone();
+        if let Some(n) = same.processes[2].node.as_mut() {
+            n.limits_digest = Some("limits of 7".into());
+        }
+        let with_same: Vec<String> = assemble(&same).problems.into_iter().map(|p| p.what).collect();
+        assert!(!with_same.iter().any(|w| w.contains("limits revision")), "{with_same:?}");
         assert!(what.contains(&"stream gw3/log/app: 7 records not committed for 45 s"), "{what:?}");
         assert_eq!(
             c.nodes.iter().map(|n| (n.name.as_str(), n.alive)).collect::<Vec<_>>(),

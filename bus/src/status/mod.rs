@@ -92,6 +92,10 @@ pub struct NodeStatus {
     /// The limits revision it applies (none yet: `null`).
     #[serde(default)]
     pub limits_revision: Option<u64>,
+    /// A digest of the limits it applies ([`crate::limits::revision::Revision::digest`]): two
+    /// nodes on different revision numbers may apply the same limits.
+    #[serde(default)]
+    pub limits_digest: Option<String>,
     /// The sources it tails.
     #[serde(default)]
     pub sources: Vec<SourceStatus>,
