@@ -38,6 +38,8 @@ use crate::stats::AgentStats;
 const READ_CHUNK: usize = 256 * 1024;
 /// Chunks read from one file before moving on to the next (fairness between files).
 const CHUNKS_PER_TURN: usize = 16;
+/// Reads of one file this close together continue one segment (one read time for their lines).
+const SAME_READ_MICROS: i64 = 1_000;
 /// Bytes at the start of a file's first block that decide whether it looks binary.
 const BINARY_SNIFF_BYTES: usize = 8192;
 
@@ -583,8 +585,13 @@ impl SourceTailer {
         }
         // Lines continue the last segment if it is this file's; otherwise a new one starts here.
         let start = f.framer.position();
-        let continues = self.segments.last().is_some_and(|s| s.inode == f.inode && s.end == start);
-        let observed = if continues { self.segments.last().map_or(0, |s| s.observed_micros) } else { now_micros() };
+        // ... and were read within a millisecond of it (one read of a burst): every line is
+        // observed when it was read, to within that.
+        let now = now_micros();
+        let continues = self.segments.last().is_some_and(|s| {
+            s.inode == f.inode && s.end == start && now.saturating_sub(s.observed_micros) < SAME_READ_MICROS
+        });
+        let observed = if continues { self.segments.last().map_or(now, |s| s.observed_micros) } else { now };
         let how = LineFormat::of(&self.config);
         let (builder, next_seq) = (&mut self.builder, &mut self.next_seq);
         let path_str = f.path_str.as_str();
@@ -883,6 +890,26 @@ mod tests {
     /// Run a tailer over `dir/*.log` until it published `want` lines (or 5 s passed), and a
     /// little longer; the messages it published and its counters.
     fn tail(dir: &std::path::Path, binary: BinaryFiles, want: usize) -> (Vec<String>, Arc<AgentStats>) {
+        let (batches, stats) = tail_batches(dir, binary, want, 5, || {});
+        let messages = batches
+            .iter()
+            .flat_map(|batch| {
+                let message = batch.column_by_name("message").unwrap().as_string::<i32>();
+                (0..batch.num_rows()).map(|i| message.value(i).to_owned()).collect::<Vec<_>>()
+            })
+            .collect();
+        (messages, stats)
+    }
+
+    /// [`tail`] with batches cut after `delay_ms`, while `write` runs on a thread of its own;
+    /// the batches it published.
+    fn tail_batches(
+        dir: &std::path::Path,
+        binary: BinaryFiles,
+        want: usize,
+        delay_ms: u64,
+        write: impl FnOnce() + Send + 'static,
+    ) -> (Vec<arrow::record_batch::RecordBatch>, Arc<AgentStats>) {
         let config = SourceConfig {
             name: "app".into(),
             paths: vec![dir.join("*.log").to_string_lossy().into_owned()],
@@ -894,7 +921,7 @@ mod tests {
         };
         let settings = AgentSettings {
             data_dir: dir.join("state"),
-            batch_max_delay_ms: 5,
+            batch_max_delay_ms: delay_ms,
             poll_interval_ms: 2,
             glob_interval_ms: 10,
             ..AgentSettings::default()
@@ -908,12 +935,9 @@ mod tests {
             let cancel = cancel.clone();
             std::thread::spawn(move || tailer.run(tx, cancel))
         };
-        let mut messages = Vec::new();
-        let mut collect = |b: OutBatch| {
-            let batch = log_batch::decode(&b.payload).unwrap();
-            let message = batch.column_by_name("message").unwrap().as_string::<i32>();
-            messages.extend((0..batch.num_rows()).map(|i| message.value(i).to_owned()));
-        };
+        let writer = std::thread::spawn(write);
+        let mut batches = Vec::new();
+        let mut collect = |b: OutBatch| batches.push(log_batch::decode(&b.payload).unwrap());
         let start = Instant::now();
         let mut seen = 0;
         while seen < want && start.elapsed() < Duration::from_secs(5) {
@@ -926,10 +950,42 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100));
         cancel.cancel();
         thread.join().unwrap();
+        writer.join().unwrap();
         while let Ok(b) = rx.try_recv() {
             collect(b);
         }
-        (messages, stats)
+        (batches, stats)
+    }
+
+    #[test]
+    fn each_line_is_observed_when_it_was_read_not_when_its_batch_began() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let file = logs.join("app.log");
+        std::fs::write(&file, "").unwrap();
+        // Ten lines 40 ms apart, each naming when it was written, into batches of up to 1 s.
+        let write = move || {
+            for _ in 0..10 {
+                let line = format!("{}\n", now_micros());
+                let mut f = std::fs::OpenOptions::new().append(true).open(&file).unwrap();
+                std::io::Write::write_all(&mut f, line.as_bytes()).unwrap();
+                std::thread::sleep(Duration::from_millis(40));
+            }
+        };
+        let (batches, _) = tail_batches(&logs, BinaryFiles::Skip, 10, 1000, write);
+        let mut lines = 0;
+        for batch in &batches {
+            let message = batch.column_by_name("message").unwrap().as_string::<i32>();
+            let observed = batch.column_by_name("observed_ts").unwrap();
+            let observed = observed.as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+            for i in 0..batch.num_rows() {
+                let written: i64 = message.value(i).parse().unwrap();
+                assert!(observed.value(i) >= written, "line {i} observed before it was written");
+                lines += 1;
+            }
+        }
+        assert_eq!(lines, 10);
     }
 
     #[test]
