@@ -284,6 +284,14 @@ pub async fn make_revision(
                 out!("  {node:<24} NOT applied: {why}");
                 bad.push(node.clone());
             }
+            Outcome::Storing(files) => {
+                out!(
+                    "  {node:<24} not applied after {:?}: still writing it ({files} files); it is applied once \
+                     written (`switchboard config status` follows it)",
+                    make.timeout
+                );
+                bad.push(node.clone());
+            }
             Outcome::Missing => {
                 out!("  {node:<24} not applied after {:?} (it catches up when it next syncs)", make.timeout);
                 bad.push(node.clone());
@@ -616,6 +624,16 @@ async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
         problems.push(format!("conflict: {} heads made apart ({})", heads.len(), labels(&heads)));
     }
     for s in repo.states.values() {
+        if let Some(st) = &s.storing {
+            problems.push(format!(
+                "{}: writing revision {} ({}, {} files) for {}: it is applied once written",
+                s.node,
+                st.number,
+                short(&st.id),
+                st.files,
+                switchboard_bus::status::cluster::ago(switchboard_bus::status::now_ms(), st.since_ms)
+            ));
+        }
         let applied = s.applied.as_ref().map(|a| a.id.as_str());
         if heads.len() == 1 && applied != Some(heads[0].id.as_str()) {
             problems.push(format!(

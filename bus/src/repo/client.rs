@@ -215,6 +215,8 @@ pub enum Outcome {
     Applied(Duration),
     /// Holds it but did not apply it: why.
     Blocked(String),
+    /// Is writing it to its store (it applies it once stored): how many files.
+    Storing(usize),
     /// Does not hold it (yet).
     Missing,
 }
@@ -251,12 +253,15 @@ pub async fn wait_applied(
                     "the reload command failed ({}); the revision stays in place (on_reload_failure = \"keep\"){output}",
                     r.status
                 ))
+            } else if let Some(st) = s.storing.as_ref().filter(|st| st.id == id) {
+                Outcome::Storing(st.files)
             } else {
                 Outcome::Missing
             };
             out.insert(s.node, o);
         }
-        if out.values().all(|o| *o != Outcome::Missing) || Instant::now() >= deadline {
+        let settled = out.values().all(|o| matches!(o, Outcome::Applied(_) | Outcome::Blocked(_)));
+        if settled || Instant::now() >= deadline {
             return out;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

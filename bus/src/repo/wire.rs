@@ -150,6 +150,22 @@ pub struct NodeState {
     pub blocked: Option<Blocked>,
     /// The last reload.
     pub reload: Option<ReloadOutcome>,
+    /// A pushed revision it is storing now (a large tree takes seconds to write and flush).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storing: Option<Storing>,
+}
+
+/// A pushed revision a node is writing to its store; it applies it once stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Storing {
+    /// The revision's id.
+    pub id: String,
+    /// Its number.
+    pub number: u64,
+    /// Its files.
+    pub files: usize,
+    /// When the node began storing it, in milliseconds since the Unix epoch.
+    pub since_ms: u64,
 }
 
 /// Ask every node for its state; one per node that answered in time, with a parse error for

@@ -29,7 +29,7 @@ use switchboard_bus::refusals::{refuse, Reason};
 use switchboard_bus::repo::store::{read_object, Store};
 use switchboard_bus::repo::tree::LIMITS_FILE;
 use switchboard_bus::repo::wire::{
-    fetch_object, fetch_revision, fetch_states, Applied, Blocked, LocalEdit, NodeState, Pack, ReloadOutcome,
+    fetch_object, fetch_revision, fetch_states, Applied, Blocked, LocalEdit, NodeState, Pack, ReloadOutcome, Storing,
 };
 use switchboard_bus::repo::{sha256_hex, short, tree, Change, Contents, RepoError, Revision};
 use tokio_util::sync::CancellationToken;
@@ -144,7 +144,13 @@ impl ClusterConfig {
                         _ = cancel2.cancelled() => break,
                         sample = push.recv_async() => {
                             let Ok(sample) = sample else { break };
-                            match inner.take_pack(&sample.payload().to_bytes()) {
+                            // A large revision takes seconds to store: the state says so meanwhile.
+                            let storing = |st| {
+                                if let Ok(mut s) = shared.lock() {
+                                    s.storing = Some(st);
+                                }
+                            };
+                            match inner.take_pack(&sample.payload().to_bytes(), storing) {
                                 Ok(true) => {}
                                 Ok(false) => next_sync = tokio::time::Instant::now() + Duration::from_millis(200),
                                 Err(e) => refuse(Reason::ConfigInvalid, format_args!("a pushed configuration revision: {e}")),
@@ -236,12 +242,13 @@ impl Inner {
             local_edits: self.local_edits.clone(),
             blocked: self.blocked.clone(),
             reload: self.p.reload.clone(),
+            storing: None,
         }
     }
 
     /// Take a pushed revision; `Ok(false)` when contents it names are not held yet (it is then
     /// fetched from another node).
-    fn take_pack(&mut self, bytes: &[u8]) -> Result<bool, RepoError> {
+    fn take_pack(&mut self, bytes: &[u8], storing: impl FnOnce(Storing)) -> Result<bool, RepoError> {
         let started = Instant::now();
         let (rev, contents) = Pack::decode(bytes)?;
         let contents: Contents = contents.into_iter().map(|c| (sha256_hex(&c), c)).collect();
@@ -252,6 +259,9 @@ impl Inner {
                 "a pushed revision names contents not held here; fetching them from the other nodes"
             );
             return Ok(false);
+        }
+        if self.store.revision(&rev.id()).is_none() {
+            storing(Storing { id: rev.id(), number: rev.number, files: rev.files.len(), since_ms: now_ms() });
         }
         if self.admit(rev.clone(), &contents)? {
             tracing::info!(revision = rev.number, id = short(&rev.id()), author = %rev.author, ms = started.elapsed().as_millis() as u64, "configuration revision received");
