@@ -350,6 +350,9 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
     match cmd {
         ConfigCommand::Push { dir, dry_run, force, make } => {
             let (mut files, contents) = read_tree(&dir)?;
+            if !dry_run {
+                require_admin(&make.bus)?;
+            }
             let conn = connect(&make.bus).await?;
             let Conn { session, keys, repo } = &conn;
             let head = single_head(repo)?.cloned();
@@ -500,6 +503,7 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
             Ok(0)
         }
         ConfigCommand::Rollback { revision, make } => {
+            require_admin(&make.bus)?;
             let conn = connect(&make.bus).await?;
             let Conn { session, keys, repo } = &conn;
             let head = single_head(repo)?.cloned().ok_or_else(|| anyhow!("no revisions yet"))?;
@@ -520,6 +524,7 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
         }
         ConfigCommand::Status { json, bus } => status(json, &bus).await,
         ConfigCommand::Resolve { take, dir, make } => {
+            require_admin(&make.bus)?;
             let conn = connect(&make.bus).await?;
             let Conn { session, keys, repo } = &conn;
             let heads: Vec<Summary> = repo.heads().into_iter().cloned().collect();

@@ -187,6 +187,9 @@ pub async fn run(cmd: LimitsCommand) -> Result<()> {
     match cmd {
         LimitsCommand::Set { file, author, message, dry_run, timeout, bus } => {
             let limits = load_limits(&file)?;
+            if !dry_run {
+                config_cmd::require_admin(&bus)?;
+            }
             let text = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let conn = config_cmd::connect(&bus).await?;
             let config_cmd::Conn { session, keys, repo } = &conn;

@@ -354,6 +354,13 @@ async fn a_member_cannot_act_as_another() {
         "{err}"
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("pushed"), "the agent's revision was pushed");
+    // So is a collector's (which may not read the repository's revisions at all).
+    let out = as_member(c, "collector-c1", &s.gw1_endpoint, &["limits", "set", file.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("needs an admin's certificate") && err.contains("collector:c1"),
+        "{err}"
+    );
     // Rows 19, 20: the admin reads the repository's states and objects (the revision's files).
     let out = as_admin(c, &s.gw1_endpoint, &["config", "show", "head", "global/limits.toml"]);
     assert_eq!(
@@ -405,9 +412,19 @@ async fn a_member_cannot_act_as_another() {
     forged.version += 10;
     forged.state = RecordState::Closed;
     forged.status = Some("DELIVRD".into());
-    let batch = ReplicaBatch::encode("gw2", &[ReplicaOp::Put(forged)]).unwrap();
+    let batch = ReplicaBatch::encode("gw2", &[ReplicaOp::Put(forged.clone())]).unwrap();
     expect_refused(c, "gw1", "replica_own_record", async {
         let _ = ask(&gw2, &key(c, "dlr/replica/gw1"), Some(batch.clone())).await;
+    })
+    .await;
+    // Nor by naming gw2 its owner: an open record of gw1's is not taken over.
+    forged.owner = "gw2".into();
+    forged.state = RecordState::Open;
+    forged.status = None;
+    forged.gateway_ref = "evil".into();
+    let hijack = ReplicaBatch::encode("gw2", &[ReplicaOp::Put(forged)]).unwrap();
+    expect_refused(c, "gw1", "replica_own_record", async {
+        let _ = ask(&gw2, &key(c, "dlr/replica/gw1"), Some(hijack.clone())).await;
     })
     .await;
 

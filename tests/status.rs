@@ -234,6 +234,30 @@ fn status_from_an_agents_config_reaches_it_while_every_collector_is_down() {
     assert_eq!(run().0, 2, "without the file the config names only the collector, which is down");
 }
 
+/// An agent restarted while every collector is down finds the other agents at the endpoints it
+/// noted while the cluster was whole (its `connect` names only the collector).
+#[test]
+fn an_agent_restarted_while_every_collector_is_down_finds_the_others() {
+    let c = Cluster::new();
+    let collector = c.start_collector();
+    let _gw1 = c.start_agent("gw1", "plain");
+    let gw2 = c.start_agent("gw2", "plain");
+    let listen = c.agent_state("gw1").join("bus.listen");
+    assert!(wait_until(Duration::from_secs(15), || listen.exists()));
+    let gw1_at = std::fs::read_to_string(listen).unwrap();
+    let peers = c.agent_state("gw2").join("bus.peers");
+    let noted = wait_until(Duration::from_secs(20), || {
+        let text = std::fs::read_to_string(&peers).unwrap_or_default();
+        text.contains(gw1_at.trim()) && text.contains(&c.endpoint)
+    });
+    assert!(noted, "gw2 noted {:?}, gw1 listens at {gw1_at}", std::fs::read_to_string(&peers));
+    collector.kill();
+    gw2.kill();
+    let _gw2 = c.start_agent("gw2", "plain");
+    let sees_gw1 = || c.http_get("gw2", "/health").1.contains("\"node/gw1\"");
+    assert!(wait_until(Duration::from_secs(15), sees_gw1), "{}", c.http_get("gw2", "/health").1);
+}
+
 #[test]
 fn the_collectors_status_document_lists_a_stream_with_nothing_committed_yet() {
     // A collector that commits a file only after a minute: the stream's records are announced

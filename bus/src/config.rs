@@ -345,29 +345,111 @@ fn local_endpoint_towards(endpoint: &str) -> Option<String> {
 /// process's config file (`switchboard status --config`) reaches it there.
 pub const LISTENING_FILE: &str = "bus.listen";
 
+/// The file in an agent's data directory that names the endpoints of the cluster's other
+/// processes as last seen, one per line: the agent connects to them at its next start besides
+/// its `connect` list, so that it finds the others while every collector is down.
+pub const PEERS_FILE: &str = "bus.peers";
+
+/// Most endpoints [`PEERS_FILE`] keeps.
+pub const MAX_PEERS: usize = 64;
+
 /// Write [`LISTENING_FILE`] in `dir` (replacing it whole).
 pub fn write_listening(dir: &std::path::Path, endpoints: &[String]) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{LISTENING_FILE}.tmp"));
-    std::fs::write(&tmp, endpoints.iter().map(|e| format!("{e}\n")).collect::<String>())?;
-    std::fs::rename(tmp, dir.join(LISTENING_FILE))
+    write_endpoints(&dir.join(LISTENING_FILE), endpoints)
 }
 
 /// The endpoints [`LISTENING_FILE`] in `dir` names (none if it is absent or unreadable); at most
 /// 16, each up to 256 bytes.
 pub fn read_listening(dir: &std::path::Path) -> Vec<String> {
-    let text = std::fs::read(dir.join(LISTENING_FILE)).unwrap_or_default();
-    String::from_utf8_lossy(&text[..text.len().min(8192)])
+    read_endpoints(&dir.join(LISTENING_FILE), 16)
+}
+
+/// Write [`PEERS_FILE`] in `dir` (replacing it whole).
+pub fn write_peers(dir: &std::path::Path, endpoints: &[String]) -> std::io::Result<()> {
+    write_endpoints(&dir.join(PEERS_FILE), endpoints)
+}
+
+/// The endpoints [`PEERS_FILE`] in `dir` names that are endpoints (none if it is absent); at most
+/// [`MAX_PEERS`].
+pub fn read_peers(dir: &std::path::Path) -> Vec<String> {
+    read_endpoints(&dir.join(PEERS_FILE), MAX_PEERS).into_iter().filter(|e| is_endpoint(e)).collect()
+}
+
+fn write_endpoints(path: &std::path::Path, endpoints: &[String]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, endpoints.iter().map(|e| format!("{e}\n")).collect::<String>())?;
+    std::fs::rename(tmp, path)
+}
+
+fn read_endpoints(path: &std::path::Path, most: usize) -> Vec<String> {
+    let text = std::fs::read(path).unwrap_or_default();
+    String::from_utf8_lossy(&text[..text.len().min(most * 260)])
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && l.len() <= 256)
-        .take(16)
+        .take(most)
         .map(str::to_owned)
+        .collect()
+}
+
+/// Whether `e` is `<proto>/<host>:<port>` with a protocol the bus speaks.
+pub fn is_endpoint(e: &str) -> bool {
+    let Some((proto, addr)) = e.split_once('/') else { return false };
+    let addr = addr.split(['#', '?']).next().unwrap_or_default();
+    matches!(proto, "tcp" | "tls" | "quic")
+        && e.len() <= 256
+        && addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+/// The endpoints other processes can reach this one at: its listen endpoints, an unspecified
+/// address (`0.0.0.0`, `[::]`) replaced by the address of the interface towards its first
+/// `connect` endpoint (left out when there is none).
+pub fn advertised(listen: &[String], connect: &[String]) -> Vec<String> {
+    use std::net::SocketAddr;
+    listen
+        .iter()
+        .filter_map(|e| {
+            let (proto, rest) = e.split_once('/')?;
+            // A host name is kept as written.
+            let Ok(addr) = rest.split(['#', '?']).next()?.parse::<SocketAddr>() else { return Some(e.clone()) };
+            if !addr.ip().is_unspecified() {
+                return Some(e.clone());
+            }
+            let towards = local_endpoint_towards(connect.first()?)?;
+            let ip = towards.split_once('/')?.1.parse::<SocketAddr>().ok()?.ip();
+            Some(format!("{proto}/{}", SocketAddr::new(ip, addr.port())))
+        })
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_others_can_reach_and_remembered_ones_are_checked() {
+        let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let connect = v(&["tcp/127.0.0.1:7447"]);
+        assert_eq!(
+            advertised(&v(&["tcp/10.0.0.5:7450", "quic/gw1.example:7447"]), &connect),
+            v(&["tcp/10.0.0.5:7450", "quic/gw1.example:7447"])
+        );
+        assert_eq!(
+            advertised(&v(&["tcp/0.0.0.0:7450"]), &connect),
+            v(&["tcp/127.0.0.1:7450"]),
+            "the interface towards the cluster"
+        );
+        assert!(advertised(&v(&["tcp/0.0.0.0:7450"]), &[]).is_empty(), "no way to tell which address");
+        for good in ["tcp/127.0.0.1:7447", "quic/[::1]:7447", "tls/gw1.example:7447"] {
+            assert!(is_endpoint(good), "{good}");
+        }
+        for bad in ["udp/1.2.3.4:5", "tcp/1.2.3.4", "tcp/:7447", "tcp/a:70000", "garbage"] {
+            assert!(!is_endpoint(bad), "{bad}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(PEERS_FILE), "tcp/127.0.0.1:1\nnot one\n\nquic/10.0.0.1:2\n").unwrap();
+        assert_eq!(read_peers(dir.path()), v(&["tcp/127.0.0.1:1", "quic/10.0.0.1:2"]));
+    }
 
     #[test]
     fn compression_is_on_with_tls_unless_set() {

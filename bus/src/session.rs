@@ -55,6 +55,9 @@ fn zenoh_err(e: impl std::fmt::Display) -> SessionError {
 /// warns at start and every 10 minutes.
 pub async fn open(config: &BusConfig, role: Option<IdRole>) -> Result<Session, SessionError> {
     config.validate()?;
+    if role.is_some() {
+        crate::status::set_endpoints(crate::config::advertised(&config.listen, &config.connect));
+    }
     let mut zc = zenoh::Config::default();
     let json = config.zenoh_json();
     if let Some(map) = json.as_object() {

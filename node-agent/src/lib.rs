@@ -42,6 +42,7 @@ pub mod limits;
 pub mod metrics;
 mod off;
 pub mod parse;
+mod peers;
 pub mod publisher;
 pub mod replay;
 mod report;
@@ -218,6 +219,11 @@ impl Agent {
                 "[bus] names no `listen` or `connect` endpoint: this agent can reach no collector and no peer"
             );
         }
+        let remembered = peers::remembered(&config.agent.data_dir, &config.bus.connect, &config.bus.listen);
+        if !remembered.is_empty() {
+            tracing::info!(endpoints = ?remembered, "also connecting to the endpoints of the cluster's processes as last seen ({})", switchboard_bus::config::PEERS_FILE);
+            config.bus.connect.extend(remembered);
+        }
         let session = session::open(&config.bus, Some(switchboard_bus::tls::IdRole::Agent)).await?;
         let node = config.bus.node.clone();
         let me = Member { role: Role::Agent, name: node.clone() };
@@ -227,6 +233,13 @@ impl Agent {
             tracing::warn!(error = %e, "cannot write {}: `status --config` with this agent's file reaches only its `connect` endpoints", switchboard_bus::config::LISTENING_FILE);
         }
         let membership = Membership::watch(&session, &keys, cancel.clone()).await?;
+        tracker.spawn(peers::remember(
+            session.clone(),
+            keys.clone(),
+            config.agent.data_dir.clone(),
+            switchboard_bus::config::advertised(&config.bus.listen, &config.bus.connect),
+            cancel.clone(),
+        ));
         let mesh = Mesh::start(&session, &keys, me, membership.clone(), cancel.clone()).await?;
         let publishers =
             publisher::declare_publishers(&session, &keys, &node, config.sources.iter().map(|s| s.name.as_str()))

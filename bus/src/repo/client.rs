@@ -119,7 +119,11 @@ impl ClusterRepo {
                 return Ok(r);
             }
         }
-        Err(RepoError::Invalid(format!("no node answered revision {}", super::short(id))))
+        Err(RepoError::Invalid(format!(
+            "no node answered revision {} (on a bus with TLS, only agents' and admins' certificates may read the \
+             repository's revisions)",
+            super::short(id)
+        )))
     }
 
     /// Fetch content `sha256` from a node that holds revision `of` (or any node).

@@ -63,6 +63,9 @@ pub struct ProcessStatus {
     /// Whether it runs with mutual TLS.
     #[serde(default)]
     pub tls: bool,
+    /// The bus endpoints others reach it at (agents remember them: [`crate::config::PEERS_FILE`]).
+    #[serde(default)]
+    pub endpoints: Vec<String>,
     /// The processes it sees alive, as `<role>/<name>`.
     #[serde(default)]
     pub live: Vec<String>,
@@ -230,6 +233,7 @@ impl ProcessStatus {
             failing: health.failing.clone(),
             degraded: health.degraded.clone(),
             tls: crate::refusals::tls(),
+            endpoints: ENDPOINTS.read().map(|e| e.clone()).unwrap_or_default(),
             ..Self::default()
         }
     }
@@ -243,6 +247,16 @@ impl ProcessStatus {
             .map(|(m, at_ms)| Departed { member: format!("{}/{}", m.role.as_str(), m.name), at_ms })
             .collect();
         self
+    }
+}
+
+/// The endpoints this process's status documents name (set when it joins the bus).
+static ENDPOINTS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+
+/// Set the endpoints this process's status documents name.
+pub(crate) fn set_endpoints(endpoints: Vec<String>) {
+    if let Ok(mut e) = ENDPOINTS.write() {
+        *e = endpoints;
     }
 }
 

@@ -84,8 +84,9 @@ pub fn render(c: &ClusterStatus) -> String {
     if c.level == Level::Unreachable {
         out.push_str(
             "\nno process answered and no liveliness token was seen: is --connect (or the connect and listen \
-             endpoints of --config) a process of the cluster that is running? An agent's own bus port is \
-             random unless its [bus] listen sets one.\n",
+             endpoints of --config) a process of the cluster that is running, and is --cluster its cluster's \
+             name (a process of another cluster answers on other keys, so it looks absent)? An agent's \
+             own bus port is random unless its [bus] listen sets one.\n",
         );
         return out;
     }

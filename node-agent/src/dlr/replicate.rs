@@ -123,6 +123,18 @@ fn take(service: &DlrService, payload: Option<&[u8]>) -> Result<ReplicaAck, Stri
                     Some(&i) => Some(puts[i].0.clone()),
                     None => service.store.get_key(&key).map_err(|e| e.to_string())?,
                 };
+                // Nor does another node take over an open record of ours by naming itself its
+                // owner: its DLR would never reach this node's gateway.
+                if held.as_ref().is_some_and(|h| h.owner == service.node && h.is_open()) {
+                    refuse(
+                        Reason::ReplicaOwnRecord,
+                        format_args!(
+                            "a replica from {} of this node's own open record {}/{} (naming {} its owner)",
+                            batch.from, record.connector, record.id, record.owner
+                        ),
+                    );
+                    continue;
+                }
                 match held {
                     Some(h) if h.version > record.version || (h.version == record.version && h != record) => {
                         ack.newer.push(h);

@@ -32,7 +32,9 @@ pub enum DlrError {
         msg_id: String,
     },
     /// The record is held here only as a copy (close it through a report instead).
-    #[error("message {0:?} was registered by node {1:?}, not here: hand in its DLR with /v1/dlr/report")]
+    #[error(
+        "message {0:?} was registered by node {1:?}, not here: hand in its DLR as a report (REPORT, or /v1/dlr/report)"
+    )]
     NotOwner(String, String),
     /// The store failed (e.g. the disk is full).
     #[error(transparent)]
