@@ -99,6 +99,11 @@ pub enum SpecError {
     /// A rate or concurrency of zero.
     #[error("limit {0:?}: a limit of 0 would refuse everything and tell no time to retry; the smallest is 1")]
     Zero(String),
+    /// A burst of zero.
+    #[error(
+        "limit {0:?}: a burst of 0 would let no request pass; the smallest is 1 (leave it out for 1% of the rate)"
+    )]
+    ZeroBurst(String),
     /// A revision number too far above the highest known.
     #[error("revision {got} is more than {} above the highest known ({known})", revision::MAX_STEP)]
     Jump {
@@ -128,6 +133,9 @@ impl LimitSpec {
         }
         if self.rate == Some(0) || self.concurrency == Some(0) {
             return Err(SpecError::Zero(self.key.clone()));
+        }
+        if self.burst == Some(0) {
+            return Err(SpecError::ZeroBurst(self.key.clone()));
         }
         match (self.rate, self.concurrency) {
             (Some(_), None) => Ok(()),
@@ -224,7 +232,13 @@ impl Counts {
     }
 
     #[inline]
+    /// Count `n` units as allowed or denied. A request that could never pass here
+    /// ([`Decision::TooLarge`]) is not demand: counted, it would let one gateway asking for a
+    /// billion units take every other node's share.
     fn count(&self, d: Decision, n: u64) -> Decision {
+        if matches!(d, Decision::TooLarge { .. }) {
+            return d;
+        }
         let c = if d.is_allowed() { &self.allowed } else { &self.denied };
         c.fetch_add(n, Ordering::Relaxed);
         d
@@ -673,6 +687,10 @@ mod tests {
         assert!(!Decision::TooLarge { most: 5, slots: false }.is_allowed());
         assert_eq!(l.try_acquire("operator:x", 5), Decision::Allowed);
         assert!(matches!(l.try_acquire("operator:x", 5), Decision::Denied { .. }), "the burst is spent");
+        // A request that could never pass is not demand: the 6 and a billion are not counted.
+        assert!(matches!(l.try_acquire("operator:x", 1_000_000_000), Decision::TooLarge { .. }));
+        let u = &l.usage()[0];
+        assert_eq!((u.allowed, u.denied), (5, 5));
         let why = Decision::too_large("operator:x", 6, 5, false);
         assert!(why.contains("n 6") && why.contains("operator:x") && why.contains("(5,"), "{why}");
     }
@@ -721,6 +739,9 @@ mod tests {
         assert_eq!(Limiter::new(vec![rate("x", 0)]).err(), Some(SpecError::Zero("x".into())));
         let none = LimitSpec { key: "c".into(), rate: None, per: None, concurrency: Some(0), burst: None };
         assert_eq!(Limiter::new(vec![none]).err(), Some(SpecError::Zero("c".into())));
+        let mut no_burst = rate("b", 5);
+        no_burst.burst = Some(0);
+        assert_eq!(Limiter::new(vec![no_burst]).err(), Some(SpecError::ZeroBurst("b".into())));
         assert_eq!(Limiter::new(vec![rate("a b", 1)]).err(), Some(SpecError::KeyCharacters("a b".into())));
     }
 

@@ -30,8 +30,8 @@ use self::sync::Revisions;
 use crate::config::{AgentConfig, SourceConfig};
 use crate::AgentError;
 
-/// Longest key the APIs accept, in bytes.
-pub const MAX_KEY_BYTES: usize = 256;
+/// Longest key the APIs accept, in bytes: as long as a limit's key may be.
+pub const MAX_KEY_BYTES: usize = switchboard_bus::limits::MAX_KEY_BYTES;
 /// Most units one request may ask for.
 pub const MAX_UNITS: u64 = 1_000_000_000;
 
