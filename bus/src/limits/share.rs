@@ -30,6 +30,11 @@ pub struct DemandReport {
     /// `allotted` (`1/n` of the `n` nodes it knows).
     #[serde(default)]
     pub first_use_share: Option<f64>,
+    /// The coordination tick it was made at: milliseconds since the Unix epoch divided by the
+    /// interval. Every node works out the shares of tick `t` from the reports of tick `t - 1`,
+    /// so all of them split by the same demand (absent: taken as soon as it arrives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tick: Option<u64>,
 }
 
 impl DemandReport {

@@ -86,9 +86,51 @@ pub struct PeerView {
 
 #[derive(Default)]
 struct Peer {
+    /// The report the shares are worked out from: the newest of an earlier tick.
     report: Option<DemandReport>,
+    /// Reports of this tick or later, oldest first, waiting for their turn (at most
+    /// [`MAX_WAITING`]).
+    waiting: std::collections::VecDeque<DemandReport>,
     heard: Option<Instant>,
     silent_since: Option<Instant>,
+}
+
+/// Reports of a node kept for a later tick: a clock further ahead than this many intervals has
+/// its reports taken early rather than piling up.
+const MAX_WAITING: usize = 4;
+
+impl Peer {
+    /// A report arrived (or this node made one).
+    fn offer(&mut self, report: DemandReport) {
+        self.waiting.push_back(report);
+        if self.waiting.len() > MAX_WAITING {
+            self.report = self.waiting.pop_front();
+        }
+    }
+
+    /// Put in force the newest waiting report made before tick `tick` (a report without a tick
+    /// at once).
+    fn promote(&mut self, tick: u64) {
+        while self.waiting.front().is_some_and(|r| r.tick.is_none_or(|t| t < tick)) {
+            self.report = self.waiting.pop_front();
+        }
+    }
+}
+
+/// The coordination tick of `now` for `interval`: Unix milliseconds over the interval.
+fn tick_of(now: std::time::SystemTime, interval: Duration) -> u64 {
+    let ms = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    ms / (interval.as_millis() as u64).max(1)
+}
+
+/// How long until the next tick boundary of `interval` (ticks are aligned to the wall clock, so
+/// every node's tick `t` begins at the same moment, to its clock's accuracy).
+fn until_next_tick(interval: Duration) -> Duration {
+    let every = (interval.as_millis() as u64).max(1);
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    // Just past the boundary: a timer that fires a little early by the wall clock still lands
+    // in the new tick.
+    Duration::from_millis(every - ms % every + 1)
 }
 
 /// Publish demand and apply shares until `cancel` fires; `view` shows the known nodes.
@@ -113,8 +155,8 @@ pub async fn run(
     };
     let mut peers: BTreeMap<String, Peer> = BTreeMap::new();
     let mut demands: BTreeMap<String, (u64, Demand)> = BTreeMap::new();
-    let mut tick = tokio::time::interval(settings.interval);
     let mut last = Instant::now();
+    let mut last_tick: Option<u64> = None;
     let mut applied = Applied::new();
     let mut was_frozen = false;
     let mut ticks = 0u32;
@@ -142,7 +184,7 @@ pub async fn run(
                                 }
                             }
                             let p = peers.entry(from).or_default();
-                            p.report = Some(r);
+                            p.offer(r);
                             p.heard = Some(Instant::now());
                         }
                         Err(e) => refuse(Reason::CounterInvalid, format_args!("demand from {from}: {e}")),
@@ -150,12 +192,25 @@ pub async fn run(
                     Err(e) => refuse(Reason::CounterInvalid, format_args!("a malformed demand report from {from}: {e}")),
                 }
             }
-            _ = tick.tick() => {
+            _ = tokio::time::sleep(until_next_tick(settings.interval)) => {
+                // Shares of this tick come from every node's report of an earlier one, this
+                // node's too: all nodes split by the same demand, so the shares they work out
+                // sum to 1 (and slots to the limit) even while demand moves.
+                let now_tick = tick_of(std::time::SystemTime::now(), settings.interval);
+                if last_tick == Some(now_tick) {
+                    continue; // woken twice in one tick
+                }
+                last_tick = Some(now_tick);
                 let dt = last.elapsed().as_secs_f64();
                 last = Instant::now();
                 let me = peers.entry(node.clone()).or_default();
-                me.report = Some(my_report(&limiter, &mut demands, dt));
+                let mut fresh = my_report(&limiter, &mut demands, dt);
+                fresh.tick = Some(now_tick);
+                me.offer(fresh);
                 me.heard = Some(Instant::now());
+                for p in peers.values_mut() {
+                    p.promote(now_tick);
+                }
                 let live: BTreeSet<String> =
                     membership.live_of(Role::Agent).into_iter().chain([node.clone()]).collect();
                 reconcile(&mut peers, &live, &settings);
@@ -174,7 +229,7 @@ pub async fn run(
                 limiter.set_first_use_slots(first_use);
                 // Published after applying, so the allotments in it are the ones in force.
                 let first_use_share = Some(first_use);
-                if let Some(mine) = peers.get_mut(&node).and_then(|me| me.report.as_mut()) {
+                if let Some(mine) = peers.get_mut(&node).and_then(|me| me.waiting.back_mut()) {
                     mine.allotted = applied.iter().filter(|(_, a)| a.1 != u64::MAX).map(|(k, a)| (k.clone(), a.1)).collect();
                     mine.first_use_share = first_use_share;
                     if let Err(e) = session.put(&my_key, serde_json::to_vec(&*mine).unwrap_or_default()).await {
@@ -373,7 +428,7 @@ mod tests {
     }
 
     fn heard(report: DemandReport) -> Peer {
-        Peer { report: Some(report), heard: Some(Instant::now()), silent_since: None }
+        Peer { report: Some(report), heard: Some(Instant::now()), ..Peer::default() }
     }
 
     #[test]
@@ -403,6 +458,35 @@ mod tests {
         assert_eq!(applied["k"].1, 20);
         let held = (0..30).filter(|_| me.acquire_slot("k", 1).is_allowed()).count();
         assert_eq!(held, 20);
+    }
+
+    #[test]
+    fn shares_come_from_the_reports_of_an_earlier_tick() {
+        let at = |tick: Option<u64>, d: f64| DemandReport {
+            version: 1,
+            demand: [("k".to_owned(), d)].into(),
+            tick,
+            ..Default::default()
+        };
+        let demand = |p: &Peer| p.report.as_ref().map(|r| r.demand["k"]);
+        let mut p = Peer::default();
+        p.offer(at(Some(10), 1.0));
+        p.promote(10);
+        assert_eq!(demand(&p), None, "a report of tick 10 is not in force at tick 10");
+        p.offer(at(Some(11), 2.0));
+        p.promote(11);
+        assert_eq!(demand(&p), Some(1.0), "at tick 11 the report of tick 10 is");
+        p.promote(13);
+        assert_eq!(demand(&p), Some(2.0));
+        p.offer(at(None, 3.0));
+        p.promote(13);
+        assert_eq!(demand(&p), Some(3.0), "a report without a tick is taken at the next tick");
+        // A clock far ahead: its reports do not pile up.
+        for t in 100..110 {
+            p.offer(at(Some(t), t as f64));
+        }
+        assert_eq!(p.waiting.len(), MAX_WAITING);
+        assert_eq!(demand(&p), Some(105.0));
     }
 
     #[test]
@@ -456,7 +540,7 @@ mod tests {
     }
 
     fn peer(heard_ago: Duration) -> Peer {
-        Peer { report: Some(DemandReport::default()), heard: Instant::now().checked_sub(heard_ago), silent_since: None }
+        Peer { report: Some(DemandReport::default()), heard: Instant::now().checked_sub(heard_ago), ..Peer::default() }
     }
 
     #[test]
@@ -496,11 +580,18 @@ mod tests {
         .unwrap();
         let report = |d: f64| DemandReport { version: 1, demand: [("k".to_owned(), d)].into(), ..Default::default() };
         let mut peers: BTreeMap<String, Peer> = BTreeMap::new();
-        peers
-            .insert("me".into(), Peer { report: Some(report(500.0)), heard: Some(Instant::now()), silent_since: None });
+        peers.insert(
+            "me".into(),
+            Peer { report: Some(report(500.0)), heard: Some(Instant::now()), silent_since: None, ..Peer::default() },
+        );
         peers.insert(
             "other".into(),
-            Peer { report: Some(report(500.0)), heard: Some(Instant::now()), silent_since: Some(Instant::now()) },
+            Peer {
+                report: Some(report(500.0)),
+                heard: Some(Instant::now()),
+                silent_since: Some(Instant::now()),
+                ..Peer::default()
+            },
         );
         apply("me", &l, &peers, &mut Applied::new(), true);
         let share = l.usage().first().map(|u| u.share);
