@@ -238,6 +238,7 @@ impl Agent {
             keys.clone(),
             config.agent.data_dir.clone(),
             switchboard_bus::config::advertised(&config.bus.listen, &config.bus.connect),
+            config.bus.connect.clone(),
             cancel.clone(),
         ));
         let mesh = Mesh::start(&session, &keys, me, membership.clone(), cancel.clone()).await?;

@@ -23,9 +23,20 @@ const EVERY: Duration = Duration::from_secs(30);
 /// The first reading, after the start.
 const FIRST: Duration = Duration::from_secs(5);
 
-/// The endpoints remembered in `data_dir` that `connect` and `listen` do not name already.
+/// The endpoints remembered in `data_dir` that `connect` and `listen` do not name already, of
+/// a protocol they use (a process with TLS takes no `tcp/` endpoint, and a peer's document
+/// cannot make this one open a link of a kind its operator did not choose).
 pub(crate) fn remembered(data_dir: &std::path::Path, connect: &[String], listen: &[String]) -> Vec<String> {
-    read_peers(data_dir).into_iter().filter(|e| !connect.contains(e) && !listen.contains(e)).collect()
+    read_peers(data_dir)
+        .into_iter()
+        .filter(|e| same_protocol(e, connect, listen) && !connect.contains(e) && !listen.contains(e))
+        .collect()
+}
+
+/// Whether `endpoint`'s protocol is one of those of `connect` and `listen`.
+fn same_protocol(endpoint: &str, connect: &[String], listen: &[String]) -> bool {
+    let proto = |e: &str| e.split_once('/').map(|(p, _)| p.to_owned());
+    connect.iter().chain(listen).any(|mine| proto(mine).is_some_and(|p| Some(p) == proto(endpoint)))
 }
 
 /// Note the live processes' endpoints (other than `own`) in `data_dir` until `cancel` fires.
@@ -34,6 +45,7 @@ pub(crate) async fn remember(
     keys: KeySpace,
     data_dir: PathBuf,
     own: Vec<String>,
+    connect: Vec<String>,
     cancel: CancellationToken,
 ) {
     let mut wait = FIRST;
@@ -50,7 +62,7 @@ pub(crate) async fn remember(
             .iter()
             .filter(|p| snap.live.contains(&format!("{}/{}", p.role, p.name)))
             .flat_map(|p| p.endpoints.iter())
-            .filter(|e| is_endpoint(e) && !own.contains(e))
+            .filter(|e| is_endpoint(e) && same_protocol(e, &connect, &own) && !own.contains(e))
             .take(MAX_PEERS)
             .cloned()
             .collect();
@@ -65,5 +77,23 @@ pub(crate) async fn remember(
             }
         }
         last = found;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_endpoints_of_the_protocols_this_agent_uses_are_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = "quic/10.0.0.2:7447\ntcp/10.0.0.3:7447\nquic/10.0.0.1:7447\n";
+        std::fs::write(dir.path().join(PEERS_FILE), file).unwrap();
+        let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // With TLS (quic/ only): a tcp/ endpoint would fail the start, and the own one is left out.
+        let got = remembered(dir.path(), &v(&["quic/10.0.0.9:7447"]), &v(&["quic/10.0.0.1:7447"]));
+        assert_eq!(got, v(&["quic/10.0.0.2:7447"]));
+        assert_eq!(remembered(dir.path(), &v(&["tcp/10.0.0.9:7447"]), &[]), v(&["tcp/10.0.0.3:7447"]));
+        assert!(remembered(dir.path(), &[], &[]).is_empty());
     }
 }
