@@ -571,12 +571,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     );
                 }
                 let has_rows = switchboard_queries::row_count(&out.batches) > 0;
-                let kind = match name.as_str() {
-                    "throughput" => Some(("counter", "submitted")),
-                    "timer" => Some(("timer", "dlr_latency")),
-                    _ => None,
-                };
-                if let (Some((kind, default)), None, false) = (kind, &out.no_data, has_rows) {
+                if let (Some((kind, default)), None, false) = (reports::metric_read(&name), &out.no_data, has_rows) {
                     note!(
                         "no {kind} named {:?} in the metrics table (in the scope asked for); \
                          `switchboard query \"SELECT DISTINCT name, kind FROM metrics\"` lists what there is",

@@ -125,18 +125,27 @@ fn quote(s: &str) -> String {
     s.replace('\'', "''")
 }
 
+/// For a report that reads one metric (`--metric`): its kind and the metric it reads by default.
+pub fn metric_read(name: &str) -> Option<(&'static str, &'static str)> {
+    match name {
+        "throughput" => Some(("counter", "submitted")),
+        "timer" => Some(("timer", "dlr_latency")),
+        _ => None,
+    }
+}
+
 /// The report called `name`. A `bucket_s` of 0 is taken as one hour here; [`run`] picks it
 /// from the data instead.
 pub fn report(name: &str, opts: &ReportOptions) -> Result<Report, QueryError> {
     let bucket_s = if opts.bucket_s == 0 { UNPICKED_BUCKET_S } else { opts.bucket_s };
     let bucket = format!("date_bin(INTERVAL '{bucket_s} seconds', ts, TIMESTAMP '1970-01-01T00:00:00Z')");
-    let metric = |default: &str| quote(opts.metric.as_deref().unwrap_or(default));
+    let metric = || quote(opts.metric.as_deref().or(metric_read(name).map(|m| m.1)).unwrap_or_default());
     let r = match name {
         "throughput" => Report {
             sql: format!(
                 "SELECT {bucket} AS time, node, coalesce(tag(tags, 'operator'), '') AS operator, sum(value) AS messages \
                  FROM metrics WHERE kind = 'counter' AND name = '{}' GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
-                metric("submitted")
+                metric()
             ),
             series: Some((vec!["node", "operator"], "messages")),
             table: tables::METRICS.name,
@@ -186,7 +195,7 @@ pub fn report(name: &str, opts: &ReportOptions) -> Result<Report, QueryError> {
                  hdr_quantile(hdr_merge(histogram), 0.99) AS p99, hdr_quantile(hdr_merge(histogram), 0.999) AS p999, \
                  hdr_max(hdr_merge(histogram)) AS max \
                  FROM metrics WHERE kind = 'timer' AND name = '{}' GROUP BY 1 ORDER BY 1",
-                metric("dlr_latency")
+                metric()
             ),
             series: None,
             table: tables::METRICS.name,
