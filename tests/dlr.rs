@@ -680,3 +680,74 @@ fn a_dlr_is_handled_by_one_gateway_when_its_owner_hangs_or_one_write_repeats_it(
     assert_eq!((first["outcome"].as_str(), second["outcome"].as_str()), (Some("owner_down"), Some("duplicate")));
     drop(b);
 }
+
+#[test]
+fn an_owner_hung_past_its_lease_learns_what_was_closed_and_no_lookup_calls_a_record_missing() {
+    let c = Cluster::new();
+    // a dials b and c, so it links again as soon as it wakes (its view of them may not change
+    // between two looks), and a cluster of three keeps some peer live.
+    let b = start(&c, "b", &[]);
+    let c3 = start(&c, "c", &[b.endpoint()]);
+    let a = start(&c, "a", &[b.endpoint(), c3.endpoint()]);
+    wait_mesh(&c, &["a", "b", "c"]);
+    let ids: Vec<String> = (5000..5030).map(|i| i.to_string()).collect();
+    let n = register(&c, "a", "dec", ids.clone());
+    let copies = || dlr_counter(&c, "b", "replica_ops_received") + dlr_counter(&c, "c", "replica_ops_received");
+    assert!(wait_until(Duration::from_secs(10), || copies() >= n as u64), "{} copies of {n}", copies());
+
+    // a hangs past its lease: b sees it gone, hands the DLRs of half its records to its own
+    // gateway (owner_down) and closes its copies; a record registered on b meanwhile has no
+    // copy on a.
+    let pid = a.proc.as_ref().map(|p| p.pid()).unwrap_or_default();
+    signal(pid, "-STOP");
+    let gone = wait_until(Duration::from_secs(15), || live_nodes(&c, "b") == ["b", "c"]);
+    if !gone {
+        signal(pid, "-CONT");
+    }
+    assert!(gone, "b still sees a: {:?}", live_nodes(&c, "b"));
+    for (i, id) in ids[..15].iter().enumerate() {
+        let node = if i % 2 == 0 { "b" } else { "c" };
+        let (code, res) =
+            post(&c, node, "/v1/dlr/report", json!({"connector": "dec", "msg_id": id, "status": "DELIVRD"}));
+        assert_eq!((code, res["outcome"].as_str()), (200, Some("owner_down")), "{id} at {node}: {res}");
+    }
+    register(&c, "b", "dec", ["9001".to_owned()]);
+
+    // Lookups at a, asked while it hangs and answered as it wakes (cut off from b, then
+    // joining again): the record on b is found or the answer says a node could not be asked
+    // (503), never that it does not exist.
+    let answers = std::thread::scope(|s| {
+        let asks: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| post(&c, "a", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "9001"}))))
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        signal(pid, "-CONT");
+        let mut answers: Vec<(u16, Value)> = asks.into_iter().map(|t| t.join().unwrap()).collect();
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until {
+            answers.push(post(&c, "a", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "9001"})));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        answers
+    });
+    for (code, res) in &answers {
+        assert!(*code == 200 || *code == 503, "a resolve at the waking owner: {code} {res}");
+    }
+    assert!(answers.iter().any(|(code, _)| *code == 200), "b's record was never found from a");
+
+    // a learns that its records were closed while it was away, so a repeat of any of those
+    // DLRs is a duplicate, and none reaches a's gateway.
+    let closed_on_a = |id: &str| {
+        let (_, res) = post(&c, "a", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": id, "local": true}));
+        res["record"]["state"] == "closed"
+    };
+    let learned = wait_until(Duration::from_secs(20), || ids[..15].iter().all(|id| closed_on_a(id)));
+    let open: Vec<&String> = ids[..15].iter().filter(|id| !closed_on_a(id)).collect();
+    assert!(learned, "still open on a: {open:?}");
+    assert!(ids[15..].iter().all(|id| !closed_on_a(id)), "a record no DLR came for was closed");
+    let (_, res) = post(&c, "b", "/v1/dlr/report", json!({"connector": "dec", "msg_id": ids[0], "status": "DELIVRD"}));
+    assert_eq!(res["outcome"], "duplicate", "{res}");
+    let (code, inbox) = c.http_get("a", "/v1/dlr/inbox?after=0&wait_ms=300");
+    assert_eq!((code, inbox.as_str()), (200, r#"{"reports":[]}"#), "a queued DLRs b's gateway handled");
+    drop((b, c3));
+}

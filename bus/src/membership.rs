@@ -42,25 +42,36 @@ pub const MAX_DEPARTED: usize = 1000;
 /// Processes seen leaving and not back, with when they left (ms since the Unix epoch).
 type Departed = Arc<Mutex<BTreeMap<Member, u64>>>;
 
+/// How many times each process was seen joining (its first join counts 1).
+type Joins = Arc<Mutex<BTreeMap<Member, u64>>>;
+
 /// The live set of the cluster, kept current by a background task.
 #[derive(Debug, Clone)]
 pub struct Membership {
     live: watch::Receiver<BTreeSet<Member>>,
     events: broadcast::Sender<MemberEvent>,
     departed: Departed,
+    joins: Joins,
 }
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Note `event` in the departed set: a leave is remembered, a join forgets it.
-fn remember(departed: &Departed, event: &MemberEvent) {
-    // Each change under this lock is one insert or remove: a poisoned lock is taken over.
+/// Note `event` in the departed set: a leave is remembered, a join forgets it (and is counted).
+fn remember(departed: &Departed, joins: &Joins, event: &MemberEvent) {
+    // Each change under these locks is one insert or remove: a poisoned lock is taken over.
     let mut d = departed.lock().unwrap_or_else(|p| p.into_inner());
     match event {
         MemberEvent::Joined(m) => {
             d.remove(m);
+            let mut j = joins.lock().unwrap_or_else(|p| p.into_inner());
+            let n = j.entry(m.clone()).or_default();
+            *n = n.wrapping_add(1);
+            // Bounded like the departed set: the processes not live now go first.
+            if j.len() > MAX_DEPARTED {
+                j.retain(|member, _| member == m || !d.contains_key(member));
+            }
         }
         MemberEvent::Left(m) => {
             d.insert(m.clone(), now_ms());
@@ -85,6 +96,8 @@ impl Membership {
         let parse = keys.clone();
         let departed = Departed::default();
         let departed_w = departed.clone();
+        let joins = Joins::default();
+        let joins_w = joins.clone();
         let subscriber = session
             .liveliness()
             .declare_subscriber(keys.all_members()?)
@@ -105,7 +118,7 @@ impl Membership {
                 });
                 if changed {
                     tracing::info!(?event, "membership changed");
-                    remember(&departed_w, &event);
+                    remember(&departed_w, &joins_w, &event);
                     // No receiver is fine: events are for whoever listens.
                     let _ = events_tx.send(event);
                 }
@@ -116,7 +129,21 @@ impl Membership {
             cancel.cancelled().await;
             drop(subscriber);
         });
-        Ok(Self { live, events, departed })
+        Ok(Self { live, events, departed, joins })
+    }
+
+    /// How many times each live process of `role` was seen joining, by name. A count that moved
+    /// while the process stayed in the live set means it left and came back between two looks
+    /// (a hung process past its lease, a cut link): the live set alone does not show that.
+    pub fn joins_of(&self, role: Role) -> BTreeMap<String, u64> {
+        let live = self.live_of(role);
+        let j = self.joins.lock().unwrap_or_else(|p| p.into_inner());
+        live.into_iter()
+            .map(|name| {
+                let n = j.get(&Member { role, name: name.clone() }).copied().unwrap_or_default();
+                (name, n)
+            })
+            .collect()
     }
 
     /// Processes this one saw leave (or die) since it started and that are not back, with when
@@ -195,6 +222,11 @@ mod tests {
         let left = tokio::time::timeout(Duration::from_secs(5), events.recv()).await.unwrap().unwrap();
         assert_eq!(left, MemberEvent::Left(Member { role: Role::Agent, name: "gw1".into() }));
         assert!(m.live_of(Role::Agent).is_empty());
+        // Back again: the live set is as before, the join count tells it left in between.
+        let tb = announce(&b, &keys, Role::Agent, "gw1").await.unwrap();
+        assert!(m.wait_for_role(Role::Agent, Duration::from_secs(5)).await);
+        assert_eq!(m.joins_of(Role::Agent), BTreeMap::from([("gw1".to_owned(), 2)]));
+        drop(tb);
         cancel.cancel();
         b.close().await.unwrap();
         a.close().await.unwrap();

@@ -180,9 +180,23 @@ impl Asker {
         canonical: &str,
         timeout: Duration,
     ) -> Result<Option<LookupReply>, DlrError> {
+        Ok(match self.ask_node(node, connector, canonical, timeout).await? {
+            Asked::Answered(reply) => reply,
+            Asked::Unanswered(_) => None,
+        })
+    }
+
+    /// [`Asker::ask`], telling an answer that the node holds nothing from no answer at all.
+    pub async fn ask_node(
+        &self,
+        node: &str,
+        connector: &str,
+        canonical: &str,
+        timeout: Duration,
+    ) -> Result<Asked, DlrError> {
         let route = self.route(node).await?;
         if !route.listening.load(Ordering::Acquire) {
-            return Ok(None);
+            return Ok(Asked::Unanswered(format!("node {node} is not reachable")));
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let body = DlrAsk::encode(&self.client, n, connector, canonical)?;
@@ -195,11 +209,11 @@ impl Asker {
         let answer = match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(answer)) => answer,
             // The node's subscriber went away: the listener dropped the ask.
-            Ok(Err(_)) => return Ok(None),
+            Ok(Err(_)) => return Ok(Asked::Unanswered(format!("node {node} left"))),
             Err(_) => {
                 self.lock().remove(&n);
                 self.stats.ask_timeouts.fetch_add(1, Ordering::Relaxed);
-                return Ok(None);
+                return Ok(Asked::Unanswered(format!("node {node} did not answer within {} ms", timeout.as_millis())));
             }
         };
         match (answer.error, answer.reply) {
@@ -208,9 +222,9 @@ impl Asker {
             (None, Some(r)) if r.record.connector != connector || r.record.id != canonical => {
                 self.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(node, client = %self.client, "an answer for another lookup: is the answer key shared?");
-                Ok(None)
+                Ok(Asked::Unanswered(format!("node {node} answered another lookup")))
             }
-            (None, reply) => Ok(reply),
+            (None, reply) => Ok(Asked::Answered(reply)),
         }
     }
 
@@ -234,7 +248,9 @@ impl Asker {
             .express(true)
             .await
             .map_err(DlrError::Bus)?;
-        let listening = Arc::new(AtomicBool::new(false));
+        // Whether the node listens now; the listener below keeps it current.
+        let matching = publisher.matching_status().await.map_err(DlrError::Bus)?.matching();
+        let listening = Arc::new(AtomicBool::new(matching));
         let (pending, gone_node, flag) = (self.pending.clone(), Arc::<str>::from(node), listening.clone());
         let listener = publisher
             .matching_listener()
@@ -252,4 +268,13 @@ impl Asker {
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         Ok(routes.entry(Arc::from(node)).or_insert(route).clone())
     }
+}
+
+/// What asking one node gave.
+#[derive(Debug)]
+pub enum Asked {
+    /// It answered: its reply, `None` when it holds nothing.
+    Answered(Option<LookupReply>),
+    /// No answer (why), so nothing is known of what it holds.
+    Unanswered(String),
 }

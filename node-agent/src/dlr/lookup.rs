@@ -32,6 +32,7 @@ use zenoh::query::{ConsolidationMode, Query, QueryTarget};
 use zenoh::Wait;
 
 use super::answerer::Answerer;
+use super::ask::Asked;
 use super::{now_ms, DlrError, DlrService};
 use crate::AgentError;
 
@@ -155,29 +156,41 @@ async fn answer_later(service: Arc<DlrService>, query: Query, req: Request) {
     };
 }
 
+/// What the node that must hold a record said of it.
+pub(crate) enum FirstHolder {
+    /// Its reply (or this node's own, when it holds the record) and how long it took.
+    Found(LookupReply, Duration),
+    /// It holds no such record (or this node is that node).
+    Missing,
+    /// It did not answer (why): the record may exist there.
+    Unanswered(String),
+}
+
 /// Answer from this node's store when it holds `(connector, canonical id)` (its own record, or
-/// its copy), without the bus; otherwise ask the node that must hold it alone. Its reply and how
-/// long it took, `None` when it has none.
+/// its copy), without the bus; otherwise ask the node that must hold it alone.
 pub(crate) async fn query_first_holder(
     service: &DlrService,
     connector: &str,
     canonical: &str,
-) -> Result<Option<(LookupReply, Duration)>, DlrError> {
+) -> Result<FirstHolder, DlrError> {
     let started = Instant::now();
     if let Some(reply) = service.answer(connector, canonical, None)? {
         service.stats.answered_here.fetch_add(1, Ordering::Relaxed);
-        return Ok(Some((reply, started.elapsed())));
+        return Ok(FirstHolder::Found(reply, started.elapsed()));
     }
     let live = service.membership.live_of(Role::Agent);
     let Some(first) = first_holder(&store_key(connector, canonical), live.iter().map(String::as_str)) else {
-        return Ok(None);
+        return Ok(FirstHolder::Missing);
     };
     if first == service.node {
-        return Ok(None);
+        return Ok(FirstHolder::Missing);
     }
     let timeout = Duration::from_millis(service.settings.timeout_ms);
-    let reply = service.asker.ask(first, connector, canonical, timeout).await?;
-    Ok(reply.map(|r| (r, started.elapsed())))
+    Ok(match service.asker.ask_node(first, connector, canonical, timeout).await? {
+        Asked::Answered(Some(r)) => FirstHolder::Found(r, started.elapsed()),
+        Asked::Answered(None) => FirstHolder::Missing,
+        Asked::Unanswered(why) => FirstHolder::Unanswered(why),
+    })
 }
 
 /// Ask every node for `(connector, canonical id)`; the best reply and how long it took.

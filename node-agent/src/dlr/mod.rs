@@ -162,6 +162,28 @@ impl DlrService {
         self.membership.live_of(Role::Agent)
     }
 
+    /// Why a lookup that found nothing cannot say the record does not exist: no other agent is
+    /// live, yet this node saw others leave (they died, or this node was cut off from them, or
+    /// hung past its lease). `None` when another agent is live, or none was ever seen.
+    fn cut_off(&self) -> Option<String> {
+        if self.membership.live_of(Role::Agent).iter().any(|n| *n != self.node) {
+            return None;
+        }
+        let gone: Vec<String> = self
+            .membership
+            .departed()
+            .into_iter()
+            .filter(|(m, _)| m.role == Role::Agent && m.name != self.node)
+            .map(|(m, _)| m.name)
+            .collect();
+        let (first, more) = (gone.iter().take(5).cloned().collect::<Vec<_>>(), gone.len().saturating_sub(5));
+        match (gone.is_empty(), more) {
+            (true, _) => None,
+            (false, 0) => Some(format!("no other node is reachable (gone: {})", first.join(", "))),
+            (false, n) => Some(format!("no other node is reachable (gone: {} and {n} more)", first.join(", "))),
+        }
+    }
+
     /// The record store.
     pub fn store(&self) -> &DlrStore {
         &self.store

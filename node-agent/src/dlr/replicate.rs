@@ -249,6 +249,11 @@ pub(crate) async fn run(service: Arc<DlrService>, cancel: CancellationToken) {
     let mut last_pass: Option<tokio::time::Instant> = None;
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     let mut members_changed = true;
+    // How often each peer was seen joining: a peer that left and came back between two looks
+    // (this node or that one hung past the lease, a cut link) is in the live set both times,
+    // yet its copies must be checked as a new peer's are, or records closed on them while the
+    // two were apart would stay open here.
+    let mut joins: BTreeMap<String, u64> = BTreeMap::new();
     loop {
         if members_changed {
             members_changed = false;
@@ -258,10 +263,23 @@ pub(crate) async fn run(service: Arc<DlrService>, cancel: CancellationToken) {
                 .filter(|m| m.role == Role::Agent && m.name != service.node)
                 .map(|m| m.name.clone())
                 .collect();
-            if now != peers {
-                let before = std::mem::replace(&mut peers, now);
-                if before.is_empty() {
+            let counts = service.membership.joins_of(Role::Agent);
+            let returned: Vec<String> =
+                peers.iter().filter(|p| now.contains(p) && joins.get(*p) != counts.get(*p)).cloned().collect();
+            joins = counts;
+            if now != peers || !returned.is_empty() {
+                if !returned.is_empty() {
+                    tracing::info!(?returned, "peers left and came back: their copies are checked again");
+                }
+                let before: Vec<String> =
+                    std::mem::replace(&mut peers, now).into_iter().filter(|p| !returned.contains(p)).collect();
+                // A pass still owed from an earlier change must also treat them as new.
+                if let Some(owed) = moved_from.as_mut() {
+                    owed.retain(|p| !returned.contains(p));
+                }
+                if before.is_empty() || moved_from.as_ref().is_some_and(Vec::is_empty) {
                     resync = true;
+                    moved_from = None;
                 } else if moved_from.is_none() {
                     moved_from = Some(before);
                 }

@@ -12,6 +12,7 @@ use switchboard_bus::dlr::wire::{DlrReport, LookupReply, ReplicaOp, ReportOutcom
 use switchboard_bus::keys::Role;
 
 use super::events::{DlrEvent, EventKind};
+use super::lookup::FirstHolder;
 use super::types::check_report_fields;
 use super::{lookup, now_ms, replicate, DlrError, DlrService, IdForm, InboxEntry, Outcome, ReportRequest, Resolution};
 
@@ -40,14 +41,28 @@ impl DlrService {
     ) -> Result<Resolution, DlrError> {
         let canonical = self.canonical(connector, msg_id, form)?;
         let wait = self.wait(wait_ms.unwrap_or(self.settings.wait_ms))?;
-        let mut found = None;
+        let (mut found, mut unanswered) = (None, None);
         if !owner {
-            found = lookup::query_first_holder(self, connector, &canonical).await?;
+            match lookup::query_first_holder(self, connector, &canonical).await? {
+                FirstHolder::Found(reply, took) => found = Some((reply, took)),
+                FirstHolder::Missing => {}
+                FirstHolder::Unanswered(why) => unanswered = Some(why),
+            }
             let counter = if found.is_some() { &self.stats.first_holder_hits } else { &self.stats.first_holder_misses };
             counter.fetch_add(1, Ordering::Relaxed);
         }
         if found.is_none() {
             found = lookup::query(self, connector, &canonical, wait, None).await?;
+        }
+        if found.is_none() {
+            // The node that must hold the record did not answer, nor did any other: whether it
+            // exists is not known, and a gateway told "not found" would drop its DLR.
+            if let Some(why) = unanswered {
+                self.stats.unanswered.fetch_add(1, Ordering::Relaxed);
+                return Err(DlrError::Unreachable(format!(
+                    "{why}, and no other node holds message {msg_id:?} on connector {connector:?}"
+                )));
+            }
         }
         self.after_lookup(connector, msg_id, found, None)
     }
@@ -182,6 +197,12 @@ impl DlrService {
     ) -> Result<Resolution, DlrError> {
         let mut line = Vec::new();
         let Some((reply, took)) = found else {
+            if let Some(why) = self.cut_off() {
+                self.stats.unanswered.fetch_add(1, Ordering::Relaxed);
+                return Err(DlrError::Unreachable(format!(
+                    "{why}: message {msg_id:?} on connector {connector:?} may be held there"
+                )));
+            }
             self.stats.not_found.fetch_add(1, Ordering::Relaxed);
             DlrEvent::not_found(connector, msg_id, &self.node).write_to(&mut line);
             self.log_events(&line);

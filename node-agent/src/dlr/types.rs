@@ -50,6 +50,9 @@ pub enum DlrError {
         /// What it said.
         reason: String,
     },
+    /// No node holds the record that could be asked, but a node that may hold it could not be.
+    #[error("{0}")]
+    Unreachable(String),
     /// A replica did not take a closed record.
     #[error(transparent)]
     Replica(#[from] replicate::ReplicaError),
@@ -84,6 +87,7 @@ impl DlrError {
             Self::Store(_)
             | Self::Bus(_)
             | Self::Refused { .. }
+            | Self::Unreachable(_)
             | Self::Replica(_)
             | Self::Encode(_)
             | Self::Task(_) => ErrorKind::Unavailable,
@@ -116,6 +120,8 @@ pub struct DlrStats {
     pub ask_timeouts: AtomicU64,
     /// Lookups from here no node answered.
     pub not_found: AtomicU64,
+    /// Lookups that found nothing while a node that may hold the record could not be asked.
+    pub unanswered: AtomicU64,
     /// Reports this node (as owner) queued for its gateway.
     pub delivered: AtomicU64,
     /// Reports for records already closed.
@@ -142,7 +148,7 @@ pub struct DlrStats {
 
 impl DlrStats {
     /// Every counter with its metric name and help.
-    pub fn counters(&self) -> [(&'static str, &'static str, u64); 19] {
+    pub fn counters(&self) -> [(&'static str, &'static str, u64); 20] {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("registered", "Messages registered on this node.", g(&self.registered)),
@@ -169,6 +175,11 @@ impl DlrStats {
                 g(&self.ask_timeouts),
             ),
             ("not_found", "Lookups from this node that no node answered.", g(&self.not_found)),
+            (
+                "unanswered",
+                "Lookups that found nothing while a node that may hold the record could not be asked.",
+                g(&self.unanswered),
+            ),
             ("delivered", "Reports this node took as owner for its gateway.", g(&self.delivered)),
             ("duplicates", "Reports for records already closed.", g(&self.duplicates)),
             ("expired", "Own open records that expired.", g(&self.expired)),
