@@ -1,28 +1,74 @@
 //! JSON-lines files the agent writes about itself, for the collector's tables.
 //!
-//! The agent's own records (limit decisions, DLR events) go to a file in its data directory that
-//! the agent tails as an internal source (`_limits`, `_dlr`), so they travel the same durable,
-//! exactly-once path as gateway log lines. [`EventLog`] appends whole lines and renames the file
-//! to `<name>.1` when it passes its size (the tailer follows the rename, so nothing is lost).
+//! The agent's own records (limit decisions, DLR events, metric snapshots) go to a file in its
+//! data directory that the agent tails as an internal source (`_limits`, `_dlr`, `_metrics`), so
+//! they travel the same durable, exactly-once path as gateway log lines. [`EventLog`] appends
+//! whole lines and renames the file to `<name>.1` when it passes its size (the tailer follows the
+//! rename, so nothing is lost).
+//!
+//! A write that fails (a full disk) leaves no part of a line in the file: the file is cut back to
+//! its last whole line, and the lines wait in memory, written ahead of the next ones, up to
+//! [`MAX_WAITING_BYTES`]; past that the oldest are dropped and counted ([`dropped_lines`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::config::{BinaryFiles, SourceConfig, StartAt};
+
+/// Most bytes of lines one log keeps in memory while its file cannot be written.
+pub const MAX_WAITING_BYTES: usize = 16 << 20;
+
+/// Lines dropped by every event log of this process because their file could not be written
+/// for longer than [`MAX_WAITING_BYTES`] of lines took.
+static DROPPED_LINES: AtomicU64 = AtomicU64::new(0);
+
+/// Lines the agent's own logs dropped (their files could not be written, and too many waited).
+pub fn dropped_lines() -> u64 {
+    DROPPED_LINES.load(Ordering::Relaxed)
+}
 
 /// An append-only JSON-lines file with size-based rotation.
 pub struct EventLog {
     path: PathBuf,
     rotate_bytes: u64,
-    file: Mutex<Option<(File, u64)>>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The open file and its length (whole lines only).
+    file: Option<(File, u64)>,
+    /// Lines not written yet (a write failed), oldest first.
+    waiting: Vec<u8>,
+}
+
+/// Lines that could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("{error} ({waiting} bytes of lines wait in memory for the next write{})", dropped_note(*.dropped))]
+pub struct AppendError {
+    /// Why the write failed.
+    pub error: std::io::Error,
+    /// Bytes of lines waiting.
+    pub waiting: usize,
+    /// Lines dropped by this call to keep the wait bounded.
+    pub dropped: u64,
+}
+
+fn dropped_note(dropped: u64) -> String {
+    if dropped == 0 {
+        String::new()
+    } else {
+        format!("; {dropped} older lines dropped")
+    }
 }
 
 impl EventLog {
     /// A log at `dir/name`, rotated at `rotate_bytes`; the file is opened on the first write.
     pub fn new(dir: &Path, name: &str, rotate_bytes: u64) -> Self {
-        Self { path: dir.join(name), rotate_bytes, file: Mutex::new(None) }
+        Self { path: dir.join(name), rotate_bytes, state: Mutex::new(State::default()) }
     }
 
     /// The file written to.
@@ -30,35 +76,64 @@ impl EventLog {
         &self.path
     }
 
-    /// Append `lines` (each ending in `\n`) with one write.
-    pub fn append(&self, lines: &[u8]) -> std::io::Result<()> {
-        if lines.is_empty() {
-            return Ok(());
-        }
+    /// Append `lines` (each ending in `\n`) with one write, behind any lines still waiting from
+    /// a failed write (an empty `lines` only tries those again).
+    pub fn append(&self, lines: &[u8]) -> Result<(), AppendError> {
         // Nothing panics while the guard is held but I/O errors, which are returned; a poisoned
         // lock only means another thread's write failed midway, so it is taken over.
-        let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.as_ref().is_some_and(|(_, len)| *len >= self.rotate_bytes) {
-            *guard = None;
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let State { file, waiting } = &mut *state;
+        let dropped = bound(waiting, lines);
+        if waiting.is_empty() && lines.is_empty() {
+            return Ok(());
+        }
+        let result = (|| {
+            self.open(file)?;
+            // `open` leaves a file open.
+            let Some((f, len)) = file.as_mut() else { return Err(std::io::Error::other("no file")) };
+            let written = if waiting.is_empty() {
+                f.write_all(lines)
+            } else {
+                f.write_all(waiting).and_then(|()| f.write_all(lines))
+            };
+            if let Err(e) = written {
+                // Cut a part-written line off, so the next write starts a line of its own; a
+                // file that cannot even be cut is opened again next time.
+                if f.set_len(*len).is_err() {
+                    *file = None;
+                }
+                return Err(e);
+            }
+            *len += (waiting.len() + lines.len()) as u64;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                waiting.clear();
+                Ok(())
+            }
+            Err(error) => {
+                waiting.extend_from_slice(lines);
+                Err(AppendError { error, waiting: waiting.len(), dropped })
+            }
+        }
+    }
+
+    /// Open the file (rotating it first when it passed its size) unless open.
+    fn open(&self, file: &mut Option<(File, u64)>) -> std::io::Result<()> {
+        if file.as_ref().is_some_and(|(_, len)| *len >= self.rotate_bytes) {
+            *file = None;
             let mut rotated = self.path.clone().into_os_string();
             rotated.push(".1");
             std::fs::rename(&self.path, rotated)?;
         }
-        if guard.is_none() {
+        if file.is_none() {
             if let Some(dir) = self.path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
             let f = OpenOptions::new().create(true).append(true).open(&self.path)?;
             let len = f.metadata()?.len();
-            *guard = Some((f, len));
-        }
-        if let Some((f, len)) = guard.as_mut() {
-            if let Err(e) = f.write_all(lines) {
-                // Reopen next time: the file may have been removed or the disk filled.
-                *guard = None;
-                return Err(e);
-            }
-            *len += lines.len() as u64;
+            *file = Some((f, len));
         }
         Ok(())
     }
@@ -80,6 +155,22 @@ impl EventLog {
     }
 }
 
+/// Drop the oldest whole lines of `waiting` until it and `lines` fit in [`MAX_WAITING_BYTES`];
+/// how many were dropped (counted in [`dropped_lines`]).
+fn bound(waiting: &mut Vec<u8>, lines: &[u8]) -> u64 {
+    let over = (waiting.len() + lines.len()).saturating_sub(MAX_WAITING_BYTES);
+    if over == 0 {
+        return 0;
+    }
+    // Cut after the newline at or past `over` bytes (all of `waiting` if there is none).
+    let cut = waiting.iter().skip(over.saturating_sub(1)).position(|&b| b == b'\n').map_or(waiting.len(), |i| over + i);
+    let cut = cut.min(waiting.len());
+    let dropped = waiting[..cut].iter().filter(|&&b| b == b'\n').count() as u64;
+    waiting.drain(..cut);
+    DROPPED_LINES.fetch_add(dropped, Ordering::Relaxed);
+    dropped
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +187,35 @@ mod tests {
         assert_eq!(cur, "line4\n");
         assert_eq!(old, "line2\nline3\n", "rotated once past 10 bytes; the first file was replaced by the second");
         assert!(log.source("_x").paths[0].ends_with("events.log*"));
+    }
+
+    #[test]
+    fn lines_a_failed_write_leaves_wait_in_order_and_stay_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        // The log's directory is a file: every write fails until it is a directory.
+        let sub = dir.path().join("sub");
+        std::fs::write(&sub, "").unwrap();
+        let log = EventLog::new(&sub, "events.log", 1 << 20);
+        let e = log.append(b"a1\na2\n").unwrap_err();
+        assert_eq!((e.waiting, e.dropped), (6, 0));
+        assert!(e.to_string().contains("6 bytes of lines wait"), "{e}");
+        assert_eq!(log.append(b"").unwrap_err().waiting, 6, "an empty append tries again");
+        std::fs::remove_file(&sub).unwrap();
+        log.append(b"b1\n").unwrap();
+        assert_eq!(std::fs::read_to_string(sub.join("events.log")).unwrap(), "a1\na2\nb1\n");
+
+        // A device that is always full: nothing is left half-written, and what waits is bounded.
+        let full = EventLog::new(Path::new("/dev"), "full", u64::MAX);
+        let line = vec![b'x'; (1 << 20) - 1];
+        let mut dropped = 0;
+        for _ in 0..20 {
+            let mut l = line.clone();
+            l.push(b'\n');
+            let e = full.append(&l).unwrap_err();
+            assert!(e.waiting <= MAX_WAITING_BYTES, "{} bytes wait", e.waiting);
+            dropped += e.dropped;
+        }
+        assert_eq!(dropped, 4, "the oldest whole lines were dropped");
+        assert!(dropped_lines() >= 4);
     }
 }

@@ -62,6 +62,11 @@ impl Report for AgentReport {
         if let Some(e) = self.stats.checkpoint_failing.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             h.failing.push(format!("cannot store the checkpoint ({e}); acknowledged lines stay in the journal"));
         }
+        if let Some(e) = self.dlr.as_ref().and_then(|d| d.store().broken()) {
+            h.failing.push(format!(
+                "the DLR store failed a write ({e}) and refuses every change until the agent restarts: free disk space, then restart the agent"
+            ));
+        }
         let collectors = self.membership.live_of(Role::Collector);
         if collectors.is_empty() {
             h.degraded.push(
@@ -173,6 +178,11 @@ impl Report for AgentReport {
             )
             .counter("switchboard_agent_publish_errors_total", "Failed publications.", g(&s.publish_errors))
             .counter("switchboard_agent_checkpoint_errors_total", "Failed checkpoint writes.", g(&s.checkpoint_errors))
+            .counter(
+                "switchboard_agent_event_lines_dropped_total",
+                "Lines of the agent's own logs (limit decisions, DLR events, metric snapshots) dropped: their file could not be written and 16 MiB of them waited.",
+                crate::eventlog::dropped_lines(),
+            )
             .counter("switchboard_agent_journal_errors_total", "Failed journal writes.", g(&s.journal_errors))
             .counter("switchboard_agent_replays_total", "Replay queries answered.", g(&s.replays))
             .counter("switchboard_agent_replayed_lines_total", "Lines sent again for replays.", g(&s.lines_replayed))

@@ -89,7 +89,7 @@ impl Records {
         if let Some(log) = &self.events {
             if let Err(e) = log.append(lines) {
                 self.stats.event_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(path = %log.path().display(), error = %e, "cannot write DLR events");
+                tracing::warn!(path = %log.path().display(), error = %e, "cannot write DLR events yet");
             }
         }
     }

@@ -78,6 +78,11 @@ pub struct DlrStore {
     /// Batches that put or removed records since the store was opened.
     record_changes: AtomicU64,
     writer: Mutex<()>,
+    /// The first write that failed, once the engine refuses every write after it (a journal
+    /// write failed, e.g. on a full disk: fjall then refuses changes until it is opened again).
+    broken: Mutex<Option<String>>,
+    /// The latest failed write, for the message once the store is broken.
+    last_failure: Mutex<Option<String>>,
 }
 
 impl DlrStore {
@@ -119,7 +124,30 @@ impl DlrStore {
             inbox_len: AtomicU64::new(inbox_len),
             record_changes: AtomicU64::new(0),
             writer: Mutex::new(()),
+            broken: Mutex::new(None),
+            last_failure: Mutex::new(None),
         })
+    }
+
+    /// Why the store refuses every change until the agent restarts, if it does.
+    pub fn broken(&self) -> Option<String> {
+        self.broken.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Commit `batch`, noting a failure (and the engine refusing all writes after one).
+    fn commit(&self, batch: fjall::OwnedWriteBatch) -> Result<(), StoreError> {
+        let Err(e) = batch.commit() else { return Ok(()) };
+        // Each note under these locks is one assignment: a poisoned lock is taken over.
+        let mut last = self.last_failure.lock().unwrap_or_else(|p| p.into_inner());
+        if matches!(e, fjall::Error::Poisoned) {
+            let mut broken = self.broken.lock().unwrap_or_else(|p| p.into_inner());
+            if broken.is_none() {
+                *broken = Some(last.clone().unwrap_or_else(|| e.to_string()));
+            }
+        } else {
+            *last = Some(e.to_string());
+        }
+        Err(e.into())
     }
 
     /// Serialize a read-modify-write sequence against every other one.
@@ -169,7 +197,7 @@ impl DlrStore {
                 }
             }
         }
-        batch.commit()?;
+        self.commit(batch)?;
         if seq.is_some() {
             self.inbox_len.fetch_add(1, Ordering::Relaxed);
         }
@@ -207,7 +235,7 @@ impl DlrStore {
             for k in dangling {
                 batch.remove(&self.expiry, k);
             }
-            batch.commit()?;
+            self.commit(batch)?;
         }
         Ok(out)
     }
@@ -271,7 +299,7 @@ impl DlrStore {
             batch.remove(&self.inbox, guard.key()?);
             n += 1;
         }
-        batch.commit()?;
+        self.commit(batch)?;
         let _ = self.inbox_len.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| Some(l.saturating_sub(n)));
         Ok(n)
     }

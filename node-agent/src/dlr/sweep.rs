@@ -132,7 +132,13 @@ impl DlrService {
                 _ = tick.tick() => {}
             }
             let me = self.clone();
-            match tokio::task::spawn_blocking(move || me.expire_due(now_ms())).await {
+            // Event lines a failed write left waiting go out with the expiry's (or alone).
+            match tokio::task::spawn_blocking(move || {
+                me.log_events(&[]);
+                me.expire_due(now_ms())
+            })
+            .await
+            {
                 Ok(Err(e)) => tracing::warn!(error = %e, "DLR expiry"),
                 Err(e) => tracing::warn!(error = %e, "DLR expiry task"),
                 Ok(Ok(_)) => {}

@@ -122,7 +122,7 @@ impl Recorder {
             };
             self = me;
             if let Err(e) = written {
-                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot write the limits decision log");
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot write the limits decision log yet");
             }
             if stop {
                 break;
@@ -176,7 +176,8 @@ impl Recorder {
             lines += 1;
             self.last.insert(u.key.clone(), (u.state_id, u.allowed, u.denied));
         }
-        self.log.append(&out)?;
+        // An empty window still writes the lines a failed write left waiting.
+        self.log.append(&out).map_err(std::io::Error::other)?;
         Ok(lines)
     }
 }
