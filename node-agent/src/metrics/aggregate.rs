@@ -58,7 +58,8 @@ switchboard_bus::record_columns!(switchboard_bus::tables::METRICS, Row {
 pub enum Refused {
     /// The series limit is reached and this is a new series.
     TooManySeries,
-    /// A timer value beyond what a histogram holds.
+    /// A sum that would not be finite, or a timer value or sample count beyond what a
+    /// histogram holds.
     OutOfRange,
 }
 
@@ -84,12 +85,14 @@ impl Aggregator {
         self.series.is_empty()
     }
 
-    /// Take one parsed line.
+    /// Take one parsed line. A line refused changes nothing (no series appears for it).
     pub fn add(&mut self, line: &Line<'_>) -> Result<(), Refused> {
         let key = (line.name.to_owned(), line.tags.clone(), line.kind);
-        if !self.series.contains_key(&key) && self.series.len() >= self.max_series {
+        let held = self.series.get(&key);
+        if held.is_none() && self.series.len() >= self.max_series {
             return Err(Refused::TooManySeries);
         }
+        check(held, &line.value)?;
         let state = self.series.entry(key).or_insert_with(|| match line.kind {
             Kind::Counter => State::Counter { sum: 0.0, samples: 0 },
             Kind::Gauge => State::Gauge { value: 0.0, samples: 0, idle: 0 },
@@ -111,8 +114,8 @@ impl Aggregator {
             }
             (State::Timer { hist, sum }, Value::Samples { values, weight }) => {
                 for v in values {
-                    let scaled = (v * HISTOGRAM_SCALE).round();
-                    if scaled >= u64::MAX as f64 || hist.record_n(scaled as u64, *weight).is_err() {
+                    // `check` saw every value fit and the counts stay below what V2 holds.
+                    if hist.record_n((v * HISTOGRAM_SCALE).round() as u64, *weight).is_err() {
                         return Err(Refused::OutOfRange);
                     }
                     *sum += v * *weight as f64;
@@ -173,6 +176,40 @@ impl Aggregator {
     }
 }
 
+/// Whether `value` can be added to the series held as `held` (none yet: an empty one): sums stay
+/// finite, timer values fit a histogram and its counts what HDR V2 stores (`i64`).
+fn check(held: Option<&State>, value: &Value) -> Result<(), Refused> {
+    let finite = |x: f64| if x.is_finite() { Ok(()) } else { Err(Refused::OutOfRange) };
+    match (held, value) {
+        (held, Value::Count(values)) => {
+            let sum = match held {
+                Some(State::Counter { sum, .. }) => *sum,
+                _ => 0.0,
+            };
+            finite(values.iter().fold(sum, |a, v| a + v))
+        }
+        (Some(State::Gauge { value, .. }), Value::GaugeDelta(d)) => finite(value + d),
+        (held, Value::Samples { values, weight }) => {
+            let (samples, sum) = match held {
+                Some(State::Timer { hist, sum }) => (hist.len(), *sum),
+                _ => (0, 0.0),
+            };
+            let added = weight.checked_mul(values.len() as u64).ok_or(Refused::OutOfRange)?;
+            if samples.checked_add(added).is_none_or(|n| n > i64::MAX as u64) {
+                return Err(Refused::OutOfRange);
+            }
+            if values.iter().any(|v| !(0.0..MAX_TIMER_VALUE).contains(&(v * HISTOGRAM_SCALE).round())) {
+                return Err(Refused::OutOfRange);
+            }
+            finite(values.iter().fold(sum, |a, v| a + v * *weight as f64))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Scaled timer values at or past this are refused: a histogram's buckets stop at `u64`.
+const MAX_TIMER_VALUE: f64 = u64::MAX as f64;
+
 #[cfg(test)]
 mod tests {
     use super::super::statsd::parse_line;
@@ -228,5 +265,23 @@ mod tests {
             a.snapshot(u64::from(i), 1);
         }
         assert!(a.is_empty());
+    }
+
+    #[test]
+    fn lines_out_of_range_are_refused_and_leave_no_series() {
+        let mut a = Aggregator::new(100);
+        for line in ["z1:1|ms|@1e-300", "z3:1e300|c|@1e-300", "z5:1e300|ms", "z6:1:1e300|ms"] {
+            assert_eq!(a.add(&parse_line(line).unwrap()), Err(Refused::OutOfRange), "{line}");
+        }
+        assert!(a.is_empty(), "a refused line made a series");
+        // A sum that would overflow is refused; the series keeps what it had.
+        feed(&mut a, &["c:1e308|c", "g:1e308|g", "t:1|ms|@1e-9"]);
+        for line in ["c:1e308|c", "g:+1e308|g"] {
+            assert_eq!(a.add(&parse_line(line).unwrap()), Err(Refused::OutOfRange), "{line}");
+        }
+        let rows = a.snapshot(10_000, 10_000);
+        assert_eq!(rows.len(), 3);
+        assert!(rows.iter().all(|r| r.value.is_finite() && (r.kind != "timer" || r.histogram.is_some())));
+        assert_eq!(rows.iter().find(|r| r.name == "t").map(|r| r.count), Some(1_000_000_000));
     }
 }

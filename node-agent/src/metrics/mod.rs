@@ -152,7 +152,7 @@ impl MetricsService {
                     }
                     Err(Refused::OutOfRange) => {
                         self.stats.bad_lines.fetch_add(1, Ordering::Relaxed);
-                        Some("timer value out of range".to_owned())
+                        Some("out of range: the series' sum would not be finite, or a timer's value or sample count (with its sample rate) beyond what a histogram holds".to_owned())
                     }
                 },
                 Err(e) => {
@@ -192,15 +192,12 @@ impl MetricsService {
         }
     }
 
-    /// Write the current interval's rows at `ts_ms`.
-    pub fn snapshot(&self, ts_ms: u64) {
+    /// Write the rows of the interval of `interval_ms` that ends at `ts_ms`.
+    pub fn snapshot(&self, ts_ms: u64, interval_ms: u64) {
         let rows = {
             let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
-            series.snapshot(ts_ms, self.settings.interval_ms)
+            series.snapshot(ts_ms, interval_ms)
         };
-        if rows.is_empty() {
-            return;
-        }
         let mut lines = Vec::with_capacity(rows.len() * 128);
         for row in &rows {
             if serde_json::to_writer(&mut lines, row).is_ok() {
@@ -213,7 +210,7 @@ impl MetricsService {
             }
             Err(e) => {
                 self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, rows = rows.len(), "cannot write a metrics snapshot; its rows are lost");
+                tracing::warn!(error = %e, rows = rows.len(), "cannot write a metrics snapshot yet");
             }
         }
     }
@@ -225,6 +222,7 @@ impl MetricsService {
         let first = self.settings.interval_ms - now % self.settings.interval_ms;
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_millis(first), every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = now;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -232,11 +230,14 @@ impl MetricsService {
             }
             let now = crate::dlr::now_ms();
             let ts = now - now % self.settings.interval_ms;
-            let service = self.clone();
-            let _ = tokio::task::spawn_blocking(move || service.snapshot(ts)).await;
+            last = ts;
+            let (service, interval) = (self.clone(), self.settings.interval_ms);
+            let _ = tokio::task::spawn_blocking(move || service.snapshot(ts, interval)).await;
         }
-        // What came in since the last snapshot is written now and sent after the next start.
-        self.snapshot(crate::dlr::now_ms());
+        // What came in since the last snapshot is written now and sent after the next start;
+        // its interval is the time since that snapshot.
+        let now = crate::dlr::now_ms();
+        self.snapshot(now, now.saturating_sub(last).clamp(1, self.settings.interval_ms));
     }
 }
 

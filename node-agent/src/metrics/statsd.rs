@@ -153,14 +153,18 @@ pub fn parse_line(line: &str) -> Result<Line<'_>, BadLine> {
     let mut tags: Vec<(&str, &str)> = Vec::new();
     for section in sections {
         if let Some(r) = section.strip_prefix('@') {
-            rate = number(r)?;
+            rate = number(r).or_else(|_| bad(format!("sample rate {r:?} is not a number")))?;
             if !(rate > 0.0 && rate <= 1.0) {
                 return bad(format!("sample rate {r} is not in (0, 1]"));
             }
         } else if let Some(list) = section.strip_prefix('#') {
             for tag in list.split(',').filter(|t| !t.is_empty()) {
                 check_text("tag", tag)?;
-                tags.push(tag.split_once(':').unwrap_or((tag, "")));
+                let (key, value) = tag.split_once(':').unwrap_or((tag, ""));
+                if key.is_empty() {
+                    return bad(format!("tag {tag:?} has no key"));
+                }
+                tags.push((key, value));
             }
             if tags.len() > MAX_TAGS {
                 return bad(format!("more than {MAX_TAGS} tags"));
@@ -250,6 +254,8 @@ mod tests {
             ("x:1e999|c", "not a finite number"),
             ("x:-1|ms", "negative"),
             ("x:1|c|@0", "sample rate"),
+            ("x:1|c|@", "sample rate \"\" is not a number"),
+            ("x:1|c|#:v", "has no key"),
             ("x:1|c|@2", "sample rate"),
             ("x:1|c|@-1", "sample rate"),
             ("x:1:2|g", "one value"),
