@@ -255,3 +255,54 @@ fn files_rotated_and_deleted_while_no_collector_is_alive_lose_nothing() {
     assert!(ok, "dataset holds {} of {n}\n{}", count_logs(&c.dataset()), agent.log_text());
     stop_and_check_every_line(&c, agent, collector, n);
 }
+
+/// A gateway that stops mid-line before its log is rotated away, or deleted: that last line,
+/// never ended, is stored as it is once the file has been gone a while, once, also across a
+/// restart of the agent after it was taken.
+#[test]
+fn a_last_line_never_ended_is_stored_once_its_file_is_rotated_away_or_deleted() {
+    let c = Cluster::new();
+    let collector = c.start_collector();
+    let mut agent = c.start_agent("gw", "plain");
+    let dir = c.logs_dir("gw");
+    let file = dir.join("app.log");
+    let unended = |text: &str| {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&file).unwrap();
+        f.write_all(format!("2026-11-22T10:00:00Z INFO {text} never ended").as_bytes()).unwrap();
+    };
+    append(&file, (0..10).map(|i| numbered("gw", i)));
+    unended("rotated-away");
+    assert!(wait_until(Duration::from_secs(5), || lines_read(&c, "gw") >= 10), "{}", agent.log_text());
+    std::fs::rename(&file, dir.join("app.log.1")).unwrap();
+    append(&file, (10..20).map(|i| numbered("gw", i)));
+    assert!(wait_until(DEADLINE, || count_logs(&c.dataset()) >= 21), "{}", agent.log_text());
+    // With no collector alive the second one is journaled, and the collector pulls it back
+    // (replayed from the file) when it returns.
+    collector.stop();
+    unended("deleted");
+    assert!(wait_until(Duration::from_secs(5), || lines_read(&c, "gw") >= 21), "{}", agent.log_text());
+    std::fs::remove_file(&file).unwrap();
+    append(&file, (20..30).map(|i| numbered("gw", i)));
+    assert!(wait_until(Duration::from_secs(20), || lines_read(&c, "gw") >= 32), "{}", agent.log_text());
+    let collector = c.start_collector();
+    let ok = wait_until(DEADLINE, || count_logs(&c.dataset()) >= 32);
+    assert!(ok, "dataset holds {} of 32\n{}", count_logs(&c.dataset()), agent.log_text());
+    let replayed = metric(&c.http_get("gw", "/metrics").1, "switchboard_agent_replayed_lines_total");
+    assert!(replayed.unwrap_or(0.0) >= 1.0, "nothing was replayed: {replayed:?}");
+    agent.stop();
+    agent = c.start_agent("gw", "plain");
+    append(&file, (30..40).map(|i| numbered("gw", i)));
+    assert!(wait_until(DEADLINE, || count_logs(&c.dataset()) >= 42), "{}", agent.log_text());
+    std::thread::sleep(Duration::from_millis(1500));
+    agent.stop();
+    collector.stop();
+    let rows = read_logs(&c.dataset());
+    assert_exactly_once(&rows);
+    for text in ["rotated-away", "deleted"] {
+        let found: Vec<&Row> = rows.iter().filter(|r| r.message.contains(text)).collect();
+        assert_eq!(found.len(), 1, "{text}: {found:?}");
+        assert_eq!(found[0].message, format!("{text} never ended"));
+    }
+    assert_eq!(rows.len(), 42);
+}

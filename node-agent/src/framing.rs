@@ -150,6 +150,17 @@ impl LineFramer {
         }
     }
 
+    /// The file ends here: emit the line held back for its newline, if any (a file rotated away
+    /// or deleted whose writer never ended its last line).
+    pub fn finish(&mut self, mut emit: impl FnMut(Line<'_>)) {
+        if self.partial.is_empty() {
+            return;
+        }
+        emit(Line { bytes: trim_cr(&self.partial), offset: self.partial_offset, truncated: false });
+        self.partial.clear();
+        self.partial_offset = self.read_offset;
+    }
+
     fn emit_truncated_partial(&mut self, emit: &mut impl FnMut(Line<'_>)) {
         emit(Line { bytes: cut(&self.partial), offset: self.partial_offset, truncated: true });
         self.partial.clear();
@@ -211,6 +222,13 @@ mod tests {
         assert_eq!(f.position(), Position { offset: 8, skipping: false });
         assert_eq!(f.pending(), 2);
         assert_eq!(f.read_offset(), 10);
+        // The file ends: the held-back line is emitted, and the position moves past it.
+        let mut last = Vec::new();
+        let mut f = f;
+        f.finish(|l| last.push(Owned(l.bytes.to_vec(), l.offset, l.truncated)));
+        f.finish(|l| last.push(Owned(l.bytes.to_vec(), l.offset, l.truncated)));
+        assert_eq!(last, vec![Owned(b"ef".to_vec(), 8, false)], "emitted once");
+        assert_eq!((f.position(), f.pending()), (Position { offset: 10, skipping: false }, 0));
     }
 
     #[test]

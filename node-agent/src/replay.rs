@@ -122,6 +122,26 @@ pub fn replay(
                     }
                 }
             }
+            // A segment that ends without a newline ended with its file (the tailer took the
+            // last line as it was): so does this framing.
+            if at == segment.end.offset {
+                framer.finish(|line| {
+                    let s = seg_first + produced;
+                    produced += 1;
+                    if s >= from && s <= to {
+                        append_line(
+                            &mut builder,
+                            s,
+                            line,
+                            &path,
+                            segment.observed_micros,
+                            LineFormat::of(config),
+                            &mut counts,
+                        );
+                        rows += 1;
+                    }
+                });
+            }
             if produced != segment.lines {
                 let _ = flush(&mut builder, payloads);
                 return (rows, Some(ReplayError::Changed { path, seq: seg_first, got: produced, want: segment.lines }));

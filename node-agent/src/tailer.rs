@@ -145,6 +145,11 @@ struct TailedFile {
     framer: LineFramer,
     /// When the path stopped leading to this file (renamed away or deleted).
     gone_since: Option<Instant>,
+    /// When the glob first found this file under another name than it was opened by (rotated
+    /// by a rename, still among the source's paths).
+    moved_since: Option<Instant>,
+    /// When bytes were last read from it.
+    last_read: Instant,
     /// Possibly a copy of another tracked file (same first bytes): held back for
     /// [`COPY_SUSPECT`]; if that file is truncated meanwhile (copytruncate) this one continues
     /// from where the original stood, otherwise it is read from its start.
@@ -184,6 +189,11 @@ const COPY_SUSPECT: std::time::Duration = std::time::Duration::from_secs(2);
 /// itself (the copy's lines go first). A copy that has not been *found* by the scan after the
 /// truncation is not waited for: copytruncate makes the copy before it truncates.
 const COPY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a file rotated away or deleted, and not written to, keeps its last line open for a
+/// newline before that line is taken as it is (its writer may still finish it through a handle
+/// opened before the rename).
+const PARTIAL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Tails the files of one source; see the module docs.
 pub struct SourceTailer {
@@ -316,6 +326,9 @@ impl SourceTailer {
             live_inodes.push(inode);
             if let Some(f) = self.files.iter_mut().find(|f| f.inode == inode) {
                 f.gone_since = None;
+                if f.path != path && f.moved_since.is_none() {
+                    f.moved_since = Some(Instant::now());
+                }
                 continue;
             }
             if let Err(e) = self.open(path.clone(), inode, meta.len()) {
@@ -361,8 +374,11 @@ impl SourceTailer {
         let mut hold = None;
         let mut copy_for = None;
         let mut rewritten_while_down = false;
+        // Known under another name before: rotated by a rename (while the agent ran or was down).
+        let mut moved = false;
         if let Some(i) = self.restored.iter().position(|c| c.inode == inode) {
             let cp = self.restored.swap_remove(i);
+            moved = cp.path != path;
             let now = Fingerprint::read(&file, cp.fingerprint.len as usize)?;
             if now != cp.fingerprint || cp.offset > len {
                 // Rewritten or truncated while the agent was down: if a copy of the old content
@@ -452,6 +468,8 @@ impl SourceTailer {
             gone_since: None,
             copy_of,
             opened: Instant::now(),
+            moved_since: moved.then(Instant::now),
+            last_read: Instant::now(),
             at_eof: false,
             hold_for_copy: hold,
             copy_for,
@@ -498,9 +516,19 @@ impl SourceTailer {
                     self.flush(out)?;
                 }
             }
+            // A file rotated away or deleted whose last line never got its newline: once it has
+            // been gone a while (its writer may still finish the line through an open handle),
+            // that line ends where the file ends.
+            let f = &self.files[i];
+            let away = f.gone_since.or(f.moved_since).is_some_and(|t| t.elapsed() >= PARTIAL_WAIT);
+            if drained && away && f.framer.pending() > 0 && f.last_read.elapsed() >= PARTIAL_WAIT {
+                tracing::info!(path = %f.path.display(), bytes = f.framer.pending(), "the last line of a rotated file has no newline: taken as it is");
+                self.take_lines(i, None);
+                progressed = true;
+            }
             let f = &self.files[i];
             let expired = f.gone_since.is_some_and(|t| t.elapsed() >= self.settings.glob_interval());
-            if drained && expired && !self.segments.iter().any(|s| s.inode == f.inode) {
+            if drained && expired && f.framer.pending() == 0 && !self.segments.iter().any(|s| s.inode == f.inode) {
                 tracing::info!(path = %f.path.display(), "done with rotated file");
                 let inode = f.inode;
                 self.files.remove(i);
@@ -570,6 +598,7 @@ impl SourceTailer {
             return Ok(0);
         }
         f.at_eof = false;
+        f.last_read = Instant::now();
         if f.fingerprint.len < FINGERPRINT_BYTES as u32 {
             f.fingerprint = Fingerprint::read(&f.file, FINGERPRINT_BYTES)?;
         }
@@ -583,6 +612,15 @@ impl SourceTailer {
                 return Ok(0);
             }
         }
+        self.take_lines(i, Some(n));
+        self.stats.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    /// Frame the `n` bytes just read into `read_buf` from file `i` into rows (`None`: the line
+    /// its framer holds back, ended by the end of the file), extending or starting its segment.
+    fn take_lines(&mut self, i: usize, n: Option<usize>) {
+        let f = &mut self.files[i];
         // Lines continue the last segment if it is this file's; otherwise a new one starts here.
         let start = f.framer.position();
         // ... and were read within a millisecond of it (one read of a burst): every line is
@@ -596,10 +634,14 @@ impl SourceTailer {
         let (builder, next_seq) = (&mut self.builder, &mut self.next_seq);
         let path_str = f.path_str.as_str();
         let mut counts = LineCounts::default();
-        f.framer.push(&self.read_buf[..n], |line| {
+        let emit = |line: crate::framing::Line<'_>| {
             append_line(builder, *next_seq, line, path_str, observed, how, &mut counts);
             *next_seq += 1;
-        });
+        };
+        match n {
+            Some(n) => f.framer.push(&self.read_buf[..n], emit),
+            None => f.framer.finish(emit),
+        }
         if counts.lines > 0 {
             let end = f.framer.position();
             match self.segments.last_mut() {
@@ -620,7 +662,6 @@ impl SourceTailer {
             }
         }
         let stats = &self.stats;
-        stats.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
         stats.lines_read.fetch_add(counts.lines, Ordering::Relaxed);
         stats.lines_unmatched.fetch_add(counts.unmatched, Ordering::Relaxed);
         stats.lines_truncated.fetch_add(counts.truncated, Ordering::Relaxed);
@@ -628,7 +669,6 @@ impl SourceTailer {
         if counts.lines > 0 && self.batch_started.is_none() {
             self.batch_started = Some(Instant::now());
         }
-        Ok(n)
     }
 
     /// File `i` was truncated in place: its copy (if any) continues from where it stood, the
