@@ -378,9 +378,11 @@ fn apply(files: &mut Vec<FileCheckpoint>, entry: &BatchRecord) {
                 f.offset = s.end.offset;
                 f.skipping = s.end.skipping;
                 f.path.clone_from(&s.path);
-                if s.fingerprint.len >= f.fingerprint.len {
-                    f.fingerprint = s.fingerprint;
-                }
+                // The latest segment's: a file's fingerprint only grows while its content stays,
+                // and starts again (empty) when the file is truncated, which the position also
+                // does. Keeping the older, longer one would pair the new position with the old
+                // content, and a restart would take the file for truncated while it was down.
+                f.fingerprint = s.fingerprint;
             }
             None => files.push(FileCheckpoint {
                 path: s.path.clone(),
@@ -432,6 +434,17 @@ mod tests {
         assert_eq!(j2.head(), 20);
         assert_eq!(j2.slice(16, 16).len(), 1);
         assert_eq!(j2.slice(0, 14).len(), 0);
+    }
+
+    #[test]
+    fn a_truncation_without_lines_leaves_the_checkpoint_with_the_new_content() {
+        let mut files = Vec::new();
+        let long = Segment { fingerprint: Fingerprint::of_bytes(&[b'a'; 300]), ..seg(1, 0, 500) };
+        apply(&mut files, &BatchRecord { first_seq: 0, count: 1, segments: vec![long] });
+        // Truncated in place, nothing written since: an empty segment at 0, empty fingerprint.
+        let emptied = Segment { fingerprint: Fingerprint::of_bytes(&[]), lines: 0, ..seg(1, 0, 0) };
+        apply(&mut files, &BatchRecord { first_seq: 1, count: 0, segments: vec![emptied] });
+        assert_eq!((files[0].offset, files[0].fingerprint), (0, Fingerprint::of_bytes(&[])));
     }
 
     /// An append holds the journal's file, not the journal: its state stays readable during the
