@@ -272,9 +272,9 @@ pub enum Format {
     Table,
     /// CSV with a header line (streamed as the rows are made, as json and ndjson are).
     Csv,
-    /// A JSON array of objects.
+    /// A JSON array of objects, one per line (every column, a null as `null`).
     Json,
-    /// One JSON object per line.
+    /// One JSON object per line (every column, a null as `null`).
     Ndjson,
     /// A Parquet file (with --output).
     Parquet,

@@ -340,17 +340,8 @@ pub async fn write_stream(
                 w.write(&flatten_for_csv(&RecordBatch::new_empty(schema))?)?;
             }
         }
-        OutputFormat::Json => {
-            let mut w = datafusion::arrow::json::ArrayWriter::new(&mut *out);
-            while let Some(b) = next().await? {
-                rows += b.num_rows() as u64;
-                w.write(&b)?;
-            }
-            w.finish()?;
-            writeln!(out)?;
-        }
-        OutputFormat::Ndjson => {
-            let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut *out);
+        OutputFormat::Json | OutputFormat::Ndjson => {
+            let mut w = JsonRows::new(&mut *out, format == OutputFormat::Json);
             while let Some(b) = next().await? {
                 rows += b.num_rows() as u64;
                 w.write(&b)?;
@@ -359,6 +350,49 @@ pub async fn write_stream(
         }
     }
     Ok(rows)
+}
+
+/// Rows as JSON objects with every column (a null as `null`), one row per line: a JSON array
+/// (`[`, the rows separated by commas, `]`) or NDJSON. A line per row lets `head` and `jq
+/// --stream` start on the first rows of a large result.
+struct JsonRows<'a> {
+    out: &'a mut dyn Write,
+    array: bool,
+    rows: u64,
+}
+
+impl<'a> JsonRows<'a> {
+    fn new(out: &'a mut dyn Write, array: bool) -> Self {
+        Self { out, array, rows: 0 }
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), QueryError> {
+        use datafusion::arrow::json::{writer::LineDelimited, WriterBuilder};
+        let mut lines = Vec::new();
+        let mut w = WriterBuilder::new().with_explicit_nulls(true).build::<_, LineDelimited>(&mut lines);
+        w.write(batch)?;
+        w.finish()?;
+        drop(w);
+        // JSON text holds no raw newline (strings escape it): each line is one row.
+        for line in lines.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
+            if self.array {
+                self.out.write_all(if self.rows == 0 { b"[\n" } else { b",\n" })?;
+            }
+            self.out.write_all(line)?;
+            if !self.array {
+                self.out.write_all(b"\n")?;
+            }
+            self.rows += 1;
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<(), QueryError> {
+        if self.array {
+            self.out.write_all(if self.rows == 0 { b"[]\n" } else { b"\n]\n" })?;
+        }
+        Ok(())
+    }
 }
 
 /// `batches` (at least one) as a stream, for [`write_stream`].
@@ -405,17 +439,11 @@ pub fn render(batches: &[RecordBatch], format: OutputFormat, out: &mut dyn Write
                 w.write(&flatten_for_csv(b)?)?;
             }
         }
-        OutputFormat::Json => {
-            let mut w = datafusion::arrow::json::ArrayWriter::new(&mut *out);
-            let refs: Vec<&RecordBatch> = batches.iter().collect();
-            w.write_batches(&refs)?;
-            w.finish()?;
-            writeln!(out)?;
-        }
-        OutputFormat::Ndjson => {
-            let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut *out);
-            let refs: Vec<&RecordBatch> = batches.iter().collect();
-            w.write_batches(&refs)?;
+        OutputFormat::Json | OutputFormat::Ndjson => {
+            let mut w = JsonRows::new(&mut *out, format == OutputFormat::Json);
+            for b in batches {
+                w.write(b)?;
+            }
             w.finish()?;
         }
     }
@@ -651,6 +679,15 @@ mod tests {
         assert_eq!(text(OutputFormat::Csv), "seq,message\n");
         assert_eq!(text(OutputFormat::Json), "[]\n");
         assert_eq!(text(OutputFormat::Ndjson), "");
+        // Rows print a line each, nulls included.
+        let some =
+            ds.sql("SELECT 1 AS n, CAST(NULL AS VARCHAR) AS op UNION ALL SELECT 2, 'x' ORDER BY n").await.unwrap();
+        let mut out = Vec::new();
+        render(&some, OutputFormat::Json, &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "[\n{\"n\":1,\"op\":null},\n{\"n\":2,\"op\":\"x\"}\n]\n");
+        let mut out = Vec::new();
+        render(&some, OutputFormat::Ndjson, &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "{\"n\":1,\"op\":null}\n{\"n\":2,\"op\":\"x\"}\n");
         // A result with rows has no count line; a Parquet file of no rows still has the columns.
         let rows = ds.sql("SELECT seq FROM logs").await.unwrap();
         let mut out = Vec::new();
