@@ -7,7 +7,8 @@
 //! value) and `tags` (as the gateway sent them, `k:v,…`), and the snapshot's time as
 //! `switchboard_cluster_metric_timestamp_seconds`. A replayed or repeated row changes nothing (the
 //! same time gives the same value). Timers and sets stay in the `metrics` table. At most
-//! `max_series` series are kept; rows of further series are counted and left out.
+//! `max_series` series are kept; rows of further series are counted and left out, and a full
+//! map drops the series not updated for an hour to make room.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -24,6 +25,13 @@ type SeriesKey = (String, String, &'static str, String);
 /// One series as `/metrics` shows it: labels, value, time (seconds since the epoch).
 pub type Shown = (Vec<(&'static str, String)>, f64, f64);
 
+/// A series whose newest row is older than this (by the collector's clock) is dropped when
+/// the map is full (µs): a flood of one-off series gives its room back.
+pub const STALE_AFTER_MICROS: i64 = 3_600_000_000;
+
+/// How often a full map looks for stale series at most.
+const EVICT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The newest row of each series.
 #[derive(Debug)]
 pub struct LatestMetrics {
@@ -31,12 +39,38 @@ pub struct LatestMetrics {
     max_series: usize,
     /// Rows of series beyond `max_series`, left out.
     pub refused: AtomicU64,
+    /// When stale series were last looked for.
+    evicted: Mutex<Option<std::time::Instant>>,
 }
 
 impl LatestMetrics {
     /// Keep at most `max_series` series.
     pub fn new(max_series: usize) -> Self {
-        Self { series: Mutex::new(HashMap::new()), max_series, refused: AtomicU64::new(0) }
+        Self {
+            series: Mutex::new(HashMap::new()),
+            max_series,
+            refused: AtomicU64::new(0),
+            evicted: Mutex::new(None),
+        }
+    }
+
+    /// With the map full, drop the series whose newest row is older than
+    /// [`STALE_AFTER_MICROS`] (at most once per [`EVICT_EVERY`]).
+    fn evict_stale(&self, series: &mut HashMap<SeriesKey, (i64, f64)>) {
+        if series.len() < self.max_series {
+            return;
+        }
+        // One assignment under the lock: a poisoned lock is taken over.
+        let mut evicted = self.evicted.lock().unwrap_or_else(|p| p.into_inner());
+        if evicted.is_some_and(|t| t.elapsed() < EVICT_EVERY) {
+            return;
+        }
+        *evicted = Some(std::time::Instant::now());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+        let horizon = now.saturating_sub(STALE_AFTER_MICROS);
+        series.retain(|_, (at, _)| *at >= horizon);
     }
 
     /// Take the rows of one `_metrics` payload from `node` (a payload that does not decode is
@@ -55,6 +89,7 @@ impl LatestMetrics {
         };
         let offsets = map.value_offsets();
         let mut series = self.lock();
+        self.evict_stale(&mut series);
         for row in 0..batch.num_rows() {
             let field = |name: &str| {
                 (offsets[row] as usize..offsets[row + 1] as usize)
@@ -130,36 +165,55 @@ mod tests {
         log_batch::encode(&b.finish().unwrap()).unwrap()
     }
 
+    fn now_micros() -> i64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64
+    }
+
     #[test]
     fn the_newest_row_of_each_counter_and_gauge_wins_and_the_series_are_bounded() {
+        // Row times a minute ago, in seconds from there.
+        let base = now_micros() / 1_000_000 * 1_000_000 - 60_000_000;
+        let at = |s: i64| base + s * 1_000_000;
         let m = LatestMetrics::new(3);
         m.take(
             "gw1",
             &payload(&[
-                (2_000_000, "submitted", "counter", "operator:a", "7"),
-                (1_000_000, "submitted", "counter", "operator:a", "5"),
-                (2_000_000, "queue", "gauge", "", "12.5"),
-                (2_000_000, "latency", "timer", "", "3"),
-                (2_000_000, "broken", "counter", "", "not a number"),
+                (at(2), "submitted", "counter", "operator:a", "7"),
+                (at(1), "submitted", "counter", "operator:a", "5"),
+                (at(2), "queue", "gauge", "", "12.5"),
+                (at(2), "latency", "timer", "", "3"),
+                (at(2), "broken", "counter", "", "not a number"),
             ]),
         );
-        m.take("gw2", &payload(&[(3_000_000, "submitted", "counter", "operator:a", "1")]));
+        m.take("gw2", &payload(&[(at(3), "submitted", "counter", "operator:a", "1")]));
         // Beyond 3 series: refused, counted.
-        m.take("gw3", &payload(&[(3_000_000, "submitted", "counter", "", "1")]));
+        m.take("gw3", &payload(&[(at(3), "submitted", "counter", "", "1")]));
         m.take("gw1", b"not a payload");
         let got: Vec<(String, f64, f64)> = m
             .snapshot()
             .into_iter()
             .map(|(l, v, t)| (format!("{}/{}/{}/{}", l[0].1, l[1].1, l[2].1, l[3].1), v, t))
             .collect();
+        let secs = |s: i64| at(s) as f64 / 1e6;
         assert_eq!(
             got,
             vec![
-                ("gw1/queue/gauge/".to_owned(), 12.5, 2.0),
-                ("gw1/submitted/counter/operator:a".to_owned(), 7.0, 2.0),
-                ("gw2/submitted/counter/operator:a".to_owned(), 1.0, 3.0),
+                ("gw1/queue/gauge/".to_owned(), 12.5, secs(2)),
+                ("gw1/submitted/counter/operator:a".to_owned(), 7.0, secs(2)),
+                ("gw2/submitted/counter/operator:a".to_owned(), 1.0, secs(3)),
             ]
         );
         assert_eq!(m.refused.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_full_map_drops_series_not_updated_for_an_hour() {
+        let old = now_micros() - STALE_AFTER_MICROS - 60_000_000;
+        let m = LatestMetrics::new(2);
+        m.take("gw1", &payload(&[(old, "flood_1", "counter", "", "1"), (old, "flood_2", "counter", "", "1")]));
+        m.take("gw1", &payload(&[(now_micros(), "fresh", "counter", "", "5")]));
+        let names: Vec<String> = m.snapshot().into_iter().map(|(l, _, _)| l[1].1.clone()).collect();
+        assert_eq!(names, ["fresh"]);
+        assert_eq!(m.refused.load(Ordering::Relaxed), 0);
     }
 }
