@@ -46,7 +46,32 @@ pub enum SessionError {
 }
 
 fn zenoh_err(e: impl std::fmt::Display) -> SessionError {
-    SessionError::Zenoh(e.to_string())
+    SessionError::Zenoh(without_source_location(&e.to_string()))
+}
+
+/// A zenoh error's text without the source file and line zenoh appends to it (`... at
+/// /path/to/zenoh-link-tcp/src/lib.rs:61.`), which names where zenoh was built, not the problem.
+pub fn without_source_location(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(" at ") {
+        let (head, tail) = rest.split_at(at);
+        let location = &tail[4..];
+        let end = location.find(|c: char| c.is_whitespace()).unwrap_or(location.len());
+        let (word, after) = location.split_at(end);
+        let word = word.trim_end_matches(['.', ',']);
+        let is_source = word.rsplit_once(':').is_some_and(|(file, line)| {
+            file.ends_with(".rs") && !line.is_empty() && line.chars().all(|c| c.is_ascii_digit())
+        });
+        out.push_str(head);
+        if !is_source {
+            out.push_str(" at ");
+            out.push_str(&location[..end]);
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Validate `config` and open a zenoh session for it. `role` is what this process is: with

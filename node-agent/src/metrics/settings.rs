@@ -56,8 +56,14 @@ impl MetricsSettings {
     /// address.
     pub fn validate(&self) -> Result<(), AgentConfigError> {
         let m = self;
-        if m.interval_ms < 100 || m.max_series == 0 {
-            return Err(AgentConfigError::Invalid("metrics.interval_ms must be >= 100 and max_series > 0".into()));
+        if m.interval_ms < 100 {
+            return Err(AgentConfigError::Invalid(format!(
+                "metrics.interval_ms = {}: use at least 100 (ms)",
+                m.interval_ms
+            )));
+        }
+        if m.max_series == 0 {
+            return Err(AgentConfigError::Invalid("metrics.max_series = 0: use at least 1".into()));
         }
         if !m.statsd_listen.is_empty() && m.statsd_listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(AgentConfigError::Invalid(format!(
