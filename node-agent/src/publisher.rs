@@ -344,11 +344,19 @@ async fn store(journals: &Journals, checkpoint: &Checkpoint, data_dir: &std::pat
         Ok(Err(e)) => Some(e),
         Err(e) => Some(format!("the checkpoint task failed: {e}")),
     };
-    if let Some(e) = &failed {
-        stats.checkpoint_errors.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(error = %e, "cannot store the checkpoint");
+    let mut failing = stats.checkpoint_failing.lock().unwrap_or_else(|p| p.into_inner());
+    match (&failed, failing.as_ref()) {
+        // Logged when it starts failing, or fails otherwise, not at every try: each is counted.
+        (Some(e), before) => {
+            stats.checkpoint_errors.fetch_add(1, Ordering::Relaxed);
+            if before != Some(e) {
+                tracing::error!(error = %e, "cannot store the checkpoint (tried again every second; /health fails meanwhile)");
+            }
+        }
+        (None, Some(_)) => tracing::info!("the checkpoint is stored again"),
+        (None, None) => {}
     }
     let ok = failed.is_none();
-    *stats.checkpoint_failing.lock().unwrap_or_else(|p| p.into_inner()) = failed;
+    *failing = failed;
     ok
 }

@@ -85,7 +85,14 @@ impl Report for AgentReport {
         }
         // A tailer blocks while the publisher waits for a collector; only then is silence normal.
         if !collectors.is_empty() {
-            for (source, quiet) in self.stats.silent_tailers(TAILER_QUIET) {
+            let stopped = self.stats.journal_failed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            // A source stopped on its journal's error is reported above, not as stuck.
+            for (source, quiet) in self
+                .stats
+                .silent_tailers(TAILER_QUIET)
+                .into_iter()
+                .filter(|(s, _)| !stopped.iter().any(|(f, _)| f == s))
+            {
                 h.degraded.push(format!(
                     "source {source}: its reader has not advanced for {} s (stuck on a file system?)",
                     quiet.as_secs()
