@@ -248,7 +248,12 @@ http_listen = "127.0.0.1:{}"
 
     /// Like [`Self::start_agent`], with `bus_extra` (TOML lines) in its `[bus]` table.
     pub fn start_agent_bus(&self, node: &str, format: &str, bus_extra: &str) -> Proc {
-        self.start_agent_config(node, &[self.endpoint.clone()], bus_extra, &self.app_source(node, format, ""))
+        self.start_agent_config(
+            node,
+            std::slice::from_ref(&self.endpoint),
+            bus_extra,
+            &self.app_source(node, format, ""),
+        )
     }
 
     /// The `[[source]]` table of source `app` for `node`, with `source_extra` in it.

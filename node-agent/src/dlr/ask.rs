@@ -272,6 +272,9 @@ impl Asker {
 
 /// What asking one node gave.
 #[derive(Debug)]
+// Returned once per ask and taken apart at once, never stored: boxing would only add an
+// allocation to every lookup.
+#[allow(clippy::large_enum_variant)]
 pub enum Asked {
     /// It answered: its reply, `None` when it holds nothing.
     Answered(Option<LookupReply>),

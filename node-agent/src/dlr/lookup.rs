@@ -157,6 +157,8 @@ async fn answer_later(service: Arc<DlrService>, query: Query, req: Request) {
 }
 
 /// What the node that must hold a record said of it.
+// Returned once per resolve and taken apart at once, never stored.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum FirstHolder {
     /// Its reply (or this node's own, when it holds the record) and how long it took.
     Found(LookupReply, Duration),
