@@ -46,12 +46,7 @@ pub struct LatestMetrics {
 impl LatestMetrics {
     /// Keep at most `max_series` series.
     pub fn new(max_series: usize) -> Self {
-        Self {
-            series: Mutex::new(HashMap::new()),
-            max_series,
-            refused: AtomicU64::new(0),
-            evicted: Mutex::new(None),
-        }
+        Self { series: Mutex::new(HashMap::new()), max_series, refused: AtomicU64::new(0), evicted: Mutex::new(None) }
     }
 
     /// With the map full, drop the series whose newest row is older than
