@@ -88,6 +88,19 @@ pub fn replay(
             };
             let mut framer = LineFramer::new(config.max_line_bytes, segment.start);
             let mut produced = 0u64;
+            // Each line of the segment gets the next number; those in the range become rows.
+            let take = |builder: &mut LogBatchBuilder,
+                        produced: &mut u64,
+                        rows: &mut u64,
+                        counts: &mut LineCounts,
+                        line: crate::framing::Line<'_>| {
+                let s = seg_first + *produced;
+                *produced += 1;
+                if s >= from && s <= to {
+                    append_line(builder, s, line, &path, segment.observed_micros, LineFormat::of(config), counts);
+                    *rows += 1;
+                }
+            };
             let mut at = segment.start.offset;
             while at < segment.end.offset {
                 let want = ((segment.end.offset - at) as usize).min(buf.len());
@@ -100,22 +113,7 @@ pub fn replay(
                     }
                 };
                 at += n as u64;
-                framer.push(&buf[..n], |line| {
-                    let s = seg_first + produced;
-                    produced += 1;
-                    if s >= from && s <= to {
-                        append_line(
-                            &mut builder,
-                            s,
-                            line,
-                            &path,
-                            segment.observed_micros,
-                            LineFormat::of(config),
-                            &mut counts,
-                        );
-                        rows += 1;
-                    }
-                });
+                framer.push(&buf[..n], |line| take(&mut builder, &mut produced, &mut rows, &mut counts, line));
                 if builder.len() >= REPLAY_BATCH_ROWS {
                     if let Err(e) = flush(&mut builder, payloads) {
                         return (rows, Some(e));
@@ -125,22 +123,7 @@ pub fn replay(
             // A segment that ends without a newline ended with its file (the tailer took the
             // last line as it was): so does this framing.
             if at == segment.end.offset {
-                framer.finish(|line| {
-                    let s = seg_first + produced;
-                    produced += 1;
-                    if s >= from && s <= to {
-                        append_line(
-                            &mut builder,
-                            s,
-                            line,
-                            &path,
-                            segment.observed_micros,
-                            LineFormat::of(config),
-                            &mut counts,
-                        );
-                        rows += 1;
-                    }
-                });
+                framer.finish(|line| take(&mut builder, &mut produced, &mut rows, &mut counts, line));
             }
             if produced != segment.lines {
                 let _ = flush(&mut builder, payloads);
