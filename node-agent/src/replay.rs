@@ -202,11 +202,11 @@ async fn answer(
         }
         None => return fail("parameter from=<seq> is required".into()).await,
     };
-    let to = match params.get("to").map(|v| v.parse::<u64>()) {
+    let to = match params.get("to").map(|v| (v, v.parse::<u64>())) {
         None => u64::MAX,
-        Some(Ok(to)) if to >= from => to,
-        Some(Ok(to)) => return fail(format!("to={to} is below from={from}")).await,
-        Some(Err(_)) => return fail("parameter to=<seq> must be a sequence number".into()).await,
+        Some((_, Ok(to))) if to >= from => to,
+        Some((_, Ok(to))) => return fail(format!("to={to} is below from={from}")).await,
+        Some((v, Err(_))) => return fail(format!("parameter to=<seq> must be a sequence number, not {v:?}")).await,
     };
     let sliced = journal.lock().map(|j| (j.slice(from, to), j.acked().next_seq, j.head())).ok();
     let Some((entries, acked, head)) = sliced else {
