@@ -306,3 +306,35 @@ fn a_last_line_never_ended_is_stored_once_its_file_is_rotated_away_or_deleted() 
     }
     assert_eq!(rows.len(), 42);
 }
+
+/// With no collector alive, a source stops reading at `max_unacked_batches` and says so; the
+/// files are the buffer, and a collector that comes back gets every line.
+#[test]
+fn a_source_at_its_unacknowledged_bound_pauses_says_so_and_loses_nothing() {
+    let c = Cluster::new();
+    let source = format!(
+        "[[source]]\nname = \"app\"\npaths = [\"{}/*.log*\"]\nformat = \"plain\"\n",
+        c.logs_dir("gw").display()
+    );
+    let agent = c.start_agent_settings("gw", &[c.endpoint.clone()], "", "max_unacked_batches = 3", &source);
+    let file = c.logs_dir("gw").join("app.log");
+    let mut n = 0;
+    let paused = |c: &Cluster| {
+        let (_, metrics) = c.http_get("gw", "/metrics");
+        metric(&metrics, "switchboard_agent_source_paused{source=\"app\"}")
+    };
+    // Batches are cut at least 50 ms apart: a few rounds make more than three.
+    for _ in 0..6 {
+        append(&file, (n..n + 50).map(|i| numbered("gw", i)));
+        n += 50;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(wait_until(Duration::from_secs(10), || paused(&c) == Some(1.0)), "paused: {:?}", paused(&c));
+    let (_, health) = c.http_get("gw", "/health");
+    assert!(health.contains("reading paused: 3 batches wait for a collector"), "{health}");
+    let collector = c.start_collector();
+    let ok = wait_until(DEADLINE, || count_logs(&c.dataset()) >= n);
+    assert!(ok, "dataset holds {} of {n}\n{}", count_logs(&c.dataset()), agent.log_text());
+    assert!(wait_until(Duration::from_secs(10), || paused(&c) == Some(0.0)), "still paused: {:?}", paused(&c));
+    stop_and_check_every_line(&c, agent, collector, n);
+}

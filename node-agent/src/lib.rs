@@ -325,6 +325,7 @@ impl Agent {
             membership: membership.clone(),
             mesh: mesh.clone(),
             max_lag: Duration::from_millis(config.agent.health_max_lag_ms),
+            max_unacked: config.agent.max_unacked_batches,
             limits: limits.clone(),
             dlr: dlr.clone(),
             metrics: metrics.clone(),

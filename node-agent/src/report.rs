@@ -31,6 +31,8 @@ pub(crate) struct AgentReport {
     pub(crate) membership: Membership,
     pub(crate) mesh: Mesh,
     pub(crate) max_lag: Duration,
+    /// `agent.max_unacked_batches`: a source with this many batches unacknowledged pauses.
+    pub(crate) max_unacked: usize,
     pub(crate) limits: Option<Arc<LimitsService>>,
     pub(crate) dlr: Option<Arc<DlrService>>,
     pub(crate) metrics: Option<Arc<MetricsService>>,
@@ -75,6 +77,13 @@ impl Report for AgentReport {
             );
         }
         let lags = lags(&self.journals);
+        for (source, (_, _, unacked, _)) in &lags {
+            if *unacked >= self.max_unacked {
+                h.degraded.push(format!(
+                    "source {source}: reading paused: {unacked} batches wait for a collector (max_unacked_batches); the files are the buffer now, and a file rotated away and deleted before it is read is lost"
+                ));
+            }
+        }
         for (source, (_, _, _, secs)) in &lags {
             if *secs > self.max_lag.as_secs_f64() {
                 h.degraded.push(format!(
@@ -218,6 +227,11 @@ impl Report for AgentReport {
                 "switchboard_agent_source_lag_seconds",
                 "Age of the oldest line not yet acknowledged.",
                 lags.iter().map(|(k, v)| (vec![("source", k.clone())], v.3)),
+            )
+            .gauge_series(
+                "switchboard_agent_source_paused",
+                "1 while a source's reading is paused: max_unacked_batches batches wait for a collector.",
+                lags.iter().map(|(k, v)| (vec![("source", k.clone())], f64::from(u8::from(v.2 >= self.max_unacked)))),
             );
         if let Some(c) = &self.cluster_config {
             let st = c.state();

@@ -266,6 +266,18 @@ http_listen = "127.0.0.1:{}"
 
     /// Write `agent-<node>.toml` (bus, test-speed agent settings, then `rest`) and start it.
     pub fn start_agent_config(&self, node: &str, connect: &[String], bus_extra: &str, rest: &str) -> Proc {
+        self.start_agent_settings(node, connect, bus_extra, "", rest)
+    }
+
+    /// Like [`Self::start_agent_config`], with `agent_extra` (TOML lines) in its `[agent]` table.
+    pub fn start_agent_settings(
+        &self,
+        node: &str,
+        connect: &[String],
+        bus_extra: &str,
+        agent_extra: &str,
+        rest: &str,
+    ) -> Proc {
         let connect: Vec<String> = connect.iter().map(|e| format!("\"{e}\"")).collect();
         let cfg = self.path().join(format!("agent-{node}.toml"));
         // Several agents share this host: no StatsD port unless the test asks for one.
@@ -287,6 +299,7 @@ poll_interval_ms = 20
 glob_interval_ms = 200
 checkpoint_interval_ms = 100
 http_listen = "127.0.0.1:{}"
+{agent_extra}
 
 {metrics}
 {rest}
