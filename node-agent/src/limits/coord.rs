@@ -214,9 +214,13 @@ pub async fn run(
                 let live: BTreeSet<String> =
                     membership.live_of(Role::Agent).into_iter().chain([node.clone()]).collect();
                 reconcile(&mut peers, &live, &settings);
-                let frozen = someone_silent(&node, &peers, settings.interval * 3);
+                let silent = someone_silent(&node, &peers, settings.interval * 3);
+                let frozen = silent.is_some();
                 if frozen != was_frozen {
-                    tracing::info!(frozen, "shares {}", if frozen { "frozen: a node went silent" } else { "follow demand again" });
+                    match &silent {
+                        Some(why) => tracing::info!("shares frozen (may shrink, not grow): {why}"),
+                        None => tracing::info!("shares follow demand again"),
+                    }
                     was_frozen = frozen;
                 }
                 apply(&node, &limiter, &peers, &mut applied, frozen);
@@ -296,12 +300,17 @@ fn reconcile(peers: &mut BTreeMap<String, Peer>, live: &BTreeSet<String>, settin
     });
 }
 
-/// Whether some other known node is silent or its reports stopped arriving (older than
-/// `stale`): the first sign of a partition, long before the lease expires.
-fn someone_silent(node: &str, peers: &BTreeMap<String, Peer>, stale: Duration) -> bool {
-    peers
-        .iter()
-        .any(|(name, p)| name != node && (p.silent_since.is_some() || p.heard.is_some_and(|h| h.elapsed() > stale)))
+/// Which other known node is silent or whose reports stopped arriving (older than `stale`),
+/// and how: the first sign of a partition, long before the lease expires (or a node busy
+/// starting). `None` when every node reports.
+fn someone_silent(node: &str, peers: &BTreeMap<String, Peer>, stale: Duration) -> Option<String> {
+    peers.iter().filter(|(name, _)| *name != node).find_map(|(name, p)| match (p.silent_since, p.heard) {
+        (Some(_), _) => Some(format!("node {name} vanished without leaving")),
+        (None, Some(h)) if h.elapsed() > stale => {
+            Some(format!("no demand report from node {name} for {} ms", h.elapsed().as_millis()))
+        }
+        _ => None,
+    })
 }
 
 /// What this node last applied per key: its share, and for concurrency keys its slots.
