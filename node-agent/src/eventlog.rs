@@ -6,9 +6,10 @@
 //! whole lines and renames the file to `<name>.1` when it passes its size (the tailer follows the
 //! rename, so nothing is lost).
 //!
-//! A write that fails (a full disk) leaves no part of a line in the file: the file is cut back to
-//! its last whole line, and the lines wait in memory, written ahead of the next ones, up to
-//! [`MAX_WAITING_BYTES`]; past that the oldest are dropped and counted ([`dropped_lines`]).
+//! A write that fails (a full disk) keeps what it wrote; the rest waits in memory and is written
+//! ahead of the next lines, from the byte where the file stopped (so a line the disk cut is
+//! finished, never doubled nor glued to another), up to [`MAX_WAITING_BYTES`]; past that the
+//! oldest whole lines are dropped and counted ([`dropped_lines`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
@@ -39,10 +40,13 @@ pub struct EventLog {
 
 #[derive(Default)]
 struct State {
-    /// The open file and its length (whole lines only).
+    /// The open file and its length.
     file: Option<(File, u64)>,
-    /// Lines not written yet (a write failed), oldest first.
+    /// Bytes not written yet (a write failed), oldest first: whole lines, but the first may be
+    /// the rest of a line the file ends with.
     waiting: Vec<u8>,
+    /// The file ends inside a line (a write stopped there): its rest comes first in `waiting`.
+    mid_line: bool,
 }
 
 /// Lines that could not be written.
@@ -76,52 +80,52 @@ impl EventLog {
         &self.path
     }
 
-    /// Append `lines` (each ending in `\n`) with one write, behind any lines still waiting from
-    /// a failed write (an empty `lines` only tries those again).
+    /// Append `lines` (each ending in `\n`) behind any bytes still waiting from a failed write
+    /// (an empty `lines` only tries those again).
     pub fn append(&self, lines: &[u8]) -> Result<(), AppendError> {
         // Nothing panics while the guard is held but I/O errors, which are returned; a poisoned
         // lock only means another thread's write failed midway, so it is taken over.
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let State { file, waiting } = &mut *state;
-        let dropped = bound(waiting, lines);
-        if waiting.is_empty() && lines.is_empty() {
+        let mid_line = state.mid_line;
+        let dropped = bound(&mut state.waiting, lines, mid_line);
+        if state.waiting.is_empty() && lines.is_empty() {
             return Ok(());
         }
+        state.waiting.extend_from_slice(lines);
+        let State { file, waiting, mid_line } = &mut *state;
         let result = (|| {
-            self.open(file)?;
+            // A file that ends inside a line is not rotated: the rest of the line goes there.
+            self.open(file, *mid_line)?;
             // `open` leaves a file open.
             let Some((f, len)) = file.as_mut() else { return Err(std::io::Error::other("no file")) };
-            let written = if waiting.is_empty() {
-                f.write_all(lines)
-            } else {
-                f.write_all(waiting).and_then(|()| f.write_all(lines))
-            };
-            if let Err(e) = written {
-                // Cut a part-written line off, so the next write starts a line of its own; a
-                // file that cannot even be cut is opened again next time.
-                if f.set_len(*len).is_err() {
-                    *file = None;
+            // Whatever part was written stays, and the rest follows it later: no byte is written
+            // twice and no line is cut, whatever the disk takes.
+            let mut done = 0;
+            let outcome = loop {
+                if done == waiting.len() {
+                    break Ok(());
                 }
-                return Err(e);
+                match f.write(&waiting[done..]) {
+                    Ok(0) => break Err(std::io::Error::from(std::io::ErrorKind::WriteZero)),
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
+            };
+            *len += done as u64;
+            if done > 0 {
+                *mid_line = waiting[done - 1] != b'\n';
             }
-            *len += (waiting.len() + lines.len()) as u64;
-            Ok(())
+            waiting.drain(..done);
+            outcome
         })();
-        match result {
-            Ok(()) => {
-                waiting.clear();
-                Ok(())
-            }
-            Err(error) => {
-                waiting.extend_from_slice(lines);
-                Err(AppendError { error, waiting: waiting.len(), dropped })
-            }
-        }
+        result.map_err(|error| AppendError { error, waiting: state.waiting.len(), dropped })
     }
 
-    /// Open the file (rotating it first when it passed its size) unless open.
-    fn open(&self, file: &mut Option<(File, u64)>) -> std::io::Result<()> {
-        if file.as_ref().is_some_and(|(_, len)| *len >= self.rotate_bytes) {
+    /// Open the file (rotating it first when it passed its size and ends with a whole line)
+    /// unless open.
+    fn open(&self, file: &mut Option<(File, u64)>, mid_line: bool) -> std::io::Result<()> {
+        if !mid_line && file.as_ref().is_some_and(|(_, len)| *len >= self.rotate_bytes) {
             *file = None;
             let mut rotated = self.path.clone().into_os_string();
             rotated.push(".1");
@@ -155,18 +159,21 @@ impl EventLog {
     }
 }
 
-/// Drop the oldest whole lines of `waiting` until it and `lines` fit in [`MAX_WAITING_BYTES`];
-/// how many were dropped (counted in [`dropped_lines`]).
-fn bound(waiting: &mut Vec<u8>, lines: &[u8]) -> u64 {
+/// Drop the oldest whole lines of `waiting` until it and `lines` fit in [`MAX_WAITING_BYTES`]
+/// (the rest of a line the file ends with, when `mid_line`, is kept: it ends that line); how many
+/// were dropped (counted in [`dropped_lines`]).
+fn bound(waiting: &mut Vec<u8>, lines: &[u8], mid_line: bool) -> u64 {
     let over = (waiting.len() + lines.len()).saturating_sub(MAX_WAITING_BYTES);
     if over == 0 {
         return 0;
     }
-    // Cut after the newline at or past `over` bytes (all of `waiting` if there is none).
-    let cut = waiting.iter().skip(over.saturating_sub(1)).position(|&b| b == b'\n').map_or(waiting.len(), |i| over + i);
-    let cut = cut.min(waiting.len());
-    let dropped = waiting[..cut].iter().filter(|&&b| b == b'\n').count() as u64;
-    waiting.drain(..cut);
+    let keep = if mid_line { waiting.iter().position(|&b| b == b'\n').map_or(waiting.len(), |i| i + 1) } else { 0 };
+    let rest = &waiting[keep..];
+    // Cut after the newline at or past `over` bytes (all of `rest` if there is none).
+    let cut = rest.iter().skip(over.saturating_sub(1)).position(|&b| b == b'\n').map_or(rest.len(), |i| over + i);
+    let cut = cut.min(rest.len());
+    let dropped = rest[..cut].iter().filter(|&&b| b == b'\n').count() as u64;
+    waiting.drain(keep..keep + cut);
     DROPPED_LINES.fetch_add(dropped, Ordering::Relaxed);
     dropped
 }
@@ -217,5 +224,18 @@ mod tests {
         }
         assert_eq!(dropped, 4, "the oldest whole lines were dropped");
         assert!(dropped_lines() >= 4);
+    }
+
+    #[test]
+    fn the_rest_of_a_line_the_file_ends_with_is_never_dropped() {
+        let line = [vec![b'x'; 1023], vec![b'\n']].concat();
+        let mut waiting = b"rest of a cut line\n".to_vec();
+        for _ in 0..(MAX_WAITING_BYTES / 1024) {
+            waiting.extend_from_slice(&line);
+        }
+        let dropped = bound(&mut waiting, &line, true);
+        assert_eq!(dropped, 2, "the two oldest whole lines make room for one");
+        assert!(waiting.starts_with(b"rest of a cut line\nxxx"));
+        assert!(waiting.len() + line.len() <= MAX_WAITING_BYTES);
     }
 }
