@@ -155,3 +155,81 @@ fn health_and_metrics_endpoints_answer() {
     agent.stop();
     collector.stop();
 }
+
+/// A full disk at an agent with DLRs: its store refuses every change until a restart, `/health`
+/// says so, and a DLR for one of its records is refused (503: try again) at any node while it
+/// is live, never handed to another node's gateway; once it has space and is restarted, the
+/// DLR reaches it.
+#[test]
+fn an_agent_whose_dlr_store_fails_refuses_reports_of_its_records_until_restarted() {
+    use common::limits::http_post;
+    let c = Cluster::new();
+    let Some(mount) = Mount::tmpfs(&c.agent_state("a"), "24m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?): the full-disk fault cannot be made");
+        return;
+    };
+    let dlr = "[dlr]\n[[dlr.connector]]\nname = \"dec\"\nids = \"decimal\"\n";
+    let a = c.start_limits_agent("a", &[], "", dlr);
+    let b = c.start_limits_agent("b", &[a.endpoint()], "", dlr);
+    let post = |node: &str, path: &str, body: String| {
+        let (code, _, text) = http_post(c.http_port(node), path, &body);
+        (code, serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default())
+    };
+    let register = |id: u32| {
+        post("a", "/v1/dlr/register", format!(r#"{{"records": [{{"connector": "dec", "msg_id": "{id}"}}]}}"#)).0
+    };
+    let report = |node: &str, id: u32| {
+        post(node, "/v1/dlr/report", format!(r#"{{"connector": "dec", "msg_id": "{id}", "status": "DELIVRD"}}"#))
+    };
+    let copies = |node: &str| {
+        let (_, body) = c.http_get(node, "/v1/dlr");
+        serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["counters"]["replica_ops_received"].as_u64())
+    };
+    let up = |node: &str| wait_until(Duration::from_secs(20), || c.http_get(node, "/health").0 != 0);
+    assert!(up("a") && up("b"), "an agent did not start");
+    // Both nodes up and linked: a's records get their copy on b.
+    assert!(wait_until(Duration::from_secs(20), || register(1) == 201), "a never took a registration");
+    for id in 2..=3 {
+        assert_eq!(register(id), 201);
+    }
+    assert!(wait_until(Duration::from_secs(20), || copies("b").unwrap_or(0) >= 3), "b holds {:?} copies", copies("b"));
+
+    let filler = c.agent_state("a").join("filler");
+    let _ = Command::new("dd").args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=64k"]).output();
+    let mut id = 100;
+    let refused = wait_until(Duration::from_secs(30), || {
+        id += 1;
+        register(id) == 503
+    });
+    assert!(refused, "registrations still taken on a full disk");
+    let (code, health) = c.http_get("a", "/health");
+    assert_eq!(code, 503, "{health}");
+    assert!(health.contains("the DLR store failed a write") && health.contains("restart the agent"), "{health}");
+    // Space again, but the store stays broken until a restart: a DLR for a's record, at a or at
+    // b, is refused while a is live.
+    std::fs::remove_file(&filler).unwrap();
+    for (node, id) in [("a", 1), ("b", 2)] {
+        let (code, res) = report(node, id);
+        assert_eq!(code, 503, "report of {id} at {node}: {res}");
+    }
+    let port = a.port;
+    drop(a);
+    let restarted = c.restart_limits_agent("a", port, &[], "", dlr);
+    assert!(up("a"), "a did not start again");
+    assert!(wait_until(Duration::from_secs(20), || register(200) == 201), "a took no registration after its restart");
+    let sees_a = || {
+        let (_, body) = c.http_get("b", "/v1/dlr");
+        serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .is_some_and(|v| v["live_nodes"] == serde_json::json!(["a", "b"]))
+    };
+    assert!(wait_until(Duration::from_secs(20), sees_a), "b does not see a again");
+    let (code, res) = report("b", 2);
+    assert_eq!((code, res["outcome"].as_str(), res["role"].as_str()), (200, Some("delivered"), Some("owner")), "{res}");
+    let (_, res) = report("b", 1);
+    assert_eq!(res["outcome"], "delivered", "{res}");
+    drop((restarted, b));
+    drop(mount);
+}

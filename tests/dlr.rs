@@ -743,7 +743,8 @@ fn an_owner_hung_past_its_lease_learns_what_was_closed_and_no_lookup_calls_a_rec
     };
     let learned = wait_until(Duration::from_secs(20), || ids[..15].iter().all(|id| closed_on_a(id)));
     let open: Vec<&String> = ids[..15].iter().filter(|id| !closed_on_a(id)).collect();
-    assert!(learned, "still open on a: {open:?}");
+    let log = a.proc.as_ref().map(|p| p.log_text()).unwrap_or_default();
+    assert!(learned, "still open on a: {open:?}\n{log}");
     assert!(ids[15..].iter().all(|id| !closed_on_a(id)), "a record no DLR came for was closed");
     let (_, res) = post(&c, "b", "/v1/dlr/report", json!({"connector": "dec", "msg_id": ids[0], "status": "DELIVRD"}));
     assert_eq!(res["outcome"], "duplicate", "{res}");

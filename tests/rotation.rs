@@ -316,7 +316,7 @@ fn a_source_at_its_unacknowledged_bound_pauses_says_so_and_loses_nothing() {
         "[[source]]\nname = \"app\"\npaths = [\"{}/*.log*\"]\nformat = \"plain\"\n",
         c.logs_dir("gw").display()
     );
-    let agent = c.start_agent_settings("gw", &[c.endpoint.clone()], "", "max_unacked_batches = 3", &source);
+    let agent = c.start_agent_settings("gw", std::slice::from_ref(&c.endpoint), "", "max_unacked_batches = 3", &source);
     let file = c.logs_dir("gw").join("app.log");
     let mut n = 0;
     let paused = |c: &Cluster| {

@@ -58,20 +58,25 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Note `event` in the departed set: a leave is remembered, a join forgets it (and is counted).
-fn remember(departed: &Departed, joins: &Joins, event: &MemberEvent) {
-    // Each change under these locks is one insert or remove: a poisoned lock is taken over.
+/// Count a join of `m` (before the live set shows it, so whoever sees it there sees the count).
+fn count_join(joins: &Joins, live: &BTreeSet<Member>, m: &Member) {
+    // Each change under this lock is one insert or remove: a poisoned lock is taken over.
+    let mut j = joins.lock().unwrap_or_else(|p| p.into_inner());
+    let n = j.entry(m.clone()).or_default();
+    *n = n.wrapping_add(1);
+    // Bounded: counts of processes not live go first.
+    if j.len() > MAX_DEPARTED {
+        j.retain(|member, _| member == m || live.contains(member));
+    }
+}
+
+/// Note `event` in the departed set: a leave is remembered, a join forgets it.
+fn remember(departed: &Departed, event: &MemberEvent) {
+    // Each change under this lock is one insert or remove: a poisoned lock is taken over.
     let mut d = departed.lock().unwrap_or_else(|p| p.into_inner());
     match event {
         MemberEvent::Joined(m) => {
             d.remove(m);
-            let mut j = joins.lock().unwrap_or_else(|p| p.into_inner());
-            let n = j.entry(m.clone()).or_default();
-            *n = n.wrapping_add(1);
-            // Bounded like the departed set: the processes not live now go first.
-            if j.len() > MAX_DEPARTED {
-                j.retain(|member, _| member == m || !d.contains_key(member));
-            }
         }
         MemberEvent::Left(m) => {
             d.insert(m.clone(), now_ms());
@@ -113,12 +118,19 @@ impl Membership {
                     SampleKind::Delete => MemberEvent::Left(member.clone()),
                 };
                 let changed = live_tx.send_if_modified(|set| match &event {
-                    MemberEvent::Joined(m) => set.insert(m.clone()),
+                    MemberEvent::Joined(m) => {
+                        let new = !set.contains(m);
+                        if new {
+                            count_join(&joins_w, set, m);
+                            set.insert(m.clone());
+                        }
+                        new
+                    }
                     MemberEvent::Left(m) => set.remove(m),
                 });
                 if changed {
                     tracing::info!(?event, "membership changed");
-                    remember(&departed_w, &joins_w, &event);
+                    remember(&departed_w, &event);
                     // No receiver is fine: events are for whoever listens.
                     let _ = events_tx.send(event);
                 }

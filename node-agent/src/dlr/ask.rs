@@ -209,7 +209,7 @@ impl Asker {
         let answer = match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(answer)) => answer,
             // The node's subscriber went away: the listener dropped the ask.
-            Ok(Err(_)) => return Ok(Asked::Unanswered(format!("node {node} left"))),
+            Ok(Err(_)) => return Ok(Asked::Unanswered(format!("the link to node {node} closed before it answered"))),
             Err(_) => {
                 self.lock().remove(&n);
                 self.stats.ask_timeouts.fetch_add(1, Ordering::Relaxed);

@@ -195,14 +195,25 @@ pub(crate) async fn query_first_holder(
     })
 }
 
-/// Ask every node for `(connector, canonical id)`; the best reply and how long it took.
+/// How a node's error reply starts when its store failed ([`super::store::StoreError`]).
+const STORE_FAILED: &str = "DLR store";
+
+/// What asking every node gave: the best reply and how long it took, and the first error of a
+/// node whose store failed.
+#[derive(Default)]
+pub(crate) struct AskedAll {
+    pub(crate) found: Option<(LookupReply, Duration)>,
+    pub(crate) failed: Option<String>,
+}
+
+/// Ask every node for `(connector, canonical id)`.
 pub(crate) async fn query(
     service: &DlrService,
     connector: &str,
     canonical: &str,
     wait: Duration,
     report: Option<&DlrReport>,
-) -> Result<Option<(LookupReply, Duration)>, DlrError> {
+) -> Result<AskedAll, DlrError> {
     let key = service.keys.dlr_id(connector, canonical).map_err(|e| DlrError::BadRequest(e.to_string()))?;
     let selector = if wait.is_zero() { key.to_string() } else { format!("{key}?wait_ms={}", wait.as_millis()) };
     let started = Instant::now();
@@ -223,11 +234,18 @@ pub(crate) async fn query(
     }
     get.await.map_err(DlrError::Bus)?;
     let mut best: Option<LookupReply> = None;
+    let mut failed: Option<String> = None;
     while let Some(reply) = replies.recv().await {
         let sample = match reply.result() {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(key = %key, error = %String::from_utf8_lossy(&e.payload().to_bytes()), "a node failed a DLR lookup");
+                let why = String::from_utf8_lossy(&e.payload().to_bytes()).into_owned();
+                tracing::warn!(key = %key, error = %why, "a node failed a DLR lookup");
+                // A node whose store failed (zenoh's own error at the query's timeout, and a
+                // refusal of the request, say nothing of what a node holds).
+                if why.starts_with(STORE_FAILED) {
+                    failed.get_or_insert(why);
+                }
                 continue;
             }
         };
@@ -236,7 +254,7 @@ pub(crate) async fn query(
             continue;
         };
         if r.role == HolderRole::Owner {
-            return Ok(Some((r, started.elapsed())));
+            return Ok(AskedAll { found: Some((r, started.elapsed())), failed });
         }
         let owner_down =
             r.record.owner != service.node && !service.membership.live_of(Role::Agent).contains(&r.record.owner);
@@ -247,5 +265,5 @@ pub(crate) async fn query(
             break;
         }
     }
-    Ok(best.map(|b| (b, started.elapsed())))
+    Ok(AskedAll { found: best.map(|b| (b, started.elapsed())), failed })
 }

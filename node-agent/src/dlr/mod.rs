@@ -44,6 +44,7 @@ pub mod store;
 pub mod sweep;
 mod types;
 mod waiters;
+pub mod wake;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -75,6 +76,7 @@ pub struct DlrService {
     asker: ask::Asker,
     census: std::sync::Mutex<Option<sweep::Census>>,
     reporting: reporting::Reporting,
+    wake: Arc<wake::Wake>,
 }
 
 impl std::ops::Deref for DlrService {
@@ -134,6 +136,7 @@ impl DlrService {
             asker,
             census: std::sync::Mutex::new(None),
             reporting: reporting::Reporting::default(),
+            wake: Arc::new(wake::Wake::default()),
         });
         let size = service.store.size();
         tracing::info!(
@@ -146,6 +149,8 @@ impl DlrService {
         lookup::serve(service.clone(), answerer.clone(), tracker, cancel.clone()).await?;
         ask::serve(service.clone(), answerer, tracker, cancel.clone()).await?;
         replicate::serve(service.clone(), tracker, cancel.clone()).await?;
+        let (wake, stop) = (service.wake.clone(), cancel.clone());
+        tracker.spawn(async move { wake.run(stop).await });
         tracker.spawn(replicate::run(service.clone(), cancel.clone()));
         tracker.spawn(service.clone().sweep(cancel.clone()));
         tracker.spawn(service.clone().take_census(cancel.clone()));
@@ -166,6 +171,11 @@ impl DlrService {
     /// live, yet this node saw others leave (they died, or this node was cut off from them, or
     /// hung past its lease). `None` when another agent is live, or none was ever seen.
     fn cut_off(&self) -> Option<String> {
+        if self.wake.just_woke() {
+            return Some(
+                "this node did not run for a while (stopped or starved) and may not reach every node yet".into(),
+            );
+        }
         if self.membership.live_of(Role::Agent).iter().any(|n| *n != self.node) {
             return None;
         }

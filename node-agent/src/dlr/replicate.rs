@@ -254,7 +254,15 @@ pub(crate) async fn run(service: Arc<DlrService>, cancel: CancellationToken) {
     // yet its copies must be checked as a new peer's are, or records closed on them while the
     // two were apart would stay open here.
     let mut joins: BTreeMap<String, u64> = BTreeMap::new();
+    // This node itself not running for a while (stopped, starved) is the same: every copy is
+    // checked again once it runs, whatever its view of the live set shows.
+    let mut woke = service.wake.woke_at();
     loop {
+        if service.wake.woke_at() != woke {
+            woke = service.wake.woke_at();
+            resync = true;
+            moved_from = None;
+        }
         if members_changed {
             members_changed = false;
             let now: Vec<String> = live

@@ -52,7 +52,7 @@ impl DlrService {
             counter.fetch_add(1, Ordering::Relaxed);
         }
         if found.is_none() {
-            found = lookup::query(self, connector, &canonical, wait, None).await?;
+            found = lookup::query(self, connector, &canonical, wait, None).await?.found;
         }
         if found.is_none() {
             // The node that must hold the record did not answer, nor did any other: whether it
@@ -109,8 +109,18 @@ impl DlrService {
         };
         // One report of a record at a time here: a repeat behind it finds the record closed.
         let _entered = self.reporting.enter(store_key(&req.connector, &canonical)).await;
-        let found = lookup::query(self, &req.connector, &canonical, wait, Some(&report)).await?;
-        let mut res = self.after_lookup(&req.connector, &req.msg_id, found, Some(&report))?;
+        let asked = lookup::query(self, &req.connector, &canonical, wait, Some(&report)).await?;
+        // A live owner that failed the report (its store refuses writes, say) did not leave the
+        // DLR to this node: the gateway must try again, not handle it here.
+        if let (Some((reply, _)), Some(reason)) = (&asked.found, &asked.failed) {
+            let owner = &reply.record.owner;
+            let owner_live = *owner == self.node || self.membership.live_of(Role::Agent).contains(owner);
+            if reply.role == HolderRole::Replica && owner_live {
+                let reason = format!("a node failed the report while the owner is live ({reason}): try again");
+                return Err(DlrError::Refused { node: owner.clone(), reason });
+            }
+        }
+        let mut res = self.after_lookup(&req.connector, &req.msg_id, asked.found, Some(&report))?;
         match res.role {
             HolderRole::Replica => self.report_to_replica(&mut res, &report).await?,
             // The owner read the report after `answer_by` (it was hung) and left the DLR to this

@@ -78,11 +78,9 @@ pub struct DlrStore {
     /// Batches that put or removed records since the store was opened.
     record_changes: AtomicU64,
     writer: Mutex<()>,
-    /// The first write that failed, once the engine refuses every write after it (a journal
-    /// write failed, e.g. on a full disk: fjall then refuses changes until it is opened again).
+    /// The first write that failed: fjall refuses every change after it until it is opened
+    /// again (a journal write failed, e.g. on a full disk).
     broken: Mutex<Option<String>>,
-    /// The latest failed write, for the message once the store is broken.
-    last_failure: Mutex<Option<String>>,
 }
 
 impl DlrStore {
@@ -125,7 +123,6 @@ impl DlrStore {
             record_changes: AtomicU64::new(0),
             writer: Mutex::new(()),
             broken: Mutex::new(None),
-            last_failure: Mutex::new(None),
         })
     }
 
@@ -134,20 +131,21 @@ impl DlrStore {
         self.broken.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Commit `batch`, noting a failure (and the engine refusing all writes after one).
+    /// Commit `batch`, noting a failure: fjall refuses every write after a failed one (a batch
+    /// fails only when its journal write does, and that poisons the store until it is opened
+    /// again).
     fn commit(&self, batch: fjall::OwnedWriteBatch) -> Result<(), StoreError> {
-        let Err(e) = batch.commit() else { return Ok(()) };
-        // Each note under these locks is one assignment: a poisoned lock is taken over.
-        let mut last = self.last_failure.lock().unwrap_or_else(|p| p.into_inner());
-        if matches!(e, fjall::Error::Poisoned) {
-            let mut broken = self.broken.lock().unwrap_or_else(|p| p.into_inner());
-            if broken.is_none() {
-                *broken = Some(last.clone().unwrap_or_else(|| e.to_string()));
-            }
-        } else {
-            *last = Some(e.to_string());
+        batch.commit().map_err(|e| self.note_failure(e))
+    }
+
+    /// Note the first failure of a write: the store refuses every change after it.
+    fn note_failure(&self, e: fjall::Error) -> StoreError {
+        // One assignment under the lock: a poisoned lock is taken over.
+        let mut broken = self.broken.lock().unwrap_or_else(|p| p.into_inner());
+        if broken.is_none() {
+            *broken = Some(e.to_string());
         }
-        Err(e.into())
+        e.into()
     }
 
     /// Serialize a read-modify-write sequence against every other one.
@@ -306,7 +304,7 @@ impl DlrStore {
 
     /// Force everything written so far to disk.
     pub fn sync(&self) -> Result<(), StoreError> {
-        Ok(self.db.persist(PersistMode::SyncAll)?)
+        self.db.persist(PersistMode::SyncAll).map_err(|e| self.note_failure(e))
     }
 
     /// Record count, inbox length and disk use.

@@ -207,8 +207,9 @@ fn check(held: Option<&State>, value: &Value) -> Result<(), Refused> {
     }
 }
 
-/// Scaled timer values at or past this are refused: a histogram's buckets stop at `u64`.
-const MAX_TIMER_VALUE: f64 = u64::MAX as f64;
+/// Scaled timer values at or past this (2^63, about 9.2e15 ms) are refused: HdrHistogram
+/// libraries that read values as signed 64-bit integers (Java's, so Spark's) could not read them.
+const MAX_TIMER_VALUE: f64 = i64::MAX as f64;
 
 #[cfg(test)]
 mod tests {
@@ -270,7 +271,7 @@ mod tests {
     #[test]
     fn lines_out_of_range_are_refused_and_leave_no_series() {
         let mut a = Aggregator::new(100);
-        for line in ["z1:1|ms|@1e-300", "z3:1e300|c|@1e-300", "z5:1e300|ms", "z6:1:1e300|ms"] {
+        for line in ["z1:1|ms|@1e-300", "z3:1e300|c|@1e-300", "z5:1e300|ms", "z6:1:1e300|ms", "z7:1e16|ms"] {
             assert_eq!(a.add(&parse_line(line).unwrap()), Err(Refused::OutOfRange), "{line}");
         }
         assert!(a.is_empty(), "a refused line made a series");

@@ -1,0 +1,99 @@
+//! Whether this node just came back from not running (SIGSTOP, a VM paused, a starved host).
+//!
+//! A node that did not run for a while missed what happened meanwhile: other nodes saw it gone
+//! and closed its records on their copies, registered records it holds no copy of, and its view
+//! of who is live is stale until its links are up again. A heartbeat every [`BEAT`] notices the
+//! gap; until [`SETTLE`] after it (or while the gap has not been noticed yet), lookups that find
+//! nothing cannot say the record does not exist, and replication checks every copy again.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::now_ms;
+
+/// How often the heartbeat runs.
+const BEAT: Duration = Duration::from_millis(100);
+/// A gap between beats at least this long means the node did not run.
+pub const GAP: Duration = Duration::from_secs(1);
+/// How long after a gap the node counts as just woken: its links are up again well within it.
+pub const SETTLE: Duration = Duration::from_secs(5);
+
+/// The heartbeat's record.
+#[derive(Debug)]
+pub struct Wake {
+    /// The last beat (ms since the Unix epoch).
+    beat: AtomicU64,
+    /// When the last gap was noticed (ms since the Unix epoch; 0: never).
+    woke: AtomicU64,
+}
+
+impl Default for Wake {
+    fn default() -> Self {
+        Self { beat: AtomicU64::new(now_ms()), woke: AtomicU64::new(0) }
+    }
+}
+
+impl Wake {
+    /// Beat until `cancel` fires.
+    pub async fn run(&self, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(BEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let (now, last) = (now_ms(), self.beat.load(Ordering::Relaxed));
+            if now.saturating_sub(last) >= GAP.as_millis() as u64 {
+                tracing::info!(
+                    ms = now.saturating_sub(last),
+                    "this node did not run for a while (stopped or starved): its DLR copies are checked again"
+                );
+                self.woke.store(now, Ordering::Relaxed);
+            }
+            self.beat.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// When the last gap was noticed (ms since the Unix epoch; 0: never).
+    pub fn woke_at(&self) -> u64 {
+        self.woke.load(Ordering::Relaxed)
+    }
+
+    /// Whether the node is just back from not running: a gap not noticed yet, or noticed less
+    /// than [`SETTLE`] ago.
+    pub fn just_woke(&self) -> bool {
+        let now = now_ms();
+        let unnoticed = now.saturating_sub(self.beat.load(Ordering::Relaxed)) >= GAP.as_millis() as u64;
+        let woke = self.woke_at();
+        unnoticed || (woke > 0 && now.saturating_sub(woke) < SETTLE.as_millis() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_gap_between_beats_is_noticed_and_settles() {
+        let wake = std::sync::Arc::new(Wake::default());
+        assert!(!wake.just_woke());
+        // A beat a while ago, as if the process had been stopped since.
+        wake.beat.store(now_ms() - 2_000, Ordering::Relaxed);
+        assert!(wake.just_woke(), "an unnoticed gap counts");
+        let cancel = CancellationToken::new();
+        let w = wake.clone();
+        let task = tokio::spawn({
+            let cancel = cancel.clone();
+            async move { w.run(cancel).await }
+        });
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(wake.woke_at() > 0 && wake.just_woke(), "noticed, not settled yet");
+        wake.woke.store(now_ms() - SETTLE.as_millis() as u64 - 1, Ordering::Relaxed);
+        assert!(!wake.just_woke(), "settled");
+        cancel.cancel();
+        task.await.unwrap();
+    }
+}
