@@ -79,7 +79,9 @@ pub fn register(ctx: &SessionContext) {
         histogram_arg(&[]),
         DataType::Float64,
         Arc::new(|args| {
-            let maxima = per_histogram(args, "hdr_max", |h| h.max() as i64)?;
+            // A value past `i64` (a histogram written elsewhere) reads as the largest, not
+            // wrapped to a negative one.
+            let maxima = per_histogram(args, "hdr_max", |h| i64::try_from(h.max()).unwrap_or(i64::MAX))?;
             // Same shape back, as scaled floats.
             let to_f = |v: &Int64Array| -> Float64Array { v.iter().map(|x| x.map(|x| x as f64 / SCALE)).collect() };
             Ok(match maxima {
