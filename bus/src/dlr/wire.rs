@@ -19,6 +19,10 @@ use crate::dlr::record::DlrRecord;
 /// The schema version of every document here.
 pub const DOC_VERSION: u32 = 1;
 
+/// How the error reply to a lookup starts when the answering node's record store failed (a
+/// full disk): a node that owns the record and answers so is live but cannot take a report.
+pub const STORE_FAILED: &str = "DLR store";
+
 /// A document of this protocol, read with [`decode`].
 pub trait Doc: serde::de::DeserializeOwned {
     /// The `version` it carries.

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use switchboard_bus::dlr::record::store_key;
 use switchboard_bus::dlr::rendezvous::first_holder;
-use switchboard_bus::dlr::wire::{self, DlrReport, LookupReply, Role as HolderRole};
+use switchboard_bus::dlr::wire::{self, DlrReport, LookupReply, Role as HolderRole, STORE_FAILED};
 use switchboard_bus::keys::Role;
 use switchboard_bus::refusals::{refuse, Reason};
 use tokio_util::sync::CancellationToken;
@@ -194,9 +194,6 @@ pub(crate) async fn query_first_holder(
         Asked::Unanswered(why) => FirstHolder::Unanswered(why),
     })
 }
-
-/// How a node's error reply starts when its store failed ([`super::store::StoreError`]).
-const STORE_FAILED: &str = "DLR store";
 
 /// What asking every node gave: the best reply and how long it took, and the first error of a
 /// node whose store failed.

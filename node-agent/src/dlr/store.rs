@@ -30,7 +30,8 @@ use switchboard_bus::dlr::record::{self, CorruptRecord, DlrRecord};
 /// The store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The LSM tree reported an error (I/O, a full disk).
+    /// The LSM tree reported an error (I/O, a full disk). Its text starts with
+    /// [`switchboard_bus::dlr::wire::STORE_FAILED`], which other nodes read in error replies.
     #[error("DLR store: {0}")]
     Engine(#[from] fjall::Error),
     /// A stored value does not decode.
@@ -417,5 +418,11 @@ pub(crate) mod tests {
         assert_eq!(s.size().inbox, 1, "exact after an ack, not fjall's estimate");
         assert_eq!(s.ack_inbox(2).unwrap(), 0);
         assert_eq!(s.size().inbox, 1);
+    }
+
+    #[test]
+    fn a_store_failure_reads_as_one_on_the_bus() {
+        let e = crate::dlr::DlrError::Store(StoreError::Engine(fjall::Error::Poisoned));
+        assert!(e.to_string().starts_with(switchboard_bus::dlr::wire::STORE_FAILED), "{e}");
     }
 }
