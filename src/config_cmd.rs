@@ -260,7 +260,11 @@ pub async fn make_revision(
         NewRevision { parents, first_number, author: author(make), message: make.message.clone(), files, contents };
     let (rev, carried) = push(session, keys, repo, new).await.context("pushing the revision")?;
     let id = rev.id();
-    out!("revision {} ({}) pushed: {} files, {carried} carried", rev.number, short(&id), rev.files.len());
+    let files = match rev.files.len() {
+        1 => "1 file".to_owned(),
+        n => format!("{n} files"),
+    };
+    out!("revision {} ({}) pushed: {files}, {carried} carried", rev.number, short(&id));
     if !wait {
         return Ok(rev);
     }
@@ -313,15 +317,25 @@ pub async fn make_revision(
 /// A tree without [`LIMITS_FILE`] keeps `from`'s, and says so: leaving the file out of a push,
 /// a rollback or a resolve never drops the limits in force (nodes would go on enforcing them,
 /// and a node that starts later would enforce none).
+/// Keep the limits file of `from` when the tree has none, then check the tree that would be
+/// pushed against the repository's bounds (before anything is printed as a change or a dry run
+/// says it would pass).
 fn keep_limits(files: &mut BTreeMap<String, FileEntry>, from: Option<&Revision>) -> Result<()> {
-    if files.contains_key(LIMITS_FILE) {
-        return Ok(());
+    let mut kept = String::new();
+    if !files.contains_key(LIMITS_FILE) {
+        if let Some((rev, limits)) = from.and_then(|r| Some((r, r.files.get(LIMITS_FILE)?))) {
+            kept = format!("{LIMITS_FILE} of revision {}", rev.summary().label());
+            out!("keeping {kept} (the tree has none)");
+            files.insert(LIMITS_FILE.to_owned(), limits.clone());
+        }
     }
-    if let Some((rev, limits)) = from.and_then(|r| Some((r, r.files.get(LIMITS_FILE)?))) {
-        out!("keeping {LIMITS_FILE} of revision {} (the tree has none)", rev.number);
-        files.insert(LIMITS_FILE.to_owned(), limits.clone());
-    }
-    Ok(())
+    switchboard_bus::repo::check_files(files).map_err(|e| {
+        if kept.is_empty() {
+            anyhow!("{e}")
+        } else {
+            anyhow!("{e}, counting the {kept} that is kept")
+        }
+    })
 }
 
 fn when(at_ms: u64) -> String {
@@ -371,15 +385,16 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
                 }
             }
             // A layer no node reads (a typo, or a node or subcluster that did not answer).
-            let readers: BTreeSet<&str> = [tree::GLOBAL, tree::DEFAULT]
-                .into_iter()
-                .chain(
-                    repo.states.values().flat_map(|s| std::iter::once(s.node.as_str()).chain(s.subcluster.as_deref())),
-                )
+            // `default/` is read by the nodes in no subcluster.
+            let states = repo.states.values();
+            let readers: BTreeSet<&str> = std::iter::once(tree::GLOBAL)
+                .chain(states.clone().any(|s| s.subcluster.is_none()).then_some(tree::DEFAULT))
+                .chain(states.flat_map(|s| std::iter::once(s.node.as_str()).chain(s.subcluster.as_deref())))
                 .collect();
             let layers: BTreeSet<&str> = files.keys().filter_map(|p| p.split('/').next()).collect();
             for layer in layers.difference(&readers) {
-                out!("note: no node that answered reads {layer}/ (not global, default, nor the name or subcluster of a node that answered)");
+                let read: Vec<String> = readers.iter().map(|r| format!("{r}/")).collect();
+                out!("note: no node that answered reads {layer}/ (they read {})", read.join(", "));
             }
             out!("on top of revision {}:", head.as_ref().map_or("none (the first)".to_owned(), |h| h.label()));
             print_changes(before, &files, "  ")?;
@@ -744,4 +759,34 @@ async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
         }
     }
     Ok(if problems.is_empty() { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tree at the file bound passes alone and is refused once the kept limits file is added,
+    /// before a dry run could call it good, with the kept file named.
+    #[test]
+    fn the_kept_limits_file_counts_against_the_bounds() {
+        let files = |n: usize| -> BTreeMap<String, FileEntry> {
+            (0..n).map(|i| (format!("global/f{i}.conf"), FileEntry::of(b"x"))).collect()
+        };
+        let rev = Revision {
+            version: 1,
+            number: 7,
+            parents: Vec::new(),
+            author: "ops".into(),
+            at_ms: 0,
+            message: String::new(),
+            files: BTreeMap::from([(LIMITS_FILE.to_owned(), FileEntry::of(b"[[limit]]"))]),
+        };
+        let mut at_bound = files(switchboard_bus::repo::MAX_FILES);
+        let error = keep_limits(&mut at_bound, Some(&rev)).unwrap_err().to_string();
+        assert!(error.contains("10001 files") && error.contains("global/limits.toml of revision 7 ("), "{error}");
+        let mut under = files(switchboard_bus::repo::MAX_FILES - 1);
+        keep_limits(&mut under, Some(&rev)).unwrap();
+        assert!(under.contains_key(LIMITS_FILE));
+        keep_limits(&mut files(switchboard_bus::repo::MAX_FILES), None).unwrap();
+    }
 }

@@ -246,21 +246,26 @@ pub async fn run(cmd: LimitsCommand) -> Result<()> {
                 let missing: Vec<&String> = nodes.iter().filter(|n| !holding.contains(n)).collect();
                 if missing.is_empty() {
                     out!(
-                        "revision {} in force on {} of {} nodes: {}",
+                        "the limits of revision {} are in force on {} of {} nodes: {}",
                         rev.number,
                         holding.len(),
                         now.len().max(nodes.len()),
                         join(&holding)
                     );
-                    // The limits apply whatever the gateways' reloads did; say when one failed.
+                    // The limits apply whatever the gateways' reloads and working directories
+                    // did; say when a node's working directory did not take the revision.
                     let id = rev.id();
                     for st in switchboard_bus::repo::wire::fetch_states(session, keys, Duration::from_secs(2)).await {
-                        if let Some(r) =
-                            st.ok().and_then(|st| st.reload.filter(|r| r.id == id && !r.ok).map(|r| (st.node, r)))
-                        {
+                        let Ok(st) = st else { continue };
+                        if let Some(r) = st.reload.as_ref().filter(|r| r.id == id && !r.ok) {
                             out!(
                                 "note: {}: the gateway's reload of revision {} failed ({}); `switchboard config status` shows it",
-                                r.0, r.1.number, r.1.status
+                                st.node, r.number, r.status
+                            );
+                        } else if let Some(b) = st.blocked.as_ref().filter(|b| b.id == id) {
+                            out!(
+                                "note: {}: its working directory is not at revision {} ({}); `switchboard config status` shows it",
+                                st.node, b.number, b.why
                             );
                         }
                     }

@@ -285,11 +285,11 @@ fn a_push_reaches_every_node_at_once_readers_never_see_two_revisions_and_a_node_
     // A node hung within its lease (SIGSTOP) costs the log one bounded wait for its answer, not
     // one per question: the log of the others still prints, promptly.
     let pid = d.proc.as_ref().map(|p| p.pid()).unwrap();
-    common::group::signal(pid, "STOP");
+    common::group::signal(pid, "-STOP");
     let asked = Instant::now();
     let (code, log) = config_cli(&c, &all, &["log", "-n", "3"]);
     let took = asked.elapsed();
-    common::group::signal(pid, "CONT");
+    common::group::signal(pid, "-CONT");
     eprintln!("config log with a hung node: {took:?}");
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("revision 104") && log.contains("revision 102"), "{log}");
@@ -606,6 +606,27 @@ fn a_working_directory_removed_by_hand_is_put_back() {
     std::fs::remove_file(&dir).unwrap();
     assert!(wait_until(Duration::from_secs(5), || read(&dir.join("a.conf")) == "a1"), "link not put back");
     std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(reloaded(), 1, "the same tree: no reload");
+    // Pointed elsewhere by hand: put back, and what it pointed at is never read as local edits.
+    let elsewhere = c.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("e1.conf"), "x").unwrap();
+    let repointed = dir.with_file_name("re-pointed");
+    std::os::unix::fs::symlink(&elsewhere, &repointed).unwrap();
+    std::fs::rename(&repointed, &dir).unwrap();
+    let mut edits = Vec::new();
+    let mut look = || {
+        let (_, metrics) = c.http_get("gw1", "/metrics");
+        edits.push(metric(&metrics, "switchboard_agent_config_local_edits"));
+        read(&dir.join("a.conf")) == "a1"
+    };
+    assert!(wait_until(Duration::from_secs(5), &mut look), "link not put back");
+    let until = std::time::Instant::now() + Duration::from_millis(2500);
+    while std::time::Instant::now() < until {
+        look();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(edits.iter().all(|e| *e == Some(0.0)), "local edits seen: {edits:?}");
     assert_eq!(reloaded(), 1, "the same tree: no reload");
     let tree = std::fs::canonicalize(&dir).unwrap();
     std::fs::remove_file(&dir).unwrap();

@@ -87,7 +87,7 @@ impl Drop for S3Server {
     }
 }
 
-/// `kill <sig> <pid>`.
+/// Send `sig` (as `kill` takes it: `-STOP`, `-CONT`, `-9`) to `pid`.
 pub fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
 }

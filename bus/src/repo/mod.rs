@@ -158,24 +158,7 @@ impl Revision {
         if self.author.len() > MAX_TEXT || self.message.len() > MAX_TEXT {
             return Err(RepoError::TooBig(format!("author or message longer than {MAX_TEXT} bytes")));
         }
-        if self.files.len() > MAX_FILES {
-            return Err(RepoError::TooBig(format!("{} files (at most {MAX_FILES})", self.files.len())));
-        }
-        let mut total = 0u64;
-        for (path, f) in &self.files {
-            tree::check_path(path)?;
-            if !is_hash(&f.sha256) {
-                return Err(RepoError::Invalid(format!("{path}: {:?} is not a SHA-256", f.sha256)));
-            }
-            if f.size > MAX_FILE_BYTES {
-                return Err(RepoError::TooBig(format!("{path}: {} bytes (at most {MAX_FILE_BYTES})", f.size)));
-            }
-            total = total
-                .checked_add(f.size)
-                .filter(|t| *t <= MAX_TREE_BYTES)
-                .ok_or_else(|| RepoError::TooBig(format!("the tree is larger than {MAX_TREE_BYTES} bytes")))?;
-        }
-        Ok(())
+        check_files(&self.files)
     }
 
     /// The revision without its files, as node states list it.
@@ -189,6 +172,28 @@ impl Revision {
             message: self.message.clone(),
         }
     }
+}
+
+/// Check a revision's files against the repository's bounds (count, paths, sizes).
+pub fn check_files(files: &BTreeMap<String, FileEntry>) -> Result<(), RepoError> {
+    if files.len() > MAX_FILES {
+        return Err(RepoError::TooBig(format!("{} files (at most {MAX_FILES})", files.len())));
+    }
+    let mut total = 0u64;
+    for (path, f) in files {
+        tree::check_path(path)?;
+        if !is_hash(&f.sha256) {
+            return Err(RepoError::Invalid(format!("{path}: {:?} is not a SHA-256", f.sha256)));
+        }
+        if f.size > MAX_FILE_BYTES {
+            return Err(RepoError::TooBig(format!("{path}: {} bytes (at most {MAX_FILE_BYTES})", f.size)));
+        }
+        total = total
+            .checked_add(f.size)
+            .filter(|t| *t <= MAX_TREE_BYTES)
+            .ok_or_else(|| RepoError::TooBig(format!("the tree is larger than {MAX_TREE_BYTES} bytes")))?;
+    }
+    Ok(())
 }
 
 /// A revision without its files.

@@ -423,8 +423,11 @@ impl Inner {
 
     /// Look for local edits in the working directory.
     fn scan(&mut self) {
-        match self.tree.scan(&self.p.manifest) {
-            Ok(edits) => {
+        let Some(tree) = self.p.tree.as_deref() else { return };
+        match self.tree.scan(tree, &self.p.manifest) {
+            // The link points elsewhere: put back at the next look, not read meanwhile.
+            Ok(None) => {}
+            Ok(Some(edits)) => {
                 if edits != self.local_edits && !edits.is_empty() {
                     let paths: Vec<&str> = edits.iter().map(|e| e.path.as_str()).collect();
                     tracing::warn!(dir = %self.tree.link().display(), ?paths, "local edits in the configuration working directory (kept; a revision that changes the same files is not applied until they are undone or pushed)");
@@ -451,11 +454,14 @@ impl Inner {
                 if self.blocked.as_ref().is_none_or(|b| b.why != why) {
                     tracing::warn!("{why}");
                 }
-                self.blocked = Some(Blocked { id: many[0].0.clone(), number: many[0].1, why, paths: Vec::new() });
+                // The head this node has not applied (each side of a split applied its own).
+                let applied = self.p.applied.as_ref().map(|a| a.id.as_str());
+                let (id, number) = many.iter().find(|(id, _)| Some(id.as_str()) != applied).unwrap_or(&many[0]);
+                self.blocked = Some(Blocked { id: id.clone(), number: *number, why, paths: Vec::new() });
                 return;
             }
         };
-        if !self.keep_link() {
+        if !self.keep_link(&head, number) {
             return;
         }
         let Some(rev) = self.store.revision(&head).cloned() else { return };
@@ -559,8 +565,9 @@ impl Inner {
 
     /// The link removed or pointed elsewhere by hand while the agent runs: put it back at the
     /// applied tree, or when that tree is gone too, write the head afresh (as at a start). A
-    /// directory of someone else's in its place blocks every revision; `false` then.
-    fn keep_link(&mut self) -> bool {
+    /// directory of someone else's in its place blocks every revision (the head, `number`, is
+    /// named as the one not applied); `false` then.
+    fn keep_link(&mut self, head: &str, number: u64) -> bool {
         let Some(tree) = self.p.tree.clone() else { return true };
         if self.tree.current_name().as_deref() == Some(tree.as_str()) {
             return true;
@@ -571,8 +578,7 @@ impl Inner {
             if self.blocked.as_ref().is_none_or(|b| b.why != why) {
                 tracing::error!(dir = %link, "{why}");
             }
-            let (id, number) = self.p.applied.as_ref().map(|a| (a.id.clone(), a.number)).unwrap_or_default();
-            self.blocked = Some(Blocked { id, number, why, paths: Vec::new() });
+            self.blocked = Some(Blocked { id: head.to_owned(), number, why, paths: Vec::new() });
             return false;
         }
         if self.tree.has_tree(&tree) {

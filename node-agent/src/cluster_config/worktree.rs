@@ -115,9 +115,15 @@ impl WorkTree {
         self.trees.join(name).is_dir()
     }
 
-    /// The files of the current tree that differ from `manifest`.
-    pub fn scan(&self, manifest: &Manifest) -> Result<Vec<LocalEdit>, RepoError> {
-        let Some(root) = self.current() else { return Ok(Vec::new()) };
+    /// The files of tree `tree` that differ from `manifest`; `None` when the link does not point
+    /// at that tree (re-pointed by hand: whatever it points at is not read, and the link is put
+    /// back at its next look).
+    pub fn scan(&self, tree: &str, manifest: &Manifest) -> Result<Option<Vec<LocalEdit>>, RepoError> {
+        let root = self.trees.join(tree);
+        let points_at = |p: &Path| std::fs::canonicalize(p).ok();
+        if points_at(&self.link).is_none_or(|at| Some(at) != points_at(&root)) {
+            return Ok(None);
+        }
         let mut edits = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
         let mut stack = vec![(root.clone(), String::new())];
@@ -159,7 +165,7 @@ impl WorkTree {
                 .map(|p| LocalEdit { path: p.clone(), change: Change::Removed }),
         );
         edits.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(edits)
+        Ok(Some(edits))
     }
 
     /// SHA-256 of the current tree's file at `path` (`None`: no such file).
@@ -301,12 +307,22 @@ mod tests {
         wt.switch("r1-x").unwrap();
         assert_eq!(std::fs::read_to_string(wt.link().join("sub/b.conf")).unwrap(), "b1");
         assert_eq!(std::fs::read_to_string(wt.link().join(REVISION_FILE)).unwrap(), "1 x\n");
-        assert!(wt.scan(&manifest).unwrap().is_empty());
+        assert!(wt.scan("r1-x", &manifest).unwrap().unwrap().is_empty());
+        // A link pointed elsewhere by hand: what it points at is not read as the tree.
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("e.conf"), "x").unwrap();
+        let tmp_link = dir.path().join("etc/tmp-link");
+        std::os::unix::fs::symlink(&elsewhere, &tmp_link).unwrap();
+        std::fs::rename(&tmp_link, wt.link()).unwrap();
+        assert_eq!(wt.scan("r1-x", &manifest).unwrap(), None);
+        wt.switch("r1-x").unwrap();
+        assert!(wt.scan("r1-x", &manifest).unwrap().unwrap().is_empty());
         std::fs::write(wt.link().join("a.conf"), "edited").unwrap();
         std::fs::write(wt.link().join("new.conf"), "x").unwrap();
         std::fs::remove_file(wt.link().join("sub/b.conf")).unwrap();
         let edits: Vec<(String, Change)> =
-            wt.scan(&manifest).unwrap().into_iter().map(|e| (e.path, e.change)).collect();
+            wt.scan("r1-x", &manifest).unwrap().unwrap().into_iter().map(|e| (e.path, e.change)).collect();
         assert_eq!(
             edits,
             [
@@ -326,7 +342,7 @@ mod tests {
         assert_eq!(wt.current_name().as_deref(), Some("r2-y"));
         assert_eq!(std::fs::read_to_string(wt.link().join("a.conf")).unwrap(), "edited");
         assert_eq!(
-            wt.scan(&m2).unwrap().len(),
+            wt.scan("r2-y", &m2).unwrap().unwrap().len(),
             3,
             "the carried edit, the carried new file and the kept removal are still edits"
         );
