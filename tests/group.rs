@@ -376,7 +376,7 @@ fn killing_the_writer_repeatedly_on_s3_loses_and_doubles_nothing() {
 fn the_store_stopped_for_a_while_loses_nothing_and_health_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let server = S3Server::start(dir.path(), "sb-test");
-    let g = Group::start(|c| s3(c, &server), 10);
+    let mut g = Group::start(|c| s3(c, &server), 10);
     std::thread::sleep(Duration::from_secs(2));
     let i = g.leader();
     let name = g.members[i].name.clone();
@@ -411,12 +411,26 @@ fn the_store_stopped_for_a_while_loses_nothing_and_health_says_why() {
         String::from_utf8_lossy(&out.stderr),
         g.logs()
     );
+    // The standby killed and started again while the store is down: it cannot read the
+    // commit log, so it waits for the store, `/health` failing with why, and joins once it
+    // answers (it used to exit after the store's timeout).
+    let j = 1 - i;
+    let standby = g.members[j].name.clone();
+    g.members[j].proc.take().unwrap().kill();
+    g.restart(j);
+    let waiting = wait_until(Duration::from_secs(20), || {
+        let (code, h) = health(&g.c, &standby);
+        code == 503 && h.to_string().contains("does not answer")
+    });
+    assert!(waiting, "{standby} restarted while the store is down: {:?}\n{}", health(&g.c, &standby), g.logs());
     // 30 s without a store in all.
     std::thread::sleep(Duration::from_secs(30).saturating_sub(paused.elapsed()));
     eprintln!("resuming the S3 server");
     server.pause(false);
     let back = wait_until(Duration::from_secs(60), || health(&g.c, &name).0 == 200);
     assert!(back, "/health of {name} should recover: {:?}\n{}", health(&g.c, &name), g.logs());
+    let joined = wait_until(Duration::from_secs(60), || role(&g.c, &standby).as_deref() == Some("standby"));
+    assert!(joined, "{standby} should join once the store answers: {:?}\n{}", health(&g.c, &standby), g.logs());
     let (_, metrics) = g.c.http_get(&name, "/metrics");
     let shed = metric(&metrics, "switchboard_collector_inputs_shed_total").unwrap_or(0.0);
     eprintln!("{name} shed {shed} live inputs while the store was down");

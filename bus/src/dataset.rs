@@ -191,14 +191,14 @@ fn check_settings(b: &AmazonS3Builder) -> Result<(), String> {
     };
     if endpoint.starts_with("http://") && !on(&Key::Client(ClientConfigKey::AllowHttp)) {
         return Err(format!(
-            "the endpoint {endpoint} is plain http: set allow_http = true in [collector.store] (or \
-             AWS_ALLOW_HTTP=true), or use https"
+            "the endpoint {endpoint} is plain http: set AWS_ALLOW_HTTP=true (a collector: allow_http = true \
+             in [collector.store]), or use https"
         ));
     }
     if b.get_config_value(&Key::AccessKeyId).is_none() && !on(&Key::SkipSignature) {
         return Err(format!(
-            "no credentials for {endpoint}: set access_key_id and secret_access_key in [collector.store] \
-             (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+            "no credentials for {endpoint}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (a collector: \
+             access_key_id and secret_access_key in [collector.store])"
         ));
     }
     Ok(())

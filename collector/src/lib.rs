@@ -18,7 +18,8 @@
 //! - `intake`: the sink thread (payloads, replays and heads in arrival order; drain at stop);
 //! - `replay`: the replay client that fetches missing ranges from agents;
 //! - `watermarks`: publishing what is committed, per node;
-//! - `report`: `/health` and `/metrics`.
+//! - `report`: `/health` and `/metrics`; `starting`: `/health` while the store does not answer
+//!   at start.
 //!
 //! [`Collector::start`] finds the end of the commit log, runs recovery, subscribes, then announces
 //! the collector on the bus (so agents that wait for a collector only publish once the
@@ -35,6 +36,7 @@ pub mod recovery;
 mod replay;
 mod report;
 pub mod sink;
+mod starting;
 pub mod stats;
 mod status;
 pub mod store;
@@ -136,6 +138,40 @@ pub enum CollectorError {
     },
 }
 
+impl CollectorError {
+    /// Whether the dataset's store did not answer (worth another try), as opposed to a refusal
+    /// that another try would meet again.
+    fn store_unreachable(&self) -> bool {
+        matches!(
+            self,
+            Self::Log(store::StoreError::Remote { .. })
+                | Self::Recovery { source: store::StoreError::Remote { .. }, .. }
+        )
+    }
+}
+
+/// The commit log's end and every table, recovered from the store. The end of the log first,
+/// then the footers: a commit made in between is in the log.
+async fn open_dataset(
+    config: &CollectorConfig,
+    store: &store::Store,
+    stats: &Arc<CollectorStats>,
+) -> Result<(log::CommitLog, Tables), CollectorError> {
+    let (commit_log, recent) = log::CommitLog::open(store).await.map_err(CollectorError::Log)?;
+    tracing::info!(dataset = %store.describe(), log_end = commit_log.next(), holder = ?commit_log.last().map(|r| &r.writer), "found the end of the commit log");
+    let logs =
+        tables::open(config, store, switchboard_bus::tables::LOGS, config.logs.promote.clone(), stats.clone()).await?;
+    let mut internal = Vec::new();
+    for t in switchboard_bus::tables::INTERNAL {
+        internal.push((t.stream, tables::open(config, store, t.name, tables::promoted(&t), stats.clone()).await?));
+    }
+    let mut sink = Tables { logs, internal };
+    for r in &recent {
+        sink.apply_committed(&r.files);
+    }
+    Ok((commit_log, sink))
+}
+
 /// A running collector.
 pub struct Collector {
     stats: Arc<CollectorStats>,
@@ -173,20 +209,34 @@ impl Collector {
         let spool =
             c.spool_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("switchboard-spool-{name}")));
         let store = store::Store::open(&c.location()?, &c.store, spool)?;
-        // The end of the log first, then the footers: a commit made in between is in the log.
-        let (commit_log, recent) = log::CommitLog::open(&store).await.map_err(CollectorError::Log)?;
-        tracing::info!(dataset = %store.describe(), log_end = commit_log.next(), holder = ?commit_log.last().map(|r| &r.writer), "found the end of the commit log");
-        let logs =
-            tables::open(&config, &store, switchboard_bus::tables::LOGS, config.logs.promote.clone(), stats.clone())
-                .await?;
-        let mut internal = Vec::new();
-        for t in switchboard_bus::tables::INTERNAL {
-            internal
-                .push((t.stream, tables::open(&config, &store, t.name, tables::promoted(&t), stats.clone()).await?));
-        }
-        let mut sink = Tables { logs, internal };
-        for r in &recent {
-            sink.apply_committed(&r.files);
+        // A store that does not answer is waited for, with `/health` failing meanwhile.
+        let mut waiting: Option<(Arc<starting::Starting>, CancellationToken)> = None;
+        let (commit_log, mut sink) = loop {
+            match open_dataset(&config, &store, &stats).await {
+                Ok(opened) => break opened,
+                Err(e) if e.store_unreachable() => {
+                    let why = format!("{e} (retrying every {} s)", starting::RETRY.as_secs());
+                    tracing::warn!("the dataset's store does not answer at start: {why}");
+                    if waiting.is_none() {
+                        if let Some((addr, listener, access)) = &http {
+                            let serving = starting::Starting::serve(&name, listener, access, &cancel)
+                                .map_err(|source| CollectorError::Http { addr: *addr, source })?;
+                            waiting = Some(serving);
+                        }
+                    }
+                    if let Some((report, _)) = &waiting {
+                        report.set_problem(format!("the dataset's store does not answer: {why}"));
+                    }
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Err(e),
+                        _ = tokio::time::sleep(starting::RETRY) => {}
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        if let Some((_, stop)) = waiting {
+            stop.cancel();
         }
         let latest = Arc::new(latest::LatestMetrics::new(LATEST_SERIES));
 
