@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 /// decimal ids in DLRs, one with decimal ids, one case-insensitive.
 const DLR: &str = r#"
 [dlr]
+copies = 1
 closed_retention_s = 600
 [[dlr.connector]]
 name = "hexdec"
@@ -245,7 +246,7 @@ fn records_resolve_from_the_replica_after_kill_9_of_the_owner_and_survive_its_re
 #[test]
 fn with_two_copies_every_node_answers_from_its_store_and_records_outlive_two_nodes_down() {
     let c = Cluster::new();
-    let dlr = DLR.replace("[dlr]\n", "[dlr]\ncopies = 2\n");
+    let dlr = DLR.replace("copies = 1\n", "copies = 2\n");
     let a = c.start_limits_agent("a", &[], "", &dlr);
     let mut b = c.start_limits_agent("b", &[a.endpoint()], "", &dlr);
     let _c3 = c.start_limits_agent("c", &[a.endpoint(), b.endpoint()], "", &dlr);

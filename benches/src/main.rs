@@ -117,9 +117,10 @@ enum Bench {
         /// Times the ask-stream row is run, each printed (the spread of its p99).
         #[arg(long, default_value_t = 3)]
         repeat: u32,
-        /// Other nodes keeping a copy of each record (`dlr.copies`, default as in the agent).
-        /// 2 puts every record on all 3 nodes: every resolve is answered from the node's own store.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+        /// Other nodes keeping a copy of each record (`dlr.copies`, default as in the agent: 2,
+        /// every record on all 3 nodes, every resolve answered from the node's own store; 1 sends
+        /// a third of the lookups over the bus).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
         copies: u16,
     },
     /// DLR store capacity: `--records` open records in one node's store, then disk and memory

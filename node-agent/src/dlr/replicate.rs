@@ -1,4 +1,4 @@
-//! Copies of this node's records on other live nodes (`[dlr] copies` each, 1 by default), and
+//! Copies of this node's records on other live nodes (`[dlr] copies` each, 2 by default), and
 //! the copies it keeps for others.
 //!
 //! [`run`] sends every change of an own record (register, report, close) to the record's

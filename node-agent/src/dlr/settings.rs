@@ -52,7 +52,8 @@ pub struct DlrSettings {
     /// record, so `copies` = the number of other agents (every node holds every record) makes
     /// every resolve local and lets records outlive that many nodes down, at the cost of disk,
     /// memory and replication traffic in proportion. Each owner decides for its own records:
-    /// nodes may differ. 1 to 16. Default: 1.
+    /// nodes may differ. 1 to 16. Default: 2 (a cluster of up to three agents holds every record
+    /// on every node; records outlive two nodes down).
     #[serde(default = "default_dlr_copies")]
     pub copies: usize,
     /// Most changed records held for their replicas (the replication queue). When no replica
@@ -110,7 +111,7 @@ fn default_dlr_sync_ms() -> u64 {
     1000
 }
 fn default_dlr_copies() -> usize {
-    1
+    2
 }
 /// The most copies `[dlr] copies` may ask for.
 pub(crate) const MAX_COPIES: usize = 16;
