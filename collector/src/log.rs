@@ -123,6 +123,12 @@ pub fn slot_key(seq: u64) -> String {
     format!("{LOG_DIR}/{seq:020}.json")
 }
 
+/// The highest slot in the log's directory, by listing it.
+async fn last_slot(store: &Store) -> Result<Option<u64>, StoreError> {
+    let keys = store.list(LOG_DIR).await?;
+    Ok(keys.iter().filter_map(|(key, _)| key.rsplit('/').next()?.strip_suffix(".json")?.parse::<u64>().ok()).max())
+}
+
 /// The outcome of [`CommitLog::append`].
 #[derive(Debug)]
 pub enum Appended {
@@ -155,7 +161,22 @@ impl CommitLog {
             None => 0,
         };
         // A hint is only taken when its slot exists (a damaged hint would skip the log's end).
-        let start = if hinted > 0 && store.exists(&slot_key(hinted)).await? { hinted } else { 0 };
+        let mut start = if hinted > 0 && store.exists(&slot_key(hinted)).await? { hinted } else { 0 };
+        // No hint and no slot 0, yet later slots: the log's beginning was removed or lost by the
+        // store under a writer that went on. Claiming slot 0 would start a second log beside
+        // that writer's, unfenced; it is read from its last slot left instead (the footers hold
+        // what was committed before).
+        if start == 0 && !store.exists(&slot_key(0)).await? {
+            if let Some(last) = last_slot(store).await? {
+                tracing::error!(
+                    last,
+                    "the commit log's first slots and its tail hint are missing (removed, or lost by the store) \
+                     while slot {last} exists: reading it from there; restore the dataset as a whole \
+                     (docs/operations.md, what to back up)"
+                );
+                start = last;
+            }
+        }
         let mut log = Self { next: start, last: None, skipped: 0 };
         let mut all = Vec::new();
         loop {
@@ -389,6 +410,15 @@ mod tests {
             std::fs::write(dir.path().join(TAIL_KEY), b"{\"seq\": 18446744073709551615}").unwrap();
             let (h, _) = CommitLog::open(&store).await.unwrap();
             assert_eq!(h.next(), 3);
+            b.write_hint(&store).await;
+            // The log's first slots and its hint lost under a writer that went on: read from
+            // the last slot left, so a new claim lands after the writer's records, not at slot 0.
+            std::fs::remove_file(dir.path().join(TAIL_KEY)).unwrap();
+            for seq in 0..2 {
+                std::fs::remove_file(dir.path().join(slot_key(seq))).unwrap();
+            }
+            let (lost, _) = CommitLog::open(&store).await.unwrap();
+            assert_eq!((lost.next(), lost.last().map(|r| r.writer.as_str())), (3, Some("b")));
             b.write_hint(&store).await;
             // Garbage in a slot is skipped, not taken for a claim.
             std::fs::write(dir.path().join(slot_key(3)), b"{not json").unwrap();
