@@ -463,6 +463,14 @@ async fn message_checks_hold_without_tls() {
         let _ = ask(&h, &key(c, "dlr/replica/gw1"), Some(own.clone())).await;
     })
     .await;
+    // A drop of gw1's own record: refused and counted, not answered as applied.
+    let drop_own =
+        ReplicaBatch::encode("x", &[ReplicaOp::Drop { connector: rec.connector.clone(), id: rec.id.clone() }]).unwrap();
+    expect_refused(c, "gw1", "replica_own_record", async {
+        let replies = ask(&h, &key(c, "dlr/replica/gw1"), Some(drop_own.clone())).await;
+        assert!(!replies.is_empty() && replies.iter().all(|r| r.contains("\"applied\":0")), "{replies:?}");
+    })
+    .await;
     forged.owner = "gw2".into();
     forged.destination = "x".repeat(10_000);
     let big = ReplicaBatch::encode("x", &[ReplicaOp::Put(forged)]).unwrap();

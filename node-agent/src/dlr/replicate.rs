@@ -152,11 +152,18 @@ fn take(service: &DlrService, payload: Option<&[u8]>) -> Result<ReplicaAck, Stri
                 }
             }
             ReplicaOp::Drop { connector, id } => {
-                // A node never drops its own records on another's word.
-                if let Some(h) = service.store.get(&connector, &id).map_err(|e| e.to_string())? {
-                    if h.owner != service.node && !seen.contains_key(&h.store_key()) {
-                        drops.push(h);
+                match service.store.get(&connector, &id).map_err(|e| e.to_string())? {
+                    // A node never drops its own records on another's word.
+                    Some(h) if h.owner == service.node => {
+                        refuse(
+                            Reason::ReplicaOwnRecord,
+                            format_args!("a drop from {} of this node's own record {connector}/{id}", batch.from),
+                        );
+                        continue;
                     }
+                    Some(h) if !seen.contains_key(&h.store_key()) => drops.push(h),
+                    // Not held (counts as applied), or put by this same batch (kept).
+                    _ => {}
                 }
                 ack.applied += 1;
             }
