@@ -345,6 +345,7 @@ impl Collector {
         let report = Arc::new(report::CollectorReport {
             name: name.clone(),
             started_at_ms: switchboard_bus::status::now_ms(),
+            max_file_age_s: c.max_file_age().as_secs_f64(),
             rates: Mutex::default(),
             membership: membership.clone(),
             group: group_status.clone(),

@@ -22,6 +22,8 @@ pub(crate) struct CollectorReport {
     pub(crate) name: String,
     /// When the collector started, ms since the Unix epoch.
     pub(crate) started_at_ms: u64,
+    /// `max_file_age_ms` in seconds (how long a record may wait for its file's commit).
+    pub(crate) max_file_age_s: f64,
     /// Per-second rates for the status document ([`crate::status`]).
     pub(crate) rates: Mutex<switchboard_bus::status::Rates>,
     pub(crate) membership: switchboard_bus::Membership,

@@ -63,6 +63,7 @@ impl CollectorReport {
             store_error: group.store_error.clone().or(st.failing.clone()),
             open_files: st.open_files as u64,
             rows_per_s: rates.get("rows"),
+            max_file_age_s: Some(self.max_file_age_s),
             streams,
         });
         doc

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{ProcessStatus, Snapshot, STATUS_VERSION};
 
-/// A stream whose oldest record not committed is this old is a problem.
+/// A stream whose oldest record not committed is this much older than the writing collector's
+/// `max_file_age_ms` (the longest a record waits for its file's commit) is a problem.
 pub const STREAM_STALL_S: f64 = 30.0;
 
 /// How long a process that left stays a problem (it is listed as gone after that too, until the
@@ -135,9 +136,12 @@ pub struct StreamRow {
     pub catch_up_s: Option<f64>,
 }
 
-/// How old the oldest record not committed may be and still count as in flight (no catch-up
-/// estimate): a few of the collector's commits (`max_file_age_ms`, 2 s by default).
+/// How much older than the writing collector's `max_file_age_ms` the oldest record not committed
+/// may be and still count as in flight (no catch-up estimate): a quiet stream's records wait for
+/// their file's commit, up to that age.
 pub const IN_FLIGHT_S: f64 = 10.0;
+/// `max_file_age_ms`'s default, in seconds, for a collector whose document does not say its own.
+const DEFAULT_FILE_AGE_S: f64 = 30.0;
 
 /// One limit key over the cluster.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -388,8 +392,9 @@ pub fn assemble(snap: &Snapshot) -> ClusterStatus {
     }
 
     let streams = streams(snap);
+    let stall_s = STREAM_STALL_S + file_age_s(snap);
     for s in &streams {
-        if s.lag_records > 0 && s.lag_seconds >= STREAM_STALL_S {
+        if s.lag_records > 0 && s.lag_seconds >= stall_s {
             problem(
                 "degraded",
                 format!("stream {}: {} records not committed for {:.0} s", s.stream, s.lag_records, s.lag_seconds),
@@ -424,12 +429,24 @@ pub fn assemble(snap: &Snapshot) -> ClusterStatus {
 }
 
 /// Streams from the leading collector (or any, if none leads), with the agents' heads.
-fn streams(snap: &Snapshot) -> Vec<StreamRow> {
+/// The collector that writes the dataset (the leader, else any).
+fn writer(snap: &Snapshot) -> Option<&ProcessStatus> {
     let collectors: Vec<&ProcessStatus> = snap.processes.iter().filter(|p| p.collector.is_some()).collect();
-    let writer = collectors
+    collectors
         .iter()
         .find(|p| p.collector.as_ref().is_some_and(|c| c.role == "leader"))
-        .or_else(|| collectors.first());
+        .or_else(|| collectors.first())
+        .copied()
+}
+
+/// The writing collector's `max_file_age_ms` in seconds.
+fn file_age_s(snap: &Snapshot) -> f64 {
+    writer(snap).and_then(|p| p.collector.as_ref()).and_then(|c| c.max_file_age_s).unwrap_or(DEFAULT_FILE_AGE_S)
+}
+
+fn streams(snap: &Snapshot) -> Vec<StreamRow> {
+    let writer = writer(snap);
+    let in_flight = IN_FLIGHT_S + file_age_s(snap);
     let mut rows: BTreeMap<String, StreamRow> = BTreeMap::new();
     if let Some(c) = writer.and_then(|p| p.collector.as_ref()) {
         for s in &c.streams {
@@ -468,7 +485,7 @@ fn streams(snap: &Snapshot) -> Vec<StreamRow> {
             0 => Some(0.0),
             // Records younger than a few commits are in flight, not a backlog: a quiet stream
             // (a few records every 10 s) has no rates to estimate from.
-            _ if row.lag_seconds < IN_FLIGHT_S => Some(0.0),
+            _ if row.lag_seconds < in_flight => Some(0.0),
             lag if gain > 0.0 => Some(lag as f64 / gain),
             _ => None,
         };
@@ -597,6 +614,7 @@ mod tests {
             collector: Some(CollectorStatus {
                 role: "leader".into(),
                 rows_per_s: 20.0,
+                max_file_age_s: Some(1.0),
                 streams: vec![
                     StreamStatus {
                         node: "gw1".into(),
@@ -649,6 +667,16 @@ mod tests {
         // Records in flight (under 10 s old) have no estimate to make, whatever the rates.
         let gw2 = c.streams.iter().find(|s| s.stream == "gw2/log/app").unwrap();
         assert_eq!((gw2.lag_records, gw2.catch_up_s), (10, Some(0.0)));
+        // With the default 30 s files, records 12 s old wait for their file's commit: in flight,
+        // and 45 s is no stall yet.
+        let mut default_age = snap.clone();
+        if let Some(c) = default_age.processes[0].collector.as_mut() {
+            c.max_file_age_s = None;
+        }
+        let d = assemble(&default_age);
+        let gw1 = d.streams.iter().find(|s| s.stream == "gw1/log/app").unwrap();
+        assert_eq!(gw1.catch_up_s, Some(0.0));
+        assert!(!d.problems.iter().any(|p| p.what.contains("not committed")), "{:?}", d.problems);
         assert_eq!(c.limits[0].allowed_per_s, 50.0);
         assert_eq!(c.limits[0].use_pct, 50.0);
         assert_eq!(c.limits[0].shares.len(), 2);

@@ -197,6 +197,9 @@ pub struct CollectorStatus {
     pub open_files: u64,
     /// Rows taken into its open files per second (committed with the file, at the next commit).
     pub rows_per_s: f64,
+    /// Its `max_file_age_ms` in seconds: how long a record may wait for its file's commit.
+    #[serde(default)]
+    pub max_file_age_s: Option<f64>,
     /// Every stream it writes.
     #[serde(default)]
     pub streams: Vec<StreamStatus>,

@@ -15,7 +15,7 @@ use switchboard_bus::histogram::{self, new_histogram, SCALE as HISTOGRAM_SCALE};
 
 use super::statsd::{Kind, Line, Value};
 
-/// Gauges not set for this many intervals stop being sent.
+/// Gauges stop being sent after this many rows in a row without a sample.
 pub const GAUGE_IDLE_INTERVALS: u32 = 30;
 
 enum State {
@@ -150,7 +150,8 @@ impl Aggregator {
             match state {
                 State::Counter { sum, samples } => rows.push(row(*sum, *samples, None)),
                 State::Gauge { value, samples, idle } => {
-                    if *idle >= GAUGE_IDLE_INTERVALS {
+                    // `idle`: intervals since the last sample; the row of that interval had it.
+                    if *idle > GAUGE_IDLE_INTERVALS {
                         return false;
                     }
                     rows.push(row(*value, *samples, None));
@@ -262,9 +263,14 @@ mod tests {
         feed(&mut a, &["g:1|g", "c:1|c"]);
         assert_eq!(a.add(&parse_line("other:1|c").unwrap()), Err(Refused::TooManySeries));
         feed(&mut a, &["c:1|c"]);
-        for i in 0..=GAUGE_IDLE_INTERVALS {
-            a.snapshot(u64::from(i), 1);
-        }
+        // The row with the sample, then 30 rows without one, then none.
+        let gauge_rows: Vec<u64> = (0..GAUGE_IDLE_INTERVALS + 5)
+            .flat_map(|i| a.snapshot(u64::from(i), 1))
+            .filter(|r| r.name == "g")
+            .map(|r| r.count)
+            .collect();
+        assert_eq!(gauge_rows.len() as u32, 1 + GAUGE_IDLE_INTERVALS);
+        assert_eq!((gauge_rows[0], gauge_rows.iter().skip(1).all(|&c| c == 0)), (1, true));
         assert!(a.is_empty());
     }
 
