@@ -167,20 +167,42 @@ impl Merger {
         if offset != 0 || !(1..=5).contains(&digits) {
             return Err(bad("unsupported normalizing offset or significant digits"));
         }
-        let encoded = &payload[V2_HEADER..];
-        let (first_lowest, first_digits, layout) =
+        let counts = &payload[V2_HEADER..];
+        let (first_lowest, first_digits, _) =
             self.layout.get_or_insert_with(|| (lowest, digits, Layout::new(lowest, digits)));
-        if (*first_lowest, *first_digits) == (lowest, digits) {
-            return add_flat(&mut self.counts, &mut self.rest, layout, encoded);
-        }
+        let flat = (*first_lowest, *first_digits) == (lowest, digits);
         let layout = Layout::new(lowest, digits);
-        let mut total = 0u64;
-        for_each_count(encoded, |index, n| {
-            let value = layout.value_at(index).ok_or_else(|| bad("bucket index out of range"))?;
-            self.rest.record_n(value, n).map_err(|e| HistogramError(format!("{e:?}")))?;
-            total = total.checked_add(n).ok_or_else(|| bad("the sample count overflows"))?;
-            Ok(())
-        })?;
+        let (mut pos, mut index, mut total) = (0usize, 0u64, 0u64);
+        while pos < counts.len() {
+            let (raw, used) = next_varint(counts, pos).ok_or_else(|| bad("truncated count"))?;
+            pos += used;
+            // ZigZag: an odd number is a run of `(raw >> 1) + 1` empty buckets, an even one the
+            // count `raw >> 1` of the next bucket. (`raw >> 1` < 2^63: the `+ 1` cannot overflow.)
+            let n = raw >> 1;
+            if raw & 1 == 1 {
+                index = index.checked_add(n + 1).ok_or_else(|| bad("bucket index overflows"))?;
+                continue;
+            }
+            if n > 0 {
+                match self.counts.get_mut(index as usize) {
+                    Some(count) if flat => {
+                        *count = count.checked_add(n).ok_or_else(|| bad("a bucket's count overflows"))?;
+                    }
+                    _ => {
+                        let value = layout.value_at(index).ok_or_else(|| bad("bucket index out of range"))?;
+                        if flat && (index as usize) < MAX_FLAT_BUCKETS {
+                            // Every index up to a valid one is valid: values grow with the index.
+                            self.counts.resize(index as usize + 1, 0);
+                            self.counts[index as usize] = n;
+                        } else {
+                            self.rest.record_n(value, n).map_err(|e| HistogramError(format!("{e:?}")))?;
+                        }
+                    }
+                }
+                total = total.checked_add(n).ok_or_else(|| bad("the sample count overflows"))?;
+            }
+            index = index.checked_add(1).ok_or_else(|| bad("bucket index overflows"))?;
+        }
         Ok(total)
     }
 
@@ -213,102 +235,11 @@ impl Merger {
     }
 }
 
-/// Buckets the flat array grows by past the highest one a histogram reached, so that the next
-/// histograms' counts near their top still take the fast path of [`add_flat`].
-const FLAT_HEADROOM: usize = 512;
-
-/// Add the V2 counts `encoded`, in the array's own `layout`, to `counts` (grown as needed, up to
-/// [`MAX_FLAT_BUCKETS`]; counts beyond go to `rest`). The samples added.
-///
-/// Almost every integer of a histogram's counts takes one or two bytes (a count, or a run of
-/// empty buckets), and whether the next is a count or a run, one byte or two, cannot be
-/// predicted: those are decoded without a branch. The next index is `index + 1`, plus the run's
-/// length for a run, and a run adds 0 to the bucket it starts at. Longer integers, and a bucket
-/// past the array, take the general path.
-fn add_flat(
-    counts: &mut Vec<u64>,
-    rest: &mut Histogram<u64>,
-    layout: &Layout,
-    encoded: &[u8],
-) -> Result<u64, HistogramError> {
-    let flat_limit = layout.buckets.min(MAX_FLAT_BUCKETS as u64) as usize;
-    let (mut pos, mut index, mut total) = (0usize, 0u64, 0u64);
-    while pos < encoded.len() {
-        if let (Some(&b0), Some(&b1)) = (encoded.get(pos), encoded.get(pos + 1)) {
-            // One byte (`b0` < 0x80), or two (`b0` ≥ 0x80 and `b1` < 0x80): `b0 & b1` < 0x80.
-            if (b0 & b1) < 0x80 && index < counts.len() as u64 {
-                let long = u64::from(b0 >> 7);
-                let raw = u64::from(b0 & 0x7f) | ((u64::from(b1 & 0x7f) << 7) & long.wrapping_neg());
-                let (n, run) = (raw >> 1, raw & 1);
-                let count = n & run.wrapping_sub(1); // `n` for a count, 0 for a run
-                let at = index as usize; // below `counts.len()`
-                counts[at] = counts[at].checked_add(count).ok_or_else(|| bad("a bucket's count overflows"))?;
-                total = total.checked_add(count).ok_or_else(|| bad("the sample count overflows"))?;
-                // `index` < 2^20 and `n` < 2^13: no overflow.
-                index += 1 + (n & run.wrapping_neg()); // 1, or `n + 1` for a run
-                pos += 1 + long as usize;
-                continue;
-            }
-        }
-        let (raw, used) = next_varint(encoded, pos).ok_or_else(|| bad("truncated count"))?;
-        pos += used;
-        let (n, run) = (raw >> 1, raw & 1 == 1);
-        if run {
-            // `n` < 2^63: the `+ 1` cannot overflow.
-            index = index.checked_add(n + 1).ok_or_else(|| bad("bucket index overflows"))?;
-            continue;
-        }
-        if n > 0 {
-            match counts.get_mut(index as usize) {
-                Some(count) => *count = count.checked_add(n).ok_or_else(|| bad("a bucket's count overflows"))?,
-                // Every index below the layout's bucket count is valid: values grow with it.
-                None if index < flat_limit as u64 => {
-                    counts.resize((index as usize + 1 + FLAT_HEADROOM).min(flat_limit), 0);
-                    counts[index as usize] = n;
-                }
-                None => {
-                    let value = layout.value_at(index).ok_or_else(|| bad("bucket index out of range"))?;
-                    rest.record_n(value, n).map_err(|e| HistogramError(format!("{e:?}")))?;
-                }
-            }
-            total = total.checked_add(n).ok_or_else(|| bad("the sample count overflows"))?;
-        }
-        index = index.checked_add(1).ok_or_else(|| bad("bucket index overflows"))?;
-    }
-    Ok(total)
-}
-
-/// Call `f(index, count)` for each non-empty bucket of the V2 counts `encoded`.
-fn for_each_count(
-    encoded: &[u8],
-    mut f: impl FnMut(u64, u64) -> Result<(), HistogramError>,
-) -> Result<(), HistogramError> {
-    let (mut pos, mut index) = (0usize, 0u64);
-    while pos < encoded.len() {
-        let (raw, used) = next_varint(encoded, pos).ok_or_else(|| bad("truncated count"))?;
-        pos += used;
-        // ZigZag: an odd number is a run of `(raw >> 1) + 1` empty buckets, an even one the
-        // count `raw >> 1` of the next bucket. (`raw >> 1` < 2^63: the `+ 1` cannot overflow.)
-        let n = raw >> 1;
-        if raw & 1 == 1 {
-            index = index.checked_add(n + 1).ok_or_else(|| bad("bucket index overflows"))?;
-            continue;
-        }
-        if n > 0 {
-            f(index, n)?;
-        }
-        index = index.checked_add(1).ok_or_else(|| bad("bucket index overflows"))?;
-    }
-    Ok(())
-}
-
 /// Where values fall in an HDR histogram of given lowest discernible value and precision.
 struct Layout {
     unit_magnitude: u32,
     half_count_magnitude: u32,
     half_count: u64,
-    /// Valid bucket indices: those below this.
-    buckets: u64,
 }
 
 impl Layout {
@@ -318,20 +249,7 @@ impl Layout {
         let single_unit = 2 * 10u64.pow(digits);
         let count_magnitude = 64 - (single_unit - 1).leading_zeros();
         let half_count_magnitude = count_magnitude.saturating_sub(1);
-        let mut layout =
-            Self { unit_magnitude, half_count_magnitude, half_count: 1 << half_count_magnitude, buckets: 0 };
-        // The first invalid index (valid ones are those below it: values grow with the index).
-        let (mut valid, mut invalid) = (0u64, 1u64 << 48);
-        while invalid - valid > 1 {
-            let mid = valid + (invalid - valid) / 2;
-            if layout.value_at(mid).is_some() {
-                valid = mid;
-            } else {
-                invalid = mid;
-            }
-        }
-        layout.buckets = invalid;
-        layout
+        Self { unit_magnitude, half_count_magnitude, half_count: 1 << half_count_magnitude }
     }
 
     /// The lowest value counted at `index`; `None` beyond `u64`.
@@ -435,9 +353,9 @@ mod tests {
     }
 
     /// Dense histograms (latencies of a few milliseconds in microseconds): one-byte counts and
-    /// runs, on the fast path.
+    /// runs.
     #[test]
-    fn dense_histograms_merge_exactly_on_the_fast_path() {
+    fn dense_histograms_merge_exactly() {
         let mut x = 0x2545_f491_4f6c_dd1du64;
         let (mut by_decode, mut merger) = (new_histogram(), Merger::new());
         for round in 0..300u64 {
@@ -456,7 +374,7 @@ mod tests {
     }
 
     #[test]
-    fn a_count_that_overflows_on_the_fast_path_is_refused() {
+    fn one_byte_counts_that_overflow_a_bucket_are_refused() {
         let mut merger = Merger::new();
         // Bucket 1000 reaches u64::MAX through multi-byte counts...
         for n in [1u64 << 62, 1 << 62, 1 << 62, (1 << 62) - 1] {
@@ -464,7 +382,7 @@ mod tests {
             big.record_n(1_000, n).unwrap();
             merger.add(&encode(&big).unwrap()).unwrap();
         }
-        // ... then one-byte counts from 1000 up (the fast path) pass it.
+        // ... then one-byte counts from 1000 up pass it.
         let mut dense = new_histogram();
         for v in 1_000..1_016 {
             dense.record(v).unwrap();
@@ -476,8 +394,6 @@ mod tests {
     #[test]
     fn a_bucket_index_past_u32_buckets_is_out_of_range_not_wrapped() {
         let layout = Layout::new(1, 3);
-        assert!(layout.value_at(layout.buckets - 1).is_some());
-        assert!(layout.value_at(layout.buckets).is_none());
         // Bucket 2^32 would wrap to bucket 0 if cast.
         assert!(layout.value_at(((1u64 << 32) + 1) << layout.half_count_magnitude).is_none());
     }
