@@ -215,7 +215,7 @@ impl Collector {
             match open_dataset(&config, &store, &stats).await {
                 Ok(opened) => break opened,
                 Err(e) if e.store_unreachable() => {
-                    let why = format!("{e} (retrying every {} s)", starting::RETRY.as_secs());
+                    let why = format!("{e} (trying again in {} s)", starting::RETRY.as_secs());
                     tracing::warn!("the dataset's store does not answer at start: {why}");
                     if waiting.is_none() {
                         if let Some((addr, listener, access)) = &http {

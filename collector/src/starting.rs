@@ -10,7 +10,7 @@ use switchboard_bus::keys::Role;
 use switchboard_bus::status::ProcessStatus;
 use tokio_util::sync::CancellationToken;
 
-/// How long a collector waits between two attempts to read a store that did not answer.
+/// How long a collector waits after a failed attempt to read its store before the next one.
 pub(crate) const RETRY: Duration = Duration::from_secs(5);
 
 /// The `/health` of a collector waiting for its store.
