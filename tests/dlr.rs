@@ -274,8 +274,18 @@ fn with_two_copies_every_node_answers_from_its_store_and_records_outlive_two_nod
     assert_eq!((code, res["outcome"].as_str()), (200, Some("owner_down")), "{res}");
     let (_, res) = post(&c, "c", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "7", "local": true}));
     assert_eq!((res["record"]["state"].as_str(), res["record"]["status"].as_str()), (Some("closed"), Some("UNDELIV")));
+    let (code, _) = post(&c, "c", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "999999", "local": true}));
+    assert_eq!(code, 404);
+    // Local resolves are counted as the others are: one answered here, one not found.
+    assert_eq!((dlr_counter(&c, "c", "answered_here"), dlr_counter(&c, "c", "not_found")), (n as u64 + 1, 1));
     let (_, res) = post(&c, "c", "/v1/dlr/report", json!({"connector": "dec", "msg_id": "7", "status": "UNDELIV"}));
     assert_eq!(res["outcome"], "duplicate", "{res}");
+    // The repeat is counted and written to the dlr table's events, as on a live owner.
+    assert_eq!(dlr_counter(&c, "c", "duplicates"), 1);
+    let events = std::fs::read_to_string(c.agent_state("c").join("dlr/events.log")).unwrap();
+    let repeats: Vec<&str> = events.lines().filter(|l| l.contains(r#""event":"duplicate""#)).collect();
+    assert_eq!(repeats.len(), 1, "{events}");
+    assert!(repeats[0].contains(r#""id":"7""#) && repeats[0].contains(r#""status":"UNDELIV""#), "{}", repeats[0]);
 
     // A second node dies: the last one still answers every record, and knows 7 was closed.
     b.proc.take().unwrap().kill();

@@ -418,11 +418,21 @@ fn the_store_stopped_for_a_while_loses_nothing_and_health_says_why() {
     let standby = g.members[j].name.clone();
     g.members[j].proc.take().unwrap().kill();
     g.restart(j);
+    // It answers at once, before its first attempt has timed out (3 s here).
+    let at_once = wait_until(Duration::from_millis(2500), || {
+        let (code, h) = health(&g.c, &standby);
+        code == 503 && h["role"] == "starting"
+    });
+    assert!(at_once, "{standby} restarted: /health {:?}\n{}", health(&g.c, &standby), g.logs());
     let waiting = wait_until(Duration::from_secs(20), || {
         let (code, h) = health(&g.c, &standby);
         code == 503 && h.to_string().contains("does not answer")
     });
     assert!(waiting, "{standby} restarted while the store is down: {:?}\n{}", health(&g.c, &standby), g.logs());
+    let (_, metrics) = g.c.http_get(&standby, "/metrics");
+    for line in ["switchboard_health_status 2", "switchboard_collector_store_failing 1"] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
     // 30 s without a store in all.
     std::thread::sleep(Duration::from_secs(30).saturating_sub(paused.elapsed()));
     eprintln!("resuming the S3 server");

@@ -131,6 +131,7 @@ fn status_shows_the_cluster_and_a_killed_node_as_gone_with_exit_codes() {
     }
     let collectors = s["collectors"].as_array().unwrap();
     assert_eq!((collectors.len(), collectors[0]["role"].as_str()), (1, Some("leader")), "{s:#}");
+    assert_eq!(collectors[0]["max_file_age_s"].as_f64(), Some(0.3), "max_file_age_ms = 300: {s:#}");
     assert_eq!(s["limits"][0]["shares"].as_object().map(|o| o.len()), Some(3), "{s:#}");
 
     let (code, text, _) = status(&c, &c.endpoint, &[]);

@@ -18,8 +18,8 @@
 //! - `intake`: the sink thread (payloads, replays and heads in arrival order; drain at stop);
 //! - `replay`: the replay client that fetches missing ranges from agents;
 //! - `watermarks`: publishing what is committed, per node;
-//! - `report`: `/health` and `/metrics`; `starting`: `/health` while the store does not answer
-//!   at start.
+//! - `report`: `/health` and `/metrics`; `starting`: `/health` until the collector has joined
+//!   (and while the store does not answer at start).
 //!
 //! [`Collector::start`] finds the end of the commit log, runs recovery, subscribes, then announces
 //! the collector on the bus (so agents that wait for a collector only publish once the
@@ -209,24 +209,27 @@ impl Collector {
         let spool =
             c.spool_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("switchboard-spool-{name}")));
         let store = store::Store::open(&c.location()?, &c.store, spool)?;
-        // A store that does not answer is waited for, with `/health` failing meanwhile.
-        let mut waiting: Option<(Arc<starting::Starting>, CancellationToken)> = None;
+        // Until it has joined, `/health` fails with what it is doing (a store that does not
+        // answer is waited for).
+        let starting = match &http {
+            Some((addr, listener, access)) => Some(
+                starting::Starting::serve(&name, listener, access, &cancel)
+                    .map_err(|source| CollectorError::Http { addr: *addr, source })?,
+            ),
+            None => None,
+        };
+        let set_problem = |why: String, store_failing: bool| {
+            if let Some((report, _)) = &starting {
+                report.set_problem(why, store_failing);
+            }
+        };
         let (commit_log, mut sink) = loop {
             match open_dataset(&config, &store, &stats).await {
                 Ok(opened) => break opened,
                 Err(e) if e.store_unreachable() => {
                     let why = format!("{e} (trying again in {} s)", starting::RETRY.as_secs());
                     tracing::warn!("the dataset's store does not answer at start: {why}");
-                    if waiting.is_none() {
-                        if let Some((addr, listener, access)) = &http {
-                            let serving = starting::Starting::serve(&name, listener, access, &cancel)
-                                .map_err(|source| CollectorError::Http { addr: *addr, source })?;
-                            waiting = Some(serving);
-                        }
-                    }
-                    if let Some((report, _)) = &waiting {
-                        report.set_problem(format!("the dataset's store does not answer: {why}"));
-                    }
+                    set_problem(format!("the dataset's store does not answer: {why}"), true);
                     tokio::select! {
                         _ = cancel.cancelled() => return Err(e),
                         _ = tokio::time::sleep(starting::RETRY) => {}
@@ -235,9 +238,7 @@ impl Collector {
                 Err(e) => return Err(e),
             }
         };
-        if let Some((_, stop)) = waiting {
-            stop.cancel();
-        }
+        set_problem("joining the bus".to_owned(), false);
         let latest = Arc::new(latest::LatestMetrics::new(LATEST_SERIES));
 
         let mut bus = config.bus.clone();
@@ -358,6 +359,9 @@ impl Collector {
         });
         tracker.spawn(switchboard_bus::status::sample_rates(report.clone(), cancel.clone()));
         switchboard_bus::status::serve(&session, &keys, Role::Collector, &name, report.clone(), cancel.clone()).await?;
+        if let Some((_, stop)) = starting {
+            stop.cancel();
+        }
         if let Some((addr, listener, access)) = http {
             let page = switchboard_bus::status::page::StatusPage::new(
                 session.clone(),

@@ -1,6 +1,7 @@
-//! What a collector answers while the store it must read before anything else does not answer
-//! (an object store that is down or unreachable at start): `/health` fails with the store's
-//! error, and the collector retries until the store answers or it is stopped.
+//! What a collector answers from the moment its HTTP port is bound until it has joined the
+//! group: `/health` fails with `"role": "starting"` and what it is doing, or the store's error
+//! while the store it must read before anything else does not answer (an object store that is
+//! down or unreachable at start; the collector retries until the store answers or it is stopped).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,7 +18,8 @@ pub(crate) const RETRY: Duration = Duration::from_secs(5);
 pub(crate) struct Starting {
     name: String,
     started_at_ms: u64,
-    problem: Mutex<String>,
+    /// What it is doing, and whether that is waiting for a store that failed.
+    problem: Mutex<(String, bool)>,
 }
 
 impl Starting {
@@ -32,7 +34,7 @@ impl Starting {
         let me = Arc::new(Self {
             name: name.to_owned(),
             started_at_ms: switchboard_bus::status::now_ms(),
-            problem: Mutex::new(String::new()),
+            problem: Mutex::new(("reading the dataset's commit log".to_owned(), false)),
         });
         let copy = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
         let stop = cancel.child_token();
@@ -47,27 +49,34 @@ impl Starting {
         Ok((me, stop))
     }
 
-    /// Say why the collector is not running yet.
-    pub(crate) fn set_problem(&self, why: String) {
-        *self.problem.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    /// Say why the collector is not running yet; `store_failing` when the store does not answer.
+    pub(crate) fn set_problem(&self, why: String, store_failing: bool) {
+        *self.problem.lock().unwrap_or_else(|p| p.into_inner()) = (why, store_failing);
     }
 }
 
 impl Report for Starting {
     fn health(&self) -> Health {
-        let problem = self.problem.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (problem, _) = self.problem.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut details = serde_json::Map::new();
         details.insert("role".into(), "starting".into());
         Health { failing: vec![problem], degraded: Vec::new(), details }
     }
 
     fn metrics(&self) -> String {
+        let store_failing = self.problem.lock().unwrap_or_else(|p| p.into_inner()).1;
         let mut m = Metrics::new();
         m.gauge(
             "switchboard_collector_leader",
             "1 while this collector writes the dataset, 0 while it stands by.",
             0.0,
+        )
+        .gauge(
+            "switchboard_collector_store_failing",
+            "1 while the dataset's store answers with errors.",
+            f64::from(u8::from(store_failing)),
         );
+        self.health().gauge(&mut m);
         m.finish()
     }
 

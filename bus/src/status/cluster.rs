@@ -101,6 +101,10 @@ pub struct CollectorRow {
     pub last_commit_age_s: Option<f64>,
     /// The store's error, while it lasts.
     pub store_error: Option<String>,
+    /// Its `max_file_age_ms`, in seconds (how long a record may wait for its file's commit),
+    /// when it said.
+    #[serde(default)]
+    pub max_file_age_s: Option<f64>,
 }
 
 impl CollectorRow {
@@ -132,7 +136,8 @@ pub struct StreamRow {
     pub lines_per_s: f64,
     /// Records committed per second.
     pub committed_per_s: f64,
-    /// At the current rates, seconds until the lag is gone (none: not catching up).
+    /// At the current rates, seconds until the lag is gone: 0 with no lag or while what waits
+    /// is in flight (the text's `-`), none when not catching up.
     pub catch_up_s: Option<f64>,
 }
 
@@ -361,6 +366,7 @@ pub fn assemble(snap: &Snapshot) -> ClusterStatus {
                     rows_per_s: c.map_or(0.0, |c| c.rows_per_s),
                     last_commit_age_s: c.and_then(|c| c.last_commit_age_s),
                     store_error: c.and_then(|c| c.store_error.clone()),
+                    max_file_age_s: c.and_then(|c| c.max_file_age_s),
                 });
             }
             _ => {}

@@ -72,8 +72,10 @@ impl DlrService {
     pub fn resolve_local(&self, connector: &str, msg_id: &str, form: IdForm) -> Result<Resolution, DlrError> {
         let canonical = self.canonical(connector, msg_id, form)?;
         let Some(reply) = self.answer(connector, &canonical, None)? else {
+            self.stats.not_found.fetch_add(1, Ordering::Relaxed);
             return Err(DlrError::NotFound { connector: connector.into(), msg_id: msg_id.into() });
         };
+        self.stats.answered_here.fetch_add(1, Ordering::Relaxed);
         Ok(Resolution {
             owner_alive: reply.record.owner == self.node
                 || self.membership.live_of(Role::Agent).contains(&reply.record.owner),
@@ -141,8 +143,7 @@ impl DlrService {
     /// one that cannot be is logged, and the owner's first pass when it returns mends it.
     async fn report_to_replica(&self, res: &mut Resolution, report: &DlrReport) -> Result<(), DlrError> {
         if !res.record.is_open() {
-            res.outcome = Some(Outcome::Duplicate);
-            self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            self.log_duplicate(res, report);
             return Ok(());
         }
         res.outcome = Some(Outcome::OwnerDown);
@@ -163,8 +164,7 @@ impl DlrService {
         if let Some(newer) = ack.newer.into_iter().next() {
             // Another node closed it first.
             res.record = newer;
-            res.outcome = Some(Outcome::Duplicate);
-            self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            self.log_duplicate(res, report);
             return Ok(());
         }
         let rest = futures::future::join_all(others.iter().map(|node| replicate::send(self, node, &put))).await;
@@ -176,6 +176,16 @@ impl DlrService {
         res.record = closed;
         self.log_handled_here(res, report);
         Ok(())
+    }
+
+    /// A repeat of a DLR whose record a copy holds closed (its owner down): counted and logged
+    /// as the owner logs one.
+    fn log_duplicate(&self, res: &mut Resolution, report: &DlrReport) {
+        res.outcome = Some(Outcome::Duplicate);
+        self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+        let mut line = Vec::new();
+        DlrEvent::of(EventKind::Duplicate, &res.record, &self.node).with_report(report).write_to(&mut line);
+        self.log_events(&line);
     }
 
     /// Log a DLR this node's gateway handles itself (`owner_down`).
