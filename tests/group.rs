@@ -552,3 +552,27 @@ fn a_collector_whose_promoted_types_differ_never_writes_and_says_why() {
     assert!(claims_in(&c.dataset()).iter().all(|w| w == "c1"), "{:?}", claims_in(&c.dataset()));
     c3.stop();
 }
+
+/// The commit log removed under a running leader (a store emptied or restored by mistake): the
+/// leader finds its own claim gone within seconds and `/health` fails saying so, while it goes
+/// on committing what the agents send.
+#[test]
+fn a_leader_whose_claim_left_the_store_says_so() {
+    let mut g = Group::start(local, 1);
+    let i = g.leader();
+    let name = g.members[i].name.clone();
+    let committed = wait_until(Duration::from_secs(30), || last_commit_age(&g.c, &name).is_some());
+    assert!(committed, "{name} never committed\n{}", g.logs());
+    std::fs::remove_dir_all(g.c.dataset().join("_switchboard/log")).unwrap();
+    let said = wait_until(Duration::from_secs(30), || {
+        let (code, h) = health(&g.c, &name);
+        code == 503 && h.to_string().contains("lost this leader's claim")
+    });
+    assert!(said, "{name}: {:?}\n{}", health(&g.c, &name), g.logs());
+    let before = last_commit_age(&g.c, &name).unwrap_or(f64::MAX);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(last_commit_age(&g.c, &name).unwrap_or(f64::MAX) < before.max(1.0), "{name} stopped committing");
+    for w in std::mem::take(&mut g.writers) {
+        w.stop();
+    }
+}

@@ -18,11 +18,13 @@ use switchboard_bus::tables::ColumnType;
 use switchboard_bus::Membership;
 use tokio_util::sync::CancellationToken;
 
-use crate::log::{Appended, CommitLog, FileEntry, Kind, Record, HINT_EVERY, STAGING_DIR};
+use crate::log::{slot_key, Appended, CommitLog, FileEntry, Kind, Record, HINT_EVERY, STAGING_DIR};
 use crate::store::{Store, StoreError};
 
 /// How often the log is read.
 pub const TICK: Duration = Duration::from_millis(200);
+/// How often a leader that commits checks that its claim is still in the log.
+const CLAIM_CHECK: Duration = Duration::from_secs(10);
 /// After being fenced, wait this long before claiming again (doubling up to [`MAX_BACKOFF`]).
 const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 /// The longest wait before claiming again.
@@ -58,6 +60,9 @@ pub struct GroupStatus {
     /// dataset from it), until that collector is seen or [`SPLIT_QUIET`] passes without another
     /// fence by a collector it cannot see.
     pub split: Option<String>,
+    /// Why the log lost this leader's claim (the store was emptied or restored under it), until
+    /// it claims again.
+    pub claim_lost: Option<String>,
 }
 
 /// The outcome of [`Group::commit`].
@@ -102,6 +107,8 @@ pub struct Group {
     /// partition; and when this collector first read of it.
     holder_seen_live: Option<(String, bool, Instant)>,
     commits_since_hint: u64,
+    /// When the leader last checked that its claim is still in the log.
+    claim_checked: Instant,
     /// Another process writes under this collector's name: it never claims again.
     twin: bool,
     /// The collector this one could not see when it last took the dataset from it, and when.
@@ -144,6 +151,7 @@ impl Group {
             claim_not_before: None,
             holder_seen_live: None,
             commits_since_hint: 0,
+            claim_checked: Instant::now(),
             twin: false,
             split: None,
             columns,
@@ -422,6 +430,7 @@ impl Group {
             s.epoch = Some(epoch);
             s.leader = Some(self.name.clone());
             s.takeovers += 1;
+            s.claim_lost = None;
         });
         tracing::warn!(
             epoch,
@@ -528,10 +537,29 @@ impl Group {
             self.log.write_hint(&self.store).await;
         }
         self.update(|s| s.last_commit = Some(Instant::now()));
+        if self.claim_checked.elapsed() >= CLAIM_CHECK {
+            self.claim_checked = Instant::now();
+            self.check_claim_kept(epoch).await;
+        }
         if self.claim_not_before.is_none_or(|t| t.elapsed() > MAX_BACKOFF) {
             self.backoff = FIRST_BACKOFF;
         }
         Commit::Done
+    }
+
+    /// Records are never removed from the log, so a leader's own claim that is gone means the
+    /// store lost the log's beginning under this writer (emptied, or restored from a backup), and
+    /// with it what was committed before: said in `/health` (failing) and logged. Writing goes on,
+    /// so the agents' data still reaches the store; the operator restores (docs/operations.md).
+    async fn check_claim_kept(&mut self, epoch: u64) {
+        if let Ok(false) = self.store.exists(&slot_key(epoch)).await {
+            let why = format!(
+                "the commit log lost this leader's claim (slot {epoch}): the store was emptied or restored under \
+                 it, and what was committed before may be gone from the dataset (docs/operations.md, backups)"
+            );
+            tracing::error!("{why}");
+            self.update(|s| s.claim_lost = Some(why));
+        }
     }
 
     async fn discard(&self, files: &[FileEntry]) {

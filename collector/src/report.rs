@@ -57,6 +57,7 @@ impl switchboard_bus::http::Report for CollectorReport {
         h.failing.extend(st.failing.clone());
         h.failing.extend(group.store_error.clone());
         h.failing.extend(group.refused.clone());
+        h.failing.extend(group.claim_lost.clone());
         let conflicted = self.writers.lock().map(|w| w.conflicted(Instant::now())).unwrap_or_default();
         for node in &conflicted {
             h.degraded.push(format!(
