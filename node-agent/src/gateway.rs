@@ -145,6 +145,8 @@ pub struct GatewayStats {
     pub unknown_requests: AtomicU64,
     /// Lines over [`MAX_LINE`] (the connection is closed).
     pub lines_too_long: AtomicU64,
+    /// Bytes after the last newline when a connection ended: a request cut short, not carried out.
+    pub unterminated_lines: AtomicU64,
 }
 
 /// What answers the requests: the limits and the DLR index, whichever this node runs.
@@ -357,6 +359,8 @@ pub(crate) trait LineService {
     }
     /// A line over [`MAX_LINE`] bytes arrived; it is refused and the connection closed.
     fn refuse_long_line(&self);
+    /// The connection ended after a request without its newline, which is not carried out.
+    fn drop_unterminated_line(&self);
 }
 
 impl LineService for Gateway {
@@ -372,6 +376,10 @@ impl LineService for Gateway {
 
     fn refuse_long_line(&self) {
         self.stats.lines_too_long.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn drop_unterminated_line(&self) {
+        self.stats.unterminated_lines.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -463,15 +471,7 @@ where
             _ = write_done.notified(), if writing => {}
             n = read_line(&mut reader, &mut line), if may_read => {
                 match n {
-                    // The end of the stream: a last line without its newline is still answered.
-                    Ok(0) | Err(_) => {
-                        reading = false;
-                        if !line.is_empty() && line.len() <= MAX_LINE {
-                            let mut now = Vec::new();
-                            let later = service.answer_line(&line, &mut now);
-                            due.push(later.unwrap_or_else(|| Box::pin(std::future::ready(now))), false);
-                        }
-                    }
+                    Ok(0) | Err(_) => reading = false,
                     Ok(_) if line.len() > MAX_LINE => {
                         service.refuse_long_line();
                         // The answers to the lines before it go first.
@@ -483,6 +483,14 @@ where
                             close_gently(reader, write).await;
                         }
                         return;
+                    }
+                    // The stream ended inside a line, cut short (a gateway that crashed
+                    // mid-write): `ACQUIRE k 12` cut to `ACQUIRE k 1` must not be carried out,
+                    // with nobody left to read the answer.
+                    Ok(_) if line.last() != Some(&b'\n') => {
+                        reading = false;
+                        service.drop_unterminated_line();
+                        tracing::debug!(bytes = line.len(), "a gateway connection ended inside a request: not carried out");
                     }
                     Ok(_) => {
                         let mut now = Vec::new();
@@ -563,9 +571,9 @@ mod tests {
     /// Answers from the request alone: `PONG` for `PING`, `ECHO <line>` for anything else, and
     /// for `SLOW <ms> <tag>` the answer `SLOW <tag>` after that long, so the order of answers
     /// shows. `WRITE <ms> <n>` sets a shared number after that long (a write), `READ` answers it
-    /// at once.
+    /// at once. The second number counts requests dropped for their missing newline.
     #[derive(Default)]
-    struct Echo(Arc<AtomicU64>);
+    struct Echo(Arc<AtomicU64>, AtomicU64);
 
     impl LineService for Echo {
         fn writes(&self, line: &[u8]) -> bool {
@@ -604,6 +612,10 @@ mod tests {
         }
 
         fn refuse_long_line(&self) {}
+
+        fn drop_unterminated_line(&self) {
+            self.1.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// A connection served by [`Echo`]: the gateway's end of the socket and the serving task.
@@ -649,6 +661,27 @@ mod tests {
             assert!(tail.is_empty(), "split at {split}: unexpected answers {:?}", String::from_utf8_lossy(&tail));
             served.await.unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn a_request_cut_short_by_the_end_of_the_connection_is_not_carried_out() {
+        let (mut gateway, agent) = UnixStream::pair().unwrap();
+        let echo = Arc::new(Echo::default());
+        let served = tokio::spawn({
+            let echo = echo.clone();
+            async move {
+                let (read, write) = agent.into_split();
+                answer_requests(read, write, &*echo, &CancellationToken::new()).await;
+            }
+        });
+        // `WRITE 0 12` cut after its `1`: the complete line before it is answered, the rest not.
+        gateway.write_all(b"PING\nWRITE 0 1").await.unwrap();
+        gateway.shutdown().await.unwrap();
+        let mut tail = Vec::new();
+        gateway.read_to_end(&mut tail).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&tail), "PONG\n");
+        served.await.unwrap();
+        assert_eq!((echo.0.load(Ordering::Relaxed), echo.1.load(Ordering::Relaxed)), (0, 1), "written, dropped");
     }
 
     #[tokio::test]

@@ -327,6 +327,11 @@ impl Report for AgentReport {
                 "switchboard_agent_gateway_lines_too_long_total",
                 "Request lines over 64 KiB (the connection is closed).",
                 g(&s.lines_too_long),
+            )
+            .counter(
+                "switchboard_agent_gateway_unterminated_lines_total",
+                "Connections that ended inside a request (no newline after it): not carried out.",
+                g(&s.unterminated_lines),
             );
         }
         if let Some(d) = &self.dlr {
