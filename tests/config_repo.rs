@@ -542,6 +542,17 @@ fn a_failed_reload_keeps_the_old_revision_local_edits_are_never_overwritten_and_
     assert!(out.contains("keeping global/limits.toml of revision"), "{out}");
     let (code, show) = config_cli(&c, &ep, &["show", "head", "global/limits.toml"]);
     assert_eq!((code, show.as_str()), (0, "[[limit]]\nkey = \"operator:*\"\nrate = 50\n"));
+    // A node that joins now takes the head's limits as revision 7, the one that set them, as the
+    // nodes that were there name them, not as the head that only carried them.
+    let _b = c.start_limits_agent("gw2", &ep, "", &repo_table(""));
+    let revision_of = |node: &str| {
+        let (_, limits) = c.http_get(node, "/v1/limits");
+        serde_json::from_str::<Value>(&limits).ok().and_then(|v| v["revision"].as_u64()).unwrap_or(0)
+    };
+    assert!(wait_until(Duration::from_secs(20), || revision_of("gw2") != 0), "{}", revision_of("gw2"));
+    assert_eq!((revision_of("gw1"), revision_of("gw2")), (7, 7));
+    let (ok, history) = c.limits_cli(&a.endpoint(), &["history"]);
+    assert!(ok && !history.contains("revision 10"), "{history}");
     drop(a);
 }
 

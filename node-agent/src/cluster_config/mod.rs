@@ -51,7 +51,25 @@ const MAX_FAILED: usize = 100;
 /// Longest reload output kept.
 const MAX_OUTPUT: usize = 2048;
 
-/// Called with each new head of the repository and, if it has one, its `global/limits.toml`.
+/// The revision that set the limits `head` carries: following first parents through the
+/// revisions held while `global/limits.toml` stays the same, so that every node names the same
+/// revision (its author, time and message) for the same limits, however late it joined.
+fn limits_origin<'a>(store: &'a Store, head: &'a Revision) -> &'a Revision {
+    let limits = |r: &Revision| r.files.get(LIMITS_FILE).map(|f| f.sha256.clone());
+    let wanted = limits(head);
+    let mut at = head;
+    // Each step goes to an older revision held, so this ends; the count bounds it besides.
+    for _ in 0..store.summaries().len() {
+        match at.parents.first().and_then(|p| store.revision(p)) {
+            Some(parent) if limits(parent) == wanted => at = parent,
+            _ => break,
+        }
+    }
+    at
+}
+
+/// Called with each new head of the repository (as the revision that set its limits, see
+/// `limits_origin`) and, if it has one, its `global/limits.toml`.
 pub type HeadHook = Arc<dyn Fn(&Revision, Option<&[u8]>) + Send + Sync>;
 
 /// How a plan says a content of the store is missing.
@@ -468,7 +486,7 @@ impl Inner {
         if self.hooked.as_deref() != Some(&head) {
             if let Some(hook) = &self.hook {
                 let limits = rev.files.get(LIMITS_FILE).and_then(|f| self.store.blob(&f.sha256).ok().flatten());
-                hook(&rev, limits.as_deref());
+                hook(limits_origin(&self.store, &rev), limits.as_deref());
             }
             self.hooked = Some(head.clone());
         }
