@@ -412,6 +412,9 @@ pub fn assemble(snap: &Snapshot) -> ClusterStatus {
         problem("degraded", format!("an unreadable status answer: {u}"));
     }
     // Problems: failing first, then in the order found.
+    // One line per problem, however many ways it was found.
+    let mut seen = BTreeSet::new();
+    problems.retain(|p| seen.insert((p.severity.clone(), p.what.clone())));
     problems.sort_by_key(|p| p.severity != "failing");
     let level = if snap.processes.is_empty() && snap.live.is_empty() {
         Level::Unreachable
