@@ -235,6 +235,29 @@ pub struct Conn {
     pub repo: ClusterRepo,
 }
 
+/// The nodes the cluster saw leave and that are not back (their names, and since when), from the
+/// processes' own views: a node that is down answers nothing of the repository.
+async fn down_nodes(session: &zenoh::Session, keys: &KeySpace) -> BTreeMap<String, Option<u64>> {
+    let Ok(snap) = switchboard_bus::status::fetch(session, keys, Duration::from_secs(1)).await else {
+        return BTreeMap::new();
+    };
+    let cluster = switchboard_bus::status::cluster::assemble(&snap);
+    cluster.nodes.into_iter().filter(|n| !n.alive).map(|n| (n.name, n.gone_since_ms)).collect()
+}
+
+/// `gw3 is down (gone since 12:00:01, 5m ago)`.
+fn down_text(node: &str, since: Option<u64>) -> String {
+    let now = switchboard_bus::status::now_ms();
+    match since {
+        Some(at) => format!(
+            "{node} is down (gone since {}, {} ago)",
+            switchboard_bus::status::cluster::clock(at),
+            switchboard_bus::status::cluster::ago(now, at)
+        ),
+        None => format!("{node} is down"),
+    }
+}
+
 /// Join the bus and read every node's state; an error when no node answers.
 pub async fn connect(bus: &BusArgs) -> Result<Conn> {
     let (session, keys) = open(bus).await?;
@@ -392,7 +415,13 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
                 .chain(states.flat_map(|s| std::iter::once(s.node.as_str()).chain(s.subcluster.as_deref())))
                 .collect();
             let layers: BTreeSet<&str> = files.keys().filter_map(|p| p.split('/').next()).collect();
-            for layer in layers.difference(&readers) {
+            let unread: Vec<&&str> = layers.difference(&readers).collect();
+            let down = if unread.is_empty() { BTreeMap::new() } else { down_nodes(session, keys).await };
+            for layer in unread {
+                if let Some(since) = down.get(*layer) {
+                    out!("note: {layer}/ is for {}: it takes this revision when it starts", down_text(layer, *since));
+                    continue;
+                }
                 let read: Vec<String> = readers.iter().map(|r| format!("{r}/")).collect();
                 out!("note: no node that answered reads {layer}/ (they read {})", read.join(", "));
             }
@@ -688,6 +717,11 @@ async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
         }
     }
     problems.extend(repo.errors.iter().map(|e| format!("unreadable answer: {e}")));
+    for (node, since) in down_nodes(&session, &keys).await {
+        if !repo.states.values().any(|s| s.node == node) {
+            problems.push(format!("{}: it applies the head when it starts", down_text(&node, since)));
+        }
+    }
     if json {
         let doc = serde_json::json!({
             "heads": heads,

@@ -250,6 +250,17 @@ fn a_push_reaches_every_node_at_once_readers_never_see_two_revisions_and_a_node_
         .state("gw1")
         .and_then(|s| s.applied)
         .is_some_and(|a| a.id == r103)));
+    // `config status` names the node that is down, and a push's note says whom its layer is for.
+    let ep = [a.endpoint()];
+    let (code, text) = config_cli(&c, &ep, &["status"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("gw3 is down (gone since") && text.contains("applies the head when it starts"), "{text}");
+    let mut with_gw3 = numbered_tree(103);
+    with_gw3.push(("gw3/node.conf", "gw3\n".into()));
+    let dir = tree(&c, "with-gw3", &with_gw3);
+    let (code, out) = config_cli(&c, &ep, &["push", "--dry-run", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("note: gw3/ is for gw3 is down"), "{out}");
     let restarted = Instant::now();
     let d = c.restart_limits_agent("gw3", gw3_port, &[a.endpoint(), b.endpoint()], "", &reload("gw3"));
     let caught_up = wait_until(Duration::from_secs(20), || {
