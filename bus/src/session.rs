@@ -6,6 +6,8 @@
 //! [`announce`] declares the process's liveliness token (`<prefix>/<role>/<name>`), which lives as
 //! long as the returned token (or the process) does.
 
+use std::time::Duration;
+
 use zenoh::liveliness::LivelinessToken;
 use zenoh::Session;
 
@@ -14,7 +16,7 @@ use crate::keys::{KeyError, KeySpace, Role};
 use crate::tls::{IdRole, Identity, TlsError};
 
 /// How often a process without TLS says so again.
-const PLAIN_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+const PLAIN_WARNING_EVERY: Duration = Duration::from_secs(600);
 
 /// A bus session could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +178,20 @@ fn insert(zc: &mut zenoh::Config, key: &str, value: &serde_json::Value) -> Resul
         leaf => zc
             .insert_json5(key, &leaf.to_string())
             .map_err(|e| SessionError::Zenoh(format!("setting {key} = {leaf}: {e}"))),
+    }
+}
+
+/// How long leaving the bus may take. zenoh's close waits on its links' tasks, and when the
+/// cluster's processes stop together it sometimes waits 10 s for peers that are closing too;
+/// everything this process had to send is sent before it leaves, so the rest is cut short.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Leave the bus: close `session` within [`CLOSE_TIMEOUT`].
+pub async fn close(session: &Session) {
+    match tokio::time::timeout(CLOSE_TIMEOUT, session.close()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "closing the bus session"),
+        Err(_) => tracing::debug!("the bus session took over {CLOSE_TIMEOUT:?} to close; leaving it"),
     }
 }
 

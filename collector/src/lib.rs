@@ -415,9 +415,7 @@ impl Collector {
     pub async fn wait(self) {
         self.tracker.wait().await;
         drop(self.token);
-        if let Err(e) = self.session.close().await {
-            tracing::debug!(error = %e, "closing the bus session");
-        }
+        switchboard_bus::session::close(&self.session).await;
         tracing::info!("collector stopped");
     }
 }

@@ -405,9 +405,7 @@ impl Agent {
     pub async fn wait(self) {
         self.tracker.wait().await;
         drop(self._token);
-        if let Err(e) = self.session.close().await {
-            tracing::debug!(error = %e, "closing the bus session");
-        }
+        switchboard_bus::session::close(&self.session).await;
         tracing::info!("agent stopped");
     }
 }
