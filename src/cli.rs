@@ -120,6 +120,9 @@ pub enum Command {
         /// Output format.
         #[arg(long, short, value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// Write the report to this file instead of standard output (required for parquet).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
         /// Also draw a time series report as an SVG chart into this file (only time series:
         /// throughput, log-volume, errors, rejections).
         #[arg(long)]
@@ -543,7 +546,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 stream_out(rows, format, output.as_deref()).await
             })
         }
-        Command::Report { name, scope, bucket, metric, limit, format, plot } => {
+        Command::Report { name, scope, bucket, metric, limit, format, output, plot } => {
             init_tracing(log, "warn", false);
             if name == "list" {
                 for (n, about) in reports::REPORTS {
@@ -584,7 +587,7 @@ pub fn run(cli: Cli) -> Result<()> {
                         reports::format_bucket(bucket_s)
                     );
                 }
-                stream_out(switchboard_queries::stream_of(out.batches.clone())?, format, None).await?;
+                stream_out(switchboard_queries::stream_of(out.batches.clone())?, format, output.as_deref()).await?;
                 if let (Some(path), Some((series, value))) = (plot, &out.report.series) {
                     let lines = switchboard_queries::plot::series_of(&out.batches, series, value)?;
                     let svg = switchboard_queries::plot::svg(&lines, &out.title(&name), value);

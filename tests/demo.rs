@@ -141,6 +141,10 @@ fn reports_and_windows(dataset: &std::path::Path, rows: usize) {
     assert!(chart.starts_with("<svg") && chart.matches("<polyline").count() == 3, "{chart}");
     let (out, _) = run(&["report", "top-errors", "--data", data, "--limit", "2", "--format", "csv"]);
     assert_eq!(out.lines().count(), 3, "{out}");
+    // A report into a Parquet file, as `--format parquet` offers.
+    let file = svg.with_file_name("top-errors.parquet");
+    run(&["report", "top-errors", "--data", data, "--limit", "2", "--format", "parquet", "-o", file.to_str().unwrap()]);
+    assert!(std::fs::read(&file).unwrap().starts_with(b"PAR1"), "{}", file.display());
     // A chart's note on a closed stderr: the report is still written, and no panic.
     let mut child = Command::new(common::BIN)
         .args(["report", "log-volume", "--data", data, "--format", "csv", "--plot", svg.to_str().unwrap()])

@@ -2,7 +2,7 @@
 //!
 //! | function | what it gives |
 //! | --- | --- |
-//! | `hdr_of(value)` | aggregate: an HDR histogram of plain values (negative ones count as 0) |
+//! | `hdr_of(value)` | aggregate: an HDR histogram of plain values (from 0 up; a negative or non-finite one is an error) |
 //! | `hdr_merge(histogram)` | aggregate: the bucket-wise sum of HDR histograms (exact, unlike averaging percentiles) |
 //! | `hdr_quantile(histogram, q)` | the value at quantile `q` (0..1) of a histogram, in the unit samples were sent in (to 0.1%) |
 //! | `hdr_count(histogram)` | samples in a histogram |
@@ -160,8 +160,16 @@ impl Accumulator for Record {
         let values = values
             .as_primitive_opt::<datafusion::arrow::datatypes::Float64Type>()
             .ok_or_else(|| DataFusionError::Execution("hdr_of takes numbers".into()))?;
-        for v in values.iter().flatten().filter(|v| v.is_finite()) {
-            let scaled = (v.max(0.0) * SCALE).round().min(u64::MAX as f64 / 2.0) as u64;
+        for v in values.iter().flatten() {
+            // A histogram holds values from 0 up: a negative or non-finite value would come out
+            // as a wrong percentile, so it is an error that says how to leave it out.
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(DataFusionError::Execution(format!(
+                    "hdr_of: {v} cannot be counted (a histogram holds finite values from 0 up): leave such rows \
+                     out with a WHERE clause"
+                )));
+            }
+            let scaled = (v * SCALE).round().min(u64::MAX as f64 / 2.0) as u64;
             self.0 .0.record(scaled).map_err(|e| DataFusionError::Execution(format!("hdr_of: {e}")))?;
         }
         Ok(())

@@ -56,7 +56,7 @@ pub use switchboard_bus::tables::ALL as TABLES;
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
     /// The dataset root does not exist.
-    #[error("no dataset at {0}: run a collector (or `switchboard demo`) first, or pass --data")]
+    #[error("no dataset at {0}: not a directory (a dataset is the directory a collector writes, its data_dir)")]
     NoDataset(PathBuf),
     /// DataFusion rejected or failed the query; its own message.
     #[error("{0}")]
@@ -657,6 +657,18 @@ mod tests {
         assert!(matches!(err, QueryError::Sql(_)));
         let err = ds.sql("SELECT * FROM nope").await.unwrap_err().to_string();
         assert!(err.contains("nope") && err.contains("hint: tables here: logs"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn hdr_of_refuses_a_value_a_histogram_cannot_hold() {
+        let (_root, ds) = dataset().await;
+        let sql = |v: &str| format!("SELECT hdr_count(hdr_of(v)) FROM (VALUES (3.0), ({v})) t(v)");
+        let ok = ds.sql(&sql("NULL")).await.unwrap();
+        assert_eq!(ok[0].column(0).as_any().downcast_ref::<Int64Array>().map(|a| a.value(0)), Some(1));
+        for bad in ["-5.0", "CAST('NaN' AS DOUBLE)", "CAST('inf' AS DOUBLE)"] {
+            let err = ds.sql(&sql(bad)).await.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains("hdr_of:") && err.contains("cannot be counted"), "{bad}: {err:?}");
+        }
     }
 
     #[tokio::test]
