@@ -53,7 +53,11 @@ fn full_disk_then_space_returns() {
     let collector = c.start_collector();
     let agent = c.start_agent("gw", "plain");
     let w = Writer::start("gw", c.logs_dir("gw").join("app.log"), 150, 60_000, |_, _| {});
-    let failing = wait_until(DEADLINE, || c.http_get("collector", "/health").0 == 503);
+    // 503 while it starts too (`"role": "starting"`): wait for the leader's.
+    let failing = wait_until(DEADLINE, || {
+        let (code, body) = c.http_get("collector", "/health");
+        code == 503 && !body.contains("\"starting\"")
+    });
     assert!(failing, "the collector never reported the full disk\n{}", collector.log_text());
     let (_, body) = c.http_get("collector", "/health");
     assert!(body.contains("No space left") || body.contains("failing"), "{body}");

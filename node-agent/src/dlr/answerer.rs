@@ -38,7 +38,12 @@ impl Answerer {
             .name("dlr-answer".into())
             .spawn(move || {
                 while let Ok(job) = queue.recv() {
-                    job(Queued(!queue.is_empty()));
+                    let queued = Queued(!queue.is_empty());
+                    // One answer that panics (a fault in what it read) must not take every later
+                    // answer with the thread: it is logged and the next one is given.
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(queued))).is_err() {
+                        tracing::error!("a DLR answer failed with a panic; answering the next ones");
+                    }
                 }
             })
             .map_err(|source| AgentError::Thread { name: "dlr-answer", source })?;
@@ -67,6 +72,15 @@ mod tests {
         let got: Vec<_> = (0..100).map(|_| rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap()).collect();
         assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), (0..100).collect::<Vec<_>>());
         assert!(got.iter().all(|g| g.1.as_deref() == Some("dlr-answer")));
+    }
+
+    #[test]
+    fn an_answer_that_panics_leaves_the_thread_answering() {
+        let answerer = Answerer::start().unwrap();
+        answerer.run(|_| panic!("a bad answer"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        answerer.run(move |_| tx.send(()).unwrap());
+        assert!(rx.recv_timeout(std::time::Duration::from_secs(5)).is_ok(), "the thread died with the panic");
     }
 
     #[test]

@@ -209,6 +209,12 @@ impl Records {
         id: &str,
         report: Option<&DlrReport>,
     ) -> Result<Option<LookupReply>, DlrError> {
+        // An id or connector no record can have (a peer's ask, say) names none: counted, `null`.
+        use switchboard_bus::dlr::id::{check_connector, MAX_ID_BYTES};
+        if id.is_empty() || id.len() > MAX_ID_BYTES || check_connector(connector).is_err() {
+            self.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
+        }
         let reply = |record: DlrRecord, outcome| {
             let role = if record.owner == self.node { HolderRole::Owner } else { HolderRole::Replica };
             LookupReply { version: DOC_VERSION, node: self.node.clone(), role, record, outcome }
@@ -343,6 +349,24 @@ mod tests {
             submitted_at: Some(1_000),
             expiry_s: Some(60),
         }
+    }
+
+    #[test]
+    fn an_id_or_connector_no_record_can_have_names_none_and_is_counted() {
+        let (_dir, r) = records("gw1");
+        r.register(&[registration("1")]).unwrap();
+        // 100,000 bytes: past what the store can look up (64 KiB), which panicked.
+        for (connector, id) in [
+            ("smsc1".to_owned(), "1".repeat(100_000)),
+            ("smsc1".into(), String::new()),
+            ("x".repeat(70_000), "1".into()),
+        ] {
+            assert!(r.answer(&connector, &id, None).unwrap().is_none());
+            assert!(r.answer(&connector, &id, Some(&report(true))).unwrap().is_none());
+        }
+        assert_eq!(counted(&r.stats.bad_requests), 6);
+        assert!(r.answer("smsc1", "1", None).unwrap().is_some());
+        assert!(r.store.get_key(&vec![b'k'; 70_000]).unwrap().is_none());
     }
 
     fn report(is_final: bool) -> DlrReport {

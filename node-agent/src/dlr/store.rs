@@ -25,7 +25,11 @@ use std::sync::{Mutex, MutexGuard};
 
 use fjall::config::{CompressionPolicy, PinningPolicy};
 use fjall::{CompressionType, Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use switchboard_bus::dlr::id::{MAX_CONNECTOR_BYTES, MAX_ID_BYTES};
 use switchboard_bus::dlr::record::{self, CorruptRecord, DlrRecord};
+
+/// The longest store key a record can have: its connector, a separator and its id.
+const MAX_KEY_BYTES: usize = MAX_CONNECTOR_BYTES + 1 + MAX_ID_BYTES;
 
 /// The store failed.
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +168,11 @@ impl DlrStore {
 
     /// The record under a store key, if held.
     pub fn get_key(&self, key: &[u8]) -> Result<Option<DlrRecord>, StoreError> {
+        // No record has a longer key (every one was checked when it was stored), and the store
+        // cannot look one up past 64 KiB: a peer's ask with a huge id finds nothing.
+        if key.len() > MAX_KEY_BYTES {
+            return Ok(None);
+        }
         match self.records.get(key)? {
             Some(v) => Ok(Some(DlrRecord::decode(key, &v)?)),
             None => Ok(None),
