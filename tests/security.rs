@@ -453,6 +453,8 @@ async fn message_checks_hold_without_tls() {
     let _token = h.liveliness().declare_token(key(c, "collector/c9")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     expect_refused(c, "gw1", "watermark_ahead", put(&h, &key(c, "watermark/c9/gw1"), marks(u64::MAX, u64::MAX))).await;
+    // One that does not parse: counted, not only logged.
+    expect_refused(c, "gw1", "watermark_invalid", put(&h, &key(c, "watermark/c9/gw1"), "not json".to_owned())).await;
 
     // A replica of gw1's own record, and one out of bounds.
     let mut forged = rec.clone();

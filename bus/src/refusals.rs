@@ -40,6 +40,7 @@ reasons! {
     WatermarkNotWriter => "watermark_not_writer": "A watermark of the current epoch from another collector than its writer.",
     WatermarkStale => "watermark_stale": "A watermark of an older epoch: a replaced writer's.",
     WatermarkAhead => "watermark_ahead": "A watermark beyond what the agent published on the stream.",
+    WatermarkInvalid => "watermark_invalid": "A watermark document that does not parse (version, JSON, field types).",
     ReplicaOwnRecord => "replica_own_record": "A replica batch carrying a record the receiver owns.",
     ReplicaInvalid => "replica_invalid": "A replica batch that does not parse or is out of bounds.",
     ReportInvalid => "report_invalid": "A DLR report over the bus that the HTTP API would refuse.",

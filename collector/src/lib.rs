@@ -319,7 +319,7 @@ impl Collector {
                         }
                         (_, Err(e)) => {
                             stats.control_malformed.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(key = %sample.key_expr(), error = %e, "ignoring malformed heads");
+                            refuse(Reason::HeadInvalid, format_args!("heads on {}: {e}", sample.key_expr()));
                         }
                         (None, Ok(_)) => {
                             stats.control_malformed.fetch_add(1, Ordering::Relaxed);

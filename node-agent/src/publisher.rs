@@ -251,7 +251,7 @@ impl AckTask {
                     let marks = match Watermarks::decode(&sample.payload().to_bytes()) {
                         Ok(m) => m,
                         Err(e) => {
-                            tracing::warn!(error = %e, key = %sample.key_expr(), "ignoring a malformed watermark");
+                            refuse(Reason::WatermarkInvalid, format_args!("watermark on {}: {e}", sample.key_expr()));
                             continue;
                         }
                     };
