@@ -642,10 +642,15 @@ fn certs_refuse_what_would_not_work() {
 
 /// GET `path` with an optional bearer token: the status code.
 fn get_with(port: u16, path: &str, token: Option<&str>) -> u16 {
+    get_with_auth(port, path, token.map(|t| format!("Bearer {t}")).as_deref())
+}
+
+/// `GET path` with `Authorization: <auth>`; the status code (0: no answer).
+fn get_with_auth(port: u16, path: &str, auth: Option<&str>) -> u16 {
     use std::io::{Read as _, Write as _};
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return 0 };
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
     let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n");
     let mut text = String::new();
     let _ = s.read_to_string(&mut text);
@@ -706,6 +711,9 @@ fn local_apis_are_guarded() {
     assert_eq!(get_with(port, "/metrics", None), 401);
     assert_eq!(get_with(port, "/v1/limits", Some("wrong")), 401);
     assert_eq!(get_with(port, "/v1/limits", Some("s3cret")), 200);
+    // The scheme in any case, as HTTP has it.
+    assert_eq!(get_with_auth(port, "/v1/limits", Some("bearer s3cret")), 200);
+    assert_eq!(get_with_auth(port, "/v1/limits", Some("Basic s3cret")), 401);
     // The status page: a browser passes the token once in the address; its own requests send
     // it as a bearer token; the query form opens the page alone.
     assert_eq!(get_with(port, "/status", None), 401);
