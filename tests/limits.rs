@@ -343,6 +343,7 @@ fn a_limit_changed_under_traffic_applies_everywhere_and_the_api_explains_bad_req
         (r#"{"key": "x", "n": 0}"#, "n must be"),
         (r#"{"key": ""}"#, "key must be"),
         (r#"{"key": "x", "extra": 1}"#, "unknown field"),
+        (r#"["x", 1]"#, "not a JSON object"),
     ] {
         let (code, _, body) = http_post(port, "/v1/limits/acquire", bad);
         assert!(code == 400 && body.contains(says), "{bad}: {code} {body}");

@@ -309,7 +309,6 @@ impl LogsSink {
         if !self.streams.contains_key(stream)
             && self.streams.keys().filter(|s| s.node == stream.node).count() >= crate::MAX_STREAMS_PER_NODE
         {
-            stats.payloads_malformed.fetch_add(1, Ordering::Relaxed);
             refuse(
                 Reason::StreamsTooMany,
                 format_args!("{stream}: node {} already has {} streams", stream.node, crate::MAX_STREAMS_PER_NODE),
@@ -836,12 +835,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, stats) = sink(dir.path(), 1 << 30);
         let one = payload(0..1, |_| T0);
+        let refused = || switchboard_bus::refusals::count(Reason::StreamsTooMany);
+        let before = refused();
         for i in 0..crate::MAX_STREAMS_PER_NODE + 500 {
             s.handle(&StreamId::log("gw", &format!("s{i}")), &one, false);
         }
         s.handle(&StreamId::log("gw2", "app"), &one, false);
         s.handle(&StreamId::log("gw", "s0"), &payload(1..2, |_| T0), false);
-        assert_eq!(CollectorStats::get(&stats.payloads_malformed), 500, "the streams past the cap are refused");
+        // Refused as such, not counted as malformed too (they were well formed).
+        assert_eq!(refused() - before, 500, "the streams past the cap are refused");
+        assert_eq!(CollectorStats::get(&stats.payloads_malformed), 0);
         s.commit_standalone(true);
         let rec = recover(&dir.path().join("logs")).unwrap();
         assert_eq!(rec.committed.len(), crate::MAX_STREAMS_PER_NODE + 1, "gw's first streams and gw2's");
