@@ -717,9 +717,20 @@ async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
         }
     }
     problems.extend(repo.errors.iter().map(|e| format!("unreadable answer: {e}")));
+    let now = switchboard_bus::status::now_ms();
     for (node, since) in down_nodes(&session, &keys).await {
-        if !repo.states.values().any(|s| s.node == node) {
-            problems.push(format!("{}: it applies the head when it starts", down_text(&node, since)));
+        if repo.states.values().any(|s| s.node == node) {
+            continue;
+        }
+        let text = format!("{}: it applies the head when it starts", down_text(&node, since));
+        // As in `switchboard status`: a node gone for longer (retired, or stopped on purpose) is
+        // said, not a problem.
+        let long_gone =
+            since.is_some_and(|at| now.saturating_sub(at) >= switchboard_bus::status::cluster::GONE_IS_A_PROBLEM_MS);
+        if long_gone {
+            note!("note: {text}");
+        } else {
+            problems.push(text);
         }
     }
     if json {
