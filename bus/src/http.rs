@@ -227,6 +227,13 @@ async fn metrics(State(r): State<Arc<dyn Report>>) -> impl IntoResponse {
 /// closes.
 pub const MAX_CONNECTIONS: usize = 256;
 
+/// How long an HTTP connection may stall before it is closed: to send a request's head (counted
+/// from the connection's start or the end of the previous answer, so an idle keep-alive
+/// connection closes after this long), between two reads of a request's body, and while an
+/// answer waits for the client to read it. With every slot held by clients that send slowly or
+/// not at all, a new connection waits in the backlog at most about this long.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Who may use a process's HTTP API.
 #[derive(Debug, Clone, Default)]
 pub struct Access {
@@ -296,35 +303,60 @@ struct Capped {
     permits: Arc<tokio::sync::Semaphore>,
     /// Each connection's busy-polling budget ([`crate::busy_poll`]).
     busy_poll: Duration,
+    /// See [`STALL_TIMEOUT`].
+    stall: Duration,
 }
 
-/// A connection of [`Capped`], with its permit.
+/// A connection of [`Capped`], with its permit; a write that makes no progress for the stall
+/// timeout fails (a client that does not read its answers gives its slot back).
 struct CappedIo {
     io: BusyPoll<tokio::net::TcpStream>,
     _permit: tokio::sync::OwnedSemaphorePermit,
+    stall: Duration,
+    /// Armed while a write waits for the client to read.
+    write_stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl axum::serve::Listener for Capped {
-    type Io = CappedIo;
-    type Addr = SocketAddr;
+impl CappedIo {
+    /// Pass a write's outcome on, failing it once writes have waited for the stall timeout.
+    fn bound_write<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        written: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::future::Future as _;
+        if written.is_ready() {
+            self.write_stalled = None;
+            return written;
+        }
+        let stall = self.stall;
+        let sleep = self.write_stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        match sleep.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client did not read its answer",
+            ))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
 
-    async fn accept(&mut self) -> (CappedIo, SocketAddr) {
+impl Capped {
+    async fn accept(&mut self) -> CappedIo {
         let permit = match self.permits.clone().acquire_owned().await {
             Ok(p) => p,
             // The semaphore is never closed; should it be, accept nothing more.
             Err(_) => std::future::pending().await,
         };
-        let (io, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        // axum's accept retries what fails (a connection reset in the backlog, too many open
+        // files) after a pause, logging it.
+        let (io, _) = axum::serve::Listener::accept(&mut self.inner).await;
         // Answers leave at once: with Nagle's algorithm an answer written in two parts waits
         // for the client's delayed ACK (40 ms) before its second part.
         if let Err(e) = io.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        (CappedIo { io: BusyPoll::new(io, self.busy_poll), _permit: permit }, addr)
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.inner.local_addr()
+        CappedIo { io: BusyPoll::new(io, self.busy_poll), _permit: permit, stall: self.stall, write_stalled: None }
     }
 }
 
@@ -344,13 +376,17 @@ impl tokio::io::AsyncWrite for CappedIo {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let written = std::pin::Pin::new(&mut this.io).poll_write(cx, buf);
+        this.bound_write(cx, written)
     }
     fn poll_flush(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        let flushed = std::pin::Pin::new(&mut this.io).poll_flush(cx);
+        this.bound_write(cx, flushed)
     }
     fn poll_shutdown(
         self: std::pin::Pin<&mut Self>,
@@ -363,7 +399,9 @@ impl tokio::io::AsyncWrite for CappedIo {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let written = std::pin::Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.bound_write(cx, written)
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
@@ -419,7 +457,6 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let bound = inner.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let listener = Capped { inner, permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)), busy_poll };
     let mut app = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -431,15 +468,146 @@ pub async fn run(
         app = app.layer(axum::middleware::from_fn_with_state(Arc::<str>::from(token), require_token));
     }
     tracing::info!(%bound, "health and metrics on http://{bound}/health and /metrics");
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move { cancel.cancelled().await });
-    if let Err(e) = server.await {
-        tracing::warn!(error = %e, "health/metrics endpoint stopped");
+    serve_connections(inner, app, busy_poll, STALL_TIMEOUT, cancel).await;
+}
+
+/// Accept connections on `inner` (at most [`MAX_CONNECTIONS`] at once) and answer them with
+/// `app`, closing each that stalls for `stall` ([`STALL_TIMEOUT`]); once `cancel` fires, accept no
+/// more, let each connection finish the request it is in, and return when all are closed.
+async fn serve_connections(
+    inner: tokio::net::TcpListener,
+    app: Router,
+    busy_poll: Duration,
+    stall: Duration,
+    cancel: CancellationToken,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut listener = Capped { inner, permits, busy_poll, stall };
+    let app = app.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(stall));
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let io = tokio::select! {
+            io = listener.accept() => io,
+            _ = cancel.cancelled() => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let cancel = cancel.clone();
+        connections.spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(stall);
+            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+            tokio::pin!(conn);
+            let served = tokio::select! {
+                served = conn.as_mut() => served,
+                _ = cancel.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            // A client that stalled, went away or sent what is not HTTP: nothing to tell anyone
+            // but a debugging operator.
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "HTTP connection ended");
+            }
+        });
     }
+    connections.close();
+    connections.wait().await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// Serve `/health` (a short answer) and `/big` (1 MiB) with a stall timeout of `stall`.
+    async fn stall_server(stall: Duration) -> (SocketAddr, CancellationToken) {
+        let inner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = inner.local_addr().unwrap();
+        let app = Router::new()
+            .route("/health", get(|| async { "ok" }))
+            .route("/big", get(|| async { vec![b'x'; 1 << 20] }))
+            .route("/echo", axum::routing::post(|body: axum::body::Bytes| async move { body.len().to_string() }));
+        let cancel = CancellationToken::new();
+        tokio::spawn(serve_connections(inner, app, Duration::ZERO, stall, cancel.clone()));
+        (addr, cancel)
+    }
+
+    /// The status code of `GET /health` on a new connection, or `None` when no answer came in `within`.
+    async fn health_within(addr: SocketAddr, within: Duration) -> Option<u16> {
+        let asked = async {
+            let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.ok()?;
+            let mut text = String::new();
+            s.read_to_string(&mut text).await.ok()?;
+            text.split_whitespace().nth(1)?.parse().ok()
+        };
+        tokio::time::timeout(within, asked).await.ok().flatten()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_that_stall_give_their_slots_back() {
+        let stall = Duration::from_millis(800);
+        let (addr, cancel) = stall_server(stall).await;
+        assert_eq!(health_within(addr, Duration::from_secs(2)).await, Some(200));
+
+        // Every slot held: half by connections that send nothing, half by ones sending a
+        // request head a byte at a time (slowloris).
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS / 2 {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        let slow = tokio::spawn(async move {
+            let mut slow = Vec::new();
+            for _ in 0..MAX_CONNECTIONS / 2 {
+                slow.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+            }
+            // At most 100 rounds of 100 ms: far past the stall timeout.
+            for i in 0..100 {
+                for s in &mut slow {
+                    let _ = s.write_all(&[b"GET /health HTTP/1.1\r\n"[i % 22]]).await;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Past the cap, a request waits in the backlog...
+        assert_eq!(health_within(addr, Duration::from_millis(300)).await, None, "a connection past the cap was served");
+        // ...until the stalled connections are closed, a stall timeout after they opened.
+        let started = std::time::Instant::now();
+        assert_eq!(health_within(addr, Duration::from_secs(5)).await, Some(200));
+        assert!(started.elapsed() < stall + Duration::from_secs(2), "{:?}", started.elapsed());
+        slow.abort();
+        drop(idle);
+
+        // A body that stops: the connection is closed (an answer may come first) at the stall.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789").await.unwrap();
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(stall * 3, s.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "a connection whose body stopped was not closed");
+
+        // A client that asks and never reads: its connection is closed before every answer is
+        // written (50 MiB of answers are far past the socket buffers).
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        for _ in 0..50 {
+            s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        }
+        tokio::time::sleep(stall * 3).await;
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        let read_all = async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got += n,
+                }
+            }
+        };
+        assert!(tokio::time::timeout(Duration::from_secs(10), read_all).await.is_ok(), "the connection stayed open");
+        assert!(got < 50 << 20, "every answer was written: {got} bytes");
+        cancel.cancel();
+    }
 
     #[test]
     fn a_flood_of_label_sets_keeps_the_largest_and_counts_the_rest() {
