@@ -434,6 +434,16 @@ pub fn bind(addr: SocketAddr, access: &Access) -> std::io::Result<std::net::TcpL
     Ok(listener)
 }
 
+/// A request body that must be one JSON object of type `T`; the error names `shape`, the form
+/// expected. serde would also read a struct from an array of its fields (`["k", 1]`): only the
+/// documented object is taken.
+pub fn json_object<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, String> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(format!("expected {shape}: the body is not a JSON object"));
+    }
+    serde_json::from_slice(body).map_err(|e| format!("expected {shape}: {e}"))
+}
+
 /// An unknown path: `404` with a JSON error, as every other error of these APIs.
 async fn no_such_path(uri: axum::http::Uri) -> Response {
     let error = format!("no such endpoint: {}", uri.path());

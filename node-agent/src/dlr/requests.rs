@@ -71,7 +71,7 @@ const CLOSE_SHAPE: &str = r#"{"connector": string, "msg_id": string, "status": s
 
 /// Parse a JSON body as `T`, naming the expected shape when it is not one.
 pub fn parse<T: for<'de> Deserialize<'de>>(body: &[u8], shape: &str) -> Result<T, DlrError> {
-    serde_json::from_slice(body).map_err(|e| DlrError::BadRequest(format!("expected {shape}: {e}")))
+    switchboard_bus::http::json_object(body, shape).map_err(DlrError::BadRequest)
 }
 
 impl Request {
@@ -187,5 +187,15 @@ mod tests {
         );
         // "records" as a value, not a key, is still one registration.
         assert_eq!(registered(r#"{"connector": "c", "msg_id": "1", "account": "records"}"#), 1);
+    }
+
+    #[test]
+    fn only_the_documented_object_is_a_request() {
+        // serde alone reads a struct from an array of its fields.
+        assert!(error(r#"["c", "1"]"#).contains("not a JSON object"));
+        for parsed in [Request::resolve(br#"["c", "1"]"#), Request::report(b" [\"c\", \"1\", \"DELIVRD\"]")] {
+            let Err(e) = parsed else { panic!("an array was taken as a request") };
+            assert!(e.to_string().contains("not a JSON object"), "{e}");
+        }
     }
 }

@@ -61,12 +61,8 @@ fn bad(service: &LimitsService, message: String) -> Response {
 
 /// The request in `body`, or why it is not one.
 fn parse(body: &[u8]) -> Result<UnitsRequest, String> {
-    const SHAPE: &str = "expected {\"key\": string, \"n\": integer >= 1}";
-    // serde reads a struct from an array too (`["k", 1]`): only the documented object is taken.
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(format!("{SHAPE}: the body is not a JSON object"));
-    }
-    let req: UnitsRequest = serde_json::from_slice(body).map_err(|e| format!("{SHAPE}: {e}"))?;
+    const SHAPE: &str = "{\"key\": string, \"n\": integer >= 1}";
+    let req: UnitsRequest = switchboard_bus::http::json_object(body, SHAPE)?;
     check_request(&req.key, req.n).map_err(|e| e.to_string())?;
     Ok(req)
 }
