@@ -61,18 +61,38 @@ pub enum Refused {
     /// A sum that would not be finite, or a timer value or sample count beyond what a
     /// histogram holds.
     OutOfRange,
+    /// The sample would take the memory the series hold past the budget.
+    OverMemory,
 }
+
+/// A series as it is held: `(name, tags, kind)`.
+type Key = (String, String, Kind);
+
+/// Estimated bytes of a series' entry beside its name and tags: the map's slot, the strings'
+/// headers and the state (a histogram's fields without its counts).
+const SERIES_OVERHEAD: usize = 256;
+/// Estimated bytes of a set member beside its text: the string's header and the set's slot.
+const MEMBER_OVERHEAD: usize = 48;
 
 /// The series of the current interval.
 pub struct Aggregator {
-    series: HashMap<(String, String, Kind), State>,
+    series: HashMap<Key, State>,
     max_series: usize,
+    /// Most bytes the series may hold ([`Aggregator::bytes`]).
+    max_bytes: usize,
+    /// Bytes held now, estimated: names, tags, histograms' counts, sets' members.
+    bytes: usize,
 }
 
 impl Aggregator {
-    /// At most `max_series` series at once.
-    pub fn new(max_series: usize) -> Self {
-        Self { series: HashMap::new(), max_series }
+    /// At most `max_series` series at once, holding at most about `max_bytes`.
+    pub fn new(max_series: usize, max_bytes: usize) -> Self {
+        Self { series: HashMap::new(), max_series, max_bytes, bytes: 0 }
+    }
+
+    /// The memory the series hold, estimated (what `max_bytes` bounds).
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Series held now.
@@ -93,6 +113,15 @@ impl Aggregator {
             return Err(Refused::TooManySeries);
         }
         check(held, &line.value)?;
+        let grows = match held {
+            None => key_bytes(&key).saturating_add(growth(None, &line.value)),
+            Some(state) => growth(Some(state), &line.value),
+        };
+        let bytes = self.bytes.saturating_add(grows);
+        if bytes > self.max_bytes {
+            return Err(Refused::OverMemory);
+        }
+        self.bytes = bytes;
         let state = self.series.entry(key).or_insert_with(|| match line.kind {
             Kind::Counter => State::Counter { sum: 0.0, samples: 0 },
             Kind::Gauge => State::Gauge { value: 0.0, samples: 0, idle: 0 },
@@ -173,8 +202,53 @@ impl Aggregator {
             }
             false
         });
+        // Gauges carry on; everything else started over.
+        self.bytes = self.series.iter().map(|(key, state)| key_bytes(key).saturating_add(held_bytes(state))).sum();
         rows
     }
+}
+
+/// The estimated bytes of a series' entry, without what its state holds.
+fn key_bytes((name, tags, _): &Key) -> usize {
+    SERIES_OVERHEAD.saturating_add(name.len()).saturating_add(tags.len())
+}
+
+/// The estimated bytes a series' state holds beyond its entry.
+fn held_bytes(state: &State) -> usize {
+    match state {
+        State::Timer { hist, .. } => hist.distinct_values().saturating_mul(8),
+        State::Set { members, .. } => members.iter().map(|m| m.len().saturating_add(MEMBER_OVERHEAD)).sum(),
+        State::Counter { .. } | State::Gauge { .. } => 0,
+    }
+}
+
+/// The estimated bytes `value` adds to the series held as `held` (none yet: an empty one).
+fn growth(held: Option<&State>, value: &Value) -> usize {
+    match (held, value) {
+        (held, Value::Samples { values, .. }) => {
+            let has = match held {
+                Some(State::Timer { hist, .. }) => hist.distinct_values(),
+                _ => 0,
+            };
+            let top = values.iter().map(|v| (v * HISTOGRAM_SCALE).round() as u64).max().unwrap_or(0);
+            let top = match held {
+                Some(State::Timer { hist, .. }) => top.max(hist.max()),
+                _ => top,
+            };
+            histogram_counts(top).saturating_sub(has).saturating_mul(8)
+        }
+        (Some(State::Set { members, .. }), Value::Member(m)) if members.contains(*m) => 0,
+        (_, Value::Member(m)) => m.len().saturating_add(MEMBER_OVERHEAD),
+        _ => 0,
+    }
+}
+
+/// The counts a histogram of [`new_histogram`]'s precision holds to record values up to `top`:
+/// 1,024 per doubling of the range past 2,048 (3 significant digits), plus 2,048 (HdrHistogram's
+/// layout).
+fn histogram_counts(top: u64) -> usize {
+    let bits = 64 - (top | 2047).leading_zeros() as usize;
+    (bits - 10 + 1) * 1024
 }
 
 /// Whether `value` can be added to the series held as `held` (none yet: an empty one): sums stay
@@ -225,7 +299,7 @@ mod tests {
 
     #[test]
     fn counters_gauges_timers_sets_per_interval() {
-        let mut a = Aggregator::new(100);
+        let mut a = Aggregator::new(100, 1 << 30);
         feed(
             &mut a,
             &["sent:1|c|#op:a", "sent:2|c|#op:a", "sent:5|c|#op:b", "q:7|g", "q:+3|g", "u:x|s", "u:x|s", "u:y|s"],
@@ -259,7 +333,7 @@ mod tests {
 
     #[test]
     fn idle_gauges_stop_and_series_are_bounded() {
-        let mut a = Aggregator::new(2);
+        let mut a = Aggregator::new(2, 1 << 30);
         feed(&mut a, &["g:1|g", "c:1|c"]);
         assert_eq!(a.add(&parse_line("other:1|c").unwrap()), Err(Refused::TooManySeries));
         feed(&mut a, &["c:1|c"]);
@@ -276,7 +350,7 @@ mod tests {
 
     #[test]
     fn lines_out_of_range_are_refused_and_leave_no_series() {
-        let mut a = Aggregator::new(100);
+        let mut a = Aggregator::new(100, 1 << 30);
         for line in ["z1:1|ms|@1e-300", "z3:1e300|c|@1e-300", "z5:1e300|ms", "z6:1:1e300|ms", "z7:1e16|ms"] {
             assert_eq!(a.add(&parse_line(line).unwrap()), Err(Refused::OutOfRange), "{line}");
         }
@@ -290,5 +364,58 @@ mod tests {
         assert_eq!(rows.len(), 3);
         assert!(rows.iter().all(|r| r.value.is_finite() && (r.kind != "timer" || r.histogram.is_some())));
         assert_eq!(rows.iter().find(|r| r.name == "t").map(|r| r.count), Some(1_000_000_000));
+    }
+
+    /// What the series' buffers hold (strings' capacities, histograms' counts), to hold the
+    /// estimate against.
+    fn real_bytes(a: &Aggregator) -> usize {
+        a.series
+            .iter()
+            .map(|(k, s)| {
+                k.0.capacity()
+                    + k.1.capacity()
+                    + match s {
+                        State::Timer { hist, .. } => hist.distinct_values() * 8,
+                        State::Set { members, .. } => members.iter().map(String::capacity).sum(),
+                        _ => 0,
+                    }
+            })
+            .sum()
+    }
+
+    #[test]
+    fn the_series_memory_is_bounded() {
+        // Timers of one sample near the largest value: each histogram holds 432 KiB of counts.
+        let mut a = Aggregator::new(100_000, 16 << 20);
+        let mut taken = 0;
+        for i in 0..1_000 {
+            match a.add(&parse_line(&format!("t{i}:9e15|ms")).unwrap()) {
+                Ok(()) => taken += 1,
+                Err(e) => assert_eq!(e, Refused::OverMemory),
+            }
+        }
+        assert!((30..=40).contains(&taken), "{taken} huge timers taken in 16 MiB");
+        assert!(a.bytes() <= 16 << 20 && real_bytes(&a) <= a.bytes(), "{} estimated, {} held", a.bytes(), real_bytes(&a));
+        // A sample within what a held timer covers costs nothing more; counters cost their key.
+        a.add(&parse_line("t0:1|ms").unwrap()).unwrap();
+        // A set's members count, a member seen before does not.
+        let mut b = Aggregator::new(100, 1 << 20);
+        let mut members = 0;
+        for i in 0..100_000 {
+            if b.add(&parse_line(&format!("s:member-{i}|s")).unwrap()).is_ok() {
+                members += 1;
+            }
+        }
+        assert!((10_000..20_000).contains(&members), "{members} set members in 1 MiB");
+        b.add(&parse_line("s:member-0|s").unwrap()).unwrap();
+        // The next interval starts over.
+        assert_eq!(b.snapshot(1, 1)[0].value, members as f64);
+        assert_eq!(b.bytes(), 0);
+        b.add(&parse_line("s:member-100000|s").unwrap()).unwrap();
+        // A timer over the usual range of a latency, 1 µs to 60 s: 136 KiB.
+        let mut c = Aggregator::new(100, 1 << 30);
+        feed(&mut c, &["lat:0.001|ms", "lat:60000|ms"]);
+        assert_eq!(c.bytes(), 256 + 3 + 17 * 1024 * 8);
+        assert_eq!(real_bytes(&c) - 3, 17 * 1024 * 8, "the estimate of a histogram's counts is exact");
     }
 }

@@ -47,6 +47,8 @@ pub struct MetricsStats {
     pub bad_lines: AtomicU64,
     /// Lines dropped because the series limit was reached.
     pub dropped_series: AtomicU64,
+    /// Lines dropped because the series' memory budget was reached.
+    pub dropped_memory: AtomicU64,
     /// UDP datagrams read.
     pub datagrams: AtomicU64,
     /// Snapshot rows written.
@@ -63,6 +65,11 @@ impl MetricsStats {
             ("lines", "StatsD lines taken.", c(&self.lines)),
             ("bad_lines", "StatsD lines refused (unparseable, not UTF-8, out of range).", c(&self.bad_lines)),
             ("dropped_series", "Lines dropped at the series limit (metrics.max_series).", c(&self.dropped_series)),
+            (
+                "dropped_memory",
+                "Lines dropped at the series' memory budget (metrics.max_series_bytes).",
+                c(&self.dropped_memory),
+            ),
             ("datagrams", "StatsD UDP datagrams read.", c(&self.datagrams)),
             ("rows", "Snapshot rows written to the _metrics stream.", c(&self.rows)),
             ("write_errors", "Snapshots that could not be written.", c(&self.write_errors)),
@@ -103,7 +110,7 @@ pub fn snapshots_source(data_dir: &Path) -> crate::config::SourceConfig {
 impl MetricsService {
     /// A service writing snapshots to `log`.
     pub fn new(settings: MetricsSettings, log: EventLog) -> Self {
-        Self { series: Mutex::new(Aggregator::new(settings.max_series)), settings, log, stats: MetricsStats::default() }
+        Self { series: Mutex::new(Aggregator::new(settings.max_series, settings.max_series_bytes)), settings, log, stats: MetricsStats::default() }
     }
 
     /// Start the UDP listener (if configured) and the snapshot task.
@@ -149,6 +156,10 @@ impl MetricsService {
                     Err(Refused::TooManySeries) => {
                         self.stats.dropped_series.fetch_add(1, Ordering::Relaxed);
                         Some(format!("series limit ({}) reached", self.settings.max_series))
+                    }
+                    Err(Refused::OverMemory) => {
+                        self.stats.dropped_memory.fetch_add(1, Ordering::Relaxed);
+                        Some(format!("memory budget ({} bytes, metrics.max_series_bytes) reached", self.settings.max_series_bytes))
                     }
                     Err(Refused::OutOfRange) => {
                         self.stats.bad_lines.fetch_add(1, Ordering::Relaxed);

@@ -24,6 +24,12 @@ pub struct MetricsSettings {
     /// and dropped. Default: 100000.
     #[serde(default = "default_metrics_max_series")]
     pub max_series: usize,
+    /// Most memory, in bytes, the interval's series may hold, estimated: each series' name and
+    /// tags, a timer's histogram (8 bytes per bucket: a timer whose samples range from 1 µs to
+    /// 60 s holds about 136 KiB), a set's members; samples that would take it past are counted
+    /// and dropped. Default: 1073741824 (1 GiB).
+    #[serde(default = "default_metrics_max_series_bytes")]
+    pub max_series_bytes: usize,
 }
 
 impl Default for MetricsSettings {
@@ -33,6 +39,7 @@ impl Default for MetricsSettings {
             statsd_listen: default_statsd_listen(),
             interval_ms: default_metrics_interval_ms(),
             max_series: default_metrics_max_series(),
+            max_series_bytes: default_metrics_max_series_bytes(),
         }
     }
 }
@@ -45,6 +52,9 @@ fn default_metrics_interval_ms() -> u64 {
 }
 fn default_metrics_max_series() -> usize {
     100_000
+}
+fn default_metrics_max_series_bytes() -> usize {
+    1 << 30
 }
 
 fn default_true() -> bool {
@@ -64,6 +74,12 @@ impl MetricsSettings {
         }
         if m.max_series == 0 {
             return Err(AgentConfigError::Invalid("metrics.max_series = 0: use at least 1".into()));
+        }
+        if m.max_series_bytes < 1 << 20 {
+            return Err(AgentConfigError::Invalid(format!(
+                "metrics.max_series_bytes = {}: use at least 1048576 (1 MiB)",
+                m.max_series_bytes
+            )));
         }
         if !m.statsd_listen.is_empty() && m.statsd_listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(AgentConfigError::Invalid(format!(
