@@ -280,6 +280,12 @@ impl Report for AgentReport {
                     "Releases of slots that were not held.",
                     g(&l.stats.unmatched_releases),
                 )
+                .counter(
+                    "switchboard_agent_limits_keys_full_total",
+                    "Requests for a new key refused because the node held the state of its most keys (100,000), none at rest.",
+                    l.limiter.refused_keys_full(),
+                )
+                .gauge("switchboard_agent_limits_keys", "Concrete keys this node holds state for.", l.limiter.keys_in_use() as f64)
                 .counter_series(
                     "switchboard_agent_limits_allowed_units_total",
                     "Units allowed per key (since the key's limit last changed).",

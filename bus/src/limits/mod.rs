@@ -118,6 +118,12 @@ pub enum SpecError {
 pub const MAX_KEY_BYTES: usize = 512;
 /// Most limits in one revision.
 pub const MAX_LIMITS: usize = 100_000;
+/// Most concrete keys a node holds state for at once: as many as a demand report may name
+/// ([`share::DemandReport::check`]), so the node's reports are never refused by its peers.
+pub const MAX_KEYS: usize = MAX_LIMITS;
+/// When every key slot is taken, the keys at rest are forgotten at once to make room, at most
+/// this often (it walks every key with the table locked).
+const MAKE_ROOM_EVERY_NS: u64 = 1_000_000_000;
 
 impl LimitSpec {
     /// Check the definition.
@@ -192,12 +198,24 @@ pub enum Decision {
         /// Whether `most` is a concurrency limit's slots.
         slots: bool,
     },
+    /// A key never seen, while the node holds state for [`MAX_KEYS`] keys none of which is at
+    /// rest: not allowed (a table filled with junk keys must not open every new key), and not
+    /// counted as demand.
+    TooManyKeys,
 }
 
 impl Decision {
     /// Whether the request may go ahead.
     pub fn is_allowed(self) -> bool {
         matches!(self, Decision::Allowed | Decision::Unlimited)
+    }
+
+    /// Why a [`Decision::TooManyKeys`] request cannot pass, for the gateway.
+    pub fn too_many_keys() -> String {
+        format!(
+            "this node holds the state of {MAX_KEYS} keys, its most, none of them at rest: a new key is refused \
+             until keys come to rest (a rate key's units are paid back, a concurrency key's slots released)"
+        )
     }
 
     /// Why a [`Decision::TooLarge`] request of `n` units of `key` cannot pass, for the gateway.
@@ -236,7 +254,7 @@ impl Counts {
     /// ([`Decision::TooLarge`]) is not demand: counted, it would let one gateway asking for a
     /// billion units take every other node's share.
     fn count(&self, d: Decision, n: u64) -> Decision {
-        if matches!(d, Decision::TooLarge { .. }) {
+        if matches!(d, Decision::TooLarge { .. } | Decision::TooManyKeys) {
             return d;
         }
         let c = if d.is_allowed() { &self.allowed } else { &self.denied };
@@ -321,12 +339,38 @@ struct Table {
     /// The share of a concurrency key's slots taken at a first use with no allotment (1 alone;
     /// 0 until the coordination has heard the other nodes, then 1/n).
     first_use_slots: f64,
+    /// When keys at rest were last forgotten to make room ([`MAKE_ROOM_EVERY_NS`]).
+    made_room_ns: u64,
 }
+
+impl Table {
+    /// Forget the keys at rest and the shares of keys without state; with `marked`, only those
+    /// also idle since the previous call (the regular sweep). Returns how many were forgotten.
+    fn forget_rested(&mut self, now_ns: u64, marked: bool) -> usize {
+        let before = self.states.len();
+        // With the write lock held no decision can take a new reference to a state, so a
+        // count of one means no decision is under way on it either.
+        self.states.retain(|_, s| {
+            let idle = !marked || s.idle_since_last_sweep();
+            !(idle && s.is_rested(now_ns) && Arc::strong_count(s) == 1)
+        });
+        let Table { states, shares, allotted, .. } = self;
+        shares.retain(|k, _| states.contains_key(k));
+        allotted.retain(|k, _| states.contains_key(k));
+        before - self.states.len()
+    }
+}
+
+/// A new key found every key slot taken ([`MAX_KEYS`]).
+#[derive(Debug)]
+struct KeysFull;
 
 /// Local decisions over a set of limits; see the module docs.
 pub struct Limiter {
     table: RwLock<Table>,
     epoch: Instant,
+    /// Requests refused as [`Decision::TooManyKeys`].
+    keys_full: AtomicU64,
 }
 
 impl Limiter {
@@ -350,8 +394,10 @@ impl Limiter {
                 default_share: 1.0,
                 allotted: HashMap::new(),
                 first_use_slots: 1.0,
+                made_room_ns: 0,
             }),
             epoch: Instant::now(),
+            keys_full: AtomicU64::new(0),
         }
     }
 
@@ -360,20 +406,41 @@ impl Limiter {
         self.epoch.elapsed().as_nanos() as u64 + 1_000_000_000_000
     }
 
-    /// The state of `key`, created on first use; `None` when no limit applies.
+    /// The state `key` has now, without making one.
+    fn existing(&self, key: &str) -> Option<Arc<State>> {
+        self.table.read().ok()?.states.get(key).cloned()
+    }
+
+    /// The state of `key`, created on first use; `None` when no limit applies; `Err` for a new
+    /// key when the node holds [`MAX_KEYS`] and none can be forgotten.
     #[inline]
-    fn state(&self, key: &str) -> Option<Arc<State>> {
+    fn state(&self, key: &str) -> Result<Option<Arc<State>>, KeysFull> {
         if let Ok(t) = self.table.read() {
             if let Some(s) = t.states.get(key) {
-                return Some(s.clone());
+                return Ok(Some(s.clone()));
             }
         }
-        let mut t = self.table.write().ok()?;
+        let Ok(mut t) = self.table.write() else { return Ok(None) };
         if let Some(s) = t.states.get(key) {
-            return Some(s.clone());
+            return Ok(Some(s.clone()));
         }
-        let spec_idx =
-            t.specs.iter().position(|s| s.key == key).or_else(|| t.specs.iter().position(|s| s.matches(key)))?;
+        let Some(spec_idx) =
+            t.specs.iter().position(|s| s.key == key).or_else(|| t.specs.iter().position(|s| s.matches(key)))
+        else {
+            return Ok(None);
+        };
+        if t.states.len() >= MAX_KEYS {
+            let now = self.now_ns();
+            if now.saturating_sub(t.made_room_ns) < MAKE_ROOM_EVERY_NS {
+                return Err(KeysFull);
+            }
+            t.made_room_ns = now;
+            let forgotten = t.forget_rested(now, false);
+            tracing::info!(forgotten, kept = t.states.len(), "limit keys at rest forgotten to make room for new keys");
+            if t.states.len() >= MAX_KEYS {
+                return Err(KeysFull);
+            }
+        }
         let share = t.shares.get(key).copied().unwrap_or(t.default_share);
         let state = make_state(&t.specs[spec_idx], spec_idx, share);
         if let State::Slots { slots, .. } = &state {
@@ -383,14 +450,21 @@ impl Limiter {
         }
         let state = Arc::new(state);
         t.states.insert(key.into(), state.clone());
-        Some(state)
+        Ok(Some(state))
     }
 
     /// Rate decision on `n` units of `key`. Concurrency keys are handled as
     /// [`Limiter::acquire_slot`].
     #[inline]
     pub fn try_acquire(&self, key: &str, n: u64) -> Decision {
-        let Some(state) = self.state(key) else { return Decision::Unlimited };
+        let state = match self.state(key) {
+            Ok(Some(state)) => state,
+            Ok(None) => return Decision::Unlimited,
+            Err(KeysFull) => {
+                self.keys_full.fetch_add(1, Ordering::Relaxed);
+                return Decision::TooManyKeys;
+            }
+        };
         let decision = match &*state {
             State::Rate { gcra, .. } if n > gcra.burst() => Decision::TooLarge { most: gcra.burst(), slots: false },
             State::Rate { gcra, .. } => match gcra.try_acquire(n, self.now_ns()) {
@@ -419,7 +493,7 @@ impl Limiter {
     /// Give back `n` slots of `key`; returns how many were held (fewer means a release without
     /// an acquire, which the caller should count).
     pub fn release(&self, key: &str, n: u64) -> u64 {
-        match self.state(key).as_deref() {
+        match self.existing(key).as_deref() {
             Some(State::Slots { slots, .. }) => slots.release(n),
             _ => 0,
         }
@@ -427,7 +501,7 @@ impl Limiter {
 
     /// Slots of `key` held on this node.
     pub fn held(&self, key: &str) -> u64 {
-        match self.state(key).as_deref() {
+        match self.existing(key).as_deref() {
             Some(State::Slots { slots, .. }) => slots.held(),
             _ => 0,
         }
@@ -560,19 +634,18 @@ impl Limiter {
     pub fn evict_idle(&self) -> usize {
         let now = self.now_ns();
         let Ok(mut t) = self.table.write() else { return 0 };
-        let before = t.states.len();
-        // With the write lock held no decision can take a new reference to a state, so a
-        // count of one means no decision is under way on it either.
-        t.states.retain(|_, s| !(s.idle_since_last_sweep() && s.is_rested(now) && Arc::strong_count(s) == 1));
-        let Table { states, shares, allotted, .. } = &mut *t;
-        shares.retain(|k, _| states.contains_key(k));
-        allotted.retain(|k, _| states.contains_key(k));
-        before - t.states.len()
+        t.forget_rested(now, true)
     }
 
     /// Concrete keys that have state now.
     pub fn keys_in_use(&self) -> usize {
         self.table.read().map(|t| t.states.len()).unwrap_or(0)
+    }
+
+    /// Requests refused so far because the node held [`MAX_KEYS`] keys none of which was at
+    /// rest ([`Decision::TooManyKeys`]).
+    pub fn refused_keys_full(&self) -> u64 {
+        self.keys_full.load(Ordering::Relaxed)
     }
 
     /// The limit definitions in force.
@@ -798,21 +871,51 @@ mod tests {
             LimitSpec { key: "day:*".into(), rate: Some(1), per: Some(Per::Hour), concurrency: None, burst: None };
         let conc = LimitSpec { key: "conn:*".into(), rate: None, per: None, concurrency: Some(10), burst: None };
         let l = Limiter::new(vec![fast, slow, conc]).unwrap();
-        for i in 0..100_000 {
+        for i in 0..99_000 {
             assert!(l.try_acquire(&format!("acct:{i}"), 1).is_allowed());
         }
         assert!(l.try_acquire("day:x", 1).is_allowed(), "the day's one unit");
         assert!(l.acquire_slot("conn:x", 1).is_allowed());
         l.set_share("acct:0", 0.5);
-        assert_eq!(l.keys_in_use(), 100_002);
+        assert_eq!(l.keys_in_use(), 99_002);
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(l.evict_idle(), 0, "the first sweep only marks what it saw");
         assert!(l.try_acquire("acct:1", 1).is_allowed(), "acct:1 stays busy");
         std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(l.evict_idle(), 99_999, "idle keys at rest go");
+        assert_eq!(l.evict_idle(), 98_999, "idle keys at rest go");
         assert_eq!(l.keys_in_use(), 3, "acct:1 (used), day:x (owes its unit) and conn:x (a slot held) stay");
         assert!(!l.try_acquire("day:x", 1).is_allowed(), "a key that owes units is never reset by a sweep");
         assert_eq!(l.usage().iter().find(|u| u.key == "acct:0").map(|u| u.share), None, "its share went with it");
         assert!(l.try_acquire("acct:0", 1).is_allowed(), "a forgotten key starts afresh on its next use");
+    }
+
+    #[test]
+    fn keys_are_bounded_and_keys_at_rest_make_room() {
+        // Keys that owe their unit for an hour fill the table: a new key is refused, counted,
+        // and not taken as demand; keys held still decide; a release makes no state.
+        let slow =
+            LimitSpec { key: "day:*".into(), rate: Some(1), per: Some(Per::Hour), concurrency: None, burst: None };
+        let fast = rate("acct:*", 1_000_000_000);
+        let l = Limiter::new(vec![slow, fast]).unwrap();
+        for i in 0..MAX_KEYS {
+            assert!(l.try_acquire(&format!("day:{i}"), 1).is_allowed());
+        }
+        assert_eq!(l.try_acquire("day:new", 1), Decision::TooManyKeys);
+        assert_eq!(l.try_acquire("acct:new", 1), Decision::TooManyKeys, "refused without a walk within a second");
+        assert!(matches!(l.try_acquire("day:7", 1), Decision::Denied { .. }), "a key held decides as before");
+        assert_eq!(l.try_acquire("nobody:limits:this", 1), Decision::Unlimited, "a key no limit applies to");
+        assert_eq!(l.release("day:new", 1), 0);
+        assert_eq!(l.held("acct:other"), 0);
+        assert_eq!((l.keys_in_use(), l.refused_keys_full()), (MAX_KEYS, 2));
+        assert!(l.usage().iter().all(|u| u.key != "day:new" && u.key != "acct:new"));
+
+        // Keys at rest (units paid back within a nanosecond) are forgotten at once to make room.
+        let l = Limiter::new(vec![rate("acct:*", 1_000_000_000)]).unwrap();
+        for i in 0..MAX_KEYS {
+            assert!(l.try_acquire(&format!("acct:{i}"), 1).is_allowed());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(l.try_acquire("acct:new", 1).is_allowed(), "room was made");
+        assert_eq!((l.keys_in_use(), l.refused_keys_full()), (1, 0));
     }
 }

@@ -91,6 +91,10 @@ async fn acquire(State(s): State<Arc<LimitsService>>, body: Bytes) -> Response {
             Json(json!({ "allowed": false, "most": most, "error": Decision::too_large(&req.key, req.n, most, slots) })),
         )
             .into_response(),
+        Decision::TooManyKeys => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "allowed": false, "error": Decision::too_many_keys() })))
+                .into_response()
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! | request | answers |
 //! | --- | --- |
-//! | `ACQUIRE <key> [n]` | `OK`, `UNLIMITED`, `DENY <retry_after_ms>`, or `ERR` when `n` is more than ever passes at once |
+//! | `ACQUIRE <key> [n]` | `OK`, `UNLIMITED`, `DENY <retry_after_ms>`, or `ERR` when `n` is more than ever passes at once or a new key finds the node's key table full |
 //! | `RELEASE <key> [n]` | `OK <released>` (fewer than `n`: the rest were not held) |
 //! | `PING` | `PONG` |
 //!
@@ -29,6 +29,7 @@ pub fn answer(service: &LimitsService, line: &[u8], out: &mut Vec<u8>) {
             Decision::Unlimited => writeln!(out, "UNLIMITED"),
             Decision::Denied { retry_after } => writeln!(out, "DENY {:.3}", retry_after.as_secs_f64() * 1000.0),
             Decision::TooLarge { most, slots } => writeln!(out, "ERR {}", Decision::too_large(key, n, most, slots)),
+            Decision::TooManyKeys => writeln!(out, "ERR {}", Decision::too_many_keys()),
         },
         Ok(Request::Release(key, n)) => writeln!(out, "OK {}", service.release(key, n)),
         Err(reason) => {
