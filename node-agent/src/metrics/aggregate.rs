@@ -395,7 +395,12 @@ mod tests {
             }
         }
         assert!((30..=40).contains(&taken), "{taken} huge timers taken in 16 MiB");
-        assert!(a.bytes() <= 16 << 20 && real_bytes(&a) <= a.bytes(), "{} estimated, {} held", a.bytes(), real_bytes(&a));
+        assert!(
+            a.bytes() <= 16 << 20 && real_bytes(&a) <= a.bytes(),
+            "{} estimated, {} held",
+            a.bytes(),
+            real_bytes(&a)
+        );
         // A sample within what a held timer covers costs nothing more; counters cost their key.
         a.add(&parse_line("t0:1|ms").unwrap()).unwrap();
         // A set's members count, a member seen before does not.

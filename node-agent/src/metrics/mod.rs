@@ -110,7 +110,12 @@ pub fn snapshots_source(data_dir: &Path) -> crate::config::SourceConfig {
 impl MetricsService {
     /// A service writing snapshots to `log`.
     pub fn new(settings: MetricsSettings, log: EventLog) -> Self {
-        Self { series: Mutex::new(Aggregator::new(settings.max_series, settings.max_series_bytes)), settings, log, stats: MetricsStats::default() }
+        Self {
+            series: Mutex::new(Aggregator::new(settings.max_series, settings.max_series_bytes)),
+            settings,
+            log,
+            stats: MetricsStats::default(),
+        }
     }
 
     /// Start the UDP listener (if configured) and the snapshot task.
@@ -159,7 +164,10 @@ impl MetricsService {
                     }
                     Err(Refused::OverMemory) => {
                         self.stats.dropped_memory.fetch_add(1, Ordering::Relaxed);
-                        Some(format!("memory budget ({} bytes, metrics.max_series_bytes) reached", self.settings.max_series_bytes))
+                        Some(format!(
+                            "memory budget ({} bytes, metrics.max_series_bytes) reached",
+                            self.settings.max_series_bytes
+                        ))
                     }
                     Err(Refused::OutOfRange) => {
                         self.stats.bad_lines.fetch_add(1, Ordering::Relaxed);
