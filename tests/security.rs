@@ -657,6 +657,17 @@ fn get_with_auth(port: u16, path: &str, auth: Option<&str>) -> u16 {
     text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
 }
 
+/// The text of `/metrics` on `port`, asked with `token`.
+fn metrics_with_token(port: u16, token: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text
+}
+
 #[test]
 fn local_apis_are_guarded() {
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
@@ -740,5 +751,59 @@ fn local_apis_are_guarded() {
         "idle connections kept every slot past the stall timeout"
     );
     drop(idle);
+
+    // Request bodies keep a pace: one sent a byte every half second gets 408 after 10 s.
+    use std::io::{Read as _, Write as _};
+    let head = |len: usize| {
+        format!("POST /v1/dlr/register HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nContent-Length: {len}\r\n\r\n")
+    };
+    let mut drip = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    drip.write_all(head(100_000).as_bytes()).unwrap();
+    let started = std::time::Instant::now();
+    // At most 40 bytes: 20 s, far past the 10 s a 40-byte body may take.
+    for _ in 0..40 {
+        if drip.write_all(b" ").is_err() {
+            break;
+        }
+        drip.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let mut answer = [0u8; 12];
+        if drip.read_exact(&mut answer).is_ok() {
+            assert_eq!(&answer, b"HTTP/1.1 408", "{}", String::from_utf8_lossy(&answer));
+            break;
+        }
+    }
+    let took = started.elapsed();
+    assert!(
+        took > Duration::from_secs(9) && took < Duration::from_secs(14),
+        "a dripping body was answered after {took:?}"
+    );
+    assert_eq!(metric(&metrics_with_token(port, "s3cret"), "switchboard_agent_http_slow_requests_total"), Some(1.0));
+
+    // Bodies being read hold at most 256 MiB: eight announcing 32 MiB hold it all, the ninth
+    // gets 503 at once, and the budget comes back as they are refused.
+    let held: Vec<std::net::TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(head(32 << 20).as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut ninth = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    ninth.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    ninth.write_all(head(1024).as_bytes()).unwrap();
+    let mut answer = [0u8; 12];
+    ninth.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 503");
+    assert_eq!(metric(&metrics_with_token(port, "s3cret"), "switchboard_agent_http_busy_requests_total"), Some(1.0));
+    drop(held);
+    assert!(wait_until(Duration::from_secs(5), || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let body = r#"{"connector": "smsc-a", "msg_id": "budget-1"}"#;
+        let _ = write!(s, "{}{body}", head(body.len()));
+        let mut answer = [0u8; 12];
+        s.read_exact(&mut answer).is_ok() && &answer != b"HTTP/1.1 503"
+    }));
     agent.stop();
 }

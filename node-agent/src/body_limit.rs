@@ -5,6 +5,14 @@
 //! that turns out larger (chunked) as soon as it passes the limit: `413` with the APIs' JSON
 //! error body, `{"error": "..."}`, counted in `switchboard_agent_http_oversized_requests_total`.
 //!
+//! A body must also come at a pace: it is refused with `408` once it has taken longer than
+//! [`BODY_GRACE`] plus one second per MiB received ([`BODY_BYTES_PER_SEC`]), so a client sending a
+//! byte a second holds its connection for 10 s, not for as long as it likes (counted in
+//! `switchboard_agent_http_slow_requests_total`). And the bodies being read, and held while their
+//! request runs, take at most [`bodies_budget`] bytes in all (256 MiB by default): past it a request
+//! gets `503` (`switchboard_agent_http_busy_requests_total`), so 256 connections announcing
+//! 32 MiB each cannot make the agent hold 8 GiB.
+//!
 //! Sizing the default: the largest request the APIs document is a DLR register batch of
 //! [`crate::dlr::MAX_BATCH`] records. With every field at its longest (connector 64 bytes,
 //! message id, destination and account 128 each, gateway reference 256, both numbers 20 digits)
@@ -29,10 +37,23 @@ use crate::stats::AgentStats;
 /// The default of `agent.http_max_body_bytes`: 32 MiB (see the module docs).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 << 20;
 
+/// How long any request body may take, before [`BODY_BYTES_PER_SEC`] adds to it.
+pub const BODY_GRACE: std::time::Duration = switchboard_bus::http::STALL_TIMEOUT;
+/// Each this many bytes received give a body one more second.
+pub const BODY_BYTES_PER_SEC: usize = 1 << 20;
+
+/// The bytes all request bodies being read or handled may hold at once: eight bodies at the
+/// limit, and at least 256 MiB.
+pub fn bodies_budget(max_bytes: usize) -> usize {
+    max_bytes.saturating_mul(8).max(256 << 20)
+}
+
 #[derive(Clone)]
 struct BodyLimit {
     max_bytes: usize,
     stats: Arc<AgentStats>,
+    /// [`bodies_budget`], in KiB.
+    budget_kib: Arc<tokio::sync::Semaphore>,
 }
 
 impl BodyLimit {
@@ -42,13 +63,52 @@ impl BodyLimit {
         let error = format!("request body over {} bytes (agent.http_max_body_bytes)", self.max_bytes);
         (StatusCode::PAYLOAD_TOO_LARGE, Json(json!({ "error": error }))).into_response()
     }
+
+    fn too_slow(&self, received: usize) -> Response {
+        self.stats.http_slow_requests.fetch_add(1, Ordering::Relaxed);
+        let error = format!(
+            "request body too slow: {received} bytes in {} s (a body may take {} s plus 1 s per MiB)",
+            BODY_GRACE.as_secs() + (received / BODY_BYTES_PER_SEC) as u64,
+            BODY_GRACE.as_secs()
+        );
+        (StatusCode::REQUEST_TIMEOUT, [(header::CONNECTION, "close")], Json(json!({ "error": error }))).into_response()
+    }
+
+    fn busy(&self) -> Response {
+        self.stats.http_busy_requests.fetch_add(1, Ordering::Relaxed);
+        let error = format!(
+            "the request bodies being read hold {} MiB, the most this agent holds at once: retry shortly",
+            bodies_budget(self.max_bytes) >> 20
+        );
+        (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], Json(json!({ "error": error }))).into_response()
+    }
+
+    /// Take `bytes` more of the budget into `held`; false when the budget has not that much.
+    fn take(&self, held: &mut Option<tokio::sync::OwnedSemaphorePermit>, bytes: usize) -> bool {
+        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+        if kib == 0 {
+            return true;
+        }
+        match self.budget_kib.clone().try_acquire_many_owned(kib) {
+            Ok(more) => {
+                match held {
+                    Some(h) => h.merge(more),
+                    None => *held = Some(more),
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
 }
 
 /// `routes` with bodies of at most `max_bytes`; larger ones get `413 {"error": "..."}` and are
 /// counted in `stats`.
 pub fn limit_bodies(routes: Router, max_bytes: usize, stats: Arc<AgentStats>) -> Router {
+    let kib = (bodies_budget(max_bytes) / 1024).min(tokio::sync::Semaphore::MAX_PERMITS);
+    let budget_kib = Arc::new(tokio::sync::Semaphore::new(kib));
     routes
-        .layer(middleware::from_fn_with_state(BodyLimit { max_bytes, stats }, read_body))
+        .layer(middleware::from_fn_with_state(BodyLimit { max_bytes, stats, budget_kib }, read_body))
         // The routes get the body whole and within the limit: axum's own limit (2 MiB unless
         // told otherwise) must not cut it again.
         .layer(DefaultBodyLimit::max(max_bytes))
@@ -62,13 +122,22 @@ async fn read_body(State(limit): State<BodyLimit>, request: Request, next: Next)
         Some(_) => return limit.too_large(),
         None => 0,
     };
+    // The budget is held until the request is answered: the route works on the bytes.
+    let mut held = None;
+    if !limit.take(&mut held, declared) {
+        return limit.busy();
+    }
     let (parts, body) = request.into_parts();
     let mut bytes = Vec::with_capacity(declared);
     let mut chunks = body.into_data_stream();
-    while let Some(chunk) = chunks.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => {
+    let started = tokio::time::Instant::now();
+    loop {
+        let deadline = started + BODY_GRACE + std::time::Duration::from_secs((bytes.len() / BODY_BYTES_PER_SEC) as u64);
+        let chunk = match tokio::time::timeout_at(deadline, chunks.next()).await {
+            Err(_) => return limit.too_slow(bytes.len()),
+            Ok(None) => break,
+            Ok(Some(Ok(c))) => c,
+            Ok(Some(Err(e))) => {
                 let error = format!("reading the request body: {e}");
                 return (StatusCode::BAD_REQUEST, Json(json!({ "error": error }))).into_response();
             }
@@ -76,9 +145,16 @@ async fn read_body(State(limit): State<BodyLimit>, request: Request, next: Next)
         if chunk.len() > limit.max_bytes.saturating_sub(bytes.len()) {
             return limit.too_large();
         }
+        // A body without a length (chunked), or longer than it said, takes budget as it comes.
+        let past_declared = bytes.len().saturating_add(chunk.len()).saturating_sub(declared.max(bytes.len()));
+        if !limit.take(&mut held, past_declared) {
+            return limit.busy();
+        }
         bytes.extend_from_slice(&chunk);
     }
-    next.run(Request::from_parts(parts, Body::from(bytes))).await
+    let answer = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    drop(held);
+    answer
 }
 
 #[cfg(test)]

@@ -213,6 +213,16 @@ impl Report for AgentReport {
                 "HTTP requests refused with 413: body over agent.http_max_body_bytes.",
                 g(&s.http_oversized_requests),
             )
+            .counter(
+                "switchboard_agent_http_slow_requests_total",
+                "HTTP requests refused with 408: body slower than 10 s plus 1 s per MiB.",
+                g(&s.http_slow_requests),
+            )
+            .counter(
+                "switchboard_agent_http_busy_requests_total",
+                "HTTP requests refused with 503: the bodies being read held their whole budget.",
+                g(&s.http_busy_requests),
+            )
             .gauge(
                 "switchboard_agent_collectors_alive",
                 "Collectors alive on the bus.",
@@ -282,7 +292,7 @@ impl Report for AgentReport {
                 )
                 .counter(
                     "switchboard_agent_limits_keys_full_total",
-                    "Requests for a new key refused because the node held the state of its most keys (100,000), none at rest.",
+                    "Requests for a new key refused because the node held the state of its most keys (10,000), none at rest.",
                     l.limiter.refused_keys_full(),
                 )
                 .gauge("switchboard_agent_limits_keys", "Concrete keys this node holds state for.", l.limiter.keys_in_use() as f64)

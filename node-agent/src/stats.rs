@@ -50,6 +50,10 @@ pub struct AgentStats {
     pub unacked_batches: AtomicU64,
     /// HTTP requests refused because their body was over `agent.http_max_body_bytes`.
     pub http_oversized_requests: AtomicU64,
+    /// HTTP requests refused with 408 because their body came too slowly.
+    pub http_slow_requests: AtomicU64,
+    /// HTTP requests refused with 503 because the bodies being read held the whole budget.
+    pub http_busy_requests: AtomicU64,
     /// Per source, when its tailer thread last went round its loop (a stuck or dead tailer
     /// stops beating; `/health` reports it).
     pub tailer_beats: Mutex<BTreeMap<String, Instant>>,
