@@ -217,8 +217,9 @@ pub fn nodes_or_fail(repo: &ClusterRepo, keys: &KeySpace, bus: &BusArgs) -> Resu
     if repo.states.is_empty() {
         let to = bus.bus_config().map(|c| c.connect.join(", ")).unwrap_or_default();
         bail!(
-            "no node answered on {}/config/state/*: is an agent running and reachable at {to}?{}",
+            "no node answered on {}/config/state/*: is an agent of this cluster running and reachable at {to}? {}{}",
             keys.prefix(),
+            crate::limits_cmd::CLUSTER_HINT,
             if repo.errors.is_empty() { String::new() } else { format!(" ({})", repo.errors.join("; ")) }
         );
     }

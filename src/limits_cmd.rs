@@ -51,6 +51,10 @@ pub struct BusArgs {
     pub tls_key: Option<PathBuf>,
 }
 
+/// Said when no node answers: the usual cause is a cluster of another name.
+pub const CLUSTER_HINT: &str =
+    "(the cluster's name is `[bus] cluster` in the agents' files: pass it with --cluster, or an agent's file with --config)";
+
 /// The `limits` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum LimitsCommand {
@@ -437,7 +441,8 @@ async fn histories(session: &zenoh::Session, keys: &KeySpace, bus: &BusArgs) -> 
     }
     if h.is_empty() {
         bail!(
-            "no node answered on {}/limits/config/*: is an agent with limits enabled running and reachable at {}?",
+            "no node answered on {}/limits/config/*: is an agent of this cluster with limits enabled running and \
+             reachable at {}? {CLUSTER_HINT}",
             keys.prefix(),
             bus.bus_config()?.connect.join(", ")
         );
