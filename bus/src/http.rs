@@ -11,7 +11,8 @@
 //! gauge ([`crate::refusals::render`]) in the metrics.
 //!
 //! Every route is guarded by [`Access`]: with a token, every request but `/health` must carry it
-//! (and an address that is not loopback needs one); at most [`MAX_CONNECTIONS`] are open at once.
+//! (and an address that is not loopback needs one); at most [`MAX_CONNECTIONS`] are open at once,
+//! and one that stalls for [`STALL_TIMEOUT`] is closed.
 //!
 //! The process supplies both through a [`Report`] function called per request; [`Metrics`]
 //! writes the exposition format (`switchboard_<name>_<unit>_total` for counters, bounded labels).
@@ -229,8 +230,8 @@ pub const MAX_CONNECTIONS: usize = 256;
 
 /// How long an HTTP connection may stall before it is closed: to send a request's head (counted
 /// from the connection's start or the end of the previous answer, so an idle keep-alive
-/// connection closes after this long), between two reads of a request's body, and while an
-/// answer waits for the client to read it. With every slot held by clients that send slowly or
+/// connection closes after this long), and while an answer waits for the client to read it.
+/// A route that reads a body bounds that itself (the agent's: `agent::body_limit`). With every slot held by clients that send slowly or
 /// not at all, a new connection waits in the backlog at most about this long.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -493,7 +494,6 @@ async fn serve_connections(
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut listener = Capped { inner, permits, busy_poll, stall };
-    let app = app.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(stall));
     let connections = tokio_util::task::TaskTracker::new();
     loop {
         let io = tokio::select! {
@@ -534,10 +534,8 @@ mod tests {
     async fn stall_server(stall: Duration) -> (SocketAddr, CancellationToken) {
         let inner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = inner.local_addr().unwrap();
-        let app = Router::new()
-            .route("/health", get(|| async { "ok" }))
-            .route("/big", get(|| async { vec![b'x'; 1 << 20] }))
-            .route("/echo", axum::routing::post(|body: axum::body::Bytes| async move { body.len().to_string() }));
+        let app =
+            Router::new().route("/health", get(|| async { "ok" })).route("/big", get(|| async { vec![b'x'; 1 << 20] }));
         let cancel = CancellationToken::new();
         tokio::spawn(serve_connections(inner, app, Duration::ZERO, stall, cancel.clone()));
         (addr, cancel)
@@ -589,13 +587,6 @@ mod tests {
         assert!(started.elapsed() < stall + Duration::from_secs(2), "{:?}", started.elapsed());
         slow.abort();
         drop(idle);
-
-        // A body that stops: the connection is closed (an answer may come first) at the stall.
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789").await.unwrap();
-        let mut rest = Vec::new();
-        let closed = tokio::time::timeout(stall * 3, s.read_to_end(&mut rest)).await;
-        assert!(closed.is_ok(), "a connection whose body stopped was not closed");
 
         // A client that asks and never reads: its connection is closed before every answer is
         // written (50 MiB of answers are far past the socket buffers).

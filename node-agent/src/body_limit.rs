@@ -6,9 +6,9 @@
 //! error body, `{"error": "..."}`, counted in `switchboard_agent_http_oversized_requests_total`.
 //!
 //! A body must also come at a pace: it is refused with `408` once it has taken longer than
-//! [`BODY_GRACE`] plus one second per MiB received ([`BODY_BYTES_PER_SEC`]), so a client sending a
-//! byte a second holds its connection for 10 s, not for as long as it likes (counted in
-//! `switchboard_agent_http_slow_requests_total`). And the bodies being read, and held while their
+//! [`BODY_GRACE`] plus one second per MiB received ([`BODY_BYTES_PER_SEC`]), or has sent nothing
+//! for the stall timeout (10 s), so a client sending a byte a second holds its connection for
+//! 10 s, not for as long as it likes (counted in `switchboard_agent_http_slow_requests_total`). And the bodies being read, and held while their
 //! request runs, take at most [`bodies_budget`] bytes in all (256 MiB by default): past it a request
 //! gets `503` (`switchboard_agent_http_busy_requests_total`), so 256 connections announcing
 //! 32 MiB each cannot make the agent hold 8 GiB.
@@ -64,12 +64,14 @@ impl BodyLimit {
         (StatusCode::PAYLOAD_TOO_LARGE, Json(json!({ "error": error }))).into_response()
     }
 
-    fn too_slow(&self, received: usize) -> Response {
+    fn too_slow(&self, received: usize, took: std::time::Duration) -> Response {
         self.stats.http_slow_requests.fetch_add(1, Ordering::Relaxed);
         let error = format!(
-            "request body too slow: {received} bytes in {} s (a body may take {} s plus 1 s per MiB)",
-            BODY_GRACE.as_secs() + (received / BODY_BYTES_PER_SEC) as u64,
-            BODY_GRACE.as_secs()
+            "request body too slow: {received} bytes in {:.1} s (a body may take {} s plus 1 s per MiB, \
+             and pause at most {} s)",
+            took.as_secs_f64(),
+            BODY_GRACE.as_secs(),
+            switchboard_bus::http::STALL_TIMEOUT.as_secs()
         );
         (StatusCode::REQUEST_TIMEOUT, [(header::CONNECTION, "close")], Json(json!({ "error": error }))).into_response()
     }
@@ -132,9 +134,11 @@ async fn read_body(State(limit): State<BodyLimit>, request: Request, next: Next)
     let mut chunks = body.into_data_stream();
     let started = tokio::time::Instant::now();
     loop {
-        let deadline = started + BODY_GRACE + std::time::Duration::from_secs((bytes.len() / BODY_BYTES_PER_SEC) as u64);
+        // Past its pace, or silent for the stall timeout, whichever comes first.
+        let paced = started + BODY_GRACE + std::time::Duration::from_secs((bytes.len() / BODY_BYTES_PER_SEC) as u64);
+        let deadline = paced.min(tokio::time::Instant::now() + switchboard_bus::http::STALL_TIMEOUT);
         let chunk = match tokio::time::timeout_at(deadline, chunks.next()).await {
-            Err(_) => return limit.too_slow(bytes.len()),
+            Err(_) => return limit.too_slow(bytes.len(), started.elapsed()),
             Ok(None) => break,
             Ok(Some(Ok(c))) => c,
             Ok(Some(Err(e))) => {
