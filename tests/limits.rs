@@ -322,6 +322,9 @@ fn a_limit_changed_under_traffic_applies_everywhere_and_the_api_explains_bad_req
     assert_eq!((code, body.as_str()), (200, r#"{"released":1}"#));
     let (code, _, body) = http_post(port, "/v1/slots/release", r#"{"key": "domain:d"}"#);
     assert!(code == 409 && body.contains("not held"), "{code} {body}");
+    // A rate key holds no slots: the answer says so rather than "not held".
+    let (code, _, body) = http_post(port, "/v1/slots/release", r#"{"key": "operator:x"}"#);
+    assert!(code == 409 && body.contains("no concurrency limit applies"), "{code} {body}");
     // More slots than the whole cluster's limit (domain:* holds 2) would never pass: 400.
     let (code, head, body) = http_post(port, "/v1/slots/acquire", r#"{"key": "domain:d", "n": 3}"#);
     assert!(code == 400 && body.contains("2 slots") && body.contains("never pass"), "{code} {body}");
@@ -346,6 +349,10 @@ fn a_limit_changed_under_traffic_applies_everywhere_and_the_api_explains_bad_req
         (r#"{"key": 5}"#, "expected"),
         ("not json", "expected"),
         (r#"{"key": "x", "n": 0}"#, "n must be"),
+        // Past 64 bits, a fraction or a negative: the range, not the JSON reader's type error.
+        (r#"{"key": "x", "n": 18446744073709551616}"#, "whole number from 1 to"),
+        (r#"{"key": "x", "n": 1.5}"#, "whole number from 1 to"),
+        (r#"{"key": "x", "n": -1}"#, "whole number from 1 to"),
         (r#"{"key": ""}"#, "key must be"),
         (r#"{"key": "x", "extra": 1}"#, "unknown field"),
         (r#"["x", 1]"#, "not a JSON object"),

@@ -30,7 +30,7 @@ use super::{check_request, LimitsService};
 #[serde(deny_unknown_fields)]
 struct UnitsRequest {
     key: String,
-    #[serde(default = "one")]
+    #[serde(default = "one", deserialize_with = "super::units_from_json")]
     n: u64,
 }
 
@@ -106,7 +106,11 @@ async fn release(State(s): State<Arc<LimitsService>>, body: Bytes) -> Response {
     };
     let released = s.release(&req.key, req.n);
     if released < req.n {
-        let msg = format!("released {released} of {}: the rest were not held on this node", req.n);
+        let msg = if s.limiter.slot_limit(&req.key).is_none() {
+            format!("no concurrency limit applies to {:?}: it has no slots to give back (a rate limit's units are not given back)", req.key)
+        } else {
+            format!("released {released} of {}: the rest were not held on this node", req.n)
+        };
         return (StatusCode::CONFLICT, Json(json!({ "released": released, "error": msg }))).into_response();
     }
     Json(json!({ "released": released })).into_response()

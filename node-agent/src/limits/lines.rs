@@ -55,9 +55,7 @@ fn parse<'a>(line: &'a [u8]) -> Result<Request<'a>, String> {
     if words.next().is_some() {
         return Err("too many words; expected `<VERB> <key> [n]`".into());
     }
-    let units = |n: Option<&str>| -> Result<u64, String> {
-        n.map_or(Ok(1), |s| s.parse::<u64>().map_err(|_| format!("n must be a whole number, got {s:?}")))
-    };
+    let units = |n: Option<&str>| -> Result<u64, String> { n.map_or(Ok(1), super::units_of) };
     let keyed = |key: Option<&'a str>, n: u64| -> Result<&'a str, String> {
         let key = key.ok_or("missing key")?;
         check_request(key, n).map_err(|e| e.to_string())?;
@@ -94,7 +92,9 @@ mod tests {
             (b"PING extra\n", "PING takes no argument"),
             (b"ACQUIRE\n", "missing key"),
             (b"ACQUIRE x y\n", "whole number"),
-            (b"ACQUIRE x 0\n", "between 1"),
+            (b"ACQUIRE x 0\n", "from 1 to"),
+            (b"ACQUIRE x 18446744073709551616\n", "from 1 to"),
+            (b"ACQUIRE x -1\n", "whole number"),
             (b"ACQUIRE x 1 2\n", "too many"),
             (b"ACQUIRE \xff\n", "UTF-8"),
         ] {

@@ -79,8 +79,41 @@ pub enum RequestError {
     #[error("key must be 1 to {MAX_KEY_BYTES} bytes without control characters")]
     Key,
     /// `n` is zero or too large.
-    #[error("n must be between 1 and {MAX_UNITS}")]
+    #[error("n must be a whole number from 1 to {MAX_UNITS}")]
     Units,
+}
+
+/// `n` as a request gives it in text (the gateway socket): a whole number from 1 to
+/// [`MAX_UNITS`]; a whole number too long for 64 bits is out of that range too, not malformed.
+pub fn units_of(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(n) => Ok(n),
+        Err(_) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => Err(RequestError::Units.to_string()),
+        Err(_) => Err(format!("{}, got {text:?}", RequestError::Units)),
+    }
+}
+
+/// `n` as a JSON body gives it: any number is read, and one that is not a whole number from 1 up
+/// (a fraction, a negative, one past 64 bits, which JSON readers hold as a float) is refused
+/// with the range, not with the reader's type error. [`check_request`] checks the top.
+pub fn units_from_json<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    struct Units;
+    impl serde::de::Visitor<'_> for Units {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "a whole number from 1 to {MAX_UNITS}")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom(RequestError::Units))
+        }
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<u64, E> {
+            Err(E::custom(RequestError::Units))
+        }
+    }
+    d.deserialize_any(Units)
 }
 
 /// Check a request's key and unit count.
