@@ -363,6 +363,10 @@ impl Table {
     }
 }
 
+/// The wait told to a refused slot request when this node holds none of the key's slots, until
+/// [`Limiter::set_no_slots_wait`] sets the exchange's own interval.
+pub const DEFAULT_NO_SLOTS_WAIT: Duration = Duration::from_millis(100);
+
 /// A new key found every key slot taken ([`MAX_KEYS`]).
 #[derive(Debug)]
 struct KeysFull;
@@ -373,6 +377,9 @@ pub struct Limiter {
     epoch: Instant,
     /// Requests refused as [`Decision::TooManyKeys`].
     keys_full: AtomicU64,
+    /// The wait a refused slot request is told when this node holds none of the key's slots,
+    /// in ns: no release here can free one, the next exchange of demand may move some here.
+    no_slots_wait_ns: AtomicU64,
 }
 
 impl Limiter {
@@ -400,6 +407,7 @@ impl Limiter {
             }),
             epoch: Instant::now(),
             keys_full: AtomicU64::new(0),
+            no_slots_wait_ns: AtomicU64::new(DEFAULT_NO_SLOTS_WAIT.as_nanos() as u64),
         }
     }
 
@@ -479,11 +487,23 @@ impl Limiter {
                 let max = self.table.read().ok().and_then(|t| t.specs.get(state.spec()).and_then(|s| s.concurrency));
                 match max {
                     Some(max) if n > max => Decision::TooLarge { most: max, slots: true },
-                    _ => slot_decision(slots.try_acquire(n)),
+                    _ if slots.try_acquire(n) => Decision::Allowed,
+                    // Refused with none held here: a release here cannot help; say when the
+                    // slots may have moved here instead of "at once".
+                    _ if slots.held() == 0 => Decision::Denied {
+                        retry_after: Duration::from_nanos(self.no_slots_wait_ns.load(Ordering::Relaxed)),
+                    },
+                    _ => Decision::Denied { retry_after: Duration::ZERO },
                 }
             }
         };
         state.counts().count(decision, n)
+    }
+
+    /// The wait told to a refused slot request when this node holds none of the key's slots
+    /// (the exchange's interval: the slots this node may hold are worked out there).
+    pub fn set_no_slots_wait(&self, wait: Duration) {
+        self.no_slots_wait_ns.store(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     /// Take `n` concurrency slots of `key` (to be given back with [`Limiter::release`]).
@@ -687,14 +707,6 @@ pub fn check(specs: &[LimitSpec]) -> Result<(), SpecError> {
     Ok(())
 }
 
-fn slot_decision(ok: bool) -> Decision {
-    if ok {
-        Decision::Allowed
-    } else {
-        Decision::Denied { retry_after: Duration::ZERO }
-    }
-}
-
 fn make_state(spec: &LimitSpec, idx: usize, share: f64) -> State {
     match (spec.rate, spec.concurrency) {
         (Some(rate), _) => {
@@ -788,13 +800,19 @@ mod tests {
         }])
         .unwrap();
         assert!((0..20).all(|_| l.acquire_slot("domain:x", 1).is_allowed()));
-        assert!(!l.acquire_slot("domain:x", 1).is_allowed());
+        // Refused while this node holds slots: one of its releases frees one at once.
+        assert_eq!(l.acquire_slot("domain:x", 1), Decision::Denied { retry_after: Duration::ZERO });
         assert_eq!(l.release("domain:x", 1), 1);
         assert!(l.acquire_slot("domain:x", 1).is_allowed());
         l.set_share("domain:x", 0.5);
         assert_eq!(l.release("domain:x", 20), 20);
         assert_eq!((0..20).filter(|_| l.acquire_slot("domain:x", 1).is_allowed()).count(), 10);
         assert_eq!(l.release("domain:unknown-to-it", 1), 0);
+        // Refused with none held here (a node not yet given slots of the key): no release here
+        // can help, so the wait is the exchange's interval, not zero.
+        l.set_no_slots_wait(Duration::from_millis(250));
+        l.set_slots("domain:y", 0, 0.0);
+        assert_eq!(l.acquire_slot("domain:y", 1), Decision::Denied { retry_after: Duration::from_millis(250) });
         // More slots than the whole cluster's limit would never pass: said so, not "wait".
         assert_eq!(l.acquire_slot("domain:x", 21), Decision::TooLarge { most: 20, slots: true });
         assert!(Decision::too_large("domain:x", 21, 20, true).contains("20 slots"));

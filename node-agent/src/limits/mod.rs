@@ -166,8 +166,10 @@ impl LimitsService {
             cancel.clone(),
         )
         .await?;
+        let interval = Duration::from_millis(l.interval_ms);
+        limiter.set_no_slots_wait(interval);
         let settings = CoordSettings {
-            interval: Duration::from_millis(l.interval_ms),
+            interval,
             lease: Duration::from_millis(config.bus.lease_ms),
             silent_hold: Duration::from_millis(l.silent_hold_ms),
         };
