@@ -429,10 +429,15 @@ async fn a_member_cannot_act_as_another() {
     .await;
 
     // Row 19: a certificate of the CA that is not a member can do nothing: it matches no subject
-    // of the policy, whose default drops what it sends (uncounted: zenoh logs no decision for it).
-    // `finish` finds none of its rows.
+    // of the policy, whose default drops what it sends. `finish` finds none of its rows. What
+    // it declares (an agent declares its queryables at start) is counted as `access_denied`.
     let gw9 = session(c, "agent:gw9", std::slice::from_ref(&c.endpoint)).await;
     put(&gw9, &key(c, "stream/gw9/log/app"), forged_batch(0, 10)).await;
+    expect_refused(c, "collector", "access_denied", async {
+        let _q = gw9.declare_queryable(key(c, "replay/gw9/log/app")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    })
+    .await;
 
     finish(&s, &rec);
 }

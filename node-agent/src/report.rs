@@ -71,10 +71,16 @@ impl Report for AgentReport {
         }
         let collectors = self.membership.live_of(Role::Collector);
         if collectors.is_empty() {
-            h.degraded.push(
-                "no collector is alive: lines are read and journaled (up to max_unacked_batches, then reading pauses) and pulled by a collector when one is back"
-                    .into(),
-            );
+            // On TLS a collector that runs but refuses this node (its members file does not
+            // list it yet) is not seen either, and the operator must be told where to look.
+            let tls = if switchboard_bus::refusals::tls() {
+                "; if a collector runs, check that its members file lists this node's identity and that it was restarted since (docs/security.md, Rotation)"
+            } else {
+                ""
+            };
+            h.degraded.push(format!(
+                "no collector is alive: lines are read and journaled (up to max_unacked_batches, then reading pauses) and pulled by a collector when one is back{tls}"
+            ));
         }
         let lags = lags(&self.journals);
         for (source, (_, _, unacked, _)) in &lags {

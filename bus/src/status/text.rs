@@ -86,7 +86,9 @@ pub fn render(c: &ClusterStatus) -> String {
             "\nno process answered and no liveliness token was seen: is --connect (or the connect and listen \
              endpoints of --config) a process of the cluster that is running, and is --cluster its cluster's \
              name (a process of another cluster answers on other keys, so it looks absent)? An agent's \
-             own bus port is random unless its [bus] listen sets one.\n",
+             own bus port is random unless its [bus] listen sets one. On TLS, are --tls-ca and this \
+             tool's certificate the cluster's, and its identity in the members file (a refused handshake \
+             or identity looks the same)?\n",
         );
         return out;
     }
