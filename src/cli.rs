@@ -105,10 +105,10 @@ pub enum Command {
         /// Dataset and time window.
         #[command(flatten)]
         scope: Scope,
-        /// Bucket width of time series: `10s`, `5m`, `1h`, `1d`. By default picked from the span
-        /// of the data (in the --since/--until window), for at most 120 buckets: from 1s for a
-        /// run of two minutes to 1d for four months.
-        #[arg(long, value_parser = parse_duration)]
+        /// Bucket width of time series, whole seconds: `10s`, `5m`, `1h`, `1d`. By default picked
+        /// from the span of the data (in the --since/--until window), for at most 120 buckets: from
+        /// 1s for a run of two minutes to 1d for four months.
+        #[arg(long, value_parser = parse_bucket)]
         bucket: Option<Duration>,
         /// The metric a metrics report reads (throughput: a counter, default `submitted`;
         /// timer: a timer, default `dlr_latency`).
@@ -216,7 +216,7 @@ pub enum Command {
 /// Which dataset and which time window a query or report reads.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Scope {
-    /// The dataset root (the collector's `data_dir`): a directory, or `s3://bucket/prefix` (the
+    /// The dataset root (the collector's `data_dir`): a directory (or `file:///dir`), or `s3://bucket/prefix` (the
     /// endpoint, region and credentials from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
     /// AWS_SECRET_ACCESS_KEY; AWS_ALLOW_HTTP=true for a plain http:// endpoint). Without it and
     /// with no switchboard-data here, the demo's dataset (switchboard-demo/dataset) is read if
@@ -241,8 +241,12 @@ impl Scope {
     async fn open(&self) -> Result<Dataset> {
         let window = TimeWindow::parse(self.since.as_deref(), self.until.as_deref(), chrono::Utc::now())?;
         let text = self.data.to_string_lossy();
-        if text.starts_with("s3://") {
+        if text.contains("://") {
+            // As the collector's `data_dir` takes it: `s3://...` or `file:///...`.
             let location = switchboard_bus::dataset::Location::parse(&text)?;
+            if let switchboard_bus::dataset::Location::Local(path) = &location {
+                return Ok(Dataset::open_window(path, window).await?);
+            }
             let options = switchboard_bus::dataset::StoreOptions::default();
             return Ok(Dataset::open_location(&location, &options, window).await?);
         }
@@ -340,6 +344,15 @@ impl<W: std::io::Write> std::io::Write for QuietPipe<W> {
     fn flush(&mut self) -> std::io::Result<()> {
         Self::quiet(self.0.flush())
     }
+}
+
+/// A report's bucket: a duration of whole seconds, at least one (rows are bucketed by second).
+fn parse_bucket(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.as_secs() == 0 || d.subsec_nanos() != 0 {
+        return Err(format!("a bucket is a whole number of seconds, at least 1s (got {s:?})"));
+    }
+    Ok(d)
 }
 
 /// Parse `15s`, `500ms`, `2m`, `1h` or a plain number of seconds.
@@ -555,7 +568,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             // 0 lets the report pick the bucket from the span of its data.
-            let bucket_s = bucket.map_or(0, |b| b.as_secs().max(1));
+            let bucket_s = bucket.map_or(0, |b| b.as_secs());
             let opts = reports::ReportOptions { bucket_s, metric, limit };
             // Refuse a chart that cannot be drawn before running anything, not after printing.
             if plot.is_some() && reports::report(&name, &opts)?.series.is_none() {
@@ -577,8 +590,9 @@ pub fn run(cli: Cli) -> Result<()> {
                 if let (Some((kind, default)), None, false) = (reports::metric_read(&name), &out.no_data, has_rows) {
                     note!(
                         "no {kind} named {:?} in the metrics table (in the scope asked for); \
-                         `switchboard query \"SELECT DISTINCT name, kind FROM metrics\"` lists what there is",
-                        opts.metric.as_deref().unwrap_or(default)
+                         `switchboard query --data {} \"SELECT DISTINCT name, kind FROM metrics\"` lists what there is",
+                        opts.metric.as_deref().unwrap_or(default),
+                        scope.data.display()
                     );
                 }
                 if let (Some(bucket_s), true, true) = (out.bucket_s, out.bucket_picked, has_rows) {

@@ -141,6 +141,15 @@ fn reports_and_windows(dataset: &std::path::Path, rows: usize) {
     assert!(chart.starts_with("<svg") && chart.matches("<polyline").count() == 3, "{chart}");
     let (out, _) = run(&["report", "top-errors", "--data", data, "--limit", "2", "--format", "csv"]);
     assert_eq!(out.lines().count(), 3, "{out}");
+    // The dataset as the collector's data_dir may name it, `file:///...`, reads the same.
+    let url = format!("file://{}", dataset.canonicalize().unwrap().display());
+    let (same, _) = run(&["report", "top-errors", "--data", &url, "--limit", "2", "--format", "csv"]);
+    assert_eq!(same, out);
+    // A bucket under a second is refused, not read as one second.
+    let out =
+        Command::new(common::BIN).args(["report", "log-volume", "--data", data, "--bucket", "500ms"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("whole number of seconds"), "{err}");
     // A report into a Parquet file, as `--format parquet` offers.
     let file = svg.with_file_name("top-errors.parquet");
     run(&["report", "top-errors", "--data", data, "--limit", "2", "--format", "parquet", "-o", file.to_str().unwrap()]);

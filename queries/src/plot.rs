@@ -200,11 +200,12 @@ fn point_spacing(series: &Series) -> Option<i64> {
     series.values().flat_map(|pts| pts.windows(2).map(|w| w[1].0 - w[0].0)).filter(|step| *step > 0).min()
 }
 
-/// `points` cut where a gap is wider than twice `spacing`, so that a line is not drawn across
-/// time with no rows (a node that was down): each run is drawn as a line of its own.
+/// `points` cut where at least one point is missing (a step of twice `spacing` or more), so that
+/// a line is not drawn across time with no rows (a node that was down): each run is drawn as a
+/// line of its own.
 fn runs(points: &[(i64, f64)], spacing: Option<i64>) -> Vec<&[(i64, f64)]> {
     let Some(spacing) = spacing else { return vec![points] };
-    points.chunk_by(|a, b| b.0 - a.0 <= 2 * spacing).collect()
+    points.chunk_by(|a, b| b.0 - a.0 < spacing.saturating_mul(2)).collect()
 }
 
 fn escape(s: &str) -> String {
@@ -465,5 +466,8 @@ mod tests {
         // Rows further apart than the bucket (metrics every 10 s in 1 s buckets) are not gaps.
         let sparse = one_series(&[s(0, 1.0), s(10, 2.0), s(20, 3.0)]);
         assert_eq!(runs(&sparse["gw1"], point_spacing(&sparse)).len(), 1);
+        // One bucket without rows is a gap too (6 h buckets: 18:00, then 06:00).
+        let one_missing = one_series(&[s(0, 1.0), s(6, 2.0), s(18, 3.0), s(24, 1.0)]);
+        assert_eq!(runs(&one_missing["gw1"], point_spacing(&one_missing)).len(), 2);
     }
 }
