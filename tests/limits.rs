@@ -368,6 +368,21 @@ fn a_limit_changed_under_traffic_applies_everywhere_and_the_api_explains_bad_req
     assert!(s.request("TAKE x").starts_with("ERR unknown request"));
     assert_eq!(s.request("RELEASE domain:never 1"), "OK 0");
     assert!(s.request("ACQUIRE customer:acme 2").starts_with("ERR n 2 is more than this node lets pass at once"));
+    // Both slots of domain:w held on a: b, which holds none, is told to wait for the next
+    // exchange (interval_ms, 50 here), not to retry at once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut held = 0;
+    while held < 2 && Instant::now() < deadline {
+        if s.request("ACQUIRE domain:w") == "OK" {
+            held += 1;
+        } else {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    assert_eq!(held, 2, "a never held both slots of domain:w");
+    let mut on_b = SocketClient::connect(&c.socket("b"));
+    assert_eq!(on_b.request("ACQUIRE domain:w"), "DENY 50.000");
+    assert_eq!(s.request("RELEASE domain:w 2"), "OK 2");
     let (_, metrics) = c.http_get("a", "/metrics");
     // Five over HTTP, two on the socket; the unknown verb and the leading space are the gateway
     // socket's.
