@@ -445,6 +445,52 @@ fn a_hung_first_holder_costs_one_ask_timeout_then_every_node_answers() {
 }
 
 #[test]
+fn a_report_whose_holders_are_hung_is_told_to_try_again_not_that_the_record_is_missing() {
+    let c = Cluster::new();
+    let dlr = DLR.replace("[dlr]\n", "[dlr]\ntimeout_ms = 300\n");
+    let a = c.start_limits_agent("a", &[], "", &dlr);
+    let b = c.start_limits_agent("b", &[a.endpoint()], "", &dlr);
+    let holder = c.start_limits_agent("c", &[a.endpoint(), b.endpoint()], "", &dlr);
+    wait_mesh(&c, &["a", "b", "c"]);
+    // An id of a's whose one copy is on c: b holds nothing of it.
+    let id = (0..1000)
+        .map(|i| i.to_string())
+        .find(|id| {
+            let key = switchboard_bus::dlr::record::store_key("dec", id);
+            switchboard_bus::dlr::rendezvous::first_holder(&key, ["a", "b", "c"]) == Some("c")
+        })
+        .expect("one in a thousand ids weighs most on c");
+    register(&c, "a", "dec", [id.clone()]);
+    assert!(wait_until(Duration::from_secs(10), || dlr_counter(&c, "c", "replica_ops_received") >= 1));
+
+    // The owner and its copy hung, still within their lease: nobody answers b.
+    let pids: Vec<u32> = [&a, &holder].iter().map(|n| n.proc.as_ref().map(|p| p.pid()).unwrap_or_default()).collect();
+    for pid in &pids {
+        signal(*pid, "-STOP");
+    }
+    let report = json!({"connector": "dec", "msg_id": id, "status": "DELIVRD", "wait_ms": 0});
+    let (code, res) = post(&c, "b", "/v1/dlr/report", report.clone());
+    for pid in &pids {
+        signal(*pid, "-CONT");
+    }
+    assert_eq!(code, 503, "{res}");
+    assert!(res["error"].as_str().is_some_and(|e| e.contains("no other node holds message")), "{res}");
+    assert_eq!((dlr_counter(&c, "b", "unanswered"), dlr_counter(&c, "b", "not_found")), (1, 0));
+    // Awake again, the owner answers the retry: it took it, or (docs/dlr-api.md, the one case that
+    // still loses a DLR) it read the first report past its deadline and closed the record.
+    let (code, res) = post(&c, "b", "/v1/dlr/report", report);
+    assert!(code == 200 && matches!(res["outcome"].as_str(), Some("delivered" | "duplicate")), "{res}");
+    // An id that nobody registered is still missing: 404 once the holder says so.
+    let (code, _) = post(
+        &c,
+        "b",
+        "/v1/dlr/report",
+        json!({"connector": "dec", "msg_id": "999999", "status": "DELIVRD", "wait_ms": 0}),
+    );
+    assert_eq!(code, 404);
+}
+
+#[test]
 fn the_replication_queue_stays_bounded_without_a_replica_and_every_copy_arrives_after() {
     let c = Cluster::new();
     let dlr = DLR.replace("[dlr]\n", "[dlr]\nreplica_queue = 1000\n");

@@ -262,7 +262,13 @@ impl Gateway {
                     l.stats.socket_requests.fetch_add(1, Ordering::Relaxed);
                     crate::limits::lines::answer(l, line, out);
                 }
-                None if &line[..verb_end] == b"PING" => out.extend_from_slice(b"PONG\n"),
+                None if &line[..verb_end] == b"PING" => {
+                    if line[verb_end..].iter().all(u8::is_ascii_whitespace) {
+                        out.extend_from_slice(b"PONG\n");
+                    } else {
+                        out.extend_from_slice(b"ERR PING takes no argument\n");
+                    }
+                }
                 None => out.extend_from_slice(b"ERR limits are off on this node ([limits] enabled = false)\n"),
             },
             b"REGISTER" | b"RESOLVE" | b"REPORT" | b"CLOSE" => match &self.dlr {
@@ -760,6 +766,21 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(1), gateway.read_to_end(&mut got)).await.unwrap().unwrap();
         assert_eq!(String::from_utf8_lossy(&got), "PONG\nSLOW a\nERR line too long\n");
         served.await.unwrap();
+    }
+
+    #[test]
+    fn with_limits_and_dlrs_off_ping_is_still_checked() {
+        let gateway = Gateway { limits: None, dlr: None, stats: GatewayStats::default() };
+        let answer = |line: &[u8]| {
+            let mut out = Vec::new();
+            assert!(gateway.answer_line(line, &mut out).is_none());
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(answer(b"PING"), "PONG\n");
+        assert_eq!(answer(b"PING \r"), "PONG\n");
+        assert_eq!(answer(b"PING extra"), "ERR PING takes no argument\n");
+        assert!(answer(b"ACQUIRE k").contains("limits are off"));
+        assert!(answer(b"RESOLVE c 1").contains("DLRs are off"));
     }
 
     #[test]

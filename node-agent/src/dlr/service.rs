@@ -58,10 +58,7 @@ impl DlrService {
             // The node that must hold the record did not answer, nor did any other: whether it
             // exists is not known, and a gateway told "not found" would drop its DLR.
             if let Some(why) = unanswered {
-                self.stats.unanswered.fetch_add(1, Ordering::Relaxed);
-                return Err(DlrError::Unreachable(format!(
-                    "{why}, and no other node holds message {msg_id:?} on connector {connector:?}"
-                )));
+                return Err(self.unanswered(&why, connector, msg_id));
             }
         }
         self.after_lookup(connector, msg_id, found, None)
@@ -112,6 +109,9 @@ impl DlrService {
         // One report of a record at a time here: a repeat behind it finds the record closed.
         let _entered = self.reporting.enter(store_key(&req.connector, &canonical)).await;
         let asked = lookup::query(self, &req.connector, &canonical, wait, Some(&report)).await?;
+        if asked.found.is_none() {
+            self.confirm_missing(&req.connector, &canonical, &req.msg_id).await?;
+        }
         // A live owner that failed the report (its store refuses writes, say) did not leave the
         // DLR to this node: the gateway must try again, not handle it here.
         if let (Some((reply, _)), Some(reason)) = (&asked.found, &asked.failed) {
@@ -134,6 +134,29 @@ impl DlrService {
             HolderRole::Owner => {}
         }
         Ok(res)
+    }
+
+    /// No node answered a report with the record: it is missing only if the node that must hold
+    /// it says so. Its silence (hung, or cut off while still counted live) leaves the record
+    /// possibly there, and a gateway told "not found" would drop its DLR: `Unreachable` then,
+    /// to try again, as a resolve answers.
+    async fn confirm_missing(&self, connector: &str, canonical: &str, msg_id: &str) -> Result<(), DlrError> {
+        match lookup::query_first_holder(self, connector, canonical).await? {
+            FirstHolder::Missing => Ok(()),
+            FirstHolder::Unanswered(why) => Err(self.unanswered(&why, connector, msg_id)),
+            FirstHolder::Found(..) => {
+                self.stats.unanswered.fetch_add(1, Ordering::Relaxed);
+                Err(DlrError::Unreachable(format!(
+                    "message {msg_id:?} on connector {connector:?} was registered while the report was handed in: try again"
+                )))
+            }
+        }
+    }
+
+    /// The error of a lookup the node that must hold the record did not answer (counted).
+    fn unanswered(&self, why: &str, connector: &str, msg_id: &str) -> DlrError {
+        self.stats.unanswered.fetch_add(1, Ordering::Relaxed);
+        DlrError::Unreachable(format!("{why}, and no other node holds message {msg_id:?} on connector {connector:?}"))
     }
 
     /// The owner did not answer: close the copies (for a final report), so a repeat is
