@@ -197,15 +197,26 @@ fn a_killed_node_frees_its_share_and_its_slots_at_once() {
     );
     assert!(freed && held_a + extra == 20, "a holds {held_a} + {extra} slots after b's death");
 
-    // b comes back (with the limits of its history) while a holds all 20: its gateway's first
-    // requests, sent the moment its socket is up, take none of them.
+    // b comes back (with the limits of its history) while a holds all 20 slots and admits the
+    // whole rate: its gateway's first requests, sent the moment its socket is up, take none of
+    // the slots, and the two together stay within the rate while b settles in.
+    let la = Load::start(c.socket("a"), "operator:x", 1000);
+    std::thread::sleep(Duration::from_secs(2));
     let b_port = b.port;
+    let back = Instant::now();
     let _b = c.restart_limits_agent("b", b_port, &[a.endpoint()], "", "");
+    let lb = Load::start(c.socket("b"), "operator:x", 1000);
     let mut cb = SocketClient::connect(&c.socket("b"));
     let took = (0..30).filter(|_| cb.acquire("domain:example.com")).count();
     std::thread::sleep(Duration::from_secs(1));
     let took_later = (0..30).filter(|_| cb.acquire("domain:example.com")).count();
     assert_eq!((took, took_later), (0, 0), "a restarted b took slots a holds");
+    std::thread::sleep(Duration::from_secs(3));
+    let rejoined = window_extremes(&[&la, &lb], back, Instant::now());
+    la.stop();
+    lb.stop();
+    eprintln!("while b rejoined: {rejoined:?}");
+    assert!(rejoined.0 <= 1020, "over the limit while b rejoined: {rejoined:?}");
     drop(a);
 }
 

@@ -31,7 +31,7 @@ pub enum RateDecision {
 pub struct Gcra {
     /// Theoretical arrival time of the next unit, ns on the caller's clock.
     tat: AtomicU64,
-    /// Emission interval in ns per unit (0: nothing passes).
+    /// Emission interval in ns per unit (`u64::MAX`: nothing passes).
     interval_ns: AtomicU64,
     /// Burst in units (at least 1).
     burst: AtomicU64,
@@ -50,6 +50,11 @@ impl Gcra {
         } else {
             ((period_ns as f64) / amount).max(1.0) as u64
         }
+    }
+
+    /// Whether nothing passes (a rate of 0: an interval no unit ever reaches).
+    pub fn is_closed(&self) -> bool {
+        self.interval_ns.load(Ordering::Relaxed) == u64::MAX
     }
 
     /// Change the rate (and burst); takes effect for the next decision.

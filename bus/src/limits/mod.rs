@@ -363,9 +363,10 @@ impl Table {
     }
 }
 
-/// The wait told to a refused slot request when this node holds none of the key's slots, until
-/// [`Limiter::set_no_slots_wait`] sets the exchange's own interval.
-pub const DEFAULT_NO_SLOTS_WAIT: Duration = Duration::from_millis(100);
+/// The wait told to a refused request when this node holds no share of the key (none of its
+/// slots, or a rate share of 0, as a node that has just started), until
+/// [`Limiter::set_no_share_wait`] sets the exchange's own interval.
+pub const DEFAULT_NO_SHARE_WAIT: Duration = Duration::from_millis(100);
 
 /// A new key found every key slot taken ([`MAX_KEYS`]).
 #[derive(Debug)]
@@ -377,9 +378,10 @@ pub struct Limiter {
     epoch: Instant,
     /// Requests refused as [`Decision::TooManyKeys`].
     keys_full: AtomicU64,
-    /// The wait a refused slot request is told when this node holds none of the key's slots,
-    /// in ns: no release here can free one, the next exchange of demand may move some here.
-    no_slots_wait_ns: AtomicU64,
+    /// The wait a refused request is told when this node holds no share of the key (no slot
+    /// held, or a rate share of 0), in ns: nothing here frees one, the next exchange of demand
+    /// may give this node some.
+    no_share_wait_ns: AtomicU64,
 }
 
 impl Limiter {
@@ -407,7 +409,7 @@ impl Limiter {
             }),
             epoch: Instant::now(),
             keys_full: AtomicU64::new(0),
-            no_slots_wait_ns: AtomicU64::new(DEFAULT_NO_SLOTS_WAIT.as_nanos() as u64),
+            no_share_wait_ns: AtomicU64::new(DEFAULT_NO_SHARE_WAIT.as_nanos() as u64),
         }
     }
 
@@ -475,7 +477,12 @@ impl Limiter {
                 return Decision::TooManyKeys;
             }
         };
+        let no_share =
+            || Decision::Denied { retry_after: Duration::from_nanos(self.no_share_wait_ns.load(Ordering::Relaxed)) };
         let decision = match &*state {
+            // A share of 0 (a node that has not heard the others yet): nothing passes until the
+            // exchange gives it one, whatever `n`.
+            State::Rate { gcra, .. } if gcra.is_closed() => no_share(),
             State::Rate { gcra, .. } if n > gcra.burst() => Decision::TooLarge { most: gcra.burst(), slots: false },
             State::Rate { gcra, .. } => match gcra.try_acquire(n, self.now_ns()) {
                 RateDecision::Allowed => Decision::Allowed,
@@ -490,9 +497,7 @@ impl Limiter {
                     _ if slots.try_acquire(n) => Decision::Allowed,
                     // Refused with none held here: a release here cannot help; say when the
                     // slots may have moved here instead of "at once".
-                    _ if slots.held() == 0 => Decision::Denied {
-                        retry_after: Duration::from_nanos(self.no_slots_wait_ns.load(Ordering::Relaxed)),
-                    },
+                    _ if slots.held() == 0 => no_share(),
                     _ => Decision::Denied { retry_after: Duration::ZERO },
                 }
             }
@@ -500,10 +505,10 @@ impl Limiter {
         state.counts().count(decision, n)
     }
 
-    /// The wait told to a refused slot request when this node holds none of the key's slots
-    /// (the exchange's interval: the slots this node may hold are worked out there).
-    pub fn set_no_slots_wait(&self, wait: Duration) {
-        self.no_slots_wait_ns.store(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    /// The wait told to a refused request when this node holds no share of the key (the
+    /// exchange's interval: the share and slots this node may hold are worked out there).
+    pub fn set_no_share_wait(&self, wait: Duration) {
+        self.no_share_wait_ns.store(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     /// Take `n` concurrency slots of `key` (to be given back with [`Limiter::release`]).
@@ -808,9 +813,26 @@ mod tests {
         assert_eq!(l.release("domain:x", 20), 20);
         assert_eq!((0..20).filter(|_| l.acquire_slot("domain:x", 1).is_allowed()).count(), 10);
         assert_eq!(l.release("domain:unknown-to-it", 1), 0);
+        // A rate key with a share of 0 (a node that has not heard the others yet) lets nothing
+        // pass, whatever n, and says to wait for the exchange, not "never" or centuries.
+        let r = Limiter::new(vec![LimitSpec {
+            key: "operator:*".into(),
+            rate: Some(1000),
+            per: None,
+            concurrency: None,
+            burst: None,
+        }])
+        .unwrap();
+        r.set_default_share(0.0);
+        r.set_no_share_wait(Duration::from_millis(250));
+        for n in [1, 50] {
+            assert_eq!(r.try_acquire("operator:x", n), Decision::Denied { retry_after: Duration::from_millis(250) });
+        }
+        r.set_share("operator:x", 0.5);
+        assert!(r.try_acquire("operator:x", 1).is_allowed(), "a share given, units pass");
         // Refused with none held here (a node not yet given slots of the key): no release here
         // can help, so the wait is the exchange's interval, not zero.
-        l.set_no_slots_wait(Duration::from_millis(250));
+        l.set_no_share_wait(Duration::from_millis(250));
         l.set_slots("domain:y", 0, 0.0);
         assert_eq!(l.acquire_slot("domain:y", 1), Decision::Denied { retry_after: Duration::from_millis(250) });
         // More slots than the whole cluster's limit would never pass: said so, not "wait".

@@ -160,6 +160,8 @@ pub async fn run(
     let mut applied = Applied::new();
     let mut was_frozen = false;
     let mut ticks = 0u32;
+    // Whether this node has once heard every live node since it started (see `apply`).
+    let mut settled = false;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -223,12 +225,14 @@ pub async fn run(
                     }
                     was_frozen = frozen;
                 }
-                apply(&node, &limiter, &peers, &mut applied, frozen);
-                // A first use of a concurrency key takes none of it until this node has heard
-                // every live node (and given the bus a few ticks to name them all): another may
-                // hold every slot of it.
+                // Until this node has once heard every live node since it started (and given
+                // the bus a few ticks to name them all) it takes no share of any key: the others
+                // still split the whole limit without it, and another may hold every slot of a
+                // concurrency key.
                 ticks = ticks.saturating_add(1);
                 let heard_all = ticks > SETTLING_TICKS && peers.values().all(|p| p.report.is_some());
+                settled |= heard_all;
+                apply(&node, &limiter, &peers, &mut applied, frozen, settled);
                 let first_use = if heard_all { 1.0 / peers.len().max(1) as f64 } else { 0.0 };
                 limiter.set_first_use_slots(first_use);
                 // Published after applying, so the allotments in it are the ones in force.
@@ -319,12 +323,24 @@ type Applied = BTreeMap<String, (f64, u64)>;
 /// Set this node's share of every key, and its slots of every concurrency key in use. While
 /// `frozen` (someone went silent), shares may shrink but never grow: the silent side is still
 /// using the share it had, and the split must not be recomputed against its frozen demand.
-fn apply(node: &str, limiter: &Limiter, peers: &BTreeMap<String, Peer>, applied: &mut Applied, frozen: bool) {
+fn apply(
+    node: &str,
+    limiter: &Limiter,
+    peers: &BTreeMap<String, Peer>,
+    applied: &mut Applied,
+    frozen: bool,
+    settled: bool,
+) {
     let n = peers.len().max(1);
-    limiter.set_default_share(1.0 / n as f64);
+    // Not settled yet (just started): no share at all, see the caller.
+    limiter.set_default_share(if settled { 1.0 / n as f64 } else { 0.0 });
     // A live node not heard from yet may be as busy as anyone: until it reports, take no more
     // than an equal split.
-    let cap = if peers.values().any(|p| p.report.is_none()) { 1.0 / n as f64 } else { 1.0 };
+    let cap = match (settled, peers.values().any(|p| p.report.is_none())) {
+        (false, _) => 0.0,
+        (true, true) => 1.0 / n as f64,
+        (true, false) => 1.0,
+    };
     let mut per_key: BTreeMap<&str, BTreeMap<String, f64>> = BTreeMap::new();
     for (name, p) in peers {
         for (key, d) in p.report.iter().flat_map(|r| &r.demand) {
@@ -453,17 +469,17 @@ mod tests {
         peers.insert("me".into(), heard(busy.clone()));
         peers.insert("other".into(), heard(idle(&[])));
         let (me, mut applied) = (slot_limiter(), Applied::new());
-        apply("me", &me, &peers, &mut applied, false);
+        apply("me", &me, &peers, &mut applied, false, true);
         assert_eq!(applied["k"].1, 10, "the other's first use of k may still take half");
         // The other applies the same reports: it has not used k and gets none of it.
         let other = slot_limiter();
         let mut other_applied = Applied::new();
-        apply("other", &other, &peers, &mut other_applied, false);
+        apply("other", &other, &peers, &mut other_applied, false, true);
         assert_eq!(other_applied["k"].1, 0);
         assert!(!other.acquire_slot("k", 1).is_allowed(), "its first use takes its allotment, not half");
         // Once it says so, this node grows into the whole limit.
         peers.insert("other".into(), heard(idle(&[("k", 0)])));
-        apply("me", &me, &peers, &mut applied, false);
+        apply("me", &me, &peers, &mut applied, false, true);
         assert_eq!(applied["k"].1, 20);
         let held = (0..30).filter(|_| me.acquire_slot("k", 1).is_allowed()).count();
         assert_eq!(held, 20);
@@ -506,7 +522,7 @@ mod tests {
         peers.insert("me".into(), heard(busy));
         peers.insert("unheard".into(), Peer::default());
         let (me, mut applied) = (slot_limiter(), Applied::new());
-        apply("me", &me, &peers, &mut applied, false);
+        apply("me", &me, &peers, &mut applied, false, true);
         assert_eq!(applied["k"].1, 0, "its report may say it holds all 20");
         let holder = DemandReport {
             version: 1,
@@ -515,11 +531,11 @@ mod tests {
             ..Default::default()
         };
         peers.insert("unheard".into(), heard(holder));
-        apply("me", &me, &peers, &mut applied, false);
+        apply("me", &me, &peers, &mut applied, false, true);
         assert_eq!(applied["k"].1, 0, "and it does");
         let idle = DemandReport { version: 1, allotted: [("k".to_owned(), 0)].into(), ..Default::default() };
         peers.insert("unheard".into(), heard(idle));
-        apply("me", &me, &peers, &mut applied, false);
+        apply("me", &me, &peers, &mut applied, false, true);
         assert_eq!(applied["k"].1, 20, "one that holds none leaves them all");
     }
 
@@ -602,7 +618,7 @@ mod tests {
                 ..Peer::default()
             },
         );
-        apply("me", &l, &peers, &mut Applied::new(), true);
+        apply("me", &l, &peers, &mut Applied::new(), true, true);
         let share = l.usage().first().map(|u| u.share);
         assert!(share.is_none(), "no state made by apply");
         assert!(l.try_acquire("k", 1).is_allowed());

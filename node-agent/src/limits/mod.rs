@@ -153,9 +153,11 @@ impl LimitsService {
         let l = &config.limits;
         let node = config.bus.node.clone();
         let dir = limits_dir(&config.agent.data_dir);
-        // No limits until the first revision arrives: an empty set is valid. A first use of a
-        // concurrency key takes no slot until the coordination has heard the other nodes.
+        // No limits until the first revision arrives: an empty set is valid. No key takes any
+        // share (units of a rate, or a first slot) until the coordination has heard the other
+        // nodes, who split the whole limit without this one until then.
         let limiter = Arc::new(Limiter::empty());
+        limiter.set_default_share(0.0);
         limiter.set_first_use_slots(0.0);
         let revisions = sync::start(
             session.clone(),
@@ -167,7 +169,7 @@ impl LimitsService {
         )
         .await?;
         let interval = Duration::from_millis(l.interval_ms);
-        limiter.set_no_slots_wait(interval);
+        limiter.set_no_share_wait(interval);
         let settings = CoordSettings {
             interval,
             lease: Duration::from_millis(config.bus.lease_ms),
