@@ -236,7 +236,10 @@ impl Dataset {
         let mut msg = e.find_root().to_string();
         if msg.contains("not found") && msg.contains("table") {
             if self.tables.is_empty() {
-                msg.push_str("\nhint: the dataset has no tables yet (no committed Parquet files)");
+                msg.push_str(
+                    "\nhint: the dataset has no tables yet (no committed Parquet files): a collector commits \
+                     a file max_file_age_ms (30 s by default) after opening it, or once it is full",
+                );
             } else {
                 msg.push_str(&format!(
                     "\nhint: tables here: {} (a table appears with its first committed file)",
