@@ -44,7 +44,7 @@ reasons! {
     ReplicaOwnRecord => "replica_own_record": "A replica batch carrying a record the receiver owns.",
     ReplicaInvalid => "replica_invalid": "A replica batch that does not parse or is out of bounds.",
     ReportInvalid => "report_invalid": "A DLR report over the bus that the HTTP API would refuse.",
-    ReportLate => "report_late": "A DLR report for one of this node's records read after its `answer_by` (this node was hung or slow): not taken, the reporting gateway handles the DLR.",
+    ReportLate => "report_late": "A DLR report for one of this node's records read after its `answer_by` (this node was hung or slow) whose first copy a reporter closed first (or whose holder did not answer): not taken, the reporting gateway handles the DLR.",
     ConfigInvalid => "config_invalid": "A configuration revision or file content that does not parse, validate or match its hash.",
     CounterInvalid => "counter_invalid": "A demand document out of bounds or under another node's key.",
     HeadNotLive => "head_not_live": "Heads from a node that is not live.",

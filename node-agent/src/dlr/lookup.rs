@@ -142,7 +142,11 @@ fn encode(service: &DlrService, reply: Result<Option<LookupReply>, DlrError>) ->
 
 /// Answer a lookup that carries a report or may wait for its registration.
 async fn answer_later(service: Arc<DlrService>, query: Query, req: Request) {
-    let mut reply = service.answer(&req.connector, &req.id, req.report.as_ref());
+    let won = match &req.report {
+        Some(report) => service.claim_late(&req.connector, &req.id, report).await,
+        None => None,
+    };
+    let mut reply = service.answer_claimed(&req.connector, &req.id, req.report.as_ref(), won.as_ref());
     if matches!(reply, Ok(None)) && !req.wait.is_zero() {
         let key = store_key(&req.connector, &req.id);
         if service.wait_for(&key, req.wait).await {

@@ -209,6 +209,20 @@ impl Records {
         id: &str,
         report: Option<&DlrReport>,
     ) -> Result<Option<LookupReply>, DlrError> {
+        self.answer_claimed(connector, id, report, None)
+    }
+
+    /// [`Records::answer`], for a report read after its `answer_by` whose closed record `won`
+    /// this node put first on the record's first copy holder (`DlrService::claim_late`): the
+    /// report is taken (queued) with that record, as one read in time, while the record is
+    /// still the one it was closed from.
+    pub fn answer_claimed(
+        &self,
+        connector: &str,
+        id: &str,
+        report: Option<&DlrReport>,
+        won: Option<&DlrRecord>,
+    ) -> Result<Option<LookupReply>, DlrError> {
         // An id or connector no record can have (a peer's ask, say) names none: counted, `null`.
         use switchboard_bus::dlr::id::{check_connector, MAX_ID_BYTES};
         if id.is_empty() || id.len() > MAX_ID_BYTES || check_connector(connector).is_err() {
@@ -228,9 +242,10 @@ impl Records {
             if current.owner != self.node {
                 return Ok(Some(reply(current, None)));
             }
+            let won = won.filter(|w| w.version == current.version.saturating_add(1) && report.r#final);
             if !current.is_open() {
                 (current, ReportOutcome::Duplicate)
-            } else if report.answer_by.is_some_and(|by| super::now_ms() > by) {
+            } else if won.is_none() && report.answer_by.is_some_and(|by| super::now_ms() > by) {
                 // The reporter stopped waiting: its gateway handles the DLR (`owner_down`) and a
                 // final report closed the copies. Queueing it here too would hand it to two
                 // gateways; the record is closed here as the reporter closed the copies (the same
@@ -251,10 +266,12 @@ impl Records {
                 self.outbox.push(next.clone());
                 return Ok(Some(reply(next, None)));
             } else {
-                let next = if report.r#final {
-                    self.closed(&current, &report.status, report.reported_at, &report.reported_by)
-                } else {
-                    current.clone()
+                let next = match won {
+                    Some(w) => w.clone(),
+                    None if report.r#final => {
+                        self.closed(&current, &report.status, report.reported_at, &report.reported_by)
+                    }
+                    None => current.clone(),
                 };
                 let entry = serde_json::to_vec(&InboxEntry { record: next.clone(), report: report.clone() })?;
                 let mut writes = vec![Write::Inbox(&entry)];

@@ -9,6 +9,7 @@ use std::time::Duration;
 use switchboard_bus::dlr::record::store_key;
 use switchboard_bus::dlr::rendezvous::replicas_for;
 use switchboard_bus::dlr::wire::{DlrReport, LookupReply, ReplicaOp, ReportOutcome, Role as HolderRole, DOC_VERSION};
+use switchboard_bus::dlr::DlrRecord;
 use switchboard_bus::keys::Role;
 
 use super::events::{DlrEvent, EventKind};
@@ -149,6 +150,49 @@ impl DlrService {
                 Err(DlrError::Unreachable(format!(
                     "message {msg_id:?} on connector {connector:?} was registered while the report was handed in: try again"
                 )))
+            }
+        }
+    }
+
+    /// For a final report of an open record of this node's, read after its `answer_by` (this
+    /// node was hung): whether it may still take it. The reporter either handled the DLR with a
+    /// copy's record, closing the copy on the first copy holder first, or handled nothing (no
+    /// node answered it). The same holder decides here: the record closed now (at this node's
+    /// read time, so that it differs from any reporter's close) put there first is returned,
+    /// to be taken; `None` when a reporter closed it there first, when the holder cannot be
+    /// asked, or when the report is not late (docs/architecture.md, "A hung owner").
+    pub(crate) async fn claim_late(&self, connector: &str, id: &str, report: &DlrReport) -> Option<DlrRecord> {
+        let now = now_ms();
+        if !report.r#final || report.answer_by.is_none_or(|by| now <= by) {
+            return None;
+        }
+        let current = self.store().get(connector, id).ok().flatten()?;
+        if current.owner != self.node || !current.is_open() {
+            return None;
+        }
+        let live = self.membership.live_of(Role::Agent);
+        let key = current.store_key();
+        let first = replicas_for(&key, &self.node, live.iter().map(String::as_str), self.settings.copies)
+            .first()
+            .map(|n| n.to_string())?;
+        let closed =
+            self.closed(&current, &report.status, now.max(report.reported_at.saturating_add(1)), &report.reported_by);
+        // Bounded as a lookup is: the reporter is not waiting, but later asks of this record are.
+        let asked = tokio::time::timeout(
+            Duration::from_millis(self.settings.timeout_ms),
+            replicate::send(self, &first, &[ReplicaOp::Put(closed.clone())]),
+        )
+        .await;
+        match asked {
+            Ok(Ok(ack)) if ack.newer.is_empty() && ack.applied == 1 => Some(closed),
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => {
+                tracing::info!(node = %first, error = %e, "cannot ask the first copy holder about a late report");
+                None
+            }
+            Err(_) => {
+                tracing::info!(node = %first, "the first copy holder did not answer about a late report in time");
+                None
             }
         }
     }
