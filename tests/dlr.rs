@@ -408,15 +408,14 @@ fn ids_are_normalized_races_wait_records_expire_and_bad_requests_are_refused() {
     assert!(c.http_get("a", "/health").0 == 200, "still healthy after bad input");
 }
 
-#[test]
-fn a_hung_first_holder_costs_one_ask_timeout_then_every_node_answers() {
-    let c = Cluster::new();
+/// Agents a, b and c (one copy per record, asks timing out after 300 ms), and an id registered
+/// at a whose first holder, and so its one copy, is c.
+fn a_record_of_a_held_by_c(c: &Cluster) -> ([LimitsNode; 3], String) {
     let dlr = DLR.replace("[dlr]\n", "[dlr]\ntimeout_ms = 300\n");
     let a = c.start_limits_agent("a", &[], "", &dlr);
     let b = c.start_limits_agent("b", &[a.endpoint()], "", &dlr);
-    let hung = c.start_limits_agent("c", &[a.endpoint(), b.endpoint()], "", &dlr);
-    wait_mesh(&c, &["a", "b", "c"]);
-    // An id of a's whose first holder is c (c keeps its copy).
+    let holder = c.start_limits_agent("c", &[a.endpoint(), b.endpoint()], "", &dlr);
+    wait_mesh(c, &["a", "b", "c"]);
     let id = (0..1000)
         .map(|i| i.to_string())
         .find(|id| {
@@ -424,8 +423,15 @@ fn a_hung_first_holder_costs_one_ask_timeout_then_every_node_answers() {
             switchboard_bus::dlr::rendezvous::first_holder(&key, ["a", "b", "c"]) == Some("c")
         })
         .expect("one in a thousand ids weighs most on c");
-    register(&c, "a", "dec", [id.clone()]);
-    assert!(wait_until(Duration::from_secs(10), || dlr_counter(&c, "c", "replica_ops_received") >= 1));
+    register(c, "a", "dec", [id.clone()]);
+    assert!(wait_until(Duration::from_secs(10), || dlr_counter(c, "c", "replica_ops_received") >= 1));
+    ([a, b, holder], id)
+}
+
+#[test]
+fn a_hung_first_holder_costs_one_ask_timeout_then_every_node_answers() {
+    let c = Cluster::new();
+    let ([_a, _b, hung], id) = a_record_of_a_held_by_c(&c);
 
     let pid = hung.proc.as_ref().map(|p| p.pid()).unwrap_or_default();
     signal(pid, "-STOP");
@@ -447,21 +453,8 @@ fn a_hung_first_holder_costs_one_ask_timeout_then_every_node_answers() {
 #[test]
 fn a_report_whose_holders_are_hung_is_told_to_try_again_not_that_the_record_is_missing() {
     let c = Cluster::new();
-    let dlr = DLR.replace("[dlr]\n", "[dlr]\ntimeout_ms = 300\n");
-    let a = c.start_limits_agent("a", &[], "", &dlr);
-    let b = c.start_limits_agent("b", &[a.endpoint()], "", &dlr);
-    let holder = c.start_limits_agent("c", &[a.endpoint(), b.endpoint()], "", &dlr);
-    wait_mesh(&c, &["a", "b", "c"]);
-    // An id of a's whose one copy is on c: b holds nothing of it.
-    let id = (0..1000)
-        .map(|i| i.to_string())
-        .find(|id| {
-            let key = switchboard_bus::dlr::record::store_key("dec", id);
-            switchboard_bus::dlr::rendezvous::first_holder(&key, ["a", "b", "c"]) == Some("c")
-        })
-        .expect("one in a thousand ids weighs most on c");
-    register(&c, "a", "dec", [id.clone()]);
-    assert!(wait_until(Duration::from_secs(10), || dlr_counter(&c, "c", "replica_ops_received") >= 1));
+    // b holds nothing of the record: its one copy is on c.
+    let ([a, _b, holder], id) = a_record_of_a_held_by_c(&c);
 
     // The owner and its copy hung, still within their lease: nobody answers b.
     let pids: Vec<u32> = [&a, &holder].iter().map(|n| n.proc.as_ref().map(|p| p.pid()).unwrap_or_default()).collect();
