@@ -77,7 +77,13 @@ pub struct DlrService {
     census: std::sync::Mutex<Option<sweep::Census>>,
     reporting: reporting::Reporting,
     wake: Arc<wake::Wake>,
+    /// Late reports whose first copy holder is being asked ([`MAX_LATE_CLAIMS`] at most).
+    late_claims: tokio::sync::Semaphore,
 }
+
+/// Late reports asked of their first copy holder at once (`DlrService::claim_late`); one past it
+/// is left to its reporter, as when the holder cannot be asked.
+pub const MAX_LATE_CLAIMS: usize = 64;
 
 impl std::ops::Deref for DlrService {
     type Target = Records;
@@ -136,6 +142,7 @@ impl DlrService {
             asker,
             census: std::sync::Mutex::new(None),
             reporting: reporting::Reporting::default(),
+            late_claims: tokio::sync::Semaphore::new(MAX_LATE_CLAIMS),
             wake: Arc::new(wake::Wake::default()),
         });
         let size = service.store.size();

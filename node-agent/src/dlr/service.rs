@@ -160,7 +160,7 @@ impl DlrService {
     /// node answered it). The same holder decides here: the record closed now (at this node's
     /// read time, so that it differs from any reporter's close) put there first is returned,
     /// to be taken; `None` when a reporter closed it there first, when the holder cannot be
-    /// asked, or when the report is not late (docs/architecture.md, "A hung owner").
+    /// asked (or [`super::MAX_LATE_CLAIMS`] are being asked already), or when the report is not late (docs/architecture.md, "A hung owner").
     pub(crate) async fn claim_late(&self, connector: &str, id: &str, report: &DlrReport) -> Option<DlrRecord> {
         let now = now_ms();
         if !report.r#final || report.answer_by.is_none_or(|by| now <= by) {
@@ -170,6 +170,8 @@ impl DlrService {
         if current.owner != self.node || !current.is_open() {
             return None;
         }
+        // Bounded: a flood of late reports asks the holder at most this many times at once.
+        let _asking = self.late_claims.try_acquire().ok()?;
         let live = self.membership.live_of(Role::Agent);
         let key = current.store_key();
         let first = replicas_for(&key, &self.node, live.iter().map(String::as_str), self.settings.copies)
