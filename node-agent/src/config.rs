@@ -268,7 +268,7 @@ impl AgentConfig {
         self.agent.validate()?;
         // `[limits]` against `[bus]`: the shares must be renewed well within a lease.
         let l = &self.limits;
-        if l.interval_ms == 0 || l.interval_ms * 4 > self.bus.lease_ms {
+        if l.interval_ms == 0 || l.interval_ms.saturating_mul(4) >= self.bus.lease_ms {
             return Err(AgentConfigError::Invalid(format!(
                 "limits.interval_ms = {} must be > 0 and under a quarter of bus.lease_ms ({})",
                 l.interval_ms, self.bus.lease_ms
@@ -348,6 +348,20 @@ mod tests {
         let read: AgentConfig = toml::from_str("[[source]]\nname='a'\npaths=['x']\nbinary='read'").unwrap();
         assert_eq!(read.sources[0].binary, BinaryFiles::Read);
         assert!(toml::from_str::<AgentConfig>("[[source]]\nname='a'\npaths=['x']\nbinary='maybe'").is_err());
+    }
+
+    #[test]
+    fn the_limits_interval_must_be_under_a_quarter_of_the_lease() {
+        let with = |interval: u64| {
+            toml::from_str::<AgentConfig>(&format!("[bus]\nlease_ms = 3000\n[limits]\ninterval_ms = {interval}\n"))
+                .unwrap()
+                .validate()
+        };
+        assert!(with(749).is_ok());
+        for bad in [0, 750, u64::MAX] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(err.contains("under a quarter of bus.lease_ms (3000)"), "{bad}: {err}");
+        }
     }
 }
 

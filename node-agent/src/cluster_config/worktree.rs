@@ -1,6 +1,6 @@
 //! The working directory: a symbolic link switched atomically between materialized trees.
 //!
-//! Each applied revision is written as a whole tree in `<dir>.revisions/r<number>-<id>/` (files
+//! Each applied revision is written as a whole tree in `<dir>.revisions/r<number>-<short id>/` (short id: the first 8 hex digits; files
 //! the revision did not change are hard links to the current tree's), flushed (what was written,
 //! [`sync_files`]), then `<dir>` is pointed at it by creating a new link and renaming it
 //! over the old one: a reader that resolves `<dir>` once sees one revision, whole. Every tree
