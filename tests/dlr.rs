@@ -782,6 +782,16 @@ fn an_owner_hung_past_its_lease_learns_what_was_closed_and_no_lookup_calls_a_rec
             .collect();
         std::thread::sleep(Duration::from_millis(300));
         signal(pid, "-CONT");
+        // Repeats of DLRs b and c handed to their gateways meanwhile, at a as it wakes: a's own
+        // records are still open, yet they are not a's to take.
+        for id in &ids[1..3] {
+            let (code, res) =
+                post(&c, "a", "/v1/dlr/report", json!({"connector": "dec", "msg_id": id, "status": "DELIVRD"}));
+            assert!(
+                (code, res["outcome"].as_str()) == (200, Some("duplicate")) || code == 503,
+                "a repeat at the waking owner: {code} {res}"
+            );
+        }
         let mut answers: Vec<(u16, Value)> = asks.into_iter().map(|t| t.join().unwrap()).collect();
         let until = Instant::now() + Duration::from_secs(3);
         while Instant::now() < until {

@@ -33,6 +33,7 @@ use zenoh::Wait;
 
 use super::answerer::Answerer;
 use super::ask::Asked;
+use super::records::Claim;
 use super::{now_ms, DlrError, DlrService};
 use crate::AgentError;
 
@@ -142,11 +143,11 @@ fn encode(service: &DlrService, reply: Result<Option<LookupReply>, DlrError>) ->
 
 /// Answer a lookup that carries a report or may wait for its registration.
 async fn answer_later(service: Arc<DlrService>, query: Query, req: Request) {
-    let won = match &req.report {
-        Some(report) => service.claim_late(&req.connector, &req.id, report).await,
-        None => None,
+    let claim = match &req.report {
+        Some(report) => service.claim(&req.connector, &req.id, report).await,
+        None => Claim::NotAsked,
     };
-    let mut reply = service.answer_claimed(&req.connector, &req.id, req.report.as_ref(), won.as_ref());
+    let mut reply = service.answer_claimed(&req.connector, &req.id, req.report.as_ref(), &claim);
     if matches!(reply, Ok(None)) && !req.wait.is_zero() {
         let key = store_key(&req.connector, &req.id);
         if service.wait_for(&key, req.wait).await {

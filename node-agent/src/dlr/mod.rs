@@ -77,12 +77,12 @@ pub struct DlrService {
     census: std::sync::Mutex<Option<sweep::Census>>,
     reporting: reporting::Reporting,
     wake: Arc<wake::Wake>,
-    /// Late reports whose first copy holder is being asked ([`MAX_LATE_CLAIMS`] at most).
+    /// Reports whose first copy holder is being asked ([`MAX_LATE_CLAIMS`] at most).
     late_claims: tokio::sync::Semaphore,
 }
 
-/// Late reports asked of their first copy holder at once (`DlrService::claim_late`); one past it
-/// is left to its reporter, as when the holder cannot be asked.
+/// Reports (read late, or just after this node woke) asked of their first copy holder at once
+/// (`DlrService::claim`); one past it is answered as when the holder cannot be asked.
 pub const MAX_LATE_CLAIMS: usize = 64;
 
 impl std::ops::Deref for DlrService {
@@ -179,9 +179,7 @@ impl DlrService {
     /// hung past its lease). `None` when another agent is live, or none was ever seen.
     fn cut_off(&self) -> Option<String> {
         if self.wake.just_woke() {
-            return Some(
-                "this node did not run for a while (stopped or starved) and may not reach every node yet".into(),
-            );
+            return Some(format!("{} and may not reach every node yet", wake::STALE));
         }
         if self.membership.live_of(Role::Agent).iter().any(|n| *n != self.node) {
             return None;

@@ -29,6 +29,23 @@ use super::types::check_field;
 use super::{now_ms, DlrError, DlrStats, InboxEntry, Registration, MAX_BATCH, MAX_FIELD_BYTES, MAX_REF_BYTES};
 use crate::eventlog::EventLog;
 
+/// What a record's first copy holder said of a report its owner could not take on its own
+/// record alone (`DlrService::claim`; docs/architecture.md, "A hung owner").
+#[derive(Debug)]
+pub enum Claim {
+    /// The holder was not asked: the record here decides.
+    NotAsked,
+    /// The holder took this node's close first: the report is this node's to take.
+    Won(DlrRecord),
+    /// The holder keeps a newer close: a reporter handled the DLR with a copy's record.
+    Lost(DlrRecord),
+    /// The holder could not be asked (unreachable, too slow, too many asks at once).
+    Unknown,
+    /// Not asked: read in time, but this node is just back from not running, and other nodes
+    /// may have handled the DLR meanwhile. Not taken: the reporter decides on the copies.
+    Stale,
+}
+
 /// The node's records, and what a change to them sets off on this node.
 pub struct Records {
     pub(super) node: String,
@@ -209,19 +226,20 @@ impl Records {
         id: &str,
         report: Option<&DlrReport>,
     ) -> Result<Option<LookupReply>, DlrError> {
-        self.answer_claimed(connector, id, report, None)
+        self.answer_claimed(connector, id, report, &Claim::NotAsked)
     }
 
-    /// [`Records::answer`], for a report read after its `answer_by` whose closed record `won`
-    /// this node put first on the record's first copy holder (`DlrService::claim_late`): the
-    /// report is taken (queued) with that record, as one read in time, while the record is
-    /// still the one it was closed from.
+    /// [`Records::answer`], for a report that the record here could not settle alone
+    /// (`DlrService::claim`): read late, it is taken (queued) with the record this node closed
+    /// first on the record's first copy holder, while the record is still the one it was closed
+    /// from, a duplicate when a reporter closed it there first, and otherwise not taken; read
+    /// while this node is just back from not running, it is not taken.
     pub fn answer_claimed(
         &self,
         connector: &str,
         id: &str,
         report: Option<&DlrReport>,
-        won: Option<&DlrRecord>,
+        claim: &Claim,
     ) -> Result<Option<LookupReply>, DlrError> {
         // An id or connector no record can have (a peer's ask, say) names none: counted, `null`.
         use switchboard_bus::dlr::id::{check_connector, MAX_ID_BYTES};
@@ -242,10 +260,42 @@ impl Records {
             if current.owner != self.node {
                 return Ok(Some(reply(current, None)));
             }
-            let won = won.filter(|w| w.version == current.version.saturating_add(1) && report.r#final);
+            let late = report.answer_by.is_some_and(|by| super::now_ms() > by);
+            let won = match claim {
+                Claim::Won(w) if w.version == current.version.saturating_add(1) && report.r#final => Some(w),
+                _ => None,
+            };
+            let lost = match claim {
+                Claim::Lost(newer)
+                    if newer.owner == self.node
+                        && newer.store_key() == current.store_key()
+                        && newer.version > current.version
+                        && !newer.is_open() =>
+                {
+                    Some(newer)
+                }
+                _ => None,
+            };
             if !current.is_open() {
                 (current, ReportOutcome::Duplicate)
-            } else if won.is_none() && report.answer_by.is_some_and(|by| super::now_ms() > by) {
+            } else if let Some(newer) = lost {
+                // A reporter handled the DLR with a copy's record while this node was not
+                // running, and closed that copy on the first holder: this is a repeat. The
+                // holder's close is taken here, as the first pass after waking would take it.
+                if late {
+                    refuse(
+                        Reason::ReportLate,
+                        format_args!(
+                            "report of {connector}/{id} from {} read after its answer_by: a duplicate",
+                            report.reported_by
+                        ),
+                    );
+                }
+                self.count_store_error(self.store.write(&[Write::Put { record: newer, previous: Some(&current) }]))?;
+                drop(_guard);
+                self.outbox.push(newer.clone());
+                (newer.clone(), ReportOutcome::Duplicate)
+            } else if won.is_none() && late {
                 // The reporter stopped waiting: its gateway handles the DLR (`owner_down`) and a
                 // final report closed the copies. Queueing it here too would hand it to two
                 // gateways; the record is closed here as the reporter closed the copies (the same
@@ -265,6 +315,12 @@ impl Records {
                 drop(_guard);
                 self.outbox.push(next.clone());
                 return Ok(Some(reply(next, None)));
+            } else if matches!(claim, Claim::Stale) {
+                return Err(DlrError::Unreachable(format!(
+                    "{}: not taking the report of {connector}/{id} from {}",
+                    super::wake::STALE,
+                    report.reported_by
+                )));
             } else {
                 let next = match won {
                     Some(w) => w.clone(),

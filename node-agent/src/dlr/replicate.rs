@@ -302,8 +302,9 @@ pub(crate) async fn run(service: Arc<DlrService>, cancel: CancellationToken) {
         }
         if peers.is_empty() {
             // Nobody to send to: the pass when a peer arrives sends every record, so holding
-            // the changes meanwhile would only cost memory.
+            // the changes meanwhile would only cost memory. No copy is live to check either.
             service.outbox.take();
+            service.wake.copies_checked(woke);
             resync = true;
             moved_from = None;
         } else if resync && last_pass.is_none_or(|t| t.elapsed() >= RETRY) {
@@ -311,6 +312,9 @@ pub(crate) async fn run(service: Arc<DlrService>, cancel: CancellationToken) {
             service.outbox.take();
             last_pass = Some(tokio::time::Instant::now());
             (resync, moved_from) = (pass(&service, None, &peers).await.is_err(), None);
+            if !resync {
+                service.wake.copies_checked(woke);
+            }
         } else if let Some(before) = moved_from.take().filter(|_| !resync) {
             resync = pass(&service, Some(&before), &peers).await.is_err();
         }

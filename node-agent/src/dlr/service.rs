@@ -9,12 +9,13 @@ use std::time::Duration;
 use switchboard_bus::dlr::record::store_key;
 use switchboard_bus::dlr::rendezvous::replicas_for;
 use switchboard_bus::dlr::wire::{DlrReport, LookupReply, ReplicaOp, ReportOutcome, Role as HolderRole, DOC_VERSION};
-use switchboard_bus::dlr::DlrRecord;
 use switchboard_bus::keys::Role;
 
 use super::events::{DlrEvent, EventKind};
 use super::lookup::FirstHolder;
+use super::records::Claim;
 use super::types::check_report_fields;
+use super::wake::STALE;
 use super::{lookup, now_ms, replicate, DlrError, DlrService, IdForm, InboxEntry, Outcome, ReportRequest, Resolution};
 
 impl DlrService {
@@ -92,6 +93,14 @@ impl DlrService {
         let canonical = dlr_ids.canonical(&req.msg_id)?;
         check_report_fields(&req.status, req.error.as_deref(), req.text.as_deref())?;
         let wait = self.wait(req.wait_ms.unwrap_or(self.settings.report_wait_ms))?;
+        if self.wake.stale() {
+            // Other nodes may have handed this DLR to their gateways while this one did not run;
+            // its records and its view of the live nodes say so only once its copies are checked.
+            self.stats.unanswered.fetch_add(1, Ordering::Relaxed);
+            return Err(DlrError::Unreachable(format!(
+                "{STALE}: a DLR handed in now may have been handled elsewhere meanwhile; try again in a few seconds"
+            )));
+        }
         let reported_at = now_ms();
         // The owner takes the report only until half the timeout is left: the other half is for
         // its answer to come back (and for the two clocks to differ).
@@ -154,29 +163,41 @@ impl DlrService {
         }
     }
 
-    /// For a final report of an open record of this node's, read after its `answer_by` (this
-    /// node was hung): whether it may still take it. The reporter either handled the DLR with a
+    /// For a final report of an open record of this node's that the record here cannot settle.
+    /// Read after its `answer_by` (this node was hung): the reporter either handled the DLR with a
     /// copy's record, closing the copy on the first copy holder first, or handled nothing (no
     /// node answered it). The same holder decides here: the record closed now (at this node's
-    /// read time, so that it differs from any reporter's close) put there first is returned,
-    /// to be taken; `None` when a reporter closed it there first, when the holder cannot be
-    /// asked (or [`super::MAX_LATE_CLAIMS`] are being asked already), or when the report is not late (docs/architecture.md, "A hung owner").
-    pub(crate) async fn claim_late(&self, connector: &str, id: &str, report: &DlrReport) -> Option<DlrRecord> {
+    /// read time, so that it differs from any reporter's close) is put there, and [`Claim::Won`]
+    /// if it was first; [`Claim::Lost`] with the holder's close when a reporter closed it there
+    /// first; [`Claim::Unknown`] when the holder cannot be asked (or [`super::MAX_LATE_CLAIMS`]
+    /// are being asked already). Read in time while this node is just back from not running
+    /// ([`super::wake::Wake::stale`]): [`Claim::Stale`], not taken, for the reporter to decide
+    /// on the copies as when the owner is down. Otherwise [`Claim::NotAsked`]
+    /// (docs/architecture.md, "A hung owner").
+    pub(crate) async fn claim(&self, connector: &str, id: &str, report: &DlrReport) -> Claim {
         let now = now_ms();
-        if !report.r#final || report.answer_by.is_none_or(|by| now <= by) {
-            return None;
+        if !report.r#final {
+            return Claim::NotAsked;
         }
-        let current = self.store().get(connector, id).ok().flatten()?;
+        let Some(current) = self.store().get(connector, id).ok().flatten() else { return Claim::NotAsked };
         if current.owner != self.node || !current.is_open() {
-            return None;
+            return Claim::NotAsked;
+        }
+        if report.answer_by.is_none_or(|by| now <= by) {
+            // Reporters may have seen this node gone and handled the DLR with a copy's record;
+            // its own record says nothing of that until its copies are checked again.
+            return if self.wake.stale() { Claim::Stale } else { Claim::NotAsked };
         }
         // Bounded: a flood of late reports asks the holder at most this many times at once.
-        let _asking = self.late_claims.try_acquire().ok()?;
+        let Ok(_asking) = self.late_claims.try_acquire() else { return Claim::Unknown };
         let live = self.membership.live_of(Role::Agent);
         let key = current.store_key();
-        let first = replicas_for(&key, &self.node, live.iter().map(String::as_str), self.settings.copies)
+        let Some(first) = replicas_for(&key, &self.node, live.iter().map(String::as_str), self.settings.copies)
             .first()
-            .map(|n| n.to_string())?;
+            .map(|n| n.to_string())
+        else {
+            return Claim::Unknown;
+        };
         let closed =
             self.closed(&current, &report.status, now.max(report.reported_at.saturating_add(1)), &report.reported_by);
         // Bounded as a lookup is: the reporter is not waiting, but later asks of this record are.
@@ -186,15 +207,15 @@ impl DlrService {
         )
         .await;
         match asked {
-            Ok(Ok(ack)) if ack.newer.is_empty() && ack.applied == 1 => Some(closed),
-            Ok(Ok(_)) => None,
+            Ok(Ok(ack)) if ack.newer.is_empty() && ack.applied == 1 => Claim::Won(closed),
+            Ok(Ok(ack)) => ack.newer.into_iter().next().map_or(Claim::Unknown, Claim::Lost),
             Ok(Err(e)) => {
                 tracing::info!(node = %first, error = %e, "cannot ask the first copy holder about a late report");
-                None
+                Claim::Unknown
             }
             Err(_) => {
                 tracing::info!(node = %first, "the first copy holder did not answer about a late report in time");
-                None
+                Claim::Unknown
             }
         }
     }

@@ -19,6 +19,8 @@ const BEAT: Duration = Duration::from_millis(100);
 pub const GAP: Duration = Duration::from_secs(1);
 /// How long after a gap the node counts as just woken: its links are up again well within it.
 pub const SETTLE: Duration = Duration::from_secs(5);
+/// What a request refused for it says.
+pub const STALE: &str = "this node did not run for a while (stopped or starved)";
 
 /// The heartbeat's record.
 #[derive(Debug)]
@@ -27,11 +29,13 @@ pub struct Wake {
     beat: AtomicU64,
     /// When the last gap was noticed (ms since the Unix epoch; 0: never).
     woke: AtomicU64,
+    /// The latest gap (its `woke`) after which a replication pass has checked every copy.
+    checked: AtomicU64,
 }
 
 impl Default for Wake {
     fn default() -> Self {
-        Self { beat: AtomicU64::new(now_ms()), woke: AtomicU64::new(0) }
+        Self { beat: AtomicU64::new(now_ms()), woke: AtomicU64::new(0), checked: AtomicU64::new(0) }
     }
 }
 
@@ -70,6 +74,18 @@ impl Wake {
         let woke = self.woke_at();
         unnoticed || (woke > 0 && now.saturating_sub(woke) < SETTLE.as_millis() as u64)
     }
+
+    /// Note that a replication pass begun after the gap noticed at `woke` checked every copy:
+    /// records closed on a copy while this node was not running are closed here too.
+    pub fn copies_checked(&self, woke: u64) {
+        self.checked.fetch_max(woke, Ordering::Relaxed);
+    }
+
+    /// Whether other nodes may have handled this node's DLRs without it knowing: just woke
+    /// ([`Wake::just_woke`]), or no replication pass has checked the copies since it woke.
+    pub fn stale(&self) -> bool {
+        self.just_woke() || self.checked.load(Ordering::Relaxed) < self.woke_at()
+    }
 }
 
 #[cfg(test)]
@@ -93,6 +109,9 @@ mod tests {
         assert!(wake.woke_at() > 0 && wake.just_woke(), "noticed, not settled yet");
         wake.woke.store(now_ms() - SETTLE.as_millis() as u64 - 1, Ordering::Relaxed);
         assert!(!wake.just_woke(), "settled");
+        assert!(wake.stale(), "stale until a pass has checked the copies");
+        wake.copies_checked(wake.woke_at());
+        assert!(!wake.stale(), "checked");
         cancel.cancel();
         task.await.unwrap();
     }
