@@ -378,6 +378,10 @@ fn a_limit_changed_under_traffic_applies_everywhere_and_the_api_explains_bad_req
     assert!(s.request("ACQUIRE").starts_with("ERR missing key"));
     assert!(s.request("TAKE x").starts_with("ERR unknown request"));
     assert_eq!(s.request("RELEASE domain:never 1"), "OK 0");
+    assert!(
+        s.request("RELEASE customer:acme").starts_with("CONFLICT no concurrency limit applies to \"customer:acme\""),
+        "a release of a rate key is a mistake the answer names"
+    );
     assert!(s.request("ACQUIRE customer:acme 2").starts_with("ERR n 2 is more than this node lets pass at once"));
     // Both slots of domain:w held on a: b, which holds none, is told to wait for the next
     // exchange (interval_ms, 50 here), not to retry at once.

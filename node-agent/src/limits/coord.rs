@@ -365,7 +365,7 @@ fn apply(
             // this node started): it claims all of them until its first report says otherwise.
             let claimed =
                 |name: &str| peers.get(name).and_then(|p| p.report.as_ref()).map_or(max, |r| r.claim(key, max));
-            my_slots(node, key_shares(&demands, cap, node), max, claimed)
+            my_slots(node, key_shares(&demands, cap, node), &demands, max, claimed)
         });
         if let (true, Some(&(last_share, last_slots))) = (frozen, applied.get(key)) {
             share = share.min(last_share);
@@ -387,22 +387,31 @@ fn key_shares(demands: &BTreeMap<String, f64>, cap: f64, node: &str) -> BTreeMap
         .collect()
 }
 
-/// Whole slots of `max` for `node`: its share rounded down, leftovers by largest remainder, and
-/// never more than what the others may hold leaves free: each other node's allotment by the
-/// shares, or what it claims ([`DemandReport::claim`]: holds, or lets itself hold; every slot
-/// for a node not heard from yet), whichever is larger. A node therefore grows only into room the others have said they left.
-fn my_slots(node: &str, shares: BTreeMap<String, f64>, max: u64, claimed: impl Fn(&str) -> u64) -> u64 {
+/// Whole slots of `max` for `node`: its share rounded down, leftovers by largest remainder (to
+/// nodes that ask for the key first: an idle node's floor would otherwise park a slot that the
+/// one node asking could never take), and never more than what the others may hold leaves free:
+/// each other node's allotment by the shares, or what it claims ([`DemandReport::claim`]: holds,
+/// or lets itself hold; every slot for a node not heard from yet), whichever is larger. A node
+/// therefore grows only into room the others have said they left.
+fn my_slots(
+    node: &str,
+    shares: BTreeMap<String, f64>,
+    demands: &BTreeMap<String, f64>,
+    max: u64,
+    claimed: impl Fn(&str) -> u64,
+) -> u64 {
     let mut alloc: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut remainders: Vec<(f64, &str)> = Vec::new();
+    let mut remainders: Vec<(bool, f64, &str)> = Vec::new();
     for (name, share) in &shares {
         let exact = share * max as f64;
         let whole = exact.floor() as u64;
         alloc.insert(name, whole);
-        remainders.push((exact - whole as f64, name));
+        let asks = demands.get(name).is_some_and(|d| *d > 0.0);
+        remainders.push((asks, exact - whole as f64, name));
     }
     let given: u64 = alloc.values().sum();
-    remainders.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
-    for (_, name) in remainders.into_iter().take(max.saturating_sub(given) as usize) {
+    remainders.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.total_cmp(&a.1)).then(a.2.cmp(b.2)));
+    for (_, _, name) in remainders.into_iter().take(max.saturating_sub(given) as usize) {
         *alloc.entry(name).or_default() += 1;
     }
     let others: u64 = alloc.iter().filter(|(n, _)| **n != node).map(|(n, a)| (*a).max(claimed(n))).sum();
@@ -436,9 +445,18 @@ mod tests {
     #[test]
     fn slots_are_whole_and_sum_to_the_limit() {
         let s = shares(&[("a", 0.333), ("b", 0.333), ("c", 0.334)]);
-        let got: Vec<u64> = ["a", "b", "c"].iter().map(|n| my_slots(n, s.clone(), 20, |_| 0)).collect();
+        let got: Vec<u64> = ["a", "b", "c"].iter().map(|n| my_slots(n, s.clone(), &s, 20, |_| 0)).collect();
         assert_eq!(got.iter().sum::<u64>(), 20, "{got:?}");
         assert!(got.iter().all(|&g| g == 6 || g == 7), "{got:?}");
+    }
+
+    #[test]
+    fn one_node_asking_alone_grows_into_every_slot() {
+        // a asks, b and c do not: their floors (0.4 slot each) would leave the 20th slot to b.
+        let demands = shares(&[("a", 50.0), ("b", 0.0), ("c", 0.0)]);
+        let s: BTreeMap<String, f64> = demands.keys().map(|n| (n.clone(), share_of(n, &demands))).collect();
+        let got: Vec<u64> = ["a", "b", "c"].iter().map(|n| my_slots(n, s.clone(), &demands, 20, |_| 0)).collect();
+        assert_eq!(got, [20, 0, 0]);
     }
 
     fn slot_limiter() -> Limiter {
@@ -560,8 +578,8 @@ mod tests {
     fn slots_held_above_an_allotment_are_not_given_twice() {
         // b's share fell to 0.25 (5 slots) while it still holds 10: a may take 10, not 15.
         let s = shares(&[("a", 0.75), ("b", 0.25)]);
-        assert_eq!(my_slots("a", s.clone(), 20, |n| if n == "b" { 10 } else { 0 }), 10);
-        assert_eq!(my_slots("a", s, 20, |_| 0), 15);
+        assert_eq!(my_slots("a", s.clone(), &s, 20, |n| if n == "b" { 10 } else { 0 }), 10);
+        assert_eq!(my_slots("a", s.clone(), &s, 20, |_| 0), 15);
     }
 
     fn peer(heard_ago: Duration) -> Peer {

@@ -106,11 +106,7 @@ async fn release(State(s): State<Arc<LimitsService>>, body: Bytes) -> Response {
     };
     let released = s.release(&req.key, req.n);
     if released < req.n {
-        let msg = if s.limiter.slot_limit(&req.key).is_none() {
-            format!("no concurrency limit applies to {:?}: it has no slots to give back (a rate limit's units are not given back)", req.key)
-        } else {
-            format!("released {released} of {}: the rest were not held on this node", req.n)
-        };
+        let msg = s.release_shortfall(&req.key, req.n, released).unwrap_or_else(|e| e);
         return (StatusCode::CONFLICT, Json(json!({ "released": released, "error": msg }))).into_response();
     }
     Json(json!({ "released": released })).into_response()

@@ -3,7 +3,7 @@
 //! | request | answers |
 //! | --- | --- |
 //! | `ACQUIRE <key> [n]` | `OK`, `UNLIMITED`, `DENY <retry_after_ms>`, or `ERR` when `n` is more than ever passes at once or a new key finds the node's key table full |
-//! | `RELEASE <key> [n]` | `OK <released>` (fewer than `n`: the rest were not held) |
+//! | `RELEASE <key> [n]` | `OK <released>` (fewer than `n`: the rest were not held), or `CONFLICT` for a key no concurrency limit applies to |
 //! | `PING` | `PONG` |
 //!
 //! `ACQUIRE` takes slots of a concurrency key and units of a rate key. Keys may not contain
@@ -31,7 +31,13 @@ pub fn answer(service: &LimitsService, line: &[u8], out: &mut Vec<u8>) {
             Decision::TooLarge { most, slots } => writeln!(out, "ERR {}", Decision::too_large(key, n, most, slots)),
             Decision::TooManyKeys => writeln!(out, "ERR {}", Decision::too_many_keys()),
         },
-        Ok(Request::Release(key, n)) => writeln!(out, "OK {}", service.release(key, n)),
+        Ok(Request::Release(key, n)) => match service.release(key, n) {
+            released if released < n => match service.release_shortfall(key, n, released) {
+                Err(no_slots) => writeln!(out, "CONFLICT {no_slots}"),
+                Ok(_) => writeln!(out, "OK {released}"),
+            },
+            released => writeln!(out, "OK {released}"),
+        },
         Err(reason) => {
             service.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
             writeln!(out, "ERR {reason}")

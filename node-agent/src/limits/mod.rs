@@ -212,6 +212,18 @@ impl LimitsService {
         }
         released
     }
+
+    /// Why a release of `n` that gave back `released` fell short: `Err` for a key no
+    /// concurrency limit applies to (a mistake of the caller's: HTTP 409, `CONFLICT` on the
+    /// socket), `Ok` with the shortfall's explanation for slots that were not held.
+    pub fn release_shortfall(&self, key: &str, n: u64, released: u64) -> Result<String, String> {
+        if self.limiter.slot_limit(key).is_none() {
+            return Err(format!(
+                "no concurrency limit applies to {key:?}: it has no slots to give back (a rate limit's units are not given back)"
+            ));
+        }
+        Ok(format!("released {released} of {n}: the rest were not held on this node"))
+    }
 }
 
 /// The agent's limits directory: history and decision log.
