@@ -180,16 +180,21 @@ fn limits_revision(c: &Cluster) -> u64 {
 
 /// A push of revision `number` (no parent) whose tree is `global/limits.toml` = `limits`.
 fn limits_pack(number: u64, limits: &[u8]) -> Vec<u8> {
+    limits_pack_after(number, &[], limits).1
+}
+
+/// [`limits_pack`] with `parents`, and the revision's id.
+fn limits_pack_after(number: u64, parents: &[String], limits: &[u8]) -> (String, Vec<u8>) {
     let rev = switchboard_bus::repo::Revision {
         version: 1,
         number,
-        parents: Vec::new(),
+        parents: parents.to_vec(),
         author: "x".into(),
         at_ms: 1,
         message: String::new(),
         files: [("global/limits.toml".to_owned(), switchboard_bus::repo::FileEntry::of(limits))].into(),
     };
-    switchboard_bus::repo::wire::Pack::new(rev, [limits]).encode()
+    (rev.id(), switchboard_bus::repo::wire::Pack::new(rev, [limits]).encode())
 }
 
 fn report(status: &str, by: &str) -> Vec<u8> {
@@ -551,11 +556,20 @@ async fn message_checks_hold_without_tls() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     })
     .await;
-    put(&h, &key(c, "config/push"), limits_pack(1, b"[[limit]]\nkey = \"k\"\nrate = 5\n")).await;
+    let (first, pack) = limits_pack_after(1, &[], b"[[limit]]\nkey = \"k\"\nrate = 5\n");
+    put(&h, &key(c, "config/push"), pack).await;
     let applied = wait_until(Duration::from_secs(20), || limits_revision(c) == 1);
     assert!(applied, "a push waited behind a peer's unanswered heads");
     assert!(held.lock().unwrap().len() < 10, "{} object queries to the lying peer", held.lock().unwrap().len());
     drop(held);
+
+    // Numbers that would leave no number for the next revision: the last one after revision 1,
+    // and one without a parent held more than 2^32 above every number held.
+    for (number, parents) in [(u64::MAX, vec![first.clone()]), (3, vec![first]), ((1 << 32) + 2, vec![])] {
+        let (_, pack) = limits_pack_after(number, &parents, b"[[limit]]\nkey = \"k\"\nrate = 6\n");
+        expect_refused(c, "gw1", "config_invalid", put(&h, &key(c, "config/push"), pack)).await;
+    }
+    assert_eq!(limits_revision(c), 1);
 
     let demand = json!({"version": 1, "demand": {"k": 1.0}}).to_string();
     expect_refused(c, "gw1", "counter_invalid", put(&h, &key(c, "counter/gw7"), demand)).await;

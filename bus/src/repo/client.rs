@@ -170,13 +170,21 @@ pub async fn push(
     new: NewRevision,
 ) -> Result<(Revision, usize), RepoError> {
     let mut have: BTreeSet<String> = BTreeSet::new();
-    let mut number = new.first_number.max(1);
+    // A first revision takes `first_number`; any other its highest parent's number plus one.
+    let mut number = if new.parents.is_empty() { new.first_number.max(1) } else { 0 };
     for p in &new.parents {
         if !is_hash(p) {
             return Err(RepoError::Invalid(format!("parent {p:?} is not a revision id")));
         }
         let parent = repo.revision(session, keys, p).await?;
-        number = number.max(parent.number.saturating_add(1));
+        let next = parent.number.checked_add(1).ok_or_else(|| {
+            RepoError::Invalid(format!(
+                "parent {} is numbered {}: no number is left after it",
+                super::short(p),
+                parent.number
+            ))
+        })?;
+        number = number.max(next);
         have.extend(parent.files.values().map(|f| f.sha256.clone()));
     }
     let rev = Revision {

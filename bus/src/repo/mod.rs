@@ -41,6 +41,9 @@ pub const MAX_PARENTS: usize = 16;
 pub const MAX_TEXT: usize = 4096;
 /// Revisions a node keeps (the newest by number, and every head).
 pub const KEEP_REVISIONS: usize = 1000;
+/// How far above the highest number a node holds a revision's number may be (its parents not
+/// all held there): room for any history, and no push can use up the numbers.
+pub const MAX_NUMBER_JUMP: u64 = 1 << 32;
 
 /// The repository's documents or files are not what they must be.
 #[derive(Debug, thiserror::Error)]
