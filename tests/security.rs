@@ -484,12 +484,24 @@ async fn message_checks_hold_without_tls() {
     })
     .await;
     forged.owner = "gw2".into();
+    // Fields the register API refuses (an id of 129 bytes or none, surrounding whitespace), and a
+    // record that would never expire.
+    let mut bad = Vec::new();
+    for (id, msg_id) in [("9".repeat(129), "9".to_owned()), (String::new(), "9".to_owned()), ("9".into(), " 9 ".into())]
+    {
+        bad.push(DlrRecord { id, msg_id, ..forged.clone() });
+    }
+    bad.push(DlrRecord { id: "9".into(), msg_id: "9".into(), expires_at: u64::MAX, ..forged.clone() });
     forged.destination = "x".repeat(10_000);
-    let big = ReplicaBatch::encode("x", &[ReplicaOp::Put(forged)]).unwrap();
-    expect_refused(c, "gw1", "replica_invalid", async {
-        let _ = ask(&h, &key(c, "dlr/replica/gw1"), Some(big.clone())).await;
-    })
-    .await;
+    bad.push(forged);
+    for record in bad {
+        let batch = ReplicaBatch::encode("x", &[ReplicaOp::Put(record.clone())]).unwrap();
+        expect_refused(c, "gw1", "replica_invalid", async {
+            let replies = ask(&h, &key(c, "dlr/replica/gw1"), Some(batch.clone())).await;
+            assert!(replies.iter().all(|r| r.contains("\"applied\":0")), "{record:?}: {replies:?}");
+        })
+        .await;
+    }
 
     // Reports the HTTP API would refuse: an empty status, a reporter that is no node's name; and
     // one of a version this build does not read.

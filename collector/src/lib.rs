@@ -90,6 +90,8 @@ pub const LATEST_SERIES: usize = 10_000;
 /// Most streams of one node that heads may name (more: `head_invalid`) and that log batches may
 /// open in one table (more: `streams_too_many`).
 pub const MAX_STREAMS_PER_NODE: usize = 1024;
+/// Most streams one table's writer keeps state for, of all nodes (more: `streams_too_many`).
+pub const MAX_STREAMS: usize = 65_536;
 
 /// The collector could not start.
 #[derive(Debug, thiserror::Error)]

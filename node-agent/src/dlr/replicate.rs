@@ -103,6 +103,9 @@ fn take(service: &DlrService, payload: Option<&[u8]>) -> Result<ReplicaAck, Stri
     let mut puts: Vec<(DlrRecord, Option<DlrRecord>)> = Vec::new();
     let mut drops: Vec<DlrRecord> = Vec::new();
     let mut seen: HashMap<Vec<u8>, usize> = HashMap::new();
+    // A record registered now on a node whose clock is a minute ahead expires by this.
+    let latest_expiry =
+        super::now_ms().saturating_add(service.settings.max_expiry_s.saturating_mul(1000)).saturating_add(60_000);
     for op in batch.ops {
         match op {
             // Only the owner writes its records: a copy of one of ours is someone else's forgery
@@ -114,7 +117,7 @@ fn take(service: &DlrService, payload: Option<&[u8]>) -> Result<ReplicaAck, Stri
                 );
             }
             ReplicaOp::Put(record) => {
-                if let Err(e) = super::types::check_record(&record) {
+                if let Err(e) = super::types::check_record(&record, latest_expiry) {
                     refuse(Reason::ReplicaInvalid, format_args!("record {}/{}: {e}", record.connector, record.id));
                     continue;
                 }

@@ -326,12 +326,27 @@ pub(super) fn check_bus_report(r: &DlrReport, now_ms: u64) -> Result<(), DlrErro
     Ok(())
 }
 
-/// Refuse a record (from a replica batch) whose fields the register API would have refused.
-pub(super) fn check_record(r: &DlrRecord) -> Result<(), DlrError> {
+/// Refuse a record (from a replica batch) whose fields the register API would have refused, or
+/// that expires after `latest_expiry` (ms since the Unix epoch).
+pub(super) fn check_record(r: &DlrRecord, latest_expiry: u64) -> Result<(), DlrError> {
     id::check_connector(&r.connector).map_err(|e| DlrError::BadRequest(e.to_string()))?;
     switchboard_bus::keys::check_chunk(&r.owner).map_err(|e| DlrError::BadRequest(format!("owner: {e}")))?;
-    check_field("id", &r.id, MAX_REF_BYTES)?;
-    check_field("msg_id", &r.msg_id, MAX_REF_BYTES)?;
+    for (name, value) in [("id", &r.id), ("msg_id", &r.msg_id)] {
+        // As registered: 1 to 128 bytes, trimmed.
+        if value.is_empty() || value.len() > id::MAX_ID_BYTES || value.trim() != value.as_str() {
+            return Err(DlrError::BadRequest(format!(
+                "{name} must be 1 to {} bytes without surrounding whitespace",
+                id::MAX_ID_BYTES
+            )));
+        }
+        check_field(name, value, id::MAX_ID_BYTES)?;
+    }
+    if r.expires_at > latest_expiry {
+        return Err(DlrError::BadRequest(format!(
+            "expires_at {} is later than dlr.max_expiry_s allows ({latest_expiry})",
+            r.expires_at
+        )));
+    }
     check_field("destination", &r.destination, MAX_FIELD_BYTES)?;
     check_field("account", &r.account, MAX_FIELD_BYTES)?;
     check_field("gateway_ref", &r.gateway_ref, MAX_REF_BYTES)?;
