@@ -446,7 +446,7 @@ pub(crate) fn ask_stream(records: u64, lookups: u64, rate: u64, repeat: u32, tls
     let asker =
         std::sync::Arc::new(rt.block_on(switchboard_agent::dlr::ask::Asker::new(&session, &keys, "bench", stats))?);
     let ask = |i: u64| ask_one(asker.clone(), names.clone(), ids[i as usize]);
-    for i in 0..2000 {
+    for i in 0..lookups.min(2000) {
         rt.block_on(ask(i))?;
     }
     take_unanswered();
@@ -548,7 +548,7 @@ pub(crate) fn run(bench: &DlrBench) -> Result<()> {
         stats.clone(),
     ))?);
     let ask = |i: u64| ask_one(asker.clone(), names.clone(), ids[i as usize]);
-    for i in 0..2000 {
+    for i in 0..lookups.min(2000) {
         rt.block_on(ask(i))?;
     }
     take_unanswered();

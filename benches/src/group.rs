@@ -47,16 +47,19 @@ pub(crate) fn run(opts: &GroupBench) -> Result<()> {
     };
     let mut rates = [Vec::new(), Vec::new()];
     for run in 0..opts.repeat.max(1) {
-        rates[0].push(rt.block_on(logs::end_to_end_with(&lb, 1, true, None, |_| {}))?);
+        rates[0].push(rt.block_on(logs::end_to_end_with(&lb, 1, true, None, |_| {}))?.lines_per_s);
         let endpoint = s3.endpoint();
-        rates[1].push(rt.block_on(logs::end_to_end_with(&lb, 1, true, None, |c| {
-            c.collector.data_dir = PathBuf::from(format!("s3://sb-bench/run-{run}"));
-            c.collector.store.endpoint = Some(endpoint);
-            c.collector.store.allow_http = true;
-            c.collector.store.access_key_id = Some("bench".into());
-            c.collector.store.secret_access_key = Some("bench".into());
-            c.collector.store.region = Some("us-east-1".into());
-        }))?);
+        rates[1].push(
+            rt.block_on(logs::end_to_end_with(&lb, 1, true, None, |c| {
+                c.collector.data_dir = PathBuf::from(format!("s3://sb-bench/run-{run}"));
+                c.collector.store.endpoint = Some(endpoint);
+                c.collector.store.allow_http = true;
+                c.collector.store.access_key_id = Some("bench".into());
+                c.collector.store.secret_access_key = Some("bench".into());
+                c.collector.store.region = Some("us-east-1".into());
+            }))?
+            .lines_per_s,
+        );
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);

@@ -265,7 +265,14 @@ fn encode_ceiling(opts: &LogsBench) -> Result<f64> {
 
 /// Lines/s from agent start to every row committed, with `agents` agents.
 async fn end_to_end(opts: &LogsBench, agents: usize, acknowledged: bool) -> Result<f64> {
-    end_to_end_with(opts, agents, acknowledged, None, |_| {}).await
+    Ok(end_to_end_with(opts, agents, acknowledged, None, |_| {}).await?.lines_per_s)
+}
+
+/// One end-to-end run: its rate, and how long after the agents started the collector accepted
+/// its first row (the bus's connection and the agent's first read are in that time).
+pub(crate) struct EndToEnd {
+    pub(crate) lines_per_s: f64,
+    pub(crate) first_row: Duration,
 }
 
 /// [`end_to_end`] with the collector's config changed by `configure` (e.g. its dataset on S3), and
@@ -277,7 +284,7 @@ pub(crate) async fn end_to_end_with(
     acknowledged: bool,
     tls: Option<&Path>,
     configure: impl FnOnce(&mut CollectorConfig),
-) -> Result<f64> {
+) -> Result<EndToEnd> {
     let dir = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let endpoint = format!("{}/127.0.0.1:{port}", if tls.is_some() { crate::tls::proto() } else { "tcp" });
@@ -311,7 +318,11 @@ pub(crate) async fn end_to_end_with(
         running.push(Agent::start(config, agents_cancel.clone()).await?);
     }
     let deadline = Duration::from_secs(600);
+    let mut first_row = None;
     while CollectorStats::get(&stats.rows_accepted) < total as u64 {
+        if first_row.is_none() && CollectorStats::get(&stats.rows_accepted) > 0 {
+            first_row = Some(start.elapsed());
+        }
         if start.elapsed() > deadline {
             bail!("collector holds {} of {total} rows after {deadline:?}", CollectorStats::get(&stats.rows_accepted));
         }
@@ -329,5 +340,5 @@ pub(crate) async fn end_to_end_with(
     if committed != total as u64 {
         bail!("committed {committed} rows, expected {total}");
     }
-    Ok(total as f64 / elapsed.as_secs_f64())
+    Ok(EndToEnd { lines_per_s: total as f64 / elapsed.as_secs_f64(), first_row: first_row.unwrap_or(elapsed) })
 }

@@ -137,8 +137,10 @@ enum Bench {
     /// Mutual TLS against plain TCP in one run: end-to-end log lines/s (target: TLS at least 90%
     /// of plain) and the DLR ask stream's p99 at `--rate` lookups/s (target: at most 1.2x plain).
     Tls {
-        /// Lines per end-to-end run.
-        #[arg(long, default_value_t = 1_000_000)]
+        /// Lines per end-to-end run. Each run includes opening the bus, which zenoh sometimes
+        /// holds for its 200 ms scouting delay (plain TCP as well as TLS): runs of a second
+        /// would measure that more than the transport.
+        #[arg(long, default_value_t = 5_000_000)]
         lines: usize,
         /// Runs of each case (medians are printed, every run too).
         #[arg(long, default_value_t = 3)]

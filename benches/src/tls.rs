@@ -66,11 +66,16 @@ pub(crate) fn run(b: &TlsBench) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let (mut plain, mut tls) = (Vec::new(), Vec::new());
     let (mut plain_drops, mut tls_drops) = (0, 0);
+    let (mut plain_first, mut tls_first) = (Vec::new(), Vec::new());
     for _ in 0..b.repeat.max(1) {
         let before = udp::receive_buffer_drops();
-        plain.push(rt.block_on(logs::end_to_end_with(&opts, 1, true, None, |_| {}))?);
+        let run = rt.block_on(logs::end_to_end_with(&opts, 1, true, None, |_| {}))?;
+        plain.push(run.lines_per_s);
+        plain_first.push(run.first_row.as_secs_f64() * 1e3);
         let between = udp::receive_buffer_drops();
-        tls.push(rt.block_on(logs::end_to_end_with(&opts, 1, true, Some(certs.path()), |_| {}))?);
+        let run = rt.block_on(logs::end_to_end_with(&opts, 1, true, Some(certs.path()), |_| {}))?;
+        tls.push(run.lines_per_s);
+        tls_first.push(run.first_row.as_secs_f64() * 1e3);
         plain_drops += drops(before, between);
         tls_drops += drops(between, udp::receive_buffer_drops());
     }
@@ -79,6 +84,7 @@ pub(crate) fn run(b: &TlsBench) -> Result<()> {
     println!("  plain TCP   {p:>12.0} lines/s   runs {plain:.0?}");
     println!("  mutual TLS  {t:>12.0} lines/s   runs {tls:.0?}");
     println!("  TLS / plain {:>12.2}   (target at least 0.90)", t / p.max(1.0));
+    println!("  first row accepted after the agent started (ms): plain {plain_first:.0?}, TLS {tls_first:.0?}");
     println!("  UDP datagrams dropped for a full receive buffer: plain runs {plain_drops}, TLS runs {tls_drops}");
 
     println!("\nDLR ask stream, 3 nodes with {} open records each, {} lookups/s:", b.records, b.rate);
