@@ -42,7 +42,8 @@ pub enum Claim {
     /// The holder could not be asked (unreachable, too slow, too many asks at once).
     Unknown,
     /// Not asked: read in time, but this node is just back from not running, and other nodes
-    /// may have handled the DLR meanwhile. Not taken: the reporter decides on the copies.
+    /// may have handled the DLR meanwhile (the holder it would ask may not be theirs yet). Not
+    /// taken: the reporter decides on the copies.
     Stale,
 }
 
@@ -230,10 +231,10 @@ impl Records {
     }
 
     /// [`Records::answer`], for a report that the record here could not settle alone
-    /// (`DlrService::claim`): read late, it is taken (queued) with the record this node closed
-    /// first on the record's first copy holder, while the record is still the one it was closed
-    /// from, a duplicate when a reporter closed it there first, and otherwise not taken; read
-    /// while this node is just back from not running, it is not taken.
+    /// (`DlrService::claim`): it is taken (queued) with the record this node closed first on the
+    /// record's first copy holder, while the record is still the one it was closed from, and is a
+    /// duplicate when a reporter closed it there first; otherwise a late one is closed, not
+    /// queued, and one read in time is not taken (an error reply: the reporter decides).
     pub fn answer_claimed(
         &self,
         connector: &str,
@@ -315,7 +316,7 @@ impl Records {
                 drop(_guard);
                 self.outbox.push(next.clone());
                 return Ok(Some(reply(next, None)));
-            } else if matches!(claim, Claim::Stale) {
+            } else if matches!(claim, Claim::Stale) || (won.is_none() && matches!(claim, Claim::Unknown)) {
                 return Err(DlrError::Unreachable(format!(
                     "{}: not taking the report of {connector}/{id} from {}",
                     super::wake::STALE,

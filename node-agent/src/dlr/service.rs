@@ -93,9 +93,9 @@ impl DlrService {
         let canonical = dlr_ids.canonical(&req.msg_id)?;
         check_report_fields(&req.status, req.error.as_deref(), req.text.as_deref())?;
         let wait = self.wait(req.wait_ms.unwrap_or(self.settings.report_wait_ms))?;
-        if self.wake.stale() {
+        if self.wake.just_woke() {
             // Other nodes may have handed this DLR to their gateways while this one did not run;
-            // its records and its view of the live nodes say so only once its copies are checked.
+            // its view of the live nodes is not yet theirs to ask.
             self.stats.unanswered.fetch_add(1, Ordering::Relaxed);
             return Err(DlrError::Unreachable(format!(
                 "{STALE}: a DLR handed in now may have been handled elsewhere meanwhile; try again in a few seconds"
@@ -163,17 +163,18 @@ impl DlrService {
         }
     }
 
-    /// For a final report of an open record of this node's that the record here cannot settle.
-    /// Read after its `answer_by` (this node was hung): the reporter either handled the DLR with a
-    /// copy's record, closing the copy on the first copy holder first, or handled nothing (no
-    /// node answered it). The same holder decides here: the record closed now (at this node's
-    /// read time, so that it differs from any reporter's close) is put there, and [`Claim::Won`]
-    /// if it was first; [`Claim::Lost`] with the holder's close when a reporter closed it there
-    /// first; [`Claim::Unknown`] when the holder cannot be asked (or [`super::MAX_LATE_CLAIMS`]
-    /// are being asked already). Read in time while this node is just back from not running
-    /// ([`super::wake::Wake::stale`]): [`Claim::Stale`], not taken, for the reporter to decide
-    /// on the copies as when the owner is down. Otherwise [`Claim::NotAsked`]
-    /// (docs/architecture.md, "A hung owner").
+    /// For a final report of an open record of this node's that the record here cannot settle:
+    /// read after its `answer_by` (this node was hung), or after this node did not run for a
+    /// while and before its copies were checked again. A reporter may have handled the DLR with
+    /// a copy's record, closing the copy on the first copy holder first, or handled nothing. The
+    /// same holder decides here: the record closed now (at this node's read time, so that it
+    /// differs from any reporter's close) is put there, and [`Claim::Won`] if it was first;
+    /// [`Claim::Lost`] with the holder's close when a reporter closed it there first;
+    /// [`Claim::Unknown`] when the holder cannot be asked (or [`super::MAX_LATE_CLAIMS`] are
+    /// being asked already). Read in time within seconds of waking
+    /// ([`super::wake::Wake::just_woke`]: this node's first copy holder may not be the reporter's
+    /// yet): [`Claim::Stale`], not taken, for the reporter to decide on the copies as when the
+    /// owner is down. Otherwise [`Claim::NotAsked`] (docs/architecture.md, "A woken owner").
     pub(crate) async fn claim(&self, connector: &str, id: &str, report: &DlrReport) -> Claim {
         let now = now_ms();
         if !report.r#final {
@@ -183,12 +184,19 @@ impl DlrService {
         if current.owner != self.node || !current.is_open() {
             return Claim::NotAsked;
         }
-        if report.answer_by.is_none_or(|by| now <= by) {
+        let late = report.answer_by.is_some_and(|by| now > by);
+        if !late {
             // Reporters may have seen this node gone and handled the DLR with a copy's record;
-            // its own record says nothing of that until its copies are checked again.
-            return if self.wake.stale() { Claim::Stale } else { Claim::NotAsked };
+            // its own record says nothing of that until its copies are checked again. Just
+            // awake, even its first copy holder may not be the one they closed.
+            if self.wake.just_woke() {
+                return Claim::Stale;
+            }
+            if !self.wake.copies_unchecked() {
+                return Claim::NotAsked;
+            }
         }
-        // Bounded: a flood of late reports asks the holder at most this many times at once.
+        // Bounded: a flood of such reports asks the holder at most this many times at once.
         let Ok(_asking) = self.late_claims.try_acquire() else { return Claim::Unknown };
         let live = self.membership.live_of(Role::Agent);
         let key = current.store_key();
@@ -196,7 +204,8 @@ impl DlrService {
             .first()
             .map(|n| n.to_string())
         else {
-            return Claim::Unknown;
+            // No copy is live: none can have been closed by a reporter since.
+            return if late { Claim::Unknown } else { Claim::NotAsked };
         };
         let closed =
             self.closed(&current, &report.status, now.max(report.reported_at.saturating_add(1)), &report.reported_by);

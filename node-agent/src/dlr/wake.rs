@@ -81,10 +81,10 @@ impl Wake {
         self.checked.fetch_max(woke, Ordering::Relaxed);
     }
 
-    /// Whether other nodes may have handled this node's DLRs without it knowing: just woke
-    /// ([`Wake::just_woke`]), or no replication pass has checked the copies since it woke.
-    pub fn stale(&self) -> bool {
-        self.just_woke() || self.checked.load(Ordering::Relaxed) < self.woke_at()
+    /// Whether no replication pass has checked the copies since the last gap: other nodes may
+    /// have closed this node's records on them (handling their DLRs) without it knowing yet.
+    pub fn copies_unchecked(&self) -> bool {
+        self.checked.load(Ordering::Relaxed) < self.woke_at()
     }
 }
 
@@ -109,9 +109,9 @@ mod tests {
         assert!(wake.woke_at() > 0 && wake.just_woke(), "noticed, not settled yet");
         wake.woke.store(now_ms() - SETTLE.as_millis() as u64 - 1, Ordering::Relaxed);
         assert!(!wake.just_woke(), "settled");
-        assert!(wake.stale(), "stale until a pass has checked the copies");
+        assert!(wake.copies_unchecked(), "until a pass has checked the copies");
         wake.copies_checked(wake.woke_at());
-        assert!(!wake.stale(), "checked");
+        assert!(!wake.copies_unchecked(), "checked");
         cancel.cancel();
         task.await.unwrap();
     }
