@@ -795,7 +795,7 @@ async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
             s.node,
             s.applied.as_ref().map_or("-".to_owned(), |a| format!("{} ({})", a.number, short(&a.id))),
             s.local_edits.len(),
-            s.blocked.as_ref().map_or("-".to_owned(), |b| format!("revision {}", b.number)),
+            s.blocked.as_ref().map_or("-".to_owned(), |b| format!("revision {} ({})", b.number, short(&b.id))),
         );
     }
     if !problems.is_empty() {
