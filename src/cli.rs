@@ -396,9 +396,12 @@ pub fn error_chain(e: &anyhow::Error) -> String {
 /// - "Skipping name verification" of a QUIC or TLS server: peers are known by their
 ///   certificate's identity, not by host name (docs/security.md);
 /// - access control warning of a link with several network interfaces: the policy names no
-///   interface.
+///   interface;
+/// - a QUIC link not accepted: a long-running process's refusal counter logs it instead, at a
+///   rate limit when a peer's certificate was refused (`tls_handshake`), as zenoh would otherwise.
 const QUIET_ZENOH: &str = "zenoh::net::runtime::orchestrator=error,zenoh_link_commons::quic::utils=error,\
-                           zenoh_link_tls::utils=error,zenoh::net::routing::interceptor::access_control=error";
+                           zenoh_link_tls::utils=error,zenoh::net::routing::interceptor::access_control=error,\
+                           zenoh_link_commons::quic::unicast=error";
 
 /// Logs to stderr as `filter` (else `default`) says. A long-running process (`counts_denials`)
 /// also counts zenoh's access-control denials for its `/metrics`; a one-shot command has no

@@ -246,6 +246,14 @@ async fn a_peer_without_a_certificate_cannot_connect() {
     zc.insert_json5("transport/link/tls/root_ca_certificate", &json!(dir.join("ca.crt")).to_string()).unwrap();
     zc.insert_json5("transport/link/tls/verify_name_on_connect", "false").unwrap();
     assert!(zenoh::open(zc).await.is_err(), "a client without a certificate connected");
+    // Counted and logged as a refusal, without zenoh's hint about open files.
+    let refused = wait_until(Duration::from_secs(10), || {
+        let (_, text) = c.http_get("collector", "/metrics");
+        metric(&text, "switchboard_bus_refused_total{reason=\"tls_handshake\"}").unwrap_or(0.0) >= 1.0
+    });
+    let log = s._collector.log_text();
+    assert!(refused && log.contains("peer sent no certificates"), "{log}");
+    assert!(!log.contains("open file limit"), "{log}");
     let mut plain = zenoh::Config::default();
     plain.insert_json5("mode", "\"client\"").unwrap();
     plain.insert_json5("connect/endpoints", &json!([c.endpoint.replace("quic/", "tcp/")]).to_string()).unwrap();

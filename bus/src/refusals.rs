@@ -51,6 +51,7 @@ reasons! {
     HeadInvalid => "head_invalid": "Heads that do not parse or are out of bounds.",
     ReplayRange => "replay_range": "A replay query whose range is inverted or too long.",
     StreamsTooMany => "streams_too_many": "A log batch that would open more streams of one node than a collector keeps (1,024).",
+    TlsHandshake => "tls_handshake": "A link whose TLS handshake failed on the peer's certificate: none, or one the cluster's CA did not sign.",
 }
 
 const N: usize = Reason::ALL.len();
@@ -142,19 +143,37 @@ pub fn render(m: &mut Metrics) {
 
 /// Where zenoh logs its access-control decisions.
 pub const ZENOH_ACCESS_CONTROL: &str = "zenoh::net::routing::interceptor::access_control";
+/// Where zenoh's QUIC listener logs a link it could not accept (at `WARN`, every one: the log
+/// filter of a process holds these back, and [`AccessDeniedLayer`] logs them instead).
+pub const ZENOH_QUIC_ACCEPT: &str = "zenoh_link_commons::quic::unicast";
+/// Where zenoh's TLS-over-TCP listener logs one (at `DEBUG`).
+pub const ZENOH_TLS_ACCEPT: &str = "zenoh_link_tls::unicast";
 
-/// A `tracing` layer that counts zenoh's access-control denials as [`Reason::AccessDenied`].
-/// zenoh reports each decision as a `TRACE` event of [`ZENOH_ACCESS_CONTROL`]; give the layer a
-/// filter for that target ([`AccessDeniedLayer::filter`]) so that nothing else reaches it.
+/// A `tracing` layer that counts what zenoh refuses for the policy: access-control denials as
+/// [`Reason::AccessDenied`] (a `TRACE` event of [`ZENOH_ACCESS_CONTROL`] for each decision), and
+/// links whose handshake failed on the peer's certificate as [`Reason::TlsHandshake`]. Give it
+/// its filter ([`AccessDeniedLayer::filter`]) so that nothing else reaches it.
 #[derive(Debug, Default)]
 pub struct AccessDeniedLayer;
 
 impl AccessDeniedLayer {
-    /// The per-layer filter: zenoh's access-control events only (every other call site of the
-    /// program stays disabled for this layer, so it costs nothing elsewhere).
+    /// The per-layer filter: those events only (every other call site of the program stays
+    /// disabled for this layer, so it costs nothing elsewhere).
     pub fn filter() -> tracing_subscriber::filter::Targets {
-        tracing_subscriber::filter::Targets::new().with_target(ZENOH_ACCESS_CONTROL, tracing::Level::TRACE)
+        tracing_subscriber::filter::Targets::new()
+            .with_target(ZENOH_ACCESS_CONTROL, tracing::Level::TRACE)
+            .with_target(ZENOH_QUIC_ACCEPT, tracing::Level::WARN)
+            .with_target(ZENOH_TLS_ACCEPT, tracing::Level::DEBUG)
     }
+}
+
+/// zenoh's line for a link it could not accept, when the cause is the peer's certificate (none
+/// sent, a foreign CA's): the line without zenoh's hint about open files, which does not apply.
+fn handshake_refused(message: &str) -> Option<&str> {
+    let accept = message.contains("QUIC acceptor failed") || message.contains("Can not accept TLS connection");
+    let certificate = message.to_ascii_lowercase().contains("certificate");
+    (accept && certificate)
+        .then(|| message.split(" Hint: increase the system open file limit").next().unwrap_or(message))
 }
 
 struct Message(String);
@@ -174,6 +193,16 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AccessDeniedLayer 
         }
         let mut m = Message(String::new());
         event.record(&mut m);
+        let target = event.metadata().target();
+        if target == ZENOH_QUIC_ACCEPT || target == ZENOH_TLS_ACCEPT {
+            match handshake_refused(&m.0) {
+                Some(line) => refuse(Reason::TlsHandshake, line),
+                // Held back from the log with the refusals: said here, as zenoh would have.
+                None if *event.metadata().level() <= tracing::Level::WARN => tracing::warn!("{}", m.0),
+                None => {}
+            }
+            return;
+        }
         // Only what arrives: a process's own messages out are never filtered (see `access`).
         if m.0.contains("is unauthorized") && m.0.contains("(ingress)") {
             if is_declaration_interest(&m.0) {
@@ -186,6 +215,21 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AccessDeniedLayer 
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_handshake_refused_for_its_certificate_is_told_from_other_accept_errors() {
+        let none = r#"QUIC acceptor failed: TransportError(Error { code: Code::crypto(2a), frame: None, reason: "peer sent no certificates" }) Hint: increase the system open file limit."#;
+        assert_eq!(handshake_refused(none).map(|l| l.ends_with("certificates\" })")), Some(true));
+        let foreign = r#"QUIC acceptor failed: TransportError(Error { code: Code::crypto(2a), frame: None, reason: "invalid peer certificate: BadSignature" }) Hint: increase the system open file limit."#;
+        assert!(handshake_refused(foreign).is_some());
+        assert!(handshake_refused("Can not accept TLS connection: invalid peer certificate: UnknownIssuer").is_some());
+        // A link that timed out (a process resumed after a stop), or running out of files.
+        assert!(
+            handshake_refused("QUIC acceptor failed: TimedOut Hint: increase the system open file limit.").is_none()
+        );
+        assert!(handshake_refused("Too many open files (os error 24). Hint: increase the system open file limit.")
+            .is_none());
+    }
 
     #[test]
     fn interest_in_declarations_on_put_only_keys_is_told_from_a_query() {
