@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::keys::{check_chunk, KeyError};
+use crate::keys::{check_chunk, check_name, KeyError};
 
 /// Largest message a process takes from the bus (a log batch, a replica batch, a reply), in
 /// bytes: 64 MiB.
@@ -246,12 +246,12 @@ impl BusConfig {
 
     /// Check names, prefix and endpoints; called before a session is opened.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check_chunk(&self.cluster).map_err(|source| ConfigError::Name {
+        check_name(&self.cluster).map_err(|source| ConfigError::Name {
             what: "cluster name",
             value: self.cluster.clone(),
             source,
         })?;
-        check_chunk(&self.node).map_err(|source| ConfigError::Name {
+        check_name(&self.node).map_err(|source| ConfigError::Name {
             what: "node name",
             value: self.node.clone(),
             source,

@@ -40,12 +40,25 @@ pub enum KeyError {
     /// Contains `/`, `*`, `$`, `?`, `#`, or starts with `@`.
     #[error("a name may not contain '/', '*', '$', '?', '#' or start with '@'")]
     Reserved,
+    /// A node's or cluster's name with whitespace or a control character.
+    #[error("a node's or cluster's name may not contain whitespace or control characters")]
+    Spaces,
     /// zenoh rejected the assembled key expression.
     #[error("not a valid key expression: {0}")]
     Invalid(String),
     /// Not a stream written as `<node>/<kind>/<name>`.
     #[error("not a stream: {0:?} (expected <node>/log/<name>)")]
     Stream(String),
+}
+
+/// Check a node's or cluster's name: a key chunk ([`check_chunk`]) that also stands alone on a
+/// line of the members file and in a log line, without whitespace or control characters.
+pub fn check_name(name: &str) -> Result<(), KeyError> {
+    check_chunk(name)?;
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(KeyError::Spaces);
+    }
+    Ok(())
 }
 
 /// Check that `name` can stand as one chunk of a key expression.
@@ -505,6 +518,17 @@ mod tests {
 
     fn ks() -> KeySpace {
         KeySpace::new("sb/test").unwrap()
+    }
+
+    #[test]
+    fn node_names_are_key_chunks_without_whitespace() {
+        for ok in ["gw1", "gw-1.example", "n_0"] {
+            assert!(check_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "bad name", "gw1\t", "gw\u{7}", "a/b", "@gw"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(crate::tls::Identity::new(crate::tls::IdRole::Agent, "bad name").is_err());
     }
 
     #[test]

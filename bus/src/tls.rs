@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::pem::Pem;
 
-use crate::keys::check_chunk;
+use crate::keys::check_name;
 
 /// The `[bus.tls]` table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,7 +94,7 @@ pub struct Identity {
 impl Identity {
     /// An identity, checking that the name can stand in a key.
     pub fn new(role: IdRole, name: &str) -> Result<Self, TlsError> {
-        check_chunk(name).map_err(|e| TlsError::Identity(format!("name {name:?}: {e}")))?;
+        check_name(name).map_err(|e| TlsError::Identity(format!("name {name:?}: {e}")))?;
         Ok(Self { role, name: name.to_owned() })
     }
 }

@@ -85,8 +85,9 @@ fn drive(opts: DemoOptions, cancel: CancellationToken) -> Result<summary::Facts>
     let ports = Ports::pick(opts.port, opts.nodes)?;
     let nodes: Vec<String> = (1..=opts.nodes).map(|i| format!("gw{i}")).collect();
     note!(
-        "switchboard demo: 1 collector + {} node agents on {} for {} s",
+        "switchboard demo: 1 collector + {} node agent{} on {} for {} s",
         opts.nodes,
+        if opts.nodes == 1 { "" } else { "s" },
         ports.bus(),
         opts.duration.as_secs()
     );
@@ -114,7 +115,7 @@ fn drive(opts: DemoOptions, cancel: CancellationToken) -> Result<summary::Facts>
         all.push(&mut collector);
         cluster::wait_ready(&health, opts.nodes + 1, &mut all)?;
     }
-    note!("  cluster formed: every process sees the {} others", opts.nodes);
+    note!("  cluster formed: every process sees the {} other{}", opts.nodes, if opts.nodes == 1 { "" } else { "s" });
 
     // One limit for the whole cluster, set the way an operator sets it.
     let limits =
@@ -142,6 +143,9 @@ fn drive(opts: DemoOptions, cancel: CancellationToken) -> Result<summary::Facts>
 
     // The fault: the second node's agent, killed part way through and restarted.
     let victim = (opts.kill && opts.nodes >= 2).then_some(1usize);
+    if opts.kill && victim.is_none() {
+        note!("  (no kill -9 with one node: its DLRs and its share of the limit have nowhere to go)");
+    }
     let kill_at = opts.duration.mul_f64(0.35);
     let mut outage: Option<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> = None;
     let mut killed_at: Option<(Instant, chrono::DateTime<chrono::Utc>)> = None;

@@ -176,14 +176,18 @@ pub(crate) async fn summarize(f: &Facts) -> Result<DemoSummary> {
              FROM dlr WHERE event = 'resolved' AND at_node <> owner",
         )
         .await?;
-    writeln!(
-        out,
-        "   {:.0} found in one bus round trip from another node (lookup p50 {:.0} us, p99 {:.0} us), {:.0} of them answered by a copy while the owner was down",
-        scalar(&resolved, 0).unwrap_or(0.0),
-        scalar(&resolved, 1).unwrap_or(0.0),
-        scalar(&resolved, 2).unwrap_or(0.0),
-        scalar(&resolved, 3).unwrap_or(0.0),
-    )?;
+    let found = scalar(&resolved, 0).unwrap_or(0.0);
+    if found > 0.0 {
+        writeln!(
+            out,
+            "   {found:.0} found in one bus round trip from another node (lookup p50 {:.0} us, p99 {:.0} us), {:.0} of them answered by a copy while the owner was down",
+            scalar(&resolved, 1).unwrap_or(0.0),
+            scalar(&resolved, 2).unwrap_or(0.0),
+            scalar(&resolved, 3).unwrap_or(0.0),
+        )?;
+    } else {
+        writeln!(out, "   none looked up from another node (one node: every DLR arrived where it was registered)")?;
+    }
     let d = &f.load.dlr;
     let mut rt = d.round_trips_us.lock().map(|v| v.clone()).unwrap_or_default();
     writeln!(
