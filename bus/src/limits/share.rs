@@ -30,6 +30,10 @@ pub struct DemandReport {
     /// `allotted` (`1/n` of the `n` nodes it knows).
     #[serde(default)]
     pub first_use_share: Option<f64>,
+    /// Rate key → the share of its limit the node applies now (published after applying): the
+    /// others grow their shares only into what these leave (make before break).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shares: BTreeMap<String, f64>,
     /// The coordination tick it was made at: milliseconds since the Unix epoch divided by the
     /// interval. Every node works out the shares of tick `t` from the reports of tick `t - 1`,
     /// so all of them split by the same demand (absent: taken as soon as it arrives).
@@ -44,13 +48,22 @@ impl DemandReport {
         if self.version != 1 {
             return Err(format!("version {} (expected 1)", self.version));
         }
-        if [self.demand.len(), self.held.len(), self.allotted.len()].iter().any(|&n| n > super::MAX_LIMITS) {
+        if [self.demand.len(), self.held.len(), self.allotted.len(), self.shares.len()]
+            .iter()
+            .any(|&n| n > super::MAX_LIMITS)
+        {
             return Err(format!(
-                "{} demands, {} held counts and {} allotments",
+                "{} demands, {} held counts, {} allotments and {} shares",
                 self.demand.len(),
                 self.held.len(),
-                self.allotted.len()
+                self.allotted.len(),
+                self.shares.len()
             ));
+        }
+        for (k, s) in &self.shares {
+            if k.len() > super::MAX_KEY_BYTES || !(0.0..=1.0).contains(s) {
+                return Err(format!("share {s} for a key of {} bytes (expected 0 to 1)", k.len()));
+            }
         }
         if let Some(s) = self.first_use_share.filter(|s| !(0.0..=1.0).contains(s)) {
             return Err(format!("first-use share {s} (expected 0 to 1)"));
@@ -79,6 +92,13 @@ impl DemandReport {
             .copied()
             .unwrap_or_else(|| ((max as f64) * self.first_use_share.unwrap_or(1.0)).floor() as u64);
         held.max(allotted.min(max))
+    }
+
+    /// The share of rate key `key` the node may apply by its own report: the share it applies,
+    /// or for a key it applies none of yet, what its first use would take (the whole limit if it
+    /// did not say).
+    pub fn rate_claim(&self, key: &str) -> f64 {
+        self.shares.get(key).copied().unwrap_or_else(|| self.first_use_share.unwrap_or(1.0))
     }
 }
 

@@ -232,13 +232,18 @@ pub async fn run(
                 ticks = ticks.saturating_add(1);
                 let heard_all = ticks > SETTLING_TICKS && peers.values().all(|p| p.report.is_some());
                 settled |= heard_all;
-                apply(&node, &limiter, &peers, &mut applied, frozen, settled);
+                // A live node whose report of the last tick has not arrived (late: a busy host).
+                let behind = peers.iter().any(|(name, p)| {
+                    *name != node && p.report.as_ref().is_none_or(|r| r.tick.is_some_and(|t| t.saturating_add(1) < now_tick))
+                });
+                apply(&node, &limiter, &peers, &mut applied, frozen, settled, behind);
                 let first_use = if heard_all { 1.0 / peers.len().max(1) as f64 } else { 0.0 };
                 limiter.set_first_use_slots(first_use);
                 // Published after applying, so the allotments in it are the ones in force.
                 let first_use_share = Some(first_use);
                 if let Some(mine) = peers.get_mut(&node).and_then(|me| me.waiting.back_mut()) {
                     mine.allotted = applied.iter().filter(|(_, a)| a.1 != u64::MAX).map(|(k, a)| (k.clone(), a.1)).collect();
+                    mine.shares = applied.iter().filter(|(_, a)| a.1 == u64::MAX).map(|(k, a)| (k.clone(), a.2)).collect();
                     mine.first_use_share = first_use_share;
                     if let Err(e) = session.put(&my_key, serde_json::to_vec(&*mine).unwrap_or_default()).await {
                         tracing::debug!(error = %e, "cannot publish demand");
@@ -317,8 +322,9 @@ fn someone_silent(node: &str, peers: &BTreeMap<String, Peer>, stale: Duration) -
     })
 }
 
-/// What this node last applied per key: its share, and for concurrency keys its slots.
-type Applied = BTreeMap<String, (f64, u64)>;
+/// What this node last applied per key: the share the split gives it, for concurrency keys its
+/// slots (else `u64::MAX`), and the share in force (the split's, or less while it lacks a report).
+type Applied = BTreeMap<String, (f64, u64, f64)>;
 
 /// Set this node's share of every key, and its slots of every concurrency key in use. While
 /// `frozen` (someone went silent), shares may shrink but never grow: the silent side is still
@@ -330,6 +336,7 @@ fn apply(
     applied: &mut Applied,
     frozen: bool,
     settled: bool,
+    behind: bool,
 ) {
     let n = peers.len().max(1);
     // Not settled yet (just started): no share at all, see the caller.
@@ -359,23 +366,42 @@ fn apply(
             demands.entry(name.clone()).or_insert(0.0);
         }
         let mut share = share_of(node, &demands).min(cap);
+        let shares = key_shares(&demands, cap, node);
         let max = slot_keys.get(key).copied().or_else(|| limiter.slot_limit(key));
         let mut slots = max.map(|max| {
             // A live node not heard from yet may hold every slot (it may have held them before
             // this node started): it claims all of them until its first report says otherwise.
             let claimed =
                 |name: &str| peers.get(name).and_then(|p| p.report.as_ref()).map_or(max, |r| r.claim(key, max));
-            my_slots(node, key_shares(&demands, cap, node), &demands, max, claimed)
+            my_slots(node, shares.clone(), &demands, max, claimed)
         });
-        if let (true, Some(&(last_share, last_slots))) = (frozen, applied.get(key)) {
+        if let (true, Some(&(last_share, last_slots, _))) = (frozen, applied.get(key)) {
             share = share.min(last_share);
             slots = slots.map(|s| s.min(last_slots));
+        }
+        // The share this node works toward (what `frozen` holds to): the split's.
+        let target = share;
+        if max.is_none() && behind {
+            // This node lacks a report of the last tick: the others split this tick by newer
+            // figures. It takes only what they leave, each by its share by these figures or
+            // the share it said it applies (or would take at first use), whichever is larger,
+            // so that it does not keep what they have already given to another.
+            let others: f64 = shares
+                .iter()
+                .filter(|(name, _)| name.as_str() != node)
+                .map(|(name, s)| {
+                    let said =
+                        peers.get(name).and_then(|p| p.report.as_ref()).map_or(1.0 / n as f64, |r| r.rate_claim(key));
+                    s.max(said)
+                })
+                .sum();
+            share = share.min((1.0 - others).max(0.0));
         }
         match slots {
             Some(n) => limiter.set_slots(key, n, share),
             None => limiter.set_share(key, share),
         }
-        applied.insert(key.to_owned(), (share, slots.unwrap_or(u64::MAX)));
+        applied.insert(key.to_owned(), (target, slots.unwrap_or(u64::MAX), share));
     }
 }
 
@@ -487,20 +513,61 @@ mod tests {
         peers.insert("me".into(), heard(busy.clone()));
         peers.insert("other".into(), heard(idle(&[])));
         let (me, mut applied) = (slot_limiter(), Applied::new());
-        apply("me", &me, &peers, &mut applied, false, true);
+        apply("me", &me, &peers, &mut applied, false, true, false);
         assert_eq!(applied["k"].1, 10, "the other's first use of k may still take half");
         // The other applies the same reports: it has not used k and gets none of it.
         let other = slot_limiter();
         let mut other_applied = Applied::new();
-        apply("other", &other, &peers, &mut other_applied, false, true);
+        apply("other", &other, &peers, &mut other_applied, false, true, false);
         assert_eq!(other_applied["k"].1, 0);
         assert!(!other.acquire_slot("k", 1).is_allowed(), "its first use takes its allotment, not half");
         // Once it says so, this node grows into the whole limit.
         peers.insert("other".into(), heard(idle(&[("k", 0)])));
-        apply("me", &me, &peers, &mut applied, false, true);
+        apply("me", &me, &peers, &mut applied, false, true, false);
         assert_eq!(applied["k"].1, 20);
         let held = (0..30).filter(|_| me.acquire_slot("k", 1).is_allowed()).count();
         assert_eq!(held, 20);
+    }
+
+    #[test]
+    fn a_node_behind_by_a_report_takes_only_what_the_others_said_they_left() {
+        let l = Limiter::new(vec![switchboard_bus::limits::LimitSpec {
+            key: "k".into(),
+            rate: Some(1000),
+            per: None,
+            concurrency: None,
+            burst: None,
+        }])
+        .unwrap();
+        let report = |d: f64, shares: &[(&str, f64)]| DemandReport {
+            version: 1,
+            demand: [("k".to_owned(), d)].into(),
+            shares: shares.iter().map(|(k, s)| (k.to_string(), *s)).collect(),
+            first_use_share: Some(0.5),
+            ..Default::default()
+        };
+        let share = |peers: &BTreeMap<String, Peer>| {
+            let mut applied = Applied::new();
+            apply("me", &l, peers, &mut applied, false, true, true);
+            applied["k"].2
+        };
+        let mut peers: BTreeMap<String, Peer> = BTreeMap::new();
+        // This node asks for nearly everything, the other for little, by the figures this node
+        // has; the other's last report here says it applies 0.6 (this node lacks its newest).
+        peers.insert("me".into(), heard(report(900.0, &[])));
+        peers.insert("other".into(), heard(report(100.0, &[("k", 0.6)])));
+        assert!((share(&peers) - 0.4).abs() < 1e-9, "{}", share(&peers));
+        // Once it says it applies what the split gives it, this node takes its own.
+        let theirs = 0.02 + 0.96 * 0.1;
+        peers.insert("other".into(), heard(report(100.0, &[("k", theirs)])));
+        assert!((share(&peers) - (1.0 - theirs)).abs() < 1e-9, "{}", share(&peers));
+        // A key the other applies no share of yet: its first use may take its first-use share.
+        peers.insert("other".into(), heard(report(0.0, &[])));
+        assert!((share(&peers) - 0.5).abs() < 1e-9, "{}", share(&peers));
+        // With every report of the last tick here, the split is the others' too: no cap.
+        let mut applied = Applied::new();
+        apply("me", &l, &peers, &mut applied, false, true, false);
+        assert!((applied["k"].2 - 0.98).abs() < 1e-9, "{}", applied["k"].2);
     }
 
     #[test]
@@ -540,7 +607,7 @@ mod tests {
         peers.insert("me".into(), heard(busy));
         peers.insert("unheard".into(), Peer::default());
         let (me, mut applied) = (slot_limiter(), Applied::new());
-        apply("me", &me, &peers, &mut applied, false, true);
+        apply("me", &me, &peers, &mut applied, false, true, false);
         assert_eq!(applied["k"].1, 0, "its report may say it holds all 20");
         let holder = DemandReport {
             version: 1,
@@ -549,11 +616,11 @@ mod tests {
             ..Default::default()
         };
         peers.insert("unheard".into(), heard(holder));
-        apply("me", &me, &peers, &mut applied, false, true);
+        apply("me", &me, &peers, &mut applied, false, true, false);
         assert_eq!(applied["k"].1, 0, "and it does");
         let idle = DemandReport { version: 1, allotted: [("k".to_owned(), 0)].into(), ..Default::default() };
         peers.insert("unheard".into(), heard(idle));
-        apply("me", &me, &peers, &mut applied, false, true);
+        apply("me", &me, &peers, &mut applied, false, true, false);
         assert_eq!(applied["k"].1, 20, "one that holds none leaves them all");
     }
 
@@ -621,7 +688,12 @@ mod tests {
             burst: None,
         }])
         .unwrap();
-        let report = |d: f64| DemandReport { version: 1, demand: [("k".to_owned(), d)].into(), ..Default::default() };
+        let report = |d: f64| DemandReport {
+            version: 1,
+            demand: [("k".to_owned(), d)].into(),
+            shares: [("k".to_owned(), 0.5)].into(),
+            ..Default::default()
+        };
         let mut peers: BTreeMap<String, Peer> = BTreeMap::new();
         peers.insert(
             "me".into(),
@@ -636,7 +708,7 @@ mod tests {
                 ..Peer::default()
             },
         );
-        apply("me", &l, &peers, &mut Applied::new(), true, true);
+        apply("me", &l, &peers, &mut Applied::new(), true, true, false);
         let share = l.usage().first().map(|u| u.share);
         assert!(share.is_none(), "no state made by apply");
         assert!(l.try_acquire("k", 1).is_allowed());
