@@ -496,6 +496,18 @@ mod tests {
         Limiter::new(vec![spec]).unwrap()
     }
 
+    /// One rate limit `k` of 1000/s.
+    fn rate_limiter() -> Limiter {
+        let spec = switchboard_bus::limits::LimitSpec {
+            key: "k".into(),
+            rate: Some(1000),
+            per: None,
+            concurrency: None,
+            burst: None,
+        };
+        Limiter::new(vec![spec]).unwrap()
+    }
+
     fn heard(report: DemandReport) -> Peer {
         Peer { report: Some(report), heard: Some(Instant::now()), ..Peer::default() }
     }
@@ -531,14 +543,7 @@ mod tests {
 
     #[test]
     fn a_node_behind_by_a_report_takes_only_what_the_others_said_they_left() {
-        let l = Limiter::new(vec![switchboard_bus::limits::LimitSpec {
-            key: "k".into(),
-            rate: Some(1000),
-            per: None,
-            concurrency: None,
-            burst: None,
-        }])
-        .unwrap();
+        let l = rate_limiter();
         let report = |d: f64, shares: &[(&str, f64)]| DemandReport {
             version: 1,
             demand: [("k".to_owned(), d)].into(),
@@ -680,14 +685,7 @@ mod tests {
 
     #[test]
     fn a_silent_nodes_share_stays_reserved() {
-        let l = Limiter::new(vec![switchboard_bus::limits::LimitSpec {
-            key: "k".into(),
-            rate: Some(1000),
-            per: None,
-            concurrency: None,
-            burst: None,
-        }])
-        .unwrap();
+        let l = rate_limiter();
         let report = |d: f64| DemandReport {
             version: 1,
             demand: [("k".to_owned(), d)].into(),
