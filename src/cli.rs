@@ -399,9 +399,13 @@ pub fn error_chain(e: &anyhow::Error) -> String {
 ///   interface;
 /// - a QUIC link not accepted: a long-running process's refusal counter logs it instead, at a
 ///   rate limit when a peer's certificate was refused (`tls_handshake`), as zenoh would otherwise.
-const QUIET_ZENOH: &str = "zenoh::net::runtime::orchestrator=error,zenoh_link_commons::quic::utils=error,\
-                           zenoh_link_tls::utils=error,zenoh::net::routing::interceptor::access_control=error,\
-                           zenoh_link_commons::quic::unicast=error";
+fn quiet_zenoh() -> String {
+    use switchboard_bus::refusals::{ZENOH_ACCESS_CONTROL, ZENOH_QUIC_ACCEPT};
+    format!(
+        "zenoh::net::runtime::orchestrator=error,zenoh_link_commons::quic::utils=error,zenoh_link_tls::utils=error,\
+         {ZENOH_ACCESS_CONTROL}=error,{ZENOH_QUIC_ACCEPT}=error"
+    )
+}
 
 /// Logs to stderr as `filter` (else `default`) says. A long-running process (`counts_denials`)
 /// also counts zenoh's access-control denials for its `/metrics`; a one-shot command has no
@@ -412,8 +416,8 @@ fn init_tracing(filter: Option<&str>, default: &str, counts_denials: bool) {
     // A filter that names no zenoh target gets the quieting too.
     let wanted = match filter {
         Some(f) if f.contains("zenoh") => f.to_owned(),
-        Some(f) => format!("{f},{QUIET_ZENOH}"),
-        None => format!("{default},{QUIET_ZENOH}"),
+        Some(f) => format!("{f},{}", quiet_zenoh()),
+        None => format!("{default},{}", quiet_zenoh()),
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&wanted).unwrap_or_else(|e| {
         note!("warning: --log / SWITCHBOARD_LOG {wanted:?} is not a valid filter ({e}); using {default:?}");

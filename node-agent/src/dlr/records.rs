@@ -273,7 +273,14 @@ impl Records {
                         && newer.version > current.version
                         && !newer.is_open() =>
                 {
-                    Some(newer)
+                    // The holder's word, held to what a copy may carry.
+                    match super::types::check_record(newer, super::types::latest_expiry(self.settings.max_expiry_s)) {
+                        Ok(()) => Some(newer),
+                        Err(e) => {
+                            refuse(Reason::ReplicaInvalid, format_args!("a holder's close of {connector}/{id}: {e}"));
+                            None
+                        }
+                    }
                 }
                 _ => None,
             };

@@ -103,9 +103,7 @@ fn take(service: &DlrService, payload: Option<&[u8]>) -> Result<ReplicaAck, Stri
     let mut puts: Vec<(DlrRecord, Option<DlrRecord>)> = Vec::new();
     let mut drops: Vec<DlrRecord> = Vec::new();
     let mut seen: HashMap<Vec<u8>, usize> = HashMap::new();
-    // A record registered now on a node whose clock is a minute ahead expires by this.
-    let latest_expiry =
-        super::now_ms().saturating_add(service.settings.max_expiry_s.saturating_mul(1000)).saturating_add(60_000);
+    let latest_expiry = super::types::latest_expiry(service.settings.max_expiry_s);
     for op in batch.ops {
         match op {
             // Only the owner writes its records: a copy of one of ours is someone else's forgery
@@ -411,8 +409,13 @@ fn adopt(service: &DlrService, newer: Vec<DlrRecord>) {
     if newer.is_empty() {
         return;
     }
+    let latest_expiry = super::types::latest_expiry(service.settings.max_expiry_s);
     let _guard = service.store.lock();
     for record in newer.into_iter().filter(|r| r.owner == service.node) {
+        if let Err(e) = super::types::check_record(&record, latest_expiry) {
+            refuse(Reason::ReplicaInvalid, format_args!("a newer copy of {}/{}: {e}", record.connector, record.id));
+            continue;
+        }
         let held = service.store.get_key(&record.store_key()).ok().flatten();
         if held.as_ref().is_some_and(|h| h.version >= record.version) {
             continue;

@@ -219,11 +219,11 @@ impl DlrService {
             Ok(Ok(ack)) if ack.newer.is_empty() && ack.applied == 1 => Claim::Won(closed),
             Ok(Ok(ack)) => ack.newer.into_iter().next().map_or(Claim::Unknown, Claim::Lost),
             Ok(Err(e)) => {
-                tracing::info!(node = %first, error = %e, "cannot ask the first copy holder about a late report");
+                tracing::info!(node = %first, error = %e, "cannot ask the first copy holder about a report");
                 Claim::Unknown
             }
             Err(_) => {
-                tracing::info!(node = %first, "the first copy holder did not answer about a late report in time");
+                tracing::info!(node = %first, "the first copy holder did not answer about a report in time");
                 Claim::Unknown
             }
         }

@@ -326,8 +326,15 @@ pub(super) fn check_bus_report(r: &DlrReport, now_ms: u64) -> Result<(), DlrErro
     Ok(())
 }
 
-/// Refuse a record (from a replica batch) whose fields the register API would have refused, or
-/// that expires after `latest_expiry` (ms since the Unix epoch).
+/// The latest `expires_at` a record from another node may carry now: what a registration with
+/// the longest expiry allowed (`max_expiry_s`) on a node whose clock is a minute ahead would get.
+pub(super) fn latest_expiry(max_expiry_s: u64) -> u64 {
+    super::now_ms().saturating_add(max_expiry_s.saturating_mul(1000)).saturating_add(60_000)
+}
+
+/// Refuse a record from another node (a replica batch, or a holder's answer) whose fields the
+/// register API would have refused, or that expires after `latest_expiry` (ms since the Unix
+/// epoch, [`latest_expiry`]).
 pub(super) fn check_record(r: &DlrRecord, latest_expiry: u64) -> Result<(), DlrError> {
     id::check_connector(&r.connector).map_err(|e| DlrError::BadRequest(e.to_string()))?;
     switchboard_bus::keys::check_chunk(&r.owner).map_err(|e| DlrError::BadRequest(format!("owner: {e}")))?;

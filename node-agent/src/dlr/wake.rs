@@ -51,10 +51,7 @@ impl Wake {
             }
             let (now, last) = (now_ms(), self.beat.load(Ordering::Relaxed));
             if now.saturating_sub(last) >= GAP.as_millis() as u64 {
-                tracing::info!(
-                    ms = now.saturating_sub(last),
-                    "this node did not run for a while (stopped or starved): its DLR copies are checked again"
-                );
+                tracing::info!(ms = now.saturating_sub(last), "{STALE}: its DLR copies are checked again");
                 self.woke.store(now, Ordering::Relaxed);
             }
             self.beat.store(now, Ordering::Relaxed);

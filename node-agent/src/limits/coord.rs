@@ -365,15 +365,15 @@ fn apply(
         for name in peers.keys() {
             demands.entry(name.clone()).or_insert(0.0);
         }
-        let mut share = share_of(node, &demands).min(cap);
         let shares = key_shares(&demands, cap, node);
+        let mut share = shares.get(node).copied().unwrap_or(0.0);
         let max = slot_keys.get(key).copied().or_else(|| limiter.slot_limit(key));
         let mut slots = max.map(|max| {
             // A live node not heard from yet may hold every slot (it may have held them before
             // this node started): it claims all of them until its first report says otherwise.
             let claimed =
                 |name: &str| peers.get(name).and_then(|p| p.report.as_ref()).map_or(max, |r| r.claim(key, max));
-            my_slots(node, shares.clone(), &demands, max, claimed)
+            my_slots(node, &shares, &demands, max, claimed)
         });
         if let (true, Some(&(last_share, last_slots, _))) = (frozen, applied.get(key)) {
             share = share.min(last_share);
@@ -421,14 +421,14 @@ fn key_shares(demands: &BTreeMap<String, f64>, cap: f64, node: &str) -> BTreeMap
 /// therefore grows only into room the others have said they left.
 fn my_slots(
     node: &str,
-    shares: BTreeMap<String, f64>,
+    shares: &BTreeMap<String, f64>,
     demands: &BTreeMap<String, f64>,
     max: u64,
     claimed: impl Fn(&str) -> u64,
 ) -> u64 {
     let mut alloc: BTreeMap<&str, u64> = BTreeMap::new();
     let mut remainders: Vec<(bool, f64, &str)> = Vec::new();
-    for (name, share) in &shares {
+    for (name, share) in shares {
         let exact = share * max as f64;
         let whole = exact.floor() as u64;
         alloc.insert(name, whole);
@@ -471,7 +471,7 @@ mod tests {
     #[test]
     fn slots_are_whole_and_sum_to_the_limit() {
         let s = shares(&[("a", 0.333), ("b", 0.333), ("c", 0.334)]);
-        let got: Vec<u64> = ["a", "b", "c"].iter().map(|n| my_slots(n, s.clone(), &s, 20, |_| 0)).collect();
+        let got: Vec<u64> = ["a", "b", "c"].iter().map(|n| my_slots(n, &s, &s, 20, |_| 0)).collect();
         assert_eq!(got.iter().sum::<u64>(), 20, "{got:?}");
         assert!(got.iter().all(|&g| g == 6 || g == 7), "{got:?}");
     }
@@ -481,7 +481,7 @@ mod tests {
         // a asks, b and c do not: their floors (0.4 slot each) would leave the 20th slot to b.
         let demands = shares(&[("a", 50.0), ("b", 0.0), ("c", 0.0)]);
         let s: BTreeMap<String, f64> = demands.keys().map(|n| (n.clone(), share_of(n, &demands))).collect();
-        let got: Vec<u64> = ["a", "b", "c"].iter().map(|n| my_slots(n, s.clone(), &demands, 20, |_| 0)).collect();
+        let got: Vec<u64> = ["a", "b", "c"].iter().map(|n| my_slots(n, &s, &demands, 20, |_| 0)).collect();
         assert_eq!(got, [20, 0, 0]);
     }
 
@@ -650,8 +650,8 @@ mod tests {
     fn slots_held_above_an_allotment_are_not_given_twice() {
         // b's share fell to 0.25 (5 slots) while it still holds 10: a may take 10, not 15.
         let s = shares(&[("a", 0.75), ("b", 0.25)]);
-        assert_eq!(my_slots("a", s.clone(), &s, 20, |n| if n == "b" { 10 } else { 0 }), 10);
-        assert_eq!(my_slots("a", s.clone(), &s, 20, |_| 0), 15);
+        assert_eq!(my_slots("a", &s, &s, 20, |n| if n == "b" { 10 } else { 0 }), 10);
+        assert_eq!(my_slots("a", &s, &s, 20, |_| 0), 15);
     }
 
     fn peer(heard_ago: Duration) -> Peer {
