@@ -50,7 +50,10 @@ impl TimeWindow {
             parts.push(format!("ts >= '{}'", since.format("%Y-%m-%dT%H:%M:%S%.6fZ")));
         }
         if let Some(until) = self.until.and_then(DateTime::from_timestamp_micros) {
-            let (d, h) = (until.format("%Y-%m-%d"), until.format("%H"));
+            // The last hour with a row before `until` (an `until` on the hour reads no file of
+            // that hour).
+            let last = until - chrono::TimeDelta::microseconds(1);
+            let (d, h) = (last.format("%Y-%m-%d"), last.format("%H"));
             parts.push(format!(
                 "(date < '{d}' OR (date = '{d}' AND hour <= {}))",
                 h.to_string().parse::<u32>().unwrap_or(23)
@@ -124,8 +127,12 @@ mod tests {
         let now = Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap();
         let w = TimeWindow::parse(Some("2026-11-22 10:15"), Some("2026-11-22 11:00"), now).unwrap();
         let c = w.condition();
-        assert!(c.contains("date = '2026-11-22' AND hour >= 10") && c.contains("hour <= 11"), "{c}");
+        assert!(c.contains("date = '2026-11-22' AND hour >= 10") && c.contains("hour <= 10"), "{c}");
         assert!(c.contains("ts >= '2026-11-22T10:15:00.000000Z'"), "{c}");
+        let c = TimeWindow::parse(None, Some("2026-11-23 00:00"), now).unwrap().condition();
+        assert!(c.contains("date < '2026-11-22' OR (date = '2026-11-22' AND hour <= 23)"), "{c}");
+        let c = TimeWindow::parse(None, Some("2026-11-22 11:30"), now).unwrap().condition();
+        assert!(c.contains("hour <= 11"), "{c}");
         assert_eq!(TimeWindow::default().condition(), "TRUE");
     }
 }
