@@ -126,8 +126,9 @@ impl Dataset {
             if !has_parquet(&dir) {
                 continue;
             }
-            let url = format!("{}/", dir.canonicalize()?.display());
-            register(&ctx, table, &url, &window).await?;
+            let url = url::Url::from_directory_path(dir.canonicalize()?)
+                .map_err(|()| QueryError::Sql(format!("{} is not a path a URL can name", dir.display())))?;
+            register(&ctx, table, url, &window).await?;
             tables.push(table.to_owned());
         }
         Ok(Self { ctx, tables, writes_allowed: false })
@@ -162,7 +163,9 @@ impl Dataset {
             if !committed {
                 continue;
             }
-            register(&ctx, table, &format!("s3://{bucket}/{dir}/"), &window).await?;
+            let url =
+                url::Url::parse(&format!("s3://{bucket}/{dir}/")).map_err(|e| QueryError::Store(e.to_string()))?;
+            register(&ctx, table, url, &window).await?;
             tables.push((*table).to_owned());
         }
         Ok(Self { ctx, tables, writes_allowed: false })
@@ -266,7 +269,7 @@ async fn collect_with_columns(df: DataFrame) -> Result<Vec<RecordBatch>, DataFus
 
 /// Register `table` over the files below `url`, with its Hive partition columns, showing only the
 /// rows of `window`.
-async fn register(ctx: &SessionContext, table: &str, url: &str, window: &TimeWindow) -> Result<(), QueryError> {
+async fn register(ctx: &SessionContext, table: &str, url: url::Url, window: &TimeWindow) -> Result<(), QueryError> {
     let options = ParquetReadOptions::default().table_partition_cols(vec![
         (tables::DATE.to_owned(), DataType::Utf8),
         (tables::HOUR.to_owned(), DataType::Int32),
@@ -282,18 +285,56 @@ async fn register(ctx: &SessionContext, table: &str, url: &str, window: &TimeWin
     Ok(())
 }
 
-/// Register the Parquet files below `url` as `name`, hours spelled as on disk ([`hours`]).
+/// The committed files of a table: `*.parquet` in its partition directories, not the collector's
+/// files in the making nor any other name that starts with a dot (docs/protocol.md, "At rest").
+const COMMITTED: &str = "[!.]*.parquet";
+
+/// Register the committed Parquet files below the directory `url` as `name`, hours spelled as on
+/// disk ([`hours`]). A file that is not readable Parquet is named in the error.
 async fn register_files(
     ctx: &SessionContext,
     name: &str,
-    url: &str,
+    url: url::Url,
     options: ParquetReadOptions<'_>,
 ) -> Result<(), QueryError> {
-    ctx.register_parquet(name, url, options).await?;
-    let files =
-        ctx.deregister_table(name)?.ok_or_else(|| QueryError::Sql(format!("table {name} was not registered")))?;
-    ctx.register_table(name, Arc::new(hours::PaddedHours(files)))?;
+    use datafusion::datasource::file_format::options::ReadOptions as _;
+    use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableUrl};
+    let pattern = glob::Pattern::new(COMMITTED).map_err(|e| QueryError::Sql(e.to_string()))?;
+    let table_url = ListingTableUrl::try_new(url, Some(pattern))?;
+    let listing = options.to_listing_options(&ctx.copied_config(), ctx.copied_table_options());
+    let state = ctx.state();
+    let schema = match listing.infer_schema(&state, &table_url).await {
+        Ok(schema) => schema,
+        Err(e) => return Err(unreadable_file(&state, &listing, &table_url).await.unwrap_or_else(|| e.into())),
+    };
+    let config = ListingTableConfig::new(table_url).with_listing_options(listing).with_schema(schema);
+    let files = ListingTable::try_new(config)?.with_cache(ctx.runtime_env().cache_manager.get_file_statistic_cache());
+    ctx.register_table(name, Arc::new(hours::PaddedHours(Arc::new(files))))?;
     Ok(())
+}
+
+/// The first file of `url` whose footer cannot be read, as an error that names it (a table's
+/// schema comes from every file's footer, so one bad file stops every query of the table).
+async fn unreadable_file(
+    state: &datafusion::execution::SessionState,
+    listing: &datafusion::datasource::listing::ListingOptions,
+    url: &datafusion::datasource::listing::ListingTableUrl,
+) -> Option<QueryError> {
+    use futures::TryStreamExt as _;
+    let store = state.runtime_env().object_store(url).ok()?;
+    let files: Vec<_> =
+        url.list_all_files(state, store.as_ref(), &listing.file_extension).await.ok()?.try_collect().await.ok()?;
+    for file in files {
+        if let Err(e) = listing.format.infer_schema(state, &store, std::slice::from_ref(&file)).await {
+            return Some(QueryError::Sql(format!(
+                "{}: {} (not a readable Parquet file: move it out of the dataset, or give it a name \
+                 that starts with a dot, to query the rest)",
+                file.location,
+                e.find_root()
+            )));
+        }
+    }
+    None
 }
 
 fn has_parquet(dir: &Path) -> bool {
@@ -602,6 +643,25 @@ mod tests {
         write_file(&root.path().join("logs/date=2026-11-22/hour=11"), &[(3, "c")]);
         let ds = Dataset::open(root.path()).await.unwrap();
         (root, ds)
+    }
+
+    #[tokio::test]
+    async fn names_starting_with_a_dot_are_not_read_and_a_bad_file_is_named() {
+        let root = tempfile::tempdir().unwrap();
+        let hour = root.path().join("logs/date=2026-11-22/hour=10");
+        write_file(&hour, &[(1, "a"), (2, "b")]);
+        std::fs::write(hour.join(".hidden.parquet"), b"junk").unwrap();
+        std::fs::write(hour.join(".part-1.parquet.tmp"), b"junk").unwrap();
+        let ds = Dataset::open(root.path()).await.unwrap();
+        let b = ds.sql("SELECT count(*) FROM logs").await.unwrap();
+        assert_eq!(b[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0), 2);
+        // A truncated file in another hour: the error says which file, wherever the query looks.
+        let other = root.path().join("logs/date=2026-11-22/hour=11");
+        std::fs::create_dir_all(&other).unwrap();
+        let good = std::fs::read(hour.join("part-0.parquet")).unwrap();
+        std::fs::write(other.join("part-9.parquet"), &good[..good.len() / 2]).unwrap();
+        let Err(e) = Dataset::open(root.path()).await else { panic!("a truncated file was read") };
+        assert!(e.to_string().contains("hour=11/part-9.parquet"), "{e}");
     }
 
     #[tokio::test]
