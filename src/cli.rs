@@ -611,7 +611,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 stream_out(switchboard_queries::stream_of(out.batches.clone())?, format, output.as_deref()).await?;
                 if let (Some(path), Some((series, value))) = (plot, &out.report.series) {
                     let lines = switchboard_queries::plot::series_of(&out.batches, series, value)?;
-                    let svg = switchboard_queries::plot::svg(&lines, &out.title(&name), value);
+                    let svg = switchboard_queries::plot::svg(&lines, &out.title(&name), value, out.gap_ms());
                     std::fs::write(&path, svg).with_context(|| format!("cannot write {}", path.display()))?;
                     note!("drew {} series to {}", lines.len(), path.display());
                 }

@@ -213,8 +213,11 @@ fn escape(s: &str) -> String {
 }
 
 /// The SVG of `series` with `title` and the value axis named `value`. With no points at all the
-/// chart says so instead of drawing empty axes.
-pub fn svg(series: &Series, title: &str, value: &str) -> String {
+/// chart says so instead of drawing empty axes. `gap_ms`: a step between points of twice this or
+/// more is a gap (a report's bucket width, where an empty bucket means no rows); `None` takes
+/// the smallest step in the data ([`point_spacing`]: rows written at an interval wider than the
+/// bucket, as metrics are, leave buckets empty that are not gaps).
+pub fn svg(series: &Series, title: &str, value: &str, gap_ms: Option<i64>) -> String {
     let (mut t0, mut t1) = (i64::MAX, i64::MIN);
     let (mut v0, mut v1) = (0.0f64, 0.0f64);
     for &(t, v) in series.values().flatten() {
@@ -288,7 +291,7 @@ pub fn svg(series: &Series, title: &str, value: &str) -> String {
         TOP + ph / 2.0,
         escape(value)
     );
-    let spacing = point_spacing(series);
+    let spacing = gap_ms.filter(|g| *g > 0).or_else(|| point_spacing(series));
     for (i, (name, pts)) in series.iter().take(MAX_SERIES).enumerate() {
         let color = COLORS[i % COLORS.len()];
         for run in runs(pts, spacing) {
@@ -351,7 +354,7 @@ mod tests {
         let s = series_of(&[b], &["node"], "lines").unwrap();
         assert_eq!(s["a"], [(0, 1.0), (3_600_000, 5.0)]);
         assert_eq!(s["b<"], [(0, 2.0)]);
-        let svg = svg(&s, "log lines", "lines");
+        let svg = svg(&s, "log lines", "lines", None);
         assert_eq!(svg.matches("<polyline").count(), 2);
         assert!(svg.contains("b&lt;") && svg.ends_with("</svg>\n"));
         assert!(series_of(&[], &["x"], "y").unwrap().is_empty());
@@ -390,7 +393,7 @@ mod tests {
 
     #[test]
     fn the_value_axis_of_a_chart_has_round_labels() {
-        let svg = svg(&one_series(&[(0, 0.0), (60_000, 2030.0)]), "t", "lines");
+        let svg = svg(&one_series(&[(0, 0.0), (60_000, 2030.0)]), "t", "lines", None);
         let labels = texts(&svg);
         for want in ["0", "500", "1k", "1.5k", "2k", "2.5k"] {
             assert!(labels.iter().any(|l| l == want), "{want} in {labels:?}");
@@ -436,7 +439,7 @@ mod tests {
     fn a_short_run_is_labelled_in_seconds_with_its_date_in_the_caption() {
         let t0 = 1_795_341_600_000; // 2026-11-22T10:00:00Z
         let points: Vec<(i64, f64)> = (0..15).map(|i| (t0 + i * 1000, i as f64)).collect();
-        let labels = texts(&svg(&one_series(&points), "t", "lines"));
+        let labels = texts(&svg(&one_series(&points), "t", "lines", None));
         let times: Vec<&String> = labels.iter().filter(|l| l.starts_with("10:00:")).collect();
         assert!(times.len() >= 2, "{labels:?}");
         assert!(labels.iter().any(|l| l == "time (UTC, 2026-11-22)"), "{labels:?}");
@@ -444,11 +447,11 @@ mod tests {
 
     #[test]
     fn a_chart_without_points_says_so() {
-        let empty = svg(&Series::new(), "throughput", "messages");
+        let empty = svg(&Series::new(), "throughput", "messages", None);
         assert!(texts(&empty).iter().any(|l| l == "no data"), "{empty}");
         assert!(!empty.contains("<polyline") && !empty.contains("NaN") && empty.ends_with("</svg>\n"));
         // A single point gets a readable axis, not a zero-width one.
-        let single = svg(&one_series(&[(1_795_341_600_000, 3.0)]), "t", "v");
+        let single = svg(&one_series(&[(1_795_341_600_000, 3.0)]), "t", "v", None);
         assert!(!single.contains("NaN") && single.contains("<circle"), "{single}");
     }
 
@@ -460,7 +463,7 @@ mod tests {
             ("gw1".to_owned(), (0..10).map(|t| s(t, 5.0)).collect::<Vec<_>>()),
             ("gw2".to_owned(), vec![s(0, 1.0), s(1, 2.0), s(2, 3.0), s(7, 3.0), s(8, 2.0), s(9, 1.0)]),
         ]);
-        let chart = svg(&series, "t", "v");
+        let chart = svg(&series, "t", "v", None);
         assert_eq!(chart.matches("<polyline").count(), 3, "{chart}");
         assert_eq!(runs(&series["gw2"], point_spacing(&series)).iter().map(|r| r.len()).collect::<Vec<_>>(), [3, 3]);
         // Rows further apart than the bucket (metrics every 10 s in 1 s buckets) are not gaps.
@@ -469,5 +472,11 @@ mod tests {
         // One bucket without rows is a gap too (6 h buckets: 18:00, then 06:00).
         let one_missing = one_series(&[s(0, 1.0), s(6, 2.0), s(18, 3.0), s(24, 1.0)]);
         assert_eq!(runs(&one_missing["gw1"], point_spacing(&one_missing)).len(), 2);
+        // Log lines a minute apart in 30 s buckets: every other bucket is empty, each a gap.
+        let minutes = one_series(&[s(0, 1.0), s(60, 1.0), s(120, 1.0)]);
+        assert_eq!(svg(&minutes, "t", "v", None).matches("<polyline").count(), 1);
+        let chart = svg(&minutes, "t", "v", Some(30_000));
+        let joined = chart.split("points=\"").skip(1).filter(|p| p.split('"').next().is_some_and(|p| p.contains(' ')));
+        assert_eq!((joined.count(), chart.matches("<circle").count()), (0, 3), "{chart}");
     }
 }

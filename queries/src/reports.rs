@@ -252,6 +252,15 @@ impl ReportOutput {
             .unwrap_or_default();
         format!("{name}{series}{bucket}")
     }
+
+    /// The step between points that is a gap in a chart of this report ([`crate::plot::svg`]):
+    /// its bucket width over tables whose rows are events (a log line, a second with decisions),
+    /// where an empty bucket had none; `None` over metrics, written at an interval that may be
+    /// wider than the bucket.
+    pub fn gap_ms(&self) -> Option<i64> {
+        let events = self.report.table != tables::METRICS.name;
+        self.bucket_s.filter(|_| events).and_then(|b| i64::try_from(b).ok()).map(|b| b.saturating_mul(1000))
+    }
 }
 
 /// Run the report called `name` over `ds`. A time series with `bucket_s` 0 gets the width

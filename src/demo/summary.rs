@@ -255,7 +255,7 @@ pub(crate) async fn summarize(f: &Facts) -> Result<DemoSummary> {
         if *name == "throughput" {
             if let Some((series, value)) = &output.report.series {
                 let lines = switchboard_queries::plot::series_of(&output.batches, series, value)?;
-                let svg = switchboard_queries::plot::svg(&lines, &output.title(name), value);
+                let svg = switchboard_queries::plot::svg(&lines, &output.title(name), value, output.gap_ms());
                 std::fs::write(dir.join("throughput.svg"), svg)?;
                 written_reports.push("throughput.svg".into());
             }
