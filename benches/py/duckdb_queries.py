@@ -27,7 +27,8 @@ def main(dataset, runs, statements):
     for table in ("logs", "metrics"):
         path = os.path.join(dataset, table)
         if os.path.isdir(path):
-            views.append(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{path}/**/*.parquet', hive_partitioning = true)")
+            views.append(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{path}/**/*.parquet', hive_partitioning = true, "
+                "hive_types = {'date': VARCHAR, 'hour': INTEGER})")
     out = []
     for sql in statements:
         times, rows, types = [], [], []
