@@ -822,3 +822,50 @@ fn an_owner_hung_past_its_lease_learns_what_was_closed_and_no_lookup_calls_a_rec
     assert_eq!((code, inbox.as_str()), (200, r#"{"reports":[]}"#), "a queued DLRs b's gateway handled");
     drop((b, c3));
 }
+
+#[test]
+fn a_node_rebuilt_empty_numbers_its_own_records_above_what_the_collector_holds() {
+    let c = Cluster::new();
+    let _collector = c.start_collector();
+    let registered = || {
+        c.query_csv("SELECT count(*) AS n FROM dlr WHERE event = 'registered'")
+            .and_then(|t| t.lines().nth(1).and_then(|n| n.trim().parse::<usize>().ok()))
+            .unwrap_or(0)
+    };
+    let mut a = start(&c, "a", std::slice::from_ref(&c.endpoint));
+    wait_mesh(&c, &["a"]);
+    register(&c, "a", "dec", (0..300).map(|i| format!("{}", 5000 + i)));
+    assert!(wait_until(Duration::from_secs(30), || registered() == 300), "{}", registered());
+    if let Some(p) = a.proc.take() {
+        p.stop();
+    }
+    // The node is rebuilt: its data_dir, journals and own event log with it, are gone.
+    std::fs::remove_dir_all(c.agent_state("a")).unwrap();
+    let mut a = restart(&c, &a, std::slice::from_ref(&c.endpoint));
+    wait_mesh(&c, &["a"]);
+    let log = || a.proc.as_ref().map(|p| p.log_text()).unwrap_or_default();
+    let skipped = wait_until(Duration::from_secs(20), || log().contains("from an earlier life of this node"));
+    assert!(skipped, "{}", log());
+    // Its own records from here on are stored, not dropped as duplicates of the earlier ones.
+    register(&c, "a", "dec", (0..50).map(|i| format!("{}", 9000 + i)));
+    assert!(wait_until(Duration::from_secs(30), || registered() == 350), "{} of 350\n{}", registered(), log());
+    // And the stream is acknowledged up to its head again (the collector's watermark is no
+    // longer ahead of it), the other streams' acknowledgements never stopped.
+    fn find<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
+        match v {
+            Value::Object(m) => m.get(key).or_else(|| m.values().find_map(|x| find(x, key))),
+            _ => None,
+        }
+    }
+    let source = || {
+        let health = serde_json::from_str::<Value>(&c.http_get("a", "/health").1).unwrap_or(Value::Null);
+        find(&health, "_dlr").map(|s| (s["head"].as_u64(), s["acked"].as_u64()))
+    };
+    let acked = wait_until(Duration::from_secs(20), || {
+        source().is_some_and(|(head, acked)| head == acked && head.is_some_and(|h| h > 300))
+    });
+    assert!(acked, "{:?}\n{}", source(), c.http_get("a", "/health").1);
+    if let Some(p) = a.proc.take() {
+        p.stop();
+    }
+}

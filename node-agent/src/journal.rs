@@ -81,6 +81,8 @@ pub struct SourceJournal {
     /// are read back from its copy, which holds those bytes at the same offsets.
     copies: HashMap<(Inode, Fingerprint), Arc<File>>,
     acked_since_compaction: usize,
+    /// The sequence number the tailer goes on from at its next batch ([`SourceJournal::skip_to`]).
+    skip: Option<u64>,
 }
 
 impl SourceJournal {
@@ -106,7 +108,8 @@ impl SourceJournal {
                 if entry.end_seq() <= acked.next_seq {
                     continue;
                 }
-                if entry.first_seq != expect {
+                // A jump forward is a skip ([`SourceJournal::skip_to`]); a step back is damage.
+                if entry.first_seq < expect {
                     tracing::warn!(path = %path.display(), first_seq = entry.first_seq, expect, "journal entry out of sequence; ignoring the rest");
                     break;
                 }
@@ -122,6 +125,7 @@ impl SourceJournal {
             handles: HashMap::new(),
             copies: HashMap::new(),
             acked_since_compaction: 0,
+            skip: None,
         };
         // Start from a clean file holding exactly the loaded entries.
         journal.compact()?;
@@ -135,7 +139,28 @@ impl SourceJournal {
 
     /// The next sequence number after every journaled batch.
     pub fn head(&self) -> u64 {
-        self.entries.back().map_or(self.acked.next_seq, BatchRecord::end_seq)
+        self.entries.back().map_or(self.acked.next_seq, |e| e.end_seq().max(self.acked.next_seq))
+    }
+
+    /// Number this source's lines from `next` on, from the tailer's next batch: every line
+    /// journaled so far counts as acknowledged. For a source whose lines are new by construction
+    /// (the agent's own files, emptied with its `data_dir`) when the writing collector already
+    /// holds every number below `next` from the node's earlier life: lines numbered again from 0
+    /// would be dropped as duplicates of those. Nothing happens when `next` is not past
+    /// [`head`](Self::head). Returns the acknowledged checkpoint to store.
+    pub fn skip_to(&mut self, next: u64) -> Option<SourceCheckpoint> {
+        if next <= self.head() {
+            return None;
+        }
+        let _ = self.ack(next - 1);
+        self.acked.next_seq = next;
+        self.skip = Some(next);
+        Some(self.acked.clone())
+    }
+
+    /// The sequence number [`skip_to`](Self::skip_to) asked the tailer to go on from, once.
+    pub fn take_skip(&mut self) -> Option<u64> {
+        self.skip.take()
     }
 
     /// Batches journaled but not yet acknowledged.
@@ -209,7 +234,8 @@ impl SourceJournal {
         while self.entries.front().is_some_and(|e| e.end_seq() <= watermark.saturating_add(1)) {
             let Some(e) = self.entries.pop_front() else { break };
             apply(&mut self.acked.files, &e);
-            self.acked.next_seq = e.end_seq();
+            // An entry cut before a skip ends below it: the number never goes back.
+            self.acked.next_seq = self.acked.next_seq.max(e.end_seq());
             self.acked_since_compaction += 1;
             moved = true;
         }
@@ -409,6 +435,26 @@ mod tests {
             observed_micros: 0,
             lines: 1,
         }
+    }
+
+    #[test]
+    fn a_skip_numbers_on_above_it_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = SourceJournal::open(dir.path(), "_limits", SourceCheckpoint::default()).unwrap();
+        j.record(BatchRecord { first_seq: 0, count: 3, segments: vec![seg(1, 0, 30)] }).unwrap();
+        assert!(j.skip_to(2).is_none(), "not past the head: nothing to skip");
+        let cp = j.skip_to(309).unwrap();
+        assert_eq!((cp.next_seq, j.head(), j.unacked()), (309, 309, 0));
+        assert_eq!(j.take_skip(), Some(309));
+        assert_eq!(j.take_skip(), None, "taken once");
+        // A batch cut before the tailer took the skip ends below it: the numbers never go back.
+        j.record(BatchRecord { first_seq: 3, count: 2, segments: vec![seg(1, 30, 50)] }).unwrap();
+        assert_eq!(j.head(), 309);
+        j.record(BatchRecord { first_seq: 309, count: 4, segments: vec![seg(1, 50, 90)] }).unwrap();
+        assert_eq!(j.ack(5).map(|c| c.next_seq), Some(309));
+        // A restart from the checkpoint stored at the skip finds the entries after the jump.
+        let j2 = SourceJournal::open(dir.path(), "_limits", cp).unwrap();
+        assert_eq!((j2.unacked(), j2.head()), (1, 313));
     }
 
     #[test]

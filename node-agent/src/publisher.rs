@@ -197,6 +197,10 @@ pub(crate) async fn run_heads(
     }
 }
 
+/// A watermark of one of the agent's own streams up to which it goes on numbering above
+/// ([`SourceJournal::skip_to`]); beyond it, one is refused as any other ahead.
+const MAX_SKIP_TO: u64 = 1 << 48;
+
 /// Follows watermarks for this node; advances, stores and compacts.
 pub(crate) struct AckTask {
     pub(crate) session: Session,
@@ -261,14 +265,25 @@ impl AckTask {
                         continue;
                     }
                     // Never past what this agent journaled: that would drop lines no collector
-                    // has. Such a document is refused whole, its epoch too.
-                    let ahead = marks.streams.iter().find_map(|(stream, &w)| {
-                        let id = StreamId::parse_local(&node, stream)?;
-                        let head = journals.get(&id.name)?.lock().ok()?.head();
-                        w.checked_add(1).is_none_or(|next| next > head).then(|| format!("{w} for {stream}, published up to {head}"))
-                    });
-                    if let Some(what) = ahead {
-                        refuse(Reason::WatermarkAhead, format_args!("watermark {what}, from {from}"));
+                    // has. The agent's own files are new after its data_dir was emptied, so a
+                    // collector that holds more of one of their streams holds the node's earlier
+                    // life: it is numbered on above that (`own_skip`). Any other stream ahead is
+                    // refused alone, so that it does not stop the others' acknowledgements; a
+                    // document with nothing but such streams is refused whole, its epoch too.
+                    let is_ahead = |w: u64, head: u64| w.checked_add(1).is_none_or(|next| next > head);
+                    let own_skip = |name: &str, w: u64| name.starts_with('_') && w < MAX_SKIP_TO;
+                    let ahead: Vec<String> = marks
+                        .streams
+                        .iter()
+                        .filter_map(|(stream, &w)| {
+                            let id = StreamId::parse_local(&node, stream)?;
+                            let head = journals.get(&id.name)?.lock().ok()?.head();
+                            (is_ahead(w, head) && !own_skip(&id.name, w))
+                                .then(|| format!("{w} for {stream}, published up to {head}"))
+                        })
+                        .collect();
+                    if !ahead.is_empty() && ahead.len() == marks.streams.len() {
+                        refuse(Reason::WatermarkAhead, format_args!("watermark {}, from {from}", ahead.join("; ")));
                         continue;
                     }
                     match marks.epoch {
@@ -280,7 +295,7 @@ impl AckTask {
                         // A higher epoch from a live collector: the writer of a newer claim.
                         Some(e) if e > epoch || writer.is_none() => {
                             epoch = e;
-                            writer = Some(from);
+                            writer = Some(from.clone());
                         }
                         Some(_) if writer.as_deref() == Some(from.as_str()) => {}
                         None if writer.is_none() => {}
@@ -292,6 +307,28 @@ impl AckTask {
                     for (stream, w) in marks.streams {
                         let Some(id) = StreamId::parse_local(&node, &stream) else { continue };
                         let Some(j) = journals.get(&id.name) else { continue };
+                        let head = j.lock().map_or(0, |j| j.head());
+                        if is_ahead(w, head) {
+                            let skipped =
+                                own_skip(&id.name, w).then(|| j.lock().ok().and_then(|mut j| j.skip_to(w + 1))).flatten();
+                            match skipped {
+                                Some(cp) => {
+                                    tracing::warn!(
+                                        stream = %stream, from = %from, lost = head,
+                                        "the collector holds this stream up to {w} from an earlier life of this node (its data_dir was emptied): \
+                                         its lines are numbered from {} on; the lines numbered below since the start repeat numbers it holds and are not stored",
+                                        w + 1
+                                    );
+                                    checkpoint.sources.insert(id.name, cp);
+                                    dirty = true;
+                                }
+                                None => refuse(
+                                    Reason::WatermarkAhead,
+                                    format_args!("watermark {w} for {stream}, published up to {head}, from {from}"),
+                                ),
+                            }
+                            continue;
+                        }
                         let advanced = j.lock().ok().and_then(|mut j| j.ack(w));
                         if let Some(cp) = advanced {
                             checkpoint.sources.insert(id.name, cp);

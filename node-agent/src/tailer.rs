@@ -620,6 +620,13 @@ impl SourceTailer {
     /// Frame the `n` bytes just read into `read_buf` from file `i` into rows (`None`: the line
     /// its framer holds back, ended by the end of the file), extending or starting its segment.
     fn take_lines(&mut self, i: usize, n: Option<usize>) {
+        if self.next_seq == self.batch_first_seq {
+            // A new batch: it starts where the journal asks, if it asks (SourceJournal::skip_to).
+            if let Some(next) = self.journal.lock().ok().and_then(|mut j| j.take_skip()) {
+                self.next_seq = self.next_seq.max(next);
+                self.batch_first_seq = self.next_seq;
+            }
+        }
         let f = &mut self.files[i];
         // Lines continue the last segment if it is this file's; otherwise a new one starts here.
         let start = f.framer.position();
