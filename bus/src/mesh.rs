@@ -336,21 +336,57 @@ async fn fetch_views(session: &Session, keys: &KeySpace, malformed: &AtomicU64) 
 
 /// Refuse to start a second live process under the same name: ask the liveliness tokens and the
 /// views of every process reachable now. Call after opening the session, before announcing.
-pub async fn check_name_free(session: &Session, keys: &KeySpace, me: &Member) -> Result<(), SessionError> {
+///
+/// A process of this name stopped just now (kill -9 on a `quic/` link, where no connection
+/// closes: its peers see it gone only when the bus `lease` runs out) still looks alive: the name
+/// is asked again every half second for the lease and one second more (logged) before it is
+/// refused, so a supervisor that restarts a killed process at once does not fail.
+pub async fn check_name_free(
+    session: &Session,
+    keys: &KeySpace,
+    me: &Member,
+    lease: Duration,
+) -> Result<(), SessionError> {
+    let started = Instant::now();
+    let patience = lease + Duration::from_secs(1);
+    let mut said = false;
+    loop {
+        let Some(seen_by) = who_has_name(session, keys, me).await? else { return Ok(()) };
+        if started.elapsed() >= patience {
+            return Err(SessionError::NameTaken { name: member_chunk(me), seen_by });
+        }
+        if !std::mem::replace(&mut said, true) {
+            tracing::info!(
+                "{} still looks alive (seen by {seen_by}): a process of that name stopped just now holds the name \
+                 until the bus lease ({} ms) runs out; waiting up to {} ms",
+                member_chunk(me),
+                lease.as_millis(),
+                patience.as_millis()
+            );
+        }
+        tokio::time::sleep(NAME_RETRY).await;
+    }
+}
+
+/// How often [`check_name_free`] asks again.
+const NAME_RETRY: Duration = Duration::from_millis(500);
+
+/// Who says a process of `me`'s name is alive (its token, or another process's view), if any.
+async fn who_has_name(session: &Session, keys: &KeySpace, me: &Member) -> Result<Option<String>, SessionError> {
     let token = keys.member(me.role, &me.name)?;
     if let Ok(replies) = session.liveliness().get(&token).timeout(QUERY_TIMEOUT).await {
         if let Ok(reply) = replies.recv_async().await {
             if reply.result().is_ok() {
-                return Err(SessionError::NameTaken { name: member_chunk(me), seen_by: "its own token".into() });
+                return Ok(Some("its own token".into()));
             }
         }
     }
     for (observer, live) in fetch_views(session, keys, &AtomicU64::new(0)).await {
         if live.contains(me) {
-            return Err(SessionError::NameTaken { name: member_chunk(me), seen_by: member_chunk(&observer) });
+            return Ok(Some(member_chunk(&observer)));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 #[cfg(test)]

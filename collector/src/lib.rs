@@ -247,7 +247,7 @@ impl Collector {
         bus.listen = bus.effective_listen();
         let session = session::open(&bus, Some(switchboard_bus::tls::IdRole::Collector)).await?;
         let me = Member { role: Role::Collector, name: name.clone() };
-        mesh::check_name_free(&session, &keys, &me).await?;
+        mesh::check_name_free(&session, &keys, &me, std::time::Duration::from_millis(bus.lease_ms)).await?;
         let membership = Membership::watch(&session, &keys, cancel.clone()).await?;
         let mesh = Mesh::start(&session, &keys, me, membership.clone(), cancel.clone()).await?;
         // Claim the dataset (or stand by) before subscribing and announcing: agents that wait for

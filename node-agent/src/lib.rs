@@ -227,7 +227,7 @@ impl Agent {
         let session = session::open(&config.bus, Some(switchboard_bus::tls::IdRole::Agent)).await?;
         let node = config.bus.node.clone();
         let me = Member { role: Role::Agent, name: node.clone() };
-        mesh::check_name_free(&session, &keys, &me).await?;
+        mesh::check_name_free(&session, &keys, &me, std::time::Duration::from_millis(config.bus.lease_ms)).await?;
         tracing::info!(listen = ?config.bus.listen, connect = ?config.bus.connect, "joined the bus");
         if let Err(e) = switchboard_bus::config::write_listening(&config.agent.data_dir, &config.bus.listen) {
             tracing::warn!(error = %e, "cannot write {}: `status --config` with this agent's file reaches only its `connect` endpoints", switchboard_bus::config::LISTENING_FILE);
