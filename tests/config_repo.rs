@@ -662,6 +662,13 @@ fn a_working_directory_removed_by_hand_is_put_back() {
         health.contains("degraded") && health.contains("not a link Switchboard made")
     });
     assert!(blocked, "{}", c.http_get("gw1", "/health").1);
+    // Blocked, the node's files wait, but its limits follow the repository.
+    let file = c.path().join("limits.toml");
+    std::fs::write(&file, "[[limit]]\nkey = \"operator:*\"\nrate = 30\n").unwrap();
+    let (_, out) = c.limits_cli(&_a.endpoint(), &["set", file.to_str().unwrap(), "-m", "while blocked"]);
+    let follows = wait_until(Duration::from_secs(10), || c.http_get("gw1", "/v1/limits").1.contains("operator:*"));
+    assert!(follows, "{out}\n{}", c.http_get("gw1", "/v1/limits").1);
+    assert!(!dir.join("a.conf").exists(), "the files stay blocked");
 }
 
 /// A reload that runs past `reload_timeout_ms` is killed, and what it wrote before is reported.

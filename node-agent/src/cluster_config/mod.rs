@@ -497,16 +497,18 @@ impl Inner {
                 return;
             }
         };
-        if !self.keep_link(&head, number) {
-            return;
-        }
         let Some(rev) = self.store.revision(&head).cloned() else { return };
+        // The limits follow the head whatever becomes of its files here (a working directory
+        // that blocks them, a reload that fails).
         if self.hooked.as_deref() != Some(&head) {
             if let Some(hook) = &self.hook {
                 let limits = rev.files.get(LIMITS_FILE).and_then(|f| self.store.blob(&f.sha256).ok().flatten());
                 hook(limits_origin(&self.store, &rev), limits.as_deref());
             }
             self.hooked = Some(head.clone());
+        }
+        if !self.keep_link(&head, number) {
+            return;
         }
         if self.p.failed.contains(&head) {
             // Its reload failed (reverted, or kept in place): not applied until a new head, also
