@@ -414,10 +414,13 @@ fn quiet_zenoh() -> String {
 fn init_tracing(filter: Option<&str>, default: &str, counts_denials: bool) {
     use std::io::IsTerminal;
     // A filter that names no zenoh target gets the quieting too.
+    // A one-shot command also leaves out zenoh's routing bookkeeping (`Unknown token` when a
+    // process that was just killed withdraws nothing the command's session ever took).
+    let quiet = if counts_denials { quiet_zenoh() } else { format!("{},zenoh::net::routing::hat=off", quiet_zenoh()) };
     let wanted = match filter {
         Some(f) if f.contains("zenoh") => f.to_owned(),
-        Some(f) => format!("{f},{}", quiet_zenoh()),
-        None => format!("{default},{}", quiet_zenoh()),
+        Some(f) => format!("{f},{quiet}"),
+        None => format!("{default},{quiet}"),
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&wanted).unwrap_or_else(|e| {
         note!("warning: --log / SWITCHBOARD_LOG {wanted:?} is not a valid filter ({e}); using {default:?}");

@@ -238,12 +238,25 @@ pub struct Conn {
 
 /// The nodes the cluster saw leave and that are not back (their names, and since when), from the
 /// processes' own views: a node that is down answers nothing of the repository.
-async fn down_nodes(session: &zenoh::Session, keys: &KeySpace) -> BTreeMap<String, Option<u64>> {
+async fn down_nodes(session: &zenoh::Session, keys: &KeySpace) -> BTreeMap<String, NodeSeen> {
     let Ok(snap) = switchboard_bus::status::fetch(session, keys, Duration::from_secs(1)).await else {
         return BTreeMap::new();
     };
     let cluster = switchboard_bus::status::cluster::assemble(&snap);
-    cluster.nodes.into_iter().filter(|n| !n.alive).map(|n| (n.name, n.gone_since_ms)).collect()
+    cluster
+        .nodes
+        .into_iter()
+        .map(|n| (n.name, if n.alive { NodeSeen::Silent } else { NodeSeen::Down(n.gone_since_ms) }))
+        .collect()
+}
+
+/// A node the cluster knows of that did not answer a push.
+enum NodeSeen {
+    /// Gone (since when, if known).
+    Down(Option<u64>),
+    /// Still alive on the bus, not answering: stopped or killed just now (its name is held until
+    /// the bus lease runs out), or hung.
+    Silent,
 }
 
 /// `gw3 is down (gone since 12:00:01, 5m ago)`.
@@ -407,6 +420,20 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
                 if specs.is_empty() {
                     out!("note: {LIMITS_FILE} holds no limit: every cluster-wide limit is removed");
                 }
+                // What the push does to the limits, as `limits set` shows it: an older tree
+                // pushed again would otherwise undo a `limits set` unseen.
+                let (new_sha, old) = (files.get(LIMITS_FILE).map(|f| &f.sha256), before.get(LIMITS_FILE));
+                if old.map(|o| &o.sha256) != new_sha {
+                    let mut was = Vec::new();
+                    if let (Some(p), Some(old)) = (&parent, old) {
+                        let text = repo.content(session, keys, &p.id(), &old.sha256).await?;
+                        let parsed = std::str::from_utf8(&text).ok().map(switchboard_bus::limits::parse_document);
+                        was = parsed.and_then(Result::ok).unwrap_or_default();
+                    }
+                    for line in crate::limits_cmd::diff(&was, &specs) {
+                        out!("limits: {line}");
+                    }
+                }
             }
             // A layer no node reads (a typo, or a node or subcluster that did not answer).
             // `default/` is read by the nodes in no subcluster.
@@ -419,9 +446,22 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
             let unread: Vec<&&str> = layers.difference(&readers).collect();
             let down = if unread.is_empty() { BTreeMap::new() } else { down_nodes(session, keys).await };
             for layer in unread {
-                if let Some(since) = down.get(*layer) {
-                    out!("note: {layer}/ is for {}: it takes this revision when it starts", down_text(layer, *since));
-                    continue;
+                match down.get(*layer) {
+                    Some(NodeSeen::Down(since)) => {
+                        out!(
+                            "note: {layer}/ is for {}: it takes this revision when it starts",
+                            down_text(layer, *since)
+                        );
+                        continue;
+                    }
+                    Some(NodeSeen::Silent) => {
+                        out!(
+                            "note: {layer}/ is for {layer}, which is on the bus but did not answer (stopped just now, \
+                             hung, or without [cluster_config]): it takes this revision when it answers again"
+                        );
+                        continue;
+                    }
+                    None => {}
                 }
                 let read: Vec<String> = readers.iter().map(|r| format!("{r}/")).collect();
                 out!("note: no node that answered reads {layer}/ (they read {})", read.join(", "));
@@ -719,10 +759,12 @@ async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
     }
     problems.extend(repo.errors.iter().map(|e| format!("unreadable answer: {e}")));
     let now = switchboard_bus::status::now_ms();
-    for (node, since) in down_nodes(&session, &keys).await {
+    for (node, seen) in down_nodes(&session, &keys).await {
         if repo.states.values().any(|s| s.node == node) {
             continue;
         }
+        // One alive that does not answer may keep no repository (`[cluster_config]` off).
+        let NodeSeen::Down(since) = seen else { continue };
         let text = format!("{}: it applies the head when it starts", down_text(&node, since));
         // As in `switchboard status`: a node gone for longer (retired, or stopped on purpose) is
         // said, not a problem.

@@ -331,8 +331,9 @@ pub async fn run(cmd: LimitsCommand) -> Result<()> {
                 let (n, theirs) = (h.current_number(), h.current());
                 let same_limits = theirs.map(|r| &r.limits) == current.as_ref().map(|r| &r.limits);
                 let note = match theirs {
-                    // Two revisions of one number: set on two sides of a partition.
-                    Some(r) if n == newest_no && Some(r) != current.as_ref() => {
+                    // Two revisions of one number, with other limits: set on two sides of a
+                    // partition (the same limits set on both sides are no conflict of limits).
+                    Some(r) if n == newest_no && Some(r) != current.as_ref() && !same_limits => {
                         apart.push(node.as_str());
                         format!("  (other limits: set {} by {}: {})", when(r.at_ms), r.author, r.comment)
                     }

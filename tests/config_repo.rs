@@ -564,6 +564,12 @@ fn a_failed_reload_keeps_the_old_revision_local_edits_are_never_overwritten_and_
     assert_eq!((revision_of("gw1"), revision_of("gw2")), (7, 7));
     let (ok, history) = c.limits_cli(&a.endpoint(), &["history"]);
     assert!(ok && !history.contains("revision 10"), "{history}");
+    // A push that changes the limits file says what it does to the limits, as `limits set` does.
+    let mut with_limits = good("a4", "b8");
+    with_limits.push(("global/limits.toml", "[[limit]]\nkey = \"operator:*\"\nrate = 40\n".into()));
+    let (code, out) = config_cli(&c, &ep, &["push", tree(&c, "11", &with_limits).to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("limits: ~ operator:*: 50/second -> 40/second"), "{out}");
     drop(a);
 }
 
