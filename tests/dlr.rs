@@ -869,3 +869,56 @@ fn a_node_rebuilt_empty_numbers_its_own_records_above_what_the_collector_holds()
         p.stop();
     }
 }
+
+#[test]
+fn an_owner_stopped_for_a_second_takes_no_dlr_another_gateway_handled() {
+    let c = Cluster::new();
+    let b = start(&c, "b", &[]);
+    let c3 = start(&c, "c", &[b.endpoint()]);
+    let a = start(&c, "a", &[b.endpoint(), c3.endpoint()]);
+    wait_mesh(&c, &["a", "b", "c"]);
+    let ids: Vec<String> = (7000..7010).map(|i| i.to_string()).collect();
+    let n = register(&c, "a", "dec", ids.clone());
+    let copies = || dlr_counter(&c, "b", "replica_ops_received") + dlr_counter(&c, "c", "replica_ops_received");
+    assert!(wait_until(Duration::from_secs(10), || copies() >= n as u64), "{} copies of {n}", copies());
+
+    // a stops for a little over a second (under its lease: no node sees it gone) while each DLR
+    // is reported once at b or c; a answers as it wakes.
+    let pid = a.proc.as_ref().map(|p| p.pid()).unwrap_or_default();
+    signal(pid, "-STOP");
+    let outcomes: Vec<(String, String)> = std::thread::scope(|s| {
+        let reports: Vec<_> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let (node, c) = (if i % 2 == 0 { "b" } else { "c" }, &c);
+                s.spawn(move || {
+                    let (code, res) =
+                        post(c, node, "/v1/dlr/report", json!({"connector": "dec", "msg_id": id, "status": "DELIVRD"}));
+                    assert_eq!(code, 200, "{id} at {node}: {res}");
+                    (id.clone(), res["outcome"].as_str().unwrap_or_default().to_owned())
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(1100));
+        signal(pid, "-CONT");
+        reports.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    // Past the 5 s a just-woken owner refuses reports: each repeat at a is a duplicate, and a's
+    // gateway gets only the DLRs that a itself took.
+    std::thread::sleep(Duration::from_secs(7));
+    for (id, outcome) in &outcomes {
+        let (code, res) =
+            post(&c, "a", "/v1/dlr/report", json!({"connector": "dec", "msg_id": id, "status": "DELIVRD"}));
+        assert_eq!((code, res["outcome"].as_str()), (200, Some("duplicate")), "{id} (first: {outcome}): {res}");
+    }
+    let (_, inbox) = c.http_get("a", "/v1/dlr/inbox?after=0");
+    let inbox: Value = serde_json::from_str(&inbox).unwrap();
+    let taken: Vec<&str> = outcomes.iter().filter(|(_, o)| o == "delivered").map(|(id, _)| id.as_str()).collect();
+    let got: Vec<&str> = inbox["reports"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|e| e["msg_id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(got.len(), taken.len(), "a's inbox {got:?}, taken by a {taken:?}: {outcomes:?}");
+    drop((a, b, c3));
+}

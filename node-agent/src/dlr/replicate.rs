@@ -308,7 +308,11 @@ pub(crate) async fn run(service: Arc<DlrService>, cancel: CancellationToken) {
             service.wake.copies_checked(woke);
             resync = true;
             moved_from = None;
-        } else if resync && last_pass.is_none_or(|t| t.elapsed() >= RETRY) {
+        } else if resync && last_pass.is_none_or(|t| t.elapsed() >= RETRY) && !service.wake.just_woke() {
+            // Not while just woken: a report this node refuses then (`Claim::Stale`) has its
+            // copies closed by the reporter right after, and a pass begun before that would count
+            // them checked while they were still open (a short stop, under the lease, changes no
+            // live set to check them again).
             // Changes queued so far are in the store the pass reads; later ones come after.
             service.outbox.take();
             last_pass = Some(tokio::time::Instant::now());
