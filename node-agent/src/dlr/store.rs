@@ -1,4 +1,4 @@
-//! The node's DLR records on disk: an LSM tree ([fjall]) with three keyspaces.
+//! The node's DLR records on disk: an LSM tree ([fjall]) with four keyspaces.
 //!
 //! - `records`: `connector \0 canonical id` → the record's compact value (see
 //!   [`switchboard_bus::dlr::record`]); the node's own records and its copies of other nodes'.
@@ -6,6 +6,9 @@
 //!   so the sweeper reads only what is due.
 //! - `inbox`: `sequence (8 bytes, big endian)` → a report for this node's gateway (JSON), until the
 //!   gateway acknowledges it.
+//! - `meta`: `inbox_acked` → the highest inbox sequence acknowledged (8 bytes, big endian), so
+//!   that sequences go on from it after a restart with the inbox empty (a gateway asks with
+//!   `after` = the last sequence it saw).
 //!
 //! Why an LSM tree: every message is inserted once, updated once or twice and deleted a day or
 //! two later, so the workload is inserts and deletes at the same rate with few reads of each
@@ -71,12 +74,16 @@ pub struct StoreSize {
     pub disk_bytes: u64,
 }
 
+/// The `meta` key of the highest inbox sequence acknowledged.
+const INBOX_ACKED: &[u8] = b"inbox_acked";
+
 /// The record store.
 pub struct DlrStore {
     db: Database,
     records: Keyspace,
     expiry: Keyspace,
     inbox: Keyspace,
+    meta: Keyspace,
     next_inbox: AtomicU64,
     /// Entries in `inbox`: counted at open, then kept as entries come and go.
     inbox_len: AtomicU64,
@@ -109,10 +116,14 @@ impl DlrStore {
         let records = db.keyspace("records", opts(16 << 20))?;
         let expiry = db.keyspace("expiry", opts(8 << 20))?;
         let inbox = db.keyspace("inbox", opts(4 << 20))?;
+        let meta = db.keyspace("meta", opts(1 << 20))?;
+        let acked = meta.get(INBOX_ACKED)?.map_or(0, |v| seq_of(&v));
         let next = match inbox.last_key_value() {
-            Some(guard) => seq_of(&guard.key()?) + 1,
-            None => 1,
-        };
+            Some(guard) => seq_of(&guard.key()?),
+            None => 0,
+        }
+        .max(acked)
+        .saturating_add(1);
         let mut inbox_len = 0u64;
         for guard in inbox.iter() {
             guard.key()?;
@@ -123,6 +134,7 @@ impl DlrStore {
             records,
             expiry,
             inbox,
+            meta,
             next_inbox: AtomicU64::new(next),
             inbox_len: AtomicU64::new(inbox_len),
             record_changes: AtomicU64::new(0),
@@ -302,10 +314,15 @@ impl DlrStore {
         // Two acks at once would both count the entries they both remove.
         let _serial = self.lock();
         let mut batch = self.db.batch();
-        let mut n = 0;
+        let (mut n, mut last) = (0, None);
         for guard in self.inbox.range(..=upto.to_be_bytes()) {
-            batch.remove(&self.inbox, guard.key()?);
+            let key = guard.key()?;
+            last = Some(seq_of(&key));
+            batch.remove(&self.inbox, key);
             n += 1;
+        }
+        if let Some(last) = last {
+            batch.insert(&self.meta, INBOX_ACKED, last.to_be_bytes());
         }
         self.commit(batch)?;
         let _ = self.inbox_len.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| Some(l.saturating_sub(n)));
@@ -427,6 +444,12 @@ pub(crate) mod tests {
         assert_eq!(s.size().inbox, 1, "exact after an ack, not fjall's estimate");
         assert_eq!(s.ack_inbox(2).unwrap(), 0);
         assert_eq!(s.size().inbox, 1);
+        // Every entry acknowledged, then a restart: sequences go on, never back to 1 (a gateway
+        // asking after the last one it saw would not see the new ones).
+        assert_eq!(s.ack_inbox(u64::MAX).unwrap(), 1);
+        drop(s);
+        let s = DlrStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.write(&[Write::Inbox(b"d")]).unwrap(), Some(4));
     }
 
     #[test]
