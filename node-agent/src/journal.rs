@@ -83,6 +83,9 @@ pub struct SourceJournal {
     acked_since_compaction: usize,
     /// The sequence number the tailer goes on from at its next batch ([`SourceJournal::skip_to`]).
     skip: Option<u64>,
+    /// Opened without any acknowledged position and no collector's watermark has named the
+    /// stream since: only then may [`SourceJournal::skip_to`] move its numbers.
+    fresh: bool,
 }
 
 impl SourceJournal {
@@ -126,7 +129,9 @@ impl SourceJournal {
             copies: HashMap::new(),
             acked_since_compaction: 0,
             skip: None,
+            fresh: false,
         };
+        journal.fresh = journal.acked.next_seq == 0 && journal.acked.files.is_empty() && journal.entries.is_empty();
         // Start from a clean file holding exactly the loaded entries.
         journal.compact()?;
         Ok(journal)
@@ -147,15 +152,24 @@ impl SourceJournal {
     /// (the agent's own files, emptied with its `data_dir`) when the writing collector already
     /// holds every number below `next` from the node's earlier life: lines numbered again from 0
     /// would be dropped as duplicates of those. Nothing happens when `next` is not past
-    /// [`head`](Self::head). Returns the acknowledged checkpoint to store.
+    /// [`head`](Self::head), or when the journal is not fresh: it had a position when it was
+    /// opened, or a watermark named the stream since ([`SourceJournal::named`]), so its numbers
+    /// follow on from the collector's already. Returns the acknowledged checkpoint to store.
     pub fn skip_to(&mut self, next: u64) -> Option<SourceCheckpoint> {
-        if next <= self.head() {
+        if !self.fresh || next <= self.head() {
             return None;
         }
+        self.fresh = false;
         let _ = self.ack(next - 1);
         self.acked.next_seq = next;
         self.skip = Some(next);
         Some(self.acked.clone())
+    }
+
+    /// A collector's watermark named the stream within what it has journaled: its numbers are
+    /// the collector's, and no later watermark may move them ([`SourceJournal::skip_to`]).
+    pub fn named(&mut self) {
+        self.fresh = false;
     }
 
     /// The sequence number [`skip_to`](Self::skip_to) asked the tailer to go on from, once.
@@ -442,7 +456,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut j = SourceJournal::open(dir.path(), "_limits", SourceCheckpoint::default()).unwrap();
         j.record(BatchRecord { first_seq: 0, count: 3, segments: vec![seg(1, 0, 30)] }).unwrap();
-        assert!(j.skip_to(2).is_none(), "not past the head: nothing to skip");
         let cp = j.skip_to(309).unwrap();
         assert_eq!((cp.next_seq, j.head(), j.unacked()), (309, 309, 0));
         assert_eq!(j.take_skip(), Some(309));
@@ -453,8 +466,17 @@ mod tests {
         j.record(BatchRecord { first_seq: 309, count: 4, segments: vec![seg(1, 50, 90)] }).unwrap();
         assert_eq!(j.ack(5).map(|c| c.next_seq), Some(309));
         // A restart from the checkpoint stored at the skip finds the entries after the jump.
-        let j2 = SourceJournal::open(dir.path(), "_limits", cp).unwrap();
+        let mut j2 = SourceJournal::open(dir.path(), "_limits", cp).unwrap();
         assert_eq!((j2.unacked(), j2.head()), (1, 313));
+        // Once: a journal that had a position, or whose stream a watermark named, never skips.
+        assert!(j.skip_to(10_000).is_none() && j2.skip_to(10_000).is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let mut named = SourceJournal::open(dir.path(), "_dlr", SourceCheckpoint::default()).unwrap();
+        named.named();
+        assert!(named.skip_to(10_000).is_none());
+        let mut behind = SourceJournal::open(dir.path(), "_metrics", SourceCheckpoint::default()).unwrap();
+        behind.record(BatchRecord { first_seq: 0, count: 3, segments: vec![seg(1, 0, 30)] }).unwrap();
+        assert!(behind.skip_to(2).is_none(), "not past the head: nothing to skip");
     }
 
     #[test]

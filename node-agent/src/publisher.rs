@@ -201,6 +201,10 @@ pub(crate) async fn run_heads(
 /// ([`SourceJournal::skip_to`]); beyond it, one is refused as any other ahead.
 const MAX_SKIP_TO: u64 = 1 << 48;
 
+/// How long the writer's watermarks may stop before another live collector's are taken: the
+/// writer sends one every second.
+const WRITER_SILENT: Duration = Duration::from_secs(5);
+
 /// Follows watermarks for this node; advances, stores and compacts.
 pub(crate) struct AckTask {
     pub(crate) session: Session,
@@ -238,6 +242,9 @@ impl AckTask {
         // a replaced writer, or of another collector at the same epoch, are refused.
         let mut epoch = 0u64;
         let mut writer: Option<String> = None;
+        // When a watermark was last taken: a writer whose watermarks stop (one gone, or a forged
+        // epoch no collector holds, on a bus without TLS) gives way to the next live collector's.
+        let mut writer_heard = Instant::now();
         let mut last_store = Instant::now();
         let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
         loop {
@@ -286,6 +293,16 @@ impl AckTask {
                         refuse(Reason::WatermarkAhead, format_args!("watermark {}, from {from}", ahead.join("; ")));
                         continue;
                     }
+                    if writer_heard.elapsed() >= WRITER_SILENT {
+                        if let Some(gone) = writer.take() {
+                            tracing::warn!(
+                                "no watermark of {gone} (epoch {epoch}) for {} s: following {from} (epoch {:?}) instead",
+                                WRITER_SILENT.as_secs(),
+                                marks.epoch
+                            );
+                        }
+                        epoch = 0;
+                    }
                     match marks.epoch {
                         Some(e) if e < epoch => {
                             stats.watermarks_stale.fetch_add(1, Ordering::Relaxed);
@@ -304,6 +321,7 @@ impl AckTask {
                             continue;
                         }
                     }
+                    writer_heard = Instant::now();
                     for (stream, w) in marks.streams {
                         let Some(id) = StreamId::parse_local(&node, &stream) else { continue };
                         let Some(j) = journals.get(&id.name) else { continue };
@@ -329,7 +347,10 @@ impl AckTask {
                             }
                             continue;
                         }
-                        let advanced = j.lock().ok().and_then(|mut j| j.ack(w));
+                        let advanced = j.lock().ok().and_then(|mut j| {
+                            j.named();
+                            j.ack(w)
+                        });
                         if let Some(cp) = advanced {
                             checkpoint.sources.insert(id.name, cp);
                             dirty = true;
