@@ -505,6 +505,24 @@ fn an_agent_ignores_watermarks_of_a_replaced_writer() {
     // The real writer's watermarks still count.
     let before = acked();
     assert!(wait_until(Duration::from_secs(20), || acked() > before), "acks stopped after the stranger's epoch");
+    // Under the writer's own name, the highest epoch there is (a bus without TLS cannot tell who
+    // sent it): the real writer's watermarks are refused as older, until no watermark has been
+    // taken for 5 s; then they are followed again.
+    rt.block_on(async {
+        let mut config = zenoh::Config::default();
+        config.insert_json5("mode", "\"client\"").unwrap();
+        config.insert_json5("connect/endpoints", &format!("[\"tcp/127.0.0.1:{agent_port}\"]")).unwrap();
+        config.insert_json5("scouting/multicast/enabled", "false").unwrap();
+        let s = zenoh::open(config).await.unwrap();
+        let key = format!("sb/{}/watermark/c1/gw-a", c.cluster);
+        s.put(&key, r#"{"version":1,"streams":{},"epoch":18446744073709551615}"#).await.unwrap();
+        s.close().await.unwrap();
+    });
+    let stale_before = stale();
+    assert!(wait_until(Duration::from_secs(10), || stale() > stale_before), "the forged epoch was not taken");
+    let before = acked();
+    assert!(wait_until(Duration::from_secs(20), || acked() > before), "deaf to the writer after a forged epoch");
+    assert!(agent.log_text().contains("following c1"), "{}", agent.log_text());
     let n = w.stop();
     assert!(wait_until(DEADLINE, || count_logs(&c.dataset()) >= n), "{} of {n}", count_logs(&c.dataset()));
     // Idle, the writer's watermarks go out once a second (protocol.md), not at every status update.
