@@ -47,6 +47,31 @@ impl RangeSet {
         }
     }
 
+    /// The highest `n` such that every number from 0 to `n` is in the set or below `floor`
+    /// (numbers below it count as present: see the caller).
+    pub fn contiguous_above(&self, floor: u64) -> Option<u64> {
+        let mut end = floor.checked_sub(1);
+        for &(a, b) in &self.ranges {
+            let next = end.map_or(0, |e| e.saturating_add(1));
+            if a > next {
+                break;
+            }
+            end = Some(end.map_or(b, |e| e.max(b)));
+        }
+        end
+    }
+
+    /// How many numbers of `from..to` the set holds.
+    pub fn count_in(&self, from: u64, to: u64) -> u64 {
+        self.ranges
+            .iter()
+            .map(|&(a, b)| {
+                let (lo, hi) = (a.max(from), b.saturating_add(1).min(to));
+                hi.saturating_sub(lo)
+            })
+            .sum()
+    }
+
     /// Whether `x` is in the set.
     pub fn contains(&self, x: u64) -> bool {
         let i = self.ranges.partition_point(|r| r.1 < x);
@@ -170,5 +195,19 @@ mod tests {
         s.insert(4, 4);
         assert_eq!(s.contiguous_from_zero(), Some(9));
         assert_eq!(serde_json::to_string(&s).unwrap(), "[[0,9]]");
+    }
+
+    #[test]
+    fn numbers_below_a_floor_count_as_present() {
+        let mut s = RangeSet::new();
+        assert_eq!(s.contiguous_above(0), None);
+        assert_eq!(s.contiguous_above(5), Some(4));
+        s.insert(0, 9);
+        s.insert(20, 29);
+        assert_eq!(s.contiguous_above(0), Some(9));
+        assert_eq!(s.contiguous_above(15), Some(14), "15..19 can still be sent: not past them");
+        assert_eq!(s.contiguous_above(20), Some(29));
+        assert_eq!(s.contiguous_above(40), Some(39));
+        assert_eq!((s.count_in(5, 25), s.count_in(10, 20), s.count_in(0, u64::MAX)), (10, 0, 20));
     }
 }

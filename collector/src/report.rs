@@ -169,6 +169,11 @@ impl switchboard_bus::http::Report for CollectorReport {
                 "Gaps found against agents' heads.",
                 g(&s.gaps_detected),
             )
+            .counter(
+                "switchboard_collector_records_given_up_total",
+                "Records below an agent's acked position that were never committed here (a restore from an older backup).",
+                g(&s.records_given_up),
+            )
             .counter("switchboard_collector_replays_total", "Replay queries sent to agents.", g(&s.replay_requests))
             .counter("switchboard_collector_rows_replayed_total", "Rows received from replays.", g(&s.rows_replayed))
             .counter("switchboard_collector_replay_errors_total", "Replay queries that failed.", g(&s.replay_errors))

@@ -54,6 +54,13 @@ struct StreamState {
     replay_asked: Option<Instant>,
     /// The agent's last announced head (next sequence number).
     head: u64,
+    /// The agent's last announced `acked`: the first record it can still send. Below it, a
+    /// record not committed here never will be (another collector took it, or the dataset was
+    /// restored from an older backup): the watermark goes on past such a gap, or the agent
+    /// could never acknowledge anything again.
+    floor: u64,
+    /// The end of the gap below `floor` last logged as given up.
+    given_up: u64,
     /// Heads not yet committed, oldest first, each with when it was first announced: the lag
     /// is the age of the first one past the committed prefix (the oldest record not committed).
     /// Under steady traffic the prefix is always behind the newest head, never for long.
@@ -67,7 +74,7 @@ const MAX_BEHIND: usize = 64;
 impl StreamState {
     /// The committed contiguous prefix's end (the next sequence number to commit).
     fn done(&self) -> u64 {
-        self.committed.contiguous_from_zero().map_or(0, |w| w + 1)
+        self.committed.contiguous_above(self.floor.min(self.head)).map_or(0, |w| w.saturating_add(1))
     }
 
     /// When the oldest record not committed was first announced (`None` if none).
@@ -294,8 +301,25 @@ impl LogsSink {
         for (stream, &head) in &heads.streams {
             let Some(id) = StreamId::parse_local(node, stream) else { continue };
             let floor = heads.acked.get(stream).copied().unwrap_or(0);
-            let leading = self.leading;
+            let (leading, stats) = (self.leading, self.stats.clone());
             let Some(state) = self.open_stream(&id) else { continue };
+            state.floor = floor.min(head);
+            let from = state.committed.contiguous_from_zero().map_or(0, |w| w.saturating_add(1)).max(state.given_up);
+            let missing = state.floor.saturating_sub(from).saturating_sub(state.committed.count_in(from, state.floor));
+            // Counted by the writer only: a standby may not have read the writer's last commits.
+            if missing > 0 && leading {
+                stats.records_given_up.fetch_add(missing, Ordering::Relaxed);
+                tracing::error!(
+                    stream = %id,
+                    "{missing} records between {from} and {} were never committed here and the agent can no longer send \
+                     them (it acknowledged them to another collector, or the dataset was restored from an older \
+                     backup): the watermark goes on past them",
+                    state.floor - 1
+                );
+            }
+            if leading {
+                state.given_up = state.given_up.max(state.floor);
+            }
             state.announce(head);
             let gaps = state.accepted.gaps(floor, head);
             if gaps.is_empty() {
@@ -328,7 +352,7 @@ impl LogsSink {
 
     /// The highest sequence number up to which each stream is committed without a gap.
     pub fn watermarks(&self) -> BTreeMap<StreamId, u64> {
-        self.streams.iter().filter_map(|(k, s)| Some((k.clone(), s.committed.contiguous_from_zero()?))).collect()
+        self.streams.iter().filter_map(|(k, s)| Some((k.clone(), s.done().checked_sub(1)?))).collect()
     }
 
     /// Take one `log_batch` payload of `stream` (`replayed`: an answer to a replay query).
@@ -909,6 +933,32 @@ mod tests {
         assert_eq!(s.streams.len(), crate::MAX_STREAMS);
         assert_eq!(s.status().lag.len(), crate::MAX_STREAMS);
         assert_eq!(CollectorStats::get(&stats.rows_accepted), 0);
+    }
+
+    #[test]
+    fn a_gap_the_agent_can_no_longer_send_is_given_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, stats) = sink(dir.path(), 1 << 30);
+        // Committed 0..9 and 20..29 (a restore lost 10..19, which the agent acknowledged before).
+        s.handle(&id(), &payload(0..10, |_| T0), false);
+        s.handle(&id(), &payload(20..30, |_| T0), false);
+        s.commit_standalone(true);
+        assert_eq!(s.watermarks().get(&id()), Some(&9));
+        let heads = |acked: u64| Heads {
+            streams: [("log/app".to_owned(), 30)].into(),
+            acked: [("log/app".to_owned(), acked)].into(),
+            ..Heads::default()
+        };
+        // The agent can still send 15..: only 10..14 are given up, and 15..19 are pulled.
+        let asked = s.on_heads("gw", &heads(15));
+        assert_eq!(asked.iter().map(|r| (r.from, r.to)).collect::<Vec<_>>(), []);
+        assert_eq!(s.watermarks().get(&id()), Some(&14));
+        assert_eq!(CollectorStats::get(&stats.records_given_up), 5);
+        s.on_heads("gw", &heads(20));
+        assert_eq!(s.watermarks().get(&id()), Some(&29));
+        assert_eq!(CollectorStats::get(&stats.records_given_up), 10, "each record counted once");
+        s.on_heads("gw", &heads(20));
+        assert_eq!(CollectorStats::get(&stats.records_given_up), 10);
     }
 
     #[test]

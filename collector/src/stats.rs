@@ -40,6 +40,9 @@ pub struct CollectorStats {
     pub promote_failures: AtomicU64,
     /// Gaps found by comparing agents' heads with what is held.
     pub gaps_detected: AtomicU64,
+    /// Records below an agent's `acked` never committed here (given up: the agent cannot send
+    /// them any more).
+    pub records_given_up: AtomicU64,
     /// Replay queries sent to agents.
     pub replay_requests: AtomicU64,
     /// Rows received in answer to replay queries (before deduplication).
