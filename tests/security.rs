@@ -511,6 +511,26 @@ async fn message_checks_hold_without_tls() {
         .await;
     }
 
+    // A copy gw1 holds of gw3's open record: another sender may neither name itself its owner
+    // nor drop it; its owner may.
+    let theirs = DlrRecord { owner: "gw3".into(), id: "5555".into(), msg_id: "5555".into(), ..rec.clone() };
+    let copy = |from: &str, r: &DlrRecord| ReplicaBatch::encode(from, &[ReplicaOp::Put(r.clone())]).unwrap();
+    let applied = |replies: &[String]| replies.iter().any(|r| r.contains("\"applied\":1"));
+    assert!(applied(&ask(&h, &key(c, "dlr/replica/gw1"), Some(copy("gw3", &theirs))).await));
+    let taken = DlrRecord { owner: "gw9".into(), version: theirs.version + 50, ..theirs.clone() };
+    let drop_of = |from: &str| {
+        ReplicaBatch::encode(from, &[ReplicaOp::Drop { connector: theirs.connector.clone(), id: theirs.id.clone() }])
+            .unwrap()
+    };
+    for batch in [copy("gw9", &taken), drop_of("gw9")] {
+        expect_refused(c, "gw1", "replica_invalid", async {
+            let replies = ask(&h, &key(c, "dlr/replica/gw1"), Some(batch.clone())).await;
+            assert!(!applied(&replies), "{replies:?}");
+        })
+        .await;
+    }
+    assert!(applied(&ask(&h, &key(c, "dlr/replica/gw1"), Some(drop_of("gw3"))).await));
+
     // Reports the HTTP API would refuse: an empty status, a reporter that is no node's name; and
     // one of a version this build does not read.
     let mut v2: Value = serde_json::from_slice(&report("DELIVRD", "gw1")).unwrap();

@@ -136,6 +136,19 @@ fn take(service: &DlrService, payload: Option<&[u8]>) -> Result<ReplicaAck, Stri
                     );
                     continue;
                 }
+                // A record's owner never changes: a copy naming another owner than the one held
+                // (open) is a forgery, or the same id registered at two nodes, whose DLR must
+                // still reach one gateway.
+                if let Some(h) = held.as_ref().filter(|h| h.owner != record.owner && h.is_open()) {
+                    refuse(
+                        Reason::ReplicaInvalid,
+                        format_args!(
+                            "a replica from {} of {}/{} naming {} its owner, held open as {}'s",
+                            batch.from, record.connector, record.id, record.owner, h.owner
+                        ),
+                    );
+                    continue;
+                }
                 match held {
                     Some(h) if h.version > record.version || (h.version == record.version && h != record) => {
                         ack.newer.push(h);
@@ -159,6 +172,17 @@ fn take(service: &DlrService, payload: Option<&[u8]>) -> Result<ReplicaAck, Stri
                         refuse(
                             Reason::ReplicaOwnRecord,
                             format_args!("a drop from {} of this node's own record {connector}/{id}", batch.from),
+                        );
+                        continue;
+                    }
+                    // Only the owner moves its copies away.
+                    Some(h) if h.owner != batch.from => {
+                        refuse(
+                            Reason::ReplicaInvalid,
+                            format_args!(
+                                "a drop from {} of {connector}/{id}, a copy of {}'s record",
+                                batch.from, h.owner
+                            ),
                         );
                         continue;
                     }
