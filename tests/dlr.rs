@@ -398,13 +398,16 @@ fn ids_are_normalized_races_wait_records_expire_and_bad_requests_are_refused() {
     );
     assert_eq!(code, 404);
     assert_eq!(c.http_get("a", "/v1/dlr/inbox?after=x").0, 400);
+    let (code, body) = c.http_get("a", "/v1/dlr/inbox?after=0&wait=5000");
+    let error = serde_json::from_str::<Value>(&body).ok().and_then(|v| v["error"].as_str().map(String::from));
+    assert!(code == 400 && error.is_some_and(|e| e.contains("unknown parameter \"wait\"")), "{code} {body}");
     // `max` outside 1..=10,000 is moved to the nearer bound, not refused.
     for max in ["-5", "0", "99999999999999999999999"] {
         let (code, body) = c.http_get("a", &format!("/v1/dlr/inbox?after=0&max={max}"));
         assert_eq!(code, 200, "max={max}: {body}");
     }
     let (_, metrics) = c.http_get("a", "/metrics");
-    assert_eq!(metric(&metrics, "switchboard_agent_dlr_bad_requests_total"), Some((bad.len() + 1) as f64), "{metrics}");
+    assert_eq!(metric(&metrics, "switchboard_agent_dlr_bad_requests_total"), Some((bad.len() + 2) as f64), "{metrics}");
     assert!(c.http_get("a", "/health").0 == 200, "still healthy after bad input");
 }
 

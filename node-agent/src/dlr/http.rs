@@ -101,6 +101,13 @@ async fn inbox(State(s): State<Arc<DlrService>>, Query(q): Query<HashMap<String,
             v.parse().map_err(|_| DlrError::BadRequest(format!("{name} must be a non-negative integer")))
         })
     };
+    // A misspelt parameter (`wait=5000`) would otherwise ask without waiting, unseen.
+    if let Some(unknown) = q.keys().find(|k| !["after", "max", "wait_ms"].contains(&k.as_str())) {
+        return error(
+            &s,
+            DlrError::BadRequest(format!("unknown parameter {unknown:?}: the inbox takes after, max and wait_ms")),
+        );
+    }
     let max = q.get("max").map_or(Ok(1000), |v| inbox_max(v));
     let (after, max, wait) = match (num("after", 0), max, num("wait_ms", 0)) {
         (Ok(a), Ok(m), Ok(w)) => (a, m, w.min(60_000)),

@@ -61,7 +61,11 @@ fn parse<'a>(line: &'a [u8]) -> Result<Request<'a>, String> {
     if words.next().is_some() {
         return Err("too many words; expected `<VERB> <key> [n]`".into());
     }
-    let units = |n: Option<&str>| -> Result<u64, String> { n.map_or(Ok(1), super::units_of) };
+    let units = |n: Option<&str>| -> Result<u64, String> {
+        n.map_or(Ok(1), |n| {
+            super::units_of(n).map_err(|e| format!("{e} (words are split at whitespace, which a key cannot hold)"))
+        })
+    };
     let keyed = |key: Option<&'a str>, n: u64| -> Result<&'a str, String> {
         let key = key.ok_or("missing key")?;
         check_request(key, n).map_err(|e| e.to_string())?;
