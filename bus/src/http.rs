@@ -432,6 +432,9 @@ pub fn bind(addr: SocketAddr, access: &Access) -> std::io::Result<std::net::TcpL
     access.check(&addr, "http_listen").map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
+    // Said once here: a collector serves its starting `/health` on the listener, then the full one.
+    let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(%bound, "health and metrics on http://{bound}/health and /metrics");
     Ok(listener)
 }
 
@@ -467,7 +470,6 @@ pub async fn run(
     busy_poll: Duration,
     cancel: CancellationToken,
 ) {
-    let bound = inner.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let mut app = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -478,7 +480,6 @@ pub async fn run(
     if let Some(token) = access.token.as_deref().filter(|t| !t.is_empty()) {
         app = app.layer(axum::middleware::from_fn_with_state(Arc::<str>::from(token), require_token));
     }
-    tracing::info!(%bound, "health and metrics on http://{bound}/health and /metrics");
     serve_connections(inner, app, busy_poll, STALL_TIMEOUT, cancel).await;
 }
 
