@@ -61,6 +61,25 @@ impl RangeSet {
         end
     }
 
+    /// The smallest number in this set that `other` does not hold.
+    pub fn first_not_in(&self, other: &RangeSet) -> Option<u64> {
+        for &(a, b) in &self.ranges {
+            let mut x = a;
+            // Each step jumps past one range of `other`: at most as many steps as it has ranges.
+            while x <= b {
+                let i = other.ranges.partition_point(|r| r.1 < x);
+                match other.ranges.get(i) {
+                    Some(&(oa, ob)) if oa <= x => match ob.checked_add(1) {
+                        Some(next) => x = next,
+                        None => break,
+                    },
+                    _ => return Some(x),
+                }
+            }
+        }
+        None
+    }
+
     /// How many numbers of `from..to` the set holds.
     pub fn count_in(&self, from: u64, to: u64) -> u64 {
         self.ranges
@@ -209,5 +228,12 @@ mod tests {
         assert_eq!(s.contiguous_above(20), Some(29));
         assert_eq!(s.contiguous_above(40), Some(39));
         assert_eq!((s.count_in(5, 25), s.count_in(10, 20), s.count_in(0, u64::MAX)), (10, 0, 20));
+        let mut more = s.clone();
+        assert_eq!(more.first_not_in(&s), None);
+        more.insert(10, 12);
+        more.insert(40, 41);
+        assert_eq!(more.first_not_in(&s), Some(10));
+        s.insert(10, 12);
+        assert_eq!(more.first_not_in(&s), Some(40));
     }
 }

@@ -74,7 +74,15 @@ const MAX_BEHIND: usize = 64;
 impl StreamState {
     /// The committed contiguous prefix's end (the next sequence number to commit).
     fn done(&self) -> u64 {
-        self.committed.contiguous_above(self.floor.min(self.head)).map_or(0, |w| w.saturating_add(1))
+        self.committed.contiguous_above(self.floor_here()).map_or(0, |w| w.saturating_add(1))
+    }
+
+    /// The floor below which records not committed here count as done: the agent's `acked`,
+    /// but never past a record this collector holds and has not committed yet (a forged heads
+    /// document must not make it acknowledge what a crash would lose).
+    fn floor_here(&self) -> u64 {
+        let pending = self.accepted.first_not_in(&self.committed).unwrap_or(u64::MAX);
+        self.floor.min(self.head).min(pending)
     }
 
     /// When the oldest record not committed was first announced (`None` if none).
@@ -303,9 +311,10 @@ impl LogsSink {
             let floor = heads.acked.get(stream).copied().unwrap_or(0);
             let (leading, stats) = (self.leading, self.stats.clone());
             let Some(state) = self.open_stream(&id) else { continue };
-            state.floor = floor.min(head);
+            (state.floor, state.head) = (floor.min(head), head);
+            let floor = state.floor_here();
             let from = state.committed.contiguous_from_zero().map_or(0, |w| w.saturating_add(1)).max(state.given_up);
-            let missing = state.floor.saturating_sub(from).saturating_sub(state.committed.count_in(from, state.floor));
+            let missing = floor.saturating_sub(from).saturating_sub(state.committed.count_in(from, floor));
             // Counted by the writer only: a standby may not have read the writer's last commits.
             if missing > 0 && leading {
                 stats.records_given_up.fetch_add(missing, Ordering::Relaxed);
@@ -314,11 +323,11 @@ impl LogsSink {
                     "{missing} records between {from} and {} were never committed here and the agent can no longer send \
                      them (it acknowledged them to another collector, or the dataset was restored from an older \
                      backup): the watermark goes on past them",
-                    state.floor - 1
+                    floor - 1
                 );
             }
             if leading {
-                state.given_up = state.given_up.max(state.floor);
+                state.given_up = state.given_up.max(floor);
             }
             state.announce(head);
             let gaps = state.accepted.gaps(floor, head);
@@ -959,6 +968,19 @@ mod tests {
         assert_eq!(CollectorStats::get(&stats.records_given_up), 10, "each record counted once");
         s.on_heads("gw", &heads(20));
         assert_eq!(CollectorStats::get(&stats.records_given_up), 10);
+        // Records held here but not committed yet are never passed over, whatever heads say
+        // (a forged document must not make the agent forget what a crash would lose).
+        s.handle(&id(), &payload(30..40, |_| T0), false);
+        let forged = Heads {
+            streams: [("log/app".to_owned(), 40)].into(),
+            acked: [("log/app".to_owned(), 40)].into(),
+            ..Heads::default()
+        };
+        s.on_heads("gw", &forged);
+        assert_eq!(s.watermarks().get(&id()), Some(&29));
+        assert_eq!(CollectorStats::get(&stats.records_given_up), 10);
+        s.commit_standalone(true);
+        assert_eq!(s.watermarks().get(&id()), Some(&39));
     }
 
     #[test]

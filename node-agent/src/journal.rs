@@ -84,9 +84,16 @@ pub struct SourceJournal {
     /// The sequence number the tailer goes on from at its next batch ([`SourceJournal::skip_to`]).
     skip: Option<u64>,
     /// Opened without any acknowledged position and no collector's watermark has named the
-    /// stream since: only then may [`SourceJournal::skip_to`] move its numbers.
+    /// stream since: only then, and within [`FRESH_FOR`] of the opening, may
+    /// [`SourceJournal::skip_to`] move its numbers.
     fresh: bool,
+    opened: std::time::Instant,
 }
+
+/// How long after a journal that started empty was opened a watermark may still move its
+/// numbers ([`SourceJournal::skip_to`]): the writer's first watermark comes within a second or
+/// two of a start; a stream that no watermark names for this long takes none later (a forgery).
+pub const FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl SourceJournal {
     /// The journal file of `source` in `data_dir`.
@@ -130,6 +137,7 @@ impl SourceJournal {
             acked_since_compaction: 0,
             skip: None,
             fresh: false,
+            opened: std::time::Instant::now(),
         };
         journal.fresh = journal.acked.next_seq == 0 && journal.acked.files.is_empty() && journal.entries.is_empty();
         // Start from a clean file holding exactly the loaded entries.
@@ -156,7 +164,7 @@ impl SourceJournal {
     /// opened, or a watermark named the stream since ([`SourceJournal::named`]), so its numbers
     /// follow on from the collector's already. Returns the acknowledged checkpoint to store.
     pub fn skip_to(&mut self, next: u64) -> Option<SourceCheckpoint> {
-        if !self.fresh || next <= self.head() {
+        if !self.fresh || self.opened.elapsed() > FRESH_FOR || next <= self.head() {
             return None;
         }
         self.fresh = false;
