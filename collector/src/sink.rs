@@ -59,7 +59,9 @@ struct StreamState {
     /// restored from an older backup): the watermark goes on past such a gap, or the agent
     /// could never acknowledge anything again.
     floor: u64,
-    /// The end of the gap below `floor` last logged as given up.
+    /// The end of the gaps given up for good: holes between committed records that were below
+    /// an agent's `acked` (a restore). They stay given up when a later `acked` is lower (the
+    /// node rebuilt empty numbers its own records on above what is held, not into the hole).
     given_up: u64,
     /// Heads not yet committed, oldest first, each with when it was first announced: the lag
     /// is the age of the first one past the committed prefix (the oldest record not committed).
@@ -82,7 +84,7 @@ impl StreamState {
     /// document must not make it acknowledge what a crash would lose).
     fn floor_here(&self) -> u64 {
         let pending = self.accepted.first_not_in(&self.committed).unwrap_or(u64::MAX);
-        self.floor.min(self.head).min(pending)
+        self.floor.min(self.head).max(self.given_up).min(pending)
     }
 
     /// When the oldest record not committed was first announced (`None` if none).
@@ -327,7 +329,10 @@ impl LogsSink {
                 );
             }
             if leading {
-                state.given_up = state.given_up.max(floor);
+                // Only a hole below committed records stays given up: a number past all of them
+                // may still come (a forged `acked` must not hold the watermark ahead for good).
+                let top = state.committed.max().map_or(0, |m| m.saturating_add(1));
+                state.given_up = state.given_up.max(floor.min(top));
             }
             state.announce(head);
             let gaps = state.accepted.gaps(floor, head);
@@ -968,6 +973,10 @@ mod tests {
         assert_eq!(CollectorStats::get(&stats.records_given_up), 10, "each record counted once");
         s.on_heads("gw", &heads(20));
         assert_eq!(CollectorStats::get(&stats.records_given_up), 10);
+        // The node rebuilt empty (acked 0 again): the hole stays given up, so the writer's
+        // watermark tells it to number on above 29, not into the hole.
+        s.on_heads("gw", &heads(0));
+        assert_eq!(s.watermarks().get(&id()), Some(&29));
         // Records held here but not committed yet are never passed over, whatever heads say
         // (a forged document must not make the agent forget what a crash would lose).
         s.handle(&id(), &payload(30..40, |_| T0), false);
