@@ -425,12 +425,22 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
                 let (new_sha, old) = (files.get(LIMITS_FILE).map(|f| &f.sha256), before.get(LIMITS_FILE));
                 if old.map(|o| &o.sha256) != new_sha {
                     let mut was = Vec::new();
+                    let mut known = true;
                     if let (Some(p), Some(old)) = (&parent, old) {
-                        let text = repo.content(session, keys, &p.id(), &old.sha256).await?;
-                        let parsed = std::str::from_utf8(&text).ok().map(switchboard_bus::limits::parse_document);
-                        was = parsed.and_then(Result::ok).unwrap_or_default();
+                        // Only for the listing: a content no node hands over does not stop the push.
+                        match repo.content(session, keys, &p.id(), &old.sha256).await {
+                            Ok(text) => {
+                                let parsed =
+                                    std::str::from_utf8(&text).ok().map(switchboard_bus::limits::parse_document);
+                                was = parsed.and_then(Result::ok).unwrap_or_default();
+                            }
+                            Err(e) => {
+                                known = false;
+                                out!("note: {LIMITS_FILE} changes; the limits in force could not be read to compare ({e})");
+                            }
+                        }
                     }
-                    for line in crate::limits_cmd::diff(&was, &specs) {
+                    for line in crate::limits_cmd::diff(&was, &specs).into_iter().filter(|_| known) {
                         out!("limits: {line}");
                     }
                 }

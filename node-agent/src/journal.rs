@@ -83,17 +83,10 @@ pub struct SourceJournal {
     acked_since_compaction: usize,
     /// The sequence number the tailer goes on from at its next batch ([`SourceJournal::skip_to`]).
     skip: Option<u64>,
-    /// Opened without any acknowledged position and no collector's watermark has named the
-    /// stream since: only then, and within [`FRESH_FOR`] of the opening, may
-    /// [`SourceJournal::skip_to`] move its numbers.
+    /// Never acknowledged when opened, and no watermark document of the writer taken since
+    /// ([`SourceJournal::named`]): only then may [`SourceJournal::skip_to`] move its numbers.
     fresh: bool,
-    opened: std::time::Instant,
 }
-
-/// How long after a journal that started empty was opened a watermark may still move its
-/// numbers ([`SourceJournal::skip_to`]): the writer's first watermark comes within a second or
-/// two of a start; a stream that no watermark names for this long takes none later (a forgery).
-pub const FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl SourceJournal {
     /// The journal file of `source` in `data_dir`.
@@ -118,8 +111,10 @@ impl SourceJournal {
                 if entry.end_seq() <= acked.next_seq {
                     continue;
                 }
-                // A jump forward is a skip ([`SourceJournal::skip_to`]); a step back is damage.
-                if entry.first_seq < expect {
+                // A jump forward is a skip ([`SourceJournal::skip_to`]), and the first entry kept
+                // may begin below the acknowledged position (a batch cut across a skip); any other
+                // step back is damage.
+                if entry.first_seq < expect && !entries.is_empty() {
                     tracing::warn!(path = %path.display(), first_seq = entry.first_seq, expect, "journal entry out of sequence; ignoring the rest");
                     break;
                 }
@@ -137,9 +132,10 @@ impl SourceJournal {
             acked_since_compaction: 0,
             skip: None,
             fresh: false,
-            opened: std::time::Instant::now(),
         };
-        journal.fresh = journal.acked.next_seq == 0 && journal.acked.files.is_empty() && journal.entries.is_empty();
+        // Never acknowledged: no collector has said how far it holds the stream yet (entries
+        // may have been journaled before a restart, or after a skip whose checkpoint was lost).
+        journal.fresh = journal.acked.next_seq == 0;
         // Start from a clean file holding exactly the loaded entries.
         journal.compact()?;
         Ok(journal)
@@ -164,7 +160,7 @@ impl SourceJournal {
     /// opened, or a watermark named the stream since ([`SourceJournal::named`]), so its numbers
     /// follow on from the collector's already. Returns the acknowledged checkpoint to store.
     pub fn skip_to(&mut self, next: u64) -> Option<SourceCheckpoint> {
-        if !self.fresh || self.opened.elapsed() > FRESH_FOR || next <= self.head() {
+        if !self.fresh || next <= self.head() {
             return None;
         }
         self.fresh = false;
@@ -174,8 +170,14 @@ impl SourceJournal {
         Some(self.acked.clone())
     }
 
-    /// A collector's watermark named the stream within what it has journaled: its numbers are
-    /// the collector's, and no later watermark may move them ([`SourceJournal::skip_to`]).
+    /// Whether a watermark may still move its numbers ([`SourceJournal::skip_to`]).
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
+    }
+
+    /// The writer's watermarks were taken (naming the stream within what it has journaled, or
+    /// not naming it): its numbers follow on from the collector's, and no later watermark may
+    /// move them ([`SourceJournal::skip_to`]).
     pub fn named(&mut self) {
         self.fresh = false;
     }
@@ -478,6 +480,15 @@ mod tests {
         assert_eq!((j2.unacked(), j2.head()), (1, 313));
         // Once: a journal that had a position, or whose stream a watermark named, never skips.
         assert!(j.skip_to(10_000).is_none() && j2.skip_to(10_000).is_none());
+        // A batch cut across the skip (begun at 313 below a skip to 315, 5 lines) is kept at a
+        // restart from the checkpoint of the skip, not taken for damage.
+        let mut j3 = SourceJournal::open(dir.path(), "_limits", j2.acked().clone()).unwrap();
+        j3.fresh = true;
+        let cp = j3.skip_to(315).unwrap();
+        j3.record(BatchRecord { first_seq: 313, count: 5, segments: vec![seg(1, 90, 140)] }).unwrap();
+        j3.record(BatchRecord { first_seq: 318, count: 1, segments: vec![seg(1, 140, 150)] }).unwrap();
+        let j4 = SourceJournal::open(dir.path(), "_limits", cp).unwrap();
+        assert_eq!((j4.unacked(), j4.head()), (2, 319));
         let dir = tempfile::tempdir().unwrap();
         let mut named = SourceJournal::open(dir.path(), "_dlr", SourceCheckpoint::default()).unwrap();
         named.named();
@@ -485,6 +496,10 @@ mod tests {
         let mut behind = SourceJournal::open(dir.path(), "_metrics", SourceCheckpoint::default()).unwrap();
         behind.record(BatchRecord { first_seq: 0, count: 3, segments: vec![seg(1, 0, 30)] }).unwrap();
         assert!(behind.skip_to(2).is_none(), "not past the head: nothing to skip");
+        // Restarted before any watermark came: still fresh (never acknowledged), entries and all.
+        let mut restarted = SourceJournal::open(dir.path(), "_metrics", SourceCheckpoint::default()).unwrap();
+        assert_eq!(restarted.unacked(), 1);
+        assert!(restarted.skip_to(100).is_some());
     }
 
     #[test]

@@ -279,17 +279,19 @@ impl AckTask {
                     // document with nothing but such streams is refused whole, its epoch too.
                     let is_ahead = |w: u64, head: u64| w.checked_add(1).is_none_or(|next| next > head);
                     let own_skip = |name: &str, w: u64| name.starts_with('_') && w < MAX_SKIP_TO;
-                    let ahead: Vec<String> = marks
+                    // Per stream journaled here: whether it is refused as ahead, and why.
+                    let journaled: Vec<(bool, String)> = marks
                         .streams
                         .iter()
                         .filter_map(|(stream, &w)| {
                             let id = StreamId::parse_local(&node, stream)?;
-                            let head = journals.get(&id.name)?.lock().ok()?.head();
-                            (is_ahead(w, head) && !own_skip(&id.name, w))
-                                .then(|| format!("{w} for {stream}, published up to {head}"))
+                            let j = journals.get(&id.name)?.lock().ok()?;
+                            let refused = is_ahead(w, j.head()) && !(own_skip(&id.name, w) && j.is_fresh());
+                            Some((refused, format!("{w} for {stream}, published up to {}", j.head())))
                         })
                         .collect();
-                    if !ahead.is_empty() && ahead.len() == marks.streams.len() {
+                    let ahead: Vec<&str> = journaled.iter().filter(|s| s.0).map(|s| s.1.as_str()).collect();
+                    if !ahead.is_empty() && ahead.len() == journaled.len() {
                         refuse(Reason::WatermarkAhead, format_args!("watermark {}, from {from}", ahead.join("; ")));
                         continue;
                     }
@@ -347,13 +349,17 @@ impl AckTask {
                             }
                             continue;
                         }
-                        let advanced = j.lock().ok().and_then(|mut j| {
-                            j.named();
-                            j.ack(w)
-                        });
+                        let advanced = j.lock().ok().and_then(|mut j| j.ack(w));
                         if let Some(cp) = advanced {
                             checkpoint.sources.insert(id.name, cp);
                             dirty = true;
+                        }
+                    }
+                    // The writer has spoken: a stream it did not name ahead follows on from what
+                    // it holds (nothing, or what it acknowledged), and no later watermark moves it.
+                    for j in journals.values() {
+                        if let Ok(mut j) = j.lock() {
+                            j.named();
                         }
                     }
                 }
