@@ -744,19 +744,25 @@ fn a_dlr_is_handled_by_one_gateway_when_its_owner_hangs_or_one_write_repeats_it(
     drop(b);
 }
 
+/// Agents a, b and c, with `ids` registered on a (connector `dec`) and copied to b and c. a
+/// dials b and c, so it links again as soon as it wakes from a stop (its view of them may not
+/// change between two looks), and a cluster of three keeps some peer live.
+fn owner_a_with_copies(c: &Cluster, ids: &[String]) -> [LimitsNode; 3] {
+    let b = start(c, "b", &[]);
+    let c3 = start(c, "c", &[b.endpoint()]);
+    let a = start(c, "a", &[b.endpoint(), c3.endpoint()]);
+    wait_mesh(c, &["a", "b", "c"]);
+    let n = register(c, "a", "dec", ids.iter().cloned());
+    let copies = || dlr_counter(c, "b", "replica_ops_received") + dlr_counter(c, "c", "replica_ops_received");
+    assert!(wait_until(Duration::from_secs(10), || copies() >= n as u64), "{} copies of {n}", copies());
+    [a, b, c3]
+}
+
 #[test]
 fn an_owner_hung_past_its_lease_learns_what_was_closed_and_no_lookup_calls_a_record_missing() {
     let c = Cluster::new();
-    // a dials b and c, so it links again as soon as it wakes (its view of them may not change
-    // between two looks), and a cluster of three keeps some peer live.
-    let b = start(&c, "b", &[]);
-    let c3 = start(&c, "c", &[b.endpoint()]);
-    let a = start(&c, "a", &[b.endpoint(), c3.endpoint()]);
-    wait_mesh(&c, &["a", "b", "c"]);
     let ids: Vec<String> = (5000..5030).map(|i| i.to_string()).collect();
-    let n = register(&c, "a", "dec", ids.clone());
-    let copies = || dlr_counter(&c, "b", "replica_ops_received") + dlr_counter(&c, "c", "replica_ops_received");
-    assert!(wait_until(Duration::from_secs(10), || copies() >= n as u64), "{} copies of {n}", copies());
+    let [a, b, c3] = owner_a_with_copies(&c, &ids);
 
     // a hangs past its lease: b sees it gone, hands the DLRs of half its records to its own
     // gateway (owner_down) and closes its copies; a record registered on b meanwhile has no
@@ -876,14 +882,8 @@ fn a_node_rebuilt_empty_numbers_its_own_records_above_what_the_collector_holds()
 #[test]
 fn an_owner_stopped_for_a_second_takes_no_dlr_another_gateway_handled() {
     let c = Cluster::new();
-    let b = start(&c, "b", &[]);
-    let c3 = start(&c, "c", &[b.endpoint()]);
-    let a = start(&c, "a", &[b.endpoint(), c3.endpoint()]);
-    wait_mesh(&c, &["a", "b", "c"]);
     let ids: Vec<String> = (7000..7010).map(|i| i.to_string()).collect();
-    let n = register(&c, "a", "dec", ids.clone());
-    let copies = || dlr_counter(&c, "b", "replica_ops_received") + dlr_counter(&c, "c", "replica_ops_received");
-    assert!(wait_until(Duration::from_secs(10), || copies() >= n as u64), "{} copies of {n}", copies());
+    let [a, b, c3] = owner_a_with_copies(&c, &ids);
 
     // a stops for a little over a second (under its lease: no node sees it gone) while each DLR
     // is reported once at b or c; a answers as it wakes.

@@ -448,6 +448,15 @@ fn the_store_stopped_for_a_while_loses_nothing_and_health_says_why() {
     g.finish();
 }
 
+/// A zenoh client session of the agent listening on `port` (a peer making up messages).
+async fn client_of(port: u16) -> zenoh::Session {
+    let mut config = zenoh::Config::default();
+    config.insert_json5("mode", "\"client\"").unwrap();
+    config.insert_json5("connect/endpoints", &format!("[\"tcp/127.0.0.1:{port}\"]")).unwrap();
+    config.insert_json5("scouting/multicast/enabled", "false").unwrap();
+    zenoh::open(config).await.unwrap()
+}
+
 #[test]
 fn an_agent_ignores_watermarks_of_a_replaced_writer() {
     // c1 writes (epoch 0), is killed and comes back: its new claim has a later slot, so a
@@ -476,11 +485,7 @@ fn an_agent_ignores_watermarks_of_a_replaced_writer() {
     // A stale writer (or anyone) claims that everything up to 10 M is committed, under epoch 0.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     rt.block_on(async {
-        let mut config = zenoh::Config::default();
-        config.insert_json5("mode", "\"client\"").unwrap();
-        config.insert_json5("connect/endpoints", &format!("[\"tcp/127.0.0.1:{agent_port}\"]")).unwrap();
-        config.insert_json5("scouting/multicast/enabled", "false").unwrap();
-        let s = zenoh::open(config).await.unwrap();
+        let s = client_of(agent_port).await;
         let stranger = format!("sb/{}/watermark/c0/gw-a", c.cluster);
         // A stranger (no live collector is named c0) announces a huge epoch: not taken.
         s.put(&stranger, r#"{"version":1,"streams":{},"epoch":18446744073709551615}"#).await.unwrap();
@@ -509,11 +514,7 @@ fn an_agent_ignores_watermarks_of_a_replaced_writer() {
     // sent it): the real writer's watermarks are refused as older, until no watermark has been
     // taken for 5 s; then they are followed again.
     rt.block_on(async {
-        let mut config = zenoh::Config::default();
-        config.insert_json5("mode", "\"client\"").unwrap();
-        config.insert_json5("connect/endpoints", &format!("[\"tcp/127.0.0.1:{agent_port}\"]")).unwrap();
-        config.insert_json5("scouting/multicast/enabled", "false").unwrap();
-        let s = zenoh::open(config).await.unwrap();
+        let s = client_of(agent_port).await;
         let key = format!("sb/{}/watermark/c1/gw-a", c.cluster);
         s.put(&key, r#"{"version":1,"streams":{},"epoch":18446744073709551615}"#).await.unwrap();
         s.close().await.unwrap();
@@ -527,11 +528,7 @@ fn an_agent_ignores_watermarks_of_a_replaced_writer() {
     assert!(wait_until(DEADLINE, || count_logs(&c.dataset()) >= n), "{} of {n}", count_logs(&c.dataset()));
     // Idle, the writer's watermarks go out once a second (protocol.md), not at every status update.
     let puts = rt.block_on(async {
-        let mut config = zenoh::Config::default();
-        config.insert_json5("mode", "\"client\"").unwrap();
-        config.insert_json5("connect/endpoints", &format!("[\"tcp/127.0.0.1:{agent_port}\"]")).unwrap();
-        config.insert_json5("scouting/multicast/enabled", "false").unwrap();
-        let s = zenoh::open(config).await.unwrap();
+        let s = client_of(agent_port).await;
         let sub = s.declare_subscriber(format!("sb/{}/watermark/c1/gw-a", c.cluster)).await.unwrap();
         tokio::time::sleep(Duration::from_secs(4)).await;
         let puts = std::iter::from_fn(|| sub.try_recv().ok().flatten()).count();
