@@ -347,9 +347,13 @@ pub(crate) async fn run(service: Arc<DlrService>, cancel: CancellationToken) {
         } else if let Some(before) = moved_from.take().filter(|_| !resync) {
             resync = pass(&service, Some(&before), &peers).await.is_err();
         }
-        if !peers.is_empty() && !resync {
+        // While just woken the pass waits, but new changes still go out (a host that stalls
+        // every few seconds would otherwise never send them); a holder with a newer copy answers
+        // with it, as in a pass.
+        if !peers.is_empty() && (!resync || service.wake.just_woke()) {
             let queued = service.outbox.take();
-            resync = queued.overflowed;
+            // A pass owed (deferred while just woken) stays owed.
+            resync |= queued.overflowed;
             if !queued.records.is_empty() {
                 flush(&service, &peers, queued.records).await;
             }
