@@ -314,9 +314,12 @@ impl LogsSink {
             let (leading, stats) = (self.leading, self.stats.clone());
             let Some(state) = self.open_stream(&id) else { continue };
             (state.floor, state.head) = (floor.min(head), head);
-            let floor = state.floor_here();
+            // Given up: a hole below committed records. Past all of them a number may still come
+            // (in flight; or a forged `acked`), so it is neither counted nor kept as given up.
+            let top = state.committed.max().map_or(0, |m| m.saturating_add(1));
+            let passed = state.floor_here().min(top);
             let from = state.committed.contiguous_from_zero().map_or(0, |w| w.saturating_add(1)).max(state.given_up);
-            let missing = floor.saturating_sub(from).saturating_sub(state.committed.count_in(from, floor));
+            let missing = passed.saturating_sub(from).saturating_sub(state.committed.count_in(from, passed));
             // Counted by the writer only: a standby may not have read the writer's last commits.
             if missing > 0 && leading {
                 stats.records_given_up.fetch_add(missing, Ordering::Relaxed);
@@ -325,14 +328,11 @@ impl LogsSink {
                     "{missing} records between {from} and {} were never committed here and the agent can no longer send \
                      them (it acknowledged them to another collector, or the dataset was restored from an older \
                      backup): the watermark goes on past them",
-                    floor - 1
+                    passed - 1
                 );
             }
             if leading {
-                // Only a hole below committed records stays given up: a number past all of them
-                // may still come (a forged `acked` must not hold the watermark ahead for good).
-                let top = state.committed.max().map_or(0, |m| m.saturating_add(1));
-                state.given_up = state.given_up.max(floor.min(top));
+                state.given_up = state.given_up.max(passed);
             }
             state.announce(head);
             let gaps = state.accepted.gaps(floor, head);
@@ -990,6 +990,17 @@ mod tests {
         assert_eq!(CollectorStats::get(&stats.records_given_up), 10);
         s.commit_standalone(true);
         assert_eq!(s.watermarks().get(&id()), Some(&39));
+        // An `acked` past every committed record (in flight, or forged) is not counted as lost,
+        // however often it comes, and replays are asked from it.
+        let ahead = Heads {
+            streams: [("log/app".to_owned(), 60)].into(),
+            acked: [("log/app".to_owned(), 50)].into(),
+            ..Heads::default()
+        };
+        for _ in 0..3 {
+            s.on_heads("gw", &ahead);
+        }
+        assert_eq!(CollectorStats::get(&stats.records_given_up), 10);
     }
 
     #[test]

@@ -278,7 +278,7 @@ impl AckTask {
                     // refused alone, so that it does not stop the others' acknowledgements; a
                     // document with nothing but such streams is refused whole, its epoch too.
                     let is_ahead = |w: u64, head: u64| w.checked_add(1).is_none_or(|next| next > head);
-                    let own_skip = |name: &str, w: u64| name.starts_with('_') && w < MAX_SKIP_TO;
+                    let own_skip = |name: &str, w: u64| switchboard_bus::tables::internal_of(name).is_some() && w < MAX_SKIP_TO;
                     // Per stream journaled here: whether it is refused as ahead, and why.
                     let journaled: Vec<(bool, String)> = marks
                         .streams
