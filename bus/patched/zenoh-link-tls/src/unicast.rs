@@ -14,18 +14,20 @@
 #[cfg(all(feature = "uring", target_os = "linux"))]
 use std::os::fd::RawFd;
 use std::{
-    cell::UnsafeCell,
     convert::TryInto,
     fmt::{self, Debug},
+    future::poll_fn,
+    io,
     net::SocketAddr,
-    sync::Arc,
+    pin::Pin,
+    sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncWrite, BufReader, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::Mutex as AsyncMutex,
 };
@@ -54,16 +56,38 @@ use crate::{
 #[derive(Default, Debug, PartialEq, Eq, Hash)]
 pub struct TlsCommonName(String);
 
+// The TCP stream under TLS, with a read buffer: rustls reads at most 4 KiB at
+// a time, one system call each without it, where the plain TCP link reads a
+// whole batch (up to 64 KiB) in one.
+type Tcp = BufReader<TcpStream>;
+const TCP_READ_BUFFER: usize = 64 * 1024;
+
+// The TCP listener, accepting streams with that read buffer.
+struct BufferedListener(TcpListener);
+
+impl tls_listener::AsyncAccept for BufferedListener {
+    type Connection = Tcp;
+    type Address = SocketAddr;
+    type Error = io::Error;
+
+    fn poll_accept(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<(Tcp, SocketAddr)>> {
+        self.0
+            .poll_accept(cx)
+            .map_ok(|(stream, addr)| (BufReader::with_capacity(TCP_READ_BUFFER, stream), addr))
+    }
+}
+
 pub struct LinkUnicastTls {
-    // The underlying socket as returned from the async-rustls library
-    // NOTE: TlsStream requires &mut for read and write operations. This means
-    //       that concurrent reads and writes are not possible. To achieve that,
-    //       we use an UnsafeCell for interior mutability. Using an UnsafeCell
-    //       is safe in our case since the transmission and reception logic
-    //       already ensures that no concurrent reads or writes can happen on
-    //       the same stream: there is only one task at the time that writes on
-    //       the stream and only one task at the time that reads from the stream.
-    inner: UnsafeCell<TlsStream<TcpStream>>,
+    // The underlying socket as returned from the async-rustls library.
+    // NOTE: TlsStream requires &mut for read and write operations, and both
+    //       change the one rustls connection state it holds. The reading and
+    //       the writing task therefore take this lock for each poll (never
+    //       across an await), so that they never touch that state at the same
+    //       time; read_mtx and write_mtx keep one reader and one writer.
+    inner: Mutex<TlsStream<Tcp>>,
     // The source socket address of this link (address used on the local host)
     src_addr: SocketAddr,
     src_locator: Locator,
@@ -78,18 +102,15 @@ pub struct LinkUnicastTls {
     expiration_manager: Option<LinkCertExpirationManager>,
 }
 
-unsafe impl Send for LinkUnicastTls {}
-unsafe impl Sync for LinkUnicastTls {}
-
 impl LinkUnicastTls {
     fn new(
-        socket: TlsStream<TcpStream>,
+        socket: TlsStream<Tcp>,
         src_addr: SocketAddr,
         dst_addr: SocketAddr,
         auth_identifier: LinkAuthId,
         expiration_manager: Option<LinkCertExpirationManager>,
     ) -> LinkUnicastTls {
-        let (tcp_stream, _) = socket.get_ref();
+        let tcp_stream = socket.get_ref().0.get_ref();
         // Set the TLS nodelay option
         if let Err(err) = tcp_stream.set_nodelay(true) {
             tracing::warn!(
@@ -125,7 +146,7 @@ impl LinkUnicastTls {
         // target limitation of socket2: https://docs.rs/socket2/latest/src/socket2/sys/unix.rs.html#1544
         #[cfg(target_family = "unix")]
         {
-            let socket = socket2::SockRef::from(&tcp_stream);
+            let socket = socket2::SockRef::from(tcp_stream);
             // Get the MSS and divide it by 2 to ensure we can at least fill half the MSS
             let mss = socket.mss().unwrap_or(mtu as u32) / 2;
             // Compute largest multiple of TCP MSS that is smaller of default MTU
@@ -138,7 +159,7 @@ impl LinkUnicastTls {
 
         // Build the Tls object
         LinkUnicastTls {
-            inner: UnsafeCell::new(socket),
+            inner: Mutex::new(socket),
             src_addr,
             src_locator: Locator::new(TLS_LOCATOR_PREFIX, src_addr.to_string(), "").unwrap(),
             dst_addr,
@@ -151,24 +172,34 @@ impl LinkUnicastTls {
         }
     }
 
-    // NOTE: It is safe to suppress Clippy warning since no concurrent reads
-    //       or concurrent writes will ever happen. The read_mtx and write_mtx
-    //       are respectively acquired in any read and write operation.
-    #[allow(clippy::mut_from_ref)]
-    fn get_mut_socket(&self) -> &mut TlsStream<TcpStream> {
-        unsafe { &mut *self.inner.get() }
+    // The stream, for one poll. A poisoned lock means a poll panicked; the
+    // stream's state is what rustls left, which is what an error reports.
+    fn socket(&self) -> MutexGuard<'_, TlsStream<Tcp>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn write_some(&self, buffer: &[u8]) -> io::Result<usize> {
+        poll_fn(|cx| Pin::new(&mut *self.socket()).poll_write(cx, buffer)).await
+    }
+
+    async fn read_some(&self, buffer: &mut [u8]) -> io::Result<usize> {
+        poll_fn(|cx| {
+            let mut buf = ReadBuf::new(buffer);
+            Pin::new(&mut *self.socket())
+                .poll_read(cx, &mut buf)
+                .map_ok(|()| buf.filled().len())
+        })
+        .await
     }
 
     async fn close(&self) -> ZResult<()> {
         tracing::trace!("Closing TLS link: {}", self);
         // Flush the TLS stream
         let _guard = zasynclock!(self.write_mtx);
-        let tls_stream = self.get_mut_socket();
-        let res = tls_stream.flush().await;
+        let res = poll_fn(|cx| Pin::new(&mut *self.socket()).poll_flush(cx)).await;
         tracing::trace!("TLS link flush {}: {:?}", self, res);
         // Close the underlying TCP stream
-        let (tcp_stream, _) = tls_stream.get_mut();
-        let res = tcp_stream.shutdown().await;
+        let res = poll_fn(|cx| Pin::new(self.socket().get_mut().0).poll_shutdown(cx)).await;
         tracing::trace!("TLS link shutdown {}: {:?}", self, res);
         res.map_err(|e| zerror!(e).into())
     }
@@ -193,7 +224,7 @@ impl LinkUnicastTrait for LinkUnicastTls {
 
     async fn write(&self, buffer: &[u8], _priority: Option<Priority>) -> ZResult<usize> {
         let _guard = zasynclock!(self.write_mtx);
-        self.get_mut_socket().write(buffer).await.map_err(|e| {
+        self.write_some(buffer).await.map_err(|e| {
             tracing::trace!("Write error on TLS link {}: {}", self, e);
             zerror!(e).into()
         })
@@ -201,15 +232,24 @@ impl LinkUnicastTrait for LinkUnicastTls {
 
     async fn write_all(&self, buffer: &[u8], _priority: Option<Priority>) -> ZResult<()> {
         let _guard = zasynclock!(self.write_mtx);
-        self.get_mut_socket().write_all(buffer).await.map_err(|e| {
-            tracing::trace!("Write error on TLS link {}: {}", self, e);
-            zerror!(e).into()
-        })
+        let mut written = 0;
+        while written < buffer.len() {
+            let n = self.write_some(&buffer[written..]).await.map_err(|e| {
+                tracing::trace!("Write error on TLS link {}: {}", self, e);
+                zerror!(e)
+            })?;
+            if n == 0 {
+                tracing::trace!("Write error on TLS link {}: wrote zero bytes", self);
+                bail!("TLS link {} wrote zero bytes", self);
+            }
+            written += n;
+        }
+        Ok(())
     }
 
     async fn read(&self, buffer: &mut [u8], _priority: Option<Priority>) -> ZResult<usize> {
         let _guard = zasynclock!(self.read_mtx);
-        self.get_mut_socket().read(buffer).await.map_err(|e| {
+        self.read_some(buffer).await.map_err(|e| {
             tracing::trace!("Read error on TLS link {}: {}", self, e);
             zerror!(e).into()
         })
@@ -217,14 +257,18 @@ impl LinkUnicastTrait for LinkUnicastTls {
 
     async fn read_exact(&self, buffer: &mut [u8], _priority: Option<Priority>) -> ZResult<()> {
         let _guard = zasynclock!(self.read_mtx);
-        let _ = self
-            .get_mut_socket()
-            .read_exact(buffer)
-            .await
-            .map_err(|e| {
+        let mut filled = 0;
+        while filled < buffer.len() {
+            let n = self.read_some(&mut buffer[filled..]).await.map_err(|e| {
                 tracing::trace!("Read error on TLS link {}: {}", self, e);
                 zerror!(e)
             })?;
+            if n == 0 {
+                tracing::trace!("Read error on TLS link {}: early eof", self);
+                bail!("TLS link {}: early eof", self);
+            }
+            filled += n;
+        }
         Ok(())
     }
 
@@ -287,9 +331,10 @@ impl LinkWithCertExpiration for LinkUnicastTls {
 impl Drop for LinkUnicastTls {
     fn drop(&mut self) {
         // Close the underlying TCP stream
-        let (tcp_stream, _) = self.get_mut_socket().get_mut();
+        let socket = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        let (tcp_stream, _) = socket.get_mut();
         let _ = zenoh_runtime::ZRuntime::Acceptor
-            .block_in_place(async move { tcp_stream.shutdown().await });
+            .block_in_place(poll_fn(|cx| Pin::new(&mut *tcp_stream).poll_shutdown(cx)));
     }
 }
 
@@ -372,7 +417,10 @@ impl LinkManagerUnicastTrait for LinkManagerUnicastTls {
 
         // Initialize the TlsStream
         let tls_stream = connector
-            .connect(server_name.to_owned(), tcp_stream)
+            .connect(
+                server_name.to_owned(),
+                BufReader::with_capacity(TCP_READ_BUFFER, tcp_stream),
+            )
             .await
             .map_err(|e| {
                 zerror!(
@@ -510,7 +558,7 @@ async fn accept_task(
 
     let mut listener = tls_listener::builder(acceptor)
         .handshake_timeout(tls_handshake_timeout)
-        .listen(socket);
+        .listen(BufferedListener(socket));
 
     tracing::trace!("Ready to accept TLS connections on: {:?}", src_addr);
     loop {
@@ -521,7 +569,7 @@ async fn accept_task(
                 match res {
                     Ok((tls_stream, dst_addr)) => {
                         let (tcp_stream, tls_conn) = tls_stream.get_ref();
-                        let src_addr =  match tcp_stream.local_addr()  {
+                        let src_addr =  match tcp_stream.get_ref().local_addr()  {
                             Ok(sa) => sa,
                             Err(e) => {
                                 tracing::debug!("Can not accept TLS connection: {}", e);
