@@ -397,13 +397,14 @@ pub fn error_chain(e: &anyhow::Error) -> String {
 ///   certificate's identity, not by host name (docs/security.md);
 /// - access control warning of a link with several network interfaces: the policy names no
 ///   interface;
-/// - a QUIC link not accepted: a long-running process's refusal counter logs it instead, at a
-///   rate limit when a peer's certificate was refused (`tls_handshake`), as zenoh would otherwise.
+/// - a QUIC or TLS link not accepted: a long-running process's refusal counter logs it instead,
+///   at a rate limit when a peer's certificate was refused (`tls_handshake`), as zenoh would
+///   otherwise.
 fn quiet_zenoh() -> String {
-    use switchboard_bus::refusals::{ZENOH_ACCESS_CONTROL, ZENOH_QUIC_ACCEPT};
+    use switchboard_bus::refusals::{ZENOH_ACCESS_CONTROL, ZENOH_QUIC_ACCEPT, ZENOH_TLS_ACCEPT};
     format!(
         "zenoh::net::runtime::orchestrator=error,zenoh_link_commons::quic::utils=error,zenoh_link_tls::utils=error,\
-         {ZENOH_ACCESS_CONTROL}=error,{ZENOH_QUIC_ACCEPT}=error"
+         {ZENOH_ACCESS_CONTROL}=error,{ZENOH_QUIC_ACCEPT}=error,{ZENOH_TLS_ACCEPT}=error"
     )
 }
 

@@ -34,7 +34,7 @@ use switchboard_agent::parse::Format;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// `bus.compression` for every process a bench starts: the product's default (`None`: on with
-/// TLS), or what `SB_BUS_COMPRESSION` (`true` or `false`) says, to compare the two in otherwise
+/// `quic/` endpoints), or what `SB_BUS_COMPRESSION` (`true` or `false`) says, to compare the two in otherwise
 /// equal runs.
 pub(crate) fn bus_compression() -> Option<bool> {
     match std::env::var("SB_BUS_COMPRESSION").as_deref() {
@@ -154,9 +154,9 @@ enum Bench {
         /// Lookups per second (paced).
         #[arg(long, default_value_t = 10_000)]
         rate: u64,
-        /// The secure transport: `quic` (default) or `tls` (TLS over TCP; see docs/security.md
-        /// for why it is not the default).
-        #[arg(long, default_value = "quic", value_parser = ["quic", "tls"])]
+        /// The secure transport: `tls` (TLS over TCP, the default) or `quic` (QUIC over UDP;
+        /// docs/security.md compares the two).
+        #[arg(long, default_value = "tls", value_parser = ["tls", "quic"])]
         transport: String,
     },
     /// One node of the accuracy run (started by `limits`): a node agent from a config file.
@@ -280,7 +280,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Bench::Tls { lines, repeat, records, lookups, rate, transport } => {
-            let transport = if transport == "tls" { "tls" } else { "quic" };
+            let transport = if transport == "quic" { "quic" } else { "tls" };
             tls::run(&tls::TlsBench { lines, repeat, records, lookups, rate, transport })
         }
         Bench::Dlr { records, lookups, rate, clients, cache_mb, repeat, copies } => {

@@ -16,12 +16,12 @@ use switchboard_bus::udp;
 
 use crate::{dlr, logs};
 
-/// The secure transport of this run (`quic` or `tls`), for the benches that build endpoints.
+/// The secure transport of this run (`tls` or `quic`), for the benches that build endpoints.
 static PROTO: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
 
-/// `quic` or `tls` as `sb-bench tls --transport` says (default `quic`).
+/// `tls` or `quic` as `sb-bench tls --transport` says (default `tls`).
 pub(crate) fn proto() -> &'static str {
-    PROTO.get().copied().unwrap_or("quic")
+    PROTO.get().copied().unwrap_or("tls")
 }
 
 /// What `sb-bench tls` runs.

@@ -82,16 +82,16 @@ pub struct BusConfig {
     #[serde(default = "default_lease_ms")]
     pub lease_ms: u64,
     /// Mutual TLS (`[bus.tls]`: `ca`, `cert`, `key`, `members`; docs/security.md). With it, every
-    /// endpoint must be `quic/...` (or `tls/...`) and the access policy is in force. Default:
-    /// none (plain TCP, for a lab; the process warns).
+    /// endpoint must be `tls/...` (TLS over TCP) or `quic/...` and the access policy is in force.
+    /// Default: none (plain TCP, for a lab; the process warns).
     #[serde(default)]
     pub tls: Option<crate::tls::TlsConfig>,
     /// Compress what this process sends on a link with LZ4, batch by batch, where the process at
     /// the other end also offers it (zenoh's own negotiation: a client that does not is spoken
-    /// to uncompressed). Default: on with `[bus.tls]`, where the LZ4 costs less CPU than
-    /// encrypting and sending the bytes it saves; off on plain TCP, where on one host it costs
-    /// more than it saves. Turn it on for a plain link short of bandwidth (docs/architecture.md,
-    /// Decisions).
+    /// to uncompressed). Default: on when an endpoint of this process is `quic/`, where every
+    /// byte saved is a share of a datagram QUIC need not encrypt, send and acknowledge; off on
+    /// `tcp/` and `tls/`, where on one host it costs more than it saves. Turn it on for a link
+    /// short of bandwidth (docs/architecture.md, Decisions).
     #[serde(default)]
     pub compression: Option<bool>,
 }
@@ -223,7 +223,7 @@ pub enum ConfigError {
     #[error("endpoint {0:?} needs certificates but [bus.tls] is not set (ca, cert, key; see docs/security.md)")]
     TlsEndpoint(String),
     /// A plain endpoint while `[bus.tls]` is set: it would bypass the access policy.
-    #[error("endpoint {0:?} is not TLS but [bus.tls] is set: use quic/<host>:<port> (or tls/) for every endpoint")]
+    #[error("endpoint {0:?} is not TLS but [bus.tls] is set: use tls/<host>:<port> (or quic/) for every endpoint")]
     PlainEndpoint(String),
 }
 
@@ -281,9 +281,9 @@ impl BusConfig {
         Ok(())
     }
 
-    /// Whether this process offers LZ4 on its links: `compression`, by default with TLS only.
+    /// Whether this process offers LZ4 on its links: `compression`, by default on `quic/` only.
     pub fn compresses(&self) -> bool {
-        self.compression.unwrap_or(self.tls.is_some())
+        self.compression.unwrap_or_else(|| self.listen.iter().chain(&self.connect).any(|e| e.starts_with("quic/")))
     }
 
     /// The zenoh configuration for this bus config, as a JSON5 document zenoh understands.
@@ -452,15 +452,17 @@ mod tests {
     }
 
     #[test]
-    fn compression_is_on_with_tls_unless_set() {
+    fn compression_is_on_with_quic_unless_set() {
         let tls = "[tls]\nca = \"ca.crt\"\ncert = \"a.crt\"\nkey = \"a.key\"\n";
         let enabled = |toml_text: &str| {
             let c: BusConfig = toml::from_str(toml_text).unwrap();
             c.zenoh_json()["transport"]["unicast"]["compression"]["enabled"].as_bool()
         };
         assert_eq!(enabled(""), Some(false));
-        assert_eq!(enabled(tls), Some(true));
-        assert_eq!(enabled(&format!("compression = false\n{tls}")), Some(false));
+        assert_eq!(enabled(&format!("connect = [\"tls/10.0.0.9:7447\"]\n{tls}")), Some(false));
+        assert_eq!(enabled(&format!("connect = [\"quic/10.0.0.9:7447\"]\n{tls}")), Some(true));
+        assert_eq!(enabled(&format!("listen = [\"quic/0.0.0.0:7447\"]\n{tls}")), Some(true));
+        assert_eq!(enabled(&format!("compression = false\nconnect = [\"quic/10.0.0.9:7447\"]\n{tls}")), Some(false));
         assert_eq!(enabled("compression = true"), Some(true));
     }
 

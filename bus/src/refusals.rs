@@ -146,7 +146,8 @@ pub const ZENOH_ACCESS_CONTROL: &str = "zenoh::net::routing::interceptor::access
 /// Where zenoh's QUIC listener logs a link it could not accept (at `WARN`, every one: the log
 /// filter of a process holds these back, and [`AccessDeniedLayer`] logs them instead).
 pub const ZENOH_QUIC_ACCEPT: &str = "zenoh_link_commons::quic::unicast";
-/// Where zenoh's TLS-over-TCP listener logs one (at `DEBUG`).
+/// Where zenoh's TLS-over-TCP listener logs one (at `WARN`, with the same hint; its other lines
+/// at `DEBUG`).
 pub const ZENOH_TLS_ACCEPT: &str = "zenoh_link_tls::unicast";
 
 /// A `tracing` layer that counts what zenoh refuses for the policy: access-control denials as
@@ -167,13 +168,19 @@ impl AccessDeniedLayer {
     }
 }
 
-/// zenoh's line for a link it could not accept, when the cause is the peer's certificate (none
-/// sent, a foreign CA's): the line without zenoh's hint about open files, which does not apply.
-fn handshake_refused(message: &str) -> Option<&str> {
-    let accept = message.contains("QUIC acceptor failed") || message.contains("Can not accept TLS connection");
+/// zenoh's hint on every link its listeners could not accept, whatever the cause.
+const OPEN_FILES_HINT: &str = " Hint: increase the system open file limit";
+
+/// zenoh's line (logged at `target`) for a link it could not accept, when the cause is the
+/// peer's certificate (none sent, a foreign CA's): the line without zenoh's hint about open
+/// files, which does not apply. The `quic/` listener names the acceptor; the `tls/` listener logs
+/// rustls's error alone, followed by the hint.
+fn handshake_refused<'m>(target: &str, message: &'m str) -> Option<&'m str> {
+    let accept = message.contains("QUIC acceptor failed")
+        || message.contains("Can not accept TLS connection")
+        || (target == ZENOH_TLS_ACCEPT && message.contains(OPEN_FILES_HINT));
     let certificate = message.to_ascii_lowercase().contains("certificate");
-    (accept && certificate)
-        .then(|| message.split(" Hint: increase the system open file limit").next().unwrap_or(message))
+    (accept && certificate).then(|| message.split(OPEN_FILES_HINT).next().unwrap_or(message))
 }
 
 struct Message(String);
@@ -195,7 +202,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AccessDeniedLayer 
         event.record(&mut m);
         let target = event.metadata().target();
         if target == ZENOH_QUIC_ACCEPT || target == ZENOH_TLS_ACCEPT {
-            match handshake_refused(&m.0) {
+            match handshake_refused(target, &m.0) {
                 Some(line) => refuse(Reason::TlsHandshake, line),
                 // Held back from the log with the refusals: said here, as zenoh would have.
                 None if *event.metadata().level() <= tracing::Level::WARN => tracing::warn!("{}", m.0),
@@ -219,16 +226,35 @@ mod tests {
     #[test]
     fn a_handshake_refused_for_its_certificate_is_told_from_other_accept_errors() {
         let none = r#"QUIC acceptor failed: TransportError(Error { code: Code::crypto(2a), frame: None, reason: "peer sent no certificates" }) Hint: increase the system open file limit."#;
-        assert_eq!(handshake_refused(none).map(|l| l.ends_with("certificates\" })")), Some(true));
+        let quic = ZENOH_QUIC_ACCEPT;
+        assert_eq!(handshake_refused(quic, none).map(|l| l.ends_with("certificates\" })")), Some(true));
         let foreign = r#"QUIC acceptor failed: TransportError(Error { code: Code::crypto(2a), frame: None, reason: "invalid peer certificate: BadSignature" }) Hint: increase the system open file limit."#;
-        assert!(handshake_refused(foreign).is_some());
-        assert!(handshake_refused("Can not accept TLS connection: invalid peer certificate: UnknownIssuer").is_some());
-        // A link that timed out (a process resumed after a stop), or running out of files.
+        assert!(handshake_refused(quic, foreign).is_some());
+        let tls = ZENOH_TLS_ACCEPT;
         assert!(
-            handshake_refused("QUIC acceptor failed: TimedOut Hint: increase the system open file limit.").is_none()
+            handshake_refused(tls, "Can not accept TLS connection: invalid peer certificate: UnknownIssuer").is_some()
         );
-        assert!(handshake_refused("Too many open files (os error 24). Hint: increase the system open file limit.")
+        // The tls/ listener: rustls's error and the hint.
+        let none = "peer sent no certificates. Hint: increase the system open file limit.";
+        assert_eq!(handshake_refused(tls, none), Some("peer sent no certificates."));
+        assert!(handshake_refused(
+            tls,
+            "invalid peer certificate: UnknownIssuer. Hint: increase the system open file limit."
+        )
+        .is_some());
+        // Not an accept: a line of the tls/ listener that speaks of certificates otherwise.
+        assert!(handshake_refused(tls, "Cannot monitor expiration for TLS link: client does not have certificates")
             .is_none());
+        // A link that timed out (a process resumed after a stop), or running out of files.
+        assert!(handshake_refused(quic, "QUIC acceptor failed: TimedOut Hint: increase the system open file limit.")
+            .is_none());
+        assert!(handshake_refused(tls, "Timeout during TLS handshake. Hint: increase the system open file limit.")
+            .is_none());
+        assert!(handshake_refused(
+            tls,
+            "Too many open files (os error 24). Hint: increase the system open file limit."
+        )
+        .is_none());
     }
 
     #[test]

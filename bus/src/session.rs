@@ -119,13 +119,6 @@ pub async fn open(config: &BusConfig, role: Option<IdRole>) -> Result<Session, S
                 .map_err(|e| SessionError::Zenoh(format!("access policy: {e}")))?;
             crate::refusals::set_tls(true);
             crate::refusals::set_prefix(keys.prefix());
-            if config.listen.iter().chain(&config.connect).any(|e| e.starts_with("tls/")) {
-                tracing::warn!(
-                    "bus: a tls/ endpoint: zenoh's TLS-over-TCP link shares one TLS connection between \
-                     its reader and its writer without a lock, which can corrupt memory under two-way \
-                     load; use quic/ endpoints (docs/security.md)"
-                );
-            }
             if role.is_some() {
                 crate::udp::warn_if_small(config.listen.iter().chain(&config.connect));
             }

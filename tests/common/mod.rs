@@ -155,9 +155,14 @@ impl Cluster {
         }
     }
 
-    /// A cluster on mutual TLS: a CA made by `switchboard certs init`, and a certificate for
-    /// each of `identities` (`<role>:<name>`), all of them members.
+    /// A cluster on mutual TLS over TCP (`tls/` endpoints): a CA made by `switchboard certs
+    /// init`, and a certificate for each of `identities` (`<role>:<name>`), all of them members.
     pub fn with_tls(identities: &[&str]) -> Self {
+        Self::with_tls_on("tls", identities)
+    }
+
+    /// The same, on `proto` endpoints (`tls` or `quic`).
+    pub fn with_tls_on(proto: &str, identities: &[&str]) -> Self {
         let mut c = Self::new();
         let dir = c.path().join("tls");
         certs(&["init", "--dir", dir.to_str().unwrap()]);
@@ -165,7 +170,7 @@ impl Cluster {
             let (role, name) = id.split_once(':').unwrap();
             certs(&["issue", name, "--role", role, "--dir", dir.to_str().unwrap()]);
         }
-        c.endpoint = c.endpoint.replace("tcp/", "quic/");
+        c.endpoint = c.endpoint.replace("tcp/", &format!("{proto}/"));
         c.tls = Some(dir);
         c
     }
