@@ -172,20 +172,30 @@ impl LinkUnicastTls {
         }
     }
 
-    // The stream, for one poll. A poisoned lock means a poll panicked; the
-    // stream's state is what rustls left, which is what an error reports.
-    fn socket(&self) -> MutexGuard<'_, TlsStream<Tcp>> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    // The stream, for one poll. A poisoned lock means a poll panicked part-way
+    // through a change of the TLS state: the link fails at once rather than go
+    // on with that state.
+    fn socket(&self) -> io::Result<MutexGuard<'_, TlsStream<Tcp>>> {
+        self.inner
+            .lock()
+            .map_err(|_| io::Error::other("TLS link unusable: a poll of its stream panicked"))
     }
 
     async fn write_some(&self, buffer: &[u8]) -> io::Result<usize> {
-        poll_fn(|cx| Pin::new(&mut *self.socket()).poll_write(cx, buffer)).await
+        poll_fn(|cx| Pin::new(&mut *self.socket()?).poll_write(cx, buffer)).await
+    }
+
+    // Whatever rustls still holds goes to the socket: its poll_write answers
+    // once the bytes are encrypted, even when the socket took none of them,
+    // and nothing would send the rest before the next write.
+    async fn flush(&self) -> io::Result<()> {
+        poll_fn(|cx| Pin::new(&mut *self.socket()?).poll_flush(cx)).await
     }
 
     async fn read_some(&self, buffer: &mut [u8]) -> io::Result<usize> {
         poll_fn(|cx| {
             let mut buf = ReadBuf::new(buffer);
-            Pin::new(&mut *self.socket())
+            Pin::new(&mut *self.socket()?)
                 .poll_read(cx, &mut buf)
                 .map_ok(|()| buf.filled().len())
         })
@@ -196,10 +206,10 @@ impl LinkUnicastTls {
         tracing::trace!("Closing TLS link: {}", self);
         // Flush the TLS stream
         let _guard = zasynclock!(self.write_mtx);
-        let res = poll_fn(|cx| Pin::new(&mut *self.socket()).poll_flush(cx)).await;
+        let res = self.flush().await;
         tracing::trace!("TLS link flush {}: {:?}", self, res);
         // Close the underlying TCP stream
-        let res = poll_fn(|cx| Pin::new(self.socket().get_mut().0).poll_shutdown(cx)).await;
+        let res = poll_fn(|cx| Pin::new(self.socket()?.get_mut().0).poll_shutdown(cx)).await;
         tracing::trace!("TLS link shutdown {}: {:?}", self, res);
         res.map_err(|e| zerror!(e).into())
     }
@@ -224,7 +234,11 @@ impl LinkUnicastTrait for LinkUnicastTls {
 
     async fn write(&self, buffer: &[u8], _priority: Option<Priority>) -> ZResult<usize> {
         let _guard = zasynclock!(self.write_mtx);
-        self.write_some(buffer).await.map_err(|e| {
+        let written = match self.write_some(buffer).await {
+            Ok(n) => self.flush().await.map(|()| n),
+            Err(e) => Err(e),
+        };
+        written.map_err(|e| {
             tracing::trace!("Write error on TLS link {}: {}", self, e);
             zerror!(e).into()
         })
@@ -244,7 +258,10 @@ impl LinkUnicastTrait for LinkUnicastTls {
             }
             written += n;
         }
-        Ok(())
+        self.flush().await.map_err(|e| {
+            tracing::trace!("Write error on TLS link {}: {}", self, e);
+            zerror!(e).into()
+        })
     }
 
     async fn read(&self, buffer: &mut [u8], _priority: Option<Priority>) -> ZResult<usize> {
