@@ -1005,3 +1005,58 @@ async fn a_tls_link_carries_traffic_both_ways_at_once() {
     assert!(answered > 1000 && sent > 1000, "too little load to tell: {answered} queries, {sent} puts");
     eprintln!("over one tls/ link in 4 s: {answered} queries answered, {sent} puts of {PUT} bytes both ways");
 }
+
+/// TCP connections to `endpoint`'s port from `source` (another loopback address: the listener
+/// counts handshakes per host), `n` of them, each sending `bytes` (nothing for none).
+async fn connections_from(source: &str, endpoint: &str, n: usize, bytes: &[u8]) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let port: u16 = endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        let mut stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+        if !bytes.is_empty() {
+            stream.write_all(bytes).await.unwrap();
+        }
+        held.push(stream);
+    }
+    held
+}
+
+/// An outsider's connections that never complete a TLS handshake (silent ones held open,
+/// garbage, more than a host may have in progress) neither shut the `tls/` listener nor flood
+/// its log: a member connects at once meanwhile, and each is counted as `tls_incomplete`,
+/// logged at the rate limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_that_never_complete_do_not_keep_members_out() {
+    let c = Cluster::with_tls(&["collector:c1", "agent:gw1", "admin:ops"]);
+    let s = setup(c);
+    let c = &s.c;
+    // 40 silent connections from one host, held open: 16 wait for their handshake (the bound
+    // per host), the other 24 are closed at once. Then 60 of garbage, 10 from each of 6 hosts
+    // (each a failed handshake: published, each held the listener shut for 100 ms).
+    let silent = connections_from("127.0.0.2", &c.endpoint, 40, b"").await;
+    for host in 3..9 {
+        let garbage = [0x16, 0x03, 0x01, 0xff, 0xff, 0, 1, 2, 3];
+        drop(connections_from(&format!("127.0.0.{host}"), &c.endpoint, 10, &garbage).await);
+    }
+    // A member's command connects and sees the cluster while the silent ones still wait.
+    let started = std::time::Instant::now();
+    let out = as_admin(c, &c.endpoint, &["status", "--format", "json"]);
+    let took = started.elapsed();
+    let status: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let alive = |kind: &str| status[kind].as_array().into_iter().flatten().any(|p| p["alive"] == true);
+    assert!(alive("collectors") && alive("nodes"), "status during the flood, after {took:?}: {status:#}");
+    assert!(took < Duration::from_secs(5), "status took {took:?} during the flood");
+    // Counted: the 24 past the bound and the 60 of garbage.
+    let counted = wait_until(Duration::from_secs(10), || refused(c, "collector", "tls_incomplete") >= 84);
+    assert!(counted, "tls_incomplete {}", refused(c, "collector", "tls_incomplete"));
+    drop(silent);
+    // Logged at the rate limit, not once a connection.
+    let log = s._collector.log_text();
+    let lines = log.lines().filter(|l| l.contains("Can not accept TLS connection")).count();
+    assert!((1..=3).contains(&lines), "{lines} lines of refused handshakes:\n{log}");
+    assert_eq!(refused(c, "collector", "tls_handshake"), 0, "a handshake that never began counted as a certificate's");
+}

@@ -51,7 +51,8 @@ reasons! {
     HeadInvalid => "head_invalid": "Heads that do not parse or are out of bounds.",
     ReplayRange => "replay_range": "A replay query whose range is inverted or too long.",
     StreamsTooMany => "streams_too_many": "A log batch that would open more streams of one node than a collector keeps (1,024).",
-    TlsHandshake => "tls_handshake": "A link whose TLS handshake failed on the peer's certificate: none, or one the cluster's CA did not sign.",
+    TlsHandshake => "tls_handshake": "A link whose TLS handshake failed on a certificate: the peer sent none or one the cluster's CA did not sign, or refused this process's (it trusts another CA).",
+    TlsIncomplete => "tls_incomplete": "A connection to a tls/ listener that closed, timed out or sent what is not TLS before its handshake completed, or one past the handshakes in progress a listener takes (256, 16 from one host).",
 }
 
 const N: usize = Reason::ALL.len();
@@ -146,8 +147,8 @@ pub const ZENOH_ACCESS_CONTROL: &str = "zenoh::net::routing::interceptor::access
 /// Where zenoh's QUIC listener logs a link it could not accept (at `WARN`, every one: the log
 /// filter of a process holds these back, and [`AccessDeniedLayer`] logs them instead).
 pub const ZENOH_QUIC_ACCEPT: &str = "zenoh_link_commons::quic::unicast";
-/// Where zenoh's TLS-over-TCP listener logs one (at `WARN`, with the same hint; its other lines
-/// at `DEBUG`).
+/// Where zenoh's TLS-over-TCP listener logs one (at `WARN`: `Can not accept TLS connection from
+/// <peer>: <why>`, or zenoh's hint for an error of the socket itself; its other lines at `DEBUG`).
 pub const ZENOH_TLS_ACCEPT: &str = "zenoh_link_tls::unicast";
 
 /// A `tracing` layer that counts what zenoh refuses for the policy: access-control denials as
@@ -171,16 +172,21 @@ impl AccessDeniedLayer {
 /// zenoh's hint on every link its listeners could not accept, whatever the cause.
 const OPEN_FILES_HINT: &str = " Hint: increase the system open file limit";
 
-/// zenoh's line (logged at `target`) for a link it could not accept, when the cause is the
-/// peer's certificate (none sent, a foreign CA's): the line without zenoh's hint about open
-/// files, which does not apply. The `quic/` listener names the acceptor; the `tls/` listener logs
-/// rustls's error alone, followed by the hint.
+/// zenoh's line (logged at `target`) for a link it could not accept, when the cause is a
+/// certificate (the peer sent none or a foreign CA's, or refused this process's with a fatal
+/// alert): the line without zenoh's hint about open files, which does not apply.
 fn handshake_refused<'m>(target: &str, message: &'m str) -> Option<&'m str> {
-    let accept = message.contains("QUIC acceptor failed")
-        || message.contains("Can not accept TLS connection")
-        || (target == ZENOH_TLS_ACCEPT && message.contains(OPEN_FILES_HINT));
-    let certificate = message.to_ascii_lowercase().contains("certificate");
+    let accept = message.contains("QUIC acceptor failed") || tls_accept_failed(target, message);
+    let lower = message.to_ascii_lowercase();
+    let certificate = lower.contains("certificate") || lower.contains("fatal alert");
     (accept && certificate).then(|| message.split(OPEN_FILES_HINT).next().unwrap_or(message))
+}
+
+/// Whether a line of the `tls/` listener is a handshake it could not complete: the listener's
+/// line for one that failed, timed out or was one too many (`Can not accept TLS connection from
+/// <peer>: <why>`; bus/patched/zenoh-link-tls).
+fn tls_accept_failed(target: &str, message: &str) -> bool {
+    target == ZENOH_TLS_ACCEPT && message.contains("Can not accept TLS connection")
 }
 
 struct Message(String);
@@ -204,6 +210,9 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AccessDeniedLayer 
         if target == ZENOH_QUIC_ACCEPT || target == ZENOH_TLS_ACCEPT {
             match handshake_refused(target, &m.0) {
                 Some(line) => refuse(Reason::TlsHandshake, line),
+                // A handshake that never completed (or one too many at once): counted and logged
+                // at the rate limit, however many connections an outsider opens.
+                None if tls_accept_failed(target, &m.0) => refuse(Reason::TlsIncomplete, m.0),
                 // Held back from the log with the refusals: said here, as zenoh would have.
                 None if *event.metadata().level() <= tracing::Level::WARN => tracing::warn!("{}", m.0),
                 None => {}
@@ -230,31 +239,38 @@ mod tests {
         assert_eq!(handshake_refused(quic, none).map(|l| l.ends_with("certificates\" })")), Some(true));
         let foreign = r#"QUIC acceptor failed: TransportError(Error { code: Code::crypto(2a), frame: None, reason: "invalid peer certificate: BadSignature" }) Hint: increase the system open file limit."#;
         assert!(handshake_refused(quic, foreign).is_some());
+        // The tls/ listener's own line: the peer sent no certificate or a foreign CA's, or
+        // refused this process's (a fatal alert).
         let tls = ZENOH_TLS_ACCEPT;
-        assert!(
-            handshake_refused(tls, "Can not accept TLS connection: invalid peer certificate: UnknownIssuer").is_some()
-        );
-        // The tls/ listener: rustls's error and the hint.
-        let none = "peer sent no certificates. Hint: increase the system open file limit.";
-        assert_eq!(handshake_refused(tls, none), Some("peer sent no certificates."));
-        assert!(handshake_refused(
-            tls,
-            "invalid peer certificate: UnknownIssuer. Hint: increase the system open file limit."
-        )
-        .is_some());
+        let from = "Can not accept TLS connection from 127.0.0.1:5";
+        for cause in [
+            "peer sent no certificates",
+            "invalid peer certificate: UnknownIssuer",
+            "received fatal alert: DecryptError",
+        ] {
+            let line = format!("{from}: {cause}");
+            assert_eq!(handshake_refused(tls, &line), Some(line.as_str()));
+        }
+        // A handshake that did not complete, or one too many: counted apart.
+        for cause in [
+            "tls handshake eof",
+            "timeout during TLS handshake",
+            "received corrupt message of type InvalidContentType",
+            "16 TLS handshakes in progress from that host (at most 16)",
+        ] {
+            let line = format!("{from}: {cause}");
+            assert!(handshake_refused(tls, &line).is_none(), "{line}");
+            assert!(tls_accept_failed(tls, &line), "{line}");
+        }
+        assert!(!tls_accept_failed(quic, &format!("{from}: tls handshake eof")));
         // Not an accept: a line of the tls/ listener that speaks of certificates otherwise.
-        assert!(handshake_refused(tls, "Cannot monitor expiration for TLS link: client does not have certificates")
-            .is_none());
+        let expiry = "Cannot monitor expiration for TLS link: client does not have certificates";
+        assert!(handshake_refused(tls, expiry).is_none() && !tls_accept_failed(tls, expiry));
         // A link that timed out (a process resumed after a stop), or running out of files.
-        assert!(handshake_refused(quic, "QUIC acceptor failed: TimedOut Hint: increase the system open file limit.")
-            .is_none());
-        assert!(handshake_refused(tls, "Timeout during TLS handshake. Hint: increase the system open file limit.")
-            .is_none());
-        assert!(handshake_refused(
-            tls,
-            "Too many open files (os error 24). Hint: increase the system open file limit."
-        )
-        .is_none());
+        let hint = " Hint: increase the system open file limit.";
+        assert!(handshake_refused(quic, &format!("QUIC acceptor failed: TimedOut{hint}")).is_none());
+        let files = format!("Too many open files (os error 24).{hint}");
+        assert!(handshake_refused(tls, &files).is_none() && handshake_refused(quic, &files).is_none());
     }
 
     #[test]

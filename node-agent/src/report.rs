@@ -74,7 +74,7 @@ impl Report for AgentReport {
             // On TLS a collector that runs but refuses this node (its members file does not
             // list it yet) is not seen either, and the operator must be told where to look.
             let tls = if switchboard_bus::refusals::tls() {
-                "; if a collector runs, check that its members file lists this node's identity and that it was restarted since (docs/security.md, Rotation)"
+                "; if a collector runs, check that this node's certificate and ca are of the cluster's CA (`switchboard certs show`), that the collector's members file lists this node's identity and that it was restarted since (docs/security.md, Rotation)"
             } else {
                 ""
             };

@@ -14,13 +14,15 @@
 #[cfg(all(feature = "uring", target_os = "linux"))]
 use std::os::fd::RawFd;
 use std::{
+    collections::HashMap,
     convert::TryInto,
     fmt::{self, Debug},
     future::poll_fn,
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
+    task::Poll,
     time::Duration,
 };
 
@@ -62,8 +64,60 @@ pub struct TlsCommonName(String);
 type Tcp = BufReader<TcpStream>;
 const TCP_READ_BUFFER: usize = 64 * 1024;
 
-// The TCP listener, accepting streams with that read buffer.
-struct BufferedListener(TcpListener);
+// TLS handshakes in progress at one listener, at most, and from one host: a
+// connection past either is closed at once. Each holds its read buffer and
+// rustls's state until it completes, fails or times out (10 s by default), so
+// this bounds what connections that never finish can hold.
+const MAX_HANDSHAKES: usize = 256;
+const MAX_HANDSHAKES_PER_HOST: usize = 16;
+// Connections taken off the socket in one poll of the listener, at most.
+const ACCEPTS_PER_POLL: usize = 64;
+
+// The handshakes in progress at one listener, by host.
+#[derive(Default)]
+struct Handshakes(Mutex<HashMap<IpAddr, usize>>);
+
+impl Handshakes {
+    fn hosts(&self) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
+        // Nothing panics under this lock (map updates only).
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    // One more from `host`, or why not.
+    fn start(&self, host: IpAddr) -> Result<(), String> {
+        let mut hosts = self.hosts();
+        let total: usize = hosts.values().sum();
+        let here = hosts.get(&host).copied().unwrap_or(0);
+        if total >= MAX_HANDSHAKES {
+            return Err(format!("{total} TLS handshakes in progress at this listener (at most {MAX_HANDSHAKES})"));
+        }
+        if here >= MAX_HANDSHAKES_PER_HOST {
+            return Err(format!(
+                "{here} TLS handshakes in progress from that host (at most {MAX_HANDSHAKES_PER_HOST})"
+            ));
+        }
+        hosts.insert(host, here + 1);
+        Ok(())
+    }
+
+    // A handshake from `host` completed, failed or timed out.
+    fn end(&self, host: IpAddr) {
+        let mut hosts = self.hosts();
+        if let Some(n) = hosts.get_mut(&host) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                hosts.remove(&host);
+            }
+        }
+    }
+}
+
+// The TCP listener, accepting streams with that read buffer, within the
+// bounds on handshakes in progress.
+struct BufferedListener {
+    socket: TcpListener,
+    handshakes: Arc<Handshakes>,
+}
 
 impl tls_listener::AsyncAccept for BufferedListener {
     type Connection = Tcp;
@@ -74,9 +128,26 @@ impl tls_listener::AsyncAccept for BufferedListener {
         self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<io::Result<(Tcp, SocketAddr)>> {
-        self.0
-            .poll_accept(cx)
-            .map_ok(|(stream, addr)| (BufReader::with_capacity(TCP_READ_BUFFER, stream), addr))
+        for _ in 0..ACCEPTS_PER_POLL {
+            let (stream, addr) = match self.socket.poll_accept(cx) {
+                Poll::Ready(Ok(accepted)) => accepted,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            match self.handshakes.start(addr.ip()) {
+                Ok(()) => {
+                    let stream = BufReader::with_capacity(TCP_READ_BUFFER, stream);
+                    return Poll::Ready(Ok((stream, addr)));
+                }
+                Err(why) => {
+                    tracing::warn!("Can not accept TLS connection from {addr}: {why}");
+                    drop(stream);
+                }
+            }
+        }
+        // A flood of connections past the bounds: let the other tasks run.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -573,9 +644,13 @@ async fn accept_task(
         e
     })?;
 
+    let handshakes = Arc::new(Handshakes::default());
     let mut listener = tls_listener::builder(acceptor)
         .handshake_timeout(tls_handshake_timeout)
-        .listen(BufferedListener(socket));
+        .listen(BufferedListener {
+            socket,
+            handshakes: handshakes.clone(),
+        });
 
     tracing::trace!("Ready to accept TLS connections on: {:?}", src_addr);
     loop {
@@ -585,6 +660,7 @@ async fn accept_task(
             res = listener.accept() => {
                 match res {
                     Ok((tls_stream, dst_addr)) => {
+                        handshakes.end(dst_addr.ip());
                         let (tcp_stream, tls_conn) = tls_stream.get_ref();
                         let src_addr =  match tcp_stream.get_ref().local_addr()  {
                             Ok(sa) => sa,
@@ -651,6 +727,19 @@ async fn accept_task(
                         {
                             tracing::error!("{}-{}: {}", file!(), line!(), e)
                         }
+                    }
+                    // A handshake that failed or timed out: said, and the next
+                    // connection taken at once (published, each one held the
+                    // listener shut for the throttle time below, so that a
+                    // stream of connections that never finish a handshake kept
+                    // every new peer out).
+                    Err(tls_listener::Error::TlsAcceptError { error, peer_addr, .. }) => {
+                        handshakes.end(peer_addr.ip());
+                        tracing::warn!("Can not accept TLS connection from {peer_addr}: {error}");
+                    }
+                    Err(tls_listener::Error::HandshakeTimeout { peer_addr, .. }) => {
+                        handshakes.end(peer_addr.ip());
+                        tracing::warn!("Can not accept TLS connection from {peer_addr}: timeout during TLS handshake");
                     }
                     Err(e) => {
                         tracing::warn!("{}. Hint: increase the system open file limit.", e);
