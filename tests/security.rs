@@ -1024,6 +1024,62 @@ async fn connections_from(source: &str, endpoint: &str, n: usize, bytes: &[u8]) 
     held
 }
 
+/// How many of `streams` the listener closed within `wait` (read the end of the stream, or a
+/// reset), as it closes a connection past its bounds at once.
+async fn closed_by_listener(streams: &mut [tokio::net::TcpStream], wait: Duration) -> usize {
+    tokio::time::sleep(wait).await;
+    let mut buf = [0u8; 64];
+    streams
+        .iter_mut()
+        .filter(|s| !matches!(s.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock))
+        .count()
+}
+
+/// An outsider on many hosts holds more silent handshakes than the `tls/` listener takes (256):
+/// the oldest are ended to make room, so a member still connects at once; and one host
+/// starting handshakes faster than 16 a second (after a burst of 32) has the rest closed at
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outsider_on_many_hosts_cannot_fill_the_tls_listener() {
+    let c = Cluster::with_tls(&["collector:c1", "agent:gw1", "admin:ops"]);
+    let s = setup(c);
+    let c = &s.c;
+    // 16 silent connections (the most one host may have in progress) from each of 17 hosts.
+    let mut held = Vec::new();
+    for host in 10..27 {
+        held.push(connections_from(&format!("127.0.0.{host}"), &c.endpoint, 16, b"").await);
+    }
+    let started = std::time::Instant::now();
+    let out = as_admin(c, &c.endpoint, &["status", "--format", "json"]);
+    let took = started.elapsed();
+    let status: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let alive = |kind: &str| status[kind].as_array().into_iter().flatten().any(|p| p["alive"] == true);
+    assert!(alive("collectors") && alive("nodes"), "status with the listener full, after {took:?}: {status:#}");
+    assert!(took < Duration::from_secs(5), "status took {took:?} with the listener full");
+    // The first host's were the oldest: ended; the last host's still wait.
+    let first = closed_by_listener(&mut held[0], Duration::from_millis(500)).await;
+    assert_eq!(first, 16, "of the oldest handshakes, {first} of 16 ended");
+    let last = closed_by_listener(&mut held[16], Duration::ZERO).await;
+    assert_eq!(last, 0, "{last} of the newest handshakes ended");
+    drop(held);
+
+    // One host opening 8 connections every 100 ms (80 a second), closing each round's.
+    let (mut taken, mut closed) = (0, 0);
+    let began = std::time::Instant::now();
+    for _ in 0..16 {
+        let mut round = connections_from("127.0.0.40", &c.endpoint, 8, b"").await;
+        let n = closed_by_listener(&mut round, Duration::from_millis(100)).await;
+        closed += n;
+        taken += round.len() - n;
+    }
+    let secs = began.elapsed().as_secs_f64();
+    let allowed = 32.0 + 16.0 * secs;
+    assert!(taken as f64 <= allowed + 1.0, "{taken} handshakes started in {secs:.1} s (at most {allowed:.0})");
+    assert!(closed > 0 || allowed >= 128.0, "none of 128 connections in {secs:.1} s closed at once");
+    assert_eq!(refused(c, "collector", "tls_handshake"), 0, "a handshake that never began counted as a certificate's");
+}
+
 /// An outsider's connections that never complete a TLS handshake (silent ones held open,
 /// garbage, more than a host may have in progress) neither shut the `tls/` listener nor flood
 /// its log: a member connects at once meanwhile, and each is counted as `tls_incomplete`,
@@ -1054,6 +1110,11 @@ async fn handshakes_that_never_complete_do_not_keep_members_out() {
     let counted = wait_until(Duration::from_secs(10), || refused(c, "collector", "tls_incomplete") >= 84);
     assert!(counted, "tls_incomplete {}", refused(c, "collector", "tls_incomplete"));
     drop(silent);
+    // Their slots come back as each ends: 16 more from the same host all wait again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut again = connections_from("127.0.0.2", &c.endpoint, 16, b"").await;
+    assert_eq!(closed_by_listener(&mut again, Duration::from_millis(300)).await, 0, "slots not given back");
+    drop(again);
     // Logged at the rate limit, not once a connection.
     let log = s._collector.log_text();
     let lines = log.lines().filter(|l| l.contains("Can not accept TLS connection")).count();

@@ -177,8 +177,13 @@ const OPEN_FILES_HINT: &str = " Hint: increase the system open file limit";
 /// alert): the line without zenoh's hint about open files, which does not apply.
 fn handshake_refused<'m>(target: &str, message: &'m str) -> Option<&'m str> {
     let accept = message.contains("QUIC acceptor failed") || tls_accept_failed(target, message);
+    // The peer's certificate refused here, or this process's refused by the peer with a
+    // certificate's alert (`BadCertificate`, `UnknownCA`, `CertificateExpired`, ...;
+    // `DecryptError` from a peer whose CA has this one's name but another key); not any other
+    // alert an outsider may send.
     let lower = message.to_ascii_lowercase();
-    let certificate = lower.contains("certificate") || lower.contains("fatal alert");
+    let certificate = lower.contains("certificate")
+        || (lower.contains("fatal alert") && (lower.contains("unknownca") || lower.contains("decrypterror")));
     (accept && certificate).then(|| message.split(OPEN_FILES_HINT).next().unwrap_or(message))
 }
 
@@ -186,7 +191,7 @@ fn handshake_refused<'m>(target: &str, message: &'m str) -> Option<&'m str> {
 /// line for one that failed, timed out or was one too many (`Can not accept TLS connection from
 /// <peer>: <why>`; bus/patched/zenoh-link-tls).
 fn tls_accept_failed(target: &str, message: &str) -> bool {
-    target == ZENOH_TLS_ACCEPT && message.contains("Can not accept TLS connection")
+    target == ZENOH_TLS_ACCEPT && message.starts_with("Can not accept TLS connection from ")
 }
 
 struct Message(String);
@@ -247,6 +252,8 @@ mod tests {
             "peer sent no certificates",
             "invalid peer certificate: UnknownIssuer",
             "received fatal alert: DecryptError",
+            "received fatal alert: UnknownCA",
+            "received fatal alert: BadCertificate",
         ] {
             let line = format!("{from}: {cause}");
             assert_eq!(handshake_refused(tls, &line), Some(line.as_str()));
@@ -257,12 +264,17 @@ mod tests {
             "timeout during TLS handshake",
             "received corrupt message of type InvalidContentType",
             "16 TLS handshakes in progress from that host (at most 16)",
+            "more TLS handshakes from that host than 16 a second (after a burst of 32)",
+            "received fatal alert: HandshakeFailure",
+            "received fatal alert: ProtocolVersion",
         ] {
             let line = format!("{from}: {cause}");
             assert!(handshake_refused(tls, &line).is_none(), "{line}");
             assert!(tls_accept_failed(tls, &line), "{line}");
         }
         assert!(!tls_accept_failed(quic, &format!("{from}: tls handshake eof")));
+        // The listener failing to start is not a connection refused.
+        assert!(!tls_accept_failed(tls, "Can not accept TLS connections: Bad file descriptor (os error 9)"));
         // Not an accept: a line of the tls/ listener that speaks of certificates otherwise.
         let expiry = "Cannot monitor expiration for TLS link: client does not have certificates";
         assert!(handshake_refused(tls, expiry).is_none() && !tls_accept_failed(tls, expiry));

@@ -14,7 +14,7 @@
 #[cfg(all(feature = "uring", target_os = "linux"))]
 use std::os::fd::RawFd;
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     convert::TryInto,
     fmt::{self, Debug},
     future::poll_fn,
@@ -23,7 +23,7 @@ use std::{
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
     task::Poll,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
@@ -64,56 +64,153 @@ pub struct TlsCommonName(String);
 type Tcp = BufReader<TcpStream>;
 const TCP_READ_BUFFER: usize = 64 * 1024;
 
-// TLS handshakes in progress at one listener, at most, and from one host: a
-// connection past either is closed at once. Each holds its read buffer and
-// rustls's state until it completes, fails or times out (10 s by default), so
-// this bounds what connections that never finish can hold.
+// TLS handshakes in progress at one listener, at most, and from one host: each
+// holds its read buffer and rustls's state until it completes, fails or times
+// out (10 s by default). A connection past the bound of its host is closed at
+// once; one past the listener's bound ends the oldest handshake in progress
+// instead (a member's handshake takes milliseconds, so the oldest is one that
+// is stalling), so that outsiders on many hosts cannot keep members out.
 const MAX_HANDSHAKES: usize = 256;
 const MAX_HANDSHAKES_PER_HOST: usize = 16;
+// Handshakes one host may start: a burst, then so many a second. Each costs
+// the listener a key exchange and a signature before the peer proves anything.
+const HANDSHAKE_BURST_PER_HOST: f64 = 32.0;
+const HANDSHAKES_PER_SECOND_PER_HOST: f64 = 16.0;
+// Hosts tracked at once, at most (those with a handshake in progress or that
+// started one lately); a new host past it is closed at once.
+const MAX_HOSTS: usize = 4096;
 // Connections taken off the socket in one poll of the listener, at most.
 const ACCEPTS_PER_POLL: usize = 64;
 
-// The handshakes in progress at one listener, by host.
+// Where a connection comes from, for the bounds per host: its IPv4 address, or
+// the /64 of an IPv6 one (what one site is given).
+fn host_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
+}
+
+// One host's handshakes: in progress, and those it may still start.
+struct Host {
+    in_progress: usize,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl Host {
+    fn refill(&mut self, now: Instant) {
+        let earned = now.saturating_duration_since(self.refilled).as_secs_f64() * HANDSHAKES_PER_SECOND_PER_HOST;
+        self.tokens = (self.tokens + earned).min(HANDSHAKE_BURST_PER_HOST);
+        self.refilled = now;
+    }
+}
+
+// A handshake in progress: its place in line and a handle on its socket (a
+// duplicate descriptor) to end it early.
+struct Pending {
+    order: u64,
+    socket: socket2::Socket,
+}
+
 #[derive(Default)]
-struct Handshakes(Mutex<HashMap<IpAddr, usize>>);
+struct Progress {
+    pending: HashMap<SocketAddr, Pending>,
+    // The same, oldest first.
+    oldest: BTreeMap<u64, SocketAddr>,
+    next: u64,
+    hosts: HashMap<IpAddr, Host>,
+}
+
+impl Progress {
+    // `peer`'s handshake is over (or ended here), if it was in progress.
+    fn remove(&mut self, peer: SocketAddr) -> Option<socket2::Socket> {
+        let pending = self.pending.remove(&peer)?;
+        self.oldest.remove(&pending.order);
+        if let Some(host) = self.hosts.get_mut(&host_of(peer.ip())) {
+            host.in_progress = host.in_progress.saturating_sub(1);
+        }
+        Some(pending.socket)
+    }
+}
+
+// The handshakes in progress at one listener.
+#[derive(Default)]
+struct Handshakes(Mutex<Progress>);
 
 impl Handshakes {
-    fn hosts(&self) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
+    fn progress(&self) -> MutexGuard<'_, Progress> {
         // Nothing panics under this lock (map updates only).
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    // One more from `host`, or why not.
-    fn start(&self, host: IpAddr) -> Result<(), String> {
-        let mut hosts = self.hosts();
-        let total: usize = hosts.values().sum();
-        let here = hosts.get(&host).copied().unwrap_or(0);
-        if total >= MAX_HANDSHAKES {
-            return Err(format!("{total} TLS handshakes in progress at this listener (at most {MAX_HANDSHAKES})"));
+    // One more, from `peer` on `stream`, or why not.
+    fn start(&self, peer: SocketAddr, stream: &TcpStream) -> Result<(), String> {
+        let now = Instant::now();
+        let mut progress = self.progress();
+        let key = host_of(peer.ip());
+        if progress.hosts.len() >= MAX_HOSTS && !progress.hosts.contains_key(&key) {
+            progress.hosts.retain(|_, h| {
+                h.refill(now);
+                h.in_progress > 0 || h.tokens < HANDSHAKE_BURST_PER_HOST
+            });
+            if progress.hosts.len() >= MAX_HOSTS {
+                return Err(format!("TLS handshakes from {MAX_HOSTS} hosts at once (at most)"));
+            }
         }
-        if here >= MAX_HANDSHAKES_PER_HOST {
+        let host = progress.hosts.entry(key).or_insert(Host {
+            in_progress: 0,
+            tokens: HANDSHAKE_BURST_PER_HOST,
+            refilled: now,
+        });
+        host.refill(now);
+        if host.in_progress >= MAX_HANDSHAKES_PER_HOST {
             return Err(format!(
-                "{here} TLS handshakes in progress from that host (at most {MAX_HANDSHAKES_PER_HOST})"
+                "{} TLS handshakes in progress from that host (at most {MAX_HANDSHAKES_PER_HOST})",
+                host.in_progress
             ));
         }
-        hosts.insert(host, here + 1);
+        if host.tokens < 1.0 {
+            return Err(format!(
+                "more TLS handshakes from that host than {HANDSHAKES_PER_SECOND_PER_HOST} a second \
+                 (after a burst of {HANDSHAKE_BURST_PER_HOST})"
+            ));
+        }
+        let socket = socket2::SockRef::from(stream)
+            .try_clone()
+            .map_err(|e| format!("cannot hold the connection: {e}"))?;
+        host.tokens -= 1.0;
+        host.in_progress += 1;
+        if progress.pending.len() >= MAX_HANDSHAKES {
+            let oldest = progress.oldest.first_key_value().map(|(_, peer)| *peer);
+            if let Some(victim) = oldest.and_then(|peer| Some((peer, progress.remove(peer)?))) {
+                // Its handshake reads the end of the stream and fails (said and
+                // counted as any other).
+                let _ = victim.1.shutdown(std::net::Shutdown::Both);
+                tracing::debug!(
+                    "Ended the oldest TLS handshake in progress, from {}: {MAX_HANDSHAKES} in progress",
+                    victim.0
+                );
+            }
+        }
+        let order = progress.next;
+        progress.next += 1;
+        progress.oldest.insert(order, peer);
+        progress.pending.insert(peer, Pending { order, socket });
         Ok(())
     }
 
-    // A handshake from `host` completed, failed or timed out.
-    fn end(&self, host: IpAddr) {
-        let mut hosts = self.hosts();
-        if let Some(n) = hosts.get_mut(&host) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                hosts.remove(&host);
-            }
-        }
+    // The handshake from `peer` completed, failed or timed out.
+    fn end(&self, peer: SocketAddr) {
+        self.progress().remove(peer);
     }
 }
 
 // The TCP listener, accepting streams with that read buffer, within the
-// bounds on handshakes in progress.
+// bounds on handshakes.
 struct BufferedListener {
     socket: TcpListener,
     handshakes: Arc<Handshakes>,
@@ -134,7 +231,7 @@ impl tls_listener::AsyncAccept for BufferedListener {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             };
-            match self.handshakes.start(addr.ip()) {
+            match self.handshakes.start(addr, &stream) {
                 Ok(()) => {
                     let stream = BufReader::with_capacity(TCP_READ_BUFFER, stream);
                     return Poll::Ready(Ok((stream, addr)));
@@ -660,7 +757,7 @@ async fn accept_task(
             res = listener.accept() => {
                 match res {
                     Ok((tls_stream, dst_addr)) => {
-                        handshakes.end(dst_addr.ip());
+                        handshakes.end(dst_addr);
                         let (tcp_stream, tls_conn) = tls_stream.get_ref();
                         let src_addr =  match tcp_stream.get_ref().local_addr()  {
                             Ok(sa) => sa,
@@ -734,11 +831,11 @@ async fn accept_task(
                     // stream of connections that never finish a handshake kept
                     // every new peer out).
                     Err(tls_listener::Error::TlsAcceptError { error, peer_addr, .. }) => {
-                        handshakes.end(peer_addr.ip());
+                        handshakes.end(peer_addr);
                         tracing::warn!("Can not accept TLS connection from {peer_addr}: {error}");
                     }
                     Err(tls_listener::Error::HandshakeTimeout { peer_addr, .. }) => {
-                        handshakes.end(peer_addr.ip());
+                        handshakes.end(peer_addr);
                         tracing::warn!("Can not accept TLS connection from {peer_addr}: timeout during TLS handshake");
                     }
                     Err(e) => {
