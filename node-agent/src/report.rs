@@ -76,7 +76,7 @@ impl Report for AgentReport {
             let tls = if switchboard_bus::refusals::tls() {
                 "; if a collector runs, check that this node's certificate and ca are of the cluster's CA (`switchboard certs show`), that the collector's members file lists this node's identity and that it was restarted since (docs/security.md, Rotation)"
             } else {
-                ""
+                "; if the cluster runs TLS, this node needs [bus.tls] and tls/ or quic/ endpoints (docs/security.md)"
             };
             h.degraded.push(format!(
                 "no collector is alive: lines are read and journaled (up to max_unacked_batches, then reading pauses) and pulled by a collector when one is back{tls}"
