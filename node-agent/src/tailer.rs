@@ -195,6 +195,9 @@ const COPY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// opened before the rename).
 const PARTIAL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// At most one warning this often that a directory of the source's paths cannot be listed.
+const UNLISTED_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Tails the files of one source; see the module docs.
 pub struct SourceTailer {
     config: SourceConfig,
@@ -212,6 +215,8 @@ pub struct SourceTailer {
     first_scan_done: bool,
     pending_copies: Vec<PendingCopy>,
     rescan_now: bool,
+    /// When it was last said that a directory of the paths could not be listed.
+    unlisted_warned: Option<Instant>,
     /// Files whose position moved without lines (opened, a copy taken over, truncated): the next
     /// batch records their position, so that a restart knows them.
     moved: Vec<Inode>,
@@ -245,6 +250,7 @@ impl SourceTailer {
             first_scan_done: false,
             pending_copies: Vec::new(),
             rescan_now: false,
+            unlisted_warned: None,
             moved: Vec::new(),
             journal,
             stats,
@@ -288,6 +294,10 @@ impl SourceTailer {
     fn scan(&mut self) {
         let started = Instant::now();
         let mut seen = Vec::new();
+        // A directory of the paths that could not be listed (out of file descriptors, say) hides
+        // its files from this scan: none of them is then taken as rotated away or deleted, as a
+        // file given up for gone and found again would be read again from its start.
+        let mut unlisted = None;
         for pattern in &self.config.paths {
             let paths = match glob::glob(pattern) {
                 Ok(p) => p,
@@ -299,7 +309,7 @@ impl SourceTailer {
             for entry in paths {
                 match entry {
                     Ok(path) => seen.push(path),
-                    Err(e) => tracing::debug!(error = %e, "unreadable glob entry"),
+                    Err(e) => unlisted = Some(e),
                 }
             }
         }
@@ -334,6 +344,13 @@ impl SourceTailer {
             if let Err(e) = self.open(path.clone(), inode, meta.len()) {
                 tracing::warn!(source = %self.config.name, path = %path.display(), error = %e, "cannot open file");
             }
+        }
+        if let Some(e) = unlisted {
+            if self.unlisted_warned.is_none_or(|t| t.elapsed() >= UNLISTED_WARN_EVERY) {
+                self.unlisted_warned = Some(Instant::now());
+                tracing::warn!(source = %self.config.name, error = %e, "cannot list a directory of the source's paths; no file is taken as rotated away or deleted until it can be listed");
+            }
+            return;
         }
         for f in &mut self.files {
             if !live_inodes.contains(&f.inode) && f.gone_since.is_none() {
