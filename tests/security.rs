@@ -1035,15 +1035,39 @@ async fn closed_by_listener(streams: &mut [tokio::net::TcpStream], wait: Duratio
         .count()
 }
 
+/// Connections from `source` that each close with a reset as soon as they are made, from one
+/// port again and again: each new one has the address and port of one the listener may not
+/// have seen fail yet.
+async fn reset_storm(source: &str, endpoint: &str, n: usize) {
+    let port: u16 = endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let mut from: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+    for _ in 0..n {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.set_zero_linger().unwrap();
+        socket.bind(from).unwrap();
+        from = socket.local_addr().unwrap();
+        // Refused at once past the host's rate: closed either way.
+        if let Ok(stream) = socket.connect(([127, 0, 0, 1], port).into()).await {
+            drop(stream);
+        }
+    }
+}
+
 /// An outsider on many hosts holds more silent handshakes than the `tls/` listener takes (256):
-/// the oldest are ended to make room, so a member still connects at once; and one host
-/// starting handshakes faster than 16 a second (after a burst of 32) has the rest closed at
-/// once.
+/// the oldest are ended to make room, so a member still connects at once, and so after a storm
+/// of connections that reuse their address and port (whose handshakes must not be taken for
+/// one another); and one host starting handshakes faster than 16 a second (after a burst of 32)
+/// has the rest closed at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outsider_on_many_hosts_cannot_fill_the_tls_listener() {
     let c = Cluster::with_tls(&["collector:c1", "agent:gw1", "admin:ops"]);
     let s = setup(c);
     let c = &s.c;
+    for host in 100..164 {
+        reset_storm(&format!("127.0.0.{host}"), &c.endpoint, 40).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     // 16 silent connections (the most one host may have in progress) from each of 17 hosts.
     let mut held = Vec::new();
     for host in 10..27 {

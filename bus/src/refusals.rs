@@ -52,7 +52,7 @@ reasons! {
     ReplayRange => "replay_range": "A replay query whose range is inverted or too long.",
     StreamsTooMany => "streams_too_many": "A log batch that would open more streams of one node than a collector keeps (1,024).",
     TlsHandshake => "tls_handshake": "A link whose TLS handshake failed on a certificate: the peer sent none or one the cluster's CA did not sign, or refused this process's (it trusts another CA).",
-    TlsIncomplete => "tls_incomplete": "A connection to a tls/ listener that closed, timed out or sent what is not TLS before its handshake completed, or one past the handshakes in progress a listener takes (256, 16 from one host).",
+    TlsIncomplete => "tls_incomplete": "A connection to a tls/ listener that closed, timed out, sent what is not TLS or an alert other than a certificate's before its handshake completed, was ended to make room for a newer one (256 in progress at a listener), or came past the bounds of its host (16 in progress, 16 started a second after a burst of 32).",
 }
 
 const N: usize = Reason::ALL.len();
@@ -61,6 +61,24 @@ static COUNTS: [AtomicU64; N] = [const { AtomicU64::new(0) }; N];
 
 /// Per reason: when it was last logged, and how many went unlogged since.
 static LOGGED: Mutex<[(Option<Instant>, u64); N]> = Mutex::new([(None, 0); N]);
+
+/// The same for the other lines of zenoh's listeners said again here (an error of the socket
+/// itself, such as running out of file descriptors, which its loop meets ten times a second).
+static LISTENER_LOGGED: Mutex<(Option<Instant>, u64)> = Mutex::new((None, 0));
+
+/// Say `line` of a listener at `WARN`, at most once per [`LOG_EVERY`].
+fn listener_warning(line: &str) {
+    let Ok(mut logged) = LISTENER_LOGGED.lock() else { return };
+    let (last, unlogged) = &mut *logged;
+    if last.is_some_and(|t| t.elapsed() < LOG_EVERY) {
+        *unlogged += 1;
+        return;
+    }
+    let before = std::mem::take(unlogged);
+    *last = Some(Instant::now());
+    drop(logged);
+    tracing::warn!(unlogged_since_last_line = before, "{line}");
+}
 
 fn index(reason: Reason) -> usize {
     Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0)
@@ -219,7 +237,8 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AccessDeniedLayer 
                 // at the rate limit, however many connections an outsider opens.
                 None if tls_accept_failed(target, &m.0) => refuse(Reason::TlsIncomplete, m.0),
                 // Held back from the log with the refusals: said here, as zenoh would have.
-                None if *event.metadata().level() <= tracing::Level::WARN => tracing::warn!("{}", m.0),
+                // (At most a line every LOG_EVERY: an error of the socket repeats ten times a second.)
+                None if *event.metadata().level() <= tracing::Level::WARN => listener_warning(&m.0),
                 None => {}
             }
             return;

@@ -61,7 +61,7 @@ pub struct TlsCommonName(String);
 // The TCP stream under TLS, with a read buffer: rustls reads at most 4 KiB at
 // a time, one system call each without it, where the plain TCP link reads a
 // whole batch (up to 64 KiB) in one.
-type Tcp = BufReader<TcpStream>;
+type Tcp = BufReader<Slotted>;
 const TCP_READ_BUFFER: usize = 64 * 1024;
 
 // TLS handshakes in progress at one listener, at most, and from one host: each
@@ -109,31 +109,29 @@ impl Host {
     }
 }
 
-// A handshake in progress: its place in line and a handle on its socket (a
-// duplicate descriptor) to end it early.
+// A handshake in progress: its host, and a handle on its socket (a duplicate
+// descriptor) to end it early.
 struct Pending {
-    order: u64,
+    host: IpAddr,
     socket: socket2::Socket,
 }
 
 #[derive(Default)]
 struct Progress {
-    pending: HashMap<SocketAddr, Pending>,
-    // The same, oldest first.
-    oldest: BTreeMap<u64, SocketAddr>,
+    // By slot, oldest first (slots are numbered in the order taken).
+    pending: BTreeMap<u64, Pending>,
     next: u64,
     hosts: HashMap<IpAddr, Host>,
 }
 
 impl Progress {
-    // `peer`'s handshake is over (or ended here), if it was in progress.
-    fn remove(&mut self, peer: SocketAddr) -> Option<socket2::Socket> {
-        let pending = self.pending.remove(&peer)?;
-        self.oldest.remove(&pending.order);
-        if let Some(host) = self.hosts.get_mut(&host_of(peer.ip())) {
+    // The handshake in `slot` is over (or ended here), if it was in progress.
+    fn remove(&mut self, slot: u64) -> Option<Pending> {
+        let pending = self.pending.remove(&slot)?;
+        if let Some(host) = self.hosts.get_mut(&pending.host) {
             host.in_progress = host.in_progress.saturating_sub(1);
         }
-        Some(pending.socket)
+        Some(pending)
     }
 }
 
@@ -147,8 +145,8 @@ impl Handshakes {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    // One more, from `peer` on `stream`, or why not.
-    fn start(&self, peer: SocketAddr, stream: &TcpStream) -> Result<(), String> {
+    // One more, from `peer` on `stream`: its slot, or why not.
+    fn start(&self, peer: SocketAddr, stream: &TcpStream) -> Result<u64, String> {
         let now = Instant::now();
         let mut progress = self.progress();
         let key = host_of(peer.ip());
@@ -185,27 +183,94 @@ impl Handshakes {
         host.tokens -= 1.0;
         host.in_progress += 1;
         if progress.pending.len() >= MAX_HANDSHAKES {
-            let oldest = progress.oldest.first_key_value().map(|(_, peer)| *peer);
-            if let Some(victim) = oldest.and_then(|peer| Some((peer, progress.remove(peer)?))) {
+            let oldest = progress.pending.first_key_value().map(|(slot, _)| *slot);
+            if let Some(victim) = oldest.and_then(|slot| progress.remove(slot)) {
                 // Its handshake reads the end of the stream and fails (said and
                 // counted as any other).
-                let _ = victim.1.shutdown(std::net::Shutdown::Both);
+                let _ = victim.socket.shutdown(std::net::Shutdown::Both);
                 tracing::debug!(
                     "Ended the oldest TLS handshake in progress, from {}: {MAX_HANDSHAKES} in progress",
-                    victim.0
+                    victim.host
                 );
             }
         }
-        let order = progress.next;
+        let slot = progress.next;
         progress.next += 1;
-        progress.oldest.insert(order, peer);
-        progress.pending.insert(peer, Pending { order, socket });
-        Ok(())
+        progress.pending.insert(slot, Pending { host: key, socket });
+        Ok(slot)
     }
 
-    // The handshake from `peer` completed, failed or timed out.
-    fn end(&self, peer: SocketAddr) {
-        self.progress().remove(peer);
+    // The handshake in `slot` completed, failed or timed out.
+    fn end(&self, slot: u64) {
+        self.progress().remove(slot);
+    }
+}
+
+// The TCP stream of a link. At a listener, it holds its handshake's slot until
+// the handshake completes (the accept loop lets it go) or the stream is dropped
+// (a handshake that failed or timed out): the slot is its own, whatever
+// address and port a later connection reuses.
+struct Slotted {
+    stream: TcpStream,
+    slot: Option<(Arc<Handshakes>, u64)>,
+}
+
+impl Slotted {
+    fn dialed(stream: TcpStream) -> Self {
+        Self { stream, slot: None }
+    }
+
+    // The handshake completed: its slot is free.
+    fn handshake_done(&mut self) {
+        if let Some((handshakes, slot)) = self.slot.take() {
+            handshakes.end(slot);
+        }
+    }
+}
+
+impl Drop for Slotted {
+    fn drop(&mut self) {
+        self.handshake_done();
+    }
+}
+
+impl AsyncRead for Slotted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Slotted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
@@ -232,7 +297,8 @@ impl tls_listener::AsyncAccept for BufferedListener {
                 Poll::Pending => return Poll::Pending,
             };
             match self.handshakes.start(addr, &stream) {
-                Ok(()) => {
+                Ok(slot) => {
+                    let stream = Slotted { stream, slot: Some((self.handshakes.clone(), slot)) };
                     let stream = BufReader::with_capacity(TCP_READ_BUFFER, stream);
                     return Poll::Ready(Ok((stream, addr)));
                 }
@@ -278,7 +344,7 @@ impl LinkUnicastTls {
         auth_identifier: LinkAuthId,
         expiration_manager: Option<LinkCertExpirationManager>,
     ) -> LinkUnicastTls {
-        let tcp_stream = socket.get_ref().0.get_ref();
+        let tcp_stream = &socket.get_ref().0.get_ref().stream;
         // Set the TLS nodelay option
         if let Err(err) = tcp_stream.set_nodelay(true) {
             tracing::warn!(
@@ -604,7 +670,7 @@ impl LinkManagerUnicastTrait for LinkManagerUnicastTls {
         let tls_stream = connector
             .connect(
                 server_name.to_owned(),
-                BufReader::with_capacity(TCP_READ_BUFFER, tcp_stream),
+                BufReader::with_capacity(TCP_READ_BUFFER, Slotted::dialed(tcp_stream)),
             )
             .await
             .map_err(|e| {
@@ -741,12 +807,11 @@ async fn accept_task(
         e
     })?;
 
-    let handshakes = Arc::new(Handshakes::default());
     let mut listener = tls_listener::builder(acceptor)
         .handshake_timeout(tls_handshake_timeout)
         .listen(BufferedListener {
             socket,
-            handshakes: handshakes.clone(),
+            handshakes: Arc::new(Handshakes::default()),
         });
 
     tracing::trace!("Ready to accept TLS connections on: {:?}", src_addr);
@@ -756,10 +821,10 @@ async fn accept_task(
 
             res = listener.accept() => {
                 match res {
-                    Ok((tls_stream, dst_addr)) => {
-                        handshakes.end(dst_addr);
+                    Ok((mut tls_stream, dst_addr)) => {
+                        tls_stream.get_mut().0.get_mut().handshake_done();
                         let (tcp_stream, tls_conn) = tls_stream.get_ref();
-                        let src_addr =  match tcp_stream.get_ref().local_addr()  {
+                        let src_addr =  match tcp_stream.get_ref().stream.local_addr()  {
                             Ok(sa) => sa,
                             Err(e) => {
                                 tracing::debug!("Can not accept TLS connection: {}", e);
@@ -830,12 +895,11 @@ async fn accept_task(
                     // listener shut for the throttle time below, so that a
                     // stream of connections that never finish a handshake kept
                     // every new peer out).
+                    // (Its slot went with its stream.)
                     Err(tls_listener::Error::TlsAcceptError { error, peer_addr, .. }) => {
-                        handshakes.end(peer_addr);
                         tracing::warn!("Can not accept TLS connection from {peer_addr}: {error}");
                     }
                     Err(tls_listener::Error::HandshakeTimeout { peer_addr, .. }) => {
-                        handshakes.end(peer_addr);
                         tracing::warn!("Can not accept TLS connection from {peer_addr}: timeout during TLS handshake");
                     }
                     Err(e) => {
