@@ -45,6 +45,7 @@ pub mod repo;
 pub mod session;
 pub mod status;
 pub mod tables;
+pub mod throttle;
 pub mod tls;
 pub mod udp;
 pub mod vital;

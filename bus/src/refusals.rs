@@ -9,9 +9,10 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::http::Metrics;
+use crate::throttle::Throttle;
 
 /// At most one log line per reason this often.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
@@ -60,23 +61,15 @@ const N: usize = Reason::ALL.len();
 static COUNTS: [AtomicU64; N] = [const { AtomicU64::new(0) }; N];
 
 /// Per reason: when it was last logged, and how many went unlogged since.
-static LOGGED: Mutex<[(Option<Instant>, u64); N]> = Mutex::new([(None, 0); N]);
+static LOGGED: Mutex<[Throttle; N]> = Mutex::new([Throttle::new(LOG_EVERY); N]);
 
 /// The same for the other lines of zenoh's listeners said again here (an error of the socket
 /// itself, such as running out of file descriptors, which its loop meets ten times a second).
-static LISTENER_LOGGED: Mutex<(Option<Instant>, u64)> = Mutex::new((None, 0));
+static LISTENER_LOGGED: Mutex<Throttle> = Mutex::new(Throttle::new(LOG_EVERY));
 
 /// Say `line` of a listener at `WARN`, at most once per [`LOG_EVERY`].
 fn listener_warning(line: &str) {
-    let Ok(mut logged) = LISTENER_LOGGED.lock() else { return };
-    let (last, unlogged) = &mut *logged;
-    if last.is_some_and(|t| t.elapsed() < LOG_EVERY) {
-        *unlogged += 1;
-        return;
-    }
-    let before = std::mem::take(unlogged);
-    *last = Some(Instant::now());
-    drop(logged);
+    let Some(before) = LISTENER_LOGGED.lock().ok().and_then(|mut t| t.admit()) else { return };
     tracing::warn!(unlogged_since_last_line = before, "{line}");
 }
 
@@ -88,15 +81,7 @@ fn index(reason: Reason) -> usize {
 pub fn refuse(reason: Reason, detail: impl fmt::Display) {
     let i = index(reason);
     COUNTS[i].fetch_add(1, Ordering::Relaxed);
-    let Ok(mut logged) = LOGGED.lock() else { return };
-    let (last, unlogged) = &mut logged[i];
-    if last.is_some_and(|t| t.elapsed() < LOG_EVERY) {
-        *unlogged += 1;
-        return;
-    }
-    let before = std::mem::take(unlogged);
-    *last = Some(Instant::now());
-    drop(logged);
+    let Some(before) = LOGGED.lock().ok().and_then(|mut logged| logged[i].admit()) else { return };
     tracing::warn!(reason = reason.as_str(), refused_since_last_line = before, "refused from the bus: {detail}");
 }
 

@@ -22,6 +22,7 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use switchboard_bus::busy_poll::BusyPoll;
+use switchboard_bus::throttle::Throttle;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
@@ -308,13 +309,17 @@ async fn accept_loop<A, F, R, W>(
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    // A full file table fails every accept until a descriptor is free: said once per 10 s.
+    let mut accept_failed = Throttle::new(std::time::Duration::from_secs(10));
     loop {
         let (read, mut write) = tokio::select! {
             _ = cancel.cancelled() => return,
             s = accept() => match s {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!(error = %e, "gateway socket: accept failed");
+                    if let Some(unsaid) = accept_failed.admit() {
+                        tracing::warn!(error = %e, failed_since_last_line = unsaid, "gateway socket: accept failed");
+                    }
                     // A full file table, say: do not spin on it.
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;

@@ -23,6 +23,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use switchboard_bus::throttle::Throttle;
 use switchboard_bus::wire::log_batch::{self, LogBatchBuilder, LogRow};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -215,8 +216,8 @@ pub struct SourceTailer {
     first_scan_done: bool,
     pending_copies: Vec<PendingCopy>,
     rescan_now: bool,
-    /// When it was last said that a directory of the paths could not be listed.
-    unlisted_warned: Option<Instant>,
+    /// The warning that a directory of the paths could not be listed.
+    unlisted_warned: Throttle,
     /// Files whose position moved without lines (opened, a copy taken over, truncated): the next
     /// batch records their position, so that a restart knows them.
     moved: Vec<Inode>,
@@ -250,7 +251,7 @@ impl SourceTailer {
             first_scan_done: false,
             pending_copies: Vec::new(),
             rescan_now: false,
-            unlisted_warned: None,
+            unlisted_warned: Throttle::new(UNLISTED_WARN_EVERY),
             moved: Vec::new(),
             journal,
             stats,
@@ -346,9 +347,8 @@ impl SourceTailer {
             }
         }
         if let Some(e) = unlisted {
-            if self.unlisted_warned.is_none_or(|t| t.elapsed() >= UNLISTED_WARN_EVERY) {
-                self.unlisted_warned = Some(Instant::now());
-                tracing::warn!(source = %self.config.name, error = %e, "cannot list a directory of the source's paths; no file is taken as rotated away or deleted until it can be listed");
+            if let Some(unsaid) = self.unlisted_warned.admit() {
+                tracing::warn!(source = %self.config.name, error = %e, failed_since_last_line = unsaid, "cannot list a directory of the source's paths; no file is taken as rotated away or deleted until it can be listed");
             }
             return;
         }

@@ -72,6 +72,10 @@ const TCP_READ_BUFFER: usize = 64 * 1024;
 // is stalling), so that outsiders on many hosts cannot keep members out.
 const MAX_HANDSHAKES: usize = 256;
 const MAX_HANDSHAKES_PER_HOST: usize = 16;
+// Connections taken whose handshake has not completed and that are not yet
+// closed, at most: those in progress, and those ended or failed whose stream
+// the listener's task has not dropped yet (a flood outpaces that task).
+const MAX_UNFINISHED: usize = 2 * MAX_HANDSHAKES;
 // Handshakes one host may start: a burst, then so many a second. Each costs
 // the listener a key exchange and a signature before the peer proves anything.
 const HANDSHAKE_BURST_PER_HOST: f64 = 32.0;
@@ -122,6 +126,8 @@ struct Progress {
     pending: BTreeMap<u64, Pending>,
     next: u64,
     hosts: HashMap<IpAddr, Host>,
+    // Slots taken and not yet given back by their stream (see MAX_UNFINISHED).
+    unfinished: usize,
 }
 
 impl Progress {
@@ -149,6 +155,12 @@ impl Handshakes {
     fn start(&self, peer: SocketAddr, stream: &TcpStream) -> Result<u64, String> {
         let now = Instant::now();
         let mut progress = self.progress();
+        if progress.unfinished >= MAX_UNFINISHED {
+            return Err(format!(
+                "{} connections whose TLS handshake did not complete are not closed yet (at most {MAX_UNFINISHED})",
+                progress.unfinished
+            ));
+        }
         let key = host_of(peer.ip());
         if progress.hosts.len() >= MAX_HOSTS && !progress.hosts.contains_key(&key) {
             progress.hosts.retain(|_, h| {
@@ -196,13 +208,16 @@ impl Handshakes {
         }
         let slot = progress.next;
         progress.next += 1;
+        progress.unfinished += 1;
         progress.pending.insert(slot, Pending { host: key, socket });
         Ok(slot)
     }
 
-    // The handshake in `slot` completed, failed or timed out.
+    // The handshake in `slot` completed, or its stream was dropped (once per slot).
     fn end(&self, slot: u64) {
-        self.progress().remove(slot);
+        let mut progress = self.progress();
+        progress.unfinished = progress.unfinished.saturating_sub(1);
+        progress.remove(slot);
     }
 }
 
