@@ -1,7 +1,8 @@
 //! SQL over Switchboard's Parquet dataset, with DataFusion.
 //!
-//! [`Dataset::open`] registers every table found below the dataset root (`logs/`, `limits/`,
-//! `dlr/`, `metrics/`) as a listing
+//! [`Dataset::open`] finds the tables below the dataset root (`logs/`, `limits/`, `dlr/`,
+//! `metrics/`); the first statement that names one registers it (lists its files and reads
+//! their footers; a file that cannot be read fails the statements of its table only) as a listing
 //! table with its Hive partition columns (`date` as text `YYYY-MM-DD`, `hour` as an integer), so
 //! that `WHERE date = '2026-11-22' AND hour = 10` reads only that hour's files. Parquet reading
 //! uses footer statistics, page indexes and Bloom filters, with filters pushed into the scan.
@@ -104,6 +105,11 @@ pub enum OutputFormat {
 pub struct Dataset {
     ctx: SessionContext,
     tables: Vec<String>,
+    /// Tables found but not yet registered, with where their files are: the first statement
+    /// that names one registers it (lists its files and reads their footers), so that a query
+    /// of one table does not read every table's footers.
+    unopened: tokio::sync::Mutex<Vec<(String, url::Url)>>,
+    window: TimeWindow,
     writes_allowed: bool,
 }
 
@@ -119,8 +125,7 @@ impl Dataset {
         if !root.is_dir() {
             return Err(QueryError::NoDataset(root.to_owned()));
         }
-        let ctx = Self::context_for_reading();
-        let mut tables = Vec::new();
+        let mut found = Vec::new();
         for table in TABLES {
             let dir = root.join(table);
             if !has_parquet(&dir) {
@@ -128,10 +133,14 @@ impl Dataset {
             }
             let url = url::Url::from_directory_path(dir.canonicalize()?)
                 .map_err(|()| QueryError::Sql(format!("{} is not a path a URL can name", dir.display())))?;
-            register(&ctx, table, url, &window).await?;
-            tables.push(table.to_owned());
+            found.push(((*table).to_owned(), url));
         }
-        Ok(Self { ctx, tables, writes_allowed: false })
+        Ok(Self::with_tables(Self::context_for_reading(), found, window))
+    }
+
+    fn with_tables(ctx: SessionContext, found: Vec<(String, url::Url)>, window: TimeWindow) -> Self {
+        let tables = found.iter().map(|(name, _)| name.clone()).collect();
+        Self { ctx, tables, unopened: tokio::sync::Mutex::new(found), window, writes_allowed: false }
     }
 
     /// The dataset at `location` (a directory, or `s3://bucket/prefix` reached as `options` and
@@ -150,7 +159,7 @@ impl Dataset {
         let ctx = Self::context_for_reading();
         let base = url::Url::parse(&format!("s3://{bucket}")).map_err(|e| QueryError::Store(e.to_string()))?;
         ctx.register_object_store(&base, store.clone());
-        let mut tables = Vec::new();
+        let mut found = Vec::new();
         for table in TABLES {
             let dir = if prefix.is_empty() { (*table).to_owned() } else { format!("{prefix}/{table}") };
             let listed: Vec<object_store::ObjectMeta> =
@@ -165,10 +174,32 @@ impl Dataset {
             }
             let url =
                 url::Url::parse(&format!("s3://{bucket}/{dir}/")).map_err(|e| QueryError::Store(e.to_string()))?;
-            register(&ctx, table, url, &window).await?;
-            tables.push((*table).to_owned());
+            found.push(((*table).to_owned(), url));
         }
-        Ok(Self { ctx, tables, writes_allowed: false })
+        Ok(Self::with_tables(ctx, found, window))
+    }
+
+    /// Register the tables `statement` names that are not registered yet (every one, for a
+    /// statement that reads the catalog: `SHOW TABLES`, `information_schema`).
+    async fn open_named(&self, named: &[datafusion::common::TableReference]) -> Result<(), QueryError> {
+        let mut unopened = self.unopened.lock().await;
+        if unopened.is_empty() {
+            return Ok(());
+        }
+        let catalog = named.iter().any(|r| r.schema() == Some("information_schema"));
+        let mut i = 0;
+        while i < unopened.len() {
+            let name = &unopened[i].0;
+            if catalog || named.iter().any(|r| r.table() == name) {
+                // A table that cannot be registered stays to be tried (and said) again.
+                let (name, url) = &unopened[i];
+                register(&self.ctx, name, url.clone(), &self.window).await?;
+                unopened.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        Ok(())
     }
 
     fn context_for_reading() -> SessionContext {
@@ -201,9 +232,12 @@ impl Dataset {
         &self.tables
     }
 
-    /// The DataFusion context, for callers that register more.
-    pub fn context(&self) -> &SessionContext {
-        &self.ctx
+    /// The DataFusion context, for callers that register more (with every table of the
+    /// dataset registered: a statement planned through it directly sees them all).
+    pub async fn context(&self) -> Result<&SessionContext, QueryError> {
+        let all: Vec<_> = self.tables.iter().map(|t| datafusion::common::TableReference::bare(t.as_str())).collect();
+        self.open_named(&all).await?;
+        Ok(&self.ctx)
     }
 
     /// Run one SQL statement and collect its result. The result always holds at least one
@@ -218,7 +252,11 @@ impl Dataset {
 
     /// Plan one statement, refusing one that writes unless writes are allowed.
     async fn frame(&self, sql: &str) -> Result<DataFrame, QueryError> {
-        let plan = self.ctx.state().create_logical_plan(sql).await.map_err(|e| self.explain(e))?;
+        let state = self.ctx.state();
+        let dialect = state.config().options().sql_parser.dialect;
+        let statement = state.sql_to_statement(sql, &dialect).map_err(|e| self.explain(e))?;
+        self.open_named(&state.resolve_table_references(&statement).map_err(|e| self.explain(e))?).await?;
+        let plan = self.ctx.state().statement_to_plan(statement).await.map_err(|e| self.explain(e))?;
         self.sql_options().verify_plan(&plan).map_err(|e| {
             QueryError::ReadOnly(match e.find_root() {
                 DataFusionError::Plan(reason) => reason.clone(),
@@ -660,8 +698,46 @@ mod tests {
         std::fs::create_dir_all(&other).unwrap();
         let good = std::fs::read(hour.join("part-0.parquet")).unwrap();
         std::fs::write(other.join("part-9.parquet"), &good[..good.len() / 2]).unwrap();
-        let Err(e) = Dataset::open(root.path()).await else { panic!("a truncated file was read") };
+        let ds = Dataset::open(root.path()).await.unwrap();
+        let Err(e) = ds.sql("SELECT count(*) FROM logs WHERE hour = 10").await else {
+            panic!("a truncated file was read")
+        };
         assert!(e.to_string().contains("hour=11/part-9.parquet"), "{e}");
+    }
+
+    /// A table's files are listed and their footers read by the first statement that names it:
+    /// a query of one table does not read another's (here, one that cannot be read).
+    #[tokio::test]
+    async fn a_query_reads_only_the_tables_it_names() {
+        let root = tempfile::tempdir().unwrap();
+        write_file(&root.path().join("metrics/date=2026-11-22/hour=10"), &[(1, "a")]);
+        let logs = root.path().join("logs/date=2026-11-22/hour=10");
+        std::fs::create_dir_all(&logs).unwrap();
+        std::fs::write(logs.join("part-0.parquet"), b"not parquet").unwrap();
+        let ds = Dataset::open(root.path()).await.unwrap();
+        assert_eq!(ds.tables(), ["logs", "metrics"]);
+        let count = |b: Vec<RecordBatch>| b[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0);
+        assert_eq!(count(ds.sql("SELECT count(*) FROM metrics").await.unwrap()), 1);
+        for _ in 0..2 {
+            let e = ds.sql("SELECT count(*) FROM logs").await.unwrap_err();
+            assert!(e.to_string().contains("not a readable Parquet file"), "{e}");
+        }
+        // The catalog names every table, and an unreadable one is said there too.
+        let e = ds.sql("SHOW TABLES").await.unwrap_err();
+        assert!(e.to_string().contains("part-0.parquet"), "{e}");
+        std::fs::remove_dir_all(root.path().join("logs")).unwrap();
+        write_file(&logs, &[(5, "e"), (6, "f")]);
+        let ds = Dataset::open(root.path()).await.unwrap();
+        let b = ds
+            .sql("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        render(&b, OutputFormat::Csv, &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "table_name\nlogs\nmetrics\n");
+        // Named in a subquery or a join, a table is found as well.
+        let sql = "SELECT count(*) FROM logs l JOIN (SELECT seq FROM metrics) m ON l.seq > m.seq";
+        assert_eq!(count(ds.sql(sql).await.unwrap()), 2);
     }
 
     #[tokio::test]
@@ -682,6 +758,7 @@ mod tests {
     #[tokio::test]
     async fn a_partition_filter_never_opens_other_partitions_files() {
         let (root, ds) = dataset().await;
+        assert!(ds.sql("SELECT count(*) FROM logs").await.is_ok());
         // Corrupt hour 10's file after registration: only a query that reads it can fail.
         std::fs::write(root.path().join("logs/date=2026-11-22/hour=10/part-0.parquet"), b"not parquet").unwrap();
         let b = ds.sql("SELECT count(*) FROM logs WHERE hour = 11").await.unwrap();
