@@ -1035,6 +1035,19 @@ async fn closed_by_listener(streams: &mut [tokio::net::TcpStream], wait: Duratio
         .count()
 }
 
+/// `switchboard status` as the admin, through the collector's listener: it sees a live collector
+/// and node within 5 s (`when` says what the listener is going through).
+fn a_member_sees_the_cluster_at_once(c: &Cluster, when: &str) {
+    let started = std::time::Instant::now();
+    let out = as_admin(c, &c.endpoint, &["status", "--format", "json"]);
+    let took = started.elapsed();
+    let status: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let alive = |kind: &str| status[kind].as_array().into_iter().flatten().any(|p| p["alive"] == true);
+    assert!(alive("collectors") && alive("nodes"), "status {when}, after {took:?}: {status:#}");
+    assert!(took < Duration::from_secs(5), "status took {took:?} {when}");
+}
+
 /// Connections from `source` that each close with a reset as soon as they are made, from one
 /// port again and again: each new one has the address and port of one the listener may not
 /// have seen fail yet.
@@ -1084,14 +1097,7 @@ async fn an_outsider_on_many_hosts_cannot_fill_the_tls_listener() {
     for host in 10..27 {
         held.push(connections_from(&format!("127.0.0.{host}"), &c.endpoint, 16, b"").await);
     }
-    let started = std::time::Instant::now();
-    let out = as_admin(c, &c.endpoint, &["status", "--format", "json"]);
-    let took = started.elapsed();
-    let status: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-    let alive = |kind: &str| status[kind].as_array().into_iter().flatten().any(|p| p["alive"] == true);
-    assert!(alive("collectors") && alive("nodes"), "status with the listener full, after {took:?}: {status:#}");
-    assert!(took < Duration::from_secs(5), "status took {took:?} with the listener full");
+    a_member_sees_the_cluster_at_once(c, "with the listener full");
     // The first host's were the oldest: ended; the last host's still wait.
     let first = closed_by_listener(&mut held[0], Duration::from_millis(500)).await;
     assert_eq!(first, 16, "of the oldest handshakes, {first} of 16 ended");
@@ -1133,14 +1139,7 @@ async fn handshakes_that_never_complete_do_not_keep_members_out() {
         drop(connections_from(&format!("127.0.0.{host}"), &c.endpoint, 10, &garbage).await);
     }
     // A member's command connects and sees the cluster while the silent ones still wait.
-    let started = std::time::Instant::now();
-    let out = as_admin(c, &c.endpoint, &["status", "--format", "json"]);
-    let took = started.elapsed();
-    let status: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-    let alive = |kind: &str| status[kind].as_array().into_iter().flatten().any(|p| p["alive"] == true);
-    assert!(alive("collectors") && alive("nodes"), "status during the flood, after {took:?}: {status:#}");
-    assert!(took < Duration::from_secs(5), "status took {took:?} during the flood");
+    a_member_sees_the_cluster_at_once(c, "during the flood");
     // Counted: the 24 past the bound and the 60 of garbage.
     let counted = wait_until(Duration::from_secs(10), || refused(c, "collector", "tls_incomplete") >= 84);
     assert!(counted, "tls_incomplete {}", refused(c, "collector", "tls_incomplete"));

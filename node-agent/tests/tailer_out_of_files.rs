@@ -83,7 +83,11 @@ fn running_out_of_file_descriptors_reads_no_line_twice() {
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut drain = |want: usize| {
         let started = Instant::now();
-        while seen.values().sum::<usize>() < want && started.elapsed() < Duration::from_secs(10) {
+        let mut quiet_since = None::<Instant>;
+        // Until `want` lines came, then 200 ms more for any that would come again.
+        while started.elapsed() < Duration::from_secs(10)
+            && quiet_since.is_none_or(|t| t.elapsed() < Duration::from_millis(200))
+        {
             while let Ok(b) = rx.try_recv() {
                 let batch = log_batch::decode(&b.payload).unwrap();
                 let messages = batch.column_by_name("message").unwrap().as_string::<i32>();
@@ -91,16 +95,10 @@ fn running_out_of_file_descriptors_reads_no_line_twice() {
                     *seen.entry(m.to_owned()).or_default() += 1;
                 }
             }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        // Anything more that would come (lines read twice).
-        std::thread::sleep(Duration::from_millis(200));
-        while let Ok(b) = rx.try_recv() {
-            let batch = log_batch::decode(&b.payload).unwrap();
-            let messages = batch.column_by_name("message").unwrap().as_string::<i32>();
-            for m in messages.iter().flatten() {
-                *seen.entry(m.to_owned()).or_default() += 1;
+            if quiet_since.is_none() && seen.values().sum::<usize>() >= want {
+                quiet_since = Some(Instant::now());
             }
+            std::thread::sleep(Duration::from_millis(5));
         }
         seen.clone()
     };
