@@ -5,23 +5,17 @@
 //! few glob intervals, as real rotations are (files that appear all at once, before the tailer
 //! ever saw them, are ordered best effort).
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::array::AsArray;
 use arrow::datatypes::UInt64Type;
 use proptest::prelude::*;
-use switchboard_agent::checkpoint::SourceCheckpoint;
-use switchboard_agent::config::{AgentSettings, BinaryFiles, SourceConfig, StartAt};
-use switchboard_agent::journal::SourceJournal;
-use switchboard_agent::parse::Format;
-use switchboard_agent::stats::AgentStats;
-use switchboard_agent::tailer::SourceTailer;
 use switchboard_bus::wire::log_batch;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -113,31 +107,8 @@ fn run_case(ops: &[Op]) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
-    let config = SourceConfig {
-        name: "app".into(),
-        paths: vec![logs.join("app.log*").to_string_lossy().into_owned()],
-        format: Format::Plain,
-        start_at: StartAt::Beginning,
-        max_line_bytes: 4096,
-        kv_in_message: false,
-        binary: BinaryFiles::Skip,
-    };
-    let settings = AgentSettings {
-        data_dir: dir.path().join("state"),
-        batch_max_lines: 64,
-        batch_max_delay_ms: 5,
-        poll_interval_ms: 2,
-        glob_interval_ms: 10,
-        max_unacked_batches: usize::MAX,
-        ..AgentSettings::default()
-    };
-    let journal =
-        Arc::new(Mutex::new(SourceJournal::open(&settings.data_dir, "app", SourceCheckpoint::default()).unwrap()));
-    let tailer = SourceTailer::new(config, settings, journal, Arc::new(AgentStats::default()));
-    let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 16);
-    let cancel = CancellationToken::new();
-    let c2 = cancel.clone();
-    let thread = std::thread::spawn(move || tailer.run(tx, c2));
+    let common::Tailing { batches: mut rx, cancel, thread } =
+        common::tail(&logs.join("app.log*"), &dir.path().join("state"));
 
     let mut model = Model { written: Vec::new(), generation: Vec::new(), partial: None, rotations: 0 };
     // The live file exists, and the tailer has seen it, before anything rotates.

@@ -6,20 +6,14 @@
 // getrlimit and setrlimit, through libc.
 #![allow(unsafe_code)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::array::AsArray;
-use switchboard_agent::checkpoint::SourceCheckpoint;
-use switchboard_agent::config::{AgentSettings, BinaryFiles, SourceConfig, StartAt};
-use switchboard_agent::journal::SourceJournal;
-use switchboard_agent::parse::Format;
-use switchboard_agent::stats::AgentStats;
-use switchboard_agent::tailer::SourceTailer;
 use switchboard_bus::wire::log_batch;
-use tokio_util::sync::CancellationToken;
 
 fn append(path: &std::path::Path, from: usize, n: usize) {
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
@@ -54,32 +48,8 @@ fn running_out_of_file_descriptors_reads_no_line_twice() {
     std::fs::create_dir_all(&logs).unwrap();
     let live = logs.join("app.log");
     append(&live, 0, 100);
-    let config = SourceConfig {
-        name: "app".into(),
-        paths: vec![logs.join("*.log").to_string_lossy().into_owned()],
-        format: Format::Plain,
-        start_at: StartAt::Beginning,
-        max_line_bytes: 4096,
-        kv_in_message: false,
-        binary: BinaryFiles::Skip,
-    };
-    let settings = AgentSettings {
-        data_dir: dir.path().join("state"),
-        batch_max_delay_ms: 5,
-        poll_interval_ms: 2,
-        glob_interval_ms: 10,
-        max_unacked_batches: usize::MAX,
-        ..AgentSettings::default()
-    };
-    let journal =
-        Arc::new(Mutex::new(SourceJournal::open(&settings.data_dir, "app", SourceCheckpoint::default()).unwrap()));
-    let tailer = SourceTailer::new(config, settings, journal, Arc::new(AgentStats::default()));
-    let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 16);
-    let cancel = CancellationToken::new();
-    let thread = {
-        let cancel = cancel.clone();
-        std::thread::spawn(move || tailer.run(tx, cancel))
-    };
+    let common::Tailing { batches: mut rx, cancel, thread } =
+        common::tail(&logs.join("*.log"), &dir.path().join("state"));
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut drain = |want: usize| {
         let started = Instant::now();
