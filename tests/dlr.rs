@@ -454,6 +454,45 @@ fn a_hung_first_holder_costs_one_ask_timeout_then_every_node_answers() {
 }
 
 #[test]
+fn a_hung_node_that_may_hold_the_record_makes_a_miss_unknown_not_missing() {
+    let c = Cluster::new();
+    let dlr = DLR.replace("[dlr]\n", "[dlr]\ntimeout_ms = 300\n");
+    let a = c.start_limits_agent("a", &[], "", &dlr);
+    let _b = c.start_limits_agent("b", &[a.endpoint()], "", &dlr);
+    wait_mesh(&c, &["a", "b"]);
+    // An id no node registered whose first holder is b itself: b asks no single node, only every
+    // node at once, and a (hung within its lease) could hold it (registered just before it hung,
+    // its copy not yet sent).
+    let id = (0..1000)
+        .map(|i| i.to_string())
+        .find(|id| {
+            let key = switchboard_bus::dlr::record::store_key("dec", id);
+            switchboard_bus::dlr::rendezvous::first_holder(&key, ["a", "b"]) == Some("b")
+        })
+        .expect("about half the ids weigh most on b");
+    let pid = a.proc.as_ref().map(|p| p.pid()).unwrap_or_default();
+    signal(pid, "-STOP");
+    let resolved = post(&c, "b", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": id}));
+    let reported =
+        post(&c, "b", "/v1/dlr/report", json!({"connector": "dec", "msg_id": id, "status": "DELIVRD", "wait_ms": 0}));
+    signal(pid, "-CONT");
+    for (what, (code, res)) in [("resolve", resolved), ("report", reported)] {
+        assert_eq!(code, 503, "{what}: {res}");
+        assert!(res["error"].as_str().is_some_and(|e| e.contains("did not answer within 300 ms")), "{what}: {res}");
+    }
+    assert_eq!(dlr_counter(&c, "b", "ask_timeouts"), 2);
+    assert_eq!(dlr_counter(&c, "b", "not_found"), 0);
+    // Awake again, a answers: the same id is missing, known now.
+    assert!(wait_until(Duration::from_secs(10), || post(
+        &c,
+        "b",
+        "/v1/dlr/resolve",
+        json!({"connector": "dec", "msg_id": id})
+    )
+    .0 == 404));
+}
+
+#[test]
 fn a_report_whose_holders_are_hung_is_told_to_try_again_not_that_the_record_is_missing() {
     let c = Cluster::new();
     // b holds nothing of the record: its one copy is on c.

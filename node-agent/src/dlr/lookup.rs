@@ -200,13 +200,18 @@ pub(crate) async fn query_first_holder(
     })
 }
 
-/// What asking every node gave: the best reply and how long it took, and the first error of a
-/// node whose store failed.
+/// What asking every node gave: the best reply and how long it took, the first error of a
+/// node whose store failed, and why the query ended before every node had answered (a node that
+/// is live but hung or slow: what it holds is not known).
 #[derive(Default)]
 pub(crate) struct AskedAll {
     pub(crate) found: Option<(LookupReply, Duration)>,
     pub(crate) failed: Option<String>,
+    pub(crate) unanswered: Option<String>,
 }
+
+/// The error zenoh gives a query whose time ran out before every queryable had answered.
+const ZENOH_TIMEOUT: &str = "Timeout";
 
 /// Ask every node for `(connector, canonical id)`.
 pub(crate) async fn query(
@@ -236,15 +241,22 @@ pub(crate) async fn query(
     }
     get.await.map_err(DlrError::Bus)?;
     let mut best: Option<LookupReply> = None;
-    let mut failed: Option<String> = None;
+    let (mut failed, mut unanswered): (Option<String>, Option<String>) = (None, None);
     while let Some(reply) = replies.recv().await {
         let sample = match reply.result() {
             Ok(s) => s,
             Err(e) => {
                 let why = String::from_utf8_lossy(&e.payload().to_bytes()).into_owned();
+                if why == ZENOH_TIMEOUT {
+                    // A node did not finish answering in time: whether it holds the record is
+                    // not known (a refusal of the request says nothing of what a node holds).
+                    service.stats.ask_timeouts.fetch_add(1, Ordering::Relaxed);
+                    let within = wait + Duration::from_millis(service.settings.timeout_ms);
+                    tracing::info!(key = %key, "a node did not answer a DLR lookup within {} ms", within.as_millis());
+                    unanswered = Some(format!("a live node did not answer within {} ms", within.as_millis()));
+                    continue;
+                }
                 tracing::warn!(key = %key, error = %why, "a node failed a DLR lookup");
-                // A node whose store failed (zenoh's own error at the query's timeout, and a
-                // refusal of the request, say nothing of what a node holds).
                 if why.starts_with(STORE_FAILED) {
                     failed.get_or_insert(why);
                 }
@@ -256,7 +268,7 @@ pub(crate) async fn query(
             continue;
         };
         if r.role == HolderRole::Owner {
-            return Ok(AskedAll { found: Some((r, started.elapsed())), failed });
+            return Ok(AskedAll { found: Some((r, started.elapsed())), failed, unanswered });
         }
         let owner_down =
             r.record.owner != service.node && !service.membership.live_of(Role::Agent).contains(&r.record.owner);
@@ -267,5 +279,5 @@ pub(crate) async fn query(
             break;
         }
     }
-    Ok(AskedAll { found: best.map(|b| (b, started.elapsed())), failed })
+    Ok(AskedAll { found: best.map(|b| (b, started.elapsed())), failed, unanswered })
 }

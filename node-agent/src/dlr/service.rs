@@ -54,10 +54,12 @@ impl DlrService {
             counter.fetch_add(1, Ordering::Relaxed);
         }
         if found.is_none() {
-            found = lookup::query(self, connector, &canonical, wait, None).await?.found;
+            let asked = lookup::query(self, connector, &canonical, wait, None).await?;
+            found = asked.found;
+            unanswered = unanswered.or(asked.unanswered);
         }
         if found.is_none() {
-            // The node that must hold the record did not answer, nor did any other: whether it
+            // A node that may hold the record did not answer, and no other holds it: whether it
             // exists is not known, and a gateway told "not found" would drop its DLR.
             if let Some(why) = unanswered {
                 return Err(self.unanswered(&why, connector, msg_id));
@@ -120,6 +122,11 @@ impl DlrService {
         let _entered = self.reporting.enter(store_key(&req.connector, &canonical)).await;
         let asked = lookup::query(self, &req.connector, &canonical, wait, Some(&report)).await?;
         if asked.found.is_none() {
+            // A live node that did not answer may hold the record (and read the report later,
+            // after its `answer_by`: docs/architecture.md, "A hung owner").
+            if let Some(why) = &asked.unanswered {
+                return Err(self.unanswered(why, &req.connector, &req.msg_id));
+            }
             self.confirm_missing(&req.connector, &canonical, &req.msg_id).await?;
         }
         // A live owner that failed the report (its store refuses writes, say) did not leave the

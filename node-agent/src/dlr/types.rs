@@ -116,7 +116,8 @@ pub struct DlrStats {
     pub first_holder_hits: AtomicU64,
     /// Resolves that node did not answer, so every node was asked.
     pub first_holder_misses: AtomicU64,
-    /// Asks of that node that got no answer in time (the node hung or left).
+    /// Lookups a node did not answer in time (hung or left): the ask of that node, or the query
+    /// of every node.
     pub ask_timeouts: AtomicU64,
     /// Lookups from here no node answered.
     pub not_found: AtomicU64,
@@ -171,7 +172,7 @@ impl DlrStats {
             ),
             (
                 "ask_timeouts",
-                "Asks of the node that must hold a record left unanswered within the timeout.",
+                "Lookups a node left unanswered within the timeout (the ask of the node that must hold the record, or the query of every node).",
                 g(&self.ask_timeouts),
             ),
             ("not_found", "Lookups from this node that no node answered.", g(&self.not_found)),
