@@ -182,3 +182,41 @@ fn metrics_pushed_on_two_agents_sum_and_merge_exactly() {
     }));
     common::assert_independent_readers_agree(&c);
 }
+
+#[test]
+fn each_row_holds_the_samples_sent_before_its_ts_also_after_the_agent_was_stopped() {
+    let c = Cluster::new();
+    let _collector = c.start_collector();
+    let udp = free_port();
+    let a = c.start_agent_config("a", std::slice::from_ref(&c.endpoint), "", &metrics_toml(udp));
+    assert!(wait_until(Duration::from_secs(20), || c.http_get("a", "/v1/metrics/intake").0 == 200), "a is not up");
+    // Stopped 10 ms after a boundary for 1.4 s: a schedule that kept the stop's delay would take
+    // each later snapshot 410 ms after a boundary, where its snapshots must fall on the
+    // boundaries again.
+    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    std::thread::sleep(Duration::from_millis((510 - now_ms() % 500) as u64));
+    common::group::signal(a.pid(), "-STOP");
+    std::thread::sleep(Duration::from_millis(1400));
+    common::group::signal(a.pid(), "-CONT");
+    std::thread::sleep(Duration::from_millis(300));
+    // Probes 37 ms apart over three intervals, each a series of its own, noted with the time
+    // it was sent: its row ends at the first boundary after that time (give or take 250 ms for
+    // a wake-up on a busy host).
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut sent_at = BTreeMap::new();
+    for i in 0..40 {
+        sent_at.insert(format!("probe{i}"), now_ms());
+        socket.send_to(format!("probe{i}:1|c").as_bytes(), ("127.0.0.1", udp)).unwrap();
+        std::thread::sleep(Duration::from_millis(37));
+    }
+    let rows = || {
+        c.query_csv("SELECT name, CAST(ts AS BIGINT) / 1000 FROM metrics WHERE name LIKE 'probe%'")
+            .map(|out| csv_rows(&out))
+            .unwrap_or_default()
+    };
+    assert!(wait_until(Duration::from_secs(30), || rows().len() == 40), "{} of 40 probes stored", rows().len());
+    for r in rows() {
+        let (sent, ts) = (sent_at[&r[0]], r[1].parse::<i64>().unwrap());
+        assert!(ts >= sent - 250 && ts <= sent + 500 + 250, "{} sent at {sent} is in the row of {ts}", r[0]);
+    }
+}

@@ -235,22 +235,26 @@ impl MetricsService {
     }
 
     async fn snapshots(self: Arc<Self>, cancel: CancellationToken) {
-        let every = Duration::from_millis(self.settings.interval_ms);
-        // Snapshots fall on multiples of the interval, so all nodes' rows line up in time.
-        let now = crate::dlr::now_ms();
-        let first = self.settings.interval_ms - now % self.settings.interval_ms;
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_millis(first), every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last = now;
+        let interval = self.settings.interval_ms;
+        let mut last = crate::dlr::now_ms();
         loop {
+            // Each snapshot is taken at the next multiple of the interval by the wall clock, so
+            // all nodes' rows line up in time; a late wake (a busy host, a stopped process)
+            // delays one snapshot, never the ones after it.
+            let now = crate::dlr::now_ms();
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep(Duration::from_millis(next_boundary(now, interval) - now)) => {}
             }
-            let now = crate::dlr::now_ms();
-            let ts = now - now % self.settings.interval_ms;
+            // Its row ends at the boundary just passed (the one slept to, unless the wake was
+            // late by more than an interval); none if the wall clock stepped back meanwhile.
+            let woke = crate::dlr::now_ms();
+            let ts = woke - woke % interval.max(1);
+            if ts <= last {
+                continue;
+            }
             last = ts;
-            let (service, interval) = (self.clone(), self.settings.interval_ms);
+            let service = self.clone();
             let _ = tokio::task::spawn_blocking(move || service.snapshot(ts, interval)).await;
         }
         // What came in since the last snapshot is written now and sent after the next start;
@@ -258,6 +262,13 @@ impl MetricsService {
         let now = crate::dlr::now_ms();
         self.snapshot(now, now.saturating_sub(last).clamp(1, self.settings.interval_ms));
     }
+}
+
+/// The end of the interval of `interval_ms` that `now_ms` falls in: the next multiple of the
+/// interval after `now_ms` (a time on a boundary ends the interval after it).
+fn next_boundary(now_ms: u64, interval_ms: u64) -> u64 {
+    let interval = interval_ms.max(1);
+    (now_ms / interval).saturating_add(1).saturating_mul(interval)
 }
 
 #[cfg(test)]
