@@ -333,6 +333,15 @@ pub async fn make_revision(
                 );
                 bad.push(node.clone());
             }
+            Outcome::Reloading(running) => {
+                out!(
+                    "  {node:<24} not applied after {:?}: its reload command is still running (for {:.1} s; \
+                     [cluster_config] reload_timeout_ms bounds it); `switchboard config status` follows it",
+                    make.timeout,
+                    running.as_secs_f64()
+                );
+                bad.push(node.clone());
+            }
             Outcome::Missing => {
                 out!("  {node:<24} not applied after {:?} (it catches up when it next syncs)", make.timeout);
                 bad.push(node.clone());
@@ -346,6 +355,28 @@ pub async fn make_revision(
             bad.len(),
             outcomes.len(),
             bad.join(", ")
+        );
+    }
+    // A push made elsewhere at the same moment follows the same parent, and may reach the nodes
+    // just after this one was applied: they then hold two heads and apply neither. Reading the
+    // nodes again (over at least two rounds, 300 ms apart) catches it before saying "done".
+    // A node still storing another revision of the same number has one (it follows the same
+    // parent) on its way.
+    let after = ClusterRepo::read(session, keys, PATIENCE).await;
+    let heads = after.heads();
+    let storing =
+        after.states.values().filter_map(|s| s.storing.as_ref()).find(|st| st.number == rev.number && st.id != id);
+    if (heads.len() > 1 && heads.iter().any(|h| h.id == id)) || storing.is_some() {
+        let mut others: Vec<String> = heads.iter().filter(|h| h.id != id).map(|h| h.label()).collect();
+        if let Some(st) = storing.filter(|st| !others.iter().any(|o| o.contains(short(&st.id)))) {
+            others.push(format!("{} ({})", st.number, short(&st.id)));
+        }
+        bail!(
+            "revision {} was applied, then another push made at the same moment ({}) reached the nodes: two \
+             heads, a conflict that no node applies; `switchboard config status` shows it and \
+             `switchboard config resolve` settles it",
+            rev.number,
+            others.join(", ")
         );
     }
     Ok(rev)
@@ -474,7 +505,11 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
                     None => {}
                 }
                 let read: Vec<String> = readers.iter().map(|r| format!("{r}/")).collect();
-                out!("note: no node that answered reads {layer}/ (they read {})", read.join(", "));
+                out!(
+                    "note: no node that answered reads {layer}/ (they read {}): a typo, or a subcluster whose nodes \
+                     are all down or did not answer",
+                    read.join(", ")
+                );
             }
             out!("on top of revision {}:", head.as_ref().map_or("none (the first)".to_owned(), |h| h.label()));
             print_changes(before, &files, "  ")?;
@@ -732,6 +767,15 @@ async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
                 short(&st.id),
                 st.files,
                 switchboard_bus::status::cluster::ago(switchboard_bus::status::now_ms(), st.since_ms)
+            ));
+        }
+        if let Some(r) = &s.reloading {
+            problems.push(format!(
+                "{}: running the reload command of revision {} ({}) for {}: it is applied once the reload succeeds",
+                s.node,
+                r.number,
+                short(&r.id),
+                switchboard_bus::status::cluster::ago(switchboard_bus::status::now_ms(), r.since_ms)
             ));
         }
         let applied = s.applied.as_ref().map(|a| a.id.as_str());

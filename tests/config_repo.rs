@@ -692,6 +692,62 @@ fn a_reload_that_times_out_reports_what_it_wrote() {
     drop(a);
 }
 
+/// A push that stops waiting while a node's reload still runs says so (not "still writing"),
+/// as `config status` does; the revision is applied once the reload succeeds.
+#[test]
+fn a_reload_still_running_when_the_push_stops_waiting_is_named_as_such() {
+    let c = Cluster::new();
+    let a = c.start_limits_agent("gw1", &[], "", &repo_table("reload = [\"sleep\", \"3\"]"));
+    let ep = vec![a.endpoint()];
+    let client = Client::new(&c, &ep);
+    assert!(wait_until(Duration::from_secs(20), || client.states().len() == 1));
+    let dir = tree(&c, "1", &[("global/a.conf", "a1".into())]);
+    let (code, out) = config_cli(&c, &ep, &["push", dir.to_str().unwrap(), "--timeout", "1s"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("its reload command is still running") && !out.contains("still writing"), "{out}");
+    let (code, out) = config_cli(&c, &ep, &["status"]);
+    assert!(code == 1 && out.contains("running the reload command of revision 1"), "{out}");
+    assert!(
+        wait_until(Duration::from_secs(10), || status_json(&c, &ep).0 == 0),
+        "{}",
+        config_cli(&c, &ep, &["status"]).1
+    );
+}
+
+/// Two pushes made at the same moment follow the same parent. The second here reaches the node
+/// while it reloads the first (a client putting its revision then): the node takes it right
+/// after the first is applied, and the first push must not say it is done.
+#[test]
+fn a_push_met_by_another_made_at_the_same_moment_does_not_say_done() {
+    let c = Cluster::new();
+    let (a, ep, code, out) = push_to_one_agent(&c, &repo_table("reload = [\"sleep\", \"1\"]"));
+    assert_eq!(code, 0, "{out}");
+    let client = Client::new(&c, &ep);
+    let first = client.state("gw1").and_then(|s| s.applied).expect("revision 1 applied");
+    let dir = tree(&c, "mine", &[("global/a.conf", "mine".into())]);
+    let push = {
+        let (cluster, endpoint) = (c.cluster.clone(), a.endpoint());
+        std::thread::spawn(move || {
+            let out = std::process::Command::new(BIN)
+                .args(["config", "push", dir.to_str().unwrap(), "--cluster", &cluster, "--connect", &endpoint])
+                .output()
+                .unwrap();
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            (out.status.code().unwrap_or(-1), text)
+        })
+    };
+    let reloading = wait_until(Duration::from_secs(20), || {
+        client.state("gw1").and_then(|s| s.reloading).is_some_and(|r| r.number == 2)
+    });
+    assert!(reloading, "the push's revision never reached its reload");
+    client.push(2, Some(&first.id), &[("global/a.conf", "theirs".into())]);
+    let (code, out) = push.join().unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("another push made at the same moment"), "{out}");
+    let (code, status) = config_cli(&c, &ep, &["status"]);
+    assert!(code == 1 && status.contains("CONFLICT"), "{status}");
+}
+
 /// A node whose reload failed is named when the same tree is pushed again, and `push --force`
 /// gives it a revision to apply; an agent whose `dir` changed writes the head into the new one;
 /// a tree may not carry the revision file's name.

@@ -229,6 +229,8 @@ pub enum Outcome {
     Blocked(String),
     /// Is writing it to its store (it applies it once stored): how many files.
     Storing(usize),
+    /// Switched in, its reload command running since this long.
+    Reloading(Duration),
     /// Does not hold it (yet).
     Missing,
 }
@@ -255,7 +257,11 @@ pub async fn wait_applied(
             let output = failed_reload.filter(|r| !r.output.is_empty()).map_or(String::new(), |r| {
                 format!("; its output ends: {}", r.output.lines().last().unwrap_or_default())
             });
-            let o = if in_place && failed_reload.is_none() {
+            let reloading = s.reloading.as_ref().filter(|r| r.id == id);
+            let o = if let Some(r) = reloading {
+                let since = crate::status::now_ms().saturating_sub(r.since_ms);
+                Outcome::Reloading(Duration::from_millis(since))
+            } else if in_place && failed_reload.is_none() {
                 Outcome::Applied(*first_seen.entry(s.node.clone()).or_insert_with(|| started.elapsed()))
             } else if let Some(b) = s.blocked.as_ref().filter(|_| holds) {
                 let paths = if b.paths.is_empty() { String::new() } else { format!(" ({})", b.paths.join(", ")) };

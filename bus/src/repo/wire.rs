@@ -153,6 +153,21 @@ pub struct NodeState {
     /// A pushed revision it is storing now (a large tree takes seconds to write and flush).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storing: Option<Storing>,
+    /// The revision whose reload command is running now (switched in; applied once the reload
+    /// succeeds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reloading: Option<Reloading>,
+}
+
+/// A revision switched in whose reload command is running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reloading {
+    /// The revision's id.
+    pub id: String,
+    /// Its number.
+    pub number: u64,
+    /// When the reload command started, in milliseconds since the Unix epoch.
+    pub since_ms: u64,
 }
 
 /// A pushed revision a node is writing to its store; it applies it once stored.

@@ -29,7 +29,8 @@ use switchboard_bus::refusals::{refuse, Reason};
 use switchboard_bus::repo::store::{read_object, Store};
 use switchboard_bus::repo::tree::LIMITS_FILE;
 use switchboard_bus::repo::wire::{
-    fetch_object, fetch_revision, fetch_states, Applied, Blocked, LocalEdit, NodeState, Pack, ReloadOutcome, Storing,
+    fetch_object, fetch_revision, fetch_states, Applied, Blocked, LocalEdit, NodeState, Pack, ReloadOutcome, Reloading,
+    Storing,
 };
 use switchboard_bus::repo::{sha256_hex, short, tree, Change, Contents, RepoError, Revision, MAX_NUMBER_JUMP};
 use tokio_util::sync::CancellationToken;
@@ -154,7 +155,7 @@ impl ClusterConfig {
                 let mut next_sync = tokio::time::Instant::now();
                 let every = Duration::from_millis(inner.settings.resync_ms);
                 loop {
-                    inner.reconcile().await;
+                    inner.reconcile(&shared).await;
                     if let Ok(mut s) = shared.lock() {
                         *s = inner.node_state();
                     }
@@ -261,6 +262,7 @@ impl Inner {
             blocked: self.blocked.clone(),
             reload: self.p.reload.clone(),
             storing: None,
+            reloading: None,
         }
     }
 
@@ -475,7 +477,8 @@ impl Inner {
     }
 
     /// Apply the repository's head if there is one and it is not applied.
-    async fn reconcile(&mut self) {
+    /// Apply the head if it can be; `shared` shows the node's state while its reload runs.
+    async fn reconcile(&mut self, shared: &Mutex<NodeState>) {
         let heads: Vec<(String, u64)> = self.store.heads().iter().map(|s| (s.id.clone(), s.number)).collect();
         let (head, number) = match heads.as_slice() {
             [] => return,
@@ -575,6 +578,11 @@ impl Inner {
         self.blocked = None;
         tracing::info!(revision = number, id = short(&head), files = files.len(), ms = started.elapsed().as_millis() as u64, dir = %self.tree.link().display(), "configuration revision applied");
         if !self.settings.reload.is_empty() {
+            // Switched in, not applied until the reload succeeds: a push waiting for this node
+            // says the reload is what it waits for.
+            let mut state = self.node_state();
+            state.reloading = Some(Reloading { id: head.clone(), number, since_ms: now_ms() });
+            *shared.lock().unwrap_or_else(|p| p.into_inner()) = state;
             let mut outcome = self.run_reload(&head, number).await;
             if !outcome.ok {
                 self.p.failed.push(head.clone());
