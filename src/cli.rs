@@ -86,8 +86,9 @@ pub enum Command {
         /// Write the result to this file instead of standard output (required for parquet).
         #[arg(long, short)]
         output: Option<PathBuf>,
-        /// Allow statements that write files or define tables: COPY ... TO, INSERT,
-        /// CREATE EXTERNAL TABLE, CREATE VIEW, ... Without it the dataset is read-only.
+        /// Allow statements that write files or define tables: COPY (...) TO 'file',
+        /// CREATE EXTERNAL TABLE, CREATE VIEW, ... Without it the dataset is read-only; its own
+        /// tables take no INSERT even with it (only the collector writes them).
         #[arg(long)]
         allow_write: bool,
     },
@@ -238,19 +239,32 @@ const DEFAULT_DATA: &str = "switchboard-data";
 const DEMO_DATA: &str = "switchboard-demo/dataset";
 
 impl Scope {
+    /// The dataset of `--data`; an error when it holds no dataset at all (a mistyped path or
+    /// prefix), rather than the empty answers of a dataset with nothing committed yet.
     async fn open(&self) -> Result<Dataset> {
         let window = TimeWindow::parse(self.since.as_deref(), self.until.as_deref(), chrono::Utc::now())?;
         let text = self.data.to_string_lossy();
-        if text.contains("://") {
+        let ds = if text.contains("://") {
             // As the collector's `data_dir` takes it: `s3://...` or `file:///...`.
-            let location = switchboard_bus::dataset::Location::parse(&text)?;
-            if let switchboard_bus::dataset::Location::Local(path) = &location {
-                return Ok(Dataset::open_window(path, window).await?);
+            match switchboard_bus::dataset::Location::parse(&text)? {
+                switchboard_bus::dataset::Location::Local(path) => Dataset::open_window(&path, window).await?,
+                location => {
+                    let options = switchboard_bus::dataset::StoreOptions::default();
+                    Dataset::open_location(&location, &options, window).await?
+                }
             }
-            let options = switchboard_bus::dataset::StoreOptions::default();
-            return Ok(Dataset::open_location(&location, &options, window).await?);
+        } else {
+            Dataset::open_window(&self.root()?, window).await?
+        };
+        if ds.is_not_a_dataset() {
+            anyhow::bail!(
+                "no dataset at {}: neither a table nor a collector's commit log ({}/) is there; pass --data \
+                 with the collector's data_dir",
+                text,
+                switchboard_bus::dataset::META_DIR
+            );
         }
-        Ok(Dataset::open_window(&self.root()?, window).await?)
+        Ok(ds)
     }
 
     /// `--data`, or after a demo in this directory its dataset (said on stderr); a dataset that

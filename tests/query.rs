@@ -73,3 +73,22 @@ fn a_large_result_streams_in_bounded_memory_and_a_closed_pipe_ends_it_quietly() 
     let run = query(dir.path(), &["--format", "json", "SELECT value FROM generate_series(1, 0)"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&run.stdout).trim(), "[]");
 }
+
+#[test]
+fn a_directory_that_holds_no_dataset_is_an_error_not_an_empty_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("gateway.log"), "not a dataset\n").unwrap();
+    for args in [&["SELECT count(*) FROM logs"][..], &["SHOW TABLES"][..]] {
+        let out = query(dir.path(), args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("no dataset at") && stderr.contains("_switchboard/"), "{stderr}");
+    }
+    let out = Command::new(BIN).args(["report", "errors", "--data", dir.path().to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    // A collector's dataset with nothing committed yet is a dataset: no tables, said so.
+    std::fs::create_dir_all(dir.path().join("_switchboard/log")).unwrap();
+    let out = query(dir.path(), &["SELECT count(*) FROM logs"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no tables yet"), "{stderr}");
+}

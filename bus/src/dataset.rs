@@ -16,6 +16,10 @@ use object_store::aws::AmazonS3Builder;
 use object_store::{ClientOptions, ObjectStore, RetryConfig};
 use serde::{Deserialize, Serialize};
 
+/// The directory below a dataset's root where the collectors keep their commit log and staged
+/// files: every dataset a collector has started on has it, from its first claim on.
+pub const META_DIR: &str = "_switchboard";
+
 /// A dataset location that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {

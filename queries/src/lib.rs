@@ -111,6 +111,8 @@ pub struct Dataset {
     unopened: tokio::sync::Mutex<Vec<(String, url::Url)>>,
     window: TimeWindow,
     writes_allowed: bool,
+    /// Whether a collector has written here (its commit log is there), tables or not.
+    collector_wrote: bool,
 }
 
 impl Dataset {
@@ -135,12 +137,24 @@ impl Dataset {
                 .map_err(|()| QueryError::Sql(format!("{} is not a path a URL can name", dir.display())))?;
             found.push(((*table).to_owned(), url));
         }
-        Ok(Self::with_tables(Self::context_for_reading(), found, window))
+        let collector_wrote = root.join(switchboard_bus::dataset::META_DIR).is_dir();
+        Ok(Self::with_tables(Self::context_for_reading(), found, window, collector_wrote))
     }
 
-    fn with_tables(ctx: SessionContext, found: Vec<(String, url::Url)>, window: TimeWindow) -> Self {
+    fn with_tables(
+        ctx: SessionContext,
+        found: Vec<(String, url::Url)>,
+        window: TimeWindow,
+        collector_wrote: bool,
+    ) -> Self {
         let tables = found.iter().map(|(name, _)| name.clone()).collect();
-        Self { ctx, tables, unopened: tokio::sync::Mutex::new(found), window, writes_allowed: false }
+        Self { ctx, tables, unopened: tokio::sync::Mutex::new(found), window, writes_allowed: false, collector_wrote }
+    }
+
+    /// Whether this looks like no dataset at all: no table and no collector's commit log (a
+    /// mistyped `--data`, or a directory of something else).
+    pub fn is_not_a_dataset(&self) -> bool {
+        self.tables.is_empty() && !self.collector_wrote
     }
 
     /// The dataset at `location` (a directory, or `s3://bucket/prefix` reached as `options` and
@@ -176,7 +190,18 @@ impl Dataset {
                 url::Url::parse(&format!("s3://{bucket}/{dir}/")).map_err(|e| QueryError::Store(e.to_string()))?;
             found.push(((*table).to_owned(), url));
         }
-        Ok(Self::with_tables(ctx, found, window))
+        let meta = if prefix.is_empty() {
+            switchboard_bus::dataset::META_DIR.to_owned()
+        } else {
+            format!("{prefix}/{}", switchboard_bus::dataset::META_DIR)
+        };
+        let first =
+            futures::StreamExt::next(&mut store.list(Some(&object_store::path::Path::from(meta.as_str())))).await;
+        let collector_wrote = match first {
+            Some(Err(e)) => return Err(QueryError::Store(format!("listing {}: {e}", location.display()))),
+            found => found.is_some(),
+        };
+        Ok(Self::with_tables(ctx, found, window, collector_wrote))
     }
 
     /// Register the tables `statement` names that are not registered yet (every one, for a
@@ -275,8 +300,25 @@ impl Dataset {
 
     fn explain(&self, e: DataFusionError) -> QueryError {
         let mut msg = e.find_root().to_string();
+        if msg.contains("Insert into not implemented") {
+            msg.push_str(
+                "\nhint: the dataset's tables are written by the collector alone and take no INSERT; write a \
+                 result to files with COPY (...) TO '<file>' (with --allow-write) or --format parquet --output",
+            );
+        }
+        if msg.contains("Cast error") && msg.contains("to value of Int") && msg.contains('-') {
+            msg.push_str(
+                "\nhint: `date` is text ('YYYY-MM-DD'): quote it, as in WHERE date = '2026-11-22' (an unquoted \
+                 2026-11-22 is a subtraction)",
+            );
+        }
         if msg.contains("not found") && msg.contains("table") {
-            if self.tables.is_empty() {
+            if self.is_not_a_dataset() {
+                msg.push_str(
+                    "\nhint: this is no dataset: neither a table nor a collector's commit log (_switchboard/) is \
+                     here; pass the collector's data_dir",
+                );
+            } else if self.tables.is_empty() {
                 msg.push_str(
                     "\nhint: the dataset has no tables yet (no committed Parquet files): a collector commits \
                      a file max_file_age_ms (30 s by default) after opening it, or once it is full",
