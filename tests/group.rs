@@ -429,6 +429,14 @@ fn the_store_stopped_for_a_while_loses_nothing_and_health_says_why() {
         code == 503 && h.to_string().contains("does not answer")
     });
     assert!(waiting, "{standby} restarted while the store is down: {:?}\n{}", health(&g.c, &standby), g.logs());
+    // Not on the bus yet, it has no view of the cluster: its status page says why, not 404.
+    for path in ["/status", "/status.json"] {
+        let (code, body) = g.c.http_get(&standby, path);
+        assert!(
+            code == 503 && body.contains("is starting") && body.contains("does not answer"),
+            "{path}: {code} {body}"
+        );
+    }
     let (_, metrics) = g.c.http_get(&standby, "/metrics");
     for line in ["switchboard_health_status 2", "switchboard_collector_store_failing 1"] {
         assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");

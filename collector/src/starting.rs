@@ -42,7 +42,7 @@ impl Starting {
             copy,
             access.clone(),
             me.clone(),
-            axum::Router::new(),
+            status_routes(me.clone()),
             Duration::ZERO,
             stop.clone(),
         ));
@@ -83,4 +83,57 @@ impl Report for Starting {
     fn status(&self, health: &Health) -> ProcessStatus {
         ProcessStatus::new(Role::Collector, &self.name, self.started_at_ms, health)
     }
+}
+
+/// `/status`, `/status/fragment` and `/status.json` while the collector has not joined the bus:
+/// `503` with what it is doing (the cluster's view needs the bus; any other process serves it).
+/// The page reloads itself every 2 s, and so becomes the live view once the collector has joined.
+fn status_routes(starting: Arc<Starting>) -> axum::Router {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    let why = move |s: &Starting| {
+        let (problem, _) = s.problem.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        format!(
+            "collector {} is starting: {problem}; the cluster's status is on any other agent's or collector's /status",
+            s.name
+        )
+    };
+    let (page, json) = (starting.clone(), starting);
+    let why_json = why.clone();
+    axum::Router::new()
+        .route(
+            "/status",
+            get(move || {
+                let text = why(&page);
+                async move {
+                    let html = format!(
+                        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+                         <meta http-equiv=\"refresh\" content=\"2\"><title>Switchboard: starting</title></head>\n\
+                         <body><p>{}</p></body></html>\n",
+                        switchboard_bus::status::page::esc(&text)
+                    );
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")],
+                        html,
+                    )
+                        .into_response()
+                }
+            }),
+        )
+        .route(
+            "/status/fragment",
+            get(|| async { (StatusCode::SERVICE_UNAVAILABLE, "this collector is starting").into_response() }),
+        )
+        .route(
+            "/status.json",
+            get(move || {
+                let text = why_json(&json);
+                async move {
+                    let body = serde_json::json!({"error": text, "role": "starting"});
+                    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+                }
+            }),
+        )
 }
