@@ -376,6 +376,11 @@ fn ids_are_normalized_races_wait_records_expire_and_bad_requests_are_refused() {
         ("/v1/dlr/register", json!({"connector": "dec", "msg_id": ""}).to_string(), "message id must be"),
         ("/v1/dlr/register", json!({"connector": "dec", "msg_id": "1", "expiry_s": 0}).to_string(), "expiry_s"),
         ("/v1/dlr/register", json!({"records": []}).to_string(), "1 to 10000"),
+        (
+            "/v1/dlr/register",
+            json!({"connector": "dec", "msg_id": "1", "submitted_at": u64::MAX}).to_string(),
+            "more than a day after",
+        ),
         ("/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "1", "wait_ms": 999_999}).to_string(), "wait_ms"),
         ("/v1/dlr/report", json!({"connector": "dec", "msg_id": "1", "status": ""}).to_string(), "status"),
         ("/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "1", "extra": 1}).to_string(), "unknown field"),

@@ -229,9 +229,17 @@ impl Collector {
             match open_dataset(&config, &store, &stats).await {
                 Ok(opened) => break opened,
                 Err(e) if e.store_unreachable() => {
-                    let why = format!("{e} (trying again in {} s)", starting::RETRY.as_secs());
-                    tracing::warn!("the dataset's store does not answer at start: {why}");
-                    set_problem(format!("the dataset's store does not answer: {why}"), true);
+                    let text = e.to_string();
+                    // A store that answers "no such bucket" did answer: say what to fix, not
+                    // the XML of its answer.
+                    let (what, text) = if text.contains("NoSuchBucket") {
+                        ("the dataset's bucket does not exist", "create it, or fix data_dir".to_owned())
+                    } else {
+                        ("the dataset's store does not answer", text)
+                    };
+                    let why = format!("{text} (trying again in {} s)", starting::RETRY.as_secs());
+                    tracing::warn!("{what} at start: {why}");
+                    set_problem(format!("{what}: {why}"), true);
                     tokio::select! {
                         _ = cancel.cancelled() => return Err(e),
                         _ = tokio::time::sleep(starting::RETRY) => {}

@@ -29,6 +29,9 @@ use super::types::check_field;
 use super::{now_ms, DlrError, DlrStats, InboxEntry, Registration, MAX_BATCH, MAX_FIELD_BYTES, MAX_REF_BYTES};
 use crate::eventlog::EventLog;
 
+/// How far ahead of this node's clock a registration's `submitted_at` may be.
+const SUBMITTED_AHEAD_MS: u64 = 86_400_000;
+
 /// What a record's first copy holder said of a report its owner could not take on its own
 /// record alone (`DlrService::claim`; docs/architecture.md, "A hung owner").
 #[derive(Debug)]
@@ -132,6 +135,13 @@ impl Records {
                 return Err(at(DlrError::BadRequest(format!(
                     "expiry_s must be 1 to {} (dlr.max_expiry_s)",
                     self.settings.max_expiry_s
+                ))));
+            }
+            // A gateway's clock may run ahead of this node's, but not by a day: a later time is a
+            // bug (or hostile), and would turn into no latency at all in the `dlr` table.
+            if r.submitted_at.is_some_and(|at| at > now.saturating_add(SUBMITTED_AHEAD_MS)) {
+                return Err(at(DlrError::BadRequest(format!(
+                    "submitted_at is more than a day after this node's clock ({now} ms since the epoch)"
                 ))));
             }
             fresh.push(DlrRecord {
