@@ -100,7 +100,7 @@ fn status_routes(starting: Arc<Starting>) -> axum::Router {
         )
     };
     let (page, json) = (starting.clone(), starting);
-    let why_json = why.clone();
+    let why_json = why;
     axum::Router::new()
         .route(
             "/status",
