@@ -160,6 +160,8 @@ fn bad_config_is_a_clear_error() {
 #[test]
 fn query_reports_bad_sql_without_a_backtrace() {
     let dir = tempfile::tempdir().unwrap();
+    // A collector's dataset with nothing committed yet.
+    std::fs::create_dir_all(dir.path().join("_switchboard/log")).unwrap();
     let out = std::process::Command::new(BIN)
         .args(["query", "--data", dir.path().to_str().unwrap(), "SELEC 1"])
         .env("RUST_BACKTRACE", "1")
