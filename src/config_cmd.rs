@@ -759,24 +759,18 @@ async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
         problems.push(format!("conflict: {} heads made apart ({})", heads.len(), labels(&heads)));
     }
     for s in repo.states.values() {
+        // What a node is doing with a revision, and since when.
+        let doing = |what: String, since_ms: u64, then: &str| {
+            let ago = switchboard_bus::status::cluster::ago(switchboard_bus::status::now_ms(), since_ms);
+            format!("{}: {what} for {ago}: it is applied once {then}", s.node)
+        };
         if let Some(st) = &s.storing {
-            problems.push(format!(
-                "{}: writing revision {} ({}, {} files) for {}: it is applied once written",
-                s.node,
-                st.number,
-                short(&st.id),
-                st.files,
-                switchboard_bus::status::cluster::ago(switchboard_bus::status::now_ms(), st.since_ms)
-            ));
+            let what = format!("writing revision {} ({}, {} files)", st.number, short(&st.id), st.files);
+            problems.push(doing(what, st.since_ms, "written"));
         }
         if let Some(r) = &s.reloading {
-            problems.push(format!(
-                "{}: running the reload command of revision {} ({}) for {}: it is applied once the reload succeeds",
-                s.node,
-                r.number,
-                short(&r.id),
-                switchboard_bus::status::cluster::ago(switchboard_bus::status::now_ms(), r.since_ms)
-            ));
+            let what = format!("running the reload command of revision {} ({})", r.number, short(&r.id));
+            problems.push(doing(what, r.since_ms, "the reload succeeds"));
         }
         let applied = s.applied.as_ref().map(|a| a.id.as_str());
         if heads.len() == 1 && applied != Some(heads[0].id.as_str()) {

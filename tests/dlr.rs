@@ -416,6 +416,17 @@ fn ids_are_normalized_races_wait_records_expire_and_bad_requests_are_refused() {
     assert!(c.http_get("a", "/health").0 == 200, "still healthy after bad input");
 }
 
+/// A `dec` id whose first holder among the live `nodes` is `holder` (the first of 0..1000).
+fn first_held_by(nodes: &[&str], holder: &str) -> String {
+    (0..1000)
+        .map(|i| i.to_string())
+        .find(|id| {
+            let key = switchboard_bus::dlr::record::store_key("dec", id);
+            switchboard_bus::dlr::rendezvous::first_holder(&key, nodes.iter().copied()) == Some(holder)
+        })
+        .unwrap_or_else(|| panic!("no id in a thousand weighs most on {holder}"))
+}
+
 /// Agents a, b and c (one copy per record, asks timing out after 300 ms), and an id registered
 /// at a whose first holder, and so its one copy, is c.
 fn a_record_of_a_held_by_c(c: &Cluster) -> ([LimitsNode; 3], String) {
@@ -424,13 +435,7 @@ fn a_record_of_a_held_by_c(c: &Cluster) -> ([LimitsNode; 3], String) {
     let b = c.start_limits_agent("b", &[a.endpoint()], "", &dlr);
     let holder = c.start_limits_agent("c", &[a.endpoint(), b.endpoint()], "", &dlr);
     wait_mesh(c, &["a", "b", "c"]);
-    let id = (0..1000)
-        .map(|i| i.to_string())
-        .find(|id| {
-            let key = switchboard_bus::dlr::record::store_key("dec", id);
-            switchboard_bus::dlr::rendezvous::first_holder(&key, ["a", "b", "c"]) == Some("c")
-        })
-        .expect("one in a thousand ids weighs most on c");
+    let id = first_held_by(&["a", "b", "c"], "c");
     register(c, "a", "dec", [id.clone()]);
     assert!(wait_until(Duration::from_secs(10), || dlr_counter(c, "c", "replica_ops_received") >= 1));
     ([a, b, holder], id)
@@ -468,13 +473,7 @@ fn a_hung_node_that_may_hold_the_record_makes_a_miss_unknown_not_missing() {
     // An id no node registered whose first holder is b itself: b asks no single node, only every
     // node at once, and a (hung within its lease) could hold it (registered just before it hung,
     // its copy not yet sent).
-    let id = (0..1000)
-        .map(|i| i.to_string())
-        .find(|id| {
-            let key = switchboard_bus::dlr::record::store_key("dec", id);
-            switchboard_bus::dlr::rendezvous::first_holder(&key, ["a", "b"]) == Some("b")
-        })
-        .expect("about half the ids weigh most on b");
+    let id = first_held_by(&["a", "b"], "b");
     let pid = a.proc.as_ref().map(|p| p.pid()).unwrap_or_default();
     signal(pid, "-STOP");
     let resolved = post(&c, "b", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": id}));

@@ -266,3 +266,27 @@ fn config_mistakes_are_said_once_and_plainly() {
     assert!(!log.contains('\u{1b}'), "no colour codes in a log file:\n{log}");
     assert!(!log.contains("Scouting delay elapsed"), "{log}");
 }
+
+/// Two agents that met through gossip (each connects only to the collector), one stopped just
+/// past the bus lease: both sides drop their link. Their mesh must come back on its own.
+#[test]
+fn agents_that_met_through_gossip_find_each_other_again_after_a_stall_past_the_lease() {
+    let c = Cluster::new();
+    let collector = c.start_collector();
+    let a = c.start_agent_config("gw1", std::slice::from_ref(&c.endpoint), "", "");
+    let b = c.start_agent_config("gw2", std::slice::from_ref(&c.endpoint), "", "");
+    let settled = |n: &str| wait_until(DEADLINE, || health(&c, n)["status"] == "ok");
+    assert!(settled("gw1") && settled("gw2"), "{}\n{}", health(&c, "gw1"), health(&c, "gw2"));
+    common::group::signal(b.pid(), "-STOP");
+    std::thread::sleep(Duration::from_millis(3050));
+    common::group::signal(b.pid(), "-CONT");
+    // A split lasts 3 s before it is reported (checked every 2 s): look after that.
+    std::thread::sleep(Duration::from_secs(8));
+    let healed = wait_until(Duration::from_secs(30), || {
+        health(&c, "gw1")["status"] == "ok" && health(&c, "gw2")["status"] == "ok"
+    });
+    assert!(healed, "the mesh did not heal:\n{}\n{}", health(&c, "gw1"), health(&c, "gw2"));
+    a.stop();
+    b.stop();
+    collector.stop();
+}

@@ -16,9 +16,25 @@ use object_store::aws::AmazonS3Builder;
 use object_store::{ClientOptions, ObjectStore, RetryConfig};
 use serde::{Deserialize, Serialize};
 
+/// `_switchboard`, or a path below it: the one spelling of the collectors' directory.
+macro_rules! meta {
+    () => {
+        "_switchboard"
+    };
+    ($below:literal) => {
+        concat!(meta!(), "/", $below)
+    };
+}
+
 /// The directory below a dataset's root where the collectors keep their commit log and staged
 /// files: every dataset a collector has started on has it, from its first claim on.
-pub const META_DIR: &str = "_switchboard";
+pub const META_DIR: &str = meta!();
+/// Below the dataset root: the commit log's slots.
+pub const LOG_DIR: &str = meta!("log");
+/// Below the dataset root: files written but not yet published (`<writer>/…parquet.tmp`).
+pub const STAGING_DIR: &str = meta!("staging");
+/// The commit log's tail hint.
+pub const TAIL_KEY: &str = meta!("log/_tail.json");
 
 /// A dataset location that cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -23,12 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ranges::RangeSet;
 use crate::store::{Store, StoreError};
 
-/// Below the dataset root: the log's slots.
-pub const LOG_DIR: &str = "_switchboard/log";
-/// Below the dataset root: files written but not yet published (`<writer>/…parquet.tmp`).
-pub const STAGING_DIR: &str = "_switchboard/staging";
-/// The tail hint's key.
-pub const TAIL_KEY: &str = "_switchboard/log/_tail.json";
+pub use switchboard_bus::dataset::{LOG_DIR, STAGING_DIR, TAIL_KEY};
 /// The record format version.
 pub const VERSION: u32 = 1;
 /// The hint is rewritten after this many commits.

@@ -314,10 +314,11 @@ impl Dataset {
         }
         if msg.contains("not found") && msg.contains("table") {
             if self.is_not_a_dataset() {
-                msg.push_str(
-                    "\nhint: this is no dataset: neither a table nor a collector's commit log (_switchboard/) is \
-                     here; pass the collector's data_dir",
-                );
+                msg.push_str(&format!(
+                    "\nhint: this is no dataset: neither a table nor a collector's commit log ({}/) is here; pass \
+                     the collector's data_dir",
+                    switchboard_bus::dataset::META_DIR
+                ));
             } else if self.tables.is_empty() {
                 msg.push_str(
                     "\nhint: the dataset has no tables yet (no committed Parquet files): a collector commits \
