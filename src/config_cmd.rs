@@ -368,7 +368,7 @@ pub async fn make_revision(
         after.states.values().filter_map(|s| s.storing.as_ref()).find(|st| st.number == rev.number && st.id != id);
     if (heads.len() > 1 && heads.iter().any(|h| h.id == id)) || storing.is_some() {
         let mut others: Vec<String> = heads.iter().filter(|h| h.id != id).map(|h| h.label()).collect();
-        if let Some(st) = storing.filter(|st| !others.iter().any(|o| o.contains(short(&st.id)))) {
+        if let Some(st) = storing.filter(|st| !heads.iter().any(|h| h.id == st.id)) {
             others.push(format!("{} ({})", st.number, short(&st.id)));
         }
         bail!(

@@ -244,7 +244,7 @@ impl MetricsService {
             let now = crate::dlr::now_ms();
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep(Duration::from_millis(next_boundary(now, interval) - now)) => {}
+                _ = tokio::time::sleep(Duration::from_millis(next_boundary(now, interval).saturating_sub(now))) => {}
             }
             // Its row ends at the boundary just passed (the one slept to, unless the wake was
             // late by more than an interval); none if the wall clock stepped back meanwhile.
