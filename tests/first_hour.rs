@@ -94,6 +94,8 @@ fn a_split_cluster_is_reported() {
     let m = c.http_get("gw2", "/metrics").1;
     assert_eq!(metric(&m, "switchboard_mesh_unreachable_processes"), Some(1.0), "{m}");
     assert_eq!(metric(&m, "switchboard_health_status"), Some(1.0), "{m}");
+    // With gossip off every link goes where `connect` says: the check reports, it does not dial.
+    assert_eq!(metric(&m, "switchboard_mesh_dials_total"), Some(0.0), "{m}");
     assert!(wait_until(DEADLINE, || a.log_text().contains("bus mesh")), "a warning is logged:\n{}", a.log_text());
     a.stop();
     b.stop();
@@ -289,4 +291,72 @@ fn agents_that_met_through_gossip_find_each_other_again_after_a_stall_past_the_l
     a.stop();
     b.stop();
     collector.stop();
+}
+
+/// The TCP ports `pid` listens on.
+fn listen_ports(pid: u32) -> Vec<u16> {
+    let out = std::process::Command::new("ss").args(["-tlnpH"]).output().expect("ss runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("pid={pid},")))
+        .filter_map(|l| l.split_whitespace().nth(3)?.rsplit_once(':')?.1.parse().ok())
+        .collect()
+}
+
+/// Reset every established TCP connection between processes `a` and `b` (one's listening port
+/// at one end, the other process at the other end), as a firewall or a NAT that drops a
+/// connection does; how many were reset.
+fn cut_links(a: u32, b: u32) -> usize {
+    let mut cut = 0;
+    for (from, to) in [(a, b), (b, a)] {
+        for port in listen_ports(to) {
+            let out = std::process::Command::new("ss")
+                .args(["-K", "-tnpH", "state", "established", "dport", "=", &format!(":{port}")])
+                .output()
+                .expect("ss runs");
+            // `ss -K` lists what matched; only the connections of `from` count.
+            cut += String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(&format!("pid={from},"))).count();
+        }
+    }
+    cut
+}
+
+fn sees_name(c: &Cluster, name: &str, other: &str) -> bool {
+    health(c, name)["mesh"]["sees"].as_array().is_some_and(|s| s.iter().any(|m| m == other))
+}
+
+/// Two agents that met through gossip lose their direct link (reset) while both keep their
+/// collector link: zenoh alone would never dial it again; the mesh check does.
+fn a_cut_link_between_agents_is_dialed_again(c: Cluster) {
+    let collector = c.start_collector();
+    let a = c.start_agent_config("gw1", std::slice::from_ref(&c.endpoint), "", "");
+    let b = c.start_agent_config("gw2", std::slice::from_ref(&c.endpoint), "", "");
+    let settled = |n: &str| wait_until(DEADLINE, || health(&c, n)["status"] == "ok");
+    assert!(settled("gw1") && settled("gw2"), "{}\n{}", health(&c, "gw1"), health(&c, "gw2"));
+    assert!(sees_name(&c, "gw1", "node/gw2"), "{}", health(&c, "gw1"));
+    let cut = cut_links(a.pid(), b.pid());
+    assert!(cut >= 1, "no connection between the two agents was found to reset");
+    let at = std::time::Instant::now();
+    // The split is seen at once, on both sides (no link between them is left).
+    assert!(wait_until(DEADLINE, || !sees_name(&c, "gw1", "node/gw2")), "{}", health(&c, "gw1"));
+    let healed =
+        wait_until(Duration::from_secs(30), || sees_name(&c, "gw1", "node/gw2") && sees_name(&c, "gw2", "node/gw1"));
+    assert!(healed, "the mesh did not heal:\n{}\n{}", health(&c, "gw1"), health(&c, "gw2"));
+    eprintln!("the agents see each other again {} ms after the cut", at.elapsed().as_millis());
+    let opened = |n: &str| metric(&c.http_get(n, "/metrics").1, "switchboard_mesh_dials_opened_total").unwrap_or(0.0);
+    assert!(opened("gw1") + opened("gw2") >= 1.0, "healed, but not by a dial of the mesh check");
+    assert!(wait_until(DEADLINE, || settled("gw1") && settled("gw2")), "{}", health(&c, "gw1"));
+    a.stop();
+    b.stop();
+    collector.stop();
+}
+
+#[test]
+fn a_cut_link_between_agents_heals() {
+    a_cut_link_between_agents_is_dialed_again(Cluster::new());
+}
+
+#[test]
+fn a_cut_tls_link_between_agents_heals() {
+    a_cut_link_between_agents_is_dialed_again(Cluster::with_tls(&["collector:c1", "agent:gw1", "agent:gw2"]));
 }

@@ -15,6 +15,7 @@
 //! - [`session`]: opening a zenoh session from the config, announcing a process;
 //! - [`membership`]: the live set of the cluster from liveliness tokens;
 //! - [`mesh`]: the check that every process sees every live process, and unique names;
+//! - [`links`]: dialing a peer again whose link zenoh would not restore;
 //! - [`dlr`]: the DLR lookup protocol: canonical ids, records, lookup and replica documents;
 //! - [`histogram`]: HDR V2 histograms (DEFLATE or not) as they travel and rest;
 //! - [`limits`]: rate and concurrency limits decided locally (GCRA, slots), shares, demand
@@ -38,6 +39,7 @@ pub mod histogram;
 pub mod http;
 pub mod keys;
 pub mod limits;
+pub mod links;
 pub mod membership;
 pub mod mesh;
 pub mod refusals;

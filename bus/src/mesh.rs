@@ -13,6 +13,12 @@
 //!   A problem counts once it has lasted [`SETTLE`] (joins and deaths take a moment to reach
 //!   everyone); each one is logged when it starts and when it ends, and [`Mesh::problems`] feeds
 //!   `/health` (degraded) and `/metrics`.
+//! - A process it cannot reach, though another one sees it, has usually lost a link that zenoh
+//!   does not dial again ([`crate::links`]): once that has lasted [`SETTLE`], the check dials it
+//!   at the address that process gave for itself in its own view, as relayed in the view of a
+//!   process that sees it (each view lists the addresses of the processes it sees, as they gave
+//!   them), again after 2, 4, ... up to 60 s while it stays unreachable (not with `gossip =
+//!   false` or as a `client`: there every link goes where `connect` says).
 //! - Before a process announces itself, [`check_name_free`] asks the same views and the
 //!   liveliness tokens whether its name is already alive, so a second agent started with the same
 //!   node name is refused instead of silently mixing its data with the first one's.
@@ -28,6 +34,7 @@ use zenoh::query::{ConsolidationMode, QueryTarget};
 use zenoh::{Session, Wait};
 
 use crate::keys::{KeySpace, Role};
+use crate::links::{Address, Links};
 use crate::membership::{Member, Membership};
 use crate::session::SessionError;
 
@@ -46,6 +53,8 @@ const MAX_MEMBERS: usize = 10_000;
 const MAX_MEMBERS_PER_POLL: usize = 100_000;
 /// Problems tracked at most; more are not recorded (the first ones already say what is wrong).
 const MAX_PROBLEMS: usize = 1_000;
+/// The longest wait between two dials of a process that stays unreachable.
+const MAX_REDIAL_WAIT: Duration = Duration::from_secs(60);
 
 /// What one process sees: the answer of its view queryable.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,17 +64,31 @@ pub struct View {
     /// The live processes it sees, as `<role>/<name>` (e.g. `node/gw1`, `collector/c1`),
     /// itself included.
     pub live: Vec<String>,
+    /// Where the processes it sees are, by `<role>/<name>`: its own address, and each other's as
+    /// that process gave it in its own view (absent from views of older versions).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub addresses: BTreeMap<String, Address>,
 }
 
 impl View {
-    fn of(live: &BTreeSet<Member>) -> Self {
-        Self { version: VIEW_VERSION, live: live.iter().map(member_chunk).collect() }
+    fn of(live: &BTreeSet<Member>, addresses: BTreeMap<String, Address>) -> Self {
+        Self { version: VIEW_VERSION, live: live.iter().map(member_chunk).collect(), addresses }
     }
 
-    /// Decode a view; `None` for a malformed, oversized or unknown-version document.
+    /// Decode a view; `None` for a malformed, oversized or unknown-version document, or one with
+    /// an address out of bounds.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         let view: View = serde_json::from_slice(bytes).ok()?;
-        (view.version == VIEW_VERSION && view.live.len() <= MAX_MEMBERS).then_some(view)
+        (view.version == VIEW_VERSION
+            && view.live.len() <= MAX_MEMBERS
+            && view.addresses.len() <= MAX_MEMBERS
+            && view.addresses.values().all(Address::is_valid))
+        .then_some(view)
+    }
+
+    /// The address `member` gave for itself, as this view lists it.
+    fn address_of(&self, member: &Member) -> Option<&Address> {
+        self.addresses.get(&member_chunk(member))
     }
 
     fn members(&self) -> BTreeSet<Member> {
@@ -160,6 +183,19 @@ struct State {
     pending: BTreeMap<MeshProblem, Instant>,
     /// Processes this one saw, with when each was first seen.
     since: BTreeMap<Member, Instant>,
+    /// The addresses the processes this one reaches gave in their own views at the last poll.
+    known: BTreeMap<Member, Address>,
+    /// Unreachable processes this one dials: when next, and the wait after that.
+    redial: BTreeMap<Member, (Instant, Duration)>,
+}
+
+/// What the mesh check counts of its dials.
+#[derive(Default)]
+struct Dials {
+    /// Dials of an unreachable process.
+    tried: AtomicU64,
+    /// Of those, dials after which a link to it was open.
+    opened: AtomicU64,
 }
 
 /// The running mesh check of one process.
@@ -168,26 +204,37 @@ pub struct Mesh {
     state: Arc<Mutex<State>>,
     /// View answers that could not be read (malformed, oversized, unknown version, bad key).
     malformed: Arc<AtomicU64>,
+    dials: Arc<Dials>,
     membership: Membership,
+    /// This process's runtime, to dial unreachable processes.
+    links: Links,
 }
 
 impl Mesh {
-    /// Answer this process's view queryable and compare views every [`POLL`] until `cancel`.
+    /// Answer this process's view queryable and compare views every [`POLL`] until `cancel`;
+    /// dial the processes it finds unreachable through `links`.
     pub async fn start(
         session: &Session,
         keys: &KeySpace,
         me: Member,
         membership: Membership,
+        links: Links,
         cancel: CancellationToken,
     ) -> Result<Self, SessionError> {
+        let mesh = Self {
+            state: Arc::new(Mutex::new(State::default())),
+            malformed: Arc::default(),
+            dials: Arc::default(),
+            membership,
+            links,
+        };
         let key = keys.view(me.role, &me.name)?;
         let queryable = {
-            let membership = membership.clone();
-            let key = key.clone();
+            let (mesh, me, key) = (mesh.clone(), me.clone(), key.clone());
             session
                 .declare_queryable(key.clone())
                 .callback(move |query| {
-                    let body = serde_json::to_vec(&View::of(&membership.live())).unwrap_or_default();
+                    let body = serde_json::to_vec(&mesh.view(&me)).unwrap_or_default();
                     if let Err(e) = query.reply(key.clone(), body).wait() {
                         tracing::debug!(error = %e, "cannot answer a view query");
                     }
@@ -195,7 +242,6 @@ impl Mesh {
                 .await
                 .map_err(|e| SessionError::Zenoh(e.to_string()))?
         };
-        let mesh = Self { state: Arc::new(Mutex::new(State::default())), malformed: Arc::default(), membership };
         let (session, keys, task) = (session.clone(), keys.clone(), mesh.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(POLL);
@@ -206,21 +252,58 @@ impl Mesh {
                     _ = tick.tick() => {}
                 }
                 let views = fetch_views(&session, &keys, &task.malformed).await;
-                task.update(&me, views, Instant::now());
+                for (member, address) in task.update(&me, &views, Instant::now()) {
+                    task.dial(member, address);
+                }
             }
             drop(queryable);
         });
         Ok(mesh)
     }
 
-    fn update(&self, me: &Member, views: BTreeMap<Member, BTreeSet<Member>>, now: Instant) {
+    /// This process's view: what it sees, and where.
+    fn view(&self, me: &Member) -> View {
+        let live = self.membership.live();
+        let mut addresses = BTreeMap::new();
+        addresses.insert(member_chunk(me), self.links.address());
+        if let Ok(st) = self.state.lock() {
+            for (m, a) in st.known.iter().filter(|(m, _)| live.contains(*m) && *m != me) {
+                addresses.insert(member_chunk(m), a.clone());
+            }
+        }
+        View::of(&live, addresses)
+    }
+
+    /// Dial `member` at `address` in the background.
+    fn dial(&self, member: Member, address: Address) {
+        let links = self.links.clone();
+        let dials = self.dials.clone();
+        dials.tried.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            if links.dial(&address).await {
+                dials.opened.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(process = %member_chunk(&member), locators = ?address.locators, "bus mesh: dialed an unreachable process");
+            } else {
+                tracing::debug!(process = %member_chunk(&member), locators = ?address.locators, "bus mesh: dialing an unreachable process failed");
+            }
+        });
+    }
+
+    /// Take one poll's `views` in; the unreachable processes to dial now, with their addresses.
+    fn update(&self, me: &Member, views: &BTreeMap<Member, View>, now: Instant) -> Vec<(Member, Address)> {
         let mine = self.membership.live();
-        let Ok(mut st) = self.state.lock() else { return };
+        let Ok(mut st) = self.state.lock() else { return Vec::new() };
         st.since.retain(|m, _| mine.contains(m));
         for m in &mine {
             st.since.entry(m.clone()).or_insert(now);
         }
-        let found = assess(me, &mine, &st.since, &views, now);
+        st.known = views
+            .iter()
+            .filter(|(m, _)| *m != me && mine.contains(*m))
+            .filter_map(|(m, v)| Some((m.clone(), v.address_of(m)?.clone())))
+            .collect();
+        let seen: BTreeMap<Member, BTreeSet<Member>> = views.iter().map(|(m, v)| (m.clone(), v.members())).collect();
+        let found = assess(me, &mine, &st.since, &seen, now);
         let ended: Vec<MeshProblem> = st.pending.keys().filter(|p| !found.contains(*p)).cloned().collect();
         for p in ended {
             if let Some(first) = st.pending.remove(&p) {
@@ -242,6 +325,11 @@ impl Mesh {
                 );
             }
         }
+        if !self.links.may_dial() {
+            return Vec::new();
+        }
+        let st = &mut *st;
+        due_dials(&st.pending, &mut st.redial, views, now)
     }
 
     /// The problems that have lasted at least [`SETTLE`].
@@ -294,14 +382,57 @@ impl Mesh {
             "switchboard_mesh_malformed_views_total",
             "Views of other processes left out: malformed, oversized, of an unknown version or under a bad key.",
             self.malformed.load(Ordering::Relaxed),
+        )
+        .counter(
+            "switchboard_mesh_dials_total",
+            "Dials of a process alive according to others but unreachable from here.",
+            self.dials.tried.load(Ordering::Relaxed),
+        )
+        .counter(
+            "switchboard_mesh_dials_opened_total",
+            "Dials after which a link to that process was open.",
+            self.dials.opened.load(Ordering::Relaxed),
         );
     }
+}
+
+/// The processes unreachable (per `pending`) for [`SETTLE`] whose next dial is due at `now`,
+/// with the address the process that sees them relays (or any view does); each dial doubles the
+/// wait before the next one, up to [`MAX_REDIAL_WAIT`]. `redial` keeps the schedule.
+fn due_dials(
+    pending: &BTreeMap<MeshProblem, Instant>,
+    redial: &mut BTreeMap<Member, (Instant, Duration)>,
+    views: &BTreeMap<Member, View>,
+    now: Instant,
+) -> Vec<(Member, Address)> {
+    let unreachable: BTreeMap<&Member, &Member> = pending
+        .iter()
+        .filter(|(_, first)| now.saturating_duration_since(**first) >= SETTLE)
+        .filter_map(|(p, _)| match p {
+            MeshProblem::Unreachable { member, seen_by } => Some((member, seen_by)),
+            MeshProblem::MissingLink { .. } => None,
+        })
+        .collect();
+    redial.retain(|m, _| unreachable.contains_key(m));
+    let mut due = Vec::new();
+    for (member, seen_by) in unreachable {
+        let (next, wait) = *redial.entry(member.clone()).or_insert((now, POLL));
+        if now < next {
+            continue;
+        }
+        redial.insert(member.clone(), (now + wait, (wait * 2).min(MAX_REDIAL_WAIT)));
+        let relayed = views.get(seen_by).and_then(|v| v.address_of(member));
+        if let Some(address) = relayed.or_else(|| views.values().find_map(|v| v.address_of(member))) {
+            due.push((member.clone(), address.clone()));
+        }
+    }
+    due
 }
 
 /// Ask every reachable process for its view; malformed, oversized or unknown-version answers
 /// are counted in `malformed` and left out, and at most [`MAX_MEMBERS_PER_POLL`] members are
 /// taken in all.
-async fn fetch_views(session: &Session, keys: &KeySpace, malformed: &AtomicU64) -> BTreeMap<Member, BTreeSet<Member>> {
+async fn fetch_views(session: &Session, keys: &KeySpace, malformed: &AtomicU64) -> BTreeMap<Member, View> {
     let mut out = BTreeMap::new();
     let mut members = 0usize;
     let Ok(all) = keys.all_views() else { return out };
@@ -318,12 +449,12 @@ async fn fetch_views(session: &Session, keys: &KeySpace, malformed: &AtomicU64) 
         };
         match View::decode(&sample.payload().to_bytes()) {
             Some(v) => {
-                members = members.saturating_add(v.live.len());
+                members = members.saturating_add(v.live.len()).saturating_add(v.addresses.len());
                 if members > MAX_MEMBERS_PER_POLL {
                     tracing::debug!("views list over {MAX_MEMBERS_PER_POLL} members in all; the rest are not read");
                     break;
                 }
-                out.insert(Member { role, name }, v.members());
+                out.insert(Member { role, name }, v);
             }
             None => {
                 malformed.fetch_add(1, Ordering::Relaxed);
@@ -381,8 +512,8 @@ async fn who_has_name(session: &Session, keys: &KeySpace, me: &Member) -> Result
             }
         }
     }
-    for (observer, live) in fetch_views(session, keys, &AtomicU64::new(0)).await {
-        if live.contains(me) {
+    for (observer, view) in fetch_views(session, keys, &AtomicU64::new(0)).await {
+        if view.members().contains(me) {
             return Ok(Some(member_chunk(&observer)));
         }
     }
@@ -455,19 +586,68 @@ mod tests {
         let views = BTreeMap::from([(coll("c1"), claimed)]);
         assert_eq!(assess(&agent("gw1"), &me, &since, &views, t0 + SETTLE).len(), MAX_PROBLEMS);
         let live: Vec<String> = (0..=MAX_MEMBERS).map(|i| format!("node/n{i}")).collect();
-        let too_many = serde_json::to_vec(&View { version: VIEW_VERSION, live }).unwrap();
+        let too_many = serde_json::to_vec(&View { version: VIEW_VERSION, live, addresses: BTreeMap::new() }).unwrap();
         assert!(View::decode(&too_many).is_none());
+        let at = |zid: &str| Address { zid: zid.into(), locators: vec!["tcp/127.0.0.1:7447".into()] };
+        let addresses: BTreeMap<String, Address> =
+            (0..=MAX_MEMBERS).map(|i| (format!("node/n{i}"), at("a1"))).collect();
+        let too_many = View { version: VIEW_VERSION, live: vec![], addresses };
+        assert!(View::decode(&serde_json::to_vec(&too_many).unwrap()).is_none());
+        let bad = View::of(&set(&[agent("gw1")]), BTreeMap::from([("node/gw1".to_owned(), at("not an id"))]));
+        assert!(View::decode(&serde_json::to_vec(&bad).unwrap()).is_none());
     }
 
     #[test]
     fn views_decode_strictly() {
-        let v = View::of(&set(&[agent("gw1"), coll("c1")]));
+        let v = View::of(&set(&[agent("gw1"), coll("c1")]), BTreeMap::new());
         let bytes = serde_json::to_vec(&v).unwrap();
         assert_eq!(std::str::from_utf8(&bytes).unwrap(), r#"{"version":1,"live":["node/gw1","collector/c1"]}"#);
         assert_eq!(View::decode(&bytes).unwrap().members(), set(&[agent("gw1"), coll("c1")]));
+        let at = Address { zid: "a1b2".into(), locators: vec!["tcp/10.0.0.5:7447".into()] };
+        let v = View::of(&set(&[agent("gw1")]), BTreeMap::from([("node/gw1".to_owned(), at.clone())]));
+        let bytes = serde_json::to_vec(&v).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"version":1,"live":["node/gw1"],"addresses":{"node/gw1":{"zid":"a1b2","locators":["tcp/10.0.0.5:7447"]}}}"#
+        );
+        assert_eq!(View::decode(&bytes).unwrap().address_of(&agent("gw1")), Some(&at));
         assert!(View::decode(br#"{"version":2,"live":[]}"#).is_none());
         assert!(View::decode(b"\xff").is_none());
         let unknown_role = View::decode(br#"{"version":1,"live":["router/r1","node/gw1"]}"#).unwrap();
         assert_eq!(unknown_role.members(), set(&[agent("gw1")]));
+    }
+
+    #[test]
+    fn an_unreachable_process_is_dialed_at_the_relayed_address_ever_less_often() {
+        let t0 = Instant::now();
+        let at = |zid: &str| Address { zid: zid.into(), locators: vec!["tcp/127.0.0.1:7447".into()] };
+        let view = |addresses: &[(&str, &str)]| View {
+            version: VIEW_VERSION,
+            live: vec![],
+            addresses: addresses.iter().map(|(m, z)| ((*m).to_owned(), at(z))).collect(),
+        };
+        // The collector relays gw2's address; another agent's view names an older one.
+        let views =
+            BTreeMap::from([(agent("gw3"), view(&[("node/gw2", "0bad")])), (coll("c1"), view(&[("node/gw2", "a2")]))]);
+        let split = MeshProblem::Unreachable { member: agent("gw2"), seen_by: coll("c1") };
+        let pending = BTreeMap::from([(split, t0)]);
+        let mut redial = BTreeMap::new();
+        let due = |redial: &mut BTreeMap<Member, (Instant, Duration)>, after: u64| {
+            due_dials(&pending, redial, &views, t0 + Duration::from_millis(after))
+        };
+        assert!(due(&mut redial, 1_000).is_empty(), "not before the problem has settled");
+        let mut dialed = Vec::new();
+        for ms in (3_000..200_000).step_by(500) {
+            for (m, a) in due(&mut redial, ms) {
+                assert_eq!((m, a), (agent("gw2"), at("a2")), "the address the process that sees it relays");
+                dialed.push(ms);
+            }
+        }
+        let gaps: Vec<u64> = dialed.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(gaps[..6], [2_000, 4_000, 8_000, 16_000, 32_000, 60_000], "{dialed:?}");
+        assert!(gaps[6..].iter().all(|g| *g == 60_000), "{dialed:?}");
+        // The problem ended: the schedule is forgotten, a new split is dialed at once.
+        assert!(due_dials(&BTreeMap::new(), &mut redial, &views, t0 + Duration::from_secs(300)).is_empty());
+        assert!(redial.is_empty());
     }
 }

@@ -2,17 +2,20 @@
 //!
 //! [`open`] validates the config, translates it into zenoh's configuration and opens the session
 //! (with `[bus.tls]`: mutual TLS and the access policy, [`crate::tls`], [`crate::access`]; without:
-//! a loud warning);
+//! a loud warning); [`open_linked`] does the same for a long-running process and keeps its
+//! runtime's [`Links`];
 //! [`announce`] declares the process's liveliness token (`<prefix>/<role>/<name>`), which lives as
 //! long as the returned token (or the process) does.
 
 use std::time::Duration;
 
+use zenoh::internal::runtime::RuntimeBuilder;
 use zenoh::liveliness::LivelinessToken;
 use zenoh::Session;
 
 use crate::config::{BusConfig, ConfigError};
 use crate::keys::{KeyError, KeySpace, Role};
+use crate::links::Links;
 use crate::tls::{IdRole, Identity, TlsError};
 
 /// How often a process without TLS says so again.
@@ -81,6 +84,22 @@ pub fn without_source_location(text: &str) -> String {
 /// tool) takes any member's certificate. A long-running process (`role` given) without TLS
 /// warns at start and every 10 minutes.
 pub async fn open(config: &BusConfig, role: Option<IdRole>) -> Result<Session, SessionError> {
+    zenoh::open(zenoh_config(config, role)?).await.map_err(zenoh_err)
+}
+
+/// [`open`] for a long-running process, which also keeps the [`Links`] of its runtime to dial
+/// peers that zenoh would not dial again ([`crate::links`]). Leave with [`leave`].
+pub async fn open_linked(config: &BusConfig, role: IdRole) -> Result<(Session, Links), SessionError> {
+    let zc = zenoh_config(config, Some(role))?;
+    // What `zenoh::open` does, keeping the runtime: build it, put a session on it, start it.
+    let mut runtime = RuntimeBuilder::new(zc).build().await.map_err(zenoh_err)?;
+    let session = zenoh::session::init(runtime.clone().into()).await.map_err(zenoh_err)?;
+    runtime.start().await.map_err(zenoh_err)?;
+    Ok((session, Links::new(runtime, config.gossip && config.mode == crate::config::Mode::Peer)))
+}
+
+/// `config` as zenoh's configuration (see [`open`]).
+fn zenoh_config(config: &BusConfig, role: Option<IdRole>) -> Result<zenoh::Config, SessionError> {
     config.validate()?;
     if role.is_some() {
         crate::status::set_endpoints(crate::config::advertised(&config.listen, &config.connect));
@@ -144,7 +163,7 @@ pub async fn open(config: &BusConfig, role: Option<IdRole>) -> Result<Session, S
             }
         }
     }
-    zenoh::open(zc).await.map_err(zenoh_err)
+    Ok(zc)
 }
 
 fn warn_plain() {
@@ -186,6 +205,12 @@ pub async fn close(session: &Session) {
         Ok(Err(e)) => tracing::debug!(error = %e, "closing the bus session"),
         Err(_) => tracing::debug!("the bus session took over {CLOSE_TIMEOUT:?} to close; leaving it"),
     }
+}
+
+/// Leave the bus as a long-running process: close `session`, then the runtime's links.
+pub async fn leave(session: &Session, links: &Links) {
+    close(session).await;
+    links.close().await;
 }
 
 /// Declare this process's liveliness token under `<prefix>/<role>/<name>`.

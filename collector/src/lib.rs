@@ -179,6 +179,7 @@ pub struct Collector {
     stats: Arc<CollectorStats>,
     tracker: TaskTracker,
     session: zenoh::Session,
+    links: switchboard_bus::links::Links,
     /// Its membership, held until its last commit: a standby that saw it leave earlier would
     /// claim the commit log first and fence that commit.
     token: zenoh::liveliness::LivelinessToken,
@@ -253,11 +254,11 @@ impl Collector {
 
         let mut bus = config.bus.clone();
         bus.listen = bus.effective_listen();
-        let session = session::open(&bus, Some(switchboard_bus::tls::IdRole::Collector)).await?;
+        let (session, links) = session::open_linked(&bus, switchboard_bus::tls::IdRole::Collector).await?;
         let me = Member { role: Role::Collector, name: name.clone() };
         mesh::check_name_free(&session, &keys, &me, std::time::Duration::from_millis(bus.lease_ms)).await?;
         let membership = Membership::watch(&session, &keys, cancel.clone()).await?;
-        let mesh = Mesh::start(&session, &keys, me, membership.clone(), cancel.clone()).await?;
+        let mesh = Mesh::start(&session, &keys, me, membership.clone(), links.clone(), cancel.clone()).await?;
         // Claim the dataset (or stand by) before subscribing and announcing: agents that wait for
         // a collector then publish to one that already knows whether it writes.
         let group_status = Arc::new(Mutex::new(group::GroupStatus::default()));
@@ -413,7 +414,7 @@ impl Collector {
         switchboard_bus::vital::watch(&tracker, "the collector's intake thread".into(), intake, cancel);
         tracker.close();
         tracing::info!(%name, "collector started");
-        Ok(Self { stats, tracker, session, token })
+        Ok(Self { stats, tracker, session, links, token })
     }
 
     /// The collector's counters.
@@ -425,7 +426,7 @@ impl Collector {
     pub async fn wait(self) {
         self.tracker.wait().await;
         drop(self.token);
-        switchboard_bus::session::close(&self.session).await;
+        switchboard_bus::session::leave(&self.session, &self.links).await;
         tracing::info!("collector stopped");
     }
 }

@@ -140,6 +140,7 @@ pub struct Agent {
     stats: Arc<AgentStats>,
     tracker: TaskTracker,
     session: zenoh::Session,
+    links: switchboard_bus::links::Links,
     _token: zenoh::liveliness::LivelinessToken,
 }
 
@@ -224,7 +225,7 @@ impl Agent {
             tracing::info!(endpoints = ?remembered, "also connecting to the endpoints of the cluster's processes as last seen ({})", switchboard_bus::config::PEERS_FILE);
             config.bus.connect.extend(remembered);
         }
-        let session = session::open(&config.bus, Some(switchboard_bus::tls::IdRole::Agent)).await?;
+        let (session, links) = session::open_linked(&config.bus, switchboard_bus::tls::IdRole::Agent).await?;
         let node = config.bus.node.clone();
         let me = Member { role: Role::Agent, name: node.clone() };
         mesh::check_name_free(&session, &keys, &me, std::time::Duration::from_millis(config.bus.lease_ms)).await?;
@@ -241,7 +242,7 @@ impl Agent {
             config.bus.connect.clone(),
             cancel.clone(),
         ));
-        let mesh = Mesh::start(&session, &keys, me, membership.clone(), cancel.clone()).await?;
+        let mesh = Mesh::start(&session, &keys, me, membership.clone(), links.clone(), cancel.clone()).await?;
         let publishers =
             publisher::declare_publishers(&session, &keys, &node, config.sources.iter().map(|s| s.name.as_str()))
                 .await?;
@@ -392,7 +393,7 @@ impl Agent {
         tracker.close();
         let streams = config.sources.len();
         tracing::info!(%node, log_sources, streams, "agent started");
-        Ok(Self { stats, tracker, session, _token: token })
+        Ok(Self { stats, tracker, session, links, _token: token })
     }
 
     /// The agent's counters.
@@ -405,7 +406,7 @@ impl Agent {
     pub async fn wait(self) {
         self.tracker.wait().await;
         drop(self._token);
-        switchboard_bus::session::close(&self.session).await;
+        switchboard_bus::session::leave(&self.session, &self.links).await;
         tracing::info!("agent stopped");
     }
 }
