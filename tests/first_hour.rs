@@ -293,34 +293,6 @@ fn agents_that_met_through_gossip_find_each_other_again_after_a_stall_past_the_l
     collector.stop();
 }
 
-/// The TCP ports `pid` listens on.
-fn listen_ports(pid: u32) -> Vec<u16> {
-    let out = std::process::Command::new("ss").args(["-tlnpH"]).output().expect("ss runs");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(&format!("pid={pid},")))
-        .filter_map(|l| l.split_whitespace().nth(3)?.rsplit_once(':')?.1.parse().ok())
-        .collect()
-}
-
-/// Reset every established TCP connection between processes `a` and `b` (one's listening port
-/// at one end, the other process at the other end), as a firewall or a NAT that drops a
-/// connection does; how many were reset.
-fn cut_links(a: u32, b: u32) -> usize {
-    let mut cut = 0;
-    for (from, to) in [(a, b), (b, a)] {
-        for port in listen_ports(to) {
-            let out = std::process::Command::new("ss")
-                .args(["-K", "-tnpH", "state", "established", "dport", "=", &format!(":{port}")])
-                .output()
-                .expect("ss runs");
-            // `ss -K` lists what matched; only the connections of `from` count.
-            cut += String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(&format!("pid={from},"))).count();
-        }
-    }
-    cut
-}
-
 fn sees_name(c: &Cluster, name: &str, other: &str) -> bool {
     health(c, name)["mesh"]["sees"].as_array().is_some_and(|s| s.iter().any(|m| m == other))
 }
@@ -334,7 +306,7 @@ fn a_cut_link_between_agents_is_dialed_again(c: Cluster) {
     let settled = |n: &str| wait_until(DEADLINE, || health(&c, n)["status"] == "ok");
     assert!(settled("gw1") && settled("gw2"), "{}\n{}", health(&c, "gw1"), health(&c, "gw2"));
     assert!(sees_name(&c, "gw1", "node/gw2"), "{}", health(&c, "gw1"));
-    let cut = cut_links(a.pid(), b.pid());
+    let cut = common::cut_links(a.pid(), b.pid());
     assert!(cut >= 1, "no connection between the two agents was found to reset");
     let at = std::time::Instant::now();
     // The split is seen at once, on both sides (no link between them is left).

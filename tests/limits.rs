@@ -271,6 +271,44 @@ fn a_partition_keeps_each_side_to_its_share_and_healing_restores_the_split() {
     drop((a, b));
 }
 
+/// Two nodes that met through a collector lose their direct link to a reset (a firewall, a NAT):
+/// each sees the other's token go while its reports were arriving, as at an exit, yet both live
+/// on. The collector still sees both, so each holds the other's share instead of taking the
+/// whole limit, until the mesh check has dialed the link again.
+#[test]
+fn a_link_reset_between_two_nodes_is_no_exit_and_the_cluster_stays_within_the_limit() {
+    let _one_at_a_time = measuring();
+    let c = Cluster::new();
+    let _collector = c.start_collector();
+    let a = c.start_limits_agent("a", std::slice::from_ref(&c.endpoint), "", "");
+    let b = c.start_limits_agent("b", std::slice::from_ref(&c.endpoint), "", "");
+    wait_healthy(&c, &["a", "b"]);
+    c.set_limits(&c.endpoint, RATE_1000, "reset test");
+    wait_for_view(&c, "a", 2, 1);
+    wait_for_view(&c, "b", 2, 1);
+    let pid = |n: &common::limits::LimitsNode| n.proc.as_ref().map_or(0, |p| p.pid());
+
+    let la = Load::start(c.socket("a"), "operator:x", 1000);
+    let lb = Load::start(c.socket("b"), "operator:x", 1000);
+    std::thread::sleep(Duration::from_secs(3));
+    let cut = Instant::now();
+    assert!(common::cut_links(pid(&a), pid(&b)) >= 1, "no connection between a and b to reset");
+    let held = wait_until(Duration::from_secs(3), || c.http_get("a", "/v1/limits").1.contains("\"silent\""));
+    // The mesh check dials the link again within seconds; both are live to each other then.
+    wait_for_view(&c, "a", 2, 1);
+    wait_for_view(&c, "b", 2, 1);
+    let healed = cut.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let through = window_extremes(&[&la, &lb], cut, Instant::now());
+    la.stop();
+    lb.stop();
+    eprintln!("held {held}, healed after {healed:?}, admitted per 1 s window from the cut: {through:?}");
+    assert!(held, "a did not hold b's share as a silent node's");
+    assert!(through.0 <= 1020, "the cluster went over the limit after the reset: {through:?}");
+    assert!(healed < Duration::from_secs(15), "the link came back after {healed:?}");
+    drop((a, b));
+}
+
 #[test]
 fn a_limit_changed_under_traffic_applies_everywhere_and_the_api_explains_bad_requests() {
     let c = Cluster::new();

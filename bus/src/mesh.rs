@@ -465,6 +465,17 @@ async fn fetch_views(session: &Session, keys: &KeySpace, malformed: &AtomicU64) 
     out
 }
 
+/// A process other than `me` and `member` that sees `member` alive now (`<role>/<name>`), from
+/// a fresh ask of the views reachable from here; `None` when none does. A process whose token
+/// went here while another one still sees it lost its link to this one: it did not exit.
+pub async fn seen_elsewhere(session: &Session, keys: &KeySpace, me: &Member, member: &Member) -> Option<String> {
+    fetch_views(session, keys, &AtomicU64::new(0))
+        .await
+        .into_iter()
+        .find(|(observer, view)| observer != me && observer != member && view.members().contains(member))
+        .map(|(observer, _)| member_chunk(&observer))
+}
+
 /// Refuse to start a second live process under the same name: ask the liveliness tokens and the
 /// views of every process reachable now. Call after opening the session, before announcing.
 ///

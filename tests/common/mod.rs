@@ -5,6 +5,7 @@
 //! - [`Cluster`] lays out a temporary directory with a collector and agent configs on a free port.
 //! - [`read_logs`] reads the `logs` table back with the parquet crate, independently of `query`.
 //! - [`wait_until`] polls a condition with a deadline; every loop in the tests is bounded.
+//! - [`cut_links`] resets the TCP connections between two processes (`ss -K`), as a firewall does.
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
@@ -42,6 +43,34 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free loopback port between 12000 and 32000");
+}
+
+/// The TCP ports `pid` listens on.
+pub fn listen_ports(pid: u32) -> Vec<u16> {
+    let out = std::process::Command::new("ss").args(["-tlnpH"]).output().expect("ss runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("pid={pid},")))
+        .filter_map(|l| l.split_whitespace().nth(3)?.rsplit_once(':')?.1.parse().ok())
+        .collect()
+}
+
+/// Reset every established TCP connection between processes `a` and `b` (one's listening port
+/// at one end, the other process at the other end), as a firewall or a NAT that drops a
+/// connection does; how many were reset.
+pub fn cut_links(a: u32, b: u32) -> usize {
+    let mut cut = 0;
+    for (from, to) in [(a, b), (b, a)] {
+        for port in listen_ports(to) {
+            let out = std::process::Command::new("ss")
+                .args(["-K", "-tnpH", "state", "established", "dport", "=", &format!(":{port}")])
+                .output()
+                .expect("ss runs");
+            // `ss -K` lists what matched; only the connections of `from` count.
+            cut += String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(&format!("pid={from},"))).count();
+        }
+    }
+    cut
 }
 
 /// Poll `cond` every 50 ms until it holds or `timeout` passes; returns whether it held.

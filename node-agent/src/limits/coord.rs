@@ -7,8 +7,11 @@
 //!
 //! The known nodes are the live agents plus those that vanished *silently*. A node whose
 //! liveliness token disappears while its reports were still arriving has exited (a clean stop,
-//! a crash, kill -9: the kernel closes its connections at once): it is forgotten and its share
-//! and held slots go to the others at the next tick. A node that went silent first and whose
+//! a crash, kill -9: the kernel closes its connections at once), or its link to this node was
+//! reset (a firewall, a NAT) while it lives on: this node asks the views of the processes it
+//! reaches ([`switchboard_bus::mesh::seen_elsewhere`]) [`EXIT_CHECK_DELAY`] later, its share held
+//! meanwhile. Seen by none, it exited: it is forgotten and its share and held slots go to the
+//! others at the next tick. Seen by another, it is held as a silent node. A node that went silent first and whose
 //! token vanished only when the zenoh lease expired may be dead or may sit behind a network
 //! partition; the bus cannot tell. By default its share stays reserved for `silent_hold`: during
 //! a partition each side keeps to the shares of the nodes it can see, so the cluster as a whole
@@ -39,7 +42,7 @@ use switchboard_bus::keys::{KeySpace, Role};
 use switchboard_bus::limits::share::{share_of, Demand};
 use switchboard_bus::limits::{DemandReport, Limiter};
 use switchboard_bus::refusals::{refuse, Reason};
-use switchboard_bus::Membership;
+use switchboard_bus::{Member, Membership};
 
 /// Timing of the coordination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,13 +73,23 @@ impl CoordSettings {
     }
 }
 
+/// How long after a node's token vanished with its reports fresh this node asks whether another
+/// process still sees it: long enough for a real exit to reach every process (its connections
+/// close at once), short enough to hand an exited node's share on within a second.
+const EXIT_CHECK_DELAY: Duration = Duration::from_millis(300);
+/// A vanished node whose check gave no answer within this long counts as exited (the check
+/// itself waits at most a second for the views).
+const EXIT_CHECK_LIMIT: Duration = Duration::from_secs(5);
+
 /// Ticks after the start before a first use of a concurrency key takes slots (see [`run`]).
 const SETTLING_TICKS: u32 = 3;
 
 /// How this node sees one known node.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PeerView {
-    /// `live`, or `silent` (vanished silently; its share is held).
+    /// `live`, `vanished` (its token went while its reports were arriving; asking whether
+    /// another process still sees it; its share is held) or `silent` (vanished silently, or
+    /// still seen by another process; its share is held).
     pub state: &'static str,
     /// Milliseconds since its last report (none yet: `null`).
     pub last_report_ms: Option<u64>,
@@ -93,6 +106,9 @@ struct Peer {
     waiting: std::collections::VecDeque<DemandReport>,
     heard: Option<Instant>,
     silent_since: Option<Instant>,
+    /// When its token went while its reports were fresh, until the check says whether it
+    /// exited or is cut off from here.
+    vanished: Option<Instant>,
 }
 
 /// Reports of a node kept for a later tick: a clock further ahead than this many intervals has
@@ -154,6 +170,8 @@ pub async fn run(
         }
     };
     let mut peers: BTreeMap<String, Peer> = BTreeMap::new();
+    // Answers of the checks of vanished nodes: (node, a process that still sees it).
+    let (checked_tx, mut checked) = tokio::sync::mpsc::channel::<(String, Option<String>)>(64);
     let mut demands: BTreeMap<String, (u64, Demand)> = BTreeMap::new();
     let mut last = Instant::now();
     let mut last_tick: Option<u64> = None;
@@ -165,6 +183,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
+            Some((name, seen_by)) = checked.recv() => settle_vanished(&mut peers, &name, seen_by, &settings),
             sample = subscriber.recv_async() => {
                 let Ok(sample) = sample else { break };
                 let Some(from) = keys.parse_counter(sample.key_expr().as_str()) else { continue };
@@ -215,7 +234,16 @@ pub async fn run(
                 }
                 let live: BTreeSet<String> =
                     membership.live_of(Role::Agent).into_iter().chain([node.clone()]).collect();
-                reconcile(&mut peers, &live, &settings);
+                for name in reconcile(&mut peers, &live, &settings) {
+                    let (session, keys, tx) = (session.clone(), keys.clone(), checked_tx.clone());
+                    let me = Member { role: Role::Agent, name: node.clone() };
+                    tokio::spawn(async move {
+                        tokio::time::sleep(EXIT_CHECK_DELAY).await;
+                        let member = Member { role: Role::Agent, name };
+                        let seen_by = switchboard_bus::mesh::seen_elsewhere(&session, &keys, &me, &member).await;
+                        let _ = tx.send((member.name, seen_by)).await;
+                    });
+                }
                 let silent = someone_silent(&node, &peers, settings.interval * 3);
                 let frozen = silent.is_some();
                 if frozen != was_frozen {
@@ -276,23 +304,31 @@ fn my_report(limiter: &Limiter, demands: &mut BTreeMap<String, (u64, Demand)>, d
     r
 }
 
-/// Bring the known set in line with the live set: newcomers join, exited nodes are forgotten,
-/// silently vanished ones are held for `silent_hold`.
-fn reconcile(peers: &mut BTreeMap<String, Peer>, live: &BTreeSet<String>, settings: &CoordSettings) {
+/// Bring the known set in line with the live set: newcomers join, silently vanished nodes are
+/// held for `silent_hold`, and nodes whose token went while their reports were fresh are held
+/// until a check says whether they exited ([`settle_vanished`]). Returns the nodes to check.
+fn reconcile(peers: &mut BTreeMap<String, Peer>, live: &BTreeSet<String>, settings: &CoordSettings) -> Vec<String> {
     for n in live {
-        peers.entry(n.clone()).or_default().silent_since = None;
+        let p = peers.entry(n.clone()).or_default();
+        (p.silent_since, p.vanished) = (None, None);
     }
+    let mut to_check = Vec::new();
     peers.retain(|name, p| {
         if live.contains(name) {
             return true;
         }
-        match p.silent_since {
-            Some(since) if since.elapsed() >= settings.silent_hold => {
+        match (p.silent_since, p.vanished) {
+            (Some(since), _) if since.elapsed() >= settings.silent_hold => {
                 tracing::warn!(node = %name, "silent node forgotten after the hold; its share is freed");
                 false
             }
-            Some(_) => true,
-            None if p.heard.is_some_and(|h| h.elapsed() >= settings.exit_window()) => {
+            (Some(_), _) => true,
+            (None, Some(at)) if at.elapsed() >= EXIT_CHECK_LIMIT => {
+                tracing::info!(node = %name, "node exited (no process answered whether it still sees it); its share is freed");
+                false
+            }
+            (None, Some(_)) => true,
+            (None, None) if p.heard.is_some_and(|h| h.elapsed() >= settings.exit_window()) => {
                 tracing::warn!(
                     node = %name,
                     hold_ms = settings.silent_hold.as_millis() as u64,
@@ -301,12 +337,38 @@ fn reconcile(peers: &mut BTreeMap<String, Peer>, live: &BTreeSet<String>, settin
                 p.silent_since = Some(Instant::now());
                 true
             }
-            None => {
-                tracing::info!(node = %name, "node exited; its share is freed");
-                false
+            (None, None) => {
+                p.vanished = Some(Instant::now());
+                to_check.push(name.clone());
+                true
             }
         }
     });
+    to_check
+}
+
+/// The check of a vanished node `name` answered: seen by no other process, it exited and is
+/// forgotten; still seen by `seen_by`, only its link to this node broke, and it is held as a
+/// silent node (from when it vanished). A node live again by now is left as it is.
+fn settle_vanished(peers: &mut BTreeMap<String, Peer>, name: &str, seen_by: Option<String>, settings: &CoordSettings) {
+    let Some(at) = peers.get(name).and_then(|p| p.vanished) else { return };
+    match seen_by {
+        None => {
+            tracing::info!(node = %name, "node exited; its share is freed");
+            peers.remove(name);
+        }
+        Some(observer) => {
+            tracing::warn!(
+                node = %name,
+                seen_by = %observer,
+                hold_ms = settings.silent_hold.as_millis() as u64,
+                "node vanished from here but {observer} still sees it (its link to this node broke); its share stays reserved"
+            );
+            if let Some(p) = peers.get_mut(name) {
+                (p.silent_since, p.vanished) = (Some(at), None);
+            }
+        }
+    }
 }
 
 /// Which other known node is silent or whose reports stopped arriving (older than `stale`),
@@ -315,6 +377,9 @@ fn reconcile(peers: &mut BTreeMap<String, Peer>, live: &BTreeSet<String>, settin
 fn someone_silent(node: &str, peers: &BTreeMap<String, Peer>, stale: Duration) -> Option<String> {
     peers.iter().filter(|(name, _)| *name != node).find_map(|(name, p)| match (p.silent_since, p.heard) {
         (Some(_), _) => Some(format!("node {name} vanished without leaving")),
+        _ if p.vanished.is_some() => {
+            Some(format!("node {name} vanished; asking whether another process still sees it"))
+        }
         (None, Some(h)) if h.elapsed() > stale => {
             Some(format!("no demand report from node {name} for {} ms", h.elapsed().as_millis()))
         }
@@ -449,7 +514,11 @@ fn peers_view(peers: &BTreeMap<String, Peer>, settings: &CoordSettings) -> BTree
         .iter()
         .map(|(name, p)| {
             let view = PeerView {
-                state: if p.silent_since.is_some() { "silent" } else { "live" },
+                state: match (p.silent_since, p.vanished) {
+                    (Some(_), _) => "silent",
+                    (None, Some(_)) => "vanished",
+                    (None, None) => "live",
+                },
                 last_report_ms: p.heard.map(|h| h.elapsed().as_millis() as u64),
                 forget_in_ms: p
                     .silent_since
@@ -669,13 +738,20 @@ mod tests {
         peers.insert("me".into(), peer(Duration::ZERO));
         peers.insert("killed".into(), peer(Duration::from_millis(150)));
         peers.insert("cut-off".into(), peer(Duration::from_secs(2)));
+        peers.insert("reset".into(), peer(Duration::from_millis(150)));
         let live: BTreeSet<String> = ["me".to_owned()].into();
-        reconcile(&mut peers, &live, &settings);
-        assert!(!peers.contains_key("killed"), "a node whose reports were fresh exited");
+        let to_check = reconcile(&mut peers, &live, &settings);
+        assert_eq!(to_check, ["killed", "reset"], "nodes whose reports were fresh are checked");
+        assert!(peers["killed"].vanished.is_some() && peers["reset"].vanished.is_some(), "held meanwhile");
+        assert!(reconcile(&mut peers, &live, &settings).is_empty(), "each is checked once");
         assert!(peers["cut-off"].silent_since.is_some(), "a silent node is held");
+        settle_vanished(&mut peers, "killed", None, &settings);
+        assert!(!peers.contains_key("killed"), "seen by no one: it exited");
+        settle_vanished(&mut peers, "reset", Some("collector/c1".into()), &settings);
+        assert!(peers["reset"].silent_since.is_some(), "still seen elsewhere: held as silent");
         std::thread::sleep(Duration::from_millis(350));
         reconcile(&mut peers, &live, &settings);
-        assert!(!peers.contains_key("cut-off"), "and forgotten after the hold");
+        assert!(!peers.contains_key("cut-off") && !peers.contains_key("reset"), "and forgotten after the hold");
         // A node that comes back is live again.
         peers.insert("back".into(), Peer { silent_since: Some(Instant::now()), ..peer(Duration::ZERO) });
         let live: BTreeSet<String> = ["me".to_owned(), "back".to_owned()].into();
