@@ -496,6 +496,40 @@ fn a_hung_node_that_may_hold_the_record_makes_a_miss_unknown_not_missing() {
     .0 == 404));
 }
 
+/// A link reset between two live agents (both still linked to a collector): while the other
+/// may hold a record, a miss is unknown (503), not missing (404), from the moment it left this
+/// node's view until the mesh check has dialed the link again; then misses are 404 again.
+#[test]
+fn a_miss_while_the_link_to_a_live_node_is_cut_is_unknown_not_missing() {
+    let c = Cluster::new();
+    let _collector = c.start_collector();
+    let a = start(&c, "a", std::slice::from_ref(&c.endpoint));
+    let b = start(&c, "b", std::slice::from_ref(&c.endpoint));
+    wait_mesh(&c, &["a", "b"]);
+    let pid = |n: &LimitsNode| n.proc.as_ref().map_or(0, |p| p.pid());
+    let resolve = || post(&c, "b", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "424242"}));
+    assert_eq!(resolve().0, 404, "before the cut");
+    assert!(common::cut_links(pid(&a), pid(&b)) >= 1, "no connection between a and b to reset");
+    let cut = std::time::Instant::now();
+    assert!(wait_until(Duration::from_secs(5), || live_nodes(&c, "b") == ["b"]), "b still sees a");
+    let mut codes = Vec::new();
+    let healed = wait_until(Duration::from_secs(20), || {
+        let (code, body) = resolve();
+        codes.push((cut.elapsed().as_millis(), code, body["error"].as_str().unwrap_or_default().to_owned()));
+        live_nodes(&c, "b") == ["a", "b"]
+    });
+    assert!(healed, "the link never came back: {codes:?}");
+    let unknown = codes.iter().filter(|(_, code, _)| *code == 503).count();
+    assert!(codes.iter().all(|(_, code, _)| *code == 503), "a miss while a may hold the record: {codes:?}");
+    assert!(
+        codes.iter().any(|(_, _, e)| e.contains("left this node's view"))
+            && codes.iter().any(|(_, _, e)| e.contains("node a is alive (seen by")),
+        "{codes:?}"
+    );
+    eprintln!("{unknown} misses answered 503 over {} ms until the link came back", cut.elapsed().as_millis());
+    assert!(wait_until(Duration::from_secs(10), || resolve().0 == 404), "misses are 404 again: {:?}", resolve());
+}
+
 #[test]
 fn a_report_whose_holders_are_hung_is_told_to_try_again_not_that_the_record_is_missing() {
     let c = Cluster::new();

@@ -348,6 +348,13 @@ fn a_limit_changed_under_traffic_applies_everywhere_and_the_api_explains_bad_req
     late.proc.unwrap().stop();
     let alone = c.restart_limits_agent("late", late.port, &[], "", "[dlr]\nenabled = false");
     wait_for_view(&c, "late", 1, 2);
+    // a forgets the node that left (once no other process still sees it) before the checks
+    // below: while one is in question a new key's first use takes no slot.
+    let forgotten = wait_until(Duration::from_secs(5), || {
+        let v: serde_json::Value = serde_json::from_str(&c.http_get("a", "/v1/limits").1).unwrap_or_default();
+        v["nodes"].as_object().is_some_and(|n| n.len() == 2)
+    });
+    assert!(forgotten, "{:?}", c.http_get("a", "/v1/limits"));
     // Its DLR routes say that DLRs are off there, not an empty 404.
     let (code, body) = c.http_get("late", "/v1/dlr/resolve");
     assert!(code == 404 && body.contains("DLRs are off on this node"), "{code} {body}");

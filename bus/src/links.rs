@@ -7,12 +7,14 @@
 //! apart. [`Links`] keeps the handle of this process's zenoh runtime so that the mesh check
 //! ([`crate::mesh`]) can dial such a peer at the [`Address`] it last gave for itself.
 //!
-//! The dial names the peer's zenoh id: a link whose far end proves another id is closed at once,
-//! so an address relayed by a third process can make this one try a connection, not talk to an
-//! impostor (and with `[bus.tls]` the peer still needs a certificate of the cluster CA).
+//! The dial names the peer's zenoh id, and a link whose far end gives another id is closed at
+//! once. The id is claimed, not proven (it is not part of a certificate): a forged address can
+//! make this process try a connection and, with `[bus.tls]`, reach only a holder of a
+//! certificate of the cluster CA, which may do on the link what its own identity may do. So the
+//! mesh check dials the address most processes relay, few at a time, through at most
+//! [`MAX_DIAL_LOCATORS`] locators.
 
 use std::str::FromStr;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use zenoh::config::{Locator, ZenohId};
@@ -20,12 +22,12 @@ use zenoh::internal::runtime::Runtime;
 
 /// Locators one address may list, at most.
 pub const MAX_LOCATORS: usize = 16;
+/// Locators one dial tries, at most (each may take zenoh's connection timeout).
+pub const MAX_DIAL_LOCATORS: usize = 4;
 /// Bytes one locator may take, at most.
 const MAX_LOCATOR_BYTES: usize = 256;
 /// Bytes of a zenoh id written out (16 bytes in hexadecimal).
 const MAX_ZID_BYTES: usize = 32;
-/// How long closing the runtime may take (as [`crate::session::CLOSE_TIMEOUT`] for the session).
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where a process is on the bus: its zenoh id and the locators it listens on.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +51,18 @@ impl Address {
 /// The protocol of a locator or endpoint (`tcp`, `tls`, `quic`).
 fn protocol(locator: &str) -> &str {
     locator.split_once('/').map_or("", |(p, _)| p)
+}
+
+/// What a dial did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialed {
+    /// A link to the process is open (opened now, or already).
+    Opened,
+    /// No link could be opened through the locators tried.
+    Failed,
+    /// Nothing was tried: no locator of a protocol this process listens on, the process's own
+    /// address, or dialing is off.
+    Nothing,
 }
 
 /// This process's zenoh runtime, for dialing peers (see the module doc).
@@ -76,43 +90,46 @@ impl Links {
         self.may_dial
     }
 
-    /// This process's own address.
+    /// This process's own address: the locators others can reach from another host first (as
+    /// zenoh's gossip gives them), loopback ones after (the only ones of a cluster on one host).
     pub fn address(&self) -> Address {
+        let routable = self.runtime.get_locators_noloopback();
+        let all = self.runtime.get_locators();
+        let loopback = all.iter().filter(|l| !routable.contains(l));
         Address {
             zid: self.runtime.zid().to_string(),
-            locators: self.runtime.get_locators().iter().take(MAX_LOCATORS).map(ToString::to_string).collect(),
+            locators: routable.iter().chain(loopback).take(MAX_LOCATORS).map(ToString::to_string).collect(),
         }
     }
 
     /// Open a link to the process at `to`, unless one is open already; only through locators of
     /// a protocol this process listens on itself (a peer's address cannot make it open a link
-    /// of a kind its operator did not choose). Whether a link to it is open afterwards.
-    pub async fn dial(&self, to: &Address) -> bool {
-        let Ok(zid) = ZenohId::from_str(&to.zid) else { return false };
+    /// of a kind its operator did not choose), the first [`MAX_DIAL_LOCATORS`] of them.
+    pub async fn dial(&self, to: &Address) -> Dialed {
+        let Ok(zid) = ZenohId::from_str(&to.zid) else { return Dialed::Nothing };
         let own = self.address();
         let locators: Vec<Locator> = to
             .locators
             .iter()
             .filter(|l| own.locators.iter().any(|o| protocol(o) == protocol(l)))
             .filter_map(|l| Locator::from_str(l).ok())
+            .take(MAX_DIAL_LOCATORS)
             .collect();
         if !self.may_dial || locators.is_empty() || zid == self.runtime.zid() {
-            return false;
+            return Dialed::Nothing;
         }
-        self.runtime.connect_peer(&zid.into(), &locators).await
+        // Not cut short by a timeout of ours: zenoh forgets a dial in progress only when it
+        // ends, and would ignore the peer until then.
+        match self.runtime.connect_peer(&zid.into(), &locators).await {
+            true => Dialed::Opened,
+            false => Dialed::Failed,
+        }
     }
 
-    /// Close the runtime's links (after the session is closed), within 2 s.
-    pub async fn close(&self) {
-        if tokio::time::timeout(CLOSE_TIMEOUT, async {
-            if let Err(e) = self.runtime.close().await {
-                tracing::debug!(error = %e, "closing the bus runtime");
-            }
-        })
-        .await
-        .is_err()
-        {
-            tracing::debug!("the bus runtime took over {CLOSE_TIMEOUT:?} to close; leaving it");
+    /// Close the runtime's links (after the session is closed: [`crate::session::leave`]).
+    pub(crate) async fn close(&self) {
+        if let Err(e) = self.runtime.close().await {
+            tracing::debug!(error = %e, "closing the bus runtime");
         }
     }
 }

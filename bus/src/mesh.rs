@@ -14,11 +14,13 @@
 //!   everyone); each one is logged when it starts and when it ends, and [`Mesh::problems`] feeds
 //!   `/health` (degraded) and `/metrics`.
 //! - A process it cannot reach, though another one sees it, has usually lost a link that zenoh
-//!   does not dial again ([`crate::links`]): once that has lasted [`SETTLE`], the check dials it
-//!   at the address that process gave for itself in its own view, as relayed in the view of a
-//!   process that sees it (each view lists the addresses of the processes it sees, as they gave
-//!   them), again after 2, 4, ... up to 60 s while it stays unreachable (not with `gossip =
-//!   false` or as a `client`: there every link goes where `connect` says).
+//!   does not dial again ([`crate::links`]): once that has lasted [`SETTLE`], the check asks the
+//!   views again naming it (`?address_of=<role>/<name>`), and each process that reaches it
+//!   relays the address that process gave in its own view; the check dials the address most of
+//!   them relay, again after 2, 4, ... up to 60 s while it stays unreachable (not with `gossip =
+//!   false` or as a `client`: there every link goes where `connect` says). At most
+//!   [`MAX_DIALS_PER_POLL`] dials start per poll and [`MAX_DIALS_IN_FLIGHT`] run at once, so
+//!   forged views cannot make a process dial without bound.
 //! - Before a process announces itself, [`check_name_free`] asks the same views and the
 //!   liveliness tokens whether its name is already alive, so a second agent started with the same
 //!   node name is refused instead of silently mixing its data with the first one's.
@@ -34,7 +36,7 @@ use zenoh::query::{ConsolidationMode, QueryTarget};
 use zenoh::{Session, Wait};
 
 use crate::keys::{KeySpace, Role};
-use crate::links::{Address, Links};
+use crate::links::{Address, Dialed, Links};
 use crate::membership::{Member, Membership};
 use crate::session::SessionError;
 
@@ -55,6 +57,14 @@ const MAX_MEMBERS_PER_POLL: usize = 100_000;
 const MAX_PROBLEMS: usize = 1_000;
 /// The longest wait between two dials of a process that stays unreachable.
 const MAX_REDIAL_WAIT: Duration = Duration::from_secs(60);
+/// Dials started in one poll, at most (the others wait for a later poll).
+pub const MAX_DIALS_PER_POLL: usize = 4;
+/// Dials running at once, at most (one may take a connection timeout per locator).
+pub const MAX_DIALS_IN_FLIGHT: usize = 8;
+/// Processes whose relayed address one view query asks for, at most.
+const MAX_ASKED_ADDRESSES: usize = 16;
+/// The query parameter that asks a view to relay the addresses of the processes it names.
+const ADDRESS_OF: &str = "address_of";
 
 /// What one process sees: the answer of its view queryable.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,8 +74,9 @@ pub struct View {
     /// The live processes it sees, as `<role>/<name>` (e.g. `node/gw1`, `collector/c1`),
     /// itself included.
     pub live: Vec<String>,
-    /// Where the processes it sees are, by `<role>/<name>`: its own address, and each other's as
-    /// that process gave it in its own view (absent from views of older versions).
+    /// Where processes are, by `<role>/<name>`: its own address and, when the query asked for
+    /// them (`address_of`), those of the named processes it reaches, as each gave it in its own
+    /// view. Absent from views of older versions.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub addresses: BTreeMap<String, Address>,
 }
@@ -75,15 +86,15 @@ impl View {
         Self { version: VIEW_VERSION, live: live.iter().map(member_chunk).collect(), addresses }
     }
 
-    /// Decode a view; `None` for a malformed, oversized or unknown-version document, or one with
-    /// an address out of bounds.
+    /// Decode a view; `None` for a malformed, oversized or unknown-version document. Addresses
+    /// out of bounds or that do not parse are left out of it.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        let view: View = serde_json::from_slice(bytes).ok()?;
-        (view.version == VIEW_VERSION
-            && view.live.len() <= MAX_MEMBERS
-            && view.addresses.len() <= MAX_MEMBERS
-            && view.addresses.values().all(Address::is_valid))
-        .then_some(view)
+        let mut view: View = serde_json::from_slice(bytes).ok()?;
+        if view.version != VIEW_VERSION || view.live.len() > MAX_MEMBERS || view.addresses.len() > MAX_MEMBERS {
+            return None;
+        }
+        view.addresses.retain(|_, a| a.is_valid());
+        Some(view)
     }
 
     /// The address `member` gave for itself, as this view lists it.
@@ -192,10 +203,12 @@ struct State {
 /// What the mesh check counts of its dials.
 #[derive(Default)]
 struct Dials {
-    /// Dials of an unreachable process.
+    /// Dials of an unreachable process (through at least one locator).
     tried: AtomicU64,
     /// Of those, dials after which a link to it was open.
     opened: AtomicU64,
+    /// Dials running now.
+    running: std::sync::atomic::AtomicUsize,
 }
 
 /// The running mesh check of one process.
@@ -234,7 +247,8 @@ impl Mesh {
             session
                 .declare_queryable(key.clone())
                 .callback(move |query| {
-                    let body = serde_json::to_vec(&mesh.view(&me)).unwrap_or_default();
+                    let asked = query.parameters().get(ADDRESS_OF).map(parse_asked).unwrap_or_default();
+                    let body = serde_json::to_vec(&mesh.view(&me, &asked)).unwrap_or_default();
                     if let Err(e) = query.reply(key.clone(), body).wait() {
                         tracing::debug!(error = %e, "cannot answer a view query");
                     }
@@ -251,9 +265,20 @@ impl Mesh {
                     _ = cancel.cancelled() => break,
                     _ = tick.tick() => {}
                 }
-                let views = fetch_views(&session, &keys, &task.malformed).await;
-                for (member, address) in task.update(&me, &views, Instant::now()) {
-                    task.dial(member, address);
+                let views = fetch_views(&session, &keys, &task.malformed, &[]).await;
+                let due = task.update(&me, &views, Instant::now());
+                if due.is_empty() {
+                    continue;
+                }
+                let asked: Vec<Member> = due.iter().map(|(m, _)| m.clone()).collect();
+                let relays = fetch_views(&session, &keys, &task.malformed, &asked).await;
+                for (member, seen_by) in due {
+                    match relayed_address(&member, &seen_by, &relays) {
+                        Some(address) => task.dial(member, address),
+                        None => {
+                            tracing::debug!(process = %member_chunk(&member), "bus mesh: no process relays an address of an unreachable process")
+                        }
+                    }
                 }
             }
             drop(queryable);
@@ -261,14 +286,17 @@ impl Mesh {
         Ok(mesh)
     }
 
-    /// This process's view: what it sees, and where.
-    fn view(&self, me: &Member) -> View {
+    /// This process's view: what it sees, its own address, and those of the `asked` processes
+    /// it reaches.
+    fn view(&self, me: &Member, asked: &[Member]) -> View {
         let live = self.membership.live();
         let mut addresses = BTreeMap::new();
         addresses.insert(member_chunk(me), self.links.address());
         if let Ok(st) = self.state.lock() {
-            for (m, a) in st.known.iter().filter(|(m, _)| live.contains(*m) && *m != me) {
-                addresses.insert(member_chunk(m), a.clone());
+            for m in asked.iter().filter(|m| live.contains(*m) && *m != me) {
+                if let Some(a) = st.known.get(m) {
+                    addresses.insert(member_chunk(m), a.clone());
+                }
             }
         }
         View::of(&live, addresses)
@@ -276,21 +304,31 @@ impl Mesh {
 
     /// Dial `member` at `address` in the background.
     fn dial(&self, member: Member, address: Address) {
-        let links = self.links.clone();
-        let dials = self.dials.clone();
-        dials.tried.fetch_add(1, Ordering::Relaxed);
+        let (links, dials) = (self.links.clone(), self.dials.clone());
+        dials.running.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
-            if links.dial(&address).await {
-                dials.opened.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(process = %member_chunk(&member), locators = ?address.locators, "bus mesh: dialed an unreachable process");
-            } else {
-                tracing::debug!(process = %member_chunk(&member), locators = ?address.locators, "bus mesh: dialing an unreachable process failed");
+            let who = member_chunk(&member);
+            match links.dial(&address).await {
+                Dialed::Opened => {
+                    dials.tried.fetch_add(1, Ordering::Relaxed);
+                    dials.opened.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(process = %who, locators = ?address.locators, "bus mesh: dialed an unreachable process");
+                }
+                Dialed::Failed => {
+                    dials.tried.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(process = %who, locators = ?address.locators, "bus mesh: dialing an unreachable process failed");
+                }
+                Dialed::Nothing => {
+                    tracing::debug!(process = %who, locators = ?address.locators, "bus mesh: no locator of a protocol this process uses")
+                }
             }
+            dials.running.fetch_sub(1, Ordering::Relaxed);
         });
     }
 
-    /// Take one poll's `views` in; the unreachable processes to dial now, with their addresses.
-    fn update(&self, me: &Member, views: &BTreeMap<Member, View>, now: Instant) -> Vec<(Member, Address)> {
+    /// Take one poll's `views` in; the unreachable processes to dial now, each with a process
+    /// that sees it.
+    fn update(&self, me: &Member, views: &BTreeMap<Member, View>, now: Instant) -> Vec<(Member, Member)> {
         let mine = self.membership.live();
         let Ok(mut st) = self.state.lock() else { return Vec::new() };
         st.since.retain(|m, _| mine.contains(m));
@@ -328,8 +366,23 @@ impl Mesh {
         if !self.links.may_dial() {
             return Vec::new();
         }
+        let room =
+            MAX_DIALS_PER_POLL.min(MAX_DIALS_IN_FLIGHT.saturating_sub(self.dials.running.load(Ordering::Relaxed)));
         let st = &mut *st;
-        due_dials(&st.pending, &mut st.redial, views, now)
+        due_dials(&st.pending, &mut st.redial, room, now)
+    }
+
+    /// The processes alive according to another one but unreachable from here at the last poll
+    /// (however short a time), each with a process that sees it.
+    pub fn unreachable_now(&self) -> Vec<(Member, Member)> {
+        let Ok(st) = self.state.lock() else { return Vec::new() };
+        st.pending
+            .keys()
+            .filter_map(|p| match p {
+                MeshProblem::Unreachable { member, seen_by } => Some((member.clone(), seen_by.clone())),
+                MeshProblem::MissingLink { .. } => None,
+            })
+            .collect()
     }
 
     /// The problems that have lasted at least [`SETTLE`].
@@ -396,15 +449,15 @@ impl Mesh {
     }
 }
 
-/// The processes unreachable (per `pending`) for [`SETTLE`] whose next dial is due at `now`,
-/// with the address the process that sees them relays (or any view does); each dial doubles the
-/// wait before the next one, up to [`MAX_REDIAL_WAIT`]. `redial` keeps the schedule.
+/// The processes unreachable (per `pending`) for [`SETTLE`] whose next dial is due at `now`, at
+/// most `room` of them, each with a process that sees it; each dial doubles the wait before the
+/// next one, up to [`MAX_REDIAL_WAIT`]. `redial` keeps the schedule.
 fn due_dials(
     pending: &BTreeMap<MeshProblem, Instant>,
     redial: &mut BTreeMap<Member, (Instant, Duration)>,
-    views: &BTreeMap<Member, View>,
+    room: usize,
     now: Instant,
-) -> Vec<(Member, Address)> {
+) -> Vec<(Member, Member)> {
     let unreachable: BTreeMap<&Member, &Member> = pending
         .iter()
         .filter(|(_, first)| now.saturating_duration_since(**first) >= SETTLE)
@@ -414,30 +467,70 @@ fn due_dials(
         })
         .collect();
     redial.retain(|m, _| unreachable.contains_key(m));
+    // Due: never dialed first, then the longest overdue, so that many at once take turns.
+    let mut candidates: Vec<(Option<Instant>, &Member, &Member)> = unreachable
+        .into_iter()
+        .map(|(member, seen_by)| (redial.get(member).map(|(next, _)| *next), member, seen_by))
+        .filter(|(next, _, _)| next.is_none_or(|n| n <= now))
+        .collect();
+    candidates.sort_by_key(|(next, _, _)| *next);
     let mut due = Vec::new();
-    for (member, seen_by) in unreachable {
-        let (next, wait) = *redial.entry(member.clone()).or_insert((now, POLL));
-        if now < next {
-            continue;
-        }
+    for (_, member, seen_by) in candidates.into_iter().take(room) {
+        let wait = redial.get(member).map_or(POLL, |(_, wait)| *wait);
         redial.insert(member.clone(), (now + wait, (wait * 2).min(MAX_REDIAL_WAIT)));
-        let relayed = views.get(seen_by).and_then(|v| v.address_of(member));
-        if let Some(address) = relayed.or_else(|| views.values().find_map(|v| v.address_of(member))) {
-            due.push((member.clone(), address.clone()));
-        }
+        due.push((member.clone(), seen_by.clone()));
     }
     due
 }
 
-/// Ask every reachable process for its view; malformed, oversized or unknown-version answers
-/// are counted in `malformed` and left out, and at most [`MAX_MEMBERS_PER_POLL`] members are
-/// taken in all.
-async fn fetch_views(session: &Session, keys: &KeySpace, malformed: &AtomicU64) -> BTreeMap<Member, View> {
+/// The address of `member` that most of the `relays` give (a view relays what `member` gave in
+/// its own view); between as many, the one `seen_by` relays, then the first.
+fn relayed_address(member: &Member, seen_by: &Member, relays: &BTreeMap<Member, View>) -> Option<Address> {
+    let mut votes: Vec<(&Address, usize, bool)> = Vec::new();
+    for (observer, view) in relays.iter().filter(|(o, _)| *o != member) {
+        let Some(a) = view.address_of(member) else { continue };
+        match votes.iter_mut().find(|(b, _, _)| *b == a) {
+            Some(v) => {
+                v.1 += 1;
+                v.2 |= observer == seen_by;
+            }
+            None => votes.push((a, 1, observer == seen_by)),
+        }
+    }
+    votes.into_iter().max_by_key(|(_, n, by_seer)| (*n, *by_seer)).map(|(a, _, _)| a.clone())
+}
+
+/// The processes a view query asks addresses of (`address_of=node/gw2|node/gw3`), at most
+/// [`MAX_ASKED_ADDRESSES`]; names that do not parse are left out.
+fn parse_asked(value: &str) -> Vec<Member> {
+    value.split('|').take(MAX_ASKED_ADDRESSES).filter_map(parse_member_chunk).collect()
+}
+
+/// Ask every reachable process for its view, and for the addresses of the `asked` processes;
+/// malformed, oversized or unknown-version answers are counted in `malformed` and left out, and
+/// at most [`MAX_MEMBERS_PER_POLL`] members are taken in all.
+async fn fetch_views(
+    session: &Session,
+    keys: &KeySpace,
+    malformed: &AtomicU64,
+    asked: &[Member],
+) -> BTreeMap<Member, View> {
     let mut out = BTreeMap::new();
     let mut members = 0usize;
     let Ok(all) = keys.all_views() else { return out };
-    let Ok(replies) =
-        session.get(all).target(QueryTarget::All).consolidation(ConsolidationMode::None).timeout(QUERY_TIMEOUT).await
+    let parameters = match asked {
+        [] => String::new(),
+        _ => {
+            let names: Vec<String> = asked.iter().take(MAX_ASKED_ADDRESSES).map(member_chunk).collect();
+            format!("{ADDRESS_OF}={}", names.join("|"))
+        }
+    };
+    let Ok(replies) = session
+        .get((all, parameters))
+        .target(QueryTarget::All)
+        .consolidation(ConsolidationMode::None)
+        .timeout(QUERY_TIMEOUT)
+        .await
     else {
         return out;
     };
@@ -465,15 +558,27 @@ async fn fetch_views(session: &Session, keys: &KeySpace, malformed: &AtomicU64) 
     out
 }
 
-/// A process other than `me` and `member` that sees `member` alive now (`<role>/<name>`), from
-/// a fresh ask of the views reachable from here; `None` when none does. A process whose token
-/// went here while another one still sees it lost its link to this one: it did not exit.
-pub async fn seen_elsewhere(session: &Session, keys: &KeySpace, me: &Member, member: &Member) -> Option<String> {
-    fetch_views(session, keys, &AtomicU64::new(0))
-        .await
-        .into_iter()
-        .find(|(observer, view)| observer != me && observer != member && view.members().contains(member))
-        .map(|(observer, _)| member_chunk(&observer))
+/// For each of `members`, a process other than `me` and itself that sees it alive now
+/// (`<role>/<name>`), from one fresh ask of the views reachable from here; `None` when none does
+/// (or none answered). A process whose token went here while another one still sees it lost its
+/// link to this one: it did not exit.
+pub async fn seen_elsewhere(
+    session: &Session,
+    keys: &KeySpace,
+    me: &Member,
+    members: &[Member],
+) -> BTreeMap<Member, Option<String>> {
+    let views = fetch_views(session, keys, &AtomicU64::new(0), &[]).await;
+    members
+        .iter()
+        .map(|member| {
+            let seen_by = views
+                .iter()
+                .find(|(observer, view)| *observer != me && *observer != member && view.members().contains(member))
+                .map(|(observer, _)| member_chunk(observer));
+            (member.clone(), seen_by)
+        })
+        .collect()
 }
 
 /// Refuse to start a second live process under the same name: ask the liveliness tokens and the
@@ -523,7 +628,7 @@ async fn who_has_name(session: &Session, keys: &KeySpace, me: &Member) -> Result
             }
         }
     }
-    for (observer, view) in fetch_views(session, keys, &AtomicU64::new(0)).await {
+    for (observer, view) in fetch_views(session, keys, &AtomicU64::new(0), &[]).await {
         if view.members().contains(me) {
             return Ok(Some(member_chunk(&observer)));
         }
@@ -604,8 +709,13 @@ mod tests {
             (0..=MAX_MEMBERS).map(|i| (format!("node/n{i}"), at("a1"))).collect();
         let too_many = View { version: VIEW_VERSION, live: vec![], addresses };
         assert!(View::decode(&serde_json::to_vec(&too_many).unwrap()).is_none());
-        let bad = View::of(&set(&[agent("gw1")]), BTreeMap::from([("node/gw1".to_owned(), at("not an id"))]));
-        assert!(View::decode(&serde_json::to_vec(&bad).unwrap()).is_none());
+        // An address that does not parse is left out, the view kept.
+        let bad = View::of(
+            &set(&[agent("gw1")]),
+            BTreeMap::from([("node/gw1".to_owned(), at("not an id")), ("node/gw2".to_owned(), at("a2"))]),
+        );
+        let read = View::decode(&serde_json::to_vec(&bad).unwrap()).unwrap();
+        assert_eq!(read.addresses.keys().collect::<Vec<_>>(), ["node/gw2"]);
     }
 
     #[test]
@@ -629,36 +739,55 @@ mod tests {
     }
 
     #[test]
-    fn an_unreachable_process_is_dialed_at_the_relayed_address_ever_less_often() {
+    fn an_unreachable_process_is_dialed_ever_less_often_and_few_at_a_time() {
         let t0 = Instant::now();
-        let at = |zid: &str| Address { zid: zid.into(), locators: vec!["tcp/127.0.0.1:7447".into()] };
-        let view = |addresses: &[(&str, &str)]| View {
-            version: VIEW_VERSION,
-            live: vec![],
-            addresses: addresses.iter().map(|(m, z)| ((*m).to_owned(), at(z))).collect(),
-        };
-        // The collector relays gw2's address; another agent's view names an older one.
-        let views =
-            BTreeMap::from([(agent("gw3"), view(&[("node/gw2", "0bad")])), (coll("c1"), view(&[("node/gw2", "a2")]))]);
-        let split = MeshProblem::Unreachable { member: agent("gw2"), seen_by: coll("c1") };
-        let pending = BTreeMap::from([(split, t0)]);
+        let split = |n: &str| MeshProblem::Unreachable { member: agent(n), seen_by: coll("c1") };
+        let pending = BTreeMap::from([(split("gw2"), t0)]);
         let mut redial = BTreeMap::new();
         let due = |redial: &mut BTreeMap<Member, (Instant, Duration)>, after: u64| {
-            due_dials(&pending, redial, &views, t0 + Duration::from_millis(after))
+            due_dials(&pending, redial, MAX_DIALS_PER_POLL, t0 + Duration::from_millis(after))
         };
         assert!(due(&mut redial, 1_000).is_empty(), "not before the problem has settled");
         let mut dialed = Vec::new();
         for ms in (3_000..200_000).step_by(500) {
-            for (m, a) in due(&mut redial, ms) {
-                assert_eq!((m, a), (agent("gw2"), at("a2")), "the address the process that sees it relays");
+            for pair in due(&mut redial, ms) {
+                assert_eq!(pair, (agent("gw2"), coll("c1")));
                 dialed.push(ms);
             }
         }
         let gaps: Vec<u64> = dialed.windows(2).map(|w| w[1] - w[0]).collect();
         assert_eq!(gaps[..6], [2_000, 4_000, 8_000, 16_000, 32_000, 60_000], "{dialed:?}");
         assert!(gaps[6..].iter().all(|g| *g == 60_000), "{dialed:?}");
-        // The problem ended: the schedule is forgotten, a new split is dialed at once.
-        assert!(due_dials(&BTreeMap::new(), &mut redial, &views, t0 + Duration::from_secs(300)).is_empty());
+        // The problem ended: the schedule is forgotten.
+        assert!(due_dials(&BTreeMap::new(), &mut redial, 4, t0 + Duration::from_secs(300)).is_empty());
         assert!(redial.is_empty());
+        // Many unreachable at once: `room` of them per poll, the others at the next polls.
+        let many: BTreeMap<MeshProblem, Instant> = (0..10).map(|i| (split(&format!("g{i}")), t0)).collect();
+        let first = due_dials(&many, &mut redial, 4, t0 + SETTLE);
+        let second = due_dials(&many, &mut redial, 4, t0 + SETTLE + POLL);
+        assert_eq!((first.len(), second.len()), (4, 4));
+        assert!(first.iter().all(|d| !second.contains(d)), "{first:?} then {second:?}");
+        assert!(due_dials(&many, &mut redial, 0, t0 + SETTLE + POLL * 2).is_empty(), "no room: none");
+    }
+
+    #[test]
+    fn the_address_most_relays_give_is_dialed() {
+        let at = |zid: &str| Address { zid: zid.into(), locators: vec!["tcp/127.0.0.1:7447".into()] };
+        let relaying = |zid: &str| View::of(&BTreeSet::new(), BTreeMap::from([("node/gw2".to_owned(), at(zid))]));
+        let gw2 = agent("gw2");
+        // Two relays agree against the one that reported it: the majority wins.
+        let relays = BTreeMap::from([
+            (agent("gw3"), relaying("a2")),
+            (agent("gw4"), relaying("a2")),
+            (coll("c1"), relaying("b7")),
+        ]);
+        assert_eq!(relayed_address(&gw2, &coll("c1"), &relays), Some(at("a2")));
+        // As many each way: the one the process that sees it relays.
+        let relays = BTreeMap::from([(agent("gw3"), relaying("a2")), (coll("c1"), relaying("b7"))]);
+        assert_eq!(relayed_address(&gw2, &coll("c1"), &relays), Some(at("b7")));
+        // What gw2 says of itself through a view under its own name is not a relay.
+        let relays = BTreeMap::from([(gw2.clone(), relaying("a2"))]);
+        assert_eq!(relayed_address(&gw2, &coll("c1"), &relays), None);
+        assert_eq!(parse_asked("node/gw2|bogus|collector/c1"), vec![gw2, coll("c1")]);
     }
 }

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use tokio_util::task::TaskTracker;
 use zenoh::internal::runtime::RuntimeBuilder;
 use zenoh::liveliness::LivelinessToken;
 use zenoh::Session;
@@ -92,10 +93,22 @@ pub async fn open(config: &BusConfig, role: Option<IdRole>) -> Result<Session, S
 pub async fn open_linked(config: &BusConfig, role: IdRole) -> Result<(Session, Links), SessionError> {
     let zc = zenoh_config(config, Some(role))?;
     // What `zenoh::open` does, keeping the runtime: build it, put a session on it, start it.
+    // A session on a runtime it did not build leaves the runtime open when it closes: the
+    // runtime is closed here on failure, and by `leave` after.
     let mut runtime = RuntimeBuilder::new(zc).build().await.map_err(zenoh_err)?;
-    let session = zenoh::session::init(runtime.clone().into()).await.map_err(zenoh_err)?;
-    runtime.start().await.map_err(zenoh_err)?;
-    Ok((session, Links::new(runtime, config.gossip && config.mode == crate::config::Mode::Peer)))
+    let links = Links::new(runtime.clone(), config.gossip && config.mode == crate::config::Mode::Peer);
+    let session = match zenoh::session::init(runtime.clone().into()).await {
+        Ok(s) => s,
+        Err(e) => {
+            links.close().await;
+            return Err(zenoh_err(e));
+        }
+    };
+    if let Err(e) = runtime.start().await {
+        leave(&session, &links).await;
+        return Err(zenoh_err(e));
+    }
+    Ok((session, links))
 }
 
 /// `config` as zenoh's configuration (see [`open`]).
@@ -207,10 +220,49 @@ pub async fn close(session: &Session) {
     }
 }
 
-/// Leave the bus as a long-running process: close `session`, then the runtime's links.
+/// Leave the bus as a long-running process: close `session`, then the runtime's links, within
+/// [`CLOSE_TIMEOUT`] in all.
 pub async fn leave(session: &Session, links: &Links) {
-    close(session).await;
-    links.close().await;
+    let both = async {
+        if let Err(e) = session.close().await {
+            tracing::debug!(error = %e, "closing the bus session");
+        }
+        links.close().await;
+    };
+    if tokio::time::timeout(CLOSE_TIMEOUT, both).await.is_err() {
+        tracing::debug!("leaving the bus took over {CLOSE_TIMEOUT:?}; leaving it");
+    }
+}
+
+/// Leaves the bus when dropped, unless [`LeaveOnDrop::keep`] was called first: a start that
+/// fails after [`open_linked`] closes what it opened (listeners and links included), as a task
+/// of `tracker`, which the failed start waits for.
+pub struct LeaveOnDrop {
+    bus: Option<(Session, Links)>,
+    tracker: TaskTracker,
+}
+
+impl LeaveOnDrop {
+    /// Guard `session` and `links`.
+    pub fn new(session: &Session, links: &Links, tracker: &TaskTracker) -> Self {
+        Self { bus: Some((session.clone(), links.clone())), tracker: tracker.clone() }
+    }
+
+    /// The start went through: the caller leaves the bus itself, later.
+    pub fn keep(mut self) {
+        self.bus = None;
+    }
+}
+
+impl Drop for LeaveOnDrop {
+    fn drop(&mut self) {
+        let Some((session, links)) = self.bus.take() else { return };
+        // Leaving is asynchronous: a task on the runtime the start ran on (there is one: the
+        // guard lives in an async start).
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.tracker.spawn(async move { leave(&session, &links).await });
+        }
+    }
 }
 
 /// Declare this process's liveliness token under `<prefix>/<role>/<name>`.

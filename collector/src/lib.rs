@@ -190,6 +190,21 @@ impl Collector {
     /// still in flight and commits every open file; [`Collector::wait`] then leaves the
     /// membership and the bus.
     pub async fn start(config: CollectorConfig, cancel: CancellationToken) -> Result<Self, CollectorError> {
+        let leaving = TaskTracker::new();
+        let started = Self::start_with(config, cancel, &leaving).await;
+        if started.is_err() {
+            // A start that failed after joining the bus leaves it before the error goes up.
+            leaving.close();
+            let _ = tokio::time::timeout(switchboard_bus::session::CLOSE_TIMEOUT * 2, leaving.wait()).await;
+        }
+        started
+    }
+
+    async fn start_with(
+        config: CollectorConfig,
+        cancel: CancellationToken,
+        leaving: &TaskTracker,
+    ) -> Result<Self, CollectorError> {
         config.validate()?;
         let keys = KeySpace::new(&config.bus.effective_prefix())?;
         let name = config.bus.node.clone();
@@ -255,6 +270,7 @@ impl Collector {
         let mut bus = config.bus.clone();
         bus.listen = bus.effective_listen();
         let (session, links) = session::open_linked(&bus, switchboard_bus::tls::IdRole::Collector).await?;
+        let joined = session::LeaveOnDrop::new(&session, &links, leaving);
         let me = Member { role: Role::Collector, name: name.clone() };
         mesh::check_name_free(&session, &keys, &me, std::time::Duration::from_millis(bus.lease_ms)).await?;
         let membership = Membership::watch(&session, &keys, cancel.clone()).await?;
@@ -414,6 +430,7 @@ impl Collector {
         switchboard_bus::vital::watch(&tracker, "the collector's intake thread".into(), intake, cancel);
         tracker.close();
         tracing::info!(%name, "collector started");
+        joined.keep();
         Ok(Self { stats, tracker, session, links, token })
     }
 

@@ -226,6 +226,7 @@ impl Agent {
             config.bus.connect.extend(remembered);
         }
         let (session, links) = session::open_linked(&config.bus, switchboard_bus::tls::IdRole::Agent).await?;
+        let joined = session::LeaveOnDrop::new(&session, &links, &tracker);
         let node = config.bus.node.clone();
         let me = Member { role: Role::Agent, name: node.clone() };
         mesh::check_name_free(&session, &keys, &me, std::time::Duration::from_millis(config.bus.lease_ms)).await?;
@@ -300,7 +301,7 @@ impl Agent {
             None
         };
         let dlr = if config.dlr.enabled {
-            Some(dlr::DlrService::start(&config, &session, &keys, &membership, &tracker, &cancel).await?)
+            Some(dlr::DlrService::start(&config, &session, &keys, &membership, &mesh, &tracker, &cancel).await?)
         } else {
             None
         };
@@ -393,6 +394,7 @@ impl Agent {
         tracker.close();
         let streams = config.sources.len();
         tracing::info!(%node, log_sources, streams, "agent started");
+        joined.keep();
         Ok(Self { stats, tracker, session, links, _token: token })
     }
 

@@ -57,17 +57,37 @@ pub fn listen_ports(pid: u32) -> Vec<u16> {
 
 /// Reset every established TCP connection between processes `a` and `b` (one's listening port
 /// at one end, the other process at the other end), as a firewall or a NAT that drops a
-/// connection does; how many were reset.
+/// connection does, and no other; how many were reset. Needs CAP_NET_ADMIN (`ss -K`).
 pub fn cut_links(a: u32, b: u32) -> usize {
+    let ss = |args: &[&str]| {
+        let out = std::process::Command::new("ss").args(args).output().expect("ss runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
     let mut cut = 0;
     for (from, to) in [(a, b), (b, a)] {
         for port in listen_ports(to) {
-            let out = std::process::Command::new("ss")
-                .args(["-K", "-tnpH", "state", "established", "dport", "=", &format!(":{port}")])
-                .output()
-                .expect("ss runs");
-            // `ss -K` lists what matched; only the connections of `from` count.
-            cut += String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(&format!("pid={from},"))).count();
+            // `from`'s connections to that port: columns Recv-Q Send-Q Local Peer Process.
+            let listed = ss(&["-tnpH", "state", "established", "dport", "=", &format!(":{port}")]);
+            let local_ports: Vec<String> = listed
+                .lines()
+                .filter(|l| l.contains(&format!("pid={from},")))
+                .filter_map(|l| Some(l.split_whitespace().nth(2)?.rsplit_once(':')?.1.to_owned()))
+                .collect();
+            for local in local_ports {
+                let killed = ss(&[
+                    "-K",
+                    "-tnH",
+                    "state",
+                    "established",
+                    "sport",
+                    "=",
+                    &format!(":{local}"),
+                    "dport",
+                    "=",
+                    &format!(":{port}"),
+                ]);
+                cut += killed.lines().count();
+            }
         }
     }
     cut

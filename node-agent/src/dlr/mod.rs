@@ -73,6 +73,8 @@ pub struct DlrService {
     session: zenoh::Session,
     keys: KeySpace,
     membership: Membership,
+    /// Which agents others see alive but this node cannot reach (they may hold any record).
+    mesh: switchboard_bus::mesh::Mesh,
     asker: ask::Asker,
     census: std::sync::Mutex<Option<sweep::Census>>,
     reporting: reporting::Reporting,
@@ -92,6 +94,11 @@ impl std::ops::Deref for DlrService {
         &self.records
     }
 }
+
+/// How long after an agent left this node's view a lookup that finds nothing answers "unknown"
+/// rather than "not found": the departed agent may be alive and cut off from this node only,
+/// which the mesh check sees within a poll (2 s) and a view query (1 s).
+pub const RECENT_DEPARTURE_MS: u64 = 3_000;
 
 /// ms since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -120,6 +127,7 @@ impl DlrService {
         session: &zenoh::Session,
         keys: &KeySpace,
         membership: &Membership,
+        mesh: &switchboard_bus::mesh::Mesh,
         tracker: &TaskTracker,
         cancel: &CancellationToken,
     ) -> Result<Arc<Self>, AgentError> {
@@ -139,6 +147,7 @@ impl DlrService {
             session: session.clone(),
             keys: keys.clone(),
             membership: membership.clone(),
+            mesh: mesh.clone(),
             asker,
             census: std::sync::Mutex::new(None),
             reporting: reporting::Reporting::default(),
@@ -174,12 +183,35 @@ impl DlrService {
         self.membership.live_of(Role::Agent)
     }
 
-    /// Why a lookup that found nothing cannot say the record does not exist: no other agent is
-    /// live, yet this node saw others leave (they died, or this node was cut off from them, or
-    /// hung past its lease). `None` when another agent is live, or none was ever seen.
+    /// Why a lookup that found nothing cannot say the record does not exist: an agent that
+    /// may hold it is alive but not reachable from here (its link to this node broke), or left
+    /// this node's view within [`RECENT_DEPARTURE_MS`] (stopped, or cut off: the mesh check
+    /// tells which within a poll), or no other agent is live although this node saw others
+    /// leave (they died, or this node was cut off from them, or hung past its lease). `None`
+    /// when every agent that ever joined is reachable, or long gone while others are live.
     fn cut_off(&self) -> Option<String> {
         if self.wake.just_woke() {
             return Some(format!("{} and may not reach every node yet", wake::STALE));
+        }
+        let unreachable = self.mesh.unreachable_now();
+        if let Some((member, seen_by)) = unreachable.iter().find(|(m, _)| m.role == Role::Agent) {
+            return Some(format!(
+                "node {} is alive (seen by {}/{}) but not reachable from here",
+                member.name,
+                seen_by.role.as_str(),
+                seen_by.name
+            ));
+        }
+        let now = now_ms();
+        let recent = self.membership.departed().into_iter().find(|(m, at)| {
+            m.role == Role::Agent && m.name != self.node && now.saturating_sub(*at) < RECENT_DEPARTURE_MS
+        });
+        if let Some((m, at)) = recent {
+            return Some(format!(
+                "node {} left this node's view {} ms ago (stopped, or cut off from here)",
+                m.name,
+                now.saturating_sub(at)
+            ));
         }
         if self.membership.live_of(Role::Agent).iter().any(|n| *n != self.node) {
             return None;

@@ -170,8 +170,9 @@ pub async fn run(
         }
     };
     let mut peers: BTreeMap<String, Peer> = BTreeMap::new();
-    // Answers of the checks of vanished nodes: (node, a process that still sees it).
-    let (checked_tx, mut checked) = tokio::sync::mpsc::channel::<(String, Option<String>)>(64);
+    // Answers of the checks of vanished nodes: (node, when it vanished, a process that still
+    // sees it). One check per tick at most, for every node that vanished in it.
+    let (checked_tx, mut checked) = tokio::sync::mpsc::channel::<Vec<(String, Instant, Option<String>)>>(16);
     let mut demands: BTreeMap<String, (u64, Demand)> = BTreeMap::new();
     let mut last = Instant::now();
     let mut last_tick: Option<u64> = None;
@@ -183,7 +184,11 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
-            Some((name, seen_by)) = checked.recv() => settle_vanished(&mut peers, &name, seen_by, &settings),
+            Some(answers) = checked.recv() => {
+                for (name, at, seen_by) in answers {
+                    settle_vanished(&mut peers, &name, at, seen_by, &settings);
+                }
+            }
             sample = subscriber.recv_async() => {
                 let Ok(sample) = sample else { break };
                 let Some(from) = keys.parse_counter(sample.key_expr().as_str()) else { continue };
@@ -234,14 +239,26 @@ pub async fn run(
                 }
                 let live: BTreeSet<String> =
                     membership.live_of(Role::Agent).into_iter().chain([node.clone()]).collect();
-                for name in reconcile(&mut peers, &live, &settings) {
+                let vanished: Vec<(String, Instant)> = reconcile(&mut peers, &live, &settings)
+                    .into_iter()
+                    .filter_map(|name| Some((name.clone(), peers.get(&name)?.vanished?)))
+                    .collect();
+                if !vanished.is_empty() {
                     let (session, keys, tx) = (session.clone(), keys.clone(), checked_tx.clone());
                     let me = Member { role: Role::Agent, name: node.clone() };
                     tokio::spawn(async move {
                         tokio::time::sleep(EXIT_CHECK_DELAY).await;
-                        let member = Member { role: Role::Agent, name };
-                        let seen_by = switchboard_bus::mesh::seen_elsewhere(&session, &keys, &me, &member).await;
-                        let _ = tx.send((member.name, seen_by)).await;
+                        let members: Vec<Member> =
+                            vanished.iter().map(|(name, _)| Member { role: Role::Agent, name: name.clone() }).collect();
+                        let mut seen = switchboard_bus::mesh::seen_elsewhere(&session, &keys, &me, &members).await;
+                        let answers = vanished
+                            .into_iter()
+                            .map(|(name, at)| {
+                                let seen_by = seen.remove(&Member { role: Role::Agent, name: name.clone() }).flatten();
+                                (name, at, seen_by)
+                            })
+                            .collect();
+                        let _ = tx.send(answers).await;
                     });
                 }
                 let silent = someone_silent(&node, &peers, settings.interval * 3);
@@ -347,11 +364,20 @@ fn reconcile(peers: &mut BTreeMap<String, Peer>, live: &BTreeSet<String>, settin
     to_check
 }
 
-/// The check of a vanished node `name` answered: seen by no other process, it exited and is
-/// forgotten; still seen by `seen_by`, only its link to this node broke, and it is held as a
-/// silent node (from when it vanished). A node live again by now is left as it is.
-fn settle_vanished(peers: &mut BTreeMap<String, Peer>, name: &str, seen_by: Option<String>, settings: &CoordSettings) {
-    let Some(at) = peers.get(name).and_then(|p| p.vanished) else { return };
+/// The check of node `name`, which vanished `at`, answered: seen by no other process, it exited
+/// and is forgotten; still seen by `seen_by`, only its link to this node broke, and it is held as
+/// a silent node (from when it vanished). A node live again by now, or that vanished again since
+/// (the answer is of an older check), is left as it is.
+fn settle_vanished(
+    peers: &mut BTreeMap<String, Peer>,
+    name: &str,
+    at: Instant,
+    seen_by: Option<String>,
+    settings: &CoordSettings,
+) {
+    if peers.get(name).and_then(|p| p.vanished) != Some(at) {
+        return;
+    }
     match seen_by {
         None => {
             tracing::info!(node = %name, "node exited; its share is freed");
@@ -745,9 +771,13 @@ mod tests {
         assert!(peers["killed"].vanished.is_some() && peers["reset"].vanished.is_some(), "held meanwhile");
         assert!(reconcile(&mut peers, &live, &settings).is_empty(), "each is checked once");
         assert!(peers["cut-off"].silent_since.is_some(), "a silent node is held");
-        settle_vanished(&mut peers, "killed", None, &settings);
+        let at = |peers: &BTreeMap<String, Peer>, n: &str| peers[n].vanished.unwrap();
+        let older = at(&peers, "killed") - Duration::from_millis(1);
+        settle_vanished(&mut peers, "killed", older, None, &settings);
+        assert!(peers.contains_key("killed"), "the answer of an older check settles nothing");
+        settle_vanished(&mut peers, "killed", at(&peers, "killed"), None, &settings);
         assert!(!peers.contains_key("killed"), "seen by no one: it exited");
-        settle_vanished(&mut peers, "reset", Some("collector/c1".into()), &settings);
+        settle_vanished(&mut peers, "reset", at(&peers, "reset"), Some("collector/c1".into()), &settings);
         assert!(peers["reset"].silent_since.is_some(), "still seen elsewhere: held as silent");
         std::thread::sleep(Duration::from_millis(350));
         reconcile(&mut peers, &live, &settings);
