@@ -297,11 +297,18 @@ impl AckTask {
                     }
                     if writer_heard.elapsed() >= WRITER_SILENT {
                         if let Some(gone) = writer.take() {
-                            tracing::warn!(
-                                "no watermark of {gone} (epoch {epoch}) for {} s: following {from} (epoch {:?}) instead",
-                                WRITER_SILENT.as_secs(),
-                                marks.epoch
-                            );
+                            let now = marks.epoch.map_or_else(|| "none".to_owned(), |e| e.to_string());
+                            if gone == from {
+                                tracing::warn!(
+                                    "no watermark of {gone} for {} s (this agent or it did not run): taking its watermarks again (epoch {now})",
+                                    WRITER_SILENT.as_secs()
+                                );
+                            } else {
+                                tracing::warn!(
+                                    "no watermark of {gone} (epoch {epoch}) for {} s: following {from} (epoch {now}) instead",
+                                    WRITER_SILENT.as_secs()
+                                );
+                            }
                         }
                         epoch = 0;
                     }

@@ -775,9 +775,11 @@ mod tests {
         let older = at(&peers, "killed") - Duration::from_millis(1);
         settle_vanished(&mut peers, "killed", older, None, &settings);
         assert!(peers.contains_key("killed"), "the answer of an older check settles nothing");
-        settle_vanished(&mut peers, "killed", at(&peers, "killed"), None, &settings);
+        let killed_at = at(&peers, "killed");
+        settle_vanished(&mut peers, "killed", killed_at, None, &settings);
         assert!(!peers.contains_key("killed"), "seen by no one: it exited");
-        settle_vanished(&mut peers, "reset", at(&peers, "reset"), Some("collector/c1".into()), &settings);
+        let reset_at = at(&peers, "reset");
+        settle_vanished(&mut peers, "reset", reset_at, Some("collector/c1".into()), &settings);
         assert!(peers["reset"].silent_since.is_some(), "still seen elsewhere: held as silent");
         std::thread::sleep(Duration::from_millis(350));
         reconcile(&mut peers, &live, &settings);
