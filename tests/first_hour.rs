@@ -332,3 +332,82 @@ fn a_cut_link_between_agents_heals() {
 fn a_cut_tls_link_between_agents_heals() {
     a_cut_link_between_agents_is_dialed_again(Cluster::with_tls(&["collector:c1", "agent:gw1", "agent:gw2"]));
 }
+
+/// Anyone on a bus without TLS can answer views: one that names 200 processes alive which no one
+/// can reach, and relays for each an address where a listener takes connections and never
+/// answers, makes an agent report them and dial a few at a time, not 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_views_make_an_agent_dial_a_few_at_a_time() {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    use std::sync::Arc;
+    let c = Cluster::new();
+    let collector = c.start_collector();
+    let a = c.start_agent_config("gw1", std::slice::from_ref(&c.endpoint), "", "");
+    let settled = tokio::task::block_in_place(|| wait_until(DEADLINE, || health(&c, "gw1")["status"] == "ok"));
+    assert!(settled, "{}", health(&c, "gw1"));
+    let bus = switchboard_bus::config::read_listening(&c.agent_state("gw1"));
+    assert!(!bus.is_empty(), "gw1 names no bus endpoint");
+
+    // Where the forged addresses lead: connections are taken, counted and never answered.
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sink_port = sink.local_addr().unwrap().port();
+    let taken = Arc::new(AtomicUsize::new(0));
+    std::thread::spawn({
+        let taken = taken.clone();
+        move || {
+            let mut held = Vec::new();
+            for conn in sink.incoming().flatten() {
+                taken.fetch_add(1, Relaxed);
+                held.push(conn);
+            }
+        }
+    });
+    let mut zc = zenoh::Config::default();
+    zc.insert_json5("mode", "\"peer\"").unwrap();
+    zc.insert_json5("scouting/multicast/enabled", "false").unwrap();
+    zc.insert_json5("listen/endpoints", "[]").unwrap();
+    zc.insert_json5("connect/endpoints", &serde_json::json!(bus).to_string()).unwrap();
+    let forger = zenoh::open(zc).await.unwrap();
+    let key = format!("sb/{}/view/node/forger", c.cluster);
+    let ghosts: Vec<String> = (0..200).map(|i| format!("node/ghost{i}")).collect();
+    let live = serde_json::json!(ghosts);
+    let _views = forger
+        .declare_queryable(&key)
+        .callback({
+            let key = key.clone();
+            move |query| {
+                let asked: Vec<&str> =
+                    query.parameters().get("address_of").map(|v| v.split('|').collect()).unwrap_or_default();
+                let addresses: serde_json::Map<String, serde_json::Value> = asked
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| {
+                        let zid = format!("{:x}", 0xabc000 + i);
+                        (
+                            (*m).to_owned(),
+                            serde_json::json!({"zid": zid, "locators": [format!("tcp/127.0.0.1:{sink_port}")]}),
+                        )
+                    })
+                    .collect();
+                let view = serde_json::json!({"version": 1, "live": live, "addresses": addresses});
+                let _ = zenoh::Wait::wait(query.reply(&key, view.to_string()));
+            }
+        })
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut most = 0;
+    while start.elapsed() < Duration::from_secs(12) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        most = most.max(taken.load(Relaxed));
+    }
+    let h = tokio::task::block_in_place(|| health(&c, "gw1"));
+    eprintln!("connections to the forged address in 12 s: {most}; gw1 {}", h["status"]);
+    assert!(h["problems"].as_array().is_some_and(|p| p.len() > 100), "the ghosts are reported: {h}");
+    assert!((1..=8).contains(&most), "dials in 12 s: {most}");
+    forger.close().await.unwrap();
+    let back = tokio::task::block_in_place(|| wait_until(DEADLINE, || health(&c, "gw1")["status"] == "ok"));
+    assert!(back, "{}", health(&c, "gw1"));
+    a.stop();
+    collector.stop();
+}
