@@ -505,27 +505,31 @@ fn a_miss_while_the_link_to_a_live_node_is_cut_is_unknown_not_missing() {
     let _collector = c.start_collector();
     let a = start(&c, "a", std::slice::from_ref(&c.endpoint));
     let b = start(&c, "b", std::slice::from_ref(&c.endpoint));
-    wait_mesh(&c, &["a", "b"]);
+    // b still reaches another agent: it is not alone, so only a's being cut off makes a miss
+    // unknown.
+    let _d = start(&c, "d", std::slice::from_ref(&c.endpoint));
+    wait_mesh(&c, &["a", "b", "d"]);
     let pid = |n: &LimitsNode| n.proc.as_ref().map_or(0, |p| p.pid());
     let resolve = || post(&c, "b", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "424242"}));
     assert_eq!(resolve().0, 404, "before the cut");
     assert!(common::cut_links(pid(&a), pid(&b)) >= 1, "no connection between a and b to reset");
     let cut = std::time::Instant::now();
-    assert!(wait_until(Duration::from_secs(5), || live_nodes(&c, "b") == ["b"]), "b still sees a");
+    assert!(wait_until(Duration::from_secs(5), || live_nodes(&c, "b") == ["b", "d"]), "b still sees a");
     let mut codes = Vec::new();
     let healed = wait_until(Duration::from_secs(20), || {
+        if live_nodes(&c, "b") == ["a", "b", "d"] {
+            return true;
+        }
         let (code, body) = resolve();
         codes.push((cut.elapsed().as_millis(), code, body["error"].as_str().unwrap_or_default().to_owned()));
-        live_nodes(&c, "b") == ["a", "b"]
+        false
     });
     assert!(healed, "the link never came back: {codes:?}");
+    // An answer after a came back may be a true 404 already: only those before count.
+    codes.pop();
     let unknown = codes.iter().filter(|(_, code, _)| *code == 503).count();
     assert!(codes.iter().all(|(_, code, _)| *code == 503), "a miss while a may hold the record: {codes:?}");
-    assert!(
-        codes.iter().any(|(_, _, e)| e.contains("left this node's view"))
-            && codes.iter().any(|(_, _, e)| e.contains("node a is alive (seen by")),
-        "{codes:?}"
-    );
+    assert!(codes.iter().any(|(_, _, e)| e.contains("node a is alive (seen by")), "{codes:?}");
     eprintln!("{unknown} misses answered 503 over {} ms until the link came back", cut.elapsed().as_millis());
     assert!(wait_until(Duration::from_secs(10), || resolve().0 == 404), "misses are 404 again: {:?}", resolve());
 }

@@ -367,6 +367,8 @@ async fn forged_views_make_an_agent_dial_a_few_at_a_time() {
     zc.insert_json5("scouting/multicast/enabled", "false").unwrap();
     zc.insert_json5("listen/endpoints", "[]").unwrap();
     zc.insert_json5("connect/endpoints", &serde_json::json!(bus).to_string()).unwrap();
+    // Linked to gw1 alone: the collector does not see its views.
+    zc.insert_json5("scouting/gossip/enabled", "false").unwrap();
     let forger = zenoh::open(zc).await.unwrap();
     let key = format!("sb/{}/view/node/forger", c.cluster);
     let ghosts: Vec<String> = (0..200).map(|i| format!("node/ghost{i}")).collect();
@@ -378,15 +380,14 @@ async fn forged_views_make_an_agent_dial_a_few_at_a_time() {
             move |query| {
                 let asked: Vec<&str> =
                     query.parameters().get("address_of").map(|v| v.split('|').collect()).unwrap_or_default();
+                // Each ghost its own zenoh id, as 200 real processes would have.
                 let addresses: serde_json::Map<String, serde_json::Value> = asked
                     .iter()
-                    .enumerate()
-                    .map(|(i, m)| {
-                        let zid = format!("{:x}", 0xabc000 + i);
-                        (
-                            (*m).to_owned(),
-                            serde_json::json!({"zid": zid, "locators": [format!("tcp/127.0.0.1:{sink_port}")]}),
-                        )
+                    .filter_map(|m| {
+                        let n: u32 = m.strip_prefix("node/ghost")?.parse().ok()?;
+                        let zid = format!("{:x}", 0xabc000 + n);
+                        let locators = [format!("tcp/127.0.0.1:{sink_port}")];
+                        Some(((*m).to_owned(), serde_json::json!({"zid": zid, "locators": locators})))
                     })
                     .collect();
                 let view = serde_json::json!({"version": 1, "live": live, "addresses": addresses});
@@ -404,7 +405,8 @@ async fn forged_views_make_an_agent_dial_a_few_at_a_time() {
     let h = tokio::task::block_in_place(|| health(&c, "gw1"));
     eprintln!("connections to the forged address in 12 s: {most}; gw1 {}", h["status"]);
     assert!(h["problems"].as_array().is_some_and(|p| p.len() > 100), "the ghosts are reported: {h}");
-    assert!((1..=8).contains(&most), "dials in 12 s: {most}");
+    // 4 dials a poll, 8 at once; a dial of the sink lasts zenoh's open timeout (10 s).
+    assert!((5..=8).contains(&most), "dials in 12 s: {most}");
     forger.close().await.unwrap();
     let back = tokio::task::block_in_place(|| wait_until(DEADLINE, || health(&c, "gw1")["status"] == "ok"));
     assert!(back, "{}", health(&c, "gw1"));

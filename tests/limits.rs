@@ -131,8 +131,11 @@ fn skewed_and_shifting_demand_stays_within_the_limit_and_every_decision_reaches_
 fn a_killed_node_frees_its_share_and_its_slots_at_once() {
     let _one_at_a_time = measuring();
     let c = Cluster::new();
-    let a = c.start_limits_agent("a", &[], "", "");
-    let b = c.start_limits_agent("b", &[a.endpoint()], "", "");
+    // A third process (the collector) answers a's question whether anyone still sees b: no one
+    // does, so b exited (two agents alone could not tell a death from a cut, and would hold).
+    let _collector = c.start_collector();
+    let a = c.start_limits_agent("a", std::slice::from_ref(&c.endpoint), "", "");
+    let b = c.start_limits_agent("b", &[a.endpoint(), c.endpoint.clone()], "", "");
     wait_healthy(&c, &["a", "b"]);
     // A node's demand reports begin once it is live: a start is not a refusal.
     for node in ["a", "b"] {

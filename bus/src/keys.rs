@@ -43,6 +43,10 @@ pub enum KeyError {
     /// A node's or cluster's name with whitespace or a control character.
     #[error("a node's or cluster's name may not contain whitespace or control characters")]
     Spaces,
+    /// A node's or cluster's name with `|`, `;` or `=` (the separators of a query's parameters,
+    /// where names travel too: docs/protocol.md, `address_of`).
+    #[error("a node's or cluster's name may not contain '|', ';' or '='")]
+    Separators,
     /// zenoh rejected the assembled key expression.
     #[error("not a valid key expression: {0}")]
     Invalid(String),
@@ -57,6 +61,9 @@ pub fn check_name(name: &str) -> Result<(), KeyError> {
     check_chunk(name)?;
     if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(KeyError::Spaces);
+    }
+    if name.contains(['|', ';', '=']) {
+        return Err(KeyError::Separators);
     }
     Ok(())
 }
@@ -525,7 +532,7 @@ mod tests {
         for ok in ["gw1", "gw-1.example", "n_0"] {
             assert!(check_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "bad name", "gw1\t", "gw\u{7}", "a/b", "@gw"] {
+        for bad in ["", "bad name", "gw1\t", "gw\u{7}", "a/b", "@gw", "a|b", "a;b", "a=b"] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
         assert!(crate::tls::Identity::new(crate::tls::IdRole::Agent, "bad name").is_err());

@@ -144,6 +144,11 @@ impl Membership {
         Ok(Self { live, events, departed, joins })
     }
 
+    /// Whether `member` was ever seen joining, here.
+    pub fn ever_joined(&self, member: &Member) -> bool {
+        self.joins.lock().unwrap_or_else(|p| p.into_inner()).contains_key(member)
+    }
+
     /// How many times each live process of `role` was seen joining, by name. A count that moved
     /// while the process stayed in the live set means it left and came back between two looks
     /// (a hung process past its lease, a cut link): the live set alone does not show that.

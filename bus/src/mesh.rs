@@ -53,6 +53,10 @@ const MAX_MEMBERS: usize = 10_000;
 /// Members taken from all views of one poll together; views beyond are not read. Bounds what
 /// peers (or anyone on the bus) can make a poll hold.
 const MAX_MEMBERS_PER_POLL: usize = 100_000;
+/// Bytes of one view document, at most (10,000 members of 100 bytes and 17 addresses fit).
+const MAX_VIEW_BYTES: usize = 2 << 20;
+/// Bytes of all views of one poll together; views beyond are not read.
+const MAX_BYTES_PER_POLL: usize = 32 << 20;
 /// Problems tracked at most; more are not recorded (the first ones already say what is wrong).
 const MAX_PROBLEMS: usize = 1_000;
 /// The longest wait between two dials of a process that stays unreachable.
@@ -65,6 +69,11 @@ pub const MAX_DIALS_IN_FLIGHT: usize = 8;
 const MAX_ASKED_ADDRESSES: usize = 16;
 /// The query parameter that asks a view to relay the addresses of the processes it names.
 const ADDRESS_OF: &str = "address_of";
+
+/// ms since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
 
 /// What one process sees: the answer of its view queryable.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,8 +98,15 @@ impl View {
     /// Decode a view; `None` for a malformed, oversized or unknown-version document. Addresses
     /// out of bounds or that do not parse are left out of it.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() > MAX_VIEW_BYTES {
+            return None;
+        }
         let mut view: View = serde_json::from_slice(bytes).ok()?;
-        if view.version != VIEW_VERSION || view.live.len() > MAX_MEMBERS || view.addresses.len() > MAX_MEMBERS {
+        // Its own address and those asked for, at most: more is never read.
+        if view.version != VIEW_VERSION
+            || view.live.len() > MAX_MEMBERS
+            || view.addresses.len() > MAX_ASKED_ADDRESSES + 1
+        {
             return None;
         }
         view.addresses.retain(|_, a| a.is_valid());
@@ -192,6 +208,8 @@ pub fn assess(
 struct State {
     /// Problems seen, with when each was first seen.
     pending: BTreeMap<MeshProblem, Instant>,
+    /// Problems whose start was logged (their end is logged too).
+    warned: BTreeSet<MeshProblem>,
     /// Processes this one saw, with when each was first seen.
     since: BTreeMap<Member, Instant>,
     /// The addresses the processes this one reaches gave in their own views at the last poll.
@@ -221,6 +239,8 @@ pub struct Mesh {
     membership: Membership,
     /// This process's runtime, to dial unreachable processes.
     links: Links,
+    /// When the last poll that completed began (ms since the Unix epoch; 0: none yet).
+    assessed_from_ms: Arc<AtomicU64>,
 }
 
 impl Mesh {
@@ -240,6 +260,7 @@ impl Mesh {
             dials: Arc::default(),
             membership,
             links,
+            assessed_from_ms: Arc::default(),
         };
         let key = keys.view(me.role, &me.name)?;
         let queryable = {
@@ -265,8 +286,10 @@ impl Mesh {
                     _ = cancel.cancelled() => break,
                     _ = tick.tick() => {}
                 }
+                let began = now_ms();
                 let views = fetch_views(&session, &keys, &task.malformed, &[]).await;
                 let due = task.update(&me, &views, Instant::now());
+                task.assessed_from_ms.store(began, Ordering::Relaxed);
                 if due.is_empty() {
                     continue;
                 }
@@ -344,17 +367,15 @@ impl Mesh {
         let found = assess(me, &mine, &st.since, &seen, now);
         let ended: Vec<MeshProblem> = st.pending.keys().filter(|p| !found.contains(*p)).cloned().collect();
         for p in ended {
-            if let Some(first) = st.pending.remove(&p) {
-                if now.saturating_duration_since(first) >= SETTLE {
-                    tracing::info!(problem = %p, "bus mesh: resolved");
-                }
+            st.pending.remove(&p);
+            if st.warned.remove(&p) {
+                tracing::info!(problem = %p, "bus mesh: resolved");
             }
         }
         for p in found {
             let first = *st.pending.entry(p.clone()).or_insert(now);
-            // Logged once, on the poll that first finds it settled.
-            let age = now.saturating_duration_since(first);
-            if age >= SETTLE && age < SETTLE + POLL {
+            // Logged once, on the poll that first finds it settled (polls may come late).
+            if now.saturating_duration_since(first) >= SETTLE && st.warned.insert(p.clone()) {
                 tracing::warn!(
                     problem = %p,
                     "bus mesh: processes do not all see each other, so limits, DLR lookups and \
@@ -370,6 +391,12 @@ impl Mesh {
             MAX_DIALS_PER_POLL.min(MAX_DIALS_IN_FLIGHT.saturating_sub(self.dials.running.load(Ordering::Relaxed)));
         let st = &mut *st;
         due_dials(&st.pending, &mut st.redial, room, now)
+    }
+
+    /// Whether a poll that began at or after `at_ms` (ms since the Unix epoch) has completed:
+    /// what [`Mesh::unreachable_now`] says covers what happened before `at_ms`.
+    pub fn assessed_since(&self, at_ms: u64) -> bool {
+        self.assessed_from_ms.load(Ordering::Relaxed) >= at_ms
     }
 
     /// The processes alive according to another one but unreachable from here at the last poll
@@ -516,7 +543,7 @@ async fn fetch_views(
     asked: &[Member],
 ) -> BTreeMap<Member, View> {
     let mut out = BTreeMap::new();
-    let mut members = 0usize;
+    let (mut members, mut bytes) = (0usize, 0usize);
     let Ok(all) = keys.all_views() else { return out };
     let parameters = match asked {
         [] => String::new(),
@@ -540,7 +567,13 @@ async fn fetch_views(
             malformed.fetch_add(1, Ordering::Relaxed);
             continue;
         };
-        match View::decode(&sample.payload().to_bytes()) {
+        let payload = sample.payload().to_bytes();
+        bytes = bytes.saturating_add(payload.len());
+        if bytes > MAX_BYTES_PER_POLL {
+            tracing::debug!("views of over {MAX_BYTES_PER_POLL} bytes in all; the rest are not read");
+            break;
+        }
+        match View::decode(&payload) {
             Some(v) => {
                 members = members.saturating_add(v.live.len()).saturating_add(v.addresses.len());
                 if members > MAX_MEMBERS_PER_POLL {
@@ -558,17 +591,28 @@ async fn fetch_views(
     out
 }
 
-/// For each of `members`, a process other than `me` and itself that sees it alive now
-/// (`<role>/<name>`), from one fresh ask of the views reachable from here; `None` when none does
-/// (or none answered). A process whose token went here while another one still sees it lost its
-/// link to this one: it did not exit.
+/// What the other processes' views say of a process that left this one's view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sighting {
+    /// A process other than this one and it sees it alive (`<role>/<name>`): its link to this
+    /// one broke; it did not exit.
+    SeenBy(String),
+    /// Other processes answered and none sees it: it left.
+    NotSeen,
+    /// No process other than this one and those asked about answered: this one may be cut off
+    /// from everyone, and cannot tell.
+    NoAnswer,
+}
+
+/// What the views reachable from here say of each of `members`, from one fresh ask.
 pub async fn seen_elsewhere(
     session: &Session,
     keys: &KeySpace,
     me: &Member,
     members: &[Member],
-) -> BTreeMap<Member, Option<String>> {
+) -> BTreeMap<Member, Sighting> {
     let views = fetch_views(session, keys, &AtomicU64::new(0), &[]).await;
+    let answered = views.keys().any(|o| o != me && !members.contains(o));
     members
         .iter()
         .map(|member| {
@@ -576,7 +620,12 @@ pub async fn seen_elsewhere(
                 .iter()
                 .find(|(observer, view)| *observer != me && *observer != member && view.members().contains(member))
                 .map(|(observer, _)| member_chunk(observer));
-            (member.clone(), seen_by)
+            let sighting = match (seen_by, answered) {
+                (Some(by), _) => Sighting::SeenBy(by),
+                (None, true) => Sighting::NotSeen,
+                (None, false) => Sighting::NoAnswer,
+            };
+            (member.clone(), sighting)
         })
         .collect()
 }

@@ -190,10 +190,12 @@ impl Collector {
     /// still in flight and commits every open file; [`Collector::wait`] then leaves the
     /// membership and the bus.
     pub async fn start(config: CollectorConfig, cancel: CancellationToken) -> Result<Self, CollectorError> {
-        let leaving = TaskTracker::new();
-        let started = Self::start_with(config, cancel, &leaving).await;
+        let (leaving, own) = (TaskTracker::new(), cancel.child_token());
+        let started = Self::start_with(config, own.clone(), &leaving).await;
         if started.is_err() {
-            // A start that failed after joining the bus leaves it before the error goes up.
+            // A start that failed after joining the bus stops what it started and leaves the
+            // bus before the error goes up.
+            own.cancel();
             leaving.close();
             let _ = tokio::time::timeout(switchboard_bus::session::CLOSE_TIMEOUT * 2, leaving.wait()).await;
         }

@@ -95,11 +95,6 @@ impl std::ops::Deref for DlrService {
     }
 }
 
-/// How long after an agent left this node's view a lookup that finds nothing answers "unknown"
-/// rather than "not found": the departed agent may be alive and cut off from this node only,
-/// which the mesh check sees within a poll (2 s) and a view query (1 s).
-pub const RECENT_DEPARTURE_MS: u64 = 3_000;
-
 /// ms since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -184,17 +179,21 @@ impl DlrService {
     }
 
     /// Why a lookup that found nothing cannot say the record does not exist: an agent that
-    /// may hold it is alive but not reachable from here (its link to this node broke), or left
-    /// this node's view within [`RECENT_DEPARTURE_MS`] (stopped, or cut off: the mesh check
-    /// tells which within a poll), or no other agent is live although this node saw others
+    /// joined once and may hold it is alive but not reachable from here (its link to this node
+    /// broke), or left this node's view after the mesh check's last poll began (stopped, or cut
+    /// off: the next poll tells which), or no other agent is live although this node saw others
     /// leave (they died, or this node was cut off from them, or hung past its lease). `None`
     /// when every agent that ever joined is reachable, or long gone while others are live.
     fn cut_off(&self) -> Option<String> {
         if self.wake.just_woke() {
             return Some(format!("{} and may not reach every node yet", wake::STALE));
         }
+        // Only agents seen here once: a view (anyone's, without TLS) naming an invented one
+        // does not make every miss unknown.
         let unreachable = self.mesh.unreachable_now();
-        if let Some((member, seen_by)) = unreachable.iter().find(|(m, _)| m.role == Role::Agent) {
+        if let Some((member, seen_by)) =
+            unreachable.iter().find(|(m, _)| m.role == Role::Agent && self.membership.ever_joined(m))
+        {
             return Some(format!(
                 "node {} is alive (seen by {}/{}) but not reachable from here",
                 member.name,
@@ -203,9 +202,11 @@ impl DlrService {
             ));
         }
         let now = now_ms();
-        let recent = self.membership.departed().into_iter().find(|(m, at)| {
-            m.role == Role::Agent && m.name != self.node && now.saturating_sub(*at) < RECENT_DEPARTURE_MS
-        });
+        let recent = self
+            .membership
+            .departed()
+            .into_iter()
+            .find(|(m, at)| m.role == Role::Agent && m.name != self.node && !self.mesh.assessed_since(*at));
         if let Some((m, at)) = recent {
             return Some(format!(
                 "node {} left this node's view {} ms ago (stopped, or cut off from here)",

@@ -10,8 +10,9 @@
 //! a crash, kill -9: the kernel closes its connections at once), or its link to this node was
 //! reset (a firewall, a NAT) while it lives on: this node asks the views of the processes it
 //! reaches ([`switchboard_bus::mesh::seen_elsewhere`]) [`EXIT_CHECK_DELAY`] later, its share held
-//! meanwhile. Seen by none, it exited: it is forgotten and its share and held slots go to the
-//! others at the next tick. Seen by another, it is held as a silent node. A node that went silent first and whose
+//! meanwhile. Seen by none of those that answered, it exited: it is forgotten and its share and
+//! held slots go to the others at the next tick. Seen by another, or when no other process
+//! answered (this node may be the one cut off), it is held as a silent node. A node that went silent first and whose
 //! token vanished only when the zenoh lease expired may be dead or may sit behind a network
 //! partition; the bus cannot tell. By default its share stays reserved for `silent_hold`: during
 //! a partition each side keeps to the shares of the nodes it can see, so the cluster as a whole
@@ -41,6 +42,7 @@ use zenoh::Session;
 use switchboard_bus::keys::{KeySpace, Role};
 use switchboard_bus::limits::share::{share_of, Demand};
 use switchboard_bus::limits::{DemandReport, Limiter};
+use switchboard_bus::mesh::Sighting;
 use switchboard_bus::refusals::{refuse, Reason};
 use switchboard_bus::{Member, Membership};
 
@@ -77,8 +79,8 @@ impl CoordSettings {
 /// process still sees it: long enough for a real exit to reach every process (its connections
 /// close at once), short enough to hand an exited node's share on within a second.
 const EXIT_CHECK_DELAY: Duration = Duration::from_millis(300);
-/// A vanished node whose check gave no answer within this long counts as exited (the check
-/// itself waits at most a second for the views).
+/// A vanished node whose check gave no answer within this long is held as a silent node (the
+/// check itself waits at most a second for the views).
 const EXIT_CHECK_LIMIT: Duration = Duration::from_secs(5);
 
 /// Ticks after the start before a first use of a concurrency key takes slots (see [`run`]).
@@ -172,7 +174,7 @@ pub async fn run(
     let mut peers: BTreeMap<String, Peer> = BTreeMap::new();
     // Answers of the checks of vanished nodes: (node, when it vanished, a process that still
     // sees it). One check per tick at most, for every node that vanished in it.
-    let (checked_tx, mut checked) = tokio::sync::mpsc::channel::<Vec<(String, Instant, Option<String>)>>(16);
+    let (checked_tx, mut checked) = tokio::sync::mpsc::channel::<Vec<(String, Instant, Sighting)>>(16);
     let mut demands: BTreeMap<String, (u64, Demand)> = BTreeMap::new();
     let mut last = Instant::now();
     let mut last_tick: Option<u64> = None;
@@ -254,8 +256,10 @@ pub async fn run(
                         let answers = vanished
                             .into_iter()
                             .map(|(name, at)| {
-                                let seen_by = seen.remove(&Member { role: Role::Agent, name: name.clone() }).flatten();
-                                (name, at, seen_by)
+                                let sighting = seen
+                                    .remove(&Member { role: Role::Agent, name: name.clone() })
+                                    .unwrap_or(Sighting::NoAnswer);
+                                (name, at, sighting)
                             })
                             .collect();
                         let _ = tx.send(answers).await;
@@ -341,8 +345,9 @@ fn reconcile(peers: &mut BTreeMap<String, Peer>, live: &BTreeSet<String>, settin
             }
             (Some(_), _) => true,
             (None, Some(at)) if at.elapsed() >= EXIT_CHECK_LIMIT => {
-                tracing::info!(node = %name, "node exited (no process answered whether it still sees it); its share is freed");
-                false
+                tracing::warn!(node = %name, "node vanished and its check gave no answer; its share stays reserved");
+                (p.silent_since, p.vanished) = (Some(at), None);
+                true
             }
             (None, Some(_)) => true,
             (None, None) if p.heard.is_some_and(|h| h.elapsed() >= settings.exit_window()) => {
@@ -364,36 +369,42 @@ fn reconcile(peers: &mut BTreeMap<String, Peer>, live: &BTreeSet<String>, settin
     to_check
 }
 
-/// The check of node `name`, which vanished `at`, answered: seen by no other process, it exited
-/// and is forgotten; still seen by `seen_by`, only its link to this node broke, and it is held as
-/// a silent node (from when it vanished). A node live again by now, or that vanished again since
-/// (the answer is of an older check), is left as it is.
+/// The check of node `name`, which vanished `at`, answered: seen by none of the processes that
+/// answered, it exited and is forgotten; still seen by another, only its link to this node
+/// broke, and with no other answer this node cannot tell: both are held as a silent node (from
+/// when it vanished). A node live again by now, or that vanished again since (the answer is of
+/// an older check), is left as it is.
 fn settle_vanished(
     peers: &mut BTreeMap<String, Peer>,
     name: &str,
     at: Instant,
-    seen_by: Option<String>,
+    sighting: Sighting,
     settings: &CoordSettings,
 ) {
     if peers.get(name).and_then(|p| p.vanished) != Some(at) {
         return;
     }
-    match seen_by {
-        None => {
+    let hold_ms = settings.silent_hold.as_millis() as u64;
+    match sighting {
+        Sighting::NotSeen => {
             tracing::info!(node = %name, "node exited; its share is freed");
             peers.remove(name);
+            return;
         }
-        Some(observer) => {
-            tracing::warn!(
-                node = %name,
-                seen_by = %observer,
-                hold_ms = settings.silent_hold.as_millis() as u64,
-                "node vanished from here but {observer} still sees it (its link to this node broke); its share stays reserved"
-            );
-            if let Some(p) = peers.get_mut(name) {
-                (p.silent_since, p.vanished) = (Some(at), None);
-            }
-        }
+        Sighting::SeenBy(observer) => tracing::warn!(
+            node = %name,
+            seen_by = %observer,
+            hold_ms,
+            "node vanished from here but {observer} still sees it (its link to this node broke); its share stays reserved"
+        ),
+        Sighting::NoAnswer => tracing::warn!(
+            node = %name,
+            hold_ms,
+            "node vanished and no other process answered (this node may be cut off from all); its share stays reserved"
+        ),
+    }
+    if let Some(p) = peers.get_mut(name) {
+        (p.silent_since, p.vanished) = (Some(at), None);
     }
 }
 
@@ -773,17 +784,24 @@ mod tests {
         assert!(peers["cut-off"].silent_since.is_some(), "a silent node is held");
         let at = |peers: &BTreeMap<String, Peer>, n: &str| peers[n].vanished.unwrap();
         let older = at(&peers, "killed") - Duration::from_millis(1);
-        settle_vanished(&mut peers, "killed", older, None, &settings);
+        settle_vanished(&mut peers, "killed", older, Sighting::NotSeen, &settings);
         assert!(peers.contains_key("killed"), "the answer of an older check settles nothing");
         let killed_at = at(&peers, "killed");
-        settle_vanished(&mut peers, "killed", killed_at, None, &settings);
-        assert!(!peers.contains_key("killed"), "seen by no one: it exited");
+        settle_vanished(&mut peers, "killed", killed_at, Sighting::NotSeen, &settings);
+        assert!(!peers.contains_key("killed"), "seen by none that answered: it exited");
         let reset_at = at(&peers, "reset");
-        settle_vanished(&mut peers, "reset", reset_at, Some("collector/c1".into()), &settings);
+        settle_vanished(&mut peers, "reset", reset_at, Sighting::SeenBy("collector/c1".into()), &settings);
         assert!(peers["reset"].silent_since.is_some(), "still seen elsewhere: held as silent");
+        peers.insert("alone".into(), peer(Duration::from_millis(10)));
+        reconcile(&mut peers, &live, &settings);
+        let alone_at = at(&peers, "alone");
+        settle_vanished(&mut peers, "alone", alone_at, Sighting::NoAnswer, &settings);
+        assert!(peers["alone"].silent_since.is_some(), "no one else answered: held as silent");
         std::thread::sleep(Duration::from_millis(350));
         reconcile(&mut peers, &live, &settings);
-        assert!(!peers.contains_key("cut-off") && !peers.contains_key("reset"), "and forgotten after the hold");
+        for n in ["cut-off", "reset", "alone"] {
+            assert!(!peers.contains_key(n), "{n} is forgotten after the hold");
+        }
         // A node that comes back is live again.
         peers.insert("back".into(), Peer { silent_since: Some(Instant::now()), ..peer(Duration::ZERO) });
         let live: BTreeSet<String> = ["me".to_owned(), "back".to_owned()].into();
