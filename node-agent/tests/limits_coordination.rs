@@ -114,6 +114,8 @@ async fn two_nodes_share_a_limit_by_demand_and_a_leaver_frees_its_share() {
     hb.join().unwrap();
     let left = Instant::now();
     cancel_b.cancel();
+    // As an agent stops: its tasks end (the coordination says it is leaving), then its token.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     drop(tb);
     sb.close().await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -39,6 +39,10 @@ pub struct DemandReport {
     /// so all of them split by the same demand (absent: taken as soon as it arrives).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tick: Option<u64>,
+    /// The node is stopping: its last report. Its token going next is an exit, not a cut link
+    /// (absent: `false`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaving: bool,
 }
 
 impl DemandReport {

@@ -111,6 +111,8 @@ struct Peer {
     /// When its token went while its reports were fresh, until the check says whether it
     /// exited or is cut off from here.
     vanished: Option<Instant>,
+    /// Its last report said it is stopping: its token going is an exit.
+    leaving: bool,
 }
 
 /// Reports of a node kept for a later tick: a clock further ahead than this many intervals has
@@ -185,7 +187,15 @@ pub async fn run(
     let mut settled = false;
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => break,
+            _ = cancel.cancelled() => {
+                // Stopping: say so, so that the others free this node's share when its token
+                // goes, without asking whether anyone still sees it.
+                let bye = DemandReport { version: 1, leaving: true, ..DemandReport::default() };
+                if let Err(e) = session.put(&my_key, serde_json::to_vec(&bye).unwrap_or_default()).await {
+                    tracing::debug!(error = %e, "cannot say this node is leaving");
+                }
+                break;
+            }
             Some(answers) = checked.recv() => {
                 for (name, at, seen_by) in answers {
                     settle_vanished(&mut peers, &name, at, seen_by, &settings);
@@ -211,9 +221,13 @@ pub async fn run(
                                     limiter.hold_first_use(key);
                                 }
                             }
+                            if r.leaving {
+                                leaving(&mut peers, &from);
+                                continue;
+                            }
                             let p = peers.entry(from).or_default();
                             p.offer(r);
-                            p.heard = Some(Instant::now());
+                            (p.heard, p.leaving) = (Some(Instant::now()), false);
                         }
                         Err(e) => refuse(Reason::CounterInvalid, format_args!("demand from {from}: {e}")),
                     },
@@ -333,6 +347,13 @@ fn reconcile(peers: &mut BTreeMap<String, Peer>, live: &BTreeSet<String>, settin
         let p = peers.entry(n.clone()).or_default();
         (p.silent_since, p.vanished) = (None, None);
     }
+    peers.retain(|name, p| {
+        let gone = p.leaving && !live.contains(name);
+        if gone {
+            tracing::info!(node = %name, "node left; its share is freed");
+        }
+        !gone
+    });
     let mut to_check = Vec::new();
     peers.retain(|name, p| {
         if live.contains(name) {
@@ -367,6 +388,17 @@ fn reconcile(peers: &mut BTreeMap<String, Peer>, live: &BTreeSet<String>, settin
         }
     });
     to_check
+}
+
+/// Node `name` said it is stopping: once its token is gone (now, or at the next tick) it is
+/// forgotten and its share freed, whatever a check of it would answer.
+fn leaving(peers: &mut BTreeMap<String, Peer>, name: &str) {
+    let Some(p) = peers.get_mut(name) else { return };
+    p.leaving = true;
+    if p.vanished.is_some() {
+        tracing::info!(node = %name, "node left; its share is freed");
+        peers.remove(name);
+    }
 }
 
 /// The check of node `name`, which vanished `at`, answered: seen by none of the processes that
@@ -802,6 +834,16 @@ mod tests {
         for n in ["cut-off", "reset", "alone"] {
             assert!(!peers.contains_key(n), "{n} is forgotten after the hold");
         }
+        // A node that said it is leaving is forgotten when its token goes, before or after.
+        peers.insert("bye".into(), peer(Duration::ZERO));
+        leaving(&mut peers, "bye");
+        assert!(peers.contains_key("bye"), "still live");
+        reconcile(&mut peers, &live, &settings);
+        assert!(!peers.contains_key("bye"), "its token went after its last report");
+        peers.insert("late-bye".into(), peer(Duration::ZERO));
+        assert_eq!(reconcile(&mut peers, &live, &settings), ["late-bye"]);
+        leaving(&mut peers, "late-bye");
+        assert!(!peers.contains_key("late-bye"), "its last report came after its token went");
         // A node that comes back is live again.
         peers.insert("back".into(), Peer { silent_since: Some(Instant::now()), ..peer(Duration::ZERO) });
         let live: BTreeSet<String> = ["me".to_owned(), "back".to_owned()].into();
