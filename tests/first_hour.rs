@@ -269,16 +269,23 @@ fn config_mistakes_are_said_once_and_plainly() {
     assert!(!log.contains("Scouting delay elapsed"), "{log}");
 }
 
+/// The README's topology with two agents (each connects only to the collector, and gossip there
+/// links them), once both say `ok`: the collector, gw1, gw2.
+fn two_agents_through_the_collector(c: &Cluster) -> (common::Proc, common::Proc, common::Proc) {
+    let collector = c.start_collector();
+    let a = c.start_agent_config("gw1", std::slice::from_ref(&c.endpoint), "", "");
+    let b = c.start_agent_config("gw2", std::slice::from_ref(&c.endpoint), "", "");
+    let settled = |n: &str| wait_until(DEADLINE, || health(c, n)["status"] == "ok");
+    assert!(settled("gw1") && settled("gw2"), "{}\n{}", health(c, "gw1"), health(c, "gw2"));
+    (collector, a, b)
+}
+
 /// Two agents that met through gossip (each connects only to the collector), one stopped just
 /// past the bus lease: both sides drop their link. Their mesh must come back on its own.
 #[test]
 fn agents_that_met_through_gossip_find_each_other_again_after_a_stall_past_the_lease() {
     let c = Cluster::new();
-    let collector = c.start_collector();
-    let a = c.start_agent_config("gw1", std::slice::from_ref(&c.endpoint), "", "");
-    let b = c.start_agent_config("gw2", std::slice::from_ref(&c.endpoint), "", "");
-    let settled = |n: &str| wait_until(DEADLINE, || health(&c, n)["status"] == "ok");
-    assert!(settled("gw1") && settled("gw2"), "{}\n{}", health(&c, "gw1"), health(&c, "gw2"));
+    let (collector, a, b) = two_agents_through_the_collector(&c);
     common::group::signal(b.pid(), "-STOP");
     std::thread::sleep(Duration::from_millis(3050));
     common::group::signal(b.pid(), "-CONT");
@@ -300,11 +307,7 @@ fn sees_name(c: &Cluster, name: &str, other: &str) -> bool {
 /// Two agents that met through gossip lose their direct link (reset) while both keep their
 /// collector link: zenoh alone would never dial it again; the mesh check does.
 fn a_cut_link_between_agents_is_dialed_again(c: Cluster) {
-    let collector = c.start_collector();
-    let a = c.start_agent_config("gw1", std::slice::from_ref(&c.endpoint), "", "");
-    let b = c.start_agent_config("gw2", std::slice::from_ref(&c.endpoint), "", "");
-    let settled = |n: &str| wait_until(DEADLINE, || health(&c, n)["status"] == "ok");
-    assert!(settled("gw1") && settled("gw2"), "{}\n{}", health(&c, "gw1"), health(&c, "gw2"));
+    let (collector, a, b) = two_agents_through_the_collector(&c);
     assert!(sees_name(&c, "gw1", "node/gw2"), "{}", health(&c, "gw1"));
     let cut = common::cut_links(a.pid(), b.pid());
     assert!(cut >= 1, "no connection between the two agents was found to reset");
@@ -317,7 +320,8 @@ fn a_cut_link_between_agents_is_dialed_again(c: Cluster) {
     eprintln!("the agents see each other again {} ms after the cut", at.elapsed().as_millis());
     let opened = |n: &str| metric(&c.http_get(n, "/metrics").1, "switchboard_mesh_dials_opened_total").unwrap_or(0.0);
     assert!(opened("gw1") + opened("gw2") >= 1.0, "healed, but not by a dial of the mesh check");
-    assert!(wait_until(DEADLINE, || settled("gw1") && settled("gw2")), "{}", health(&c, "gw1"));
+    let ok = |n: &str| health(&c, n)["status"] == "ok";
+    assert!(wait_until(DEADLINE, || ok("gw1") && ok("gw2")), "{}\n{}", health(&c, "gw1"), health(&c, "gw2"));
     a.stop();
     b.stop();
     collector.stop();
