@@ -42,6 +42,7 @@ pub mod limits;
 pub mod links;
 pub mod membership;
 pub mod mesh;
+pub mod quiet_unix;
 pub mod refusals;
 pub mod repo;
 pub mod session;

@@ -7,7 +7,8 @@
 //! needs no waiting (a limit decision, a DLR this node holds) is answered on the task that read
 //! it, without a hand-off. Every connection is served on one thread of its own
 //! (`switchboard_bus::apart`) and busy-polls after an answer (`switchboard_bus::busy_poll`,
-//! `gateway.busy_poll_us`). The verbs are those of `crate::limits::lines` (`ACQUIRE`, `RELEASE`,
+//! `gateway.busy_poll_us`); a Unix socket's thread is woken by requests only
+//! (`switchboard_bus::quiet_unix`). The verbs are those of `crate::limits::lines` (`ACQUIRE`, `RELEASE`,
 //! `PING`) and `crate::dlr::lines` (`REGISTER`, `RESOLVE`, `REPORT`, `CLOSE`).
 
 use std::future::Future;
@@ -22,6 +23,7 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use switchboard_bus::busy_poll::BusyPoll;
+use switchboard_bus::quiet_unix::QuietUnixStream;
 use switchboard_bus::throttle::Throttle;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, UnixListener};
@@ -230,6 +232,8 @@ impl Gateway {
                     let Some((listener, path)) = unix else { return };
                     let accept = || async {
                         let (s, _) = listener.accept().await?;
+                        // Woken by requests only, not by the gateway reading its answers.
+                        let s = QuietUnixStream::from_tokio(s)?;
                         Ok(tokio::io::split(BusyPoll::new(s, busy_poll)))
                     };
                     accept_loop(accept, g.clone(), unix_slots, &stop).await;
