@@ -422,16 +422,18 @@ fn quiet_zenoh() -> String {
     )
 }
 
-/// Logs to stderr as `filter` (else `default`) says. A long-running process (`counts_denials`)
-/// also counts zenoh's access-control denials for its `/metrics`; a one-shot command has no
-/// metrics to count them in and says nothing of them (what a command's session refuses while
-/// its links come up is traffic the processes send it through one another, not an attack on it).
-fn init_tracing(filter: Option<&str>, default: &str, counts_denials: bool) {
+/// Logs to stderr as `filter` (else `default`) says. A long-running process (`long_running`)
+/// also counts zenoh's access-control denials for its `/metrics`, and says when an endpoint of
+/// its `connect` cannot be reached; a one-shot command has no metrics to count them in and says
+/// nothing of them (what a command's session refuses while its links come up is traffic the
+/// processes send it through one another, not an attack on it; a command that cannot connect
+/// fails with its own error).
+fn init_tracing(filter: Option<&str>, default: &str, long_running: bool) {
     use std::io::IsTerminal;
     // A filter that names no zenoh target gets the quieting too.
     // A one-shot command also leaves out zenoh's routing bookkeeping (`Unknown token` when a
     // process that was just killed withdraws nothing the command's session ever took).
-    let quiet = if counts_denials { quiet_zenoh() } else { format!("{},zenoh::net::routing::hat=off", quiet_zenoh()) };
+    let quiet = if long_running { quiet_zenoh() } else { format!("{},zenoh::net::routing::hat=off", quiet_zenoh()) };
     let wanted = match filter {
         Some(f) if f.contains("zenoh") => f.to_owned(),
         Some(f) => format!("{f},{quiet}"),
@@ -448,10 +450,15 @@ fn init_tracing(filter: Option<&str>, default: &str, counts_denials: bool) {
     use tracing_subscriber::Layer as _;
     let log = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr).with_filter(filter);
     // zenoh's access-control decisions, whatever the log filter: the denials are counted.
-    let denials = counts_denials.then(|| {
+    let denials = long_running.then(|| {
         switchboard_bus::refusals::AccessDeniedLayer.with_filter(switchboard_bus::refusals::AccessDeniedLayer::filter())
     });
-    let _ = tracing_subscriber::registry().with(log).with(denials).try_init();
+    // zenoh's failures to reach a `connect` endpoint, which it says only at DEBUG: said at WARN.
+    let unreachable = long_running.then(|| {
+        use switchboard_bus::connect_failures::ConnectFailureLayer;
+        ConnectFailureLayer.with_filter(ConnectFailureLayer::filter())
+    });
+    let _ = tracing_subscriber::registry().with(log).with(denials).with(unreachable).try_init();
 }
 
 /// `--check` reads the TLS files as the start would: present, PEM, valid now, signed by the CA,

@@ -270,6 +270,48 @@ async fn a_peer_without_a_certificate_cannot_connect() {
     assert_eq!(answered, ["gw1", "c1"], "{status:#}");
 }
 
+/// A process whose CA is not the cluster's cannot join, and says so in its own log and metrics
+/// (zenoh retries the endpoint and said why only at DEBUG: the process looked healthy, alone);
+/// once its files are right it joins, and says that too.
+#[test]
+fn a_process_that_trusts_another_ca_says_why_it_cannot_connect() {
+    let c = Cluster::with_tls(&["collector:c1", "agent:gw1", "admin:ops"]);
+    let _collector = c.start_collector();
+    // gw1's certificate and CA from a CA of its own, the cluster's endpoint and name.
+    let mut other = Cluster::with_tls(&["agent:gw1"]);
+    other.endpoint = c.endpoint.clone();
+    other.cluster = c.cluster.clone();
+    let gw1 = other.start_agent("gw1", "plain");
+    let said = wait_until(Duration::from_secs(15), || gw1.log_text().contains("cannot connect to"));
+    let log = gw1.log_text();
+    assert!(said, "nothing said of the endpoint it cannot reach: {log}");
+    let line = log.lines().find(|l| l.contains("cannot connect to")).unwrap_or_default();
+    assert!(line.contains("WARN") && line.contains(&c.endpoint), "{line}");
+    assert!(line.contains("invalid peer certificate") && line.contains("[bus.tls] ca"), "{line}");
+    assert!(!line.contains(".rs:"), "zenoh's source location in an operator's line: {line}");
+    // At most a line per endpoint a minute, while zenoh retries about once a second.
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, text) = other.http_get("gw1", "/metrics");
+    let failures = metric(&text, "switchboard_bus_connect_failures_total").unwrap_or(0.0);
+    assert!(failures >= 2.0, "{failures} failures counted");
+    assert_eq!(gw1.log_text().matches("cannot connect to").count(), 1, "{}", gw1.log_text());
+    drop(gw1);
+
+    // With the cluster's files it joins, and the line after failures says so.
+    std::fs::copy(c.tls.as_ref().unwrap().join("ca.crt"), other.tls.as_ref().unwrap().join("ca.crt")).unwrap();
+    for f in ["agent-gw1.crt", "agent-gw1.key", "members"] {
+        std::fs::copy(c.tls.as_ref().unwrap().join(f), other.tls.as_ref().unwrap().join(f)).unwrap();
+    }
+    let gw1 = other.start_agent("gw1", "plain");
+    let joined = wait_until(Duration::from_secs(20), || {
+        let out = as_admin(&c, &c.endpoint, &["status", "--format", "json"]);
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        status["nodes"].as_array().into_iter().flatten().any(|n| n["name"] == "gw1" && n["alive"] == true)
+    });
+    assert!(joined, "gw1 did not join with the cluster's files: {}", gw1.log_text());
+    assert!(!gw1.log_text().contains("cannot connect to"), "{}", gw1.log_text());
+}
+
 /// Row 1 of the policy, on the cluster's transport: a client that trusts the CA but shows no
 /// certificate cannot open a session (counted and logged at the collector as a refusal), nor can
 /// a plain TCP client.

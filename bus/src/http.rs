@@ -214,6 +214,7 @@ async fn metrics(State(r): State<Arc<dyn Report>>) -> impl IntoResponse {
     let mut text = r.metrics();
     let mut bus = Metrics::new();
     crate::refusals::render(&mut bus);
+    crate::connect_failures::render(&mut bus);
     crate::udp::render(&mut bus);
     // The family is always there (without series when nothing was left out), so dashboards can
     // rely on it.

@@ -33,6 +33,7 @@ pub mod access;
 pub mod apart;
 pub mod busy_poll;
 pub mod config;
+pub mod connect_failures;
 pub mod dataset;
 pub mod dlr;
 pub mod histogram;

@@ -207,13 +207,19 @@ impl tracing::field::Visit for Message {
     }
 }
 
+/// The text of an event's message.
+pub(crate) fn message_of(event: &tracing::Event<'_>) -> String {
+    let mut m = Message(String::new());
+    event.record(&mut m);
+    m.0
+}
+
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AccessDeniedLayer {
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: tracing_subscriber::layer::Context<'_, S>) {
         if !tls() {
             return;
         }
-        let mut m = Message(String::new());
-        event.record(&mut m);
+        let m = Message(message_of(event));
         let target = event.metadata().target();
         if target == ZENOH_QUIC_ACCEPT || target == ZENOH_TLS_ACCEPT {
             match handshake_refused(target, &m.0) {

@@ -1,0 +1,171 @@
+//! A `connect` endpoint this process cannot reach, said at `WARN` with zenoh's reason.
+//!
+//! zenoh retries a configured endpoint that fails (refused, unreachable, a TLS handshake that
+//! fails on a certificate) about once a second and says why only at `DEBUG`, so a process whose
+//! CA is not the cluster's, or whose `connect` names a wrong port, looked healthy in its own log
+//! while it stayed alone. [`ConnectFailureLayer`] watches zenoh's lines for it: the first failure
+//! of an endpoint is logged at once, the next ones at most once per [`LOG_EVERY`] with their
+//! count, and a link that comes up after failures is said at `INFO`. `/metrics` shows
+//! `switchboard_bus_connect_failures_total` ([`render`]).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::http::Metrics;
+use crate::throttle::Throttle;
+
+/// At most one line per endpoint this often.
+pub const LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Where zenoh logs its attempts to open links to the `connect` endpoints.
+pub const ZENOH_ORCHESTRATOR: &str = "zenoh::net::runtime::orchestrator";
+
+/// Endpoints followed at most (they come from the process's own `connect` list).
+const MAX_ENDPOINTS: usize = 64;
+
+static FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// Per endpoint that failed: its log throttle.
+static FAILING: Mutex<BTreeMap<String, Throttle>> = Mutex::new(BTreeMap::new());
+
+/// A `tracing` layer that turns zenoh's `DEBUG` lines about a `connect` endpoint it cannot reach
+/// into a warning (see the module documentation). Install it with its filter
+/// ([`ConnectFailureLayer::filter`]).
+#[derive(Debug, Default)]
+pub struct ConnectFailureLayer;
+
+impl ConnectFailureLayer {
+    /// The per-layer filter: zenoh's connection attempts only.
+    pub fn filter() -> tracing_subscriber::filter::Targets {
+        tracing_subscriber::filter::Targets::new().with_target(ZENOH_ORCHESTRATOR, tracing::Level::DEBUG)
+    }
+}
+
+/// What a line of zenoh's says about a `connect` endpoint.
+#[derive(Debug, PartialEq, Eq)]
+enum Attempt<'m> {
+    Failed { endpoint: &'m str, why: &'m str },
+    Connected { endpoint: &'m str },
+}
+
+/// Read zenoh's line: `Unable to connect to configured peer <endpoint>! <why>. Retry in <d>.`
+/// (or without the retry), or `Successfully connected to configured peer <endpoint>`.
+fn attempt(message: &str) -> Option<Attempt<'_>> {
+    if let Some(endpoint) = message.strip_prefix("Successfully connected to configured peer ") {
+        return Some(Attempt::Connected { endpoint: endpoint.trim() });
+    }
+    let rest = message.strip_prefix("Unable to connect to configured peer ")?;
+    let (endpoint, why) = rest.split_once("! ")?;
+    let why = why.rsplit_once(". Retry in ").map_or(why, |(why, _)| why);
+    // zenoh's errors end with where in its source they were made (` at <file>.rs:<line>.`).
+    let why = match why.rfind(" at ") {
+        Some(i) if why[i..].contains(".rs:") => &why[..i],
+        _ => why,
+    };
+    Some(Attempt::Failed { endpoint, why: why.trim_end_matches('.') })
+}
+
+/// What an operator can do about `why`, when it is a certificate.
+fn hint(why: &str) -> &'static str {
+    let lower = why.to_ascii_lowercase();
+    if lower.contains("invalid peer certificate") {
+        "; the peer's certificate is not signed by this process's [bus.tls] ca, or has expired: \
+         every process must trust the cluster's CA (docs/security.md)"
+    } else if lower.contains("alert") {
+        "; the peer refused this process's certificate: check that it was issued by the cluster's \
+         CA (`switchboard certs show --ca`, docs/security.md)"
+    } else {
+        ""
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ConnectFailureLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: tracing_subscriber::layer::Context<'_, S>) {
+        match attempt(&crate::refusals::message_of(event)) {
+            Some(Attempt::Failed { endpoint, why }) => failed(endpoint, why),
+            Some(Attempt::Connected { endpoint }) => connected(endpoint),
+            None => {}
+        }
+    }
+}
+
+fn failed(endpoint: &str, why: &str) {
+    FAILURES.fetch_add(1, Ordering::Relaxed);
+    let Ok(mut failing) = FAILING.lock() else { return };
+    if !failing.contains_key(endpoint) && failing.len() >= MAX_ENDPOINTS {
+        return;
+    }
+    let throttle = failing.entry(endpoint.to_owned()).or_insert(Throttle::new(LOG_EVERY));
+    if let Some(unsaid) = throttle.admit() {
+        tracing::warn!(
+            failed_since_last_line = unsaid,
+            "bus: cannot connect to {endpoint} (in `connect`): {why}{}; retrying every second",
+            hint(why)
+        );
+    }
+}
+
+fn connected(endpoint: &str) {
+    let Ok(mut failing) = FAILING.lock() else { return };
+    if failing.remove(endpoint).is_some() {
+        tracing::info!("bus: connected to {endpoint} (in `connect`) after failed attempts");
+    }
+}
+
+/// Failed attempts to open a link to a `connect` endpoint since the process started.
+pub fn count() -> u64 {
+    FAILURES.load(Ordering::Relaxed)
+}
+
+/// `switchboard_bus_connect_failures_total`.
+pub fn render(m: &mut Metrics) {
+    m.counter(
+        "switchboard_bus_connect_failures_total",
+        "Failed attempts to open a link to an endpoint of `connect` (zenoh retries about once a second; \
+         the log says why).",
+        count(),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zenohs_lines_about_connect_endpoints_are_read() {
+        let tls = "Unable to connect to configured peer tls/127.0.0.1:17801! Can not create a new TLS link bound to \
+                   IpAddress(V4(Ipv4Addr([127, 0, 0, 1]))): invalid peer certificate: BadSignature at \
+                   bus/patched/zenoh-link-tls/src/unicast.rs:692.. Retry in 100ms.";
+        let Some(Attempt::Failed { endpoint, why }) = attempt(tls) else { panic!("not read: {tls}") };
+        assert_eq!(endpoint, "tls/127.0.0.1:17801");
+        assert!(why.ends_with("invalid peer certificate: BadSignature"), "{why}");
+        assert!(hint(why).contains("[bus.tls] ca"));
+        let refused = "Unable to connect to configured peer tcp/127.0.0.1:9! Can not create a new TCP link bound to \
+                       127.0.0.1:9: Connection refused (os error 111) at io/zenoh-links/zenoh-link-tcp/src/unicast.rs:\
+                       324.. Retry in 1s.";
+        let Some(Attempt::Failed { why, .. }) = attempt(refused) else { panic!("not read: {refused}") };
+        assert!(why.ends_with("Connection refused (os error 111)"), "{why}");
+        assert_eq!(hint(why), "");
+        assert_eq!(
+            attempt("Successfully connected to configured peer tls/127.0.0.1:17801"),
+            Some(Attempt::Connected { endpoint: "tls/127.0.0.1:17801" })
+        );
+        for other in ["Try to connect: tls/127.0.0.1:17801: global timeout", "Unable to connect to configured peer x"] {
+            assert_eq!(attempt(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn failures_are_counted_and_the_endpoints_followed_are_bounded() {
+        let before = count();
+        for i in 0..MAX_ENDPOINTS + 10 {
+            failed(&format!("tcp/127.0.0.1:{i}"), "Connection refused");
+        }
+        assert_eq!(count(), before + MAX_ENDPOINTS as u64 + 10);
+        assert!(FAILING.lock().unwrap().len() <= MAX_ENDPOINTS);
+        connected("tcp/127.0.0.1:0");
+        assert!(!FAILING.lock().unwrap().contains_key("tcp/127.0.0.1:0"));
+    }
+}
