@@ -403,6 +403,9 @@ fn ids_are_normalized_races_wait_records_expire_and_bad_requests_are_refused() {
     );
     assert_eq!(code, 404);
     assert_eq!(c.http_get("a", "/v1/dlr/inbox?after=x").0, 400);
+    // A sequence number past any there can be is refused as that, not as "not an integer".
+    let (code, body) = c.http_get("a", "/v1/dlr/inbox?after=99999999999999999999999");
+    assert!(code == 400 && body.contains("past the largest value"), "{code} {body}");
     let (code, body) = c.http_get("a", "/v1/dlr/inbox?after=0&wait=5000");
     let error = serde_json::from_str::<Value>(&body).ok().and_then(|v| v["error"].as_str().map(String::from));
     assert!(code == 400 && error.is_some_and(|e| e.contains("unknown parameter \"wait\"")), "{code} {body}");
@@ -412,7 +415,7 @@ fn ids_are_normalized_races_wait_records_expire_and_bad_requests_are_refused() {
         assert_eq!(code, 200, "max={max}: {body}");
     }
     let (_, metrics) = c.http_get("a", "/metrics");
-    assert_eq!(metric(&metrics, "switchboard_agent_dlr_bad_requests_total"), Some((bad.len() + 2) as f64), "{metrics}");
+    assert_eq!(metric(&metrics, "switchboard_agent_dlr_bad_requests_total"), Some((bad.len() + 3) as f64), "{metrics}");
     assert!(c.http_get("a", "/health").0 == 200, "still healthy after bad input");
 }
 

@@ -98,7 +98,13 @@ async fn close(State(s): State<Arc<DlrService>>, body: Bytes) -> Response {
 async fn inbox(State(s): State<Arc<DlrService>>, Query(q): Query<HashMap<String, String>>) -> Response {
     let num = |name: &str, default: u64| -> Result<u64, DlrError> {
         q.get(name).map_or(Ok(default), |v| {
-            v.parse().map_err(|_| DlrError::BadRequest(format!("{name} must be a non-negative integer")))
+            v.parse().map_err(|_| {
+                DlrError::BadRequest(if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+                    format!("{name} = {v} is past the largest value, {}", u64::MAX)
+                } else {
+                    format!("{name} must be a non-negative integer")
+                })
+            })
         })
     };
     // A misspelt parameter (`wait=5000`) would otherwise ask without waiting, unseen.
