@@ -454,3 +454,50 @@ fn a_limit_changed_under_traffic_applies_everywhere_and_the_api_explains_bad_req
     assert_eq!(metric(&metrics, "switchboard_agent_limits_revision"), Some(2.0));
     drop((a, b, alone));
 }
+
+/// An agent that runs without limits and without DLRs (`enabled = false`) is alive on the bus
+/// but takes part in neither: the others split the limits and place records among themselves.
+/// (Before, a node with both off was given a share of every limit, which nobody could use, and
+/// was chosen to hold copies and answer lookups it could never hold.)
+#[test]
+fn an_agent_without_limits_or_dlrs_takes_no_share_and_holds_nothing() {
+    let _one_at_a_time = measuring();
+    let c = Cluster::new();
+    let _collector = c.start_collector();
+    let a = c.start_limits_agent("a", std::slice::from_ref(&c.endpoint), "", "");
+    let _b = c.start_limits_agent("b", &[a.endpoint(), c.endpoint.clone()], "", "");
+    let _off =
+        c.start_limits_agent("off", &[a.endpoint(), c.endpoint.clone()], "", "enabled = false\n[dlr]\nenabled = false");
+    wait_healthy(&c, &["a", "b", "off"]);
+    c.set_limits(&a.endpoint(), &format!("{RATE_1000}\n[[limit]]\nkey = \"domain:*\"\nconcurrency = 20\n"), "limits");
+    wait_for_view(&c, "a", 2, 1);
+    let (_, view) = c.http_get("a", "/v1/limits");
+    assert!(!view.contains("\"off\""), "a splits the limits with a node that has none: {view}");
+
+    // a grows into every slot b does not use, with no share held back for the node without limits.
+    let mut ca = SocketClient::connect(&c.socket("a"));
+    let (mut held, until) = (0, Instant::now() + Duration::from_secs(3));
+    while Instant::now() < until && held < 20 {
+        held += usize::from(ca.acquire("domain:example.com"));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(held, 20, "a could take {held} of 20 slots");
+
+    // DLRs: records and their copies live on a and b; a miss is a miss, not "unavailable".
+    let post = |node: &str, path: &str, body: serde_json::Value| http_post(c.http_port(node), path, &body.to_string());
+    let records: Vec<serde_json::Value> =
+        (0..50).map(|i| serde_json::json!({"connector": "dec", "msg_id": format!("{}", 1000 + i)})).collect();
+    let (code, _, body) = post("a", "/v1/dlr/register", serde_json::json!({ "records": records }));
+    assert_eq!(code, 201, "{}", &body[..body.len().min(300)]);
+    for id in 0..40 {
+        let (code, _, body) =
+            post("a", "/v1/dlr/resolve", serde_json::json!({"connector": "dec", "msg_id": format!("{}", 5000 + id)}));
+        assert_eq!(code, 404, "an id nobody registered: {body}");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, dlr) = c.http_get("a", "/v1/dlr");
+    let dlr: serde_json::Value = serde_json::from_str(&dlr).unwrap();
+    assert_eq!(dlr["live_nodes"], serde_json::json!(["a", "b"]), "{dlr:#}");
+    assert_eq!(dlr["counters"]["replica_failures"], 0, "{dlr:#}");
+    assert_eq!(dlr["replica_queue"], 0, "{dlr:#}");
+}

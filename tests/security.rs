@@ -377,10 +377,14 @@ async fn a_member_cannot_act_as_another() {
     expect_refused(c, "gw1", "access_denied", async {
         std::mem::forget(gw2.liveliness().declare_token(key(c, "node/gw3")).await.unwrap());
         std::mem::forget(gw2.liveliness().declare_token(key(c, "collector/c2")).await.unwrap());
+        std::mem::forget(gw2.liveliness().declare_token(key(c, "serves/dlr/gw3")).await.unwrap());
+        std::mem::forget(gw2.liveliness().declare_token(key(c, "serves/limits/gw3")).await.unwrap());
     })
     .await;
     let (_, dlr) = c.http_get("gw1", "/v1/dlr");
     assert!(!dlr.contains("gw3"), "gw1 took gw2's token for gw3: {dlr}");
+    let (_, limits) = c.http_get("gw1", "/v1/limits");
+    assert!(!limits.contains("gw3"), "gw1 took gw2's token for gw3: {limits}");
 
     // Row 7: gw2 forges the collector's watermark; it never reaches gw1's checks.
     let checks = refused(c, "gw1", "watermark_not_live") + refused(c, "gw1", "watermark_ahead");

@@ -8,6 +8,7 @@
 //! | --- | --- | --- |
 //! | `<prefix>/node/<node>` | liveliness token | every node agent |
 //! | `<prefix>/collector/<name>` | liveliness token | every collector |
+//! | `<prefix>/serves/<service>/<node>` | liveliness token | each node agent serving `limits` or `dlr` |
 //! | `<prefix>/stream/<node>/<kind>/<stream>` | put (sequenced batches) | the node's agent |
 //! | `<prefix>/replay/<node>/<kind>/<stream>` | queryable (`from=N;to=M`) | the node's agent |
 //! | `<prefix>/head/<node>` | put (JSON [`crate::wire::control::Heads`]) | the node's agent, every second |
@@ -98,6 +99,27 @@ impl StreamKind {
         match s {
             "log" => Some(StreamKind::Log),
             _ => None,
+        }
+    }
+}
+
+/// A service an agent may run, and take part in with the other agents that run it: it holds a
+/// liveliness token per service it serves ([`KeySpace::serves`]), and only those count in a
+/// service's shares (limits) and placement (DLR copies and lookups).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Service {
+    /// Cluster-wide limits (`[limits] enabled`).
+    Limits,
+    /// DLR records and lookups (`[dlr] enabled`).
+    Dlr,
+}
+
+impl Service {
+    /// The key chunk of this service.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Service::Limits => "limits",
+            Service::Dlr => "dlr",
         }
     }
 }
@@ -517,6 +539,24 @@ impl KeySpace {
     pub fn parse_member(&self, key: &str) -> Option<(Role, String)> {
         Role::parse_member(key.strip_prefix(&self.prefix)?.strip_prefix('/')?)
     }
+
+    /// `<prefix>/serves/<service>/<node>`: the token of an agent that serves `service`.
+    pub fn serves(&self, service: Service, node: &str) -> Result<OwnedKeyExpr, KeyError> {
+        check_chunk(node)?;
+        self.build(&["serves", service.as_str(), node])
+    }
+
+    /// `<prefix>/serves/<service>/*`: the tokens of every agent that serves `service`.
+    pub fn all_serving(&self, service: Service) -> Result<OwnedKeyExpr, KeyError> {
+        self.build(&["serves", service.as_str(), "*"])
+    }
+
+    /// Parse a key of [`KeySpace::serves`] for `service` back into the agent's name.
+    pub fn parse_serving(&self, service: Service, key: &str) -> Option<String> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix("/serves/")?;
+        let name = rest.strip_prefix(service.as_str())?.strip_prefix('/')?;
+        (!name.is_empty() && !name.contains('/')).then(|| name.to_owned())
+    }
 }
 
 #[cfg(test)]
@@ -525,6 +565,19 @@ mod tests {
 
     fn ks() -> KeySpace {
         KeySpace::new("sb/test").unwrap()
+    }
+
+    #[test]
+    fn a_service_token_is_parsed_back_only_for_its_service() {
+        let k = ks();
+        let key = k.serves(Service::Dlr, "gw1").unwrap();
+        assert_eq!(key.as_str(), "sb/test/serves/dlr/gw1");
+        assert_eq!(k.parse_serving(Service::Dlr, key.as_str()), Some("gw1".to_owned()));
+        assert_eq!(k.parse_serving(Service::Limits, key.as_str()), None);
+        assert_eq!(k.parse_serving(Service::Dlr, "sb/test/serves/dlr/gw1/x"), None);
+        assert_eq!(k.all_serving(Service::Limits).unwrap().as_str(), "sb/test/serves/limits/*");
+        // Not a member of the cluster's tokens (`<prefix>/*/*`): a different depth.
+        assert_eq!(k.parse_member(key.as_str()), None);
     }
 
     #[test]

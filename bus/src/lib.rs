@@ -56,5 +56,5 @@ pub mod vital;
 pub mod wire;
 
 pub use config::BusConfig;
-pub use keys::{KeySpace, Role, StreamId, StreamKind};
+pub use keys::{KeySpace, Role, Service, StreamId, StreamKind};
 pub use membership::{Member, MemberEvent, Membership};

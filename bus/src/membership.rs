@@ -4,7 +4,8 @@
 //! [`Membership::watch`] subscribes to all tokens of the cluster (with history, so the current set
 //! arrives first), keeps the live set in a `watch` channel and re-publishes each change as a
 //! [`MemberEvent`] on a broadcast channel. A killed process's token disappears within
-//! milliseconds; a hung one when its zenoh lease expires.
+//! milliseconds; a hung one when its zenoh lease expires. [`Membership::watch_service`] keeps the
+//! same for the agents that serve one service (limits, DLRs): those that take part in it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use zenoh::sample::SampleKind;
 use zenoh::Session;
 
-use crate::keys::{KeySpace, Role};
+use crate::keys::{KeySpace, Role, Service};
 use crate::session::SessionError;
 
 /// A live process: its role and name.
@@ -95,24 +96,57 @@ impl Membership {
     /// it is current for whatever zenoh delivers next: a node's token comes before its other
     /// messages on a link, and a subscriber that checks the live set (heads) sees the node.
     pub async fn watch(session: &Session, keys: &KeySpace, cancel: CancellationToken) -> Result<Self, SessionError> {
+        let parse = keys.clone();
+        let member = move |key: &str| {
+            let (role, name) = parse.parse_member(key)?;
+            Some(Member { role, name })
+        };
+        Self::watch_tokens(session, keys.all_members()?, member, "membership changed", cancel).await
+    }
+
+    /// Watch the agents that serve `service` (their tokens of [`KeySpace::serves`]), as members
+    /// of role [`Role::Agent`], until `cancel` fires: the participants of that service, where an
+    /// agent that runs without it is alive but takes no part.
+    pub async fn watch_service(
+        session: &Session,
+        keys: &KeySpace,
+        service: Service,
+        cancel: CancellationToken,
+    ) -> Result<Self, SessionError> {
+        let parse = keys.clone();
+        let member = move |key: &str| Some(Member { role: Role::Agent, name: parse.parse_serving(service, key)? });
+        let said = match service {
+            Service::Limits => "agents serving limits changed",
+            Service::Dlr => "agents serving DLRs changed",
+        };
+        Self::watch_tokens(session, keys.all_serving(service)?, member, said, cancel).await
+    }
+
+    /// Watch the liveliness tokens on `tokens`, each read as a member by `member` (tokens it
+    /// cannot read are ignored), logging each change with `said`.
+    async fn watch_tokens(
+        session: &Session,
+        tokens: zenoh::key_expr::OwnedKeyExpr,
+        member: impl Fn(&str) -> Option<Member> + Send + Sync + 'static,
+        said: &'static str,
+        cancel: CancellationToken,
+    ) -> Result<Self, SessionError> {
         let (live_tx, live) = watch::channel(BTreeSet::new());
         let (events, _) = broadcast::channel(256);
         let events_tx = events.clone();
-        let parse = keys.clone();
         let departed = Departed::default();
         let departed_w = departed.clone();
         let joins = Joins::default();
         let joins_w = joins.clone();
         let subscriber = session
             .liveliness()
-            .declare_subscriber(keys.all_members()?)
+            .declare_subscriber(tokens)
             .history(true)
             .callback(move |sample| {
-                let Some((role, name)) = parse.parse_member(sample.key_expr().as_str()) else {
+                let Some(member) = member(sample.key_expr().as_str()) else {
                     tracing::debug!(key = %sample.key_expr(), "ignoring a liveliness token outside the key space");
                     return;
                 };
-                let member = Member { role, name };
                 let event = match sample.kind() {
                     SampleKind::Put => MemberEvent::Joined(member.clone()),
                     SampleKind::Delete => MemberEvent::Left(member.clone()),
@@ -129,7 +163,7 @@ impl Membership {
                     MemberEvent::Left(m) => set.remove(m),
                 });
                 if changed {
-                    tracing::info!(?event, "membership changed");
+                    tracing::info!(?event, "{said}");
                     remember(&departed_w, &event);
                     // No receiver is fine: events are for whoever listens.
                     let _ = events_tx.send(event);

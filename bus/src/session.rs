@@ -276,6 +276,18 @@ pub async fn announce(
     session.liveliness().declare_token(key).await.map_err(zenoh_err)
 }
 
+/// Declare that this agent serves `service`, under `<prefix>/serves/<service>/<node>`: the agents
+/// that run the service count it in from then on ([`crate::Membership::watch_service`]).
+pub async fn announce_service(
+    session: &Session,
+    keys: &KeySpace,
+    service: crate::keys::Service,
+    node: &str,
+) -> Result<LivelinessToken, SessionError> {
+    let key = keys.serves(service, node)?;
+    session.liveliness().declare_token(key).await.map_err(zenoh_err)
+}
+
 /// Answer every query on `key` with the JSON of `document` as it is at that moment, under `key`
 /// itself (which names the answering process to the asker). Answered from zenoh's own threads, so
 /// an answer never waits on the process's runtime; the queryable lives as long as the value

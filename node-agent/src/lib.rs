@@ -55,7 +55,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use switchboard_bus::keys::{KeySpace, Role};
+use switchboard_bus::keys::{KeySpace, Role, Service};
 use switchboard_bus::mesh::{self, Mesh};
 use switchboard_bus::{session, Member, Membership};
 use tokio::sync::mpsc;
@@ -142,6 +142,8 @@ pub struct Agent {
     session: zenoh::Session,
     links: switchboard_bus::links::Links,
     _token: zenoh::liveliness::LivelinessToken,
+    /// The tokens of the services it takes part in (`<prefix>/serves/<service>/<node>`).
+    serving: Vec<zenoh::liveliness::LivelinessToken>,
 }
 
 impl Agent {
@@ -285,9 +287,12 @@ impl Agent {
                 cancel.clone(),
             ),
         ));
+        // Limits are shared, and DLR records placed, among the agents that serve them: an agent
+        // that runs without one is alive but takes no part in it.
         let limits = if config.limits.enabled {
+            let sharing = Membership::watch_service(&session, &keys, Service::Limits, cancel.clone()).await?;
             let limits =
-                limits::LimitsService::start(&config, &session, &keys, &membership, &tracker, &announced, &cancel);
+                limits::LimitsService::start(&config, &session, &keys, &sharing, &tracker, &announced, &cancel);
             Some(limits.await?)
         } else {
             None
@@ -301,7 +306,8 @@ impl Agent {
             None
         };
         let dlr = if config.dlr.enabled {
-            Some(dlr::DlrService::start(&config, &session, &keys, &membership, &mesh, &tracker, &cancel).await?)
+            let holders = Membership::watch_service(&session, &keys, Service::Dlr, cancel.clone()).await?;
+            Some(dlr::DlrService::start(&config, &session, &keys, &holders, &mesh, &tracker, &cancel).await?)
         } else {
             None
         };
@@ -361,6 +367,12 @@ impl Agent {
             switchboard_bus::vital::watch(&tracker, "the HTTP API".into(), task, cancel.clone());
         }
         let token = session::announce(&session, &keys, Role::Agent, &node).await?;
+        let mut serving = Vec::new();
+        for (service, on) in [(Service::Limits, limits.is_some()), (Service::Dlr, dlr.is_some())] {
+            if on {
+                serving.push(session::announce_service(&session, &keys, service, &node).await?);
+            }
+        }
         announced_tx.send_replace(true);
         let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
         for source in &config.sources {
@@ -395,7 +407,7 @@ impl Agent {
         let streams = config.sources.len();
         tracing::info!(%node, log_sources, streams, "agent started");
         joined.keep();
-        Ok(Self { stats, tracker, session, links, _token: token })
+        Ok(Self { stats, tracker, session, links, _token: token, serving })
     }
 
     /// The agent's counters.
@@ -407,6 +419,7 @@ impl Agent {
     /// leave the bus.
     pub async fn wait(self) {
         self.tracker.wait().await;
+        drop(self.serving);
         drop(self._token);
         switchboard_bus::session::leave(&self.session, &self.links).await;
         tracing::info!("agent stopped");
