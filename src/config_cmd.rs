@@ -497,8 +497,9 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
                     }
                     Some(NodeSeen::Silent) => {
                         out!(
-                            "note: {layer}/ is for {layer}, which is on the bus but did not answer (stopped just now, \
-                             hung, or without [cluster_config]): it takes this revision when it answers again"
+                            "note: {layer}/ is for {layer}, which is on the bus but did not answer: stopped just now \
+                             or hung (it takes this revision when it answers again), or running without \
+                             [cluster_config] (it takes no revision)"
                         );
                         continue;
                     }

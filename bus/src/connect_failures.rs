@@ -5,10 +5,12 @@
 //! CA is not the cluster's, or whose `connect` names a wrong port, looked healthy in its own log
 //! while it stayed alone. [`ConnectFailureLayer`] watches zenoh's lines for it: the first failure
 //! of an endpoint is logged at once, the next ones at most once per [`LOG_EVERY`] with their
-//! count, and a link that comes up after failures is said at `INFO`. `/metrics` shows
+//! count, and a link that comes up after failures is said at `INFO`. An endpoint an agent only
+//! remembered from the cluster's last view ([`remembered`]) is said at `INFO`: its process may
+//! have been stopped on purpose. `/metrics` shows
 //! `switchboard_bus_connect_failures_total` ([`render`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -29,6 +31,18 @@ static FAILURES: AtomicU64 = AtomicU64::new(0);
 
 /// Per endpoint that failed: its log throttle.
 static FAILING: Mutex<BTreeMap<String, Throttle>> = Mutex::new(BTreeMap::new());
+
+/// Endpoints connected to because the cluster's last view named them (an agent's `bus.peers`),
+/// not because the configuration does.
+static REMEMBERED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// Note `endpoints` as remembered from the cluster's last view, not configured: a failure to
+/// reach one (a process stopped on purpose, say) is said at `INFO`, not `WARN`.
+pub fn remembered(endpoints: &[String]) {
+    if let Ok(mut r) = REMEMBERED.lock() {
+        r.extend(endpoints.iter().take(MAX_ENDPOINTS).cloned());
+    }
+}
 
 /// A `tracing` layer that turns zenoh's `DEBUG` lines about a `connect` endpoint it cannot reach
 /// into a warning (see the module documentation). Install it with its filter
@@ -98,7 +112,14 @@ fn failed(endpoint: &str, why: &str) {
         return;
     }
     let throttle = failing.entry(endpoint.to_owned()).or_insert(Throttle::new(LOG_EVERY));
-    if let Some(unsaid) = throttle.admit() {
+    let Some(unsaid) = throttle.admit() else { return };
+    if REMEMBERED.lock().is_ok_and(|r| r.contains(endpoint)) {
+        tracing::info!(
+            failed_since_last_line = unsaid,
+            "bus: cannot connect to {endpoint} (a process of the cluster's last view, from bus.peers): {why}; \
+             retrying every second"
+        );
+    } else {
         tracing::warn!(
             failed_since_last_line = unsaid,
             "bus: cannot connect to {endpoint} (in `connect`): {why}{}; retrying every second",
@@ -110,7 +131,7 @@ fn failed(endpoint: &str, why: &str) {
 fn connected(endpoint: &str) {
     let Ok(mut failing) = FAILING.lock() else { return };
     if failing.remove(endpoint).is_some() {
-        tracing::info!("bus: connected to {endpoint} (in `connect`) after failed attempts");
+        tracing::info!("bus: connected to {endpoint} after failed attempts");
     }
 }
 
@@ -157,8 +178,46 @@ mod tests {
         }
     }
 
+    /// The tests share the process's state: one at a time, each from no failing endpoint.
+    fn alone() -> std::sync::MutexGuard<'static, ()> {
+        static ONE: Mutex<()> = Mutex::new(());
+        let guard = ONE.lock().unwrap_or_else(|p| p.into_inner());
+        FAILING.lock().unwrap().clear();
+        guard
+    }
+
+    /// The levels of the lines `f` logs.
+    fn levels_logged(f: impl FnOnce()) -> Vec<tracing::Level> {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        struct Levels(std::sync::Arc<Mutex<Vec<tracing::Level>>>);
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Levels {
+            fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+                self.0.lock().unwrap().push(*event.metadata().level());
+            }
+        }
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let subscriber = tracing_subscriber::registry().with(Levels(seen.clone()));
+        tracing::subscriber::with_default(subscriber, f);
+        let levels = seen.lock().unwrap().clone();
+        levels
+    }
+
+    #[test]
+    fn a_remembered_endpoint_is_said_at_info_a_configured_one_at_warn() {
+        let _alone = alone();
+        remembered(&["tcp/127.0.0.1:7".to_owned()]);
+        let levels = levels_logged(|| {
+            failed("tcp/127.0.0.1:7", "Connection refused");
+            failed("tcp/127.0.0.1:8", "Connection refused");
+            // Within the minute: counted, not said again.
+            failed("tcp/127.0.0.1:8", "Connection refused");
+        });
+        assert_eq!(levels, [tracing::Level::INFO, tracing::Level::WARN]);
+    }
+
     #[test]
     fn failures_are_counted_and_the_endpoints_followed_are_bounded() {
+        let _alone = alone();
         let before = count();
         for i in 0..MAX_ENDPOINTS + 10 {
             failed(&format!("tcp/127.0.0.1:{i}"), "Connection refused");

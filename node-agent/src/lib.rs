@@ -225,6 +225,9 @@ impl Agent {
         let remembered = peers::remembered(&config.agent.data_dir, &config.bus.connect, &config.bus.listen);
         if !remembered.is_empty() {
             tracing::info!(endpoints = ?remembered, "also connecting to the endpoints of the cluster's processes as last seen ({})", switchboard_bus::config::PEERS_FILE);
+            // A remembered process may have been stopped on purpose: failing to reach it is
+            // said without a warning.
+            switchboard_bus::connect_failures::remembered(&remembered);
             config.bus.connect.extend(remembered);
         }
         let (session, links) = session::open_linked(&config.bus, switchboard_bus::tls::IdRole::Agent).await?;

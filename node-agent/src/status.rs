@@ -89,6 +89,7 @@ impl AgentReport {
         let mut doc =
             ProcessStatus::new(Role::Agent, &self.node, self.started_at_ms, health).with_membership(&self.membership);
         doc.node = Some(NodeStatus {
+            serves_limits: self.limits.is_some(),
             limits_revision: self.limits.as_ref().map(|l| l.revisions.current()).filter(|r| *r > 0),
             limits_digest: self.limits.as_ref().and_then(|l| l.revisions.history().current().map(|r| r.digest())),
             sources,

@@ -70,6 +70,9 @@ pub struct NodeRow {
     pub uptime_s: Option<u64>,
     /// Its health: `ok`, `degraded`, `failing` (or `gone`, `silent`: alive but no answer).
     pub health: String,
+    /// Whether it serves limits (`[limits] enabled`): one that does not holds no revision.
+    #[serde(default = "crate::status::serves_limits_by_default")]
+    pub serves_limits: bool,
     /// The limits revision it applies.
     pub limits_revision: Option<u64>,
     /// A digest of the limits it applies (equal limits, equal digests).
@@ -348,6 +351,7 @@ pub fn assemble(snap: &Snapshot) -> ClusterStatus {
                     software: d.map(|d| d.software.clone()),
                     uptime_s: d.map(|d| d.at_ms.saturating_sub(d.started_at_ms) / 1000),
                     health,
+                    serves_limits: n.is_none_or(|n| n.serves_limits),
                     limits_revision: n.and_then(|n| n.limits_revision),
                     limits_digest: n.and_then(|n| n.limits_digest.clone()),
                     sources: n.map(|n| n.sources.iter().map(|s| s.name.clone()).collect()).unwrap_or_default(),
@@ -385,7 +389,7 @@ pub fn assemble(snap: &Snapshot) -> ClusterStatus {
             .filter(|n| n.alive && n.limits_revision == Some(newest))
             .filter_map(|n| n.limits_digest.as_deref())
             .collect();
-        for n in nodes.iter().filter(|n| n.alive && n.answered) {
+        for n in nodes.iter().filter(|n| n.alive && n.answered && n.serves_limits) {
             let same_limits = n.limits_digest.as_deref().is_some_and(|d| newest_limits.contains(d));
             match n.limits_revision {
                 Some(r) if r < newest && !same_limits => {
@@ -589,6 +593,7 @@ mod tests {
             name: name.into(),
             health: "ok".into(),
             node: Some(NodeStatus {
+                serves_limits: true,
                 limits_revision: Some(rev),
                 limits_digest: Some(format!("limits of {rev}")),
                 sources: vec![SourceStatus {
@@ -665,6 +670,18 @@ mod tests {
         }
         let with_same: Vec<String> = assemble(&same).problems.into_iter().map(|p| p.what).collect();
         assert!(!with_same.iter().any(|w| w.contains("limits revision")), "{with_same:?}");
+        // A node that serves no limits holds no revision, and is not behind for it.
+        let mut off = snap.clone();
+        if let Some(n) = off.processes[2].node.as_mut() {
+            (n.serves_limits, n.limits_revision, n.limits_digest) = (false, None, None);
+        }
+        let with_off: Vec<String> = assemble(&off).problems.into_iter().map(|p| p.what).collect();
+        assert!(!with_off.iter().any(|w| w.contains("limits revision")), "{with_off:?}");
+        if let Some(n) = off.processes[2].node.as_mut() {
+            n.serves_limits = true;
+        }
+        let with_none: Vec<String> = assemble(&off).problems.into_iter().map(|p| p.what).collect();
+        assert!(with_none.iter().any(|w| w == "node gw2 holds no limits revision, others 7"), "{with_none:?}");
         assert!(what.contains(&"stream gw3/log/app: 7 records not committed for 45 s"), "{what:?}");
         assert_eq!(
             c.nodes.iter().map(|n| (n.name.as_str(), n.alive)).collect::<Vec<_>>(),

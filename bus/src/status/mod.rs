@@ -92,6 +92,10 @@ pub struct Departed {
 /// An agent's part of its status.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
+    /// Whether it serves limits (`[limits] enabled`); a document without the field is of a
+    /// node that does.
+    #[serde(default = "serves_limits_by_default")]
+    pub serves_limits: bool,
     /// The limits revision it applies (none yet: `null`).
     #[serde(default)]
     pub limits_revision: Option<u64>,
@@ -108,6 +112,10 @@ pub struct NodeStatus {
     /// Its DLR records, when the DLR index is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dlr: Option<DlrStatus>,
+}
+
+pub(crate) fn serves_limits_by_default() -> bool {
+    true
 }
 
 /// One tailed source (its stream is `<node>/log/<name>`).
