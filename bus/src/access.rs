@@ -43,10 +43,7 @@ fn grants(id: &Identity) -> Vec<(&'static [&'static str], Vec<String>)> {
                     "dlr/answer/*".to_owned(),
                 ],
             ));
-            g.push((
-                &["liveliness_token"],
-                vec![format!("node/{n}"), format!("serves/limits/{n}"), format!("serves/dlr/{n}")],
-            ));
+            g.push((&["liveliness_token"], vec![format!("node/{n}"), format!("serves/*/{n}")]));
             g.push((
                 &["query"],
                 vec![

@@ -8,7 +8,7 @@
 //! | --- | --- | --- |
 //! | `<prefix>/node/<node>` | liveliness token | every node agent |
 //! | `<prefix>/collector/<name>` | liveliness token | every collector |
-//! | `<prefix>/serves/<service>/<node>` | liveliness token | each node agent serving `limits` or `dlr` |
+//! | `<prefix>/serves/<service>/<node>` | liveliness token | each node agent: `limits`, `dlr`, or `none` |
 //! | `<prefix>/stream/<node>/<kind>/<stream>` | put (sequenced batches) | the node's agent |
 //! | `<prefix>/replay/<node>/<kind>/<stream>` | queryable (`from=N;to=M`) | the node's agent |
 //! | `<prefix>/head/<node>` | put (JSON [`crate::wire::control::Heads`]) | the node's agent, every second |
@@ -123,6 +123,9 @@ impl Service {
         }
     }
 }
+
+/// The service chunk of an agent that serves none ([`KeySpace::serves_none`]).
+pub const SERVES_NONE: &str = "none";
 
 /// The role a process announces with its liveliness token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -546,16 +549,24 @@ impl KeySpace {
         self.build(&["serves", service.as_str(), node])
     }
 
-    /// `<prefix>/serves/<service>/*`: the tokens of every agent that serves `service`.
-    pub fn all_serving(&self, service: Service) -> Result<OwnedKeyExpr, KeyError> {
-        self.build(&["serves", service.as_str(), "*"])
+    /// `<prefix>/serves/none/<node>`: the token of an agent that serves neither service (it
+    /// declares what it serves, nothing: see [`crate::Membership::watch_service`]).
+    pub fn serves_none(&self, node: &str) -> Result<OwnedKeyExpr, KeyError> {
+        check_chunk(node)?;
+        self.build(&["serves", SERVES_NONE, node])
     }
 
-    /// Parse a key of [`KeySpace::serves`] for `service` back into the agent's name.
-    pub fn parse_serving(&self, service: Service, key: &str) -> Option<String> {
+    /// `<prefix>/**`: every liveliness token of the cluster, services' included.
+    pub fn all_tokens(&self) -> Result<OwnedKeyExpr, KeyError> {
+        self.build(&["**"])
+    }
+
+    /// Parse a key of [`KeySpace::serves`] or [`KeySpace::serves_none`] back into the service's
+    /// chunk (`limits`, `dlr`, `none`) and the agent's name.
+    pub fn parse_serves<'k>(&self, key: &'k str) -> Option<(&'k str, &'k str)> {
         let rest = key.strip_prefix(&self.prefix)?.strip_prefix("/serves/")?;
-        let name = rest.strip_prefix(service.as_str())?.strip_prefix('/')?;
-        (!name.is_empty() && !name.contains('/')).then(|| name.to_owned())
+        let (service, name) = rest.split_once('/')?;
+        (!service.is_empty() && !name.is_empty() && !name.contains('/')).then_some((service, name))
     }
 }
 
@@ -568,14 +579,14 @@ mod tests {
     }
 
     #[test]
-    fn a_service_token_is_parsed_back_only_for_its_service() {
+    fn a_service_token_is_parsed_back() {
         let k = ks();
         let key = k.serves(Service::Dlr, "gw1").unwrap();
         assert_eq!(key.as_str(), "sb/test/serves/dlr/gw1");
-        assert_eq!(k.parse_serving(Service::Dlr, key.as_str()), Some("gw1".to_owned()));
-        assert_eq!(k.parse_serving(Service::Limits, key.as_str()), None);
-        assert_eq!(k.parse_serving(Service::Dlr, "sb/test/serves/dlr/gw1/x"), None);
-        assert_eq!(k.all_serving(Service::Limits).unwrap().as_str(), "sb/test/serves/limits/*");
+        assert_eq!(k.parse_serves(key.as_str()), Some(("dlr", "gw1")));
+        assert_eq!(k.parse_serves(k.serves_none("gw2").unwrap().as_str()), Some(("none", "gw2")));
+        assert_eq!(k.parse_serves("sb/test/serves/dlr/gw1/x"), None);
+        assert_eq!(k.parse_serves("sb/test/node/gw1"), None);
         // Not a member of the cluster's tokens (`<prefix>/*/*`): a different depth.
         assert_eq!(k.parse_member(key.as_str()), None);
     }

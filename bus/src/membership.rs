@@ -71,6 +71,53 @@ fn count_join(joins: &Joins, live: &BTreeSet<Member>, m: &Member) {
     }
 }
 
+/// `member` joined (`true`) or left.
+fn change(member: Member, joined: bool) -> MemberEvent {
+    if joined {
+        MemberEvent::Joined(member)
+    } else {
+        MemberEvent::Left(member)
+    }
+}
+
+/// The agents' tokens as [`Membership::watch_service`] reads them.
+#[derive(Default)]
+struct AgentTokens {
+    /// Agents whose `node/<name>` token is live.
+    nodes: BTreeSet<String>,
+    /// Per agent, the service chunks of its live `serves/` tokens.
+    serves: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl AgentTokens {
+    fn note(&mut self, keys: &KeySpace, key: &str, name: &str, put: bool) {
+        if let Some((service, _)) = keys.parse_serves(key) {
+            let of = self.serves.entry(name.to_owned()).or_default();
+            if put {
+                of.insert(service.to_owned());
+            } else {
+                of.remove(service);
+                if of.is_empty() {
+                    self.serves.remove(name);
+                }
+            }
+        } else if put {
+            self.nodes.insert(name.to_owned());
+        } else {
+            self.nodes.remove(name);
+        }
+    }
+
+    /// Whether `name` takes part in `service`: it says it serves it, or it is alive and says
+    /// nothing of what it serves.
+    fn takes_part(&self, name: &str, service: Service) -> bool {
+        match self.serves.get(name) {
+            Some(of) => of.contains(service.as_str()),
+            None => self.nodes.contains(name),
+        }
+    }
+}
+
 /// Note `event` in the departed set: a leave is remembered, a join forgets it.
 fn remember(departed: &Departed, event: &MemberEvent) {
     // Each change under this lock is one insert or remove: a poisoned lock is taken over.
@@ -97,16 +144,18 @@ impl Membership {
     /// messages on a link, and a subscriber that checks the live set (heads) sees the node.
     pub async fn watch(session: &Session, keys: &KeySpace, cancel: CancellationToken) -> Result<Self, SessionError> {
         let parse = keys.clone();
-        let member = move |key: &str| {
+        let event = move |key: &str, kind: SampleKind| {
             let (role, name) = parse.parse_member(key)?;
-            Some(Member { role, name })
+            Some(change(Member { role, name }, kind == SampleKind::Put))
         };
-        Self::watch_tokens(session, keys.all_members()?, member, "membership changed", cancel).await
+        Self::watch_tokens(session, keys.all_members()?, event, "membership changed", cancel).await
     }
 
-    /// Watch the agents that serve `service` (their tokens of [`KeySpace::serves`]), as members
-    /// of role [`Role::Agent`], until `cancel` fires: the participants of that service, where an
-    /// agent that runs without it is alive but takes no part.
+    /// Watch the agents that take part in `service`, as members of role [`Role::Agent`], until
+    /// `cancel` fires: those with a token `serves/<service>/<node>`, and those alive that
+    /// declare no `serves/` token at all (an agent of a version before the service tokens,
+    /// which serves both: a cluster upgraded one node at a time keeps counting it). An agent
+    /// that runs neither service declares `serves/none/<node>` and takes part in neither.
     pub async fn watch_service(
         session: &Session,
         keys: &KeySpace,
@@ -114,20 +163,34 @@ impl Membership {
         cancel: CancellationToken,
     ) -> Result<Self, SessionError> {
         let parse = keys.clone();
-        let member = move |key: &str| Some(Member { role: Role::Agent, name: parse.parse_serving(service, key)? });
+        let tokens = Mutex::new(AgentTokens::default());
+        let event = move |key: &str, kind: SampleKind| {
+            let put = kind == SampleKind::Put;
+            // Each change under this lock is one insert or remove: a poisoned lock is taken over.
+            let mut t = tokens.lock().unwrap_or_else(|p| p.into_inner());
+            let name = match (parse.parse_member(key), parse.parse_serves(key)) {
+                (Some((Role::Agent, name)), _) => name,
+                (_, Some((_, name))) => name.to_owned(),
+                _ => return None,
+            };
+            let before = t.takes_part(&name, service);
+            t.note(&parse, key, &name, put);
+            let after = t.takes_part(&name, service);
+            (before != after).then(|| change(Member { role: Role::Agent, name }, after))
+        };
         let said = match service {
             Service::Limits => "agents serving limits changed",
             Service::Dlr => "agents serving DLRs changed",
         };
-        Self::watch_tokens(session, keys.all_serving(service)?, member, said, cancel).await
+        Self::watch_tokens(session, keys.all_tokens()?, event, said, cancel).await
     }
 
-    /// Watch the liveliness tokens on `tokens`, each read as a member by `member` (tokens it
-    /// cannot read are ignored), logging each change with `said`.
+    /// Watch the liveliness tokens on `tokens`, each turned into a change of the live set by
+    /// `event` (`None`: no change), logging each change with `said`.
     async fn watch_tokens(
         session: &Session,
         tokens: zenoh::key_expr::OwnedKeyExpr,
-        member: impl Fn(&str) -> Option<Member> + Send + Sync + 'static,
+        event: impl Fn(&str, SampleKind) -> Option<MemberEvent> + Send + Sync + 'static,
         said: &'static str,
         cancel: CancellationToken,
     ) -> Result<Self, SessionError> {
@@ -143,13 +206,9 @@ impl Membership {
             .declare_subscriber(tokens)
             .history(true)
             .callback(move |sample| {
-                let Some(member) = member(sample.key_expr().as_str()) else {
-                    tracing::debug!(key = %sample.key_expr(), "ignoring a liveliness token outside the key space");
+                let Some(event) = event(sample.key_expr().as_str(), sample.kind()) else {
+                    tracing::debug!(key = %sample.key_expr(), "a liveliness token that changes no member");
                     return;
-                };
-                let event = match sample.kind() {
-                    SampleKind::Put => MemberEvent::Joined(member.clone()),
-                    SampleKind::Delete => MemberEvent::Left(member.clone()),
                 };
                 let changed = live_tx.send_if_modified(|set| match &event {
                     MemberEvent::Joined(m) => {
@@ -247,6 +306,56 @@ mod tests {
             connect: connect.into_iter().map(str::to_owned).collect(),
             ..BusConfig::default()
         }
+    }
+
+    /// A service's members: the agents that say they serve it, and those that say nothing of
+    /// what they serve (of a version before the service tokens); not those that serve others.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_service_counts_who_serves_it_and_who_says_nothing() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let ep = format!("tcp/127.0.0.1:{port}");
+        let keys = KeySpace::new("sb/mservice").unwrap();
+        let cancel = CancellationToken::new();
+        let a = open(&bus("a", Some(&ep), None), None).await.unwrap();
+        let limits = Membership::watch_service(&a, &keys, Service::Limits, cancel.clone()).await.unwrap();
+        let b = open(&bus("b", None, Some(&ep)), None).await.unwrap();
+        let declare = |key: zenoh::key_expr::OwnedKeyExpr| {
+            let b = b.clone();
+            async move { b.liveliness().declare_token(key).await.unwrap() }
+        };
+        let mut tokens = Vec::new();
+        for (service, node) in [(Some(Service::Limits), "on"), (Some(Service::Dlr), "dlr-only"), (None, "off")] {
+            tokens.push(match service {
+                Some(s) => declare(keys.serves(s, node).unwrap()).await,
+                None => declare(keys.serves_none(node).unwrap()).await,
+            });
+            tokens.push(declare(keys.member(Role::Agent, node).unwrap()).await);
+        }
+        let old = b.liveliness().declare_token(keys.member(Role::Agent, "old").unwrap()).await.unwrap();
+
+        let _collector = declare(keys.member(Role::Collector, "c1").unwrap()).await;
+        let mut live = limits.subscribe();
+        let want = vec!["old".to_owned(), "on".to_owned()];
+        // (The borrow `wait_for` returns holds the live set's lock: not kept.)
+        let seen = tokio::time::timeout(Duration::from_secs(5), live.wait_for(|s| s.len() == 2))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        assert!(seen, "{:?}", limits.live_of(Role::Agent));
+        // Nothing else comes in a while later.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(limits.live_of(Role::Agent), want);
+        let mut events = limits.events();
+        drop(old);
+        let left = tokio::time::timeout(Duration::from_secs(5), events.recv()).await;
+        assert!(
+            matches!(&left, Ok(Ok(MemberEvent::Left(m))) if m.name == "old"),
+            "{left:?}; live {:?}",
+            limits.live_of(Role::Agent)
+        );
+        drop(tokens);
+        cancel.cancel();
+        b.close().await.unwrap();
+        a.close().await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

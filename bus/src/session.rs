@@ -276,15 +276,19 @@ pub async fn announce(
     session.liveliness().declare_token(key).await.map_err(zenoh_err)
 }
 
-/// Declare that this agent serves `service`, under `<prefix>/serves/<service>/<node>`: the agents
-/// that run the service count it in from then on ([`crate::Membership::watch_service`]).
+/// Declare that this agent serves `service` (`<prefix>/serves/<service>/<node>`), or with `None`
+/// that it serves none (`<prefix>/serves/none/<node>`): the agents that run a service count it in
+/// as it says ([`crate::Membership::watch_service`]).
 pub async fn announce_service(
     session: &Session,
     keys: &KeySpace,
-    service: crate::keys::Service,
+    service: Option<crate::keys::Service>,
     node: &str,
 ) -> Result<LivelinessToken, SessionError> {
-    let key = keys.serves(service, node)?;
+    let key = match service {
+        Some(service) => keys.serves(service, node)?,
+        None => keys.serves_none(node)?,
+    };
     session.liveliness().declare_token(key).await.map_err(zenoh_err)
 }
 

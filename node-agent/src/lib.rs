@@ -369,13 +369,18 @@ impl Agent {
             .map_err(listen_error)?;
             switchboard_bus::vital::watch(&tracker, "the HTTP API".into(), task, cancel.clone());
         }
-        let token = session::announce(&session, &keys, Role::Agent, &node).await?;
+        // What it serves first, then that it is alive: an agent alive without a word of what it
+        // serves is counted in every service (one of a version before these tokens).
         let mut serving = Vec::new();
         for (service, on) in [(Service::Limits, limits.is_some()), (Service::Dlr, dlr.is_some())] {
             if on {
-                serving.push(session::announce_service(&session, &keys, service, &node).await?);
+                serving.push(session::announce_service(&session, &keys, Some(service), &node).await?);
             }
         }
+        if serving.is_empty() {
+            serving.push(session::announce_service(&session, &keys, None, &node).await?);
+        }
+        let token = session::announce(&session, &keys, Role::Agent, &node).await?;
         announced_tx.send_replace(true);
         let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
         for source in &config.sources {
@@ -422,8 +427,8 @@ impl Agent {
     /// leave the bus.
     pub async fn wait(self) {
         self.tracker.wait().await;
-        drop(self.serving);
         drop(self._token);
+        drop(self.serving);
         switchboard_bus::session::leave(&self.session, &self.links).await;
         tracing::info!("agent stopped");
     }
