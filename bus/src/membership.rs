@@ -87,6 +87,10 @@ struct AgentTokens {
     nodes: BTreeSet<String>,
     /// Per agent, the service chunks of its live `serves/` tokens.
     serves: BTreeMap<String, BTreeSet<String>>,
+    /// Agents that declared a `serves/` token while their `node/` token lives: they said what
+    /// they serve, and are not taken for an older agent when their tokens go in any order (a
+    /// killed process's all go at once).
+    declared: BTreeSet<String>,
 }
 
 impl AgentTokens {
@@ -95,25 +99,33 @@ impl AgentTokens {
             let of = self.serves.entry(name.to_owned()).or_default();
             if put {
                 of.insert(service.to_owned());
+                self.declared.insert(name.to_owned());
             } else {
                 of.remove(service);
                 if of.is_empty() {
                     self.serves.remove(name);
+                    if !self.nodes.contains(name) {
+                        self.declared.remove(name);
+                    }
                 }
             }
         } else if put {
             self.nodes.insert(name.to_owned());
         } else {
             self.nodes.remove(name);
+            if !self.serves.contains_key(name) {
+                self.declared.remove(name);
+            }
         }
     }
 
-    /// Whether `name` takes part in `service`: it says it serves it, or it is alive and says
-    /// nothing of what it serves.
+    /// Whether `name` takes part in `service`: it says it serves it, or it is alive and never
+    /// said what it serves.
     fn takes_part(&self, name: &str, service: Service) -> bool {
-        match self.serves.get(name) {
-            Some(of) => of.contains(service.as_str()),
-            None => self.nodes.contains(name),
+        if self.declared.contains(name) {
+            self.serves.get(name).is_some_and(|of| of.contains(service.as_str()))
+        } else {
+            self.nodes.contains(name)
         }
     }
 }
@@ -308,17 +320,45 @@ mod tests {
         }
     }
 
+    /// Two sessions on loopback, `b` linked to `a`, under `prefix`.
+    async fn two_sessions(prefix: &str) -> (Session, Session, KeySpace, CancellationToken) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let ep = format!("tcp/127.0.0.1:{port}");
+        let a = open(&bus("a", Some(&ep), None), None).await.unwrap();
+        let b = open(&bus("b", None, Some(&ep)), None).await.unwrap();
+        (a, b, KeySpace::new(prefix).unwrap(), CancellationToken::new())
+    }
+
+    /// A killed agent's tokens go in any order: one that said what it serves is never taken
+    /// for an older agent in between.
+    #[test]
+    fn an_agent_that_said_what_it_serves_is_not_taken_for_an_older_one_as_its_tokens_go() {
+        let keys = KeySpace::new("sb/t").unwrap();
+        let (node, serves) = (keys.member(Role::Agent, "gw1").unwrap(), keys.serves(Service::Limits, "gw1").unwrap());
+        for first_gone in [&serves, &node] {
+            let mut t = AgentTokens::default();
+            t.note(&keys, serves.as_str(), "gw1", true);
+            t.note(&keys, node.as_str(), "gw1", true);
+            assert!(t.takes_part("gw1", Service::Limits) && !t.takes_part("gw1", Service::Dlr));
+            t.note(&keys, first_gone.as_str(), "gw1", false);
+            assert!(!t.takes_part("gw1", Service::Dlr), "gw1 counted in DLRs after {first_gone} went");
+            let other = if first_gone == &serves { &node } else { &serves };
+            t.note(&keys, other.as_str(), "gw1", false);
+            assert!(!t.takes_part("gw1", Service::Limits));
+            assert!(t.declared.is_empty() && t.serves.is_empty() && t.nodes.is_empty());
+        }
+        // An older agent (a node token alone) serves both.
+        let mut t = AgentTokens::default();
+        t.note(&keys, node.as_str(), "gw1", true);
+        assert!(t.takes_part("gw1", Service::Limits) && t.takes_part("gw1", Service::Dlr));
+    }
+
     /// A service's members: the agents that say they serve it, and those that say nothing of
     /// what they serve (of a version before the service tokens); not those that serve others.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_service_counts_who_serves_it_and_who_says_nothing() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let ep = format!("tcp/127.0.0.1:{port}");
-        let keys = KeySpace::new("sb/mservice").unwrap();
-        let cancel = CancellationToken::new();
-        let a = open(&bus("a", Some(&ep), None), None).await.unwrap();
+        let (a, b, keys, cancel) = two_sessions("sb/mservice").await;
         let limits = Membership::watch_service(&a, &keys, Service::Limits, cancel.clone()).await.unwrap();
-        let b = open(&bus("b", None, Some(&ep)), None).await.unwrap();
         let declare = |key: zenoh::key_expr::OwnedKeyExpr| {
             let b = b.clone();
             async move { b.liveliness().declare_token(key).await.unwrap() }
@@ -360,18 +400,13 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn joins_and_leaves_are_seen_by_a_peer() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let ep = format!("tcp/127.0.0.1:{port}");
-        let keys = KeySpace::new("sb/mtest").unwrap();
-        let cancel = CancellationToken::new();
-        let a = open(&bus("a", Some(&ep), None), None).await.unwrap();
+        let (a, b, keys, cancel) = two_sessions("sb/mtest").await;
         let _ta = announce(&a, &keys, Role::Collector, "c1").await.unwrap();
         let m = Membership::watch(&a, &keys, cancel.clone()).await.unwrap();
         // Own token arrives through history.
         assert!(m.wait_for_role(Role::Collector, Duration::from_secs(5)).await);
         let mut events = m.events();
 
-        let b = open(&bus("b", None, Some(&ep)), None).await.unwrap();
         let tb = announce(&b, &keys, Role::Agent, "gw1").await.unwrap();
         assert!(m.wait_for_role(Role::Agent, Duration::from_secs(5)).await);
         assert_eq!(m.live_of(Role::Agent), vec!["gw1".to_owned()]);
