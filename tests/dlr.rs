@@ -467,6 +467,38 @@ fn a_hung_first_holder_costs_one_ask_timeout_then_every_node_answers() {
 }
 
 #[test]
+fn a_node_whose_lease_runs_out_during_a_lookup_makes_the_miss_unknown_not_missing() {
+    let c = Cluster::new();
+    // Asks wait longer than the lease (3 s): the lookup of every node is still open when a's
+    // lease runs out, and zenoh ends a's part of it then without a word, as if a held nothing.
+    let dlr = DLR.replace("[dlr]\n", "[dlr]\ntimeout_ms = 10000\n");
+    let a = c.start_limits_agent("a", &[], "", &dlr);
+    let _b = c.start_limits_agent("b", &[a.endpoint()], "", &dlr);
+    wait_mesh(&c, &["a", "b"]);
+    // An id no node registered whose first holder is b: b asks every node at once.
+    let id = first_held_by(&["a", "b"], "b");
+    let pid = a.proc.as_ref().map(|p| p.pid()).unwrap_or_default();
+    signal(pid, "-STOP");
+    let t = Instant::now();
+    let (code, res) = post(&c, "b", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": id}));
+    let took = t.elapsed();
+    signal(pid, "-CONT");
+    assert_eq!(code, 503, "{res}");
+    assert!(res["error"].as_str().is_some_and(|e| e.contains("node a left while the lookup ran")), "{res}");
+    // It ended at the lease, not at the ask's timeout.
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    assert_eq!(dlr_counter(&c, "b", "not_found"), 0);
+    // a answers again once it is back: the same id is missing, known now.
+    assert!(wait_until(Duration::from_secs(20), || post(
+        &c,
+        "b",
+        "/v1/dlr/resolve",
+        json!({"connector": "dec", "msg_id": id})
+    )
+    .0 == 404));
+}
+
+#[test]
 fn a_hung_node_that_may_hold_the_record_makes_a_miss_unknown_not_missing() {
     let c = Cluster::new();
     let dlr = DLR.replace("[dlr]\n", "[dlr]\ntimeout_ms = 300\n");

@@ -25,7 +25,9 @@ use switchboard_bus::dlr::record::store_key;
 use switchboard_bus::dlr::rendezvous::first_holder;
 use switchboard_bus::dlr::wire::{self, DlrReport, LookupReply, Role as HolderRole, STORE_FAILED};
 use switchboard_bus::keys::Role;
+use switchboard_bus::membership::MemberEvent;
 use switchboard_bus::refusals::{refuse, Reason};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use zenoh::query::{ConsolidationMode, Query, QueryTarget};
@@ -223,6 +225,11 @@ pub(crate) async fn query(
 ) -> Result<AskedAll, DlrError> {
     let key = service.keys.dlr_id(connector, canonical).map_err(|e| DlrError::BadRequest(e.to_string()))?;
     let selector = if wait.is_zero() { key.to_string() } else { format!("{key}?wait_ms={}", wait.as_millis()) };
+    // Who could answer, and their leaves from now on: a node whose link closes ends its part of
+    // the query without a word, as one that holds nothing does.
+    let mut leaves = service.membership.events();
+    let asked: Vec<String> =
+        service.membership.live_of(Role::Agent).into_iter().filter(|n| *n != service.node).collect();
     let started = Instant::now();
     // Replies go to a channel of our own: when the owner's reply ends the wait early, later
     // replies are dropped quietly (zenoh's own channel would log each as an error).
@@ -279,5 +286,52 @@ pub(crate) async fn query(
             break;
         }
     }
+    if best.is_none() && unanswered.is_none() {
+        let held = started.elapsed() > wait + HELD;
+        unanswered = left_before_answering(service, &asked, &mut leaves, held).await;
+    }
     Ok(AskedAll { found: best.map(|b| (b, started.elapsed())), failed, unanswered })
+}
+
+/// A query held this much longer than the wait it asked for was kept open by a node that did not
+/// answer at once (hung, or slow).
+const HELD: Duration = Duration::from_millis(20);
+
+/// How long a miss from a held query waits to hear whether a node left meanwhile.
+const LEAVE_HEARD_WITHIN: Duration = Duration::from_millis(200);
+
+/// Why a query that found nothing may have missed the record: a node of `asked` (live when it
+/// began) left before the query ended. zenoh ends a node's part of a query when its link closes
+/// (a hung node's lease ran out, a cut link) just before it says the node's liveliness token is
+/// gone, so when the query was `held` open, the leave is waited for a moment.
+async fn left_before_answering(
+    service: &DlrService,
+    asked: &[String],
+    leaves: &mut tokio::sync::broadcast::Receiver<MemberEvent>,
+    held: bool,
+) -> Option<String> {
+    let left = |node: &str| Some(format!("node {node} left while the lookup ran, before it answered"));
+    let live = service.membership.live_of(Role::Agent);
+    if let Some(gone) = asked.iter().find(|n| !live.contains(n)) {
+        return left(gone);
+    }
+    let deadline = tokio::time::Instant::now() + if held { LEAVE_HEARD_WITHIN } else { Duration::ZERO };
+    loop {
+        // A node that left and came back during the query shows only in the events.
+        let event = match leaves.try_recv() {
+            Ok(event) => event,
+            Err(TryRecvError::Empty) if held => match tokio::time::timeout_at(deadline, leaves.recv()).await {
+                Ok(Ok(event)) => event,
+                Ok(Err(RecvError::Lagged(_))) => continue,
+                Ok(Err(RecvError::Closed)) | Err(_) => return None,
+            },
+            Err(TryRecvError::Lagged(_)) => continue,
+            Err(TryRecvError::Empty | TryRecvError::Closed) => return None,
+        };
+        if let MemberEvent::Left(m) = event {
+            if m.role == Role::Agent && asked.contains(&m.name) {
+                return left(&m.name);
+            }
+        }
+    }
 }
