@@ -383,6 +383,9 @@ fn ids_are_normalized_races_wait_records_expire_and_bad_requests_are_refused() {
         ),
         ("/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "1", "wait_ms": 999_999}).to_string(), "wait_ms"),
         ("/v1/dlr/report", json!({"connector": "dec", "msg_id": "1", "status": ""}).to_string(), "status"),
+        ("/v1/dlr/report", json!({"connector": "dec", "msg_id": "1", "status": "  "}).to_string(), "status"),
+        ("/v1/dlr/close", json!({"connector": "dec", "msg_id": "1", "status": ""}).to_string(), "status"),
+        ("/v1/dlr/close", json!({"connector": "dec", "msg_id": "1", "status": " "}).to_string(), "status"),
         ("/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "1", "extra": 1}).to_string(), "unknown field"),
     ];
     for (path, body, reason) in &bad {

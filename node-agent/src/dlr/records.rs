@@ -25,7 +25,7 @@ use super::events::{DlrEvent, EventKind};
 use super::outbox::Outbox;
 use super::settings::DlrSettings;
 use super::store::{DlrStore, StoreError, Write};
-use super::types::check_field;
+use super::types::{check_field, check_status};
 use super::{now_ms, DlrError, DlrStats, InboxEntry, Registration, MAX_BATCH, MAX_FIELD_BYTES, MAX_REF_BYTES};
 use crate::eventlog::EventLog;
 
@@ -190,7 +190,7 @@ impl Records {
     pub fn close(&self, connector: &str, msg_id: &str, status: &str) -> Result<DlrRecord, DlrError> {
         let (ids, _) = self.formats(connector)?;
         let canonical = ids.canonical(msg_id)?;
-        check_field("status", status, MAX_FIELD_BYTES)?;
+        check_status(status)?;
         let closed = {
             let _guard = self.store.lock();
             let Some(current) = self.count_store_error(self.store.get(connector, &canonical))? else {

@@ -306,12 +306,18 @@ pub(super) const MAX_TEXT_BYTES: usize = 1024;
 /// Refuse a report's fields as the HTTP API does: a status (non-empty), an error code and a text
 /// within their lengths, no control characters.
 pub(super) fn check_report_fields(status: &str, error: Option<&str>, text: Option<&str>) -> Result<(), DlrError> {
-    check_field("status", status, MAX_FIELD_BYTES)?;
-    if status.is_empty() {
-        return Err(DlrError::BadRequest("status must not be empty".into()));
-    }
+    check_status(status)?;
     check_field("error", error.unwrap_or(""), MAX_FIELD_BYTES)?;
     check_field("text", text.unwrap_or(""), MAX_TEXT_BYTES)
+}
+
+/// A report's or a close's `status`: a field that says something (not empty, not only spaces).
+pub(super) fn check_status(status: &str) -> Result<(), DlrError> {
+    check_field("status", status, MAX_FIELD_BYTES)?;
+    if status.trim().is_empty() {
+        return Err(DlrError::BadRequest("status must not be empty".into()));
+    }
+    Ok(())
 }
 
 /// Refuse a report that came over the bus unless the HTTP API would have taken it, from a
