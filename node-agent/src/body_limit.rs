@@ -8,7 +8,9 @@
 //! A body must also come at a pace: it is refused with `408` once it has taken longer than
 //! [`BODY_GRACE`] plus one second per MiB received ([`BODY_BYTES_PER_SEC`]), or has sent nothing
 //! for the stall timeout (10 s), so a client sending a byte a second holds its connection for
-//! 10 s, not for as long as it likes (counted in `switchboard_agent_http_slow_requests_total`). And the bodies being read, and held while their
+//! 10 s, not for as long as it likes (counted in `switchboard_agent_http_slow_requests_total`).
+//! A body that cannot be read (a malformed chunked encoding) gets `400`, counted in
+//! `switchboard_agent_http_malformed_bodies_total`. And the bodies being read, and held while their
 //! request runs, take at most [`bodies_budget`] bytes in all (256 MiB by default): past it a request
 //! gets `503` (`switchboard_agent_http_busy_requests_total`), so 256 connections announcing
 //! 32 MiB each cannot make the agent hold 8 GiB.
@@ -142,6 +144,7 @@ async fn read_body(State(limit): State<BodyLimit>, request: Request, next: Next)
             Ok(None) => break,
             Ok(Some(Ok(c))) => c,
             Ok(Some(Err(e))) => {
+                limit.stats.http_malformed_bodies.fetch_add(1, Ordering::Relaxed);
                 let error = format!("reading the request body: {e}");
                 return (StatusCode::BAD_REQUEST, Json(json!({ "error": error }))).into_response();
             }

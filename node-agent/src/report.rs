@@ -229,6 +229,11 @@ impl Report for AgentReport {
                 "HTTP requests refused with 503: the bodies being read held their whole budget.",
                 g(&s.http_busy_requests),
             )
+            .counter(
+                "switchboard_agent_http_malformed_bodies_total",
+                "HTTP requests refused with 400: the body could not be read (malformed chunked encoding, cut short).",
+                g(&s.http_malformed_bodies),
+            )
             .gauge(
                 "switchboard_agent_collectors_alive",
                 "Collectors alive on the bus.",

@@ -54,6 +54,9 @@ pub struct AgentStats {
     pub http_slow_requests: AtomicU64,
     /// HTTP requests refused with 503 because the bodies being read held the whole budget.
     pub http_busy_requests: AtomicU64,
+    /// HTTP requests refused with 400 because their body could not be read (a malformed chunked
+    /// encoding, a connection that ended inside it).
+    pub http_malformed_bodies: AtomicU64,
     /// Per source, when its tailer thread last went round its loop (a stuck or dead tailer
     /// stops beating; `/health` reports it).
     pub tailer_beats: Mutex<BTreeMap<String, Instant>>,

@@ -1,6 +1,7 @@
 //! The body limit of the agent's HTTP APIs, against a running agent: the largest DLR register
 //! batch the API documents (10,000 records) is taken; a body over the limit, declared or
-//! streamed, gets `413` with a JSON error and moves the counter in `/metrics`.
+//! streamed, gets `413` with a JSON error and moves the counter in `/metrics`; a body that cannot
+//! be read gets a counted `400`.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -44,13 +45,17 @@ fn post(port: u16, path: &str, body: &[u8]) -> (u16, String) {
     request(port, &format!("POST {path} HTTP/1.1\r\nContent-Length: {}\r\n", body.len()), body)
 }
 
-fn oversized_counter(port: u16) -> u64 {
+fn counter(port: u16, name: &str) -> u64 {
     let (status, text) = request(port, "GET /metrics HTTP/1.1\r\n", b"");
     assert_eq!(status, 200);
     text.lines()
-        .find_map(|l| l.strip_prefix("switchboard_agent_http_oversized_requests_total "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no oversized counter in /metrics:\n{text}"))
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+}
+
+fn oversized_counter(port: u16) -> u64 {
+    counter(port, "switchboard_agent_http_oversized_requests_total")
 }
 
 #[test]
@@ -127,6 +132,15 @@ fn documented_batches_are_taken_and_larger_bodies_get_a_counted_json_413() {
     assert!(body.contains("agent.http_max_body_bytes"), "{body}");
     assert_eq!(oversized_counter(port), 2);
     assert_eq!(agent.stats().http_oversized_requests.load(std::sync::atomic::Ordering::Relaxed), 2);
+
+    // A chunked body whose chunk size is not a number: a counted 400, on every route.
+    for path in ["/v1/limits/acquire", "/v1/dlr/register", "/v1/metrics"] {
+        let head = format!("POST {path} HTTP/1.1\r\nTransfer-Encoding: chunked\r\n");
+        let (status, body) = request(port, &head, b"zz\r\nabc\r\n0\r\n\r\n");
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains("reading the request body"), "{path}: {body}");
+    }
+    assert_eq!(counter(port, "switchboard_agent_http_malformed_bodies_total"), 3);
 
     // Bodies within the limit still reach their route.
     let (status, body) = post(port, "/v1/limits/acquire", br#"{"key": "operator:x"}"#);
