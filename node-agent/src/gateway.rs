@@ -285,6 +285,12 @@ impl Gateway {
                 let what = if line.iter().all(u8::is_ascii_whitespace) { "an empty line" } else { "whitespace" };
                 out.extend_from_slice(format!("ERR a request starts with its verb, not with {what}\n").as_bytes());
             }
+            verb if std::str::from_utf8(verb).is_err() => {
+                self.stats.unknown_requests.fetch_add(1, Ordering::Relaxed);
+                out.extend_from_slice(
+                    b"ERR request is not UTF-8; expected ACQUIRE, RELEASE, PING, REGISTER, RESOLVE, REPORT or CLOSE\n",
+                );
+            }
             _ => {
                 self.stats.unknown_requests.fetch_add(1, Ordering::Relaxed);
                 let verb = String::from_utf8_lossy(&line[..verb_end.min(32)]);
@@ -467,6 +473,10 @@ where
         let next_is_in = may_read && memchr::memchr(b'\n', reader.buffer()).is_some();
         if !out.is_empty() && !next_is_in {
             if write.write_all(&out).await.is_err() {
+                // The gateway is gone (it reset the connection, say), maybe mid-request.
+                if ends_inside_a_request(&line, reader.buffer()) {
+                    service.drop_unterminated_line();
+                }
                 return;
             }
             out.clear();
@@ -486,7 +496,15 @@ where
             _ = write_done.notified(), if writing => {}
             n = read_line(&mut reader, &mut line), if may_read => {
                 match n {
-                    Ok(0) | Err(_) => reading = false,
+                    Ok(0) | Err(_) => {
+                        reading = false;
+                        // Reset by the gateway (or ended after a read cut short) with part of a
+                        // request read: as below.
+                        if ends_inside_a_request(&line, reader.buffer()) {
+                            service.drop_unterminated_line();
+                            line.clear();
+                        }
+                    }
                     Ok(_) if line.len() > MAX_LINE => {
                         service.refuse_long_line();
                         // The answers to the lines before it go first.
@@ -506,6 +524,7 @@ where
                         reading = false;
                         service.drop_unterminated_line();
                         tracing::debug!(bytes = line.len(), "a gateway connection ended inside a request: not carried out");
+                        line.clear();
                     }
                     Ok(_) => {
                         let mut now = Vec::new();
@@ -572,6 +591,12 @@ impl Due {
 /// Read more of one line into `line`, up to a newline, the end of the stream, or a length of
 /// `MAX_LINE + 1` bytes in all (longer ones are refused by the caller). Bytes read before a
 /// cancellation stay in `line`, so a call can be cancelled and made again.
+/// Whether the bytes a connection read and did not carry out (the part of a line read so far,
+/// then what waits in the read buffer) end inside a request.
+fn ends_inside_a_request(line: &[u8], buffered: &[u8]) -> bool {
+    buffered.last().or(line.last()).is_some_and(|&b| b != b'\n')
+}
+
 async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R, line: &mut Vec<u8>) -> std::io::Result<usize> {
     let room = (MAX_LINE + 1).saturating_sub(line.len()) as u64;
     let mut limited = reader.take(room);
@@ -696,6 +721,26 @@ mod tests {
         gateway.read_to_end(&mut tail).await.unwrap();
         assert_eq!(String::from_utf8_lossy(&tail), "PONG\n");
         served.await.unwrap();
+        assert_eq!((echo.0.load(Ordering::Relaxed), echo.1.load(Ordering::Relaxed)), (0, 1), "written, dropped");
+    }
+
+    #[tokio::test]
+    async fn a_request_cut_short_by_a_gateway_that_leaves_its_answers_unread_is_counted() {
+        let (mut gateway, agent) = UnixStream::pair().unwrap();
+        let echo = Arc::new(Echo::default());
+        let served = tokio::spawn({
+            let echo = echo.clone();
+            async move {
+                let (read, write) = agent.into_split();
+                answer_requests(read, write, &*echo, &CancellationToken::new()).await;
+            }
+        });
+        gateway.write_all(b"PING\nWRITE 0 1").await.unwrap();
+        // The answer waits unread when the gateway closes: the agent's read fails (a reset), not
+        // an end of stream.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        drop(gateway);
+        tokio::time::timeout(std::time::Duration::from_secs(5), served).await.unwrap().unwrap();
         assert_eq!((echo.0.load(Ordering::Relaxed), echo.1.load(Ordering::Relaxed)), (0, 1), "written, dropped");
     }
 

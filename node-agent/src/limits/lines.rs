@@ -63,7 +63,11 @@ fn parse<'a>(line: &'a [u8]) -> Result<Request<'a>, String> {
     }
     let units = |n: Option<&str>| -> Result<u64, String> {
         n.map_or(Ok(1), |n| {
-            super::units_of(n).map_err(|e| format!("{e} (words are split at whitespace, which a key cannot hold)"))
+            super::units_of(n).map_err(|e| match n.bytes().all(|b| b.is_ascii_digit()) {
+                true => e,
+                // Likely a key with a space in it, its second part read as n.
+                false => format!("{e} (words are split at whitespace, which a key cannot hold)"),
+            })
         })
     };
     let keyed = |key: Option<&'a str>, n: u64| -> Result<&'a str, String> {
@@ -103,7 +107,8 @@ mod tests {
             (b"ACQUIRE\n", "missing key"),
             (b"ACQUIRE x y\n", "whole number"),
             (b"ACQUIRE x 0\n", "from 1 to"),
-            (b"ACQUIRE x 18446744073709551616\n", "from 1 to"),
+            (b"ACQUIRE x 18446744073709551616\n", "from 1 to 1000000000, got 18446744073709551616"),
+            (b"ACQUIRE my key\n", "which a key cannot hold"),
             (b"ACQUIRE x -1\n", "whole number"),
             (b"ACQUIRE x 1 2\n", "too many"),
             (b"ACQUIRE \xff\n", "UTF-8"),
@@ -111,5 +116,8 @@ mod tests {
             let err = parse(bad).unwrap_err();
             assert!(err.contains(says), "{bad:?}: {err}");
         }
+        // A number is not taken for a key split in two.
+        let err = parse(b"ACQUIRE x 18446744073709551616\n").unwrap_err();
+        assert!(!err.contains("whitespace"), "{err}");
     }
 }

@@ -88,7 +88,12 @@ pub enum RequestError {
 pub fn units_of(text: &str) -> Result<u64, String> {
     match text.parse::<u64>() {
         Ok(n) => Ok(n),
-        Err(_) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => Err(RequestError::Units.to_string()),
+        // Digits past 64 bits: said as a number, shortened (it may be thousands of digits long).
+        Err(_) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
+            let shown =
+                if text.len() > 24 { format!("{}... ({} digits)", &text[..24], text.len()) } else { text.into() };
+            Err(format!("{}, got {shown}", RequestError::Units))
+        }
         Err(_) => Err(format!("{}, got {text:?}", RequestError::Units)),
     }
 }
