@@ -90,6 +90,9 @@ fn hint(why: &str) -> &'static str {
     } else if lower.contains("alert") {
         "; the peer refused this process's certificate: check that it was issued by the cluster's \
          CA (`switchboard certs show --ca`, docs/security.md)"
+    } else if lower.contains("early eof") {
+        "; the peer closed the link before the bus's handshake: a peer listening with TLS does so \
+         to a plain tcp/ link (give this process [bus.tls] and tls/ endpoints, docs/security.md)"
     } else {
         ""
     }
@@ -169,6 +172,11 @@ mod tests {
         let Some(Attempt::Failed { why, .. }) = attempt(refused) else { panic!("not read: {refused}") };
         assert!(why.ends_with("Connection refused (os error 111)"), "{why}");
         assert_eq!(hint(why), "");
+        // A plain tcp/ link to a TLS listener: the listener drops it during the handshake.
+        let plain = "Unable to connect to configured peer tcp/127.0.0.1:21050! Read error on TCP link \
+                     127.0.0.1:44386 => 127.0.0.1:21050: early eof. Retry in 1s.";
+        let Some(Attempt::Failed { why, .. }) = attempt(plain) else { panic!("not read: {plain}") };
+        assert!(hint(why).contains("[bus.tls] and tls/ endpoints"), "{why}");
         assert_eq!(
             attempt("Successfully connected to configured peer tls/127.0.0.1:17801"),
             Some(Attempt::Connected { endpoint: "tls/127.0.0.1:17801" })
