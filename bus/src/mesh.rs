@@ -150,6 +150,13 @@ pub enum MeshProblem {
     },
 }
 
+/// Whether `problem` ended since the last poll found it: a process unreachable from here that
+/// this one sees live now (its link came back, a dial got through) is no longer one, though the
+/// next poll, up to 2 s away, is what takes it off the list.
+fn mended(problem: &MeshProblem, live: &BTreeSet<Member>) -> bool {
+    matches!(problem, MeshProblem::Unreachable { member, .. } if live.contains(member))
+}
+
 impl std::fmt::Display for MeshProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -402,9 +409,11 @@ impl Mesh {
     /// The processes alive according to another one but unreachable from here at the last poll
     /// (however short a time), each with a process that sees it.
     pub fn unreachable_now(&self) -> Vec<(Member, Member)> {
+        let live = self.membership.live();
         let Ok(st) = self.state.lock() else { return Vec::new() };
         st.pending
             .keys()
+            .filter(|p| !mended(p, &live))
             .filter_map(|p| match p {
                 MeshProblem::Unreachable { member, seen_by } => Some((member.clone(), seen_by.clone())),
                 MeshProblem::MissingLink { .. } => None,
@@ -415,10 +424,11 @@ impl Mesh {
     /// The problems that have lasted at least [`SETTLE`].
     pub fn problems(&self) -> Vec<MeshProblem> {
         let now = Instant::now();
+        let live = self.membership.live();
         let Ok(st) = self.state.lock() else { return Vec::new() };
         st.pending
             .iter()
-            .filter(|(_, t)| now.saturating_duration_since(**t) >= SETTLE)
+            .filter(|(p, t)| now.saturating_duration_since(**t) >= SETTLE && !mended(p, &live))
             .map(|(p, _)| p.clone())
             .collect()
     }
