@@ -469,69 +469,65 @@ fn a_hung_first_holder_costs_one_ask_timeout_then_every_node_answers() {
     assert_eq!(dlr_counter(&c, "b", "bad_requests"), 0);
 }
 
-#[test]
-fn a_node_whose_lease_runs_out_during_a_lookup_makes_the_miss_unknown_not_missing() {
+/// Agents a and b (asks timing out after `timeout_ms`), and an id no node registered whose first
+/// holder is b itself: b asks no single node, only every node at once. Then a is stopped
+/// (SIGSTOP), `during` runs, and a goes on: the cluster, its agents, the id and what `during`
+/// gave.
+fn while_a_is_hung<T>(
+    timeout_ms: u64,
+    during: impl FnOnce(&Cluster, &str) -> T,
+) -> (Cluster, [LimitsNode; 2], String, T) {
     let c = Cluster::new();
-    // Asks wait longer than the lease (3 s): the lookup of every node is still open when a's
-    // lease runs out, and zenoh ends a's part of it then without a word, as if a held nothing.
-    let dlr = DLR.replace("[dlr]\n", "[dlr]\ntimeout_ms = 10000\n");
+    let dlr = DLR.replace("[dlr]\n", &format!("[dlr]\ntimeout_ms = {timeout_ms}\n"));
     let a = c.start_limits_agent("a", &[], "", &dlr);
-    let _b = c.start_limits_agent("b", &[a.endpoint()], "", &dlr);
+    let b = c.start_limits_agent("b", &[a.endpoint()], "", &dlr);
     wait_mesh(&c, &["a", "b"]);
-    // An id no node registered whose first holder is b: b asks every node at once.
     let id = first_held_by(&["a", "b"], "b");
     let pid = a.proc.as_ref().map(|p| p.pid()).unwrap_or_default();
     signal(pid, "-STOP");
-    let t = Instant::now();
-    let (code, res) = post(&c, "b", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": id}));
-    let took = t.elapsed();
+    let seen = during(&c, &id);
     signal(pid, "-CONT");
+    (c, [a, b], id, seen)
+}
+
+/// Once a answers again, the id is missing, known now.
+fn missing_once_a_answers(c: &Cluster, id: &str) {
+    let resolve = || post(c, "b", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": id})).0;
+    assert!(wait_until(Duration::from_secs(20), || resolve() == 404));
+}
+
+#[test]
+fn a_node_whose_lease_runs_out_during_a_lookup_makes_the_miss_unknown_not_missing() {
+    // Asks wait longer than the lease (3 s): the lookup of every node is still open when a's
+    // lease runs out, and zenoh ends a's part of it then without a word, as if a held nothing.
+    let (c, _agents, id, ((code, res), took)) = while_a_is_hung(10_000, |c, id| {
+        let t = Instant::now();
+        (post(c, "b", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": id})), t.elapsed())
+    });
     assert_eq!(code, 503, "{res}");
     assert!(res["error"].as_str().is_some_and(|e| e.contains("node a left while the lookup ran")), "{res}");
     // It ended at the lease, not at the ask's timeout.
     assert!(took < Duration::from_secs(8), "took {took:?}");
     assert_eq!(dlr_counter(&c, "b", "not_found"), 0);
-    // a answers again once it is back: the same id is missing, known now.
-    assert!(wait_until(Duration::from_secs(20), || post(
-        &c,
-        "b",
-        "/v1/dlr/resolve",
-        json!({"connector": "dec", "msg_id": id})
-    )
-    .0 == 404));
+    missing_once_a_answers(&c, &id);
 }
 
 #[test]
 fn a_hung_node_that_may_hold_the_record_makes_a_miss_unknown_not_missing() {
-    let c = Cluster::new();
-    let dlr = DLR.replace("[dlr]\n", "[dlr]\ntimeout_ms = 300\n");
-    let a = c.start_limits_agent("a", &[], "", &dlr);
-    let _b = c.start_limits_agent("b", &[a.endpoint()], "", &dlr);
-    wait_mesh(&c, &["a", "b"]);
-    // An id no node registered whose first holder is b itself: b asks no single node, only every
-    // node at once, and a (hung within its lease) could hold it (registered just before it hung,
-    // its copy not yet sent).
-    let id = first_held_by(&["a", "b"], "b");
-    let pid = a.proc.as_ref().map(|p| p.pid()).unwrap_or_default();
-    signal(pid, "-STOP");
-    let resolved = post(&c, "b", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": id}));
-    let reported =
-        post(&c, "b", "/v1/dlr/report", json!({"connector": "dec", "msg_id": id, "status": "DELIVRD", "wait_ms": 0}));
-    signal(pid, "-CONT");
-    for (what, (code, res)) in [("resolve", resolved), ("report", reported)] {
+    // a, hung within its lease, could hold the id (registered just before it hung, its copy not
+    // yet sent).
+    let (c, _agents, id, answers) = while_a_is_hung(300, |c, id| {
+        let resolved = post(c, "b", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": id}));
+        let report = json!({"connector": "dec", "msg_id": id, "status": "DELIVRD", "wait_ms": 0});
+        [("resolve", resolved), ("report", post(c, "b", "/v1/dlr/report", report))]
+    });
+    for (what, (code, res)) in answers {
         assert_eq!(code, 503, "{what}: {res}");
         assert!(res["error"].as_str().is_some_and(|e| e.contains("did not answer within 300 ms")), "{what}: {res}");
     }
     assert_eq!(dlr_counter(&c, "b", "ask_timeouts"), 2);
     assert_eq!(dlr_counter(&c, "b", "not_found"), 0);
-    // Awake again, a answers: the same id is missing, known now.
-    assert!(wait_until(Duration::from_secs(10), || post(
-        &c,
-        "b",
-        "/v1/dlr/resolve",
-        json!({"connector": "dec", "msg_id": id})
-    )
-    .0 == 404));
+    missing_once_a_answers(&c, &id);
 }
 
 /// A link reset between two live agents (both still linked to a collector): while the other

@@ -703,9 +703,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_request_cut_short_by_the_end_of_the_connection_is_not_carried_out() {
-        let (mut gateway, agent) = UnixStream::pair().unwrap();
+    /// A connection served by an [`Echo`] the test can look at afterwards.
+    fn watched_echo_connection() -> (UnixStream, Arc<Echo>, tokio::task::JoinHandle<()>) {
+        let (gateway, agent) = UnixStream::pair().unwrap();
         let echo = Arc::new(Echo::default());
         let served = tokio::spawn({
             let echo = echo.clone();
@@ -714,6 +714,12 @@ mod tests {
                 answer_requests(read, write, &*echo, &CancellationToken::new()).await;
             }
         });
+        (gateway, echo, served)
+    }
+
+    #[tokio::test]
+    async fn a_request_cut_short_by_the_end_of_the_connection_is_not_carried_out() {
+        let (mut gateway, echo, served) = watched_echo_connection();
         // `WRITE 0 12` cut after its `1`: the complete line before it is answered, the rest not.
         gateway.write_all(b"PING\nWRITE 0 1").await.unwrap();
         gateway.shutdown().await.unwrap();
@@ -726,15 +732,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_cut_short_by_a_gateway_that_leaves_its_answers_unread_is_counted() {
-        let (mut gateway, agent) = UnixStream::pair().unwrap();
-        let echo = Arc::new(Echo::default());
-        let served = tokio::spawn({
-            let echo = echo.clone();
-            async move {
-                let (read, write) = agent.into_split();
-                answer_requests(read, write, &*echo, &CancellationToken::new()).await;
-            }
-        });
+        let (mut gateway, echo, served) = watched_echo_connection();
         gateway.write_all(b"PING\nWRITE 0 1").await.unwrap();
         // The answer waits unread when the gateway closes: the agent's read fails (a reset), not
         // an end of stream.
