@@ -19,13 +19,6 @@ use switchboard_bus::repo::{changes, short, tree, Change, Contents, FileEntry, F
 
 use crate::limits_cmd::{open, BusArgs};
 
-/// `println!` that returns an error on a closed stdout (`| head`) instead of panicking.
-macro_rules! out {
-    ($($arg:tt)*) => {
-        writeln!(std::io::stdout(), $($arg)*)?
-    };
-}
-
 /// How long to wait for the nodes' first answers.
 pub const PATIENCE: Duration = Duration::from_secs(3);
 

@@ -18,14 +18,23 @@ macro_rules! note {
     }};
 }
 
-/// Write a line to standard output, as `println!` does, but never panic: when the reader went
-/// away (`| head`), the process ends at once with success, as a pipe's writer ends on SIGPIPE.
+/// Whether standard output's reader went away (`| head`): what [`out!`] writes after that is
+/// dropped.
+static STDOUT_GONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Write a line to standard output, as `println!` does, but never panic nor stop: once the reader
+/// went away (`| head`), the rest of the output is dropped and the command goes on to its end,
+/// so one that changes something (a push, a limits change) still does it and every command
+/// exits with its own code (`config status | head` still says 1 for a problem).
 macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                std::process::exit(0);
+        use std::sync::atomic::Ordering;
+        if !$crate::STDOUT_GONE.load(Ordering::Relaxed) {
+            if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+                if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    $crate::STDOUT_GONE.store(true, Ordering::Relaxed);
+                }
             }
         }
     }};

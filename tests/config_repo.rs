@@ -31,6 +31,19 @@ fn config_cli(c: &Cluster, endpoints: &[String], args: &[&str]) -> (i32, String)
     (out.status.code().unwrap_or(-1), text)
 }
 
+/// `switchboard config <args>` against `endpoints` with nobody reading its output (`| head`
+/// that went away): its exit code.
+fn config_cli_unread(c: &Cluster, endpoints: &[String], args: &[&str]) -> i32 {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("config").args(args).args(["--cluster", &c.cluster]);
+    for e in endpoints {
+        cmd.args(["--connect", e]);
+    }
+    let mut child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    drop(child.stdout.take());
+    child.wait().unwrap().code().unwrap_or(-1)
+}
+
 /// Write a tree of `(path, content)` into a fresh directory.
 fn tree(c: &Cluster, name: &str, files: &[(&str, String)]) -> PathBuf {
     let dir = c.path().join("trees").join(name);
@@ -599,6 +612,12 @@ fn a_failed_reload_kept_in_place_is_still_a_failure() {
     assert_eq!(read(&link(&c, "gw1").join("a.conf")), "a1", "kept in place");
     let (code, _) = status_json(&c, &ep);
     assert_eq!(code, 1);
+    // A reader that went away (`| head`) changes neither what a command does nor its exit code:
+    // the push is made and still fails, and status still says 1.
+    let second = tree(&c, "2", &[("global/a.conf", "a2".into())]);
+    assert_eq!(config_cli_unread(&c, &ep, &["push", second.to_str().unwrap()]), 1);
+    assert_eq!(read(&link(&c, "gw1").join("a.conf")), "a2", "pushed with nobody reading");
+    assert_eq!(config_cli_unread(&c, &ep, &["status"]), 1);
     // Not applied on every later pass (the agent's own view: /metrics and /health), and after
     // a restart of the agent.
     let not_applied = || {
