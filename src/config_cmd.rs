@@ -570,13 +570,21 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
                         .collect();
                     out!("    settles the conflict of {}", labels.join(" and "));
                 }
-                let mut parent_files = BTreeMap::new();
-                if let Some(p) = s.parents.first() {
-                    if let Ok(p) = repo.revision(&session, &keys, p).await {
-                        parent_files = p.files;
+                // What it changed from its parent; a revision that settles a conflict, from each.
+                let indent = if s.parents.len() > 1 { "      " } else { "    " };
+                for p in &s.parents {
+                    let parent = repo.revision(&session, &keys, p).await;
+                    if s.parents.len() > 1 {
+                        out!("    from {}:", repo.known.get(p).map_or(short(p).to_owned(), |x| x.label()));
+                    }
+                    match parent {
+                        Ok(parent) => print_changes(&parent.files, &rev.files, indent)?,
+                        Err(e) => out!("{indent}(its files cannot be read now: {e})"),
                     }
                 }
-                print_changes(&parent_files, &rev.files, "    ")?;
+                if s.parents.is_empty() {
+                    print_changes(&BTreeMap::new(), &rev.files, indent)?;
+                }
             }
             Ok(0)
         }

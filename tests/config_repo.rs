@@ -404,6 +404,16 @@ fn a_partition_with_a_push_on_each_side_is_a_reported_conflict_until_resolved() 
         .to_owned();
     let (code, out) = config_cli(&c, &both, &["resolve", "--take", &side_a_id[..12], "-m", "keep a"]);
     assert_eq!(code, 0, "{out}");
+    // The log names what the settling revision changed from each side: side b's a.conf, b.conf
+    // and limits; nothing from side a, which it takes whole.
+    let (_, log) = config_cli(&c, &both, &["log", "-n", "1"]);
+    let side_b_label =
+        st["heads"].as_array().unwrap().iter().find(|h| h["message"] == "on b").unwrap()["id"].as_str().unwrap()[..8]
+            .to_owned();
+    let from_b =
+        format!("from 2 ({side_b_label}):\n      ~ global/a.conf\n      ~ global/b.conf\n      ~ global/limits.toml\n");
+    let from_a = format!("from 2 ({}):\n      no file changed\n", &side_a_id[..8]);
+    assert!(log.contains(&from_b) && log.contains(&from_a), "{log}");
     assert_eq!(read(&link(&c, "gw2").join("a.conf")), "side a\n");
     let (code, st) = status_json(&c, &both);
     assert_eq!(code, 0, "{st}");
