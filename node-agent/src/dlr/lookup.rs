@@ -10,7 +10,9 @@
 //! takes, the lookup asks every node: one query on `<prefix>/dlr/id/<connector>/<id>` (target
 //! `All`, no consolidation, so replies arrive as they are sent).
 //!
-//! Each node that holds the record answers with a [`LookupReply`]; the others stay silent. A
+//! Each node that holds the record answers with a [`LookupReply`]; the others stay silent, so a
+//! query that found nothing is a miss only if no node that could answer left before it ended
+//! (zenoh ends the part of a node whose link closed as silently). A
 //! node asked to wait (`wait_ms=N`) keeps the query open and answers when the record is
 //! registered with it, so a DLR that overtakes its registration still resolves in one round
 //! trip. The asker of all nodes takes the owner's reply as soon as it comes. A replica's reply
@@ -298,7 +300,7 @@ pub(crate) async fn query(
 const HELD: Duration = Duration::from_millis(20);
 
 /// How long a miss from a held query waits to hear whether a node left meanwhile.
-const LEAVE_HEARD_WITHIN: Duration = Duration::from_millis(200);
+const LEAVE_HEARD_WITHIN: Duration = Duration::from_millis(100);
 
 /// Why a query that found nothing may have missed the record: a node of `asked` (live when it
 /// began) left before the query ended. zenoh ends a node's part of a query when its link closes
