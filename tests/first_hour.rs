@@ -318,6 +318,19 @@ fn a_cut_link_between_agents_is_dialed_again(c: Cluster) {
         wait_until(Duration::from_secs(30), || sees_name(&c, "gw1", "node/gw2") && sees_name(&c, "gw2", "node/gw1"));
     assert!(healed, "the mesh did not heal:\n{}\n{}", health(&c, "gw1"), health(&c, "gw2"));
     eprintln!("the agents see each other again {} ms after the cut", at.elapsed().as_millis());
+    // From the moment a process sees the other again, it no longer calls it unreachable (the
+    // next poll of the mesh check may be 2 s away).
+    for _ in 0..10 {
+        for (me, other) in [("gw1", "node/gw2"), ("gw2", "node/gw1")] {
+            let h = health(&c, me);
+            let sees = h["mesh"]["sees"].as_array().is_some_and(|s| s.iter().any(|m| m == other));
+            let unreachable = h["mesh"]["problems"].as_array().is_some_and(|p| {
+                p.iter().any(|p| p.as_str().is_some_and(|p| p.starts_with(&format!("{other} is alive"))))
+            });
+            assert!(!(sees && unreachable), "{me} sees {other} and calls it unreachable: {h}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let opened = |n: &str| metric(&c.http_get(n, "/metrics").1, "switchboard_mesh_dials_opened_total").unwrap_or(0.0);
     assert!(opened("gw1") + opened("gw2") >= 1.0, "healed, but not by a dial of the mesh check");
     let ok = |n: &str| health(&c, n)["status"] == "ok";
