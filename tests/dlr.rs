@@ -469,6 +469,25 @@ fn a_hung_first_holder_costs_one_ask_timeout_then_every_node_answers() {
     assert_eq!(dlr_counter(&c, "b", "bad_requests"), 0);
 }
 
+/// An agent restarted without DLRs leaves the DLR service but not the cluster: the node left
+/// alone serving DLRs calls a miss a miss. (It answered 503, "no other node is reachable (gone:
+/// b)", as if b had gone away with records only it held.)
+#[test]
+fn a_node_that_stops_serving_dlrs_is_not_taken_for_one_that_went_away() {
+    let c = Cluster::new();
+    let a = c.start_limits_agent("a", &[], "", DLR);
+    let b = c.start_limits_agent("b", &[a.endpoint()], "", DLR);
+    wait_mesh(&c, &["a", "b"]);
+    let port = b.port;
+    drop(b);
+    let _b = c.restart_limits_agent("b", port, &[a.endpoint()], "", "\n[dlr]\nenabled = false\n");
+    assert!(wait_until(Duration::from_secs(20), || c.http_get("b", "/health").0 == 200), "b did not come back");
+    assert!(wait_until(Duration::from_secs(10), || live_nodes(&c, "a") == ["a"]), "{:?}", live_nodes(&c, "a"));
+    let resolve = || post(&c, "a", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "9090"}));
+    assert!(wait_until(Duration::from_secs(10), || resolve().0 == 404), "{:?}", resolve());
+    drop(a);
+}
+
 /// Agents a and b (asks timing out after `timeout_ms`), and an id no node registered whose first
 /// holder is b itself: b asks no single node, only every node at once. Then a is stopped
 /// (SIGSTOP), `during` runs, and a goes on: the cluster, its agents, the id and what `during`

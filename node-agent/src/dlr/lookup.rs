@@ -227,9 +227,9 @@ pub(crate) async fn query(
 ) -> Result<AskedAll, DlrError> {
     let key = service.keys.dlr_id(connector, canonical).map_err(|e| DlrError::BadRequest(e.to_string()))?;
     let selector = if wait.is_zero() { key.to_string() } else { format!("{key}?wait_ms={}", wait.as_millis()) };
-    // Who could answer, and their leaves from now on: a node whose link closes ends its part of
-    // the query without a word, as one that holds nothing does.
-    let mut leaves = service.membership.events();
+    // Who could answer, and the processes that leave from now on: a node whose link closes ends
+    // its part of the query without a word, as one that holds nothing does.
+    let mut leaves = service.processes.events();
     let asked: Vec<String> =
         service.membership.live_of(Role::Agent).into_iter().filter(|n| *n != service.node).collect();
     let started = Instant::now();
@@ -302,8 +302,8 @@ const HELD: Duration = Duration::from_millis(20);
 /// How long a miss from a held query waits to hear whether a node left meanwhile.
 const LEAVE_HEARD_WITHIN: Duration = Duration::from_millis(100);
 
-/// Why a query that found nothing may have missed the record: a node of `asked` (live when it
-/// began) left before the query ended. zenoh ends a node's part of a query when its link closes
+/// Why a query that found nothing may have missed the record: the process of a node of `asked`
+/// (serving DLRs when it began) left before the query ended. zenoh ends a node's part of a query when its link closes
 /// (a hung node's lease ran out, a cut link) just before it says the node's liveliness token is
 /// gone, so when the query was `held` open, the leave is waited for a moment.
 async fn left_before_answering(
@@ -313,7 +313,7 @@ async fn left_before_answering(
     held: bool,
 ) -> Option<String> {
     let left = |node: &str| Some(format!("node {node} left while the lookup ran, before it answered"));
-    let live = service.membership.live_of(Role::Agent);
+    let live = service.processes.live_of(Role::Agent);
     if let Some(gone) = asked.iter().find(|n| !live.contains(n)) {
         return left(gone);
     }

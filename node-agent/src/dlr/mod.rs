@@ -51,7 +51,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use switchboard_bus::keys::{KeySpace, Role};
-use switchboard_bus::Membership;
+use switchboard_bus::{Member, Membership};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -72,7 +72,11 @@ pub struct DlrService {
     records: Records,
     session: zenoh::Session,
     keys: KeySpace,
+    /// The agents that serve DLRs.
     membership: Membership,
+    /// Every process alive on the bus: an agent that leaves the DLR service while its process
+    /// lives (it does not serve DLRs, or its tokens arrived in another order) did not go away.
+    processes: Membership,
     /// Which agents others see alive but this node cannot reach (they may hold any record).
     mesh: switchboard_bus::mesh::Mesh,
     asker: ask::Asker,
@@ -122,6 +126,7 @@ impl DlrService {
         session: &zenoh::Session,
         keys: &KeySpace,
         membership: &Membership,
+        processes: &Membership,
         mesh: &switchboard_bus::mesh::Mesh,
         tracker: &TaskTracker,
         cancel: &CancellationToken,
@@ -142,6 +147,7 @@ impl DlrService {
             session: session.clone(),
             keys: keys.clone(),
             membership: membership.clone(),
+            processes: processes.clone(),
             mesh: mesh.clone(),
             asker,
             census: std::sync::Mutex::new(None),
@@ -178,6 +184,13 @@ impl DlrService {
         self.membership.live_of(Role::Agent)
     }
 
+    /// The agents that left the DLR service and whose process is gone too (with when they left):
+    /// one that still runs but does not serve DLRs holds no record anyone asks it for.
+    fn departed(&self) -> Vec<(Member, u64)> {
+        let alive = self.processes.live_of(Role::Agent);
+        self.membership.departed().into_iter().filter(|(m, _)| !alive.contains(&m.name)).collect()
+    }
+
     /// Why a lookup that found nothing cannot say the record does not exist: an agent that
     /// joined once and may hold it is alive but not reachable from here (its link to this node
     /// broke), or left this node's view after the mesh check's last poll began (stopped, or cut
@@ -202,24 +215,21 @@ impl DlrService {
             ));
         }
         let now = now_ms();
-        let recent = self
-            .membership
-            .departed()
-            .into_iter()
+        let departed = self.departed();
+        let recent = departed
+            .iter()
             .find(|(m, at)| m.role == Role::Agent && m.name != self.node && !self.mesh.assessed_since(*at));
         if let Some((m, at)) = recent {
             return Some(format!(
                 "node {} left this node's view {} ms ago (stopped, or cut off from here)",
                 m.name,
-                now.saturating_sub(at)
+                now.saturating_sub(*at)
             ));
         }
         if self.membership.live_of(Role::Agent).iter().any(|n| *n != self.node) {
             return None;
         }
-        let gone: Vec<String> = self
-            .membership
-            .departed()
+        let gone: Vec<String> = departed
             .into_iter()
             .filter(|(m, _)| m.role == Role::Agent && m.name != self.node)
             .map(|(m, _)| m.name)
