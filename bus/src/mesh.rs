@@ -400,6 +400,12 @@ impl Mesh {
         due_dials(&st.pending, &mut st.redial, room, now)
     }
 
+    /// The processes alive on the bus, as this process sees them (the membership it compares
+    /// with the others' views).
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
     /// Whether a poll that began at or after `at_ms` (ms since the Unix epoch) has completed:
     /// what [`Mesh::unreachable_now`] says covers what happened before `at_ms`.
     pub fn assessed_since(&self, at_ms: u64) -> bool {

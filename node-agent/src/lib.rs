@@ -310,10 +310,7 @@ impl Agent {
         };
         let dlr = if config.dlr.enabled {
             let holders = Membership::watch_service(&session, &keys, Service::Dlr, cancel.clone()).await?;
-            Some(
-                dlr::DlrService::start(&config, &session, &keys, &holders, &membership, &mesh, &tracker, &cancel)
-                    .await?,
-            )
+            Some(dlr::DlrService::start(&config, &session, &keys, &holders, &mesh, &tracker, &cancel).await?)
         } else {
             None
         };
