@@ -127,15 +127,21 @@ fn skewed_and_shifting_demand_stays_within_the_limit_and_every_decision_reaches_
     drop((a, b, cc));
 }
 
+/// A collector, agent a linked to it, and agent b linked to both (limits and DLRs on).
+fn collector_a_and_b(c: &Cluster) -> (common::Proc, common::limits::LimitsNode, common::limits::LimitsNode) {
+    let collector = c.start_collector();
+    let a = c.start_limits_agent("a", std::slice::from_ref(&c.endpoint), "", "");
+    let b = c.start_limits_agent("b", &[a.endpoint(), c.endpoint.clone()], "", "");
+    (collector, a, b)
+}
+
 #[test]
 fn a_killed_node_frees_its_share_and_its_slots_at_once() {
     let _one_at_a_time = measuring();
     let c = Cluster::new();
     // A third process (the collector) answers a's question whether anyone still sees b: no one
     // does, so b exited (two agents alone could not tell a death from a cut, and would hold).
-    let _collector = c.start_collector();
-    let a = c.start_limits_agent("a", std::slice::from_ref(&c.endpoint), "", "");
-    let b = c.start_limits_agent("b", &[a.endpoint(), c.endpoint.clone()], "", "");
+    let (_collector, a, b) = collector_a_and_b(&c);
     wait_healthy(&c, &["a", "b"]);
     // A node's demand reports begin once it is live: a start is not a refusal.
     for node in ["a", "b"] {
@@ -463,9 +469,7 @@ fn a_limit_changed_under_traffic_applies_everywhere_and_the_api_explains_bad_req
 fn an_agent_without_limits_or_dlrs_takes_no_share_and_holds_nothing() {
     let _one_at_a_time = measuring();
     let c = Cluster::new();
-    let _collector = c.start_collector();
-    let a = c.start_limits_agent("a", std::slice::from_ref(&c.endpoint), "", "");
-    let _b = c.start_limits_agent("b", &[a.endpoint(), c.endpoint.clone()], "", "");
+    let (_collector, a, _b) = collector_a_and_b(&c);
     let _off =
         c.start_limits_agent("off", &[a.endpoint(), c.endpoint.clone()], "", "enabled = false\n[dlr]\nenabled = false");
     wait_healthy(&c, &["a", "b", "off"]);
