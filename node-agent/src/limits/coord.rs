@@ -181,7 +181,7 @@ pub async fn run(
     let mut last = Instant::now();
     let mut last_tick: Option<u64> = None;
     let mut applied = Applied::new();
-    let mut was_frozen = false;
+    let mut freezes = Freezes::default();
     let mut ticks = 0u32;
     // Whether this node has once heard every live node since it started (see `apply`).
     let mut settled = false;
@@ -281,13 +281,7 @@ pub async fn run(
                 }
                 let silent = someone_silent(&node, &peers, settings.interval * 3);
                 let frozen = silent.is_some();
-                if frozen != was_frozen {
-                    match &silent {
-                        Some(why) => tracing::info!("shares frozen (may shrink, not grow): {why}"),
-                        None => tracing::info!("shares follow demand again"),
-                    }
-                    was_frozen = frozen;
-                }
+                freezes.note(silent.as_deref());
                 // Until this node has once heard every live node since it started (and given
                 // the bus a few ticks to name them all) it takes no share of any key: the others
                 // still split the whole limit without it, and another may hold every slot of a
@@ -437,6 +431,62 @@ fn settle_vanished(
     }
     if let Some(p) = peers.get_mut(name) {
         (p.silent_since, p.vanished) = (Some(at), None);
+    }
+}
+
+/// The log of freezes: a freeze is said when it began, at most once per [`FREEZE_SAID_EVERY`]
+/// (with how many began unsaid since: on a busy host a report late by a tick freezes the shares
+/// for a tick, again and again), and its end only when its beginning was said.
+#[derive(Debug)]
+struct Freezes {
+    since: Option<Instant>,
+    said: bool,
+    throttle: switchboard_bus::throttle::Throttle,
+}
+
+/// How often a freeze may be said in the log.
+const FREEZE_SAID_EVERY: Duration = Duration::from_secs(30);
+
+impl Default for Freezes {
+    fn default() -> Self {
+        Self { since: None, said: false, throttle: switchboard_bus::throttle::Throttle::new(FREEZE_SAID_EVERY) }
+    }
+}
+
+impl Freezes {
+    /// Note this tick's state: `Some(why)` while someone is silent.
+    fn note(&mut self, silent: Option<&str>) {
+        match (silent, self.since) {
+            (Some(why), None) => {
+                self.since = Some(Instant::now());
+                self.said = match self.throttle.admit() {
+                    Some(0) => {
+                        tracing::info!("shares frozen (may shrink, not grow): {why}");
+                        true
+                    }
+                    Some(unsaid) => {
+                        tracing::info!(
+                            "shares frozen (may shrink, not grow): {why} ({unsaid} more began since the last one said)"
+                        );
+                        true
+                    }
+                    None => {
+                        tracing::debug!("shares frozen (may shrink, not grow): {why}");
+                        false
+                    }
+                };
+            }
+            (None, Some(since)) => {
+                let ms = since.elapsed().as_millis();
+                if std::mem::take(&mut self.said) {
+                    tracing::info!("shares follow demand again, after {ms} ms frozen");
+                } else {
+                    tracing::debug!("shares follow demand again, after {ms} ms frozen");
+                }
+                self.since = None;
+            }
+            _ => {}
+        }
     }
 }
 
@@ -604,6 +654,21 @@ mod tests {
 
     fn shares(v: &[(&str, f64)]) -> BTreeMap<String, f64> {
         v.iter().map(|(k, s)| (k.to_string(), *s)).collect()
+    }
+
+    #[test]
+    fn a_freeze_is_said_once_per_interval_and_its_end_only_when_its_beginning_was() {
+        let mut f = Freezes::default();
+        f.note(Some("node b vanished"));
+        assert!(f.said && f.since.is_some(), "the first freeze is said");
+        f.note(Some("node b vanished"));
+        assert!(f.said, "a freeze that goes on is one freeze");
+        f.note(None);
+        assert!(!f.said && f.since.is_none(), "its end is said, and the freeze is over");
+        f.note(Some("no demand report from node b for 310 ms"));
+        assert!(!f.said && f.since.is_some(), "a second freeze within the interval is not said");
+        f.note(None);
+        assert!(f.since.is_none());
     }
 
     #[test]
