@@ -27,7 +27,7 @@ use crate::demo::{self, DemoOptions};
 #[command(name = "switchboard", version, propagate_version = true)]
 pub struct Cli {
     /// Log filter for the process's own logs (tracing `EnvFilter` syntax, e.g. `info`,
-    /// `switchboard_collector=debug`).
+    /// `switchboard_agent=debug` for an agent, `switchboard_collector=debug` for a collector).
     #[arg(long, global = true, env = "SWITCHBOARD_LOG")]
     pub log: Option<String>,
     /// What to run.
