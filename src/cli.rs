@@ -362,7 +362,8 @@ impl<W: std::io::Write> std::io::Write for QuietPipe<W> {
 
 /// A report's bucket: a duration of whole seconds, at least one (rows are bucketed by second).
 fn parse_bucket(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
+    let d =
+        parse_duration(s).map_err(|_| format!("{s:?} is not a bucket: use whole seconds, as in 10s, 5m, 1h or 1d"))?;
     if d.as_secs() == 0 || d.subsec_nanos() != 0 {
         return Err(format!("a bucket is a whole number of seconds, at least 1s (got {s:?})"));
     }
@@ -688,6 +689,16 @@ mod tests {
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn a_bucket_is_whole_seconds_and_its_errors_say_so() {
+        assert_eq!(parse_bucket("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_bucket("2000ms"), Ok(Duration::from_secs(2)));
+        for bad in ["7x", "500ms", "0s", "1.5s"] {
+            let err = parse_bucket(bad).unwrap_err();
+            assert!(err.contains("whole") && !err.contains("ms,"), "{bad}: {err}");
+        }
     }
 
     #[test]

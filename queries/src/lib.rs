@@ -299,7 +299,22 @@ impl Dataset {
     }
 
     fn explain(&self, e: DataFusionError) -> QueryError {
-        let mut msg = e.find_root().to_string();
+        let root = e.find_root();
+        let mut msg = match root {
+            // `SQL error: ParserError("Expected: ...")` said plainly, with where to look.
+            DataFusionError::SQL(parse, _) => {
+                use datafusion::sql::sqlparser::parser::ParserError;
+                let said = match parse.as_ref() {
+                    ParserError::TokenizerError(m) | ParserError::ParserError(m) => m.clone(),
+                    other => other.to_string(),
+                };
+                format!(
+                    "SQL syntax: {said}\nhint: statements are DataFusion's SQL (close to PostgreSQL's); SHOW TABLES \
+                     and SHOW COLUMNS FROM <table> list what there is to query"
+                )
+            }
+            other => other.to_string(),
+        };
         if msg.contains("Insert into not implemented") {
             msg.push_str(
                 "\nhint: the dataset's tables are written by the collector alone and take no INSERT; write a \
@@ -654,37 +669,43 @@ fn failed(path: &Path, e: &dyn std::fmt::Display) -> QueryError {
     QueryError::Sql(format!("{}: {e}", path.display()))
 }
 
-/// CSV has no nested or binary values: render such columns as text the way the table does.
+/// CSV has no nested or binary values: a map, list or struct column is written as JSON text
+/// (as `--format json` writes it: a value may hold `, ` or `: ` of its own), a binary one as hex.
 fn flatten_for_csv(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    use datafusion::arrow::json::writer::{make_encoder, EncoderOptions};
     let nested = |t: &DataType| {
-        matches!(
-            t,
-            DataType::Map(..)
-                | DataType::List(_)
-                | DataType::LargeList(_)
-                | DataType::Struct(_)
-                | DataType::Binary
-                | DataType::LargeBinary
-                | DataType::BinaryView
-        )
+        matches!(t, DataType::Map(..) | DataType::List(_) | DataType::LargeList(_) | DataType::Struct(_))
     };
-    if !batch.schema().fields().iter().any(|f| nested(f.data_type())) {
+    let binary = |t: &DataType| matches!(t, DataType::Binary | DataType::LargeBinary | DataType::BinaryView);
+    if !batch.schema().fields().iter().any(|f| nested(f.data_type()) || binary(f.data_type())) {
         return Ok(batch.clone());
     }
-    let opts = FormatOptions::default();
+    let (opts, json_opts) = (FormatOptions::default(), EncoderOptions::default());
     let mut fields = Vec::new();
     let mut columns: Vec<ArrayRef> = Vec::new();
     for (f, col) in batch.schema().fields().iter().zip(batch.columns()) {
-        if nested(f.data_type()) {
+        let text: StringArray = if nested(f.data_type()) {
+            let mut encoder = make_encoder(f, col.as_ref(), &json_opts)?;
+            let mut buf = Vec::new();
+            (0..col.len())
+                .map(|i| {
+                    (!col.is_null(i)).then(|| {
+                        buf.clear();
+                        encoder.encode(i, &mut buf);
+                        String::from_utf8_lossy(&buf).into_owned()
+                    })
+                })
+                .collect()
+        } else if binary(f.data_type()) {
             let fmt = ArrayFormatter::try_new(col.as_ref(), &opts)?;
-            let text: StringArray =
-                (0..col.len()).map(|i| (!col.is_null(i)).then(|| fmt.value(i).to_string())).collect();
-            fields.push(Field::new(f.name(), DataType::Utf8, true));
-            columns.push(Arc::new(text));
+            (0..col.len()).map(|i| (!col.is_null(i)).then(|| fmt.value(i).to_string())).collect()
         } else {
             fields.push(f.as_ref().clone());
             columns.push(col.clone());
-        }
+            continue;
+        };
+        fields.push(Field::new(f.name(), DataType::Utf8, true));
+        columns.push(Arc::new(text));
     }
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
 }
@@ -799,6 +820,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn csv_writes_maps_as_json_and_bytes_as_hex() {
+        let (_root, ds) = dataset().await;
+        let sql = "SELECT map(['host', 'note'], ['mx1', 'a, b: c']) AS fields, X'01ff' AS histogram, \
+                   CAST(NULL AS BYTEA) AS none";
+        let mut out = Vec::new();
+        render(&ds.sql(sql).await.unwrap(), OutputFormat::Csv, &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "fields,histogram,none\n\"{\"\"host\"\":\"\"mx1\"\",\"\"note\"\":\"\"a, b: c\"\"}\",01ff,\n"
+        );
+    }
+
+    #[tokio::test]
     async fn a_partition_filter_never_opens_other_partitions_files() {
         let (root, ds) = dataset().await;
         assert!(ds.sql("SELECT count(*) FROM logs").await.is_ok());
@@ -838,6 +872,11 @@ mod tests {
         let (_root, ds) = dataset().await;
         let err = ds.sql("SELEC nonsense").await.unwrap_err();
         assert!(matches!(err, QueryError::Sql(_)));
+        let said = err.to_string();
+        assert!(said.contains("SQL syntax: Expected: an SQL statement, found: SELEC"), "{said}");
+        assert!(!said.contains("ParserError(") && said.contains("hint: statements are"), "{said}");
+        let columns = ds.sql("SHOW COLUMNS FROM logs").await.unwrap();
+        assert!(columns.iter().map(|b| b.num_rows()).sum::<usize>() >= 4, "the hint's SHOW COLUMNS works");
         let err = ds.sql("SELECT * FROM nope").await.unwrap_err().to_string();
         assert!(err.contains("nope") && err.contains("hint: tables here: logs"), "{err}");
     }
