@@ -743,6 +743,32 @@ fn the_gateway_socket_registers_resolves_and_reports_pipelined_in_order_on_unix_
     let conflict = sb.request(r#"CLOSE {"connector": "dec", "msg_id": "900", "status": "x"}"#);
     assert!(conflict.starts_with("CONFLICT "), "{conflict}");
 
+    // A close pipelined behind a report of its message closes what the report left: the DLR is
+    // delivered (not taken for a repeat) and reaches the inbox, every time.
+    let ids: Vec<String> = (520..540).map(|i| i.to_string()).collect();
+    assert_eq!(register(&c, "a", "dec", ids.clone()), ids.len());
+    for id in &ids {
+        sa.send(&[
+            &format!(r#"REPORT {{"connector": "dec", "msg_id": "{id}", "status": "DELIVRD"}}"#),
+            &format!(r#"CLOSE {{"connector": "dec", "msg_id": "{id}", "status": "UNDELIV"}}"#),
+        ]);
+    }
+    for id in &ids {
+        let rep = ok_json(&sa.answer().unwrap());
+        assert_eq!(
+            (rep["outcome"].as_str(), rep["record"]["status"].as_str()),
+            (Some("delivered"), Some("DELIVRD")),
+            "{id}: {rep}"
+        );
+        let closed = ok_json(&sa.answer().unwrap());
+        assert_eq!(closed["record"]["status"], "DELIVRD", "{id}: the close found the report's close: {closed}");
+    }
+    let (code, inbox) = c.http_get("a", "/v1/dlr/inbox?after=0&wait_ms=1000&max=1000");
+    assert_eq!(code, 200);
+    for id in &ids {
+        assert!(inbox.contains(&format!("\"msg_id\":\"{id}\"")), "{id} is not in the inbox: {inbox}");
+    }
+
     // The same protocol on TCP (loopback).
     let s = std::net::TcpStream::connect(("127.0.0.1", tcp)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -765,8 +791,9 @@ fn the_gateway_socket_registers_resolves_and_reports_pipelined_in_order_on_unix_
     assert_eq!(sa.answer(), None, "the connection is closed");
     let (_, text) = c.http_get("a", "/metrics");
     assert_eq!(metric(&text, "switchboard_agent_gateway_lines_too_long_total"), Some(1.0), "{text}");
-    // REGISTER, RESOLVE and CLOSE on the socket, RESOLVE and PING on TCP.
-    assert_eq!(metric(&text, "switchboard_agent_gateway_requests_total"), Some(5.0));
+    // REGISTER, RESOLVE and CLOSE on the socket, 20 REPORTs and CLOSEs behind them, RESOLVE and
+    // PING on TCP.
+    assert_eq!(metric(&text, "switchboard_agent_gateway_requests_total"), Some(45.0));
     assert_eq!(metric(&text, "switchboard_agent_gateway_connections_total"), Some(2.0));
 }
 

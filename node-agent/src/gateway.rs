@@ -368,15 +368,28 @@ async fn close_gently<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(read: R, mut 
     let _ = tokio::time::timeout(DRAIN_TIME, tokio::io::copy(&mut read.take(DRAIN_BYTES), &mut sink)).await;
 }
 
+/// How a request is ordered with the others of its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Runs beside the requests before and after it (a decision, a lookup).
+    Free,
+    /// Changes what later requests see, running beside the others (a DLR report; two reports
+    /// of one message are ordered by the service).
+    Change,
+    /// Changes what later requests see: no request behind it is read until its work is done
+    /// (its answer may still wait its turn).
+    Write,
+    /// A [`Kind::Write`] that starts only once the [`Kind::Change`]s before it are done.
+    WriteAfterChanges,
+}
+
 /// What a connection does with its request lines.
 pub(crate) trait LineService {
     /// Answer one request line: now (appended to `out`), or later.
     fn answer_line(&self, line: &[u8], out: &mut Vec<u8>) -> Option<Later>;
-    /// Whether the request on `line` changes what later requests see (it writes): until its
-    /// work is done (its answer may wait its turn after that), its connection reads no further
-    /// request.
-    fn writes(&self, _line: &[u8]) -> bool {
-        false
+    /// How the request on `line` is ordered with the others of its connection.
+    fn kind(&self, _line: &[u8]) -> Kind {
+        Kind::Free
     }
     /// A line over [`MAX_LINE`] bytes arrived; it is refused and the connection closed.
     fn refuse_long_line(&self);
@@ -390,9 +403,18 @@ impl LineService for Gateway {
     }
 
     /// A registration and a close: a request behind one on the same connection is read once
-    /// it is done, so it sees the record it made or closed. Reports run concurrently.
-    fn writes(&self, line: &[u8]) -> bool {
-        line.starts_with(b"REGISTER") || line.starts_with(b"CLOSE")
+    /// it is done, so it sees the record it made or closed. Reports run concurrently, and a
+    /// close starts once the reports before it are done, so it closes what they left.
+    fn kind(&self, line: &[u8]) -> Kind {
+        if line.starts_with(b"REGISTER") {
+            Kind::Write
+        } else if line.starts_with(b"CLOSE") {
+            Kind::WriteAfterChanges
+        } else if line.starts_with(b"REPORT") {
+            Kind::Change
+        } else {
+            Kind::Free
+        }
     }
 
     fn refuse_long_line(&self) {
@@ -463,12 +485,19 @@ where
     // Answers in request order; ready ones queue behind a pending one.
     let mut due = Due::default();
     let mut reading = true;
+    // A request read that waits for the changes before it to be done before it starts.
+    let mut held: Option<Vec<u8>> = None;
     loop {
+        if held.is_some() && !due.changes.any() {
+            if let Some(line) = held.take() {
+                start(service, &line, &mut due, &mut out);
+            }
+        }
         // What is ready at the head goes out in order.
         while let Some(Some(answer)) = due.next().now_or_never() {
             out.extend_from_slice(&answer);
         }
-        let may_read = reading && due.len() < MAX_IN_FLIGHT && !due.writing();
+        let may_read = reading && held.is_none() && due.len() < MAX_IN_FLIGHT && !due.writes.any();
         // Hold the answers only while the next request is already in and will be read at once.
         let next_is_in = may_read && memchr::memchr(b'\n', reader.buffer()).is_some();
         if !out.is_empty() && !next_is_in {
@@ -481,10 +510,10 @@ where
             }
             out.clear();
         }
-        if !reading && due.is_empty() {
+        if !reading && due.is_empty() && held.is_none() {
             return;
         }
-        let (write_done, writing) = (due.write_done.clone(), due.writing());
+        let (writes, changes) = (due.writes.clone(), due.changes.clone());
         tokio::select! {
             _ = cancel.cancelled() => return,
             answer = due.next(), if !due.is_empty() => {
@@ -492,8 +521,10 @@ where
                     out.extend_from_slice(&answer);
                 }
             }
-            // A write done before its answer's turn lets reading go on.
-            _ = write_done.notified(), if writing => {}
+            // A write done before its answer's turn lets reading go on, and a change done lets
+            // a held request start.
+            _ = writes.done.notified(), if writes.any() => {}
+            _ = changes.done.notified(), if held.is_some() => {}
             n = read_line(&mut reader, &mut line), if may_read => {
                 match n {
                     Ok(0) | Err(_) => {
@@ -526,14 +557,11 @@ where
                         tracing::debug!(bytes = line.len(), "a gateway connection ended inside a request: not carried out");
                         line.clear();
                     }
+                    Ok(_) if service.kind(&line) == Kind::WriteAfterChanges && due.changes.any() => {
+                        held = Some(std::mem::take(&mut line));
+                    }
                     Ok(_) => {
-                        let mut now = Vec::new();
-                        let later = service.answer_line(&line, if due.is_empty() { &mut out } else { &mut now });
-                        match later {
-                            Some(later) => due.push(later, service.writes(&line)),
-                            None if !now.is_empty() => due.push(Box::pin(std::future::ready(now)), false),
-                            None => {}
-                        }
+                        start(service, &line, &mut due, &mut out);
                         line.clear();
                     }
                 }
@@ -542,32 +570,64 @@ where
     }
 }
 
-/// A connection's answers still due, in request order, and whether a write among them holds
-/// back further requests: until the write itself is done (the record registered or closed), not
-/// until its answer's turn, so a wait pipelined before it does not hold the connection.
+/// Start the request on `line`: answered now (into `out` when nothing is due before it), or
+/// queued in `due`.
+fn start<S: LineService + ?Sized>(service: &S, line: &[u8], due: &mut Due, out: &mut Vec<u8>) {
+    let mut now = Vec::new();
+    match service.answer_line(line, if due.is_empty() { out } else { &mut now }) {
+        Some(later) => due.push(later, service.kind(line)),
+        None if !now.is_empty() => due.push(Box::pin(std::future::ready(now)), Kind::Free),
+        None => {}
+    }
+}
+
+/// A connection's answers still due, in request order, and the writes and changes among them
+/// whose work is not done yet. A write holds back further requests until the write itself is
+/// done (the record registered or closed), not until its answer's turn, so a wait pipelined
+/// before it does not hold the connection.
 #[derive(Default)]
 struct Due {
     queue: FuturesOrdered<Later>,
-    /// Writes pushed whose work is not done yet (their answers may still wait their turn).
-    writes: Arc<AtomicUsize>,
-    /// Woken as each write is done.
-    write_done: Arc<tokio::sync::Notify>,
+    /// Writes whose work is not done yet (their answers may still wait their turn).
+    writes: Running,
+    /// Changes whose work is not done yet.
+    changes: Running,
+}
+
+/// Requests of one kind whose work is not done yet, and a wake-up as each is done.
+#[derive(Default, Clone)]
+struct Running {
+    count: Arc<AtomicUsize>,
+    done: Arc<tokio::sync::Notify>,
+}
+
+impl Running {
+    /// `later`, counted here until it is done.
+    fn track(&self, later: Later) -> Later {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let (count, done) = (self.count.clone(), self.done.clone());
+        Box::pin(async move {
+            let answer = later.await;
+            count.fetch_sub(1, Ordering::Relaxed);
+            done.notify_one();
+            answer
+        })
+    }
+
+    /// Whether any is not done yet.
+    fn any(&self) -> bool {
+        self.count.load(Ordering::Relaxed) > 0
+    }
 }
 
 impl Due {
-    fn push(&mut self, later: Later, writes: bool) {
-        if !writes {
-            self.queue.push_back(later);
-            return;
-        }
-        self.writes.fetch_add(1, Ordering::Relaxed);
-        let (pending, done) = (self.writes.clone(), self.write_done.clone());
-        self.queue.push_back(Box::pin(async move {
-            let answer = later.await;
-            pending.fetch_sub(1, Ordering::Relaxed);
-            done.notify_one();
-            answer
-        }));
+    fn push(&mut self, later: Later, kind: Kind) {
+        let later = match kind {
+            Kind::Free => later,
+            Kind::Change => self.changes.track(later),
+            Kind::Write | Kind::WriteAfterChanges => self.writes.track(later),
+        };
+        self.queue.push_back(later);
     }
 
     async fn next(&mut self) -> Option<Vec<u8>> {
@@ -580,11 +640,6 @@ impl Due {
 
     fn is_empty(&self) -> bool {
         self.queue.is_empty()
-    }
-
-    /// Whether a write is not done yet.
-    fn writing(&self) -> bool {
-        self.writes.load(Ordering::Relaxed) > 0
     }
 }
 
@@ -610,26 +665,35 @@ mod tests {
 
     /// Answers from the request alone: `PONG` for `PING`, `ECHO <line>` for anything else, and
     /// for `SLOW <ms> <tag>` the answer `SLOW <tag>` after that long, so the order of answers
-    /// shows. `WRITE <ms> <n>` sets a shared number after that long (a write), `READ` answers it
-    /// at once. The second number counts requests dropped for their missing newline.
+    /// shows. `WRITE <ms> <n>` sets a shared number after that long (a write), `CHANGE <ms> <n>`
+    /// as well (a change), `AFTER <ms> <n>` too (a write after the changes before it), answering
+    /// the number it found when it started; `READ` answers it at once. The second number counts
+    /// requests dropped for their missing newline.
     #[derive(Default)]
     struct Echo(Arc<AtomicU64>, AtomicU64);
 
     impl LineService for Echo {
-        fn writes(&self, line: &[u8]) -> bool {
-            line.starts_with(b"WRITE ")
+        fn kind(&self, line: &[u8]) -> Kind {
+            match line.split(|b| *b == b' ').next() {
+                Some(b"WRITE") => Kind::Write,
+                Some(b"CHANGE") => Kind::Change,
+                Some(b"AFTER") => Kind::WriteAfterChanges,
+                _ => Kind::Free,
+            }
         }
 
         fn answer_line(&self, line: &[u8], out: &mut Vec<u8>) -> Option<Later> {
             let text = String::from_utf8_lossy(line).trim().to_owned();
-            if let Some(rest) = text.strip_prefix("WRITE ") {
+            if let Some((verb, rest)) = text.split_once(' ').filter(|(v, _)| ["WRITE", "CHANGE", "AFTER"].contains(v)) {
                 let (ms, n) = rest.split_once(' ').unwrap_or((rest, "0"));
                 let (ms, n): (u64, u64) = (ms.parse().unwrap_or(0), n.parse().unwrap_or(0));
                 let shared = self.0.clone();
+                let found = shared.load(Ordering::Relaxed);
+                let answer = if verb == "AFTER" { format!("AFTER {found} {n}\n") } else { format!("WROTE {n}\n") };
                 return Some(Box::pin(async move {
                     tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
                     shared.store(n, Ordering::Relaxed);
-                    format!("WROTE {n}\n").into_bytes()
+                    answer.into_bytes()
                 }));
             }
             if text == "READ" {
@@ -772,6 +836,23 @@ mod tests {
         gateway.write_all(b"WRITE 100 7\nREAD\nWRITE 0 8\nSLOW 200 a\nSLOW 200 b\nREAD\n").await.unwrap();
         expect_answers(&mut gateway, b"WROTE 7\nREAD 7\nWROTE 8\nSLOW a\nSLOW b\nREAD 8\n", "behind a write").await;
         assert!(t.elapsed() < std::time::Duration::from_millis(500), "took {:?}", t.elapsed());
+        drop(gateway);
+        served.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_close_behind_reports_starts_when_they_are_done_and_reads_wait_for_it() {
+        let (mut gateway, served) = echo_connection();
+        // Two changes run together (about 200 ms, not 300); the AFTER starts once both are done
+        // and finds the last one's number; the READ behind it sees the AFTER's; the SLOW before
+        // the changes does not hold the AFTER back.
+        let t = std::time::Instant::now();
+        gateway.write_all(b"SLOW 600 a\nCHANGE 200 7\nCHANGE 100 3\nPING\nAFTER 0 8\nREAD\n").await.unwrap();
+        expect_answers(&mut gateway, b"SLOW a\nWROTE 7\nWROTE 3\nPONG\nAFTER 7 8\nREAD 8\n", "after changes").await;
+        assert!(t.elapsed() < std::time::Duration::from_millis(900), "took {:?}", t.elapsed());
+        // With no change running, it starts at once.
+        gateway.write_all(b"AFTER 0 9\nREAD\n").await.unwrap();
+        expect_answers(&mut gateway, b"AFTER 8 9\nREAD 9\n", "no change before").await;
         drop(gateway);
         served.await.unwrap();
     }
