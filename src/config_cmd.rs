@@ -299,8 +299,7 @@ pub async fn make_revision(
         return Ok(rev);
     }
     let outcomes = wait_applied(session, keys, &id, &nodes, make.timeout).await;
-    let applied: Vec<Duration> =
-        outcomes.values().filter_map(|o| if let Outcome::Applied(t) = o { Some(*t) } else { None }).collect();
+    let applied: Vec<Duration> = outcomes.values().filter_map(Outcome::in_place_after).collect();
     match applied.iter().max() {
         Some(last) => out!(
             "applied on {} of {} nodes, the last {} ms after the push",
@@ -314,6 +313,11 @@ pub async fn make_revision(
     for (node, o) in &outcomes {
         match o {
             Outcome::Applied(t) => out!("  {node:<24} applied after {} ms", t.as_millis()),
+            Outcome::Followed { number, id, after } => out!(
+                "  {node:<24} applied after {} ms, with revision {number} ({}), pushed on top of it since",
+                after.as_millis(),
+                short(id)
+            ),
             Outcome::Blocked(why) => {
                 out!("  {node:<24} NOT applied: {why}");
                 bad.push(node.clone());

@@ -777,6 +777,37 @@ fn a_push_met_by_another_made_at_the_same_moment_does_not_say_done() {
     assert!(code == 1 && status.contains("CONFLICT"), "{status}");
 }
 
+/// A push followed at once by another made on top of it (by a second operator, say) is in place
+/// under the later revision, which the node may apply before the first push's wait looks: that
+/// wait says so, rather than "not applied" (the first push's command then exits 0).
+#[test]
+fn a_push_followed_at_once_by_one_on_top_of_it_is_in_place() {
+    use switchboard_bus::repo::client::{wait_applied, Outcome};
+    let c = Cluster::new();
+    let (_a, ep, code, out) = push_to_one_agent(&c, &repo_table(""));
+    assert_eq!(code, 0, "{out}");
+    let client = Client::new(&c, &ep);
+    let first = client.state("gw1").and_then(|s| s.applied).expect("revision 1 applied");
+    let second = client.push(2, Some(&first.id), &[("global/a.conf", "2".into())]);
+    let third = client.push(3, Some(&second), &[("global/a.conf", "3".into())]);
+    let applied = |id: &str| client.state("gw1").and_then(|s| s.applied).is_some_and(|a| a.id == id);
+    assert!(wait_until(Duration::from_secs(20), || applied(&third)), "{:?}", client.state("gw1"));
+    let nodes = BTreeSet::from(["gw1".to_owned()]);
+    let wait =
+        |id: &str| client.rt.block_on(wait_applied(&client.session, &client.keys, id, &nodes, Duration::from_secs(5)));
+    let of_second = wait(&second);
+    assert!(
+        matches!(of_second.get("gw1"), Some(Outcome::Followed { number: 3, id, .. }) if *id == third),
+        "{of_second:?}"
+    );
+    assert!(matches!(wait(&third).get("gw1"), Some(Outcome::Applied(_))));
+    // A revision that is not in the applied one's history is not taken for it.
+    let aside = client.push(4, Some(&first.id), &[("global/b.conf", "aside".into())]);
+    let of_aside =
+        client.rt.block_on(wait_applied(&client.session, &client.keys, &aside, &nodes, Duration::from_millis(500)));
+    assert!(!matches!(of_aside.get("gw1"), Some(Outcome::Applied(_) | Outcome::Followed { .. })), "{of_aside:?}");
+}
+
 /// A node whose reload failed is named when the same tree is pushed again, and `push --force`
 /// gives it a revision to apply; an agent whose `dir` changed writes the head into the new one;
 /// a tree may not carry the revision file's name.

@@ -231,8 +231,29 @@ pub enum Outcome {
     Storing(usize),
     /// Switched in, its reload command running since this long.
     Reloading(Duration),
+    /// Applied a later revision made on top of it (a push made elsewhere at the same moment,
+    /// say), first seen this long after the wait began: what was pushed is in place, under that
+    /// revision's number and id.
+    Followed {
+        /// The later revision's number.
+        number: u64,
+        /// Its id.
+        id: String,
+        /// When the wait first saw it in place.
+        after: Duration,
+    },
     /// Does not hold it (yet).
     Missing,
+}
+
+impl Outcome {
+    /// When the pushed revision was first seen in place: applied, or followed by one applied.
+    pub fn in_place_after(&self) -> Option<Duration> {
+        match self {
+            Self::Applied(t) | Self::Followed { after: t, .. } => Some(*t),
+            _ => None,
+        }
+    }
 }
 
 /// Poll the nodes until each has applied revision `id` or says why not, or `timeout` passes.
@@ -258,11 +279,17 @@ pub async fn wait_applied(
                 format!("; its output ends: {}", r.output.lines().last().unwrap_or_default())
             });
             let reloading = s.reloading.as_ref().filter(|r| r.id == id);
+            // The revision in place, when it is a later one made on top of `id`.
+            let known: BTreeMap<String, Summary> = s.revisions.iter().map(|r| (r.id.clone(), r.clone())).collect();
+            let followed = s.applied.as_ref().filter(|a| a.id != id && dag::follows(&known, &a.id, id));
             let o = if let Some(r) = reloading {
                 let since = crate::status::now_ms().saturating_sub(r.since_ms);
                 Outcome::Reloading(Duration::from_millis(since))
             } else if in_place && failed_reload.is_none() {
                 Outcome::Applied(*first_seen.entry(s.node.clone()).or_insert_with(|| started.elapsed()))
+            } else if let Some(a) = followed {
+                let after = *first_seen.entry(s.node.clone()).or_insert_with(|| started.elapsed());
+                Outcome::Followed { number: a.number, id: a.id.clone(), after }
             } else if let Some(b) = s.blocked.as_ref().filter(|_| holds) {
                 let paths = if b.paths.is_empty() { String::new() } else { format!(" ({})", b.paths.join(", ")) };
                 Outcome::Blocked(format!("{}{paths}{output}", b.why))
@@ -278,7 +305,8 @@ pub async fn wait_applied(
             };
             out.insert(s.node, o);
         }
-        let settled = out.values().all(|o| matches!(o, Outcome::Applied(_) | Outcome::Blocked(_)));
+        let settled =
+            out.values().all(|o| matches!(o, Outcome::Applied(_) | Outcome::Followed { .. } | Outcome::Blocked(_)));
         if settled || Instant::now() >= deadline {
             return out;
         }
