@@ -883,13 +883,26 @@ async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
     }
     out!("{:<20} {:>15} {:>6}  {:<28} RELOAD", "NODE", "APPLIED", "EDITS", "BLOCKED");
     for s in repo.states.values() {
-        let reload = s.reload.as_ref().map_or("-".to_owned(), |r| {
-            format!("{} {}{}", r.number, r.status, if r.reverted { " (reverted)" } else { "" })
-        });
+        // A revision switched in whose reload command runs is applied once that succeeds.
+        let reloading = s.reloading.as_ref();
+        let reload = match (reloading, s.reload.as_ref()) {
+            (Some(r), _) => format!(
+                "{} running for {} s",
+                r.number,
+                switchboard_bus::status::now_ms().saturating_sub(r.since_ms) / 1000
+            ),
+            (None, Some(r)) => format!("{} {}{}", r.number, r.status, if r.reverted { " (reverted)" } else { "" }),
+            (None, None) => "-".to_owned(),
+        };
+        let applied = match (&s.applied, reloading) {
+            (Some(a), Some(r)) if r.id == a.id => format!("reloading {}", a.number),
+            (Some(a), _) => format!("{} ({})", a.number, short(&a.id)),
+            (None, _) => "-".to_owned(),
+        };
         out!(
             "{:<20} {:>15} {:>6}  {:<28} {reload}",
             s.node,
-            s.applied.as_ref().map_or("-".to_owned(), |a| format!("{} ({})", a.number, short(&a.id))),
+            applied,
             s.local_edits.len(),
             s.blocked.as_ref().map_or("-".to_owned(), |b| format!("revision {} ({})", b.number, short(&b.id))),
         );

@@ -736,6 +736,8 @@ fn a_reload_still_running_when_the_push_stops_waiting_is_named_as_such() {
     assert!(out.contains("its reload command is still running") && !out.contains("still writing"), "{out}");
     let (code, out) = config_cli(&c, &ep, &["status"]);
     assert!(code == 1 && out.contains("running the reload command of revision 1"), "{out}");
+    let row = out.lines().find(|l| l.starts_with("gw1 ")).unwrap_or_default();
+    assert!(row.contains("reloading 1") && row.contains("1 running for"), "the table agrees: {out}");
     assert!(
         wait_until(Duration::from_secs(10), || status_json(&c, &ep).0 == 0),
         "{}",
