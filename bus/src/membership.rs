@@ -40,6 +40,10 @@ pub enum MemberEvent {
 /// Departed processes remembered at most (the longest gone are forgotten first).
 pub const MAX_DEPARTED: usize = 1000;
 
+/// How long after a process left a message of its is taken for a straggler it sent before it
+/// left ([`Membership::left_within`]).
+pub const STRAGGLER_WITHIN: Duration = Duration::from_secs(2);
+
 /// Processes seen leaving and not back, with when they left (ms since the Unix epoch).
 type Departed = Arc<Mutex<BTreeMap<Member, u64>>>;
 
@@ -275,6 +279,16 @@ impl Membership {
         d.iter().map(|(m, at)| (m.clone(), *at)).collect()
     }
 
+    /// Whether `member` left (or died) within the last `within` and is not back. What it sent
+    /// just before it left may arrive just after its token went (zenoh carries declarations
+    /// ahead of data): such a straggler is dropped as any message of a process that is not live,
+    /// but it is no refusal of a stranger's.
+    pub fn left_within(&self, member: &Member, within: Duration) -> bool {
+        let d = self.departed.lock().unwrap_or_else(|p| p.into_inner());
+        let since = u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
+        d.get(member).is_some_and(|at| now_ms().saturating_sub(*at) <= since)
+    }
+
     /// The processes alive now.
     pub fn live(&self) -> BTreeSet<Member> {
         self.live.borrow().clone()
@@ -417,6 +431,12 @@ mod tests {
         let left = tokio::time::timeout(Duration::from_secs(5), events.recv()).await.unwrap().unwrap();
         assert_eq!(left, MemberEvent::Left(Member { role: Role::Agent, name: "gw1".into() }));
         assert!(m.live_of(Role::Agent).is_empty());
+        let (gw1, stranger) =
+            (Member { role: Role::Agent, name: "gw1".into() }, Member { role: Role::Agent, name: "gw9".into() });
+        assert!(m.left_within(&gw1, STRAGGLER_WITHIN), "it left just now");
+        assert!(!m.left_within(&stranger, STRAGGLER_WITHIN), "never seen: no straggler");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(!m.left_within(&gw1, Duration::from_millis(10)), "it left longer ago than that");
         // Back again: the live set is as before, the join count tells it left in between.
         let tb = announce(&b, &keys, Role::Agent, "gw1").await.unwrap();
         assert!(m.wait_for_role(Role::Agent, Duration::from_secs(5)).await);

@@ -71,6 +71,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use switchboard_bus::keys::{KeySpace, Role, StreamKind};
+use switchboard_bus::membership::STRAGGLER_WITHIN;
 use switchboard_bus::mesh::{self, Mesh};
 use switchboard_bus::refusals::{refuse, Reason};
 use switchboard_bus::wire::control::Heads;
@@ -329,6 +330,11 @@ impl Collector {
                             // A node that is not live makes no state here (its token comes before
                             // its heads; a stranger's never does).
                             if !membership.live_of(Role::Agent).contains(&node) {
+                                let member = Member { role: Role::Agent, name: node.clone() };
+                                if membership.left_within(&member, STRAGGLER_WITHIN) {
+                                    tracing::debug!(node, "heads of an agent that left just now: dropped");
+                                    return;
+                                }
                                 refuse(
                                     Reason::HeadNotLive,
                                     format_args!("heads of {node:?}, which is not a live agent"),

@@ -17,9 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use switchboard_bus::keys::{KeySpace, Role, StreamId};
-use switchboard_bus::membership::MemberEvent;
+use switchboard_bus::membership::{MemberEvent, STRAGGLER_WITHIN};
 use switchboard_bus::refusals::{refuse, Reason};
 use switchboard_bus::wire::control::{Heads, Watermarks};
+use switchboard_bus::Member;
 use switchboard_bus::Membership;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -268,6 +269,11 @@ impl AckTask {
                     };
                     let from = keys.parse_watermark(sample.key_expr().as_str()).map(|(c, _)| c).unwrap_or_default();
                     if !membership.live_of(Role::Collector).contains(&from) {
+                        let member = Member { role: Role::Collector, name: from.clone() };
+                        if membership.left_within(&member, STRAGGLER_WITHIN) {
+                            tracing::debug!(collector = from, "a watermark of a collector that left just now: dropped");
+                            continue;
+                        }
                         refuse(Reason::WatermarkNotLive, format_args!("watermark from {from:?}, which is not a live collector"));
                         continue;
                     }
