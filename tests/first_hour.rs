@@ -128,6 +128,11 @@ fn a_second_process_under_a_live_name_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the twin must not start:\n{stderr}");
     assert!(stderr.contains("node/gw1 is already alive in the cluster"), "{stderr}");
+    // The first one answers: refused at once, not after waiting out a lease as for a hung one.
+    assert!(
+        stderr.contains("seen by itself: it answers on the bus") && !stderr.contains("still looks alive"),
+        "{stderr}"
+    );
 
     // A writer that slipped through (started at the same moment): its heads name another instance.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();

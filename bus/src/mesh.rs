@@ -649,10 +649,11 @@ pub async fn seen_elsewhere(
 /// Refuse to start a second live process under the same name: ask the liveliness tokens and the
 /// views of every process reachable now. Call after opening the session, before announcing.
 ///
-/// A process of this name stopped just now (kill -9 on a `quic/` link, where no connection
-/// closes: its peers see it gone only when the bus `lease` runs out) still looks alive: the name
-/// is asked again every half second for the lease and one second more (logged) before it is
-/// refused, so a supervisor that restarts a killed process at once does not fail.
+/// A process of that name that answers (its own view) runs: the name is refused at once. One
+/// stopped just now (kill -9 on a `quic/` link, where no connection closes: its peers see it
+/// gone only when the bus `lease` runs out), or hung, still looks alive without answering: the
+/// name is asked again every half second for the lease and one second more (logged) before it
+/// is refused, so a supervisor that restarts a killed process at once does not fail.
 pub async fn check_name_free(
     session: &Session,
     keys: &KeySpace,
@@ -663,8 +664,8 @@ pub async fn check_name_free(
     let patience = lease + Duration::from_secs(1);
     let mut said = false;
     loop {
-        let Some(seen_by) = who_has_name(session, keys, me).await? else { return Ok(()) };
-        if started.elapsed() >= patience {
+        let Some((seen_by, answers)) = who_has_name(session, keys, me).await? else { return Ok(()) };
+        if answers || started.elapsed() >= patience {
             return Err(SessionError::NameTaken { name: member_chunk(me), seen_by });
         }
         if !std::mem::replace(&mut said, true) {
@@ -683,22 +684,22 @@ pub async fn check_name_free(
 /// How often [`check_name_free`] asks again.
 const NAME_RETRY: Duration = Duration::from_millis(500);
 
-/// Who says a process of `me`'s name is alive (its token, or another process's view), if any.
-async fn who_has_name(session: &Session, keys: &KeySpace, me: &Member) -> Result<Option<String>, SessionError> {
+/// Who says a process of `me`'s name is alive (itself, answering with its view; its token; or
+/// another process's view), if any, and whether it answered itself (it runs).
+async fn who_has_name(session: &Session, keys: &KeySpace, me: &Member) -> Result<Option<(String, bool)>, SessionError> {
+    let views = fetch_views(session, keys, &AtomicU64::new(0), &[]).await;
+    if views.contains_key(me) {
+        return Ok(Some(("itself: it answers on the bus".into(), true)));
+    }
     let token = keys.member(me.role, &me.name)?;
     if let Ok(replies) = session.liveliness().get(&token).timeout(QUERY_TIMEOUT).await {
         if let Ok(reply) = replies.recv_async().await {
             if reply.result().is_ok() {
-                return Ok(Some("its own token".into()));
+                return Ok(Some(("its own token".into(), false)));
             }
         }
     }
-    for (observer, view) in fetch_views(session, keys, &AtomicU64::new(0), &[]).await {
-        if view.members().contains(me) {
-            return Ok(Some(member_chunk(&observer)));
-        }
-    }
-    Ok(None)
+    Ok(views.iter().find(|(_, view)| view.members().contains(me)).map(|(observer, _)| (member_chunk(observer), false)))
 }
 
 #[cfg(test)]
