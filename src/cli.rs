@@ -414,11 +414,15 @@ pub fn error_chain(e: &anyhow::Error) -> String {
 ///   interface;
 /// - a QUIC or TLS link not accepted: a long-running process's refusal counter logs it instead,
 ///   at a rate limit when a peer's certificate was refused (`tls_handshake`), as zenoh would
-///   otherwise.
+///   otherwise;
+/// - a query whose answer from one peer did not come in time (`Didn't receive final reply ...
+///   Timeout`), or came after it (`Query not found`): a hung process, which the mesh check and
+///   the status name, and whose lookups the DLR service counts as unanswered.
 fn quiet_zenoh() -> String {
     use switchboard_bus::refusals::{ZENOH_ACCESS_CONTROL, ZENOH_QUIC_ACCEPT, ZENOH_TLS_ACCEPT};
     format!(
         "zenoh::net::runtime::orchestrator=error,zenoh_link_commons::quic::utils=error,zenoh_link_tls::utils=error,\
+         zenoh::net::routing::dispatcher::queries=error,\
          {ZENOH_ACCESS_CONTROL}=error,{ZENOH_QUIC_ACCEPT}=error,{ZENOH_TLS_ACCEPT}=error"
     )
 }
