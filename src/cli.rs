@@ -522,26 +522,30 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// what cannot finish now (a collector's last commit to a store that does not answer) can be cut
 /// short, losing nothing acknowledged, as a kill would.
 fn shutdown_token() -> CancellationToken {
+    use tokio::signal::unix::{signal, SignalKind};
     let token = CancellationToken::new();
     let t = token.clone();
+    // Both streams live for the whole process, so a signal that comes while the other is handled
+    // is kept for the next look, not lost.
+    let streams = signal(SignalKind::terminate()).and_then(|term| Ok((term, signal(SignalKind::interrupt())?)));
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        let (mut term, mut int) = match streams {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                tracing::warn!(error = %e, "cannot listen for SIGTERM and SIGINT");
                 let _ = tokio::signal::ctrl_c().await;
                 t.cancel();
                 return;
             }
         };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
         tracing::info!("shutdown requested: finishing the work under way (a second Ctrl-C or SIGTERM exits at once)");
         t.cancel();
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
         tracing::warn!(

@@ -214,7 +214,15 @@ fn agent_health_reports_lag_past_its_bound() {
     append(&c.logs_dir("gw").join("a.log"), (0..10).map(|i| numbered("gw", i)));
     let lagging = || degraded_with(&c, "gw", "source app: its oldest uncommitted line is");
     assert!(wait_until(DEADLINE, lagging), "{}", health(&c, "gw"));
-    agent.stop();
+    // A second stop signal does not wait for the stop in order under way: it exits at once, 1
+    // (a SIGTERM and a SIGINT sent together are two signals; two SIGTERMs may merge into one).
+    let mut agent = agent;
+    let pid = agent.pid().to_string();
+    let sent = std::process::Command::new("sh").args(["-c", &format!("kill -TERM {pid}; kill -INT {pid}")]).status();
+    assert!(sent.is_ok_and(|s| s.success()));
+    assert!(wait_until(Duration::from_secs(5), || agent.exited().is_some()), "{}", agent.log_text());
+    assert_eq!(agent.exited().and_then(|s| s.code()), Some(1), "{}", agent.log_text());
+    assert!(agent.log_text().contains("second stop signal: exiting at once"), "{}", agent.log_text());
 }
 
 /// Config mistakes: each error said once; an agent with nothing to do refused; one that tails
