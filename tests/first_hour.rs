@@ -186,11 +186,15 @@ fn agent_health_says_what_is_wrong() {
     let agent = c.start_agent_config("gw", std::slice::from_ref(&c.endpoint), "", &rest);
     append(&c.logs_dir("gw").join("a.log"), (0..50).map(|i| numbered("gw", i)));
     assert!(wait_until(DEADLINE, || degraded_with(&c, "gw", "no collector is alive")), "{}", health(&c, "gw"));
+    assert!(degraded_with(&c, "gw", "if the cluster runs TLS"), "{}", health(&c, "gw"));
     assert_eq!(c.http_get("gw", "/health").0, 200);
     let collector = c.start_collector();
     assert!(wait_until(DEADLINE, || health(&c, "gw")["status"] == "ok"), "{}", health(&c, "gw"));
-    agent.stop();
+    // A collector seen leaving is named, rather than a guess at the configuration.
     collector.stop();
+    assert!(wait_until(DEADLINE, || degraded_with(&c, "gw", "seen leaving: collector c1")), "{}", health(&c, "gw"));
+    assert!(!degraded_with(&c, "gw", "if the cluster runs TLS"), "{}", health(&c, "gw"));
+    agent.stop();
 }
 
 /// The lag bound: lines that wait longer than `health_max_lag_ms` make the agent degraded.

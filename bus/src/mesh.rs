@@ -386,8 +386,10 @@ impl Mesh {
                 tracing::warn!(
                     problem = %p,
                     "bus mesh: processes do not all see each other, so limits, DLR lookups and \
-                     replication are split; give every agent a `listen` endpoint its peers can reach \
-                     (the default is the address it uses to reach its first `connect` endpoint)"
+                     replication are split until the link is back; the mesh check dials an unreachable \
+                     process again (a link reset comes back so within seconds; if it does not, give every \
+                     agent a `listen` endpoint its peers can reach: the default is the address it uses to \
+                     reach its first `connect` endpoint)"
                 );
             }
         }
@@ -427,16 +429,12 @@ impl Mesh {
             .collect()
     }
 
-    /// The problems that have lasted at least [`SETTLE`].
+    /// The problems that have lasted at least [`SETTLE`], as the poll that found them so logged
+    /// them (a problem over before a poll saw it settled is neither logged nor shown).
     pub fn problems(&self) -> Vec<MeshProblem> {
-        let now = Instant::now();
         let live = self.membership.live();
         let Ok(st) = self.state.lock() else { return Vec::new() };
-        st.pending
-            .iter()
-            .filter(|(p, t)| now.saturating_duration_since(**t) >= SETTLE && !mended(p, &live))
-            .map(|(p, _)| p.clone())
-            .collect()
+        st.pending.keys().filter(|p| st.warned.contains(*p) && !mended(p, &live)).cloned().collect()
     }
 
     /// The mesh part of a `/health` body: what this process sees and what is wrong.

@@ -72,11 +72,22 @@ impl Report for AgentReport {
         let collectors = self.membership.live_of(Role::Collector);
         if collectors.is_empty() {
             // On TLS a collector that runs but refuses this node (its members file does not
-            // list it yet) is not seen either, and the operator must be told where to look.
-            let tls = if switchboard_bus::refusals::tls() {
-                "; if a collector runs, check that this node's certificate and ca are of the cluster's CA (`switchboard certs show`), that the collector's members file lists this node's identity and that it was restarted since (docs/security.md, Rotation)"
+            // list it yet) is not seen either, and the operator must be told where to look. A
+            // collector seen leaving (stopped, or its link lost) says more than any guess.
+            let left: Vec<String> = self
+                .membership
+                .departed()
+                .into_iter()
+                .filter(|(m, _)| m.role == Role::Collector)
+                .map(|(m, _)| m.name)
+                .collect();
+            let tls = if !left.is_empty() {
+                format!("; seen leaving: collector {}", left.join(", collector "))
+            } else if switchboard_bus::refusals::tls() {
+                "; if a collector runs, check that this node's certificate and ca are of the cluster's CA (`switchboard certs show`), that the collector's members file lists this node's identity and that it was restarted since (docs/security.md, Rotation)".to_owned()
             } else {
                 "; if the cluster runs TLS, this node needs [bus.tls] and tls/ or quic/ endpoints (docs/security.md)"
+                    .to_owned()
             };
             h.degraded.push(format!(
                 "no collector is alive: lines are read and journaled (up to max_unacked_batches, then reading pauses) and pulled by a collector when one is back{tls}"
