@@ -5,7 +5,8 @@
 //! CA is not the cluster's, or whose `connect` names a wrong port, looked healthy in its own log
 //! while it stayed alone. [`ConnectFailureLayer`] watches zenoh's lines for it: the first failure
 //! of an endpoint is logged at once, the next ones at most once per [`LOG_EVERY`] with their
-//! count, and a link that comes up after failures is said at `INFO`. An endpoint an agent only
+//! count (a link that comes and goes too: the count carries over its ups), and a link that comes
+//! up after a failure that was said is said at `INFO`. An endpoint an agent only
 //! remembered from the cluster's last view ([`remembered`]) is said at `INFO`: its process may
 //! have been stopped on purpose. `/metrics` shows
 //! `switchboard_bus_connect_failures_total` ([`render`]).
@@ -29,8 +30,10 @@ const MAX_ENDPOINTS: usize = 64;
 
 static FAILURES: AtomicU64 = AtomicU64::new(0);
 
-/// Per endpoint that failed: its log throttle.
-static FAILING: Mutex<BTreeMap<String, Throttle>> = Mutex::new(BTreeMap::new());
+/// Per endpoint that failed: its log throttle, kept while it is up (a link that comes and goes
+/// is said once a minute, not at each fall), and whether a failure was said since it was last
+/// up (its coming up is said only then).
+static FAILING: Mutex<BTreeMap<String, (Throttle, bool)>> = Mutex::new(BTreeMap::new());
 
 /// Endpoints connected to because the cluster's last view named them (an agent's `bus.peers`),
 /// not because the configuration does.
@@ -114,8 +117,9 @@ fn failed(endpoint: &str, why: &str) {
     if !failing.contains_key(endpoint) && failing.len() >= MAX_ENDPOINTS {
         return;
     }
-    let throttle = failing.entry(endpoint.to_owned()).or_insert(Throttle::new(LOG_EVERY));
+    let (throttle, said) = failing.entry(endpoint.to_owned()).or_insert((Throttle::new(LOG_EVERY), false));
     let Some(unsaid) = throttle.admit() else { return };
+    *said = true;
     if REMEMBERED.lock().is_ok_and(|r| r.contains(endpoint)) {
         tracing::info!(
             failed_since_last_line = unsaid,
@@ -133,7 +137,7 @@ fn failed(endpoint: &str, why: &str) {
 
 fn connected(endpoint: &str) {
     let Ok(mut failing) = FAILING.lock() else { return };
-    if failing.remove(endpoint).is_some() {
+    if failing.get_mut(endpoint).is_some_and(|(_, said)| std::mem::take(said)) {
         tracing::info!("bus: connected to {endpoint} after failed attempts");
     }
 }
@@ -232,7 +236,19 @@ mod tests {
         }
         assert_eq!(count(), before + MAX_ENDPOINTS as u64 + 10);
         assert!(FAILING.lock().unwrap().len() <= MAX_ENDPOINTS);
-        connected("tcp/127.0.0.1:0");
-        assert!(!FAILING.lock().unwrap().contains_key("tcp/127.0.0.1:0"));
+    }
+
+    #[test]
+    fn a_link_that_comes_and_goes_is_said_once_a_minute_with_its_coming_up() {
+        let _alone = alone();
+        let levels = levels_logged(|| {
+            for _ in 0..20 {
+                failed("tcp/127.0.0.1:9", "Transport with peer is closed");
+                connected("tcp/127.0.0.1:9");
+            }
+        });
+        assert_eq!(levels, [tracing::Level::WARN, tracing::Level::INFO], "the first fall and rise only");
+        // Up without a failure said: nothing to say.
+        assert!(levels_logged(|| connected("tcp/127.0.0.1:10")).is_empty());
     }
 }
