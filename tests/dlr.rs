@@ -669,6 +669,41 @@ fn the_replication_queue_stays_bounded_without_a_replica_and_every_copy_arrives_
     assert_eq!(dlr_counter(&c, "b", "bad_requests"), 0);
 }
 
+/// A copy holder that hangs holds back no other's copies: each replica has a lane of its own,
+/// so the changes behind a batch the hung one does not acknowledge (it waits out its timeout,
+/// 5 s) reach the live one at once.
+#[test]
+fn a_hung_copy_holder_does_not_hold_back_the_copies_of_the_others() {
+    let c = Cluster::new();
+    // Every record on both other nodes.
+    let dlr = DLR.replace("copies = 1", "copies = 2");
+    let a = c.start_limits_agent("a", &[], "", &dlr);
+    let b = c.start_limits_agent("b", &[a.endpoint()], "", &dlr);
+    let hung = c.start_limits_agent("c", &[a.endpoint()], "", &dlr);
+    wait_mesh(&c, &["a", "b", "c"]);
+    let held_at_b =
+        |id: &str| post(&c, "b", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": id, "local": true})).0 == 200;
+    register(&c, "a", "dec", ["1".to_owned()]);
+    assert!(wait_until(Duration::from_secs(10), || held_at_b("1")), "b never got its first copy");
+    let pid = hung.proc.as_ref().map(|p| p.pid()).unwrap_or_default();
+    signal(pid, "-STOP");
+    // A batch to c goes out and waits; the registrations after it must still reach b at once.
+    register(&c, "a", "dec", (100..120).map(|i| i.to_string()));
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    register(&c, "a", "dec", (200..220).map(|i| i.to_string()));
+    let arrived = wait_until(Duration::from_secs(3), || held_at_b("219") && held_at_b("200"));
+    let took = t.elapsed();
+    signal(pid, "-CONT");
+    assert!(arrived, "b did not get the later copies within 3 s while c hung");
+    assert!(took < Duration::from_secs(2), "b got the later copies {took:?} after they were registered");
+    // Once c runs again it gets every copy.
+    let held_at_c =
+        |id: &str| post(&c, "c", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": id, "local": true})).0 == 200;
+    assert!(wait_until(Duration::from_secs(20), || held_at_c("119") && held_at_c("219")), "c never caught up");
+    drop(b);
+}
+
 /// The JSON document of an `OK <json>` answer of the gateway socket.
 fn ok_json(answer: &str) -> Value {
     let json = answer.strip_prefix("OK ").unwrap_or_else(|| panic!("expected OK <json>, got {answer:?}"));

@@ -10,7 +10,7 @@
 //! only a shortcut to what changed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use switchboard_bus::dlr::DlrRecord;
@@ -23,6 +23,9 @@ pub struct Outbox {
     ready: Notify,
     cap: usize,
     overflows: AtomicU64,
+    /// Changes taken from the queue that wait for a replica whose batches are all unacknowledged
+    /// (`super::replicate`): counted with the queue, and held to the same bound per replica.
+    held: AtomicUsize,
 }
 
 /// What [`Outbox::take`] hands over.
@@ -42,7 +45,23 @@ impl Outbox {
             ready: Notify::new(),
             cap: cap.max(1),
             overflows: AtomicU64::new(0),
+            held: AtomicUsize::new(0),
         }
+    }
+
+    /// The most records queued, and the most held for one replica.
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// Note how many changes wait for replicas outside the queue now.
+    pub fn set_held(&self, n: usize) {
+        self.held.store(n, Ordering::Relaxed);
+    }
+
+    /// Count changes held for a replica forgotten (past [`Outbox::cap`]): a pass sends them.
+    pub fn forgot(&self) {
+        self.overflows.fetch_add(1, Ordering::Relaxed);
     }
 
     fn queued(&self) -> std::sync::MutexGuard<'_, Queued> {
@@ -97,9 +116,9 @@ impl Outbox {
         self.ready.notified().await;
     }
 
-    /// Records queued now.
+    /// Changes waiting now: queued, and held for replicas.
     pub fn len(&self) -> usize {
-        self.queued().records.len()
+        self.queued().records.len().saturating_add(self.held.load(Ordering::Relaxed))
     }
 
     /// Whether nothing is queued.

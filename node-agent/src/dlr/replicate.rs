@@ -4,7 +4,8 @@
 //! [`run`] sends every change of an own record (register, report, close) to the record's
 //! replicas: the live nodes that [`replicas_for`] picks among the others. Changes wait in the
 //! bounded [`super::outbox::Outbox`]; they are batched (up to [`BATCH_OPS`] per query,
-//! [`IN_FLIGHT`] queries unacknowledged) and each batch is a query on
+//! [`IN_FLIGHT`] queries unacknowledged per replica, each replica in a lane of its own so that
+//! one that hangs holds back no other's copies) and each batch is a query on
 //! `<prefix>/dlr/replica/<node>` that the replica acknowledges; a batch that fails is retried
 //! every second. When the live set changes, one pass over the store sends each record to the
 //! replicas it gained (and tells those it lost, if live, to drop it). A pass that sends
@@ -16,7 +17,7 @@
 //! how a record closed on its replica while the owner was down reaches the owner again (and,
 //! through the owner, its other replicas).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -289,6 +290,7 @@ pub(crate) async fn run(service: Arc<DlrService>, cancel: CancellationToken) {
     // This node itself not running for a while (stopped, starved) is the same: every copy is
     // checked again once it runs, whatever its view of the live set shows.
     let mut woke = service.wake.woke_at();
+    let mut lanes = Lanes::default();
     loop {
         if service.wake.woke_at() != woke {
             woke = service.wake.woke_at();
@@ -329,6 +331,8 @@ pub(crate) async fn run(service: Arc<DlrService>, cancel: CancellationToken) {
             // Nobody to send to: the pass when a peer arrives sends every record, so holding
             // the changes meanwhile would only cost memory. No copy is live to check either.
             service.outbox.take();
+            lanes.held.clear();
+            service.outbox.set_held(0);
             service.wake.copies_checked(woke);
             resync = true;
             moved_from = None;
@@ -354,12 +358,13 @@ pub(crate) async fn run(service: Arc<DlrService>, cancel: CancellationToken) {
             let queued = service.outbox.take();
             // A pass owed (deferred while just woken) stays owed.
             resync |= queued.overflowed;
-            if !queued.records.is_empty() {
-                flush(&service, &peers, queued.records).await;
-            }
+            resync |= lanes.flush(&service, &peers, queued.records);
         }
         tokio::select! {
             _ = cancel.cancelled() => break,
+            Some(done) = lanes.sending.join_next_with_id(), if !lanes.sending.is_empty() => {
+                lanes.done(&service, done.map_or_else(|e| e.id(), |(id, ())| id));
+            }
             changed = live.changed() => {
                 if changed.is_err() {
                     break;
@@ -372,37 +377,100 @@ pub(crate) async fn run(service: Arc<DlrService>, cancel: CancellationToken) {
     }
     // A last try for what is still unsent.
     let queued = service.outbox.take();
-    if !peers.is_empty() && !queued.records.is_empty() {
-        flush(&service, &peers, queued.records).await;
+    if !peers.is_empty() {
+        lanes.flush(&service, &peers, queued.records);
+    }
+    while let Some(done) = lanes.sending.join_next_with_id().await {
+        lanes.done(&service, done.map_or_else(|e| e.id(), |(id, ())| id));
     }
 }
 
 /// How often failed batches and failed passes are tried again.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// Send `records` to their replicas; records whose batch failed go back to the outbox.
-async fn flush(service: &DlrService, peers: &[String], records: HashMap<Vec<u8>, DlrRecord>) {
-    let mut by_node: BTreeMap<&str, Vec<ReplicaOp>> = BTreeMap::new();
-    for (key, record) in records {
-        if record.owner != service.node {
-            continue;
-        }
-        let nodes = replicas_for(&key, &service.node, peers.iter().map(String::as_str), service.settings.copies);
-        if let Some((last, others)) = nodes.split_last() {
-            for node in others {
-                by_node.entry(node).or_default().push(ReplicaOp::Put(record.clone()));
+/// The changes on their way to each replica: up to [`IN_FLIGHT`] batches unacknowledged per
+/// replica, the rest held until one is. Each replica has a lane of its own, so one that hangs
+/// (its batches wait out [`ACK_TIMEOUT`]) does not hold back the copies of the others.
+#[derive(Default)]
+struct Lanes {
+    /// The batches on their way; each ends by adopting the replica's newer copies, or by
+    /// queueing its puts again when it failed.
+    sending: tokio::task::JoinSet<()>,
+    /// Which replica each batch on its way goes to.
+    to: HashMap<tokio::task::Id, String>,
+    /// Batches on their way per replica.
+    busy: BTreeMap<String, usize>,
+    /// Puts waiting for a replica whose lane is full.
+    held: BTreeMap<String, Vec<ReplicaOp>>,
+}
+
+impl Lanes {
+    /// Send `records` to their replicas among `peers`. Returns whether puts were dropped (a
+    /// replica's held puts past the queue's bound, `[dlr] replica_queue`): a pass is then owed.
+    fn flush(&mut self, service: &Arc<DlrService>, peers: &[String], records: HashMap<Vec<u8>, DlrRecord>) -> bool {
+        // A replica no longer live gets nothing more; the pass its leaving brings moves its copies.
+        self.held.retain(|node, _| peers.contains(node));
+        let mut touched = BTreeSet::new();
+        for (key, record) in records {
+            if record.owner != service.node {
+                continue;
             }
-            by_node.entry(last).or_default().push(ReplicaOp::Put(record));
+            for node in replicas_for(&key, &service.node, peers.iter().map(String::as_str), service.settings.copies) {
+                self.held.entry(node.to_owned()).or_default().push(ReplicaOp::Put(record.clone()));
+                touched.insert(node.to_owned());
+            }
+        }
+        let mut dropped = false;
+        for node in touched {
+            if self.held.get(&node).is_some_and(|h| h.len() > service.outbox.cap()) {
+                tracing::warn!(
+                    node,
+                    "replica {node} acknowledges no batch; its changes wait for a pass over the store"
+                );
+                self.held.remove(&node);
+                service.outbox.forgot();
+                dropped = true;
+            }
+            self.start(service, &node);
+        }
+        service.outbox.set_held(self.held.values().map(Vec::len).sum());
+        dropped
+    }
+
+    /// Send what is held for `node`, as its lane has room.
+    fn start(&mut self, service: &Arc<DlrService>, node: &str) {
+        loop {
+            let busy = self.busy.get(node).copied().unwrap_or(0);
+            let Some(held) = self.held.get_mut(node).filter(|h| !h.is_empty() && busy < IN_FLIGHT) else { return };
+            let rest = held.split_off(held.len().min(BATCH_OPS));
+            let ops = std::mem::replace(held, rest);
+            let (service, to) = (service.clone(), node.to_owned());
+            let task = self.sending.spawn(async move {
+                match send(&service, &to, &ops).await {
+                    Ok(ack) => adopt(&service, ack.newer),
+                    Err(e) => {
+                        tracing::warn!(node = to, records = ops.len(), error = %e, "replica batch failed; retrying");
+                        service.outbox.requeue(ops.into_iter().filter_map(|op| match op {
+                            ReplicaOp::Put(r) => Some(r),
+                            ReplicaOp::Drop { .. } => None,
+                        }));
+                    }
+                }
+            });
+            self.to.insert(task.id(), node.to_owned());
+            self.busy.insert(node.to_owned(), busy.saturating_add(1));
         }
     }
-    let mut batches = Vec::new();
-    for (node, mut ops) in by_node {
-        while !ops.is_empty() {
-            let rest = ops.split_off(ops.len().min(BATCH_OPS));
-            batches.push((node.to_owned(), std::mem::replace(&mut ops, rest)));
+
+    /// The batch `id` ended: its lane has room for what is held.
+    fn done(&mut self, service: &Arc<DlrService>, id: tokio::task::Id) {
+        let Some(node) = self.to.remove(&id) else { return };
+        if let Some(busy) = self.busy.get_mut(&node) {
+            *busy = busy.saturating_sub(1);
         }
+        self.start(service, &node);
+        service.outbox.set_held(self.held.values().map(Vec::len).sum());
     }
-    send_batches(service, batches).await;
 }
 
 /// Send `batches` with up to [`IN_FLIGHT`] unacknowledged at once; adopt what the replicas hold
