@@ -432,11 +432,14 @@ impl Group {
             s.takeovers += 1;
             s.claim_lost = None;
         });
-        tracing::warn!(
-            epoch,
-            previous = previous.as_deref().unwrap_or("none"),
-            "this collector now writes the dataset (claimed the commit log)"
-        );
+        // Taking over from another collector is worth a warning; a first start, or a restart of
+        // the same one, is not.
+        match previous.as_deref().filter(|p| *p != self.name) {
+            Some(p) => {
+                tracing::warn!(epoch, previous = p, "this collector now writes the dataset (took it over from {p})")
+            }
+            None => tracing::info!(epoch, "this collector now writes the dataset (claimed the commit log)"),
+        }
         self.run_notify("leader");
         (true, read)
     }
