@@ -198,6 +198,30 @@ pub fn s3_store(bucket: &str, options: &StoreOptions) -> Result<Arc<dyn ObjectSt
     Ok(Arc::new(store))
 }
 
+/// An object store's error as an operator reads it: its `Generic S3 error:` said once (the client
+/// nests it), and what to do when the answer says it: a bucket that does not exist, or no
+/// credentials (the client then asked AWS's instance metadata, at 169.254.169.254, for some).
+pub fn store_error_text(text: &str) -> String {
+    const GENERIC: &str = "Generic S3 error: ";
+    let mut out = text.to_owned();
+    while let Some(i) = out.find(GENERIC) {
+        if !out[i + GENERIC.len()..].starts_with(GENERIC) {
+            break;
+        }
+        out.replace_range(i..i + GENERIC.len(), "");
+    }
+    if out.contains("NoSuchBucket") {
+        return "the bucket does not exist: create it, or fix the location".to_owned();
+    }
+    if out.contains("169.254.169.254") {
+        out.push_str(
+            " (no credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are unset and no instance role \
+             answered; for a store other than AWS, set AWS_ENDPOINT_URL too)",
+        );
+    }
+    out
+}
+
 /// What would otherwise fail on the first request with an error that does not say why: a plain
 /// `http://` endpoint without `allow_http`, and an endpoint of one's own with no credentials (the
 /// client would ask AWS's instance metadata for some, and print its refusal).
@@ -227,6 +251,17 @@ fn check_settings(b: &AmazonS3Builder) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_errors_are_said_once_with_what_to_do() {
+        let nested = "uploading k: Generic S3 error: Generic S3 error: Error performing PUT http://x/k";
+        assert_eq!(store_error_text(nested), "uploading k: Generic S3 error: Error performing PUT http://x/k");
+        let bucket = "listing s3://b: Generic S3 error: <Error><Code>NoSuchBucket</Code></Error>";
+        assert_eq!(store_error_text(bucket), "the bucket does not exist: create it, or fix the location");
+        let imds = "Generic S3 error: Error performing PUT http://169.254.169.254/latest/api/token: 403";
+        assert!(store_error_text(imds).contains("AWS_ACCESS_KEY_ID"), "{}", store_error_text(imds));
+        assert_eq!(store_error_text("timed out"), "timed out");
+    }
 
     #[test]
     fn locations_parse() {

@@ -251,7 +251,7 @@ impl Collector {
                     let text = e.to_string();
                     // A store that answers "no such bucket" did answer: say what to fix, not
                     // the XML of its answer.
-                    let (what, text) = if text.contains("NoSuchBucket") {
+                    let (what, text) = if text.contains("NoSuchBucket") || text.contains("the bucket does not exist") {
                         ("the dataset's bucket does not exist", "create it, or fix data_dir".to_owned())
                     } else {
                         ("the dataset's store does not answer", text)

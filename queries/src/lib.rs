@@ -179,7 +179,13 @@ impl Dataset {
             let listed: Vec<object_store::ObjectMeta> =
                 futures::TryStreamExt::try_collect(store.list(Some(&object_store::path::Path::from(dir.as_str()))))
                     .await
-                    .map_err(|e| QueryError::Store(format!("listing {}: {e}", location.display())))?;
+                    .map_err(|e| {
+                        QueryError::Store(format!(
+                            "listing {}: {}",
+                            location.display(),
+                            switchboard_bus::dataset::store_error_text(&e.to_string())
+                        ))
+                    })?;
             let committed = listed
                 .iter()
                 .any(|m| m.location.filename().is_some_and(|n| n.ends_with(".parquet") && !n.starts_with('.')));
@@ -198,7 +204,13 @@ impl Dataset {
         let first =
             futures::StreamExt::next(&mut store.list(Some(&object_store::path::Path::from(meta.as_str())))).await;
         let collector_wrote = match first {
-            Some(Err(e)) => return Err(QueryError::Store(format!("listing {}: {e}", location.display()))),
+            Some(Err(e)) => {
+                return Err(QueryError::Store(format!(
+                    "listing {}: {}",
+                    location.display(),
+                    switchboard_bus::dataset::store_error_text(&e.to_string())
+                )))
+            }
             found => found.is_some(),
         };
         Ok(Self::with_tables(ctx, found, window, collector_wrote))
