@@ -47,6 +47,39 @@ pub const STRAGGLER_WITHIN: Duration = Duration::from_secs(2);
 /// Processes seen leaving and not back, with when they left (ms since the Unix epoch).
 type Departed = Arc<Mutex<BTreeMap<Member, u64>>>;
 
+/// Changes of one process said in the log per [`SAID_WINDOW`] at most: a restart (a leave and a
+/// join) is said whole; a link that comes and goes many times a second is not said each time.
+const SAID_PER_WINDOW: u32 = 4;
+/// See [`SAID_PER_WINDOW`].
+const SAID_WINDOW: Duration = Duration::from_secs(10);
+/// Processes whose changes are followed for the log at most (more: the count starts over).
+const SAID_MEMBERS: usize = 4096;
+
+/// Per process: when its current window began, its changes in it, and those left unsaid since
+/// the last line said of it.
+#[derive(Default)]
+struct Said(BTreeMap<Member, (std::time::Instant, u32, u64)>);
+
+impl Said {
+    /// Whether to say a change of `member` now: `Some(changes left unsaid before it)`, or `None`.
+    fn admit(&mut self, member: &Member) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self.0.len() >= SAID_MEMBERS && !self.0.contains_key(member) {
+            self.0.clear();
+        }
+        let (began, said, unsaid) = self.0.entry(member.clone()).or_insert((now, 0, 0));
+        if now.saturating_duration_since(*began) >= SAID_WINDOW {
+            (*began, *said) = (now, 0);
+        }
+        if *said >= SAID_PER_WINDOW {
+            *unsaid = unsaid.saturating_add(1);
+            return None;
+        }
+        *said += 1;
+        Some(std::mem::take(unsaid))
+    }
+}
+
 /// How many times each process was seen joining (its first join counts 1).
 type Joins = Arc<Mutex<BTreeMap<Member, u64>>>;
 
@@ -217,6 +250,7 @@ impl Membership {
         let departed_w = departed.clone();
         let joins = Joins::default();
         let joins_w = joins.clone();
+        let said_of = Mutex::new(Said::default());
         let subscriber = session
             .liveliness()
             .declare_subscriber(tokens)
@@ -238,7 +272,15 @@ impl Membership {
                     MemberEvent::Left(m) => set.remove(m),
                 });
                 if changed {
-                    tracing::info!(?event, "{said}");
+                    let member = match &event {
+                        MemberEvent::Joined(m) | MemberEvent::Left(m) => m,
+                    };
+                    // One insert or update under this lock: a poisoned lock is taken over.
+                    match said_of.lock().unwrap_or_else(|p| p.into_inner()).admit(member) {
+                        Some(0) => tracing::info!(?event, "{said}"),
+                        Some(unsaid) => tracing::info!(?event, unsaid_changes_of_it = unsaid, "{said}"),
+                        None => tracing::debug!(?event, "{said}"),
+                    }
                     remember(&departed_w, &event);
                     // No receiver is fine: events are for whoever listens.
                     let _ = events_tx.send(event);
@@ -410,6 +452,17 @@ mod tests {
         cancel.cancel();
         b.close().await.unwrap();
         a.close().await.unwrap();
+    }
+
+    #[test]
+    fn a_restart_is_said_whole_and_a_flapping_process_a_few_times_per_window() {
+        let mut s = Said::default();
+        let gw1 = Member { role: Role::Agent, name: "gw1".into() };
+        let said: Vec<Option<u64>> = (0..10).map(|_| s.admit(&gw1)).collect();
+        assert_eq!(said[..4], [Some(0); 4], "a leave and a join, twice, are said");
+        assert!(said[4..].iter().all(Option::is_none), "{said:?}");
+        let gw2 = Member { role: Role::Agent, name: "gw2".into() };
+        assert_eq!(s.admit(&gw2), Some(0), "each process has its own count");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
