@@ -422,12 +422,15 @@ pub fn error_chain(e: &anyhow::Error) -> String {
 /// - a link that failed while it was being set up (`Error syncing transport with peer`,
 ///   `Received a close message ... in response to an OpenSyn`), at ERROR although a process that
 ///   comes back from a pause meets it every time: the mesh check names a peer that stays
-///   unreachable, and a failed dial of `connect` is counted and logged.
+///   unreachable, and a failed dial of `connect` is counted and logged;
+/// - zenoh's bookkeeping of the key ids a peer declared on a link that is being reset
+///   (`Resource N remapped. Remapping unsupported!`), at ERROR although nothing is lost.
 fn quiet_zenoh() -> String {
     use switchboard_bus::refusals::{ZENOH_ACCESS_CONTROL, ZENOH_QUIC_ACCEPT, ZENOH_TLS_ACCEPT};
     format!(
         "zenoh::net::runtime::orchestrator=error,zenoh_link_commons::quic::utils=error,zenoh_link_tls::utils=error,\
          zenoh::net::routing::dispatcher::queries=error,zenoh::api::session=error,\
+         zenoh::net::routing::dispatcher::resource=off,\
          zenoh_transport::unicast::universal::transport=off,zenoh_transport::unicast::establishment::open=off,\
          {ZENOH_ACCESS_CONTROL}=error,{ZENOH_QUIC_ACCEPT}=error,{ZENOH_TLS_ACCEPT}=error"
     )

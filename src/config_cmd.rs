@@ -887,9 +887,9 @@ async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
         let reloading = s.reloading.as_ref();
         let reload = match (reloading, s.reload.as_ref()) {
             (Some(r), _) => format!(
-                "{} running for {} s",
+                "{} running for {}",
                 r.number,
-                switchboard_bus::status::now_ms().saturating_sub(r.since_ms) / 1000
+                switchboard_bus::status::cluster::ago(switchboard_bus::status::now_ms(), r.since_ms)
             ),
             (None, Some(r)) => format!("{} {}{}", r.number, r.status, if r.reverted { " (reverted)" } else { "" }),
             (None, None) => "-".to_owned(),

@@ -666,7 +666,9 @@ pub async fn check_name_free(
         if answers || started.elapsed() >= patience {
             return Err(SessionError::NameTaken { name: member_chunk(me), seen_by });
         }
-        if !std::mem::replace(&mut said, true) {
+        // Not on the first ask: a session just opened may see the token before the process's
+        // own answer can reach it.
+        if started.elapsed() >= NAME_RETRY && !std::mem::replace(&mut said, true) {
             tracing::info!(
                 "{} still looks alive (seen by {seen_by}): a process of that name stopped just now holds the name \
                  until the bus lease ({} ms) runs out; waiting up to {} ms",
