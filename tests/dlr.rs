@@ -681,8 +681,7 @@ fn a_hung_copy_holder_does_not_hold_back_the_copies_of_the_others() {
     let b = c.start_limits_agent("b", &[a.endpoint()], "", &dlr);
     let hung = c.start_limits_agent("c", &[a.endpoint()], "", &dlr);
     wait_mesh(&c, &["a", "b", "c"]);
-    let held_at_b =
-        |id: &str| post(&c, "b", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": id, "local": true})).0 == 200;
+    let held_at_b = |id: &str| holds(&c, "b", id);
     register(&c, "a", "dec", ["1".to_owned()]);
     assert!(wait_until(Duration::from_secs(10), || held_at_b("1")), "b never got its first copy");
     let pid = hung.proc.as_ref().map(|p| p.pid()).unwrap_or_default();
@@ -698,10 +697,14 @@ fn a_hung_copy_holder_does_not_hold_back_the_copies_of_the_others() {
     assert!(arrived, "b did not get the later copies within 3 s while c hung");
     assert!(took < Duration::from_secs(2), "b got the later copies {took:?} after they were registered");
     // Once c runs again it gets every copy.
-    let held_at_c =
-        |id: &str| post(&c, "c", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": id, "local": true})).0 == 200;
+    let held_at_c = |id: &str| holds(&c, "c", id);
     assert!(wait_until(Duration::from_secs(20), || held_at_c("119") && held_at_c("219")), "c never caught up");
     drop(b);
+}
+
+/// Whether `node` holds the record of connector `dec` and id `id` (its own, or its copy).
+fn holds(c: &Cluster, node: &str, id: &str) -> bool {
+    post(c, node, "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": id, "local": true})).0 == 200
 }
 
 /// The JSON document of an `OK <json>` answer of the gateway socket.
@@ -875,8 +878,7 @@ fn a_dlr_is_handled_by_one_gateway_when_its_owner_hangs_or_one_write_repeats_it(
     assert_eq!(ok_json(&sa.answer().unwrap())["record"]["state"], "closed");
     assert_eq!(ok_json(&sa.answer().unwrap())["record"]["state"], "closed", "a resolve behind a close sees it");
     register(&c, "a", "dec", ["702".to_owned(), "703".to_owned()]);
-    let copied =
-        |id: &str| post(&c, "b", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": id, "local": true})).0 == 200;
+    let copied = |id: &str| holds(&c, "b", id);
     assert!(wait_until(Duration::from_secs(10), || copied("700") && copied("702")), "b never got the copies");
 
     // a hangs: b's report waits out its timeout, b's gateway handles the DLR (owner_down), and
