@@ -404,38 +404,6 @@ pub fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
-/// Warnings zenoh gives at every start that say nothing wrong here; kept out of the user's way
-/// unless they ask for zenoh's logs:
-/// - a peer whose `connect` endpoints are not all up within the scouting delay (agents start
-///   before their collector, reconnects are retried);
-/// - "Skipping name verification" of a QUIC or TLS server: peers are known by their
-///   certificate's identity, not by host name (docs/security.md);
-/// - access control warning of a link with several network interfaces: the policy names no
-///   interface;
-/// - a QUIC or TLS link not accepted: a long-running process's refusal counter logs it instead,
-///   at a rate limit when a peer's certificate was refused (`tls_handshake`), as zenoh would
-///   otherwise;
-/// - a query whose answer from one peer did not come in time (`Didn't receive final reply ...
-///   Timeout`), or came after it (`Query not found`, `Received ReplyData for unknown Query`): a
-///   hung process, which the mesh check and the status name, and whose lookups the DLR service
-///   counts as unanswered;
-/// - a link that failed while it was being set up (`Error syncing transport with peer`,
-///   `Received a close message ... in response to an OpenSyn`), at ERROR although a process that
-///   comes back from a pause meets it every time: the mesh check names a peer that stays
-///   unreachable, and a failed dial of `connect` is counted and logged;
-/// - zenoh's bookkeeping of the key ids a peer declared on a link that is being reset
-///   (`Resource N remapped. Remapping unsupported!`), at ERROR although nothing is lost.
-fn quiet_zenoh() -> String {
-    use switchboard_bus::refusals::{ZENOH_ACCESS_CONTROL, ZENOH_QUIC_ACCEPT, ZENOH_TLS_ACCEPT};
-    format!(
-        "zenoh::net::runtime::orchestrator=error,zenoh_link_commons::quic::utils=error,zenoh_link_tls::utils=error,\
-         zenoh::net::routing::dispatcher::queries=error,zenoh::api::session=error,\
-         zenoh::net::routing::dispatcher::resource=off,\
-         zenoh_transport::unicast::universal::transport=off,zenoh_transport::unicast::establishment::open=off,\
-         {ZENOH_ACCESS_CONTROL}=error,{ZENOH_QUIC_ACCEPT}=error,{ZENOH_TLS_ACCEPT}=error"
-    )
-}
-
 /// Logs to stderr as `filter` (else `default`) says. A long-running process (`long_running`)
 /// also counts zenoh's access-control denials for its `/metrics`, and says when an endpoint of
 /// its `connect` cannot be reached; a one-shot command has no metrics to count them in and says
@@ -447,7 +415,11 @@ fn init_tracing(filter: Option<&str>, default: &str, long_running: bool) {
     // A filter that names no zenoh target gets the quieting too.
     // A one-shot command also leaves out zenoh's routing bookkeeping (`Unknown token` when a
     // process that was just killed withdraws nothing the command's session ever took).
-    let quiet = if long_running { quiet_zenoh() } else { format!("{},zenoh::net::routing::hat=off", quiet_zenoh()) };
+    let quiet = if long_running {
+        switchboard_bus::zenoh_logs::quiet()
+    } else {
+        format!("{},zenoh::net::routing::hat=off", switchboard_bus::zenoh_logs::quiet())
+    };
     let wanted = match filter {
         Some(f) if f.contains("zenoh") => f.to_owned(),
         Some(f) => format!("{f},{quiet}"),

@@ -263,8 +263,12 @@ fn parse_format(s: &str) -> Result<Format, String> {
 }
 
 fn main() -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG").unwrap_or_else(|_| "warn".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // The bench's own zenoh clients: without zenoh's start-up noise, as the processes log.
+    let wanted =
+        std::env::var("SWITCHBOARD_LOG").unwrap_or_else(|_| format!("warn,{}", switchboard_bus::zenoh_logs::quiet()));
+    let filter = tracing_subscriber::EnvFilter::try_new(wanted).unwrap_or_else(|_| "warn".into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
     match Cli::parse().bench {
         Bench::Logs { lines, format, kv_in_message, repeat } => {
             logs::run(&logs::LogsBench { lines, format, kv_in_message, repeat })

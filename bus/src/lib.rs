@@ -54,6 +54,7 @@ pub mod tls;
 pub mod udp;
 pub mod vital;
 pub mod wire;
+pub mod zenoh_logs;
 
 pub use config::BusConfig;
 pub use keys::{KeySpace, Role, Service, StreamId, StreamKind};
