@@ -315,6 +315,7 @@ pub(crate) async fn run(service: Arc<DlrService>, cancel: CancellationToken) {
                 }
                 let before: Vec<String> =
                     std::mem::replace(&mut peers, now).into_iter().filter(|p| !returned.contains(p)).collect();
+                lanes.keep_only(&service, &peers);
                 // A pass still owed from an earlier change must also treat them as new.
                 if let Some(owed) = moved_from.as_mut() {
                     owed.retain(|p| !returned.contains(p));
@@ -331,8 +332,7 @@ pub(crate) async fn run(service: Arc<DlrService>, cancel: CancellationToken) {
             // Nobody to send to: the pass when a peer arrives sends every record, so holding
             // the changes meanwhile would only cost memory. No copy is live to check either.
             service.outbox.take();
-            lanes.held.clear();
-            service.outbox.set_held(0);
+            lanes.keep_only(&service, &peers);
             service.wake.copies_checked(woke);
             resync = true;
             moved_from = None;
@@ -408,8 +408,7 @@ impl Lanes {
     /// Send `records` to their replicas among `peers`. Returns whether puts were dropped (a
     /// replica's held puts past the queue's bound, `[dlr] replica_queue`): a pass is then owed.
     fn flush(&mut self, service: &Arc<DlrService>, peers: &[String], records: HashMap<Vec<u8>, DlrRecord>) -> bool {
-        // A replica no longer live gets nothing more; the pass its leaving brings moves its copies.
-        self.held.retain(|node, _| peers.contains(node));
+        self.keep_only(service, peers);
         let mut touched = BTreeSet::new();
         for (key, record) in records {
             if record.owner != service.node {
@@ -435,6 +434,13 @@ impl Lanes {
         }
         service.outbox.set_held(self.held.values().map(Vec::len).sum());
         dropped
+    }
+
+    /// Forget what is held for replicas no longer among `peers`: a replica no longer live gets
+    /// nothing more, and the pass its leaving brings moves its copies.
+    fn keep_only(&mut self, service: &DlrService, peers: &[String]) {
+        self.held.retain(|node, _| peers.contains(node));
+        service.outbox.set_held(self.held.values().map(Vec::len).sum());
     }
 
     /// Send what is held for `node`, as its lane has room.
@@ -465,9 +471,11 @@ impl Lanes {
     /// The batch `id` ended: its lane has room for what is held.
     fn done(&mut self, service: &Arc<DlrService>, id: tokio::task::Id) {
         let Some(node) = self.to.remove(&id) else { return };
-        if let Some(busy) = self.busy.get_mut(&node) {
-            *busy = busy.saturating_sub(1);
-        }
+        match self.busy.get(&node).copied() {
+            // An idle lane is forgotten: names come and go with the live set.
+            Some(0 | 1) | None => self.busy.remove(&node),
+            Some(n) => self.busy.insert(node.clone(), n - 1),
+        };
         self.start(service, &node);
         service.outbox.set_held(self.held.values().map(Vec::len).sum());
     }
