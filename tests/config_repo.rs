@@ -850,7 +850,12 @@ fn a_failed_node_is_named_and_retried_by_force_and_a_new_dir_gets_the_head() {
         "{}",
         std::fs::read_to_string(c.path().join("agent-gw1.log")).unwrap_or_default()
     );
-    assert!(read(&ran).contains(moved.to_str().unwrap()), "the reload ran for the new dir: {}", read(&ran));
+    // The files are in place before the reload starts, so the reload is waited for on its own.
+    assert!(
+        wait_until(Duration::from_secs(20), || read(&ran).contains(moved.to_str().unwrap())),
+        "the reload ran for the new dir: {}",
+        read(&ran)
+    );
     let (code, out) =
         config_cli(&c, &ep, &["push", tree(&c, "3", &[("global/a.conf", "a3".into())]).to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
