@@ -28,6 +28,7 @@ use crate::demo::{self, DemoOptions};
 pub struct Cli {
     /// Log filter for the process's own logs (tracing `EnvFilter` syntax, e.g. `info`,
     /// `switchboard_agent=debug` for an agent, `switchboard_collector=debug` for a collector).
+    /// Default: `info` for `agent` and `collector`, `warn` for other commands.
     #[arg(long, global = true, env = "SWITCHBOARD_LOG")]
     pub log: Option<String>,
     /// What to run.
@@ -426,8 +427,11 @@ fn init_tracing(filter: Option<&str>, default: &str, long_running: bool) {
         None => format!("{default},{quiet}"),
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&wanted).unwrap_or_else(|e| {
-        note!("warning: --log / SWITCHBOARD_LOG {wanted:?} is not a valid filter ({e}); using {default:?}");
-        tracing_subscriber::EnvFilter::new(default)
+        note!(
+            "warning: --log / SWITCHBOARD_LOG {:?} is not a valid filter ({e}); using {default:?}",
+            filter.unwrap_or(default)
+        );
+        tracing_subscriber::EnvFilter::new(format!("{default},{quiet}"))
     });
     // Colour only a terminal, and never when NO_COLOR is set: log files get plain text.
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());

@@ -219,6 +219,15 @@ pub enum ConfigError {
     /// An endpoint that is not `<proto>/<address>`.
     #[error("invalid endpoint {0:?}: expected `<protocol>/<address>`, e.g. `tcp/127.0.0.1:7447`")]
     Endpoint(String),
+    /// An endpoint of a protocol this build does not speak.
+    #[error("endpoint {0:?}: unknown protocol; use tcp/, tls/ or quic/ (tls/ and quic/ with [bus.tls])")]
+    Protocol(String),
+    /// An endpoint without a usable `:<port>`.
+    #[error(
+        "endpoint {0:?}: expected `<host>:<port>` after the protocol, with a port from 1 to 65535 \
+         (0 in `listen`: any free port)"
+    )]
+    Port(String),
     /// A `tls/` endpoint without `[bus.tls]`.
     #[error("endpoint {0:?} needs certificates but [bus.tls] is not set (ca, cert, key; see docs/security.md)")]
     TlsEndpoint(String),
@@ -266,16 +275,14 @@ impl BusConfig {
         if self.mode == Mode::Client && self.connect.is_empty() {
             return Err(ConfigError::ClientWithoutConnect);
         }
-        for e in self.listen.iter().chain(&self.connect) {
-            match e.split_once('/') {
-                Some(("tls" | "quic", addr)) if !addr.is_empty() && self.tls.is_none() => {
-                    return Err(ConfigError::TlsEndpoint(e.clone()))
-                }
-                Some((proto, addr)) if !addr.is_empty() && self.tls.is_some() && !matches!(proto, "tls" | "quic") => {
-                    return Err(ConfigError::PlainEndpoint(e.clone()))
-                }
-                Some((proto, addr)) if !proto.is_empty() && !addr.is_empty() => {}
-                _ => return Err(ConfigError::Endpoint(e.clone())),
+        let listen = self.listen.iter().map(|e| (e, true));
+        for (e, listening) in listen.chain(self.connect.iter().map(|e| (e, false))) {
+            let secure = check_endpoint(e, listening)?;
+            if secure && self.tls.is_none() {
+                return Err(ConfigError::TlsEndpoint(e.clone()));
+            }
+            if !secure && self.tls.is_some() {
+                return Err(ConfigError::PlainEndpoint(e.clone()));
             }
         }
         Ok(())
@@ -316,6 +323,53 @@ impl BusConfig {
                 "unicast": { "compression": { "enabled": self.compresses() } },
             },
         })
+    }
+}
+
+/// The first of `settings` (`("table.key", value)`) whose value is 0, as an error text that
+/// names it: for settings that must be at least 1.
+pub fn first_zero(settings: &[(&str, u64)]) -> Result<(), String> {
+    match settings.iter().find(|(_, value)| *value == 0) {
+        Some((key, _)) => Err(format!("{key} = 0: it must be at least 1")),
+        None => Ok(()),
+    }
+}
+
+/// Whether `program` names an executable file: a path as given, a bare name through `PATH` (as
+/// a configured command such as a reload or a notify hook is started).
+pub fn program_found(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    let executable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.contains('/') {
+        return executable(Path::new(program));
+    }
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| executable(&d.join(program))))
+}
+
+/// The link protocols this build speaks: plain TCP, and TLS or QUIC (both with certificates).
+pub const PROTOCOLS: [&str; 3] = ["tcp", "tls", "quic"];
+
+/// Check that `endpoint` is `<protocol>/<host>:<port>` (zenoh's `?metadata` and `#config`
+/// suffixes allowed) with a protocol of [`PROTOCOLS`] and a port of 1-65535, or 0 (any free port)
+/// where `listening`; true for a protocol that needs certificates.
+pub fn check_endpoint(endpoint: &str, listening: bool) -> Result<bool, ConfigError> {
+    let bad = || ConfigError::Endpoint(endpoint.to_owned());
+    let (proto, rest) = endpoint.split_once('/').ok_or_else(bad)?;
+    let address = rest.split(['?', '#']).next().unwrap_or_default();
+    if proto.is_empty() || address.is_empty() {
+        return Err(bad());
+    }
+    if !PROTOCOLS.contains(&proto) {
+        return Err(ConfigError::Protocol(endpoint.to_owned()));
+    }
+    let port = match address.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && host != "[]" => port.parse::<u16>().ok(),
+        _ => None,
+    };
+    match port {
+        Some(0) if !listening => Err(ConfigError::Port(endpoint.to_owned())),
+        Some(_) => Ok(proto != "tcp"),
+        None => Err(ConfigError::Port(endpoint.to_owned())),
     }
 }
 
@@ -496,6 +550,33 @@ mod tests {
         c.mode = Mode::Peer;
         c.prefix = Some("sb/**".into());
         assert!(matches!(c.validate(), Err(ConfigError::Prefix(_))));
+    }
+
+    #[test]
+    fn an_endpoint_needs_a_known_protocol_and_a_port() {
+        for (e, listening) in [
+            ("tcp/127.0.0.1:7447", false),
+            ("tcp/[::1]:7447", false),
+            ("tcp/gw1.example:7447#iface=eth0", false),
+            ("tcp/0.0.0.0:0", true),
+            ("tls/gw1:7447?prio=1", false),
+        ] {
+            assert!(check_endpoint(e, listening).is_ok(), "{e}");
+        }
+        for e in ["foo://bar", "udp/127.0.0.1:7447", "unixsock-stream//tmp/s"] {
+            assert!(matches!(check_endpoint(e, false), Err(ConfigError::Protocol(_))), "{e}");
+        }
+        for (e, listening) in [
+            ("tcp/127.0.0.1:99999", false),
+            ("tcp/127.0.0.1", true),
+            ("tcp/:7447", false),
+            ("tcp/127.0.0.1:0", false),
+            ("tcp/127.0.0.1:x", true),
+        ] {
+            assert!(matches!(check_endpoint(e, listening), Err(ConfigError::Port(_))), "{e}");
+        }
+        assert_eq!(check_endpoint("quic/h:1", false).ok(), Some(true));
+        assert_eq!(check_endpoint("tcp/h:1", false).ok(), Some(false));
     }
 
     #[test]

@@ -55,8 +55,21 @@ fn zenoh_err(e: impl std::fmt::Display) -> SessionError {
     SessionError::Zenoh(without_source_location(&e.to_string()))
 }
 
+/// A zenoh error from opening a session for `config`; one about an endpoint of `listen` or
+/// `connect` (a port in use) names that setting.
+fn open_err(config: &BusConfig, e: impl std::fmt::Display) -> SessionError {
+    let text = without_source_location(&e.to_string());
+    let names = |endpoints: &[String]| endpoints.iter().any(|x| text.contains(x.as_str()));
+    match (names(&config.listen), names(&config.connect)) {
+        (true, _) => SessionError::Zenoh(format!("`listen`: {text}")),
+        (false, true) => SessionError::Zenoh(format!("`connect`: {text}")),
+        _ => SessionError::Zenoh(text),
+    }
+}
+
 /// A zenoh error's text without the source file and line zenoh appends to it (`... at
-/// /path/to/zenoh-link-tcp/src/lib.rs:61.`), which names where zenoh was built, not the problem.
+/// /path/to/zenoh-link-tcp/src/lib.rs:61.`, also inside brackets: `[... at ...rs:61.]`), which
+/// names where zenoh was built, not the problem.
 pub fn without_source_location(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -65,14 +78,17 @@ pub fn without_source_location(text: &str) -> String {
         let location = &tail[4..];
         let end = location.find(|c: char| c.is_whitespace()).unwrap_or(location.len());
         let (word, after) = location.split_at(end);
-        let word = word.trim_end_matches(['.', ',']);
-        let is_source = word.rsplit_once(':').is_some_and(|(file, line)| {
+        let place = word.trim_end_matches(['.', ',', ']', ')']);
+        let is_source = place.rsplit_once(':').is_some_and(|(file, line)| {
             file.ends_with(".rs") && !line.is_empty() && line.chars().all(|c| c.is_ascii_digit())
         });
         out.push_str(head);
-        if !is_source {
+        if is_source {
+            // Keep the brackets that closed around the location.
+            out.extend(word[place.len()..].chars().filter(|c| matches!(c, ']' | ')')));
+        } else {
             out.push_str(" at ");
-            out.push_str(&location[..end]);
+            out.push_str(word);
         }
         rest = after;
     }
@@ -85,7 +101,7 @@ pub fn without_source_location(text: &str) -> String {
 /// tool) takes any member's certificate. A long-running process (`role` given) without TLS
 /// warns at start and every 10 minutes.
 pub async fn open(config: &BusConfig, role: Option<IdRole>) -> Result<Session, SessionError> {
-    zenoh::open(zenoh_config(config, role)?).await.map_err(zenoh_err)
+    zenoh::open(zenoh_config(config, role)?).await.map_err(|e| open_err(config, e))
 }
 
 /// [`open`] for a long-running process, which also keeps the [`Links`] of its runtime to dial
@@ -95,18 +111,18 @@ pub async fn open_linked(config: &BusConfig, role: IdRole) -> Result<(Session, L
     // What `zenoh::open` does, keeping the runtime: build it, put a session on it, start it.
     // A session on a runtime it did not build leaves the runtime open when it closes: the
     // runtime is closed here on failure, and by `leave` after.
-    let mut runtime = RuntimeBuilder::new(zc).build().await.map_err(zenoh_err)?;
+    let mut runtime = RuntimeBuilder::new(zc).build().await.map_err(|e| open_err(config, e))?;
     let links = Links::new(runtime.clone(), config.gossip && config.mode == crate::config::Mode::Peer);
     let session = match zenoh::session::init(runtime.clone().into()).await {
         Ok(s) => s,
         Err(e) => {
             links.close().await;
-            return Err(zenoh_err(e));
+            return Err(open_err(config, e));
         }
     };
     if let Err(e) = runtime.start().await {
         leave(&session, &links).await;
-        return Err(zenoh_err(e));
+        return Err(open_err(config, e));
     }
     Ok((session, links))
 }
@@ -310,4 +326,21 @@ pub async fn serve_document<T: serde::Serialize + Send + 'static>(
             }
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zenoh_source_locations_are_left_out() {
+        let text = "Can not create a new TCP listener bound to tcp/127.0.0.1:7447: [Address already in use \
+                    (os error 98) at /home/u/.cargo/registry/src/zenoh-link-commons-1.10.2/src/tcp.rs:61.]";
+        assert_eq!(
+            without_source_location(text),
+            "Can not create a new TCP listener bound to tcp/127.0.0.1:7447: [Address already in use (os error 98)]"
+        );
+        assert_eq!(without_source_location("refused at src/lib.rs:9. Then at noon"), "refused Then at noon");
+        assert_eq!(without_source_location("listening at 127.0.0.1:7447"), "listening at 127.0.0.1:7447");
+    }
 }

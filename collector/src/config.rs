@@ -234,11 +234,23 @@ impl CollectorConfig {
     pub fn validate(&self) -> Result<(), CollectorConfigError> {
         self.bus.validate()?;
         let c = &self.collector;
-        if c.max_file_bytes < 1024 || c.row_group_rows == 0 || c.queue_payloads == 0 || c.max_file_age_ms == 0 {
-            return Err(CollectorConfigError::Invalid(
-                "collector.max_file_bytes must be >= 1024, row_group_rows, queue_payloads and max_file_age_ms > 0"
-                    .into(),
-            ));
+        if c.max_file_bytes < 1024 {
+            return Err(CollectorConfigError::Invalid(format!(
+                "collector.max_file_bytes = {}: use at least 1024",
+                c.max_file_bytes
+            )));
+        }
+        switchboard_bus::config::first_zero(&[
+            ("collector.row_group_rows", c.row_group_rows as u64),
+            ("collector.queue_payloads", c.queue_payloads as u64),
+            ("collector.max_file_age_ms", c.max_file_age_ms),
+        ])
+        .map_err(CollectorConfigError::Invalid)?;
+        if let Some(program) = c.notify.first().filter(|p| !switchboard_bus::config::program_found(p)) {
+            return Err(CollectorConfigError::Invalid(format!(
+                "collector.notify: program {program:?} not found{}",
+                if program.contains('/') { "" } else { " in PATH" }
+            )));
         }
         c.location()?;
         switchboard_bus::http::check_listen(&c.http_listen, c.http_token.as_deref(), "collector.http_listen")
@@ -295,6 +307,19 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.logs.promote[0].kind, ColumnType::Int64);
         assert!(toml::from_str::<CollectorConfig>("[collector]\nzstd = 3").is_err());
+    }
+
+    #[test]
+    fn each_bad_setting_is_named() {
+        let err = |text: &str| match toml::from_str::<CollectorConfig>(text).map(|c| c.validate()) {
+            Ok(Err(e)) => e.to_string(),
+            other => panic!("{text}: {other:?}"),
+        };
+        assert!(err("[collector]\nqueue_payloads = 0").contains("collector.queue_payloads = 0"));
+        assert!(err("[collector]\nmax_file_bytes = 10").contains("collector.max_file_bytes = 10"));
+        assert!(err("[collector]\nnotify = [\"/nonexistent/sb-role\"]").contains("\"/nonexistent/sb-role\" not found"));
+        assert!(err("[bus]\nconnect = [\"udp/127.0.0.1:7447\"]").contains("unknown protocol"));
+        assert!(err("[bus]\nconnect = [\"tcp/127.0.0.1:99999\"]").contains("port from 1 to 65535"));
     }
 }
 

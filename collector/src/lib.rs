@@ -104,7 +104,7 @@ pub enum CollectorError {
     #[error(transparent)]
     Dataset(#[from] switchboard_bus::dataset::DatasetError),
     /// The dataset could not be read at start.
-    #[error("recovering table {table}: {source}")]
+    #[error("collector.data_dir: recovering table {table}: {source}")]
     Recovery {
         /// The table.
         table: String,
@@ -112,7 +112,7 @@ pub enum CollectorError {
         source: store::StoreError,
     },
     /// The commit log could not be read at start.
-    #[error("reading the commit log: {0}")]
+    #[error("collector.data_dir: reading the commit log: {0}")]
     Log(store::StoreError),
     /// The bus session could not be opened, or this collector's name is taken.
     #[error("bus: {0}")]
@@ -132,7 +132,7 @@ pub enum CollectorError {
     #[error("startup task: {0}")]
     Task(#[from] tokio::task::JoinError),
     /// The health and metrics endpoint could not be started (e.g. its address is in use).
-    #[error("health/metrics endpoint {addr}: {source}")]
+    #[error("collector.http_listen {addr} (/health and /metrics): {source}")]
     Http {
         /// The address of `collector.http_listen`.
         addr: std::net::SocketAddr,
@@ -272,6 +272,12 @@ impl Collector {
 
         let mut bus = config.bus.clone();
         bus.listen = bus.effective_listen();
+        if bus.listen.is_empty() && bus.connect.is_empty() {
+            tracing::warn!(
+                "[bus] names no `listen` or `connect` endpoint: no agent can reach this collector (set `listen`, \
+                 e.g. [\"tcp/0.0.0.0:7447\"])"
+            );
+        }
         let (session, links) = session::open_linked(&bus, switchboard_bus::tls::IdRole::Collector).await?;
         let joined = session::LeaveOnDrop::new(&session, &links, leaving);
         let me = Member { role: Role::Collector, name: name.clone() };

@@ -215,21 +215,17 @@ impl AgentSettings {
     /// address and body limit, and the intervals.
     pub fn validate(&self) -> Result<(), AgentConfigError> {
         let a = self;
-        if a.batch_max_lines == 0 || a.batch_max_bytes == 0 {
-            return Err(AgentConfigError::Invalid("agent.batch_max_lines and batch_max_bytes must be > 0".into()));
-        }
-        if a.max_unacked_batches == 0 {
-            return Err(AgentConfigError::Invalid("agent.max_unacked_batches must be > 0".into()));
-        }
+        switchboard_bus::config::first_zero(&[
+            ("agent.batch_max_lines", a.batch_max_lines as u64),
+            ("agent.batch_max_bytes", a.batch_max_bytes as u64),
+            ("agent.max_unacked_batches", a.max_unacked_batches as u64),
+            ("agent.http_max_body_bytes", a.http_max_body_bytes as u64),
+            ("agent.poll_interval_ms", a.poll_interval_ms),
+            ("agent.glob_interval_ms", a.glob_interval_ms),
+        ])
+        .map_err(AgentConfigError::Invalid)?;
         switchboard_bus::http::check_listen(&a.http_listen, a.http_token.as_deref(), "agent.http_listen")
-            .map_err(AgentConfigError::Invalid)?;
-        if a.http_max_body_bytes == 0 {
-            return Err(AgentConfigError::Invalid("agent.http_max_body_bytes must be > 0".into()));
-        }
-        if a.poll_interval_ms == 0 || a.glob_interval_ms == 0 {
-            return Err(AgentConfigError::Invalid("agent.poll_interval_ms and glob_interval_ms must be > 0".into()));
-        }
-        Ok(())
+            .map_err(AgentConfigError::Invalid)
     }
 }
 

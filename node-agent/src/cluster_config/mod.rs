@@ -98,10 +98,11 @@ impl ClusterConfig {
     ) -> Result<Arc<Self>, AgentError> {
         let (settings, data_dir, node) = (&config.cluster_config, &config.agent.data_dir, config.bus.node.as_str());
         let root = data_dir.join("cluster-config");
-        let invalid =
-            |e: RepoError| AgentError::Config(crate::config::AgentConfigError::Invalid(format!("cluster_config: {e}")));
-        let store = Store::open(&root.join("store")).map_err(invalid)?;
-        let tree = WorkTree::open(&settings.dir(data_dir)).map_err(invalid)?;
+        let invalid = |what: &str, e: RepoError| {
+            AgentError::Config(crate::config::AgentConfigError::Invalid(format!("{what}: {e}")))
+        };
+        let store = Store::open(&root.join("store")).map_err(|e| invalid("cluster_config (its store)", e))?;
+        let tree = WorkTree::open(&settings.dir(data_dir)).map_err(|e| invalid("cluster_config.dir", e))?;
         let state_path = root.join("applied.json");
         let mut persisted = Persisted::load(&state_path);
         if persisted.applied.is_some() && persisted.tree != tree.current_name() {

@@ -95,9 +95,11 @@ impl ClusterConfigSettings {
     /// Check the table's rules.
     pub fn validate(&self) -> Result<(), AgentConfigError> {
         let bad = |m: &str| Err(AgentConfigError::Invalid(format!("cluster_config.{m}")));
-        if self.resync_ms == 0 || self.reload_timeout_ms == 0 {
-            return bad("resync_ms and reload_timeout_ms must be > 0");
-        }
+        switchboard_bus::config::first_zero(&[
+            ("cluster_config.resync_ms", self.resync_ms),
+            ("cluster_config.reload_timeout_ms", self.reload_timeout_ms),
+        ])
+        .map_err(AgentConfigError::Invalid)?;
         if let Some(s) = &self.subcluster {
             if switchboard_bus::keys::check_chunk(s).is_err() || s == switchboard_bus::repo::tree::GLOBAL {
                 return bad("subcluster must be a name (no '/', '*', '$', '?', '#'), not `global`");
@@ -106,7 +108,7 @@ impl ClusterConfigSettings {
         if self.reload.first().is_some_and(|p| p.is_empty()) {
             return bad("reload: the program may not be empty");
         }
-        if let Some(program) = self.reload.first().filter(|p| !findable(p)) {
+        if let Some(program) = self.reload.first().filter(|p| !switchboard_bus::config::program_found(p)) {
             return Err(AgentConfigError::Invalid(format!(
                 "cluster_config.reload: program {program:?} not found{}",
                 if program.contains('/') { "" } else { " in PATH" }
@@ -117,17 +119,6 @@ impl ClusterConfigSettings {
         }
         Ok(())
     }
-}
-
-/// Whether `program` names an executable file: a path as given, a bare name through `PATH` (as
-/// the reload command is started).
-fn findable(program: &str) -> bool {
-    use std::os::unix::fs::PermissionsExt as _;
-    let executable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-    if program.contains('/') {
-        return executable(Path::new(program));
-    }
-    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| executable(&d.join(program))))
 }
 
 #[cfg(test)]

@@ -154,11 +154,15 @@ impl DlrSettings {
                 d.expiry_s, d.max_expiry_s
             )));
         }
-        if d.wait_ms > d.max_wait_ms || d.report_wait_ms > d.max_wait_ms || d.timeout_ms == 0 {
-            return Err(AgentConfigError::Invalid(
-                "dlr.wait_ms and dlr.report_wait_ms must be at most dlr.max_wait_ms, and dlr.timeout_ms > 0".into(),
-            ));
+        for (key, value) in [("dlr.wait_ms", d.wait_ms), ("dlr.report_wait_ms", d.report_wait_ms)] {
+            if value > d.max_wait_ms {
+                return Err(AgentConfigError::Invalid(format!(
+                    "{key} = {value} must be at most dlr.max_wait_ms ({})",
+                    d.max_wait_ms
+                )));
+            }
         }
+        switchboard_bus::config::first_zero(&[("dlr.timeout_ms", d.timeout_ms)]).map_err(AgentConfigError::Invalid)?;
         if !(1..=MAX_COPIES).contains(&d.copies) {
             return Err(AgentConfigError::Invalid(format!(
                 "dlr.copies = {} must be between 1 and {MAX_COPIES} (other agents keeping a copy of each record)",
