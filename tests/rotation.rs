@@ -37,7 +37,13 @@ fn run(rotation: impl FnMut(&Path, usize) + Send + 'static, down_while_writing: 
     let c = Cluster::new();
     let collector = c.start_collector();
     let mut agent = c.start_agent("gw", "plain");
-    let w = Writer::start("gw", c.logs_dir("gw").join("app.log"), 60, 30_000, rotation);
+    // The agent holds the first file open before any rotation: a file renamed and deleted
+    // before its tailer started is never read (a start slower than the first rotation lost it).
+    let file = c.logs_dir("gw").join("app.log");
+    std::fs::write(&file, "").unwrap();
+    let tailing = wait_until(Duration::from_secs(30), || agent.log_text().contains("tailing file"));
+    assert!(tailing, "{}", agent.log_text());
+    let w = Writer::start("gw", file, 60, 30_000, rotation);
     if down_while_writing {
         std::thread::sleep(Duration::from_millis(1200));
         agent.stop();
@@ -216,8 +222,10 @@ fn truncations_without_a_copy_a_second_apart_lose_nothing_that_was_read() {
         append(&file, (n..n + 100).map(|i| numbered("gw", i)));
         n += 100;
         // Read before the next truncation (lines unread at a truncation without a copy are lost).
-        let read = wait_until(Duration::from_secs(3), || lines_read(&c, "gw") >= n);
-        assert!(read, "the agent read {} of {n} lines within 3 s of round {round}", lines_read(&c, "gw"));
+        // The first round also waits for the agent's start.
+        let within = Duration::from_secs(if round == 0 { 30 } else { 3 });
+        let read = wait_until(within, || lines_read(&c, "gw") >= n);
+        assert!(read, "the agent read {} of {n} lines within {within:?} of round {round}", lines_read(&c, "gw"));
     }
     let ok = wait_until(DEADLINE, || count_logs(&c.dataset()) >= n);
     assert!(ok, "dataset holds {} of {n}\n{}", count_logs(&c.dataset()), agent.log_text());
@@ -241,7 +249,7 @@ fn files_rotated_and_deleted_while_no_collector_is_alive_lose_nothing() {
         let file = dir.join("app.log");
         append(&file, (n..n + 200).map(|i| numbered("gw", i)));
         n += 200;
-        let read = wait_until(Duration::from_secs(5), || lines_read(&c, "gw") >= n);
+        let read = wait_until(Duration::from_secs(10), || lines_read(&c, "gw") >= n);
         // Rotated away and deleted at once: what the agent did not read is gone from the disk.
         let rotated = dir.join(format!("app.log.{round}"));
         std::fs::rename(&file, &rotated).unwrap();
@@ -273,7 +281,7 @@ fn a_last_line_never_ended_is_stored_once_its_file_is_rotated_away_or_deleted() 
     };
     append(&file, (0..10).map(|i| numbered("gw", i)));
     unended("rotated-away");
-    assert!(wait_until(Duration::from_secs(5), || lines_read(&c, "gw") >= 10), "{}", agent.log_text());
+    assert!(wait_until(Duration::from_secs(30), || lines_read(&c, "gw") >= 10), "{}", agent.log_text());
     std::fs::rename(&file, dir.join("app.log.1")).unwrap();
     append(&file, (10..20).map(|i| numbered("gw", i)));
     assert!(wait_until(DEADLINE, || count_logs(&c.dataset()) >= 21), "{}", agent.log_text());

@@ -567,11 +567,13 @@ mod tests {
         for _ in 0..MAX_CONNECTIONS / 2 {
             idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
         }
+        let (connected, all_in) = tokio::sync::oneshot::channel();
         let slow = tokio::spawn(async move {
             let mut slow = Vec::new();
             for _ in 0..MAX_CONNECTIONS / 2 {
                 slow.push(tokio::net::TcpStream::connect(addr).await.unwrap());
             }
+            let _ = connected.send(());
             // At most 100 rounds of 100 ms: far past the stall timeout.
             for i in 0..100 {
                 for s in &mut slow {
@@ -580,7 +582,9 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        all_in.await.unwrap();
+        // The server accepts what is connected before a later connection.
+        tokio::time::sleep(Duration::from_millis(100)).await;
         // Past the cap, a request waits in the backlog...
         assert_eq!(health_within(addr, Duration::from_millis(300)).await, None, "a connection past the cap was served");
         // ...until the stalled connections are closed, a stall timeout after they opened.

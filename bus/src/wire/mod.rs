@@ -163,7 +163,8 @@ mod tests {
             let t = std::time::Instant::now();
             let r = decode_ipc(input);
             assert!(matches!(r, Err(WireError::Malformed(_))) || input[..4] == [0, 0, 0, 0], "{input:02x?}: {r:?}");
-            assert!(t.elapsed() < std::time::Duration::from_millis(20), "{input:02x?} took {:?}", t.elapsed());
+            // Allocating what a prefix claims (up to 2 GiB) and filling it would take seconds.
+            assert!(t.elapsed() < std::time::Duration::from_millis(250), "{input:02x?} took {:?}", t.elapsed());
         }
         let found = include_bytes!("../../testdata/fuzz/log-batch-length-past-end");
         assert!(matches!(decode_ipc(found), Err(WireError::Malformed(_))));
