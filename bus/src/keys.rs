@@ -148,7 +148,7 @@ impl Role {
     /// Parse `<role>/<name>` (e.g. `node/gw1`), as tokens and views name a process.
     pub fn parse_member(path: &str) -> Option<(Role, String)> {
         let (role, name) = path.split_once('/')?;
-        if name.is_empty() || name.contains('/') {
+        if check_name(name).is_err() {
             return None;
         }
         Some((Role::from_chunk(role)?, name.to_owned()))
@@ -195,7 +195,7 @@ impl StreamId {
     /// for anything else.
     pub fn parse_local(node: &str, local: &str) -> Option<Self> {
         let (kind, name) = local.split_once('/')?;
-        if check_chunk(node).is_err() || check_chunk(name).is_err() {
+        if check_name(node).is_err() || check_chunk(name).is_err() {
             return None;
         }
         Some(Self { node: node.to_owned(), kind: StreamKind::from_chunk(kind)?, name: name.to_owned() })
@@ -487,7 +487,7 @@ impl KeySpace {
         let rest = key.strip_prefix(&self.prefix)?.strip_prefix(section)?;
         let mut parts = rest.split('/');
         let (node, kind, name) = (parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() || node.is_empty() || name.is_empty() {
+        if parts.next().is_some() || check_name(node).is_err() || check_chunk(name).is_err() {
             return None;
         }
         Some(StreamId { node: node.to_owned(), kind: StreamKind::from_chunk(kind)?, name: name.to_owned() })
@@ -672,6 +672,10 @@ mod tests {
         assert_eq!(ks().parse_stream("sb/other/stream/gw1/log/smsc"), None);
         assert_eq!(ks().parse_stream("sb/test/stream/gw1/metric/x"), None);
         assert_eq!(ks().parse_stream("sb/test/stream/gw1/log/a/b"), None);
+        assert_eq!(ks().parse_stream("sb/test/stream/g w1/log/app"), None, "a node name no process can have");
+        assert_eq!(ks().parse_stream("sb/test/stream/gw|1/log/app"), None);
+        assert_eq!(Role::parse_member("node/a b"), None);
+        assert_eq!(Role::parse_member("node/a=b"), None);
         assert_eq!(ks().parse_member("sb/test/node"), None);
         assert_eq!(ks().parse_member("sb/test/node/gw1"), Some((Role::Agent, "gw1".into())));
         assert_eq!(ks().parse_member("sb/test/collector/c1"), Some((Role::Collector, "c1".into())));

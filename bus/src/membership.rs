@@ -191,13 +191,22 @@ impl Membership {
     /// The live set changes inside zenoh's delivery of each token, not on a task of its own, so
     /// it is current for whatever zenoh delivers next: a node's token comes before its other
     /// messages on a link, and a subscriber that checks the live set (heads) sees the node.
-    pub async fn watch(session: &Session, keys: &KeySpace, cancel: CancellationToken) -> Result<Self, SessionError> {
+    ///
+    /// `me`, the process watching (`None` for a tool), never leaves its own live set: a token
+    /// under its name that another session declares and withdraws (a client reusing the name)
+    /// ends, at this process, as if its own had, while its own lives as long as it does.
+    pub async fn watch(
+        session: &Session,
+        keys: &KeySpace,
+        me: Option<Member>,
+        cancel: CancellationToken,
+    ) -> Result<Self, SessionError> {
         let parse = keys.clone();
         let event = move |key: &str, kind: SampleKind| {
             let (role, name) = parse.parse_member(key)?;
             Some(change(Member { role, name }, kind == SampleKind::Put))
         };
-        Self::watch_tokens(session, keys.all_members()?, event, "membership changed", cancel).await
+        Self::watch_tokens(session, keys.all_members()?, event, "membership changed", me, cancel).await
     }
 
     /// Watch the agents that take part in `service`, as members of role [`Role::Agent`], until
@@ -205,10 +214,12 @@ impl Membership {
     /// declare no `serves/` token at all (an agent of a version before the service tokens,
     /// which serves both: a cluster upgraded one node at a time keeps counting it). An agent
     /// that runs neither service declares `serves/none/<node>` and takes part in neither.
+    /// `me` as for [`Self::watch`].
     pub async fn watch_service(
         session: &Session,
         keys: &KeySpace,
         service: Service,
+        me: Option<Member>,
         cancel: CancellationToken,
     ) -> Result<Self, SessionError> {
         let parse = keys.clone();
@@ -231,16 +242,17 @@ impl Membership {
             Service::Limits => "agents serving limits changed",
             Service::Dlr => "agents serving DLRs changed",
         };
-        Self::watch_tokens(session, keys.all_tokens()?, event, said, cancel).await
+        Self::watch_tokens(session, keys.all_tokens()?, event, said, me, cancel).await
     }
 
     /// Watch the liveliness tokens on `tokens`, each turned into a change of the live set by
-    /// `event` (`None`: no change), logging each change with `said`.
+    /// `event` (`None`: no change), logging each change with `said`; `me` never leaves.
     async fn watch_tokens(
         session: &Session,
         tokens: zenoh::key_expr::OwnedKeyExpr,
         event: impl Fn(&str, SampleKind) -> Option<MemberEvent> + Send + Sync + 'static,
         said: &'static str,
+        me: Option<Member>,
         cancel: CancellationToken,
     ) -> Result<Self, SessionError> {
         let (live_tx, live) = watch::channel(BTreeSet::new());
@@ -260,6 +272,19 @@ impl Membership {
                     tracing::debug!(key = %sample.key_expr(), "a liveliness token that changes no member");
                     return;
                 };
+                if let (MemberEvent::Left(m), Some(me)) = (&event, &me) {
+                    if m == me {
+                        // Said as often as a change of a member is (a lock held for one update).
+                        if said_of.lock().unwrap_or_else(|p| p.into_inner()).admit(m).is_some() {
+                            tracing::warn!(
+                                key = %sample.key_expr(),
+                                "a token under this process's own name was withdrawn by another session (a \
+                                 client using its name): this process is still alive"
+                            );
+                        }
+                        return;
+                    }
+                }
                 let changed = live_tx.send_if_modified(|set| match &event {
                     MemberEvent::Joined(m) => {
                         let new = !set.contains(m);
@@ -414,7 +439,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_service_counts_who_serves_it_and_who_says_nothing() {
         let (a, b, keys, cancel) = two_sessions("sb/mservice").await;
-        let limits = Membership::watch_service(&a, &keys, Service::Limits, cancel.clone()).await.unwrap();
+        let limits = Membership::watch_service(&a, &keys, Service::Limits, None, cancel.clone()).await.unwrap();
         let declare = |key: zenoh::key_expr::OwnedKeyExpr| {
             let b = b.clone();
             async move { b.liveliness().declare_token(key).await.unwrap() }
@@ -469,7 +494,7 @@ mod tests {
     async fn joins_and_leaves_are_seen_by_a_peer() {
         let (a, b, keys, cancel) = two_sessions("sb/mtest").await;
         let _ta = announce(&a, &keys, Role::Collector, "c1").await.unwrap();
-        let m = Membership::watch(&a, &keys, cancel.clone()).await.unwrap();
+        let m = Membership::watch(&a, &keys, None, cancel.clone()).await.unwrap();
         // Own token arrives through history.
         assert!(m.wait_for_role(Role::Collector, Duration::from_secs(5)).await);
         let mut events = m.events();
@@ -498,5 +523,20 @@ mod tests {
         cancel.cancel();
         b.close().await.unwrap();
         a.close().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_token_under_my_name_withdrawn_by_another_session_leaves_me_alive() {
+        let (a, b, keys, cancel) = two_sessions("sb/mself").await;
+        let me = Member { role: Role::Agent, name: "gw1".into() };
+        let _mine = announce(&a, &keys, Role::Agent, "gw1").await.unwrap();
+        let m = Membership::watch(&a, &keys, Some(me.clone()), cancel.clone()).await.unwrap();
+        assert!(m.wait_for_role(Role::Agent, Duration::from_secs(5)).await);
+        let impostor = announce(&b, &keys, Role::Agent, "gw1").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(impostor);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(m.live().contains(&me), "{:?}", m.live());
+        cancel.cancel();
     }
 }

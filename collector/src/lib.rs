@@ -282,7 +282,7 @@ impl Collector {
         let joined = session::LeaveOnDrop::new(&session, &links, leaving);
         let me = Member { role: Role::Collector, name: name.clone() };
         mesh::check_name_free(&session, &keys, &me, std::time::Duration::from_millis(bus.lease_ms)).await?;
-        let membership = Membership::watch(&session, &keys, cancel.clone()).await?;
+        let membership = Membership::watch(&session, &keys, Some(me.clone()), cancel.clone()).await?;
         let mesh = Mesh::start(&session, &keys, me, membership.clone(), links.clone(), cancel.clone()).await?;
         // Claim the dataset (or stand by) before subscribing and announcing: agents that wait for
         // a collector then publish to one that already knows whether it writes.

@@ -62,9 +62,10 @@ impl PromotedBuilder {
                 Ok(x) => b.append_value(x),
                 Err(_) => return false,
             },
-            Self::Float64(b) => match v.trim().parse() {
-                Ok(x) => b.append_value(x),
-                Err(_) => return false,
+            // NaN and the infinities do not convert: no sum, average or bound means anything with one.
+            Self::Float64(b) => match v.trim().parse::<f64>() {
+                Ok(x) if x.is_finite() => b.append_value(x),
+                _ => return false,
             },
             Self::Bool(b) => match v.trim().to_ascii_lowercase().as_str() {
                 "true" | "1" | "yes" => b.append_value(true),
@@ -245,6 +246,7 @@ mod tests {
         let table = LogsTable::new(vec![
             PromotedColumn { name: "msg_id".into(), kind: ColumnType::String, bloom: true },
             PromotedColumn { name: "latency_ms".into(), kind: ColumnType::Int64, bloom: false },
+            PromotedColumn { name: "value".into(), kind: ColumnType::Float64, bloom: false },
         ]);
         let mut b = LogBatchBuilder::new();
         let row = |seq| LogRow {
@@ -261,10 +263,16 @@ mod tests {
         b.append(&row(0), &[("msg_id", "a1"), ("latency_ms", "12"), ("x", "y")]);
         b.append(&row(1), &[("latency_ms", "slow")]);
         b.append::<&str, &str>(&row(2), &[]);
+        b.append(&row(3), &[("value", "NaN")]);
+        b.append(&row(4), &[("value", "-inf")]);
+        b.append(&row(5), &[("value", "2.5")]);
         let wire = b.finish().unwrap();
         let id = StreamId { node: "gw1".into(), kind: StreamKind::Log, name: "smsc".into() };
         let (rows, failures) = table.to_rows(&id, &wire).unwrap();
-        assert_eq!(failures, 1);
+        assert_eq!(failures, 3, "slow, NaN and -inf do not convert");
+        let value = rows.column_by_name("value").unwrap().as_primitive::<arrow::datatypes::Float64Type>();
+        assert!(value.is_null(3) && value.is_null(4));
+        assert_eq!(value.value(5), 2.5);
         assert_eq!(rows.schema(), table.schema());
         let msg_id = rows.column_by_name("msg_id").unwrap().as_string::<i32>();
         assert_eq!(msg_id.value(0), "a1");

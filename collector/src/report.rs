@@ -146,6 +146,12 @@ impl switchboard_bus::http::Report for CollectorReport {
                 g(&s.payloads_malformed),
             )
             .counter(
+                "switchboard_collector_unconverted_values_total",
+                "Values of a typed column (a promoted field, a column of metrics, limits or dlr) that did not convert \
+                 to its type (a NaN or infinite float included): the column is null and the text stays in `fields`.",
+                g(&s.promote_failures),
+            )
+            .counter(
                 "switchboard_collector_inputs_shed_total",
                 "Live payloads and heads shed while the sink was behind (payloads are pulled again).",
                 g(&s.inputs_shed),

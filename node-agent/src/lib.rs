@@ -239,7 +239,7 @@ impl Agent {
         if let Err(e) = switchboard_bus::config::write_listening(&config.agent.data_dir, &config.bus.listen) {
             tracing::warn!(error = %e, "cannot write {}: `status --config` with this agent's file reaches only its `connect` endpoints", switchboard_bus::config::LISTENING_FILE);
         }
-        let membership = Membership::watch(&session, &keys, cancel.clone()).await?;
+        let membership = Membership::watch(&session, &keys, Some(me.clone()), cancel.clone()).await?;
         tracker.spawn(peers::remember(
             session.clone(),
             keys.clone(),
@@ -248,7 +248,7 @@ impl Agent {
             config.bus.connect.clone(),
             cancel.clone(),
         ));
-        let mesh = Mesh::start(&session, &keys, me, membership.clone(), links.clone(), cancel.clone()).await?;
+        let mesh = Mesh::start(&session, &keys, me.clone(), membership.clone(), links.clone(), cancel.clone()).await?;
         let publishers =
             publisher::declare_publishers(&session, &keys, &node, config.sources.iter().map(|s| s.name.as_str()))
                 .await?;
@@ -293,7 +293,7 @@ impl Agent {
         // Limits are shared, and DLR records placed, among the agents that serve them: an agent
         // that runs without one is alive but takes no part in it.
         let limits = if config.limits.enabled {
-            let sharing = Membership::watch_service(&session, &keys, Service::Limits, cancel.clone()).await?;
+            let sharing = Membership::watch_service(&session, &keys, Service::Limits, Some(me.clone()), cancel.clone()).await?;
             let limits =
                 limits::LimitsService::start(&config, &session, &keys, &sharing, &tracker, &announced, &cancel);
             Some(limits.await?)
@@ -309,7 +309,7 @@ impl Agent {
             None
         };
         let dlr = if config.dlr.enabled {
-            let holders = Membership::watch_service(&session, &keys, Service::Dlr, cancel.clone()).await?;
+            let holders = Membership::watch_service(&session, &keys, Service::Dlr, Some(me.clone()), cancel.clone()).await?;
             Some(dlr::DlrService::start(&config, &session, &keys, &holders, &mesh, &tracker, &cancel).await?)
         } else {
             None

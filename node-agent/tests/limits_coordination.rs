@@ -70,8 +70,8 @@ async fn two_nodes_share_a_limit_by_demand_and_a_leaver_frees_its_share() {
     let sb = open(&bus("b", None, Some(&ep)), None).await.unwrap();
     let _ta = announce(&sa, &keys, Role::Agent, "a").await.unwrap();
     let tb = announce(&sb, &keys, Role::Agent, "b").await.unwrap();
-    let ma = Membership::watch(&sa, &keys, cancel.clone()).await.unwrap();
-    let mb = Membership::watch(&sb, &keys, cancel_b.clone()).await.unwrap();
+    let ma = Membership::watch(&sa, &keys, None, cancel.clone()).await.unwrap();
+    let mb = Membership::watch(&sb, &keys, None, cancel_b.clone()).await.unwrap();
     let (la, lb) = (Arc::new(Limiter::new(spec()).unwrap()), Arc::new(Limiter::new(spec()).unwrap()));
     let settings = coord::CoordSettings { interval: Duration::from_millis(50), ..Default::default() };
     let (va, _) = tokio::sync::watch::channel(Default::default());

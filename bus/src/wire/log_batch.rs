@@ -36,6 +36,13 @@ pub const PAYLOAD: &str = "log_batch";
 /// The schema version this build writes and reads.
 pub const VERSION: u32 = 1;
 
+/// The earliest `ts` or `observed_ts` a batch may carry: 0000-01-01T00:00:00Z, in µs.
+pub const TS_MIN_MICROS: i64 = -62_167_219_200_000_000;
+/// The latest: 9999-12-31T23:59:59.999999Z, in µs (every reader prints and partitions these).
+pub const TS_MAX_MICROS: i64 = 253_402_300_799_999_999;
+/// The largest `seq` or `offset` a batch may carry: they are Int64 at rest.
+pub const MAX_SEQ: u64 = i64::MAX as u64;
+
 /// The Arrow type of the `ts` and `observed_ts` columns.
 pub fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
@@ -239,7 +246,37 @@ pub fn decode(bytes: &[u8]) -> Result<RecordBatch, WireError> {
             .unwrap_or_else(|| format!("columns {:?}", found.iter().map(|f| f.name()).collect::<Vec<_>>()));
         return Err(WireError::Schema { payload: PAYLOAD, version: VERSION, detail });
     }
+    check_ranges(&batch)?;
     Ok(batch)
+}
+
+/// Refuse values the tables cannot hold: a `seq` or `offset` past [`MAX_SEQ`], a `ts` or
+/// `observed_ts` outside years 0000-9999 ([`TS_MIN_MICROS`], [`TS_MAX_MICROS`]).
+fn check_ranges(batch: &RecordBatch) -> Result<(), WireError> {
+    use arrow::array::{AsArray as _, PrimitiveArray};
+    use arrow::datatypes::{TimestampMicrosecondType, UInt64Type};
+    let column = |name: &str| {
+        batch.column_by_name(name).ok_or_else(|| WireError::Malformed(format!("log_batch without column {name}")))
+    };
+    for name in ["seq", "offset"] {
+        let values: &PrimitiveArray<UInt64Type> = column(name)?
+            .as_primitive_opt()
+            .ok_or_else(|| WireError::Malformed(format!("log_batch column {name} is not UInt64")))?;
+        if let Some(v) = values.iter().flatten().find(|v| *v > MAX_SEQ) {
+            return Err(WireError::Malformed(format!("log_batch {name} {v} is past {MAX_SEQ} (2^63 - 1)")));
+        }
+    }
+    for name in ["ts", "observed_ts"] {
+        let values: &PrimitiveArray<TimestampMicrosecondType> = column(name)?
+            .as_primitive_opt()
+            .ok_or_else(|| WireError::Malformed(format!("log_batch column {name} is not a µs timestamp")))?;
+        if let Some(v) = values.iter().flatten().find(|v| !(TS_MIN_MICROS..=TS_MAX_MICROS).contains(v)) {
+            return Err(WireError::Malformed(format!(
+                "log_batch {name} {v} µs is outside the years 0000-9999 ({TS_MIN_MICROS}..={TS_MAX_MICROS})"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The first difference between a payload's columns and the schema's, said so that a publisher of
@@ -361,6 +398,33 @@ mod tests {
         let vals = first.column(1).as_string::<i32>();
         assert_eq!((keys.value(0), vals.value(0)), ("msg_id", "m7"));
         assert!(back.column_by_name("invalid_utf8").unwrap().as_boolean().value(3));
+    }
+
+    #[test]
+    fn values_the_tables_cannot_hold_are_malformed() {
+        let one = |seq: u64, ts_micros: i64, offset: u64| {
+            let mut b = LogBatchBuilder::new();
+            let row = LogRow {
+                seq,
+                ts_micros,
+                observed_micros: 0,
+                file: "f",
+                offset,
+                level: None,
+                message: "m",
+                raw: None,
+                truncated: false,
+            };
+            b.append::<&str, &str>(&row, &[]);
+            decode(&encode(&b.finish().unwrap()).unwrap())
+        };
+        assert!(one(MAX_SEQ, TS_MAX_MICROS, MAX_SEQ).is_ok());
+        assert!(one(0, TS_MIN_MICROS, 0).is_ok());
+        for (seq, ts, offset) in
+            [(MAX_SEQ + 1, 0, 0), (0, 0, u64::MAX), (0, TS_MAX_MICROS + 1, 0), (0, TS_MIN_MICROS - 1, 0), (0, i64::MAX, 0)]
+        {
+            assert!(matches!(one(seq, ts, offset), Err(WireError::Malformed(_))), "{seq} {ts} {offset}");
+        }
     }
 
     #[test]

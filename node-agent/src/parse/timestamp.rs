@@ -24,7 +24,7 @@ pub(crate) fn civil_to_micros(
 ) -> Option<i64> {
     let (sec, extra) = if sec == 60 { (59, MICROS_PER_SEC) } else { (sec, 0) };
     let dt = NaiveDate::from_ymd_opt(year, month, day)?.and_hms_micro_opt(hour, min, sec, micros)?;
-    dt.and_utc().timestamp_micros().checked_add(extra)
+    dt.and_utc().timestamp_micros().checked_add(extra).and_then(in_range)
 }
 
 /// Reads exactly `n` ASCII digits at `b[at..]` as a number.
@@ -146,7 +146,7 @@ pub(crate) fn parse_rfc3339_prefix(b: &[u8]) -> Option<(i64, usize)> {
     let (off, end) = offset(b, end);
     let year = i32::try_from(year).ok()?;
     let local = civil_to_micros(year, month, day, h, m, s, us)?;
-    Some((local.checked_sub(off.checked_mul(MICROS_PER_SEC)?)?, end))
+    Some((in_range(local.checked_sub(off.checked_mul(MICROS_PER_SEC)?)?)?, end))
 }
 
 /// Parses a whole string as an RFC 3339 / ISO 8601 date-time (see [`parse_rfc3339_prefix`]).
@@ -180,18 +180,25 @@ pub(crate) fn epoch_f64_to_micros(v: f64) -> Option<i64> {
     if micros.abs() >= 9.2e18 {
         return None;
     }
-    Some(micros.round() as i64)
+    in_range(micros.round() as i64)
+}
+
+/// `micros` if it lies in the years 0000-9999, which the tables hold (a batch with another is
+/// refused as malformed); else `None`, and the line's read time stands in.
+fn in_range(micros: i64) -> Option<i64> {
+    use switchboard_bus::wire::log_batch::{TS_MAX_MICROS, TS_MIN_MICROS};
+    (TS_MIN_MICROS..=TS_MAX_MICROS).contains(&micros).then_some(micros)
 }
 
 /// Integer version of [`epoch_f64_to_micros`] (exact, no float rounding).
 pub(crate) fn epoch_i64_to_micros(v: i64) -> Option<i64> {
     let mag = v.unsigned_abs();
     if mag > 100_000_000_000_000 {
-        Some(v)
+        in_range(v)
     } else if mag > 100_000_000_000 {
-        v.checked_mul(1_000)
+        v.checked_mul(1_000).and_then(in_range)
     } else {
-        v.checked_mul(MICROS_PER_SEC)
+        v.checked_mul(MICROS_PER_SEC).and_then(in_range)
     }
 }
 
@@ -290,7 +297,12 @@ mod tests {
         assert_eq!(epoch_i64_to_micros(1_795_341_600), Some(T0));
         assert_eq!(epoch_i64_to_micros(1_795_341_600_000), Some(T0));
         assert_eq!(epoch_i64_to_micros(T0), Some(T0));
-        assert_eq!(epoch_i64_to_micros(i64::MIN), Some(i64::MIN));
+        assert_eq!(epoch_i64_to_micros(i64::MIN), None, "outside the years 0000-9999");
+        assert_eq!(epoch_f64_to_micros(-9e18), None);
+        assert_eq!(epoch_i64_to_micros(253_402_300_800_000_000), None);
+        assert_eq!(parse_rfc3339("0000-01-01T00:00:00+01:00"), None, "an offset before the year 0");
+        assert_eq!(parse_rfc3339("9999-12-31T23:59:60Z"), None, "a leap second into the year 10000");
+        assert!(parse_rfc3339("0000-01-01T00:00:00Z").is_some());
         assert_eq!(epoch_i64_to_micros(100_000_000_000), Some(100_000_000_000_000_000));
         assert_eq!(epoch_i64_to_micros(100_000_000_001), Some(100_000_000_001_000));
         assert_eq!(epoch_f64_to_micros(1_795_341_600.25), Some(T0 + 250_000));
