@@ -557,7 +557,7 @@ pub fn run(cli: Cli) -> Result<()> {
                         .with_context(|| format!("{}: cluster_config.dir", config.display()))?;
                 }
                 out!("{}: ok ({} sources)", config.display(), cfg.sources.len());
-                if let Some(w) = &idle {
+                for w in idle.as_deref().into_iter().chain(cfg.bus.unreachable_warning()) {
                     out!("warning: {w}");
                 }
                 return Ok(());
@@ -579,6 +579,9 @@ pub fn run(cli: Cli) -> Result<()> {
                 check_tls(&cfg.bus, switchboard_bus::tls::IdRole::Collector)
                     .with_context(|| config.display().to_string())?;
                 out!("{}: ok", config.display());
+                if let Some(w) = cfg.bus.unreachable_warning() {
+                    out!("warning: {w}");
+                }
                 return Ok(());
             }
             runtime()?.block_on(async {

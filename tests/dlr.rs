@@ -1125,3 +1125,43 @@ fn an_owner_stopped_for_a_second_takes_no_dlr_another_gateway_handled() {
     assert_eq!(got.len(), taken.len(), "a's inbox {got:?}, taken by a {taken:?}: {outcomes:?}");
     drop((a, b, c3));
 }
+
+/// A replica that is live but does not answer (its token up, nothing serving its key, as while it
+/// leaves) is asked again after a pause per batch, not in a loop: the failures stay counted by
+/// the handful, and the log says so once.
+#[test]
+fn a_live_replica_that_does_not_answer_is_not_asked_in_a_loop() {
+    let c = Cluster::new();
+    let a = start(&c, "a", &[]);
+    wait_mesh(&c, &["a"]);
+    // A process holding only the token of an agent `mute`: a live replica with no queryable.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bus = switchboard_bus::config::BusConfig {
+        cluster: c.cluster.clone(),
+        node: "mute".into(),
+        connect: vec![a.endpoint()],
+        ..Default::default()
+    };
+    let session = rt.block_on(switchboard_bus::session::open(&bus, None)).unwrap();
+    let token = format!("{}/node/mute", bus.effective_prefix());
+    let _token = rt.block_on(async { session.liveliness().declare_token(token).await }).unwrap();
+    let seen = wait_until(Duration::from_secs(20), || live_nodes(&c, "a") == ["a", "mute"]);
+    assert!(seen, "a never saw mute: {:?}", live_nodes(&c, "a"));
+    let before = dlr_counter(&c, "a", "replica_failures");
+    let t = Instant::now();
+    for i in 0..20 {
+        register(&c, "a", "dec", [format!("{}", 9000 + i)]);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let failures = dlr_counter(&c, "a", "replica_failures") - before;
+    let took = t.elapsed();
+    let log = a.proc.as_ref().map(|p| p.log_text()).unwrap_or_default();
+    let said = log.matches("replica batch failed").count();
+    eprintln!("{failures} failed batches in {took:?}, said {said} times");
+    // Four batches in flight per lane, each paused 250 ms after its failure: about 16 a second,
+    // plus a pass's now and then (a loop made thousands).
+    assert!(failures as f64 <= 40.0 * took.as_secs_f64(), "{failures} failed batches in {took:?}");
+    assert!(said <= 3, "said {said} times:\n{log}");
+    drop(_token);
+    rt.block_on(async { session.close().await }).unwrap();
+}

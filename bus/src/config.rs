@@ -253,6 +253,15 @@ impl BusConfig {
         self.connect.first().and_then(|e| local_endpoint_towards(e)).into_iter().collect()
     }
 
+    /// A warning for a process that names neither a `listen` nor a `connect` endpoint: nothing
+    /// can reach it and it reaches nothing (multicast scouting aside).
+    pub fn unreachable_warning(&self) -> Option<&'static str> {
+        (self.listen.is_empty() && self.connect.is_empty() && !self.scouting).then_some(
+            "[bus] names no `listen` or `connect` endpoint: no other process can reach this one, nor it them (set \
+             `listen`, e.g. [\"tcp/0.0.0.0:7447\"], or `connect`)",
+        )
+    }
+
     /// Check names, prefix and endpoints; called before a session is opened.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_name(&self.cluster).map_err(|source| ConfigError::Name {
@@ -335,15 +344,25 @@ pub fn first_zero(settings: &[(&str, u64)]) -> Result<(), String> {
     }
 }
 
-/// Whether `program` names an executable file: a path as given, a bare name through `PATH` (as
-/// a configured command such as a reload or a notify hook is started).
-pub fn program_found(program: &str) -> bool {
+/// Check that `program`, the first word of setting `key` (a command such as a reload or a
+/// notify hook), names an executable file: a path as given, a bare name through `PATH` (as the
+/// command is started). The error names the setting and why.
+pub fn check_program(key: &str, program: &str) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt as _;
     let executable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-    if program.contains('/') {
-        return executable(Path::new(program));
+    if program.is_empty() {
+        return Err(format!("{key}: the program may not be empty"));
     }
-    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| executable(&d.join(program))))
+    if !program.contains('/') {
+        let found = std::env::var_os("PATH")
+            .is_some_and(|paths| std::env::split_paths(&paths).any(|d| executable(&d.join(program))));
+        return if found { Ok(()) } else { Err(format!("{key}: program {program:?} not found in PATH")) };
+    }
+    match std::fs::metadata(program) {
+        Err(_) => Err(format!("{key}: program {program:?} not found")),
+        Ok(_) if !executable(Path::new(program)) => Err(format!("{key}: {program:?} is not an executable file")),
+        Ok(_) => Ok(()),
+    }
 }
 
 /// The link protocols this build speaks: plain TCP, and TLS or QUIC (both with certificates).

@@ -246,11 +246,8 @@ impl CollectorConfig {
             ("collector.max_file_age_ms", c.max_file_age_ms),
         ])
         .map_err(CollectorConfigError::Invalid)?;
-        if let Some(program) = c.notify.first().filter(|p| !switchboard_bus::config::program_found(p)) {
-            return Err(CollectorConfigError::Invalid(format!(
-                "collector.notify: program {program:?} not found{}",
-                if program.contains('/') { "" } else { " in PATH" }
-            )));
+        if let Some(program) = c.notify.first() {
+            switchboard_bus::config::check_program("collector.notify", program).map_err(CollectorConfigError::Invalid)?;
         }
         c.location()?;
         switchboard_bus::http::check_listen(&c.http_listen, c.http_token.as_deref(), "collector.http_listen")

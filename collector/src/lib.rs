@@ -272,11 +272,8 @@ impl Collector {
 
         let mut bus = config.bus.clone();
         bus.listen = bus.effective_listen();
-        if bus.listen.is_empty() && bus.connect.is_empty() {
-            tracing::warn!(
-                "[bus] names no `listen` or `connect` endpoint: no agent can reach this collector (set `listen`, \
-                 e.g. [\"tcp/0.0.0.0:7447\"])"
-            );
+        if let Some(w) = bus.unreachable_warning() {
+            tracing::warn!("{w}");
         }
         let (session, links) = session::open_linked(&bus, switchboard_bus::tls::IdRole::Collector).await?;
         let joined = session::LeaveOnDrop::new(&session, &links, leaving);

@@ -217,10 +217,8 @@ impl Agent {
         };
         let gateway_listeners = gateway::Listeners::bind(&config.gateway, &config.agent.data_dir)?;
         config.bus.listen = config.bus.effective_listen();
-        if config.bus.listen.is_empty() && config.bus.connect.is_empty() {
-            tracing::warn!(
-                "[bus] names no `listen` or `connect` endpoint: this agent can reach no collector and no peer"
-            );
+        if let Some(w) = config.bus.unreachable_warning() {
+            tracing::warn!("{w}");
         }
         let remembered = peers::remembered(&config.agent.data_dir, &config.bus.connect, &config.bus.listen);
         if !remembered.is_empty() {

@@ -347,8 +347,8 @@ impl AckTask {
                             match skipped {
                                 Some(cp) => {
                                     tracing::warn!(
-                                        stream = %stream, from = %from, lost = head,
-                                        "the collector holds this stream up to {w} from an earlier life of this node (its data_dir was emptied): \
+                                        stream = %id, from = %from, lost = head,
+                                        "the collector holds stream {id} up to {w} from an earlier life of this node (its data_dir was emptied): \
                                          its lines are numbered from {} on; the lines numbered below since the start repeat numbers it holds and are not stored",
                                         w + 1
                                     );

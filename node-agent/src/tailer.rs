@@ -159,6 +159,11 @@ struct TailedFile {
     opened: Instant,
     /// The last read found no new bytes.
     at_eof: bool,
+    /// Read to its end once: until then the files opened after it wait (copies excepted), so a
+    /// source's files found together are read one after another, oldest first, and their lines
+    /// numbered in the order they were written (a source read again from its start, with no
+    /// checkpoint, numbers them as before).
+    caught_up: bool,
     /// This file was truncated in place: its copy's remaining lines come first, so that the
     /// stream keeps writing order. Set when the truncation was seen.
     hold_for_copy: Option<Instant>,
@@ -488,6 +493,7 @@ impl SourceTailer {
             moved_since: moved.then(Instant::now),
             last_read: Instant::now(),
             at_eof: false,
+            caught_up: false,
             hold_for_copy: hold,
             copy_for,
             first_block_checked: resumed_past_start,
@@ -504,8 +510,10 @@ impl SourceTailer {
         // Files opened after one that waits for its copy wait too, copies excepted: a file
         // truncated in place and then renamed away has lines that go before the new live file's.
         let mut holding = false;
+        // Files opened after one not yet read to its end wait too, copies excepted.
+        let mut behind = false;
         while i < self.files.len() && !cancel.is_cancelled() {
-            if holding && self.files[i].copy_for.is_none() {
+            if (holding || behind) && self.files[i].copy_for.is_none() {
                 i += 1;
                 continue;
             }
@@ -533,6 +541,10 @@ impl SourceTailer {
                     self.flush(out)?;
                 }
             }
+            if drained {
+                self.files[i].caught_up = true;
+            }
+            behind |= !self.files[i].caught_up;
             // A file rotated away or deleted whose last line never got its newline: once it has
             // been gone a while (its writer may still finish the line through an open handle),
             // that line ends where the file ends.
@@ -1019,6 +1031,31 @@ mod tests {
             collect(b);
         }
         (batches, stats)
+    }
+
+    /// Files found together are read one after another, oldest first, each to its end: their
+    /// lines are numbered in the order they were written (each file here is more than a turn's
+    /// reading, so reading them in turns would interleave them).
+    #[test]
+    fn files_found_together_are_read_oldest_first_one_after_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let filler = "x".repeat(1000);
+        let now = std::time::SystemTime::now();
+        // The glob lists a, b, c; they were written c, b, a.
+        for (name, hours_ago) in [("a", 1), ("b", 2), ("c", 3)] {
+            let text: String = (0..5000).map(|i| format!("{name} {i:05} {filler}\n")).collect();
+            let path = dir.path().join(format!("{name}.log"));
+            std::fs::write(&path, text).unwrap();
+            let file = File::options().write(true).open(&path).unwrap();
+            file.set_modified(now - Duration::from_secs(3600 * hours_ago)).unwrap();
+        }
+        let (lines, _) = tail(dir.path(), BinaryFiles::Skip, 15_000);
+        assert_eq!(lines.len(), 15_000);
+        let order: Vec<String> = lines.iter().map(|l| l[..7].to_owned()).collect();
+        let expected: Vec<String> =
+            ["c", "b", "a"].iter().flat_map(|n| (0..5000).map(move |i| format!("{n} {i:05}"))).collect();
+        let first_off = order.iter().zip(&expected).position(|(got, want)| got != want);
+        assert_eq!(first_off, None, "line {first_off:?} out of writing order");
     }
 
     #[test]

@@ -105,14 +105,9 @@ impl ClusterConfigSettings {
                 return bad("subcluster must be a name (no '/', '*', '$', '?', '#'), not `global`");
             }
         }
-        if self.reload.first().is_some_and(|p| p.is_empty()) {
-            return bad("reload: the program may not be empty");
-        }
-        if let Some(program) = self.reload.first().filter(|p| !switchboard_bus::config::program_found(p)) {
-            return Err(AgentConfigError::Invalid(format!(
-                "cluster_config.reload: program {program:?} not found{}",
-                if program.contains('/') { "" } else { " in PATH" }
-            )));
+        if let Some(program) = self.reload.first() {
+            switchboard_bus::config::check_program("cluster_config.reload", program)
+                .map_err(AgentConfigError::Invalid)?;
         }
         if self.dir.as_ref().is_some_and(|d| d.file_name().is_none()) {
             return bad("dir must name a link to create, not end in `/` or `..`");
@@ -134,5 +129,9 @@ mod tests {
         assert!(err.contains("\"/nonexistent/reload\" not found"), "{err}");
         let err = with("no-such-reload-program").validate().unwrap_err().to_string();
         assert!(err.contains("not found in PATH"), "{err}");
+        let err = with("/etc/passwd").validate().unwrap_err().to_string();
+        assert!(err.contains("\"/etc/passwd\" is not an executable file"), "{err}");
+        let err = with("").validate().unwrap_err().to_string();
+        assert!(err.contains("may not be empty"), "{err}");
     }
 }

@@ -455,11 +455,11 @@ impl Lanes {
                 match send(&service, &to, &ops).await {
                     Ok(ack) => adopt(&service, ack.newer),
                     Err(e) => {
-                        tracing::warn!(node = to, records = ops.len(), error = %e, "replica batch failed; retrying");
-                        service.outbox.requeue(ops.into_iter().filter_map(|op| match op {
-                            ReplicaOp::Put(r) => Some(r),
-                            ReplicaOp::Drop { .. } => None,
-                        }));
+                        // The lane pauses (its slot held) before the batch goes back: a replica
+                        // that stopped answering (leaving, its token not yet gone) is not asked
+                        // again in a loop.
+                        tokio::time::sleep(LANE_PAUSE).await;
+                        failed(&service, &to, ops, &e);
                     }
                 }
             });
@@ -500,15 +500,30 @@ async fn send_batches(service: &DlrService, batches: Vec<(String, Vec<ReplicaOp>
             }
             Err(e) => {
                 failed = true;
-                tracing::warn!(node, records = ops.len(), error = %e, "replica batch failed; retrying");
-                service.outbox.requeue(ops.into_iter().filter_map(|op| match op {
-                    ReplicaOp::Put(r) => Some(r),
-                    ReplicaOp::Drop { .. } => None,
-                }));
+                self::failed(service, &node, ops, &e);
             }
         }
     }
     (acked, failed)
+}
+
+/// How long a lane waits after a failed batch before its puts are queued again.
+const LANE_PAUSE: Duration = Duration::from_millis(250);
+
+/// Failed batches said at most this often (with how many went unsaid).
+static FAILURES_SAID: std::sync::Mutex<switchboard_bus::throttle::Throttle> =
+    std::sync::Mutex::new(switchboard_bus::throttle::Throttle::new(Duration::from_secs(10)));
+
+/// A batch to `node` failed: say so (throttled) and queue its puts again.
+fn failed(service: &DlrService, node: &str, ops: Vec<ReplicaOp>, e: &ReplicaError) {
+    // One admit under this lock: a poisoned lock is taken over.
+    if let Some(unsaid) = FAILURES_SAID.lock().unwrap_or_else(|p| p.into_inner()).admit() {
+        tracing::warn!(node, records = ops.len(), error = %e, unsaid_failures = unsaid, "replica batch failed; retrying");
+    }
+    service.outbox.requeue(ops.into_iter().filter_map(|op| match op {
+        ReplicaOp::Put(r) => Some(r),
+        ReplicaOp::Drop { .. } => None,
+    }));
 }
 
 /// Take copies the replica holds in a newer version (closed while this node was down), and
