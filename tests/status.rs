@@ -201,8 +201,8 @@ fn status_shows_the_cluster_and_a_killed_node_as_gone_with_exit_codes() {
     // docs/prometheus.md lists every family the processes export, and no other.
     let families: std::collections::BTreeSet<&str> =
         exported.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
-    let reference = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/prometheus.md"))
-        .unwrap();
+    let reference =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/prometheus.md")).unwrap();
     let listed: std::collections::BTreeSet<&str> =
         reference.lines().filter_map(|l| l.strip_prefix("| `")?.split('`').next()).collect();
     assert_eq!(

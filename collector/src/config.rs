@@ -247,7 +247,8 @@ impl CollectorConfig {
         ])
         .map_err(CollectorConfigError::Invalid)?;
         if let Some(program) = c.notify.first() {
-            switchboard_bus::config::check_program("collector.notify", program).map_err(CollectorConfigError::Invalid)?;
+            switchboard_bus::config::check_program("collector.notify", program)
+                .map_err(CollectorConfigError::Invalid)?;
         }
         c.location()?;
         switchboard_bus::http::check_listen(&c.http_listen, c.http_token.as_deref(), "collector.http_listen")

@@ -291,7 +291,8 @@ impl Agent {
         // Limits are shared, and DLR records placed, among the agents that serve them: an agent
         // that runs without one is alive but takes no part in it.
         let limits = if config.limits.enabled {
-            let sharing = Membership::watch_service(&session, &keys, Service::Limits, Some(me.clone()), cancel.clone()).await?;
+            let sharing =
+                Membership::watch_service(&session, &keys, Service::Limits, Some(me.clone()), cancel.clone()).await?;
             let limits =
                 limits::LimitsService::start(&config, &session, &keys, &sharing, &tracker, &announced, &cancel);
             Some(limits.await?)
@@ -307,7 +308,8 @@ impl Agent {
             None
         };
         let dlr = if config.dlr.enabled {
-            let holders = Membership::watch_service(&session, &keys, Service::Dlr, Some(me.clone()), cancel.clone()).await?;
+            let holders =
+                Membership::watch_service(&session, &keys, Service::Dlr, Some(me.clone()), cancel.clone()).await?;
             Some(dlr::DlrService::start(&config, &session, &keys, &holders, &mesh, &tracker, &cancel).await?)
         } else {
             None

@@ -420,9 +420,13 @@ mod tests {
         };
         assert!(one(MAX_SEQ, TS_MAX_MICROS, MAX_SEQ).is_ok());
         assert!(one(0, TS_MIN_MICROS, 0).is_ok());
-        for (seq, ts, offset) in
-            [(MAX_SEQ + 1, 0, 0), (0, 0, u64::MAX), (0, TS_MAX_MICROS + 1, 0), (0, TS_MIN_MICROS - 1, 0), (0, i64::MAX, 0)]
-        {
+        for (seq, ts, offset) in [
+            (MAX_SEQ + 1, 0, 0),
+            (0, 0, u64::MAX),
+            (0, TS_MAX_MICROS + 1, 0),
+            (0, TS_MIN_MICROS - 1, 0),
+            (0, i64::MAX, 0),
+        ] {
             assert!(matches!(one(seq, ts, offset), Err(WireError::Malformed(_))), "{seq} {ts} {offset}");
         }
     }
