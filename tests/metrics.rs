@@ -113,10 +113,28 @@ fn metrics_pushed_on_two_agents_sum_and_merge_exactly() {
         .unwrap_or_default()
     };
     let want: Vec<(String, f64)> = want_submitted.iter().map(|(o, n)| ((*o).to_owned(), *n)).collect();
-    assert!(wait_until(Duration::from_secs(30), || sums() == want), "sums {:?}, want {want:?}", sums());
-    let samples =
-        c.query("SELECT sum(count) FROM metrics WHERE name = 'dlr_latency'").unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(csv_rows(&samples)[0][0], SAMPLES.to_string());
+    // An interval's rows may reach the dataset in more than one commit: counters, timers and
+    // gauges are each waited for.
+    let samples = || {
+        c.query_csv("SELECT sum(count) FROM metrics WHERE name = 'dlr_latency'")
+            .and_then(|out| csv_rows(&out).first().map(|r| r[0].clone()))
+            .unwrap_or_default()
+    };
+    let gauges = || {
+        c.query_csv(
+            "SELECT node, max(value) FROM metrics WHERE name = 'queue_depth' AND kind = 'gauge' GROUP BY 1 ORDER BY 1",
+        )
+        .map(|out| csv_rows(&out))
+        .unwrap_or_default()
+    };
+    let complete = || sums() == want && samples() == SAMPLES.to_string() && gauges() == [["a", "7.0"], ["b", "3.0"]];
+    assert!(
+        wait_until(Duration::from_secs(30), complete),
+        "sums {:?}, want {want:?}; samples {}; gauges {:?}",
+        sums(),
+        samples(),
+        gauges()
+    );
 
     // Merged quantiles equal those of one histogram of all samples, per operator and overall.
     let out = c
@@ -140,13 +158,7 @@ fn metrics_pushed_on_two_agents_sum_and_merge_exactly() {
         .query("SELECT hdr_quantile(hdr_merge(histogram), 0.999) FROM metrics WHERE name = 'dlr_latency'")
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(csv_rows(&out)[0][0].parse::<f64>().unwrap(), all.value_at_quantile(0.999) as f64 / 1000.0);
-    // Gauges: the last value per node.
-    let gauges = c
-        .query(
-            "SELECT node, max(value) FROM metrics WHERE name = 'queue_depth' AND kind = 'gauge' GROUP BY 1 ORDER BY 1",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(csv_rows(&gauges), [["a", "7.0"], ["b", "3.0"]]);
+    // Gauges: the last value per node (waited for above).
     // The collector shows the newest snapshot of each node's gauges and counters on /metrics.
     let (_, prom) = c.http_get("collector", "/metrics");
     for (node, depth) in [("a", 7), ("b", 3)] {

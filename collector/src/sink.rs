@@ -325,7 +325,7 @@ impl LogsSink {
                 stats.records_given_up.fetch_add(missing, Ordering::Relaxed);
                 tracing::error!(
                     stream = %id,
-                    "{missing} records between {from} and {} were never committed here and the agent can no longer send \
+                    "{missing} of the records {from} to {} were never committed here and the agent can no longer send \
                      them (it acknowledged them to another collector, or the dataset was restored from an older \
                      backup): the watermark goes on past them",
                     passed - 1
