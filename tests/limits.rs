@@ -376,6 +376,10 @@ fn a_limit_changed_under_traffic_applies_everywhere_and_the_api_explains_bad_req
     let (code, head, body) = http_post(port, "/v1/limits/acquire", r#"{"key": "customer:acme", "n": 1}"#);
     assert_eq!(code, 429, "{body}");
     assert!(head.to_ascii_lowercase().contains("retry-after:") && body.contains("retry_after_ms"), "{head}\n{body}");
+    // Whole microseconds, as on the socket: at most three decimals.
+    let wait: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let decimals = wait["retry_after_ms"].to_string().split('.').nth(1).map_or(0, str::len);
+    assert!(decimals <= 3, "{body}");
     // More than ever passes at once (customer:* has a burst of 1) is refused as such, not told to wait.
     let (code, head, body) = http_post(port, "/v1/limits/acquire", r#"{"key": "customer:acme", "n": 2}"#);
     assert!(code == 400 && body.contains(r#""most":1"#) && body.contains("never pass"), "{code} {body}");

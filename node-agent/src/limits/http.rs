@@ -78,7 +78,8 @@ async fn acquire(State(s): State<Arc<LimitsService>>, body: Bytes) -> Response {
         Decision::Allowed => static_json(r#"{"allowed":true,"limited":true}"#),
         Decision::Unlimited => static_json(r#"{"allowed":true,"limited":false}"#),
         Decision::Denied { retry_after } => {
-            let ms = retry_after.as_secs_f64() * 1000.0;
+            // Whole microseconds, as the socket's three decimals: no float noise in the JSON.
+            let ms = retry_after.as_micros() as f64 / 1000.0;
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             let mut resp = (StatusCode::TOO_MANY_REQUESTS, Json(json!({ "allowed": false, "retry_after_ms": ms })))
                 .into_response();
