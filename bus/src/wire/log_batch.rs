@@ -246,37 +246,54 @@ pub fn decode(bytes: &[u8]) -> Result<RecordBatch, WireError> {
             .unwrap_or_else(|| format!("columns {:?}", found.iter().map(|f| f.name()).collect::<Vec<_>>()));
         return Err(WireError::Schema { payload: PAYLOAD, version: VERSION, detail });
     }
-    check_ranges(&batch)?;
-    Ok(batch)
+    check_ranges(batch)
 }
 
-/// Refuse values the tables cannot hold: a `seq` or `offset` past [`MAX_SEQ`], a `ts` or
-/// `observed_ts` outside years 0000-9999 ([`TS_MIN_MICROS`], [`TS_MAX_MICROS`]).
-fn check_ranges(batch: &RecordBatch) -> Result<(), WireError> {
+/// Refuse values the tables cannot hold: a `seq` or `offset` past [`MAX_SEQ`], an `observed_ts`
+/// outside years 0000-9999 ([`TS_MIN_MICROS`], [`TS_MAX_MICROS`]). A `ts` outside them is the
+/// read time instead, `observed_ts`, as an agent takes it (an agent of an earlier version may
+/// have parsed one from a line, e.g. nanoseconds taken for microseconds): the line is kept.
+fn check_ranges(batch: RecordBatch) -> Result<RecordBatch, WireError> {
     use arrow::array::{AsArray as _, PrimitiveArray};
     use arrow::datatypes::{TimestampMicrosecondType, UInt64Type};
-    let column = |name: &str| {
-        batch.column_by_name(name).ok_or_else(|| WireError::Malformed(format!("log_batch without column {name}")))
+    let in_range = |v: i64| (TS_MIN_MICROS..=TS_MAX_MICROS).contains(&v);
+    let index = |name: &str| {
+        batch.schema_ref().index_of(name).map_err(|_| WireError::Malformed(format!("log_batch without column {name}")))
     };
     for name in ["seq", "offset"] {
-        let values: &PrimitiveArray<UInt64Type> = column(name)?
+        let values: &PrimitiveArray<UInt64Type> = batch
+            .column(index(name)?)
             .as_primitive_opt()
             .ok_or_else(|| WireError::Malformed(format!("log_batch column {name} is not UInt64")))?;
         if let Some(v) = values.iter().flatten().find(|v| *v > MAX_SEQ) {
             return Err(WireError::Malformed(format!("log_batch {name} {v} is past {MAX_SEQ} (2^63 - 1)")));
         }
     }
-    for name in ["ts", "observed_ts"] {
-        let values: &PrimitiveArray<TimestampMicrosecondType> = column(name)?
+    let timestamps = |name: &str| -> Result<&PrimitiveArray<TimestampMicrosecondType>, WireError> {
+        batch
+            .column(index(name)?)
             .as_primitive_opt()
-            .ok_or_else(|| WireError::Malformed(format!("log_batch column {name} is not a µs timestamp")))?;
-        if let Some(v) = values.iter().flatten().find(|v| !(TS_MIN_MICROS..=TS_MAX_MICROS).contains(v)) {
-            return Err(WireError::Malformed(format!(
-                "log_batch {name} {v} µs is outside the years 0000-9999 ({TS_MIN_MICROS}..={TS_MAX_MICROS})"
-            )));
-        }
+            .ok_or_else(|| WireError::Malformed(format!("log_batch column {name} is not a µs timestamp")))
+    };
+    let (ts, observed) = (timestamps("ts")?, timestamps("observed_ts")?);
+    if let Some(v) = observed.iter().flatten().find(|v| !in_range(*v)) {
+        return Err(WireError::Malformed(format!(
+            "log_batch observed_ts {v} µs is outside the years 0000-9999 ({TS_MIN_MICROS}..={TS_MAX_MICROS})"
+        )));
     }
-    Ok(())
+    if ts.iter().flatten().all(in_range) {
+        return Ok(batch);
+    }
+    // Both columns are non-null by the schema checked before.
+    let fixed: PrimitiveArray<TimestampMicrosecondType> = ts
+        .iter()
+        .zip(observed.iter())
+        .map(|(t, o)| t.filter(|t| in_range(*t)).or(o))
+        .collect::<PrimitiveArray<TimestampMicrosecondType>>()
+        .with_timezone("UTC");
+    let mut columns = batch.columns().to_vec();
+    columns[index("ts")?] = Arc::new(fixed);
+    Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
 /// The first difference between a payload's columns and the schema's, said so that a publisher of
@@ -420,14 +437,16 @@ mod tests {
         };
         assert!(one(MAX_SEQ, TS_MAX_MICROS, MAX_SEQ).is_ok());
         assert!(one(0, TS_MIN_MICROS, 0).is_ok());
-        for (seq, ts, offset) in [
-            (MAX_SEQ + 1, 0, 0),
-            (0, 0, u64::MAX),
-            (0, TS_MAX_MICROS + 1, 0),
-            (0, TS_MIN_MICROS - 1, 0),
-            (0, i64::MAX, 0),
-        ] {
-            assert!(matches!(one(seq, ts, offset), Err(WireError::Malformed(_))), "{seq} {ts} {offset}");
+        for (seq, offset) in [(MAX_SEQ + 1, 0), (0, u64::MAX)] {
+            assert!(matches!(one(seq, 0, offset), Err(WireError::Malformed(_))), "{seq} {offset}");
+        }
+        // A time past the tables' years is the read time (observed_ts, 0 here), as an agent takes it.
+        for ts in [TS_MAX_MICROS + 1, TS_MIN_MICROS - 1, i64::MAX, i64::MIN] {
+            let batch = one(0, ts, 0).unwrap();
+            let stored =
+                batch.column_by_name("ts").unwrap().as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+            assert_eq!(stored.value(0), 0, "{ts}");
+            assert_eq!(batch.schema_ref().fields(), schema().fields(), "the type, time zone included, stays");
         }
     }
 

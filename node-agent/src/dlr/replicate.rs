@@ -6,9 +6,10 @@
 //! bounded [`super::outbox::Outbox`]; they are batched (up to [`BATCH_OPS`] per query,
 //! [`IN_FLIGHT`] queries unacknowledged per replica, each replica in a lane of its own so that
 //! one that hangs holds back no other's copies) and each batch is a query on
-//! `<prefix>/dlr/replica/<node>` that the replica acknowledges; a batch that fails is retried
-//! every second. When the live set changes, one pass over the store sends each record to the
-//! replicas it gained (and tells those it lost, if live, to drop it). A pass that sends
+//! `<prefix>/dlr/replica/<node>` that the replica acknowledges; a batch that fails goes back to
+//! the queue after [`LANE_PAUSE`] (a pass that fails is tried again every second). When the
+//! live set changes, one pass over the store sends each record to the replicas it gained (and
+//! tells those it lost, if live, to drop it). A pass that sends
 //! everything runs after start (copies missed while this node was down), when the first peer
 //! arrives, and after the outbox overflowed or a pass failed. Passes read the store in pages.
 //!
