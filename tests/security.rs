@@ -921,6 +921,27 @@ fn local_apis_are_guarded() {
         let mut answer = [0u8; 12];
         s.read_exact(&mut answer).is_ok() && &answer != b"HTTP/1.1 503"
     }));
+
+    // Heads the HTTP parser refuses itself get its answer and a count by reason.
+    let refused = |head: String, status: &[u8; 12]| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(head.as_bytes()).unwrap();
+        let mut answer = [0u8; 12];
+        s.read_exact(&mut answer).unwrap();
+        assert_eq!(&answer, status, "{}", String::from_utf8_lossy(&answer));
+    };
+    let fields: String = (0..150).map(|i| format!("X-F{i}: v\r\n")).collect();
+    refused(format!("GET /v1/limits HTTP/1.1\r\nHost: x\r\n{fields}\r\n"), b"HTTP/1.1 431");
+    refused(format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000)), b"HTTP/1.1 414");
+    refused("NOT HTTP\r\n\r\n".to_owned(), b"HTTP/1.1 400");
+    for reason in ["head_too_large", "target_too_long", "malformed_head"] {
+        let series = format!("switchboard_http_refused_requests_total{{reason=\"{reason}\"}}");
+        assert!(
+            wait_until(Duration::from_secs(5), || metric(&metrics_with_token(port, "s3cret"), &series) == Some(1.0)),
+            "{series} is not 1"
+        );
+    }
     agent.stop();
 }
 

@@ -216,6 +216,7 @@ async fn metrics(State(r): State<Arc<dyn Report>>) -> impl IntoResponse {
     crate::refusals::render(&mut bus);
     crate::connect_failures::render(&mut bus);
     crate::udp::render(&mut bus);
+    render_head_refusals(&mut bus);
     // The family is always there (without series when nothing was left out), so dashboards can
     // rely on it.
     if !text.contains(&format!("# TYPE {LEFT_OUT} ")) {
@@ -223,6 +224,65 @@ async fn metrics(State(r): State<Arc<dyn Report>>) -> impl IntoResponse {
     }
     text.push_str(&bus.finish());
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+/// A request head hyper refused itself, answering before any route saw it (and closing the
+/// connection), counted in `switchboard_http_refused_requests_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeadRefusal {
+    /// `400`: not an HTTP/1 request head (a bad method, version, target or header).
+    Malformed,
+    /// `431`: the head is over hyper's limits (about 400 KiB, 100 header fields), or its
+    /// `Content-Length` is one hyper keeps for itself.
+    TooLarge,
+    /// `414`: the request target is 65,535 bytes or longer.
+    TargetTooLong,
+}
+
+/// Counts of [`HeadRefusal`]s, in the order of [`HeadRefusal::ALL`].
+static HEAD_REFUSALS: [std::sync::atomic::AtomicU64; 3] = [const { std::sync::atomic::AtomicU64::new(0) }; 3];
+
+impl HeadRefusal {
+    const ALL: [HeadRefusal; 3] = [Self::Malformed, Self::TooLarge, Self::TargetTooLong];
+
+    /// The refusal an ended connection's error stands for, if hyper refused a head.
+    fn of(e: &hyper::Error) -> Option<Self> {
+        if !e.is_parse() {
+            return None;
+        }
+        if !e.is_parse_too_large() {
+            return Some(Self::Malformed);
+        }
+        // hyper tells the two kinds of "too large" apart only by their text (pinned by
+        // `heads_hyper_refuses_are_counted_by_reason`).
+        Some(if e.to_string().contains("URI too long") { Self::TargetTooLong } else { Self::TooLarge })
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed_head",
+            Self::TooLarge => "head_too_large",
+            Self::TargetTooLong => "target_too_long",
+        }
+    }
+
+    fn count(self) {
+        HEAD_REFUSALS[self as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn counted(self) -> u64 {
+        HEAD_REFUSALS[self as usize].load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// `switchboard_http_refused_requests_total{reason}`: request heads refused before a route saw them.
+fn render_head_refusals(m: &mut Metrics) {
+    m.counter_series(
+        "switchboard_http_refused_requests_total",
+        "HTTP requests refused before any route saw them, by reason: malformed_head (400), \
+         head_too_large (431), target_too_long (414).",
+        HeadRefusal::ALL.iter().map(|r| (vec![("reason", r.as_str().to_owned())], r.counted() as f64)),
+    );
 }
 
 /// Most connections an HTTP API holds open at once; more wait in the kernel's backlog until one
@@ -517,8 +577,11 @@ async fn serve_connections(
                 }
             };
             // A client that stalled, went away or sent what is not HTTP: nothing to tell anyone
-            // but a debugging operator.
+            // but a debugging operator, and a count of the heads hyper refused.
             if let Err(e) = served {
+                if let Some(refusal) = HeadRefusal::of(&e) {
+                    refusal.count();
+                }
                 tracing::debug!(error = %e, "HTTP connection ended");
             }
         });
@@ -613,6 +676,46 @@ mod tests {
         };
         assert!(tokio::time::timeout(Duration::from_secs(10), read_all).await.is_ok(), "the connection stayed open");
         assert!(got < 50 << 20, "every answer was written: {got} bytes");
+        cancel.cancel();
+    }
+
+    /// The status line hyper answers `head` with on a new connection.
+    async fn answer_to(addr: SocketAddr, head: &[u8]) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(head).await.unwrap();
+        let mut text = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut text)).await;
+        String::from_utf8_lossy(&text).lines().next().unwrap_or_default().to_owned()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn heads_hyper_refuses_are_counted_by_reason() {
+        let (addr, cancel) = stall_server(Duration::from_secs(5)).await;
+        let before = HeadRefusal::ALL.map(HeadRefusal::counted);
+        let long_target = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
+        let many_fields: String = (0..150).map(|i| format!("X-F{i}: v\r\n")).collect();
+        let many_fields = format!("GET /health HTTP/1.1\r\nHost: x\r\n{many_fields}\r\n");
+        let cases: [(&[u8], &str, HeadRefusal); 3] = [
+            (b"NOT HTTP AT ALL\r\n\r\n", "HTTP/1.1 400", HeadRefusal::Malformed),
+            (many_fields.as_bytes(), "HTTP/1.1 431", HeadRefusal::TooLarge),
+            (long_target.as_bytes(), "HTTP/1.1 414", HeadRefusal::TargetTooLong),
+        ];
+        for (head, status, refusal) in cases {
+            assert!(answer_to(addr, head).await.starts_with(status), "{refusal:?}");
+            // The connection's task counts after the answer is written: wait for it (bounded).
+            let started = std::time::Instant::now();
+            while refusal.counted() <= before[refusal as usize] && started.elapsed() < Duration::from_secs(5) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(refusal.counted() > before[refusal as usize], "{refusal:?} not counted");
+        }
+        let mut m = Metrics::new();
+        render_head_refusals(&mut m);
+        let text = m.finish();
+        for r in HeadRefusal::ALL {
+            let line = format!("switchboard_http_refused_requests_total{{reason=\"{}\"}} ", r.as_str());
+            assert!(text.contains(&line), "{text}");
+        }
         cancel.cancel();
     }
 
