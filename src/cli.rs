@@ -28,7 +28,8 @@ use crate::demo::{self, DemoOptions};
 pub struct Cli {
     /// Log filter for the process's own logs (tracing `EnvFilter` syntax, e.g. `info`,
     /// `switchboard_agent=debug` for an agent, `switchboard_collector=debug` for a collector).
-    /// Default: `info` for `agent` and `collector`, `warn` for other commands.
+    /// Default: `info` for `agent` and `collector`, `error` for `status`, `warn` for other
+    /// commands.
     #[arg(long, global = true, env = "SWITCHBOARD_LOG")]
     pub log: Option<String>,
     /// What to run.

@@ -43,7 +43,8 @@ pub struct BusArgs {
     #[arg(long, env = "SWITCHBOARD_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
     pub tls_ca: Option<PathBuf>,
     /// With mutual TLS: this tool's certificate (`switchboard certs issue <you> --role admin`
-    /// to set limits; any member's to read them).
+    /// to set limits or the configuration; any member's to read limits, an agent's or an
+    /// admin's to read the configuration).
     #[arg(long, env = "SWITCHBOARD_TLS_CERT", requires = "tls_ca")]
     pub tls_cert: Option<PathBuf>,
     /// With mutual TLS: this tool's private key.
