@@ -444,11 +444,12 @@ fn init_tracing(filter: Option<&str>, default: &str, long_running: bool) {
     let denials = long_running.then(|| {
         switchboard_bus::refusals::AccessDeniedLayer.with_filter(switchboard_bus::refusals::AccessDeniedLayer::filter())
     });
-    // zenoh's failures to reach a `connect` endpoint, which it says only at DEBUG: said at WARN.
-    let unreachable = long_running.then(|| {
+    // zenoh's failures to reach a `connect` endpoint, which it says only at DEBUG: said at WARN
+    // (and kept, for a tool that reached no process to say why).
+    let unreachable = {
         use switchboard_bus::connect_failures::ConnectFailureLayer;
         ConnectFailureLayer.with_filter(ConnectFailureLayer::filter())
-    });
+    };
     let _ = tracing_subscriber::registry().with(log).with(denials).with(unreachable).try_init();
 }
 

@@ -69,6 +69,13 @@ pub async fn run(args: StatusArgs) -> Result<i32> {
     let snap = gather(&session, &keys, args.timeout).await;
     let mut c = assemble(&snap);
     print(&c, args.format, args.watch)?;
+    if c.level == Level::Unreachable {
+        // What zenoh said of the endpoints it could not link to: a wrong port, a TLS listener
+        // dialed on tcp/, a certificate the cluster does not trust.
+        for failure in switchboard_bus::connect_failures::failing_now() {
+            note!("cannot connect to {failure}");
+        }
+    }
     if let Some(interrupt) = interrupt.as_mut() {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.tick().await;

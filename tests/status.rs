@@ -346,9 +346,13 @@ fn the_collectors_status_document_lists_a_stream_with_nothing_committed_yet() {
 fn status_of_an_address_where_nothing_answers_is_unreachable() {
     let c = Cluster::new();
     let t = Instant::now();
-    let (code, out, err) = status(&c, &format!("tcp/127.0.0.1:{}", free_port()), &["--timeout", "1s"]);
+    let endpoint = format!("tcp/127.0.0.1:{}", free_port());
+    let (code, out, err) = status(&c, &endpoint, &["--timeout", "1s"]);
     assert_eq!(code, 2, "{out}{err}");
     assert!(out.contains("UNREACHABLE") || err.contains("error"), "{out}{err}");
+    // It says what zenoh met at the endpoint, without zenoh's source locations.
+    assert!(err.contains(&format!("cannot connect to {endpoint}: ")) && err.contains("Connection refused"), "{err}");
+    assert!(!err.contains(".rs:"), "{err}");
     assert!(t.elapsed() < Duration::from_secs(15), "took {:?}", t.elapsed());
 }
 

@@ -31,9 +31,16 @@ const MAX_ENDPOINTS: usize = 64;
 static FAILURES: AtomicU64 = AtomicU64::new(0);
 
 /// Per endpoint that failed: its log throttle, kept while it is up (a link that comes and goes
-/// is said once a minute, not at each fall), and whether a failure was said since it was last
-/// up (its coming up is said only then).
-static FAILING: Mutex<BTreeMap<String, (Throttle, bool)>> = Mutex::new(BTreeMap::new());
+/// is said once a minute, not at each fall), whether a failure was said since it was last up
+/// (its coming up is said only then), and zenoh's reason while its last attempt failed.
+static FAILING: Mutex<BTreeMap<String, Failing>> = Mutex::new(BTreeMap::new());
+
+/// What is kept of an endpoint that failed (see [`FAILING`]).
+struct Failing {
+    throttle: Throttle,
+    said: bool,
+    why: Option<String>,
+}
 
 /// Endpoints connected to because the cluster's last view named them (an agent's `bus.peers`),
 /// not because the configuration does.
@@ -113,13 +120,21 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ConnectFailureLaye
 
 fn failed(endpoint: &str, why: &str) {
     FAILURES.fetch_add(1, Ordering::Relaxed);
+    // zenoh's source locations inside the text too (`[... (os error 111) at <file>.rs:105.]`).
+    let why = crate::session::without_source_location(why);
+    let why = why.trim_end_matches('.');
     let Ok(mut failing) = FAILING.lock() else { return };
     if !failing.contains_key(endpoint) && failing.len() >= MAX_ENDPOINTS {
         return;
     }
-    let (throttle, said) = failing.entry(endpoint.to_owned()).or_insert((Throttle::new(LOG_EVERY), false));
-    let Some(unsaid) = throttle.admit() else { return };
-    *said = true;
+    let entry = failing.entry(endpoint.to_owned()).or_insert(Failing {
+        throttle: Throttle::new(LOG_EVERY),
+        said: false,
+        why: None,
+    });
+    entry.why = Some(why.to_owned());
+    let Some(unsaid) = entry.throttle.admit() else { return };
+    entry.said = true;
     if REMEMBERED.lock().is_ok_and(|r| r.contains(endpoint)) {
         tracing::info!(
             failed_since_last_line = unsaid,
@@ -137,9 +152,18 @@ fn failed(endpoint: &str, why: &str) {
 
 fn connected(endpoint: &str) {
     let Ok(mut failing) = FAILING.lock() else { return };
-    if failing.get_mut(endpoint).is_some_and(|(_, said)| std::mem::take(said)) {
+    let Some(entry) = failing.get_mut(endpoint) else { return };
+    entry.why = None;
+    if std::mem::take(&mut entry.said) {
         tracing::info!("bus: connected to {endpoint} after failed attempts");
     }
+}
+
+/// The `connect` endpoints whose last attempt failed, each as `<endpoint>: <zenoh's reason>` and
+/// what to do about it: for a command-line tool that reached no process, which says why.
+pub fn failing_now() -> Vec<String> {
+    let Ok(failing) = FAILING.lock() else { return Vec::new() };
+    failing.iter().filter_map(|(e, f)| f.why.as_deref().map(|why| format!("{e}: {why}{}", hint(why)))).collect()
 }
 
 /// Failed attempts to open a link to a `connect` endpoint since the process started.
@@ -176,6 +200,19 @@ mod tests {
         let Some(Attempt::Failed { why, .. }) = attempt(refused) else { panic!("not read: {refused}") };
         assert!(why.ends_with("Connection refused (os error 111)"), "{why}");
         assert_eq!(hint(why), "");
+        // zenoh 1.10's own form, with a location inside brackets too: both are left out of what
+        // is said and kept.
+        let _alone = alone();
+        let nested = "Unable to connect to configured peer tcp/127.0.0.1:8! Can not create a new TCP link bound to \
+                      tcp/127.0.0.1:8: [127.0.0.1:8: Connection refused (os error 111) at /src/zenoh-link-commons-1.10.2/\
+                      src/tcp.rs:105.] at /src/zenoh-link-commons-1.10.2/src/tcp.rs:133. Retry in 1s.";
+        let Some(Attempt::Failed { endpoint, why }) = attempt(nested) else { panic!("not read: {nested}") };
+        levels_logged(|| failed(endpoint, why));
+        assert_eq!(
+            failing_now(),
+            ["tcp/127.0.0.1:8: Can not create a new TCP link bound to tcp/127.0.0.1:8: [127.0.0.1:8: Connection \
+              refused (os error 111)]"]
+        );
         // A plain tcp/ link to a TLS listener: the listener drops it during the handshake.
         let plain = "Unable to connect to configured peer tcp/127.0.0.1:21050! Read error on TCP link \
                      127.0.0.1:44386 => 127.0.0.1:21050: early eof. Retry in 1s.";
@@ -250,5 +287,18 @@ mod tests {
         assert_eq!(levels, [tracing::Level::WARN, tracing::Level::INFO], "the first fall and rise only");
         // Up without a failure said: nothing to say.
         assert!(levels_logged(|| connected("tcp/127.0.0.1:10")).is_empty());
+    }
+
+    #[test]
+    fn the_endpoints_failing_now_are_listed_with_what_to_do() {
+        let _alone = alone();
+        levels_logged(|| {
+            failed("tcp/127.0.0.1:11", "Read error on TCP link 127.0.0.1:5 => 127.0.0.1:11: early eof");
+            failed("tcp/127.0.0.1:12", "Connection refused (os error 111)");
+            connected("tcp/127.0.0.1:12");
+        });
+        let now = failing_now();
+        assert_eq!(now.len(), 1, "{now:?}");
+        assert!(now[0].starts_with("tcp/127.0.0.1:11: Read error") && now[0].contains("tls/ endpoints"), "{now:?}");
     }
 }
