@@ -106,10 +106,12 @@ fn write(path: &Path, contents: &str, mode: u32) -> Result<()> {
 
 fn init(dir: &Path, days: u32, force: bool) -> Result<()> {
     let (crt, key, members) = (dir.join("ca.crt"), dir.join("ca.key"), dir.join("members"));
-    if key.exists() && !force {
+    // The certificate too: its key may have been moved offline, as advised.
+    if let Some(existing) = [&key, &crt].into_iter().find(|p| p.exists()).filter(|_| !force) {
         bail!(
-            "{} exists: a cluster has one CA (use --force to replace it and every certificate it issued)",
-            key.display()
+            "{} exists: a cluster has one CA (use --force to replace it and every certificate it issued; to \
+             issue with the CA whose key was moved offline, put ca.key back beside ca.crt)",
+            existing.display()
         );
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -133,10 +135,28 @@ fn issue(dir: &Path, id: &Identity, days: u32) -> Result<()> {
     let (ca_crt, ca_key, members) = (dir.join("ca.crt"), dir.join("ca.key"), dir.join("members"));
     let read = |p: &Path| {
         std::fs::read_to_string(p).with_context(|| {
-            format!("cannot read {} (run `switchboard certs init --dir {}` first)", p.display(), dir.display())
+            if p == ca_key && ca_crt.exists() {
+                // The CA exists; its key was moved away (offline, as advised): a new CA is not the answer.
+                format!(
+                    "cannot read {}: the CA's key is not beside {}; put it back (it was kept offline?) to issue \
+                     (`certs init` would make another CA, which none of the cluster's processes trusts)",
+                    p.display(),
+                    ca_crt.display()
+                )
+            } else {
+                format!("cannot read {} (run `switchboard certs init --dir {}` first)", p.display(), dir.display())
+            }
         })
     };
-    let (cert, key) = tls::issue(&read(&ca_crt)?, &read(&ca_key)?, id, days)?;
+    let (cert, key) = tls::issue(&read(&ca_crt)?, &read(&ca_key)?, id, days).map_err(|e| match e {
+        tls::TlsError::KeyNotOfCa => anyhow::anyhow!(
+            "{} is not the key of the CA in {}: a certificate it signed would be trusted by no process using \
+             that file. After the CA was rotated, issue from the new CA's directory (docs/security.md, \"Rotation\")",
+            ca_key.display(),
+            ca_crt.display()
+        ),
+        other => other.into(),
+    })?;
     let base = format!("{}-{}", id.role, id.name);
     let (crt_path, key_path) = (dir.join(format!("{base}.crt")), dir.join(format!("{base}.key")));
     write(&key_path, &key, 0o600)?;

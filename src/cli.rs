@@ -458,7 +458,9 @@ fn init_tracing(filter: Option<&str>, default: &str, long_running: bool) {
 fn check_tls(bus: &switchboard_bus::config::BusConfig, role: switchboard_bus::tls::IdRole) -> Result<()> {
     let Some(tls) = &bus.tls else { return Ok(()) };
     let me = switchboard_bus::tls::Identity::new(role, &bus.node)?;
-    switchboard_bus::tls::load(tls, Some(&me))?;
+    for warning in switchboard_bus::tls::load(tls, Some(&me))?.warnings {
+        note!("warning: {warning}");
+    }
     Ok(())
 }
 

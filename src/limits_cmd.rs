@@ -54,7 +54,8 @@ pub struct BusArgs {
 
 /// Said when no node answers: the usual cause is a cluster of another name.
 pub const CLUSTER_HINT: &str =
-    "(the cluster's name is `[bus] cluster` in the agents' files: pass it with --cluster, or an agent's file with --config)";
+    "(the cluster's name is `[bus] cluster` in the agents' files: pass it with --cluster, or an agent's file with --config; \
+     on TLS, this tool's certificate must be of the cluster's CA and its identity in the cluster's members file)";
 
 /// The `limits` subcommands.
 #[derive(Debug, Subcommand)]

@@ -62,11 +62,12 @@ fn refused(c: &Cluster, process: &str, reason: &str) -> u64 {
 }
 
 /// Run `attempt`, then wait until `process` has counted one more refusal for `reason`.
-async fn expect_refused<F: std::future::Future<Output = ()>>(c: &Cluster, process: &str, reason: &str, attempt: F) {
+async fn expect_refused<F: std::future::Future>(c: &Cluster, process: &str, reason: &str, attempt: F) -> F::Output {
     let before = refused(c, process, reason);
-    attempt.await;
+    let out = attempt.await;
     let ok = wait_until(Duration::from_secs(10), || refused(c, process, reason) > before);
     assert!(ok, "{process} did not count a refusal for {reason} (still {before})");
+    out
 }
 
 /// A bus session of this test as `identity` (`<role>:<name>`; plain TCP when the cluster has
@@ -499,9 +500,13 @@ async fn a_member_cannot_act_as_another() {
     .await;
 
     // Row 19: a certificate of the CA that is not a member can do nothing: it matches no subject
-    // of the policy, whose default drops what it sends. `finish` finds none of its rows. What
-    // it declares (an agent declares its queryables at start) is counted as `access_denied`.
-    let gw9 = session(c, "agent:gw9", std::slice::from_ref(&c.endpoint)).await;
+    // of the policy, whose default drops what it sends. `finish` finds none of its rows. Its
+    // link is counted as `not_a_member`, and what it declares (an agent declares its queryables
+    // at start) as `access_denied`.
+    assert_eq!(refused(c, "collector", "not_a_member"), 0, "the members' own links matched no subject");
+    let gw9 =
+        expect_refused(c, "collector", "not_a_member", session(c, "agent:gw9", std::slice::from_ref(&c.endpoint)))
+            .await;
     put(&gw9, &key(c, "stream/gw9/log/app"), forged_batch(0, 10)).await;
     expect_refused(c, "collector", "access_denied", async {
         let _q = gw9.declare_queryable(key(c, "replay/gw9/log/app")).await.unwrap();
@@ -705,6 +710,32 @@ fn certs_refuse_what_would_not_work() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let certs_err = |args: &[&str]| {
+        let out = std::process::Command::new(BIN).arg("certs").args(args).output().unwrap();
+        assert!(!out.status.success(), "certs {args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // The CA's key moved offline, as advised: issuing says to bring it back, and `init` does not
+    // quietly make another CA over the certificate.
+    let offline = dir.path().join("offline");
+    std::fs::create_dir(&offline).unwrap();
+    let o = offline.to_str().unwrap();
+    for f in ["ca.crt", "members"] {
+        std::fs::copy(tls.join(f), offline.join(f)).unwrap();
+    }
+    let err = certs_err(&["issue", "gw4", "--role", "agent", "--dir", o]);
+    assert!(err.contains("put it back") && !err.contains("certs init --dir"), "{err}");
+    let ca_before = std::fs::read(offline.join("ca.crt")).unwrap();
+    let err = certs_err(&["init", "--dir", o]);
+    assert!(err.contains("ca.crt exists"), "{err}");
+    assert_eq!(std::fs::read(offline.join("ca.crt")).unwrap(), ca_before, "the CA was replaced");
+    // The end of a CA rotation (the new CA alone in ca.crt) with the old key still beside it: no
+    // certificate that nobody trusts comes out.
+    std::fs::copy(tls.join("ca.key"), offline.join("ca.key")).unwrap();
+    std::fs::copy(dir.path().join("tls-new").join("ca.crt"), offline.join("ca.crt")).unwrap();
+    let err = certs_err(&["issue", "gw4", "--role", "agent", "--dir", o]);
+    assert!(err.contains("is not the key of the CA"), "{err}");
+    assert!(!offline.join("agent-gw4.crt").exists());
     // Each config below is refused by `--check` as by a start, saying why.
     let cfg = dir.path().join("agent.toml");
     let refused = |want: &str| {

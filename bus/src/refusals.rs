@@ -37,6 +37,7 @@ macro_rules! reasons {
 
 reasons! {
     AccessDenied => "access_denied": "The access policy does not allow the sender's identity this message.",
+    NotAMember => "not_a_member": "A link whose certificate the cluster's CA signed, for an identity not in the members file: everything it sends is dropped (counted once per link, not per message).",
     WatermarkNotLive => "watermark_not_live": "A watermark from a collector that is not live.",
     WatermarkNotWriter => "watermark_not_writer": "A watermark of the current epoch from another collector than its writer.",
     WatermarkStale => "watermark_stale": "A watermark of an older epoch: a replaced writer's.",
@@ -197,6 +198,13 @@ fn tls_accept_failed(target: &str, message: &str) -> bool {
     target == ZENOH_TLS_ACCEPT && message.starts_with("Can not accept TLS connection from ")
 }
 
+/// The zenoh id of a new link's peer that matched no subject of the policy, from zenoh's line
+/// (`<zid> did not match any configured ACL subject. Default permission ...`).
+fn not_a_member(message: &str) -> Option<&str> {
+    let (zid, _) = message.split_once(" did not match any configured ACL subject")?;
+    Some(zid.trim()).filter(|z| !z.is_empty() && !z.contains(' '))
+}
+
 struct Message(String);
 
 impl tracing::field::Visit for Message {
@@ -232,6 +240,19 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AccessDeniedLayer 
                 None if *event.metadata().level() <= tracing::Level::WARN => listener_warning(&m.0),
                 None => {}
             }
+            return;
+        }
+        // A link whose identity no subject of the policy names: zenoh drops all it sends under
+        // the default permission, without a decision to count per message.
+        if let Some(zid) = not_a_member(&m.0) {
+            refuse(
+                Reason::NotAMember,
+                format_args!(
+                    "a process (zenoh id {zid}) linked with a certificate of the cluster's CA whose identity is \
+                     not in the members file: everything it sends is dropped (docs/security.md, \"Identities \
+                     and certificates\")"
+                ),
+            );
             return;
         }
         // Only what arrives: a process's own messages out are never filtered (see `access`).
@@ -317,6 +338,14 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_link_of_no_member_is_read_from_zenohs_line() {
+        let line = "d70f5a1b did not match any configured ACL subject. Default permission `Deny` will be applied on \
+                    all messages";
+        assert_eq!(not_a_member(line), Some("d70f5a1b"));
+        assert_eq!(not_a_member("d70f5a1b on Interface(lo) is unauthorized to Put (ingress) on sb/t/head"), None);
+    }
 
     #[test]
     fn refusals_are_counted_by_reason_and_rendered() {

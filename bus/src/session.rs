@@ -176,6 +176,9 @@ fn zenoh_config(config: &BusConfig, role: Option<IdRole>) -> Result<zenoh::Confi
                 expires = %creds.not_after,
                 "bus: mutual TLS as {}", creds.identity
             );
+            for warning in &creds.warnings {
+                tracing::warn!("bus: {warning}");
+            }
         }
         None => {
             crate::refusals::set_tls(false);

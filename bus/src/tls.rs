@@ -157,6 +157,10 @@ pub enum TlsError {
     /// A certificate or key could not be made.
     #[error("making a certificate: {0}")]
     Make(String),
+    /// The CA's key is not the key of any certificate of the CA file: what it signs, no process
+    /// trusting that file accepts.
+    #[error("the CA key is not the key of any certificate in the CA file")]
+    KeyNotOfCa,
     /// A line of the members file.
     #[error("{path} line {line}: {reason}")]
     Members {
@@ -178,6 +182,9 @@ pub struct Credentials {
     pub members: Vec<Identity>,
     /// When this process's certificate expires (RFC 2822).
     pub not_after: String,
+    /// What works but should not be so: a key others may read, an identity the members file
+    /// does not name (the other processes drop all this one sends).
+    pub warnings: Vec<String>,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -290,8 +297,28 @@ pub fn load(config: &TlsConfig, expect: Option<&Identity>) -> Result<Credentials
             return Err(invalid(&config.key, format!("not the key of {}", config.cert.display())));
         }
     }
-    let members = read_members(&config.members_path())?;
-    Ok(Credentials { identity, members, not_after: cert.validity().not_after.to_string() })
+    let members_path = config.members_path();
+    let members = read_members(&members_path)?;
+    let mut warnings = Vec::new();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&config.key).map(|m| m.permissions().mode() & 0o777).unwrap_or(0o600);
+        if mode & 0o077 != 0 {
+            warnings.push(format!(
+                "{} may be read by others than its owner (mode {mode:04o}): `chmod 600 {}`",
+                config.key.display(),
+                config.key.display()
+            ));
+        }
+    }
+    if !members.contains(&identity) {
+        warnings.push(format!(
+            "{identity} is not in the members file {}: the other processes drop everything this one sends (add \
+             it there, the same file on every node, and restart them: docs/security.md, \"Rotation\")",
+            members_path.display()
+        ));
+    }
+    Ok(Credentials { identity, members, not_after: cert.validity().not_after.to_string(), warnings })
 }
 
 fn make_err(e: impl fmt::Display) -> TlsError {
@@ -323,7 +350,19 @@ pub fn make_ca(days: u32) -> Result<(String, String), TlsError> {
 pub fn issue(ca_cert: &str, ca_key: &str, id: &Identity, days: u32) -> Result<(String, String), TlsError> {
     use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
     let ca_key = KeyPair::from_pem(ca_key).map_err(|e| TlsError::Make(format!("the CA key does not parse: {e}")))?;
-    let issuer = Issuer::from_ca_cert_pem(ca_cert, ca_key)
+    // The CA file may hold two CAs while the CA is rotated: sign as the one whose key this is,
+    // and refuse when it is none of them (a certificate no process trusting the file accepts).
+    let mut of_key = None;
+    for pem in Pem::iter_from_buffer(ca_cert.as_bytes()) {
+        let pem = pem.map_err(|e| TlsError::Make(format!("the CA certificate does not parse: {e}")))?;
+        let cert = pem.parse_x509().map_err(|e| TlsError::Make(format!("the CA certificate does not parse: {e}")))?;
+        if cert.public_key().subject_public_key.data.as_ref() == ca_key.public_key_raw() {
+            of_key = Some(pem.contents.clone());
+            break;
+        }
+    }
+    let der = of_key.ok_or(TlsError::KeyNotOfCa)?;
+    let issuer = Issuer::from_ca_cert_der(&der.into(), ca_key)
         .map_err(|e| TlsError::Make(format!("the CA certificate does not parse: {e}")))?;
     let key = KeyPair::generate().map_err(make_err)?;
     let mut params = CertificateParams::new(vec![id.name.clone()]).map_err(make_err)?;
@@ -356,6 +395,13 @@ pub fn write_cluster(dir: &Path, ids: &[Identity]) -> Result<Vec<TlsConfig>, Tls
         let base = format!("{}-{}", id.role, id.name);
         write(&format!("{base}.crt"), &cert)?;
         write(&format!("{base}.key"), &key)?;
+        // As `switchboard certs issue` writes a key: for its owner alone.
+        let key_path = dir.join(format!("{base}.key"));
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|source| TlsError::Read { path: key_path.clone(), source })?;
+        }
         configs.push(TlsConfig {
             ca: dir.join("ca.crt"),
             cert: dir.join(format!("{base}.crt")),
@@ -387,6 +433,18 @@ mod tests {
         let configs = write_cluster(dir.path(), std::slice::from_ref(&gw1)).unwrap();
         let creds = load(&configs[0], Some(&gw1)).unwrap();
         assert_eq!((creds.identity, creds.members), (gw1.clone(), vec![gw1.clone()]));
+        assert!(creds.warnings.is_empty(), "{:?}", creds.warnings);
+        // A key others may read, an identity the members file does not name: loaded, with a
+        // warning each.
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&configs[0].key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        std::fs::write(dir.path().join("members"), "agent:gw2\n").unwrap();
+        let warnings = load(&configs[0], Some(&gw1)).unwrap().warnings;
+        assert!(warnings[0].contains("mode 0644") && warnings[0].contains("chmod 600"), "{warnings:?}");
+        assert!(warnings[1].contains("agent:gw1 is not in the members file"), "{warnings:?}");
+        std::fs::write(dir.path().join("members"), "agent:gw1\n").unwrap();
         let other = Identity::new(IdRole::Collector, "gw1").unwrap();
         assert!(matches!(load(&configs[0], Some(&other)), Err(TlsError::Identity(_))));
         // A certificate of another CA.
@@ -400,6 +458,27 @@ mod tests {
         std::fs::write(&both, text).unwrap();
         let rotating = TlsConfig { ca: both, members: Some(dir.path().join("members")), ..mixed };
         load(&rotating, Some(&gw1)).unwrap();
+    }
+
+    #[test]
+    fn a_certificate_is_issued_by_the_ca_whose_key_is_given_or_not_at_all() {
+        let gw1 = Identity::new(IdRole::Agent, "gw1").unwrap();
+        let (old_crt, old_key) = make_ca(30).unwrap();
+        let (new_crt, new_key) = make_ca(30).unwrap();
+        let check = |ca: &str, cert: &str| {
+            let ca = Pem::iter_from_buffer(ca.as_bytes()).next().unwrap().unwrap();
+            let cert = Pem::iter_from_buffer(cert.as_bytes()).next().unwrap().unwrap();
+            cert.parse_x509().unwrap().verify_signature(Some(ca.parse_x509().unwrap().public_key())).is_ok()
+        };
+        // A rotation's bundle, either order: each key signs as its own CA.
+        for bundle in [format!("{new_crt}{old_crt}"), format!("{old_crt}{new_crt}")] {
+            for (key, own) in [(&old_key, &old_crt), (&new_key, &new_crt)] {
+                let (cert, _) = issue(&bundle, key, &gw1, 30).unwrap();
+                assert!(check(own, &cert), "not signed by the CA of its key");
+            }
+        }
+        // The old key beside the new CA alone: refused, not a certificate nobody trusts.
+        assert!(matches!(issue(&new_crt, &old_key, &gw1, 30), Err(TlsError::KeyNotOfCa)));
     }
 
     #[test]
