@@ -340,6 +340,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_reason_is_documented() {
+        let doc = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/security.md");
+        let text = std::fs::read_to_string(&doc).unwrap();
+        for r in Reason::ALL {
+            assert!(text.contains(&format!("| `{}` |", r.as_str())), "{} has no row in docs/security.md", r.as_str());
+        }
+    }
+
+    #[test]
     fn a_link_of_no_member_is_read_from_zenohs_line() {
         let line = "d70f5a1b did not match any configured ACL subject. Default permission `Deny` will be applied on \
                     all messages";
