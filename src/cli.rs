@@ -310,6 +310,15 @@ async fn stream_out(
     format: Format,
     output: Option<&std::path::Path>,
 ) -> Result<()> {
+    if rows.schema().fields().is_empty() {
+        // A statement without a result (SET, CREATE VIEW): no table of no columns.
+        switchboard_queries::run_to_end(rows).await?;
+        note!(
+            "done: the statement has no result (what it sets or defines lasts only as long as this command, \
+             which runs one statement)"
+        );
+        return Ok(());
+    }
     let text = match format {
         Format::Table => OutputFormat::Table,
         Format::Csv => OutputFormat::Csv,

@@ -198,10 +198,29 @@ pub fn s3_store(bucket: &str, options: &StoreOptions) -> Result<Arc<dyn ObjectSt
     Ok(Arc::new(store))
 }
 
-/// An object store's error as an operator reads it: its `Generic S3 error:` said once (the client
-/// nests it), and what to do when the answer says it: a bucket that does not exist, or no
-/// credentials (the client then asked AWS's instance metadata, at 169.254.169.254, for some).
-pub fn store_error_text(text: &str) -> String {
+/// An object store's error as an operator reads it ([`advice`]), with the causes its text leaves
+/// out (an HTTP client's `error sending request` hides the connection refused under it).
+pub fn store_error_text(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    // A bounded walk: an error's chain is a handful of links.
+    for _ in 0..16 {
+        let Some(s) = source else { break };
+        let said = s.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = s.source();
+    }
+    advice(&text)
+}
+
+/// `text` of a store's error with its `Generic S3 error:` said once (the client nests it), and
+/// what to do when the answer says it: a bucket that does not exist, no credentials (the client
+/// then asked AWS's instance metadata, at 169.254.169.254, for some), or an endpoint where
+/// nothing answered.
+fn advice(text: &str) -> String {
     const GENERIC: &str = "Generic S3 error: ";
     let mut out = text.to_owned();
     while let Some(i) = out.find(GENERIC) {
@@ -212,6 +231,12 @@ pub fn store_error_text(text: &str) -> String {
     }
     if out.contains("NoSuchBucket") {
         return "the bucket does not exist: create it, or fix the location".to_owned();
+    }
+    if out.contains("error sending request") && !out.contains("169.254.169.254") {
+        out.push_str(
+            " (the store's endpoint did not answer: is it running, and is the endpoint right? AWS_ENDPOINT_URL; \
+             a collector: endpoint in [collector.store])",
+        );
     }
     if out.contains("169.254.169.254") {
         out.push_str(
@@ -255,12 +280,29 @@ mod tests {
     #[test]
     fn store_errors_are_said_once_with_what_to_do() {
         let nested = "uploading k: Generic S3 error: Generic S3 error: Error performing PUT http://x/k";
-        assert_eq!(store_error_text(nested), "uploading k: Generic S3 error: Error performing PUT http://x/k");
+        assert_eq!(advice(nested), "uploading k: Generic S3 error: Error performing PUT http://x/k");
         let bucket = "listing s3://b: Generic S3 error: <Error><Code>NoSuchBucket</Code></Error>";
-        assert_eq!(store_error_text(bucket), "the bucket does not exist: create it, or fix the location");
+        assert_eq!(advice(bucket), "the bucket does not exist: create it, or fix the location");
         let imds = "Generic S3 error: Error performing PUT http://169.254.169.254/latest/api/token: 403";
-        assert!(store_error_text(imds).contains("AWS_ACCESS_KEY_ID"), "{}", store_error_text(imds));
-        assert_eq!(store_error_text("timed out"), "timed out");
+        assert!(advice(imds).contains("AWS_ACCESS_KEY_ID"), "{}", advice(imds));
+        assert_eq!(advice("timed out"), "timed out");
+        // A cause the top error's text leaves out is said, with what to do.
+        #[derive(Debug)]
+        struct Sending(std::io::Error);
+        impl std::fmt::Display for Sending {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("HTTP error: error sending request")
+            }
+        }
+        impl std::error::Error for Sending {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let refused = Sending(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused"));
+        let text = store_error_text(&refused);
+        assert!(text.contains("error sending request: Connection refused"), "{text}");
+        assert!(text.contains("did not answer") && text.contains("AWS_ENDPOINT_URL"), "{text}");
     }
 
     #[test]

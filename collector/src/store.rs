@@ -35,7 +35,7 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// An object store request failed (after its retries).
-    #[error("{what} {key}: {}", switchboard_bus::dataset::store_error_text(&.source.to_string()))]
+    #[error("{what} {key}: {}", switchboard_bus::dataset::store_error_text(&.source))]
     Remote {
         /// The operation.
         what: &'static str,

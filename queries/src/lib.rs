@@ -183,7 +183,7 @@ impl Dataset {
                         QueryError::Store(format!(
                             "listing {}: {}",
                             location.display(),
-                            switchboard_bus::dataset::store_error_text(&e.to_string())
+                            switchboard_bus::dataset::store_error_text(&e)
                         ))
                     })?;
             let committed = listed
@@ -208,7 +208,7 @@ impl Dataset {
                 return Err(QueryError::Store(format!(
                     "listing {}: {}",
                     location.display(),
-                    switchboard_bus::dataset::store_error_text(&e.to_string())
+                    switchboard_bus::dataset::store_error_text(&e)
                 )))
             }
             found => found.is_some(),
@@ -327,6 +327,12 @@ impl Dataset {
             }
             other => other.to_string(),
         };
+        if let Some(t) = self.tables.iter().find(|t| msg.contains(&format!("Table '{t}' doesn't exist"))) {
+            msg = format!(
+                "{t} is a table of the dataset, written by the collector alone: DROP does not apply to it (it \
+                 removes only what a statement of the same session defined, and this command runs one statement)"
+            );
+        }
         if msg.contains("Insert into not implemented") {
             msg.push_str(
                 "\nhint: the dataset's tables are written by the collector alone and take no INSERT; write a \
@@ -624,6 +630,16 @@ pub async fn write_parquet_stream(mut stream: SendableRecordBatchStream, path: &
         out.write(&b?)?;
     }
     out.close()
+}
+
+/// Run a statement's stream to its end, for a statement whose result is not shown (one without
+/// columns: SET, CREATE VIEW).
+pub async fn run_to_end(mut stream: SendableRecordBatchStream) -> Result<(), QueryError> {
+    use futures::StreamExt as _;
+    while let Some(b) = stream.next().await {
+        b?;
+    }
+    Ok(())
 }
 
 /// A Parquet file written batch by batch ([`write_parquet`] whole, or a stream as it comes).
