@@ -94,3 +94,25 @@ fn a_directory_that_holds_no_dataset_is_an_error_not_an_empty_answer() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no tables yet"), "{stderr}");
 }
+
+#[test]
+fn statements_without_a_result_say_done_and_a_dataset_table_is_not_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("_switchboard/log")).unwrap();
+    let out = query(dir.path(), &["SET datafusion.execution.batch_size = 10"]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && stdout.is_empty() && stderr.contains("done: the statement has no result"),
+        "{stdout}{stderr}"
+    );
+    // A table of the dataset (one file, written here the way an analyst's COPY would).
+    let part = dir.path().join("logs/date=2026-01-01/hour=0");
+    std::fs::create_dir_all(&part).unwrap();
+    let copy = format!("COPY (SELECT 1 AS seq) TO '{}' STORED AS PARQUET", part.join("part-x.parquet").display());
+    let out = query(dir.path(), &["--allow-write", &copy]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = query(dir.path(), &["--allow-write", "DROP TABLE logs"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("logs is a table of the dataset"), "{stderr}");
+    assert!(part.join("part-x.parquet").exists());
+}
