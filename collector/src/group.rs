@@ -115,6 +115,8 @@ pub struct Group {
     split: Option<(String, Instant)>,
     /// This collector's promoted columns of `logs`, recorded in its claims and commits.
     columns: BTreeMap<String, ColumnType>,
+    /// A store that stays down fails every tick's read: said at most once per 10 s.
+    read_failures: switchboard_bus::throttle::Throttle,
     cancel: CancellationToken,
 }
 
@@ -153,6 +155,7 @@ impl Group {
             commits_since_hint: 0,
             claim_checked: Instant::now(),
             twin: false,
+            read_failures: switchboard_bus::throttle::Throttle::new(Duration::from_secs(10)),
             split: None,
             columns,
             cancel,
@@ -219,7 +222,9 @@ impl Group {
         match self.store_result(polled) {
             Ok(records) => out.records = records,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the commit log");
+                if let Some(unsaid) = self.read_failures.admit() {
+                    tracing::warn!(error = %e, failed_since_last_line = unsaid, "cannot read the commit log");
+                }
                 return out;
             }
         }

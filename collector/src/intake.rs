@@ -72,6 +72,9 @@ impl Announced {
 /// until pulled again), well under the bus lease (3 s) so a link held this long stays up.
 const OFFER_WAIT: Duration = Duration::from_secs(1);
 
+/// At most one line per this long that the queue began to shed (with how many times since).
+const SHED_LOG_EVERY: Duration = Duration::from_secs(60);
+
 /// The bus side of the intake queue: zenoh's callbacks hand their inputs to the sink here, and
 /// never hold a link for long. A short burst waits for room (up to [`OFFER_WAIT`]: back-pressure
 /// to the publishers); a sink that stays behind (a store that is down, a slow disk) makes the
@@ -83,6 +86,10 @@ const OFFER_WAIT: Duration = Duration::from_secs(1);
 pub(crate) struct Offer {
     tx: flume::Sender<Input>,
     shedding: Arc<std::sync::atomic::AtomicBool>,
+    /// Sheds begun, said at most once per [`SHED_LOG_EVERY`] (a store that is down makes the
+    /// queue shed and catch up every second or two), and whether the last begun was said (its
+    /// end is said only then).
+    shed_log: Arc<std::sync::Mutex<(switchboard_bus::throttle::Throttle, bool)>>,
     stats: Arc<CollectorStats>,
     announced: Arc<Announced>,
 }
@@ -90,7 +97,9 @@ pub(crate) struct Offer {
 impl Offer {
     /// An offer into `tx`, counting what it sheds in `stats` and noting heads in `announced`.
     pub(crate) fn new(tx: flume::Sender<Input>, stats: Arc<CollectorStats>, announced: Arc<Announced>) -> Self {
-        Self { tx, shedding: Arc::default(), stats, announced }
+        let shed_log =
+            Arc::new(std::sync::Mutex::new((switchboard_bus::throttle::Throttle::new(SHED_LOG_EVERY), false)));
+        Self { tx, shedding: Arc::default(), shed_log, stats, announced }
     }
 
     /// Queue `input` for the sink, or shed it if the queue stays full (see [`Offer`]).
@@ -106,13 +115,31 @@ impl Offer {
         if full {
             self.stats.inputs_shed.fetch_add(1, Ordering::Relaxed);
             if !self.shedding.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    "the sink is behind: shedding live payloads until it catches up; they are pulled again from the agents' journals"
-                );
+                if let Some(unsaid) = self.say_shedding() {
+                    tracing::warn!(
+                        times_since_last_line = unsaid,
+                        "the sink is behind: shedding live payloads until it catches up; they are pulled again from the \
+                         agents' journals"
+                    );
+                }
             }
-        } else if self.shedding.swap(false, Ordering::Relaxed) {
+        } else if self.shedding.swap(false, Ordering::Relaxed) && self.say_caught_up() {
             tracing::info!("the sink caught up: taking live payloads again");
         }
+    }
+
+    /// Whether to say that shedding began: `Some(times left unsaid since the last line)`.
+    fn say_shedding(&self) -> Option<u64> {
+        let mut log = self.shed_log.lock().ok()?;
+        let (throttle, said) = &mut *log;
+        let admitted = throttle.admit();
+        *said = admitted.is_some();
+        admitted
+    }
+
+    /// Whether to say that shedding ended: only when its beginning was said.
+    fn say_caught_up(&self) -> bool {
+        self.shed_log.lock().is_ok_and(|mut log| std::mem::take(&mut log.1))
     }
 }
 
@@ -258,6 +285,24 @@ impl<G> Intake<G> {
                     let _ = self.replays.send(req);
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sheds_that_come_and_go_are_said_once_a_minute_with_their_end() {
+        let (tx, _rx) = flume::bounded(1);
+        let offer = Offer::new(tx, Arc::default(), Arc::default());
+        // A store that is down: the queue sheds and catches up every second or two.
+        assert_eq!(offer.say_shedding(), Some(0));
+        assert!(offer.say_caught_up());
+        for _ in 0..10 {
+            assert_eq!(offer.say_shedding(), None);
+            assert!(!offer.say_caught_up(), "an end said whose beginning was not");
         }
     }
 }
