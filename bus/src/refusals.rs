@@ -244,7 +244,8 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AccessDeniedLayer 
         }
         // A link whose identity no subject of the policy names: zenoh drops all it sends under
         // the default permission, without a decision to count per message.
-        if let Some(zid) = not_a_member(&m.0) {
+        // (An `INFO` line: the decisions per message are `TRACE`, and are not scanned for it.)
+        if let Some(zid) = (*event.metadata().level() == tracing::Level::INFO).then(|| not_a_member(&m.0)).flatten() {
             refuse(
                 Reason::NotAMember,
                 format_args!(
