@@ -42,9 +42,9 @@ pub struct BusArgs {
     /// With mutual TLS: the cluster CA's certificate (the members file is read beside it).
     #[arg(long, env = "SWITCHBOARD_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
     pub tls_ca: Option<PathBuf>,
-    /// With mutual TLS: this tool's certificate (`switchboard certs issue <you> --role admin`
-    /// to set limits or the configuration; any member's to read limits, an agent's or an
-    /// admin's to read the configuration).
+    /// With mutual TLS: this tool's certificate. Any member's for `status` and to read limits,
+    /// an agent's or an admin's to read the configuration, an admin's (`switchboard certs issue
+    /// <you> --role admin`) to set limits or the configuration.
     #[arg(long, env = "SWITCHBOARD_TLS_CERT", requires = "tls_ca")]
     pub tls_cert: Option<PathBuf>,
     /// With mutual TLS: this tool's private key.

@@ -230,6 +230,12 @@ fn an_agent_whose_dlr_store_fails_refuses_reports_of_its_records_until_restarted
             .is_some_and(|v| v["live_nodes"] == serde_json::json!(["a", "b"]))
     };
     assert!(wait_until(Duration::from_secs(20), sees_a), "b does not see a again");
+    // Started again over its records, a first checks what its copies say (docs/dlr-api.md).
+    let settled = || {
+        let (_, body) = c.http_get("a", "/v1/dlr");
+        serde_json::from_str::<serde_json::Value>(&body).ok().is_some_and(|v| v["settling"] == false)
+    };
+    assert!(wait_until(Duration::from_secs(30), settled), "a did not settle after its restart");
     let (code, res) = report("b", 2);
     assert_eq!((code, res["outcome"].as_str(), res["role"].as_str()), (200, Some("delivered"), Some("owner")), "{res}");
     let (_, res) = report("b", 1);

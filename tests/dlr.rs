@@ -228,7 +228,11 @@ fn records_resolve_from_the_replica_after_kill_9_of_the_owner_and_survive_its_re
     assert_eq!(res["outcome"], "duplicate", "{res}");
 
     // The owner comes back with every record, and learns that 7 was closed while it was away.
+    // A repeat of that DLR handed to it at once is never taken as new (another gateway has it).
     a = restart(&c, &a, &[b.endpoint()]);
+    assert!(wait_until(Duration::from_secs(20), || c.http_get("a", "/v1/dlr").0 == 200), "a did not start again");
+    let (code, res) = post(&c, "a", "/v1/dlr/report", json!({"connector": "dec", "msg_id": "7", "status": "UNDELIV"}));
+    assert!(code == 503 || res["outcome"] == "duplicate", "a repeat at the restarted owner: {code} {res}");
     wait_mesh(&c, &["a", "b", "c"]);
     let (_, dlr) = c.http_get("a", "/v1/dlr");
     let records = serde_json::from_str::<Value>(&dlr).unwrap()["records"].as_u64().unwrap();

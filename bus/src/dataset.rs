@@ -40,8 +40,13 @@ pub const TAIL_KEY: &str = meta!("log/_tail.json");
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
     /// The location is not a path, `file://…` or `s3://bucket[/prefix]`.
-    #[error("dataset location {0:?}: use a directory, file:///path or s3://bucket/prefix")]
-    Location(String),
+    #[error("dataset location {text:?}: {why}")]
+    Location {
+        /// The location as given.
+        text: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
     /// The S3 settings cannot work, said before any request is made.
     #[error("object store for {location}: {why}")]
     Settings {
@@ -77,9 +82,10 @@ pub enum Location {
 impl Location {
     /// Parse a directory path, `file:///path` or `s3://bucket/prefix`.
     pub fn parse(text: &str) -> Result<Self, DatasetError> {
+        let refuse = |why| DatasetError::Location { text: text.to_owned(), why };
         if let Some(path) = text.strip_prefix("file://") {
             if !path.starts_with('/') {
-                return Err(DatasetError::Location(text.to_owned()));
+                return Err(refuse("file:// takes an absolute path (file:///path)"));
             }
             return Ok(Self::Local(PathBuf::from(path)));
         }
@@ -88,13 +94,18 @@ impl Location {
             let prefix = prefix.trim_matches('/');
             let bucket_ok = (3..=63).contains(&bucket.len())
                 && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-            if !bucket_ok || prefix.split('/').any(|c| c.is_empty() && !prefix.is_empty()) {
-                return Err(DatasetError::Location(text.to_owned()));
+            if !bucket_ok {
+                return Err(refuse(
+                    "an S3 bucket's name is 3 to 63 characters of a-z, 0-9, '.' and '-' (s3://bucket/prefix)",
+                ));
+            }
+            if prefix.split('/').any(|c| c.is_empty() && !prefix.is_empty()) {
+                return Err(refuse("the prefix has an empty part (`//`)"));
             }
             return Ok(Self::S3 { bucket: bucket.to_owned(), prefix: prefix.to_owned() });
         }
         if text.contains("://") || text.is_empty() {
-            return Err(DatasetError::Location(text.to_owned()));
+            return Err(refuse("use a directory, file:///path or s3://bucket/prefix"));
         }
         Ok(Self::Local(PathBuf::from(text)))
     }
@@ -319,6 +330,10 @@ mod tests {
         );
         for bad in ["", "s3://", "s3://A_B/x", "s3://bucket/a//b", "gs://b/x", "file://rel"] {
             assert!(Location::parse(bad).is_err(), "{bad}");
+        }
+        for short in ["s3://b/p", "s3://bb"] {
+            let e = Location::parse(short).unwrap_err().to_string();
+            assert!(e.contains("3 to 63 characters"), "{e}");
         }
         assert_eq!(Location::parse("s3://logs-bucket/sb/").unwrap().display(), "s3://logs-bucket/sb");
     }

@@ -168,6 +168,7 @@ async fn show(State(s): State<Arc<DlrService>>) -> Response {
     Json(json!({
         "node": s.node(),
         "live_nodes": s.live_nodes(),
+        "settling": s.settling(),
         "records": s.records_held(),
         "inbox": size.inbox,
         "disk_bytes": size.disk_bytes,

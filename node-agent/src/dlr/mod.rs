@@ -155,10 +155,15 @@ impl DlrService {
             wake: Arc::new(wake::Wake::default()),
         });
         let size = service.store.size();
+        if size.records > 0 {
+            // Before anything is served: the first reports must not be taken on stale records.
+            service.wake.started_over_records();
+        }
         tracing::info!(
             records_estimate = size.records,
             inbox = size.inbox,
             disk_bytes = size.disk_bytes,
+            settling = service.wake.settling(),
             "DLR store open"
         );
         let answerer = answerer::Answerer::start()?;
@@ -171,6 +176,12 @@ impl DlrService {
         tracker.spawn(service.clone().sweep(cancel.clone()));
         tracker.spawn(service.clone().take_census(cancel.clone()));
         Ok(service)
+    }
+
+    /// Whether this node is settling after a start over its records or a time it did not run
+    /// ([`wake::Wake::settling`]).
+    pub fn settling(&self) -> bool {
+        self.wake.settling()
     }
 
     /// This node's name.

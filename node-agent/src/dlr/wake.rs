@@ -58,6 +58,19 @@ impl Wake {
         }
     }
 
+    /// Count the process's start as a gap: a node started again over its records (a restart,
+    /// after `kill -9` as well) missed what the others did with their copies meanwhile, as one
+    /// that was stopped did.
+    pub fn started_over_records(&self) {
+        self.woke.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether reports of this node's records are still held back or checked with their first
+    /// copy holder: just woken (or started over its records), or its copies not checked since.
+    pub fn settling(&self) -> bool {
+        self.just_woke() || self.copies_unchecked()
+    }
+
     /// When the last gap was noticed (ms since the Unix epoch; 0: never).
     pub fn woke_at(&self) -> u64 {
         self.woke.load(Ordering::Relaxed)
@@ -111,5 +124,17 @@ mod tests {
         assert!(!wake.copies_unchecked(), "checked");
         cancel.cancel();
         task.await.unwrap();
+    }
+
+    #[test]
+    fn a_start_over_records_counts_as_a_gap() {
+        let wake = Wake::default();
+        assert!(!wake.settling(), "a new node has nothing to settle");
+        wake.started_over_records();
+        assert!(wake.just_woke() && wake.copies_unchecked() && wake.settling());
+        wake.woke.store(now_ms() - SETTLE.as_millis() as u64 - 1, Ordering::Relaxed);
+        assert!(!wake.just_woke() && wake.settling(), "settled, copies not checked yet");
+        wake.copies_checked(wake.woke_at());
+        assert!(!wake.settling());
     }
 }
