@@ -97,6 +97,50 @@ fn full_disk_then_space_returns() {
     drop(mount);
 }
 
+/// A collector started again on a disk that filled while it was down: its claim cannot be
+/// written, and `/health` says so with the store's error (it said `joining the bus`), until
+/// there is space again.
+#[test]
+fn a_collector_started_on_a_full_disk_says_why_it_cannot_join() {
+    let c = Cluster::new();
+    let Some(mount) = Mount::tmpfs(&c.dataset(), "400k") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?): the full-disk fault cannot be made");
+        return;
+    };
+    let collector = c.start_collector();
+    assert!(
+        wait_until(Duration::from_secs(30), || c.http_get("collector", "/health").0 == 200),
+        "{}",
+        collector.log_text()
+    );
+    collector.stop();
+    let filler = c.dataset().join("filler");
+    let _ = Command::new("dd").args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=4k"]).output();
+    let collector = c.start_collector();
+    let says = wait_until(Duration::from_secs(30), || {
+        let (code, body) = c.http_get("collector", "/health");
+        let (_, metrics) = c.http_get("collector", "/metrics");
+        code == 503
+            && body.contains("No space left")
+            && metric(&metrics, "switchboard_collector_store_failing") == Some(1.0)
+    });
+    assert!(
+        says,
+        "{:?}
+{}",
+        c.http_get("collector", "/health"),
+        collector.log_text()
+    );
+    std::fs::remove_file(&filler).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || c.http_get("collector", "/health").0 == 200),
+        "{:?}",
+        c.http_get("collector", "/health")
+    );
+    collector.stop();
+    drop(mount);
+}
+
 #[test]
 fn an_agent_whose_disk_fills_says_so_and_loses_nothing() {
     let c = Cluster::new();

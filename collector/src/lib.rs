@@ -296,7 +296,22 @@ impl Collector {
             config.logs.promote.iter().map(|p| (p.name.clone(), p.kind)).collect(),
             cancel.clone(),
         );
-        let first = group.first_tick().await;
+        // The first tick may claim, and a claim's write is retried until the store takes it (a
+        // full disk): meanwhile `/health` says the store's error, not that the bus is joined.
+        let first = {
+            let tick = group.first_tick();
+            tokio::pin!(tick);
+            let mut every = tokio::time::interval(std::time::Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    first = &mut tick => break first,
+                    _ = every.tick() => match group_status.lock().ok().and_then(|s| s.store_error.clone()) {
+                        Some(e) => set_problem(format!("{e} (retrying)"), true),
+                        None => set_problem("joining the bus".to_owned(), false),
+                    },
+                }
+            }
+        };
         for r in &first.records {
             sink.apply_committed(&r.files);
         }
