@@ -32,6 +32,9 @@ pub const CACHE: Duration = Duration::from_millis(900);
 pub const HISTORY: usize = 600;
 /// How long a status query waits for the processes' answers.
 pub const FETCH_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long after it joined the bus a process whose view lists no node answers `503`, gathering:
+/// the others' tokens and answers reach a new session within about a second.
+pub const GATHERING: Duration = Duration::from_secs(3);
 
 /// One chart sample.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +59,8 @@ pub struct StatusPage {
     /// Held while one request fetches; the others wait and take its result.
     fetching: Arc<tokio::sync::Mutex<()>>,
     state: Arc<Mutex<Inner>>,
+    /// When the page was made (the process had just joined the bus).
+    since: Instant,
 }
 
 impl StatusPage {
@@ -67,6 +72,7 @@ impl StatusPage {
             title,
             fetching: Arc::new(tokio::sync::Mutex::new(())),
             state: Arc::new(Mutex::new(Inner { cached: None, history: VecDeque::new() })),
+            since: Instant::now(),
         }
     }
 
@@ -114,14 +120,50 @@ impl StatusPage {
             .with_state(self)
     }
 
+    /// What to say instead of `c` while this process has only just joined and has heard of no
+    /// node yet: an empty cluster then is a view not gathered yet, not a healthy one.
+    fn gathering(&self, c: &ClusterStatus) -> Option<String> {
+        gathering(&self.title, self.since.elapsed(), c)
+    }
+
     fn body(&self, c: &ClusterStatus) -> String {
         let history: Vec<Sample> = self.state().history.iter().copied().collect();
         render_body(c, &history)
     }
 }
 
-async fn full(State(p): State<StatusPage>) -> impl IntoResponse {
+/// What a page made `since` ago by `title` says instead of `c` while it gathers (see
+/// [`StatusPage::gathering`]).
+fn gathering(title: &str, since: Duration, c: &ClusterStatus) -> Option<String> {
+    (since < GATHERING && c.nodes.is_empty()).then(|| {
+        format!("{title} joined the bus just now and has not heard from the cluster's nodes yet: try again in a moment")
+    })
+}
+
+/// `503` with `why`, as a page that reloads itself, a fragment or JSON.
+fn gathering_answer(why: &str, kind: &str) -> axum::response::Response {
+    use axum::http::StatusCode;
+    let (content_type, body) = match kind {
+        "json" => ("application/json", serde_json::json!({ "error": why }).to_string()),
+        "page" => (
+            "text/html; charset=utf-8",
+            format!(
+                "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" \
+                 content=\"2\"><title>Switchboard: gathering</title></head>\n<body><p>{}</p></body></html>\n",
+                esc(why)
+            ),
+        ),
+        _ => ("text/html; charset=utf-8", format!("<p>{}</p>", esc(why))),
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, [(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-store")], body)
+        .into_response()
+}
+
+async fn full(State(p): State<StatusPage>) -> axum::response::Response {
     let c = p.current().await;
+    if let Some(why) = p.gathering(&c) {
+        return gathering_answer(&why, "page");
+    }
     let body = p.body(&c);
     let html = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
@@ -132,18 +174,25 @@ async fn full(State(p): State<StatusPage>) -> impl IntoResponse {
          <script>{SCRIPT}</script></body></html>\n",
         title = esc(&p.title),
     );
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], html)
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], html).into_response()
 }
 
-async fn fragment(State(p): State<StatusPage>) -> impl IntoResponse {
+async fn fragment(State(p): State<StatusPage>) -> axum::response::Response {
     let c = p.current().await;
+    if let Some(why) = p.gathering(&c) {
+        return gathering_answer(&why, "fragment");
+    }
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], p.body(&c))
+        .into_response()
 }
 
-async fn json(State(p): State<StatusPage>) -> impl IntoResponse {
+async fn json(State(p): State<StatusPage>) -> axum::response::Response {
     let c = p.current().await;
+    if let Some(why) = p.gathering(&c) {
+        return gathering_answer(&why, "json");
+    }
     let body = serde_json::to_string(&*c).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
-    ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], body)
+    ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], body).into_response()
 }
 
 /// The page's script: fetch the fragment every second and swap it in; say when that fails.
@@ -385,6 +434,13 @@ mod tests {
             dlr: vec![],
             unreadable: vec![],
         };
+        // A view with nodes is shown at once; one without, only once the page has had time to
+        // hear from them (an empty cluster just after joining is not a healthy one).
+        assert_eq!(gathering("collector c1", Duration::ZERO, &c), None);
+        let empty = ClusterStatus { nodes: vec![], ..c.clone() };
+        let said = gathering("collector c1", Duration::from_millis(500), &empty);
+        assert!(said.is_some_and(|s| s.starts_with("collector c1 joined the bus just now")));
+        assert_eq!(gathering("collector c1", GATHERING, &empty), None);
         let html = render_body(&c, &[Sample { at_ms: 1, lines_per_s: 5.0, lag_records: 0.0, limit_use_pct: 0.0 }]);
         assert!(html.contains("data-node=\"gw&lt;1&gt;\" data-state=\"alive\""), "{html}");
         assert!(html.contains("data-node=\"gw2\" data-state=\"gone\""));
