@@ -25,6 +25,9 @@ impl Mount {
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", dir.to_str().unwrap()])
             .status()
             .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (not root?): the full-disk fault cannot be made");
+        }
         ok.then(|| Self(dir.to_owned()))
     }
 
@@ -46,10 +49,7 @@ impl Drop for Mount {
 #[test]
 fn full_disk_then_space_returns() {
     let c = Cluster::new();
-    let Some(mount) = Mount::tmpfs(&c.dataset(), "400k") else {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?): the full-disk fault cannot be made");
-        return;
-    };
+    let Some(mount) = Mount::tmpfs(&c.dataset(), "400k") else { return };
     let collector = c.start_collector();
     let agent = c.start_agent("gw", "plain");
     let w = Writer::start("gw", c.logs_dir("gw").join("app.log"), 150, 60_000, |_, _| {});
@@ -103,10 +103,7 @@ fn full_disk_then_space_returns() {
 #[test]
 fn a_collector_started_on_a_full_disk_says_why_it_cannot_join() {
     let c = Cluster::new();
-    let Some(mount) = Mount::tmpfs(&c.dataset(), "400k") else {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?): the full-disk fault cannot be made");
-        return;
-    };
+    let Some(mount) = Mount::tmpfs(&c.dataset(), "400k") else { return };
     let collector = c.start_collector();
     assert!(
         wait_until(Duration::from_secs(30), || c.http_get("collector", "/health").0 == 200),
@@ -144,10 +141,7 @@ fn a_collector_started_on_a_full_disk_says_why_it_cannot_join() {
 #[test]
 fn an_agent_whose_disk_fills_says_so_and_loses_nothing() {
     let c = Cluster::new();
-    let Some(mount) = Mount::tmpfs(&c.agent_state("gw"), "16m") else {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?): the full-disk fault cannot be made");
-        return;
-    };
+    let Some(mount) = Mount::tmpfs(&c.agent_state("gw"), "16m") else { return };
     let collector = c.start_collector();
     let agent = c.start_agent("gw", "plain");
     let w = Writer::start("gw", c.logs_dir("gw").join("app.log"), 150, 60_000, |_, _| {});
@@ -212,10 +206,7 @@ fn health_and_metrics_endpoints_answer() {
 fn an_agent_whose_dlr_store_fails_refuses_reports_of_its_records_until_restarted() {
     use common::limits::http_post;
     let c = Cluster::new();
-    let Some(mount) = Mount::tmpfs(&c.agent_state("a"), "24m") else {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?): the full-disk fault cannot be made");
-        return;
-    };
+    let Some(mount) = Mount::tmpfs(&c.agent_state("a"), "24m") else { return };
     let dlr = "[dlr]\n[[dlr.connector]]\nname = \"dec\"\nids = \"decimal\"\n";
     let a = c.start_limits_agent("a", &[], "", dlr);
     let b = c.start_limits_agent("b", &[a.endpoint()], "", dlr);

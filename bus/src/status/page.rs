@@ -140,12 +140,20 @@ fn gathering(title: &str, since: Duration, c: &ClusterStatus) -> Option<String> 
     })
 }
 
+/// The form of a status route's answer.
+#[derive(Debug, Clone, Copy)]
+enum Form {
+    Page,
+    Fragment,
+    Json,
+}
+
 /// `503` with `why`, as a page that reloads itself, a fragment or JSON.
-fn gathering_answer(why: &str, kind: &str) -> axum::response::Response {
+fn gathering_answer(why: &str, form: Form) -> axum::response::Response {
     use axum::http::StatusCode;
-    let (content_type, body) = match kind {
-        "json" => ("application/json", serde_json::json!({ "error": why }).to_string()),
-        "page" => (
+    let (content_type, body) = match form {
+        Form::Json => ("application/json", serde_json::json!({ "error": why }).to_string()),
+        Form::Page => (
             "text/html; charset=utf-8",
             format!(
                 "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" \
@@ -153,7 +161,7 @@ fn gathering_answer(why: &str, kind: &str) -> axum::response::Response {
                 esc(why)
             ),
         ),
-        _ => ("text/html; charset=utf-8", format!("<p>{}</p>", esc(why))),
+        Form::Fragment => ("text/html; charset=utf-8", format!("<p>{}</p>", esc(why))),
     };
     (StatusCode::SERVICE_UNAVAILABLE, [(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-store")], body)
         .into_response()
@@ -162,7 +170,7 @@ fn gathering_answer(why: &str, kind: &str) -> axum::response::Response {
 async fn full(State(p): State<StatusPage>) -> axum::response::Response {
     let c = p.current().await;
     if let Some(why) = p.gathering(&c) {
-        return gathering_answer(&why, "page");
+        return gathering_answer(&why, Form::Page);
     }
     let body = p.body(&c);
     let html = format!(
@@ -180,7 +188,7 @@ async fn full(State(p): State<StatusPage>) -> axum::response::Response {
 async fn fragment(State(p): State<StatusPage>) -> axum::response::Response {
     let c = p.current().await;
     if let Some(why) = p.gathering(&c) {
-        return gathering_answer(&why, "fragment");
+        return gathering_answer(&why, Form::Fragment);
     }
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], p.body(&c))
         .into_response()
@@ -189,7 +197,7 @@ async fn fragment(State(p): State<StatusPage>) -> axum::response::Response {
 async fn json(State(p): State<StatusPage>) -> axum::response::Response {
     let c = p.current().await;
     if let Some(why) = p.gathering(&c) {
-        return gathering_answer(&why, "json");
+        return gathering_answer(&why, Form::Json);
     }
     let body = serde_json::to_string(&*c).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
     ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], body).into_response()
