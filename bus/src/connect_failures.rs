@@ -70,7 +70,7 @@ impl ConnectFailureLayer {
 /// What a line of zenoh's says about a `connect` endpoint.
 #[derive(Debug, PartialEq, Eq)]
 enum Attempt<'m> {
-    Failed { endpoint: &'m str, why: &'m str },
+    Failed { endpoint: &'m str, why: String },
     Connected { endpoint: &'m str },
 }
 
@@ -83,12 +83,10 @@ fn attempt(message: &str) -> Option<Attempt<'_>> {
     let rest = message.strip_prefix("Unable to connect to configured peer ")?;
     let (endpoint, why) = rest.split_once("! ")?;
     let why = why.rsplit_once(". Retry in ").map_or(why, |(why, _)| why);
-    // zenoh's errors end with where in its source they were made (` at <file>.rs:<line>.`).
-    let why = match why.rfind(" at ") {
-        Some(i) if why[i..].contains(".rs:") => &why[..i],
-        _ => why,
-    };
-    Some(Attempt::Failed { endpoint, why: why.trim_end_matches('.') })
+    // zenoh's errors say where in its source they were made (` at <file>.rs:<line>.`), at their
+    // end and inside brackets too: not the problem.
+    let why = crate::session::without_source_location(why);
+    Some(Attempt::Failed { endpoint, why: why.trim_end_matches('.').to_owned() })
 }
 
 /// What an operator can do about `why`, when it is a certificate.
@@ -111,7 +109,7 @@ fn hint(why: &str) -> &'static str {
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ConnectFailureLayer {
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: tracing_subscriber::layer::Context<'_, S>) {
         match attempt(&crate::refusals::message_of(event)) {
-            Some(Attempt::Failed { endpoint, why }) => failed(endpoint, why),
+            Some(Attempt::Failed { endpoint, why }) => failed(endpoint, &why),
             Some(Attempt::Connected { endpoint }) => connected(endpoint),
             None => {}
         }
@@ -120,9 +118,6 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ConnectFailureLaye
 
 fn failed(endpoint: &str, why: &str) {
     FAILURES.fetch_add(1, Ordering::Relaxed);
-    // zenoh's source locations inside the text too (`[... (os error 111) at <file>.rs:105.]`).
-    let why = crate::session::without_source_location(why);
-    let why = why.trim_end_matches('.');
     let Ok(mut failing) = FAILING.lock() else { return };
     if !failing.contains_key(endpoint) && failing.len() >= MAX_ENDPOINTS {
         return;
@@ -193,13 +188,13 @@ mod tests {
         let Some(Attempt::Failed { endpoint, why }) = attempt(tls) else { panic!("not read: {tls}") };
         assert_eq!(endpoint, "tls/127.0.0.1:17801");
         assert!(why.ends_with("invalid peer certificate: BadSignature"), "{why}");
-        assert!(hint(why).contains("[bus.tls] ca"));
+        assert!(hint(&why).contains("[bus.tls] ca"));
         let refused = "Unable to connect to configured peer tcp/127.0.0.1:9! Can not create a new TCP link bound to \
                        127.0.0.1:9: Connection refused (os error 111) at io/zenoh-links/zenoh-link-tcp/src/unicast.rs:\
                        324.. Retry in 1s.";
         let Some(Attempt::Failed { why, .. }) = attempt(refused) else { panic!("not read: {refused}") };
         assert!(why.ends_with("Connection refused (os error 111)"), "{why}");
-        assert_eq!(hint(why), "");
+        assert_eq!(hint(&why), "");
         // zenoh 1.10's own form, with a location inside brackets too: both are left out of what
         // is said and kept.
         let _alone = alone();
@@ -207,7 +202,7 @@ mod tests {
                       tcp/127.0.0.1:8: [127.0.0.1:8: Connection refused (os error 111) at /src/zenoh-link-commons-1.10.2/\
                       src/tcp.rs:105.] at /src/zenoh-link-commons-1.10.2/src/tcp.rs:133. Retry in 1s.";
         let Some(Attempt::Failed { endpoint, why }) = attempt(nested) else { panic!("not read: {nested}") };
-        levels_logged(|| failed(endpoint, why));
+        levels_logged(|| failed(endpoint, &why));
         assert_eq!(
             failing_now(),
             ["tcp/127.0.0.1:8: Can not create a new TCP link bound to tcp/127.0.0.1:8: [127.0.0.1:8: Connection \
@@ -217,7 +212,7 @@ mod tests {
         let plain = "Unable to connect to configured peer tcp/127.0.0.1:21050! Read error on TCP link \
                      127.0.0.1:44386 => 127.0.0.1:21050: early eof. Retry in 1s.";
         let Some(Attempt::Failed { why, .. }) = attempt(plain) else { panic!("not read: {plain}") };
-        assert!(hint(why).contains("[bus.tls] and tls/ endpoints"), "{why}");
+        assert!(hint(&why).contains("[bus.tls] and tls/ endpoints"), "{why}");
         assert_eq!(
             attempt("Successfully connected to configured peer tls/127.0.0.1:17801"),
             Some(Attempt::Connected { endpoint: "tls/127.0.0.1:17801" })

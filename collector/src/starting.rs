@@ -89,9 +89,8 @@ impl Report for Starting {
 /// `503` with what it is doing (the cluster's view needs the bus; any other process serves it).
 /// The page reloads itself every 2 s, and so becomes the live view once the collector has joined.
 fn status_routes(starting: Arc<Starting>) -> axum::Router {
-    use axum::http::{header, StatusCode};
-    use axum::response::IntoResponse;
     use axum::routing::get;
+    use switchboard_bus::status::page::{unavailable, Form};
     let why = move |s: &Starting| {
         let (problem, _) = s.problem.lock().unwrap_or_else(|p| p.into_inner()).clone();
         format!(
@@ -99,41 +98,12 @@ fn status_routes(starting: Arc<Starting>) -> axum::Router {
             s.name
         )
     };
-    let (page, json) = (starting.clone(), starting);
-    let why_json = why;
+    let (page, fragment, json) = (starting.clone(), starting.clone(), starting);
     axum::Router::new()
-        .route(
-            "/status",
-            get(move || {
-                let text = why(&page);
-                async move {
-                    let html = format!(
-                        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-                         <meta http-equiv=\"refresh\" content=\"2\"><title>Switchboard: starting</title></head>\n\
-                         <body><p>{}</p></body></html>\n",
-                        switchboard_bus::status::page::esc(&text)
-                    );
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")],
-                        html,
-                    )
-                        .into_response()
-                }
-            }),
-        )
+        .route("/status", get(move || std::future::ready(unavailable(&why(&page), "starting", Form::Page))))
         .route(
             "/status/fragment",
-            get(|| async { (StatusCode::SERVICE_UNAVAILABLE, "this collector is starting").into_response() }),
+            get(move || std::future::ready(unavailable(&why(&fragment), "starting", Form::Fragment))),
         )
-        .route(
-            "/status.json",
-            get(move || {
-                let text = why_json(&json);
-                async move {
-                    let body = serde_json::json!({"error": text, "role": "starting"});
-                    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
-                }
-            }),
-        )
+        .route("/status.json", get(move || std::future::ready(unavailable(&why(&json), "starting", Form::Json))))
 }

@@ -142,22 +142,28 @@ fn gathering(title: &str, since: Duration, c: &ClusterStatus) -> Option<String> 
 
 /// The form of a status route's answer.
 #[derive(Debug, Clone, Copy)]
-enum Form {
+pub enum Form {
+    /// `/status`: a page.
     Page,
+    /// `/status/fragment`: the part the page swaps in.
     Fragment,
+    /// `/status.json`.
     Json,
 }
 
-/// `503` with `why`, as a page that reloads itself, a fragment or JSON.
-fn gathering_answer(why: &str, form: Form) -> axum::response::Response {
+/// `503` with `why` while a process has no view of the cluster to show (`state`: what it is
+/// doing, as the page's title and the JSON's `role`), as a page that reloads itself every 2 s,
+/// a fragment or JSON.
+pub fn unavailable(why: &str, state: &str, form: Form) -> axum::response::Response {
     use axum::http::StatusCode;
     let (content_type, body) = match form {
-        Form::Json => ("application/json", serde_json::json!({ "error": why }).to_string()),
+        Form::Json => ("application/json", serde_json::json!({ "error": why, "role": state }).to_string()),
         Form::Page => (
             "text/html; charset=utf-8",
             format!(
                 "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" \
-                 content=\"2\"><title>Switchboard: gathering</title></head>\n<body><p>{}</p></body></html>\n",
+                 content=\"2\"><title>Switchboard: {}</title></head>\n<body><p>{}</p></body></html>\n",
+                esc(state),
                 esc(why)
             ),
         ),
@@ -170,7 +176,7 @@ fn gathering_answer(why: &str, form: Form) -> axum::response::Response {
 async fn full(State(p): State<StatusPage>) -> axum::response::Response {
     let c = p.current().await;
     if let Some(why) = p.gathering(&c) {
-        return gathering_answer(&why, Form::Page);
+        return unavailable(&why, "gathering", Form::Page);
     }
     let body = p.body(&c);
     let html = format!(
@@ -188,7 +194,7 @@ async fn full(State(p): State<StatusPage>) -> axum::response::Response {
 async fn fragment(State(p): State<StatusPage>) -> axum::response::Response {
     let c = p.current().await;
     if let Some(why) = p.gathering(&c) {
-        return gathering_answer(&why, Form::Fragment);
+        return unavailable(&why, "gathering", Form::Fragment);
     }
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], p.body(&c))
         .into_response()
@@ -197,7 +203,7 @@ async fn fragment(State(p): State<StatusPage>) -> axum::response::Response {
 async fn json(State(p): State<StatusPage>) -> axum::response::Response {
     let c = p.current().await;
     if let Some(why) = p.gathering(&c) {
-        return gathering_answer(&why, Form::Json);
+        return unavailable(&why, "gathering", Form::Json);
     }
     let body = serde_json::to_string(&*c).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
     ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], body).into_response()
