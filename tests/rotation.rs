@@ -346,3 +346,54 @@ fn a_source_at_its_unacknowledged_bound_pauses_says_so_and_loses_nothing() {
     assert!(wait_until(Duration::from_secs(10), || paused(&c) == Some(0.0)), "still paused: {:?}", paused(&c));
     stop_and_check_every_line(&c, agent, collector, n);
 }
+
+/// A copy written over an older copy whose lines no collector has acknowledged (`cp app.log
+/// app.log.1` while the collector is down, copytruncate twice): those lines are gone from the
+/// disk. The agent sends nothing in their place, gives them up after a minute (said and
+/// counted at both ends), and the stream goes on: every other line is stored once, under its
+/// own number.
+#[test]
+fn a_copy_written_over_unacknowledged_lines_loses_only_them_and_says_so() {
+    let c = Cluster::new();
+    let collector = c.start_collector();
+    let agent = c.start_agent("gw", "plain");
+    let file = c.logs_dir("gw").join("app.log");
+    let rotated = file.with_extension("log.1");
+    let copytruncate = || {
+        std::fs::copy(&file, &rotated).unwrap();
+        std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(0).unwrap();
+    };
+    append(&file, (0..500).map(|i| numbered("gw", i)));
+    assert!(wait_until(DEADLINE, || count_logs(&c.dataset()) >= 500), "{}", agent.log_text());
+    collector.stop();
+    for (from, to) in [(500, 1000), (1000, 1500)] {
+        append(&file, (from..to).map(|i| numbered("gw", i)));
+        assert!(wait_until(DEADLINE, || lines_read(&c, "gw") >= to), "{}", agent.log_text());
+        copytruncate();
+        // The copy found and the truncated file read again before the next round.
+        std::thread::sleep(Duration::from_secs(4));
+    }
+    append(&file, (1500..2000).map(|i| numbered("gw", i)));
+    assert!(wait_until(DEADLINE, || lines_read(&c, "gw") >= 2000), "{}", agent.log_text());
+    let collector = c.start_collector();
+    let lost = || metric(&c.http_get("gw", "/metrics").1, "switchboard_agent_lost_lines_total").unwrap_or(0.0);
+    let done = wait_until(Duration::from_secs(180), || lost() >= 500.0 && count_logs(&c.dataset()) >= 1500);
+    let given_up = || metric(&c.http_get("collector", "/metrics").1, "switchboard_collector_records_given_up_total");
+    assert!(done, "lost {}, dataset {} of 1500\n{}", lost(), count_logs(&c.dataset()), agent.log_text());
+    assert_eq!(lost(), 500.0);
+    assert!(agent.log_text().contains("500 lines of source app (seq 500 to 999) cannot be sent again and are lost"));
+    // The collector hears of it with the agent's next heads.
+    wait_until(Duration::from_secs(10), || given_up() == Some(500.0));
+    assert_eq!(given_up(), Some(500.0));
+    agent.stop();
+    collector.stop();
+    let rows = read_logs(&c.dataset());
+    let mut seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), rows.len(), "a number stored twice");
+    assert_eq!(seqs, (0..500).chain(1000..2000).collect::<Vec<i64>>());
+    for r in &rows {
+        assert!(r.message.contains(&format!("line {:07} ", r.seq)), "seq {} holds another line: {}", r.seq, r.message);
+    }
+}

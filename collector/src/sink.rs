@@ -326,8 +326,9 @@ impl LogsSink {
                 tracing::error!(
                     stream = %id,
                     "{missing} of the records {from} to {} were never committed here and the agent can no longer send \
-                     them (it acknowledged them to another collector, or the dataset was restored from an older \
-                     backup): the watermark goes on past them",
+                     them (it acknowledged them to another collector, the dataset was restored from an older \
+                     backup, or the agent lost them before any collector held them: its log says so): the \
+                     watermark goes on past them",
                     passed - 1
                 );
             }

@@ -18,12 +18,13 @@
 //! file handles of unacknowledged segments are kept, so a rotated or deleted file can still be
 //! replayed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -86,7 +87,17 @@ pub struct SourceJournal {
     /// Never acknowledged when opened, and no watermark document of the writer taken since
     /// ([`SourceJournal::named`]): only then may [`SourceJournal::skip_to`] move its numbers.
     fresh: bool,
+    /// Ranges `first..end` a replay could not rebuild, by first number: end and first failure.
+    unreplayable: BTreeMap<u64, (u64, Instant)>,
+    /// Ranges given up for lost ([`SourceJournal::failed_replay`]), by first number: end.
+    lost: BTreeMap<u64, u64>,
+    /// The first number not lost above the acknowledged ones: the floor announced in heads.
+    passed: u64,
 }
+
+/// How long a range must fail to replay before it is given up for lost: a truncated file's
+/// copy (copytruncate) is found within seconds, and its segments replay again from it.
+pub const LOST_AFTER: Duration = Duration::from_secs(60);
 
 impl SourceJournal {
     /// The journal file of `source` in `data_dir`.
@@ -132,6 +143,9 @@ impl SourceJournal {
             acked_since_compaction: 0,
             skip: None,
             fresh: false,
+            unreplayable: BTreeMap::new(),
+            lost: BTreeMap::new(),
+            passed: 0,
         };
         // Never acknowledged: no collector has said how far it holds the stream yet (entries
         // may have been journaled before a restart, or after a skip whose checkpoint was lost).
@@ -251,9 +265,52 @@ impl SourceJournal {
         self.file.durable.store(durable, Ordering::Relaxed);
     }
 
-    /// Fold every entry wholly at or below `watermark` into the acknowledged checkpoint. Returns
-    /// the new checkpoint if it moved.
+    /// The first number the agent can still send: the acknowledged position, or past it the
+    /// end of lost ranges that follow the collector's watermark (announced as `acked`, so the
+    /// collector goes on past them: docs/architecture.md, "Durability").
+    pub fn floor(&self) -> u64 {
+        self.acked.next_seq.max(self.passed)
+    }
+
+    /// A replay could not rebuild `first..end` at `now` (its file was rewritten or is gone).
+    /// Returns `true` when that range has failed for [`LOST_AFTER`] and is now given up for
+    /// lost: the caller says so, once.
+    pub fn failed_replay(&mut self, first: u64, end: u64, now: Instant) -> bool {
+        if end <= first || self.lost.get(&first).is_some_and(|e| *e >= end) {
+            return false;
+        }
+        let (known_end, since) = *self.unreplayable.entry(first).or_insert((end, now));
+        if known_end != end {
+            // Another cut of the range: its clock starts again.
+            self.unreplayable.insert(first, (end, now));
+            return false;
+        }
+        if now.saturating_duration_since(since) < LOST_AFTER {
+            return false;
+        }
+        self.unreplayable.remove(&first);
+        self.lost.insert(first, end);
+        true
+    }
+
+    /// `watermark` carried over the lost ranges that follow it.
+    fn past_lost(&mut self, watermark: u64) -> u64 {
+        let mut carried = watermark;
+        for (&first, &end) in &self.lost {
+            if first <= carried.saturating_add(1) && end > carried.saturating_add(1) {
+                carried = end - 1;
+            }
+        }
+        if carried != watermark {
+            self.passed = self.passed.max(carried.saturating_add(1));
+        }
+        carried
+    }
+
+    /// Fold every entry wholly at or below `watermark` (carried over lost ranges that follow it)
+    /// into the acknowledged checkpoint. Returns the new checkpoint if it moved.
     pub fn ack(&mut self, watermark: u64) -> Option<SourceCheckpoint> {
+        let watermark = self.past_lost(watermark);
         let mut moved = false;
         while self.entries.front().is_some_and(|e| e.end_seq() <= watermark.saturating_add(1)) {
             let Some(e) = self.entries.pop_front() else { break };
@@ -266,6 +323,9 @@ impl SourceJournal {
         if !moved {
             return None;
         }
+        let next = self.acked.next_seq;
+        self.lost.retain(|_, end| *end > next);
+        self.unreplayable.retain(|_, (end, _)| *end > next);
         // Release handles no unacknowledged segment needs.
         let needed: std::collections::HashSet<Inode> =
             self.entries.iter().flat_map(|e| e.segments.iter().map(|s| s.inode)).collect();
@@ -459,6 +519,37 @@ mod tests {
             observed_micros: 0,
             lines: 1,
         }
+    }
+
+    #[test]
+    fn a_range_that_fails_to_replay_for_a_minute_is_passed_over_once_the_collector_reaches_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = SourceJournal::open(dir.path(), "app", SourceCheckpoint::default()).unwrap();
+        // Three batches: 0..10, 10..20 (its first segment rewritten, 10..15), 20..30.
+        j.record(BatchRecord { first_seq: 0, count: 10, segments: vec![seg(1, 0, 100)] }).unwrap();
+        let (mut a, mut b) = (seg(2, 0, 50), seg(3, 0, 50));
+        (a.lines, b.lines) = (5, 5);
+        j.record(BatchRecord { first_seq: 10, count: 10, segments: vec![a, b] }).unwrap();
+        j.record(BatchRecord { first_seq: 20, count: 10, segments: vec![seg(4, 0, 100)] }).unwrap();
+        let t0 = Instant::now();
+        assert!(!j.failed_replay(10, 15, t0), "not at the first failure");
+        assert!(!j.failed_replay(10, 15, t0 + LOST_AFTER / 2));
+        assert_eq!(j.ack(9).map(|c| c.next_seq), Some(10));
+        assert_eq!(j.floor(), 10, "not lost yet: the collector waits for it");
+        assert!(j.failed_replay(10, 15, t0 + LOST_AFTER), "given up after a minute");
+        assert!(!j.failed_replay(10, 15, t0 + LOST_AFTER * 2), "and said once");
+        // The collector's watermark stays below the lost range: the floor goes past it, and the
+        // batch holding it is folded once the collector has the rest of it.
+        assert_eq!(j.ack(9), None);
+        assert_eq!(j.floor(), 15);
+        assert_eq!(j.ack(19).map(|c| c.next_seq), Some(20));
+        assert_eq!((j.floor(), j.unacked()), (20, 1));
+        assert!(j.lost.is_empty() && j.unreplayable.is_empty(), "forgotten once acknowledged");
+        // A lost range the watermark has not reached moves nothing.
+        j.record(BatchRecord { first_seq: 30, count: 10, segments: vec![seg(5, 0, 100)] }).unwrap();
+        j.lost.insert(35, 40);
+        assert_eq!(j.ack(25), None);
+        assert_eq!(j.floor(), 20);
     }
 
     #[test]

@@ -164,7 +164,7 @@ pub(crate) fn heads(node: &str, journals: &Journals, session: &Session) -> Heads
     for (name, j) in journals.iter() {
         let Ok(j) = j.lock() else { continue };
         let stream = StreamId::log(node, name).local();
-        heads.acked.insert(stream.clone(), j.acked().next_seq);
+        heads.acked.insert(stream.clone(), j.floor());
         heads.streams.insert(stream, j.head());
     }
     heads

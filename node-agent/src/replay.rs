@@ -4,9 +4,10 @@
 //! segment from its open file handle with a fresh framer at the segment's start position, parsing
 //! each line exactly as the tailer did ([`crate::tailer::append_line`], same read time), so every
 //! line gets back its original sequence number. Rows outside the requested range are skipped.
-//! A segment whose file is gone, or yields another number of lines than it did (the file was
-//! truncated or rewritten), ends the replay with [`ReplayError`]: what was rebuilt before it is
-//! still returned.
+//! A segment whose file is gone, begins with other bytes than when it was cut, or yields another
+//! number of lines (the file was truncated or written over) sends none of its rows: the rest of
+//! the range is still sent, the failure is said in an error reply, and a segment that keeps
+//! failing for a minute is given up for lost (counted, and passed over: [`crate::journal`]).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -24,7 +25,7 @@ use crate::tailer::{append_line, LineCounts, LineFormat};
 /// Rows per replayed payload.
 const REPLAY_BATCH_ROWS: usize = 8192;
 
-/// Why a replay stopped short.
+/// Why a segment could not be replayed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     /// The file of a segment is no longer open (the agent restarted after it was deleted).
@@ -33,6 +34,15 @@ pub enum ReplayError {
     /// Reading failed.
     #[error("reading {0}: {1}")]
     Io(String, std::io::Error),
+    /// The file no longer begins with the bytes it had when the segment was read: it was
+    /// written over (`cp app.log app.log.1` onto an older `app.log.1`, say).
+    #[error("file {path} was written over: its first bytes are not those it had when seq {seq} was read from it")]
+    Rewritten {
+        /// The file.
+        path: String,
+        /// First sequence number of the segment.
+        seq: u64,
+    },
     /// The file no longer holds the same lines.
     #[error("file {path} changed: segment of seq {seq} gave {got} lines, expected {want}")]
     Changed {
@@ -50,90 +60,128 @@ pub enum ReplayError {
     Encode(String),
 }
 
-/// Rebuild the rows `from..=to` of `entries` as `log_batch` payloads, handing each to `emit` as
-/// soon as it is full (so that memory is one payload, whatever the range). Returns the rows
-/// rebuilt and, if the range could not be rebuilt in full, why.
+/// A segment that could not be rebuilt: its numbers `first..end` and why.
+#[derive(Debug)]
+pub struct Unreplayable {
+    /// Its first sequence number.
+    pub first: u64,
+    /// One past its last.
+    pub end: u64,
+    /// Why.
+    pub error: ReplayError,
+}
+
+/// Rebuild the rows `from..=to` of `entries` as `log_batch` payloads, handing each to `emit`:
+/// one or more per segment, each once the whole segment was read back and found as it was cut
+/// (its file's first bytes, its line count), so a file written over since sends nothing in
+/// place of its lines. Memory is one segment's rows (a batch at most). Returns the rows rebuilt
+/// and the segments that could not be, which are skipped: the rest of the range still comes.
 pub fn replay(
     config: &SourceConfig,
     entries: &[(BatchRecord, Vec<Option<Arc<File>>>)],
     from: u64,
     to: u64,
     emit: &mut dyn FnMut(Vec<u8>),
-) -> (u64, Option<ReplayError>) {
-    let payloads = emit;
-    let mut builder = LogBatchBuilder::new();
-    let mut counts = LineCounts::default();
+) -> (u64, Vec<Unreplayable>) {
     let mut rows = 0u64;
+    let mut failed = Vec::new();
     let mut buf = vec![0u8; 256 * 1024];
-    let flush = |builder: &mut LogBatchBuilder, payloads: &mut dyn FnMut(Vec<u8>)| -> Result<(), ReplayError> {
-        if builder.is_empty() {
-            return Ok(());
-        }
-        let batch = builder.finish().map_err(|e| ReplayError::Encode(e.to_string()))?;
-        payloads(log_batch::encode(&batch).map_err(|e| ReplayError::Encode(e.to_string()))?);
-        Ok(())
-    };
     for (entry, handles) in entries {
         let mut seq = entry.first_seq;
         for (segment, handle) in entry.segments.iter().zip(handles) {
-            let path = segment.path.to_string_lossy().into_owned();
             let seg_first = seq;
-            if segment.lines == 0 || seq + segment.lines <= from || seq > to {
-                seq += segment.lines;
+            seq += segment.lines;
+            if segment.lines == 0 || seq <= from || seg_first > to {
                 continue;
             }
-            let Some(file) = handle else {
-                let _ = flush(&mut builder, payloads);
-                return (rows, Some(ReplayError::FileGone(path, seg_first)));
+            let path = segment.path.to_string_lossy().into_owned();
+            let rebuilt = match handle {
+                Some(file) => rebuild_segment(config, segment, file, seg_first, from, to, &path, &mut buf),
+                None => Err(ReplayError::FileGone(path, seg_first)),
             };
-            let mut framer = LineFramer::new(config.max_line_bytes, segment.start);
-            let mut produced = 0u64;
-            // Each line of the segment gets the next number; those in the range become rows.
-            let take = |builder: &mut LogBatchBuilder,
-                        produced: &mut u64,
-                        rows: &mut u64,
-                        counts: &mut LineCounts,
-                        line: crate::framing::Line<'_>| {
-                let s = seg_first + *produced;
-                *produced += 1;
-                if s >= from && s <= to {
-                    append_line(builder, s, line, &path, segment.observed_micros, LineFormat::of(config), counts);
-                    *rows += 1;
+            match rebuilt.and_then(|(payloads, n)| {
+                let encoded: Result<Vec<Vec<u8>>, _> = payloads
+                    .into_iter()
+                    .map(|b| log_batch::encode(&b).map_err(|e| ReplayError::Encode(e.to_string())))
+                    .collect();
+                encoded.map(|p| (p, n))
+            }) {
+                Ok((payloads, n)) => {
+                    payloads.into_iter().for_each(&mut *emit);
+                    rows += n;
                 }
-            };
-            let mut at = segment.start.offset;
-            while at < segment.end.offset {
-                let want = ((segment.end.offset - at) as usize).min(buf.len());
-                let n = match file.read_at(&mut buf[..want], at) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) => {
-                        let _ = flush(&mut builder, payloads);
-                        return (rows, Some(ReplayError::Io(path, e)));
-                    }
-                };
-                at += n as u64;
-                framer.push(&buf[..n], |line| take(&mut builder, &mut produced, &mut rows, &mut counts, line));
-                if builder.len() >= REPLAY_BATCH_ROWS {
-                    if let Err(e) = flush(&mut builder, payloads) {
-                        return (rows, Some(e));
-                    }
-                }
+                Err(error) => failed.push(Unreplayable { first: seg_first, end: seq, error }),
             }
-            // A segment that ends without a newline ended with its file (the tailer took the
-            // last line as it was): so does this framing.
-            if at == segment.end.offset {
-                framer.finish(|line| take(&mut builder, &mut produced, &mut rows, &mut counts, line));
-            }
-            if produced != segment.lines {
-                let _ = flush(&mut builder, payloads);
-                return (rows, Some(ReplayError::Changed { path, seq: seg_first, got: produced, want: segment.lines }));
-            }
-            seq += segment.lines;
         }
     }
-    let err = flush(&mut builder, payloads).err();
-    (rows, err)
+    (rows, failed)
+}
+
+/// Read `segment` back from `file` and parse the lines of `from..=to` in it, as batches of at
+/// most [`REPLAY_BATCH_ROWS`] rows; an error if the file is not what it was when it was cut.
+#[allow(clippy::too_many_arguments)]
+fn rebuild_segment(
+    config: &SourceConfig,
+    segment: &crate::journal::Segment,
+    file: &File,
+    seg_first: u64,
+    from: u64,
+    to: u64,
+    path: &str,
+    buf: &mut [u8],
+) -> Result<(Vec<arrow::record_batch::RecordBatch>, u64), ReplayError> {
+    let same_start = |file: &File| {
+        crate::checkpoint::Fingerprint::read(file, segment.fingerprint.len as usize)
+            .map(|f| f == segment.fingerprint)
+            .map_err(|e| ReplayError::Io(path.to_owned(), e))
+    };
+    if !same_start(file)? {
+        return Err(ReplayError::Rewritten { path: path.to_owned(), seq: seg_first });
+    }
+    let mut batches = Vec::new();
+    let mut builder = LogBatchBuilder::new();
+    let mut counts = LineCounts::default();
+    let mut framer = LineFramer::new(config.max_line_bytes, segment.start);
+    let (mut produced, mut rows) = (0u64, 0u64);
+    // Each line of the segment gets the next number; those in the range become rows.
+    let mut take = |builder: &mut LogBatchBuilder, line: crate::framing::Line<'_>| {
+        let s = seg_first + produced;
+        produced += 1;
+        if s >= from && s <= to {
+            append_line(builder, s, line, path, segment.observed_micros, LineFormat::of(config), &mut counts);
+            rows += 1;
+        }
+    };
+    let mut at = segment.start.offset;
+    while at < segment.end.offset {
+        let want = ((segment.end.offset - at) as usize).min(buf.len());
+        let n = match file.read_at(&mut buf[..want], at) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => return Err(ReplayError::Io(path.to_owned(), e)),
+        };
+        at += n as u64;
+        framer.push(&buf[..n], |line| take(&mut builder, line));
+        if builder.len() >= REPLAY_BATCH_ROWS {
+            batches.push(builder.finish().map_err(|e| ReplayError::Encode(e.to_string()))?);
+        }
+    }
+    // A segment that ends without a newline ended with its file (the tailer took the last line
+    // as it was): so does this framing.
+    if at == segment.end.offset {
+        framer.finish(|line| take(&mut builder, line));
+    }
+    if !builder.is_empty() {
+        batches.push(builder.finish().map_err(|e| ReplayError::Encode(e.to_string()))?);
+    }
+    if produced != segment.lines {
+        return Err(ReplayError::Changed { path: path.to_owned(), seq: seg_first, got: produced, want: segment.lines });
+    }
+    // Written over while it was read: what was read may be the new bytes.
+    if !same_start(file)? {
+        return Err(ReplayError::Rewritten { path: path.to_owned(), seq: seg_first });
+    }
+    Ok((batches, rows))
 }
 
 /// Answer replay queries on `<prefix>/replay/<node>/log/*` until `cancel` fires. Parameters:
@@ -239,7 +287,7 @@ async fn answer(
             sent = query.reply(query.key_expr().clone(), p).await;
         }
     }
-    let (rows, err) = match rebuild.await {
+    let (rows, failed) = match rebuild.await {
         Ok(r) => r,
         Err(e) => return fail(format!("replay task: {e}")).await,
     };
@@ -249,9 +297,35 @@ async fn answer(
     stats.replays.fetch_add(1, Ordering::Relaxed);
     stats.lines_replayed.fetch_add(rows, Ordering::Relaxed);
     tracing::info!(stream = %id, from, to, rows, "replayed");
-    let problems: Vec<String> = forgotten.into_iter().chain(err.map(|e| e.to_string())).collect();
+    give_up_lost(journal, &id.name, &failed, stats);
+    let problems: Vec<String> = forgotten.into_iter().chain(failed.iter().map(|f| f.error.to_string())).collect();
     if !problems.is_empty() {
         fail(problems.join("; ")).await;
+    }
+}
+
+/// Note each segment that could not be replayed; one that has failed for
+/// [`crate::journal::LOST_AFTER`] is given up for lost, said once and counted, and the stream
+/// goes on past it once a collector holds everything before it.
+fn give_up_lost(
+    journal: &std::sync::Mutex<crate::journal::SourceJournal>,
+    source: &str,
+    failed: &[Unreplayable],
+    stats: &crate::stats::AgentStats,
+) {
+    let now = std::time::Instant::now();
+    for f in failed {
+        let lost = journal.lock().is_ok_and(|mut j| j.failed_replay(f.first, f.end, now));
+        if lost {
+            let n = f.end - f.first;
+            stats.lines_lost.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(
+                source, first = f.first, last = f.end - 1, error = %f.error,
+                "{n} lines of source {source} (seq {} to {}) cannot be sent again and are lost: {}; they were not \
+                 acknowledged when their file changed, so a collector never stored them. The stream goes on past them",
+                f.first, f.end - 1, f.error
+            );
+        }
     }
 }
 
@@ -302,6 +376,60 @@ mod tests {
             }
         }
         (seqs, errors)
+    }
+
+    /// A segment of all of `path`'s lines, as the tailer cut it.
+    fn whole_file(path: &std::path::Path, lines: u64) -> (Segment, Option<Arc<File>>) {
+        let file = Arc::new(File::open(path).unwrap());
+        let len = file.metadata().unwrap().len();
+        let segment = Segment {
+            inode: Inode::of(&file.metadata().unwrap()),
+            fingerprint: Fingerprint::read(&file, FINGERPRINT_BYTES).unwrap(),
+            path: path.to_owned(),
+            start: Position::default(),
+            end: Position { offset: len, skipping: false },
+            observed_micros: 1_795_000_000_000_000,
+            lines,
+        };
+        (segment, Some(file))
+    }
+
+    #[test]
+    fn a_file_written_over_sends_none_of_its_lines_and_the_rest_still_comes() {
+        let dir = tempfile::tempdir().unwrap();
+        let [a, b, c] = ["a.log", "a.log.1", "a.log.2"].map(|n| dir.path().join(n));
+        std::fs::write(&a, "a1\na2\na3\n").unwrap();
+        std::fs::write(&b, "b1\nb2\n").unwrap();
+        let long = "x".repeat(300);
+        std::fs::write(&c, format!("{long}\nc2\n")).unwrap();
+        let parts = [whole_file(&a, 3), whole_file(&b, 2), whole_file(&c, 2)];
+        let entry = BatchRecord { first_seq: 0, count: 7, segments: parts.iter().map(|p| p.0.clone()).collect() };
+        let entries = vec![(entry, parts.iter().map(|p| p.1.clone()).collect::<Vec<_>>())];
+        let config: SourceConfig = toml::from_str("name = 'app'\npaths = ['a.log*']").unwrap();
+        let run = |from, to| {
+            let mut seqs = Vec::new();
+            let (rows, failed) = replay(&config, &entries, from, to, &mut |p| {
+                let batch = log_batch::decode(&p).unwrap();
+                let seq = batch.column_by_name("seq").unwrap().as_primitive::<UInt64Type>();
+                seqs.extend(seq.values().iter().copied());
+            });
+            assert_eq!(rows as usize, seqs.len());
+            (seqs, failed)
+        };
+        assert_eq!(run(0, 6).0, [0, 1, 2, 3, 4, 5, 6]);
+        // `cp a.log a.log.1` onto the older copy: the same inode, other lines (as many).
+        std::fs::write(&b, "a1\na2\n").unwrap();
+        let (seqs, failed) = run(0, 6);
+        assert_eq!(seqs, [0, 1, 2, 5, 6], "none of the other file's lines under 3 and 4");
+        assert_eq!(failed.len(), 1);
+        assert_eq!((failed[0].first, failed[0].end), (3, 5));
+        assert!(matches!(failed[0].error, ReplayError::Rewritten { seq: 3, .. }), "{}", failed[0].error);
+        // The same first bytes but fewer lines: nothing of it either.
+        std::fs::write(&c, format!("{long}xyz\n")).unwrap();
+        let (seqs, failed) = run(4, 6);
+        assert!(seqs.is_empty(), "{seqs:?}");
+        assert_eq!(failed.iter().map(|f| (f.first, f.end)).collect::<Vec<_>>(), [(3, 5), (5, 7)]);
+        assert!(matches!(failed[1].error, ReplayError::Changed { got: 1, want: 2, .. }), "{}", failed[1].error);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

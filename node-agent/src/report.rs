@@ -221,6 +221,11 @@ impl Report for AgentReport {
             .counter("switchboard_agent_replayed_lines_total", "Lines sent again for replays.", g(&s.lines_replayed))
             .counter("switchboard_agent_replay_errors_total", "Replays not answered in full.", g(&s.replay_errors))
             .counter(
+                "switchboard_agent_lost_lines_total",
+                "Lines given up for lost: not acknowledged when their file was written over or went away.",
+                g(&s.lines_lost),
+            )
+            .counter(
                 "switchboard_agent_watermarks_stale_total",
                 "Watermarks ignored because a newer collector-group writer had spoken.",
                 g(&s.watermarks_stale),

@@ -44,6 +44,8 @@ pub struct AgentStats {
     pub lines_replayed: AtomicU64,
     /// Replay queries that could not be answered in full (a file gone or changed).
     pub replay_errors: AtomicU64,
+    /// Lines given up for lost: never acknowledged, and their file written over or gone.
+    pub lines_lost: AtomicU64,
     /// Watermarks ignored because a newer collector-group writer (higher epoch) had spoken.
     pub watermarks_stale: AtomicU64,
     /// Highest watermark seen minus lines published, summed over sources (lag in lines).
