@@ -215,8 +215,10 @@ impl Records {
     }
 
     /// `record` closed with `status` at `at` by `by`: kept until its expiry or the closed
-    /// retention, whichever comes first.
+    /// retention, whichever comes first. A record closes no earlier than it was submitted: a
+    /// DLR that overtook its registration was reported before the record existed.
     pub(super) fn closed(&self, record: &DlrRecord, status: &str, at: u64, by: &str) -> DlrRecord {
+        let at = at.max(record.submitted_at);
         let keep = at.saturating_add(self.settings.closed_retention_s.saturating_mul(1000));
         DlrRecord {
             version: record.version.saturating_add(1),
@@ -492,6 +494,18 @@ mod tests {
         assert!(queued(&r).is_none(), "a duplicate changes nothing");
         assert_eq!((counted(&r.stats.delivered), counted(&r.stats.duplicates)), (1, 1));
         assert_eq!(r.store.inbox_after(0, 10).unwrap().len(), 1, "one report for the gateway");
+    }
+
+    #[test]
+    fn a_report_older_than_its_registration_closes_the_record_when_it_was_submitted() {
+        let (_dir, r) = records("gw1");
+        let mut late = registration("m-9");
+        late.submitted_at = Some(5_000);
+        let id = r.register(&[late]).unwrap().remove(0).id;
+        // Reported at 2,000: the DLR overtook the registration that says 5,000.
+        let reply = r.answer("smsc1", &id, Some(&report(true))).unwrap().unwrap();
+        assert_eq!(reply.record.state, RecordState::Closed);
+        assert_eq!(reply.record.closed_at, Some(5_000));
     }
 
     #[test]
