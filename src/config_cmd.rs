@@ -29,7 +29,7 @@ pub struct MakeArgs {
     #[arg(long, short, default_value = "")]
     pub message: String,
     /// Who makes it. Default: the identity of the TLS certificate, else $USER.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_author)]
     pub author: Option<String>,
     /// How long to wait for every node to apply it.
     #[arg(long, default_value = "10s", value_parser = crate::cli::parse_duration)]
@@ -162,6 +162,30 @@ pub fn require_admin(bus: &BusArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--author`: a name, not empty and on one line.
+fn parse_author(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("an author is a name: leave --author out for the certificate's identity or $USER".into());
+    }
+    if s.chars().any(char::is_control) {
+        return Err("an author is one line of text, without control characters".into());
+    }
+    Ok(s.to_owned())
+}
+
+/// An author or a message as printed: control characters (a newline, an escape sequence)
+/// written out as escapes, so a revision's text is one line of the output and cannot draw on
+/// the terminal.
+fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+        .collect::<String>()
+        .into()
 }
 
 fn author(make: &MakeArgs) -> String {
@@ -565,7 +589,7 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
             for s in all.into_iter().take(limit) {
                 let rev = repo.revision(&session, &keys, &s.id).await?;
                 let mark = if heads.contains(s.id.as_str()) { "  [head]" } else { "" };
-                out!("revision {}  {}  {}  {}{mark}", s.label(), when(s.at_ms), s.author, s.message);
+                out!("revision {}  {}  {}  {}{mark}", s.label(), when(s.at_ms), shown(&s.author), shown(&s.message));
                 if s.parents.len() > 1 {
                     let labels: Vec<String> = s
                         .parents
@@ -605,7 +629,7 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
                     std::io::stdout().write_all(&bytes)?;
                 }
                 None => {
-                    out!("revision {}  {}  {}  {}", s.label(), when(s.at_ms), s.author, s.message);
+                    out!("revision {}  {}  {}  {}", s.label(), when(s.at_ms), shown(&s.author), shown(&s.message));
                     out!("id {}", s.id);
                     for p in &s.parents {
                         out!("parent {p}");
@@ -718,10 +742,15 @@ fn labels(heads: &[Summary]) -> String {
     heads.iter().map(|h| h.label()).collect::<Vec<_>>().join(" and ")
 }
 
+/// `bytes` as text: UTF-8 without a NUL (a NUL makes a file binary, as `diff` and `git` take it).
+fn as_text(bytes: &[u8]) -> Option<&str> {
+    std::str::from_utf8(bytes).ok().filter(|t| !t.contains('\0'))
+}
+
 /// Lines removed (`-`) and added (`+`) between two texts, by a longest common subsequence on
-/// lines (texts over 2,000 lines, or not UTF-8, are summarized).
+/// lines (texts over 2,000 lines, or binary: not UTF-8, or holding a NUL, are summarized).
 fn print_line_diff(old: &[u8], new: &[u8]) -> Result<()> {
-    let (Ok(old), Ok(new)) = (std::str::from_utf8(old), std::str::from_utf8(new)) else {
+    let (Some(old), Some(new)) = (as_text(old), as_text(new)) else {
         out!("    (binary: {} -> {} bytes)", old.len(), new.len());
         return Ok(());
     };
@@ -841,7 +870,7 @@ async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
     }
     match heads.as_slice() {
         [] => out!("no revisions yet"),
-        [h] => out!("head: revision {}  {}  {}  {}", h.label(), when(h.at_ms), h.author, h.message),
+        [h] => out!("head: revision {}  {}  {}  {}", h.label(), when(h.at_ms), shown(&h.author), shown(&h.message)),
         many => {
             out!(
                 "CONFLICT: {} heads were made apart (on two sides of a partition, or by two pushes at once)",
@@ -868,8 +897,8 @@ async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
                     "  side {}  {}  {}  {}  (held by {})",
                     h.label(),
                     when(h.at_ms),
-                    h.author,
-                    h.message,
+                    shown(&h.author),
+                    shown(&h.message),
                     if holders.is_empty() { "-".to_owned() } else { holders.join(", ") }
                 );
                 out!("    changes since {}:", base.as_ref().map_or("the start".to_owned(), |b| b.label()));
@@ -919,6 +948,15 @@ async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authors_and_messages_print_on_one_line_and_draw_nothing() {
+        assert_eq!(shown("raise the window"), "raise the window");
+        assert_eq!(shown("multi\nline\u{1b}[31mred"), "multi\\nline\\u{1b}[31mred");
+        assert!(parse_author("").is_err() && parse_author("  ").is_err());
+        assert!(parse_author("eve\nforged line").unwrap_err().contains("one line"));
+        assert_eq!(parse_author("ops"), Ok("ops".into()));
+    }
 
     /// A tree at the file bound passes alone and is refused once the kept limits file is added,
     /// before a dry run could call it good, with the kept file named.

@@ -693,6 +693,15 @@ fn a_working_directory_removed_by_hand_is_put_back() {
     std::fs::remove_dir_all(&tree).unwrap();
     assert!(wait_until(Duration::from_secs(5), || read(&dir.join("a.conf")) == "a1"), "head not written afresh");
     assert!(wait_until(Duration::from_secs(5), || reloaded() == 2), "reloads: {}", reloaded());
+    // A file removed first (a local edit), then its tree, the link left pointing at nothing: the
+    // edit went with the tree, and the head is written afresh.
+    std::fs::remove_file(dir.join("a.conf")).unwrap();
+    let edits = || metric(&c.http_get("gw1", "/metrics").1, "switchboard_agent_config_local_edits");
+    assert!(wait_until(Duration::from_secs(5), || edits() == Some(1.0)), "edit not seen: {:?}", edits());
+    std::fs::remove_dir_all(std::fs::canonicalize(&dir).unwrap()).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || read(&dir.join("a.conf")) == "a1"), "head not written afresh");
+    assert!(wait_until(Duration::from_secs(5), || reloaded() == 3), "reloads: {}", reloaded());
+    assert_eq!(edits(), Some(0.0));
     std::fs::remove_file(&dir).unwrap();
     std::fs::create_dir(&dir).unwrap();
     let blocked = wait_until(Duration::from_secs(5), || {

@@ -97,7 +97,34 @@ pub fn read_dir(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, RepoError> {
             }
         }
     }
+    check_layers_agree(out.keys().map(String::as_str))?;
     Ok(out)
+}
+
+/// Refuse a path that is a file in one layer and a directory in another (`global/x` and
+/// `gw1/x/y`): a node that reads both layers could not hold both. Layers are not known to be
+/// nodes or subclusters here, so every pair of layers counts.
+pub fn check_layers_agree<'a>(paths: impl Iterator<Item = &'a str>) -> Result<(), RepoError> {
+    let mut files: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut dirs: BTreeMap<&str, &str> = BTreeMap::new();
+    for path in paths {
+        let Some((layer, rest)) = path.split_once('/') else { continue };
+        files.entry(rest).or_insert(path);
+        for (i, b) in rest.bytes().enumerate() {
+            if b == b'/' {
+                dirs.entry(&rest[..i]).or_insert(layer);
+            }
+        }
+    }
+    for (dir, layer) in dirs {
+        if let Some(file) = files.get(dir) {
+            return Err(RepoError::Path {
+                path: format!("{file} (and {layer}/{dir}/)"),
+                why: "a file in one layer and a directory in another: a node that reads both cannot hold both; rename one",
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The files of `files` that apply to `node` of `subcluster` (`None`: the default one), by their
@@ -122,6 +149,21 @@ pub fn view<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_in_one_layer_and_a_directory_of_its_name_in_another_are_refused() {
+        let e = check_layers_agree(["global/clash", "gw1/clash/inner.conf"].into_iter()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            RepoError::Path {
+                path: "global/clash (and gw1/clash/)".into(),
+                why: "a file in one layer and a directory in another: a node that reads both cannot hold both; rename one",
+            }
+            .to_string()
+        );
+        assert!(check_layers_agree(["global/d/a", "gw2/d"].into_iter()).is_err(), "either way round");
+        check_layers_agree(["global/d/a", "gw1/d/b", "gw1/e", "eu/f/g"].into_iter()).unwrap();
+    }
 
     #[test]
     fn paths_must_sit_inside_a_layer_and_stay_inside_the_tree() {

@@ -642,6 +642,8 @@ impl Inner {
             (self.p.applied, self.p.tree) = (None, None);
             self.p.manifest.clear();
             self.p.failed.clear();
+            // Edits seen in the tree that is gone went with it (a file removed before the rest).
+            self.local_edits.clear();
             self.p.save(&self.state_path);
         }
         true

@@ -101,8 +101,8 @@ impl ClusterConfigSettings {
         ])
         .map_err(AgentConfigError::Invalid)?;
         if let Some(s) = &self.subcluster {
-            if switchboard_bus::keys::check_chunk(s).is_err() || s == switchboard_bus::repo::tree::GLOBAL {
-                return bad("subcluster must be a name (no '/', '*', '$', '?', '#'), not `global`");
+            if let Err(why) = check_subcluster(s) {
+                return bad(&format!("subcluster {s:?}: {why}"));
             }
         }
         if let Some(program) = self.reload.first() {
@@ -116,8 +116,54 @@ impl ClusterConfigSettings {
     }
 }
 
+/// A subcluster's name is the directory of its layer in the tree: letters, digits, `.`, `_`
+/// and `-`, not starting with `.` (`.git` is skipped, `..` is no directory of the tree), and
+/// not `global` (`default` is the layer a node of no named subcluster reads: the same).
+fn check_subcluster(name: &str) -> Result<(), &'static str> {
+    use switchboard_bus::repo::tree::GLOBAL;
+    if name.is_empty() {
+        return Err("empty: leave `subcluster` out for a node of no named subcluster");
+    }
+    if name.len() > 64 {
+        return Err("longer than 64 bytes");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+        return Err(
+            "a subcluster is named with letters, digits, '.', '_' and '-' only (it names the layer's directory)",
+        );
+    }
+    if name.starts_with('.') {
+        return Err("a layer's directory cannot start with '.'");
+    }
+    if name == GLOBAL {
+        return Err("`global` is the layer of every node");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn subcluster_names_that_cannot_be_a_layer_are_refused_with_why() {
+        for (name, why) in [
+            ("", "leave `subcluster` out"),
+            ("../x", "letters, digits"),
+            ("a/b", "letters, digits"),
+            ("eu*", "letters, digits"),
+            ("x y", "letters, digits"),
+            (" ", "letters, digits"),
+            ("..", "cannot start with '.'"),
+            (".git", "cannot start with '.'"),
+            ("global", "layer of every node"),
+        ] {
+            let e = super::check_subcluster(name).unwrap_err();
+            assert!(e.contains(why), "{name:?}: {e}");
+        }
+        for ok in ["eu", "eu-west_1", "dc2.rack3"] {
+            assert!(super::check_subcluster(ok).is_ok(), "{ok}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -190,6 +190,23 @@ impl WorkTree {
             }
         }
         std::fs::create_dir_all(&building).map_err(io(&building))?;
+        let built = self.fill(&building, &done, revision_line, files);
+        if built.is_err() {
+            // Half a tree helps nobody, and no later pruning would find it.
+            let _ = std::fs::remove_dir_all(&building);
+        }
+        built
+    }
+
+    /// [`build`](Self::build) in `building`, renamed to `done` once complete.
+    fn fill(
+        &self,
+        building: &Path,
+        done: &Path,
+        revision_line: &str,
+        files: &BTreeMap<String, Planned>,
+    ) -> Result<Manifest, RepoError> {
+        let building = building.to_path_buf();
         let current = self.current();
         let mut manifest = Manifest::new();
         // Files copied, and every directory of the tree: what must reach the disk.
@@ -238,7 +255,7 @@ impl WorkTree {
         }
         written.extend(dirs);
         sync_files(&written)?;
-        std::fs::rename(&building, &done).map_err(io(&done))?;
+        std::fs::rename(&building, done).map_err(io(done))?;
         sync_files(std::slice::from_ref(&self.trees))?;
         Ok(manifest)
     }
