@@ -33,12 +33,23 @@ pub struct StatusArgs {
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = StatusFormat::Text)]
     pub format: StatusFormat,
-    /// How long to wait for every live process to answer.
-    #[arg(long, default_value = "3s", value_parser = crate::cli::parse_duration)]
+    /// How long to wait for every live process to answer, once joined to the bus (joining
+    /// takes up to about a second more). At least 100ms.
+    #[arg(long, default_value = "3s", value_parser = parse_timeout)]
     pub timeout: Duration,
     /// How to reach the bus.
     #[command(flatten)]
     pub bus: BusArgs,
+}
+
+/// `--timeout`: a duration of at least 100 ms (live processes answer in milliseconds, not in
+/// none: a shorter wait would call every process hung).
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = crate::cli::parse_duration(s)?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("{s} is too short for processes to answer: give at least 100ms"));
+    }
+    Ok(d)
 }
 
 fn print(c: &ClusterStatus, format: StatusFormat, redraw: bool) -> Result<()> {
@@ -97,4 +108,19 @@ pub async fn run(args: StatusArgs) -> Result<i32> {
         Level::Degraded => 1,
         Level::Unreachable => 2,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_too_short_for_an_answer_is_refused() {
+        assert_eq!(parse_timeout("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_timeout("100ms"), Ok(Duration::from_millis(100)));
+        for short in ["0", "0s", "99ms"] {
+            let e = parse_timeout(short).unwrap_err();
+            assert!(e.contains("at least 100ms"), "{short}: {e}");
+        }
+    }
 }

@@ -189,6 +189,8 @@ fn status_shows_the_cluster_and_a_killed_node_as_gone_with_exit_codes() {
     assert_eq!(check(&["--leader", &url(&c, "collector")]), 0);
     assert_eq!(check(&["--leader", &url(&c, "gw1")]), 1, "an agent is no collector leader");
     assert_eq!(check(&[&format!("http://127.0.0.1:{}", free_port())]), 2, "nothing listens there");
+    assert_eq!(check(&["--strcit", &url(&c, "gw1")]), 2, "a mistyped option is no pass");
+    assert_eq!(check(&[&url(&c, "gw1"), &url(&c, "gw2")]), 2, "two URLs: which one?");
 
     // Every metric the Grafana dashboard queries is one the processes export.
     let exported: String = ["collector", "gw1", "gw2"].iter().map(|p| c.http_get(p, "/metrics").1).collect();
