@@ -457,6 +457,49 @@ fn the_store_stopped_for_a_while_loses_nothing_and_health_says_why() {
     g.finish();
 }
 
+/// The writer's own path to the store cut while the standby's works: the writer stays alive
+/// on the bus but commits nothing, and the standby takes the dataset from it once records have
+/// waited that long (three file ages, at least 10 s); healed, the old writer finds the claim
+/// and stands by. Every line is stored once.
+#[test]
+fn a_writer_cut_off_from_the_store_alone_is_taken_over_by_a_standby() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = S3Server::start(dir.path(), "sb-test");
+    let path = common::limits::Proxy::start(server.port);
+    let url = "s3://sb-test/cluster-a".to_owned();
+    let direct = Data::S3 { url: url.clone(), endpoint: server.endpoint() };
+    let via_proxy = Data::S3 { url, endpoint: format!("http://127.0.0.1:{}", path.port) };
+    let c = Cluster::new();
+    let (p1, p2) = (free_port(), free_port());
+    let mut members = vec![
+        Member { name: "c1".into(), port: p1, proc: Some(start_member(&c, "c1", p1, &[], &via_proxy)) },
+        Member { name: "c2".into(), port: p2, proc: None },
+    ];
+    let leader = wait_for_leader(&c, &["c1"], Duration::from_secs(30));
+    assert_eq!(leader, Some(0), "c1 alone should lead\n{}", members[0].proc.as_ref().unwrap().log_text());
+    members[1].proc = Some(start_member(&c, "c2", p2, &[members[0].endpoint()], &direct));
+    let eps: Vec<String> = members.iter().map(Member::endpoint).collect();
+    let agents = NODES.iter().map(|n| start_group_agent(&c, n, &eps)).collect();
+    let writers =
+        NODES.iter().map(|n| Writer::start(n, c.logs_dir(n).join("app.log"), 10, usize::MAX, |_, _| {})).collect();
+    let g = Group { c, data: direct, env: server.env(), members, agents, writers };
+    assert!(wait_until(Duration::from_secs(30), || role(&g.c, "c2").as_deref() == Some("standby")), "{}", g.logs());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(g.leader(), 0);
+    eprintln!("cutting c1's path to the store");
+    let cut = Instant::now();
+    path.cut();
+    let took = wait_until(Duration::from_secs(60), || role(&g.c, "c2").as_deref() == Some("leader"));
+    assert!(took, "c2 should take over from a writer that commits nothing\n{}", g.logs());
+    eprintln!("c2 took over {:.1} s after the cut", cut.elapsed().as_secs_f64());
+    let said = g.members[1].proc.as_ref().unwrap().log_text();
+    assert!(said.contains("collector c1 is alive but has committed nothing"), "{said}");
+    path.heal();
+    let stood_by = wait_until(Duration::from_secs(60), || role(&g.c, "c1").as_deref() == Some("standby"));
+    assert!(stood_by, "c1, its path back, should find the claim and stand by\n{}", g.logs());
+    g.finish();
+}
+
 /// A zenoh client session of the agent listening on `port` (a peer making up messages).
 async fn client_of(port: u16) -> zenoh::Session {
     let mut config = zenoh::Config::default();

@@ -117,8 +117,19 @@ pub struct Group {
     columns: BTreeMap<String, ColumnType>,
     /// A store that stays down fails every tick's read: said at most once per 10 s.
     read_failures: switchboard_bus::throttle::Throttle,
+    /// How long a live writer may record nothing while records wait before a standby takes
+    /// the dataset from it ([`Group::set_stall`]).
+    stall: Duration,
+    /// When this collector last read a new record of the log (or started).
+    last_record: Instant,
+    /// When the oldest record an agent announced and no collector committed was first
+    /// announced, as the caller last said ([`Group::tick_waiting`]).
+    waiting_since: Option<Instant>,
     cancel: CancellationToken,
 }
+
+/// The shortest stall after which a standby takes the dataset from a live writer.
+const MIN_STALL: Duration = Duration::from_secs(10);
 
 impl Group {
     /// A standby over `log`. `startup_grace`: how long after it first reads of the newest
@@ -158,6 +169,9 @@ impl Group {
             read_failures: switchboard_bus::throttle::Throttle::new(Duration::from_secs(10)),
             split: None,
             columns,
+            stall: Duration::from_secs(90),
+            last_record: Instant::now(),
+            waiting_since: None,
             cancel,
         };
         g.update(|s| {
@@ -168,6 +182,19 @@ impl Group {
         // it starts in.
         g.run_notify("standby");
         g
+    }
+
+    /// A live writer that records nothing in the log for three of its file ages (at least
+    /// [`MIN_STALL`]) while records wait is stalled (its path to the store is cut, say, while
+    /// this collector's is not): a standby then takes the dataset from it.
+    pub fn set_stall(&mut self, max_file_age: Duration) {
+        self.stall = max_file_age.saturating_mul(3).max(MIN_STALL);
+    }
+
+    /// [`Group::tick`], told since when the oldest record not committed has waited.
+    pub async fn tick_waiting(&mut self, waiting_since: Option<Instant>) -> Tick {
+        self.waiting_since = waiting_since;
+        self.tick().await
     }
 
     /// Whether this collector writes.
@@ -227,6 +254,9 @@ impl Group {
                 }
                 return out;
             }
+        }
+        if !out.records.is_empty() {
+            self.last_record = Instant::now();
         }
         if let Some(last) = self.log.last() {
             let leader = last.writer.clone();
@@ -341,8 +371,11 @@ impl Group {
         };
         // Checked whatever the writer's state: a collector that could not take over says so now.
         let agree = self.columns_agree();
-        if !gone || !agree {
+        if !agree {
             return false;
+        }
+        if !gone {
+            return self.writer_stalled(&holder);
         }
         // This collector may not be linked to a live writer yet (a writer that just started, or
         // reconnects, takes its time): give one that was never seen up to two leases, from when
@@ -355,6 +388,27 @@ impl Group {
         // (it may be writing on the other side of a partition); one that was seen and went away
         // is taken over at once.
         seen || self.claim_not_before.is_none_or(|t| Instant::now() >= t)
+    }
+
+    /// Whether the live writer `holder` has recorded nothing for [`Group::set_stall`]'s time
+    /// while a record has waited as long: said once, as the reason to take over.
+    fn writer_stalled(&self, holder: &str) -> bool {
+        if holder.is_empty() || holder == self.name || self.claim_not_before.is_some_and(|t| Instant::now() < t) {
+            return false;
+        }
+        let quiet = self.last_record.elapsed();
+        let waited = self.waiting_since.map_or(Duration::ZERO, |t| t.elapsed());
+        if quiet < self.stall || waited < self.stall {
+            return false;
+        }
+        tracing::warn!(
+            writer = holder,
+            "collector {holder} is alive but has committed nothing for {} s while records waited {} s (its store \
+             unreachable from there, or its disk, or the process stuck): taking the dataset from it",
+            quiet.as_secs(),
+            waited.as_secs()
+        );
+        true
     }
 
     /// Whether this collector's promoted columns give every column the type the newest record's

@@ -214,7 +214,8 @@ impl<G> Intake<G> {
 
     /// Read the commit log: apply others' commits, take over or step down.
     fn follow(&mut self) {
-        let tick = self.runtime.block_on(self.group.tick());
+        let waiting = self.tables.oldest_waiting();
+        let tick = self.runtime.block_on(self.group.tick_waiting(waiting));
         self.apply(&tick.records);
         if tick.stepped_down {
             self.tables.abandon_all();

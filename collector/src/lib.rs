@@ -296,6 +296,7 @@ impl Collector {
             config.logs.promote.iter().map(|p| (p.name.clone(), p.kind)).collect(),
             cancel.clone(),
         );
+        group.set_stall(std::time::Duration::from_millis(c.max_file_age_ms));
         // The first tick may claim, and a claim's write is retried until the store takes it (a
         // full disk): meanwhile `/health` says the store's error, not that the bus is joined.
         let first = {

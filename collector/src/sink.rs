@@ -237,6 +237,11 @@ impl LogsSink {
         }
     }
 
+    /// Since when the oldest record an agent announced and no collector committed has waited.
+    pub fn oldest_waiting(&self) -> Option<Instant> {
+        self.streams.values().filter_map(StreamState::behind_since).min()
+    }
+
     /// Health and lag figures.
     pub fn status(&self) -> SinkStatus {
         let lag = self

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use switchboard_bus::tables::InternalTable;
 use switchboard_bus::wire::control::Heads;
@@ -165,6 +166,12 @@ impl Tables {
             w.extend(s.watermarks());
         }
         w
+    }
+
+    /// Since when the oldest record an agent announced and no collector committed has waited,
+    /// over every table.
+    pub fn oldest_waiting(&self) -> Option<Instant> {
+        std::iter::once(&self.logs).chain(self.internal.iter().map(|(_, s)| s)).filter_map(|s| s.oldest_waiting()).min()
     }
 
     /// Health and lag of every table together.
