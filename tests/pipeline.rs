@@ -140,6 +140,38 @@ fn restarted_collector_drops_what_it_already_committed() {
     assert_exactly_once(&rows);
 }
 
+/// A collector stopped on purpose commits its open files and says so to the agents before it
+/// leaves: their `acked` reaches what it committed (the last watermark can come after its
+/// token went, and was dropped as a straggler's).
+#[test]
+fn a_collector_stopped_on_purpose_acknowledges_its_last_commit() {
+    let c = Cluster::new();
+    // Files committed every 3 s: the lines written below wait in an open file, which the stop
+    // commits.
+    let collector = c.start_collector_with_file_age(3000);
+    let agent = c.start_agent("gw", "plain");
+    let file = c.logs_dir("gw").join("gw.log");
+    append(&file, (0..100).map(|i| line("gw", i)));
+    assert!(wait_until(DEADLINE, || count_logs(&c.dataset()) >= 100), "{}", agent.log_text());
+    let acked = || {
+        let (_, body) = c.http_get("gw", "/health");
+        let health: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        health["sources"]["app"]["acked"].as_u64().unwrap_or(0)
+    };
+    assert!(wait_until(Duration::from_secs(10), || acked() == 100), "acked {}", acked());
+    const N: usize = 5000;
+    append(&file, (100..N).map(|i| line("gw", i)));
+    assert!(wait_until(DEADLINE, || lines_read(&c, "gw") >= N), "{}", agent.log_text());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(count_logs(&c.dataset()) < N, "the last lines wait in an open file");
+    collector.stop();
+    let committed = count_logs(&c.dataset()) as u64;
+    assert_eq!(committed, N as u64, "the stop commits what it holds");
+    let ok = wait_until(Duration::from_secs(5), || acked() == committed);
+    assert!(ok, "acked {} of the {committed} committed\n{}", acked(), agent.log_text());
+    agent.stop();
+}
+
 #[test]
 fn bad_config_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();

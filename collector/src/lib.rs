@@ -176,6 +176,9 @@ async fn open_dataset(
 }
 
 /// A running collector.
+/// How long a stopping collector waits after its last watermarks before it leaves the bus.
+const LAST_WORDS: std::time::Duration = std::time::Duration::from_millis(200);
+
 pub struct Collector {
     stats: Arc<CollectorStats>,
     tracker: TaskTracker,
@@ -469,6 +472,10 @@ impl Collector {
     /// Wait until the cancelled collector has committed everything, then leave the bus.
     pub async fn wait(self) {
         self.tracker.wait().await;
+        // The last watermarks were handed to the session, not sent: let them leave before the
+        // token does, or an agent may hear of the leaving first (a liveliness change travels
+        // apart from data) and take them for a straggler's.
+        tokio::time::sleep(LAST_WORDS).await;
         drop(self.token);
         switchboard_bus::session::leave(&self.session, &self.links).await;
         tracing::info!("collector stopped");

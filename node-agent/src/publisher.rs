@@ -271,11 +271,21 @@ impl AckTask {
                     if !membership.live_of(Role::Collector).contains(&from) {
                         let member = Member { role: Role::Collector, name: from.clone() };
                         if membership.left_within(&member, STRAGGLER_WITHIN) {
-                            tracing::debug!(collector = from, "a watermark of a collector that left just now: dropped");
+                            // Its last watermark, after its last commit, may come after its token
+                            // went: the writer's own, under its epoch, still says what is
+                            // committed. Any other is dropped unsaid.
+                            let last_of_writer = writer.as_deref() == Some(from.as_str()) && marks.epoch == Some(epoch);
+                            if !last_of_writer {
+                                tracing::debug!(collector = from, "a watermark of a collector that left just now: dropped");
+                                continue;
+                            }
+                        } else {
+                            refuse(
+                                Reason::WatermarkNotLive,
+                                format_args!("watermark from {from:?}, which is not a live collector"),
+                            );
                             continue;
                         }
-                        refuse(Reason::WatermarkNotLive, format_args!("watermark from {from:?}, which is not a live collector"));
-                        continue;
                     }
                     // Never past what this agent journaled: that would drop lines no collector
                     // has. The agent's own files are new after its data_dir was emptied, so a

@@ -258,6 +258,11 @@ impl Cluster {
     }
 
     pub fn start_collector(&self) -> Proc {
+        self.start_collector_with_file_age(300)
+    }
+
+    /// [`Cluster::start_collector`] committing its files every `max_file_age_ms`.
+    pub fn start_collector_with_file_age(&self, max_file_age_ms: u64) -> Proc {
         let cfg = self.path().join("collector.toml");
         std::fs::write(
             &cfg,
@@ -270,7 +275,7 @@ listen = ["{}"]
 {}
 [collector]
 data_dir = "{}"
-max_file_age_ms = 300
+max_file_age_ms = {max_file_age_ms}
 http_listen = "127.0.0.1:{}"
 "#,
                 self.cluster,
