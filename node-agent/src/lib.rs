@@ -397,7 +397,7 @@ impl Agent {
         }
         drop(tx);
         let task = PublisherTask {
-            publishers,
+            publishers: Arc::new(publishers),
             membership,
             wait_for_collector: config.agent.wait_for_collector,
             self_ack: (!config.agent.acknowledged).then_some(self_ack_tx),

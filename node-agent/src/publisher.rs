@@ -26,8 +26,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use zenoh::bytes::Encoding;
 use zenoh::pubsub::Publisher;
-use zenoh::qos::CongestionControl;
-use zenoh::Session;
+use zenoh::qos::{CongestionControl, Priority};
+use zenoh::{Session, Wait};
 
 use crate::checkpoint::Checkpoint;
 use crate::journal::SourceJournal;
@@ -47,7 +47,7 @@ pub type Journals = Arc<BTreeMap<String, Arc<Mutex<SourceJournal>>>>;
 
 /// Everything the publisher task needs.
 pub(crate) struct PublisherTask {
-    pub(crate) publishers: HashMap<String, Publisher<'static>>,
+    pub(crate) publishers: Arc<HashMap<String, Publisher<'static>>>,
     pub(crate) membership: Membership,
     pub(crate) wait_for_collector: bool,
     /// Acknowledgements off: acknowledge each batch as soon as it is published.
@@ -66,9 +66,13 @@ pub(crate) async fn declare_publishers(
     for name in sources {
         let id = StreamId::log(node, name);
         let key = keys.stream(&id)?;
+        // Below the default priority: a put that waits for room toward a hung collector holds
+        // its priority's queue of that link (up to zenoh's `wait_before_close`), and every other
+        // message to it at that priority (heads, status answers, counters) would wait behind it.
         let publisher = session
             .declare_publisher(key)
             .congestion_control(CongestionControl::Block)
+            .priority(Priority::DataLow)
             .encoding(Encoding::from(ARROW_STREAM))
             .await
             .map_err(|source| AgentError::Declare { what: "stream publisher", source })?;
@@ -107,11 +111,20 @@ impl PublisherTask {
             if std::mem::take(&mut holding) {
                 tracing::info!("a collector is alive: publishing again");
             }
-            let Some(publisher) = self.publishers.get(&batch.source) else {
+            if !self.publishers.contains_key(&batch.source) {
                 tracing::error!(source = %batch.source, "no publisher for source");
                 continue;
-            };
-            if let Err(e) = publisher.put(batch.payload).await {
+            }
+            // A put that waits for room blocks its thread: off the runtime's workers, which a
+            // hung collector would otherwise take from every other task of the agent.
+            let (publishers, source, payload) = (self.publishers.clone(), batch.source.clone(), batch.payload);
+            let put = tokio::task::spawn_blocking(move || match publishers.get(&source) {
+                Some(p) => p.put(payload).wait(),
+                None => Ok(()),
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("publishing task: {e}").into()));
+            if let Err(e) = put {
                 self.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(source = %batch.source, error = %e, "publish failed; the batch stays in the journal for replay");
                 continue;
