@@ -426,10 +426,15 @@ fn init_tracing(filter: Option<&str>, default: &str, long_running: bool) {
     // A filter that names no zenoh target gets the quieting too.
     // A one-shot command also leaves out zenoh's routing bookkeeping (`Unknown token` when a
     // process that was just killed withdraws nothing the command's session ever took).
+    // object_store says each retry of a request at INFO: a store that is down would fill the
+    // log with them, where the collector says its store's state once per interval.
     let quiet = if long_running {
-        switchboard_bus::zenoh_logs::quiet()
+        format!("{},object_store::client::retry=warn", switchboard_bus::zenoh_logs::quiet())
     } else {
-        format!("{},zenoh::net::routing::hat=off", switchboard_bus::zenoh_logs::quiet())
+        format!(
+            "{},zenoh::net::routing::hat=off,object_store::client::retry=warn",
+            switchboard_bus::zenoh_logs::quiet()
+        )
     };
     let wanted = match filter {
         Some(f) if f.contains("zenoh") => f.to_owned(),
@@ -600,7 +605,13 @@ pub fn run(cli: Cli) -> Result<()> {
             runtime()?.block_on(async {
                 let cancel = shutdown_token();
                 let collector = Collector::start(cfg, cancel).await?;
-                collector.wait().await;
+                if let Some(why) = collector.wait().await {
+                    died()?;
+                    anyhow::bail!(
+                        "stopped with rows not committed ({why}): the agents keep them, and the collector that leads \
+                         next pulls them"
+                    );
+                }
                 died()
             })
         }

@@ -203,6 +203,12 @@ impl<G> Intake<G> {
         drop(self.subscriptions.take());
         self.commit(true);
         self.publish_status();
+        if let Some(why) = self.tables.status().failing.filter(|_| self.group.is_leader()) {
+            // The agents keep those rows; the process says so with its exit code.
+            if let Ok(mut last) = self.stats.stopped_uncommitted.lock() {
+                *last = Some(why);
+            }
+        }
         tracing::info!(watermarks = ?self.tables.watermarks(), "collector sink stopped");
     }
 

@@ -175,10 +175,10 @@ async fn open_dataset(
     Ok((commit_log, sink))
 }
 
-/// A running collector.
 /// How long a stopping collector waits after its last watermarks before it leaves the bus.
 const LAST_WORDS: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// A running collector.
 pub struct Collector {
     stats: Arc<CollectorStats>,
     tracker: TaskTracker,
@@ -404,7 +404,10 @@ impl Collector {
             name: name.clone(),
             started_at_ms: switchboard_bus::status::now_ms(),
             max_file_age_s: c.max_file_age().as_secs_f64(),
-            rates: Mutex::default(),
+            // Watermarks move a file at a time: rates over two file ages see whole steps.
+            rates: Mutex::new(switchboard_bus::status::Rates::over(
+                c.max_file_age().saturating_mul(2).max(std::time::Duration::from_secs(10)),
+            )),
             membership: membership.clone(),
             group: group_status.clone(),
             stats: stats.clone(),
@@ -469,8 +472,9 @@ impl Collector {
         self.stats.clone()
     }
 
-    /// Wait until the cancelled collector has committed everything, then leave the bus.
-    pub async fn wait(self) {
+    /// Wait until the cancelled collector has committed everything, then leave the bus. Returns
+    /// why its stop left rows uncommitted (its last commit failed: the agents keep them).
+    pub async fn wait(self) -> Option<String> {
         self.tracker.wait().await;
         // The last watermarks were handed to the session, not sent: let them leave before the
         // token does, or an agent may hear of the leaving first (a liveliness change travels
@@ -479,5 +483,6 @@ impl Collector {
         drop(self.token);
         switchboard_bus::session::leave(&self.session, &self.links).await;
         tracing::info!("collector stopped");
+        self.stats.stopped_uncommitted.lock().ok().and_then(|mut w| w.take())
     }
 }

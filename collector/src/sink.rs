@@ -196,6 +196,8 @@ pub struct LogsSink {
     files_created: u64,
     watermarks_changed: bool,
     failing: Option<String>,
+    /// A store that stays down fails every commit: said at most once a minute.
+    commit_failures: switchboard_bus::throttle::Throttle,
     stats: Arc<CollectorStats>,
 }
 
@@ -233,6 +235,7 @@ impl LogsSink {
             files_created: 0,
             watermarks_changed: true,
             failing: None,
+            commit_failures: switchboard_bus::throttle::Throttle::new(Duration::from_secs(60)),
             stats,
         }
     }
@@ -560,7 +563,14 @@ impl LogsSink {
             Err(why) => {
                 self.stats.commit_errors.fetch_add(1, Ordering::Relaxed);
                 let rows: u64 = files.iter().map(|f| f.rows).sum();
-                tracing::error!(error = why, rows, "commit failed; the rows are pulled again from the agents");
+                if let Some(unsaid) = self.commit_failures.admit() {
+                    tracing::error!(
+                        error = why,
+                        rows,
+                        failed_since_last_line = unsaid,
+                        "commit failed; the rows are pulled again from the agents"
+                    );
+                }
                 self.failing = Some(format!("commit failed: {why}"));
                 // The files themselves are the commit protocol's: a commit whose outcome is
                 // unknown must leave its staged file for the next writer to publish.

@@ -43,6 +43,8 @@ pub struct CollectorStats {
     /// Records below an agent's `acked` never committed here (given up: the agent cannot send
     /// them any more).
     pub records_given_up: AtomicU64,
+    /// Why the stop left rows uncommitted (its last commit failed), once stopped.
+    pub stopped_uncommitted: std::sync::Mutex<Option<String>>,
     /// Replay queries sent to agents.
     pub replay_requests: AtomicU64,
     /// Rows received in answer to replay queries (before deduplication).
