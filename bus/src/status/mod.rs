@@ -276,29 +276,53 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Per-second rates of running counts, each from its previous sample.
-#[derive(Debug, Default)]
+/// Per-second rates of running counts, each over the samples of the last [`Rates::window`]: a
+/// count that moves in steps (a collector's watermarks, one step per committed file) reads as
+/// its average over the window, not as 0 between steps and a burst at each.
+#[derive(Debug)]
 pub struct Rates {
-    prev: HashMap<String, (Instant, u64)>,
+    window: Duration,
+    history: HashMap<String, std::collections::VecDeque<(Instant, u64)>>,
     rates: HashMap<String, f64>,
 }
 
+impl Default for Rates {
+    fn default() -> Self {
+        Self::over(Duration::from_secs(10))
+    }
+}
+
 impl Rates {
-    /// Take a sample of `counts` at `now`: each count's rate since its previous sample (a count
-    /// that went down started again: no rate this time). Counts not in this sample are forgotten.
+    /// Rates over the samples of the last `window`.
+    pub fn over(window: Duration) -> Self {
+        Self { window, history: HashMap::new(), rates: HashMap::new() }
+    }
+
+    /// Take a sample of `counts` at `now`: each count's rate from its oldest sample within the
+    /// window (a count that went down started again: its history with it). Counts not in this
+    /// sample are forgotten.
     pub fn sample(&mut self, now: Instant, counts: impl IntoIterator<Item = (String, u64)>) {
-        let mut prev = HashMap::new();
+        let mut history = HashMap::new();
         let mut rates = HashMap::new();
         for (name, count) in counts {
-            if let Some(&(then, before)) = self.prev.get(&name) {
+            let mut h = self.history.remove(&name).unwrap_or_default();
+            if h.back().is_some_and(|&(_, before)| count < before) {
+                h.clear();
+            }
+            h.push_back((now, count));
+            // Keep one sample at least a window old, and none older than it needs.
+            while h.len() > 2 && h.get(1).is_some_and(|&(t, _)| now.saturating_duration_since(t) >= self.window) {
+                h.pop_front();
+            }
+            if let (Some(&(then, before)), true) = (h.front(), h.len() > 1) {
                 let dt = now.saturating_duration_since(then).as_secs_f64();
-                if dt > 0.0 && count >= before {
+                if dt > 0.0 {
                     rates.insert(name.clone(), (count - before) as f64 / dt);
                 }
             }
-            prev.insert(name, (now, count));
+            history.insert(name, h);
         }
-        self.prev = prev;
+        self.history = history;
         self.rates = rates;
     }
 
@@ -490,7 +514,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rates_come_from_the_previous_sample() {
+    fn rates_come_from_the_samples_of_the_window() {
         let mut r = Rates::default();
         let t0 = Instant::now();
         r.sample(t0, [("a".to_owned(), 10), ("b".to_owned(), 5)]);
@@ -498,5 +522,13 @@ mod tests {
         r.sample(t0 + Duration::from_secs(2), [("a".to_owned(), 30), ("b".to_owned(), 1)]);
         assert_eq!(r.get("a"), 10.0);
         assert_eq!(r.get("b"), 0.0, "a count that went down started again");
+        // A count that moves in steps: 100 every 5 s, sampled every second, over a 10 s window.
+        let mut r = Rates::over(Duration::from_secs(10));
+        let mut rates = Vec::new();
+        for s in 0..30u64 {
+            r.sample(t0 + Duration::from_secs(s), [("w".to_owned(), (s / 5) * 100)]);
+            rates.push(r.get("w"));
+        }
+        assert!(rates[12..].iter().all(|x| (10.0..=25.0).contains(x)), "about 20/s between steps too: {rates:?}");
     }
 }
