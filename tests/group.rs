@@ -313,7 +313,7 @@ fn collectors_cut_off_from_each_other_keep_the_dataset_exactly_once() {
         (said && h["status"] == "degraded", h)
     };
     let cut = Instant::now();
-    let said = wait_until(Duration::from_secs(12), || split("c1").0 || split("c2").0);
+    let said = wait_until(Duration::from_secs(16), || split("c1").0 || split("c2").0);
     assert!(said, "no collector said the bus is split: {}\n{}", split("c1").1, split("c2").1);
     std::thread::sleep(Duration::from_secs(12).saturating_sub(cut.elapsed()));
     eprintln!("healing");

@@ -31,6 +31,8 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// A split bus is reported until this long passes without a fence by an unseen writer.
 const SPLIT_QUIET: Duration = Duration::from_secs(3 * 60);
+/// How long a collector that fenced this one must stay unseen before the bus counts as split.
+const SPLIT_CONFIRM: Duration = Duration::from_secs(2);
 /// After starting, wait this long for the bus to show the live collectors before claiming.
 const SETTLE: Duration = Duration::from_millis(500);
 
@@ -113,6 +115,9 @@ pub struct Group {
     twin: bool,
     /// The collector this one could not see when it last took the dataset from it, and when.
     split: Option<(String, Instant)>,
+    /// A collector that fenced this one unseen, and when: a split once that lasts
+    /// [`SPLIT_CONFIRM`].
+    unseen_fencer: Option<(String, Instant)>,
     /// This collector's promoted columns of `logs`, recorded in its claims and commits.
     columns: BTreeMap<String, ColumnType>,
     /// A store that stays down fails every tick's read: said at most once per 10 s.
@@ -168,6 +173,7 @@ impl Group {
             twin: false,
             read_failures: switchboard_bus::throttle::Throttle::new(Duration::from_secs(10)),
             split: None,
+            unseen_fencer: None,
             columns,
             stall: Duration::from_secs(90),
             last_record: Instant::now(),
@@ -320,6 +326,26 @@ impl Group {
         if writer == self.name || self.membership.live_of(Role::Collector).iter().any(|c| c == writer) {
             return;
         }
+        // Judged at the next ticks: a collector that just woke (SIGSTOP, a paused VM) sees the
+        // bus again within moments, and was not split from anyone.
+        if self.split.is_none() {
+            self.unseen_fencer = Some((writer.to_owned(), Instant::now()));
+        }
+    }
+
+    /// Report the split [`Group::fenced_by`] suspected once its writer has stayed unseen for
+    /// [`SPLIT_CONFIRM`].
+    fn confirm_split(&mut self) {
+        let Some((writer, at)) = self.unseen_fencer.clone() else { return };
+        if self.membership.live_of(Role::Collector).contains(&writer) {
+            self.unseen_fencer = None;
+            return;
+        }
+        if at.elapsed() < SPLIT_CONFIRM {
+            return;
+        }
+        self.unseen_fencer = None;
+        let writer = writer.as_str();
         let why = format!(
             "collector {writer} took the dataset while this collector cannot see it on the bus: the bus is split \
              between collectors, which take turns writing (each waits up to {} s after being fenced); link them \
@@ -329,13 +355,14 @@ impl Group {
         if self.split.is_none() {
             tracing::error!("{why}");
         }
-        self.split = Some((writer.to_owned(), Instant::now()));
+        self.split = Some((writer.to_owned(), at));
         self.update(|s| s.split = Some(why));
     }
 
     /// Clear a split once the collector that fenced this one is seen on the bus, or once
     /// [`SPLIT_QUIET`] passed without another fence by a collector this one cannot see.
     fn check_split(&mut self) {
+        self.confirm_split();
         let Some((writer, at)) = &self.split else { return };
         let seen = self.membership.live_of(Role::Collector).contains(writer);
         if seen || at.elapsed() >= SPLIT_QUIET {
