@@ -86,6 +86,13 @@ pub async fn run(args: StatusArgs) -> Result<i32> {
         for failure in switchboard_bus::connect_failures::failing_now() {
             note!("cannot connect to {failure}");
         }
+        // Linked to nothing, and no failure either: the handshake never ended.
+        if session.info().peers_zid().await.next().is_none() {
+            let endpoints = args.bus.bus_config().map(|b| b.connect).unwrap_or_default();
+            for endpoint in switchboard_bus::connect_failures::silent(&endpoints) {
+                note!("cannot connect to {endpoint}");
+            }
+        }
     }
     if let Some(interrupt) = interrupt.as_mut() {
         let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -356,6 +356,13 @@ fn status_of_an_address_where_nothing_answers_is_unreachable() {
     assert!(err.contains(&format!("cannot connect to {endpoint}: ")) && err.contains("Connection refused"), "{err}");
     assert!(!err.contains(".rs:"), "{err}");
     assert!(t.elapsed() < Duration::from_secs(15), "took {:?}", t.elapsed());
+    // Something that takes the connection and never answers (a hung process): said too.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("tcp/{}", listener.local_addr().unwrap());
+    let (code, out, err) = status(&c, &endpoint, &["--timeout", "1s"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains(&format!("cannot connect to {endpoint}: no answer to the bus's handshake")), "{err}");
+    drop(listener);
 }
 
 #[test]

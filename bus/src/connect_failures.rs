@@ -100,7 +100,8 @@ fn hint(why: &str) -> &'static str {
          CA (`switchboard certs show --ca`, docs/security.md)"
     } else if lower.contains("early eof") {
         "; the peer closed the link before the bus's handshake: a peer listening with TLS does so \
-         to a plain tcp/ link (give this process [bus.tls] and tls/ endpoints, docs/security.md)"
+         to a plain tcp/ link (give this process [bus.tls] and tls/ endpoints, docs/security.md), \
+         and so does a port that is not a bus endpoint (an HTTP port, say: check the port)"
     } else {
         ""
     }
@@ -159,6 +160,25 @@ fn connected(endpoint: &str) {
 pub fn failing_now() -> Vec<String> {
     let Ok(failing) = FAILING.lock() else { return Vec::new() };
     failing.iter().filter_map(|(e, f)| f.why.as_deref().map(|why| format!("{e}: {why}{}", hint(why)))).collect()
+}
+
+/// What to say of `endpoints` this process has no link to and no failure of: something there
+/// took the connection but never finished the bus's handshake.
+pub fn silent(endpoints: &[String]) -> Vec<String> {
+    let failing: BTreeSet<String> = FAILING
+        .lock()
+        .map(|f| f.iter().filter(|(_, f)| f.why.is_some()).map(|(e, _)| e.clone()).collect())
+        .unwrap_or_default();
+    endpoints
+        .iter()
+        .filter(|e| !failing.contains(*e))
+        .map(|e| {
+            format!(
+                "{e}: no answer to the bus's handshake (something there takes connections but does not answer: a \
+                 process that is stopped (SIGSTOP) or hung, or a port that is not a bus endpoint)"
+            )
+        })
+        .collect()
 }
 
 /// Failed attempts to open a link to a `connect` endpoint since the process started.
