@@ -90,7 +90,7 @@ pub fn replay(
         let mut seq = entry.first_seq;
         for (segment, handle) in entry.segments.iter().zip(handles) {
             let seg_first = seq;
-            seq += segment.lines;
+            seq = seq.saturating_add(segment.lines);
             if segment.lines == 0 || seq <= from || seg_first > to {
                 continue;
             }
@@ -145,7 +145,7 @@ fn rebuild_segment(
     let (mut produced, mut rows) = (0u64, 0u64);
     // Each line of the segment gets the next number; those in the range become rows.
     let mut take = |builder: &mut LogBatchBuilder, line: crate::framing::Line<'_>| {
-        let s = seg_first + produced;
+        let s = seg_first.saturating_add(produced);
         produced += 1;
         if s >= from && s <= to {
             append_line(builder, s, line, path, segment.observed_micros, LineFormat::of(config), &mut counts);
@@ -317,13 +317,13 @@ fn give_up_lost(
     for f in failed {
         let lost = journal.lock().is_ok_and(|mut j| j.failed_replay(f.first, f.end, now));
         if lost {
-            let n = f.end - f.first;
+            let n = f.end.saturating_sub(f.first);
             stats.lines_lost.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
             tracing::error!(
-                source, first = f.first, last = f.end - 1, error = %f.error,
+                source, first = f.first, last = f.end.saturating_sub(1), error = %f.error,
                 "{n} lines of source {source} (seq {} to {}) cannot be sent again and are lost: {}; they were not \
                  acknowledged when their file changed, so a collector never stored them. The stream goes on past them",
-                f.first, f.end - 1, f.error
+                f.first, f.end.saturating_sub(1), f.error
             );
         }
     }
