@@ -511,7 +511,7 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
                 match down.get(*layer) {
                     Some(NodeSeen::Down(since)) => {
                         out!(
-                            "note: {layer}/ is for {}: it takes this revision when it starts",
+                            "note: {layer}/ is for {}: it takes this revision when it starts (if it runs with [cluster_config])",
                             down_text(layer, *since)
                         );
                         continue;
@@ -848,7 +848,7 @@ async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
         }
         // One alive that does not answer may keep no repository (`[cluster_config]` off).
         let NodeSeen::Down(since) = seen else { continue };
-        let text = format!("{}: it applies the head when it starts", down_text(&node, since));
+        let text = format!("{}: it applies the head when it starts, if it runs with [cluster_config]", down_text(&node, since));
         // As in `switchboard status`: a node gone for longer (retired, or stopped on purpose) is
         // said, not a problem.
         let long_gone =
