@@ -848,7 +848,10 @@ async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
         }
         // One alive that does not answer may keep no repository (`[cluster_config]` off).
         let NodeSeen::Down(since) = seen else { continue };
-        let text = format!("{}: it applies the head when it starts, if it runs with [cluster_config]", down_text(&node, since));
+        let text = format!(
+            "{}: it applies the head when it starts, if it runs with [cluster_config]",
+            down_text(&node, since)
+        );
         // As in `switchboard status`: a node gone for longer (retired, or stopped on purpose) is
         // said, not a problem.
         let long_gone =

@@ -130,6 +130,9 @@ pub struct Group {
     /// When the oldest record an agent announced and no collector committed was first
     /// announced, as the caller last said ([`Group::tick_waiting`]).
     waiting_since: Option<Instant>,
+    /// When the last live payload came, as the caller last said: agents are publishing what a
+    /// writer that runs commits within its file age.
+    live_at: Option<Instant>,
     cancel: CancellationToken,
 }
 
@@ -178,6 +181,7 @@ impl Group {
             stall: Duration::from_secs(90),
             last_record: Instant::now(),
             waiting_since: None,
+            live_at: None,
             cancel,
         };
         g.update(|s| {
@@ -191,15 +195,16 @@ impl Group {
     }
 
     /// A live writer that records nothing in the log for three of its file ages (at least
-    /// [`MIN_STALL`]) while records wait is stalled (its path to the store is cut, say, while
+    /// [`MIN_STALL`]) while records wait and live data keeps coming is stalled (its path to the store is cut, say, while
     /// this collector's is not): a standby then takes the dataset from it.
     pub fn set_stall(&mut self, max_file_age: Duration) {
         self.stall = max_file_age.saturating_mul(3).max(MIN_STALL);
     }
 
-    /// [`Group::tick`], told since when the oldest record not committed has waited.
-    pub async fn tick_waiting(&mut self, waiting_since: Option<Instant>) -> Tick {
-        self.waiting_since = waiting_since;
+    /// [`Group::tick`], told since when the oldest record not committed has waited, and when
+    /// the last live payload came.
+    pub async fn tick_waiting(&mut self, waiting_since: Option<Instant>, live_at: Option<Instant>) -> Tick {
+        (self.waiting_since, self.live_at) = (waiting_since, live_at);
         self.tick().await
     }
 
@@ -425,7 +430,10 @@ impl Group {
         }
         let quiet = self.last_record.elapsed();
         let waited = self.waiting_since.map_or(Duration::ZERO, |t| t.elapsed());
-        if quiet < self.stall || waited < self.stall {
+        // Live data keeps coming: a writer that runs commits it. (A hole no agent can send
+        // again, with nothing else coming, is no sign of a stalled writer.)
+        let fed = self.live_at.is_some_and(|t| t.elapsed() < self.stall);
+        if quiet < self.stall || waited < self.stall || !fed {
             return false;
         }
         tracing::warn!(

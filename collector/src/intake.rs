@@ -169,6 +169,8 @@ pub(crate) struct Intake<G> {
     pub(crate) standby_bytes: usize,
     /// `collector.standby_buffer_bytes`.
     pub(crate) standby_cap: usize,
+    /// When the last live payload came (not a replay): data the writer should be committing.
+    pub(crate) last_live: Option<Instant>,
 }
 
 impl<G> Intake<G> {
@@ -221,7 +223,7 @@ impl<G> Intake<G> {
     /// Read the commit log: apply others' commits, take over or step down.
     fn follow(&mut self) {
         let waiting = self.tables.oldest_waiting();
-        let tick = self.runtime.block_on(self.group.tick_waiting(waiting));
+        let tick = self.runtime.block_on(self.group.tick_waiting(waiting, self.last_live));
         self.apply(&tick.records);
         if tick.stepped_down {
             self.tables.abandon_all();
@@ -270,6 +272,9 @@ impl<G> Intake<G> {
     fn take(&mut self, input: Input) {
         match input {
             Input::Data { stream, payload, replayed } => {
+                if !replayed {
+                    self.last_live = Some(Instant::now());
+                }
                 if stream.name == switchboard_bus::tables::METRICS.stream {
                     self.latest.take(&stream.node, &payload.to_bytes());
                 }

@@ -455,6 +455,7 @@ impl Collector {
             standby: std::collections::VecDeque::new(),
             standby_bytes: 0,
             standby_cap: c.standby_buffer_bytes,
+            last_live: None,
         };
         let intake = tracker.spawn_blocking({
             let cancel = cancel.clone();
