@@ -404,9 +404,12 @@ impl Collector {
             name: name.clone(),
             started_at_ms: switchboard_bus::status::now_ms(),
             max_file_age_s: c.max_file_age().as_secs_f64(),
-            // Watermarks move a file at a time: rates over two file ages see whole steps.
+            // Watermarks move a file at a time: rates over two file ages see whole steps (10 s
+            // to 60 s: a sample a second is kept per stream for the window).
             rates: Mutex::new(switchboard_bus::status::Rates::over(
-                c.max_file_age().saturating_mul(2).max(std::time::Duration::from_secs(10)),
+                c.max_file_age()
+                    .saturating_mul(2)
+                    .clamp(std::time::Duration::from_secs(10), std::time::Duration::from_secs(60)),
             )),
             membership: membership.clone(),
             group: group_status.clone(),
