@@ -117,7 +117,8 @@ impl Proc {
         let out = File::create(&log).unwrap();
         let child = Command::new(BIN)
             .args(args)
-            .env("SWITCHBOARD_LOG", "info")
+            // TEST_LOG sets another filter when a test is being looked into.
+            .env("SWITCHBOARD_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())
             .stderr(out)
             .spawn()
