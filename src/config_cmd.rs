@@ -928,6 +928,8 @@ async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
         };
         let applied = match (&s.applied, reloading) {
             (Some(a), Some(r)) if r.id == a.id => format!("reloading {}", a.number),
+            // Kept in place after its reload failed (`on_reload_failure = "keep"`): not applied.
+            (Some(a), _) if s.blocked.as_ref().is_some_and(|b| b.id == a.id) => format!("in place {}", a.number),
             (Some(a), _) => format!("{} ({})", a.number, short(&a.id)),
             (None, _) => "-".to_owned(),
         };

@@ -625,6 +625,9 @@ fn a_failed_reload_kept_in_place_is_still_a_failure() {
     assert_eq!(read(&link(&c, "gw1").join("a.conf")), "a1", "kept in place");
     let (code, _) = status_json(&c, &ep);
     assert_eq!(code, 1);
+    let (_, text) = config_cli(&c, &ep, &["status"]);
+    let row = text.lines().find(|l| l.starts_with("gw1")).unwrap_or_default();
+    assert!(row.contains("in place "), "{text}");
     // A reader that went away (`| head`) changes neither what a command does nor its exit code:
     // the push is made and still fails, and status still says 1.
     let second = tree(&c, "2", &[("global/a.conf", "a2".into())]);

@@ -8,6 +8,9 @@ use super::cluster::{clock, human_secs, ClusterStatus, Level};
 pub const MAX_ROWS: usize = 20;
 
 /// A table with left-aligned columns two spaces apart.
+/// The widest a table's cell is shown (see [`Table::row`]).
+const MAX_CELL: usize = 48;
+
 struct Table {
     head: Vec<&'static str>,
     rows: Vec<Vec<String>>,
@@ -18,7 +21,16 @@ impl Table {
         Self { head: head.to_vec(), rows: Vec::new() }
     }
 
-    fn row(&mut self, cells: Vec<String>) {
+    /// A cell wider than [`MAX_CELL`] (a long limit key or stream name) is cut to it, ending in
+    /// `…`, so that one name cannot push the other columns off the screen; `--json` has it whole.
+    /// The last column is not aligned and is kept whole.
+    fn row(&mut self, mut cells: Vec<String>) {
+        let last = cells.len().saturating_sub(1);
+        for c in &mut cells[..last] {
+            if c.chars().count() > MAX_CELL {
+                *c = c.chars().take(MAX_CELL - 1).chain(std::iter::once('…')).collect();
+            }
+        }
         self.rows.push(cells);
     }
 
@@ -192,5 +204,20 @@ pub fn render(c: &ClusterStatus) -> String {
 fn more(out: &mut String, n: usize, what: &str) {
     if n > MAX_ROWS {
         let _ = writeln!(out, "  ... and {} more {what} (--format json lists all)", n - MAX_ROWS);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_name_is_cut_and_the_columns_stay_narrow() {
+        let mut t = Table::new(&["key", "limit"]);
+        t.row(vec!["k".repeat(512), "x".repeat(60)]);
+        let mut out = String::new();
+        t.write(&mut out);
+        let row = out.lines().nth(1).unwrap_or_default();
+        assert_eq!(row, format!("  {}…  {}", "k".repeat(MAX_CELL - 1), "x".repeat(60)));
     }
 }
