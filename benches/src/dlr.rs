@@ -35,7 +35,8 @@ use anyhow::{bail, Context as _, Result};
 use hdrhistogram::Histogram;
 use zenoh::query::{ConsolidationMode, QueryTarget};
 
-use crate::limits_cluster::{free_port, http_get, spawn_node, NodeProc};
+use crate::limits_cluster::{http_get, spawn_node, NodeProc};
+use crate::ports::free_port;
 
 const NODES: usize = 3;
 const BATCH: u64 = 10_000;
@@ -305,10 +306,17 @@ impl Cluster {
             .map(|i| spawn_node(&dir, &name, i, ports[i], &ports[..i], &extra, tls_dir))
             .collect::<Result<_>>()?;
         let deadline = Instant::now() + Duration::from_secs(30);
-        for n in &nodes {
+        for (i, n) in nodes.iter().enumerate() {
             while dlr_status(n)["live_nodes"].as_array().map_or(0, Vec::len) != NODES {
                 if Instant::now() > deadline {
-                    bail!("the nodes did not see each other within 30 s");
+                    let seen = |n: &NodeProc| dlr_status(n)["live_nodes"].to_string();
+                    let views: Vec<String> =
+                        nodes.iter().enumerate().map(|(j, n)| format!("n{j} sees {}", seen(n))).collect();
+                    bail!(
+                        "the nodes did not see each other within 30 s (n{i} first; {}; bus ports {ports:?}; \
+                         SWITCHBOARD_LOG=info keeps their logs)",
+                        views.join(", ")
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }

@@ -22,6 +22,7 @@ use anyhow::{bail, Context, Result};
 use switchboard_collector::config::CollectorConfig;
 
 use crate::logs::{self, LogsBench};
+use crate::ports::free_port;
 
 /// Options of the `group` bench.
 pub(crate) struct GroupBench {
@@ -225,10 +226,6 @@ fn start_node(config: &Path) -> Result<Child> {
 
 fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {

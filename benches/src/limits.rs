@@ -180,7 +180,7 @@ impl RedisServer {
 
 pub(crate) fn start_redis() -> Result<(RedisServer, TcpStream)> {
     ensure_redis()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = crate::ports::free_port()?;
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .stdout(Stdio::null())

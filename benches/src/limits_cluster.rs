@@ -24,6 +24,8 @@ use switchboard_agent::config::AgentConfig;
 use switchboard_bus::limits::revision::{self, History, Revision};
 use switchboard_bus::limits::LimitSpec;
 
+use crate::ports::free_port;
+
 /// Run a node agent from a config file until SIGTERM/SIGINT (the `limits-node` subcommand).
 pub(crate) fn node(config: &Path) -> Result<()> {
     let cfg = AgentConfig::load(config)?;
@@ -62,10 +64,6 @@ impl Drop for NodeProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-pub(crate) fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Write node `i`'s stored revision of `limits` and start it.

@@ -137,7 +137,7 @@ pub(crate) fn run(opts: &LogsBench) -> Result<()> {
 /// was up, is committed.
 async fn catch_up(opts: &LogsBench, lines: usize) -> Result<f64> {
     let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = crate::ports::free_port()?;
     let endpoint = format!("tcp/127.0.0.1:{port}");
     let logs = dir.path().join("logs0");
     std::fs::create_dir_all(&logs)?;
@@ -286,7 +286,7 @@ pub(crate) async fn end_to_end_with(
     configure: impl FnOnce(&mut CollectorConfig),
 ) -> Result<EndToEnd> {
     let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = crate::ports::free_port()?;
     let endpoint = format!("{}/127.0.0.1:{port}", if tls.is_some() { crate::tls::proto() } else { "tcp" });
     let tls_of = |role: &str, name: &str| {
         tls.map(|t| switchboard_bus::tls::TlsConfig {

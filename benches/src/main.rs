@@ -20,6 +20,7 @@ mod group;
 mod limits;
 mod limits_cluster;
 mod logs;
+mod ports;
 mod query;
 mod status;
 mod tls;
