@@ -500,6 +500,54 @@ fn a_writer_cut_off_from_the_store_alone_is_taken_over_by_a_standby() {
     g.finish();
 }
 
+/// The store down for both collectors (it refuses their connections) for longer than a standby's
+/// stall, then back: the writer commits what waited and stays the writer; the standby, whose
+/// own reads failed too, does not take the dataset from it. Every line is stored once.
+#[test]
+fn a_store_down_for_every_collector_changes_no_writer() {
+    // Files of 3 s: once the store is back, the writer's first commit comes up to 3 s later,
+    // which a standby counting the outage as the writer's silence would not wait for.
+    const AGE: u64 = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let server = S3Server::start(dir.path(), "sb-test");
+    let path = common::limits::Proxy::start(server.port);
+    let url = "s3://sb-test/cluster-a".to_owned();
+    let direct = Data::S3 { url: url.clone(), endpoint: server.endpoint() };
+    let via_proxy = Data::S3 { url, endpoint: format!("http://127.0.0.1:{}", path.port) };
+    let c = Cluster::new();
+    let (p1, p2) = (free_port(), free_port());
+    let mut members = vec![
+        Member { name: "c1".into(), port: p1, proc: Some(start_member_aged(&c, "c1", p1, &[], &via_proxy, "", AGE)) },
+        Member { name: "c2".into(), port: p2, proc: None },
+    ];
+    let leader = wait_for_leader(&c, &["c1"], Duration::from_secs(30));
+    assert_eq!(leader, Some(0), "c1 alone should lead\n{}", members[0].proc.as_ref().unwrap().log_text());
+    let c1 = members[0].endpoint();
+    members[1].proc = Some(start_member_aged(&c, "c2", p2, &[c1], &via_proxy, "", AGE));
+    let eps: Vec<String> = members.iter().map(Member::endpoint).collect();
+    let agents = NODES.iter().map(|n| start_group_agent(&c, n, &eps)).collect();
+    let writers =
+        NODES.iter().map(|n| Writer::start(n, c.logs_dir(n).join("app.log"), 10, usize::MAX, |_, _| {})).collect();
+    let g = Group { c, data: direct, env: server.env(), members, agents, writers };
+    assert!(wait_until(Duration::from_secs(30), || role(&g.c, "c2").as_deref() == Some("standby")), "{}", g.logs());
+    std::thread::sleep(Duration::from_secs(2));
+    let epoch = health(&g.c, "c1").1["epoch"].as_u64();
+    eprintln!("the store refuses both collectors");
+    path.refuse();
+    // Past the standby's stall (three file ages, at least 10 s) with records waiting.
+    std::thread::sleep(Duration::from_secs(16));
+    path.heal();
+    // As long again as the stall, and more: the writer commits what waited, nobody claims.
+    let committed = || last_commit_age(&g.c, "c1").is_some_and(|a| a < 6.0);
+    assert!(wait_until(Duration::from_secs(20), committed), "c1 should commit again\n{}", g.logs());
+    std::thread::sleep(Duration::from_secs(14));
+    assert_eq!(g.leader(), 0, "c1 should still write\n{}", g.logs());
+    assert_eq!(health(&g.c, "c1").1["epoch"].as_u64(), epoch, "the same claim");
+    let said = g.members[1].proc.as_ref().unwrap().log_text();
+    assert!(!said.contains("taking the dataset"), "{said}");
+    g.finish();
+}
+
 /// A zenoh client session of the agent listening on `port` (a peer making up messages).
 async fn client_of(port: u16) -> zenoh::Session {
     let mut config = zenoh::Config::default();

@@ -127,6 +127,9 @@ pub struct Group {
     stall: Duration,
     /// When this collector last read a new record of the log (or started).
     last_record: Instant,
+    /// Since when this collector's own reads of the commit log have all succeeded (or it
+    /// started): a writer's silence while the store did not answer here either is the store's.
+    store_ok_since: Instant,
     /// When the oldest record an agent announced and no collector committed was first
     /// announced, as the caller last said ([`Group::tick_waiting`]).
     waiting_since: Option<Instant>,
@@ -180,6 +183,7 @@ impl Group {
             columns,
             stall: Duration::from_secs(90),
             last_record: Instant::now(),
+            store_ok_since: Instant::now(),
             waiting_since: None,
             live_at: None,
             cancel,
@@ -260,6 +264,7 @@ impl Group {
         match self.store_result(polled) {
             Ok(records) => out.records = records,
             Err(e) => {
+                self.store_ok_since = Instant::now();
                 if let Some(unsaid) = self.read_failures.admit() {
                     tracing::warn!(error = %e, failed_since_last_line = unsaid, "cannot read the commit log");
                 }
@@ -433,7 +438,11 @@ impl Group {
         // Live data keeps coming: a writer that runs commits it. (A hole no agent can send
         // again, with nothing else coming, is no sign of a stalled writer.)
         let fed = self.live_at.is_some_and(|t| t.elapsed() < self.stall);
-        if quiet < self.stall || waited < self.stall || !fed {
+        // The store answered this collector all along: the writer's silence is its own. (A
+        // store down for every collector leaves the writer as long again to commit once it
+        // is back, rather than have it deposed the moment the store answers.)
+        let store_ok = self.store_ok_since.elapsed() >= self.stall;
+        if quiet < self.stall || waited < self.stall || !fed || !store_ok {
             return false;
         }
         tracing::warn!(

@@ -145,6 +145,19 @@ pub fn start_member(c: &Cluster, name: &str, port: u16, connect: &[String], data
 
 /// [`start_member`] with `extra` (TOML tables) at the end of its config.
 pub fn start_member_with(c: &Cluster, name: &str, port: u16, connect: &[String], data: &Data, extra: &str) -> Proc {
+    start_member_aged(c, name, port, connect, data, extra, 1000)
+}
+
+/// [`start_member_with`] with files committed every `age_ms` (`max_file_age_ms`).
+pub fn start_member_aged(
+    c: &Cluster,
+    name: &str,
+    port: u16,
+    connect: &[String],
+    data: &Data,
+    extra: &str,
+    age_ms: u64,
+) -> Proc {
     let cfg = c.path().join(format!("{name}.toml"));
     let connect: Vec<String> = connect.iter().map(|e| format!("\"{e}\"")).collect();
     let roles = c.path().join(format!("roles-{name}.txt"));
@@ -160,7 +173,7 @@ connect = [{}]
 gossip = false
 
 [collector]
-max_file_age_ms = 1000
+max_file_age_ms = {age_ms}
 http_listen = "127.0.0.1:{}"
 spool_dir = "{}"
 notify = ["sh", "-c", "echo \"$0\" >> {}"]

@@ -249,10 +249,12 @@ pub fn http_post(port: u16, path: &str, body: &str) -> (u16, String, String) {
 }
 
 /// A TCP proxy on loopback; [`Proxy::cut`] makes it swallow everything in both directions
-/// while keeping connections open, like a network that stopped delivering.
+/// while keeping connections open, like a network that stopped delivering; [`Proxy::refuse`]
+/// closes every connection and refuses new ones, like a server that is down.
 pub struct Proxy {
     pub port: u16,
     cut: Arc<AtomicBool>,
+    refuse: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 }
 
@@ -262,23 +264,25 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         listener.set_nonblocking(true).unwrap();
         let (cut, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
-        let (c, s) = (cut.clone(), stop.clone());
+        let refuse = Arc::new(AtomicBool::new(false));
+        let (c, r, s) = (cut.clone(), refuse.clone(), stop.clone());
         std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
+                    Ok((client, _)) if r.load(Ordering::SeqCst) => drop(client),
                     Ok((client, _)) => {
                         let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else { continue };
                         for (from, to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
                         {
-                            let (c, s) = (c.clone(), s.clone());
-                            std::thread::spawn(move || pump(from, to, c, s));
+                            let (c, r, s) = (c.clone(), r.clone(), s.clone());
+                            std::thread::spawn(move || pump(from, to, c, r, s));
                         }
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
             }
         });
-        Self { port, cut, stop }
+        Self { port, cut, refuse, stop }
     }
 
     pub fn endpoint(&self) -> String {
@@ -289,8 +293,13 @@ impl Proxy {
         self.cut.store(true, Ordering::SeqCst);
     }
 
+    pub fn refuse(&self) {
+        self.refuse.store(true, Ordering::SeqCst);
+    }
+
     pub fn heal(&self) {
         self.cut.store(false, Ordering::SeqCst);
+        self.refuse.store(false, Ordering::SeqCst);
     }
 }
 
@@ -300,13 +309,13 @@ impl Drop for Proxy {
     }
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, cut: Arc<AtomicBool>, stop: Arc<AtomicBool>) {
+fn pump(mut from: TcpStream, mut to: TcpStream, cut: Arc<AtomicBool>, refuse: Arc<AtomicBool>, stop: Arc<AtomicBool>) {
     from.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
     let mut buf = vec![0u8; 64 << 10];
     // A connection that carried data across a cut is dropped when the cut heals: the bytes it
     // swallowed are gone, so what follows would be garbage to the other end.
     let mut swallowed = false;
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) && !refuse.load(Ordering::SeqCst) {
         match from.read(&mut buf) {
             Ok(0) => break,
             Ok(n) if cut.load(Ordering::SeqCst) => {
