@@ -188,6 +188,25 @@ impl BusArgs {
     }
 }
 
+/// What a limit shared by `nodes` nodes may admit beyond its rate in one period, where that is
+/// more than a tenth of the rate: each node passes whole units (docs/limits-api.md, "Small
+/// limits").
+fn small_limits(limits: &[LimitSpec], nodes: usize) -> Vec<String> {
+    limits
+        .iter()
+        .filter_map(|l| {
+            let (rate, most, per) = (l.rate?, l.most_per_period(nodes)?, per_name(l.per));
+            (nodes > 1 && most.saturating_sub(rate).saturating_mul(10) > rate).then(|| {
+                format!(
+                    "{}: {rate} per {per} over {nodes} nodes can admit up to {most} in one {per}, as each node \
+                     passes whole units (docs/limits-api.md, \"Small limits\")",
+                    l.key
+                )
+            })
+        })
+        .collect()
+}
+
 /// Run one `limits` subcommand.
 pub async fn run(cmd: LimitsCommand) -> Result<()> {
     match cmd {
@@ -215,6 +234,9 @@ pub async fn run(cmd: LimitsCommand) -> Result<()> {
             }
             if changes.is_empty() {
                 out!("  no change to the limits");
+            }
+            for note in small_limits(&limits, histories.len()) {
+                out!("note: {note}");
             }
             if dry_run {
                 out!("dry run: nothing set");
@@ -517,6 +539,18 @@ fn join(names: &[&String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_limits_are_named_with_what_they_can_admit() {
+        let spec =
+            |key: &str, rate, per| LimitSpec { key: key.into(), rate: Some(rate), per, concurrency: None, burst: None };
+        let limits = [spec("slow:*", 1, Some(Per::Hour)), spec("operator:*", 500, None), spec("ten", 10, None)];
+        let notes = small_limits(&limits, 2);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].starts_with("slow:*: 1 per hour over 2 nodes can admit up to 2 in one hour"), "{notes:?}");
+        assert_eq!(small_limits(&limits, 3).len(), 2, "10/s over 3 nodes: up to 12");
+        assert!(small_limits(&limits, 1).is_empty(), "one node keeps to the rate");
+    }
 
     #[test]
     fn limits_files_are_checked_and_diffs_name_each_key() {

@@ -43,12 +43,14 @@ impl Gcra {
         Self { tat: AtomicU64::new(0), interval_ns: AtomicU64::new(interval_ns), burst: AtomicU64::new(burst.max(1)) }
     }
 
-    /// Emission interval for `amount` units per `period_ns` (`u64::MAX` when `amount` is 0).
+    /// Emission interval for `amount` units per `period_ns` (`u64::MAX` when `amount` is 0),
+    /// rounded up to whole nanoseconds: rounded down, `amount` intervals would end a nanosecond
+    /// inside the period and let one unit more into it.
     pub fn interval_for(amount: f64, period_ns: u64) -> u64 {
         if amount <= 0.0 {
             u64::MAX
         } else {
-            ((period_ns as f64) / amount).max(1.0) as u64
+            ((period_ns as f64) / amount).ceil().max(1.0) as u64
         }
     }
 

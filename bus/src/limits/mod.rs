@@ -67,7 +67,8 @@ pub struct LimitSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u64>,
     /// Units that may pass at once after a quiet spell (rate limits). Default: 1% of the rate,
-    /// at least 1: no window of one period ever admits more than 101% of the rate.
+    /// at least 1: no window of one period on one node admits more than the rate plus the burst
+    /// less one unit (see [`LimitSpec::most_per_period`] for a cluster).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u64>,
 }
@@ -156,6 +157,26 @@ impl LimitSpec {
     /// The burst in force: as set, or 1% of the rate (at least 1).
     pub fn burst_units(&self) -> u64 {
         self.burst.unwrap_or_else(|| self.rate.unwrap_or(0) / 100).max(1)
+    }
+
+    /// The units a node lets pass at once under `share` of the limit: its part of the burst
+    /// rounded down, at least 1 (a node passes whole units). The nodes' units beyond one each
+    /// so add up to at most `burst - 1`.
+    pub fn burst_of_share(&self, share: f64) -> u64 {
+        // The small term keeps an exact part (0.5 of 10) from rounding down below itself.
+        ((self.burst_units() as f64) * share + 1e-9).floor().max(1.0) as u64
+    }
+
+    /// The most units a window of one period can admit, for a rate limit shared by `nodes`
+    /// nodes that each decide alone, while the shares hold still (docs/limits-api.md, "Small
+    /// limits"): the rate, the burst beyond one unit, and one unit per node beyond the first. A
+    /// node passes whole units, at least one after a quiet spell whatever its share, so a node
+    /// whose share is a fraction of a unit per period still passes one. `None` for a
+    /// concurrency limit.
+    pub fn most_per_period(&self, nodes: usize) -> Option<u64> {
+        let rate = self.rate?;
+        let beyond_first = u64::try_from(nodes.saturating_sub(1)).unwrap_or(u64::MAX);
+        Some(rate.saturating_add(self.burst_units() - 1).saturating_add(beyond_first))
     }
 
     fn matches(&self, key: &str) -> bool {
@@ -716,7 +737,7 @@ fn make_state(spec: &LimitSpec, idx: usize, share: f64) -> State {
     match (spec.rate, spec.concurrency) {
         (Some(rate), _) => {
             let per = spec.per.unwrap_or(Per::Second).nanos();
-            let burst = ((spec.burst_units() as f64) * share).round().max(1.0) as u64;
+            let burst = spec.burst_of_share(share);
             State::Rate {
                 gcra: Gcra::new(Gcra::interval_for(rate as f64 * share, per), burst),
                 spec: AtomicUsize::new(idx),
@@ -737,7 +758,7 @@ fn apply_share(specs: &[LimitSpec], state: &State, share: f64) {
         State::Rate { gcra, .. } => {
             let Some(s) = specs.get(state.spec()) else { return };
             let per = s.per.unwrap_or(Per::Second).nanos();
-            let burst = ((s.burst_units() as f64) * share).round().max(1.0) as u64;
+            let burst = s.burst_of_share(share);
             gcra.set(Gcra::interval_for(s.rate.unwrap_or(0) as f64 * share, per), burst);
         }
         State::Slots { slots, .. } => {
@@ -753,6 +774,56 @@ mod tests {
 
     fn rate(key: &str, n: u64) -> LimitSpec {
         LimitSpec { key: key.into(), rate: Some(n), per: Some(Per::Second), concurrency: None, burst: None }
+    }
+
+    /// Nodes that each hold a share of one rate limit and are asked all the time, each deciding
+    /// alone (as the agents do): no window of one period admits more than
+    /// [`LimitSpec::most_per_period`], and a limit of 1 per period on two nodes reaches it.
+    #[test]
+    fn nodes_deciding_alone_admit_at_most_the_documented_bound() {
+        const P: u64 = 1_000_000_000;
+        let cases: [(u64, Option<u64>, &[f64]); 6] = [
+            (1, None, &[0.5, 0.5]),
+            (10, None, &[1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0]),
+            (500, None, &[0.7, 0.2, 0.1]),
+            (100, Some(10), &[0.98, 0.02]),
+            (7, Some(3), &[0.4, 0.35, 0.25]),
+            (1000, Some(10), &[0.5, 0.5]),
+        ];
+        for (r, burst, shares) in cases {
+            let spec = LimitSpec { burst, ..rate("k", r) };
+            let nodes: Vec<Gcra> = shares
+                .iter()
+                .map(|&sh| Gcra::new(Gcra::interval_for(r as f64 * sh, P), spec.burst_of_share(sh)))
+                .collect();
+            let mut passed = Vec::new();
+            // Each node asked every 1/4000 of a period, at offsets of its own, for 4 periods.
+            for step in 0..16_000u64 {
+                for (i, g) in nodes.iter().enumerate() {
+                    let now = P + step * (P / 4000) + i as u64 * 7_919;
+                    if g.try_acquire(1, now) == gcra::RateDecision::Allowed {
+                        passed.push(now);
+                    }
+                }
+            }
+            passed.sort_unstable();
+            let (mut best, mut lo) = (0, 0);
+            for hi in 0..passed.len() {
+                while passed[hi] - passed[lo] >= P {
+                    lo += 1;
+                }
+                best = best.max(hi - lo + 1);
+            }
+            let bound = spec.most_per_period(shares.len()).unwrap_or(0) as usize;
+            assert!(best <= bound, "rate {r}, burst {burst:?}, shares {shares:?}: {best} in one period, bound {bound}");
+            if r == 1 {
+                assert_eq!(best, 2, "one unit per node, whatever its share");
+            }
+        }
+        assert_eq!(rate("k", 1).most_per_period(2), Some(2));
+        assert_eq!(rate("k", 1000).most_per_period(3), Some(1011));
+        assert_eq!(LimitSpec { burst: Some(10), ..rate("k", 10) }.burst_of_share(0.5), 5);
+        assert_eq!(rate("k", 50).burst_of_share(0.1), 1);
     }
 
     #[test]
