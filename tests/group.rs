@@ -457,14 +457,15 @@ fn the_store_stopped_for_a_while_loses_nothing_and_health_says_why() {
     g.finish();
 }
 
-/// The writer's own path to the store cut while the standby's works: the writer stays alive
-/// on the bus but commits nothing, and the standby takes the dataset from it once records have
-/// waited that long (three file ages, at least 10 s); healed, the old writer finds the claim
-/// and stands by. Every line is stored once.
-#[test]
-fn a_writer_cut_off_from_the_store_alone_is_taken_over_by_a_standby() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = S3Server::start(dir.path(), "sb-test");
+/// A group on an S3 server behind a proxy, with files of `age_ms`: c1 writes through the proxy;
+/// c2, started once c1 leads, stands by through the proxy with `standby_via_proxy`, else
+/// straight to the server; agents and writers running, c2 a standby for 2 s.
+fn s3_group_behind_proxy(
+    dir: &std::path::Path,
+    standby_via_proxy: bool,
+    age_ms: u64,
+) -> (Group, common::limits::Proxy, S3Server) {
+    let server = S3Server::start(dir, "sb-test");
     let path = common::limits::Proxy::start(server.port);
     let url = "s3://sb-test/cluster-a".to_owned();
     let direct = Data::S3 { url: url.clone(), endpoint: server.endpoint() };
@@ -472,12 +473,18 @@ fn a_writer_cut_off_from_the_store_alone_is_taken_over_by_a_standby() {
     let c = Cluster::new();
     let (p1, p2) = (free_port(), free_port());
     let mut members = vec![
-        Member { name: "c1".into(), port: p1, proc: Some(start_member(&c, "c1", p1, &[], &via_proxy)) },
+        Member {
+            name: "c1".into(),
+            port: p1,
+            proc: Some(start_member_aged(&c, "c1", p1, &[], &via_proxy, "", age_ms)),
+        },
         Member { name: "c2".into(), port: p2, proc: None },
     ];
     let leader = wait_for_leader(&c, &["c1"], Duration::from_secs(30));
     assert_eq!(leader, Some(0), "c1 alone should lead\n{}", members[0].proc.as_ref().unwrap().log_text());
-    members[1].proc = Some(start_member(&c, "c2", p2, &[members[0].endpoint()], &direct));
+    let c1 = members[0].endpoint();
+    let standby_data = if standby_via_proxy { &via_proxy } else { &direct };
+    members[1].proc = Some(start_member_aged(&c, "c2", p2, &[c1], standby_data, "", age_ms));
     let eps: Vec<String> = members.iter().map(Member::endpoint).collect();
     let agents = NODES.iter().map(|n| start_group_agent(&c, n, &eps)).collect();
     let writers =
@@ -485,6 +492,17 @@ fn a_writer_cut_off_from_the_store_alone_is_taken_over_by_a_standby() {
     let g = Group { c, data: direct, env: server.env(), members, agents, writers };
     assert!(wait_until(Duration::from_secs(30), || role(&g.c, "c2").as_deref() == Some("standby")), "{}", g.logs());
     std::thread::sleep(Duration::from_secs(2));
+    (g, path, server)
+}
+
+/// The writer's own path to the store cut while the standby's works: the writer stays alive
+/// on the bus but commits nothing, and the standby takes the dataset from it once records have
+/// waited that long (three file ages, at least 10 s); healed, the old writer finds the claim
+/// and stands by. Every line is stored once.
+#[test]
+fn a_writer_cut_off_from_the_store_alone_is_taken_over_by_a_standby() {
+    let dir = tempfile::tempdir().unwrap();
+    let (g, path, _server) = s3_group_behind_proxy(dir.path(), false, 1000);
     assert_eq!(g.leader(), 0);
     eprintln!("cutting c1's path to the store");
     let cut = Instant::now();
@@ -507,30 +525,8 @@ fn a_writer_cut_off_from_the_store_alone_is_taken_over_by_a_standby() {
 fn a_store_down_for_every_collector_changes_no_writer() {
     // Files of 3 s: once the store is back, the writer's first commit comes up to 3 s later,
     // which a standby counting the outage as the writer's silence would not wait for.
-    const AGE: u64 = 3000;
     let dir = tempfile::tempdir().unwrap();
-    let server = S3Server::start(dir.path(), "sb-test");
-    let path = common::limits::Proxy::start(server.port);
-    let url = "s3://sb-test/cluster-a".to_owned();
-    let direct = Data::S3 { url: url.clone(), endpoint: server.endpoint() };
-    let via_proxy = Data::S3 { url, endpoint: format!("http://127.0.0.1:{}", path.port) };
-    let c = Cluster::new();
-    let (p1, p2) = (free_port(), free_port());
-    let mut members = vec![
-        Member { name: "c1".into(), port: p1, proc: Some(start_member_aged(&c, "c1", p1, &[], &via_proxy, "", AGE)) },
-        Member { name: "c2".into(), port: p2, proc: None },
-    ];
-    let leader = wait_for_leader(&c, &["c1"], Duration::from_secs(30));
-    assert_eq!(leader, Some(0), "c1 alone should lead\n{}", members[0].proc.as_ref().unwrap().log_text());
-    let c1 = members[0].endpoint();
-    members[1].proc = Some(start_member_aged(&c, "c2", p2, &[c1], &via_proxy, "", AGE));
-    let eps: Vec<String> = members.iter().map(Member::endpoint).collect();
-    let agents = NODES.iter().map(|n| start_group_agent(&c, n, &eps)).collect();
-    let writers =
-        NODES.iter().map(|n| Writer::start(n, c.logs_dir(n).join("app.log"), 10, usize::MAX, |_, _| {})).collect();
-    let g = Group { c, data: direct, env: server.env(), members, agents, writers };
-    assert!(wait_until(Duration::from_secs(30), || role(&g.c, "c2").as_deref() == Some("standby")), "{}", g.logs());
-    std::thread::sleep(Duration::from_secs(2));
+    let (g, path, _server) = s3_group_behind_proxy(dir.path(), true, 3000);
     let epoch = health(&g.c, "c1").1["epoch"].as_u64();
     eprintln!("the store refuses both collectors");
     path.refuse();
