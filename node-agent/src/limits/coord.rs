@@ -208,6 +208,7 @@ pub async fn run(
                 // Only a live agent has a share: a stranger's reports would make state without
                 // bound and skew the shares.
                 if !membership.live_of(Role::Agent).contains(&from) {
+                    heard_unseen(&mut peers, &from);
                     refuse(Reason::CounterInvalid, format_args!("demand from {from:?}, which is not a live agent"));
                     continue;
                 }
@@ -331,6 +332,16 @@ fn my_report(limiter: &Limiter, demands: &mut BTreeMap<String, (u64, Demand)>, d
     // Keys whose state the limiter forgot (idle) are forgotten here too.
     demands.retain(|k, _| r.demand.contains_key(k));
     r
+}
+
+/// A report came from `name`, whose token this node does not see. A node held as silent whose
+/// reports still come is alive (its link is up, its token not seen here: a lost declaration
+/// after a pause past the lease): its hold starts again, so its share stays reserved while they
+/// come, rather than freed while it goes on using it. The report itself is not taken.
+fn heard_unseen(peers: &mut BTreeMap<String, Peer>, name: &str) {
+    if let Some(p) = peers.get_mut(name).filter(|p| p.silent_since.is_some()) {
+        p.silent_since = Some(Instant::now());
+    }
 }
 
 /// Bring the known set in line with the live set: newcomers join, silently vanished nodes are
@@ -894,11 +905,18 @@ mod tests {
         let alone_at = at(&peers, "alone");
         settle_vanished(&mut peers, "alone", alone_at, Sighting::NoAnswer, &settings);
         assert!(peers["alone"].silent_since.is_some(), "no one else answered: held as silent");
-        std::thread::sleep(Duration::from_millis(350));
+        peers.insert("unseen".into(), Peer { silent_since: Some(Instant::now()), ..peer(Duration::from_secs(2)) });
+        for _ in 0..7 {
+            std::thread::sleep(Duration::from_millis(50));
+            heard_unseen(&mut peers, "unseen");
+            heard_unseen(&mut peers, "stranger");
+        }
         reconcile(&mut peers, &live, &settings);
         for n in ["cut-off", "reset", "alone"] {
             assert!(!peers.contains_key(n), "{n} is forgotten after the hold");
         }
+        assert!(peers.contains_key("unseen"), "its reports still come: held past the hold");
+        assert!(!peers.contains_key("stranger"), "a name not known makes no state");
         // A node that said it is leaving is forgotten when its token goes, before or after.
         peers.insert("bye".into(), peer(Duration::ZERO));
         leaving(&mut peers, "bye");
