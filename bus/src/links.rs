@@ -7,6 +7,15 @@
 //! apart. [`Links`] keeps the handle of this process's zenoh runtime so that the mesh check
 //! ([`crate::mesh`]) can dial such a peer at the [`Address`] it last gave for itself.
 //!
+//! A link can also be open while the peer's declarations (its liveliness token, subscribers,
+//! queryables) never arrived over it: a process paused for about the lease comes back with its
+//! old transport to a peer still open, while the peer, which gave it up, opened a new one; zenoh
+//! adds the peer's new link to the old transport and never declares anything on it again, and
+//! the peer never sees the paused process's token. [`Links::dial`] of a process whose token is
+//! not seen here although a link to it is open shuts that link's TCP connections down (this
+//! process's own sockets, found by the link's two addresses), so that both sides drop the
+//! transport and open a fresh one, which carries every declaration again.
+//!
 //! The dial names the peer's zenoh id, and a link whose far end gives another id is closed at
 //! once. The id is claimed, not proven (it is not part of a certificate): a forged address can
 //! make this process try a connection and, with `[bus.tls]`, reach only a holder of a
@@ -14,6 +23,8 @@
 //! mesh check dials the address most processes relay, few at a time, through at most
 //! [`MAX_DIAL_LOCATORS`] locators.
 
+use std::net::SocketAddr;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -56,8 +67,11 @@ fn protocol(locator: &str) -> &str {
 /// What a dial did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialed {
-    /// A link to the process is open (opened now, or already).
+    /// A link to the process is open (opened now).
     Opened,
+    /// A link to the process was open already, carrying no declaration of it: its connections
+    /// (this many) were shut down, for a fresh link (see the module doc).
+    Reset(usize),
     /// No link could be opened through the locators tried.
     Failed,
     /// Nothing was tried: no locator of a protocol this process listens on, the process's own
@@ -69,6 +83,8 @@ pub enum Dialed {
 #[derive(Clone)]
 pub struct Links {
     runtime: Runtime,
+    /// The session on the runtime, for the links it lists.
+    session: Option<zenoh::Session>,
     /// Whether it may dial peers it was not told to connect to: a `peer` with gossip on (with
     /// gossip off, or as a `client`, every link goes where `connect` says).
     may_dial: bool,
@@ -81,8 +97,8 @@ impl std::fmt::Debug for Links {
 }
 
 impl Links {
-    pub(crate) fn new(runtime: Runtime, may_dial: bool) -> Self {
-        Self { runtime, may_dial }
+    pub(crate) fn new(runtime: Runtime, session: zenoh::Session, may_dial: bool) -> Self {
+        Self { runtime, session: Some(session), may_dial }
     }
 
     /// Whether [`Links::dial`] may open links (see the field's doc).
@@ -118,12 +134,33 @@ impl Links {
         if !self.may_dial || locators.is_empty() || zid == self.runtime.zid() {
             return Dialed::Nothing;
         }
+        // Only a process whose token is not seen here is dialed: a link to it that is open
+        // already carries none of its declarations.
+        let stale = self.connections_to(&zid).await;
+        if !stale.is_empty() {
+            let shut = tokio::task::spawn_blocking(move || shut_down(&stale)).await.unwrap_or(0);
+            return Dialed::Reset(shut);
+        }
         // Not cut short by a timeout of ours: zenoh forgets a dial in progress only when it
         // ends, and would ignore the peer until then.
         match self.runtime.connect_peer(&zid.into(), &locators).await {
             true => Dialed::Opened,
             false => Dialed::Failed,
         }
+    }
+
+    /// The TCP connections (this end, the far end) of the links open to `zid` (TCP and TLS
+    /// links; a QUIC link has no connection of its own to shut down).
+    async fn connections_to(&self, zid: &ZenohId) -> Vec<(SocketAddr, SocketAddr)> {
+        let Some(session) = &self.session else { return Vec::new() };
+        let on_tcp = |l: &Locator| matches!(l.protocol().as_str(), "tcp" | "tls");
+        session
+            .info()
+            .links()
+            .await
+            .filter(|l| l.zid() == zid && on_tcp(l.src()) && on_tcp(l.dst()))
+            .filter_map(|l| Some((socket_addr(l.src())?, socket_addr(l.dst())?)))
+            .collect()
     }
 
     /// Close the runtime's links (after the session is closed: [`crate::session::leave`]).
@@ -134,9 +171,93 @@ impl Links {
     }
 }
 
+/// The socket address of a `tcp/` or `tls/` locator given as an IP address (as a link's ends
+/// are).
+fn socket_addr(locator: &Locator) -> Option<SocketAddr> {
+    locator.address().as_str().parse().ok()
+}
+
+/// Shut down this process's TCP sockets whose two ends are one of `connections`; how many.
+/// The sockets stay open (their owner closes them when it reads the end); only the connection
+/// ends, as a peer's reset would end it.
+fn shut_down(connections: &[(SocketAddr, SocketAddr)]) -> usize {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return 0 };
+    let mut shut = 0;
+    for entry in fds.flatten() {
+        let Some(raw) = entry.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok()) else { continue };
+        // SAFETY: `raw` was listed as open in this process a moment ago, and it is only
+        // borrowed for the calls below, never closed here. If it was closed since (and its
+        // number reused), the calls act on whatever it names now, which is shut down only if
+        // it is a socket whose two ends are those of a stale link.
+        #[allow(unsafe_code)]
+        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+        let socket = socket2::SockRef::from(&fd);
+        let ends =
+            (socket.local_addr().ok().and_then(|a| a.as_socket()), socket.peer_addr().ok().and_then(|a| a.as_socket()));
+        let (Some(local), Some(peer)) = ends else { continue };
+        if connections.contains(&(local, peer)) && socket.shutdown(std::net::Shutdown::Both).is_ok() {
+            shut += 1;
+        }
+    }
+    shut
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A dial of a process a link is open to already shuts that link's connections down (both
+    /// ends: the one this process dialed and the one it accepted), and the peer, which dials
+    /// its `connect` endpoint again, comes back on a fresh link with its token.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dial_of_a_process_linked_already_resets_the_link_and_it_comes_back() {
+        use zenoh::sample::SampleKind;
+
+        use crate::config::BusConfig;
+        use crate::session::{open, open_linked};
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let bport = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (ep, bep) = (format!("tcp/127.0.0.1:{port}"), format!("tcp/127.0.0.1:{bport}"));
+        let bus = |node: &str, listen: &str, connect: &[String]| BusConfig {
+            cluster: "ltest".into(),
+            node: node.into(),
+            listen: vec![listen.to_owned()],
+            connect: connect.to_vec(),
+            ..BusConfig::default()
+        };
+        let (a, links) =
+            open_linked(&bus("a", &ep, std::slice::from_ref(&bep)), crate::tls::IdRole::Agent).await.unwrap();
+        let b = open(&bus("b", &bep, std::slice::from_ref(&ep)), None).await.unwrap();
+        let _token = b.liveliness().declare_token("sb/ltest/node/b").await.unwrap();
+        let tokens = a.liveliness().declare_subscriber("sb/ltest/node/*").history(true).await.unwrap();
+        let next_of_b = || async {
+            let wait = std::time::Duration::from_secs(5);
+            loop {
+                let sample = tokio::time::timeout(wait, tokens.recv_async()).await.ok()?.ok()?;
+                if sample.key_expr().as_str() == "sb/ltest/node/b" {
+                    return Some(sample.kind());
+                }
+            }
+        };
+        assert_eq!(next_of_b().await, Some(SampleKind::Put), "a should see b's token");
+        let linked = || async { a.info().links().await.any(|l| l.zid() == &b.zid()) };
+        let to = Address { zid: b.zid().to_string(), locators: vec![bep.clone()] };
+        for round in 0..2 {
+            for _ in 0..100 {
+                if linked().await {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            let dialed = links.dial(&to).await;
+            assert!(matches!(dialed, Dialed::Reset(n) if n >= 1), "round {round}: a link to b was open: {dialed:?}");
+            // The transport went (b's token with it) and came back: its declarations anew.
+            assert_eq!(next_of_b().await, Some(SampleKind::Delete), "round {round}: the link went");
+            assert_eq!(next_of_b().await, Some(SampleKind::Put), "round {round}: b came back on a fresh link");
+        }
+        b.close().await.unwrap();
+        crate::session::leave(&a, &links).await;
+    }
 
     #[test]
     fn addresses_out_of_bounds_or_unparsable_are_refused() {

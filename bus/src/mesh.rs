@@ -232,6 +232,9 @@ struct Dials {
     tried: AtomicU64,
     /// Of those, dials after which a link to it was open.
     opened: AtomicU64,
+    /// Of those, dials that found a link open already, carrying none of its declarations, and
+    /// shut it down.
+    reset: AtomicU64,
     /// Dials running now.
     running: std::sync::atomic::AtomicUsize,
 }
@@ -343,6 +346,16 @@ impl Mesh {
                     dials.tried.fetch_add(1, Ordering::Relaxed);
                     dials.opened.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(process = %who, locators = ?address.locators, "bus mesh: dialed an unreachable process");
+                }
+                Dialed::Reset(shut) => {
+                    dials.tried.fetch_add(1, Ordering::Relaxed);
+                    dials.reset.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        process = %who,
+                        connections = shut,
+                        "bus mesh: a link to a process whose token is not seen here was open (its declarations were \
+                         lost, as after a pause of about the lease): its connections were shut down, for a fresh link"
+                    );
                 }
                 Dialed::Failed => {
                     dials.tried.fetch_add(1, Ordering::Relaxed);
@@ -486,6 +499,11 @@ impl Mesh {
             "switchboard_mesh_dials_opened_total",
             "Dials after which a link to that process was open.",
             self.dials.opened.load(Ordering::Relaxed),
+        )
+        .counter(
+            "switchboard_mesh_links_reset_total",
+            "Dials that found a link to that process open but carrying none of its declarations, and shut its connections down.",
+            self.dials.reset.load(Ordering::Relaxed),
         );
     }
 }

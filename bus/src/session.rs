@@ -112,14 +112,17 @@ pub async fn open_linked(config: &BusConfig, role: IdRole) -> Result<(Session, L
     // A session on a runtime it did not build leaves the runtime open when it closes: the
     // runtime is closed here on failure, and by `leave` after.
     let mut runtime = RuntimeBuilder::new(zc).build().await.map_err(|e| open_err(config, e))?;
-    let links = Links::new(runtime.clone(), config.gossip && config.mode == crate::config::Mode::Peer);
     let session = match zenoh::session::init(runtime.clone().into()).await {
         Ok(s) => s,
         Err(e) => {
-            links.close().await;
+            if let Err(e) = runtime.close().await {
+                tracing::debug!(error = %e, "closing the bus runtime");
+            }
             return Err(open_err(config, e));
         }
     };
+    let may_dial = config.gossip && config.mode == crate::config::Mode::Peer;
+    let links = Links::new(runtime.clone(), session.clone(), may_dial);
     if let Err(e) = runtime.start().await {
         leave(&session, &links).await;
         return Err(open_err(config, e));
