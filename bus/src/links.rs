@@ -121,7 +121,7 @@ impl Links {
     /// Open a link to the process at `to`, unless one is open already; only through locators of
     /// a protocol this process listens on itself (a peer's address cannot make it open a link
     /// of a kind its operator did not choose), the first [`MAX_DIAL_LOCATORS`] of them.
-    pub async fn dial(&self, to: &Address) -> Dialed {
+    pub async fn dial(&self, to: &Address, may_reset: bool) -> Dialed {
         let Ok(zid) = ZenohId::from_str(&to.zid) else { return Dialed::Nothing };
         let own = self.address();
         let locators: Vec<Locator> = to
@@ -135,9 +135,14 @@ impl Links {
             return Dialed::Nothing;
         }
         // Only a process whose token is not seen here is dialed: a link to it that is open
-        // already carries none of its declarations.
+        // already carries none of its declarations. Unless `may_reset` is false: the caller
+        // sees a live process at that id (a forged view naming another one's id must not make
+        // this process cut a working link).
         let stale = self.connections_to(&zid).await;
         if !stale.is_empty() {
+            if !may_reset {
+                return Dialed::Nothing;
+            }
             let shut = tokio::task::spawn_blocking(move || shut_down(&stale)).await.unwrap_or(0);
             return Dialed::Reset(shut);
         }
@@ -242,19 +247,25 @@ mod tests {
         assert_eq!(next_of_b().await, Some(SampleKind::Put), "a should see b's token");
         let linked = || async { a.info().links().await.any(|l| l.zid() == &b.zid()) };
         let to = Address { zid: b.zid().to_string(), locators: vec![bep.clone()] };
-        for round in 0..2 {
+        let wait_linked = || async {
             for _ in 0..100 {
                 if linked().await {
                     break;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
-            let dialed = links.dial(&to).await;
+        };
+        for round in 0..2 {
+            wait_linked().await;
+            let dialed = links.dial(&to, true).await;
             assert!(matches!(dialed, Dialed::Reset(n) if n >= 1), "round {round}: a link to b was open: {dialed:?}");
             // The transport went (b's token with it) and came back: its declarations anew.
             assert_eq!(next_of_b().await, Some(SampleKind::Delete), "round {round}: the link went");
             assert_eq!(next_of_b().await, Some(SampleKind::Put), "round {round}: b came back on a fresh link");
         }
+        // An id the caller sees alive under another name (a forged view's) is never reset.
+        wait_linked().await;
+        assert_eq!(links.dial(&to, false).await, Dialed::Nothing, "a link to a process seen alive stays");
         b.close().await.unwrap();
         crate::session::leave(&a, &links).await;
     }
