@@ -310,11 +310,11 @@ fn a_push_reaches_every_node_at_once_readers_never_see_two_revisions_and_a_node_
     // A node hung within its lease (SIGSTOP) costs the log one bounded wait for its answer, not
     // one per question: the log of the others still prints, promptly.
     let pid = d.proc.as_ref().map(|p| p.pid()).unwrap();
-    common::group::signal(pid, "-STOP");
+    common::signal(pid, "-STOP");
     let asked = Instant::now();
     let (code, log) = config_cli(&c, &all, &["log", "-n", "3"]);
     let took = asked.elapsed();
-    common::group::signal(pid, "-CONT");
+    common::signal(pid, "-CONT");
     eprintln!("config log with a hung node: {took:?}");
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("revision 104") && log.contains("revision 102"), "{log}");

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::limits::{http_post, LimitsNode, SocketClient};
-use common::{free_port, metric, wait_until, Cluster};
+use common::{free_port, metric, signal, wait_until, Cluster};
 use serde_json::{json, Value};
 
 /// `[dlr]` settings of the test agents: one connector with hex ids in `submit_sm_resp` and
@@ -658,7 +658,7 @@ fn the_replication_queue_stays_bounded_without_a_replica_and_every_copy_arrives_
 
     // A replica that hangs: the queue fills, forgets, and one pass makes it good afterwards.
     let pid = b.proc.as_ref().map(|p| p.pid()).unwrap_or_default();
-    common::group::signal(pid, "-STOP");
+    common::signal(pid, "-STOP");
     for part in 5..10 {
         register(&c, "a", "dec", (part * 1000..(part + 1) * 1000).map(|i| i.to_string()));
     }
@@ -666,7 +666,7 @@ fn the_replication_queue_stays_bounded_without_a_replica_and_every_copy_arrives_
     let (_, text) = c.http_get("a", "/metrics");
     let overflows = metric(&text, "switchboard_agent_dlr_replica_queue_overflows_total").unwrap_or(0.0);
     assert!(queued("a") <= 1000, "a holds {} changes for a hung replica", queued("a"));
-    common::group::signal(pid, "-CONT");
+    common::signal(pid, "-CONT");
     assert!(overflows >= 1.0, "the queue never overflowed: {overflows}");
     assert!(wait_until(Duration::from_secs(60), || records("b") >= 10_000), "b holds {} copies of 10000", records("b"));
     assert_eq!(records("b"), 10_000, "one copy of each record");
@@ -837,27 +837,6 @@ fn the_gateway_socket_registers_resolves_and_reports_pipelined_in_order_on_unix_
     // PING on TCP.
     assert_eq!(metric(&text, "switchboard_agent_gateway_requests_total"), Some(45.0));
     assert_eq!(metric(&text, "switchboard_agent_gateway_connections_total"), Some(2.0));
-}
-
-/// Stop or continue a process with a signal, and for a stop wait until every thread of it is
-/// stopped (state `T`), not merely signalled.
-fn signal(pid: u32, sig: &str) {
-    let pid = pid.to_string();
-    let ok = std::process::Command::new("kill").args([sig, &pid]).status().is_ok_and(|s| s.success());
-    assert!(ok, "kill {sig} {pid}");
-    if sig != "-STOP" {
-        return;
-    }
-    let stopped = || {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
-        tasks.filter_map(Result::ok).all(|t| {
-            std::fs::read_to_string(t.path().join("stat"))
-                .ok()
-                .and_then(|st| st.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('T')))
-                .unwrap_or(true)
-        })
-    };
-    assert!(wait_until(Duration::from_secs(2), stopped), "{pid} did not stop");
 }
 
 #[test]

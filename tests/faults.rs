@@ -126,21 +126,19 @@ fn collector_hung_past_the_lease_then_resumed() {
     let wb = Writer::start("gw-b", c.logs_dir("gw-b").join("app.log"), 200, usize::MAX, |_, _| {});
     std::thread::sleep(Duration::from_millis(1500));
     eprintln!("SIGSTOP collector (pid {})", collector.pid());
-    common::group::signal(collector.pid(), "-STOP");
-    let seen_gone = wait_until(Duration::from_secs(15), || {
-        c.http_get("gw-a", "/health").1.contains("no collector is alive")
-    });
+    common::signal(collector.pid(), "-STOP");
+    let seen_gone =
+        wait_until(Duration::from_secs(15), || c.http_get("gw-a", "/health").1.contains("no collector is alive"));
     std::thread::sleep(Duration::from_secs(2));
-    common::group::signal(collector.pid(), "-CONT");
+    common::signal(collector.pid(), "-CONT");
     assert!(seen_gone, "gw-a should say no collector is alive\n{}", c.http_get("gw-a", "/health").1);
     std::thread::sleep(Duration::from_millis(1500));
     let (na, nb) = (wa.stop(), wb.stop());
     let total = na + nb;
     let ok = wait_until(DEADLINE, || count_logs(&c.dataset()) >= total);
     assert!(ok, "dataset holds {} of {total}\n{}", count_logs(&c.dataset()), collector.log_text());
-    let back = wait_until(Duration::from_secs(15), || {
-        !c.http_get("gw-a", "/health").1.contains("no collector is alive")
-    });
+    let back =
+        wait_until(Duration::from_secs(15), || !c.http_get("gw-a", "/health").1.contains("no collector is alive"));
     assert!(back, "gw-a should see the collector again\n{}", c.http_get("gw-a", "/health").1);
     for a in agents {
         a.stop();

@@ -307,9 +307,9 @@ fn two_agents_through_the_collector(c: &Cluster) -> (common::Proc, common::Proc,
 fn agents_that_met_through_gossip_find_each_other_again_after_a_stall_past_the_lease() {
     let c = Cluster::new();
     let (collector, a, b) = two_agents_through_the_collector(&c);
-    common::group::signal(b.pid(), "-STOP");
+    common::signal(b.pid(), "-STOP");
     std::thread::sleep(Duration::from_millis(3050));
-    common::group::signal(b.pid(), "-CONT");
+    common::signal(b.pid(), "-CONT");
     // A split lasts 3 s before it is reported (checked every 2 s): look after that.
     std::thread::sleep(Duration::from_secs(8));
     let healed = wait_until(Duration::from_secs(30), || {

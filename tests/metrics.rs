@@ -207,9 +207,9 @@ fn each_row_holds_the_samples_sent_before_its_ts_also_after_the_agent_was_stoppe
     // boundaries again.
     let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     std::thread::sleep(Duration::from_millis((510 - now_ms() % 500) as u64));
-    common::group::signal(a.pid(), "-STOP");
+    common::signal(a.pid(), "-STOP");
     std::thread::sleep(Duration::from_millis(1400));
-    common::group::signal(a.pid(), "-CONT");
+    common::signal(a.pid(), "-CONT");
     std::thread::sleep(Duration::from_millis(300));
     // Probes 37 ms apart over three intervals, each a series of its own, noted with the time
     // it was sent: its row ends at the first boundary after that time (give or take 250 ms for

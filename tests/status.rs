@@ -165,7 +165,7 @@ fn status_shows_the_cluster_and_a_killed_node_as_gone_with_exit_codes() {
         redraws.extend(rx.recv_timeout(Duration::from_millis(200)));
     }
     let drawn = redraws.len();
-    common::group::signal(watch.id(), "-INT");
+    common::signal(watch.id(), "-INT");
     // It stops within a redraw's fetch; a watch that missed the Ctrl-C is killed and fails.
     let stopped = wait_until(Duration::from_secs(10), || watch.try_wait().ok().flatten().is_some());
     if !stopped {

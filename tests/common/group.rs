@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{free_port, http_get, wait_until, Cluster, Proc, BIN};
+use super::{free_port, http_get, signal, wait_until, Cluster, Proc, BIN};
 
 /// A local S3 server (moto, from tests/py/requirements.txt) on a free loopback port, with one
 /// bucket; stopped on drop.
@@ -85,11 +85,6 @@ impl Drop for S3Server {
         self.pause(false);
         self.kill();
     }
-}
-
-/// Send `sig` (as `kill` takes it: `-STOP`, `-CONT`, `-9`) to `pid`.
-pub fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
 }
 
 /// Where a group's dataset is.

@@ -628,3 +628,25 @@ pub fn assert_independent_readers_agree(c: &Cluster) {
         assert_eq!(v["pyarrow_rows"], v["rows"], "{table}: {v}");
     }
 }
+
+/// Send `sig` (as `kill` takes it: `-STOP`, `-CONT`, `-9`) to `pid`. A stop must reach the
+/// process, and returns once every thread of it is stopped (state `T`), not merely signalled;
+/// other signals are sent as they can be (to a process that may have exited already).
+pub fn signal(pid: u32, sig: &str) {
+    let pid = pid.to_string();
+    let sent = Command::new("kill").args([sig, &pid]).status().is_ok_and(|s| s.success());
+    if sig != "-STOP" {
+        return;
+    }
+    assert!(sent, "kill {sig} {pid}");
+    let stopped = || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+        tasks.filter_map(Result::ok).all(|t| {
+            std::fs::read_to_string(t.path().join("stat"))
+                .ok()
+                .and_then(|st| st.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('T')))
+                .unwrap_or(true)
+        })
+    };
+    assert!(wait_until(Duration::from_secs(2), stopped), "{pid} did not stop");
+}
