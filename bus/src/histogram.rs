@@ -12,6 +12,16 @@ use hdrhistogram::Histogram;
 /// Samples are recorded as `value × SCALE`.
 pub const SCALE: f64 = 1000.0;
 
+/// `value` as it is recorded (`value × SCALE`, rounded), or `None` for a value no histogram
+/// here holds: negative, not finite, or recorded at 2^63 or more (about 9.2234e15 before
+/// scaling), which HdrHistogram libraries that read values as signed 64-bit integers (Java's,
+/// so Spark's) could not read.
+pub fn recorded(value: f64) -> Option<u64> {
+    let scaled = (value * SCALE).round();
+    // The range check makes the cast exact: 0 ≤ scaled < 2^63, an integer (rounded).
+    (0.0..i64::MAX as f64).contains(&scaled).then_some(scaled as u64)
+}
+
 /// A histogram could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
 #[error("histogram: {0}")]

@@ -161,15 +161,14 @@ impl Accumulator for Record {
             .as_primitive_opt::<datafusion::arrow::datatypes::Float64Type>()
             .ok_or_else(|| DataFusionError::Execution("hdr_of takes numbers".into()))?;
         for v in values.iter().flatten() {
-            // A histogram holds values from 0 up: a negative or non-finite value would come out
-            // as a wrong percentile, so it is an error that says how to leave it out.
-            if !(v.is_finite() && v >= 0.0) {
+            // A value no histogram holds would come out as a wrong percentile, so it is an
+            // error that says how to leave it out.
+            let Some(scaled) = histogram::recorded(v) else {
                 return Err(DataFusionError::Execution(format!(
-                    "hdr_of: {v} cannot be counted (a histogram holds finite values from 0 up): leave such rows \
-                     out with a WHERE clause"
+                    "hdr_of: {v} cannot be counted (a histogram holds finite values from 0 to below 9.2234e15): \
+                     leave such rows out with a WHERE clause"
                 )));
-            }
-            let scaled = (v * SCALE).round().min(u64::MAX as f64 / 2.0) as u64;
+            };
             self.0 .0.record(scaled).map_err(|e| DataFusionError::Execution(format!("hdr_of: {e}")))?;
         }
         Ok(())

@@ -3,7 +3,7 @@
 //! A series is `(name, tags, kind)`. Per interval a counter sums its increments (the row carries
 //! the delta), a gauge keeps its last value (and is sent every interval until it has not been
 //! touched for [`GAUGE_IDLE_INTERVALS`]), a timer records its samples into an HDR histogram (3
-//! significant digits, values scaled by [`HISTOGRAM_SCALE`] so fractions of a millisecond
+//! significant digits, values scaled by [`histogram::SCALE`] so fractions of a millisecond
 //! survive), and a set counts its distinct members.
 //!
 //! Histograms travel as HDR V2 with DEFLATE ([`switchboard_bus::histogram`]), base64 in the row.
@@ -11,7 +11,7 @@
 use std::collections::{HashMap, HashSet};
 
 use hdrhistogram::Histogram;
-use switchboard_bus::histogram::{self, new_histogram, SCALE as HISTOGRAM_SCALE};
+use switchboard_bus::histogram::{self, new_histogram};
 
 use super::statsd::{Kind, Line, Value};
 
@@ -144,7 +144,8 @@ impl Aggregator {
             (State::Timer { hist, sum }, Value::Samples { values, weight }) => {
                 for v in values {
                     // `check` saw every value fit and the counts stay below what V2 holds.
-                    if hist.record_n((v * HISTOGRAM_SCALE).round() as u64, *weight).is_err() {
+                    let Some(scaled) = histogram::recorded(*v) else { return Err(Refused::OutOfRange) };
+                    if hist.record_n(scaled, *weight).is_err() {
                         return Err(Refused::OutOfRange);
                     }
                     *sum += v * *weight as f64;
@@ -230,7 +231,7 @@ fn growth(held: Option<&State>, value: &Value) -> usize {
                 Some(State::Timer { hist, .. }) => hist.distinct_values(),
                 _ => 0,
             };
-            let top = values.iter().map(|v| (v * HISTOGRAM_SCALE).round() as u64).max().unwrap_or(0);
+            let top = values.iter().filter_map(|v| histogram::recorded(*v)).max().unwrap_or(0);
             let top = match held {
                 Some(State::Timer { hist, .. }) => top.max(hist.max()),
                 _ => top,
@@ -273,7 +274,7 @@ fn check(held: Option<&State>, value: &Value) -> Result<(), Refused> {
             if samples.checked_add(added).is_none_or(|n| n > i64::MAX as u64) {
                 return Err(Refused::OutOfRange);
             }
-            if values.iter().any(|v| !(0.0..MAX_TIMER_VALUE).contains(&(v * HISTOGRAM_SCALE).round())) {
+            if values.iter().any(|v| histogram::recorded(*v).is_none()) {
                 return Err(Refused::OutOfRange);
             }
             finite(values.iter().fold(sum, |a, v| a + v * *weight as f64))
@@ -281,10 +282,6 @@ fn check(held: Option<&State>, value: &Value) -> Result<(), Refused> {
         _ => Ok(()),
     }
 }
-
-/// Scaled timer values at or past this (2^63, about 9.2e15 ms) are refused: HdrHistogram
-/// libraries that read values as signed 64-bit integers (Java's, so Spark's) could not read them.
-const MAX_TIMER_VALUE: f64 = i64::MAX as f64;
 
 #[cfg(test)]
 mod tests {
