@@ -182,6 +182,44 @@ fn a_second_process_under_a_live_name_is_refused() {
     collector.stop();
 }
 
+/// A second agent started on a data directory in use (a double start, a copied config with
+/// another name and ports) is refused before it opens or replaces anything there: the first
+/// agent's gateway socket, journals and `bus.listen` stay its own.
+#[test]
+fn a_second_agent_on_a_data_dir_in_use_is_refused_and_touches_nothing() {
+    let c = Cluster::new();
+    let collector = c.start_collector();
+    let first = c.start_agent("gw1", "plain");
+    let socket = c.agent_state("gw1").join("gateway.sock");
+    let mut client = common::limits::SocketClient::connect(&socket);
+    assert_eq!(client.request("PING"), "PONG");
+    let listening = std::fs::read_to_string(c.agent_state("gw1").join("bus.listen")).unwrap_or_default();
+    // The first agent's file under another node name, with no HTTP port and a bus port of its own.
+    let cfg = std::fs::read_to_string(c.path().join("agent-gw1.toml")).unwrap();
+    let cfg = cfg
+        .replace("node = \"gw1\"", "node = \"gw1b\"\nlisten = [\"tcp/127.0.0.1:0\"]")
+        .lines()
+        .map(|l| if l.starts_with("http_listen") { "http_listen = \"\"" } else { l })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let twin = c.path().join("twin.toml");
+    std::fs::write(&twin, cfg).unwrap();
+    let out =
+        std::process::Command::new(common::BIN).args(["agent", "--config", twin.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the second agent must not start:\n{stderr}");
+    let said = format!("is in use by another agent (pid {})", first.pid());
+    assert!(stderr.contains(&said) && stderr.contains("own data_dir"), "{stderr}");
+    assert!(!stderr.contains("joined the bus"), "refused before joining:\n{stderr}");
+    assert_eq!(client.request("PING"), "PONG", "the first agent's connection");
+    let mut again = common::limits::SocketClient::connect(&socket);
+    assert_eq!(again.request("PING"), "PONG", "a new connection to the first agent's socket");
+    let now = std::fs::read_to_string(c.agent_state("gw1").join("bus.listen")).unwrap_or_default();
+    assert_eq!(now, listening, "bus.listen is the first agent's");
+    first.stop();
+    collector.stop();
+}
+
 /// `/health` of an agent with no collector: degraded, with the reasons, then ok once one is up.
 #[test]
 fn agent_health_says_what_is_wrong() {

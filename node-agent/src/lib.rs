@@ -33,6 +33,7 @@ pub mod body_limit;
 pub mod checkpoint;
 pub mod cluster_config;
 pub mod config;
+pub mod dir_lock;
 pub mod dlr;
 pub mod eventlog;
 pub mod framing;
@@ -114,6 +115,9 @@ pub enum AgentError {
     /// A startup task panicked.
     #[error("startup task: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// Another agent uses the data directory, or it cannot be made.
+    #[error(transparent)]
+    DirLock(#[from] dir_lock::DirLockError),
     /// A thread could not be started.
     #[error("cannot start the {name} thread: {source}")]
     Thread {
@@ -144,6 +148,8 @@ pub struct Agent {
     _token: zenoh::liveliness::LivelinessToken,
     /// The tokens of the services it takes part in (`<prefix>/serves/<service>/<node>`).
     serving: Vec<zenoh::liveliness::LivelinessToken>,
+    /// Held until the agent is dropped: one agent per data directory.
+    _dir_lock: dir_lock::DirLock,
 }
 
 impl Agent {
@@ -170,6 +176,8 @@ impl Agent {
         tracker: TaskTracker,
     ) -> Result<Self, AgentError> {
         config.validate()?;
+        // Before anything in the directory is opened or replaced.
+        let dir_lock = dir_lock::DirLock::acquire(&config.agent.data_dir)?;
         let log_sources = config.sources.len();
         if config.limits.enabled && config.limits.record_decisions {
             config.sources.push(limits::decisions_source(&config.agent.data_dir));
@@ -415,7 +423,7 @@ impl Agent {
         let streams = config.sources.len();
         tracing::info!(%node, log_sources, streams, "agent started");
         joined.keep();
-        Ok(Self { stats, tracker, session, links, _token: token, serving })
+        Ok(Self { stats, tracker, session, links, _token: token, serving, _dir_lock: dir_lock })
     }
 
     /// The agent's counters.
