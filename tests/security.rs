@@ -455,6 +455,19 @@ async fn a_member_cannot_act_as_another() {
     assert!(replies.iter().any(|r| r.contains("to=2 is below from=9")), "{replies:?}");
     let replies = ask(&c2, &key(c, "replay/gw1/log/app?from=0;to=abc"), None).await;
     assert!(replies.iter().any(|r| r.contains("must be a sequence number")), "{replies:?}");
+    // Any number of failed replay queries makes a few log lines, and each is counted.
+    let log_lines = || {
+        let log = std::fs::read_to_string(c.path().join("agent-gw1.log")).unwrap_or_default();
+        log.matches("replay query not answered").count()
+    };
+    let (lines_before, errors_before) =
+        (log_lines(), metric(&c.http_get("gw1", "/metrics").1, "switchboard_agent_replay_errors_total").unwrap_or(0.0));
+    for _ in 0..300 {
+        let _ = ask(&c2, &key(c, "replay/gw1/log/app?from=abc"), None).await;
+    }
+    let errors = metric(&c.http_get("gw1", "/metrics").1, "switchboard_agent_replay_errors_total").unwrap_or(0.0);
+    assert!(errors - errors_before >= 300.0, "{errors_before} then {errors}");
+    assert!(log_lines() - lines_before <= 2, "{} lines for 300 failed replay queries", log_lines() - lines_before);
 
     // Rows 13, 14, 16, 17: an admin looks a record up on the ask stream, not by query (which
     // may carry a report); a collector may not ask.

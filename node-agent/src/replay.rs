@@ -14,6 +14,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use switchboard_bus::refusals::{refuse, Reason};
+use switchboard_bus::throttle::Throttle;
 use switchboard_bus::wire::control::MAX_REPLAY_RECORDS;
 use switchboard_bus::wire::log_batch::{self, LogBatchBuilder};
 
@@ -222,6 +223,13 @@ pub(crate) async fn serve(
     }
 }
 
+/// A failed replay query is logged at most once per [`switchboard_bus::refusals::LOG_EVERY`],
+/// a range replayed at most once a second, each with the count left unsaid since.
+static FAILED_LOGGED: std::sync::Mutex<Throttle> =
+    std::sync::Mutex::new(Throttle::new(switchboard_bus::refusals::LOG_EVERY));
+static REPLAYED_LOGGED: std::sync::Mutex<Throttle> =
+    std::sync::Mutex::new(Throttle::new(std::time::Duration::from_secs(1)));
+
 async fn answer(
     query: zenoh::query::Query,
     keys: &switchboard_bus::KeySpace,
@@ -232,7 +240,10 @@ async fn answer(
     use std::sync::atomic::Ordering;
     let fail = |msg: String| async {
         stats.replay_errors.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(key = %query.key_expr(), error = %msg, "replay query not answered in full");
+        // Any peer may ask: a line per query would let it fill this node's log.
+        if let Some(unsaid) = FAILED_LOGGED.lock().ok().and_then(|mut t| t.admit()) {
+            tracing::warn!(key = %query.key_expr(), error = %msg, failed_since_last_line = unsaid, "replay query not answered in full");
+        }
         let _ = query.reply_err(msg).await;
     };
     let Some(id) = keys.parse_replay(query.key_expr().as_str()) else {
@@ -296,7 +307,9 @@ async fn answer(
     }
     stats.replays.fetch_add(1, Ordering::Relaxed);
     stats.lines_replayed.fetch_add(rows, Ordering::Relaxed);
-    tracing::info!(stream = %id, from, to, rows, "replayed");
+    if let Some(unsaid) = REPLAYED_LOGGED.lock().ok().and_then(|mut t| t.admit()) {
+        tracing::info!(stream = %id, from, to, rows, ranges_since_last_line = unsaid, "replayed");
+    }
     give_up_lost(journal, &id.name, &failed, stats);
     let problems: Vec<String> = forgotten.into_iter().chain(failed.iter().map(|f| f.error.to_string())).collect();
     if !problems.is_empty() {
