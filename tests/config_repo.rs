@@ -760,6 +760,41 @@ fn a_reload_still_running_when_the_push_stops_waiting_is_named_as_such() {
     );
 }
 
+/// An agent stopped while its reload command runs stops at once (the command's process group is
+/// killed), and runs the reload again at its next start.
+#[test]
+fn a_stop_during_a_reload_is_prompt_and_the_reload_runs_again_at_the_next_start() {
+    let c = Cluster::new();
+    let (calls, go) = (c.path().join("reload-calls"), c.path().join("reload-go"));
+    let script = format!(
+        "echo $SWITCHBOARD_CONFIG_REVISION >> {}; while [ ! -e {} ]; do sleep 0.1; done",
+        calls.display(),
+        go.display()
+    );
+    let repo = repo_table(&format!("reload = [\"sh\", \"-c\", {script:?}]"));
+    let mut a = c.start_limits_agent("gw1", &[], "", &repo);
+    let (ep, port) = (vec![a.endpoint()], a.port);
+    let client = Client::new(&c, &ep);
+    assert!(wait_until(Duration::from_secs(20), || client.states().len() == 1));
+    let dir = tree(&c, "1", &[("global/a.conf", "a1".into())]);
+    let (code, out) = config_cli(&c, &ep, &["push", dir.to_str().unwrap(), "--timeout", "2s"]);
+    assert!(code == 1 && out.contains("its reload command is still running"), "{out}");
+    let stopping = Instant::now();
+    a.proc.take().unwrap().stop();
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(5), "the stop took {took:?}");
+    assert_eq!(read(&calls).lines().collect::<Vec<_>>(), ["1"], "{}", read(&c.path().join("agent-gw1.log")));
+    // The next start runs it again, and this time it finishes.
+    std::fs::write(&go, "").unwrap();
+    let _a = c.restart_limits_agent("gw1", port, &[], "", &repo);
+    assert!(
+        wait_until(Duration::from_secs(20), || status_json(&c, &ep).0 == 0),
+        "{}",
+        config_cli(&c, &ep, &["status"]).1
+    );
+    assert_eq!(read(&calls).lines().collect::<Vec<_>>(), ["1", "1"]);
+}
+
 /// Two pushes made at the same moment follow the same parent. The second here reaches the node
 /// while it reloads the first (a client putting its revision then): the node takes it right
 /// after the first is applied, and the first push must not say it is done.

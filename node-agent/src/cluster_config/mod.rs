@@ -128,6 +128,7 @@ impl ClusterConfig {
             blocked: None,
             hooked: None,
             hook,
+            cancel: cancel.clone(),
         };
         let state = Arc::new(Mutex::new(inner.node_state()));
         let decl = |what| move |source| AgentError::Declare { what, source };
@@ -161,6 +162,7 @@ impl ClusterConfig {
                         *s = inner.node_state();
                     }
                     tokio::select! {
+                        biased;
                         _ = cancel2.cancelled() => break,
                         sample = push.recv_async() => {
                             let Ok(sample) = sample else { break };
@@ -202,6 +204,10 @@ struct Persisted {
     failed: Vec<String>,
     #[serde(default)]
     reload: Option<ReloadOutcome>,
+    /// The revision switched in whose reload command has not finished: the agent stopped (or
+    /// died) while it ran, and runs it again at its next start.
+    #[serde(default)]
+    reload_pending: Option<String>,
 }
 
 impl Persisted {
@@ -241,6 +247,8 @@ struct Inner {
     /// The head last given to the hook.
     hooked: Option<String>,
     hook: Option<HeadHook>,
+    /// The agent's stop: a reload command running then is stopped, not waited for.
+    cancel: CancellationToken,
 }
 
 fn now_ms() -> u64 {
@@ -477,9 +485,11 @@ impl Inner {
         }
     }
 
-    /// Apply the repository's head if there is one and it is not applied.
     /// Apply the head if it can be; `shared` shows the node's state while its reload runs.
     async fn reconcile(&mut self, shared: &Mutex<NodeState>) {
+        if self.cancel.is_cancelled() {
+            return;
+        }
         let heads: Vec<(String, u64)> = self.store.heads().iter().map(|s| (s.id.clone(), s.number)).collect();
         let (head, number) = match heads.as_slice() {
             [] => return,
@@ -524,6 +534,12 @@ impl Inner {
         }
         if self.p.applied.as_ref().is_some_and(|a| a.id == head) {
             self.blocked = None;
+            if self.p.reload_pending.as_deref() == Some(head.as_str()) && !self.settings.reload.is_empty() {
+                // Switched in before a stop or a crash cut its reload short: run it again. The
+                // tree before is not known any more, so a failure leaves this one in place.
+                tracing::info!(revision = number, "running the reload command again: the agent stopped while it ran");
+                self.reload(&head, number, None, shared).await;
+            }
             return;
         }
         self.scan();
@@ -575,23 +591,48 @@ impl Inner {
         self.p.applied = Some(Applied { id: head.clone(), number, at_ms: now_ms() });
         self.p.tree = Some(name.clone());
         self.p.manifest = manifest;
+        if !self.settings.reload.is_empty() {
+            self.p.reload_pending = Some(head.clone());
+        }
         self.p.save(&self.state_path);
         self.blocked = None;
         tracing::info!(revision = number, id = short(&head), files = files.len(), ms = started.elapsed().as_millis() as u64, dir = %self.tree.link().display(), "configuration revision applied");
         if !self.settings.reload.is_empty() {
-            // Switched in, not applied until the reload succeeds: a push waiting for this node
-            // says the reload is what it waits for.
-            let mut state = self.node_state();
-            state.reloading = Some(Reloading { id: head.clone(), number, since_ms: now_ms() });
-            *shared.lock().unwrap_or_else(|p| p.into_inner()) = state;
-            let mut outcome = self.run_reload(&head, number).await;
-            if !outcome.ok {
-                self.p.failed.push(head.clone());
-                if self.p.failed.len() > MAX_FAILED {
-                    self.p.failed.remove(0);
-                }
-                let revert = self.settings.on_reload_failure == OnReloadFailure::Revert;
-                if let (Some(prev_tree), true) = (&before.1, revert) {
+            self.reload(&head, number, Some(before), shared).await;
+        }
+    }
+
+    /// Run the reload command for `head`, switched in; on failure switch back to `before` (when
+    /// known and `on_reload_failure` says so). A stop of the agent meanwhile stops the command
+    /// and leaves the reload pending for the next start.
+    async fn reload(
+        &mut self,
+        head: &str,
+        number: u64,
+        before: Option<(Option<Applied>, Option<String>, Manifest)>,
+        shared: &Mutex<NodeState>,
+    ) {
+        // Switched in, not applied until the reload succeeds: a push waiting for this node
+        // says the reload is what it waits for.
+        let mut state = self.node_state();
+        state.reloading = Some(Reloading { id: head.to_owned(), number, since_ms: now_ms() });
+        *shared.lock().unwrap_or_else(|p| p.into_inner()) = state;
+        let Some(mut outcome) = self.run_reload(head, number).await else {
+            tracing::warn!(
+                revision = number,
+                "the agent is stopping: its reload command was stopped, and runs again at the next start"
+            );
+            return;
+        };
+        self.p.reload_pending = None;
+        if !outcome.ok {
+            self.p.failed.push(head.to_owned());
+            if self.p.failed.len() > MAX_FAILED {
+                self.p.failed.remove(0);
+            }
+            let revert = self.settings.on_reload_failure == OnReloadFailure::Revert;
+            if let (Some(before), true) = (before, revert) {
+                if let Some(prev_tree) = &before.1 {
                     match self.tree.switch(prev_tree) {
                         Ok(()) => {
                             outcome.reverted = true;
@@ -600,13 +641,13 @@ impl Inner {
                         Err(e) => tracing::error!(error = %e, "cannot switch back to the revision before"),
                     }
                 }
-                tracing::error!(revision = number, status = %outcome.status, reverted = outcome.reverted, output = %outcome.output, "the gateway's reload command failed");
             }
-            self.p.reload = Some(outcome);
-            self.p.save(&self.state_path);
-            if self.p.failed.contains(&head) {
-                self.blocked = Some(self.reload_failed(&head, number));
-            }
+            tracing::error!(revision = number, status = %outcome.status, reverted = outcome.reverted, output = %outcome.output, "the gateway's reload command failed");
+        }
+        self.p.reload = Some(outcome);
+        self.p.save(&self.state_path);
+        if self.p.failed.iter().any(|f| f == head) {
+            self.blocked = Some(self.reload_failed(head, number));
         }
     }
 
@@ -747,7 +788,9 @@ impl Inner {
         }
     }
 
-    async fn run_reload(&self, id: &str, number: u64) -> ReloadOutcome {
+    /// The command's outcome; `None` when the agent's stop came first (the command's process
+    /// group is killed then).
+    async fn run_reload(&self, id: &str, number: u64) -> Option<ReloadOutcome> {
         let argv = &self.settings.reload;
         let mut cmd = tokio::process::Command::new(&argv[0]);
         cmd.args(&argv[1..])
@@ -764,7 +807,7 @@ impl Inner {
             Ok(c) => c,
             Err(e) => {
                 let status = format!("cannot start {:?}: {e}", argv[0]);
-                return ReloadOutcome {
+                return Some(ReloadOutcome {
                     id: id.to_owned(),
                     number,
                     ok: false,
@@ -772,18 +815,28 @@ impl Inner {
                     output: String::new(),
                     reverted: false,
                     at_ms: now_ms(),
-                };
+                });
             }
         };
         let group = child.id();
         // Its output is read as it comes, so that what it wrote before a timeout is reported too.
         let stdout = tokio::spawn(read_tail(child.stdout.take()));
         let stderr = tokio::spawn(read_tail(child.stderr.take()));
-        let (ok, status) = match tokio::time::timeout(timeout, child.wait()).await {
+        let kill_group = || {
+            if let Some(pgid) = group {
+                let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pgid}")]).status();
+            }
+        };
+        let waited = tokio::select! {
+            w = tokio::time::timeout(timeout, child.wait()) => w,
+            _ = self.cancel.cancelled() => {
+                kill_group();
+                return None;
+            }
+        };
+        let (ok, status) = match waited {
             Err(_) => {
-                if let Some(pgid) = group {
-                    let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pgid}")]).status();
-                }
+                kill_group();
                 (false, format!("timed out after {timeout:?} (its process group was killed)"))
             }
             Ok(Err(e)) => (false, format!("cannot wait for {:?}: {e}", argv[0])),
@@ -807,7 +860,7 @@ impl Inner {
         let cut = text.len().saturating_sub(MAX_OUTPUT);
         let cut = (cut..=text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
         let output = text[cut..].trim_end().to_owned();
-        ReloadOutcome { id: id.to_owned(), number, ok, status, output, reverted: false, at_ms: now_ms() }
+        Some(ReloadOutcome { id: id.to_owned(), number, ok, status, output, reverted: false, at_ms: now_ms() })
     }
 }
 
