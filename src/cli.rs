@@ -604,7 +604,13 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             runtime()?.block_on(async {
                 let cancel = shutdown_token();
-                let collector = Collector::start(cfg, cancel).await?;
+                let collector = match Collector::start(cfg, cancel).await {
+                    Err(switchboard_collector::CollectorError::StoppedStarting) => {
+                        tracing::info!("collector stopped before it opened the dataset: nothing was claimed");
+                        return died();
+                    }
+                    started => started?,
+                };
                 if let Some(why) = collector.wait().await {
                     died()?;
                     anyhow::bail!(

@@ -691,3 +691,33 @@ fn a_leader_whose_claim_left_the_store_says_so() {
     }
     assert!(committing, "{name} stopped committing: {:?}\n{}", health(&g.c, &name), g.logs());
 }
+
+/// A collector asked to stop while it waits for a store that does not answer (here one that
+/// takes connections and never replies) stops at once and cleanly: it had claimed nothing.
+#[test]
+fn a_collector_stopped_while_its_store_does_not_answer_stops_cleanly() {
+    let c = Cluster::new();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let held = std::thread::spawn(move || {
+        // Hold every connection open without a word, until the test process ends.
+        let mut open = Vec::new();
+        for conn in silent.incoming().take(64) {
+            match conn {
+                Ok(s) => open.push(s),
+                Err(_) => break,
+            }
+        }
+    });
+    let data = Data::S3 { url: "s3://silent/dataset".into(), endpoint };
+    let member = start_member(&c, "c1", free_port(), &[], &data);
+    let starting = wait_until(Duration::from_secs(10), || health(&c, "c1").1["role"] == "starting");
+    assert!(starting, "{:?}\n{}", health(&c, "c1"), member.log_text());
+    std::thread::sleep(Duration::from_millis(500));
+    let stopping = Instant::now();
+    let log = member.stop_and_read_log();
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(3), "the stop took {took:?}\n{log}");
+    assert!(log.contains("stopped before it opened the dataset") && !log.contains("error:"), "{log}");
+    drop(held);
+}

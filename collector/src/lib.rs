@@ -114,6 +114,10 @@ pub enum CollectorError {
     /// The commit log could not be read at start.
     #[error("collector.data_dir: reading the commit log: {0}")]
     Log(store::StoreError),
+    /// A stop was asked before the collector had opened the dataset (a store that does not
+    /// answer is waited for): nothing was claimed, nothing is left to do.
+    #[error("stopped before the dataset was opened")]
+    StoppedStarting,
     /// The bus session could not be opened, or this collector's name is taken.
     #[error("bus: {0}")]
     Session(#[from] session::SessionError),
@@ -248,7 +252,11 @@ impl Collector {
             }
         };
         let (commit_log, mut sink) = loop {
-            match open_dataset(&config, &store, &stats).await {
+            let opened = tokio::select! {
+                _ = cancel.cancelled() => return Err(CollectorError::StoppedStarting),
+                opened = open_dataset(&config, &store, &stats) => opened,
+            };
+            match opened {
                 Ok(opened) => break opened,
                 Err(e) if e.store_unreachable() => {
                     let text = e.to_string();
@@ -263,7 +271,7 @@ impl Collector {
                     tracing::warn!("{what} at start: {why}");
                     set_problem(format!("{what}: {why}"), true);
                     tokio::select! {
-                        _ = cancel.cancelled() => return Err(e),
+                        _ = cancel.cancelled() => return Err(CollectorError::StoppedStarting),
                         _ = tokio::time::sleep(starting::RETRY) => {}
                     }
                 }
