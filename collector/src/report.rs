@@ -37,6 +37,9 @@ pub(crate) struct CollectorReport {
     pub(crate) announced: Arc<crate::intake::Announced>,
 }
 
+/// At most this many streams' watermarks and lags in `/health` (the furthest behind first).
+const HEALTH_STREAMS: usize = 1000;
+
 impl CollectorReport {
     /// Every stream's lag now (see [`Lag::now`]).
     pub(crate) fn lag(&self, st: &SinkStatus) -> BTreeMap<StreamId, Lag> {
@@ -47,11 +50,19 @@ impl CollectorReport {
 impl switchboard_bus::http::Report for CollectorReport {
     fn health(&self) -> Health {
         let st = self.status.borrow().clone();
-        let lag: BTreeMap<String, serde_json::Value> = self
-            .lag(&st)
+        // A body of one entry per stream could reach megabytes (65,536 streams): the streams
+        // furthest behind, and how many were left out.
+        let mut lags: Vec<(StreamId, Lag)> = self.lag(&st).into_iter().collect();
+        lags.sort_by(|a, b| b.1.records.cmp(&a.1.records).then_with(|| a.0.cmp(&b.0)));
+        let lag_left_out = lags.len().saturating_sub(HEALTH_STREAMS);
+        let lag: BTreeMap<String, serde_json::Value> = lags
             .iter()
+            .take(HEALTH_STREAMS)
             .map(|(k, l)| (k.to_string(), serde_json::json!({"records": l.records, "seconds": l.seconds()})))
             .collect();
+        let watermarks_left_out = st.watermarks.len().saturating_sub(HEALTH_STREAMS);
+        let watermarks: BTreeMap<String, u64> =
+            st.watermarks.iter().take(HEALTH_STREAMS).map(|(k, w)| (k.to_string(), *w)).collect();
         let group = self.group.lock().map(|g| g.clone()).unwrap_or_default();
         let mut h = Health::default();
         h.failing.extend(st.failing.clone());
@@ -73,8 +84,10 @@ impl switchboard_bus::http::Report for CollectorReport {
             "leader": group.leader,
             "last_commit_age_seconds": group.last_commit.map(|t| t.elapsed().as_secs_f64()),
             "open_files": st.open_files,
-            "watermarks": st.watermarks,
+            "watermarks": watermarks,
+            "watermarks_left_out": watermarks_left_out,
             "lag": lag,
+            "lag_left_out": lag_left_out,
             "mesh": self.mesh.health(),
         });
         if let serde_json::Value::Object(map) = details {

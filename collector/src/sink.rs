@@ -187,8 +187,11 @@ pub struct LogsSink {
     max_file_bytes: usize,
     max_file_age: Duration,
     streams: HashMap<StreamId, StreamState>,
-    /// Streams per node in `streams`, for the caps.
+    /// Streams opened by batches and heads in this run, per node and in all, for the caps:
+    /// those of the dataset (recovered at start, or committed by another writer) do not count,
+    /// so a flood of made-up names refused at the cap does not keep new nodes out for good.
     per_node: HashMap<String, usize>,
+    opened: usize,
     /// Open files by hour since the epoch.
     open: BTreeMap<i64, PartitionFile>,
     /// Files finished early to keep at most [`MAX_OPEN_FILES`] open, for the next commit.
@@ -217,10 +220,6 @@ impl LogsSink {
             .into_iter()
             .map(|(k, set)| (k, StreamState { accepted: set.clone(), committed: set, ..StreamState::default() }))
             .collect();
-        let mut per_node: HashMap<String, usize> = HashMap::new();
-        for id in streams.keys() {
-            *per_node.entry(id.node.clone()).or_default() += 1;
-        }
         Self {
             table,
             settings,
@@ -229,7 +228,8 @@ impl LogsSink {
             max_file_bytes,
             max_file_age,
             streams,
-            per_node,
+            per_node: HashMap::new(),
+            opened: 0,
             open: BTreeMap::new(),
             finished_early: Vec::new(),
             files_created: 0,
@@ -283,31 +283,30 @@ impl LogsSink {
     }
 
     /// The state of `id`, opened if the caps leave room: [`crate::MAX_STREAMS_PER_NODE`] of one
-    /// node, [`crate::MAX_STREAMS`] in all (names come from peers, and any zenoh client may
-    /// publish under a node name of its own). `None` (refused, counted) past them.
+    /// node, [`crate::MAX_STREAMS`] in all, opened in this run (names come from peers, and any
+    /// zenoh client may publish under a node name of its own). `None` (refused, counted) past them.
     fn open_stream(&mut self, id: &StreamId) -> Option<&mut StreamState> {
         if !self.streams.contains_key(id) {
             let of_node = self.per_node.get(&id.node).copied().unwrap_or(0);
             if of_node >= crate::MAX_STREAMS_PER_NODE {
                 refuse(
                     Reason::StreamsTooMany,
-                    format_args!("{id}: node {} already has {} streams", id.node, crate::MAX_STREAMS_PER_NODE),
+                    format_args!("{id}: node {} already opened {} streams", id.node, crate::MAX_STREAMS_PER_NODE),
                 );
                 return None;
             }
-            if self.streams.len() >= crate::MAX_STREAMS {
-                refuse(Reason::StreamsTooMany, format_args!("{id}: {} streams are open in all", crate::MAX_STREAMS));
+            if self.opened >= crate::MAX_STREAMS {
+                refuse(Reason::StreamsTooMany, format_args!("{id}: {} streams were opened in all", crate::MAX_STREAMS));
                 return None;
             }
+            *self.per_node.entry(id.node.clone()).or_default() += 1;
+            self.opened += 1;
         }
         Some(self.known_stream(id))
     }
 
     /// The state of `id`, which is in the dataset already (committed here or by another writer).
     fn known_stream(&mut self, id: &StreamId) -> &mut StreamState {
-        if !self.streams.contains_key(id) {
-            *self.per_node.entry(id.node.clone()).or_default() += 1;
-        }
         self.streams.entry(id.clone()).or_default()
     }
 
@@ -944,6 +943,12 @@ mod tests {
         let rec = recover(&dir.path().join("logs")).unwrap();
         assert_eq!(rec.committed.len(), crate::MAX_STREAMS_PER_NODE + 1, "gw's first streams and gw2's");
         assert_eq!(rec.committed[&StreamId::log("gw", "s0")].ranges(), &[(0, 1)], "known streams go on");
+        // The streams of the dataset do not count against the cap of a collector started on it.
+        let (mut again, _) = sink(dir.path(), 1 << 30);
+        again.handle(&StreamId::log("gw", "new"), &one, false);
+        again.commit_standalone(true);
+        let rec = recover(&dir.path().join("logs")).unwrap();
+        assert_eq!(rec.committed[&StreamId::log("gw", "new")].ranges(), &[(0, 0)], "a new stream after a restart");
     }
 
     #[test]
