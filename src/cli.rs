@@ -561,8 +561,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Agent { config, check } => {
             init_tracing(log, "info", true);
             let cfg = AgentConfig::load(&config)?;
-            let idle = cfg.idle_warning();
+            let warnings = cfg.warnings();
             if check {
+                switchboard_bus::config::check_dir("agent.data_dir", &cfg.agent.data_dir)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
                 check_tls(&cfg.bus, switchboard_bus::tls::IdRole::Agent)
                     .with_context(|| config.display().to_string())?;
                 if let Some(group) = &cfg.gateway.socket_group {
@@ -575,12 +577,12 @@ pub fn run(cli: Cli) -> Result<()> {
                         .with_context(|| format!("{}: cluster_config.dir", config.display()))?;
                 }
                 out!("{}: ok ({} sources)", config.display(), cfg.sources.len());
-                for w in idle.as_deref().into_iter().chain(cfg.bus.unreachable_warning()) {
+                for w in warnings.iter().map(String::as_str).chain(cfg.bus.unreachable_warning()) {
                     out!("warning: {w}");
                 }
                 return Ok(());
             }
-            if let Some(w) = &idle {
+            for w in &warnings {
                 tracing::warn!("{w}");
             }
             runtime()?.block_on(async {
@@ -596,6 +598,7 @@ pub fn run(cli: Cli) -> Result<()> {
             if check {
                 check_tls(&cfg.bus, switchboard_bus::tls::IdRole::Collector)
                     .with_context(|| config.display().to_string())?;
+                cfg.collector.check_store().map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
                 out!("{}: ok", config.display());
                 if let Some(w) = cfg.bus.unreachable_warning() {
                     out!("warning: {w}");

@@ -316,6 +316,30 @@ fn config_mistakes_are_said_once_and_plainly() {
     let (ok, out, _) = run("[bus]\nnode = \"gw1\"\n", true);
     assert!(ok);
     assert!(out.contains("warning: no [[source]] is configured"), "{out}");
+    // A setting no longer used is said, not taken in silence.
+    let (ok, out, _) = run("[bus]\nnode = \"gw1\"\n[limits]\nresync_ms = 0\n", true);
+    assert!(ok && out.contains("warning: limits.resync_ms is no longer used"), "{out}");
+    // What the start would refuse, --check refuses: a data_dir under a file.
+    let file = dir.path().join("app.log");
+    std::fs::write(&file, "x").unwrap();
+    let under_file = format!("[bus]\nnode = \"gw1\"\n[agent]\ndata_dir = \"{}/sub\"\n", file.display());
+    let (ok, _, err) = run(&under_file, true);
+    assert!(!ok && err.contains("agent.data_dir") && err.contains("is not a directory"), "{err}");
+    let collector_check = |text: &str| {
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(&cfg, text).unwrap();
+        let out = std::process::Command::new(common::BIN)
+            .args(["collector", "--config", cfg.to_str().unwrap(), "--check"])
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, err) =
+        collector_check(&format!("[bus]\nnode = \"c1\"\n[collector]\ndata_dir = \"{}/data\"\n", file.display()));
+    assert!(!ok && err.contains("collector.data_dir") && err.contains("is not a directory"), "{err}");
+    let plain_http = "[bus]\nnode = \"c1\"\n[collector]\ndata_dir = \"s3://bucket/x\"\n[collector.store]\nendpoint = \"http://127.0.0.1:9\"\n";
+    let (ok, err) = collector_check(plain_http);
+    assert!(!ok && err.contains("is plain http") && err.contains("allow_http"), "{err}");
 
     // A running agent's log, written to a file: plain text, no zenoh start-up warning.
     let c = Cluster::new();

@@ -365,6 +365,20 @@ pub fn check_program(key: &str, program: &str) -> Result<(), String> {
     }
 }
 
+/// Check that directory setting `key` (`path`) is a directory or can be made one: the nearest
+/// part of it that exists must be a directory. Nothing is written; the error names the setting.
+pub fn check_dir(key: &str, path: &Path) -> Result<(), String> {
+    let mut at = Some(path);
+    while let Some(p) = at {
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_dir() => return Ok(()),
+            Ok(_) => return Err(format!("{key} = {:?}: {} is not a directory", path.display(), p.display())),
+            Err(_) => at = p.parent().filter(|parent| !parent.as_os_str().is_empty()),
+        }
+    }
+    Ok(())
+}
+
 /// The link protocols this build speaks: plain TCP, and TLS or QUIC (both with certificates).
 pub const PROTOCOLS: [&str; 3] = ["tcp", "tls", "quic"];
 
@@ -498,6 +512,19 @@ pub fn advertised(listen: &[String], connect: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_setting_under_a_file_is_refused_without_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("app.log");
+        std::fs::write(&file, "x").unwrap();
+        assert!(check_dir("agent.data_dir", &dir.path().join("new/deeper")).is_ok());
+        assert!(check_dir("agent.data_dir", dir.path()).is_ok());
+        let err = check_dir("agent.data_dir", &file.join("sub")).unwrap_err();
+        assert!(err.contains("agent.data_dir") && err.contains("app.log is not a directory"), "{err}");
+        assert!(check_dir("agent.data_dir", &file).is_err());
+        assert!(!dir.path().join("new").exists(), "nothing is made");
+    }
 
     #[test]
     fn endpoints_others_can_reach_and_remembered_ones_are_checked() {

@@ -196,6 +196,28 @@ impl CollectorSettings {
             .map_err(|e| CollectorConfigError::Invalid(format!("collector.data_dir: {e}")))
     }
 
+    /// What `--check` can tell of the dataset's store without reaching it or writing: a local
+    /// `data_dir` (and `spool_dir`) that is a directory or can be made one; an S3 client that
+    /// can be built from `[collector.store]` and the environment (a plain-http endpoint needs
+    /// `allow_http`).
+    pub fn check_store(&self) -> Result<(), CollectorConfigError> {
+        use switchboard_bus::dataset::Location;
+        let invalid = CollectorConfigError::Invalid;
+        match self.location()? {
+            Location::Local(root) => {
+                switchboard_bus::config::check_dir("collector.data_dir", &root).map_err(invalid)?
+            }
+            Location::S3 { bucket, .. } => {
+                switchboard_bus::dataset::s3_store(&bucket, &self.store)
+                    .map_err(|e| invalid(format!("collector.data_dir: {e}")))?;
+            }
+        }
+        if let Some(spool) = &self.spool_dir {
+            switchboard_bus::config::check_dir("collector.spool_dir", spool).map_err(invalid)?;
+        }
+        Ok(())
+    }
+
     /// `max_file_age_ms` as a duration.
     pub fn max_file_age(&self) -> Duration {
         Duration::from_millis(self.max_file_age_ms)

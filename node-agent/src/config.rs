@@ -238,15 +238,26 @@ impl AgentConfig {
         switchboard_bus::config::load_file(path, Self::validate)
     }
 
-    /// A warning for a config that tails no log file (the agent then only serves limits, DLRs
-    /// and metrics, which may be a mistake); `None` when it has sources.
-    pub fn idle_warning(&self) -> Option<String> {
-        self.sources.is_empty().then(|| {
-            "no [[source]] is configured: this agent tails no log file and only serves limits, DLRs \
-             and metrics; add a [[source]] table (see docs/config/agent.toml) if its gateway's logs \
-             should reach the dataset"
-                .to_owned()
-        })
+    /// What in this config is likely a mistake, but does not stop the agent: no `[[source]]`
+    /// (the agent then only serves limits, DLRs and metrics), a setting no longer used.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.sources.is_empty() {
+            out.push(
+                "no [[source]] is configured: this agent tails no log file and only serves limits, DLRs \
+                 and metrics; add a [[source]] table (see docs/config/agent.toml) if its gateway's logs \
+                 should reach the dataset"
+                    .to_owned(),
+            );
+        }
+        if self.limits.resync_ms.is_some() {
+            out.push(
+                "limits.resync_ms is no longer used and has no effect: the limits follow the configuration \
+                 repository (cluster_config.resync_ms); remove it"
+                    .to_owned(),
+            );
+        }
+        out
     }
 
     /// Check everything that can be checked before starting.

@@ -26,9 +26,10 @@ pub struct LimitsSettings {
     #[serde(default = "default_silent_hold_ms")]
     pub silent_hold_ms: u64,
     /// No longer used: the limits come from the configuration repository, whose
-    /// `cluster_config.resync_ms` catches nodes up. Accepted so that existing files load.
-    #[serde(default = "default_resync_ms", skip_serializing)]
-    pub resync_ms: u64,
+    /// `cluster_config.resync_ms` catches nodes up. Accepted so that existing files load, with
+    /// a warning ([`AgentConfig::warnings`](crate::config::AgentConfig::warnings)).
+    #[serde(default, skip_serializing)]
+    pub resync_ms: Option<u64>,
     /// Moved to `gateway.socket` (the socket serves DLRs too); set here, it is refused with a
     /// message that says so.
     #[serde(default, skip_serializing)]
@@ -47,9 +48,6 @@ fn default_limits_interval_ms() -> u64 {
 fn default_silent_hold_ms() -> u64 {
     30_000
 }
-fn default_resync_ms() -> u64 {
-    5000
-}
 
 impl Default for LimitsSettings {
     fn default() -> Self {
@@ -57,7 +55,7 @@ impl Default for LimitsSettings {
             enabled: true,
             interval_ms: default_limits_interval_ms(),
             silent_hold_ms: default_silent_hold_ms(),
-            resync_ms: default_resync_ms(),
+            resync_ms: None,
             socket: None,
             socket_group: None,
             record_decisions: true,
