@@ -38,18 +38,7 @@ fn collector_killed_repeatedly_while_agents_write() {
         collector = c.start_collector();
     }
     std::thread::sleep(Duration::from_millis(500));
-    let (na, nb) = (wa.stop(), wb.stop());
-    let total = na + nb;
-    let ok = wait_until(DEADLINE, || count_logs(&c.dataset()) >= total);
-    assert!(ok, "dataset holds {} of {total}\n{}", count_logs(&c.dataset()), collector.log_text());
-    for a in agents {
-        a.stop();
-    }
-    collector.stop();
-    let rows = read_logs(&c.dataset());
-    assert_exactly_once(&rows);
-    assert_lines(&rows, "gw-a", na);
-    assert_lines(&rows, "gw-b", nb);
+    finish_two(&c, [wa, wb], agents, collector, || {});
     assert!(collector_log_mentions(&c, "gap detected"), "the test should have needed a replay");
     eprintln!("uncommitted files left by the kills: {leftovers}");
     assert_eq!(tmp_files(&c.dataset()), 0, "a restarted collector removes what a killed one left");
@@ -122,8 +111,8 @@ fn collector_hung_past_the_lease_then_resumed() {
     let c = Cluster::new();
     let collector = c.start_collector();
     let agents = [c.start_agent("gw-a", "plain"), c.start_agent("gw-b", "plain")];
-    let wa = Writer::start("gw-a", c.logs_dir("gw-a").join("app.log"), 200, usize::MAX, |_, _| {});
-    let wb = Writer::start("gw-b", c.logs_dir("gw-b").join("app.log"), 200, usize::MAX, |_, _| {});
+    let wa = Writer::start("gw-a", c.logs_dir("gw-a").join("app.log"), 20, usize::MAX, |_, _| {});
+    let wb = Writer::start("gw-b", c.logs_dir("gw-b").join("app.log"), 20, usize::MAX, |_, _| {});
     std::thread::sleep(Duration::from_millis(1500));
     eprintln!("SIGSTOP collector (pid {})", collector.pid());
     common::signal(collector.pid(), "-STOP");
@@ -133,13 +122,21 @@ fn collector_hung_past_the_lease_then_resumed() {
     common::signal(collector.pid(), "-CONT");
     assert!(seen_gone, "gw-a should say no collector is alive\n{}", c.http_get("gw-a", "/health").1);
     std::thread::sleep(Duration::from_millis(1500));
+    finish_two(&c, [wa, wb], agents, collector, || {
+        let back =
+            wait_until(Duration::from_secs(15), || !c.http_get("gw-a", "/health").1.contains("no collector is alive"));
+        assert!(back, "gw-a should see the collector again\n{}", c.http_get("gw-a", "/health").1);
+    });
+}
+
+/// Stop the writers of gw-a and gw-b, wait until the dataset holds every line they wrote, run
+/// `before_stop`, stop the processes and check that each line is there exactly once.
+fn finish_two(c: &Cluster, [wa, wb]: [Writer; 2], agents: [Proc; 2], collector: Proc, before_stop: impl FnOnce()) {
     let (na, nb) = (wa.stop(), wb.stop());
     let total = na + nb;
     let ok = wait_until(DEADLINE, || count_logs(&c.dataset()) >= total);
     assert!(ok, "dataset holds {} of {total}\n{}", count_logs(&c.dataset()), collector.log_text());
-    let back =
-        wait_until(Duration::from_secs(15), || !c.http_get("gw-a", "/health").1.contains("no collector is alive"));
-    assert!(back, "gw-a should see the collector again\n{}", c.http_get("gw-a", "/health").1);
+    before_stop();
     for a in agents {
         a.stop();
     }

@@ -132,6 +132,9 @@ impl Proc {
 
     /// SIGTERM, then wait up to 20 s for a clean exit; panics (with the process log) otherwise.
     pub fn stop(mut self) {
+        // A process takes SIGTERM as a stop once it has installed its handler, before its first
+        // log line; one stopped sooner (a loaded host starting it slowly) would die of it.
+        wait_until(Duration::from_secs(5), || std::fs::metadata(&self.log).is_ok_and(|m| m.len() > 0));
         let mut child = self.child.take().unwrap();
         let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
         let start = Instant::now();
