@@ -105,6 +105,9 @@ pub enum SpecError {
         "limit {0:?}: a burst of 0 would let no request pass; the smallest is 1 (leave it out for 1% of the rate)"
     )]
     ZeroBurst(String),
+    /// A rate, burst or concurrency above [`MAX_VALUE`].
+    #[error("limit {0:?}: {1} = {2} is more than the largest, {MAX_VALUE} (leave a key out to leave it unlimited)")]
+    TooLarge(String, &'static str, u64),
     /// A revision number too far above the highest known.
     #[error("revision {got} is more than {} above the highest known ({known})", revision::MAX_STEP)]
     Jump {
@@ -117,6 +120,9 @@ pub enum SpecError {
 
 /// Longest limit key, in bytes.
 pub const MAX_KEY_BYTES: usize = 512;
+/// Largest rate, burst or concurrency: a billion (per second, a rate far past what one node
+/// decides), so that the shares' arithmetic stays far from the 64-bit bounds.
+pub const MAX_VALUE: u64 = 1_000_000_000;
 /// Most limits in one revision.
 pub const MAX_LIMITS: usize = 100_000;
 /// Most concrete keys a node holds state for at once. The coordination walks every key each
@@ -145,6 +151,11 @@ impl LimitSpec {
         }
         if self.burst == Some(0) {
             return Err(SpecError::ZeroBurst(self.key.clone()));
+        }
+        for (field, value) in [("rate", self.rate), ("burst", self.burst), ("concurrency", self.concurrency)] {
+            if let Some(v) = value.filter(|v| *v > MAX_VALUE) {
+                return Err(SpecError::TooLarge(self.key.clone(), field, v));
+            }
         }
         match (self.rate, self.concurrency) {
             (Some(_), None) => Ok(()),
@@ -929,6 +940,12 @@ mod tests {
         no_burst.burst = Some(0);
         assert_eq!(Limiter::new(vec![no_burst]).err(), Some(SpecError::ZeroBurst("b".into())));
         assert_eq!(Limiter::new(vec![rate("a b", 1)]).err(), Some(SpecError::KeyCharacters("a b".into())));
+        assert!(Limiter::new(vec![rate("big", MAX_VALUE)]).is_ok());
+        let huge = LimitSpec { key: "h".into(), rate: None, per: None, concurrency: Some(u64::MAX), burst: None };
+        assert_eq!(Limiter::new(vec![huge]).err(), Some(SpecError::TooLarge("h".into(), "concurrency", u64::MAX)));
+        let mut huge_burst = rate("hb", 5);
+        huge_burst.burst = Some(MAX_VALUE + 1);
+        assert_eq!(Limiter::new(vec![huge_burst]).err(), Some(SpecError::TooLarge("hb".into(), "burst", MAX_VALUE + 1)));
     }
 
     #[test]

@@ -630,12 +630,15 @@ fn my_slots(
         let asks = demands.get(name).is_some_and(|d| *d > 0.0);
         remainders.push((asks, exact - whole as f64, name));
     }
-    let given: u64 = alloc.values().sum();
+    // Whole slots of shares summing to 1 (a limit is at most `MAX_VALUE`): the sums stay far
+    // below the 64-bit bound; saturating all the same.
+    let given = alloc.values().fold(0u64, |a, b| a.saturating_add(*b));
     remainders.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.total_cmp(&a.1)).then(a.2.cmp(b.2)));
     for (_, _, name) in remainders.into_iter().take(max.saturating_sub(given) as usize) {
         *alloc.entry(name).or_default() += 1;
     }
-    let others: u64 = alloc.iter().filter(|(n, _)| **n != node).map(|(n, a)| (*a).max(claimed(n))).sum();
+    let others =
+        alloc.iter().filter(|(n, _)| **n != node).map(|(n, a)| (*a).max(claimed(n))).fold(0u64, u64::saturating_add);
     alloc.get(node).copied().unwrap_or(0).min(max.saturating_sub(others))
 }
 

@@ -182,7 +182,9 @@ impl LimitsService {
         };
         let (view_tx, peers) = watch::channel(BTreeMap::new());
         // Demand reports begin once this node is live (peers refuse them before).
-        tracker.spawn(crate::once_announced(
+        // A coordinator that died would leave every share where it was, the others' held for
+        // good: the process stops instead (`vital`).
+        let coordinator = tokio::spawn(crate::once_announced(
             announced.clone(),
             coord::run(
                 session.clone(),
@@ -195,6 +197,7 @@ impl LimitsService {
                 cancel.clone(),
             ),
         ));
+        switchboard_bus::vital::watch(tracker, "the limits coordinator".into(), coordinator, cancel.clone());
         if l.record_decisions {
             let recorder = record::Recorder::new(dir, limiter.clone());
             tracker.spawn(recorder.run(cancel.clone()));
