@@ -365,13 +365,19 @@ pub fn check_program(key: &str, program: &str) -> Result<(), String> {
     }
 }
 
-/// Check that directory setting `key` (`path`) is a directory or can be made one: the nearest
-/// part of it that exists must be a directory. Nothing is written; the error names the setting.
+/// Check that directory setting `key` (`path`) is a directory this process may write in, or
+/// can be made one: the nearest part of it that exists must be a directory it may write in.
+/// Nothing is written; the error names the setting.
 pub fn check_dir(key: &str, path: &Path) -> Result<(), String> {
+    use rustix::fs::{access, Access};
     let mut at = Some(path);
     while let Some(p) = at {
         match std::fs::metadata(p) {
-            Ok(m) if m.is_dir() => return Ok(()),
+            Ok(m) if m.is_dir() => {
+                return access(p, Access::WRITE_OK | Access::EXEC_OK).map_err(|e| {
+                    format!("{key} = {:?}: {} is not writable by this process: {e}", path.display(), p.display())
+                });
+            }
             Ok(_) => return Err(format!("{key} = {:?}: {} is not a directory", path.display(), p.display())),
             Err(_) => at = p.parent().filter(|parent| !parent.as_os_str().is_empty()),
         }
@@ -513,6 +519,13 @@ pub fn advertised(listen: &[String], connect: &[String]) -> Vec<String> {
 mod tests {
     use super::*;
 
+    /// This process's effective uid, from `/proc/self/status`.
+    fn effective_uid() -> u32 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap_or_default();
+        uid.split_whitespace().nth(1).and_then(|u| u.parse().ok()).unwrap_or(0)
+    }
+
     #[test]
     fn a_directory_setting_under_a_file_is_refused_without_writing() {
         let dir = tempfile::tempdir().unwrap();
@@ -524,6 +537,14 @@ mod tests {
         assert!(err.contains("agent.data_dir") && err.contains("app.log is not a directory"), "{err}");
         assert!(check_dir("agent.data_dir", &file).is_err());
         assert!(!dir.path().join("new").exists(), "nothing is made");
+        // (Run as root, the tests cannot see a directory they may not write in.)
+        if effective_uid() != 0 {
+            let locked = dir.path().join("locked");
+            std::fs::create_dir(&locked).unwrap();
+            std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o555)).unwrap();
+            let err = check_dir("agent.data_dir", &locked.join("sub")).unwrap_err();
+            assert!(err.contains("is not writable"), "{err}");
+        }
     }
 
     #[test]

@@ -472,9 +472,14 @@ impl Collector {
             let cancel = cancel.clone();
             move || intake.run(cancel)
         });
+        let stopping = cancel.is_cancelled();
         switchboard_bus::vital::watch(&tracker, "the collector's intake thread".into(), intake, cancel);
         tracker.close();
-        tracing::info!(%name, "collector started");
+        if stopping {
+            tracing::info!(%name, "collector stopping as it starts: a stop was asked while it joined the group");
+        } else {
+            tracing::info!(%name, "collector started");
+        }
         joined.keep();
         Ok(Self { stats, tracker, session, links, token })
     }
