@@ -257,3 +257,35 @@ fn hostile_lines_arrive_flagged_and_bounded() {
     assert!(!rows[3].truncated);
     assert_exactly_once(&rows);
 }
+
+/// A node rebuilt empty whose source reads from the end finds new lines only: they are numbered
+/// on above what the collector holds of the stream from the node's earlier life, not again from
+/// 0 (where the collector would drop them as duplicates).
+#[test]
+fn a_source_read_from_its_end_on_a_node_rebuilt_empty_numbers_on() {
+    let c = Cluster::new();
+    let collector = c.start_collector();
+    let file = c.logs_dir("gw").join("x.log");
+    append(&file, std::iter::once("before the first start".to_owned()));
+    let tailing = |p: &Proc| wait_until(DEADLINE, || p.log_text().contains("tailing file"));
+    let agent = c.start_agent_with("gw", "plain", &[], "start_at = \"end\"");
+    assert!(tailing(&agent), "{}", agent.log_text());
+    append(&file, (0..10).map(|i| format!("first life {i}")));
+    assert!(wait_until(DEADLINE, || count_logs(&c.dataset()) >= 10), "{}", agent.log_text());
+    agent.stop();
+    std::fs::remove_dir_all(c.agent_state("gw")).unwrap();
+    let agent = c.start_agent_with("gw", "plain", &[], "start_at = \"end\"");
+    let numbered_on = wait_until(Duration::from_secs(20), || {
+        agent.log_text().contains("holds stream gw/log/app up to 9 from an earlier life")
+    });
+    assert!(numbered_on && tailing(&agent), "{}", agent.log_text());
+    append(&file, (0..10).map(|i| format!("second life {i}")));
+    assert!(wait_until(DEADLINE, || count_logs(&c.dataset()) >= 20), "{}", agent.log_text());
+    agent.stop();
+    collector.stop();
+    let mut rows = read_logs(&c.dataset());
+    rows.sort_by_key(|r| r.seq);
+    assert_exactly_once(&rows);
+    let second: Vec<i64> = rows.iter().filter(|r| r.message.starts_with("second life")).map(|r| r.seq).collect();
+    assert_eq!(second, (10..20).collect::<Vec<i64>>());
+}

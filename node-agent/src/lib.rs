@@ -280,6 +280,14 @@ impl Agent {
             interval: Duration::from_millis(config.agent.checkpoint_interval_ms),
             stats: stats.clone(),
             membership: membership.clone(),
+            numbered_on: config
+                .sources
+                .iter()
+                .filter(|s| {
+                    switchboard_bus::tables::internal_of(&s.name).is_some() || s.start_at == source_config::StartAt::End
+                })
+                .map(|s| s.name.clone())
+                .collect(),
         };
         tracker.spawn(acks.run(self_ack_rx, cancel.clone()));
         // Heads and demand reports name this node, and peers refuse them from a node that is not

@@ -231,13 +231,28 @@ pub(crate) struct AckTask {
     pub(crate) stats: Arc<AgentStats>,
     /// The live collectors: only one of them can raise the epoch watermarks are held to.
     pub(crate) membership: Membership,
+    /// Sources whose lines after an emptied `data_dir` are new ones, not the same lines read
+    /// again: the agent's own records, and log sources read from their end (`start_at = "end"`).
+    /// A watermark ahead of such a fresh journal numbers it on above the earlier life's.
+    pub(crate) numbered_on: std::collections::HashSet<String>,
 }
 
 impl AckTask {
     /// Run until `cancel` fires; `self_acks` carries acknowledgements the publisher makes itself
     /// when acknowledgements are off.
     pub(crate) async fn run(self, mut self_acks: mpsc::UnboundedReceiver<(String, u64)>, cancel: CancellationToken) {
-        let AckTask { session, keys, node, journals, mut checkpoint, data_dir, interval, stats, membership } = self;
+        let AckTask {
+            session,
+            keys,
+            node,
+            journals,
+            mut checkpoint,
+            data_dir,
+            interval,
+            stats,
+            membership,
+            numbered_on,
+        } = self;
         let subscriber = match keys.watermarks_for(&node) {
             Ok(k) => match session.declare_subscriber(k).await {
                 Ok(s) => s,
@@ -301,13 +316,14 @@ impl AckTask {
                         }
                     }
                     // Never past what this agent journaled: that would drop lines no collector
-                    // has. The agent's own files are new after its data_dir was emptied, so a
-                    // collector that holds more of one of their streams holds the node's earlier
-                    // life: it is numbered on above that (`own_skip`). Any other stream ahead is
+                    // has. The agent's own files, and what a source read from the end finds, are
+                    // new after its data_dir was emptied, so a collector that holds more of one
+                    // of their streams holds the node's earlier life: it is numbered on above
+                    // that (`own_skip`, `numbered_on`). Any other stream ahead is
                     // refused alone, so that it does not stop the others' acknowledgements; a
                     // document with nothing but such streams is refused whole, its epoch too.
                     let is_ahead = |w: u64, head: u64| w.checked_add(1).is_none_or(|next| next > head);
-                    let own_skip = |name: &str, w: u64| switchboard_bus::tables::internal_of(name).is_some() && w < MAX_SKIP_TO;
+                    let own_skip = |name: &str, w: u64| numbered_on.contains(name) && w < MAX_SKIP_TO;
                     // Per stream journaled here: whether it is refused as ahead, and why.
                     let journaled: Vec<(bool, String)> = marks
                         .streams

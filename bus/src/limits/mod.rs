@@ -945,7 +945,10 @@ mod tests {
         assert_eq!(Limiter::new(vec![huge]).err(), Some(SpecError::TooLarge("h".into(), "concurrency", u64::MAX)));
         let mut huge_burst = rate("hb", 5);
         huge_burst.burst = Some(MAX_VALUE + 1);
-        assert_eq!(Limiter::new(vec![huge_burst]).err(), Some(SpecError::TooLarge("hb".into(), "burst", MAX_VALUE + 1)));
+        assert_eq!(
+            Limiter::new(vec![huge_burst]).err(),
+            Some(SpecError::TooLarge("hb".into(), "burst", MAX_VALUE + 1))
+        );
     }
 
     #[test]
