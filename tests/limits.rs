@@ -38,6 +38,44 @@ fn wait_for_view(c: &Cluster, node: &str, n: usize, revision: u64) {
     assert!(ok, "{node} never saw {n} live nodes on revision {revision}: {:?}", c.http_get(node, "/v1/limits"));
 }
 
+/// Three nodes asking once a second each, out of step, under a limit of 5/s with a burst of 1:
+/// 3/s in all, well below it. A node that asks now and then must read as asking (its demand is
+/// its average between requests), not as idle with the floor share (5 × 0.02 = one request
+/// every 10 s), which refused most of them.
+#[test]
+fn nodes_asking_now_and_then_below_a_small_limit_are_admitted() {
+    let _one_at_a_time = measuring();
+    let c = Cluster::new();
+    let _collector = c.start_collector();
+    let a = c.start_limits_agent("a", std::slice::from_ref(&c.endpoint), "", "");
+    let b = c.start_limits_agent("b", &[c.endpoint.clone(), a.endpoint()], "", "");
+    let cc = c.start_limits_agent("c", &[c.endpoint.clone(), a.endpoint(), b.endpoint()], "", "");
+    wait_healthy(&c, &["a", "b", "c"]);
+    c.set_limits(&a.endpoint(), "[[limit]]\nkey = \"sparse\"\nrate = 5\nburst = 1\n", "small");
+    for n in ["a", "b", "c"] {
+        wait_for_view(&c, n, 3, 1);
+    }
+    let mut loads = Vec::new();
+    for n in ["a", "b", "c"] {
+        loads.push(Load::start(c.socket(n), "sparse", 1));
+        std::thread::sleep(Duration::from_millis(330));
+    }
+    std::thread::sleep(Duration::from_secs(15));
+    let (allowed, asked): (Vec<usize>, Vec<u64>) = loads
+        .into_iter()
+        .map(|l| {
+            let asked = l.asked.clone();
+            let n = l.stop();
+            (n, asked.load(std::sync::atomic::Ordering::Relaxed))
+        })
+        .unzip();
+    let (allowed_all, asked_all) = (allowed.iter().sum::<usize>() as u64, asked.iter().sum::<u64>());
+    eprintln!("allowed {allowed:?} of asked {asked:?}");
+    // The first request of each node may meet a share not yet split by its demand.
+    assert!(allowed_all + 3 >= asked_all, "allowed {allowed:?} of asked {asked:?}");
+    drop((a, b, cc));
+}
+
 #[test]
 fn skewed_and_shifting_demand_stays_within_the_limit_and_every_decision_reaches_the_limits_table() {
     let _one_at_a_time = measuring();

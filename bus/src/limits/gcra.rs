@@ -59,10 +59,23 @@ impl Gcra {
         self.interval_ns.load(Ordering::Relaxed) == u64::MAX
     }
 
-    /// Change the rate (and burst); takes effect for the next decision.
-    pub fn set(&self, interval_ns: u64, burst: u64) {
-        self.interval_ns.store(interval_ns, Ordering::Relaxed);
+    /// Change the rate (and burst) at `now_ns`; takes effect for the next decision. The units
+    /// owed (the theoretical arrival time's lead on `now_ns`, in intervals) are kept and paid at
+    /// the new rate: a unit admitted while the rate was low (a node's share at its floor for a
+    /// moment) would otherwise hold the old interval's lead long after the rate rose again.
+    pub fn set(&self, interval_ns: u64, burst: u64, now_ns: u64) {
+        let old = self.interval_ns.swap(interval_ns, Ordering::Relaxed);
         self.burst.store(burst.max(1), Ordering::Relaxed);
+        if old == interval_ns || old == u64::MAX || interval_ns == u64::MAX || old == 0 {
+            return;
+        }
+        let tat = self.tat.load(Ordering::Relaxed);
+        let Some(lead) = tat.checked_sub(now_ns).filter(|l| *l > 0) else { return };
+        // lead × new / old, in 128 bits: no overflow, and a lead never grows past the new
+        // interval's count of the units owed.
+        let scaled = (u128::from(lead) * u128::from(interval_ns) / u128::from(old)).min(u128::from(u64::MAX)) as u64;
+        // A decision that moved it meanwhile counted at the new interval already: keep it.
+        let _ = self.tat.compare_exchange(tat, now_ns.saturating_add(scaled), Ordering::AcqRel, Ordering::Relaxed);
     }
 
     /// Whether the bucket is full at `now_ns` (no units owed): a fresh state would decide the
@@ -176,10 +189,26 @@ mod tests {
     #[test]
     fn rate_changes_apply_at_once_and_zero_denies() {
         let g = Gcra::new(10 * MS, 1);
-        g.set(Gcra::interval_for(0.0, S), 1);
+        g.set(Gcra::interval_for(0.0, S), 1, 0);
         assert_eq!(g.try_acquire(1, S), RateDecision::Denied { retry_after_ns: u64::MAX });
-        g.set(MS, 1);
+        g.set(MS, 1, S);
         assert_eq!(g.try_acquire(1, 2 * S), RateDecision::Allowed);
+    }
+
+    #[test]
+    fn a_unit_taken_at_a_low_rate_is_paid_at_the_new_one() {
+        // 1 unit per 10 s: one passes, and the next owes 10 s.
+        let g = Gcra::new(10 * S, 1);
+        assert_eq!(g.try_acquire(1, S), RateDecision::Allowed);
+        assert!(matches!(g.try_acquire(1, S + 1), RateDecision::Denied { .. }));
+        // The rate rises to 1 per 500 ms half a second later: what is owed is 9.5 s of 10 s,
+        // 0.95 of a unit, now 475 ms.
+        g.set(500 * MS, 1, S + 500 * MS);
+        assert_eq!(g.try_acquire(1, S + 500 * MS + 475 * MS), RateDecision::Allowed);
+        // And falling, the lead grows with it (a unit at 500 ms owed, now at 1 s: 1 s).
+        g.set(S, 1, S + 975 * MS);
+        assert!(matches!(g.try_acquire(1, S + 975 * MS + 990 * MS), RateDecision::Denied { .. }));
+        assert_eq!(g.try_acquire(1, S + 975 * MS + S), RateDecision::Allowed);
     }
 
     #[test]

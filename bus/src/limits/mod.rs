@@ -639,7 +639,7 @@ impl Limiter {
         let Ok(mut t) = self.table.write() else { return };
         t.shares.insert(key.into(), share);
         if let Some(state) = t.states.get(key).cloned() {
-            apply_share(&t.specs, &state, share);
+            apply_share(&t.specs, &state, share, self.now_ns());
         }
     }
 
@@ -764,13 +764,13 @@ fn make_state(spec: &LimitSpec, idx: usize, share: f64) -> State {
     }
 }
 
-fn apply_share(specs: &[LimitSpec], state: &State, share: f64) {
+fn apply_share(specs: &[LimitSpec], state: &State, share: f64, now_ns: u64) {
     match state {
         State::Rate { gcra, .. } => {
             let Some(s) = specs.get(state.spec()) else { return };
             let per = s.per.unwrap_or(Per::Second).nanos();
             let burst = s.burst_of_share(share);
-            gcra.set(Gcra::interval_for(s.rate.unwrap_or(0) as f64 * share, per), burst);
+            gcra.set(Gcra::interval_for(s.rate.unwrap_or(0) as f64 * share, per), burst, now_ns);
         }
         State::Slots { slots, .. } => {
             let Some(s) = specs.get(state.spec()) else { return };

@@ -125,17 +125,29 @@ pub fn share_of(node: &str, demands: &BTreeMap<String, f64>) -> f64 {
     floor + (1.0 - floor * n as f64) * mine / total
 }
 
-/// Smoothed demand: an exponentially weighted moving average of units asked per second.
+/// Smoothed demand: units asked per second. A fast exponentially weighted moving average (half
+/// of it the newest interval) follows a burst within an interval or two; below
+/// [`Demand::SPARSE`] a slow one (over about [`Demand::SLOW_SECS`]) speaks for it too, so a node
+/// that asks now and then (once a second, say) reads as its average rate between its requests.
+/// With the fast one alone such a node read as idle most of the time, got the floor share, and
+/// was refused well below the limit; a node whose demand falls from a high rate is not held up
+/// by the slow one beyond [`Demand::SPARSE`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Demand {
-    rate: f64,
+    fast: f64,
+    slow: f64,
     last_count: u64,
     primed: bool,
 }
 
 impl Demand {
-    /// Weight of the newest interval.
+    /// Weight of the newest interval in the fast average.
     const ALPHA: f64 = 0.5;
+    /// Time constant of the slow average, in seconds.
+    pub const SLOW_SECS: f64 = 1.0;
+    /// Up to this rate (units per second: fewer than one per 100 ms interval) the slow average
+    /// counts as demand.
+    pub const SPARSE: f64 = 10.0;
     /// A smoothed rate below this (units per second) is none.
     const IDLE: f64 = 1e-3;
 
@@ -146,19 +158,27 @@ impl Demand {
         self.last_count = count;
         if dt_secs > 0.0 {
             let now = delta / dt_secs;
-            self.rate = if self.primed { Self::ALPHA * now + (1.0 - Self::ALPHA) * self.rate } else { now };
+            if self.primed {
+                let slow_weight = 1.0 - (-dt_secs / Self::SLOW_SECS).exp();
+                self.fast = Self::ALPHA * now + (1.0 - Self::ALPHA) * self.fast;
+                self.slow = slow_weight * now + (1.0 - slow_weight) * self.slow;
+            } else {
+                (self.fast, self.slow) = (now, now);
+            }
             // A key gone idle decays to 0, not to ever smaller fractions (1e-227 in a report).
-            if self.rate < Self::IDLE {
-                self.rate = 0.0;
+            for r in [&mut self.fast, &mut self.slow] {
+                if *r < Self::IDLE {
+                    *r = 0.0;
+                }
             }
             self.primed = true;
         }
-        self.rate
+        self.rate()
     }
 
     /// The current smoothed rate.
     pub fn rate(&self) -> f64 {
-        self.rate
+        self.fast.max(self.slow.min(Self::SPARSE))
     }
 }
 
@@ -182,6 +202,32 @@ mod tests {
         // Unknown node, or nobody: nothing.
         assert_eq!(share_of("z", &idle), 0.0);
         assert_eq!(share_of("a", &BTreeMap::new()), 0.0);
+    }
+
+    #[test]
+    fn a_node_asking_once_a_second_keeps_its_average_between_requests() {
+        // Reports every 100 ms; one request a second.
+        let mut d = Demand::default();
+        let mut count = 0;
+        let mut lowest = f64::MAX;
+        for tick in 0..100 {
+            if tick % 10 == 0 {
+                count += 1;
+            }
+            let rate = d.update(count, 0.1);
+            if tick >= 50 {
+                lowest = lowest.min(rate);
+            }
+        }
+        assert!(lowest > 0.5, "a steady 1/s reads as {lowest}/s at its lowest");
+        // A burst shows at once, and an idle key still decays to none.
+        let burst = d.update(count + 100, 0.1);
+        assert!(burst > 400.0, "{burst}");
+        let mut rate = burst;
+        for _ in 0..300 {
+            rate = d.update(count + 100, 0.1);
+        }
+        assert_eq!(rate, 0.0);
     }
 
     #[test]
@@ -214,10 +260,11 @@ mod tests {
     fn demand_is_smoothed_per_second() {
         let mut d = Demand::default();
         assert_eq!(d.update(100, 0.1), 1000.0);
+        // No request since: the fast average halves (the slow one speaks only below 10/s).
         assert_eq!(d.update(100, 0.1), 500.0);
         assert_eq!(d.update(300, 0.1), 1250.0);
         assert_eq!(d.update(250, 0.1), 625.0, "a counter reset counts as no demand");
-        let idle = (0..30).map(|_| d.update(250, 0.1)).last();
+        let idle = (0..400).map(|_| d.update(250, 0.1)).last();
         assert_eq!(idle, Some(0.0), "an idle key's demand reaches 0");
     }
 }
