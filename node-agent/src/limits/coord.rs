@@ -517,9 +517,11 @@ fn someone_silent(node: &str, peers: &BTreeMap<String, Peer>, stale: Duration) -
     })
 }
 
-/// What this node last applied per key: the share the split gives it, for concurrency keys its
-/// slots (else `u64::MAX`), and the share in force (the split's, or less while it lacks a report).
-type Applied = BTreeMap<String, (f64, u64, f64)>;
+/// What this node last applied per key: the share it works toward (the split's; while frozen,
+/// the split's from before the freeze), for concurrency keys its slots (else `u64::MAX`), the
+/// share in force (the split's, or less while it lacks a report), and the slots it works toward
+/// (as the first, else `u64::MAX`).
+type Applied = BTreeMap<String, (f64, u64, f64, u64)>;
 
 /// Set this node's share of every key, and its slots of every concurrency key in use. While
 /// `frozen` (someone went silent), shares may shrink but never grow: the silent side is still
@@ -570,12 +572,16 @@ fn apply(
                 |name: &str| peers.get(name).and_then(|p| p.report.as_ref()).map_or(max, |r| r.claim(key, max));
             my_slots(node, &shares, &demands, max, claimed)
         });
-        if let (true, Some(&(last_share, last_slots, _))) = (frozen, applied.get(key)) {
+        // What this node works toward: the split's share and slots; while frozen, those it had
+        // when the freeze began (each tick's split below them is taken, but not kept as the
+        // bound: with demand that moves, a running minimum would shrink the live nodes' shares
+        // tick after tick for the whole hold).
+        let (mut target, mut slot_target) = (share, slots);
+        if let (true, Some(&(last_share, _, _, last_slots))) = (frozen, applied.get(key)) {
             share = share.min(last_share);
             slots = slots.map(|s| s.min(last_slots));
+            (target, slot_target) = (last_share, slots.map(|_| last_slots));
         }
-        // The share this node works toward (what `frozen` holds to): the split's.
-        let target = share;
         if max.is_none() && behind {
             // This node lacks a report of the last tick: the others split this tick by newer
             // figures. It takes only what they leave, each by its share by these figures or
@@ -596,7 +602,7 @@ fn apply(
             Some(n) => limiter.set_slots(key, n, share),
             None => limiter.set_share(key, share),
         }
-        applied.insert(key.to_owned(), (target, slots.unwrap_or(u64::MAX), share));
+        applied.insert(key.to_owned(), (target, slots.unwrap_or(u64::MAX), share, slot_target.unwrap_or(u64::MAX)));
     }
 }
 
@@ -756,6 +762,31 @@ mod tests {
         assert_eq!(applied["k"].1, 20);
         let held = (0..30).filter(|_| me.acquire_slot("k", 1).is_allowed()).count();
         assert_eq!(held, 20);
+    }
+
+    #[test]
+    fn a_frozen_share_is_held_to_its_value_at_the_freeze_not_to_its_lowest_since() {
+        let l = rate_limiter();
+        let report = |d: f64| DemandReport { version: 1, demand: [("k".to_owned(), d)].into(), ..Default::default() };
+        let mut peers: BTreeMap<String, Peer> = BTreeMap::new();
+        for n in ["me", "other", "silent"] {
+            peers.insert(n.into(), heard(report(100.0)));
+        }
+        let mut applied = Applied::new();
+        apply("me", &l, &peers, &mut applied, false, true, false);
+        let at_freeze = applied["k"].2;
+        assert!((at_freeze - 1.0 / 3.0).abs() < 1e-9, "{at_freeze}");
+        // Frozen (silent went quiet); this node's demand dips for a tick: its share follows down.
+        peers.insert("me".into(), heard(report(10.0)));
+        apply("me", &l, &peers, &mut applied, true, true, false);
+        assert!(applied["k"].2 < 0.1, "{}", applied["k"].2);
+        // Its demand is back: its share goes back up to what it had at the freeze, no further.
+        peers.insert("me".into(), heard(report(100.0)));
+        apply("me", &l, &peers, &mut applied, true, true, false);
+        assert!((applied["k"].2 - at_freeze).abs() < 1e-9, "{}", applied["k"].2);
+        peers.insert("me".into(), heard(report(1000.0)));
+        apply("me", &l, &peers, &mut applied, true, true, false);
+        assert!((applied["k"].2 - at_freeze).abs() < 1e-9, "never past it while frozen: {}", applied["k"].2);
     }
 
     #[test]
