@@ -582,11 +582,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 }
                 return Ok(());
             }
-            for w in &warnings {
-                tracing::warn!("{w}");
-            }
             runtime()?.block_on(async {
                 let cancel = shutdown_token();
+                // After the stop signals are taken: a process that logged a line takes them.
+                for w in &warnings {
+                    tracing::warn!("{w}");
+                }
                 let agent = Agent::start(cfg, cancel).await?;
                 agent.wait().await;
                 died()

@@ -17,6 +17,10 @@ pub const SCALE: f64 = 1000.0;
 /// scaling), which HdrHistogram libraries that read values as signed 64-bit integers (Java's,
 /// so Spark's) could not read.
 pub fn recorded(value: f64) -> Option<u64> {
+    // Checked before rounding: -0.0004 would round to -0.0, which the range below takes.
+    if value < 0.0 {
+        return None;
+    }
     let scaled = (value * SCALE).round();
     // The range check makes the cast exact: 0 ≤ scaled < 2^63, an integer (rounded).
     (0.0..i64::MAX as f64).contains(&scaled).then_some(scaled as u64)

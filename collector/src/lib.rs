@@ -308,6 +308,10 @@ impl Collector {
             cancel.clone(),
         );
         group.set_stall(std::time::Duration::from_millis(c.max_file_age_ms));
+        // A stop asked by now leaves the dataset unclaimed.
+        if cancel.is_cancelled() {
+            return Err(CollectorError::StoppedStarting);
+        }
         // The first tick may claim, and a claim's write is retried until the store takes it (a
         // full disk): meanwhile `/health` says the store's error, not that the bus is joined.
         let first = {

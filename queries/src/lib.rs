@@ -915,7 +915,7 @@ mod tests {
         let sql = |v: &str| format!("SELECT hdr_count(hdr_of(v)) FROM (VALUES (3.0), ({v})) t(v)");
         let ok = ds.sql(&sql("NULL")).await.unwrap();
         assert_eq!(ok[0].column(0).as_any().downcast_ref::<Int64Array>().map(|a| a.value(0)), Some(1));
-        for bad in ["-5.0", "CAST('NaN' AS DOUBLE)", "CAST('inf' AS DOUBLE)", "1e16", "1e300"] {
+        for bad in ["-5.0", "-0.0004", "CAST('NaN' AS DOUBLE)", "CAST('inf' AS DOUBLE)", "1e16", "1e300"] {
             let err = ds.sql(&sql(bad)).await.err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains("hdr_of:") && err.contains("cannot be counted"), "{bad}: {err:?}");
         }

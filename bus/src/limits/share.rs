@@ -176,9 +176,15 @@ impl Demand {
         self.rate()
     }
 
-    /// The current smoothed rate.
+    /// The current smoothed rate. The slow average speaks only while the fast one has not
+    /// decayed to none (about 2 s after the last request): a node that stops asking reads as
+    /// idle as soon as it did with the fast one alone.
     pub fn rate(&self) -> f64 {
-        self.fast.max(self.slow.min(Self::SPARSE))
+        if self.fast > 0.0 {
+            self.fast.max(self.slow.min(Self::SPARSE))
+        } else {
+            0.0
+        }
     }
 }
 
@@ -224,10 +230,10 @@ mod tests {
         let burst = d.update(count + 100, 0.1);
         assert!(burst > 400.0, "{burst}");
         let mut rate = burst;
-        for _ in 0..300 {
+        for _ in 0..30 {
             rate = d.update(count + 100, 0.1);
         }
-        assert_eq!(rate, 0.0);
+        assert_eq!(rate, 0.0, "idle within 3 s of a burst");
     }
 
     #[test]
@@ -264,7 +270,7 @@ mod tests {
         assert_eq!(d.update(100, 0.1), 500.0);
         assert_eq!(d.update(300, 0.1), 1250.0);
         assert_eq!(d.update(250, 0.1), 625.0, "a counter reset counts as no demand");
-        let idle = (0..400).map(|_| d.update(250, 0.1)).last();
+        let idle = (0..30).map(|_| d.update(250, 0.1)).last();
         assert_eq!(idle, Some(0.0), "an idle key's demand reaches 0");
     }
 }

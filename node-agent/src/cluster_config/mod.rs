@@ -588,6 +588,9 @@ impl Inner {
             }
         };
         let before = (self.p.applied.take(), self.p.tree.take(), std::mem::take(&mut self.p.manifest));
+        // The revision in place may be one whose reload a stop cut short (a newer head came
+        // before it ran again): the gateway never loaded it.
+        let pending_before = self.p.reload_pending.take();
         self.p.applied = Some(Applied { id: head.clone(), number, at_ms: now_ms() });
         self.p.tree = Some(name.clone());
         self.p.manifest = manifest;
@@ -598,7 +601,9 @@ impl Inner {
         self.blocked = None;
         tracing::info!(revision = number, id = short(&head), files = files.len(), ms = started.elapsed().as_millis() as u64, dir = %self.tree.link().display(), "configuration revision applied");
         if !self.settings.reload.is_empty() {
-            self.reload(&head, number, Some(before), shared).await;
+            // A tree whose own reload never finished is no tree to switch back to.
+            let before = pending_before.is_none().then_some(before);
+            self.reload(&head, number, before, shared).await;
         }
     }
 
@@ -700,6 +705,8 @@ impl Inner {
             ", the revision before is back in place"
         } else if kept && self.p.applied.as_ref().is_some_and(|a| a.id == head) {
             ", it stays in place (on_reload_failure = \"keep\")"
+        } else if self.p.applied.as_ref().is_some_and(|a| a.id == head) {
+            ", it stays in place (run again at a start, the revision before was not known)"
         } else {
             ""
         };

@@ -18,8 +18,9 @@
 //! a partition each side keeps to the shares of the nodes it can see, so the cluster as a whole
 //! stays within the limit. After `silent_hold` the node is forgotten and its share is freed.
 //! From the moment another node's reports stop arriving (three intervals, long before its lease
-//! expires) shares are frozen: they may shrink but not grow, because the other side goes on
-//! using the share it had and cannot see a new split.
+//! expires) shares are frozen: each follows demand up to what it was when the freeze began,
+//! never past it, because the other side goes on using the share it had and cannot see a new
+//! split.
 //!
 //! A first use of a concurrency key takes the slots the coordination worked out for this node,
 //! and none until it has: a key another node reports holding takes none before the next tick,
@@ -524,8 +525,9 @@ fn someone_silent(node: &str, peers: &BTreeMap<String, Peer>, stale: Duration) -
 type Applied = BTreeMap<String, (f64, u64, f64, u64)>;
 
 /// Set this node's share of every key, and its slots of every concurrency key in use. While
-/// `frozen` (someone went silent), shares may shrink but never grow: the silent side is still
-/// using the share it had, and the split must not be recomputed against its frozen demand.
+/// `frozen` (someone went silent), shares follow demand up to what they were when the freeze
+/// began, never past it: the silent side is still using the share it had, and the split must
+/// not be recomputed against its frozen demand.
 fn apply(
     node: &str,
     limiter: &Limiter,
