@@ -6,8 +6,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::limits::LimitsNode;
 use common::limits::{admitted, http_post, window_extremes, Load, Proxy, SocketClient};
-use common::{metric, wait_until, Cluster};
+use common::{metric, wait_until, Cluster, Proc};
 
 const RATE_1000: &str = "[[limit]]\nkey = \"operator:*\"\nrate = 1000\n";
 
@@ -45,51 +46,55 @@ fn wait_for_view(c: &Cluster, node: &str, n: usize, revision: u64) {
 #[test]
 fn nodes_asking_now_and_then_below_a_small_limit_are_admitted() {
     let _one_at_a_time = measuring();
-    let c = Cluster::new();
-    let _collector = c.start_collector();
-    let a = c.start_limits_agent("a", std::slice::from_ref(&c.endpoint), "", "");
-    let b = c.start_limits_agent("b", &[c.endpoint.clone(), a.endpoint()], "", "");
-    let cc = c.start_limits_agent("c", &[c.endpoint.clone(), a.endpoint(), b.endpoint()], "", "");
-    wait_healthy(&c, &["a", "b", "c"]);
-    c.set_limits(&a.endpoint(), "[[limit]]\nkey = \"sparse\"\nrate = 5\nburst = 1\n", "small");
-    for n in ["a", "b", "c"] {
-        wait_for_view(&c, n, 3, 1);
-    }
+    let (c, _collector, agents, out) = three_agents_with("[[limit]]\nkey = \"sparse\"\nrate = 5\nburst = 1\n");
+    assert!(out.contains("in force on 3 of 3 nodes"), "{out}");
     let mut loads = Vec::new();
     for n in ["a", "b", "c"] {
         loads.push(Load::start(c.socket(n), "sparse", 1));
         std::thread::sleep(Duration::from_millis(330));
     }
     std::thread::sleep(Duration::from_secs(15));
-    let (allowed, asked): (Vec<usize>, Vec<u64>) = loads
+    let (allowed, asked) = stop_loads(loads);
+    let (allowed_all, asked_all) = (allowed.iter().sum::<usize>() as u64, asked.iter().sum::<u64>());
+    eprintln!("allowed {allowed:?} of asked {asked:?}");
+    // The first request of each node may meet a share not yet split by its demand.
+    assert!(allowed_all + 3 >= asked_all, "allowed {allowed:?} of asked {asked:?}");
+    drop(agents);
+}
+
+/// A collector and agents a, b and c linked to each other, healthy, with `limits` set and in
+/// force on all three: the cluster, the collector, the agents and what `limits set` printed.
+fn three_agents_with(limits: &str) -> (Cluster, Proc, [LimitsNode; 3], String) {
+    let c = Cluster::new();
+    let collector = c.start_collector();
+    let a = c.start_limits_agent("a", std::slice::from_ref(&c.endpoint), "", "");
+    let b = c.start_limits_agent("b", &[c.endpoint.clone(), a.endpoint()], "", "");
+    let cc = c.start_limits_agent("c", &[c.endpoint.clone(), a.endpoint(), b.endpoint()], "", "");
+    wait_healthy(&c, &["a", "b", "c"]);
+    let out = c.set_limits(&a.endpoint(), limits, "first");
+    for n in ["a", "b", "c"] {
+        wait_for_view(&c, n, 3, 1);
+    }
+    (c, collector, [a, b, cc], out)
+}
+
+/// Stop every load: what each had admitted and asked for.
+fn stop_loads(loads: impl IntoIterator<Item = Load>) -> (Vec<usize>, Vec<u64>) {
+    loads
         .into_iter()
         .map(|l| {
             let asked = l.asked.clone();
             let n = l.stop();
             (n, asked.load(std::sync::atomic::Ordering::Relaxed))
         })
-        .unzip();
-    let (allowed_all, asked_all) = (allowed.iter().sum::<usize>() as u64, asked.iter().sum::<u64>());
-    eprintln!("allowed {allowed:?} of asked {asked:?}");
-    // The first request of each node may meet a share not yet split by its demand.
-    assert!(allowed_all + 3 >= asked_all, "allowed {allowed:?} of asked {asked:?}");
-    drop((a, b, cc));
+        .unzip()
 }
 
 #[test]
 fn skewed_and_shifting_demand_stays_within_the_limit_and_every_decision_reaches_the_limits_table() {
     let _one_at_a_time = measuring();
-    let c = Cluster::new();
-    let _collector = c.start_collector();
-    let a = c.start_limits_agent("a", std::slice::from_ref(&c.endpoint), "", "");
-    let b = c.start_limits_agent("b", &[c.endpoint.clone(), a.endpoint()], "", "");
-    let cc = c.start_limits_agent("c", &[c.endpoint.clone(), a.endpoint(), b.endpoint()], "", "");
-    wait_healthy(&c, &["a", "b", "c"]);
-    let out = c.set_limits(&a.endpoint(), RATE_1000, "first");
+    let (c, _collector, [a, b, cc], out) = three_agents_with(RATE_1000);
     assert!(out.contains("in force on 3 of 3 nodes"), "{out}");
-    for n in ["a", "b", "c"] {
-        wait_for_view(&c, n, 3, 1);
-    }
 
     let loads = [
         Load::start(c.socket("a"), "operator:x", 1600),
@@ -113,14 +118,7 @@ fn skewed_and_shifting_demand_stays_within_the_limit_and_every_decision_reaches_
     let across_shift = window_extremes(&all, t0 + Duration::from_millis(1500), Instant::now());
     let per_node: Vec<usize> =
         loads.iter().map(|l| admitted(&[l], t1 + Duration::from_secs(2), Duration::from_secs(3))).collect();
-    let (allowed, asked): (Vec<usize>, Vec<u64>) = loads
-        .into_iter()
-        .map(|l| {
-            let asked = l.asked.clone();
-            let n = l.stop();
-            (n, asked.load(std::sync::atomic::Ordering::Relaxed))
-        })
-        .unzip();
+    let (allowed, asked) = stop_loads(loads);
     eprintln!("windows (max, min): from idle {from_idle:?}, skewed {skewed:?}, shifted {shifted:?}, across {across_shift:?}; after the shift per node {per_node:?}");
     // Across the shift the windows dip while the shares follow demand (a's share is still large
     // while its demand has fallen): 790 of 1000 once in CI, where the steady windows stayed at
