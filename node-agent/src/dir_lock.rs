@@ -53,10 +53,21 @@ impl DirLock {
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
-                let mut text = String::new();
-                // A pid is a few bytes; whatever else the file holds is not read.
-                let _ = (&file).take(32).read_to_string(&mut text);
-                let holder = text.trim().parse::<u32>().map(|pid| format!(" (pid {pid})")).unwrap_or_default();
+                // The holder writes its pid right after it locks: a file read empty in between is
+                // read again once, a moment later.
+                let mut holder = String::new();
+                for attempt in 0..2 {
+                    if attempt > 0 {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    let mut text = String::new();
+                    // A pid is a few bytes; whatever else the file holds is not read.
+                    let _ = File::open(dir.join(LOCK_FILE)).map(|f| f.take(32).read_to_string(&mut text));
+                    if let Ok(pid) = text.trim().parse::<u32>() {
+                        holder = format!(" (pid {pid})");
+                        break;
+                    }
+                }
                 return Err(DirLockError::InUse { path: dir.to_path_buf(), holder });
             }
             // A file system without locks (some network ones): say so and go on unguarded.

@@ -224,8 +224,12 @@ pub(crate) async fn serve(
 }
 
 /// A failed replay query is logged at most once per [`switchboard_bus::refusals::LOG_EVERY`],
-/// a range replayed at most once a second, each with the count left unsaid since.
-static FAILED_LOGGED: std::sync::Mutex<Throttle> =
+/// apart for what the asker got wrong and what failed here (so that a peer's junk does not hide
+/// this node's own faults), a range replayed at most once a second, each with the count left
+/// unsaid since.
+static ASKER_FAILED_LOGGED: std::sync::Mutex<Throttle> =
+    std::sync::Mutex::new(Throttle::new(switchboard_bus::refusals::LOG_EVERY));
+static FAILED_HERE_LOGGED: std::sync::Mutex<Throttle> =
     std::sync::Mutex::new(Throttle::new(switchboard_bus::refusals::LOG_EVERY));
 static REPLAYED_LOGGED: std::sync::Mutex<Throttle> =
     std::sync::Mutex::new(Throttle::new(std::time::Duration::from_secs(1)));
@@ -238,48 +242,54 @@ async fn answer(
     stats: &crate::stats::AgentStats,
 ) {
     use std::sync::atomic::Ordering;
-    let fail = |msg: String| async {
+    // `here`: the failure is this node's (its journal, a file, the reply), not the asker's.
+    let asked = &query;
+    let fail = |msg: String, here: bool| async move {
         stats.replay_errors.fetch_add(1, Ordering::Relaxed);
         // Any peer may ask: a line per query would let it fill this node's log.
-        if let Some(unsaid) = FAILED_LOGGED.lock().ok().and_then(|mut t| t.admit()) {
-            tracing::warn!(key = %query.key_expr(), error = %msg, failed_since_last_line = unsaid, "replay query not answered in full");
+        let throttle = if here { &FAILED_HERE_LOGGED } else { &ASKER_FAILED_LOGGED };
+        if let Some(unsaid) = throttle.lock().ok().and_then(|mut t| t.admit()) {
+            tracing::warn!(key = %asked.key_expr(), error = %msg, failed_since_last_line = unsaid, "replay query not answered in full");
         }
-        let _ = query.reply_err(msg).await;
+        let _ = asked.reply_err(msg).await;
     };
     let Some(id) = keys.parse_replay(query.key_expr().as_str()) else {
-        return fail("not a replay key of this node".into()).await;
+        return fail("not a replay key of this node".into(), false).await;
     };
     let (Some(journal), Some(config)) = (journals.get(&id.name), configs.get(&id.name)) else {
-        return fail(format!("no source named {:?}", id.name)).await;
+        return fail(format!("no source named {:?}", id.name), false).await;
     };
     let params = query.parameters();
     let from = match params.get("from").map(|v| (v, v.parse::<u64>())) {
         Some((_, Ok(from))) => from,
         Some((v, Err(_))) => {
             let v: String = v.chars().take(32).collect();
-            return fail(format!("parameter from=<seq> must be a sequence number, not {v:?}")).await;
+            return fail(format!("parameter from=<seq> must be a sequence number, not {v:?}"), false).await;
         }
-        None => return fail("parameter from=<seq> is required".into()).await,
+        None => return fail("parameter from=<seq> is required".into(), false).await,
     };
     let to = match params.get("to").map(|v| (v, v.parse::<u64>())) {
         None => u64::MAX,
         Some((_, Ok(to))) if to >= from => to,
-        Some((_, Ok(to))) => return fail(format!("to={to} is below from={from}")).await,
-        Some((v, Err(_))) => return fail(format!("parameter to=<seq> must be a sequence number, not {v:?}")).await,
+        Some((_, Ok(to))) => return fail(format!("to={to} is below from={from}"), false).await,
+        Some((v, Err(_))) => {
+            return fail(format!("parameter to=<seq> must be a sequence number, not {v:?}"), false).await
+        }
     };
     let sliced = journal.lock().map(|j| (j.slice(from, to), j.acked().next_seq, j.head())).ok();
     let Some((entries, acked, head)) = sliced else {
-        return fail("journal unavailable".into()).await;
+        return fail("journal unavailable".into(), true).await;
     };
     if from >= head {
-        return fail(format!("nothing to replay from seq {from}: the stream's head is {head} (its next seq)")).await;
+        return fail(format!("nothing to replay from seq {from}: the stream's head is {head} (its next seq)"), false)
+            .await;
     }
     // The range that exists (up to the head) is bounded, whatever the asker wrote.
     let to = to.min(head.saturating_sub(1));
     if to >= from && to - from >= MAX_REPLAY_RECORDS {
         let msg = format!("seq {from}..={to} is longer than {MAX_REPLAY_RECORDS} records: ask in parts");
         refuse(Reason::ReplayRange, format_args!("{}: {msg}", query.key_expr()));
-        return fail(msg).await;
+        return fail(msg, false).await;
     }
     // Below `acked` a collector committed everything and the journal forgot how it was cut:
     // those records cannot be rebuilt, and the asker must hear so rather than get silence.
@@ -300,10 +310,10 @@ async fn answer(
     }
     let (rows, failed) = match rebuild.await {
         Ok(r) => r,
-        Err(e) => return fail(format!("replay task: {e}")).await,
+        Err(e) => return fail(format!("replay task: {e}"), true).await,
     };
     if let Err(e) = sent {
-        return fail(format!("reply: {e}")).await;
+        return fail(format!("reply: {e}"), true).await;
     }
     stats.replays.fetch_add(1, Ordering::Relaxed);
     stats.lines_replayed.fetch_add(rows, Ordering::Relaxed);
@@ -313,7 +323,7 @@ async fn answer(
     give_up_lost(journal, &id.name, &failed, stats);
     let problems: Vec<String> = forgotten.into_iter().chain(failed.iter().map(|f| f.error.to_string())).collect();
     if !problems.is_empty() {
-        fail(problems.join("; ")).await;
+        fail(problems.join("; "), !failed.is_empty()).await;
     }
 }
 
