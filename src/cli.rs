@@ -48,7 +48,9 @@ pub enum Command {
         /// The agent's TOML config (see docs/config/agent.toml).
         #[arg(short, long, env = "SWITCHBOARD_AGENT_CONFIG")]
         config: PathBuf,
-        /// Only check the config and exit.
+        /// Check the config and exit (0 if it would start): its values, endpoints, TLS files,
+        /// programs, socket group, and a data_dir this process may write in. Nothing is started
+        /// or written.
         #[arg(long)]
         check: bool,
     },
@@ -60,7 +62,9 @@ pub enum Command {
         /// The collector's TOML config (see docs/config/collector.toml).
         #[arg(short, long, env = "SWITCHBOARD_COLLECTOR_CONFIG")]
         config: PathBuf,
-        /// Only check the config and exit.
+        /// Check the config and exit (0 if it would start): its values, TLS files, a local
+        /// data_dir and spool_dir this process may write in, or an S3 client that can be built
+        /// from [collector.store]. The store is not reached; nothing is started or written.
         #[arg(long)]
         check: bool,
     },
