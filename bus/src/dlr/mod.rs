@@ -14,4 +14,4 @@ pub mod rendezvous;
 pub mod wire;
 
 pub use id::{IdError, IdFormat};
-pub use record::{DlrRecord, RecordState};
+pub use record::{registration_version, DlrRecord, RecordState};

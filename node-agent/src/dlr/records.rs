@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use switchboard_bus::dlr::wire::{DlrReport, LookupReply, ReportOutcome, Role as HolderRole, DOC_VERSION};
-use switchboard_bus::dlr::{id, DlrRecord, IdFormat, RecordState};
+use switchboard_bus::dlr::{id, registration_version, DlrRecord, IdFormat, RecordState};
 use switchboard_bus::refusals::{refuse, Reason};
 use tokio::sync::{oneshot, Notify};
 
@@ -166,8 +166,9 @@ impl Records {
             let mut previous = Vec::with_capacity(fresh.len());
             for r in &mut fresh {
                 let prev = self.count_store_error(self.store.get(&r.connector, &r.id))?;
-                // Re-registering an id (a retry, or an id the SMSC reused) replaces the record.
-                r.version = prev.as_ref().map_or(1, |p| p.version.saturating_add(1));
+                // Re-registering an id (a retry, or an id the SMSC reused) replaces the record,
+                // on its copies too, even those of a life of this node before a rebuild.
+                r.version = registration_version(prev.as_ref().map(|p| p.version), now);
                 previous.push(prev);
             }
             let writes: Vec<Write<'_>> =
@@ -483,7 +484,7 @@ mod tests {
     fn a_final_report_closes_an_own_record_once_and_queues_it_for_the_gateway() {
         let (_dir, r) = records("gw1");
         let id = r.register(&[registration("AbC-1")]).unwrap().remove(0).id;
-        assert_eq!(queued(&r).unwrap().version, 1, "a registration goes to replication");
+        assert!(queued(&r).unwrap().version >= now_ms() * 1024 - 60_000 * 1024, "a registration goes to replication");
         let first = r.answer("smsc1", &id, Some(&report(true))).unwrap().unwrap();
         assert_eq!((first.role, first.outcome), (HolderRole::Owner, Some(ReportOutcome::Delivered)));
         assert_eq!(first.record.state, RecordState::Closed);
