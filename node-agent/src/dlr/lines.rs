@@ -56,6 +56,9 @@ fn parse(line: &[u8]) -> Result<Request, DlrError> {
         Some(i) => (&line[..i], line[i..].trim_ascii_start()),
         None => (line, &b""[..]),
     };
+    if rest.is_empty() && verb == b"RESOLVE" {
+        return Err(DlrError::BadRequest("expected `RESOLVE <connector> <msg_id>` or `RESOLVE <json>`".into()));
+    }
     if rest.is_empty() {
         return Err(DlrError::BadRequest(format!(
             "{} needs its JSON body on the same line (docs/gateway-protocol.md)",
@@ -134,7 +137,8 @@ mod tests {
         ));
         assert!(matches!(parse(br#"CLOSE {"connector": "c", "msg_id": "1", "status": "x"}"#), Ok(Request::Close(_))));
         for (bad, says) in [
-            (&b"RESOLVE\n"[..], "needs its JSON body"),
+            (&b"RESOLVE\n"[..], "expected `RESOLVE <connector> <msg_id>` or `RESOLVE <json>`"),
+            (b"REPORT\n", "needs its JSON body"),
             (b"RESOLVE a b c\n", "expected `RESOLVE"),
             (b"RESOLVE a\n", "expected `RESOLVE"),
             (b"REGISTER {\"connector\": 1}\n", "expected {\"connector\""),
