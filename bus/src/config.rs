@@ -365,18 +365,39 @@ pub fn check_program(key: &str, program: &str) -> Result<(), String> {
     }
 }
 
+/// Replace the file at `path` with `bytes` whole or not at all: write a temporary file beside
+/// it, sync it, rename it over `path` and sync the directory (so the rename outlives a power
+/// loss). A crash leaves the old file or the new one, never a part.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Check that directory setting `key` (`path`) is a directory this process may write in, or
-/// can be made one: the nearest part of it that exists must be a directory it may write in.
-/// Nothing is written; the error names the setting.
+/// can be made one: the nearest part of it that exists must be a directory it may write in,
+/// which it tries by making and removing an empty directory there (permission bits do not
+/// stop root, but a read-only or special file system such as `/proc` does). Nothing is left
+/// behind; the error names the setting.
 pub fn check_dir(key: &str, path: &Path) -> Result<(), String> {
     use rustix::fs::{access, Access};
     let mut at = Some(path);
     while let Some(p) = at {
         match std::fs::metadata(p) {
             Ok(m) if m.is_dir() => {
-                return access(p, Access::WRITE_OK | Access::EXEC_OK).map_err(|e| {
+                let unwritable = |e: &dyn std::fmt::Display| {
                     format!("{key} = {:?}: {} is not writable by this process: {e}", path.display(), p.display())
-                });
+                };
+                access(p, Access::WRITE_OK | Access::EXEC_OK).map_err(|e| unwritable(&e))?;
+                let probe = p.join(format!(".switchboard-check-{}", std::process::id()));
+                std::fs::create_dir(&probe).map_err(|e| unwritable(&e))?;
+                return std::fs::remove_dir(&probe).map_err(|e| unwritable(&e));
             }
             Ok(_) => return Err(format!("{key} = {:?}: {} is not a directory", path.display(), p.display())),
             Err(_) => at = p.parent().filter(|parent| !parent.as_os_str().is_empty()),
@@ -527,7 +548,7 @@ mod tests {
     }
 
     #[test]
-    fn a_directory_setting_under_a_file_is_refused_without_writing() {
+    fn a_directory_setting_under_a_file_or_on_a_file_system_that_takes_none_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("app.log");
         std::fs::write(&file, "x").unwrap();
@@ -537,6 +558,12 @@ mod tests {
         assert!(err.contains("agent.data_dir") && err.contains("app.log is not a directory"), "{err}");
         assert!(check_dir("agent.data_dir", &file).is_err());
         assert!(!dir.path().join("new").exists(), "nothing is made");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "nothing is left behind");
+        // A file system where even root makes nothing.
+        if Path::new("/proc/self").is_dir() {
+            let err = check_dir("agent.data_dir", Path::new("/proc/switchboard-nope")).unwrap_err();
+            assert!(err.contains("/proc is not writable"), "{err}");
+        }
         // (Run as root, the tests cannot see a directory they may not write in.)
         if effective_uid() != 0 {
             let locked = dir.path().join("locked");
