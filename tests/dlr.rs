@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::limits::{http_post, LimitsNode, SocketClient};
-use common::{free_port, metric, signal, wait_until, Cluster};
+use common::{free_port, metric, signal, wait_until, Cluster, Proc};
 use serde_json::{json, Value};
 
 /// `[dlr]` settings of the test agents: one connector with hex ids in `submit_sm_resp` and
@@ -581,7 +581,8 @@ fn a_miss_while_the_link_to_a_live_node_is_cut_is_unknown_not_missing() {
         codes.push((cut.elapsed().as_millis(), code, body["error"].as_str().unwrap_or_default().to_owned()));
         false
     });
-    assert!(healed, "the link never came back: {codes:?}");
+    let logs = || [&a, &b].map(|n| n.proc.as_ref().map(Proc::log_text).unwrap_or_default()).join("\n---\n");
+    assert!(healed, "the link never came back: {codes:?}\n{}", logs());
     // An answer after a came back may be a true 404 already: only those before count.
     codes.pop();
     let unknown = codes.iter().filter(|(_, code, _)| *code == 503).count();
@@ -1147,4 +1148,119 @@ fn a_live_replica_that_does_not_answer_is_not_asked_in_a_loop() {
     assert!(said <= 3, "said {said} times:\n{log}");
     drop(_token);
     rt.block_on(async { session.close().await }).unwrap();
+}
+
+#[test]
+fn a_node_rebuilt_empty_takes_its_records_back_and_its_copies_are_made_again() {
+    let c = Cluster::new();
+    let ids: Vec<String> = (20_000..20_400).map(|i| i.to_string()).collect();
+    let [a, b, c3] = owner_a_with_copies(&c, &ids);
+    let connect = [b.endpoint(), c3.endpoint()];
+    let dlr = |node: &str| serde_json::from_str::<Value>(&c.http_get(node, "/v1/dlr").1).unwrap_or(Value::Null);
+
+    // a is lost with its disk. Meanwhile b hands five of its DLRs to its own gateway and closes
+    // their copies.
+    if let Some(p) = a.proc.as_ref() {
+        signal(p.pid(), "-KILL");
+    }
+    assert!(wait_until(Duration::from_secs(10), || live_nodes(&c, "b") == ["b", "c"]), "b still sees a");
+    for id in &ids[..5] {
+        let (code, res) =
+            post(&c, "b", "/v1/dlr/report", json!({"connector": "dec", "msg_id": id, "status": "DELIVRD"}));
+        assert_eq!((code, res["outcome"].as_str()), (200, Some("owner_down")), "{res}");
+    }
+    // A miss is unknown for a while: a may have died holding records whose copies had not gone
+    // out yet (docs/dlr-api.md).
+    let miss = || post(&c, "b", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "999999"}));
+    let unknown = wait_until(Duration::from_secs(10), || {
+        let (code, res) = miss();
+        code == 503 && res["error"].as_str().is_some_and(|e| e.contains("whose copies had not gone out yet"))
+    });
+    assert!(unknown, "{:?}", miss());
+    drop(a);
+    std::fs::remove_dir_all(c.agent_state("a")).unwrap();
+    let mut a = c.restart_limits_agent("a", free_port(), &connect, "", DLR);
+
+    // Rebuilt, it takes every record back from b's and c's copies, the closes included.
+    let log = |n: &LimitsNode| n.proc.as_ref().map(Proc::log_text).unwrap_or_default();
+    let done = wait_until(Duration::from_secs(30), || {
+        let v = dlr(&a.name);
+        v["counters"]["restored"].as_u64() == Some(ids.len() as u64) && v["restoring"] == false
+    });
+    assert!(done, "{}\n{}", dlr(&a.name), log(&a));
+    assert!(log(&a).contains("took back this node's DLR records"), "{}", log(&a));
+    let here = dlr_counter(&c, "a", "answered_here");
+    for (i, id) in ids.iter().enumerate() {
+        let (code, res) = post(&c, "a", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": id}));
+        let state = if i < 5 { "closed" } else { "open" };
+        assert_eq!(
+            (code, res["role"].as_str(), res["record"]["state"].as_str()),
+            (200, Some("owner"), Some(state)),
+            "{id}: {res}"
+        );
+    }
+    assert_eq!(
+        dlr_counter(&c, "a", "answered_here") - here,
+        ids.len() as u64,
+        "every resolve answered from a's own store"
+    );
+    // Its DLRs reach its gateway again, once; one another gateway handled is a duplicate.
+    let (code, res) =
+        post(&c, "c", "/v1/dlr/report", json!({"connector": "dec", "msg_id": ids[5], "status": "DELIVRD"}));
+    assert_eq!(
+        (code, res["outcome"].as_str(), res["answered_by"].as_str()),
+        (200, Some("delivered"), Some("a")),
+        "{res}"
+    );
+    let (code, res) =
+        post(&c, "a", "/v1/dlr/report", json!({"connector": "dec", "msg_id": ids[0], "status": "DELIVRD"}));
+    assert_eq!((code, res["outcome"].as_str()), (200, Some("duplicate")), "{res}");
+    // An id of its earlier life registered again (the SMSC reused it) is a new record on its
+    // copy too, not replaced by the closed one there: its DLR reaches a's gateway.
+    register(&c, "a", "dec", [ids[1].clone()]);
+    let copy_open = || {
+        ["b", "c"].iter().any(|n| {
+            let (code, res) =
+                post(&c, n, "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": ids[1], "local": true}));
+            code == 200 && res["record"]["state"] == "open" && res["role"] == "replica"
+        })
+    };
+    assert!(wait_until(Duration::from_secs(10), copy_open), "the copy of the new record never arrived");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(copy_open(), "the copy was replaced by the earlier life's record");
+    let (code, res) =
+        post(&c, "b", "/v1/dlr/report", json!({"connector": "dec", "msg_id": ids[1], "status": "DELIVRD"}));
+    assert_eq!(
+        (code, res["outcome"].as_str(), res["answered_by"].as_str()),
+        (200, Some("delivered"), Some("a")),
+        "{res}"
+    );
+    let (_, inbox) = c.http_get("a", "/v1/dlr/inbox?after=0&max=100");
+    let inbox: Value = serde_json::from_str(&inbox).unwrap_or(Value::Null);
+    let reports = inbox["reports"].as_array().cloned().unwrap_or_default();
+    let got: Vec<&str> = reports.iter().filter_map(|r| r["record"]["id"].as_str()).collect();
+    assert_eq!(got, [ids[5].as_str(), ids[1].as_str()], "{inbox}");
+
+    // A copy holder rebuilt after it gets its copies again from a, so the records outlive the
+    // owner once more: with a killed, c answers every one from the copies on b and c.
+    let mut b = b;
+    if let Some(p) = b.proc.take() {
+        p.kill();
+    }
+    std::fs::remove_dir_all(c.agent_state("b")).unwrap();
+    let b = c.restart_limits_agent("b", b.port, &[a.endpoint(), c3.endpoint()], "", DLR);
+    wait_mesh(&c, &["a", "b", "c"]);
+    // About half of the 400 copies are b's (rendezvous hashing); a pass sends them in one batch.
+    let copied = wait_until(Duration::from_secs(20), || dlr_counter(&c, "b", "replica_ops_received") >= 100);
+    assert!(copied, "{}\n{}", dlr(&a.name), dlr(&b.name));
+    std::thread::sleep(Duration::from_secs(1));
+    if let Some(p) = a.proc.take() {
+        p.kill();
+    }
+    assert!(wait_until(Duration::from_secs(10), || live_nodes(&c, "c") == ["b", "c"]), "c still sees a");
+    for id in &ids {
+        let (code, res) = post(&c, "c", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": id}));
+        assert_eq!((code, res["role"].as_str()), (200, Some("replica")), "{id}: {res}\n{}", log(&b));
+    }
+    drop(c3);
 }

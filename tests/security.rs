@@ -512,7 +512,21 @@ async fn a_member_cannot_act_as_another() {
     })
     .await;
 
-    // Row 19: a certificate of the CA that is not a member can do nothing: it matches no subject
+    // Row 21: a node takes back its own records only. gw2 may not ask gw1 for gw3's copies, a
+    // collector for none; asking for its own is allowed, and gw1's check then refuses it as
+    // this bare session serves no DLRs (it is not a live agent there).
+    expect_refused(c, "gw1", "access_denied", async {
+        let _ = ask(&gw2, &key(c, "dlr/restore/gw1/gw3"), None).await;
+    })
+    .await;
+    expect_refused(c, "gw1", "access_denied", async {
+        let _ = ask(&c2, &key(c, "dlr/restore/gw1/c2"), None).await;
+    })
+    .await;
+    let replies = expect_refused(c, "gw1", "restore_invalid", ask(&gw2, &key(c, "dlr/restore/gw1/gw2"), None)).await;
+    assert!(replies.iter().any(|r| r.contains("not another live agent")), "{replies:?}");
+
+    // Row 22: a certificate of the CA that is not a member can do nothing: it matches no subject
     // of the policy, whose default drops what it sends. `finish` finds none of its rows. Its
     // link is counted as `not_a_member`, and what it declares (an agent declares its queryables
     // at start) as `access_denied`.

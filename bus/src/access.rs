@@ -50,6 +50,7 @@ fn grants(id: &Identity) -> Vec<(&'static [&'static str], Vec<String>)> {
                     "dlr/id/**".to_owned(),
                     "dlr/at/**".to_owned(),
                     "dlr/replica/*".to_owned(),
+                    format!("dlr/restore/*/{n}"),
                     "config/object/**".to_owned(),
                 ],
             ));
@@ -63,6 +64,7 @@ fn grants(id: &Identity) -> Vec<(&'static [&'static str], Vec<String>)> {
                     "dlr/id/**".to_owned(),
                     format!("dlr/at/{n}/**"),
                     format!("dlr/replica/{n}"),
+                    format!("dlr/restore/{n}/*"),
                     format!("config/state/{n}"),
                     format!("config/object/{n}/*"),
                 ],

@@ -23,6 +23,7 @@
 //! | `<prefix>/dlr/ask/<node>` | put (JSON [`crate::dlr::wire::DlrAsk`]) | clients asking `<node>` many lookups |
 //! | `<prefix>/dlr/answer/<client>` | put (JSON [`crate::dlr::wire::DlrAnswer`]) | the asked agent, to the client |
 //! | `<prefix>/dlr/replica/<node>` | queryable (JSON [`crate::dlr::wire::ReplicaBatch`]) | each node using DLRs |
+//! | `<prefix>/dlr/restore/<holder>/<owner>` | queryable (`after=<hex>`; JSON [`crate::dlr::wire::RestorePage`]) | each node using DLRs, for `<owner>` |
 //! | `<prefix>/view/<role>/<name>` | queryable (JSON [`crate::mesh::View`]) | every long-running process |
 //! | `<prefix>/status/<role>/<name>` | queryable (JSON [`crate::status::ProcessStatus`]) | every long-running process |
 //!
@@ -451,6 +452,25 @@ impl KeySpace {
         self.build(&["dlr", "replica", node])
     }
 
+    /// `<prefix>/dlr/restore/<holder>/<owner>`: queryable of `holder`; where `owner`, rebuilt
+    /// with an empty store, takes back the copies `holder` keeps of its records.
+    pub fn dlr_restore(&self, holder: &str, owner: &str) -> Result<OwnedKeyExpr, KeyError> {
+        check_chunk(holder)?;
+        check_chunk(owner)?;
+        self.build(&["dlr", "restore", holder, owner])
+    }
+
+    /// `<prefix>/dlr/restore/<holder>/*`: every restore asked of `holder`.
+    pub fn all_dlr_restores(&self, holder: &str) -> Result<OwnedKeyExpr, KeyError> {
+        check_chunk(holder)?;
+        self.build(&["dlr", "restore", holder, "*"])
+    }
+
+    /// The owner a key under [`Self::all_dlr_restores`] of `holder` asks for.
+    pub fn parse_dlr_restore(&self, holder: &str, key: &str) -> Option<String> {
+        self.parse_node_under(&format!("/dlr/restore/{holder}/"), key)
+    }
+
     /// `<prefix><section><node>` back into the node name.
     fn parse_node_under(&self, section: &str, key: &str) -> Option<String> {
         let node = key.strip_prefix(&self.prefix)?.strip_prefix(section)?;
@@ -649,6 +669,11 @@ mod tests {
         assert_eq!(ks().parse_dlr_id(key.as_str()), Some(("smsc-a".into(), "a/b 1".into())));
         assert!(ks().all_dlr_ids().unwrap().intersects(&key));
         assert!(!ks().all_dlr_ids().unwrap().intersects(&ks().dlr_replica("gw1").unwrap()));
+        let restore = ks().dlr_restore("gw1", "gw2").unwrap();
+        assert!(ks().all_dlr_restores("gw1").unwrap().intersects(&restore));
+        assert!(!ks().all_dlr_restores("gw2").unwrap().intersects(&restore));
+        assert_eq!(ks().parse_dlr_restore("gw1", restore.as_str()).as_deref(), Some("gw2"));
+        assert_eq!(ks().parse_dlr_restore("gw2", restore.as_str()), None);
         assert!(ks().dlr_id("a/b", "1").is_err());
         assert_eq!(ks().parse_dlr_id("sb/test/dlr/id/smsc-a"), None);
         let at = ks().dlr_at("gw2", "smsc-a", "a/b 1").unwrap();

@@ -38,7 +38,7 @@ macro_rules! doc {
         })*
     };
 }
-doc!(DlrReport, LookupReply, DlrAsk, DlrAnswer, ReplicaBatch, ReplicaAck);
+doc!(DlrReport, LookupReply, DlrAsk, DlrAnswer, ReplicaBatch, ReplicaAck, RestorePage);
 
 /// A document that could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -226,6 +226,22 @@ pub struct ReplicaAck {
     /// copies (the sender adopts them; a record closed while its owner was down comes back so).
     #[serde(default)]
     pub newer: Vec<DlrRecord>,
+}
+
+/// Records a node rebuilt with an empty store takes back in one [`RestorePage`], at most.
+pub const RESTORE_PAGE_RECORDS: usize = 2000;
+
+/// One answer to a restore query (`<prefix>/dlr/restore/<holder>/<owner>`): copies the holder
+/// keeps of `owner`'s records, in the holder's store order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestorePage {
+    /// Always [`DOC_VERSION`].
+    pub version: u32,
+    /// At most [`RESTORE_PAGE_RECORDS`] records, each naming the asker its owner.
+    pub records: Vec<DlrRecord>,
+    /// Where to go on (the `after` parameter of the next query, lowercase hex), or `None` when
+    /// the holder has no more.
+    pub next: Option<String>,
 }
 
 #[cfg(test)]

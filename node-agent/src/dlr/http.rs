@@ -169,6 +169,7 @@ async fn show(State(s): State<Arc<DlrService>>) -> Response {
         "node": s.node(),
         "live_nodes": s.live_nodes(),
         "settling": s.settling(),
+        "restoring": s.restoring(),
         "records": s.records_held(),
         "inbox": size.inbox,
         "disk_bytes": size.disk_bytes,

@@ -24,7 +24,8 @@
 //! - [`lookup`] and [`ask`]: lookups over the bus; `answerer`: the thread that answers them;
 //! - [`requests`]: the gateway's requests, one contract for [`http`] and [`lines`] (the
 //!   gateway socket);
-//! - [`replicate`]: the copies on other nodes; [`store`]: the records on disk; [`events`]: the
+//! - [`replicate`]: the copies on other nodes; [`restore`]: a node rebuilt empty taking its
+//!   records back from them; [`store`]: the records on disk; [`events`]: the
 //!   event log; [`http`]: the gateway's API; `settings`: the `[dlr]` config table.
 
 mod answerer;
@@ -38,6 +39,7 @@ pub mod records;
 pub mod replicate;
 mod reporting;
 pub mod requests;
+pub mod restore;
 mod service;
 pub(crate) mod settings;
 pub mod store;
@@ -86,6 +88,12 @@ pub struct DlrService {
     /// Reports whose first copy holder is being asked ([`MAX_LATE_CLAIMS`] at most).
     late_claims: tokio::sync::Semaphore,
 }
+
+/// How long after an agent left (and while it is not back) a lookup that finds nothing cannot
+/// say the record does not exist: a record registered there in the milliseconds before it died
+/// may not have reached a copy (copies go out after the registration is answered). A DLR
+/// comes seconds after its message, so its retry finds the owner back or is told then.
+pub const UNCOPIED: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Reports (read late, or just after this node woke) asked of their first copy holder at once
 /// (`DlrService::claim`); one past it is answered as when the holder cannot be asked.
@@ -170,6 +178,8 @@ impl DlrService {
         lookup::serve(service.clone(), answerer.clone(), tracker, cancel.clone()).await?;
         ask::serve(service.clone(), answerer, tracker, cancel.clone()).await?;
         replicate::serve(service.clone(), tracker, cancel.clone()).await?;
+        restore::serve(service.clone(), tracker, cancel.clone()).await?;
+        tracker.spawn(restore::run(service.clone(), restore::state_path(&dir), size.records == 0, cancel.clone()));
         let (wake, stop) = (service.wake.clone(), cancel.clone());
         tracker.spawn(async move { wake.run(stop).await });
         tracker.spawn(replicate::run(service.clone(), cancel.clone()));
@@ -182,6 +192,12 @@ impl DlrService {
     /// ([`wake::Wake::settling`]).
     pub fn settling(&self) -> bool {
         self.wake.settling()
+    }
+
+    /// Whether this node, rebuilt empty, is taking its records back from their copies on live
+    /// agents ([`restore`]).
+    pub fn restoring(&self) -> bool {
+        self.wake.is_restoring()
     }
 
     /// This node's name.
@@ -204,7 +220,7 @@ impl DlrService {
     /// Why a lookup that found nothing cannot say the record does not exist: an agent that
     /// joined once and may hold it is alive but not reachable from here (its link to this node
     /// broke), or left this node's view after the mesh check's last poll began (stopped, or cut
-    /// off: the next poll tells which), or no other agent is live although this node saw others
+    /// off: the next poll tells which) or less than [`UNCOPIED`] ago, or no other agent is live although this node saw others
     /// leave (they died, or this node was cut off from them, or hung past its lease). `None`
     /// when every agent that ever joined is reachable, or long gone while others are live.
     fn cut_off(&self) -> Option<String> {
@@ -226,15 +242,22 @@ impl DlrService {
         }
         let now = now_ms();
         let departed = self.departed();
-        let recent = departed
-            .iter()
-            .find(|(m, at)| m.role == Role::Agent && m.name != self.node && !self.mesh.assessed_since(*at));
+        let recent = departed.iter().find(|(m, at)| {
+            m.role == Role::Agent
+                && m.name != self.node
+                && (!self.mesh.assessed_since(*at) || now.saturating_sub(*at) < UNCOPIED.as_millis() as u64)
+        });
         if let Some((m, at)) = recent {
-            return Some(format!(
-                "node {} left this node's view {} ms ago (stopped, or cut off from here)",
-                m.name,
-                now.saturating_sub(*at)
-            ));
+            let ago = now.saturating_sub(*at);
+            return Some(if self.mesh.assessed_since(*at) {
+                format!(
+                    "node {} left this node's view {ago} ms ago and may hold records registered just before, \
+                     whose copies had not gone out yet",
+                    m.name
+                )
+            } else {
+                format!("node {} left this node's view {ago} ms ago (stopped, or cut off from here)", m.name)
+            });
         }
         if self.membership.live_of(Role::Agent).iter().any(|n| *n != self.node) {
             return None;

@@ -288,13 +288,14 @@ pub(crate) async fn run(service: Arc<DlrService>, cancel: CancellationToken) {
     // yet its copies must be checked as a new peer's are, or records closed on them while the
     // two were apart would stay open here.
     let mut joins: BTreeMap<String, u64> = BTreeMap::new();
-    // This node itself not running for a while (stopped, starved) is the same: every copy is
-    // checked again once it runs, whatever its view of the live set shows.
-    let mut woke = service.wake.woke_at();
+    // This node itself not running for a while (stopped, starved), or taking its records back
+    // after a rebuild, is the same: every copy is checked again once it runs (or has them),
+    // whatever its view of the live set shows.
+    let mut woke = service.wake.check_owed();
     let mut lanes = Lanes::default();
     loop {
-        if service.wake.woke_at() != woke {
-            woke = service.wake.woke_at();
+        if service.wake.check_owed() != woke {
+            woke = service.wake.check_owed();
             resync = true;
             moved_from = None;
         }

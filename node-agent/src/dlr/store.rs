@@ -279,6 +279,39 @@ impl DlrStore {
         Ok((out, if scanned == max { last } else { None }))
     }
 
+    /// The records of `owner` among up to `scan` records in key order after the key `after`
+    /// (from the first without it), at most `max` of them; and the key to go on after (`None`
+    /// once the store's end was reached). A restore reads another node's copies so, in pages
+    /// that bound both the time of one answer and its size. Unreadable values are skipped.
+    pub fn records_of(
+        &self,
+        owner: &str,
+        after: Option<&[u8]>,
+        scan: usize,
+        max: usize,
+    ) -> Result<(Vec<DlrRecord>, Option<Vec<u8>>), StoreError> {
+        let from = after.map_or(Bound::Unbounded, |k| Bound::Excluded(k.to_vec()));
+        let mut out = Vec::new();
+        let (mut last, mut scanned) = (None, 0);
+        for guard in self.records.range::<Vec<u8>, _>((from, Bound::Unbounded)).take(scan) {
+            let (k, v) = guard.into_inner()?;
+            scanned += 1;
+            let theirs = DlrRecord::glance(&v).is_ok_and(|g| g.owner == owner.as_bytes());
+            if theirs {
+                match DlrRecord::decode(&k, &v) {
+                    Ok(r) => out.push(r),
+                    Err(e) => tracing::warn!(error = %e, "skipping an unreadable DLR record"),
+                }
+            }
+            last = Some(k.to_vec());
+            if out.len() >= max {
+                break;
+            }
+        }
+        let more = scanned == scan || out.len() >= max;
+        Ok((out, if more { last } else { None }))
+    }
+
     /// Hand the stored values of up to `max` records after key `after` (all from the start
     /// with `None`) to `each`, in key order, without decoding them; the key to go on from, or
     /// `None` at the end.
@@ -406,6 +439,37 @@ pub(crate) mod tests {
         let due: Vec<_> = s.due(1000, 10).unwrap().into_iter().map(|r| r.id).collect();
         assert_eq!(due, ["3", "1"]);
         assert_eq!(s.due(1000, 1).unwrap().len(), 1, "bounded");
+    }
+
+    #[test]
+    fn the_records_of_one_owner_come_in_pages_bounded_by_scan_and_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = DlrStore::open(dir.path(), 1 << 20).unwrap();
+        // Ids 10..40; every third one is b's.
+        for i in 10..40 {
+            let owner = if i % 3 == 0 { "b" } else { "a" };
+            s.write(&[Write::Put {
+                record: &DlrRecord { owner: owner.into(), ..rec(&i.to_string(), 100) },
+                previous: None,
+            }])
+            .unwrap();
+        }
+        let mut got = Vec::new();
+        let (mut after, mut pages) = (None, 0);
+        loop {
+            let (records, next) = s.records_of("b", after.as_deref(), 7, 2).unwrap();
+            assert!(records.len() <= 2);
+            got.extend(records.into_iter().inspect(|r| assert_eq!(r.owner, "b")).map(|r| r.id));
+            pages += 1;
+            assert!(pages < 100, "the pages never end");
+            match next {
+                Some(k) => after = Some(k),
+                None => break,
+            }
+        }
+        let want: Vec<String> = (10..40).filter(|i| i % 3 == 0).map(|i: i32| i.to_string()).collect();
+        assert_eq!(got, want);
+        assert_eq!(s.records_of("c", None, 100, 10).unwrap(), (Vec::new(), None), "nobody's records: one page");
     }
 
     #[test]

@@ -141,6 +141,10 @@ pub struct DlrStats {
     pub replica_ops_received: AtomicU64,
     /// Replica batches that failed (retried).
     pub replica_failures: AtomicU64,
+    /// Own records taken back from other nodes' copies (this node was rebuilt empty).
+    pub restored: AtomicU64,
+    /// Pages of copies sent to nodes taking their records back.
+    pub restore_pages_served: AtomicU64,
     /// Store operations that failed.
     pub store_errors: AtomicU64,
     /// Event lines that could not be written.
@@ -149,7 +153,7 @@ pub struct DlrStats {
 
 impl DlrStats {
     /// Every counter with its metric name and help.
-    pub fn counters(&self) -> [(&'static str, &'static str, u64); 20] {
+    pub fn counters(&self) -> [(&'static str, &'static str, u64); 22] {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("registered", "Messages registered on this node.", g(&self.registered)),
@@ -190,6 +194,16 @@ impl DlrStats {
             ("replica_ops_sent", "Record copies sent to replicas.", g(&self.replica_ops_sent)),
             ("replica_ops_received", "Record copies taken as a replica.", g(&self.replica_ops_received)),
             ("replica_failures", "Replica batches that failed (retried).", g(&self.replica_failures)),
+            (
+                "restored",
+                "Own records taken back from other nodes' copies after this node started with an empty store.",
+                g(&self.restored),
+            ),
+            (
+                "restore_pages_served",
+                "Pages of copies sent to nodes taking their records back.",
+                g(&self.restore_pages_served),
+            ),
             ("store_errors", "DLR store operations that failed.", g(&self.store_errors)),
             ("event_errors", "DLR event lines that could not be written.", g(&self.event_errors)),
         ]

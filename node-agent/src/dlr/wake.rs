@@ -6,7 +6,7 @@
 //! gap; until [`SETTLE`] after it (or while the gap has not been noticed yet), lookups that find
 //! nothing cannot say the record does not exist, and replication checks every copy again.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -29,13 +29,24 @@ pub struct Wake {
     beat: AtomicU64,
     /// When the last gap was noticed (ms since the Unix epoch; 0: never).
     woke: AtomicU64,
-    /// The latest gap (its `woke`) after which a replication pass has checked every copy.
+    /// Checks of every copy owed so far: each gap, a start over records and each restore
+    /// (`super::restore`) owes one.
+    owed: AtomicU64,
+    /// The latest of [`Self::owed`] after which a replication pass has checked every copy.
     checked: AtomicU64,
+    /// Whether this node, rebuilt empty, is taking its records back from their copies.
+    restoring: AtomicBool,
 }
 
 impl Default for Wake {
     fn default() -> Self {
-        Self { beat: AtomicU64::new(now_ms()), woke: AtomicU64::new(0), checked: AtomicU64::new(0) }
+        Self {
+            beat: AtomicU64::new(now_ms()),
+            woke: AtomicU64::new(0),
+            owed: AtomicU64::new(0),
+            checked: AtomicU64::new(0),
+            restoring: AtomicBool::new(false),
+        }
     }
 }
 
@@ -53,6 +64,7 @@ impl Wake {
             if now.saturating_sub(last) >= GAP.as_millis() as u64 {
                 tracing::info!(ms = now.saturating_sub(last), "{STALE}: its DLR copies are checked again");
                 self.woke.store(now, Ordering::Relaxed);
+                self.owed.fetch_add(1, Ordering::Relaxed);
             }
             self.beat.store(now, Ordering::Relaxed);
         }
@@ -63,12 +75,33 @@ impl Wake {
     /// that was stopped did.
     pub fn started_over_records(&self) {
         self.woke.store(now_ms(), Ordering::Relaxed);
+        self.owed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Note that this node, rebuilt empty, is taking its records back from their copies
+    /// (`restoring`), or is done with what it could reach (`!restoring`). Records it takes back
+    /// may have been closed on another copy meanwhile: until it is done and a pass has checked
+    /// every copy after that, reports of its records are checked with their first copy holder.
+    pub fn restoring(&self, restoring: bool) {
+        self.restoring.store(restoring, Ordering::Relaxed);
+        self.owed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether this node is taking its records back from their copies.
+    pub fn is_restoring(&self) -> bool {
+        self.restoring.load(Ordering::Relaxed)
     }
 
     /// Whether reports of this node's records are still held back or checked with their first
     /// copy holder: just woken (or started over its records), or its copies not checked since.
     pub fn settling(&self) -> bool {
         self.just_woke() || self.copies_unchecked()
+    }
+
+    /// Checks of every copy owed so far: a replication pass that begins after this reads it, and
+    /// once done says so with [`Self::copies_checked`].
+    pub fn check_owed(&self) -> u64 {
+        self.owed.load(Ordering::Relaxed)
     }
 
     /// When the last gap was noticed (ms since the Unix epoch; 0: never).
@@ -85,16 +118,17 @@ impl Wake {
         unnoticed || (woke > 0 && now.saturating_sub(woke) < SETTLE.as_millis() as u64)
     }
 
-    /// Note that a replication pass begun after the gap noticed at `woke` checked every copy:
-    /// records closed on a copy while this node was not running are closed here too.
-    pub fn copies_checked(&self, woke: u64) {
-        self.checked.fetch_max(woke, Ordering::Relaxed);
+    /// Note that a replication pass begun when [`Self::check_owed`] read `owed` checked every
+    /// copy: records closed on a copy while this node was not running are closed here too.
+    pub fn copies_checked(&self, owed: u64) {
+        self.checked.fetch_max(owed, Ordering::Relaxed);
     }
 
-    /// Whether no replication pass has checked the copies since the last gap: other nodes may
-    /// have closed this node's records on them (handling their DLRs) without it knowing yet.
+    /// Whether no replication pass has checked the copies since the last gap (or restore), or a
+    /// restore is still going on: other nodes may have closed this node's records on them
+    /// (handling their DLRs) without it knowing yet.
     pub fn copies_unchecked(&self) -> bool {
-        self.checked.load(Ordering::Relaxed) < self.woke_at()
+        self.checked.load(Ordering::Relaxed) < self.check_owed() || self.is_restoring()
     }
 }
 
@@ -120,7 +154,7 @@ mod tests {
         wake.woke.store(now_ms() - SETTLE.as_millis() as u64 - 1, Ordering::Relaxed);
         assert!(!wake.just_woke(), "settled");
         assert!(wake.copies_unchecked(), "until a pass has checked the copies");
-        wake.copies_checked(wake.woke_at());
+        wake.copies_checked(wake.check_owed());
         assert!(!wake.copies_unchecked(), "checked");
         cancel.cancel();
         task.await.unwrap();
@@ -134,7 +168,21 @@ mod tests {
         assert!(wake.just_woke() && wake.copies_unchecked() && wake.settling());
         wake.woke.store(now_ms() - SETTLE.as_millis() as u64 - 1, Ordering::Relaxed);
         assert!(!wake.just_woke() && wake.settling(), "settled, copies not checked yet");
-        wake.copies_checked(wake.woke_at());
+        wake.copies_checked(wake.check_owed());
+        assert!(!wake.settling());
+    }
+
+    #[test]
+    fn a_restore_settles_once_done_and_checked_after() {
+        let wake = Wake::default();
+        wake.restoring(true);
+        let during = wake.check_owed();
+        assert!(wake.settling() && !wake.just_woke(), "checked with the first holder, not refused");
+        wake.copies_checked(during);
+        assert!(wake.settling(), "a pass during the restore does not count");
+        wake.restoring(false);
+        assert!(wake.settling(), "not checked since it ended");
+        wake.copies_checked(wake.check_owed());
         assert!(!wake.settling());
     }
 }
