@@ -38,6 +38,11 @@ pub(crate) const TIMER: &str = "dlr_latency";
 pub(crate) const COUNTER: &str = "submitted";
 /// A DLR is reported this long after its message was registered.
 const DLR_AFTER: Duration = Duration::from_millis(150);
+/// How long a gateway waits to hand in again a DLR answered `503` (try again), and how many
+/// times it tries in all (docs/dlr-api.md: a restarted node answers 503 for 5 s, a node that
+/// just died leaves misses unknown for a while).
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const TRIES: u32 = 10;
 
 /// What one gateway node is doing, shared with the demo's orchestration.
 pub(crate) struct Gateway {
@@ -56,6 +61,9 @@ pub(crate) struct DlrCounts {
     pub(crate) owner_down: AtomicU64,
     pub(crate) duplicate: AtomicU64,
     pub(crate) not_found: AtomicU64,
+    /// Answers `503` (try again), each handed in again later.
+    pub(crate) retried: AtomicU64,
+    /// Any other failure, or a `503` at the last try.
     pub(crate) errors: AtomicU64,
     /// Round trips of reports at the gateway, in microseconds.
     pub(crate) round_trips_us: Mutex<Vec<u64>>,
@@ -65,7 +73,10 @@ pub(crate) struct DlrCounts {
 struct Pending {
     id: u64,
     owner: usize,
+    /// When it was registered, or answered `503` for a retry.
     at: Instant,
+    /// Times it was handed in so far.
+    tries: u32,
 }
 
 /// Everything the load threads share.
@@ -73,6 +84,8 @@ pub(crate) struct Load {
     pub(crate) gateways: Vec<Arc<Gateway>>,
     pub(crate) dlr: DlrCounts,
     pending: Mutex<std::collections::VecDeque<Pending>>,
+    /// DLRs answered `503`, to hand in again after [`RETRY_AFTER`].
+    retrying: Mutex<std::collections::VecDeque<Pending>>,
     next_id: AtomicU64,
     /// Every timer value sent, in milliseconds.
     pub(crate) timer_values: Mutex<Vec<u64>>,
@@ -90,6 +103,7 @@ impl Load {
             gateways,
             dlr: DlrCounts::default(),
             pending: Mutex::new(Default::default()),
+            retrying: Mutex::new(Default::default()),
             // Start ids high enough that they print as 6+ hex digits.
             next_id: AtomicU64::new(0x10_0000),
             timer_values: Mutex::new(Vec::new()),
@@ -163,7 +177,7 @@ impl Load {
                 Ok((201, _)) => {
                     self.dlr.registered.fetch_add(1, Ordering::Relaxed);
                     if let Ok(mut p) = self.pending.lock() {
-                        p.push_back(Pending { id, owner: i, at: Instant::now() });
+                        p.push_back(Pending { id, owner: i, at: Instant::now(), tries: 0 });
                     }
                 }
                 _ => {
@@ -172,15 +186,14 @@ impl Load {
             }
             // Hand the DLRs that are due to a node other than their owner (its SMSC connection
             // happened to be elsewhere), one that is up.
-            let due: Vec<Pending> = {
-                let Ok(mut p) = self.pending.lock() else { return };
-                let mut due = Vec::new();
-                while p.front().is_some_and(|m| m.at.elapsed() >= DLR_AFTER) && due.len() < 4 {
+            let mut due: Vec<Pending> = Vec::new();
+            for (queue, after) in [(&self.pending, DLR_AFTER), (&self.retrying, RETRY_AFTER)] {
+                let Ok(mut p) = queue.lock() else { return };
+                while p.front().is_some_and(|m| m.at.elapsed() >= after) && due.len() < 4 {
                     due.extend(p.pop_front());
                 }
-                due
-            };
-            for m in due {
+            }
+            for mut m in due {
                 let Some(at) = (1..n).map(|k| (m.owner + k) % n).find(|&k| self.gateways[k].up.load(Ordering::Relaxed))
                 else {
                     continue;
@@ -191,11 +204,19 @@ impl Load {
                 let started = Instant::now();
                 let answer = clients[at].post("/v1/dlr/report", &body);
                 let took = started.elapsed().as_micros() as u64;
+                m.tries += 1;
                 let counter = match &answer {
                     Ok((200, b)) if b.contains(r#""outcome":"delivered""#) => &self.dlr.delivered,
                     Ok((200, b)) if b.contains(r#""outcome":"owner_down""#) => &self.dlr.owner_down,
                     Ok((200, b)) if b.contains(r#""outcome":"duplicate""#) => &self.dlr.duplicate,
                     Ok((404, _)) => &self.dlr.not_found,
+                    Ok((503, _)) if m.tries < TRIES => {
+                        m.at = Instant::now();
+                        if let Ok(mut r) = self.retrying.lock() {
+                            r.push_back(m);
+                        }
+                        &self.dlr.retried
+                    }
                     _ => &self.dlr.errors,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
