@@ -1153,7 +1153,8 @@ fn a_live_replica_that_does_not_answer_is_not_asked_in_a_loop() {
 #[test]
 fn a_node_rebuilt_empty_takes_its_records_back_and_its_copies_are_made_again() {
     let c = Cluster::new();
-    let ids: Vec<String> = (20_000..20_400).map(|i| i.to_string()).collect();
+    // More than a restore page (2,000 records) on each of b and c.
+    let ids: Vec<String> = (20_000..24_500).map(|i| i.to_string()).collect();
     let [a, b, c3] = owner_a_with_copies(&c, &ids);
     let connect = [b.endpoint(), c3.endpoint()];
     let dlr = |node: &str| serde_json::from_str::<Value>(&c.http_get(node, "/v1/dlr").1).unwrap_or(Value::Null);
@@ -1189,6 +1190,8 @@ fn a_node_rebuilt_empty_takes_its_records_back_and_its_copies_are_made_again() {
     });
     assert!(done, "{}\n{}", dlr(&a.name), log(&a));
     assert!(log(&a).contains("took back this node's DLR records"), "{}", log(&a));
+    let pages = dlr_counter(&c, "b", "restore_pages_served") + dlr_counter(&c, "c", "restore_pages_served");
+    assert!(pages >= 4, "{pages} pages for {} records on two holders", ids.len());
     let here = dlr_counter(&c, "a", "answered_here");
     for (i, id) in ids.iter().enumerate() {
         let (code, res) = post(&c, "a", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": id}));
@@ -1250,8 +1253,8 @@ fn a_node_rebuilt_empty_takes_its_records_back_and_its_copies_are_made_again() {
     std::fs::remove_dir_all(c.agent_state("b")).unwrap();
     let b = c.restart_limits_agent("b", b.port, &[a.endpoint(), c3.endpoint()], "", DLR);
     wait_mesh(&c, &["a", "b", "c"]);
-    // About half of the 400 copies are b's (rendezvous hashing); a pass sends them in one batch.
-    let copied = wait_until(Duration::from_secs(20), || dlr_counter(&c, "b", "replica_ops_received") >= 100);
+    // About half of the copies are b's (rendezvous hashing); a pass sends them in batches.
+    let copied = wait_until(Duration::from_secs(20), || dlr_counter(&c, "b", "replica_ops_received") >= 2000);
     assert!(copied, "{}\n{}", dlr(&a.name), dlr(&b.name));
     std::thread::sleep(Duration::from_secs(1));
     if let Some(p) = a.proc.take() {

@@ -47,7 +47,7 @@ pub struct DlrRecord {
     /// When the record is dropped, ms since the Unix epoch.
     pub expires_at: u64,
     /// Raised by every change; a registration starts it at [`registration_version`].
-    pub version: u64,
+    pub version: u32,
     /// Open or closed.
     pub state: RecordState,
     /// The final status (e.g. `DELIVRD`), once closed.
@@ -110,7 +110,7 @@ impl DlrRecord {
         out.push(u8::from(closed) | (u8::from(own_msg_id) << 1));
         put_varint(&mut out, self.submitted_at);
         put_varint(&mut out, self.expires_at);
-        put_varint(&mut out, self.version);
+        put_varint(&mut out, u64::from(self.version));
         put_str(&mut out, &self.owner);
         put_str(&mut out, &self.account);
         put_str(&mut out, &self.destination);
@@ -136,7 +136,7 @@ impl DlrRecord {
         let flags = r.byte()?;
         let submitted_at = r.varint()?;
         let expires_at = r.varint()?;
-        let version = r.varint()?;
+        let version = u32::try_from(r.varint()?).map_err(|_| CorruptRecord("version"))?;
         let (owner, account, destination, gateway_ref) = (r.str()?, r.str()?, r.str()?, r.str()?);
         let msg_id = if flags & 2 != 0 { r.str()? } else { id.clone() };
         let (state, status, closed_at, closed_by) = if flags & 1 != 0 {
@@ -189,17 +189,21 @@ impl DlrRecord {
     }
 }
 
-/// Versions per millisecond of a registration's time: a record's version starts at its
-/// registration's time in ms times this, and each change adds one.
-pub const VERSIONS_PER_MS: u64 = 1024;
+/// The start of the minutes a registration's version counts: 2024-01-01T00:00:00Z.
+pub const VERSION_EPOCH_MS: u64 = 1_704_067_200_000;
+/// Versions per minute since [`VERSION_EPOCH_MS`]: a record's version starts at its
+/// registration's minute times this, and each change adds one. A `u32` holds them until 2151.
+pub const VERSIONS_PER_MINUTE: u32 = 64;
 
 /// The version of a record registered at `now_ms` over the `previous` one of its id: above
-/// every version of the earlier record, as long as that one changed fewer than
-/// [`VERSIONS_PER_MS`] times per millisecond of its life (a record changes a few times in all).
-/// A version counted from 1 instead let a node rebuilt with an empty store register an id again
-/// below the copies of its earlier life, which then replaced the new record everywhere.
-pub fn registration_version(previous: Option<u64>, now_ms: u64) -> u64 {
-    let fresh = now_ms.saturating_mul(VERSIONS_PER_MS);
+/// every version of an earlier record registered in an earlier minute, as long as that one
+/// changed fewer than [`VERSIONS_PER_MINUTE`] times per minute of its life (a record changes a
+/// few times in all). A version counted from 1 instead let a node rebuilt with an empty store
+/// register an id again below the copies of its earlier life, which then replaced the new
+/// record everywhere. Versions stay `u32`, as agents of earlier releases read them.
+pub fn registration_version(previous: Option<u32>, now_ms: u64) -> u32 {
+    let minutes = now_ms.saturating_sub(VERSION_EPOCH_MS) / 60_000;
+    let fresh = u32::try_from(minutes.saturating_mul(u64::from(VERSIONS_PER_MINUTE))).unwrap_or(u32::MAX);
     previous.map_or(fresh, |p| p.saturating_add(1).max(fresh))
 }
 
@@ -275,14 +279,18 @@ pub(crate) mod tests {
     fn a_registration_outranks_every_version_of_the_earlier_record() {
         let t = 1_790_000_000_000u64;
         let first = registration_version(None, t);
-        assert_eq!(first, t * VERSIONS_PER_MS);
-        // Closed and changed a few times, then registered again a millisecond later: above.
+        assert_eq!(u64::from(first), (t - VERSION_EPOCH_MS) / 60_000 * 64);
+        // Closed and changed a few times, then registered again a minute later: above.
         let changed = first + 5;
-        assert!(registration_version(None, t + 1) > changed, "a store rebuilt empty");
-        assert!(registration_version(Some(changed), t + 1) > changed);
-        // A clock that went back still raises it.
-        assert_eq!(registration_version(Some(changed), t - 1000), changed + 1);
-        assert_eq!(registration_version(Some(u64::MAX), t), u64::MAX, "saturates");
+        assert!(registration_version(None, t + 60_000) > changed, "a store rebuilt empty");
+        assert!(registration_version(Some(changed), t + 60_000) > changed);
+        // Within the same minute, or with a clock that went back, one above the previous.
+        assert_eq!(registration_version(Some(changed), t), changed + 1);
+        assert_eq!(registration_version(Some(changed), t - 3_600_000), changed + 1);
+        assert_eq!(registration_version(Some(u32::MAX), t), u32::MAX, "saturates");
+        assert_eq!(registration_version(None, u64::MAX), u32::MAX, "past 2151: the largest");
+        // Until 2151 a version fits.
+        assert!(registration_version(None, 5_700_000_000_000) < u32::MAX);
     }
 
     use super::*;

@@ -136,7 +136,7 @@ impl Outbox {
 mod tests {
     use super::*;
 
-    fn record(i: u64, version: u64) -> DlrRecord {
+    fn record(i: u64, version: u32) -> DlrRecord {
         DlrRecord { version, ..DlrRecord::synthetic(i, "gw1") }
     }
 
@@ -148,7 +148,7 @@ mod tests {
         q.push(record(2, 1));
         q.push(record(2, 3));
         let taken = q.take();
-        let mut versions: Vec<u64> = taken.records.into_values().map(|r| r.version).collect();
+        let mut versions: Vec<u32> = taken.records.into_values().map(|r| r.version).collect();
         versions.sort();
         assert_eq!(versions, [2, 3]);
         assert!(!taken.overflowed && q.is_empty());

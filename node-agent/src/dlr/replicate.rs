@@ -350,8 +350,13 @@ pub(crate) async fn run(service: Arc<DlrService>, cancel: CancellationToken) {
             if !resync {
                 service.wake.copies_checked(woke);
             }
-        } else if let Some(before) = moved_from.take().filter(|_| !resync) {
-            resync = pass(&service, Some(&before), &peers).await.is_err();
+        } else if !service.wake.is_restoring() {
+            // Not while taking records back from their copies: a pass moving copies drops them
+            // where they no longer belong, and one a reporter closed could go before this node
+            // has read it. The pass owed once the restore is done checks every copy instead.
+            if let Some(before) = moved_from.take().filter(|_| !resync) {
+                resync = pass(&service, Some(&before), &peers).await.is_err();
+            }
         }
         // While just woken the pass waits, but new changes still go out (a host that stalls
         // every few seconds would otherwise never send them); a holder with a newer copy answers
