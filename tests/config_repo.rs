@@ -610,6 +610,36 @@ fn push_to_one_agent(c: &Cluster, repo: &str) -> (LimitsNode, Vec<String>, i32, 
     (a, ep, code, out)
 }
 
+/// A revision this node cannot store (a write of its own fails: here its objects directory is
+/// a file) is the node's own problem in `/health`, not a refused message, until one is stored.
+#[test]
+fn a_revision_this_node_cannot_store_is_its_own_problem_not_a_refusal() {
+    let c = Cluster::new();
+    let (_a, ep, code, out) = push_to_one_agent(&c, &repo_table(""));
+    assert_eq!(code, 0, "{out}");
+    let objects = c.agent_state("gw1").join("cluster-config/store/objects");
+    let aside = objects.with_extension("aside");
+    std::fs::rename(&objects, &aside).unwrap();
+    std::fs::write(&objects, "not a directory").unwrap();
+    let refused =
+        || metric(&c.http_get("gw1", "/metrics").1, "switchboard_bus_refused_total{reason=\"config_invalid\"}");
+    let health = || c.http_get("gw1", "/health").1;
+    let before = refused();
+    let (code, out) =
+        config_cli(&c, &ep, &["push", tree(&c, "2", &[("global/a.conf", "a2".into())]).to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}");
+    let said =
+        wait_until(Duration::from_secs(10), || health().contains("cannot store a pushed configuration revision"));
+    assert!(said, "{}", health());
+    assert_eq!(refused(), before, "counted as a refused message");
+    std::fs::remove_file(&objects).unwrap();
+    std::fs::rename(&aside, &objects).unwrap();
+    let (code, out) =
+        config_cli(&c, &ep, &["push", tree(&c, "3", &[("global/a.conf", "a3".into())]).to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(wait_until(Duration::from_secs(10), || !health().contains("cannot store")), "{}", health());
+}
+
 /// With `on_reload_failure = "keep"` a failed reload leaves the revision in place, and the push
 /// still reports the failure (exit 1), as `config status` does.
 #[test]

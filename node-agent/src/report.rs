@@ -125,8 +125,24 @@ impl Report for AgentReport {
                 ));
             }
         }
+        let unreadable = self.stats.unreadable.lock().map(|u| u.clone()).unwrap_or_default();
+        for (source, u) in unreadable {
+            let more = match u.files {
+                1 => String::new(),
+                n => format!(" (and {} more file(s))", n - 1),
+            };
+            h.degraded.push(format!(
+                "source {source}: cannot open {}{more}: {} (for {} s; tried again at every scan)",
+                u.path,
+                u.error,
+                u.since.elapsed().as_secs()
+            ));
+        }
         h.degraded.extend(self.mesh.problems().iter().map(|p| format!("bus mesh: {p}")));
         let repo = self.cluster_config.as_ref().map(|c| c.state());
+        if let Some(e) = self.cluster_config.as_ref().and_then(|c| c.store_error()) {
+            h.degraded.push(e);
+        }
         if let Some(r) = &repo {
             if let Some(b) = &r.blocked {
                 h.degraded.push(format!("configuration revision {} not applied: {}", b.number, b.why));

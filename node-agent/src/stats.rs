@@ -62,6 +62,22 @@ pub struct AgentStats {
     /// Per source, when its tailer thread last went round its loop (a stuck or dead tailer
     /// stops beating; `/health` reports it).
     pub tailer_beats: Mutex<BTreeMap<String, Instant>>,
+    /// Per source, the files its paths match that it cannot open (permissions, say), as of its
+    /// last scan; `/health` reports them.
+    pub unreadable: Mutex<BTreeMap<String, Unreadable>>,
+}
+
+/// Files of one source that could not be opened at its last scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// How many.
+    pub files: usize,
+    /// One of them, and why.
+    pub path: String,
+    /// The error opening it.
+    pub error: String,
+    /// Since when some file of the source has been unreadable without a break.
+    pub since: Instant,
 }
 
 impl AgentStats {
@@ -82,9 +98,46 @@ impl AgentStats {
         }
     }
 
+    /// Note what source `source` could not open at its last scan: `failures` (path, error), none
+    /// when every file opened.
+    pub fn set_unreadable(&self, source: &str, failures: &[(String, String)]) {
+        let Ok(mut u) = self.unreadable.lock() else { return };
+        match failures.first() {
+            None => {
+                u.remove(source);
+            }
+            Some((path, error)) => {
+                let since = u.get(source).map_or_else(Instant::now, |e| e.since);
+                let entry = Unreadable { files: failures.len(), path: path.clone(), error: error.clone(), since };
+                u.insert(source.to_owned(), entry);
+            }
+        }
+    }
+
     /// Sources whose tailer has not gone round its loop for `quiet`, with how long.
     pub fn silent_tailers(&self, quiet: std::time::Duration) -> Vec<(String, std::time::Duration)> {
         let Ok(beats) = self.tailer_beats.lock() else { return Vec::new() };
         beats.iter().map(|(s, t)| (s.clone(), t.elapsed())).filter(|(_, d)| *d >= quiet).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreadable_files_are_kept_per_source_with_when_it_began_until_a_scan_finds_none() {
+        let s = AgentStats::default();
+        let fail = |path: &str| (path.to_owned(), "Permission denied (os error 13)".to_owned());
+        s.set_unreadable("app", &[fail("/l/b.log"), fail("/l/c.log")]);
+        let first = s.unreadable.lock().unwrap()["app"].clone();
+        assert_eq!((first.files, first.path.as_str()), (2, "/l/b.log"));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        s.set_unreadable("app", &[fail("/l/c.log")]);
+        let again = s.unreadable.lock().unwrap()["app"].clone();
+        assert_eq!((again.files, again.path.as_str(), again.since), (1, "/l/c.log", first.since), "since kept");
+        s.set_unreadable("other", &[]);
+        s.set_unreadable("app", &[]);
+        assert!(s.unreadable.lock().unwrap().is_empty());
     }
 }

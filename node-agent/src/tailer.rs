@@ -203,6 +203,8 @@ const PARTIAL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// At most one warning this often that a directory of the source's paths cannot be listed.
 const UNLISTED_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// Unreadable files remembered (so as to log each once), at most.
+const MAX_UNOPENED_NOTED: usize = 1000;
 
 /// Tails the files of one source; see the module docs.
 pub struct SourceTailer {
@@ -223,6 +225,9 @@ pub struct SourceTailer {
     rescan_now: bool,
     /// The warning that a directory of the paths could not be listed.
     unlisted_warned: Throttle,
+    /// Files that could not be opened, each logged once until it opens (at most
+    /// [`MAX_UNOPENED_NOTED`]).
+    unopened: std::collections::BTreeSet<PathBuf>,
     /// Files whose position moved without lines (opened, a copy taken over, truncated): the next
     /// batch records their position, so that a restart knows them.
     moved: Vec<Inode>,
@@ -257,6 +262,7 @@ impl SourceTailer {
             pending_copies: Vec::new(),
             rescan_now: false,
             unlisted_warned: Throttle::new(UNLISTED_WARN_EVERY),
+            unopened: std::collections::BTreeSet::new(),
             moved: Vec::new(),
             journal,
             stats,
@@ -333,6 +339,8 @@ impl SourceTailer {
             (!known, mtime, ino)
         });
         let mut live_inodes = Vec::with_capacity(seen.len());
+        let mut unreadable: Vec<(String, String)> = Vec::new();
+        let mut failing = std::collections::BTreeSet::new();
         for path in seen {
             let Ok(meta) = std::fs::metadata(&path) else { continue };
             if !meta.is_file() {
@@ -347,10 +355,27 @@ impl SourceTailer {
                 }
                 continue;
             }
-            if let Err(e) = self.open(path.clone(), inode, meta.len()) {
-                tracing::warn!(source = %self.config.name, path = %path.display(), error = %e, "cannot open file");
+            match self.open(path.clone(), inode, meta.len()) {
+                Ok(()) => {
+                    if self.unopened.remove(&path) {
+                        tracing::info!(source = %self.config.name, path = %path.display(), "file can be read again");
+                    }
+                }
+                // Gone between the listing and the open: nothing to read.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    // Said once per file while it stays unreadable (every scan finds it again);
+                    // `/health` says it meanwhile.
+                    if self.unopened.len() < MAX_UNOPENED_NOTED && self.unopened.insert(path.clone()) {
+                        tracing::warn!(source = %self.config.name, path = %path.display(), error = %e, "cannot open file; it is tried again at every scan");
+                    }
+                    unreadable.push((path.display().to_string(), e.to_string()));
+                    failing.insert(path);
+                }
             }
         }
+        self.unopened.retain(|p| failing.contains(p));
+        self.stats.set_unreadable(&self.config.name, &unreadable);
         if let Some(e) = unlisted {
             if let Some(unsaid) = self.unlisted_warned.admit() {
                 tracing::warn!(source = %self.config.name, error = %e, failed_since_last_line = unsaid, "cannot list a directory of the source's paths; no file is taken as rotated away or deleted until it can be listed");
@@ -1036,6 +1061,27 @@ mod tests {
     /// Files found together are read one after another, oldest first, each to its end: their
     /// lines are numbered in the order they were written (each file here is more than a turn's
     /// reading, so reading them in turns would interleave them).
+    #[test]
+    fn a_file_that_cannot_be_opened_is_said_once_and_kept_for_health_until_it_can() {
+        // Root opens any file whatever its mode: only a user without that right can see this.
+        let uid = std::fs::read_to_string("/proc/self/status")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:").and_then(|u| u.split_whitespace().nth(1)).map(str::to_owned));
+        if uid.as_deref() == Some("0") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.log"), "one\ntwo\n").unwrap();
+        let locked = dir.path().join("b.log");
+        std::fs::write(&locked, "three\n").unwrap();
+        std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+        let (messages, stats) = tail(dir.path(), BinaryFiles::Read, 2);
+        assert_eq!(messages, ["one", "two"]);
+        let u = stats.unreadable.lock().unwrap().get("app").cloned().expect("b.log is unreadable");
+        assert!(u.path.ends_with("b.log") && u.error.contains("denied"), "{u:?}");
+    }
+
     #[test]
     fn files_found_together_are_read_oldest_first_one_after_another() {
         let dir = tempfile::tempdir().unwrap();

@@ -79,12 +79,21 @@ const NOT_HELD: &str = "the store lacks the content of";
 /// The node's repository, as the status page and the agent's API show it.
 pub struct ClusterConfig {
     state: Arc<Mutex<NodeState>>,
+    /// Why the last pushed revision could not be stored here (a local write failed), until one
+    /// is stored.
+    store_error: Arc<Mutex<Option<String>>>,
 }
 
 impl ClusterConfig {
     /// The node's current state.
     pub fn state(&self) -> NodeState {
         self.state.lock().map(|s| s.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Why this node could not store the last pushed revision (a write of its own failed: a
+    /// full disk, permissions), until one is stored; `/health` says it.
+    pub fn store_error(&self) -> Option<String> {
+        self.store_error.lock().map(|e| e.clone()).unwrap_or_else(|p| p.into_inner().clone())
     }
 
     /// Open the store and working directory and follow the cluster's repository until `cancel`.
@@ -152,6 +161,8 @@ impl ClusterConfig {
                 .map_err(decl("config object queryable"))?
         };
         let (session, keys, cancel2, shared) = (session.clone(), keys.clone(), cancel.clone(), state.clone());
+        let store_error = Arc::new(Mutex::new(None::<String>));
+        let failing = store_error.clone();
         let thread = tracker.spawn_blocking(move || {
             tokio::runtime::Handle::current().block_on(async move {
                 let mut next_sync = tokio::time::Instant::now();
@@ -172,9 +183,19 @@ impl ClusterConfig {
                                     s.storing = Some(st);
                                 }
                             };
-                            match inner.take_pack(&sample.payload().to_bytes(), storing) {
-                                Ok(true) => {}
+                            let taken = inner.take_pack(&sample.payload().to_bytes(), storing);
+                            let mut failing = failing.lock().unwrap_or_else(|p| p.into_inner());
+                            match taken {
+                                Ok(true) => *failing = None,
                                 Ok(false) => next_sync = tokio::time::Instant::now() + Duration::from_millis(200),
+                                // This node's own write failed: nothing is wrong with the revision.
+                                Err(e @ RepoError::Io { .. }) => {
+                                    let why = format!("cannot store a pushed configuration revision: {e}");
+                                    if failing.as_ref() != Some(&why) {
+                                        tracing::error!("{why}");
+                                    }
+                                    *failing = Some(why);
+                                }
                                 Err(e) => refuse(Reason::ConfigInvalid, format_args!("a pushed configuration revision: {e}")),
                             }
                         }
@@ -190,7 +211,7 @@ impl ClusterConfig {
             })
         });
         switchboard_bus::vital::watch(tracker, "the cluster configuration thread".into(), thread, cancel.clone());
-        Ok(Arc::new(Self { state }))
+        Ok(Arc::new(Self { state, store_error }))
     }
 }
 
