@@ -439,7 +439,18 @@ fn the_store_stopped_for_a_while_loses_nothing_and_health_says_why() {
         );
     }
     let (_, metrics) = g.c.http_get(&standby, "/metrics");
-    for line in ["switchboard_health_status 2", "switchboard_collector_store_failing 1"] {
+    // Every family without labels is there from the start (docs/prometheus.md), at 0 but for
+    // what says it is starting.
+    for line in [
+        "switchboard_health_status 2",
+        "switchboard_collector_store_failing 1",
+        "switchboard_collector_failing 1",
+        "switchboard_collector_epoch -1",
+        "switchboard_collector_last_commit_age_seconds -1",
+        "switchboard_collector_rows_committed_total 0",
+        "switchboard_mesh_live_processes 0",
+        "switchboard_mesh_dials_total 0",
+    ] {
         assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
     }
     // 30 s without a store in all.

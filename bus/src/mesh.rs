@@ -473,42 +473,64 @@ impl Mesh {
             .collect();
         members.sort();
         members.dedup();
-        m.gauge(
+        mesh_families(
+            m,
+            [self.membership.live().len(), members.len(), problems.len() - unreachable],
+            [
+                self.malformed.load(Ordering::Relaxed),
+                self.dials.tried.load(Ordering::Relaxed),
+                self.dials.opened.load(Ordering::Relaxed),
+                self.dials.reset.load(Ordering::Relaxed),
+            ],
+        );
+    }
+}
+
+/// The mesh check's families before a process has joined the bus: every one at 0.
+pub fn idle_metrics(m: &mut crate::http::Metrics) {
+    mesh_families(m, [0; 3], [0; 4]);
+}
+
+/// The mesh check's families: `gauges` live, unreachable, missing links; `counters` malformed
+/// views, dials, dials opened, links reset.
+fn mesh_families(m: &mut crate::http::Metrics, gauges: [usize; 3], counters: [u64; 4]) {
+    let [live, unreachable, missing] = gauges.map(|g| g as f64);
+    let [malformed, tried, opened, reset] = counters;
+    m.gauge(
             "switchboard_mesh_live_processes",
             "Processes this one sees alive (itself included).",
-            self.membership.live().len() as f64,
+            live,
         )
         .gauge(
             "switchboard_mesh_unreachable_processes",
             "Processes alive according to others that this one has no link to.",
-            members.len() as f64,
+            unreachable,
         )
         .gauge(
             "switchboard_mesh_missing_links",
             "Pairs of processes this one sees where one does not see the other.",
-            (problems.len() - unreachable) as f64,
+            missing,
         )
         .counter(
             "switchboard_mesh_malformed_views_total",
             "Views of other processes left out: malformed, oversized, of an unknown version or under a bad key.",
-            self.malformed.load(Ordering::Relaxed),
+            malformed,
         )
         .counter(
             "switchboard_mesh_dials_total",
             "Dials of a process alive according to others but unreachable from here.",
-            self.dials.tried.load(Ordering::Relaxed),
+            tried,
         )
         .counter(
             "switchboard_mesh_dials_opened_total",
             "Dials after which a link to that process was open.",
-            self.dials.opened.load(Ordering::Relaxed),
+            opened,
         )
         .counter(
             "switchboard_mesh_links_reset_total",
             "Dials that found a link to that process open but carrying none of its declarations, and shut its connections down.",
-            self.dials.reset.load(Ordering::Relaxed),
+            reset,
         );
-    }
 }
 
 /// The processes unreachable (per `pending`) for [`SETTLE`] whose next dial is due at `now`, at

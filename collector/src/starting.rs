@@ -64,18 +64,12 @@ impl Report for Starting {
     }
 
     fn metrics(&self) -> String {
-        let store_failing = self.problem.lock().unwrap_or_else(|p| p.into_inner()).1;
+        let (problem, store_failing) = self.problem.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut m = Metrics::new();
-        m.gauge(
-            "switchboard_collector_leader",
-            "1 while this collector writes the dataset, 0 while it stands by.",
-            0.0,
-        )
-        .gauge(
-            "switchboard_collector_store_failing",
-            "1 while the dataset's store answers with errors.",
-            f64::from(u8::from(store_failing)),
-        );
+        // Every family without labels, as a running collector shows them: nothing done yet.
+        let group = crate::group::GroupStatus { store_error: store_failing.then_some(problem), ..Default::default() };
+        crate::report::own_families(&mut m, &crate::stats::CollectorStats::default(), &group, false, 0);
+        switchboard_bus::mesh::idle_metrics(&mut m);
         self.health().gauge(&mut m);
         m.finish()
     }
