@@ -346,7 +346,11 @@ impl Agent {
         let report = Arc::new(report::AgentReport {
             node: node.clone(),
             started_at_ms: switchboard_bus::status::now_ms(),
-            rates: std::sync::Mutex::default(),
+            // A limit key's decisions (`a:`, `d:`) count from 0 when its state appears.
+            rates: std::sync::Mutex::new(
+                switchboard_bus::status::Rates::default()
+                    .counting_new_from_zero(|n| n.starts_with("a:") || n.starts_with("d:")),
+            ),
             stats: stats.clone(),
             journals: journals.clone(),
             membership: membership.clone(),

@@ -284,6 +284,11 @@ pub struct Rates {
     window: Duration,
     history: HashMap<String, std::collections::VecDeque<(Instant, u64)>>,
     rates: HashMap<String, f64>,
+    /// Counts that start at 0 when they first appear (a limit key's decisions): one first seen
+    /// in a sample was 0 at the sample before, so what it counted in between is in its rate.
+    from_zero: fn(&str) -> bool,
+    /// When the last sample was taken.
+    last: Option<Instant>,
 }
 
 impl Default for Rates {
@@ -295,7 +300,13 @@ impl Default for Rates {
 impl Rates {
     /// Rates over the samples of the last `window`.
     pub fn over(window: Duration) -> Self {
-        Self { window, history: HashMap::new(), rates: HashMap::new() }
+        Self { window, history: HashMap::new(), rates: HashMap::new(), from_zero: |_| false, last: None }
+    }
+
+    /// The same, for counts whose names `from_zero` picks starting at 0 when they first appear
+    /// (others, such as a stream's sequence number, may first be seen anywhere).
+    pub fn counting_new_from_zero(self, from_zero: fn(&str) -> bool) -> Self {
+        Self { from_zero, ..self }
     }
 
     /// Take a sample of `counts` at `now`: each count's rate from its oldest sample within the
@@ -308,6 +319,9 @@ impl Rates {
             let mut h = self.history.remove(&name).unwrap_or_default();
             if h.back().is_some_and(|&(_, before)| count < before) {
                 h.clear();
+            }
+            if let Some(last) = self.last.filter(|_| h.is_empty() && (self.from_zero)(&name)) {
+                h.push_back((last, 0));
             }
             h.push_back((now, count));
             // Keep one sample at least a window old, and none older than it needs.
@@ -324,6 +338,7 @@ impl Rates {
         }
         self.history = history;
         self.rates = rates;
+        self.last = Some(now);
     }
 
     /// The rate of `name` per second (0 before two samples).
@@ -530,5 +545,22 @@ mod tests {
             rates.push(r.get("w"));
         }
         assert!(rates[12..].iter().all(|x| (10.0..=25.0).contains(x)), "about 20/s between steps too: {rates:?}");
+    }
+
+    #[test]
+    fn a_count_that_starts_at_zero_has_what_it_counted_before_its_first_sample() {
+        let mut r = Rates::default().counting_new_from_zero(|n| n.starts_with("a:"));
+        let t0 = Instant::now();
+        r.sample(t0, [("s:app".to_owned(), 1000)]);
+        // Two keys appear between samples, with 5 decisions each; a stream with a head of 500.
+        let t1 = t0 + Duration::from_secs(1);
+        r.sample(t1, [("s:app".to_owned(), 1010), ("a:1:k".to_owned(), 5), ("s:new".to_owned(), 500)]);
+        assert_eq!(r.get("a:1:k"), 5.0, "counted from 0 at the sample before");
+        assert_eq!(r.get("s:new"), 0.0, "a stream's first head says nothing of its rate");
+        assert_eq!(r.get("s:app"), 10.0);
+        // At the very first sample there is no sample before: no rate yet.
+        let mut r = Rates::default().counting_new_from_zero(|_| true);
+        r.sample(t0, [("a:1:k".to_owned(), 5)]);
+        assert_eq!(r.get("a:1:k"), 0.0);
     }
 }
