@@ -402,6 +402,17 @@ fn the_status_page_in_a_real_browser_marks_a_killed_node_gone_without_a_reload()
     let problems = browser.eval("return document.querySelector('ul.problems').innerText");
     assert!(problems.as_str().is_some_and(|p| p.contains("node gw3 is gone since")), "{problems}");
     eprintln!("gw3 marked gone on the page {took:?} after kill -9");
+    // The process behind the page hangs: the page says so within seconds, not "updated" forever.
+    let stamp = |b: &common::webdriver::Browser| b.eval("return document.getElementById('updated').textContent");
+    common::signal(_collector.pid(), "-STOP");
+    let said = wait_until(Duration::from_secs(10), || {
+        stamp(&browser).as_str().is_some_and(|s| s.contains("no answer within 3 s"))
+    });
+    common::signal(_collector.pid(), "-CONT");
+    assert!(said, "a hung process's page says {:?}", stamp(&browser));
+    let back =
+        wait_until(Duration::from_secs(10), || stamp(&browser).as_str().is_some_and(|s| s.starts_with("updated")));
+    assert!(back, "the page did not come back: {:?}", stamp(&browser));
     let png = browser.screenshot();
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");

@@ -209,21 +209,39 @@ async fn json(State(p): State<StatusPage>) -> axum::response::Response {
     ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], body).into_response()
 }
 
-/// The page's script: fetch the fragment every second and swap it in; say when that fails.
+/// The page's script: fetch the fragment every second and swap it in; say when that fails:
+/// no answer within 3 s (a hung process keeps its connection open), or a `503`
+/// (the process says why it cannot show the cluster now: its text replaces the view).
 const SCRIPT: &str = r#"
 const token = new URLSearchParams(location.search).get("token");
 const headers = token ? { Authorization: "Bearer " + token } : {};
+let inflight = false;
 async function refresh() {
+  if (inflight) return;
+  inflight = true;
   const stamp = document.getElementById("updated");
+  const ctl = new AbortController();
+  const timer = setTimeout(() => ctl.abort(), 3000);
   try {
-    const r = await fetch("status/fragment", { headers, cache: "no-store" });
+    const r = await fetch("status/fragment", { headers, cache: "no-store", signal: ctl.signal });
+    const text = await r.text();
+    if (r.status === 503) {
+      document.getElementById("status").innerHTML = text;
+      stamp.textContent = "this process cannot show the cluster now (" + new Date().toLocaleTimeString() + ")";
+      stamp.className = "via stale";
+      return;
+    }
     if (!r.ok) throw new Error("HTTP " + r.status);
-    document.getElementById("status").innerHTML = await r.text();
+    document.getElementById("status").innerHTML = text;
     stamp.textContent = "updated " + new Date().toLocaleTimeString();
     stamp.className = "via";
   } catch (e) {
-    stamp.textContent = "cannot reach this process: " + e.message;
+    const why = e.name === "AbortError" ? "no answer within 3 s (hung or overloaded?)" : e.message;
+    stamp.textContent = "cannot reach this process: " + why;
     stamp.className = "via stale";
+  } finally {
+    clearTimeout(timer);
+    inflight = false;
   }
 }
 setInterval(refresh, 1000);
