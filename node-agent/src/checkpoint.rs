@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -172,18 +172,10 @@ impl Checkpoint {
         let path = Self::path_in(data_dir);
         let io = |source| CheckpointError::Io { path: path.clone(), source };
         std::fs::create_dir_all(data_dir).map_err(io)?;
-        let tmp = data_dir.join("checkpoint.json.tmp");
         let mut body = serde_json::to_vec_pretty(&Self { version: VERSION, sources: self.sources.clone() })
             .map_err(|e| CheckpointError::Corrupt { path: path.clone(), detail: e.to_string() })?;
         body.push(b'\n');
-        {
-            let mut f = File::create(&tmp).map_err(io)?;
-            f.write_all(&body).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, &path).map_err(io)?;
-        File::open(data_dir).and_then(|d| d.sync_all()).map_err(io)?;
-        Ok(())
+        switchboard_bus::config::write_atomically(&path, &body).map_err(io)
     }
 }
 
@@ -212,7 +204,11 @@ mod tests {
         cp.store(dir.path()).unwrap();
         let back = Checkpoint::load(dir.path()).unwrap();
         assert_eq!(back.sources, cp.sources);
-        assert!(!dir.path().join("checkpoint.json.tmp").exists());
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["checkpoint.json"], "no temporary file left");
     }
 
     #[test]

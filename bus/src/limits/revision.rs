@@ -8,7 +8,6 @@
 //! queries for its history on `<prefix>/limits/config/<node>` ([`fetch_histories`]).
 
 use std::cmp::Ordering;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -171,12 +170,9 @@ pub fn save(path: &Path, history: &History) -> Result<(), HistoryError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    let tmp = path.with_extension("json.tmp");
     let body =
         serde_json::to_vec_pretty(history).map_err(|source| HistoryError::Format { path: path.into(), source })?;
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(&body).and_then(|()| f.sync_all()).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    crate::config::write_atomically(path, &body).map_err(io)
 }
 
 /// Ask every node for its limits history; `(node, history)` for each answer that parses.

@@ -243,14 +243,7 @@ impl Persisted {
     }
 
     fn save(&self, path: &Path) {
-        let write = || -> std::io::Result<()> {
-            let tmp = path.with_extension("json.tmp");
-            let mut f = std::fs::File::create(&tmp)?;
-            std::io::Write::write_all(&mut f, &serde_json::to_vec(self).unwrap_or_default())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
-        };
-        if let Err(e) = write() {
+        if let Err(e) = switchboard_bus::config::write_atomically(path, &serde_json::to_vec(self).unwrap_or_default()) {
             tracing::error!(path = %path.display(), error = %e, "cannot record the applied revision");
         }
     }
