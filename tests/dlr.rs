@@ -1278,3 +1278,26 @@ fn a_node_rebuilt_empty_takes_its_records_back_and_its_copies_are_made_again() {
     }
     drop(c3);
 }
+
+/// Over mutual TLS a rebuilt node asks for its records under its own identity (policy row 21 of
+/// docs/security.md) and takes every one back.
+#[test]
+fn a_node_rebuilt_empty_takes_its_records_back_over_mutual_tls() {
+    let c = Cluster::with_tls(&["collector:c1", "agent:gw1", "agent:gw2"]);
+    let _collector = c.start_collector();
+    let rest = "[dlr]\ncopies = 1\n[[dlr.connector]]\nname = \"dec\"\nids = \"decimal\"\n";
+    let start = |n: &str| c.start_agent_config(n, std::slice::from_ref(&c.endpoint), "", rest);
+    let a = start("gw1");
+    let _b = start("gw2");
+    wait_mesh(&c, &["gw1", "gw2"]);
+    let n = register(&c, "gw1", "dec", (30_000..30_300).map(|i| i.to_string())) as u64;
+    let copied = wait_until(Duration::from_secs(10), || dlr_counter(&c, "gw2", "replica_ops_received") >= n);
+    assert!(copied, "{} copies of {n}", dlr_counter(&c, "gw2", "replica_ops_received"));
+    a.kill();
+    std::fs::remove_dir_all(c.agent_state("gw1")).unwrap();
+    let a = start("gw1");
+    let restored = wait_until(Duration::from_secs(30), || dlr_counter(&c, "gw1", "restored") == n);
+    assert!(restored, "{} of {n}\n{}", dlr_counter(&c, "gw1", "restored"), a.log_text());
+    let (code, res) = post(&c, "gw1", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "30007", "local": true}));
+    assert_eq!((code, res["role"].as_str()), (200, Some("owner")), "{res}");
+}
