@@ -24,15 +24,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
+use switchboard_bus::dlr::rendezvous::replicas_for;
 use switchboard_bus::dlr::wire::{RestorePage, DOC_VERSION, RESTORE_PAGE_RECORDS};
-use switchboard_bus::dlr::DlrRecord;
+use switchboard_bus::dlr::{registration_version, DlrRecord};
 use switchboard_bus::keys::Role;
 use switchboard_bus::refusals::{refuse, Reason};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use zenoh::query::QueryTarget;
+use zenoh::query::{Query, QueryTarget};
+use zenoh::Wait as _;
 
 use super::store::Write;
 use super::{now_ms, DlrService};
@@ -42,18 +43,19 @@ use crate::AgentError;
 /// answer takes whatever the share of the asker's records.
 pub const SCAN: usize = 50_000;
 /// How long the asker waits for one page.
-const PAGE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long one attempt at a node may take in all (a node that holds millions of records
-/// answers a few hundred pages a second; one that drags is given up and tried again later).
-const ATTEMPT_BUDGET: Duration = Duration::from_secs(600);
+const PAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one attempt at an agent may take in all (one that holds millions of records
+/// answers a few pages a second; one that drags is given up and asked again later).
+const ATTEMPT_BUDGET: Duration = Duration::from_secs(120);
 /// Pages asked of one node in one attempt, at most (10^9 records at one record per [`SCAN`]).
 const MAX_PAGES: u64 = 20_000;
 /// How long the asker waits before asking again a node that failed.
 const RETRY: Duration = Duration::from_secs(5);
-/// Attempts at one node in a process's life, at most.
-const MAX_ATTEMPTS: u32 = 5;
-/// Nodes asked at once.
-const AT_ONCE: usize = 4;
+/// Agents asked at once.
+const AT_ONCE: usize = 16;
+/// How long an agent has been seen before it is asked: it sees this node by then too (an
+/// agent asked the moment this node sees it may not see this node yet, and refuse).
+const SEEN_FOR: Duration = Duration::from_secs(1);
 /// How long after a rebuild a node still asks agents that join (were down at the rebuild), at
 /// most; never longer than `closed_retention_s`, so that a record this node closed meanwhile
 /// is still held (closed) when a late copy of it arrives, and the copy does not open it again.
@@ -65,6 +67,17 @@ const MAX_CURSOR_BYTES: usize = 512;
 /// The file that says a restore is under way.
 pub const STATE_FILE: &str = "restore.json";
 
+/// The restore queries waiting at a holder: one per asker (an asker that asks again before
+/// its last query was answered replaces it), answered in the order the askers came. An asker
+/// asks one page at a time, so a flood under one name (with TLS a member can only ask under its
+/// own) takes one turn in the round like any other asker, and the queue holds at most one
+/// query per live agent.
+#[derive(Default)]
+struct Waiting {
+    order: std::collections::VecDeque<String>,
+    queries: std::collections::HashMap<String, Query>,
+}
+
 /// Declare this node's restore queryable and serve it until `cancel` fires.
 pub(crate) async fn serve(
     service: Arc<DlrService>,
@@ -72,17 +85,53 @@ pub(crate) async fn serve(
     cancel: CancellationToken,
 ) -> Result<(), AgentError> {
     let key = service.keys.all_dlr_restores(&service.node)?;
-    let queryable = service
-        .session
-        .declare_queryable(key)
-        .with(zenoh::handlers::RingChannel::new(8))
-        .await
-        .map_err(|source| AgentError::Declare { what: "DLR restore queryable", source })?;
+    let waiting = Arc::new(std::sync::Mutex::new(Waiting::default()));
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let queryable = {
+        let (me, waiting, arrived) = (service.clone(), waiting.clone(), arrived.clone());
+        service
+            .session
+            .declare_queryable(key)
+            .callback(move |query| {
+                let owner = match asker(&me, query.key_expr().as_str()) {
+                    Ok(owner) => owner,
+                    Err(why) => {
+                        if let Err(e) = query.reply_err(why).wait() {
+                            tracing::debug!(error = %e, "cannot answer a restore query");
+                        }
+                        return;
+                    }
+                };
+                // One insert or replacement under this lock: a poisoned lock is taken over.
+                let mut w = waiting.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(before) = w.queries.insert(owner.clone(), query) {
+                    refuse(
+                        Reason::RestoreInvalid,
+                        format_args!("a restore query from {owner} before its last one was answered"),
+                    );
+                    if let Err(e) = before.reply_err("replaced by a later query of the same node").wait() {
+                        tracing::debug!(error = %e, "cannot answer a restore query");
+                    }
+                } else {
+                    w.order.push_back(owner);
+                }
+                arrived.notify_one();
+            })
+            .await
+            .map_err(|source| AgentError::Declare { what: "DLR restore queryable", source })?
+    };
     tracker.spawn(async move {
         loop {
-            let query = tokio::select! {
-                _ = cancel.cancelled() => break,
-                q = queryable.recv_async() => match q { Ok(q) => q, Err(_) => break },
+            let next = {
+                let mut w = waiting.lock().unwrap_or_else(|p| p.into_inner());
+                let owner = w.order.pop_front();
+                owner.and_then(|o| w.queries.remove(&o))
+            };
+            let Some(query) = next else {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = arrived.notified() => continue,
+                }
             };
             let (s, key) = (service.clone(), query.key_expr().as_str().to_owned());
             let after = query.parameters().get("after").map(str::to_owned);
@@ -101,12 +150,13 @@ pub(crate) async fn serve(
                 tracing::debug!(error = %e, "cannot answer a restore query");
             }
         }
+        drop(queryable);
     });
     Ok(())
 }
 
-/// The page a restore query on `key` asks for, from the cursor `after`.
-fn page(service: &DlrService, key: &str, after: Option<&str>) -> Result<RestorePage, String> {
+/// The asker of a restore query on `key`: another live agent, or why not (counted).
+fn asker(service: &DlrService, key: &str) -> Result<String, String> {
     let invalid = |why: String| {
         refuse(Reason::RestoreInvalid, &why);
         why
@@ -117,10 +167,20 @@ fn page(service: &DlrService, key: &str, after: Option<&str>) -> Result<RestoreP
     if owner == service.node || !service.membership.live_of(Role::Agent).contains(&owner) {
         return Err(invalid(format!("a restore asked for {owner}, which is not another live agent")));
     }
+    Ok(owner)
+}
+
+/// The page a restore query on `key` asks for, from the cursor `after`.
+fn page(service: &DlrService, key: &str, after: Option<&str>) -> Result<RestorePage, String> {
+    let owner = asker(service, key)?;
     let after = match after.map(decode_cursor) {
         None => None,
         Some(Some(k)) => Some(k),
-        Some(None) => return Err(invalid(format!("after= of a restore for {owner} is not a cursor"))),
+        Some(None) => {
+            let why = format!("after= of a restore for {owner} is not a cursor");
+            refuse(Reason::RestoreInvalid, &why);
+            return Err(why);
+        }
     };
     let (records, next) = service
         .store
@@ -211,6 +271,8 @@ pub fn state_path(dir: &Path) -> PathBuf {
 
 /// Take this node's records back from every other live agent, once each, if its store was
 /// `empty` at start or a restore was under way; until `cancel` fires or the restore is over.
+/// Each agent is asked in a task of its own ([`AT_ONCE`] at most), so a slow one holds back no
+/// other; one that fails is asked again [`RETRY`] later, until the window ends.
 pub(crate) async fn run(service: Arc<DlrService>, state_file: PathBuf, empty: bool, cancel: CancellationToken) {
     let window = window(service.settings.closed_retention_s);
     let window_ms = window.as_millis() as u64;
@@ -220,77 +282,58 @@ pub(crate) async fn run(service: Arc<DlrService>, state_file: PathBuf, empty: bo
         "this node's DLR store was empty at start: its records are taken back from their copies on the other nodes"
     );
     let mut live = service.membership.subscribe();
-    // Per node: attempts so far, and when the last one failed.
+    // Per agent: failed attempts so far, and when the last one failed.
     let mut failed: BTreeMap<String, (u32, tokio::time::Instant)> = BTreeMap::new();
+    // When each agent was first seen: it is asked a moment later, once it has seen this node too.
+    let mut seen: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
+    let mut running: tokio::task::JoinSet<(String, Result<u64, String>)> = tokio::task::JoinSet::new();
+    let mut asking: BTreeSet<String> = BTreeSet::new();
     // The other agents take a moment to be seen: until then the restore counts as under way.
     let seen_by = tokio::time::Instant::now() + switchboard_bus::mesh::SETTLE;
     service.wake.restoring(true);
     loop {
         let now = tokio::time::Instant::now();
-        let due: Vec<String> = live
+        let over = now_ms().saturating_sub(state.began_ms) > window_ms;
+        let peers: Vec<String> = live
             .borrow_and_update()
             .iter()
-            .filter(|m| m.role == Role::Agent && m.name != service.node && !state.done.contains(&m.name))
-            .filter(|m| failed.get(&m.name).is_none_or(|(n, at)| *n < MAX_ATTEMPTS && now.duration_since(*at) >= RETRY))
+            .filter(|m| m.role == Role::Agent && m.name != service.node)
             .map(|m| m.name.clone())
             .collect();
-        if !due.is_empty() {
-            service.wake.restoring(true);
-            let asked: Vec<(String, Result<u64, String>)> = futures::stream::iter(due)
-                .map(|peer| {
-                    let service = service.clone();
-                    let cancel = cancel.clone();
-                    async move {
-                        let attempt = tokio::time::timeout(ATTEMPT_BUDGET, restore_from(&service, &peer, &cancel));
-                        let result = attempt
-                            .await
-                            .unwrap_or_else(|_| Err(format!("not done within {} s", ATTEMPT_BUDGET.as_secs())));
-                        (peer, result)
-                    }
-                })
-                .buffer_unordered(AT_ONCE)
-                .collect()
-                .await;
-            if cancel.is_cancelled() {
-                return;
-            }
-            // What was taken is on disk before a node counts as done.
-            let s = service.clone();
-            let synced = tokio::task::spawn_blocking(move || s.store.sync().map_err(|e| e.to_string()))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r);
-            for (peer, result) in asked {
-                match (result, &synced) {
-                    (Ok(taken), Ok(())) => {
-                        tracing::info!(node = %peer, taken, "took back this node's DLR records from their copies on {peer}");
-                        state.done.insert(peer);
-                    }
-                    (Ok(_), Err(e)) => {
-                        tracing::warn!(node = %peer, error = %e, "took this node's DLR records from {peer} but cannot sync the store: asking again");
-                        let n = failed.get(&peer).map_or(0, |f| f.0);
-                        failed.insert(peer, (n.saturating_add(1), tokio::time::Instant::now()));
-                    }
-                    (Err(e), _) => {
-                        let n = failed.get(&peer).map_or(0, |f| f.0).saturating_add(1);
-                        if n < MAX_ATTEMPTS {
-                            tracing::warn!(node = %peer, error = %e, attempt = n, "cannot take back this node's DLR records from {peer} yet; asking again in {} s", RETRY.as_secs());
-                        } else {
-                            tracing::error!(node = %peer, error = %e, attempt = n, "cannot take back this node's DLR records from {peer}: given up (its copies still answer lookups)");
-                        }
-                        failed.insert(peer, (n, tokio::time::Instant::now()));
-                    }
-                }
-            }
-            state.save(&state_file);
-            continue;
+        seen.retain(|p, _| peers.contains(p));
+        for p in &peers {
+            seen.entry(p.clone()).or_insert(now);
         }
-        // Done with every node it sees (or gave up on some): reports go on as usual once a pass
-        // has checked the copies (the change of `restoring` owes one).
-        if service.wake.is_restoring() && now >= seen_by {
-            service.wake.restoring(false);
+        let due_at = |p: &String| {
+            let first = seen.get(p).map_or(now, |t| *t + SEEN_FOR);
+            failed.get(p).map_or(first, |(_, at)| first.max(*at + RETRY))
+        };
+        if !over {
+            let due: Vec<String> = peers
+                .iter()
+                .filter(|p| !state.done.contains(*p) && !asking.contains(*p) && due_at(p) <= now)
+                .take(AT_ONCE.saturating_sub(asking.len()))
+                .cloned()
+                .collect();
+            for peer in due {
+                asking.insert(peer.clone());
+                let (service, cancel) = (service.clone(), cancel.clone());
+                running.spawn(async move {
+                    let attempt = tokio::time::timeout(ATTEMPT_BUDGET, restore_from(&service, &peer, &cancel));
+                    let result = attempt
+                        .await
+                        .unwrap_or_else(|_| Err(format!("not done within {} s", ATTEMPT_BUDGET.as_secs())));
+                    (peer, result)
+                });
+            }
         }
-        if now_ms().saturating_sub(state.began_ms) > window_ms {
+        // Reports of this node's records go through their first copy holder while records are
+        // being taken (and for the first moment); the change owes a pass that checks every copy.
+        let restoring = !asking.is_empty() || now < seen_by;
+        if service.wake.is_restoring() != restoring {
+            service.wake.restoring(restoring);
+        }
+        if over && asking.is_empty() {
             tracing::info!(
                 done = ?state.done,
                 "the restore of this node's DLR records is over: agents that join from now on are not asked"
@@ -298,17 +341,51 @@ pub(crate) async fn run(service: Arc<DlrService>, state_file: PathBuf, empty: bo
             end(&state_file);
             return;
         }
-        let retry_at = failed.values().filter(|(n, _)| *n < MAX_ATTEMPTS).map(|(_, at)| *at + RETRY).min();
-        let over_at = tokio::time::Instant::now()
+        let next_due = peers
+            .iter()
+            .filter(|p| !state.done.contains(*p) && !asking.contains(*p))
+            .map(due_at)
+            .filter(|t| *t > now)
+            .min();
+        let over_at = now
             + Duration::from_millis(
                 window_ms.saturating_sub(now_ms().saturating_sub(state.began_ms)).saturating_add(1),
             );
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => {
+                running.abort_all();
+                return;
+            }
+            Some(joined) = running.join_next(), if !running.is_empty() => {
+                let Ok((peer, result)) = joined else { continue };
+                asking.remove(&peer);
+                // What was taken is on disk before a node counts as done.
+                let s = service.clone();
+                let synced = tokio::task::spawn_blocking(move || s.store.sync().map_err(|e| e.to_string()))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r);
+                match result.and_then(|taken| synced.map(|()| taken)) {
+                    Ok(taken) => {
+                        tracing::info!(node = %peer, taken, "took back this node's DLR records from their copies on {peer}");
+                        failed.remove(&peer);
+                        state.done.insert(peer);
+                        state.save(&state_file);
+                    }
+                    Err(e) => {
+                        let n = failed.get(&peer).map_or(0, |f| f.0).saturating_add(1);
+                        // Said at the first failure and every tenth after it.
+                        if n % 10 == 1 {
+                            tracing::warn!(node = %peer, error = %e, attempt = n, "cannot take back this node's DLR records from {peer} yet; asking again every {} s until {} s after the start of the restore", RETRY.as_secs(), window.as_secs());
+                        }
+                        failed.insert(peer, (n, tokio::time::Instant::now()));
+                    }
+                }
+            }
             changed = live.changed() => if changed.is_err() { return },
-            _ = tokio::time::sleep_until(retry_at.unwrap_or(over_at)), if retry_at.is_some() => {}
-            _ = tokio::time::sleep_until(seen_by), if service.wake.is_restoring() => {}
-            _ = tokio::time::sleep_until(over_at) => {}
+            _ = tokio::time::sleep_until(next_due.unwrap_or(over_at)), if next_due.is_some() => {}
+            _ = tokio::time::sleep_until(seen_by), if restoring && asking.is_empty() => {}
+            _ = tokio::time::sleep_until(over_at), if !over => {}
         }
     }
 }
@@ -377,6 +454,9 @@ fn take(service: &DlrService, from: &str, page: RestorePage) -> Result<u64, Stri
     }
     let latest_expiry = super::types::latest_expiry(service.settings.max_expiry_s);
     let now = now_ms();
+    // No state of a record is newer than a registration an hour from now.
+    let latest_version = registration_version(None, now.saturating_add(3_600_000));
+    let live = service.membership.live_of(Role::Agent);
     let _guard = service.store.lock();
     let mut puts: Vec<(DlrRecord, Option<DlrRecord>)> = Vec::new();
     let mut keys = BTreeSet::new();
@@ -399,7 +479,30 @@ fn take(service: &DlrService, from: &str, page: RestorePage) -> Result<u64, Stri
         if record.expires_at <= now {
             continue;
         }
+        if record.version > latest_version {
+            refuse(
+                Reason::RestoreInvalid,
+                format_args!("a copy from {from} of {}/{} with a version from the future", record.connector, record.id),
+            );
+            continue;
+        }
         let key = record.store_key();
+        // Only a node that keeps a copy of the record (by the copies' rule, among the live
+        // agents) may hand it back: any other agent could hand this node made-up states of its
+        // records (closed, say, so that the real DLR would be a duplicate).
+        let holders = replicas_for(&key, &service.node, live.iter().map(String::as_str), service.settings.copies);
+        if !holders.contains(&from) {
+            refuse(
+                Reason::RestoreInvalid,
+                format_args!(
+                    "a copy from {from} of {}/{}, which {from} does not keep (its copies are on {})",
+                    record.connector,
+                    record.id,
+                    holders.join(", ")
+                ),
+            );
+            continue;
+        }
         if !keys.insert(key.clone()) {
             continue;
         }
