@@ -820,6 +820,9 @@ async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
             let paths = if b.paths.is_empty() { String::new() } else { format!(" ({})", b.paths.join(", ")) };
             problems.push(format!("{}: revision {} not applied: {}{paths}", s.node, b.number, b.why));
         }
+        if let Some(e) = &s.store_error {
+            problems.push(format!("{}: {e}", s.node));
+        }
         if let Some(r) = s.reload.as_ref().filter(|r| !r.ok && !r.output.is_empty()) {
             problems
                 .push(format!("{}: the reload of revision {} ({}) wrote: {}", s.node, r.number, r.status, r.output));

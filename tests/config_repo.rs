@@ -628,8 +628,7 @@ fn a_revision_this_node_cannot_store_is_its_own_problem_not_a_refusal() {
     let (code, out) =
         config_cli(&c, &ep, &["push", tree(&c, "2", &[("global/a.conf", "a2".into())]).to_str().unwrap()]);
     assert_ne!(code, 0, "{out}");
-    let said =
-        wait_until(Duration::from_secs(10), || health().contains("cannot store a pushed configuration revision"));
+    let said = wait_until(Duration::from_secs(10), || health().contains("cannot store a configuration revision"));
     assert!(said, "{}", health());
     assert_eq!(refused(), before, "counted as a refused message");
     std::fs::remove_file(&objects).unwrap();

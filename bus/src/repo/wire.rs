@@ -157,6 +157,10 @@ pub struct NodeState {
     /// succeeds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reloading: Option<Reloading>,
+    /// Why it could not store the last revision it was given (a write of its own failed: a full
+    /// disk, permissions), until it stores one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_error: Option<String>,
 }
 
 /// A revision switched in whose reload command is running.

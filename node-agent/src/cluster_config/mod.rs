@@ -79,9 +79,6 @@ const NOT_HELD: &str = "the store lacks the content of";
 /// The node's repository, as the status page and the agent's API show it.
 pub struct ClusterConfig {
     state: Arc<Mutex<NodeState>>,
-    /// Why the last pushed revision could not be stored here (a local write failed), until one
-    /// is stored.
-    store_error: Arc<Mutex<Option<String>>>,
 }
 
 impl ClusterConfig {
@@ -90,10 +87,10 @@ impl ClusterConfig {
         self.state.lock().map(|s| s.clone()).unwrap_or_else(|p| p.into_inner().clone())
     }
 
-    /// Why this node could not store the last pushed revision (a write of its own failed: a
-    /// full disk, permissions), until one is stored; `/health` says it.
+    /// Why this node could not store the last revision it was given (a write of its own
+    /// failed: a full disk, permissions), until it stores one; `/health` says it.
     pub fn store_error(&self) -> Option<String> {
-        self.store_error.lock().map(|e| e.clone()).unwrap_or_else(|p| p.into_inner().clone())
+        self.state().store_error
     }
 
     /// Open the store and working directory and follow the cluster's repository until `cancel`.
@@ -135,6 +132,7 @@ impl ClusterConfig {
             state_path,
             local_edits: Vec::new(),
             blocked: None,
+            store_error: None,
             hooked: None,
             hook,
             cancel: cancel.clone(),
@@ -161,8 +159,6 @@ impl ClusterConfig {
                 .map_err(decl("config object queryable"))?
         };
         let (session, keys, cancel2, shared) = (session.clone(), keys.clone(), cancel.clone(), state.clone());
-        let store_error = Arc::new(Mutex::new(None::<String>));
-        let failing = store_error.clone();
         let thread = tracker.spawn_blocking(move || {
             tokio::runtime::Handle::current().block_on(async move {
                 let mut next_sync = tokio::time::Instant::now();
@@ -184,19 +180,8 @@ impl ClusterConfig {
                                 }
                             };
                             let taken = inner.take_pack(&sample.payload().to_bytes(), storing);
-                            let mut failing = failing.lock().unwrap_or_else(|p| p.into_inner());
-                            match taken {
-                                Ok(true) => *failing = None,
-                                Ok(false) => next_sync = tokio::time::Instant::now() + Duration::from_millis(200),
-                                // This node's own write failed: nothing is wrong with the revision.
-                                Err(e @ RepoError::Io { .. }) => {
-                                    let why = format!("cannot store a pushed configuration revision: {e}");
-                                    if failing.as_ref() != Some(&why) {
-                                        tracing::error!("{why}");
-                                    }
-                                    *failing = Some(why);
-                                }
-                                Err(e) => refuse(Reason::ConfigInvalid, format_args!("a pushed configuration revision: {e}")),
+                            if !inner.stored(taken, format_args!("a pushed configuration revision")) {
+                                next_sync = tokio::time::Instant::now() + Duration::from_millis(200);
                             }
                         }
                         _ = tokio::time::sleep_until(next_sync) => {
@@ -211,7 +196,7 @@ impl ClusterConfig {
             })
         });
         switchboard_bus::vital::watch(tracker, "the cluster configuration thread".into(), thread, cancel.clone());
-        Ok(Arc::new(Self { state, store_error }))
+        Ok(Arc::new(Self { state }))
     }
 }
 
@@ -258,6 +243,9 @@ struct Inner {
     state_path: PathBuf,
     local_edits: Vec<LocalEdit>,
     blocked: Option<Blocked>,
+    /// Why the last revision given to this node could not be stored (a write of its own
+    /// failed), until one is stored.
+    store_error: Option<String>,
     /// The head last given to the hook.
     hooked: Option<String>,
     hook: Option<HeadHook>,
@@ -286,6 +274,35 @@ impl Inner {
             reload: self.p.reload.clone(),
             storing: None,
             reloading: None,
+            store_error: self.store_error.clone(),
+        }
+    }
+
+    /// Note what storing `what` came to: a refusal for a revision that does not hold, this
+    /// node's own problem for a write of its own that failed (said once, in `/health` until a
+    /// revision is stored), nothing more for one stored. Whether it was taken (stored, or held
+    /// already): `false` when its contents must come from another node first.
+    fn stored(&mut self, result: Result<bool, RepoError>, what: std::fmt::Arguments<'_>) -> bool {
+        match result {
+            Ok(true) => {
+                if self.store_error.take().is_some() {
+                    tracing::info!("configuration revisions are stored again");
+                }
+                true
+            }
+            Ok(false) => false,
+            Err(e @ RepoError::Io { .. }) => {
+                let why = format!("cannot store a configuration revision: {e}");
+                if self.store_error.as_ref() != Some(&why) {
+                    tracing::error!("{why} ({what})");
+                }
+                self.store_error = Some(why);
+                true
+            }
+            Err(e) => {
+                refuse(Reason::ConfigInvalid, format_args!("{what}: {e}"));
+                true
+            }
         }
     }
 
@@ -439,11 +456,12 @@ impl Inner {
                 let (number, id) = (rev.number, rev.id());
                 match self.admit(rev, &contents) {
                     Ok(true) => {
-                        tracing::info!(from = %state.node, revision = number, id = short(&id), "configuration revision caught up")
+                        tracing::info!(from = %state.node, revision = number, id = short(&id), "configuration revision caught up");
+                        self.stored(Ok(true), format_args!("revision {number} from {}", state.node));
                     }
                     Ok(false) => {}
                     Err(e) => {
-                        refuse(Reason::ConfigInvalid, format_args!("revision {number} from {}: {e}", state.node));
+                        self.stored(Err(e), format_args!("revision {number} from {}", state.node));
                         break;
                     }
                 }
