@@ -444,7 +444,7 @@ fn the_store_stopped_for_a_while_loses_nothing_and_health_says_why() {
     for line in [
         "switchboard_health_status 2",
         "switchboard_collector_store_failing 1",
-        "switchboard_collector_failing 1",
+        "switchboard_collector_failing 0",
         "switchboard_collector_epoch -1",
         "switchboard_collector_last_commit_age_seconds -1",
         "switchboard_collector_rows_committed_total 0",

@@ -251,6 +251,8 @@ impl Collector {
                 report.set_problem(why, store_failing);
             }
         };
+        // Said at most once a minute, with the tries left unsaid since (`/health` says it meanwhile).
+        let mut unanswered = switchboard_bus::throttle::Throttle::new(std::time::Duration::from_secs(60));
         let (commit_log, mut sink) = loop {
             let opened = tokio::select! {
                 _ = cancel.cancelled() => return Err(CollectorError::StoppedStarting),
@@ -268,7 +270,9 @@ impl Collector {
                         ("the dataset's store does not answer", text)
                     };
                     let why = format!("{text} (trying again in {} s)", starting::RETRY.as_secs());
-                    tracing::warn!("{what} at start: {why}");
+                    if let Some(unsaid) = unanswered.admit() {
+                        tracing::warn!(tries_unsaid_since_last_line = unsaid, "{what} at start: {why}");
+                    }
                     set_problem(format!("{what}: {why}"), true);
                     tokio::select! {
                         _ = cancel.cancelled() => return Err(CollectorError::StoppedStarting),

@@ -105,7 +105,8 @@ impl switchboard_bus::http::Report for CollectorReport {
         let lag = self.lag(&st);
         let group = self.group.lock().map(|g| g.clone()).unwrap_or_default();
         let mut m = switchboard_bus::http::Metrics::new();
-        own_families(&mut m, &self.stats, &group, st.failing.is_some(), self.latest.refused.load(Ordering::Relaxed));
+        let failing = st.failing.is_some() || group.store_error.is_some();
+        own_families(&mut m, &self.stats, &group, failing, self.latest.refused.load(Ordering::Relaxed));
         m.gauge_series(
             "switchboard_collector_stream_lag_records",
             "Records announced by the agent and not yet committed.",
@@ -139,7 +140,7 @@ pub(crate) fn own_families(
     m: &mut switchboard_bus::http::Metrics,
     s: &CollectorStats,
     group: &GroupStatus,
-    sink_failing: bool,
+    failing: bool,
     cluster_rows_refused: u64,
 ) {
     let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
@@ -228,7 +229,7 @@ pub(crate) fn own_families(
         .gauge(
             "switchboard_collector_failing",
             "1 while writes or commits fail (e.g. disk full).",
-            f64::from(u8::from(sink_failing || group.store_error.is_some())),
+            f64::from(u8::from(failing)),
         )
         .counter(
             "switchboard_collector_cluster_metric_rows_refused_total",
