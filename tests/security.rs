@@ -1280,3 +1280,91 @@ async fn handshakes_that_never_complete_do_not_keep_members_out() {
     assert!((1..=3).contains(&lines), "{lines} lines of refused handshakes:\n{log}");
     assert_eq!(refused(c, "collector", "tls_handshake"), 0, "a handshake that never began counted as a certificate's");
 }
+
+/// Without TLS anyone may pose as an agent and answer a rebuilt node's restore. The node takes
+/// a record back only from a node that keeps a copy of it by the copies' rule: a made-up closed
+/// state of its open record, and a made-up record, from one that keeps neither are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuilt_node_takes_back_only_what_its_copy_holders_hand_it() {
+    use switchboard_bus::dlr::record::store_key;
+    use switchboard_bus::dlr::rendezvous::replicas_for;
+    let c = Cluster::new();
+    let _collector = c.start_collector();
+    let rest = "[dlr]\ncopies = 1\n[[dlr.connector]]\nname = \"dec\"\nids = \"decimal\"\n";
+    // x poses as an agent that serves DLRs, on an endpoint gw1 dials whenever it starts.
+    let x_endpoint = format!("tcp/127.0.0.1:{}", free_port());
+    let x = switchboard_bus::session::open(
+        &BusConfig {
+            cluster: c.cluster.clone(),
+            node: "x".into(),
+            connect: vec![c.endpoint.clone()],
+            listen: vec![x_endpoint.clone()],
+            gossip: false,
+            ..BusConfig::default()
+        },
+        None,
+    )
+    .await
+    .expect("x's session opens");
+    let _node = x.liveliness().declare_token(key(&c, "node/x")).await.unwrap();
+    let _serves = x.liveliness().declare_token(key(&c, "serves/dlr/x")).await.unwrap();
+    let gw1 = c.start_agent_config("gw1", &[c.endpoint.clone(), x_endpoint.clone()], "", rest);
+    let _gw2 = c.start_agent_config("gw2", std::slice::from_ref(&c.endpoint), "", rest);
+    let live = |n: &str| {
+        let (_, body) = c.http_get(n, "/v1/dlr");
+        serde_json::from_str::<Value>(&body).map(|v| v["live_nodes"].to_string()).unwrap_or_default()
+    };
+    let all = r#"["gw1","gw2","x"]"#;
+    assert!(wait_until(Duration::from_secs(20), || live("gw1") == all), "gw1 sees {}", live("gw1"));
+    // Ids whose one copy is gw2's with x live: x keeps none of them.
+    let kept_by_gw2 = |id: &str| replicas_for(&store_key("dec", id), "gw1", ["gw2", "x"], 1) == ["gw2"];
+    let ids: Vec<String> = (5000..6000).map(|i| i.to_string()).filter(|i| kept_by_gw2(i)).take(2).collect();
+    let (real, made_up) = (&ids[0], &ids[1]);
+    let (code, body) = post(&c, "gw1", "/v1/dlr/register", json!({"records": [{"connector": "dec", "msg_id": real}]}));
+    assert_eq!(code, 201, "{body}");
+    let copies = || {
+        let (_, body) = c.http_get("gw2", "/v1/dlr");
+        serde_json::from_str::<Value>(&body).ok().and_then(|v| v["counters"]["replica_ops_received"].as_u64())
+    };
+    assert!(wait_until(Duration::from_secs(10), || copies() >= Some(1)), "gw2 has no copy");
+    let (_, res) = post(&c, "gw1", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": real}));
+    let mut forged: DlrRecord = serde_json::from_value(res["record"].clone()).unwrap();
+    forged.version += 5;
+    forged.state = RecordState::Closed;
+    forged.status = Some("FORGED".into());
+    forged.closed_at = Some(forged.submitted_at);
+    forged.closed_by = Some("x".into());
+    let mut invented = forged.clone();
+    (invented.id, invented.msg_id, invented.state, invented.status) =
+        (made_up.clone(), made_up.clone(), RecordState::Open, None);
+    (invented.closed_at, invented.closed_by) = (None, None);
+    let page = json!({"version": 1, "records": [forged, invented], "next": null}).to_string();
+    let _answers = x
+        .declare_queryable(key(&c, "dlr/restore/x/*"))
+        .callback(move |q| {
+            use zenoh::Wait as _;
+            let _ = q.reply(q.key_expr().clone(), page.clone()).wait();
+        })
+        .await
+        .unwrap();
+
+    // gw1 is rebuilt: it asks gw2 and x for its records.
+    gw1.kill();
+    std::fs::remove_dir_all(c.agent_state("gw1")).unwrap();
+    let gw1 = c.start_agent_config("gw1", &[c.endpoint.clone(), x_endpoint], "", rest);
+    let asked_both = wait_until(Duration::from_secs(30), || {
+        let log = gw1.log_text();
+        log.contains("took back this node's DLR records from their copies on gw2")
+            && log.contains("took back this node's DLR records from their copies on x")
+    });
+    assert!(asked_both, "{}", gw1.log_text());
+    let local = |id: &str| post(&c, "gw1", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": id, "local": true}));
+    let (code, res) = local(real);
+    assert_eq!(
+        (code, res["record"]["state"].as_str(), res["role"].as_str()),
+        (200, Some("open"), Some("owner")),
+        "{res}"
+    );
+    assert_eq!(local(made_up).0, 404, "a made-up record was taken");
+    assert!(refused(&c, "gw1", "restore_invalid") >= 2, "the two made-up states were not counted");
+}
