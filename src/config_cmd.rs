@@ -821,7 +821,7 @@ async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
             problems.push(format!("{}: revision {} not applied: {}{paths}", s.node, b.number, b.why));
         }
         if let Some(e) = &s.store_error {
-            problems.push(format!("{}: {e}", s.node));
+            problems.push(format!("{}: revision {} not stored: {}", s.node, e.number, e.why));
         }
         if let Some(r) = s.reload.as_ref().filter(|r| !r.ok && !r.output.is_empty()) {
             problems

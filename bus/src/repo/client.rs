@@ -300,8 +300,8 @@ pub async fn wait_applied(
                 ))
             } else if let Some(st) = s.storing.as_ref().filter(|st| st.id == id) {
                 Outcome::Storing(st.files)
-            } else if let Some(e) = s.store_error.as_ref().filter(|_| !holds) {
-                Outcome::Blocked(e.clone())
+            } else if let Some(e) = s.store_error.as_ref().filter(|e| e.id == id && !holds) {
+                Outcome::Blocked(e.why.clone())
             } else {
                 Outcome::Missing
             };

@@ -157,10 +157,10 @@ pub struct NodeState {
     /// succeeds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reloading: Option<Reloading>,
-    /// Why it could not store the last revision it was given (a write of its own failed: a full
-    /// disk, permissions), until it stores one.
+    /// The revision it could not store last (a write of its own failed: a full disk,
+    /// permissions), and why, until it stores one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub store_error: Option<String>,
+    pub store_error: Option<Blocked>,
 }
 
 /// A revision switched in whose reload command is running.

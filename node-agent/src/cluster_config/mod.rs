@@ -90,7 +90,7 @@ impl ClusterConfig {
     /// Why this node could not store the last revision it was given (a write of its own
     /// failed: a full disk, permissions), until it stores one; `/health` says it.
     pub fn store_error(&self) -> Option<String> {
-        self.state().store_error
+        self.state().store_error.map(|e| e.why)
     }
 
     /// Open the store and working directory and follow the cluster's repository until `cancel`.
@@ -179,8 +179,8 @@ impl ClusterConfig {
                                     s.storing = Some(st);
                                 }
                             };
-                            let taken = inner.take_pack(&sample.payload().to_bytes(), storing);
-                            if !inner.stored(taken, format_args!("a pushed configuration revision")) {
+                            let (which, taken) = inner.take_pack(&sample.payload().to_bytes(), storing);
+                            if !inner.stored(taken, which, format_args!("a pushed configuration revision")) {
                                 next_sync = tokio::time::Instant::now() + Duration::from_millis(200);
                             }
                         }
@@ -243,9 +243,9 @@ struct Inner {
     state_path: PathBuf,
     local_edits: Vec<LocalEdit>,
     blocked: Option<Blocked>,
-    /// Why the last revision given to this node could not be stored (a write of its own
-    /// failed), until one is stored.
-    store_error: Option<String>,
+    /// The last revision given to this node that could not be stored (a write of its own
+    /// failed), and why, until one is stored.
+    store_error: Option<Blocked>,
     /// The head last given to the hook.
     hooked: Option<String>,
     hook: Option<HeadHook>,
@@ -282,7 +282,12 @@ impl Inner {
     /// node's own problem for a write of its own that failed (said once, in `/health` until a
     /// revision is stored), nothing more for one stored. Whether it was taken (stored, or held
     /// already): `false` when its contents must come from another node first.
-    fn stored(&mut self, result: Result<bool, RepoError>, what: std::fmt::Arguments<'_>) -> bool {
+    fn stored(
+        &mut self,
+        result: Result<bool, RepoError>,
+        which: Option<(String, u64)>,
+        what: std::fmt::Arguments<'_>,
+    ) -> bool {
         match result {
             Ok(true) => {
                 if self.store_error.take().is_some() {
@@ -293,10 +298,11 @@ impl Inner {
             Ok(false) => false,
             Err(e @ RepoError::Io { .. }) => {
                 let why = format!("cannot store a configuration revision: {e}");
-                if self.store_error.as_ref() != Some(&why) {
+                if self.store_error.as_ref().is_none_or(|b| b.why != why) {
                     tracing::error!("{why} ({what})");
                 }
-                self.store_error = Some(why);
+                let (id, number) = which.unwrap_or_default();
+                self.store_error = Some(Blocked { id, number, why, paths: Vec::new() });
                 true
             }
             Err(e) => {
@@ -308,9 +314,29 @@ impl Inner {
 
     /// Take a pushed revision; `Ok(false)` when contents it names are not held yet (it is then
     /// fetched from another node).
-    fn take_pack(&mut self, bytes: &[u8], storing: impl FnOnce(Storing)) -> Result<bool, RepoError> {
+    /// The revision (its id and number, once the pack decodes) and what came of it.
+    fn take_pack(
+        &mut self,
+        bytes: &[u8],
+        storing: impl FnOnce(Storing),
+    ) -> (Option<(String, u64)>, Result<bool, RepoError>) {
         let started = Instant::now();
-        let (rev, contents) = Pack::decode(bytes)?;
+        let (rev, contents) = match Pack::decode(bytes) {
+            Ok(pack) => pack,
+            Err(e) => return (None, Err(e)),
+        };
+        let which = Some((rev.id(), rev.number));
+        (which, self.take_decoded(rev, contents, started, storing))
+    }
+
+    /// [`Self::take_pack`] of a pack that decoded.
+    fn take_decoded(
+        &mut self,
+        rev: Revision,
+        contents: Vec<Vec<u8>>,
+        started: Instant,
+        storing: impl FnOnce(Storing),
+    ) -> Result<bool, RepoError> {
         let contents: Contents = contents.into_iter().map(|c| (sha256_hex(&c), c)).collect();
         if self.store.missing_blobs(&rev).iter().any(|h| !contents.contains_key(h)) {
             // Nothing is written: the revision and all it lacks come from another node.
@@ -457,11 +483,11 @@ impl Inner {
                 match self.admit(rev, &contents) {
                     Ok(true) => {
                         tracing::info!(from = %state.node, revision = number, id = short(&id), "configuration revision caught up");
-                        self.stored(Ok(true), format_args!("revision {number} from {}", state.node));
+                        self.stored(Ok(true), None, format_args!("revision {number} from {}", state.node));
                     }
                     Ok(false) => {}
                     Err(e) => {
-                        self.stored(Err(e), format_args!("revision {number} from {}", state.node));
+                        self.stored(Err(e), Some((id, number)), format_args!("revision {number} from {}", state.node));
                         break;
                     }
                 }
