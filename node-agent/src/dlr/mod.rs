@@ -197,7 +197,7 @@ impl DlrService {
     /// Whether this node, rebuilt empty, is taking its records back from their copies on live
     /// agents ([`restore`]).
     pub fn restoring(&self) -> bool {
-        self.wake.is_restoring()
+        self.wake.shown_restoring()
     }
 
     /// This node's name.

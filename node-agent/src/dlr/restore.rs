@@ -290,7 +290,7 @@ pub(crate) async fn run(service: Arc<DlrService>, state_file: PathBuf, empty: bo
     let mut asking: BTreeSet<String> = BTreeSet::new();
     // The other agents take a moment to be seen: until then the restore counts as under way.
     let seen_by = tokio::time::Instant::now() + switchboard_bus::mesh::SETTLE;
-    service.wake.restoring(true);
+    service.wake.show_restoring(true);
     loop {
         let now = tokio::time::Instant::now();
         let over = now_ms().saturating_sub(state.began_ms) > window_ms;
@@ -328,17 +328,17 @@ pub(crate) async fn run(service: Arc<DlrService>, state_file: PathBuf, empty: bo
             }
         }
         // Reports of this node's records go through their first copy holder while records are
-        // being taken (and for the first moment); the change owes a pass that checks every copy.
+        // being taken; `GET /v1/dlr` says so for the first moment too, before agents are seen.
+        service.wake.restoring(!asking.is_empty());
         let restoring = !asking.is_empty() || now < seen_by;
-        if service.wake.is_restoring() != restoring {
-            service.wake.restoring(restoring);
-        }
+        service.wake.show_restoring(restoring);
         if over && asking.is_empty() {
             tracing::info!(
                 done = ?state.done,
                 "the restore of this node's DLR records is over: agents that join from now on are not asked"
             );
             end(&state_file);
+            service.wake.show_restoring(false);
             return;
         }
         let next_due = peers
@@ -367,6 +367,9 @@ pub(crate) async fn run(service: Arc<DlrService>, state_file: PathBuf, empty: bo
                     .and_then(|r| r);
                 match result.and_then(|taken| synced.map(|()| taken)) {
                     Ok(taken) => {
+                        if taken > 0 {
+                            service.wake.restored();
+                        }
                         tracing::info!(node = %peer, taken, "took back this node's DLR records from their copies on {peer}");
                         failed.remove(&peer);
                         state.done.insert(peer);

@@ -34,8 +34,10 @@ pub struct Wake {
     owed: AtomicU64,
     /// The latest of [`Self::owed`] after which a replication pass has checked every copy.
     checked: AtomicU64,
-    /// Whether this node, rebuilt empty, is taking its records back from their copies.
+    /// Whether this node, rebuilt empty, is taking its records back from an agent now.
     restoring: AtomicBool,
+    /// What `GET /v1/dlr` says of it: also in the first moment, before the agents are seen.
+    shown_restoring: AtomicBool,
 }
 
 impl Default for Wake {
@@ -46,6 +48,7 @@ impl Default for Wake {
             owed: AtomicU64::new(0),
             checked: AtomicU64::new(0),
             restoring: AtomicBool::new(false),
+            shown_restoring: AtomicBool::new(false),
         }
     }
 }
@@ -78,18 +81,32 @@ impl Wake {
         self.owed.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Note that this node, rebuilt empty, is taking its records back from their copies
-    /// (`restoring`), or is done with what it could reach (`!restoring`). Records it takes back
-    /// may have been closed on another copy meanwhile: until it is done and a pass has checked
-    /// every copy after that, reports of its records are checked with their first copy holder.
+    /// Note that this node, rebuilt empty, is taking its records back from an agent now
+    /// (`restoring`), or from none. Records it takes back may have been closed on another copy
+    /// meanwhile: while it takes them, and after it took some until a pass has checked every
+    /// copy ([`Self::restored`]), reports of its records are checked with their first copy holder.
     pub fn restoring(&self, restoring: bool) {
         self.restoring.store(restoring, Ordering::Relaxed);
+    }
+
+    /// Note that this node took records back: a pass that checks every copy is owed.
+    pub fn restored(&self) {
         self.owed.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Whether this node is taking its records back from their copies.
+    /// Whether this node is taking its records back from an agent now.
     pub fn is_restoring(&self) -> bool {
         self.restoring.load(Ordering::Relaxed)
+    }
+
+    /// Say (in `GET /v1/dlr`) that a restore is under way, also before any agent is asked.
+    pub fn show_restoring(&self, shown: bool) {
+        self.shown_restoring.store(shown, Ordering::Relaxed);
+    }
+
+    /// What `GET /v1/dlr` says of the restore.
+    pub fn shown_restoring(&self) -> bool {
+        self.shown_restoring.load(Ordering::Relaxed) || self.is_restoring()
     }
 
     /// Whether reports of this node's records are still held back or checked with their first
@@ -173,16 +190,21 @@ mod tests {
     }
 
     #[test]
-    fn a_restore_settles_once_done_and_checked_after() {
+    fn a_restore_settles_once_done_and_checked_after_if_it_took_records() {
         let wake = Wake::default();
         wake.restoring(true);
         let during = wake.check_owed();
         assert!(wake.settling() && !wake.just_woke(), "checked with the first holder, not refused");
+        wake.restored();
         wake.copies_checked(during);
-        assert!(wake.settling(), "a pass during the restore does not count");
+        assert!(wake.settling(), "a pass begun before the records came does not count");
         wake.restoring(false);
-        assert!(wake.settling(), "not checked since it ended");
+        assert!(wake.settling(), "not checked since they came");
         wake.copies_checked(wake.check_owed());
+        assert!(!wake.settling());
+        // A restore that took nothing (a new node: nobody holds copies of its records) owes no pass.
+        wake.restoring(true);
+        wake.restoring(false);
         assert!(!wake.settling());
     }
 }
