@@ -184,7 +184,9 @@ impl DlrService {
     /// owner is down. Otherwise [`Claim::NotAsked`] (docs/architecture.md, "A woken owner").
     pub(crate) async fn claim(&self, connector: &str, id: &str, report: &DlrReport) -> Claim {
         let now = now_ms();
-        if !report.r#final {
+        // A store that refuses writes could not close the record after a won claim, and the
+        // holder's copy would stay closed for a DLR no gateway got: the report fails here as is.
+        if !report.r#final || self.store().broken().is_some() {
             return Claim::NotAsked;
         }
         let Some(current) = self.store().get(connector, id).ok().flatten() else { return Claim::NotAsked };
