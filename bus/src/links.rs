@@ -14,7 +14,9 @@
 //! the peer never sees the paused process's token. [`Links::dial`] of a process whose token is
 //! not seen here although a link to it is open shuts that link's TCP connections down (this
 //! process's own sockets, found by the link's two addresses), so that both sides drop the
-//! transport and open a fresh one, which carries every declaration again.
+//! transport and open a fresh one, which carries every declaration again. It first gives the
+//! link [`FRESH_LINK`] to bring the token: when both sides dial each other at once, the link
+//! the other side just opened is not stale, only early.
 //!
 //! The dial names the peer's zenoh id, and a link whose far end gives another id is closed at
 //! once. The id is claimed, not proven (it is not part of a certificate): a forged address can
@@ -39,6 +41,9 @@ pub const MAX_DIAL_LOCATORS: usize = 4;
 const MAX_LOCATOR_BYTES: usize = 256;
 /// Bytes of a zenoh id written out (16 bytes in hexadecimal).
 const MAX_ZID_BYTES: usize = 32;
+/// How long a link found open to a process whose token is not seen is given to bring its
+/// declarations before it is taken for stale and shut down.
+pub const FRESH_LINK: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Where a process is on the bus: its zenoh id and the locators it listens on.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,7 +126,13 @@ impl Links {
     /// Open a link to the process at `to`, unless one is open already; only through locators of
     /// a protocol this process listens on itself (a peer's address cannot make it open a link
     /// of a kind its operator did not choose), the first [`MAX_DIAL_LOCATORS`] of them.
-    pub async fn dial(&self, to: &Address, may_reset: bool) -> Dialed {
+    ///
+    /// A link found open is shut down only if `unseen` still says, [`FRESH_LINK`] later, that
+    /// the process's token is not seen here: the other side may have dialed this process at the
+    /// same moment (each sees the other unreachable), and a link it just opened carries its
+    /// declarations a moment after it opens. Shutting that one down had each side cut the
+    /// other's fresh link, dial after dial.
+    pub async fn dial(&self, to: &Address, may_reset: bool, unseen: impl Fn() -> bool) -> Dialed {
         let Ok(zid) = ZenohId::from_str(&to.zid) else { return Dialed::Nothing };
         let own = self.address();
         let locators: Vec<Locator> = to
@@ -138,13 +149,19 @@ impl Links {
         // already carries none of its declarations. Unless `may_reset` is false: the caller
         // sees a live process at that id (a forged view naming another one's id must not make
         // this process cut a working link).
-        let stale = self.connections_to(&zid).await;
-        if !stale.is_empty() {
+        if !self.connections_to(&zid).await.is_empty() {
             if !may_reset {
                 return Dialed::Nothing;
             }
-            let shut = tokio::task::spawn_blocking(move || shut_down(&stale)).await.unwrap_or(0);
-            return Dialed::Reset(shut);
+            tokio::time::sleep(FRESH_LINK).await;
+            if !unseen() {
+                return Dialed::Nothing;
+            }
+            let stale = self.connections_to(&zid).await;
+            if !stale.is_empty() {
+                let shut = tokio::task::spawn_blocking(move || shut_down(&stale)).await.unwrap_or(0);
+                return Dialed::Reset(shut);
+            }
         }
         // Not cut short by a timeout of ours: zenoh forgets a dial in progress only when it
         // ends, and would ignore the peer until then.
@@ -257,7 +274,9 @@ mod tests {
         };
         for round in 0..2 {
             wait_linked().await;
-            let dialed = links.dial(&to, true).await;
+            // Seen by the time the link is looked at again (a dial from the other side): kept.
+            assert_eq!(links.dial(&to, true, || false).await, Dialed::Nothing, "round {round}: a link just seen stays");
+            let dialed = links.dial(&to, true, || true).await;
             assert!(matches!(dialed, Dialed::Reset(n) if n >= 1), "round {round}: a link to b was open: {dialed:?}");
             // The transport went (b's token with it) and came back: its declarations anew.
             assert_eq!(next_of_b().await, Some(SampleKind::Delete), "round {round}: the link went");
@@ -265,7 +284,7 @@ mod tests {
         }
         // An id the caller sees alive under another name (a forged view's) is never reset.
         wait_linked().await;
-        assert_eq!(links.dial(&to, false).await, Dialed::Nothing, "a link to a process seen alive stays");
+        assert_eq!(links.dial(&to, false, || true).await, Dialed::Nothing, "a link to a process seen alive stays");
         b.close().await.unwrap();
         crate::session::leave(&a, &links).await;
     }

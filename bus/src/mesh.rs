@@ -337,14 +337,14 @@ impl Mesh {
 
     /// Dial `member` at `address` in the background.
     fn dial(&self, member: Member, address: Address) {
-        let (links, dials) = (self.links.clone(), self.dials.clone());
+        let (links, dials, membership) = (self.links.clone(), self.dials.clone(), self.membership.clone());
         // A link to the id of a process seen alive here (by the address its own view gives) is
         // never reset: a view that names that id for another process is wrong or forged.
         let may_reset = self.state.lock().is_ok_and(|st| !st.known.values().any(|a| a.zid == address.zid));
         dials.running.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let who = member_chunk(&member);
-            match links.dial(&address, may_reset).await {
+            match links.dial(&address, may_reset, || !membership.live().contains(&member)).await {
                 Dialed::Opened => {
                     dials.tried.fetch_add(1, Ordering::Relaxed);
                     dials.opened.fetch_add(1, Ordering::Relaxed);
