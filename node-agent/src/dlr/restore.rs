@@ -277,10 +277,17 @@ pub(crate) async fn run(service: Arc<DlrService>, state_file: PathBuf, empty: bo
     let window = window(service.settings.closed_retention_s);
     let window_ms = window.as_millis() as u64;
     let Some(mut state) = State::begin(&state_file, empty, window_ms) else { return };
-    tracing::info!(
-        done = ?state.done,
-        "this node's DLR store was empty at start: its records are taken back from their copies on the other nodes"
-    );
+    if empty {
+        tracing::info!(
+            "this node's DLR store was empty at start: its records are taken back from their copies on the other nodes"
+        );
+    } else {
+        tracing::info!(
+            done = ?state.done,
+            "the restore of this node's DLR records begun {} s ago (its store was empty then) goes on: asking the agents not asked yet",
+            now_ms().saturating_sub(state.began_ms) / 1000
+        );
+    }
     let mut live = service.membership.subscribe();
     // Per agent: failed attempts so far, and when the last one failed.
     let mut failed: BTreeMap<String, (u32, tokio::time::Instant)> = BTreeMap::new();

@@ -110,9 +110,10 @@ impl Wake {
     }
 
     /// Whether reports of this node's records are still held back or checked with their first
-    /// copy holder: just woken (or started over its records), or its copies not checked since.
+    /// copy holder: just woken (or started over its records), or its copies not checked since;
+    /// as `GET /v1/dlr` shows it, also while a restore is shown under way.
     pub fn settling(&self) -> bool {
-        self.just_woke() || self.copies_unchecked()
+        self.just_woke() || self.copies_unchecked() || self.shown_restoring()
     }
 
     /// Checks of every copy owed so far: a replication pass that begins after this reads it, and
@@ -195,6 +196,11 @@ mod tests {
         wake.restoring(true);
         let during = wake.check_owed();
         assert!(wake.settling() && !wake.just_woke(), "checked with the first holder, not refused");
+        wake.restoring(false);
+        wake.show_restoring(true);
+        assert!(wake.settling(), "shown restoring is shown settling");
+        wake.show_restoring(false);
+        wake.restoring(true);
         wake.restored();
         wake.copies_checked(during);
         assert!(wake.settling(), "a pass begun before the records came does not count");
