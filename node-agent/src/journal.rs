@@ -87,6 +87,8 @@ pub struct SourceJournal {
     /// Never acknowledged when opened, and no watermark document of the writer taken since
     /// ([`SourceJournal::named`]): only then may [`SourceJournal::skip_to`] move its numbers.
     fresh: bool,
+    /// Its tailer reads nothing while it is fresh ([`SourceJournal::hold`]).
+    held: bool,
     /// Ranges `first..end` a replay could not rebuild, by first number: end and first failure.
     unreplayable: BTreeMap<u64, (u64, Instant)>,
     /// Ranges given up for lost ([`SourceJournal::failed_replay`]), by first number: end.
@@ -143,6 +145,7 @@ impl SourceJournal {
             acked_since_compaction: 0,
             skip: None,
             fresh: false,
+            held: false,
             unreplayable: BTreeMap::new(),
             lost: BTreeMap::new(),
             passed: 0,
@@ -187,6 +190,25 @@ impl SourceJournal {
     /// Whether a watermark may still move its numbers ([`SourceJournal::skip_to`]).
     pub fn is_fresh(&self) -> bool {
         self.fresh
+    }
+
+    /// Read no new lines of this source while the journal is fresh: for a source whose lines
+    /// are new by construction, numbered on from the writer's first watermark
+    /// ([`SourceJournal::skip_to`]), lines numbered before it would repeat numbers the writer
+    /// holds of the node's earlier life. Whether it was fresh, so held.
+    pub fn hold(&mut self) -> bool {
+        self.held = self.fresh;
+        self.held
+    }
+
+    /// Whether the tailer waits: held, and no watermark of the writer taken yet.
+    pub fn held(&self) -> bool {
+        self.held && self.fresh
+    }
+
+    /// Read on without a watermark (the writer holds nothing of the stream); whether it was held.
+    pub fn release(&mut self) -> bool {
+        std::mem::replace(&mut self.held, false) && self.fresh
     }
 
     /// The writer's watermarks were taken (naming the stream within what it has journaled, or

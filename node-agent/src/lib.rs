@@ -190,8 +190,19 @@ impl Agent {
         }
         let keys = KeySpace::new(&config.bus.effective_prefix())?;
         let data_dir = config.agent.data_dir.clone();
+        // Sources whose lines after an emptied `data_dir` are new ones, not the same lines read
+        // again: the agent's own records, and log sources read from their end.
+        let numbered_on: std::collections::HashSet<String> = config
+            .sources
+            .iter()
+            .filter(|s| {
+                switchboard_bus::tables::internal_of(&s.name).is_some() || s.start_at == source_config::StartAt::End
+            })
+            .map(|s| s.name.clone())
+            .collect();
         let (checkpoint, journals) = {
             let (dir, sources, acknowledged) = (data_dir.clone(), config.sources.clone(), config.agent.acknowledged);
+            let numbered_on = numbered_on.clone();
             tokio::task::spawn_blocking(move || -> Result<(Checkpoint, Journals), AgentError> {
                 let checkpoint = Checkpoint::load(&dir)?;
                 let mut journals = BTreeMap::new();
@@ -200,6 +211,14 @@ impl Agent {
                     let mut j = SourceJournal::open(&dir, &s.name, acked)
                         .map_err(|source| AgentError::Journal { path: dir.clone(), source })?;
                     j.set_durable(acknowledged);
+                    if acknowledged && numbered_on.contains(&s.name) && j.hold() {
+                        tracing::info!(
+                            source = %s.name,
+                            "new journal: its lines are read once a collector has said how far it holds the stream \
+                             (its first watermark, or {} s of a live collector that holds none of it)",
+                            publisher::NUMBER_FROM_ZERO_AFTER.as_secs()
+                        );
+                    }
                     if j.unacked() > 0 {
                         tracing::info!(source = %s.name, batches = j.unacked(), head = j.head(), "resuming with unacknowledged batches in the journal");
                     }
@@ -280,14 +299,7 @@ impl Agent {
             interval: Duration::from_millis(config.agent.checkpoint_interval_ms),
             stats: stats.clone(),
             membership: membership.clone(),
-            numbered_on: config
-                .sources
-                .iter()
-                .filter(|s| {
-                    switchboard_bus::tables::internal_of(&s.name).is_some() || s.start_at == source_config::StartAt::End
-                })
-                .map(|s| s.name.clone())
-                .collect(),
+            numbered_on,
         };
         tracker.spawn(acks.run(self_ack_rx, cancel.clone()));
         // Heads and demand reports name this node, and peers refuse them from a node that is not

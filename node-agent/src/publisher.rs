@@ -237,6 +237,11 @@ pub(crate) struct AckTask {
     pub(crate) numbered_on: std::collections::HashSet<String>,
 }
 
+/// How long a collector must have been live, without naming a held stream in a watermark,
+/// before the stream is read and numbered from 0: the writer publishes every node's
+/// watermarks each second, so one that holds the node's earlier life has said so by then.
+pub(crate) const NUMBER_FROM_ZERO_AFTER: Duration = Duration::from_secs(5);
+
 impl AckTask {
     /// Run until `cancel` fires; `self_acks` carries acknowledgements the publisher makes itself
     /// when acknowledgements are off.
@@ -275,7 +280,10 @@ impl AckTask {
         // epoch no collector holds, on a bus without TLS) gives way to the next live collector's.
         let mut writer_heard = Instant::now();
         let mut last_store = Instant::now();
-        let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
+        // Since when a collector has been live without interruption: held journals
+        // (`SourceJournal::hold`) the writer has not named by then are read from 0.
+        let mut collector_since: Option<Instant> = None;
+        let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)).min(Duration::from_millis(500)));
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -413,6 +421,15 @@ impl AckTask {
                         if let Ok(mut j) = j.lock() {
                             j.named();
                         }
+                    }
+                }
+            }
+            if membership.live_of(Role::Collector).is_empty() {
+                collector_since = None;
+            } else if collector_since.get_or_insert_with(Instant::now).elapsed() >= NUMBER_FROM_ZERO_AFTER {
+                for (name, j) in journals.iter() {
+                    if j.lock().is_ok_and(|mut j| j.release()) {
+                        tracing::info!(source = %name, "no watermark of a live collector named this stream: its lines are numbered from 0");
                     }
                 }
             }

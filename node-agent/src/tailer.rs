@@ -288,6 +288,11 @@ impl SourceTailer {
                 self.scan();
                 last_scan = Some(Instant::now());
             }
+            if self.journal.lock().is_ok_and(|j| j.held()) {
+                // Its numbers wait for the writer's first watermark (SourceJournal::hold).
+                std::thread::sleep(self.settings.poll_interval());
+                continue;
+            }
             let progressed = match self.read_files(&out, &cancel) {
                 Ok(p) => p,
                 Err(Closed) => return,
