@@ -13,7 +13,7 @@ use common::limits::http_post;
 use common::{append, assert_exactly_once, free_port, metric, numbered, read_logs, wait_until, Cluster, Proc, BIN};
 use serde_json::{json, Value};
 use switchboard_bus::config::BusConfig;
-use switchboard_bus::dlr::wire::{DlrReport, ReplicaBatch, ReplicaOp};
+use switchboard_bus::dlr::wire::{DlrReport, LookupReply, ReplicaBatch, ReplicaOp, Role as HolderRole, DOC_VERSION};
 use switchboard_bus::dlr::{DlrRecord, RecordState};
 use switchboard_bus::tls::TlsConfig;
 use switchboard_bus::wire::log_batch::{self, LogBatchBuilder, LogRow};
@@ -631,6 +631,32 @@ async fn message_checks_hold_without_tls() {
         })
         .await;
     }
+
+    // A reply to a lookup on every node in gw1's own name, with a made-up record: dropped, so a
+    // report of an id no node holds is still not found (it was taken as gw1's own, `owner_down`).
+    let ghost = DlrRecord { id: "7777".into(), msg_id: "7777".into(), gateway_ref: "FORGED".into(), ..rec.clone() };
+    let lie = serde_json::to_vec(&LookupReply {
+        version: DOC_VERSION,
+        node: "gw1".into(),
+        role: HolderRole::Owner,
+        record: ghost,
+        outcome: None,
+    })
+    .unwrap();
+    let lie_key = key(c, "dlr/id/dec/7777");
+    let _liar = h
+        .declare_queryable(lie_key.clone())
+        .callback(move |q| {
+            let _ = zenoh::Wait::wait(q.reply(lie_key.clone(), lie.clone()));
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, body) = expect_refused(c, "gw1", "lookup_reply_invalid", async {
+        post(c, "gw1", "/v1/dlr/report", json!({"connector": "dec", "msg_id": "7777", "status": "DELIVRD"}))
+    })
+    .await;
+    assert_eq!(code, 404, "{body}");
 
     // A configuration revision whose content does not hash to its name, one whose limits file
     // does not validate, and demand from a node that is not live.

@@ -224,6 +224,13 @@ impl Asker {
                 tracing::warn!(node, client = %self.client, "an answer for another lookup: is the answer key shared?");
                 Ok(Asked::Unanswered(format!("node {node} answered another lookup")))
             }
+            (None, Some(r)) if r.node != node => {
+                switchboard_bus::refusals::refuse(
+                    switchboard_bus::refusals::Reason::LookupReplyInvalid,
+                    format_args!("an answer of node {node} to a DLR lookup in the name of {}", r.node),
+                );
+                Ok(Asked::Unanswered(format!("node {node} answered in another node's name")))
+            }
             (None, reply) => Ok(Asked::Answered(reply)),
         }
     }

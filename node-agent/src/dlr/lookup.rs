@@ -276,6 +276,13 @@ pub(crate) async fn query(
             service.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
             continue;
         };
+        if let Some(why) = implausible(&service.node, &r, connector, canonical) {
+            refuse(
+                Reason::LookupReplyInvalid,
+                format_args!("a reply to the DLR lookup of {connector}/{canonical}: {why}"),
+            );
+            continue;
+        }
         if r.role == HolderRole::Owner {
             return Ok(AskedAll { found: Some((r, started.elapsed())), failed, unanswered });
         }
@@ -293,6 +300,28 @@ pub(crate) async fn query(
         unanswered = left_before_answering(service, &asked, &mut leaves, held).await;
     }
     Ok(AskedAll { found: best.map(|b| (b, started.elapsed())), failed, unanswered })
+}
+
+/// Why `r`, a reply to this node's lookup of `(connector, canonical)`, cannot be what it says,
+/// if it cannot: a reply on `dlr/id` carries no identity of its sender (any agent may answer
+/// there, docs/security.md), so one in this node's own name, for another record, or whose role
+/// contradicts its record is a hostile agent's.
+pub(crate) fn implausible(me: &str, r: &LookupReply, connector: &str, canonical: &str) -> Option<String> {
+    if r.record.connector != connector || r.record.id != canonical {
+        return Some(format!("it is for {}/{}", r.record.connector, r.record.id));
+    }
+    if r.node == me {
+        return Some(format!("it is in this node's own name ({me}), which never answers its own lookup"));
+    }
+    match r.role {
+        HolderRole::Owner if r.record.owner != r.node => {
+            Some(format!("{} answers as the owner of a record of {}", r.node, r.record.owner))
+        }
+        HolderRole::Replica if r.record.owner == r.node => {
+            Some(format!("{} answers with a copy of its own record", r.node))
+        }
+        _ => None,
+    }
 }
 
 /// A query held this much longer than the wait it asked for was kept open by a node that did not
@@ -335,5 +364,33 @@ async fn left_before_answering(
                 return left(&m.name);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switchboard_bus::dlr::DlrRecord;
+
+    use super::*;
+
+    fn reply(node: &str, role: HolderRole, owner: &str) -> LookupReply {
+        let record = DlrRecord::synthetic(7, owner);
+        LookupReply { version: wire::DOC_VERSION, node: node.into(), role, record, outcome: None }
+    }
+
+    #[test]
+    fn a_reply_that_cannot_be_what_it_says_is_named() {
+        let (c, id) = {
+            let r = reply("gw2", HolderRole::Owner, "gw2");
+            (r.record.connector.clone(), r.record.id.clone())
+        };
+        assert_eq!(implausible("gw1", &reply("gw2", HolderRole::Owner, "gw2"), &c, &id), None);
+        assert_eq!(implausible("gw1", &reply("gw3", HolderRole::Replica, "gw2"), &c, &id), None);
+        let why = |r: LookupReply, c: &str, id: &str| implausible("gw1", &r, c, id).unwrap_or_default();
+        assert!(why(reply("gw1", HolderRole::Owner, "gw1"), &c, &id).contains("own name"));
+        assert!(why(reply("gw3", HolderRole::Owner, "gw2"), &c, &id).contains("as the owner of a record of gw2"));
+        assert!(why(reply("gw2", HolderRole::Replica, "gw2"), &c, &id).contains("copy of its own"));
+        assert!(why(reply("gw2", HolderRole::Owner, "gw2"), &c, "another").contains("it is for"));
+        assert!(why(reply("gw2", HolderRole::Owner, "gw2"), "other", &id).contains("it is for"));
     }
 }
