@@ -34,7 +34,7 @@ pub enum IdFormat {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
     /// Empty, too long, or with control characters.
-    #[error("message id must be 1 to {MAX_ID_BYTES} bytes without control characters")]
+    #[error("message id must be 1 to {MAX_ID_BYTES} bytes (without the whitespace around it) and without control characters")]
     Shape,
     /// Not a number in the connector's base, or larger than 128 bits.
     #[error("message id {0:?} is not a {1} number of at most 128 bits")]
