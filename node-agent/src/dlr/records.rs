@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use switchboard_bus::dlr::wire::{DlrReport, LookupReply, ReportOutcome, Role as HolderRole, DOC_VERSION};
 use switchboard_bus::dlr::{id, registration_version, DlrRecord, IdFormat, RecordState};
 use switchboard_bus::refusals::{refuse, Reason};
+use switchboard_bus::throttle::Throttle;
 use tokio::sync::{oneshot, Notify};
 
 use super::events::{DlrEvent, EventKind};
@@ -62,6 +63,8 @@ pub struct Records {
     pub(super) outbox: Outbox,
     events: Option<EventLog>,
     pub(super) inbox_ready: Notify,
+    /// Reports refused for a full inbox are logged at most once a minute.
+    inbox_full_logged: Mutex<Throttle>,
     /// Counters.
     pub stats: Arc<DlrStats>,
 }
@@ -82,6 +85,7 @@ impl Records {
             waiting: AtomicU64::new(0),
             events,
             inbox_ready: Notify::new(),
+            inbox_full_logged: Mutex::new(Throttle::new(std::time::Duration::from_secs(60))),
             stats: Arc::new(DlrStats::default()),
         }
     }
@@ -343,6 +347,15 @@ impl Records {
                     report.reported_by
                 )));
             } else {
+                let held = self.store.inbox_len();
+                if held >= self.settings.max_inbox {
+                    self.stats.inbox_full.fetch_add(1, Ordering::Relaxed);
+                    let e = StoreError::InboxFull { held };
+                    if let Some(unlogged) = self.inbox_full_logged.lock().ok().and_then(|mut t| t.admit()) {
+                        tracing::warn!(refused_since_last_line = unlogged, "report of {connector}/{id} refused: {e}");
+                    }
+                    return Err(DlrError::Store(e));
+                }
                 let next = match won {
                     Some(w) => w.clone(),
                     None if report.r#final => {
@@ -443,6 +456,28 @@ mod tests {
             submitted_at: Some(1_000),
             expiry_s: Some(60),
         }
+    }
+
+    #[test]
+    fn a_full_inbox_refuses_reports_until_the_gateway_takes_some() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DlrStore::open(&dir.path().join("store"), 8 << 20).unwrap();
+        let settings = DlrSettings { max_inbox: 2, ..DlrSettings::default() };
+        let r = Records::new("gw1".into(), settings, store, None);
+        r.register(&[registration("1")]).unwrap();
+        for _ in 0..2 {
+            assert!(r.answer("smsc1", "1", Some(&report(false))).unwrap().is_some());
+        }
+        let e = r.answer("smsc1", "1", Some(&report(true))).unwrap_err();
+        assert!(e.to_string().starts_with(switchboard_bus::dlr::wire::STORE_FAILED), "{e}");
+        assert!(e.to_string().contains("max_inbox"), "{e}");
+        assert_eq!(e.kind(), super::super::types::ErrorKind::Unavailable);
+        assert_eq!(r.stats.inbox_full.load(Ordering::Relaxed), 1);
+        assert!(r.store.get("smsc1", "1").unwrap().unwrap().is_open(), "the final report was not taken");
+        r.store.ack_inbox(1).unwrap();
+        let taken = r.answer("smsc1", "1", Some(&report(true))).unwrap().unwrap();
+        assert_eq!(taken.outcome, Some(ReportOutcome::Delivered));
+        assert_eq!(r.store.inbox_len(), 2);
     }
 
     #[test]

@@ -56,6 +56,11 @@ pub struct DlrSettings {
     /// on every node; records outlive two nodes down).
     #[serde(default = "default_dlr_copies")]
     pub copies: usize,
+    /// Most DLRs the inbox holds that the gateway has not taken (read and acknowledged): past
+    /// it, a report this node would queue there is refused with `503` (try again), so a gateway
+    /// that stops reading, or a peer flooding reports, fills no disk. Default: 1000000.
+    #[serde(default = "default_dlr_max_inbox")]
+    pub max_inbox: u64,
     /// Most changed records held for their replicas (the replication queue). When no replica
     /// is live or replicas do not acknowledge for long enough to fill it, the queue is emptied
     /// and one pass over the store sends every own record once replicas answer again, so
@@ -115,6 +120,9 @@ fn default_dlr_copies() -> usize {
 }
 /// The most copies `[dlr] copies` may ask for.
 pub(crate) const MAX_COPIES: usize = 16;
+fn default_dlr_max_inbox() -> u64 {
+    1_000_000
+}
 fn default_dlr_replica_queue() -> usize {
     100_000
 }
@@ -133,6 +141,7 @@ impl Default for DlrSettings {
             cache_mb: default_dlr_cache_mb(),
             sync_ms: default_dlr_sync_ms(),
             copies: default_dlr_copies(),
+            max_inbox: default_dlr_max_inbox(),
             replica_queue: default_dlr_replica_queue(),
             record_events: true,
             connectors: Vec::new(),
@@ -162,7 +171,8 @@ impl DlrSettings {
                 )));
             }
         }
-        switchboard_bus::config::first_zero(&[("dlr.timeout_ms", d.timeout_ms)]).map_err(AgentConfigError::Invalid)?;
+        switchboard_bus::config::first_zero(&[("dlr.timeout_ms", d.timeout_ms), ("dlr.max_inbox", d.max_inbox)])
+            .map_err(AgentConfigError::Invalid)?;
         if !(1..=MAX_COPIES).contains(&d.copies) {
             return Err(AgentConfigError::Invalid(format!(
                 "dlr.copies = {} must be between 1 and {MAX_COPIES} (other agents keeping a copy of each record)",

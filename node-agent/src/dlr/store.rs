@@ -44,6 +44,14 @@ pub enum StoreError {
     /// A stored value does not decode.
     #[error(transparent)]
     Corrupt(#[from] CorruptRecord),
+    /// The inbox holds its most: a report for it is refused until the gateway takes some. Its
+    /// text starts with [`switchboard_bus::dlr::wire::STORE_FAILED`] too, so a reporter
+    /// elsewhere answers its gateway `503` (try again) rather than handle the DLR itself.
+    #[error("DLR store: the inbox holds {held} DLRs its gateway has not taken, its most (dlr.max_inbox): try again once the gateway reads its inbox")]
+    InboxFull {
+        /// DLRs in the inbox.
+        held: u64,
+    },
 }
 
 /// One change, applied with others in one atomic batch.
@@ -365,6 +373,11 @@ impl DlrStore {
     /// Force everything written so far to disk.
     pub fn sync(&self) -> Result<(), StoreError> {
         self.db.persist(PersistMode::SyncAll).map_err(|e| self.note_failure(e))
+    }
+
+    /// DLRs in the inbox (exact).
+    pub fn inbox_len(&self) -> u64 {
+        self.inbox_len.load(Ordering::Relaxed)
     }
 
     /// Record count, inbox length and disk use.

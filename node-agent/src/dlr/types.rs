@@ -149,11 +149,13 @@ pub struct DlrStats {
     pub store_errors: AtomicU64,
     /// Event lines that could not be written.
     pub event_errors: AtomicU64,
+    /// Reports refused because the inbox held `dlr.max_inbox` DLRs.
+    pub inbox_full: AtomicU64,
 }
 
 impl DlrStats {
     /// Every counter with its metric name and help.
-    pub fn counters(&self) -> [(&'static str, &'static str, u64); 22] {
+    pub fn counters(&self) -> [(&'static str, &'static str, u64); 23] {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("registered", "Messages registered on this node.", g(&self.registered)),
@@ -206,6 +208,11 @@ impl DlrStats {
             ),
             ("store_errors", "DLR store operations that failed.", g(&self.store_errors)),
             ("event_errors", "DLR event lines that could not be written.", g(&self.event_errors)),
+            (
+                "inbox_full",
+                "Reports refused because the inbox held dlr.max_inbox DLRs its gateway had not taken.",
+                g(&self.inbox_full),
+            ),
         ]
     }
 }
