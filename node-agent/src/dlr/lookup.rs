@@ -276,7 +276,10 @@ pub(crate) async fn query(
             service.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
             continue;
         };
-        if let Some(why) = implausible(&service.node, &r, connector, canonical) {
+        // This node's own queryable answers its query too (a copy it holds, a report it owns):
+        // zenoh names the session that sent each reply.
+        let from_here = reply.replier_id().is_some_and(|id| id.zid() == service.session.zid());
+        if let Some(why) = implausible(&service.node, from_here, &r, connector, canonical) {
             refuse(
                 Reason::LookupReplyInvalid,
                 format_args!("a reply to the DLR lookup of {connector}/{canonical}: {why}"),
@@ -303,15 +306,26 @@ pub(crate) async fn query(
 }
 
 /// Why `r`, a reply to this node's lookup of `(connector, canonical)`, cannot be what it says,
-/// if it cannot: a reply on `dlr/id` carries no identity of its sender (any agent may answer
-/// there, docs/security.md), so one in this node's own name, for another record, or whose role
-/// contradicts its record is a hostile agent's.
-pub(crate) fn implausible(me: &str, r: &LookupReply, connector: &str, canonical: &str) -> Option<String> {
+/// if it cannot: the body of a reply on `dlr/id` names a node that no access policy holds it to
+/// (any agent may answer there, docs/security.md), so one in this node's own name that another
+/// session sent (`from_here` false), one for another record, or one whose role contradicts its
+/// record is a hostile agent's.
+pub(crate) fn implausible(
+    me: &str,
+    from_here: bool,
+    r: &LookupReply,
+    connector: &str,
+    canonical: &str,
+) -> Option<String> {
     if r.record.connector != connector || r.record.id != canonical {
         return Some(format!("it is for {}/{}", r.record.connector, r.record.id));
     }
-    if r.node == me {
-        return Some(format!("it is in this node's own name ({me}), which never answers its own lookup"));
+    if (r.node == me) != from_here {
+        return Some(if from_here {
+            format!("this node's own answer names {}", r.node)
+        } else {
+            format!("another process answers in this node's name ({me})")
+        });
     }
     match r.role {
         HolderRole::Owner if r.record.owner != r.node => {
@@ -384,10 +398,12 @@ mod tests {
             let r = reply("gw2", HolderRole::Owner, "gw2");
             (r.record.connector.clone(), r.record.id.clone())
         };
-        assert_eq!(implausible("gw1", &reply("gw2", HolderRole::Owner, "gw2"), &c, &id), None);
-        assert_eq!(implausible("gw1", &reply("gw3", HolderRole::Replica, "gw2"), &c, &id), None);
-        let why = |r: LookupReply, c: &str, id: &str| implausible("gw1", &r, c, id).unwrap_or_default();
-        assert!(why(reply("gw1", HolderRole::Owner, "gw1"), &c, &id).contains("own name"));
+        assert_eq!(implausible("gw1", false, &reply("gw2", HolderRole::Owner, "gw2"), &c, &id), None);
+        assert_eq!(implausible("gw1", false, &reply("gw3", HolderRole::Replica, "gw2"), &c, &id), None);
+        assert_eq!(implausible("gw1", true, &reply("gw1", HolderRole::Replica, "gw2"), &c, &id), None);
+        assert_eq!(implausible("gw1", true, &reply("gw1", HolderRole::Owner, "gw1"), &c, &id), None);
+        let why = |r: LookupReply, c: &str, id: &str| implausible("gw1", false, &r, c, id).unwrap_or_default();
+        assert!(why(reply("gw1", HolderRole::Owner, "gw1"), &c, &id).contains("in this node's name"));
         assert!(why(reply("gw3", HolderRole::Owner, "gw2"), &c, &id).contains("as the owner of a record of gw2"));
         assert!(why(reply("gw2", HolderRole::Replica, "gw2"), &c, &id).contains("copy of its own"));
         assert!(why(reply("gw2", HolderRole::Owner, "gw2"), &c, "another").contains("it is for"));
