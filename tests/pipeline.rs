@@ -258,47 +258,28 @@ fn hostile_lines_arrive_flagged_and_bounded() {
     assert_exactly_once(&rows);
 }
 
-/// The same rebuild while no collector runs: the new lines wait in their file until a collector
-/// has said how far it holds the stream, and are then numbered on above it. Read at once, they
-/// were numbered from 0 and dropped by the collector as repeats of the earlier life's, unsaid.
-#[test]
-fn a_node_rebuilt_empty_while_no_collector_runs_keeps_its_new_lines() {
-    let c = Cluster::new();
-    let collector = c.start_collector();
-    let file = c.logs_dir("gw").join("x.log");
-    append(&file, std::iter::once("before the first start".to_owned()));
-    let tailing = |p: &Proc| wait_until(DEADLINE, || p.log_text().contains("tailing file"));
-    let agent = c.start_agent_with("gw", "plain", &[], "start_at = \"end\"");
-    assert!(tailing(&agent), "{}", agent.log_text());
-    append(&file, (0..10).map(|i| format!("first life {i}")));
-    assert!(wait_until(DEADLINE, || count_logs(&c.dataset()) >= 10), "{}", agent.log_text());
-    agent.stop();
-    collector.stop();
-    std::fs::remove_dir_all(c.agent_state("gw")).unwrap();
-    let agent = c.start_agent_with("gw", "plain", &[], "start_at = \"end\"");
-    assert!(tailing(&agent), "{}", agent.log_text());
-    append(&file, (0..10).map(|i| format!("second life {i}")));
-    // Longer than a read and a batch: lines read now would be numbered from 0.
-    std::thread::sleep(Duration::from_secs(2));
-    let collector = c.start_collector();
-    assert!(wait_until(DEADLINE, || count_logs(&c.dataset()) >= 20), "{}", agent.log_text());
-    let log = agent.log_text();
-    agent.stop();
-    collector.stop();
-    let mut rows = read_logs(&c.dataset());
-    rows.sort_by_key(|r| r.seq);
-    assert_exactly_once(&rows);
-    let second: Vec<i64> = rows.iter().filter(|r| r.message.starts_with("second life")).map(|r| r.seq).collect();
-    assert_eq!(second, (10..20).collect::<Vec<i64>>(), "{log}");
-}
-
 /// A node rebuilt empty whose source reads from the end finds new lines only: they are numbered
 /// on above what the collector holds of the stream from the node's earlier life, not again from
 /// 0 (where the collector would drop them as duplicates).
 #[test]
 fn a_source_read_from_its_end_on_a_node_rebuilt_empty_numbers_on() {
+    rebuild_a_node_reading_from_the_end(false);
+}
+
+/// The same rebuild while no collector runs: the new lines wait in their file until a collector
+/// has said how far it holds the stream, and are then numbered on above it. Read at once, they
+/// were numbered from 0 and dropped by the collector as repeats of the earlier life's, unsaid.
+#[test]
+fn a_node_rebuilt_empty_while_no_collector_runs_keeps_its_new_lines() {
+    rebuild_a_node_reading_from_the_end(true);
+}
+
+/// Ten lines in a node's first life, its `data_dir` emptied, ten in its second (written while
+/// no collector runs when `collector_down`): both lives' lines once each, the second's numbered
+/// 10 to 19.
+fn rebuild_a_node_reading_from_the_end(collector_down: bool) {
     let c = Cluster::new();
-    let collector = c.start_collector();
+    let mut collector = Some(c.start_collector());
     let file = c.logs_dir("gw").join("x.log");
     append(&file, std::iter::once("before the first start".to_owned()));
     let tailing = |p: &Proc| wait_until(DEADLINE, || p.log_text().contains("tailing file"));
@@ -307,19 +288,35 @@ fn a_source_read_from_its_end_on_a_node_rebuilt_empty_numbers_on() {
     append(&file, (0..10).map(|i| format!("first life {i}")));
     assert!(wait_until(DEADLINE, || count_logs(&c.dataset()) >= 10), "{}", agent.log_text());
     agent.stop();
+    if collector_down {
+        if let Some(p) = collector.take() {
+            p.stop();
+        }
+    }
     std::fs::remove_dir_all(c.agent_state("gw")).unwrap();
     let agent = c.start_agent_with("gw", "plain", &[], "start_at = \"end\"");
-    let numbered_on = wait_until(Duration::from_secs(20), || {
-        agent.log_text().contains("holds stream gw/log/app up to 9 from an earlier life")
-    });
-    assert!(numbered_on && tailing(&agent), "{}", agent.log_text());
-    append(&file, (0..10).map(|i| format!("second life {i}")));
+    if collector_down {
+        assert!(tailing(&agent), "{}", agent.log_text());
+        append(&file, (0..10).map(|i| format!("second life {i}")));
+        // Longer than a read and a batch: lines read now would be numbered from 0.
+        std::thread::sleep(Duration::from_secs(2));
+        collector = Some(c.start_collector());
+    } else {
+        let numbered_on = wait_until(Duration::from_secs(20), || {
+            agent.log_text().contains("holds stream gw/log/app up to 9 from an earlier life")
+        });
+        assert!(numbered_on && tailing(&agent), "{}", agent.log_text());
+        append(&file, (0..10).map(|i| format!("second life {i}")));
+    }
     assert!(wait_until(DEADLINE, || count_logs(&c.dataset()) >= 20), "{}", agent.log_text());
+    let log = agent.log_text();
     agent.stop();
-    collector.stop();
+    if let Some(p) = collector {
+        p.stop();
+    }
     let mut rows = read_logs(&c.dataset());
     rows.sort_by_key(|r| r.seq);
     assert_exactly_once(&rows);
     let second: Vec<i64> = rows.iter().filter(|r| r.message.starts_with("second life")).map(|r| r.seq).collect();
-    assert_eq!(second, (10..20).collect::<Vec<i64>>());
+    assert_eq!(second, (10..20).collect::<Vec<i64>>(), "{log}");
 }
