@@ -214,6 +214,10 @@ pub(crate) struct AskedAll {
     pub(crate) unanswered: Option<String>,
 }
 
+/// Lookups a node failed are logged at most once per 10 s, with the count since.
+static FAILED_LOGGED: std::sync::Mutex<switchboard_bus::throttle::Throttle> =
+    std::sync::Mutex::new(switchboard_bus::throttle::Throttle::new(Duration::from_secs(10)));
+
 /// The error zenoh gives a query whose time ran out before every queryable had answered.
 const ZENOH_TIMEOUT: &str = "Timeout";
 
@@ -265,7 +269,10 @@ pub(crate) async fn query(
                     unanswered = Some(format!("a live node did not answer within {} ms", within.as_millis()));
                     continue;
                 }
-                tracing::warn!(key = %key, error = %why, "a node failed a DLR lookup");
+                // Throttled: an owner whose inbox is full fails every report, which gateways retry.
+                if let Some(unlogged) = FAILED_LOGGED.lock().ok().and_then(|mut t| t.admit()) {
+                    tracing::warn!(key = %key, error = %why, failed_since_last_line = unlogged, "a node failed a DLR lookup");
+                }
                 if why.starts_with(STORE_FAILED) {
                     failed.get_or_insert(why);
                 }
