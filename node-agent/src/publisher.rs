@@ -392,11 +392,21 @@ impl AckTask {
                             let skipped =
                                 own_skip(&id.name, w).then(|| j.lock().ok().and_then(|mut j| j.skip_to(w + 1))).flatten();
                             match skipped {
+                                Some(cp) if head == 0 => {
+                                    tracing::info!(
+                                        stream = %id, from = %from,
+                                        "the collector holds stream {id} up to {w} from an earlier life of this node (its data_dir was emptied): \
+                                         its lines are numbered from {} on",
+                                        w + 1
+                                    );
+                                    checkpoint.sources.insert(id.name, cp);
+                                    dirty = true;
+                                }
                                 Some(cp) => {
                                     tracing::warn!(
                                         stream = %id, from = %from, lost = head,
                                         "the collector holds stream {id} up to {w} from an earlier life of this node (its data_dir was emptied): \
-                                         its lines are numbered from {} on; the lines numbered below since the start repeat numbers it holds and are not stored",
+                                         its lines are numbered from {} on; the {head} lines numbered below since the start repeat numbers it holds and are not stored",
                                         w + 1
                                     );
                                     checkpoint.sources.insert(id.name, cp);

@@ -166,6 +166,10 @@ impl DlrService {
         if size.records > 0 {
             // Before anything is served: the first reports must not be taken on stale records.
             service.wake.started_over_records();
+        } else {
+            // Before anything is served too: `GET /v1/dlr` says a restore is under way from the
+            // first answer (`restore::run` takes it over).
+            service.wake.show_restoring(true);
         }
         tracing::info!(
             records_estimate = size.records,

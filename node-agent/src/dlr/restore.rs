@@ -295,9 +295,10 @@ pub(crate) async fn run(service: Arc<DlrService>, state_file: PathBuf, empty: bo
     let mut seen: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
     let mut running: tokio::task::JoinSet<(String, Result<u64, String>)> = tokio::task::JoinSet::new();
     let mut asking: BTreeSet<String> = BTreeSet::new();
-    // The other agents take a moment to be seen: until then the restore counts as under way.
-    let seen_by = tokio::time::Instant::now() + switchboard_bus::mesh::SETTLE;
-    service.wake.show_restoring(true);
+    // The other agents take a moment to be seen: until then a restore that begins now counts as
+    // under way. One that goes on (a restart in its window) shows only what it asks.
+    let seen_by = tokio::time::Instant::now() + if empty { switchboard_bus::mesh::SETTLE } else { Duration::ZERO };
+    service.wake.show_restoring(empty);
     loop {
         let now = tokio::time::Instant::now();
         let over = now_ms().saturating_sub(state.began_ms) > window_ms;
