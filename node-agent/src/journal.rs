@@ -575,6 +575,24 @@ mod tests {
     }
 
     #[test]
+    fn a_held_journal_waits_until_a_watermark_names_it_or_it_is_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = SourceJournal::open(dir.path(), "_dlr", SourceCheckpoint::default()).unwrap();
+        assert!(j.is_fresh() && j.hold() && j.held(), "a new journal is held");
+        j.named();
+        assert!(!j.held(), "the writer's watermark came");
+        let mut j = SourceJournal::open(dir.path(), "_limits", SourceCheckpoint::default()).unwrap();
+        assert!(j.hold() && j.release() && !j.held() && !j.release(), "released once");
+        assert!(j.is_fresh(), "a later watermark may still number it on");
+        let mut j = SourceJournal::open(dir.path(), "_metrics", SourceCheckpoint::default()).unwrap();
+        j.hold();
+        assert!(j.skip_to(10).is_some() && !j.held(), "numbered on");
+        let acked = SourceCheckpoint { next_seq: 5, ..SourceCheckpoint::default() };
+        let mut j = SourceJournal::open(dir.path(), "app", acked).unwrap();
+        assert!(!j.hold() && !j.held(), "a journal acknowledged before is never held");
+    }
+
+    #[test]
     fn a_skip_numbers_on_above_it_and_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let mut j = SourceJournal::open(dir.path(), "_limits", SourceCheckpoint::default()).unwrap();

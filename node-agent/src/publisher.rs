@@ -392,23 +392,22 @@ impl AckTask {
                             let skipped =
                                 own_skip(&id.name, w).then(|| j.lock().ok().and_then(|mut j| j.skip_to(w + 1))).flatten();
                             match skipped {
-                                Some(cp) if head == 0 => {
-                                    tracing::info!(
-                                        stream = %id, from = %from,
+                                Some(cp) => {
+                                    let said = format!(
                                         "the collector holds stream {id} up to {w} from an earlier life of this node (its data_dir was emptied): \
                                          its lines are numbered from {} on",
                                         w + 1
                                     );
-                                    checkpoint.sources.insert(id.name, cp);
-                                    dirty = true;
-                                }
-                                Some(cp) => {
-                                    tracing::warn!(
-                                        stream = %id, from = %from, lost = head,
-                                        "the collector holds stream {id} up to {w} from an earlier life of this node (its data_dir was emptied): \
-                                         its lines are numbered from {} on; the {head} lines numbered below since the start repeat numbers it holds and are not stored",
-                                        w + 1
-                                    );
+                                    if head == 0 {
+                                        tracing::info!(stream = %id, from = %from, "{said}");
+                                    } else {
+                                        // Numbered before the first watermark (a journal not held).
+                                        stats.lines_lost.fetch_add(head, Ordering::Relaxed);
+                                        tracing::warn!(
+                                            stream = %id, from = %from, lost = head,
+                                            "{said}; the {head} lines numbered below since the start repeat numbers it holds and are not stored"
+                                        );
+                                    }
                                     checkpoint.sources.insert(id.name, cp);
                                     dirty = true;
                                 }

@@ -238,7 +238,7 @@ impl Report for AgentReport {
             .counter("switchboard_agent_replay_errors_total", "Replays not answered in full.", g(&s.replay_errors))
             .counter(
                 "switchboard_agent_lost_lines_total",
-                "Lines given up for lost: not acknowledged when their file was written over or went away.",
+                "Lines given up for lost: not acknowledged when their file was written over or went away, or numbered on a node rebuilt empty below what the collector held of its earlier life.",
                 g(&s.lines_lost),
             )
             .counter(

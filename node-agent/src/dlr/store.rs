@@ -30,6 +30,7 @@ use fjall::config::{CompressionPolicy, PinningPolicy};
 use fjall::{CompressionType, Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use switchboard_bus::dlr::id::{MAX_CONNECTOR_BYTES, MAX_ID_BYTES};
 use switchboard_bus::dlr::record::{self, CorruptRecord, DlrRecord};
+use switchboard_bus::dlr::wire::STORE_FAILED;
 
 /// The longest store key a record can have: its connector, a separator and its id.
 const MAX_KEY_BYTES: usize = MAX_CONNECTOR_BYTES + 1 + MAX_ID_BYTES;
@@ -39,7 +40,7 @@ const MAX_KEY_BYTES: usize = MAX_CONNECTOR_BYTES + 1 + MAX_ID_BYTES;
 pub enum StoreError {
     /// The LSM tree reported an error (I/O, a full disk). Its text starts with
     /// [`switchboard_bus::dlr::wire::STORE_FAILED`], which other nodes read in error replies.
-    #[error("DLR store: {0}")]
+    #[error("{STORE_FAILED}: {0}")]
     Engine(#[from] fjall::Error),
     /// A stored value does not decode.
     #[error(transparent)]
@@ -47,7 +48,7 @@ pub enum StoreError {
     /// The inbox holds its most: a report for it is refused until the gateway takes some. Its
     /// text starts with [`switchboard_bus::dlr::wire::STORE_FAILED`] too, so a reporter
     /// elsewhere answers its gateway `503` (try again) rather than handle the DLR itself.
-    #[error("DLR store: the inbox holds {held} DLRs its gateway has not taken, its most (dlr.max_inbox): try again once the gateway reads its inbox")]
+    #[error("{STORE_FAILED}: the inbox holds {held} DLRs its gateway has not taken, its most (dlr.max_inbox): try again once the gateway reads its inbox")]
     InboxFull {
         /// DLRs in the inbox.
         held: u64,
