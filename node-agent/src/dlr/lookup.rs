@@ -273,6 +273,12 @@ pub(crate) async fn query(
                 if let Some(unlogged) = FAILED_LOGGED.lock().ok().and_then(|mut t| t.admit()) {
                     tracing::warn!(key = %key, error = %why, failed_since_last_line = unlogged, "a node failed a DLR lookup");
                 }
+                // A node that holds the record and cannot take the report now (its store failed,
+                // its inbox is full, or it just ran again) says so: the record exists, and a miss
+                // elsewhere must not be taken for its absence.
+                if why.starts_with(STORE_FAILED) || why.starts_with(super::wake::STALE) {
+                    unanswered.get_or_insert_with(|| why.clone());
+                }
                 if why.starts_with(STORE_FAILED) {
                     failed.get_or_insert(why);
                 }
