@@ -132,6 +132,11 @@ fn a_python_client_looks_up_and_reports_dlrs_by_the_documented_keys() {
     let asked = &first["asked"];
     assert_eq!(asked["7"]["reply"]["record"]["gateway_ref"], "r-255", "{v}");
     assert_eq!(asked["7"]["reply"]["node"], first["node"], "{v}");
+    assert_eq!(
+        (&asked["7"]["from"], &asked["8"]["from"]),
+        (&first["node"], &first["node"]),
+        "answers on the key of their node: {v}"
+    );
     assert!(asked["8"].get("reply").is_some_and(serde_json::Value::is_null), "{v}");
     assert!(asked.get("6").is_none(), "{v}");
     let holder = first["node"].as_str().unwrap_or_default();
@@ -139,8 +144,11 @@ fn a_python_client_looks_up_and_reports_dlrs_by_the_documented_keys() {
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["counters"]["bad_requests"], 2, "{status}");
     let v = py(&["plain", "text", "a/b 1"]);
-    assert_eq!(v["key"], format!("{prefix}/dlr/id/plain/a%2Fb%201"));
+    assert_eq!(v["key"], format!("{prefix}/dlr/at/*/plain/a%2Fb%201"));
     assert_eq!(v["owner"]["record"]["gateway_ref"], "r-text");
+    // Each node replies on the key of its own name; on `dlr/id`, on the query's key.
+    assert_eq!(v["owner"]["on_key_of"], v["owner"]["node"], "{v}");
+    assert_eq!(v["by_id"]["record"]["gateway_ref"], "r-text", "{v}");
     // A report from Python: the owner takes it once, then it is a duplicate.
     let v = py(&["hexdec", "decimal", "255", "DELIVRD"]);
     assert_eq!(

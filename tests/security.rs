@@ -212,6 +212,38 @@ fn report(status: &str, by: &str) -> Vec<u8> {
     serde_json::to_vec(&r).unwrap()
 }
 
+/// A lookup reply in the name of `rec`'s owner, as the owner of a made-up record `id` like `rec`.
+fn made_up_reply(rec: &DlrRecord, id: &str) -> Vec<u8> {
+    let ghost = DlrRecord { id: id.into(), msg_id: id.into(), gateway_ref: "FORGED".into(), ..rec.clone() };
+    let reply = LookupReply {
+        version: DOC_VERSION,
+        node: rec.owner.clone(),
+        role: HolderRole::Owner,
+        record: ghost,
+        outcome: None,
+    };
+    serde_json::to_vec(&reply).unwrap()
+}
+
+/// A queryable of `s` on `key` that replies `body` on `key` to every query.
+async fn liar(s: &Session, key: String, body: Vec<u8>) -> zenoh::query::Queryable<()> {
+    let on = key.clone();
+    let queryable = s
+        .declare_queryable(key)
+        .callback(move |q| {
+            let _ = zenoh::Wait::wait(q.reply(on.clone(), body.clone()));
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    queryable
+}
+
+/// gw1's answer to a report of message `id` that no node holds.
+fn report_of(c: &Cluster, id: &str) -> (u16, Value) {
+    post(c, "gw1", "/v1/dlr/report", json!({"connector": "dec", "msg_id": id, "status": "DELIVRD"}))
+}
+
 fn finish(s: &Setup, rec: &DlrRecord) {
     // The real agent goes on; every real line is stored once, no forged one at all.
     write_and_wait(s, 100, 200);
@@ -472,14 +504,30 @@ async fn a_member_cannot_act_as_another() {
     // Rows 13, 14, 16, 17: an admin looks a record up on the ask stream, not by query (which
     // may carry a report); a collector may not ask.
     let ops = session(c, "admin:ops", &both).await;
-    let answers = ops.declare_subscriber(key(c, "dlr/answer/ops-test")).await.unwrap();
+    let answers = ops.declare_subscriber(key(c, "dlr/answer/ops-test/*")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ask_doc = switchboard_bus::dlr::wire::DlrAsk::encode("ops-test", 1, "dec", &rec.id).unwrap();
     put(&ops, &key(c, "dlr/ask/gw1"), ask_doc.clone()).await;
     let answer = tokio::time::timeout(Duration::from_secs(5), answers.recv_async()).await.expect("an answer").unwrap();
+    let answer_key = answer.key_expr().clone();
     let answer = String::from_utf8_lossy(&answer.payload().to_bytes()).into_owned();
     assert!(answer.contains("\"n\":1") && answer.contains("gw1"), "{answer}");
+    assert_eq!(answer_key.as_str(), key(c, "dlr/answer/ops-test/gw1"), "gw1 answers on the key of its name");
     expect_refused(c, "gw1", "access_denied", put(&c2, &key(c, "dlr/ask/gw1"), ask_doc)).await;
+
+    // Rows 14, 17: an answer is taken only on the key of the node that sends it. gw2 replies to
+    // gw1's lookup of every node on gw1's key, in gw1's name: gw1's policy drops the reply, and
+    // the report of a message no node holds is not found; on its own key in gw1's name: gw1
+    // refuses the reply. Nor may gw2 put an answer to an ask on another node's key.
+    let _on_gw1_key = liar(&gw2, key(c, "dlr/at/gw1/dec/7777"), made_up_reply(&rec, "7777")).await;
+    let (code, body) = expect_refused(c, "gw1", "access_denied", async { report_of(c, "7777") }).await;
+    assert_eq!(code, 404, "{body}");
+    let _on_own_key = liar(&gw2, key(c, "dlr/at/gw2/dec/7778"), made_up_reply(&rec, "7778")).await;
+    let (code, body) = expect_refused(c, "gw1", "lookup_reply_invalid", async { report_of(c, "7778") }).await;
+    assert_eq!(code, 404, "{body}");
+    let made_up =
+        json!({"version": 1, "n": 0, "reply": serde_json::from_slice::<Value>(&made_up_reply(&rec, "7779")).unwrap()});
+    expect_refused(c, "gw1", "access_denied", put(&gw2, &key(c, "dlr/answer/*/gw1"), made_up.to_string())).await;
 
     // Rows 13, 15: a collector's or an admin's certificate cannot send DLR reports or replicas.
     let closing = report("DELIVRD", "gw1");
@@ -632,30 +680,11 @@ async fn message_checks_hold_without_tls() {
         .await;
     }
 
-    // A reply to a lookup on every node in gw1's own name, with a made-up record: dropped, so a
-    // report of an id no node holds is still not found (it was taken as gw1's own, `owner_down`).
-    let ghost = DlrRecord { id: "7777".into(), msg_id: "7777".into(), gateway_ref: "FORGED".into(), ..rec.clone() };
-    let lie = serde_json::to_vec(&LookupReply {
-        version: DOC_VERSION,
-        node: "gw1".into(),
-        role: HolderRole::Owner,
-        record: ghost,
-        outcome: None,
-    })
-    .unwrap();
-    let lie_key = key(c, "dlr/id/dec/7777");
-    let _liar = h
-        .declare_queryable(lie_key.clone())
-        .callback(move |q| {
-            let _ = zenoh::Wait::wait(q.reply(lie_key.clone(), lie.clone()));
-        })
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (code, body) = expect_refused(c, "gw1", "lookup_reply_invalid", async {
-        post(c, "gw1", "/v1/dlr/report", json!({"connector": "dec", "msg_id": "7777", "status": "DELIVRD"}))
-    })
-    .await;
+    // A reply to a lookup on every node in gw1's own name, with a made-up record, on gw1's key
+    // (which nothing binds without TLS): dropped, as another session sent it, so a report of an
+    // id no node holds is still not found (it was taken as gw1's own, `owner_down`).
+    let _liar = liar(&h, key(c, "dlr/at/gw1/dec/7777"), made_up_reply(&rec, "7777")).await;
+    let (code, body) = expect_refused(c, "gw1", "lookup_reply_invalid", async { report_of(c, "7777") }).await;
     assert_eq!(code, 404, "{body}");
 
     // A configuration revision whose content does not hash to its name, one whose limits file

@@ -11,7 +11,7 @@
 //! - the same asks from a bare zenoh client: published by the pacing thread, latency taken in the
 //!   answer callback (the bus round trip without an async runtime's hand-offs);
 //! - the same as a query (`<prefix>/dlr/at/<node>/...`);
-//! - a zenoh client asking every node (`<prefix>/dlr/id/...`) and waiting for the owner's answer;
+//! - a zenoh client asking every node (`<prefix>/dlr/at/*/...`) and waiting for the owner's answer;
 //! - zenoh's own floor: a queryable in a second session of the bench answering a fixed reply,
 //!   asked at the same pace (what any one-query lookup costs at least);
 //! - the agent's API (`POST /v1/dlr/resolve` on one node, HTTP keep-alive): the round trip plus
@@ -756,7 +756,7 @@ async fn lookup(
     timeout: Duration,
 ) -> Result<()> {
     let key = if every {
-        format!("{prefix}/dlr/id/{CONNECTOR}/{id}")
+        format!("{prefix}/dlr/at/*/{CONNECTOR}/{id}")
     } else {
         let record_key = switchboard_bus::dlr::record::store_key(CONNECTOR, id);
         let first = switchboard_bus::dlr::rendezvous::first_holder(&record_key, nodes.iter().map(String::as_str))
@@ -805,7 +805,7 @@ fn ask_stream_bare(
     let (answered, missed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let (h, a, m) = (latencies.clone(), answered.clone(), missed.clone());
     let _answers = session
-        .declare_subscriber(keys.dlr_answer(&client)?)
+        .declare_subscriber(keys.dlr_answers(&client)?)
         .callback(move |sample| {
             let took = Instant::now();
             match serde_json::from_slice::<DlrAnswer>(&sample.payload().to_bytes()) {

@@ -40,7 +40,7 @@ fn grants(id: &Identity) -> Vec<(&'static [&'static str], Vec<String>)> {
                     format!("head/{n}"),
                     format!("counter/{n}"),
                     "dlr/ask/*".to_owned(),
-                    "dlr/answer/*".to_owned(),
+                    format!("dlr/answer/*/{n}"),
                 ],
             ));
             g.push((&["liveliness_token"], vec![format!("node/{n}"), format!("serves/*/{n}")]));
@@ -151,6 +151,8 @@ mod tests {
             "sb/t/watermark/c1/**",
             "sb/t/collector/c1",
             "sb/t/config/push",
+            "sb/t/dlr/answer/*/gw1",
+            "sb/t/dlr/at/gw1/**",
             "\"agent:gw1\"",
         ] {
             assert!(text.contains(want), "{want} missing from {text}");
@@ -166,6 +168,9 @@ mod tests {
         };
         assert_eq!(granted("sb/t/stream/gw1/**"), ["m0r2"]);
         assert_eq!(granted("sb/t/watermark/c1/**"), ["m1r2"]);
+        // Only gw1 answers DLR lookups in its own name.
+        assert_eq!(granted("sb/t/dlr/answer/*/gw1"), ["m0r2"]);
+        assert_eq!(granted("sb/t/dlr/at/gw1/**"), ["m0r5"]);
         assert_eq!(p["default_permission"], "deny");
         // One subject per member and no catch-all, each policy with the rule for its own messages
         // out: a logged denial is then a message dropped.

@@ -18,10 +18,10 @@
 //! | `<prefix>/config/push` | put (JSON [`crate::repo::wire::Pack`]) | `switchboard config push` (and `limits set`) |
 //! | `<prefix>/config/state/<node>` | queryable (JSON [`crate::repo::wire::NodeState`]) | each node agent |
 //! | `<prefix>/config/object/<node>/<sha256>` | queryable (a file content or revision document) | each node agent |
-//! | `<prefix>/dlr/id/<connector>/<id>` | queryable (JSON [`crate::dlr::wire::LookupReply`]) | each node holding the record |
-//! | `<prefix>/dlr/at/<node>/<connector>/<id>` | queryable (same as `dlr/id`, one node) | the agent of `<node>` |
+//! | `<prefix>/dlr/id/<connector>/<id>` | queryable (JSON [`crate::dlr::wire::LookupReply`]) | each node holding the record, for clients |
+//! | `<prefix>/dlr/at/<node>/<connector>/<id>` | queryable (same as `dlr/id`; `<node>` may be `*`), replies on the node's own key | the agent of `<node>` |
 //! | `<prefix>/dlr/ask/<node>` | put (JSON [`crate::dlr::wire::DlrAsk`]) | clients asking `<node>` many lookups |
-//! | `<prefix>/dlr/answer/<client>` | put (JSON [`crate::dlr::wire::DlrAnswer`]) | the asked agent, to the client |
+//! | `<prefix>/dlr/answer/<client>/<node>` | put (JSON [`crate::dlr::wire::DlrAnswer`]) | the asked agent `<node>`, to the client |
 //! | `<prefix>/dlr/replica/<node>` | queryable (JSON [`crate::dlr::wire::ReplicaBatch`]) | each node using DLRs |
 //! | `<prefix>/dlr/restore/<holder>/<owner>` | queryable (`after=<hex>`; JSON [`crate::dlr::wire::RestorePage`]) | each node using DLRs, for `<owner>` |
 //! | `<prefix>/view/<role>/<name>` | queryable (JSON [`crate::mesh::View`]) | every long-running process |
@@ -419,6 +419,25 @@ impl KeySpace {
         self.build(&["dlr", "at", node, "*", "*"])
     }
 
+    /// `<prefix>/dlr/at/*/<connector>/<id chunk>`: the lookup of one message id asked of every
+    /// node, each of which replies on its own [`Self::dlr_at`] key.
+    pub fn dlr_at_every(&self, connector: &str, canonical_id: &str) -> Result<OwnedKeyExpr, KeyError> {
+        check_chunk(connector)?;
+        self.build(&["dlr", "at", "*", connector, &crate::dlr::id::key_chunk(canonical_id)])
+    }
+
+    /// Whether `key` is a lookup under `<prefix>/dlr/at/` (of one node, or of `*`).
+    pub fn is_dlr_at(&self, key: &str) -> bool {
+        key.strip_prefix(&self.prefix).is_some_and(|rest| rest.starts_with("/dlr/at/"))
+    }
+
+    /// The node a [`Self::dlr_at`] key names (`None` for any other key, or a wildcard).
+    pub fn parse_dlr_at_node<'k>(&self, key: &'k str) -> Option<&'k str> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix("/dlr/at/")?;
+        let (node, _) = rest.split_once('/')?;
+        (check_chunk(node).is_ok()).then_some(node)
+    }
+
     /// `(connector, canonical id)` back from a key under [`Self::dlr_id`] or [`Self::dlr_at`].
     pub fn parse_dlr_id(&self, key: &str) -> Option<(String, String)> {
         let rest = key.strip_prefix(&self.prefix)?.strip_prefix("/dlr/")?;
@@ -440,10 +459,25 @@ impl KeySpace {
         self.build(&["dlr", "ask", node])
     }
 
-    /// `<prefix>/dlr/answer/<client>`: where the answers to `client`'s asks are published.
-    pub fn dlr_answer(&self, client: &str) -> Result<OwnedKeyExpr, KeyError> {
+    /// `<prefix>/dlr/answer/<client>/<node>`: where `node` publishes its answers to `client`'s
+    /// asks.
+    pub fn dlr_answer(&self, client: &str, node: &str) -> Result<OwnedKeyExpr, KeyError> {
         check_chunk(client)?;
-        self.build(&["dlr", "answer", client])
+        check_chunk(node)?;
+        self.build(&["dlr", "answer", client, node])
+    }
+
+    /// `<prefix>/dlr/answer/<client>/*`: every answer to `client`'s asks (what it subscribes to).
+    pub fn dlr_answers(&self, client: &str) -> Result<OwnedKeyExpr, KeyError> {
+        check_chunk(client)?;
+        self.build(&["dlr", "answer", client, "*"])
+    }
+
+    /// The node a [`Self::dlr_answer`] key names (`None` for any other key, or a wildcard).
+    pub fn parse_dlr_answer_node<'k>(&self, key: &'k str) -> Option<&'k str> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix("/dlr/answer/")?;
+        let (_, node) = rest.split_once('/')?;
+        (check_chunk(node).is_ok()).then_some(node)
     }
 
     /// `<prefix>/dlr/replica/<node>`: queryable; where a node takes copies of other nodes' records.
@@ -684,12 +718,27 @@ mod tests {
         assert!(!ks().all_dlr_ids().unwrap().intersects(&at));
         assert_eq!(ks().parse_dlr_id("sb/test/dlr/at/gw2/smsc-a"), None);
         assert_eq!(ks().parse_dlr_id("sb/test/dlr/id/smsc-a/%zz"), None);
-        let (ask, answer) = (ks().dlr_ask("gw2").unwrap(), ks().dlr_answer("gw1.c0ffee").unwrap());
-        assert_eq!((ask.as_str(), answer.as_str()), ("sb/test/dlr/ask/gw2", "sb/test/dlr/answer/gw1.c0ffee"));
+        // Every node's lookup reaches each node's own queryable, which replies on its own key.
+        let every = ks().dlr_at_every("smsc-a", "a/b 1").unwrap();
+        assert_eq!(every.as_str(), "sb/test/dlr/at/*/smsc-a/a%2Fb%201");
+        assert!(ks().all_dlr_at("gw2").unwrap().intersects(&every) && every.intersects(&at));
+        assert_eq!(ks().parse_dlr_id(every.as_str()), Some(("smsc-a".into(), "a/b 1".into())));
+        assert_eq!(ks().parse_dlr_at_node(at.as_str()), Some("gw2"));
+        assert_eq!(ks().parse_dlr_at_node(every.as_str()), None);
+        assert_eq!(ks().parse_dlr_at_node(key.as_str()), None);
+        assert!(ks().is_dlr_at(every.as_str()) && ks().is_dlr_at(at.as_str()) && !ks().is_dlr_at(key.as_str()));
+        let (ask, answer) = (ks().dlr_ask("gw2").unwrap(), ks().dlr_answer("gw1.c0ffee", "gw2").unwrap());
+        assert_eq!((ask.as_str(), answer.as_str()), ("sb/test/dlr/ask/gw2", "sb/test/dlr/answer/gw1.c0ffee/gw2"));
+        let answers = ks().dlr_answers("gw1.c0ffee").unwrap();
+        assert!(answers.intersects(&answer) && !answers.intersects(&ks().dlr_answer("gw1.beef", "gw2").unwrap()));
+        assert_eq!(ks().parse_dlr_answer_node(answer.as_str()), Some("gw2"));
+        assert_eq!(ks().parse_dlr_answer_node(answers.as_str()), None);
+        assert_eq!(ks().parse_dlr_answer_node("sb/test/dlr/answer/gw1.c0ffee"), None);
         for other in [ks().all_dlr_ids().unwrap(), ks().all_dlr_at("gw2").unwrap()] {
             assert!(!other.intersects(&ask) && !other.intersects(&answer));
         }
-        assert!(ks().dlr_answer("a/b").is_err() && ks().dlr_answer("**").is_err());
+        assert!(ks().dlr_answer("a/b", "gw2").is_err() && ks().dlr_answer("**", "gw2").is_err());
+        assert!(ks().dlr_answer("gw1.c0ffee", "*").is_err() && ks().dlr_answers("*").is_err());
     }
 
     #[test]

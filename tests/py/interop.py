@@ -259,7 +259,7 @@ def first_holder(s, prefix, connector, cid):
 def ask_stream(s, prefix, node, connector, cid):
     """The same lookups on the ask stream: two malformed asks (dropped), then ask 7 for the id
     and ask 8 for an id nobody holds; the answers by number, as they come within 2 s."""
-    answers = s.declare_subscriber(f"{prefix}/dlr/answer/py1")
+    answers = s.declare_subscriber(f"{prefix}/dlr/answer/py1/*")
     time.sleep(0.3)
     ask = f"{prefix}/dlr/ask/{node}"
     s.put(ask, b"not json")
@@ -274,6 +274,7 @@ def ask_stream(s, prefix, node, connector, cid):
             time.sleep(0.01)
             continue
         a = json.loads(sample.payload.to_bytes())
+        a["from"] = str(sample.key_expr).rsplit("/", 1)[1]
         got[str(a["n"])] = a
     answers.undeclare()
     return got
@@ -281,11 +282,12 @@ def ask_stream(s, prefix, node, connector, cid):
 
 def dlr(endpoint, prefix, connector, fmt, msg_id, status=None):
     """One lookup query to every node; with STATUS, the query carries a final DLR report.
-    Without, the heaviest live node is also asked alone (reported as "first")."""
+    Without, the heaviest live node is also asked alone (reported as "first"), and every node
+    on `dlr/id` (the owner's reply reported as "by_id")."""
     import zenoh
     s = session(endpoint)
     time.sleep(0.5)
-    key = f"{prefix}/dlr/id/{connector}/{key_chunk(canonical(fmt, msg_id))}"
+    key = f"{prefix}/dlr/at/*/{connector}/{key_chunk(canonical(fmt, msg_id))}"
     first = None if status else first_holder(s, prefix, connector, canonical(fmt, msg_id))
     payload = None
     if status:
@@ -295,13 +297,24 @@ def dlr(endpoint, prefix, connector, fmt, msg_id, status=None):
     for reply in s.get(key, target=zenoh.QueryTarget.ALL, consolidation=zenoh.ConsolidationMode.NONE,
                        payload=payload, timeout=2.0):
         if reply.ok is not None:
-            replies.append(json.loads(reply.ok.payload.to_bytes()))
+            r = json.loads(reply.ok.payload.to_bytes())
+            r["on_key_of"] = str(reply.ok.key_expr).split("/")[-3]
+            replies.append(r)
+    by_id = None
+    if not status:
+        id_key = f"{prefix}/dlr/id/{connector}/{key_chunk(canonical(fmt, msg_id))}"
+        for reply in s.get(id_key, target=zenoh.QueryTarget.ALL, consolidation=zenoh.ConsolidationMode.NONE,
+                           timeout=2.0):
+            if reply.ok is not None and str(reply.ok.key_expr) == id_key:
+                r = json.loads(reply.ok.payload.to_bytes())
+                if r.get("role") == "owner":
+                    by_id = r
     s.close()
     owner = [r for r in replies if r.get("version") == 1 and r.get("role") == "owner"]
     if not owner:
         print("no owner reply", key, replies, file=sys.stderr)
         return 1
-    print(json.dumps({"key": key, "owner": owner[0], "replies": len(replies), "first": first}))
+    print(json.dumps({"key": key, "owner": owner[0], "replies": len(replies), "first": first, "by_id": by_id}))
     return 0
 
 

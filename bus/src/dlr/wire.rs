@@ -1,12 +1,15 @@
 //! The JSON documents of the DLR protocol (all carry `"version": 1`).
 //!
-//! - A lookup is a query on `<prefix>/dlr/id/<connector>/<id>` (see [`crate::keys::KeySpace::dlr_id`])
+//! - A lookup is a query on `<prefix>/dlr/at/*/<connector>/<id>` (see
+//!   [`crate::keys::KeySpace::dlr_at_every`]; `dlr/at/<node>/...` asks one node, and
+//!   `dlr/id/<connector>/<id>` every node, replying on the query's key)
 //!   with the optional parameter `wait_ms=N`: a node that does not hold the record yet keeps the
 //!   query open up to N ms and answers if the record is registered with it meanwhile. Its payload
 //!   is empty, or a [`DlrReport`]: the DLR itself, which the owner then takes, hands to its gateway
-//!   and closes the record with. Every holder answers with a [`LookupReply`].
+//!   and closes the record with. Every holder answers with a [`LookupReply`] on the key of its own
+//!   name, `<prefix>/dlr/at/<node>/<connector>/<id>`.
 //! - Many lookups may also go as a stream: a [`DlrAsk`] published on `<prefix>/dlr/ask/<node>`
-//!   is answered by that node with a [`DlrAnswer`] on `<prefix>/dlr/answer/<reply_to>`. It costs
+//!   is answered by that node with a [`DlrAnswer`] on `<prefix>/dlr/answer/<reply_to>/<node>`. It costs
 //!   less per lookup than a query (no per-query timers or completion messages, and zenoh batches
 //!   the puts of busy clients on the wire).
 //! - Replication is a query on `<prefix>/dlr/replica/<node>` carrying a [`ReplicaBatch`]; the node
@@ -133,7 +136,7 @@ pub struct LookupReply {
 pub struct DlrAsk {
     /// Always [`DOC_VERSION`].
     pub version: u32,
-    /// The asker's answer chunk: the answer goes to `<prefix>/dlr/answer/<reply_to>`.
+    /// The asker's answer chunk: node `N` answers on `<prefix>/dlr/answer/<reply_to>/N`.
     pub reply_to: String,
     /// The asker's number for this lookup, echoed in the answer.
     pub n: u64,

@@ -3,7 +3,8 @@
 //! A query costs zenoh two timer tasks and a completion message on top of the request and its
 //! reply; at thousands of lookups per second that dominates. So a resolve asks the first holder
 //! with a [`DlrAsk`] published on `<prefix>/dlr/ask/<node>` and takes its [`DlrAnswer`] from
-//! `<prefix>/dlr/answer/<client>`, where `<client>` is this session's own chunk. The asked node
+//! `<prefix>/dlr/answer/<client>/<node>`, where `<client>` is this session's own chunk and only
+//! `agent:<node>` may put (docs/security.md): an answer on another node's key is not taken. The asked node
 //! always answers (with `null` when it holds nothing), so no answer means the node is gone: the
 //! ask ends at once when its subscriber disappears (zenoh's matching status), else at the
 //! timeout, and the resolve falls back to asking every node.
@@ -65,7 +66,7 @@ fn answer(service: &DlrService, payload: &[u8], queued: Queued) {
             return;
         }
     };
-    let Ok(to) = service.keys.dlr_answer(&ask.reply_to) else {
+    let Ok(to) = service.keys.dlr_answer(&ask.reply_to, &service.node) else {
         service.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(reply_to = %ask.reply_to, "a DLR ask whose reply_to is not a key chunk");
         return;
@@ -127,7 +128,8 @@ pub struct Asker {
 }
 
 impl Asker {
-    /// Subscribe to this session's answers (`<prefix>/dlr/answer/<node>.<session id>`).
+    /// Subscribe to this session's answers (`<prefix>/dlr/answer/<node>.<session id>/*`, the
+    /// last chunk naming the node that answers).
     pub async fn new(
         session: &zenoh::Session,
         keys: &KeySpace,
@@ -135,18 +137,29 @@ impl Asker {
         stats: Arc<DlrStats>,
     ) -> Result<Self, AgentError> {
         let client = format!("{node}.{}", session.zid());
-        let key = keys.dlr_answer(&client)?;
+        let key = keys.dlr_answers(&client)?;
         let pending: PendingAsks = Arc::default();
-        let (waiting, counters) = (pending.clone(), stats.clone());
+        let (waiting, counters, answer_keys) = (pending.clone(), stats.clone(), keys.clone());
         let answers = session
             .declare_subscriber(key)
             .callback(move |sample| {
                 match switchboard_bus::dlr::wire::decode::<DlrAnswer>(&sample.payload().to_bytes()) {
                     Ok(answer) => {
-                        let ask = waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(&answer.n);
-                        // An answer after the ask gave up finds nothing: nothing to do.
-                        if let Some(ask) = ask {
-                            let _ = ask.answer.send(answer);
+                        let from = answer_keys.parse_dlr_answer_node(sample.key_expr().as_str());
+                        let mut waiting = waiting.lock().unwrap_or_else(|p| p.into_inner());
+                        match take_answered(&mut waiting, answer.n, from) {
+                            Ok(Some(ask)) => {
+                                let _ = ask.answer.send(answer);
+                            }
+                            // An answer after the ask gave up finds nothing: nothing to do.
+                            Ok(None) => {}
+                            Err(asked) => switchboard_bus::refusals::refuse(
+                                switchboard_bus::refusals::Reason::LookupReplyInvalid,
+                                format_args!(
+                                    "an answer on the key of {} to a DLR lookup asked of {asked}",
+                                    from.unwrap_or("no node")
+                                ),
+                            ),
                         }
                     }
                     Err(e) => {
@@ -277,6 +290,17 @@ impl Asker {
     }
 }
 
+/// Take the ask numbered `n` for its answer, sent on the key of node `from`: `Ok(None)` when no
+/// such ask waits (it gave up), `Err(asked node)` when it waits for another node's answer (left
+/// waiting: only the node asked answers it).
+fn take_answered(pending: &mut HashMap<u64, Pending>, n: u64, from: Option<&str>) -> Result<Option<Pending>, Arc<str>> {
+    match pending.get(&n) {
+        None => Ok(None),
+        Some(ask) if Some(&*ask.node) != from => Err(ask.node.clone()),
+        Some(_) => Ok(pending.remove(&n)),
+    }
+}
+
 /// What asking one node gave.
 #[derive(Debug)]
 // Returned once per ask and taken apart at once, never stored: boxing would only add an
@@ -287,4 +311,25 @@ pub enum Asked {
     Answered(Option<LookupReply>),
     /// No answer (why), so nothing is known of what it holds.
     Unanswered(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ask_is_answered_only_from_the_key_of_the_node_asked() {
+        let mut pending = HashMap::new();
+        let (tx, mut rx) = oneshot::channel();
+        pending.insert(7, Pending { node: Arc::from("gw2"), answer: tx });
+        // Another node's key, or none: refused, and the ask still waits.
+        assert_eq!(take_answered(&mut pending, 7, Some("gw3")).err().as_deref(), Some("gw2"));
+        assert_eq!(take_answered(&mut pending, 7, None).err().as_deref(), Some("gw2"));
+        assert!(pending.contains_key(&7) && rx.try_recv().is_err());
+        // An ask that gave up (or never was) finds nothing.
+        assert!(matches!(take_answered(&mut pending, 8, Some("gw2")), Ok(None)));
+        // The node asked.
+        assert!(matches!(take_answered(&mut pending, 7, Some("gw2")), Ok(Some(p)) if &*p.node == "gw2"));
+        assert!(pending.is_empty());
+    }
 }

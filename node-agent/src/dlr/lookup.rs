@@ -3,21 +3,24 @@
 //! A resolve of a record this node holds (its own or its copy) is answered from its store,
 //! without the bus. Otherwise it first asks only the node that must hold the record, the
 //! heaviest live node for its key ([`first_holder`]: the owner or its replica), on the ask
-//! stream ([`super::ask`]). Each node also answers the same
-//! lookup as a query on `<prefix>/dlr/at/<node>/<connector>/<id>`, for clients that ask rarely. Its answer may come from
-//! the copy, which trails the owner by the replication delay. Without an answer (the live set is
-//! changing, the copy is not there yet, no such record) and for reports, which only the owner
-//! takes, the lookup asks every node: one query on `<prefix>/dlr/id/<connector>/<id>` (target
-//! `All`, no consolidation, so replies arrive as they are sent).
+//! stream ([`super::ask`]). Each node also answers the same lookup as a query on its own
+//! `<prefix>/dlr/at/<node>/<connector>/<id>`, for clients that ask rarely. Its answer may come
+//! from the copy, which trails the owner by the replication delay. Without an answer (the live
+//! set is changing, the copy is not there yet, no such record) and for reports, which only the
+//! owner takes, the lookup asks every node: one query on `<prefix>/dlr/at/*/<connector>/<id>`
+//! (target `All`, no consolidation, so replies arrive as they are sent).
 //!
-//! Each node that holds the record answers with a [`LookupReply`]; the others stay silent, so a
+//! Each node that holds the record answers with a [`LookupReply`] on the key of its own name,
+//! `<prefix>/dlr/at/<node>/...`, which the access policy holds to `agent:<node>`: the asker
+//! takes a reply only when its body names the node of its key. The others stay silent, so a
 //! query that found nothing is a miss only if no node that could answer left before it ended
 //! (zenoh ends the part of a node whose link closed as silently). A
 //! node asked to wait (`wait_ms=N`) keeps the query open and answers when the record is
 //! registered with it, so a DLR that overtakes its registration still resolves in one round
 //! trip. The asker of all nodes takes the owner's reply as soon as it comes. A replica's reply
 //! is enough once the owner is known to be down; while the owner is live the asker waits for it
-//! (it may be taking the report) until the query completes.
+//! (it may be taking the report) until the query completes. Clients may also ask every node on
+//! `<prefix>/dlr/id/<connector>/<id>`, where each node replies on the query's own key.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -32,6 +35,7 @@ use switchboard_bus::refusals::{refuse, Reason};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use zenoh::key_expr::KeyExpr;
 use zenoh::query::{ConsolidationMode, Query, QueryTarget};
 use zenoh::Wait;
 
@@ -71,7 +75,7 @@ pub(crate) async fn serve(
                         let reply = svc.answer(&req.connector, &req.id, None);
                         if let Some(answer) = encode(&svc, reply) {
                             let _ = match answer {
-                                Ok(body) => query.reply(query.key_expr().clone(), body).wait(),
+                                Ok(body) => query.reply(req.reply_on, body).wait(),
                                 Err(e) => query.reply_err(e).wait(),
                             };
                         }
@@ -98,12 +102,20 @@ struct Request {
     id: String,
     report: Option<DlrReport>,
     wait: Duration,
+    /// The key of the reply: this node's own `dlr/at` key for a lookup there (which the access
+    /// policy holds to this node's identity), the query's own key for one on `dlr/id`.
+    reply_on: KeyExpr<'static>,
 }
 
 /// The lookup a query asks for; `Err(Some(reason))` for a bad payload (answered with the
 /// reason), `Err(None)` for a key that is not a lookup.
 fn parse(service: &DlrService, query: &Query) -> Result<Request, Option<String>> {
     let (connector, id) = service.keys.parse_dlr_id(query.key_expr().as_str()).ok_or(None)?;
+    let reply_on = if service.keys.is_dlr_at(query.key_expr().as_str()) {
+        service.keys.dlr_at(&service.node, &connector, &id).map_err(|e| Some(e.to_string()))?.into()
+    } else {
+        query.key_expr().clone()
+    };
     let report = match query.payload().map(|p| wire::decode::<DlrReport>(&p.to_bytes())) {
         None => None,
         Some(Ok(r)) => {
@@ -124,7 +136,7 @@ fn parse(service: &DlrService, query: &Query) -> Result<Request, Option<String>>
         .and_then(|v| v.parse::<u64>().ok())
         .map(|ms| Duration::from_millis(ms.min(service.settings.max_wait_ms)))
         .unwrap_or_default();
-    Ok(Request { connector, id, report, wait })
+    Ok(Request { connector, id, report, wait, reply_on })
 }
 
 /// The reply body for an answer (counted), the error text for a failure, `None` for silence.
@@ -159,7 +171,7 @@ async fn answer_later(service: Arc<DlrService>, query: Query, req: Request) {
         }
     }
     let _ = match encode(&service, reply) {
-        Some(Ok(body)) => query.reply(query.key_expr().clone(), body).await,
+        Some(Ok(body)) => query.reply(req.reply_on, body).await,
         Some(Err(e)) => query.reply_err(e).await,
         None => Ok(()),
     };
@@ -229,7 +241,7 @@ pub(crate) async fn query(
     wait: Duration,
     report: Option<&DlrReport>,
 ) -> Result<AskedAll, DlrError> {
-    let key = service.keys.dlr_id(connector, canonical).map_err(|e| DlrError::BadRequest(e.to_string()))?;
+    let key = service.keys.dlr_at_every(connector, canonical).map_err(|e| DlrError::BadRequest(e.to_string()))?;
     let selector = if wait.is_zero() { key.to_string() } else { format!("{key}?wait_ms={}", wait.as_millis()) };
     // Who could answer, and the processes that leave from now on: a node whose link closes ends
     // its part of the query without a word, as one that holds nothing does.
@@ -292,7 +304,8 @@ pub(crate) async fn query(
         // This node's own queryable answers its query too (a copy it holds, a report it owns):
         // zenoh names the session that sent each reply.
         let from_here = reply.replier_id().is_some_and(|id| id.zid() == service.session.zid());
-        if let Some(why) = implausible(&service.node, from_here, &r, connector, canonical) {
+        let on_key_of = service.keys.parse_dlr_at_node(sample.key_expr().as_str());
+        if let Some(why) = implausible(&service.node, from_here, on_key_of, &r, connector, canonical) {
             refuse(
                 Reason::LookupReplyInvalid,
                 format_args!("a reply to the DLR lookup of {connector}/{canonical}: {why}"),
@@ -318,18 +331,23 @@ pub(crate) async fn query(
     Ok(AskedAll { found: best.map(|b| (b, started.elapsed())), failed, unanswered })
 }
 
-/// Why `r`, a reply to this node's lookup of `(connector, canonical)`, cannot be what it says,
-/// if it cannot: the body of a reply on `dlr/id` names a node that no access policy holds it to
-/// (any agent may answer there, docs/security.md), so one in this node's own name that another
-/// session sent (`from_here` false), one for another record, or one whose role contradicts its
-/// record is a hostile agent's.
+/// Why `r`, a reply to this node's lookup of `(connector, canonical)` sent on the `dlr/at` key
+/// of node `on_key_of`, cannot be what it says, if it cannot. The access policy holds that key
+/// to its node's identity (docs/security.md), not the name in the body: a reply whose body names
+/// another node than its key, one in this node's own name that another session sent
+/// (`from_here` false: the check that holds without TLS), one for another record, or one whose
+/// role contradicts its record is a hostile agent's.
 pub(crate) fn implausible(
     me: &str,
     from_here: bool,
+    on_key_of: Option<&str>,
     r: &LookupReply,
     connector: &str,
     canonical: &str,
 ) -> Option<String> {
+    if on_key_of != Some(r.node.as_str()) {
+        return Some(format!("it names {} on the key of {}", r.node, on_key_of.unwrap_or("no node")));
+    }
     if r.record.connector != connector || r.record.id != canonical {
         return Some(format!("it is for {}/{}", r.record.connector, r.record.id));
     }
@@ -411,15 +429,23 @@ mod tests {
             let r = reply("gw2", HolderRole::Owner, "gw2");
             (r.record.connector.clone(), r.record.id.clone())
         };
-        assert_eq!(implausible("gw1", false, &reply("gw2", HolderRole::Owner, "gw2"), &c, &id), None);
-        assert_eq!(implausible("gw1", false, &reply("gw3", HolderRole::Replica, "gw2"), &c, &id), None);
-        assert_eq!(implausible("gw1", true, &reply("gw1", HolderRole::Replica, "gw2"), &c, &id), None);
-        assert_eq!(implausible("gw1", true, &reply("gw1", HolderRole::Owner, "gw1"), &c, &id), None);
-        let why = |r: LookupReply, c: &str, id: &str| implausible("gw1", false, &r, c, id).unwrap_or_default();
+        let on_own_key = |from_here: bool, r: &LookupReply, c: &str, id: &str| {
+            implausible("gw1", from_here, Some(r.node.as_str()), r, c, id)
+        };
+        assert_eq!(on_own_key(false, &reply("gw2", HolderRole::Owner, "gw2"), &c, &id), None);
+        assert_eq!(on_own_key(false, &reply("gw3", HolderRole::Replica, "gw2"), &c, &id), None);
+        assert_eq!(on_own_key(true, &reply("gw1", HolderRole::Replica, "gw2"), &c, &id), None);
+        assert_eq!(on_own_key(true, &reply("gw1", HolderRole::Owner, "gw1"), &c, &id), None);
+        let why = |r: LookupReply, c: &str, id: &str| on_own_key(false, &r, c, id).unwrap_or_default();
         assert!(why(reply("gw1", HolderRole::Owner, "gw1"), &c, &id).contains("in this node's name"));
         assert!(why(reply("gw3", HolderRole::Owner, "gw2"), &c, &id).contains("as the owner of a record of gw2"));
         assert!(why(reply("gw2", HolderRole::Replica, "gw2"), &c, &id).contains("copy of its own"));
         assert!(why(reply("gw2", HolderRole::Owner, "gw2"), &c, "another").contains("it is for"));
         assert!(why(reply("gw2", HolderRole::Owner, "gw2"), "other", &id).contains("it is for"));
+        // A reply whose body names another node than its key (or that came on no node's key).
+        let gw2 = reply("gw2", HolderRole::Owner, "gw2");
+        let named = |key: Option<&str>| implausible("gw1", false, key, &gw2, &c, &id).unwrap_or_default();
+        assert!(named(Some("gw3")).contains("names gw2 on the key of gw3"));
+        assert!(named(None).contains("on the key of no node"));
     }
 }
