@@ -120,8 +120,9 @@ fn skewed_and_shifting_demand_stays_within_the_limit_and_every_decision_reaches_
     let across_shift = window_extremes(&all, t0 + Duration::from_millis(1500), Instant::now());
     let per_node: Vec<usize> =
         loads.iter().map(|l| admitted(&[l], t1 + Duration::from_secs(2), Duration::from_secs(3))).collect();
+    let timeline = common::limits::timeline(&all, t0, Instant::now());
     let (allowed, asked) = stop_loads(loads);
-    eprintln!("windows (max, min): from idle {from_idle:?}, skewed {skewed:?}, shifted {shifted:?}, across {across_shift:?}; after the shift per node {per_node:?}");
+    eprintln!("windows (max, min): from idle {from_idle:?}, skewed {skewed:?}, shifted {shifted:?}, across {across_shift:?}; after the shift per node {per_node:?}\nallowed/denied per 250 ms (a b c):\n{timeline}");
     // Across the shift the windows dip while the shares follow demand (a's share is still large
     // while its demand has fallen): 790 of 1000 once in CI, where the steady windows stayed at
     // 982-988. The steady windows keep the tighter floor.
@@ -233,9 +234,10 @@ fn a_killed_node_frees_its_share_and_its_slots_at_once() {
     // b's slots are a's now.
     let freed = wait_until(Duration::from_secs(3), || ca.acquire("domain:example.com"));
     let extra = 1 + (0..30).filter(|_| ca.acquire("domain:example.com")).count();
+    let timeline = common::limits::timeline(&[&la, &lb], t0, Instant::now());
     la.stop();
     lb.stop();
-    eprintln!("before {before:?}, a alone before {a_alone_before}, a after kill {a_after}, {a_after_2}; slots {held_a}+{held_b}, then a took {extra}");
+    eprintln!("before {before:?}, a alone before {a_alone_before}, a after kill {a_after}, {a_after_2}; slots {held_a}+{held_b}, then a took {extra}\nallowed/denied per 250 ms (a b), b killed at {} ms:\n{timeline}", (killed - t0).as_millis());
     assert!(before.0 <= 1020 && before.1 >= 850, "{before:?}");
     assert!(a_alone_before < 700, "a had about half before: {a_alone_before}");
     assert!(
@@ -302,10 +304,12 @@ fn a_partition_keeps_each_side_to_its_share_and_healing_restores_the_split() {
     let after = window_extremes(&[&la, &lb], healed, Instant::now());
     let settled = window_extremes(&[&la, &lb], Instant::now() - Duration::from_secs(2), Instant::now());
     let a_settled = admitted(&[&la], Instant::now() - Duration::from_secs(1), Duration::from_secs(1));
+    let timeline = common::limits::timeline(&[&la, &lb], cut - Duration::from_secs(1), Instant::now());
     la.stop();
     lb.stop();
     eprintln!(
-        "during the cut {during:?} (a alone {a_during}), rejoined after {rejoined:?}, after healing {after:?}, settled {settled:?} (a {a_settled})"
+        "during the cut {during:?} (a alone {a_during}), rejoined after {rejoined:?}, after healing {after:?}, settled {settled:?} (a {a_settled})\nallowed/denied per 250 ms (a b) from 1 s before the cut, healed at {} ms:\n{timeline}",
+        (healed - cut).as_millis() + 1000
     );
     assert!(silent, "a never marked b silent");
     assert!(during.0 <= 1020, "the cluster stayed within the limit while split: {during:?}");
@@ -379,9 +383,10 @@ fn a_limit_changed_under_traffic_applies_everywhere_and_the_api_explains_bad_req
     let changed = Instant::now();
     std::thread::sleep(Duration::from_secs(4));
     let after = window_extremes(&[&la, &lb], changed + Duration::from_secs(1), Instant::now());
+    let timeline = common::limits::timeline(&[&la, &lb], changed - Duration::from_secs(3), Instant::now());
     la.stop();
     lb.stop();
-    eprintln!("before {before:?}, after {after:?}");
+    eprintln!("before {before:?}, after {after:?}\nallowed/denied per 250 ms (a b), changed at 3000 ms:\n{timeline}");
     assert!(before.0 <= 1020 && before.1 >= 850, "{before:?}");
     assert!(after.0 <= 2040 && after.1 >= 1700, "{after:?}");
     let (_, history) = c.limits_cli(&a.endpoint(), &["history"]);

@@ -150,6 +150,8 @@ impl SocketClient {
 pub struct Load {
     pub rate: Arc<AtomicU64>,
     pub allowed: Arc<Mutex<Vec<Instant>>>,
+    /// When each request that was denied was answered.
+    pub denied: Arc<Mutex<Vec<Instant>>>,
     pub asked: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
@@ -158,24 +160,30 @@ pub struct Load {
 impl Load {
     pub fn start(socket: PathBuf, key: &str, rate: u64) -> Self {
         let (rate, stop) = (Arc::new(AtomicU64::new(rate)), Arc::new(AtomicBool::new(false)));
-        let allowed = Arc::new(Mutex::new(Vec::new()));
+        let (allowed, denied) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
         let asked = Arc::new(AtomicU64::new(0));
-        let (r, s, a, n, key) = (rate.clone(), stop.clone(), allowed.clone(), asked.clone(), key.to_owned());
+        let (r, s, a, d, n, key) =
+            (rate.clone(), stop.clone(), allowed.clone(), denied.clone(), asked.clone(), key.to_owned());
         let handle = std::thread::spawn(move || {
             let mut client = SocketClient::connect(&socket);
             let tick = Duration::from_millis(5);
             let mut owed = 0.0f64;
-            let mut next = Instant::now();
+            let (mut next, mut last) = (Instant::now(), Instant::now());
             // Bounded: at most 10 minutes.
             let deadline = Instant::now() + Duration::from_secs(600);
             while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
-                owed += r.load(Ordering::Relaxed) as f64 * tick.as_secs_f64();
+                // What is owed for the time that passed, not for one tick: a thread that woke
+                // late (a busy machine) still offers the whole rate, catching up on at most
+                // 200 ms.
+                let now = Instant::now();
+                owed += r.load(Ordering::Relaxed) as f64 * (now - last).min(Duration::from_millis(200)).as_secs_f64();
+                last = now;
                 while owed >= 1.0 {
                     owed -= 1.0;
                     n.fetch_add(1, Ordering::Relaxed);
                     match client.try_acquire(&key) {
                         Some(true) => a.lock().unwrap().push(Instant::now()),
-                        Some(false) => {}
+                        Some(false) => d.lock().unwrap().push(Instant::now()),
                         // The agent is gone (killed by the test).
                         None => return,
                     }
@@ -187,7 +195,7 @@ impl Load {
                 }
             }
         });
-        Self { rate, allowed, asked, stop, handle: Some(handle) }
+        Self { rate, allowed, denied, asked, stop, handle: Some(handle) }
     }
 
     pub fn set_rate(&self, rate: u64) {
@@ -216,6 +224,24 @@ impl Drop for Load {
 /// Allowed units of all `loads` in `[from, from + len)`.
 pub fn admitted(loads: &[&Load], from: Instant, len: Duration) -> usize {
     loads.iter().map(|l| l.allowed.lock().unwrap().iter().filter(|t| **t >= from && **t < from + len).count()).sum()
+}
+
+/// What each of `loads` was allowed and denied per 250 ms of `[from, to)`, as
+/// `allowed/denied` columns: whether a short window came from the limiter (denials) or from
+/// requests that were not sent (neither).
+pub fn timeline(loads: &[&Load], from: Instant, to: Instant) -> String {
+    let step = Duration::from_millis(250);
+    let count =
+        |v: &Mutex<Vec<Instant>>, t: Instant| v.lock().unwrap().iter().filter(|x| **x >= t && **x < t + step).count();
+    let mut out = String::new();
+    let mut t = from;
+    while t + step <= to {
+        let cells: Vec<String> =
+            loads.iter().map(|l| format!("{}/{}", count(&l.allowed, t), count(&l.denied, t))).collect();
+        out.push_str(&format!("{:>6} ms {}\n", (t - from).as_millis(), cells.join(" ")));
+        t += step;
+    }
+    out
 }
 
 /// Sliding 1 s windows (step 100 ms) over `[from, to)`: the most and the least admitted.
