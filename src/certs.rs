@@ -47,7 +47,8 @@ pub enum CertsCommand {
         days: u32,
     },
     /// Print a certificate's identity, issuer and validity (and, with --ca, whether that CA
-    /// signed it: during a CA rotation, which nodes already hold a new certificate).
+    /// signed it: during a CA rotation, which nodes already hold a new certificate). Exit 1 when
+    /// the certificate is not valid now (expired, or not yet valid).
     Show {
         /// A PEM certificate file.
         file: PathBuf,
@@ -194,6 +195,14 @@ fn show(file: &Path, ca: Option<&Path>) -> Result<()> {
             anyhow::bail!("{} was not signed by the CA in {}", file.display(), ca_file.display());
         }
         out!("signed by: {}", ca_file.display());
+    }
+    if !cert.validity().is_valid() {
+        anyhow::bail!(
+            "{} is valid from {} to {}, not now: no process accepts it; issue a new one with `switchboard certs issue`",
+            file.display(),
+            cert.validity().not_before,
+            cert.validity().not_after
+        );
     }
     Ok(())
 }

@@ -766,6 +766,18 @@ async fn message_checks_hold_without_tls() {
     finish(&s, &rec);
 }
 
+/// A certificate for `agent:gw1` signed by the CA in `tls` that expired yesterday (PEM).
+fn expired_certificate(tls: &std::path::Path) -> String {
+    let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(tls.join("ca.key")).unwrap()).unwrap();
+    let ca_pem = std::fs::read_to_string(tls.join("ca.crt")).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["gw1".to_owned()]).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "agent:gw1");
+    let now = time::OffsetDateTime::now_utc();
+    (params.not_before, params.not_after) = (now - time::Duration::days(10), now - time::Duration::days(1));
+    params.signed_by(&rcgen::KeyPair::generate().unwrap(), &issuer).unwrap().pem()
+}
+
 #[test]
 fn certs_refuse_what_would_not_work() {
     let dir = tempfile::tempdir().unwrap();
@@ -786,6 +798,24 @@ fn certs_refuse_what_would_not_work() {
         .output()
         .unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stdout).contains("signed by: NOT"));
+    // An expired certificate of the CA: `show` says so and exits 1; a process refuses it at start
+    // with the file's name and its dates.
+    let expired = dir.path().join("expired.crt");
+    std::fs::write(&expired, expired_certificate(&tls)).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["certs", "show", expired.to_str().unwrap(), "--ca", &format!("{t}/ca.crt")])
+        .output()
+        .unwrap();
+    let (said, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && said.contains("valid now: NO") && said.contains("signed by: "), "{said}");
+    assert!(err.contains("not now") && err.contains("expired.crt"), "{err}");
+    let out = std::process::Command::new(BIN)
+        .args(["status", "--connect", "tls/127.0.0.1:1", "--tls-ca", &format!("{t}/ca.crt")])
+        .args(["--tls-cert", expired.to_str().unwrap(), "--tls-key", &format!("{t}/agent-gw1.key")])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("expired.crt") && err.contains("not now"), "{err}");
     // A validity of 0 days is refused (it would make a certificate that expires at once).
     let out = std::process::Command::new(BIN)
         .args(["certs", "issue", "gw3", "--role", "agent", "--days", "0", "--dir", t])
