@@ -525,6 +525,11 @@ async fn a_member_cannot_act_as_another() {
     let _on_own_key = liar(&gw2, key(c, "dlr/at/gw2/dec/7778"), made_up_reply(&rec, "7778")).await;
     let (code, body) = expect_refused(c, "gw1", "lookup_reply_invalid", async { report_of(c, "7778") }).await;
     assert_eq!(code, 404, "{body}");
+    // Nor on the question's own key (as agents of earlier versions reply), in its own name.
+    let as_gw2 = DlrRecord { owner: "gw2".into(), ..rec.clone() };
+    let _on_question = liar(&gw2, key(c, "dlr/at/*/dec/7780"), made_up_reply(&as_gw2, "7780")).await;
+    let (code, body) = expect_refused(c, "gw1", "access_denied", async { report_of(c, "7780") }).await;
+    assert_eq!(code, 404, "{body}");
     let made_up =
         json!({"version": 1, "n": 0, "reply": serde_json::from_slice::<Value>(&made_up_reply(&rec, "7779")).unwrap()});
     expect_refused(c, "gw1", "access_denied", put(&gw2, &key(c, "dlr/answer/*/gw1"), made_up.to_string())).await;

@@ -46,7 +46,7 @@ reasons! {
     ReplicaOwnRecord => "replica_own_record": "A replica batch carrying a record the receiver owns.",
     ReplicaInvalid => "replica_invalid": "A replica batch that does not parse or is out of bounds.",
     RestoreInvalid => "restore_invalid": "A DLR restore query for a name that is not another live agent or with a cursor that does not parse, or a restore page that does not parse, is out of bounds or carries records of another owner.",
-    LookupReplyInvalid => "lookup_reply_invalid": "A reply to a DLR lookup that cannot be what it says: in the asking node's own name, for another record than the one asked, an owner's reply for a record another node owns, or a copy's of the replier's own record.",
+    LookupReplyInvalid => "lookup_reply_invalid": "A reply to a DLR lookup that cannot be what it says: its body names another node than its key, it is in the asking node's own name, for another record than the one asked, an owner's reply for a record another node owns, a copy's of the replier's own record, or an ask-stream answer on another node's key than the one asked.",
     ReportInvalid => "report_invalid": "A DLR report over the bus that the HTTP API would refuse.",
     ReportLate => "report_late": "A DLR report for one of this node's records read after its `answer_by` (this node was hung or slow) whose first copy a reporter closed first (or whose holder did not answer): not taken, the reporting gateway handles the DLR.",
     ConfigInvalid => "config_invalid": "A configuration revision or file content that does not parse, validate or match its hash.",

@@ -304,8 +304,11 @@ pub(crate) async fn query(
         // This node's own queryable answers its query too (a copy it holds, a report it owns):
         // zenoh names the session that sent each reply.
         let from_here = reply.replier_id().is_some_and(|id| id.zid() == service.session.zid());
-        let on_key_of = service.keys.parse_dlr_at_node(sample.key_expr().as_str());
-        if let Some(why) = implausible(&service.node, from_here, on_key_of, &r, connector, canonical) {
+        let on = match sample.key_expr().as_str() {
+            k if k == key.as_str() => RepliedOn::Query,
+            k => service.keys.parse_dlr_at_node(k).map_or(RepliedOn::Other, RepliedOn::Node),
+        };
+        if let Some(why) = implausible(&service.node, from_here, on, &r, connector, canonical) {
             refuse(
                 Reason::LookupReplyInvalid,
                 format_args!("a reply to the DLR lookup of {connector}/{canonical}: {why}"),
@@ -331,22 +334,36 @@ pub(crate) async fn query(
     Ok(AskedAll { found: best.map(|b| (b, started.elapsed())), failed, unanswered })
 }
 
-/// Why `r`, a reply to this node's lookup of `(connector, canonical)` sent on the `dlr/at` key
-/// of node `on_key_of`, cannot be what it says, if it cannot. The access policy holds that key
-/// to its node's identity (docs/security.md), not the name in the body: a reply whose body names
-/// another node than its key, one in this node's own name that another session sent
-/// (`from_here` false: the check that holds without TLS), one for another record, or one whose
-/// role contradicts its record is a hostile agent's.
+/// The key a reply to a lookup of every node came on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RepliedOn<'k> {
+    /// The `dlr/at` key of this node, where only its certificate may reply (docs/security.md).
+    Node(&'k str),
+    /// The query's own key, where agents of versions before answers were bound reply. With TLS
+    /// the access policy drops such a reply (anyone's, there) before it is read; without TLS no
+    /// key is bound to anyone, so it is checked as any other.
+    Query,
+    /// Another key.
+    Other,
+}
+
+/// Why `r`, a reply to this node's lookup of `(connector, canonical)` that came `on` a key,
+/// cannot be what it says, if it cannot. The access policy holds a node's key to its identity,
+/// not the name in the body: a reply whose body names another node than its key, one in this
+/// node's own name that another session sent (`from_here` false: the check that holds without
+/// TLS), one for another record, or one whose role contradicts its record is a hostile agent's.
 pub(crate) fn implausible(
     me: &str,
     from_here: bool,
-    on_key_of: Option<&str>,
+    on: RepliedOn<'_>,
     r: &LookupReply,
     connector: &str,
     canonical: &str,
 ) -> Option<String> {
-    if on_key_of != Some(r.node.as_str()) {
-        return Some(format!("it names {} on the key of {}", r.node, on_key_of.unwrap_or("no node")));
+    match on {
+        RepliedOn::Node(n) if n != r.node => return Some(format!("it names {} on the key of {n}", r.node)),
+        RepliedOn::Other => return Some(format!("it names {} on a key of no node", r.node)),
+        RepliedOn::Node(_) | RepliedOn::Query => {}
     }
     if r.record.connector != connector || r.record.id != canonical {
         return Some(format!("it is for {}/{}", r.record.connector, r.record.id));
@@ -430,7 +447,7 @@ mod tests {
             (r.record.connector.clone(), r.record.id.clone())
         };
         let on_own_key = |from_here: bool, r: &LookupReply, c: &str, id: &str| {
-            implausible("gw1", from_here, Some(r.node.as_str()), r, c, id)
+            implausible("gw1", from_here, RepliedOn::Node(r.node.as_str()), r, c, id)
         };
         assert_eq!(on_own_key(false, &reply("gw2", HolderRole::Owner, "gw2"), &c, &id), None);
         assert_eq!(on_own_key(false, &reply("gw3", HolderRole::Replica, "gw2"), &c, &id), None);
@@ -442,10 +459,16 @@ mod tests {
         assert!(why(reply("gw2", HolderRole::Replica, "gw2"), &c, &id).contains("copy of its own"));
         assert!(why(reply("gw2", HolderRole::Owner, "gw2"), &c, "another").contains("it is for"));
         assert!(why(reply("gw2", HolderRole::Owner, "gw2"), "other", &id).contains("it is for"));
-        // A reply whose body names another node than its key (or that came on no node's key).
+        // A reply whose body names another node than its key, or that came on no node's key; one
+        // on the query's own key (an agent of an earlier version) is checked as the others.
         let gw2 = reply("gw2", HolderRole::Owner, "gw2");
-        let named = |key: Option<&str>| implausible("gw1", false, key, &gw2, &c, &id).unwrap_or_default();
-        assert!(named(Some("gw3")).contains("names gw2 on the key of gw3"));
-        assert!(named(None).contains("on the key of no node"));
+        let named = |on: RepliedOn| implausible("gw1", false, on, &gw2, &c, &id).unwrap_or_default();
+        assert!(named(RepliedOn::Node("gw3")).contains("names gw2 on the key of gw3"));
+        assert!(named(RepliedOn::Other).contains("on a key of no node"));
+        assert_eq!(named(RepliedOn::Query), "");
+        let gw1 = reply("gw1", HolderRole::Owner, "gw1");
+        assert!(
+            implausible("gw1", false, RepliedOn::Query, &gw1, &c, &id).is_some_and(|w| w.contains("this node's name"))
+        );
     }
 }
