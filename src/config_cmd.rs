@@ -28,7 +28,8 @@ pub struct MakeArgs {
     /// Why (kept in the log).
     #[arg(long, short, default_value = "")]
     pub message: String,
-    /// Who makes it. Default: the identity of the TLS certificate, else $USER.
+    /// Who makes it. Default: the identity of the TLS certificate, else $USER, else $LOGNAME,
+    /// else this process's user in /etc/passwd.
     #[arg(long, value_parser = parse_author)]
     pub author: Option<String>,
     /// How long to wait for every node to apply it.
@@ -137,7 +138,8 @@ pub enum ConfigCommand {
 
 /// Read a directory into a tree of entries and contents.
 pub fn read_tree(dir: &Path) -> Result<(Files, Contents)> {
-    let files = tree::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    // The error names the file or directory it could not read.
+    let files = tree::read_dir(dir)?;
     let mut entries = BTreeMap::new();
     let mut contents = BTreeMap::new();
     for (path, bytes) in files {
@@ -165,7 +167,7 @@ pub fn require_admin(bus: &BusArgs) -> Result<()> {
 }
 
 /// `--author`: a name, not empty and on one line.
-fn parse_author(s: &str) -> Result<String, String> {
+pub(crate) fn parse_author(s: &str) -> Result<String, String> {
     if s.trim().is_empty() {
         return Err("an author is a name: leave --author out for the certificate's identity or $USER".into());
     }
@@ -196,7 +198,13 @@ fn author(make: &MakeArgs) -> String {
     if let Some(id) = tls.and_then(|t| switchboard_bus::tls::load(&t, None).ok()).map(|c| c.identity.to_string()) {
         return id;
     }
-    std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| user_of_this_process())
+    named_in(std::env::var("USER").ok(), std::env::var("LOGNAME").ok()).unwrap_or_else(user_of_this_process)
+}
+
+/// The author `$USER`, else `$LOGNAME`, names: one that is set to nothing (or spaces) names no
+/// one.
+fn named_in(user: Option<String>, logname: Option<String>) -> Option<String> {
+    [user, logname].into_iter().flatten().find(|name| !name.trim().is_empty())
 }
 
 /// The name of this process's user from `/etc/passwd` (a service or a container may set no
@@ -448,6 +456,52 @@ fn print_changes(from: &BTreeMap<String, FileEntry>, to: &BTreeMap<String, FileE
     Ok(())
 }
 
+/// What a new tree `files` does to the cluster's limits, as `limits set` shows it: an older
+/// tree made the head again would otherwise undo a `limits set` unseen. The new limits file's
+/// content is in `contents`, or else asked of the nodes as a file of revision `held_by`.
+async fn print_limits_change(
+    conn: &Conn,
+    parent: Option<&Revision>,
+    files: &Files,
+    contents: &Contents,
+    held_by: Option<&str>,
+) -> Result<()> {
+    let Conn { session, keys, repo } = conn;
+    let Some(new) = files.get(LIMITS_FILE) else { return Ok(()) };
+    let old = parent.and_then(|p| p.files.get(LIMITS_FILE));
+    let limits = match (contents.get(&new.sha256), held_by) {
+        (Some(bytes), _) => bytes.clone(),
+        (None, Some(rev)) => repo.content(session, keys, rev, &new.sha256).await?,
+        (None, None) => return Ok(()),
+    };
+    let text = std::str::from_utf8(&limits).map_err(|_| anyhow!("{LIMITS_FILE} is not UTF-8"))?;
+    let specs = switchboard_bus::limits::parse_document(text).map_err(|e| anyhow!("{LIMITS_FILE}: {e}"))?;
+    if specs.is_empty() {
+        out!("note: {LIMITS_FILE} holds no limit: every cluster-wide limit is removed");
+    }
+    if old.map(|o| &o.sha256) == Some(&new.sha256) {
+        return Ok(());
+    }
+    let mut was = Vec::new();
+    if let (Some(p), Some(old)) = (parent, old) {
+        // Only for the listing: a content no node hands over does not stop the revision.
+        match repo.content(session, keys, &p.id(), &old.sha256).await {
+            Ok(text) => {
+                let parsed = std::str::from_utf8(&text).ok().map(switchboard_bus::limits::parse_document);
+                was = parsed.and_then(Result::ok).unwrap_or_default();
+            }
+            Err(e) => {
+                out!("note: {LIMITS_FILE} changes; the limits in force could not be read to compare ({e})");
+                return Ok(());
+            }
+        }
+    }
+    for line in crate::limits_cmd::diff(&was, &specs) {
+        out!("limits: {line}");
+    }
+    Ok(())
+}
+
 /// Run one `config` subcommand; returns the exit code.
 pub async fn run(cmd: ConfigCommand) -> Result<i32> {
     match cmd {
@@ -466,37 +520,7 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
             let empty = BTreeMap::new();
             let before = parent.as_ref().map_or(&empty, |p| &p.files);
             keep_limits(&mut files, parent.as_ref())?;
-            if let Some(limits) = files.get(LIMITS_FILE).and_then(|f| contents.get(&f.sha256)) {
-                let text = std::str::from_utf8(limits).map_err(|_| anyhow!("{LIMITS_FILE} is not UTF-8"))?;
-                let specs = switchboard_bus::limits::parse_document(text).map_err(|e| anyhow!("{LIMITS_FILE}: {e}"))?;
-                if specs.is_empty() {
-                    out!("note: {LIMITS_FILE} holds no limit: every cluster-wide limit is removed");
-                }
-                // What the push does to the limits, as `limits set` shows it: an older tree
-                // pushed again would otherwise undo a `limits set` unseen.
-                let (new_sha, old) = (files.get(LIMITS_FILE).map(|f| &f.sha256), before.get(LIMITS_FILE));
-                if old.map(|o| &o.sha256) != new_sha {
-                    let mut was = Vec::new();
-                    let mut known = true;
-                    if let (Some(p), Some(old)) = (&parent, old) {
-                        // Only for the listing: a content no node hands over does not stop the push.
-                        match repo.content(session, keys, &p.id(), &old.sha256).await {
-                            Ok(text) => {
-                                let parsed =
-                                    std::str::from_utf8(&text).ok().map(switchboard_bus::limits::parse_document);
-                                was = parsed.and_then(Result::ok).unwrap_or_default();
-                            }
-                            Err(e) => {
-                                known = false;
-                                out!("note: {LIMITS_FILE} changes; the limits in force could not be read to compare ({e})");
-                            }
-                        }
-                    }
-                    for line in crate::limits_cmd::diff(&was, &specs).into_iter().filter(|_| known) {
-                        out!("limits: {line}");
-                    }
-                }
-            }
+            print_limits_change(&conn, parent.as_ref(), &files, &contents, None).await?;
             // A layer no node reads (a typo, or a node or subcluster that did not answer).
             // `default/` is read by the nodes in no subcluster.
             let states = repo.states.values();
@@ -679,6 +703,9 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
             if make.message.is_empty() {
                 make.message = format!("rollback to revision {}", target.label());
             }
+            print_limits_change(&conn, Some(&current), &old.files, &BTreeMap::new(), Some(&target.id)).await?;
+            out!("on top of revision {}:", head.label());
+            print_changes(&current.files, &old.files, "  ")?;
             make_revision(&conn, &make, vec![head.id], 1, old.files, BTreeMap::new(), true).await?;
             Ok(0)
         }
@@ -691,15 +718,18 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
             if heads.len() < 2 {
                 bail!("there is no conflict to resolve: the repository has {} head", heads.len());
             }
-            let (mut files, contents) = match (&take, &dir) {
+            let (mut files, contents, taken) = match (&take, &dir) {
                 (Some(t), _) => {
                     let s = repo.find(t).map_err(|e| anyhow!(e))?;
                     if !heads.iter().any(|h| h.id == s.id) {
                         bail!("revision {} is not one of the heads ({})", s.label(), labels(&heads));
                     }
-                    (repo.revision(session, keys, &s.id).await?.files, BTreeMap::new())
+                    (repo.revision(session, keys, &s.id).await?.files, BTreeMap::new(), Some(s.id.clone()))
                 }
-                (None, Some(d)) => read_tree(d)?,
+                (None, Some(d)) => {
+                    let (files, contents) = read_tree(d)?;
+                    (files, contents, None)
+                }
                 (None, None) => bail!("give --take <revision> or a directory"),
             };
             // The limits of the newest head that has them, if the tree has none.
@@ -712,10 +742,19 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
                     with_limits = Some(rev);
                 }
             }
+            let kept = !files.contains_key(LIMITS_FILE);
             keep_limits(&mut files, with_limits.as_ref())?;
             let mut make = make;
             if make.message.is_empty() {
                 make.message = format!("resolve the conflict of {}", labels(&heads));
+            }
+            // Each head's side: what the resolution changes there, limits first.
+            let limits_of = if kept { with_limits.as_ref().map(Revision::id) } else { taken };
+            for h in &heads {
+                let side = repo.revision(session, keys, &h.id).await?;
+                out!("against revision {}:", h.label());
+                print_limits_change(&conn, Some(&side), &files, &contents, limits_of.as_deref()).await?;
+                print_changes(&side.files, &files, "  ")?;
             }
             make_revision(&conn, &make, heads.iter().map(|h| h.id.clone()).collect(), 1, files, contents, true).await?;
             Ok(0)
@@ -956,6 +995,15 @@ async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_user_variable_names_no_author() {
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(named_in(some("ann"), some("bob")), some("ann"));
+        assert_eq!(named_in(some(""), some("bob")), some("bob"));
+        assert_eq!(named_in(some(" "), None), None);
+        assert_eq!(named_in(None, None), None);
+    }
 
     #[test]
     fn authors_and_messages_print_on_one_line_and_draw_nothing() {

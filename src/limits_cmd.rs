@@ -77,8 +77,8 @@ pub enum LimitsCommand {
         /// The limits file.
         file: PathBuf,
         /// Who sets it (kept in the history). Default: the identity of the TLS certificate, else
-        /// $USER.
-        #[arg(long)]
+        /// $USER, else $LOGNAME, else this process's user in /etc/passwd.
+        #[arg(long, value_parser = config_cmd::parse_author)]
         author: Option<String>,
         /// Why (kept in the history).
         #[arg(long, short, default_value = "")]

@@ -407,6 +407,9 @@ fn a_partition_with_a_push_on_each_side_is_a_reported_conflict_until_resolved() 
         .to_owned();
     let (code, out) = config_cli(&c, &both, &["resolve", "--take", &side_a_id[..12], "-m", "keep a"]);
     assert_eq!(code, 0, "{out}");
+    // It says what it does on each side, side b's limits included.
+    assert!(out.contains("limits: ~ operator:*: 900/second -> 700/second"), "{out}");
+    assert!(out.contains("~ global/a.conf") && out.contains("no file changed"), "{out}");
     // The log names what the settling revision changed from each side: side b's a.conf, b.conf
     // and limits; nothing from side a, which it takes whole.
     let (_, log) = config_cli(&c, &both, &["log", "-n", "1"]);
@@ -596,6 +599,11 @@ fn a_failed_reload_keeps_the_old_revision_local_edits_are_never_overwritten_and_
     let (code, out) = config_cli(&c, &ep, &["push", tree(&c, "11", &with_limits).to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("limits: ~ operator:*: 50/second -> 40/second"), "{out}");
+    // So does a rollback to a tree with other limits, and it lists the files it changes.
+    let (code, out) = config_cli(&c, &ep, &["rollback", "7"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("limits: ~ operator:*: 40/second -> 50/second"), "{out}");
+    assert!(out.contains("on top of revision 11") && out.contains("~ global/b.conf"), "{out}");
     drop(a);
 }
 
