@@ -321,6 +321,32 @@ fn a_push_reaches_every_node_at_once_readers_never_see_two_revisions_and_a_node_
     // One 5 s wait for the hung node, then the command's own start and stop; a wait per question
     // would take 15 s or more.
     assert!(took < Duration::from_secs(12), "config log took {took:?} with one node hung\n{log}");
+
+    // A push while a peer holds every state query open (hung, within its lease) reaches the
+    // nodes at once: their catch-up rounds, each waiting 5 s for that peer's state, take it
+    // meanwhile. A round starts every 2 s, so one waits when the push comes 2.5 s in.
+    let holder = &client.session;
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    let _hung = client
+        .rt
+        .block_on(async {
+            holder
+                .declare_queryable(client.keys.config_state("gw7").unwrap())
+                .callback(move |q| keep.lock().unwrap().push(q))
+                .await
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let pushed = Instant::now();
+    let r105 = client.push(105, Some(&r104), &numbered_tree(105));
+    let applied = wait_until(Duration::from_secs(10), || {
+        ["gw1", "gw2", "gw3"].iter().all(|n| read(&link(&c, n).join("gateway.conf")) == "gateway 105\n")
+    });
+    let took = pushed.elapsed();
+    eprintln!("push to applied on 3 nodes with a peer holding state queries: {took:?}");
+    assert!(applied && took < Duration::from_millis(1500), "revision {r105} applied: {applied}, after {took:?}");
+    assert!(!held.lock().unwrap().is_empty(), "no node asked the holding peer for its state");
     drop((a, b, d));
 }
 

@@ -173,19 +173,32 @@ impl ClusterConfig {
                         _ = cancel2.cancelled() => break,
                         sample = push.recv_async() => {
                             let Ok(sample) = sample else { break };
-                            // A large revision takes seconds to store: the state says so meanwhile.
-                            let storing = |st| {
-                                if let Ok(mut s) = shared.lock() {
-                                    s.storing = Some(st);
-                                }
-                            };
-                            let (which, taken) = inner.take_pack(&sample.payload().to_bytes(), storing);
-                            if !inner.stored(taken, which, format_args!("a pushed configuration revision")) {
+                            if !inner.take_push(&sample.payload().to_bytes(), &shared) {
                                 next_sync = tokio::time::Instant::now() + Duration::from_millis(200);
                             }
                         }
                         _ = tokio::time::sleep_until(next_sync) => {
-                            inner.catch_up(&session, &keys).await;
+                            // Pushes go on being taken while the other nodes' states are asked
+                            // for: a hung node holds that query until its timeout.
+                            let asked = fetch_states(&session, &keys, ASK_TIMEOUT);
+                            tokio::pin!(asked);
+                            let states = loop {
+                                tokio::select! {
+                                    biased;
+                                    _ = cancel2.cancelled() => break None,
+                                    states = &mut asked => break Some(states),
+                                    sample = push.recv_async() => {
+                                        let Ok(sample) = sample else { break None };
+                                        inner.take_push(&sample.payload().to_bytes(), &shared);
+                                        inner.reconcile(&shared).await;
+                                        if let Ok(mut s) = shared.lock() {
+                                            *s = inner.node_state();
+                                        }
+                                    }
+                                }
+                            };
+                            let Some(states) = states else { break };
+                            inner.catch_up(&session, &keys, states).await;
                             inner.scan();
                             inner.prune_trees();
                             next_sync = tokio::time::Instant::now() + every;
@@ -315,6 +328,19 @@ impl Inner {
     /// Take a pushed revision; `Ok(false)` when contents it names are not held yet (it is then
     /// fetched from another node).
     /// The revision (its id and number, once the pack decodes) and what came of it.
+    /// Take a pushed revision (`bytes`, a pack); `false` when it could not be stored whole (the
+    /// other nodes are then asked for what it lacks).
+    fn take_push(&mut self, bytes: &[u8], shared: &Mutex<NodeState>) -> bool {
+        // A large revision takes seconds to store: the state says so meanwhile.
+        let storing = |st| {
+            if let Ok(mut s) = shared.lock() {
+                s.storing = Some(st);
+            }
+        };
+        let (which, taken) = self.take_pack(bytes, storing);
+        self.stored(taken, which, format_args!("a pushed configuration revision"))
+    }
+
     fn take_pack(
         &mut self,
         bytes: &[u8],
@@ -420,10 +446,10 @@ impl Inner {
     }
 
     /// Fetch from every other node the revisions it holds that this one lacks, with their contents.
-    async fn catch_up(&mut self, session: &Session, keys: &KeySpace) {
+    async fn catch_up(&mut self, session: &Session, keys: &KeySpace, states: Vec<Result<NodeState, String>>) {
         // Pushes wait while this runs: one round takes at most this long, the rest is for the next.
         let deadline = Instant::now() + CATCH_UP_BUDGET;
-        for state in fetch_states(session, keys, ASK_TIMEOUT).await {
+        for state in states {
             if Instant::now() >= deadline {
                 tracing::info!("configuration catch-up paused for this round (time budget spent)");
                 break;
