@@ -263,7 +263,7 @@ pub struct Conn {
 
 /// The nodes the cluster saw leave and that are not back (their names, and since when), from the
 /// processes' own views: a node that is down answers nothing of the repository.
-async fn down_nodes(session: &zenoh::Session, keys: &KeySpace) -> BTreeMap<String, NodeSeen> {
+pub(crate) async fn down_nodes(session: &zenoh::Session, keys: &KeySpace) -> BTreeMap<String, NodeSeen> {
     let Ok(snap) = switchboard_bus::status::fetch(session, keys, Duration::from_secs(1)).await else {
         return BTreeMap::new();
     };
@@ -276,7 +276,7 @@ async fn down_nodes(session: &zenoh::Session, keys: &KeySpace) -> BTreeMap<Strin
 }
 
 /// A node the cluster knows of that did not answer a push.
-enum NodeSeen {
+pub(crate) enum NodeSeen {
     /// Gone (since when, if known).
     Down(Option<u64>),
     /// Still alive on the bus, not answering: stopped or killed just now (its name is held until
@@ -285,7 +285,7 @@ enum NodeSeen {
 }
 
 /// `gw3 is down (gone since 12:00:01, 5m ago)`.
-fn down_text(node: &str, since: Option<u64>) -> String {
+pub(crate) fn down_text(node: &str, since: Option<u64>) -> String {
     let now = switchboard_bus::status::now_ms();
     match since {
         Some(at) => format!(

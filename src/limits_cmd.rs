@@ -375,6 +375,20 @@ pub async fn run(cmd: LimitsCommand) -> Result<()> {
                 };
                 out!("  {node:<24} revision {n}{note}");
             }
+            // The nodes that did not answer: what the cluster's processes last saw of them.
+            for (node, seen) in config_cmd::down_nodes(&session, &keys).await {
+                if histories.iter().any(|(n, _)| *n == node) {
+                    continue;
+                }
+                match seen {
+                    config_cmd::NodeSeen::Down(since) => {
+                        out!("  {}: it takes the newest revision when it starts", config_cmd::down_text(&node, since))
+                    }
+                    config_cmd::NodeSeen::Silent => {
+                        out!("  {node:<24} did not answer: stopped just now, or hung")
+                    }
+                }
+            }
             if !apart.is_empty() {
                 anyhow::bail!(
                     "{} enforce other limits than the newest revision's (set apart, during a partition): \

@@ -245,6 +245,9 @@ fn a_killed_node_frees_its_share_and_its_slots_at_once() {
         "a took the whole limit within 1 s: {a_after}, {a_after_2}"
     );
     assert!(freed && held_a + extra == 20, "a holds {held_a} + {extra} slots after b's death");
+    // `limits list` names the node that is down among the nodes.
+    let (ok, list) = c.limits_cli(&a.endpoint(), &["list"]);
+    assert!(ok && list.contains("b is down (gone since") && list.contains("when it starts"), "{list}");
 
     // b comes back (with the limits of its history) while a holds all 20 slots and admits the
     // whole rate: its gateway's first requests, sent the moment its socket is up, take none of
