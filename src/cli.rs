@@ -405,6 +405,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// `--timeout`: a duration of at least 100 ms (live processes answer, and apply a revision, in
+/// milliseconds, not in none: a shorter wait would call every process hung or behind).
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("{s} is too short for processes to answer: give at least 100ms"));
+    }
+    Ok(d)
+}
+
 /// An error and its causes on one line, each said once: many errors already quote their cause in
 /// their own message, which a plain walk of the chain would print again.
 pub fn error_chain(e: &anyhow::Error) -> String {

@@ -33,7 +33,7 @@ pub struct MakeArgs {
     #[arg(long, value_parser = parse_author)]
     pub author: Option<String>,
     /// How long to wait for every node to apply it.
-    #[arg(long, default_value = "10s", value_parser = crate::cli::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::cli::parse_timeout)]
     pub timeout: Duration,
     /// How to reach the bus.
     #[command(flatten)]

@@ -87,7 +87,7 @@ pub enum LimitsCommand {
         #[arg(long)]
         dry_run: bool,
         /// How long to wait for every node to hold the new revision.
-        #[arg(long, default_value = "5s", value_parser = crate::cli::parse_duration)]
+        #[arg(long, default_value = "5s", value_parser = crate::cli::parse_timeout)]
         timeout: Duration,
         /// How to reach the bus.
         #[command(flatten)]

@@ -35,21 +35,11 @@ pub struct StatusArgs {
     pub format: StatusFormat,
     /// How long to wait for every live process to answer, once joined to the bus (joining
     /// takes up to about a second more). At least 100ms.
-    #[arg(long, default_value = "3s", value_parser = parse_timeout)]
+    #[arg(long, default_value = "3s", value_parser = crate::cli::parse_timeout)]
     pub timeout: Duration,
     /// How to reach the bus.
     #[command(flatten)]
     pub bus: BusArgs,
-}
-
-/// `--timeout`: a duration of at least 100 ms (live processes answer in milliseconds, not in
-/// none: a shorter wait would call every process hung).
-fn parse_timeout(s: &str) -> Result<Duration, String> {
-    let d = crate::cli::parse_duration(s)?;
-    if d < Duration::from_millis(100) {
-        return Err(format!("{s} is too short for processes to answer: give at least 100ms"));
-    }
-    Ok(d)
 }
 
 fn print(c: &ClusterStatus, format: StatusFormat, redraw: bool) -> Result<()> {
@@ -123,10 +113,10 @@ mod tests {
 
     #[test]
     fn a_timeout_too_short_for_an_answer_is_refused() {
-        assert_eq!(parse_timeout("3s"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse_timeout("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(crate::cli::parse_timeout("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(crate::cli::parse_timeout("100ms"), Ok(Duration::from_millis(100)));
         for short in ["0", "0s", "99ms"] {
-            let e = parse_timeout(short).unwrap_err();
+            let e = crate::cli::parse_timeout(short).unwrap_err();
             assert!(e.contains("at least 100ms"), "{short}: {e}");
         }
     }

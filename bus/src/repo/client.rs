@@ -98,6 +98,7 @@ impl ClusterRepo {
         };
         match matches.as_slice() {
             [one] => Ok(one),
+            [] if reference == "head" => Err("no revisions yet (`switchboard config push DIR` makes the first)".into()),
             [] => Err(format!("no node holds a revision {reference}")),
             many => Err(format!(
                 "{reference} names {} revisions ({}): give the start of an id",
@@ -348,5 +349,6 @@ mod tests {
         assert!(both.contains("1234 (ffff0000)") && both.contains("2 (1234abcd)"), "{both}");
         assert_eq!(r.find("1234a").map(|s| s.number), Ok(2));
         assert!(r.find("9999").unwrap_err().contains("no node holds"));
+        assert!(repo(&[]).find("head").unwrap_err().contains("no revisions yet"));
     }
 }
