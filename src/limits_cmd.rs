@@ -207,6 +207,30 @@ fn small_limits(limits: &[LimitSpec], nodes: usize) -> Vec<String> {
         .collect()
 }
 
+/// The rate limits of at least 10 per second whose burst, split evenly over `nodes` nodes, lets
+/// each node pass one unit at once: requests that are not spaced to a node's share then pass
+/// less than the rate (docs/limits-api.md, "Semantics").
+fn thin_bursts(limits: &[LimitSpec], nodes: usize) -> Vec<String> {
+    let nodes = nodes.max(1);
+    limits
+        .iter()
+        .filter_map(|l| {
+            let rate = l.rate?;
+            let per_node = l.burst_of_share(1.0 / nodes as f64);
+            (l.per.unwrap_or(Per::Second) == Per::Second && rate >= 10 && per_node == 1).then(|| {
+                format!(
+                    "{}: a burst of {} over {nodes} node(s) lets each pass 1 unit at once, so requests not \
+                     spaced to a node's share pass less than the rate (as few as half); give it `burst = {}` \
+                     or more (docs/limits-api.md, \"Semantics\")",
+                    l.key,
+                    l.burst_units(),
+                    3 * nodes
+                )
+            })
+        })
+        .collect()
+}
+
 /// Run one `limits` subcommand.
 pub async fn run(cmd: LimitsCommand) -> Result<()> {
     match cmd {
@@ -235,7 +259,8 @@ pub async fn run(cmd: LimitsCommand) -> Result<()> {
             if changes.is_empty() {
                 out!("  no change to the limits");
             }
-            for note in small_limits(&limits, histories.len()) {
+            for note in small_limits(&limits, histories.len()).into_iter().chain(thin_bursts(&limits, histories.len()))
+            {
                 out!("note: {note}");
             }
             if dry_run {
@@ -564,6 +589,23 @@ mod tests {
         assert!(notes[0].starts_with("slow:*: 1 per hour over 2 nodes can admit up to 2 in one hour"), "{notes:?}");
         assert_eq!(small_limits(&limits, 3).len(), 2, "10/s over 3 nodes: up to 12");
         assert!(small_limits(&limits, 1).is_empty(), "one node keeps to the rate");
+    }
+
+    #[test]
+    fn bursts_of_one_unit_per_node_are_named() {
+        let spec = |key: &str, rate, burst| LimitSpec {
+            key: key.into(),
+            rate: Some(rate),
+            per: None,
+            concurrency: None,
+            burst,
+        };
+        let limits = [spec("operator:*", 300, None), spec("wide", 300, Some(30)), spec("trickle", 5, None)];
+        let notes = thin_bursts(&limits, 3);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].starts_with("operator:*: a burst of 3 over 3 node(s)") && notes[0].contains("burst = 9"));
+        assert_eq!(thin_bursts(&[spec("big", 10_000, None)], 3), Vec::<String>::new(), "100 units per burst");
+        assert_eq!(thin_bursts(&[spec("one", 50, None)], 1).len(), 1, "under 100/s on one node");
     }
 
     #[test]
