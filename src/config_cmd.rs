@@ -440,18 +440,30 @@ fn when(at_ms: u64) -> String {
         .map_or_else(|| at_ms.to_string(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
 }
 
+/// At most this many changed files are listed one per line; the rest are counted.
+const LISTED_CHANGES: usize = 100;
+
 fn print_changes(from: &BTreeMap<String, FileEntry>, to: &BTreeMap<String, FileEntry>, indent: &str) -> Result<()> {
     let list = changes(from, to);
     if list.is_empty() {
         out!("{indent}no file changed");
     }
-    for (path, c) in list {
+    let count = |kind: &Change| list.iter().filter(|(_, c)| c == kind).count();
+    let (added, modified, removed) = (count(&Change::Added), count(&Change::Modified), count(&Change::Removed));
+    for (path, c) in list.iter().take(LISTED_CHANGES) {
         let mark = match c {
             Change::Added => "+",
             Change::Modified => "~",
             Change::Removed => "-",
         };
         out!("{indent}{mark} {path}");
+    }
+    if list.len() > LISTED_CHANGES {
+        out!(
+            "{indent}... and {} more ({} files in all: {added} added, {modified} changed, {removed} removed)",
+            list.len() - LISTED_CHANGES,
+            list.len()
+        );
     }
     Ok(())
 }

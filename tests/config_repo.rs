@@ -644,6 +644,21 @@ fn push_to_one_agent(c: &Cluster, repo: &str) -> (LimitsNode, Vec<String>, i32, 
     (a, ep, code, out)
 }
 
+/// A push of many files lists the first hundred and counts the rest.
+#[test]
+fn a_large_change_is_listed_in_part_and_counted() {
+    let c = Cluster::new();
+    let (_a, ep, code, out) = push_to_one_agent(&c, &repo_table(""));
+    assert_eq!(code, 0, "{out}");
+    let files: Vec<(String, String)> =
+        (0..150).map(|i| (format!("global/many/f{i:03}.conf"), format!("{i}\n"))).collect();
+    let refs: Vec<(&str, String)> = files.iter().map(|(p, c)| (p.as_str(), c.clone())).collect();
+    let (code, out) = config_cli(&c, &ep, &["push", tree(&c, "many", &refs).to_str().unwrap(), "--dry-run"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("  + ") || l.starts_with("  - ")).count(), 100, "{out}");
+    assert!(out.contains("... and 51 more (151 files in all: 150 added, 0 changed, 1 removed)"), "{out}");
+}
+
 /// A revision this node cannot store (a write of its own fails: here its objects directory is
 /// a file) is the node's own problem in `/health`, not a refused message, until one is stored.
 #[test]
