@@ -618,10 +618,16 @@ pub fn run(cli: Cli) -> Result<()> {
                 if let Some(w) = cfg.bus.unreachable_warning() {
                     out!("warning: {w}");
                 }
+                if let Some(note) = cfg.logs.dropped_defaults() {
+                    out!("note: {note}");
+                }
                 return Ok(());
             }
             runtime()?.block_on(async {
                 let cancel = shutdown_token();
+                if let Some(note) = cfg.logs.dropped_defaults() {
+                    tracing::info!("{note}");
+                }
                 let collector = match Collector::start(cfg, cancel).await {
                     Err(switchboard_collector::CollectorError::StoppedStarting) => {
                         tracing::info!("collector stopped before it opened the dataset: nothing was claimed");

@@ -189,6 +189,28 @@ impl Default for LogsTableConfig {
     }
 }
 
+impl LogsTableConfig {
+    /// A note when a `[[logs.promote]]` list leaves out default columns: the list replaces the
+    /// defaults, so those fields stay in the `fields` map (a query on `msg_id` finds nothing).
+    pub fn dropped_defaults(&self) -> Option<String> {
+        let dropped: Vec<String> = default_promote()
+            .into_iter()
+            .filter(|d| !self.promote.iter().any(|p| p.name == d.name))
+            .map(|d| d.name)
+            .collect();
+        (!dropped.is_empty()).then(|| {
+            format!(
+                "[[logs.promote]] replaces the default columns, and leaves out {}: new rows keep {} in `fields` \
+                 (list {} too to keep {} column)",
+                dropped.join(", "),
+                if dropped.len() == 1 { "it" } else { "them" },
+                if dropped.len() == 1 { "it" } else { "them" },
+                if dropped.len() == 1 { "its" } else { "their" }
+            )
+        })
+    }
+}
+
 impl CollectorSettings {
     /// Where the dataset lives (`data_dir` parsed).
     pub fn location(&self) -> Result<switchboard_bus::dataset::Location, CollectorConfigError> {
@@ -376,5 +398,11 @@ mod example_tests {
         assert_eq!((&s.store, &s.notify, &s.spool_dir), (&d.store, &d.notify, &d.spool_dir));
         assert_eq!(s.standby_buffer_bytes, d.standby_buffer_bytes);
         assert_eq!(c.logs.promote, LogsTableConfig::default().promote);
+        assert_eq!(c.logs.dropped_defaults(), None);
+        let only = LogsTableConfig {
+            promote: vec![PromotedColumn { name: "amount".into(), kind: ColumnType::Float64, bloom: false }],
+        };
+        let note = only.dropped_defaults().unwrap_or_default();
+        assert!(note.contains("leaves out msg_id, operator, latency_ms") && note.contains("them too"), "{note}");
     }
 }

@@ -227,13 +227,13 @@ async function refresh() {
     const text = await r.text();
     if (r.status === 503) {
       document.getElementById("status").innerHTML = text;
-      stamp.textContent = "this process cannot show the cluster now (" + new Date().toLocaleTimeString() + ")";
+      stamp.textContent = "this process cannot show the cluster now (" + new Date().toISOString().slice(11, 19) + " UTC" + ")";
       stamp.className = "via stale";
       return;
     }
     if (!r.ok) throw new Error("HTTP " + r.status);
     document.getElementById("status").innerHTML = text;
-    stamp.textContent = "updated " + new Date().toLocaleTimeString();
+    stamp.textContent = "updated " + new Date().toISOString().slice(11, 19) + " UTC";
     stamp.className = "via";
   } catch (e) {
     const why = e.name === "AbortError" ? "no answer within 3 s (hung or overloaded?)" : e.message;
