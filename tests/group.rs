@@ -476,32 +476,46 @@ fn s3_group_behind_proxy(
     standby_via_proxy: bool,
     age_ms: u64,
 ) -> (Group, common::limits::Proxy, S3Server) {
+    s3_group_behind_proxy_of(dir, standby_via_proxy, age_ms, &["c2"])
+}
+
+/// [`s3_group_behind_proxy`] with the standbys `standbys`.
+fn s3_group_behind_proxy_of(
+    dir: &std::path::Path,
+    standby_via_proxy: bool,
+    age_ms: u64,
+    standbys: &[&str],
+) -> (Group, common::limits::Proxy, S3Server) {
     let server = S3Server::start(dir, "sb-test");
     let path = common::limits::Proxy::start(server.port);
     let url = "s3://sb-test/cluster-a".to_owned();
     let direct = Data::S3 { url: url.clone(), endpoint: server.endpoint() };
     let via_proxy = Data::S3 { url, endpoint: format!("http://127.0.0.1:{}", path.port) };
     let c = Cluster::new();
-    let (p1, p2) = (free_port(), free_port());
-    let mut members = vec![
-        Member {
-            name: "c1".into(),
-            port: p1,
-            proc: Some(start_member_aged(&c, "c1", p1, &[], &via_proxy, "", age_ms)),
-        },
-        Member { name: "c2".into(), port: p2, proc: None },
-    ];
+    let p1 = free_port();
+    let mut members = vec![Member {
+        name: "c1".into(),
+        port: p1,
+        proc: Some(start_member_aged(&c, "c1", p1, &[], &via_proxy, "", age_ms)),
+    }];
     let leader = wait_for_leader(&c, &["c1"], Duration::from_secs(30));
     assert_eq!(leader, Some(0), "c1 alone should lead\n{}", members[0].proc.as_ref().unwrap().log_text());
-    let c1 = members[0].endpoint();
     let standby_data = if standby_via_proxy { &via_proxy } else { &direct };
-    members[1].proc = Some(start_member_aged(&c, "c2", p2, &[c1], standby_data, "", age_ms));
+    for name in standbys {
+        let port = free_port();
+        let earlier: Vec<String> = members.iter().map(Member::endpoint).collect();
+        let proc = start_member_aged(&c, name, port, &earlier, standby_data, "", age_ms);
+        members.push(Member { name: (*name).into(), port, proc: Some(proc) });
+    }
     let eps: Vec<String> = members.iter().map(Member::endpoint).collect();
     let agents = NODES.iter().map(|n| start_group_agent(&c, n, &eps)).collect();
     let writers =
         NODES.iter().map(|n| Writer::start(n, c.logs_dir(n).join("app.log"), 10, usize::MAX, |_, _| {})).collect();
     let g = Group { c, data: direct, env: server.env(), members, agents, writers };
-    assert!(wait_until(Duration::from_secs(30), || role(&g.c, "c2").as_deref() == Some("standby")), "{}", g.logs());
+    for name in standbys {
+        let standing_by = wait_until(Duration::from_secs(30), || role(&g.c, name).as_deref() == Some("standby"));
+        assert!(standing_by, "{}", g.logs());
+    }
     std::thread::sleep(Duration::from_secs(2));
     (g, path, server)
 }
@@ -526,6 +540,28 @@ fn a_writer_cut_off_from_the_store_alone_is_taken_over_by_a_standby() {
     path.heal();
     let stood_by = wait_until(Duration::from_secs(60), || role(&g.c, "c1").as_deref() == Some("standby"));
     assert!(stood_by, "c1, its path back, should find the claim and stand by\n{}", g.logs());
+    g.finish();
+}
+
+/// Two standbys see the writer stall at once: one takes the dataset, and the other does not then
+/// take it from the new writer for the stall it just ended (one takeover, not two).
+#[test]
+fn of_two_standbys_one_takes_over_from_a_stalled_writer_and_the_other_stands_by() {
+    let dir = tempfile::tempdir().unwrap();
+    let (g, path, _server) = s3_group_behind_proxy_of(dir.path(), false, 1000, &["c2", "c3"]);
+    assert_eq!(g.leader(), 0);
+    path.cut();
+    let took =
+        wait_until(Duration::from_secs(60), || ["c2", "c3"].iter().any(|n| role(&g.c, n).as_deref() == Some("leader")));
+    assert!(took, "a standby should take over from a writer that commits nothing\n{}", g.logs());
+    // Past the moment both standbys judged the writer stalled, and a stall's time more.
+    std::thread::sleep(Duration::from_secs(12));
+    let takeovers: usize = g.members[1..]
+        .iter()
+        .map(|m| m.proc.as_ref().map_or(0, |p| p.log_text().matches("this collector now writes the dataset").count()))
+        .sum();
+    assert_eq!(takeovers, 1, "one takeover from the stalled writer\n{}", g.logs());
+    path.heal();
     g.finish();
 }
 

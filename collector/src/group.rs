@@ -412,7 +412,7 @@ impl Group {
             return false;
         }
         if !gone {
-            return self.writer_stalled(&holder);
+            return self.writer_stalled(&holder, noticed);
         }
         // This collector may not be linked to a live writer yet (a writer that just started, or
         // reconnects, takes its time): give one that was never seen up to two leases, from when
@@ -427,13 +427,17 @@ impl Group {
         seen || self.claim_not_before.is_none_or(|t| Instant::now() >= t)
     }
 
-    /// Whether the live writer `holder` has recorded nothing for [`Group::set_stall`]'s time
-    /// while a record has waited as long: said once, as the reason to take over.
-    fn writer_stalled(&self, holder: &str) -> bool {
+    /// Whether the live writer `holder` (whose claim this collector first read at `noticed`)
+    /// has recorded nothing for [`Group::set_stall`]'s time while a record has waited as long:
+    /// said once, as the reason to take over.
+    fn writer_stalled(&self, holder: &str, noticed: Instant) -> bool {
         if holder.is_empty() || holder == self.name || self.claim_not_before.is_some_and(|t| Instant::now() < t) {
             return false;
         }
-        let quiet = self.last_record.elapsed();
+        // A writer's silence counts from its claim: one that took over from a stalled writer
+        // just now is not blamed for the stall it ended (a claim read while this collector's own
+        // claim lost the race is no record of the log's polls).
+        let quiet = self.last_record.elapsed().min(noticed.elapsed());
         let waited = self.waiting_since.map_or(Duration::ZERO, |t| t.elapsed());
         // Live data keeps coming: a writer that runs commits it. (A hole no agent can send
         // again, with nothing else coming, is no sign of a stalled writer.)
