@@ -15,6 +15,10 @@ use crate::intake::Input;
 use crate::sink::ReplayRequest;
 use crate::stats::CollectorStats;
 
+/// Replies an agent could not give in full are logged at most once per 30 s, with the count since.
+static REPLAY_FAILED_LOGGED: std::sync::Mutex<switchboard_bus::throttle::Throttle> =
+    std::sync::Mutex::new(switchboard_bus::throttle::Throttle::new(Duration::from_secs(30)));
+
 /// How long a replay query may take.
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -82,7 +86,11 @@ async fn ask(
             }
             Err(e) => {
                 stats.replay_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%selector, error = %String::from_utf8_lossy(&e.payload().to_bytes()), "agent could not replay in full");
+                // Throttled: a leader cut off from the store asks again every few seconds for
+                // ranges another collector committed meanwhile (counted in replay_errors).
+                if let Some(unlogged) = REPLAY_FAILED_LOGGED.lock().ok().and_then(|mut t| t.admit()) {
+                    tracing::warn!(%selector, error = %String::from_utf8_lossy(&e.payload().to_bytes()), failed_since_last_line = unlogged, "agent could not replay in full");
+                }
             }
         }
     }
