@@ -210,7 +210,9 @@ impl Load {
                     Ok((200, b)) if b.contains(r#""outcome":"owner_down""#) => &self.dlr.owner_down,
                     Ok((200, b)) if b.contains(r#""outcome":"duplicate""#) => &self.dlr.duplicate,
                     Ok((404, _)) => &self.dlr.not_found,
-                    Ok((503, _)) if m.tries < TRIES => {
+                    // No answer (the agent was killed while it had the report, say) is handed in
+                    // again as a 503 is: if that node took it, the retry is a `duplicate`.
+                    Ok((503, _)) | Err(_) if m.tries < TRIES => {
                         m.at = Instant::now();
                         if let Ok(mut r) = self.retrying.lock() {
                             r.push_back(m);
