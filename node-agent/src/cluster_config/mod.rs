@@ -164,10 +164,7 @@ impl ClusterConfig {
                 let mut next_sync = tokio::time::Instant::now();
                 let every = Duration::from_millis(inner.settings.resync_ms);
                 loop {
-                    inner.reconcile(&shared).await;
-                    if let Ok(mut s) = shared.lock() {
-                        *s = inner.node_state();
-                    }
+                    inner.settle(&shared).await;
                     tokio::select! {
                         biased;
                         _ = cancel2.cancelled() => break,
@@ -190,10 +187,7 @@ impl ClusterConfig {
                                     sample = push.recv_async() => {
                                         let Ok(sample) = sample else { break None };
                                         inner.take_push(&sample.payload().to_bytes(), &shared);
-                                        inner.reconcile(&shared).await;
-                                        if let Ok(mut s) = shared.lock() {
-                                            *s = inner.node_state();
-                                        }
+                                        inner.settle(&shared).await;
                                     }
                                 }
                             };
@@ -328,6 +322,14 @@ impl Inner {
     /// Take a pushed revision; `Ok(false)` when contents it names are not held yet (it is then
     /// fetched from another node).
     /// The revision (its id and number, once the pack decodes) and what came of it.
+    /// Apply what this node holds ([`Self::reconcile`]) and publish its state.
+    async fn settle(&mut self, shared: &Mutex<NodeState>) {
+        self.reconcile(shared).await;
+        if let Ok(mut s) = shared.lock() {
+            *s = self.node_state();
+        }
+    }
+
     /// Take a pushed revision (`bytes`, a pack); `false` when it could not be stored whole (the
     /// other nodes are then asked for what it lacks).
     fn take_push(&mut self, bytes: &[u8], shared: &Mutex<NodeState>) -> bool {
