@@ -94,6 +94,9 @@ pub struct CollectorRow {
     pub alive: bool,
     /// `leader`, `standby` (or `gone`, `silent`).
     pub role: String,
+    /// The epoch it writes under, while it says it leads.
+    #[serde(default)]
+    pub epoch: Option<u64>,
     /// Its health.
     pub health: String,
     /// Streams it writes.
@@ -120,6 +123,15 @@ impl CollectorRow {
             None => "-",
         }
     }
+}
+
+/// Each live collector that says it leads under an older epoch than another live leader, with
+/// the newest leader: a leader cut off from the store keeps saying `leader` until it reaches the
+/// store again and finds the newer claim, though every commit it tries is fenced meanwhile.
+fn fenced_leaders(collectors: &[CollectorRow]) -> Vec<(&CollectorRow, &CollectorRow)> {
+    let leaders = || collectors.iter().filter(|c| c.alive && c.role == "leader");
+    let Some(newest) = leaders().max_by_key(|c| c.epoch) else { return Vec::new() };
+    leaders().filter(|c| c.epoch < newest.epoch).map(|c| (c, newest)).collect()
 }
 
 /// One stream.
@@ -365,6 +377,7 @@ pub fn assemble(snap: &Snapshot) -> ClusterStatus {
                     name: name.clone(),
                     alive: is_alive,
                     role: c.map_or_else(|| health.clone(), |c| c.role.clone()),
+                    epoch: c.and_then(|c| c.epoch),
                     health,
                     streams: c.map_or(0, |c| c.streams.len()),
                     rows_per_s: c.map_or(0.0, |c| c.rows_per_s),
@@ -375,6 +388,21 @@ pub fn assemble(snap: &Snapshot) -> ClusterStatus {
             }
             _ => {}
         }
+    }
+    for (old, newer) in fenced_leaders(&collectors) {
+        problem(
+            "degraded",
+            format!(
+                "collectors {} and {} both say they lead: {}'s claim (epoch {}) is older than {}'s (epoch {}), \
+                 so the store refuses its commits until it sees the newer claim and stands by",
+                old.name,
+                newer.name,
+                old.name,
+                old.epoch.unwrap_or(0),
+                newer.name,
+                newer.epoch.unwrap_or(0)
+            ),
+        );
     }
     if !members.is_empty() && !collectors.iter().any(|c| c.alive) {
         problem("degraded", "no collector is alive: lines wait in the agents' journals".to_owned());
@@ -711,6 +739,41 @@ mod tests {
         let c = assemble(&later);
         assert!(!c.problems.iter().any(|p| p.what.contains("gw3 is gone")), "{:?}", c.problems);
         assert!(c.nodes.iter().any(|n| n.name == "gw3" && !n.alive && n.gone_since_ms == Some(1_000)));
+    }
+
+    #[test]
+    fn a_leader_behind_a_newer_claim_is_named_as_fenced() {
+        let collector = |name: &str, role: &str, epoch: Option<u64>| ProcessStatus {
+            version: STATUS_VERSION,
+            role: "collector".into(),
+            name: name.into(),
+            health: "ok".into(),
+            collector: Some(CollectorStatus { role: role.into(), epoch, ..CollectorStatus::default() }),
+            ..ProcessStatus::default()
+        };
+        let snap = Snapshot {
+            at_ms: 1,
+            live: ["collector/c1", "collector/c2", "collector/c3"].iter().map(|s| s.to_string()).collect(),
+            processes: vec![
+                collector("c1", "leader", Some(3)),
+                collector("c2", "leader", Some(4)),
+                collector("c3", "standby", None),
+            ],
+            unreadable: vec![],
+        };
+        let c = assemble(&snap);
+        assert_eq!(c.level, Level::Degraded);
+        let what: Vec<&str> = c.problems.iter().map(|p| p.what.as_str()).collect();
+        assert_eq!(what.len(), 1, "{what:?}");
+        assert!(what[0].starts_with("collectors c1 and c2 both say they lead: c1's claim (epoch 3)"), "{what:?}");
+        assert_eq!(c.collectors.iter().map(|x| x.epoch).collect::<Vec<_>>(), [Some(3), Some(4), None]);
+        let text = super::super::text::render(&c);
+        assert!(text.contains("epoch"), "{text}");
+        // One leader: nothing to say.
+        let mut one = snap.clone();
+        one.processes.remove(0);
+        one.live.remove("collector/c1");
+        assert_eq!(assemble(&one).level, Level::Ok, "{:?}", assemble(&one).problems);
     }
 
     #[test]

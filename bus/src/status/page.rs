@@ -367,13 +367,14 @@ fn render_body(c: &ClusterStatus, history: &[Sample]) -> String {
     }
     out.push_str("</table>");
 
-    out.push_str("<h2>Collectors</h2><table id=\"collectors\"><tr><th>collector</th><th>role</th><th>health</th><th>streams</th><th>rows/s</th><th>last commit</th><th>store</th></tr>");
+    out.push_str("<h2>Collectors</h2><table id=\"collectors\"><tr><th>collector</th><th>role</th><th>epoch</th><th>health</th><th>streams</th><th>rows/s</th><th>last commit</th><th>store</th></tr>");
     for x in &c.collectors {
         let _ = write!(
             out,
-            "<tr class=\"collector\" data-collector=\"{name}\"><td>{name}</td><td>{}</td><td class=\"{h}\">{h}</td><td class=\"n\">{}</td>\
-             <td class=\"n\">{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr class=\"collector\" data-collector=\"{name}\"><td>{name}</td><td>{}</td><td class=\"n\">{}</td><td class=\"{h}\">{h}</td>\
+             <td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td>{}</td></tr>",
             esc(&x.role),
+            opt(x.epoch),
             x.streams,
             num(x.rows_per_s),
             opt(x.last_commit_age_s.map(|s| format!("{} ago", human_secs(s)))),

@@ -129,11 +129,12 @@ pub fn render(c: &ClusterStatus) -> String {
     t.write(&mut out);
 
     let _ = writeln!(out, "\nCOLLECTORS");
-    let mut t = Table::new(&["collector", "role", "health", "streams", "rows/s", "last commit", "store"]);
+    let mut t = Table::new(&["collector", "role", "epoch", "health", "streams", "rows/s", "last commit", "store"]);
     for x in &c.collectors {
         t.row(vec![
             x.name.clone(),
             x.role.clone(),
+            opt(x.epoch),
             x.health.clone(),
             x.streams.to_string(),
             rate(x.rows_per_s),
