@@ -476,6 +476,9 @@ fn init_tracing(filter: Option<&str>, default: &str, long_running: bool) {
     // (and kept, for a tool that reached no process to say why).
     let unreachable = {
         use switchboard_bus::connect_failures::ConnectFailureLayer;
+        if !long_running {
+            switchboard_bus::connect_failures::short_lived();
+        }
         ConnectFailureLayer.with_filter(ConnectFailureLayer::filter())
     };
     let _ = tracing_subscriber::registry().with(log).with(denials).with(unreachable).try_init();

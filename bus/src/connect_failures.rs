@@ -12,7 +12,7 @@
 //! `switchboard_bus_connect_failures_total` ([`render`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -29,6 +29,26 @@ pub const ZENOH_ORCHESTRATOR: &str = "zenoh::net::runtime::orchestrator";
 const MAX_ENDPOINTS: usize = 64;
 
 static FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// Whether this process is a command-line tool, which tries its endpoints only until its own
+/// timeout (see [`short_lived`]).
+static SHORT_LIVED: AtomicBool = AtomicBool::new(false);
+
+/// Say that this process is a command-line tool: its lines then say that it tries again until
+/// the command gives up, not that it retries every second (for good, as a long-running process
+/// does).
+pub fn short_lived() {
+    SHORT_LIVED.store(true, Ordering::Relaxed);
+}
+
+/// How the lines end: what the process does next about a failed endpoint.
+fn retrying() -> &'static str {
+    if SHORT_LIVED.load(Ordering::Relaxed) {
+        "trying again until the command's --timeout"
+    } else {
+        "retrying every second"
+    }
+}
 
 /// Per endpoint that failed: its log throttle, kept while it is up (a link that comes and goes
 /// is said once a minute, not at each fall), whether a failure was said since it was last up
@@ -134,14 +154,15 @@ fn failed(endpoint: &str, why: &str) {
     if REMEMBERED.lock().is_ok_and(|r| r.contains(endpoint)) {
         tracing::info!(
             failed_since_last_line = unsaid,
-            "bus: cannot connect to {endpoint} (a process of the cluster's last view, from bus.peers): {why}; \
-             retrying every second"
+            "bus: cannot connect to {endpoint} (a process of the cluster's last view, from bus.peers): {why}; {}",
+            retrying()
         );
     } else {
         tracing::warn!(
             failed_since_last_line = unsaid,
-            "bus: cannot connect to {endpoint} (in `connect`): {why}{}; retrying every second",
-            hint(why)
+            "bus: cannot connect to {endpoint} (in `connect`): {why}{}; {}",
+            hint(why),
+            retrying()
         );
     }
 }
