@@ -642,6 +642,8 @@ async fn message_checks_hold_without_tls() {
         bad.push(DlrRecord { id, msg_id, ..forged.clone() });
     }
     bad.push(DlrRecord { id: "9".into(), msg_id: "9".into(), expires_at: u64::MAX, ..forged.clone() });
+    // A version from the future would outrank the owner's own registration and close for good.
+    bad.push(DlrRecord { id: "9".into(), msg_id: "9".into(), version: u32::MAX, ..forged.clone() });
     forged.destination = "x".repeat(10_000);
     bad.push(forged);
     for record in bad {

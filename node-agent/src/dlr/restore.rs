@@ -27,7 +27,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use switchboard_bus::dlr::rendezvous::replicas_for;
 use switchboard_bus::dlr::wire::{RestorePage, DOC_VERSION, RESTORE_PAGE_RECORDS};
-use switchboard_bus::dlr::{registration_version, DlrRecord};
+use switchboard_bus::dlr::DlrRecord;
 use switchboard_bus::keys::Role;
 use switchboard_bus::refusals::{refuse, Reason};
 use tokio_util::sync::CancellationToken;
@@ -465,8 +465,6 @@ fn take(service: &DlrService, from: &str, page: RestorePage) -> Result<u64, Stri
     }
     let latest_expiry = super::types::latest_expiry(service.settings.max_expiry_s);
     let now = now_ms();
-    // No state of a record is newer than a registration an hour from now.
-    let latest_version = registration_version(None, now.saturating_add(3_600_000));
     let live = service.membership.live_of(Role::Agent);
     let _guard = service.store.lock();
     let mut puts: Vec<(DlrRecord, Option<DlrRecord>)> = Vec::new();
@@ -488,13 +486,6 @@ fn take(service: &DlrService, from: &str, page: RestorePage) -> Result<u64, Stri
         }
         // Expired here already (the holder's sweep is a second behind at most): nothing to take.
         if record.expires_at <= now {
-            continue;
-        }
-        if record.version > latest_version {
-            refuse(
-                Reason::RestoreInvalid,
-                format_args!("a copy from {from} of {}/{} with a version from the future", record.connector, record.id),
-            );
             continue;
         }
         let key = record.store_key();

@@ -127,6 +127,9 @@ pub struct DlrStats {
     pub delivered: AtomicU64,
     /// Reports for records already closed.
     pub duplicates: AtomicU64,
+    /// Reports handed off again: their record was closed by a hand-off whose reporter is gone
+    /// since, so its gateway may never have had the DLR.
+    pub handed_again: AtomicU64,
     /// Own open records that expired.
     pub expired: AtomicU64,
     /// Records closed by the gateway.
@@ -155,7 +158,7 @@ pub struct DlrStats {
 
 impl DlrStats {
     /// Every counter with its metric name and help.
-    pub fn counters(&self) -> [(&'static str, &'static str, u64); 23] {
+    pub fn counters(&self) -> [(&'static str, &'static str, u64); 24] {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("registered", "Messages registered on this node.", g(&self.registered)),
@@ -189,6 +192,11 @@ impl DlrStats {
             ),
             ("delivered", "Reports this node took as owner for its gateway.", g(&self.delivered)),
             ("duplicates", "Reports for records already closed.", g(&self.duplicates)),
+            (
+                "handed_again",
+                "Reports taken again: their record was closed by a hand-off whose reporter is gone since.",
+                g(&self.handed_again),
+            ),
             ("expired", "Own open records that expired.", g(&self.expired)),
             ("closed", "Records closed by the gateway.", g(&self.closed)),
             ("lookups_answered", "Lookups this node answered.", g(&self.lookups_answered)),
@@ -361,8 +369,8 @@ pub(super) fn latest_expiry(max_expiry_s: u64) -> u64 {
 }
 
 /// Refuse a record from another node (a replica batch, or a holder's answer) whose fields the
-/// register API would have refused, or that expires after `latest_expiry` (ms since the Unix
-/// epoch, [`latest_expiry`]).
+/// register API would have refused, that expires after `latest_expiry` (ms since the Unix
+/// epoch, [`latest_expiry`]), or whose version is ahead of any registration an hour from now.
 pub(super) fn check_record(r: &DlrRecord, latest_expiry: u64) -> Result<(), DlrError> {
     id::check_connector(&r.connector).map_err(|e| DlrError::BadRequest(e.to_string()))?;
     switchboard_bus::keys::check_chunk(&r.owner).map_err(|e| DlrError::BadRequest(format!("owner: {e}")))?;
@@ -375,6 +383,16 @@ pub(super) fn check_record(r: &DlrRecord, latest_expiry: u64) -> Result<(), DlrE
             )));
         }
         check_field(name, value, id::MAX_ID_BYTES)?;
+    }
+    // A version ahead of any registration an hour from now outranks every real state of the
+    // record for good (the owner's own registration and close included): a forgery.
+    let latest_version =
+        switchboard_bus::dlr::record::registration_version(None, super::now_ms().saturating_add(3_600_000));
+    if r.version > latest_version {
+        return Err(DlrError::BadRequest(format!(
+            "version {} is from the future (a registration an hour from now has {latest_version})",
+            r.version
+        )));
     }
     if r.expires_at > latest_expiry {
         return Err(DlrError::BadRequest(format!(
