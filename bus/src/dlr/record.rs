@@ -59,6 +59,10 @@ pub struct DlrRecord {
     /// The node that took the final DLR.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_by: Option<String>,
+    /// Closed by a hand-off: the reporter's gateway handles the DLR (`owner_down`), not the
+    /// owner's inbox (docs/architecture.md, "A reporter gone before its answer").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub handed_off: bool,
 }
 
 impl DlrRecord {
@@ -81,6 +85,7 @@ impl DlrRecord {
             status: None,
             closed_at: None,
             closed_by: None,
+            handed_off: false,
         }
     }
 }
@@ -107,7 +112,8 @@ impl DlrRecord {
         let closed = self.state == RecordState::Closed;
         let own_msg_id = self.msg_id != self.id;
         out.push(VALUE_LAYOUT);
-        out.push(u8::from(closed) | (u8::from(own_msg_id) << 1));
+        let handed_off = closed && self.handed_off;
+        out.push(u8::from(closed) | (u8::from(own_msg_id) << 1) | (u8::from(handed_off) << 2));
         put_varint(&mut out, self.submitted_at);
         put_varint(&mut out, self.expires_at);
         put_varint(&mut out, u64::from(self.version));
@@ -159,6 +165,7 @@ impl DlrRecord {
             status,
             closed_at,
             closed_by,
+            handed_off: flags & 5 == 5,
         })
     }
 }
@@ -311,6 +318,7 @@ pub(crate) mod tests {
             status: None,
             closed_at: None,
             closed_by: None,
+            handed_off: false,
         }
     }
 
@@ -328,6 +336,14 @@ pub(crate) mod tests {
         closed.version = 2;
         let back = DlrRecord::decode(&closed.store_key(), &closed.encode_value()).unwrap();
         assert_eq!(back, closed);
+        let handed = DlrRecord { handed_off: true, ..closed.clone() };
+        let back = DlrRecord::decode(&handed.store_key(), &handed.encode_value()).unwrap();
+        assert_eq!(back, handed);
+        // JSON: the mark only where it is set, as every earlier record read it.
+        assert!(!serde_json::to_string(&closed).unwrap().contains("handed_off"));
+        let json = serde_json::to_string(&handed).unwrap();
+        assert!(json.contains("\"handed_off\":true"), "{json}");
+        assert_eq!(serde_json::from_str::<DlrRecord>(&json).unwrap(), handed);
         for r in [&open, &closed] {
             let value = r.encode_value();
             let g = DlrRecord::glance(&value).unwrap();

@@ -87,6 +87,8 @@ pub struct DlrService {
     wake: Arc<wake::Wake>,
     /// Reports whose first copy holder is being asked ([`MAX_LATE_CLAIMS`] at most).
     late_claims: tokio::sync::Semaphore,
+    /// When this process started its DLR service, ms since the Unix epoch.
+    started_ms: u64,
 }
 
 /// How long after an agent left (and while it is not back) a lookup that finds nothing cannot
@@ -160,6 +162,7 @@ impl DlrService {
             census: std::sync::Mutex::new(None),
             reporting: reporting::Reporting::default(),
             late_claims: tokio::sync::Semaphore::new(MAX_LATE_CLAIMS),
+            started_ms: now_ms(),
             wake: Arc::new(wake::Wake::default()),
         });
         let size = service.store.size();

@@ -49,6 +49,10 @@ pub enum Claim {
     /// may have handled the DLR meanwhile (the holder it would ask may not be theirs yet). Not
     /// taken: the reporter decides on the copies.
     Stale,
+    /// Not asked: the record (in this version) was closed by a hand-off whose reporter is gone
+    /// since, so its gateway may never have had the DLR: a final report is taken again
+    /// (docs/architecture.md, "A reporter gone before its answer").
+    HandOffLost(u32),
 }
 
 /// The node's records, and what a change to them sets off on this node.
@@ -163,6 +167,7 @@ impl Records {
                 status: None,
                 closed_at: None,
                 closed_by: None,
+                handed_off: false,
             });
         }
         {
@@ -231,9 +236,15 @@ impl Records {
             status: Some(status.to_owned()),
             closed_at: Some(at),
             closed_by: Some(by.to_owned()),
+            handed_off: false,
             expires_at: record.expires_at.min(keep),
             ..record.clone()
         }
+    }
+
+    /// [`Self::closed`] by a hand-off: `by`'s gateway handles the DLR (`owner_down`).
+    pub(super) fn handed_off(&self, record: &DlrRecord, status: &str, at: u64, by: &str) -> DlrRecord {
+        DlrRecord { handed_off: true, ..self.closed(record, status, at, by) }
     }
 
     /// What this node answers to a lookup of `(connector, id)`, taking `report` if it owns the
@@ -301,7 +312,9 @@ impl Records {
                 }
                 _ => None,
             };
-            if !current.is_open() {
+            let again =
+                report.r#final && !current.is_open() && matches!(claim, Claim::HandOffLost(v) if *v == current.version);
+            if !current.is_open() && !again {
                 (current, ReportOutcome::Duplicate)
             } else if let Some(newer) = lost {
                 // A reporter handled the DLR with a copy's record while this node was not
@@ -335,7 +348,7 @@ impl Records {
                 if !report.r#final {
                     return Ok(Some(reply(current, None)));
                 }
-                let next = self.closed(&current, &report.status, report.reported_at, &report.reported_by);
+                let next = self.handed_off(&current, &report.status, report.reported_at, &report.reported_by);
                 self.count_store_error(self.store.write(&[Write::Put { record: &next, previous: Some(&current) }]))?;
                 drop(_guard);
                 self.outbox.push(next.clone());
@@ -369,6 +382,14 @@ impl Records {
                     writes.push(Write::Put { record: &next, previous: Some(&current) });
                 }
                 self.count_store_error(self.store.write(&writes))?;
+                if again {
+                    self.stats.handed_again.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        "report of {connector}/{id} from {} taken again: {} closed it by a hand-off and is gone since",
+                        report.reported_by,
+                        current.closed_by.as_deref().unwrap_or("?")
+                    );
+                }
                 (next, ReportOutcome::Delivered)
             }
         };

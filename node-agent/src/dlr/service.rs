@@ -181,7 +181,9 @@ impl DlrService {
     /// being asked already). Read in time within seconds of waking
     /// ([`super::wake::Wake::just_woke`]: this node's first copy holder may not be the reporter's
     /// yet): [`Claim::Stale`], not taken, for the reporter to decide on the copies as when the
-    /// owner is down. Otherwise [`Claim::NotAsked`] (docs/architecture.md, "A woken owner").
+    /// owner is down. A record closed by a hand-off whose reporter is gone since:
+    /// [`Claim::HandOffLost`], taken again. Otherwise [`Claim::NotAsked`] (docs/architecture.md,
+    /// "A woken owner", "A reporter gone before its answer").
     pub(crate) async fn claim(&self, connector: &str, id: &str, report: &DlrReport) -> Claim {
         let now = now_ms();
         // A store that refuses writes could not close the record after a won claim, and the
@@ -190,6 +192,9 @@ impl DlrService {
             return Claim::NotAsked;
         }
         let Some(current) = self.store().get(connector, id).ok().flatten() else { return Claim::NotAsked };
+        if current.owner == self.node && self.hand_off_lost(&current) {
+            return Claim::HandOffLost(current.version);
+        }
         if current.owner != self.node || !current.is_open() {
             return Claim::NotAsked;
         }
@@ -238,6 +243,25 @@ impl DlrService {
         }
     }
 
+    /// Whether `record` was closed by a hand-off whose reporter is gone since the close, so that
+    /// its gateway may never have had the DLR: not live here, or this process, started after it
+    /// (docs/architecture.md, "A reporter gone before its answer"). Not decided in the seconds
+    /// after this node woke or started: its view of the live nodes is not built yet.
+    fn hand_off_lost(&self, record: &switchboard_bus::dlr::record::DlrRecord) -> bool {
+        let (false, true, Some(by), Some(at)) =
+            (record.is_open(), record.handed_off, record.closed_by.as_deref(), record.closed_at)
+        else {
+            return false;
+        };
+        if self.wake.just_woke() {
+            return false;
+        }
+        if by == self.node {
+            return self.started_ms > at;
+        }
+        !self.processes.live_of(Role::Agent).iter().any(|n| n == by)
+    }
+
     /// The error of a lookup the node that must hold the record did not answer (counted).
     fn unanswered(&self, why: &str, connector: &str, msg_id: &str) -> DlrError {
         self.stats.unanswered.fetch_add(1, Ordering::Relaxed);
@@ -250,7 +274,10 @@ impl DlrService {
     /// of one DLR at once, the later finds it closed there. The other copies are closed after it;
     /// one that cannot be is logged, and the owner's first pass when it returns mends it.
     async fn report_to_replica(&self, res: &mut Resolution, report: &DlrReport) -> Result<(), DlrError> {
-        if !res.record.is_open() {
+        // A close by a hand-off whose reporter is gone since may never have reached a gateway:
+        // a final report hands it off again, deciding at the first holder as the first did.
+        let again = !res.record.is_open() && report.r#final && self.hand_off_lost(&res.record);
+        if !res.record.is_open() && !again {
             self.log_duplicate(res, report);
             return Ok(());
         }
@@ -258,7 +285,7 @@ impl DlrService {
         if !report.r#final {
             return Ok(());
         }
-        let closed = self.closed(&res.record, &report.status, report.reported_at, &self.node);
+        let closed = self.handed_off(&res.record, &report.status, report.reported_at, &self.node);
         let live = self.membership.live_of(Role::Agent);
         let key = closed.store_key();
         let mut holders = replicas_for(&key, &closed.owner, live.iter().map(String::as_str), self.settings.copies);
@@ -280,6 +307,15 @@ impl DlrService {
             if let Err(e) = sent {
                 tracing::warn!(node, error = %e, "cannot close a copy while its owner is down");
             }
+        }
+        if again {
+            self.stats.handed_again.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                "DLR {}/{} handed off again: {} closed it by a hand-off and is gone since",
+                res.record.connector,
+                res.record.id,
+                res.record.closed_by.as_deref().unwrap_or("?")
+            );
         }
         res.record = closed;
         self.log_handled_here(res, report);

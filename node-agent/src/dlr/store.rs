@@ -427,6 +427,7 @@ pub(crate) mod tests {
             status: None,
             closed_at: None,
             closed_by: None,
+            handed_off: false,
         }
     }
 
