@@ -201,6 +201,8 @@ pub struct LogsSink {
     failing: Option<String>,
     /// A store that stays down fails every commit: said at most once a minute.
     commit_failures: switchboard_bus::throttle::Throttle,
+    /// Data file writes that failed are logged at most once a minute (a full disk fails each).
+    write_failures: switchboard_bus::throttle::Throttle,
     stats: Arc<CollectorStats>,
 }
 
@@ -236,6 +238,7 @@ impl LogsSink {
             watermarks_changed: true,
             failing: None,
             commit_failures: switchboard_bus::throttle::Throttle::new(Duration::from_secs(60)),
+            write_failures: switchboard_bus::throttle::Throttle::new(Duration::from_secs(60)),
             stats,
         }
     }
@@ -472,7 +475,13 @@ impl LogsSink {
                 }
                 Err(e) => {
                     self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(error = %e, "cannot create a data file; rows dropped until a resend");
+                    if let Some(unsaid) = self.write_failures.admit() {
+                        tracing::error!(
+                            error = %e,
+                            failed_since_last_line = unsaid,
+                            "cannot create a data file; rows dropped until a resend"
+                        );
+                    }
                     self.failing = Some(format!("cannot create a data file: {e}"));
                     self.forget(stream);
                     return;
@@ -482,7 +491,9 @@ impl LogsSink {
         let Some(file) = self.open.get_mut(&hour) else { return };
         if let Err(e) = file.write(rows, stream, seqs, &self.settings) {
             self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, "cannot write a data file; abandoning it");
+            if let Some(unsaid) = self.write_failures.admit() {
+                tracing::error!(error = %e, failed_since_last_line = unsaid, "cannot write a data file; abandoning it");
+            }
             self.failing = Some(format!("cannot write a data file: {e}"));
             self.abandon(hour);
             return;
@@ -530,8 +541,16 @@ impl LogsSink {
         match file.finish(&self.settings) {
             Ok(entry) => Some(entry),
             Err(e) => {
-                self.stats.commit_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "cannot finish a data file; its rows are pulled again from the agents");
+                // Writing the footer and syncing the file are writes of the data file (a full
+                // disk fails here): counted as such, not as a commit.
+                self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                if let Some(unsaid) = self.write_failures.admit() {
+                    tracing::error!(
+                        error = %e,
+                        failed_since_last_line = unsaid,
+                        "cannot finish a data file; its rows are pulled again from the agents"
+                    );
+                }
                 self.failing = Some(format!("cannot finish a data file: {e}"));
                 for s in streams {
                     self.forget(&s);
