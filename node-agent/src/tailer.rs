@@ -412,7 +412,7 @@ impl SourceTailer {
         self.pending_copies.retain(|p| {
             let keep = p.since >= started;
             if !keep {
-                tracing::warn!(%source, path = %p.path.display(), offset = p.position.offset, "no copy of a truncated file found: lines written between the last read and the truncation are lost; include the rotated names in the source's paths to keep them");
+                tracing::warn!(%source, path = %p.path.display(), offset = p.position.offset, "no copy of a truncated file found: lines written between the last read and the truncation, if any, are lost; include the rotated names in the source's paths to keep them");
             }
             keep
         });
