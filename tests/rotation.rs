@@ -179,6 +179,31 @@ fn copytruncate_over_rotated_files_already_tailed() {
     );
 }
 
+/// Copytruncate with the older copies shifted by `cp` rather than renamed (`cp app.log.2
+/// app.log.3; cp app.log.1 app.log.2; cp app.log app.log.1; truncate app.log`, as rotation
+/// scripts do): each copy continues from where the file it copies stood, and an overwritten
+/// copy is not read again from its start.
+#[test]
+fn copytruncate_with_older_copies_shifted_by_cp() {
+    let mut k = 0;
+    run(
+        move |path: &Path, n: usize| {
+            if n / 1000 > k {
+                k = n / 1000;
+                let numbered = |i: usize| path.with_extension(format!("log.{i}"));
+                for i in (1..3).rev() {
+                    if numbered(i).exists() {
+                        std::fs::copy(numbered(i), numbered(i + 1)).unwrap();
+                    }
+                }
+                std::fs::copy(path, numbered(1)).unwrap();
+                std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len(0).unwrap();
+            }
+        },
+        false,
+    );
+}
+
 /// The same while the agent is down: `app.log` copied over `app.log.1` (a rotated file it read
 /// before), then truncated and written on. The checkpoint finds `app.log.1` rewritten: it is
 /// the copy, read from where `app.log` stood, not again from its start.

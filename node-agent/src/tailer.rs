@@ -187,6 +187,9 @@ struct PendingCopy {
     fingerprint: Fingerprint,
     position: Position,
     since: Instant,
+    /// Overwritten by a copy of another file rather than truncated by its writer: a rotated
+    /// file nothing writes to, so no copy found loses nothing that was not read.
+    overwritten: bool,
 }
 
 /// How long a file with the same first bytes as a tailed one is held back as a possible copy.
@@ -411,7 +414,9 @@ impl SourceTailer {
         let source = &self.config.name;
         self.pending_copies.retain(|p| {
             let keep = p.since >= started;
-            if !keep {
+            if !keep && p.overwritten {
+                tracing::debug!(%source, path = %p.path.display(), "no copy of an overwritten file's earlier content found");
+            } else if !keep {
                 tracing::warn!(%source, path = %p.path.display(), offset = p.position.offset, "no copy of a truncated file found: lines written between the last read and the truncation, if any, are lost; include the rotated names in the source's paths to keep them");
             }
             keep
@@ -442,6 +447,7 @@ impl SourceTailer {
                     fingerprint: cp.fingerprint,
                     position: cp.position(),
                     since: Instant::now(),
+                    overwritten: false,
                 });
                 hold = Some(Instant::now());
                 rewritten_while_down = true;
@@ -779,6 +785,7 @@ impl SourceTailer {
                 fingerprint,
                 position,
                 since: Instant::now(),
+                overwritten: false,
             });
             self.rescan_now = true;
         }
@@ -808,6 +815,7 @@ impl SourceTailer {
     /// File `j` is the copy of `original` (truncated at `position`, its first bytes were
     /// `fingerprint`): read it from there, before the original's new lines.
     fn adopt_copy(&mut self, j: usize, original: Inode, fingerprint: Fingerprint, position: Position, from: &Path) {
+        self.overwritten(j);
         let f = &mut self.files[j];
         tracing::info!(path = %f.path.display(), original = %from.display(), offset = position.offset, "rewritten with the first bytes of a truncated file: its copy, read from where the original stood");
         f.framer = LineFramer::new(self.config.max_line_bytes, position);
@@ -821,6 +829,44 @@ impl SourceTailer {
         self.moved.push(inode);
         if let Ok(mut j) = self.journal.lock() {
             j.register_copy(original, fingerprint, file);
+        }
+    }
+
+    /// File `j`, read up to its position, was found overwritten by a copy of another file (`cp
+    /// app.log app.log.1` over a tailed `app.log.1`): what it held before may have been copied
+    /// under another name first (`cp app.log.1 app.log.2`, numbered copies shifted with `cp`).
+    /// That copy continues from where `j` stood, as the copy of a file truncated in place does:
+    /// the one held back as a possible copy of `j`, or one found later.
+    fn overwritten(&mut self, j: usize) {
+        let f = &self.files[j];
+        let (inode, old, position) = (f.inode, f.fingerprint, f.framer.position());
+        if old.len == 0 || position.offset == 0 {
+            return;
+        }
+        if let Some(c) = self.files.iter().position(|c| c.copy_of == Some(inode)) {
+            let copy = &mut self.files[c];
+            tracing::info!(path = %copy.path.display(), offset = position.offset, "reading the copy of an overwritten file from where that file stood");
+            copy.copy_of = None;
+            copy.copy_for = Some(inode);
+            copy.at_eof = false;
+            copy.first_block_checked = true;
+            copy.framer = LineFramer::new(self.config.max_line_bytes, position);
+            let (copy_inode, copy_file) = (copy.inode, copy.file.clone());
+            self.moved.push(copy_inode);
+            if let Ok(mut journal) = self.journal.lock() {
+                journal.register_copy(inode, old, copy_file);
+            }
+        } else {
+            let path = self.files[j].path.clone();
+            self.pending_copies.push(PendingCopy {
+                original: inode,
+                path,
+                fingerprint: old,
+                position,
+                since: Instant::now(),
+                overwritten: true,
+            });
+            self.rescan_now = true;
         }
     }
 

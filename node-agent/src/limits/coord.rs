@@ -381,7 +381,7 @@ fn reconcile(peers: &mut BTreeMap<String, Peer>, live: &BTreeSet<String>, settin
                 tracing::warn!(
                     node = %name,
                     hold_ms = settings.silent_hold.as_millis() as u64,
-                    "node vanished silently (dead or partitioned); its share stays reserved"
+                    "node vanished silently (dead, partitioned, or seen so by this node after it did not run for a while); its share stays reserved"
                 );
                 p.silent_since = Some(Instant::now());
                 true
