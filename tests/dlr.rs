@@ -285,8 +285,8 @@ fn a_dlr_handed_off_by_a_reporter_that_died_is_handed_off_again_not_dropped() {
     let (_, res) = report("c", "21");
     assert_eq!(res["outcome"], "duplicate", "{res}");
 
+    // The gateway fails over at once, before c may have seen b go.
     b.proc.take().unwrap().kill();
-    assert!(wait_until(Duration::from_secs(5), || live_nodes(&c, "c") == ["c"]), "c still sees b");
     let (code, res) = report("c", "21");
     assert_eq!((code, res["outcome"].as_str()), (200, Some("owner_down")), "a repeat after b died: {res}");
     assert_eq!((res["record"]["state"].as_str(), res["record"]["closed_by"].as_str()), (Some("closed"), Some("c")));

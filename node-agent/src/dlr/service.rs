@@ -18,6 +18,10 @@ use super::types::check_report_fields;
 use super::wake::STALE;
 use super::{lookup, now_ms, replicate, DlrError, DlrService, IdForm, InboxEntry, Outcome, ReportRequest, Resolution};
 
+/// How long a repeat of a DLR handed off by a node still live here waits before it looks at that
+/// node again: a killed process's token is gone within milliseconds.
+const GONE_RECHECK: Duration = Duration::from_millis(250);
+
 impl DlrService {
     /// The canonical id of `msg_id`, read in the connector's format for `form`.
     fn canonical(&self, connector: &str, msg_id: &str, form: IdForm) -> Result<String, DlrError> {
@@ -192,7 +196,7 @@ impl DlrService {
             return Claim::NotAsked;
         }
         let Some(current) = self.store().get(connector, id).ok().flatten() else { return Claim::NotAsked };
-        if current.owner == self.node && self.hand_off_lost(&current) {
+        if current.owner == self.node && self.hand_off_lost(&current).await {
             return Claim::HandOffLost(current.version);
         }
         if current.owner != self.node || !current.is_open() {
@@ -247,7 +251,11 @@ impl DlrService {
     /// its gateway may never have had the DLR: not live here, or this process, started after it
     /// (docs/architecture.md, "A reporter gone before its answer"). Not decided in the seconds
     /// after this node woke or started: its view of the live nodes is not built yet.
-    fn hand_off_lost(&self, record: &switchboard_bus::dlr::record::DlrRecord) -> bool {
+    ///
+    /// A reporter killed a moment ago may still be live here (its token takes milliseconds to go,
+    /// and a gateway fails over as soon as its connection breaks): one still live is looked at
+    /// again after [`GONE_RECHECK`] before the repeat is called a duplicate.
+    async fn hand_off_lost(&self, record: &switchboard_bus::dlr::record::DlrRecord) -> bool {
         let (false, true, Some(by), Some(at)) =
             (record.is_open(), record.handed_off, record.closed_by.as_deref(), record.closed_at)
         else {
@@ -259,7 +267,12 @@ impl DlrService {
         if by == self.node {
             return self.started_ms > at;
         }
-        !self.processes.live_of(Role::Agent).iter().any(|n| n == by)
+        let gone = || !self.processes.live_of(Role::Agent).iter().any(|n| n == by);
+        if gone() {
+            return true;
+        }
+        tokio::time::sleep(GONE_RECHECK).await;
+        gone()
     }
 
     /// The error of a lookup the node that must hold the record did not answer (counted).
@@ -276,7 +289,7 @@ impl DlrService {
     async fn report_to_replica(&self, res: &mut Resolution, report: &DlrReport) -> Result<(), DlrError> {
         // A close by a hand-off whose reporter is gone since may never have reached a gateway:
         // a final report hands it off again, deciding at the first holder as the first did.
-        let again = !res.record.is_open() && report.r#final && self.hand_off_lost(&res.record);
+        let again = !res.record.is_open() && report.r#final && self.hand_off_lost(&res.record).await;
         if !res.record.is_open() && !again {
             self.log_duplicate(res, report);
             return Ok(());

@@ -194,7 +194,7 @@ impl DlrStats {
             ("duplicates", "Reports for records already closed.", g(&self.duplicates)),
             (
                 "handed_again",
-                "Reports taken again: their record was closed by a hand-off whose reporter is gone since.",
+                "Reports taken again (owner_down at a copy, delivered at the owner): their record was closed by a hand-off whose reporter is gone since.",
                 g(&self.handed_again),
             ),
             ("expired", "Own open records that expired.", g(&self.expired)),
