@@ -181,27 +181,68 @@ fn copytruncate_over_rotated_files_already_tailed() {
 
 /// Copytruncate with the older copies shifted by `cp` rather than renamed (`cp app.log.2
 /// app.log.3; cp app.log.1 app.log.2; cp app.log app.log.1; truncate app.log`, as rotation
-/// scripts do): each copy continues from where the file it copies stood, and an overwritten
-/// copy is not read again from its start.
+/// scripts do), five times so that older copies are overwritten too, each after the agent read
+/// what was written: each copy continues from where the file it copies stood, and an
+/// overwritten copy is not read again from its start.
 #[test]
 fn copytruncate_with_older_copies_shifted_by_cp() {
-    let mut k = 0;
-    run(
-        move |path: &Path, n: usize| {
-            if n / 1000 > k {
-                k = n / 1000;
-                let numbered = |i: usize| path.with_extension(format!("log.{i}"));
-                for i in (1..3).rev() {
-                    if numbered(i).exists() {
-                        std::fs::copy(numbered(i), numbered(i + 1)).unwrap();
-                    }
-                }
-                std::fs::copy(path, numbered(1)).unwrap();
-                std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len(0).unwrap();
+    let c = Cluster::new();
+    let collector = c.start_collector();
+    let agent = c.start_agent("gw", "plain");
+    let file = c.logs_dir("gw").join("app.log");
+    let numbered_copy = |i: usize| file.with_extension(format!("log.{i}"));
+    let mut written = 0;
+    for round in 0..5 {
+        append(&file, (written..written + 500).map(|i| numbered("gw", i)));
+        written += 500;
+        assert!(wait_until(DEADLINE, || lines_read(&c, "gw") >= written), "round {round}\n{}", agent.log_text());
+        for i in (1..3).rev() {
+            if numbered_copy(i).exists() {
+                std::fs::copy(numbered_copy(i), numbered_copy(i + 1)).unwrap();
             }
-        },
-        false,
-    );
+        }
+        std::fs::copy(&file, numbered_copy(1)).unwrap();
+        std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(0).unwrap();
+        // The copies found and the truncated file read again before the next round.
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    append(&file, (written..written + 500).map(|i| numbered("gw", i)));
+    written += 500;
+    let ok = wait_until(DEADLINE, || count_logs(&c.dataset()) >= written);
+    assert!(ok, "dataset holds {} of {written}\n{}", count_logs(&c.dataset()), agent.log_text());
+    stop_and_check_every_line(&c, agent, collector, written);
+}
+
+/// Copytruncate whose original grows between the copy and the truncation, with those lines read
+/// from the original before it is truncated: the copy, shorter than where the original stood,
+/// has nothing left to give and is not read again from its start (it was, every line of it
+/// stored twice); the lines after the copy are stored once, from the original.
+#[test]
+fn copytruncate_with_lines_read_between_the_copy_and_the_truncation() {
+    let c = Cluster::new();
+    let collector = c.start_collector();
+    let agent = c.start_agent("gw", "plain");
+    let file = c.logs_dir("gw").join("app.log");
+    let rotated = file.with_extension("log.1");
+    let mut written = 0;
+    for round in 0..3 {
+        append(&file, (written..written + 500).map(|i| numbered("gw", i)));
+        written += 500;
+        assert!(wait_until(DEADLINE, || lines_read(&c, "gw") >= written), "{}", agent.log_text());
+        std::fs::copy(&file, &rotated).unwrap();
+        // Written after the copy and read before the truncation.
+        append(&file, (written..written + 200).map(|i| numbered("gw", i)));
+        written += 200;
+        assert!(wait_until(DEADLINE, || lines_read(&c, "gw") >= written), "round {round}\n{}", agent.log_text());
+        std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(0).unwrap();
+        // The copy found and the truncated file read again before the next round.
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    append(&file, (written..written + 500).map(|i| numbered("gw", i)));
+    written += 500;
+    let ok = wait_until(DEADLINE, || count_logs(&c.dataset()) >= written);
+    assert!(ok, "dataset holds {} of {written}\n{}", count_logs(&c.dataset()), agent.log_text());
+    stop_and_check_every_line(&c, agent, collector, written);
 }
 
 /// The same while the agent is down: `app.log` copied over `app.log.1` (a rotated file it read

@@ -657,7 +657,11 @@ impl SourceTailer {
         if n == 0 {
             let len = f.file.metadata()?.len();
             f.at_eof = true;
-            if len < at || rewritten {
+            // A copy read from where its original stood may be shorter than that (the original
+            // grew between the copy and its truncation, and those lines were read from it):
+            // nothing of it is left to read, and it was not truncated. A copy written over
+            // changes its first bytes (`rewritten`).
+            if rewritten || (len < at && f.copy_for.is_none()) {
                 self.truncated(i, len);
             }
             return Ok(0);
@@ -748,6 +752,9 @@ impl SourceTailer {
     fn truncated(&mut self, i: usize, len: u64) {
         let f = &mut self.files[i];
         let (inode, position, fingerprint) = (f.inode, f.framer.position(), f.fingerprint);
+        // A copy (of an earlier rotation) rewritten in place: a rotated file nothing writes to,
+        // whose lines were read.
+        let was_copy = f.copy_for.is_some();
         tracing::warn!(path = %f.path.display(), len, offset = position.offset, "file truncated in place (copytruncate); reading it from the start");
         f.framer = LineFramer::new(self.config.max_line_bytes, Position::default());
         f.fingerprint = Fingerprint::of_bytes(&[]);
@@ -785,7 +792,7 @@ impl SourceTailer {
                 fingerprint,
                 position,
                 since: Instant::now(),
-                overwritten: false,
+                overwritten: was_copy,
             });
             self.rescan_now = true;
         }
