@@ -179,6 +179,49 @@ fn copytruncate_over_rotated_files_already_tailed() {
     );
 }
 
+/// A collector and an agent tailing `app.log`, written in numbered lines step by step.
+struct Steps {
+    c: Cluster,
+    collector: Proc,
+    agent: Proc,
+    file: std::path::PathBuf,
+    written: usize,
+}
+
+impl Steps {
+    fn start() -> Self {
+        let c = Cluster::new();
+        let collector = c.start_collector();
+        let agent = c.start_agent("gw", "plain");
+        let file = c.logs_dir("gw").join("app.log");
+        Steps { c, collector, agent, file, written: 0 }
+    }
+
+    /// Append the next `n` lines and wait until the agent has read them.
+    fn write(&mut self, n: usize) {
+        append(&self.file, (self.written..self.written + n).map(|i| numbered("gw", i)));
+        self.written += n;
+        let read = wait_until(DEADLINE, || lines_read(&self.c, "gw") >= self.written);
+        assert!(read, "{} of {} lines read\n{}", lines_read(&self.c, "gw"), self.written, self.agent.log_text());
+    }
+
+    /// Truncate `app.log` in place, and give the agent the time to find the copies and read the
+    /// truncated file again.
+    fn truncate(&self) {
+        std::fs::OpenOptions::new().write(true).open(&self.file).unwrap().set_len(0).unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+    }
+
+    /// Write 500 more lines, then check that every line written is stored once.
+    fn finish(mut self) {
+        self.write(500);
+        let (c, written) = (&self.c, self.written);
+        let ok = wait_until(DEADLINE, || count_logs(&c.dataset()) >= written);
+        assert!(ok, "dataset holds {} of {written}\n{}", count_logs(&c.dataset()), self.agent.log_text());
+        stop_and_check_every_line(&self.c, self.agent, self.collector, written);
+    }
+}
+
 /// Copytruncate with the older copies shifted by `cp` rather than renamed (`cp app.log.2
 /// app.log.3; cp app.log.1 app.log.2; cp app.log app.log.1; truncate app.log`, as rotation
 /// scripts do), five times so that older copies are overwritten too, each after the agent read
@@ -186,31 +229,20 @@ fn copytruncate_over_rotated_files_already_tailed() {
 /// overwritten copy is not read again from its start.
 #[test]
 fn copytruncate_with_older_copies_shifted_by_cp() {
-    let c = Cluster::new();
-    let collector = c.start_collector();
-    let agent = c.start_agent("gw", "plain");
-    let file = c.logs_dir("gw").join("app.log");
+    let mut steps = Steps::start();
+    let file = steps.file.clone();
     let numbered_copy = |i: usize| file.with_extension(format!("log.{i}"));
-    let mut written = 0;
-    for round in 0..5 {
-        append(&file, (written..written + 500).map(|i| numbered("gw", i)));
-        written += 500;
-        assert!(wait_until(DEADLINE, || lines_read(&c, "gw") >= written), "round {round}\n{}", agent.log_text());
+    for _ in 0..5 {
+        steps.write(500);
         for i in (1..3).rev() {
             if numbered_copy(i).exists() {
                 std::fs::copy(numbered_copy(i), numbered_copy(i + 1)).unwrap();
             }
         }
         std::fs::copy(&file, numbered_copy(1)).unwrap();
-        std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(0).unwrap();
-        // The copies found and the truncated file read again before the next round.
-        std::thread::sleep(Duration::from_secs(3));
+        steps.truncate();
     }
-    append(&file, (written..written + 500).map(|i| numbered("gw", i)));
-    written += 500;
-    let ok = wait_until(DEADLINE, || count_logs(&c.dataset()) >= written);
-    assert!(ok, "dataset holds {} of {written}\n{}", count_logs(&c.dataset()), agent.log_text());
-    stop_and_check_every_line(&c, agent, collector, written);
+    steps.finish();
 }
 
 /// Copytruncate whose original grows between the copy and the truncation, with those lines read
@@ -219,30 +251,15 @@ fn copytruncate_with_older_copies_shifted_by_cp() {
 /// stored twice); the lines after the copy are stored once, from the original.
 #[test]
 fn copytruncate_with_lines_read_between_the_copy_and_the_truncation() {
-    let c = Cluster::new();
-    let collector = c.start_collector();
-    let agent = c.start_agent("gw", "plain");
-    let file = c.logs_dir("gw").join("app.log");
-    let rotated = file.with_extension("log.1");
-    let mut written = 0;
-    for round in 0..3 {
-        append(&file, (written..written + 500).map(|i| numbered("gw", i)));
-        written += 500;
-        assert!(wait_until(DEADLINE, || lines_read(&c, "gw") >= written), "{}", agent.log_text());
-        std::fs::copy(&file, &rotated).unwrap();
-        // Written after the copy and read before the truncation.
-        append(&file, (written..written + 200).map(|i| numbered("gw", i)));
-        written += 200;
-        assert!(wait_until(DEADLINE, || lines_read(&c, "gw") >= written), "round {round}\n{}", agent.log_text());
-        std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(0).unwrap();
-        // The copy found and the truncated file read again before the next round.
-        std::thread::sleep(Duration::from_secs(3));
+    let mut steps = Steps::start();
+    let rotated = steps.file.with_extension("log.1");
+    for _ in 0..3 {
+        steps.write(500);
+        std::fs::copy(&steps.file, &rotated).unwrap();
+        steps.write(200);
+        steps.truncate();
     }
-    append(&file, (written..written + 500).map(|i| numbered("gw", i)));
-    written += 500;
-    let ok = wait_until(DEADLINE, || count_logs(&c.dataset()) >= written);
-    assert!(ok, "dataset holds {} of {written}\n{}", count_logs(&c.dataset()), agent.log_text());
-    stop_and_check_every_line(&c, agent, collector, written);
+    steps.finish();
 }
 
 /// The same while the agent is down: `app.log` copied over `app.log.1` (a rotated file it read
