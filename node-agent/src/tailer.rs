@@ -767,36 +767,51 @@ impl SourceTailer {
         f.recheck_copy = true;
         self.moved.push(inode);
         self.stats.truncations.fetch_add(1, Ordering::Relaxed);
-        if let Some(copy) = self.files.iter_mut().find(|c| c.copy_of == Some(inode)) {
-            tracing::info!(path = %copy.path.display(), offset = position.offset, "reading the copy of the truncated file from where the original stood");
-            copy.copy_of = None;
-            copy.copy_for = Some(inode);
-            copy.at_eof = false;
-            copy.framer = LineFramer::new(self.config.max_line_bytes, position);
-            let (copy_inode, copy_file) = (copy.inode, copy.file.clone());
-            self.moved.push(copy_inode);
-            // Unacknowledged batches cut from the original before the truncation are replayed
-            // from the copy.
-            if let Ok(mut j) = self.journal.lock() {
-                j.register_copy(inode, fingerprint, copy_file);
+        if !self.resume_held_copy(inode, fingerprint, position) {
+            if let Some(j) = self.rewritten_copy_of(&fingerprint, inode) {
+                // The copy went over a file the source tails (read below, not again from its start).
+                let original = self.files[i].path.clone();
+                self.adopt_copy(j, inode, fingerprint, position, &original);
+            } else {
+                self.await_copy(i, fingerprint, position, was_copy);
             }
-        } else if let Some(j) = self.rewritten_copy_of(&fingerprint, inode) {
-            // The copy went over a file the source tails (read below, not again from its start).
-            let original = self.files[i].path.clone();
-            self.adopt_copy(j, inode, fingerprint, position, &original);
-        } else {
-            let path = self.files[i].path.clone();
-            self.pending_copies.push(PendingCopy {
-                original: inode,
-                path,
-                fingerprint,
-                position,
-                since: Instant::now(),
-                overwritten: was_copy,
-            });
-            self.rescan_now = true;
         }
         self.rewritten_as_copy(i);
+    }
+
+    /// What `original` held (first bytes `fingerprint`, read up to `position`) is gone from it
+    /// (truncated in place, or written over): the file held back as its possible copy, if any,
+    /// continues from there, and replays of the original's unacknowledged segments read from it.
+    /// Returns whether there was one.
+    fn resume_held_copy(&mut self, original: Inode, fingerprint: Fingerprint, position: Position) -> bool {
+        let Some(copy) = self.files.iter_mut().find(|c| c.copy_of == Some(original)) else { return false };
+        tracing::info!(path = %copy.path.display(), offset = position.offset, "reading the copy of a truncated or overwritten file from where that file stood");
+        copy.copy_of = None;
+        copy.copy_for = Some(original);
+        copy.at_eof = false;
+        copy.first_block_checked = true;
+        copy.framer = LineFramer::new(self.config.max_line_bytes, position);
+        let (copy_inode, copy_file) = (copy.inode, copy.file.clone());
+        self.moved.push(copy_inode);
+        if let Ok(mut j) = self.journal.lock() {
+            j.register_copy(original, fingerprint, copy_file);
+        }
+        true
+    }
+
+    /// What file `i` held (first bytes `fingerprint`, read up to `position`) is gone and no copy
+    /// of it is known yet: the next scans look for one ([`PendingCopy`]).
+    fn await_copy(&mut self, i: usize, fingerprint: Fingerprint, position: Position, overwritten: bool) {
+        let (original, path) = (self.files[i].inode, self.files[i].path.clone());
+        self.pending_copies.push(PendingCopy {
+            original,
+            path,
+            fingerprint,
+            position,
+            since: Instant::now(),
+            overwritten,
+        });
+        self.rescan_now = true;
     }
 
     /// A tailed file other than `original` whose first bytes on disk are now `fingerprint` (the
@@ -850,30 +865,8 @@ impl SourceTailer {
         if old.len == 0 || position.offset == 0 {
             return;
         }
-        if let Some(c) = self.files.iter().position(|c| c.copy_of == Some(inode)) {
-            let copy = &mut self.files[c];
-            tracing::info!(path = %copy.path.display(), offset = position.offset, "reading the copy of an overwritten file from where that file stood");
-            copy.copy_of = None;
-            copy.copy_for = Some(inode);
-            copy.at_eof = false;
-            copy.first_block_checked = true;
-            copy.framer = LineFramer::new(self.config.max_line_bytes, position);
-            let (copy_inode, copy_file) = (copy.inode, copy.file.clone());
-            self.moved.push(copy_inode);
-            if let Ok(mut journal) = self.journal.lock() {
-                journal.register_copy(inode, old, copy_file);
-            }
-        } else {
-            let path = self.files[j].path.clone();
-            self.pending_copies.push(PendingCopy {
-                original: inode,
-                path,
-                fingerprint: old,
-                position,
-                since: Instant::now(),
-                overwritten: true,
-            });
-            self.rescan_now = true;
+        if !self.resume_held_copy(inode, old, position) {
+            self.await_copy(j, old, position, true);
         }
     }
 
