@@ -87,6 +87,37 @@ fn query_after_the_demo_finds_its_data() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("reading the demo's dataset switchboard-demo/dataset"));
 }
 
+/// Ctrl-C in a terminal signals the whole foreground process group: the demo stops early and
+/// its processes with it, in order, every line written stored once (its processes, in the
+/// demo's group, stopped at once, and the demo waited a minute and reported a mismatch).
+#[test]
+fn ctrl_c_stops_the_demo_early_with_every_line_stored_once() {
+    use std::os::unix::process::CommandExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo");
+    let child = Command::new(common::BIN)
+        .process_group(0)
+        .args(["demo", "--duration", "60s", "--rate", "200", "--nodes", "2", "--no-kill"])
+        .args(["--dir", demo.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Running: the collector has committed lines.
+    let running = common::wait_until(std::time::Duration::from_secs(60), || demo.join("dataset").join("logs").exists());
+    assert!(running, "the demo did not start");
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let group = format!("-{}", child.id());
+    assert!(Command::new("kill").args(["-INT", "--", &group]).status().unwrap().success());
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(stdout.contains("0 duplicate keys: exactly once"), "{stdout}\n{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(45), "stopping took {:?}", started.elapsed());
+}
+
 #[test]
 fn demo_refuses_a_directory_it_did_not_make() {
     let dir = tempfile::tempdir().unwrap();

@@ -3,6 +3,7 @@
 //! its log in `<dir>/logs/<name>.log`, killed on drop.
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -80,7 +81,11 @@ impl Proc {
             .append(true)
             .open(&self.log)
             .with_context(|| format!("opening {}", self.log.display()))?;
+        // A group of its own: a terminal's Ctrl-C (SIGINT to the foreground group) reaches only
+        // the demo, which then stops its processes in order after their last commits; in the
+        // demo's group they stopped with it, and the lines not committed yet were missing.
         let child = Command::new(exe)
+            .process_group(0)
             .args([self.role, "--config"])
             .arg(&self.config)
             .env("SWITCHBOARD_LOG", "info")
