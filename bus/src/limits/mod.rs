@@ -724,7 +724,15 @@ struct LimitsDocument {
 
 /// Parse and check a limits file's text.
 pub fn parse_document(text: &str) -> Result<Vec<LimitSpec>, String> {
-    let doc: LimitsDocument = toml::from_str(text).map_err(|e| format!("not a limits file: {e}"))?;
+    let doc: LimitsDocument = toml::from_str(text).map_err(|e| {
+        // `[limit]` (one table) where the file holds an array of them: say how to write it.
+        let hint = if e.to_string().contains("expected a sequence") {
+            "\n(each limit is a `[[limit]]` table, with double brackets, even when there is one)"
+        } else {
+            ""
+        };
+        format!("not a limits file: {e}{hint}")
+    })?;
     check(&doc.limits).map_err(|e| e.to_string())?;
     Ok(doc.limits)
 }
@@ -930,6 +938,8 @@ mod tests {
         assert_eq!(Limiter::new(vec![rate("x", 1), rate("x", 2)]).err(), Some(SpecError::Duplicate("x".into())));
         let c = LimitSpec { key: "c".into(), rate: None, per: Some(Per::Hour), concurrency: Some(1), burst: None };
         assert!(matches!(Limiter::new(vec![c]), Err(SpecError::RateFieldOnConcurrency(_))));
+        let single = parse_document("[limit]\nkey = \"k\"\nrate = 1\n").unwrap_err();
+        assert!(single.contains("`[[limit]]` table, with double brackets"), "{single}");
         let toml_ok: LimitSpec = toml::from_str("key = \"customer:*\"\nrate = 1000000\nper = \"hour\"").unwrap();
         assert_eq!(toml_ok.per, Some(Per::Hour));
         assert!(toml::from_str::<LimitSpec>("key = \"x\"\nrate = 1\nper = \"week\"").is_err());
