@@ -186,6 +186,8 @@ struct Steps {
     agent: Proc,
     file: std::path::PathBuf,
     written: usize,
+    /// Lines read by the agent's earlier runs (its counter starts again with each run).
+    read_before: usize,
 }
 
 impl Steps {
@@ -194,15 +196,21 @@ impl Steps {
         let collector = c.start_collector();
         let agent = c.start_agent("gw", "plain");
         let file = c.logs_dir("gw").join("app.log");
-        Steps { c, collector, agent, file, written: 0 }
+        Steps { c, collector, agent, file, written: 0, read_before: 0 }
     }
 
     /// Append the next `n` lines and wait until the agent has read them.
     fn write(&mut self, n: usize) {
         append(&self.file, (self.written..self.written + n).map(|i| numbered("gw", i)));
         self.written += n;
-        let read = wait_until(DEADLINE, || lines_read(&self.c, "gw") >= self.written);
-        assert!(read, "{} of {} lines read\n{}", lines_read(&self.c, "gw"), self.written, self.agent.log_text());
+        let read = || self.read_before + lines_read(&self.c, "gw");
+        assert!(
+            wait_until(DEADLINE, || read() >= self.written),
+            "{} of {} lines read\n{}",
+            read(),
+            self.written,
+            self.agent.log_text()
+        );
     }
 
     /// Truncate `app.log` in place, and give the agent the time to find the copies and read the
@@ -210,6 +218,15 @@ impl Steps {
     fn truncate(&self) {
         std::fs::OpenOptions::new().write(true).open(&self.file).unwrap().set_len(0).unwrap();
         std::thread::sleep(Duration::from_secs(3));
+    }
+
+    /// Stop the agent (SIGTERM) and start it again over its checkpoints.
+    fn restart_agent(self) -> Self {
+        let Steps { c, collector, agent, file, written, read_before } = self;
+        let read_before = read_before + lines_read(&c, "gw");
+        agent.stop();
+        let agent = c.start_agent("gw", "plain");
+        Steps { c, collector, agent, file, written, read_before }
     }
 
     /// Write 500 more lines, then check that every line written is stored once.
@@ -253,11 +270,18 @@ fn copytruncate_with_older_copies_shifted_by_cp() {
 fn copytruncate_with_lines_read_between_the_copy_and_the_truncation() {
     let mut steps = Steps::start();
     let rotated = steps.file.with_extension("log.1");
-    for _ in 0..3 {
+    for round in 0..3 {
         steps.write(500);
         std::fs::copy(&steps.file, &rotated).unwrap();
         steps.write(200);
         steps.truncate();
+        // The agent started again over its checkpoints (lines written after the rotation carry
+        // the copy's position into them), the short copy still there: it is known as a copy,
+        // not taken for a file truncated while the agent was down.
+        if round == 1 {
+            steps.write(100);
+            steps = steps.restart_agent();
+        }
     }
     steps.finish();
 }

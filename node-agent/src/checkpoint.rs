@@ -87,6 +87,10 @@ pub struct FileCheckpoint {
     /// The bytes from `offset` on are the rest of a line already published as truncated.
     #[serde(default)]
     pub skipping: bool,
+    /// A copy read from where its original stood (see [`crate::journal::Segment::copy`]): shorter
+    /// than `offset` is no truncation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub copy: bool,
 }
 
 impl FileCheckpoint {
@@ -198,6 +202,7 @@ mod tests {
                     fingerprint: Fingerprint::of_bytes(b"hello"),
                     offset: 100,
                     skipping: false,
+                    copy: false,
                 }],
             },
         );

@@ -48,6 +48,10 @@ pub struct Segment {
     pub observed_micros: i64,
     /// Number of lines.
     pub lines: u64,
+    /// The file is a copy read from where its original stood: it may be shorter than these
+    /// positions, and is not taken for a truncated file when it is (after a restart too).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub copy: bool,
 }
 
 /// One batch: its sequence numbers and where its lines came from.
@@ -515,6 +519,7 @@ fn apply(files: &mut Vec<FileCheckpoint>, entry: &BatchRecord) {
                 // does. Keeping the older, longer one would pair the new position with the old
                 // content, and a restart would take the file for truncated while it was down.
                 f.fingerprint = s.fingerprint;
+                f.copy = s.copy;
             }
             None => files.push(FileCheckpoint {
                 path: s.path.clone(),
@@ -522,6 +527,7 @@ fn apply(files: &mut Vec<FileCheckpoint>, entry: &BatchRecord) {
                 fingerprint: s.fingerprint,
                 offset: s.end.offset,
                 skipping: s.end.skipping,
+                copy: s.copy,
             }),
         }
     }
@@ -540,6 +546,7 @@ mod tests {
             end: Position { offset: end, skipping: false },
             observed_micros: 0,
             lines: 1,
+            copy: false,
         }
     }
 

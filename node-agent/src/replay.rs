@@ -413,6 +413,7 @@ mod tests {
             end: Position { offset: len, skipping: false },
             observed_micros: 1_795_000_000_000_000,
             lines,
+            copy: false,
         };
         (segment, Some(file))
     }
@@ -475,6 +476,7 @@ mod tests {
             end: Position { offset: 14, skipping: false },
             observed_micros: 1_795_000_000_000_000,
             lines: 3,
+            copy: false,
         };
         journal.record(BatchRecord { first_seq: 100, count: 3, segments: vec![segment] }).unwrap();
         let config: SourceConfig = toml::from_str("name = 'app'\npaths = ['app.log']").unwrap();

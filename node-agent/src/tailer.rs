@@ -169,6 +169,9 @@ struct TailedFile {
     hold_for_copy: Option<Instant>,
     /// This file is the activated copy of a truncated file (that inode).
     copy_for: Option<Inode>,
+    /// Resumed from a checkpoint that says it is a copy read from where its original stood
+    /// (whose inode the checkpoint does not keep): it may be shorter than its position.
+    restored_copy: bool,
     /// Whether the first block read from its start was looked at ([`looks_binary`]). A file
     /// resumed past its start was looked at when it was first read.
     first_block_checked: bool,
@@ -177,6 +180,14 @@ struct TailedFile {
     /// Emptied (or opened empty): once it holds bytes again, look whether they are a copy of
     /// another tailed file before reading them.
     recheck_copy: bool,
+}
+
+impl TailedFile {
+    /// Read from where its original stood (now or before a restart): it may be shorter than its
+    /// position without having been truncated.
+    fn is_copy(&self) -> bool {
+        self.copy_for.is_some() || self.restored_copy
+    }
 }
 
 /// A file truncated in place whose copy has not been found yet: its old fingerprint and where
@@ -431,13 +442,16 @@ impl SourceTailer {
         let mut hold = None;
         let mut copy_for = None;
         let mut rewritten_while_down = false;
+        let mut restored_copy = false;
         // Known under another name before: rotated by a rename (while the agent ran or was down).
         let mut moved = false;
         if let Some(i) = self.restored.iter().position(|c| c.inode == inode) {
             let cp = self.restored.swap_remove(i);
             moved = cp.path != path;
             let now = Fingerprint::read(&file, cp.fingerprint.len as usize)?;
-            if now != cp.fingerprint || cp.offset > len {
+            // A copy read from where its original stood may be shorter than its offset.
+            restored_copy = cp.copy && now == cp.fingerprint;
+            if now != cp.fingerprint || (cp.offset > len && !restored_copy) {
                 // Rewritten or truncated while the agent was down: if a copy of the old content
                 // shows up (copytruncate), it continues from the checkpoint.
                 tracing::warn!(path = %path.display(), offset = cp.offset, len, "file was truncated or replaced while the agent was down; reading it from the start");
@@ -532,6 +546,7 @@ impl SourceTailer {
             caught_up: false,
             hold_for_copy: hold,
             copy_for,
+            restored_copy,
             first_block_checked: resumed_past_start,
             skipped_as_binary: false,
             recheck_copy: (len == 0 || fingerprint.len == 0) && copy_for.is_none(),
@@ -661,7 +676,7 @@ impl SourceTailer {
             // grew between the copy and its truncation, and those lines were read from it):
             // nothing of it is left to read, and it was not truncated. A copy written over
             // changes its first bytes (`rewritten`).
-            if rewritten || (len < at && f.copy_for.is_none()) {
+            if rewritten || (len < at && !f.is_copy()) {
                 self.truncated(i, len);
             }
             return Ok(0);
@@ -725,6 +740,7 @@ impl SourceTailer {
                     s.end = end;
                     s.lines += counts.lines;
                     s.fingerprint = f.fingerprint;
+                    s.copy = f.is_copy();
                 }
                 _ => self.segments.push(Segment {
                     inode: f.inode,
@@ -734,6 +750,7 @@ impl SourceTailer {
                     end,
                     observed_micros: observed,
                     lines: counts.lines,
+                    copy: f.is_copy(),
                 }),
             }
         }
@@ -754,7 +771,7 @@ impl SourceTailer {
         let (inode, position, fingerprint) = (f.inode, f.framer.position(), f.fingerprint);
         // A copy (of an earlier rotation) rewritten in place: a rotated file nothing writes to,
         // whose lines were read.
-        let was_copy = f.copy_for.is_some();
+        let was_copy = f.is_copy();
         tracing::warn!(path = %f.path.display(), len, offset = position.offset, "file truncated in place (copytruncate); reading it from the start");
         f.framer = LineFramer::new(self.config.max_line_bytes, Position::default());
         f.fingerprint = Fingerprint::of_bytes(&[]);
@@ -764,6 +781,7 @@ impl SourceTailer {
         f.hold_for_copy = Some(Instant::now());
         // New content: whatever it was a copy of, it is not any more.
         f.copy_for = None;
+        f.restored_copy = false;
         f.recheck_copy = true;
         self.moved.push(inode);
         self.stats.truncations.fetch_add(1, Ordering::Relaxed);
@@ -938,6 +956,7 @@ impl SourceTailer {
                     end: at,
                     observed_micros: 0,
                     lines: 0,
+                    copy: f.is_copy(),
                 });
             }
         }
