@@ -474,15 +474,7 @@ impl LogsSink {
                     self.open.insert(hour, f);
                 }
                 Err(e) => {
-                    self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                    if let Some(unsaid) = self.write_failures.admit() {
-                        tracing::error!(
-                            error = %e,
-                            failed_since_last_line = unsaid,
-                            "cannot create a data file; rows dropped until a resend"
-                        );
-                    }
-                    self.failing = Some(format!("cannot create a data file: {e}"));
+                    self.write_failed("create", "rows dropped until a resend", &e);
                     self.forget(stream);
                     return;
                 }
@@ -490,11 +482,7 @@ impl LogsSink {
         }
         let Some(file) = self.open.get_mut(&hour) else { return };
         if let Err(e) = file.write(rows, stream, seqs, &self.settings) {
-            self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
-            if let Some(unsaid) = self.write_failures.admit() {
-                tracing::error!(error = %e, failed_since_last_line = unsaid, "cannot write a data file; abandoning it");
-            }
-            self.failing = Some(format!("cannot write a data file: {e}"));
+            self.write_failed("write", "abandoning it", &e);
             self.abandon(hour);
             return;
         }
@@ -534,6 +522,16 @@ impl LogsSink {
         out
     }
 
+    /// A data file could not be `what` (created, written, finished): counted, logged at most once
+    /// a minute with what happens `then`, and said in `/health` until a commit succeeds.
+    fn write_failed(&mut self, what: &str, then: &str, e: &WriteError) {
+        self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+        if let Some(unsaid) = self.write_failures.admit() {
+            tracing::error!(error = %e, failed_since_last_line = unsaid, "cannot {what} a data file; {then}");
+        }
+        self.failing = Some(format!("cannot {what} a data file: {e}"));
+    }
+
     /// Finish the file of `hour`; `None` if it cannot be (its rows are forgotten, pulled again).
     fn finish(&mut self, hour: i64) -> Option<FileEntry> {
         let file = self.open.remove(&hour)?;
@@ -543,15 +541,7 @@ impl LogsSink {
             Err(e) => {
                 // Writing the footer and syncing the file are writes of the data file (a full
                 // disk fails here): counted as such, not as a commit.
-                self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                if let Some(unsaid) = self.write_failures.admit() {
-                    tracing::error!(
-                        error = %e,
-                        failed_since_last_line = unsaid,
-                        "cannot finish a data file; its rows are pulled again from the agents"
-                    );
-                }
-                self.failing = Some(format!("cannot finish a data file: {e}"));
+                self.write_failed("finish", "its rows are pulled again from the agents", &e);
                 for s in streams {
                     self.forget(&s);
                 }

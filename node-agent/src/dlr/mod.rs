@@ -89,6 +89,8 @@ pub struct DlrService {
     late_claims: tokio::sync::Semaphore,
     /// When this process started its DLR service, ms since the Unix epoch.
     started_ms: u64,
+    /// Repeats of a hand-off waiting to look at a live reporter again ([`MAX_GONE_RECHECKS`]).
+    gone_rechecks: tokio::sync::Semaphore,
 }
 
 /// How long after an agent left (and while it is not back) a lookup that finds nothing cannot
@@ -96,6 +98,11 @@ pub struct DlrService {
 /// may not have reached a copy (copies go out after the registration is answered). A DLR
 /// comes seconds after its message, so its retry finds the owner back or is told then.
 pub const UNCOPIED: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Repeats of a hand-off whose reporter is still live that wait at once to look at it again
+/// (`DlrService::hand_off_lost`); one past it decides on the live nodes it sees (a `duplicate`),
+/// so a flood of such repeats holds no more than this many waiting tasks.
+pub const MAX_GONE_RECHECKS: usize = 64;
 
 /// Reports (read late, or just after this node woke) asked of their first copy holder at once
 /// (`DlrService::claim`); one past it is answered as when the holder cannot be asked.
@@ -163,6 +170,7 @@ impl DlrService {
             reporting: reporting::Reporting::default(),
             late_claims: tokio::sync::Semaphore::new(MAX_LATE_CLAIMS),
             started_ms: now_ms(),
+            gone_rechecks: tokio::sync::Semaphore::new(MAX_GONE_RECHECKS),
             wake: Arc::new(wake::Wake::default()),
         });
         let size = service.store.size();

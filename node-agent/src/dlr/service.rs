@@ -254,7 +254,8 @@ impl DlrService {
     ///
     /// A reporter killed a moment ago may still be live here (its token takes milliseconds to go,
     /// and a gateway fails over as soon as its connection breaks): one still live is looked at
-    /// again after [`GONE_RECHECK`] before the repeat is called a duplicate.
+    /// again after [`GONE_RECHECK`] before the repeat is called a duplicate (at most
+    /// [`super::MAX_GONE_RECHECKS`] at once).
     async fn hand_off_lost(&self, record: &switchboard_bus::dlr::record::DlrRecord) -> bool {
         let (false, true, Some(by), Some(at)) =
             (record.is_open(), record.handed_off, record.closed_by.as_deref(), record.closed_at)
@@ -271,6 +272,8 @@ impl DlrService {
         if gone() {
             return true;
         }
+        // Bounded: past it, the live nodes seen now decide.
+        let Ok(_waiting) = self.gone_rechecks.try_acquire() else { return false };
         tokio::time::sleep(GONE_RECHECK).await;
         gone()
     }
