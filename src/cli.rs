@@ -139,6 +139,9 @@ pub enum Command {
     ///
     /// Gateways ask their node agent for decisions (HTTP `POST /v1/limits/acquire` or the Unix
     /// socket, see docs/limits-api.md); the agents share each limit by demand over the bus.
+    ///
+    /// Exit code: 0 done; 1 an error, or `list` found nodes enforcing other limits; 2 no node
+    /// answered (wrong endpoint or cluster name, or no agent with limits running).
     Limits {
         /// What to do.
         #[command(subcommand)]
@@ -710,7 +713,9 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Limits { command } => {
             init_tracing(log, "warn", false);
-            runtime()?.block_on(closing(crate::limits_cmd::run(command)))
+            let result = runtime()?.block_on(closing(crate::limits_cmd::run(command)));
+            let failed = result.as_ref().err().map_or(1, crate::limits_cmd::failure_code);
+            std::process::exit(exit_code(result.map(|()| 0), failed))
         }
         Command::Config { command } => {
             init_tracing(log, "warn", false);

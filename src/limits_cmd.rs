@@ -231,6 +231,28 @@ fn thin_bursts(limits: &[LimitSpec], nodes: usize) -> Vec<String> {
         .collect()
 }
 
+/// No agent answered with its limits: the command exits 2, as `switchboard status` does when
+/// nothing answered, so a script tells "cannot see the cluster" from "a problem was found" (1).
+#[derive(Debug)]
+pub struct NoNodeAnswered(String);
+
+impl std::fmt::Display for NoNodeAnswered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NoNodeAnswered {}
+
+/// The exit code of a failed `limits` command: 2 when no node answered, 1 otherwise.
+pub fn failure_code(e: &anyhow::Error) -> i32 {
+    if e.is::<NoNodeAnswered>() {
+        2
+    } else {
+        1
+    }
+}
+
 /// Run one `limits` subcommand.
 pub async fn run(cmd: LimitsCommand) -> Result<()> {
     match cmd {
@@ -504,12 +526,13 @@ async fn histories(session: &zenoh::Session, keys: &KeySpace, bus: &BusArgs) -> 
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     if h.is_empty() {
-        bail!(
+        return Err(NoNodeAnswered(format!(
             "no node answered on {}/limits/config/*: is an agent of this cluster with limits enabled running and \
              reachable at {}? {CLUSTER_HINT}",
             keys.prefix(),
             bus.bus_config()?.connect.join(", ")
-        );
+        ))
+        .into());
     }
     h.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(h)

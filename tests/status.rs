@@ -11,8 +11,13 @@ use serde_json::Value;
 
 /// Run `switchboard status` against `endpoint`: (exit code, stdout, stderr).
 fn status(c: &Cluster, endpoint: &str, args: &[&str]) -> (i32, String, String) {
+    tool(c, &["status"], endpoint, args)
+}
+
+/// Run `switchboard <command>` against `endpoint`: (exit code, stdout, stderr).
+fn tool(c: &Cluster, command: &[&str], endpoint: &str, args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(BIN)
-        .arg("status")
+        .args(command)
         .args(args)
         .args(["--connect", endpoint, "--cluster", &c.cluster])
         .output()
@@ -356,6 +361,14 @@ fn status_of_an_address_where_nothing_answers_is_unreachable() {
     assert!(err.contains(&format!("cannot connect to {endpoint}: ")) && err.contains("Connection refused"), "{err}");
     assert!(!err.contains(".rs:"), "{err}");
     assert!(t.elapsed() < Duration::from_secs(15), "took {:?}", t.elapsed());
+    // The other tools that read the cluster's state say the same with the same code.
+    for command in [&["limits", "list"][..], &["limits", "history"], &["config", "status"]] {
+        let t = Instant::now();
+        let (code, out, err) = tool(&c, command, &endpoint, &[]);
+        assert_eq!(code, 2, "{command:?}: {out}{err}");
+        assert!(err.contains("no node answered"), "{command:?}: {err}");
+        assert!(t.elapsed() < Duration::from_secs(30), "{command:?} took {:?}", t.elapsed());
+    }
     // Something that takes the connection and never answers (a hung process): said too.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("tcp/{}", listener.local_addr().unwrap());
