@@ -16,36 +16,6 @@ use common::*;
 
 const DEADLINE: Duration = Duration::from_secs(120);
 
-struct Mount(std::path::PathBuf);
-
-impl Mount {
-    fn tmpfs(dir: &std::path::Path, size: &str) -> Option<Self> {
-        std::fs::create_dir_all(dir).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", dir.to_str().unwrap()])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("SKIPPED: cannot mount a tmpfs here (not root?): the full-disk fault cannot be made");
-        }
-        ok.then(|| Self(dir.to_owned()))
-    }
-
-    fn resize(&self, size: &str) {
-        let st = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}"), self.0.to_str().unwrap()])
-            .status()
-            .unwrap();
-        assert!(st.success(), "remount failed");
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn full_disk_then_space_returns() {
     let c = Cluster::new();

@@ -591,6 +591,52 @@ fn a_store_down_for_every_collector_changes_no_writer() {
     g.finish();
 }
 
+/// The dataset's disk full under both collectors: reads work, every write fails, the writer's
+/// and the standby's alike. The standby does not take the dataset (it cannot write either), and
+/// once space returns the writer commits what waited, under the same claim.
+#[test]
+fn a_full_disk_under_every_collector_changes_no_writer() {
+    let c = Cluster::new();
+    let Some(mount) = Mount::tmpfs(&c.dataset(), "64m") else { return };
+    let (data, env) = local(&c);
+    let (p1, p2) = (free_port(), free_port());
+    let c1 = start_member(&c, "c1", p1, &[], &data);
+    assert_eq!(wait_for_leader(&c, &["c1"], Duration::from_secs(30)), Some(0), "{}", c1.log_text());
+    let c1_endpoint = format!("tcp/127.0.0.1:{p1}");
+    let c2 = start_member(&c, "c2", p2, &[c1_endpoint.clone()], &data);
+    let members = vec![
+        Member { name: "c1".into(), port: p1, proc: Some(c1) },
+        Member { name: "c2".into(), port: p2, proc: Some(c2) },
+    ];
+    let eps: Vec<String> = members.iter().map(Member::endpoint).collect();
+    let agents = NODES.iter().map(|n| start_group_agent(&c, n, &eps)).collect();
+    let writers =
+        NODES.iter().map(|n| Writer::start(n, c.logs_dir(n).join("app.log"), 10, usize::MAX, |_, _| {})).collect();
+    let g = Group { c, data, env, members, agents, writers };
+    let standing_by = wait_until(Duration::from_secs(30), || role(&g.c, "c2").as_deref() == Some("standby"));
+    assert!(standing_by, "{}", g.logs());
+    assert!(wait_until(Duration::from_secs(30), || last_commit_age(&g.c, "c1").is_some()), "{}", g.logs());
+    let epoch = health(&g.c, "c1").1["epoch"].as_u64();
+    eprintln!("filling the dataset's disk");
+    let filler = mount.fill();
+    // Past the standby's stall (three file ages, at least 10 s) with records waiting.
+    std::thread::sleep(Duration::from_secs(16));
+    let failing = health(&g.c, "c1");
+    assert_eq!(failing.0, 503, "the writer says its disk is full: {}", failing.1);
+    std::fs::remove_file(filler).unwrap();
+    let committed = || last_commit_age(&g.c, "c1").is_some_and(|a| a < 3.0);
+    assert!(wait_until(Duration::from_secs(30), committed), "c1 should commit again\n{}", g.logs());
+    // As long again as the stall, and more: nobody claims.
+    std::thread::sleep(Duration::from_secs(14));
+    assert_eq!(g.leader(), 0, "c1 should still write\n{}", g.logs());
+    assert_eq!(health(&g.c, "c1").1["epoch"].as_u64(), epoch, "the same claim");
+    let said = g.members[1].proc.as_ref().unwrap().log_text();
+    assert!(!said.contains("taking the dataset"), "{said}");
+    assert!(said.contains("this standby cannot write the dataset's store either"), "{said}");
+    g.finish();
+    drop(mount);
+}
+
 /// A zenoh client session of the agent listening on `port` (a peer making up messages).
 async fn client_of(port: u16) -> zenoh::Session {
     let mut config = zenoh::Config::default();

@@ -35,6 +35,9 @@ pub const LOG_DIR: &str = meta!("log");
 pub const STAGING_DIR: &str = meta!("staging");
 /// The commit log's tail hint.
 pub const TAIL_KEY: &str = meta!("log/_tail.json");
+/// Below the dataset root: one small object per standby collector (`<name>.json`), rewritten to
+/// learn whether it can write the store before it takes the dataset from a live writer.
+pub const PROBE_DIR: &str = meta!("probe");
 
 /// A dataset location that cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -130,6 +130,15 @@ pub struct Group {
     /// Since when this collector's own reads of the commit log have all succeeded (or it
     /// started): a writer's silence while the store did not answer here either is the store's.
     store_ok_since: Instant,
+    /// Since when this standby's writes to the store have all succeeded, while records wait
+    /// past a file age ([`Group::probe_writes`]); `None` when it has not written yet, or the
+    /// last write failed. A store that takes reads but refuses writes (a full disk, a bucket
+    /// made read-only) refuses them to the writer and to this collector alike.
+    writes_ok_since: Option<Instant>,
+    /// When this standby last wrote its probe.
+    probed: Option<Instant>,
+    /// The last probe failed (said once until one succeeds).
+    probe_failed: bool,
     /// When the oldest record an agent announced and no collector committed was first
     /// announced, as the caller last said ([`Group::tick_waiting`]).
     waiting_since: Option<Instant>,
@@ -141,6 +150,8 @@ pub struct Group {
 
 /// The shortest stall after which a standby takes the dataset from a live writer.
 const MIN_STALL: Duration = Duration::from_secs(10);
+/// How often a standby writes its probe while records wait past a file age.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 impl Group {
     /// A standby over `log`. `startup_grace`: how long after it first reads of the newest
@@ -184,6 +195,9 @@ impl Group {
             stall: Duration::from_secs(90),
             last_record: Instant::now(),
             store_ok_since: Instant::now(),
+            writes_ok_since: None,
+            probed: None,
+            probe_failed: false,
             waiting_since: None,
             live_at: None,
             cancel,
@@ -294,6 +308,7 @@ impl Group {
             }
             return out;
         }
+        self.probe_writes().await;
         if self.should_claim() {
             let (took_over, more) = self.claim().await;
             self.twin_in(&more);
@@ -445,7 +460,8 @@ impl Group {
         // The store answered this collector all along: the writer's silence is its own. (A
         // store down for every collector leaves the writer as long again to commit once it
         // is back, rather than have it deposed the moment the store answers.)
-        let store_ok = self.store_ok_since.elapsed() >= self.stall;
+        let store_ok = self.store_ok_since.elapsed() >= self.stall
+            && self.writes_ok_since.is_some_and(|t| t.elapsed() >= self.stall);
         if quiet < self.stall || waited < self.stall || !fed || !store_ok {
             return false;
         }
@@ -457,6 +473,44 @@ impl Group {
             waited.as_secs()
         );
         true
+    }
+
+    /// As a standby, while records have waited a third of the stall (a file age): rewrite this
+    /// collector's probe in the store once per [`PROBE_EVERY`], so that [`Group::writer_stalled`]
+    /// knows since when this collector's writes succeed. Reads alone do not tell: a full disk or
+    /// a store made read-only answers reads and refuses the writer's files and this collector's
+    /// claim alike, and a claim retried until the store takes writes again would depose a writer
+    /// that was about to commit.
+    async fn probe_writes(&mut self) {
+        let late = self.waiting_since.is_some_and(|t| t.elapsed() >= self.stall / 3);
+        if !late || self.twin {
+            (self.writes_ok_since, self.probed) = (None, None);
+            return;
+        }
+        if self.probed.is_some_and(|t| t.elapsed() < PROBE_EVERY) {
+            return;
+        }
+        self.probed = Some(Instant::now());
+        let key = format!("{}/{}.json", switchboard_bus::dataset::PROBE_DIR, self.name);
+        let body = serde_json::json!({"collector": self.name, "instance": self.instance}).to_string().into_bytes();
+        let written = self.store.put(&key, body).await;
+        match self.store_result(written) {
+            Ok(()) => {
+                self.writes_ok_since.get_or_insert_with(Instant::now);
+                if std::mem::take(&mut self.probe_failed) {
+                    tracing::info!("this standby can write the dataset's store again");
+                }
+            }
+            Err(e) => {
+                self.writes_ok_since = None;
+                if !std::mem::replace(&mut self.probe_failed, true) {
+                    tracing::warn!(
+                        error = %e,
+                        "this standby cannot write the dataset's store either: it takes the dataset from no writer while so"
+                    );
+                }
+            }
+        }
     }
 
     /// Whether this collector's promoted columns give every column the type the newest record's

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use switchboard_bus::throttle::Throttle;
 use switchboard_bus::StreamId;
 use tokio_util::sync::CancellationToken;
 
@@ -140,7 +141,12 @@ pub struct CommitLog {
     next: u64,
     last: Option<Record>,
     skipped: u64,
+    /// A write retried while the store stays down is said at most once per 30 s.
+    write_failures: switchboard_bus::throttle::Throttle,
 }
+
+/// How often a failed write of the commit log is said while it is retried.
+const WRITE_FAILURE_LINES: Duration = Duration::from_secs(30);
 
 #[derive(Serialize, Deserialize)]
 struct Hint {
@@ -172,7 +178,7 @@ impl CommitLog {
                 start = last;
             }
         }
-        let mut log = Self { next: start, last: None, skipped: 0 };
+        let mut log = Self { next: start, last: None, skipped: 0, write_failures: Throttle::new(WRITE_FAILURE_LINES) };
         let mut all = Vec::new();
         loop {
             let batch = log.poll(store).await?;
@@ -273,7 +279,9 @@ impl CommitLog {
                     return Ok(Appended::Taken(taken.map(Box::new)));
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, slot = record.seq, "commit log write failed; retrying");
+                    if let Some(unsaid) = self.write_failures.admit() {
+                        tracing::warn!(error = %e, slot = record.seq, failed_since_last_line = unsaid, "commit log write failed; retrying");
+                    }
                     failing(&e);
                     if cancel.is_cancelled() {
                         return Err(e);

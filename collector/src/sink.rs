@@ -203,6 +203,9 @@ pub struct LogsSink {
     commit_failures: switchboard_bus::throttle::Throttle,
     /// Data file writes that failed are logged at most once a minute (a full disk fails each).
     write_failures: switchboard_bus::throttle::Throttle,
+    /// A gap asked for again and again (an agent that cannot answer, a store that is down so
+    /// that every pulled range is lost again) is said at most once per 30 s.
+    gap_lines: switchboard_bus::throttle::Throttle,
     stats: Arc<CollectorStats>,
 }
 
@@ -239,6 +242,7 @@ impl LogsSink {
             failing: None,
             commit_failures: switchboard_bus::throttle::Throttle::new(Duration::from_secs(60)),
             write_failures: switchboard_bus::throttle::Throttle::new(Duration::from_secs(60)),
+            gap_lines: switchboard_bus::throttle::Throttle::new(Duration::from_secs(30)),
             stats,
         }
     }
@@ -370,7 +374,9 @@ impl LogsSink {
                 out.push(ReplayRequest { stream: id.clone(), from: a, to });
             }
             self.stats.gaps_detected.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(stream = %id, ranges = out.len(), head, "gap detected; pulling it from the agent");
+            if let Some(unsaid) = self.gap_lines.admit() {
+                tracing::info!(stream = %id, ranges = out.len(), head, gaps_since_last_line = unsaid, "gap detected; pulling it from the agent");
+            }
         }
         out
     }

@@ -232,7 +232,7 @@ static ASKER_FAILED_LOGGED: std::sync::Mutex<Throttle> =
 static FAILED_HERE_LOGGED: std::sync::Mutex<Throttle> =
     std::sync::Mutex::new(Throttle::new(switchboard_bus::refusals::LOG_EVERY));
 static REPLAYED_LOGGED: std::sync::Mutex<Throttle> =
-    std::sync::Mutex::new(Throttle::new(std::time::Duration::from_secs(1)));
+    std::sync::Mutex::new(Throttle::new(std::time::Duration::from_secs(30)));
 
 async fn answer(
     query: zenoh::query::Query,

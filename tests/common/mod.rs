@@ -653,3 +653,48 @@ pub fn signal(pid: u32, sig: &str) {
     };
     assert!(wait_until(Duration::from_secs(2), stopped), "{pid} did not stop");
 }
+
+/// A small tmpfs mounted for a test (a real full disk); unmounted on drop. Mounting needs root,
+/// as on the CI machine: where it is not permitted, [`Mount::tmpfs`] says so and gives `None`.
+pub struct Mount(std::path::PathBuf);
+
+impl Mount {
+    pub fn tmpfs(dir: &std::path::Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", dir.to_str().unwrap()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (not root?): the full-disk fault cannot be made");
+        }
+        ok.then(|| Self(dir.to_owned()))
+    }
+
+    pub fn resize(&self, size: &str) {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}"), self.0.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "remount failed");
+    }
+
+    /// Fill the mount with a file of zeros until the disk is full (bounded by the mount's size).
+    pub fn fill(&self) -> PathBuf {
+        let path = self.0.join(".filler");
+        let mut f = File::create(&path).unwrap();
+        let chunk = vec![0u8; 64 << 10];
+        for _ in 0..1 << 16 {
+            if f.write_all(&chunk).and_then(|_| f.sync_data()).is_err() {
+                break;
+            }
+        }
+        path
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
