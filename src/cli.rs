@@ -444,12 +444,13 @@ fn init_tracing(filter: Option<&str>, default: &str, long_running: bool) {
     // A one-shot command also leaves out zenoh's routing bookkeeping (`Unknown token` when a
     // process that was just killed withdraws nothing the command's session ever took).
     // object_store says each retry of a request at INFO: a store that is down would fill the
-    // log with them, where the collector says its store's state once per interval.
+    // log with them, where the collector says its store's state once per interval. The DLR
+    // store's engine says each step of opening its trees at INFO, which tells an operator nothing.
     let quiet = if long_running {
-        format!("{},object_store::client::retry=warn", switchboard_bus::zenoh_logs::quiet())
+        format!("{},object_store::client::retry=warn,fjall=warn,lsm_tree=warn", switchboard_bus::zenoh_logs::quiet())
     } else {
         format!(
-            "{},zenoh::net::routing::hat=off,object_store::client::retry=warn",
+            "{},zenoh::net::routing::hat=off,object_store::client::retry=warn,fjall=warn,lsm_tree=warn",
             switchboard_bus::zenoh_logs::quiet()
         )
     };

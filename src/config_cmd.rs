@@ -547,7 +547,7 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
                 match down.get(*layer) {
                     Some(NodeSeen::Down(since)) => {
                         out!(
-                            "note: {layer}/ is for {}: it takes this revision when it starts (if it runs with [cluster_config])",
+                            "note: {layer}/ is for {}: it takes this revision when it starts or resumes (if it runs with [cluster_config])",
                             down_text(layer, *since)
                         );
                         continue;
@@ -903,7 +903,7 @@ async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
         // One alive that does not answer may keep no repository (`[cluster_config]` off).
         let NodeSeen::Down(since) = seen else { continue };
         let text = format!(
-            "{}: it applies the head when it starts, if it runs with [cluster_config]",
+            "{}: it applies the head when it starts or resumes, if it runs with [cluster_config]",
             down_text(&node, since)
         );
         // As in `switchboard status`: a node gone for longer (retired, or stopped on purpose) is

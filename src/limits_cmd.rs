@@ -55,7 +55,9 @@ pub struct BusArgs {
 /// Said when no node answers: the usual cause is a cluster of another name.
 pub const CLUSTER_HINT: &str =
     "(the cluster's name is `[bus] cluster` in the agents' files: pass it with --cluster, or an agent's file with --config; \
-     on TLS, this tool's certificate must be of the cluster's CA and its identity in the cluster's members file)";
+     on TLS, this tool's certificate must be of the cluster's CA and its identity in the cluster's members file; \
+     with `gossip = false` in the cluster, this tool reaches only the processes it names: give every agent's \
+     endpoint, one --connect each)";
 
 /// The `limits` subcommands.
 #[derive(Debug, Subcommand)]
@@ -207,24 +209,25 @@ fn small_limits(limits: &[LimitSpec], nodes: usize) -> Vec<String> {
         .collect()
 }
 
-/// The rate limits of at least 10 per second whose burst, split evenly over `nodes` nodes, lets
-/// each node pass one unit at once: requests that are not spaced to a node's share then pass
-/// less than the rate (docs/limits-api.md, "Semantics").
+/// The rate limits of at least 10 per second whose burst lets a node with half an even share
+/// (nodes split a burst by their shares, which follow demand) pass one unit at once: requests
+/// that are not spaced to such a node's share then pass less than the rate (docs/limits-api.md,
+/// "Semantics").
 fn thin_bursts(limits: &[LimitSpec], nodes: usize) -> Vec<String> {
     let nodes = nodes.max(1);
     limits
         .iter()
         .filter_map(|l| {
             let rate = l.rate?;
-            let per_node = l.burst_of_share(1.0 / nodes as f64);
-            (l.per.unwrap_or(Per::Second) == Per::Second && rate >= 10 && per_node == 1).then(|| {
+            let half_share = l.burst_of_share(0.5 / nodes as f64);
+            (l.per.unwrap_or(Per::Second) == Per::Second && rate >= 10 && half_share == 1).then(|| {
                 format!(
-                    "{}: a burst of {} over {nodes} node(s) lets each pass 1 unit at once, so requests not \
-                     spaced to a node's share pass less than the rate (as few as half); give it `burst = {}` \
-                     or more (docs/limits-api.md, \"Semantics\")",
+                    "{}: a burst of {} over {nodes} node(s), split by their demand, lets a node with half an even \
+                     share or less pass 1 unit at once, so requests not spaced to its share pass less than the rate \
+                     (as few as half); give it `burst = {}` or more (docs/limits-api.md, \"Semantics\")",
                     l.key,
                     l.burst_units(),
-                    3 * nodes
+                    6 * nodes
                 )
             })
         })
@@ -429,10 +432,16 @@ pub async fn run(cmd: LimitsCommand) -> Result<()> {
                 }
                 match seen {
                     config_cmd::NodeSeen::Down(since) => {
-                        out!("  {}: it takes the newest revision when it starts", config_cmd::down_text(&node, since))
+                        out!(
+                            "  {}: it takes the newest revision when it starts or resumes",
+                            config_cmd::down_text(&node, since)
+                        )
                     }
                     config_cmd::NodeSeen::Silent => {
-                        out!("  {node:<24} did not answer: stopped just now, or hung")
+                        out!(
+                            "  {node:<24} did not answer: stopped just now, hung, or not linked to this tool (with \
+                             `gossip = false`, give its endpoint with another --connect)"
+                        )
                     }
                 }
             }
@@ -626,7 +635,10 @@ mod tests {
         let limits = [spec("operator:*", 300, None), spec("wide", 300, Some(30)), spec("trickle", 5, None)];
         let notes = thin_bursts(&limits, 3);
         assert_eq!(notes.len(), 1, "{notes:?}");
-        assert!(notes[0].starts_with("operator:*: a burst of 3 over 3 node(s)") && notes[0].contains("burst = 9"));
+        assert!(notes[0].starts_with("operator:*: a burst of 3 over 3 node(s)") && notes[0].contains("burst = 18"));
+        // 6 units over 3 nodes is 2 each when demand is even; a node asking half as much gets 1.
+        assert_eq!(thin_bursts(&[spec("mid", 600, None)], 3).len(), 1, "600/s, default burst 6");
+        assert_eq!(thin_bursts(&[spec("mid", 600, Some(18))], 3), Vec::<String>::new(), "18 units");
         assert_eq!(thin_bursts(&[spec("big", 10_000, None)], 3), Vec::<String>::new(), "100 units per burst");
         assert_eq!(thin_bursts(&[spec("one", 50, None)], 1).len(), 1, "under 100/s on one node");
     }

@@ -47,10 +47,11 @@ fn print(c: &ClusterStatus, format: StatusFormat, redraw: bool) -> Result<()> {
         StatusFormat::Text => text::render(c),
         StatusFormat::Json => format!("{}\n", serde_json::to_string(c)?),
     };
-    use std::io::Write as _;
+    use std::io::{IsTerminal as _, Write as _};
     let mut stdout = std::io::stdout();
-    // Home, then clear: the table redraws in place.
-    let home = if redraw && format == StatusFormat::Text { "\x1b[H\x1b[2J" } else { "" };
+    // Home, then clear: the table redraws in place on a terminal; into a file or a pipe each
+    // table follows the last, without escape codes.
+    let home = if redraw && format == StatusFormat::Text && stdout.is_terminal() { "\x1b[H\x1b[2J" } else { "" };
     write!(stdout, "{home}{body}").and_then(|()| stdout.flush())?;
     Ok(())
 }
