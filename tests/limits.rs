@@ -363,6 +363,69 @@ fn a_link_reset_between_two_nodes_is_no_exit_and_the_cluster_stays_within_the_li
     drop((a, b));
 }
 
+/// Node c is cut off from every other process by links that are closed and refused (a firewall
+/// that rejects): a, b and the collector see it go as at an exit and, asking each other, free
+/// its share; c, which lost every process at once and can ask nobody, takes no share until it
+/// sees them again, so the cluster stays within the limit through the cut.
+#[test]
+fn a_node_cut_off_from_all_by_closed_links_takes_nothing_and_the_cluster_stays_within_the_limit() {
+    let _one_at_a_time = measuring();
+    let c = Cluster::new();
+    let _collector = c.start_collector();
+    let a = c.start_limits_agent("a", std::slice::from_ref(&c.endpoint), "gossip = false", "");
+    let b = c.start_limits_agent("b", &[c.endpoint.clone(), a.endpoint()], "gossip = false", "");
+    // c reaches every other process through a proxy of its own; none of them dials c.
+    let collector_port: u16 = c.endpoint.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap();
+    let proxies: Vec<Proxy> = [collector_port, a.port, b.port].into_iter().map(Proxy::start).collect();
+    let via: Vec<String> = proxies.iter().map(Proxy::endpoint).collect();
+    let cc = c.start_limits_agent("c", &via, "gossip = false", "");
+    wait_healthy(&c, &["a", "b", "c"]);
+    c.set_limits(&a.endpoint(), RATE_1000, "cut-off test");
+    for n in ["a", "b", "c"] {
+        wait_for_view(&c, n, 3, 1);
+    }
+    let loads: Vec<Load> = ["a", "b", "c"].iter().map(|n| Load::start(c.socket(n), "operator:x", 1000)).collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let cut = Instant::now();
+    for p in &proxies {
+        p.refuse();
+    }
+    let freed = wait_until(Duration::from_secs(5), || !c.http_get("a", "/v1/limits").1.contains("\"c\""));
+    std::thread::sleep(Duration::from_secs(6));
+    let refs: Vec<&Load> = loads.iter().collect();
+    let during = window_extremes(&refs, cut, Instant::now());
+    let c_during = admitted(&refs[2..], Instant::now() - Duration::from_secs(3), Duration::from_secs(3));
+    for p in &proxies {
+        p.heal();
+    }
+    let healed = Instant::now();
+    let back = wait_until(Duration::from_secs(20), || {
+        ["a", "c"].iter().all(|n| c.http_get(n, "/v1/limits").1.matches("\"live\"").count() == 3)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let after = window_extremes(&refs, healed, Instant::now());
+    let c_after = admitted(&refs[2..], Instant::now() - Duration::from_secs(1), Duration::from_secs(1));
+    let timeline = common::limits::timeline(&refs, cut - Duration::from_secs(1), Instant::now());
+    for l in loads {
+        l.stop();
+    }
+    let said = cc.proc.as_ref().unwrap().log_text();
+    eprintln!(
+        "a freed c's share: {freed}; during the cut {during:?} (c in its last 3 s: {c_during}); back {back} after \
+         healing; after {after:?} (c {c_after})\nallowed/denied per 250 ms (a b c) from 1 s before the cut, healed at \
+         {} ms:\n{timeline}",
+        (healed - cut).as_millis() + 1000
+    );
+    assert!(freed, "a, b and the collector should take c for exited");
+    assert!(said.contains("it may be the one cut off"), "{said}");
+    assert!(during.0 <= 1020, "the cluster went over the limit while c was cut off: {during:?}");
+    assert!(c_during <= 10, "c admitted {c_during} in 3 s while cut off");
+    assert!(back, "the links came back");
+    assert!(after.0 <= 1020, "no overshoot after healing: {after:?}");
+    assert!(c_after > 150, "c takes its share again once it sees the others: {c_after}");
+    drop((a, b, cc));
+}
+
 #[test]
 fn a_limit_changed_under_traffic_applies_everywhere_and_the_api_explains_bad_requests() {
     let _one_at_a_time = measuring();

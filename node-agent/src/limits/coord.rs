@@ -186,6 +186,10 @@ pub async fn run(
     let mut ticks = 0u32;
     // Whether this node has once heard every live node since it started (see `apply`).
     let mut settled = false;
+    // Other live processes (agents and collectors) at the last tick that had any, and since
+    // when this node takes itself for cut off from all of them (see `CutOff`).
+    let mut company = 0usize;
+    let mut cut_off = CutOff::default();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => {
@@ -198,7 +202,11 @@ pub async fn run(
                 break;
             }
             Some(answers) = checked.recv() => {
+                let alone = others_live(&membership, &node) == 0;
                 for (name, at, seen_by) in answers {
+                    if seen_by == Sighting::NoAnswer && peers.get(&name).and_then(|p| p.vanished) == Some(at) {
+                        cut_off.suspect(alone, company, &name, &settings);
+                    }
                     settle_vanished(&mut peers, &name, at, seen_by, &settings);
                 }
             }
@@ -257,6 +265,11 @@ pub async fn run(
                 }
                 let live: BTreeSet<String> =
                     membership.live_of(Role::Agent).into_iter().chain([node.clone()]).collect();
+                let others = others_live(&membership, &node);
+                if others > 0 {
+                    company = others;
+                }
+                cut_off.end_if(others, &settings);
                 let vanished: Vec<(String, Instant)> = reconcile(&mut peers, &live, &settings)
                     .into_iter()
                     .filter_map(|name| Some((name.clone(), peers.get(&name)?.vanished?)))
@@ -295,8 +308,8 @@ pub async fn run(
                 let behind = peers.iter().any(|(name, p)| {
                     *name != node && p.report.as_ref().is_none_or(|r| r.tick.is_some_and(|t| t.saturating_add(1) < now_tick))
                 });
-                apply(&node, &limiter, &peers, &mut applied, frozen, settled, behind);
-                let first_use = if heard_all { 1.0 / peers.len().max(1) as f64 } else { 0.0 };
+                apply(&node, &limiter, &peers, &mut applied, frozen, settled, behind, cut_off.active());
+                let first_use = if heard_all && !cut_off.active() { 1.0 / peers.len().max(1) as f64 } else { 0.0 };
                 limiter.set_first_use_slots(first_use);
                 // Published after applying, so the allotments in it are the ones in force.
                 let first_use_share = Some(first_use);
@@ -446,6 +459,60 @@ fn settle_vanished(
     }
 }
 
+/// The live processes (agents and collectors) other than this node.
+fn others_live(membership: &Membership, node: &str) -> usize {
+    membership.live().iter().filter(|m| !(m.role == Role::Agent && m.name == node)).count()
+}
+
+/// A node that lost every other process at once, none of them answering whether they still see
+/// the ones that went, may be the one cut off (every link to it reset: a firewall that rejects,
+/// a conntrack flush). Those on the other side, two or more, asked each other, saw it go
+/// nowhere, and took it for exited: they split its share among them. So when this node had two
+/// or more other processes before and has none now, it takes no share of any key until it sees
+/// another process again, or until the silent nodes' hold ends (then a partition is long, and
+/// each side takes what it sees as the whole limit: docs/architecture.md, "Deaths and
+/// partitions"). With one other process before (two agents alone), that one, cut off too,
+/// could not have taken this node's share: both hold as before.
+#[derive(Debug, Default)]
+struct CutOff {
+    since: Option<Instant>,
+}
+
+impl CutOff {
+    /// A vanished node's check found no other process to answer: this node is cut off when it
+    /// is `alone` now after having had `company` other processes.
+    fn suspect(&mut self, alone: bool, company: usize, node: &str, settings: &CoordSettings) {
+        if !alone || company < 2 || self.since.is_some() {
+            return;
+        }
+        tracing::warn!(
+            vanished = node,
+            hold_ms = settings.silent_hold.as_millis() as u64,
+            "this node lost every other process at once ({company}) and none answered: it may be the one cut off, \
+             and the others may have freed its share; it admits nothing until it sees another process or the hold \
+             ends"
+        );
+        self.since = Some(Instant::now());
+    }
+
+    /// End the cut-off once another process is seen (`others` live), or after the hold.
+    fn end_if(&mut self, others: usize, settings: &CoordSettings) {
+        let Some(since) = self.since else { return };
+        if others > 0 {
+            tracing::info!(others, "this node sees other processes again; it takes its share again");
+        } else if since.elapsed() >= settings.silent_hold {
+            tracing::warn!("cut off for the whole hold: this node takes what it sees as the whole limit");
+        } else {
+            return;
+        }
+        self.since = None;
+    }
+
+    fn active(&self) -> bool {
+        self.since.is_some()
+    }
+}
+
 /// The log of freezes: a freeze is said when it began, at most once per [`FREEZE_SAID_EVERY`]
 /// (with how many began unsaid since: on a busy host a report late by a tick freezes the shares
 /// for a tick, again and again), and its end only when its beginning was said.
@@ -528,6 +595,7 @@ type Applied = BTreeMap<String, (f64, u64, f64, u64)>;
 /// `frozen` (someone went silent), shares follow demand up to what they were when the freeze
 /// began, never past it: the silent side is still using the share it had, and the split must
 /// not be recomputed against its frozen demand.
+#[allow(clippy::too_many_arguments)]
 fn apply(
     node: &str,
     limiter: &Limiter,
@@ -536,10 +604,12 @@ fn apply(
     frozen: bool,
     settled: bool,
     behind: bool,
+    cut_off: bool,
 ) {
     let n = peers.len().max(1);
-    // Not settled yet (just started): no share at all, see the caller.
-    limiter.set_default_share(if settled { 1.0 / n as f64 } else { 0.0 });
+    // Not settled yet (just started), or cut off from every other process: no share at all,
+    // see the caller.
+    limiter.set_default_share(if settled && !cut_off { 1.0 / n as f64 } else { 0.0 });
     // A live node not heard from yet may be as busy as anyone: until it reports, take no more
     // than an equal split.
     let cap = match (settled, peers.values().any(|p| p.report.is_none())) {
@@ -599,6 +669,11 @@ fn apply(
                 })
                 .sum();
             share = share.min((1.0 - others).max(0.0));
+        }
+        if cut_off {
+            // The others may have taken this node for gone and split its share among them: it
+            // takes nothing, and keeps working toward what it had for when it sees them again.
+            (share, slots) = (0.0, slots.map(|_| 0));
         }
         match slots {
             Some(n) => limiter.set_slots(key, n, share),
@@ -750,17 +825,17 @@ mod tests {
         peers.insert("me".into(), heard(busy.clone()));
         peers.insert("other".into(), heard(idle(&[])));
         let (me, mut applied) = (slot_limiter(), Applied::new());
-        apply("me", &me, &peers, &mut applied, false, true, false);
+        apply("me", &me, &peers, &mut applied, false, true, false, false);
         assert_eq!(applied["k"].1, 10, "the other's first use of k may still take half");
         // The other applies the same reports: it has not used k and gets none of it.
         let other = slot_limiter();
         let mut other_applied = Applied::new();
-        apply("other", &other, &peers, &mut other_applied, false, true, false);
+        apply("other", &other, &peers, &mut other_applied, false, true, false, false);
         assert_eq!(other_applied["k"].1, 0);
         assert!(!other.acquire_slot("k", 1).is_allowed(), "its first use takes its allotment, not half");
         // Once it says so, this node grows into the whole limit.
         peers.insert("other".into(), heard(idle(&[("k", 0)])));
-        apply("me", &me, &peers, &mut applied, false, true, false);
+        apply("me", &me, &peers, &mut applied, false, true, false, false);
         assert_eq!(applied["k"].1, 20);
         let held = (0..30).filter(|_| me.acquire_slot("k", 1).is_allowed()).count();
         assert_eq!(held, 20);
@@ -775,20 +850,49 @@ mod tests {
             peers.insert(n.into(), heard(report(100.0)));
         }
         let mut applied = Applied::new();
-        apply("me", &l, &peers, &mut applied, false, true, false);
+        apply("me", &l, &peers, &mut applied, false, true, false, false);
         let at_freeze = applied["k"].2;
         assert!((at_freeze - 1.0 / 3.0).abs() < 1e-9, "{at_freeze}");
         // Frozen (silent went quiet); this node's demand dips for a tick: its share follows down.
         peers.insert("me".into(), heard(report(10.0)));
-        apply("me", &l, &peers, &mut applied, true, true, false);
+        apply("me", &l, &peers, &mut applied, true, true, false, false);
         assert!(applied["k"].2 < 0.1, "{}", applied["k"].2);
         // Its demand is back: its share goes back up to what it had at the freeze, no further.
         peers.insert("me".into(), heard(report(100.0)));
-        apply("me", &l, &peers, &mut applied, true, true, false);
+        apply("me", &l, &peers, &mut applied, true, true, false, false);
         assert!((applied["k"].2 - at_freeze).abs() < 1e-9, "{}", applied["k"].2);
         peers.insert("me".into(), heard(report(1000.0)));
-        apply("me", &l, &peers, &mut applied, true, true, false);
+        apply("me", &l, &peers, &mut applied, true, true, false, false);
         assert!((applied["k"].2 - at_freeze).abs() < 1e-9, "never past it while frozen: {}", applied["k"].2);
+    }
+
+    #[test]
+    fn a_node_cut_off_from_all_takes_nothing_and_works_toward_its_share_for_later() {
+        let l = rate_limiter();
+        let report = |d: f64| DemandReport { version: 1, demand: [("k".to_owned(), d)].into(), ..Default::default() };
+        let mut peers: BTreeMap<String, Peer> = BTreeMap::new();
+        for n in ["me", "a", "b"] {
+            peers.insert(n.into(), heard(report(100.0)));
+        }
+        let mut applied = Applied::new();
+        apply("me", &l, &peers, &mut applied, true, true, false, true);
+        assert_eq!(applied["k"].2, 0.0, "no share in force while cut off");
+        assert!((applied["k"].0 - 1.0 / 3.0).abs() < 1e-9, "the target stays: {}", applied["k"].0);
+        apply("me", &l, &peers, &mut applied, true, true, false, false);
+        assert!((applied["k"].2 - 1.0 / 3.0).abs() < 1e-9, "back once it sees them: {}", applied["k"].2);
+
+        let settings = CoordSettings::default();
+        let mut cut = CutOff::default();
+        cut.suspect(true, 1, "a", &settings);
+        assert!(!cut.active(), "with one other process before, that one could not free this node's share");
+        cut.suspect(false, 3, "a", &settings);
+        assert!(!cut.active(), "another process is still seen");
+        cut.suspect(true, 3, "a", &settings);
+        assert!(cut.active());
+        cut.end_if(0, &settings);
+        assert!(cut.active(), "still alone, within the hold");
+        cut.end_if(1, &settings);
+        assert!(!cut.active(), "another process seen again");
     }
 
     #[test]
@@ -803,7 +907,7 @@ mod tests {
         };
         let share = |peers: &BTreeMap<String, Peer>| {
             let mut applied = Applied::new();
-            apply("me", &l, peers, &mut applied, false, true, true);
+            apply("me", &l, peers, &mut applied, false, true, true, false);
             applied["k"].2
         };
         let mut peers: BTreeMap<String, Peer> = BTreeMap::new();
@@ -821,7 +925,7 @@ mod tests {
         assert!((share(&peers) - 0.5).abs() < 1e-9, "{}", share(&peers));
         // With every report of the last tick here, the split is the others' too: no cap.
         let mut applied = Applied::new();
-        apply("me", &l, &peers, &mut applied, false, true, false);
+        apply("me", &l, &peers, &mut applied, false, true, false, false);
         assert!((applied["k"].2 - 0.98).abs() < 1e-9, "{}", applied["k"].2);
     }
 
@@ -862,7 +966,7 @@ mod tests {
         peers.insert("me".into(), heard(busy));
         peers.insert("unheard".into(), Peer::default());
         let (me, mut applied) = (slot_limiter(), Applied::new());
-        apply("me", &me, &peers, &mut applied, false, true, false);
+        apply("me", &me, &peers, &mut applied, false, true, false, false);
         assert_eq!(applied["k"].1, 0, "its report may say it holds all 20");
         let holder = DemandReport {
             version: 1,
@@ -871,11 +975,11 @@ mod tests {
             ..Default::default()
         };
         peers.insert("unheard".into(), heard(holder));
-        apply("me", &me, &peers, &mut applied, false, true, false);
+        apply("me", &me, &peers, &mut applied, false, true, false, false);
         assert_eq!(applied["k"].1, 0, "and it does");
         let idle = DemandReport { version: 1, allotted: [("k".to_owned(), 0)].into(), ..Default::default() };
         peers.insert("unheard".into(), heard(idle));
-        apply("me", &me, &peers, &mut applied, false, true, false);
+        apply("me", &me, &peers, &mut applied, false, true, false, false);
         assert_eq!(applied["k"].1, 20, "one that holds none leaves them all");
     }
 
@@ -993,7 +1097,7 @@ mod tests {
                 ..Peer::default()
             },
         );
-        apply("me", &l, &peers, &mut Applied::new(), true, true, false);
+        apply("me", &l, &peers, &mut Applied::new(), true, true, false, false);
         let share = l.usage().first().map(|u| u.share);
         assert!(share.is_none(), "no state made by apply");
         assert!(l.try_acquire("k", 1).is_allowed());
