@@ -597,7 +597,9 @@ pub fn run(cli: Cli) -> Result<()> {
                     switchboard_agent::cluster_config::worktree::check_link(&dir)
                         .with_context(|| format!("{}: cluster_config.dir", config.display()))?;
                 }
-                out!("{}: ok ({} sources)", config.display(), cfg.sources.len());
+                cfg.check_start().map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+                let n = cfg.sources.len();
+                out!("{}: ok ({n} source{})", config.display(), if n == 1 { "" } else { "s" });
                 for w in warnings.iter().map(String::as_str).chain(cfg.bus.unreachable_warning()) {
                     out!("warning: {w}");
                 }

@@ -200,6 +200,71 @@ fn bad_config_is_a_clear_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown variant `router`"));
 }
 
+/// `agent --check` says what a start would meet on this host, and refuses values a start
+/// could not live with, each naming its key.
+#[test]
+fn check_says_what_a_start_would_meet() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("agent.toml");
+    let check = |data_dir: &std::path::Path, extra: &str, agent_extra: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[bus]\nnode = \"gw1\"\n[agent]\ndata_dir = {:?}\nhttp_listen = \"127.0.0.1:0\"\n{agent_extra}\n\
+                 [metrics]\nstatsd_listen = \"\"\n{extra}",
+                data_dir.display().to_string()
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(BIN)
+            .args(["agent", "--check", "--config", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let data = dir.path().join("data");
+    let (ok, out, err) = check(&data, "", "");
+    assert!(ok && out.contains(": ok (0 sources)"), "{out}{err}");
+    assert!(!data.exists(), "a check makes no data directory");
+    // The data directory held by a running agent (its lock taken here).
+    std::fs::create_dir_all(&data).unwrap();
+    let lock = std::fs::File::create(data.join("agent.lock")).unwrap();
+    lock.try_lock().unwrap();
+    let (ok, _, err) = check(&data, "", "");
+    assert!(!ok && err.contains("is in use by another agent"), "{err}");
+    drop(lock);
+    // A gateway socket path too long for a Unix socket.
+    let deep = dir.path().join("d".repeat(120));
+    let (ok, _, err) = check(&deep, "", "");
+    assert!(!ok && err.contains("gateway.socket") && err.contains("a Unix socket's path may have"), "{err}");
+    // A port in use.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let (ok, _, err) = check(&data, &format!("[gateway]\ntcp_listen = \"127.0.0.1:{port}\"\n"), "");
+    assert!(!ok && err.contains(&format!("gateway.tcp_listen 127.0.0.1:{port}")), "{err}");
+    // Values a start could not live with.
+    for (agent_extra, extra, key) in [
+        ("", "[gateway]\nmax_connections = 9223372036854775807\n", "gateway.max_connections"),
+        ("http_max_body_bytes = 9223372036854775807", "", "agent.http_max_body_bytes"),
+        ("poll_interval_ms = 600000", "", "agent.poll_interval_ms"),
+    ] {
+        let (ok, _, err) = check(&data, extra, agent_extra);
+        assert!(!ok && err.contains(key) && !err.contains("panicked"), "{key}: {err}");
+    }
+    let (ok, _, err) = check(std::path::Path::new(""), "", "");
+    assert!(!ok && err.contains("agent.data_dir is empty"), "{err}");
+    // A source whose path is a directory: a warning that says what to write.
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let source = format!("[[source]]\nname = \"app\"\npaths = [{:?}]\n", logs.display().to_string());
+    let (ok, out, err) = check(&data, &source, "");
+    assert!(ok && out.contains("is a directory, which matches no file") && out.contains("/logs/*.log"), "{out}{err}");
+}
+
 #[test]
 fn query_reports_bad_sql_without_a_backtrace() {
     let dir = tempfile::tempdir().unwrap();

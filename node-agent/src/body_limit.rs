@@ -132,7 +132,9 @@ async fn read_body(State(limit): State<BodyLimit>, request: Request, next: Next)
         return limit.busy();
     }
     let (parts, body) = request.into_parts();
-    let mut bytes = Vec::with_capacity(declared);
+    // Room for what the header announces, up to 1 MiB: more grows as it arrives (a header is
+    // no promise that the bytes come).
+    let mut bytes = Vec::with_capacity(declared.min(1 << 20));
     let mut chunks = body.into_data_stream();
     let started = tokio::time::Instant::now();
     loop {

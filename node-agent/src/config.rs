@@ -197,6 +197,11 @@ impl Default for AgentSettings {
     }
 }
 
+/// The largest `agent.http_max_body_bytes`: 1 GiB.
+pub const MAX_HTTP_BODY_BYTES: usize = 1 << 30;
+/// The longest `agent.poll_interval_ms` and `agent.glob_interval_ms`: a minute.
+pub const MAX_INTERVAL_MS: u64 = 60_000;
+
 impl AgentSettings {
     /// `batch_max_delay_ms` as a duration.
     pub fn batch_max_delay(&self) -> Duration {
@@ -224,6 +229,28 @@ impl AgentSettings {
             ("agent.glob_interval_ms", a.glob_interval_ms),
         ])
         .map_err(AgentConfigError::Invalid)?;
+        if a.data_dir.as_os_str().is_empty() {
+            return Err(AgentConfigError::Invalid(
+                "agent.data_dir is empty: give the directory of this agent's state (default \"switchboard-agent\")"
+                    .into(),
+            ));
+        }
+        if a.http_max_body_bytes > MAX_HTTP_BODY_BYTES {
+            return Err(AgentConfigError::Invalid(format!(
+                "agent.http_max_body_bytes = {} is over {MAX_HTTP_BODY_BYTES} (1 GiB): bodies are held in memory \
+                 (the default, 32 MiB, is twice the largest documented request)",
+                a.http_max_body_bytes
+            )));
+        }
+        for (key, ms) in
+            [("agent.poll_interval_ms", a.poll_interval_ms), ("agent.glob_interval_ms", a.glob_interval_ms)]
+        {
+            if ms > MAX_INTERVAL_MS {
+                return Err(AgentConfigError::Invalid(format!(
+                    "{key} = {ms} is over {MAX_INTERVAL_MS} (a minute): lines would wait that long to be read"
+                )));
+            }
+        }
         switchboard_bus::http::check_listen(&a.http_listen, a.http_token.as_deref(), "agent.http_listen")
             .map_err(AgentConfigError::Invalid)
     }
@@ -250,6 +277,18 @@ impl AgentConfig {
                     .to_owned(),
             );
         }
+        for src in &self.sources {
+            for pattern in &src.paths {
+                if std::path::Path::new(pattern).is_dir() {
+                    out.push(format!(
+                        "source {:?}: paths entry {pattern:?} is a directory, which matches no file: name its files, \
+                         e.g. \"{}/*.log\"",
+                        src.name,
+                        pattern.trim_end_matches('/')
+                    ));
+                }
+            }
+        }
         if self.limits.resync_ms.is_some() {
             out.push(
                 "limits.resync_ms is no longer used and has no effect: the limits follow the configuration \
@@ -258,6 +297,29 @@ impl AgentConfig {
             );
         }
         out
+    }
+
+    /// What `agent --check` adds to [`AgentConfig::validate`]: what a start would meet on this
+    /// host. The data directory is not locked by a running agent; the gateway socket's path fits
+    /// a Unix socket address; the HTTP API, the gateway's TCP address and the StatsD port are
+    /// free to bind. Each error names the key.
+    pub fn check_start(&self) -> Result<(), String> {
+        crate::dir_lock::DirLock::check_free(&self.agent.data_dir).map_err(|e| e.to_string())?;
+        crate::gateway::socket_path(&self.gateway, &self.agent.data_dir).map_err(|e| e.to_string())?;
+        let in_use =
+            |key: &str, addr: &str, e: std::io::Error| format!("{key} {addr}: {e} (is another process on it?)");
+        if !self.agent.http_listen.is_empty() {
+            std::net::TcpListener::bind(&self.agent.http_listen)
+                .map_err(|e| in_use("agent.http_listen", &self.agent.http_listen, e))?;
+        }
+        if let Some(addr) = self.gateway.tcp_addr().map_err(|e| e.to_string())? {
+            std::net::TcpListener::bind(addr).map_err(|e| in_use("gateway.tcp_listen", &addr.to_string(), e))?;
+        }
+        if self.metrics.enabled && !self.metrics.statsd_listen.is_empty() {
+            std::net::UdpSocket::bind(&self.metrics.statsd_listen)
+                .map_err(|e| in_use("metrics.statsd_listen", &self.metrics.statsd_listen, e))?;
+        }
+        Ok(())
     }
 
     /// Check everything that can be checked before starting.

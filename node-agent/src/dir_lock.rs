@@ -52,24 +52,7 @@ impl DirLock {
             .map_err(io)?;
         match file.try_lock() {
             Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                // The holder writes its pid right after it locks: a file read empty in between is
-                // read again once, a moment later.
-                let mut holder = String::new();
-                for attempt in 0..2 {
-                    if attempt > 0 {
-                        std::thread::sleep(std::time::Duration::from_millis(50));
-                    }
-                    let mut text = String::new();
-                    // A pid is a few bytes; whatever else the file holds is not read.
-                    let _ = File::open(dir.join(LOCK_FILE)).map(|f| f.take(32).read_to_string(&mut text));
-                    if let Ok(pid) = text.trim().parse::<u32>() {
-                        holder = format!(" (pid {pid})");
-                        break;
-                    }
-                }
-                return Err(DirLockError::InUse { path: dir.to_path_buf(), holder });
-            }
+            Err(TryLockError::WouldBlock) => return Err(in_use(dir)),
             // A file system without locks (some network ones): say so and go on unguarded.
             Err(TryLockError::Error(e)) => {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot lock the data directory: make sure no other agent uses it");
@@ -80,6 +63,39 @@ impl DirLock {
         file.write_all(format!("{}\n", std::process::id()).as_bytes()).map_err(io)?;
         Ok(Self(file))
     }
+
+    /// Whether `dir` is free for an agent, without making anything there: an error when another
+    /// process holds its lock (what `agent --check` asks).
+    pub fn check_free(dir: &Path) -> Result<(), DirLockError> {
+        let Ok(file) = OpenOptions::new().read(true).write(true).open(dir.join(LOCK_FILE)) else {
+            // No lock file (or none this process may open): nobody holds it, or the start says why.
+            return Ok(());
+        };
+        match file.try_lock() {
+            Err(TryLockError::WouldBlock) => Err(in_use(dir)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The error for `dir` locked by another process, with its pid when the lock file gives it.
+fn in_use(dir: &Path) -> DirLockError {
+    // The holder writes its pid right after it locks: a file read empty in between is read again
+    // once, a moment later.
+    let mut holder = String::new();
+    for attempt in 0..2 {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let mut text = String::new();
+        // A pid is a few bytes; whatever else the file holds is not read.
+        let _ = File::open(dir.join(LOCK_FILE)).map(|f| f.take(32).read_to_string(&mut text));
+        if let Ok(pid) = text.trim().parse::<u32>() {
+            holder = format!(" (pid {pid})");
+            break;
+        }
+    }
+    DirLockError::InUse { path: dir.to_path_buf(), holder }
 }
 
 #[cfg(test)]
@@ -94,7 +110,11 @@ mod tests {
         let err = DirLock::acquire(&data).unwrap_err().to_string();
         let pid = std::process::id();
         assert!(err.contains(&format!("in use by another agent (pid {pid})")) && err.contains("own data_dir"), "{err}");
+        assert!(DirLock::check_free(&data).is_err_and(|e| e.to_string() == err));
         drop(first);
+        DirLock::check_free(&data).unwrap();
         DirLock::acquire(&data).unwrap();
+        assert!(DirLock::check_free(&dir.path().join("never-made")).is_ok());
+        assert!(!dir.path().join("never-made").exists(), "a check makes nothing");
     }
 }

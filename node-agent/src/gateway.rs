@@ -41,6 +41,30 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// [`MAX_LINE`] this bounds what one connection holds to 8 MiB of requests.
 pub const MAX_IN_FLIGHT: usize = 128;
 
+/// The longest path of a Unix socket, in bytes (`sun_path` holds 108 with its terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// The gateway socket's path (`gateway.socket` under `data_dir`), `None` when disabled; an
+/// error when it is too long for a Unix socket.
+pub fn socket_path(settings: &GatewaySettings, data_dir: &Path) -> Result<Option<PathBuf>, AgentConfigError> {
+    if settings.socket.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let path = data_dir.join(&settings.socket);
+    let len = path.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        return Err(AgentConfigError::Invalid(format!(
+            "gateway.socket {}: {len} bytes, over the {MAX_SOCKET_PATH} a Unix socket's path may have: set \
+             gateway.socket to a shorter absolute path (e.g. \"/run/switchboard/gateway.sock\")",
+            path.display()
+        )));
+    }
+    Ok(Some(path))
+}
+
+/// The most `gateway.max_connections` may allow, per listener.
+pub const MAX_CONNECTIONS: usize = 100_000;
+
 /// The `[gateway]` config table.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,8 +122,12 @@ impl Default for GatewaySettings {
 impl GatewaySettings {
     /// Check the `[gateway]` table: a TCP address must be loopback, connections at least one.
     pub fn validate(&self) -> Result<(), AgentConfigError> {
-        if self.max_connections == 0 {
-            return Err(AgentConfigError::Invalid("gateway.max_connections must be > 0".into()));
+        if self.max_connections == 0 || self.max_connections > MAX_CONNECTIONS {
+            return Err(AgentConfigError::Invalid(format!(
+                "gateway.max_connections = {} must be between 1 and {MAX_CONNECTIONS} (each connection holds a thread's \
+                 share and a descriptor; the default is 1024)",
+                self.max_connections
+            )));
         }
         if self.busy_poll_us > 10_000 {
             return Err(AgentConfigError::Invalid(format!(
@@ -178,14 +206,15 @@ impl Listeners {
         if settings.socket.as_os_str().is_empty() && tcp.is_none() {
             return Ok(None);
         }
-        let unix = if settings.socket.as_os_str().is_empty() {
-            None
-        } else {
-            let path = data_dir.join(&settings.socket);
-            let listener = bind_unix(&path, settings.socket_group.as_deref())
-                .map_err(|source| AgentError::Listen { what: format!("gateway.socket {}", path.display()), source })?;
-            tracing::info!(socket = %path.display(), "gateway protocol on the Unix socket");
-            Some((listener, path))
+        let unix = match socket_path(settings, data_dir).map_err(AgentError::Config)? {
+            None => None,
+            Some(path) => {
+                let listener = bind_unix(&path, settings.socket_group.as_deref()).map_err(|source| {
+                    AgentError::Listen { what: format!("gateway.socket {}", path.display()), source }
+                })?;
+                tracing::info!(socket = %path.display(), "gateway protocol on the Unix socket");
+                Some((listener, path))
+            }
         };
         let tcp = match tcp {
             Some(addr) => {

@@ -21,7 +21,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use switchboard_bus::throttle::Throttle;
 use switchboard_bus::wire::log_batch::{self, LogBatchBuilder, LogRow};
@@ -294,7 +294,7 @@ impl SourceTailer {
             }
             if self.journal.lock().map_or(0, |j| j.unacked()) >= self.settings.max_unacked_batches {
                 // Wait for acknowledgements: the collector is slow, down or cannot write.
-                std::thread::sleep(self.settings.poll_interval());
+                nap(self.settings.poll_interval(), &cancel);
                 continue;
             }
             if self.rescan_now || last_scan.is_none_or(|t| t.elapsed() >= self.settings.glob_interval()) {
@@ -304,7 +304,7 @@ impl SourceTailer {
             }
             if self.journal.lock().is_ok_and(|j| j.held()) {
                 // Its numbers wait for the writer's first watermark (SourceJournal::hold).
-                std::thread::sleep(self.settings.poll_interval());
+                nap(self.settings.poll_interval(), &cancel);
                 continue;
             }
             let progressed = match self.read_files(&out, &cancel) {
@@ -316,7 +316,7 @@ impl SourceTailer {
                 return;
             }
             if !progressed {
-                std::thread::sleep(self.settings.poll_interval());
+                nap(self.settings.poll_interval(), &cancel);
             }
         }
     }
@@ -1000,6 +1000,19 @@ impl SourceTailer {
     }
 }
 
+/// Sleep `d`, or less once `cancel` fires (looked at every 100 ms), so that a stop never waits
+/// out a long poll interval.
+fn nap(d: Duration, cancel: &CancellationToken) {
+    let until = Instant::now() + d;
+    while !cancel.is_cancelled() {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(100)));
+    }
+}
+
 /// The publisher is gone; the tailer stops.
 #[derive(Debug)]
 struct Closed;
@@ -1010,11 +1023,22 @@ fn now_micros() -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use arrow::array::AsArray;
 
     use super::*;
+
+    #[test]
+    fn a_nap_ends_when_the_stop_comes() {
+        let cancel = CancellationToken::new();
+        let t = Instant::now();
+        let c = cancel.clone();
+        let napping = std::thread::spawn(move || nap(Duration::from_secs(60), &c));
+        std::thread::sleep(Duration::from_millis(50));
+        cancel.cancel();
+        napping.join().unwrap();
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    }
     use crate::checkpoint::SourceCheckpoint;
 
     /// Bytes of a fixed pseudo-random sequence (xorshift), like a file of binary garbage.
