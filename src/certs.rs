@@ -66,7 +66,7 @@ pub enum RoleArg {
     Agent,
     /// A collector.
     Collector,
-    /// A person or tool that sets limits and asks for DLRs.
+    /// A person or tool that sets limits, pushes the cluster's configuration and asks for DLRs.
     Admin,
 }
 

@@ -722,7 +722,9 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Config { command } => {
             init_tracing(log, "warn", false);
-            std::process::exit(exit_code(runtime()?.block_on(closing(crate::config_cmd::run(command))), 1))
+            // `config status` exits 2 when it cannot look (as `status` does), 1 for a problem found.
+            let failed = if matches!(command, crate::config_cmd::ConfigCommand::Status { .. }) { 2 } else { 1 };
+            std::process::exit(exit_code(runtime()?.block_on(closing(crate::config_cmd::run(command))), failed))
         }
         Command::Certs { command } => crate::certs::run(command),
         Command::Status(args) => {

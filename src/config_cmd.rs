@@ -111,7 +111,7 @@ pub enum ConfigCommand {
     /// Each node's revision, local edits, failed reloads, and conflicts with both sides' changes.
     ///
     /// Exit code: 0 every node applied the one head; 1 a problem is listed (a conflict, a node
-    /// behind or blocked, local edits); 2 no node answered.
+    /// behind or blocked, local edits); 2 no node answered (or --config cannot be read).
     Status {
         /// Print the joined states as JSON.
         #[arg(long)]

@@ -834,6 +834,13 @@ fn certs_refuse_what_would_not_work() {
         assert!(!out.status.success(), "certs {args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
+    // Names a certificate cannot hold: said plainly, nothing written.
+    let err = certs_err(&["issue", "gw-ü", "--role", "agent", "--dir", t]);
+    assert!(err.contains("is not ASCII") && err.contains("DNS name"), "{err}");
+    let long = "g".repeat(70);
+    let err = certs_err(&["issue", &long, "--role", "agent", "--dir", t]);
+    assert!(err.contains("over the 64 of a certificate's common name"), "{err}");
+    assert!(!tls.join(format!("agent-{long}.crt")).exists());
     // The CA's key moved offline, as advised: issuing says to bring it back, and `init` does not
     // quietly make another CA over the certificate.
     let offline = dir.path().join("offline");

@@ -345,10 +345,31 @@ pub fn make_ca(days: u32) -> Result<(String, String), TlsError> {
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// The longest common name a certificate may hold (X.520's `ub-common-name`).
+const MAX_COMMON_NAME: usize = 64;
+
 /// A key and certificate for `id`, valid for `days`, signed by the CA (`ca_cert`, `ca_key`: PEM),
 /// for both ends of a link: `(certificate PEM, key PEM)`.
 pub fn issue(ca_cert: &str, ca_key: &str, id: &Identity, days: u32) -> Result<(String, String), TlsError> {
     use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    // The name goes into a DNS name (ASCII only) and `role:name` into the common name (64
+    // characters at most): say so before any file is read.
+    if !id.name.is_ascii() {
+        return Err(TlsError::Make(format!(
+            "node name {:?} is not ASCII: a certificate names its node in a DNS name, which is; a node that runs \
+             with TLS needs a name of ASCII letters, digits, '.', '_' and '-'",
+            id.name
+        )));
+    }
+    let common_name = id.to_string();
+    if common_name.len() > MAX_COMMON_NAME {
+        return Err(TlsError::Make(format!(
+            "{common_name:?} is {} characters, over the {MAX_COMMON_NAME} of a certificate's common name: a node \
+             that runs with TLS needs a name of at most {} characters",
+            common_name.len(),
+            MAX_COMMON_NAME.saturating_sub(id.role.to_string().len() + 1)
+        )));
+    }
     let ca_key = KeyPair::from_pem(ca_key).map_err(|e| TlsError::Make(format!("the CA key does not parse: {e}")))?;
     // The CA file may hold two CAs while the CA is rotated: sign as the one whose key this is,
     // and refuse when it is none of them (a certificate no process trusting the file accepts).
@@ -366,7 +387,7 @@ pub fn issue(ca_cert: &str, ca_key: &str, id: &Identity, days: u32) -> Result<(S
         .map_err(|e| TlsError::Make(format!("the CA certificate does not parse: {e}")))?;
     let key = KeyPair::generate().map_err(make_err)?;
     let mut params = CertificateParams::new(vec![id.name.clone()]).map_err(make_err)?;
-    params.distinguished_name.push(DnType::CommonName, id.to_string());
+    params.distinguished_name.push(DnType::CommonName, common_name);
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     // Every process is both ends of some link: it accepts connections and makes them.
