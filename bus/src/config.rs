@@ -151,12 +151,14 @@ pub enum FileError {
         source: std::io::Error,
     },
     /// Not valid TOML or not the expected fields.
-    #[error("invalid config {path}: {source}")]
+    #[error("invalid config {path}: {source}{hint}")]
     Parse {
         /// The file.
         path: PathBuf,
         /// What is wrong, with line and column.
         source: Box<toml::de::Error>,
+        /// What the mistake likely is, when it is a common one (or empty).
+        hint: String,
     },
     /// A semantic problem.
     #[error("invalid config: {0}")]
@@ -191,7 +193,26 @@ pub fn load_file<T: DeserializeOwned>(
 /// Read and parse the TOML config file at `path` (the caller validates what it means).
 pub fn read_file<T: DeserializeOwned>(path: &Path) -> Result<T, FileError> {
     let text = std::fs::read_to_string(path).map_err(|source| FileError::Read { path: path.to_owned(), source })?;
-    toml::from_str(&text).map_err(|source| FileError::Parse { path: path.to_owned(), source: Box::new(source) })
+    toml::from_str(&text).map_err(|source| {
+        let hint = parse_hint(&source.to_string());
+        FileError::Parse { path: path.to_owned(), source: Box::new(source), hint }
+    })
+}
+
+/// A hint for a common mistake behind a parse error: a table that repeats written with single
+/// brackets, another process's config.
+fn parse_hint(error: &str) -> String {
+    if error.contains("invalid type: map, expected a sequence") {
+        return "hint: a table that can repeat is written with double brackets, one per item: [[source]], [[limit]], \
+                [[logs.promote]], [[dlr.connector]]"
+            .to_owned();
+    }
+    for (table, process) in [("agent", "an agent"), ("collector", "a collector")] {
+        if error.contains(&format!("unknown field `{table}`")) {
+            return format!("hint: [{table}] is {process}'s table: is this {process}'s config file?");
+        }
+    }
+    String::new()
 }
 
 /// A `[bus]` table that cannot be used.

@@ -307,9 +307,9 @@ pub struct Access {
 impl Access {
     /// Refuse to serve a non-loopback address without a token.
     pub fn check(&self, addr: &SocketAddr, setting: &str) -> Result<(), String> {
-        if !addr.ip().is_loopback() && self.token.as_deref().is_none_or(str::is_empty) {
+        if !addr.ip().is_loopback() && self.token.as_deref().is_none_or(|t| t.trim().is_empty()) {
             return Err(format!(
-                "{setting} = {addr} is not a loopback address: set http_token too (every request \
+                "{setting} = {addr} is not a loopback address: set http_token too, not blank (every request \
                  then needs `Authorization: Bearer <token>`; docs/security.md)"
             ));
         }
