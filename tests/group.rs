@@ -603,7 +603,7 @@ fn a_full_disk_under_every_collector_changes_no_writer() {
     let c1 = start_member(&c, "c1", p1, &[], &data);
     assert_eq!(wait_for_leader(&c, &["c1"], Duration::from_secs(30)), Some(0), "{}", c1.log_text());
     let c1_endpoint = format!("tcp/127.0.0.1:{p1}");
-    let c2 = start_member(&c, "c2", p2, &[c1_endpoint.clone()], &data);
+    let c2 = start_member(&c, "c2", p2, std::slice::from_ref(&c1_endpoint), &data);
     let members = vec![
         Member { name: "c1".into(), port: p1, proc: Some(c1) },
         Member { name: "c2".into(), port: p2, proc: Some(c2) },
