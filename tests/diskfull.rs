@@ -124,6 +124,12 @@ fn an_agent_whose_disk_fills_says_so_and_loses_nothing() {
     assert!(failing, "the agent never reported its full disk: {body}\n{}", agent.log_text());
     assert!(body.contains("checkpoint") || body.contains("journal"), "{body}");
     assert!(body.contains("No space left on device"), "/health names the error: {body}");
+    // A source stopped by its journal says so in a gauge of its own (its lag says 0).
+    let stopped = || metric(&c.http_get("gw", "/metrics").1, "switchboard_agent_source_stopped{source=\"app\"}");
+    if body.contains("journal") {
+        assert_eq!(stopped(), Some(1.0), "{body}");
+        eprintln!("the source stopped on its journal, and its gauge says so");
+    }
     std::fs::remove_file(&filler).unwrap();
     let n = w.stop();
     // A source whose journal could not be written stopped; a restart takes it up again.
@@ -135,6 +141,7 @@ fn an_agent_whose_disk_fills_says_so_and_loses_nothing() {
         count_logs(&c.dataset())
     );
     assert!(wait_until(Duration::from_secs(20), || c.http_get("gw", "/health").0 == 200));
+    assert_eq!(stopped(), Some(0.0));
     stop_and_check_every_line(&c, agent, collector, n);
     drop(mount);
 }

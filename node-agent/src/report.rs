@@ -286,6 +286,15 @@ impl Report for AgentReport {
                 "1 while a source's reading is paused: max_unacked_batches batches wait for a collector.",
                 lags.iter().map(|(k, v)| (vec![("source", k.clone())], f64::from(u8::from(v.2 >= self.max_unacked)))),
             );
+        // A source stopped by a failed journal write reads nothing until a restart, while its
+        // lag says 0 (nothing read waits): a gauge of its own, for an alert.
+        let stopped: Vec<String> =
+            s.journal_failed.lock().map(|f| f.iter().map(|(name, _)| name.clone()).collect()).unwrap_or_default();
+        m.gauge_series(
+            "switchboard_agent_source_stopped",
+            "1 while a source has stopped reading until a restart: its journal could not be written (a full disk).",
+            lags.keys().map(|k| (vec![("source", k.clone())], f64::from(u8::from(stopped.contains(k))))),
+        );
         if let Some(c) = &self.cluster_config {
             let st = c.state();
             m.gauge(
