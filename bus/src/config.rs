@@ -417,7 +417,9 @@ pub fn check_dir(key: &str, path: &Path) -> Result<(), String> {
                 };
                 access(p, Access::WRITE_OK | Access::EXEC_OK).map_err(|e| unwritable(&e))?;
                 let probe = p.join(format!(".switchboard-check-{}", std::process::id()));
-                std::fs::create_dir(&probe).map_err(|e| unwritable(&e))?;
+                std::fs::create_dir(&probe).map_err(|e| {
+                    format!("{key} = {:?}: cannot make a directory in {}: {e}", path.display(), p.display())
+                })?;
                 return std::fs::remove_dir(&probe).map_err(|e| unwritable(&e));
             }
             Ok(_) => return Err(format!("{key} = {:?}: {} is not a directory", path.display(), p.display())),
@@ -583,7 +585,7 @@ mod tests {
         // A file system where even root makes nothing.
         if Path::new("/proc/self").is_dir() {
             let err = check_dir("agent.data_dir", Path::new("/proc/switchboard-nope")).unwrap_err();
-            assert!(err.contains("/proc is not writable"), "{err}");
+            assert!(err.contains("cannot make a directory in /proc") || err.contains("/proc is not writable"), "{err}");
         }
         // (Run as root, the tests cannot see a directory they may not write in.)
         if effective_uid() != 0 {
