@@ -597,9 +597,12 @@ pub fn run(cli: Cli) -> Result<()> {
                     switchboard_agent::cluster_config::worktree::check_link(&dir)
                         .with_context(|| format!("{}: cluster_config.dir", config.display()))?;
                 }
-                cfg.check_start().map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+                let running = cfg.check_start().map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
                 let n = cfg.sources.len();
                 out!("{}: ok ({n} source{})", config.display(), if n == 1 { "" } else { "s" });
+                if let Some(note) = running {
+                    out!("note: {note}");
+                }
                 for w in warnings.iter().map(String::as_str).chain(cfg.bus.unreachable_warning()) {
                     out!("warning: {w}");
                 }

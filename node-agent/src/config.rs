@@ -300,12 +300,25 @@ impl AgentConfig {
     }
 
     /// What `agent --check` adds to [`AgentConfig::validate`]: what a start would meet on this
-    /// host. The data directory is not locked by a running agent; the gateway socket's path fits
-    /// a Unix socket address; the HTTP API, the gateway's TCP address and the StatsD port are
-    /// free to bind. Each error names the key.
-    pub fn check_start(&self) -> Result<(), String> {
-        crate::dir_lock::DirLock::check_free(&self.agent.data_dir).map_err(|e| e.to_string())?;
+    /// host. The gateway socket's path fits a Unix socket address; the HTTP API, the gateway's
+    /// TCP address and the StatsD port are free to bind. Each error names the key. A data
+    /// directory a running agent holds is a note (`Ok(Some(..))`), not an error: a changed config
+    /// is checked while its agent still runs, and that agent holds the ports too, so they are
+    /// not looked at then.
+    pub fn check_start(&self) -> Result<Option<String>, String> {
         crate::gateway::socket_path(&self.gateway, &self.agent.data_dir).map_err(|e| e.to_string())?;
+        match crate::dir_lock::DirLock::check_free(&self.agent.data_dir) {
+            Err(crate::dir_lock::DirLockError::InUse { path, holder }) => {
+                return Ok(Some(format!(
+                    "agent.data_dir {} is held by a running agent{holder}: if that is this config's agent, stop it \
+                     before starting it with this file; if not, give this config its own data_dir (the ports were \
+                     not checked, as that agent holds its own)",
+                    path.display()
+                )));
+            }
+            Err(e) => return Err(e.to_string()),
+            Ok(()) => {}
+        }
         let in_use =
             |key: &str, addr: &str, e: std::io::Error| format!("{key} {addr}: {e} (is another process on it?)");
         if !self.agent.http_listen.is_empty() {
@@ -319,7 +332,7 @@ impl AgentConfig {
             std::net::UdpSocket::bind(&self.metrics.statsd_listen)
                 .map_err(|e| in_use("metrics.statsd_listen", &self.metrics.statsd_listen, e))?;
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Check everything that can be checked before starting.
