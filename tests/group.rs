@@ -637,6 +637,36 @@ fn a_full_disk_under_every_collector_changes_no_writer() {
     drop(mount);
 }
 
+/// A collector added to a running group with no `connect` (as the example config has it) and
+/// that no agent lists yet sees nobody: it does not take the dataset from the writer it cannot
+/// see, which would stall commits (no agent reaches it) and make the two take turns.
+#[test]
+fn a_collector_that_sees_no_agent_takes_the_dataset_from_no_writer() {
+    let c = Cluster::new();
+    let (data, env) = local(&c);
+    let p1 = free_port();
+    let c1 = start_member(&c, "c1", p1, &[], &data);
+    assert_eq!(wait_for_leader(&c, &["c1"], Duration::from_secs(30)), Some(0), "{}", c1.log_text());
+    let members = vec![Member { name: "c1".into(), port: p1, proc: Some(c1) }];
+    let eps: Vec<String> = members.iter().map(Member::endpoint).collect();
+    let agents = NODES.iter().map(|n| start_group_agent(&c, n, &eps)).collect();
+    let writers =
+        NODES.iter().map(|n| Writer::start(n, c.logs_dir(n).join("app.log"), 10, usize::MAX, |_, _| {})).collect();
+    let mut g = Group { c, data: data.clone(), env, members, agents, writers };
+    assert!(wait_until(Duration::from_secs(30), || last_commit_age(&g.c, "c1").is_some()), "{}", g.logs());
+    let epoch = health(&g.c, "c1").1["epoch"].as_u64();
+    let p3 = free_port();
+    let c3 = start_member(&g.c, "c3", p3, &[], &data);
+    g.members.push(Member { name: "c3".into(), port: p3, proc: Some(c3) });
+    // Past its startup grace (two leases) and more.
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(role(&g.c, "c3").as_deref(), Some("standby"), "{}", g.logs());
+    assert_eq!(health(&g.c, "c1").1["epoch"].as_u64(), epoch, "c1 keeps its claim\n{}", g.logs());
+    let said = g.members[1].proc.as_ref().unwrap().log_text();
+    assert!(said.contains("neither is any agent"), "{said}");
+    g.finish();
+}
+
 /// A zenoh client session of the agent listening on `port` (a peer making up messages).
 async fn client_of(port: u16) -> zenoh::Session {
     let mut config = zenoh::Config::default();

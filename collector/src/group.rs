@@ -139,6 +139,8 @@ pub struct Group {
     probed: Option<Instant>,
     /// The last probe failed (said once until one succeeds).
     probe_failed: bool,
+    /// Said that no agent is seen, so no unseen writer is taken over (once, until one is seen).
+    no_agent_said: bool,
     /// When the oldest record an agent announced and no collector committed was first
     /// announced, as the caller last said ([`Group::tick_waiting`]).
     waiting_since: Option<Instant>,
@@ -198,6 +200,7 @@ impl Group {
             writes_ok_since: None,
             probed: None,
             probe_failed: false,
+            no_agent_said: false,
             waiting_since: None,
             live_at: None,
             cancel,
@@ -436,6 +439,21 @@ impl Group {
         if other && !seen && noticed.elapsed() < self.startup_grace {
             return false;
         }
+        // A collector that sees no agent would write nothing, and another writer may well be
+        // running where this one cannot see it (it was started without a `connect` to the
+        // cluster, or is cut off): it takes the dataset from no other writer until it sees an
+        // agent.
+        if other && self.membership.live_of(Role::Agent).is_empty() {
+            if !std::mem::replace(&mut self.no_agent_said, true) {
+                tracing::warn!(
+                    writer = %holder,
+                    "collector {holder} is not seen, and neither is any agent: this collector takes the dataset from \
+                     it only once it sees an agent (is its [bus] connect given a running process of the cluster?)"
+                );
+            }
+            return false;
+        }
+        self.no_agent_said = false;
         // After being fenced, wait before claiming from a writer this collector never saw alive
         // (it may be writing on the other side of a partition); one that was seen and went away
         // is taken over at once.
