@@ -49,8 +49,10 @@ pub enum Command {
         #[arg(short, long, env = "SWITCHBOARD_AGENT_CONFIG")]
         config: PathBuf,
         /// Check the config and exit (0 if it would start): its values, endpoints, TLS files,
-        /// programs, socket group, and a data_dir this process may write in. Nothing is started
-        /// or written.
+        /// programs, socket group, a data_dir this process may write in, and what a start would
+        /// meet on this host: a port in use (bus listen, HTTP, gateway TCP, StatsD), a socket
+        /// path too long (a data_dir a running agent holds is a note). Nothing is started or
+        /// written.
         #[arg(long)]
         check: bool,
     },

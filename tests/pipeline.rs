@@ -259,6 +259,26 @@ fn check_says_what_a_start_would_meet() {
     }
     let (ok, _, err) = check(std::path::Path::new(""), "", "");
     assert!(!ok && err.contains("agent.data_dir is empty"), "{err}");
+    // A token no header can carry, and a bus port in use.
+    let (ok, _, err) = check(&data, "", "http_token = \" tok \"");
+    assert!(!ok && err.contains("has spaces at either end"), "{err}");
+    let (ok, _, err) = check(&data, "", "batch_max_delay_ms = 600000");
+    assert!(!ok && err.contains("agent.batch_max_delay_ms"), "{err}");
+    let bus_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bus_addr = bus_port.local_addr().unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[bus]\nnode = \"gw1\"\nlisten = [\"tcp/{bus_addr}\"]\n[agent]\ndata_dir = {:?}\nhttp_listen = \"127.0.0.1:0\"\n\
+             [metrics]\nstatsd_listen = \"\"\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out =
+        std::process::Command::new(BIN).args(["agent", "--check", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(&format!("bus.listen tcp/{bus_addr}")), "{err}");
     // A source whose path is a directory: a warning that says what to write.
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();

@@ -320,6 +320,14 @@ impl Access {
 /// Check an `http_listen` setting (`setting` names it in errors) and its token: empty (no API),
 /// or an address, loopback unless `token` is set.
 pub fn check_listen(listen: &str, token: Option<&str>, setting: &str) -> Result<(), String> {
+    // A header carries no spaces at either end of a value: such a token could never be matched.
+    if let Some(t) = token.filter(|t| !t.is_empty() && t.trim() != *t) {
+        let why = if t.trim().is_empty() { "is blank" } else { "has spaces at either end" };
+        return Err(format!(
+            "the http_token beside {setting} {why}: no request could send it (an HTTP header drops them); \
+             use a token without spaces, or \"\" for none"
+        ));
+    }
     if listen.is_empty() {
         return Ok(());
     }

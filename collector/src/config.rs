@@ -295,6 +295,12 @@ impl CollectorConfig {
                 .map_err(CollectorConfigError::Invalid)?;
         }
         c.location()?;
+        let t = c.store.timeout_ms;
+        if t != 0 && !(100..=600_000).contains(&t) {
+            return Err(CollectorConfigError::Invalid(format!(
+                "collector.store.timeout_ms = {t}: use 100 to 600000 (one request's time limit; 0 is the default, 10000)"
+            )));
+        }
         switchboard_bus::http::check_listen(&c.http_listen, c.http_token.as_deref(), "collector.http_listen")
             .map_err(CollectorConfigError::Invalid)?;
         if !(1..=22).contains(&c.zstd_level) {

@@ -242,9 +242,11 @@ impl AgentSettings {
                 a.http_max_body_bytes
             )));
         }
-        for (key, ms) in
-            [("agent.poll_interval_ms", a.poll_interval_ms), ("agent.glob_interval_ms", a.glob_interval_ms)]
-        {
+        for (key, ms) in [
+            ("agent.poll_interval_ms", a.poll_interval_ms),
+            ("agent.glob_interval_ms", a.glob_interval_ms),
+            ("agent.batch_max_delay_ms", a.batch_max_delay_ms),
+        ] {
             if ms > MAX_INTERVAL_MS {
                 return Err(AgentConfigError::Invalid(format!(
                     "{key} = {ms} is over {MAX_INTERVAL_MS} (a minute): lines would wait that long to be read"
@@ -327,6 +329,20 @@ impl AgentConfig {
         }
         if let Some(addr) = self.gateway.tcp_addr().map_err(|e| e.to_string())? {
             std::net::TcpListener::bind(addr).map_err(|e| in_use("gateway.tcp_listen", &addr.to_string(), e))?;
+        }
+        for endpoint in &self.bus.listen {
+            // tcp/ and tls/ listen on TCP, quic/ on UDP; port 0 takes any free one.
+            let (proto, rest) = endpoint.split_once('/').unwrap_or_default();
+            let address = rest.split(['?', '#']).next().unwrap_or_default();
+            let Ok(addr) = address.parse::<std::net::SocketAddr>() else { continue };
+            if addr.port() == 0 {
+                continue;
+            }
+            let bound = match proto {
+                "quic" => std::net::UdpSocket::bind(addr).map(drop),
+                _ => std::net::TcpListener::bind(addr).map(drop),
+            };
+            bound.map_err(|e| in_use("bus.listen", endpoint, e))?;
         }
         if self.metrics.enabled && !self.metrics.statsd_listen.is_empty() {
             std::net::UdpSocket::bind(&self.metrics.statsd_listen)
