@@ -623,6 +623,12 @@ fn a_full_disk_under_every_collector_changes_no_writer() {
     std::thread::sleep(Duration::from_secs(16));
     let failing = health(&g.c, "c1");
     assert_eq!(failing.0, 503, "the writer says its disk is full: {}", failing.1);
+    // The standby says so too, steadily: its reads still work, its probe writes do not.
+    for _ in 0..6 {
+        let standby = health(&g.c, "c2");
+        assert_eq!(standby.0, 503, "the standby cannot write either: {}", standby.1);
+        std::thread::sleep(Duration::from_millis(500));
+    }
     std::fs::remove_file(filler).unwrap();
     let committed = || last_commit_age(&g.c, "c1").is_some_and(|a| a < 3.0);
     assert!(wait_until(Duration::from_secs(30), committed), "c1 should commit again\n{}", g.logs());

@@ -49,6 +49,9 @@ pub struct GroupStatus {
     pub last_commit: Option<Instant>,
     /// The last storage error, until an operation succeeds again.
     pub store_error: Option<String>,
+    /// A standby's failed probe write, until a probe succeeds or it stops probing: reads that
+    /// succeed meanwhile do not clear it (a full disk answers them).
+    pub write_error: Option<String>,
     /// Claims won.
     pub takeovers: u64,
     /// Times this collector found itself fenced and stepped down.
@@ -65,6 +68,14 @@ pub struct GroupStatus {
     /// Why the log lost this leader's claim (the store was emptied or restored under it), until
     /// it claims again.
     pub claim_lost: Option<String>,
+}
+
+impl GroupStatus {
+    /// What the store refuses this collector now: the last storage error, or a probe write
+    /// that failed.
+    pub fn store_problem(&self) -> Option<String> {
+        self.store_error.clone().or_else(|| self.write_error.clone())
+    }
 }
 
 /// The outcome of [`Group::commit`].
@@ -503,6 +514,9 @@ impl Group {
         let late = self.waiting_since.is_some_and(|t| t.elapsed() >= self.stall / 3);
         if !late || self.twin {
             (self.writes_ok_since, self.probed) = (None, None);
+            if std::mem::take(&mut self.probe_failed) {
+                self.update(|s| s.write_error = None);
+            }
             return;
         }
         if self.probed.is_some_and(|t| t.elapsed() < PROBE_EVERY) {
@@ -511,20 +525,23 @@ impl Group {
         self.probed = Some(Instant::now());
         let key = format!("{}/{}.json", switchboard_bus::dataset::PROBE_DIR, self.name);
         let body = serde_json::json!({"collector": self.name, "instance": self.instance}).to_string().into_bytes();
-        let written = self.store.put(&key, body).await;
-        match self.store_result(written) {
+        match self.store.put(&key, body).await {
             Ok(()) => {
                 self.writes_ok_since.get_or_insert_with(Instant::now);
                 if std::mem::take(&mut self.probe_failed) {
+                    self.update(|s| s.write_error = None);
                     tracing::info!("this standby can write the dataset's store again");
                 }
             }
             Err(e) => {
                 self.writes_ok_since = None;
+                let msg = format!("dataset store {}: {e}", self.store.describe());
+                self.update(|s| s.write_error = Some(msg));
                 if !std::mem::replace(&mut self.probe_failed, true) {
                     tracing::warn!(
                         error = %e,
-                        "this standby cannot write the dataset's store either: it takes the dataset from no writer while so"
+                        "this standby cannot write the dataset's store either: it takes the dataset from no writer \
+                         until it can"
                     );
                 }
             }

@@ -66,7 +66,7 @@ impl switchboard_bus::http::Report for CollectorReport {
         let group = self.group.lock().map(|g| g.clone()).unwrap_or_default();
         let mut h = Health::default();
         h.failing.extend(st.failing.clone());
-        h.failing.extend(group.store_error.clone());
+        h.failing.extend(group.store_problem());
         h.failing.extend(group.refused.clone());
         h.failing.extend(group.claim_lost.clone());
         let conflicted = self.writers.lock().map(|w| w.conflicted(Instant::now())).unwrap_or_default();
@@ -105,7 +105,7 @@ impl switchboard_bus::http::Report for CollectorReport {
         let lag = self.lag(&st);
         let group = self.group.lock().map(|g| g.clone()).unwrap_or_default();
         let mut m = switchboard_bus::http::Metrics::new();
-        let failing = st.failing.is_some() || group.store_error.is_some();
+        let failing = st.failing.is_some() || group.store_problem().is_some();
         own_families(&mut m, &self.stats, &group, failing, self.latest.refused.load(Ordering::Relaxed));
         m.gauge_series(
             "switchboard_collector_stream_lag_records",
@@ -162,7 +162,7 @@ pub(crate) fn own_families(
     .gauge(
         "switchboard_collector_store_failing",
         "1 while the dataset's store answers with errors.",
-        f64::from(u8::from(group.store_error.is_some())),
+        f64::from(u8::from(group.store_problem().is_some())),
     )
     .counter("switchboard_collector_takeovers_total", "Times this collector claimed the commit log.", group.takeovers)
     .counter(

@@ -60,7 +60,7 @@ impl CollectorReport {
             epoch: group.epoch,
             leader: group.leader.clone(),
             last_commit_age_s: group.last_commit.map(|t| t.elapsed().as_secs_f64()),
-            store_error: group.store_error.clone().or(st.failing.clone()),
+            store_error: group.store_problem().or(st.failing.clone()),
             open_files: st.open_files as u64,
             rows_per_s: rates.get("rows"),
             max_file_age_s: Some(self.max_file_age_s),
