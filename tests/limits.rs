@@ -391,7 +391,14 @@ fn a_node_cut_off_from_all_by_closed_links_takes_nothing_and_the_cluster_stays_w
         p.refuse();
     }
     let freed = wait_until(Duration::from_secs(5), || !c.http_get("a", "/v1/limits").1.contains("\"c\""));
-    std::thread::sleep(Duration::from_secs(6));
+    // c says so: `/health` degraded with the reason, its own entry `cut_off` in `/v1/limits`.
+    let told = wait_until(Duration::from_secs(5), || {
+        let (code, body) = c.http_get("c", "/health");
+        code == 200
+            && body.contains("may be the one cut off")
+            && c.http_get("c", "/v1/limits").1.contains("\"cut_off\"")
+    });
+    std::thread::sleep(Duration::from_secs(4));
     let refs: Vec<&Load> = loads.iter().collect();
     let during = window_extremes(&refs, cut, Instant::now());
     let c_during = admitted(&refs[2..], Instant::now() - Duration::from_secs(3), Duration::from_secs(3));
@@ -418,6 +425,7 @@ fn a_node_cut_off_from_all_by_closed_links_takes_nothing_and_the_cluster_stays_w
     );
     assert!(freed, "a, b and the collector should take c for exited");
     assert!(said.contains("it may be the one cut off"), "{said}");
+    assert!(told, "c's /health and /v1/limits say it is cut off: {:?}", c.http_get("c", "/health"));
     assert!(during.0 <= 1020, "the cluster went over the limit while c was cut off: {during:?}");
     assert!(c_during <= 10, "c admitted {c_during} in 3 s while cut off");
     assert!(back, "the links came back");

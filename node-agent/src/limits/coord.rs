@@ -92,11 +92,12 @@ const SETTLING_TICKS: u32 = 3;
 pub struct PeerView {
     /// `live`, `vanished` (its token went while its reports were arriving; asking whether
     /// another process still sees it; its share is held) or `silent` (vanished silently, or
-    /// still seen by another process; its share is held).
+    /// still seen by another process; its share is held); for this node itself, `cut_off` while
+    /// it takes no share (see `CutOff`).
     pub state: &'static str,
     /// Milliseconds since its last report (none yet: `null`).
     pub last_report_ms: Option<u64>,
-    /// For `silent`: milliseconds until it is forgotten.
+    /// For `silent`: milliseconds until it is forgotten; for `cut_off`, until the hold ends.
     pub forget_in_ms: Option<u64>,
 }
 
@@ -321,7 +322,11 @@ pub async fn run(
                         tracing::debug!(error = %e, "cannot publish demand");
                     }
                 }
-                view.send_replace(peers_view(&peers, &settings));
+                let mut seen = peers_view(&peers, &settings);
+                if let (Some(me), Some(left)) = (seen.get_mut(&node), cut_off.hold_left(&settings)) {
+                    (me.state, me.forget_in_ms) = ("cut_off", Some(left.as_millis() as u64));
+                }
+                view.send_replace(seen);
             }
         }
     }
@@ -488,9 +493,9 @@ impl CutOff {
         tracing::warn!(
             vanished = node,
             hold_ms = settings.silent_hold.as_millis() as u64,
-            "this node lost every other process at once ({company}) and none answered: it may be the one cut off, \
-             and the others may have freed its share; it admits nothing until it sees another process or the hold \
-             ends"
+            "this node lost every other process at once (it saw {company} a moment before) and none answered: it may \
+             be the one cut off, and the others may have freed its share; it admits nothing until it sees another \
+             process or the hold ends"
         );
         self.since = Some(Instant::now());
     }
@@ -510,6 +515,11 @@ impl CutOff {
 
     fn active(&self) -> bool {
         self.since.is_some()
+    }
+
+    /// While cut off: how long until the hold ends.
+    fn hold_left(&self, settings: &CoordSettings) -> Option<Duration> {
+        self.since.map(|s| settings.silent_hold.saturating_sub(s.elapsed()))
     }
 }
 
