@@ -126,7 +126,7 @@ fn an_agent_whose_disk_fills_says_so_and_loses_nothing() {
     assert!(body.contains("No space left on device"), "/health names the error: {body}");
     // A source stopped by its journal says so in a gauge of its own (its lag says 0).
     let stopped = || metric(&c.http_get("gw", "/metrics").1, "switchboard_agent_source_stopped{source=\"app\"}");
-    if body.contains("journal") {
+    if body.contains("source app stopped: its journal cannot be written") {
         assert_eq!(stopped(), Some(1.0), "{body}");
         eprintln!("the source stopped on its journal, and its gauge says so");
     }
