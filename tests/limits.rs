@@ -402,10 +402,24 @@ fn a_node_cut_off_from_all_by_closed_links_takes_nothing_and_the_cluster_stays_w
     let refs: Vec<&Load> = loads.iter().collect();
     let during = window_extremes(&refs, cut, Instant::now());
     let c_during = admitted(&refs[2..], Instant::now() - Duration::from_secs(3), Duration::from_secs(3));
-    for p in &proxies {
+    // c's link to the collector comes back first, its links to a and b stay cut: a and b still
+    // take c for gone, so c still takes nothing.
+    proxies[0].heal();
+    let partial_from = Instant::now();
+    let sees_collector = wait_until(Duration::from_secs(20), || {
+        let (_, body) = c.http_get("c", "/health");
+        body.contains("\"collectors_alive\":[\"")
+    });
+    assert!(sees_collector, "c never linked to the collector again: {:?}", c.http_get("c", "/health"));
+    std::thread::sleep(Duration::from_secs(3));
+    let still = c.http_get("c", "/v1/limits").1;
+    let c_partial = admitted(&refs[2..], Instant::now() - Duration::from_secs(2), Duration::from_secs(2));
+    for p in &proxies[1..] {
         p.heal();
     }
     let healed = Instant::now();
+    let partial = window_extremes(&refs, partial_from, healed);
+    eprintln!("c seeing the collector alone: {c_partial} in 2 s; windows {partial:?}; {still}");
     let back = wait_until(Duration::from_secs(20), || {
         ["a", "c"].iter().all(|n| c.http_get(n, "/v1/limits").1.matches("\"live\"").count() == 3)
     });
@@ -426,6 +440,11 @@ fn a_node_cut_off_from_all_by_closed_links_takes_nothing_and_the_cluster_stays_w
     assert!(freed, "a, b and the collector should take c for exited");
     assert!(said.contains("it may be the one cut off"), "{said}");
     assert!(told, "c's /health and /v1/limits say it is cut off: {:?}", c.http_get("c", "/health"));
+    assert!(
+        still.contains("\"cut_off\"") && c_partial <= 10,
+        "c, seeing the collector alone: {c_partial} in 2 s, {still}"
+    );
+    assert!(partial.0 <= 1020, "over the limit while c saw the collector alone: {partial:?}");
     assert!(during.0 <= 1020, "the cluster went over the limit while c was cut off: {during:?}");
     assert!(c_during <= 10, "c admitted {c_during} in 3 s while cut off");
     assert!(back, "the links came back");

@@ -270,7 +270,11 @@ pub async fn run(
                 if others > 0 {
                     company = others;
                 }
-                cut_off.end_if(others, &settings);
+                // Only an agent seen again ends a cut-off: the agents are the ones that may have
+                // freed this node's share, and one that sees it again takes it back into the
+                // split; a collector seen again alone (the links to the agents still cut)
+                // changes nothing of theirs.
+                cut_off.end_if(live.len().saturating_sub(1), &settings);
                 let vanished: Vec<(String, Instant)> = reconcile(&mut peers, &live, &settings)
                     .into_iter()
                     .filter_map(|name| Some((name.clone(), peers.get(&name)?.vanished?)))
@@ -469,14 +473,14 @@ fn others_live(membership: &Membership, node: &str) -> usize {
     membership.live().iter().filter(|m| !(m.role == Role::Agent && m.name == node)).count()
 }
 
-/// A node that lost every other process at once, none of them answering whether they still see
+/// A node that lost every other agent at once, none of them answering whether they still see
 /// the ones that went, may be the one cut off (every link to it reset: a firewall that rejects,
 /// a conntrack flush). Those on the other side, two or more, asked each other, saw it go
 /// nowhere, and took it for exited: they split its share among them. So when this node had two
-/// or more other processes before and has none now, it takes no share of any key until it sees
-/// another process again, or until the silent nodes' hold ends (then a partition is long, and
+/// or more other agents before and has none now, it takes no share of any key until it sees
+/// another agent again, or until the silent nodes' hold ends (then a partition is long, and
 /// each side takes what it sees as the whole limit: docs/architecture.md, "Deaths and
-/// partitions"). With one other process before (two agents alone), that one, cut off too,
+/// partitions"). (`membership` is the agents that share the limits.) With one other agent before, that one, cut off too,
 /// could not have taken this node's share: both hold as before.
 #[derive(Debug, Default)]
 struct CutOff {
@@ -493,18 +497,19 @@ impl CutOff {
         tracing::warn!(
             vanished = node,
             hold_ms = settings.silent_hold.as_millis() as u64,
-            "this node lost every other process at once (it saw {company} a moment before) and none answered: it may \
+            "this node lost every other agent at once (it saw {company} a moment before) and none answered: it may \
              be the one cut off, and the others may have freed its share; it admits nothing until it sees another \
-             process or the hold ends"
+             agent or the hold ends"
         );
         self.since = Some(Instant::now());
     }
 
-    /// End the cut-off once another process is seen (`others` live), or after the hold.
-    fn end_if(&mut self, others: usize, settings: &CoordSettings) {
+    /// End the cut-off once another agent is seen (`agents` live besides this node), or after
+    /// the hold.
+    fn end_if(&mut self, agents: usize, settings: &CoordSettings) {
         let Some(since) = self.since else { return };
-        if others > 0 {
-            tracing::info!(others, "this node sees other processes again; it takes its share again");
+        if agents > 0 {
+            tracing::info!(agents, "this node sees other agents again; it takes its share again");
         } else if since.elapsed() >= settings.silent_hold {
             tracing::warn!("cut off for the whole hold: this node takes what it sees as the whole limit");
         } else {
@@ -894,7 +899,7 @@ mod tests {
         let settings = CoordSettings::default();
         let mut cut = CutOff::default();
         cut.suspect(true, 1, "a", &settings);
-        assert!(!cut.active(), "with one other process before, that one could not free this node's share");
+        assert!(!cut.active(), "with one other agent before, that one could not free this node's share");
         cut.suspect(false, 3, "a", &settings);
         assert!(!cut.active(), "another process is still seen");
         cut.suspect(true, 3, "a", &settings);
