@@ -437,8 +437,7 @@ pub const PROTOCOLS: [&str; 3] = ["tcp", "tls", "quic"];
 /// where `listening`; true for a protocol that needs certificates.
 pub fn check_endpoint(endpoint: &str, listening: bool) -> Result<bool, ConfigError> {
     let bad = || ConfigError::Endpoint(endpoint.to_owned());
-    let (proto, rest) = endpoint.split_once('/').ok_or_else(bad)?;
-    let address = rest.split(['?', '#']).next().unwrap_or_default();
+    let (proto, address) = endpoint_parts(endpoint).ok_or_else(bad)?;
     if proto.is_empty() || address.is_empty() {
         return Err(bad());
     }
@@ -456,13 +455,19 @@ pub fn check_endpoint(endpoint: &str, listening: bool) -> Result<bool, ConfigErr
     }
 }
 
+/// An endpoint's protocol and address: `tcp/10.0.0.9:7447?x#y` is `("tcp", "10.0.0.9:7447")`
+/// (zenoh's `?metadata` and `#config` suffixes left out); `None` without a `/`.
+pub fn endpoint_parts(endpoint: &str) -> Option<(&str, &str)> {
+    let (proto, rest) = endpoint.split_once('/')?;
+    Some((proto, rest.split(['?', '#']).next().unwrap_or_default()))
+}
+
 /// `<proto>/<ip>:<port>` for the local address that reaches `endpoint` (`<proto>/<host>:<port>`)
 /// and a port free there now (of UDP for `quic/` and `udp/`, of TCP otherwise), so that the
 /// endpoint can be written down for tools ([`LISTENING_FILE`]).
 fn local_endpoint_towards(endpoint: &str) -> Option<String> {
     use std::net::{SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
-    let (proto, rest) = endpoint.split_once('/')?;
-    let addr = rest.split(['#', '?']).next()?;
+    let (proto, addr) = endpoint_parts(endpoint)?;
     let remote = addr.to_socket_addrs().ok()?.next()?;
     // A connected UDP socket only asks the routing table which source address it would use.
     let socket = UdpSocket::bind(if remote.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).ok()?;

@@ -610,6 +610,7 @@ impl Group {
         }
         let epoch = self.log.next() - 1;
         self.epoch = Some(epoch);
+        (self.writes_ok_since, self.probed, self.probe_failed) = (None, None, false);
         self.log.write_hint(&self.store).await;
         // Everything staged before the claim is either published (the roll-forward) or never
         // recorded: garbage.
@@ -627,6 +628,8 @@ impl Group {
             s.leader = Some(self.name.clone());
             s.takeovers += 1;
             s.claim_lost = None;
+            // A standby's probe says nothing of a leader, which learns of its store by its commits.
+            s.write_error = None;
         });
         // Taking over from another collector is worth a warning; a first start, or a restart of
         // the same one, is not.

@@ -302,8 +302,8 @@ impl AgentConfig {
     }
 
     /// What `agent --check` adds to [`AgentConfig::validate`]: what a start would meet on this
-    /// host. The gateway socket's path fits a Unix socket address; the HTTP API, the gateway's
-    /// TCP address and the StatsD port are free to bind. Each error names the key. A data
+    /// host. The gateway socket's path fits a Unix socket address; the bus's listen ports, the
+    /// HTTP API, the gateway's TCP address and the StatsD port are free to bind. Each error names the key. A data
     /// directory a running agent holds is a note (`Ok(Some(..))`), not an error: a changed config
     /// is checked while its agent still runs, and that agent holds the ports too, so they are
     /// not looked at then.
@@ -332,8 +332,7 @@ impl AgentConfig {
         }
         for endpoint in &self.bus.listen {
             // tcp/ and tls/ listen on TCP, quic/ on UDP; port 0 takes any free one.
-            let (proto, rest) = endpoint.split_once('/').unwrap_or_default();
-            let address = rest.split(['?', '#']).next().unwrap_or_default();
+            let Some((proto, address)) = switchboard_bus::config::endpoint_parts(endpoint) else { continue };
             let Ok(addr) = address.parse::<std::net::SocketAddr>() else { continue };
             if addr.port() == 0 {
                 continue;

@@ -187,8 +187,8 @@ pub async fn run(
     let mut ticks = 0u32;
     // Whether this node has once heard every live node since it started (see `apply`).
     let mut settled = false;
-    // Other live processes (agents and collectors) at the last tick that had any, and since
-    // when this node takes itself for cut off from all of them (see `CutOff`).
+    // Other agents sharing the limits at the last tick that had any, and since when this node
+    // takes itself for cut off from all of them (see `CutOff`).
     let mut company = 0usize;
     let mut cut_off = CutOff::default();
     loop {
@@ -203,7 +203,7 @@ pub async fn run(
                 break;
             }
             Some(answers) = checked.recv() => {
-                let alone = others_live(&membership, &node) == 0;
+                let alone = membership.live_of(Role::Agent).iter().all(|n| *n == node);
                 for (name, at, seen_by) in answers {
                     if seen_by == Sighting::NoAnswer && peers.get(&name).and_then(|p| p.vanished) == Some(at) {
                         cut_off.suspect(alone, company, &name, &settings);
@@ -266,15 +266,15 @@ pub async fn run(
                 }
                 let live: BTreeSet<String> =
                     membership.live_of(Role::Agent).into_iter().chain([node.clone()]).collect();
-                let others = others_live(&membership, &node);
-                if others > 0 {
-                    company = others;
-                }
                 // Only an agent seen again ends a cut-off: the agents are the ones that may have
                 // freed this node's share, and one that sees it again takes it back into the
                 // split; a collector seen again alone (the links to the agents still cut)
                 // changes nothing of theirs.
-                cut_off.end_if(live.len().saturating_sub(1), &settings);
+                let others = live.len().saturating_sub(1);
+                if others > 0 {
+                    company = others;
+                }
+                cut_off.end_if(others, &settings);
                 let vanished: Vec<(String, Instant)> = reconcile(&mut peers, &live, &settings)
                     .into_iter()
                     .filter_map(|name| Some((name.clone(), peers.get(&name)?.vanished?)))
@@ -328,7 +328,7 @@ pub async fn run(
                 }
                 let mut seen = peers_view(&peers, &settings);
                 if let (Some(me), Some(left)) = (seen.get_mut(&node), cut_off.hold_left(&settings)) {
-                    (me.state, me.forget_in_ms) = ("cut_off", Some(left.as_millis() as u64));
+                    (me.state, me.forget_in_ms) = (CUT_OFF, Some(left.as_millis() as u64));
                 }
                 view.send_replace(seen);
             }
@@ -468,10 +468,8 @@ fn settle_vanished(
     }
 }
 
-/// The live processes (agents and collectors) other than this node.
-fn others_live(membership: &Membership, node: &str) -> usize {
-    membership.live().iter().filter(|m| !(m.role == Role::Agent && m.name == node)).count()
-}
+/// The state `/v1/limits` gives this node itself while it takes itself for cut off ([`CutOff`]).
+pub const CUT_OFF: &str = "cut_off";
 
 /// A node that lost every other agent at once, none of them answering whether they still see
 /// the ones that went, may be the one cut off (every link to it reset: a firewall that rejects,
@@ -480,8 +478,8 @@ fn others_live(membership: &Membership, node: &str) -> usize {
 /// or more other agents before and has none now, it takes no share of any key until it sees
 /// another agent again, or until the silent nodes' hold ends (then a partition is long, and
 /// each side takes what it sees as the whole limit: docs/architecture.md, "Deaths and
-/// partitions"). (`membership` is the agents that share the limits.) With one other agent before, that one, cut off too,
-/// could not have taken this node's share: both hold as before.
+/// partitions"). With one other agent before, that one, cut off too, could not have taken this
+/// node's share: both hold as before. (The agents counted are those that share the limits.)
 #[derive(Debug, Default)]
 struct CutOff {
     since: Option<Instant>,
@@ -489,7 +487,7 @@ struct CutOff {
 
 impl CutOff {
     /// A vanished node's check found no other process to answer: this node is cut off when it
-    /// is `alone` now after having had `company` other processes.
+    /// is `alone` now (no other agent) after having had `company` other agents.
     fn suspect(&mut self, alone: bool, company: usize, node: &str, settings: &CoordSettings) {
         if !alone || company < 2 || self.since.is_some() {
             return;
@@ -622,7 +620,7 @@ fn apply(
     cut_off: bool,
 ) {
     let n = peers.len().max(1);
-    // Not settled yet (just started), or cut off from every other process: no share at all,
+    // Not settled yet (just started), or cut off from every other agent: no share at all,
     // see the caller.
     limiter.set_default_share(if settled && !cut_off { 1.0 / n as f64 } else { 0.0 });
     // A live node not heard from yet may be as busy as anyone: until it reports, take no more
@@ -901,13 +899,13 @@ mod tests {
         cut.suspect(true, 1, "a", &settings);
         assert!(!cut.active(), "with one other agent before, that one could not free this node's share");
         cut.suspect(false, 3, "a", &settings);
-        assert!(!cut.active(), "another process is still seen");
+        assert!(!cut.active(), "another agent is still seen");
         cut.suspect(true, 3, "a", &settings);
         assert!(cut.active());
         cut.end_if(0, &settings);
         assert!(cut.active(), "still alone, within the hold");
         cut.end_if(1, &settings);
-        assert!(!cut.active(), "another process seen again");
+        assert!(!cut.active(), "another agent seen again");
     }
 
     #[test]
