@@ -372,18 +372,7 @@ fn a_node_cut_off_from_all_by_closed_links_takes_nothing_and_the_cluster_stays_w
     let _one_at_a_time = measuring();
     let c = Cluster::new();
     let _collector = c.start_collector();
-    let a = c.start_limits_agent("a", std::slice::from_ref(&c.endpoint), "gossip = false", "");
-    let b = c.start_limits_agent("b", &[c.endpoint.clone(), a.endpoint()], "gossip = false", "");
-    // c reaches every other process through a proxy of its own; none of them dials c.
-    let collector_port: u16 = c.endpoint.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap();
-    let proxies: Vec<Proxy> = [collector_port, a.port, b.port].into_iter().map(Proxy::start).collect();
-    let via: Vec<String> = proxies.iter().map(Proxy::endpoint).collect();
-    let cc = c.start_limits_agent("c", &via, "gossip = false", "");
-    wait_healthy(&c, &["a", "b", "c"]);
-    c.set_limits(&a.endpoint(), RATE_1000, "cut-off test");
-    for n in ["a", "b", "c"] {
-        wait_for_view(&c, n, 3, 1);
-    }
+    let (mut agents, proxies) = the_last_behind_proxies(&c, &["a", "b", "c"]);
     let loads: Vec<Load> = ["a", "b", "c"].iter().map(|n| Load::start(c.socket(n), "operator:x", 1000)).collect();
     std::thread::sleep(Duration::from_secs(3));
     let cut = Instant::now();
@@ -430,7 +419,7 @@ fn a_node_cut_off_from_all_by_closed_links_takes_nothing_and_the_cluster_stays_w
     for l in loads {
         l.stop();
     }
-    let said = cc.proc.as_ref().unwrap().log_text();
+    let said = agents[2].proc.as_ref().unwrap().log_text();
     eprintln!(
         "a freed c's share: {freed}; during the cut {during:?} (c in its last 3 s: {c_during}); back {back} after \
          healing; after {after:?} (c {c_after})\nallowed/denied per 250 ms (a b c) from 1 s before the cut, healed at \
@@ -450,7 +439,83 @@ fn a_node_cut_off_from_all_by_closed_links_takes_nothing_and_the_cluster_stays_w
     assert!(back, "the links came back");
     assert!(after.0 <= 1020, "no overshoot after healing: {after:?}");
     assert!(c_after > 150, "c takes its share again once it sees the others: {c_after}");
-    drop((a, b, cc));
+    agents.clear();
+}
+
+/// Agents `names` with the collector of `c`, the last reaching every other process through a
+/// proxy of its own (none of them dials it, gossip off), `RATE_1000` in force on all: the
+/// agents and the last one's proxies (the collector's first).
+fn the_last_behind_proxies(c: &Cluster, names: &[&str]) -> (Vec<LimitsNode>, Vec<Proxy>) {
+    let Some((last, first)) = names.split_last() else { return (Vec::new(), Vec::new()) };
+    let mut agents: Vec<LimitsNode> = Vec::new();
+    for n in first {
+        let mut links = vec![c.endpoint.clone()];
+        links.extend(agents.iter().map(LimitsNode::endpoint));
+        agents.push(c.start_limits_agent(n, &links, "gossip = false", ""));
+    }
+    let collector_port: u16 = c.endpoint.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap();
+    let ports = std::iter::once(collector_port).chain(agents.iter().map(|a| a.port));
+    let proxies: Vec<Proxy> = ports.map(Proxy::start).collect();
+    let via: Vec<String> = proxies.iter().map(Proxy::endpoint).collect();
+    agents.push(c.start_limits_agent(last, &via, "gossip = false", ""));
+    wait_healthy(c, names);
+    c.set_limits(&agents[0].endpoint(), RATE_1000, "cut-off test");
+    for n in names {
+        wait_for_view(c, n, names.len(), 1);
+    }
+    (agents, proxies)
+}
+
+/// Two agents and a collector, b cut off from both by closed links: a asks the collector, which
+/// does not see b either, and takes the whole limit; b, which lost both other processes at once
+/// and can ask nobody, takes nothing until it sees a again.
+#[test]
+fn of_two_agents_with_a_collector_the_one_cut_off_takes_nothing() {
+    let _one_at_a_time = measuring();
+    let c = Cluster::new();
+    let _collector = c.start_collector();
+    let (mut agents, proxies) = the_last_behind_proxies(&c, &["a", "b"]);
+    let loads: Vec<Load> = ["a", "b"].iter().map(|n| Load::start(c.socket(n), "operator:x", 1000)).collect();
+    let refs: Vec<&Load> = loads.iter().collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let cut = Instant::now();
+    for p in &proxies {
+        p.refuse();
+    }
+    let freed = wait_until(Duration::from_secs(5), || !c.http_get("a", "/v1/limits").1.contains("\"b\""));
+    let told = wait_until(Duration::from_secs(5), || c.http_get("b", "/v1/limits").1.contains("\"cut_off\""));
+    std::thread::sleep(Duration::from_secs(4));
+    let during = window_extremes(&refs, cut, Instant::now());
+    let a_during = admitted(&refs[..1], Instant::now() - Duration::from_secs(3), Duration::from_secs(3));
+    let b_during = admitted(&refs[1..], Instant::now() - Duration::from_secs(3), Duration::from_secs(3));
+    for p in &proxies {
+        p.heal();
+    }
+    let healed = Instant::now();
+    let back = wait_until(Duration::from_secs(20), || {
+        ["a", "b"].iter().all(|n| c.http_get(n, "/v1/limits").1.matches("\"live\"").count() == 2)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let after = window_extremes(&refs, healed, Instant::now());
+    let b_after = admitted(&refs[1..], Instant::now() - Duration::from_secs(1), Duration::from_secs(1));
+    let timeline = common::limits::timeline(&refs, cut - Duration::from_secs(1), Instant::now());
+    for l in loads {
+        l.stop();
+    }
+    eprintln!(
+        "a freed b's share: {freed}; during the cut {during:?} (a {a_during}, b {b_during} in the last 3 s); back \
+         {back}; after {after:?} (b {b_after} in 1 s)\nallowed/denied per 250 ms (a b) from 1 s before the cut:\n\
+         {timeline}"
+    );
+    assert!(freed, "a and the collector should take b for exited");
+    assert!(told, "b's /v1/limits says it is cut off: {:?}", c.http_get("b", "/v1/limits"));
+    assert!(during.0 <= 1020, "the cluster went over the limit while b was cut off: {during:?}");
+    assert!(b_during <= 10, "b admitted {b_during} in 3 s while cut off");
+    assert!(a_during >= 2000, "a takes the whole limit: {a_during} in 3 s");
+    assert!(back, "the links came back");
+    assert!(after.0 <= 1020, "no overshoot after healing: {after:?}");
+    assert!(b_after > 150, "b takes its share again once it sees a: {b_after}");
+    agents.clear();
 }
 
 #[test]

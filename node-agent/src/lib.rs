@@ -319,10 +319,8 @@ impl Agent {
         // Limits are shared, and DLR records placed, among the agents that serve them: an agent
         // that runs without one is alive but takes no part in it.
         let limits = if config.limits.enabled {
-            let sharing =
-                Membership::watch_service(&session, &keys, Service::Limits, Some(me.clone()), cancel.clone()).await?;
             let limits =
-                limits::LimitsService::start(&config, &session, &keys, &sharing, &tracker, &announced, &cancel);
+                limits::LimitsService::start(&config, &session, &keys, &membership, &tracker, &announced, &cancel);
             Some(limits.await?)
         } else {
             None

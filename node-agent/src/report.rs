@@ -128,8 +128,8 @@ impl Report for AgentReport {
         if let Some(me) = self.limits.as_ref().and_then(|l| l.peers.borrow().get(&self.node).cloned()) {
             if me.state == crate::limits::coord::CUT_OFF {
                 h.degraded.push(format!(
-                    "limits: this node lost every other agent at once and may be the one cut off: it admits nothing \
-                     (every limited key answers limited) until it sees another agent, or for {} s more",
+                    "limits: this node lost every other process at once and may be the one cut off: it admits nothing \
+                     (every limited key answers limited) until it sees the other agents again, or for {} s more",
                     me.forget_in_ms.unwrap_or(0) / 1000
                 ));
             }

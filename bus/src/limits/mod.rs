@@ -125,6 +125,8 @@ pub const MAX_KEY_BYTES: usize = 512;
 pub const MAX_VALUE: u64 = 1_000_000_000;
 /// Most limits in one revision.
 pub const MAX_LIMITS: usize = 100_000;
+/// Most agents a demand report names as those its node splits with.
+pub const MAX_AGENTS: usize = 10_000;
 /// Most concrete keys a node holds state for at once. The coordination walks every key each
 /// interval (100 ms) and names it in the node's demand report: measured with three agents on
 /// two cores, 10,000 keys cost a node about 12% of a core and its reports stayed on time; 30,000

@@ -43,6 +43,11 @@ pub struct DemandReport {
     /// (absent: `false`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub leaving: bool,
+    /// The agents the node splits with: those it sees live, itself included (absent: not
+    /// said). A node back from a cut takes a share again only once it sees every agent the
+    /// others name here, as every one of those splits with it then.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<String>,
 }
 
 impl DemandReport {
@@ -79,6 +84,12 @@ impl DemandReport {
         }
         if let Some(k) = self.held.keys().chain(self.allotted.keys()).find(|k| k.len() > super::MAX_KEY_BYTES) {
             return Err(format!("held or allotted slots for a key of {} bytes", k.len()));
+        }
+        if self.agents.len() > super::MAX_AGENTS {
+            return Err(format!("{} agents (at most {})", self.agents.len(), super::MAX_AGENTS));
+        }
+        if let Some((name, e)) = self.agents.iter().find_map(|n| crate::keys::check_name(n).err().map(|e| (n, e))) {
+            return Err(format!("agent {name:?}: {e}"));
         }
         Ok(())
     }

@@ -156,6 +156,7 @@ fn until_next_tick(interval: Duration) -> Duration {
 }
 
 /// Publish demand and apply shares until `cancel` fires; `view` shows the known nodes.
+/// `membership` holds the agents sharing the limits, `everyone` every process (see [`CutOff`]).
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     session: Session,
@@ -163,6 +164,7 @@ pub async fn run(
     node: String,
     limiter: Arc<Limiter>,
     membership: Membership,
+    everyone: Membership,
     settings: CoordSettings,
     view: watch::Sender<BTreeMap<String, PeerView>>,
     cancel: CancellationToken,
@@ -187,9 +189,7 @@ pub async fn run(
     let mut ticks = 0u32;
     // Whether this node has once heard every live node since it started (see `apply`).
     let mut settled = false;
-    // Other agents sharing the limits at the last tick that had any, and since when this node
-    // takes itself for cut off from all of them (see `CutOff`).
-    let mut company = 0usize;
+    // Whether, and since when, this node takes itself for cut off from all (see `CutOff`).
     let mut cut_off = CutOff::default();
     loop {
         tokio::select! {
@@ -203,10 +203,10 @@ pub async fn run(
                 break;
             }
             Some(answers) = checked.recv() => {
-                let alone = membership.live_of(Role::Agent).iter().all(|n| *n == node);
+                let alone = others_seen(&everyone, &node) == 0;
                 for (name, at, seen_by) in answers {
                     if seen_by == Sighting::NoAnswer && peers.get(&name).and_then(|p| p.vanished) == Some(at) {
-                        cut_off.suspect(alone, company, &name, &settings);
+                        cut_off.suspect(alone, &name, &settings);
                     }
                     settle_vanished(&mut peers, &name, at, seen_by, &settings);
                 }
@@ -266,15 +266,14 @@ pub async fn run(
                 }
                 let live: BTreeSet<String> =
                     membership.live_of(Role::Agent).into_iter().chain([node.clone()]).collect();
-                // Only an agent seen again ends a cut-off: the agents are the ones that may have
+                // Only agents seen again end a cut-off: the agents are the ones that may have
                 // freed this node's share, and one that sees it again takes it back into the
                 // split; a collector seen again alone (the links to the agents still cut)
-                // changes nothing of theirs.
-                let others = live.len().saturating_sub(1);
-                if others > 0 {
-                    company = others;
-                }
-                cut_off.end_if(others, &settings);
+                // changes nothing of theirs. And all of them: an agent the others split with
+                // that does not see this node yet still splits without it.
+                cut_off.note_company(others_seen(&everyone, &node), &settings);
+                let unseen = unseen_agent(&peers, &live);
+                cut_off.end_if(live.len().saturating_sub(1), unseen.as_deref(), &settings);
                 let vanished: Vec<(String, Instant)> = reconcile(&mut peers, &live, &settings)
                     .into_iter()
                     .filter_map(|name| Some((name.clone(), peers.get(&name)?.vanished?)))
@@ -322,6 +321,7 @@ pub async fn run(
                     mine.allotted = applied.iter().filter(|(_, a)| a.1 != u64::MAX).map(|(k, a)| (k.clone(), a.1)).collect();
                     mine.shares = applied.iter().filter(|(_, a)| a.1 == u64::MAX).map(|(k, a)| (k.clone(), a.2)).collect();
                     mine.first_use_share = first_use_share;
+                    mine.agents = live.iter().cloned().collect();
                     if let Err(e) = session.put(&my_key, serde_json::to_vec(&*mine).unwrap_or_default()).await {
                         tracing::debug!(error = %e, "cannot publish demand");
                     }
@@ -471,43 +471,74 @@ fn settle_vanished(
 /// The state `/v1/limits` gives this node itself while it takes itself for cut off ([`CutOff`]).
 pub const CUT_OFF: &str = "cut_off";
 
-/// A node that lost every other agent at once, none of them answering whether they still see
-/// the ones that went, may be the one cut off (every link to it reset: a firewall that rejects,
-/// a conntrack flush). Those on the other side, two or more, asked each other, saw it go
-/// nowhere, and took it for exited: they split its share among them. So when this node had two
-/// or more other agents before and has none now, it takes no share of any key until it sees
-/// another agent again, or until the silent nodes' hold ends (then a partition is long, and
-/// each side takes what it sees as the whole limit: docs/architecture.md, "Deaths and
-/// partitions"). With one other agent before, that one, cut off too, could not have taken this
-/// node's share: both hold as before. (The agents counted are those that share the limits.)
+/// A node that lost every other process at once, none of them answering whether they still see
+/// the agents that went, may be the one cut off (every link to it reset: a firewall that
+/// rejects, a conntrack flush). Those on the other side, when two or more processes are left
+/// there (agents or collectors), asked each other, saw it go nowhere, and took it for exited:
+/// the agents among them split its share. So when this node saw two or more other processes
+/// within the last lease and sees none now, it takes no share of any key until it sees another
+/// agent again, or until the silent nodes' hold ends (then a partition is long, and each side
+/// takes what it sees as the whole limit: docs/architecture.md, "Deaths and partitions"). With
+/// one other process before, that one, an agent cut off too, could not have taken this node's
+/// share: both hold as before.
 #[derive(Debug, Default)]
 struct CutOff {
     since: Option<Instant>,
+    /// The most other processes seen at a tick within the last lease, and when; the count
+    /// stays while none is seen. Over a lease, not one tick: links that close a tick apart
+    /// (or run out their lease apart) are still lost "at once".
+    company: usize,
+    company_at: Option<Instant>,
+}
+
+/// An agent that a live agent's newest report says it splits with and that this node does not
+/// see (`live`).
+fn unseen_agent(peers: &BTreeMap<String, Peer>, live: &BTreeSet<String>) -> Option<String> {
+    live.iter()
+        .filter_map(|name| peers.get(name))
+        .filter_map(|p| p.waiting.back().or(p.report.as_ref()))
+        .flat_map(|r| &r.agents)
+        .find(|a| !live.contains(*a))
+        .cloned()
+}
+
+/// Processes live besides this node (agents of any service, collectors).
+fn others_seen(everyone: &Membership, node: &str) -> usize {
+    everyone.live().iter().filter(|m| !(m.role == Role::Agent && m.name == node)).count()
 }
 
 impl CutOff {
-    /// A vanished node's check found no other process to answer: this node is cut off when it
-    /// is `alone` now (no other agent) after having had `company` other agents.
-    fn suspect(&mut self, alone: bool, company: usize, node: &str, settings: &CoordSettings) {
+    /// Note how many other processes this node sees at a tick.
+    fn note_company(&mut self, others: usize, settings: &CoordSettings) {
+        let stale = self.company_at.is_none_or(|at| at.elapsed() > settings.lease);
+        if others > 0 && (others >= self.company || stale) {
+            (self.company, self.company_at) = (others, Some(Instant::now()));
+        }
+    }
+
+    /// A vanished agent's check found no other process to answer: this node is cut off when it
+    /// is `alone` now (no other process) after having had two or more others.
+    fn suspect(&mut self, alone: bool, node: &str, settings: &CoordSettings) {
+        let company = self.company;
         if !alone || company < 2 || self.since.is_some() {
             return;
         }
         tracing::warn!(
             vanished = node,
             hold_ms = settings.silent_hold.as_millis() as u64,
-            "this node lost every other agent at once (it saw {company} a moment before) and none answered: it may \
-             be the one cut off, and the others may have freed its share; it admits nothing until it sees another \
-             agent or the hold ends"
+            "this node lost every other process at once (it saw {company} a moment before) and none answered: it may \
+             be the one cut off, and the others may have freed its share; it admits nothing until it sees the other \
+             agents again or the hold ends"
         );
         self.since = Some(Instant::now());
     }
 
-    /// End the cut-off once another agent is seen (`agents` live besides this node), or after
-    /// the hold.
-    fn end_if(&mut self, agents: usize, settings: &CoordSettings) {
+    /// End the cut-off once other agents are seen (`agents` live besides this node), none
+    /// `unseen` that those split with, or after the hold.
+    fn end_if(&mut self, agents: usize, unseen: Option<&str>, settings: &CoordSettings) {
         let Some(since) = self.since else { return };
-        if agents > 0 {
-            tracing::info!(agents, "this node sees other agents again; it takes its share again");
+        if agents > 0 && unseen.is_none() {
+            tracing::info!(agents, "this node sees the other agents again; it takes its share again");
         } else if since.elapsed() >= settings.silent_hold {
             tracing::warn!("cut off for the whole hold: this node takes what it sees as the whole limit");
         } else {
@@ -896,15 +927,22 @@ mod tests {
 
         let settings = CoordSettings::default();
         let mut cut = CutOff::default();
-        cut.suspect(true, 1, "a", &settings);
-        assert!(!cut.active(), "with one other agent before, that one could not free this node's share");
-        cut.suspect(false, 3, "a", &settings);
-        assert!(!cut.active(), "another agent is still seen");
-        cut.suspect(true, 3, "a", &settings);
+        cut.note_company(1, &settings);
+        cut.suspect(true, "a", &settings);
+        assert!(!cut.active(), "with one other process before, that one could not free this node's share");
+        cut.note_company(2, &settings);
+        cut.suspect(false, "a", &settings);
+        assert!(!cut.active(), "another process is still seen");
+        // Links that close a tick apart: the most seen within the lease counts.
+        cut.note_company(1, &settings);
+        cut.note_company(0, &settings);
+        cut.suspect(true, "a", &settings);
         assert!(cut.active());
-        cut.end_if(0, &settings);
+        cut.end_if(0, None, &settings);
         assert!(cut.active(), "still alone, within the hold");
-        cut.end_if(1, &settings);
+        cut.end_if(1, Some("b"), &settings);
+        assert!(cut.active(), "an agent the one seen splits with does not see this node yet");
+        cut.end_if(1, None, &settings);
         assert!(!cut.active(), "another agent seen again");
     }
 

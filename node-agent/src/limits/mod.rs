@@ -18,9 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchboard_bus::keys::KeySpace;
+use switchboard_bus::keys::{KeySpace, Role, Service};
 use switchboard_bus::limits::{Decision, Limiter};
-use switchboard_bus::Membership;
+use switchboard_bus::{Member, Membership};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -145,7 +145,7 @@ pub struct LimitsService {
 }
 
 impl LimitsService {
-    /// Start limits for the agent described by `config`.
+    /// Start limits for the agent described by `config`; `membership` is the whole cluster's.
     pub async fn start(
         config: &AgentConfig,
         session: &zenoh::Session,
@@ -157,6 +157,10 @@ impl LimitsService {
     ) -> Result<Arc<Self>, AgentError> {
         let l = &config.limits;
         let node = config.bus.node.clone();
+        // Limits are shared among the agents that serve them: an agent that runs without them is
+        // alive but takes no part.
+        let me = Member { role: Role::Agent, name: node.clone() };
+        let sharing = Membership::watch_service(session, keys, Service::Limits, Some(me), cancel.clone()).await?;
         let dir = limits_dir(&config.agent.data_dir);
         // No limits until the first revision arrives: an empty set is valid. No key takes any
         // share (units of a rate, or a first slot) until the coordination has heard the other
@@ -191,6 +195,7 @@ impl LimitsService {
                 keys.clone(),
                 node,
                 limiter.clone(),
+                sharing,
                 membership.clone(),
                 settings,
                 view_tx,
