@@ -1256,7 +1256,7 @@ fn a_node_rebuilt_empty_takes_its_records_back_and_its_copies_are_made_again() {
     let miss = || post(&c, "b", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "999999"}));
     let unknown = wait_until(Duration::from_secs(10), || {
         let (code, res) = miss();
-        code == 503 && res["error"].as_str().is_some_and(|e| e.contains("whose copies had not gone out yet"))
+        code == 503 && res["error"].as_str().is_some_and(|e| e.contains("may hold records no other node has"))
     });
     assert!(unknown, "{:?}", miss());
     drop(a);
@@ -1370,4 +1370,42 @@ fn a_node_rebuilt_empty_takes_its_records_back_over_mutual_tls() {
     assert!(restored, "{} of {n}\n{}", dlr_counter(&c, "gw1", "restored"), a.log_text());
     let (code, res) = post(&c, "gw1", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "30007", "local": true}));
     assert_eq!((code, res["role"].as_str()), (200, Some("owner")), "{res}");
+}
+
+/// A lookup that finds nothing answers `503` for `dlr.departed_hold_s` after an agent was
+/// killed (it may hold records no other node has: registered just before it died, or on it
+/// while cut off from all), then `404`; a node left alone names every agent gone.
+#[test]
+fn a_miss_is_unknown_for_the_departed_hold_and_a_node_alone_names_every_agent_gone() {
+    let c = Cluster::new();
+    let dlr = DLR.replacen("[dlr]\n", "[dlr]\ndeparted_hold_s = 3\n", 1);
+    let b = c.start_limits_agent("b", &[], "", &dlr);
+    let c3 = c.start_limits_agent("c", &[b.endpoint()], "", &dlr);
+    let a = c.start_limits_agent("a", &[b.endpoint(), c3.endpoint()], "", &dlr);
+    wait_mesh(&c, &["a", "b", "c"]);
+    let miss = || post(&c, "b", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "999999"}));
+    let said = |code: u16, res: &Value, what: &str| code == 503 && res["error"].as_str().is_some_and(|e| e.contains(what));
+    assert_eq!(miss().0, 404, "{:?}", miss());
+
+    let pid = |n: &LimitsNode| n.proc.as_ref().map_or(0, Proc::pid);
+    signal(pid(&a), "-KILL");
+    let killed = Instant::now();
+    assert!(wait_until(Duration::from_secs(10), || live_nodes(&c, "b") == ["b", "c"]), "b still sees a");
+    let unknown = wait_until(Duration::from_secs(3), || {
+        let (code, res) = miss();
+        said(code, &res, "may hold records no other node has")
+    });
+    assert!(unknown, "{:?}", miss());
+    let known = wait_until(Duration::from_secs(15), || miss().0 == 404);
+    let after = killed.elapsed();
+    assert!(known, "{:?}", miss());
+    assert!(after >= Duration::from_secs(3), "404 {after:?} after the kill, within the hold");
+
+    signal(pid(&c3), "-KILL");
+    let alone = wait_until(Duration::from_secs(10), || {
+        let (code, res) = miss();
+        said(code, &res, "no other node is reachable (gone: a, c)") || said(code, &res, "(gone: c, a)")
+    });
+    assert!(alone, "{:?}", miss());
+    drop((a, c3, b));
 }

@@ -93,12 +93,6 @@ pub struct DlrService {
     gone_rechecks: tokio::sync::Semaphore,
 }
 
-/// How long after an agent left (and while it is not back) a lookup that finds nothing cannot
-/// say the record does not exist: a record registered there in the milliseconds before it died
-/// may not have reached a copy (copies go out after the registration is answered). A DLR
-/// comes seconds after its message, so its retry finds the owner back or is told then.
-pub const UNCOPIED: std::time::Duration = std::time::Duration::from_secs(60);
-
 /// Repeats of a hand-off whose reporter is still live that wait at once to look at it again
 /// (`DlrService::hand_off_lost`); one past it decides on the live nodes it sees (a `duplicate`),
 /// so a flood of such repeats holds no more than this many waiting tasks.
@@ -235,9 +229,12 @@ impl DlrService {
     /// Why a lookup that found nothing cannot say the record does not exist: an agent that
     /// joined once and may hold it is alive but not reachable from here (its link to this node
     /// broke), or left this node's view after the mesh check's last poll began (stopped, or cut
-    /// off: the next poll tells which) or less than [`UNCOPIED`] ago, or no other agent is live although this node saw others
-    /// leave (they died, or this node was cut off from them, or hung past its lease). `None`
-    /// when every agent that ever joined is reachable, or long gone while others are live.
+    /// off: the next poll tells which) or less than `departed_hold_s` ago (a record registered
+    /// there just before it died may not have reached a copy, as copies go out after the
+    /// registration is answered, and one registered there while it was cut off from every other
+    /// node has none), or no other agent is live although this node saw others leave (they
+    /// died, or this node was cut off from them, or hung past its lease). `None` when every
+    /// agent that ever joined is reachable, or long gone while others are live.
     fn cut_off(&self) -> Option<String> {
         if self.wake.just_woke() {
             return Some(format!("{} and may not reach every node yet", wake::STALE));
@@ -256,38 +253,31 @@ impl DlrService {
             ));
         }
         let now = now_ms();
-        let departed = self.departed();
-        let recent = departed.iter().find(|(m, at)| {
-            m.role == Role::Agent
-                && m.name != self.node
-                && (!self.mesh.assessed_since(*at) || now.saturating_sub(*at) < UNCOPIED.as_millis() as u64)
-        });
-        if let Some((m, at)) = recent {
-            let ago = now.saturating_sub(*at);
-            return Some(if self.mesh.assessed_since(*at) {
-                format!(
-                    "node {} left this node's view {ago} ms ago and may hold records registered just before, \
-                     whose copies had not gone out yet",
-                    m.name
-                )
-            } else {
-                format!("node {} left this node's view {ago} ms ago (stopped, or cut off from here)", m.name)
+        let departed: Vec<(Member, u64)> =
+            self.departed().into_iter().filter(|(m, _)| m.role == Role::Agent && m.name != self.node).collect();
+        // Alone: every node that went is named, not one of them.
+        if !departed.is_empty() && self.membership.live_of(Role::Agent).iter().all(|n| *n == self.node) {
+            let gone: Vec<&str> = departed.iter().map(|(m, _)| m.name.as_str()).collect();
+            return Some(match gone.len().saturating_sub(5) {
+                0 => format!("no other node is reachable (gone: {})", gone.join(", ")),
+                more => format!("no other node is reachable (gone: {} and {more} more)", gone[..5].join(", ")),
             });
         }
-        if self.membership.live_of(Role::Agent).iter().any(|n| *n != self.node) {
-            return None;
-        }
-        let gone: Vec<String> = departed
-            .into_iter()
-            .filter(|(m, _)| m.role == Role::Agent && m.name != self.node)
-            .map(|(m, _)| m.name)
-            .collect();
-        let (first, more) = (gone.iter().take(5).cloned().collect::<Vec<_>>(), gone.len().saturating_sub(5));
-        match (gone.is_empty(), more) {
-            (true, _) => None,
-            (false, 0) => Some(format!("no other node is reachable (gone: {})", first.join(", "))),
-            (false, n) => Some(format!("no other node is reachable (gone: {} and {n} more)", first.join(", "))),
-        }
+        let hold_ms = self.settings.departed_hold_s.saturating_mul(1000);
+        let recent = departed
+            .iter()
+            .find(|(_, at)| !self.mesh.assessed_since(*at) || now.saturating_sub(*at) < hold_ms);
+        let (m, at) = recent?;
+        let ago = now.saturating_sub(*at);
+        Some(if self.mesh.assessed_since(*at) {
+            format!(
+                "node {} left this node's view {ago} ms ago and may hold records no other node has (registered just \
+                 before it left, or on it since if it runs on cut off)",
+                m.name
+            )
+        } else {
+            format!("node {} left this node's view {ago} ms ago (stopped, or cut off from here)", m.name)
+        })
     }
 
     /// The record store.

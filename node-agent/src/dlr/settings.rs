@@ -25,6 +25,13 @@ pub struct DlrSettings {
     /// seconds (never past its expiry). Default: 3600.
     #[serde(default = "default_dlr_closed_retention_s")]
     pub closed_retention_s: u64,
+    /// How long after an agent left (killed, or cut off from every node that would say it is
+    /// alive) and while it is not back a lookup that finds nothing answers `503` rather than
+    /// `404`, in seconds: it may hold records no other node has (registered just before it
+    /// died, or on it while it was cut off). Past it, such a record is answered `404` until the
+    /// agent is back. 0 to `max_expiry_s`. Default: 300.
+    #[serde(default = "default_dlr_departed_hold_s")]
+    pub departed_hold_s: u64,
     /// How long a lookup or report waits for a registration that has not arrived yet (a DLR
     /// that overtakes its `submit_sm_resp`), in milliseconds, unless the request says otherwise.
     /// Default: 0 for lookups; reports use `report_wait_ms`.
@@ -100,6 +107,9 @@ fn default_dlr_max_expiry_s() -> u64 {
 fn default_dlr_closed_retention_s() -> u64 {
     3600
 }
+fn default_dlr_departed_hold_s() -> u64 {
+    300
+}
 fn default_dlr_report_wait_ms() -> u64 {
     2000
 }
@@ -134,6 +144,7 @@ impl Default for DlrSettings {
             expiry_s: default_dlr_expiry_s(),
             max_expiry_s: default_dlr_max_expiry_s(),
             closed_retention_s: default_dlr_closed_retention_s(),
+            departed_hold_s: default_dlr_departed_hold_s(),
             wait_ms: 0,
             report_wait_ms: default_dlr_report_wait_ms(),
             max_wait_ms: default_dlr_max_wait_ms(),
@@ -161,6 +172,12 @@ impl DlrSettings {
             return Err(AgentConfigError::Invalid(format!(
                 "dlr.expiry_s = {} must be > 0 and at most dlr.max_expiry_s ({})",
                 d.expiry_s, d.max_expiry_s
+            )));
+        }
+        if d.departed_hold_s > d.max_expiry_s {
+            return Err(AgentConfigError::Invalid(format!(
+                "dlr.departed_hold_s = {} must be at most dlr.max_expiry_s ({}): no record outlives that",
+                d.departed_hold_s, d.max_expiry_s
             )));
         }
         for (key, value) in [("dlr.wait_ms", d.wait_ms), ("dlr.report_wait_ms", d.report_wait_ms)] {
