@@ -1384,7 +1384,8 @@ fn a_miss_is_unknown_for_the_departed_hold_and_a_node_alone_names_every_agent_go
     let a = c.start_limits_agent("a", &[b.endpoint(), c3.endpoint()], "", &dlr);
     wait_mesh(&c, &["a", "b", "c"]);
     let miss = || post(&c, "b", "/v1/dlr/resolve", json!({"connector": "dec", "msg_id": "999999"}));
-    let said = |code: u16, res: &Value, what: &str| code == 503 && res["error"].as_str().is_some_and(|e| e.contains(what));
+    let said =
+        |code: u16, res: &Value, what: &str| code == 503 && res["error"].as_str().is_some_and(|e| e.contains(what));
     assert_eq!(miss().0, 404, "{:?}", miss());
 
     let pid = |n: &LimitsNode| n.proc.as_ref().map_or(0, Proc::pid);

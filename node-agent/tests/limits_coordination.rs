@@ -82,11 +82,22 @@ async fn two_nodes_share_a_limit_by_demand_and_a_leaver_frees_its_share() {
         "a".into(),
         la.clone(),
         ma.clone(),
+        ma.clone(),
         settings,
         va,
         cancel.clone(),
     ));
-    tokio::spawn(coord::run(sb.clone(), keys.clone(), "b".into(), lb.clone(), mb, settings, vb, cancel_b.clone()));
+    tokio::spawn(coord::run(
+        sb.clone(),
+        keys.clone(),
+        "b".into(),
+        lb.clone(),
+        mb.clone(),
+        mb,
+        settings,
+        vb,
+        cancel_b.clone(),
+    ));
     // Both see each other before the load starts.
     let deadline = Instant::now() + Duration::from_secs(5);
     while ma.live_of(Role::Agent).len() < 2 && Instant::now() < deadline {

@@ -264,9 +264,8 @@ impl DlrService {
             });
         }
         let hold_ms = self.settings.departed_hold_s.saturating_mul(1000);
-        let recent = departed
-            .iter()
-            .find(|(_, at)| !self.mesh.assessed_since(*at) || now.saturating_sub(*at) < hold_ms);
+        let recent =
+            departed.iter().find(|(_, at)| !self.mesh.assessed_since(*at) || now.saturating_sub(*at) < hold_ms);
         let (m, at) = recent?;
         let ago = now.saturating_sub(*at);
         Some(if self.mesh.assessed_since(*at) {
