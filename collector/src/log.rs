@@ -212,12 +212,22 @@ impl CommitLog {
         self.skipped
     }
 
-    /// Read the records written since the last call (at most [`POLL_MAX`]).
+    /// Read the records written since the last call (at most [`POLL_MAX`]). A read that fails
+    /// after others succeeded ends the call with the records read (the next call reads the
+    /// failed slot again): they are past, and a caller that lost them would never see them.
     pub async fn poll(&mut self, store: &Store) -> Result<Vec<Record>, StoreError> {
         let mut out = Vec::new();
         while out.len() < POLL_MAX {
             let key = slot_key(self.next);
-            let Some(bytes) = store.get(&key).await? else { break };
+            let bytes = match store.get(&key).await {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => break,
+                Err(e) if out.is_empty() => return Err(e),
+                Err(e) => {
+                    tracing::debug!(%key, error = %e, "a commit log read failed; the records before it are taken");
+                    break;
+                }
+            };
             self.next = self.next.saturating_add(1);
             match parse(&bytes, self.next - 1) {
                 Ok(r) => {
@@ -368,6 +378,31 @@ mod tests {
             let r = log.append(&store, Record::new(Kind::Claim, "a", "1", 0, 0, vec![]), &cancel, |_| told += 1).await;
             assert!(r.is_err());
             assert!(told >= 2, "told {told} times");
+        });
+    }
+
+    /// A read that fails after others succeeded loses none of them: a standby that lost a
+    /// commit it had read past took its ranges for never committed and wrote them again.
+    #[test]
+    fn a_failed_read_keeps_the_records_read_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::Local { root: dir.path().to_owned() };
+        let cancel = CancellationToken::new();
+        rt().block_on(async {
+            let (mut writer, _) = CommitLog::open(&store).await.unwrap();
+            let (mut reader, _) = CommitLog::open(&store).await.unwrap();
+            for kind in [Kind::Claim, Kind::Commit] {
+                writer.append(&store, Record::new(kind, "a", "1", 0, 0, vec![]), &cancel, |_| {}).await.unwrap();
+            }
+            // Slot 2 cannot be read (a directory where its record would be: the read fails).
+            std::fs::create_dir_all(dir.path().join(slot_key(2))).unwrap();
+            let read = reader.poll(&store).await.unwrap();
+            assert_eq!(read.iter().map(|r| r.seq).collect::<Vec<_>>(), [0, 1]);
+            assert!(reader.poll(&store).await.is_err(), "the failing slot fails again");
+            std::fs::remove_dir(dir.path().join(slot_key(2))).unwrap();
+            writer.append(&store, Record::new(Kind::Commit, "a", "1", 0, 0, vec![]), &cancel, |_| {}).await.unwrap();
+            let read = reader.poll(&store).await.unwrap();
+            assert_eq!(read.iter().map(|r| (r.seq, r.kind)).collect::<Vec<_>>(), [(2, Kind::Commit)]);
         });
     }
 
