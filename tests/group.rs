@@ -325,9 +325,22 @@ fn collectors_cut_off_from_each_other_keep_the_dataset_exactly_once() {
     let total: usize = counts.iter().map(|x| x.1).sum();
     let ok = wait_until(DEADLINE, || count_logs(&c.dataset()) >= total);
     assert!(ok, "{} of {total}\n{}\n{}", count_logs(&c.dataset()), c1.log_text(), c2.log_text());
-    let claims = claims_in(&c.dataset());
-    eprintln!("claims during the cut: {claims:?}");
+    let claims = common::group::claims_at(&c.dataset());
+    eprintln!(
+        "claims (writer, ms since the first): {:?}",
+        claims.iter().map(|(w, at)| (w, at - claims[0].1)).collect::<Vec<_>>()
+    );
     assert!(claims.len() >= 2, "the cut-off standby should have claimed: {claims:?}");
+    // A collector fenced by one it has not seen since that one's claim waits out its back-off
+    // (5 s at first) before it claims back; the first takeover after the cut comes at once.
+    for pair in claims.windows(2).skip(1) {
+        let ((before, at), (after, then)) = (&pair[0], &pair[1]);
+        assert!(
+            before == after || then.saturating_sub(*at) >= 4_500,
+            "{after} claimed {} ms after {before}'s claim: {claims:?}",
+            then.saturating_sub(*at)
+        );
+    }
     for a in agents {
         a.stop();
     }

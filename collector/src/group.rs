@@ -115,10 +115,11 @@ pub struct Group {
     startup_grace: Duration,
     backoff: Duration,
     claim_not_before: Option<Instant>,
-    /// The newest claim's writer, whether it has been seen alive on the bus since it claimed
-    /// (or since this collector stepped down): its going away then is a real departure, not a
-    /// partition; and when this collector first read of it.
-    holder_seen_live: Option<(String, bool, Instant)>,
+    /// The newest claim's writer and epoch, whether that writer has been seen alive on the bus
+    /// since that claim: its going away then is a real departure, not a partition; and when
+    /// this collector first read of the claim. Per claim, not per writer: a writer seen before
+    /// a split that claims again from across it was not seen since.
+    holder_seen_live: Option<(String, u64, bool, Instant)>,
     commits_since_hint: u64,
     /// When the leader last checked that its claim is still in the log.
     claim_checked: Instant,
@@ -424,14 +425,15 @@ impl Group {
             return false;
         }
         let holder = self.log.last().map(|r| r.writer.clone()).unwrap_or_default();
+        let epoch = self.log.last().map_or(0, |r| r.epoch);
         let gone = self.holder_gone(self.log.last());
         let (seen, noticed) = match &mut self.holder_seen_live {
-            Some((h, seen, noticed)) if *h == holder => {
+            Some((h, e, seen, noticed)) if *h == holder && *e == epoch => {
                 *seen |= !gone;
                 (*seen, *noticed)
             }
             _ => {
-                self.holder_seen_live = Some((holder.clone(), !gone, Instant::now()));
+                self.holder_seen_live = Some((holder.clone(), epoch, !gone, Instant::now()));
                 (!gone, Instant::now())
             }
         };

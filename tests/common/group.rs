@@ -299,13 +299,22 @@ pub fn stored(data: &Data, env: &[(&'static str, String)]) -> u64 {
 
 /// Slots of the commit log that are claims, read from a local dataset.
 pub fn claims_in(dir: &std::path::Path) -> Vec<String> {
+    claims_at(dir).into_iter().map(|(writer, _)| writer).collect()
+}
+
+/// The claims in the commit log of the dataset in `dir`, in slot order: writer, and when it
+/// was written (ms since the Unix epoch).
+pub fn claims_at(dir: &std::path::Path) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir.join("_switchboard/log")).into_iter().flatten().flatten() {
         let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
         if v.get("kind").and_then(|k| k.as_str()) == Some("claim") {
-            out.push(v.get("writer").and_then(|w| w.as_str()).unwrap_or_default().to_owned());
+            let writer = v.get("writer").and_then(|w| w.as_str()).unwrap_or_default().to_owned();
+            let (seq, at) = (v["seq"].as_u64().unwrap_or(0), v["at_ms"].as_u64().unwrap_or(0));
+            out.push((seq, writer, at));
         }
     }
-    out
+    out.sort();
+    out.into_iter().map(|(_, writer, at)| (writer, at)).collect()
 }
