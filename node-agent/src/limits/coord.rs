@@ -272,7 +272,7 @@ pub async fn run(
                 // changes nothing of theirs. And all of them: an agent the others split with
                 // that does not see this node yet still splits without it.
                 cut_off.note_company(others_seen(&everyone, &node), &settings);
-                let unseen = unseen_agent(&peers, &live);
+                let unseen = if cut_off.active() { unseen_agent(&peers, &live) } else { None };
                 cut_off.end_if(live.len().saturating_sub(1), unseen.as_deref(), &settings);
                 let vanished: Vec<(String, Instant)> = reconcile(&mut peers, &live, &settings)
                     .into_iter()
