@@ -715,3 +715,55 @@ fn an_agent_without_limits_or_dlrs_takes_no_share_and_holds_nothing() {
     assert_eq!(dlr["counters"]["replica_failures"], 0, "{dlr:#}");
     assert_eq!(dlr["replica_queue"], 0, "{dlr:#}");
 }
+
+/// A node rebuilt with an empty data_dir holds no limits until the cluster hands it its
+/// configuration: meanwhile it refuses every key (it cannot tell a limited one), here for the
+/// first seconds while its links are refused, and then it keeps to its share. (It answered
+/// `limited: false` and admitted everything before: 41/s under a limit of 5/s for 12 s in a
+/// manual run with a long history to catch up.)
+#[test]
+fn a_node_rebuilt_empty_refuses_every_key_until_it_has_the_clusters_limits() {
+    let _one_at_a_time = measuring();
+    let c = Cluster::new();
+    let _collector = c.start_collector();
+    let (mut agents, proxies) = the_last_behind_proxies(&c, &["a", "b", "c"]);
+    c.set_limits(&agents[0].endpoint(), "[[limit]]\nkey = \"op:*\"\nrate = 5\n", "rebuild test");
+    wait_for_view(&c, "c", 3, 2);
+    let old = agents.pop().unwrap();
+    let port = old.port;
+    drop(old);
+    std::fs::remove_dir_all(c.agent_state("c")).unwrap();
+    for p in &proxies {
+        p.refuse();
+    }
+    let via: Vec<String> = proxies.iter().map(Proxy::endpoint).collect();
+    let rebuilt = c.restart_limits_agent("c", port, &via, "gossip = false", "");
+    let up = wait_until(Duration::from_secs(15), || c.http_get("c", "/health").0 != 0);
+    assert!(up, "c never answered");
+    let ask = |(answers, unlimited, allowed): (usize, usize, usize), secs: u64| {
+        let (mut answers, mut unlimited, mut allowed) = (answers, unlimited, allowed);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(secs) {
+            let (code, _, body) = http_post(c.http_port("c"), "/v1/limits/acquire", r#"{"key": "op:x"}"#);
+            answers += usize::from(code == 200 || code == 429);
+            unlimited += usize::from(body.contains("\"limited\":false"));
+            allowed += usize::from(body.contains("\"allowed\":true"));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (answers, unlimited, allowed)
+    };
+    // Cut off from all at its start: nothing known, nothing admitted.
+    let cut = ask((0, 0, 0), 4);
+    for p in &proxies {
+        p.heal();
+    }
+    let healed = ask((0, 0, 0), 6);
+    let said = rebuilt.proc.as_ref().map(Proc::log_text).unwrap_or_default();
+    eprintln!("cut off: {cut:?}, healed: {healed:?} (answers, unlimited, allowed)");
+    assert!(cut.0 >= 20 && healed.0 >= 20, "{cut:?} {healed:?}");
+    assert_eq!((cut.1, cut.2), (0, 0), "answered as unlimited before it had the limits\n{said}");
+    assert_eq!(healed.1, 0, "answered as unlimited after healing\n{said}");
+    assert!(healed.2 > 0 && healed.2 <= 5 * 6 + 5, "admitted {healed:?} in 6 s under a limit of 5/s\n{said}");
+    assert!(said.contains("no limits held here yet"), "{said}");
+    drop((agents, rebuilt));
+}

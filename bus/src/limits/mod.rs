@@ -416,6 +416,10 @@ pub struct Limiter {
     /// held, or a rate share of 0), in ns: nothing here frees one, the next exchange of demand
     /// may give this node some.
     no_share_wait_ns: AtomicU64,
+    /// The cluster's limits are not known here yet (a node started with none of its own, before
+    /// it has the cluster's): every key is refused as if it held no share, since any may be
+    /// limited.
+    unknown: std::sync::atomic::AtomicBool,
 }
 
 impl Limiter {
@@ -444,7 +448,19 @@ impl Limiter {
             epoch: Instant::now(),
             keys_full: AtomicU64::new(0),
             no_share_wait_ns: AtomicU64::new(DEFAULT_NO_SHARE_WAIT.as_nanos() as u64),
+            unknown: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Say whether the cluster's limits are still unknown here: while they are, every key is
+    /// refused (with the no-share wait), limited or not.
+    pub fn set_unknown(&self, unknown: bool) {
+        self.unknown.store(unknown, Ordering::Relaxed);
+    }
+
+    /// Whether the cluster's limits are still unknown here ([`Limiter::set_unknown`]).
+    pub fn unknown(&self) -> bool {
+        self.unknown.load(Ordering::Relaxed)
     }
 
     #[inline]
@@ -505,6 +521,9 @@ impl Limiter {
     pub fn try_acquire(&self, key: &str, n: u64) -> Decision {
         let state = match self.state(key) {
             Ok(Some(state)) => state,
+            Ok(None) if self.unknown() => {
+                return Decision::Denied { retry_after: Duration::from_nanos(self.no_share_wait_ns.load(Ordering::Relaxed)) }
+            }
             Ok(None) => return Decision::Unlimited,
             Err(KeysFull) => {
                 self.keys_full.fetch_add(1, Ordering::Relaxed);

@@ -71,7 +71,14 @@ fn limits_origin<'a>(store: &'a Store, head: &'a Revision) -> &'a Revision {
 
 /// Called with each new head of the repository (as the revision that set its limits, see
 /// `limits_origin`) and, if it has one, its `global/limits.toml`.
-pub type HeadHook = Arc<dyn Fn(&Revision, Option<&[u8]>) + Send + Sync>;
+/// `None`: the cluster holds no revision (said once, when this node holds none and the others
+/// that answered hold none either, or none answered within [`ALONE_AFTER`] of its start).
+pub type HeadHook = Arc<dyn Fn(Option<&Revision>, Option<&[u8]>) + Send + Sync>;
+
+/// A node that hears from no other node this long after its start takes the cluster to hold
+/// what it holds (a cluster of one, or the others down). Long, as it matters only to a node
+/// that holds no revision (its first start, or a rebuild), whose limits wait for it.
+const ALONE_AFTER: Duration = Duration::from_secs(10);
 
 /// How a plan says a content of the store is missing.
 const NOT_HELD: &str = "the store lacks the content of";
@@ -136,6 +143,7 @@ impl ClusterConfig {
             hooked: None,
             hook,
             cancel: cancel.clone(),
+            started: Instant::now(),
         };
         let state = Arc::new(Mutex::new(inner.node_state()));
         let decl = |what| move |source| AgentError::Declare { what, source };
@@ -192,7 +200,10 @@ impl ClusterConfig {
                                 }
                             };
                             let Some(states) = states else { break };
+                            let others = states.iter().filter(|s| s.as_ref().is_ok_and(|s| s.node != inner.node)).count();
+                            let any_head = states.iter().any(|s| s.as_ref().is_ok_and(|s| !s.heads.is_empty()));
                             inner.catch_up(&session, &keys, states).await;
+                            inner.no_head_anywhere(others, any_head);
                             inner.scan();
                             inner.prune_trees();
                             next_sync = tokio::time::Instant::now() + every;
@@ -256,6 +267,8 @@ struct Inner {
     /// The head last given to the hook.
     hooked: Option<String>,
     hook: Option<HeadHook>,
+    /// When this node's configuration thread started (see [`ALONE_AFTER`]).
+    started: Instant,
     /// The agent's stop: a reload command running then is stopped, not waited for.
     cancel: CancellationToken,
 }
@@ -447,6 +460,23 @@ impl Inner {
         Ok(())
     }
 
+    /// After a round of states (`others` answered besides this node, `any_head` whether any
+    /// holds a revision): when neither this node nor any other holds one, tell the hook once
+    /// that the cluster holds none. With no other answer that waits for [`ALONE_AFTER`]: the
+    /// links of a node just started may not be up yet.
+    fn no_head_anywhere(&mut self, others: usize, any_head: bool) {
+        if self.hooked.is_some() || any_head || !self.store.heads().is_empty() {
+            return;
+        }
+        if others == 0 && self.started.elapsed() < ALONE_AFTER {
+            return;
+        }
+        if let Some(hook) = &self.hook {
+            hook(None, None);
+        }
+        self.hooked = Some(String::new());
+    }
+
     /// Fetch from every other node the revisions it holds that this one lacks, with their contents.
     async fn catch_up(&mut self, session: &Session, keys: &KeySpace, states: Vec<Result<NodeState, String>>) {
         // Pushes wait while this runs: one round takes at most this long, the rest is for the next.
@@ -594,6 +624,16 @@ impl Inner {
                 let applied = self.p.applied.as_ref().map(|a| a.id.as_str());
                 let (id, number) = many.iter().find(|(id, _)| Some(id.as_str()) != applied).unwrap_or(&many[0]);
                 self.blocked = Some(Blocked { id: id.clone(), number: *number, why, paths: Vec::new() });
+                // A node that never had limits (rebuilt, or new, during the conflict) takes those
+                // of the highest head, rather than refuse every key until it is settled.
+                if self.p.applied.is_none() && self.hooked.as_deref().is_none_or(str::is_empty) {
+                    let newest = many.iter().max_by_key(|(_, n)| *n).and_then(|(id, _)| self.store.revision(id)).cloned();
+                    if let (Some(rev), Some(hook)) = (newest, &self.hook) {
+                        let limits = rev.files.get(LIMITS_FILE).and_then(|f| self.store.blob(&f.sha256).ok().flatten());
+                        hook(Some(limits_origin(&self.store, &rev)), limits.as_deref());
+                        self.hooked = Some(rev.id());
+                    }
+                }
                 return;
             }
         };
@@ -603,7 +643,7 @@ impl Inner {
         if self.hooked.as_deref() != Some(&head) {
             if let Some(hook) = &self.hook {
                 let limits = rev.files.get(LIMITS_FILE).and_then(|f| self.store.blob(&f.sha256).ok().flatten());
-                hook(limits_origin(&self.store, &rev), limits.as_deref());
+                hook(Some(limits_origin(&self.store, &rev)), limits.as_deref());
             }
             self.hooked = Some(head.clone());
         }

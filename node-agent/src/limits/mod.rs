@@ -174,6 +174,7 @@ impl LimitsService {
             node.clone(),
             limiter.clone(),
             dir.join("history.json"),
+            config.cluster_config.enabled,
             cancel.clone(),
         )
         .await?;

@@ -50,10 +50,20 @@ impl Revisions {
     }
 
     /// Take the limits of a new head of the configuration repository (`limits`: the content of
-    /// its `global/limits.toml`; `None` leaves the limits as they are). Limits equal to those in
-    /// force make no new revision.
-    pub fn take(&self, head: &switchboard_bus::repo::Revision, limits: Option<&[u8]>) {
-        let Some(bytes) = limits else { return };
+    /// its `global/limits.toml`; `None` leaves the limits as they are), or (`head` `None`) learn
+    /// that the cluster holds no revision. Either way the cluster's limits are known here from
+    /// then on. Limits equal to those in force make no new revision.
+    pub fn take(&self, head: Option<&switchboard_bus::repo::Revision>, limits: Option<&[u8]>) {
+        if self.node.limiter.unknown() {
+            match head {
+                Some(h) => tracing::info!(revision = h.number, "this node has the cluster's configuration: limits are known"),
+                None => tracing::info!("the cluster holds no configuration revision: no limits"),
+            }
+        }
+        let (Some(head), Some(bytes)) = (head, limits) else {
+            self.node.limiter.set_unknown(false);
+            return;
+        };
         let specs = match std::str::from_utf8(bytes).map_err(|e| e.to_string()).and_then(parse_document) {
             Ok(specs) => specs,
             Err(e) => {
@@ -69,6 +79,7 @@ impl Revisions {
             limits: specs,
         };
         self.node.take(rev);
+        self.node.limiter.set_unknown(false);
     }
 
     /// The revision in force (0: none).
@@ -114,19 +125,28 @@ impl Node {
     }
 }
 
-/// Load the history at `path`, apply it, and answer history queries until `cancel`.
+/// Load the history at `path`, apply it, and answer history queries until `cancel`. A node with
+/// no history and the configuration repository on (`from_cluster`) refuses every key until the
+/// repository hands it the cluster's head ([`Revisions::take`]): it cannot tell a key that is
+/// limited from one that is not.
 pub async fn start(
     session: Session,
     keys: KeySpace,
     node: String,
     limiter: Arc<Limiter>,
     path: PathBuf,
+    from_cluster: bool,
     cancel: CancellationToken,
 ) -> Result<Revisions, SyncError> {
     let loaded = revision::load(&path)?;
     if let Some(cur) = loaded.current() {
         limiter.replace(cur.limits.clone())?;
         tracing::info!(revision = cur.revision, "limits revision restored from disk");
+    } else if from_cluster {
+        limiter.set_unknown(true);
+        tracing::info!(
+            "no limits held here yet: every key is refused until this node has the cluster's configuration"
+        );
     }
     let (current, current_rx) = watch::channel(loaded.current_number());
     let state = Arc::new(Node { limiter, history: Arc::new(Mutex::new(loaded)), path, current });
