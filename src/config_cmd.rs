@@ -275,6 +275,26 @@ pub(crate) async fn down_nodes(session: &zenoh::Session, keys: &KeySpace) -> BTr
         .collect()
 }
 
+/// Say, under a push's outcome, each node the cluster knows of that is not among `answered`:
+/// one down may run apart from these (a partition), and a push made there meets this one as a
+/// conflict once they are linked again; one alive may not be linked to this tool.
+pub(crate) async fn say_unanswered(session: &zenoh::Session, keys: &KeySpace, answered: &BTreeSet<String>) {
+    for (node, seen) in down_nodes(session, keys).await.into_iter().filter(|(n, _)| !answered.contains(n)) {
+        match seen {
+            NodeSeen::Down(since) => out!(
+                "  {}: it takes this revision when it starts or resumes; if it runs apart from these nodes (a \
+                 partition), a revision pushed there meets this one as a conflict when they are linked again",
+                down_text(&node, since)
+            ),
+            NodeSeen::Silent => out!("  {node:<24} {SILENT}"),
+        }
+    }
+}
+
+/// What a node alive on the bus that does not answer may be.
+pub(crate) const SILENT: &str = "is on the bus but did not answer: stopped just now, hung, not linked to this tool \
+     (with `gossip = false`, give its endpoint with another --connect), or running without [cluster_config]";
+
 /// A node the cluster knows of that did not answer a push.
 pub(crate) enum NodeSeen {
     /// Gone (since when, if known).
@@ -377,6 +397,7 @@ pub async fn make_revision(
             }
         }
     }
+    say_unanswered(session, keys, &nodes).await;
     if !bad.is_empty() {
         bail!(
             "revision {} is not applied on {} of {} nodes: {}",
@@ -900,8 +921,12 @@ async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
         if repo.states.values().any(|s| s.node == node) {
             continue;
         }
-        // One alive that does not answer may keep no repository (`[cluster_config]` off).
-        let NodeSeen::Down(since) = seen else { continue };
+        // One alive that does not answer cannot be said to hold the head: hung, not linked to
+        // this tool, or keeping no repository (`[cluster_config]` off).
+        let NodeSeen::Down(since) = seen else {
+            problems.push(format!("{node} {SILENT}"));
+            continue;
+        };
         let text = format!(
             "{}: it applies the head when it starts or resumes, if it runs with [cluster_config]",
             down_text(&node, since)

@@ -330,6 +330,8 @@ pub async fn run(cmd: LimitsCommand) -> Result<()> {
                         now.len().max(nodes.len()),
                         join(&holding)
                     );
+                    let answered: std::collections::BTreeSet<String> = now.iter().map(|(n, _)| n.clone()).collect();
+                    config_cmd::say_unanswered(session, keys, &answered).await;
                     // The limits apply whatever the gateways' reloads and working directories
                     // did; say when a node's working directory did not take the revision.
                     let id = rev.id();

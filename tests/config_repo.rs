@@ -363,6 +363,10 @@ fn a_partition_with_a_push_on_each_side_is_a_reported_conflict_until_resolved() 
     let base = [("global/a.conf", "base\n".to_string()), ("global/b.conf", "base\n".to_string()), limits(500)];
     let (code, out) = config_cli(&c, &both, &["push", tree(&c, "base", &base).to_str().unwrap(), "-m", "base"]);
     assert_eq!(code, 0, "{out}");
+    // Through gw1 alone (no gossip: the tool is not linked to gw2), gw2 is alive and not heard:
+    // no exit 0 for a head only one node was seen to apply.
+    let (code, text) = config_cli(&c, &[a.endpoint()], &["status"]);
+    assert!(code == 1 && text.contains("gw2 is on the bus but did not answer"), "{code} {text}");
 
     proxy.cut();
     // After the lease (3 s) each side sees the other gone.
@@ -372,6 +376,7 @@ fn a_partition_with_a_push_on_each_side_is_a_reported_conflict_until_resolved() 
     let (code, out) =
         config_cli(&c, &[a.endpoint()], &["push", tree(&c, "a", &side_a).to_str().unwrap(), "-m", "on a"]);
     assert_eq!(code, 0, "side a applies its own push: {out}");
+    assert!(out.contains("gw2 is down") && out.contains("(a partition)"), "the other side is named: {out}");
     let (code, out) =
         config_cli(&c, &[b.endpoint()], &["push", tree(&c, "b", &side_b).to_str().unwrap(), "-m", "on b"]);
     assert_eq!(code, 0, "side b applies its own push: {out}");

@@ -522,7 +522,9 @@ impl Limiter {
         let state = match self.state(key) {
             Ok(Some(state)) => state,
             Ok(None) if self.unknown() => {
-                return Decision::Denied { retry_after: Duration::from_nanos(self.no_share_wait_ns.load(Ordering::Relaxed)) }
+                return Decision::Denied {
+                    retry_after: Duration::from_nanos(self.no_share_wait_ns.load(Ordering::Relaxed)),
+                }
             }
             Ok(None) => return Decision::Unlimited,
             Err(KeysFull) => {

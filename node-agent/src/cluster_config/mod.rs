@@ -627,7 +627,8 @@ impl Inner {
                 // A node that never had limits (rebuilt, or new, during the conflict) takes those
                 // of the highest head, rather than refuse every key until it is settled.
                 if self.p.applied.is_none() && self.hooked.as_deref().is_none_or(str::is_empty) {
-                    let newest = many.iter().max_by_key(|(_, n)| *n).and_then(|(id, _)| self.store.revision(id)).cloned();
+                    let newest =
+                        many.iter().max_by_key(|(_, n)| *n).and_then(|(id, _)| self.store.revision(id)).cloned();
                     if let (Some(rev), Some(hook)) = (newest, &self.hook) {
                         let limits = rev.files.get(LIMITS_FILE).and_then(|f| self.store.blob(&f.sha256).ok().flatten());
                         hook(Some(limits_origin(&self.store, &rev)), limits.as_deref());

@@ -56,7 +56,9 @@ impl Revisions {
     pub fn take(&self, head: Option<&switchboard_bus::repo::Revision>, limits: Option<&[u8]>) {
         if self.node.limiter.unknown() {
             match head {
-                Some(h) => tracing::info!(revision = h.number, "this node has the cluster's configuration: limits are known"),
+                Some(h) => {
+                    tracing::info!(revision = h.number, "this node has the cluster's configuration: limits are known")
+                }
                 None => tracing::info!("the cluster holds no configuration revision: no limits"),
             }
         }
@@ -144,9 +146,7 @@ pub async fn start(
         tracing::info!(revision = cur.revision, "limits revision restored from disk");
     } else if from_cluster {
         limiter.set_unknown(true);
-        tracing::info!(
-            "no limits held here yet: every key is refused until this node has the cluster's configuration"
-        );
+        tracing::info!("no limits held here yet: every key is refused until this node has the cluster's configuration");
     }
     let (current, current_rx) = watch::channel(loaded.current_number());
     let state = Arc::new(Node { limiter, history: Arc::new(Mutex::new(loaded)), path, current });
