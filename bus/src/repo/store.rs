@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use super::{dag, is_hash, sha256_hex, RepoError, Revision, Summary, KEEP_REVISIONS};
+use super::{dag, is_hash, sha256_hex, RepoError, Revision, Summary, KEEP_REVISIONS, MAX_NUMBER_JUMP};
 
 /// A node's revisions and file contents.
 pub struct Store {
@@ -111,7 +111,68 @@ impl Store {
                 }
             }
         }
+        store.drop_misnumbered(&revs);
         Ok(store)
+    }
+
+    /// Remove the revisions that break the numbering rule ([`Store::check_numbering`]) over
+    /// what else is held, and those made on top of them: no node would take them (a document
+    /// edited by hand, with its id recomputed), and a head of this node's that no other takes
+    /// would stand as a conflict only it sees.
+    fn drop_misnumbered(&mut self, dir: &Path) {
+        let mut order: Vec<(u64, String)> = self.summaries.values().map(|s| (s.number, s.id.clone())).collect();
+        order.sort();
+        let mut dropped: BTreeSet<String> = BTreeSet::new();
+        for (_, id) in order {
+            let Some(r) = self.revisions.get(&id) else { continue };
+            let why = if let Some(p) = r.parents.iter().find(|p| dropped.contains(*p)) {
+                format!("it follows revision {}, removed", super::short(p))
+            } else if let Err(e) = self.check_numbering(r) {
+                e.to_string()
+            } else {
+                continue;
+            };
+            tracing::warn!(revision = r.number, id = %id, "removing a stored revision no node would take: {why}");
+            let _ = std::fs::remove_file(dir.join(format!("{id}.json")));
+            dropped.insert(id);
+        }
+        for id in &dropped {
+            self.revisions.remove(id);
+            self.summaries.remove(id);
+        }
+    }
+
+    /// Numbers grow by one along the history: a revision's number is its highest parent's plus
+    /// one when every parent is held here; otherwise (a parent pruned, or not fetched yet) above
+    /// each held parent's. Either way at most [`MAX_NUMBER_JUMP`] above the highest number held,
+    /// so that no push (a stranger's, on a bus without TLS) takes numbers where the revision
+    /// that settles it could not be numbered.
+    pub fn check_numbering(&self, rev: &Revision) -> Result<(), RepoError> {
+        let held: Vec<u64> = rev.parents.iter().filter_map(|p| self.summaries.get(p).map(|s| s.number)).collect();
+        if let Some(&top) = held.iter().max() {
+            if top >= rev.number {
+                return Err(RepoError::Invalid(format!(
+                    "revision {} follows revision {top}: its number must be higher",
+                    rev.number
+                )));
+            }
+            if held.len() == rev.parents.len() && top.checked_add(1) != Some(rev.number) {
+                return Err(RepoError::Invalid(format!(
+                    "revision {} follows revision {top}: its number must be {}",
+                    rev.number,
+                    top.saturating_add(1)
+                )));
+            }
+        }
+        let own = rev.id();
+        let highest = self.summaries.values().filter(|s| s.id != own).map(|s| s.number).max().unwrap_or(0);
+        if rev.number > highest.saturating_add(MAX_NUMBER_JUMP) {
+            return Err(RepoError::Invalid(format!(
+                "revision {}: more than {MAX_NUMBER_JUMP} above the highest revision held ({highest})",
+                rev.number
+            )));
+        }
+        Ok(())
     }
 
     fn add(&mut self, r: Revision) {
@@ -288,6 +349,29 @@ mod tests {
         // A damaged document is removed at open.
         std::fs::write(dir.path().join("revisions").join(format!("{}.json", r.id())), "{").unwrap();
         assert!(Store::open(dir.path()).unwrap().summaries().is_empty());
+    }
+
+    /// A revision stored here that breaks the numbering rule (a document edited by hand, its id
+    /// recomputed) is removed at open with every revision on top of it: every other node
+    /// refuses them, and this node took the forged one for its head.
+    #[test]
+    fn a_misnumbered_revision_and_those_on_it_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        s.put_blob(b"x").unwrap();
+        let r1 = rev(1, vec![], &[("global/a", "x")]);
+        let r2 = rev(2, vec![r1.id()], &[("global/a", "x")]);
+        let forged = rev(1000, vec![r2.id()], &[("global/a", "x")]);
+        let on_it = rev(1001, vec![forged.id()], &[("global/a", "x")]);
+        for r in [&r1, &r2, &forged, &on_it] {
+            s.insert(r.clone()).unwrap();
+        }
+        assert!(s.check_numbering(&forged).is_err());
+        let s = Store::open(dir.path()).unwrap();
+        let kept: Vec<u64> = s.summaries().values().map(|x| x.number).collect();
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        assert_eq!(s.heads()[0].number, 2);
+        assert!(!dir.path().join("revisions").join(format!("{}.json", forged.id())).exists());
     }
 
     #[test]

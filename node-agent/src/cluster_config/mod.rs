@@ -32,7 +32,7 @@ use switchboard_bus::repo::wire::{
     fetch_object, fetch_revision, fetch_states, Applied, Blocked, LocalEdit, NodeState, Pack, ReloadOutcome, Reloading,
     Storing,
 };
-use switchboard_bus::repo::{sha256_hex, short, tree, Change, Contents, RepoError, Revision, MAX_NUMBER_JUMP};
+use switchboard_bus::repo::{sha256_hex, short, tree, Change, Contents, RepoError, Revision};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use zenoh::{Session, Wait as _};
@@ -400,7 +400,7 @@ impl Inner {
     /// if it was held already. Nothing is written for a revision that is refused, so a stranger's
     /// refused pushes leave nothing on disk.
     fn admit(&mut self, rev: Revision, contents: &Contents) -> Result<bool, RepoError> {
-        self.check_numbering(&rev)?;
+        self.store.check_numbering(&rev)?;
         self.check_limits(&rev, contents)?;
         for f in rev.files.values() {
             if let Some(c) = contents.get(&f.sha256) {
@@ -425,39 +425,6 @@ impl Inner {
         switchboard_bus::limits::parse_document(text)
             .map(|_| ())
             .map_err(|e| RepoError::Invalid(format!("revision {}: {LIMITS_FILE}: {e}", rev.number)))
-    }
-
-    /// Numbers grow by one along the history: a revision's number is its highest parent's plus
-    /// one when every parent is held here; otherwise (a parent pruned, or not fetched yet) above
-    /// each held parent's. Either way at most [`MAX_NUMBER_JUMP`] above the highest number held,
-    /// so that no push (a stranger's, on a bus without TLS) takes numbers where the revision
-    /// that settles it could not be numbered.
-    fn check_numbering(&self, rev: &Revision) -> Result<(), RepoError> {
-        let summaries = self.store.summaries();
-        let held: Vec<u64> = rev.parents.iter().filter_map(|p| summaries.get(p).map(|s| s.number)).collect();
-        if let Some(&top) = held.iter().max() {
-            if top >= rev.number {
-                return Err(RepoError::Invalid(format!(
-                    "revision {} follows revision {top}: its number must be higher",
-                    rev.number
-                )));
-            }
-            if held.len() == rev.parents.len() && top.checked_add(1) != Some(rev.number) {
-                return Err(RepoError::Invalid(format!(
-                    "revision {} follows revision {top}: its number must be {}",
-                    rev.number,
-                    top.saturating_add(1)
-                )));
-            }
-        }
-        let highest = summaries.values().map(|s| s.number).max().unwrap_or(0);
-        if rev.number > highest.saturating_add(MAX_NUMBER_JUMP) {
-            return Err(RepoError::Invalid(format!(
-                "revision {}: more than {MAX_NUMBER_JUMP} above the highest revision held ({highest})",
-                rev.number
-            )));
-        }
-        Ok(())
     }
 
     /// After a round of states (`others` answered besides this node, `any_head` whether any
