@@ -362,6 +362,12 @@ pub async fn make_revision(
         None => out!("applied on 0 of {} nodes", outcomes.len()),
     }
     let mut bad = Vec::new();
+    // Who left the bus meanwhile (a node killed during the push is gone, not slow).
+    let down = if outcomes.values().any(|o| matches!(o, Outcome::Missing)) {
+        down_nodes(session, keys).await
+    } else {
+        BTreeMap::new()
+    };
     for (node, o) in &outcomes {
         match o {
             Outcome::Applied(t) => out!("  {node:<24} applied after {} ms", t.as_millis()),
@@ -392,7 +398,14 @@ pub async fn make_revision(
                 bad.push(node.clone());
             }
             Outcome::Missing => {
-                out!("  {node:<24} not applied after {:?} (it catches up when it next syncs)", make.timeout);
+                match down.get(node) {
+                    Some(NodeSeen::Down(since)) => out!(
+                        "  {node:<24} not applied: it left the bus during the push ({}); it takes this revision \
+                         when it starts or resumes",
+                        down_text(node, *since)
+                    ),
+                    _ => out!("  {node:<24} not applied after {:?} (it catches up when it next syncs)", make.timeout),
+                }
                 bad.push(node.clone());
             }
         }

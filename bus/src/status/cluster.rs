@@ -345,7 +345,13 @@ pub fn assemble(snap: &Snapshot) -> ClusterStatus {
             (None, false) => "gone".to_owned(),
         };
         if d.is_none() && is_alive {
-            problem("degraded", format!("{role} {name} is alive but did not answer (hung, or an older version?)"));
+            problem(
+                "degraded",
+                format!(
+                "{role} {name} is alive but did not answer (hung, an older version, or not linked to this tool: with \
+                 `gossip = false`, give every process's endpoint with --connect)"
+            ),
+            );
         }
         // A process that left long ago is listed, no longer a problem.
         if !is_alive && gone.is_none_or(|at| now.saturating_sub(at) < GONE_IS_A_PROBLEM_MS) {
@@ -518,6 +524,9 @@ fn streams(snap: &Snapshot) -> Vec<StreamRow> {
             row.head = Some(src.head);
             row.lines_per_s = src.lines_per_s;
             row.lag_records = row.lag_records.max(src.head.saturating_sub(row.committed));
+            // The agent knows how long its oldest line has waited; a writer that does not hear
+            // the agent (it reaches only a standby) knows of no lag at all.
+            row.lag_seconds = row.lag_seconds.max(src.lag_seconds);
         }
     }
     for row in rows.values_mut() {
@@ -711,6 +720,22 @@ mod tests {
         let with_none: Vec<String> = assemble(&off).problems.into_iter().map(|p| p.what).collect();
         assert!(with_none.iter().any(|w| w == "node gw2 holds no limits revision, others 7"), "{with_none:?}");
         assert!(what.contains(&"stream gw3/log/app: 7 records not committed for 45 s"), "{what:?}");
+        // A stream the writer does not hear (its agent reaches only a standby): the writer
+        // knows of no lag, the agent says its oldest line has waited 86 s.
+        let mut unheard = snap.clone();
+        if let Some(n) = unheard.processes[2].node.as_mut() {
+            n.sources[0].lag_seconds = 86.0;
+        }
+        if let Some(c) = unheard.processes[0].collector.as_mut() {
+            c.streams.push(StreamStatus {
+                node: "gw2".into(),
+                stream: "log/app".into(),
+                committed: 90,
+                ..StreamStatus::default()
+            });
+        }
+        let said: Vec<String> = assemble(&unheard).problems.into_iter().map(|p| p.what).collect();
+        assert!(said.iter().any(|w| w == "stream gw2/log/app: 10 records not committed for 86 s"), "{said:?}");
         assert_eq!(
             c.nodes.iter().map(|n| (n.name.as_str(), n.alive)).collect::<Vec<_>>(),
             [("gw1", true), ("gw2", true), ("gw3", false)]
