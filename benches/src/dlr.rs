@@ -462,8 +462,8 @@ pub(crate) fn ask_stream(records: u64, lookups: u64, rate: u64, repeat: u32, tls
     (0..repeat).map(|_| with_cpu(&pids, lookups, || paced_async(&rt, lookups, rate, ask))).collect()
 }
 
-/// Asks of [`ask_one`] that got no answer within its 2 s (each counted in its row's latencies
-/// at the time it gave up).
+/// Asks of [`ask_one`] and queries of [`lookup`] that got no answer within their time (each
+/// counted in its row's latencies at the time it gave up).
 static UNANSWERED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The asks left unanswered since the last call.
@@ -475,7 +475,7 @@ pub(crate) fn take_unanswered() -> u64 {
 fn say_unanswered() {
     let n = take_unanswered();
     if n > 0 {
-        println!("{:<44} {n} asks unanswered within 2 s (in the row at 2 s)", "");
+        println!("{:<44} {n} lookups unanswered in time (in the row at the time waited)", "");
     }
 }
 
@@ -527,6 +527,9 @@ pub(crate) fn run(bench: &DlrBench) -> Result<()> {
         bus_lookup(*node, *k, false)?;
         bus_lookup(*node, *k, true)?;
     }
+    if take_unanswered() >= 4000.min(2 * lookups) {
+        bail!("no lookup on the bus was answered: the cluster does not serve them");
+    }
     println!(
         "\n{:<44} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "lookup (records open per node: ".to_owned() + &records.to_string() + ")",
@@ -573,8 +576,10 @@ pub(crate) fn run(bench: &DlrBench) -> Result<()> {
     row("bus: ask stream, bare client (no runtime)", r, &h, ours, cpu);
     let ((r, h), cpu) = bus_row(false)?;
     row("bus: query the node that must hold it", r, &h, ours, cpu);
+    say_unanswered();
     let ((r, h), cpu) = bus_row(true)?;
     row("bus: every node, owner's answer (1 trip)", r, &h, ours, cpu);
+    say_unanswered();
     let ((r, h), cpu) = zenoh_floor(&rt, lookups, rate)?;
     row("zenoh alone: fixed reply, same pacing", r, &h, ours, cpu);
 
@@ -779,7 +784,10 @@ async fn lookup(
             return Ok(());
         }
     }
-    bail!("{key}: no answer")
+    // Counted, with the time it waited as its latency: a row at a rate the nodes cannot keep
+    // up with (a slow machine) says so instead of ending the whole run.
+    UNANSWERED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
 }
 
 /// The ask stream as any zenoh client can speak it (docs/protocol.md), with no async runtime:

@@ -247,10 +247,19 @@ fn advice(text: &str) -> String {
         return "the bucket does not exist: create it, or fix the location".to_owned();
     }
     if out.contains("error sending request") && !out.contains("169.254.169.254") {
-        out.push_str(
-            " (the store's endpoint did not answer: is it running, and is the endpoint right? AWS_ENDPOINT_URL; \
-             a collector: endpoint in [collector.store])",
-        );
+        let lower = out.to_ascii_lowercase();
+        if lower.contains("timed out") || lower.contains("timeout") {
+            out.push_str(
+                " (the store did not answer in time: slow or overloaded; a collector: timeout_ms in [collector.store])",
+            );
+        } else if ["reset", "closed", "broken pipe", "incomplete"].iter().any(|w| lower.contains(w)) {
+            out.push_str(" (the connection to the store broke in the middle of a request)");
+        } else {
+            out.push_str(
+                " (the store's endpoint did not answer: is it running, and is the endpoint right? AWS_ENDPOINT_URL; \
+                 a collector: endpoint in [collector.store])",
+            );
+        }
     }
     if out.contains("169.254.169.254") {
         out.push_str(
@@ -300,6 +309,12 @@ mod tests {
         let imds = "Generic S3 error: Error performing PUT http://169.254.169.254/latest/api/token: 403";
         assert!(advice(imds).contains("AWS_ACCESS_KEY_ID"), "{}", advice(imds));
         assert_eq!(advice("timed out"), "timed out");
+        let slow = "reading k: Generic S3 error: error sending request: operation timed out";
+        assert!(advice(slow).contains("did not answer in time"), "{}", advice(slow));
+        let reset = "reading k: Generic S3 error: error sending request: connection reset by peer";
+        assert!(advice(reset).contains("broke in the middle"), "{}", advice(reset));
+        let refused = "reading k: Generic S3 error: error sending request: Connection refused (os error 111)";
+        assert!(advice(refused).contains("is it running"), "{}", advice(refused));
         // A cause the top error's text leaves out is said, with what to do.
         #[derive(Debug)]
         struct Sending(std::io::Error);

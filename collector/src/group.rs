@@ -217,9 +217,10 @@ impl Group {
             live_at: None,
             cancel,
         };
+        let leader = g.leader_now();
         g.update(|s| {
             s.role = "standby";
-            s.leader = g.log.last().map(|r| r.writer.clone());
+            s.leader = leader;
         });
         // Every collector starts a standby; the script hears it, as keepalived's does the state
         // it starts in.
@@ -239,6 +240,13 @@ impl Group {
     pub async fn tick_waiting(&mut self, waiting_since: Option<Instant>, live_at: Option<Instant>) -> Tick {
         (self.waiting_since, self.live_at) = (waiting_since, live_at);
         self.tick().await
+    }
+
+    /// The writer of the newest claim, if any: a claim of an earlier run of this collector's
+    /// name is nobody's now.
+    fn leader_now(&self) -> Option<String> {
+        let last = self.log.last()?;
+        (last.writer != self.name || last.instance == self.instance).then(|| last.writer.clone())
     }
 
     /// Whether this collector writes.
@@ -303,9 +311,9 @@ impl Group {
         if !out.records.is_empty() {
             self.last_record = Instant::now();
         }
-        if let Some(last) = self.log.last() {
-            let leader = last.writer.clone();
-            self.update(|s| s.leader = Some(leader));
+        if self.log.last().is_some() {
+            let leader = self.leader_now();
+            self.update(|s| s.leader = leader);
         }
         self.check_split();
         let was_leader = self.is_leader();
@@ -689,9 +697,28 @@ impl Group {
                     }
                 }
             }
-            let _ = self.store.delete(&f.staging).await;
+            self.delete_staged(&f.staging).await;
         }
         Ok(())
+    }
+
+    /// Remove a staged file once it is published or dropped: tried three times (a store whose
+    /// answer was lost, or a connection reset, leaves it otherwise), then left for the next
+    /// claim's sweep of the staging area, which removes what no collector writes.
+    async fn delete_staged(&self, key: &str) {
+        let mut delay = Duration::from_millis(200);
+        for attempt in 1..=3 {
+            match self.store.delete(key).await {
+                Ok(()) => return,
+                Err(e) if attempt == 3 => {
+                    tracing::debug!(%key, error = %e, "cannot remove a staged file; the next claim removes it");
+                }
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
     }
 
     /// Commit finished files: stage them, record them in the next slot, publish them.
@@ -768,7 +795,7 @@ impl Group {
 
     async fn discard(&self, files: &[FileEntry]) {
         for f in files {
-            let _ = self.store.delete(&f.staging).await;
+            self.delete_staged(&f.staging).await;
             let _ = std::fs::remove_file(self.store.writing_path(&f.staging));
         }
     }
