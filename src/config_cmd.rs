@@ -65,6 +65,12 @@ pub enum ConfigCommand {
         /// revision.
         #[arg(long)]
         force: bool,
+        /// Push only if the head is still this revision (its number, or the start of its id,
+        /// 4+ hex digits): a tree prepared on revision 12 is not pushed over a 13 another
+        /// operator pushed meanwhile, whose changes it would undo. Without it the tree replaces
+        /// whatever the head is.
+        #[arg(long, value_name = "REVISION")]
+        expect_head: Option<String>,
         /// What every revision-making command takes.
         #[command(flatten)]
         make: MakeArgs,
@@ -551,7 +557,7 @@ async fn print_limits_change(
 /// Run one `config` subcommand; returns the exit code.
 pub async fn run(cmd: ConfigCommand) -> Result<i32> {
     match cmd {
-        ConfigCommand::Push { dir, dry_run, force, make } => {
+        ConfigCommand::Push { dir, dry_run, force, expect_head, make } => {
             let (mut files, contents) = read_tree(&dir)?;
             if !dry_run {
                 require_admin(&make.bus)?;
@@ -559,6 +565,22 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
             let conn = connect(&make.bus).await?;
             let Conn { session, keys, repo } = &conn;
             let head = single_head(repo)?.cloned();
+            if let Some(expected) = expect_head.as_deref() {
+                let matches = head.as_ref().is_some_and(|h| {
+                    expected.parse::<u64>().is_ok_and(|n| n == h.number)
+                        || (expected.len() >= 4 && h.id.starts_with(&expected.to_ascii_lowercase()))
+                });
+                if !matches {
+                    note!(
+                        "error: the head is {}, not {expected}: another revision was pushed since; look at it \
+                         (`switchboard config log`, `config show head`), bring your tree up to date, and push \
+                         again with --expect-head {}",
+                        head.as_ref().map_or("none (no revision yet)".to_owned(), |h| h.label()),
+                        head.as_ref().map_or("...".to_owned(), |h| h.number.to_string())
+                    );
+                    return Ok(1);
+                }
+            }
             let parent = match &head {
                 Some(h) => Some(repo.revision(session, keys, &h.id).await?),
                 None => None,

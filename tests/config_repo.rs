@@ -649,6 +649,23 @@ fn push_to_one_agent(c: &Cluster, repo: &str) -> (LimitsNode, Vec<String>, i32, 
     (a, ep, code, out)
 }
 
+/// `--expect-head` pushes only over the revision the tree was prepared on: a second operator's
+/// push, prepared on revision 1 after revision 2 landed, is refused rather than undo it.
+#[test]
+fn a_push_expecting_a_head_that_moved_is_refused() {
+    let c = Cluster::new();
+    let (_a, ep, code, out) = push_to_one_agent(&c, &repo_table(""));
+    assert_eq!(code, 0, "{out}");
+    let first = tree(&c, "first", &[("global/a.conf", "a2".into())]);
+    let (code, out) = config_cli(&c, &ep, &["push", first.to_str().unwrap(), "--expect-head", "1"]);
+    assert_eq!(code, 0, "the head is 1: {out}");
+    let second = tree(&c, "second", &[("global/a.conf", "a1".into()), ("global/b.conf", "b".into())]);
+    let (code, out) = config_cli(&c, &ep, &["push", second.to_str().unwrap(), "--expect-head", "1"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("the head is 2") && out.contains("--expect-head 2"), "{out}");
+    assert_eq!(read(&link(&c, "gw1").join("a.conf")), "a2", "nothing pushed over revision 2");
+}
+
 /// A push of many files lists the first hundred and counts the rest.
 #[test]
 fn a_large_change_is_listed_in_part_and_counted() {
