@@ -409,16 +409,7 @@ fn a_node_cut_off_from_all_by_closed_links_takes_nothing_and_the_cluster_stays_w
     let healed = Instant::now();
     let partial = window_extremes(&refs, partial_from, healed);
     eprintln!("c seeing the collector alone: {c_partial} in 2 s; windows {partial:?}; {still}");
-    let back = wait_until(Duration::from_secs(20), || {
-        ["a", "c"].iter().all(|n| c.http_get(n, "/v1/limits").1.matches("\"live\"").count() == 3)
-    });
-    std::thread::sleep(Duration::from_secs(3));
-    let after = window_extremes(&refs, healed, Instant::now());
-    let c_after = admitted(&refs[2..], Instant::now() - Duration::from_secs(1), Duration::from_secs(1));
-    let timeline = common::limits::timeline(&refs, cut - Duration::from_secs(1), Instant::now());
-    for l in loads {
-        l.stop();
-    }
+    let (back, after, c_after, timeline) = after_healing(&c, loads, &["a", "b", "c"], cut, healed);
     let said = agents[2].proc.as_ref().unwrap().log_text();
     eprintln!(
         "a freed c's share: {freed}; during the cut {during:?} (c in its last 3 s: {c_during}); back {back} after \
@@ -440,6 +431,33 @@ fn a_node_cut_off_from_all_by_closed_links_takes_nothing_and_the_cluster_stays_w
     assert!(after.0 <= 1020, "no overshoot after healing: {after:?}");
     assert!(c_after > 150, "c takes its share again once it sees the others: {c_after}");
     agents.clear();
+}
+
+/// After the links were healed at `healed`: whether the first and last of `nodes` see all of
+/// them live again within 20 s; then, 3 s on, the 1 s window extremes since healing, what the
+/// last node admitted in the last second, and the timeline from a second before `cut`; the
+/// loads (one per node, in order) stopped.
+fn after_healing(
+    c: &Cluster,
+    loads: Vec<Load>,
+    nodes: &[&str],
+    cut: Instant,
+    healed: Instant,
+) -> (bool, (usize, usize), usize, String) {
+    let ends = [nodes[0], nodes[nodes.len() - 1]];
+    let back = wait_until(Duration::from_secs(20), || {
+        ends.iter().all(|n| c.http_get(n, "/v1/limits").1.matches("\"live\"").count() == nodes.len())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let refs: Vec<&Load> = loads.iter().collect();
+    let after = window_extremes(&refs, healed, Instant::now());
+    let last = admitted(&refs[refs.len() - 1..], Instant::now() - Duration::from_secs(1), Duration::from_secs(1));
+    let timeline = common::limits::timeline(&refs, cut - Duration::from_secs(1), Instant::now());
+    drop(refs);
+    for l in loads {
+        l.stop();
+    }
+    (back, after, last, timeline)
 }
 
 /// Agents `names` with the collector of `c`, the last reaching every other process through a
@@ -492,16 +510,7 @@ fn of_two_agents_with_a_collector_the_one_cut_off_takes_nothing() {
         p.heal();
     }
     let healed = Instant::now();
-    let back = wait_until(Duration::from_secs(20), || {
-        ["a", "b"].iter().all(|n| c.http_get(n, "/v1/limits").1.matches("\"live\"").count() == 2)
-    });
-    std::thread::sleep(Duration::from_secs(3));
-    let after = window_extremes(&refs, healed, Instant::now());
-    let b_after = admitted(&refs[1..], Instant::now() - Duration::from_secs(1), Duration::from_secs(1));
-    let timeline = common::limits::timeline(&refs, cut - Duration::from_secs(1), Instant::now());
-    for l in loads {
-        l.stop();
-    }
+    let (back, after, b_after, timeline) = after_healing(&c, loads, &["a", "b"], cut, healed);
     eprintln!(
         "a freed b's share: {freed}; during the cut {during:?} (a {a_during}, b {b_during} in the last 3 s); back \
          {back}; after {after:?} (b {b_after} in 1 s)\nallowed/denied per 250 ms (a b) from 1 s before the cut:\n\
