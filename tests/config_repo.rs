@@ -475,6 +475,17 @@ fn a_partition_with_a_push_on_each_side_is_a_reported_conflict_until_resolved() 
     let (ok, out) = limits_cli(&["list"]);
     assert!(!ok && out.contains("kept during the configuration conflict") && out.contains("gw1"), "{out}");
     assert!(!out.contains("behind"), "{out}");
+    // A node new during the conflict has no tree to keep: it takes the highest head's, whole,
+    // with its limits (not a gateway without files, nor every key refused until it is settled).
+    let fresh = c.start_limits_agent("gw3", &[a.endpoint(), b.endpoint()], "gossip = false", &repo_table(""));
+    let sides = [("side a 2\n".to_string(), "base\n".to_string()), ("side a\n".to_string(), "side b 2\n".to_string())];
+    let whole = wait_until(Duration::from_secs(20), || {
+        sides.contains(&(read(&link(&c, "gw3").join("a.conf")), read(&link(&c, "gw3").join("b.conf"))))
+    });
+    assert!(whole, "gw3 took no head's tree whole: {}", read(&link(&c, "gw3").join("a.conf")));
+    let (_, limits) = c.http_get("gw3", "/v1/limits");
+    assert!(limits.contains("operator:*"), "gw3 holds no limits: {limits}");
+    drop(fresh);
     // Resolved by keeping side a: gw1's limits did not change (no new limits revision there),
     // gw2's did. Both enforce the newest limits: `status` reports neither as behind.
     let (_, st) = status_json(&c, &both);

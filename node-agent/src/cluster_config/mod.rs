@@ -591,18 +591,16 @@ impl Inner {
                 let applied = self.p.applied.as_ref().map(|a| a.id.as_str());
                 let (id, number) = many.iter().find(|(id, _)| Some(id.as_str()) != applied).unwrap_or(&many[0]);
                 self.blocked = Some(Blocked { id: id.clone(), number: *number, why, paths: Vec::new() });
-                // A node that never had limits (rebuilt, or new, during the conflict) takes those
-                // of the highest head, rather than refuse every key until it is settled.
-                if self.p.applied.is_none() && self.hooked.as_deref().is_none_or(str::is_empty) {
-                    let newest =
-                        many.iter().max_by_key(|(_, n)| *n).and_then(|(id, _)| self.store.revision(id)).cloned();
-                    if let (Some(rev), Some(hook)) = (newest, &self.hook) {
-                        let limits = rev.files.get(LIMITS_FILE).and_then(|f| self.store.blob(&f.sha256).ok().flatten());
-                        hook(Some(limits_origin(&self.store, &rev)), limits.as_deref());
-                        self.hooked = Some(rev.id());
-                    }
+                // Each node keeps the tree it has; one that has none (rebuilt, or new, during the
+                // conflict) takes the highest head's, tree and limits, rather than give its
+                // gateway no files and refuse every key until the conflict is settled.
+                if self.p.applied.is_some() {
+                    return;
                 }
-                return;
+                match many.iter().max_by_key(|(_, n)| *n) {
+                    Some(highest) => highest.clone(),
+                    None => return,
+                }
             }
         };
         let Some(rev) = self.store.revision(&head).cloned() else { return };
