@@ -368,8 +368,8 @@ pub async fn make_revision(
         None => out!("applied on 0 of {} nodes", outcomes.len()),
     }
     let mut bad = Vec::new();
-    // Who left the bus meanwhile (a node killed during the push is gone, not slow).
-    let down = if outcomes.values().any(|o| matches!(o, Outcome::Missing)) {
+    // Who left the bus meanwhile, and since when (a node killed during the push is gone, not slow).
+    let down = if outcomes.values().any(|o| matches!(o, Outcome::Gone)) {
         down_nodes(session, keys).await
     } else {
         BTreeMap::new()
@@ -403,15 +403,20 @@ pub async fn make_revision(
                 );
                 bad.push(node.clone());
             }
+            Outcome::Gone => {
+                let since = match down.get(node) {
+                    Some(NodeSeen::Down(since)) => *since,
+                    _ => None,
+                };
+                out!(
+                    "  {node:<24} not applied: it left the bus during the push ({}); it takes this revision when \
+                     it starts or resumes",
+                    down_text(node, since)
+                );
+                bad.push(node.clone());
+            }
             Outcome::Missing => {
-                match down.get(node) {
-                    Some(NodeSeen::Down(since)) => out!(
-                        "  {node:<24} not applied: it left the bus during the push ({}); it takes this revision \
-                         when it starts or resumes",
-                        down_text(node, *since)
-                    ),
-                    _ => out!("  {node:<24} not applied after {:?} (it catches up when it next syncs)", make.timeout),
-                }
+                out!("  {node:<24} not applied after {:?} (it catches up when it next syncs)", make.timeout);
                 bad.push(node.clone());
             }
         }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::limits::{LimitsNode, Proxy};
-use common::{metric, wait_until, Cluster, BIN};
+use common::{metric, signal, wait_until, Cluster, Proc, BIN};
 use serde_json::Value;
 use switchboard_bus::config::BusConfig;
 use switchboard_bus::keys::KeySpace;
@@ -869,6 +869,39 @@ fn a_reload_still_running_when_the_push_stops_waiting_is_named_as_such() {
         "{}",
         config_cli(&c, &ep, &["status"]).1
     );
+}
+
+/// A node killed during a push is said to have left the bus, and the push does not wait out
+/// its timeout for it (it waited the whole 10 s before).
+#[test]
+fn a_node_killed_during_a_push_is_named_gone_without_waiting_out_the_timeout() {
+    let c = Cluster::new();
+    let a = c.start_limits_agent("gw1", &[], "", &repo_table(""));
+    let b = c.start_limits_agent("gw2", &[a.endpoint()], "", &repo_table("reload = [\"sleep\", \"10\"]"));
+    let ep = vec![a.endpoint(), b.endpoint()];
+    let client = Client::new(&c, &ep);
+    assert!(wait_until(Duration::from_secs(20), || client.states().len() == 2));
+    let dir = tree(&c, "1", &[("global/a.conf", "a1".into())]);
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["config", "push", dir.to_str().unwrap(), "--timeout", "20s", "--cluster", &c.cluster]);
+    for e in &ep {
+        cmd.args(["--connect", e]);
+    }
+    let started = Instant::now();
+    let push = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    // gw2 is in its reload (10 s) when it is killed.
+    let reloading = wait_until(Duration::from_secs(10), || {
+        client.states().iter().any(|s| s.node == "gw2" && s.reloading.is_some())
+    });
+    assert!(reloading, "gw2 never ran its reload");
+    signal(b.proc.as_ref().map_or(0, Proc::pid), "-KILL");
+    let out = push.wait_with_output().unwrap();
+    let took = started.elapsed();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("gw2") && text.contains("left the bus during the push"), "{text}");
+    assert!(took < Duration::from_secs(15), "the push waited {took:?} for a node gone");
+    drop((a, b));
 }
 
 /// An agent stopped while its reload command runs stops at once (the command's process group is

@@ -245,6 +245,9 @@ pub enum Outcome {
     },
     /// Does not hold it (yet).
     Missing,
+    /// Left the bus while the push waited (its token is gone): it takes the revision when it
+    /// starts or resumes.
+    Gone,
 }
 
 impl Outcome {
@@ -257,7 +260,18 @@ impl Outcome {
     }
 }
 
-/// Poll the nodes until each has applied revision `id` or says why not, or `timeout` passes.
+/// Whether `node`'s liveliness token is on the bus (asked once, within [`ASK`]).
+async fn alive(session: &Session, keys: &KeySpace, node: &str) -> bool {
+    let Ok(key) = keys.member(crate::keys::Role::Agent, node) else { return false };
+    let Ok(replies) = session.liveliness().get(&key).timeout(ASK).await else { return true };
+    replies.recv_async().await.is_ok()
+}
+
+/// A node whose state has not come for this long is asked whether it is still on the bus.
+const GONE_AFTER: Duration = Duration::from_secs(1);
+
+/// Poll the nodes until each has applied revision `id` or says why not, or left the bus, or
+/// `timeout` passes.
 pub async fn wait_applied(
     session: &Session,
     keys: &KeySpace,
@@ -268,9 +282,13 @@ pub async fn wait_applied(
     let started = Instant::now();
     let deadline = started + timeout;
     let mut first_seen: BTreeMap<String, Duration> = BTreeMap::new();
+    // When each node's state last came.
+    let mut heard: BTreeMap<String, Instant> = nodes.iter().map(|n| (n.clone(), started)).collect();
+    let mut gone: BTreeSet<String> = BTreeSet::new();
     loop {
         let mut out: BTreeMap<String, Outcome> = nodes.iter().map(|n| (n.clone(), Outcome::Missing)).collect();
         for s in fetch_states(session, keys, ASK).await.into_iter().flatten() {
+            heard.insert(s.node.clone(), Instant::now());
             let holds = s.revisions.iter().any(|r| r.id == id);
             let in_place = s.applied.as_ref().is_some_and(|a| a.id == id);
             // A failed reload is a failure also where the node keeps the revision in place
@@ -308,8 +326,18 @@ pub async fn wait_applied(
             };
             out.insert(s.node, o);
         }
-        let settled =
-            out.values().all(|o| matches!(o, Outcome::Applied(_) | Outcome::Followed { .. } | Outcome::Blocked(_)));
+        // A node silent for a while: gone from the bus (killed, stopped), or only slow?
+        for (node, at) in &heard {
+            if matches!(out.get(node), Some(Outcome::Missing))
+                && (gone.contains(node) || (at.elapsed() >= GONE_AFTER && !alive(session, keys, node).await))
+            {
+                gone.insert(node.clone());
+                out.insert(node.clone(), Outcome::Gone);
+            }
+        }
+        let settled = out
+            .values()
+            .all(|o| matches!(o, Outcome::Applied(_) | Outcome::Followed { .. } | Outcome::Blocked(_) | Outcome::Gone));
         if settled || Instant::now() >= deadline {
             return out;
         }
