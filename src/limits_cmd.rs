@@ -449,9 +449,10 @@ pub async fn run(cmd: LimitsCommand) -> Result<()> {
             }
             if !apart.is_empty() {
                 anyhow::bail!(
-                    "{} enforce other limits than the newest revision's (set apart, during a partition): \
+                    "{} {} other limits than the newest revision's (set apart, during a partition): \
                      `switchboard config status` shows the conflict, `switchboard config resolve` settles it",
-                    apart.join(", ")
+                    apart.join(", "),
+                    if apart.len() == 1 { "enforces" } else { "enforce" }
                 );
             }
             Ok(())
