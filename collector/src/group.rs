@@ -25,6 +25,9 @@ use crate::store::{Store, StoreError};
 pub const TICK: Duration = Duration::from_millis(200);
 /// How often a leader that commits checks that its claim is still in the log.
 const CLAIM_CHECK: Duration = Duration::from_secs(10);
+/// A failed sweep of the staging area is tried again at most this often (a listing that
+/// times out holds a commit up as long).
+const SWEEP_RETRY: Duration = Duration::from_secs(60);
 /// After being fenced, wait this long before claiming again (doubling up to [`MAX_BACKOFF`]).
 const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 /// The longest wait before claiming again.
@@ -151,6 +154,9 @@ pub struct Group {
     probed: Option<Instant>,
     /// The last probe failed (said once until one succeeds).
     probe_failed: bool,
+    /// As the leader: when the staging area's sweep last failed (tried again after a commit, at
+    /// most once per [`SWEEP_RETRY`]); `None` once it succeeded.
+    sweep_failed: Option<Instant>,
     /// Said that no agent is seen, so no unseen writer is taken over (once, until one is seen).
     no_agent_said: bool,
     /// When the oldest record an agent announced and no collector committed was first
@@ -212,6 +218,7 @@ impl Group {
             writes_ok_since: None,
             probed: None,
             probe_failed: false,
+            sweep_failed: None,
             no_agent_said: false,
             waiting_since: None,
             live_at: None,
@@ -622,16 +629,7 @@ impl Group {
         self.epoch = Some(epoch);
         (self.writes_ok_since, self.probed, self.probe_failed) = (None, None, false);
         self.log.write_hint(&self.store).await;
-        // Everything staged before the claim is either published (the roll-forward) or never
-        // recorded: garbage.
-        match self.store.list(STAGING_DIR).await {
-            Ok(keys) => {
-                for (key, _) in keys {
-                    let _ = self.store.delete(&key).await;
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "cannot list the staging area"),
-        }
+        self.sweep_staging().await;
         self.update(|s| {
             s.role = "leader";
             s.epoch = Some(epoch);
@@ -768,6 +766,11 @@ impl Group {
             self.log.write_hint(&self.store).await;
         }
         self.update(|s| s.last_commit = Some(Instant::now()));
+        // Between commits nothing of this leader's is staged: a sweep that failed at the claim
+        // is tried again here.
+        if self.sweep_failed.is_some_and(|at| at.elapsed() >= SWEEP_RETRY) {
+            self.sweep_staging().await;
+        }
         if self.claim_checked.elapsed() >= CLAIM_CHECK {
             self.claim_checked = Instant::now();
             self.check_claim_kept(epoch).await;
@@ -790,6 +793,30 @@ impl Group {
             );
             tracing::error!("{why}");
             self.update(|s| s.claim_lost = Some(why));
+        }
+    }
+
+    /// Remove everything in the staging area: at a claim (before this leader stages anything)
+    /// or between its commits, what is there is published already (the roll-forward) or was
+    /// never recorded (a writer stopped or fenced before its commit, an upload that landed after
+    /// it timed out). A listing that fails is said and tried again after a later commit.
+    async fn sweep_staging(&mut self) {
+        match self.store.list(STAGING_DIR).await {
+            Ok(keys) => {
+                for (key, _) in keys {
+                    self.delete_staged(&key).await;
+                }
+                self.sweep_failed = None;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "cannot list the staging area to remove what earlier writes left there (no reader sees it); \
+                     trying again after a commit in {} s",
+                    SWEEP_RETRY.as_secs()
+                );
+                self.sweep_failed = Some(Instant::now());
+            }
         }
     }
 
