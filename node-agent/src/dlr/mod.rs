@@ -93,6 +93,10 @@ pub struct DlrService {
     gone_rechecks: tokio::sync::Semaphore,
 }
 
+/// How long an agent that left the DLR service and whose process is back may still be one
+/// restarting over its records ([`DlrService::departed`]).
+const RESTART_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Repeats of a hand-off whose reporter is still live that wait at once to look at it again
 /// (`DlrService::hand_off_lost`); one past it decides on the live nodes it sees (a `duplicate`),
 /// so a flood of such repeats holds no more than this many waiting tasks.
@@ -219,11 +223,19 @@ impl DlrService {
         self.membership.live_of(Role::Agent)
     }
 
-    /// The agents that left the DLR service and whose process is gone too (with when they left):
-    /// one that still runs but does not serve DLRs holds no record anyone asks it for.
+    /// The agents that left the DLR service and whose process is gone too, or came back less
+    /// than [`RESTART_GRACE`] ago without serving DLRs yet (with when they left): one that runs
+    /// on without serving DLRs holds no record anyone asks it for, but one restarting (killed,
+    /// started again) declares its process before its DLR service, and holds its records.
     fn departed(&self) -> Vec<(Member, u64)> {
         let alive = self.processes.live_of(Role::Agent);
-        self.membership.departed().into_iter().filter(|(m, _)| !alive.contains(&m.name)).collect()
+        let now = now_ms();
+        let grace = RESTART_GRACE.as_millis() as u64;
+        self.membership
+            .departed()
+            .into_iter()
+            .filter(|(m, at)| !alive.contains(&m.name) || now.saturating_sub(*at) < grace)
+            .collect()
     }
 
     /// Why a lookup that found nothing cannot say the record does not exist: an agent that
