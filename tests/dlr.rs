@@ -700,9 +700,14 @@ fn a_report_whose_holders_are_hung_is_told_to_try_again_not_that_the_record_is_m
         let reports = serde_json::from_str::<Value>(&body).unwrap_or_default()["reports"].clone();
         reports.as_array().map_or(0, |r| r.iter().filter(|e| e["record"]["id"] == id.as_str()).count())
     };
-    assert!(wait_until(Duration::from_secs(10), || inbox() == 1), "the DLR never reached a's inbox");
+    // (On a loaded host the copy holder, just woken too, may not answer the owner in time: the
+    // owner then leaves the late report, and the gateway's retry, told 503, hands it in.)
+    let taken = wait_until(Duration::from_secs(10), || inbox() == 1);
     let (code, res) = post(&c, "b", "/v1/dlr/report", report);
-    assert_eq!((code, res["outcome"].as_str()), (200, Some("duplicate")), "{res}");
+    let expected = if taken { "duplicate" } else { "delivered" };
+    eprintln!("the owner took the late report: {taken}; the retry at b: {res}");
+    assert_eq!((code, res["outcome"].as_str()), (200, Some(expected)), "{res}");
+    assert!(wait_until(Duration::from_secs(10), || inbox() == 1), "the DLR is not in a's inbox once");
     assert_eq!(inbox(), 1);
     // An id that nobody registered is still missing: 404 once the holder says so.
     let (code, _) = post(
