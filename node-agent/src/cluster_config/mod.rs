@@ -77,7 +77,8 @@ pub type HeadHook = Arc<dyn Fn(Option<&Revision>, Option<&[u8]>) + Send + Sync>;
 
 /// A node that hears from no other node this long after its start takes the cluster to hold
 /// what it holds (a cluster of one, or the others down). Long, as it matters only to a node
-/// that holds no revision (its first start, or a rebuild), whose limits wait for it.
+/// that holds no revision (its first start, or a rebuild), whose limits wait for it; at once
+/// for a node with no `connect`, which no link of its own would bring others to.
 const ALONE_AFTER: Duration = Duration::from_secs(10);
 
 /// How a plan says a content of the store is missing.
@@ -143,6 +144,7 @@ impl ClusterConfig {
             hooked: None,
             hook,
             cancel: cancel.clone(),
+            alone_after: if config.bus.connect.is_empty() { Duration::ZERO } else { ALONE_AFTER },
             started: Instant::now(),
         };
         let state = Arc::new(Mutex::new(inner.node_state()));
@@ -267,8 +269,10 @@ struct Inner {
     /// The head last given to the hook.
     hooked: Option<String>,
     hook: Option<HeadHook>,
-    /// When this node's configuration thread started (see [`ALONE_AFTER`]).
+    /// When this node's configuration thread started, and how long after it hearing no other
+    /// node means it is alone (see [`ALONE_AFTER`]).
     started: Instant,
+    alone_after: Duration,
     /// The agent's stop: a reload command running then is stopped, not waited for.
     cancel: CancellationToken,
 }
@@ -435,7 +439,7 @@ impl Inner {
         if self.hooked.is_some() || any_head || !self.store.heads().is_empty() {
             return;
         }
-        if others == 0 && self.started.elapsed() < ALONE_AFTER {
+        if others == 0 && self.started.elapsed() < self.alone_after {
             return;
         }
         if let Some(hook) = &self.hook {
