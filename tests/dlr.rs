@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::limits::{http_post, LimitsNode, SocketClient};
+use common::limits::{http_post, http_post_within, LimitsNode, SocketClient};
 use common::{free_port, metric, signal, wait_until, Cluster, Proc};
 use serde_json::{json, Value};
 
@@ -1414,4 +1414,46 @@ fn a_miss_is_unknown_for_the_departed_hold_and_a_node_alone_names_every_agent_go
     });
     assert!(alone, "{:?}", miss());
     drop((a, c3, b));
+}
+
+/// A lookup begun while the owner of a record no copy holds is down, and still under way when
+/// that owner comes back, never reached it (zenoh sends a query to the nodes it knows when the
+/// query begins): the answer is `503`, to try again, not `404`, which would drop the DLR; a
+/// report handed in again reaches the owner.
+#[test]
+fn a_lookup_under_way_when_the_owner_comes_back_is_unknown_not_missing() {
+    let c = Cluster::new();
+    // a registers alone: no copy of its record exists anywhere.
+    let mut a = start(&c, "a", &[]);
+    wait_mesh(&c, &["a"]);
+    register(&c, "a", "dec", ["4242".to_string()]);
+    a.proc.take().unwrap().kill();
+    let b = start(&c, "b", &[]);
+    let _c3 = start(&c, "c", &[b.endpoint()]);
+    wait_mesh(&c, &["b", "c"]);
+    // Every node asked holds the lookup open for 10 s, waiting for a registration; a comes
+    // back meanwhile (and its copy of the record reaches b, which wakes no waiting lookup).
+    let port = c.http_port("b");
+    let started = Instant::now();
+    let resolve = std::thread::spawn(move || {
+        let body = json!({"connector": "dec", "msg_id": "4242", "wait_ms": 10_000});
+        http_post_within(port, "/v1/dlr/resolve", &body.to_string(), Duration::from_secs(30))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    a = restart(&c, &a, &[b.endpoint()]);
+    wait_mesh(&c, &["a", "b", "c"]);
+    assert!(started.elapsed() < Duration::from_secs(9), "a joined too late to test: {:?}", started.elapsed());
+    let (code, _, text) = resolve.join().unwrap();
+    assert_eq!(code, 503, "{text}");
+    assert!(text.contains("node a joined while the lookup ran"), "{text}");
+    // A report handed in now reaches a, which takes it once it has settled after its restart.
+    let mut last = (0, Value::Null);
+    let delivered = wait_until(Duration::from_secs(30), || {
+        last = post(&c, "b", "/v1/dlr/report", json!({"connector": "dec", "msg_id": "4242", "status": "DELIVRD"}));
+        last.0 == 200
+    });
+    assert!(delivered, "{last:?}");
+    assert_eq!((last.1["outcome"].as_str(), last.1["role"].as_str()), (Some("delivered"), Some("owner")), "{last:?}");
+    assert_eq!(dlr_counter(&c, "b", "not_found"), 0);
+    drop(a);
 }

@@ -33,10 +33,13 @@ impl Ports {
             return Ok(Self { base });
         }
         // Free ports a moment ago, below the kernel's ephemeral range (where the agents' own
-        // listening ports come from): try a few bases, keep the first whose 20 ports bind.
-        for attempt in 0..50u16 {
-            let seed = std::process::id() as u16 ^ attempt.wrapping_mul(7919);
-            let base = 12_000 + (seed % 20_000);
+        // listening ports come from): try a few bases, keep the first whose 20 ports bind. Bases
+        // are whole slots of 20 ports, so demos started together (process ids one apart) take
+        // ranges that do not overlap.
+        for attempt in 0..50u32 {
+            let slot = (std::process::id().wrapping_add(attempt.wrapping_mul(7919))) % 1_000;
+            // At most 12,000 + 999 * 20 = 31,980: within u16.
+            let base = 12_000 + slot as u16 * 20;
             if (base..base + 20).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
                 return Ok(Self { base });
             }

@@ -42,7 +42,7 @@ const DLR_AFTER: Duration = Duration::from_millis(150);
 /// times it tries in all (docs/dlr-api.md: a restarted node answers 503 for 5 s, a node that
 /// just died leaves misses unknown for a while).
 const RETRY_AFTER: Duration = Duration::from_secs(1);
-pub(crate) const TRIES: u32 = 10;
+pub(crate) const TRIES: u32 = 20;
 
 /// What one gateway node is doing, shared with the demo's orchestration.
 pub(crate) struct Gateway {

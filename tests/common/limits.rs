@@ -259,8 +259,13 @@ pub fn window_extremes(loads: &[&Load], from: Instant, to: Instant) -> (usize, u
 
 /// POST a JSON body: (status code, headers, body).
 pub fn http_post(port: u16, path: &str, body: &str) -> (u16, String, String) {
+    http_post_within(port, path, body, Duration::from_secs(5))
+}
+
+/// [`http_post`], waiting up to `timeout` for the answer.
+pub fn http_post_within(port: u16, path: &str, body: &str, timeout: Duration) -> (u16, String, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_read_timeout(Some(timeout)).unwrap();
     write!(
         s,
         "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -14,7 +14,8 @@
 //! `<prefix>/dlr/at/<node>/...`, which the access policy holds to `agent:<node>`: the asker
 //! takes a reply only when its body names the node of its key. The others stay silent, so a
 //! query that found nothing is a miss only if no node that could answer left before it ended
-//! (zenoh ends the part of a node whose link closed as silently). A
+//! (zenoh ends the part of a node whose link closed as silently) and none joined after it began
+//! (zenoh never sends it the query: a node restarted meanwhile may own the record alone). A
 //! node asked to wait (`wait_ms=N`) keeps the query open and answers when the record is
 //! registered with it, so a DLR that overtakes its registration still resolves in one round
 //! trip. The asker of all nodes takes the owner's reply as soon as it comes. A replica's reply
@@ -329,7 +330,9 @@ pub(crate) async fn query(
     }
     if best.is_none() && unanswered.is_none() {
         let held = started.elapsed() > wait + HELD;
-        unanswered = left_before_answering(service, &asked, &mut leaves, held).await;
+        unanswered = left_before_answering(service, &asked, &mut leaves, held)
+            .await
+            .or_else(|| joined_after_asking(service, &asked));
     }
     Ok(AskedAll { found: best.map(|b| (b, started.elapsed())), failed, unanswered })
 }
@@ -384,6 +387,16 @@ pub(crate) fn implausible(
         }
         _ => None,
     }
+}
+
+/// Why a query that found nothing may have missed the record: a node that serves DLRs now was
+/// not among those `asked` (it joined, or came back from a restart, while the query ran). zenoh
+/// sends a query to the queryables it knows when it begins, so such a node was never asked, and
+/// it may be the owner of a record no copy holds (registered just before it was killed).
+fn joined_after_asking(service: &DlrService, asked: &[String]) -> Option<String> {
+    let live = service.membership.live_of(Role::Agent);
+    let joined = live.iter().find(|n| **n != service.node && !asked.contains(n))?;
+    Some(format!("node {joined} joined while the lookup ran, after the nodes were asked"))
 }
 
 /// A query held this much longer than the wait it asked for was kept open by a node that did not
