@@ -63,8 +63,10 @@ pub(crate) struct DlrCounts {
     pub(crate) not_found: AtomicU64,
     /// Answers `503` (try again), each handed in again later.
     pub(crate) retried: AtomicU64,
-    /// Any other failure, or a `503` at the last try.
+    /// Any other failure of a report, or a `503` at the last try.
     pub(crate) errors: AtomicU64,
+    /// Registrations not answered `201` (sent to an agent as it was killed, say): no DLR follows.
+    pub(crate) unregistered: AtomicU64,
     /// Round trips of reports at the gateway, in microseconds.
     pub(crate) round_trips_us: Mutex<Vec<u64>>,
 }
@@ -181,7 +183,7 @@ impl Load {
                     }
                 }
                 _ => {
-                    self.dlr.errors.fetch_add(1, Ordering::Relaxed);
+                    self.dlr.unregistered.fetch_add(1, Ordering::Relaxed);
                 }
             }
             // Hand the DLRs that are due to a node other than their owner (its SMSC connection

@@ -192,8 +192,9 @@ pub(crate) async fn summarize(f: &Facts) -> Result<DemoSummary> {
     let mut rt = d.round_trips_us.lock().map(|v| v.clone()).unwrap_or_default();
     writeln!(
         out,
-        "   as the gateways saw it: {} registered, {} delivered to the owner, {} answered by a copy, {} duplicates, {} not found, {} failed (no answer or 503 after {} tries); {} reports were answered 503 (try again: a node just restarted, or one just died) or not at all and were handed in again a second later; report round trip p50 {} us, p99 {} us",
+        "   as the gateways saw it: {} registered ({} registrations failed: sent to an agent as it was killed, say), {} delivered to the owner, {} answered by a copy, {} duplicates, {} not found, {} failed (no answer or 503 after {} tries); {} reports were answered 503 (try again: a node just restarted, or one just died) or not at all and were handed in again a second later; report round trip p50 {} us, p99 {} us",
         d.registered.load(Ordering::Relaxed),
+        d.unregistered.load(Ordering::Relaxed),
         d.delivered.load(Ordering::Relaxed),
         d.owner_down.load(Ordering::Relaxed),
         d.duplicate.load(Ordering::Relaxed),
