@@ -44,8 +44,8 @@ pub struct DemandReport {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub leaving: bool,
     /// The agents the node splits with: those it sees live, itself included (absent: not
-    /// said). A node back from a cut takes a share again only once it sees every agent the
-    /// others name here, as every one of those splits with it then.
+    /// said). A node back from a cut takes a share again only once every agent it sees has
+    /// named it here since, and it sees every agent they name: all of those split with it then.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub agents: Vec<String>,
 }

@@ -272,8 +272,8 @@ pub async fn run(
                 // changes nothing of theirs. And all of them: an agent the others split with
                 // that does not see this node yet still splits without it.
                 cut_off.note_company(others_seen(&everyone, &node), &settings);
-                let unseen = if cut_off.active() { unseen_agent(&peers, &live) } else { None };
-                cut_off.end_if(live.len().saturating_sub(1), unseen.as_deref(), &settings);
+                let waiting = cut_off.since.and_then(|since| splits_without(&node, &peers, &live, since));
+                cut_off.end_if(live.len().saturating_sub(1), waiting.as_deref(), &settings);
                 let vanished: Vec<(String, Instant)> = reconcile(&mut peers, &live, &settings)
                     .into_iter()
                     .filter_map(|name| Some((name.clone(), peers.get(&name)?.vanished?)))
@@ -491,15 +491,32 @@ struct CutOff {
     company_at: Option<Instant>,
 }
 
-/// An agent that a live agent's newest report says it splits with and that this node does not
-/// see (`live`).
-fn unseen_agent(peers: &BTreeMap<String, Peer>, live: &BTreeSet<String>) -> Option<String> {
-    live.iter()
-        .filter_map(|name| peers.get(name))
-        .filter_map(|p| p.waiting.back().or(p.report.as_ref()))
-        .flat_map(|r| &r.agents)
-        .find(|a| !live.contains(*a))
-        .cloned()
+/// Why this node, cut off since `since`, must not take a share yet, if it must not: a live
+/// agent not heard since then (its newest report may be from before the cut), one whose newest
+/// report does not name this node among those it splits with (it still splits without it: it
+/// names it, with its own share cut to make room, once it sees it), or an agent such a report
+/// names that this node does not see (that one splits without it too). A report that names no
+/// agents (the field is optional) is taken to name them all.
+fn splits_without(
+    node: &str,
+    peers: &BTreeMap<String, Peer>,
+    live: &BTreeSet<String>,
+    since: Instant,
+) -> Option<String> {
+    for name in live.iter().filter(|n| *n != node) {
+        let newest = peers
+            .get(name)
+            .filter(|p| p.heard.is_some_and(|h| h >= since))
+            .and_then(|p| p.waiting.back().or(p.report.as_ref()));
+        let Some(report) = newest else { return Some(format!("no report from {name} since the cut")) };
+        if !report.agents.is_empty() && !report.agents.iter().any(|a| a == node) {
+            return Some(format!("{name} still splits without this node"));
+        }
+        if let Some(unseen) = report.agents.iter().find(|a| !live.contains(*a)) {
+            return Some(format!("{name} splits with {unseen}, which this node does not see"));
+        }
+    }
+    None
 }
 
 /// Processes live besides this node (agents of any service, collectors).
@@ -533,11 +550,11 @@ impl CutOff {
         self.since = Some(Instant::now());
     }
 
-    /// End the cut-off once other agents are seen (`agents` live besides this node), none
-    /// `unseen` that those split with, or after the hold.
-    fn end_if(&mut self, agents: usize, unseen: Option<&str>, settings: &CoordSettings) {
+    /// End the cut-off once other agents are seen (`agents` live besides this node) and none of
+    /// them splits without it (`waiting` says why not, [`splits_without`]), or after the hold.
+    fn end_if(&mut self, agents: usize, waiting: Option<&str>, settings: &CoordSettings) {
         let Some(since) = self.since else { return };
-        if agents > 0 && unseen.is_none() {
+        if agents > 0 && waiting.is_none() {
             tracing::info!(agents, "this node sees the other agents again; it takes its share again");
         } else if since.elapsed() >= settings.silent_hold {
             tracing::warn!("cut off for the whole hold: this node takes what it sees as the whole limit");
@@ -944,6 +961,33 @@ mod tests {
         assert!(cut.active(), "an agent the one seen splits with does not see this node yet");
         cut.end_if(1, None, &settings);
         assert!(!cut.active(), "another agent seen again");
+    }
+
+    #[test]
+    fn a_node_back_from_a_cut_waits_until_every_agent_it_sees_splits_with_it() {
+        let names = |list: &[&str]| list.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let said = |agents: &[&str]| DemandReport { version: 1, agents: names(agents), ..Default::default() };
+        let live: BTreeSet<String> = names(&["me", "a", "b"]).into_iter().collect();
+        let since = Instant::now();
+        let after = |r: DemandReport| Peer { report: Some(r), heard: Some(Instant::now()), ..Peer::default() };
+        let mut peers: BTreeMap<String, Peer> = BTreeMap::new();
+        // Reports from before the cut name this node: they say nothing of now.
+        let before = Instant::now().checked_sub(Duration::from_secs(1));
+        for n in ["a", "b"] {
+            peers.insert(n.into(), Peer { report: Some(said(&["a", "b", "me"])), heard: before, ..Peer::default() });
+        }
+        let why = |peers: &BTreeMap<String, Peer>| splits_without("me", peers, &live, since).unwrap_or_default();
+        assert!(why(&peers).contains("no report from a since the cut"), "{}", why(&peers));
+        peers.insert("a".into(), after(said(&["a", "b"])));
+        peers.insert("b".into(), after(said(&["a", "b", "me"])));
+        assert!(why(&peers).contains("a still splits without this node"), "{}", why(&peers));
+        peers.insert("a".into(), after(said(&["a", "b", "me", "d"])));
+        assert!(why(&peers).contains("a splits with d"), "{}", why(&peers));
+        peers.insert("a".into(), after(said(&["a", "b", "me"])));
+        assert_eq!(splits_without("me", &peers, &live, since), None);
+        // An agent that does not say whom it splits with (the field is optional) holds nothing up.
+        peers.insert("a".into(), after(said(&[])));
+        assert_eq!(splits_without("me", &peers, &live, since), None);
     }
 
     #[test]
