@@ -32,8 +32,11 @@ fn full_disk_then_space_returns() {
     let (_, body) = c.http_get("collector", "/health");
     assert!(body.contains("No space left") || body.contains("failing"), "{body}");
     let (_, metrics) = c.http_get("collector", "/metrics");
-    // The data files are what a full disk refuses first: counted as failed writes.
-    let errors = metric(&metrics, "switchboard_collector_write_errors_total").unwrap_or(0.0);
+    // Whichever write meets the full disk first is counted: a data file's as a failed write, a
+    // commit log record's (when the disk fills between the files and their commit) as a failed
+    // commit.
+    let errors = metric(&metrics, "switchboard_collector_write_errors_total").unwrap_or(0.0)
+        + metric(&metrics, "switchboard_collector_commit_errors_total").unwrap_or(0.0);
     assert!(errors > 0.0, "{metrics}");
     assert_eq!(metric(&metrics, "switchboard_collector_failing"), Some(1.0));
     // What is committed is whole: every visible file reads back.
