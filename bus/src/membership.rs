@@ -167,11 +167,21 @@ impl AgentTokens {
     }
 }
 
-/// Note `event` in the departed set: a leave is remembered, a join forgets it.
-fn remember(departed: &Departed, event: &MemberEvent) {
+/// Note `event` in the departed set: a leave is remembered, a join forgets it. A change that is
+/// not `settled` was a guess of the watcher's (an agent alive that had not said yet what it
+/// serves, counted in), or its correction: a guessed join forgets nothing, and a correction
+/// only moves the time of a leave already remembered (an agent restarting, back in the guess,
+/// then out until its service runs), so that an agent that never took part is never departed.
+fn remember(departed: &Departed, event: &MemberEvent, settled: bool) {
     // Each change under this lock is one insert or remove: a poisoned lock is taken over.
     let mut d = departed.lock().unwrap_or_else(|p| p.into_inner());
     match event {
+        MemberEvent::Joined(_) if !settled => {}
+        MemberEvent::Left(m) if !settled => {
+            if let Some(at) = d.get_mut(m) {
+                *at = now_ms();
+            }
+        }
         MemberEvent::Joined(m) => {
             d.remove(m);
         }
@@ -204,7 +214,7 @@ impl Membership {
         let parse = keys.clone();
         let event = move |key: &str, kind: SampleKind| {
             let (role, name) = parse.parse_member(key)?;
-            Some(change(Member { role, name }, kind == SampleKind::Put))
+            Some((change(Member { role, name }, kind == SampleKind::Put), true))
         };
         Self::watch_tokens(session, keys.all_members()?, event, "membership changed", me, cancel).await
     }
@@ -236,7 +246,12 @@ impl Membership {
             let before = t.takes_part(&name, service);
             t.note(&parse, key, &name, put);
             let after = t.takes_part(&name, service);
-            (before != after).then(|| change(Member { role: Role::Agent, name }, after))
+            // Settled: a token withdrawn, or a join the agent declared. An agent alive that has
+            // not yet said what it serves is counted in (it may be of an earlier version): a
+            // guess, and its declaration arriving later without this service corrects it (see
+            // `remember`: an agent that never served is not one that departed).
+            let settled = if after { t.declared.contains(&name) } else { !put };
+            (before != after).then(|| (change(Member { role: Role::Agent, name }, after), settled))
         };
         let said = match service {
             Service::Limits => "agents serving limits changed",
@@ -246,11 +261,12 @@ impl Membership {
     }
 
     /// Watch the liveliness tokens on `tokens`, each turned into a change of the live set by
-    /// `event` (`None`: no change), logging each change with `said`; `me` never leaves.
+    /// `event` (`None`: no change, or the change and whether it is settled, see `remember`),
+    /// logging each change with `said`; `me` never leaves.
     async fn watch_tokens(
         session: &Session,
         tokens: zenoh::key_expr::OwnedKeyExpr,
-        event: impl Fn(&str, SampleKind) -> Option<MemberEvent> + Send + Sync + 'static,
+        event: impl Fn(&str, SampleKind) -> Option<(MemberEvent, bool)> + Send + Sync + 'static,
         said: &'static str,
         me: Option<Member>,
         cancel: CancellationToken,
@@ -268,7 +284,7 @@ impl Membership {
             .declare_subscriber(tokens)
             .history(true)
             .callback(move |sample| {
-                let Some(event) = event(sample.key_expr().as_str(), sample.kind()) else {
+                let Some((event, settled)) = event(sample.key_expr().as_str(), sample.kind()) else {
                     tracing::debug!(key = %sample.key_expr(), "a liveliness token that changes no member");
                     return;
                 };
@@ -306,7 +322,7 @@ impl Membership {
                         Some(unsaid) => tracing::info!(?event, unsaid_changes_of_it = unsaid, "{said}"),
                         None => tracing::debug!(?event, "{said}"),
                     }
-                    remember(&departed_w, &event);
+                    remember(&departed_w, &event, settled);
                     // No receiver is fine: events are for whoever listens.
                     let _ = events_tx.send(event);
                 }
@@ -408,6 +424,29 @@ mod tests {
         let a = open(&bus("a", Some(&ep), None), None).await.unwrap();
         let b = open(&bus("b", None, Some(&ep)), None).await.unwrap();
         (a, b, KeySpace::new(prefix).unwrap(), CancellationToken::new())
+    }
+
+    /// An agent counted in a service while it had not said what it serves, and out once it
+    /// said (it serves none), never departed: a DLR lookup would take it for one that may hold
+    /// records. An agent restarting (departed, back in the guess, out until its service runs)
+    /// stays departed, from the correction on.
+    #[test]
+    fn a_guess_and_its_correction_depart_no_agent_that_never_took_part() {
+        let d = Departed::default();
+        let m = |n: &str| Member { role: Role::Agent, name: n.into() };
+        let at = |n: &str| d.lock().unwrap().get(&m(n)).copied();
+        remember(&d, &MemberEvent::Joined(m("off")), false);
+        remember(&d, &MemberEvent::Left(m("off")), false);
+        assert_eq!(at("off"), None);
+        remember(&d, &MemberEvent::Left(m("gw1")), true);
+        let killed = at("gw1").unwrap();
+        remember(&d, &MemberEvent::Joined(m("gw1")), false);
+        assert_eq!(at("gw1"), Some(killed), "a guessed join forgets nothing");
+        std::thread::sleep(Duration::from_millis(5));
+        remember(&d, &MemberEvent::Left(m("gw1")), false);
+        assert!(at("gw1").unwrap() > killed, "departed again from the correction");
+        remember(&d, &MemberEvent::Joined(m("gw1")), true);
+        assert_eq!(at("gw1"), None, "back, serving");
     }
 
     /// A killed agent's tokens go in any order: one that said what it serves is never taken
