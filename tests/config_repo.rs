@@ -1062,3 +1062,53 @@ fn a_failed_node_is_named_and_retried_by_force_and_a_new_dir_gets_the_head() {
     assert!(out.contains(".switchboard-revision"), "{out}");
     drop(a);
 }
+
+/// A node rebuilt with an empty disk takes the cluster's head first (its files, and its limits
+/// named by the revision that set them, as the other nodes name them) and the history behind it
+/// after: its gateway and its limit decisions do not wait for the history to arrive.
+#[test]
+fn a_node_rebuilt_empty_takes_the_head_before_the_history() {
+    let c = Cluster::new();
+    let a = c.start_limits_agent("gw1", &[], "", &repo_table(""));
+    let b = c.start_limits_agent("gw2", &[a.endpoint()], "", &repo_table(""));
+    let ep = vec![a.endpoint(), b.endpoint()];
+    let client = Client::new(&c, &ep);
+    assert!(wait_until(Duration::from_secs(20), || client.states().len() == 2), "{:?}", client.states());
+    drop(client);
+    // Revisions of 400 files each, every file changed each time; the limits last changed in 4.
+    const HEAD: u64 = 6;
+    for n in 1..=HEAD {
+        let mut files: Vec<(String, String)> =
+            (0..400).map(|i| (format!("global/many/f{i:03}.conf"), format!("{n} {i} {}\n", "x".repeat(200)))).collect();
+        let rate = if n >= 4 { 40 } else { 50 };
+        files.push(("global/limits.toml".into(), format!("[[limit]]\nkey = \"op:*\"\nrate = {rate}\n")));
+        let refs: Vec<(&str, String)> = files.iter().map(|(p, c)| (p.as_str(), c.clone())).collect();
+        let (code, out) = config_cli(&c, &ep, &["push", tree(&c, &n.to_string(), &refs).to_str().unwrap()]);
+        assert_eq!(code, 0, "{out}");
+    }
+    let port = b.port;
+    drop(b);
+    std::fs::remove_dir_all(c.agent_state("gw2")).unwrap();
+    let started = Instant::now();
+    let b = c.restart_limits_agent("gw2", port, &[a.endpoint()], "", &repo_table(""));
+    let said = || b.proc.as_ref().map(Proc::log_text).unwrap_or_default();
+    let limits = || c.http_get("gw2", "/v1/limits").1;
+    assert!(wait_until(Duration::from_secs(30), || limits().contains("\"revision\":4")), "{}\n{}", limits(), said());
+    let known = started.elapsed();
+    let caught_up = |text: &str| -> Vec<u64> {
+        text.lines()
+            .filter(|l| l.contains("configuration revision caught up"))
+            .filter_map(|l| l.split("revision=").nth(1)?.split(' ').next()?.parse().ok())
+            .collect()
+    };
+    assert!(wait_until(Duration::from_secs(30), || caught_up(&said()).len() == HEAD as usize), "{}", said());
+    let text = said();
+    eprintln!("limits known {known:?} after the restart; history caught up after {:?}", started.elapsed());
+    assert_eq!(caught_up(&text).first(), Some(&HEAD), "the head comes first:\n{text}");
+    let at = |needle: &str| text.find(needle).unwrap_or_else(|| panic!("{needle:?} not in the log:\n{text}"));
+    let oldest = text.lines().find(|l| l.contains("caught up") && l.contains("revision=1 ")).unwrap_or_default();
+    assert!(at("limits are known") < at(oldest), "limits known only after the history:\n{text}");
+    assert!(at("configuration revision applied") < at(oldest), "files applied only after the history:\n{text}");
+    assert_eq!(read(&link(&c, "gw2").join("many/f007.conf")), format!("{HEAD} 7 {}\n", "x".repeat(200)));
+    drop((a, b));
+}

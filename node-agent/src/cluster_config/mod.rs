@@ -53,15 +53,16 @@ const MAX_FAILED: usize = 100;
 const MAX_OUTPUT: usize = 2048;
 
 /// The revision that set the limits `head` carries: following first parents through the
-/// revisions held while `global/limits.toml` stays the same, so that every node names the same
-/// revision (its author, time and message) for the same limits, however late it joined.
-fn limits_origin<'a>(store: &'a Store, head: &'a Revision) -> &'a Revision {
+/// revisions held (or `fetched`, not yet stored) while `global/limits.toml` stays the same, so
+/// that every node names the same revision (its author, time and message) for the same limits,
+/// however late it joined.
+fn limits_origin<'a>(store: &'a Store, fetched: &'a BTreeMap<String, Revision>, head: &'a Revision) -> &'a Revision {
     let limits = |r: &Revision| r.files.get(LIMITS_FILE).map(|f| f.sha256.clone());
     let wanted = limits(head);
     let mut at = head;
-    // Each step goes to an older revision held, so this ends; the count bounds it besides.
-    for _ in 0..store.summaries().len() {
-        match at.parents.first().and_then(|p| store.revision(p)) {
+    // Each step goes to an older revision, so this ends; the count bounds it besides.
+    for _ in 0..store.summaries().len().saturating_add(fetched.len()) {
+        match at.parents.first().and_then(|p| store.revision(p).or_else(|| fetched.get(p))) {
             Some(parent) if limits(parent) == wanted => at = parent,
             _ => break,
         }
@@ -142,6 +143,7 @@ impl ClusterConfig {
             blocked: None,
             store_error: None,
             hooked: None,
+            fetched: BTreeMap::new(),
             hook,
             cancel: cancel.clone(),
             alone_after: if config.bus.connect.is_empty() { Duration::ZERO } else { ALONE_AFTER },
@@ -204,7 +206,7 @@ impl ClusterConfig {
                             let Some(states) = states else { break };
                             let others = states.iter().filter(|s| s.as_ref().is_ok_and(|s| s.node != inner.node)).count();
                             let any_head = states.iter().any(|s| s.as_ref().is_ok_and(|s| !s.heads.is_empty()));
-                            inner.catch_up(&session, &keys, states).await;
+                            inner.catch_up(&session, &keys, states, &shared).await;
                             inner.no_head_anywhere(others, any_head);
                             inner.scan();
                             inner.prune_trees();
@@ -269,6 +271,9 @@ struct Inner {
     /// The head last given to the hook.
     hooked: Option<String>,
     hook: Option<HeadHook>,
+    /// Revisions of a catch-up under way, fetched but not yet stored: the history behind a head
+    /// stored first (see [`limits_origin`]).
+    fetched: BTreeMap<String, Revision>,
     /// When this node's configuration thread started, and how long after it hearing no other
     /// node means it is alone (see [`ALONE_AFTER`]).
     started: Instant,
@@ -448,8 +453,18 @@ impl Inner {
         self.hooked = Some(String::new());
     }
 
-    /// Fetch from every other node the revisions it holds that this one lacks, with their contents.
-    async fn catch_up(&mut self, session: &Session, keys: &KeySpace, states: Vec<Result<NodeState, String>>) {
+    /// Fetch from every other node the revisions it holds that this one lacks, with their
+    /// contents: its heads first, applied at once (a node rebuilt empty, or back after many
+    /// pushes, gives its gateway the cluster's files and takes its limits without waiting for the
+    /// history), then the history behind them, newest first: each revision is stored after one
+    /// that names it, so a catch-up cut short leaves no stray head (a conflict that is not one).
+    async fn catch_up(
+        &mut self,
+        session: &Session,
+        keys: &KeySpace,
+        states: Vec<Result<NodeState, String>>,
+        shared: &Mutex<NodeState>,
+    ) {
         // Pushes wait while this runs: one round takes at most this long, the rest is for the next.
         let deadline = Instant::now() + CATCH_UP_BUDGET;
         for state in states {
@@ -498,9 +513,18 @@ impl Inner {
                     }
                 }
             }
-            let mut revs: Vec<Revision> = got.into_values().collect();
-            revs.sort_by_key(|r| r.number);
-            for rev in revs {
+            // Heads first (`false` sorts first), then newest first.
+            let mut order: Vec<(bool, std::cmp::Reverse<u64>, String)> =
+                got.iter().map(|(id, r)| (!heads.contains(id), std::cmp::Reverse(r.number), id.clone())).collect();
+            order.sort();
+            self.fetched = got;
+            let mut heads_in = false;
+            for (history, _, id) in order {
+                if history && !heads_in {
+                    heads_in = true;
+                    self.settle(shared).await;
+                }
+                let Some(rev) = self.fetched.get(&id).cloned() else { continue };
                 let contents = match self.fetch_contents(session, keys, &state.node, &rev).await {
                     Ok(c) => c,
                     Err(e) => {
@@ -508,7 +532,7 @@ impl Inner {
                         break;
                     }
                 };
-                let (number, id) = (rev.number, rev.id());
+                let number = rev.number;
                 match self.admit(rev, &contents) {
                     Ok(true) => {
                         tracing::info!(from = %state.node, revision = number, id = short(&id), "configuration revision caught up");
@@ -521,6 +545,7 @@ impl Inner {
                     }
                 }
             }
+            self.fetched.clear();
         }
         let keep = self.p.applied.as_ref().map(|a| a.id.clone()).unwrap_or_default();
         if let Err(e) = self.store.prune(&keep) {
@@ -613,7 +638,7 @@ impl Inner {
         if self.hooked.as_deref() != Some(&head) {
             if let Some(hook) = &self.hook {
                 let limits = rev.files.get(LIMITS_FILE).and_then(|f| self.store.blob(&f.sha256).ok().flatten());
-                hook(Some(limits_origin(&self.store, &rev)), limits.as_deref());
+                hook(Some(limits_origin(&self.store, &self.fetched, &rev)), limits.as_deref());
             }
             self.hooked = Some(head.clone());
         }
