@@ -44,7 +44,7 @@ pub fn short_lived() {
 /// How the lines end: what the process does next about a failed endpoint.
 fn retrying() -> &'static str {
     if SHORT_LIVED.load(Ordering::Relaxed) {
-        "trying again until the command's --timeout"
+        "trying again while the command runs"
     } else {
         "retrying every second"
     }

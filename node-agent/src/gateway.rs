@@ -95,6 +95,17 @@ pub struct GatewaySettings {
     pub busy_poll_us: u64,
 }
 
+/// Whether `b` separates the words of a request line: a space or a tab (docs/gateway-protocol.md).
+/// Any other byte, a `\r` inside a line too, belongs to the word it is in.
+pub(crate) fn is_separator(b: &u8) -> bool {
+    matches!(b, b' ' | b'\t')
+}
+
+/// The words of a request line (its end's whitespace, a `\r` before the `\n`, left out).
+pub(crate) fn words(line: &str) -> impl Iterator<Item = &str> {
+    line.trim_ascii_end().split([' ', '\t']).filter(|w| !w.is_empty())
+}
+
 fn default_socket() -> PathBuf {
     PathBuf::from("gateway.sock")
 }
@@ -289,7 +300,8 @@ impl Gateway {
     /// Answer one request line: now (appended to `out`), or later.
     pub fn answer_line(&self, line: &[u8], out: &mut Vec<u8>) -> Option<Later> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let verb_end = line.iter().position(|b| b.is_ascii_whitespace()).unwrap_or(line.len());
+        let line = line.trim_ascii_end();
+        let verb_end = line.iter().position(is_separator).unwrap_or(line.len());
         match &line[..verb_end] {
             b"ACQUIRE" | b"RELEASE" | b"PING" => match &self.limits {
                 Some(l) => {
@@ -311,7 +323,7 @@ impl Gateway {
             },
             b"" => {
                 self.stats.unknown_requests.fetch_add(1, Ordering::Relaxed);
-                let what = if line.iter().all(u8::is_ascii_whitespace) { "an empty line" } else { "whitespace" };
+                let what = if line.is_empty() { "an empty line" } else { "whitespace" };
                 out.extend_from_slice(format!("ERR a request starts with its verb, not with {what}\n").as_bytes());
             }
             verb if std::str::from_utf8(verb).is_err() => {

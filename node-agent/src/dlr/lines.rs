@@ -51,8 +51,8 @@ pub fn answer(service: &Arc<DlrService>, line: &[u8], out: &mut Vec<u8>) -> Opti
 
 /// The request on `line`: a verb, then the JSON body (or, for `RESOLVE`, a connector and an id).
 fn parse(line: &[u8]) -> Result<Request, DlrError> {
-    let line = line.trim_ascii();
-    let (verb, rest) = match line.iter().position(u8::is_ascii_whitespace) {
+    let line = line.trim_ascii_end();
+    let (verb, rest) = match line.iter().position(crate::gateway::is_separator) {
         Some(i) => (&line[..i], line[i..].trim_ascii_start()),
         None => (line, &b""[..]),
     };
@@ -69,7 +69,7 @@ fn parse(line: &[u8]) -> Result<Request, DlrError> {
         b"REGISTER" => Request::register(rest),
         b"RESOLVE" if rest[0] != b'{' => {
             let words = std::str::from_utf8(rest).map_err(|_| DlrError::BadRequest("request is not UTF-8".into()))?;
-            let mut words = words.split_ascii_whitespace();
+            let mut words = crate::gateway::words(words);
             match (words.next(), words.next(), words.next()) {
                 (Some(connector), Some(msg_id), None) => Ok(Request::Resolve(ResolveRequest {
                     connector: connector.to_owned(),
@@ -126,6 +126,11 @@ mod tests {
         assert!(
             matches!(parse(b"RESOLVE smpp1 abc\n"), Ok(Request::Resolve(r)) if r.connector == "smpp1" && r.msg_id == "abc")
         );
+        assert!(
+            matches!(parse(b"RESOLVE\tsmpp1 \t abc \r\n"), Ok(Request::Resolve(r)) if r.connector == "smpp1" && r.msg_id == "abc")
+        );
+        // Only spaces and tabs separate words: a `\r` inside a line is part of its word.
+        assert!(parse(b"RESOLVE smpp1\rabc\n").is_err(), "one word, not a connector and an id");
         let json = br#"RESOLVE {"connector": "c", "msg_id": "7", "owner": true}"#;
         assert!(matches!(parse(json), Ok(Request::Resolve(r)) if r.owner && r.msg_id == "7"));
         assert!(

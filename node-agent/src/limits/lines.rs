@@ -55,7 +55,7 @@ enum Request<'a> {
 
 fn parse<'a>(line: &'a [u8]) -> Result<Request<'a>, String> {
     let line = std::str::from_utf8(line).map_err(|_| "request is not UTF-8".to_owned())?;
-    let mut words = line.split_ascii_whitespace();
+    let mut words = crate::gateway::words(line);
     let verb = words.next().ok_or("empty request; expected ACQUIRE, RELEASE or PING")?;
     let (key, n) = (words.next(), words.next());
     if words.next().is_some() {
@@ -66,7 +66,7 @@ fn parse<'a>(line: &'a [u8]) -> Result<Request<'a>, String> {
             super::units_of(n).map_err(|e| match n.bytes().all(|b| b.is_ascii_digit()) {
                 true => e,
                 // Likely a key with a space in it, its second part read as n.
-                false => format!("{e} (words are split at whitespace, which a key cannot hold)"),
+                false => format!("{e} (words are split at spaces and tabs, which a key cannot hold)"),
             })
         })
     };
@@ -100,6 +100,13 @@ mod tests {
         assert_eq!(parse(b"ACQUIRE operator:x 5\r\n"), Ok(Request::Acquire("operator:x", 5)));
         assert_eq!(parse(b"RELEASE d 2\n"), Ok(Request::Release("d", 2)));
         assert_eq!(parse(b"PING\n"), Ok(Request::Ping));
+        assert_eq!(parse(b"RELEASE \tk\t 3 \t\r\n"), Ok(Request::Release("k", 3)));
+        // Words are split at spaces and tabs only: a `\r` inside a line stays in its word, and
+        // the key is refused for it, as for any control character.
+        assert_eq!(
+            parse(b"ACQUIRE oper\rator:x 5\n"),
+            Err("key must be 1 to 512 bytes without control characters".into())
+        );
         for (bad, says) in [
             (&b"\n"[..], "empty"),
             (b"acquire x\n", "unknown request"),
