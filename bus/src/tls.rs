@@ -277,6 +277,7 @@ pub fn load(config: &TlsConfig, expect: Option<&Identity>) -> Result<Credentials
     }
     let identity = identity_of(&config.cert, &cert)?;
     if let Some(expect) = expect {
+        check_tls_name(&expect.name).map_err(TlsError::Identity)?;
         if &identity != expect {
             return Err(TlsError::Identity(format!(
                 "{} is the certificate of {identity}, but this process is {expect}; issue one with \
@@ -345,6 +346,19 @@ pub fn make_ca(days: u32) -> Result<(String, String), TlsError> {
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// Whether `name` can name a node that runs with TLS: a certificate names it in a DNS name, so
+/// ASCII letters, digits, `.`, `_` and `-` only (which also keeps a second `:` out of the
+/// `<role>:<name>` identity).
+fn check_tls_name(name: &str) -> Result<(), String> {
+    if name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+        return Ok(());
+    }
+    Err(format!(
+        "node name {name:?}: a certificate names its node in a DNS name, so a node that runs with TLS needs a \
+         name of ASCII letters, digits, '.', '_' and '-'"
+    ))
+}
+
 /// The longest common name a certificate may hold (X.520's `ub-common-name`).
 const MAX_COMMON_NAME: usize = 64;
 
@@ -352,15 +366,9 @@ const MAX_COMMON_NAME: usize = 64;
 /// for both ends of a link: `(certificate PEM, key PEM)`.
 pub fn issue(ca_cert: &str, ca_key: &str, id: &Identity, days: u32) -> Result<(String, String), TlsError> {
     use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-    // The name goes into a DNS name (ASCII only) and `role:name` into the common name (64
-    // characters at most): say so before any file is read.
-    if !id.name.is_ascii() {
-        return Err(TlsError::Make(format!(
-            "node name {:?} is not ASCII: a certificate names its node in a DNS name, which is; a node that runs \
-             with TLS needs a name of ASCII letters, digits, '.', '_' and '-'",
-            id.name
-        )));
-    }
+    // The name goes into a DNS name and `role:name` into the common name (64 characters at
+    // most): say so before any file is read.
+    check_tls_name(&id.name).map_err(TlsError::Make)?;
     let common_name = id.to_string();
     if common_name.len() > MAX_COMMON_NAME {
         return Err(TlsError::Make(format!(
@@ -468,6 +476,10 @@ mod tests {
         std::fs::write(dir.path().join("members"), "agent:gw1\n").unwrap();
         let other = Identity::new(IdRole::Collector, "gw1").unwrap();
         assert!(matches!(load(&configs[0], Some(&other)), Err(TlsError::Identity(_))));
+        // A process whose name no certificate can hold is told so, whatever its files.
+        let odd = Identity::new(IdRole::Agent, "gw+1").unwrap();
+        let err = load(&configs[0], Some(&odd)).unwrap_err().to_string();
+        assert!(err.contains("letters, digits, '.', '_' and '-'"), "{err}");
         // A certificate of another CA.
         let elsewhere = tempfile::tempdir().unwrap();
         let foreign = write_cluster(elsewhere.path(), std::slice::from_ref(&gw1)).unwrap();
