@@ -1063,11 +1063,11 @@ fn a_failed_node_is_named_and_retried_by_force_and_a_new_dir_gets_the_head() {
     drop(a);
 }
 
-/// A node rebuilt with an empty disk takes the cluster's head first (its files, and its limits
-/// named by the revision that set them, as the other nodes name them) and the history behind it
-/// after: its gateway and its limit decisions do not wait for the history to arrive.
+/// A node rebuilt with an empty disk takes the limits of the cluster's head (named by the
+/// revision that set them, as the other nodes name them) before the history behind the head is
+/// stored: its limit decisions do not wait for the history to arrive.
 #[test]
-fn a_node_rebuilt_empty_takes_the_head_before_the_history() {
+fn a_node_rebuilt_empty_takes_the_heads_limits_before_the_history() {
     let c = Cluster::new();
     let a = c.start_limits_agent("gw1", &[], "", &repo_table(""));
     let b = c.start_limits_agent("gw2", &[a.endpoint()], "", &repo_table(""));
@@ -1104,11 +1104,16 @@ fn a_node_rebuilt_empty_takes_the_head_before_the_history() {
     assert!(wait_until(Duration::from_secs(30), || caught_up(&said()).len() == HEAD as usize), "{}", said());
     let text = said();
     eprintln!("limits known {known:?} after the restart; history caught up after {:?}", started.elapsed());
-    assert_eq!(caught_up(&text).first(), Some(&HEAD), "the head comes first:\n{text}");
+    assert_eq!(caught_up(&text), (1..=HEAD).collect::<Vec<_>>(), "the history is stored oldest first:\n{text}");
     let at = |needle: &str| text.find(needle).unwrap_or_else(|| panic!("{needle:?} not in the log:\n{text}"));
     let oldest = text.lines().find(|l| l.contains("caught up") && l.contains("revision=1 ")).unwrap_or_default();
-    assert!(at("limits are known") < at(oldest), "limits known only after the history:\n{text}");
-    assert!(at("configuration revision applied") < at(oldest), "files applied only after the history:\n{text}");
-    assert_eq!(read(&link(&c, "gw2").join("many/f007.conf")), format!("{HEAD} 7 {}\n", "x".repeat(200)));
+    assert!(at("limits are known revision=4") < at(oldest), "limits known only after the history:\n{text}");
+    assert!(at("took the limits of the cluster's head before its history") < at(oldest), "{text}");
+    // Once the head is stored the limits stay those taken first: no revision of limits more.
+    assert_eq!(text.matches("limits revision applied").count(), 1, "{text}");
+    assert!(!text.contains("conflict"), "{text}");
+    let file = link(&c, "gw2").join("many/f007.conf");
+    let want = format!("{HEAD} 7 {}\n", "x".repeat(200));
+    assert!(wait_until(Duration::from_secs(10), || read(&file) == want), "{}", read(&file));
     drop((a, b));
 }

@@ -143,7 +143,7 @@ impl ClusterConfig {
             blocked: None,
             store_error: None,
             hooked: None,
-            fetched: BTreeMap::new(),
+            limits_ahead: None,
             hook,
             cancel: cancel.clone(),
             alone_after: if config.bus.connect.is_empty() { Duration::ZERO } else { ALONE_AFTER },
@@ -206,7 +206,7 @@ impl ClusterConfig {
                             let Some(states) = states else { break };
                             let others = states.iter().filter(|s| s.as_ref().is_ok_and(|s| s.node != inner.node)).count();
                             let any_head = states.iter().any(|s| s.as_ref().is_ok_and(|s| !s.heads.is_empty()));
-                            inner.catch_up(&session, &keys, states, &shared).await;
+                            inner.catch_up(&session, &keys, states).await;
                             inner.no_head_anywhere(others, any_head);
                             inner.scan();
                             inner.prune_trees();
@@ -271,9 +271,10 @@ struct Inner {
     /// The head last given to the hook.
     hooked: Option<String>,
     hook: Option<HeadHook>,
-    /// Revisions of a catch-up under way, fetched but not yet stored: the history behind a head
-    /// stored first (see [`limits_origin`]).
-    fetched: BTreeMap<String, Revision>,
+    /// The number of a head whose limits were taken before its history was stored
+    /// ([`Inner::take_limits_first`]): the heads of a history stored part way, below it, do not
+    /// take the limits back meanwhile.
+    limits_ahead: Option<u64>,
     /// When this node's configuration thread started, and how long after it hearing no other
     /// node means it is alone (see [`ALONE_AFTER`]).
     started: Instant,
@@ -454,17 +455,10 @@ impl Inner {
     }
 
     /// Fetch from every other node the revisions it holds that this one lacks, with their
-    /// contents: its heads first, applied at once (a node rebuilt empty, or back after many
-    /// pushes, gives its gateway the cluster's files and takes its limits without waiting for the
-    /// history), then the history behind them, newest first: each revision is stored after one
-    /// that names it, so a catch-up cut short leaves no stray head (a conflict that is not one).
-    async fn catch_up(
-        &mut self,
-        session: &Session,
-        keys: &KeySpace,
-        states: Vec<Result<NodeState, String>>,
-        shared: &Mutex<NodeState>,
-    ) {
+    /// contents, oldest first: each revision is stored on its parent, so a catch-up cut short
+    /// leaves a shorter history, not a second head. A node that holds no revision takes the
+    /// limits of the head first ([`Inner::take_limits_first`]).
+    async fn catch_up(&mut self, session: &Session, keys: &KeySpace, states: Vec<Result<NodeState, String>>) {
         // Pushes wait while this runs: one round takes at most this long, the rest is for the next.
         let deadline = Instant::now() + CATCH_UP_BUDGET;
         for state in states {
@@ -513,18 +507,10 @@ impl Inner {
                     }
                 }
             }
-            // Heads first (`false` sorts first), then newest first.
-            let mut order: Vec<(bool, std::cmp::Reverse<u64>, String)> =
-                got.iter().map(|(id, r)| (!heads.contains(id), std::cmp::Reverse(r.number), id.clone())).collect();
-            order.sort();
-            self.fetched = got;
-            let mut heads_in = false;
-            for (history, _, id) in order {
-                if history && !heads_in {
-                    heads_in = true;
-                    self.settle(shared).await;
-                }
-                let Some(rev) = self.fetched.get(&id).cloned() else { continue };
+            self.take_limits_first(session, keys, &state.node, &got).await;
+            let mut revs: Vec<Revision> = got.into_values().collect();
+            revs.sort_by_key(|r| r.number);
+            for rev in revs {
                 let contents = match self.fetch_contents(session, keys, &state.node, &rev).await {
                     Ok(c) => c,
                     Err(e) => {
@@ -532,7 +518,7 @@ impl Inner {
                         break;
                     }
                 };
-                let number = rev.number;
+                let (number, id) = (rev.number, rev.id());
                 match self.admit(rev, &contents) {
                     Ok(true) => {
                         tracing::info!(from = %state.node, revision = number, id = short(&id), "configuration revision caught up");
@@ -545,12 +531,53 @@ impl Inner {
                     }
                 }
             }
-            self.fetched.clear();
         }
         let keep = self.p.applied.as_ref().map(|a| a.id.clone()).unwrap_or_default();
         if let Err(e) = self.store.prune(&keep) {
             tracing::warn!(error = %e, "cannot prune old configuration revisions");
         }
+    }
+
+    /// A node that holds no revision (new, or rebuilt with an empty disk) refuses every limit key
+    /// until it knows the cluster's limits: it takes those of the highest head among `got` (the
+    /// revisions just fetched from `from`, not yet stored) as soon as it has that one file, not
+    /// once the whole history is stored, which takes as long as the history is large. The limits
+    /// are named by the revision that set them, looked for among `got` as among revisions held.
+    async fn take_limits_first(
+        &mut self,
+        session: &Session,
+        keys: &KeySpace,
+        from: &str,
+        got: &BTreeMap<String, Revision>,
+    ) {
+        if self.hooked.is_some() || !self.store.heads().is_empty() || self.hook.is_none() {
+            return;
+        }
+        let named: std::collections::BTreeSet<&String> = got.values().flat_map(|r| r.parents.iter()).collect();
+        let Some((id, head)) = got.iter().filter(|(id, _)| !named.contains(id)).max_by_key(|(_, r)| r.number) else {
+            return;
+        };
+        let limits = match head.files.get(LIMITS_FILE) {
+            None => None,
+            Some(f) => match fetch_object(session, keys, from, &f.sha256, ASK_TIMEOUT).await {
+                Ok(Some(bytes)) => Some(bytes),
+                // Not this way, then: the limits come with the head once it is stored.
+                Ok(None) | Err(_) => return,
+            },
+        };
+        // A limits file the store would refuse (and with it the revision) is not taken either.
+        if let Some(bytes) = &limits {
+            let valid = std::str::from_utf8(bytes).is_ok_and(|t| switchboard_bus::limits::parse_document(t).is_ok());
+            if !valid {
+                return;
+            }
+        }
+        if let Some(hook) = &self.hook {
+            hook(Some(limits_origin(&self.store, got, head)), limits.as_deref());
+        }
+        tracing::info!(revision = head.number, from, "took the limits of the cluster's head before its history");
+        self.hooked = Some(id.clone());
+        self.limits_ahead = Some(head.number);
     }
 
     /// The contents `rev` names that the store lacks, fetched from `from` (checked against their
@@ -635,10 +662,11 @@ impl Inner {
         let Some(rev) = self.store.revision(&head).cloned() else { return };
         // The limits follow the head whatever becomes of its files here (a working directory
         // that blocks them, a reload that fails).
-        if self.hooked.as_deref() != Some(&head) {
+        if self.hooked.as_deref() != Some(&head) && self.limits_ahead.is_none_or(|ahead| number >= ahead) {
+            self.limits_ahead = None;
             if let Some(hook) = &self.hook {
                 let limits = rev.files.get(LIMITS_FILE).and_then(|f| self.store.blob(&f.sha256).ok().flatten());
-                hook(Some(limits_origin(&self.store, &self.fetched, &rev)), limits.as_deref());
+                hook(Some(limits_origin(&self.store, &BTreeMap::new(), &rev)), limits.as_deref());
             }
             self.hooked = Some(head.clone());
         }
