@@ -1117,3 +1117,76 @@ fn a_node_rebuilt_empty_takes_the_heads_limits_before_the_history() {
     assert!(wait_until(Duration::from_secs(10), || read(&file) == want), "{}", read(&file));
     drop((a, b));
 }
+
+/// A node's history that breaks off in the middle (it answers one revision with bytes that are
+/// not that revision) gives nothing above the break: stored, the revisions above it would leave
+/// the revision held below as a second head, a conflict nobody made, for good.
+#[test]
+fn a_history_that_breaks_off_midway_stores_nothing_above_the_break() {
+    use zenoh::Wait as _;
+    let c = Cluster::new();
+    let (a, ep, code, out) = push_to_one_agent(&c, &repo_table(""));
+    assert_eq!(code, 0, "{out}");
+    let client = Client::new(&c, &ep);
+    let held = client.state("gw1").expect("gw1's state").heads[0].clone();
+    let rev = |number: u64, parent: &str| Revision {
+        version: 1,
+        number,
+        parents: vec![parent.to_owned()],
+        author: "test".into(),
+        at_ms: number,
+        message: format!("push {number}"),
+        files: [("global/a.conf".to_owned(), FileEntry::of(format!("a{number}").as_bytes()))].into(),
+    };
+    let (r2, r3) = {
+        let r2 = rev(2, &held.id);
+        let r3 = rev(3, &r2.id());
+        (r2, r3)
+    };
+    // Node gw9 holds 2 and 3, and answers 3 and its file, and 2 with bytes that are not it.
+    let state = serde_json::json!({
+        "version": 1, "node": "gw9", "subcluster": null, "dir": "", "applied": null,
+        "heads": [r3.summary()], "revisions": [r3.summary(), r2.summary()],
+        "local_edits": [], "blocked": null, "reload": null,
+    })
+    .to_string();
+    let objects: std::collections::BTreeMap<String, Vec<u8>> = [
+        (r3.id(), r3.canonical()),
+        (r2.id(), b"not revision 2".to_vec()),
+        (r3.files["global/a.conf"].sha256.clone(), b"a3".to_vec()),
+    ]
+    .into();
+    let keys = client.keys.clone();
+    let _peer = client.rt.block_on(async {
+        let s = client
+            .session
+            .declare_queryable(client.keys.config_state("gw9").unwrap())
+            .callback(move |q| {
+                let _ = q.reply(q.key_expr().clone(), state.clone()).wait();
+            })
+            .await
+            .unwrap();
+        let o = client
+            .session
+            .declare_queryable(format!("{}/config/object/gw9/*", client.keys.prefix()))
+            .callback(move |q| {
+                if let Some(bytes) = keys.parse_config_object(q.key_expr().as_str()).and_then(|h| objects.get(&h)) {
+                    let _ = q.reply(q.key_expr().clone(), bytes.clone()).wait();
+                }
+            })
+            .await
+            .unwrap();
+        (s, o)
+    });
+    let refused =
+        || metric(&c.http_get("gw1", "/metrics").1, "switchboard_bus_refused_total{reason=\"config_invalid\"}");
+    assert!(wait_until(Duration::from_secs(10), || refused().unwrap_or(0.0) >= 1.0), "gw9's revision 2 was not asked");
+    // A few rounds more (one every 500 ms here).
+    std::thread::sleep(Duration::from_millis(2000));
+    let st = client.state("gw1").expect("gw1's state");
+    let heads: Vec<u64> = st.heads.iter().map(|h| h.number).collect();
+    assert_eq!(heads, vec![1], "revisions above the break stored: {st:?}");
+    assert!(st.blocked.is_none(), "{:?}", st.blocked);
+    assert_eq!(read(&link(&c, "gw1").join("a.conf")), "a1");
+    drop(a);
+}

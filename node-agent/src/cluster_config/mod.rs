@@ -70,6 +70,24 @@ fn limits_origin<'a>(store: &'a Store, fetched: &'a BTreeMap<String, Revision>, 
     at
 }
 
+/// The revisions of `got` whose every parent is held here (`held`) or another of those kept. A
+/// walk cut short (a node that stopped answering or answered wrong, a round's time spent) leaves
+/// revisions whose parents were never fetched; stored, the lowest of them would stand as a
+/// second head beside the revision held below the break (a conflict nobody made), for good, as
+/// the next round's walk stops at the revisions held.
+fn grounded(got: BTreeMap<String, Revision>, held: impl Fn(&str) -> bool) -> BTreeMap<String, Revision> {
+    let mut order: Vec<(String, Revision)> = got.into_iter().collect();
+    // A parent's number is below its child's: parents come first.
+    order.sort_by_key(|(_, r)| r.number);
+    let mut kept = BTreeMap::new();
+    for (id, rev) in order {
+        if rev.parents.iter().all(|p| held(p) || kept.contains_key(p)) {
+            kept.insert(id, rev);
+        }
+    }
+    kept
+}
+
 /// Called with each new head of the repository (as the revision that set its limits, see
 /// `limits_origin`) and, if it has one, its `global/limits.toml`.
 /// `None`: the cluster holds no revision (said once, when this node holds none and the others
@@ -143,7 +161,6 @@ impl ClusterConfig {
             blocked: None,
             store_error: None,
             hooked: None,
-            limits_ahead: None,
             hook,
             cancel: cancel.clone(),
             alone_after: if config.bus.connect.is_empty() { Duration::ZERO } else { ALONE_AFTER },
@@ -271,10 +288,6 @@ struct Inner {
     /// The head last given to the hook.
     hooked: Option<String>,
     hook: Option<HeadHook>,
-    /// The number of a head whose limits were taken before its history was stored
-    /// ([`Inner::take_limits_first`]): the heads of a history stored part way, below it, do not
-    /// take the limits back meanwhile.
-    limits_ahead: Option<u64>,
     /// When this node's configuration thread started, and how long after it hearing no other
     /// node means it is alone (see [`ALONE_AFTER`]).
     started: Instant,
@@ -479,11 +492,19 @@ impl Inner {
             let mut want: Vec<String> = state.heads.iter().map(|h| h.id.clone()).collect();
             let heads: std::collections::BTreeSet<String> = want.iter().cloned().collect();
             let mut got: BTreeMap<String, Revision> = BTreeMap::new();
+            // Parents the walk ends at without fetching them: pruned there, or past what any
+            // node keeps.
+            let mut gone: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
             while let Some(id) = want.pop() {
                 if self.store.summaries().contains_key(&id) || got.contains_key(&id) {
                     continue;
                 }
-                if got.len() >= switchboard_bus::repo::KEEP_REVISIONS || Instant::now() >= deadline {
+                if got.len() >= switchboard_bus::repo::KEEP_REVISIONS {
+                    gone.insert(id);
+                    gone.extend(want.drain(..));
+                    break;
+                }
+                if Instant::now() >= deadline {
                     break;
                 }
                 match fetch_revision(session, keys, &state.node, &id, ASK_TIMEOUT).await {
@@ -492,7 +513,9 @@ impl Inner {
                         got.insert(id, rev);
                     }
                     // A parent it pruned: the walk ends there.
-                    Ok(None) if !heads.contains(&id) => {}
+                    Ok(None) if !heads.contains(&id) => {
+                        gone.insert(id);
+                    }
                     // A head it names but does not hand out: nothing more from it this round.
                     Ok(None) => {
                         refuse(
@@ -506,6 +529,15 @@ impl Inner {
                         break;
                     }
                 }
+            }
+            let fetched = got.len();
+            let got = grounded(got, |p| self.store.summaries().contains_key(p) || gone.contains(p));
+            if got.len() < fetched {
+                tracing::info!(
+                    from = %state.node,
+                    left = fetched - got.len(),
+                    "revisions above a break in a node's history left for a later round"
+                );
             }
             self.take_limits_first(session, keys, &state.node, &got).await;
             let mut revs: Vec<Revision> = got.into_values().collect();
@@ -550,11 +582,17 @@ impl Inner {
         from: &str,
         got: &BTreeMap<String, Revision>,
     ) {
-        if self.hooked.is_some() || !self.store.heads().is_empty() || self.hook.is_none() {
+        // `Some("")`: told that the cluster holds no revision (none had answered yet).
+        if self.hooked.as_deref().is_some_and(|h| !h.is_empty())
+            || !self.store.heads().is_empty()
+            || self.hook.is_none()
+        {
             return;
         }
         let named: std::collections::BTreeSet<&String> = got.values().flat_map(|r| r.parents.iter()).collect();
-        let Some((id, head)) = got.iter().filter(|(id, _)| !named.contains(id)).max_by_key(|(_, r)| r.number) else {
+        // The head a node with no tree takes once all is stored (see `reconcile`).
+        let Some((id, head)) = got.iter().filter(|(id, _)| !named.contains(id)).max_by_key(|(id, r)| (r.number, *id))
+        else {
             return;
         };
         let limits = match head.files.get(LIMITS_FILE) {
@@ -577,7 +615,6 @@ impl Inner {
         }
         tracing::info!(revision = head.number, from, "took the limits of the cluster's head before its history");
         self.hooked = Some(id.clone());
-        self.limits_ahead = Some(head.number);
     }
 
     /// The contents `rev` names that the store lacks, fetched from `from` (checked against their
@@ -653,7 +690,9 @@ impl Inner {
                 if self.p.applied.is_some() {
                     return;
                 }
-                match many.iter().max_by_key(|(_, n)| *n) {
+                // Of two heads of one number (two pushes on one parent), the higher id: one
+                // choice on every node, and the one `take_limits_first` makes.
+                match many.iter().max_by_key(|(id, n)| (*n, id)) {
                     Some(highest) => highest.clone(),
                     None => return,
                 }
@@ -662,8 +701,7 @@ impl Inner {
         let Some(rev) = self.store.revision(&head).cloned() else { return };
         // The limits follow the head whatever becomes of its files here (a working directory
         // that blocks them, a reload that fails).
-        if self.hooked.as_deref() != Some(&head) && self.limits_ahead.is_none_or(|ahead| number >= ahead) {
-            self.limits_ahead = None;
+        if self.hooked.as_deref() != Some(&head) {
             if let Some(hook) = &self.hook {
                 let limits = rev.files.get(LIMITS_FILE).and_then(|f| self.store.blob(&f.sha256).ok().flatten());
                 hook(Some(limits_origin(&self.store, &BTreeMap::new(), &rev)), limits.as_deref());
@@ -1035,4 +1073,39 @@ async fn read_tail(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
         }
     }
     kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rev(number: u64, parents: &[&str]) -> (String, Revision) {
+        let r = Revision {
+            version: 1,
+            number,
+            parents: parents.iter().map(|p| p.to_string()).collect(),
+            author: "test".into(),
+            at_ms: number,
+            message: String::new(),
+            files: BTreeMap::new(),
+        };
+        (r.id(), r)
+    }
+
+    #[test]
+    fn revisions_above_a_break_in_the_history_are_not_kept() {
+        let held = "held";
+        let (id2, r2) = rev(2, &[held]);
+        let (id3, r3) = rev(3, &[&id2]);
+        let (id4, r4) = rev(4, &[&id3, "pruned"]);
+        let whole: BTreeMap<String, Revision> =
+            [(id2.clone(), r2), (id3.clone(), r3.clone()), (id4.clone(), r4.clone())].into();
+        let held_or_gone = |p: &str| p == held || p == "pruned";
+        assert_eq!(grounded(whole.clone(), held_or_gone).len(), 3, "a whole history is kept");
+        // Revision 2 never came (its node answered wrong): 3 and 4 stay out.
+        let broken: BTreeMap<String, Revision> = [(id3, r3), (id4, r4)].into();
+        assert!(grounded(broken, held_or_gone).is_empty());
+        // A parent neither held nor gone keeps its merge out, and what follows it.
+        assert_eq!(grounded(whole, |p| p == held).len(), 2);
+    }
 }
