@@ -595,21 +595,19 @@ impl Inner {
         else {
             return;
         };
-        let limits = match head.files.get(LIMITS_FILE) {
-            None => None,
-            Some(f) => match fetch_object(session, keys, from, &f.sha256, ASK_TIMEOUT).await {
-                Ok(Some(bytes)) => Some(bytes),
+        let mut contents = Contents::new();
+        if let Some(f) = head.files.get(LIMITS_FILE) {
+            match fetch_object(session, keys, from, &f.sha256, ASK_TIMEOUT).await {
+                Ok(Some(bytes)) => contents.insert(f.sha256.clone(), bytes),
                 // Not this way, then: the limits come with the head once it is stored.
                 Ok(None) | Err(_) => return,
-            },
-        };
-        // A limits file the store would refuse (and with it the revision) is not taken either.
-        if let Some(bytes) = &limits {
-            let valid = std::str::from_utf8(bytes).is_ok_and(|t| switchboard_bus::limits::parse_document(t).is_ok());
-            if !valid {
-                return;
-            }
+            };
         }
+        // Nor from a head this node would refuse to store (its number, its limits file).
+        if self.store.check_numbering(head).is_err() || self.check_limits(head, &contents).is_err() {
+            return;
+        }
+        let limits = contents.into_values().next();
         if let Some(hook) = &self.hook {
             hook(Some(limits_origin(&self.store, got, head)), limits.as_deref());
         }
