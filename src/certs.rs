@@ -34,7 +34,8 @@ pub enum CertsCommand {
     /// <dir>/ca.key, and add <role>:<name> to <dir>/members. Issuing again for the same name
     /// makes a new key (rotation).
     Issue {
-        /// The process's name: `[bus] node` of its config (an agent's is its gateway node's).
+        /// The process's name, `[bus] node` of its config (an agent's is its gateway node's), of
+        /// ASCII letters, digits, `.`, `_` and `-`, with `<role>:<name>` at most 64 characters
         name: String,
         /// What the holder may do (docs/security.md).
         #[arg(long, value_enum)]
