@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use switchboard_bus::config::BusConfig;
 use switchboard_bus::dlr::wire::{DlrReport, LookupReply, ReplicaBatch, ReplicaOp, Role as HolderRole, DOC_VERSION};
 use switchboard_bus::dlr::{DlrRecord, RecordState};
+use switchboard_bus::limits::revision::{History, Revision};
 use switchboard_bus::tls::TlsConfig;
 use switchboard_bus::wire::log_batch::{self, LogBatchBuilder, LogRow};
 use zenoh::Session;
@@ -73,11 +74,18 @@ async fn expect_refused<F: std::future::Future>(c: &Cluster, process: &str, reas
 /// A bus session of this test as `identity` (`<role>:<name>`; plain TCP when the cluster has
 /// no TLS), connected to `endpoints` only.
 async fn session(c: &Cluster, identity: &str, endpoints: &[String]) -> Session {
+    session_listening(c, identity, endpoints, &[]).await
+}
+
+/// [`session`], also listening on `listen` (a tool connected there is linked to it alone: peers
+/// do not route for each other).
+async fn session_listening(c: &Cluster, identity: &str, endpoints: &[String], listen: &[String]) -> Session {
     let (role, name) = identity.split_once(':').unwrap();
     let bus = BusConfig {
         cluster: c.cluster.clone(),
         node: format!("hostile-{name}"),
         connect: endpoints.to_vec(),
+        listen: listen.to_vec(),
         gossip: false,
         tls: c.tls.as_ref().map(|dir| TlsConfig {
             ca: dir.join("ca.crt"),
@@ -472,6 +480,27 @@ async fn a_member_cannot_act_as_another() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // Row 12: gw2 answers a tool's query for the limits histories on gw1's key as well as on its
+    // own. The tool, linked to gw2 alone, takes gw2's own answer and drops the other by its policy.
+    let liar_endpoint = format!("{}/127.0.0.1:{}", c.endpoint.split('/').next().unwrap(), free_port());
+    let gw2_listening = session_listening(c, "agent:gw2", &[], std::slice::from_ref(&liar_endpoint)).await;
+    let history = |revision: u64, author: &str| {
+        let limits = vec![serde_json::from_value(json!({"key": "k", "rate": 5})).unwrap()];
+        let r = Revision { revision, author: author.into(), at_ms: 1, comment: String::new(), limits };
+        serde_json::to_vec(&History { version: 1, revisions: vec![r] }).unwrap()
+    };
+    let _own = liar(&gw2_listening, key(c, "limits/config/gw2"), history(998, "gw2-own")).await;
+    let _other = liar(&gw2_listening, key(c, "limits/config/gw1"), history(999, "gw2-as-gw1")).await;
+    let out = as_admin(c, &liar_endpoint, &["limits", "history"]);
+    let (said, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        said.contains("revision 998") && said.contains("gw2-own"),
+        "gw2's own history is not listed:\n{said}\n{err}"
+    );
+    assert!(!said.contains("gw2-as-gw1"), "a history in gw1's name from gw2 was taken:\n{said}");
+    drop((_own, _other));
+    gw2_listening.close().await.unwrap();
 
     // Rows 6, 8: only a collector may ask an agent for a replay, and the agent answers it (here
     // with an error reply: those lines are committed and no longer kept).
