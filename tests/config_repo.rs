@@ -1118,18 +1118,70 @@ fn a_node_rebuilt_empty_takes_the_heads_limits_before_the_history() {
     drop((a, b));
 }
 
-/// A node's history that breaks off in the middle (it answers one revision with bytes that are
-/// not that revision) gives nothing above the break: stored, the revisions above it would leave
-/// the revision held below as a second head, a conflict nobody made, for good.
-#[test]
-fn a_history_that_breaks_off_midway_stores_nothing_above_the_break() {
-    use zenoh::Wait as _;
-    let c = Cluster::new();
-    let (a, ep, code, out) = push_to_one_agent(&c, &repo_table(""));
-    assert_eq!(code, 0, "{out}");
-    let client = Client::new(&c, &ep);
-    let held = client.state("gw1").expect("gw1's state").heads[0].clone();
-    let rev = |number: u64, parent: &str| Revision {
+/// A node `gw9` of the test's own session: it answers its state and the objects it holds, as
+/// the test sets them.
+struct FakePeer {
+    state: Arc<std::sync::Mutex<String>>,
+    objects: Arc<std::sync::Mutex<std::collections::BTreeMap<String, Vec<u8>>>>,
+    _queryables: (zenoh::query::Queryable<()>, zenoh::query::Queryable<()>),
+}
+
+impl FakePeer {
+    fn new(client: &Client) -> Self {
+        use zenoh::Wait as _;
+        let state = Arc::new(std::sync::Mutex::new(String::new()));
+        let objects = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<String, Vec<u8>>::new()));
+        let (st, ob, keys) = (state.clone(), objects.clone(), client.keys.clone());
+        let queryables = client.rt.block_on(async {
+            let s = client
+                .session
+                .declare_queryable(client.keys.config_state("gw9").unwrap())
+                .callback(move |q| {
+                    let doc = st.lock().unwrap().clone();
+                    let _ = q.reply(q.key_expr().clone(), doc).wait();
+                })
+                .await
+                .unwrap();
+            let o = client
+                .session
+                .declare_queryable(format!("{}/config/object/gw9/*", client.keys.prefix()))
+                .callback(move |q| {
+                    let bytes = keys
+                        .parse_config_object(q.key_expr().as_str())
+                        .and_then(|h| ob.lock().unwrap().get(&h).cloned());
+                    if let Some(bytes) = bytes {
+                        let _ = q.reply(q.key_expr().clone(), bytes).wait();
+                    }
+                })
+                .await
+                .unwrap();
+            (s, o)
+        });
+        Self { state, objects, _queryables: queryables }
+    }
+
+    /// It holds `revisions`, the first its head, and answers each with `answer` (its own
+    /// bytes, or others) and its files.
+    fn holds(&self, revisions: &[(&Revision, Vec<u8>)], files: &[&[u8]]) {
+        *self.state.lock().unwrap() = serde_json::json!({
+            "version": 1, "node": "gw9", "subcluster": null, "dir": "", "applied": null,
+            "heads": [revisions[0].0.summary()], "revisions": revisions.iter().map(|(r, _)| r.summary()).collect::<Vec<_>>(),
+            "local_edits": [], "blocked": null, "reload": null,
+        })
+        .to_string();
+        let mut objects = self.objects.lock().unwrap();
+        for (r, answer) in revisions {
+            objects.insert(r.id(), answer.clone());
+        }
+        for f in files {
+            objects.insert(switchboard_bus::repo::sha256_hex(f), f.to_vec());
+        }
+    }
+}
+
+/// Revision `number` on `parent` with one file, `global/a.conf`, saying `a<number>`.
+fn one_file_revision(number: u64, parent: &str) -> Revision {
+    Revision {
         version: 1,
         number,
         parents: vec![parent.to_owned()],
@@ -1137,47 +1189,24 @@ fn a_history_that_breaks_off_midway_stores_nothing_above_the_break() {
         at_ms: number,
         message: format!("push {number}"),
         files: [("global/a.conf".to_owned(), FileEntry::of(format!("a{number}").as_bytes()))].into(),
-    };
-    let (r2, r3) = {
-        let r2 = rev(2, &held.id);
-        let r3 = rev(3, &r2.id());
-        (r2, r3)
-    };
+    }
+}
+
+/// A node's history that breaks off in the middle (it answers one revision with bytes that are
+/// not that revision) gives nothing above the break: stored, the revisions above it would leave
+/// the revision held below as a second head, a conflict nobody made, for good.
+#[test]
+fn a_history_that_breaks_off_midway_stores_nothing_above_the_break() {
+    let c = Cluster::new();
+    let (a, ep, code, out) = push_to_one_agent(&c, &repo_table(""));
+    assert_eq!(code, 0, "{out}");
+    let client = Client::new(&c, &ep);
+    let held = client.state("gw1").expect("gw1's state").heads[0].clone();
+    let r2 = one_file_revision(2, &held.id);
+    let r3 = one_file_revision(3, &r2.id());
     // Node gw9 holds 2 and 3, and answers 3 and its file, and 2 with bytes that are not it.
-    let state = serde_json::json!({
-        "version": 1, "node": "gw9", "subcluster": null, "dir": "", "applied": null,
-        "heads": [r3.summary()], "revisions": [r3.summary(), r2.summary()],
-        "local_edits": [], "blocked": null, "reload": null,
-    })
-    .to_string();
-    let objects: std::collections::BTreeMap<String, Vec<u8>> = [
-        (r3.id(), r3.canonical()),
-        (r2.id(), b"not revision 2".to_vec()),
-        (r3.files["global/a.conf"].sha256.clone(), b"a3".to_vec()),
-    ]
-    .into();
-    let keys = client.keys.clone();
-    let _peer = client.rt.block_on(async {
-        let s = client
-            .session
-            .declare_queryable(client.keys.config_state("gw9").unwrap())
-            .callback(move |q| {
-                let _ = q.reply(q.key_expr().clone(), state.clone()).wait();
-            })
-            .await
-            .unwrap();
-        let o = client
-            .session
-            .declare_queryable(format!("{}/config/object/gw9/*", client.keys.prefix()))
-            .callback(move |q| {
-                if let Some(bytes) = keys.parse_config_object(q.key_expr().as_str()).and_then(|h| objects.get(&h)) {
-                    let _ = q.reply(q.key_expr().clone(), bytes.clone()).wait();
-                }
-            })
-            .await
-            .unwrap();
-        (s, o)
-    });
+    let gw9 = FakePeer::new(&client);
+    gw9.holds(&[(&r3, r3.canonical()), (&r2, b"not revision 2".to_vec())], &[b"a3"]);
     let refused =
         || metric(&c.http_get("gw1", "/metrics").1, "switchboard_bus_refused_total{reason=\"config_invalid\"}");
     assert!(wait_until(Duration::from_secs(10), || refused().unwrap_or(0.0) >= 1.0), "gw9's revision 2 was not asked");
@@ -1188,5 +1217,27 @@ fn a_history_that_breaks_off_midway_stores_nothing_above_the_break() {
     assert_eq!(heads, vec![1], "revisions above the break stored: {st:?}");
     assert!(st.blocked.is_none(), "{:?}", st.blocked);
     assert_eq!(read(&link(&c, "gw1").join("a.conf")), "a1");
+
+    // A push on revision 3, which gw1 lacks, waits for the history it follows: stored at once,
+    // it would stand beside revision 1 as a second head that no later round settles (each
+    // round's walk stops at a revision held).
+    let r4 = one_file_revision(4, &r3.id());
+    gw9.holds(&[(&r4, r4.canonical()), (&r3, r3.canonical()), (&r2, b"not revision 2".to_vec())], &[b"a4"]);
+    let pushed = client.push(4, Some(&r3.id()), &[("global/a.conf", "a4".into())]);
+    assert_eq!(pushed, r4.id());
+    std::thread::sleep(Duration::from_millis(2000));
+    let st = client.state("gw1").expect("gw1's state");
+    let heads: Vec<u64> = st.heads.iter().map(|h| h.number).collect();
+    assert_eq!(heads, vec![1], "a push on a revision not held was stored beside the history: {st:?}");
+    assert!(st.blocked.is_none(), "{:?}", st.blocked);
+    // Once gw9 hands out revision 2, gw1 stores 2, 3 and 4 in order and applies 4.
+    gw9.holds(&[(&r4, r4.canonical()), (&r3, r3.canonical()), (&r2, r2.canonical())], &[b"a2"]);
+    let applied = wait_until(Duration::from_secs(10), || {
+        client.state("gw1").is_some_and(|st| st.heads.len() == 1 && st.heads[0].number == 4 && st.blocked.is_none())
+            && read(&link(&c, "gw1").join("a.conf")) == "a4"
+    });
+    assert!(applied, "gw1 did not take the history and the push: {:?}", client.state("gw1"));
+    let numbers: BTreeSet<u64> = client.state("gw1").unwrap().revisions.iter().map(|r| r.number).collect();
+    assert_eq!(numbers, BTreeSet::from([1, 2, 3, 4]));
     drop(a);
 }

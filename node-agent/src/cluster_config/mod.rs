@@ -33,6 +33,7 @@ use switchboard_bus::repo::wire::{
     Storing,
 };
 use switchboard_bus::repo::{sha256_hex, short, tree, Change, Contents, RepoError, Revision};
+use switchboard_bus::throttle::Throttle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use zenoh::{Session, Wait as _};
@@ -162,6 +163,7 @@ impl ClusterConfig {
             store_error: None,
             hooked: None,
             hook,
+            unplaced: Throttle::new(Duration::from_secs(10)),
             cancel: cancel.clone(),
             alone_after: if config.bus.connect.is_empty() { Duration::ZERO } else { ALONE_AFTER },
             started: Instant::now(),
@@ -288,6 +290,8 @@ struct Inner {
     /// The head last given to the hook.
     hooked: Option<String>,
     hook: Option<HeadHook>,
+    /// Pushes on a revision not held here, said at most every 10 s.
+    unplaced: Throttle,
     /// When this node's configuration thread started, and how long after it hearing no other
     /// node means it is alone (see [`ALONE_AFTER`]).
     started: Instant,
@@ -355,9 +359,6 @@ impl Inner {
         }
     }
 
-    /// Take a pushed revision; `Ok(false)` when contents it names are not held yet (it is then
-    /// fetched from another node).
-    /// The revision (its id and number, once the pack decodes) and what came of it.
     /// Apply what this node holds ([`Self::reconcile`]) and publish its state.
     async fn settle(&mut self, shared: &Mutex<NodeState>) {
         self.reconcile(shared).await;
@@ -393,7 +394,9 @@ impl Inner {
         (which, self.take_decoded(rev, contents, started, storing))
     }
 
-    /// [`Self::take_pack`] of a pack that decoded.
+    /// [`Self::take_pack`] of a pack that decoded: `Ok(false)` when it cannot be stored from the
+    /// pack alone (a parent or contents it names are not held here: it is then fetched, with
+    /// them, from another node).
     fn take_decoded(
         &mut self,
         rev: Revision,
@@ -402,6 +405,22 @@ impl Inner {
         storing: impl FnOnce(Storing),
     ) -> Result<bool, RepoError> {
         let contents: Contents = contents.into_iter().map(|c| (sha256_hex(&c), c)).collect();
+        // A push on a revision not held here (this node missed it, or a catch-up was cut short
+        // below it): stored now, it would stand as a second head beside the one held, and the
+        // next round's walk would stop at it without filling the gap. It comes with the history
+        // it follows instead, oldest first, from the other nodes; a push on a revision no node
+        // holds is never stored.
+        let summaries = self.store.summaries();
+        if !summaries.contains_key(&rev.id()) && rev.parents.iter().any(|p| !summaries.contains_key(p)) {
+            if let Some(unsaid) = self.unplaced.admit() {
+                tracing::info!(
+                    revision = rev.number,
+                    unsaid,
+                    "a pushed revision follows one not held here; fetching it with its history from the other nodes"
+                );
+            }
+            return Ok(false);
+        }
         if self.store.missing_blobs(&rev).iter().any(|h| !contents.contains_key(h)) {
             // Nothing is written: the revision and all it lacks come from another node.
             tracing::info!(
