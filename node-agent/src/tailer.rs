@@ -321,6 +321,22 @@ impl SourceTailer {
         }
     }
 
+    /// A file the paths match that cannot be opened, and why: said once while it stays so (every
+    /// scan finds it again); `/health` says it meanwhile.
+    fn note_unopened(
+        &mut self,
+        path: &Path,
+        why: String,
+        unreadable: &mut Vec<(String, String)>,
+        failing: &mut std::collections::BTreeSet<PathBuf>,
+    ) {
+        if self.unopened.len() < MAX_UNOPENED_NOTED && self.unopened.insert(path.to_path_buf()) {
+            tracing::warn!(source = %self.config.name, path = %path.display(), error = %why, "cannot open file; it is tried again at every scan");
+        }
+        unreadable.push((path.display().to_string(), why));
+        failing.insert(path.to_path_buf());
+    }
+
     /// Evaluate the globs: open new files, notice files whose path went away.
     fn scan(&mut self) {
         let started = Instant::now();
@@ -361,7 +377,21 @@ impl SourceTailer {
         let mut unreadable: Vec<(String, String)> = Vec::new();
         let mut failing = std::collections::BTreeSet::new();
         for path in seen {
-            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            let meta = match std::fs::metadata(&path) {
+                Ok(meta) => meta,
+                // Gone between the listing and now.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && std::fs::read_link(&path).is_err() => continue,
+                // A symbolic link to nothing (or to a place this process may not look) reads
+                // nothing, as a file it cannot open.
+                Err(e) => {
+                    let why = match std::fs::read_link(&path) {
+                        Ok(to) => format!("a symbolic link to {}: {e}", to.display()),
+                        Err(_) => e.to_string(),
+                    };
+                    self.note_unopened(&path, why, &mut unreadable, &mut failing);
+                    continue;
+                }
+            };
             if !meta.is_file() {
                 continue;
             }
@@ -382,15 +412,7 @@ impl SourceTailer {
                 }
                 // Gone between the listing and the open: nothing to read.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    // Said once per file while it stays unreadable (every scan finds it again);
-                    // `/health` says it meanwhile.
-                    if self.unopened.len() < MAX_UNOPENED_NOTED && self.unopened.insert(path.clone()) {
-                        tracing::warn!(source = %self.config.name, path = %path.display(), error = %e, "cannot open file; it is tried again at every scan");
-                    }
-                    unreadable.push((path.display().to_string(), e.to_string()));
-                    failing.insert(path);
-                }
+                Err(e) => self.note_unopened(&path, e.to_string(), &mut unreadable, &mut failing),
             }
         }
         self.unopened.retain(|p| failing.contains(p));
@@ -1174,6 +1196,24 @@ mod tests {
         assert_eq!(messages, ["one", "two"]);
         let u = stats.unreadable.lock().unwrap().get("app").cloned().expect("b.log is unreadable");
         assert!(u.path.ends_with("b.log") && u.error.contains("denied"), "{u:?}");
+    }
+
+    /// A symbolic link the paths match whose target does not exist is a file the source cannot
+    /// open (said in `/health`), not a file it passes over in silence; a link to a file is read.
+    #[test]
+    fn a_symbolic_link_to_nothing_is_reported_as_unreadable() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), "one\ntwo\n").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("a.txt"), dir.path().join("a.log")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("gone.txt"), dir.path().join("b.log")).unwrap();
+        let (messages, stats) = tail(dir.path(), BinaryFiles::Read, 2);
+        assert_eq!(messages, ["one", "two"]);
+        let u = stats.unreadable.lock().unwrap().get("app").cloned().expect("b.log is unreadable");
+        assert!(
+            u.path.ends_with("b.log") && u.error.contains("a symbolic link to") && u.error.contains("gone.txt"),
+            "{u:?}"
+        );
+        assert_eq!(u.files, 1, "{u:?}");
     }
 
     #[test]
