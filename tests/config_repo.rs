@@ -1181,15 +1181,70 @@ impl FakePeer {
 
 /// Revision `number` on `parent` with one file, `global/a.conf`, saying `a<number>`.
 fn one_file_revision(number: u64, parent: &str) -> Revision {
+    revision(number, Some(parent), &[("global/a.conf", format!("a{number}"))])
+}
+
+/// Revision `number` on `parent` carrying `files`, as the test's pushes make them.
+fn revision(number: u64, parent: Option<&str>, files: &[(&str, String)]) -> Revision {
     Revision {
         version: 1,
         number,
-        parents: vec![parent.to_owned()],
+        parents: parent.map(|p| vec![p.to_owned()]).unwrap_or_default(),
         author: "test".into(),
         at_ms: number,
         message: format!("push {number}"),
-        files: [("global/a.conf".to_owned(), FileEntry::of(format!("a{number}").as_bytes()))].into(),
+        files: files.iter().map(|(p, content)| (p.to_string(), FileEntry::of(content.as_bytes()))).collect(),
     }
+}
+
+/// A new node whose catch-up is cut short (a file of the head cannot be fetched) has taken the
+/// head's limits first and stored the revision below it: that revision's older limits do not
+/// come back in force, nor its files, while the head is not stored, across a restart too.
+#[test]
+fn a_catch_up_cut_short_below_the_head_keeps_the_heads_limits() {
+    let c = Cluster::new();
+    let a = c.start_limits_agent("gw1", &[], "", &repo_table(""));
+    let client = Client::new(&c, &[a.endpoint()]);
+    let limits = |rate: u32| format!("[[limit]]\nkey = \"op:*\"\nrate = {rate}\n");
+    let r1 = revision(1, None, &[("global/limits.toml", limits(100)), ("global/a.conf", "a1".into())]);
+    let r2 = revision(2, Some(&r1.id()), &[("global/limits.toml", limits(200)), ("global/a.conf", "a2".into())]);
+    // gw9 holds 1 and 2, and hands out every file but revision 2's a.conf.
+    let gw9 = FakePeer::new(&client);
+    gw9.holds(
+        &[(&r2, r2.canonical()), (&r1, r1.canonical())],
+        &[limits(100).as_bytes(), b"a1", limits(200).as_bytes()],
+    );
+    let in_force = || c.http_get("gw1", "/v1/limits").1;
+    let held = |n: u64| client.state("gw1").is_some_and(|st| st.revisions.iter().any(|r| r.number == n));
+    assert!(wait_until(Duration::from_secs(10), || held(1)), "revision 1 not stored: {:?}", client.state("gw1"));
+    // Rounds every 500 ms: a few more.
+    std::thread::sleep(Duration::from_millis(1500));
+    let still = |a: &LimitsNode| {
+        let text = in_force();
+        let said = a.proc.as_ref().map(Proc::log_text).unwrap_or_default();
+        assert!(text.contains("\"revision\":2") && text.contains("200"), "older limits back in force: {text}\n{said}");
+        let st = client.state("gw1").expect("gw1's state");
+        assert!(st.applied.is_none() && !held(2), "{st:?}");
+        assert!(!link(&c, "gw1").join("a.conf").exists(), "revision 1's files applied");
+        assert!(!said.contains("limits revision applied revision=1"), "{said}");
+    };
+    still(&a);
+    // A restart while the head is still missing: the same.
+    let port = a.port;
+    drop(a);
+    let a = c.restart_limits_agent("gw1", port, &[], "", &repo_table(""));
+    assert!(wait_until(Duration::from_secs(10), || client.state("gw1").is_some()), "gw1 did not come back");
+    std::thread::sleep(Duration::from_millis(1500));
+    still(&a);
+    // The missing file comes: revision 2 is stored and applied, its limits stay in force.
+    gw9.holds(&[(&r2, r2.canonical()), (&r1, r1.canonical())], &[b"a2"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || read(&link(&c, "gw1").join("a.conf")) == "a2"),
+        "{:?}",
+        client.state("gw1")
+    );
+    assert!(in_force().contains("\"revision\":2"), "{}", in_force());
+    drop(a);
 }
 
 /// A node's history that breaks off in the middle (it answers one revision with bytes that are

@@ -255,6 +255,20 @@ struct Persisted {
     /// died) while it ran, and runs it again at its next start.
     #[serde(default)]
     reload_pending: Option<String>,
+    /// The head whose limits this node took before it stored the history below it
+    /// ([`Inner::take_limits_first`]): while the store's head is an older revision (the catch-up
+    /// was cut short, or the agent restarted during it), that head is not applied, neither its
+    /// limits, which would put older limits back in force, nor its files. Cleared once the
+    /// revision is stored, or a catch-up round completes without it.
+    #[serde(default)]
+    limits_first: Option<LimitsFirst>,
+}
+
+/// See [`Persisted::limits_first`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LimitsFirst {
+    id: String,
+    number: u64,
 }
 
 impl Persisted {
@@ -493,9 +507,20 @@ impl Inner {
     async fn catch_up(&mut self, session: &Session, keys: &KeySpace, states: Vec<Result<NodeState, String>>) {
         // Pushes wait while this runs: one round takes at most this long, the rest is for the next.
         let deadline = Instant::now() + CATCH_UP_BUDGET;
+        // Whether every node's history was taken whole this round; whether another node answered,
+        // and whether one holds the revision whose limits were taken first.
+        let mut complete = true;
+        let others = states.iter().flatten().filter(|s| s.node != self.node).collect::<Vec<_>>();
+        let answered = !others.is_empty();
+        let first_offered = self
+            .p
+            .limits_first
+            .as_ref()
+            .is_some_and(|f| others.iter().any(|s| s.revisions.iter().any(|r| r.id == f.id)));
         for state in states {
             if Instant::now() >= deadline {
                 tracing::info!("configuration catch-up paused for this round (time budget spent)");
+                complete = false;
                 break;
             }
             let state = match state {
@@ -524,6 +549,7 @@ impl Inner {
                     break;
                 }
                 if Instant::now() >= deadline {
+                    complete = false;
                     break;
                 }
                 match fetch_revision(session, keys, &state.node, &id, ASK_TIMEOUT).await {
@@ -541,10 +567,12 @@ impl Inner {
                             Reason::ConfigInvalid,
                             format_args!("{} names head {} but does not answer it", state.node, short(&id)),
                         );
+                        complete = false;
                         break;
                     }
                     Err(e) => {
                         refuse(Reason::ConfigInvalid, format_args!("revision {} from {}: {e}", short(&id), state.node));
+                        complete = false;
                         break;
                     }
                 }
@@ -552,6 +580,7 @@ impl Inner {
             let fetched = got.len();
             let got = grounded(got, |p| self.store.summaries().contains_key(p) || gone.contains(p));
             if got.len() < fetched {
+                complete = false;
                 tracing::info!(
                     from = %state.node,
                     left = fetched - got.len(),
@@ -566,6 +595,7 @@ impl Inner {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(from = %state.node, revision = rev.number, error = %e, "cannot fetch a configuration revision's files; retrying later");
+                        complete = false;
                         break;
                     }
                 };
@@ -578,9 +608,18 @@ impl Inner {
                     Ok(false) => {}
                     Err(e) => {
                         self.stored(Err(e), Some((id, number)), format_args!("revision {number} from {}", state.node));
+                        complete = false;
                         break;
                     }
                 }
+            }
+        }
+        if let Some(first) = &self.p.limits_first {
+            // Stored; or gone from a cluster that answered whole (its repository was made anew):
+            // the heads held are all there is.
+            if self.store.revision(&first.id).is_some() || (complete && answered && !first_offered) {
+                self.p.limits_first = None;
+                self.p.save(&self.state_path);
             }
         }
         let keep = self.p.applied.as_ref().map(|a| a.id.clone()).unwrap_or_default();
@@ -632,6 +671,8 @@ impl Inner {
         }
         tracing::info!(revision = head.number, from, "took the limits of the cluster's head before its history");
         self.hooked = Some(id.clone());
+        self.p.limits_first = Some(LimitsFirst { id: id.clone(), number: head.number });
+        self.p.save(&self.state_path);
     }
 
     /// The contents `rev` names that the store lacks, fetched from `from` (checked against their
@@ -715,6 +756,11 @@ impl Inner {
                 }
             }
         };
+        // A history stored part way below the head whose limits were taken first: nothing of it
+        // is applied until the head is there (older limits would come back in force).
+        if self.p.limits_first.as_ref().is_some_and(|f| number < f.number) {
+            return;
+        }
         let Some(rev) = self.store.revision(&head).cloned() else { return };
         // The limits follow the head whatever becomes of its files here (a working directory
         // that blocks them, a reload that fails).
