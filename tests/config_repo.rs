@@ -1160,12 +1160,15 @@ impl FakePeer {
         Self { state, objects, _queryables: queryables }
     }
 
-    /// It holds `revisions`, the first its head, and answers each with `answer` (its own
-    /// bytes, or others) and its files.
+    /// It holds `revisions` (its heads those no other names as a parent), answers each with the
+    /// bytes given (its own, or others), and hands out `files` besides those it handed out before.
     fn holds(&self, revisions: &[(&Revision, Vec<u8>)], files: &[&[u8]]) {
+        let named: BTreeSet<&String> = revisions.iter().flat_map(|(r, _)| r.parents.iter()).collect();
+        let heads: Vec<_> =
+            revisions.iter().filter(|(r, _)| !named.contains(&r.id())).map(|(r, _)| r.summary()).collect();
         *self.state.lock().unwrap() = serde_json::json!({
             "version": 1, "node": "gw9", "subcluster": null, "dir": "", "applied": null,
-            "heads": [revisions[0].0.summary()], "revisions": revisions.iter().map(|(r, _)| r.summary()).collect::<Vec<_>>(),
+            "heads": heads, "revisions": revisions.iter().map(|(r, _)| r.summary()).collect::<Vec<_>>(),
             "local_edits": [], "blocked": null, "reload": null,
         })
         .to_string();
@@ -1197,45 +1200,64 @@ fn revision(number: u64, parent: Option<&str>, files: &[(&str, String)]) -> Revi
     }
 }
 
+/// `[[limit]]` of `op:*` at `rate` a second.
+fn limits_file(rate: u32) -> String {
+    format!("[[limit]]\nkey = \"op:*\"\nrate = {rate}\n")
+}
+
+/// Revision `number` on `parent` with the limits at `rate` and `global/a.conf` saying `a<name>`.
+fn limits_revision(number: u64, parent: Option<&str>, rate: u32, name: &str) -> Revision {
+    revision(number, parent, &[("global/limits.toml", limits_file(rate)), ("global/a.conf", format!("a{name}"))])
+}
+
+/// A node gw1 that holds nothing, linked only to the test's session (where gw9 answers).
+fn a_new_node_beside_gw9(c: &Cluster) -> (LimitsNode, Client, FakePeer) {
+    let a = c.start_limits_agent("gw1", &[], "", &repo_table(""));
+    let client = Client::new(c, &[a.endpoint()]);
+    let gw9 = FakePeer::new(&client);
+    (a, client, gw9)
+}
+
+/// Whether gw1 holds revision `id`.
+fn holds_revision(client: &Client, id: &str) -> bool {
+    client.state("gw1").is_some_and(|st| st.revisions.iter().any(|r| r.id == id))
+}
+
+/// The limits in force on gw1 are revision `number`'s, at `rate`, and it applied no revision.
+fn waits_on_limits_of(c: &Cluster, client: &Client, a: &LimitsNode, number: u64, rate: u32) {
+    let text = c.http_get("gw1", "/v1/limits").1;
+    let said = a.proc.as_ref().map(Proc::log_text).unwrap_or_default();
+    let want = (format!("\"revision\":{number}"), format!("\"rate\":{rate}"));
+    assert!(text.contains(&want.0) && text.contains(&want.1), "other limits in force: {text}\n{said}");
+    let st = client.state("gw1").expect("gw1's state");
+    assert!(st.applied.is_none(), "{st:?}");
+    assert!(st.blocked.as_ref().is_some_and(|b| b.why.starts_with("catching up")), "{st:?}");
+    assert!(!link(c, "gw1").join("a.conf").exists(), "an older revision's files applied");
+}
+
 /// A new node whose catch-up is cut short (a file of the head cannot be fetched) has taken the
 /// head's limits first and stored the revision below it: that revision's older limits do not
 /// come back in force, nor its files, while the head is not stored, across a restart too.
 #[test]
 fn a_catch_up_cut_short_below_the_head_keeps_the_heads_limits() {
     let c = Cluster::new();
-    let a = c.start_limits_agent("gw1", &[], "", &repo_table(""));
-    let client = Client::new(&c, &[a.endpoint()]);
-    let limits = |rate: u32| format!("[[limit]]\nkey = \"op:*\"\nrate = {rate}\n");
-    let r1 = revision(1, None, &[("global/limits.toml", limits(100)), ("global/a.conf", "a1".into())]);
-    let r2 = revision(2, Some(&r1.id()), &[("global/limits.toml", limits(200)), ("global/a.conf", "a2".into())]);
+    let (a, client, gw9) = a_new_node_beside_gw9(&c);
+    let r1 = limits_revision(1, None, 100, "1");
+    let r2 = limits_revision(2, Some(&r1.id()), 200, "2");
     // gw9 holds 1 and 2, and hands out every file but revision 2's a.conf.
-    let gw9 = FakePeer::new(&client);
-    gw9.holds(
-        &[(&r2, r2.canonical()), (&r1, r1.canonical())],
-        &[limits(100).as_bytes(), b"a1", limits(200).as_bytes()],
-    );
-    let in_force = || c.http_get("gw1", "/v1/limits").1;
-    let held = |n: u64| client.state("gw1").is_some_and(|st| st.revisions.iter().any(|r| r.number == n));
-    assert!(wait_until(Duration::from_secs(10), || held(1)), "revision 1 not stored: {:?}", client.state("gw1"));
+    let files = [limits_file(100), limits_file(200)];
+    gw9.holds(&[(&r2, r2.canonical()), (&r1, r1.canonical())], &[files[0].as_bytes(), b"a1", files[1].as_bytes()]);
+    assert!(wait_until(Duration::from_secs(10), || holds_revision(&client, &r1.id())), "{:?}", client.state("gw1"));
     // Rounds every 500 ms: a few more.
     std::thread::sleep(Duration::from_millis(1500));
-    let still = |a: &LimitsNode| {
-        let text = in_force();
-        let said = a.proc.as_ref().map(Proc::log_text).unwrap_or_default();
-        assert!(text.contains("\"revision\":2") && text.contains("200"), "older limits back in force: {text}\n{said}");
-        let st = client.state("gw1").expect("gw1's state");
-        assert!(st.applied.is_none() && !held(2), "{st:?}");
-        assert!(!link(&c, "gw1").join("a.conf").exists(), "revision 1's files applied");
-        assert!(!said.contains("limits revision applied revision=1"), "{said}");
-    };
-    still(&a);
+    waits_on_limits_of(&c, &client, &a, 2, 200);
     // A restart while the head is still missing: the same.
     let port = a.port;
     drop(a);
     let a = c.restart_limits_agent("gw1", port, &[], "", &repo_table(""));
     assert!(wait_until(Duration::from_secs(10), || client.state("gw1").is_some()), "gw1 did not come back");
     std::thread::sleep(Duration::from_millis(1500));
-    still(&a);
+    waits_on_limits_of(&c, &client, &a, 2, 200);
     // The missing file comes: revision 2 is stored and applied, its limits stay in force.
     gw9.holds(&[(&r2, r2.canonical()), (&r1, r1.canonical())], &[b"a2"]);
     assert!(
@@ -1243,7 +1265,68 @@ fn a_catch_up_cut_short_below_the_head_keeps_the_heads_limits() {
         "{:?}",
         client.state("gw1")
     );
-    assert!(in_force().contains("\"revision\":2"), "{}", in_force());
+    let text = c.http_get("gw1", "/v1/limits").1;
+    assert!(text.contains("\"revision\":2"), "{text}");
+    assert!(client.state("gw1").is_some_and(|st| st.blocked.is_none()));
+    drop(a);
+}
+
+/// The head whose limits were taken first is not waited for once the node it came from holds it
+/// no more (its repository made anew): the revision held is applied, limits and files.
+#[test]
+fn a_head_taken_first_that_its_node_gives_up_is_not_waited_for() {
+    let c = Cluster::new();
+    let (a, client, gw9) = a_new_node_beside_gw9(&c);
+    let r1 = limits_revision(1, None, 100, "1");
+    let r2 = limits_revision(2, Some(&r1.id()), 200, "2");
+    let files = [limits_file(100), limits_file(200)];
+    gw9.holds(&[(&r2, r2.canonical()), (&r1, r1.canonical())], &[files[0].as_bytes(), b"a1", files[1].as_bytes()]);
+    assert!(wait_until(Duration::from_secs(10), || holds_revision(&client, &r1.id())), "{:?}", client.state("gw1"));
+    std::thread::sleep(Duration::from_millis(1000));
+    waits_on_limits_of(&c, &client, &a, 2, 200);
+    gw9.holds(&[(&r1, r1.canonical())], &[]);
+    assert!(
+        wait_until(Duration::from_secs(10), || read(&link(&c, "gw1").join("a.conf")) == "a1"),
+        "{:?}",
+        client.state("gw1")
+    );
+    let text = c.http_get("gw1", "/v1/limits").1;
+    assert!(text.contains("\"revision\":1") && text.contains("\"rate\":100"), "{text}");
+    drop(a);
+}
+
+/// Of two heads of one number (a conflict), a node that holds nothing takes the limits of the
+/// higher id first; if only the other is stored before the catch-up is cut short, that one is
+/// not applied: once both are there, the node takes the higher, as every node would.
+#[test]
+fn of_two_heads_of_one_number_the_one_taken_first_is_not_swapped_for_the_other() {
+    let c = Cluster::new();
+    let (a, client, gw9) = a_new_node_beside_gw9(&c);
+    let r1 = limits_revision(1, None, 100, "1");
+    let (x, y) = (limits_revision(2, Some(&r1.id()), 200, "x"), limits_revision(2, Some(&r1.id()), 300, "y"));
+    let (high, low) = if x.id() > y.id() { (x, y) } else { (y, x) };
+    let high_rate = if high.files["global/a.conf"].sha256 == FileEntry::of(b"ax").sha256 { 200 } else { 300 };
+    let low_rate = 500 - high_rate;
+    let high_file = format!("a{}", if high_rate == 200 { "x" } else { "y" });
+    let low_file = format!("a{}", if high_rate == 200 { "y" } else { "x" });
+    // Every file but the higher head's a.conf.
+    let files = [limits_file(100), limits_file(200), limits_file(300)];
+    gw9.holds(
+        &[(&high, high.canonical()), (&low, low.canonical()), (&r1, r1.canonical())],
+        &[files[0].as_bytes(), files[1].as_bytes(), files[2].as_bytes(), b"a1", low_file.as_bytes()],
+    );
+    assert!(wait_until(Duration::from_secs(10), || holds_revision(&client, &low.id())), "{:?}", client.state("gw1"));
+    std::thread::sleep(Duration::from_millis(1000));
+    waits_on_limits_of(&c, &client, &a, 2, high_rate);
+    gw9.holds(&[(&high, high.canonical()), (&low, low.canonical()), (&r1, r1.canonical())], &[high_file.as_bytes()]);
+    assert!(
+        wait_until(Duration::from_secs(10), || read(&link(&c, "gw1").join("a.conf")) == high_file),
+        "{:?}",
+        client.state("gw1")
+    );
+    let text = c.http_get("gw1", "/v1/limits").1;
+    assert!(text.contains(&format!("\"rate\":{high_rate}")), "{text}");
+    assert!(!text.contains(&format!("\"rate\":{low_rate}")), "{text}");
     drop(a);
 }
 
@@ -1284,6 +1367,8 @@ fn a_history_that_breaks_off_midway_stores_nothing_above_the_break() {
     let st = client.state("gw1").expect("gw1's state");
     let heads: Vec<u64> = st.heads.iter().map(|h| h.number).collect();
     assert_eq!(heads, vec![1], "a push on a revision not held was stored beside the history: {st:?}");
+    let said = a.proc.as_ref().map(Proc::log_text).unwrap_or_default();
+    assert!(said.contains("a pushed revision follows one not held here"), "the push did not reach gw1:\n{said}");
     assert!(st.blocked.is_none(), "{:?}", st.blocked);
     // Once gw9 hands out revision 2, gw1 stores 2, 3 and 4 in order and applies 4.
     gw9.holds(&[(&r4, r4.canonical()), (&r3, r3.canonical()), (&r2, r2.canonical())], &[b"a2"]);

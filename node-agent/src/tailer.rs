@@ -242,6 +242,9 @@ pub struct SourceTailer {
     /// Files that could not be opened, each logged once until it opens (at most
     /// [`MAX_UNOPENED_NOTED`]).
     unopened: std::collections::BTreeSet<PathBuf>,
+    /// Symbolic links to nothing the last scan found: one still so at the next scan is reported
+    /// (a link switched to a new file at a rotation may point at nothing for a moment).
+    dangling: std::collections::BTreeSet<PathBuf>,
     /// Files whose position moved without lines (opened, a copy taken over, truncated): the next
     /// batch records their position, so that a restart knows them.
     moved: Vec<Inode>,
@@ -277,6 +280,7 @@ impl SourceTailer {
             rescan_now: false,
             unlisted_warned: Throttle::new(UNLISTED_WARN_EVERY),
             unopened: std::collections::BTreeSet::new(),
+            dangling: std::collections::BTreeSet::new(),
             moved: Vec::new(),
             journal,
             stats,
@@ -376,6 +380,7 @@ impl SourceTailer {
         let mut live_inodes = Vec::with_capacity(seen.len());
         let mut unreadable: Vec<(String, String)> = Vec::new();
         let mut failing = std::collections::BTreeSet::new();
+        let mut dangling = std::collections::BTreeSet::new();
         for path in seen {
             let meta = match std::fs::metadata(&path) {
                 Ok(meta) => meta,
@@ -385,7 +390,13 @@ impl SourceTailer {
                 // nothing, as a file it cannot open.
                 Err(e) => {
                     let why = match std::fs::read_link(&path) {
-                        Ok(to) => format!("a symbolic link to {}: {e}", to.display()),
+                        Ok(to) => {
+                            dangling.insert(path.clone());
+                            if !self.dangling.contains(&path) {
+                                continue;
+                            }
+                            format!("a symbolic link to {}: {e}", to.display())
+                        }
                         Err(_) => e.to_string(),
                     };
                     self.note_unopened(&path, why, &mut unreadable, &mut failing);
@@ -416,6 +427,7 @@ impl SourceTailer {
             }
         }
         self.unopened.retain(|p| failing.contains(p));
+        self.dangling = dangling;
         self.stats.set_unreadable(&self.config.name, &unreadable);
         if let Some(e) = unlisted {
             if let Some(unsaid) = self.unlisted_warned.admit() {
@@ -1198,8 +1210,9 @@ mod tests {
         assert!(u.path.ends_with("b.log") && u.error.contains("denied"), "{u:?}");
     }
 
-    /// A symbolic link the paths match whose target does not exist is a file the source cannot
-    /// open (said in `/health`), not a file it passes over in silence; a link to a file is read.
+    /// A symbolic link the paths match whose target does not exist (at two scans in a row) is a
+    /// file the source cannot open (said in `/health`), not a file it passes over in silence; a
+    /// link to a file is read.
     #[test]
     fn a_symbolic_link_to_nothing_is_reported_as_unreadable() {
         let dir = tempfile::tempdir().unwrap();

@@ -210,6 +210,9 @@ impl ClusterConfig {
                             // for: a hung node holds that query until its timeout.
                             let asked = fetch_states(&session, &keys, ASK_TIMEOUT);
                             tokio::pin!(asked);
+                            // A push not taken meanwhile is fetched by the next round, which the
+                            // states asked for before the others stored it cannot serve.
+                            let mut untaken = false;
                             let states = loop {
                                 tokio::select! {
                                     biased;
@@ -217,7 +220,7 @@ impl ClusterConfig {
                                     states = &mut asked => break Some(states),
                                     sample = push.recv_async() => {
                                         let Ok(sample) = sample else { break None };
-                                        inner.take_push(&sample.payload().to_bytes(), &shared);
+                                        untaken |= !inner.take_push(&sample.payload().to_bytes(), &shared);
                                         inner.settle(&shared).await;
                                     }
                                 }
@@ -229,7 +232,8 @@ impl ClusterConfig {
                             inner.no_head_anywhere(others, any_head);
                             inner.scan();
                             inner.prune_trees();
-                            next_sync = tokio::time::Instant::now() + every;
+                            next_sync = tokio::time::Instant::now()
+                                + if untaken { Duration::from_millis(200) } else { every };
                         }
                     }
                 }
@@ -259,7 +263,7 @@ struct Persisted {
     /// ([`Inner::take_limits_first`]): while the store's head is an older revision (the catch-up
     /// was cut short, or the agent restarted during it), that head is not applied, neither its
     /// limits, which would put older limits back in force, nor its files. Cleared once the
-    /// revision is stored, or a catch-up round completes without it.
+    /// revision is stored, or the node it came from answers without it.
     #[serde(default)]
     limits_first: Option<LimitsFirst>,
 }
@@ -269,6 +273,11 @@ struct Persisted {
 struct LimitsFirst {
     id: String,
     number: u64,
+    /// The node it was fetched from.
+    from: String,
+    /// Whether it has a `global/limits.toml` (the limits keep it in their own history then).
+    #[serde(default)]
+    has_limits: bool,
 }
 
 impl Persisted {
@@ -507,20 +516,14 @@ impl Inner {
     async fn catch_up(&mut self, session: &Session, keys: &KeySpace, states: Vec<Result<NodeState, String>>) {
         // Pushes wait while this runs: one round takes at most this long, the rest is for the next.
         let deadline = Instant::now() + CATCH_UP_BUDGET;
-        // Whether every node's history was taken whole this round; whether another node answered,
-        // and whether one holds the revision whose limits were taken first.
-        let mut complete = true;
-        let others = states.iter().flatten().filter(|s| s.node != self.node).collect::<Vec<_>>();
-        let answered = !others.is_empty();
-        let first_offered = self
-            .p
-            .limits_first
-            .as_ref()
-            .is_some_and(|f| others.iter().any(|s| s.revisions.iter().any(|r| r.id == f.id)));
+        // The node the limits taken first came from answered without that revision (its
+        // repository was made anew): nothing more is waited for.
+        let first_withdrawn = self.p.limits_first.as_ref().is_some_and(|f| {
+            states.iter().flatten().any(|s| s.node == f.from && !s.revisions.iter().any(|r| r.id == f.id))
+        });
         for state in states {
             if Instant::now() >= deadline {
                 tracing::info!("configuration catch-up paused for this round (time budget spent)");
-                complete = false;
                 break;
             }
             let state = match state {
@@ -549,7 +552,6 @@ impl Inner {
                     break;
                 }
                 if Instant::now() >= deadline {
-                    complete = false;
                     break;
                 }
                 match fetch_revision(session, keys, &state.node, &id, ASK_TIMEOUT).await {
@@ -567,12 +569,10 @@ impl Inner {
                             Reason::ConfigInvalid,
                             format_args!("{} names head {} but does not answer it", state.node, short(&id)),
                         );
-                        complete = false;
                         break;
                     }
                     Err(e) => {
                         refuse(Reason::ConfigInvalid, format_args!("revision {} from {}: {e}", short(&id), state.node));
-                        complete = false;
                         break;
                     }
                 }
@@ -580,7 +580,6 @@ impl Inner {
             let fetched = got.len();
             let got = grounded(got, |p| self.store.summaries().contains_key(p) || gone.contains(p));
             if got.len() < fetched {
-                complete = false;
                 tracing::info!(
                     from = %state.node,
                     left = fetched - got.len(),
@@ -595,7 +594,6 @@ impl Inner {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(from = %state.node, revision = rev.number, error = %e, "cannot fetch a configuration revision's files; retrying later");
-                        complete = false;
                         break;
                     }
                 };
@@ -608,16 +606,13 @@ impl Inner {
                     Ok(false) => {}
                     Err(e) => {
                         self.stored(Err(e), Some((id, number)), format_args!("revision {number} from {}", state.node));
-                        complete = false;
                         break;
                     }
                 }
             }
         }
         if let Some(first) = &self.p.limits_first {
-            // Stored; or gone from a cluster that answered whole (its repository was made anew):
-            // the heads held are all there is.
-            if self.store.revision(&first.id).is_some() || (complete && answered && !first_offered) {
+            if self.store.revision(&first.id).is_some() || first_withdrawn {
                 self.p.limits_first = None;
                 self.p.save(&self.state_path);
             }
@@ -671,7 +666,12 @@ impl Inner {
         }
         tracing::info!(revision = head.number, from, "took the limits of the cluster's head before its history");
         self.hooked = Some(id.clone());
-        self.p.limits_first = Some(LimitsFirst { id: id.clone(), number: head.number });
+        self.p.limits_first = Some(LimitsFirst {
+            id: id.clone(),
+            number: head.number,
+            from: from.to_owned(),
+            has_limits: head.files.contains_key(LIMITS_FILE),
+        });
         self.p.save(&self.state_path);
     }
 
@@ -757,8 +757,24 @@ impl Inner {
             }
         };
         // A history stored part way below the head whose limits were taken first: nothing of it
-        // is applied until the head is there (older limits would come back in force).
-        if self.p.limits_first.as_ref().is_some_and(|f| number < f.number) {
+        // is applied until that head is there (older limits would come back in force), nor a
+        // head of the same number, which that one outranks once stored.
+        if let Some(f) = self.p.limits_first.as_ref().filter(|f| head != f.id && number <= f.number) {
+            let why = format!(
+                "catching up: revision {} ({}), whose limits are in force, is not stored yet; older revisions are \
+                 not applied meanwhile",
+                f.number,
+                short(&f.id)
+            );
+            self.blocked = Some(Blocked { id: f.id.clone(), number: f.number, why, paths: Vec::new() });
+            // Restarted part way below a head without a limits file: the cluster holds no limits,
+            // which the limits' own history (restored at start) cannot say.
+            if self.hooked.is_none() && !f.has_limits {
+                if let Some(hook) = &self.hook {
+                    hook(self.store.revision(&head), None);
+                }
+                self.hooked = Some(head);
+            }
             return;
         }
         let Some(rev) = self.store.revision(&head).cloned() else { return };
