@@ -115,15 +115,7 @@ impl Client {
     /// Put revision `number` after `parent` carrying every file of `files`: what
     /// docs/protocol.md tells a client to do.
     fn push(&self, number: u64, parent: Option<&str>, files: &[(&str, String)]) -> String {
-        let rev = Revision {
-            version: 1,
-            number,
-            parents: parent.map(|p| vec![p.to_owned()]).unwrap_or_default(),
-            author: "test".into(),
-            at_ms: number,
-            message: format!("push {number}"),
-            files: files.iter().map(|(p, content)| (p.to_string(), FileEntry::of(content.as_bytes()))).collect(),
-        };
+        let rev = revision(number, parent, files);
         let pack = Pack::new(rev.clone(), files.iter().map(|(_, content)| content.as_bytes()));
         let key = self.keys.config_push().unwrap();
         self.rt
@@ -1235,22 +1227,28 @@ fn waits_on_limits_of(c: &Cluster, client: &Client, a: &LimitsNode, number: u64,
     assert!(!link(c, "gw1").join("a.conf").exists(), "an older revision's files applied");
 }
 
+/// A new node gw1 beside gw9, which holds revisions 1 (limits at 100/s) and 2 (200/s) and hands
+/// out every file but revision 2's `a.conf`: gw1 takes 2's limits, stores 1, and waits.
+fn cut_short_below_two(c: &Cluster) -> (LimitsNode, Client, FakePeer, Revision, Revision) {
+    let (a, client, gw9) = a_new_node_beside_gw9(c);
+    let r1 = limits_revision(1, None, 100, "1");
+    let r2 = limits_revision(2, Some(&r1.id()), 200, "2");
+    let files = [limits_file(100), limits_file(200)];
+    gw9.holds(&[(&r2, r2.canonical()), (&r1, r1.canonical())], &[files[0].as_bytes(), b"a1", files[1].as_bytes()]);
+    assert!(wait_until(Duration::from_secs(10), || holds_revision(&client, &r1.id())), "{:?}", client.state("gw1"));
+    // Rounds every 500 ms: a few more.
+    std::thread::sleep(Duration::from_millis(1500));
+    waits_on_limits_of(c, &client, &a, 2, 200);
+    (a, client, gw9, r1, r2)
+}
+
 /// A new node whose catch-up is cut short (a file of the head cannot be fetched) has taken the
 /// head's limits first and stored the revision below it: that revision's older limits do not
 /// come back in force, nor its files, while the head is not stored, across a restart too.
 #[test]
 fn a_catch_up_cut_short_below_the_head_keeps_the_heads_limits() {
     let c = Cluster::new();
-    let (a, client, gw9) = a_new_node_beside_gw9(&c);
-    let r1 = limits_revision(1, None, 100, "1");
-    let r2 = limits_revision(2, Some(&r1.id()), 200, "2");
-    // gw9 holds 1 and 2, and hands out every file but revision 2's a.conf.
-    let files = [limits_file(100), limits_file(200)];
-    gw9.holds(&[(&r2, r2.canonical()), (&r1, r1.canonical())], &[files[0].as_bytes(), b"a1", files[1].as_bytes()]);
-    assert!(wait_until(Duration::from_secs(10), || holds_revision(&client, &r1.id())), "{:?}", client.state("gw1"));
-    // Rounds every 500 ms: a few more.
-    std::thread::sleep(Duration::from_millis(1500));
-    waits_on_limits_of(&c, &client, &a, 2, 200);
+    let (a, client, gw9, r1, r2) = cut_short_below_two(&c);
     // A restart while the head is still missing: the same.
     let port = a.port;
     drop(a);
@@ -1276,14 +1274,7 @@ fn a_catch_up_cut_short_below_the_head_keeps_the_heads_limits() {
 #[test]
 fn a_head_taken_first_that_its_node_gives_up_is_not_waited_for() {
     let c = Cluster::new();
-    let (a, client, gw9) = a_new_node_beside_gw9(&c);
-    let r1 = limits_revision(1, None, 100, "1");
-    let r2 = limits_revision(2, Some(&r1.id()), 200, "2");
-    let files = [limits_file(100), limits_file(200)];
-    gw9.holds(&[(&r2, r2.canonical()), (&r1, r1.canonical())], &[files[0].as_bytes(), b"a1", files[1].as_bytes()]);
-    assert!(wait_until(Duration::from_secs(10), || holds_revision(&client, &r1.id())), "{:?}", client.state("gw1"));
-    std::thread::sleep(Duration::from_millis(1000));
-    waits_on_limits_of(&c, &client, &a, 2, 200);
+    let (a, client, gw9, r1, _) = cut_short_below_two(&c);
     gw9.holds(&[(&r1, r1.canonical())], &[]);
     assert!(
         wait_until(Duration::from_secs(10), || read(&link(&c, "gw1").join("a.conf")) == "a1"),
