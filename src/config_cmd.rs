@@ -575,6 +575,16 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
                     expected.parse::<u64>().is_ok_and(|n| n == h.number)
                         || (expected.len() >= 4 && h.id.starts_with(&expected.to_ascii_lowercase()))
                 });
+                // A revision the nodes do not hold (a typo, or one of another cluster) was not
+                // replaced by a later push.
+                if !matches && repo.find(expected).is_err() {
+                    note!(
+                        "error: no node holds a revision {expected}; the head is {}: give --expect-head the revision \
+                         your tree was prepared on (`switchboard config log` lists them)",
+                        head.as_ref().map_or("none (no revision yet)".to_owned(), |h| h.label()),
+                    );
+                    return Ok(1);
+                }
                 if !matches {
                     note!(
                         "error: the head is {}, not {expected}: another revision was pushed since; look at it \

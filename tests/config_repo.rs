@@ -1110,6 +1110,37 @@ fn a_node_rebuilt_empty_takes_the_heads_limits_before_the_history() {
     drop((a, b));
 }
 
+/// A node restarted with another subcluster (or none) writes its tree afresh from the head for
+/// that subcluster's layer: the tree it had holds another layer's files, under the same revision.
+#[test]
+fn a_node_restarted_in_another_subcluster_takes_that_layer() {
+    let c = Cluster::new();
+    let a = c.start_limits_agent("gw1", &[], "", &repo_table(""));
+    let ep = vec![a.endpoint()];
+    let files = [
+        ("global/a.conf", "g".to_string()),
+        ("default/d.conf", "default".to_string()),
+        ("default/only-default.conf", "x".to_string()),
+        ("eu/d.conf", "eu".to_string()),
+    ];
+    let (code, out) = config_cli(&c, &ep, &["push", tree(&c, "layers", &files).to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let d = || read(&link(&c, "gw1").join("d.conf"));
+    assert!(wait_until(Duration::from_secs(10), || d() == "default"), "{}", d());
+    let mut a = a;
+    for (subcluster, want, only_default) in [("subcluster = \"eu\"", "eu", false), ("", "default", true)] {
+        let port = a.port;
+        drop(a);
+        a = c.restart_limits_agent("gw1", port, &[], "", &repo_table(subcluster));
+        assert!(wait_until(Duration::from_secs(10), || d() == want), "{subcluster}: d.conf says {}", d());
+        assert_eq!(link(&c, "gw1").join("only-default.conf").exists(), only_default, "{subcluster}");
+        assert_eq!(read(&link(&c, "gw1").join("a.conf")), "g");
+        let (code, text) = config_cli(&c, &ep, &["status"]);
+        assert_eq!(code, 0, "{text}");
+    }
+    drop(a);
+}
+
 /// A node `gw9` of the test's own session: it answers its state and the objects it holds, as
 /// the test sets them.
 struct FakePeer {

@@ -151,6 +151,18 @@ impl ClusterConfig {
             (persisted.applied, persisted.tree) = (None, None);
             persisted.manifest.clear();
         }
+        let view = ViewOf { node: node.to_owned(), subcluster: settings.subcluster.clone() };
+        if persisted.applied.is_some() && persisted.view.as_ref().is_some_and(|v| *v != view) {
+            // The tree holds another node's or subcluster's layers: the head is written afresh for
+            // this one, and the reload command runs. (The tree stays until pruned.)
+            tracing::warn!(
+                was = ?persisted.view,
+                now = ?view,
+                "the node's name or subcluster changed since its configuration tree was written: writing the head \
+                 there afresh"
+            );
+            persisted.applied = None;
+        }
         let mut inner = Inner {
             node: node.to_owned(),
             settings: settings.clone(),
@@ -266,6 +278,17 @@ struct Persisted {
     /// revision is stored, or the node it came from answers without it.
     #[serde(default)]
     limits_first: Option<LimitsFirst>,
+    /// Whose view the applied tree is (a node's layers follow its name and subcluster); `None`
+    /// in a record written before it was kept.
+    #[serde(default)]
+    view: Option<ViewOf>,
+}
+
+/// The node name and subcluster a tree was written for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ViewOf {
+    node: String,
+    subcluster: Option<String>,
 }
 
 /// See [`Persisted::limits_first`].
@@ -858,6 +881,7 @@ impl Inner {
         // before it ran again): the gateway never loaded it.
         let pending_before = self.p.reload_pending.take();
         self.p.applied = Some(Applied { id: head.clone(), number, at_ms: now_ms() });
+        self.p.view = Some(ViewOf { node: self.node.clone(), subcluster: self.settings.subcluster.clone() });
         self.p.tree = Some(name.clone());
         self.p.manifest = manifest;
         if !self.settings.reload.is_empty() {
