@@ -240,7 +240,7 @@ impl ClusterConfig {
                             let Some(states) = states else { break };
                             let others = states.iter().filter(|s| s.as_ref().is_ok_and(|s| s.node != inner.node)).count();
                             let any_head = states.iter().any(|s| s.as_ref().is_ok_and(|s| !s.heads.is_empty()));
-                            inner.catch_up(&session, &keys, states).await;
+                            inner.catch_up(&session, &keys, states, &shared).await;
                             inner.no_head_anywhere(others, any_head);
                             inner.scan();
                             inner.prune_trees();
@@ -289,6 +289,19 @@ struct Persisted {
 struct ViewOf {
     node: String,
     subcluster: Option<String>,
+}
+
+impl LimitsFirst {
+    /// Why nothing is applied while it is not stored.
+    fn catching_up(&self) -> Blocked {
+        let why = format!(
+            "catching up: revision {} ({}), whose limits are in force, is not stored yet; older revisions are not \
+             applied meanwhile",
+            self.number,
+            short(&self.id)
+        );
+        Blocked { id: self.id.clone(), number: self.number, why, paths: Vec::new() }
+    }
 }
 
 /// See [`Persisted::limits_first`].
@@ -408,6 +421,11 @@ impl Inner {
     /// Apply what this node holds ([`Self::reconcile`]) and publish its state.
     async fn settle(&mut self, shared: &Mutex<NodeState>) {
         self.reconcile(shared).await;
+        self.publish(shared);
+    }
+
+    /// Show the node's state as it is now (what its state queryable answers).
+    fn publish(&self, shared: &Mutex<NodeState>) {
         if let Ok(mut s) = shared.lock() {
             *s = self.node_state();
         }
@@ -536,7 +554,13 @@ impl Inner {
     /// contents, oldest first: each revision is stored on its parent, so a catch-up cut short
     /// leaves a shorter history, not a second head. A node that holds no revision takes the
     /// limits of the head first ([`Inner::take_limits_first`]).
-    async fn catch_up(&mut self, session: &Session, keys: &KeySpace, states: Vec<Result<NodeState, String>>) {
+    async fn catch_up(
+        &mut self,
+        session: &Session,
+        keys: &KeySpace,
+        states: Vec<Result<NodeState, String>>,
+        shared: &Mutex<NodeState>,
+    ) {
         // Pushes wait while this runs: one round takes at most this long, the rest is for the next.
         let deadline = Instant::now() + CATCH_UP_BUDGET;
         // The node the limits taken first came from answered without that revision (its
@@ -610,6 +634,7 @@ impl Inner {
                 );
             }
             self.take_limits_first(session, keys, &state.node, &got).await;
+            self.publish(shared);
             let mut revs: Vec<Revision> = got.into_values().collect();
             revs.sort_by_key(|r| r.number);
             for rev in revs {
@@ -625,6 +650,8 @@ impl Inner {
                     Ok(true) => {
                         tracing::info!(from = %state.node, revision = number, id = short(&id), "configuration revision caught up");
                         self.stored(Ok(true), None, format_args!("revision {number} from {}", state.node));
+                        // A long catch-up shows its progress (`config status`).
+                        self.publish(shared);
                     }
                     Ok(false) => {}
                     Err(e) => {
@@ -689,12 +716,14 @@ impl Inner {
         }
         tracing::info!(revision = head.number, from, "took the limits of the cluster's head before its history");
         self.hooked = Some(id.clone());
-        self.p.limits_first = Some(LimitsFirst {
+        let first = LimitsFirst {
             id: id.clone(),
             number: head.number,
             from: from.to_owned(),
             has_limits: head.files.contains_key(LIMITS_FILE),
-        });
+        };
+        self.blocked = Some(first.catching_up());
+        self.p.limits_first = Some(first);
         self.p.save(&self.state_path);
     }
 
@@ -783,13 +812,7 @@ impl Inner {
         // is applied until that head is there (older limits would come back in force), nor a
         // head of the same number, which that one outranks once stored.
         if let Some(f) = self.p.limits_first.as_ref().filter(|f| head != f.id && number <= f.number) {
-            let why = format!(
-                "catching up: revision {} ({}), whose limits are in force, is not stored yet; older revisions are \
-                 not applied meanwhile",
-                f.number,
-                short(&f.id)
-            );
-            self.blocked = Some(Blocked { id: f.id.clone(), number: f.number, why, paths: Vec::new() });
+            self.blocked = Some(f.catching_up());
             // Restarted part way below a head without a limits file: the cluster holds no limits,
             // which the limits' own history (restored at start) cannot say.
             if self.hooked.is_none() && !f.has_limits {
