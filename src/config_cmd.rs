@@ -383,7 +383,7 @@ pub async fn make_revision(
                 short(id)
             ),
             Outcome::Blocked(why) => {
-                out!("  {node:<24} NOT applied: {why}");
+                out!("  {node:<24} NOT applied: {}", why.trim_end().replace('\n', "\n    "));
                 bad.push(node.clone());
             }
             Outcome::Storing(files) => {
@@ -1073,7 +1073,8 @@ async fn status(json: bool, bus: &BusArgs) -> Result<i32> {
     if !problems.is_empty() {
         out!("problems:");
         for p in &problems {
-            out!("  {p}");
+            // A reload's output may run over several lines: each under its problem.
+            out!("  {}", p.trim_end().replace('\n', "\n    "));
         }
     }
     Ok(if problems.is_empty() { 0 } else { 1 })

@@ -503,7 +503,7 @@ fn a_partition_with_a_push_on_each_side_is_a_reported_conflict_until_resolved() 
 #[test]
 fn a_failed_reload_keeps_the_old_revision_local_edits_are_never_overwritten_and_limits_live_in_the_repository() {
     let c = Cluster::new();
-    let reload = repo_table("reload = [\"sh\", \"-c\", \"test ! -e \\\"$SWITCHBOARD_CONFIG_DIR/bad.conf\\\" || { echo bad.conf is not allowed >&2; exit 3; }\"]");
+    let reload = repo_table("reload = [\"sh\", \"-c\", \"test ! -e \\\"$SWITCHBOARD_CONFIG_DIR/bad.conf\\\" || { echo the gateway says: >&2; echo bad.conf is not allowed >&2; exit 3; }\"]");
     let a = c.start_limits_agent("gw1", &[], "", &reload);
     let ep = vec![a.endpoint()];
     let client = Client::new(&c, &ep);
@@ -518,6 +518,9 @@ fn a_failed_reload_keeps_the_old_revision_local_edits_are_never_overwritten_and_
     let (code, out) = config_cli(&c, &ep, &["push", tree(&c, "2", &bad).to_str().unwrap()]);
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("reload command failed (exit 3)") && out.contains("bad.conf is not allowed"), "{out}");
+    // `config status` shows the output's lines, each under the problem, indented.
+    let (code, text) = config_cli(&c, &ep, &["status"]);
+    assert!(code == 1 && text.contains("the gateway says:\n    bad.conf is not allowed"), "{text}");
     assert!(!link(&c, "gw1").join("bad.conf").exists(), "the old revision stays");
     let (code, st) = status_json(&c, &ep);
     assert_eq!(code, 1, "{st}");
