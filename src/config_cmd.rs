@@ -577,7 +577,7 @@ pub async fn run(cmd: ConfigCommand) -> Result<i32> {
                 });
                 // A revision the nodes do not hold (a typo, or one of another cluster) was not
                 // replaced by a later push.
-                if !matches && repo.find(expected).is_err() {
+                if !matches && !repo.names_any(expected) {
                     note!(
                         "error: no node holds a revision {expected}; the head is {}: give --expect-head the revision \
                          your tree was prepared on (`switchboard config log` lists them)",

@@ -1140,6 +1140,9 @@ fn a_node_restarted_in_another_subcluster_takes_that_layer() {
         assert_eq!(read(&link(&c, "gw1").join("a.conf")), "g");
         let (code, text) = config_cli(&c, &ep, &["status"]);
         assert_eq!(code, 0, "{text}");
+        // Written beside the tree in place, in one step: the link never pointed at nothing.
+        let said = a.proc.as_ref().map(Proc::log_text).unwrap_or_default();
+        assert!(said.contains("writing the head there afresh") && !said.contains("cannot materialize"), "{said}");
     }
     drop(a);
 }

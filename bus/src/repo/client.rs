@@ -62,6 +62,18 @@ impl ClusterRepo {
         dag::heads(&self.known)
     }
 
+    /// Whether `reference` names a revision some node holds (one, or several: see [`Self::find`]).
+    pub fn names_any(&self, reference: &str) -> bool {
+        let lower = reference.to_ascii_lowercase();
+        match reference {
+            "head" => !self.known.is_empty(),
+            _ => self.known.values().any(|s| {
+                reference.parse::<u64>().is_ok_and(|n| n == s.number)
+                    || (reference.len() >= 4 && s.id.starts_with(&lower))
+            }),
+        }
+    }
+
     /// The revision `reference` names: `head` (the one head), a number (unique), or the start of
     /// an id (at least 4 digits, unique). Digits alone name a number, or the start of an id when
     /// they name no number; both at once is an error that asks for more of the id.
@@ -287,6 +299,8 @@ pub async fn wait_applied(
     let mut gone: BTreeSet<String> = BTreeSet::new();
     loop {
         let mut out: BTreeMap<String, Outcome> = nodes.iter().map(|n| (n.clone(), Outcome::Missing)).collect();
+        // The number of `id` among the revisions a node holds.
+        let pushed = |s: &NodeState| s.revisions.iter().find(|r| r.id == id).map_or(0, |r| r.number);
         for s in fetch_states(session, keys, ASK).await.into_iter().flatten() {
             heard.insert(s.node.clone(), Instant::now());
             let holds = s.revisions.iter().any(|r| r.id == id);
@@ -309,7 +323,9 @@ pub async fn wait_applied(
             } else if let Some(a) = followed {
                 let after = *first_seen.entry(s.node.clone()).or_insert_with(|| started.elapsed());
                 Outcome::Followed { number: a.number, id: a.id.clone(), after }
-            } else if let Some(b) = s.blocked.as_ref().filter(|_| holds) {
+            } else if let Some(b) = s.blocked.as_ref().filter(|b| holds && (b.id == id || b.number >= pushed(&s))) {
+                // (A reason of an older revision, said while the node still works its way up to
+                // this one, is not this one's.)
                 let paths = if b.paths.is_empty() { String::new() } else { format!(" ({})", b.paths.join(", ")) };
                 Outcome::Blocked(format!("{}{paths}{output}", b.why))
             } else if let Some(r) = failed_reload.filter(|_| in_place) {

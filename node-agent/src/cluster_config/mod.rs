@@ -151,7 +151,7 @@ impl ClusterConfig {
             (persisted.applied, persisted.tree) = (None, None);
             persisted.manifest.clear();
         }
-        let view = ViewOf { node: node.to_owned(), subcluster: settings.subcluster.clone() };
+        let view = ViewOf::of(node, settings);
         if persisted.applied.is_some() && persisted.view.as_ref().is_some_and(|v| *v != view) {
             // The tree holds another node's or subcluster's layers: the head is written afresh for
             // this one, and the reload command runs. (The tree stays until pruned.)
@@ -162,6 +162,13 @@ impl ClusterConfig {
                  there afresh"
             );
             persisted.applied = None;
+            // A reload that failed did so on the other layers' files.
+            persisted.failed.clear();
+        }
+        // A record from before the view was kept: the tree is this view's (it is kept from now).
+        if persisted.applied.is_some() && persisted.view.is_none() {
+            persisted.view = Some(view);
+            persisted.save(&state_path);
         }
         let mut inner = Inner {
             node: node.to_owned(),
@@ -291,11 +298,22 @@ struct ViewOf {
     subcluster: Option<String>,
 }
 
+impl ViewOf {
+    fn of(node: &str, settings: &ClusterConfigSettings) -> Self {
+        // `default` is the layer of no named subcluster.
+        let subcluster = settings.subcluster.clone().filter(|s| s != "default");
+        Self { node: node.to_owned(), subcluster }
+    }
+}
+
+/// How [`LimitsFirst::catching_up`]'s reason begins.
+const CATCHING_UP: &str = "catching up";
+
 impl LimitsFirst {
     /// Why nothing is applied while it is not stored.
     fn catching_up(&self) -> Blocked {
         let why = format!(
-            "catching up: revision {} ({}), whose limits are in force, is not stored yet; older revisions are not \
+            "{CATCHING_UP}: revision {} ({}), whose limits are in force, is not stored yet; older revisions are not \
              applied meanwhile",
             self.number,
             short(&self.id)
@@ -650,6 +668,10 @@ impl Inner {
                     Ok(true) => {
                         tracing::info!(from = %state.node, revision = number, id = short(&id), "configuration revision caught up");
                         self.stored(Ok(true), None, format_args!("revision {number} from {}", state.node));
+                        // The revision waited for is here: nothing more to catch up for it.
+                        if self.blocked.as_ref().is_some_and(|b| b.id == id && b.why.starts_with(CATCHING_UP)) {
+                            self.blocked = None;
+                        }
                         // A long catch-up shows its progress (`config status`).
                         self.publish(shared);
                     }
@@ -663,6 +685,9 @@ impl Inner {
         }
         if let Some(first) = &self.p.limits_first {
             if self.store.revision(&first.id).is_some() || first_withdrawn {
+                if self.blocked.as_ref().is_some_and(|b| b.id == first.id) {
+                    self.blocked = None;
+                }
                 self.p.limits_first = None;
                 self.p.save(&self.state_path);
             }
@@ -875,7 +900,13 @@ impl Inner {
             }
         };
         let started = Instant::now();
-        let name = format!("r{number}-{}", short(&head));
+        let mut name = format!("r{number}-{}", short(&head));
+        // Never over the tree the link points at (a node restarted as another view writes the
+        // revision it has in place again): that one stays whole until the switch, and for a
+        // switch back.
+        if self.p.tree.as_deref() == Some(name.as_str()) {
+            name.push_str("-b");
+        }
         let line = format!("{number} {head}\n");
         let manifest = match self.tree.build(&name, &line, &files).and_then(|m| self.tree.switch(&name).map(|()| m)) {
             Ok(m) => m,
@@ -904,7 +935,7 @@ impl Inner {
         // before it ran again): the gateway never loaded it.
         let pending_before = self.p.reload_pending.take();
         self.p.applied = Some(Applied { id: head.clone(), number, at_ms: now_ms() });
-        self.p.view = Some(ViewOf { node: self.node.clone(), subcluster: self.settings.subcluster.clone() });
+        self.p.view = Some(ViewOf::of(&self.node, &self.settings));
         self.p.tree = Some(name.clone());
         self.p.manifest = manifest;
         if !self.settings.reload.is_empty() {
